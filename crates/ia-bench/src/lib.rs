@@ -1,0 +1,262 @@
+//! The benchmark harness.
+//!
+//! For each combination (model, platform, batch size, precision, scenario) it loads a fresh
+//! session, times the first inference, warms up, then runs timed iterations until both a
+//! minimum count and a minimum duration are reached. It reports latency statistics with the
+//! sample count, throughput, peak resident memory, and its own per-iteration overhead.
+
+pub mod memory;
+pub mod stats;
+
+use ia_engine::{inputs, Engine, EngineError, InputSpec, Precision, SessionInfo};
+use ia_hardware::Platform;
+use ia_models::{Modality, ModelClass, ModelSource};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+pub use stats::LatencyStats;
+
+/// How long and how often to measure.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Protocol {
+    pub warmup_iterations: usize,
+    pub min_iterations: usize,
+    pub min_duration: Duration,
+    /// Hard cap so a very fast model cannot run for ever on a large duration.
+    pub max_iterations: usize,
+}
+
+impl Default for Protocol {
+    fn default() -> Self {
+        Self {
+            warmup_iterations: 3,
+            min_iterations: 10,
+            min_duration: Duration::from_secs(2),
+            max_iterations: 100_000,
+        }
+    }
+}
+
+/// MLPerf-style scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// One query at a time, latency per query.
+    SingleStream,
+    /// Queries back to back; throughput from total wall time.
+    Offline,
+}
+
+impl Scenario {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scenario::SingleStream => "single-stream",
+            Scenario::Offline => "offline",
+        }
+    }
+}
+
+impl std::str::FromStr for Scenario {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "single-stream" | "singlestream" | "latency" => Ok(Scenario::SingleStream),
+            "offline" | "throughput" => Ok(Scenario::Offline),
+            other => Err(format!("unknown scenario '{other}' (expected single-stream or offline)")),
+        }
+    }
+}
+
+/// A model ready to benchmark.
+#[derive(Debug, Clone)]
+pub struct ModelPlan {
+    /// Name stored in results (hub id or folder path).
+    pub name: String,
+    pub class: ModelClass,
+    pub family: String,
+    pub task: String,
+    pub modality: Modality,
+    pub source: ModelSource,
+}
+
+#[derive(Debug, Clone)]
+pub struct Combination {
+    pub model: ModelPlan,
+    pub platform: Platform,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub precision: Precision,
+    pub scenario: Scenario,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Measurement {
+    pub session: SessionInfo,
+    pub load_time_ms: f64,
+    pub first_inference_ms: f64,
+    pub warmup_iterations: usize,
+    /// Every timed iteration, milliseconds, in order.
+    pub samples_ms: Vec<f64>,
+    pub latency: LatencyStats,
+    /// Wall time of the timed phase.
+    pub timed_duration_s: f64,
+    pub throughput_items_per_s: f64,
+    pub throughput_tokens_per_s: Option<f64>,
+    /// Peak resident set of the process during this combination, when the OS reports it.
+    pub peak_rss_bytes: Option<u64>,
+    /// Whether the peak covers only this combination (Linux can reset the high-water mark).
+    pub peak_rss_per_combination: bool,
+    /// What the timing loop itself costs per iteration, measured on an empty body.
+    pub harness_overhead_ns: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum Outcome {
+    Measured(Box<Measurement>),
+    /// The engine cannot run this combination on this machine (platform absent, class or
+    /// precision not implemented): recorded with the reason.
+    Unavailable { reason: String },
+    Failed { stage: String, error: String },
+}
+
+impl Outcome {
+    pub fn status(&self) -> &'static str {
+        match self {
+            Outcome::Measured(_) => "pass",
+            Outcome::Unavailable { .. } => "unavailable",
+            Outcome::Failed { .. } => "fail",
+        }
+    }
+}
+
+fn fail(stage: &str, e: impl ToString) -> Outcome {
+    Outcome::Failed {
+        stage: stage.into(),
+        error: e.to_string().replace('\n', " "),
+    }
+}
+
+/// Measures one combination. Never panics on a model error: failures become outcomes.
+pub fn measure(
+    engine: &dyn Engine,
+    combo: &Combination,
+    platform_available: Result<(), String>,
+    protocol: &Protocol,
+) -> Outcome {
+    if let Err(reason) = platform_available {
+        return Outcome::Unavailable { reason };
+    }
+    if let Err(e) = engine.supports(combo.model.class, combo.platform) {
+        return Outcome::Unavailable {
+            reason: e.to_string(),
+        };
+    }
+    let spec = InputSpec {
+        batch_size: combo.batch_size,
+        seq_len: combo.seq_len,
+    };
+    let inputs = match inputs::generate(&combo.model.source, combo.model.modality, spec) {
+        Ok(i) => i,
+        Err(e) => return fail("inputs", e),
+    };
+    let rss_reset = memory::reset_peak_rss();
+    let t = Instant::now();
+    let mut session = match engine.load(&combo.model.source, combo.platform, combo.precision) {
+        Ok(s) => s,
+        Err(EngineError::Unsupported(reason)) => return Outcome::Unavailable { reason },
+        Err(e) => return fail("load", e),
+    };
+    let load_time_ms = ms(t.elapsed());
+
+    let t = Instant::now();
+    if let Err(e) = session.run(&inputs) {
+        return fail("first-inference", e);
+    }
+    let first_inference_ms = ms(t.elapsed());
+
+    for _ in 0..protocol.warmup_iterations {
+        if let Err(e) = session.run(&inputs) {
+            return fail("warm-up", e);
+        }
+    }
+
+    let mut samples_ms = Vec::with_capacity(protocol.min_iterations.max(64));
+    let start = Instant::now();
+    while samples_ms.len() < protocol.max_iterations
+        && (samples_ms.len() < protocol.min_iterations || start.elapsed() < protocol.min_duration)
+    {
+        let t = Instant::now();
+        if let Err(e) = session.run(&inputs) {
+            return fail("timed-iteration", e);
+        }
+        samples_ms.push(ms(t.elapsed()));
+    }
+    let timed_duration_s = start.elapsed().as_secs_f64();
+
+    let batch = inputs.batch_size() as f64;
+    let latency = LatencyStats::from_samples(&samples_ms);
+    let per_query_s = match combo.scenario {
+        // Single stream: a query's cost is its measured latency.
+        Scenario::SingleStream => latency.mean_ms / 1e3,
+        // Offline: everything the loop spent, including between-query gaps.
+        Scenario::Offline => timed_duration_s / samples_ms.len() as f64,
+    };
+    let throughput_items_per_s = batch / per_query_s;
+    let throughput_tokens_per_s = inputs
+        .token_count()
+        .map(|tokens| tokens as f64 / per_query_s);
+    let peak_rss_bytes = memory::peak_rss_bytes();
+    let session_info = session.info().clone();
+    drop(session);
+    Outcome::Measured(Box::new(Measurement {
+        session: session_info,
+        load_time_ms,
+        first_inference_ms,
+        warmup_iterations: protocol.warmup_iterations,
+        samples_ms,
+        latency,
+        timed_duration_s,
+        throughput_items_per_s,
+        throughput_tokens_per_s,
+        peak_rss_bytes,
+        peak_rss_per_combination: rss_reset,
+        harness_overhead_ns: harness_overhead_ns(),
+    }))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The cost of one timed iteration with an empty body: two clock reads, a subtraction and a
+/// push, exactly what `measure` wraps around each run.
+pub fn harness_overhead_ns() -> f64 {
+    const N: usize = 10_000;
+    let mut samples = Vec::with_capacity(N);
+    let start = Instant::now();
+    for i in 0..N {
+        let t = Instant::now();
+        std::hint::black_box(i);
+        samples.push(ms(t.elapsed()));
+    }
+    std::hint::black_box(&samples);
+    start.elapsed().as_nanos() as f64 / N as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overhead_is_small_and_positive() {
+        let o = harness_overhead_ns();
+        assert!(o > 0.0 && o < 1e6, "{o}");
+    }
+
+    #[test]
+    fn scenario_parses() {
+        assert_eq!("offline".parse::<Scenario>().unwrap(), Scenario::Offline);
+        assert!("server".parse::<Scenario>().is_err());
+    }
+}

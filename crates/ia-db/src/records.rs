@@ -1,0 +1,139 @@
+//! Plain rows the store writes. The benchmark harness fills them; this crate does not depend
+//! on the harness so that schema work never rebuilds the engines.
+
+use crate::Result;
+use duckdb::{params, Connection};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub git_commit: Option<String>,
+    pub command_line: String,
+    pub host: String,
+    pub tool_version: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelRecord {
+    pub model_name: String,
+    pub class: String,
+    pub family: String,
+    pub task: String,
+    pub modality: String,
+    pub parameter_count: i64,
+    pub source: String,
+    /// "trained" or "random".
+    pub weights: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HardwareRecord {
+    pub fingerprint: String,
+    pub platform: String,
+    pub device: String,
+    pub host: String,
+    pub cpu_model: String,
+    pub details_json: String,
+}
+
+/// One measured (or failed) combination. Measurement fields are None when it did not run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PerformanceRecord {
+    pub engine: String,
+    pub engine_version: String,
+    pub device: String,
+    pub precision: String,
+    pub scenario: String,
+    pub batch_size: i32,
+    pub seq_len: Option<i32>,
+    pub status: String,
+    pub error: Option<String>,
+    pub load_time_ms: Option<f64>,
+    pub first_inference_ms: Option<f64>,
+    pub warmup_iterations: Option<i32>,
+    pub iterations: Option<i32>,
+    pub timed_duration_s: Option<f64>,
+    pub latency_mean_ms: Option<f64>,
+    pub latency_stdev_ms: Option<f64>,
+    pub latency_min_ms: Option<f64>,
+    pub latency_max_ms: Option<f64>,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p90_ms: Option<f64>,
+    pub latency_p95_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub p90_is_estimate: Option<bool>,
+    pub p95_is_estimate: Option<bool>,
+    pub p99_is_estimate: Option<bool>,
+    pub throughput_items_per_s: Option<f64>,
+    pub throughput_tokens_per_s: Option<f64>,
+    pub peak_rss_mb: Option<f64>,
+    pub peak_rss_per_combination: Option<bool>,
+    pub harness_overhead_ns: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CompatibilityRecord {
+    pub platform: String,
+    pub engine: String,
+    pub precision: String,
+    pub status: String,
+    pub error: Option<String>,
+}
+
+pub(crate) fn insert_performance(
+    tx: &Connection,
+    run_id: i64,
+    model_id: i64,
+    hardware_id: i64,
+    p: &PerformanceRecord,
+) -> Result<i64> {
+    Ok(tx.query_row(
+        "INSERT INTO performance_results (
+            run_id, model_id, hardware_id, engine, engine_version, device, precision, scenario,
+            batch_size, seq_len, status, error, load_time_ms, first_inference_ms,
+            warmup_iterations, iterations, timed_duration_s, latency_mean_ms, latency_stdev_ms,
+            latency_min_ms, latency_max_ms, latency_p50_ms, latency_p90_ms, latency_p95_ms,
+            latency_p99_ms, p90_is_estimate, p95_is_estimate, p99_is_estimate,
+            throughput_items_per_s, throughput_tokens_per_s, peak_rss_mb,
+            peak_rss_per_combination, harness_overhead_ns, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+                 ?, ?, ?, ?, ?, ?, now())
+         RETURNING result_id",
+        params![
+            run_id,
+            model_id,
+            hardware_id,
+            p.engine,
+            p.engine_version,
+            p.device,
+            p.precision,
+            p.scenario,
+            p.batch_size,
+            p.seq_len,
+            p.status,
+            p.error,
+            p.load_time_ms,
+            p.first_inference_ms,
+            p.warmup_iterations,
+            p.iterations,
+            p.timed_duration_s,
+            p.latency_mean_ms,
+            p.latency_stdev_ms,
+            p.latency_min_ms,
+            p.latency_max_ms,
+            p.latency_p50_ms,
+            p.latency_p90_ms,
+            p.latency_p95_ms,
+            p.latency_p99_ms,
+            p.p90_is_estimate,
+            p.p95_is_estimate,
+            p.p99_is_estimate,
+            p.throughput_items_per_s,
+            p.throughput_tokens_per_s,
+            p.peak_rss_mb,
+            p.peak_rss_per_combination,
+            p.harness_overhead_ns
+        ],
+        |r| r.get(0),
+    )?)
+}

@@ -1,0 +1,165 @@
+//! The versioned schema. Each migration brings the store from version N-1 to N inside one
+//! transaction; `schema_version` records what has been applied.
+
+use crate::{DbError, Result};
+use duckdb::Connection;
+use std::path::Path;
+
+pub const CURRENT_VERSION: i64 = 1;
+
+/// MIGRATIONS[i] upgrades from version i to i + 1.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE SEQUENCE seq_run_id START 1;
+CREATE SEQUENCE seq_hardware_id START 1;
+CREATE SEQUENCE seq_model_id START 1;
+CREATE SEQUENCE seq_result_id START 1;
+CREATE SEQUENCE seq_compat_id START 1;
+
+CREATE TABLE runs (
+    run_id        BIGINT PRIMARY KEY DEFAULT nextval('seq_run_id'),
+    started_at    TIMESTAMP NOT NULL,
+    ended_at      TIMESTAMP,
+    git_commit    VARCHAR,
+    command_line  VARCHAR NOT NULL,
+    host          VARCHAR NOT NULL,
+    tool_version  VARCHAR NOT NULL,
+    -- running | completed | interrupted
+    status        VARCHAR NOT NULL
+);
+
+CREATE TABLE hardware_platforms (
+    hardware_id   BIGINT PRIMARY KEY DEFAULT nextval('seq_hardware_id'),
+    fingerprint   VARCHAR NOT NULL,
+    platform      VARCHAR NOT NULL,
+    device        VARCHAR NOT NULL,
+    host          VARCHAR NOT NULL,
+    cpu_model     VARCHAR NOT NULL,
+    details       JSON NOT NULL,
+    UNIQUE (fingerprint, platform, device)
+);
+
+CREATE TABLE models (
+    model_id        BIGINT PRIMARY KEY DEFAULT nextval('seq_model_id'),
+    model_name      VARCHAR NOT NULL,
+    class           VARCHAR NOT NULL,
+    family          VARCHAR NOT NULL,
+    task            VARCHAR NOT NULL,
+    modality        VARCHAR NOT NULL,
+    parameter_count BIGINT NOT NULL,
+    -- checkpoint folder, or random-init(seed=N)
+    source          VARCHAR NOT NULL,
+    -- trained | random
+    weights         VARCHAR NOT NULL
+);
+
+CREATE TABLE performance_results (
+    result_id             BIGINT PRIMARY KEY DEFAULT nextval('seq_result_id'),
+    run_id                BIGINT NOT NULL REFERENCES runs(run_id),
+    model_id              BIGINT NOT NULL REFERENCES models(model_id),
+    hardware_id           BIGINT NOT NULL REFERENCES hardware_platforms(hardware_id),
+    engine                VARCHAR NOT NULL,
+    engine_version        VARCHAR NOT NULL,
+    device                VARCHAR NOT NULL,
+    precision             VARCHAR NOT NULL,
+    scenario              VARCHAR NOT NULL,
+    batch_size            INTEGER NOT NULL,
+    seq_len               INTEGER,
+    -- pass | fail | unavailable
+    status                VARCHAR NOT NULL,
+    error                 VARCHAR,
+    load_time_ms          DOUBLE,
+    first_inference_ms    DOUBLE,
+    warmup_iterations     INTEGER,
+    iterations            INTEGER,
+    timed_duration_s      DOUBLE,
+    latency_mean_ms       DOUBLE,
+    latency_stdev_ms      DOUBLE,
+    latency_min_ms        DOUBLE,
+    latency_max_ms        DOUBLE,
+    latency_p50_ms        DOUBLE,
+    latency_p90_ms        DOUBLE,
+    latency_p95_ms        DOUBLE,
+    latency_p99_ms        DOUBLE,
+    p90_is_estimate       BOOLEAN,
+    p95_is_estimate       BOOLEAN,
+    p99_is_estimate       BOOLEAN,
+    throughput_items_per_s  DOUBLE,
+    throughput_tokens_per_s DOUBLE,
+    peak_rss_mb           DOUBLE,
+    peak_rss_per_combination BOOLEAN,
+    harness_overhead_ns   DOUBLE,
+    created_at            TIMESTAMP NOT NULL
+);
+
+CREATE TABLE raw_samples (
+    result_id   BIGINT NOT NULL REFERENCES performance_results(result_id),
+    iteration   INTEGER NOT NULL,
+    latency_ms  DOUBLE NOT NULL
+);
+
+CREATE TABLE compatibility_results (
+    compat_id   BIGINT PRIMARY KEY DEFAULT nextval('seq_compat_id'),
+    run_id      BIGINT NOT NULL REFERENCES runs(run_id),
+    model_id    BIGINT NOT NULL REFERENCES models(model_id),
+    hardware_id BIGINT NOT NULL REFERENCES hardware_platforms(hardware_id),
+    platform    VARCHAR NOT NULL,
+    engine      VARCHAR NOT NULL,
+    precision   VARCHAR NOT NULL,
+    -- pass | fail | unavailable
+    status      VARCHAR NOT NULL,
+    error       VARCHAR,
+    created_at  TIMESTAMP NOT NULL
+);
+"#];
+
+pub fn has_version_table(conn: &Connection) -> Result<bool> {
+    let n: i64 = conn.query_row(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(n > 0)
+}
+
+pub fn has_user_tables(conn: &Connection) -> Result<bool> {
+    let n: i64 = conn.query_row(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(n > 0)
+}
+
+pub fn current_version(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row(
+        "SELECT coalesce(max(version), 0) FROM schema_version",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+pub fn migrate(conn: &Connection, path: &Path) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+            version INTEGER NOT NULL, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)",
+    )?;
+    let found = current_version(conn)?;
+    if found > CURRENT_VERSION {
+        return Err(DbError::NewerSchema {
+            path: path.into(),
+            found,
+            supported: CURRENT_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let to = i as i64 + 1;
+        conn.execute_batch(&format!(
+            "BEGIN TRANSACTION; {sql}; INSERT INTO schema_version (version) VALUES ({to}); COMMIT;"
+        ))
+        .map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            DbError::Sql(format!("migration to schema version {to} failed: {}", crate::one_line(&e.to_string())))
+        })?;
+    }
+    Ok(())
+}

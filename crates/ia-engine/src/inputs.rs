@@ -1,0 +1,292 @@
+//! Input generators, one per modality: what the benchmark feeds a session.
+//!
+//! Text inputs are real token ids from the checkpoint's own tokenizer when it has one (a fixed
+//! English passage, truncated or repeated to the requested length); images are a fixed
+//! synthetic picture normalised with the checkpoint's image mean and std.
+
+use crate::EngineError;
+use ia_models::{Modality, ModelSource};
+use serde_json::Value;
+
+/// The shape of one benchmark input.
+#[derive(Debug, Clone, Copy)]
+pub struct InputSpec {
+    pub batch_size: usize,
+    /// Tokens per sequence (text models).
+    pub seq_len: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum Inputs {
+    Text {
+        batch: usize,
+        seq_len: usize,
+        input_ids: Vec<u32>,
+        attention_mask: Vec<u32>,
+        token_type_ids: Vec<u32>,
+    },
+    Image {
+        /// NCHW, row-major.
+        shape: [usize; 4],
+        pixel_values: Vec<f32>,
+    },
+}
+
+impl Inputs {
+    pub fn batch_size(&self) -> usize {
+        match self {
+            Inputs::Text { batch, .. } => *batch,
+            Inputs::Image { shape, .. } => shape[0],
+        }
+    }
+
+    /// A text batch from token-id rows of any lengths: right-padded with `pad_id`, masked.
+    pub fn from_token_rows(rows: &[Vec<u32>], pad_id: u32) -> Result<Self, EngineError> {
+        let seq_len = rows.iter().map(Vec::len).max().unwrap_or(0);
+        if rows.is_empty() || seq_len == 0 {
+            return Err(EngineError::InvalidInput("no tokens to run".into()));
+        }
+        let mut input_ids = Vec::with_capacity(rows.len() * seq_len);
+        let mut attention_mask = Vec::with_capacity(rows.len() * seq_len);
+        for r in rows {
+            input_ids.extend(r.iter().copied().chain(std::iter::repeat_n(pad_id, seq_len - r.len())));
+            attention_mask.extend((0..seq_len).map(|i| u32::from(i < r.len())));
+        }
+        Ok(Inputs::Text {
+            batch: rows.len(),
+            seq_len,
+            token_type_ids: vec![0; input_ids.len()],
+            input_ids,
+            attention_mask,
+        })
+    }
+
+    /// Real (non-padding) tokens in the batch, for tokens/s.
+    pub fn token_count(&self) -> Option<usize> {
+        match self {
+            Inputs::Text { attention_mask, .. } => {
+                Some(attention_mask.iter().filter(|&&m| m != 0).count())
+            }
+            Inputs::Image { .. } => None,
+        }
+    }
+}
+
+/// The passage text inputs are cut from: plain English, so a real tokenizer produces the
+/// token-length distribution it would on real text.
+pub const SAMPLE_TEXT: &str = "The quick brown fox jumps over the lazy dog. Benchmarks measure \
+what a machine really does with a model: how long it takes to load, how long the first request \
+waits, and how many requests per second it sustains once it is warm. Hardware differs in memory \
+bandwidth, vector units and caches, so the same network can be fast on one computer and slow on \
+another. Careful measurement repeats each run many times and reports the spread, not just the mean.";
+
+pub fn generate(
+    source: &ModelSource,
+    modality: Modality,
+    spec: InputSpec,
+) -> Result<Inputs, EngineError> {
+    if spec.batch_size == 0 {
+        return Err(EngineError::InvalidInput("batch size must be at least 1".into()));
+    }
+    match modality {
+        Modality::Text => text_inputs(source, spec),
+        Modality::Vision => image_inputs(source.config(), preprocessor(source), spec.batch_size),
+        other => Err(EngineError::Unsupported(format!(
+            "no input generator for {} models yet",
+            other.as_str()
+        ))),
+    }
+}
+
+fn preprocessor(source: &ModelSource) -> Option<Value> {
+    match source {
+        ModelSource::Checkpoint(c) => c
+            .preprocessor_config
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|t| serde_json::from_str(&t).ok()),
+        ModelSource::RandomInit { .. } => None,
+    }
+}
+
+fn text_inputs(source: &ModelSource, spec: InputSpec) -> Result<Inputs, EngineError> {
+    if spec.seq_len == 0 {
+        return Err(EngineError::InvalidInput("sequence length must be at least 1".into()));
+    }
+    let config = source.config();
+    if let Some(max) = config.get("max_position_embeddings").and_then(Value::as_u64) {
+        if spec.seq_len as u64 > max {
+            return Err(EngineError::InvalidInput(format!(
+                "sequence length {} exceeds the model's max_position_embeddings {max}",
+                spec.seq_len
+            )));
+        }
+    }
+    let ids: Vec<u32> = match source.tokenizer_json() {
+        Some(path) => tokenize_to_length(path, spec.seq_len)?,
+        None => {
+            // No tokenizer (random-weight model from a config): seeded ids over the vocabulary.
+            let vocab = config
+                .get("vocab_size")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| EngineError::InvalidModel("config has no vocab_size".into()))?;
+            let mut rng = SplitMix64::new(0x5eed);
+            (0..spec.seq_len)
+                .map(|_| (rng.next_u64() % vocab) as u32)
+                .collect()
+        }
+    };
+    let batch = spec.batch_size;
+    Ok(Inputs::Text {
+        batch,
+        seq_len: spec.seq_len,
+        input_ids: ids.repeat(batch),
+        attention_mask: vec![1; batch * spec.seq_len],
+        token_type_ids: vec![0; batch * spec.seq_len],
+    })
+}
+
+/// Encodes the sample passage (repeated as needed) and cuts it to exactly `len` tokens, keeping
+/// the tokenizer's special tokens at both ends.
+fn tokenize_to_length(path: &std::path::Path, len: usize) -> Result<Vec<u32>, EngineError> {
+    let tok = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+        EngineError::InvalidModel(format!("cannot load tokenizer {}: {e}", path.display()))
+    })?;
+    let mut text = SAMPLE_TEXT.to_string();
+    loop {
+        let enc = tok
+            .encode(text.as_str(), true)
+            .map_err(|e| EngineError::Runtime(format!("tokenizer failed: {e}")))?;
+        let ids = enc.get_ids();
+        if ids.len() >= len {
+            let mut out = ids[..len].to_vec();
+            if len >= 2 {
+                // Keep the closing special token (e.g. [SEP]) the model was trained to see.
+                out[len - 1] = *ids.last().expect("non-empty");
+            }
+            return Ok(out);
+        }
+        text.push(' ');
+        text.push_str(SAMPLE_TEXT);
+    }
+}
+
+fn image_inputs(config: &Value, pre: Option<Value>, batch: usize) -> Result<Inputs, EngineError> {
+    let get = |k: &str| config.get(k).and_then(Value::as_u64).map(|v| v as usize);
+    let size = get("image_size")
+        .ok_or_else(|| EngineError::InvalidModel("config has no image_size".into()))?;
+    let channels = get("num_channels").unwrap_or(3);
+    let stat = |key: &str, default: f32| -> Vec<f32> {
+        pre.as_ref()
+            .and_then(|p| p.get(key))
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|v| v.as_f64().map(|x| x as f32)).collect())
+            .filter(|v: &Vec<f32>| v.len() == channels)
+            .unwrap_or_else(|| vec![default; channels])
+    };
+    let (mean, std) = (stat("image_mean", 0.5), stat("image_std", 0.5));
+    let mut rng = SplitMix64::new(0x1a6e);
+    let mut one = Vec::with_capacity(channels * size * size);
+    for c in 0..channels {
+        for y in 0..size {
+            for x in 0..size {
+                // Smooth gradients plus a little noise: structure a vision model can respond to.
+                let fx = x as f32 / size as f32;
+                let fy = y as f32 / size as f32;
+                let v = 0.5
+                    + 0.3 * ((fx * 6.0 + c as f32).sin() * (fy * 4.0).cos())
+                    + 0.1 * (rng.next_f32() - 0.5);
+                one.push((v.clamp(0.0, 1.0) - mean[c]) / std[c]);
+            }
+        }
+    }
+    Ok(Inputs::Image {
+        shape: [batch, channels, size, size],
+        pixel_values: one.repeat(batch),
+    })
+}
+
+/// A tiny, fast, seedable generator (splitmix64) so generated inputs and random weights are
+/// identical on every machine and run.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn next_normal(&mut self) -> f32 {
+        let u1 = ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let u2 = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn random(config: Value) -> ModelSource {
+        ModelSource::RandomInit { config, seed: 0 }
+    }
+
+    #[test]
+    fn text_without_tokenizer_uses_vocab() {
+        let src = random(json!({"vocab_size": 100, "max_position_embeddings": 64}));
+        let inp = generate(&src, Modality::Text, InputSpec { batch_size: 2, seq_len: 16 }).unwrap();
+        match inp {
+            Inputs::Text { input_ids, batch, .. } => {
+                assert_eq!(batch, 2);
+                assert_eq!(input_ids.len(), 32);
+                assert!(input_ids.iter().all(|&i| i < 100));
+            }
+            _ => panic!("expected text"),
+        }
+    }
+
+    #[test]
+    fn too_long_sequence_is_rejected() {
+        let src = random(json!({"vocab_size": 100, "max_position_embeddings": 8}));
+        let err = generate(&src, Modality::Text, InputSpec { batch_size: 1, seq_len: 16 })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_position_embeddings"), "{err}");
+    }
+
+    #[test]
+    fn images_are_normalised_nchw() {
+        let src = random(json!({"image_size": 8, "num_channels": 3}));
+        let inp = generate(&src, Modality::Vision, InputSpec { batch_size: 3, seq_len: 0 }).unwrap();
+        match inp {
+            Inputs::Image { shape, pixel_values } => {
+                assert_eq!(shape, [3, 3, 8, 8]);
+                assert_eq!(pixel_values.len(), 3 * 3 * 64);
+                assert!(pixel_values.iter().all(|v| (-1.0..=1.0).contains(v)));
+            }
+            _ => panic!("expected image"),
+        }
+    }
+
+    #[test]
+    fn rng_is_deterministic() {
+        let a: Vec<u64> = (0..4).map({ let mut r = SplitMix64::new(7); move |_| r.next_u64() }).collect();
+        let b: Vec<u64> = (0..4).map({ let mut r = SplitMix64::new(7); move |_| r.next_u64() }).collect();
+        assert_eq!(a, b);
+    }
+}

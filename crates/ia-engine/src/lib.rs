@@ -1,0 +1,147 @@
+//! The engine API: the one interface every runtime (the native candle engine now; ONNX Runtime,
+//! OpenVINO and the browser later) implements, so the benchmark harness and the server never
+//! care which runtime runs a model.
+//!
+//! `Engine::load(source, platform, precision) -> Session`, then `Session::run(inputs) -> Outputs`.
+//! Inputs come from [`inputs::generate`], one generator per modality.
+
+pub mod inputs;
+
+use ia_hardware::Platform;
+use ia_models::{ModelClass, ModelSource, WeightsKind};
+use serde::Serialize;
+use std::fmt;
+use std::str::FromStr;
+
+pub use inputs::{InputSpec, Inputs};
+
+/// Numeric precision of a session's weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    F16,
+    Bf16,
+    Int8,
+    Q8_0,
+    Q4K,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
+            Precision::Q8_0 => "q8_0",
+            Precision::Q4K => "q4_k",
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = EngineError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Precision::F32,
+            "f16" | "fp16" | "float16" => Precision::F16,
+            "bf16" | "bfloat16" => Precision::Bf16,
+            "int8" => Precision::Int8,
+            "q8_0" => Precision::Q8_0,
+            "q4_k" => Precision::Q4K,
+            other => {
+                return Err(EngineError::Unsupported(format!(
+                    "unknown precision '{other}' (expected f32, f16, bf16, int8, q8_0, q4_k)"
+                )))
+            }
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The engine cannot run this model, platform or precision at all.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The checkpoint or config is not what the architecture needs.
+    #[error("invalid model: {0}")]
+    InvalidModel(String),
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The runtime failed while loading or running.
+    #[error("runtime error: {0}")]
+    Runtime(String),
+}
+
+/// How a session was obtained; stored with every result.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    pub engine: String,
+    pub engine_version: String,
+    pub platform: Platform,
+    /// The device as the runtime names it ("cpu", "cuda:0").
+    pub device: String,
+    pub precision: Precision,
+    pub weights: WeightsKind,
+    pub parameter_count: u64,
+    /// Names of the outputs `run` returns, in order.
+    pub output_names: Vec<String>,
+}
+
+/// A tensor a session produced. Kept in the runtime's own memory until asked for, so timing a
+/// run does not include a copy the caller may not need.
+pub trait OutputTensor: Send {
+    fn shape(&self) -> Vec<usize>;
+    fn to_f32_vec(&self) -> Result<Vec<f32>, EngineError>;
+}
+
+pub struct Outputs {
+    pub tensors: Vec<(String, Box<dyn OutputTensor>)>,
+}
+
+impl Outputs {
+    pub fn get(&self, name: &str) -> Option<&dyn OutputTensor> {
+        self.tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.as_ref())
+    }
+}
+
+pub trait Session: Send {
+    fn info(&self) -> &SessionInfo;
+    fn run(&mut self, inputs: &Inputs) -> Result<Outputs, EngineError>;
+}
+
+pub trait Engine: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn version(&self) -> String;
+    /// Whether this engine can run the class on the platform; the error says why not.
+    fn supports(&self, class: ModelClass, platform: Platform) -> Result<(), EngineError>;
+    fn load(
+        &self,
+        source: &ModelSource,
+        platform: Platform,
+        precision: Precision,
+    ) -> Result<Box<dyn Session>, EngineError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precision_round_trips_and_rejects_unknown() {
+        for p in ["f32", "f16", "bf16", "int8", "q8_0", "q4_k"] {
+            assert_eq!(p.parse::<Precision>().unwrap().as_str(), p);
+        }
+        assert!("fp8".parse::<Precision>().unwrap_err().to_string().contains("fp8"));
+    }
+}

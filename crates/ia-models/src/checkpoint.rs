@@ -1,0 +1,291 @@
+//! Finding a checkpoint on disk and describing its files. Nothing here downloads: a model is
+//! found in a local folder, in the project's cache (filled by the fetch scripts), or in the
+//! Hugging Face hub cache, or it is reported missing with every place that was searched.
+
+use serde::Serialize;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// How the weights a result was measured with came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightsKind {
+    /// Loaded from a checkpoint's weight files.
+    Trained,
+    /// Built from the config with seeded random values (`--random-weights`).
+    Random,
+}
+
+impl WeightsKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WeightsKind::Trained => "trained",
+            WeightsKind::Random => "random",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("no checkpoint for '{model}' found (searched: {searched}); run the fetch script for it, pass a local folder, or use --random-weights")]
+    NotFound { model: String, searched: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A checkpoint folder: config.json plus weights and (optionally) tokenizer/preprocessor files.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub config: Value,
+    /// safetensors files, in shard order.
+    pub safetensors: Vec<PathBuf>,
+    pub tokenizer_json: Option<PathBuf>,
+    pub preprocessor_config: Option<PathBuf>,
+}
+
+/// Where a model to run comes from.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    /// A checkpoint folder with weights.
+    Checkpoint(Checkpoint),
+    /// Only a config: the engine builds the architecture with seeded random weights.
+    RandomInit { config: Value, seed: u64 },
+}
+
+impl ModelSource {
+    pub fn config(&self) -> &Value {
+        match self {
+            ModelSource::Checkpoint(c) => &c.config,
+            ModelSource::RandomInit { config, .. } => config,
+        }
+    }
+
+    pub fn weights_kind(&self) -> WeightsKind {
+        match self {
+            ModelSource::Checkpoint(c) if !c.safetensors.is_empty() => WeightsKind::Trained,
+            _ => WeightsKind::Random,
+        }
+    }
+
+    pub fn tokenizer_json(&self) -> Option<&Path> {
+        match self {
+            ModelSource::Checkpoint(c) => c.tokenizer_json.as_deref(),
+            ModelSource::RandomInit { .. } => None,
+        }
+    }
+
+    /// A short description for results: the folder, or "random(seed=N)".
+    pub fn describe(&self) -> String {
+        match self {
+            ModelSource::Checkpoint(c) => c.dir.display().to_string(),
+            ModelSource::RandomInit { seed, .. } => format!("random-init(seed={seed})"),
+        }
+    }
+}
+
+fn read_json(path: &Path) -> Result<Value, CheckpointError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| CheckpointError::Invalid {
+        path: path.to_path_buf(),
+        message: format!("invalid JSON: {e}"),
+    })
+}
+
+impl Checkpoint {
+    /// Opens a checkpoint folder, or the folder of a `config.json` path.
+    pub fn open(path: &Path) -> Result<Self, CheckpointError> {
+        let dir = if path.is_file() {
+            path.parent().unwrap_or(Path::new(".")).to_path_buf()
+        } else {
+            path.to_path_buf()
+        };
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            return Err(CheckpointError::Invalid {
+                path: dir,
+                message: "no config.json in this folder".into(),
+            });
+        }
+        let config = read_json(&config_path)?;
+        if !config.is_object() {
+            return Err(CheckpointError::Invalid {
+                path: config_path,
+                message: "config.json is not a JSON object".into(),
+            });
+        }
+        let index = dir.join("model.safetensors.index.json");
+        let safetensors = if index.is_file() {
+            let idx = read_json(&index)?;
+            let map = idx
+                .get("weight_map")
+                .and_then(Value::as_object)
+                .ok_or_else(|| CheckpointError::Invalid {
+                    path: index.clone(),
+                    message: "no \"weight_map\" object".into(),
+                })?;
+            let mut files: Vec<String> = map
+                .values()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect();
+            files.sort();
+            files.dedup();
+            files.into_iter().map(|f| dir.join(f)).collect()
+        } else if dir.join("model.safetensors").is_file() {
+            vec![dir.join("model.safetensors")]
+        } else {
+            vec![]
+        };
+        for f in &safetensors {
+            if !f.is_file() {
+                return Err(CheckpointError::Invalid {
+                    path: f.clone(),
+                    message: "weight shard listed in the index is missing".into(),
+                });
+            }
+        }
+        let opt = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
+        Ok(Checkpoint {
+            tokenizer_json: opt("tokenizer.json"),
+            preprocessor_config: opt("preprocessor_config.json"),
+            config,
+            safetensors,
+            dir,
+        })
+    }
+}
+
+/// Folders searched for a hub id, in order.
+pub fn search_locations(model_id: &str) -> Vec<PathBuf> {
+    let flat = model_id.replace('/', "--");
+    let mut out = Vec::new();
+    if let Some(cache) = project_cache_dir() {
+        out.push(cache.join("models").join(&flat));
+    }
+    out.push(hf_hub_cache().join(format!("models--{flat}")));
+    out
+}
+
+pub use ia_hardware::cache_dir as project_cache_dir;
+
+/// The hub cache as huggingface_hub computes it: HF_HUB_CACHE, else HF_HOME/hub, else
+/// ~/.cache/huggingface/hub.
+pub fn hf_hub_cache() -> PathBuf {
+    if let Ok(d) = std::env::var("HF_HUB_CACHE") {
+        return PathBuf::from(d);
+    }
+    if let Ok(d) = std::env::var("HF_HOME") {
+        return PathBuf::from(d).join("hub");
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+    PathBuf::from(home).join(".cache").join("huggingface").join("hub")
+}
+
+/// In a hub-cache repo folder: the snapshot `refs/main` points at, else the newest snapshot
+/// holding a config.json.
+fn hub_snapshot(repo: &Path) -> Option<PathBuf> {
+    let snapshots = repo.join("snapshots");
+    if let Ok(rev) = std::fs::read_to_string(repo.join("refs").join("main")) {
+        let p = snapshots.join(rev.trim());
+        if p.join("config.json").is_file() {
+            return Some(p);
+        }
+    }
+    std::fs::read_dir(&snapshots)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("config.json").is_file())
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+}
+
+/// Resolves a model reference: a path to a folder or config.json, or a hub id looked up in
+/// the caches. Never touches the network (we run with HF_HUB_OFFLINE semantics always).
+pub fn resolve(model: &str) -> Result<Checkpoint, CheckpointError> {
+    let as_path = Path::new(model);
+    if as_path.exists() {
+        return Checkpoint::open(as_path);
+    }
+    let locations = search_locations(model);
+    for loc in &locations {
+        let dir = if loc.join("snapshots").is_dir() {
+            hub_snapshot(loc)
+        } else {
+            Some(loc.clone()).filter(|p| p.join("config.json").is_file())
+        };
+        if let Some(dir) = dir {
+            return Checkpoint::open(&dir);
+        }
+    }
+    Err(CheckpointError::NotFound {
+        model: model.to_string(),
+        searched: locations
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_a_folder_and_finds_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("config.json"), r#"{"model_type":"bert"}"#).unwrap();
+        std::fs::write(d.path().join("model.safetensors"), b"x").unwrap();
+        std::fs::write(d.path().join("tokenizer.json"), b"{}").unwrap();
+        let c = Checkpoint::open(d.path()).unwrap();
+        assert_eq!(c.safetensors.len(), 1);
+        assert!(c.tokenizer_json.is_some());
+        let c = Checkpoint::open(&d.path().join("config.json")).unwrap();
+        assert_eq!(c.dir, d.path());
+    }
+
+    #[test]
+    fn malformed_config_names_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("config.json"), "{not json").unwrap();
+        let err = Checkpoint::open(d.path()).unwrap_err().to_string();
+        assert!(err.contains("config.json") && err.contains("invalid JSON"), "{err}");
+        let empty = tempfile::tempdir().unwrap();
+        let err = Checkpoint::open(empty.path()).unwrap_err().to_string();
+        assert!(err.contains("no config.json"), "{err}");
+    }
+
+    #[test]
+    fn missing_shard_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("config.json"), r#"{"model_type":"bert"}"#).unwrap();
+        std::fs::write(
+            d.path().join("model.safetensors.index.json"),
+            r#"{"weight_map":{"a":"model-00001-of-00002.safetensors"}}"#,
+        )
+        .unwrap();
+        let err = Checkpoint::open(d.path()).unwrap_err().to_string();
+        assert!(err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn finds_hub_cache_snapshot_via_refs_main() {
+        let home = tempfile::tempdir().unwrap();
+        let repo = home.path().join("hub").join("models--org--tiny");
+        let snap = repo.join("snapshots").join("abc123");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs").join("main"), "abc123").unwrap();
+        std::fs::write(snap.join("config.json"), r#"{"model_type":"vit"}"#).unwrap();
+        assert_eq!(hub_snapshot(&repo).unwrap(), snap);
+    }
+}

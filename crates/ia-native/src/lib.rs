@@ -1,0 +1,140 @@
+//! The native engine: models written against candle, running in-process with no runtime to
+//! install. It is the default engine of `ipfs-accelerate bench`.
+//!
+//! One file per architecture under [`models`]; each deserialises the Hugging Face
+//! `config.json` as is and loads tensors under the checkpoint's own names.
+
+pub mod models;
+mod weights;
+
+use candle_core::{DType, Device, Tensor};
+use ia_engine::{Engine, EngineError, OutputTensor, Precision, Session};
+use ia_hardware::Platform;
+use ia_models::{classify_config, ModelClass, ModelSource};
+
+pub use weights::load_var_builder;
+
+/// The candle version this engine was built with, recorded with every result.
+pub const CANDLE_VERSION: &str = "0.11.1";
+
+#[derive(Debug, Default)]
+pub struct NativeEngine;
+
+impl NativeEngine {
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+fn device_for(platform: Platform) -> Result<(Device, String), EngineError> {
+    match platform {
+        Platform::Cpu => Ok((Device::Cpu, "cpu".into())),
+        #[cfg(feature = "cuda")]
+        Platform::Cuda => Device::new_cuda(0)
+            .map(|d| (d, "cuda:0".to_string()))
+            .map_err(|e| EngineError::Runtime(format!("CUDA device 0: {e}"))),
+        #[cfg(not(feature = "cuda"))]
+        Platform::Cuda => Err(EngineError::Unsupported(
+            "this build of the native engine has no CUDA support (build ia-native with --features cuda)".into(),
+        )),
+        other => Err(EngineError::Unsupported(format!(
+            "the native engine does not run on {other}"
+        ))),
+    }
+}
+
+fn dtype_for(precision: Precision) -> Result<DType, EngineError> {
+    match precision {
+        Precision::F32 => Ok(DType::F32),
+        Precision::F16 => Ok(DType::F16),
+        Precision::Bf16 => Ok(DType::BF16),
+        other => Err(EngineError::Unsupported(format!(
+            "precision {other} is not available for this model on the native engine"
+        ))),
+    }
+}
+
+impl Engine for NativeEngine {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn version(&self) -> String {
+        format!("candle {CANDLE_VERSION}")
+    }
+
+    fn supports(&self, class: ModelClass, platform: Platform) -> Result<(), EngineError> {
+        device_for_check(platform)?;
+        match class {
+            ModelClass::Bert | ModelClass::Vit => Ok(()),
+            other => Err(EngineError::Unsupported(format!(
+                "the native engine has no {} implementation yet",
+                other.as_str()
+            ))),
+        }
+    }
+
+    fn load(
+        &self,
+        source: &ModelSource,
+        platform: Platform,
+        precision: Precision,
+    ) -> Result<Box<dyn Session>, EngineError> {
+        let class = classify_config(source.config())
+            .map_err(|e| EngineError::InvalidModel(e.to_string()))?
+            .class;
+        self.supports(class, platform)?;
+        let (device, device_name) = device_for(platform)?;
+        let dtype = dtype_for(precision)?;
+        let ctx = models::LoadContext {
+            source,
+            device,
+            dtype,
+            info: ia_engine::SessionInfo {
+                engine: self.name().into(),
+                engine_version: self.version(),
+                platform,
+                device: device_name,
+                precision,
+                weights: source.weights_kind(),
+                parameter_count: 0,
+                output_names: vec![],
+            },
+        };
+        match class {
+            ModelClass::Bert => models::bert::BertSession::load(ctx),
+            ModelClass::Vit => models::vit::VitSession::load(ctx),
+            _ => unreachable!("checked by supports()"),
+        }
+    }
+}
+
+/// Platform check without creating a device (creating a CUDA context is slow).
+fn device_for_check(platform: Platform) -> Result<(), EngineError> {
+    match platform {
+        Platform::Cpu => Ok(()),
+        Platform::Cuda if cfg!(feature = "cuda") => Ok(()),
+        _ => device_for(platform).map(|_| ()),
+    }
+}
+
+/// A candle tensor handed out as an engine output.
+pub(crate) struct CandleOutput(pub Tensor);
+
+impl OutputTensor for CandleOutput {
+    fn shape(&self) -> Vec<usize> {
+        self.0.dims().to_vec()
+    }
+
+    fn to_f32_vec(&self) -> Result<Vec<f32>, EngineError> {
+        self.0
+            .to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(rt)
+    }
+}
+
+pub(crate) fn rt(e: candle_core::Error) -> EngineError {
+    EngineError::Runtime(e.to_string())
+}

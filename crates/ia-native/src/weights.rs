@@ -1,0 +1,156 @@
+//! Where a model's tensors come from: a checkpoint's safetensors files, or seeded random values
+//! built from the config alone. Both paths count the parameters the model actually loads.
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::{SimpleBackend, VarBuilder};
+use candle_nn::Init;
+use ia_engine::inputs::SplitMix64;
+use ia_engine::EngineError;
+use ia_models::ModelSource;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Returns a VarBuilder for `source` and a counter that, once the model is built, holds the
+/// number of parameters it loaded.
+pub fn load_var_builder(
+    source: &ModelSource,
+    dtype: DType,
+    device: &Device,
+) -> Result<(VarBuilder<'static>, Arc<AtomicU64>), EngineError> {
+    let counter = Arc::new(AtomicU64::new(0));
+    let inner: Box<dyn SimpleBackend> = match source {
+        ModelSource::Checkpoint(c) => {
+            if c.safetensors.is_empty() {
+                return Err(EngineError::InvalidModel(format!(
+                    "{}: no model.safetensors (or sharded index) in the checkpoint",
+                    c.dir.display()
+                )));
+            }
+            // Safety: the files are memory-mapped read-only; they must not be modified while
+            // the model is loaded, as with every mmap-based loader.
+            let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&c.safetensors) }
+                .map_err(|e| {
+                    EngineError::InvalidModel(format!(
+                        "{}: cannot read safetensors: {e}",
+                        c.dir.display()
+                    ))
+                })?;
+            Box::new(st)
+        }
+        ModelSource::RandomInit { config, seed } => {
+            let std = config
+                .get("initializer_range")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(0.02) as f32;
+            Box::new(RandomBackend { seed: *seed, std })
+        }
+    };
+    let backend = CountingBackend {
+        inner,
+        count: counter.clone(),
+    };
+    Ok((
+        VarBuilder::from_backend(Box::new(backend), dtype, device.clone()),
+        counter,
+    ))
+}
+
+struct CountingBackend {
+    inner: Box<dyn SimpleBackend>,
+    count: Arc<AtomicU64>,
+}
+
+impl SimpleBackend for CountingBackend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.inner.get(s, name, h, dtype, dev)?;
+        self.count.fetch_add(t.elem_count() as u64, Ordering::Relaxed);
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = self.inner.get_unchecked(name, dtype, dev)?;
+        self.count.fetch_add(t.elem_count() as u64, Ordering::Relaxed);
+        Ok(t)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.inner.contains_tensor(name)
+    }
+}
+
+/// Seeded random weights following transformers' `_init_weights`: normal(0, initializer_range)
+/// for matrices and embeddings, ones for norm scales, zeros for biases. Each tensor's values
+/// depend only on the seed and the tensor's name, so a model is the same on every machine.
+struct RandomBackend {
+    seed: u64,
+    std: f32,
+}
+
+fn name_hash(name: &str) -> u64 {
+    // FNV-1a: stable across Rust versions, unlike DefaultHasher.
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl SimpleBackend for RandomBackend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let leaf = name.rsplit('.').next().unwrap_or(name);
+        let is_norm = {
+            let lower = name.to_ascii_lowercase();
+            lower.contains("norm") || lower.contains("ln_")
+        };
+        let n = s.elem_count();
+        let values: Vec<f32> = if leaf == "bias" || leaf == "beta" {
+            vec![0.0; n]
+        } else if is_norm && (leaf == "weight" || leaf == "gamma") && s.rank() == 1 {
+            vec![1.0; n]
+        } else {
+            let mut rng = SplitMix64::new(self.seed ^ name_hash(name));
+            (0..n).map(|_| rng.next_normal() * self.std).collect()
+        };
+        Tensor::from_vec(values, s, dev)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("random weights need a shape for '{name}'")
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        // Random init can build any tensor the architecture asks for; prefixes such as "bert."
+        // are therefore never assumed to be present.
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_weights_are_seeded_by_name() {
+        let b = RandomBackend { seed: 1, std: 0.02 };
+        let a1 = b.get((4, 4).into(), "x.weight", Init::Const(0.), DType::F32, &Device::Cpu).unwrap();
+        let a2 = b.get((4, 4).into(), "x.weight", Init::Const(0.), DType::F32, &Device::Cpu).unwrap();
+        let c = b.get((4, 4).into(), "y.weight", Init::Const(0.), DType::F32, &Device::Cpu).unwrap();
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(v(&a1), v(&a2));
+        assert_ne!(v(&a1), v(&c));
+        let ln = b.get((4,).into(), "encoder.LayerNorm.weight", Init::Const(0.), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(v(&ln), vec![1.0; 4]);
+    }
+}

@@ -1,0 +1,455 @@
+//! `ipfs-accelerate bench`: plan the combinations, measure each, commit each to DuckDB as it
+//! finishes, print the table.
+
+use crate::plan::{resolve_model, PlanOptions};
+use anyhow::Context;
+use ia_bench::{Combination, Measurement, ModelPlan, Outcome, Protocol, Scenario};
+use ia_db::{CompatibilityRecord, HardwareRecord, ModelRecord, PerformanceRecord, RunRecord, Store};
+use ia_engine::{Engine, Precision};
+use ia_hardware::{HardwareReport, Platform};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Models: catalog keys (see `ipfs-accelerate models`), hub ids in the local caches, or
+    /// checkpoint folders
+    #[arg(long, value_delimiter = ',', default_value = "bert,vit")]
+    models: Vec<String>,
+    /// Platforms to run on; unavailable ones are recorded with the reason
+    #[arg(long, value_delimiter = ',', default_value = "cpu")]
+    hardware: Vec<Platform>,
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    batch_sizes: Vec<usize>,
+    /// Tokens per sequence for text models
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    precision: Vec<Precision>,
+    /// single-stream (latency) and/or offline (throughput)
+    #[arg(long, value_delimiter = ',', default_value = "single-stream")]
+    scenarios: Vec<Scenario>,
+    /// Use each catalog model's small variant
+    #[arg(long)]
+    small_models: bool,
+    /// Where no checkpoint is found, build the model from its config with seeded random
+    /// weights (stored and reported as weights = random)
+    #[arg(long)]
+    random_weights: bool,
+    /// Seed of --random-weights
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Untimed iterations after the first inference
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Timed iterations continue until both this count ...
+    #[arg(long, default_value_t = 10)]
+    min_iterations: usize,
+    /// ... and this many seconds are reached
+    #[arg(long, default_value_t = 2.0)]
+    min_duration: f64,
+    #[arg(long, default_value_t = 100_000)]
+    max_iterations: usize,
+    /// DuckDB results file
+    #[arg(long, env = "BENCHMARK_DB_PATH", default_value = "./benchmark_db.duckdb")]
+    db_path: PathBuf,
+    /// Do not store results
+    #[arg(long)]
+    no_db: bool,
+    /// Also write every result (with raw samples) to this JSON file
+    #[arg(long)]
+    output_json: Option<PathBuf>,
+    /// Print the results as JSON on stdout instead of the table
+    #[arg(long)]
+    json: bool,
+}
+
+/// One finished combination, as printed and written to --output-json.
+#[derive(Serialize)]
+struct ResultRow {
+    model: String,
+    weights: &'static str,
+    platform: Platform,
+    precision: Precision,
+    scenario: &'static str,
+    batch_size: usize,
+    seq_len: Option<usize>,
+    outcome: Outcome,
+    result_id: Option<i64>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.batch_sizes.is_empty() || args.batch_sizes.contains(&0) {
+        anyhow::bail!("--batch-sizes must be positive integers");
+    }
+    if !(args.min_duration >= 0.0 && args.min_duration.is_finite()) {
+        anyhow::bail!("--min-duration must be a non-negative number of seconds");
+    }
+    let opts = PlanOptions {
+        small: args.small_models,
+        random_weights: args.random_weights,
+        seed: args.seed,
+    };
+    let models = args
+        .models
+        .iter()
+        .map(|m| resolve_model(m, &opts))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let protocol = Protocol {
+        warmup_iterations: args.warmup,
+        min_iterations: args.min_iterations.max(1),
+        min_duration: Duration::from_secs_f64(args.min_duration),
+        max_iterations: args.max_iterations.max(1),
+    };
+    let hw = ia_hardware::detect();
+    let combos = combinations(&models, &args);
+    let engine = ia_native::NativeEngine::new();
+
+    let mut store = if args.no_db {
+        None
+    } else {
+        Some(Store::open_or_create(&args.db_path).with_context(|| "opening the results database")?)
+    };
+    let run_id = match store.as_mut() {
+        Some(s) => Some(s.begin_run(&run_record())?),
+        None => None,
+    };
+
+    let pb = ProgressBar::new(combos.len() as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}] {msg}")
+            .expect("valid template"),
+    );
+    let mut rows = Vec::with_capacity(combos.len());
+    for (i, combo) in combos.iter().enumerate() {
+        let label = describe(combo);
+        pb.set_message(label.clone());
+        let available = platform_available(&hw, combo.platform);
+        let outcome = ia_bench::measure(&engine, combo, available, &protocol);
+        let result_id = match (store.as_mut(), run_id) {
+            (Some(s), Some(run)) => Some(store_outcome(s, run, &hw, &engine, combo, &outcome)?),
+            _ => None,
+        };
+        let line = format!(
+            "[{}/{}] {label}: {}{}",
+            i + 1,
+            combos.len(),
+            outcome.status(),
+            result_id.map(|id| format!(" (stored as result {id})")).unwrap_or_default()
+        );
+        if pb.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            pb.println(line);
+        }
+        pb.inc(1);
+        rows.push(ResultRow {
+            model: combo.model.name.clone(),
+            weights: combo.model.source.weights_kind().as_str(),
+            platform: combo.platform,
+            precision: combo.precision,
+            scenario: combo.scenario.as_str(),
+            batch_size: combo.batch_size,
+            seq_len: text_seq_len(combo),
+            outcome,
+            result_id,
+        });
+    }
+    pb.finish_and_clear();
+    if let (Some(s), Some(run)) = (store.as_mut(), run_id) {
+        s.end_run(run, "completed")?;
+    }
+
+    if let Some(path) = &args.output_json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", results_table(&rows));
+        if let Some(s) = &store {
+            println!("\nResults stored in {} (run {}).", s.path().display(), run_id.unwrap_or(0));
+        }
+    }
+    Ok(())
+}
+
+fn combinations(models: &[ModelPlan], args: &Args) -> Vec<Combination> {
+    let mut out = Vec::new();
+    for model in models {
+        for &platform in &args.hardware {
+            for &precision in &args.precision {
+                for &scenario in &args.scenarios {
+                    for &batch_size in &args.batch_sizes {
+                        out.push(Combination {
+                            model: model.clone(),
+                            platform,
+                            batch_size,
+                            seq_len: args.seq_len,
+                            precision,
+                            scenario,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn text_seq_len(c: &Combination) -> Option<usize> {
+    (c.model.modality == ia_models::Modality::Text).then_some(c.seq_len)
+}
+
+fn describe(c: &Combination) -> String {
+    format!(
+        "{} [{}] {} {} {} b={}{}",
+        c.model.name,
+        c.model.source.weights_kind().as_str(),
+        c.platform,
+        c.precision,
+        c.scenario.as_str(),
+        c.batch_size,
+        text_seq_len(c).map(|s| format!(" seq={s}")).unwrap_or_default()
+    )
+}
+
+fn platform_available(hw: &HardwareReport, p: Platform) -> Result<(), String> {
+    let s = hw.status(p);
+    if s.available {
+        Ok(())
+    } else {
+        Err(format!("{p} unavailable: {}", s.detail))
+    }
+}
+
+fn run_record() -> RunRecord {
+    RunRecord {
+        git_commit: git_commit(),
+        command_line: std::env::args().collect::<Vec<_>>().join(" "),
+        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into()),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
+
+/// The commit of the source tree this binary was built from, "+dirty" when it had changes.
+fn git_commit() -> Option<String> {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let out = std::process::Command::new("git")
+        .args(["-C", dir, "rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let mut commit = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let dirty = std::process::Command::new("git")
+        .args(["-C", dir, "status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false);
+    if dirty {
+        commit.push_str("+dirty");
+    }
+    Some(commit)
+}
+
+fn store_outcome(
+    store: &mut Store,
+    run_id: i64,
+    hw: &HardwareReport,
+    engine: &dyn Engine,
+    combo: &Combination,
+    outcome: &Outcome,
+) -> anyhow::Result<i64> {
+    let m = &combo.model;
+    let measured = match outcome {
+        Outcome::Measured(meas) => Some(meas.as_ref()),
+        _ => None,
+    };
+    let model = ModelRecord {
+        model_name: m.name.clone(),
+        class: m.class.as_str().into(),
+        family: m.family.clone(),
+        task: m.task.clone(),
+        modality: m.modality.as_str().into(),
+        parameter_count: measured.map(|x| x.session.parameter_count as i64).unwrap_or(0),
+        source: m.source.describe(),
+        weights: m.source.weights_kind().as_str().into(),
+    };
+    let status = hw.status(combo.platform);
+    let device = measured
+        .map(|x| x.session.device.clone())
+        .unwrap_or_else(|| status.devices.first().cloned().unwrap_or_else(|| "none".into()));
+    let hardware = HardwareRecord {
+        fingerprint: hw.fingerprint.clone(),
+        platform: combo.platform.as_str().into(),
+        device: device.clone(),
+        host: run_record().host,
+        cpu_model: hw.cpu.model_name.clone(),
+        details_json: serde_json::to_string(&serde_json::json!({
+            "platform": status,
+            "cpu": hw.cpu,
+            "gpus": hw.gpus,
+            "os": hw.os,
+            "arch": hw.arch,
+        }))?,
+    };
+    let error = match outcome {
+        Outcome::Measured(_) => None,
+        Outcome::Unavailable { reason } => Some(reason.clone()),
+        Outcome::Failed { stage, error } => Some(format!("{stage}: {error}")),
+    };
+    let perf = performance_record(engine, combo, outcome.status(), error.clone(), device, measured);
+    let compat = CompatibilityRecord {
+        platform: combo.platform.as_str().into(),
+        engine: engine.name().into(),
+        precision: combo.precision.as_str().into(),
+        status: outcome.status().into(),
+        error,
+    };
+    let samples = measured.map(|x| x.samples_ms.as_slice()).unwrap_or(&[]);
+    Ok(store.record_combination(run_id, &model, &hardware, &perf, samples, &compat)?)
+}
+
+fn performance_record(
+    engine: &dyn Engine,
+    combo: &Combination,
+    status: &str,
+    error: Option<String>,
+    device: String,
+    m: Option<&Measurement>,
+) -> PerformanceRecord {
+    let base = PerformanceRecord {
+        engine: engine.name().into(),
+        engine_version: engine.version(),
+        device,
+        precision: combo.precision.as_str().into(),
+        scenario: combo.scenario.as_str().into(),
+        batch_size: combo.batch_size as i32,
+        seq_len: text_seq_len(combo).map(|s| s as i32),
+        status: status.into(),
+        error,
+        ..Default::default()
+    };
+    let Some(m) = m else { return base };
+    let l = &m.latency;
+    PerformanceRecord {
+        engine: m.session.engine.clone(),
+        engine_version: m.session.engine_version.clone(),
+        precision: m.session.precision.as_str().into(),
+        load_time_ms: Some(m.load_time_ms),
+        first_inference_ms: Some(m.first_inference_ms),
+        warmup_iterations: Some(m.warmup_iterations as i32),
+        iterations: Some(l.count as i32),
+        timed_duration_s: Some(m.timed_duration_s),
+        latency_mean_ms: Some(l.mean_ms),
+        latency_stdev_ms: Some(l.stdev_ms),
+        latency_min_ms: Some(l.min_ms),
+        latency_max_ms: Some(l.max_ms),
+        latency_p50_ms: Some(l.p50_ms),
+        latency_p90_ms: Some(l.p90_ms),
+        latency_p95_ms: Some(l.p95_ms),
+        latency_p99_ms: Some(l.p99_ms),
+        p90_is_estimate: Some(l.p90_is_estimate),
+        p95_is_estimate: Some(l.p95_is_estimate),
+        p99_is_estimate: Some(l.p99_is_estimate),
+        throughput_items_per_s: Some(m.throughput_items_per_s),
+        throughput_tokens_per_s: m.throughput_tokens_per_s,
+        peak_rss_mb: m.peak_rss_bytes.map(|b| b as f64 / (1 << 20) as f64),
+        peak_rss_per_combination: Some(m.peak_rss_per_combination),
+        harness_overhead_ns: Some(m.harness_overhead_ns),
+        ..base
+    }
+}
+
+fn results_table(rows: &[ResultRow]) -> String {
+    let header = [
+        "model", "weights", "platform", "prec", "scenario", "batch", "status", "n", "mean ms",
+        "± sd", "p50 ms", "p90 ms", "p99 ms", "items/s", "tokens/s", "peak MB", "load ms",
+        "first ms",
+    ];
+    let mut cells: Vec<Vec<String>> = Vec::new();
+    let mut notes = Vec::new();
+    for r in rows {
+        let mut row = vec![
+            r.model.clone(),
+            r.weights.into(),
+            r.platform.to_string(),
+            r.precision.to_string(),
+            r.scenario.into(),
+            r.batch_size.to_string(),
+            r.outcome.status().into(),
+        ];
+        match &r.outcome {
+            Outcome::Measured(m) => {
+                let l = &m.latency;
+                let est = |v: f64, e: bool| format!("{}{v:.3}", if e { "~" } else { "" });
+                row.extend([
+                    l.count.to_string(),
+                    format!("{:.3}", l.mean_ms),
+                    format!("{:.3}", l.stdev_ms),
+                    format!("{:.3}", l.p50_ms),
+                    est(l.p90_ms, l.p90_is_estimate),
+                    est(l.p99_ms, l.p99_is_estimate),
+                    format!("{:.2}", m.throughput_items_per_s),
+                    m.throughput_tokens_per_s.map(|t| format!("{t:.0}")).unwrap_or_default(),
+                    m.peak_rss_bytes
+                        .map(|b| format!("{:.0}", b as f64 / (1 << 20) as f64))
+                        .unwrap_or_default(),
+                    format!("{:.1}", m.load_time_ms),
+                    format!("{:.2}", m.first_inference_ms),
+                ]);
+            }
+            Outcome::Unavailable { reason } => notes.push(format!("{}/{}: {reason}", r.model, r.platform)),
+            Outcome::Failed { stage, error } => {
+                notes.push(format!("{}/{} b={}: {stage}: {error}", r.model, r.platform, r.batch_size))
+            }
+        }
+        row.resize(header.len(), String::new());
+        cells.push(row);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([header[i].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let fmt_row = |vals: Vec<String>| {
+        vals.iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = fmt_row(header.iter().map(|s| s.to_string()).collect()) + "\n";
+    for r in cells {
+        out.push_str(&fmt_row(r));
+        out.push('\n');
+    }
+    if rows.iter().any(|r| matches!(&r.outcome, Outcome::Measured(m) if m.latency.p90_is_estimate)) {
+        out.push_str("~ = estimate: fewer samples than the percentile needs (p90: 64, p99: 662)\n");
+    }
+    if let Some(m) = rows.iter().find_map(|r| match &r.outcome {
+        Outcome::Measured(m) => Some(m),
+        _ => None,
+    }) {
+        out.push_str(&format!(
+            "harness overhead: {:.0} ns per timed iteration (not subtracted)\n",
+            m.harness_overhead_ns
+        ));
+    }
+    for n in notes {
+        out.push_str(&format!("note: {n}\n"));
+    }
+    out
+}

@@ -1,0 +1,65 @@
+//! `ipfs-accelerate hardware`
+
+use ia_hardware::HardwareReport;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Print the full report as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let report = ia_hardware::detect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(())
+}
+
+pub fn render(r: &HardwareReport) -> String {
+    let mut out = format!(
+        "Hardware fingerprint: {}  ({} / {})\nCPU: {} | {} physical / {} logical cores | {:.1} GiB | {}\n\n",
+        r.fingerprint,
+        r.os,
+        r.arch,
+        r.cpu.model_name,
+        r.cpu.physical_cores,
+        r.cpu.logical_cores,
+        r.cpu.memory_bytes as f64 / (1u64 << 30) as f64,
+        if r.cpu.isa_extensions.is_empty() {
+            "no notable ISA extensions".to_string()
+        } else {
+            r.cpu.isa_extensions.join(" ")
+        }
+    );
+    out.push_str(&format!("{:<10} {:<12} {}\n", "PLATFORM", "STATUS", "DETAIL"));
+    for s in &r.platforms {
+        out.push_str(&format!(
+            "{:<10} {:<12} {}\n",
+            s.platform.as_str(),
+            if s.available { "available" } else { "unavailable" },
+            s.detail
+        ));
+    }
+    out.push_str("\nRUNTIMES\n");
+    for rt in &r.runtimes {
+        let status = match (&rt.version, &rt.error) {
+            (Some(v), None) => format!(
+                "{v} at {}{}",
+                rt.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                if rt.devices.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (devices: {})", rt.devices.join(", "))
+                }
+            ),
+            (_, Some(e)) => format!("not usable: {e}"),
+            _ => "not found".into(),
+        };
+        out.push_str(&format!("{:<12} {}\n", rt.name, status));
+    }
+    out
+}

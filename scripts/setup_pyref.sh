@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Creates the Python reference environment (PyTorch + transformers from PyPI) used to generate
+# fixtures and to run the PyTorch side of the speed comparisons. Not needed by the test suite.
+set -euo pipefail
+cache="${IPFS_ACCELERATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ipfs-accelerate}"
+venv="$cache/pyref"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install --quiet --disable-pip-version-check \
+  torch transformers safetensors sentence-transformers numpy
+"$venv/bin/python" -c "import torch, transformers; print('pyref:', torch.__version__, transformers.__version__)"
