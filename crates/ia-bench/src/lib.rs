@@ -62,7 +62,9 @@ impl std::str::FromStr for Scenario {
         match s.trim() {
             "single-stream" | "singlestream" | "latency" => Ok(Scenario::SingleStream),
             "offline" | "throughput" => Ok(Scenario::Offline),
-            other => Err(format!("unknown scenario '{other}' (expected single-stream or offline)")),
+            other => Err(format!(
+                "unknown scenario '{other}' (expected single-stream or offline)"
+            )),
         }
     }
 }
@@ -111,12 +113,15 @@ pub struct Measurement {
 }
 
 #[derive(Debug, Clone, Serialize)]
-#[serde(tag = "status", rename_all = "lowercase")]
+#[serde(tag = "status")]
 pub enum Outcome {
+    #[serde(rename = "pass")]
     Measured(Box<Measurement>),
     /// The engine cannot run this combination on this machine (platform absent, class or
     /// precision not implemented): recorded with the reason.
+    #[serde(rename = "unavailable")]
     Unavailable { reason: String },
+    #[serde(rename = "fail")]
     Failed { stage: String, error: String },
 }
 

@@ -25,7 +25,9 @@ impl std::str::FromStr for ExportFormat {
         match s {
             "parquet" => Ok(ExportFormat::Parquet),
             "csv" => Ok(ExportFormat::Csv),
-            other => Err(format!("unknown export format '{other}' (expected parquet or csv)")),
+            other => Err(format!(
+                "unknown export format '{other}' (expected parquet or csv)"
+            )),
         }
     }
 }

@@ -234,7 +234,14 @@ fn upsert_hardware(tx: &Connection, h: &HardwareRecord) -> Result<i64> {
     Ok(tx.query_row(
         "INSERT INTO hardware_platforms (fingerprint, platform, device, host, cpu_model, details)
          VALUES (?, ?, ?, ?, ?, ?) RETURNING hardware_id",
-        params![h.fingerprint, h.platform, h.device, h.host, h.cpu_model, h.details_json],
+        params![
+            h.fingerprint,
+            h.platform,
+            h.device,
+            h.host,
+            h.cpu_model,
+            h.details_json
+        ],
         |r| r.get(0),
     )?)
 }

@@ -199,7 +199,12 @@ impl QueryResult {
                 s.to_string()
             }
         };
-        let mut out = self.columns.iter().map(|c| esc(c)).collect::<Vec<_>>().join(",");
+        let mut out = self
+            .columns
+            .iter()
+            .map(|c| esc(c))
+            .collect::<Vec<_>>()
+            .join(",");
         out.push('\n');
         for r in &self.rows {
             out.push_str(
@@ -238,8 +243,16 @@ impl QueryResult {
         let esc = |s: &str| s.replace('|', "\\|").replace('\n', " ");
         let mut out = format!(
             "| {} |\n|{}|\n",
-            self.columns.iter().map(|c| esc(c)).collect::<Vec<_>>().join(" | "),
-            self.columns.iter().map(|_| "---").collect::<Vec<_>>().join("|")
+            self.columns
+                .iter()
+                .map(|c| esc(c))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            self.columns
+                .iter()
+                .map(|_| "---")
+                .collect::<Vec<_>>()
+                .join("|")
         );
         for r in self.texts() {
             out.push_str(&format!(

@@ -130,8 +130,7 @@ fn compatibility_matrix(rows: &QueryResult) -> QueryResult {
     let col = |name: &str| rows.columns.iter().position(|c| c == name).expect("column");
     let (mi, wi, pi, si) = (col("model"), col("weights"), col("platform"), col("status"));
     let mut models: Vec<(String, String)> = Vec::new();
-    let mut cells: std::collections::HashMap<(String, String, String), String> =
-        Default::default();
+    let mut cells: std::collections::HashMap<(String, String, String), String> = Default::default();
     let rank = |s: &str| match s {
         "pass" => 3,
         "fail" => 2,
@@ -144,9 +143,7 @@ fn compatibility_matrix(rows: &QueryResult) -> QueryResult {
             models.push(key.clone());
         }
         let status = value_text(&r[si]);
-        let cell = cells
-            .entry((key.0, key.1, value_text(&r[pi])))
-            .or_default();
+        let cell = cells.entry((key.0, key.1, value_text(&r[pi]))).or_default();
         if rank(&status) > rank(cell) {
             *cell = status;
         }

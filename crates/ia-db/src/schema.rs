@@ -158,7 +158,10 @@ pub fn migrate(conn: &Connection, path: &Path) -> Result<()> {
         ))
         .map_err(|e| {
             let _ = conn.execute_batch("ROLLBACK");
-            DbError::Sql(format!("migration to schema version {to} failed: {}", crate::one_line(&e.to_string())))
+            DbError::Sql(format!(
+                "migration to schema version {to} failed: {}",
+                crate::one_line(&e.to_string())
+            ))
         })?;
     }
     Ok(())

@@ -49,7 +49,11 @@ impl Inputs {
         let mut input_ids = Vec::with_capacity(rows.len() * seq_len);
         let mut attention_mask = Vec::with_capacity(rows.len() * seq_len);
         for r in rows {
-            input_ids.extend(r.iter().copied().chain(std::iter::repeat_n(pad_id, seq_len - r.len())));
+            input_ids.extend(
+                r.iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(pad_id, seq_len - r.len())),
+            );
             attention_mask.extend((0..seq_len).map(|i| u32::from(i < r.len())));
         }
         Ok(Inputs::Text {
@@ -86,7 +90,9 @@ pub fn generate(
     spec: InputSpec,
 ) -> Result<Inputs, EngineError> {
     if spec.batch_size == 0 {
-        return Err(EngineError::InvalidInput("batch size must be at least 1".into()));
+        return Err(EngineError::InvalidInput(
+            "batch size must be at least 1".into(),
+        ));
     }
     match modality {
         Modality::Text => text_inputs(source, spec),
@@ -111,10 +117,15 @@ fn preprocessor(source: &ModelSource) -> Option<Value> {
 
 fn text_inputs(source: &ModelSource, spec: InputSpec) -> Result<Inputs, EngineError> {
     if spec.seq_len == 0 {
-        return Err(EngineError::InvalidInput("sequence length must be at least 1".into()));
+        return Err(EngineError::InvalidInput(
+            "sequence length must be at least 1".into(),
+        ));
     }
     let config = source.config();
-    if let Some(max) = config.get("max_position_embeddings").and_then(Value::as_u64) {
+    if let Some(max) = config
+        .get("max_position_embeddings")
+        .and_then(Value::as_u64)
+    {
         if spec.seq_len as u64 > max {
             return Err(EngineError::InvalidInput(format!(
                 "sequence length {} exceeds the model's max_position_embeddings {max}",
@@ -180,7 +191,11 @@ fn image_inputs(config: &Value, pre: Option<Value>, batch: usize) -> Result<Inpu
         pre.as_ref()
             .and_then(|p| p.get(key))
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_f64().map(|x| x as f32)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_f64().map(|x| x as f32))
+                    .collect()
+            })
             .filter(|v: &Vec<f32>| v.len() == channels)
             .unwrap_or_else(|| vec![default; channels])
     };
@@ -249,9 +264,19 @@ mod tests {
     #[test]
     fn text_without_tokenizer_uses_vocab() {
         let src = random(json!({"vocab_size": 100, "max_position_embeddings": 64}));
-        let inp = generate(&src, Modality::Text, InputSpec { batch_size: 2, seq_len: 16 }).unwrap();
+        let inp = generate(
+            &src,
+            Modality::Text,
+            InputSpec {
+                batch_size: 2,
+                seq_len: 16,
+            },
+        )
+        .unwrap();
         match inp {
-            Inputs::Text { input_ids, batch, .. } => {
+            Inputs::Text {
+                input_ids, batch, ..
+            } => {
                 assert_eq!(batch, 2);
                 assert_eq!(input_ids.len(), 32);
                 assert!(input_ids.iter().all(|&i| i < 100));
@@ -263,18 +288,36 @@ mod tests {
     #[test]
     fn too_long_sequence_is_rejected() {
         let src = random(json!({"vocab_size": 100, "max_position_embeddings": 8}));
-        let err = generate(&src, Modality::Text, InputSpec { batch_size: 1, seq_len: 16 })
-            .unwrap_err()
-            .to_string();
+        let err = generate(
+            &src,
+            Modality::Text,
+            InputSpec {
+                batch_size: 1,
+                seq_len: 16,
+            },
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("max_position_embeddings"), "{err}");
     }
 
     #[test]
     fn images_are_normalised_nchw() {
         let src = random(json!({"image_size": 8, "num_channels": 3}));
-        let inp = generate(&src, Modality::Vision, InputSpec { batch_size: 3, seq_len: 0 }).unwrap();
+        let inp = generate(
+            &src,
+            Modality::Vision,
+            InputSpec {
+                batch_size: 3,
+                seq_len: 0,
+            },
+        )
+        .unwrap();
         match inp {
-            Inputs::Image { shape, pixel_values } => {
+            Inputs::Image {
+                shape,
+                pixel_values,
+            } => {
                 assert_eq!(shape, [3, 3, 8, 8]);
                 assert_eq!(pixel_values.len(), 3 * 3 * 64);
                 assert!(pixel_values.iter().all(|v| (-1.0..=1.0).contains(v)));
@@ -285,8 +328,18 @@ mod tests {
 
     #[test]
     fn rng_is_deterministic() {
-        let a: Vec<u64> = (0..4).map({ let mut r = SplitMix64::new(7); move |_| r.next_u64() }).collect();
-        let b: Vec<u64> = (0..4).map({ let mut r = SplitMix64::new(7); move |_| r.next_u64() }).collect();
+        let a: Vec<u64> = (0..4)
+            .map({
+                let mut r = SplitMix64::new(7);
+                move |_| r.next_u64()
+            })
+            .collect();
+        let b: Vec<u64> = (0..4)
+            .map({
+                let mut r = SplitMix64::new(7);
+                move |_| r.next_u64()
+            })
+            .collect();
         assert_eq!(a, b);
     }
 }

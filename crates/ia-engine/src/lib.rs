@@ -142,6 +142,10 @@ mod tests {
         for p in ["f32", "f16", "bf16", "int8", "q8_0", "q4_k"] {
             assert_eq!(p.parse::<Precision>().unwrap().as_str(), p);
         }
-        assert!("fp8".parse::<Precision>().unwrap_err().to_string().contains("fp8"));
+        assert!("fp8"
+            .parse::<Precision>()
+            .unwrap_err()
+            .to_string()
+            .contains("fp8"));
     }
 }

@@ -78,11 +78,25 @@ fn isa_extensions(cpuinfo: &str) -> Vec<String> {
             ("f16c", std::arch::is_x86_feature_detected!("f16c")),
             ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
             ("avx512bw", std::arch::is_x86_feature_detected!("avx512bw")),
-            ("avx512vnni", std::arch::is_x86_feature_detected!("avx512vnni")),
-            ("avx512bf16", std::arch::is_x86_feature_detected!("avx512bf16")),
-            ("avx512fp16", std::arch::is_x86_feature_detected!("avx512fp16")),
+            (
+                "avx512vnni",
+                std::arch::is_x86_feature_detected!("avx512vnni"),
+            ),
+            (
+                "avx512bf16",
+                std::arch::is_x86_feature_detected!("avx512bf16"),
+            ),
+            (
+                "avx512fp16",
+                std::arch::is_x86_feature_detected!("avx512fp16"),
+            ),
         ];
-        found.extend(runtime.iter().filter(|(_, on)| *on).map(|(n, _)| n.to_string()));
+        found.extend(
+            runtime
+                .iter()
+                .filter(|(_, on)| *on)
+                .map(|(n, _)| n.to_string()),
+        );
         // AMX is not exposed by `is_x86_feature_detected!` on stable; the kernel's flags are
         // authoritative anyway because it must enable the AMX state for user space.
         for amx in ["amx_tile", "amx_bf16", "amx_int8", "amx_fp16"] {

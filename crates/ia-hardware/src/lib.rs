@@ -134,7 +134,10 @@ pub fn detect() -> HardwareReport {
     platforms.push(gpu::probe_metal());
     platforms.push(runtimes::openvino_status(&runtimes));
     let browser = runtimes::find_chromium();
-    platforms.push(runtimes::browser_platform_status(Platform::Webgpu, &browser));
+    platforms.push(runtimes::browser_platform_status(
+        Platform::Webgpu,
+        &browser,
+    ));
     platforms.push(runtimes::browser_platform_status(Platform::Webnn, &browser));
 
     let mut gpus = Vec::new();
@@ -164,7 +167,11 @@ fn gpu_status(platform: Platform, probe: &Result<Vec<GpuDevice>, String>) -> Pla
         Ok(devs) if !devs.is_empty() => PlatformStatus {
             platform,
             available: true,
-            detail: devs.iter().map(|d| d.summary()).collect::<Vec<_>>().join("; "),
+            detail: devs
+                .iter()
+                .map(|d| d.summary())
+                .collect::<Vec<_>>()
+                .join("; "),
             devices: devs.iter().map(|d| d.name.clone()).collect(),
         },
         Ok(_) => PlatformStatus {

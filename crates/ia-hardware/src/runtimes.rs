@@ -176,7 +176,12 @@ fn first_loadable<T>(
 }
 
 fn probe_onnxruntime(site: &[PathBuf]) -> RuntimeLibrary {
-    let paths = candidates("ORT_DYLIB_PATH", "libonnxruntime", &["onnxruntime", "capi"], site);
+    let paths = candidates(
+        "ORT_DYLIB_PATH",
+        "libonnxruntime",
+        &["onnxruntime", "capi"],
+        site,
+    );
     let (path, result) = first_loadable("ONNX Runtime", paths, |lib| unsafe {
         #[repr(C)]
         struct OrtApiBase {
@@ -204,7 +209,12 @@ fn probe_onnxruntime(site: &[PathBuf]) -> RuntimeLibrary {
 }
 
 fn probe_openvino(site: &[PathBuf]) -> RuntimeLibrary {
-    let paths = candidates("OPENVINO_LIB_PATH", "libopenvino_c", &["openvino", "libs"], site);
+    let paths = candidates(
+        "OPENVINO_LIB_PATH",
+        "libopenvino_c",
+        &["openvino", "libs"],
+        site,
+    );
     let (path, result) = first_loadable("OpenVINO", paths, |lib| unsafe {
         #[repr(C)]
         struct OvVersion {
@@ -226,7 +236,9 @@ fn probe_openvino(site: &[PathBuf]) -> RuntimeLibrary {
         if get_version(&mut v) != 0 || v.build_number.is_null() {
             return Err("ov_get_openvino_version failed".into());
         }
-        let version = CStr::from_ptr(v.build_number).to_string_lossy().into_owned();
+        let version = CStr::from_ptr(v.build_number)
+            .to_string_lossy()
+            .into_owned();
         if let Ok(free) = lib.get::<extern "C" fn(*mut OvVersion)>(b"ov_version_free\0") {
             free(&mut v);
         }
@@ -241,7 +253,9 @@ fn probe_openvino(site: &[PathBuf]) -> RuntimeLibrary {
         let mut core = std::ptr::null_mut();
         let rc = core_create(&mut core);
         if rc != 0 || core.is_null() {
-            return Err(format!("OpenVINO {version}: ov_core_create failed (status {rc})"));
+            return Err(format!(
+                "OpenVINO {version}: ov_core_create failed (status {rc})"
+            ));
         }
         let mut devs = OvDevices {
             devices: std::ptr::null_mut(),
@@ -291,7 +305,10 @@ pub(crate) fn openvino_status(runtimes: &[RuntimeLibrary]) -> PlatformStatus {
             detail: format!(
                 "OpenVINO {} at {} (devices: {})",
                 r.version.as_deref().unwrap_or("?"),
-                r.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                r.path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
                 r.devices.join(", ")
             ),
             devices: r.devices.clone(),

@@ -118,40 +118,171 @@ macro_rules! entry {
 }
 
 pub static CATALOG: &[CatalogEntry] = &[
-    entry!("bert", "bert-base-uncased", Bert, "embedding", "feature-extraction", Text,
+    entry!(
+        "bert",
+        "bert-base-uncased",
+        Bert,
+        "embedding",
+        "feature-extraction",
+        Text,
         "sentence-transformers/all-MiniLM-L6-v2",
         Some(include_str!("configs/bert-base-uncased.json")),
-        Some(include_str!("configs/all-MiniLM-L6-v2.json"))),
-    entry!("t5", "t5-small", T5, "text2text", "text2text-generation", Text,
-        "google/t5-efficient-tiny", None, None),
-    entry!("opt", "facebook/opt-125m", Llama, "text_generation", "text-generation", Text,
-        "facebook/opt-125m", None, None),
-    entry!("clip", "openai/clip-vit-base-patch32", Clip, "multimodal", "zero-shot-image-classification", Multimodal,
-        "openai/clip-vit-base-patch32", None, None),
-    entry!("vit", "google/vit-base-patch16-224", Vit, "vision", "image-classification", Vision,
+        Some(include_str!("configs/all-MiniLM-L6-v2.json"))
+    ),
+    entry!(
+        "t5",
+        "t5-small",
+        T5,
+        "text2text",
+        "text2text-generation",
+        Text,
+        "google/t5-efficient-tiny",
+        None,
+        None
+    ),
+    entry!(
+        "opt",
+        "facebook/opt-125m",
+        Llama,
+        "text_generation",
+        "text-generation",
+        Text,
+        "facebook/opt-125m",
+        None,
+        None
+    ),
+    entry!(
+        "clip",
+        "openai/clip-vit-base-patch32",
+        Clip,
+        "multimodal",
+        "zero-shot-image-classification",
+        Multimodal,
+        "openai/clip-vit-base-patch32",
+        None,
+        None
+    ),
+    entry!(
+        "vit",
+        "google/vit-base-patch16-224",
+        Vit,
+        "vision",
+        "image-classification",
+        Vision,
         "WinKawaks/vit-tiny-patch16-224",
         Some(include_str!("configs/vit-base-patch16-224.json")),
-        Some(include_str!("configs/vit-tiny-patch16-224.json"))),
-    entry!("clap", "laion/clap-htsat-unfused", Clap, "audio", "zero-shot-audio-classification", Audio,
-        "laion/clap-htsat-unfused", None, None),
-    entry!("whisper", "openai/whisper-tiny", Whisper, "audio", "automatic-speech-recognition", Audio,
-        "openai/whisper-tiny.en", None, None),
-    entry!("wav2vec2", "facebook/wav2vec2-base", Wav2vec2, "audio", "automatic-speech-recognition", Audio,
-        "facebook/wav2vec2-base", None, None),
-    entry!("llava", "llava-hf/llava-1.5-7b-hf", Llava, "multimodal", "image-text-to-text", Multimodal,
-        "llava-hf/llava-interleave-qwen-0.5b-hf", None, None),
-    entry!("llava-next", "llava-hf/llava-v1.6-mistral-7b-hf", LlavaNext, "multimodal", "image-text-to-text", Multimodal,
-        "llava-hf/llava-v1.6-mistral-7b-hf", None, None),
-    entry!("xclip", "microsoft/xclip-base-patch32", Xclip, "multimodal", "zero-shot-video-classification", Multimodal,
-        "microsoft/xclip-base-patch32", None, None),
-    entry!("qwen2", "Qwen/Qwen2-0.5B", Qwen, "text_generation", "text-generation", Text,
-        "Qwen/Qwen2-0.5B", None, None),
-    entry!("qwen3", "Qwen/Qwen3-0.6B", Qwen, "text_generation", "text-generation", Text,
-        "Qwen/Qwen3-0.6B", None, None),
-    entry!("qwen2-vl", "Qwen/Qwen2-VL-2B-Instruct", Qwen, "multimodal", "image-text-to-text", Multimodal,
-        "Qwen/Qwen2-VL-2B-Instruct", None, None),
-    entry!("detr", "facebook/detr-resnet-50", Detr, "vision", "object-detection", Vision,
-        "facebook/detr-resnet-50", None, None),
+        Some(include_str!("configs/vit-tiny-patch16-224.json"))
+    ),
+    entry!(
+        "clap",
+        "laion/clap-htsat-unfused",
+        Clap,
+        "audio",
+        "zero-shot-audio-classification",
+        Audio,
+        "laion/clap-htsat-unfused",
+        None,
+        None
+    ),
+    entry!(
+        "whisper",
+        "openai/whisper-tiny",
+        Whisper,
+        "audio",
+        "automatic-speech-recognition",
+        Audio,
+        "openai/whisper-tiny.en",
+        None,
+        None
+    ),
+    entry!(
+        "wav2vec2",
+        "facebook/wav2vec2-base",
+        Wav2vec2,
+        "audio",
+        "automatic-speech-recognition",
+        Audio,
+        "facebook/wav2vec2-base",
+        None,
+        None
+    ),
+    entry!(
+        "llava",
+        "llava-hf/llava-1.5-7b-hf",
+        Llava,
+        "multimodal",
+        "image-text-to-text",
+        Multimodal,
+        "llava-hf/llava-interleave-qwen-0.5b-hf",
+        None,
+        None
+    ),
+    entry!(
+        "llava-next",
+        "llava-hf/llava-v1.6-mistral-7b-hf",
+        LlavaNext,
+        "multimodal",
+        "image-text-to-text",
+        Multimodal,
+        "llava-hf/llava-v1.6-mistral-7b-hf",
+        None,
+        None
+    ),
+    entry!(
+        "xclip",
+        "microsoft/xclip-base-patch32",
+        Xclip,
+        "multimodal",
+        "zero-shot-video-classification",
+        Multimodal,
+        "microsoft/xclip-base-patch32",
+        None,
+        None
+    ),
+    entry!(
+        "qwen2",
+        "Qwen/Qwen2-0.5B",
+        Qwen,
+        "text_generation",
+        "text-generation",
+        Text,
+        "Qwen/Qwen2-0.5B",
+        None,
+        None
+    ),
+    entry!(
+        "qwen3",
+        "Qwen/Qwen3-0.6B",
+        Qwen,
+        "text_generation",
+        "text-generation",
+        Text,
+        "Qwen/Qwen3-0.6B",
+        None,
+        None
+    ),
+    entry!(
+        "qwen2-vl",
+        "Qwen/Qwen2-VL-2B-Instruct",
+        Qwen,
+        "multimodal",
+        "image-text-to-text",
+        Multimodal,
+        "Qwen/Qwen2-VL-2B-Instruct",
+        None,
+        None
+    ),
+    entry!(
+        "detr",
+        "facebook/detr-resnet-50",
+        Detr,
+        "vision",
+        "object-detection",
+        Vision,
+        "facebook/detr-resnet-50",
+        None,
+        None
+    ),
 ];
 
 /// Finds a catalog entry by short key, canonical id or small-variant id.
@@ -161,7 +292,10 @@ pub fn lookup(name: &str) -> Option<&'static CatalogEntry> {
         e.key.eq_ignore_ascii_case(n)
             || e.hf_id.eq_ignore_ascii_case(n)
             || e.small_hf_id.eq_ignore_ascii_case(n)
-            || e.hf_id.rsplit('/').next().is_some_and(|s| s.eq_ignore_ascii_case(n))
+            || e.hf_id
+                .rsplit('/')
+                .next()
+                .is_some_and(|s| s.eq_ignore_ascii_case(n))
     })
 }
 
@@ -192,7 +326,12 @@ mod tests {
     fn lookup_by_key_id_or_small_id() {
         assert_eq!(lookup("bert").unwrap().hf_id, "bert-base-uncased");
         assert_eq!(lookup("google/vit-base-patch16-224").unwrap().key, "vit");
-        assert_eq!(lookup("sentence-transformers/all-MiniLM-L6-v2").unwrap().key, "bert");
+        assert_eq!(
+            lookup("sentence-transformers/all-MiniLM-L6-v2")
+                .unwrap()
+                .key,
+            "bert"
+        );
         assert!(lookup("no-such-model").is_none());
     }
 }

@@ -187,7 +187,10 @@ pub fn hf_hub_cache() -> PathBuf {
         return PathBuf::from(d).join("hub");
     }
     let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
-    PathBuf::from(home).join(".cache").join("huggingface").join("hub")
+    PathBuf::from(home)
+        .join(".cache")
+        .join("huggingface")
+        .join("hub")
 }
 
 /// In a hub-cache repo folder: the snapshot `refs/main` points at, else the newest snapshot
@@ -258,7 +261,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("config.json"), "{not json").unwrap();
         let err = Checkpoint::open(d.path()).unwrap_err().to_string();
-        assert!(err.contains("config.json") && err.contains("invalid JSON"), "{err}");
+        assert!(
+            err.contains("config.json") && err.contains("invalid JSON"),
+            "{err}"
+        );
         let empty = tempfile::tempdir().unwrap();
         let err = Checkpoint::open(empty.path()).unwrap_err().to_string();
         assert!(err.contains("no config.json"), "{err}");

@@ -60,7 +60,11 @@ pub fn classify_config(config: &Value) -> Result<Classification, ClassifyError> 
     let architectures: Vec<String> = config
         .get("architectures")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     let class = MODEL_TYPES
         .iter()
@@ -73,7 +77,11 @@ pub fn classify_config(config: &Value) -> Result<Classification, ClassifyError> 
             } else {
                 architectures.join(", ")
             },
-            supported: MODEL_TYPES.iter().map(|(t, _)| *t).collect::<Vec<_>>().join(", "),
+            supported: MODEL_TYPES
+                .iter()
+                .map(|(t, _)| *t)
+                .collect::<Vec<_>>()
+                .join(", "),
         })?;
     let architecture = architectures.first().cloned();
     let arch = architecture.as_deref().unwrap_or("");
@@ -90,7 +98,11 @@ pub fn classify_config(config: &Value) -> Result<Classification, ClassifyError> 
         ModelClass::Llama => ("text_generation", "text-generation", Modality::Text),
         ModelClass::Qwen if is_vl => ("multimodal", "image-text-to-text", Modality::Multimodal),
         ModelClass::Qwen => ("text_generation", "text-generation", Modality::Text),
-        ModelClass::Clip => ("multimodal", "zero-shot-image-classification", Modality::Multimodal),
+        ModelClass::Clip => (
+            "multimodal",
+            "zero-shot-image-classification",
+            Modality::Multimodal,
+        ),
         ModelClass::Vit => match arch_suffix(arch) {
             "ForImageClassification" => ("vision", "image-classification", Modality::Vision),
             _ => ("vision", "image-feature-extraction", Modality::Vision),
@@ -106,7 +118,11 @@ pub fn classify_config(config: &Value) -> Result<Classification, ClassifyError> 
         ModelClass::Llava | ModelClass::LlavaNext => {
             ("multimodal", "image-text-to-text", Modality::Multimodal)
         }
-        ModelClass::Xclip => ("multimodal", "zero-shot-video-classification", Modality::Multimodal),
+        ModelClass::Xclip => (
+            "multimodal",
+            "zero-shot-video-classification",
+            Modality::Multimodal,
+        ),
     };
     Ok(Classification {
         model_type,
@@ -130,24 +146,35 @@ mod tests {
 
     #[test]
     fn classifies_known_configs() {
-        let c = classify_config(&json!({"model_type": "bert", "architectures": ["BertModel"]})).unwrap();
+        let c = classify_config(&json!({"model_type": "bert", "architectures": ["BertModel"]}))
+            .unwrap();
         assert_eq!((c.class, c.task), (ModelClass::Bert, "feature-extraction"));
-        let c = classify_config(&json!({"model_type": "vit", "architectures": ["ViTForImageClassification"]})).unwrap();
+        let c = classify_config(
+            &json!({"model_type": "vit", "architectures": ["ViTForImageClassification"]}),
+        )
+        .unwrap();
         assert_eq!((c.class, c.task), (ModelClass::Vit, "image-classification"));
         let c = classify_config(&json!({"model_type": "qwen2_vl"})).unwrap();
-        assert_eq!((c.class, c.modality), (ModelClass::Qwen, Modality::Multimodal));
-        let c = classify_config(&json!({"model_type": "opt", "architectures": ["OPTForCausalLM"]})).unwrap();
+        assert_eq!(
+            (c.class, c.modality),
+            (ModelClass::Qwen, Modality::Multimodal)
+        );
+        let c = classify_config(&json!({"model_type": "opt", "architectures": ["OPTForCausalLM"]}))
+            .unwrap();
         assert_eq!(c.family, "text_generation");
     }
 
     #[test]
     fn unknown_config_gets_a_clear_message() {
-        let err = classify_config(&json!({"model_type": "mamba", "architectures": ["MambaForCausalLM"]}))
-            .unwrap_err()
-            .to_string();
+        let err =
+            classify_config(&json!({"model_type": "mamba", "architectures": ["MambaForCausalLM"]}))
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("unknown model_type 'mamba'"), "{err}");
         assert!(err.contains("MambaForCausalLM"), "{err}");
-        let err = classify_config(&json!({"hidden_size": 3})).unwrap_err().to_string();
+        let err = classify_config(&json!({"hidden_size": 3}))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("model_type"), "{err}");
     }
 }

@@ -70,13 +70,15 @@ impl SimpleBackend for CountingBackend {
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
         let t = self.inner.get(s, name, h, dtype, dev)?;
-        self.count.fetch_add(t.elem_count() as u64, Ordering::Relaxed);
+        self.count
+            .fetch_add(t.elem_count() as u64, Ordering::Relaxed);
         Ok(t)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let t = self.inner.get_unchecked(name, dtype, dev)?;
-        self.count.fetch_add(t.elem_count() as u64, Ordering::Relaxed);
+        self.count
+            .fetch_add(t.elem_count() as u64, Ordering::Relaxed);
         Ok(t)
     }
 
@@ -144,13 +146,45 @@ mod tests {
     #[test]
     fn random_weights_are_seeded_by_name() {
         let b = RandomBackend { seed: 1, std: 0.02 };
-        let a1 = b.get((4, 4).into(), "x.weight", Init::Const(0.), DType::F32, &Device::Cpu).unwrap();
-        let a2 = b.get((4, 4).into(), "x.weight", Init::Const(0.), DType::F32, &Device::Cpu).unwrap();
-        let c = b.get((4, 4).into(), "y.weight", Init::Const(0.), DType::F32, &Device::Cpu).unwrap();
+        let a1 = b
+            .get(
+                (4, 4).into(),
+                "x.weight",
+                Init::Const(0.),
+                DType::F32,
+                &Device::Cpu,
+            )
+            .unwrap();
+        let a2 = b
+            .get(
+                (4, 4).into(),
+                "x.weight",
+                Init::Const(0.),
+                DType::F32,
+                &Device::Cpu,
+            )
+            .unwrap();
+        let c = b
+            .get(
+                (4, 4).into(),
+                "y.weight",
+                Init::Const(0.),
+                DType::F32,
+                &Device::Cpu,
+            )
+            .unwrap();
         let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(v(&a1), v(&a2));
         assert_ne!(v(&a1), v(&c));
-        let ln = b.get((4,).into(), "encoder.LayerNorm.weight", Init::Const(0.), DType::F32, &Device::Cpu).unwrap();
+        let ln = b
+            .get(
+                (4,).into(),
+                "encoder.LayerNorm.weight",
+                Init::Const(0.),
+                DType::F32,
+                &Device::Cpu,
+            )
+            .unwrap();
         assert_eq!(v(&ln), vec![1.0; 4]);
     }
 }

@@ -13,7 +13,9 @@ use std::path::PathBuf;
 const TOLERANCE: f32 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(name)
 }
 
 fn reference(name: &str) -> HashMap<String, Tensor> {
@@ -24,18 +26,31 @@ fn reference(name: &str) -> HashMap<String, Tensor> {
 fn load(name: &str) -> Box<dyn Session> {
     let ckpt = Checkpoint::open(&fixture(name)).expect("fixture checkpoint");
     NativeEngine::new()
-        .load(&ModelSource::Checkpoint(ckpt), Platform::Cpu, Precision::F32)
+        .load(
+            &ModelSource::Checkpoint(ckpt),
+            Platform::Cpu,
+            Precision::F32,
+        )
         .expect("load")
 }
 
 fn ids(t: &Tensor) -> Vec<u32> {
-    t.flatten_all().unwrap().to_vec1::<i64>().unwrap().into_iter().map(|x| x as u32).collect()
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as u32)
+        .collect()
 }
 
 fn max_abs_diff(a: &[f32], b: &Tensor) -> f32 {
     let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(a.len(), b.len(), "shape mismatch");
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -55,7 +70,10 @@ fn bert_tiny_matches_transformers() {
     assert_eq!(hidden.shape(), r["last_hidden_state"].dims());
     let d = max_abs_diff(&hidden.to_f32_vec().unwrap(), &r["last_hidden_state"]);
     assert!(d <= TOLERANCE, "last_hidden_state max abs diff {d}");
-    let d = max_abs_diff(&out.get("mean_pooled").unwrap().to_f32_vec().unwrap(), &r["mean_pooled"]);
+    let d = max_abs_diff(
+        &out.get("mean_pooled").unwrap().to_f32_vec().unwrap(),
+        &r["mean_pooled"],
+    );
     assert!(d <= TOLERANCE, "mean_pooled max abs diff {d}");
 }
 
@@ -66,7 +84,8 @@ fn bert_tiny_tokenizer_matches_transformers() {
         &std::fs::read_to_string(fixture("bert-tiny").join("reference_meta.json")).unwrap(),
     )
     .unwrap();
-    let tok = tokenizers::Tokenizer::from_file(fixture("bert-tiny").join("tokenizer.json")).unwrap();
+    let tok =
+        tokenizers::Tokenizer::from_file(fixture("bert-tiny").join("tokenizer.json")).unwrap();
     let all = ids(&r["input_ids"]);
     let mask = ids(&r["attention_mask"]);
     let seq_len = r["input_ids"].dims2().unwrap().1;
@@ -99,7 +118,9 @@ fn vit_tiny_matches_transformers() {
 #[test]
 fn parameter_count_is_every_checkpoint_tensor() {
     for name in ["bert-tiny", "vit-tiny"] {
-        let st = candle_core::safetensors::load(fixture(name).join("model.safetensors"), &Device::Cpu).unwrap();
+        let st =
+            candle_core::safetensors::load(fixture(name).join("model.safetensors"), &Device::Cpu)
+                .unwrap();
         let total: usize = st.values().map(|t| t.elem_count()).sum();
         assert_eq!(load(name).info().parameter_count, total as u64, "{name}");
     }
@@ -112,11 +133,21 @@ fn random_weights_are_deterministic_per_seed() {
     )
     .unwrap();
     let run = |seed| {
-        let src = ModelSource::RandomInit { config: config.clone(), seed };
-        let mut s = NativeEngine::new().load(&src, Platform::Cpu, Precision::F32).unwrap();
+        let src = ModelSource::RandomInit {
+            config: config.clone(),
+            seed,
+        };
+        let mut s = NativeEngine::new()
+            .load(&src, Platform::Cpu, Precision::F32)
+            .unwrap();
         assert_eq!(s.info().weights.as_str(), "random");
         let inputs = Inputs::from_token_rows(&[vec![2, 50, 60, 3]], 0).unwrap();
-        s.run(&inputs).unwrap().get("mean_pooled").unwrap().to_f32_vec().unwrap()
+        s.run(&inputs)
+            .unwrap()
+            .get("mean_pooled")
+            .unwrap()
+            .to_f32_vec()
+            .unwrap()
     };
     assert_eq!(run(7), run(7));
     assert_ne!(run(7), run(8));
@@ -126,26 +157,54 @@ fn random_weights_are_deterministic_per_seed() {
 fn unsupported_platform_and_precision_are_clear_errors() {
     let ckpt = Checkpoint::open(&fixture("bert-tiny")).unwrap();
     let src = ModelSource::Checkpoint(ckpt);
-    let e = NativeEngine::new().load(&src, Platform::Webgpu, Precision::F32).err().unwrap();
+    let e = NativeEngine::new()
+        .load(&src, Platform::Webgpu, Precision::F32)
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("webgpu"), "{e}");
-    let e = NativeEngine::new().load(&src, Platform::Cpu, Precision::Q4K).err().unwrap();
+    let e = NativeEngine::new()
+        .load(&src, Platform::Cpu, Precision::Q4K)
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("q4_k"), "{e}");
 }
 
 #[test]
 fn malformed_checkpoint_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture("bert-tiny").join("config.json"), dir.path().join("config.json")).unwrap();
-    std::fs::write(dir.path().join("model.safetensors"), b"\x08\x00\x00\x00\x00\x00\x00\x00{bad json").unwrap();
+    std::fs::copy(
+        fixture("bert-tiny").join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        b"\x08\x00\x00\x00\x00\x00\x00\x00{bad json",
+    )
+    .unwrap();
     let src = ModelSource::Checkpoint(Checkpoint::open(dir.path()).unwrap());
-    let e = NativeEngine::new().load(&src, Platform::Cpu, Precision::F32).err().unwrap().to_string();
+    let e = NativeEngine::new()
+        .load(&src, Platform::Cpu, Precision::F32)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("safetensors"), "{e}");
 
     let bad_cfg = serde_json::json!({"model_type": "bert", "hidden_size": 32});
     let e = NativeEngine::new()
-        .load(&ModelSource::RandomInit { config: bad_cfg, seed: 0 }, Platform::Cpu, Precision::F32)
+        .load(
+            &ModelSource::RandomInit {
+                config: bad_cfg,
+                seed: 0,
+            },
+            Platform::Cpu,
+            Precision::F32,
+        )
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("config.json does not describe a BERT model"), "{e}");
+    assert!(
+        e.contains("config.json does not describe a BERT model"),
+        "{e}"
+    );
 }

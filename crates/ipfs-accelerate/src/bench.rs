@@ -4,7 +4,9 @@
 use crate::plan::{resolve_model, PlanOptions};
 use anyhow::Context;
 use ia_bench::{Combination, Measurement, ModelPlan, Outcome, Protocol, Scenario};
-use ia_db::{CompatibilityRecord, HardwareRecord, ModelRecord, PerformanceRecord, RunRecord, Store};
+use ia_db::{
+    CompatibilityRecord, HardwareRecord, ModelRecord, PerformanceRecord, RunRecord, Store,
+};
 use ia_engine::{Engine, Precision};
 use ia_hardware::{HardwareReport, Platform};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -53,7 +55,11 @@ pub struct Args {
     #[arg(long, default_value_t = 100_000)]
     max_iterations: usize,
     /// DuckDB results file
-    #[arg(long, env = "BENCHMARK_DB_PATH", default_value = "./benchmark_db.duckdb")]
+    #[arg(
+        long,
+        env = "BENCHMARK_DB_PATH",
+        default_value = "./benchmark_db.duckdb"
+    )]
     db_path: PathBuf,
     /// Do not store results
     #[arg(long)]
@@ -137,7 +143,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             i + 1,
             combos.len(),
             outcome.status(),
-            result_id.map(|id| format!(" (stored as result {id})")).unwrap_or_default()
+            result_id
+                .map(|id| format!(" (stored as result {id})"))
+                .unwrap_or_default()
         );
         if pb.is_hidden() {
             eprintln!("{line}");
@@ -171,7 +179,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         print!("{}", results_table(&rows));
         if let Some(s) = &store {
-            println!("\nResults stored in {} (run {}).", s.path().display(), run_id.unwrap_or(0));
+            println!(
+                "\nResults stored in {} (run {}).",
+                s.path().display(),
+                run_id.unwrap_or(0)
+            );
         }
     }
     Ok(())
@@ -213,7 +225,9 @@ fn describe(c: &Combination) -> String {
         c.precision,
         c.scenario.as_str(),
         c.batch_size,
-        text_seq_len(c).map(|s| format!(" seq={s}")).unwrap_or_default()
+        text_seq_len(c)
+            .map(|s| format!(" seq={s}"))
+            .unwrap_or_default()
     )
 }
 
@@ -276,14 +290,22 @@ fn store_outcome(
         family: m.family.clone(),
         task: m.task.clone(),
         modality: m.modality.as_str().into(),
-        parameter_count: measured.map(|x| x.session.parameter_count as i64).unwrap_or(0),
+        parameter_count: measured
+            .map(|x| x.session.parameter_count as i64)
+            .unwrap_or(0),
         source: m.source.describe(),
         weights: m.source.weights_kind().as_str().into(),
     };
     let status = hw.status(combo.platform);
     let device = measured
         .map(|x| x.session.device.clone())
-        .unwrap_or_else(|| status.devices.first().cloned().unwrap_or_else(|| "none".into()));
+        .unwrap_or_else(|| {
+            status
+                .devices
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "none".into())
+        });
     let hardware = HardwareRecord {
         fingerprint: hw.fingerprint.clone(),
         platform: combo.platform.as_str().into(),
@@ -303,7 +325,14 @@ fn store_outcome(
         Outcome::Unavailable { reason } => Some(reason.clone()),
         Outcome::Failed { stage, error } => Some(format!("{stage}: {error}")),
     };
-    let perf = performance_record(engine, combo, outcome.status(), error.clone(), device, measured);
+    let perf = performance_record(
+        engine,
+        combo,
+        outcome.status(),
+        error.clone(),
+        device,
+        measured,
+    );
     let compat = CompatibilityRecord {
         platform: combo.platform.as_str().into(),
         engine: engine.name().into(),
@@ -396,7 +425,9 @@ fn results_table(rows: &[ResultRow]) -> String {
                     est(l.p90_ms, l.p90_is_estimate),
                     est(l.p99_ms, l.p99_is_estimate),
                     format!("{:.2}", m.throughput_items_per_s),
-                    m.throughput_tokens_per_s.map(|t| format!("{t:.0}")).unwrap_or_default(),
+                    m.throughput_tokens_per_s
+                        .map(|t| format!("{t:.0}"))
+                        .unwrap_or_default(),
                     m.peak_rss_bytes
                         .map(|b| format!("{:.0}", b as f64 / (1 << 20) as f64))
                         .unwrap_or_default(),
@@ -404,10 +435,13 @@ fn results_table(rows: &[ResultRow]) -> String {
                     format!("{:.2}", m.first_inference_ms),
                 ]);
             }
-            Outcome::Unavailable { reason } => notes.push(format!("{}/{}: {reason}", r.model, r.platform)),
-            Outcome::Failed { stage, error } => {
-                notes.push(format!("{}/{} b={}: {stage}: {error}", r.model, r.platform, r.batch_size))
+            Outcome::Unavailable { reason } => {
+                notes.push(format!("{}/{}: {reason}", r.model, r.platform))
             }
+            Outcome::Failed { stage, error } => notes.push(format!(
+                "{}/{} b={}: {stage}: {error}",
+                r.model, r.platform, r.batch_size
+            )),
         }
         row.resize(header.len(), String::new());
         cells.push(row);
@@ -436,7 +470,10 @@ fn results_table(rows: &[ResultRow]) -> String {
         out.push_str(&fmt_row(r));
         out.push('\n');
     }
-    if rows.iter().any(|r| matches!(&r.outcome, Outcome::Measured(m) if m.latency.p90_is_estimate)) {
+    if rows
+        .iter()
+        .any(|r| matches!(&r.outcome, Outcome::Measured(m) if m.latency.p90_is_estimate))
+    {
         out.push_str("~ = estimate: fewer samples than the percentile needs (p90: 64, p99: 662)\n");
     }
     if let Some(m) = rows.iter().find_map(|r| match &r.outcome {

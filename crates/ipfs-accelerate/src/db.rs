@@ -9,7 +9,12 @@ use std::path::PathBuf;
 #[derive(clap::Args)]
 pub struct Args {
     /// DuckDB results file
-    #[arg(long, global = true, env = "BENCHMARK_DB_PATH", default_value = "./benchmark_db.duckdb")]
+    #[arg(
+        long,
+        global = true,
+        env = "BENCHMARK_DB_PATH",
+        default_value = "./benchmark_db.duckdb"
+    )]
     db_path: PathBuf,
     #[command(subcommand)]
     command: DbCommand,

@@ -35,12 +35,19 @@ pub fn render(r: &HardwareReport) -> String {
             r.cpu.isa_extensions.join(" ")
         }
     );
-    out.push_str(&format!("{:<10} {:<12} {}\n", "PLATFORM", "STATUS", "DETAIL"));
+    out.push_str(&format!(
+        "{:<10} {:<12} {}\n",
+        "PLATFORM", "STATUS", "DETAIL"
+    ));
     for s in &r.platforms {
         out.push_str(&format!(
             "{:<10} {:<12} {}\n",
             s.platform.as_str(),
-            if s.available { "available" } else { "unavailable" },
+            if s.available {
+                "available"
+            } else {
+                "unavailable"
+            },
             s.detail
         ));
     }
@@ -49,7 +56,10 @@ pub fn render(r: &HardwareReport) -> String {
         let status = match (&rt.version, &rt.error) {
             (Some(v), None) => format!(
                 "{v} at {}{}",
-                rt.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                rt.path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
                 if rt.devices.is_empty() {
                     String::new()
                 } else {

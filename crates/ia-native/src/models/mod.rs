@@ -22,6 +22,7 @@ pub(crate) fn parse_config<T: DeserializeOwned>(
     source: &ModelSource,
     arch: &str,
 ) -> Result<T, EngineError> {
-    serde_json::from_value(source.config().clone())
-        .map_err(|e| EngineError::InvalidModel(format!("config.json does not describe a {arch} model: {e}")))
+    serde_json::from_value(source.config().clone()).map_err(|e| {
+        EngineError::InvalidModel(format!("config.json does not describe a {arch} model: {e}"))
+    })
 }

@@ -22,7 +22,12 @@ fn num_labels(config: &Value) -> usize {
         .get("id2label")
         .and_then(Value::as_object)
         .map(|m| m.len())
-        .or_else(|| config.get("num_labels").and_then(Value::as_u64).map(|n| n as usize))
+        .or_else(|| {
+            config
+                .get("num_labels")
+                .and_then(Value::as_u64)
+                .map(|n| n as usize)
+        })
         .unwrap_or(2)
 }
 

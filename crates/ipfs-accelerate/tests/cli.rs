@@ -1,0 +1,512 @@
+//! End-to-end tests of the `ipfs-accelerate` binary on the committed tiny fixtures.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ipfs-accelerate"));
+    c.env_remove("BENCHMARK_DB_PATH");
+    c
+}
+
+fn fixture(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A failed command: non-zero exit and exactly one line on stderr that names the problem.
+fn assert_one_line_error(o: &Output, needle: &str) {
+    assert!(
+        !o.status.success(),
+        "expected failure, got success: {}",
+        stdout(o)
+    );
+    let err = stderr(o);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(err.contains(needle), "'{needle}' not in: {err}");
+}
+
+fn quick_bench(db: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "bench",
+        "--models",
+        "PLACEHOLDER",
+        "--batch-sizes",
+        "1,2",
+        "--seq-len",
+        "16",
+        "--warmup",
+        "1",
+        "--min-iterations",
+        "5",
+        "--min-duration",
+        "0.05",
+        "--db-path",
+        db.to_str().unwrap(),
+    ];
+    let models = format!("{},{}", fixture("bert-tiny"), fixture("vit-tiny"));
+    args[2] = &models;
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+#[test]
+fn hardware_lists_all_seven_platforms() {
+    let o = run(&["hardware", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let platforms = v["platforms"].as_array().unwrap();
+    let names: Vec<&str> = platforms
+        .iter()
+        .map(|p| p["platform"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["cpu", "cuda", "rocm", "mps", "openvino", "webgpu", "webnn"]
+    );
+    for p in platforms {
+        if !p["available"].as_bool().unwrap() {
+            assert!(!p["detail"].as_str().unwrap().is_empty());
+        }
+    }
+    assert_eq!(v["fingerprint"].as_str().unwrap().len(), 16);
+    let text = stdout(&run(&["hardware"]));
+    assert!(
+        text.contains("PLATFORM") && text.contains("webnn"),
+        "{text}"
+    );
+}
+
+#[test]
+fn models_lists_and_classifies() {
+    let o = run(&["models", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 15);
+    let o = run(&["models", "classify", &fixture("vit-tiny")]);
+    assert!(stdout(&o).contains("class=vit") && stdout(&o).contains("task=image-classification"));
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"model_type":"mamba","architectures":["MambaForCausalLM"]}"#,
+    )
+    .unwrap();
+    assert_one_line_error(
+        &run(&["models", "classify", dir.path().to_str().unwrap()]),
+        "unknown model_type 'mamba'",
+    );
+    std::fs::write(dir.path().join("config.json"), "{oops").unwrap();
+    assert_one_line_error(
+        &run(&["models", "classify", dir.path().to_str().unwrap()]),
+        "invalid JSON",
+    );
+}
+
+#[test]
+fn bench_json_without_db() {
+    let db = tempfile::tempdir().unwrap();
+    let path = db.path().join("unused.duckdb");
+    let o = quick_bench(&path, &["--no-db", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!path.exists(), "--no-db must not create a database");
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    for r in rows {
+        assert_eq!(r["outcome"]["status"], "pass", "{r}");
+        let lat = &r["outcome"]["latency"];
+        assert!(lat["count"].as_u64().unwrap() >= 5);
+        assert!(lat["p90_is_estimate"].as_bool().unwrap());
+        assert!(r["outcome"]["harness_overhead_ns"].as_f64().unwrap() > 0.0);
+        assert_eq!(r["weights"], "trained");
+    }
+}
+
+#[test]
+fn bench_to_db_then_query_report_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("results.duckdb");
+    let json_out = dir.path().join("out.json");
+    let o = quick_bench(
+        &db,
+        &[
+            "--hardware",
+            "cpu,webgpu",
+            "--output-json",
+            json_out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("mean ms"), "{}", stdout(&o));
+    assert!(json_out.is_file());
+    let dbs = db.to_str().unwrap();
+
+    // Every measured combination is in the store with its raw samples.
+    let q = |sql: &str, fmt: &str| {
+        run(&[
+            "db",
+            "--db-path",
+            dbs,
+            "query",
+            "--sql",
+            sql,
+            "--format",
+            fmt,
+        ])
+    };
+    let o = q(
+        "SELECT status, count(*) AS n FROM performance_results GROUP BY status ORDER BY status",
+        "json",
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!([{"status": "pass", "n": 4}, {"status": "unavailable", "n": 4}])
+    );
+    let o = q(
+        "SELECT count(*) AS bad FROM performance_results p WHERE status = 'pass' AND iterations <> \
+         (SELECT count(*) FROM raw_samples r WHERE r.result_id = p.result_id)",
+        "csv",
+    );
+    assert_eq!(stdout(&o), "bad\n0\n");
+    let o = q("SELECT status, ended_at IS NOT NULL AS ended, git_commit IS NOT NULL AS has_commit FROM runs", "csv");
+    assert_eq!(stdout(&o), "status,ended,has_commit\ncompleted,true,true\n");
+    let o = q(
+        "SELECT DISTINCT error FROM compatibility_results WHERE platform = 'webgpu'",
+        "csv",
+    );
+    assert!(stdout(&o).contains("webgpu unavailable"), "{}", stdout(&o));
+    let o = q("SELECT model_name, weights FROM models ORDER BY 1", "md");
+    assert!(
+        stdout(&o).starts_with("| model_name | weights |"),
+        "{}",
+        stdout(&o)
+    );
+
+    // Reports.
+    let report = dir.path().join("perf.md");
+    let o = run(&[
+        "db",
+        "--db-path",
+        dbs,
+        "report",
+        "--kind",
+        "performance",
+        "--format",
+        "md",
+        "--output",
+        report.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let md = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        md.contains("bert-tiny") && md.contains("| weights |") && md.contains("trained"),
+        "{md}"
+    );
+    let o = run(&[
+        "db",
+        "--db-path",
+        dbs,
+        "report",
+        "--kind",
+        "compatibility",
+        "--format",
+        "html",
+    ]);
+    let html = stdout(&o);
+    assert!(
+        html.contains("<table>") && html.contains("unavailable") && html.contains("pass"),
+        "{html}"
+    );
+    for fmt in ["csv", "json"] {
+        let o = run(&[
+            "db",
+            "--db-path",
+            dbs,
+            "report",
+            "--kind",
+            "performance",
+            "--format",
+            fmt,
+        ]);
+        assert!(o.status.success() && !o.stdout.is_empty(), "{}", stderr(&o));
+    }
+
+    // Exports.
+    for fmt in ["parquet", "csv"] {
+        let out = dir.path().join(format!("export-{fmt}"));
+        let o = run(&[
+            "db",
+            "--db-path",
+            dbs,
+            "export",
+            "--format",
+            fmt,
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(out.join(format!("performance_results.{fmt}")).is_file());
+        assert!(out.join(format!("raw_samples.{fmt}")).is_file());
+    }
+}
+
+#[test]
+fn failing_combination_is_recorded_and_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.duckdb");
+    // bert-tiny has 64 positions: seq 100 fails for BERT, ViT ignores seq-len and runs.
+    let o = run(&[
+        "bench",
+        "--models",
+        &format!("{},{}", fixture("bert-tiny"), fixture("vit-tiny")),
+        "--batch-sizes",
+        "1",
+        "--seq-len",
+        "100",
+        "--min-iterations",
+        "2",
+        "--min-duration",
+        "0",
+        "--db-path",
+        db.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rows[0]["outcome"]["status"], "fail");
+    assert!(rows[0]["outcome"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("max_position_embeddings"));
+    assert_eq!(rows[1]["outcome"]["status"], "pass");
+    let o = run(&[
+        "db",
+        "--db-path",
+        db.to_str().unwrap(),
+        "query",
+        "--sql",
+        "SELECT status FROM compatibility_results ORDER BY compat_id",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(stdout(&o), "status\nfail\npass\n");
+}
+
+#[test]
+fn bad_database_inputs_give_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.duckdb");
+    assert_one_line_error(
+        &run(&[
+            "db",
+            "--db-path",
+            missing.to_str().unwrap(),
+            "query",
+            "--sql",
+            "SELECT 1",
+        ]),
+        "not found",
+    );
+
+    let corrupt = dir.path().join("corrupt.duckdb");
+    std::fs::write(&corrupt, vec![0x5a; 10_000]).unwrap();
+    assert_one_line_error(
+        &run(&[
+            "db",
+            "--db-path",
+            corrupt.to_str().unwrap(),
+            "query",
+            "--sql",
+            "SELECT 1",
+        ]),
+        "cannot open",
+    );
+
+    let db = dir.path().join("ok.duckdb");
+    let o = quick_bench(&db, &["--batch-sizes", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dbs = db.to_str().unwrap();
+    assert_one_line_error(
+        &run(&["db", "--db-path", dbs, "query", "--sql", "SELEC wrong FROM"]),
+        "SQL error",
+    );
+    assert_one_line_error(
+        &run(&[
+            "db",
+            "--db-path",
+            dbs,
+            "query",
+            "--sql",
+            "SELECT * FROM no_such_table",
+        ]),
+        "no_such_table",
+    );
+
+    // A store written by a newer version of the program.
+    {
+        let conn = duckdb::Connection::open(&db).unwrap();
+        conn.execute_batch("INSERT INTO schema_version (version) VALUES (99)")
+            .unwrap();
+    }
+    assert_one_line_error(
+        &run(&["db", "--db-path", dbs, "query", "--sql", "SELECT 1"]),
+        "newer than this program supports",
+    );
+    assert_one_line_error(
+        &quick_bench(&db, &["--batch-sizes", "1"]),
+        "newer than this program supports",
+    );
+
+    // A DuckDB file that is not ours.
+    let foreign = dir.path().join("foreign.duckdb");
+    duckdb::Connection::open(&foreign)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x INT)")
+        .unwrap();
+    assert_one_line_error(
+        &run(&[
+            "db",
+            "--db-path",
+            foreign.to_str().unwrap(),
+            "query",
+            "--sql",
+            "SELECT 1",
+        ]),
+        "not an ipfs-accelerate results store",
+    );
+}
+
+#[test]
+fn bad_bench_arguments_give_one_line_errors() {
+    assert_one_line_error(
+        &run(&["bench", "--models", "no-such-model", "--no-db"]),
+        "unknown model 'no-such-model'",
+    );
+    let o = run(&["bench", "--hardware", "tpu", "--no-db"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("tpu"));
+    let o = run(&["bench", "--precision", "fp7", "--no-db"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("fp7"));
+}
+
+#[test]
+fn random_weights_need_the_flag_and_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty_cache = dir.path().join("cache");
+    let hf = dir.path().join("hf");
+    let go = |extra: &[&str]| {
+        let mut c = bin();
+        c.env("IPFS_ACCELERATE_CACHE", &empty_cache)
+            .env("HF_HOME", &hf)
+            .env_remove("HF_HUB_CACHE");
+        c.args([
+            "bench",
+            "--models",
+            "vit",
+            "--small-models",
+            "--batch-sizes",
+            "1",
+            "--min-iterations",
+            "1",
+            "--min-duration",
+            "0",
+            "--warmup",
+            "0",
+            "--no-db",
+            "--json",
+        ]);
+        c.args(extra);
+        c.output().unwrap()
+    };
+    assert_one_line_error(&go(&[]), "--random-weights");
+    let o = go(&["--random-weights"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rows[0]["weights"], "random");
+    assert_eq!(rows[0]["model"], "WinKawaks/vit-tiny-patch16-224");
+    assert_eq!(rows[0]["outcome"]["session"]["weights"], "random");
+    // vit-tiny: 5.7M parameters (patch embed, 12 blocks, 1000-way head).
+    let params = rows[0]["outcome"]["session"]["parameter_count"]
+        .as_u64()
+        .unwrap();
+    assert!((5_000_000..6_500_000).contains(&params), "{params}");
+}
+
+/// Killing the process mid-run keeps every combination that finished (each is committed in
+/// its own transaction) and loses only the one in flight.
+#[test]
+fn killed_run_keeps_finished_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("killed.duckdb");
+    let mut child = bin()
+        .args([
+            "bench",
+            "--models",
+            &fixture("bert-tiny"),
+            "--batch-sizes",
+            "1,2,3,4,5,6,7,8,9,10,11,12",
+            "--seq-len",
+            "16",
+            "--min-iterations",
+            "5",
+            "--min-duration",
+            "0.3",
+            "--db-path",
+            db.to_str().unwrap(),
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stored = 0;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        if line.unwrap().contains("stored as result") {
+            stored += 1;
+            if stored == 2 {
+                break;
+            }
+        }
+    }
+    assert_eq!(stored, 2, "the run ended before two results were stored");
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+
+    let o = run(&["db", "--db-path", db.to_str().unwrap(), "query", "--sql",
+        "SELECT (SELECT count(*) FROM performance_results) AS results, \
+                (SELECT count(*) FROM performance_results p WHERE iterations = \
+                   (SELECT count(*) FROM raw_samples r WHERE r.result_id = p.result_id)) AS complete, \
+                (SELECT status FROM runs) AS run_status, \
+                (SELECT ended_at IS NULL FROM runs) AS unfinished",
+        "--format", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = &v[0];
+    let results = row["results"].as_i64().unwrap();
+    assert!((2..12).contains(&results), "{row}");
+    assert_eq!(
+        row["complete"], row["results"],
+        "a stored result lost raw samples: {row}"
+    );
+    assert_eq!(row["run_status"], "running");
+    assert_eq!(row["unfinished"], true);
+}

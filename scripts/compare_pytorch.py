@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Native engine vs PyTorch (transformers, CPU), same weights, same thread count, one run.
+
+Builds random-initialised bert-base (BertModel) and ViT-base (ViTForImageClassification)
+checkpoints once with transformers, then measures, one after the other on this machine:
+  * PyTorch: torch.inference_mode, warm-up, then timed iterations until both --min-iterations
+    and --min-duration are met (the same protocol as `ipfs-accelerate bench`);
+  * native: `ipfs-accelerate bench --no-db --json` on the same checkpoint folders.
+Prints mean and p50 latency per case and the ratio native / PyTorch (> 1 means native is slower).
+
+Usage (needs the reference env from scripts/setup_pyref.sh):
+    ~/.cache/ipfs-accelerate/pyref/bin/python scripts/compare_pytorch.py [--threads N] [--json FILE]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("IPFS_ACCELERATE_CACHE", Path.home() / ".cache" / "ipfs-accelerate"))
+
+
+def physical_cores():
+    cores = set()
+    phys = "0"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("physical id"):
+                phys = line.split(":")[1].strip()
+            elif line.startswith("core id"):
+                cores.add((phys, line.split(":")[1].strip()))
+    except OSError:
+        pass
+    return len(cores) or os.cpu_count() or 1
+
+
+def make_checkpoints():
+    import torch
+    from transformers import BertConfig, BertModel, ViTConfig, ViTForImageClassification
+
+    out = CACHE / "compare"
+    bert_dir, vit_dir = out / "bert-base-random", out / "vit-base-random"
+    torch.manual_seed(0)
+    if not (bert_dir / "model.safetensors").exists():
+        BertModel(BertConfig(), add_pooling_layer=False).eval().save_pretrained(bert_dir)
+    if not (vit_dir / "model.safetensors").exists():
+        cfg = ViTConfig(num_labels=1000, id2label={i: f"LABEL_{i}" for i in range(1000)},
+                        label2id={f"LABEL_{i}": i for i in range(1000)})
+        ViTForImageClassification(cfg).eval().save_pretrained(vit_dir)
+    return bert_dir, vit_dir
+
+
+def time_pytorch(model, inputs, warmup, min_iters, min_duration):
+    import torch
+
+    with torch.inference_mode():
+        t = time.perf_counter()
+        model(**inputs)
+        first = (time.perf_counter() - t) * 1e3
+        for _ in range(warmup):
+            model(**inputs)
+        samples = []
+        start = time.perf_counter()
+        while len(samples) < min_iters or time.perf_counter() - start < min_duration:
+            t = time.perf_counter()
+            model(**inputs)
+            samples.append((time.perf_counter() - t) * 1e3)
+    return {"first_ms": first, "mean_ms": statistics.fmean(samples),
+            "p50_ms": statistics.median(samples), "n": len(samples)}
+
+
+def pytorch_side(bert_dir, vit_dir, args):
+    import torch
+    from transformers import BertModel, ViTForImageClassification
+
+    torch.set_num_threads(args.threads)
+    res = {}
+    bert = BertModel.from_pretrained(bert_dir).eval()
+    for b in (1, 8):
+        ids = torch.randint(1000, 30000, (b, args.seq_len))
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                  "token_type_ids": torch.zeros_like(ids)}
+        res[("bert-base", b)] = time_pytorch(bert, inputs, args.warmup, args.min_iterations, args.min_duration)
+    del bert
+    vit = ViTForImageClassification.from_pretrained(vit_dir).eval()
+    res[("vit-base", 1)] = time_pytorch(vit, {"pixel_values": torch.randn(1, 3, 224, 224)},
+                                        args.warmup, args.min_iterations, args.min_duration)
+    return res, torch.__version__
+
+
+def native_side(bert_dir, vit_dir, args):
+    target = Path(os.environ.get("CARGO_TARGET_DIR", CACHE / "target"))
+    env = dict(os.environ, CARGO_TARGET_DIR=str(target), RAYON_NUM_THREADS=str(args.threads))
+    subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "ipfs-accelerate"],
+                   cwd=ROOT, env=env, check=True)
+    exe = target / "release" / "ipfs-accelerate"
+    res = {}
+    for name, path, batches in (("bert-base", bert_dir, "1,8"), ("vit-base", vit_dir, "1")):
+        out = subprocess.run(
+            [str(exe), "bench", "--models", str(path), "--batch-sizes", batches,
+             "--seq-len", str(args.seq_len), "--warmup", str(args.warmup),
+             "--min-iterations", str(args.min_iterations), "--min-duration", str(args.min_duration),
+             "--no-db", "--json"],
+            env=env, check=True, capture_output=True, text=True).stdout
+        for row in json.loads(out):
+            o = row["outcome"]
+            if o["status"] != "pass":
+                sys.exit(f"native {name} b={row['batch_size']} did not run: {o}")
+            lat = o["latency"]
+            res[(name, row["batch_size"])] = {"first_ms": o["first_inference_ms"], "mean_ms": lat["mean_ms"],
+                                              "p50_ms": lat["p50_ms"], "n": lat["count"]}
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=physical_cores())
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--min-iterations", type=int, default=10)
+    ap.add_argument("--min-duration", type=float, default=5.0)
+    ap.add_argument("--json", help="also write the figures to this file")
+    args = ap.parse_args()
+
+    bert_dir, vit_dir = make_checkpoints()
+    torch_res, torch_version = pytorch_side(bert_dir, vit_dir, args)
+    native_res = native_side(bert_dir, vit_dir, args)
+
+    print(f"threads={args.threads} seq_len={args.seq_len} torch={torch_version} "
+          f"protocol: warmup {args.warmup}, >= {args.min_iterations} iterations and >= {args.min_duration}s")
+    print(f"{'case':<16}{'torch mean':>12}{'torch p50':>11}{'native mean':>13}{'native p50':>12}{'ratio (p50)':>13}")
+    rows = []
+    for key in [("bert-base", 1), ("bert-base", 8), ("vit-base", 1)]:
+        t, n = torch_res[key], native_res[key]
+        ratio = n["p50_ms"] / t["p50_ms"]
+        label = f"{key[0]} b={key[1]}"
+        print(f"{label:<16}{t['mean_ms']:>10.2f}ms{t['p50_ms']:>9.2f}ms{n['mean_ms']:>11.2f}ms"
+              f"{n['p50_ms']:>10.2f}ms{ratio:>12.2f}x")
+        rows.append({"case": label, "torch": t, "native": n, "native_over_torch_p50": ratio})
+    if args.json:
+        Path(args.json).write_text(json.dumps({"threads": args.threads, "torch": torch_version, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
