@@ -157,10 +157,7 @@ pub fn measure(
             reason: e.to_string(),
         };
     }
-    let spec = InputSpec {
-        batch_size: combo.batch_size,
-        seq_len: combo.seq_len,
-    };
+    let spec = InputSpec::new(combo.batch_size, combo.seq_len);
     let inputs = match inputs::generate(&combo.model.source, combo.model.modality, spec) {
         Ok(i) => i,
         Err(e) => return fail("inputs", e),

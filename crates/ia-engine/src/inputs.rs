@@ -14,6 +14,18 @@ pub struct InputSpec {
     pub batch_size: usize,
     /// Tokens per sequence (text models).
     pub seq_len: usize,
+    /// Clip length for audio models, seconds.
+    pub audio_seconds: f32,
+}
+
+impl InputSpec {
+    pub fn new(batch_size: usize, seq_len: usize) -> Self {
+        Self {
+            batch_size,
+            seq_len,
+            audio_seconds: 5.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -30,6 +42,12 @@ pub enum Inputs {
         shape: [usize; 4],
         pixel_values: Vec<f32>,
     },
+    /// Mono waveforms, `batch` rows of equal length, in [-1, 1].
+    Audio {
+        batch: usize,
+        sample_rate: u32,
+        samples: Vec<f32>,
+    },
 }
 
 impl Inputs {
@@ -37,6 +55,7 @@ impl Inputs {
         match self {
             Inputs::Text { batch, .. } => *batch,
             Inputs::Image { shape, .. } => shape[0],
+            Inputs::Audio { batch, .. } => *batch,
         }
     }
 
@@ -71,7 +90,7 @@ impl Inputs {
             Inputs::Text { attention_mask, .. } => {
                 Some(attention_mask.iter().filter(|&&m| m != 0).count())
             }
-            Inputs::Image { .. } => None,
+            Inputs::Image { .. } | Inputs::Audio { .. } => None,
         }
     }
 }
@@ -97,10 +116,10 @@ pub fn generate(
     match modality {
         Modality::Text => text_inputs(source, spec),
         Modality::Vision => image_inputs(source.config(), preprocessor(source), spec.batch_size),
-        other => Err(EngineError::Unsupported(format!(
-            "no input generator for {} models yet",
-            other.as_str()
-        ))),
+        Modality::Audio => audio_inputs(preprocessor(source), spec),
+        Modality::Multimodal => Err(EngineError::Unsupported(
+            "no input generator for multimodal models yet".into(),
+        )),
     }
 }
 
@@ -221,6 +240,39 @@ fn image_inputs(config: &Value, pre: Option<Value>, batch: usize) -> Result<Inpu
     })
 }
 
+/// A voiced-speech-like test signal: a 120-220 Hz gliding fundamental with decaying harmonics,
+/// syllable-rate amplitude modulation and a little noise, at the extractor's sampling rate.
+fn audio_inputs(pre: Option<Value>, spec: InputSpec) -> Result<Inputs, EngineError> {
+    if !(spec.audio_seconds > 0.0 && spec.audio_seconds.is_finite()) {
+        return Err(EngineError::InvalidInput(
+            "audio length must be positive".into(),
+        ));
+    }
+    let sample_rate = pre
+        .as_ref()
+        .and_then(|p| p.get("sampling_rate"))
+        .and_then(Value::as_u64)
+        .unwrap_or(16_000) as u32;
+    let n = (spec.audio_seconds * sample_rate as f32) as usize;
+    let mut rng = SplitMix64::new(0xa0d1);
+    let mut phase = 0.0f32;
+    let one: Vec<f32> = (0..n)
+        .map(|i| {
+            let t = i as f32 / sample_rate as f32;
+            let f0 = 170.0 + 50.0 * (2.0 * std::f32::consts::PI * 0.5 * t).sin();
+            phase += 2.0 * std::f32::consts::PI * f0 / sample_rate as f32;
+            let voiced: f32 = (1..=6).map(|h| (phase * h as f32).sin() / h as f32).sum();
+            let envelope = 0.5 + 0.5 * (2.0 * std::f32::consts::PI * 4.0 * t).sin().abs();
+            (0.3 * envelope * voiced + 0.01 * (rng.next_f32() - 0.5)).clamp(-1.0, 1.0)
+        })
+        .collect();
+    Ok(Inputs::Audio {
+        batch: spec.batch_size,
+        sample_rate,
+        samples: one.repeat(spec.batch_size),
+    })
+}
+
 /// A tiny, fast, seedable generator (splitmix64) so generated inputs and random weights are
 /// identical on every machine and run.
 #[derive(Debug, Clone)]
@@ -264,15 +316,7 @@ mod tests {
     #[test]
     fn text_without_tokenizer_uses_vocab() {
         let src = random(json!({"vocab_size": 100, "max_position_embeddings": 64}));
-        let inp = generate(
-            &src,
-            Modality::Text,
-            InputSpec {
-                batch_size: 2,
-                seq_len: 16,
-            },
-        )
-        .unwrap();
+        let inp = generate(&src, Modality::Text, InputSpec::new(2, 16)).unwrap();
         match inp {
             Inputs::Text {
                 input_ids, batch, ..
@@ -288,31 +332,16 @@ mod tests {
     #[test]
     fn too_long_sequence_is_rejected() {
         let src = random(json!({"vocab_size": 100, "max_position_embeddings": 8}));
-        let err = generate(
-            &src,
-            Modality::Text,
-            InputSpec {
-                batch_size: 1,
-                seq_len: 16,
-            },
-        )
-        .unwrap_err()
-        .to_string();
+        let err = generate(&src, Modality::Text, InputSpec::new(1, 16))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max_position_embeddings"), "{err}");
     }
 
     #[test]
     fn images_are_normalised_nchw() {
         let src = random(json!({"image_size": 8, "num_channels": 3}));
-        let inp = generate(
-            &src,
-            Modality::Vision,
-            InputSpec {
-                batch_size: 3,
-                seq_len: 0,
-            },
-        )
-        .unwrap();
+        let inp = generate(&src, Modality::Vision, InputSpec::new(3, 0)).unwrap();
         match inp {
             Inputs::Image {
                 shape,
@@ -323,6 +352,29 @@ mod tests {
                 assert!(pixel_values.iter().all(|v| (-1.0..=1.0).contains(v)));
             }
             _ => panic!("expected image"),
+        }
+    }
+
+    #[test]
+    fn audio_is_a_bounded_waveform_at_the_extractor_rate() {
+        let src = random(json!({}));
+        let spec = InputSpec {
+            audio_seconds: 0.5,
+            ..InputSpec::new(2, 0)
+        };
+        match generate(&src, Modality::Audio, spec).unwrap() {
+            Inputs::Audio {
+                batch,
+                sample_rate,
+                samples,
+            } => {
+                assert_eq!((batch, sample_rate, samples.len()), (2, 16_000, 16_000));
+                assert!(samples.iter().all(|s| (-1.0..=1.0).contains(s)));
+                let rms =
+                    (samples.iter().map(|s| s * s).sum::<f32>() / samples.len() as f32).sqrt();
+                assert!(rms > 0.05, "{rms}");
+            }
+            _ => panic!("expected audio"),
         }
     }
 
