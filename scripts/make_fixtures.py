@@ -118,6 +118,109 @@ def vit_tiny():
     (out / "reference_meta.json").write_text(json.dumps(meta({}), indent=2))
 
 
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Benchmarks measure what a machine really does with a model.",
+    "Once upon a time there was a small language model that ran on every computer.",
+    "Hardware differs in memory bandwidth, vector units and caches.",
+    "Translate English to German: the house is wonderful.",
+] * 4
+PROMPTS = ["Once upon a time", "The quick brown fox jumps over"]
+NEW_TOKENS = 32
+
+
+def bpe_tokenizer(out):
+    """A real byte-level BPE tokenizer trained on a tiny corpus, saved as tokenizer.json."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", pad_token="<pad>")
+    fast.save_pretrained(out)
+    return fast
+
+
+def decoder_fixture(name, make_model):
+    """Causal LM fixture: full logits for the prompts (right-padded batch, masked) and the
+    32 greedy tokens transformers' generate(do_sample=False) produces for each prompt alone."""
+    out = FIX / name
+    out.mkdir(parents=True, exist_ok=True)
+    tok = bpe_tokenizer(out)
+    torch.manual_seed(SEED)
+    model = make_model(len(tok)).eval()
+    model.generation_config.eos_token_id = None  # exactly NEW_TOKENS tokens, no early stop
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    tensors = {}
+    greedy = []
+    for i, prompt in enumerate(PROMPTS):
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits
+            gen = model.generate(ids, do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+        tensors[f"prompt{i}_input_ids"] = ids.to(torch.int64).contiguous()
+        tensors[f"prompt{i}_logits"] = logits.contiguous()
+        tensors[f"prompt{i}_greedy"] = gen[0, ids.shape[1]:].to(torch.int64).contiguous()
+        greedy.append(tok.decode(gen[0, ids.shape[1]:]))
+    save_file(tensors, str(out / "reference.safetensors"))
+    (out / "reference_meta.json").write_text(json.dumps(meta({
+        "prompts": PROMPTS, "new_tokens": NEW_TOKENS, "greedy_text": greedy}), indent=2))
+
+
+def text_fixtures():
+    from transformers import (LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM,
+                              Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1,
+                  eos_token_id=2, pad_token_id=0)
+    decoder_fixture("llama-tiny", lambda v: LlamaForCausalLM(LlamaConfig(vocab_size=v, **common)))
+    decoder_fixture("qwen2-tiny", lambda v: Qwen2ForCausalLM(Qwen2Config(vocab_size=v, **common)))
+    decoder_fixture("qwen3-tiny", lambda v: Qwen3ForCausalLM(Qwen3Config(vocab_size=v, head_dim=8, **common)))
+    decoder_fixture("opt-tiny", lambda v: OPTForCausalLM(OPTConfig(
+        vocab_size=v, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=128, word_embed_proj_dim=32, bos_token_id=1, eos_token_id=2,
+        pad_token_id=0)))
+    t5_fixture()
+
+
+def t5_fixture():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    out = FIX / "t5-tiny"
+    out.mkdir(parents=True, exist_ok=True)
+    tok = bpe_tokenizer(out)
+    torch.manual_seed(SEED)
+    cfg = T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                   num_decoder_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                   relative_attention_max_distance=20, feed_forward_proj="relu",
+                   pad_token_id=0, eos_token_id=2, decoder_start_token_id=0)
+    model = T5ForConditionalGeneration(cfg).eval()
+    model.generation_config.eos_token_id = None
+    model.save_pretrained(out, safe_serialization=True)
+    tensors = {}
+    for i, prompt in enumerate(PROMPTS):
+        ids = tok(prompt + "</s>", return_tensors="pt")["input_ids"]
+        dec = torch.tensor([[0] + ids[0, :5].tolist()])
+        with torch.no_grad():
+            logits = model(input_ids=ids, decoder_input_ids=dec).logits
+            gen = model.generate(ids, do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+        tensors[f"prompt{i}_input_ids"] = ids.to(torch.int64).contiguous()
+        tensors[f"prompt{i}_decoder_input_ids"] = dec.to(torch.int64).contiguous()
+        tensors[f"prompt{i}_logits"] = logits.contiguous()
+        # generate() output starts with the decoder start token
+        tensors[f"prompt{i}_greedy"] = gen[0, 1:].to(torch.int64).contiguous()
+    save_file(tensors, str(out / "reference.safetensors"))
+    (out / "reference_meta.json").write_text(json.dumps(meta({"prompts": PROMPTS, "new_tokens": NEW_TOKENS}), indent=2))
+
+
 MINILM_SENTENCES = [
     "A man is eating food.",
     "A man is eating a piece of bread.",
@@ -157,6 +260,7 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     bert_tiny()
     vit_tiny()
+    text_fixtures()
     if "--skip-minilm" not in sys.argv:
         minilm_reference()
     print("fixtures written to", FIX)

@@ -5,6 +5,7 @@
 //! `Engine::load(source, platform, precision) -> Session`, then `Session::run(inputs) -> Outputs`.
 //! Inputs come from [`inputs::generate`], one generator per modality.
 
+pub mod generation;
 pub mod inputs;
 
 use ia_hardware::Platform;
@@ -13,6 +14,7 @@ use serde::Serialize;
 use std::fmt;
 use std::str::FromStr;
 
+pub use generation::{GenerateOptions, GenerationStats, Sampling, StopReason, TextGenerator};
 pub use inputs::{InputSpec, Inputs};
 
 /// Numeric precision of a session's weights and activations.
@@ -131,6 +133,19 @@ pub trait Engine: Send + Sync {
         platform: Platform,
         precision: Precision,
     ) -> Result<Box<dyn Session>, EngineError>;
+    /// Loads a text-generation model (decoder or encoder-decoder) with a KV cache.
+    fn load_generator(
+        &self,
+        source: &ModelSource,
+        platform: Platform,
+        precision: Precision,
+    ) -> Result<Box<dyn TextGenerator>, EngineError> {
+        let _ = (source, platform, precision);
+        Err(EngineError::Unsupported(format!(
+            "the {} engine cannot generate text",
+            self.name()
+        )))
+    }
 }
 
 #[cfg(test)]

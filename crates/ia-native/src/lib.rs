@@ -8,7 +8,7 @@ pub mod models;
 mod weights;
 
 use candle_core::{DType, Device, Tensor};
-use ia_engine::{Engine, EngineError, OutputTensor, Precision, Session};
+use ia_engine::{Engine, EngineError, OutputTensor, Precision, Session, TextGenerator};
 use ia_hardware::Platform;
 use ia_models::{classify_config, ModelClass, ModelSource};
 
@@ -80,16 +80,51 @@ impl Engine for NativeEngine {
         platform: Platform,
         precision: Precision,
     ) -> Result<Box<dyn Session>, EngineError> {
-        let class = classify_config(source.config())
-            .map_err(|e| EngineError::InvalidModel(e.to_string()))?
-            .class;
+        let class = class_of(source)?;
         self.supports(class, platform)?;
+        let ctx = self.context(source, platform, precision)?;
+        match class {
+            ModelClass::Bert => models::bert::BertSession::load(ctx),
+            ModelClass::Vit => models::vit::VitSession::load(ctx),
+            _ => unreachable!("checked by supports()"),
+        }
+    }
+
+    fn load_generator(
+        &self,
+        source: &ModelSource,
+        platform: Platform,
+        precision: Precision,
+    ) -> Result<Box<dyn TextGenerator>, EngineError> {
+        let class = class_of(source)?;
+        device_for_check(platform)?;
+        match class {
+            ModelClass::Llama | ModelClass::Qwen => {
+                models::causal_lm::CausalLm::load(self.context(source, platform, precision)?)
+            }
+            ModelClass::T5 => {
+                models::t5::T5Generator::load(self.context(source, platform, precision)?)
+            }
+            other => Err(EngineError::Unsupported(format!(
+                "{} is not a text-generation model on the native engine",
+                other.as_str()
+            ))),
+        }
+    }
+}
+
+impl NativeEngine {
+    fn context<'a>(
+        &self,
+        source: &'a ModelSource,
+        platform: Platform,
+        precision: Precision,
+    ) -> Result<models::LoadContext<'a>, EngineError> {
         let (device, device_name) = device_for(platform)?;
-        let dtype = dtype_for(precision)?;
-        let ctx = models::LoadContext {
+        Ok(models::LoadContext {
             source,
             device,
-            dtype,
+            dtype: dtype_for(precision)?,
             info: ia_engine::SessionInfo {
                 engine: self.name().into(),
                 engine_version: self.version(),
@@ -100,13 +135,14 @@ impl Engine for NativeEngine {
                 parameter_count: 0,
                 output_names: vec![],
             },
-        };
-        match class {
-            ModelClass::Bert => models::bert::BertSession::load(ctx),
-            ModelClass::Vit => models::vit::VitSession::load(ctx),
-            _ => unreachable!("checked by supports()"),
-        }
+        })
     }
+}
+
+fn class_of(source: &ModelSource) -> Result<ModelClass, EngineError> {
+    classify_config(source.config())
+        .map(|c| c.class)
+        .map_err(|e| EngineError::InvalidModel(e.to_string()))
 }
 
 /// Platform check without creating a device (creating a CUDA context is slow).

@@ -1,6 +1,9 @@
 //! One file per architecture. Each turns a checkpoint into an `ia_engine::Session`.
 
 pub mod bert;
+pub mod causal_lm;
+pub mod opt;
+pub mod t5;
 pub mod vit;
 
 use candle_core::{DType, Device};
@@ -22,7 +25,59 @@ pub(crate) fn parse_config<T: DeserializeOwned>(
     source: &ModelSource,
     arch: &str,
 ) -> Result<T, EngineError> {
-    serde_json::from_value(source.config().clone()).map_err(|e| {
+    serde_json::from_value(normalized_config(source.config())).map_err(|e| {
         EngineError::InvalidModel(format!("config.json does not describe a {arch} model: {e}"))
     })
+}
+
+/// Bridges config layouts across transformers versions so that one `Config` struct reads
+/// them all: transformers 5 writes `rope_parameters.rope_theta` where older checkpoints have a
+/// top-level `rope_theta`, and `sliding_window: null` where the window is unused.
+pub(crate) fn normalized_config(config: &serde_json::Value) -> serde_json::Value {
+    let mut c = config.clone();
+    let Some(obj) = c.as_object_mut() else {
+        return c;
+    };
+    if !obj.contains_key("rope_theta") {
+        if let Some(theta) = obj
+            .get("rope_parameters")
+            .and_then(|r| r.get("rope_theta"))
+            .cloned()
+        {
+            obj.insert("rope_theta".into(), theta);
+        }
+    }
+    if obj.get("sliding_window").is_some_and(|w| w.is_null()) {
+        let max = obj
+            .get("max_position_embeddings")
+            .cloned()
+            .unwrap_or(serde_json::Value::from(4096));
+        obj.insert("sliding_window".into(), max);
+    }
+    c
+}
+
+/// End-of-sequence ids: config.json's `eos_token_id` (a number or a list), plus
+/// generation_config.json's where the checkpoint has one.
+pub(crate) fn eos_tokens(source: &ModelSource) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut add = |v: Option<&serde_json::Value>| match v {
+        Some(serde_json::Value::Number(n)) => out.extend(n.as_u64().map(|x| x as u32)),
+        Some(serde_json::Value::Array(a)) => {
+            out.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32))
+        }
+        _ => {}
+    };
+    add(source.config().get("eos_token_id"));
+    if let ModelSource::Checkpoint(c) = source {
+        if let Some(g) = std::fs::read_to_string(c.dir.join("generation_config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        {
+            add(g.get("eos_token_id"));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }

@@ -1,0 +1,120 @@
+//! The store's guarantees, tested directly.
+
+use ia_db::{
+    CompatibilityRecord, HardwareRecord, ModelRecord, PerformanceRecord, RunRecord, Store,
+};
+
+fn records() -> (
+    ModelRecord,
+    HardwareRecord,
+    PerformanceRecord,
+    CompatibilityRecord,
+) {
+    (
+        ModelRecord {
+            model_name: "m".into(),
+            class: "bert".into(),
+            family: "embedding".into(),
+            task: "feature-extraction".into(),
+            modality: "text".into(),
+            parameter_count: 10,
+            source: "/x".into(),
+            weights: "trained".into(),
+        },
+        HardwareRecord {
+            fingerprint: "f".into(),
+            platform: "cpu".into(),
+            device: "cpu".into(),
+            host: "h".into(),
+            cpu_model: "c".into(),
+            details_json: "{}".into(),
+        },
+        PerformanceRecord {
+            engine: "native".into(),
+            engine_version: "v".into(),
+            device: "cpu".into(),
+            precision: "f32".into(),
+            scenario: "single-stream".into(),
+            batch_size: 1,
+            status: "pass".into(),
+            iterations: Some(3),
+            ..Default::default()
+        },
+        CompatibilityRecord {
+            platform: "cpu".into(),
+            engine: "native".into(),
+            precision: "f32".into(),
+            status: "pass".into(),
+            error: None,
+        },
+    )
+}
+
+fn count(store: &Store, table: &str) -> i64 {
+    store
+        .connection()
+        .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_combination_is_stored_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open_or_create(&dir.path().join("s.duckdb")).unwrap();
+    let run = store
+        .begin_run(&RunRecord {
+            git_commit: None,
+            command_line: "test".into(),
+            host: "h".into(),
+            tool_version: "0".into(),
+        })
+        .unwrap();
+    let (m, h, p, c) = records();
+    store
+        .record_combination(run, &m, &h, &p, &[1.0, 2.0, 3.0], &c)
+        .unwrap();
+    assert_eq!(count(&store, "performance_results"), 1);
+    assert_eq!(count(&store, "raw_samples"), 3);
+
+    // A run id that does not exist violates a foreign key after the model and hardware rows
+    // were written inside the transaction: everything must roll back.
+    let (mut m2, h2, p2, c2) = records();
+    m2.model_name = "other".into();
+    assert!(store
+        .record_combination(run + 100, &m2, &h2, &p2, &[4.0], &c2)
+        .is_err());
+    assert_eq!(count(&store, "models"), 1);
+    assert_eq!(count(&store, "performance_results"), 1);
+    assert_eq!(count(&store, "raw_samples"), 3);
+    assert_eq!(count(&store, "compatibility_results"), 1);
+
+    // The same model and hardware are reused, not duplicated.
+    store
+        .record_combination(run, &m, &h, &p, &[1.0], &c)
+        .unwrap();
+    assert_eq!(count(&store, "models"), 1);
+    assert_eq!(count(&store, "hardware_platforms"), 1);
+}
+
+#[test]
+fn reopening_keeps_data_and_schema_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.duckdb");
+    {
+        let mut s = Store::open_or_create(&path).unwrap();
+        s.begin_run(&RunRecord {
+            git_commit: Some("abc".into()),
+            command_line: "x".into(),
+            host: "h".into(),
+            tool_version: "0".into(),
+        })
+        .unwrap();
+    }
+    let s = Store::open_existing(&path).unwrap();
+    assert_eq!(count(&s, "runs"), 1);
+    assert_eq!(count(&s, "schema_version"), 1);
+    let r = s
+        .query("SELECT max(version) AS v FROM schema_version")
+        .unwrap();
+    assert_eq!(r.csv(), format!("v\n{}\n", ia_db::schema::CURRENT_VERSION));
+}

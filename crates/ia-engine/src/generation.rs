@@ -1,0 +1,382 @@
+//! Text generation, independent of the runtime: any engine that can prefill a prompt and step
+//! one token at a time (with its own KV cache) gets greedy and sampled decoding, stop tokens,
+//! streaming and the LLM timings (time to first token, prefill and decode tokens/s).
+
+use crate::inputs::SplitMix64;
+use crate::{EngineError, SessionInfo};
+use serde::Serialize;
+use std::time::Instant;
+
+/// A model that generates text token by token, keeping a KV cache between calls.
+pub trait TextGenerator: Send {
+    fn info(&self) -> &SessionInfo;
+    /// Starts a new sequence (clearing any cache) with `prompt`; returns next-token logits.
+    fn prefill(&mut self, prompt: &[u32]) -> Result<Vec<f32>, EngineError>;
+    /// Appends one token to the sequence; returns next-token logits.
+    fn step(&mut self, token: u32) -> Result<Vec<f32>, EngineError>;
+    /// Tokens (prompt + generated) the model can attend to.
+    fn max_context(&self) -> usize;
+    /// End-of-sequence ids from the checkpoint's config.
+    fn eos_tokens(&self) -> Vec<u32>;
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sampling {
+    /// 0 means greedy (argmax).
+    pub temperature: f32,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    /// 1.0 disables it; > 1 discourages tokens already in the sequence (HF/CTRL rule).
+    pub repetition_penalty: f32,
+    pub seed: u64,
+}
+
+impl Sampling {
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            repetition_penalty: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    pub sampling: Sampling,
+    /// Extra ids that end generation, besides the model's EOS.
+    pub stop_tokens: Vec<u32>,
+    /// Keep going through EOS (benchmarks that need an exact token count).
+    pub ignore_eos: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    MaxNewTokens,
+    Eos,
+    StopToken,
+    ContextFull,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerationStats {
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    /// Prefill plus choosing the first new token.
+    pub time_to_first_token_ms: f64,
+    pub prefill_ms: f64,
+    /// One entry per decode step (each new token after the first).
+    pub decode_step_ms: Vec<f64>,
+    pub stop_reason: StopReason,
+}
+
+impl GenerationStats {
+    pub fn prefill_tokens_per_s(&self) -> f64 {
+        self.prompt_tokens as f64 / (self.prefill_ms / 1e3)
+    }
+
+    pub fn decode_tokens_per_s(&self) -> Option<f64> {
+        let total: f64 = self.decode_step_ms.iter().sum();
+        (!self.decode_step_ms.is_empty()).then(|| self.decode_step_ms.len() as f64 / (total / 1e3))
+    }
+}
+
+/// Generates up to `max_new_tokens` after `prompt`, calling `on_token` with each new token as
+/// soon as it is chosen (for streaming). Returns the new tokens and the timings.
+pub fn generate(
+    model: &mut dyn TextGenerator,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    mut on_token: impl FnMut(u32),
+) -> Result<(Vec<u32>, GenerationStats), EngineError> {
+    if prompt.is_empty() {
+        return Err(EngineError::InvalidInput("the prompt has no tokens".into()));
+    }
+    let ctx = model.max_context();
+    if prompt.len() >= ctx {
+        return Err(EngineError::InvalidInput(format!(
+            "the prompt has {} tokens but the model's context is {ctx}",
+            prompt.len()
+        )));
+    }
+    let eos = if opts.ignore_eos {
+        vec![]
+    } else {
+        model.eos_tokens()
+    };
+    let mut rng = SplitMix64::new(opts.sampling.seed);
+    let mut history: Vec<u32> = prompt.to_vec();
+    let mut new_tokens = Vec::with_capacity(opts.max_new_tokens);
+    let mut decode_step_ms = Vec::with_capacity(opts.max_new_tokens);
+
+    let start = Instant::now();
+    let mut logits = model.prefill(prompt)?;
+    let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
+    let mut ttft_ms = prefill_ms;
+    let mut stop_reason = StopReason::MaxNewTokens;
+    while new_tokens.len() < opts.max_new_tokens {
+        let t = Instant::now();
+        if !new_tokens.is_empty() {
+            logits = model.step(*new_tokens.last().expect("non-empty"))?;
+        }
+        let token = choose(&mut logits, &history, &opts.sampling, &mut rng)?;
+        let elapsed = t.elapsed().as_secs_f64() * 1e3;
+        if new_tokens.is_empty() {
+            ttft_ms = prefill_ms + elapsed;
+        } else {
+            decode_step_ms.push(elapsed);
+        }
+        new_tokens.push(token);
+        history.push(token);
+        on_token(token);
+        if eos.contains(&token) {
+            stop_reason = StopReason::Eos;
+            break;
+        }
+        if opts.stop_tokens.contains(&token) {
+            stop_reason = StopReason::StopToken;
+            break;
+        }
+        if history.len() >= ctx {
+            stop_reason = StopReason::ContextFull;
+            break;
+        }
+    }
+    Ok((
+        new_tokens.clone(),
+        GenerationStats {
+            prompt_tokens: prompt.len(),
+            new_tokens: new_tokens.len(),
+            time_to_first_token_ms: ttft_ms,
+            prefill_ms,
+            decode_step_ms,
+            stop_reason,
+        },
+    ))
+}
+
+/// Applies the logits processors in transformers' order (repetition penalty, temperature,
+/// top-k, top-p) and picks a token.
+fn choose(
+    logits: &mut [f32],
+    history: &[u32],
+    s: &Sampling,
+    rng: &mut SplitMix64,
+) -> Result<u32, EngineError> {
+    if logits.is_empty() {
+        return Err(EngineError::Runtime("the model returned no logits".into()));
+    }
+    if s.repetition_penalty != 1.0 {
+        let mut seen = history.to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        for &t in &seen {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = if *l < 0.0 {
+                    *l * s.repetition_penalty
+                } else {
+                    *l / s.repetition_penalty
+                };
+            }
+        }
+    }
+    if s.temperature <= 0.0 {
+        return Ok(argmax(logits));
+    }
+    let mut candidates: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, l / s.temperature))
+        .collect();
+    candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
+    if let Some(k) = s.top_k.filter(|&k| k > 0) {
+        candidates.truncate(k);
+    }
+    let max = candidates[0].1;
+    let mut probs: Vec<f32> = candidates.iter().map(|(_, l)| (l - max).exp()).collect();
+    let sum: f32 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= sum);
+    if let Some(p) = s.top_p.filter(|&p| p < 1.0) {
+        // Keep the smallest prefix whose mass reaches p (always at least one token).
+        let mut acc = 0.0;
+        let keep = probs
+            .iter()
+            .position(|&q| {
+                acc += q;
+                acc >= p
+            })
+            .map_or(probs.len(), |i| i + 1);
+        probs.truncate(keep);
+        let sum: f32 = probs.iter().sum();
+        probs.iter_mut().for_each(|q| *q /= sum);
+    }
+    let r = rng.next_f32();
+    let mut acc = 0.0;
+    for (i, q) in probs.iter().enumerate() {
+        acc += q;
+        if r < acc {
+            return Ok(candidates[i].0);
+        }
+    }
+    Ok(candidates[probs.len() - 1].0)
+}
+
+/// First index of the maximum, as torch.argmax.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Precision;
+    use ia_hardware::Platform;
+    use ia_models::WeightsKind;
+
+    /// A toy model whose next token is (last + 1) mod vocab, with EOS = 9.
+    struct Counter {
+        info: SessionInfo,
+        last: u32,
+    }
+
+    impl Counter {
+        fn new() -> Self {
+            Self {
+                info: SessionInfo {
+                    engine: "test".into(),
+                    engine_version: "0".into(),
+                    platform: Platform::Cpu,
+                    device: "cpu".into(),
+                    precision: Precision::F32,
+                    weights: WeightsKind::Random,
+                    parameter_count: 0,
+                    output_names: vec![],
+                },
+                last: 0,
+            }
+        }
+
+        fn logits(&self) -> Vec<f32> {
+            let mut l = vec![0.0; 12];
+            l[((self.last + 1) % 12) as usize] = 5.0;
+            l
+        }
+    }
+
+    impl TextGenerator for Counter {
+        fn info(&self) -> &SessionInfo {
+            &self.info
+        }
+        fn prefill(&mut self, prompt: &[u32]) -> Result<Vec<f32>, EngineError> {
+            self.last = *prompt.last().unwrap();
+            Ok(self.logits())
+        }
+        fn step(&mut self, token: u32) -> Result<Vec<f32>, EngineError> {
+            self.last = token;
+            Ok(self.logits())
+        }
+        fn max_context(&self) -> usize {
+            16
+        }
+        fn eos_tokens(&self) -> Vec<u32> {
+            vec![9]
+        }
+    }
+
+    fn opts(n: usize) -> GenerateOptions {
+        GenerateOptions {
+            max_new_tokens: n,
+            sampling: Sampling::greedy(),
+            stop_tokens: vec![],
+            ignore_eos: false,
+        }
+    }
+
+    #[test]
+    fn greedy_streams_and_stops_at_eos() {
+        let mut streamed = vec![];
+        let (toks, stats) =
+            generate(&mut Counter::new(), &[3], &opts(10), |t| streamed.push(t)).unwrap();
+        assert_eq!(toks, vec![4, 5, 6, 7, 8, 9]);
+        assert_eq!(streamed, toks);
+        assert_eq!(stats.stop_reason, StopReason::Eos);
+        assert_eq!(stats.decode_step_ms.len(), 5);
+    }
+
+    #[test]
+    fn ignore_eos_stop_tokens_and_context() {
+        let mut o = opts(4);
+        o.ignore_eos = true;
+        let (toks, s) = generate(&mut Counter::new(), &[7], &o, |_| {}).unwrap();
+        assert_eq!(
+            (toks, s.stop_reason),
+            (vec![8, 9, 10, 11], StopReason::MaxNewTokens)
+        );
+        let mut o = opts(10);
+        o.stop_tokens = vec![5];
+        let (toks, s) = generate(&mut Counter::new(), &[3], &o, |_| {}).unwrap();
+        assert_eq!((toks, s.stop_reason), (vec![4, 5], StopReason::StopToken));
+        let mut o = opts(100);
+        o.ignore_eos = true;
+        let (toks, s) = generate(&mut Counter::new(), &[0; 10], &o, |_| {}).unwrap();
+        assert_eq!((toks.len(), s.stop_reason), (6, StopReason::ContextFull));
+    }
+
+    #[test]
+    fn prompt_longer_than_context_is_a_clear_error() {
+        let e = generate(&mut Counter::new(), &[1; 16], &opts(1), |_| {}).unwrap_err();
+        assert!(e.to_string().contains("context is 16"), "{e}");
+    }
+
+    #[test]
+    fn sampling_is_seeded_and_respects_top_k() {
+        let s = Sampling {
+            temperature: 1.0,
+            top_k: Some(2),
+            top_p: None,
+            repetition_penalty: 1.0,
+            seed: 3,
+        };
+        let logits = vec![1.0, 3.0, 2.9, -4.0];
+        let draw = |seed| {
+            let mut rng = SplitMix64::new(seed);
+            (0..200)
+                .map(|_| choose(&mut logits.clone(), &[], &s, &mut rng).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let a = draw(3);
+        assert_eq!(a, draw(3));
+        assert!(a.iter().all(|t| *t == 1 || *t == 2));
+        assert!(a.contains(&1) && a.contains(&2));
+        // top_p small enough keeps only the best token.
+        let s = Sampling {
+            top_k: None,
+            top_p: Some(0.1),
+            ..s
+        };
+        let mut rng = SplitMix64::new(0);
+        assert!((0..50).all(|_| choose(&mut logits.clone(), &[], &s, &mut rng).unwrap() == 1));
+    }
+
+    #[test]
+    fn repetition_penalty_follows_transformers() {
+        let s = Sampling {
+            repetition_penalty: 2.0,
+            ..Sampling::greedy()
+        };
+        let mut l = vec![4.0, 3.0, -1.0];
+        let t = choose(&mut l, &[0, 2], &s, &mut SplitMix64::new(0)).unwrap();
+        assert_eq!(l, vec![2.0, 3.0, -2.0]);
+        assert_eq!(t, 1);
+    }
+}

@@ -1,0 +1,168 @@
+//! Decoder-only text generation (LLaMA, Qwen2, Qwen3, OPT) behind `TextGenerator`, each with
+//! its KV cache: the prompt is run once (prefill), then one token per step.
+
+use super::{eos_tokens, opt, parse_config, LoadContext};
+use crate::rt;
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::{llama, qwen2, qwen3};
+use ia_engine::{EngineError, SessionInfo, TextGenerator};
+use serde_json::Value;
+use std::sync::atomic::Ordering;
+
+enum Backbone {
+    Llama {
+        model: llama::Llama,
+        config: Box<llama::Config>,
+        cache: llama::Cache,
+    },
+    Qwen2(qwen2::ModelForCausalLM),
+    Qwen3(qwen3::ModelForCausalLM),
+    Opt(opt::Model),
+}
+
+pub struct CausalLm {
+    backbone: Backbone,
+    info: SessionInfo,
+    eos: Vec<u32>,
+    max_context: usize,
+    /// Tokens in the KV cache.
+    position: usize,
+    device: Device,
+    dtype: DType,
+}
+
+impl CausalLm {
+    pub fn load(ctx: LoadContext<'_>) -> Result<Box<dyn TextGenerator>, EngineError> {
+        let model_type = ctx
+            .source
+            .config()
+            .get("model_type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let (vb, params) = crate::load_var_builder(ctx.source, ctx.dtype, &ctx.device)?;
+        let build = |e: candle_core::Error| {
+            EngineError::InvalidModel(format!("cannot build {model_type}: {e}"))
+        };
+        let (backbone, max_context) = match model_type.as_str() {
+            "llama" | "mistral" => {
+                let cfg: llama::LlamaConfig = parse_config(ctx.source, "LLaMA")?;
+                let config = cfg.into_config(false);
+                let model = llama::Llama::load(vb, &config).map_err(build)?;
+                let cache = llama::Cache::new(true, ctx.dtype, &config, &ctx.device).map_err(rt)?;
+                let max = config.max_position_embeddings;
+                (
+                    Backbone::Llama {
+                        model,
+                        config: Box::new(config),
+                        cache,
+                    },
+                    max,
+                )
+            }
+            "qwen2" => {
+                let cfg: qwen2::Config = parse_config(ctx.source, "Qwen2")?;
+                let max = cfg.max_position_embeddings;
+                (
+                    Backbone::Qwen2(qwen2::ModelForCausalLM::new(&cfg, vb).map_err(build)?),
+                    max,
+                )
+            }
+            "qwen3" => {
+                let cfg: qwen3::Config = parse_config(ctx.source, "Qwen3")?;
+                let max = cfg.max_position_embeddings;
+                (
+                    Backbone::Qwen3(qwen3::ModelForCausalLM::new(&cfg, vb).map_err(build)?),
+                    max,
+                )
+            }
+            "opt" => {
+                let cfg: opt::Config = parse_config(ctx.source, "OPT")?;
+                let model = opt::Model::load(vb, &cfg).map_err(build)?;
+                let max = model.max_positions();
+                (Backbone::Opt(model), max)
+            }
+            other => {
+                return Err(EngineError::Unsupported(format!(
+                    "no native decoder for model_type '{other}'"
+                )))
+            }
+        };
+        let mut info = ctx.info;
+        info.parameter_count = params.load(Ordering::Relaxed);
+        info.output_names = vec!["logits".into()];
+        Ok(Box::new(Self {
+            backbone,
+            info,
+            eos: eos_tokens(ctx.source),
+            max_context,
+            position: 0,
+            device: ctx.device,
+            dtype: ctx.dtype,
+        }))
+    }
+
+    fn clear(&mut self) -> Result<(), EngineError> {
+        self.position = 0;
+        match &mut self.backbone {
+            Backbone::Llama { config, cache, .. } => {
+                *cache = llama::Cache::new(true, self.dtype, config, &self.device).map_err(rt)?;
+            }
+            Backbone::Qwen2(m) => m.clear_kv_cache(),
+            Backbone::Qwen3(m) => m.clear_kv_cache(),
+            Backbone::Opt(m) => m.clear_kv_cache(),
+        }
+        Ok(())
+    }
+
+    /// Runs `tokens` after the cached ones; returns the last position's logits.
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        if self.position + tokens.len() > self.max_context {
+            return Err(EngineError::InvalidInput(format!(
+                "{} tokens exceed the model's context of {}",
+                self.position + tokens.len(),
+                self.max_context
+            )));
+        }
+        let ids = Tensor::new(tokens, &self.device)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(rt)?;
+        let pos = self.position;
+        let logits = match &mut self.backbone {
+            Backbone::Llama { model, cache, .. } => model.forward(&ids, pos, cache),
+            Backbone::Qwen2(m) => m.forward(&ids, pos),
+            Backbone::Qwen3(m) => m.forward(&ids, pos),
+            Backbone::Opt(m) => m.forward(&ids).and_then(|l| opt::last_logits(&l)),
+        }
+        .map_err(rt)?;
+        self.position += tokens.len();
+        logits
+            .to_dtype(DType::F32)
+            .and_then(|l| l.flatten_all())
+            .and_then(|l| l.to_vec1::<f32>())
+            .map_err(rt)
+    }
+}
+
+impl TextGenerator for CausalLm {
+    fn info(&self) -> &SessionInfo {
+        &self.info
+    }
+
+    fn prefill(&mut self, prompt: &[u32]) -> Result<Vec<f32>, EngineError> {
+        self.clear()?;
+        self.forward(prompt)
+    }
+
+    fn step(&mut self, token: u32) -> Result<Vec<f32>, EngineError> {
+        self.forward(&[token])
+    }
+
+    fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    fn eos_tokens(&self) -> Vec<u32> {
+        self.eos.clone()
+    }
+}

@@ -1,0 +1,180 @@
+//! Text families against transformers on the committed tiny fixtures:
+//! * logits at every prompt position, computed one token at a time through the KV cache,
+//!   and for the whole prompt at once (prefill), within 1e-4 max abs of transformers';
+//! * 32 greedy tokens identical to `generate(do_sample=False)`.
+
+use candle_core::{Device, Tensor};
+use ia_engine::generation::{generate, GenerateOptions, Sampling};
+use ia_engine::{Engine, Precision, TextGenerator};
+use ia_hardware::Platform;
+use ia_models::{Checkpoint, ModelSource};
+use ia_native::NativeEngine;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+const TOLERANCE: f32 = 1e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(name)
+}
+
+fn reference(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)
+        .unwrap()
+}
+
+fn generator(name: &str) -> Box<dyn TextGenerator> {
+    let ckpt = Checkpoint::open(&fixture(name)).unwrap();
+    NativeEngine::new()
+        .load_generator(
+            &ModelSource::Checkpoint(ckpt),
+            Platform::Cpu,
+            Precision::F32,
+        )
+        .unwrap()
+}
+
+fn ids(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as u32)
+        .collect()
+}
+
+/// logits [1, seq, vocab] -> row `pos`.
+fn row(logits: &Tensor, pos: usize) -> Vec<f32> {
+    logits
+        .squeeze(0)
+        .unwrap()
+        .get(pos)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn greedy_matches(name: &str, gen: &mut dyn TextGenerator, prompt: &[u32], expected: &[u32]) {
+    let opts = GenerateOptions {
+        max_new_tokens: expected.len(),
+        sampling: Sampling::greedy(),
+        stop_tokens: vec![],
+        ignore_eos: true,
+    };
+    let (tokens, stats) = generate(gen, prompt, &opts, |_| {}).unwrap();
+    assert_eq!(
+        tokens, expected,
+        "{name}: greedy tokens differ from transformers"
+    );
+    assert_eq!(stats.new_tokens, 32);
+}
+
+fn check_decoder(name: &str) {
+    let r = reference(name);
+    let mut gen = generator(name);
+    for p in 0..2 {
+        let prompt = ids(&r[&format!("prompt{p}_input_ids")]);
+        let logits = &r[&format!("prompt{p}_logits")];
+        // One token at a time through the cache: every position's logits.
+        let mut got = gen.prefill(&prompt[..1]).unwrap();
+        for (pos, &token) in prompt.iter().enumerate() {
+            if pos > 0 {
+                got = gen.step(token).unwrap();
+            }
+            let d = max_abs(&got, &row(logits, pos));
+            assert!(
+                d <= TOLERANCE,
+                "{name} prompt {p} position {pos}: max abs diff {d}"
+            );
+        }
+        // The whole prompt at once.
+        let got = gen.prefill(&prompt).unwrap();
+        let d = max_abs(&got, &row(logits, prompt.len() - 1));
+        assert!(
+            d <= TOLERANCE,
+            "{name} prompt {p} prefill: max abs diff {d}"
+        );
+        greedy_matches(
+            name,
+            gen.as_mut(),
+            &prompt,
+            &ids(&r[&format!("prompt{p}_greedy")]),
+        );
+    }
+}
+
+#[test]
+fn llama_matches_transformers() {
+    check_decoder("llama-tiny");
+}
+
+#[test]
+fn qwen2_matches_transformers() {
+    check_decoder("qwen2-tiny");
+}
+
+#[test]
+fn qwen3_matches_transformers() {
+    check_decoder("qwen3-tiny");
+}
+
+#[test]
+fn opt_matches_transformers() {
+    check_decoder("opt-tiny");
+}
+
+#[test]
+fn t5_matches_transformers() {
+    let r = reference("t5-tiny");
+    let mut gen = generator("t5-tiny");
+    for p in 0..2 {
+        let prompt = ids(&r[&format!("prompt{p}_input_ids")]);
+        let decoder_ids = ids(&r[&format!("prompt{p}_decoder_input_ids")]);
+        let logits = &r[&format!("prompt{p}_logits")];
+        // prefill encodes the prompt and runs the decoder start token (decoder_ids[0]).
+        let mut got = gen.prefill(&prompt).unwrap();
+        for (pos, &token) in decoder_ids.iter().enumerate() {
+            if pos > 0 {
+                got = gen.step(token).unwrap();
+            }
+            let d = max_abs(&got, &row(logits, pos));
+            assert!(
+                d <= TOLERANCE,
+                "t5 prompt {p} decoder position {pos}: max abs diff {d}"
+            );
+        }
+        greedy_matches(
+            "t5",
+            gen.as_mut(),
+            &prompt,
+            &ids(&r[&format!("prompt{p}_greedy")]),
+        );
+    }
+}
+
+#[test]
+fn prompt_longer_than_context_is_rejected() {
+    let mut gen = generator("llama-tiny");
+    let prompt = vec![5u32; 200];
+    let opts = GenerateOptions {
+        max_new_tokens: 1,
+        sampling: Sampling::greedy(),
+        stop_tokens: vec![],
+        ignore_eos: false,
+    };
+    let e = generate(gen.as_mut(), &prompt, &opts, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("context is 128"), "{e}");
+}
