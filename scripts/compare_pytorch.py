@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
 """Native engine vs PyTorch (transformers, CPU), same weights, same thread count, one run.
 
-Builds random-initialised bert-base (BertModel) and ViT-base (ViTForImageClassification)
-checkpoints once with transformers, then measures, one after the other on this machine:
+Suite "encoders" (default): random-initialised bert-base (BertModel) and ViT-base
+(ViTForImageClassification). Suite "generation": a random-initialised OPT-125m-sized
+OPTForCausalLM, batch 1, greedy, prompt --seq-len tokens, --new-tokens generated: TTFT and
+decode tokens/s, PyTorch looping over forward() with past_key_values as the native engine
+loops over its KV cache. Checkpoints are built once with transformers, then measured one
+after the other on this machine:
   * PyTorch: torch.inference_mode, warm-up, then timed iterations until both --min-iterations
     and --min-duration are met (the same protocol as `ipfs-accelerate bench`);
   * native: `ipfs-accelerate bench --no-db --json` on the same checkpoint folders.
 Prints mean and p50 latency per case and the ratio native / PyTorch (> 1 means native is slower).
 
 Usage (needs the reference env from scripts/setup_pyref.sh):
-    ~/.cache/ipfs-accelerate/pyref/bin/python scripts/compare_pytorch.py [--threads N] [--json FILE]
+    ~/.cache/ipfs-accelerate/pyref/bin/python scripts/compare_pytorch.py [--suite encoders|generation]
+        [--threads N] [--json FILE]
 """
 import argparse
 import json
@@ -36,6 +41,78 @@ def physical_cores():
     except OSError:
         pass
     return len(cores) or os.cpu_count() or 1
+
+
+def make_opt_checkpoint():
+    import torch
+    from transformers import OPTConfig, OPTForCausalLM
+
+    path = CACHE / "compare" / "opt-125m-random"
+    if not (path / "model.safetensors").exists():
+        torch.manual_seed(0)
+        OPTForCausalLM(OPTConfig()).eval().save_pretrained(path)  # OPTConfig() is opt-125m
+    return path
+
+
+def pytorch_generation(path, args):
+    import torch
+    from transformers import OPTForCausalLM
+
+    torch.set_num_threads(args.threads)
+    model = OPTForCausalLM.from_pretrained(path).eval()
+    prompt = torch.randint(1000, 30000, (1, args.seq_len))
+
+    def once():
+        with torch.inference_mode():
+            t = time.perf_counter()
+            out = model(input_ids=prompt, use_cache=True)
+            tok = out.logits[:, -1].argmax(-1, keepdim=True)
+            ttft = (time.perf_counter() - t) * 1e3
+            past, steps = out.past_key_values, []
+            for _ in range(args.new_tokens - 1):
+                t = time.perf_counter()
+                out = model(input_ids=tok, past_key_values=past, use_cache=True)
+                past, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+                steps.append((time.perf_counter() - t) * 1e3)
+        return ttft, steps
+
+    for _ in range(1 + args.warmup):
+        once()
+    ttfts, steps, start = [], [], time.perf_counter()
+    while len(ttfts) < args.min_iterations or time.perf_counter() - start < args.min_duration:
+        ttft, s = once()
+        ttfts.append(ttft)
+        steps.extend(s)
+    return {"ttft_ms": statistics.median(ttfts), "tpot_p50_ms": statistics.median(steps),
+            "decode_tok_s": len(steps) / (sum(steps) / 1e3), "n": len(ttfts)}
+
+
+def native_generation(path, args):
+    exe, env = native_binary(args)
+    out = subprocess.run(
+        [str(exe), "bench", "--models", str(path), "--batch-sizes", "1", "--seq-len", str(args.seq_len),
+         "--new-tokens", str(args.new_tokens), "--warmup", str(args.warmup),
+         "--min-iterations", str(args.min_iterations), "--min-duration", str(args.min_duration),
+         "--no-db", "--json"], env=env, check=True, capture_output=True, text=True).stdout
+    o = json.loads(out)[0]["outcome"]
+    if o["status"] != "pass":
+        sys.exit(f"native generation did not run: {o}")
+    g = o["generation"]
+    return {"ttft_ms": g["ttft"]["p50_ms"], "tpot_p50_ms": g["tpot"]["p50_ms"],
+            "decode_tok_s": g["decode_tokens_per_s"], "n": o["latency"]["count"]}
+
+
+def generation_suite(args):
+    import torch
+
+    path = make_opt_checkpoint()
+    t, n = pytorch_generation(path, args), native_generation(path, args)
+    print(f"threads={args.threads} prompt={args.seq_len} new_tokens={args.new_tokens} torch={torch.__version__} "
+          f"protocol: warmup {args.warmup}, >= {args.min_iterations} generations and >= {args.min_duration}s")
+    print(f"{'opt-125m b=1':<16}{'torch':>12}{'native':>12}{'native/torch':>14}")
+    for key, label in (("ttft_ms", "TTFT p50 ms"), ("tpot_p50_ms", "TPOT p50 ms"), ("decode_tok_s", "decode tok/s")):
+        print(f"{label:<16}{t[key]:>12.2f}{n[key]:>12.2f}{n[key] / t[key]:>13.2f}x")
+    return {"suite": "generation", "torch": t, "native": n}
 
 
 def make_checkpoints():
@@ -92,12 +169,16 @@ def pytorch_side(bert_dir, vit_dir, args):
     return res, torch.__version__
 
 
-def native_side(bert_dir, vit_dir, args):
+def native_binary(args):
     target = Path(os.environ.get("CARGO_TARGET_DIR", CACHE / "target"))
     env = dict(os.environ, CARGO_TARGET_DIR=str(target), RAYON_NUM_THREADS=str(args.threads))
     subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "ipfs-accelerate"],
                    cwd=ROOT, env=env, check=True)
-    exe = target / "release" / "ipfs-accelerate"
+    return target / "release" / "ipfs-accelerate", env
+
+
+def native_side(bert_dir, vit_dir, args):
+    exe, env = native_binary(args)
     res = {}
     for name, path, batches in (("bert-base", bert_dir, "1,8"), ("vit-base", vit_dir, "1")):
         out = subprocess.run(
@@ -123,8 +204,16 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--min-iterations", type=int, default=10)
     ap.add_argument("--min-duration", type=float, default=5.0)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--suite", choices=["encoders", "generation"], default="encoders")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
+
+    if args.suite == "generation":
+        result = generation_suite(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return
 
     bert_dir, vit_dir = make_checkpoints()
     torch_res, torch_version = pytorch_side(bert_dir, vit_dir, args)

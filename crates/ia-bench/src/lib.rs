@@ -8,7 +8,8 @@
 pub mod memory;
 pub mod stats;
 
-use ia_engine::{inputs, Engine, EngineError, InputSpec, Precision, SessionInfo};
+use ia_engine::generation::{self, GenerateOptions, Sampling, TextGenerator};
+use ia_engine::{inputs, Engine, EngineError, InputSpec, Inputs, Precision, SessionInfo};
 use ia_hardware::Platform;
 use ia_models::{Modality, ModelClass, ModelSource};
 use serde::Serialize;
@@ -89,6 +90,8 @@ pub struct Combination {
     pub seq_len: usize,
     pub precision: Precision,
     pub scenario: Scenario,
+    /// Tokens generated per iteration, for generation models.
+    pub new_tokens: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -110,6 +113,21 @@ pub struct Measurement {
     pub peak_rss_per_combination: bool,
     /// What the timing loop itself costs per iteration, measured on an empty body.
     pub harness_overhead_ns: f64,
+    /// Text-generation metrics, for generation models (one timed iteration = one generation).
+    pub generation: Option<GenerationMetrics>,
+}
+
+/// LLM metrics as optimum-benchmark defines them.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerationMetrics {
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    /// Time to first token: prefill plus choosing the first new token.
+    pub ttft: LatencyStats,
+    /// Time per output token: every decode step of every timed generation.
+    pub tpot: LatencyStats,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -151,6 +169,9 @@ pub fn measure(
 ) -> Outcome {
     if let Err(reason) = platform_available {
         return Outcome::Unavailable { reason };
+    }
+    if is_generation_task(&combo.model.task) {
+        return measure_generation(engine, combo, protocol);
     }
     if let Err(e) = engine.supports(combo.model.class, combo.platform) {
         return Outcome::Unavailable {
@@ -224,6 +245,111 @@ pub fn measure(
         peak_rss_bytes,
         peak_rss_per_combination: rss_reset,
         harness_overhead_ns: harness_overhead_ns(),
+        generation: None,
+    }))
+}
+
+/// Tasks measured as text generation rather than single forward passes.
+pub fn is_generation_task(task: &str) -> bool {
+    matches!(task, "text-generation" | "text2text-generation")
+}
+
+/// One timed iteration generates `combo.new_tokens` tokens (through EOS) after a prompt of
+/// `combo.seq_len` tokens; latency statistics are per generation, and TTFT and time per
+/// output token get their own.
+fn measure_generation(engine: &dyn Engine, combo: &Combination, protocol: &Protocol) -> Outcome {
+    if combo.batch_size != 1 {
+        return Outcome::Unavailable {
+            reason: format!(
+                "batched generation (batch {}) is not implemented on the {} engine; batch 1 only",
+                combo.batch_size,
+                engine.name()
+            ),
+        };
+    }
+    let inputs = match inputs::generate(
+        &combo.model.source,
+        Modality::Text,
+        InputSpec::new(1, combo.seq_len),
+    ) {
+        Ok(i) => i,
+        Err(e) => return fail("inputs", e),
+    };
+    let Inputs::Text {
+        input_ids: prompt, ..
+    } = inputs
+    else {
+        return fail("inputs", "text generator returned non-text inputs");
+    };
+    let opts = GenerateOptions {
+        max_new_tokens: combo.new_tokens,
+        sampling: Sampling::greedy(),
+        stop_tokens: vec![],
+        ignore_eos: true,
+    };
+    let rss_reset = memory::reset_peak_rss();
+    let t = Instant::now();
+    let mut model =
+        match engine.load_generator(&combo.model.source, combo.platform, combo.precision) {
+            Ok(m) => m,
+            Err(EngineError::Unsupported(reason)) => return Outcome::Unavailable { reason },
+            Err(e) => return fail("load", e),
+        };
+    let load_time_ms = ms(t.elapsed());
+    let run = |model: &mut dyn TextGenerator| generation::generate(model, &prompt, &opts, |_| {});
+    let t = Instant::now();
+    if let Err(e) = run(model.as_mut()) {
+        return fail("first-inference", e);
+    }
+    let first_inference_ms = ms(t.elapsed());
+    for _ in 0..protocol.warmup_iterations {
+        if let Err(e) = run(model.as_mut()) {
+            return fail("warm-up", e);
+        }
+    }
+    let (mut samples_ms, mut ttft, mut tpot, mut prefill_ms) = (vec![], vec![], vec![], vec![]);
+    let start = Instant::now();
+    while samples_ms.len() < protocol.max_iterations
+        && (samples_ms.len() < protocol.min_iterations || start.elapsed() < protocol.min_duration)
+    {
+        let t = Instant::now();
+        let stats = match run(model.as_mut()) {
+            Ok((_, stats)) => stats,
+            Err(e) => return fail("timed-iteration", e),
+        };
+        samples_ms.push(ms(t.elapsed()));
+        ttft.push(stats.time_to_first_token_ms);
+        prefill_ms.push(stats.prefill_ms);
+        tpot.extend(stats.decode_step_ms);
+    }
+    let timed_duration_s = start.elapsed().as_secs_f64();
+    let latency = LatencyStats::from_samples(&samples_ms);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let generation = GenerationMetrics {
+        prompt_tokens: prompt.len(),
+        new_tokens: combo.new_tokens,
+        ttft: LatencyStats::from_samples(&ttft),
+        prefill_tokens_per_s: prompt.len() as f64 / (mean(&prefill_ms) / 1e3),
+        decode_tokens_per_s: tpot.len() as f64 / (tpot.iter().sum::<f64>() / 1e3),
+        tpot: LatencyStats::from_samples(&tpot),
+    };
+    let per_query_s = latency.mean_ms / 1e3;
+    let session = model.info().clone();
+    drop(model);
+    Outcome::Measured(Box::new(Measurement {
+        session,
+        load_time_ms,
+        first_inference_ms,
+        warmup_iterations: protocol.warmup_iterations,
+        samples_ms,
+        timed_duration_s,
+        throughput_items_per_s: 1.0 / per_query_s,
+        throughput_tokens_per_s: Some((prompt.len() + combo.new_tokens) as f64 / per_query_s),
+        latency,
+        peak_rss_bytes: memory::peak_rss_bytes(),
+        peak_rss_per_combination: rss_reset,
+        harness_overhead_ns: harness_overhead_ns(),
+        generation: Some(generation),
     }))
 }
 

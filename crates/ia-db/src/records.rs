@@ -69,6 +69,15 @@ pub struct PerformanceRecord {
     pub peak_rss_mb: Option<f64>,
     pub peak_rss_per_combination: Option<bool>,
     pub harness_overhead_ns: Option<f64>,
+    pub prompt_tokens: Option<i32>,
+    pub new_tokens: Option<i32>,
+    pub ttft_mean_ms: Option<f64>,
+    pub ttft_p50_ms: Option<f64>,
+    pub tpot_p50_ms: Option<f64>,
+    pub tpot_p90_ms: Option<f64>,
+    pub tpot_p90_is_estimate: Option<bool>,
+    pub prefill_tokens_per_s: Option<f64>,
+    pub decode_tokens_per_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,9 +104,11 @@ pub(crate) fn insert_performance(
             latency_min_ms, latency_max_ms, latency_p50_ms, latency_p90_ms, latency_p95_ms,
             latency_p99_ms, p90_is_estimate, p95_is_estimate, p99_is_estimate,
             throughput_items_per_s, throughput_tokens_per_s, peak_rss_mb,
-            peak_rss_per_combination, harness_overhead_ns, created_at)
+            peak_rss_per_combination, harness_overhead_ns, prompt_tokens, new_tokens,
+            ttft_mean_ms, ttft_p50_ms, tpot_p50_ms, tpot_p90_ms, tpot_p90_is_estimate,
+            prefill_tokens_per_s, decode_tokens_per_s, created_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-                 ?, ?, ?, ?, ?, ?, now())
+                 ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())
          RETURNING result_id",
         params![
             run_id,
@@ -132,7 +143,16 @@ pub(crate) fn insert_performance(
             p.throughput_tokens_per_s,
             p.peak_rss_mb,
             p.peak_rss_per_combination,
-            p.harness_overhead_ns
+            p.harness_overhead_ns,
+            p.prompt_tokens,
+            p.new_tokens,
+            p.ttft_mean_ms,
+            p.ttft_p50_ms,
+            p.tpot_p50_ms,
+            p.tpot_p90_ms,
+            p.tpot_p90_is_estimate,
+            p.prefill_tokens_per_s,
+            p.decode_tokens_per_s
         ],
         |r| r.get(0),
     )?)

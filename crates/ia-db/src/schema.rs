@@ -5,10 +5,11 @@ use crate::{DbError, Result};
 use duckdb::Connection;
 use std::path::Path;
 
-pub const CURRENT_VERSION: i64 = 1;
+pub const CURRENT_VERSION: i64 = 2;
 
 /// MIGRATIONS[i] upgrades from version i to i + 1.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE SEQUENCE seq_run_id START 1;
 CREATE SEQUENCE seq_hardware_id START 1;
 CREATE SEQUENCE seq_model_id START 1;
@@ -110,7 +111,20 @@ CREATE TABLE compatibility_results (
     error       VARCHAR,
     created_at  TIMESTAMP NOT NULL
 );
-"#];
+"#,
+    // 2: text-generation metrics (optimum-benchmark definitions).
+    r#"
+ALTER TABLE performance_results ADD COLUMN prompt_tokens INTEGER;
+ALTER TABLE performance_results ADD COLUMN new_tokens INTEGER;
+ALTER TABLE performance_results ADD COLUMN ttft_mean_ms DOUBLE;
+ALTER TABLE performance_results ADD COLUMN ttft_p50_ms DOUBLE;
+ALTER TABLE performance_results ADD COLUMN tpot_p50_ms DOUBLE;
+ALTER TABLE performance_results ADD COLUMN tpot_p90_ms DOUBLE;
+ALTER TABLE performance_results ADD COLUMN tpot_p90_is_estimate BOOLEAN;
+ALTER TABLE performance_results ADD COLUMN prefill_tokens_per_s DOUBLE;
+ALTER TABLE performance_results ADD COLUMN decode_tokens_per_s DOUBLE;
+"#,
+];
 
 pub fn has_version_table(conn: &Connection) -> Result<bool> {
     let n: i64 = conn.query_row(
@@ -139,6 +153,11 @@ pub fn current_version(conn: &Connection) -> Result<i64> {
 }
 
 pub fn migrate(conn: &Connection, path: &Path) -> Result<()> {
+    migrate_to(conn, path, CURRENT_VERSION)
+}
+
+/// Applies the migrations up to `target` (tests build older stores with it).
+pub fn migrate_to(conn: &Connection, path: &Path, target: i64) -> Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_version (
             version INTEGER NOT NULL, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)",
@@ -151,7 +170,12 @@ pub fn migrate(conn: &Connection, path: &Path) -> Result<()> {
             supported: CURRENT_VERSION,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(target as usize)
+        .skip(found as usize)
+    {
         let to = i as i64 + 1;
         conn.execute_batch(&format!(
             "BEGIN TRANSACTION; {sql}; INSERT INTO schema_version (version) VALUES ({to}); COMMIT;"

@@ -118,3 +118,29 @@ fn reopening_keeps_data_and_schema_version() {
         .unwrap();
     assert_eq!(r.csv(), format!("v\n{}\n", ia_db::schema::CURRENT_VERSION));
 }
+
+#[test]
+fn an_older_store_is_migrated_and_keeps_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.duckdb");
+    {
+        let conn = duckdb::Connection::open(&path).unwrap();
+        ia_db::schema::migrate_to(&conn, &path, 1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO runs (started_at, command_line, host, tool_version, status)
+             VALUES (now(), 'old', 'h', '0', 'completed')",
+        )
+        .unwrap();
+    }
+    let s = Store::open_existing(&path).unwrap();
+    let r = s
+        .query("SELECT (SELECT max(version) FROM schema_version) AS v, (SELECT count(*) FROM runs) AS runs")
+        .unwrap();
+    assert_eq!(
+        r.csv(),
+        format!("v,runs\n{},1\n", ia_db::schema::CURRENT_VERSION)
+    );
+    // The new columns exist.
+    s.query("SELECT decode_tokens_per_s, ttft_p50_ms FROM performance_results")
+        .unwrap();
+}

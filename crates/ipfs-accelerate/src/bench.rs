@@ -30,6 +30,9 @@ pub struct Args {
     seq_len: usize,
     #[arg(long, value_delimiter = ',', default_value = "f32")]
     precision: Vec<Precision>,
+    /// Tokens generated per iteration by text-generation models (prompt = --seq-len tokens)
+    #[arg(long, default_value_t = 32)]
+    new_tokens: usize,
     /// single-stream (latency) and/or offline (throughput)
     #[arg(long, value_delimiter = ',', default_value = "single-stream")]
     scenarios: Vec<Scenario>,
@@ -203,6 +206,7 @@ fn combinations(models: &[ModelPlan], args: &Args) -> Vec<Combination> {
                             seq_len: args.seq_len,
                             precision,
                             scenario,
+                            new_tokens: args.new_tokens,
                         });
                     }
                 }
@@ -366,7 +370,17 @@ fn performance_record(
     };
     let Some(m) = m else { return base };
     let l = &m.latency;
+    let g = m.generation.as_ref();
     PerformanceRecord {
+        prompt_tokens: g.map(|g| g.prompt_tokens as i32),
+        new_tokens: g.map(|g| g.new_tokens as i32),
+        ttft_mean_ms: g.map(|g| g.ttft.mean_ms),
+        ttft_p50_ms: g.map(|g| g.ttft.p50_ms),
+        tpot_p50_ms: g.map(|g| g.tpot.p50_ms),
+        tpot_p90_ms: g.map(|g| g.tpot.p90_ms),
+        tpot_p90_is_estimate: g.map(|g| g.tpot.p90_is_estimate),
+        prefill_tokens_per_s: g.map(|g| g.prefill_tokens_per_s),
+        decode_tokens_per_s: g.map(|g| g.decode_tokens_per_s),
         engine: m.session.engine.clone(),
         engine_version: m.session.engine_version.clone(),
         precision: m.session.precision.as_str().into(),
@@ -397,8 +411,25 @@ fn performance_record(
 
 fn results_table(rows: &[ResultRow]) -> String {
     let header = [
-        "model", "weights", "platform", "prec", "scenario", "batch", "status", "n", "mean ms",
-        "± sd", "p50 ms", "p90 ms", "p99 ms", "items/s", "tokens/s", "peak MB", "load ms",
+        "model",
+        "weights",
+        "platform",
+        "prec",
+        "scenario",
+        "batch",
+        "status",
+        "n",
+        "mean ms",
+        "± sd",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "items/s",
+        "tokens/s",
+        "ttft ms",
+        "decode tok/s",
+        "peak MB",
+        "load ms",
         "first ms",
     ];
     let mut cells: Vec<Vec<String>> = Vec::new();

@@ -3,6 +3,7 @@
 
 mod bench;
 mod db;
+mod generate;
 mod hardware;
 mod models;
 mod plan;
@@ -30,6 +31,8 @@ enum Command {
     Models(models::Args),
     /// Benchmark models on platforms and store the results in DuckDB
     Bench(bench::Args),
+    /// Generate text with a decoder or encoder-decoder model (KV cache, streaming)
+    Generate(generate::Args),
     /// Query, report on and export the results database
     Db(db::Args),
 }
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Hardware(a) => hardware::run(a),
         Command::Models(a) => models::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Generate(a) => generate::run(a),
         Command::Db(a) => db::run(a),
     };
     match result {

@@ -510,3 +510,103 @@ fn killed_run_keeps_finished_results() {
     assert_eq!(row["run_status"], "running");
     assert_eq!(row["unfinished"], true);
 }
+
+#[test]
+fn generate_streams_the_greedy_continuation() {
+    let model = fixture("llama-tiny");
+    let base = [
+        "generate",
+        "--model",
+        model.as_str(),
+        "--prompt",
+        "Once upon a time",
+        "--max-new-tokens",
+        "8",
+        "--ignore-eos",
+    ];
+    let o = run(&[&base[..], &["--json"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // The first 8 of transformers' generate(do_sample=False) tokens for this prompt
+    // (fixtures/llama-tiny/reference.safetensors, prompt0_greedy).
+    assert_eq!(
+        v["token_ids"],
+        serde_json::json!([289, 105, 16, 296, 297, 129, 237, 167])
+    );
+    assert_eq!(v["weights"], "trained");
+    assert!(v["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    let o = run(&[&base[..], &["--stream"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o).trim_end_matches('\n'),
+        v["text"].as_str().unwrap()
+    );
+    assert!(stderr(&o).contains("TTFT"), "{}", stderr(&o));
+
+    let long_prompt = "once upon a time ".repeat(60);
+    assert_one_line_error(
+        &run(&[
+            "generate",
+            "--model",
+            model.as_str(),
+            "--prompt",
+            &long_prompt,
+        ]),
+        "context is 128",
+    );
+}
+
+#[test]
+fn bench_measures_generation_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("gen.duckdb");
+    let o = run(&[
+        "bench",
+        "--models",
+        &format!("{},{}", fixture("opt-tiny"), fixture("t5-tiny")),
+        "--batch-sizes",
+        "1,2",
+        "--seq-len",
+        "16",
+        "--new-tokens",
+        "8",
+        "--warmup",
+        "1",
+        "--min-iterations",
+        "3",
+        "--min-duration",
+        "0",
+        "--db-path",
+        db.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for r in rows.as_array().unwrap() {
+        if r["batch_size"] == 1 {
+            assert_eq!(r["outcome"]["status"], "pass", "{r}");
+            let g = &r["outcome"]["generation"];
+            assert_eq!(g["new_tokens"], 8);
+            assert_eq!(g["tpot"]["count"], 3 * 7, "{g}");
+            assert!(g["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+            assert!(g["ttft"]["mean_ms"].as_f64().unwrap() > 0.0);
+        } else {
+            assert_eq!(r["outcome"]["status"], "unavailable", "{r}");
+        }
+    }
+    let o = run(&[
+        "db",
+        "--db-path",
+        db.to_str().unwrap(),
+        "report",
+        "--kind",
+        "performance",
+        "--format",
+        "csv",
+    ]);
+    let csv = stdout(&o);
+    assert!(
+        csv.lines().next().unwrap().contains("decode_tok_s"),
+        "{csv}"
+    );
+}

@@ -1,0 +1,161 @@
+//! `ipfs-accelerate generate`: text generation with a KV cache, streamed token by token.
+
+use crate::plan::{resolve_model, PlanOptions};
+use anyhow::{bail, Context};
+use ia_engine::generation::{generate, GenerateOptions, Sampling};
+use ia_engine::{Engine, Precision};
+use ia_hardware::Platform;
+use std::io::Write;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Catalog key, hub id in the local caches, or checkpoint folder (needs tokenizer.json)
+    #[arg(long)]
+    model: String,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Print each piece of text as soon as its token is chosen
+    #[arg(long)]
+    stream: bool,
+    /// 0 = greedy
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    top_p: Option<f32>,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Token ids that end generation, besides the model's EOS
+    #[arg(long, value_delimiter = ',')]
+    stop_token_ids: Vec<u32>,
+    /// Generate exactly --max-new-tokens, through EOS
+    #[arg(long)]
+    ignore_eos: bool,
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
+    #[arg(long, default_value = "cpu")]
+    hardware: Platform,
+    #[arg(long)]
+    small_models: bool,
+    /// Print the result and timings as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
+        bail!("--temperature must be >= 0");
+    }
+    if args.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+        bail!("--top-p must be in (0, 1]");
+    }
+    if !(args.repetition_penalty > 0.0 && args.repetition_penalty.is_finite()) {
+        bail!("--repetition-penalty must be > 0");
+    }
+    let plan = resolve_model(
+        &args.model,
+        &PlanOptions {
+            small: args.small_models,
+            random_weights: false,
+            seed: 0,
+        },
+    )?;
+    let tokenizer_path = plan
+        .source
+        .tokenizer_json()
+        .with_context(|| {
+            format!(
+                "{}: no tokenizer.json, cannot turn text into tokens",
+                plan.name
+            )
+        })?
+        .to_path_buf();
+    let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", tokenizer_path.display()))?;
+    let engine = ia_native::NativeEngine::new();
+    let mut model = engine.load_generator(&plan.source, args.hardware, args.precision)?;
+    let prompt = tokenizer
+        .encode(args.prompt.as_str(), true)
+        .map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?
+        .get_ids()
+        .to_vec();
+    let opts = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        sampling: Sampling {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            repetition_penalty: args.repetition_penalty,
+            seed: args.seed,
+        },
+        stop_tokens: args.stop_token_ids.clone(),
+        ignore_eos: args.ignore_eos,
+    };
+
+    let mut streamed: Vec<u32> = Vec::new();
+    let mut printed = String::new();
+    let mut stdout = std::io::stdout().lock();
+    let stream = args.stream && !args.json;
+    let (tokens, stats) = generate(model.as_mut(), &prompt, &opts, |t| {
+        if !stream {
+            return;
+        }
+        streamed.push(t);
+        // Decode the whole continuation and print what is new: a character can span tokens.
+        if let Ok(text) = tokenizer.decode(&streamed, true) {
+            if let Some(new) = text.strip_prefix(printed.as_str()) {
+                let _ = write!(stdout, "{new}");
+                let _ = stdout.flush();
+                printed = text;
+            }
+        }
+    })?;
+    let text = tokenizer
+        .decode(&tokens, true)
+        .map_err(|e| anyhow::anyhow!("decoding: {e}"))?;
+    if args.json {
+        let v = serde_json::json!({
+            "model": plan.name,
+            "weights": plan.source.weights_kind().as_str(),
+            "engine": model.info().engine,
+            "engine_version": model.info().engine_version,
+            "device": model.info().device,
+            "precision": model.info().precision,
+            "prompt_tokens": stats.prompt_tokens,
+            "token_ids": tokens,
+            "text": text,
+            "stop_reason": stats.stop_reason,
+            "time_to_first_token_ms": stats.time_to_first_token_ms,
+            "prefill_tokens_per_s": stats.prefill_tokens_per_s(),
+            "decode_tokens_per_s": stats.decode_tokens_per_s(),
+        });
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        if stream {
+            if let Some(rest) = text.strip_prefix(printed.as_str()) {
+                write!(stdout, "{rest}")?;
+            }
+            writeln!(stdout)?;
+        } else {
+            writeln!(stdout, "{text}")?;
+        }
+        eprintln!(
+            "[{} prompt + {} new tokens, TTFT {:.1} ms, prefill {:.0} tok/s, decode {} tok/s, stop: {:?}]",
+            stats.prompt_tokens,
+            stats.new_tokens,
+            stats.time_to_first_token_ms,
+            stats.prefill_tokens_per_s(),
+            stats
+                .decode_tokens_per_s()
+                .map(|t| format!("{t:.1}"))
+                .unwrap_or_else(|| "-".into()),
+            stats.stop_reason
+        );
+    }
+    Ok(())
+}
