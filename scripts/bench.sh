@@ -7,7 +7,6 @@
 # Extra arguments are passed to `ipfs-accelerate bench` (e.g. --batch-sizes 1,8 --json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ipfs-accelerate/target}"
 scripts/fetch_checkpoints.sh >&2
-exec cargo run --quiet --release -p ipfs-accelerate -- \
-  bench --models bert,vit --small-models --random-weights --hardware cpu "$@"
+exe=$(scripts/build.sh)
+exec "$exe" bench --models bert,vit --small-models --random-weights --hardware cpu "$@"

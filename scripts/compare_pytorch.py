@@ -170,11 +170,10 @@ def pytorch_side(bert_dir, vit_dir, args):
 
 
 def native_binary(args):
-    target = Path(os.environ.get("CARGO_TARGET_DIR", CACHE / "target"))
-    env = dict(os.environ, CARGO_TARGET_DIR=str(target), RAYON_NUM_THREADS=str(args.threads))
-    subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "ipfs-accelerate"],
-                   cwd=ROOT, env=env, check=True)
-    return target / "release" / "ipfs-accelerate", env
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+    exe = subprocess.run([str(ROOT / "scripts" / "build.sh")], env=env, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    return Path(exe), env
 
 
 def native_side(bert_dir, vit_dir, args):

@@ -18,6 +18,10 @@ pub trait TextGenerator: Send {
     fn max_context(&self) -> usize;
     /// End-of-sequence ids from the checkpoint's config.
     fn eos_tokens(&self) -> Vec<u32>;
+    /// Bytes the weights occupy as loaded (quantised blocks included), when known.
+    fn weight_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -82,7 +82,7 @@ impl Engine for NativeEngine {
     ) -> Result<Box<dyn Session>, EngineError> {
         let class = class_of(source)?;
         self.supports(class, platform)?;
-        let ctx = self.context(source, platform, precision)?;
+        let ctx = self.context(source, platform, precision, dtype_for(precision)?)?;
         match class {
             ModelClass::Bert => models::bert::BertSession::load(ctx),
             ModelClass::Vit => models::vit::VitSession::load(ctx),
@@ -99,11 +99,20 @@ impl Engine for NativeEngine {
         let class = class_of(source)?;
         device_for_check(platform)?;
         match class {
+            ModelClass::Llama | ModelClass::Qwen
+                if models::quantized::ggml_dtype(precision).is_some() =>
+            {
+                // Quantised weights, f32 activations.
+                let ctx = self.context(source, platform, precision, DType::F32)?;
+                models::quantized::QuantizedLm::load(ctx)
+            }
             ModelClass::Llama | ModelClass::Qwen => {
-                models::causal_lm::CausalLm::load(self.context(source, platform, precision)?)
+                let ctx = self.context(source, platform, precision, dtype_for(precision)?)?;
+                models::causal_lm::CausalLm::load(ctx)
             }
             ModelClass::T5 => {
-                models::t5::T5Generator::load(self.context(source, platform, precision)?)
+                let ctx = self.context(source, platform, precision, dtype_for(precision)?)?;
+                models::t5::T5Generator::load(ctx)
             }
             other => Err(EngineError::Unsupported(format!(
                 "{} is not a text-generation model on the native engine",
@@ -119,12 +128,13 @@ impl NativeEngine {
         source: &'a ModelSource,
         platform: Platform,
         precision: Precision,
+        dtype: DType,
     ) -> Result<models::LoadContext<'a>, EngineError> {
         let (device, device_name) = device_for(platform)?;
         Ok(models::LoadContext {
             source,
             device,
-            dtype: dtype_for(precision)?,
+            dtype,
             info: ia_engine::SessionInfo {
                 engine: self.name().into(),
                 engine_version: self.version(),

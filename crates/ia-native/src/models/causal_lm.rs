@@ -165,4 +165,8 @@ impl TextGenerator for CausalLm {
     fn eos_tokens(&self) -> Vec<u32> {
         self.eos.clone()
     }
+
+    fn weight_bytes(&self) -> Option<u64> {
+        Some(self.info.parameter_count * self.dtype.size_in_bytes() as u64)
+    }
 }

@@ -3,6 +3,7 @@
 pub mod bert;
 pub mod causal_lm;
 pub mod opt;
+pub mod quantized;
 pub mod t5;
 pub mod vit;
 

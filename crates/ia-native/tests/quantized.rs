@@ -1,0 +1,201 @@
+//! Quantised decoders against the same model in f32: close logits, agreeing greedy tokens,
+//! smaller weights. (There is no transformers reference for GGUF quantisation; the reference
+//! is our own f32 path, which tests/text_parity.rs ties to transformers.)
+
+use candle_core::{DType, Device, Tensor};
+use ia_engine::generation::{generate, GenerateOptions, Sampling};
+use ia_engine::{Engine, Precision, TextGenerator};
+use ia_hardware::Platform;
+use ia_models::{Checkpoint, ModelSource};
+use ia_native::NativeEngine;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(name)
+}
+
+fn load(dir: &Path, p: Precision) -> Box<dyn TextGenerator> {
+    let src = ModelSource::Checkpoint(Checkpoint::open(dir).unwrap());
+    NativeEngine::new()
+        .load_generator(&src, Platform::Cpu, p)
+        .unwrap()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (n(a) * n(b))
+}
+
+fn greedy(m: &mut dyn TextGenerator, prompt: &[u32], n: usize) -> Vec<u32> {
+    let o = GenerateOptions {
+        max_new_tokens: n,
+        sampling: Sampling::greedy(),
+        stop_tokens: vec![],
+        ignore_eos: true,
+    };
+    generate(m, prompt, &o, |_| {}).unwrap().0
+}
+
+/// Logits of quantised and f32 models along a fixed token sequence.
+fn compare(
+    dir: &Path,
+    p: Precision,
+    prompt: &[u32],
+) -> (f32, Box<dyn TextGenerator>, Box<dyn TextGenerator>) {
+    let mut f = load(dir, Precision::F32);
+    let mut q = load(dir, p);
+    let mut worst = 1.0f32;
+    let (mut lf, mut lq) = (
+        f.prefill(&prompt[..1]).unwrap(),
+        q.prefill(&prompt[..1]).unwrap(),
+    );
+    for &t in &prompt[1..] {
+        worst = worst.min(cosine(&lf, &lq));
+        lf = f.step(t).unwrap();
+        lq = q.step(t).unwrap();
+    }
+    worst = worst.min(cosine(&lf, &lq));
+    (worst, f, q)
+}
+
+#[test]
+fn q8_0_tracks_f32_on_every_decoder_fixture() {
+    let prompt: Vec<u32> = vec![50, 81, 70, 72, 290, 83, 270, 264, 289, 76, 80, 72];
+    for name in ["llama-tiny", "qwen2-tiny", "qwen3-tiny"] {
+        let (worst, mut f, mut q) = compare(&fixture(name), Precision::Q8_0, &prompt);
+        assert!(worst > 0.999, "{name}: worst logits cosine {worst}");
+        assert_eq!(q.info().precision, Precision::Q8_0);
+        assert!(
+            q.weight_bytes().unwrap() < f.weight_bytes().unwrap() / 3,
+            "{name}: q8_0 should be ~1/4 of f32"
+        );
+        let (a, b) = (
+            greedy(f.as_mut(), &prompt, 16),
+            greedy(q.as_mut(), &prompt, 16),
+        );
+        let agree = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+        println!("{name}: q8_0 worst cosine {worst:.6}, greedy prefix agreement {agree}/16");
+    }
+}
+
+/// A random LLaMA whose matrices are multiples of 256 wide, so Q4_K really applies.
+fn random_llama(dir: &Path) {
+    let (vocab, hidden, inter, layers, heads, kv) =
+        (512usize, 256usize, 512usize, 2usize, 4usize, 2usize);
+    let hd = hidden / heads;
+    let config = serde_json::json!({
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": vocab,
+        "hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "num_key_value_heads": kv, "max_position_embeddings": 256,
+        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": false, "eos_token_id": 2
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let dev = Device::Cpu;
+    let mut t: HashMap<String, Tensor> = HashMap::new();
+    let mut seed = 1.0f64;
+    let mut randn = |shape: &[usize]| {
+        seed += 1.0;
+        // Deterministic pseudo-random values, std ~0.05: enough structure for peaked logits.
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|i| {
+                (((i as f64 * 12.9898 + seed * 78.233).sin() * 43758.5453).fract() as f32 - 0.5)
+                    * 0.17
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &dev).unwrap()
+    };
+    t.insert("model.embed_tokens.weight".into(), randn(&[vocab, hidden]));
+    t.insert("lm_head.weight".into(), randn(&[vocab, hidden]));
+    t.insert(
+        "model.norm.weight".into(),
+        Tensor::ones(hidden, DType::F32, &dev).unwrap(),
+    );
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        t.insert(
+            format!("{p}.input_layernorm.weight"),
+            Tensor::ones(hidden, DType::F32, &dev).unwrap(),
+        );
+        t.insert(
+            format!("{p}.post_attention_layernorm.weight"),
+            Tensor::ones(hidden, DType::F32, &dev).unwrap(),
+        );
+        t.insert(
+            format!("{p}.self_attn.q_proj.weight"),
+            randn(&[heads * hd, hidden]),
+        );
+        t.insert(
+            format!("{p}.self_attn.k_proj.weight"),
+            randn(&[kv * hd, hidden]),
+        );
+        t.insert(
+            format!("{p}.self_attn.v_proj.weight"),
+            randn(&[kv * hd, hidden]),
+        );
+        t.insert(
+            format!("{p}.self_attn.o_proj.weight"),
+            randn(&[hidden, heads * hd]),
+        );
+        t.insert(format!("{p}.mlp.gate_proj.weight"), randn(&[inter, hidden]));
+        t.insert(format!("{p}.mlp.up_proj.weight"), randn(&[inter, hidden]));
+        t.insert(format!("{p}.mlp.down_proj.weight"), randn(&[hidden, inter]));
+    }
+    candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
+}
+
+#[test]
+fn q4_k_really_quantises_and_tracks_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    random_llama(dir.path());
+    let prompt: Vec<u32> = (0..24).map(|i| (i * 37 % 500) as u32 + 3).collect();
+    let (q8, ..) = compare(dir.path(), Precision::Q8_0, &prompt);
+    let (q4, f, q) = compare(dir.path(), Precision::Q4K, &prompt);
+    println!("worst logits cosine vs f32: q8_0 {q8:.5}, q4_k {q4:.5}");
+    assert!(q8 > 0.999, "q8_0 {q8}");
+    assert!(q4 > 0.98, "q4_k {q4}");
+    assert!(q8 >= q4, "q8_0 should be at least as close as q4_k");
+    // Q4_K stores 4.5 bits per weight: well under a sixth of f32.
+    assert!(q.weight_bytes().unwrap() * 6 < f.weight_bytes().unwrap());
+}
+
+#[test]
+fn a_gguf_file_loads_like_the_in_memory_conversion() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json", "generation_config.json"] {
+        std::fs::copy(fixture("llama-tiny").join(f), dir.path().join(f)).unwrap();
+    }
+    let src = ModelSource::Checkpoint(Checkpoint::open(&fixture("llama-tiny")).unwrap());
+    let formats = ia_native::models::quantized::write_gguf(
+        &src,
+        Precision::Q8_0,
+        &dir.path().join("model-q8_0.gguf"),
+    )
+    .unwrap();
+    assert!(formats.contains_key("q8_0"), "{formats:?}");
+    let prompt = [50u32, 81, 70, 72];
+    let a = load(&fixture("llama-tiny"), Precision::Q8_0)
+        .prefill(&prompt)
+        .unwrap();
+    let b = load(dir.path(), Precision::Q8_0).prefill(&prompt).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn quantised_precisions_are_refused_where_they_do_not_exist() {
+    let src = ModelSource::Checkpoint(Checkpoint::open(&fixture("opt-tiny")).unwrap());
+    let e = NativeEngine::new()
+        .load_generator(&src, Platform::Cpu, Precision::Q4K)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("q4_k"), "{e}");
+    let src = ModelSource::Checkpoint(Checkpoint::open(&fixture("bert-tiny")).unwrap());
+    assert!(NativeEngine::new()
+        .load(&src, Platform::Cpu, Precision::Q8_0)
+        .is_err());
+}
