@@ -128,7 +128,15 @@ pub struct GenerationMetrics {
     pub tpot: LatencyStats,
     pub prefill_tokens_per_s: f64,
     pub decode_tokens_per_s: f64,
+    /// Bytes of the weights as loaded (quantised blocks included), when the engine knows.
+    pub weight_bytes: Option<u64>,
+    /// For quantised precisions: the fraction of greedy tokens identical to the f32 model's at
+    /// the same position, over AGREEMENT_PROMPT_LENGTHS prompts x `new_tokens` tokens.
+    pub greedy_agreement_vs_f32: Option<f64>,
 }
+
+/// The fixed prompt set of the agreement check: the sample passage cut to these lengths.
+pub const AGREEMENT_PROMPT_LENGTHS: [usize; 4] = [8, 16, 32, 64];
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "status")]
@@ -332,10 +340,24 @@ fn measure_generation(engine: &dyn Engine, combo: &Combination, protocol: &Proto
         prefill_tokens_per_s: prompt.len() as f64 / (mean(&prefill_ms) / 1e3),
         decode_tokens_per_s: tpot.len() as f64 / (tpot.iter().sum::<f64>() / 1e3),
         tpot: LatencyStats::from_samples(&tpot),
+        weight_bytes: None,
+        greedy_agreement_vs_f32: None,
     };
-    let per_query_s = latency.mean_ms / 1e3;
+    let weight_bytes = model.weight_bytes();
     let session = model.info().clone();
     drop(model);
+    let greedy_agreement_vs_f32 = if matches!(
+        combo.precision,
+        Precision::F32 | Precision::F16 | Precision::Bf16
+    ) {
+        None
+    } else {
+        match greedy_agreement(engine, combo, &opts) {
+            Ok(a) => Some(a),
+            Err(e) => return fail("agreement-check", e),
+        }
+    };
+    let per_query_s = latency.mean_ms / 1e3;
     Outcome::Measured(Box::new(Measurement {
         session,
         load_time_ms,
@@ -349,8 +371,39 @@ fn measure_generation(engine: &dyn Engine, combo: &Combination, protocol: &Proto
         peak_rss_bytes: memory::peak_rss_bytes(),
         peak_rss_per_combination: rss_reset,
         harness_overhead_ns: harness_overhead_ns(),
-        generation: Some(generation),
+        generation: Some(GenerationMetrics {
+            weight_bytes,
+            greedy_agreement_vs_f32,
+            ..generation
+        }),
     }))
+}
+
+/// Generates greedily with the combination's precision and with f32 on the fixed prompt set
+/// and returns the fraction of positions where the tokens agree.
+fn greedy_agreement(
+    engine: &dyn Engine,
+    combo: &Combination,
+    opts: &GenerateOptions,
+) -> Result<f64, EngineError> {
+    let mut quantised =
+        engine.load_generator(&combo.model.source, combo.platform, combo.precision)?;
+    let mut reference =
+        engine.load_generator(&combo.model.source, combo.platform, Precision::F32)?;
+    let (mut same, mut total) = (0usize, 0usize);
+    for len in AGREEMENT_PROMPT_LENGTHS {
+        let Inputs::Text {
+            input_ids: prompt, ..
+        } = inputs::generate(&combo.model.source, Modality::Text, InputSpec::new(1, len))?
+        else {
+            unreachable!("text modality gives text inputs");
+        };
+        let (a, _) = generation::generate(quantised.as_mut(), &prompt, opts, |_| {})?;
+        let (b, _) = generation::generate(reference.as_mut(), &prompt, opts, |_| {})?;
+        same += a.iter().zip(&b).filter(|(x, y)| x == y).count();
+        total += a.len().max(b.len());
+    }
+    Ok(same as f64 / total.max(1) as f64)
 }
 
 fn ms(d: Duration) -> f64 {

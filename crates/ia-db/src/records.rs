@@ -78,6 +78,8 @@ pub struct PerformanceRecord {
     pub tpot_p90_is_estimate: Option<bool>,
     pub prefill_tokens_per_s: Option<f64>,
     pub decode_tokens_per_s: Option<f64>,
+    pub weight_mb: Option<f64>,
+    pub greedy_agreement_vs_f32: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -106,9 +108,10 @@ pub(crate) fn insert_performance(
             throughput_items_per_s, throughput_tokens_per_s, peak_rss_mb,
             peak_rss_per_combination, harness_overhead_ns, prompt_tokens, new_tokens,
             ttft_mean_ms, ttft_p50_ms, tpot_p50_ms, tpot_p90_ms, tpot_p90_is_estimate,
-            prefill_tokens_per_s, decode_tokens_per_s, created_at)
+            prefill_tokens_per_s, decode_tokens_per_s, weight_mb, greedy_agreement_vs_f32,
+            created_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-                 ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())
+                 ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())
          RETURNING result_id",
         params![
             run_id,
@@ -152,7 +155,9 @@ pub(crate) fn insert_performance(
             p.tpot_p90_ms,
             p.tpot_p90_is_estimate,
             p.prefill_tokens_per_s,
-            p.decode_tokens_per_s
+            p.decode_tokens_per_s,
+            p.weight_mb,
+            p.greedy_agreement_vs_f32
         ],
         |r| r.get(0),
     )?)

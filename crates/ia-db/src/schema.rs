@@ -123,6 +123,8 @@ ALTER TABLE performance_results ADD COLUMN tpot_p90_ms DOUBLE;
 ALTER TABLE performance_results ADD COLUMN tpot_p90_is_estimate BOOLEAN;
 ALTER TABLE performance_results ADD COLUMN prefill_tokens_per_s DOUBLE;
 ALTER TABLE performance_results ADD COLUMN decode_tokens_per_s DOUBLE;
+ALTER TABLE performance_results ADD COLUMN weight_mb DOUBLE;
+ALTER TABLE performance_results ADD COLUMN greedy_agreement_vs_f32 DOUBLE;
 "#,
 ];
 

@@ -381,6 +381,10 @@ fn performance_record(
         tpot_p90_is_estimate: g.map(|g| g.tpot.p90_is_estimate),
         prefill_tokens_per_s: g.map(|g| g.prefill_tokens_per_s),
         decode_tokens_per_s: g.map(|g| g.decode_tokens_per_s),
+        weight_mb: g
+            .and_then(|g| g.weight_bytes)
+            .map(|b| b as f64 / (1 << 20) as f64),
+        greedy_agreement_vs_f32: g.and_then(|g| g.greedy_agreement_vs_f32),
         engine: m.session.engine.clone(),
         engine_version: m.session.engine_version.clone(),
         precision: m.session.precision.as_str().into(),

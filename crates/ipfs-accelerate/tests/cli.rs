@@ -610,3 +610,48 @@ fn bench_measures_generation_models() {
         "{csv}"
     );
 }
+
+#[test]
+fn quantised_generation_is_benchmarked_with_memory_and_agreement() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.duckdb");
+    let o = run(&[
+        "bench",
+        "--models",
+        &fixture("llama-tiny"),
+        "--precision",
+        "f32,q8_0,q4_k",
+        "--batch-sizes",
+        "1",
+        "--seq-len",
+        "8",
+        "--new-tokens",
+        "4",
+        "--warmup",
+        "0",
+        "--min-iterations",
+        "2",
+        "--min-duration",
+        "0",
+        "--db-path",
+        db.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["db", "--db-path", db.to_str().unwrap(), "query", "--format", "json", "--sql",
+        "SELECT precision, weight_mb, greedy_agreement_vs_f32 AS agreement, decode_tokens_per_s > 0 AS decoded \
+         FROM performance_results ORDER BY result_id"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["precision"], "f32");
+    assert!(v[0]["agreement"].is_null());
+    for q in [&v[1], &v[2]] {
+        assert!(
+            q["weight_mb"].as_f64().unwrap() < v[0]["weight_mb"].as_f64().unwrap() / 3.0,
+            "{v}"
+        );
+        let a = q["agreement"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&a), "{v}");
+        assert_eq!(q["decoded"], true);
+    }
+    assert_eq!(v[1]["precision"], "q8_0");
+    assert_eq!(v[2]["precision"], "q4_k");
+}
