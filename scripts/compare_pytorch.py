@@ -43,6 +43,11 @@ def physical_cores():
     return len(cores) or os.cpu_count() or 1
 
 
+def mark_random(path):
+    (path / "weights_provenance.json").write_text(json.dumps(
+        {"weights": "random", "generator": "scripts/compare_pytorch.py", "seed": 0}))
+
+
 def make_opt_checkpoint():
     import torch
     from transformers import OPTConfig, OPTForCausalLM
@@ -51,6 +56,7 @@ def make_opt_checkpoint():
     if not (path / "model.safetensors").exists():
         torch.manual_seed(0)
         OPTForCausalLM(OPTConfig()).eval().save_pretrained(path)  # OPTConfig() is opt-125m
+    mark_random(path)
     return path
 
 
@@ -128,6 +134,8 @@ def make_checkpoints():
         cfg = ViTConfig(num_labels=1000, id2label={i: f"LABEL_{i}" for i in range(1000)},
                         label2id={f"LABEL_{i}": i for i in range(1000)})
         ViTForImageClassification(cfg).eval().save_pretrained(vit_dir)
+    for d in (bert_dir, vit_dir):
+        mark_random(d)
     return bert_dir, vit_dir
 
 

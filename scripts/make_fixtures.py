@@ -30,6 +30,12 @@ SENTENCES = [
 ]
 
 
+def mark_random(out, **extra):
+    """Declares the folder's weights randomly initialised; the loader records weights = random."""
+    (out / "weights_provenance.json").write_text(json.dumps(
+        {"weights": "random", "generator": "scripts/make_fixtures.py", "seed": SEED, **extra}, indent=2))
+
+
 def meta(extra):
     m = {
         "generator": "scripts/make_fixtures.py",
@@ -76,6 +82,7 @@ def bert_tiny():
     )
     model = BertModel(cfg, add_pooling_layer=False).eval()
     model.save_pretrained(out, safe_serialization=True)
+    mark_random(out)
 
     enc = fast(SENTENCES, padding=True, return_token_type_ids=True, return_tensors="pt")
     # Give the second sequence type-1 tokens too, so token-type embeddings are exercised.
@@ -109,6 +116,7 @@ def vit_tiny():
     )
     model = ViTForImageClassification(cfg).eval()
     model.save_pretrained(out, safe_serialization=True)
+    mark_random(out)
     g = torch.Generator().manual_seed(SEED)
     pixel_values = torch.randn(2, 3, 32, 32, generator=g)
     with torch.no_grad():
@@ -159,6 +167,7 @@ def decoder_fixture(name, make_model):
     model.generation_config.eos_token_id = None  # exactly NEW_TOKENS tokens, no early stop
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out, safe_serialization=True)
+    mark_random(out)
     tensors = {}
     greedy = []
     for i, prompt in enumerate(PROMPTS):
@@ -205,6 +214,7 @@ def t5_fixture():
     model = T5ForConditionalGeneration(cfg).eval()
     model.generation_config.eos_token_id = None
     model.save_pretrained(out, safe_serialization=True)
+    mark_random(out)
     tensors = {}
     for i, prompt in enumerate(PROMPTS):
         ids = tok(prompt + "</s>", return_tensors="pt")["input_ids"]

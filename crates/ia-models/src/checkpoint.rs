@@ -48,7 +48,14 @@ pub struct Checkpoint {
     pub safetensors: Vec<PathBuf>,
     pub tokenizer_json: Option<PathBuf>,
     pub preprocessor_config: Option<PathBuf>,
+    /// The folder's `weights_provenance.json` says its weights are randomly initialised
+    /// (fixtures and benchmark checkpoints made by our scripts write it).
+    pub random_init: bool,
 }
+
+/// File our generator scripts put beside randomly initialised weights:
+/// `{"weights": "random", ...}`.
+pub const PROVENANCE_FILE: &str = "weights_provenance.json";
 
 /// Where a model to run comes from.
 #[derive(Debug, Clone)]
@@ -69,7 +76,9 @@ impl ModelSource {
 
     pub fn weights_kind(&self) -> WeightsKind {
         match self {
-            ModelSource::Checkpoint(c) if !c.safetensors.is_empty() => WeightsKind::Trained,
+            ModelSource::Checkpoint(c) if !c.safetensors.is_empty() && !c.random_init => {
+                WeightsKind::Trained
+            }
             _ => WeightsKind::Random,
         }
     }
@@ -154,7 +163,12 @@ impl Checkpoint {
             }
         }
         let opt = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
+        let random_init = match opt(PROVENANCE_FILE) {
+            Some(p) => read_json(&p)?.get("weights").and_then(Value::as_str) == Some("random"),
+            None => false,
+        };
         Ok(Checkpoint {
+            random_init,
             tokenizer_json: opt("tokenizer.json"),
             preprocessor_config: opt("preprocessor_config.json"),
             config,
@@ -254,6 +268,28 @@ mod tests {
         assert!(c.tokenizer_json.is_some());
         let c = Checkpoint::open(&d.path().join("config.json")).unwrap();
         assert_eq!(c.dir, d.path());
+    }
+
+    #[test]
+    fn provenance_file_marks_random_weights() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("config.json"), r#"{"model_type":"bert"}"#).unwrap();
+        std::fs::write(d.path().join("model.safetensors"), b"x").unwrap();
+        let c = Checkpoint::open(d.path()).unwrap();
+        assert_eq!(
+            ModelSource::Checkpoint(c).weights_kind(),
+            WeightsKind::Trained
+        );
+        std::fs::write(
+            d.path().join(PROVENANCE_FILE),
+            r#"{"weights":"random","seed":1}"#,
+        )
+        .unwrap();
+        let c = Checkpoint::open(d.path()).unwrap();
+        assert_eq!(
+            ModelSource::Checkpoint(c).weights_kind(),
+            WeightsKind::Random
+        );
     }
 
     #[test]

@@ -121,8 +121,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         Some(Store::open_or_create(&args.db_path).with_context(|| "opening the results database")?)
     };
+    let run = run_record();
     let run_id = match store.as_mut() {
-        Some(s) => Some(s.begin_run(&run_record())?),
+        Some(s) => Some(s.begin_run(&run)?),
         None => None,
     };
 
@@ -138,7 +139,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let available = platform_available(&hw, combo.platform);
         let outcome = ia_bench::measure(&engine, combo, available, &protocol);
         let result_id = match (store.as_mut(), run_id) {
-            (Some(s), Some(run)) => Some(store_outcome(s, run, &hw, &engine, combo, &outcome)?),
+            (Some(s), Some(id)) => Some(store_outcome(
+                s, id, &run.host, &hw, &engine, combo, &outcome,
+            )?),
             _ => None,
         };
         let line = format!(
@@ -169,8 +172,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         });
     }
     pb.finish_and_clear();
-    if let (Some(s), Some(run)) = (store.as_mut(), run_id) {
-        s.end_run(run, "completed")?;
+    if let (Some(s), Some(id)) = (store.as_mut(), run_id) {
+        s.end_run(id, "completed")?;
     }
 
     if let Some(path) = &args.output_json {
@@ -278,6 +281,7 @@ fn git_commit() -> Option<String> {
 fn store_outcome(
     store: &mut Store,
     run_id: i64,
+    host: &str,
     hw: &HardwareReport,
     engine: &dyn Engine,
     combo: &Combination,
@@ -314,7 +318,7 @@ fn store_outcome(
         fingerprint: hw.fingerprint.clone(),
         platform: combo.platform.as_str().into(),
         device: device.clone(),
-        host: run_record().host,
+        host: host.to_string(),
         cpu_model: hw.cpu.model_name.clone(),
         details_json: serde_json::to_string(&serde_json::json!({
             "platform": status,
