@@ -219,7 +219,7 @@ fn bench_to_db_then_query_report_export() {
     assert!(o.status.success(), "{}", stderr(&o));
     let md = std::fs::read_to_string(&report).unwrap();
     assert!(
-        md.contains("bert-tiny") && md.contains("| weights |") && md.contains("trained"),
+        md.contains("bert-tiny") && md.contains("| weights |") && md.contains("| random |"),
         "{md}"
     );
     let o = run(&[
