@@ -262,19 +262,10 @@ pub fn is_generation_task(task: &str) -> bool {
     matches!(task, "text-generation" | "text2text-generation")
 }
 
-/// One timed iteration generates `combo.new_tokens` tokens (through EOS) after a prompt of
-/// `combo.seq_len` tokens; latency statistics are per generation, and TTFT and time per
-/// output token get their own.
+/// One timed iteration generates `combo.new_tokens` tokens (through EOS) for each of
+/// `batch_size` copies of a `combo.seq_len`-token prompt; latency statistics are per
+/// generation, TTFT and time per output token (per decode step) get their own.
 fn measure_generation(engine: &dyn Engine, combo: &Combination, protocol: &Protocol) -> Outcome {
-    if combo.batch_size != 1 {
-        return Outcome::Unavailable {
-            reason: format!(
-                "batched generation (batch {}) is not implemented on the {} engine; batch 1 only",
-                combo.batch_size,
-                engine.name()
-            ),
-        };
-    }
     let inputs = match inputs::generate(
         &combo.model.source,
         Modality::Text,
@@ -304,10 +295,15 @@ fn measure_generation(engine: &dyn Engine, combo: &Combination, protocol: &Proto
             Err(e) => return fail("load", e),
         };
     let load_time_ms = ms(t.elapsed());
-    let run = |model: &mut dyn TextGenerator| generation::generate(model, &prompt, &opts, |_| {});
+    let prompts = vec![prompt.clone(); combo.batch_size];
+    let run = |model: &mut dyn TextGenerator| {
+        generation::generate_batch_greedy(model, &prompts, combo.new_tokens)
+    };
     let t = Instant::now();
-    if let Err(e) = run(model.as_mut()) {
-        return fail("first-inference", e);
+    match run(model.as_mut()) {
+        Ok(_) => {}
+        Err(EngineError::Unsupported(reason)) => return Outcome::Unavailable { reason },
+        Err(e) => return fail("first-inference", e),
     }
     let first_inference_ms = ms(t.elapsed());
     for _ in 0..protocol.warmup_iterations {
@@ -333,12 +329,14 @@ fn measure_generation(engine: &dyn Engine, combo: &Combination, protocol: &Proto
     let timed_duration_s = start.elapsed().as_secs_f64();
     let latency = LatencyStats::from_samples(&samples_ms);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let batch = combo.batch_size;
     let generation = GenerationMetrics {
         prompt_tokens: prompt.len(),
         new_tokens: combo.new_tokens,
         ttft: LatencyStats::from_samples(&ttft),
-        prefill_tokens_per_s: prompt.len() as f64 / (mean(&prefill_ms) / 1e3),
-        decode_tokens_per_s: tpot.len() as f64 / (tpot.iter().sum::<f64>() / 1e3),
+        prefill_tokens_per_s: (prompt.len() * batch) as f64 / (mean(&prefill_ms) / 1e3),
+        // Each decode step yields one token per sequence of the batch.
+        decode_tokens_per_s: (tpot.len() * batch) as f64 / (tpot.iter().sum::<f64>() / 1e3),
         tpot: LatencyStats::from_samples(&tpot),
         weight_bytes: None,
         greedy_agreement_vs_f32: None,
@@ -365,8 +363,10 @@ fn measure_generation(engine: &dyn Engine, combo: &Combination, protocol: &Proto
         warmup_iterations: protocol.warmup_iterations,
         samples_ms,
         timed_duration_s,
-        throughput_items_per_s: 1.0 / per_query_s,
-        throughput_tokens_per_s: Some((prompt.len() + combo.new_tokens) as f64 / per_query_s),
+        throughput_items_per_s: batch as f64 / per_query_s,
+        throughput_tokens_per_s: Some(
+            ((prompt.len() + combo.new_tokens) * batch) as f64 / per_query_s,
+        ),
         latency,
         peak_rss_bytes: memory::peak_rss_bytes(),
         peak_rss_per_combination: rss_reset,

@@ -22,6 +22,90 @@ pub trait TextGenerator: Send {
     fn weight_bytes(&self) -> Option<u64> {
         None
     }
+    /// Starts `prompts.len()` sequences at once (equal lengths: no padding is applied);
+    /// returns next-token logits per sequence.
+    fn prefill_batch(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EngineError> {
+        match prompts {
+            [one] => Ok(vec![self.prefill(one)?]),
+            _ => Err(EngineError::Unsupported(format!(
+                "batched generation (batch {}) is not implemented by the {} engine for this model",
+                prompts.len(),
+                self.info().engine
+            ))),
+        }
+    }
+    /// Appends one token to each sequence of the batch.
+    fn step_batch(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
+        match tokens {
+            [one] => Ok(vec![self.step(*one)?]),
+            _ => Err(EngineError::Unsupported(
+                "batched step without batched prefill".into(),
+            )),
+        }
+    }
+}
+
+/// Checks a batch of prompts for batched prefill: non-empty, equal lengths.
+pub fn equal_length_batch(prompts: &[Vec<u32>]) -> Result<usize, EngineError> {
+    let len = prompts.first().map(Vec::len).unwrap_or(0);
+    if len == 0 {
+        return Err(EngineError::InvalidInput("empty prompt batch".into()));
+    }
+    if prompts.iter().any(|p| p.len() != len) {
+        return Err(EngineError::InvalidInput(
+            "batched prompts must have equal lengths (padding is not implemented)".into(),
+        ));
+    }
+    Ok(len)
+}
+
+/// Greedy generation of exactly `new_tokens` tokens for every prompt of a batch (EOS is not a
+/// stop: benchmarks need a fixed amount of work). Returns the tokens and the timings, where
+/// each decode step produced one token per sequence.
+pub fn generate_batch_greedy(
+    model: &mut dyn TextGenerator,
+    prompts: &[Vec<u32>],
+    new_tokens: usize,
+) -> Result<(Vec<Vec<u32>>, GenerationStats), EngineError> {
+    let len = equal_length_batch(prompts)?;
+    if len + new_tokens > model.max_context() {
+        return Err(EngineError::InvalidInput(format!(
+            "{len} prompt + {new_tokens} new tokens exceed the model's context of {}",
+            model.max_context()
+        )));
+    }
+    let mut out: Vec<Vec<u32>> = vec![Vec::with_capacity(new_tokens); prompts.len()];
+    let start = Instant::now();
+    let mut logits = model.prefill_batch(prompts)?;
+    let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
+    let mut ttft_ms = prefill_ms;
+    let mut decode_step_ms = Vec::with_capacity(new_tokens);
+    for i in 0..new_tokens {
+        let t = Instant::now();
+        if i > 0 {
+            let last: Vec<u32> = out.iter().map(|o| *o.last().expect("non-empty")).collect();
+            logits = model.step_batch(&last)?;
+        }
+        for (row, l) in out.iter_mut().zip(&logits) {
+            row.push(argmax(l));
+        }
+        let elapsed = t.elapsed().as_secs_f64() * 1e3;
+        if i == 0 {
+            ttft_ms = prefill_ms + elapsed;
+        } else {
+            decode_step_ms.push(elapsed);
+        }
+    }
+    let stats = GenerationStats {
+        batch_size: prompts.len(),
+        prompt_tokens: len * prompts.len(),
+        new_tokens: new_tokens * prompts.len(),
+        time_to_first_token_ms: ttft_ms,
+        prefill_ms,
+        decode_step_ms,
+        stop_reason: StopReason::MaxNewTokens,
+    };
+    Ok((out, stats))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -68,6 +152,8 @@ pub enum StopReason {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct GenerationStats {
+    /// Sequences generated together; each decode step yields one token per sequence.
+    pub batch_size: usize,
     pub prompt_tokens: usize,
     pub new_tokens: usize,
     /// Prefill plus choosing the first new token.
@@ -85,7 +171,8 @@ impl GenerationStats {
 
     pub fn decode_tokens_per_s(&self) -> Option<f64> {
         let total: f64 = self.decode_step_ms.iter().sum();
-        (!self.decode_step_ms.is_empty()).then(|| self.decode_step_ms.len() as f64 / (total / 1e3))
+        (!self.decode_step_ms.is_empty())
+            .then(|| (self.decode_step_ms.len() * self.batch_size) as f64 / (total / 1e3))
     }
 }
 
@@ -153,6 +240,7 @@ pub fn generate(
     Ok((
         new_tokens.clone(),
         GenerationStats {
+            batch_size: 1,
             prompt_tokens: prompt.len(),
             new_tokens: new_tokens.len(),
             time_to_first_token_ms: ttft_ms,
@@ -334,6 +422,17 @@ mod tests {
         o.ignore_eos = true;
         let (toks, s) = generate(&mut Counter::new(), &[0; 10], &o, |_| {}).unwrap();
         assert_eq!((toks.len(), s.stop_reason), (6, StopReason::ContextFull));
+    }
+
+    #[test]
+    fn batch_of_one_uses_the_single_sequence_path() {
+        let (toks, stats) = generate_batch_greedy(&mut Counter::new(), &[vec![3]], 3).unwrap();
+        assert_eq!(toks, vec![vec![4, 5, 6]]);
+        assert_eq!(stats.decode_step_ms.len(), 2);
+        let e = generate_batch_greedy(&mut Counter::new(), &[vec![3], vec![4]], 3).unwrap_err();
+        assert!(e.to_string().contains("batch 2"), "{e}");
+        let e = generate_batch_greedy(&mut Counter::new(), &[vec![3], vec![4, 5]], 3).unwrap_err();
+        assert!(e.to_string().contains("equal lengths"), "{e}");
     }
 
     #[test]

@@ -114,6 +114,28 @@ fn check_decoder(name: &str) {
     }
 }
 
+/// A batch of identical prompts gives every sequence the single-sequence greedy tokens.
+fn check_batched(name: &str) {
+    let r = reference(name);
+    let prompt = ids(&r["prompt0_input_ids"]);
+    let expected = ids(&r["prompt0_greedy"]);
+    let mut gen = generator(name);
+    let batch = [prompt.clone(), prompt.clone(), prompt];
+    let (rows, stats) =
+        ia_engine::generation::generate_batch_greedy(gen.as_mut(), &batch, 32).unwrap();
+    assert_eq!(stats.batch_size, 3);
+    for row in rows {
+        assert_eq!(row, expected, "{name}: batched greedy differs");
+    }
+}
+
+#[test]
+fn batched_generation_matches_single() {
+    for name in ["llama-tiny", "qwen2-tiny", "qwen3-tiny", "opt-tiny"] {
+        check_batched(name);
+    }
+}
+
 #[test]
 fn llama_matches_transformers() {
     check_decoder("llama-tiny");

@@ -584,16 +584,22 @@ fn bench_measures_generation_models() {
     assert!(o.status.success(), "{}", stderr(&o));
     let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     for r in rows.as_array().unwrap() {
-        if r["batch_size"] == 1 {
-            assert_eq!(r["outcome"]["status"], "pass", "{r}");
-            let g = &r["outcome"]["generation"];
-            assert_eq!(g["new_tokens"], 8);
-            assert_eq!(g["tpot"]["count"], 3 * 7, "{g}");
-            assert!(g["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
-            assert!(g["ttft"]["mean_ms"].as_f64().unwrap() > 0.0);
-        } else {
+        let t5 = r["model"].as_str().unwrap().contains("t5-tiny");
+        if t5 && r["batch_size"] == 2 {
+            // Batched T5 generation is not implemented: recorded with the reason.
             assert_eq!(r["outcome"]["status"], "unavailable", "{r}");
+            assert!(
+                r["outcome"]["reason"].as_str().unwrap().contains("batch 2"),
+                "{r}"
+            );
+            continue;
         }
+        assert_eq!(r["outcome"]["status"], "pass", "{r}");
+        let g = &r["outcome"]["generation"];
+        assert_eq!(g["new_tokens"], 8);
+        assert_eq!(g["tpot"]["count"], 3 * 7, "{g}");
+        assert!(g["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert!(g["ttft"]["mean_ms"].as_f64().unwrap() > 0.0);
     }
     let o = run(&[
         "db",

@@ -115,18 +115,19 @@ impl CausalLm {
         Ok(())
     }
 
-    /// Runs `tokens` after the cached ones; returns the last position's logits.
-    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
-        if self.position + tokens.len() > self.max_context {
+    /// Runs `rows` (one token list per sequence, equal lengths) after the cached tokens;
+    /// returns each sequence's last-position logits.
+    fn forward(&mut self, rows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let len = ia_engine::generation::equal_length_batch(rows)?;
+        if self.position + len > self.max_context {
             return Err(EngineError::InvalidInput(format!(
                 "{} tokens exceed the model's context of {}",
-                self.position + tokens.len(),
+                self.position + len,
                 self.max_context
             )));
         }
-        let ids = Tensor::new(tokens, &self.device)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(rt)?;
+        let flat: Vec<u32> = rows.concat();
+        let ids = Tensor::from_vec(flat, (rows.len(), len), &self.device).map_err(rt)?;
         let pos = self.position;
         let logits = match &mut self.backbone {
             Backbone::Llama { model, cache, .. } => model.forward(&ids, pos, cache),
@@ -135,13 +136,20 @@ impl CausalLm {
             Backbone::Opt(m) => m.forward(&ids).and_then(|l| opt::last_logits(&l)),
         }
         .map_err(rt)?;
-        self.position += tokens.len();
-        logits
-            .to_dtype(DType::F32)
-            .and_then(|l| l.flatten_all())
-            .and_then(|l| l.to_vec1::<f32>())
-            .map_err(rt)
+        self.position += len;
+        logits_rows(&logits, rows.len())
     }
+}
+
+/// [batch, vocab] or [batch, 1, vocab] logits -> one f32 row per sequence.
+pub(crate) fn logits_rows(logits: &Tensor, batch: usize) -> Result<Vec<Vec<f32>>, EngineError> {
+    let flat = logits
+        .to_dtype(DType::F32)
+        .and_then(|l| l.flatten_all())
+        .and_then(|l| l.to_vec1::<f32>())
+        .map_err(rt)?;
+    let vocab = flat.len() / batch;
+    Ok(flat.chunks(vocab).map(<[f32]>::to_vec).collect())
 }
 
 impl TextGenerator for CausalLm {
@@ -150,12 +158,21 @@ impl TextGenerator for CausalLm {
     }
 
     fn prefill(&mut self, prompt: &[u32]) -> Result<Vec<f32>, EngineError> {
-        self.clear()?;
-        self.forward(prompt)
+        Ok(self.prefill_batch(&[prompt.to_vec()])?.remove(0))
     }
 
     fn step(&mut self, token: u32) -> Result<Vec<f32>, EngineError> {
-        self.forward(&[token])
+        Ok(self.step_batch(&[token])?.remove(0))
+    }
+
+    fn prefill_batch(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.clear()?;
+        self.forward(prompts)
+    }
+
+    fn step_batch(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let rows: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
+        self.forward(&rows)
     }
 
     fn max_context(&self) -> usize {

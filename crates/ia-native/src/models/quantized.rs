@@ -137,17 +137,17 @@ impl QuantizedLm {
         }))
     }
 
-    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
-        if self.position + tokens.len() > self.max_context {
+    /// Runs `rows` (equal lengths) after the cached tokens; last-position logits per row.
+    fn forward(&mut self, rows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let len = ia_engine::generation::equal_length_batch(rows)?;
+        if self.position + len > self.max_context {
             return Err(EngineError::InvalidInput(format!(
                 "{} tokens exceed the model's context of {}",
-                self.position + tokens.len(),
+                self.position + len,
                 self.max_context
             )));
         }
-        let ids = Tensor::new(tokens, &self.device)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(rt)?;
+        let ids = Tensor::from_vec(rows.concat(), (rows.len(), len), &self.device).map_err(rt)?;
         let pos = self.position;
         let logits = match &mut self.backbone {
             Backbone::Llama(m) => m.forward(&ids, pos),
@@ -155,12 +155,8 @@ impl QuantizedLm {
             Backbone::Qwen3(m) => m.forward(&ids, pos),
         }
         .map_err(rt)?;
-        self.position += tokens.len();
-        logits
-            .to_dtype(DType::F32)
-            .and_then(|l| l.flatten_all())
-            .and_then(|l| l.to_vec1::<f32>())
-            .map_err(rt)
+        self.position += len;
+        super::causal_lm::logits_rows(&logits, rows.len())
     }
 }
 
@@ -170,17 +166,26 @@ impl TextGenerator for QuantizedLm {
     }
 
     fn prefill(&mut self, prompt: &[u32]) -> Result<Vec<f32>, EngineError> {
+        Ok(self.prefill_batch(&[prompt.to_vec()])?.remove(0))
+    }
+
+    fn step(&mut self, token: u32) -> Result<Vec<f32>, EngineError> {
+        Ok(self.step_batch(&[token])?.remove(0))
+    }
+
+    fn prefill_batch(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EngineError> {
         // The quantised models restart their caches when they see position 0; Qwen3's keeps
         // an explicit one.
         self.position = 0;
         if let Backbone::Qwen3(m) = &mut self.backbone {
             m.clear_kv_cache();
         }
-        self.forward(prompt)
+        self.forward(prompts)
     }
 
-    fn step(&mut self, token: u32) -> Result<Vec<f32>, EngineError> {
-        self.forward(&[token])
+    fn step_batch(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let rows: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
+        self.forward(&rows)
     }
 
     fn max_context(&self) -> usize {
