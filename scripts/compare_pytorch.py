@@ -9,8 +9,10 @@ loops over its KV cache. Checkpoints are built once with transformers, then meas
 after the other on this machine:
   * PyTorch: torch.inference_mode, warm-up, then timed iterations until both --min-iterations
     and --min-duration are met (the same protocol as `ipfs-accelerate bench`);
-  * native: `ipfs-accelerate bench --no-db --json` on the same checkpoint folders.
-Prints mean and p50 latency per case and the ratio native / PyTorch (> 1 means native is slower).
+  * native: `ipfs-accelerate bench --json` on the same checkpoint folders.
+Prints mean and p50 latency per case and the ratio native / PyTorch (> 1 means native is slower),
+and stores both sides in the DuckDB file (--db-path): the native side as `bench` does, the
+PyTorch side (engine = pytorch) through `ipfs-accelerate db import`.
 
 Usage (needs the reference env from scripts/setup_pyref.sh):
     ~/.cache/ipfs-accelerate/pyref/bin/python scripts/compare_pytorch.py [--suite encoders|generation]
@@ -22,6 +24,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,7 +68,9 @@ def pytorch_generation(path, args):
     from transformers import OPTForCausalLM
 
     torch.set_num_threads(args.threads)
+    t = time.perf_counter()
     model = OPTForCausalLM.from_pretrained(path).eval()
+    load_ms = (time.perf_counter() - t) * 1e3
     prompt = torch.randint(1000, 30000, (1, args.seq_len))
 
     def once():
@@ -82,15 +87,24 @@ def pytorch_generation(path, args):
                 steps.append((time.perf_counter() - t) * 1e3)
         return ttft, steps
 
-    for _ in range(1 + args.warmup):
+    t = time.perf_counter()
+    once()
+    first_ms = (time.perf_counter() - t) * 1e3
+    for _ in range(args.warmup):
         once()
-    ttfts, steps, start = [], [], time.perf_counter()
+    ttfts, steps, totals, start = [], [], [], time.perf_counter()
     while len(ttfts) < args.min_iterations or time.perf_counter() - start < args.min_duration:
+        t = time.perf_counter()
         ttft, s = once()
+        totals.append((time.perf_counter() - t) * 1e3)
         ttfts.append(ttft)
         steps.extend(s)
+    row = external(path, model, 1, args.seq_len, load_ms, {"first_ms": first_ms, "samples": totals}, args,
+                   generation={"prompt_tokens": args.seq_len, "new_tokens": args.new_tokens,
+                               # prefill and the first token's argmax are one timing here
+                               "ttft_ms": ttfts, "prefill_ms": ttfts, "tpot_ms": steps})
     return {"ttft_ms": statistics.median(ttfts), "tpot_p50_ms": statistics.median(steps),
-            "decode_tok_s": len(steps) / (sum(steps) / 1e3), "n": len(ttfts)}
+            "decode_tok_s": len(steps) / (sum(steps) / 1e3), "n": len(ttfts)}, row
 
 
 def native_generation(path, args):
@@ -99,7 +113,7 @@ def native_generation(path, args):
         [str(exe), "bench", "--models", str(path), "--batch-sizes", "1", "--seq-len", str(args.seq_len),
          "--new-tokens", str(args.new_tokens), "--warmup", str(args.warmup),
          "--min-iterations", str(args.min_iterations), "--min-duration", str(args.min_duration),
-         "--no-db", "--json"], env=env, check=True, capture_output=True, text=True).stdout
+         *db_args(args), "--json"], env=env, check=True, capture_output=True, text=True).stdout
     o = json.loads(out)[0]["outcome"]
     if o["status"] != "pass":
         sys.exit(f"native generation did not run: {o}")
@@ -112,7 +126,8 @@ def generation_suite(args):
     import torch
 
     path = make_opt_checkpoint()
-    t, n = pytorch_generation(path, args), native_generation(path, args)
+    (t, row), n = pytorch_generation(path, args), native_generation(path, args)
+    import_into_db([row], args)
     print(f"threads={args.threads} prompt={args.seq_len} new_tokens={args.new_tokens} torch={torch.__version__} "
           f"protocol: warmup {args.warmup}, >= {args.min_iterations} generations and >= {args.min_duration}s")
     print(f"{'opt-125m b=1':<16}{'torch':>12}{'native':>12}{'native/torch':>14}")
@@ -155,7 +170,30 @@ def time_pytorch(model, inputs, warmup, min_iters, min_duration):
             model(**inputs)
             samples.append((time.perf_counter() - t) * 1e3)
     return {"first_ms": first, "mean_ms": statistics.fmean(samples),
-            "p50_ms": statistics.median(samples), "n": len(samples)}
+            "p50_ms": statistics.median(samples), "n": len(samples), "samples": samples}
+
+
+def external(path, model, batch, seq_len, load_ms, timing, args, generation=None):
+    """A PyTorch measurement in the shape `ipfs-accelerate db import` takes."""
+    import torch
+
+    return {"model": str(path), "engine": "pytorch", "engine_version": torch.__version__,
+            "platform": "cpu", "device": "cpu", "precision": "f32", "scenario": "single-stream",
+            "batch_size": batch, "seq_len": seq_len,
+            "parameter_count": sum(p.numel() for p in model.parameters()),
+            "load_time_ms": load_ms, "first_inference_ms": timing["first_ms"],
+            "warmup_iterations": args.warmup, "samples_ms": timing["samples"],
+            "peak_rss_bytes": None, "generation": generation}
+
+
+def import_into_db(rows, args):
+    if args.no_db:
+        return
+    exe, env = native_binary(args)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(rows, f)
+    subprocess.run([str(exe), "db", "--db-path", args.db_path, "import", "--file", f.name], env=env, check=True)
+    os.unlink(f.name)
 
 
 def pytorch_side(bert_dir, vit_dir, args):
@@ -163,18 +201,28 @@ def pytorch_side(bert_dir, vit_dir, args):
     from transformers import BertModel, ViTForImageClassification
 
     torch.set_num_threads(args.threads)
-    res = {}
+    res, rows = {}, []
+    t = time.perf_counter()
     bert = BertModel.from_pretrained(bert_dir).eval()
+    load_ms = (time.perf_counter() - t) * 1e3
     for b in (1, 8):
         ids = torch.randint(1000, 30000, (b, args.seq_len))
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
                   "token_type_ids": torch.zeros_like(ids)}
         res[("bert-base", b)] = time_pytorch(bert, inputs, args.warmup, args.min_iterations, args.min_duration)
+        rows.append(external(bert_dir, bert, b, args.seq_len, load_ms, res[("bert-base", b)], args))
     del bert
+    t = time.perf_counter()
     vit = ViTForImageClassification.from_pretrained(vit_dir).eval()
+    load_ms = (time.perf_counter() - t) * 1e3
     res[("vit-base", 1)] = time_pytorch(vit, {"pixel_values": torch.randn(1, 3, 224, 224)},
                                         args.warmup, args.min_iterations, args.min_duration)
-    return res, torch.__version__
+    rows.append(external(vit_dir, vit, 1, None, load_ms, res[("vit-base", 1)], args))
+    return res, torch.__version__, rows
+
+
+def db_args(args):
+    return ["--no-db"] if args.no_db else ["--db-path", args.db_path]
 
 
 def native_binary(args):
@@ -192,7 +240,7 @@ def native_side(bert_dir, vit_dir, args):
             [str(exe), "bench", "--models", str(path), "--batch-sizes", batches,
              "--seq-len", str(args.seq_len), "--warmup", str(args.warmup),
              "--min-iterations", str(args.min_iterations), "--min-duration", str(args.min_duration),
-             "--no-db", "--json"],
+             *db_args(args), "--json"],
             env=env, check=True, capture_output=True, text=True).stdout
         for row in json.loads(out):
             o = row["outcome"]
@@ -213,6 +261,9 @@ def main():
     ap.add_argument("--min-duration", type=float, default=5.0)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--suite", choices=["encoders", "generation"], default="encoders")
+    ap.add_argument("--db-path", default=os.environ.get("BENCHMARK_DB_PATH", "./benchmark_db.duckdb"),
+                    help="both sides are stored here (PyTorch via `ipfs-accelerate db import`)")
+    ap.add_argument("--no-db", action="store_true")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
 
@@ -223,8 +274,9 @@ def main():
         return
 
     bert_dir, vit_dir = make_checkpoints()
-    torch_res, torch_version = pytorch_side(bert_dir, vit_dir, args)
+    torch_res, torch_version, rows = pytorch_side(bert_dir, vit_dir, args)
     native_res = native_side(bert_dir, vit_dir, args)
+    import_into_db(rows, args)
 
     print(f"threads={args.threads} seq_len={args.seq_len} torch={torch_version} "
           f"protocol: warmup {args.warmup}, >= {args.min_iterations} iterations and >= {args.min_duration}s")

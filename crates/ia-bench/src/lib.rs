@@ -39,7 +39,7 @@ impl Default for Protocol {
 }
 
 /// MLPerf-style scenarios.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scenario {
     /// One query at a time, latency per query.

@@ -10,7 +10,7 @@ pub mod inputs;
 
 use ia_hardware::Platform;
 use ia_models::{ModelClass, ModelSource, WeightsKind};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
@@ -18,7 +18,7 @@ pub use generation::{GenerateOptions, GenerationStats, Sampling, StopReason, Tex
 pub use inputs::{InputSpec, Inputs};
 
 /// Numeric precision of a session's weights and activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     F32,
@@ -26,6 +26,7 @@ pub enum Precision {
     Bf16,
     Int8,
     Q8_0,
+    #[serde(rename = "q4_k")]
     Q4K,
 }
 

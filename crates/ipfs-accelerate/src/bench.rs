@@ -247,7 +247,7 @@ fn platform_available(hw: &HardwareReport, p: Platform) -> Result<(), String> {
     }
 }
 
-fn run_record() -> RunRecord {
+pub(crate) fn run_record() -> RunRecord {
     RunRecord {
         git_commit: git_commit(),
         command_line: std::env::args().collect::<Vec<_>>().join(" "),
@@ -278,12 +278,14 @@ fn git_commit() -> Option<String> {
     Some(commit)
 }
 
-fn store_outcome(
+/// Stores one combination's outcome. `engine` is (name, version) of the runtime that was
+/// asked to run it (a measured outcome carries its own session info, which wins).
+pub(crate) fn store_outcome(
     store: &mut Store,
     run_id: i64,
     host: &str,
     hw: &HardwareReport,
-    engine: &dyn Engine,
+    engine: (&str, String),
     combo: &Combination,
     outcome: &Outcome,
 ) -> anyhow::Result<i64> {
@@ -353,7 +355,7 @@ fn store_outcome(
 }
 
 fn performance_record(
-    engine: &dyn Engine,
+    engine: &(&str, String),
     combo: &Combination,
     status: &str,
     error: Option<String>,
@@ -361,8 +363,8 @@ fn performance_record(
     m: Option<&Measurement>,
 ) -> PerformanceRecord {
     let base = PerformanceRecord {
-        engine: engine.name().into(),
-        engine_version: engine.version(),
+        engine: engine.0.into(),
+        engine_version: engine.1.clone(),
         device,
         precision: combo.precision.as_str().into(),
         scenario: combo.scenario.as_str().into(),
@@ -412,7 +414,7 @@ fn performance_record(
         throughput_tokens_per_s: m.throughput_tokens_per_s,
         peak_rss_mb: m.peak_rss_bytes.map(|b| b as f64 / (1 << 20) as f64),
         peak_rss_per_combination: Some(m.peak_rss_per_combination),
-        harness_overhead_ns: Some(m.harness_overhead_ns),
+        harness_overhead_ns: Some(m.harness_overhead_ns).filter(|o| o.is_finite()),
         ..base
     }
 }

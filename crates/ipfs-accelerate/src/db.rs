@@ -1,6 +1,7 @@
 //! `ipfs-accelerate db query|report|export`
 
 use anyhow::Context;
+use ia_bench::Outcome;
 use ia_db::export::ExportFormat;
 use ia_db::report::ReportKind;
 use ia_db::{OutputFormat, Store};
@@ -42,6 +43,12 @@ enum DbCommand {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Store measurements taken by another runtime (a JSON list; see src/import.rs), with
+    /// statistics computed as for our own results
+    Import {
+        #[arg(long)]
+        file: PathBuf,
+    },
     /// Export every table as parquet or csv files into a folder
     Export {
         #[arg(long, default_value = "parquet")]
@@ -56,6 +63,9 @@ fn parse_format(s: &str) -> Result<OutputFormat, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let DbCommand::Import { file } = &args.command {
+        return import(&args.db_path, file);
+    }
     let store = Store::open_existing(&args.db_path)?;
     match args.command {
         DbCommand::Query { sql, format } => {
@@ -77,11 +87,39 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 None => print!("{text}"),
             }
         }
+        DbCommand::Import { .. } => unreachable!("handled above"),
         DbCommand::Export { format, output } => {
             for f in ia_db::export::export(&store, format, &output)? {
                 println!("{}", f.display());
             }
         }
     }
+    Ok(())
+}
+
+/// All rows are validated before the run is opened, so a bad file stores nothing.
+fn import(db_path: &std::path::Path, file: &std::path::Path) -> anyhow::Result<()> {
+    let rows = crate::import::read(file)?
+        .into_iter()
+        .map(crate::import::to_outcome)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let hw = ia_hardware::detect();
+    let mut store = Store::open_or_create(db_path)?;
+    let run = crate::bench::run_record();
+    let run_id = store.begin_run(&run)?;
+    for (combo, outcome) in &rows {
+        let Outcome::Measured(m) = outcome else {
+            unreachable!("imports are measurements")
+        };
+        let engine = (m.session.engine.as_str(), m.session.engine_version.clone());
+        let id = crate::bench::store_outcome(
+            &mut store, run_id, &run.host, &hw, engine, combo, outcome,
+        )?;
+        eprintln!(
+            "imported {} [{}] b={} as result {id}",
+            combo.model.name, m.session.engine, combo.batch_size
+        );
+    }
+    store.end_run(run_id, "completed")?;
     Ok(())
 }

@@ -5,6 +5,7 @@ mod bench;
 mod db;
 mod generate;
 mod hardware;
+mod import;
 mod models;
 mod plan;
 

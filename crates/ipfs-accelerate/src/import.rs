@@ -1,0 +1,136 @@
+//! `ipfs-accelerate db import`: stores measurements another runtime took (e.g. the PyTorch
+//! side of scripts/compare_pytorch.py) next to ours. The raw samples are imported and the
+//! statistics computed by the same code as the native harness, so both sides are summarised
+//! identically; the runtime's own name and version are the result's engine.
+
+use crate::plan::{resolve_model, PlanOptions};
+use anyhow::{bail, Context};
+use ia_bench::{GenerationMetrics, LatencyStats, Measurement, Outcome};
+use ia_engine::{Precision, SessionInfo};
+use ia_hardware::Platform;
+use serde::Deserialize;
+use std::path::Path;
+
+/// One external measurement, as a JSON object in the imported array.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalResult {
+    /// Checkpoint folder (or catalog key) the runtime measured.
+    pub model: String,
+    pub engine: String,
+    pub engine_version: String,
+    pub platform: Platform,
+    pub device: String,
+    pub precision: Precision,
+    pub scenario: ia_bench::Scenario,
+    pub batch_size: usize,
+    pub seq_len: Option<usize>,
+    pub parameter_count: u64,
+    pub load_time_ms: f64,
+    pub first_inference_ms: f64,
+    pub warmup_iterations: usize,
+    /// Every timed iteration, in order (one generation for generation runs).
+    pub samples_ms: Vec<f64>,
+    pub peak_rss_bytes: Option<u64>,
+    pub generation: Option<ExternalGeneration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalGeneration {
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    pub ttft_ms: Vec<f64>,
+    pub prefill_ms: Vec<f64>,
+    pub tpot_ms: Vec<f64>,
+}
+
+pub fn read(path: &Path) -> anyhow::Result<Vec<ExternalResult>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let rows: Vec<ExternalResult> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a list of external results", path.display()))?;
+    for (i, r) in rows.iter().enumerate() {
+        if r.samples_ms.is_empty() || r.batch_size == 0 {
+            bail!(
+                "{}: result {i} has no samples or a zero batch size",
+                path.display()
+            );
+        }
+        if r.samples_ms.iter().any(|s| !s.is_finite() || *s < 0.0) {
+            bail!(
+                "{}: result {i} has a negative or non-finite sample",
+                path.display()
+            );
+        }
+    }
+    Ok(rows)
+}
+
+/// The imported result as a harness combination and outcome, ready to store.
+pub fn to_outcome(r: ExternalResult) -> anyhow::Result<(ia_bench::Combination, Outcome)> {
+    let plan = resolve_model(
+        &r.model,
+        &PlanOptions {
+            small: false,
+            random_weights: false,
+            seed: 0,
+        },
+    )?;
+    let latency = LatencyStats::from_samples(&r.samples_ms);
+    let per_query_s = latency.mean_ms / 1e3;
+    let batch = r.batch_size as f64;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let generation = r.generation.as_ref().map(|g| GenerationMetrics {
+        prompt_tokens: g.prompt_tokens,
+        new_tokens: g.new_tokens,
+        ttft: LatencyStats::from_samples(&g.ttft_ms),
+        tpot: LatencyStats::from_samples(&g.tpot_ms),
+        prefill_tokens_per_s: g.prompt_tokens as f64 * batch / (mean(&g.prefill_ms) / 1e3),
+        decode_tokens_per_s: g.tpot_ms.len() as f64 * batch / (g.tpot_ms.iter().sum::<f64>() / 1e3),
+        weight_bytes: None,
+        greedy_agreement_vs_f32: None,
+    });
+    let throughput_tokens_per_s = match (&generation, r.seq_len) {
+        (Some(g), _) => Some((g.prompt_tokens + g.new_tokens) as f64 * batch / per_query_s),
+        (None, Some(s)) if plan.modality == ia_models::Modality::Text => {
+            Some(s as f64 * batch / per_query_s)
+        }
+        _ => None,
+    };
+    let combo = ia_bench::Combination {
+        platform: r.platform,
+        batch_size: r.batch_size,
+        seq_len: r.seq_len.unwrap_or(0),
+        precision: r.precision,
+        scenario: r.scenario,
+        new_tokens: r.generation.as_ref().map_or(0, |g| g.new_tokens),
+        model: plan.clone(),
+    };
+    let outcome = Outcome::Measured(Box::new(Measurement {
+        session: SessionInfo {
+            engine: r.engine,
+            engine_version: r.engine_version,
+            platform: r.platform,
+            device: r.device,
+            precision: r.precision,
+            weights: plan.source.weights_kind(),
+            parameter_count: r.parameter_count,
+            output_names: vec![],
+        },
+        load_time_ms: r.load_time_ms,
+        first_inference_ms: r.first_inference_ms,
+        warmup_iterations: r.warmup_iterations,
+        timed_duration_s: r.samples_ms.iter().sum::<f64>() / 1e3,
+        throughput_items_per_s: batch / per_query_s,
+        throughput_tokens_per_s,
+        latency,
+        samples_ms: r.samples_ms,
+        peak_rss_bytes: r.peak_rss_bytes,
+        peak_rss_per_combination: false,
+        // Not ours to know: the external harness did not measure its own overhead.
+        harness_overhead_ns: f64::NAN,
+        generation,
+    }));
+    Ok((combo, outcome))
+}
