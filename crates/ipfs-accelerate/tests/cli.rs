@@ -662,3 +662,78 @@ fn quantised_generation_is_benchmarked_with_memory_and_agreement() {
     assert_eq!(v[1]["precision"], "q8_0");
     assert_eq!(v[2]["precision"], "q4_k");
 }
+
+#[test]
+fn external_results_are_imported_with_their_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ext.duckdb");
+    let file = dir.path().join("ext.json");
+    let row = serde_json::json!([{
+        "model": fixture("bert-tiny"), "engine": "pytorch", "engine_version": "2.15.0",
+        "platform": "cpu", "device": "cpu", "precision": "f32", "scenario": "single-stream",
+        "batch_size": 2, "seq_len": 16, "parameter_count": 23000, "load_time_ms": 12.5,
+        "first_inference_ms": 3.0, "warmup_iterations": 1, "samples_ms": [1.0, 2.0, 3.0, 4.0],
+        "peak_rss_bytes": null, "generation": null
+    }]);
+    std::fs::write(&file, row.to_string()).unwrap();
+    let dbs = db.to_str().unwrap();
+    let o = run(&[
+        "db",
+        "--db-path",
+        dbs,
+        "import",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["db", "--db-path", dbs, "query", "--format", "json", "--sql",
+        "SELECT engine, engine_version, iterations, latency_p50_ms, throughput_items_per_s, weights, \
+                (SELECT count(*) FROM raw_samples) AS samples \
+         FROM performance_results JOIN models USING (model_id)"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["engine"], "pytorch");
+    assert_eq!(v[0]["engine_version"], "2.15.0");
+    assert_eq!(v[0]["iterations"], 4);
+    assert_eq!(v[0]["latency_p50_ms"], 2.5);
+    assert_eq!(v[0]["throughput_items_per_s"], 2.0 / 2.5e-3);
+    assert_eq!(v[0]["weights"], "random");
+    assert_eq!(v[0]["samples"], 4);
+
+    std::fs::write(&file, r#"[{"model": "x"}]"#).unwrap();
+    assert_one_line_error(
+        &run(&[
+            "db",
+            "--db-path",
+            dbs,
+            "import",
+            "--file",
+            file.to_str().unwrap(),
+        ]),
+        "not a list of external results",
+    );
+    let mut bad = row.clone();
+    bad[0]["samples_ms"] = serde_json::json!([1.0, -2.0]);
+    std::fs::write(&file, bad.to_string()).unwrap();
+    assert_one_line_error(
+        &run(&[
+            "db",
+            "--db-path",
+            dbs,
+            "import",
+            "--file",
+            file.to_str().unwrap(),
+        ]),
+        "negative",
+    );
+    let o = run(&[
+        "db",
+        "--db-path",
+        dbs,
+        "query",
+        "--format",
+        "csv",
+        "--sql",
+        "SELECT count(*) AS n FROM runs",
+    ]);
+    assert_eq!(stdout(&o), "n\n1\n", "a rejected file must store nothing");
+}
