@@ -139,9 +139,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let available = platform_available(&hw, combo.platform);
         let outcome = ia_bench::measure(&engine, combo, available, &protocol);
         let result_id = match (store.as_mut(), run_id) {
-            (Some(s), Some(id)) => Some(store_outcome(
-                s, id, &run.host, &hw, &engine, combo, &outcome,
-            )?),
+            (Some(s), Some(id)) => {
+                let engine_id = (engine.name(), engine.version());
+                Some(store_outcome(
+                    s, id, &run.host, &hw, engine_id, combo, &outcome,
+                )?)
+            }
             _ => None,
         };
         let line = format!(
@@ -335,8 +338,9 @@ pub(crate) fn store_outcome(
         Outcome::Unavailable { reason } => Some(reason.clone()),
         Outcome::Failed { stage, error } => Some(format!("{stage}: {error}")),
     };
+    let engine_name = measured.map_or(engine.0.to_string(), |m| m.session.engine.clone());
     let perf = performance_record(
-        engine,
+        &engine,
         combo,
         outcome.status(),
         error.clone(),
@@ -345,7 +349,7 @@ pub(crate) fn store_outcome(
     );
     let compat = CompatibilityRecord {
         platform: combo.platform.as_str().into(),
-        engine: engine.name().into(),
+        engine: engine_name,
         precision: combo.precision.as_str().into(),
         status: outcome.status().into(),
         error,

@@ -133,8 +133,10 @@ fn bench_json_without_db() {
     for r in rows {
         assert_eq!(r["outcome"]["status"], "pass", "{r}");
         let lat = &r["outcome"]["latency"];
-        assert!(lat["count"].as_u64().unwrap() >= 5);
-        assert!(lat["p90_is_estimate"].as_bool().unwrap());
+        let n = lat["count"].as_u64().unwrap();
+        assert!(n >= 5);
+        assert_eq!(lat["p90_is_estimate"], n < 64, "{lat}");
+        assert_eq!(lat["p99_is_estimate"], n < 662, "{lat}");
         assert!(r["outcome"]["harness_overhead_ns"].as_f64().unwrap() > 0.0);
         // The fixtures are random-initialised (weights_provenance.json says so).
         assert_eq!(r["weights"], "random");
