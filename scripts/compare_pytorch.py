@@ -203,7 +203,7 @@ def pytorch_side(bert_dir, vit_dir, args):
     torch.set_num_threads(args.threads)
     res, rows = {}, []
     t = time.perf_counter()
-    bert = BertModel.from_pretrained(bert_dir).eval()
+    bert = BertModel.from_pretrained(bert_dir, add_pooling_layer=False).eval()
     load_ms = (time.perf_counter() - t) * 1e3
     for b in (1, 8):
         ids = torch.randint(1000, 30000, (b, args.seq_len))

@@ -44,18 +44,28 @@ type NvmlRet = c_int;
 
 /// Lists NVIDIA GPUs through NVML. The error string says exactly which step failed.
 pub fn probe_nvml() -> Result<Vec<GpuDevice>, String> {
-    let candidates = ["libnvidia-ml.so.1", "libnvidia-ml.so", "nvml.dll"];
-    let mut last_err = String::new();
+    let candidates: &[&str] = if cfg!(windows) {
+        &["nvml.dll"]
+    } else {
+        &["libnvidia-ml.so.1", "libnvidia-ml.so"]
+    };
+    // The first candidate's error is the informative one (the driver's soname).
+    let mut first_err: Option<String> = None;
     let lib = candidates
         .iter()
         .find_map(|name| match unsafe { libloading::Library::new(name) } {
             Ok(l) => Some(l),
             Err(e) => {
-                last_err = e.to_string();
+                first_err.get_or_insert_with(|| e.to_string());
                 None
             }
         })
-        .ok_or_else(|| format!("NVML library not found (libnvidia-ml.so.1: {last_err})"))?;
+        .ok_or_else(|| {
+            format!(
+                "NVML library not found ({})",
+                first_err.unwrap_or_else(|| "no candidate".into())
+            )
+        })?;
     unsafe {
         let sym = |name: &[u8]| {
             lib.get::<*const c_void>(name)

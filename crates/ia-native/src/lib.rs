@@ -182,5 +182,18 @@ impl OutputTensor for CandleOutput {
 }
 
 pub(crate) fn rt(e: candle_core::Error) -> EngineError {
-    EngineError::Runtime(e.to_string())
+    EngineError::Runtime(candle_message(&e))
+}
+
+/// candle attaches a backtrace to its errors when RUST_BACKTRACE is set; users get the message.
+pub(crate) fn candle_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        other => other
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    }
 }

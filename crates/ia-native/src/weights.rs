@@ -26,15 +26,7 @@ pub fn load_var_builder(
                     c.dir.display()
                 )));
             }
-            // Safety: the files are memory-mapped read-only; they must not be modified while
-            // the model is loaded, as with every mmap-based loader.
-            let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&c.safetensors) }
-                .map_err(|e| {
-                    EngineError::InvalidModel(format!(
-                        "{}: cannot read safetensors: {e}",
-                        c.dir.display()
-                    ))
-                })?;
+            let st = open_safetensors(c)?;
             Box::new(st)
         }
         ModelSource::RandomInit { config, seed } => {
@@ -53,6 +45,21 @@ pub fn load_var_builder(
         VarBuilder::from_backend(Box::new(backend), dtype, device.clone()),
         counter,
     ))
+}
+
+/// Memory-maps a checkpoint's safetensors files (all shards).
+pub(crate) fn open_safetensors(
+    c: &ia_models::Checkpoint,
+) -> Result<candle_core::safetensors::MmapedSafetensors, EngineError> {
+    // Safety: the files are memory-mapped read-only; they must not be modified while the
+    // model is loaded, as with every mmap-based loader.
+    unsafe { candle_core::safetensors::MmapedSafetensors::multi(&c.safetensors) }.map_err(|e| {
+        EngineError::InvalidModel(format!(
+            "{}: cannot read safetensors: {}",
+            c.dir.display(),
+            crate::candle_message(&e)
+        ))
+    })
 }
 
 struct CountingBackend {

@@ -473,6 +473,14 @@ fn results_table(rows: &[ResultRow]) -> String {
                     m.throughput_tokens_per_s
                         .map(|t| format!("{t:.0}"))
                         .unwrap_or_default(),
+                    m.generation
+                        .as_ref()
+                        .map(|g| format!("{:.2}", g.ttft.p50_ms))
+                        .unwrap_or_default(),
+                    m.generation
+                        .as_ref()
+                        .map(|g| format!("{:.1}", g.decode_tokens_per_s))
+                        .unwrap_or_default(),
                     m.peak_rss_bytes
                         .map(|b| format!("{:.0}", b as f64 / (1 << 20) as f64))
                         .unwrap_or_default(),

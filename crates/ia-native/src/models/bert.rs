@@ -20,8 +20,9 @@ impl BertSession {
     pub fn load(ctx: LoadContext<'_>) -> Result<Box<dyn Session>, EngineError> {
         let cfg: Config = parse_config(ctx.source, "BERT")?;
         let (vb, params) = crate::load_var_builder(ctx.source, ctx.dtype, &ctx.device)?;
-        let model = BertModel::load(vb, &cfg)
-            .map_err(|e| EngineError::InvalidModel(format!("cannot build BERT: {e}")))?;
+        let model = BertModel::load(vb, &cfg).map_err(|e| {
+            EngineError::InvalidModel(format!("cannot build BERT: {}", crate::candle_message(&e)))
+        })?;
         let mut info = ctx.info;
         info.parameter_count = params.load(Ordering::Relaxed);
         info.output_names = vec!["last_hidden_state".into(), "mean_pooled".into()];

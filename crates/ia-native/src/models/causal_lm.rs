@@ -42,7 +42,10 @@ impl CausalLm {
             .to_string();
         let (vb, params) = crate::load_var_builder(ctx.source, ctx.dtype, &ctx.device)?;
         let build = |e: candle_core::Error| {
-            EngineError::InvalidModel(format!("cannot build {model_type}: {e}"))
+            EngineError::InvalidModel(format!(
+                "cannot build {model_type}: {}",
+                crate::candle_message(&e)
+            ))
         };
         let (backbone, max_context) = match model_type.as_str() {
             "llama" | "mistral" => {

@@ -74,8 +74,9 @@ impl QuantizedLm {
             None => to_gguf(ctx.source, target)?,
         };
         let mut reader = Cursor::new(bytes);
-        let content = gguf_file::Content::read(&mut reader)
-            .map_err(|e| EngineError::InvalidModel(format!("invalid GGUF: {e}")))?;
+        let content = gguf_file::Content::read(&mut reader).map_err(|e| {
+            EngineError::InvalidModel(format!("invalid GGUF: {}", crate::candle_message(&e)))
+        })?;
         let arch = content
             .metadata
             .get("general.architecture")
@@ -101,7 +102,10 @@ impl QuantizedLm {
             .sum();
         let dev = &ctx.device;
         let build = |e: candle_core::Error| {
-            EngineError::InvalidModel(format!("cannot build quantised {arch}: {e}"))
+            EngineError::InvalidModel(format!(
+                "cannot build quantised {arch}: {}",
+                crate::candle_message(&e)
+            ))
         };
         let backbone = match arch.as_str() {
             "llama" => Backbone::Llama(
@@ -174,6 +178,15 @@ impl TextGenerator for QuantizedLm {
     }
 
     fn prefill_batch(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EngineError> {
+        if prompts.len() > 1 && prompts.iter().any(|p| p.len() > 1) {
+            // candle 0.11's quantized_llama/qwen2/qwen3 pass the last position's slice of a
+            // [batch, seq, hidden] tensor to QMatMul without making it contiguous, which
+            // fails for batch > 1.
+            return Err(EngineError::Unsupported(format!(
+                "batched prefill (batch {}) of quantised models is not supported by candle 0.11's quantized models",
+                prompts.len()
+            )));
+        }
         // The quantised models restart their caches when they see position 0; Qwen3's keeps
         // an explicit one.
         self.position = 0;
@@ -272,13 +285,7 @@ fn to_gguf(
         .and_then(Value::as_f64)
         .unwrap_or(10_000.0) as f32;
 
-    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&ckpt.safetensors) }
-        .map_err(|e| {
-            EngineError::InvalidModel(format!(
-                "{}: cannot read safetensors: {e}",
-                ckpt.dir.display()
-            ))
-        })?;
+    let st = crate::weights::open_safetensors(ckpt)?;
     let mut formats = BTreeMap::new();
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     for (name, _) in st.tensors() {

@@ -503,8 +503,9 @@ impl T5Generator {
     pub fn load(ctx: LoadContext<'_>) -> std::result::Result<Box<dyn TextGenerator>, EngineError> {
         let cfg: Config = parse_config(ctx.source, "T5")?;
         let (vb, params) = crate::load_var_builder(ctx.source, ctx.dtype, &ctx.device)?;
-        let model = Model::load(vb, &cfg)
-            .map_err(|e| EngineError::InvalidModel(format!("cannot build T5: {e}")))?;
+        let model = Model::load(vb, &cfg).map_err(|e| {
+            EngineError::InvalidModel(format!("cannot build T5: {}", crate::candle_message(&e)))
+        })?;
         let mut info = ctx.info;
         info.parameter_count = params.load(Ordering::Relaxed);
         info.output_names = vec!["logits".into()];

@@ -36,8 +36,9 @@ impl VitSession {
         let cfg: Config = parse_config(ctx.source, "ViT")?;
         let labels = num_labels(ctx.source.config());
         let (vb, params) = crate::load_var_builder(ctx.source, ctx.dtype, &ctx.device)?;
-        let model = Model::new(&cfg, labels, vb)
-            .map_err(|e| EngineError::InvalidModel(format!("cannot build ViT: {e}")))?;
+        let model = Model::new(&cfg, labels, vb).map_err(|e| {
+            EngineError::InvalidModel(format!("cannot build ViT: {}", crate::candle_message(&e)))
+        })?;
         let mut info = ctx.info;
         info.parameter_count = params.load(Ordering::Relaxed);
         info.output_names = vec!["logits".into()];
