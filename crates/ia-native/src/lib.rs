@@ -99,16 +99,14 @@ impl Engine for NativeEngine {
         let class = class_of(source)?;
         device_for_check(platform)?;
         match class {
-            ModelClass::Llama | ModelClass::Qwen
-                if models::quantized::ggml_dtype(precision).is_some() =>
-            {
-                // Quantised weights, f32 activations.
-                let ctx = self.context(source, platform, precision, DType::F32)?;
-                models::quantized::QuantizedLm::load(ctx)
-            }
             ModelClass::Llama | ModelClass::Qwen => {
-                let ctx = self.context(source, platform, precision, dtype_for(precision)?)?;
-                models::causal_lm::CausalLm::load(ctx)
+                // Quantised weights run with f32 activations.
+                let dtype = if models::quantized::ggml_dtype(precision).is_some() {
+                    DType::F32
+                } else {
+                    dtype_for(precision)?
+                };
+                models::causal_lm::CausalLm::load(self.context(source, platform, precision, dtype)?)
             }
             ModelClass::T5 => {
                 let ctx = self.context(source, platform, precision, dtype_for(precision)?)?;

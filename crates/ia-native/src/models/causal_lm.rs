@@ -1,7 +1,7 @@
 //! Decoder-only text generation (LLaMA, Qwen2, Qwen3, OPT) behind `TextGenerator`, each with
 //! its KV cache: the prompt is run once (prefill), then one token per step.
 
-use super::{eos_tokens, opt, parse_config, LoadContext};
+use super::{eos_tokens, opt, parse_config, quantized, LoadContext};
 use crate::rt;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::{llama, qwen2, qwen3};
@@ -18,6 +18,7 @@ enum Backbone {
     Qwen2(qwen2::ModelForCausalLM),
     Qwen3(qwen3::ModelForCausalLM),
     Opt(opt::Model),
+    Quantized(quantized::QuantizedBackbone),
 }
 
 pub struct CausalLm {
@@ -29,6 +30,8 @@ pub struct CausalLm {
     position: usize,
     device: Device,
     dtype: DType,
+    /// Bytes of the weights as loaded (quantised blocks included).
+    weight_bytes: u64,
 }
 
 impl CausalLm {
@@ -40,6 +43,22 @@ impl CausalLm {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
+        if quantized::ggml_dtype(ctx.info.precision).is_some() {
+            let q = quantized::load(ctx.source, ctx.info.precision, &ctx.device)?;
+            let mut info = ctx.info;
+            info.parameter_count = q.parameter_count;
+            info.output_names = vec!["logits".into()];
+            return Ok(Box::new(Self {
+                backbone: Backbone::Quantized(q.backbone),
+                info,
+                eos: eos_tokens(ctx.source),
+                max_context: q.max_context,
+                position: 0,
+                device: ctx.device,
+                dtype: ctx.dtype,
+                weight_bytes: q.weight_bytes,
+            }));
+        }
         let (vb, params) = crate::load_var_builder(ctx.source, ctx.dtype, &ctx.device)?;
         let build = |e: candle_core::Error| {
             EngineError::InvalidModel(format!(
@@ -94,6 +113,7 @@ impl CausalLm {
         let mut info = ctx.info;
         info.parameter_count = params.load(Ordering::Relaxed);
         info.output_names = vec!["logits".into()];
+        let weight_bytes = info.parameter_count * ctx.dtype.size_in_bytes() as u64;
         Ok(Box::new(Self {
             backbone,
             info,
@@ -102,6 +122,7 @@ impl CausalLm {
             position: 0,
             device: ctx.device,
             dtype: ctx.dtype,
+            weight_bytes,
         }))
     }
 
@@ -114,6 +135,7 @@ impl CausalLm {
             Backbone::Qwen2(m) => m.clear_kv_cache(),
             Backbone::Qwen3(m) => m.clear_kv_cache(),
             Backbone::Opt(m) => m.clear_kv_cache(),
+            Backbone::Quantized(m) => m.clear_kv_cache(),
         }
         Ok(())
     }
@@ -137,6 +159,7 @@ impl CausalLm {
             Backbone::Qwen2(m) => m.forward(&ids, pos),
             Backbone::Qwen3(m) => m.forward(&ids, pos),
             Backbone::Opt(m) => m.forward(&ids).and_then(|l| opt::last_logits(&l)),
+            Backbone::Quantized(m) => m.forward(&ids, pos),
         }
         .map_err(rt)?;
         self.position += len;
@@ -169,6 +192,16 @@ impl TextGenerator for CausalLm {
     }
 
     fn prefill_batch(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let quantised = matches!(self.backbone, Backbone::Quantized(_));
+        if quantised && prompts.len() > 1 && prompts.iter().any(|p| p.len() > 1) {
+            // candle 0.11's quantized_llama/qwen2/qwen3 pass the last position's slice of a
+            // [batch, seq, hidden] tensor to QMatMul without making it contiguous, which
+            // fails for batch > 1.
+            return Err(EngineError::Unsupported(format!(
+                "batched prefill (batch {}) of quantised models is not supported by candle 0.11's quantized models",
+                prompts.len()
+            )));
+        }
         self.clear()?;
         self.forward(prompts)
     }
@@ -187,6 +220,6 @@ impl TextGenerator for CausalLm {
     }
 
     fn weight_bytes(&self) -> Option<u64> {
-        Some(self.info.parameter_count * self.dtype.size_in_bytes() as u64)
+        Some(self.weight_bytes)
     }
 }

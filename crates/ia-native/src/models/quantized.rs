@@ -5,38 +5,55 @@
 //! rotary embedding expects), then loaded with candle's `quantized_llama`, `quantized_qwen2`
 //! and `quantized_qwen3`. A `.gguf` file in the checkpoint folder is loaded as it is.
 //!
+//! `causal_lm::CausalLm` runs the result like any other decoder.
+//!
 //! Matrices whose row length is not a multiple of the format's block size (256 for Q4_K) use
 //! Q8_0 (block 32) or stay f32, as llama.cpp's quantiser does; the mix is recorded.
 
-use super::{eos_tokens, normalized_config, LoadContext};
+use super::normalized_config;
 use crate::rt;
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
-use ia_engine::{EngineError, Precision, SessionInfo, TextGenerator};
+use ia_engine::{EngineError, Precision};
 use ia_models::ModelSource;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::path::PathBuf;
 
-enum Backbone {
+/// A quantised candle model; `causal_lm::CausalLm` drives it like the f32 ones.
+pub(crate) enum QuantizedBackbone {
     Llama(quantized_llama::ModelWeights),
     Qwen2(quantized_qwen2::ModelWeights),
     Qwen3(quantized_qwen3::ModelWeights),
 }
 
-pub struct QuantizedLm {
-    backbone: Backbone,
-    info: SessionInfo,
-    eos: Vec<u32>,
-    max_context: usize,
-    position: usize,
-    device: Device,
+impl QuantizedBackbone {
+    /// Last-position logits for `ids` [batch, seq] at position `pos`.
+    pub(crate) fn forward(&mut self, ids: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Llama(m) => m.forward(ids, pos),
+            Self::Qwen2(m) => m.forward(ids, pos),
+            Self::Qwen3(m) => m.forward(ids, pos),
+        }
+    }
+
+    /// The LLaMA and Qwen2 models restart their caches when they see position 0; Qwen3's
+    /// needs clearing.
+    pub(crate) fn clear_kv_cache(&mut self) {
+        if let Self::Qwen3(m) = self {
+            m.clear_kv_cache();
+        }
+    }
+}
+
+pub(crate) struct Loaded {
+    pub backbone: QuantizedBackbone,
+    pub max_context: usize,
     /// Bytes of the weights as stored (quantised blocks included).
     pub weight_bytes: u64,
-    /// How many tensors ended up in each format, e.g. {"q4k": 14, "q8_0": 2, "f32": 5}.
-    pub formats: BTreeMap<String, usize>,
+    pub parameter_count: u64,
 }
 
 pub fn ggml_dtype(precision: Precision) -> Option<GgmlDType> {
@@ -59,159 +76,75 @@ fn gguf_file_in(source: &ModelSource) -> Option<PathBuf> {
         .find(|p| p.extension().is_some_and(|e| e == "gguf"))
 }
 
-impl QuantizedLm {
-    pub fn load(ctx: LoadContext<'_>) -> Result<Box<dyn TextGenerator>, EngineError> {
-        let precision = ctx.info.precision;
-        let target = ggml_dtype(precision).ok_or_else(|| {
-            EngineError::Unsupported(format!("{precision} is not a quantised precision"))
-        })?;
-        let (bytes, formats) = match gguf_file_in(ctx.source) {
-            Some(path) => {
-                let data = std::fs::read(&path)
-                    .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", path.display())))?;
-                (data, BTreeMap::from([("gguf file".to_string(), 1)]))
-            }
-            None => to_gguf(ctx.source, target)?,
-        };
-        let mut reader = Cursor::new(bytes);
-        let content = gguf_file::Content::read(&mut reader).map_err(|e| {
-            EngineError::InvalidModel(format!("invalid GGUF: {}", crate::candle_message(&e)))
-        })?;
-        let arch = content
-            .metadata
-            .get("general.architecture")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .unwrap_or_default();
-        let max_context = content
-            .metadata
-            .get(&format!("{arch}.context_length"))
-            .and_then(|v| v.to_u32().ok())
-            .unwrap_or(2048) as usize;
-        let weight_bytes: u64 = content
-            .tensor_infos
-            .values()
-            .map(|t| {
-                (t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size()) as u64
-            })
-            .sum();
-        let parameter_count: u64 = content
-            .tensor_infos
-            .values()
-            .map(|t| t.shape.elem_count() as u64)
-            .sum();
-        let dev = &ctx.device;
-        let build = |e: candle_core::Error| {
-            EngineError::InvalidModel(format!(
-                "cannot build quantised {arch}: {}",
-                crate::candle_message(&e)
-            ))
-        };
-        let backbone = match arch.as_str() {
-            "llama" => Backbone::Llama(
-                quantized_llama::ModelWeights::from_gguf(content, &mut reader, dev)
-                    .map_err(build)?,
-            ),
-            "qwen2" => Backbone::Qwen2(
-                quantized_qwen2::ModelWeights::from_gguf(content, &mut reader, dev)
-                    .map_err(build)?,
-            ),
-            "qwen3" => Backbone::Qwen3(
-                quantized_qwen3::ModelWeights::from_gguf(content, &mut reader, dev)
-                    .map_err(build)?,
-            ),
-            other => {
-                return Err(EngineError::Unsupported(format!(
-                    "no quantised native model for architecture '{other}' (llama, qwen2, qwen3 are)"
-                )))
-            }
-        };
-        let mut info = ctx.info;
-        info.parameter_count = parameter_count;
-        info.output_names = vec!["logits".into()];
-        Ok(Box::new(Self {
-            backbone,
-            info,
-            eos: eos_tokens(ctx.source),
-            max_context,
-            position: 0,
-            device: ctx.device,
-            weight_bytes,
-            formats,
-        }))
-    }
-
-    /// Runs `rows` (equal lengths) after the cached tokens; last-position logits per row.
-    fn forward(&mut self, rows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EngineError> {
-        let len = ia_engine::generation::equal_length_batch(rows)?;
-        if self.position + len > self.max_context {
-            return Err(EngineError::InvalidInput(format!(
-                "{} tokens exceed the model's context of {}",
-                self.position + len,
-                self.max_context
-            )));
-        }
-        let ids = Tensor::from_vec(rows.concat(), (rows.len(), len), &self.device).map_err(rt)?;
-        let pos = self.position;
-        let logits = match &mut self.backbone {
-            Backbone::Llama(m) => m.forward(&ids, pos),
-            Backbone::Qwen2(m) => m.forward(&ids, pos),
-            Backbone::Qwen3(m) => m.forward(&ids, pos),
-        }
-        .map_err(rt)?;
-        self.position += len;
-        super::causal_lm::logits_rows(&logits, rows.len())
-    }
-}
-
-impl TextGenerator for QuantizedLm {
-    fn info(&self) -> &SessionInfo {
-        &self.info
-    }
-
-    fn prefill(&mut self, prompt: &[u32]) -> Result<Vec<f32>, EngineError> {
-        Ok(self.prefill_batch(&[prompt.to_vec()])?.remove(0))
-    }
-
-    fn step(&mut self, token: u32) -> Result<Vec<f32>, EngineError> {
-        Ok(self.step_batch(&[token])?.remove(0))
-    }
-
-    fn prefill_batch(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EngineError> {
-        if prompts.len() > 1 && prompts.iter().any(|p| p.len() > 1) {
-            // candle 0.11's quantized_llama/qwen2/qwen3 pass the last position's slice of a
-            // [batch, seq, hidden] tensor to QMatMul without making it contiguous, which
-            // fails for batch > 1.
+/// Loads the checkpoint's .gguf file, or quantises its safetensors to `precision`.
+pub(crate) fn load(
+    source: &ModelSource,
+    precision: Precision,
+    dev: &Device,
+) -> Result<Loaded, EngineError> {
+    let target = ggml_dtype(precision).ok_or_else(|| {
+        EngineError::Unsupported(format!("{precision} is not a quantised precision"))
+    })?;
+    let bytes = match gguf_file_in(source) {
+        Some(path) => std::fs::read(&path)
+            .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", path.display())))?,
+        None => to_gguf(source, target)?.0,
+    };
+    let mut reader = Cursor::new(bytes);
+    let content = gguf_file::Content::read(&mut reader).map_err(|e| {
+        EngineError::InvalidModel(format!("invalid GGUF: {}", crate::candle_message(&e)))
+    })?;
+    let arch = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    let max_context = content
+        .metadata
+        .get(&format!("{arch}.context_length"))
+        .and_then(|v| v.to_u32().ok())
+        .unwrap_or(2048) as usize;
+    let weight_bytes = content
+        .tensor_infos
+        .values()
+        .map(|t| {
+            (t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size()) as u64
+        })
+        .sum();
+    let parameter_count = content
+        .tensor_infos
+        .values()
+        .map(|t| t.shape.elem_count() as u64)
+        .sum();
+    let build = |e: candle_core::Error| {
+        EngineError::InvalidModel(format!(
+            "cannot build quantised {arch}: {}",
+            crate::candle_message(&e)
+        ))
+    };
+    let backbone = match arch.as_str() {
+        "llama" => QuantizedBackbone::Llama(
+            quantized_llama::ModelWeights::from_gguf(content, &mut reader, dev).map_err(build)?,
+        ),
+        "qwen2" => QuantizedBackbone::Qwen2(
+            quantized_qwen2::ModelWeights::from_gguf(content, &mut reader, dev).map_err(build)?,
+        ),
+        "qwen3" => QuantizedBackbone::Qwen3(
+            quantized_qwen3::ModelWeights::from_gguf(content, &mut reader, dev).map_err(build)?,
+        ),
+        other => {
             return Err(EngineError::Unsupported(format!(
-                "batched prefill (batch {}) of quantised models is not supported by candle 0.11's quantized models",
-                prompts.len()
-            )));
+                "no quantised native model for architecture '{other}' (llama, qwen2, qwen3 are)"
+            )))
         }
-        // The quantised models restart their caches when they see position 0; Qwen3's keeps
-        // an explicit one.
-        self.position = 0;
-        if let Backbone::Qwen3(m) = &mut self.backbone {
-            m.clear_kv_cache();
-        }
-        self.forward(prompts)
-    }
-
-    fn step_batch(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
-        let rows: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
-        self.forward(&rows)
-    }
-
-    fn max_context(&self) -> usize {
-        self.max_context
-    }
-
-    fn eos_tokens(&self) -> Vec<u32> {
-        self.eos.clone()
-    }
-
-    fn weight_bytes(&self) -> Option<u64> {
-        Some(self.weight_bytes)
-    }
+    };
+    Ok(Loaded {
+        backbone,
+        max_context,
+        weight_bytes,
+        parameter_count,
+    })
 }
 
 /// Quantises `src` to `target` where the row length allows, else Q8_0, else keeps f32.
