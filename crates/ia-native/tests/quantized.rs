@@ -199,3 +199,30 @@ fn quantised_precisions_are_refused_where_they_do_not_exist() {
         .load(&src, Platform::Cpu, Precision::Q8_0)
         .is_err());
 }
+
+#[test]
+fn batched_quantised_generation_matches_single() {
+    let prompt: Vec<u32> = vec![50, 81, 70, 72, 290, 83];
+    for name in ["llama-tiny", "qwen2-tiny"] {
+        let mut q = load(&fixture(name), Precision::Q8_0);
+        let single = greedy(q.as_mut(), &prompt, 12);
+        let (rows, _) = ia_engine::generation::generate_batch_greedy(
+            q.as_mut(),
+            &[prompt.clone(), prompt.clone()],
+            12,
+        )
+        .unwrap();
+        for row in rows {
+            assert_eq!(row, single, "{name}");
+        }
+    }
+}
+
+#[test]
+fn batched_quantised_qwen3_is_refused_not_crashed() {
+    let mut q = load(&fixture("qwen3-tiny"), Precision::Q8_0);
+    let e = ia_engine::generation::generate_batch_greedy(q.as_mut(), &[vec![5, 6], vec![5, 6]], 2)
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("unsupported") && e.contains("Qwen3"), "{e}");
+}

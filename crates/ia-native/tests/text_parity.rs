@@ -131,7 +131,13 @@ fn check_batched(name: &str) {
 
 #[test]
 fn batched_generation_matches_single() {
-    for name in ["llama-tiny", "qwen2-tiny", "qwen3-tiny", "opt-tiny"] {
+    for name in [
+        "llama-tiny",
+        "qwen2-tiny",
+        "qwen3-tiny",
+        "opt-tiny",
+        "t5-tiny",
+    ] {
         check_batched(name);
     }
 }

@@ -192,17 +192,29 @@ impl TextGenerator for CausalLm {
     }
 
     fn prefill_batch(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EngineError> {
-        let quantised = matches!(self.backbone, Backbone::Quantized(_));
-        if quantised && prompts.len() > 1 && prompts.iter().any(|p| p.len() > 1) {
-            // candle 0.11's quantized_llama/qwen2/qwen3 pass the last position's slice of a
-            // [batch, seq, hidden] tensor to QMatMul without making it contiguous, which
-            // fails for batch > 1.
-            return Err(EngineError::Unsupported(format!(
-                "batched prefill (batch {}) of quantised models is not supported by candle 0.11's quantized models",
-                prompts.len()
-            )));
+        if let Backbone::Quantized(q) = &self.backbone {
+            if prompts.len() > 1 && !q.supports_batch() {
+                return Err(EngineError::Unsupported(format!(
+                    "batched generation (batch {}) of quantised Qwen3 is not supported by candle 0.11 (single-sequence KV cache on CPU)",
+                    prompts.len()
+                )));
+            }
         }
         self.clear()?;
+        let quantised = matches!(self.backbone, Backbone::Quantized(_));
+        if quantised && prompts.len() > 1 {
+            // candle 0.11's quantized_llama/qwen2/qwen3 hand the last position's slice of a
+            // [batch, seq, hidden] tensor to QMatMul without making it contiguous, which
+            // fails when batch > 1 and seq > 1. One position at a time keeps it contiguous:
+            // same logits, a slower prefill (measured as such in TTFT).
+            let len = ia_engine::generation::equal_length_batch(prompts)?;
+            let mut logits = Vec::new();
+            for t in 0..len {
+                let column: Vec<Vec<u32>> = prompts.iter().map(|p| vec![p[t]]).collect();
+                logits = self.forward(&column)?;
+            }
+            return Ok(logits);
+        }
         self.forward(prompts)
     }
 

@@ -39,6 +39,12 @@ impl QuantizedBackbone {
         }
     }
 
+    /// candle 0.11's quantized Qwen3 keeps a single-sequence KV cache on CPU (batch > 1 hits
+    /// an unwrap on an absent cache).
+    pub(crate) fn supports_batch(&self) -> bool {
+        !matches!(self, Self::Qwen3(_))
+    }
+
     /// The LLaMA and Qwen2 models restart their caches when they see position 0; Qwen3's
     /// needs clearing.
     pub(crate) fn clear_kv_cache(&mut self) {

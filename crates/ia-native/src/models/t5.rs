@@ -520,20 +520,15 @@ impl T5Generator {
         }))
     }
 
-    fn decode(&mut self, token: u32) -> std::result::Result<Vec<f32>, EngineError> {
+    /// One decoder step for every sequence of the batch; next-token logits per sequence.
+    fn decode(&mut self, tokens: &[u32]) -> std::result::Result<Vec<Vec<f32>>, EngineError> {
         let enc = self
             .encoder_output
             .clone()
             .ok_or_else(|| EngineError::InvalidInput("step() before prefill()".into()))?;
-        let ids = Tensor::new(&[token], &self.device)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(rt)?;
-        self.model
-            .decode(&ids, &enc)
-            .and_then(|l| l.to_dtype(DType::F32))
-            .and_then(|l| l.flatten_all())
-            .and_then(|l| l.to_vec1::<f32>())
-            .map_err(rt)
+        let ids = Tensor::from_vec(tokens.to_vec(), (tokens.len(), 1), &self.device).map_err(rt)?;
+        let logits = self.model.decode(&ids, &enc).map_err(rt)?;
+        super::causal_lm::logits_rows(&logits, tokens.len())
     }
 }
 
@@ -543,16 +538,27 @@ impl TextGenerator for T5Generator {
     }
 
     fn prefill(&mut self, prompt: &[u32]) -> std::result::Result<Vec<f32>, EngineError> {
-        self.model.clear_kv_cache();
-        let ids = Tensor::new(prompt, &self.device)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(rt)?;
-        self.encoder_output = Some(self.model.encode(&ids).map_err(rt)?);
-        self.decode(self.decoder_start)
+        Ok(self.prefill_batch(&[prompt.to_vec()])?.remove(0))
     }
 
     fn step(&mut self, token: u32) -> std::result::Result<Vec<f32>, EngineError> {
-        self.decode(token)
+        Ok(self.step_batch(&[token])?.remove(0))
+    }
+
+    fn prefill_batch(
+        &mut self,
+        prompts: &[Vec<u32>],
+    ) -> std::result::Result<Vec<Vec<f32>>, EngineError> {
+        let len = ia_engine::generation::equal_length_batch(prompts)?;
+        self.model.clear_kv_cache();
+        let ids =
+            Tensor::from_vec(prompts.concat(), (prompts.len(), len), &self.device).map_err(rt)?;
+        self.encoder_output = Some(self.model.encode(&ids).map_err(rt)?);
+        self.decode(&vec![self.decoder_start; prompts.len()])
+    }
+
+    fn step_batch(&mut self, tokens: &[u32]) -> std::result::Result<Vec<Vec<f32>>, EngineError> {
+        self.decode(tokens)
     }
 
     fn max_context(&self) -> usize {
