@@ -38,6 +38,14 @@ impl Default for Protocol {
     }
 }
 
+impl Protocol {
+    /// Whether the timed loop goes on after `done` iterations: until both the minimum count
+    /// and the minimum duration are reached, never past the cap.
+    pub fn wants_more(&self, done: usize, elapsed: Duration) -> bool {
+        done < self.max_iterations && (done < self.min_iterations || elapsed < self.min_duration)
+    }
+}
+
 /// MLPerf-style scenarios.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -135,6 +143,32 @@ pub struct GenerationMetrics {
     pub greedy_agreement_vs_f32: Option<f64>,
 }
 
+impl GenerationMetrics {
+    /// Summarises timed generations of `batch` sequences: TTFT and prefill per generation,
+    /// TPOT per decode step (each step yields one token per sequence).
+    pub fn from_samples(
+        prompt_tokens: usize,
+        new_tokens: usize,
+        batch: usize,
+        ttft_ms: &[f64],
+        prefill_ms: &[f64],
+        tpot_ms: &[f64],
+    ) -> Self {
+        let mean_prefill_s = prefill_ms.iter().sum::<f64>() / prefill_ms.len().max(1) as f64 / 1e3;
+        let decode_s = tpot_ms.iter().sum::<f64>() / 1e3;
+        Self {
+            prompt_tokens,
+            new_tokens,
+            ttft: LatencyStats::from_samples(ttft_ms),
+            tpot: LatencyStats::from_samples(tpot_ms),
+            prefill_tokens_per_s: (prompt_tokens * batch) as f64 / mean_prefill_s,
+            decode_tokens_per_s: (tpot_ms.len() * batch) as f64 / decode_s,
+            weight_bytes: None,
+            greedy_agreement_vs_f32: None,
+        }
+    }
+}
+
 /// The fixed prompt set of the agreement check: the sample passage cut to these lengths.
 pub const AGREEMENT_PROMPT_LENGTHS: [usize; 4] = [8, 16, 32, 64];
 
@@ -214,9 +248,7 @@ pub fn measure(
 
     let mut samples_ms = Vec::with_capacity(protocol.min_iterations.max(64));
     let start = Instant::now();
-    while samples_ms.len() < protocol.max_iterations
-        && (samples_ms.len() < protocol.min_iterations || start.elapsed() < protocol.min_duration)
-    {
+    while protocol.wants_more(samples_ms.len(), start.elapsed()) {
         let t = Instant::now();
         if let Err(e) = session.run(&inputs) {
             return fail("timed-iteration", e);
@@ -313,9 +345,7 @@ fn measure_generation(engine: &dyn Engine, combo: &Combination, protocol: &Proto
     }
     let (mut samples_ms, mut ttft, mut tpot, mut prefill_ms) = (vec![], vec![], vec![], vec![]);
     let start = Instant::now();
-    while samples_ms.len() < protocol.max_iterations
-        && (samples_ms.len() < protocol.min_iterations || start.elapsed() < protocol.min_duration)
-    {
+    while protocol.wants_more(samples_ms.len(), start.elapsed()) {
         let t = Instant::now();
         let stats = match run(model.as_mut()) {
             Ok((_, stats)) => stats,
@@ -327,20 +357,8 @@ fn measure_generation(engine: &dyn Engine, combo: &Combination, protocol: &Proto
         tpot.extend(stats.decode_step_ms);
     }
     let timed_duration_s = start.elapsed().as_secs_f64();
-    let latency = LatencyStats::from_samples(&samples_ms);
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let batch = combo.batch_size;
-    let generation = GenerationMetrics {
-        prompt_tokens: prompt.len(),
-        new_tokens: combo.new_tokens,
-        ttft: LatencyStats::from_samples(&ttft),
-        prefill_tokens_per_s: (prompt.len() * batch) as f64 / (mean(&prefill_ms) / 1e3),
-        // Each decode step yields one token per sequence of the batch.
-        decode_tokens_per_s: (tpot.len() * batch) as f64 / (tpot.iter().sum::<f64>() / 1e3),
-        tpot: LatencyStats::from_samples(&tpot),
-        weight_bytes: None,
-        greedy_agreement_vs_f32: None,
-    };
+    // Read before the agreement check below loads the model again.
+    let peak_rss_bytes = memory::peak_rss_bytes();
     let weight_bytes = model.weight_bytes();
     let session = model.info().clone();
     drop(model);
@@ -355,6 +373,20 @@ fn measure_generation(engine: &dyn Engine, combo: &Combination, protocol: &Proto
             Err(e) => return fail("agreement-check", e),
         }
     };
+    let batch = combo.batch_size;
+    let generation = GenerationMetrics {
+        weight_bytes,
+        greedy_agreement_vs_f32,
+        ..GenerationMetrics::from_samples(
+            prompt.len(),
+            combo.new_tokens,
+            batch,
+            &ttft,
+            &prefill_ms,
+            &tpot,
+        )
+    };
+    let latency = LatencyStats::from_samples(&samples_ms);
     let per_query_s = latency.mean_ms / 1e3;
     Outcome::Measured(Box::new(Measurement {
         session,
@@ -368,14 +400,10 @@ fn measure_generation(engine: &dyn Engine, combo: &Combination, protocol: &Proto
             ((prompt.len() + combo.new_tokens) * batch) as f64 / per_query_s,
         ),
         latency,
-        peak_rss_bytes: memory::peak_rss_bytes(),
+        peak_rss_bytes,
         peak_rss_per_combination: rss_reset,
         harness_overhead_ns: harness_overhead_ns(),
-        generation: Some(GenerationMetrics {
-            weight_bytes,
-            greedy_agreement_vs_f32,
-            ..generation
-        }),
+        generation: Some(generation),
     }))
 }
 

@@ -80,16 +80,15 @@ pub fn to_outcome(r: ExternalResult) -> anyhow::Result<(ia_bench::Combination, O
     let latency = LatencyStats::from_samples(&r.samples_ms);
     let per_query_s = latency.mean_ms / 1e3;
     let batch = r.batch_size as f64;
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let generation = r.generation.as_ref().map(|g| GenerationMetrics {
-        prompt_tokens: g.prompt_tokens,
-        new_tokens: g.new_tokens,
-        ttft: LatencyStats::from_samples(&g.ttft_ms),
-        tpot: LatencyStats::from_samples(&g.tpot_ms),
-        prefill_tokens_per_s: g.prompt_tokens as f64 * batch / (mean(&g.prefill_ms) / 1e3),
-        decode_tokens_per_s: g.tpot_ms.len() as f64 * batch / (g.tpot_ms.iter().sum::<f64>() / 1e3),
-        weight_bytes: None,
-        greedy_agreement_vs_f32: None,
+    let generation = r.generation.as_ref().map(|g| {
+        GenerationMetrics::from_samples(
+            g.prompt_tokens,
+            g.new_tokens,
+            r.batch_size,
+            &g.ttft_ms,
+            &g.prefill_ms,
+            &g.tpot_ms,
+        )
     });
     let throughput_tokens_per_s = match (&generation, r.seq_len) {
         (Some(g), _) => Some((g.prompt_tokens + g.new_tokens) as f64 * batch / per_query_s),
