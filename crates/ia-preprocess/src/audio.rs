@@ -1,0 +1,332 @@
+//! Audio front ends: WAV decoding to a mono waveform, resampling to the extractor's rate,
+//! Whisper's log-mel spectrogram and Wav2Vec2's normalisation.
+
+use crate::PreprocessError;
+use rustfft::{num_complex::Complex, FftPlanner};
+use std::path::Path;
+
+/// A mono waveform in [-1, 1].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Waveform {
+    pub sample_rate: u32,
+    pub samples: Vec<f32>,
+}
+
+impl Waveform {
+    pub fn seconds(&self) -> f64 {
+        self.samples.len() as f64 / f64::from(self.sample_rate)
+    }
+
+    /// Reads a PCM or float WAV file; channels are averaged to mono (as librosa and the HF
+    /// pipelines do) and integers scaled to [-1, 1) by 2^(bits-1), as soundfile does.
+    pub fn open(path: &Path) -> Result<Self, PreprocessError> {
+        let wrong = |reason: String| PreprocessError::WrongKind {
+            path: path.display().to_string(),
+            expected: "WAV audio",
+            reason,
+        };
+        let file = std::fs::File::open(path).map_err(|e| PreprocessError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let reader = hound::WavReader::new(std::io::BufReader::new(file))
+            .map_err(|e| wrong(e.to_string()))?;
+        let spec = reader.spec();
+        let channels = usize::from(spec.channels.max(1));
+        let interleaved: Vec<f32> = match spec.sample_format {
+            hound::SampleFormat::Float => reader
+                .into_samples::<f32>()
+                .collect::<Result<_, _>>()
+                .map_err(|e| wrong(e.to_string()))?,
+            hound::SampleFormat::Int => {
+                let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
+                reader
+                    .into_samples::<i32>()
+                    .map(|s| s.map(|v| v as f32 * scale))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| wrong(e.to_string()))?
+            }
+        };
+        if interleaved.is_empty() {
+            return Err(wrong("it holds no samples".into()));
+        }
+        let samples = interleaved
+            .chunks(channels)
+            .map(|frame| frame.iter().sum::<f32>() / frame.len() as f32)
+            .collect();
+        Ok(Self {
+            sample_rate: spec.sample_rate,
+            samples,
+        })
+    }
+
+    /// This waveform at `rate` Hz (unchanged when it already is).
+    pub fn resampled(&self, rate: u32) -> Self {
+        if rate == self.sample_rate {
+            return self.clone();
+        }
+        Self {
+            sample_rate: rate,
+            samples: resample(&self.samples, self.sample_rate, rate),
+        }
+    }
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Band-limited resampling with torchaudio's default kernel (`sinc_interp_hann`,
+/// lowpass_filter_width 6, rolloff 0.99): what the transformers ASR pipeline applies when a
+/// file's rate differs from the feature extractor's.
+pub fn resample(x: &[f32], from: u32, to: u32) -> Vec<f32> {
+    const WIDTH: f64 = 6.0;
+    const ROLLOFF: f64 = 0.99;
+    let g = gcd(from, to);
+    let (orig, new) = ((from / g) as usize, (to / g) as usize);
+    let base = orig.min(new) as f64 * ROLLOFF;
+    let width = (WIDTH * orig as f64 / base).ceil() as usize;
+    let taps = 2 * width + orig;
+    // kernel[j][i]: weight of padded input (k*orig + i) for output phase j.
+    let mut kernel = vec![0f64; new * taps];
+    for j in 0..new {
+        for i in 0..taps {
+            let idx = (i as f64 - width as f64) / orig as f64;
+            let t = ((-(j as f64) / new as f64 + idx) * base).clamp(-WIDTH, WIDTH);
+            let window = (t * std::f64::consts::PI / WIDTH / 2.0).cos().powi(2);
+            let t = t * std::f64::consts::PI;
+            let sinc = if t == 0.0 { 1.0 } else { t.sin() / t };
+            kernel[j * taps + i] = sinc * window * base / orig as f64;
+        }
+    }
+    let target = (new as f64 * x.len() as f64 / orig as f64).ceil() as usize;
+    let mut out = Vec::with_capacity(target);
+    let at = |p: usize| -> f64 {
+        // The input, zero-padded by `width` on the left.
+        p.checked_sub(width)
+            .and_then(|q| x.get(q))
+            .map_or(0.0, |&v| f64::from(v))
+    };
+    'outer: for k in 0.. {
+        for j in 0..new {
+            if out.len() == target {
+                break 'outer;
+            }
+            let k0 = k * orig;
+            let s: f64 = (0..taps).map(|i| at(k0 + i) * kernel[j * taps + i]).sum();
+            out.push(s as f32);
+        }
+    }
+    out
+}
+
+/// Whisper's feature extractor settings (preprocessor_config.json).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WhisperFrontEnd {
+    pub sampling_rate: u32,
+    pub n_fft: usize,
+    pub hop_length: usize,
+    pub feature_size: usize,
+    /// Samples every input is padded or truncated to (30 s).
+    pub n_samples: usize,
+}
+
+impl Default for WhisperFrontEnd {
+    fn default() -> Self {
+        Self {
+            sampling_rate: 16_000,
+            n_fft: 400,
+            hop_length: 160,
+            feature_size: 80,
+            n_samples: 480_000,
+        }
+    }
+}
+
+impl WhisperFrontEnd {
+    pub fn from_config(config: &serde_json::Value) -> Self {
+        let d = Self::default();
+        let get = |k: &str, v: usize| {
+            config
+                .get(k)
+                .and_then(serde_json::Value::as_u64)
+                .map_or(v, |x| x as usize)
+        };
+        Self {
+            sampling_rate: get("sampling_rate", d.sampling_rate as usize) as u32,
+            n_fft: get("n_fft", d.n_fft),
+            hop_length: get("hop_length", d.hop_length),
+            feature_size: get("feature_size", d.feature_size),
+            n_samples: get("n_samples", d.n_samples),
+        }
+    }
+
+    pub fn frames(&self) -> usize {
+        self.n_samples / self.hop_length
+    }
+
+    /// Log-mel features `[feature_size, frames]` of one waveform at `sampling_rate`, as
+    /// WhisperFeatureExtractor computes them: pad/truncate to 30 s, centred reflect-padded STFT
+    /// with a periodic Hann window, power spectrum, Slaney mel filters, log10 clamped at 1e-10,
+    /// floor at max - 8, then (x + 4) / 4. Computed in f64, returned as f32.
+    pub fn log_mel(&self, waveform: &[f32]) -> Vec<f32> {
+        let (n_fft, hop) = (self.n_fft, self.hop_length);
+        let mut x = vec![0f64; self.n_samples];
+        for (d, s) in x.iter_mut().zip(waveform) {
+            *d = f64::from(*s);
+        }
+        let pad = n_fft / 2;
+        let reflect = |i: isize| -> f64 {
+            let n = x.len() as isize;
+            let j = if i < 0 {
+                -i
+            } else if i >= n {
+                2 * (n - 1) - i
+            } else {
+                i
+            };
+            x[j as usize]
+        };
+        let window: Vec<f64> = (0..n_fft)
+            .map(|i| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n_fft as f64).cos())
+            .collect();
+        let bins = n_fft / 2 + 1;
+        let filters = mel_filters(bins, self.feature_size, self.sampling_rate);
+        let frames = self.frames();
+        let fft = FftPlanner::new().plan_fft_forward(n_fft);
+        let mut buf = vec![Complex::new(0.0, 0.0); n_fft];
+        let mut power = vec![0f64; bins];
+        let mut mel = vec![0f64; self.feature_size * frames];
+        for f in 0..frames {
+            let start = (f * hop) as isize - pad as isize;
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = Complex::new(reflect(start + i as isize) * window[i], 0.0);
+            }
+            fft.process(&mut buf);
+            for (p, b) in power.iter_mut().zip(&buf) {
+                *p = b.norm_sqr();
+            }
+            for m in 0..self.feature_size {
+                let e: f64 = (0..bins)
+                    .map(|k| filters[k * self.feature_size + m] * power[k])
+                    .sum();
+                mel[m * frames + f] = e.max(1e-10).log10();
+            }
+        }
+        let max = mel.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        mel.iter()
+            .map(|&v| ((v.max(max - 8.0) + 4.0) / 4.0) as f32)
+            .collect()
+    }
+}
+
+fn hz_to_mel_slaney(f: f64) -> f64 {
+    let logstep = 27.0 / 6.4f64.ln();
+    if f >= 1000.0 {
+        15.0 + (f / 1000.0).ln() * logstep
+    } else {
+        3.0 * f / 200.0
+    }
+}
+
+fn mel_to_hz_slaney(m: f64) -> f64 {
+    let logstep = 6.4f64.ln() / 27.0;
+    if m >= 15.0 {
+        1000.0 * (logstep * (m - 15.0)).exp()
+    } else {
+        200.0 * m / 3.0
+    }
+}
+
+/// transformers' `mel_filter_bank(norm="slaney", mel_scale="slaney")` from 0 Hz to Nyquist,
+/// as `[bins][n_mels]` row-major.
+pub fn mel_filters(bins: usize, n_mels: usize, sampling_rate: u32) -> Vec<f64> {
+    let nyquist = f64::from(sampling_rate / 2);
+    let (lo, hi) = (hz_to_mel_slaney(0.0), hz_to_mel_slaney(nyquist));
+    let freqs: Vec<f64> = (0..n_mels + 2)
+        .map(|i| mel_to_hz_slaney(lo + (hi - lo) * i as f64 / (n_mels + 1) as f64))
+        .collect();
+    let fft_freqs: Vec<f64> = (0..bins)
+        .map(|k| nyquist * k as f64 / (bins - 1) as f64)
+        .collect();
+    let mut out = vec![0f64; bins * n_mels];
+    for (k, &ff) in fft_freqs.iter().enumerate() {
+        for m in 0..n_mels {
+            let down = -(freqs[m] - ff) / (freqs[m + 1] - freqs[m]);
+            let up = (freqs[m + 2] - ff) / (freqs[m + 2] - freqs[m + 1]);
+            let enorm = 2.0 / (freqs[m + 2] - freqs[m]);
+            out[k * n_mels + m] = down.min(up).max(0.0) * enorm;
+        }
+    }
+    out
+}
+
+/// Wav2Vec2FeatureExtractor with `do_normalize`: zero mean, unit variance (eps 1e-7).
+pub fn zero_mean_unit_var(x: &[f32]) -> Vec<f32> {
+    let n = x.len().max(1) as f64;
+    let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let var = x
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    let denom = (var + 1e-7).sqrt();
+    x.iter()
+        .map(|&v| ((f64::from(v) - mean) / denom) as f32)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sine(freq: f64, rate: u32, seconds: f64) -> Vec<f32> {
+        let n = (f64::from(rate) * seconds) as usize;
+        (0..n)
+            .map(|i| {
+                (0.5 * (2.0 * std::f64::consts::PI * freq * i as f64 / f64::from(rate)).sin())
+                    as f32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn resampling_keeps_a_tone_and_its_level() {
+        let x = sine(440.0, 44_100, 0.5);
+        let y = resample(&x, 44_100, 16_000);
+        assert_eq!(y.len(), 8000);
+        let expected = sine(440.0, 16_000, 0.5);
+        // Away from the edges the resampled tone is the tone sampled at 16 kHz.
+        let err = y[200..7800]
+            .iter()
+            .zip(&expected[200..7800])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(err < 1e-2, "max error {err}");
+    }
+
+    #[test]
+    fn log_mel_has_whisper_shape_and_range() {
+        let fe = WhisperFrontEnd {
+            n_samples: 16_000,
+            ..Default::default()
+        };
+        let m = fe.log_mel(&sine(1000.0, 16_000, 0.5));
+        assert_eq!(m.len(), 80 * 100);
+        let max = m.iter().copied().fold(f32::MIN, f32::max);
+        let min = m.iter().copied().fold(f32::MAX, f32::min);
+        assert!(max - min <= 2.0 + 1e-6, "floored at max - 8 in log10, /4");
+    }
+
+    #[test]
+    fn normalisation_is_zero_mean_unit_variance() {
+        let y = zero_mean_unit_var(&sine(300.0, 16_000, 0.1));
+        let mean: f32 = y.iter().sum::<f32>() / y.len() as f32;
+        let var: f32 = y.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / y.len() as f32;
+        assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3);
+    }
+}

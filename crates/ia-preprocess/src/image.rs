@@ -1,0 +1,524 @@
+//! Image processors as transformers' PIL backend runs them: convert to RGB, resize with Pillow's
+//! filter, center-crop, rescale by 1/255, normalise with the checkpoint's mean and std, and for
+//! DETR pad the batch to its largest image with a pixel mask.
+
+use crate::resample::{resize_rgb8, Filter};
+use crate::PreprocessError;
+use serde_json::Value;
+use std::path::Path;
+
+/// An 8-bit RGB image, rows of interleaved R, G, B.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RgbImage {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+impl RgbImage {
+    pub fn new(width: usize, height: usize, data: Vec<u8>) -> Result<Self, PreprocessError> {
+        if width == 0 || height == 0 || data.len() != width * height * 3 {
+            return Err(PreprocessError::Input(format!(
+                "an RGB image of {width}x{height} needs {} bytes, got {}",
+                width * height * 3,
+                data.len()
+            )));
+        }
+        Ok(Self {
+            width,
+            height,
+            data,
+        })
+    }
+
+    /// Decodes a PNG or JPEG file. Transparent pixels are composited over white and grey
+    /// images replicated to three channels, as transformers' `convert_to_rgb` does.
+    pub fn open(path: &Path) -> Result<Self, PreprocessError> {
+        let bytes = std::fs::read(path).map_err(|e| PreprocessError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::decode(&bytes).map_err(|reason| PreprocessError::WrongKind {
+            path: path.display().to_string(),
+            expected: "PNG or JPEG image",
+            reason,
+        })
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let img = image::load_from_memory(bytes).map_err(|e| e.to_string())?;
+        let (width, height) = (img.width() as usize, img.height() as usize);
+        let data = if img.color().has_alpha() {
+            let rgba = img.to_rgba8();
+            let mut out = Vec::with_capacity(width * height * 3);
+            for px in rgba.pixels() {
+                let a = px.0[3];
+                for c in 0..3 {
+                    out.push(composite_over_white(px.0[c], a));
+                }
+            }
+            out
+        } else {
+            img.to_rgb8().into_raw()
+        };
+        Ok(Self {
+            width,
+            height,
+            data,
+        })
+    }
+
+    pub fn resize(&self, width: usize, height: usize, filter: Filter) -> Self {
+        Self {
+            width,
+            height,
+            data: resize_rgb8(&self.data, self.width, self.height, width, height, filter),
+        }
+    }
+}
+
+/// Pillow's `alpha_composite` of a pixel over opaque white, in its 7-bit fixed point.
+fn composite_over_white(c: u8, a: u8) -> u8 {
+    if a == 0 {
+        return 255;
+    }
+    const BITS: u32 = 7;
+    let (c, a) = (u32::from(c), u32::from(a));
+    let blend = 255 * (255 - a);
+    let outa255 = a * 255 + blend;
+    let coef1 = a * 255 * 255 * (1 << BITS) / outa255;
+    let coef2 = 255 * (1 << BITS) - coef1;
+    let tmp = c * coef1 + 255 * coef2 + (0x80 << BITS);
+    ((((tmp >> 8) + tmp) >> 8) >> BITS) as u8
+}
+
+/// How a processor sizes an image before cropping.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Size {
+    Exact { height: usize, width: usize },
+    ShortestEdge(usize),
+    ShortestLongest { shortest: usize, longest: usize },
+}
+
+/// The fields of `preprocessor_config.json` that image processors act on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageProcessor {
+    pub processor_type: String,
+    pub resize: Option<(Size, Filter)>,
+    pub center_crop: Option<(usize, usize)>,
+    pub rescale_factor: Option<f64>,
+    pub normalize: Option<([f64; 3], [f64; 3])>,
+    /// DETR: pad every image of a batch to the largest one and return a pixel mask.
+    pub pad: bool,
+}
+
+const IMAGENET_DEFAULT: ([f64; 3], [f64; 3]) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+const IMAGENET_STANDARD: ([f64; 3], [f64; 3]) = ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]);
+const OPENAI_CLIP: ([f64; 3], [f64; 3]) = (
+    [0.48145466, 0.4578275, 0.40821073],
+    [0.26862954, 0.26130258, 0.27577711],
+);
+
+impl ImageProcessor {
+    /// The processor a checkpoint's `preprocessor_config.json` describes. Fields it leaves out
+    /// take the defaults of its `image_processor_type` (CLIP, ViT, DETR), as transformers does.
+    pub fn from_config(config: &Value) -> Result<Self, PreprocessError> {
+        let kind = config
+            .get("image_processor_type")
+            .or_else(|| config.get("feature_extractor_type"))
+            .and_then(Value::as_str)
+            .unwrap_or("ViTImageProcessor")
+            .trim_end_matches("Fast")
+            .replace("FeatureExtractor", "ImageProcessor");
+        let mut p = Self::defaults(&kind)?;
+        let flag = |name: &str, default: bool| {
+            config.get(name).and_then(Value::as_bool).unwrap_or(default)
+        };
+        let square = p.processor_type != "CLIPImageProcessor";
+        if let Some((size, filter)) = p.resize {
+            let filter = match config.get("resample") {
+                Some(v) => v
+                    .as_u64()
+                    .and_then(Filter::from_pil)
+                    .ok_or_else(|| PreprocessError::Config(format!("unknown resample {v}")))?,
+                None => filter,
+            };
+            let size = match config.get("size") {
+                Some(v) => parse_size(v, config.get("max_size"), square)?,
+                None => size,
+            };
+            p.resize = flag("do_resize", true).then_some((size, filter));
+        }
+        if let Some(crop) = config.get("crop_size") {
+            p.center_crop = Some(match parse_size(crop, None, true)? {
+                Size::Exact { height, width } => (height, width),
+                other => {
+                    return Err(PreprocessError::Config(format!(
+                        "crop_size must be a height and width, got {other:?}"
+                    )))
+                }
+            });
+        }
+        if !flag("do_center_crop", p.center_crop.is_some()) {
+            p.center_crop = None;
+        }
+        if let Some(f) = config.get("rescale_factor").and_then(Value::as_f64) {
+            p.rescale_factor = Some(f);
+        }
+        if !flag("do_rescale", true) {
+            p.rescale_factor = None;
+        }
+        if let Some((mut mean, mut std)) = p.normalize {
+            if let Some(m) = config.get("image_mean") {
+                mean = triple(m, "image_mean")?;
+            }
+            if let Some(s) = config.get("image_std") {
+                std = triple(s, "image_std")?;
+            }
+            p.normalize = flag("do_normalize", true).then_some((mean, std));
+        }
+        p.pad = flag("do_pad", p.pad);
+        Ok(p)
+    }
+
+    fn defaults(kind: &str) -> Result<Self, PreprocessError> {
+        let base = |resize, crop, normalize, pad| Self {
+            processor_type: kind.to_string(),
+            resize: Some(resize),
+            center_crop: crop,
+            rescale_factor: Some(1.0 / 255.0),
+            normalize: Some(normalize),
+            pad,
+        };
+        Ok(match kind {
+            "CLIPImageProcessor" => base(
+                (Size::ShortestEdge(224), Filter::Bicubic),
+                Some((224, 224)),
+                OPENAI_CLIP,
+                false,
+            ),
+            "ViTImageProcessor" => base(
+                (
+                    Size::Exact {
+                        height: 224,
+                        width: 224,
+                    },
+                    Filter::Bilinear,
+                ),
+                None,
+                IMAGENET_STANDARD,
+                false,
+            ),
+            "DetrImageProcessor" => base(
+                (
+                    Size::ShortestLongest {
+                        shortest: 800,
+                        longest: 1333,
+                    },
+                    Filter::Bilinear,
+                ),
+                None,
+                IMAGENET_DEFAULT,
+                true,
+            ),
+            other => {
+                return Err(PreprocessError::Config(format!(
+                    "image processor {other} is not supported (CLIPImageProcessor, ViTImageProcessor, DetrImageProcessor are)"
+                )))
+            }
+        })
+    }
+
+    /// Processes a batch into NCHW float pixels (plus a pixel mask when the processor pads).
+    pub fn process(&self, images: &[RgbImage]) -> Result<PixelBatch, PreprocessError> {
+        if images.is_empty() {
+            return Err(PreprocessError::Input("no images to process".into()));
+        }
+        let planes: Vec<(usize, usize, Vec<f32>)> =
+            images.iter().map(|im| self.process_one(im)).collect();
+        let (h, w) = (
+            planes.iter().map(|p| p.0).max().unwrap_or(0),
+            planes.iter().map(|p| p.1).max().unwrap_or(0),
+        );
+        if !self.pad && planes.iter().any(|p| (p.0, p.1) != (h, w)) {
+            return Err(PreprocessError::Input(
+                "images of this batch come out at different sizes and the processor does not pad; run them one at a time".into(),
+            ));
+        }
+        let mut pixel_values = vec![0f32; images.len() * 3 * h * w];
+        let mut pixel_mask = vec![0u8; images.len() * h * w];
+        for (i, (ph, pw, plane)) in planes.iter().enumerate() {
+            for c in 0..3 {
+                for y in 0..*ph {
+                    let dst = ((i * 3 + c) * h + y) * w;
+                    let src = (c * ph + y) * pw;
+                    pixel_values[dst..dst + pw].copy_from_slice(&plane[src..src + pw]);
+                }
+            }
+            for y in 0..*ph {
+                pixel_mask[(i * h + y) * w..(i * h + y) * w + pw].fill(1);
+            }
+        }
+        Ok(PixelBatch {
+            shape: [images.len(), 3, h, w],
+            pixel_values,
+            pixel_mask: self.pad.then_some(pixel_mask),
+        })
+    }
+
+    fn process_one(&self, image: &RgbImage) -> (usize, usize, Vec<f32>) {
+        let mut img = std::borrow::Cow::Borrowed(image);
+        if let Some((size, filter)) = self.resize {
+            let (h, w) = output_size(image.height, image.width, size);
+            if (h, w) != (image.height, image.width) {
+                img = std::borrow::Cow::Owned(image.resize(w, h, filter));
+            }
+        }
+        // Channel-first u8 planes, zero-padded where a crop is larger than the image.
+        let (mut h, mut w) = (img.height, img.width);
+        let mut chw: Vec<u8> = (0..3)
+            .flat_map(|c| img.data.iter().skip(c).step_by(3).copied())
+            .collect();
+        if let Some((ch, cw)) = self.center_crop {
+            chw = center_crop(&chw, h, w, ch, cw);
+            (h, w) = (ch, cw);
+        }
+        let scale = self.rescale_factor.unwrap_or(1.0);
+        let out = chw
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                // transformers rescales in float64 and casts to float32 before normalising.
+                let x = (f64::from(v) * scale) as f32;
+                match self.normalize {
+                    Some((mean, std)) => {
+                        let c = i / (h * w);
+                        (x - mean[c] as f32) / std[c] as f32
+                    }
+                    None => x,
+                }
+            })
+            .collect();
+        (h, w, out)
+    }
+}
+
+/// Processed pixels, NCHW.
+#[derive(Debug, Clone)]
+pub struct PixelBatch {
+    pub shape: [usize; 4],
+    pub pixel_values: Vec<f32>,
+    /// 1 where a pixel belongs to the image, 0 in padding; NHW.
+    pub pixel_mask: Option<Vec<u8>>,
+}
+
+fn triple(v: &Value, name: &str) -> Result<[f64; 3], PreprocessError> {
+    match v {
+        Value::Number(n) => Ok([n.as_f64().unwrap_or(0.0); 3]),
+        Value::Array(a) if a.len() == 3 => {
+            let mut out = [0.0; 3];
+            for (o, x) in out.iter_mut().zip(a) {
+                *o = x.as_f64().ok_or_else(|| {
+                    PreprocessError::Config(format!("{name} must hold numbers, got {x}"))
+                })?;
+            }
+            Ok(out)
+        }
+        other => Err(PreprocessError::Config(format!(
+            "{name} must be a number or three numbers, got {other}"
+        ))),
+    }
+}
+
+fn parse_size(v: &Value, max_size: Option<&Value>, square: bool) -> Result<Size, PreprocessError> {
+    let field = |k: &str| v.get(k).and_then(Value::as_u64).map(|x| x as usize);
+    let size = if let Some(n) = v.as_u64() {
+        let n = n as usize;
+        match max_size.and_then(Value::as_u64) {
+            Some(longest) => Size::ShortestLongest {
+                shortest: n,
+                longest: longest as usize,
+            },
+            None if square => Size::Exact {
+                height: n,
+                width: n,
+            },
+            None => Size::ShortestEdge(n),
+        }
+    } else if let (Some(height), Some(width)) = (field("height"), field("width")) {
+        Size::Exact { height, width }
+    } else if let (Some(shortest), Some(longest)) = (field("shortest_edge"), field("longest_edge"))
+    {
+        Size::ShortestLongest { shortest, longest }
+    } else if let Some(s) = field("shortest_edge") {
+        Size::ShortestEdge(s)
+    } else {
+        return Err(PreprocessError::Config(format!(
+            "size {v} is not a number, {{height, width}}, {{shortest_edge}} or {{shortest_edge, longest_edge}}"
+        )));
+    };
+    let zero = match size {
+        Size::Exact { height, width } => height == 0 || width == 0,
+        Size::ShortestEdge(s) => s == 0,
+        Size::ShortestLongest { shortest, longest } => shortest == 0 || longest < shortest,
+    };
+    if zero {
+        return Err(PreprocessError::Config(format!("size {v} is empty")));
+    }
+    Ok(size)
+}
+
+/// The (height, width) transformers resizes to: `get_resize_output_image_size` for a shortest
+/// edge, `get_size_with_aspect_ratio` for shortest + longest.
+pub fn output_size(height: usize, width: usize, size: Size) -> (usize, usize) {
+    match size {
+        Size::Exact { height, width } => (height, width),
+        Size::ShortestEdge(s) => {
+            let (short, long) = if width <= height {
+                (width, height)
+            } else {
+                (height, width)
+            };
+            let new_long = (s as f64 * long as f64 / short as f64) as usize;
+            if width <= height {
+                (new_long, s)
+            } else {
+                (s, new_long)
+            }
+        }
+        Size::ShortestLongest { shortest, longest } => {
+            let (h, w) = (height as f64, width as f64);
+            let (min_o, max_o) = (h.min(w), h.max(w));
+            let mut size = shortest as f64;
+            let mut raw = None;
+            if max_o / min_o * size > longest as f64 {
+                let r = longest as f64 * min_o / max_o;
+                raw = Some(r);
+                size = r.round_ties_even();
+            }
+            let s = size as usize;
+            if (height <= width && height == s) || (width <= height && width == s) {
+                (height, width)
+            } else if width < height {
+                let oh = match raw {
+                    Some(r) => (r * h / w) as usize,
+                    None => (size * h / w) as usize,
+                };
+                (oh, s)
+            } else {
+                let ow = match raw {
+                    Some(r) => (r * w / h) as usize,
+                    None => (size * w / h) as usize,
+                };
+                (s, ow)
+            }
+        }
+    }
+}
+
+/// transformers' `center_crop` on CHW planes, padding with zeros where the crop is larger.
+fn center_crop(chw: &[u8], h: usize, w: usize, ch: usize, cw: usize) -> Vec<u8> {
+    let (nh, nw) = (ch.max(h), cw.max(w));
+    let top_pad = (nh - h).div_ceil(2);
+    let left_pad = (nw - w).div_ceil(2);
+    let top = (h as i64 - ch as i64).div_euclid(2) + top_pad as i64;
+    let left = (w as i64 - cw as i64).div_euclid(2) + left_pad as i64;
+    let mut out = vec![0u8; 3 * ch * cw];
+    for c in 0..3 {
+        for y in 0..ch {
+            let py = top + y as i64 - top_pad as i64; // row in the original image
+            if py < 0 || py >= h as i64 {
+                continue;
+            }
+            for x in 0..cw {
+                let px = left + x as i64 - left_pad as i64;
+                if px >= 0 && px < w as i64 {
+                    out[(c * ch + y) * cw + x] = chw[(c * h + py as usize) * w + px as usize];
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn shortest_edge_keeps_aspect_like_transformers() {
+        assert_eq!(output_size(300, 400, Size::ShortestEdge(224)), (224, 298));
+        assert_eq!(output_size(400, 300, Size::ShortestEdge(224)), (298, 224));
+        let detr = Size::ShortestLongest {
+            shortest: 800,
+            longest: 1333,
+        };
+        assert_eq!(output_size(300, 400, detr), (800, 1066));
+        assert_eq!(output_size(100, 1000, detr), (133, 1333));
+    }
+
+    #[test]
+    fn config_overrides_type_defaults() {
+        let p = ImageProcessor::from_config(&json!({
+            "image_processor_type": "CLIPImageProcessor",
+            "size": {"shortest_edge": 32}, "crop_size": {"height": 30, "width": 30},
+            "do_normalize": false
+        }))
+        .unwrap();
+        assert_eq!(p.resize, Some((Size::ShortestEdge(32), Filter::Bicubic)));
+        assert_eq!(p.center_crop, Some((30, 30)));
+        assert_eq!(p.normalize, None);
+        assert!(
+            ImageProcessor::from_config(&json!({"image_processor_type": "Foo"}))
+                .unwrap_err()
+                .to_string()
+                .contains("Foo")
+        );
+        assert!(ImageProcessor::from_config(&json!({"size": "big"})).is_err());
+    }
+
+    #[test]
+    fn crop_larger_than_image_pads_with_zero_pixels() {
+        let img = RgbImage::new(2, 2, vec![255; 12]).unwrap();
+        let p = ImageProcessor {
+            processor_type: "test".into(),
+            resize: None,
+            center_crop: Some((4, 4)),
+            rescale_factor: Some(1.0 / 255.0),
+            normalize: None,
+            pad: false,
+        };
+        let b = p.process(&[img]).unwrap();
+        assert_eq!(b.shape, [1, 3, 4, 4]);
+        let ones = b.pixel_values.iter().filter(|&&v| v == 1.0).count();
+        assert_eq!(ones, 3 * 4);
+        assert_eq!(b.pixel_values[5], 1.0); // row 1, col 1
+    }
+
+    #[test]
+    fn padding_batches_mark_the_real_pixels() {
+        let p = ImageProcessor {
+            processor_type: "test".into(),
+            resize: None,
+            center_crop: None,
+            rescale_factor: None,
+            normalize: None,
+            pad: true,
+        };
+        let a = RgbImage::new(3, 2, vec![1; 18]).unwrap();
+        let b = RgbImage::new(2, 3, vec![2; 18]).unwrap();
+        let out = p.process(&[a, b]).unwrap();
+        assert_eq!(out.shape, [2, 3, 3, 3]);
+        let mask = out.pixel_mask.unwrap();
+        assert_eq!(&mask[..9], &[1, 1, 1, 1, 1, 1, 0, 0, 0]);
+        assert_eq!(&mask[9..], &[1, 1, 0, 1, 1, 0, 1, 1, 0]);
+    }
+
+    #[test]
+    fn corrupt_bytes_are_reported() {
+        assert!(RgbImage::decode(b"not an image").is_err());
+        assert_eq!(composite_over_white(10, 255), 10);
+        assert_eq!(composite_over_white(10, 0), 255);
+    }
+}

