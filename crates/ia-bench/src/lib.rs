@@ -100,6 +100,8 @@ pub struct Combination {
     pub scenario: Scenario,
     /// Tokens generated per iteration, for generation models.
     pub new_tokens: usize,
+    /// Clip length for audio models, seconds.
+    pub audio_seconds: f32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -123,6 +125,11 @@ pub struct Measurement {
     pub harness_overhead_ns: f64,
     /// Text-generation metrics, for generation models (one timed iteration = one generation).
     pub generation: Option<GenerationMetrics>,
+    /// Seconds of audio in each input, for audio models.
+    pub audio_seconds: Option<f64>,
+    /// Median compute time over the audio it processed (all rows of the batch): < 1 is faster
+    /// than real time.
+    pub real_time_factor: Option<f64>,
 }
 
 /// LLM metrics as optimum-benchmark defines them.
@@ -220,7 +227,10 @@ pub fn measure(
             reason: e.to_string(),
         };
     }
-    let spec = InputSpec::new(combo.batch_size, combo.seq_len);
+    let spec = InputSpec {
+        audio_seconds: combo.audio_seconds,
+        ..InputSpec::new(combo.batch_size, combo.seq_len)
+    };
     let inputs = match inputs::generate(&combo.model.source, combo.model.modality, spec) {
         Ok(i) => i,
         Err(e) => return fail("inputs", e),
@@ -272,6 +282,15 @@ pub fn measure(
     let peak_rss_bytes = memory::peak_rss_bytes();
     let session_info = session.info().clone();
     drop(session);
+    let audio_seconds = match &inputs {
+        Inputs::Audio {
+            batch,
+            sample_rate,
+            samples,
+        } => Some(samples.len() as f64 / *batch as f64 / f64::from(*sample_rate)),
+        _ => None,
+    };
+    let real_time_factor = audio_seconds.map(|s| latency.p50_ms / 1e3 / (s * batch));
     Outcome::Measured(Box::new(Measurement {
         session: session_info,
         load_time_ms,
@@ -286,6 +305,8 @@ pub fn measure(
         peak_rss_per_combination: rss_reset,
         harness_overhead_ns: harness_overhead_ns(),
         generation: None,
+        audio_seconds,
+        real_time_factor,
     }))
 }
 
@@ -404,6 +425,8 @@ fn measure_generation(engine: &dyn Engine, combo: &Combination, protocol: &Proto
         peak_rss_per_combination: rss_reset,
         harness_overhead_ns: harness_overhead_ns(),
         generation: Some(generation),
+        audio_seconds: None,
+        real_time_factor: None,
     }))
 }
 

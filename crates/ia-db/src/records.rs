@@ -80,6 +80,8 @@ pub struct PerformanceRecord {
     pub decode_tokens_per_s: Option<f64>,
     pub weight_mb: Option<f64>,
     pub greedy_agreement_vs_f32: Option<f64>,
+    pub audio_seconds: Option<f64>,
+    pub real_time_factor: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -109,9 +111,9 @@ pub(crate) fn insert_performance(
             peak_rss_per_combination, harness_overhead_ns, prompt_tokens, new_tokens,
             ttft_mean_ms, ttft_p50_ms, tpot_p50_ms, tpot_p90_ms, tpot_p90_is_estimate,
             prefill_tokens_per_s, decode_tokens_per_s, weight_mb, greedy_agreement_vs_f32,
-            created_at)
+            audio_seconds, real_time_factor, created_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-                 ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())
+                 ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())
          RETURNING result_id",
         params![
             run_id,
@@ -157,7 +159,9 @@ pub(crate) fn insert_performance(
             p.prefill_tokens_per_s,
             p.decode_tokens_per_s,
             p.weight_mb,
-            p.greedy_agreement_vs_f32
+            p.greedy_agreement_vs_f32,
+            p.audio_seconds,
+            p.real_time_factor
         ],
         |r| r.get(0),
     )?)

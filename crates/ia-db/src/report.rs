@@ -43,6 +43,7 @@ SELECT m.model_name AS model, m.weights, round(m.parameter_count / 1e6, 2) AS pa
        CASE WHEN p.tpot_p90_is_estimate THEN '~' ELSE '' END || CAST(round(p.tpot_p90_ms, 3) AS VARCHAR) AS tpot_p90_ms,
        round(p.prefill_tokens_per_s, 1) AS prefill_tok_s, round(p.decode_tokens_per_s, 1) AS decode_tok_s,
        round(p.weight_mb, 2) AS weight_mb, round(p.greedy_agreement_vs_f32, 3) AS agreement_vs_f32,
+       round(p.audio_seconds, 2) AS audio_s, round(p.real_time_factor, 4) AS rtf,
        round(p.peak_rss_mb, 1) AS peak_rss_mb, round(p.load_time_ms, 1) AS load_ms,
        round(p.first_inference_ms, 2) AS first_ms, p.error,
        p.created_at

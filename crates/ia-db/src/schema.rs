@@ -5,7 +5,7 @@ use crate::{DbError, Result};
 use duckdb::Connection;
 use std::path::Path;
 
-pub const CURRENT_VERSION: i64 = 2;
+pub const CURRENT_VERSION: i64 = 3;
 
 /// MIGRATIONS[i] upgrades from version i to i + 1.
 const MIGRATIONS: &[&str] = &[
@@ -125,6 +125,11 @@ ALTER TABLE performance_results ADD COLUMN prefill_tokens_per_s DOUBLE;
 ALTER TABLE performance_results ADD COLUMN decode_tokens_per_s DOUBLE;
 ALTER TABLE performance_results ADD COLUMN weight_mb DOUBLE;
 ALTER TABLE performance_results ADD COLUMN greedy_agreement_vs_f32 DOUBLE;
+"#,
+    // 3: audio models: seconds of audio per input and real-time factor (compute / audio time).
+    r#"
+ALTER TABLE performance_results ADD COLUMN audio_seconds DOUBLE;
+ALTER TABLE performance_results ADD COLUMN real_time_factor DOUBLE;
 "#,
 ];
 

@@ -117,8 +117,14 @@ pub fn generate(
         Modality::Text => text_inputs(source, spec),
         Modality::Vision => image_inputs(source.config(), preprocessor(source), spec.batch_size),
         Modality::Audio => audio_inputs(preprocessor(source), spec),
+        // Dual encoders (CLIP) are benchmarked on their image tower.
+        Modality::Multimodal if source.config().get("vision_config").is_some() => image_inputs(
+            &source.config()["vision_config"],
+            preprocessor(source),
+            spec.batch_size,
+        ),
         Modality::Multimodal => Err(EngineError::Unsupported(
-            "no input generator for multimodal models yet".into(),
+            "no input generator for this multimodal model yet".into(),
         )),
     }
 }

@@ -92,6 +92,11 @@ impl CatalogEntry {
         }
     }
 
+    /// Whether `name` spells this entry's small variant (then `--small-models` is implied).
+    pub fn names_small_variant(&self, name: &str) -> bool {
+        self.small_hf_id.eq_ignore_ascii_case(name.trim())
+    }
+
     pub fn builtin_config(&self, small: bool) -> Option<&'static str> {
         if small {
             self.small_config
@@ -302,6 +307,13 @@ pub fn lookup(name: &str) -> Option<&'static CatalogEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_small_hub_id_names_the_small_variant() {
+        let e = lookup("openai/whisper-tiny.en").unwrap();
+        assert!(e.names_small_variant("openai/whisper-tiny.en"));
+        assert!(!e.names_small_variant("whisper"));
+    }
 
     #[test]
     fn covers_all_thirteen_classes() {

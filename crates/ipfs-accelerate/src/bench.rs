@@ -33,6 +33,9 @@ pub struct Args {
     /// Tokens generated per iteration by text-generation models (prompt = --seq-len tokens)
     #[arg(long, default_value_t = 32)]
     new_tokens: usize,
+    /// Seconds of audio per input for audio models (Whisper pads or cuts to its 30 s window)
+    #[arg(long, default_value_t = 5.0)]
+    audio_seconds: f32,
     /// single-stream (latency) and/or offline (throughput)
     #[arg(long, value_delimiter = ',', default_value = "single-stream")]
     scenarios: Vec<Scenario>,
@@ -92,6 +95,9 @@ struct ResultRow {
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.batch_sizes.is_empty() || args.batch_sizes.contains(&0) {
         anyhow::bail!("--batch-sizes must be positive integers");
+    }
+    if !(args.audio_seconds > 0.0 && args.audio_seconds.is_finite()) {
+        anyhow::bail!("--audio-seconds must be a positive number of seconds");
     }
     if !(args.min_duration >= 0.0 && args.min_duration.is_finite()) {
         anyhow::bail!("--min-duration must be a non-negative number of seconds");
@@ -213,6 +219,7 @@ fn combinations(models: &[ModelPlan], args: &Args) -> Vec<Combination> {
                             precision,
                             scenario,
                             new_tokens: args.new_tokens,
+                            audio_seconds: args.audio_seconds,
                         });
                     }
                 }
@@ -395,6 +402,8 @@ fn performance_record(
             .and_then(|g| g.weight_bytes)
             .map(|b| b as f64 / (1 << 20) as f64),
         greedy_agreement_vs_f32: g.and_then(|g| g.greedy_agreement_vs_f32),
+        audio_seconds: m.audio_seconds,
+        real_time_factor: m.real_time_factor,
         engine: m.session.engine.clone(),
         engine_version: m.session.engine_version.clone(),
         precision: m.session.precision.as_str().into(),
@@ -442,6 +451,7 @@ fn results_table(rows: &[ResultRow]) -> String {
         "tokens/s",
         "ttft ms",
         "decode tok/s",
+        "RTF",
         "peak MB",
         "load ms",
         "first ms",
@@ -480,6 +490,9 @@ fn results_table(rows: &[ResultRow]) -> String {
                     m.generation
                         .as_ref()
                         .map(|g| format!("{:.1}", g.decode_tokens_per_s))
+                        .unwrap_or_default(),
+                    m.real_time_factor
+                        .map(|r| format!("{r:.3}"))
                         .unwrap_or_default(),
                     m.peak_rss_bytes
                         .map(|b| format!("{:.0}", b as f64 / (1 << 20) as f64))

@@ -33,6 +33,9 @@ pub struct ExternalResult {
     pub samples_ms: Vec<f64>,
     pub peak_rss_bytes: Option<u64>,
     pub generation: Option<ExternalGeneration>,
+    /// Seconds of audio per input, for audio models (gives the real-time factor).
+    #[serde(default)]
+    pub audio_seconds: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,8 +107,10 @@ pub fn to_outcome(r: ExternalResult) -> anyhow::Result<(ia_bench::Combination, O
         precision: r.precision,
         scenario: r.scenario,
         new_tokens: r.generation.as_ref().map_or(0, |g| g.new_tokens),
+        audio_seconds: r.audio_seconds.unwrap_or(0.0) as f32,
         model: plan.clone(),
     };
+    let latency_p50_ms = latency.p50_ms;
     let outcome = Outcome::Measured(Box::new(Measurement {
         session: SessionInfo {
             engine: r.engine,
@@ -130,6 +135,8 @@ pub fn to_outcome(r: ExternalResult) -> anyhow::Result<(ia_bench::Combination, O
         // Not ours to know: the external harness did not measure its own overhead.
         harness_overhead_ns: f64::NAN,
         generation,
+        audio_seconds: r.audio_seconds,
+        real_time_factor: r.audio_seconds.map(|s| latency_p50_ms / 1e3 / (s * batch)),
     }));
     Ok((combo, outcome))
 }

@@ -8,6 +8,7 @@ mod hardware;
 mod import;
 mod models;
 mod plan;
+mod run;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -32,6 +33,8 @@ enum Command {
     Models(models::Args),
     /// Benchmark models on platforms and store the results in DuckDB
     Bench(bench::Args),
+    /// Run a model on one input: text, an image or a WAV file (embeddings, labels, zero-shot, transcripts)
+    Run(run::Args),
     /// Generate text with a decoder or encoder-decoder model (KV cache, streaming)
     Generate(generate::Args),
     /// Query, report on and export the results database
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Hardware(a) => hardware::run(a),
         Command::Models(a) => models::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Run(a) => run::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Db(a) => db::run(a),
     };

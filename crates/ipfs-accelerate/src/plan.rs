@@ -19,11 +19,12 @@ pub fn resolve_model(name: &str, opts: &PlanOptions) -> anyhow::Result<ModelPlan
         let ckpt = Checkpoint::open(Path::new(name))?;
         (name.to_string(), checkpoint_or_random(ckpt, opts))
     } else if let Some(entry) = catalog::lookup(name) {
-        let id = entry.id(opts.small);
+        let small = opts.small || entry.names_small_variant(name);
+        let id = entry.id(small);
         match checkpoint::resolve(id) {
             Ok(ckpt) => (id.to_string(), checkpoint_or_random(ckpt, opts)),
             Err(CheckpointError::NotFound { .. }) if opts.random_weights => {
-                let config = entry.builtin_config(opts.small).with_context(|| {
+                let config = entry.builtin_config(small).with_context(|| {
                     format!(
                         "{id}: no checkpoint found and no built-in config to build it from; pass a checkpoint folder"
                     )

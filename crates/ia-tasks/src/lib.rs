@@ -1,0 +1,452 @@
+//! Task pipelines over the engine API: what `ipfs-accelerate run` (and later the server) does
+//! with one input. A [`Pipeline`] loads a model once; [`Pipeline::run`] takes a text or a media
+//! file and returns the model's task result:
+//!
+//! - BERT and other encoders: a sentence embedding;
+//! - ViT: top-k labels (or an image embedding without a classifier);
+//! - CLIP: zero-shot image classification over `labels`, or an image / text embedding;
+//! - Whisper, Wav2Vec2: a transcript.
+//!
+//! Preprocessing is ia-preprocess's, so the tensors are the ones transformers would build.
+
+mod input;
+
+pub use input::Input;
+
+use ia_engine::{
+    Engine, EngineError, Inputs, Outputs, Precision, Session, SessionInfo, SpeechRecognizer,
+    TranscribeOptions,
+};
+use ia_hardware::Platform;
+use ia_models::{classify_config, ModelClass, ModelSource};
+use ia_preprocess::audio::Waveform;
+use ia_preprocess::image::{ImageProcessor, RgbImage};
+use ia_preprocess::PreprocessError;
+use serde::Serialize;
+use serde_json::Value;
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Preprocess(#[from] PreprocessError),
+    #[error("{0}")]
+    Input(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskOptions {
+    /// Candidate labels for zero-shot classification.
+    pub labels: Vec<String>,
+    /// `{}` is replaced by each label (transformers' default template).
+    pub hypothesis_template: String,
+    pub top_k: usize,
+    pub transcribe: TranscribeOptions,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        Self {
+            labels: Vec::new(),
+            hypothesis_template: "This is a photo of {}.".into(),
+            top_k: 5,
+            transcribe: TranscribeOptions::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LabelScore {
+    pub label: String,
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TaskOutput {
+    Embedding {
+        /// What was embedded: "text", "image" or "audio".
+        of: String,
+        dim: usize,
+        /// L2 norm of the raw embedding.
+        norm: f32,
+        values: Vec<f32>,
+    },
+    Labels {
+        labels: Vec<LabelScore>,
+    },
+    Transcript {
+        text: String,
+        tokens: Vec<u32>,
+        audio_seconds: f64,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Timings {
+    pub preprocess_ms: f64,
+    pub inference_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskResult {
+    pub task: String,
+    pub output: TaskOutput,
+    pub timings: Timings,
+}
+
+enum Runner {
+    Session(Box<dyn Session>),
+    Speech(Box<dyn SpeechRecognizer>),
+}
+
+/// A loaded model and what it needs to turn files into inputs.
+pub struct Pipeline {
+    class: ModelClass,
+    task: String,
+    source: ModelSource,
+    runner: Runner,
+    tokenizer: Option<tokenizers::Tokenizer>,
+    pub load_ms: f64,
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+impl Pipeline {
+    pub fn load(
+        engine: &dyn Engine,
+        source: ModelSource,
+        platform: Platform,
+        precision: Precision,
+    ) -> Result<Self, TaskError> {
+        let c = classify_config(source.config())
+            .map_err(|e| EngineError::InvalidModel(e.to_string()))?;
+        let start = Instant::now();
+        let runner = match c.class {
+            ModelClass::Whisper | ModelClass::Wav2vec2 => {
+                Runner::Speech(engine.load_speech_recognizer(&source, platform, precision)?)
+            }
+            ModelClass::Llama | ModelClass::Qwen | ModelClass::T5
+                if c.task.contains("generation") =>
+            {
+                return Err(TaskError::Input(
+                    "text generation models run with `ipfs-accelerate generate`".into(),
+                ))
+            }
+            _ => Runner::Session(engine.load(&source, platform, precision)?),
+        };
+        let tokenizer = match source.tokenizer_json() {
+            Some(p) => Some(
+                tokenizers::Tokenizer::from_file(p)
+                    .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", p.display())))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            class: c.class,
+            task: c.task.to_string(),
+            source,
+            runner,
+            tokenizer,
+            load_ms: ms(start),
+        })
+    }
+
+    pub fn info(&self) -> &SessionInfo {
+        match &self.runner {
+            Runner::Session(s) => s.info(),
+            Runner::Speech(s) => s.info(),
+        }
+    }
+
+    pub fn task(&self) -> &str {
+        &self.task
+    }
+
+    pub fn run(&mut self, input: &Input, opts: &TaskOptions) -> Result<TaskResult, TaskError> {
+        let wrong = |takes: &str| {
+            TaskError::Input(format!(
+                "{} ({}) takes {takes}; got {}",
+                self.class.as_str(),
+                self.task,
+                input.describe()
+            ))
+        };
+        let t0 = Instant::now();
+        match (&self.class, input) {
+            (ModelClass::Whisper | ModelClass::Wav2vec2, Input::Audio(path)) => {
+                let Runner::Speech(asr) = &mut self.runner else {
+                    unreachable!("speech classes load a recognizer")
+                };
+                let wav = Waveform::open(path)?;
+                let samples = wav.resampled(asr.sample_rate()).samples;
+                let preprocess_ms = ms(t0);
+                let t1 = Instant::now();
+                let t = asr.transcribe(&samples, &opts.transcribe)?;
+                Ok(self.result(
+                    TaskOutput::Transcript {
+                        text: t.text.trim().to_string(),
+                        tokens: t.tokens,
+                        audio_seconds: wav.seconds(),
+                    },
+                    preprocess_ms,
+                    ms(t1),
+                ))
+            }
+            (ModelClass::Whisper | ModelClass::Wav2vec2, _) => Err(wrong("a WAV audio file")),
+            (ModelClass::Vit | ModelClass::Clip, Input::Image(path)) => {
+                let image = RgbImage::open(path)?;
+                let pixels = self.image_processor()?.process(&[image])?;
+                let inputs = Inputs::Image {
+                    shape: pixels.shape,
+                    pixel_values: pixels.pixel_values,
+                };
+                if self.class == ModelClass::Clip && !opts.labels.is_empty() {
+                    return self.zero_shot_image(inputs, opts, t0);
+                }
+                let preprocess_ms = ms(t0);
+                let t1 = Instant::now();
+                let out = self.session()?.run(&inputs)?;
+                let inference_ms = ms(t1);
+                let output = if let Some(logits) = out.get("logits") {
+                    let logits = logits.to_f32_vec()?;
+                    labels(
+                        softmax(&logits),
+                        &id2label(self.source.config()),
+                        opts.top_k,
+                    )
+                } else {
+                    embedding("image", &out)?
+                };
+                Ok(self.result(output, preprocess_ms, inference_ms))
+            }
+            (ModelClass::Vit, _) => Err(wrong("an image file (PNG or JPEG)")),
+            (ModelClass::Bert | ModelClass::Clip, Input::Text(text)) => {
+                let inputs = self.tokenize(text)?;
+                let preprocess_ms = ms(t0);
+                let t1 = Instant::now();
+                let out = self.session()?.run(&inputs)?;
+                Ok(self.result(embedding("text", &out)?, preprocess_ms, ms(t1)))
+            }
+            (ModelClass::Bert, _) => Err(wrong("text")),
+            (ModelClass::Clip, _) => Err(wrong("an image file or text")),
+            (other, _) => Err(TaskError::Input(format!(
+                "`run` has no pipeline for {} models yet",
+                other.as_str()
+            ))),
+        }
+    }
+
+    fn result(&self, output: TaskOutput, preprocess_ms: f64, inference_ms: f64) -> TaskResult {
+        TaskResult {
+            task: self.task.clone(),
+            output,
+            timings: Timings {
+                preprocess_ms,
+                inference_ms,
+            },
+        }
+    }
+
+    fn session(&mut self) -> Result<&mut Box<dyn Session>, TaskError> {
+        match &mut self.runner {
+            Runner::Session(s) => Ok(s),
+            Runner::Speech(_) => Err(TaskError::Input("not a forward-pass model".into())),
+        }
+    }
+
+    /// The checkpoint's preprocessor_config.json, or the processor transformers would default
+    /// to for this class at the model's image size.
+    fn image_processor(&self) -> Result<ImageProcessor, TaskError> {
+        let pre = match &self.source {
+            ModelSource::Checkpoint(c) => c
+                .preprocessor_config
+                .as_ref()
+                .map(|p| {
+                    std::fs::read_to_string(p)
+                        .ok()
+                        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                        .ok_or_else(|| {
+                            PreprocessError::Config(format!("{} is not valid JSON", p.display()))
+                        })
+                })
+                .transpose()?,
+            ModelSource::RandomInit { .. } => None,
+        };
+        let config = self.source.config();
+        let size = config
+            .get("vision_config")
+            .unwrap_or(config)
+            .get("image_size")
+            .cloned()
+            .unwrap_or(Value::from(224));
+        let default = match self.class {
+            ModelClass::Clip => serde_json::json!({
+                "image_processor_type": "CLIPImageProcessor",
+                "size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}
+            }),
+            _ => serde_json::json!({
+                "image_processor_type": "ViTImageProcessor",
+                "size": {"height": size, "width": size}
+            }),
+        };
+        Ok(ImageProcessor::from_config(&pre.unwrap_or(default))?)
+    }
+
+    fn tokenize(&self, text: &str) -> Result<Inputs, TaskError> {
+        self.tokenize_all(&[text.to_string()])
+    }
+
+    fn tokenize_all(&self, texts: &[String]) -> Result<Inputs, TaskError> {
+        let tok = self.tokenizer.as_ref().ok_or_else(|| {
+            TaskError::Input("the checkpoint has no tokenizer.json to read text with".into())
+        })?;
+        let max = self
+            .source
+            .config()
+            .get("text_config")
+            .unwrap_or(self.source.config())
+            .get("max_position_embeddings")
+            .and_then(Value::as_u64)
+            .unwrap_or(512) as usize;
+        let rows = texts
+            .iter()
+            .map(|t| {
+                tok.encode(t.as_str(), true)
+                    .map(|e| e.get_ids().iter().copied().take(max).collect::<Vec<u32>>())
+                    .map_err(|e| TaskError::Input(format!("cannot tokenize: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let pad = tok
+            .get_padding()
+            .map(|p| p.pad_id)
+            .or_else(|| {
+                self.source
+                    .config()
+                    .get("text_config")
+                    .unwrap_or(self.source.config())
+                    .get("pad_token_id")
+                    .and_then(Value::as_u64)
+                    .map(|p| p as u32)
+            })
+            .unwrap_or(0);
+        Ok(Inputs::from_token_rows(&rows, pad)?)
+    }
+
+    /// transformers' zero-shot-image-classification: one text per label from the template,
+    /// softmax over logit_scale * cosine similarity.
+    fn zero_shot_image(
+        &mut self,
+        image: Inputs,
+        opts: &TaskOptions,
+        t0: Instant,
+    ) -> Result<TaskResult, TaskError> {
+        let texts: Vec<String> = opts
+            .labels
+            .iter()
+            .map(|l| opts.hypothesis_template.replace("{}", l))
+            .collect();
+        let text = self.tokenize_all(&texts)?;
+        let preprocess_ms = ms(t0);
+        let t1 = Instant::now();
+        let session = self.session()?;
+        let img = session.run(&image)?;
+        let txt = session.run(&text)?;
+        let inference_ms = ms(t1);
+        let i = unit(
+            &img.get("image_embeds")
+                .ok_or(missing("image_embeds"))?
+                .to_f32_vec()?,
+        );
+        let t = txt
+            .get("text_embeds")
+            .ok_or(missing("text_embeds"))?
+            .to_f32_vec()?;
+        let scale = img
+            .get("logit_scale")
+            .ok_or(missing("logit_scale"))?
+            .to_f32_vec()?[0];
+        let logits: Vec<f32> = t
+            .chunks(i.len())
+            .map(|row| scale * unit(row).iter().zip(&i).map(|(a, b)| a * b).sum::<f32>())
+            .collect();
+        Ok(self.result(
+            labels(
+                softmax(&logits),
+                &opts.labels,
+                opts.top_k.max(opts.labels.len()),
+            ),
+            preprocess_ms,
+            inference_ms,
+        ))
+    }
+}
+
+fn missing(name: &str) -> EngineError {
+    EngineError::Runtime(format!("the session returned no {name}"))
+}
+
+fn unit(v: &[f32]) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter().map(|x| x / n).collect()
+}
+
+fn softmax(x: &[f32]) -> Vec<f32> {
+    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = x.iter().map(|v| (v - m).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
+fn id2label(config: &Value) -> Vec<String> {
+    let map = config.get("id2label").and_then(Value::as_object);
+    let n = map.map_or(0, |m| m.len());
+    (0..n)
+        .map(|i| {
+            map.and_then(|m| m.get(&i.to_string()))
+                .and_then(Value::as_str)
+                .map_or_else(|| format!("LABEL_{i}"), str::to_string)
+        })
+        .collect()
+}
+
+fn labels(scores: Vec<f32>, names: &[String], top_k: usize) -> TaskOutput {
+    let mut l: Vec<LabelScore> = scores
+        .into_iter()
+        .enumerate()
+        .map(|(i, score)| LabelScore {
+            label: names
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("LABEL_{i}")),
+            score,
+        })
+        .collect();
+    l.sort_by(|a, b| b.score.total_cmp(&a.score));
+    l.truncate(top_k.max(1));
+    TaskOutput::Labels { labels: l }
+}
+
+/// The first output that is an embedding: pooled / projected when the model has one.
+fn embedding(of: &str, out: &Outputs) -> Result<TaskOutput, TaskError> {
+    let t = [
+        "image_embeds",
+        "text_embeds",
+        "mean_pooled",
+        "pooler_output",
+    ]
+    .iter()
+    .find_map(|n| out.get(n))
+    .ok_or_else(|| missing("embedding"))?;
+    let values = t.to_f32_vec()?;
+    Ok(TaskOutput::Embedding {
+        of: of.into(),
+        dim: values.len(),
+        norm: values.iter().map(|x| x * x).sum::<f32>().sqrt(),
+        values,
+    })
+}

@@ -1,0 +1,136 @@
+//! `ipfs-accelerate run`: one input through one model, the task's result printed.
+
+use crate::plan::{resolve_model, PlanOptions};
+use ia_engine::{Precision, TranscribeOptions};
+use ia_hardware::Platform;
+use ia_tasks::{Input, Pipeline, TaskOptions, TaskOutput};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Catalog key, hub id in the local caches, or checkpoint folder
+    #[arg(long)]
+    model: String,
+    /// Text, or a PNG/JPEG image or WAV file (repeat for several)
+    #[arg(long, required = true)]
+    input: Vec<String>,
+    /// Candidate labels for zero-shot classification (CLIP), comma-separated
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Zero-shot prompt; {} is replaced by each label
+    #[arg(long, default_value = "This is a photo of {}.")]
+    hypothesis_template: String,
+    /// Labels to print for classifiers
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+    /// Beam width for Whisper (1 = greedy)
+    #[arg(long, default_value_t = 1)]
+    beams: usize,
+    /// Language of the speech, for multilingual Whisper checkpoints (e.g. en, de)
+    #[arg(long)]
+    language: Option<String>,
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
+    #[arg(long, default_value = "cpu")]
+    hardware: Platform,
+    /// Use the small variant of a catalog entry
+    #[arg(long)]
+    small_models: bool,
+    /// Print the results as JSON (one object per input, in a list)
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.beams == 0 {
+        anyhow::bail!("--beams must be at least 1");
+    }
+    let inputs = args
+        .input
+        .iter()
+        .map(|i| Input::detect(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let plan = resolve_model(
+        &args.model,
+        &PlanOptions {
+            small: args.small_models,
+            random_weights: false,
+            seed: 0,
+        },
+    )?;
+    let engine = ia_native::NativeEngine::new();
+    let mut pipeline = Pipeline::load(&engine, plan.source, args.hardware, args.precision)?;
+    let opts = TaskOptions {
+        labels: args.labels.iter().map(|l| l.trim().to_string()).collect(),
+        hypothesis_template: args.hypothesis_template,
+        top_k: args.top_k,
+        transcribe: TranscribeOptions {
+            num_beams: args.beams,
+            max_new_tokens: None,
+            language: args.language,
+        },
+    };
+    let info = pipeline.info().clone();
+    let mut results = Vec::new();
+    for (arg, input) in args.input.iter().zip(&inputs) {
+        let r = pipeline.run(input, &opts)?;
+        if args.json {
+            results.push(serde_json::json!({"input": arg, "result": r}));
+        } else {
+            print_human(arg, &r.output);
+            eprintln!(
+                "  ({}: preprocess {:.1} ms, inference {:.1} ms)",
+                r.task, r.timings.preprocess_ms, r.timings.inference_ms
+            );
+        }
+    }
+    if args.json {
+        let out = serde_json::json!({
+            "model": plan.name,
+            "task": pipeline.task(),
+            "provenance": info,
+            "load_ms": pipeline.load_ms,
+            "results": results,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        eprintln!(
+            "{} on {} ({} {}, {}, {} weights), loaded in {:.0} ms",
+            plan.name,
+            info.device,
+            info.engine,
+            info.engine_version,
+            info.precision,
+            info.weights.as_str(),
+            pipeline.load_ms
+        );
+    }
+    Ok(())
+}
+
+fn print_human(input: &str, output: &TaskOutput) {
+    println!("{input}");
+    match output {
+        TaskOutput::Embedding {
+            of,
+            dim,
+            norm,
+            values,
+        } => {
+            let head: Vec<String> = values.iter().take(6).map(|v| format!("{v:.4}")).collect();
+            println!(
+                "  {of} embedding: dim {dim}, L2 norm {norm:.4}, [{} ...]",
+                head.join(", ")
+            );
+        }
+        TaskOutput::Labels { labels } => {
+            for l in labels {
+                println!("  {:>7.4}  {}", l.score, l.label);
+            }
+        }
+        TaskOutput::Transcript {
+            text,
+            audio_seconds,
+            ..
+        } => println!("  transcript ({audio_seconds:.2} s of audio): {text}"),
+    }
+}
