@@ -260,6 +260,48 @@ def wav2vec2():
         (out / "reference_meta.json").write_text(json.dumps(meta({"transcript": tok.batch_decode(ids)[0]}), indent=2))
 
 
+def detr():
+    """Tiny DETR (transformers 5 layout, ResNet bottleneck backbone) on photo.png, with
+    post_process_object_detection's output at threshold 0.1."""
+    from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+    out = FIX / "detr-tiny"
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(SEED)
+    labels = ["cat", "dog", "car", "person", "tree"]
+    cfg = DetrConfig(
+        use_timm_backbone=False, use_pretrained_backbone=False,
+        backbone_config=ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16, 16, 32],
+                                     depths=[1, 2, 1, 1], layer_type="bottleneck", out_features=["stage4"]),
+        d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10,
+        id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+    model = DetrForObjectDetection(cfg).eval()
+    # Frozen batch norm statistics away from the identity, so the test exercises them.
+    g = torch.Generator().manual_seed(SEED)
+    for name, buf in model.named_buffers():
+        if name.endswith("running_mean"):
+            buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
+        elif name.endswith("running_var"):
+            buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
+    model.save_pretrained(out, safe_serialization=True)
+    mark_random(out)
+    p = processor("DetrImageProcessor", dict(size={"shortest_edge": 64, "longest_edge": 96}))
+    cfgd = p.to_dict()
+    cfgd["image_processor_type"] = "DetrImageProcessor"
+    (out / "preprocessor_config.json").write_text(json.dumps(cfgd, indent=2))
+    image = Image.open(MEDIA / "photo.png")
+    enc = p(image, return_tensors="pt")
+    with torch.no_grad():
+        o = model(pixel_values=enc["pixel_values"])
+    post = p.post_process_object_detection(o, threshold=0.1, target_sizes=[(image.height, image.width)])[0]
+    save_file({"pixel_values": enc["pixel_values"].contiguous(), "logits": o.logits.contiguous(),
+               "pred_boxes": o.pred_boxes.contiguous()}, str(out / "reference.safetensors"))
+    (out / "reference_meta.json").write_text(json.dumps(meta({
+        "image": "media/photo.png", "threshold": 0.1,
+        "detections": [{"label": labels[int(l)], "score": float(s), "box": [float(x) for x in b]}
+                       for s, l, b in zip(post["scores"], post["labels"], post["boxes"])]}), indent=2))
+
+
 def whisper_real():
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
     cache = Path(os.environ.get("IPFS_ACCELERATE_CACHE", Path.home() / ".cache" / "ipfs-accelerate"))
@@ -284,7 +326,7 @@ def whisper_real():
 
 
 PARTS = {"media": media, "preprocess": preprocess, "clip": clip, "whisper": whisper,
-         "wav2vec2": wav2vec2, "whisper-real": whisper_real}
+         "wav2vec2": wav2vec2, "detr": detr, "whisper-real": whisper_real}
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

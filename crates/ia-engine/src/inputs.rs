@@ -209,7 +209,18 @@ fn tokenize_to_length(path: &std::path::Path, len: usize) -> Result<Vec<u32>, En
 
 fn image_inputs(config: &Value, pre: Option<Value>, batch: usize) -> Result<Inputs, EngineError> {
     let get = |k: &str| config.get(k).and_then(Value::as_u64).map(|v| v as usize);
+    // Detectors (DETR) have no fixed input size: a square at the processor's shortest edge.
     let size = get("image_size")
+        .or_else(|| {
+            pre.as_ref()
+                .and_then(|p| p.get("size"))
+                .and_then(|s| s.get("shortest_edge").or(Some(s)))
+                .and_then(Value::as_u64)
+                .map(|v| v as usize)
+        })
+        .or_else(|| {
+            (config.get("model_type").and_then(Value::as_str) == Some("detr")).then_some(800)
+        })
         .ok_or_else(|| EngineError::InvalidModel("config has no image_size".into()))?;
     let channels = get("num_channels").unwrap_or(3);
     let stat = |key: &str, default: f32| -> Vec<f32> {

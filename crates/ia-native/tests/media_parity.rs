@@ -224,3 +224,90 @@ fn word_error_rate_counts_edits() {
     assert_eq!(wer("the quick brown fox", "the quick roundfire fox"), 0.25);
     assert_eq!(wer("a b", "a x b"), 0.5);
 }
+
+#[test]
+fn detr_tiny_matches_transformers_from_an_image_file() {
+    let r = reference("detr-tiny");
+    let pre = json(fixture("detr-tiny/preprocessor_config.json"));
+    let image = RgbImage::open(&fixture("media/photo.png")).unwrap();
+    let pixels = ImageProcessor::from_config(&pre)
+        .unwrap()
+        .process(&[image])
+        .unwrap();
+    let d = max_abs_diff(&pixels.pixel_values, &r["pixel_values"]);
+    assert!(d <= 1e-5, "pixel_values max abs diff {d}");
+    let out = load("detr-tiny")
+        .run(&Inputs::Image {
+            shape: pixels.shape,
+            pixel_values: pixels.pixel_values,
+        })
+        .unwrap();
+    for name in ["logits", "pred_boxes"] {
+        let t = out.get(name).unwrap();
+        assert_eq!(t.shape(), r[name].dims(), "{name}");
+        let d = max_abs_diff(&t.to_f32_vec().unwrap(), &r[name]);
+        assert!(d <= TOLERANCE, "{name} max abs diff {d}");
+    }
+}
+
+/// The same weights under timm's backbone names (how facebook/detr-resnet-50 is published)
+/// give the same outputs.
+#[test]
+fn detr_reads_the_timm_backbone_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("detr-tiny");
+    let tensors =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let prefix = "model.backbone.conv_encoder.model.";
+    let renamed: std::collections::HashMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(k, v)| {
+            let Some(rest) = k.strip_prefix(prefix) else {
+                return (k, v);
+            };
+            let p: Vec<&str> = rest.split('.').collect();
+            let timm = match p.as_slice() {
+                ["embedder", "embedder", "convolution", w] => format!("conv1.{w}"),
+                ["embedder", "embedder", "normalization", w] => format!("bn1.{w}"),
+                ["encoder", "stages", s, "layers", l, "layer", i, kind, w] => {
+                    let (s, i): (usize, usize) = (s.parse().unwrap(), i.parse().unwrap());
+                    let m = if *kind == "convolution" { "conv" } else { "bn" };
+                    format!("layer{}.{l}.{m}{}.{w}", s + 1, i + 1)
+                }
+                ["encoder", "stages", s, "layers", l, "shortcut", kind, w] => {
+                    let s: usize = s.parse().unwrap();
+                    let i = if *kind == "convolution" { 0 } else { 1 };
+                    format!("layer{}.{l}.downsample.{i}.{w}", s + 1)
+                }
+                other => panic!("unexpected backbone tensor {other:?}"),
+            };
+            (format!("{prefix}{timm}"), v)
+        })
+        .collect();
+    candle_core::safetensors::save(&renamed, dir.path().join("model.safetensors")).unwrap();
+    let mut config = json(src.join("config.json"));
+    config["use_timm_backbone"] = serde_json::Value::Bool(true);
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+
+    let r = reference("detr-tiny");
+    let (_, _, h, w) = r["pixel_values"].dims4().unwrap();
+    let inputs = Inputs::Image {
+        shape: [1, 3, h, w],
+        pixel_values: r["pixel_values"].flatten_all().unwrap().to_vec1().unwrap(),
+    };
+    let ckpt = ia_models::Checkpoint::open(dir.path()).unwrap();
+    let out = NativeEngine::new()
+        .load(
+            &ia_models::ModelSource::Checkpoint(ckpt),
+            Platform::Cpu,
+            Precision::F32,
+        )
+        .unwrap()
+        .run(&inputs)
+        .unwrap();
+    let d = max_abs_diff(
+        &out.get("logits").unwrap().to_f32_vec().unwrap(),
+        &r["logits"],
+    );
+    assert!(d <= TOLERANCE, "logits max abs diff {d}");
+}

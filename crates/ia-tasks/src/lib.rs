@@ -5,6 +5,7 @@
 //! - BERT and other encoders: a sentence embedding;
 //! - ViT: top-k labels (or an image embedding without a classifier);
 //! - CLIP: zero-shot image classification over `labels`, or an image / text embedding;
+//! - DETR: detected objects (label, score, box in image pixels) above a score threshold;
 //! - Whisper, Wav2Vec2: a transcript.
 //!
 //! Preprocessing is ia-preprocess's, so the tensors are the ones transformers would build.
@@ -43,6 +44,8 @@ pub struct TaskOptions {
     /// `{}` is replaced by each label (transformers' default template).
     pub hypothesis_template: String,
     pub top_k: usize,
+    /// Minimum score of a reported detection.
+    pub threshold: f32,
     pub transcribe: TranscribeOptions,
 }
 
@@ -52,6 +55,7 @@ impl Default for TaskOptions {
             labels: Vec::new(),
             hypothesis_template: "This is a photo of {}.".into(),
             top_k: 5,
+            threshold: 0.5,
             transcribe: TranscribeOptions::default(),
         }
     }
@@ -64,8 +68,20 @@ pub struct LabelScore {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct Detection {
+    pub label: String,
+    pub score: f32,
+    /// [xmin, ymin, xmax, ymax] in pixels of the input image.
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+}
+
+#[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TaskOutput {
+    Detections {
+        detections: Vec<Detection>,
+    },
     Embedding {
         /// What was embedded: "text", "image" or "audio".
         of: String,
@@ -224,7 +240,37 @@ impl Pipeline {
                 };
                 Ok(self.result(output, preprocess_ms, inference_ms))
             }
-            (ModelClass::Vit, _) => Err(wrong("an image file (PNG or JPEG)")),
+            (ModelClass::Detr, Input::Image(path)) => {
+                let image = RgbImage::open(path)?;
+                let size = (image.width as f32, image.height as f32);
+                let pixels = self.image_processor()?.process(&[image])?;
+                let inputs = Inputs::Image {
+                    shape: pixels.shape,
+                    pixel_values: pixels.pixel_values,
+                };
+                let preprocess_ms = ms(t0);
+                let t1 = Instant::now();
+                let out = self.session()?.run(&inputs)?;
+                let inference_ms = ms(t1);
+                let logits = out.get("logits").ok_or(missing("logits"))?;
+                let classes = logits.shape().last().copied().unwrap_or(1);
+                let detections = post_process_detection(
+                    &logits.to_f32_vec()?,
+                    &out.get("pred_boxes")
+                        .ok_or(missing("pred_boxes"))?
+                        .to_f32_vec()?,
+                    classes,
+                    size,
+                    opts.threshold,
+                    &id2label(self.source.config()),
+                );
+                Ok(self.result(
+                    TaskOutput::Detections { detections },
+                    preprocess_ms,
+                    inference_ms,
+                ))
+            }
+            (ModelClass::Vit | ModelClass::Detr, _) => Err(wrong("an image file (PNG or JPEG)")),
             (ModelClass::Bert | ModelClass::Clip, Input::Text(text)) => {
                 let inputs = self.tokenize(text)?;
                 let preprocess_ms = ms(t0);
@@ -285,6 +331,7 @@ impl Pipeline {
             .cloned()
             .unwrap_or(Value::from(224));
         let default = match self.class {
+            ModelClass::Detr => serde_json::json!({"image_processor_type": "DetrImageProcessor"}),
             ModelClass::Clip => serde_json::json!({
                 "image_processor_type": "CLIPImageProcessor",
                 "size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}
@@ -384,6 +431,43 @@ impl Pipeline {
             inference_ms,
         ))
     }
+}
+
+/// transformers' `post_process_object_detection`: softmax over classes, the best real class
+/// per query (the last class is "no object"), boxes from (cx, cy, w, h) to corners scaled to
+/// the image, kept when the score exceeds the threshold; in query order.
+pub fn post_process_detection(
+    logits: &[f32],
+    boxes: &[f32],
+    classes: usize,
+    (width, height): (f32, f32),
+    threshold: f32,
+    names: &[String],
+) -> Vec<Detection> {
+    logits
+        .chunks(classes)
+        .zip(boxes.chunks(4))
+        .filter_map(|(l, b)| {
+            let p = softmax(l);
+            let (label, &score) = p[..classes - 1].iter().enumerate().fold(
+                (0, &f32::NEG_INFINITY),
+                |best, (i, s)| if *s > *best.1 { (i, s) } else { best },
+            );
+            (score > threshold).then(|| Detection {
+                label: names
+                    .get(label)
+                    .cloned()
+                    .unwrap_or_else(|| format!("LABEL_{label}")),
+                score,
+                bbox: [
+                    (b[0] - 0.5 * b[2]) * width,
+                    (b[1] - 0.5 * b[3]) * height,
+                    (b[0] + 0.5 * b[2]) * width,
+                    (b[1] + 0.5 * b[3]) * height,
+                ],
+            })
+        })
+        .collect()
 }
 
 fn missing(name: &str) -> EngineError {

@@ -19,6 +19,9 @@ pub struct Args {
     /// Zero-shot prompt; {} is replaced by each label
     #[arg(long, default_value = "This is a photo of {}.")]
     hypothesis_template: String,
+    /// Minimum score of a reported detection (DETR)
+    #[arg(long, default_value_t = 0.5)]
+    threshold: f32,
     /// Labels to print for classifiers
     #[arg(long, default_value_t = 5)]
     top_k: usize,
@@ -63,6 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         labels: args.labels.iter().map(|l| l.trim().to_string()).collect(),
         hypothesis_template: args.hypothesis_template,
         top_k: args.top_k,
+        threshold: args.threshold,
         transcribe: TranscribeOptions {
             num_beams: args.beams,
             max_new_tokens: None,
@@ -125,6 +129,18 @@ fn print_human(input: &str, output: &TaskOutput) {
         TaskOutput::Labels { labels } => {
             for l in labels {
                 println!("  {:>7.4}  {}", l.score, l.label);
+            }
+        }
+        TaskOutput::Detections { detections } => {
+            if detections.is_empty() {
+                println!("  no detections above the threshold");
+            }
+            for d in detections {
+                let [x0, y0, x1, y1] = d.bbox;
+                println!(
+                    "  {:>7.4}  {:<16} [{x0:.1}, {y0:.1}, {x1:.1}, {y1:.1}]",
+                    d.score, d.label
+                );
             }
         }
         TaskOutput::Transcript {

@@ -17,14 +17,39 @@ pub(crate) struct MultiHeadAttention {
 impl MultiHeadAttention {
     /// Whisper's `k_proj` has no bias; everything else does.
     pub fn load(dim: usize, heads: usize, k_bias: bool, vb: VarBuilder) -> Result<Self> {
+        Self::load_named(dim, heads, k_bias, "out_proj", vb)
+    }
+
+    /// transformers 5 names some output projections `o_proj` (DETR).
+    pub fn load_named(
+        dim: usize,
+        heads: usize,
+        k_bias: bool,
+        out_name: &str,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
             q_proj: linear(dim, dim, vb.pp("q_proj"))?,
             k_proj: linear_b(dim, dim, k_bias, vb.pp("k_proj"))?,
             v_proj: linear(dim, dim, vb.pp("v_proj"))?,
-            out_proj: linear(dim, dim, vb.pp("out_proj"))?,
+            out_proj: linear(dim, dim, vb.pp(out_name))?,
             heads,
             head_dim: dim / heads,
         })
+    }
+
+    /// Attention whose queries, keys and values come from different inputs (DETR adds
+    /// position embeddings to queries and keys only).
+    pub fn attend_inputs(
+        &self,
+        q_in: &Tensor,
+        k_in: &Tensor,
+        v_in: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let k = self.split_heads(&self.k_proj.forward(k_in)?)?;
+        let v = self.split_heads(&self.v_proj.forward(v_in)?)?;
+        self.attend(q_in, &k, &v, mask)
     }
 
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {

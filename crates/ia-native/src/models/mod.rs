@@ -4,6 +4,7 @@ pub(crate) mod attention;
 pub mod bert;
 pub mod causal_lm;
 pub mod clip;
+pub mod detr;
 pub mod opt;
 pub mod quantized;
 pub mod t5;

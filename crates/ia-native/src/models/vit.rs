@@ -17,7 +17,7 @@ pub struct VitSession {
 }
 
 /// transformers derives num_labels from id2label when it is present.
-fn num_labels(config: &Value) -> usize {
+pub(crate) fn num_labels(config: &Value) -> usize {
     config
         .get("id2label")
         .and_then(Value::as_object)
