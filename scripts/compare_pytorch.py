@@ -2,7 +2,11 @@
 """Native engine vs PyTorch (transformers, CPU), same weights, same thread count, one run.
 
 Suite "encoders" (default): random-initialised bert-base (BertModel) and ViT-base
-(ViTForImageClassification). Suite "generation": a random-initialised OPT-125m-sized
+(ViTForImageClassification). Suite "media": ViT-base b=1, CLIP ViT-B/32 image features b=1
+(random CLIPModel), whisper-tiny.en (the real checkpoint from scripts/fetch_checkpoints.sh)
+transcribing fixtures/media/speech-16k.wav greedily, feature extraction included, and
+wav2vec2-base (random Wav2Vec2ForCTC) CTC logits on the same clip, normalisation included.
+Suite "generation": a random-initialised OPT-125m-sized
 OPTForCausalLM, batch 1, greedy, prompt --seq-len tokens, --new-tokens generated: TTFT and
 decode tokens/s, PyTorch looping over forward() with past_key_values as the native engine
 loops over its KV cache. Checkpoints are built once with transformers, then measured one
@@ -252,6 +256,123 @@ def native_side(bert_dir, vit_dir, args):
     return res
 
 
+SPEECH = ROOT / "fixtures" / "media" / "speech-16k.wav"
+
+
+def make_media_checkpoints():
+    import torch
+    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, Wav2Vec2Config,
+                              Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC)
+
+    out = CACHE / "compare"
+    clip_dir, w2v_dir = out / "clip-vit-b32-random", out / "wav2vec2-base-random"
+    torch.manual_seed(0)
+    if not (clip_dir / "model.safetensors").exists():
+        CLIPModel(CLIPConfig()).eval().save_pretrained(clip_dir)  # CLIPConfig() is ViT-B/32
+        CLIPImageProcessor().save_pretrained(clip_dir)
+    if not (w2v_dir / "model.safetensors").exists():
+        Wav2Vec2ForCTC(Wav2Vec2Config()).eval().save_pretrained(w2v_dir)  # the base architecture
+        Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(w2v_dir)
+    for d in (clip_dir, w2v_dir):
+        mark_random(d)
+    whisper_dir = CACHE / "models" / "openai--whisper-tiny.en"
+    if not (whisper_dir / "model.safetensors").exists():
+        sys.exit(f"{whisper_dir} missing: run scripts/fetch_checkpoints.sh")
+    return clip_dir, whisper_dir, w2v_dir
+
+
+def read_speech():
+    import wave
+
+    import numpy as np
+    with wave.open(str(SPEECH)) as w:
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
+
+
+class Call:
+    """A timed unit of work for time_pytorch: model(**inputs) is fn()."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, **_):
+        return self.fn()
+
+
+def media_suite(args):
+    import torch
+    from transformers import (CLIPModel, ViTForImageClassification, Wav2Vec2FeatureExtractor,
+                              Wav2Vec2ForCTC, WhisperFeatureExtractor, WhisperForConditionalGeneration)
+
+    torch.set_num_threads(args.threads)
+    _, vit_dir = make_checkpoints()
+    clip_dir, whisper_dir, w2v_dir = make_media_checkpoints()
+    speech = read_speech()
+    seconds = len(speech) / 16000
+    torch_res, rows = {}, []
+
+    def measure(name, path, model, fn, load_ms, audio=False):
+        r = time_pytorch(Call(fn), {}, args.warmup, args.min_iterations, args.min_duration)
+        torch_res[name] = r
+        row = external(path, model, 1, None, load_ms, r, args)
+        if audio:
+            row["audio_seconds"] = seconds
+        rows.append(row)
+
+    def load(cls, path):
+        t = time.perf_counter()
+        m = cls.from_pretrained(path, dtype=torch.float32).eval()
+        return m, (time.perf_counter() - t) * 1e3
+
+    vit, ms = load(ViTForImageClassification, vit_dir)
+    px = torch.randn(1, 3, 224, 224)
+    measure("vit-base", vit_dir, vit, lambda: vit(pixel_values=px), ms)
+    clip, ms = load(CLIPModel, clip_dir)
+    measure("clip-vit-b32", clip_dir, clip, lambda: clip.get_image_features(pixel_values=px), ms)
+    whisper, ms = load(WhisperForConditionalGeneration, whisper_dir)
+    wfe = WhisperFeatureExtractor.from_pretrained(whisper_dir)
+    tokens = {}
+
+    def transcribe():
+        feats = wfe(speech, sampling_rate=16000, return_tensors="pt").input_features
+        out = whisper.generate(feats)
+        tokens["whisper"] = out[0].tolist()
+        return out
+    measure("whisper-tiny.en", whisper_dir, whisper, transcribe, ms, audio=True)
+    w2v, ms = load(Wav2Vec2ForCTC, w2v_dir)
+    vfe = Wav2Vec2FeatureExtractor.from_pretrained(w2v_dir)
+    measure("wav2vec2-base", w2v_dir, w2v,
+            lambda: w2v(vfe(speech, sampling_rate=16000, return_tensors="pt").input_values), ms, audio=True)
+
+    exe, env = native_binary(args)
+    native_res = {}
+    for name, path, extra in (("vit-base", vit_dir, []), ("clip-vit-b32", clip_dir, []),
+                              ("whisper-tiny.en", whisper_dir, ["--audio-file", str(SPEECH)]),
+                              ("wav2vec2-base", w2v_dir, ["--audio-file", str(SPEECH)])):
+        out = subprocess.run(
+            [str(exe), "bench", "--models", str(path), "--batch-sizes", "1", "--warmup", str(args.warmup),
+             "--min-iterations", str(args.min_iterations), "--min-duration", str(args.min_duration),
+             *extra, *db_args(args), "--json"], env=env, check=True, capture_output=True, text=True).stdout
+        o = json.loads(out)[0]["outcome"]
+        if o["status"] != "pass":
+            sys.exit(f"native {name} did not run: {o}")
+        native_res[name] = {"first_ms": o["first_inference_ms"], "mean_ms": o["latency"]["mean_ms"],
+                            "p50_ms": o["latency"]["p50_ms"], "n": o["latency"]["count"]}
+    import_into_db(rows, args)
+    print(f"threads={args.threads} torch={torch.__version__} audio={SPEECH.name} ({seconds:.2f} s) "
+          f"protocol: warmup {args.warmup}, >= {args.min_iterations} iterations and >= {args.min_duration}s")
+    print(f"whisper tokens (PyTorch): {tokens.get('whisper')}")
+    print(f"{'case':<18}{'torch p50':>11}{'native p50':>12}{'ratio (p50)':>13}")
+    out_rows = []
+    for name in ("vit-base", "clip-vit-b32", "whisper-tiny.en", "wav2vec2-base"):
+        t, n = torch_res[name], native_res[name]
+        ratio = n["p50_ms"] / t["p50_ms"]
+        print(f"{name:<18}{t['p50_ms']:>9.2f}ms{n['p50_ms']:>10.2f}ms{ratio:>12.2f}x")
+        out_rows.append({"case": name, "torch": {k: v for k, v in t.items() if k != "samples"},
+                         "native": n, "native_over_torch_p50": ratio})
+    return {"suite": "media", "threads": args.threads, "torch": torch.__version__, "rows": out_rows}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=physical_cores())
@@ -260,15 +381,15 @@ def main():
     ap.add_argument("--min-iterations", type=int, default=10)
     ap.add_argument("--min-duration", type=float, default=5.0)
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--suite", choices=["encoders", "generation"], default="encoders")
+    ap.add_argument("--suite", choices=["encoders", "generation", "media"], default="encoders")
     ap.add_argument("--db-path", default=os.environ.get("BENCHMARK_DB_PATH", "./benchmark_db.duckdb"),
                     help="both sides are stored here (PyTorch via `ipfs-accelerate db import`)")
     ap.add_argument("--no-db", action="store_true")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
 
-    if args.suite == "generation":
-        result = generation_suite(args)
+    if args.suite in ("generation", "media"):
+        result = generation_suite(args) if args.suite == "generation" else media_suite(args)
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2))
         return

@@ -302,6 +302,60 @@ def detr():
                        for s, l, b in zip(post["scores"], post["labels"], post["boxes"])]}), indent=2))
 
 
+def clap():
+    """Tiny fused CLAP (HTSAT 2 stages, window 4, spec 128; RoBERTa 2 layers) on a 1 s
+    48 kHz chord (fixtures/media/chord-48k.wav), feature extractor window 2 s."""
+    from tokenizers import processors
+    from transformers import ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig, PreTrainedTokenizerFast
+    out = FIX / "clap-tiny"
+    out.mkdir(parents=True, exist_ok=True)
+    rate = 48000
+    t = np.arange(rate) / rate
+    chord = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 554.37 * t)
+             + 0.1 * np.sin(2 * np.pi * 659.25 * t)) * np.minimum(1, 4 * (1 - t))
+    with wave.open(str(MEDIA / "chord-48k.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate)
+        w.writeframes((chord * 32767).astype("<i2").tobytes())
+    chord, _ = read_wav16(MEDIA / "chord-48k.wav")
+    tok = tiny_bpe(out, ["<s>", "<pad>", "</s>", "<unk>"])
+    bos, pad, eos = tok.token_to_id("<s>"), tok.token_to_id("<pad>"), tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", bos), ("</s>", eos)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    fast.save_pretrained(out)
+    torch.manual_seed(SEED)
+    cfg = ClapConfig(
+        text_config=ClapTextConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                                   num_attention_heads=4, intermediate_size=64, max_position_embeddings=40,
+                                   pad_token_id=pad, bos_token_id=bos, eos_token_id=eos, projection_dim=16),
+        audio_config=ClapAudioConfig(window_size=4, num_mel_bins=64, spec_size=128, patch_size=4, patch_stride=[4, 4],
+                                     hidden_size=32, projection_dim=16, depths=[2, 2], num_attention_heads=[2, 4],
+                                     enable_fusion=True, fusion_type="aff_2d", patch_embeds_hidden_size=16),
+        projection_dim=16)
+    model = ClapModel(cfg).eval()
+    g = torch.Generator().manual_seed(SEED)
+    for name, buf in model.named_buffers():
+        if name.endswith("running_mean"):
+            buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
+        elif name.endswith("running_var"):
+            buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
+    model.save_pretrained(out, safe_serialization=True)
+    mark_random(out)
+    fe = ClapFeatureExtractor(max_length_s=2, frequency_min=50, frequency_max=14000)
+    fe.save_pretrained(out)
+    feats = fe(chord, sampling_rate=rate, return_tensors="pt")
+    texts = ["a piano chord", "a dog barking"]
+    enc = fast(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        audio = model.audio_projection(model.audio_model(input_features=feats["input_features"], is_longer=feats["is_longer"]).pooler_output)
+        text = model.text_projection(model.text_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).pooler_output)
+        o = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], input_features=feats["input_features"], is_longer=feats["is_longer"])
+    save_file({"input_features": feats["input_features"].contiguous(), "is_longer": feats["is_longer"].to(torch.int64).contiguous(),
+               "input_ids": enc["input_ids"].to(torch.int64).contiguous(), "attention_mask": enc["attention_mask"].to(torch.int64).contiguous(),
+               "audio_embeds": audio.contiguous(), "text_embeds": text.contiguous(),
+               "logits_per_audio": o.logits_per_audio.contiguous()}, str(out / "reference.safetensors"))
+    (out / "reference_meta.json").write_text(json.dumps(meta({"audio": "media/chord-48k.wav", "texts": texts}), indent=2))
+
+
 def whisper_real():
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
     cache = Path(os.environ.get("IPFS_ACCELERATE_CACHE", Path.home() / ".cache" / "ipfs-accelerate"))
@@ -326,7 +380,7 @@ def whisper_real():
 
 
 PARTS = {"media": media, "preprocess": preprocess, "clip": clip, "whisper": whisper,
-         "wav2vec2": wav2vec2, "detr": detr, "whisper-real": whisper_real}
+         "wav2vec2": wav2vec2, "detr": detr, "clap": clap, "whisper-real": whisper_real}
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

@@ -102,6 +102,8 @@ pub struct Combination {
     pub new_tokens: usize,
     /// Clip length for audio models, seconds.
     pub audio_seconds: f32,
+    /// A recording to feed audio models instead of the synthetic signal (every batch row).
+    pub audio_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -231,7 +233,14 @@ pub fn measure(
         audio_seconds: combo.audio_seconds,
         ..InputSpec::new(combo.batch_size, combo.seq_len)
     };
-    let inputs = match inputs::generate(&combo.model.source, combo.model.modality, spec) {
+    let generated = match &combo.audio_file {
+        Some(path) if combo.model.modality == Modality::Audio => {
+            file_audio_inputs(&combo.model.source, path, combo.batch_size)
+        }
+        _ => inputs::generate(&combo.model.source, combo.model.modality, spec)
+            .map_err(|e| e.to_string()),
+    };
+    let inputs = match generated {
         Ok(i) => i,
         Err(e) => return fail("inputs", e),
     };
@@ -308,6 +317,32 @@ pub fn measure(
         audio_seconds,
         real_time_factor,
     }))
+}
+
+/// A WAV file at the rate the model's feature extractor expects, one copy per batch row.
+fn file_audio_inputs(
+    source: &ia_models::ModelSource,
+    path: &std::path::Path,
+    batch: usize,
+) -> Result<Inputs, String> {
+    let rate = match source {
+        ia_models::ModelSource::Checkpoint(c) => c
+            .preprocessor_config
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("sampling_rate").and_then(|r| r.as_u64())),
+        ia_models::ModelSource::RandomInit { .. } => None,
+    }
+    .unwrap_or(16_000) as u32;
+    let wav = ia_preprocess::audio::Waveform::open(path)
+        .map_err(|e| e.to_string())?
+        .resampled(rate);
+    Ok(Inputs::Audio {
+        batch,
+        sample_rate: rate,
+        samples: wav.samples.repeat(batch),
+    })
 }
 
 /// Tasks measured as text generation rather than single forward passes.

@@ -71,6 +71,7 @@ impl Engine for NativeEngine {
             ModelClass::Bert
             | ModelClass::Vit
             | ModelClass::Clip
+            | ModelClass::Clap
             | ModelClass::Detr
             | ModelClass::Whisper
             | ModelClass::Wav2vec2 => Ok(()),
@@ -95,6 +96,7 @@ impl Engine for NativeEngine {
             ModelClass::Vit => models::vit::VitSession::load(ctx),
             ModelClass::Clip => models::clip::ClipSession::load(ctx),
             ModelClass::Detr => models::detr::DetrSession::load(ctx),
+            ModelClass::Clap => models::clap::ClapSession::load(ctx),
             ModelClass::Whisper => Ok(Box::new(models::whisper::WhisperSession::load(ctx)?)),
             ModelClass::Wav2vec2 => Ok(Box::new(models::wav2vec2::Wav2Vec2Session::load(ctx)?)),
             _ => unreachable!("checked by supports()"),

@@ -311,3 +311,50 @@ fn detr_reads_the_timm_backbone_layout() {
     );
     assert!(d <= TOLERANCE, "logits max abs diff {d}");
 }
+
+#[test]
+fn clap_tiny_matches_transformers_from_a_wav_file() {
+    let r = reference("clap-tiny");
+    let pre = json(fixture("clap-tiny/preprocessor_config.json"));
+    let fe = ia_preprocess::audio::ClapFrontEnd::from_config(&pre);
+    let wav = Waveform::open(&fixture("media/chord-48k.wav")).unwrap();
+    let (features, longer) = fe.features(&wav.samples);
+    assert!(!longer, "a 1 s clip is not longer than the 2 s window");
+    let d = max_abs_diff(&features, &r["input_features"]);
+    assert!(d <= 1e-3, "input_features (dB) max abs diff {d}");
+
+    let mut session = load("clap-tiny");
+    let out = session
+        .run(&Inputs::Audio {
+            batch: 1,
+            sample_rate: 48_000,
+            samples: wav.samples.clone(),
+        })
+        .unwrap();
+    let audio = out.get("audio_embeds").unwrap().to_f32_vec().unwrap();
+    let d = max_abs_diff(&audio, &r["audio_embeds"]);
+    assert!(d <= TOLERANCE, "audio_embeds max abs diff {d}");
+    let scale = out.get("logit_scale").unwrap().to_f32_vec().unwrap()[0];
+
+    let (batch, seq_len) = r["input_ids"].dims2().unwrap();
+    let out = session
+        .run(&Inputs::Text {
+            batch,
+            seq_len,
+            input_ids: ids(&r["input_ids"]),
+            attention_mask: ids(&r["attention_mask"]),
+            token_type_ids: vec![0; batch * seq_len],
+        })
+        .unwrap();
+    let text = out.get("text_embeds").unwrap().to_f32_vec().unwrap();
+    let d = max_abs_diff(&text, &r["text_embeds"]);
+    assert!(d <= TOLERANCE, "text_embeds max abs diff {d}");
+    let dim = audio.len();
+    let (a, t) = (unit_rows(&audio, dim), unit_rows(&text, dim));
+    let logits: Vec<f32> = t
+        .chunks(dim)
+        .map(|row| scale * row.iter().zip(&a).map(|(x, y)| x * y).sum::<f32>())
+        .collect();
+    let d = max_abs_diff(&logits, &r["logits_per_audio"]);
+    assert!(d <= TOLERANCE, "logits_per_audio max abs diff {d}");
+}

@@ -174,53 +174,93 @@ impl WhisperFrontEnd {
     /// with a periodic Hann window, power spectrum, Slaney mel filters, log10 clamped at 1e-10,
     /// floor at max - 8, then (x + 4) / 4. Computed in f64, returned as f32.
     pub fn log_mel(&self, waveform: &[f32]) -> Vec<f32> {
-        let (n_fft, hop) = (self.n_fft, self.hop_length);
         let mut x = vec![0f64; self.n_samples];
         for (d, s) in x.iter_mut().zip(waveform) {
             *d = f64::from(*s);
         }
-        let pad = n_fft / 2;
-        let reflect = |i: isize| -> f64 {
-            let n = x.len() as isize;
-            let j = if i < 0 {
-                -i
-            } else if i >= n {
-                2 * (n - 1) - i
-            } else {
-                i
-            };
-            x[j as usize]
-        };
-        let window: Vec<f64> = (0..n_fft)
-            .map(|i| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n_fft as f64).cos())
-            .collect();
-        let bins = n_fft / 2 + 1;
-        let filters = mel_filters(bins, self.feature_size, self.sampling_rate);
+        let bins = self.n_fft / 2 + 1;
+        let nyquist = f64::from(self.sampling_rate / 2);
+        let filters = mel_filter_bank(
+            bins,
+            self.feature_size,
+            (0.0, nyquist),
+            self.sampling_rate,
+            MelScale::Slaney,
+            true,
+        );
+        // The STFT has frames() + 1 frames; Whisper drops the last.
         let frames = self.frames();
-        let fft = FftPlanner::new().plan_fft_forward(n_fft);
-        let mut buf = vec![Complex::new(0.0, 0.0); n_fft];
-        let mut power = vec![0f64; bins];
         let mut mel = vec![0f64; self.feature_size * frames];
-        for f in 0..frames {
-            let start = (f * hop) as isize - pad as isize;
-            for (i, b) in buf.iter_mut().enumerate() {
-                *b = Complex::new(reflect(start + i as isize) * window[i], 0.0);
+        power_spectrogram(&x, self.n_fft, self.hop_length, |f, power| {
+            if f < frames {
+                for m in 0..self.feature_size {
+                    let e: f64 = (0..bins)
+                        .map(|k| filters[k * self.feature_size + m] * power[k])
+                        .sum();
+                    mel[m * frames + f] = e.max(1e-10).log10();
+                }
             }
-            fft.process(&mut buf);
-            for (p, b) in power.iter_mut().zip(&buf) {
-                *p = b.norm_sqr();
-            }
-            for m in 0..self.feature_size {
-                let e: f64 = (0..bins)
-                    .map(|k| filters[k * self.feature_size + m] * power[k])
-                    .sum();
-                mel[m * frames + f] = e.max(1e-10).log10();
-            }
-        }
+        });
         let max = mel.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         mel.iter()
             .map(|&v| ((v.max(max - 8.0) + 4.0) / 4.0) as f32)
             .collect()
+    }
+}
+
+/// Centred (reflect-padded) STFT with a periodic Hann window, as transformers' `spectrogram`
+/// and torch.stft(center=True) compute it: calls `frame(index, power spectrum)` for each of the
+/// `1 + len / hop` frames.
+fn power_spectrogram(x: &[f64], n_fft: usize, hop: usize, mut frame: impl FnMut(usize, &[f64])) {
+    let pad = n_fft / 2;
+    let n = x.len() as isize;
+    let reflect = |i: isize| -> f64 {
+        let j = if i < 0 {
+            -i
+        } else if i >= n {
+            2 * (n - 1) - i
+        } else {
+            i
+        };
+        x[j.clamp(0, n - 1) as usize]
+    };
+    let window: Vec<f64> = (0..n_fft)
+        .map(|i| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n_fft as f64).cos())
+        .collect();
+    let fft = FftPlanner::new().plan_fft_forward(n_fft);
+    let mut buf = vec![Complex::new(0.0, 0.0); n_fft];
+    let mut power = vec![0f64; n_fft / 2 + 1];
+    for f in 0..1 + x.len() / hop {
+        let start = (f * hop) as isize - pad as isize;
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = Complex::new(reflect(start + i as isize) * window[i], 0.0);
+        }
+        fft.process(&mut buf);
+        for (p, b) in power.iter_mut().zip(&buf) {
+            *p = b.norm_sqr();
+        }
+        frame(f, &power);
+    }
+}
+
+/// Mel scales of transformers' `mel_filter_bank`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MelScale {
+    Htk,
+    Slaney,
+}
+
+fn hz_to_mel(f: f64, scale: MelScale) -> f64 {
+    match scale {
+        MelScale::Htk => 2595.0 * (1.0 + f / 700.0).log10(),
+        MelScale::Slaney => hz_to_mel_slaney(f),
+    }
+}
+
+fn mel_to_hz(m: f64, scale: MelScale) -> f64 {
+    match scale {
+        MelScale::Htk => 700.0 * (10f64.powf(m / 2595.0) - 1.0),
+        MelScale::Slaney => mel_to_hz_slaney(m),
     }
 }
 
@@ -242,27 +282,202 @@ fn mel_to_hz_slaney(m: f64) -> f64 {
     }
 }
 
-/// transformers' `mel_filter_bank(norm="slaney", mel_scale="slaney")` from 0 Hz to Nyquist,
-/// as `[bins][n_mels]` row-major.
-pub fn mel_filters(bins: usize, n_mels: usize, sampling_rate: u32) -> Vec<f64> {
+/// transformers' `mel_filter_bank` (triangles in Hz between mel-spaced edges), optionally
+/// Slaney-normalised, as `[bins][n_mels]` row-major.
+pub fn mel_filter_bank(
+    bins: usize,
+    n_mels: usize,
+    (fmin, fmax): (f64, f64),
+    sampling_rate: u32,
+    scale: MelScale,
+    slaney_norm: bool,
+) -> Vec<f64> {
     let nyquist = f64::from(sampling_rate / 2);
-    let (lo, hi) = (hz_to_mel_slaney(0.0), hz_to_mel_slaney(nyquist));
+    let (lo, hi) = (hz_to_mel(fmin, scale), hz_to_mel(fmax, scale));
     let freqs: Vec<f64> = (0..n_mels + 2)
-        .map(|i| mel_to_hz_slaney(lo + (hi - lo) * i as f64 / (n_mels + 1) as f64))
-        .collect();
-    let fft_freqs: Vec<f64> = (0..bins)
-        .map(|k| nyquist * k as f64 / (bins - 1) as f64)
+        .map(|i| mel_to_hz(lo + (hi - lo) * i as f64 / (n_mels + 1) as f64, scale))
         .collect();
     let mut out = vec![0f64; bins * n_mels];
-    for (k, &ff) in fft_freqs.iter().enumerate() {
+    for k in 0..bins {
+        let ff = nyquist * k as f64 / (bins - 1) as f64;
         for m in 0..n_mels {
             let down = -(freqs[m] - ff) / (freqs[m + 1] - freqs[m]);
             let up = (freqs[m + 2] - ff) / (freqs[m + 2] - freqs[m + 1]);
-            let enorm = 2.0 / (freqs[m + 2] - freqs[m]);
+            let enorm = if slaney_norm {
+                2.0 / (freqs[m + 2] - freqs[m])
+            } else {
+                1.0
+            };
             out[k * n_mels + m] = down.min(up).max(0.0) * enorm;
         }
     }
     out
+}
+
+/// ClapFeatureExtractor: 10 s windows at 48 kHz, 64 mel bins, STFT 1024 / hop 480, in dB.
+/// `fusion` truncation (the fused HTSAT checkpoints) gives 4 channels: for clips up to 10 s
+/// the repeat-padded mel four times (HTK filters); for longer clips a shrunk whole plus front,
+/// middle and back chunks. transformers draws those chunks (and, with fusion, marks a random
+/// batch row as "longer" when none is) at random; here the chunks are the middle of each third
+/// and the first row is marked, so results are reproducible.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClapFrontEnd {
+    pub sampling_rate: u32,
+    pub feature_size: usize,
+    pub fft_window_size: usize,
+    pub hop_length: usize,
+    pub max_samples: usize,
+    pub frequency_range: (f64, f64),
+    pub fusion: bool,
+    /// "repeatpad" (default), "repeat" or "pad".
+    pub padding: String,
+}
+
+impl ClapFrontEnd {
+    pub fn from_config(c: &serde_json::Value) -> Self {
+        let u = |k: &str, d: u64| c.get(k).and_then(serde_json::Value::as_u64).unwrap_or(d);
+        let f = |k: &str, d: f64| c.get(k).and_then(serde_json::Value::as_f64).unwrap_or(d);
+        let rate = u("sampling_rate", 48_000);
+        Self {
+            sampling_rate: rate as u32,
+            feature_size: u("feature_size", 64) as usize,
+            fft_window_size: u("fft_window_size", 1024) as usize,
+            hop_length: u("hop_length", 480) as usize,
+            max_samples: (f("max_length_s", 10.0) * rate as f64) as usize,
+            frequency_range: (f("frequency_min", 0.0), f("frequency_max", 14_000.0)),
+            fusion: c
+                .get("truncation")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("fusion")
+                == "fusion",
+            padding: c
+                .get("padding")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("repeatpad")
+                .to_string(),
+        }
+    }
+
+    /// Frames of a full window: 1 + max_samples / hop.
+    pub fn frames(&self) -> usize {
+        1 + self.max_samples / self.hop_length
+    }
+
+    pub fn channels(&self) -> usize {
+        if self.fusion {
+            4
+        } else {
+            1
+        }
+    }
+
+    /// dB mel spectrogram `[frames][feature_size]` of `x`.
+    fn mel_db(&self, x: &[f64], scale: MelScale, slaney_norm: bool) -> Vec<Vec<f64>> {
+        let bins = self.fft_window_size / 2 + 1;
+        let filters = mel_filter_bank(
+            bins,
+            self.feature_size,
+            self.frequency_range,
+            self.sampling_rate,
+            scale,
+            slaney_norm,
+        );
+        let mut out = Vec::new();
+        power_spectrogram(x, self.fft_window_size, self.hop_length, |_, power| {
+            out.push(
+                (0..self.feature_size)
+                    .map(|m| {
+                        let e: f64 = (0..bins)
+                            .map(|k| filters[k * self.feature_size + m] * power[k])
+                            .sum();
+                        10.0 * e.max(1e-10).log10()
+                    })
+                    .collect(),
+            );
+        });
+        out
+    }
+
+    /// Features `[channels, frames, feature_size]` of one waveform, and whether it was longer
+    /// than the window.
+    pub fn features(&self, waveform: &[f32]) -> (Vec<f32>, bool) {
+        let x: Vec<f64> = waveform.iter().map(|&v| f64::from(v)).collect();
+        let chunk = self.frames();
+        let (scale, norm) = if self.fusion {
+            (MelScale::Htk, false)
+        } else {
+            (MelScale::Slaney, true)
+        };
+        let flat = |rows: &[Vec<f64>]| {
+            rows.iter()
+                .flatten()
+                .map(|&v| v as f32)
+                .collect::<Vec<f32>>()
+        };
+        if x.len() > self.max_samples {
+            if !self.fusion {
+                let start = (x.len() - self.max_samples) / 2;
+                let mel = self.mel_db(&x[start..start + self.max_samples], scale, norm);
+                return (flat(&mel), true);
+            }
+            let mel = self.mel_db(&x, scale, norm);
+            let total = mel.len();
+            if total == chunk {
+                return (
+                    flat(&[mel.clone(), mel.clone(), mel.clone(), mel].concat()),
+                    false,
+                );
+            }
+            // Thirds of the possible chunk starts; the middle start of each.
+            let starts = total - chunk + 1;
+            let third = |i: usize| {
+                let (lo, hi) = (starts * i / 3, starts * (i + 1) / 3);
+                if hi > lo {
+                    (lo + hi - 1) / 2
+                } else {
+                    0
+                }
+            };
+            let mut out = shrink_rows(&mel, chunk);
+            for i in 0..3 {
+                let s = third(i);
+                out.extend_from_slice(&mel[s..s + chunk]);
+            }
+            return (flat(&out), true);
+        }
+        let mut padded = x.clone();
+        if !x.is_empty() && x.len() < self.max_samples {
+            let n = self.max_samples / x.len();
+            match self.padding.as_str() {
+                "repeat" => padded = x.iter().copied().cycle().take(self.max_samples).collect(),
+                "repeatpad" => padded = x.iter().copied().cycle().take(x.len() * n).collect(),
+                _ => {}
+            }
+        }
+        padded.resize(self.max_samples, 0.0);
+        let mel = self.mel_db(&padded, scale, norm);
+        let channels: Vec<Vec<f64>> = (0..self.channels()).flat_map(|_| mel.clone()).collect();
+        (flat(&channels), false)
+    }
+}
+
+/// torch's bilinear resize (align_corners=False) of a `[frames][bins]` spectrogram to `frames`
+/// rows (bins unchanged).
+fn shrink_rows(mel: &[Vec<f64>], rows: usize) -> Vec<Vec<f64>> {
+    let scale = mel.len() as f64 / rows as f64;
+    (0..rows)
+        .map(|r| {
+            let src = ((r as f64 + 0.5) * scale - 0.5).max(0.0);
+            let i0 = (src as usize).min(mel.len() - 1);
+            let i1 = (i0 + 1).min(mel.len() - 1);
+            let t = src - i0 as f64;
+            mel[i0]
+                .iter()
+                .zip(&mel[i1])
+                .map(|(a, b)| a * (1.0 - t) + b * t)
+                .collect()
+        })
+        .collect()
 }
 
 /// Wav2Vec2FeatureExtractor with `do_normalize`: zero mean, unit variance (eps 1e-7).
@@ -328,5 +543,45 @@ mod tests {
         let mean: f32 = y.iter().sum::<f32>() / y.len() as f32;
         let var: f32 = y.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / y.len() as f32;
         assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3);
+    }
+}
+
+#[cfg(test)]
+mod clap_tests {
+    use super::*;
+
+    fn front_end(fusion: bool) -> ClapFrontEnd {
+        ClapFrontEnd::from_config(&serde_json::json!({
+            "max_length_s": 1, "truncation": if fusion { "fusion" } else { "rand_trunc" }
+        }))
+    }
+
+    #[test]
+    fn long_clips_fuse_four_views_deterministically() {
+        let fe = front_end(true);
+        let x: Vec<f32> = (0..48_000 * 3)
+            .map(|i| ((i as f32) * 0.01).sin() * 0.1)
+            .collect();
+        let (a, longer) = fe.features(&x);
+        assert!(longer);
+        assert_eq!(a.len(), 4 * fe.frames() * 64);
+        assert_eq!(fe.features(&x).0, a, "same input, same features");
+        let (b, longer) = front_end(false).features(&x);
+        assert!(longer);
+        assert_eq!(b.len(), fe.frames() * 64);
+    }
+
+    #[test]
+    fn short_clips_are_repeated_then_padded() {
+        let fe = front_end(true);
+        let x = vec![0.25f32; 20_000];
+        let (f, longer) = fe.features(&x);
+        assert!(!longer);
+        let frame = fe.frames() * 64;
+        assert_eq!(
+            &f[..frame],
+            &f[3 * frame..],
+            "the four channels are one mel"
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! - BERT and other encoders: a sentence embedding;
 //! - ViT: top-k labels (or an image embedding without a classifier);
 //! - CLIP: zero-shot image classification over `labels`, or an image / text embedding;
+//! - CLAP: zero-shot audio classification over `labels`, or an audio / text embedding;
 //! - DETR: detected objects (label, score, box in image pixels) above a score threshold;
 //! - Whisper, Wav2Vec2: a transcript.
 //!
@@ -41,8 +42,9 @@ pub enum TaskError {
 pub struct TaskOptions {
     /// Candidate labels for zero-shot classification.
     pub labels: Vec<String>,
-    /// `{}` is replaced by each label (transformers' default template).
-    pub hypothesis_template: String,
+    /// `{}` is replaced by each label; transformers' pipeline default when unset
+    /// ("This is a photo of {}." for images, "This is a sound of {}." for audio).
+    pub hypothesis_template: Option<String>,
     pub top_k: usize,
     /// Minimum score of a reported detection.
     pub threshold: f32,
@@ -53,7 +55,7 @@ impl Default for TaskOptions {
     fn default() -> Self {
         Self {
             labels: Vec::new(),
-            hypothesis_template: "This is a photo of {}.".into(),
+            hypothesis_template: None,
             top_k: 5,
             threshold: 0.5,
             transcribe: TranscribeOptions::default(),
@@ -214,6 +216,31 @@ impl Pipeline {
                 ))
             }
             (ModelClass::Whisper | ModelClass::Wav2vec2, _) => Err(wrong("a WAV audio file")),
+            (ModelClass::Clap, Input::Audio(path)) => {
+                let rate = ia_preprocess::audio::ClapFrontEnd::from_config(
+                    &self.preprocessor_json()?.unwrap_or_default(),
+                )
+                .sampling_rate;
+                let wav = Waveform::open(path)?.resampled(rate);
+                let inputs = Inputs::Audio {
+                    batch: 1,
+                    sample_rate: rate,
+                    samples: wav.samples,
+                };
+                if !opts.labels.is_empty() {
+                    return self.zero_shot(
+                        inputs,
+                        "audio_embeds",
+                        "This is a sound of {}.",
+                        opts,
+                        t0,
+                    );
+                }
+                let preprocess_ms = ms(t0);
+                let t1 = Instant::now();
+                let out = self.session()?.run(&inputs)?;
+                Ok(self.result(embedding("audio", &out)?, preprocess_ms, ms(t1)))
+            }
             (ModelClass::Vit | ModelClass::Clip, Input::Image(path)) => {
                 let image = RgbImage::open(path)?;
                 let pixels = self.image_processor()?.process(&[image])?;
@@ -222,7 +249,13 @@ impl Pipeline {
                     pixel_values: pixels.pixel_values,
                 };
                 if self.class == ModelClass::Clip && !opts.labels.is_empty() {
-                    return self.zero_shot_image(inputs, opts, t0);
+                    return self.zero_shot(
+                        inputs,
+                        "image_embeds",
+                        "This is a photo of {}.",
+                        opts,
+                        t0,
+                    );
                 }
                 let preprocess_ms = ms(t0);
                 let t1 = Instant::now();
@@ -271,7 +304,7 @@ impl Pipeline {
                 ))
             }
             (ModelClass::Vit | ModelClass::Detr, _) => Err(wrong("an image file (PNG or JPEG)")),
-            (ModelClass::Bert | ModelClass::Clip, Input::Text(text)) => {
+            (ModelClass::Bert | ModelClass::Clip | ModelClass::Clap, Input::Text(text)) => {
                 let inputs = self.tokenize(text)?;
                 let preprocess_ms = ms(t0);
                 let t1 = Instant::now();
@@ -280,6 +313,7 @@ impl Pipeline {
             }
             (ModelClass::Bert, _) => Err(wrong("text")),
             (ModelClass::Clip, _) => Err(wrong("an image file or text")),
+            (ModelClass::Clap, _) => Err(wrong("a WAV audio file or text")),
             (other, _) => Err(TaskError::Input(format!(
                 "`run` has no pipeline for {} models yet",
                 other.as_str()
@@ -308,7 +342,12 @@ impl Pipeline {
     /// The checkpoint's preprocessor_config.json, or the processor transformers would default
     /// to for this class at the model's image size.
     fn image_processor(&self) -> Result<ImageProcessor, TaskError> {
-        let pre = match &self.source {
+        let pre = self.preprocessor_json()?;
+        self.image_processor_from(pre, self.source.config())
+    }
+
+    fn preprocessor_json(&self) -> Result<Option<Value>, TaskError> {
+        Ok(match &self.source {
             ModelSource::Checkpoint(c) => c
                 .preprocessor_config
                 .as_ref()
@@ -322,8 +361,14 @@ impl Pipeline {
                 })
                 .transpose()?,
             ModelSource::RandomInit { .. } => None,
-        };
-        let config = self.source.config();
+        })
+    }
+
+    fn image_processor_from(
+        &self,
+        pre: Option<Value>,
+        config: &Value,
+    ) -> Result<ImageProcessor, TaskError> {
         let size = config
             .get("vision_config")
             .unwrap_or(config)
@@ -384,31 +429,33 @@ impl Pipeline {
         Ok(Inputs::from_token_rows(&rows, pad)?)
     }
 
-    /// transformers' zero-shot-image-classification: one text per label from the template,
+    /// transformers' zero-shot image / audio classification: one text per label from the template,
     /// softmax over logit_scale * cosine similarity.
-    fn zero_shot_image(
+    fn zero_shot(
         &mut self,
-        image: Inputs,
+        media: Inputs,
+        embeds: &str,
+        default_template: &str,
         opts: &TaskOptions,
         t0: Instant,
     ) -> Result<TaskResult, TaskError> {
+        let template = opts
+            .hypothesis_template
+            .as_deref()
+            .unwrap_or(default_template);
         let texts: Vec<String> = opts
             .labels
             .iter()
-            .map(|l| opts.hypothesis_template.replace("{}", l))
+            .map(|l| template.replace("{}", l))
             .collect();
         let text = self.tokenize_all(&texts)?;
         let preprocess_ms = ms(t0);
         let t1 = Instant::now();
         let session = self.session()?;
-        let img = session.run(&image)?;
+        let img = session.run(&media)?;
         let txt = session.run(&text)?;
         let inference_ms = ms(t1);
-        let i = unit(
-            &img.get("image_embeds")
-                .ok_or(missing("image_embeds"))?
-                .to_f32_vec()?,
-        );
+        let i = unit(&img.get(embeds).ok_or(missing(embeds))?.to_f32_vec()?);
         let t = txt
             .get("text_embeds")
             .ok_or(missing("text_embeds"))?
@@ -519,6 +566,7 @@ fn labels(scores: Vec<f32>, names: &[String], top_k: usize) -> TaskOutput {
 fn embedding(of: &str, out: &Outputs) -> Result<TaskOutput, TaskError> {
     let t = [
         "image_embeds",
+        "audio_embeds",
         "text_embeds",
         "mean_pooled",
         "pooler_output",

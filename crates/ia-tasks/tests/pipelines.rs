@@ -82,3 +82,26 @@ fn clip_zero_shot_scores_sum_to_one() {
     assert!((total - 1.0).abs() < 1e-5);
     assert!(labels.windows(2).all(|w| w[0].score >= w[1].score));
 }
+
+#[test]
+fn clap_zero_shot_audio_and_embeddings() {
+    let mut p = pipeline("clap-tiny");
+    let wav = Input::detect(fixture("media/chord-48k.wav").to_str().unwrap()).unwrap();
+    let opts = TaskOptions {
+        labels: vec!["a piano chord".into(), "a dog barking".into()],
+        ..Default::default()
+    };
+    let TaskOutput::Labels { labels } = p.run(&wav, &opts).unwrap().output else {
+        panic!("expected labels")
+    };
+    assert_eq!(labels.len(), 2);
+    assert!((labels.iter().map(|l| l.score).sum::<f32>() - 1.0).abs() < 1e-5);
+    // A 16 kHz file is resampled to the extractor's 48 kHz.
+    let speech = Input::detect(fixture("media/speech-16k.wav").to_str().unwrap()).unwrap();
+    let TaskOutput::Embedding { of, dim, .. } =
+        p.run(&speech, &TaskOptions::default()).unwrap().output
+    else {
+        panic!("expected an embedding")
+    };
+    assert_eq!((of.as_str(), dim), ("audio", 16));
+}

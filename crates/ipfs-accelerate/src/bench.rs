@@ -36,6 +36,10 @@ pub struct Args {
     /// Seconds of audio per input for audio models (Whisper pads or cuts to its 30 s window)
     #[arg(long, default_value_t = 5.0)]
     audio_seconds: f32,
+    /// Feed audio models this WAV recording (resampled to the model's rate) instead of the
+    /// synthetic speech-like signal
+    #[arg(long)]
+    audio_file: Option<std::path::PathBuf>,
     /// single-stream (latency) and/or offline (throughput)
     #[arg(long, value_delimiter = ',', default_value = "single-stream")]
     scenarios: Vec<Scenario>,
@@ -95,6 +99,9 @@ struct ResultRow {
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.batch_sizes.is_empty() || args.batch_sizes.contains(&0) {
         anyhow::bail!("--batch-sizes must be positive integers");
+    }
+    if let Some(f) = &args.audio_file {
+        ia_preprocess::audio::Waveform::open(f)?;
     }
     if !(args.audio_seconds > 0.0 && args.audio_seconds.is_finite()) {
         anyhow::bail!("--audio-seconds must be a positive number of seconds");
@@ -220,6 +227,7 @@ fn combinations(models: &[ModelPlan], args: &Args) -> Vec<Combination> {
                             scenario,
                             new_tokens: args.new_tokens,
                             audio_seconds: args.audio_seconds,
+                            audio_file: args.audio_file.clone(),
                         });
                     }
                 }

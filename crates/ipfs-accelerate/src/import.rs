@@ -108,6 +108,7 @@ pub fn to_outcome(r: ExternalResult) -> anyhow::Result<(ia_bench::Combination, O
         scenario: r.scenario,
         new_tokens: r.generation.as_ref().map_or(0, |g| g.new_tokens),
         audio_seconds: r.audio_seconds.unwrap_or(0.0) as f32,
+        audio_file: None,
         model: plan.clone(),
     };
     let latency_p50_ms = latency.p50_ms;

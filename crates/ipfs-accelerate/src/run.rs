@@ -13,12 +13,13 @@ pub struct Args {
     /// Text, or a PNG/JPEG image or WAV file (repeat for several)
     #[arg(long, required = true)]
     input: Vec<String>,
-    /// Candidate labels for zero-shot classification (CLIP), comma-separated
+    /// Candidate labels for zero-shot classification (CLIP images, CLAP audio), comma-separated
     #[arg(long, value_delimiter = ',')]
     labels: Vec<String>,
-    /// Zero-shot prompt; {} is replaced by each label
-    #[arg(long, default_value = "This is a photo of {}.")]
-    hypothesis_template: String,
+    /// Zero-shot prompt; {} is replaced by each label [default: "This is a photo of {}." for
+    /// images, "This is a sound of {}." for audio]
+    #[arg(long)]
+    hypothesis_template: Option<String>,
     /// Minimum score of a reported detection (DETR)
     #[arg(long, default_value_t = 0.5)]
     threshold: f32,

@@ -3,6 +3,7 @@
 pub(crate) mod attention;
 pub mod bert;
 pub mod causal_lm;
+pub mod clap;
 pub mod clip;
 pub mod detr;
 pub mod opt;

@@ -232,7 +232,7 @@ impl Model {
             projection: linear(last, h, base.pp("feature_projection.projection"))?,
             pos_conv,
             pos_act: cfg.feat_extract_activation,
-            pos_trim: k % 2 == 0,
+            pos_trim: k.is_multiple_of(2),
             encoder_layer_norm: layer_norm(h, cfg.layer_norm_eps, base.pp("encoder.layer_norm"))?,
             layers: (0..cfg.num_hidden_layers)
                 .map(|i| EncoderLayer::load(cfg, base.pp(format!("encoder.layers.{i}"))))
