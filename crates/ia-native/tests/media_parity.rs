@@ -52,6 +52,7 @@ fn clip_tiny_matches_transformers_from_image_files() {
         .process(&images)
         .unwrap();
     let d = max_abs_diff(&pixels.pixel_values, &r["pixel_values"]);
+    eprintln!("pixel_values max abs diff {d:e}");
     assert!(d <= 1e-5, "pixel_values max abs diff {d}");
 
     let mut session = load("clip-tiny");
@@ -67,6 +68,7 @@ fn clip_tiny_matches_transformers_from_image_files() {
     // (get_image_features), so compare them normalised.
     let dim = r["image_embeds"].dims()[1];
     let d = max_abs_diff(&unit_rows(&image, dim), &r["image_embeds"]);
+    eprintln!("image_embeds max abs diff {d:e}");
     assert!(d <= TOLERANCE, "image_embeds max abs diff {d}");
 
     let (batch, seq_len) = r["input_ids"].dims2().unwrap();
@@ -81,6 +83,7 @@ fn clip_tiny_matches_transformers_from_image_files() {
         .unwrap();
     let text = out.get("text_embeds").unwrap().to_f32_vec().unwrap();
     let d = max_abs_diff(&unit_rows(&text, dim), &r["text_embeds"]);
+    eprintln!("text_embeds max abs diff {d:e}");
     assert!(d <= TOLERANCE, "text_embeds max abs diff {d}");
 
     // Zero-shot scores: cosine similarity times exp(logit_scale).
@@ -94,6 +97,7 @@ fn clip_tiny_matches_transformers_from_image_files() {
         })
         .collect();
     let d = max_abs_diff(&logits, &r["logits_per_image"]);
+    eprintln!("logits_per_image max abs diff {d:e}");
     assert!(d <= TOLERANCE, "logits_per_image max abs diff {d}");
 }
 
@@ -104,6 +108,7 @@ fn whisper_tiny_matches_transformers() {
     let fe = WhisperFrontEnd::from_config(&pre);
     let mel = fe.log_mel(&speech().samples);
     let d = max_abs_diff(&mel, &r["input_features"]);
+    eprintln!("input_features max abs diff {d:e}");
     assert!(d <= TOLERANCE, "input_features max abs diff {d}");
 
     let src = source("whisper-tiny");
@@ -117,11 +122,13 @@ fn whisper_tiny_matches_transformers() {
         &enc.flatten_all().unwrap().to_vec1().unwrap(),
         &r["encoder_last_hidden_state"],
     );
+    eprintln!("encoder max abs diff {d:e}");
     assert!(d <= TOLERANCE, "encoder max abs diff {d}");
     let d = max_abs_diff(
         &logits.flatten_all().unwrap().to_vec1().unwrap(),
         &r["logits"],
     );
+    eprintln!("logits max abs diff {d:e}");
     assert!(d <= TOLERANCE, "logits max abs diff {d}");
 
     let mut asr = recognizer(&src);
@@ -154,6 +161,7 @@ fn wav2vec2_tiny_matches_transformers() {
         let logits = out.get("logits").unwrap();
         assert_eq!(logits.shape(), r["logits"].dims());
         let d = max_abs_diff(&logits.to_f32_vec().unwrap(), &r["logits"]);
+        eprintln!("{name}: logits max abs diff {d:e}");
         assert!(d <= TOLERANCE, "{name}: logits max abs diff {d}");
         let t = recognizer(&source(name))
             .transcribe(clip, &TranscribeOptions::default())
@@ -235,6 +243,7 @@ fn detr_tiny_matches_transformers_from_an_image_file() {
         .process(&[image])
         .unwrap();
     let d = max_abs_diff(&pixels.pixel_values, &r["pixel_values"]);
+    eprintln!("pixel_values max abs diff {d:e}");
     assert!(d <= 1e-5, "pixel_values max abs diff {d}");
     let out = load("detr-tiny")
         .run(&Inputs::Image {
@@ -246,6 +255,7 @@ fn detr_tiny_matches_transformers_from_an_image_file() {
         let t = out.get(name).unwrap();
         assert_eq!(t.shape(), r[name].dims(), "{name}");
         let d = max_abs_diff(&t.to_f32_vec().unwrap(), &r[name]);
+        eprintln!("{name} max abs diff {d:e}");
         assert!(d <= TOLERANCE, "{name} max abs diff {d}");
     }
 }
@@ -309,6 +319,7 @@ fn detr_reads_the_timm_backbone_layout() {
         &out.get("logits").unwrap().to_f32_vec().unwrap(),
         &r["logits"],
     );
+    eprintln!("logits max abs diff {d:e}");
     assert!(d <= TOLERANCE, "logits max abs diff {d}");
 }
 
@@ -321,6 +332,7 @@ fn clap_tiny_matches_transformers_from_a_wav_file() {
     let (features, longer) = fe.features(&wav.samples);
     assert!(!longer, "a 1 s clip is not longer than the 2 s window");
     let d = max_abs_diff(&features, &r["input_features"]);
+    eprintln!("input_features (dB) max abs diff {d:e}");
     assert!(d <= 1e-3, "input_features (dB) max abs diff {d}");
 
     let mut session = load("clap-tiny");
@@ -333,6 +345,7 @@ fn clap_tiny_matches_transformers_from_a_wav_file() {
         .unwrap();
     let audio = out.get("audio_embeds").unwrap().to_f32_vec().unwrap();
     let d = max_abs_diff(&audio, &r["audio_embeds"]);
+    eprintln!("audio_embeds max abs diff {d:e}");
     assert!(d <= TOLERANCE, "audio_embeds max abs diff {d}");
     let scale = out.get("logit_scale").unwrap().to_f32_vec().unwrap()[0];
 
@@ -348,6 +361,7 @@ fn clap_tiny_matches_transformers_from_a_wav_file() {
         .unwrap();
     let text = out.get("text_embeds").unwrap().to_f32_vec().unwrap();
     let d = max_abs_diff(&text, &r["text_embeds"]);
+    eprintln!("text_embeds max abs diff {d:e}");
     assert!(d <= TOLERANCE, "text_embeds max abs diff {d}");
     let dim = audio.len();
     let (a, t) = (unit_rows(&audio, dim), unit_rows(&text, dim));
@@ -356,5 +370,6 @@ fn clap_tiny_matches_transformers_from_a_wav_file() {
         .map(|row| scale * row.iter().zip(&a).map(|(x, y)| x * y).sum::<f32>())
         .collect();
     let d = max_abs_diff(&logits, &r["logits_per_audio"]);
+    eprintln!("logits_per_audio max abs diff {d:e}");
     assert!(d <= TOLERANCE, "logits_per_audio max abs diff {d}");
 }

@@ -736,3 +736,133 @@ fn external_results_are_imported_with_their_engine() {
     ]);
     assert_eq!(stdout(&o), "n\n1\n", "a rejected file must store nothing");
 }
+
+/// Vision and audio families are benchmarked into the database: items/s for images, a
+/// real-time factor for audio.
+#[test]
+fn bench_covers_vision_and_audio_families() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("media.duckdb");
+    let models = [
+        "clip-tiny",
+        "detr-tiny",
+        "whisper-tiny",
+        "wav2vec2-tiny",
+        "clap-tiny",
+    ]
+    .map(fixture)
+    .join(",");
+    let o = run(&[
+        "bench",
+        "--models",
+        &models,
+        "--batch-sizes",
+        "1",
+        "--warmup",
+        "0",
+        "--min-iterations",
+        "2",
+        "--min-duration",
+        "0",
+        "--audio-seconds",
+        "1",
+        "--db-path",
+        db.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let q = run(&[
+        "db",
+        "--db-path",
+        db.to_str().unwrap(),
+        "query",
+        "--format",
+        "csv",
+        "--sql",
+        "SELECT regexp_extract(model_name, '[^/]+$') AS m, status, \
+                real_time_factor IS NOT NULL AS rtf, throughput_items_per_s > 0 AS items \
+         FROM performance_results JOIN models USING (model_id) ORDER BY m",
+    ]);
+    assert!(q.status.success(), "{}", stderr(&q));
+    assert_eq!(
+        stdout(&q),
+        "m,status,rtf,items\nclap-tiny,pass,true,true\nclip-tiny,pass,false,true\n\
+         detr-tiny,pass,false,true\nwav2vec2-tiny,pass,true,true\nwhisper-tiny,pass,true,true\n"
+    );
+}
+
+#[test]
+fn run_prints_task_results_and_rejects_bad_inputs() {
+    let o = run(&[
+        "run",
+        "--model",
+        &fixture("clip-tiny"),
+        "--input",
+        &fixture("media/photo.png"),
+        "--labels",
+        "cat,dog",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["task"], "zero-shot-image-classification");
+    assert_eq!(v["provenance"]["weights"], "random");
+    assert_eq!(
+        v["results"][0]["result"]["output"]["labels"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let o = run(&[
+        "run",
+        "--model",
+        &fixture("wav2vec2-tiny"),
+        "--input",
+        &fixture("media/speech-22k.wav"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("transcript (3.44 s of audio)"),
+        "{}",
+        stdout(&o)
+    );
+
+    assert_one_line_error(
+        &run(&[
+            "run",
+            "--model",
+            &fixture("vit-tiny"),
+            "--input",
+            &fixture("media/speech-16k.wav"),
+        ]),
+        "takes an image file",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let corrupt = dir.path().join("cut.png");
+    std::fs::write(
+        &corrupt,
+        &std::fs::read(fixture("media/photo.png")).unwrap()[..200],
+    )
+    .unwrap();
+    assert_one_line_error(
+        &run(&[
+            "run",
+            "--model",
+            &fixture("vit-tiny"),
+            "--input",
+            corrupt.to_str().unwrap(),
+        ]),
+        "cut.png is not a PNG or JPEG image file",
+    );
+    assert_one_line_error(
+        &run(&[
+            "run",
+            "--model",
+            &fixture("whisper-tiny"),
+            "--input",
+            "missing.wav",
+        ]),
+        "no such file: missing.wav",
+    );
+}
