@@ -116,7 +116,7 @@ pub fn generate(
     match modality {
         Modality::Text => text_inputs(source, spec),
         Modality::Vision => image_inputs(source.config(), preprocessor(source), spec.batch_size),
-        Modality::Audio => audio_inputs(preprocessor(source), spec),
+        Modality::Audio => audio_inputs(source.config(), preprocessor(source), spec),
         // Dual encoders (CLIP) are benchmarked on their image tower.
         Modality::Multimodal if source.config().get("vision_config").is_some() => image_inputs(
             &source.config()["vision_config"],
@@ -259,7 +259,11 @@ fn image_inputs(config: &Value, pre: Option<Value>, batch: usize) -> Result<Inpu
 
 /// A voiced-speech-like test signal: a 120-220 Hz gliding fundamental with decaying harmonics,
 /// syllable-rate amplitude modulation and a little noise, at the extractor's sampling rate.
-fn audio_inputs(pre: Option<Value>, spec: InputSpec) -> Result<Inputs, EngineError> {
+fn audio_inputs(
+    config: &Value,
+    pre: Option<Value>,
+    spec: InputSpec,
+) -> Result<Inputs, EngineError> {
     if !(spec.audio_seconds > 0.0 && spec.audio_seconds.is_finite()) {
         return Err(EngineError::InvalidInput(
             "audio length must be positive".into(),
@@ -269,7 +273,14 @@ fn audio_inputs(pre: Option<Value>, spec: InputSpec) -> Result<Inputs, EngineErr
         .as_ref()
         .and_then(|p| p.get("sampling_rate"))
         .and_then(Value::as_u64)
-        .unwrap_or(16_000) as u32;
+        // CLAP's extractor runs at 48 kHz; speech models at 16 kHz.
+        .unwrap_or(
+            if config.get("model_type").and_then(Value::as_str) == Some("clap") {
+                48_000
+            } else {
+                16_000
+            },
+        ) as u32;
     let n = (spec.audio_seconds * sample_rate as f32) as usize;
     let mut rng = SplitMix64::new(0xa0d1);
     let mut phase = 0.0f32;

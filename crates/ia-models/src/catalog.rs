@@ -164,8 +164,8 @@ pub static CATALOG: &[CatalogEntry] = &[
         "zero-shot-image-classification",
         Multimodal,
         "openai/clip-vit-base-patch32",
-        None,
-        None
+        Some(include_str!("configs/clip-vit-base-patch32.json")),
+        Some(include_str!("configs/clip-vit-base-patch32.json"))
     ),
     entry!(
         "vit",
@@ -186,8 +186,8 @@ pub static CATALOG: &[CatalogEntry] = &[
         "zero-shot-audio-classification",
         Audio,
         "laion/clap-htsat-unfused",
-        None,
-        None
+        Some(include_str!("configs/clap-htsat-unfused.json")),
+        Some(include_str!("configs/clap-htsat-unfused.json"))
     ),
     entry!(
         "whisper",
@@ -197,8 +197,8 @@ pub static CATALOG: &[CatalogEntry] = &[
         "automatic-speech-recognition",
         Audio,
         "openai/whisper-tiny.en",
-        None,
-        None
+        Some(include_str!("configs/whisper-tiny.json")),
+        Some(include_str!("configs/whisper-tiny.en.json"))
     ),
     entry!(
         "wav2vec2",
@@ -208,8 +208,8 @@ pub static CATALOG: &[CatalogEntry] = &[
         "automatic-speech-recognition",
         Audio,
         "facebook/wav2vec2-base",
-        None,
-        None
+        Some(include_str!("configs/wav2vec2-base.json")),
+        Some(include_str!("configs/wav2vec2-base.json"))
     ),
     entry!(
         "llava",
@@ -285,8 +285,8 @@ pub static CATALOG: &[CatalogEntry] = &[
         "object-detection",
         Vision,
         "facebook/detr-resnet-50",
-        None,
-        None
+        Some(include_str!("configs/detr-resnet-50.json")),
+        Some(include_str!("configs/detr-resnet-50.json"))
     ),
 ];
 

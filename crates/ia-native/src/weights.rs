@@ -124,9 +124,12 @@ impl SimpleBackend for RandomBackend {
             lower.contains("norm") || lower.contains("ln_")
         };
         let n = s.elem_count();
-        let values: Vec<f32> = if leaf == "bias" || leaf == "beta" {
+        // Batch-norm statistics as a fresh BatchNorm has them (a random variance could be < 0).
+        let values: Vec<f32> = if leaf == "bias" || leaf == "beta" || leaf == "running_mean" {
             vec![0.0; n]
-        } else if is_norm && (leaf == "weight" || leaf == "gamma") && s.rank() == 1 {
+        } else if leaf == "running_var"
+            || (is_norm && (leaf == "weight" || leaf == "gamma") && s.rank() == 1)
+        {
             vec![1.0; n]
         } else {
             let mut rng = SplitMix64::new(self.seed ^ name_hash(name));

@@ -44,7 +44,8 @@ pub struct Config {
     /// timm backbone name ("resnet50") when use_timm_backbone is set.
     #[serde(default)]
     pub backbone: Option<String>,
-    pub backbone_config: Option<ResNetConfig>,
+    /// A transformers ResNet config, or (transformers 5) a timm backbone's name.
+    pub backbone_config: Option<serde_json::Value>,
 }
 
 /// HF `ResNetConfig` (the backbone).
@@ -363,10 +364,25 @@ impl Model {
                 cfg.position_embedding_type
             );
         }
-        let bcfg = match (&cfg.backbone_config, cfg.use_timm_backbone) {
-            (Some(b), _) => b.clone(),
-            (None, true) => ResNetConfig::timm(cfg.backbone.as_deref().unwrap_or("resnet50"))?,
-            (None, false) => candle_core::bail!("config has no backbone_config"),
+        let timm_name = match &cfg.backbone_config {
+            Some(b) if b.get("model_type").and_then(|t| t.as_str()) == Some("timm_backbone") => {
+                Some(
+                    b.get("backbone")
+                        .and_then(|n| n.as_str())
+                        .unwrap_or("resnet50")
+                        .to_string(),
+                )
+            }
+            None if cfg.use_timm_backbone => {
+                Some(cfg.backbone.clone().unwrap_or("resnet50".into()))
+            }
+            _ => None,
+        };
+        let bcfg = match (&cfg.backbone_config, &timm_name) {
+            (_, Some(name)) => ResNetConfig::timm(name)?,
+            (Some(b), None) => serde_json::from_value::<ResNetConfig>(b.clone())
+                .map_err(|e| candle_core::Error::Msg(format!("backbone_config: {e}")))?,
+            (None, None) => candle_core::bail!("config has no backbone_config"),
         };
         if bcfg.model_type.as_deref().is_some_and(|t| t != "resnet") {
             candle_core::bail!(
@@ -376,7 +392,7 @@ impl Model {
         }
         let m = vb.pp("model");
         let d = cfg.d_model;
-        let naming = if cfg.use_timm_backbone {
+        let naming = if cfg.use_timm_backbone || timm_name.is_some() {
             Naming::Timm
         } else {
             Naming::Transformers
