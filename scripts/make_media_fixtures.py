@@ -96,6 +96,38 @@ def processor(cls_name, kwargs):
     return cls(**kwargs)
 
 
+def load_torchaudio_resample():
+    """torchaudio.functional.resample (sinc_interp_hann, width 6, rolloff 0.99): what the
+    transformers ASR pipeline applies to other rates. Its two pure-torch kernel functions are
+    read from the torchaudio wheel (downloaded from PyPI, not installed: its compiled extension
+    must match the torch build, and an installed torchaudio changes what transformers imports)."""
+    import ast
+    import glob
+    import math
+    import tempfile
+    import typing
+    import zipfile
+    tmp = tempfile.mkdtemp()
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "torchaudio==2.11.0",
+                    "-d", tmp], check=True)
+    with zipfile.ZipFile(glob.glob(os.path.join(tmp, "torchaudio-*.whl"))[0]) as z:
+        source = z.read("torchaudio/functional/functional.py").decode()
+    path = "torchaudio/functional/functional.py"
+    tree = ast.parse(source)
+    fns = [n for n in tree.body if isinstance(n, ast.FunctionDef)
+           and n.name in ("_get_sinc_resample_kernel", "_apply_sinc_resample_kernel")]
+    ns = {"torch": torch, "math": math, "Optional": typing.Optional, "Tensor": torch.Tensor,
+          "_CPU": torch.device("cpu")}
+    exec(compile(ast.Module(body=fns, type_ignores=[]), path, "exec"), ns)
+
+    def resample(x, orig, new):
+        g = math.gcd(orig, new)
+        kernel, width = ns["_get_sinc_resample_kernel"](orig, new, g, 6, 0.99, "sinc_interp_hann", None,
+                                                        x.device, x.dtype)
+        return ns["_apply_sinc_resample_kernel"](x, orig, new, g, kernel, width)
+    return resample
+
+
 def preprocess():
     from transformers import Wav2Vec2FeatureExtractor, WhisperFeatureExtractor
     tensors, cases = {}, []
@@ -118,6 +150,11 @@ def preprocess():
     w2v = Wav2Vec2FeatureExtractor(do_normalize=True)
     tensors["wav2vec2_normalized_first_4000"] = torch.tensor(
         w2v(speech, sampling_rate=rate, return_tensors="np").input_values[0][:4000]).contiguous()
+    with wave.open(str(MEDIA / "speech-22k.wav")) as w:
+        raw = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
+    resampled = load_torchaudio_resample()(torch.tensor(raw)[None], 22050, 16000)[0]
+    tensors["resampled_22k_to_16k_len"] = torch.tensor([resampled.shape[0]], dtype=torch.int64)
+    tensors["resampled_22k_to_16k_20000_24000"] = resampled[20000:24000].contiguous()
     save_file(tensors, str(MEDIA / "preprocess_reference.safetensors"))
     (MEDIA / "preprocess_cases.json").write_text(json.dumps(meta({"cases": cases}), indent=1))
 
