@@ -2,56 +2,14 @@
 //! (tiny random-weight checkpoints + reference outputs made by scripts/make_fixtures.py).
 //! Tolerance: max abs difference <= 1e-4 in f32.
 
-use candle_core::{Device, Tensor};
-use ia_engine::{Engine, Inputs, Precision, Session};
+mod common;
+
+use candle_core::Device;
+use common::{fixture, ids, load, max_abs_diff, reference, TOLERANCE};
+use ia_engine::{Engine, Inputs, Precision};
 use ia_hardware::Platform;
 use ia_models::{Checkpoint, ModelSource};
 use ia_native::NativeEngine;
-use std::collections::HashMap;
-use std::path::PathBuf;
-
-const TOLERANCE: f32 = 1e-4;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name)
-}
-
-fn reference(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)
-        .expect("reference.safetensors")
-}
-
-fn load(name: &str) -> Box<dyn Session> {
-    let ckpt = Checkpoint::open(&fixture(name)).expect("fixture checkpoint");
-    NativeEngine::new()
-        .load(
-            &ModelSource::Checkpoint(ckpt),
-            Platform::Cpu,
-            Precision::F32,
-        )
-        .expect("load")
-}
-
-fn ids(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|x| x as u32)
-        .collect()
-}
-
-fn max_abs_diff(a: &[f32], b: &Tensor) -> f32 {
-    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    assert_eq!(a.len(), b.len(), "shape mismatch");
-    a.iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
 
 #[test]
 fn bert_tiny_matches_transformers() {

@@ -2,20 +2,17 @@
 //! smaller weights. (There is no transformers reference for GGUF quantisation; the reference
 //! is our own f32 path, which tests/text_parity.rs ties to transformers.)
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::fixture;
 use ia_engine::generation::{generate, GenerateOptions, Sampling};
 use ia_engine::{Engine, Precision, TextGenerator};
 use ia_hardware::Platform;
 use ia_models::{Checkpoint, ModelSource};
 use ia_native::NativeEngine;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name)
-}
+use std::path::Path;
 
 fn load(dir: &Path, p: Precision) -> Box<dyn TextGenerator> {
     let src = ModelSource::Checkpoint(Checkpoint::open(dir).unwrap());

@@ -3,48 +3,12 @@
 //!   and for the whole prompt at once (prefill), within 1e-4 max abs of transformers';
 //! * 32 greedy tokens identical to `generate(do_sample=False)`.
 
-use candle_core::{Device, Tensor};
+mod common;
+
+use candle_core::Tensor;
+use common::{generator, ids, max_abs, reference, TOLERANCE};
 use ia_engine::generation::{generate, GenerateOptions, Sampling};
-use ia_engine::{Engine, Precision, TextGenerator};
-use ia_hardware::Platform;
-use ia_models::{Checkpoint, ModelSource};
-use ia_native::NativeEngine;
-use std::collections::HashMap;
-use std::path::PathBuf;
-
-const TOLERANCE: f32 = 1e-4;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name)
-}
-
-fn reference(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)
-        .unwrap()
-}
-
-fn generator(name: &str) -> Box<dyn TextGenerator> {
-    let ckpt = Checkpoint::open(&fixture(name)).unwrap();
-    NativeEngine::new()
-        .load_generator(
-            &ModelSource::Checkpoint(ckpt),
-            Platform::Cpu,
-            Precision::F32,
-        )
-        .unwrap()
-}
-
-fn ids(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|x| x as u32)
-        .collect()
-}
+use ia_engine::TextGenerator;
 
 /// logits [1, seq, vocab] -> row `pos`.
 fn row(logits: &Tensor, pos: usize) -> Vec<f32> {
@@ -55,14 +19,6 @@ fn row(logits: &Tensor, pos: usize) -> Vec<f32> {
         .unwrap()
         .to_vec1::<f32>()
         .unwrap()
-}
-
-fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 fn greedy_matches(name: &str, gen: &mut dyn TextGenerator, prompt: &[u32], expected: &[u32]) {

@@ -3,12 +3,15 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use candle_core::{Device, Tensor};
-use ia_engine::{Engine, Precision, Session};
+use ia_engine::{Engine, Precision, Session, TextGenerator};
 use ia_hardware::Platform;
 use ia_models::{Checkpoint, ModelSource};
 use ia_native::NativeEngine;
 use std::collections::HashMap;
 use std::path::PathBuf;
+
+/// Max abs difference allowed between our f32 outputs and transformers'.
+pub const TOLERANCE: f32 = 1e-4;
 
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -31,6 +34,12 @@ pub fn load(name: &str) -> Box<dyn Session> {
         .expect("load")
 }
 
+pub fn generator(name: &str) -> Box<dyn TextGenerator> {
+    NativeEngine::new()
+        .load_generator(&source(name), Platform::Cpu, Precision::F32)
+        .expect("load_generator")
+}
+
 pub fn ids(t: &Tensor) -> Vec<u32> {
     t.flatten_all()
         .unwrap()
@@ -42,10 +51,13 @@ pub fn ids(t: &Tensor) -> Vec<u32> {
 }
 
 pub fn max_abs_diff(a: &[f32], b: &Tensor) -> f32 {
-    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    max_abs(a, &b.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+}
+
+pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "shape mismatch");
     a.iter()
-        .zip(&b)
+        .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
