@@ -188,16 +188,14 @@ impl WhisperFrontEnd {
             MelScale::Slaney,
             true,
         );
+        let bank = SparseBank::new(&filters, bins, self.feature_size);
         // The STFT has frames() + 1 frames; Whisper drops the last.
         let frames = self.frames();
         let mut mel = vec![0f64; self.feature_size * frames];
         power_spectrogram(&x, self.n_fft, self.hop_length, |f, power| {
             if f < frames {
                 for m in 0..self.feature_size {
-                    let e: f64 = (0..bins)
-                        .map(|k| filters[k * self.feature_size + m] * power[k])
-                        .sum();
-                    mel[m * frames + f] = e.max(1e-10).log10();
+                    mel[m * frames + f] = bank.energy(m, power).max(1e-10).log10();
                 }
             }
         });
@@ -240,6 +238,31 @@ fn power_spectrogram(x: &[f64], n_fft: usize, hop: usize, mut frame: impl FnMut(
             *p = b.norm_sqr();
         }
         frame(f, &power);
+    }
+}
+
+/// A mel filter bank kept as each filter's non-zero span: a triangle covers a few bins, so the
+/// per-frame product costs that span, not every bin (the sums are the same, zeros add nothing).
+struct SparseBank {
+    spans: Vec<(usize, Vec<f64>)>,
+}
+
+impl SparseBank {
+    fn new(dense: &[f64], bins: usize, n_mels: usize) -> Self {
+        let spans = (0..n_mels)
+            .map(|m| {
+                let col: Vec<f64> = (0..bins).map(|k| dense[k * n_mels + m]).collect();
+                let lo = col.iter().position(|&w| w != 0.0).unwrap_or(0);
+                let hi = col.iter().rposition(|&w| w != 0.0).map_or(lo, |h| h + 1);
+                (lo, col[lo..hi].to_vec())
+            })
+            .collect();
+        Self { spans }
+    }
+
+    fn energy(&self, m: usize, power: &[f64]) -> f64 {
+        let (lo, w) = &self.spans[m];
+        w.iter().zip(&power[*lo..]).map(|(a, b)| a * b).sum()
     }
 }
 
@@ -382,16 +405,12 @@ impl ClapFrontEnd {
             scale,
             slaney_norm,
         );
+        let bank = SparseBank::new(&filters, bins, self.feature_size);
         let mut out = Vec::new();
         power_spectrogram(x, self.fft_window_size, self.hop_length, |_, power| {
             out.push(
                 (0..self.feature_size)
-                    .map(|m| {
-                        let e: f64 = (0..bins)
-                            .map(|k| filters[k * self.feature_size + m] * power[k])
-                            .sum();
-                        10.0 * e.max(1e-10).log10()
-                    })
+                    .map(|m| 10.0 * bank.energy(m, power).max(1e-10).log10())
                     .collect(),
             );
         });

@@ -707,3 +707,49 @@ pub fn teacher_forced_logits(
     let logits = model.decode(tokens)?;
     Ok((enc, logits))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cfg() -> Config {
+        serde_json::from_value(json!({
+            "vocab_size": 51865, "num_mel_bins": 80, "d_model": 384, "encoder_layers": 4,
+            "encoder_attention_heads": 6, "encoder_ffn_dim": 1536, "decoder_layers": 4,
+            "decoder_attention_heads": 6, "decoder_ffn_dim": 1536, "max_source_positions": 1500,
+            "max_target_positions": 448, "decoder_start_token_id": 50258, "eos_token_id": 50257
+        }))
+        .unwrap()
+    }
+
+    /// transformers builds a multilingual prompt as start, language, task, no-timestamps.
+    #[test]
+    fn multilingual_prompt_carries_language_and_task() {
+        let generation = json!({
+            "is_multilingual": true, "no_timestamps_token_id": 50363,
+            "lang_to_id": {"<|en|>": 50259, "<|de|>": 50261},
+            "task_to_id": {"transcribe": 50359, "translate": 50358},
+            "suppress_tokens": [1, 2], "begin_suppress_tokens": [220, 50257]
+        });
+        let config = json!({"eos_token_id": 50257});
+        let r = DecodingRules::new(&config, &generation, &cfg(), None, None).unwrap();
+        assert_eq!(r.prompt, vec![50258, 50259, 50359, 50363]);
+        assert_eq!(
+            (r.eos, r.suppress.len(), r.begin_suppress.len()),
+            (50257, 2, 2)
+        );
+        let de = DecodingRules::new(&config, &generation, &cfg(), None, Some("de")).unwrap();
+        assert_eq!(de.prompt[1], 50261);
+        let e = DecodingRules::new(&config, &generation, &cfg(), None, Some("xx")).unwrap_err();
+        assert!(e.to_string().contains("<|xx|>"), "{e}");
+    }
+
+    #[test]
+    fn english_only_prompt_comes_from_forced_decoder_ids() {
+        let generation = json!({"forced_decoder_ids": [[1, 50362]], "eos_token_id": 50256});
+        let r = DecodingRules::new(&json!({}), &generation, &cfg(), None, None).unwrap();
+        assert_eq!(r.prompt, vec![50258, 50362]);
+        assert_eq!(r.eos, 50256);
+    }
+}
