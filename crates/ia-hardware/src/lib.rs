@@ -18,6 +18,11 @@ pub use cpu::CpuInfo;
 pub use gpu::GpuDevice;
 pub use runtimes::{cache_dir, find_python_site_packages, RuntimeLibrary};
 
+/// The runtime libraries (ONNX Runtime, OpenVINO) detection finds, without the platform probes.
+pub fn detect_runtimes() -> Vec<RuntimeLibrary> {
+    runtimes::detect()
+}
+
 /// The platforms a model can be asked to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]

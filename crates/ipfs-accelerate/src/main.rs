@@ -9,6 +9,7 @@ mod import;
 mod models;
 mod plan;
 mod run;
+mod runtimes;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -37,6 +38,8 @@ enum Command {
     Run(run::Args),
     /// Generate text with a decoder or encoder-decoder model (KV cache, streaming)
     Generate(generate::Args),
+    /// Install the optional runtimes (ONNX Runtime, OpenVINO) from PyPI, or list what is found
+    Runtimes(runtimes::Args),
     /// Query, report on and export the results database
     Db(db::Args),
 }
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::run(a),
         Command::Run(a) => run::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Runtimes(a) => runtimes::run(a),
         Command::Db(a) => db::run(a),
     };
     match result {

@@ -866,3 +866,28 @@ fn run_prints_task_results_and_rejects_bad_inputs() {
         "no such file: missing.wav",
     );
 }
+
+#[test]
+fn runtimes_install_names_a_missing_python() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = bin()
+        .env("IPFS_ACCELERATE_CACHE", dir.path())
+        .args(["runtimes", "install", "--python", "/nonexistent/python3"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, "/nonexistent/python3");
+    let o = bin()
+        .env("IPFS_ACCELERATE_CACHE", dir.path())
+        .args(["runtimes", "list", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["onnxruntime", "openvino"]);
+}
