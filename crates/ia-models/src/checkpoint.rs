@@ -48,6 +48,9 @@ pub struct Checkpoint {
     pub safetensors: Vec<PathBuf>,
     pub tokenizer_json: Option<PathBuf>,
     pub preprocessor_config: Option<PathBuf>,
+    /// The ONNX export: `onnx/model.onnx` (the layout of onnx-community / Xenova repositories)
+    /// or `model.onnx` beside config.json; external data (`.onnx.data`) sits next to it.
+    pub onnx: Option<PathBuf>,
     /// The folder's `weights_provenance.json` says its weights are randomly initialised
     /// (fixtures and benchmark checkpoints made by our scripts write it).
     pub random_init: bool,
@@ -171,6 +174,7 @@ impl Checkpoint {
             random_init,
             tokenizer_json: opt("tokenizer.json"),
             preprocessor_config: opt("preprocessor_config.json"),
+            onnx: opt("onnx/model.onnx").or_else(|| opt("model.onnx")),
             config,
             safetensors,
             dir,

@@ -20,9 +20,11 @@ pub struct Args {
     /// checkpoint folders
     #[arg(long, value_delimiter = ',', default_value = "bert,vit")]
     models: Vec<String>,
-    /// Platforms to run on; unavailable ones are recorded with the reason
+    /// Platforms to run on (cpu, cuda, rocm, mps, openvino, webgpu, webnn) on the native
+    /// engine, or `onnxruntime` (ONNX exports on ONNX Runtime's CPU execution provider);
+    /// unavailable ones are recorded with the reason
     #[arg(long, value_delimiter = ',', default_value = "cpu")]
-    hardware: Vec<Platform>,
+    hardware: Vec<Target>,
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     batch_sizes: Vec<usize>,
     /// Tokens per sequence for text models
@@ -83,10 +85,37 @@ pub struct Args {
 }
 
 /// One finished combination, as printed and written to --output-json.
+/// Where a combination runs: a platform, and the engine that drives it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Target {
+    platform: Platform,
+    onnxruntime: bool,
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "onnxruntime" | "ort" => Ok(Target {
+                platform: Platform::Cpu,
+                onnxruntime: true,
+            }),
+            other => other
+                .parse::<Platform>()
+                .map(|platform| Target {
+                    platform,
+                    onnxruntime: false,
+                })
+                .map_err(|e| format!("{e} (or onnxruntime)")),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct ResultRow {
     model: String,
     weights: &'static str,
+    engine: &'static str,
     platform: Platform,
     precision: Precision,
     scenario: &'static str,
@@ -127,7 +156,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let hw = ia_hardware::detect();
     let combos = combinations(&models, &args);
-    let engine = ia_native::NativeEngine::new();
+    let native = ia_native::NativeEngine::new();
+    let ort = ia_ort::OrtEngine::new();
 
     let mut store = if args.no_db {
         None
@@ -146,11 +176,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .expect("valid template"),
     );
     let mut rows = Vec::with_capacity(combos.len());
-    for (i, combo) in combos.iter().enumerate() {
-        let label = describe(combo);
+    for (i, (combo, on_ort)) in combos.iter().enumerate() {
+        let engine: &dyn Engine = if *on_ort { &ort } else { &native };
+        let label = format!("{} ({})", describe(combo), engine.name());
         pb.set_message(label.clone());
         let available = platform_available(&hw, combo.platform);
-        let outcome = ia_bench::measure(&engine, combo, available, &protocol);
+        let outcome = ia_bench::measure(engine, combo, available, &protocol);
         let result_id = match (store.as_mut(), run_id) {
             (Some(s), Some(id)) => {
                 let engine_id = (engine.name(), engine.version());
@@ -178,6 +209,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         rows.push(ResultRow {
             model: combo.model.name.clone(),
             weights: combo.model.source.weights_kind().as_str(),
+            engine: engine.name(),
             platform: combo.platform,
             precision: combo.precision,
             scenario: combo.scenario.as_str(),
@@ -211,24 +243,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn combinations(models: &[ModelPlan], args: &Args) -> Vec<Combination> {
+/// The combinations to measure, each with whether ONNX Runtime (rather than the native
+/// engine) runs it.
+fn combinations(models: &[ModelPlan], args: &Args) -> Vec<(Combination, bool)> {
     let mut out = Vec::new();
     for model in models {
-        for &platform in &args.hardware {
+        for &Target {
+            platform,
+            onnxruntime,
+        } in &args.hardware
+        {
             for &precision in &args.precision {
                 for &scenario in &args.scenarios {
                     for &batch_size in &args.batch_sizes {
-                        out.push(Combination {
-                            model: model.clone(),
-                            platform,
-                            batch_size,
-                            seq_len: args.seq_len,
-                            precision,
-                            scenario,
-                            new_tokens: args.new_tokens,
-                            audio_seconds: args.audio_seconds,
-                            audio_file: args.audio_file.clone(),
-                        });
+                        out.push((
+                            Combination {
+                                model: model.clone(),
+                                platform,
+                                batch_size,
+                                seq_len: args.seq_len,
+                                precision,
+                                scenario,
+                                new_tokens: args.new_tokens,
+                                audio_seconds: args.audio_seconds,
+                                audio_file: args.audio_file.clone(),
+                            },
+                            onnxruntime,
+                        ));
                     }
                 }
             }
@@ -444,6 +485,7 @@ fn results_table(rows: &[ResultRow]) -> String {
     let header = [
         "model",
         "weights",
+        "engine",
         "platform",
         "prec",
         "scenario",
@@ -470,6 +512,7 @@ fn results_table(rows: &[ResultRow]) -> String {
         let mut row = vec![
             r.model.clone(),
             r.weights.into(),
+            r.engine.into(),
             r.platform.to_string(),
             r.precision.to_string(),
             r.scenario.into(),

@@ -891,3 +891,42 @@ fn runtimes_install_names_a_missing_python() {
         .collect();
     assert_eq!(names, ["onnxruntime", "openvino"]);
 }
+
+#[test]
+fn bench_runs_onnx_exports_on_onnxruntime() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ort.duckdb");
+    let o = run(&[
+        "bench",
+        "--models",
+        &fixture("vit-tiny"),
+        "--hardware",
+        "cpu,onnxruntime",
+        "--batch-sizes",
+        "1",
+        "--warmup",
+        "0",
+        "--min-iterations",
+        "2",
+        "--min-duration",
+        "0",
+        "--db-path",
+        db.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let q = run(&[
+        "db",
+        "--db-path",
+        db.to_str().unwrap(),
+        "query",
+        "--format",
+        "csv",
+        "--sql",
+        "SELECT engine, starts_with(engine_version, engine) AS versioned, status \
+         FROM performance_results ORDER BY engine",
+    ]);
+    assert_eq!(
+        stdout(&q),
+        "engine,versioned,status\nnative,false,pass\nonnxruntime,true,pass\n"
+    );
+}
