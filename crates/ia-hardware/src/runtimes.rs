@@ -14,7 +14,8 @@ pub struct RuntimeLibrary {
     pub name: String,
     pub path: Option<PathBuf>,
     pub version: Option<String>,
-    /// Devices the runtime itself lists (OpenVINO's CPU/GPU/NPU), when it can list them.
+    /// Devices the runtime itself lists (OpenVINO's CPU/GPU/NPU; ONNX Runtime's execution
+    /// providers, filled in by the program once the library is loaded).
     pub devices: Vec<String>,
     /// Why it is not usable, when it is not.
     pub error: Option<String>,

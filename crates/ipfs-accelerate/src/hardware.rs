@@ -1,6 +1,6 @@
 //! `ipfs-accelerate hardware`
 
-use ia_hardware::HardwareReport;
+use ia_hardware::{HardwareReport, RuntimeLibrary};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -10,13 +10,29 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let report = ia_hardware::detect();
+    let mut report = ia_hardware::detect();
+    report.runtimes = with_execution_providers(report.runtimes);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", render(&report));
     }
     Ok(())
+}
+
+/// ONNX Runtime's "devices" are the execution providers the loaded library offers; listing
+/// them needs the library loaded, which only the engine does.
+pub fn with_execution_providers(mut found: Vec<RuntimeLibrary>) -> Vec<RuntimeLibrary> {
+    for rt in found
+        .iter_mut()
+        .filter(|r| r.name == "onnxruntime" && r.usable())
+    {
+        match ia_ort::available_providers() {
+            Ok(eps) => rt.devices = eps,
+            Err(e) => rt.error = Some(e.to_string()),
+        }
+    }
+    found
 }
 
 pub fn render(r: &HardwareReport) -> String {
@@ -63,7 +79,12 @@ pub fn render(r: &HardwareReport) -> String {
                 if rt.devices.is_empty() {
                     String::new()
                 } else {
-                    format!(" (devices: {})", rt.devices.join(", "))
+                    let what = if rt.name == "onnxruntime" {
+                        "execution providers"
+                    } else {
+                        "devices"
+                    };
+                    format!(" ({what}: {})", rt.devices.join(", "))
                 }
             ),
             (_, Some(e)) => format!("not usable: {e}"),

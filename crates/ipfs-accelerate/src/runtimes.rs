@@ -43,10 +43,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         } => {
             let venv = venv_dir()?;
             install(&venv, &python, openvino_ep)?;
-            print(&ia_hardware::detect_runtimes(), json)
+            print(&detected(), json)
         }
-        Sub::List { json } => print(&ia_hardware::detect_runtimes(), json),
+        Sub::List { json } => print(&detected(), json),
     }
+}
+
+fn detected() -> Vec<RuntimeLibrary> {
+    crate::hardware::with_execution_providers(ia_hardware::detect_runtimes())
 }
 
 fn venv_dir() -> anyhow::Result<PathBuf> {
@@ -140,7 +144,12 @@ fn print(found: &[RuntimeLibrary], json: bool) -> anyhow::Result<()> {
                 println!("{:<12} {v}", rt.name);
                 println!("{:<12} {}", "", p.display());
                 if !rt.devices.is_empty() {
-                    println!("{:<12} devices: {}", "", rt.devices.join(", "));
+                    let what = if rt.name == "onnxruntime" {
+                        "execution providers"
+                    } else {
+                        "devices"
+                    };
+                    println!("{:<12} {what}: {}", "", rt.devices.join(", "));
                 }
             }
             (_, Some(e), _) => println!("{:<12} not usable: {e}", rt.name),
