@@ -160,6 +160,12 @@ impl NativeEngine {
         precision: Precision,
         dtype: DType,
     ) -> Result<models::LoadContext<'a>, EngineError> {
+        if dtype == DType::BF16 && platform == Platform::Cpu {
+            // candle 0.11's CPU backend has no bf16 matmul; refuse before loading.
+            return Err(EngineError::Unsupported(
+                "bf16 needs a matmul candle's CPU backend does not have (use f32, f16, or the openvino engine)".into(),
+            ));
+        }
         let (device, device_name) = device_for(platform)?;
         Ok(models::LoadContext {
             source,

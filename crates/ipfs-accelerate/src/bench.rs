@@ -20,9 +20,10 @@ pub struct Args {
     /// checkpoint folders
     #[arg(long, value_delimiter = ',', default_value = "bert,vit")]
     models: Vec<String>,
-    /// Platforms to run on (cpu, cuda, rocm, mps, openvino, webgpu, webnn) on the native
-    /// engine, or `onnxruntime` (ONNX exports on ONNX Runtime's CPU execution provider);
-    /// unavailable ones are recorded with the reason
+    /// Platforms to run on: cpu, cuda, rocm, mps, webgpu, webnn on the native engine;
+    /// `onnxruntime` (ONNX exports on ONNX Runtime's CPU execution provider); `openvino`
+    /// (ONNX exports / IR on OpenVINO's CPU device). Unavailable ones are recorded with the
+    /// reason
     #[arg(long, value_delimiter = ',', default_value = "cpu")]
     hardware: Vec<Target>,
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
@@ -85,29 +86,35 @@ pub struct Args {
 }
 
 /// One finished combination, as printed and written to --output-json.
+/// The engines `bench` can drive.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum EngineKind {
+    Native,
+    OnnxRuntime,
+    OpenVino,
+}
+
 /// Where a combination runs: a platform, and the engine that drives it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Target {
     platform: Platform,
-    onnxruntime: bool,
+    engine: EngineKind,
 }
 
 impl std::str::FromStr for Target {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "onnxruntime" | "ort" => Ok(Target {
-                platform: Platform::Cpu,
-                onnxruntime: true,
-            }),
-            other => other
-                .parse::<Platform>()
-                .map(|platform| Target {
-                    platform,
-                    onnxruntime: false,
-                })
-                .map_err(|e| format!("{e} (or onnxruntime)")),
-        }
+        let (platform, engine) = match s.trim().to_ascii_lowercase().as_str() {
+            "onnxruntime" | "ort" => (Platform::Cpu, EngineKind::OnnxRuntime),
+            "openvino" => (Platform::Openvino, EngineKind::OpenVino),
+            other => (
+                other
+                    .parse::<Platform>()
+                    .map_err(|e| format!("{e} (or onnxruntime)"))?,
+                EngineKind::Native,
+            ),
+        };
+        Ok(Target { platform, engine })
     }
 }
 
@@ -158,6 +165,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let combos = combinations(&models, &args);
     let native = ia_native::NativeEngine::new();
     let ort = ia_ort::OrtEngine::new();
+    let openvino = ia_openvino::OpenVinoEngine::new();
 
     let mut store = if args.no_db {
         None
@@ -176,8 +184,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .expect("valid template"),
     );
     let mut rows = Vec::with_capacity(combos.len());
-    for (i, (combo, on_ort)) in combos.iter().enumerate() {
-        let engine: &dyn Engine = if *on_ort { &ort } else { &native };
+    for (i, (combo, kind)) in combos.iter().enumerate() {
+        let engine: &dyn Engine = match kind {
+            EngineKind::Native => &native,
+            EngineKind::OnnxRuntime => &ort,
+            EngineKind::OpenVino => &openvino,
+        };
         let label = format!("{} ({})", describe(combo), engine.name());
         pb.set_message(label.clone());
         let available = platform_available(&hw, combo.platform);
@@ -243,16 +255,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The combinations to measure, each with whether ONNX Runtime (rather than the native
-/// engine) runs it.
-fn combinations(models: &[ModelPlan], args: &Args) -> Vec<(Combination, bool)> {
+/// The combinations to measure, each with the engine that runs it.
+fn combinations(models: &[ModelPlan], args: &Args) -> Vec<(Combination, EngineKind)> {
     let mut out = Vec::new();
     for model in models {
-        for &Target {
-            platform,
-            onnxruntime,
-        } in &args.hardware
-        {
+        for &Target { platform, engine } in &args.hardware {
             for &precision in &args.precision {
                 for &scenario in &args.scenarios {
                     for &batch_size in &args.batch_sizes {
@@ -268,7 +275,7 @@ fn combinations(models: &[ModelPlan], args: &Args) -> Vec<(Combination, bool)> {
                                 audio_seconds: args.audio_seconds,
                                 audio_file: args.audio_file.clone(),
                             },
-                            onnxruntime,
+                            engine,
                         ));
                     }
                 }

@@ -1,0 +1,61 @@
+//! The fixtures' ONNX exports on OpenVINO (CPU) against transformers' reference outputs:
+//! f32 within 1e-4; bf16 (what OpenVINO picks by itself on CPUs with AMX / avx512_bf16) within
+//! 5e-2 on these tiny random models. Needs the library: `ipfs-accelerate runtimes install`
+//! (scripts/test.sh runs it).
+
+#[path = "../../ia-ort/tests/common/mod.rs"]
+mod common;
+
+use common::{fixture, max_abs, reference, reference_inputs};
+use ia_engine::{Engine, Precision};
+use ia_hardware::Platform;
+use ia_models::{Checkpoint, ModelSource};
+use ia_openvino::OpenVinoEngine;
+
+fn session(name: &str, p: Precision) -> Box<dyn ia_engine::Session> {
+    let src = ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).unwrap());
+    OpenVinoEngine::new()
+        .load(&src, Platform::Openvino, p)
+        .unwrap_or_else(|e| panic!("{e} (run `ipfs-accelerate runtimes install`)"))
+}
+
+fn check(name: &str, output: &str, p: Precision, tol: f32) {
+    let mut s = session(name, p);
+    assert_eq!(s.info().precision, p, "the precision OpenVINO reports");
+    let out = s.run(&reference_inputs(name)).unwrap();
+    let (shape, expected) = reference(name, output);
+    let got = out.get(output).unwrap();
+    assert_eq!(got.shape(), shape);
+    let d = max_abs(&got.to_f32_vec().unwrap(), &expected);
+    eprintln!("{name} openvino {p} {output} max abs diff {d:e}");
+    assert!(d <= tol, "{name} {p}: max abs diff {d} > {tol}");
+}
+
+#[test]
+fn f32_matches_transformers() {
+    check("bert-tiny", "last_hidden_state", Precision::F32, 1e-4);
+    check("vit-tiny", "logits", Precision::F32, 1e-4);
+}
+
+#[test]
+fn bf16_stays_close() {
+    check("bert-tiny", "last_hidden_state", Precision::Bf16, 5e-2);
+    check("vit-tiny", "logits", Precision::Bf16, 5e-2);
+}
+
+#[test]
+fn unsupported_requests_name_the_reason() {
+    let src = ModelSource::Checkpoint(Checkpoint::open(&fixture("bert-tiny")).unwrap());
+    let e = OpenVinoEngine::new()
+        .load(&src, Platform::Openvino, Precision::Int8)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("int8"), "{e}");
+    let e = OpenVinoEngine::new()
+        .load(&src, Platform::Cpu, Precision::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("openvino platform"), "{e}");
+}
