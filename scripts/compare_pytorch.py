@@ -6,6 +6,9 @@ Suite "encoders" (default): random-initialised bert-base (BertModel) and ViT-bas
 (random CLIPModel), whisper-tiny.en (the real checkpoint from scripts/fetch_checkpoints.sh)
 transcribing fixtures/media/speech-16k.wav greedily, feature extraction included, and
 wav2vec2-base (random Wav2Vec2ForCTC) CTC logits on the same clip, normalisation included.
+Suite "runtimes": the same bert-base and ViT-base on every engine in one run: native,
+ONNX Runtime (CPU EP), OpenVINO f32 and bf16 (their ONNX exports, written next to the
+checkpoints), and PyTorch. Needs `ipfs-accelerate runtimes install`.
 Suite "generation": a random-initialised OPT-125m-sized
 OPTForCausalLM, batch 1, greedy, prompt --seq-len tokens, --new-tokens generated: TTFT and
 decode tokens/s, PyTorch looping over forward() with past_key_values as the native engine
@@ -373,6 +376,60 @@ def media_suite(args):
     return {"suite": "media", "threads": args.threads, "torch": torch.__version__, "rows": out_rows}
 
 
+def runtimes_suite(args):
+    import torch
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from export_onnx_fixtures import Encoder
+
+    from transformers import BertModel, ViTForImageClassification
+
+    torch.set_num_threads(args.threads)
+    bert_dir, vit_dir = make_checkpoints()
+    for path, cls, inputs, output, dyn in (
+            (bert_dir, lambda p: BertModel.from_pretrained(p, add_pooling_layer=False),
+             {"input_ids": torch.randint(1000, 30000, (1, args.seq_len)),
+              "attention_mask": torch.ones(1, args.seq_len, dtype=torch.int64),
+              "token_type_ids": torch.zeros(1, args.seq_len, dtype=torch.int64)},
+             "last_hidden_state", {0: "batch", 1: "sequence"}),
+            (vit_dir, ViTForImageClassification.from_pretrained,
+             {"pixel_values": torch.randn(1, 3, 224, 224)}, "logits", {0: "batch"})):
+        onnx = path / "onnx" / "model.onnx"
+        if not onnx.exists():
+            onnx.parent.mkdir(exist_ok=True)
+            names = list(inputs)
+            torch.onnx.export(Encoder(cls(path).eval(), names, output), tuple(inputs.values()), str(onnx),
+                              input_names=names, output_names=[output], opset_version=17, dynamo=False,
+                              dynamic_axes={**{n: dyn for n in names}, output: {0: "batch"}})
+    torch_res, torch_version, rows = pytorch_side(bert_dir, vit_dir, args)
+    exe, env = native_binary(args)
+    res = {}
+    for name, path, batches in (("bert-base", bert_dir, "1,8"), ("vit-base", vit_dir, "1")):
+        out = subprocess.run(
+            [str(exe), "bench", "--models", str(path), "--batch-sizes", batches,
+             "--hardware", "cpu,onnxruntime,openvino", "--precision", "f32,bf16",
+             "--seq-len", str(args.seq_len), "--warmup", str(args.warmup),
+             "--min-iterations", str(args.min_iterations), "--min-duration", str(args.min_duration),
+             *db_args(args), "--json"], env=env, check=True, capture_output=True, text=True).stdout
+        for row in json.loads(out):
+            o = row["outcome"]
+            if o["status"] == "pass":
+                res[(name, row["batch_size"], row["engine"], row["precision"])] = o["latency"]["p50_ms"]
+    import_into_db(rows, args)
+    columns = [("native", "f32"), ("onnxruntime", "f32"), ("openvino", "f32"), ("openvino", "bf16")]
+    print(f"threads={args.threads} seq_len={args.seq_len} torch={torch_version} p50 ms; "
+          f"protocol: warmup {args.warmup}, >= {args.min_iterations} iterations and >= {args.min_duration}s")
+    print(f"{'case':<14}" + "".join(f"{e + ' ' + p:>18}" for e, p in columns) + f"{'pytorch f32':>14}")
+    table = []
+    for key in [("bert-base", 1), ("bert-base", 8), ("vit-base", 1)]:
+        cells = [res.get((*key, e, p)) for e, p in columns]
+        t = torch_res[key]["p50_ms"]
+        print(f"{key[0] + ' b=' + str(key[1]):<14}" + "".join(
+            f"{c:>16.2f}ms" if c is not None else f"{'-':>18}" for c in cells) + f"{t:>12.2f}ms")
+        table.append({"case": f"{key[0]} b={key[1]}", "pytorch_f32_p50_ms": t,
+                      **{f"{e}_{p}_p50_ms": c for (e, p), c in zip(columns, cells)}})
+    return {"suite": "runtimes", "threads": args.threads, "torch": torch_version, "rows": table}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=physical_cores())
@@ -381,15 +438,16 @@ def main():
     ap.add_argument("--min-iterations", type=int, default=10)
     ap.add_argument("--min-duration", type=float, default=5.0)
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--suite", choices=["encoders", "generation", "media"], default="encoders")
+    ap.add_argument("--suite", choices=["encoders", "generation", "media", "runtimes"], default="encoders")
     ap.add_argument("--db-path", default=os.environ.get("BENCHMARK_DB_PATH", "./benchmark_db.duckdb"),
                     help="both sides are stored here (PyTorch via `ipfs-accelerate db import`)")
     ap.add_argument("--no-db", action="store_true")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
 
-    if args.suite in ("generation", "media"):
-        result = generation_suite(args) if args.suite == "generation" else media_suite(args)
+    if args.suite in ("generation", "media", "runtimes"):
+        result = {"generation": generation_suite, "media": media_suite,
+                  "runtimes": runtimes_suite}[args.suite](args)
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2))
         return
