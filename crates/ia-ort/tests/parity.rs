@@ -71,3 +71,24 @@ fn models_without_an_export_are_refused_with_the_reason() {
         .to_string();
     assert!(e.contains("CPU execution provider only"), "{e}");
 }
+
+/// A library that is missing or not a library is an error naming it, never a crash.
+/// (Each nextest test runs in its own process, so the variable decides this test's library.)
+#[test]
+fn a_bad_library_path_is_a_clear_error() {
+    if std::env::var_os("NEXTEST").is_none() {
+        eprintln!("skipped: needs a process of its own (run with cargo nextest)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ia-ort-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let junk = dir.join("libonnxruntime.so.1.99.0");
+    std::fs::write(&junk, b"not a shared library").unwrap();
+    // Safety: set before any thread of this test process reads the environment.
+    unsafe { std::env::set_var("ORT_DYLIB_PATH", &junk) };
+    let e = ia_ort::available_providers().unwrap_err().to_string();
+    assert!(
+        e.contains("cannot load ONNX Runtime") && e.contains("libonnxruntime.so.1.99.0"),
+        "{e}"
+    );
+}
