@@ -43,6 +43,22 @@ fn bf16_stays_close() {
     check("vit-tiny", "logits", Precision::Bf16, 5e-2);
 }
 
+/// The same network as OpenVINO IR (scripts/export_openvino_ir.py) gives the same outputs.
+#[test]
+fn openvino_ir_matches_transformers() {
+    let src = ModelSource::Checkpoint(Checkpoint::open(&fixture("bert-tiny-ir")).unwrap());
+    let out = OpenVinoEngine::new()
+        .load(&src, Platform::Openvino, Precision::F32)
+        .unwrap()
+        .run(&reference_inputs("bert-tiny"))
+        .unwrap();
+    let (_, expected) = reference("bert-tiny", "last_hidden_state");
+    let got = out.get("last_hidden_state").unwrap().to_f32_vec().unwrap();
+    let d = max_abs(&got, &expected);
+    eprintln!("bert-tiny IR openvino f32 max abs diff {d:e}");
+    assert!(d <= 1e-4, "max abs diff {d}");
+}
+
 #[test]
 fn unsupported_requests_name_the_reason() {
     let src = ModelSource::Checkpoint(Checkpoint::open(&fixture("bert-tiny")).unwrap());
