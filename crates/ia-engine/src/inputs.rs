@@ -84,6 +84,23 @@ impl Inputs {
         })
     }
 
+    /// The waveforms of an audio batch, one slice per row; an empty or ragged batch is an
+    /// input error rather than a panic further down.
+    pub fn audio_rows(&self) -> Result<Vec<&[f32]>, EngineError> {
+        match self {
+            Inputs::Audio { batch, samples, .. } => {
+                if *batch == 0 || samples.is_empty() || samples.len() % batch != 0 {
+                    return Err(EngineError::InvalidInput(format!(
+                        "an audio batch of {batch} needs {batch} equal, non-empty waveforms ({} samples given)",
+                        samples.len()
+                    )));
+                }
+                Ok(samples.chunks(samples.len() / batch).collect())
+            }
+            _ => Err(EngineError::InvalidInput("not an audio input".into())),
+        }
+    }
+
     /// Real (non-padding) tokens in the batch, for tokens/s.
     pub fn token_count(&self) -> Option<usize> {
         match self {
@@ -421,5 +438,22 @@ mod tests {
             })
             .collect();
         assert_eq!(a, b);
+    }
+}
+
+#[cfg(test)]
+mod audio_rows_tests {
+    use super::*;
+
+    #[test]
+    fn empty_or_ragged_audio_batches_are_input_errors() {
+        let audio = |batch, n| Inputs::Audio {
+            batch,
+            sample_rate: 16_000,
+            samples: vec![0.0; n],
+        };
+        assert_eq!(audio(2, 8).audio_rows().unwrap().len(), 2);
+        assert!(audio(1, 0).audio_rows().is_err());
+        assert!(audio(3, 8).audio_rows().unwrap_err().to_string().contains("3"));
     }
 }

@@ -790,18 +790,14 @@ impl Session for ClapSession {
 
     fn run(&mut self, inputs: &Inputs) -> std::result::Result<Outputs, EngineError> {
         let (name, t) = match inputs {
-            Inputs::Audio {
-                batch,
-                sample_rate,
-                samples,
-            } => {
+            Inputs::Audio { sample_rate, .. } => {
                 if *sample_rate != self.front_end.sampling_rate {
                     return Err(EngineError::InvalidInput(format!(
                         "CLAP needs {} Hz audio, got {sample_rate} Hz",
                         self.front_end.sampling_rate
                     )));
                 }
-                let rows: Vec<&[f32]> = samples.chunks(samples.len() / batch).collect();
+                let rows = inputs.audio_rows()?;
                 ("audio_embeds", self.audio_embeds(&rows).map_err(rt)?)
             }
             Inputs::Text {

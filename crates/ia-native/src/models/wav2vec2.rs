@@ -411,12 +411,7 @@ impl Session for Wav2Vec2Session {
     }
 
     fn run(&mut self, inputs: &Inputs) -> std::result::Result<Outputs, EngineError> {
-        let Inputs::Audio {
-            batch,
-            sample_rate,
-            samples,
-        } = inputs
-        else {
+        let Inputs::Audio { sample_rate, .. } = inputs else {
             return Err(EngineError::InvalidInput(
                 "Wav2Vec2 takes audio inputs".into(),
             ));
@@ -427,7 +422,7 @@ impl Session for Wav2Vec2Session {
                 self.sampling_rate
             )));
         }
-        let rows: Vec<&[f32]> = samples.chunks(samples.len() / batch).collect();
+        let rows = inputs.audio_rows()?;
         let (hidden, logits) = self.forward(&rows).map_err(rt)?;
         let (name, t) = match logits {
             Some(l) => ("logits", l),

@@ -658,9 +658,7 @@ impl Session for WhisperSession {
     /// chosen tokens, padded with end-of-text.
     fn run(&mut self, inputs: &Inputs) -> std::result::Result<Outputs, EngineError> {
         let Inputs::Audio {
-            batch,
-            sample_rate,
-            samples,
+            batch, sample_rate, ..
         } = inputs
         else {
             return Err(EngineError::InvalidInput(
@@ -673,8 +671,7 @@ impl Session for WhisperSession {
                 self.front_end.sampling_rate
             )));
         }
-        let len = samples.len() / batch;
-        let rows: Vec<&[f32]> = samples.chunks(len).collect();
+        let rows = inputs.audio_rows()?;
         let features = self.features(&rows).map_err(rt)?;
         let enc = self.model.encode(&features).map_err(rt)?;
         let max_new = self.max_new(None);
