@@ -159,6 +159,17 @@ def preprocess():
     (MEDIA / "preprocess_cases.json").write_text(json.dumps(meta({"cases": cases}), indent=1))
 
 
+def randomise_batch_norm_statistics(model):
+    """Batch-norm statistics away from the identity (a fresh BatchNorm has mean 0, var 1), so
+    the tests exercise them."""
+    g = torch.Generator().manual_seed(SEED)
+    for name, buf in model.named_buffers():
+        if name.endswith("running_mean"):
+            buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
+        elif name.endswith("running_var"):
+            buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
+
+
 def tiny_bpe(out, specials):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     tok = Tokenizer(models.BPE())
@@ -313,13 +324,7 @@ def detr():
         encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10,
         id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
     model = DetrForObjectDetection(cfg).eval()
-    # Frozen batch norm statistics away from the identity, so the test exercises them.
-    g = torch.Generator().manual_seed(SEED)
-    for name, buf in model.named_buffers():
-        if name.endswith("running_mean"):
-            buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
-        elif name.endswith("running_var"):
-            buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
+    randomise_batch_norm_statistics(model)
     model.save_pretrained(out, safe_serialization=True)
     mark_random(out)
     p = processor("DetrImageProcessor", dict(size={"shortest_edge": 64, "longest_edge": 96}))
@@ -369,12 +374,7 @@ def clap():
                                      enable_fusion=True, fusion_type="aff_2d", patch_embeds_hidden_size=16),
         projection_dim=16)
     model = ClapModel(cfg).eval()
-    g = torch.Generator().manual_seed(SEED)
-    for name, buf in model.named_buffers():
-        if name.endswith("running_mean"):
-            buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
-        elif name.endswith("running_var"):
-            buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
+    randomise_batch_norm_statistics(model)
     model.save_pretrained(out, safe_serialization=True)
     mark_random(out)
     fe = ClapFeatureExtractor(max_length_s=2, frequency_min=50, frequency_max=14000)

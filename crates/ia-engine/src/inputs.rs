@@ -84,6 +84,46 @@ impl Inputs {
         })
     }
 
+    /// The input an exported graph (ONNX, OpenVINO IR) declares as `name`, in the element type
+    /// such exports take: token ids, masks and token types as int64, pixels as float32.
+    pub fn graph_input(&self, name: &str) -> Result<GraphInput<'_>, EngineError> {
+        match (name, self) {
+            (
+                "input_ids" | "attention_mask" | "token_type_ids",
+                Inputs::Text {
+                    batch,
+                    seq_len,
+                    input_ids,
+                    attention_mask,
+                    token_type_ids,
+                },
+            ) => {
+                let src = match name {
+                    "input_ids" => input_ids,
+                    "attention_mask" => attention_mask,
+                    _ => token_type_ids,
+                };
+                Ok(GraphInput::Int64 {
+                    shape: vec![*batch, *seq_len],
+                    data: src.iter().map(|&v| i64::from(v)).collect(),
+                })
+            }
+            (
+                "pixel_values",
+                Inputs::Image {
+                    shape,
+                    pixel_values,
+                },
+            ) => Ok(GraphInput::Float32 {
+                shape: shape.to_vec(),
+                data: pixel_values,
+            }),
+            (other, _) => Err(EngineError::InvalidInput(format!(
+                "the model wants input '{other}', which these inputs do not provide"
+            ))),
+        }
+    }
+
     /// The waveforms of an audio batch, one slice per row; an empty or ragged batch is an
     /// input error rather than a panic further down.
     pub fn audio_rows(&self) -> Result<Vec<&[f32]>, EngineError> {
@@ -110,6 +150,12 @@ impl Inputs {
             Inputs::Image { .. } | Inputs::Audio { .. } => None,
         }
     }
+}
+
+/// One named input of an exported graph, see [`Inputs::graph_input`].
+pub enum GraphInput<'a> {
+    Int64 { shape: Vec<usize>, data: Vec<i64> },
+    Float32 { shape: Vec<usize>, data: &'a [f32] },
 }
 
 /// The passage text inputs are cut from: plain English, so a real tokenizer produces the
@@ -454,6 +500,10 @@ mod audio_rows_tests {
         };
         assert_eq!(audio(2, 8).audio_rows().unwrap().len(), 2);
         assert!(audio(1, 0).audio_rows().is_err());
-        assert!(audio(3, 8).audio_rows().unwrap_err().to_string().contains("3"));
+        assert!(audio(3, 8)
+            .audio_rows()
+            .unwrap_err()
+            .to_string()
+            .contains("3"));
     }
 }

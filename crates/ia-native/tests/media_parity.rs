@@ -39,6 +39,32 @@ fn unit_rows(v: &[f32], dim: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Zero-shot scores as CLIP/CLAP compute them: for each media row, the cosine similarity with
+/// each text row times exp(logit_scale).
+fn zero_shot_logits(media: &[f32], text: &[f32], dim: usize, scale: f32) -> Vec<f32> {
+    let (media, text) = (unit_rows(media, dim), unit_rows(text, dim));
+    media
+        .chunks(dim)
+        .flat_map(|m| {
+            text.chunks(dim)
+                .map(|t| scale * t.iter().zip(m).map(|(a, b)| a * b).sum::<f32>())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The reference's tokenised texts (no token types: CLIP and CLAP have a single segment).
+fn reference_text(r: &std::collections::HashMap<String, Tensor>) -> Inputs {
+    let (batch, seq_len) = r["input_ids"].dims2().unwrap();
+    Inputs::Text {
+        batch,
+        seq_len,
+        input_ids: ids(&r["input_ids"]),
+        attention_mask: ids(&r["attention_mask"]),
+        token_type_ids: vec![0; batch * seq_len],
+    }
+}
+
 #[test]
 fn clip_tiny_matches_transformers_from_image_files() {
     let r = reference("clip-tiny");
@@ -71,31 +97,13 @@ fn clip_tiny_matches_transformers_from_image_files() {
     eprintln!("image_embeds max abs diff {d:e}");
     assert!(d <= TOLERANCE, "image_embeds max abs diff {d}");
 
-    let (batch, seq_len) = r["input_ids"].dims2().unwrap();
-    let out = session
-        .run(&Inputs::Text {
-            batch,
-            seq_len,
-            input_ids: ids(&r["input_ids"]),
-            attention_mask: ids(&r["attention_mask"]),
-            token_type_ids: vec![0; batch * seq_len],
-        })
-        .unwrap();
+    let out = session.run(&reference_text(&r)).unwrap();
     let text = out.get("text_embeds").unwrap().to_f32_vec().unwrap();
     let d = max_abs_diff(&unit_rows(&text, dim), &r["text_embeds"]);
     eprintln!("text_embeds max abs diff {d:e}");
     assert!(d <= TOLERANCE, "text_embeds max abs diff {d}");
 
-    // Zero-shot scores: cosine similarity times exp(logit_scale).
-    let (image, text) = (unit_rows(&image, dim), unit_rows(&text, dim));
-    let logits: Vec<f32> = image
-        .chunks(dim)
-        .flat_map(|i| {
-            text.chunks(dim)
-                .map(|t| scale * t.iter().zip(i).map(|(a, b)| a * b).sum::<f32>())
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let logits = zero_shot_logits(&image, &text, dim, scale);
     let d = max_abs_diff(&logits, &r["logits_per_image"]);
     eprintln!("logits_per_image max abs diff {d:e}");
     assert!(d <= TOLERANCE, "logits_per_image max abs diff {d}");
@@ -349,26 +357,12 @@ fn clap_tiny_matches_transformers_from_a_wav_file() {
     assert!(d <= TOLERANCE, "audio_embeds max abs diff {d}");
     let scale = out.get("logit_scale").unwrap().to_f32_vec().unwrap()[0];
 
-    let (batch, seq_len) = r["input_ids"].dims2().unwrap();
-    let out = session
-        .run(&Inputs::Text {
-            batch,
-            seq_len,
-            input_ids: ids(&r["input_ids"]),
-            attention_mask: ids(&r["attention_mask"]),
-            token_type_ids: vec![0; batch * seq_len],
-        })
-        .unwrap();
+    let out = session.run(&reference_text(&r)).unwrap();
     let text = out.get("text_embeds").unwrap().to_f32_vec().unwrap();
     let d = max_abs_diff(&text, &r["text_embeds"]);
     eprintln!("text_embeds max abs diff {d:e}");
     assert!(d <= TOLERANCE, "text_embeds max abs diff {d}");
-    let dim = audio.len();
-    let (a, t) = (unit_rows(&audio, dim), unit_rows(&text, dim));
-    let logits: Vec<f32> = t
-        .chunks(dim)
-        .map(|row| scale * row.iter().zip(&a).map(|(x, y)| x * y).sum::<f32>())
-        .collect();
+    let logits = zero_shot_logits(&audio, &text, audio.len(), scale);
     let d = max_abs_diff(&logits, &r["logits_per_audio"]);
     eprintln!("logits_per_audio max abs diff {d:e}");
     assert!(d <= TOLERANCE, "logits_per_audio max abs diff {d}");

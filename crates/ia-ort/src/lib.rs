@@ -8,6 +8,7 @@
 //! (`input_ids`, `attention_mask`, `token_type_ids` as int64; `pixel_values` as float32) and
 //! every graph output is returned under its own name.
 
+use ia_engine::inputs::GraphInput;
 use ia_engine::{
     Engine, EngineError, Inputs, OutputTensor, Outputs, Precision, Session, SessionInfo,
 };
@@ -228,41 +229,13 @@ impl Session for OrtSession {
     fn run(&mut self, inputs: &Inputs) -> Result<Outputs, EngineError> {
         let mut feed: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::new();
         for name in &self.inputs {
-            let value: ort::value::DynValue = match (name.as_str(), inputs) {
-                (
-                    "input_ids" | "attention_mask" | "token_type_ids",
-                    Inputs::Text {
-                        batch,
-                        seq_len,
-                        input_ids,
-                        attention_mask,
-                        token_type_ids,
-                    },
-                ) => {
-                    let src = match name.as_str() {
-                        "input_ids" => input_ids,
-                        "attention_mask" => attention_mask,
-                        _ => token_type_ids,
-                    };
-                    let data: Vec<i64> = src.iter().map(|&v| i64::from(v)).collect();
-                    Tensor::from_array(([*batch, *seq_len], data))
-                        .map_err(rt_err)?
-                        .into_dyn()
-                }
-                (
-                    "pixel_values",
-                    Inputs::Image {
-                        shape,
-                        pixel_values,
-                    },
-                ) => Tensor::from_array((shape.to_vec(), pixel_values.clone()))
+            let value: ort::value::DynValue = match inputs.graph_input(name)? {
+                GraphInput::Int64 { shape, data } => Tensor::from_array((shape, data))
                     .map_err(rt_err)?
                     .into_dyn(),
-                (other, _) => {
-                    return Err(EngineError::InvalidInput(format!(
-                        "the ONNX graph wants input '{other}', which these inputs do not provide"
-                    )))
-                }
+                GraphInput::Float32 { shape, data } => Tensor::from_array((shape, data.to_vec()))
+                    .map_err(rt_err)?
+                    .into_dyn(),
             };
             feed.push((name.clone(), value.into()));
         }

@@ -1,8 +1,30 @@
-//! The multi-head attention block that BART-style encoders and decoders share (Whisper,
-//! Wav2Vec2): `q_proj`, `k_proj`, `v_proj`, `out_proj`, queries scaled by head_dim^-0.5.
+//! The blocks BART-style encoders and decoders share (Whisper, Wav2Vec2, DETR): multi-head
+//! attention (`q_proj`, `k_proj`, `v_proj`, `out_proj`, queries scaled by head_dim^-0.5) and
+//! the `fc1` -> activation -> `fc2` feed-forward.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear, linear_b, Linear, VarBuilder};
+use candle_nn::{linear, linear_b, Activation, Linear, VarBuilder};
+
+#[derive(Debug, Clone)]
+pub(crate) struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    pub fn load(dim: usize, ffn: usize, act: Activation, vb: &VarBuilder) -> Result<Self> {
+        Ok(Self {
+            fc1: linear(dim, ffn, vb.pp("fc1"))?,
+            fc2: linear(ffn, dim, vb.pp("fc2"))?,
+            act,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.act.forward(&self.fc1.forward(x)?)?)
+    }
+}
 
 #[derive(Debug, Clone)]
 pub(crate) struct MultiHeadAttention {

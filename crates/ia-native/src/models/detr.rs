@@ -12,7 +12,7 @@
 //! `pred_boxes` [batch, queries, 4] as (cx, cy, w, h) relative to the image. Images in a batch
 //! are taken as unpadded (pixel mask all ones).
 
-use super::attention::MultiHeadAttention;
+use super::attention::{Mlp, MultiHeadAttention};
 use super::LoadContext;
 use crate::{rt, CandleOutput};
 use candle_core::{DType, Device, Module, Result, Tensor};
@@ -307,26 +307,6 @@ impl ResNet {
     }
 }
 
-struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
-    act: Activation,
-}
-
-impl Mlp {
-    fn load(d: usize, ffn: usize, act: Activation, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            fc1: linear(d, ffn, vb.pp("fc1"))?,
-            fc2: linear(ffn, d, vb.pp("fc2"))?,
-            act,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.act.forward(&self.fc1.forward(x)?)?)
-    }
-}
-
 struct EncoderLayer {
     self_attn: MultiHeadAttention,
     self_attn_layer_norm: LayerNorm,
@@ -425,7 +405,7 @@ impl Model {
             } else {
                 l.clone()
             };
-            Mlp::load(d, ffn, cfg.activation_function, vb)
+            Mlp::load(d, ffn, cfg.activation_function, &vb)
         };
         let ln = |vb: VarBuilder| layer_norm(d, 1e-5, vb);
         let encoder = (0..cfg.encoder_layers)

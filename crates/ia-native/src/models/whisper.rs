@@ -11,13 +11,13 @@
 //! `suppress_tokens` are never chosen, `begin_suppress_tokens` not as the first token, and
 //! decoding ends at end-of-text or the decoder's context. Greedy and beam search.
 
-use super::attention::MultiHeadAttention;
+use super::attention::{Mlp, MultiHeadAttention};
 use super::LoadContext;
 use crate::{rt, CandleOutput};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{
-    conv1d, embedding, layer_norm, linear, Activation, Conv1d, Conv1dConfig, Embedding, LayerNorm,
-    Linear, VarBuilder,
+    conv1d, embedding, layer_norm, Activation, Conv1d, Conv1dConfig, Embedding, LayerNorm,
+    VarBuilder,
 };
 use ia_engine::{
     EngineError, Inputs, Outputs, Session, SessionInfo, SpeechRecognizer, TranscribeOptions,
@@ -51,27 +51,6 @@ pub struct Config {
 
 fn ln(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
     layer_norm(dim, 1e-5, vb)
-}
-
-#[derive(Debug, Clone)]
-struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
-    act: Activation,
-}
-
-impl Mlp {
-    fn load(dim: usize, ffn: usize, act: Activation, vb: &VarBuilder) -> Result<Self> {
-        Ok(Self {
-            fc1: linear(dim, ffn, vb.pp("fc1"))?,
-            fc2: linear(ffn, dim, vb.pp("fc2"))?,
-            act,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.act.forward(&self.fc1.forward(x)?)?)
-    }
 }
 
 #[derive(Debug, Clone)]
