@@ -8,6 +8,7 @@
 //! bf16 by itself on CPUs with AMX / avx512_bf16, so the requested precision is set as the
 //! inference-precision hint and the value the compiled model reports is recorded.
 
+use ia_engine::inputs::GraphInput;
 use ia_engine::{
     Engine, EngineError, Inputs, OutputTensor, Outputs, Precision, Session, SessionInfo,
 };
@@ -153,13 +154,22 @@ impl Engine for OpenVinoEngine {
         })
         .map_err(ov)?;
         let mut compiled = core.compile_model(&model, DeviceType::CPU).map_err(ov)?;
-        // The precision the compiled model really runs at, as OpenVINO reports it.
+        // The precision the compiled model really runs at, as OpenVINO reports it; a result
+        // whose precision is not known is not recorded.
         let used = compiled
             .get_property(&PropertyKey::Rw(RwPropertyKey::HintInferencePrecision))
-            .map(|p| p.to_string())
-            .unwrap_or_else(|_| hint.to_string());
+            .map_err(|e| {
+                ov(format!(
+                    "the compiled model reports no inference precision: {e}"
+                ))
+            })?
+            .to_string();
+        let precision_used = used.parse::<Precision>().map_err(|_| {
+            ov(format!(
+                "the compiled model reports inference precision '{used}'"
+            ))
+        })?;
         let request = compiled.create_infer_request().map_err(ov)?;
-        let precision_used = used.parse::<Precision>().unwrap_or(precision);
         Ok(Box::new(OpenVinoSession {
             request,
             inputs,
@@ -203,19 +213,15 @@ impl OutputTensor for OvOutput {
     }
 }
 
-fn tensor_i64(shape: &[usize], values: &[u32]) -> Result<Tensor, EngineError> {
+/// An OpenVINO tensor of `shape` holding `values` (i64 or f32, matching `element`).
+fn tensor<T: Copy>(
+    element: ElementType,
+    shape: &[usize],
+    values: &[T],
+) -> Result<Tensor, EngineError> {
     let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-    let mut t = Tensor::new(ElementType::I64, &Shape::new(&dims).map_err(ov)?).map_err(ov)?;
-    for (d, &v) in t.get_data_mut::<i64>().map_err(ov)?.iter_mut().zip(values) {
-        *d = i64::from(v);
-    }
-    Ok(t)
-}
-
-fn tensor_f32(shape: &[usize], values: &[f32]) -> Result<Tensor, EngineError> {
-    let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-    let mut t = Tensor::new(ElementType::F32, &Shape::new(&dims).map_err(ov)?).map_err(ov)?;
-    t.get_data_mut::<f32>().map_err(ov)?.copy_from_slice(values);
+    let mut t = Tensor::new(element, &Shape::new(&dims).map_err(ov)?).map_err(ov)?;
+    t.get_data_mut::<T>().map_err(ov)?.copy_from_slice(values);
     Ok(t)
 }
 
@@ -225,39 +231,12 @@ impl Session for OpenVinoSession {
     }
 
     fn run(&mut self, inputs: &Inputs) -> Result<Outputs, EngineError> {
-        for name in self.inputs.clone() {
-            let t = match (name.as_str(), inputs) {
-                (
-                    "input_ids" | "attention_mask" | "token_type_ids",
-                    Inputs::Text {
-                        batch,
-                        seq_len,
-                        input_ids,
-                        attention_mask,
-                        token_type_ids,
-                    },
-                ) => {
-                    let src = match name.as_str() {
-                        "input_ids" => input_ids,
-                        "attention_mask" => attention_mask,
-                        _ => token_type_ids,
-                    };
-                    tensor_i64(&[*batch, *seq_len], src)?
-                }
-                (
-                    "pixel_values",
-                    Inputs::Image {
-                        shape,
-                        pixel_values,
-                    },
-                ) => tensor_f32(shape, pixel_values)?,
-                (other, _) => {
-                    return Err(EngineError::InvalidInput(format!(
-                        "the model wants input '{other}', which these inputs do not provide"
-                    )))
-                }
+        for name in &self.inputs {
+            let t = match inputs.graph_input(name)? {
+                GraphInput::Int64 { shape, data } => tensor(ElementType::I64, &shape, &data)?,
+                GraphInput::Float32 { shape, data } => tensor(ElementType::F32, &shape, data)?,
             };
-            self.request.set_tensor(&name, &t).map_err(ov)?;
+            self.request.set_tensor(name, &t).map_err(ov)?;
         }
         self.request.infer().map_err(ov)?;
         let mut tensors: Vec<(String, Box<dyn OutputTensor>)> = Vec::new();
