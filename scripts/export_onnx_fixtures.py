@@ -4,6 +4,15 @@ onnx-community / Xenova repositories use (`<fixture>/onnx/model.onnx`), so the O
 and OpenVINO engines are tested against the same transformers reference outputs
 (`reference.safetensors`) as the native engine.
 
+* Encoders (bert-tiny, vit-tiny): one graph, named inputs to one named output.
+* Decoders (llama, qwen2, qwen3, opt): one graph with the KV cache as inputs and outputs,
+  named like Optimum's and onnx-community's exports: `input_ids`, `attention_mask`,
+  `position_ids` (not OPT, which derives positions from the mask),
+  `past_key_values.{i}.key|value` [batch, kv_heads, past, head_dim] -> `logits`,
+  `present.{i}.key|value`. The first step feeds an empty cache (past = 0), so the one graph
+  does both prefill and decode. Traced with eager attention: the masks then trace as plain
+  tensor ops.
+
     ~/.cache/ipfs-accelerate/pyref/bin/python scripts/export_onnx_fixtures.py
 
 Needs torch + transformers + onnx (scripts/setup_pyref.sh; pip install onnx). Exported with
@@ -43,6 +52,61 @@ def export(name, model, inputs, output, dynamic):
     print("exported", out / "model.onnx")
 
 
+class DecoderWithPast(torch.nn.Module):
+    """Takes the cache as flat tensors (key, value per layer) and returns it the same way."""
+
+    def __init__(self, model, inputs):
+        super().__init__()
+        self.model, self.inputs = model, inputs
+
+    def forward(self, *args):
+        from transformers.cache_utils import DynamicCache
+        n = len(self.inputs)
+        past = args[n:]
+        cache = DynamicCache()
+        for i in range(len(past) // 2):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        out = self.model(**dict(zip(self.inputs, args[:n])), past_key_values=cache, use_cache=True)
+        flat = []
+        for layer in out.past_key_values.layers:
+            flat += [layer.keys, layer.values]
+        return (out.logits, *flat)
+
+
+def export_decoder(name):
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(FIX / name, attn_implementation="eager").eval()
+    c = model.config
+    heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    past_len, new = 3, 2  # traced with a non-empty cache so that its length stays dynamic
+    inputs = {"input_ids": torch.tensor([[5, 6]]),
+              "attention_mask": torch.ones(1, past_len + new, dtype=torch.long)}
+    if c.model_type != "opt":
+        inputs["position_ids"] = torch.tensor([[past_len, past_len + 1]])
+    kinds = [(i, k) for i in range(c.num_hidden_layers) for k in ("key", "value")]
+    past_names = [f"past_key_values.{i}.{k}" for i, k in kinds]
+    present_names = [f"present.{i}.{k}" for i, k in kinds]
+    gen = torch.Generator().manual_seed(0)
+    past = [torch.randn(1, heads, past_len, head_dim, generator=gen) for _ in kinds]
+    dynamic = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"},
+               "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"},
+               **{n: {0: "batch", 2: "past"} for n in past_names},
+               **{n: {0: "batch", 2: "total"} for n in present_names}}
+    names = list(inputs) + past_names
+    out = FIX / name / "onnx"
+    out.mkdir(exist_ok=True)
+    torch.onnx.export(
+        DecoderWithPast(model, list(inputs)), tuple(inputs.values()) + tuple(past),
+        str(out / "model.onnx"), input_names=names, output_names=["logits"] + present_names,
+        opset_version=17, dynamo=False,
+        dynamic_axes={k: v for k, v in dynamic.items() if k in names + ["logits"] + present_names})
+    (out / "export_meta.json").write_text(json.dumps({
+        "generator": "scripts/export_onnx_fixtures.py", "torch": torch.__version__,
+        "opset": 17, "inputs": names, "outputs": ["logits"] + present_names}, indent=2))
+    print("exported", out / "model.onnx")
+
+
 def main():
     from transformers import BertModel, ViTForImageClassification
     ids = torch.tensor([[2, 10, 11, 12, 3, 0]])
@@ -51,6 +115,8 @@ def main():
            "last_hidden_state", {0: "batch", 1: "sequence"})
     export("vit-tiny", ViTForImageClassification.from_pretrained(FIX / "vit-tiny"),
            {"pixel_values": torch.randn(1, 3, 32, 32)}, "logits", {0: "batch"})
+    for name in ["llama-tiny", "qwen2-tiny", "qwen3-tiny", "opt-tiny"]:
+        export_decoder(name)
 
 
 if __name__ == "__main__":

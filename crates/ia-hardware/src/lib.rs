@@ -16,7 +16,7 @@ use std::str::FromStr;
 
 pub use cpu::CpuInfo;
 pub use gpu::GpuDevice;
-pub use runtimes::{cache_dir, find_python_site_packages, RuntimeLibrary};
+pub use runtimes::{cache_dir, find_python_site_packages, library_file_problem, RuntimeLibrary};
 
 /// The runtime libraries (ONNX Runtime, OpenVINO) detection finds, without the platform probes.
 pub fn detect_runtimes() -> Vec<RuntimeLibrary> {

@@ -169,11 +169,64 @@ fn first_loadable<T>(
                 std::mem::forget(lib);
                 return (Some(p), r);
             }
-            Err(e) => last = Some((p, e.to_string())),
+            Err(e) => {
+                let e = library_file_problem(&p).unwrap_or_else(|| e.to_string());
+                last = Some((p, e));
+            }
         }
     }
     let (p, e) = last.expect("at least one candidate");
     (Some(p), Err(format!("cannot load: {e}")))
+}
+
+/// Why a shared library file cannot be loaded on this machine, where its header says so: glibc
+/// reports a library built for another architecture as "No such file or directory", which
+/// sends users looking in the wrong place. None where the header looks loadable.
+pub fn library_file_problem(path: &Path) -> Option<String> {
+    let mut head = [0u8; 20];
+    let read = std::fs::File::open(path).and_then(|mut f| {
+        use std::io::Read;
+        f.read(&mut head)
+    });
+    let n = match read {
+        Ok(n) => n,
+        Err(e) => return Some(format!("{}: {e}", path.display())),
+    };
+    let head = &head[..n];
+    let what = match head {
+        [0x7f, b'E', b'L', b'F', class, data, ..] if head.len() >= 20 => {
+            let machine = if *data == 1 {
+                u16::from_le_bytes([head[18], head[19]])
+            } else {
+                u16::from_be_bytes([head[18], head[19]])
+            };
+            let arch = match (machine, class) {
+                (0x3e, 2) => "x86_64",
+                (0xb7, 2) => "aarch64",
+                (0x03, 1) => "x86",
+                (0x28, 1) => "arm",
+                (0xf3, _) => "riscv64",
+                (0x15, 2) => "powerpc64",
+                (0x16, 2) => "s390x",
+                _ => "an unknown architecture",
+            };
+            if arch == std::env::consts::ARCH {
+                return None;
+            }
+            format!("built for {arch}")
+        }
+        [b'M', b'Z', ..] => "a Windows DLL".to_string(),
+        [0xcf, 0xfa, 0xed, 0xfe, ..] | [0xca, 0xfe, 0xba, 0xbe, ..] => {
+            "a macOS library".to_string()
+        }
+        _ => "not a shared library".to_string(),
+    };
+    Some(format!(
+        "{} is {what}; this machine is {} {}",
+        path.display(),
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    ))
 }
 
 fn probe_onnxruntime(site: &[PathBuf]) -> RuntimeLibrary {
@@ -416,6 +469,36 @@ mod tests {
         let (path, r) = first_loadable("ONNX Runtime", vec![bogus.clone()], |_| Ok(()));
         assert_eq!(path.as_deref(), Some(bogus.as_path()));
         assert!(r.unwrap_err().starts_with("cannot load"));
+    }
+
+    #[test]
+    fn library_headers_name_the_architecture_they_were_built_for() {
+        assert_eq!(library_file_problem(Path::new("/proc/self/exe")), None);
+        let dir = tempdir();
+        let elf = |machine: u16| {
+            let mut h = vec![0x7f, b'E', b'L', b'F', 2, 1];
+            h.resize(18, 0);
+            h.extend_from_slice(&machine.to_le_bytes());
+            h
+        };
+        let other = if std::env::consts::ARCH == "aarch64" {
+            (0x3e, "x86_64")
+        } else {
+            (0xb7, "aarch64")
+        };
+        let lib = dir.join("libother.so");
+        std::fs::write(&lib, elf(other.0)).unwrap();
+        let e = library_file_problem(&lib).unwrap();
+        assert!(
+            e.contains(&format!("is built for {}; this machine is", other.1)),
+            "{e}"
+        );
+        std::fs::write(&lib, b"MZ\x90\x00").unwrap();
+        assert!(library_file_problem(&lib)
+            .unwrap()
+            .contains("a Windows DLL"));
+        let e = library_file_problem(&dir.join("absent.so")).unwrap();
+        assert!(e.contains("absent.so"), "{e}");
     }
 
     fn tempdir() -> PathBuf {

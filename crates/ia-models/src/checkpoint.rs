@@ -93,6 +93,34 @@ impl ModelSource {
         }
     }
 
+    /// generation_config.json of a checkpoint (null when it has none or it is unreadable:
+    /// generation defaults then come from config.json alone).
+    pub fn generation_config(&self) -> Value {
+        match self {
+            ModelSource::Checkpoint(c) => read_json(&c.dir.join("generation_config.json")).ok(),
+            ModelSource::RandomInit { .. } => None,
+        }
+        .unwrap_or(Value::Null)
+    }
+
+    /// End-of-sequence ids: config.json's `eos_token_id` (a number or a list), plus
+    /// generation_config.json's where the checkpoint has one.
+    pub fn eos_tokens(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut add = |v: Option<&Value>| match v {
+            Some(Value::Number(n)) => out.extend(n.as_u64().map(|x| x as u32)),
+            Some(Value::Array(a)) => {
+                out.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32))
+            }
+            _ => {}
+        };
+        add(self.config().get("eos_token_id"));
+        add(self.generation_config().get("eos_token_id"));
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// A short description for results: the folder, or "random(seed=N)".
     pub fn describe(&self) -> String {
         match self {

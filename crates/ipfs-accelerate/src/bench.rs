@@ -21,9 +21,10 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "bert,vit")]
     models: Vec<String>,
     /// Platforms to run on: cpu, cuda, rocm, mps, webgpu, webnn on the native engine;
-    /// `onnxruntime` (ONNX exports on ONNX Runtime's CPU execution provider); `openvino`
-    /// (ONNX exports / IR on OpenVINO's CPU device). Unavailable ones are recorded with the
-    /// reason
+    /// `onnxruntime` (ONNX exports on ONNX Runtime's CPU execution provider) or
+    /// `onnxruntime:<platform>` (the provider that drives it: cuda, rocm, mps, openvino);
+    /// `openvino` (ONNX exports / IR on OpenVINO's CPU device). Unavailable ones are recorded
+    /// with the reason
     #[arg(long, value_delimiter = ',', default_value = "cpu")]
     hardware: Vec<Target>,
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
@@ -104,15 +105,29 @@ pub struct Target {
 impl std::str::FromStr for Target {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (platform, engine) = match s.trim().to_ascii_lowercase().as_str() {
-            "onnxruntime" | "ort" => (Platform::Cpu, EngineKind::OnnxRuntime),
-            "openvino" => (Platform::Openvino, EngineKind::OpenVino),
-            other => (
-                other
+        let s = s.trim().to_ascii_lowercase();
+        let (platform, engine) = match s.split_once(':') {
+            Some(("onnxruntime" | "ort", platform)) => (
+                platform
                     .parse::<Platform>()
-                    .map_err(|e| format!("{e} (or onnxruntime)"))?,
-                EngineKind::Native,
+                    .map_err(|e| format!("{e} (after onnxruntime:)"))?,
+                EngineKind::OnnxRuntime,
             ),
+            Some(_) => {
+                return Err(format!(
+                    "unknown target '{s}' (engine:platform is onnxruntime:<platform>)"
+                ))
+            }
+            None => match s.as_str() {
+                "onnxruntime" | "ort" => (Platform::Cpu, EngineKind::OnnxRuntime),
+                "openvino" => (Platform::Openvino, EngineKind::OpenVino),
+                other => (
+                    other
+                        .parse::<Platform>()
+                        .map_err(|e| format!("{e} (or onnxruntime[:<platform>], openvino)"))?,
+                    EngineKind::Native,
+                ),
+            },
         };
         Ok(Target { platform, engine })
     }
@@ -613,4 +628,28 @@ fn results_table(rows: &[ResultRow]) -> String {
         out.push_str(&format!("note: {n}\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_name_an_engine_and_a_platform() {
+        let t = |s: &str| s.parse::<Target>().map(|t| (t.platform, t.engine));
+        assert_eq!(t("cpu"), Ok((Platform::Cpu, EngineKind::Native)));
+        assert_eq!(t("ort"), Ok((Platform::Cpu, EngineKind::OnnxRuntime)));
+        assert_eq!(
+            t("onnxruntime:cuda"),
+            Ok((Platform::Cuda, EngineKind::OnnxRuntime))
+        );
+        assert_eq!(
+            t("openvino"),
+            Ok((Platform::Openvino, EngineKind::OpenVino))
+        );
+        assert!(t("onnxruntime:tpu").is_err());
+        assert!(t("tensorrt:cuda")
+            .unwrap_err()
+            .contains("onnxruntime:<platform>"));
+    }
 }

@@ -78,13 +78,20 @@ pub fn render(r: &HardwareReport) -> String {
                     .unwrap_or_default(),
                 if rt.devices.is_empty() {
                     String::new()
+                } else if rt.name == "onnxruntime" {
+                    // Each provider with the platform it drives (`bench --hardware
+                    // onnxruntime:<platform>`).
+                    let eps: Vec<String> = rt
+                        .devices
+                        .iter()
+                        .map(|ep| match ia_ort::platform_of(ep) {
+                            Some(p) => format!("{ep} -> {p}"),
+                            None => ep.clone(),
+                        })
+                        .collect();
+                    format!(" (execution providers: {})", eps.join(", "))
                 } else {
-                    let what = if rt.name == "onnxruntime" {
-                        "execution providers"
-                    } else {
-                        "devices"
-                    };
-                    format!(" ({what}: {})", rt.devices.join(", "))
+                    format!(" (devices: {})", rt.devices.join(", "))
                 }
             ),
             (_, Some(e)) => format!("not usable: {e}"),

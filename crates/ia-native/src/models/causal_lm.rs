@@ -1,7 +1,7 @@
 //! Decoder-only text generation (LLaMA, Qwen2, Qwen3, OPT) behind `TextGenerator`, each with
 //! its KV cache: the prompt is run once (prefill), then one token per step.
 
-use super::{eos_tokens, opt, parse_config, quantized, LoadContext};
+use super::{opt, parse_config, quantized, LoadContext};
 use crate::rt;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::{llama, qwen2, qwen3};
@@ -51,7 +51,7 @@ impl CausalLm {
             return Ok(Box::new(Self {
                 backbone: Backbone::Quantized(q.backbone),
                 info,
-                eos: eos_tokens(ctx.source),
+                eos: ctx.source.eos_tokens(),
                 max_context: q.max_context,
                 position: 0,
                 device: ctx.device,
@@ -117,7 +117,7 @@ impl CausalLm {
         Ok(Box::new(Self {
             backbone,
             info,
-            eos: eos_tokens(ctx.source),
+            eos: ctx.source.eos_tokens(),
             max_context,
             position: 0,
             device: ctx.device,

@@ -64,37 +64,10 @@ pub(crate) fn normalized_config(config: &serde_json::Value) -> serde_json::Value
     c
 }
 
-/// End-of-sequence ids: config.json's `eos_token_id` (a number or a list), plus
-/// generation_config.json's where the checkpoint has one.
-pub(crate) fn eos_tokens(source: &ModelSource) -> Vec<u32> {
-    let mut out = Vec::new();
-    let mut add = |v: Option<&serde_json::Value>| match v {
-        Some(serde_json::Value::Number(n)) => out.extend(n.as_u64().map(|x| x as u32)),
-        Some(serde_json::Value::Array(a)) => {
-            out.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32))
-        }
-        _ => {}
-    };
-    add(source.config().get("eos_token_id"));
-    add(generation_config(source).get("eos_token_id"));
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
 fn read_json(path: &std::path::Path) -> Option<serde_json::Value> {
     std::fs::read_to_string(path)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
-}
-
-/// generation_config.json of a checkpoint (null when it has none).
-pub(crate) fn generation_config(source: &ModelSource) -> serde_json::Value {
-    match source {
-        ModelSource::Checkpoint(c) => read_json(&c.dir.join("generation_config.json")),
-        ModelSource::RandomInit { .. } => None,
-    }
-    .unwrap_or(serde_json::Value::Null)
 }
 
 /// preprocessor_config.json of a checkpoint, if it has one.

@@ -9,7 +9,7 @@
 //! `T5Generator` runs the encoder once per prompt and the decoder one token per step, with
 //! self-attention keys/values cached and cross-attention keys/values computed once.
 
-use super::{eos_tokens, parse_config, LoadContext};
+use super::{parse_config, LoadContext};
 use crate::rt;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{embedding, linear_no_bias, Activation, Embedding, Linear, VarBuilder};
@@ -515,7 +515,7 @@ impl T5Generator {
             decoder_start: cfg.decoder_start_token_id.unwrap_or(cfg.pad_token_id),
             max_context: cfg.n_positions,
             info,
-            eos: eos_tokens(ctx.source),
+            eos: ctx.source.eos_tokens(),
             device: ctx.device,
         }))
     }

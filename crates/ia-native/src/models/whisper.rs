@@ -408,7 +408,7 @@ impl WhisperSession {
             )));
         }
         let tokenizer = super::load_tokenizer(ctx.source)?;
-        let generation = super::generation_config(ctx.source);
+        let generation = ctx.source.generation_config();
         let config = ctx.source.config().clone();
         let rules = DecodingRules::new(&config, &generation, &cfg, tokenizer.as_ref(), None)?;
         let mut info = ctx.info;

@@ -1,0 +1,292 @@
+//! Counts the weights stored in an exported graph, so that results from ONNX Runtime and
+//! OpenVINO record a parameter count like the native engine's. Runtimes do not report it.
+//!
+//! * ONNX: the elements of the graph's floating-point and low-bit integer initializers.
+//!   Shape constants (int64/int32/bool) are not parameters. The file is read field by field
+//!   and the tensor bytes are skipped with seeks, so a 2 GB export is never held in memory.
+//! * OpenVINO IR: the elements of the `Const` layers of those element types in the `.xml`.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct GraphWeightsError {
+    pub path: String,
+    pub message: String,
+}
+
+fn err(path: &Path, message: impl Into<String>) -> GraphWeightsError {
+    GraphWeightsError {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+/// ONNX `TensorProto.DataType` values that hold weights: float, uint8, int8, float16, double,
+/// bfloat16, the float8 kinds, uint4, int4, float4.
+const ONNX_WEIGHT_TYPES: &[u64] = &[1, 2, 3, 10, 11, 16, 17, 18, 19, 20, 21, 22, 23];
+
+/// Parameters of an ONNX model file (its initializers; see the module doc).
+pub fn onnx_parameter_count(path: &Path) -> Result<u64, GraphWeightsError> {
+    let file = File::open(path).map_err(|e| err(path, e.to_string()))?;
+    let len = file.metadata().map_err(|e| err(path, e.to_string()))?.len();
+    let mut r = ProtoReader {
+        inner: BufReader::new(file),
+        pos: 0,
+    };
+    let mut total = 0u64;
+    let mut saw_graph = false;
+    // ModelProto: field 7 is the graph.
+    r.fields(len, &mut |r, field, wire| match (field, wire) {
+        (7, Wire::Len(n)) => {
+            saw_graph = true;
+            // GraphProto: field 5 is an initializer.
+            let end = r.pos + n;
+            r.fields(end, &mut |r, field, wire| match (field, wire) {
+                (5, Wire::Len(n)) => {
+                    let (dtype, elements) = r.tensor_header(r.pos + n)?;
+                    if ONNX_WEIGHT_TYPES.contains(&dtype) {
+                        total += elements;
+                    }
+                    Ok(())
+                }
+                (_, wire) => r.skip(wire),
+            })
+        }
+        (_, wire) => r.skip(wire),
+    })
+    .map_err(|m| err(path, format!("not a readable ONNX model ({m})")))?;
+    if !saw_graph {
+        return Err(err(path, "not an ONNX model (it has no graph)"));
+    }
+    Ok(total)
+}
+
+enum Wire {
+    Varint(u64),
+    Fixed(u64),
+    Len(u64),
+}
+
+struct ProtoReader<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: Read + Seek> ProtoReader<R> {
+    fn byte(&mut self) -> Result<u8, String> {
+        let mut b = [0u8];
+        self.inner
+            .read_exact(&mut b)
+            .map_err(|_| format!("truncated at byte {}", self.pos))?;
+        self.pos += 1;
+        Ok(b[0])
+    }
+
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(format!("varint too long at byte {}", self.pos))
+    }
+
+    fn skip(&mut self, wire: Wire) -> Result<(), String> {
+        let n = match wire {
+            Wire::Varint(_) => return Ok(()),
+            Wire::Fixed(n) | Wire::Len(n) => n,
+        };
+        self.inner
+            .seek(SeekFrom::Current(n as i64))
+            .map_err(|e| e.to_string())?;
+        self.pos += n;
+        Ok(())
+    }
+
+    /// Calls `each` for every field up to `end`; `each` must consume the field's payload
+    /// (length-delimited and fixed-width payloads are not read by this loop).
+    fn fields(
+        &mut self,
+        end: u64,
+        each: &mut dyn FnMut(&mut Self, u64, Wire) -> Result<(), String>,
+    ) -> Result<(), String> {
+        while self.pos < end {
+            let key = self.varint()?;
+            let wire = match key & 7 {
+                0 => Wire::Varint(self.varint()?),
+                1 => Wire::Fixed(8),
+                2 => Wire::Len(self.varint()?),
+                5 => Wire::Fixed(4),
+                w => return Err(format!("unknown wire type {w} at byte {}", self.pos)),
+            };
+            each(self, key >> 3, wire)?;
+            if self.pos > end {
+                return Err(format!(
+                    "a field runs past its message at byte {}",
+                    self.pos
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A TensorProto's data type and element count (dims: field 1, packed or not; data type:
+    /// field 2), skipping its data.
+    fn tensor_header(&mut self, end: u64) -> Result<(u64, u64), String> {
+        let mut dims: Vec<u64> = Vec::new();
+        let mut dtype = 0;
+        self.fields(end, &mut |r, field, wire| match (field, wire) {
+            (1, Wire::Varint(d)) => {
+                dims.push(d);
+                Ok(())
+            }
+            (1, Wire::Len(n)) => {
+                let stop = r.pos + n;
+                while r.pos < stop {
+                    dims.push(r.varint()?);
+                }
+                Ok(())
+            }
+            (2, Wire::Varint(t)) => {
+                dtype = t;
+                Ok(())
+            }
+            (_, wire) => r.skip(wire),
+        })?;
+        Ok((dtype, dims.iter().product()))
+    }
+}
+
+/// IR element types that hold weights (see [`ONNX_WEIGHT_TYPES`]).
+const IR_WEIGHT_TYPES: &[&str] = &[
+    "f64", "f32", "f16", "bf16", "f8e4m3", "f8e5m2", "u8", "i8", "u4", "i4", "nf4",
+];
+
+/// Parameters of an OpenVINO IR model (`.xml`; its `Const` layers; see the module doc).
+pub fn ir_parameter_count(xml: &Path) -> Result<u64, GraphWeightsError> {
+    let text = std::fs::read_to_string(xml).map_err(|e| err(xml, e.to_string()))?;
+    if !text.contains("<net") {
+        return Err(err(xml, "not an OpenVINO IR file (no <net> element)"));
+    }
+    let mut total = 0u64;
+    for layer in text.split("<layer ").skip(1) {
+        let head = &layer[..layer.find('>').unwrap_or(layer.len())];
+        if !head.contains("type=\"Const\"") {
+            continue;
+        }
+        let Some(data) = layer.find("<data ").map(|i| &layer[i..]) else {
+            continue;
+        };
+        let data = &data[..data.find('>').unwrap_or(data.len())];
+        let (Some(ty), Some(shape)) = (attribute(data, "element_type"), attribute(data, "shape"))
+        else {
+            continue;
+        };
+        if !IR_WEIGHT_TYPES.contains(&ty) {
+            continue;
+        }
+        let mut elements = 1u64;
+        for d in shape.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            elements *= d
+                .parse::<u64>()
+                .map_err(|_| err(xml, format!("a Const layer has shape \"{shape}\"")))?;
+        }
+        total += elements;
+    }
+    Ok(total)
+}
+
+fn attribute<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let len = tag[start..].find('"')?;
+    Some(&tag[start..start + len])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    fn len_field(field: u64, body: &[u8], out: &mut Vec<u8>) {
+        varint(field << 3 | 2, out);
+        varint(body.len() as u64, out);
+        out.extend_from_slice(body);
+    }
+
+    fn tensor(dims: &[u64], dtype: u64, packed: bool) -> Vec<u8> {
+        let mut t = Vec::new();
+        if packed {
+            let mut p = Vec::new();
+            dims.iter().for_each(|&d| varint(d, &mut p));
+            len_field(1, &p, &mut t);
+        } else {
+            for &d in dims {
+                varint(1 << 3, &mut t);
+                varint(d, &mut t);
+            }
+        }
+        varint(2 << 3, &mut t);
+        varint(dtype, &mut t);
+        len_field(8, b"weight.name", &mut t);
+        len_field(
+            9,
+            &vec![0u8; 4 * dims.iter().product::<u64>() as usize],
+            &mut t,
+        );
+        t
+    }
+
+    #[test]
+    fn counts_float_initializers_and_skips_shape_constants() {
+        let mut graph = Vec::new();
+        len_field(1, b"a node", &mut graph);
+        len_field(5, &tensor(&[3, 4], 1, true), &mut graph);
+        len_field(5, &tensor(&[5], 10, false), &mut graph);
+        len_field(5, &tensor(&[2], 7, true), &mut graph); // int64 shape constant
+        let mut model = Vec::new();
+        varint(1 << 3, &mut model); // ir_version
+        varint(8, &mut model);
+        len_field(7, &graph, &mut model);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.onnx");
+        std::fs::write(&path, &model).unwrap();
+        assert_eq!(onnx_parameter_count(&path).unwrap(), 17);
+
+        std::fs::write(&path, &model[..model.len() - 5]).unwrap();
+        let e = onnx_parameter_count(&path).unwrap_err().to_string();
+        assert!(e.contains("not a readable ONNX model"), "{e}");
+        std::fs::write(&path, b"").unwrap();
+        let e = onnx_parameter_count(&path).unwrap_err().to_string();
+        assert!(e.contains("no graph"), "{e}");
+    }
+
+    #[test]
+    fn counts_ir_weight_constants() {
+        let xml = r#"<?xml version="1.0"?>
+<net name="m" version="11"><layers>
+<layer id="0" name="w" type="Const" version="opset1"><data element_type="f16" shape="300, 32" offset="0" size="19200"/></layer>
+<layer id="1" name="shape" type="Const" version="opset1"><data element_type="i64" shape="2" offset="0" size="16"/></layer>
+<layer id="2" name="scalar" type="Const" version="opset1"><data element_type="f32" shape="" offset="0" size="4"/></layer>
+<layer id="3" name="x" type="Parameter" version="opset1"><data shape="?,?" element_type="f32"/></layer>
+</layers></net>"#;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.xml");
+        std::fs::write(&path, xml).unwrap();
+        assert_eq!(ir_parameter_count(&path).unwrap(), 9601);
+        std::fs::write(&path, "hello").unwrap();
+        assert!(ir_parameter_count(&path).is_err());
+    }
+}

@@ -1,0 +1,94 @@
+//! Building ONNX Runtime sessions, and running encoder-style graphs (one call, named inputs
+//! in, named outputs out).
+
+use crate::runtime::{provider_for, register, runtime};
+use ia_engine::inputs::GraphInput;
+use ia_engine::{EngineError, Inputs, OutputTensor, Outputs, Session, SessionInfo};
+use ia_hardware::Platform;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::Tensor;
+use std::path::Path;
+
+/// A session on `platform`'s execution provider, and that provider's name.
+pub(crate) fn build(
+    file: &Path,
+    platform: Platform,
+) -> Result<(ort::session::Session, &'static str), EngineError> {
+    let provider = provider_for(platform)?;
+    let rt = runtime()?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let builder = ort::session::Session::builder(&rt.env)
+        .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::Level3)?))
+        .and_then(|b| Ok(b.with_intra_threads(threads)?))
+        .map_err(|e| EngineError::Runtime(format!("ONNX Runtime session options: {e}")))?;
+    let mut builder = register(builder, provider).map_err(EngineError::Unsupported)?;
+    let session = builder
+        .commit_from_file(file)
+        .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", file.display())))?;
+    Ok((session, provider))
+}
+
+/// "cpu (CPUExecutionProvider)": the platform and the provider that ran it.
+pub(crate) fn device_name(platform: Platform, provider: &str) -> String {
+    format!("{platform} ({provider})")
+}
+
+pub(crate) fn rt_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Runtime(e.to_string())
+}
+
+pub struct OrtSession {
+    pub(crate) session: ort::session::Session,
+    pub(crate) inputs: Vec<String>,
+    pub(crate) info: SessionInfo,
+}
+
+/// A copied-out ONNX Runtime output.
+struct OrtOutput {
+    shape: Vec<usize>,
+    data: Vec<f32>,
+}
+
+impl OutputTensor for OrtOutput {
+    fn shape(&self) -> Vec<usize> {
+        self.shape.clone()
+    }
+
+    fn to_f32_vec(&self) -> Result<Vec<f32>, EngineError> {
+        Ok(self.data.clone())
+    }
+}
+
+impl Session for OrtSession {
+    fn info(&self) -> &SessionInfo {
+        &self.info
+    }
+
+    fn run(&mut self, inputs: &Inputs) -> Result<Outputs, EngineError> {
+        let mut feed: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::new();
+        for name in &self.inputs {
+            let value: ort::value::DynValue = match inputs.graph_input(name)? {
+                GraphInput::Int64 { shape, data } => Tensor::from_array((shape, data))
+                    .map_err(rt_err)?
+                    .into_dyn(),
+                GraphInput::Float32 { shape, data } => Tensor::from_array((shape, data.to_vec()))
+                    .map_err(rt_err)?
+                    .into_dyn(),
+            };
+            feed.push((name.clone(), value.into()));
+        }
+        let outputs = self.session.run(feed).map_err(rt_err)?;
+        let mut tensors: Vec<(String, Box<dyn OutputTensor>)> = Vec::new();
+        for (name, value) in outputs.iter() {
+            let (shape, data) = value.try_extract_tensor::<f32>().map_err(rt_err)?;
+            tensors.push((
+                name.to_string(),
+                Box::new(OrtOutput {
+                    shape: shape.iter().map(|&d| d as usize).collect(),
+                    data: data.to_vec(),
+                }),
+            ));
+        }
+        Ok(Outputs { tensors })
+    }
+}
