@@ -5,6 +5,7 @@
 //! `Engine::load(source, platform, precision) -> Session`, then `Session::run(inputs) -> Outputs`.
 //! Inputs come from [`inputs::generate`], one generator per modality.
 
+pub mod exported_decoder;
 pub mod generation;
 pub mod inputs;
 pub mod speech;

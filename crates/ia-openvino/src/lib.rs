@@ -8,9 +8,11 @@
 //! bf16 by itself on CPUs with AMX / avx512_bf16, so the requested precision is set as the
 //! inference-precision hint and the value the compiled model reports is recorded.
 
+use ia_engine::exported_decoder::{DecoderBackend, DecoderGraph, DecoderStep, ExportedDecoder};
 use ia_engine::inputs::GraphInput;
 use ia_engine::{
     Engine, EngineError, Inputs, OutputTensor, Outputs, Precision, Session, SessionInfo,
+    TextGenerator,
 };
 use ia_hardware::Platform;
 use ia_models::{classify_config, ModelClass, ModelSource};
@@ -89,39 +91,23 @@ fn hint(precision: Precision) -> Result<&'static str, EngineError> {
     }
 }
 
-impl Engine for OpenVinoEngine {
-    fn name(&self) -> &'static str {
-        "openvino"
-    }
+/// What every load shares: the compiled model's request, its inputs (with their dims; a dynamic
+/// dim is -1) and outputs, and what to record about it.
+struct Opened {
+    request: InferRequest,
+    core: Core,
+    inputs: Vec<(String, Option<Vec<i64>>)>,
+    outputs: Vec<String>,
+    info: SessionInfo,
+}
 
-    fn version(&self) -> String {
-        library().map_or_else(
-            |_| "openvino (not loaded)".into(),
-            |(_, v)| format!("openvino {v}"),
-        )
-    }
-
-    fn supports(&self, class: ModelClass, platform: Platform) -> Result<(), EngineError> {
-        if platform != Platform::Openvino {
-            return Err(EngineError::Unsupported(format!(
-                "the OpenVINO engine runs on the openvino platform, not {platform}"
-            )));
-        }
-        match class {
-            ModelClass::Bert | ModelClass::Vit => library().map(|_| ()),
-            other => Err(EngineError::Unsupported(format!(
-                "no ONNX path for {} models yet",
-                other.as_str()
-            ))),
-        }
-    }
-
-    fn load(
+impl OpenVinoEngine {
+    fn open(
         &self,
         source: &ModelSource,
         platform: Platform,
         precision: Precision,
-    ) -> Result<Box<dyn Session>, EngineError> {
+    ) -> Result<Opened, EngineError> {
         let class = classify_config(source.config())
             .map_err(|e| EngineError::InvalidModel(e.to_string()))?
             .class;
@@ -145,20 +131,21 @@ impl Engine for OpenVinoEngine {
         let model = core
             .read_model_from_file(&model_path.display().to_string(), &weights)
             .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", model_path.display())))?;
-        let names =
-            |n: usize, get: &dyn Fn(usize) -> Result<openvino::Node, openvino::InferenceError>| {
-                (0..n)
-                    .map(|i| get(i).and_then(|node| node.get_name()))
-                    .collect::<Result<Vec<String>, _>>()
-            };
-        let inputs = names(model.get_inputs_len().map_err(ov)?, &|i| {
-            model.get_input_by_index(i)
-        })
-        .map_err(ov)?;
-        let outputs = names(model.get_outputs_len().map_err(ov)?, &|i| {
-            model.get_output_by_index(i)
-        })
-        .map_err(ov)?;
+        let mut inputs = Vec::new();
+        for i in 0..model.get_inputs_len().map_err(ov)? {
+            let node = model.get_input_by_index(i).map_err(ov)?;
+            let dims = node.get_partial_shape().ok().map(|s| {
+                s.get_dimensions()
+                    .iter()
+                    .map(|d| if d.is_dynamic() { -1 } else { d.get_min() })
+                    .collect()
+            });
+            inputs.push((node.get_name().map_err(ov)?, dims));
+        }
+        let outputs = (0..model.get_outputs_len().map_err(ov)?)
+            .map(|i| model.get_output_by_index(i).and_then(|n| n.get_name()))
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(ov)?;
         let mut compiled = core.compile_model(&model, DeviceType::CPU).map_err(ov)?;
         // The precision the compiled model really runs at, as OpenVINO reports it; a result
         // whose precision is not known is not recorded.
@@ -176,22 +163,110 @@ impl Engine for OpenVinoEngine {
             ))
         })?;
         let request = compiled.create_infer_request().map_err(ov)?;
-        Ok(Box::new(OpenVinoSession {
+        let info = SessionInfo {
+            engine: self.name().into(),
+            engine_version: format!("openvino {version}"),
+            platform,
+            device: format!("CPU (inference precision {used})"),
+            precision: precision_used,
+            weights: source.weights_kind(),
+            parameter_count,
+            output_names: outputs.clone(),
+        };
+        Ok(Opened {
             request,
+            core,
             inputs,
-            outputs: outputs.clone(),
-            _core: core,
-            info: SessionInfo {
-                engine: self.name().into(),
-                engine_version: format!("openvino {version}"),
-                platform,
-                device: format!("CPU (inference precision {used})"),
-                precision: precision_used,
-                weights: source.weights_kind(),
-                parameter_count,
-                output_names: outputs,
-            },
+            outputs,
+            info,
+        })
+    }
+}
+
+fn is_decoder(class: ModelClass) -> bool {
+    matches!(class, ModelClass::Llama | ModelClass::Qwen)
+}
+
+impl Engine for OpenVinoEngine {
+    fn name(&self) -> &'static str {
+        "openvino"
+    }
+
+    fn version(&self) -> String {
+        library().map_or_else(
+            |_| "openvino (not loaded)".into(),
+            |(_, v)| format!("openvino {v}"),
+        )
+    }
+
+    fn supports(&self, class: ModelClass, platform: Platform) -> Result<(), EngineError> {
+        if platform != Platform::Openvino {
+            return Err(EngineError::Unsupported(format!(
+                "the OpenVINO engine runs on the openvino platform, not {platform}"
+            )));
+        }
+        match class {
+            ModelClass::Bert | ModelClass::Vit => library().map(|_| ()),
+            c if is_decoder(c) => library().map(|_| ()),
+            other => Err(EngineError::Unsupported(format!(
+                "no ONNX path for {} models yet",
+                other.as_str()
+            ))),
+        }
+    }
+
+    fn load(
+        &self,
+        source: &ModelSource,
+        platform: Platform,
+        precision: Precision,
+    ) -> Result<Box<dyn Session>, EngineError> {
+        let opened = self.open(source, platform, precision)?;
+        Ok(Box::new(OpenVinoSession {
+            request: opened.request,
+            inputs: opened.inputs.into_iter().map(|(name, _)| name).collect(),
+            outputs: opened.outputs,
+            _core: opened.core,
+            info: opened.info,
         }))
+    }
+
+    fn load_generator(
+        &self,
+        source: &ModelSource,
+        platform: Platform,
+        precision: Precision,
+    ) -> Result<Box<dyn TextGenerator>, EngineError> {
+        let class = classify_config(source.config())
+            .map_err(|e| EngineError::InvalidModel(e.to_string()))?
+            .class;
+        if !is_decoder(class) {
+            return Err(EngineError::Unsupported(format!(
+                "{} is not a decoder-only text-generation model; OpenVINO generates with decoder exports",
+                class.as_str()
+            )));
+        }
+        let max_context = source
+            .config()
+            .get("max_position_embeddings")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| {
+                EngineError::InvalidModel("config.json has no max_position_embeddings".into())
+            })? as usize;
+        let opened = self.open(source, platform, precision)?;
+        let graph = DecoderGraph::from_io(&opened.inputs, &opened.outputs)?;
+        let backend = OvDecoder {
+            request: opened.request,
+            _core: opened.core,
+            cache: Vec::new(),
+        };
+        Ok(Box::new(ExportedDecoder::new(
+            backend,
+            graph,
+            opened.info,
+            max_context,
+            source.eos_tokens(),
+        )))
     }
 }
 
@@ -254,5 +329,79 @@ impl Session for OpenVinoSession {
             tensors.push((name.clone(), Box::new(OvOutput { shape: dims, data })));
         }
         Ok(Outputs { tensors })
+    }
+}
+
+/// The [`DecoderBackend`] of a decoder exported with past key values (conventions in
+/// `ia_engine::exported_decoder`). OpenVINO reuses a request's output buffers, so the cache is
+/// copied out after each call.
+pub struct OvDecoder {
+    request: InferRequest,
+    // Keeps the plugin alive as long as the request.
+    _core: Core,
+    cache: Vec<Tensor>,
+}
+
+impl DecoderBackend for OvDecoder {
+    fn run(
+        &mut self,
+        graph: &DecoderGraph,
+        step: &DecoderStep,
+    ) -> Result<(Vec<usize>, Vec<f32>), EngineError> {
+        let (batch, total) = (step.batch, step.cached + step.new);
+        let mut set = |name: &str, t: Tensor| self.request.set_tensor(name, &t).map_err(ov);
+        set(
+            "input_ids",
+            tensor(ElementType::I64, &[batch, step.new], &step.input_ids)?,
+        )?;
+        set(
+            "attention_mask",
+            tensor(ElementType::I64, &[batch, total], &step.attention_mask)?,
+        )?;
+        if graph.has_position_ids {
+            set(
+                "position_ids",
+                tensor(ElementType::I64, &[batch, step.new], &step.position_ids)?,
+            )?;
+        }
+        if graph.has_cache_branch {
+            set(
+                "use_cache_branch",
+                tensor(ElementType::Boolean, &[1], &[u8::from(step.cached > 0)])?,
+            )?;
+        }
+        let cache = std::mem::take(&mut self.cache);
+        if step.cached == 0 {
+            for slot in &graph.slots {
+                let shape = [batch, slot.heads, 0, slot.head_dim];
+                self.request
+                    .set_tensor(&slot.input, &tensor::<f32>(ElementType::F32, &shape, &[])?)
+                    .map_err(ov)?;
+            }
+        } else {
+            for (slot, t) in graph.slots.iter().zip(&cache) {
+                self.request.set_tensor(&slot.input, t).map_err(ov)?;
+            }
+        }
+        self.request.infer().map_err(ov)?;
+        let read =
+            |request: &InferRequest, name: &str| -> Result<(Vec<usize>, Vec<f32>), EngineError> {
+                let t = request.get_tensor(name).map_err(ov)?;
+                let shape = t.get_shape().map_err(ov)?;
+                let dims = shape.get_dimensions().iter().map(|&d| d as usize).collect();
+                Ok((dims, t.get_data::<f32>().map_err(ov)?.to_vec()))
+            };
+        let mut next = Vec::with_capacity(graph.slots.len());
+        for slot in &graph.slots {
+            let (dims, data) = read(&self.request, &slot.output)?;
+            next.push(tensor(ElementType::F32, &dims, &data)?);
+        }
+        let logits = read(&self.request, "logits")?;
+        self.cache = next;
+        Ok(logits)
+    }
+
+    fn clear(&mut self) {
+        self.cache.clear();
     }
 }

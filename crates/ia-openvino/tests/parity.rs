@@ -6,7 +6,7 @@
 #[path = "../../ia-ort/tests/common/mod.rs"]
 mod common;
 
-use common::{fixture, max_abs, reference, reference_inputs};
+use common::{check_generation, fixture, max_abs, reference, reference_inputs};
 use ia_engine::{Engine, Precision};
 use ia_hardware::Platform;
 use ia_models::{Checkpoint, ModelSource};
@@ -58,6 +58,39 @@ fn openvino_ir_matches_transformers() {
     let d = max_abs(&got, &expected);
     eprintln!("bert-tiny IR openvino f32 max abs diff {d:e}");
     assert!(d <= 1e-4, "max abs diff {d}");
+}
+
+fn generator(name: &str, p: Precision) -> Box<dyn ia_engine::TextGenerator> {
+    let src = ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).unwrap());
+    OpenVinoEngine::new()
+        .load_generator(&src, Platform::Openvino, p)
+        .unwrap_or_else(|e| panic!("{e} (run `ipfs-accelerate runtimes install`)"))
+}
+
+/// The decoders' exports generate on OpenVINO f32 like transformers: logits within 1e-4 at
+/// every position (through the cache and as one prefill), greedy tokens identical.
+#[test]
+fn decoders_generate_like_transformers_in_f32() {
+    for name in ["llama-tiny", "qwen2-tiny", "qwen3-tiny", "opt-tiny"] {
+        let mut gen = generator(name, Precision::F32);
+        assert_eq!(gen.info().precision, Precision::F32);
+        let worst = check_generation(name, gen.as_mut(), true);
+        eprintln!("{name} openvino f32 logits max abs {worst:e}");
+        assert!(worst <= 1e-4, "{name}: max abs diff {worst}");
+    }
+}
+
+/// In bf16 the logits stay within 5e-2 of transformers' f32 (greedy tokens of these random
+/// tiny models, whose top logits are close together, are not compared).
+#[test]
+fn decoders_stay_close_in_bf16() {
+    for name in ["llama-tiny", "opt-tiny"] {
+        let mut gen = generator(name, Precision::Bf16);
+        assert_eq!(gen.info().precision, Precision::Bf16);
+        let worst = check_generation(name, gen.as_mut(), false);
+        eprintln!("{name} openvino bf16 logits max abs {worst:e}");
+        assert!(worst <= 5e-2, "{name}: max abs diff {worst}");
+    }
 }
 
 #[test]

@@ -8,12 +8,14 @@
 //!   OpenVINO EP, cpu via the default CPU EP).
 //! * [`session`]: encoder graphs (`onnx/model.onnx` or `model.onnx` in the checkpoint),
 //!   fed by the names the graph declares; every output is returned under its own name.
-//! * [`generator`]: decoders exported with past key values, for text generation.
+//! * [`generator`]: decoders exported with past key values, for text generation (the
+//!   bookkeeping is `ia_engine::exported_decoder`'s, shared with OpenVINO).
 
 pub mod generator;
 pub mod runtime;
 pub mod session;
 
+use ia_engine::exported_decoder::ExportedDecoder;
 use ia_engine::generation::TextGenerator;
 use ia_engine::{Engine, EngineError, Precision, Session, SessionInfo};
 use ia_hardware::Platform;
@@ -156,11 +158,13 @@ impl Engine for OrtEngine {
                 EngineError::InvalidModel("config.json has no max_position_embeddings".into())
             })? as usize;
         let (session, info) = self.open(source, platform, precision)?;
-        Ok(Box::new(generator::OrtGenerator::new(
-            session,
+        let (backend, graph) = generator::OrtDecoder::new(session)?;
+        Ok(Box::new(ExportedDecoder::new(
+            backend,
+            graph,
             info,
             max_context,
             source.eos_tokens(),
-        )?))
+        )))
     }
 }

@@ -6,8 +6,7 @@
 
 mod common;
 
-use common::{fixture, max_abs, reference};
-use ia_engine::generation::{generate, generate_batch_greedy, GenerateOptions, Sampling};
+use common::{check_generation, fixture};
 use ia_engine::{Engine, Precision, TextGenerator};
 use ia_hardware::Platform;
 use ia_models::{Checkpoint, ModelSource};
@@ -22,53 +21,13 @@ fn generator(name: &str) -> Box<dyn TextGenerator> {
         .unwrap_or_else(|e| panic!("{e} (run `ipfs-accelerate runtimes install`)"))
 }
 
-fn ids(name: &str, key: &str) -> Vec<u32> {
-    reference(name, key).1.iter().map(|&x| x as u32).collect()
-}
-
 fn check(name: &str) {
     let mut gen = generator(name);
     assert!(gen.info().device.contains("CPUExecutionProvider"));
     assert!(gen.info().parameter_count > 0);
-    for p in 0..2 {
-        let prompt = ids(name, &format!("prompt{p}_input_ids"));
-        let (shape, logits) = reference(name, &format!("prompt{p}_logits"));
-        let vocab = shape[2];
-        let row = |pos: usize| &logits[pos * vocab..(pos + 1) * vocab];
-        let mut got = gen.prefill(&prompt[..1]).unwrap();
-        let mut worst = 0f32;
-        for (pos, &token) in prompt.iter().enumerate() {
-            if pos > 0 {
-                got = gen.step(token).unwrap();
-            }
-            worst = worst.max(max_abs(&got, row(pos)));
-        }
-        let whole = max_abs(&gen.prefill(&prompt).unwrap(), row(prompt.len() - 1));
-        eprintln!(
-            "{name} prompt {p} onnxruntime: cached steps max abs {worst:e}, prefill {whole:e}"
-        );
-        assert!(worst <= TOLERANCE && whole <= TOLERANCE);
-
-        let expected = ids(name, &format!("prompt{p}_greedy"));
-        let opts = GenerateOptions {
-            max_new_tokens: expected.len(),
-            sampling: Sampling::greedy(),
-            stop_tokens: vec![],
-            ignore_eos: true,
-        };
-        let (tokens, _) = generate(gen.as_mut(), &prompt, &opts, |_| {}).unwrap();
-        assert_eq!(
-            tokens, expected,
-            "{name}: greedy tokens differ from transformers"
-        );
-        let batch = vec![prompt.clone(); 3];
-        let (rows, stats) = generate_batch_greedy(gen.as_mut(), &batch, expected.len()).unwrap();
-        assert_eq!(stats.batch_size, 3);
-        assert!(
-            rows.iter().all(|r| r == &expected),
-            "{name}: batched greedy differs"
-        );
-    }
+    let worst = check_generation(name, gen.as_mut(), true);
+    eprintln!("{name} onnxruntime: logits max abs {worst:e}");
+    assert!(worst <= TOLERANCE);
 }
 
 #[test]

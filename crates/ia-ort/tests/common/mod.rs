@@ -1,8 +1,10 @@
 //! Fixture access for the ONNX engines' tests (ia-ort, and ia-openvino through `#[path]`):
-//! the committed ONNX exports and transformers' reference tensors.
+//! the committed ONNX exports, transformers' reference tensors, and the generation check
+//! both engines' decoders must pass.
 #![allow(dead_code)]
 
-use ia_engine::Inputs;
+use ia_engine::generation::{generate, generate_batch_greedy, GenerateOptions, Sampling};
+use ia_engine::{Inputs, TextGenerator};
 use std::path::PathBuf;
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -59,4 +61,54 @@ pub fn reference_inputs(name: &str) -> Inputs {
             pixel_values: pixels,
         }
     }
+}
+
+pub fn ids(name: &str, key: &str) -> Vec<u32> {
+    reference(name, key).1.iter().map(|&x| x as u32).collect()
+}
+
+/// A decoder fixture's generation against transformers' reference, for both prompts: the
+/// logits at every prompt position fed one token at a time through the cache, and after the
+/// whole prompt at once; then (when `greedy`) 32 greedy tokens, alone and in a batch of 3,
+/// identical to `generate(do_sample=False)`. Returns the largest logits difference.
+pub fn check_generation(name: &str, gen: &mut dyn TextGenerator, greedy: bool) -> f32 {
+    let mut worst = 0f32;
+    for p in 0..2 {
+        let prompt = ids(name, &format!("prompt{p}_input_ids"));
+        let (shape, logits) = reference(name, &format!("prompt{p}_logits"));
+        let vocab = shape[2];
+        let row = |pos: usize| &logits[pos * vocab..(pos + 1) * vocab];
+        let mut got = gen.prefill(&prompt[..1]).unwrap();
+        for (pos, &token) in prompt.iter().enumerate() {
+            if pos > 0 {
+                got = gen.step(token).unwrap();
+            }
+            worst = worst.max(max_abs(&got, row(pos)));
+        }
+        let whole = gen.prefill(&prompt).unwrap();
+        worst = worst.max(max_abs(&whole, row(prompt.len() - 1)));
+        if !greedy {
+            continue;
+        }
+        let expected = ids(name, &format!("prompt{p}_greedy"));
+        let opts = GenerateOptions {
+            max_new_tokens: expected.len(),
+            sampling: Sampling::greedy(),
+            stop_tokens: vec![],
+            ignore_eos: true,
+        };
+        let (tokens, _) = generate(gen, &prompt, &opts, |_| {}).unwrap();
+        assert_eq!(
+            tokens, expected,
+            "{name}: greedy tokens differ from transformers"
+        );
+        let batch = vec![prompt.clone(); 3];
+        let (rows, stats) = generate_batch_greedy(gen, &batch, expected.len()).unwrap();
+        assert_eq!(stats.batch_size, 3);
+        assert!(
+            rows.iter().all(|r| r == &expected),
+            "{name}: batched greedy differs"
+        );
+    }
+    worst
 }
