@@ -15,10 +15,14 @@ and OpenVINO engines are tested against the same transformers reference outputs
 
     ~/.cache/ipfs-accelerate/pyref/bin/python scripts/export_onnx_fixtures.py
 
+    ~/.cache/ipfs-accelerate/pyref/bin/python scripts/export_onnx_fixtures.py --decoder DIR
+exports one decoder checkpoint folder (for benchmarks at real sizes) the same way.
+
 Needs torch + transformers + onnx (scripts/setup_pyref.sh; pip install onnx). Exported with
 the TorchScript exporter, opset 17, dynamic batch and sequence axes.
 """
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -73,9 +77,10 @@ class DecoderWithPast(torch.nn.Module):
         return (out.logits, *flat)
 
 
-def export_decoder(name):
+def export_decoder(name, folder=None):
     from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(FIX / name, attn_implementation="eager").eval()
+    folder = Path(folder) if folder else FIX / name
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
     c = model.config
     heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
@@ -94,7 +99,7 @@ def export_decoder(name):
                **{n: {0: "batch", 2: "past"} for n in past_names},
                **{n: {0: "batch", 2: "total"} for n in present_names}}
     names = list(inputs) + past_names
-    out = FIX / name / "onnx"
+    out = folder / "onnx"
     out.mkdir(exist_ok=True)
     torch.onnx.export(
         DecoderWithPast(model, list(inputs)), tuple(inputs.values()) + tuple(past),
@@ -121,4 +126,9 @@ def main():
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main()
+    if sys.argv[1:2] == ["--decoder"]:
+        # Any decoder checkpoint folder (e.g. scripts/make_bench_checkpoints.py's), exported
+        # in place to <folder>/onnx/model.onnx (+ external data past 2 GB).
+        export_decoder(Path(sys.argv[2]).name, sys.argv[2])
+    else:
+        main()

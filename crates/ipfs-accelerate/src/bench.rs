@@ -2,12 +2,13 @@
 //! finishes, print the table.
 
 use crate::plan::{resolve_model, PlanOptions};
+use crate::target::{EngineKind, Engines, Target};
 use anyhow::Context;
 use ia_bench::{Combination, Measurement, ModelPlan, Outcome, Protocol, Scenario};
 use ia_db::{
     CompatibilityRecord, HardwareRecord, ModelRecord, PerformanceRecord, RunRecord, Store,
 };
-use ia_engine::{Engine, Precision};
+use ia_engine::Precision;
 use ia_hardware::{HardwareReport, Platform};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -87,52 +88,6 @@ pub struct Args {
 }
 
 /// One finished combination, as printed and written to --output-json.
-/// The engines `bench` can drive.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum EngineKind {
-    Native,
-    OnnxRuntime,
-    OpenVino,
-}
-
-/// Where a combination runs: a platform, and the engine that drives it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Target {
-    platform: Platform,
-    engine: EngineKind,
-}
-
-impl std::str::FromStr for Target {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim().to_ascii_lowercase();
-        let (platform, engine) = match s.split_once(':') {
-            Some(("onnxruntime" | "ort", platform)) => (
-                platform
-                    .parse::<Platform>()
-                    .map_err(|e| format!("{e} (after onnxruntime:)"))?,
-                EngineKind::OnnxRuntime,
-            ),
-            Some(_) => {
-                return Err(format!(
-                    "unknown target '{s}' (engine:platform is onnxruntime:<platform>)"
-                ))
-            }
-            None => match s.as_str() {
-                "onnxruntime" | "ort" => (Platform::Cpu, EngineKind::OnnxRuntime),
-                "openvino" => (Platform::Openvino, EngineKind::OpenVino),
-                other => (
-                    other
-                        .parse::<Platform>()
-                        .map_err(|e| format!("{e} (or onnxruntime[:<platform>], openvino)"))?,
-                    EngineKind::Native,
-                ),
-            },
-        };
-        Ok(Target { platform, engine })
-    }
-}
-
 #[derive(Serialize)]
 struct ResultRow {
     model: String,
@@ -178,9 +133,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let hw = ia_hardware::detect();
     let combos = combinations(&models, &args);
-    let native = ia_native::NativeEngine::new();
-    let ort = ia_ort::OrtEngine::new();
-    let openvino = ia_openvino::OpenVinoEngine::new();
+    let engines = Engines::new();
 
     let mut store = if args.no_db {
         None
@@ -200,11 +153,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let mut rows = Vec::with_capacity(combos.len());
     for (i, (combo, kind)) in combos.iter().enumerate() {
-        let engine: &dyn Engine = match kind {
-            EngineKind::Native => &native,
-            EngineKind::OnnxRuntime => &ort,
-            EngineKind::OpenVino => &openvino,
-        };
+        let engine = engines.get(*kind);
         let label = format!("{} ({})", describe(combo), engine.name());
         pb.set_message(label.clone());
         let available = platform_available(&hw, combo.platform);
@@ -628,28 +577,4 @@ fn results_table(rows: &[ResultRow]) -> String {
         out.push_str(&format!("note: {n}\n"));
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn targets_name_an_engine_and_a_platform() {
-        let t = |s: &str| s.parse::<Target>().map(|t| (t.platform, t.engine));
-        assert_eq!(t("cpu"), Ok((Platform::Cpu, EngineKind::Native)));
-        assert_eq!(t("ort"), Ok((Platform::Cpu, EngineKind::OnnxRuntime)));
-        assert_eq!(
-            t("onnxruntime:cuda"),
-            Ok((Platform::Cuda, EngineKind::OnnxRuntime))
-        );
-        assert_eq!(
-            t("openvino"),
-            Ok((Platform::Openvino, EngineKind::OpenVino))
-        );
-        assert!(t("onnxruntime:tpu").is_err());
-        assert!(t("tensorrt:cuda")
-            .unwrap_err()
-            .contains("onnxruntime:<platform>"));
-    }
 }

@@ -1,10 +1,10 @@
 //! `ipfs-accelerate generate`: text generation with a KV cache, streamed token by token.
 
 use crate::plan::{resolve_model, PlanOptions};
+use crate::target::{Engines, Target};
 use anyhow::{bail, Context};
 use ia_engine::generation::{generate, GenerateOptions, Sampling};
-use ia_engine::{Engine, Precision};
-use ia_hardware::Platform;
+use ia_engine::Precision;
 use std::io::Write;
 
 #[derive(clap::Args)]
@@ -38,8 +38,10 @@ pub struct Args {
     ignore_eos: bool,
     #[arg(long, default_value = "f32")]
     precision: Precision,
+    /// Where to run: cpu (native engine), onnxruntime[:<platform>] or openvino (the
+    /// checkpoint's ONNX export of a decoder with past key values)
     #[arg(long, default_value = "cpu")]
-    hardware: Platform,
+    hardware: Target,
     #[arg(long)]
     small_models: bool,
     /// Print the result and timings as JSON
@@ -77,8 +79,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .to_path_buf();
     let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
         .map_err(|e| anyhow::anyhow!("{}: {e}", tokenizer_path.display()))?;
-    let engine = ia_native::NativeEngine::new();
-    let mut model = engine.load_generator(&plan.source, args.hardware, args.precision)?;
+    let engines = Engines::new();
+    let mut model = engines.get(args.hardware.engine).load_generator(
+        &plan.source,
+        args.hardware.platform,
+        args.precision,
+    )?;
     let prompt = tokenizer
         .encode(args.prompt.as_str(), true)
         .map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?

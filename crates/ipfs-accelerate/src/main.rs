@@ -10,6 +10,7 @@ mod models;
 mod plan;
 mod run;
 mod runtimes;
+mod target;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
