@@ -1,5 +1,8 @@
-//! Counts the weights stored in an exported graph, so that results from ONNX Runtime and
-//! OpenVINO record a parameter count like the native engine's. Runtimes do not report it.
+//! Parameter counts for results from ONNX Runtime and OpenVINO, which do not report one.
+//!
+//! [`parameter_count`] prefers the checkpoint's safetensors (the model's own parameters, as the
+//! native engine counts them): an export stores tied weights twice (Qwen2-0.5B's graph holds
+//! 630M elements for 494M parameters). Where a folder has only the export, the graph is counted:
 //!
 //! * ONNX: the elements of the graph's floating-point and low-bit integer initializers.
 //!   Shape constants (int64/int32/bool) are not parameters. The file is read field by field
@@ -22,6 +25,64 @@ fn err(path: &Path, message: impl Into<String>) -> GraphWeightsError {
         path: path.display().to_string(),
         message: message.into(),
     }
+}
+
+/// The parameters of the model `graph` (an ONNX file or IR `.xml`) exports: the checkpoint's
+/// safetensors where it has them, else the graph's own weights (see the module doc).
+pub fn parameter_count(
+    source: &crate::ModelSource,
+    graph: &Path,
+) -> Result<u64, GraphWeightsError> {
+    if let crate::ModelSource::Checkpoint(c) = source {
+        if !c.safetensors.is_empty() {
+            let mut total = 0;
+            for file in &c.safetensors {
+                total += safetensors_parameter_count(file)?;
+            }
+            return Ok(total);
+        }
+    }
+    if graph.extension().is_some_and(|e| e == "xml") {
+        ir_parameter_count(graph)
+    } else {
+        onnx_parameter_count(graph)
+    }
+}
+
+/// Elements of every tensor a safetensors file declares (its header only is read).
+pub fn safetensors_parameter_count(path: &Path) -> Result<u64, GraphWeightsError> {
+    let mut file = File::open(path).map_err(|e| err(path, e.to_string()))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|_| {
+        err(
+            path,
+            "not a safetensors file (shorter than its header length)",
+        )
+    })?;
+    let len = u64::from_le_bytes(len);
+    if len > 100_000_000 {
+        return Err(err(
+            path,
+            format!("not a safetensors file (header of {len} bytes)"),
+        ));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header)
+        .map_err(|_| err(path, "truncated safetensors header"))?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| err(path, format!("safetensors header: {e}")))?;
+    let mut total = 0u64;
+    for (name, entry) in header.iter().filter(|(k, _)| *k != "__metadata__") {
+        let shape = entry
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .ok_or_else(|| err(path, format!("tensor {name} has no shape")))?;
+        total += shape
+            .iter()
+            .map(|d| d.as_u64().unwrap_or(0))
+            .product::<u64>();
+    }
+    Ok(total)
 }
 
 /// ONNX `TensorProto.DataType` values that hold weights: float, uint8, int8, float16, double,

@@ -114,12 +114,8 @@ impl OpenVinoEngine {
         self.supports(class, platform)?;
         let hint = hint(precision)?;
         let (model_path, weights) = model_files(source)?;
-        let parameter_count = if model_path.extension().is_some_and(|e| e == "xml") {
-            ia_models::graph_weights::ir_parameter_count(&model_path)
-        } else {
-            ia_models::graph_weights::onnx_parameter_count(&model_path)
-        }
-        .map_err(|e| EngineError::InvalidModel(e.to_string()))?;
+        let parameter_count = ia_models::graph_weights::parameter_count(source, &model_path)
+            .map_err(|e| EngineError::InvalidModel(e.to_string()))?;
         let (_, version) = library()?;
         let mut core = Core::new().map_err(ov)?;
         core.set_property(

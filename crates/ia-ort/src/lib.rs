@@ -50,7 +50,7 @@ impl OrtEngine {
             )));
         }
         let file = onnx_file(source)?;
-        let parameter_count = ia_models::graph_weights::onnx_parameter_count(&file)
+        let parameter_count = ia_models::graph_weights::parameter_count(source, &file)
             .map_err(|e| EngineError::InvalidModel(e.to_string()))?;
         let (session, provider) = session::build(&file, platform)?;
         let output_names = session

@@ -96,3 +96,43 @@ fn a_bad_library_path_is_a_clear_error() {
         "{e}"
     );
 }
+
+/// The checkpoint's safetensors give the parameter count (as the native engine counts it); a
+/// folder with only the export is counted from the graph's initializers.
+#[test]
+fn parameter_counts_come_from_the_checkpoint_or_else_the_graph() {
+    let load = |dir: &std::path::Path| {
+        OrtEngine::new()
+            .load(
+                &ModelSource::Checkpoint(Checkpoint::open(dir).unwrap()),
+                Platform::Cpu,
+                Precision::F32,
+            )
+            .unwrap()
+            .info()
+            .parameter_count
+    };
+    let full = fixture("bert-tiny");
+    let from_checkpoint = load(&full);
+    assert_eq!(
+        from_checkpoint,
+        ia_models::graph_weights::safetensors_parameter_count(&full.join("model.safetensors"))
+            .unwrap()
+    );
+    let only_export = std::env::temp_dir().join(format!("ia-ort-onnx-only-{}", std::process::id()));
+    std::fs::create_dir_all(only_export.join("onnx")).unwrap();
+    std::fs::copy(full.join("config.json"), only_export.join("config.json")).unwrap();
+    std::fs::copy(
+        full.join("onnx/model.onnx"),
+        only_export.join("onnx/model.onnx"),
+    )
+    .unwrap();
+    let from_graph = load(&only_export);
+    // The export (BertModel without its pooler, constants folded by the exporter) holds
+    // fewer elements than the checkpoint.
+    assert!(
+        from_graph > 0 && from_graph < from_checkpoint,
+        "{from_graph} vs {from_checkpoint}"
+    );
+    std::fs::remove_dir_all(&only_export).unwrap();
+}
