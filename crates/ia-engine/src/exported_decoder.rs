@@ -10,6 +10,46 @@
 
 use crate::generation::{equal_length_batch, TextGenerator};
 use crate::{EngineError, SessionInfo};
+use ia_models::{classify_config, ModelClass, ModelSource};
+
+/// The classes whose exports the graph engines (ONNX Runtime, OpenVINO) run: encoders, one
+/// call per input, and decoder-only language models through [`ExportedDecoder`].
+pub fn check_exported_class(class: ModelClass) -> Result<(), EngineError> {
+    match class {
+        ModelClass::Bert | ModelClass::Vit => Ok(()),
+        c if is_decoder_only(c) => Ok(()),
+        other => Err(EngineError::Unsupported(format!(
+            "no ONNX path for {} models yet",
+            other.as_str()
+        ))),
+    }
+}
+
+fn is_decoder_only(class: ModelClass) -> bool {
+    matches!(class, ModelClass::Llama | ModelClass::Qwen)
+}
+
+/// Checks that `source` is a decoder-only language model and returns its context
+/// (config.json's `max_position_embeddings`); `runtime` names the engine in the error.
+pub fn decoder_context(source: &ModelSource, runtime: &str) -> Result<usize, EngineError> {
+    let class = classify_config(source.config())
+        .map_err(|e| EngineError::InvalidModel(e.to_string()))?
+        .class;
+    if !is_decoder_only(class) {
+        return Err(EngineError::Unsupported(format!(
+            "{} is not a decoder-only text-generation model; {runtime} generates with decoder exports",
+            class.as_str()
+        )));
+    }
+    source
+        .config()
+        .get("max_position_embeddings")
+        .and_then(|v| v.as_u64())
+        .map(|n| n as usize)
+        .ok_or_else(|| {
+            EngineError::InvalidModel("config.json has no max_position_embeddings".into())
+        })
+}
 
 /// One cache input and the output that carries its next value.
 #[derive(Debug, Clone)]

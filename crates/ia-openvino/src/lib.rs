@@ -8,7 +8,10 @@
 //! bf16 by itself on CPUs with AMX / avx512_bf16, so the requested precision is set as the
 //! inference-precision hint and the value the compiled model reports is recorded.
 
-use ia_engine::exported_decoder::{DecoderBackend, DecoderGraph, DecoderStep, ExportedDecoder};
+use ia_engine::exported_decoder::{
+    check_exported_class, decoder_context, DecoderBackend, DecoderGraph, DecoderStep,
+    ExportedDecoder,
+};
 use ia_engine::inputs::GraphInput;
 use ia_engine::{
     Engine, EngineError, Inputs, OutputTensor, Outputs, Precision, Session, SessionInfo,
@@ -179,10 +182,6 @@ impl OpenVinoEngine {
     }
 }
 
-fn is_decoder(class: ModelClass) -> bool {
-    matches!(class, ModelClass::Llama | ModelClass::Qwen)
-}
-
 impl Engine for OpenVinoEngine {
     fn name(&self) -> &'static str {
         "openvino"
@@ -201,14 +200,8 @@ impl Engine for OpenVinoEngine {
                 "the OpenVINO engine runs on the openvino platform, not {platform}"
             )));
         }
-        match class {
-            ModelClass::Bert | ModelClass::Vit => library().map(|_| ()),
-            c if is_decoder(c) => library().map(|_| ()),
-            other => Err(EngineError::Unsupported(format!(
-                "no ONNX path for {} models yet",
-                other.as_str()
-            ))),
-        }
+        check_exported_class(class)?;
+        library().map(|_| ())
     }
 
     fn load(
@@ -233,22 +226,7 @@ impl Engine for OpenVinoEngine {
         platform: Platform,
         precision: Precision,
     ) -> Result<Box<dyn TextGenerator>, EngineError> {
-        let class = classify_config(source.config())
-            .map_err(|e| EngineError::InvalidModel(e.to_string()))?
-            .class;
-        if !is_decoder(class) {
-            return Err(EngineError::Unsupported(format!(
-                "{} is not a decoder-only text-generation model; OpenVINO generates with decoder exports",
-                class.as_str()
-            )));
-        }
-        let max_context = source
-            .config()
-            .get("max_position_embeddings")
-            .and_then(|v| v.as_u64())
-            .ok_or_else(|| {
-                EngineError::InvalidModel("config.json has no max_position_embeddings".into())
-            })? as usize;
+        let max_context = decoder_context(source, "OpenVINO")?;
         let opened = self.open(source, platform, precision)?;
         let graph = DecoderGraph::from_io(&opened.inputs, &opened.outputs)?;
         let backend = OvDecoder {

@@ -15,7 +15,7 @@ pub mod generator;
 pub mod runtime;
 pub mod session;
 
-use ia_engine::exported_decoder::ExportedDecoder;
+use ia_engine::exported_decoder::{check_exported_class, decoder_context, ExportedDecoder};
 use ia_engine::generation::TextGenerator;
 use ia_engine::{Engine, EngineError, Precision, Session, SessionInfo};
 use ia_hardware::Platform;
@@ -86,10 +86,6 @@ fn onnx_file(source: &ModelSource) -> Result<PathBuf, EngineError> {
     }
 }
 
-fn is_decoder(class: ModelClass) -> bool {
-    matches!(class, ModelClass::Llama | ModelClass::Qwen)
-}
-
 impl Engine for OrtEngine {
     fn name(&self) -> &'static str {
         "onnxruntime"
@@ -103,16 +99,7 @@ impl Engine for OrtEngine {
     }
 
     fn supports(&self, class: ModelClass, platform: Platform) -> Result<(), EngineError> {
-        match class {
-            ModelClass::Bert | ModelClass::Vit => {}
-            c if is_decoder(c) => {}
-            other => {
-                return Err(EngineError::Unsupported(format!(
-                    "no ONNX path for {} models yet",
-                    other.as_str()
-                )))
-            }
-        }
+        check_exported_class(class)?;
         runtime::provider_for(platform).map(|_| ())
     }
 
@@ -141,22 +128,7 @@ impl Engine for OrtEngine {
         platform: Platform,
         precision: Precision,
     ) -> Result<Box<dyn TextGenerator>, EngineError> {
-        let class = classify_config(source.config())
-            .map_err(|e| EngineError::InvalidModel(e.to_string()))?
-            .class;
-        if !is_decoder(class) {
-            return Err(EngineError::Unsupported(format!(
-                "{} is not a decoder-only text-generation model; ONNX Runtime generates with decoder exports",
-                class.as_str()
-            )));
-        }
-        let max_context = source
-            .config()
-            .get("max_position_embeddings")
-            .and_then(|v| v.as_u64())
-            .ok_or_else(|| {
-                EngineError::InvalidModel("config.json has no max_position_embeddings".into())
-            })? as usize;
+        let max_context = decoder_context(source, "ONNX Runtime")?;
         let (session, info) = self.open(source, platform, precision)?;
         let (backend, graph) = generator::OrtDecoder::new(session)?;
         Ok(Box::new(ExportedDecoder::new(
