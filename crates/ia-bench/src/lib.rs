@@ -90,6 +90,24 @@ pub struct ModelPlan {
     pub source: ModelSource,
 }
 
+impl ModelPlan {
+    /// A plan for `source`, classified from its config.json.
+    pub fn classify(
+        name: String,
+        source: ModelSource,
+    ) -> Result<Self, ia_models::ClassifyError> {
+        let c = ia_models::classify_config(source.config())?;
+        Ok(Self {
+            name,
+            class: c.class,
+            family: c.family.to_string(),
+            task: c.task.to_string(),
+            modality: c.modality,
+            source,
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Combination {
     pub model: ModelPlan,
@@ -278,16 +296,13 @@ pub fn measure(
 
     let batch = inputs.batch_size() as f64;
     let latency = LatencyStats::from_samples(&samples_ms);
-    let per_query_s = match combo.scenario {
-        // Single stream: a query's cost is its measured latency.
-        Scenario::SingleStream => latency.mean_ms / 1e3,
-        // Offline: everything the loop spent, including between-query gaps.
-        Scenario::Offline => timed_duration_s / samples_ms.len() as f64,
-    };
-    let throughput_items_per_s = batch / per_query_s;
-    let throughput_tokens_per_s = inputs
-        .token_count()
-        .map(|tokens| tokens as f64 / per_query_s);
+    let (throughput_items_per_s, throughput_tokens_per_s) = throughput(
+        combo.scenario,
+        &inputs,
+        &latency,
+        timed_duration_s,
+        samples_ms.len(),
+    );
     let peak_rss_bytes = memory::peak_rss_bytes();
     let session_info = session.info().clone();
     drop(session);
@@ -317,6 +332,27 @@ pub fn measure(
         audio_seconds,
         real_time_factor,
     }))
+}
+
+/// Items and tokens per second. Single stream: a query costs its measured latency. Offline:
+/// everything the timed loop spent, gaps between queries included.
+pub fn throughput(
+    scenario: Scenario,
+    inputs: &Inputs,
+    latency: &LatencyStats,
+    timed_duration_s: f64,
+    iterations: usize,
+) -> (f64, Option<f64>) {
+    let per_query_s = match scenario {
+        Scenario::SingleStream => latency.mean_ms / 1e3,
+        Scenario::Offline => timed_duration_s / iterations as f64,
+    };
+    (
+        inputs.batch_size() as f64 / per_query_s,
+        inputs
+            .token_count()
+            .map(|tokens| tokens as f64 / per_query_s),
+    )
 }
 
 /// A WAV file at the rate the model's feature extractor expects, one copy per batch row.

@@ -1,7 +1,7 @@
 //! Hardware detection for ipfs-accelerate.
 //!
-//! Every platform the framework targets (cpu, cuda, rocm, mps, openvino, webgpu, webnn) is
-//! reported as available only after a positive probe: a library that loads and answers, a
+//! Every platform the framework targets (cpu, cuda, rocm, mps, openvino, webgpu, webnn, wasm)
+//! is reported as available only after a positive probe: a library that loads and answers, a
 //! driver interface that lists a device. Anything else is reported unavailable with the reason
 //! the probe gave, so a report never claims hardware that was not actually seen.
 
@@ -16,7 +16,10 @@ use std::str::FromStr;
 
 pub use cpu::CpuInfo;
 pub use gpu::GpuDevice;
-pub use runtimes::{cache_dir, find_python_site_packages, library_file_problem, RuntimeLibrary};
+pub use runtimes::{
+    cache_dir, find_chromium, find_python_site_packages, library_file_problem, Browser,
+    RuntimeLibrary,
+};
 
 /// The runtime libraries (ONNX Runtime, OpenVINO) detection finds, without the platform probes.
 pub fn detect_runtimes() -> Vec<RuntimeLibrary> {
@@ -34,10 +37,12 @@ pub enum Platform {
     Openvino,
     Webgpu,
     Webnn,
+    /// WebAssembly on the CPU, inside a browser.
+    Wasm,
 }
 
 impl Platform {
-    pub const ALL: [Platform; 7] = [
+    pub const ALL: [Platform; 8] = [
         Platform::Cpu,
         Platform::Cuda,
         Platform::Rocm,
@@ -45,6 +50,7 @@ impl Platform {
         Platform::Openvino,
         Platform::Webgpu,
         Platform::Webnn,
+        Platform::Wasm,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +62,7 @@ impl Platform {
             Platform::Openvino => "openvino",
             Platform::Webgpu => "webgpu",
             Platform::Webnn => "webnn",
+            Platform::Wasm => "wasm",
         }
     }
 }
@@ -67,7 +74,7 @@ impl fmt::Display for Platform {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown platform '{0}' (expected one of cpu, cuda, rocm, mps, openvino, webgpu, webnn)")]
+#[error("unknown platform '{0}' (expected one of cpu, cuda, rocm, mps, openvino, webgpu, webnn, wasm)")]
 pub struct UnknownPlatform(pub String);
 
 impl FromStr for Platform {
@@ -111,6 +118,19 @@ impl HardwareReport {
             .find(|s| s.platform == platform)
             .expect("every platform is probed")
     }
+
+    /// Replaces a platform's status with what a later, deeper probe found (the browser
+    /// platforms are probed inside a running browser by `ia-browser`).
+    pub fn set_status(&mut self, status: PlatformStatus) {
+        match self
+            .platforms
+            .iter_mut()
+            .find(|s| s.platform == status.platform)
+        {
+            Some(s) => *s = status,
+            None => self.platforms.push(status),
+        }
+    }
 }
 
 /// Probes every platform. Takes a fraction of a second: it reads sysfs/procfs and loads
@@ -121,7 +141,7 @@ pub fn detect() -> HardwareReport {
     let rocm = gpu::probe_rocm();
     let runtimes = runtimes::detect();
 
-    let mut platforms = Vec::with_capacity(7);
+    let mut platforms = Vec::with_capacity(Platform::ALL.len());
     platforms.push(PlatformStatus {
         platform: Platform::Cpu,
         available: true,
@@ -144,6 +164,7 @@ pub fn detect() -> HardwareReport {
         &browser,
     ));
     platforms.push(runtimes::browser_platform_status(Platform::Webnn, &browser));
+    platforms.push(runtimes::browser_platform_status(Platform::Wasm, &browser));
 
     let mut gpus = Vec::new();
     if let Ok(devs) = &nvml {
@@ -220,7 +241,7 @@ mod tests {
     #[test]
     fn every_platform_is_reported_once() {
         let report = detect();
-        assert_eq!(report.platforms.len(), 7);
+        assert_eq!(report.platforms.len(), Platform::ALL.len());
         for p in Platform::ALL {
             let s = report.status(p);
             if !s.available {

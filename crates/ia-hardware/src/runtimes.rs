@@ -387,7 +387,9 @@ pub struct Browser {
     pub version: String,
 }
 
-pub(crate) fn find_chromium() -> Result<Browser, String> {
+/// The browser the web platforms run in: `CHROMIUM_PATH`/`CHROME_PATH`, then the usual
+/// install locations (Debian's `chromium` package puts the real binary in /usr/lib/chromium).
+pub fn find_chromium() -> Result<Browser, String> {
     let mut paths: Vec<PathBuf> = ["CHROMIUM_PATH", "CHROME_PATH"]
         .iter()
         .filter_map(|v| std::env::var(v).ok().map(PathBuf::from))
@@ -430,13 +432,12 @@ pub(crate) fn browser_platform_status(
 ) -> PlatformStatus {
     let detail = match browser {
         Err(e) => e.clone(),
-        // Finding the browser is not a probe of its WebGPU adapter or WebNN context; until the
-        // in-browser probe runs, the platform is not claimed.
+        // Finding the browser is not a probe of its WebGPU adapter or WebNN context; the
+        // platform is claimed only by the in-browser probe (`ia-browser`), which replaces this.
         Ok(b) => format!(
-            "{} found at {}, but the in-browser {} probe is not implemented yet",
+            "{} found at {}; {platform} is confirmed only inside the browser (not probed)",
             b.version,
             b.path.display(),
-            platform
         ),
     };
     PlatformStatus {

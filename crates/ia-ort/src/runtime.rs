@@ -99,7 +99,7 @@ pub fn providers_for(platform: Platform) -> &'static [&'static str] {
         Platform::Rocm => &["MIGraphXExecutionProvider", "ROCMExecutionProvider"],
         Platform::Mps => &["CoreMLExecutionProvider"],
         Platform::Openvino => &["OpenVINOExecutionProvider"],
-        Platform::Webgpu | Platform::Webnn => &[],
+        Platform::Webgpu | Platform::Webnn | Platform::Wasm => &[],
     }
 }
 

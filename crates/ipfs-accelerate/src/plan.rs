@@ -4,7 +4,7 @@
 use anyhow::{bail, Context};
 use ia_bench::ModelPlan;
 use ia_models::checkpoint::{self, Checkpoint, CheckpointError};
-use ia_models::{catalog, classify_config, ModelSource};
+use ia_models::{catalog, ModelSource};
 use std::path::Path;
 
 pub struct PlanOptions {
@@ -48,15 +48,7 @@ pub fn resolve_model(name: &str, opts: &PlanOptions) -> anyhow::Result<ModelPlan
             Err(e) => return Err(e.into()),
         }
     };
-    let c = classify_config(source.config()).with_context(|| display_name.clone())?;
-    Ok(ModelPlan {
-        name: display_name,
-        class: c.class,
-        family: c.family.to_string(),
-        task: c.task.to_string(),
-        modality: c.modality,
-        source,
-    })
+    ModelPlan::classify(display_name.clone(), source).with_context(|| display_name)
 }
 
 /// A checkpoint folder without weight files can still be benchmarked on random weights, but

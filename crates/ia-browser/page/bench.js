@@ -1,0 +1,234 @@
+// The in-browser half of ia-browser. Rust drives it over WebDriver, one step per call
+// (env, load, setFeeds, run, timed), each call with its own timeout on the Rust side.
+// Timing is performance.now() inside the page; raw samples and outputs go back to Rust,
+// which computes the statistics and stores them like any other result.
+
+// onnxruntime-web logs through the console: keep every line so Rust can read where the
+// nodes were placed (a silent fallback from WebGPU/WebNN to wasm shows up there).
+const logs = [];
+for (const level of ['log', 'info', 'warn', 'error', 'debug']) {
+  const original = console[level].bind(console);
+  console[level] = (...args) => {
+    logs.push(`[${level}] ${args.map((a) => (typeof a === 'string' ? a : String(a))).join(' ')}`);
+    original(...args);
+  };
+}
+window.addEventListener('error', (e) => logs.push(`[page-error] ${e.message}`));
+window.addEventListener('unhandledrejection', (e) =>
+  logs.push(`[page-error] ${e.reason && e.reason.message ? e.reason.message : e.reason}`),
+);
+
+let ort = null;
+async function loadOrt() {
+  if (!ort) {
+    ort = await import('/ort/ort.all.min.mjs');
+    ort.env.wasm.wasmPaths = '/ort/';
+  }
+  return ort;
+}
+
+const errorText = (e) => (e && e.name && e.message ? `${e.name}: ${e.message}` : String(e));
+
+async function describeEnvironment() {
+  const out = {
+    userAgent: navigator.userAgent,
+    crossOriginIsolated: self.crossOriginIsolated,
+    hardwareConcurrency: navigator.hardwareConcurrency,
+    webgpu: { present: !!navigator.gpu },
+    webnn: { present: !!navigator.ml, contexts: {} },
+  };
+  if (navigator.gpu) {
+    try {
+      const adapter = await navigator.gpu.requestAdapter();
+      if (!adapter) {
+        out.webgpu.error = 'navigator.gpu.requestAdapter() returned null: the browser has no WebGPU adapter';
+      } else {
+        const info = adapter.info || {};
+        out.webgpu.adapter = {
+          vendor: info.vendor || '',
+          architecture: info.architecture || '',
+          device: info.device || '',
+          description: info.description || '',
+          isFallbackAdapter: info.isFallbackAdapter ?? adapter.isFallbackAdapter ?? null,
+          features: [...adapter.features].sort(),
+        };
+      }
+    } catch (e) {
+      out.webgpu.error = errorText(e);
+    }
+  } else {
+    out.webgpu.error = 'navigator.gpu is undefined: this browser does not expose WebGPU';
+  }
+  if (navigator.ml) {
+    for (const deviceType of ['cpu', 'gpu', 'npu']) {
+      try {
+        await navigator.ml.createContext({ deviceType });
+        out.webnn.contexts[deviceType] = { ok: true };
+      } catch (e) {
+        out.webnn.contexts[deviceType] = { ok: false, error: errorText(e) };
+      }
+    }
+  } else {
+    out.webnn.error = 'navigator.ml is undefined: this browser does not expose WebNN';
+  }
+  return out;
+}
+
+const state = { parts: [], feeds: {} };
+
+function decodeTensor(o, spec) {
+  const bytes = Uint8Array.from(atob(spec.data), (c) => c.charCodeAt(0));
+  const data = spec.type === 'int64' ? new BigInt64Array(bytes.buffer) : new Float32Array(bytes.buffer);
+  return new o.Tensor(spec.type, data, spec.dims);
+}
+
+function encodeBytes(view) {
+  const bytes = new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
+  let s = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    s += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(s);
+}
+
+function zeroFeeds(o, part) {
+  const feeds = {};
+  for (const [name, t] of Object.entries(state.feeds[part.name] || {})) {
+    const data = t.type === 'int64' ? new BigInt64Array(t.size) : new Float32Array(t.size);
+    feeds[name] = new o.Tensor(t.type, data, t.dims);
+  }
+  return feeds;
+}
+
+// cfg: { ep: 'wasm'|'webgpu'|'webnn', webnnDevice, numThreads, parallel, parts: [{name, url}] }
+async function load(cfg) {
+  const o = await loadOrt();
+  o.env.wasm.numThreads = cfg.numThreads;
+  o.env.logLevel = 'verbose';
+  let ep = cfg.ep;
+  if (cfg.ep === 'webnn') {
+    const context = await navigator.ml.createContext({ deviceType: cfg.webnnDevice });
+    ep = { name: 'webnn', deviceType: cfg.webnnDevice, context };
+  }
+  const options = {
+    executionProviders: [ep],
+    graphOptimizationLevel: 'all',
+    logSeverityLevel: 0,
+    logVerbosityLevel: 0,
+  };
+  const firstLog = logs.length;
+  const create = async (part) => {
+    const t = performance.now();
+    const session = await o.InferenceSession.create(part.url, options);
+    return { name: part.name, session, ms: performance.now() - t };
+  };
+  const t0 = performance.now();
+  let made = [];
+  if (cfg.parallel) {
+    made = await Promise.all(cfg.parts.map(create));
+  } else {
+    for (const part of cfg.parts) made.push(await create(part));
+  }
+  const loadMs = performance.now() - t0;
+  state.parts = made;
+  state.feeds = {};
+  return {
+    loadMs,
+    ortVersion: o.env.versions ? o.env.versions.web || o.env.versions.common : '',
+    wasmThreads: o.env.wasm.numThreads,
+    parts: made.map((p) => ({
+      name: p.name,
+      ms: p.ms,
+      inputs: p.session.inputNames,
+      outputs: p.session.outputNames,
+    })),
+    logs: logs.slice(firstLog),
+  };
+}
+
+// feeds: { part: { input: { type, dims, data (base64 little-endian) } } }
+async function setFeeds(feeds) {
+  const o = await loadOrt();
+  state.tensors = {};
+  for (const [part, inputs] of Object.entries(feeds)) {
+    state.tensors[part] = {};
+    state.feeds[part] = {};
+    for (const [name, spec] of Object.entries(inputs)) {
+      const tensor = decodeTensor(o, spec);
+      state.tensors[part][name] = tensor;
+      state.feeds[part][name] = { type: spec.type, dims: spec.dims, size: tensor.size };
+    }
+  }
+  return true;
+}
+
+async function runAll(feedsFor) {
+  const results = [];
+  for (const part of state.parts) {
+    results.push(await part.session.run(feedsFor(part)));
+  }
+  return results;
+}
+
+// Runs every part once on zeros of the real shapes, so WebGPU compiles its pipelines before
+// the first real request. Returns how long that took.
+async function precompile() {
+  const o = await loadOrt();
+  const t = performance.now();
+  await runAll((part) => zeroFeeds(o, part));
+  return performance.now() - t;
+}
+
+// One inference of every part with the real feeds: its time, and (on request) the outputs.
+async function run(cfg) {
+  const firstLog = logs.length;
+  const t = performance.now();
+  const results = await runAll((part) => state.tensors[part.name]);
+  const ms = performance.now() - t;
+  const outputs = {};
+  if (cfg && cfg.returnOutputs) {
+    state.parts.forEach((part, i) => {
+      for (const [name, tensor] of Object.entries(results[i])) {
+        if (tensor.type !== 'float32') continue;
+        outputs[`${part.name}/${name}`] = { dims: tensor.dims, data: encodeBytes(tensor.data) };
+      }
+    });
+  }
+  return { ms, outputs, logs: logs.slice(firstLog) };
+}
+
+// The protocol of the native harness: warm-up, then timed iterations until both the minimum
+// count and the minimum duration are reached (never past the cap).
+async function timed(p) {
+  const feeds = (part) => state.tensors[part.name];
+  for (let i = 0; i < p.warmup; i++) await runAll(feeds);
+  const samples = [];
+  const t0 = performance.now();
+  while (
+    samples.length < p.maxIterations &&
+    (samples.length < p.minIterations || performance.now() - t0 < p.minDurationMs)
+  ) {
+    const t = performance.now();
+    await runAll(feeds);
+    samples.push(performance.now() - t);
+  }
+  const durationMs = performance.now() - t0;
+  // What the loop itself costs per iteration: the same timing around an empty await.
+  const reps = 1000;
+  const o0 = performance.now();
+  for (let i = 0; i < reps; i++) {
+    const t = performance.now();
+    await null;
+    samples.length >= 0 && performance.now() - t;
+  }
+  const overheadNs = ((performance.now() - o0) / reps) * 1e6;
+  return { samples, durationMs, overheadNs };
+}
+
+async function release() {
+  for (const part of state.parts) await part.session.release();
+  state.parts = [];
+  return true;
+}
+
+window.ia = { describeEnvironment, load, setFeeds, precompile, run, timed, release, logs };

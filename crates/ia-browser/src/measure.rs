@@ -1,0 +1,600 @@
+//! One combination on a web platform: the page loads the model's ONNX parts with the
+//! platform's execution provider, runs the first inference, warms up and runs the timed loop;
+//! Rust turns the raw samples into the harness's `Measurement`.
+
+use crate::page::{self, Loaded, RunResult, Timed};
+use crate::{find_ort_web, BrowserError, BrowserHost, ENGINE_NAME};
+use base64::Engine as _;
+use ia_bench::{Combination, LatencyStats, Measurement, Outcome, Protocol};
+use ia_engine::inputs::{self, GraphInput, InputSpec};
+use ia_engine::{exported_decoder::check_exported_class, Inputs, Precision, SessionInfo};
+use ia_hardware::Platform;
+use ia_models::{classify_config, ModelSource};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Choices the web platforms add to the protocol.
+#[derive(Debug, Clone, Copy)]
+pub struct WebOptions {
+    /// Run every part once on zeros of the real shapes at load time, so WebGPU compiles its
+    /// shader pipelines before the first real request.
+    pub precompile: bool,
+    /// Create the sessions of a multi-part model at the same time instead of one by one.
+    pub parallel_load: bool,
+    /// Limit of each browser step (load, one inference); the timed loop gets more.
+    pub step_timeout: Duration,
+}
+
+impl Default for WebOptions {
+    fn default() -> Self {
+        Self {
+            precompile: false,
+            parallel_load: false,
+            step_timeout: Duration::from_secs(180),
+        }
+    }
+}
+
+/// How a web result was obtained, stored beside the performance row.
+#[derive(Debug, Clone, Serialize)]
+pub struct WebDetails {
+    pub browser: String,
+    pub browser_version: String,
+    pub user_agent: String,
+    /// The execution provider asked for: wasm, webgpu or webnn.
+    pub requested_ep: String,
+    /// Where onnxruntime-web placed the nodes: webgpu, webnn, wasm, or "webgpu+wasm" when
+    /// some nodes stayed on the CPU EP.
+    pub executed_ep: String,
+    /// The requested EP ran no node at all: everything fell back to wasm.
+    pub fell_back: bool,
+    /// Execution provider -> node count, from onnxruntime-web's log.
+    pub node_placement: BTreeMap<String, u64>,
+    pub adapter: Option<page::Adapter>,
+    pub webnn_device: Option<String>,
+    pub wasm_threads: u32,
+    pub cross_origin_isolated: bool,
+    pub precompiled: bool,
+    pub precompile_ms: Option<f64>,
+    pub parallel_load: bool,
+    /// Each part's session creation time, ms.
+    pub part_load_ms: Vec<(String, f64)>,
+}
+
+/// The outcome of one web combination; details and outputs when it ran.
+pub struct WebRun {
+    pub outcome: Outcome,
+    pub details: Option<WebDetails>,
+    /// "part/output" -> (shape, values) of the first inference.
+    pub outputs: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+impl WebRun {
+    fn unavailable(reason: impl Into<String>) -> Self {
+        Self::from(Outcome::Unavailable {
+            reason: reason.into(),
+        })
+    }
+
+    fn failed(stage: &str, error: impl ToString) -> Self {
+        Self::from(Outcome::Failed {
+            stage: stage.into(),
+            error: crate::one_line(&error.to_string()),
+        })
+    }
+}
+
+impl From<Outcome> for WebRun {
+    fn from(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            details: None,
+            outputs: BTreeMap::new(),
+        }
+    }
+}
+
+/// The browser a benchmark run shares across its web combinations: started on first use,
+/// restarted after a step timed out (the page may still be busy).
+pub struct WebBench {
+    host: Option<BrowserHost>,
+    start_error: Option<String>,
+    pub options: WebOptions,
+}
+
+impl WebBench {
+    pub fn new(options: WebOptions) -> Self {
+        Self {
+            host: None,
+            start_error: None,
+            options,
+        }
+    }
+
+    /// Reuses a host the platform probe already started.
+    pub fn with_host(host: Option<BrowserHost>, options: WebOptions) -> Self {
+        Self {
+            host,
+            start_error: None,
+            options,
+        }
+    }
+
+    /// "onnxruntime-web 1.30.0 in Chromium 148.0.7778.167", once something ran.
+    pub fn engine_version(&self, ort_version: &str) -> String {
+        match &self.host {
+            Some(h) => format!("{ENGINE_NAME} {ort_version} in {}", h.browser()),
+            None => format!("{ENGINE_NAME} {ort_version}"),
+        }
+    }
+
+    pub fn host(&mut self) -> Result<&BrowserHost, String> {
+        if self.host.is_none() {
+            if let Some(e) = &self.start_error {
+                return Err(e.clone());
+            }
+            match BrowserHost::start(find_ort_web().ok()) {
+                Ok(h) => self.host = Some(h),
+                Err(e) => {
+                    let e = e.to_string();
+                    self.start_error = Some(e.clone());
+                    return Err(e);
+                }
+            }
+        }
+        Ok(self.host.as_ref().expect("started above"))
+    }
+
+    /// Measures one combination on its web platform. `available` is the platform probe's
+    /// verdict. Never panics on a model or browser error: failures become outcomes.
+    pub fn measure(
+        &mut self,
+        combo: &Combination,
+        available: Result<(), String>,
+        protocol: &Protocol,
+    ) -> WebRun {
+        self.measure_inputs(combo, None, available, protocol)
+    }
+
+    /// [`WebBench::measure`] with given inputs instead of generated ones (the accuracy tests
+    /// feed the reference's inputs and compare the outputs).
+    pub fn measure_inputs(
+        &mut self,
+        combo: &Combination,
+        inputs: Option<&Inputs>,
+        available: Result<(), String>,
+        protocol: &Protocol,
+    ) -> WebRun {
+        if let Err(reason) = available {
+            return WebRun::unavailable(reason);
+        }
+        let parts = match check_model(combo) {
+            Ok(p) => p,
+            Err(reason) => return WebRun::unavailable(reason),
+        };
+        let generated;
+        let inputs = match inputs {
+            Some(i) => i,
+            None => {
+                let spec = InputSpec {
+                    audio_seconds: combo.audio_seconds,
+                    ..InputSpec::new(combo.batch_size, combo.seq_len)
+                };
+                match inputs::generate(&combo.model.source, combo.model.modality, spec) {
+                    Ok(i) => {
+                        generated = i;
+                        &generated
+                    }
+                    Err(e) => return WebRun::failed("inputs", e),
+                }
+            }
+        };
+        let options = self.options;
+        let host = match self.host() {
+            Ok(h) => h,
+            Err(e) => return WebRun::failed("browser-start", e),
+        };
+        if host.ort_dist.is_none() {
+            return WebRun::unavailable(find_ort_web().err().unwrap_or_default());
+        }
+        let run = measure_on(host, combo, &parts, inputs, protocol, &options);
+        host.server.clear_models();
+        if matches!(&run, Err((_, BrowserError::Timeout(_)))) {
+            self.host = None;
+        }
+        run.unwrap_or_else(|(stage, e)| WebRun::failed(stage, e))
+    }
+}
+
+/// The ONNX files of a model the page loads, by part name.
+fn check_model(combo: &Combination) -> Result<Vec<(String, PathBuf)>, String> {
+    if !crate::is_web_platform(combo.platform) {
+        return Err(format!("{} is not a browser platform", combo.platform));
+    }
+    if combo.precision != Precision::F32 {
+        return Err(format!(
+            "the ONNX exports run in f32; {} is not available on onnxruntime-web here",
+            combo.precision
+        ));
+    }
+    if ia_bench::is_generation_task(&combo.model.task) {
+        return Err(
+            "text generation is not run in the browser yet (decoder exports generate on onnxruntime and openvino)"
+                .into(),
+        );
+    }
+    let class = classify_config(combo.model.source.config())
+        .map_err(|e| e.to_string())?
+        .class;
+    check_exported_class(class).map_err(|e| e.to_string())?;
+    model_parts(&combo.model.source)
+}
+
+pub(crate) fn model_parts(source: &ModelSource) -> Result<Vec<(String, PathBuf)>, String> {
+    let c = match source {
+        ModelSource::Checkpoint(c) => c,
+        ModelSource::RandomInit { .. } => {
+            return Err("onnxruntime-web runs ONNX exports; random-weight models have none".into())
+        }
+    };
+    let file = c.onnx.clone().ok_or_else(|| {
+        format!(
+            "{}: no ONNX export (onnx/model.onnx or model.onnx)",
+            c.dir.display()
+        )
+    })?;
+    if file.with_extension("onnx_data").exists() || file.with_extension("onnx.data").exists() {
+        return Err(format!(
+            "{}: exports with external data (over 2 GB) are not loaded in the browser",
+            file.display()
+        ));
+    }
+    Ok(vec![("model".into(), file)])
+}
+
+type StepError = (&'static str, BrowserError);
+
+fn step<T: serde::de::DeserializeOwned>(
+    host: &BrowserHost,
+    stage: &'static str,
+    function: &str,
+    arg: Value,
+    timeout: Duration,
+) -> Result<T, StepError> {
+    let value = host
+        .driver
+        .call(function, arg, timeout)
+        .map_err(|e| (stage, e))?;
+    serde_json::from_value(value).map_err(|e| {
+        (
+            stage,
+            BrowserError::Page(format!("{function} answered unexpectedly: {e}")),
+        )
+    })
+}
+
+fn measure_on(
+    host: &BrowserHost,
+    combo: &Combination,
+    parts: &[(String, PathBuf)],
+    inputs: &Inputs,
+    protocol: &Protocol,
+    options: &WebOptions,
+) -> Result<WebRun, StepError> {
+    // A fresh page per combination: nothing of the previous model stays in memory.
+    host.driver
+        .navigate(&host.server.url("/"), crate::PAGE_TIMEOUT)
+        .map_err(|e| ("page", e))?;
+
+    let ep = match combo.platform {
+        Platform::Webgpu => "webgpu",
+        Platform::Webnn => "webnn",
+        _ => "wasm",
+    };
+    let webnn_device = (combo.platform == Platform::Webnn)
+        .then(|| host.environment.webnn.usable_device())
+        .flatten();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let part_urls: Vec<Value> = parts
+        .iter()
+        .map(|(name, file)| json!({"name": name, "url": host.server.serve_model(name, file)}))
+        .collect();
+    let loaded: Loaded = step(
+        host,
+        "load",
+        "load",
+        json!({
+            "ep": ep,
+            "webnnDevice": webnn_device,
+            "numThreads": threads,
+            "parallel": options.parallel_load,
+            "parts": part_urls,
+        }),
+        options.step_timeout,
+    )?;
+
+    let mut feeds = serde_json::Map::new();
+    for part in &loaded.parts {
+        let mut tensors = serde_json::Map::new();
+        for name in &part.inputs {
+            let tensor = match inputs.graph_input(name) {
+                Ok(t) => encode_input(t),
+                Err(e) => return Err(("inputs", BrowserError::Page(e.to_string()))),
+            };
+            tensors.insert(name.clone(), tensor);
+        }
+        feeds.insert(part.name.clone(), Value::Object(tensors));
+    }
+    let _: bool = step(
+        host,
+        "inputs",
+        "setFeeds",
+        Value::Object(feeds),
+        options.step_timeout,
+    )?;
+
+    let precompile_ms = if options.precompile {
+        Some(step::<f64>(
+            host,
+            "precompile",
+            "precompile",
+            Value::Null,
+            options.step_timeout,
+        )?)
+    } else {
+        None
+    };
+
+    let first: RunResult = step(
+        host,
+        "first-inference",
+        "run",
+        json!({"returnOutputs": true}),
+        options.step_timeout,
+    )?;
+    let outputs = decode_outputs(&first).map_err(|e| ("outputs", BrowserError::Page(e)))?;
+
+    // The timed loop's limit grows with the protocol: every iteration may take as long as
+    // the first inference did, three times over, plus the minimum duration twice.
+    let iterations = (protocol.warmup_iterations + protocol.min_iterations) as f64;
+    let timed_timeout = options.step_timeout
+        + Duration::from_secs_f64(
+            (iterations * first.ms * 3.0 / 1e3).min(3600.0) + 2.0 * protocol.min_duration.as_secs_f64(),
+        );
+    let timed: Timed = step(
+        host,
+        "timed-iteration",
+        "timed",
+        json!({
+            "warmup": protocol.warmup_iterations,
+            "minIterations": protocol.min_iterations,
+            "minDurationMs": protocol.min_duration.as_secs_f64() * 1e3,
+            "maxIterations": protocol.max_iterations,
+        }),
+        timed_timeout,
+    )?;
+    let _ = host
+        .driver
+        .call("release", Value::Null, Duration::from_secs(30));
+
+    let placement = page::node_placement(&loaded.logs);
+    let (executed_ep, fell_back) = executed_ep(ep, &placement);
+    let adapter = (combo.platform == Platform::Webgpu)
+        .then(|| host.environment.webgpu.adapter.clone())
+        .flatten();
+    let device = device_label(
+        &executed_ep,
+        ep,
+        fell_back,
+        adapter.as_ref(),
+        webnn_device,
+        loaded.wasm_threads,
+        &placement,
+    );
+    let parameter_count = parts
+        .iter()
+        .map(|(_, f)| ia_models::graph_weights::parameter_count(&combo.model.source, f))
+        .sum::<Result<u64, _>>()
+        .map_err(|e| ("load", BrowserError::Page(e.to_string())))?;
+    let session = SessionInfo {
+        engine: ENGINE_NAME.into(),
+        engine_version: format!("{ENGINE_NAME} {} in {}", loaded.ort_version, host.browser()),
+        platform: combo.platform,
+        device,
+        precision: Precision::F32,
+        weights: combo.model.source.weights_kind(),
+        parameter_count,
+        output_names: loaded
+            .parts
+            .iter()
+            .flat_map(|p| p.outputs.iter().map(move |o| format!("{}/{o}", p.name)))
+            .collect(),
+    };
+    let measurement = summarize(
+        combo,
+        inputs,
+        session,
+        &loaded,
+        precompile_ms,
+        first.ms,
+        protocol,
+        timed,
+    );
+    Ok(WebRun {
+        outcome: Outcome::Measured(Box::new(measurement)),
+        details: Some(WebDetails {
+            browser: "chromium".into(),
+            browser_version: host.browser_version().to_string(),
+            user_agent: host.environment.user_agent.clone(),
+            requested_ep: ep.into(),
+            executed_ep,
+            fell_back,
+            node_placement: placement,
+            adapter,
+            webnn_device: webnn_device.map(str::to_string),
+            wasm_threads: loaded.wasm_threads,
+            cross_origin_isolated: host.environment.cross_origin_isolated,
+            precompiled: options.precompile,
+            precompile_ms,
+            parallel_load: options.parallel_load,
+            part_load_ms: loaded.parts.iter().map(|p| (p.name.clone(), p.ms)).collect(),
+        }),
+        outputs,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    combo: &Combination,
+    inputs: &Inputs,
+    session: SessionInfo,
+    loaded: &Loaded,
+    precompile_ms: Option<f64>,
+    first_inference_ms: f64,
+    protocol: &Protocol,
+    timed: Timed,
+) -> Measurement {
+    let latency = LatencyStats::from_samples(&timed.samples);
+    let timed_duration_s = timed.duration_ms / 1e3;
+    let (throughput_items_per_s, throughput_tokens_per_s) = ia_bench::throughput(
+        combo.scenario,
+        inputs,
+        &latency,
+        timed_duration_s,
+        timed.samples.len(),
+    );
+    Measurement {
+        session,
+        // Precompiling is part of getting the model ready, so it counts as loading.
+        load_time_ms: loaded.load_ms + precompile_ms.unwrap_or(0.0),
+        first_inference_ms,
+        warmup_iterations: protocol.warmup_iterations,
+        samples_ms: timed.samples,
+        latency,
+        timed_duration_s,
+        throughput_items_per_s,
+        throughput_tokens_per_s,
+        // The browser's memory is not this process's; it is not claimed.
+        peak_rss_bytes: None,
+        peak_rss_per_combination: false,
+        harness_overhead_ns: timed.overhead_ns,
+        generation: None,
+        audio_seconds: None,
+        real_time_factor: None,
+    }
+}
+
+/// Where the nodes ran, and whether the requested EP ran none of them.
+fn executed_ep(requested: &str, placement: &BTreeMap<String, u64>) -> (String, bool) {
+    if placement.is_empty() {
+        return ("unconfirmed (no node placement in the log)".into(), false);
+    }
+    let mut platforms: Vec<&str> = placement
+        .iter()
+        .filter(|(_, &n)| n > 0)
+        .map(|(p, _)| page::web_platform_of(p))
+        .collect();
+    platforms.sort_by_key(|p| (*p != requested, p.to_string()));
+    platforms.dedup();
+    let fell_back = requested != "wasm" && !platforms.contains(&requested);
+    (platforms.join("+"), fell_back)
+}
+
+fn device_label(
+    executed: &str,
+    requested: &str,
+    fell_back: bool,
+    adapter: Option<&page::Adapter>,
+    webnn_device: Option<&str>,
+    threads: u32,
+    placement: &BTreeMap<String, u64>,
+) -> String {
+    let nodes = placement
+        .iter()
+        .map(|(p, n)| format!("{p} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let what = if fell_back {
+        format!("{executed} (fell back from {requested})")
+    } else {
+        match (requested, adapter, webnn_device) {
+            ("webgpu", Some(a), _) => format!("{executed}: {}", a.summary()),
+            ("webnn", _, Some(d)) => format!("{executed}: {d} context"),
+            _ => format!("{executed}: {threads} threads"),
+        }
+    };
+    format!("{what} [nodes: {nodes}]")
+}
+
+fn encode_input(t: GraphInput<'_>) -> Value {
+    match t {
+        GraphInput::Int64 { shape, data } => {
+            let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            json!({"type": "int64", "dims": shape, "data": B64.encode(bytes)})
+        }
+        GraphInput::Float32 { shape, data } => {
+            let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            json!({"type": "float32", "dims": shape, "data": B64.encode(bytes)})
+        }
+    }
+}
+
+fn decode_outputs(run: &RunResult) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>, String> {
+    run.outputs
+        .iter()
+        .map(|(name, t)| {
+            let bytes = B64
+                .decode(&t.data)
+                .map_err(|e| format!("output {name} is not base64: {e}"))?;
+            let values: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            if values.len() != t.dims.iter().product::<usize>() {
+                return Err(format!(
+                    "output {name} has {} values for shape {:?}",
+                    values.len(),
+                    t.dims
+                ));
+            }
+            Ok((name.clone(), (t.dims.clone(), values)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fallback_to_wasm_is_named() {
+        let placed = |v: &[(&str, u64)]| {
+            v.iter()
+                .map(|(p, n)| (p.to_string(), *n))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(
+            executed_ep(
+                "webgpu",
+                &placed(&[("JsExecutionProvider", 97), ("CPUExecutionProvider", 66)])
+            ),
+            ("webgpu+wasm".into(), false)
+        );
+        assert_eq!(
+            executed_ep("webgpu", &placed(&[("CPUExecutionProvider", 142)])),
+            ("wasm".into(), true)
+        );
+        assert_eq!(
+            executed_ep("wasm", &placed(&[("CPUExecutionProvider", 142)])),
+            ("wasm".into(), false)
+        );
+        assert!(executed_ep("webnn", &BTreeMap::new())
+            .0
+            .starts_with("unconfirmed"));
+    }
+}
