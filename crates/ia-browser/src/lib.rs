@@ -35,6 +35,9 @@ pub const BROWSERS: &[&str] = &["chromium"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrowserError {
+    /// No browser or driver on this machine: the platforms are unavailable, not failed.
+    #[error("{0}")]
+    NotInstalled(String),
     #[error("the browser did not start: {0}")]
     Start(String),
     #[error("page server: {0}")]
@@ -70,6 +73,14 @@ pub fn find_ort_web() -> Result<PathBuf, String> {
     }
 }
 
+/// The installed onnxruntime-web's version (its package.json), for results that did not run.
+pub fn ort_web_version() -> Option<String> {
+    let dist = find_ort_web().ok()?;
+    let text = std::fs::read_to_string(dist.parent()?.join("package.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["version"].as_str().map(str::to_string)
+}
+
 /// How long the page and the environment probe may take.
 pub(crate) const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -85,8 +96,8 @@ pub struct BrowserHost {
 
 impl BrowserHost {
     pub fn start(ort_dist: Option<PathBuf>) -> Result<Self, BrowserError> {
-        let chromium = ia_hardware::find_chromium().map_err(BrowserError::Start)?;
-        let chromedriver = find_chromedriver().map_err(BrowserError::Start)?;
+        let chromium = ia_hardware::find_chromium().map_err(BrowserError::NotInstalled)?;
+        let chromedriver = find_chromedriver().map_err(BrowserError::NotInstalled)?;
         let server = server::PageServer::start(ort_dist.as_deref())?;
         let driver = webdriver::Driver::start(&chromium.path, &chromedriver)?;
         driver.navigate(&server.url("/"), PAGE_TIMEOUT)?;
@@ -180,14 +191,14 @@ pub fn is_web_platform(p: Platform) -> bool {
 
 /// Starts the browser and replaces the report's web-platform entries with what it found
 /// inside the browser. When the browser does not start, every web platform is unavailable
-/// with that reason. The host is returned for reuse.
-pub fn probe(report: &mut HardwareReport) -> Option<BrowserHost> {
+/// with that reason. The host (or why there is none) is returned for reuse.
+pub fn probe(report: &mut HardwareReport) -> Result<BrowserHost, BrowserError> {
     match BrowserHost::start(find_ort_web().ok()) {
         Ok(host) => {
             for p in WEB_PLATFORMS {
                 report.set_status(host.platform_status(p));
             }
-            Some(host)
+            Ok(host)
         }
         Err(e) => {
             for p in WEB_PLATFORMS {
@@ -198,7 +209,7 @@ pub fn probe(report: &mut HardwareReport) -> Option<BrowserHost> {
                     devices: vec![],
                 });
             }
-            None
+            Err(e)
         }
     }
 }

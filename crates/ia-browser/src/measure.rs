@@ -103,7 +103,8 @@ impl From<Outcome> for WebRun {
 /// restarted after a step timed out (the page may still be busy).
 pub struct WebBench {
     host: Option<BrowserHost>,
-    start_error: Option<String>,
+    /// Why the browser did not start; not retried within a run.
+    start_error: Option<BrowserError>,
     pub options: WebOptions,
 }
 
@@ -116,38 +117,41 @@ impl WebBench {
         }
     }
 
-    /// Reuses a host the platform probe already started.
-    pub fn with_host(host: Option<BrowserHost>, options: WebOptions) -> Self {
+    /// Reuses what the platform probe ([`crate::probe`]) found: its host, or why the
+    /// browser did not start.
+    pub fn from_probe(probed: Result<BrowserHost, BrowserError>, options: WebOptions) -> Self {
+        let (host, start_error) = match probed {
+            Ok(h) => (Some(h), None),
+            Err(e) => (None, Some(e)),
+        };
         Self {
             host,
-            start_error: None,
+            start_error,
             options,
         }
     }
 
-    /// "onnxruntime-web 1.30.0 in Chromium 148.0.7778.167", once something ran.
-    pub fn engine_version(&self, ort_version: &str) -> String {
+    /// "onnxruntime-web 1.30.0 in Chromium 148.0.7778.167" (as far as known).
+    pub fn engine_version(&self) -> String {
+        let ort = crate::ort_web_version().unwrap_or_else(|| "(not installed)".into());
         match &self.host {
-            Some(h) => format!("{ENGINE_NAME} {ort_version} in {}", h.browser()),
-            None => format!("{ENGINE_NAME} {ort_version}"),
+            Some(h) => format!("{ENGINE_NAME} {ort} in {}", h.browser()),
+            None => format!("{ENGINE_NAME} {ort}"),
         }
     }
 
-    pub fn host(&mut self) -> Result<&BrowserHost, String> {
-        if self.host.is_none() {
-            if let Some(e) = &self.start_error {
-                return Err(e.clone());
-            }
+    pub fn host(&mut self) -> Result<&BrowserHost, &BrowserError> {
+        if self.host.is_none() && self.start_error.is_none() {
             match BrowserHost::start(find_ort_web().ok()) {
                 Ok(h) => self.host = Some(h),
-                Err(e) => {
-                    let e = e.to_string();
-                    self.start_error = Some(e.clone());
-                    return Err(e);
-                }
+                Err(e) => self.start_error = Some(e),
             }
         }
-        Ok(self.host.as_ref().expect("started above"))
+        match (&self.host, &self.start_error) {
+            (Some(h), _) => Ok(h),
+            (None, Some(e)) => Err(e),
+            (None, None) => unreachable!("set above"),
+        }
     }
 
     /// Measures one combination on its web platform. `available` is the platform probe's
@@ -170,6 +174,16 @@ impl WebBench {
         available: Result<(), String>,
         protocol: &Protocol,
     ) -> WebRun {
+        // A browser that is not installed makes the platform unavailable; one that is
+        // installed but does not start is a failure.
+        let host_error = match self.host() {
+            Ok(_) => None,
+            Err(BrowserError::NotInstalled(reason)) => return WebRun::unavailable(reason.clone()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(e) = host_error {
+            return WebRun::failed("browser-start", e);
+        }
         if let Err(reason) = available {
             return WebRun::unavailable(reason);
         }
@@ -195,10 +209,7 @@ impl WebBench {
             }
         };
         let options = self.options;
-        let host = match self.host() {
-            Ok(h) => h,
-            Err(e) => return WebRun::failed("browser-start", e),
-        };
+        let host = self.host.as_ref().expect("started above");
         if host.ort_dist.is_none() {
             return WebRun::unavailable(find_ort_web().err().unwrap_or_default());
         }

@@ -80,13 +80,20 @@ impl WebNn {
         if let Some(e) = &self.error {
             return e.clone();
         }
-        let mut errors: Vec<String> = Vec::new();
+        // Device types that failed with the same message are named together.
+        let mut by_error: Vec<(&str, Vec<&str>)> = Vec::new();
         for (device, c) in &self.contexts {
-            if let Some(e) = &c.error {
-                errors.push(format!("{device}: {e}"));
+            let e = c.error.as_deref().unwrap_or("no error text");
+            match by_error.iter_mut().find(|(m, _)| *m == e) {
+                Some((_, devices)) => devices.push(device),
+                None => by_error.push((e, vec![device])),
             }
         }
-        format!("createContext failed for every device type: {}", errors.join("; "))
+        let parts: Vec<String> = by_error
+            .iter()
+            .map(|(e, devices)| format!("{}: {e}", devices.join(", ")))
+            .collect();
+        format!("WebNN createContext failed for {}", parts.join("; "))
     }
 }
 

@@ -17,7 +17,9 @@ use duckdb::{params, AccessMode, Config, Connection, OptionalExt};
 use std::path::{Path, PathBuf};
 
 pub use query::{OutputFormat, QueryResult};
-pub use records::{CompatibilityRecord, HardwareRecord, ModelRecord, PerformanceRecord, RunRecord};
+pub use records::{
+    CompatibilityRecord, HardwareRecord, ModelRecord, PerformanceRecord, RunRecord, WebRecord,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -141,6 +143,7 @@ impl Store {
         perf: &PerformanceRecord,
         samples_ms: &[f64],
         compat: &CompatibilityRecord,
+        web: Option<&WebRecord>,
     ) -> Result<i64> {
         let tx = self.conn.transaction()?;
         let model_id = upsert_model(&tx, model)?;
@@ -152,6 +155,9 @@ impl Store {
                 app.append_row(params![result_id, i as i64, *s])?;
             }
             app.flush()?;
+        }
+        if let Some(w) = web {
+            records::insert_web(&tx, result_id, w)?;
         }
         tx.execute(
             "INSERT INTO compatibility_results

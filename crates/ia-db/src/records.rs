@@ -84,6 +84,65 @@ pub struct PerformanceRecord {
     pub real_time_factor: Option<f64>,
 }
 
+/// How a browser result was obtained (table `web_results`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WebRecord {
+    pub browser: String,
+    pub browser_version: String,
+    pub user_agent: String,
+    pub requested_ep: String,
+    pub executed_ep: String,
+    pub fell_back: bool,
+    pub node_placement_json: String,
+    pub adapter_vendor: Option<String>,
+    pub adapter_architecture: Option<String>,
+    pub adapter_description: Option<String>,
+    pub adapter_is_fallback: Option<bool>,
+    pub adapter_features: Option<String>,
+    pub webnn_device: Option<String>,
+    pub wasm_threads: i32,
+    pub cross_origin_isolated: bool,
+    pub precompiled: bool,
+    pub precompile_ms: Option<f64>,
+    pub parallel_load: bool,
+    pub part_load_ms_json: String,
+}
+
+pub(crate) fn insert_web(tx: &Connection, result_id: i64, w: &WebRecord) -> Result<()> {
+    tx.execute(
+        "INSERT INTO web_results (
+            result_id, browser, browser_version, user_agent, requested_ep, executed_ep,
+            fell_back, node_placement, adapter_vendor, adapter_architecture,
+            adapter_description, adapter_is_fallback, adapter_features, webnn_device,
+            wasm_threads, cross_origin_isolated, precompiled, precompile_ms, parallel_load,
+            part_load_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        params![
+            result_id,
+            w.browser,
+            w.browser_version,
+            w.user_agent,
+            w.requested_ep,
+            w.executed_ep,
+            w.fell_back,
+            w.node_placement_json,
+            w.adapter_vendor,
+            w.adapter_architecture,
+            w.adapter_description,
+            w.adapter_is_fallback,
+            w.adapter_features,
+            w.webnn_device,
+            w.wasm_threads,
+            w.cross_origin_isolated,
+            w.precompiled,
+            w.precompile_ms,
+            w.parallel_load,
+            w.part_load_ms_json
+        ],
+    )?;
+    Ok(())
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CompatibilityRecord {
     pub platform: String,

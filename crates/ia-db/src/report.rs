@@ -1,16 +1,20 @@
-//! The reports: performance (latest result of every measured combination) and compatibility
-//! (model x platform matrix with the error behind every non-pass cell).
+//! The reports: performance (latest result of every measured combination), compatibility
+//! (model x platform matrix with the error behind every non-pass cell) and web (each browser
+//! platform's result beside the native platforms' for the same model and shape).
 
 use crate::query::{html_escape, value_text, OutputFormat, QueryResult};
 use crate::{Result, Store};
 use duckdb::types::Value;
 
-pub const PLATFORMS: [&str; 7] = ["cpu", "cuda", "rocm", "mps", "openvino", "webgpu", "webnn"];
+pub const PLATFORMS: [&str; 8] = [
+    "cpu", "cuda", "rocm", "mps", "openvino", "webgpu", "webnn", "wasm",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReportKind {
     Performance,
     Compatibility,
+    Web,
 }
 
 impl std::str::FromStr for ReportKind {
@@ -19,8 +23,9 @@ impl std::str::FromStr for ReportKind {
         match s {
             "performance" => Ok(ReportKind::Performance),
             "compatibility" => Ok(ReportKind::Compatibility),
+            "web" => Ok(ReportKind::Web),
             other => Err(format!(
-                "unknown report kind '{other}' (expected performance or compatibility)"
+                "unknown report kind '{other}' (expected performance, compatibility or web)"
             )),
         }
     }
@@ -68,6 +73,52 @@ QUALIFY row_number() OVER (
 ORDER BY model, weights, platform, engine, precision
 "#;
 
+/// Every web platform's latest result (including unavailable and failed ones, with the
+/// reason), each beside every native platform's latest passing result for the same model,
+/// weights, machine, precision, scenario, batch and sequence length.
+const WEB_SQL: &str = r#"
+WITH latest AS (
+    SELECT p.*, m.model_name, m.weights, h.platform, h.fingerprint,
+           coalesce(w.precompiled, false) AS precompiled,
+           coalesce(w.parallel_load, false) AS parallel_load
+    FROM performance_results p
+    JOIN models m USING (model_id)
+    JOIN hardware_platforms h USING (hardware_id)
+    LEFT JOIN web_results w USING (result_id)
+    QUALIFY row_number() OVER (
+        PARTITION BY m.model_name, m.weights, h.fingerprint, h.platform, p.engine, p.precision,
+                     p.scenario, p.batch_size, p.seq_len, precompiled, parallel_load
+        ORDER BY p.created_at DESC, p.result_id DESC) = 1
+)
+SELECT web.model_name AS model, web.weights, web.batch_size AS batch, web.seq_len AS seq,
+       web.platform, web.status, w.executed_ep,
+       CASE WHEN w.fell_back THEN 'yes' ELSE '' END AS fell_back,
+       nullif(concat_ws(' ', w.adapter_vendor, w.adapter_architecture,
+              CASE WHEN w.adapter_is_fallback THEN '(fallback adapter)' END), '') AS adapter,
+       w.browser || ' ' || w.browser_version AS browser,
+       web.precompiled, web.parallel_load,
+       round(web.load_time_ms, 1) AS load_ms, round(w.precompile_ms, 1) AS precompile_ms,
+       round(web.first_inference_ms, 2) AS first_ms, round(web.latency_p50_ms, 3) AS p50_ms,
+       round(web.first_inference_ms / web.latency_p50_ms, 1) AS first_over_warm,
+       nat.platform || ' / ' || nat.engine AS native, round(nat.latency_p50_ms, 3) AS native_p50_ms,
+       round(web.latency_p50_ms / nat.latency_p50_ms, 2) AS web_over_native,
+       web.error
+FROM latest web
+LEFT JOIN web_results w USING (result_id)
+LEFT JOIN latest nat
+       ON nat.platform NOT IN ('wasm', 'webgpu', 'webnn') AND nat.status = 'pass'
+      AND nat.model_name = web.model_name AND nat.weights = web.weights
+      AND nat.fingerprint = web.fingerprint AND nat.precision = web.precision
+      AND nat.scenario = web.scenario AND nat.batch_size = web.batch_size
+      AND nat.seq_len IS NOT DISTINCT FROM web.seq_len
+WHERE web.platform IN ('wasm', 'webgpu', 'webnn')
+ORDER BY model, weights, batch, seq, web.platform, web.precompiled, web.parallel_load, native
+"#;
+
+pub fn web(store: &Store) -> Result<QueryResult> {
+    store.query(WEB_SQL)
+}
+
 pub fn performance(store: &Store) -> Result<QueryResult> {
     store.query(PERFORMANCE_SQL)
 }
@@ -82,10 +133,12 @@ pub fn render(store: &Store, kind: ReportKind, format: OutputFormat) -> Result<S
     let rows = match kind {
         ReportKind::Performance => performance(store)?,
         ReportKind::Compatibility => compatibility(store)?,
+        ReportKind::Web => web(store)?,
     };
     let title = match kind {
         ReportKind::Performance => "Performance report",
         ReportKind::Compatibility => "Compatibility report",
+        ReportKind::Web => "Web platforms report",
     };
     let generated = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC");
     let source = store.path().display();
@@ -97,6 +150,14 @@ pub fn render(store: &Store, kind: ReportKind, format: OutputFormat) -> Result<S
             "# {title}\n\nGenerated {generated} from `{source}`. Latest result per combination; \
              `weights = random` rows were measured on seeded random weights; `~` marks a \
              percentile from fewer samples than it needs (p90 < 64, p99 < 662).\n\n{}",
+            rows.markdown()
+        ),
+        (ReportKind::Web, OutputFormat::Markdown) => format!(
+            "# {title}\n\nGenerated {generated} from `{source}`. Each browser result (onnxruntime-web \
+             in a headless browser) beside each native platform's latest passing result for the \
+             same model and shape. executed_ep is where onnxruntime-web placed the nodes (its \
+             log); first_over_warm is first-inference time over warm p50 (shader compilation on \
+             WebGPU); web_over_native is web p50 over native p50.\n\n{}",
             rows.markdown()
         ),
         (ReportKind::Compatibility, OutputFormat::Markdown) => {
@@ -111,7 +172,7 @@ pub fn render(store: &Store, kind: ReportKind, format: OutputFormat) -> Result<S
         }
         (kind, OutputFormat::Html) => {
             let body = match kind {
-                ReportKind::Performance => rows.html_table(),
+                ReportKind::Performance | ReportKind::Web => rows.html_table(),
                 ReportKind::Compatibility => format!(
                     "{}<h2>Details</h2>\n{}",
                     compatibility_matrix(&rows).html_table(),

@@ -5,7 +5,7 @@ use crate::{DbError, Result};
 use duckdb::Connection;
 use std::path::Path;
 
-pub const CURRENT_VERSION: i64 = 3;
+pub const CURRENT_VERSION: i64 = 4;
 
 /// MIGRATIONS[i] upgrades from version i to i + 1.
 const MIGRATIONS: &[&str] = &[
@@ -130,6 +130,35 @@ ALTER TABLE performance_results ADD COLUMN greedy_agreement_vs_f32 DOUBLE;
     r#"
 ALTER TABLE performance_results ADD COLUMN audio_seconds DOUBLE;
 ALTER TABLE performance_results ADD COLUMN real_time_factor DOUBLE;
+"#,
+    // 4: how a browser result was obtained (one row per web result).
+    r#"
+CREATE TABLE web_results (
+    result_id             BIGINT PRIMARY KEY REFERENCES performance_results(result_id),
+    browser               VARCHAR NOT NULL,
+    browser_version       VARCHAR NOT NULL,
+    user_agent            VARCHAR NOT NULL,
+    -- the execution provider asked for: wasm | webgpu | webnn
+    requested_ep          VARCHAR NOT NULL,
+    -- where onnxruntime-web placed the nodes (its log), e.g. webgpu+wasm
+    executed_ep           VARCHAR NOT NULL,
+    -- the requested EP ran no node: everything fell back to wasm
+    fell_back             BOOLEAN NOT NULL,
+    node_placement        JSON NOT NULL,
+    adapter_vendor        VARCHAR,
+    adapter_architecture  VARCHAR,
+    adapter_description   VARCHAR,
+    adapter_is_fallback   BOOLEAN,
+    adapter_features      VARCHAR,
+    webnn_device          VARCHAR,
+    wasm_threads          INTEGER NOT NULL,
+    cross_origin_isolated BOOLEAN NOT NULL,
+    precompiled           BOOLEAN NOT NULL,
+    precompile_ms         DOUBLE,
+    parallel_load         BOOLEAN NOT NULL,
+    -- each part's session creation time, ms: [["text_model", 12.3], ...]
+    part_load_ms          JSON NOT NULL
+);
 "#,
 ];
 

@@ -71,7 +71,7 @@ fn a_combination_is_stored_whole_or_not_at_all() {
         .unwrap();
     let (m, h, p, c) = records();
     store
-        .record_combination(run, &m, &h, &p, &[1.0, 2.0, 3.0], &c)
+        .record_combination(run, &m, &h, &p, &[1.0, 2.0, 3.0], &c, None)
         .unwrap();
     assert_eq!(count(&store, "performance_results"), 1);
     assert_eq!(count(&store, "raw_samples"), 3);
@@ -81,7 +81,7 @@ fn a_combination_is_stored_whole_or_not_at_all() {
     let (mut m2, h2, p2, c2) = records();
     m2.model_name = "other".into();
     assert!(store
-        .record_combination(run + 100, &m2, &h2, &p2, &[4.0], &c2)
+        .record_combination(run + 100, &m2, &h2, &p2, &[4.0], &c2, None)
         .is_err());
     assert_eq!(count(&store, "models"), 1);
     assert_eq!(count(&store, "performance_results"), 1);
@@ -90,7 +90,7 @@ fn a_combination_is_stored_whole_or_not_at_all() {
 
     // The same model and hardware are reused, not duplicated.
     store
-        .record_combination(run, &m, &h, &p, &[1.0], &c)
+        .record_combination(run, &m, &h, &p, &[1.0], &c, None)
         .unwrap();
     assert_eq!(count(&store, "models"), 1);
     assert_eq!(count(&store, "hardware_platforms"), 1);

@@ -7,6 +7,7 @@ use anyhow::Context;
 use ia_bench::{Combination, Measurement, ModelPlan, Outcome, Protocol, Scenario};
 use ia_db::{
     CompatibilityRecord, HardwareRecord, ModelRecord, PerformanceRecord, RunRecord, Store,
+    WebRecord,
 };
 use ia_engine::Precision;
 use ia_hardware::{HardwareReport, Platform};
@@ -21,13 +22,29 @@ pub struct Args {
     /// checkpoint folders
     #[arg(long, value_delimiter = ',', default_value = "bert,vit")]
     models: Vec<String>,
-    /// Platforms to run on: cpu, cuda, rocm, mps, webgpu, webnn on the native engine;
+    /// Platforms to run on: cpu, cuda, rocm, mps on the native engine;
     /// `onnxruntime` (ONNX exports on ONNX Runtime's CPU execution provider) or
     /// `onnxruntime:<platform>` (the provider that drives it: cuda, rocm, mps, openvino);
-    /// `openvino` (ONNX exports / IR on OpenVINO's CPU device). Unavailable ones are recorded
-    /// with the reason
+    /// `openvino` (ONNX exports / IR on OpenVINO's CPU device); webgpu, webnn, wasm
+    /// (onnxruntime-web in a headless browser). Unavailable ones are recorded with the reason
     #[arg(long, value_delimiter = ',', default_value = "cpu")]
     hardware: Vec<Target>,
+    /// Browser for webgpu, webnn and wasm (Chromium: CHROMIUM_PATH or Debian's chromium,
+    /// driven by chromedriver)
+    #[arg(long, default_value = "chromium", value_parser = parse_browser)]
+    browser: String,
+    /// Web platforms: compile the WebGPU pipelines at load time (one run on zeros of the real
+    /// shapes) before the first request; `false,true` measures both
+    #[arg(long, value_delimiter = ',', default_value = "false")]
+    precompile: Vec<bool>,
+    /// Web platforms: create a multi-part model's sessions in parallel; `false,true` measures
+    /// both
+    #[arg(long, value_delimiter = ',', default_value = "false")]
+    parallel_load: Vec<bool>,
+    /// Web platforms: seconds each browser step (start, load, one inference) may take; the
+    /// timed loop gets more in proportion
+    #[arg(long, default_value_t = 180)]
+    browser_timeout: u64,
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     batch_sizes: Vec<usize>,
     /// Tokens per sequence for text models
@@ -87,19 +104,40 @@ pub struct Args {
     json: bool,
 }
 
+fn parse_browser(s: &str) -> Result<String, String> {
+    let s = s.trim().to_ascii_lowercase();
+    match s.as_str() {
+        "chromium" | "chrome" => Ok("chromium".into()),
+        other => Err(format!(
+            "unsupported browser '{other}' (supported: {}; Firefox and Safari have no driver here)",
+            ia_browser::BROWSERS.join(", ")
+        )),
+    }
+}
+
 /// One finished combination, as printed and written to --output-json.
 #[derive(Serialize)]
 struct ResultRow {
     model: String,
     weights: &'static str,
-    engine: &'static str,
+    engine: String,
     platform: Platform,
     precision: Precision,
     scenario: &'static str,
     batch_size: usize,
     seq_len: Option<usize>,
     outcome: Outcome,
+    /// How a web result was obtained (browser, adapter, where the nodes ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    web: Option<ia_browser::WebDetails>,
     result_id: Option<i64>,
+}
+
+/// The web platforms' variants of a combination.
+#[derive(Debug, Clone, Copy)]
+struct WebVariant {
+    precompile: bool,
+    parallel_load: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -131,9 +169,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         min_duration: Duration::from_secs_f64(args.min_duration),
         max_iterations: args.max_iterations.max(1),
     };
-    let hw = ia_hardware::detect();
+    let mut hw = ia_hardware::detect();
     let combos = combinations(&models, &args);
     let engines = Engines::new();
+    // The browser platforms are probed inside the browser, which then stays up for the run.
+    let mut web = combos.iter().any(|(_, kind, _)| *kind == EngineKind::Browser).then(|| {
+        ia_browser::WebBench::from_probe(
+            ia_browser::probe(&mut hw),
+            ia_browser::WebOptions {
+                step_timeout: Duration::from_secs(args.browser_timeout.max(1)),
+                ..Default::default()
+            },
+        )
+    });
 
     let mut store = if args.no_db {
         None
@@ -152,19 +200,45 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .expect("valid template"),
     );
     let mut rows = Vec::with_capacity(combos.len());
-    for (i, (combo, kind)) in combos.iter().enumerate() {
+    for (i, (combo, kind, variant)) in combos.iter().enumerate() {
         let engine = engines.get(*kind);
-        let label = format!("{} ({})", describe(combo), engine.name());
+        let engine_name = engine.map_or(ia_browser::ENGINE_NAME, |e| e.name());
+        let label = match variant {
+            Some(v) => format!(
+                "{} ({engine_name}{}{})",
+                describe(combo),
+                if v.precompile { ", precompiled" } else { "" },
+                if v.parallel_load { ", parallel load" } else { "" }
+            ),
+            None => format!("{} ({engine_name})", describe(combo)),
+        };
         pb.set_message(label.clone());
         let available = platform_available(&hw, combo.platform);
-        let outcome = ia_bench::measure(engine, combo, available, &protocol);
-        let result_id = match (store.as_mut(), run_id) {
-            (Some(s), Some(id)) => {
-                let engine_id = (engine.name(), engine.version());
-                Some(store_outcome(
-                    s, id, &run.host, &hw, engine_id, combo, &outcome,
-                )?)
+        let (outcome, web_details, engine_id) = match (engine, web.as_mut(), variant) {
+            (Some(engine), _, _) => (
+                ia_bench::measure(engine, combo, available, &protocol),
+                None,
+                (engine.name(), engine.version()),
+            ),
+            (None, Some(web), Some(v)) => {
+                web.options.precompile = v.precompile;
+                web.options.parallel_load = v.parallel_load;
+                let r = web.measure(combo, available, &protocol);
+                (r.outcome, r.details, (engine_name, web.engine_version()))
             }
+            (None, _, _) => unreachable!("browser combinations have a WebBench and a variant"),
+        };
+        let result_id = match (store.as_mut(), run_id) {
+            (Some(s), Some(id)) => Some(store_outcome(
+                s,
+                id,
+                &run.host,
+                &hw,
+                engine_id,
+                combo,
+                &outcome,
+                web_details.as_ref(),
+            )?),
             _ => None,
         };
         let line = format!(
@@ -185,17 +259,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         rows.push(ResultRow {
             model: combo.model.name.clone(),
             weights: combo.model.source.weights_kind().as_str(),
-            engine: engine.name(),
+            engine: engine_name.to_string(),
             platform: combo.platform,
             precision: combo.precision,
             scenario: combo.scenario.as_str(),
             batch_size: combo.batch_size,
             seq_len: text_seq_len(combo),
             outcome,
+            web: web_details,
             result_id,
         });
     }
     pb.finish_and_clear();
+    drop(web);
     if let (Some(s), Some(id)) = (store.as_mut(), run_id) {
         s.end_run(id, "completed")?;
     }
@@ -219,28 +295,49 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The combinations to measure, each with the engine that runs it.
-fn combinations(models: &[ModelPlan], args: &Args) -> Vec<(Combination, EngineKind)> {
+/// The combinations to measure, each with the engine that runs it (and, on the web
+/// platforms, each of the requested precompile / parallel-load variants).
+fn combinations(
+    models: &[ModelPlan],
+    args: &Args,
+) -> Vec<(Combination, EngineKind, Option<WebVariant>)> {
+    let mut web_variants = Vec::new();
+    for &precompile in &args.precompile {
+        for &parallel_load in &args.parallel_load {
+            web_variants.push(Some(WebVariant {
+                precompile,
+                parallel_load,
+            }));
+        }
+    }
     let mut out = Vec::new();
     for model in models {
         for &Target { platform, engine } in &args.hardware {
+            let variants = if engine == EngineKind::Browser {
+                web_variants.as_slice()
+            } else {
+                &[None]
+            };
             for &precision in &args.precision {
                 for &scenario in &args.scenarios {
                     for &batch_size in &args.batch_sizes {
-                        out.push((
-                            Combination {
-                                model: model.clone(),
-                                platform,
-                                batch_size,
-                                seq_len: args.seq_len,
-                                precision,
-                                scenario,
-                                new_tokens: args.new_tokens,
-                                audio_seconds: args.audio_seconds,
-                                audio_file: args.audio_file.clone(),
-                            },
-                            engine,
-                        ));
+                        for &variant in variants {
+                            out.push((
+                                Combination {
+                                    model: model.clone(),
+                                    platform,
+                                    batch_size,
+                                    seq_len: args.seq_len,
+                                    precision,
+                                    scenario,
+                                    new_tokens: args.new_tokens,
+                                    audio_seconds: args.audio_seconds,
+                                    audio_file: args.audio_file.clone(),
+                                },
+                                engine,
+                                variant,
+                            ));
+                        }
                     }
                 }
             }
@@ -309,7 +406,9 @@ fn git_commit() -> Option<String> {
 }
 
 /// Stores one combination's outcome. `engine` is (name, version) of the runtime that was
-/// asked to run it (a measured outcome carries its own session info, which wins).
+/// asked to run it (a measured outcome carries its own session info, which wins); `web` is
+/// how a browser result was obtained.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn store_outcome(
     store: &mut Store,
     run_id: i64,
@@ -318,6 +417,7 @@ pub(crate) fn store_outcome(
     engine: (&str, String),
     combo: &Combination,
     outcome: &Outcome,
+    web: Option<&ia_browser::WebDetails>,
 ) -> anyhow::Result<i64> {
     let m = &combo.model;
     let measured = match outcome {
@@ -382,7 +482,41 @@ pub(crate) fn store_outcome(
         error,
     };
     let samples = measured.map(|x| x.samples_ms.as_slice()).unwrap_or(&[]);
-    Ok(store.record_combination(run_id, &model, &hardware, &perf, samples, &compat)?)
+    let web = web.map(web_record).transpose()?;
+    Ok(store.record_combination(
+        run_id,
+        &model,
+        &hardware,
+        &perf,
+        samples,
+        &compat,
+        web.as_ref(),
+    )?)
+}
+
+fn web_record(w: &ia_browser::WebDetails) -> anyhow::Result<WebRecord> {
+    let a = w.adapter.as_ref();
+    Ok(WebRecord {
+        browser: w.browser.clone(),
+        browser_version: w.browser_version.clone(),
+        user_agent: w.user_agent.clone(),
+        requested_ep: w.requested_ep.clone(),
+        executed_ep: w.executed_ep.clone(),
+        fell_back: w.fell_back,
+        node_placement_json: serde_json::to_string(&w.node_placement)?,
+        adapter_vendor: a.map(|a| a.vendor.clone()),
+        adapter_architecture: a.map(|a| a.architecture.clone()),
+        adapter_description: a.map(|a| a.description.clone()),
+        adapter_is_fallback: a.and_then(|a| a.is_fallback_adapter),
+        adapter_features: a.map(|a| a.features.join(" ")),
+        webnn_device: w.webnn_device.clone(),
+        wasm_threads: w.wasm_threads as i32,
+        cross_origin_isolated: w.cross_origin_isolated,
+        precompiled: w.precompiled,
+        precompile_ms: w.precompile_ms,
+        parallel_load: w.parallel_load,
+        part_load_ms_json: serde_json::to_string(&w.part_load_ms)?,
+    })
 }
 
 fn performance_record(
@@ -483,7 +617,7 @@ fn results_table(rows: &[ResultRow]) -> String {
         let mut row = vec![
             r.model.clone(),
             r.weights.into(),
-            r.engine.into(),
+            r.engine.clone(),
             r.platform.to_string(),
             r.precision.to_string(),
             r.scenario.into(),
@@ -530,6 +664,22 @@ fn results_table(rows: &[ResultRow]) -> String {
                 "{}/{} b={}: {stage}: {error}",
                 r.model, r.platform, r.batch_size
             )),
+        }
+        if let Some(w) = &r.web {
+            notes.push(format!(
+                "{}/{} b={}: {}; nodes ran on {}{}{}{}",
+                r.model,
+                r.platform,
+                r.batch_size,
+                match &w.adapter {
+                    Some(a) => format!("{} {}, adapter {}", w.browser, w.browser_version, a.summary()),
+                    None => format!("{} {}", w.browser, w.browser_version),
+                },
+                w.executed_ep,
+                if w.fell_back { " (fell back)" } else { "" },
+                if w.precompiled { ", precompiled" } else { "" },
+                if w.parallel_load { ", parallel load" } else { "" },
+            ));
         }
         row.resize(header.len(), String::new());
         cells.push(row);

@@ -31,9 +31,9 @@ enum DbCommand {
         #[arg(long, default_value = "table", value_parser = parse_format)]
         format: OutputFormat,
     },
-    /// Write a performance or compatibility report
+    /// Write a performance, compatibility or web report
     Report {
-        /// performance or compatibility
+        /// performance, compatibility, or web (browser platforms beside the native ones)
         #[arg(long, default_value = "performance")]
         kind: ReportKind,
         /// md, html, csv or json
@@ -113,7 +113,7 @@ fn import(db_path: &std::path::Path, file: &std::path::Path) -> anyhow::Result<(
         };
         let engine = (m.session.engine.as_str(), m.session.engine_version.clone());
         let id = crate::bench::store_outcome(
-            &mut store, run_id, &run.host, &hw, engine, combo, outcome,
+            &mut store, run_id, &run.host, &hw, engine, combo, outcome, None,
         )?;
         eprintln!(
             "imported {} [{}] b={} as result {id}",

@@ -80,7 +80,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
         .map_err(|e| anyhow::anyhow!("{}: {e}", tokenizer_path.display()))?;
     let engines = Engines::new();
-    let mut model = engines.get(args.hardware.engine).load_generator(
+    let engine = engines.get(args.hardware.engine).with_context(|| {
+        format!(
+            "generate does not run in the browser ({}); use cpu, onnxruntime or openvino",
+            args.hardware.platform
+        )
+    })?;
+    let mut model = engine.load_generator(
         &plan.source,
         args.hardware.platform,
         args.precision,

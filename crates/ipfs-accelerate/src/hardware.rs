@@ -7,11 +7,19 @@ pub struct Args {
     /// Print the full report as JSON
     #[arg(long)]
     json: bool,
+    /// Skip the in-browser probe of webgpu, webnn and wasm (it starts headless Chromium)
+    #[arg(long)]
+    no_browser: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut report = ia_hardware::detect();
     report.runtimes = with_execution_providers(report.runtimes);
+    if !args.no_browser {
+        // The web platforms are what the browser itself reports: its WebGPU adapter and
+        // WebNN contexts, or its own error text.
+        let _ = ia_browser::probe(&mut report);
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -99,5 +107,11 @@ pub fn render(r: &HardwareReport) -> String {
         };
         out.push_str(&format!("{:<12} {}\n", rt.name, status));
     }
+    let web = match (ia_browser::ort_web_version(), ia_browser::find_ort_web()) {
+        (Some(v), Ok(dist)) => format!("{v} at {}", dist.display()),
+        (_, Err(e)) => format!("not found: {e}"),
+        (None, Ok(dist)) => format!("found at {} (no version in package.json)", dist.display()),
+    };
+    out.push_str(&format!("{:<12} {web}\n", "ort-web"));
     out
 }

@@ -29,7 +29,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Detect the hardware platforms (cpu, cuda, rocm, mps, openvino, webgpu, webnn) and runtimes
+    /// Detect the hardware platforms (cpu, cuda, rocm, mps, openvino, webgpu, webnn, wasm) and runtimes
     Hardware(hardware::Args),
     /// List the model catalog, or classify a checkpoint's config.json
     Models(models::Args),

@@ -1,5 +1,5 @@
 //! Where a command runs a model: a platform and the engine that drives it, as `--hardware`
-//! names them (`cpu`, `onnxruntime:cuda`, `openvino`, ...).
+//! names them (`cpu`, `onnxruntime:cuda`, `openvino`, `webgpu`, ...).
 
 use ia_engine::Engine;
 use ia_hardware::Platform;
@@ -10,6 +10,9 @@ pub enum EngineKind {
     Native,
     OnnxRuntime,
     OpenVino,
+    /// onnxruntime-web in a headless browser (ia-browser): the wasm, webgpu and webnn
+    /// platforms.
+    Browser,
 }
 
 /// Where a combination runs: a platform, and the engine that drives it.
@@ -38,6 +41,9 @@ impl std::str::FromStr for Target {
             None => match s.as_str() {
                 "onnxruntime" | "ort" => (Platform::Cpu, EngineKind::OnnxRuntime),
                 "openvino" => (Platform::Openvino, EngineKind::OpenVino),
+                "webgpu" => (Platform::Webgpu, EngineKind::Browser),
+                "webnn" => (Platform::Webnn, EngineKind::Browser),
+                "wasm" => (Platform::Wasm, EngineKind::Browser),
                 other => (
                     other
                         .parse::<Platform>()
@@ -66,11 +72,14 @@ impl Engines {
         }
     }
 
-    pub fn get(&self, kind: EngineKind) -> &dyn Engine {
+    /// The in-process engine of `kind`; the browser is not one (`ia_browser::WebBench`
+    /// drives it).
+    pub fn get(&self, kind: EngineKind) -> Option<&dyn Engine> {
         match kind {
-            EngineKind::Native => &self.native,
-            EngineKind::OnnxRuntime => &self.ort,
-            EngineKind::OpenVino => &self.openvino,
+            EngineKind::Native => Some(&self.native),
+            EngineKind::OnnxRuntime => Some(&self.ort),
+            EngineKind::OpenVino => Some(&self.openvino),
+            EngineKind::Browser => None,
         }
     }
 }
@@ -92,6 +101,8 @@ mod tests {
             t("openvino"),
             Ok((Platform::Openvino, EngineKind::OpenVino))
         );
+        assert_eq!(t("webgpu"), Ok((Platform::Webgpu, EngineKind::Browser)));
+        assert_eq!(t("wasm"), Ok((Platform::Wasm, EngineKind::Browser)));
         assert!(t("onnxruntime:tpu").is_err());
         assert!(t("tensorrt:cuda")
             .unwrap_err()
