@@ -92,10 +92,7 @@ pub struct ModelPlan {
 
 impl ModelPlan {
     /// A plan for `source`, classified from its config.json.
-    pub fn classify(
-        name: String,
-        source: ModelSource,
-    ) -> Result<Self, ia_models::ClassifyError> {
+    pub fn classify(name: String, source: ModelSource) -> Result<Self, ia_models::ClassifyError> {
         let c = ia_models::classify_config(source.config())?;
         Ok(Self {
             name,

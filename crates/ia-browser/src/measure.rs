@@ -375,7 +375,8 @@ fn measure_on(
     let iterations = (protocol.warmup_iterations + protocol.min_iterations) as f64;
     let timed_timeout = options.step_timeout
         + Duration::from_secs_f64(
-            (iterations * first.ms * 3.0 / 1e3).min(3600.0) + 2.0 * protocol.min_duration.as_secs_f64(),
+            (iterations * first.ms * 3.0 / 1e3).min(3600.0)
+                + 2.0 * protocol.min_duration.as_secs_f64(),
         );
     let timed: Timed = step(
         host,
@@ -453,7 +454,11 @@ fn measure_on(
             precompiled: options.precompile,
             precompile_ms,
             parallel_load: options.parallel_load,
-            part_load_ms: loaded.parts.iter().map(|p| (p.name.clone(), p.ms)).collect(),
+            part_load_ms: loaded
+                .parts
+                .iter()
+                .map(|p| (p.name.clone(), p.ms))
+                .collect(),
         }),
         outputs,
     })

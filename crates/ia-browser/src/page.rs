@@ -37,12 +37,17 @@ pub struct Adapter {
 impl Adapter {
     /// "google swiftshader (fallback adapter)".
     pub fn summary(&self) -> String {
-        let mut s = [&self.vendor, &self.architecture, &self.device, &self.description]
-            .iter()
-            .filter(|p| !p.is_empty())
-            .map(|p| p.as_str())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let mut s = [
+            &self.vendor,
+            &self.architecture,
+            &self.device,
+            &self.description,
+        ]
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| p.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
         if s.is_empty() {
             s = "unnamed adapter".into();
         }

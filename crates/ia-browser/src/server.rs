@@ -119,8 +119,7 @@ fn respond(
 
 /// A file name without directories, so `/ort/` cannot reach outside the dist folder.
 fn plain_file_name(name: &str) -> Option<&str> {
-    (!name.is_empty() && !name.contains(['/', '\\']) && name != ".." && name != ".")
-        .then_some(name)
+    (!name.is_empty() && !name.contains(['/', '\\']) && name != ".." && name != ".").then_some(name)
 }
 
 fn content_type(file: &Path) -> &'static str {

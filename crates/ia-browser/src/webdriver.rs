@@ -88,7 +88,10 @@ impl Driver {
         };
         driver.wait_ready(chromedriver)?;
         let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|s| s.to_string()).collect();
-        args.push(format!("--user-data-dir={}", driver._profile.path().display()));
+        args.push(format!(
+            "--user-data-dir={}",
+            driver._profile.path().display()
+        ));
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": chromium, "args": args},
@@ -225,7 +228,12 @@ impl Driver {
 
     /// Calls `window.ia.<function>(arg)` in the page and waits for its promise, at most
     /// `timeout`. A rejected promise is `BrowserError::Page` with the page's error text.
-    pub fn call(&self, function: &str, arg: Value, timeout: Duration) -> Result<Value, BrowserError> {
+    pub fn call(
+        &self,
+        function: &str,
+        arg: Value,
+        timeout: Duration,
+    ) -> Result<Value, BrowserError> {
         self.set_timeouts(json!({"script": timeout.as_millis() as u64}))?;
         // The page's answer uses its own keys: a W3C error object has "error" too.
         let script = format!(

@@ -184,7 +184,11 @@ fn bad_model_files_fail_with_a_one_line_error() {
         std::fs::copy(fixture("bert-tiny").join(f), dir.path().join(f)).unwrap();
     }
     std::fs::create_dir(dir.path().join("onnx")).unwrap();
-    std::fs::write(dir.path().join("onnx/model.onnx"), b"this is not an ONNX file").unwrap();
+    std::fs::write(
+        dir.path().join("onnx/model.onnx"),
+        b"this is not an ONNX file",
+    )
+    .unwrap();
     let mut web = bench();
     let run = web.measure(
         &combination(dir.path(), Platform::Wasm, 1),

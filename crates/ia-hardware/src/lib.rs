@@ -74,7 +74,9 @@ impl fmt::Display for Platform {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown platform '{0}' (expected one of cpu, cuda, rocm, mps, openvino, webgpu, webnn, wasm)")]
+#[error(
+    "unknown platform '{0}' (expected one of cpu, cuda, rocm, mps, openvino, webgpu, webnn, wasm)"
+)]
 pub struct UnknownPlatform(pub String);
 
 impl FromStr for Platform {

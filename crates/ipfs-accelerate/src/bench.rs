@@ -173,15 +173,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let combos = combinations(&models, &args);
     let engines = Engines::new();
     // The browser platforms are probed inside the browser, which then stays up for the run.
-    let mut web = combos.iter().any(|(_, kind, _)| *kind == EngineKind::Browser).then(|| {
-        ia_browser::WebBench::from_probe(
-            ia_browser::probe(&mut hw),
-            ia_browser::WebOptions {
-                step_timeout: Duration::from_secs(args.browser_timeout.max(1)),
-                ..Default::default()
-            },
-        )
-    });
+    let mut web = combos
+        .iter()
+        .any(|(_, kind, _)| *kind == EngineKind::Browser)
+        .then(|| {
+            ia_browser::WebBench::from_probe(
+                ia_browser::probe(&mut hw),
+                ia_browser::WebOptions {
+                    step_timeout: Duration::from_secs(args.browser_timeout.max(1)),
+                    ..Default::default()
+                },
+            )
+        });
 
     let mut store = if args.no_db {
         None
@@ -208,7 +211,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "{} ({engine_name}{}{})",
                 describe(combo),
                 if v.precompile { ", precompiled" } else { "" },
-                if v.parallel_load { ", parallel load" } else { "" }
+                if v.parallel_load {
+                    ", parallel load"
+                } else {
+                    ""
+                }
             ),
             None => format!("{} ({engine_name})", describe(combo)),
         };
@@ -672,13 +679,22 @@ fn results_table(rows: &[ResultRow]) -> String {
                 r.platform,
                 r.batch_size,
                 match &w.adapter {
-                    Some(a) => format!("{} {}, adapter {}", w.browser, w.browser_version, a.summary()),
+                    Some(a) => format!(
+                        "{} {}, adapter {}",
+                        w.browser,
+                        w.browser_version,
+                        a.summary()
+                    ),
                     None => format!("{} {}", w.browser, w.browser_version),
                 },
                 w.executed_ep,
                 if w.fell_back { " (fell back)" } else { "" },
                 if w.precompiled { ", precompiled" } else { "" },
-                if w.parallel_load { ", parallel load" } else { "" },
+                if w.parallel_load {
+                    ", parallel load"
+                } else {
+                    ""
+                },
             ));
         }
         row.resize(header.len(), String::new());

@@ -86,11 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.hardware.platform
         )
     })?;
-    let mut model = engine.load_generator(
-        &plan.source,
-        args.hardware.platform,
-        args.precision,
-    )?;
+    let mut model = engine.load_generator(&plan.source, args.hardware.platform, args.precision)?;
     let prompt = tokenizer
         .encode(args.prompt.as_str(), true)
         .map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?

@@ -69,7 +69,7 @@ fn quick_bench(db: &Path, extra: &[&str]) -> Output {
 }
 
 #[test]
-fn hardware_lists_all_seven_platforms() {
+fn hardware_lists_all_eight_platforms() {
     let o = run(&["hardware", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -80,7 +80,7 @@ fn hardware_lists_all_seven_platforms() {
         .collect();
     assert_eq!(
         names,
-        ["cpu", "cuda", "rocm", "mps", "openvino", "webgpu", "webnn"]
+        ["cpu", "cuda", "rocm", "mps", "openvino", "webgpu", "webnn", "wasm"]
     );
     for p in platforms {
         if !p["available"].as_bool().unwrap() {
@@ -152,7 +152,7 @@ fn bench_to_db_then_query_report_export() {
         &db,
         &[
             "--hardware",
-            "cpu,webgpu",
+            "cpu,mps",
             "--output-json",
             json_out.to_str().unwrap(),
         ],
@@ -193,10 +193,10 @@ fn bench_to_db_then_query_report_export() {
     let o = q("SELECT status, ended_at IS NOT NULL AS ended, git_commit IS NOT NULL AS has_commit FROM runs", "csv");
     assert_eq!(stdout(&o), "status,ended,has_commit\ncompleted,true,true\n");
     let o = q(
-        "SELECT DISTINCT error FROM compatibility_results WHERE platform = 'webgpu'",
+        "SELECT DISTINCT error FROM compatibility_results WHERE platform = 'mps'",
         "csv",
     );
-    assert!(stdout(&o).contains("webgpu unavailable"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("mps unavailable"), "{}", stdout(&o));
     let o = q("SELECT model_name, weights FROM models ORDER BY 1", "md");
     assert!(
         stdout(&o).starts_with("| model_name | weights |"),
@@ -929,4 +929,139 @@ fn bench_runs_onnx_exports_on_onnxruntime() {
         stdout(&q),
         "engine,versioned,status\nnative,false,pass\nonnxruntime,true,pass\n"
     );
+}
+
+/// The browser platforms through the binary (Chromium and onnxruntime-web as scripts/test.sh
+/// installs them): results, how they were obtained, and the web report beside the native
+/// platform.
+#[test]
+fn web_platforms_are_benchmarked_stored_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("web.duckdb");
+    let dbs = db.to_str().unwrap();
+    let bert = fixture("bert-tiny");
+    let o = run(&[
+        "bench",
+        "--models",
+        &bert,
+        "--hardware",
+        "cpu,wasm,webgpu,webnn",
+        "--precompile",
+        "false,true",
+        "--batch-sizes",
+        "1",
+        "--seq-len",
+        "16",
+        "--warmup",
+        "1",
+        "--min-iterations",
+        "3",
+        "--min-duration",
+        "0",
+        "--db-path",
+        dbs,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("onnxruntime-web"), "{}", stdout(&o));
+    let q = |sql: &str| {
+        let o = run(&[
+            "db",
+            "--db-path",
+            dbs,
+            "query",
+            "--sql",
+            sql,
+            "--format",
+            "csv",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    // wasm and webgpu, each without and with precompiling, ran and say where.
+    assert_eq!(
+        q("SELECT h.platform, w.requested_ep, w.executed_ep LIKE w.requested_ep || '%' AS ran_there, \
+           w.fell_back, w.precompiled, p.iterations, p.engine \
+           FROM web_results w JOIN performance_results p USING (result_id) \
+           JOIN hardware_platforms h USING (hardware_id) ORDER BY 1, w.precompiled"),
+        "platform,requested_ep,ran_there,fell_back,precompiled,iterations,engine\n\
+         wasm,wasm,true,false,false,3,onnxruntime-web\n\
+         wasm,wasm,true,false,true,3,onnxruntime-web\n\
+         webgpu,webgpu,true,false,false,3,onnxruntime-web\n\
+         webgpu,webgpu,true,false,true,3,onnxruntime-web\n"
+    );
+    assert_eq!(
+        q("SELECT count(*) AS n FROM web_results WHERE precompiled = (precompile_ms IS NOT NULL) \
+           AND browser_version <> '' AND json_array_length(part_load_ms) = 1"),
+        "n\n4\n"
+    );
+    // WebNN: the browser's own words, whether it ran or not.
+    let webnn = q(
+        "SELECT status, error FROM performance_results WHERE device LIKE '%' \
+                   AND result_id IN (SELECT result_id FROM performance_results p JOIN \
+                   hardware_platforms h USING (hardware_id) WHERE h.platform = 'webnn')",
+    );
+    assert!(webnn.contains("pass") || webnn.contains("WebNN"), "{webnn}");
+    let o = run(&[
+        "db",
+        "--db-path",
+        dbs,
+        "report",
+        "--kind",
+        "web",
+        "--format",
+        "md",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let md = stdout(&o);
+    assert!(
+        md.contains("# Web platforms report")
+            && md.contains("cpu / native")
+            && md.contains("| webgpu |"),
+        "{md}"
+    );
+}
+
+/// A browser that is installed but does not start: a failed combination with the reason,
+/// and the run goes on.
+#[test]
+fn a_browser_that_does_not_start_is_a_failed_combination() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("chromium");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'Chromium 1.0'; exit 0; }\necho 'no display' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let db = dir.path().join("r.duckdb");
+    let o = bin()
+        .env("CHROMIUM_PATH", &fake)
+        .args([
+            "bench",
+            "--models",
+            &fixture("bert-tiny"),
+            "--hardware",
+            "wasm,cpu",
+            "--batch-sizes",
+            "1",
+            "--seq-len",
+            "16",
+            "--min-iterations",
+            "2",
+            "--min-duration",
+            "0",
+            "--db-path",
+            db.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let wasm = &rows[0]["outcome"];
+    assert_eq!(wasm["status"], "fail", "{wasm}");
+    assert_eq!(wasm["stage"], "browser-start", "{wasm}");
+    assert!(!wasm["error"].as_str().unwrap().contains('\n'));
+    assert_eq!(rows[1]["outcome"]["status"], "pass");
 }
