@@ -5,6 +5,10 @@ and OpenVINO engines are tested against the same transformers reference outputs
 (`reference.safetensors`) as the native engine.
 
 * Encoders (bert-tiny, vit-tiny): one graph, named inputs to one named output.
+* CLIP (clip-tiny): two graphs as transformers.js lays them out, `onnx/text_model.onnx`
+  (input_ids, attention_mask -> text_embeds) and `onnx/vision_model.onnx` (pixel_values ->
+  image_embeds), the projections before CLIPModel's normalisation; the browser loads both
+  parts, one after the other or in parallel.
 * Decoders (llama, qwen2, qwen3, opt): one graph with the KV cache as inputs and outputs,
   named like Optimum's and onnx-community's exports: `input_ids`, `attention_mask`,
   `position_ids` (not OPT, which derives positions from the mask),
@@ -42,18 +46,33 @@ class Encoder(torch.nn.Module):
         return getattr(self.model(**dict(zip(self.inputs, args))), self.output)
 
 
-def export(name, model, inputs, output, dynamic):
+def export(name, model, inputs, output, dynamic, file="model.onnx"):
     out = FIX / name / "onnx"
     out.mkdir(exist_ok=True)
     names = list(inputs)
+    dynamic = dynamic if isinstance(dynamic, dict) and all(isinstance(k, int) for k in dynamic) \
+        else None
+    axes = {n: (dynamic or ({0: "batch", 1: "sequence"} if inputs[n].dim() == 2 else {0: "batch"}))
+            for n in names}
     torch.onnx.export(
-        Encoder(model.eval(), names, output), tuple(inputs.values()), str(out / "model.onnx"),
+        Encoder(model.eval(), names, output), tuple(inputs.values()), str(out / file),
         input_names=names, output_names=[output], opset_version=17, dynamo=False,
-        dynamic_axes={**{n: dynamic for n in names}, output: {0: "batch"}})
-    (out / "export_meta.json").write_text(json.dumps({
+        dynamic_axes={**axes, output: {0: "batch"}})
+    meta = "export_meta.json" if file == "model.onnx" else file.replace(".onnx", "_export_meta.json")
+    (out / meta).write_text(json.dumps({
         "generator": "scripts/export_onnx_fixtures.py", "torch": torch.__version__,
         "opset": 17, "inputs": names, "output": output}, indent=2))
-    print("exported", out / "model.onnx")
+    print("exported", out / file)
+
+
+def export_clip():
+    from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+    ids = torch.tensor([[0, 10, 11, 12, 1, 1], [0, 13, 14, 1, 1, 1]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]])
+    export("clip-tiny", CLIPTextModelWithProjection.from_pretrained(FIX / "clip-tiny"),
+           {"input_ids": ids, "attention_mask": mask}, "text_embeds", None, "text_model.onnx")
+    export("clip-tiny", CLIPVisionModelWithProjection.from_pretrained(FIX / "clip-tiny"),
+           {"pixel_values": torch.randn(1, 3, 32, 32)}, "image_embeds", None, "vision_model.onnx")
 
 
 class DecoderWithPast(torch.nn.Module):
@@ -120,6 +139,7 @@ def main():
            "last_hidden_state", {0: "batch", 1: "sequence"})
     export("vit-tiny", ViTForImageClassification.from_pretrained(FIX / "vit-tiny"),
            {"pixel_values": torch.randn(1, 3, 32, 32)}, "logits", {0: "batch"})
+    export_clip()
     for name in ["llama-tiny", "qwen2-tiny", "qwen3-tiny", "opt-tiny"]:
         export_decoder(name)
 

@@ -9,7 +9,7 @@ use ia_bench::{Combination, LatencyStats, Measurement, Outcome, Protocol};
 use ia_engine::inputs::{self, GraphInput, InputSpec};
 use ia_engine::{exported_decoder::check_exported_class, Inputs, Precision, SessionInfo};
 use ia_hardware::Platform;
-use ia_models::{classify_config, ModelSource};
+use ia_models::{classify_config, Modality, ModelClass, ModelSource};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -166,11 +166,13 @@ impl WebBench {
     }
 
     /// [`WebBench::measure`] with given inputs instead of generated ones (the accuracy tests
-    /// feed the reference's inputs and compare the outputs).
+    /// feed the reference's inputs and compare the outputs). Each graph input is taken from
+    /// the first of `inputs` that provides it (CLIP's text tower reads the text inputs, its
+    /// vision tower the image); the first sets the batch size of the throughput.
     pub fn measure_inputs(
         &mut self,
         combo: &Combination,
-        inputs: Option<&Inputs>,
+        inputs: Option<&[Inputs]>,
         available: Result<(), String>,
         protocol: &Protocol,
     ) -> WebRun {
@@ -193,20 +195,15 @@ impl WebBench {
         };
         let generated;
         let inputs = match inputs {
-            Some(i) => i,
-            None => {
-                let spec = InputSpec {
-                    audio_seconds: combo.audio_seconds,
-                    ..InputSpec::new(combo.batch_size, combo.seq_len)
-                };
-                match inputs::generate(&combo.model.source, combo.model.modality, spec) {
-                    Ok(i) => {
-                        generated = i;
-                        &generated
-                    }
-                    Err(e) => return WebRun::failed("inputs", e),
+            Some(i) if !i.is_empty() => i,
+            Some(_) => return WebRun::failed("inputs", "no inputs given"),
+            None => match generate_inputs(combo, &parts) {
+                Ok(i) => {
+                    generated = i;
+                    &generated
                 }
-            }
+                Err(e) => return WebRun::failed("inputs", e),
+            },
         };
         let options = self.options;
         let host = self.host.as_ref().expect("started above");
@@ -220,6 +217,119 @@ impl WebBench {
         }
         run.unwrap_or_else(|(stage, e)| WebRun::failed(stage, e))
     }
+}
+
+impl WebBench {
+    /// One inference of one ONNX graph on a web platform with the given feeds, outputs by
+    /// name. For accuracy checks of graphs the benchmark does not drive itself (decoder
+    /// exports, fed their empty cache).
+    pub fn run_graph(
+        &mut self,
+        platform: Platform,
+        file: &std::path::Path,
+        feeds: Vec<(String, GraphInput<'_>)>,
+    ) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>, BrowserError> {
+        let timeout = self.options.step_timeout;
+        let host = self
+            .host()
+            .map_err(|e| BrowserError::Start(e.to_string()))?;
+        let parts = [("model".to_string(), file.to_path_buf())];
+        let ran = (|| {
+            let loaded = load_parts(host, platform, &parts, false, timeout)?;
+            // Feeds the graph does not declare are left out (OPT takes no position_ids).
+            let tensors: serde_json::Map<String, Value> = feeds
+                .into_iter()
+                .filter(|(name, _)| loaded.parts[0].inputs.contains(name))
+                .map(|(name, t)| (name, encode_input(t)))
+                .collect();
+            let _: bool = step(
+                host,
+                "inputs",
+                "setFeeds",
+                json!({ "model": tensors }),
+                timeout,
+            )?;
+            let run: RunResult = step(
+                host,
+                "first-inference",
+                "run",
+                json!({"returnOutputs": true}),
+                timeout,
+            )?;
+            decode_outputs(&run).map_err(|e| ("outputs", BrowserError::Page(e)))
+        })();
+        host.server.clear_models();
+        let outputs = ran.map_err(|(_, e)| e)?;
+        Ok(outputs
+            .into_iter()
+            .map(|(k, v)| (k.trim_start_matches("model/").to_string(), v))
+            .collect())
+    }
+}
+
+/// A fresh page with `parts` loaded on `platform`'s execution provider.
+fn load_parts(
+    host: &BrowserHost,
+    platform: Platform,
+    parts: &[(String, PathBuf)],
+    parallel: bool,
+    timeout: Duration,
+) -> Result<Loaded, StepError> {
+    // A fresh page per load: nothing of the previous model stays in memory.
+    host.driver
+        .navigate(&host.server.url("/"), crate::PAGE_TIMEOUT)
+        .map_err(|e| ("page", e))?;
+    let part_urls: Vec<Value> = parts
+        .iter()
+        .map(|(name, file)| json!({"name": name, "url": host.server.serve_model(name, file)}))
+        .collect();
+    step(
+        host,
+        "load",
+        "load",
+        json!({
+            "ep": ep_of(platform),
+            "webnnDevice": webnn_device(host, platform),
+            "numThreads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+            "parallel": parallel,
+            "parts": part_urls,
+        }),
+        timeout,
+    )
+}
+
+fn ep_of(platform: Platform) -> &'static str {
+    match platform {
+        Platform::Webgpu => "webgpu",
+        Platform::Webnn => "webnn",
+        _ => "wasm",
+    }
+}
+
+fn webnn_device(host: &BrowserHost, platform: Platform) -> Option<&'static str> {
+    (platform == Platform::Webnn)
+        .then(|| host.environment.webnn.usable_device())
+        .flatten()
+}
+
+/// The benchmark inputs: the model's own modality, plus text for a model with a text tower
+/// beside another modality (CLIP).
+fn generate_inputs(
+    combo: &Combination,
+    parts: &[(String, PathBuf)],
+) -> Result<Vec<Inputs>, String> {
+    let spec = InputSpec {
+        audio_seconds: combo.audio_seconds,
+        ..InputSpec::new(combo.batch_size, combo.seq_len)
+    };
+    let source = &combo.model.source;
+    let mut all =
+        vec![inputs::generate(source, combo.model.modality, spec).map_err(|e| e.to_string())?];
+    if parts.iter().any(|(name, _)| name == "text_model") && !matches!(all[0], Inputs::Text { .. })
+    {
+        all.push(inputs::generate(source, Modality::Text, spec).map_err(|e| e.to_string())?);
+    }
+    Ok(all)
 }
 
 /// The ONNX files of a model the page loads, by part name.
@@ -242,17 +352,36 @@ fn check_model(combo: &Combination) -> Result<Vec<(String, PathBuf)>, String> {
     let class = classify_config(combo.model.source.config())
         .map_err(|e| e.to_string())?
         .class;
-    check_exported_class(class).map_err(|e| e.to_string())?;
-    model_parts(&combo.model.source)
+    if class != ModelClass::Clip {
+        check_exported_class(class).map_err(|e| e.to_string())?;
+    }
+    model_parts(&combo.model.source, class)
 }
 
-pub(crate) fn model_parts(source: &ModelSource) -> Result<Vec<(String, PathBuf)>, String> {
+/// The towers of a two-part export, as transformers.js lays them out.
+const CLIP_PARTS: [&str; 2] = ["text_model", "vision_model"];
+
+fn model_parts(source: &ModelSource, class: ModelClass) -> Result<Vec<(String, PathBuf)>, String> {
     let c = match source {
         ModelSource::Checkpoint(c) => c,
         ModelSource::RandomInit { .. } => {
             return Err("onnxruntime-web runs ONNX exports; random-weight models have none".into())
         }
     };
+    if class == ModelClass::Clip {
+        let parts: Vec<(String, PathBuf)> = CLIP_PARTS
+            .iter()
+            .map(|p| (p.to_string(), c.dir.join("onnx").join(format!("{p}.onnx"))))
+            .collect();
+        if let Some((_, missing)) = parts.iter().find(|(_, f)| !f.is_file()) {
+            return Err(format!(
+                "{}: no ONNX export of CLIP's towers ({} is missing; scripts/export_onnx_fixtures.py lays them out)",
+                c.dir.display(),
+                missing.display()
+            ));
+        }
+        return Ok(parts);
+    }
     let file = c.onnx.clone().ok_or_else(|| {
         format!(
             "{}: no ONNX export (onnx/model.onnx or model.onnx)",
@@ -293,39 +422,17 @@ fn measure_on(
     host: &BrowserHost,
     combo: &Combination,
     parts: &[(String, PathBuf)],
-    inputs: &Inputs,
+    inputs: &[Inputs],
     protocol: &Protocol,
     options: &WebOptions,
 ) -> Result<WebRun, StepError> {
-    // A fresh page per combination: nothing of the previous model stays in memory.
-    host.driver
-        .navigate(&host.server.url("/"), crate::PAGE_TIMEOUT)
-        .map_err(|e| ("page", e))?;
-
-    let ep = match combo.platform {
-        Platform::Webgpu => "webgpu",
-        Platform::Webnn => "webnn",
-        _ => "wasm",
-    };
-    let webnn_device = (combo.platform == Platform::Webnn)
-        .then(|| host.environment.webnn.usable_device())
-        .flatten();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let part_urls: Vec<Value> = parts
-        .iter()
-        .map(|(name, file)| json!({"name": name, "url": host.server.serve_model(name, file)}))
-        .collect();
-    let loaded: Loaded = step(
+    let ep = ep_of(combo.platform);
+    let webnn_device = webnn_device(host, combo.platform);
+    let loaded = load_parts(
         host,
-        "load",
-        "load",
-        json!({
-            "ep": ep,
-            "webnnDevice": webnn_device,
-            "numThreads": threads,
-            "parallel": options.parallel_load,
-            "parts": part_urls,
-        }),
+        combo.platform,
+        parts,
+        options.parallel_load,
         options.step_timeout,
     )?;
 
@@ -333,11 +440,23 @@ fn measure_on(
     for part in &loaded.parts {
         let mut tensors = serde_json::Map::new();
         for name in &part.inputs {
-            let tensor = match inputs.graph_input(name) {
-                Ok(t) => encode_input(t),
-                Err(e) => return Err(("inputs", BrowserError::Page(e.to_string()))),
-            };
-            tensors.insert(name.clone(), tensor);
+            let found = inputs.iter().map(|i| i.graph_input(name)).enumerate();
+            let mut tensor = None;
+            for (i, t) in found {
+                match t {
+                    Ok(t) => {
+                        tensor = Some(encode_input(t));
+                        break;
+                    }
+                    Err(e) if i + 1 == inputs.len() => {
+                        return Err(("inputs", BrowserError::Page(e.to_string())))
+                    }
+                    Err(_) => {}
+                }
+            }
+            if let Some(t) = tensor {
+                tensors.insert(name.clone(), t);
+            }
         }
         feeds.insert(part.name.clone(), Value::Object(tensors));
     }
@@ -429,7 +548,7 @@ fn measure_on(
     };
     let measurement = summarize(
         combo,
-        inputs,
+        &inputs[0],
         session,
         &loaded,
         precompile_ms,

@@ -1,8 +1,10 @@
 //! onnxruntime-web in a real headless Chromium (Debian's chromium + chromium-driver; the
 //! assets from `scripts/fetch_web_assets.sh`; scripts/test.sh installs both):
 //! * the fixtures' ONNX exports on wasm and WebGPU match transformers' reference outputs
-//!   within 1e-3, with the execution provider that ran the nodes confirmed from
-//!   onnxruntime-web's log;
+//!   within 1e-3 (BERT, ViT, CLIP's two towers, the four decoders' prompt logits), with the
+//!   execution provider that ran the nodes confirmed from onnxruntime-web's log; the one
+//!   exception is LLaMA/Qwen2 on WebGPU (3e-3: WGSL's sin/cos accuracy in the rotary
+//!   embedding);
 //! * WebNN is recorded unavailable with the browser's own words where it cannot run;
 //! * a missing model file or an export the page cannot load is a failed combination with a
 //!   one-line error, not a hang.
@@ -16,6 +18,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const TOLERANCE: f32 = 1e-3;
+/// LLaMA/Qwen2 decoder logits on WebGPU: the rotary embedding's sin/cos run on the GPU, whose
+/// accuracy WGSL bounds only to 2^-11 (see decoder_exports_match_transformers_in_the_browser).
+const WEBGPU_ROTARY_TOLERANCE: f32 = 3e-3;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -41,6 +46,18 @@ fn reference(name: &str, key: &str) -> (Vec<usize>, Vec<f32>) {
         other => panic!("{key}: {other:?}"),
     };
     (t.shape().to_vec(), data)
+}
+
+fn text_inputs(name: &str) -> Inputs {
+    let (shape, ids) = reference(name, "input_ids");
+    let as_u32 = |v: Vec<f32>| v.into_iter().map(|x| x as u32).collect::<Vec<_>>();
+    Inputs::Text {
+        batch: shape[0],
+        seq_len: shape[1],
+        token_type_ids: vec![0; ids.len()],
+        input_ids: as_u32(ids),
+        attention_mask: as_u32(reference(name, "attention_mask").1),
+    }
 }
 
 fn reference_inputs(name: &str) -> Inputs {
@@ -104,7 +121,7 @@ fn measured(run: &WebRun) -> &ia_bench::Measurement {
 fn check_fixture(web: &mut WebBench, name: &str, output: &str, platform: Platform) {
     let inputs = reference_inputs(name);
     let combo = combination(&fixture(name), platform, inputs.batch_size());
-    let run = web.measure_inputs(&combo, Some(&inputs), Ok(()), &quick());
+    let run = web.measure_inputs(&combo, Some(&[inputs]), Ok(()), &quick());
     let m = measured(&run);
     assert_eq!(m.samples_ms.len(), 3);
     assert!(m.first_inference_ms > 0.0 && m.load_time_ms > 0.0);
@@ -136,6 +153,157 @@ fn fixtures_match_transformers_on_wasm_and_webgpu() {
     for platform in [Platform::Wasm, Platform::Webgpu] {
         check_fixture(&mut web, "bert-tiny", "last_hidden_state", platform);
         check_fixture(&mut web, "vit-tiny", "logits", platform);
+    }
+}
+
+fn unit_rows(v: &[f32], width: usize) -> Vec<f32> {
+    v.chunks(width)
+        .flat_map(|r| {
+            let norm = r.iter().map(|x| x * x).sum::<f32>().sqrt();
+            r.iter().map(move |x| x / norm)
+        })
+        .collect()
+}
+
+/// CLIP's two towers (onnx/text_model.onnx, onnx/vision_model.onnx) loaded one after the
+/// other and in parallel; the embeddings, normalised as CLIPModel does, match transformers.
+#[test]
+fn clip_towers_load_sequentially_and_in_parallel_and_match_transformers() {
+    let inputs = [reference_inputs("clip-tiny"), text_inputs("clip-tiny")];
+    for parallel_load in [false, true] {
+        let mut web = WebBench::new(WebOptions {
+            parallel_load,
+            step_timeout: Duration::from_secs(120),
+            ..WebOptions::default()
+        });
+        let combo = combination(&fixture("clip-tiny"), Platform::Wasm, 2);
+        let run = web.measure_inputs(&combo, Some(&inputs), Ok(()), &quick());
+        measured(&run);
+        let details = run.details.as_ref().unwrap();
+        assert_eq!(details.parallel_load, parallel_load);
+        let parts: Vec<&str> = details
+            .part_load_ms
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .collect();
+        assert_eq!(parts, ["text_model", "vision_model"]);
+        for (output, key) in [
+            ("vision_model/image_embeds", "image_embeds"),
+            ("text_model/text_embeds", "text_embeds"),
+        ] {
+            let (shape, expected) = reference("clip-tiny", key);
+            let (got_shape, got) = &run.outputs[output];
+            assert_eq!(got_shape, &shape);
+            let got = unit_rows(got, shape[1]);
+            let d = got
+                .iter()
+                .zip(&expected)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            eprintln!("clip-tiny {output} (parallel load {parallel_load}): max abs {d:e}");
+            assert!(d <= TOLERANCE, "{output}: max abs {d}");
+        }
+    }
+}
+
+/// The decoder exports (llama, qwen2, qwen3, opt), fed the whole prompt and an empty cache as
+/// the first generation step is: logits at every prompt position match transformers.
+#[test]
+fn decoder_exports_match_transformers_in_the_browser() {
+    use ia_engine::inputs::GraphInput;
+    let mut web = bench();
+    for name in ["llama-tiny", "qwen2-tiny", "qwen3-tiny", "opt-tiny"] {
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture(name).join("config.json")).unwrap())
+                .unwrap();
+        let get = |k: &str| config[k].as_u64().map(|v| v as usize);
+        let heads = get("num_attention_heads").unwrap();
+        let kv_heads = get("num_key_value_heads").unwrap_or(heads);
+        let head_dim = get("head_dim").unwrap_or(get("hidden_size").unwrap() / heads);
+        let layers = get("num_hidden_layers").unwrap();
+        let (shape, ids) = reference(name, "prompt0_input_ids");
+        let n = shape[1];
+        let ids: Vec<i64> = ids.iter().map(|&x| x as i64).collect();
+        let mut feeds = vec![
+            (
+                "input_ids".to_string(),
+                GraphInput::Int64 {
+                    shape: vec![1, n],
+                    data: ids,
+                },
+            ),
+            (
+                "attention_mask".to_string(),
+                GraphInput::Int64 {
+                    shape: vec![1, n],
+                    data: vec![1; n],
+                },
+            ),
+            (
+                "position_ids".to_string(),
+                GraphInput::Int64 {
+                    shape: vec![1, n],
+                    data: (0..n as i64).collect(),
+                },
+            ),
+        ];
+        for i in 0..layers {
+            for kind in ["key", "value"] {
+                feeds.push((
+                    format!("past_key_values.{i}.{kind}"),
+                    GraphInput::Float32 {
+                        shape: vec![1, kv_heads, 0, head_dim],
+                        data: &[],
+                    },
+                ));
+            }
+        }
+        for platform in [Platform::Wasm, Platform::Webgpu] {
+            let file = fixture(name).join("onnx/model.onnx");
+            let outputs = web.run_graph(platform, &file, feeds.clone()).unwrap();
+            let (eshape, expected) = reference(name, "prompt0_logits");
+            let (got_shape, got) = &outputs["logits"];
+            assert_eq!(got_shape, &eshape);
+            let d = got
+                .iter()
+                .zip(&expected)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let vocab = eshape[2];
+            let worst_pos = got
+                .iter()
+                .zip(&expected)
+                .enumerate()
+                .max_by(|a, b| (a.1 .0 - a.1 .1).abs().total_cmp(&(b.1 .0 - b.1 .1).abs()))
+                .map(|(i, _)| i / vocab)
+                .unwrap();
+            let first = got[..vocab]
+                .iter()
+                .zip(&expected[..vocab])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            eprintln!(
+                "{name} on {platform}: prompt logits max abs {d:e} (max |logit| {scale}, worst at \
+                 position {worst_pos} of {n}; position 0: {first:e})"
+            );
+            // WGSL only bounds sin/cos to 2^-11 absolute error: where the rotary angles are
+            // computed on the WebGPU EP (llama, qwen2), logits differ by up to ~1.5e-3 from
+            // position 1 on, while position 0 (angle 0) stays exact. That case has its own,
+            // stated bound; everything else meets TOLERANCE.
+            let rotary_on_webgpu =
+                platform == Platform::Webgpu && matches!(name, "llama-tiny" | "qwen2-tiny");
+            let bound = if rotary_on_webgpu {
+                WEBGPU_ROTARY_TOLERANCE
+            } else {
+                TOLERANCE
+            };
+            assert!(
+                first <= 1e-5,
+                "{name} on {platform}: position 0 differs by {first}"
+            );
+            assert!(d <= bound, "{name} on {platform}: max abs {d}");
+        }
     }
 }
 

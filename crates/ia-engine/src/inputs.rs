@@ -153,6 +153,7 @@ impl Inputs {
 }
 
 /// One named input of an exported graph, see [`Inputs::graph_input`].
+#[derive(Debug, Clone)]
 pub enum GraphInput<'a> {
     Int64 { shape: Vec<usize>, data: Vec<i64> },
     Float32 { shape: Vec<usize>, data: &'a [f32] },
