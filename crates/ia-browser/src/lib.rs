@@ -23,7 +23,7 @@ use ia_hardware::{HardwareReport, Platform, PlatformStatus};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use measure::{WebBench, WebDetails, WebOptions, WebRun};
+pub use measure::{model_parts, Outputs, WebBench, WebDetails, WebOptions, WebRun};
 pub use page::{Adapter, Environment};
 pub use webdriver::find_chromedriver;
 

@@ -18,6 +18,9 @@ use std::time::Duration;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
+/// Outputs by name ("part/output" in a measurement): shape and values.
+pub type Outputs = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// Choices the web platforms add to the protocol.
 #[derive(Debug, Clone, Copy)]
 pub struct WebOptions {
@@ -71,7 +74,7 @@ pub struct WebRun {
     pub outcome: Outcome,
     pub details: Option<WebDetails>,
     /// "part/output" -> (shape, values) of the first inference.
-    pub outputs: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    pub outputs: Outputs,
 }
 
 impl WebRun {
@@ -228,7 +231,7 @@ impl WebBench {
         platform: Platform,
         file: &std::path::Path,
         feeds: Vec<(String, GraphInput<'_>)>,
-    ) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>, BrowserError> {
+    ) -> Result<Outputs, BrowserError> {
         let timeout = self.options.step_timeout;
         let host = self
             .host()
@@ -361,7 +364,11 @@ fn check_model(combo: &Combination) -> Result<Vec<(String, PathBuf)>, String> {
 /// The towers of a two-part export, as transformers.js lays them out.
 const CLIP_PARTS: [&str; 2] = ["text_model", "vision_model"];
 
-fn model_parts(source: &ModelSource, class: ModelClass) -> Result<Vec<(String, PathBuf)>, String> {
+/// The ONNX parts the page loads for a model, by name (one, or CLIP's two towers).
+pub fn model_parts(
+    source: &ModelSource,
+    class: ModelClass,
+) -> Result<Vec<(String, PathBuf)>, String> {
     let c = match source {
         ModelSource::Checkpoint(c) => c,
         ModelSource::RandomInit { .. } => {
@@ -679,7 +686,7 @@ fn encode_input(t: GraphInput<'_>) -> Value {
     }
 }
 
-fn decode_outputs(run: &RunResult) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>, String> {
+fn decode_outputs(run: &RunResult) -> Result<Outputs, String> {
     run.outputs
         .iter()
         .map(|(name, t)| {

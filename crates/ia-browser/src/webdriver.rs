@@ -151,27 +151,27 @@ impl Driver {
         timeout: Duration,
     ) -> Result<Value, BrowserError> {
         let url = format!("{}{path}", self.base);
-        let timeout = Some(timeout);
+        let limit = Some(timeout);
         let result = match (method, body) {
             ("GET", _) => self
                 .agent
                 .get(&url)
                 .config()
-                .timeout_global(timeout)
+                .timeout_global(limit)
                 .build()
                 .call(),
             ("DELETE", _) => self
                 .agent
                 .delete(&url)
                 .config()
-                .timeout_global(timeout)
+                .timeout_global(limit)
                 .build()
                 .call(),
             (_, body) => self
                 .agent
                 .post(&url)
                 .config()
-                .timeout_global(timeout)
+                .timeout_global(limit)
                 .build()
                 .header("Content-Type", "application/json")
                 .send(body.unwrap_or_else(|| json!({})).to_string()),
@@ -179,7 +179,7 @@ impl Driver {
         let mut response = result.map_err(|e| match e {
             ureq::Error::Timeout(_) => BrowserError::Timeout(format!(
                 "{method} {path}: no answer within {:.0} s",
-                timeout.unwrap_or_default().as_secs_f64()
+                timeout.as_secs_f64()
             )),
             e => BrowserError::WebDriver(format!("{method} {path}: {e}")),
         })?;

@@ -133,8 +133,11 @@ impl Store {
         Ok(())
     }
 
-    /// Stores one finished combination (its model, hardware, result row, raw samples and
-    /// compatibility row) in a single transaction: all of it or none of it.
+    /// Stores one finished combination (its model, hardware, result row, raw samples,
+    /// compatibility row and, for browser results, how they were obtained) in a single
+    /// transaction: all of it or none of it.
+    // One parameter per table written: bundling them would only move the list elsewhere.
+    #[allow(clippy::too_many_arguments)]
     pub fn record_combination(
         &mut self,
         run_id: i64,

@@ -320,15 +320,22 @@ fn combinations(
     let mut out = Vec::new();
     for model in models {
         for &Target { platform, engine } in &args.hardware {
-            let variants = if engine == EngineKind::Browser {
-                web_variants.as_slice()
-            } else {
-                &[None]
+            let single_part = ia_browser::model_parts(&model.source, model.class)
+                .map_or(true, |parts| parts.len() < 2);
+            let variants: Vec<Option<WebVariant>> = match engine {
+                // Loading in parallel means nothing for a model of one part.
+                EngineKind::Browser if single_part => web_variants
+                    .iter()
+                    .filter(|v| v.is_some_and(|v| !v.parallel_load) || args.parallel_load == [true])
+                    .copied()
+                    .collect(),
+                EngineKind::Browser => web_variants.clone(),
+                _ => vec![None],
             };
             for &precision in &args.precision {
                 for &scenario in &args.scenarios {
                     for &batch_size in &args.batch_sizes {
-                        for &variant in variants {
+                        for &variant in &variants {
                             out.push((
                                 Combination {
                                     model: model.clone(),
