@@ -170,13 +170,17 @@ fn unit_rows(v: &[f32], width: usize) -> Vec<f32> {
 #[test]
 fn clip_towers_load_sequentially_and_in_parallel_and_match_transformers() {
     let inputs = [reference_inputs("clip-tiny"), text_inputs("clip-tiny")];
-    for parallel_load in [false, true] {
+    for (platform, parallel_load) in [
+        (Platform::Wasm, false),
+        (Platform::Wasm, true),
+        (Platform::Webgpu, true),
+    ] {
         let mut web = WebBench::new(WebOptions {
             parallel_load,
             step_timeout: Duration::from_secs(120),
             ..WebOptions::default()
         });
-        let combo = combination(&fixture("clip-tiny"), Platform::Wasm, 2);
+        let combo = combination(&fixture("clip-tiny"), platform, 2);
         let run = web.measure_inputs(&combo, Some(&inputs), Ok(()), &quick());
         measured(&run);
         let details = run.details.as_ref().unwrap();
@@ -200,7 +204,9 @@ fn clip_towers_load_sequentially_and_in_parallel_and_match_transformers() {
                 .zip(&expected)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
-            eprintln!("clip-tiny {output} (parallel load {parallel_load}): max abs {d:e}");
+            eprintln!(
+                "clip-tiny {output} on {platform} (parallel load {parallel_load}): max abs {d:e}"
+            );
             assert!(d <= TOLERANCE, "{output}: max abs {d}");
         }
     }
