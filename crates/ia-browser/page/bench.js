@@ -215,11 +215,12 @@ async function timed(p) {
   const durationMs = performance.now() - t0;
   // What the loop itself costs per iteration: the same timing around an empty await.
   const reps = 1000;
+  const overhead = [];
   const o0 = performance.now();
   for (let i = 0; i < reps; i++) {
     const t = performance.now();
     await null;
-    samples.length >= 0 && performance.now() - t;
+    overhead.push(performance.now() - t);
   }
   const overheadNs = ((performance.now() - o0) / reps) * 1e6;
   return { samples, durationMs, overheadNs };

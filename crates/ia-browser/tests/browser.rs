@@ -9,12 +9,16 @@
 //! * a missing model file or an export the page cannot load is a failed combination with a
 //!   one-line error, not a hang.
 
+#[path = "../../ia-ort/tests/common/mod.rs"]
+mod common;
+
+use common::{fixture, ids, max_abs, reference, reference_inputs};
 use ia_bench::{Combination, ModelPlan, Outcome, Protocol, Scenario};
 use ia_browser::{BrowserHost, WebBench, WebOptions, WebRun};
 use ia_engine::{Inputs, Precision};
 use ia_hardware::Platform;
 use ia_models::{Checkpoint, ModelSource};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 const TOLERANCE: f32 = 1e-3;
@@ -22,61 +26,16 @@ const TOLERANCE: f32 = 1e-3;
 /// accuracy WGSL bounds only to 2^-11 (see decoder_exports_match_transformers_in_the_browser).
 const WEBGPU_ROTARY_TOLERANCE: f32 = 3e-3;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name)
-}
-
-fn reference(name: &str, key: &str) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(fixture(name).join("reference.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor(key).unwrap();
-    let data = match t.dtype() {
-        safetensors::Dtype::F32 => t
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect(),
-        safetensors::Dtype::I64 => t
-            .data()
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
-            .collect(),
-        other => panic!("{key}: {other:?}"),
-    };
-    (t.shape().to_vec(), data)
-}
-
+/// A text batch from the reference (CLIP's has no token types).
 fn text_inputs(name: &str) -> Inputs {
-    let (shape, ids) = reference(name, "input_ids");
-    let as_u32 = |v: Vec<f32>| v.into_iter().map(|x| x as u32).collect::<Vec<_>>();
+    let (shape, _) = reference(name, "input_ids");
+    let input_ids = ids(name, "input_ids");
     Inputs::Text {
         batch: shape[0],
         seq_len: shape[1],
-        token_type_ids: vec![0; ids.len()],
-        input_ids: as_u32(ids),
-        attention_mask: as_u32(reference(name, "attention_mask").1),
-    }
-}
-
-fn reference_inputs(name: &str) -> Inputs {
-    if name == "bert-tiny" {
-        let (shape, ids) = reference(name, "input_ids");
-        let as_u32 = |v: Vec<f32>| v.into_iter().map(|x| x as u32).collect::<Vec<_>>();
-        Inputs::Text {
-            batch: shape[0],
-            seq_len: shape[1],
-            input_ids: as_u32(ids),
-            attention_mask: as_u32(reference(name, "attention_mask").1),
-            token_type_ids: as_u32(reference(name, "token_type_ids").1),
-        }
-    } else {
-        let (shape, pixels) = reference(name, "pixel_values");
-        Inputs::Image {
-            shape: [shape[0], shape[1], shape[2], shape[3]],
-            pixel_values: pixels,
-        }
+        token_type_ids: vec![0; input_ids.len()],
+        attention_mask: ids(name, "attention_mask"),
+        input_ids,
     }
 }
 
@@ -135,11 +94,7 @@ fn check_fixture(web: &mut WebBench, name: &str, output: &str, platform: Platfor
     let (shape, expected) = reference(name, output);
     let (got_shape, got) = &run.outputs[&format!("model/{output}")];
     assert_eq!(got_shape, &shape);
-    let d = got
-        .iter()
-        .zip(&expected)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let d = max_abs(got, &expected);
     eprintln!(
         "{name} on {platform} ({}): {output} max abs {d:e}, first {:.1} ms, p50 {:.1} ms",
         m.session.device, m.first_inference_ms, m.latency.p50_ms
@@ -198,12 +153,7 @@ fn clip_towers_load_sequentially_and_in_parallel_and_match_transformers() {
             let (shape, expected) = reference("clip-tiny", key);
             let (got_shape, got) = &run.outputs[output];
             assert_eq!(got_shape, &shape);
-            let got = unit_rows(got, shape[1]);
-            let d = got
-                .iter()
-                .zip(&expected)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let d = max_abs(&unit_rows(got, shape[1]), &expected);
             eprintln!(
                 "clip-tiny {output} on {platform} (parallel load {parallel_load}): max abs {d:e}"
             );
@@ -270,25 +220,20 @@ fn decoder_exports_match_transformers_in_the_browser() {
             let (eshape, expected) = reference(name, "prompt0_logits");
             let (got_shape, got) = &outputs["logits"];
             assert_eq!(got_shape, &eshape);
-            let d = got
-                .iter()
-                .zip(&expected)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
             let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let vocab = eshape[2];
-            let worst_pos = got
+            // The largest difference at each prompt position.
+            let per_position: Vec<f32> = got
+                .chunks(eshape[2])
+                .zip(expected.chunks(eshape[2]))
+                .map(|(g, e)| max_abs(g, e))
+                .collect();
+            let (worst_pos, d) = per_position
                 .iter()
-                .zip(&expected)
+                .copied()
                 .enumerate()
-                .max_by(|a, b| (a.1 .0 - a.1 .1).abs().total_cmp(&(b.1 .0 - b.1 .1).abs()))
-                .map(|(i, _)| i / vocab)
+                .max_by(|a, b| a.1.total_cmp(&b.1))
                 .unwrap();
-            let first = got[..vocab]
-                .iter()
-                .zip(&expected[..vocab])
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let first = per_position[0];
             eprintln!(
                 "{name} on {platform}: prompt logits max abs {d:e} (max |logit| {scale}, worst at \
                  position {worst_pos} of {n}; position 0: {first:e})"

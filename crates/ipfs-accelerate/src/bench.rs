@@ -319,9 +319,9 @@ fn combinations(
     }
     let mut out = Vec::new();
     for model in models {
+        let single_part = ia_browser::model_parts(&model.source, model.class)
+            .map_or(true, |parts| parts.len() < 2);
         for &Target { platform, engine } in &args.hardware {
-            let single_part = ia_browser::model_parts(&model.source, model.class)
-                .map_or(true, |parts| parts.len() < 2);
             let variants: Vec<Option<WebVariant>> = match engine {
                 // Loading in parallel means nothing for a model of one part.
                 EngineKind::Browser if single_part => web_variants
