@@ -18,12 +18,32 @@ window.addEventListener('unhandledrejection', (e) =>
   logs.push(`[page-error] ${e.reason && e.reason.message ? e.reason.message : e.reason}`),
 );
 
+// The onnxruntime-web build each execution provider is documented with: the plain wasm build
+// for the CPU, the build with ONNX Runtime's own WebGPU EP (`onnxruntime-web/webgpu`) for
+// WebGPU, and `onnxruntime-web/all` for WebNN. The `all` build's WebGPU EP is the older JSEP
+// one, which on SwiftShader computes a LLaMA's rotated keys wrongly (present.0.key off by 0.5);
+// the native EP matches transformers.
+const ORT_BUILDS = {
+  wasm: 'ort.wasm.min.mjs',
+  webgpu: 'ort.webgpu.min.mjs',
+  webnn: 'ort.all.min.mjs',
+};
+
+// One build per page: the page is reloaded for every model, so a load picks its EP's build.
 let ort = null;
-async function loadOrt() {
+let ortBuild = null;
+async function loadOrt(ep) {
   if (!ort) {
-    ort = await import('/ort/ort.all.min.mjs');
+    ortBuild = ORT_BUILDS[ep];
+    if (!ortBuild) throw new Error(`no onnxruntime-web build for execution provider '${ep}'`);
+    ort = await import(`/ort/${ortBuild}`);
     ort.env.wasm.wasmPaths = '/ort/';
   }
+  return ort;
+}
+
+function loadedOrt() {
+  if (!ort) throw new Error('no model is loaded on this page');
   return ort;
 }
 
@@ -102,7 +122,7 @@ function zeroFeeds(o, part) {
 
 // cfg: { ep: 'wasm'|'webgpu'|'webnn', webnnDevice, numThreads, parallel, parts: [{name, url}] }
 async function load(cfg) {
-  const o = await loadOrt();
+  const o = await loadOrt(cfg.ep);
   o.env.wasm.numThreads = cfg.numThreads;
   o.env.logLevel = 'verbose';
   let ep = cfg.ep;
@@ -117,9 +137,23 @@ async function load(cfg) {
     logVerbosityLevel: 0,
   };
   const firstLog = logs.length;
+  // ONNX Runtime's own WebGPU EP refuses to create two sessions at once ("another WebGPU EP
+  // inference session is being created"): there a parallel load fetches the parts together
+  // and creates their sessions one after the other.
+  const concurrentSessions = cfg.parallel && cfg.ep !== 'webgpu';
+  let creating = Promise.resolve();
+  const oneAtATime = (make) => {
+    const made = creating.then(make);
+    creating = made.catch(() => {});
+    return made;
+  };
   const create = async (part) => {
     const t = performance.now();
-    const session = await o.InferenceSession.create(part.url, options);
+    const response = await fetch(part.url);
+    if (!response.ok) throw new Error(`${part.url}: HTTP ${response.status} ${response.statusText}`);
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    const make = () => o.InferenceSession.create(bytes, options);
+    const session = await (concurrentSessions ? make() : oneAtATime(make));
     return { name: part.name, session, ms: performance.now() - t };
   };
   const t0 = performance.now();
@@ -135,6 +169,8 @@ async function load(cfg) {
   return {
     loadMs,
     ortVersion: o.env.versions ? o.env.versions.web || o.env.versions.common : '',
+    ortBuild,
+    concurrentSessions,
     wasmThreads: o.env.wasm.numThreads,
     parts: made.map((p) => ({
       name: p.name,
@@ -148,7 +184,7 @@ async function load(cfg) {
 
 // feeds: { part: { input: { type, dims, data (base64 little-endian) } } }
 async function setFeeds(feeds) {
-  const o = await loadOrt();
+  const o = loadedOrt();
   state.tensors = {};
   for (const [part, inputs] of Object.entries(feeds)) {
     state.tensors[part] = {};
@@ -173,7 +209,7 @@ async function runAll(feedsFor) {
 // Runs every part once on zeros of the real shapes, so WebGPU compiles its pipelines before
 // the first real request. Returns how long that took.
 async function precompile() {
-  const o = await loadOrt();
+  const o = loadedOrt();
   const t = performance.now();
   await runAll((part) => zeroFeeds(o, part));
   return performance.now() - t;

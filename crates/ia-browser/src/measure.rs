@@ -65,7 +65,11 @@ pub struct WebDetails {
     pub precompiled: bool,
     pub precompile_ms: Option<f64>,
     pub parallel_load: bool,
-    /// Each part's session creation time, ms.
+    /// The parts' sessions were created at the same time. A parallel load on WebGPU fetches
+    /// the parts together but creates their sessions one at a time: ONNX Runtime's WebGPU EP
+    /// refuses concurrent creation.
+    pub concurrent_sessions: bool,
+    /// Each part's fetch and session creation time, ms.
     pub part_load_ms: Vec<(String, f64)>,
 }
 
@@ -541,7 +545,12 @@ fn measure_on(
         .map_err(|e| ("load", BrowserError::Page(e.to_string())))?;
     let session = SessionInfo {
         engine: ENGINE_NAME.into(),
-        engine_version: format!("{ENGINE_NAME} {} in {}", loaded.ort_version, host.browser()),
+        engine_version: format!(
+            "{ENGINE_NAME} {} ({}) in {}",
+            loaded.ort_version,
+            loaded.ort_build,
+            host.browser()
+        ),
         platform: combo.platform,
         device,
         precision: Precision::F32,
@@ -580,6 +589,7 @@ fn measure_on(
             precompiled: options.precompile,
             precompile_ms,
             parallel_load: options.parallel_load,
+            concurrent_sessions: loaded.concurrent_sessions,
             part_load_ms: loaded
                 .parts
                 .iter()

@@ -108,6 +108,10 @@ impl WebNn {
 pub struct Loaded {
     pub load_ms: f64,
     pub ort_version: String,
+    /// The onnxruntime-web bundle the page imported for this EP, e.g. `ort.webgpu.min.mjs`.
+    pub ort_build: String,
+    /// The parts' sessions were created at the same time.
+    pub concurrent_sessions: bool,
     pub wasm_threads: u32,
     pub parts: Vec<LoadedPart>,
     pub logs: Vec<String>,

@@ -105,6 +105,8 @@ pub struct WebRecord {
     pub precompiled: bool,
     pub precompile_ms: Option<f64>,
     pub parallel_load: bool,
+    /// The parts' sessions were created at the same time (a parallel load where the EP allows).
+    pub concurrent_sessions: bool,
     pub part_load_ms_json: String,
 }
 
@@ -115,8 +117,8 @@ pub(crate) fn insert_web(tx: &Connection, result_id: i64, w: &WebRecord) -> Resu
             fell_back, node_placement, adapter_vendor, adapter_architecture,
             adapter_description, adapter_is_fallback, adapter_features, webnn_device,
             wasm_threads, cross_origin_isolated, precompiled, precompile_ms, parallel_load,
-            part_load_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            concurrent_sessions, part_load_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         params![
             result_id,
             w.browser,
@@ -137,6 +139,7 @@ pub(crate) fn insert_web(tx: &Connection, result_id: i64, w: &WebRecord) -> Resu
             w.precompiled,
             w.precompile_ms,
             w.parallel_load,
+            w.concurrent_sessions,
             w.part_load_ms_json
         ],
     )?;

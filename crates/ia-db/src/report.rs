@@ -96,7 +96,7 @@ SELECT web.model_name AS model, web.weights, web.batch_size AS batch, web.seq_le
        nullif(concat_ws(' ', w.adapter_vendor, w.adapter_architecture,
               CASE WHEN w.adapter_is_fallback THEN '(fallback adapter)' END), '') AS adapter,
        w.browser || ' ' || w.browser_version AS browser,
-       web.precompiled, web.parallel_load,
+       web.precompiled, web.parallel_load, w.concurrent_sessions,
        round(web.load_time_ms, 1) AS load_ms, round(w.precompile_ms, 1) AS precompile_ms,
        round(web.first_inference_ms, 2) AS first_ms, round(web.latency_p50_ms, 3) AS p50_ms,
        round(web.first_inference_ms / web.latency_p50_ms, 1) AS first_over_warm,

@@ -5,7 +5,7 @@ use crate::{DbError, Result};
 use duckdb::Connection;
 use std::path::Path;
 
-pub const CURRENT_VERSION: i64 = 4;
+pub const CURRENT_VERSION: i64 = 5;
 
 /// MIGRATIONS[i] upgrades from version i to i + 1.
 const MIGRATIONS: &[&str] = &[
@@ -159,6 +159,11 @@ CREATE TABLE web_results (
     -- each part's session creation time, ms: [["text_model", 12.3], ...]
     part_load_ms          JSON NOT NULL
 );
+"#,
+    // 5: a parallel load fetches a model's parts together; whether their sessions were also
+    // created at the same time (ONNX Runtime's WebGPU EP makes one at a time). NULL before v5.
+    r#"
+ALTER TABLE web_results ADD COLUMN concurrent_sessions BOOLEAN;
 "#,
 ];
 

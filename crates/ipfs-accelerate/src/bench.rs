@@ -529,6 +529,7 @@ fn web_record(w: &ia_browser::WebDetails) -> anyhow::Result<WebRecord> {
         precompiled: w.precompiled,
         precompile_ms: w.precompile_ms,
         parallel_load: w.parallel_load,
+        concurrent_sessions: w.concurrent_sessions,
         part_load_ms_json: serde_json::to_string(&w.part_load_ms)?,
     })
 }
@@ -697,10 +698,10 @@ fn results_table(rows: &[ResultRow]) -> String {
                 w.executed_ep,
                 if w.fell_back { " (fell back)" } else { "" },
                 if w.precompiled { ", precompiled" } else { "" },
-                if w.parallel_load {
-                    ", parallel load"
-                } else {
-                    ""
+                match (w.parallel_load, w.concurrent_sessions) {
+                    (false, _) => "",
+                    (true, true) => ", parallel load",
+                    (true, false) => ", parallel fetch (sessions one at a time)",
                 },
             ));
         }
