@@ -24,8 +24,8 @@ pub type Outputs = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 /// Choices the web platforms add to the protocol.
 #[derive(Debug, Clone, Copy)]
 pub struct WebOptions {
-    /// Run every part once on zeros of the real shapes at load time, so WebGPU compiles its
-    /// shader pipelines before the first real request.
+    /// Run every part once on placeholder inputs of the real shapes at load time, so WebGPU
+    /// compiles its shader pipelines before the first real request.
     pub precompile: bool,
     /// Create the sessions of a multi-part model at the same time instead of one by one.
     pub parallel_load: bool,
@@ -106,12 +106,16 @@ impl From<Outcome> for WebRun {
     }
 }
 
-/// The browser a benchmark run shares across its web combinations: started on first use,
-/// restarted after a step timed out (the page may still be busy).
+/// The browser of a benchmark run's web combinations: started on first use, and started
+/// afresh for each combination after the first, so none inherits the browser state another
+/// left behind. (On SwiftShader, CLIP's warm WebGPU latency doubled when two earlier WebGPU
+/// combinations had run in the same browser, even with a new page and released sessions.)
 pub struct WebBench {
     host: Option<BrowserHost>,
     /// Why the browser did not start; not retried within a run.
     start_error: Option<BrowserError>,
+    /// "Chromium 148.0.7778.167" once a browser has started.
+    browser: Option<String>,
     pub options: WebOptions,
 }
 
@@ -120,6 +124,7 @@ impl WebBench {
         Self {
             host: None,
             start_error: None,
+            browser: None,
             options,
         }
     }
@@ -132,6 +137,7 @@ impl WebBench {
             Err(e) => (None, Some(e)),
         };
         Self {
+            browser: host.as_ref().map(BrowserHost::browser),
             host,
             start_error,
             options,
@@ -141,8 +147,8 @@ impl WebBench {
     /// "onnxruntime-web 1.30.0 in Chromium 148.0.7778.167" (as far as known).
     pub fn engine_version(&self) -> String {
         let ort = crate::ort_web_version().unwrap_or_else(|| "(not installed)".into());
-        match &self.host {
-            Some(h) => format!("{ENGINE_NAME} {ort} in {}", h.browser()),
+        match &self.browser {
+            Some(browser) => format!("{ENGINE_NAME} {ort} in {browser}"),
             None => format!("{ENGINE_NAME} {ort}"),
         }
     }
@@ -150,7 +156,10 @@ impl WebBench {
     pub fn host(&mut self) -> Result<&BrowserHost, &BrowserError> {
         if self.host.is_none() && self.start_error.is_none() {
             match BrowserHost::start(find_ort_web().ok()) {
-                Ok(h) => self.host = Some(h),
+                Ok(h) => {
+                    self.browser = Some(h.browser());
+                    self.host = Some(h);
+                }
                 Err(e) => self.start_error = Some(e),
             }
         }
@@ -218,10 +227,8 @@ impl WebBench {
             return WebRun::unavailable(find_ort_web().err().unwrap_or_default());
         }
         let run = measure_on(host, combo, &parts, inputs, protocol, &options);
-        host.server.clear_models();
-        if matches!(&run, Err((_, BrowserError::Timeout(_)))) {
-            self.host = None;
-        }
+        // The next combination gets a new browser (about 1 s to start); this one is closed.
+        self.host = None;
         run.unwrap_or_else(|(stage, e)| WebRun::failed(stage, e))
     }
 }
@@ -334,7 +341,19 @@ fn generate_inputs(
         vec![inputs::generate(source, combo.model.modality, spec).map_err(|e| e.to_string())?];
     if parts.iter().any(|(name, _)| name == "text_model") && !matches!(all[0], Inputs::Text { .. })
     {
-        all.push(inputs::generate(source, Modality::Text, spec).map_err(|e| e.to_string())?);
+        // The text tower beside an image tower takes at most its own context (CLIP's processor
+        // pads to 77): --seq-len is for text models and is not recorded for multimodal ones.
+        let context = source
+            .config()
+            .get("text_config")
+            .and_then(|t| t.get("max_position_embeddings"))
+            .and_then(serde_json::Value::as_u64)
+            .map_or(spec.seq_len, |max| spec.seq_len.min(max as usize));
+        let text = InputSpec {
+            seq_len: context,
+            ..spec
+        };
+        all.push(inputs::generate(source, Modality::Text, text).map_err(|e| e.to_string())?);
     }
     Ok(all)
 }

@@ -211,10 +211,12 @@ fn text_inputs(source: &ModelSource, spec: InputSpec) -> Result<Inputs, EngineEr
         ));
     }
     let config = source.config();
-    if let Some(max) = config
+    // Two-tower configs (CLIP, CLAP, X-CLIP) keep the text limit in text_config.
+    let max_positions = config
         .get("max_position_embeddings")
-        .and_then(Value::as_u64)
-    {
+        .or_else(|| config.get("text_config")?.get("max_position_embeddings"))
+        .and_then(Value::as_u64);
+    if let Some(max) = max_positions {
         if spec.seq_len as u64 > max {
             return Err(EngineError::InvalidInput(format!(
                 "sequence length {} exceeds the model's max_position_embeddings {max}",
@@ -428,6 +430,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_position_embeddings"), "{err}");
+        // CLIP's limit lives in text_config.
+        let clip =
+            random(json!({"text_config": {"vocab_size": 100, "max_position_embeddings": 8}}));
+        let err = generate(&clip, Modality::Text, InputSpec::new(1, 16))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_position_embeddings 8"), "{err}");
     }
 
     #[test]

@@ -33,8 +33,8 @@ pub struct Args {
     /// driven by chromedriver)
     #[arg(long, default_value = "chromium", value_parser = parse_browser)]
     browser: String,
-    /// Web platforms: compile the WebGPU pipelines at load time (one run on zeros of the real
-    /// shapes) before the first request; `false,true` measures both
+    /// Web platforms: compile the WebGPU pipelines at load time (one run on placeholder inputs
+    /// of the real shapes) before the first request; `false,true` measures both
     #[arg(long, value_delimiter = ',', default_value = "false")]
     precompile: Vec<bool>,
     /// Web platforms: create a multi-part model's sessions in parallel; `false,true` measures
