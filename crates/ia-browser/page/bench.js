@@ -124,7 +124,8 @@ function placeholderFeeds(o, part) {
   return feeds;
 }
 
-// cfg: { ep: 'wasm'|'webgpu'|'webnn', webnnDevice, numThreads, parallel, parts: [{name, url}] }
+// cfg: { ep: 'wasm'|'webgpu'|'webnn', webnnDevice, numThreads, parallel, parts: [{name, url}],
+//        gpuOutputs: [names] (WebGPU: outputs left on the GPU, a decoder's KV cache) }
 async function load(cfg) {
   const o = await loadOrt(cfg.ep);
   o.env.wasm.numThreads = cfg.numThreads;
@@ -140,6 +141,9 @@ async function load(cfg) {
     logSeverityLevel: 0,
     logVerbosityLevel: 0,
   };
+  if (cfg.ep === 'webgpu' && cfg.gpuOutputs && cfg.gpuOutputs.length) {
+    options.preferredOutputLocation = Object.fromEntries(cfg.gpuOutputs.map((n) => [n, 'gpu-buffer']));
+  }
   const firstLog = logs.length;
   // ONNX Runtime's own WebGPU EP refuses to create two sessions at once ("another WebGPU EP
   // inference session is being created"): there a parallel load fetches the parts together
@@ -170,6 +174,7 @@ async function load(cfg) {
   const loadMs = performance.now() - t0;
   state.parts = made;
   state.feeds = {};
+  state.generation = null;
   return {
     loadMs,
     ortVersion: o.env.versions ? o.env.versions.web || o.env.versions.common : '',
@@ -180,6 +185,12 @@ async function load(cfg) {
       name: p.name,
       ms: p.ms,
       inputs: p.session.inputNames,
+      // Each input's dims (a symbolic one as -1), null where the runtime does not say.
+      inputDims: p.session.inputNames.map((name) => {
+        const meta = (p.session.inputMetadata || []).find((m) => m.name === name);
+        if (!meta || !meta.isTensor || !meta.shape || !meta.shape.length) return null;
+        return meta.shape.map((d) => (typeof d === 'number' ? d : -1));
+      }),
       outputs: p.session.outputNames,
     })),
     logs: logs.slice(firstLog),
@@ -210,18 +221,114 @@ async function runAll(feedsFor) {
   return results;
 }
 
+// Text generation with a decoder export, in the page so no WebDriver round trip sits between
+// steps. The graph conventions are ia_engine::exported_decoder's: `input_ids`,
+// `attention_mask`, optionally `position_ids` and `use_cache_branch`, `past_key_values.*`
+// [batch, heads, past, head_dim] in and `logits`, `present.*` out; the first call feeds an
+// empty cache. Greedy, a fixed number of new tokens, timed as the native harness times them.
+// g: { prompt: [ids], batch, newTokens, positionIds, cacheBranch, slots: [{input, output, heads, headDim}] }
+async function setGeneration(g) {
+  if (state.parts.length !== 1) throw new Error('generation needs a single-part model');
+  state.generation = g;
+  return true;
+}
+
+function argmaxRows(logits, batch) {
+  const [, len, vocab] = logits.dims;
+  const data = logits.data;
+  const picked = [];
+  for (let b = 0; b < batch; b++) {
+    const off = (b * len + len - 1) * vocab;
+    let best = 0;
+    for (let i = 1; i < vocab; i++) if (data[off + i] > data[off + best]) best = i;
+    picked.push(best);
+  }
+  return picked;
+}
+
+async function generateOnce(g) {
+  const o = loadedOrt();
+  const session = state.parts[0].session;
+  const batch = g.batch;
+  let cache = {};
+  const release = (tensors) => {
+    for (const t of Object.values(tensors)) if (t.location === 'gpu-buffer') t.dispose();
+  };
+  // One call: `rows[b]` are row b's new tokens after `past` cached ones; the next token of
+  // each row and how long the call took (run only, and with the argmax).
+  const call = async (rows, past) => {
+    const len = rows[0].length;
+    const ids = new BigInt64Array(batch * len);
+    const positions = new BigInt64Array(batch * len);
+    rows.forEach((row, b) =>
+      row.forEach((id, i) => {
+        ids[b * len + i] = BigInt(id);
+        positions[b * len + i] = BigInt(past + i);
+      }),
+    );
+    const feeds = {
+      input_ids: new o.Tensor('int64', ids, [batch, len]),
+      attention_mask: new o.Tensor('int64', new BigInt64Array(batch * (past + len)).fill(1n), [batch, past + len]),
+    };
+    if (g.positionIds) feeds.position_ids = new o.Tensor('int64', positions, [batch, len]);
+    if (g.cacheBranch) feeds.use_cache_branch = new o.Tensor('bool', [past > 0], [1]);
+    for (const s of g.slots) {
+      feeds[s.input] = past === 0 ? new o.Tensor('float32', new Float32Array(0), [batch, s.heads, 0, s.headDim]) : cache[s.input];
+    }
+    const t = performance.now();
+    const out = await session.run(feeds);
+    const runMs = performance.now() - t;
+    const next = argmaxRows(out.logits, batch);
+    const ms = performance.now() - t;
+    release(cache);
+    cache = {};
+    for (const s of g.slots) cache[s.input] = out[s.output];
+    for (const [name, tensor] of Object.entries(out)) {
+      if (name !== 'logits' && !g.slots.some((s) => s.output === name)) release([tensor]);
+    }
+    return { next, runMs, ms };
+  };
+  const tokens = Array.from({ length: batch }, () => []);
+  const t0 = performance.now();
+  const first = await call(Array.from({ length: batch }, () => g.prompt), 0);
+  const prefillMs = first.runMs;
+  const ttftMs = first.ms;
+  first.next.forEach((id, b) => tokens[b].push(id));
+  const stepMs = [];
+  for (let i = 1; i < g.newTokens; i++) {
+    const step = await call(tokens.map((row) => [row[row.length - 1]]), g.prompt.length + i - 1);
+    step.next.forEach((id, b) => tokens[b].push(id));
+    stepMs.push(step.ms);
+  }
+  const ms = performance.now() - t0;
+  // Where the runtime left the cache between steps: 'gpu-buffer' on WebGPU, 'cpu' otherwise.
+  const cacheLocation = g.slots.length ? cache[g.slots[0].input].location : '';
+  release(cache);
+  return { ms, ttftMs, prefillMs, stepMs, tokens, cacheLocation };
+}
+
 // Runs every part once on placeholder feeds of the real shapes, so WebGPU compiles its pipelines before
 // the first real request. Returns how long that took.
 async function precompile() {
   const o = loadedOrt();
   const t = performance.now();
-  await runAll((part) => placeholderFeeds(o, part));
+  const g = state.generation;
+  if (g) {
+    // A prefill of the real length and one cached step, on token 0.
+    await generateOnce({ ...g, prompt: g.prompt.map(() => 0), newTokens: Math.min(2, g.newTokens) });
+  } else {
+    await runAll((part) => placeholderFeeds(o, part));
+  }
   return performance.now() - t;
 }
 
 // One inference of every part with the real feeds: its time, and (on request) the outputs.
 async function run(cfg) {
   const firstLog = logs.length;
+  if (state.generation) {
+    const gen = await generateOnce(state.generation);
+    return { ms: gen.ms, outputs: {}, generation: gen, logs: logs.slice(firstLog) };
+  }
   const t = performance.now();
   const results = await runAll((part) => state.tensors[part.name]);
   const ms = performance.now() - t;
@@ -239,9 +346,17 @@ async function run(cfg) {
 
 // The protocol of the native harness: warm-up, then timed iterations until both the minimum
 // count and the minimum duration are reached (never past the cap).
+// For a decoder one iteration is one generation, and its TTFT, prefill and decode steps are
+// returned beside the samples.
 async function timed(p) {
   const feeds = (part) => state.tensors[part.name];
-  for (let i = 0; i < p.warmup; i++) await runAll(feeds);
+  const g = state.generation;
+  const generation = g ? { ttftMs: [], prefillMs: [], stepMs: [] } : null;
+  const once = async () => {
+    if (!g) return runAll(feeds);
+    return generateOnce(g);
+  };
+  for (let i = 0; i < p.warmup; i++) await once();
   const samples = [];
   const t0 = performance.now();
   while (
@@ -249,8 +364,13 @@ async function timed(p) {
     (samples.length < p.minIterations || performance.now() - t0 < p.minDurationMs)
   ) {
     const t = performance.now();
-    await runAll(feeds);
+    const result = await once();
     samples.push(performance.now() - t);
+    if (generation) {
+      generation.ttftMs.push(result.ttftMs);
+      generation.prefillMs.push(result.prefillMs);
+      generation.stepMs.push(...result.stepMs);
+    }
   }
   const durationMs = performance.now() - t0;
   // What the loop itself costs per iteration: the same timing around an empty await.
@@ -263,7 +383,7 @@ async function timed(p) {
     overhead.push(performance.now() - t);
   }
   const overheadNs = ((performance.now() - o0) / reps) * 1e6;
-  return { samples, durationMs, overheadNs };
+  return { samples, durationMs, overheadNs, generation };
 }
 
 async function release() {
@@ -272,4 +392,4 @@ async function release() {
   return true;
 }
 
-window.ia = { describeEnvironment, load, setFeeds, precompile, run, timed, release, logs };
+window.ia = { describeEnvironment, load, setFeeds, setGeneration, precompile, run, timed, release, logs };

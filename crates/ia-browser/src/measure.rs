@@ -2,12 +2,13 @@
 //! platform's execution provider, runs the first inference, warms up and runs the timed loop;
 //! Rust turns the raw samples into the harness's `Measurement`.
 
-use crate::page::{self, Loaded, RunResult, Timed};
+use crate::page::{self, Loaded, LoadedPart, RunResult, Timed};
 use crate::{find_ort_web, BrowserError, BrowserHost, ENGINE_NAME};
 use base64::Engine as _;
-use ia_bench::{Combination, LatencyStats, Measurement, Outcome, Protocol};
+use ia_bench::{Combination, GenerationMetrics, LatencyStats, Measurement, Outcome, Protocol};
+use ia_engine::exported_decoder::{check_exported_class, decoder_context, DecoderGraph};
 use ia_engine::inputs::{self, GraphInput, InputSpec};
-use ia_engine::{exported_decoder::check_exported_class, Inputs, Precision, SessionInfo};
+use ia_engine::{Inputs, Precision, SessionInfo};
 use ia_hardware::Platform;
 use ia_models::{classify_config, Modality, ModelClass, ModelSource};
 use serde::Serialize;
@@ -79,6 +80,10 @@ pub struct WebRun {
     pub details: Option<WebDetails>,
     /// "part/output" -> (shape, values) of the first inference.
     pub outputs: Outputs,
+    /// For a decoder: the new tokens of each row in the first inference.
+    pub tokens: Vec<Vec<u32>>,
+    /// For a decoder: where the KV cache stayed between steps ("gpu-buffer" or "cpu").
+    pub cache_location: Option<String>,
 }
 
 impl WebRun {
@@ -102,6 +107,8 @@ impl From<Outcome> for WebRun {
             outcome,
             details: None,
             outputs: BTreeMap::new(),
+            tokens: Vec::new(),
+            cache_location: None,
         }
     }
 }
@@ -249,7 +256,7 @@ impl WebBench {
             .map_err(|e| BrowserError::Start(e.to_string()))?;
         let parts = [("model".to_string(), file.to_path_buf())];
         let ran = (|| {
-            let loaded = load_parts(host, platform, &parts, false, timeout)?;
+            let loaded = load_parts(host, platform, &parts, false, &[], timeout)?;
             // Feeds the graph does not declare are left out (OPT takes no position_ids).
             let tensors: serde_json::Map<String, Value> = feeds
                 .into_iter()
@@ -281,12 +288,14 @@ impl WebBench {
     }
 }
 
-/// A fresh page with `parts` loaded on `platform`'s execution provider.
+/// A fresh page with `parts` loaded on `platform`'s execution provider; on WebGPU the
+/// `gpu_outputs` stay on the GPU (a decoder's cache, fed back without a round trip).
 fn load_parts(
     host: &BrowserHost,
     platform: Platform,
     parts: &[(String, PathBuf)],
     parallel: bool,
+    gpu_outputs: &[String],
     timeout: Duration,
 ) -> Result<Loaded, StepError> {
     // A fresh page per load: nothing of the previous model stays in memory.
@@ -307,6 +316,7 @@ fn load_parts(
             "numThreads": std::thread::available_parallelism().map_or(1, |n| n.get()),
             "parallel": parallel,
             "parts": part_urls,
+            "gpuOutputs": gpu_outputs,
         }),
         timeout,
     )
@@ -368,12 +378,6 @@ fn check_model(combo: &Combination) -> Result<Vec<(String, PathBuf)>, String> {
             "the ONNX exports run in f32; {} is not available on onnxruntime-web here",
             combo.precision
         ));
-    }
-    if ia_bench::is_generation_task(&combo.model.task) {
-        return Err(
-            "text generation is not run in the browser yet (decoder exports generate on onnxruntime and openvino)"
-                .into(),
-        );
     }
     let class = classify_config(combo.model.source.config())
         .map_err(|e| e.to_string())?
@@ -458,45 +462,32 @@ fn measure_on(
 ) -> Result<WebRun, StepError> {
     let ep = ep_of(combo.platform);
     let webnn_device = webnn_device(host, combo.platform);
+    let generation = ia_bench::is_generation_task(&combo.model.task);
+    let gpu_outputs = if generation && combo.platform == Platform::Webgpu {
+        cache_outputs(&combo.model.source)
+    } else {
+        Vec::new()
+    };
     let loaded = load_parts(
         host,
         combo.platform,
         parts,
         options.parallel_load,
+        &gpu_outputs,
         options.step_timeout,
     )?;
-
-    let mut feeds = serde_json::Map::new();
-    for part in &loaded.parts {
-        let mut tensors = serde_json::Map::new();
-        for name in &part.inputs {
-            let found = inputs.iter().map(|i| i.graph_input(name)).enumerate();
-            let mut tensor = None;
-            for (i, t) in found {
-                match t {
-                    Ok(t) => {
-                        tensor = Some(encode_input(t));
-                        break;
-                    }
-                    Err(e) if i + 1 == inputs.len() => {
-                        return Err(("inputs", BrowserError::Page(e.to_string())))
-                    }
-                    Err(_) => {}
-                }
-            }
-            if let Some(t) = tensor {
-                tensors.insert(name.clone(), t);
-            }
-        }
-        feeds.insert(part.name.clone(), Value::Object(tensors));
-    }
-    let _: bool = step(
-        host,
-        "inputs",
-        "setFeeds",
-        Value::Object(feeds),
-        options.step_timeout,
-    )?;
+    let prompt_len = if generation {
+        Some(set_generation(
+            host,
+            combo,
+            &loaded.parts[0],
+            &inputs[0],
+            options.step_timeout,
+        )?)
+    } else {
+        set_feeds(host, &loaded, inputs, options.step_timeout)?;
+        None
+    };
 
     let precompile_ms = if options.precompile {
         Some(step::<f64>(
@@ -581,7 +572,13 @@ fn measure_on(
             .flat_map(|p| p.outputs.iter().map(move |o| format!("{}/{o}", p.name)))
             .collect(),
     };
-    let measurement = summarize(
+    let (tokens, cache_location) = match first.generation {
+        Some(g) => (g.tokens, Some(g.cache_location)),
+        None => (Vec::new(), None),
+    };
+    let mut timed = timed;
+    let timed_generation = timed.generation.take();
+    let mut measurement = summarize(
         combo,
         &inputs[0],
         session,
@@ -591,6 +588,15 @@ fn measure_on(
         protocol,
         timed,
     );
+    if let Some(prompt_len) = prompt_len {
+        let g = timed_generation.ok_or_else(|| {
+            (
+                "timed-iteration",
+                BrowserError::Page("the page returned no generation timings".into()),
+            )
+        })?;
+        add_generation_metrics(&mut measurement, combo, prompt_len, &g);
+    }
     Ok(WebRun {
         outcome: Outcome::Measured(Box::new(measurement)),
         details: Some(WebDetails {
@@ -616,7 +622,141 @@ fn measure_on(
                 .collect(),
         }),
         outputs,
+        tokens,
+        cache_location,
     })
+}
+
+/// For a decoder one timed iteration is one generation of `combo.new_tokens` tokens for each
+/// of `batch_size` copies of the prompt: throughput and LLM metrics as the native harness
+/// computes them.
+fn add_generation_metrics(
+    m: &mut Measurement,
+    combo: &Combination,
+    prompt_len: usize,
+    g: &page::TimedGeneration,
+) {
+    let batch = combo.batch_size;
+    let per_query_s = m.latency.mean_ms / 1e3;
+    m.throughput_items_per_s = batch as f64 / per_query_s;
+    m.throughput_tokens_per_s =
+        Some(((prompt_len + combo.new_tokens) * batch) as f64 / per_query_s);
+    m.generation = Some(GenerationMetrics::from_samples(
+        prompt_len,
+        combo.new_tokens,
+        batch,
+        &g.ttft_ms,
+        &g.prefill_ms,
+        &g.step_ms,
+    ));
+}
+
+/// Sends each part's inputs: each graph input from the first of `inputs` that provides it.
+fn set_feeds(
+    host: &BrowserHost,
+    loaded: &Loaded,
+    inputs: &[Inputs],
+    timeout: Duration,
+) -> Result<(), StepError> {
+    let mut feeds = serde_json::Map::new();
+    for part in &loaded.parts {
+        let mut tensors = serde_json::Map::new();
+        for name in &part.inputs {
+            let found = inputs.iter().map(|i| i.graph_input(name)).enumerate();
+            let mut tensor = None;
+            for (i, t) in found {
+                match t {
+                    Ok(t) => {
+                        tensor = Some(encode_input(t));
+                        break;
+                    }
+                    Err(e) if i + 1 == inputs.len() => {
+                        return Err(("inputs", BrowserError::Page(e.to_string())))
+                    }
+                    Err(_) => {}
+                }
+            }
+            if let Some(t) = tensor {
+                tensors.insert(name.clone(), t);
+            }
+        }
+        feeds.insert(part.name.clone(), Value::Object(tensors));
+    }
+    let _: bool = step(host, "inputs", "setFeeds", Value::Object(feeds), timeout)?;
+    Ok(())
+}
+
+/// The cache outputs a decoder export of this config returns (`present.{i}.key|value`).
+fn cache_outputs(source: &ModelSource) -> Vec<String> {
+    let layers = source
+        .config()
+        .get("num_hidden_layers")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    (0..layers)
+        .flat_map(|i| ["key", "value"].map(|kind| format!("present.{i}.{kind}")))
+        .collect()
+}
+
+/// Reads the decoder export's conventions from the loaded graph and sends the page what it
+/// generates from: the prompt (the first row of the text inputs), the batch, the number of
+/// new tokens and the cache layout. Returns the prompt length.
+fn set_generation(
+    host: &BrowserHost,
+    combo: &Combination,
+    part: &LoadedPart,
+    inputs: &Inputs,
+    timeout: Duration,
+) -> Result<usize, StepError> {
+    let invalid = |stage, e: String| (stage, BrowserError::Page(e));
+    let io: Vec<(String, Option<Vec<i64>>)> = part
+        .inputs
+        .iter()
+        .cloned()
+        .zip(part.input_dims.iter().cloned())
+        .collect();
+    let graph =
+        DecoderGraph::from_io(&io, &part.outputs).map_err(|e| invalid("load", e.to_string()))?;
+    let context = decoder_context(&combo.model.source, ENGINE_NAME)
+        .map_err(|e| invalid("load", e.to_string()))?;
+    let Inputs::Text {
+        input_ids, seq_len, ..
+    } = inputs
+    else {
+        return Err(invalid("inputs", "a decoder takes text inputs".into()));
+    };
+    if combo.new_tokens == 0 {
+        return Err(invalid("inputs", "new tokens must be at least 1".into()));
+    }
+    if seq_len + combo.new_tokens > context {
+        return Err(invalid(
+            "inputs",
+            format!(
+                "{seq_len} prompt + {} new tokens exceed the model's context of {context}",
+                combo.new_tokens
+            ),
+        ));
+    }
+    let slots: Vec<Value> = graph
+        .slots
+        .iter()
+        .map(|s| json!({"input": s.input, "output": s.output, "heads": s.heads, "headDim": s.head_dim}))
+        .collect();
+    let _: bool = step(
+        host,
+        "inputs",
+        "setGeneration",
+        json!({
+            "prompt": &input_ids[..*seq_len],
+            "batch": combo.batch_size,
+            "newTokens": combo.new_tokens,
+            "positionIds": graph.has_position_ids,
+            "cacheBranch": graph.has_cache_branch,
+            "slots": slots,
+        }),
+        timeout,
+    )?;
+    Ok(*seq_len)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -118,10 +118,13 @@ pub struct Loaded {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LoadedPart {
     pub name: String,
     pub ms: f64,
     pub inputs: Vec<String>,
+    /// Each input's dims (-1 for a symbolic one), None where the runtime does not say.
+    pub input_dims: Vec<Option<Vec<i64>>>,
     pub outputs: Vec<String>,
 }
 
@@ -131,6 +134,34 @@ pub struct RunResult {
     pub ms: f64,
     /// "part/output" -> tensor (float32 outputs, when asked for).
     pub outputs: BTreeMap<String, EncodedTensor>,
+    /// For a decoder: the generation this inference was.
+    #[serde(default)]
+    pub generation: Option<Generated>,
+}
+
+/// One greedy generation in the page, timed as `ia_engine::generation` times one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Generated {
+    pub ms: f64,
+    /// Prefill plus choosing the first new token.
+    pub ttft_ms: f64,
+    pub prefill_ms: f64,
+    /// Each new token after the first.
+    pub step_ms: Vec<f64>,
+    /// The new tokens of each row.
+    pub tokens: Vec<Vec<u32>>,
+    /// Where the KV cache stayed between steps: "gpu-buffer" or "cpu".
+    pub cache_location: String,
+}
+
+/// TTFT, prefill and decode-step times of every timed generation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimedGeneration {
+    pub ttft_ms: Vec<f64>,
+    pub prefill_ms: Vec<f64>,
+    pub step_ms: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,6 +178,8 @@ pub struct Timed {
     pub samples: Vec<f64>,
     pub duration_ms: f64,
     pub overhead_ns: f64,
+    #[serde(default)]
+    pub generation: Option<TimedGeneration>,
 }
 
 /// How many nodes ONNX Runtime placed on each execution provider, from its own verbose log

@@ -4,6 +4,7 @@
 //!   within 1e-3 (BERT, ViT, CLIP's two towers, the four decoders' prompt logits through a
 //!   prefill and a cached step), with the execution provider that ran the nodes confirmed
 //!   from onnxruntime-web's log;
+//! * the decoders benchmarked in the page generate transformers' greedy tokens;
 //! * WebNN is recorded unavailable with the browser's own words where it cannot run;
 //! * a missing model file or an export the page cannot load is a failed combination with a
 //!   one-line error, not a hang.
@@ -281,6 +282,62 @@ fn decoder_exports_match_transformers_in_the_browser() {
             assert!(
                 d <= TOLERANCE,
                 "{name} on {platform}: max abs {d} at {worst_pos}"
+            );
+        }
+    }
+}
+
+/// `bench` on a decoder in the browser generates in the page (greedy, the KV cache fed back;
+/// on WebGPU it stays on the GPU): for both prompts, alone and in a batch of 2, the tokens are
+/// transformers' `generate(do_sample=False)` tokens, and the LLM metrics are filled in.
+/// (WebGPU runs the batch only: each WebGPU combination spends seconds compiling shaders.)
+#[test]
+fn decoders_generate_transformers_greedy_tokens_in_the_browser() {
+    let mut web = bench();
+    for name in ["llama-tiny", "qwen2-tiny", "qwen3-tiny", "opt-tiny"] {
+        for (platform, prompt, batch) in [
+            (Platform::Wasm, "prompt0", 1),
+            (Platform::Wasm, "prompt1", 2),
+            (Platform::Webgpu, "prompt1", 2),
+        ] {
+            let prompt_ids = ids(name, &format!("{prompt}_input_ids"));
+            let expected = ids(name, &format!("{prompt}_greedy"));
+            let n = prompt_ids.len();
+            let inputs = Inputs::Text {
+                batch,
+                seq_len: n,
+                token_type_ids: vec![0; n * batch],
+                attention_mask: vec![1; n * batch],
+                input_ids: prompt_ids.repeat(batch),
+            };
+            let combo = Combination {
+                new_tokens: expected.len(),
+                seq_len: n,
+                ..combination(&fixture(name), platform, batch)
+            };
+            let run = web.measure_inputs(&combo, Some(&[inputs]), Ok(()), &quick());
+            let m = measured(&run);
+            assert_eq!(run.tokens.len(), batch);
+            let kept = if platform == Platform::Webgpu {
+                "gpu-buffer"
+            } else {
+                "cpu"
+            };
+            assert_eq!(run.cache_location.as_deref(), Some(kept));
+            for row in &run.tokens {
+                assert_eq!(row, &expected, "{name} on {platform}, {prompt} x {batch}");
+            }
+            let g = m.generation.as_ref().expect("generation metrics");
+            assert_eq!((g.prompt_tokens, g.new_tokens), (n, expected.len()));
+            // Three timed generations, each with 31 decode steps.
+            assert_eq!(g.tpot.count, 3 * (expected.len() - 1));
+            assert!(g.ttft.p50_ms > 0.0 && g.decode_tokens_per_s > 0.0);
+            eprintln!(
+                "{name} on {platform}, {prompt} x {batch}: {} greedy tokens as transformers; \
+                 TTFT p50 {:.2} ms, TPOT p50 {:.2} ms",
+                expected.len(),
+                g.ttft.p50_ms,
+                g.tpot.p50_ms
             );
         }
     }
