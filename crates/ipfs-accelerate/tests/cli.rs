@@ -1019,6 +1019,39 @@ fn web_platforms_are_benchmarked_stored_and_reported() {
             && md.contains("| webgpu |"),
         "{md}"
     );
+    // A decoder export generates in the page and its LLM metrics land in the same columns
+    // as the native engines'.
+    let llama = fixture("llama-tiny");
+    let o = run(&[
+        "bench",
+        "--models",
+        &llama,
+        "--hardware",
+        "wasm",
+        "--batch-sizes",
+        "1",
+        "--seq-len",
+        "8",
+        "--new-tokens",
+        "4",
+        "--warmup",
+        "0",
+        "--min-iterations",
+        "2",
+        "--min-duration",
+        "0",
+        "--db-path",
+        dbs,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        q(
+            "SELECT p.status, p.prompt_tokens, p.new_tokens, p.ttft_p50_ms > 0 AS ttft, \
+           p.decode_tokens_per_s > 0 AS decode FROM performance_results p \
+           JOIN models m USING (model_id) WHERE m.model_name LIKE '%llama-tiny'"
+        ),
+        "status,prompt_tokens,new_tokens,ttft,decode\npass,8,4,true,true\n"
+    );
 }
 
 /// A browser that is installed but does not start: a failed combination with the reason,
