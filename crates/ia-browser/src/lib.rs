@@ -16,6 +16,7 @@
 
 mod measure;
 pub mod page;
+mod processes;
 mod server;
 mod webdriver;
 
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 pub use measure::{model_parts, Outputs, WebBench, WebDetails, WebOptions, WebRun};
 pub use page::{Adapter, Environment};
+pub use processes::BrowserMemory;
 pub use webdriver::find_chromedriver;
 
 /// The engine name results are stored under.

@@ -70,6 +70,8 @@ pub struct WebDetails {
     /// the parts together but creates their sessions one at a time: ONNX Runtime's WebGPU EP
     /// refuses concurrent creation.
     pub concurrent_sessions: bool,
+    /// Peak resident sets of the browser's renderer and GPU process (Linux /proc).
+    pub memory: crate::BrowserMemory,
     /// Each part's fetch and session creation time, ms.
     pub part_load_ms: Vec<(String, f64)>,
 }
@@ -530,6 +532,9 @@ fn measure_on(
         }),
         timed_timeout,
     )?;
+    // Read before the sessions are released; the peak is over this browser's life, which is
+    // this combination's.
+    let memory = crate::processes::browser_memory(host.driver.pid());
     let _ = host
         .driver
         .call("release", Value::Null, Duration::from_secs(30));
@@ -615,6 +620,7 @@ fn measure_on(
             precompile_ms,
             parallel_load: options.parallel_load,
             concurrent_sessions: loaded.concurrent_sessions,
+            memory,
             part_load_ms: loaded
                 .parts
                 .iter()

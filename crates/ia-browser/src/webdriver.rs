@@ -55,6 +55,11 @@ pub struct Driver {
 }
 
 impl Driver {
+    /// chromedriver's process id: the browser's processes are its descendants.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start(chromium: &Path, chromedriver: &Path) -> Result<Self, BrowserError> {
         let port = free_port()?;
         let profile = tempfile::Builder::new()

@@ -83,6 +83,9 @@ fn check_fixture(web: &mut WebBench, name: &str, output: &str, platform: Platfor
     assert!(m.first_inference_ms > 0.0 && m.load_time_ms > 0.0);
     let details = run.details.as_ref().unwrap();
     assert!(!details.fell_back, "{details:?}");
+    // The browser's memory, from /proc (Linux).
+    assert!(details.memory.renderer_peak_bytes.unwrap() > 0);
+    assert!(details.memory.gpu_process_peak_bytes.unwrap() > 0);
     assert!(
         details.executed_ep.starts_with(platform.as_str()),
         "{platform}: nodes ran on {}",

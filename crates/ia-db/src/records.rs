@@ -107,6 +107,9 @@ pub struct WebRecord {
     pub parallel_load: bool,
     /// The parts' sessions were created at the same time (a parallel load where the EP allows).
     pub concurrent_sessions: bool,
+    /// Peak resident set of the browser's renderer / GPU process, when /proc shows them.
+    pub renderer_peak_rss_bytes: Option<i64>,
+    pub gpu_process_peak_rss_bytes: Option<i64>,
     pub part_load_ms_json: String,
 }
 
@@ -117,8 +120,9 @@ pub(crate) fn insert_web(tx: &Connection, result_id: i64, w: &WebRecord) -> Resu
             fell_back, node_placement, adapter_vendor, adapter_architecture,
             adapter_description, adapter_is_fallback, adapter_features, webnn_device,
             wasm_threads, cross_origin_isolated, precompiled, precompile_ms, parallel_load,
-            concurrent_sessions, part_load_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            concurrent_sessions, renderer_peak_rss_bytes, gpu_process_peak_rss_bytes,
+            part_load_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         params![
             result_id,
             w.browser,
@@ -140,6 +144,8 @@ pub(crate) fn insert_web(tx: &Connection, result_id: i64, w: &WebRecord) -> Resu
             w.precompile_ms,
             w.parallel_load,
             w.concurrent_sessions,
+            w.renderer_peak_rss_bytes,
+            w.gpu_process_peak_rss_bytes,
             w.part_load_ms_json
         ],
     )?;

@@ -99,6 +99,8 @@ SELECT web.model_name AS model, web.weights, web.batch_size AS batch, web.seq_le
        web.precompiled, web.parallel_load, w.concurrent_sessions,
        round(web.load_time_ms, 1) AS load_ms, round(w.precompile_ms, 1) AS precompile_ms,
        round(web.first_inference_ms, 2) AS first_ms, round(web.latency_p50_ms, 3) AS p50_ms,
+       round(w.renderer_peak_rss_bytes / 1e6, 1) AS renderer_peak_mb,
+       round(w.gpu_process_peak_rss_bytes / 1e6, 1) AS gpu_process_peak_mb,
        round(web.first_inference_ms / web.latency_p50_ms, 1) AS first_over_warm,
        nat.platform || ' / ' || nat.engine AS native, round(nat.latency_p50_ms, 3) AS native_p50_ms,
        round(web.latency_p50_ms / nat.latency_p50_ms, 2) AS web_over_native,

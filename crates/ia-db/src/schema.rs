@@ -161,9 +161,13 @@ CREATE TABLE web_results (
 );
 "#,
     // 5: a parallel load fetches a model's parts together; whether their sessions were also
-    // created at the same time (ONNX Runtime's WebGPU EP makes one at a time). NULL before v5.
+    // created at the same time (ONNX Runtime's WebGPU EP makes one at a time). The browser's
+    // memory: peak resident set of its renderer and of its GPU process (Linux /proc), over a
+    // browser started for the combination. NULL before v5.
     r#"
 ALTER TABLE web_results ADD COLUMN concurrent_sessions BOOLEAN;
+ALTER TABLE web_results ADD COLUMN renderer_peak_rss_bytes BIGINT;
+ALTER TABLE web_results ADD COLUMN gpu_process_peak_rss_bytes BIGINT;
 "#,
 ];
 

@@ -530,6 +530,8 @@ fn web_record(w: &ia_browser::WebDetails) -> anyhow::Result<WebRecord> {
         precompile_ms: w.precompile_ms,
         parallel_load: w.parallel_load,
         concurrent_sessions: w.concurrent_sessions,
+        renderer_peak_rss_bytes: w.memory.renderer_peak_bytes.map(|b| b as i64),
+        gpu_process_peak_rss_bytes: w.memory.gpu_process_peak_bytes.map(|b| b as i64),
         part_load_ms_json: serde_json::to_string(&w.part_load_ms)?,
     })
 }
@@ -681,8 +683,10 @@ fn results_table(rows: &[ResultRow]) -> String {
             )),
         }
         if let Some(w) = &r.web {
+            let mb =
+                |b: Option<u64>| b.map_or("?".to_string(), |b| format!("{:.0}", b as f64 / 1e6));
             notes.push(format!(
-                "{}/{} b={}: {}; nodes ran on {}{}{}{}",
+                "{}/{} b={}: {}; nodes ran on {}{}{}{}; peak MB: renderer {}, GPU process {}",
                 r.model,
                 r.platform,
                 r.batch_size,
@@ -703,6 +707,8 @@ fn results_table(rows: &[ResultRow]) -> String {
                     (true, true) => ", parallel load",
                     (true, false) => ", parallel fetch (sessions one at a time)",
                 },
+                mb(w.memory.renderer_peak_bytes),
+                mb(w.memory.gpu_process_peak_bytes),
             ));
         }
         row.resize(header.len(), String::new());

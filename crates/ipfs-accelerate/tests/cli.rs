@@ -991,7 +991,8 @@ fn web_platforms_are_benchmarked_stored_and_reported() {
     );
     assert_eq!(
         q("SELECT count(*) AS n FROM web_results WHERE precompiled = (precompile_ms IS NOT NULL) \
-           AND browser_version <> '' AND json_array_length(part_load_ms) = 1"),
+           AND browser_version <> '' AND json_array_length(part_load_ms) = 1 \
+           AND renderer_peak_rss_bytes > 0 AND gpu_process_peak_rss_bytes > 0"),
         "n\n4\n"
     );
     // WebNN: the browser's own words, whether it ran or not.
