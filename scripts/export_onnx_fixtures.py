@@ -20,7 +20,8 @@ and OpenVINO engines are tested against the same transformers reference outputs
     ~/.cache/ipfs-accelerate/pyref/bin/python scripts/export_onnx_fixtures.py
 
     ~/.cache/ipfs-accelerate/pyref/bin/python scripts/export_onnx_fixtures.py --decoder DIR
-exports one decoder checkpoint folder (for benchmarks at real sizes) the same way.
+    ~/.cache/ipfs-accelerate/pyref/bin/python scripts/export_onnx_fixtures.py --bert DIR
+export one decoder or BERT checkpoint folder (for benchmarks at real sizes) the same way.
 
 Needs torch + transformers + onnx (scripts/setup_pyref.sh; pip install onnx). Exported with
 the TorchScript exporter, opset 17, dynamic batch and sequence axes.
@@ -46,8 +47,8 @@ class Encoder(torch.nn.Module):
         return getattr(self.model(**dict(zip(self.inputs, args))), self.output)
 
 
-def export(name, model, inputs, output, dynamic, file="model.onnx"):
-    out = FIX / name / "onnx"
+def export(name, model, inputs, output, dynamic, file="model.onnx", folder=None):
+    out = (Path(folder) if folder else FIX / name) / "onnx"
     out.mkdir(exist_ok=True)
     names = list(inputs)
     dynamic = dynamic if isinstance(dynamic, dict) and all(isinstance(k, int) for k in dynamic) \
@@ -131,12 +132,18 @@ def export_decoder(name, folder=None):
     print("exported", out / "model.onnx")
 
 
-def main():
-    from transformers import BertModel, ViTForImageClassification
+def export_bert(name, folder=None):
+    from transformers import BertModel
+    folder = Path(folder) if folder else FIX / name
     ids = torch.tensor([[2, 10, 11, 12, 3, 0]])
-    export("bert-tiny", BertModel.from_pretrained(FIX / "bert-tiny", add_pooling_layer=False),
+    export(name, BertModel.from_pretrained(folder, add_pooling_layer=False),
            {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)},
-           "last_hidden_state", {0: "batch", 1: "sequence"})
+           "last_hidden_state", {0: "batch", 1: "sequence"}, folder=folder)
+
+
+def main():
+    from transformers import ViTForImageClassification
+    export_bert("bert-tiny")
     export("vit-tiny", ViTForImageClassification.from_pretrained(FIX / "vit-tiny"),
            {"pixel_values": torch.randn(1, 3, 32, 32)}, "logits", {0: "batch"})
     export_clip()
@@ -150,5 +157,9 @@ if __name__ == "__main__":
         # Any decoder checkpoint folder (e.g. scripts/make_bench_checkpoints.py's), exported
         # in place to <folder>/onnx/model.onnx (+ external data past 2 GB).
         export_decoder(Path(sys.argv[2]).name, sys.argv[2])
+    elif sys.argv[1:2] == ["--bert"]:
+        # A BERT checkpoint folder (e.g. the MiniLM of scripts/fetch_checkpoints.sh), exported
+        # in place to <folder>/onnx/model.onnx.
+        export_bert(Path(sys.argv[2]).name, sys.argv[2])
     else:
         main()
