@@ -11,6 +11,10 @@
 //!   WebNN's `createContext` for cpu/gpu/npu, or the browser's own error text.
 //! * The execution provider that ran the nodes is read from onnxruntime-web's own verbose
 //!   log (its node placement), so a silent fallback from WebGPU/WebNN to wasm is recorded.
+//! * Decoder exports generate in the page (greedy, the KV cache fed back each step, kept in
+//!   GPU buffers on WebGPU), timed as the native harness times generation.
+//! * Each combination gets a fresh browser; its renderer's and GPU process's peak memory is
+//!   read from /proc.
 //! * Every browser step has a timeout; a browser that does not start, a page error or a
 //!   missing file is a one-line error and a failed combination, never a hang.
 
