@@ -352,6 +352,21 @@ pub fn throughput(
     )
 }
 
+/// Throughput of timed generations, one generation per iteration: sequences (batch rows) and
+/// tokens (prompt plus new tokens, every row) per second at the mean generation latency.
+pub fn generation_throughput(
+    latency: &LatencyStats,
+    batch: usize,
+    prompt_tokens: usize,
+    new_tokens: usize,
+) -> (f64, Option<f64>) {
+    let per_query_s = latency.mean_ms / 1e3;
+    (
+        batch as f64 / per_query_s,
+        Some(((prompt_tokens + new_tokens) * batch) as f64 / per_query_s),
+    )
+}
+
 /// A WAV file at the rate the model's feature extractor expects, one copy per batch row.
 fn file_audio_inputs(
     source: &ia_models::ModelSource,
@@ -476,7 +491,8 @@ fn measure_generation(engine: &dyn Engine, combo: &Combination, protocol: &Proto
         )
     };
     let latency = LatencyStats::from_samples(&samples_ms);
-    let per_query_s = latency.mean_ms / 1e3;
+    let (throughput_items_per_s, throughput_tokens_per_s) =
+        generation_throughput(&latency, batch, prompt.len(), combo.new_tokens);
     Outcome::Measured(Box::new(Measurement {
         session,
         load_time_ms,
@@ -484,10 +500,8 @@ fn measure_generation(engine: &dyn Engine, combo: &Combination, protocol: &Proto
         warmup_iterations: protocol.warmup_iterations,
         samples_ms,
         timed_duration_s,
-        throughput_items_per_s: batch as f64 / per_query_s,
-        throughput_tokens_per_s: Some(
-            ((prompt.len() + combo.new_tokens) * batch) as f64 / per_query_s,
-        ),
+        throughput_items_per_s,
+        throughput_tokens_per_s,
         latency,
         peak_rss_bytes,
         peak_rss_per_combination: rss_reset,

@@ -581,11 +581,16 @@ fn measure_on(
         Some(g) => (g.tokens, Some(g.cache_location)),
         None => (Vec::new(), None),
     };
-    let mut timed = timed;
-    let timed_generation = timed.generation.take();
-    let mut measurement = summarize(
+    if prompt_len.is_some() && timed.generation.is_none() {
+        return Err((
+            "timed-iteration",
+            BrowserError::Page("the page returned no generation timings".into()),
+        ));
+    }
+    let measurement = summarize(
         combo,
         &inputs[0],
+        prompt_len,
         session,
         &loaded,
         precompile_ms,
@@ -593,15 +598,6 @@ fn measure_on(
         protocol,
         timed,
     );
-    if let Some(prompt_len) = prompt_len {
-        let g = timed_generation.ok_or_else(|| {
-            (
-                "timed-iteration",
-                BrowserError::Page("the page returned no generation timings".into()),
-            )
-        })?;
-        add_generation_metrics(&mut measurement, combo, prompt_len, &g);
-    }
     Ok(WebRun {
         outcome: Outcome::Measured(Box::new(measurement)),
         details: Some(WebDetails {
@@ -631,30 +627,6 @@ fn measure_on(
         tokens,
         cache_location,
     })
-}
-
-/// For a decoder one timed iteration is one generation of `combo.new_tokens` tokens for each
-/// of `batch_size` copies of the prompt: throughput and LLM metrics as the native harness
-/// computes them.
-fn add_generation_metrics(
-    m: &mut Measurement,
-    combo: &Combination,
-    prompt_len: usize,
-    g: &page::TimedGeneration,
-) {
-    let batch = combo.batch_size;
-    let per_query_s = m.latency.mean_ms / 1e3;
-    m.throughput_items_per_s = batch as f64 / per_query_s;
-    m.throughput_tokens_per_s =
-        Some(((prompt_len + combo.new_tokens) * batch) as f64 / per_query_s);
-    m.generation = Some(GenerationMetrics::from_samples(
-        prompt_len,
-        combo.new_tokens,
-        batch,
-        &g.ttft_ms,
-        &g.prefill_ms,
-        &g.step_ms,
-    ));
 }
 
 /// Sends each part's inputs: each graph input from the first of `inputs` that provides it.
@@ -765,10 +737,15 @@ fn set_generation(
     Ok(*seq_len)
 }
 
+/// The harness's `Measurement` from the page's raw samples. For a decoder (`prompt_len` set)
+/// one timed iteration is one generation of `combo.new_tokens` tokens for each of
+/// `batch_size` copies of the prompt: throughput and LLM metrics as the native harness
+/// computes them.
 #[allow(clippy::too_many_arguments)]
 fn summarize(
     combo: &Combination,
     inputs: &Inputs,
+    prompt_len: Option<usize>,
     session: SessionInfo,
     loaded: &Loaded,
     precompile_ms: Option<f64>,
@@ -778,13 +755,33 @@ fn summarize(
 ) -> Measurement {
     let latency = LatencyStats::from_samples(&timed.samples);
     let timed_duration_s = timed.duration_ms / 1e3;
-    let (throughput_items_per_s, throughput_tokens_per_s) = ia_bench::throughput(
-        combo.scenario,
-        inputs,
-        &latency,
-        timed_duration_s,
-        timed.samples.len(),
-    );
+    let (throughput_items_per_s, throughput_tokens_per_s) = match prompt_len {
+        Some(prompt_len) => ia_bench::generation_throughput(
+            &latency,
+            combo.batch_size,
+            prompt_len,
+            combo.new_tokens,
+        ),
+        None => ia_bench::throughput(
+            combo.scenario,
+            inputs,
+            &latency,
+            timed_duration_s,
+            timed.samples.len(),
+        ),
+    };
+    let generation = prompt_len
+        .zip(timed.generation.as_ref())
+        .map(|(prompt_len, g)| {
+            GenerationMetrics::from_samples(
+                prompt_len,
+                combo.new_tokens,
+                combo.batch_size,
+                &g.ttft_ms,
+                &g.prefill_ms,
+                &g.step_ms,
+            )
+        });
     Measurement {
         session,
         // Precompiling is part of getting the model ready, so it counts as loading.
@@ -800,7 +797,7 @@ fn summarize(
         peak_rss_bytes: None,
         peak_rss_per_combination: false,
         harness_overhead_ns: timed.overhead_ns,
-        generation: None,
+        generation,
         audio_seconds: None,
         real_time_factor: None,
     }
