@@ -244,6 +244,34 @@ MINILM_SENTENCES = [
     "Quantum computers use qubits instead of bits.",
 ]
 
+# Inputs of the classes a user meets beyond short English sentences (issue 13): longer than the
+# checkpoint tokenizer.json's own truncation (128) but within sentence-transformers'
+# max_seq_length (256); longer than max_seq_length (truncated); non-ASCII scripts, accents and
+# emoji; and the empty string.
+_PASSAGE = (
+    "Benchmarks are only useful when every number can be traced back to the command that produced it. "
+    "The river flooded the valley after three days of heavy rain, and the farmers moved their cattle uphill. "
+    "A good espresso needs finely ground beans, water just below boiling, and about nine bars of pressure. "
+    "In 1969 two astronauts walked on the Moon while a third orbited above them in the command module. "
+    "Compilers translate source code into machine instructions, applying optimisations along the way. "
+    "The orchestra rehearsed the symphony for weeks before the premiere at the concert hall downtown. "
+    "Migrating birds navigate using the Earth's magnetic field, the position of the sun and the stars. "
+    "Interest rates rose again this quarter, putting pressure on households with variable mortgages. "
+    "The museum's new wing displays sculptures from the Bronze Age alongside modern installations. "
+    "Volcanic soil is rich in minerals, which is why vineyards often thrive on the slopes of old volcanoes. "
+    "Her marathon time improved by eleven minutes after she changed her training plan and her shoes. "
+    "Encryption keys must be rotated regularly and stored separately from the data they protect. "
+)
+MINILM_EXTRA = [
+    _PASSAGE[:900],  # ~170 wordpieces: between the tokenizer's 128 and max_seq_length 256
+    _PASSAGE * 2,    # ~440 wordpieces: truncated to max_seq_length
+    "Café au lait et crème brûlée: une façade naïve à Zürich.",
+    "東京は日本の首都です。",
+    "Привет, как у тебя дела сегодня?",
+    "Party time 🎉🚀 with emoji and ünïcödé straße.",
+    "",
+]
+
 
 def minilm_reference():
     from sentence_transformers import SentenceTransformer
@@ -253,14 +281,23 @@ def minilm_reference():
     if not (ckpt / "config.json").exists():
         sys.exit(f"{ckpt} missing: run scripts/fetch_checkpoints.sh first")
     st = SentenceTransformer(str(ckpt), device="cpu")
-    emb = st.encode(MINILM_SENTENCES, convert_to_numpy=True, normalize_embeddings=True)
+    sentences = MINILM_SENTENCES + MINILM_EXTRA
+    # One call, as a user would make it: sentence-transformers sorts by length and pads each
+    # batch to its longest member, so this is the batched mixed-length path.
+    emb = st.encode(sentences, convert_to_numpy=True)
+    tok = st.tokenizer
+    lengths = [len(tok(s, truncation=True, max_length=st.max_seq_length)["input_ids"]) for s in sentences]
     out = FIX / "minilm"
     out.mkdir(parents=True, exist_ok=True)
     (out / "reference.json").write_text(json.dumps(meta({
         "model": "sentence-transformers/all-MiniLM-L6-v2",
+        "pipeline": "SentenceTransformer(folder).encode(sentences) (modules.json: Transformer, Pooling(mean), Normalize)",
+        "sentence_transformers": __import__("sentence_transformers").__version__,
         "max_seq_length": st.max_seq_length,
-        "sentences": MINILM_SENTENCES,
-        # pairs (i, j) that are paraphrases; every other pair is unrelated
+        "sentences": sentences,
+        # tokens each sentence has after sentence-transformers' truncation (special tokens included)
+        "token_counts": lengths,
+        # pairs (i, j) that are paraphrases; every other pair among the first ten is unrelated
         "paraphrase_pairs": [[0, 1], [2, 3], [6, 7]],
         "embeddings": [[round(float(x), 7) for x in row] for row in emb],
     })))
@@ -268,6 +305,9 @@ def minilm_reference():
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
+    if "--only-minilm" in sys.argv:
+        minilm_reference()
+        sys.exit(0)
     bert_tiny()
     vit_tiny()
     text_fixtures()

@@ -48,6 +48,16 @@ def read_wav16(path):
         return x, w.getframerate()
 
 
+def write_wav16(path, x, rate):
+    """16-bit mono PCM, the inverse of read_wav16 for samples that came from one."""
+    pcm = np.clip(np.round(np.asarray(x) * 32768.0), -32768, 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+
+
 def media():
     """Deterministic test pictures (PNG, one JPEG) and an espeak-ng recording of SPEECH_TEXT."""
     MEDIA.mkdir(parents=True, exist_ok=True)
@@ -416,8 +426,36 @@ def whisper_real():
         "audio": "media/speech-16k.wav", "spoken": SPEECH_TEXT, **result}), indent=2))
 
 
+def whisper_pipeline_cases():
+    """What transformers' own ASR pipeline returns for the real whisper-tiny.en on the inputs
+    `ipfs-accelerate run` users give it: the recording at 16 kHz and at 22.05 kHz (the pipeline
+    resamples with torchaudio), a short clip, greedy and with beams. `run` goes through the same
+    steps (WAV decoding, resampling, log-mel, decoding rules), so its transcripts must be equal."""
+    from transformers import pipeline
+    cache = Path(os.environ.get("IPFS_ACCELERATE_CACHE", Path.home() / ".cache" / "ipfs-accelerate"))
+    ckpt = cache / "models" / "openai--whisper-tiny.en"
+    if not (ckpt / "config.json").exists():
+        sys.exit(f"{ckpt} missing: run scripts/fetch_checkpoints.sh first")
+    speech, rate = read_wav16(MEDIA / "speech-16k.wav")
+    short = speech[: int(1.8 * rate)]
+    write_wav16(MEDIA / "speech-short-16k.wav", short, rate)
+    asr = pipeline("automatic-speech-recognition", model=str(ckpt), device="cpu")
+    cases = []
+    for audio in ("media/speech-16k.wav", "media/speech-22k.wav", "media/speech-short-16k.wav"):
+        x, r = read_wav16(FIX / audio)
+        for beams in (1, 3):
+            out = asr({"raw": np.asarray(x, dtype=np.float32), "sampling_rate": r},
+                      generate_kwargs={"num_beams": beams})
+            cases.append({"audio": audio, "beams": beams, "text": out["text"]})
+    ref = json.loads((FIX / "whisper-tiny-en" / "reference.json").read_text())
+    ref["pipeline"] = {"generator": "transformers.pipeline('automatic-speech-recognition')",
+                       "torchaudio": __import__("torchaudio").__version__, "cases": cases}
+    (FIX / "whisper-tiny-en" / "reference.json").write_text(json.dumps(ref, indent=2))
+
+
 PARTS = {"media": media, "preprocess": preprocess, "clip": clip, "whisper": whisper,
-         "wav2vec2": wav2vec2, "detr": detr, "clap": clap, "whisper-real": whisper_real}
+         "wav2vec2": wav2vec2, "detr": detr, "clap": clap, "whisper-real": whisper_real,
+         "whisper-pipeline": whisper_pipeline_cases}
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

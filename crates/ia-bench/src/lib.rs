@@ -5,6 +5,7 @@
 //! minimum count and a minimum duration are reached. It reports latency statistics with the
 //! sample count, throughput, peak resident memory, and its own per-iteration overhead.
 
+pub mod isolation;
 pub mod memory;
 pub mod stats;
 
@@ -15,6 +16,7 @@ use ia_models::{Modality, ModelClass, ModelSource};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
+pub use isolation::{cancel_requested, isolate, request_cancel};
 pub use stats::LatencyStats;
 
 /// How long and how often to measure.
@@ -219,6 +221,20 @@ impl Outcome {
     }
 }
 
+/// An engine's refusal: `Unsupported` means this machine or engine cannot run the combination
+/// (unavailable, with the reason); anything else is a failure at `stage`.
+fn refused(stage: &str, e: EngineError) -> Outcome {
+    match e {
+        EngineError::Unsupported(reason) => Outcome::Unavailable { reason },
+        e => fail(stage, e),
+    }
+}
+
+/// The outcome of a combination stopped by a cancellation request; the caller abandons it.
+pub fn interrupted() -> Outcome {
+    fail("interrupted", "the run was interrupted (SIGINT/SIGTERM)")
+}
+
 fn fail(stage: &str, e: impl ToString) -> Outcome {
     Outcome::Failed {
         stage: stage.into(),
@@ -259,6 +275,10 @@ pub fn measure(
         Ok(i) => i,
         Err(e) => return fail("inputs", e),
     };
+    let work = ia_engine::memory::forward_workload(&combo.model.source, &inputs);
+    if let Err(e) = ia_engine::memory::check_fits(&combo.model.source, combo.precision, work) {
+        return refused("load", e);
+    }
     let rss_reset = memory::reset_peak_rss();
     let t = Instant::now();
     let mut session = match engine.load(&combo.model.source, combo.platform, combo.precision) {
@@ -275,14 +295,21 @@ pub fn measure(
     let first_inference_ms = ms(t.elapsed());
 
     for _ in 0..protocol.warmup_iterations {
+        if cancel_requested() {
+            return interrupted();
+        }
         if let Err(e) = session.run(&inputs) {
             return fail("warm-up", e);
         }
     }
 
-    let mut samples_ms = Vec::with_capacity(protocol.min_iterations.max(64));
+    // Grows as samples come: min_iterations is a user number, not an allocation size.
+    let mut samples_ms = Vec::with_capacity(protocol.min_iterations.clamp(64, 1 << 16));
     let start = Instant::now();
     while protocol.wants_more(samples_ms.len(), start.elapsed()) {
+        if cancel_requested() {
+            return interrupted();
+        }
         let t = Instant::now();
         if let Err(e) = session.run(&inputs) {
             return fail("timed-iteration", e);
@@ -384,8 +411,8 @@ fn file_audio_inputs(
     }
     .unwrap_or(16_000) as u32;
     let wav = ia_preprocess::audio::Waveform::open(path)
-        .map_err(|e| e.to_string())?
-        .resampled(rate);
+        .and_then(|w| w.resampled(rate))
+        .map_err(|e| e.to_string())?;
     Ok(Inputs::Audio {
         batch,
         sample_rate: rate,
@@ -402,6 +429,15 @@ pub fn is_generation_task(task: &str) -> bool {
 /// `batch_size` copies of a `combo.seq_len`-token prompt; latency statistics are per
 /// generation, TTFT and time per output token (per decode step) get their own.
 fn measure_generation(engine: &dyn Engine, combo: &Combination, protocol: &Protocol) -> Outcome {
+    let work = ia_models::footprint::Workload {
+        batch: combo.batch_size,
+        positions: combo.seq_len,
+        cached_positions: combo.seq_len.saturating_add(combo.new_tokens),
+        beams: 1,
+    };
+    if let Err(e) = ia_engine::memory::check_fits(&combo.model.source, combo.precision, work) {
+        return refused("load", e);
+    }
     let inputs = match inputs::generate(
         &combo.model.source,
         Modality::Text,
@@ -443,6 +479,9 @@ fn measure_generation(engine: &dyn Engine, combo: &Combination, protocol: &Proto
     }
     let first_inference_ms = ms(t.elapsed());
     for _ in 0..protocol.warmup_iterations {
+        if cancel_requested() {
+            return interrupted();
+        }
         if let Err(e) = run(model.as_mut()) {
             return fail("warm-up", e);
         }
@@ -450,6 +489,9 @@ fn measure_generation(engine: &dyn Engine, combo: &Combination, protocol: &Proto
     let (mut samples_ms, mut ttft, mut tpot, mut prefill_ms) = (vec![], vec![], vec![], vec![]);
     let start = Instant::now();
     while protocol.wants_more(samples_ms.len(), start.elapsed()) {
+        if cancel_requested() {
+            return interrupted();
+        }
         let t = Instant::now();
         let stats = match run(model.as_mut()) {
             Ok((_, stats)) => stats,

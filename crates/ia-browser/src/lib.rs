@@ -30,7 +30,7 @@ use std::time::Duration;
 
 pub use measure::{model_parts, Outputs, WebBench, WebDetails, WebOptions, WebRun};
 pub use page::{Adapter, Environment};
-pub use processes::BrowserMemory;
+pub use processes::{kill_all, BrowserMemory};
 pub use webdriver::find_chromedriver;
 
 /// The engine name results are stored under.

@@ -1,3 +1,9 @@
+//! The browser's processes: the registry that lets every exit path stop them, and their memory.
+//!
+//! chromedriver starts in a process group of its own, which the browser joins; each group and
+//! its profile folder are registered here until the driver is dropped, so a signal handler can
+//! stop every browser process and remove every profile ([`kill_all`]) wherever the program was.
+//!
 //! The browser's memory as Linux accounts it: the peak resident set (`VmHWM` in
 //! `/proc/<pid>/status`) of Chromium's renderer processes, which hold the page's JS heap and
 //! wasm memory (onnxruntime-web's weights on wasm), and of its GPU process, which holds
@@ -6,7 +12,43 @@
 //! combination's, Chromium's own baseline included.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Running drivers: (process group id = chromedriver's pid, its browser profile folder).
+static GROUPS: Mutex<Vec<(u32, PathBuf)>> = Mutex::new(Vec::new());
+
+pub(crate) fn register_group(pgid: u32, profile: &Path) {
+    if let Ok(mut g) = GROUPS.lock() {
+        g.push((pgid, profile.to_path_buf()));
+    }
+}
+
+/// Stops the group led by `pgid`: its members and any descendant that left the group.
+pub(crate) fn kill_group(pgid: u32) {
+    let strays = descendants(Path::new("/proc"), pgid);
+    // SAFETY: plain kill(2) calls; a pid that is gone gives ESRCH, which is fine.
+    unsafe {
+        libc::kill(-(pgid as i32), libc::SIGKILL);
+        for pid in strays {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+    if let Ok(mut g) = GROUPS.lock() {
+        g.retain(|(p, _)| *p != pgid);
+    }
+}
+
+/// Stops every registered browser and driver and removes their profile folders. For signal
+/// handlers and other exits that skip destructors; the drivers' own drops then find nothing
+/// left to stop.
+pub fn kill_all() {
+    let groups: Vec<(u32, PathBuf)> = GROUPS.lock().map(|g| g.clone()).unwrap_or_default();
+    for (pgid, profile) in groups {
+        kill_group(pgid);
+        let _ = std::fs::remove_dir_all(profile);
+    }
+}
 
 /// Peak resident sets, bytes; None where /proc does not show the process (not Linux).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]

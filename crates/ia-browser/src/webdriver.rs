@@ -70,15 +70,27 @@ impl Driver {
         // it); it is read back only when chromedriver exits early.
         let log = std::fs::File::create(profile.path().join("chromedriver.log"))
             .map_err(|e| BrowserError::Start(format!("chromedriver log: {e}")))?;
-        let child = Command::new(chromedriver)
+        let mut command = Command::new(chromedriver);
+        command
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| {
-                BrowserError::Start(format!("{} does not start: {e}", chromedriver.display()))
-            })?;
+            .stderr(log);
+        // Its own process group, which the browser it starts joins: one kill(-pgid) stops
+        // the driver and every browser process, on every exit path (crate::processes).
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        // SAFETY: prctl is async-signal-safe and touches only the new process.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                // If ipfs-accelerate dies without cleaning up (SIGKILL), the driver goes too.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(|e| {
+            BrowserError::Start(format!("{} does not start: {e}", chromedriver.display()))
+        })?;
+        crate::processes::register_group(child.id(), profile.path());
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
@@ -283,7 +295,7 @@ impl Drop for Driver {
                 Duration::from_secs(10),
             );
         }
-        let _ = self.child.kill();
+        crate::processes::kill_group(self.child.id());
         let _ = self.child.wait();
     }
 }

@@ -1,17 +1,9 @@
-//! Dumps every table to a folder as Parquet or CSV, through DuckDB's own COPY.
+//! Dumps every table to a folder as Parquet or CSV, through DuckDB's own COPY. The store must
+//! be opened with the folder among its `allowed_directories` (nothing else is writable).
 
+use crate::schema::TABLES;
 use crate::{DbError, Result, Store};
 use std::path::{Path, PathBuf};
-
-pub const TABLES: [&str; 7] = [
-    "schema_version",
-    "runs",
-    "hardware_platforms",
-    "models",
-    "performance_results",
-    "raw_samples",
-    "compatibility_results",
-];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportFormat {
@@ -34,6 +26,7 @@ impl std::str::FromStr for ExportFormat {
 
 /// Writes one file per table into `dir` and returns their paths.
 pub fn export(store: &Store, format: ExportFormat, dir: &Path) -> Result<Vec<PathBuf>> {
+    store.check_tables()?;
     std::fs::create_dir_all(dir)
         .map_err(|e| DbError::Io(format!("cannot create {}: {e}", dir.display())))?;
     let (ext, options) = match format {

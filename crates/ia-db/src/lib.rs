@@ -16,7 +16,7 @@ pub mod schema;
 use duckdb::{params, AccessMode, Config, Connection, OptionalExt};
 use std::path::{Path, PathBuf};
 
-pub use query::{OutputFormat, QueryResult};
+pub use query::{Limits, OutputFormat, QueryResult};
 pub use records::{
     CompatibilityRecord, HardwareRecord, ModelRecord, PerformanceRecord, RunRecord, WebRecord,
 };
@@ -35,6 +35,25 @@ pub enum DbError {
     },
     #[error("{path} is a DuckDB database but not an ipfs-accelerate results store (no schema_version table)")]
     NotOurs { path: PathBuf },
+    #[error("{path} has schema version {found}; this program reads version {current}: run `ipfs-accelerate db migrate --db-path {path}` (reads never change the file)")]
+    OlderSchema {
+        path: PathBuf,
+        found: i64,
+        current: i64,
+    },
+    #[error("{path} is locked by {holder} and stayed locked for {waited_s} s: {message}")]
+    Locked {
+        path: PathBuf,
+        holder: String,
+        waited_s: u64,
+        message: String,
+    },
+    #[error("{path}: table {table} {problem}; this store was not written by ipfs-accelerate, or was altered, and is not read")]
+    Tampered {
+        path: PathBuf,
+        table: String,
+        problem: String,
+    },
     #[error("SQL error: {0}")]
     Sql(String),
     #[error("{0}")]
@@ -67,7 +86,7 @@ impl Store {
                 .map_err(|e| DbError::Io(format!("cannot create {}: {e}", parent.display())))?;
         }
         let fresh = !path.exists();
-        let conn = open(path, AccessMode::ReadWrite)?;
+        let conn = open(path, false, &ReadOptions::default())?;
         if !fresh && !schema::has_version_table(&conn)? && schema::has_user_tables(&conn)? {
             return Err(DbError::NotOurs { path: path.into() });
         }
@@ -78,12 +97,22 @@ impl Store {
         })
     }
 
-    /// Opens an existing store for reading. A missing file is an error, never created.
+    /// Opens an existing store for reading, and only reading: the file is opened read-only,
+    /// DuckDB may not reach files, the network or extensions (external access, extension
+    /// installing and autoloading are off, and the configuration is locked so SQL cannot turn
+    /// them back on), and an older schema is an error rather than a migration. A missing file
+    /// is an error, never created.
     pub fn open_existing(path: &Path) -> Result<Self> {
+        Self::open_read_only(path, &ReadOptions::default())
+    }
+
+    /// [`Store::open_existing`] with a memory cap and the directories (if any) `COPY ... TO`
+    /// may write into.
+    pub fn open_read_only(path: &Path, options: &ReadOptions) -> Result<Self> {
         if !path.is_file() {
             return Err(DbError::Missing(path.into()));
         }
-        let conn = open(path, AccessMode::ReadOnly)?;
+        let conn = open(path, true, options)?;
         if !schema::has_version_table(&conn)? {
             return Err(DbError::NotOurs { path: path.into() });
         }
@@ -96,15 +125,61 @@ impl Store {
             });
         }
         if version < schema::CURRENT_VERSION {
-            // An older store: migrate it once, then read it as usual.
-            drop(conn);
-            drop(Self::open_or_create(path)?);
-            return Self::open_existing(path);
+            return Err(DbError::OlderSchema {
+                path: path.into(),
+                found: version,
+                current: schema::CURRENT_VERSION,
+            });
         }
         Ok(Self {
             conn,
             path: path.into(),
         })
+    }
+
+    /// Brings an existing store to the current schema (each migration one transaction);
+    /// returns (version before, version after).
+    pub fn migrate(path: &Path) -> Result<(i64, i64)> {
+        if !path.is_file() {
+            return Err(DbError::Missing(path.into()));
+        }
+        let before = {
+            let conn = open(path, true, &ReadOptions::default())?;
+            if !schema::has_version_table(&conn)? {
+                return Err(DbError::NotOurs { path: path.into() });
+            }
+            schema::current_version(&conn)?
+        };
+        let store = Self::open_or_create(path)?;
+        let after = schema::current_version(&store.conn)?;
+        Ok((before, after))
+    }
+
+    /// Checks that every table of the schema is the base table this program created, not a
+    /// view (or missing): reports and exports read them by name.
+    pub fn check_tables(&self) -> Result<()> {
+        for table in schema::TABLES {
+            let kind: Option<String> = self
+                .conn
+                .query_row(
+                    "SELECT table_type FROM information_schema.tables
+                     WHERE table_schema = 'main' AND table_name = ?",
+                    params![table],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let problem = match kind.as_deref() {
+                Some("BASE TABLE") => continue,
+                Some(other) => format!("is a {other}, not a table"),
+                None => "is missing".to_string(),
+            };
+            return Err(DbError::Tampered {
+                path: self.path.clone(),
+                table: table.to_string(),
+                problem,
+            });
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -117,12 +192,40 @@ impl Store {
 
     pub fn begin_run(&mut self, run: &RunRecord) -> Result<i64> {
         let id: i64 = self.conn.query_row(
-            "INSERT INTO runs (started_at, git_commit, command_line, host, tool_version, status)
-             VALUES (now(), ?, ?, ?, ?, 'running') RETURNING run_id",
-            params![run.git_commit, run.command_line, run.host, run.tool_version],
+            "INSERT INTO runs (started_at, git_commit, command_line, host, tool_version, status, pid)
+             VALUES (now(), ?, ?, ?, ?, 'running', ?) RETURNING run_id",
+            params![
+                run.git_commit,
+                run.command_line,
+                run.host,
+                run.tool_version,
+                i64::from(std::process::id())
+            ],
             |r| r.get(0),
         )?;
         Ok(id)
+    }
+
+    /// Marks `running` runs of `host` whose process is gone as `interrupted` (a run killed
+    /// outright could not mark itself); returns how many.
+    pub fn close_abandoned_runs(&mut self, host: &str) -> Result<usize> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT run_id, pid FROM runs WHERE status = 'running' AND host = ? AND pid IS NOT NULL")?;
+        let running: Vec<(i64, i64)> = stmt
+            .query_map(params![host], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<std::result::Result<_, _>>()?;
+        let mut closed = 0;
+        for (run_id, pid) in running {
+            if !process_alive(pid) {
+                self.conn.execute(
+                    "UPDATE runs SET status = 'interrupted', ended_at = now() WHERE run_id = ?",
+                    params![run_id],
+                )?;
+                closed += 1;
+            }
+        }
+        Ok(closed)
     }
 
     pub fn end_run(&mut self, run_id: i64, status: &str) -> Result<()> {
@@ -184,19 +287,140 @@ impl Store {
     pub fn query(&self, sql: &str) -> Result<QueryResult> {
         query::run(&self.conn, sql)
     }
+
+    pub fn query_limited(&self, sql: &str, limits: query::Limits) -> Result<QueryResult> {
+        query::run_limited(&self.conn, sql, limits)
+    }
 }
 
-fn open(path: &Path, mode: AccessMode) -> Result<Connection> {
-    let config = Config::default()
-        .access_mode(mode)
-        .map_err(|e| DbError::Open {
-            path: path.into(),
-            message: one_line(&e.to_string()),
-        })?;
-    Connection::open_with_flags(path, config).map_err(|e| DbError::Open {
+/// Whether `pid` is a live process on this machine (Linux /proc; elsewhere assumed alive, so
+/// nothing is closed by mistake).
+fn process_alive(pid: i64) -> bool {
+    if !cfg!(target_os = "linux") {
+        return true;
+    }
+    std::fs::metadata(format!("/proc/{pid}")).is_ok()
+}
+
+/// How a read-only store is opened.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    /// DuckDB's memory_limit, bytes (its default, 80% of RAM, when None).
+    pub memory_limit: Option<u64>,
+    /// Folders `COPY ... TO` may write into (export); nothing else outside the file is reachable.
+    pub allowed_directories: Vec<PathBuf>,
+}
+
+/// How long opening waits for another process's lock on the file (a bench holds it only
+/// while it commits one combination); `IPFS_ACCELERATE_LOCK_WAIT_S` overrides it.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+fn lock_wait() -> std::time::Duration {
+    std::env::var("IPFS_ACCELERATE_LOCK_WAIT_S")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(LOCK_WAIT, |s| std::time::Duration::from_secs(s.min(3600)))
+}
+
+fn open(path: &Path, read_only: bool, options: &ReadOptions) -> Result<Connection> {
+    let wait = lock_wait();
+    let start = std::time::Instant::now();
+    let mut delay = std::time::Duration::from_millis(20);
+    loop {
+        match open_once(path, read_only, options) {
+            Err(DbError::Open { message, .. }) if is_lock_conflict(&message) => {
+                if start.elapsed() >= wait {
+                    return Err(DbError::Locked {
+                        path: path.into(),
+                        holder: lock_holder(&message),
+                        waited_s: wait.as_secs(),
+                        message,
+                    });
+                }
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(std::time::Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn open_once(path: &Path, read_only: bool, options: &ReadOptions) -> Result<Connection> {
+    let err = |e: duckdb::Error| DbError::Open {
         path: path.into(),
         message: one_line(&e.to_string()),
-    })
+    };
+    let mut config = Config::default()
+        .access_mode(if read_only {
+            AccessMode::ReadOnly
+        } else {
+            AccessMode::ReadWrite
+        })
+        .and_then(|c| c.enable_autoload_extension(false))
+        .and_then(|c| c.with("autoinstall_known_extensions", "false"))
+        .and_then(|c| c.with("allow_community_extensions", "false"))
+        .map_err(err)?;
+    if let Some(bytes) = options.memory_limit {
+        config = config
+            .max_memory(&format!("{}MB", (bytes >> 20).max(64)))
+            .map_err(err)?;
+    }
+    let conn = Connection::open_with_flags(path, config).map_err(err)?;
+    if read_only {
+        // In this order: the directories COPY may write to, then no other external access,
+        // then no SET can undo either.
+        let mut setup = String::new();
+        if !options.allowed_directories.is_empty() {
+            let dirs: Vec<String> = options
+                .allowed_directories
+                .iter()
+                .map(|d| format!("'{}'", d.display().to_string().replace('\'', "''")))
+                .collect();
+            setup.push_str(&format!("SET allowed_directories = [{}];", dirs.join(", ")));
+        }
+        setup.push_str("SET enable_external_access = false; SET lock_configuration = true;");
+        conn.execute_batch(&setup).map_err(err)?;
+    }
+    Ok(conn)
+}
+
+fn is_lock_conflict(message: &str) -> bool {
+    message.contains("Could not set lock") || message.contains("Conflicting lock")
+}
+
+/// "process 1234 (ipfs-accelerate bench --models bert)" from DuckDB's "Conflicting lock is
+/// held in <program> (PID 1234)".
+fn lock_holder(message: &str) -> String {
+    let pid = message
+        .split("PID ")
+        .nth(1)
+        .map(|rest| {
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .filter(|p| !p.is_empty());
+    match pid {
+        Some(pid) => {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|b| {
+                    String::from_utf8_lossy(&b)
+                        .split('\0')
+                        .filter(|a| !a.is_empty())
+                        .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
+                        .take(8)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            if cmdline.is_empty() {
+                format!("process {pid}")
+            } else {
+                format!("process {pid} ({cmdline})")
+            }
+        }
+        None => "another process".to_string(),
+    }
 }
 
 fn upsert_model(tx: &Connection, m: &ModelRecord) -> Result<i64> {

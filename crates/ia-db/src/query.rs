@@ -33,9 +33,92 @@ impl std::str::FromStr for OutputFormat {
 pub struct QueryResult {
     pub columns: Vec<String>,
     pub rows: Vec<Vec<Value>>,
+    /// The statement had more rows than were kept (see [`Limits::max_rows`]).
+    pub truncated: bool,
+}
+
+/// What one statement may cost: rows kept and wall time before it is interrupted.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_rows: usize,
+    pub timeout: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_rows: 1_000_000,
+            timeout: std::time::Duration::from_secs(300),
+        }
+    }
 }
 
 pub fn run(conn: &Connection, sql: &str) -> Result<QueryResult> {
+    run_limited(conn, sql, Limits::default())
+}
+
+/// Runs one statement, keeping at most `limits.max_rows` rows and interrupting it after
+/// `limits.timeout`.
+pub fn run_limited(conn: &Connection, sql: &str, limits: Limits) -> Result<QueryResult> {
+    let handle = conn.interrupt_handle();
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let timeout = limits.timeout;
+    let watchdog = std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(timeout) {
+            handle.interrupt();
+            true
+        } else {
+            false
+        }
+    });
+    // A query's rows are cut in SQL, so DuckDB never materialises the rest; other statements
+    // (PRAGMA, DESCRIBE, SHOW ...) run as written.
+    let limited = limited_select(sql, limits.max_rows);
+    let result = collect(conn, limited.as_deref().unwrap_or(sql), limits.max_rows);
+    let _ = done.send(());
+    let timed_out = watchdog.join().unwrap_or(false);
+    match result {
+        Err(_) if timed_out => Err(DbError::Sql(format!(
+            "the statement ran longer than {} s and was interrupted",
+            timeout.as_secs()
+        ))),
+        other => other,
+    }
+}
+
+/// `sql` wrapped to return at most `max_rows + 1` rows (one more tells that rows were cut), when
+/// it is a single query (SELECT, WITH, FROM, VALUES, TABLE).
+fn limited_select(sql: &str, max_rows: usize) -> Option<String> {
+    let body = sql.trim().trim_end_matches(';').trim_end();
+    let mut rest = body;
+    // Leading comments.
+    loop {
+        rest = rest.trim_start();
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            rest = r.split_once("*/").map_or("", |(_, after)| after);
+        } else {
+            break;
+        }
+    }
+    let first = rest
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()?
+        .to_ascii_uppercase();
+    let is_query = matches!(
+        first.as_str(),
+        "SELECT" | "WITH" | "FROM" | "VALUES" | "TABLE"
+    );
+    (is_query && !body.contains(';')).then(|| {
+        format!(
+            "SELECT * FROM ({body}\n) AS ia_query LIMIT {}",
+            max_rows.saturating_add(1)
+        )
+    })
+}
+
+fn collect(conn: &Connection, sql: &str, max_rows: usize) -> Result<QueryResult> {
     let mut stmt = conn.prepare(sql)?;
     let mut rows = stmt.query([])?;
     let columns = rows
@@ -43,14 +126,23 @@ pub fn run(conn: &Connection, sql: &str) -> Result<QueryResult> {
         .map(|s| s.column_names())
         .ok_or_else(|| DbError::Sql("statement returned no result set".into()))?;
     let mut out = Vec::new();
+    let mut truncated = false;
     while let Some(row) = rows.next()? {
+        if out.len() == max_rows {
+            truncated = true;
+            break;
+        }
         let mut values = Vec::with_capacity(columns.len());
         for i in 0..columns.len() {
             values.push(row.get::<_, Value>(i)?);
         }
         out.push(values);
     }
-    Ok(QueryResult { columns, rows: out })
+    Ok(QueryResult {
+        columns,
+        rows: out,
+        truncated,
+    })
 }
 
 /// Human-readable text for a value (what tables, CSV and Markdown show).
@@ -295,4 +387,21 @@ pub fn html_escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::limited_select;
+
+    #[test]
+    fn queries_are_wrapped_and_other_statements_are_not() {
+        assert_eq!(
+            limited_select("  select 1;", 10).unwrap(),
+            "SELECT * FROM (select 1\n) AS ia_query LIMIT 11"
+        );
+        assert!(limited_select("-- hi\nWITH t AS (SELECT 1) SELECT * FROM t", 5).is_some());
+        assert!(limited_select("PRAGMA table_info('runs')", 5).is_none());
+        assert!(limited_select("DESCRIBE runs", 5).is_none());
+        assert!(limited_select("SELECT 1; SELECT 2", 5).is_none());
+    }
 }

@@ -132,6 +132,7 @@ pub fn compatibility(store: &Store) -> Result<QueryResult> {
 /// Renders a report. md and html get a title and, for compatibility, the matrix view;
 /// csv and json get the rows as they are.
 pub fn render(store: &Store, kind: ReportKind, format: OutputFormat) -> Result<String> {
+    store.check_tables()?;
     let rows = match kind {
         ReportKind::Performance => performance(store)?,
         ReportKind::Compatibility => compatibility(store)?,
@@ -235,5 +236,6 @@ fn compatibility_matrix(rows: &QueryResult) -> QueryResult {
     QueryResult {
         columns,
         rows: out_rows,
+        truncated: rows.truncated,
     }
 }

@@ -5,7 +5,19 @@ use crate::{DbError, Result};
 use duckdb::Connection;
 use std::path::Path;
 
-pub const CURRENT_VERSION: i64 = 5;
+pub const CURRENT_VERSION: i64 = 6;
+
+/// Every table of the current schema.
+pub const TABLES: [&str; 8] = [
+    "schema_version",
+    "runs",
+    "hardware_platforms",
+    "models",
+    "performance_results",
+    "raw_samples",
+    "compatibility_results",
+    "web_results",
+];
 
 /// MIGRATIONS[i] upgrades from version i to i + 1.
 const MIGRATIONS: &[&str] = &[
@@ -168,6 +180,12 @@ CREATE TABLE web_results (
 ALTER TABLE web_results ADD COLUMN concurrent_sessions BOOLEAN;
 ALTER TABLE web_results ADD COLUMN renderer_peak_rss_bytes BIGINT;
 ALTER TABLE web_results ADD COLUMN gpu_process_peak_rss_bytes BIGINT;
+"#,
+    // 6: the process that runs a run, so that a run whose process was killed outright
+    // (SIGKILL, power loss) is marked interrupted by the next program that writes the store
+    // on that host, instead of staying `running`. NULL before v6.
+    r#"
+ALTER TABLE runs ADD COLUMN pid BIGINT;
 "#,
 ];
 

@@ -133,6 +133,16 @@ fn an_older_store_is_migrated_and_keeps_its_rows() {
         )
         .unwrap();
     }
+    // Reading never migrates: an older store is an error that says how to migrate it.
+    let e = Store::open_existing(&path).err().unwrap().to_string();
+    assert!(
+        e.contains("schema version 1") && e.contains("db migrate"),
+        "{e}"
+    );
+    assert_eq!(
+        Store::migrate(&path).unwrap(),
+        (1, ia_db::schema::CURRENT_VERSION)
+    );
     let s = Store::open_existing(&path).unwrap();
     let r = s
         .query("SELECT (SELECT max(version) FROM schema_version) AS v, (SELECT count(*) FROM runs) AS runs")

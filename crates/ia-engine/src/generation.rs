@@ -68,7 +68,7 @@ pub fn generate_batch_greedy(
     new_tokens: usize,
 ) -> Result<(Vec<Vec<u32>>, GenerationStats), EngineError> {
     let len = equal_length_batch(prompts)?;
-    if len + new_tokens > model.max_context() {
+    if len.saturating_add(new_tokens) > model.max_context() {
         return Err(EngineError::InvalidInput(format!(
             "{len} prompt + {new_tokens} new tokens exceed the model's context of {}",
             model.max_context()
@@ -201,8 +201,10 @@ pub fn generate(
     };
     let mut rng = SplitMix64::new(opts.sampling.seed);
     let mut history: Vec<u32> = prompt.to_vec();
-    let mut new_tokens = Vec::with_capacity(opts.max_new_tokens);
-    let mut decode_step_ms = Vec::with_capacity(opts.max_new_tokens);
+    // Generation stops when the context is full, so no more than this many tokens can come.
+    let room = opts.max_new_tokens.min(ctx - prompt.len());
+    let mut new_tokens = Vec::with_capacity(room);
+    let mut decode_step_ms = Vec::with_capacity(room);
 
     let start = Instant::now();
     let mut logits = model.prefill(prompt)?;

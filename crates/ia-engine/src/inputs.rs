@@ -172,10 +172,11 @@ pub fn generate(
     modality: Modality,
     spec: InputSpec,
 ) -> Result<Inputs, EngineError> {
-    if spec.batch_size == 0 {
-        return Err(EngineError::InvalidInput(
-            "batch size must be at least 1".into(),
-        ));
+    if !(1..=MAX_BATCH).contains(&spec.batch_size) {
+        return Err(EngineError::InvalidInput(format!(
+            "batch size {} is outside 1..={MAX_BATCH}",
+            spec.batch_size
+        )));
     }
     match modality {
         Modality::Text => text_inputs(source, spec),
@@ -210,16 +211,17 @@ fn text_inputs(source: &ModelSource, spec: InputSpec) -> Result<Inputs, EngineEr
             "sequence length must be at least 1".into(),
         ));
     }
+    if spec.seq_len > MAX_SEQ_LEN {
+        return Err(EngineError::InvalidInput(format!(
+            "sequence length {} is outside 1..={MAX_SEQ_LEN}",
+            spec.seq_len
+        )));
+    }
     let config = source.config();
-    // Two-tower configs (CLIP, CLAP, X-CLIP) keep the text limit in text_config.
-    let max_positions = config
-        .get("max_position_embeddings")
-        .or_else(|| config.get("text_config")?.get("max_position_embeddings"))
-        .and_then(Value::as_u64);
-    if let Some(max) = max_positions {
+    if let Some((field, max)) = max_text_positions(config) {
         if spec.seq_len as u64 > max {
             return Err(EngineError::InvalidInput(format!(
-                "sequence length {} exceeds the model's max_position_embeddings {max}",
+                "sequence length {} exceeds the model's {field} {max}",
                 spec.seq_len
             )));
         }
@@ -231,14 +233,24 @@ fn text_inputs(source: &ModelSource, spec: InputSpec) -> Result<Inputs, EngineEr
             let vocab = config
                 .get("vocab_size")
                 .and_then(Value::as_u64)
-                .ok_or_else(|| EngineError::InvalidModel("config has no vocab_size".into()))?;
+                .filter(|&v| v > 0)
+                .ok_or_else(|| {
+                    EngineError::InvalidModel("config has no positive vocab_size".into())
+                })?;
             let mut rng = SplitMix64::new(0x5eed);
             (0..spec.seq_len)
                 .map(|_| (rng.next_u64() % vocab) as u32)
                 .collect()
         }
     };
+    check_token_ids(config, &ids)?;
     let batch = spec.batch_size;
+    crate::memory::ensure_allocatable(
+        (batch as u64)
+            .saturating_mul(spec.seq_len as u64)
+            .saturating_mul(12),
+        "the token batch",
+    )?;
     Ok(Inputs::Text {
         batch,
         seq_len: spec.seq_len,
@@ -254,12 +266,32 @@ fn tokenize_to_length(path: &std::path::Path, len: usize) -> Result<Vec<u32>, En
     let tok = tokenizers::Tokenizer::from_file(path).map_err(|e| {
         EngineError::InvalidModel(format!("cannot load tokenizer {}: {e}", path.display()))
     })?;
-    let mut text = SAMPLE_TEXT.to_string();
-    loop {
-        let enc = tok
+    let encode = |repeats: usize| -> Result<Vec<u32>, EngineError> {
+        let text = vec![SAMPLE_TEXT; repeats].join(" ");
+        Ok(tok
             .encode(text.as_str(), true)
-            .map_err(|e| EngineError::Runtime(format!("tokenizer failed: {e}")))?;
-        let ids = enc.get_ids();
+            .map_err(|e| EngineError::Runtime(format!("tokenizer failed: {e}")))?
+            .get_ids()
+            .to_vec())
+    };
+    let once = encode(1)?.len();
+    if once == 0 {
+        return Err(EngineError::InvalidModel(format!(
+            "the tokenizer {} produces no token ids for English text",
+            path.display()
+        )));
+    }
+    // Enough repeats for `len` tokens at the rate one passage gives; more when short.
+    let mut repeats = len.div_ceil(once).max(1);
+    let mut previous = 0;
+    loop {
+        if repeats.saturating_mul(SAMPLE_TEXT.len()) > MAX_SAMPLE_BYTES {
+            return Err(EngineError::InvalidInput(format!(
+                "{len} tokens need more than {} MiB of sample text with this tokenizer",
+                MAX_SAMPLE_BYTES >> 20
+            )));
+        }
+        let ids = encode(repeats)?;
         if ids.len() >= len {
             let mut out = ids[..len].to_vec();
             if len >= 2 {
@@ -268,9 +300,56 @@ fn tokenize_to_length(path: &std::path::Path, len: usize) -> Result<Vec<u32>, En
             }
             return Ok(out);
         }
-        text.push(' ');
-        text.push_str(SAMPLE_TEXT);
+        if ids.len() <= previous {
+            return Err(EngineError::InvalidModel(format!(
+                "the tokenizer {} stops producing ids at {} tokens",
+                path.display(),
+                ids.len()
+            )));
+        }
+        previous = ids.len();
+        repeats = repeats.saturating_mul(2);
     }
+}
+
+/// The most sample text tokenised for one input (64 MiB).
+const MAX_SAMPLE_BYTES: usize = 64 << 20;
+
+/// Token ids a tokenizer produced must index the model's embedding table (a tokenizer from
+/// another checkpoint can produce ids past its vocabulary).
+pub fn check_token_ids(config: &Value, ids: &[u32]) -> Result<(), EngineError> {
+    let vocab = config
+        .get("vocab_size")
+        .or_else(|| config.get("text_config")?.get("vocab_size"))
+        .and_then(Value::as_u64);
+    if let Some(vocab) = vocab {
+        if let Some(&id) = ids.iter().find(|&&id| u64::from(id) >= vocab) {
+            return Err(EngineError::InvalidModel(format!(
+                "the tokenizer produces token id {id}, outside the model's vocabulary (vocab_size {vocab})"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The largest batch any input generator makes.
+pub const MAX_BATCH: usize = 1 << 16;
+
+/// The longest sequence any input generator makes (2^20 tokens).
+pub const MAX_SEQ_LEN: usize = 1 << 20;
+
+/// The positions a text model was built for and the field that says so: max_position_embeddings
+/// or n_positions (of the text tower for two-tower configs); None for relative-position models
+/// such as T5.
+pub fn max_text_positions(config: &Value) -> Option<(&'static str, u64)> {
+    [Some(config), config.get("text_config")]
+        .into_iter()
+        .flatten()
+        .find_map(|c| {
+            ["max_position_embeddings", "n_positions"]
+                .into_iter()
+                .find_map(|k| c.get(k).and_then(Value::as_u64).map(|v| (k, v)))
+        })
 }
 
 fn image_inputs(config: &Value, pre: Option<Value>, batch: usize) -> Result<Inputs, EngineError> {
@@ -289,6 +368,18 @@ fn image_inputs(config: &Value, pre: Option<Value>, batch: usize) -> Result<Inpu
         })
         .ok_or_else(|| EngineError::InvalidModel("config has no image_size".into()))?;
     let channels = get("num_channels").unwrap_or(3);
+    if size == 0 || size as u64 * size as u64 > ia_preprocess::image::MAX_OUTPUT_PIXELS {
+        return Err(EngineError::InvalidModel(format!(
+            "image size {size} is outside 1..={} pixels a side",
+            (ia_preprocess::image::MAX_OUTPUT_PIXELS as f64).sqrt() as u64
+        )));
+    }
+    crate::memory::ensure_allocatable(
+        (batch as u64)
+            .saturating_mul((channels * size * size) as u64)
+            .saturating_mul(4),
+        "the image batch",
+    )?;
     let stat = |key: &str, default: f32| -> Vec<f32> {
         pre.as_ref()
             .and_then(|p| p.get(key))
@@ -330,24 +421,40 @@ fn audio_inputs(
     pre: Option<Value>,
     spec: InputSpec,
 ) -> Result<Inputs, EngineError> {
-    if !(spec.audio_seconds > 0.0 && spec.audio_seconds.is_finite()) {
-        return Err(EngineError::InvalidInput(
-            "audio length must be positive".into(),
-        ));
+    let max = ia_preprocess::audio::MAX_AUDIO_SECONDS;
+    if !(spec.audio_seconds > 0.0 && f64::from(spec.audio_seconds) <= max) {
+        return Err(EngineError::InvalidInput(format!(
+            "audio length {} s is outside (0, {max}] s",
+            spec.audio_seconds
+        )));
     }
-    let sample_rate = pre
-        .as_ref()
-        .and_then(|p| p.get("sampling_rate"))
-        .and_then(Value::as_u64)
-        // CLAP's extractor runs at 48 kHz; speech models at 16 kHz.
-        .unwrap_or(
-            if config.get("model_type").and_then(Value::as_str) == Some("clap") {
-                48_000
-            } else {
-                16_000
-            },
-        ) as u32;
+    // CLAP's extractor runs at 48 kHz; speech models at 16 kHz.
+    let default_rate = if config.get("model_type").and_then(Value::as_str) == Some("clap") {
+        48_000
+    } else {
+        16_000
+    };
+    let sample_rate = ia_preprocess::audio::check_sample_rate(
+        pre.as_ref()
+            .and_then(|p| p.get("sampling_rate"))
+            .and_then(Value::as_u64)
+            .unwrap_or(default_rate),
+        "preprocessor config sampling_rate",
+    )
+    .map_err(|e| EngineError::InvalidModel(e.to_string()))?;
     let n = (spec.audio_seconds * sample_rate as f32) as usize;
+    if n == 0 {
+        return Err(EngineError::InvalidInput(format!(
+            "{} s of audio at {sample_rate} Hz is no samples",
+            spec.audio_seconds
+        )));
+    }
+    crate::memory::ensure_allocatable(
+        (spec.batch_size as u64)
+            .saturating_mul(n as u64)
+            .saturating_mul(4),
+        "the audio batch",
+    )?;
     let mut rng = SplitMix64::new(0xa0d1);
     let mut phase = 0.0f32;
     let one: Vec<f32> = (0..n)

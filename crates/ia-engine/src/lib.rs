@@ -8,6 +8,7 @@
 pub mod exported_decoder;
 pub mod generation;
 pub mod inputs;
+pub mod memory;
 pub mod speech;
 
 use ia_hardware::Platform;

@@ -14,6 +14,22 @@ pub struct TranscribeOptions {
     pub language: Option<String>,
 }
 
+/// The widest beam search (each beam keeps its own decoder cache).
+pub const MAX_BEAMS: usize = 64;
+
+impl TranscribeOptions {
+    /// Checks the options against the ranges decoding supports.
+    pub fn check(&self) -> Result<(), crate::EngineError> {
+        if !(1..=MAX_BEAMS).contains(&self.num_beams) {
+            return Err(crate::EngineError::InvalidInput(format!(
+                "num_beams {} is outside 1..={MAX_BEAMS}",
+                self.num_beams
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for TranscribeOptions {
     fn default() -> Self {
         Self {

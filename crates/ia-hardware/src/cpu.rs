@@ -6,6 +6,12 @@ use std::collections::BTreeSet;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CpuInfo {
     pub model_name: String,
+    /// The vendor and the family / model / stepping numbers: two CPUs sold under one marketing
+    /// name ("AMD EPYC") can be different generations with different vector units.
+    #[serde(default)]
+    pub vendor: String,
+    #[serde(default)]
+    pub family_model_stepping: String,
     pub physical_cores: usize,
     pub logical_cores: usize,
     /// Extensions that change which kernels an engine can use (AVX2, AVX-512, AMX, NEON...).
@@ -21,6 +27,14 @@ pub fn detect() -> CpuInfo {
         .max(count_processors(&cpuinfo));
     CpuInfo {
         model_name: model_name(&cpuinfo).unwrap_or_else(|| std::env::consts::ARCH.to_string()),
+        vendor: first_field(&cpuinfo, "vendor_id")
+            .or_else(|| first_field(&cpuinfo, "CPU implementer"))
+            .unwrap_or_default(),
+        family_model_stepping: ["cpu family", "model", "stepping"]
+            .iter()
+            .map(|k| first_field(&cpuinfo, k).unwrap_or_else(|| "?".into()))
+            .collect::<Vec<_>>()
+            .join("/"),
         physical_cores: physical_cores(&cpuinfo).unwrap_or(logical_cores),
         logical_cores,
         isa_extensions: isa_extensions(&cpuinfo),
@@ -31,6 +45,27 @@ pub fn detect() -> CpuInfo {
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let (k, v) = line.split_once(':')?;
     (k.trim() == key).then(|| v.trim())
+}
+
+fn first_field(cpuinfo: &str, key: &str) -> Option<String> {
+    cpuinfo
+        .lines()
+        .find_map(|l| field(l, key))
+        .map(str::to_string)
+}
+
+impl CpuInfo {
+    /// Whether the CPU has bf16 arithmetic (AVX512-BF16, AMX-BF16 or AVX-NE-CONVERT): where it
+    /// does not, runtimes compute a bf16 request in f32.
+    pub fn has_bf16(&self) -> bool {
+        self.isa_extensions
+            .iter()
+            .any(|f| matches!(f.as_str(), "avx512bf16" | "amx_bf16" | "avx_ne_convert"))
+    }
+
+    pub fn has(&self, extension: &str) -> bool {
+        self.isa_extensions.iter().any(|f| f == extension)
+    }
 }
 
 fn model_name(cpuinfo: &str) -> Option<String> {
@@ -97,11 +132,26 @@ fn isa_extensions(cpuinfo: &str) -> Vec<String> {
                 .filter(|(_, on)| *on)
                 .map(|(n, _)| n.to_string()),
         );
-        // AMX is not exposed by `is_x86_feature_detected!` on stable; the kernel's flags are
-        // authoritative anyway because it must enable the AMX state for user space.
-        for amx in ["amx_tile", "amx_bf16", "amx_int8", "amx_fp16"] {
-            if flags.contains(amx) {
-                found.push(amx.to_string());
+        // The rest, as the kernel names them (it must enable AMX state for user space, so
+        // its flags are authoritative): the AVX-512 subsets kernels are compiled for, the VEX
+        // VNNI/bf16 conversions of newer client cores, and AMX.
+        for f in [
+            "avx512vl",
+            "avx512dq",
+            "avx512cd",
+            "avx512ifma",
+            "avx512vbmi",
+            "avx512_vbmi2",
+            "avx_vnni",
+            "avx_vnni_int8",
+            "avx_ne_convert",
+            "amx_tile",
+            "amx_bf16",
+            "amx_int8",
+            "amx_fp16",
+        ] {
+            if flags.contains(f) {
+                found.push(f.to_string());
             }
         }
     }
@@ -141,6 +191,20 @@ mod tests {
         assert_eq!(model_name(SAMPLE).as_deref(), Some("Test CPU"));
         assert_eq!(count_processors(SAMPLE), 3);
         assert_eq!(physical_cores(SAMPLE), Some(2));
+    }
+
+    #[test]
+    fn reads_vendor_and_generation() {
+        let info = "vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nstepping\t: 1\n";
+        assert_eq!(
+            first_field(info, "vendor_id").as_deref(),
+            Some("AuthenticAMD")
+        );
+        let fms: Vec<String> = ["cpu family", "model", "stepping"]
+            .iter()
+            .map(|k| first_field(info, k).unwrap())
+            .collect();
+        assert_eq!(fms, ["25", "17", "1"]);
     }
 
     #[test]

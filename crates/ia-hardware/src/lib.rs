@@ -7,6 +7,7 @@
 
 mod cpu;
 mod gpu;
+pub mod memory;
 mod runtimes;
 
 use serde::{Deserialize, Serialize};
@@ -220,6 +221,10 @@ fn gpu_status(platform: Platform, probe: &Result<Vec<GpuDevice>, String>) -> Pla
 /// A stable identifier of this machine's compute hardware: the same on every run on the same
 /// machine, different when the CPU, core count, memory size or GPUs change. Memory is rounded
 /// to whole GiB so that kernel reservations do not change it.
+///
+/// The CPU part is its name, vendor, family/model/stepping, core counts and ISA extensions:
+/// two machines sold under one name but with different vector units (AVX2-only vs AVX-512)
+/// never share a fingerprint, so never a series in reports and trends.
 pub fn fingerprint(os: &str, arch: &str, cpu: &CpuInfo, gpus: &[GpuDevice]) -> String {
     let mut h = Sha256::new();
     h.update(os.as_bytes());
@@ -227,6 +232,7 @@ pub fn fingerprint(os: &str, arch: &str, cpu: &CpuInfo, gpus: &[GpuDevice]) -> S
     h.update(arch.as_bytes());
     h.update(b"|");
     h.update(cpu.model_name.as_bytes());
+    h.update(format!("|{}|{}|", cpu.vendor, cpu.family_model_stepping).as_bytes());
     h.update(format!("|{}|{}|", cpu.physical_cores, cpu.logical_cores).as_bytes());
     h.update(cpu.isa_extensions.join(",").as_bytes());
     h.update(format!("|{}|", cpu.memory_bytes.div_ceil(1 << 30)).as_bytes());
@@ -251,6 +257,30 @@ mod tests {
             }
         }
         assert!(report.status(Platform::Cpu).available);
+    }
+
+    #[test]
+    fn same_name_different_isa_is_a_different_machine() {
+        let cpu = |isa: &[&str]| CpuInfo {
+            model_name: "AMD EPYC".into(),
+            vendor: "AuthenticAMD".into(),
+            family_model_stepping: "25/1/1".into(),
+            physical_cores: 2,
+            logical_cores: 2,
+            isa_extensions: isa.iter().map(|s| s.to_string()).collect(),
+            memory_bytes: 24 << 30,
+        };
+        let avx2 = fingerprint("linux", "x86_64", &cpu(&["avx2", "fma"]), &[]);
+        let avx512 = fingerprint(
+            "linux",
+            "x86_64",
+            &cpu(&["avx2", "fma", "avx512f", "avx512bf16"]),
+            &[],
+        );
+        assert_ne!(avx2, avx512);
+        let mut other_gen = cpu(&["avx2", "fma"]);
+        other_gen.family_model_stepping = "23/49/0".into();
+        assert_ne!(avx2, fingerprint("linux", "x86_64", &other_gen, &[]));
     }
 
     #[test]

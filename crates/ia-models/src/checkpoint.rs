@@ -130,7 +130,7 @@ impl ModelSource {
     }
 }
 
-fn read_json(path: &Path) -> Result<Value, CheckpointError> {
+pub(crate) fn read_json(path: &Path) -> Result<Value, CheckpointError> {
     let text = std::fs::read_to_string(path).map_err(|source| CheckpointError::Io {
         path: path.to_path_buf(),
         source,
@@ -179,7 +179,15 @@ impl Checkpoint {
                 .collect();
             files.sort();
             files.dedup();
-            files.into_iter().map(|f| dir.join(f)).collect()
+            files
+                .iter()
+                .map(|f| {
+                    inside(&dir, f).map_err(|message| CheckpointError::Invalid {
+                        path: index.clone(),
+                        message,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?
         } else if dir.join("model.safetensors").is_file() {
             vec![dir.join("model.safetensors")]
         } else {
@@ -208,6 +216,64 @@ impl Checkpoint {
             dir,
         })
     }
+}
+
+impl Checkpoint {
+    /// tokenizer_config.json (null when the folder has none).
+    pub fn tokenizer_config(&self) -> Result<Value, CheckpointError> {
+        let p = self.dir.join("tokenizer_config.json");
+        if p.is_file() {
+            read_json(&p)
+        } else {
+            Ok(Value::Null)
+        }
+    }
+
+    /// The sentence-embedding pipeline sentence-transformers would build from this folder
+    /// (its modules.json, or the defaults for a plain transformers model).
+    pub fn sentence_embedding(
+        &self,
+    ) -> Result<crate::sentence_transformers::SentenceEmbedding, CheckpointError> {
+        use crate::sentence_transformers::SentenceEmbedding;
+        if let Some(s) = SentenceEmbedding::read(&self.dir)? {
+            return Ok(s);
+        }
+        // SentenceTransformer's Transformer module: min(max_position_embeddings,
+        // tokenizer.model_max_length) when both are known.
+        let positions = self
+            .config
+            .get("max_position_embeddings")
+            .and_then(Value::as_u64);
+        let model_max = self
+            .tokenizer_config()?
+            .get("model_max_length")
+            .and_then(Value::as_u64);
+        let max = match (positions, model_max) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(SentenceEmbedding::plain(
+            max.filter(|&m| m >= 1).map(|m| m.min(1 << 20) as usize),
+        ))
+    }
+}
+
+/// `name` as a path inside `dir`: relative, made only of plain components (no `..`, no root,
+/// no drive), as the names a checkpoint's index, modules.json or refs/main hold must be.
+/// The error says why a name is refused.
+pub fn inside(dir: &Path, name: &str) -> Result<PathBuf, String> {
+    use std::path::Component;
+    let rel = Path::new(name);
+    let plain = !name.is_empty()
+        && !name.contains('\\')
+        && !name.contains('\0')
+        && rel.components().all(|c| matches!(c, Component::Normal(_)));
+    if !plain {
+        return Err(format!(
+            "'{name}' is not a plain file name inside the checkpoint folder"
+        ));
+    }
+    Ok(dir.join(rel))
 }
 
 /// Folders searched for a hub id, in order.
@@ -244,9 +310,14 @@ pub fn hf_hub_cache() -> PathBuf {
 fn hub_snapshot(repo: &Path) -> Option<PathBuf> {
     let snapshots = repo.join("snapshots");
     if let Ok(rev) = std::fs::read_to_string(repo.join("refs").join("main")) {
-        let p = snapshots.join(rev.trim());
-        if p.join("config.json").is_file() {
-            return Some(p);
+        // refs/main holds a commit hash: a single plain name under snapshots/, never a path.
+        let rev = rev.trim();
+        if !rev.contains('/') {
+            if let Ok(p) = inside(&snapshots, rev) {
+                if p.join("config.json").is_file() {
+                    return Some(p);
+                }
+            }
         }
     }
     std::fs::read_dir(&snapshots)
@@ -349,6 +420,44 @@ mod tests {
         .unwrap();
         let err = Checkpoint::open(d.path()).unwrap_err().to_string();
         assert!(err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn shard_names_stay_inside_the_folder() {
+        for evil in [
+            "../outside.safetensors",
+            "/etc/passwd",
+            "a/../../b.safetensors",
+            "",
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            std::fs::write(d.path().join("config.json"), r#"{"model_type":"bert"}"#).unwrap();
+            std::fs::write(
+                d.path().join("model.safetensors.index.json"),
+                serde_json::json!({"weight_map": {"a": evil}}).to_string(),
+            )
+            .unwrap();
+            let err = Checkpoint::open(d.path()).unwrap_err().to_string();
+            assert!(
+                err.contains("not a plain file name") && err.contains("index.json"),
+                "{evil}: {err}"
+            );
+        }
+        assert!(inside(Path::new("/m"), "shards/model-1.safetensors").is_ok());
+    }
+
+    #[test]
+    fn refs_main_cannot_point_outside_the_snapshots() {
+        let home = tempfile::tempdir().unwrap();
+        let repo = home.path().join("models--org--tiny");
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::create_dir_all(repo.join("snapshots")).unwrap();
+        // A folder with a config.json outside the snapshots, which refs/main names by path.
+        let outside = home.path().join("elsewhere");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("config.json"), r#"{"model_type":"vit"}"#).unwrap();
+        std::fs::write(repo.join("refs").join("main"), "../../elsewhere").unwrap();
+        assert_eq!(hub_snapshot(&repo), None);
     }
 
     #[test]

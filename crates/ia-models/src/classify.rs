@@ -25,6 +25,8 @@ pub enum ClassifyError {
         architectures: String,
         supported: String,
     },
+    #[error(transparent)]
+    Invalid(#[from] crate::validate::ConfigError),
 }
 
 /// model_type values per class, as transformers spells them.
@@ -51,6 +53,9 @@ const MODEL_TYPES: &[(&str, ModelClass)] = &[
     ("detr", ModelClass::Detr),
 ];
 
+/// The class, family and task of a config, after [`crate::validate::check_config`]: every
+/// path that loads or benchmarks a model classifies it first, so none sees a config whose
+/// numbers are out of range.
 pub fn classify_config(config: &Value) -> Result<Classification, ClassifyError> {
     let model_type = config
         .get("model_type")
@@ -83,6 +88,7 @@ pub fn classify_config(config: &Value) -> Result<Classification, ClassifyError> 
                 .collect::<Vec<_>>()
                 .join(", "),
         })?;
+    crate::validate::check_config(config)?;
     let architecture = architectures.first().cloned();
     let arch = architecture.as_deref().unwrap_or("");
     let is_vl = model_type.ends_with("_vl");

@@ -5,11 +5,20 @@
 //! * [`checkpoint`]: finds a checkpoint in a local folder, the project cache or the Hugging Face
 //!   hub cache (never downloading), and describes its files.
 //! * [`graph_weights`]: parameter counts of ONNX and OpenVINO IR exports.
+//! * [`validate`]: range checks on config.json numbers; [`footprint`]: the memory a model
+//!   and a workload need, checked before anything is allocated.
+//! * [`gguf`]: GGUF headers checked before a loader trusts them.
+//! * [`sentence_transformers`]: the embedding pipeline a checkpoint's sentence-transformers
+//!   files describe (pooling, normalisation, max_seq_length).
 
 pub mod catalog;
 pub mod checkpoint;
 pub mod classify;
+pub mod footprint;
+pub mod gguf;
 pub mod graph_weights;
+pub mod sentence_transformers;
+pub mod validate;
 
 pub use catalog::{CatalogEntry, Modality, ModelClass, CATALOG};
 pub use checkpoint::{Checkpoint, CheckpointError, ModelSource, WeightsKind};

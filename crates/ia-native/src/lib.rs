@@ -166,6 +166,18 @@ impl NativeEngine {
                 "bf16 needs a matmul candle's CPU backend does not have (use f32, f16, or the openvino engine)".into(),
             ));
         }
+        // Weights and position tables must fit before candle allocates them: a failed
+        // allocation aborts the process.
+        ia_engine::memory::check_fits(
+            source,
+            precision,
+            ia_models::footprint::Workload {
+                batch: 1,
+                positions: 0,
+                cached_positions: 0,
+                beams: 1,
+            },
+        )?;
         let (device, device_name) = device_for(platform)?;
         Ok(models::LoadContext {
             source,

@@ -6,7 +6,10 @@
 //! Models run from their ONNX export (`onnx/model.onnx` or `model.onnx`), or OpenVINO IR
 //! (`openvino_model.xml` + `.bin`), on the CPU device. Precision is explicit: OpenVINO picks
 //! bf16 by itself on CPUs with AMX / avx512_bf16, so the requested precision is set as the
-//! inference-precision hint and the value the compiled model reports is recorded.
+//! inference-precision hint and the value the compiled model reports is recorded. Where the
+//! CPU cannot compute the requested precision (bf16 on an AVX2-only CPU runs f32), the load
+//! is refused as unsupported: bench records the combination unavailable with the reason, and
+//! run / generate say so, rather than storing an f32 result under a bf16 label.
 
 use ia_engine::exported_decoder::{
     check_exported_class, decoder_context, DecoderBackend, DecoderGraph, DecoderStep,
@@ -161,6 +164,15 @@ impl OpenVinoEngine {
                 "the compiled model reports inference precision '{used}'"
             ))
         })?;
+        if precision_used != precision {
+            // A CPU without bf16 (or f16) arithmetic runs such a request in f32. That is not a
+            // bf16 result: the combination is unavailable on this machine, and says why.
+            return Err(EngineError::Unsupported(format!(
+                "{precision} is not available on this CPU: OpenVINO compiled the model for \
+                 {used} (bf16 needs AVX512-BF16, AMX-BF16 or AVX-NE-CONVERT, f16 needs \
+                 AVX512-FP16 or AMX-FP16)"
+            )));
+        }
         let request = compiled.create_infer_request().map_err(ov)?;
         let info = SessionInfo {
             engine: self.name().into(),

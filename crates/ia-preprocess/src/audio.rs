@@ -5,6 +5,28 @@ use crate::PreprocessError;
 use rustfft::{num_complex::Complex, FftPlanner};
 use std::path::Path;
 
+/// Sample rates a file or a preprocessor config may have: below 1 kHz nothing is speech or
+/// music, above 1 MHz nothing is a recording.
+pub const SAMPLE_RATES: std::ops::RangeInclusive<u32> = 1_000..=1_000_000;
+
+/// The longest recording read, seconds: every front end here works on windows of seconds to
+/// minutes, and an hour of audio at the highest rate is already 14 GB of samples.
+pub const MAX_AUDIO_SECONDS: f64 = 3600.0;
+
+/// Checks a sample rate, naming where it came from.
+pub fn check_sample_rate(rate: u64, what: &str) -> Result<u32, PreprocessError> {
+    u32::try_from(rate)
+        .ok()
+        .filter(|r| SAMPLE_RATES.contains(r))
+        .ok_or_else(|| {
+            PreprocessError::Input(format!(
+                "{what}: sample rate {rate} Hz is outside {}..={} Hz",
+                SAMPLE_RATES.start(),
+                SAMPLE_RATES.end()
+            ))
+        })
+}
+
 /// A mono waveform in [-1, 1].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Waveform {
@@ -32,7 +54,27 @@ impl Waveform {
         let reader = hound::WavReader::new(std::io::BufReader::new(file))
             .map_err(|e| wrong(e.to_string()))?;
         let spec = reader.spec();
-        let channels = usize::from(spec.channels.max(1));
+        check_sample_rate(u64::from(spec.sample_rate), &path.display().to_string())?;
+        if spec.channels == 0 {
+            return Err(wrong("its header declares 0 channels".into()));
+        }
+        let bits_ok = match spec.sample_format {
+            hound::SampleFormat::Float => spec.bits_per_sample == 32,
+            hound::SampleFormat::Int => (1..=32).contains(&spec.bits_per_sample),
+        };
+        if !bits_ok {
+            return Err(wrong(format!(
+                "{} bits per {:?} sample is not a WAV sample format",
+                spec.bits_per_sample, spec.sample_format
+            )));
+        }
+        let seconds = f64::from(reader.duration()) / f64::from(spec.sample_rate);
+        if seconds > MAX_AUDIO_SECONDS {
+            return Err(wrong(format!(
+                "it declares {seconds:.0} s of audio; at most {MAX_AUDIO_SECONDS:.0} s are read"
+            )));
+        }
+        let channels = usize::from(spec.channels);
         let interleaved: Vec<f32> = match spec.sample_format {
             hound::SampleFormat::Float => reader
                 .into_samples::<f32>()
@@ -61,14 +103,14 @@ impl Waveform {
     }
 
     /// This waveform at `rate` Hz (unchanged when it already is).
-    pub fn resampled(&self, rate: u32) -> Self {
+    pub fn resampled(&self, rate: u32) -> Result<Self, PreprocessError> {
         if rate == self.sample_rate {
-            return self.clone();
+            return Ok(self.clone());
         }
-        Self {
+        Ok(Self {
             sample_rate: rate,
-            samples: resample(&self.samples, self.sample_rate, rate),
-        }
+            samples: resample(&self.samples, self.sample_rate, rate)?,
+        })
     }
 }
 
@@ -82,27 +124,50 @@ fn gcd(a: u32, b: u32) -> u32 {
 
 /// Band-limited resampling with torchaudio's default kernel (`sinc_interp_hann`,
 /// lowpass_filter_width 6, rolloff 0.99): what the transformers ASR pipeline applies when a
-/// file's rate differs from the feature extractor's.
-pub fn resample(x: &[f32], from: u32, to: u32) -> Vec<f32> {
+/// file's rate differs from the feature extractor's. Both rates must be in [`SAMPLE_RATES`].
+///
+/// torchaudio tabulates one kernel row per output phase: `to / gcd` rows of about
+/// `from / gcd` taps, which for coprime rates (44101 -> 16000 Hz) is hundreds of millions of
+/// weights. Up to [`KERNEL_TABLE_LIMIT`] weights the table is built; past it each output
+/// sample's weights are computed from the same formula over the taps where the window is
+/// non-zero, so memory stays bounded whatever the rates.
+pub fn resample(x: &[f32], from: u32, to: u32) -> Result<Vec<f32>, PreprocessError> {
+    resample_with_table_limit(x, from, to, KERNEL_TABLE_LIMIT)
+}
+
+fn resample_with_table_limit(
+    x: &[f32],
+    from: u32,
+    to: u32,
+    table_limit: usize,
+) -> Result<Vec<f32>, PreprocessError> {
     const WIDTH: f64 = 6.0;
     const ROLLOFF: f64 = 0.99;
+    check_sample_rate(u64::from(from), "resampling input")?;
+    check_sample_rate(u64::from(to), "resampling output")?;
     let g = gcd(from, to);
     let (orig, new) = ((from / g) as usize, (to / g) as usize);
     let base = orig.min(new) as f64 * ROLLOFF;
     let width = (WIDTH * orig as f64 / base).ceil() as usize;
     let taps = 2 * width + orig;
-    // kernel[j][i]: weight of padded input (k*orig + i) for output phase j.
-    let mut kernel = vec![0f64; new * taps];
-    for j in 0..new {
-        for i in 0..taps {
-            let idx = (i as f64 - width as f64) / orig as f64;
-            let t = ((-(j as f64) / new as f64 + idx) * base).clamp(-WIDTH, WIDTH);
-            let window = (t * std::f64::consts::PI / WIDTH / 2.0).cos().powi(2);
-            let t = t * std::f64::consts::PI;
-            let sinc = if t == 0.0 { 1.0 } else { t.sin() / t };
-            kernel[j * taps + i] = sinc * window * base / orig as f64;
+    // Weight of padded input (k*orig + i) for output phase j.
+    let weight = |j: usize, i: usize| -> f64 {
+        let idx = (i as f64 - width as f64) / orig as f64;
+        let t = ((-(j as f64) / new as f64 + idx) * base).clamp(-WIDTH, WIDTH);
+        let window = (t * std::f64::consts::PI / WIDTH / 2.0).cos().powi(2);
+        let t = t * std::f64::consts::PI;
+        let sinc = if t == 0.0 { 1.0 } else { t.sin() / t };
+        sinc * window * base / orig as f64
+    };
+    let table = (new.saturating_mul(taps) <= table_limit).then(|| {
+        let mut kernel = vec![0f64; new * taps];
+        for j in 0..new {
+            for i in 0..taps {
+                kernel[j * taps + i] = weight(j, i);
+            }
         }
-    }
+        kernel
+    });
     let target = (new as f64 * x.len() as f64 / orig as f64).ceil() as usize;
     let mut out = Vec::with_capacity(target);
     let at = |p: usize| -> f64 {
@@ -111,17 +176,58 @@ pub fn resample(x: &[f32], from: u32, to: u32) -> Vec<f32> {
             .and_then(|q| x.get(q))
             .map_or(0.0, |&v| f64::from(v))
     };
-    'outer: for k in 0.. {
-        for j in 0..new {
-            if out.len() == target {
-                break 'outer;
+    for n in 0..target {
+        let (k, j) = (n / new, n % new);
+        let k0 = k * orig;
+        let s: f64 = match &table {
+            Some(kernel) => (0..taps).map(|i| at(k0 + i) * kernel[j * taps + i]).sum(),
+            None => {
+                // |t| < WIDTH only for i within orig * (j/new +- WIDTH/base) of `width`.
+                let centre = width as f64 + orig as f64 * j as f64 / new as f64;
+                let reach = orig as f64 * WIDTH / base;
+                let lo = (centre - reach).floor().max(0.0) as usize;
+                let hi = ((centre + reach).ceil() as usize + 1).min(taps);
+                (lo..hi).map(|i| at(k0 + i) * weight(j, i)).sum()
             }
-            let k0 = k * orig;
-            let s: f64 = (0..taps).map(|i| at(k0 + i) * kernel[j * taps + i]).sum();
-            out.push(s as f32);
-        }
+        };
+        out.push(s as f32);
     }
-    out
+    Ok(out)
+}
+
+/// Kernel weights [`resample`] tabulates at most (8 MB of f64).
+pub const KERNEL_TABLE_LIMIT: usize = 1 << 20;
+
+const SAMPLE_RATES_U64: std::ops::RangeInclusive<u64> =
+    *SAMPLE_RATES.start() as u64..=*SAMPLE_RATES.end() as u64;
+
+/// An unsigned integer field of a preprocessor config: `default` when absent, an error naming
+/// the field, the value and the allowed range when it is not an integer in `range`.
+pub fn config_uint(
+    config: &serde_json::Value,
+    key: &str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, PreprocessError> {
+    let v = match config.get(key) {
+        None | Some(serde_json::Value::Null) => default,
+        Some(v) => v.as_u64().ok_or_else(|| {
+            PreprocessError::Config(format!(
+                "{key} {v} is not an integer in {}..={}",
+                range.start(),
+                range.end()
+            ))
+        })?,
+    };
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(PreprocessError::Config(format!(
+            "{key} {v} is outside {}..={}",
+            range.start(),
+            range.end()
+        )))
+    }
 }
 
 /// Whisper's feature extractor settings (preprocessor_config.json).
@@ -148,21 +254,39 @@ impl Default for WhisperFrontEnd {
 }
 
 impl WhisperFrontEnd {
-    pub fn from_config(config: &serde_json::Value) -> Self {
+    /// The settings of a preprocessor_config.json, each checked against the range a
+    /// spectrogram can be computed with (the error names the field, value and range).
+    pub fn from_config(config: &serde_json::Value) -> Result<Self, PreprocessError> {
         let d = Self::default();
-        let get = |k: &str, v: usize| {
-            config
-                .get(k)
-                .and_then(serde_json::Value::as_u64)
-                .map_or(v, |x| x as usize)
-        };
-        Self {
-            sampling_rate: get("sampling_rate", d.sampling_rate as usize) as u32,
-            n_fft: get("n_fft", d.n_fft),
-            hop_length: get("hop_length", d.hop_length),
-            feature_size: get("feature_size", d.feature_size),
-            n_samples: get("n_samples", d.n_samples),
+        let sampling_rate = check_sample_rate(
+            config_uint(
+                config,
+                "sampling_rate",
+                u64::from(d.sampling_rate),
+                SAMPLE_RATES_U64,
+            )?,
+            "preprocessor config sampling_rate",
+        )?;
+        let n_fft = config_uint(config, "n_fft", d.n_fft as u64, 2..=65_536)? as usize;
+        let hop_length =
+            config_uint(config, "hop_length", d.hop_length as u64, 1..=65_536)? as usize;
+        let feature_size =
+            config_uint(config, "feature_size", d.feature_size as u64, 1..=4_096)? as usize;
+        let max_samples = (MAX_AUDIO_SECONDS * f64::from(sampling_rate)) as u64;
+        let n_samples =
+            config_uint(config, "n_samples", d.n_samples as u64, 1..=max_samples)? as usize;
+        if n_samples < hop_length {
+            return Err(PreprocessError::Config(format!(
+                "n_samples {n_samples} is shorter than one hop ({hop_length}): no frames"
+            )));
         }
+        Ok(Self {
+            sampling_rate,
+            n_fft,
+            hop_length,
+            feature_size,
+            n_samples,
+        })
     }
 
     pub fn frames(&self) -> usize {
@@ -357,17 +481,51 @@ pub struct ClapFrontEnd {
 }
 
 impl ClapFrontEnd {
-    pub fn from_config(c: &serde_json::Value) -> Self {
-        let u = |k: &str, d: u64| c.get(k).and_then(serde_json::Value::as_u64).unwrap_or(d);
-        let f = |k: &str, d: f64| c.get(k).and_then(serde_json::Value::as_f64).unwrap_or(d);
-        let rate = u("sampling_rate", 48_000);
-        Self {
-            sampling_rate: rate as u32,
-            feature_size: u("feature_size", 64) as usize,
-            fft_window_size: u("fft_window_size", 1024) as usize,
-            hop_length: u("hop_length", 480) as usize,
-            max_samples: (f("max_length_s", 10.0) * rate as f64) as usize,
-            frequency_range: (f("frequency_min", 0.0), f("frequency_max", 14_000.0)),
+    /// The settings of a preprocessor_config.json, each range-checked.
+    pub fn from_config(c: &serde_json::Value) -> Result<Self, PreprocessError> {
+        let rate = check_sample_rate(
+            config_uint(c, "sampling_rate", 48_000, SAMPLE_RATES_U64)?,
+            "preprocessor config sampling_rate",
+        )?;
+        let f = |k: &str, d: f64, range: std::ops::RangeInclusive<f64>| {
+            let v = match c.get(k) {
+                None | Some(serde_json::Value::Null) => d,
+                Some(v) => v.as_f64().ok_or_else(|| {
+                    PreprocessError::Config(format!("{k} must be a number, got {v}"))
+                })?,
+            };
+            if range.contains(&v) {
+                Ok(v)
+            } else {
+                Err(PreprocessError::Config(format!(
+                    "{k} {v} is outside {}..={}",
+                    range.start(),
+                    range.end()
+                )))
+            }
+        };
+        let nyquist = f64::from(rate) / 2.0;
+        let max_length_s = f("max_length_s", 10.0, 0.01..=600.0)?;
+        let hop_length = config_uint(c, "hop_length", 480, 1..=65_536)? as usize;
+        let max_samples = (max_length_s * f64::from(rate)) as usize;
+        if max_samples < hop_length {
+            return Err(PreprocessError::Config(format!(
+                "max_length_s {max_length_s} is shorter than one hop ({hop_length} samples)"
+            )));
+        }
+        let frequency_min = f("frequency_min", 0.0, 0.0..=nyquist)?;
+        let frequency_max = f(
+            "frequency_max",
+            14_000.0,
+            frequency_min..=nyquist.max(frequency_min),
+        )?;
+        Ok(Self {
+            sampling_rate: rate,
+            feature_size: config_uint(c, "feature_size", 64, 1..=4_096)? as usize,
+            fft_window_size: config_uint(c, "fft_window_size", 1024, 2..=65_536)? as usize,
+            hop_length,
+            max_samples,
+            frequency_range: (frequency_min, frequency_max),
             fusion: c
                 .get("truncation")
                 .and_then(serde_json::Value::as_str)
@@ -378,7 +536,7 @@ impl ClapFrontEnd {
                 .and_then(serde_json::Value::as_str)
                 .unwrap_or("repeatpad")
                 .to_string(),
-        }
+        })
     }
 
     /// Frames of a full window: 1 + max_samples / hop.
@@ -531,7 +689,7 @@ mod tests {
     #[test]
     fn resampling_keeps_a_tone_and_its_level() {
         let x = sine(440.0, 44_100, 0.5);
-        let y = resample(&x, 44_100, 16_000);
+        let y = resample(&x, 44_100, 16_000).unwrap();
         assert_eq!(y.len(), 8000);
         let expected = sine(440.0, 16_000, 0.5);
         // Away from the edges the resampled tone is the tone sampled at 16 kHz.
@@ -541,6 +699,60 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         assert!(err < 1e-2, "max error {err}");
+    }
+
+    /// Coprime rates would need a kernel table of 16000 x 44137 weights; the bounded path
+    /// computes the same samples as the table does.
+    #[test]
+    fn coprime_rates_resample_in_bounded_memory_like_the_table() {
+        let x = sine(440.0, 44_101, 0.05);
+        let y = resample(&x, 44_101, 16_000).unwrap();
+        assert_eq!(
+            y.len(),
+            (16_000f64 * x.len() as f64 / 44_101.0).ceil() as usize
+        );
+        let expected = sine(440.0, 16_000, 0.05);
+        let err = y[100..700]
+            .iter()
+            .zip(&expected[100..700])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(err < 1e-2, "max error {err}");
+        // Both paths on rates small enough for the table.
+        let x = sine(300.0, 8_000, 0.05);
+        let table = resample_with_table_limit(&x, 8_000, 11_025, usize::MAX).unwrap();
+        let computed = resample_with_table_limit(&x, 8_000, 11_025, 0).unwrap();
+        assert_eq!(table.len(), computed.len());
+        let d = table
+            .iter()
+            .zip(&computed)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-6, "table vs computed weights: {d}");
+    }
+
+    #[test]
+    fn rates_and_configs_out_of_range_are_named() {
+        for rate in [0, 999, 1_000_001] {
+            let e = resample(&[0.0; 10], rate, 16_000).unwrap_err().to_string();
+            assert!(e.contains(&format!("{rate} Hz")), "{e}");
+        }
+        let e = WhisperFrontEnd::from_config(&serde_json::json!({"hop_length": 0}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hop_length 0") && e.contains("1..=65536"), "{e}");
+        let e = WhisperFrontEnd::from_config(&serde_json::json!({"n_samples": 1e12}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("n_samples"), "{e}");
+        let e = ClapFrontEnd::from_config(&serde_json::json!({"max_length_s": 1e9}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_length_s"), "{e}");
+        let e = ClapFrontEnd::from_config(&serde_json::json!({"sampling_rate": 0}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sampling_rate 0"), "{e}");
     }
 
     #[test]
@@ -573,6 +785,7 @@ mod clap_tests {
         ClapFrontEnd::from_config(&serde_json::json!({
             "max_length_s": 1, "truncation": if fusion { "fusion" } else { "rand_trunc" }
         }))
+        .unwrap()
     }
 
     #[test]

@@ -45,8 +45,27 @@ impl RgbImage {
         })
     }
 
+    /// Decodes PNG or JPEG bytes; images wider or taller than [`MAX_INPUT_SIDE`] or with more
+    /// than [`MAX_INPUT_PIXELS`] are refused before their pixels are allocated.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let img = image::load_from_memory(bytes).map_err(|e| e.to_string())?;
+        let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| e.to_string())?;
+        reader.limits(limits_for_decode());
+        let (w, h) = reader.into_dimensions().map_err(|e| e.to_string())?;
+        if w == 0 || h == 0 {
+            return Err(format!("the image is {w}x{h} pixels"));
+        }
+        if u64::from(w) * u64::from(h) > MAX_INPUT_PIXELS {
+            return Err(format!(
+                "the image is {w}x{h} pixels; at most {MAX_INPUT_PIXELS} pixels are decoded"
+            ));
+        }
+        let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| e.to_string())?;
+        reader.limits(limits_for_decode());
+        let img = reader.decode().map_err(|e| e.to_string())?;
         let (width, height) = (img.width() as usize, img.height() as usize);
         let data = if img.color().has_alpha() {
             let rgba = img.to_rgba8();
@@ -75,6 +94,23 @@ impl RgbImage {
             data: resize_rgb8(&self.data, self.width, self.height, width, height, filter),
         }
     }
+}
+
+/// The widest or tallest image decoded, pixels.
+pub const MAX_INPUT_SIDE: u32 = 1 << 15;
+/// The most pixels an input image may have (64 megapixels).
+pub const MAX_INPUT_PIXELS: u64 = 1 << 26;
+/// The most pixels a processor may resize or crop an image to (16 megapixels: DETR's largest
+/// output is 1333 x 1333, CLIP's and ViT's are under one megapixel).
+pub const MAX_OUTPUT_PIXELS: u64 = 1 << 24;
+
+/// Decoder limits: the largest accepted image as RGBA8, plus the decoder's own buffers.
+fn limits_for_decode() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_INPUT_SIDE);
+    limits.max_image_height = Some(MAX_INPUT_SIDE);
+    limits.max_alloc = Some(MAX_INPUT_PIXELS * 4 * 2);
+    limits
 }
 
 /// Pillow's `alpha_composite` of a pixel over opaque white, in its 7-bit fixed point.
@@ -234,8 +270,10 @@ impl ImageProcessor {
         if images.is_empty() {
             return Err(PreprocessError::Input("no images to process".into()));
         }
-        let planes: Vec<(usize, usize, Vec<f32>)> =
-            images.iter().map(|im| self.process_one(im)).collect();
+        let planes: Vec<(usize, usize, Vec<f32>)> = images
+            .iter()
+            .map(|im| self.process_one(im))
+            .collect::<Result<_, _>>()?;
         let (h, w) = (
             planes.iter().map(|p| p.0).max().unwrap_or(0),
             planes.iter().map(|p| p.1).max().unwrap_or(0),
@@ -266,10 +304,11 @@ impl ImageProcessor {
         })
     }
 
-    fn process_one(&self, image: &RgbImage) -> (usize, usize, Vec<f32>) {
+    fn process_one(&self, image: &RgbImage) -> Result<(usize, usize, Vec<f32>), PreprocessError> {
         let mut img = std::borrow::Cow::Borrowed(image);
         if let Some((size, filter)) = self.resize {
             let (h, w) = output_size(image.height, image.width, size);
+            check_output(h, w, "resizes", image)?;
             if (h, w) != (image.height, image.width) {
                 img = std::borrow::Cow::Owned(image.resize(w, h, filter));
             }
@@ -280,6 +319,7 @@ impl ImageProcessor {
             .flat_map(|c| img.data.iter().skip(c).step_by(3).copied())
             .collect();
         if let Some((ch, cw)) = self.center_crop {
+            check_output(ch, cw, "crops", image)?;
             chw = center_crop(&chw, h, w, ch, cw);
             (h, w) = (ch, cw);
         }
@@ -299,8 +339,20 @@ impl ImageProcessor {
                 }
             })
             .collect();
-        (h, w, out)
+        Ok((h, w, out))
     }
+}
+
+/// A resize or crop target must have pixels, and not more than [`MAX_OUTPUT_PIXELS`].
+fn check_output(h: usize, w: usize, verb: &str, image: &RgbImage) -> Result<(), PreprocessError> {
+    if h == 0 || w == 0 || (h as u64).saturating_mul(w as u64) > MAX_OUTPUT_PIXELS {
+        return Err(PreprocessError::Input(format!(
+            "the processor {verb} a {}x{} image to {w}x{h} pixels; \
+             the result must have between 1 and {MAX_OUTPUT_PIXELS} pixels",
+            image.width, image.height
+        )));
+    }
+    Ok(())
 }
 
 /// Processed pixels, NCHW.
@@ -379,7 +431,7 @@ pub fn output_size(height: usize, width: usize, size: Size) -> (usize, usize) {
             } else {
                 (height, width)
             };
-            let new_long = (s as f64 * long as f64 / short as f64) as usize;
+            let new_long = ((s as f64 * long as f64 / short as f64) as usize).max(1);
             if width <= height {
                 (new_long, s)
             } else {
@@ -513,6 +565,25 @@ mod tests {
         let mask = out.pixel_mask.unwrap();
         assert_eq!(&mask[..9], &[1, 1, 1, 1, 1, 1, 0, 0, 0]);
         assert_eq!(&mask[9..], &[1, 1, 0, 1, 1, 0, 1, 1, 0]);
+    }
+
+    #[test]
+    fn extreme_shapes_stay_within_the_pixel_budget() {
+        // 1 x 200: DETR's sizing keeps both sides at least one pixel.
+        let detr = Size::ShortestLongest {
+            shortest: 800,
+            longest: 1333,
+        };
+        let (h, w) = output_size(200, 1, detr);
+        assert!(h >= 1 && w >= 1, "{h}x{w}");
+        // A shortest-edge resize of a 1 x 30000 strip would be 224 x 6.7M pixels.
+        let strip = RgbImage::new(30_000, 1, vec![0; 90_000]).unwrap();
+        let p = ImageProcessor::from_config(&json!({
+            "image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 224}
+        }))
+        .unwrap();
+        let e = p.process(&[strip]).unwrap_err().to_string();
+        assert!(e.contains("30000x1") && e.contains("pixels"), "{e}");
     }
 
     #[test]

@@ -12,14 +12,17 @@
 //! Preprocessing is ia-preprocess's, so the tensors are the ones transformers would build.
 
 mod input;
+pub mod text;
 
 pub use input::Input;
+pub use text::TextEncoder;
 
 use ia_engine::{
     Engine, EngineError, Inputs, Outputs, Precision, Session, SessionInfo, SpeechRecognizer,
     TranscribeOptions,
 };
 use ia_hardware::Platform;
+use ia_models::sentence_transformers::SentenceEmbedding;
 use ia_models::{classify_config, ModelClass, ModelSource};
 use ia_preprocess::audio::Waveform;
 use ia_preprocess::image::{ImageProcessor, RgbImage};
@@ -111,6 +114,8 @@ pub struct Timings {
 #[derive(Debug, Clone, Serialize)]
 pub struct TaskResult {
     pub task: String,
+    /// Inputs that went through the model together (the timings are the batch's).
+    pub batch_size: usize,
     pub output: TaskOutput,
     pub timings: Timings,
 }
@@ -126,7 +131,10 @@ pub struct Pipeline {
     task: String,
     source: ModelSource,
     runner: Runner,
-    tokenizer: Option<tokenizers::Tokenizer>,
+    /// Text to inputs, for models that read text (None: the checkpoint has no tokenizer.json).
+    text: Option<TextEncoder>,
+    /// Pooling and normalisation of text embeddings (encoders such as BERT).
+    embedding: Option<SentenceEmbedding>,
     pub load_ms: f64,
 }
 
@@ -157,19 +165,14 @@ impl Pipeline {
             }
             _ => Runner::Session(engine.load(&source, platform, precision)?),
         };
-        let tokenizer = match source.tokenizer_json() {
-            Some(p) => Some(
-                tokenizers::Tokenizer::from_file(p)
-                    .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", p.display())))?,
-            ),
-            None => None,
-        };
+        let (text, embedding) = text_pipeline(&source, c.class)?;
         Ok(Self {
             class: c.class,
             task: c.task.to_string(),
             source,
             runner,
-            tokenizer,
+            text,
+            embedding,
             load_ms: ms(start),
         })
     }
@@ -201,7 +204,37 @@ impl Pipeline {
                     unreachable!("speech classes load a recognizer")
                 };
                 let wav = Waveform::open(path)?;
-                let samples = wav.resampled(asr.sample_rate()).samples;
+                let samples = wav.resampled(asr.sample_rate())?.samples;
+                if self.class == ModelClass::Whisper {
+                    // transformers' pipeline switches to sequential long-form decoding past
+                    // the 30-s window; that is not implemented, and cutting the audio would
+                    // silently drop speech.
+                    let window = ia_preprocess::audio::WhisperFrontEnd::from_config(
+                        &preprocessor_json(&self.source)?.unwrap_or_default(),
+                    )?
+                    .n_samples;
+                    if samples.len() > window {
+                        return Err(TaskError::Input(format!(
+                            "{} is {:.1} s long; Whisper transcribes one {:.0}-s window here \
+                             (long-form decoding is not implemented): cut the recording",
+                            path.display(),
+                            wav.seconds(),
+                            window as f64 / f64::from(asr.sample_rate())
+                        )));
+                    }
+                }
+                let config = self.source.config();
+                let beams = opts.transcribe.num_beams.max(1);
+                let work = ia_models::footprint::Workload {
+                    batch: 1,
+                    positions: ia_engine::memory::audio_positions(config, samples.len()),
+                    cached_positions: config
+                        .get("max_target_positions")
+                        .and_then(Value::as_u64)
+                        .map_or(0, |p| p as usize),
+                    beams,
+                };
+                ia_engine::memory::check_fits(&self.source, asr.info().precision, work)?;
                 let preprocess_ms = ms(t0);
                 let t1 = Instant::now();
                 let t = asr.transcribe(&samples, &opts.transcribe)?;
@@ -219,9 +252,9 @@ impl Pipeline {
             (ModelClass::Clap, Input::Audio(path)) => {
                 let rate = ia_preprocess::audio::ClapFrontEnd::from_config(
                     &self.preprocessor_json()?.unwrap_or_default(),
-                )
+                )?
                 .sampling_rate;
-                let wav = Waveform::open(path)?.resampled(rate);
+                let wav = Waveform::open(path)?.resampled(rate)?;
                 let inputs = Inputs::Audio {
                     batch: 1,
                     sample_rate: rate,
@@ -238,7 +271,7 @@ impl Pipeline {
                 }
                 let preprocess_ms = ms(t0);
                 let t1 = Instant::now();
-                let out = self.session()?.run(&inputs)?;
+                let out = self.forward(&inputs)?;
                 Ok(self.result(embedding("audio", &out)?, preprocess_ms, ms(t1)))
             }
             (ModelClass::Vit | ModelClass::Clip, Input::Image(path)) => {
@@ -259,7 +292,7 @@ impl Pipeline {
                 }
                 let preprocess_ms = ms(t0);
                 let t1 = Instant::now();
-                let out = self.session()?.run(&inputs)?;
+                let out = self.forward(&inputs)?;
                 let inference_ms = ms(t1);
                 let output = if let Some(logits) = out.get("logits") {
                     let logits = logits.to_f32_vec()?;
@@ -283,7 +316,7 @@ impl Pipeline {
                 };
                 let preprocess_ms = ms(t0);
                 let t1 = Instant::now();
-                let out = self.session()?.run(&inputs)?;
+                let out = self.forward(&inputs)?;
                 let inference_ms = ms(t1);
                 let logits = out.get("logits").ok_or(missing("logits"))?;
                 let classes = logits.shape().last().copied().unwrap_or(1);
@@ -304,11 +337,14 @@ impl Pipeline {
                 ))
             }
             (ModelClass::Vit | ModelClass::Detr, _) => Err(wrong("an image file (PNG or JPEG)")),
-            (ModelClass::Bert | ModelClass::Clip | ModelClass::Clap, Input::Text(text)) => {
-                let inputs = self.tokenize(text)?;
+            (ModelClass::Bert, Input::Text(text)) => {
+                Ok(self.embed_texts(std::slice::from_ref(text), t0)?.remove(0))
+            }
+            (ModelClass::Clip | ModelClass::Clap, Input::Text(text)) => {
+                let inputs = self.tokenize_all(std::slice::from_ref(text))?;
                 let preprocess_ms = ms(t0);
                 let t1 = Instant::now();
-                let out = self.session()?.run(&inputs)?;
+                let out = self.forward(&inputs)?;
                 Ok(self.result(embedding("text", &out)?, preprocess_ms, ms(t1)))
             }
             (ModelClass::Bert, _) => Err(wrong("text")),
@@ -324,12 +360,20 @@ impl Pipeline {
     fn result(&self, output: TaskOutput, preprocess_ms: f64, inference_ms: f64) -> TaskResult {
         TaskResult {
             task: self.task.clone(),
+            batch_size: 1,
             output,
             timings: Timings {
                 preprocess_ms,
                 inference_ms,
             },
         }
+    }
+
+    /// One forward pass, after checking that its activations fit in memory.
+    fn forward(&mut self, inputs: &Inputs) -> Result<Outputs, TaskError> {
+        let work = ia_engine::memory::forward_workload(&self.source, inputs);
+        ia_engine::memory::check_fits(&self.source, self.info().precision, work)?;
+        Ok(self.session()?.run(inputs)?)
     }
 
     fn session(&mut self) -> Result<&mut Box<dyn Session>, TaskError> {
@@ -347,21 +391,7 @@ impl Pipeline {
     }
 
     fn preprocessor_json(&self) -> Result<Option<Value>, TaskError> {
-        Ok(match &self.source {
-            ModelSource::Checkpoint(c) => c
-                .preprocessor_config
-                .as_ref()
-                .map(|p| {
-                    std::fs::read_to_string(p)
-                        .ok()
-                        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                        .ok_or_else(|| {
-                            PreprocessError::Config(format!("{} is not valid JSON", p.display()))
-                        })
-                })
-                .transpose()?,
-            ModelSource::RandomInit { .. } => None,
-        })
+        preprocessor_json(&self.source)
     }
 
     fn image_processor_from(
@@ -389,44 +419,70 @@ impl Pipeline {
         Ok(ImageProcessor::from_config(&pre.unwrap_or(default))?)
     }
 
-    fn tokenize(&self, text: &str) -> Result<Inputs, TaskError> {
-        self.tokenize_all(&[text.to_string()])
+    fn tokenize_all(&self, texts: &[String]) -> Result<Inputs, TaskError> {
+        self.text
+            .as_ref()
+            .ok_or_else(|| {
+                TaskError::Input("the checkpoint has no tokenizer.json to read text with".into())
+            })?
+            .encode(texts)
     }
 
-    fn tokenize_all(&self, texts: &[String]) -> Result<Inputs, TaskError> {
-        let tok = self.tokenizer.as_ref().ok_or_else(|| {
-            TaskError::Input("the checkpoint has no tokenizer.json to read text with".into())
-        })?;
-        let max = self
-            .source
-            .config()
-            .get("text_config")
-            .unwrap_or(self.source.config())
-            .get("max_position_embeddings")
-            .and_then(Value::as_u64)
-            .unwrap_or(512) as usize;
-        let rows = texts
+    /// Several inputs: the texts of a text-embedding model go through the model as one padded
+    /// batch (as sentence-transformers' `encode` does); anything else runs one input at a time.
+    /// Results come back in input order.
+    pub fn run_batch(
+        &mut self,
+        inputs: &[Input],
+        opts: &TaskOptions,
+    ) -> Result<Vec<TaskResult>, TaskError> {
+        let texts: Option<Vec<String>> = inputs
             .iter()
-            .map(|t| {
-                tok.encode(t.as_str(), true)
-                    .map(|e| e.get_ids().iter().copied().take(max).collect::<Vec<u32>>())
-                    .map_err(|e| TaskError::Input(format!("cannot tokenize: {e}")))
+            .map(|i| match i {
+                Input::Text(t) => Some(t.clone()),
+                _ => None,
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        let pad = tok
-            .get_padding()
-            .map(|p| p.pad_id)
-            .or_else(|| {
-                self.source
-                    .config()
-                    .get("text_config")
-                    .unwrap_or(self.source.config())
-                    .get("pad_token_id")
-                    .and_then(Value::as_u64)
-                    .map(|p| p as u32)
+            .collect();
+        match texts {
+            Some(texts) if self.class == ModelClass::Bert && !texts.is_empty() => {
+                self.embed_texts(&texts, Instant::now())
+            }
+            _ => inputs.iter().map(|i| self.run(i, opts)).collect(),
+        }
+    }
+
+    /// Sentence embeddings of `texts` in one batch: the checkpoint's tokenizer, the model's
+    /// `last_hidden_state`, then sentence-transformers' pooling and normalisation.
+    fn embed_texts(&mut self, texts: &[String], t0: Instant) -> Result<Vec<TaskResult>, TaskError> {
+        let inputs = self.tokenize_all(texts)?;
+        let preprocess_ms = ms(t0);
+        let t1 = Instant::now();
+        let out = self.forward(&inputs)?;
+        let inference_ms = ms(t1);
+        let hidden = out
+            .get("last_hidden_state")
+            .ok_or(missing("last_hidden_state"))?;
+        let Inputs::Text { attention_mask, .. } = &inputs else {
+            unreachable!("text encodes to text inputs")
+        };
+        let embedding = self
+            .embedding
+            .as_ref()
+            .ok_or_else(|| TaskError::Input("no embedding pipeline for this model".into()))?;
+        let rows = text::pool(
+            embedding,
+            &hidden.to_f32_vec()?,
+            &hidden.shape(),
+            attention_mask,
+        )?;
+        let batch = rows.len();
+        Ok(rows
+            .into_iter()
+            .map(|values| TaskResult {
+                batch_size: batch,
+                ..self.result(embedding_of("text", values), preprocess_ms, inference_ms)
             })
-            .unwrap_or(0);
-        Ok(Inputs::from_token_rows(&rows, pad)?)
+            .collect())
     }
 
     /// transformers' zero-shot image / audio classification: one text per label from the template,
@@ -451,9 +507,8 @@ impl Pipeline {
         let text = self.tokenize_all(&texts)?;
         let preprocess_ms = ms(t0);
         let t1 = Instant::now();
-        let session = self.session()?;
-        let img = session.run(&media)?;
-        let txt = session.run(&text)?;
+        let img = self.forward(&media)?;
+        let txt = self.forward(&text)?;
         let inference_ms = ms(t1);
         let i = unit(&img.get(embeds).ok_or(missing(embeds))?.to_f32_vec()?);
         let t = txt
@@ -517,6 +572,26 @@ pub fn post_process_detection(
         .collect()
 }
 
+/// The checkpoint's preprocessor_config.json (None for a random-init config or a folder
+/// without one).
+fn preprocessor_json(source: &ModelSource) -> Result<Option<Value>, TaskError> {
+    Ok(match source {
+        ModelSource::Checkpoint(c) => c
+            .preprocessor_config
+            .as_ref()
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                    .ok_or_else(|| {
+                        PreprocessError::Config(format!("{} is not valid JSON", p.display()))
+                    })
+            })
+            .transpose()?,
+        ModelSource::RandomInit { .. } => None,
+    })
+}
+
 fn missing(name: &str) -> EngineError {
     EngineError::Runtime(format!("the session returned no {name}"))
 }
@@ -574,11 +649,66 @@ fn embedding(of: &str, out: &Outputs) -> Result<TaskOutput, TaskError> {
     .iter()
     .find_map(|n| out.get(n))
     .ok_or_else(|| missing("embedding"))?;
-    let values = t.to_f32_vec()?;
-    Ok(TaskOutput::Embedding {
+    Ok(embedding_of(of, t.to_f32_vec()?))
+}
+
+fn embedding_of(of: &str, values: Vec<f32>) -> TaskOutput {
+    TaskOutput::Embedding {
         of: of.into(),
         dim: values.len(),
         norm: values.iter().map(|x| x * x).sum::<f32>().sqrt(),
         values,
-    })
+    }
+}
+
+/// The tokenizer set-up and, for encoders, the embedding pipeline of a checkpoint's text side:
+/// sentence-transformers' max_seq_length, pooling and normalisation for BERT-class models;
+/// the text tower's positions for CLIP and CLAP. Never more tokens than the model has
+/// positions for.
+fn text_pipeline(
+    source: &ModelSource,
+    class: ModelClass,
+) -> Result<(Option<TextEncoder>, Option<SentenceEmbedding>), TaskError> {
+    let Some(path) = source.tokenizer_json().filter(|_| {
+        matches!(
+            class,
+            ModelClass::Bert | ModelClass::Clip | ModelClass::Clap
+        )
+    }) else {
+        return Ok((None, None));
+    };
+    let config = source
+        .config()
+        .get("text_config")
+        .unwrap_or(source.config());
+    let positions = config
+        .get("max_position_embeddings")
+        .and_then(Value::as_u64)
+        .map(|p| p.min(1 << 20) as usize);
+    let (max, lower_case, embedding) = match class {
+        ModelClass::Bert => {
+            let st = text::sentence_embedding(source)?
+                .expect("a source with a tokenizer is a checkpoint");
+            (st.max_seq_length, st.do_lower_case, Some(st))
+        }
+        _ => {
+            let model_max = match source {
+                ModelSource::Checkpoint(c) => c
+                    .tokenizer_config()
+                    .map_err(|e| EngineError::InvalidModel(e.to_string()))?
+                    .get("model_max_length")
+                    .and_then(Value::as_u64)
+                    .map(|m| m.min(1 << 20) as usize),
+                ModelSource::RandomInit { .. } => None,
+            };
+            (model_max, false, None)
+        }
+    };
+    let max_length = match (max, positions) {
+        (Some(m), Some(p)) => m.min(p),
+        (m, p) => m.or(p).unwrap_or(512),
+    }
+    .max(1);
+    let encoder = TextEncoder::new(path, config, max_length, lower_case)?;
+    Ok((Some(encoder), embedding))
 }

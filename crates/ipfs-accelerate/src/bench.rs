@@ -1,9 +1,10 @@
 //! `ipfs-accelerate bench`: plan the combinations, measure each, commit each to DuckDB as it
 //! finishes, print the table.
 
+use crate::limits;
 use crate::plan::{resolve_model, PlanOptions};
+use crate::run_store::{JsonOutput, RunStore};
 use crate::target::{EngineKind, Engines, Target};
-use anyhow::Context;
 use ia_bench::{Combination, Measurement, ModelPlan, Outcome, Protocol, Scenario};
 use ia_db::{
     CompatibilityRecord, HardwareRecord, ModelRecord, PerformanceRecord, RunRecord, Store,
@@ -43,20 +44,20 @@ pub struct Args {
     parallel_load: Vec<bool>,
     /// Web platforms: seconds each browser step (start, load, one inference) may take; the
     /// timed loop gets more in proportion
-    #[arg(long, default_value_t = 180)]
+    #[arg(long, default_value_t = 180, value_parser = limits::count_u64((1, 86_400)))]
     browser_timeout: u64,
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8", value_parser = limits::count(limits::BATCH))]
     batch_sizes: Vec<usize>,
     /// Tokens per sequence for text models
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = limits::count(limits::SEQ_LEN))]
     seq_len: usize,
     #[arg(long, value_delimiter = ',', default_value = "f32")]
     precision: Vec<Precision>,
     /// Tokens generated per iteration by text-generation models (prompt = --seq-len tokens)
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = limits::count(limits::NEW_TOKENS))]
     new_tokens: usize,
     /// Seconds of audio per input for audio models (Whisper pads or cuts to its 30 s window)
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = limits::audio_seconds)]
     audio_seconds: f32,
     /// Feed audio models this WAV recording (resampled to the model's rate) instead of the
     /// synthetic speech-like signal
@@ -76,15 +77,16 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Untimed iterations after the first inference
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = limits::count(limits::WARMUP))]
     warmup: usize,
     /// Timed iterations continue until both this count ...
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = limits::count(limits::ITERATIONS))]
     min_iterations: usize,
     /// ... and this many seconds are reached
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, value_parser = limits::seconds)]
     min_duration: f64,
-    #[arg(long, default_value_t = 100_000)]
+    /// Timed iterations stop here whatever the duration
+    #[arg(long, default_value_t = 100_000, value_parser = limits::count(limits::ITERATIONS))]
     max_iterations: usize,
     /// DuckDB results file
     #[arg(
@@ -141,17 +143,8 @@ struct WebVariant {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.batch_sizes.is_empty() || args.batch_sizes.contains(&0) {
-        anyhow::bail!("--batch-sizes must be positive integers");
-    }
     if let Some(f) = &args.audio_file {
         ia_preprocess::audio::Waveform::open(f)?;
-    }
-    if !(args.audio_seconds > 0.0 && args.audio_seconds.is_finite()) {
-        anyhow::bail!("--audio-seconds must be a positive number of seconds");
-    }
-    if !(args.min_duration >= 0.0 && args.min_duration.is_finite()) {
-        anyhow::bail!("--min-duration must be a non-negative number of seconds");
     }
     let opts = PlanOptions {
         small: args.small_models,
@@ -165,45 +158,115 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let protocol = Protocol {
         warmup_iterations: args.warmup,
-        min_iterations: args.min_iterations.max(1),
+        min_iterations: args.min_iterations,
         min_duration: Duration::from_secs_f64(args.min_duration),
-        max_iterations: args.max_iterations.max(1),
+        max_iterations: args.max_iterations,
     };
     let mut hw = ia_hardware::detect();
     let combos = combinations(&models, &args);
     let engines = Engines::new();
+    let run = run_record();
+    let store = if args.no_db {
+        None
+    } else {
+        Some(RunStore::begin(&args.db_path, &run)?)
+    };
+    crate::interrupt::cooperate(store.as_ref().map(RunStore::interrupt_hook));
+    let output = args
+        .output_json
+        .as_deref()
+        .map(JsonOutput::create)
+        .transpose()?;
+    let mut rows = Vec::with_capacity(combos.len());
+    let measured = measure_all(
+        &args,
+        &combos,
+        &engines,
+        &mut hw,
+        &protocol,
+        store.as_ref(),
+        output.as_ref(),
+        &mut rows,
+    );
+    let interrupted = crate::interrupt::signalled();
+    let failed = rows.iter().filter(|r| r.outcome.status() == "fail").count();
+    let status = if interrupted {
+        "interrupted"
+    } else if measured.is_err() || failed > 0 {
+        "failed"
+    } else {
+        "completed"
+    };
+    if let Some(s) = &store {
+        s.end(status)?;
+    }
+    measured?;
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", results_table(&rows));
+        if let Some(s) = &store {
+            println!(
+                "\nResults stored in {} (run {}, {status}).",
+                s.path().display(),
+                s.run_id()
+            );
+        }
+    }
+    if interrupted {
+        return Err(crate::interrupt::Interrupted(format!(
+            "{} of {} combinations finished and were kept",
+            rows.len(),
+            combos.len()
+        ))
+        .into());
+    }
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {} combinations failed (the notes above say why; stored with status fail)",
+            combos.len()
+        );
+    }
+    Ok(())
+}
+
+/// Measures every combination in order, storing and writing out each as it finishes. A panic
+/// inside one becomes its failed outcome; a signal stops the loop and abandons the combination
+/// it interrupted.
+#[allow(clippy::too_many_arguments)]
+fn measure_all(
+    args: &Args,
+    combos: &[(Combination, EngineKind, Option<WebVariant>)],
+    engines: &Engines,
+    hw: &mut HardwareReport,
+    protocol: &Protocol,
+    store: Option<&RunStore>,
+    output: Option<&JsonOutput>,
+    rows: &mut Vec<ResultRow>,
+) -> anyhow::Result<()> {
     // The browser platforms are probed inside the browser, which then stays up for the run.
     let mut web = combos
         .iter()
         .any(|(_, kind, _)| *kind == EngineKind::Browser)
         .then(|| {
             ia_browser::WebBench::from_probe(
-                ia_browser::probe(&mut hw),
+                ia_browser::probe(hw),
                 ia_browser::WebOptions {
-                    step_timeout: Duration::from_secs(args.browser_timeout.max(1)),
+                    step_timeout: Duration::from_secs(args.browser_timeout),
                     ..Default::default()
                 },
             )
         });
-
-    let mut store = if args.no_db {
-        None
-    } else {
-        Some(Store::open_or_create(&args.db_path).with_context(|| "opening the results database")?)
-    };
-    let run = run_record();
-    let run_id = match store.as_mut() {
-        Some(s) => Some(s.begin_run(&run)?),
-        None => None,
-    };
-
     let pb = ProgressBar::new(combos.len() as u64);
     pb.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}] {msg}")
             .expect("valid template"),
     );
-    let mut rows = Vec::with_capacity(combos.len());
     for (i, (combo, kind, variant)) in combos.iter().enumerate() {
+        if crate::interrupt::signalled() {
+            break;
+        }
         let engine = engines.get(*kind);
         let engine_name = engine.map_or(ia_browser::ENGINE_NAME, |e| e.name());
         let label = match variant {
@@ -220,33 +283,65 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             None => format!("{} ({engine_name})", describe(combo)),
         };
         pb.set_message(label.clone());
-        let available = platform_available(&hw, combo.platform);
-        let (outcome, web_details, engine_id) = match (engine, web.as_mut(), variant) {
-            (Some(engine), _, _) => (
-                ia_bench::measure(engine, combo, available, &protocol),
-                None,
-                (engine.name(), engine.version()),
-            ),
-            (None, Some(web), Some(v)) => {
-                web.options.precompile = v.precompile;
-                web.options.parallel_load = v.parallel_load;
-                let r = web.measure(combo, available, &protocol);
-                (r.outcome, r.details, (engine_name, web.engine_version()))
-            }
-            (None, _, _) => unreachable!("browser combinations have a WebBench and a variant"),
+        let available = platform_available(hw, combo.platform);
+        let asked = match (engine, web.as_ref()) {
+            (Some(engine), _) => (engine.name(), engine.version()),
+            (None, Some(web)) => (engine_name, web.engine_version()),
+            (None, None) => (engine_name, String::new()),
         };
-        let result_id = match (store.as_mut(), run_id) {
-            (Some(s), Some(id)) => Some(store_outcome(
-                s,
-                id,
-                &run.host,
-                &hw,
-                engine_id,
-                combo,
-                &outcome,
-                web_details.as_ref(),
-            )?),
-            _ => None,
+        let measured = ia_bench::isolate(|| {
+            // Fault injection for the tests of panic isolation (no other use).
+            if let Ok(m) = std::env::var("IPFS_ACCELERATE_TEST_PANIC_IN") {
+                if !m.is_empty() && combo.model.name.contains(&m) {
+                    panic!("injected test panic in {}", combo.model.name);
+                }
+            }
+            match (engine, web.as_mut(), variant) {
+                (Some(engine), _, _) => {
+                    (ia_bench::measure(engine, combo, available, protocol), None)
+                }
+                (None, Some(web), Some(v)) => {
+                    web.options.precompile = v.precompile;
+                    web.options.parallel_load = v.parallel_load;
+                    let r = web.measure(combo, available, protocol);
+                    (r.outcome, r.details)
+                }
+                (None, _, _) => (
+                    Outcome::Failed {
+                        stage: "plan".into(),
+                        error: "a browser combination without a browser variant".into(),
+                    },
+                    None,
+                ),
+            }
+        });
+        let (outcome, web_details) = measured.unwrap_or_else(|error| {
+            (
+                Outcome::Failed {
+                    stage: "panic".into(),
+                    error,
+                },
+                None,
+            )
+        });
+        if crate::interrupt::signalled() {
+            // The signal cut this combination short: what it measured is not a result.
+            break;
+        }
+        let result_id = match store {
+            Some(s) => Some(s.write(|store, run_id| {
+                store_outcome(
+                    store,
+                    run_id,
+                    &run_host(),
+                    hw,
+                    (asked.0, asked.1.clone()),
+                    combo,
+                    &outcome,
+                    web_details.as_ref(),
+                )
+            })?),
+            None => None,
         };
         let line = format!(
             "[{}/{}] {label}: {}{}",
@@ -276,30 +371,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             web: web_details,
             result_id,
         });
-    }
-    pb.finish_and_clear();
-    drop(web);
-    if let (Some(s), Some(id)) = (store.as_mut(), run_id) {
-        s.end_run(id, "completed")?;
-    }
-
-    if let Some(path) = &args.output_json {
-        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else {
-        print!("{}", results_table(&rows));
-        if let Some(s) = &store {
-            println!(
-                "\nResults stored in {} (run {}).",
-                s.path().display(),
-                run_id.unwrap_or(0)
-            );
+        if let Some(out) = output {
+            out.write(rows)?;
         }
     }
+    pb.finish_and_clear();
     Ok(())
+}
+
+fn run_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// The combinations to measure, each with the engine that runs it (and, on the web
@@ -392,9 +475,7 @@ pub(crate) fn run_record() -> RunRecord {
     RunRecord {
         git_commit: git_commit(),
         command_line: std::env::args().collect::<Vec<_>>().join(" "),
-        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into()),
+        host: run_host(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
     }
 }
@@ -445,7 +526,9 @@ pub(crate) fn store_outcome(
         task: m.task.clone(),
         modality: m.modality.as_str().into(),
         parameter_count: measured
-            .map(|x| x.session.parameter_count as i64)
+            .map(|x| i64::try_from(x.session.parameter_count))
+            .transpose()
+            .map_err(|_| anyhow::anyhow!("parameter count does not fit the results store"))?
             .unwrap_or(0),
         source: m.source.describe(),
         weights: m.source.weights_kind().as_str().into(),
@@ -487,7 +570,7 @@ pub(crate) fn store_outcome(
         error.clone(),
         device,
         measured,
-    );
+    )?;
     let compat = CompatibilityRecord {
         platform: combo.platform.as_str().into(),
         engine: engine_name,
@@ -524,14 +607,21 @@ fn web_record(w: &ia_browser::WebDetails) -> anyhow::Result<WebRecord> {
         adapter_is_fallback: a.and_then(|a| a.is_fallback_adapter),
         adapter_features: a.map(|a| a.features.join(" ")),
         webnn_device: w.webnn_device.clone(),
-        wasm_threads: w.wasm_threads as i32,
+        wasm_threads: i32::try_from(w.wasm_threads)
+            .map_err(|_| anyhow::anyhow!("wasm threads {} out of range", w.wasm_threads))?,
         cross_origin_isolated: w.cross_origin_isolated,
         precompiled: w.precompiled,
         precompile_ms: w.precompile_ms,
         parallel_load: w.parallel_load,
         concurrent_sessions: w.concurrent_sessions,
-        renderer_peak_rss_bytes: w.memory.renderer_peak_bytes.map(|b| b as i64),
-        gpu_process_peak_rss_bytes: w.memory.gpu_process_peak_bytes.map(|b| b as i64),
+        renderer_peak_rss_bytes: w
+            .memory
+            .renderer_peak_bytes
+            .and_then(|b| i64::try_from(b).ok()),
+        gpu_process_peak_rss_bytes: w
+            .memory
+            .gpu_process_peak_bytes
+            .and_then(|b| i64::try_from(b).ok()),
         part_load_ms_json: serde_json::to_string(&w.part_load_ms)?,
     })
 }
@@ -543,25 +633,29 @@ fn performance_record(
     error: Option<String>,
     device: String,
     m: Option<&Measurement>,
-) -> PerformanceRecord {
+) -> anyhow::Result<PerformanceRecord> {
     let base = PerformanceRecord {
         engine: engine.0.into(),
         engine_version: engine.1.clone(),
         device,
         precision: combo.precision.as_str().into(),
         scenario: combo.scenario.as_str().into(),
-        batch_size: combo.batch_size as i32,
-        seq_len: text_seq_len(combo).map(|s| s as i32),
+        batch_size: column(combo.batch_size, "batch_size")?,
+        seq_len: text_seq_len(combo)
+            .map(|s| column(s, "seq_len"))
+            .transpose()?,
         status: status.into(),
         error,
         ..Default::default()
     };
-    let Some(m) = m else { return base };
+    let Some(m) = m else { return Ok(base) };
     let l = &m.latency;
     let g = m.generation.as_ref();
-    PerformanceRecord {
-        prompt_tokens: g.map(|g| g.prompt_tokens as i32),
-        new_tokens: g.map(|g| g.new_tokens as i32),
+    Ok(PerformanceRecord {
+        prompt_tokens: g
+            .map(|g| column(g.prompt_tokens, "prompt_tokens"))
+            .transpose()?,
+        new_tokens: g.map(|g| column(g.new_tokens, "new_tokens")).transpose()?,
         ttft_mean_ms: g.map(|g| g.ttft.mean_ms),
         ttft_p50_ms: g.map(|g| g.ttft.p50_ms),
         tpot_p50_ms: g.map(|g| g.tpot.p50_ms),
@@ -580,8 +674,8 @@ fn performance_record(
         precision: m.session.precision.as_str().into(),
         load_time_ms: Some(m.load_time_ms),
         first_inference_ms: Some(m.first_inference_ms),
-        warmup_iterations: Some(m.warmup_iterations as i32),
-        iterations: Some(l.count as i32),
+        warmup_iterations: Some(column(m.warmup_iterations, "warmup_iterations")?),
+        iterations: Some(column(l.count, "iterations")?),
         timed_duration_s: Some(m.timed_duration_s),
         latency_mean_ms: Some(l.mean_ms),
         latency_stdev_ms: Some(l.stdev_ms),
@@ -600,7 +694,17 @@ fn performance_record(
         peak_rss_per_combination: Some(m.peak_rss_per_combination),
         harness_overhead_ns: Some(m.harness_overhead_ns).filter(|o| o.is_finite()),
         ..base
-    }
+    })
+}
+
+/// A count for an INTEGER column, refused rather than wrapped when it does not fit.
+fn column(v: usize, name: &str) -> anyhow::Result<i32> {
+    i32::try_from(v).map_err(|_| {
+        anyhow::anyhow!(
+            "{name} {v} does not fit the results store (at most {})",
+            i32::MAX
+        )
+    })
 }
 
 fn results_table(rows: &[ResultRow]) -> String {

@@ -1,4 +1,9 @@
-//! `ipfs-accelerate db query|report|export`
+//! `ipfs-accelerate db query|report|export|import|migrate`
+//!
+//! query, report and export only read: the store is opened read-only with DuckDB's external
+//! access, extension installing and autoloading off (export may write into its output folder
+//! and nowhere else), a memory cap, and a statement timeout for queries. migrate is the one
+//! command that upgrades an older store in place; bench and import write.
 
 use anyhow::Context;
 use ia_bench::Outcome;
@@ -30,6 +35,12 @@ enum DbCommand {
         /// table, csv, json or md
         #[arg(long, default_value = "table", value_parser = parse_format)]
         format: OutputFormat,
+        /// Rows printed at most (the rest are counted as cut)
+        #[arg(long, default_value_t = 100_000, value_parser = crate::limits::count((1, 10_000_000)))]
+        max_rows: usize,
+        /// Seconds the statement may run before it is interrupted
+        #[arg(long, default_value_t = 300.0, value_parser = crate::limits::seconds)]
+        timeout: f64,
     },
     /// Write a performance, compatibility or web report
     Report {
@@ -49,6 +60,8 @@ enum DbCommand {
         #[arg(long)]
         file: PathBuf,
     },
+    /// Bring an older store to the current schema (reads never migrate)
+    Migrate,
     /// Export every table as parquet or csv files into a folder
     Export {
         #[arg(long, default_value = "parquet")]
@@ -63,14 +76,51 @@ fn parse_format(s: &str) -> Result<OutputFormat, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if let DbCommand::Import { file } = &args.command {
-        return import(&args.db_path, file);
+    match &args.command {
+        DbCommand::Import { file } => return import(&args.db_path, file),
+        DbCommand::Migrate => {
+            let (before, after) = Store::migrate(&args.db_path)?;
+            println!(
+                "{}: schema version {before} -> {after}",
+                args.db_path.display()
+            );
+            return Ok(());
+        }
+        _ => {}
     }
-    let store = Store::open_existing(&args.db_path)?;
+    let mut options = ia_db::ReadOptions {
+        // Half of what this process can still get: DuckDB spills or errors past it.
+        memory_limit: ia_hardware::memory::available().map(|a| a.bytes / 2),
+        allowed_directories: vec![],
+    };
+    if let DbCommand::Export { output, .. } = &args.command {
+        std::fs::create_dir_all(output)
+            .with_context(|| format!("creating {}", output.display()))?;
+        options.allowed_directories = vec![output
+            .canonicalize()
+            .with_context(|| format!("resolving {}", output.display()))?];
+    }
+    let store = Store::open_read_only(&args.db_path, &options)?;
     match args.command {
-        DbCommand::Query { sql, format } => {
-            let result = store.query(&sql)?;
+        DbCommand::Query {
+            sql,
+            format,
+            max_rows,
+            timeout,
+        } => {
+            let result = store.query_limited(
+                &sql,
+                ia_db::Limits {
+                    max_rows,
+                    timeout: std::time::Duration::from_secs_f64(timeout),
+                },
+            )?;
             print!("{}", result.render(format));
+            if result.truncated {
+                eprintln!(
+                    "note: only the first {max_rows} rows are shown (--max-rows; db export writes everything)"
+                );
+            }
         }
         DbCommand::Report {
             kind,
@@ -87,8 +137,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 None => print!("{text}"),
             }
         }
-        DbCommand::Import { .. } => unreachable!("handled above"),
+        DbCommand::Import { .. } | DbCommand::Migrate => unreachable!("handled above"),
         DbCommand::Export { format, output } => {
+            let output = output.canonicalize()?;
             for f in ia_db::export::export(&store, format, &output)? {
                 println!("{}", f.display());
             }

@@ -14,19 +14,19 @@ pub struct Args {
     model: String,
     #[arg(long)]
     prompt: String,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::limits::count(crate::limits::NEW_TOKENS))]
     max_new_tokens: usize,
     /// Print each piece of text as soon as its token is chosen
     #[arg(long)]
     stream: bool,
     /// 0 = greedy
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::limits::temperature)]
     temperature: f32,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::limits::count(crate::limits::TOP_K))]
     top_k: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::limits::top_p)]
     top_p: Option<f32>,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::limits::repetition_penalty)]
     repetition_penalty: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -50,15 +50,6 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
-        bail!("--temperature must be >= 0");
-    }
-    if args.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
-        bail!("--top-p must be in (0, 1]");
-    }
-    if !(args.repetition_penalty > 0.0 && args.repetition_penalty.is_finite()) {
-        bail!("--repetition-penalty must be > 0");
-    }
     let plan = resolve_model(
         &args.model,
         &PlanOptions {
@@ -86,12 +77,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.hardware.platform
         )
     })?;
-    let mut model = engine.load_generator(&plan.source, args.hardware.platform, args.precision)?;
     let prompt = tokenizer
         .encode(args.prompt.as_str(), true)
         .map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?
         .get_ids()
         .to_vec();
+    if prompt.is_empty() {
+        bail!("the tokenizer produced no tokens for the prompt");
+    }
+    ia_engine::inputs::check_token_ids(plan.source.config(), &prompt)?;
+    let mut model = engine.load_generator(&plan.source, args.hardware.platform, args.precision)?;
+    // The cache grows to the prompt plus the new tokens, never past the context.
+    let cached = prompt
+        .len()
+        .saturating_add(args.max_new_tokens)
+        .min(model.max_context());
+    ia_engine::memory::check_fits(
+        &plan.source,
+        args.precision,
+        ia_models::footprint::Workload {
+            batch: 1,
+            positions: prompt.len(),
+            cached_positions: cached,
+            beams: 1,
+        },
+    )?;
     let opts = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
         sampling: Sampling {

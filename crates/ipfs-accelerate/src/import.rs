@@ -4,7 +4,7 @@
 //! identically; the runtime's own name and version are the result's engine.
 
 use crate::plan::{resolve_model, PlanOptions};
-use anyhow::{bail, Context};
+use anyhow::Context;
 use ia_bench::{GenerationMetrics, LatencyStats, Measurement, Outcome};
 use ia_engine::{Precision, SessionInfo};
 use ia_hardware::Platform;
@@ -54,20 +54,87 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<ExternalResult>> {
     let rows: Vec<ExternalResult> = serde_json::from_str(&text)
         .with_context(|| format!("{}: not a list of external results", path.display()))?;
     for (i, r) in rows.iter().enumerate() {
-        if r.samples_ms.is_empty() || r.batch_size == 0 {
-            bail!(
-                "{}: result {i} has no samples or a zero batch size",
-                path.display()
-            );
-        }
-        if r.samples_ms.iter().any(|s| !s.is_finite() || *s < 0.0) {
-            bail!(
-                "{}: result {i} has a negative or non-finite sample",
-                path.display()
-            );
-        }
+        r.check()
+            .map_err(|e| anyhow::anyhow!("{}: result {i}: {e}", path.display()))?;
     }
     Ok(rows)
+}
+
+impl ExternalResult {
+    /// Every number within the range the store and the statistics accept; the error names
+    /// the field, the value and the range.
+    fn check(&self) -> Result<(), String> {
+        let range = |name: &str, v: u64, (lo, hi): (u64, u64)| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name} {v} is outside {lo}..={hi}"))
+            }
+        };
+        range("batch_size", self.batch_size as u64, crate::limits::BATCH)?;
+        if let Some(s) = self.seq_len {
+            range("seq_len", s as u64, crate::limits::SEQ_LEN)?;
+        }
+        range(
+            "warmup_iterations",
+            self.warmup_iterations as u64,
+            crate::limits::WARMUP,
+        )?;
+        range(
+            "samples_ms (count)",
+            self.samples_ms.len() as u64,
+            crate::limits::ITERATIONS,
+        )?;
+        range(
+            "parameter_count",
+            self.parameter_count,
+            (0, i64::MAX as u64),
+        )?;
+        let times = |name: &str, v: &[f64]| match v.iter().find(|x| !(x.is_finite() && **x >= 0.0))
+        {
+            Some(bad) => Err(format!(
+                "{name} holds {bad}: a negative or non-finite time in ms"
+            )),
+            None => Ok(()),
+        };
+        times("samples_ms", &self.samples_ms)?;
+        times("load_time_ms", &[self.load_time_ms])?;
+        times("first_inference_ms", &[self.first_inference_ms])?;
+        if let Some(a) = self.audio_seconds {
+            if !(a > 0.0 && a <= ia_preprocess::audio::MAX_AUDIO_SECONDS) {
+                return Err(format!(
+                    "audio_seconds {a} is outside (0, {}]",
+                    ia_preprocess::audio::MAX_AUDIO_SECONDS
+                ));
+            }
+        }
+        if let Some(b) = self.peak_rss_bytes {
+            range("peak_rss_bytes", b, (0, i64::MAX as u64))?;
+        }
+        if let Some(g) = &self.generation {
+            range(
+                "generation.prompt_tokens",
+                g.prompt_tokens as u64,
+                crate::limits::SEQ_LEN,
+            )?;
+            range(
+                "generation.new_tokens",
+                g.new_tokens as u64,
+                crate::limits::NEW_TOKENS,
+            )?;
+            for (name, v) in [
+                ("generation.ttft_ms", &g.ttft_ms),
+                ("generation.prefill_ms", &g.prefill_ms),
+            ] {
+                if v.is_empty() {
+                    return Err(format!("{name} is empty"));
+                }
+                times(name, v)?;
+            }
+            times("generation.tpot_ms", &g.tpot_ms)?;
+        }
+        Ok(())
+    }
 }
 
 /// The imported result as a harness combination and outcome, ready to store.

@@ -6,9 +6,12 @@ mod db;
 mod generate;
 mod hardware;
 mod import;
+mod interrupt;
+mod limits;
 mod models;
 mod plan;
 mod run;
+mod run_store;
 mod runtimes;
 mod target;
 
@@ -53,8 +56,20 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // `ipfs-accelerate db query ... | head`: end quietly when the reader goes away, as other
+    // Unix tools do, instead of failing on the next write. SAFETY: resetting a disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
-    let result = match cli.command {
+    ia_bench::isolation::install_panic_hook();
+    if let Err(e) = interrupt::install() {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    // A panic is a bug; it still ends as one line and exit 1, never a backtrace (and bench
+    // isolates each combination, so one panic does not end a run).
+    let result = ia_bench::isolate(|| match cli.command {
         Command::Hardware(a) => hardware::run(a),
         Command::Models(a) => models::run(a),
         Command::Bench(a) => bench::run(a),
@@ -62,9 +77,14 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate::run(a),
         Command::Runtimes(a) => runtimes::run(a),
         Command::Db(a) => db::run(a),
-    };
+    })
+    .unwrap_or_else(|panic| Err(anyhow::anyhow!(panic)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<interrupt::Interrupted>() => {
+            eprintln!("{e}");
+            ExitCode::from(interrupt::EXIT_CODE)
+        }
         Err(e) => {
             // One line: the chain of causes joined, never a backtrace.
             let msg = format!("{e:#}").replace('\n', " ");

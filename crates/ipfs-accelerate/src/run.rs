@@ -10,7 +10,8 @@ pub struct Args {
     /// Catalog key, hub id in the local caches, or checkpoint folder
     #[arg(long)]
     model: String,
-    /// Text, or a PNG/JPEG image or WAV file (repeat for several)
+    /// Text, or a PNG/JPEG image or WAV file (repeat for several; texts for an embedding
+    /// model run as one padded batch, as sentence-transformers' encode does)
     #[arg(long, required = true)]
     input: Vec<String>,
     /// Candidate labels for zero-shot classification (CLIP images, CLAP audio), comma-separated
@@ -21,13 +22,13 @@ pub struct Args {
     #[arg(long)]
     hypothesis_template: Option<String>,
     /// Minimum score of a reported detection (DETR)
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = crate::limits::unit_interval)]
     threshold: f32,
     /// Labels to print for classifiers
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = crate::limits::count(crate::limits::TOP_K))]
     top_k: usize,
     /// Beam width for Whisper (1 = greedy)
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::limits::count(crate::limits::BEAMS))]
     beams: usize,
     /// Language of the speech, for multilingual Whisper checkpoints (e.g. en, de)
     #[arg(long)]
@@ -45,9 +46,6 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.beams == 0 {
-        anyhow::bail!("--beams must be at least 1");
-    }
     let inputs = args
         .input
         .iter()
@@ -76,15 +74,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let info = pipeline.info().clone();
     let mut results = Vec::new();
-    for (arg, input) in args.input.iter().zip(&inputs) {
-        let r = pipeline.run(input, &opts)?;
+    let outputs = pipeline.run_batch(&inputs, &opts)?;
+    for (arg, r) in args.input.iter().zip(outputs) {
         if args.json {
             results.push(serde_json::json!({"input": arg, "result": r}));
         } else {
             print_human(arg, &r.output);
             eprintln!(
-                "  ({}: preprocess {:.1} ms, inference {:.1} ms)",
-                r.task, r.timings.preprocess_ms, r.timings.inference_ms
+                "  ({}: preprocess {:.1} ms, inference {:.1} ms{})",
+                r.task,
+                r.timings.preprocess_ms,
+                r.timings.inference_ms,
+                if r.batch_size > 1 {
+                    format!(", for the batch of {}", r.batch_size)
+                } else {
+                    String::new()
+                }
             );
         }
     }

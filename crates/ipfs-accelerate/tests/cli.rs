@@ -293,7 +293,7 @@ fn failing_combination_is_recorded_and_run_goes_on() {
         db.to_str().unwrap(),
         "--json",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_failed_run(&o, 1, 2);
     let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(rows[0]["outcome"]["status"], "fail");
     assert!(rows[0]["outcome"]["error"]
@@ -312,6 +312,32 @@ fn failing_combination_is_recorded_and_run_goes_on() {
         "csv",
     ]);
     assert_eq!(stdout(&o), "status\nfail\npass\n");
+    let o = run(&[
+        "db",
+        "--db-path",
+        db.to_str().unwrap(),
+        "query",
+        "--sql",
+        "SELECT status FROM runs",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(stdout(&o), "status\nfailed\n");
+}
+
+/// A run in which some combinations failed still measures and stores the others, prints its
+/// results, then exits 1 with one line saying how many failed; its run row ends `failed`.
+fn assert_failed_run(o: &Output, failed: usize, total: usize) {
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(o));
+    let err = stderr(o);
+    let last = err.lines().last().unwrap_or_default();
+    assert_eq!(
+        last,
+        format!(
+            "error: {failed} of {total} combinations failed (the notes above say why; stored with status fail)"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -512,6 +538,25 @@ fn killed_run_keeps_finished_results() {
     );
     assert_eq!(row["run_status"], "running");
     assert_eq!(row["unfinished"], true);
+
+    // SIGKILL cannot be handled; the next program that writes the store on this host sees
+    // the run's process is gone and closes it as interrupted.
+    let o = quick_bench(&db, &["--batch-sizes", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&[
+        "db",
+        "--db-path",
+        db.to_str().unwrap(),
+        "query",
+        "--sql",
+        "SELECT status, ended_at IS NOT NULL AS ended FROM runs ORDER BY run_id",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(
+        stdout(&o),
+        "status,ended\ninterrupted,true\ncompleted,true\n"
+    );
 }
 
 #[test]
@@ -1091,7 +1136,7 @@ fn a_browser_that_does_not_start_is_a_failed_combination() {
         ])
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_failed_run(&o, 1, 2);
     let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let wasm = &rows[0]["outcome"];
     assert_eq!(wasm["status"], "fail", "{wasm}");

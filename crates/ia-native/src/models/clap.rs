@@ -718,7 +718,8 @@ impl ClapSession {
                     "truncation": if a.enable_fusion { "fusion" } else { "rand_trunc" },
                 })
             }),
-        );
+        )
+        .map_err(|e| EngineError::InvalidModel(e.to_string()))?;
         if front_end.feature_size != a.num_mel_bins || front_end.fusion != a.enable_fusion {
             return Err(EngineError::InvalidModel(format!(
                 "the feature extractor gives {} mel bins (fusion {}); the audio encoder takes {} (fusion {})",

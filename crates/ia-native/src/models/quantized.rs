@@ -92,8 +92,22 @@ pub(crate) fn load(
         EngineError::Unsupported(format!("{precision} is not a quantised precision"))
     })?;
     let bytes = match gguf_file_in(source) {
-        Some(path) => std::fs::read(&path)
-            .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", path.display())))?,
+        Some(path) => {
+            let bytes = std::fs::read(&path)
+                .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", path.display())))?;
+            let summary = ia_models::gguf::check(&bytes)
+                .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", path.display())))?;
+            // The file is what it is: a q4_k file does not become q8_0 because it was asked for.
+            let holds = summary.dominant_quantised_type().unwrap_or("f32/f16");
+            if holds != precision.as_str() {
+                return Err(EngineError::InvalidModel(format!(
+                    "{} holds {holds} weights; --precision {precision} asks for {precision} \
+                     (use --precision {holds}, or remove the file to quantise the safetensors)",
+                    path.display()
+                )));
+            }
+            bytes
+        }
         None => to_gguf(source, target)?.0,
     };
     let mut reader = Cursor::new(bytes);

@@ -378,10 +378,12 @@ impl Wav2Vec2Session {
                 .get("do_normalize")
                 .and_then(|v| v.as_bool())
                 .unwrap_or(true),
-            sampling_rate: pre
-                .get("sampling_rate")
-                .and_then(|v| v.as_u64())
-                .map_or(16_000, |r| r as u32),
+            sampling_rate: ia_preprocess::audio::check_sample_rate(
+                ia_preprocess::audio::config_uint(&pre, "sampling_rate", 16_000, 0..=u64::MAX)
+                    .map_err(|e| EngineError::InvalidModel(e.to_string()))?,
+                "preprocessor config sampling_rate",
+            )
+            .map_err(|e| EngineError::InvalidModel(e.to_string()))?,
             device: ctx.device,
             dtype: ctx.dtype,
             info,

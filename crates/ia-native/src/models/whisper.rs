@@ -389,7 +389,8 @@ impl WhisperSession {
             ))
         })?;
         let front_end = match super::preprocessor_config(ctx.source) {
-            Some(p) => WhisperFrontEnd::from_config(&p),
+            Some(p) => WhisperFrontEnd::from_config(&p)
+                .map_err(|e| EngineError::InvalidModel(e.to_string()))?,
             None => WhisperFrontEnd {
                 feature_size: cfg.num_mel_bins,
                 n_samples: cfg.max_source_positions * 2 * 160,
@@ -604,6 +605,7 @@ impl SpeechRecognizer for WhisperSession {
         waveform: &[f32],
         options: &TranscribeOptions,
     ) -> std::result::Result<Transcription, EngineError> {
+        options.check()?;
         if options.language != self.language {
             self.rules = DecodingRules::new(
                 &self.configs.0,

@@ -1,0 +1,140 @@
+//! The memory check every load and every benchmark input goes through: the footprint of the
+//! model and the work ([`ia_models::footprint`]) against what this process can still allocate
+//! ([`ia_hardware::memory::available`]). A combination that cannot fit is refused with its
+//! estimate before a byte is allocated.
+
+use crate::{EngineError, Inputs, Precision};
+use ia_models::footprint::{self, Workload};
+use ia_models::ModelSource;
+use serde_json::Value;
+
+impl Precision {
+    /// Bytes one weight takes at this precision (quantised blocks round up to a byte).
+    pub fn weight_bytes(self) -> u64 {
+        match self {
+            Precision::F32 => 4,
+            Precision::F16 | Precision::Bf16 => 2,
+            Precision::Int8 | Precision::Q8_0 | Precision::Q4K => 1,
+        }
+    }
+}
+
+/// Refuses `work` on `source` at `precision` when its estimated footprint exceeds the memory
+/// this process can still allocate (`Unsupported`, with the estimate and the binding limit).
+pub fn check_fits(
+    source: &ModelSource,
+    precision: Precision,
+    work: Workload,
+) -> Result<(), EngineError> {
+    let Some(available) = ia_hardware::memory::available() else {
+        return Ok(());
+    };
+    let f = footprint::estimate(source, precision.weight_bytes(), work)
+        .map_err(|e| EngineError::InvalidModel(e.to_string()))?;
+    f.check_fits(&available)
+        .map_err(|reason| EngineError::Unsupported(format!("not enough memory: {reason}")))
+}
+
+/// Refuses to allocate `bytes` for `what` when the process cannot get them (an input buffer
+/// sized from user numbers).
+pub fn ensure_allocatable(bytes: u64, what: &str) -> Result<(), EngineError> {
+    match ia_hardware::memory::available() {
+        Some(a) if bytes > a.bytes => Err(EngineError::Unsupported(format!(
+            "not enough memory: {what} needs {} but {} can be allocated ({})",
+            ia_hardware::memory::gib(bytes),
+            ia_hardware::memory::gib(a.bytes),
+            a.limited_by
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The positions a forward pass over `inputs` attends over: tokens; image patches (the
+/// config's patch size, 32-pixel strides for detectors); audio frames (the product of
+/// Wav2Vec2's conv strides, Whisper's fixed encoder length, CLAP's fixed spectrogram).
+pub fn positions(source: &ModelSource, inputs: &Inputs) -> usize {
+    let config = source.config();
+    let get = |c: &Value, k: &str| c.get(k).and_then(Value::as_u64).map(|v| v as usize);
+    match inputs {
+        Inputs::Text { seq_len, .. } => *seq_len,
+        Inputs::Image { shape, .. } => {
+            let vision = config.get("vision_config").unwrap_or(config);
+            let patch = get(vision, "patch_size").unwrap_or(32).max(1);
+            (shape[2] / patch).max(1) * (shape[3] / patch).max(1) + 1
+        }
+        Inputs::Audio { batch, samples, .. } => {
+            audio_positions(config, samples.len() / (*batch).max(1))
+        }
+    }
+}
+
+/// Encoder positions of `samples` of audio: the product of Wav2Vec2's conv strides, else the
+/// fixed encoder length (Whisper's max_source_positions; 1024 for CLAP's spectrogram patches).
+pub fn audio_positions(config: &Value, samples: usize) -> usize {
+    match config.get("conv_stride").and_then(Value::as_array) {
+        Some(strides) => {
+            let hop = strides
+                .iter()
+                .filter_map(Value::as_u64)
+                .map(|s| s.max(1) as usize)
+                .fold(1usize, usize::saturating_mul);
+            samples / hop.max(1)
+        }
+        None => config
+            .get("max_source_positions")
+            .and_then(Value::as_u64)
+            .map_or(1024, |v| v as usize),
+    }
+}
+
+/// The workload of one forward pass over `inputs`.
+pub fn forward_workload(source: &ModelSource, inputs: &Inputs) -> Workload {
+    Workload {
+        batch: inputs.batch_size(),
+        positions: positions(source, inputs),
+        cached_positions: 0,
+        beams: 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_model_that_cannot_fit_is_refused_with_its_estimate() {
+        let src = ModelSource::RandomInit {
+            config: json!({"model_type": "bert", "hidden_size": 200000, "num_hidden_layers": 4000,
+                           "num_attention_heads": 8, "vocab_size": 30000}),
+            seed: 0,
+        };
+        let work = Workload {
+            batch: 1,
+            positions: 8,
+            cached_positions: 0,
+            beams: 1,
+        };
+        let e = check_fits(&src, Precision::F32, work)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not enough memory") && e.contains("weights"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn audio_positions_follow_the_conv_strides() {
+        let src = ModelSource::RandomInit {
+            config: json!({"model_type": "wav2vec2", "conv_stride": [5, 2, 2]}),
+            seed: 0,
+        };
+        let inputs = Inputs::Audio {
+            batch: 2,
+            sample_rate: 16_000,
+            samples: vec![0.0; 2 * 16_000],
+        };
+        assert_eq!(positions(&src, &inputs), 800);
+    }
+}

@@ -1,0 +1,122 @@
+//! The ranges the command line accepts for numbers. Each flag is checked when it is parsed,
+//! and the error names the flag, the value and the range: a number that would overflow a
+//! duration, ask for a huge allocation, or wrap in a database column never reaches the code.
+
+use clap::builder::{RangedU64ValueParser, TypedValueParser};
+
+/// Batch sizes (`--batch-sizes`).
+pub const BATCH: (u64, u64) = (1, ia_engine::inputs::MAX_BATCH as u64);
+/// Tokens per sequence (`--seq-len`).
+pub const SEQ_LEN: (u64, u64) = (1, ia_engine::inputs::MAX_SEQ_LEN as u64);
+/// Tokens generated (`--new-tokens`, `--max-new-tokens`).
+pub const NEW_TOKENS: (u64, u64) = (1, 1 << 20);
+/// Untimed and timed iteration counts.
+pub const WARMUP: (u64, u64) = (0, 100_000);
+pub const ITERATIONS: (u64, u64) = (1, 10_000_000);
+/// Beam width for Whisper.
+pub const BEAMS: (u64, u64) = (1, ia_engine::speech::MAX_BEAMS as u64);
+/// Labels printed (`--top-k`).
+pub const TOP_K: (u64, u64) = (1, 1 << 20);
+/// Seconds a protocol or a browser step may be asked to take (one day).
+pub const MAX_SECONDS: f64 = 86_400.0;
+
+/// A count in `range`, parsed as usize.
+pub fn count(range: (u64, u64)) -> impl TypedValueParser<Value = usize> {
+    RangedU64ValueParser::<usize>::new().range(range.0..=range.1)
+}
+
+/// A count in `range`, parsed as u64.
+pub fn count_u64(range: (u64, u64)) -> impl TypedValueParser<Value = u64> {
+    RangedU64ValueParser::<u64>::new().range(range.0..=range.1)
+}
+
+fn number(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number"))?;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(format!("{s} is not a finite number"))
+    }
+}
+
+/// Seconds in [0, one day].
+pub fn seconds(s: &str) -> Result<f64, String> {
+    let v = number(s)?;
+    if (0.0..=MAX_SECONDS).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not in 0..={MAX_SECONDS} seconds"))
+    }
+}
+
+/// Seconds of audio per input: (0, MAX_AUDIO_SECONDS].
+pub fn audio_seconds(s: &str) -> Result<f32, String> {
+    let v = number(s)?;
+    let max = ia_preprocess::audio::MAX_AUDIO_SECONDS;
+    if v > 0.0 && v <= max {
+        Ok(v as f32)
+    } else {
+        Err(format!("{v} is not in (0, {max}] seconds"))
+    }
+}
+
+/// A probability or score threshold in [0, 1].
+pub fn unit_interval(s: &str) -> Result<f32, String> {
+    let v = number(s)?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v as f32)
+    } else {
+        Err(format!("{v} is not in 0..=1"))
+    }
+}
+
+/// top-p: (0, 1].
+pub fn top_p(s: &str) -> Result<f32, String> {
+    let v = number(s)?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v as f32)
+    } else {
+        Err(format!("{v} is not in (0, 1]"))
+    }
+}
+
+/// Sampling temperature: [0, 100] (0 = greedy).
+pub fn temperature(s: &str) -> Result<f32, String> {
+    let v = number(s)?;
+    if (0.0..=100.0).contains(&v) {
+        Ok(v as f32)
+    } else {
+        Err(format!("{v} is not in 0..=100"))
+    }
+}
+
+/// Repetition penalty: (0, 100].
+pub fn repetition_penalty(s: &str) -> Result<f32, String> {
+    let v = number(s)?;
+    if v > 0.0 && v <= 100.0 {
+        Ok(v as f32)
+    } else {
+        Err(format!("{v} is not in (0, 100]"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_out_of_range_name_the_range() {
+        assert!(seconds("1e20").unwrap_err().contains("0..=86400"));
+        assert!(seconds("NaN").unwrap_err().contains("finite"));
+        assert!(seconds("-1").is_err());
+        assert_eq!(seconds("2.5"), Ok(2.5));
+        assert!(audio_seconds("1e30").is_err());
+        assert!(audio_seconds("0").is_err());
+        assert!(top_p("0").is_err() && top_p("1").is_ok());
+        assert!(temperature("inf").is_err());
+        assert!(unit_interval("1.5").is_err());
+    }
+}
