@@ -5,7 +5,9 @@
 //! minimum count and a minimum duration are reached. It reports latency statistics with the
 //! sample count, throughput, peak resident memory, and its own per-iteration overhead.
 
+pub mod external;
 pub mod isolation;
+pub mod limits;
 pub mod memory;
 pub mod stats;
 

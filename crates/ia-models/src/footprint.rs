@@ -330,6 +330,18 @@ pub fn read_safetensors_header(path: &Path) -> Result<Vec<TensorInfo>, Checkpoin
     })
 }
 
+/// Checks a whole safetensors file held in memory (its header against its data).
+pub fn parse_safetensors_file(bytes: &[u8]) -> Result<Vec<TensorInfo>, String> {
+    let len: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("a safetensors file starts with an 8-byte header length")?;
+    let n = u64::from_le_bytes(len);
+    check_header_len(n, bytes.len() as u64)?;
+    let header = &bytes[8..8 + n as usize];
+    parse_safetensors_header(header, bytes.len() as u64 - 8 - n)
+}
+
 fn check_header_len(n: u64, file_len: u64) -> Result<(), String> {
     if n > MAX_SAFETENSORS_HEADER || n > file_len.saturating_sub(8) {
         return Err(format!(

@@ -49,40 +49,14 @@ pub fn parameter_count(
     }
 }
 
-/// Elements of every tensor a safetensors file declares (its header only is read).
+/// Elements of every tensor a safetensors file declares (its header only is read, by the one
+/// safetensors header reader, [`crate::footprint::read_safetensors_header`]).
 pub fn safetensors_parameter_count(path: &Path) -> Result<u64, GraphWeightsError> {
-    let mut file = File::open(path).map_err(|e| err(path, e.to_string()))?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len).map_err(|_| {
-        err(
-            path,
-            "not a safetensors file (shorter than its header length)",
-        )
-    })?;
-    let len = u64::from_le_bytes(len);
-    if len > 100_000_000 {
-        return Err(err(
-            path,
-            format!("not a safetensors file (header of {len} bytes)"),
-        ));
-    }
-    let mut header = vec![0u8; len as usize];
-    file.read_exact(&mut header)
-        .map_err(|_| err(path, "truncated safetensors header"))?;
-    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
-        .map_err(|e| err(path, format!("safetensors header: {e}")))?;
-    let mut total = 0u64;
-    for (name, entry) in header.iter().filter(|(k, _)| *k != "__metadata__") {
-        let shape = entry
-            .get("shape")
-            .and_then(|s| s.as_array())
-            .ok_or_else(|| err(path, format!("tensor {name} has no shape")))?;
-        total += shape
-            .iter()
-            .map(|d| d.as_u64().unwrap_or(0))
-            .product::<u64>();
-    }
-    Ok(total)
+    Ok(crate::footprint::read_safetensors_header(path)
+        .map_err(|e| err(path, e.to_string()))?
+        .iter()
+        .map(|t| t.elements)
+        .fold(0u64, u64::saturating_add))
 }
 
 /// ONNX `TensorProto.DataType` values that hold weights: float, uint8, int8, float16, double,
@@ -93,10 +67,12 @@ const ONNX_WEIGHT_TYPES: &[u64] = &[1, 2, 3, 10, 11, 16, 17, 18, 19, 20, 21, 22,
 pub fn onnx_parameter_count(path: &Path) -> Result<u64, GraphWeightsError> {
     let file = File::open(path).map_err(|e| err(path, e.to_string()))?;
     let len = file.metadata().map_err(|e| err(path, e.to_string()))?.len();
-    let mut r = ProtoReader {
-        inner: BufReader::new(file),
-        pos: 0,
-    };
+    onnx_parameter_count_in(BufReader::new(file), len).map_err(|m| err(path, m))
+}
+
+/// [`onnx_parameter_count`] over any seekable reader of `len` bytes.
+pub fn onnx_parameter_count_in<R: Read + Seek>(inner: R, len: u64) -> Result<u64, String> {
+    let mut r = ProtoReader { inner, pos: 0, len };
     let mut total = 0u64;
     let mut saw_graph = false;
     // ModelProto: field 7 is the graph.
@@ -104,12 +80,13 @@ pub fn onnx_parameter_count(path: &Path) -> Result<u64, GraphWeightsError> {
         (7, Wire::Len(n)) => {
             saw_graph = true;
             // GraphProto: field 5 is an initializer.
-            let end = r.pos + n;
+            let end = r.end_of(n)?;
             r.fields(end, &mut |r, field, wire| match (field, wire) {
                 (5, Wire::Len(n)) => {
-                    let (dtype, elements) = r.tensor_header(r.pos + n)?;
+                    let end = r.end_of(n)?;
+                    let (dtype, elements) = r.tensor_header(end)?;
                     if ONNX_WEIGHT_TYPES.contains(&dtype) {
-                        total += elements;
+                        total = total.saturating_add(elements);
                     }
                     Ok(())
                 }
@@ -118,9 +95,9 @@ pub fn onnx_parameter_count(path: &Path) -> Result<u64, GraphWeightsError> {
         }
         (_, wire) => r.skip(wire),
     })
-    .map_err(|m| err(path, format!("not a readable ONNX model ({m})")))?;
+    .map_err(|m| format!("not a readable ONNX model ({m})"))?;
     if !saw_graph {
-        return Err(err(path, "not an ONNX model (it has no graph)"));
+        return Err("not an ONNX model (it has no graph)".into());
     }
     Ok(total)
 }
@@ -134,9 +111,24 @@ enum Wire {
 struct ProtoReader<R> {
     inner: R,
     pos: u64,
+    /// Bytes in the input: no field may claim more.
+    len: u64,
 }
 
 impl<R: Read + Seek> ProtoReader<R> {
+    /// Where a payload of `n` bytes starting here ends, if it fits the input.
+    fn end_of(&self, n: u64) -> Result<u64, String> {
+        self.pos
+            .checked_add(n)
+            .filter(|&e| e <= self.len)
+            .ok_or_else(|| {
+                format!(
+                    "a field of {n} bytes at byte {} runs past the end ({} bytes)",
+                    self.pos, self.len
+                )
+            })
+    }
+
     fn byte(&mut self) -> Result<u8, String> {
         let mut b = [0u8];
         self.inner
@@ -163,10 +155,11 @@ impl<R: Read + Seek> ProtoReader<R> {
             Wire::Varint(_) => return Ok(()),
             Wire::Fixed(n) | Wire::Len(n) => n,
         };
+        let end = self.end_of(n)?;
         self.inner
-            .seek(SeekFrom::Current(n as i64))
+            .seek(SeekFrom::Start(end))
             .map_err(|e| e.to_string())?;
-        self.pos += n;
+        self.pos = end;
         Ok(())
     }
 
@@ -208,7 +201,7 @@ impl<R: Read + Seek> ProtoReader<R> {
                 Ok(())
             }
             (1, Wire::Len(n)) => {
-                let stop = r.pos + n;
+                let stop = r.end_of(n)?;
                 while r.pos < stop {
                     dims.push(r.varint()?);
                 }
@@ -220,7 +213,7 @@ impl<R: Read + Seek> ProtoReader<R> {
             }
             (_, wire) => r.skip(wire),
         })?;
-        Ok((dtype, dims.iter().product()))
+        Ok((dtype, dims.iter().fold(1u64, |a, &d| a.saturating_mul(d))))
     }
 }
 
@@ -232,8 +225,13 @@ const IR_WEIGHT_TYPES: &[&str] = &[
 /// Parameters of an OpenVINO IR model (`.xml`; its `Const` layers; see the module doc).
 pub fn ir_parameter_count(xml: &Path) -> Result<u64, GraphWeightsError> {
     let text = std::fs::read_to_string(xml).map_err(|e| err(xml, e.to_string()))?;
+    ir_parameter_count_in(&text).map_err(|m| err(xml, m))
+}
+
+/// [`ir_parameter_count`] of the XML text.
+pub fn ir_parameter_count_in(text: &str) -> Result<u64, String> {
     if !text.contains("<net") {
-        return Err(err(xml, "not an OpenVINO IR file (no <net> element)"));
+        return Err("not an OpenVINO IR file (no <net> element)".into());
     }
     let mut total = 0u64;
     for layer in text.split("<layer ").skip(1) {
@@ -254,11 +252,12 @@ pub fn ir_parameter_count(xml: &Path) -> Result<u64, GraphWeightsError> {
         }
         let mut elements = 1u64;
         for d in shape.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-            elements *= d
-                .parse::<u64>()
-                .map_err(|_| err(xml, format!("a Const layer has shape \"{shape}\"")))?;
+            elements = elements.saturating_mul(
+                d.parse::<u64>()
+                    .map_err(|_| format!("a Const layer has shape \"{shape}\""))?,
+            );
         }
-        total += elements;
+        total = total.saturating_add(elements);
     }
     Ok(total)
 }

@@ -43,19 +43,34 @@ fn f32_matches_transformers() {
     check("vit-tiny", "logits", Precision::F32, 1e-4);
 }
 
-/// Whether this CPU computes bf16; prints what is not exercised when it does not.
+/// Whether oneDNN (OpenVINO's CPU kernels) may use bf16 here: the CPU has bf16 arithmetic and
+/// ONEDNN_MAX_CPU_ISA, when set, does not cap the ISA below it (AVX2 emulates an AVX2-only CPU
+/// on any machine). Prints what is not exercised when bf16 is unavailable.
 fn cpu_has_bf16(test: &str) -> bool {
     let cpu = ia_hardware::detect().cpu;
-    if !cpu.has_bf16() {
+    let cap = std::env::var("ONEDNN_MAX_CPU_ISA").unwrap_or_default();
+    let cap_allows = matches!(
+        cap.to_ascii_uppercase().as_str(),
+        "" | "ALL"
+            | "DEFAULT"
+            | "AVX2_VNNI_2"
+            | "AVX512_CORE_BF16"
+            | "AVX512_CORE_FP16"
+            | "AVX512_CORE_AMX"
+            | "AVX512_CORE_AMX_FP16"
+    );
+    let usable = cpu.has_bf16() && cap_allows;
+    if !usable {
         println!(
-            "NOT EXERCISED in {test}: bf16 accuracy on OpenVINO, because this CPU ({}, {}) has no \
-             bf16 arithmetic (ISA: {}); checked instead that bf16 is refused as unavailable",
+            "NOT EXERCISED in {test}: bf16 accuracy on OpenVINO, because bf16 is unavailable here \
+             (CPU {} {}, ISA: {}; ONEDNN_MAX_CPU_ISA={cap:?}); checked instead that bf16 is \
+             refused as unavailable",
             cpu.model_name,
             cpu.family_model_stepping,
             cpu.isa_extensions.join(" ")
         );
     }
-    cpu.has_bf16()
+    usable
 }
 
 /// Without bf16 arithmetic OpenVINO compiles for f32; that must not pass as a bf16 result.
@@ -71,6 +86,28 @@ fn bf16_is_refused(name: &str) {
             && e.to_string().contains("f32"),
         "{e}"
     );
+}
+
+/// The AVX2-only behaviour on any machine: oneDNN capped to AVX2 compiles bf16 for f32, and
+/// the engine refuses it instead of reporting an f32 result as bf16.
+#[test]
+fn bf16_is_refused_where_onednn_is_capped_to_avx2() {
+    // Before OpenVINO is loaded in this process (nextest runs each test in its own).
+    std::env::set_var("ONEDNN_MAX_CPU_ISA", "AVX2");
+    bf16_is_refused("bert-tiny");
+    bf16_is_refused("vit-tiny");
+    let e = generator_error("llama-tiny", Precision::Bf16);
+    assert!(matches!(e, ia_engine::EngineError::Unsupported(_)), "{e}");
+    // f32 is unaffected.
+    check("bert-tiny", "last_hidden_state", Precision::F32, 1e-4);
+}
+
+fn generator_error(name: &str, p: Precision) -> ia_engine::EngineError {
+    let src = ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).unwrap());
+    OpenVinoEngine::new()
+        .load_generator(&src, Platform::Openvino, p)
+        .err()
+        .expect("the load must be refused")
 }
 
 #[test]
@@ -126,11 +163,7 @@ fn decoders_generate_like_transformers_in_f32() {
 fn decoders_stay_close_in_bf16_on_this_cpu() {
     if !cpu_has_bf16("decoders_stay_close_in_bf16_on_this_cpu") {
         for name in ["llama-tiny", "opt-tiny"] {
-            let src = ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).unwrap());
-            let e = OpenVinoEngine::new()
-                .load_generator(&src, Platform::Openvino, Precision::Bf16)
-                .err()
-                .expect("bf16 must not load on a CPU without bf16");
+            let e = generator_error(name, Precision::Bf16);
             assert!(matches!(e, ia_engine::EngineError::Unsupported(_)), "{e}");
         }
         return;

@@ -27,6 +27,9 @@ pub fn check_sample_rate(rate: u64, what: &str) -> Result<u32, PreprocessError> 
         })
 }
 
+/// The most channels a WAV file may have (they are averaged to mono).
+pub const MAX_CHANNELS: u16 = 64;
+
 /// A mono waveform in [-1, 1].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Waveform {
@@ -42,21 +45,28 @@ impl Waveform {
     /// Reads a PCM or float WAV file; channels are averaged to mono (as librosa and the HF
     /// pipelines do) and integers scaled to [-1, 1) by 2^(bits-1), as soundfile does.
     pub fn open(path: &Path) -> Result<Self, PreprocessError> {
-        let wrong = |reason: String| PreprocessError::WrongKind {
-            path: path.display().to_string(),
-            expected: "WAV audio",
-            reason,
-        };
         let file = std::fs::File::open(path).map_err(|e| PreprocessError::Read {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        let reader = hound::WavReader::new(std::io::BufReader::new(file))
-            .map_err(|e| wrong(e.to_string()))?;
+        Self::read(std::io::BufReader::new(file), &path.display().to_string())
+    }
+
+    /// [`Waveform::open`] over any reader; `name` is what errors call it.
+    pub fn read(input: impl std::io::Read, name: &str) -> Result<Self, PreprocessError> {
+        let wrong = |reason: String| PreprocessError::WrongKind {
+            path: name.to_string(),
+            expected: "WAV audio",
+            reason,
+        };
+        let reader = hound::WavReader::new(input).map_err(|e| wrong(e.to_string()))?;
         let spec = reader.spec();
-        check_sample_rate(u64::from(spec.sample_rate), &path.display().to_string())?;
-        if spec.channels == 0 {
-            return Err(wrong("its header declares 0 channels".into()));
+        check_sample_rate(u64::from(spec.sample_rate), name)?;
+        if !(1..=MAX_CHANNELS).contains(&spec.channels) {
+            return Err(wrong(format!(
+                "its header declares {} channels (1..={MAX_CHANNELS} are read)",
+                spec.channels
+            )));
         }
         let bits_ok = match spec.sample_format {
             hound::SampleFormat::Float => spec.bits_per_sample == 32,
@@ -75,20 +85,21 @@ impl Waveform {
             )));
         }
         let channels = usize::from(spec.channels);
-        let interleaved: Vec<f32> = match spec.sample_format {
-            hound::SampleFormat::Float => reader
-                .into_samples::<f32>()
-                .collect::<Result<_, _>>()
-                .map_err(|e| wrong(e.to_string()))?,
+        // The header's sample count is a claim: capacity grows with the samples really read.
+        let mut interleaved: Vec<f32> = Vec::with_capacity((reader.len() as usize).min(1 << 22));
+        match spec.sample_format {
+            hound::SampleFormat::Float => {
+                for s in reader.into_samples::<f32>() {
+                    interleaved.push(s.map_err(|e| wrong(e.to_string()))?);
+                }
+            }
             hound::SampleFormat::Int => {
                 let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
-                reader
-                    .into_samples::<i32>()
-                    .map(|s| s.map(|v| v as f32 * scale))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| wrong(e.to_string()))?
+                for s in reader.into_samples::<i32>() {
+                    interleaved.push(s.map_err(|e| wrong(e.to_string()))? as f32 * scale);
+                }
             }
-        };
+        }
         if interleaved.is_empty() {
             return Err(wrong("it holds no samples".into()));
         }

@@ -4,21 +4,11 @@
 
 use clap::builder::{RangedU64ValueParser, TypedValueParser};
 
-/// Batch sizes (`--batch-sizes`).
-pub const BATCH: (u64, u64) = (1, ia_engine::inputs::MAX_BATCH as u64);
-/// Tokens per sequence (`--seq-len`).
-pub const SEQ_LEN: (u64, u64) = (1, ia_engine::inputs::MAX_SEQ_LEN as u64);
-/// Tokens generated (`--new-tokens`, `--max-new-tokens`).
-pub const NEW_TOKENS: (u64, u64) = (1, 1 << 20);
-/// Untimed and timed iteration counts.
-pub const WARMUP: (u64, u64) = (0, 100_000);
-pub const ITERATIONS: (u64, u64) = (1, 10_000_000);
+pub use ia_bench::limits::{BATCH, ITERATIONS, MAX_SECONDS, NEW_TOKENS, SEQ_LEN, WARMUP};
 /// Beam width for Whisper.
 pub const BEAMS: (u64, u64) = (1, ia_engine::speech::MAX_BEAMS as u64);
 /// Labels printed (`--top-k`).
 pub const TOP_K: (u64, u64) = (1, 1 << 20);
-/// Seconds a protocol or a browser step may be asked to take (one day).
-pub const MAX_SECONDS: f64 = 86_400.0;
 
 /// A count in `range`, parsed as usize.
 pub fn count(range: (u64, u64)) -> impl TypedValueParser<Value = usize> {

@@ -1144,3 +1144,55 @@ fn a_browser_that_does_not_start_is_a_failed_combination() {
     assert!(!wasm["error"].as_str().unwrap().contains('\n'));
     assert_eq!(rows[1]["outcome"]["status"], "pass");
 }
+
+/// bf16 on OpenVINO where the CPU cannot compute it (oneDNN capped to AVX2: what an AVX2-only
+/// CPU does): bench stores the combination unavailable with the reason, f32 still passes, and
+/// the store never holds an f32 result under a bf16 label.
+#[test]
+fn bf16_without_cpu_support_is_unavailable_in_bench_and_db() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bf16.duckdb");
+    let o = bin()
+        .env("ONEDNN_MAX_CPU_ISA", "AVX2")
+        .args([
+            "bench",
+            "--models",
+            &fixture("bert-tiny"),
+            "--hardware",
+            "openvino",
+            "--precision",
+            "f32,bf16",
+            "--batch-sizes",
+            "1",
+            "--seq-len",
+            "16",
+            "--warmup",
+            "0",
+            "--min-iterations",
+            "2",
+            "--min-duration",
+            "0",
+            "--db-path",
+            db.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let q = run(&[
+        "db",
+        "--db-path",
+        db.to_str().unwrap(),
+        "query",
+        "--format",
+        "csv",
+        "--sql",
+        "SELECT p.precision, p.status, c.status AS compat, \
+                contains(p.error, 'bf16 is not available on this CPU') AS says_why \
+         FROM performance_results p JOIN compatibility_results c USING (run_id, model_id, hardware_id) \
+         WHERE c.precision = p.precision ORDER BY p.precision",
+    ]);
+    assert_eq!(
+        stdout(&q),
+        "precision,status,compat,says_why\nbf16,unavailable,unavailable,true\nf32,pass,pass,\n"
+    );
+}
