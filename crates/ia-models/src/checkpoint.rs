@@ -130,11 +130,23 @@ impl ModelSource {
     }
 }
 
+/// The largest JSON file of a checkpoint read (configs, indexes and module lists are
+/// kilobytes; a sharded index of a huge model is a few megabytes).
+pub const MAX_JSON_BYTES: u64 = 64 << 20;
+
 pub(crate) fn read_json(path: &Path) -> Result<Value, CheckpointError> {
-    let text = std::fs::read_to_string(path).map_err(|source| CheckpointError::Io {
+    let io = |source| CheckpointError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let size = std::fs::metadata(path).map_err(io)?.len();
+    if size > MAX_JSON_BYTES {
+        return Err(CheckpointError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("{size} bytes of JSON (at most {MAX_JSON_BYTES} are read)"),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(io)?;
     serde_json::from_str(&text).map_err(|e| CheckpointError::Invalid {
         path: path.to_path_buf(),
         message: format!("invalid JSON: {e}"),

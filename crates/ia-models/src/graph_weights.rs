@@ -33,6 +33,11 @@ pub fn parameter_count(
     source: &crate::ModelSource,
     graph: &Path,
 ) -> Result<u64, GraphWeightsError> {
+    // The runtimes read an initializer's external data from the file its `location` names:
+    // that must be a plain name inside the model's folder, whoever counts the parameters.
+    if graph.extension().is_some_and(|e| e == "onnx") {
+        check_external_data(graph)?;
+    }
     if let crate::ModelSource::Checkpoint(c) = source {
         if !c.safetensors.is_empty() {
             let mut total = 0;
@@ -72,8 +77,45 @@ pub fn onnx_parameter_count(path: &Path) -> Result<u64, GraphWeightsError> {
 
 /// [`onnx_parameter_count`] over any seekable reader of `len` bytes.
 pub fn onnx_parameter_count_in<R: Read + Seek>(inner: R, len: u64) -> Result<u64, String> {
+    scan_onnx(inner, len).map(|(total, _)| total)
+}
+
+/// Bytes a runtime reads to load `graph`: the file, its external data beside it
+/// (`model.onnx.data`, `model.onnx_data`) or, for IR, its `.bin`.
+pub fn graph_file_bytes(graph: &Path) -> u64 {
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let mut total = size(graph);
+    let name = graph.file_name().map(|n| n.to_string_lossy().into_owned());
+    if let (Some(dir), Some(name)) = (graph.parent(), name) {
+        for extra in [format!("{name}.data"), format!("{name}_data")] {
+            total = total.saturating_add(size(&dir.join(extra)));
+        }
+        if graph.extension().is_some_and(|e| e == "xml") {
+            total = total.saturating_add(size(&graph.with_extension("bin")));
+        }
+    }
+    total
+}
+
+/// Refuses an ONNX file whose initializers keep their data outside the file's folder
+/// (`external_data` locations that are not plain names inside it).
+pub fn check_external_data(path: &Path) -> Result<(), GraphWeightsError> {
+    let file = File::open(path).map_err(|e| err(path, e.to_string()))?;
+    let len = file.metadata().map_err(|e| err(path, e.to_string()))?.len();
+    let (_, locations) = scan_onnx(BufReader::new(file), len).map_err(|m| err(path, m))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    for location in locations {
+        crate::checkpoint::inside(dir, &location)
+            .map_err(|m| err(path, format!("an initializer's external data location {m}")))?;
+    }
+    Ok(())
+}
+
+/// Weight elements of an ONNX model and the external-data locations its initializers name.
+fn scan_onnx<R: Read + Seek>(inner: R, len: u64) -> Result<(u64, Vec<String>), String> {
     let mut r = ProtoReader { inner, pos: 0, len };
     let mut total = 0u64;
+    let mut locations = Vec::new();
     let mut saw_graph = false;
     // ModelProto: field 7 is the graph.
     r.fields(len, &mut |r, field, wire| match (field, wire) {
@@ -84,7 +126,7 @@ pub fn onnx_parameter_count_in<R: Read + Seek>(inner: R, len: u64) -> Result<u64
             r.fields(end, &mut |r, field, wire| match (field, wire) {
                 (5, Wire::Len(n)) => {
                     let end = r.end_of(n)?;
-                    let (dtype, elements) = r.tensor_header(end)?;
+                    let (dtype, elements) = r.tensor_header(end, &mut locations)?;
                     if ONNX_WEIGHT_TYPES.contains(&dtype) {
                         total = total.saturating_add(elements);
                     }
@@ -99,7 +141,7 @@ pub fn onnx_parameter_count_in<R: Read + Seek>(inner: R, len: u64) -> Result<u64
     if !saw_graph {
         return Err("not an ONNX model (it has no graph)".into());
     }
-    Ok(total)
+    Ok((total, locations))
 }
 
 enum Wire {
@@ -127,6 +169,20 @@ impl<R: Read + Seek> ProtoReader<R> {
                     self.pos, self.len
                 )
             })
+    }
+
+    /// A length-delimited string payload of `n` bytes (at most 64 KiB).
+    fn string(&mut self, n: u64) -> Result<String, String> {
+        self.end_of(n)?;
+        if n > 1 << 16 {
+            return Err(format!("a string of {n} bytes at byte {}", self.pos));
+        }
+        let mut buf = vec![0u8; n as usize];
+        self.inner
+            .read_exact(&mut buf)
+            .map_err(|_| format!("truncated at byte {}", self.pos))?;
+        self.pos += n;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
     }
 
     fn byte(&mut self) -> Result<u8, String> {
@@ -192,10 +248,34 @@ impl<R: Read + Seek> ProtoReader<R> {
 
     /// A TensorProto's data type and element count (dims: field 1, packed or not; data type:
     /// field 2), skipping its data.
-    fn tensor_header(&mut self, end: u64) -> Result<(u64, u64), String> {
+    fn tensor_header(
+        &mut self,
+        end: u64,
+        locations: &mut Vec<String>,
+    ) -> Result<(u64, u64), String> {
         let mut dims: Vec<u64> = Vec::new();
         let mut dtype = 0;
         self.fields(end, &mut |r, field, wire| match (field, wire) {
+            // external_data: StringStringEntryProto {1: key, 2: value}
+            (13, Wire::Len(n)) => {
+                let stop = r.end_of(n)?;
+                let (mut key, mut value) = (String::new(), String::new());
+                r.fields(stop, &mut |r, field, wire| match (field, wire) {
+                    (1, Wire::Len(n)) => {
+                        key = r.string(n)?;
+                        Ok(())
+                    }
+                    (2, Wire::Len(n)) => {
+                        value = r.string(n)?;
+                        Ok(())
+                    }
+                    (_, wire) => r.skip(wire),
+                })?;
+                if key == "location" {
+                    locations.push(value);
+                }
+                Ok(())
+            }
             (1, Wire::Varint(d)) => {
                 dims.push(d);
                 Ok(())
@@ -307,6 +387,35 @@ mod tests {
             &mut t,
         );
         t
+    }
+
+    #[test]
+    fn external_data_must_stay_in_the_model_folder() {
+        let entry = |k: &str, v: &str| {
+            let mut e = Vec::new();
+            len_field(1, k.as_bytes(), &mut e);
+            len_field(2, v.as_bytes(), &mut e);
+            e
+        };
+        let model = |location: &str| {
+            let mut t = tensor(&[4, 4], 1, false);
+            len_field(13, &entry("location", location), &mut t);
+            let mut g = Vec::new();
+            len_field(5, &t, &mut g);
+            let mut m = Vec::new();
+            len_field(7, &g, &mut m);
+            m
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ok = dir.path().join("ok.onnx");
+        std::fs::write(&ok, model("model.onnx.data")).unwrap();
+        check_external_data(&ok).unwrap();
+        for evil in ["../../etc/passwd", "/etc/passwd"] {
+            let bad = dir.path().join("bad.onnx");
+            std::fs::write(&bad, model(evil)).unwrap();
+            let e = check_external_data(&bad).unwrap_err().to_string();
+            assert!(e.contains("not a plain file name"), "{e}");
+        }
     }
 
     #[test]

@@ -122,6 +122,10 @@ impl OpenVinoEngine {
         let (model_path, weights) = model_files(source)?;
         let parameter_count = ia_models::graph_weights::parameter_count(source, &model_path)
             .map_err(|e| EngineError::InvalidModel(e.to_string()))?;
+        ia_engine::memory::ensure_allocatable(
+            ia_models::graph_weights::graph_file_bytes(&model_path),
+            "loading the model graph",
+        )?;
         let (_, version) = library()?;
         let mut core = Core::new().map_err(ov)?;
         core.set_property(

@@ -52,6 +52,10 @@ impl OrtEngine {
         let file = onnx_file(source)?;
         let parameter_count = ia_models::graph_weights::parameter_count(source, &file)
             .map_err(|e| EngineError::InvalidModel(e.to_string()))?;
+        ia_engine::memory::ensure_allocatable(
+            ia_models::graph_weights::graph_file_bytes(&file),
+            "loading the ONNX model",
+        )?;
         let (session, provider) = session::build(&file, platform)?;
         let output_names = session
             .outputs()

@@ -440,6 +440,12 @@ fn config_values_out_of_range_are_named() {
     for (fixture_name, key, value, needle) in [
         (
             "bert-tiny",
+            "hidden_size",
+            serde_json::json!(1_000_000_000u64),
+            "hidden_size = 1000000000",
+        ),
+        (
+            "bert-tiny",
             "num_attention_heads",
             serde_json::json!(0),
             "num_attention_heads = 0",
