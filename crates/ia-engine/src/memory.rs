@@ -60,7 +60,9 @@ pub fn positions(source: &ModelSource, inputs: &Inputs) -> usize {
         Inputs::Image { shape, .. } => {
             let vision = config.get("vision_config").unwrap_or(config);
             let patch = get(vision, "patch_size").unwrap_or(32).max(1);
-            (shape[2] / patch).max(1) * (shape[3] / patch).max(1) + 1
+            let patches = (shape[2] / patch).max(1) * (shape[3] / patch).max(1) + 1;
+            // A detector's decoder attends over its object queries.
+            patches.max(get(config, "num_queries").unwrap_or(0))
         }
         Inputs::Audio { batch, samples, .. } => {
             audio_positions(config, samples.len() / (*batch).max(1))

@@ -33,37 +33,18 @@ fn ext(e: &'static str) -> impl Fn(&Path) -> bool {
     move |p: &Path| p.extension().is_some_and(|x| x == e)
 }
 
-/// A GGUF v3 file with one q8_0 tensor and a few metadata entries.
+/// A GGUF v3 file with one q8_0 tensor and the metadata a llama file carries.
 pub fn gguf_seed() -> Vec<u8> {
-    let s = |x: &str| {
-        let mut v = (x.len() as u64).to_le_bytes().to_vec();
-        v.extend(x.as_bytes());
-        v
-    };
-    let mut f = b"GGUF".to_vec();
-    f.extend(3u32.to_le_bytes());
-    f.extend(1u64.to_le_bytes());
-    f.extend(3u64.to_le_bytes());
-    f.extend(s("general.architecture"));
-    f.extend(8u32.to_le_bytes());
-    f.extend(s("llama"));
-    f.extend(s("general.alignment"));
-    f.extend(4u32.to_le_bytes());
-    f.extend(32u32.to_le_bytes());
-    f.extend(s("llama.context_length"));
-    f.extend(4u32.to_le_bytes());
-    f.extend(128u32.to_le_bytes());
-    f.extend(s("token_embd.weight"));
-    f.extend(2u32.to_le_bytes());
-    f.extend(32u64.to_le_bytes());
-    f.extend(2u64.to_le_bytes());
-    f.extend(8u32.to_le_bytes());
-    f.extend(0u64.to_le_bytes());
-    while !f.len().is_multiple_of(32) {
-        f.push(0);
-    }
-    f.extend(vec![1u8; 68]);
-    f
+    use ia_models::gguf::{write, WriteValue};
+    write(
+        &[
+            ("general.architecture", WriteValue::Str("llama")),
+            ("general.alignment", WriteValue::U32(32)),
+            ("llama.context_length", WriteValue::U32(128)),
+        ],
+        &[("token_embd.weight", &[32, 2], 8)],
+        &[1u8; 68],
+    )
 }
 
 const IMPORT_SEED: &str = r#"[{"model": "bert", "engine": "pytorch", "engine_version": "2.5",

@@ -60,7 +60,7 @@ impl CpuInfo {
     pub fn has_bf16(&self) -> bool {
         self.isa_extensions
             .iter()
-            .any(|f| matches!(f.as_str(), "avx512bf16" | "amx_bf16" | "avx_ne_convert"))
+            .any(|f| matches!(f.as_str(), "avx512bf16" | "amx_bf16" | "avxneconvert"))
     }
 
     pub fn has(&self, extension: &str) -> bool {
@@ -125,6 +125,32 @@ fn isa_extensions(cpuinfo: &str) -> Vec<String> {
                 "avx512fp16",
                 std::arch::is_x86_feature_detected!("avx512fp16"),
             ),
+            // The AVX-512 subsets kernels are compiled for, and the VEX VNNI / bf16
+            // conversions of newer client cores.
+            ("avx512vl", std::arch::is_x86_feature_detected!("avx512vl")),
+            ("avx512dq", std::arch::is_x86_feature_detected!("avx512dq")),
+            ("avx512cd", std::arch::is_x86_feature_detected!("avx512cd")),
+            (
+                "avx512ifma",
+                std::arch::is_x86_feature_detected!("avx512ifma"),
+            ),
+            (
+                "avx512vbmi",
+                std::arch::is_x86_feature_detected!("avx512vbmi"),
+            ),
+            (
+                "avx512vbmi2",
+                std::arch::is_x86_feature_detected!("avx512vbmi2"),
+            ),
+            ("avxvnni", std::arch::is_x86_feature_detected!("avxvnni")),
+            (
+                "avxvnniint8",
+                std::arch::is_x86_feature_detected!("avxvnniint8"),
+            ),
+            (
+                "avxneconvert",
+                std::arch::is_x86_feature_detected!("avxneconvert"),
+            ),
         ];
         found.extend(
             runtime
@@ -132,26 +158,11 @@ fn isa_extensions(cpuinfo: &str) -> Vec<String> {
                 .filter(|(_, on)| *on)
                 .map(|(n, _)| n.to_string()),
         );
-        // The rest, as the kernel names them (it must enable AMX state for user space, so
-        // its flags are authoritative): the AVX-512 subsets kernels are compiled for, the VEX
-        // VNNI/bf16 conversions of newer client cores, and AMX.
-        for f in [
-            "avx512vl",
-            "avx512dq",
-            "avx512cd",
-            "avx512ifma",
-            "avx512vbmi",
-            "avx512_vbmi2",
-            "avx_vnni",
-            "avx_vnni_int8",
-            "avx_ne_convert",
-            "amx_tile",
-            "amx_bf16",
-            "amx_int8",
-            "amx_fp16",
-        ] {
-            if flags.contains(f) {
-                found.push(f.to_string());
+        // AMX is not exposed by `is_x86_feature_detected!` on stable; the kernel's flags are
+        // authoritative anyway because it must enable the AMX state for user space.
+        for amx in ["amx_tile", "amx_bf16", "amx_int8", "amx_fp16"] {
+            if flags.contains(amx) {
+                found.push(amx.to_string());
             }
         }
     }

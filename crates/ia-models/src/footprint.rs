@@ -31,10 +31,18 @@ impl Footprint {
             .saturating_add(self.tables)
     }
 
-    /// Ok when the estimate fits in `available` bytes; else the one-line reason.
+    /// What must be free for the estimate to be run safely: a quarter more (allocator slack,
+    /// transient copies the estimate does not itemise) and 256 MiB for the program itself.
+    pub fn required(&self) -> u64 {
+        let t = self.total();
+        t.saturating_add(t / 4).saturating_add(256 << 20)
+    }
+
+    /// Ok when the estimate, with its margin ([`Footprint::required`]), fits in `available`
+    /// bytes; else the one-line reason.
     pub fn check_fits(&self, available: &ia_hardware::memory::Available) -> Result<(), String> {
         use ia_hardware::memory::gib;
-        if self.total() <= available.bytes {
+        if self.required() <= available.bytes {
             return Ok(());
         }
         let mut parts = vec![format!("weights {}", gib(self.weights))];
@@ -48,9 +56,10 @@ impl Footprint {
             }
         }
         Err(format!(
-            "needs about {} ({}) but {} can be allocated ({})",
+            "needs about {} ({}; {} with margin) but {} can be allocated ({})",
             gib(self.total()),
             parts.join(", "),
+            gib(self.required()),
             gib(available.bytes),
             available.limited_by
         ))

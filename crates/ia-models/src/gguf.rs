@@ -266,42 +266,70 @@ pub fn check(bytes: &[u8]) -> Result<GgufSummary, String> {
     })
 }
 
+/// A metadata value [`write`] can store.
+#[derive(Debug, Clone, Copy)]
+pub enum WriteValue<'a> {
+    U32(u32),
+    Str(&'a str),
+}
+
+/// Writes a GGUF v3 file: `metadata`, one tensor info per `(name, dims, GGML type id)` (each at
+/// offset 0 of the data), padding to 32 bytes, then `data`. For tests and fuzz seeds: it writes
+/// what it is given, valid or not.
+pub fn write(
+    metadata: &[(&str, WriteValue<'_>)],
+    tensors: &[(&str, &[u64], u32)],
+    data: &[u8],
+) -> Vec<u8> {
+    let s = |x: &str, out: &mut Vec<u8>| {
+        out.extend((x.len() as u64).to_le_bytes());
+        out.extend(x.as_bytes());
+    };
+    let mut f = b"GGUF".to_vec();
+    f.extend(3u32.to_le_bytes());
+    f.extend((tensors.len() as u64).to_le_bytes());
+    f.extend((metadata.len() as u64).to_le_bytes());
+    for (key, value) in metadata {
+        s(key, &mut f);
+        match value {
+            WriteValue::U32(v) => {
+                f.extend(4u32.to_le_bytes());
+                f.extend(v.to_le_bytes());
+            }
+            WriteValue::Str(v) => {
+                f.extend(8u32.to_le_bytes());
+                s(v, &mut f);
+            }
+        }
+    }
+    for (name, dims, type_id) in tensors {
+        s(name, &mut f);
+        f.extend((dims.len() as u32).to_le_bytes());
+        for d in *dims {
+            f.extend(d.to_le_bytes());
+        }
+        f.extend(type_id.to_le_bytes());
+        f.extend(0u64.to_le_bytes());
+    }
+    while !f.len().is_multiple_of(32) {
+        f.push(0);
+    }
+    f.extend(data);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn s(x: &str) -> Vec<u8> {
-        let mut v = (x.len() as u64).to_le_bytes().to_vec();
-        v.extend(x.as_bytes());
-        v
-    }
-
-    /// A v3 file: metadata `kvs`, then one q8_0 tensor of 32 elements.
-    fn file(kvs: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
-        let mut f = b"GGUF".to_vec();
-        f.extend(3u32.to_le_bytes());
-        f.extend(1u64.to_le_bytes());
-        f.extend((kvs.len() as u64).to_le_bytes());
-        for (k, t, v) in kvs {
-            f.extend(s(k));
-            f.extend(t.to_le_bytes());
-            f.extend(v);
-        }
-        f.extend(s("w"));
-        f.extend(1u32.to_le_bytes());
-        f.extend(32u64.to_le_bytes());
-        f.extend(8u32.to_le_bytes());
-        f.extend(0u64.to_le_bytes());
-        while !f.len().is_multiple_of(32) {
-            f.push(0);
-        }
-        f.extend([0u8; 34]);
-        f
+    /// One q8_0 tensor of 32 elements after `metadata`.
+    fn file(metadata: &[(&str, WriteValue<'_>)]) -> Vec<u8> {
+        write(metadata, &[("w", &[32], 8)], &[0u8; 34])
     }
 
     #[test]
     fn a_small_file_is_summarised() {
-        let f = file(&[("general.architecture", 8, s("llama"))]);
+        let f = file(&[("general.architecture", WriteValue::Str("llama"))]);
         let g = check(&f).unwrap();
         assert_eq!(g.architecture.as_deref(), Some("llama"));
         assert_eq!(g.dominant_quantised_type(), Some("q8_0"));
@@ -310,7 +338,7 @@ mod tests {
     #[test]
     fn bad_alignments_are_refused() {
         for a in [0u32, 3, 48] {
-            let f = file(&[("general.alignment", 4, a.to_le_bytes().to_vec())]);
+            let f = file(&[("general.alignment", WriteValue::U32(a))]);
             let e = check(&f).unwrap_err();
             assert!(
                 e.contains("general.alignment") && e.contains(&a.to_string()),
@@ -332,9 +360,7 @@ mod tests {
         huge.extend(u64::MAX.to_le_bytes());
         huge.extend(0u64.to_le_bytes());
         assert!(check(&huge).unwrap_err().contains("tensor entries"));
-        let mut f = file(&[]);
-        let pos = f.windows(4).rposition(|w| w == 8u32.to_le_bytes()).unwrap();
-        f[pos..pos + 4].copy_from_slice(&99u32.to_le_bytes());
+        let f = write(&[], &[("w", &[32], 99)], &[0u8; 34]);
         assert!(check(&f).unwrap_err().contains("type 99"));
     }
 }

@@ -72,10 +72,10 @@ const INTEGER_FIELDS: &[(&str, u64, u64)] = &[
 const DIM: u64 = 1 << 18;
 const HEADS: u64 = 1 << 12;
 const LAYERS: u64 = 1 << 12;
-/// Largest vocabulary (2^24: 64x Gemma's 256k).
-const VOCAB: u64 = 1 << 24;
-/// Most positions (2^24: 16M tokens).
-const POSITIONS: u64 = 1 << 24;
+/// Largest vocabulary (2^22: 16x Gemma's 256k).
+const VOCAB: u64 = 1 << 22;
+/// Most positions (2^22: 4M tokens, 4x the longest released contexts).
+const POSITIONS: u64 = 1 << 22;
 
 /// Floating-point fields: (field, smallest, largest), ends included.
 const FLOAT_FIELDS: &[(&str, f64, f64)] = &[

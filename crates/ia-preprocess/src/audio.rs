@@ -27,6 +27,11 @@ pub fn check_sample_rate(rate: u64, what: &str) -> Result<u32, PreprocessError> 
         })
 }
 
+/// The most samples (all channels together) a WAV file may hold: 512 MiB as f32, 46 minutes
+/// of 48 kHz mono. Whisper listens to 30-s windows and attention over longer audio does not
+/// fit in memory anyway.
+pub const MAX_SAMPLES: u64 = 1 << 27;
+
 /// The most channels a WAV file may have (they are averaged to mono).
 pub const MAX_CHANNELS: u16 = 64;
 
@@ -79,6 +84,12 @@ impl Waveform {
             )));
         }
         let seconds = f64::from(reader.duration()) / f64::from(spec.sample_rate);
+        if u64::from(reader.len()) > MAX_SAMPLES {
+            return Err(wrong(format!(
+                "it declares {} samples; at most {MAX_SAMPLES} are read",
+                reader.len()
+            )));
+        }
         if seconds > MAX_AUDIO_SECONDS {
             return Err(wrong(format!(
                 "it declares {seconds:.0} s of audio; at most {MAX_AUDIO_SECONDS:.0} s are read"

@@ -1,34 +1,12 @@
 //! End-to-end tests of the `ipfs-accelerate` binary on the committed tiny fixtures.
 
+mod common;
+
+use common::{bin, fixture, run, stderr, stdout};
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ipfs-accelerate"));
-    c.env_remove("BENCHMARK_DB_PATH");
-    c
-}
-
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("binary runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use std::path::Path;
+use std::process::{Output, Stdio};
 
 /// A failed command: non-zero exit and exactly one line on stderr that names the problem.
 fn assert_one_line_error(o: &Output, needle: &str) {

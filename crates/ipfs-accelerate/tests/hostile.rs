@@ -4,18 +4,14 @@
 //! panic, an abort, a hang or a large allocation: each runs under a 4 GiB address-space cap
 //! and a 120 s timeout, and the peak resident set of the child is checked.
 
+mod common;
+
+use common::fixture;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name)
-        .display()
-        .to_string()
-}
 
 /// What one hostile case did.
 struct Outcome {
@@ -677,76 +673,35 @@ fn sequence_lengths_past_the_model_or_memory_are_refused() {
 
 // ---- weight files ----------------------------------------------------------------------
 
-fn gguf(kvs: &[(&str, u32, Vec<u8>)], tensor_type: u32, elements: u64, data: usize) -> Vec<u8> {
-    let s = |x: &str| {
-        let mut v = (x.len() as u64).to_le_bytes().to_vec();
-        v.extend(x.as_bytes());
-        v
-    };
-    let mut f = b"GGUF".to_vec();
-    f.extend(3u32.to_le_bytes());
-    f.extend(1u64.to_le_bytes());
-    f.extend((kvs.len() as u64).to_le_bytes());
-    for (k, t, v) in kvs {
-        f.extend(s(k));
-        f.extend(t.to_le_bytes());
-        f.extend(v);
-    }
-    f.extend(s("token_embd.weight"));
-    f.extend(1u32.to_le_bytes());
-    f.extend(elements.to_le_bytes());
-    f.extend(tensor_type.to_le_bytes());
-    f.extend(0u64.to_le_bytes());
-    while !f.len().is_multiple_of(32) {
-        f.push(0);
-    }
-    f.extend(vec![0u8; data]);
-    f
-}
-
 #[test]
 fn gguf_headers_are_checked_before_loading() {
+    use ia_models::gguf::{write, WriteValue};
     let d = tmp();
-    let arch = |a: &str| {
-        let mut v = (a.len() as u64).to_le_bytes().to_vec();
-        v.extend(a.as_bytes());
-        ("general.architecture", 8u32, v)
+    let llama = [("general.architecture", WriteValue::Str("llama"))];
+    let one = |metadata: &[(&str, WriteValue<'_>)], dims: &[u64], type_id: u32, data: usize| {
+        write(
+            metadata,
+            &[("token_embd.weight", dims, type_id)],
+            &vec![0u8; data],
+        )
     };
     for (name, file, needle) in [
         (
             "align0",
-            gguf(
-                &[("general.alignment", 4, 0u32.to_le_bytes().to_vec())],
-                8,
-                32,
-                34,
-            ),
+            one(&[("general.alignment", WriteValue::U32(0))], &[32], 8, 34),
             "general.alignment 0",
         ),
         (
             "align3",
-            gguf(
-                &[("general.alignment", 4, 3u32.to_le_bytes().to_vec())],
-                8,
-                32,
-                34,
-            ),
+            one(&[("general.alignment", WriteValue::U32(3))], &[32], 8, 34),
             "general.alignment 3",
         ),
-        (
-            "truncated",
-            gguf(&[arch("llama")], 8, 32, 10),
-            "outside the file",
-        ),
-        (
-            "huge",
-            gguf(&[arch("llama")], 8, 1 << 62, 34),
-            "outside the file",
-        ),
-        ("type", gguf(&[arch("llama")], 77, 32, 34), "GGML type 77"),
+        ("truncated", one(&llama, &[32], 8, 10), "outside the file"),
+        ("huge", one(&llama, &[1 << 62], 8, 34), "outside the file"),
+        ("type", one(&llama, &[32], 77, 34), "GGML type 77"),
         (
             "q4k-file",
-            gguf(&[arch("llama")], 12, 256, 144),
+            one(&llama, &[256], 12, 144),
             "holds q4_k weights",
         ),
     ] {

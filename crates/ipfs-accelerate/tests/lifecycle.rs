@@ -3,32 +3,14 @@
 //! killed outright (closed by the next writer), and the store's read paths during and after a
 //! run (read-only, local, no migration, no extensions, tables that are tables, a lock named).
 
+mod common;
+
+use common::{bin, fixture, text};
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ipfs-accelerate"));
-    c.env_remove("BENCHMARK_DB_PATH");
-    c
-}
-
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn query(db: &Path, sql: &str) -> Output {
     bin()
