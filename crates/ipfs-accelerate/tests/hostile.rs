@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::fixture;
+use common::{fixture, QUICK};
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -85,6 +85,20 @@ fn refused(args: &[&str], needles: &[&str]) {
     for n in needles {
         assert!(o.text.contains(n), "{args:?}: '{n}' not in: {}", o.text);
     }
+}
+
+/// `run --model <fixture> --input <file>` refused with `needles`.
+fn refused_run(model: &str, input: &Path, needles: &[&str]) {
+    refused(
+        &[
+            "run",
+            "--model",
+            &fixture(model),
+            "--input",
+            input.to_str().unwrap(),
+        ],
+        needles,
+    );
 }
 
 fn tmp() -> tempfile::TempDir {
@@ -194,17 +208,6 @@ fn png(path: &Path, w: u32, h: u32, rows: u32) {
     f.extend(chunk(b"IEND", &[]));
     std::fs::write(path, f).unwrap();
 }
-
-const QUICK: [&str; 8] = [
-    "--batch-sizes",
-    "1",
-    "--warmup",
-    "0",
-    "--min-iterations",
-    "1",
-    "--min-duration",
-    "0",
-];
 
 /// A quick bench of `model` without a store; `extra` flags replace the quick defaults.
 fn bench(model: &str, extra: &[&str]) -> Vec<String> {
@@ -367,54 +370,18 @@ fn images_with_extreme_shapes_are_refused_or_processed() {
     let d = tmp();
     let thin = d.path().join("thin_1x200.png");
     png(&thin, 1, 200, 200);
-    refused(
-        &[
-            "run",
-            "--model",
-            &fixture("detr-tiny"),
-            "--input",
-            thin.to_str().unwrap(),
-        ],
-        &["1x200", "pixels"],
-    );
+    refused_run("detr-tiny", &thin, &["1x200", "pixels"]);
     let zero = d.path().join("zero.png");
     png(&zero, 0, 0, 0);
-    refused(
-        &[
-            "run",
-            "--model",
-            &fixture("vit-tiny"),
-            "--input",
-            zero.to_str().unwrap(),
-        ],
-        &["zero.png"],
-    );
+    refused_run("vit-tiny", &zero, &["zero.png"]);
     // IHDR claims 100000 x 100000 (40 GB of pixels) over a few bytes of data.
     let liar = d.path().join("liar.png");
     png(&liar, 100_000, 100_000, 1);
-    refused(
-        &[
-            "run",
-            "--model",
-            &fixture("vit-tiny"),
-            "--input",
-            liar.to_str().unwrap(),
-        ],
-        &["liar.png"],
-    );
+    refused_run("vit-tiny", &liar, &["liar.png"]);
     // A long strip: CLIP's shortest-edge resize would make it 224 x 4.5M pixels.
     let strip = d.path().join("strip.png");
     png(&strip, 20_000, 1, 1);
-    refused(
-        &[
-            "run",
-            "--model",
-            &fixture("clip-tiny"),
-            "--input",
-            strip.to_str().unwrap(),
-        ],
-        &["pixels"],
-    );
+    refused_run("clip-tiny", &strip, &["pixels"]);
     // Tiny but valid: resized like any other.
     let one = d.path().join("one.png");
     png(&one, 1, 1, 1);

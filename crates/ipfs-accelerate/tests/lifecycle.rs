@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{bin, fixture, text};
+use common::{bin, fixture, text, QUICK};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -245,23 +245,9 @@ fn sigterm_leaves_no_browser_behind() {
 fn quick_store(dir: &Path) -> PathBuf {
     let db = dir.join("r.duckdb");
     let o = bin()
-        .args([
-            "bench",
-            "--models",
-            &fixture("bert-tiny"),
-            "--batch-sizes",
-            "1",
-            "--seq-len",
-            "8",
-            "--warmup",
-            "0",
-            "--min-iterations",
-            "2",
-            "--min-duration",
-            "0",
-            "--db-path",
-            db.to_str().unwrap(),
-        ])
+        .args(["bench", "--models", &fixture("bert-tiny"), "--seq-len", "8"])
+        .args(QUICK)
+        .args(["--db-path", db.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));

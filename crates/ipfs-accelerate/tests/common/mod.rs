@@ -20,6 +20,18 @@ pub fn fixture(name: &str) -> String {
         .to_string()
 }
 
+/// The shortest protocol: one batch size, no warm-up, one timed iteration, no minimum time.
+pub const QUICK: [&str; 8] = [
+    "--batch-sizes",
+    "1",
+    "--warmup",
+    "0",
+    "--min-iterations",
+    "1",
+    "--min-duration",
+    "0",
+];
+
 pub fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("binary runs")
 }
