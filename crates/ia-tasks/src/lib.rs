@@ -205,14 +205,10 @@ impl Pipeline {
                 };
                 let wav = Waveform::open(path)?;
                 let samples = wav.resampled(asr.sample_rate())?.samples;
-                if self.class == ModelClass::Whisper {
+                if let Some(window) = asr.window_samples() {
                     // transformers' pipeline switches to sequential long-form decoding past
-                    // the 30-s window; that is not implemented, and cutting the audio would
-                    // silently drop speech.
-                    let window = ia_preprocess::audio::WhisperFrontEnd::from_config(
-                        &preprocessor_json(&self.source)?.unwrap_or_default(),
-                    )?
-                    .n_samples;
+                    // Whisper's 30-s window; that is not implemented, and cutting the audio
+                    // would silently drop speech.
                     if samples.len() > window {
                         return Err(TaskError::Input(format!(
                             "{} is {:.1} s long; Whisper transcribes one {:.0}-s window here \

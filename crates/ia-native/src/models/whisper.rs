@@ -600,6 +600,10 @@ impl SpeechRecognizer for WhisperSession {
         self.front_end.sampling_rate
     }
 
+    fn window_samples(&self) -> Option<usize> {
+        Some(self.front_end.n_samples)
+    }
+
     fn transcribe(
         &mut self,
         waveform: &[f32],
