@@ -11,15 +11,7 @@ pub fn reset_peak_rss() -> bool {
 /// VmHWM in bytes, where the OS reports it.
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
+    ia_hardware::memory::proc_bytes(&status, "VmHWM")
 }
 
 #[cfg(all(test, target_os = "linux"))]

@@ -79,7 +79,7 @@ fn browser_memory_in(proc: &Path, root: u32) -> BrowserMemory {
         };
         if let Some(bytes) = std::fs::read_to_string(dir.join("status"))
             .ok()
-            .and_then(|s| peak_rss_bytes(&s))
+            .and_then(|s| ia_hardware::memory::proc_bytes(&s, "VmHWM"))
         {
             *slot = Some(slot.map_or(bytes, |b| b.max(bytes)));
         }
@@ -91,13 +91,6 @@ fn browser_memory_in(proc: &Path, root: u32) -> BrowserMemory {
 /// by spaces, not NULs.
 fn has_arg(cmdline: &[u8], arg: &[u8]) -> bool {
     cmdline.split(|&b| b == 0 || b == b' ').any(|a| a == arg)
-}
-
-/// `VmHWM:   123456 kB` -> bytes.
-fn peak_rss_bytes(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 /// Every process whose chain of parents reaches `root`.
@@ -147,7 +140,10 @@ mod tests {
     fn stat_and_status_fields_are_read() {
         assert_eq!(parent_pid("42 (chrome (x) y) S 7 42 42 0"), Some(7));
         assert_eq!(
-            peak_rss_bytes("Name:\tchrome\nVmPeak:\t 9 kB\nVmHWM:\t  2048 kB\n"),
+            ia_hardware::memory::proc_bytes(
+                "Name:\tchrome\nVmPeak:\t 9 kB\nVmHWM:\t  2048 kB\n",
+                "VmHWM"
+            ),
             Some(2048 * 1024)
         );
         assert!(has_arg(

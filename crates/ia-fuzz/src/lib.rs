@@ -194,7 +194,7 @@ pub struct Finding {
 /// A mutation fuzzer: each round takes a seed (or an earlier input that was kept), applies a
 /// few random mutations and runs the target. Deterministic for a given `seed`.
 pub struct Fuzzer {
-    state: u64,
+    rng: ia_engine::inputs::SplitMix64,
 }
 
 /// The longest one input may take before it counts as a hang.
@@ -203,21 +203,12 @@ pub const SLOW_INPUT: Duration = Duration::from_secs(5);
 impl Fuzzer {
     pub fn new(seed: u64) -> Self {
         Self {
-            state: seed ^ 0x9e37_79b9_7f4a_7c15,
+            rng: ia_engine::inputs::SplitMix64::new(seed),
         }
     }
 
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.rng.next_u64() % n.max(1) as u64) as usize
     }
 
     /// One to four mutations of `input`; `other` is spliced from. Half the mutations of a JSON
@@ -340,6 +331,9 @@ impl Fuzzer {
         rounds: usize,
         budget: Duration,
     ) -> Result<usize, Finding> {
+        // A panic's message and location, kept quietly for the finding.
+        static HOOK: std::sync::Once = std::sync::Once::new();
+        HOOK.call_once(ia_bench::isolation::install_panic_hook);
         let start = Instant::now();
         let mut pool: Vec<Vec<u8>> = seeds.to_vec();
         if pool.is_empty() {
@@ -359,15 +353,10 @@ impl Fuzzer {
                 self.mutate(&pool[a], &pool[b])
             };
             let t = Instant::now();
-            let result = std::panic::catch_unwind(|| target(&input));
+            let result = ia_bench::isolate(|| target(&input));
             let took = t.elapsed();
             ran += 1;
-            if let Err(payload) = result {
-                let what = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".into());
+            if let Err(what) = result {
                 return Err(Finding {
                     target: name,
                     input,

@@ -181,14 +181,7 @@ fn isa_extensions(cpuinfo: &str) -> Vec<String> {
 
 fn memory_bytes() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 = meminfo
-        .lines()
-        .find_map(|l| field(l, "MemTotal"))?
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
+    crate::memory::proc_bytes(&meminfo, "MemTotal")
 }
 
 #[cfg(test)]

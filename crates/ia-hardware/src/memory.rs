@@ -43,6 +43,11 @@ pub fn available() -> Option<Available> {
         })
 }
 
+/// A `Key:   1234 kB` field of a /proc file (status, meminfo), in bytes.
+pub fn proc_bytes(text: &str, key: &str) -> Option<u64> {
+    kb_field(text, key).map(|kb| kb * 1024)
+}
+
 fn kb_field(text: &str, key: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?

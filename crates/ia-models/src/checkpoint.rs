@@ -250,10 +250,17 @@ impl Checkpoint {
         if let Some(s) = SentenceEmbedding::read(&self.dir)? {
             return Ok(s);
         }
-        // SentenceTransformer's Transformer module: min(max_position_embeddings,
-        // tokenizer.model_max_length) when both are known.
+        Ok(SentenceEmbedding::plain(self.text_max_length()?))
+    }
+
+    /// The most tokens the text side takes as transformers and sentence-transformers size
+    /// it: min(max_position_embeddings of the (text) config, tokenizer_config.json's
+    /// model_max_length), whichever are known; at most 2^20.
+    pub fn text_max_length(&self) -> Result<Option<usize>, CheckpointError> {
         let positions = self
             .config
+            .get("text_config")
+            .unwrap_or(&self.config)
             .get("max_position_embeddings")
             .and_then(Value::as_u64);
         let model_max = self
@@ -264,9 +271,7 @@ impl Checkpoint {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        Ok(SentenceEmbedding::plain(
-            max.filter(|&m| m >= 1).map(|m| m.min(1 << 20) as usize),
-        ))
+        Ok(max.filter(|&m| m >= 1).map(|m| m.min(1 << 20) as usize))
     }
 }
 

@@ -130,19 +130,24 @@ pub fn estimate(
 pub fn weight_elements(source: &ModelSource) -> Result<u64, CheckpointError> {
     match source {
         ModelSource::Checkpoint(c) if !c.safetensors.is_empty() => {
-            let mut total = 0u64;
-            for f in &c.safetensors {
-                total = total.saturating_add(
-                    read_safetensors_header(f)?
-                        .iter()
-                        .map(|t| t.elements)
-                        .fold(0u64, u64::saturating_add),
-                );
-            }
-            Ok(total)
+            safetensors_elements(&c.safetensors)
         }
         _ => Ok(estimate_parameters(source.config())),
     }
+}
+
+/// Elements of every tensor the safetensors `files` declare (their headers only are read).
+pub fn safetensors_elements(files: &[std::path::PathBuf]) -> Result<u64, CheckpointError> {
+    let mut total = 0u64;
+    for f in files {
+        total = total.saturating_add(
+            read_safetensors_header(f)?
+                .iter()
+                .map(|t| t.elements)
+                .fold(0u64, u64::saturating_add),
+        );
+    }
+    Ok(total)
 }
 
 /// Sizes read from a config (and its sub-configs), the largest of each across towers.

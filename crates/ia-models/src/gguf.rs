@@ -2,18 +2,14 @@
 //! counts that fit the file, metadata values (strings, nested arrays to a bounded depth), an
 //! alignment that is a power of two, and tensors whose types are known, whose shapes do not
 //! overflow and whose bytes lie inside the file at aligned offsets. Also what the file really
-//! holds: its architecture, context length and the weight type most of its elements use.
+//! holds: its architecture and the weight type most of its elements use.
 
 use std::collections::HashMap;
 
 /// What a checked header says.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GgufSummary {
-    pub version: u32,
     pub architecture: Option<String>,
-    pub context_length: Option<u64>,
-    pub alignment: u64,
-    pub tensors: usize,
     /// Elements per GGML type name ("q8_0", "q4_k", "f32", ...).
     pub elements_by_type: HashMap<&'static str, u64>,
 }
@@ -244,24 +240,12 @@ pub fn check(bytes: &[u8]) -> Result<GgufSummary, String> {
         }
         *elements_by_type.entry(type_name).or_default() += elements;
     }
-    let text = |k: &str| match meta.get(k) {
+    let architecture = match meta.get("general.architecture") {
         Some(Meta::Text(s)) => Some(s.clone()),
         _ => None,
     };
-    let architecture = text("general.architecture");
-    let context_length =
-        architecture
-            .as_ref()
-            .and_then(|a| match meta.get(&format!("{a}.context_length")) {
-                Some(Meta::Int(n)) if *n > 0 => Some(*n as u64),
-                _ => None,
-            });
     Ok(GgufSummary {
-        version,
         architecture,
-        context_length,
-        alignment,
-        tensors: infos.len(),
         elements_by_type,
     })
 }

@@ -40,11 +40,8 @@ pub fn parameter_count(
     }
     if let crate::ModelSource::Checkpoint(c) = source {
         if !c.safetensors.is_empty() {
-            let mut total = 0;
-            for file in &c.safetensors {
-                total += safetensors_parameter_count(file)?;
-            }
-            return Ok(total);
+            return crate::footprint::safetensors_elements(&c.safetensors)
+                .map_err(|e| err(graph, e.to_string()));
         }
     }
     if graph.extension().is_some_and(|e| e == "xml") {
@@ -57,11 +54,8 @@ pub fn parameter_count(
 /// Elements of every tensor a safetensors file declares (its header only is read, by the one
 /// safetensors header reader, [`crate::footprint::read_safetensors_header`]).
 pub fn safetensors_parameter_count(path: &Path) -> Result<u64, GraphWeightsError> {
-    Ok(crate::footprint::read_safetensors_header(path)
-        .map_err(|e| err(path, e.to_string()))?
-        .iter()
-        .map(|t| t.elements)
-        .fold(0u64, u64::saturating_add))
+    crate::footprint::safetensors_elements(&[path.to_path_buf()])
+        .map_err(|e| err(path, e.to_string()))
 }
 
 /// ONNX `TensorProto.DataType` values that hold weights: float, uint8, int8, float16, double,

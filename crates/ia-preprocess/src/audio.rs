@@ -252,6 +252,30 @@ pub fn config_uint(
     }
 }
 
+/// A number field of a preprocessor config, as [`config_uint`] for integers.
+pub fn config_f64(
+    config: &serde_json::Value,
+    key: &str,
+    default: f64,
+    range: std::ops::RangeInclusive<f64>,
+) -> Result<f64, PreprocessError> {
+    let v = match config.get(key) {
+        None | Some(serde_json::Value::Null) => default,
+        Some(v) => v
+            .as_f64()
+            .ok_or_else(|| PreprocessError::Config(format!("{key} must be a number, got {v}")))?,
+    };
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(PreprocessError::Config(format!(
+            "{key} {v} is outside {}..={}",
+            range.start(),
+            range.end()
+        )))
+    }
+}
+
 /// Whisper's feature extractor settings (preprocessor_config.json).
 #[derive(Debug, Clone, PartialEq)]
 pub struct WhisperFrontEnd {
@@ -509,23 +533,7 @@ impl ClapFrontEnd {
             config_uint(c, "sampling_rate", 48_000, SAMPLE_RATES_U64)?,
             "preprocessor config sampling_rate",
         )?;
-        let f = |k: &str, d: f64, range: std::ops::RangeInclusive<f64>| {
-            let v = match c.get(k) {
-                None | Some(serde_json::Value::Null) => d,
-                Some(v) => v.as_f64().ok_or_else(|| {
-                    PreprocessError::Config(format!("{k} must be a number, got {v}"))
-                })?,
-            };
-            if range.contains(&v) {
-                Ok(v)
-            } else {
-                Err(PreprocessError::Config(format!(
-                    "{k} {v} is outside {}..={}",
-                    range.start(),
-                    range.end()
-                )))
-            }
-        };
+        let f = |k: &str, d: f64, range| config_f64(c, k, d, range);
         let nyquist = f64::from(rate) / 2.0;
         let max_length_s = f("max_length_s", 10.0, 0.01..=600.0)?;
         let hop_length = config_uint(c, "hop_length", 480, 1..=65_536)? as usize;

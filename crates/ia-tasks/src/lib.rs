@@ -659,13 +659,16 @@ fn embedding_of(of: &str, values: Vec<f32>) -> TaskOutput {
 
 /// The tokenizer set-up and, for encoders, the embedding pipeline of a checkpoint's text side:
 /// sentence-transformers' max_seq_length, pooling and normalisation for BERT-class models;
-/// the text tower's positions for CLIP and CLAP. Never more tokens than the model has
-/// positions for.
+/// the text tower's limit for CLIP and CLAP. Never more tokens than the model has positions
+/// for. A random-init config has no tokenizer and reads no text.
 fn text_pipeline(
     source: &ModelSource,
     class: ModelClass,
 ) -> Result<(Option<TextEncoder>, Option<SentenceEmbedding>), TaskError> {
-    let Some(path) = source.tokenizer_json().filter(|_| {
+    let ModelSource::Checkpoint(ckpt) = source else {
+        return Ok((None, None));
+    };
+    let Some(path) = ckpt.tokenizer_json.as_deref().filter(|_| {
         matches!(
             class,
             ModelClass::Bert | ModelClass::Clip | ModelClass::Clap
@@ -673,38 +676,21 @@ fn text_pipeline(
     }) else {
         return Ok((None, None));
     };
-    let config = source
-        .config()
-        .get("text_config")
-        .unwrap_or(source.config());
-    let positions = config
-        .get("max_position_embeddings")
-        .and_then(Value::as_u64)
-        .map(|p| p.min(1 << 20) as usize);
-    let (max, lower_case, embedding) = match class {
-        ModelClass::Bert => {
-            let st = text::sentence_embedding(source)?
-                .expect("a source with a tokenizer is a checkpoint");
-            (st.max_seq_length, st.do_lower_case, Some(st))
-        }
-        _ => {
-            let model_max = match source {
-                ModelSource::Checkpoint(c) => c
-                    .tokenizer_config()
-                    .map_err(|e| EngineError::InvalidModel(e.to_string()))?
-                    .get("model_max_length")
-                    .and_then(Value::as_u64)
-                    .map(|m| m.min(1 << 20) as usize),
-                ModelSource::RandomInit { .. } => None,
-            };
-            (model_max, false, None)
-        }
+    let invalid = |e: ia_models::CheckpointError| EngineError::InvalidModel(e.to_string());
+    let (max, lower_case, embedding) = if class == ModelClass::Bert {
+        let st = ckpt.sentence_embedding().map_err(invalid)?;
+        (st.max_seq_length, st.do_lower_case, Some(st))
+    } else {
+        (ckpt.text_max_length().map_err(invalid)?, false, None)
     };
+    let positions =
+        ia_engine::inputs::max_text_positions(&ckpt.config).map(|(_, p)| p.min(1 << 20) as usize);
     let max_length = match (max, positions) {
         (Some(m), Some(p)) => m.min(p),
         (m, p) => m.or(p).unwrap_or(512),
     }
     .max(1);
+    let config = ckpt.config.get("text_config").unwrap_or(&ckpt.config);
     let encoder = TextEncoder::new(path, config, max_length, lower_case)?;
     Ok((Some(encoder), embedding))
 }

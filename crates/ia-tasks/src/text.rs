@@ -15,7 +15,6 @@
 use crate::TaskError;
 use ia_engine::{EngineError, Inputs};
 use ia_models::sentence_transformers::{PoolingMode, SentenceEmbedding};
-use ia_models::ModelSource;
 use serde_json::Value;
 use tokenizers::{
     PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection,
@@ -210,18 +209,6 @@ pub fn pool(
         out.push(v);
     }
     Ok(out)
-}
-
-/// The embedding pipeline of a text-embedding checkpoint (None for a random-init config,
-/// which has no tokenizer to read text with).
-pub fn sentence_embedding(source: &ModelSource) -> Result<Option<SentenceEmbedding>, TaskError> {
-    match source {
-        ModelSource::Checkpoint(c) => Ok(Some(
-            c.sentence_embedding()
-                .map_err(|e| EngineError::InvalidModel(e.to_string()))?,
-        )),
-        ModelSource::RandomInit { .. } => Ok(None),
-    }
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ pub struct Args {
     parallel_load: Vec<bool>,
     /// Web platforms: seconds each browser step (start, load, one inference) may take; the
     /// timed loop gets more in proportion
-    #[arg(long, default_value_t = 180, value_parser = limits::count_u64((1, 86_400)))]
+    #[arg(long, default_value_t = 180, value_parser = limits::count_u64((1, limits::MAX_SECONDS as u64)))]
     browser_timeout: u64,
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8", value_parser = limits::count(limits::BATCH))]
     batch_sizes: Vec<usize>,
@@ -333,7 +333,7 @@ fn measure_all(
                 store_outcome(
                     store,
                     run_id,
-                    &run_host(),
+                    s.host(),
                     hw,
                     (asked.0, asked.1.clone()),
                     combo,
@@ -377,12 +377,6 @@ fn measure_all(
     }
     pb.finish_and_clear();
     Ok(())
-}
-
-fn run_host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// The combinations to measure, each with the engine that runs it (and, on the web
@@ -475,7 +469,9 @@ pub(crate) fn run_record() -> RunRecord {
     RunRecord {
         git_commit: git_commit(),
         command_line: std::env::args().collect::<Vec<_>>().join(" "),
-        host: run_host(),
+        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into()),
         tool_version: env!("CARGO_PKG_VERSION").into(),
     }
 }

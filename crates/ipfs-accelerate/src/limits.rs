@@ -32,65 +32,51 @@ fn number(s: &str) -> Result<f64, String> {
     }
 }
 
+/// `s` as a number in `lo..=hi`, or in `(lo, hi]` when `open_low`; the error writes the range
+/// in the same notation, then `unit`.
+fn within(s: &str, lo: f64, open_low: bool, hi: f64, unit: &str) -> Result<f64, String> {
+    let v = number(s)?;
+    let above_low = if open_low { v > lo } else { v >= lo };
+    if above_low && v <= hi {
+        return Ok(v);
+    }
+    let range = if open_low {
+        format!("({lo}, {hi}]")
+    } else {
+        format!("{lo}..={hi}")
+    };
+    Err(format!("{v} is not in {range}{unit}"))
+}
+
 /// Seconds in [0, one day].
 pub fn seconds(s: &str) -> Result<f64, String> {
-    let v = number(s)?;
-    if (0.0..=MAX_SECONDS).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("{v} is not in 0..={MAX_SECONDS} seconds"))
-    }
+    within(s, 0.0, false, MAX_SECONDS, " seconds")
 }
 
 /// Seconds of audio per input: (0, MAX_AUDIO_SECONDS].
 pub fn audio_seconds(s: &str) -> Result<f32, String> {
-    let v = number(s)?;
     let max = ia_preprocess::audio::MAX_AUDIO_SECONDS;
-    if v > 0.0 && v <= max {
-        Ok(v as f32)
-    } else {
-        Err(format!("{v} is not in (0, {max}] seconds"))
-    }
+    within(s, 0.0, true, max, " seconds").map(|v| v as f32)
 }
 
 /// A probability or score threshold in [0, 1].
 pub fn unit_interval(s: &str) -> Result<f32, String> {
-    let v = number(s)?;
-    if (0.0..=1.0).contains(&v) {
-        Ok(v as f32)
-    } else {
-        Err(format!("{v} is not in 0..=1"))
-    }
+    within(s, 0.0, false, 1.0, "").map(|v| v as f32)
 }
 
 /// top-p: (0, 1].
 pub fn top_p(s: &str) -> Result<f32, String> {
-    let v = number(s)?;
-    if v > 0.0 && v <= 1.0 {
-        Ok(v as f32)
-    } else {
-        Err(format!("{v} is not in (0, 1]"))
-    }
+    within(s, 0.0, true, 1.0, "").map(|v| v as f32)
 }
 
 /// Sampling temperature: [0, 100] (0 = greedy).
 pub fn temperature(s: &str) -> Result<f32, String> {
-    let v = number(s)?;
-    if (0.0..=100.0).contains(&v) {
-        Ok(v as f32)
-    } else {
-        Err(format!("{v} is not in 0..=100"))
-    }
+    within(s, 0.0, false, 100.0, "").map(|v| v as f32)
 }
 
 /// Repetition penalty: (0, 100].
 pub fn repetition_penalty(s: &str) -> Result<f32, String> {
-    let v = number(s)?;
-    if v > 0.0 && v <= 100.0 {
-        Ok(v as f32)
-    } else {
-        Err(format!("{v} is not in (0, 100]"))
-    }
+    within(s, 0.0, true, 100.0, "").map(|v| v as f32)
 }
 
 #[cfg(test)]

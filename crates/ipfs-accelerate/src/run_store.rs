@@ -18,6 +18,8 @@ static WRITE: Mutex<()> = Mutex::new(());
 pub struct RunStore {
     path: PathBuf,
     run_id: i64,
+    /// The host the run's results are recorded under.
+    host: String,
 }
 
 impl RunStore {
@@ -30,11 +32,16 @@ impl RunStore {
         Ok(Self {
             path: path.to_path_buf(),
             run_id,
+            host: run.host.clone(),
         })
     }
 
     pub fn run_id(&self) -> i64 {
         self.run_id
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     pub fn path(&self) -> &Path {
