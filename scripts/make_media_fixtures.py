@@ -429,8 +429,9 @@ def whisper_real():
 def whisper_pipeline_cases():
     """What transformers' own ASR pipeline returns for the real whisper-tiny.en on the inputs
     `ipfs-accelerate run` users give it: the recording at 16 kHz and at 22.05 kHz (the pipeline
-    resamples with torchaudio), a short clip, greedy and with beams. `run` goes through the same
-    steps (WAV decoding, resampling, log-mel, decoding rules), so its transcripts must be equal."""
+    resamples with torchaudio), a short clip, a recording past the 30-s window, greedy and with
+    beams. `run` goes through the same steps (WAV decoding, resampling, log-mel, decoding rules,
+    long-form windows), so its transcripts must be equal."""
     from transformers import pipeline
     cache = Path(os.environ.get("IPFS_ACCELERATE_CACHE", Path.home() / ".cache" / "ipfs-accelerate"))
     ckpt = cache / "models" / "openai--whisper-tiny.en"
@@ -447,9 +448,26 @@ def whisper_pipeline_cases():
             out = asr({"raw": np.asarray(x, dtype=np.float32), "sampling_rate": r},
                       generate_kwargs={"num_beams": beams})
             cases.append({"audio": audio, "beams": beams, "text": out["text"]})
+    # Past Whisper's 30-s window the pipeline refuses unless asked for timestamps; with
+    # return_timestamps=True it transcribes window by window (long-form), and `run` does that.
+    # The recording is built, not stored: the 16-bit samples of speech-16k.wav followed by
+    # `gap_seconds` of zeros, `repeat` times (the Rust test builds the same samples).
+    long_cases = []
+    pcm = np.frombuffer(wave.open(str(MEDIA / "speech-16k.wav")).readframes(10**9), dtype="<i2")
+    for repeat, gap_seconds in ((11, 0.5),):
+        gap = np.zeros(int(gap_seconds * rate), dtype="<i2")
+        x = np.tile(np.concatenate([pcm, gap]), repeat).astype(np.float32) / 32768.0
+        for beams in (1, 3):
+            out = asr({"raw": x, "sampling_rate": rate}, return_timestamps=True,
+                      generate_kwargs={"num_beams": beams})
+            long_cases.append({"audio": "media/speech-16k.wav", "repeat": repeat, "gap_seconds": gap_seconds,
+                               "seconds": len(x) / rate, "beams": beams, "text": out["text"],
+                               "chunks": [{"timestamp": list(c["timestamp"]), "text": c["text"]}
+                                          for c in out["chunks"]]})
     ref = json.loads((FIX / "whisper-tiny-en" / "reference.json").read_text())
     ref["pipeline"] = {"generator": "transformers.pipeline('automatic-speech-recognition')",
-                       "torchaudio": __import__("torchaudio").__version__, "cases": cases}
+                       "torchaudio": __import__("torchaudio").__version__, "cases": cases,
+                       "long_cases": long_cases}
     (FIX / "whisper-tiny-en" / "reference.json").write_text(json.dumps(ref, indent=2))
 
 

@@ -8,5 +8,8 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check \
-  torch transformers safetensors sentence-transformers numpy
+  torch transformers safetensors sentence-transformers numpy pillow
+# The ASR pipeline resamples with torchaudio; its newest wheel may trail torch's version, so
+# it goes in without letting pip replace torch.
+"$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps torchaudio
 "$venv/bin/python" -c "import torch, transformers; print('pyref:', torch.__version__, transformers.__version__)"

@@ -319,6 +319,16 @@ fn choose(
     Ok(candidates[probs.len() - 1].0)
 }
 
+/// log(sum(exp(x))), computed from the maximum; minus infinity when every entry is (as
+/// torch.logsumexp).
+pub fn log_sum_exp(x: &[f32]) -> f32 {
+    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if m == f32::NEG_INFINITY {
+        return m;
+    }
+    m + x.iter().map(|&v| (v - m).exp()).sum::<f32>().ln()
+}
+
 /// First index of the maximum, as torch.argmax.
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;

@@ -10,6 +10,7 @@ pub mod generation;
 pub mod inputs;
 pub mod memory;
 pub mod speech;
+pub mod whisper_long_form;
 
 use ia_hardware::Platform;
 use ia_models::{ModelClass, ModelSource, WeightsKind};

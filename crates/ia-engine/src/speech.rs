@@ -51,11 +51,6 @@ pub trait SpeechRecognizer: Send {
     fn info(&self) -> &SessionInfo;
     /// The rate the model's feature extractor expects; callers resample to it.
     fn sample_rate(&self) -> u32;
-    /// The most samples one transcription hears (Whisper's 30-s window), where there is a
-    /// limit: longer audio would be cut, so callers refuse it rather than drop speech.
-    fn window_samples(&self) -> Option<usize> {
-        None
-    }
     fn transcribe(
         &mut self,
         waveform: &[f32],

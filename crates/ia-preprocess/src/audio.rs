@@ -28,8 +28,8 @@ pub fn check_sample_rate(rate: u64, what: &str) -> Result<u32, PreprocessError> 
 }
 
 /// The most samples (all channels together) a WAV file may hold: 512 MiB as f32, 46 minutes
-/// of 48 kHz mono. Whisper listens to 30-s windows and attention over longer audio does not
-/// fit in memory anyway.
+/// of 48 kHz mono, 140 minutes at 16 kHz. Whisper transcribes longer audio window by window
+/// but computes the features of the whole recording first (about 14 bytes per sample).
 pub const MAX_SAMPLES: u64 = 1 << 27;
 
 /// The most channels a WAV file may have (they are averaged to mono).
@@ -344,7 +344,24 @@ impl WhisperFrontEnd {
     /// with a periodic Hann window, power spectrum, Slaney mel filters, log10 clamped at 1e-10,
     /// floor at max - 8, then (x + 4) / 4. Computed in f64, returned as f32.
     pub fn log_mel(&self, waveform: &[f32]) -> Vec<f32> {
-        let mut x = vec![0f64; self.n_samples];
+        self.log_mel_of_length(waveform, self.n_samples)
+    }
+
+    /// Log-mel features of the whole waveform, as the extractor computes them with
+    /// `truncation=False, padding="longest"` (what transformers' ASR pipeline gives Whisper for
+    /// audio past the window): padded to `n_samples` only when shorter, never cut, normalised
+    /// against the maximum of the whole recording. Returns the features `[feature_size,
+    /// frames]` and `frames`.
+    pub fn log_mel_whole(&self, waveform: &[f32]) -> (Vec<f32>, usize) {
+        let samples = waveform.len().max(self.n_samples);
+        (
+            self.log_mel_of_length(waveform, samples),
+            samples / self.hop_length,
+        )
+    }
+
+    fn log_mel_of_length(&self, waveform: &[f32], samples: usize) -> Vec<f32> {
+        let mut x = vec![0f64; samples];
         for (d, s) in x.iter_mut().zip(waveform) {
             *d = f64::from(*s);
         }
@@ -359,8 +376,8 @@ impl WhisperFrontEnd {
             true,
         );
         let bank = SparseBank::new(&filters, bins, self.feature_size);
-        // The STFT has frames() + 1 frames; Whisper drops the last.
-        let frames = self.frames();
+        // The STFT has frames + 1 frames; Whisper drops the last.
+        let frames = samples / self.hop_length;
         let mut mel = vec![0f64; self.feature_size * frames];
         power_spectrogram(&x, self.n_fft, self.hop_length, |f, power| {
             if f < frames {
@@ -796,6 +813,19 @@ mod tests {
         let max = m.iter().copied().fold(f32::MIN, f32::max);
         let min = m.iter().copied().fold(f32::MAX, f32::min);
         assert!(max - min <= 2.0 + 1e-6, "floored at max - 8 in log10, /4");
+    }
+
+    #[test]
+    fn whole_recording_keeps_every_frame_and_short_ones_are_padded() {
+        let fe = WhisperFrontEnd {
+            n_samples: 16_000,
+            ..Default::default()
+        };
+        let long = sine(1000.0, 16_000, 2.5);
+        let (m, frames) = fe.log_mel_whole(&long);
+        assert_eq!((frames, m.len()), (250, 80 * 250));
+        let short = sine(1000.0, 16_000, 0.5);
+        assert_eq!(fe.log_mel_whole(&short), (fe.log_mel(&short), 100));
     }
 
     #[test]

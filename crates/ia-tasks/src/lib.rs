@@ -205,20 +205,6 @@ impl Pipeline {
                 };
                 let wav = Waveform::open(path)?;
                 let samples = wav.resampled(asr.sample_rate())?.samples;
-                if let Some(window) = asr.window_samples() {
-                    // transformers' pipeline switches to sequential long-form decoding past
-                    // Whisper's 30-s window; that is not implemented, and cutting the audio
-                    // would silently drop speech.
-                    if samples.len() > window {
-                        return Err(TaskError::Input(format!(
-                            "{} is {:.1} s long; Whisper transcribes one {:.0}-s window here \
-                             (long-form decoding is not implemented): cut the recording",
-                            path.display(),
-                            wav.seconds(),
-                            window as f64 / f64::from(asr.sample_rate())
-                        )));
-                    }
-                }
                 let config = self.source.config();
                 let beams = opts.transcribe.num_beams.max(1);
                 let work = ia_models::footprint::Workload {

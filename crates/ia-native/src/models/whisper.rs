@@ -6,10 +6,12 @@
 //! candle-transformers has a Whisper too, but its GELU is the tanh approximation (transformers
 //! uses the exact erf form) and its decoder recomputes every position at each step.
 //!
-//! Decoding follows transformers' rules for short-form audio without timestamps: the prompt
+//! Decoding follows transformers' rules. Up to 30 s (short-form, no timestamps): the prompt
 //! is the start token plus the forced tokens (language, task, `<|notimestamps|>`),
 //! `suppress_tokens` are never chosen, `begin_suppress_tokens` not as the first token, and
-//! decoding ends at end-of-text or the decoder's context. Greedy and beam search.
+//! decoding ends at end-of-text or the decoder's context. Longer audio is transcribed window
+//! by window with timestamps ([`ia_engine::whisper_long_form`]), as the ASR pipeline does.
+//! Greedy and beam search.
 
 use super::attention::{Mlp, MultiHeadAttention};
 use super::LoadContext;
@@ -19,6 +21,8 @@ use candle_nn::{
     conv1d, embedding, layer_norm, Activation, Conv1d, Conv1dConfig, Embedding, LayerNorm,
     VarBuilder,
 };
+use ia_engine::generation::{argmax, log_sum_exp};
+use ia_engine::whisper_long_form::{transcript_text, TimestampRules, WindowCut};
 use ia_engine::{
     EngineError, Inputs, Outputs, Session, SessionInfo, SpeechRecognizer, TranscribeOptions,
     Transcription,
@@ -272,6 +276,8 @@ pub struct DecodingRules {
     pub eos: u32,
     pub suppress: Vec<u32>,
     pub begin_suppress: Vec<u32>,
+    /// Set when decoding with timestamps (long-form).
+    pub timestamps: Option<TimestampRules>,
 }
 
 fn ids(v: Option<&Value>) -> Vec<u32> {
@@ -348,19 +354,33 @@ impl DecodingRules {
             eos,
             suppress: ids(field("suppress_tokens")),
             begin_suppress: ids(field("begin_suppress_tokens")),
+            timestamps: None,
         })
     }
 
-    fn apply(&self, logits: &mut [f32], first: bool) {
+    /// The same rules decoding with timestamps: transformers drops `<|notimestamps|>` from the
+    /// prompt and adds the timestamp rules.
+    pub fn with_timestamps(&self, timestamps: TimestampRules) -> Self {
+        let mut rules = self.clone();
+        rules.prompt.retain(|&t| t != timestamps.no_timestamps);
+        rules.timestamps = Some(timestamps);
+        rules
+    }
+
+    /// Masks the next token's scores given the tokens generated so far.
+    fn apply(&self, logits: &mut [f32], generated: &[u32]) {
         let n = logits.len();
-        for &t in self
-            .suppress
-            .iter()
-            .chain(if first { &self.begin_suppress[..] } else { &[] })
-        {
+        for &t in self.suppress.iter().chain(if generated.is_empty() {
+            &self.begin_suppress[..]
+        } else {
+            &[]
+        }) {
             if (t as usize) < n {
                 logits[t as usize] = f32::NEG_INFINITY;
             }
+        }
+        if let Some(ts) = &self.timestamps {
+            ts.apply(logits, generated);
         }
     }
 }
@@ -370,6 +390,8 @@ pub struct WhisperSession {
     front_end: WhisperFrontEnd,
     tokenizer: Option<tokenizers::Tokenizer>,
     rules: DecodingRules,
+    /// The timestamp rules of long-form decoding, where the checkpoint has timestamp tokens.
+    timestamps: Option<TimestampRules>,
     /// config.json and generation_config.json, for re-deriving the prompt per language.
     configs: (Value, Value),
     language: Option<String>,
@@ -412,6 +434,7 @@ impl WhisperSession {
         let generation = ctx.source.generation_config();
         let config = ctx.source.config().clone();
         let rules = DecodingRules::new(&config, &generation, &cfg, tokenizer.as_ref(), None)?;
+        let timestamps = TimestampRules::from_configs(&config, &generation, rules.eos);
         let mut info = ctx.info;
         info.parameter_count = params.load(Ordering::Relaxed);
         info.output_names = vec!["sequences".into()];
@@ -420,6 +443,7 @@ impl WhisperSession {
             front_end,
             tokenizer,
             rules,
+            timestamps,
             configs: (config, generation),
             language: None,
             device: ctx.device,
@@ -434,136 +458,84 @@ impl WhisperSession {
             .iter()
             .flat_map(|w| self.front_end.log_mel(w))
             .collect();
+        self.window_tensor(mels, rows.len())
+    }
+
+    fn window_tensor(&self, mels: Vec<f32>, batch: usize) -> Result<Tensor> {
         Tensor::from_vec(
             mels,
-            (
-                rows.len(),
-                self.front_end.feature_size,
-                self.front_end.frames(),
-            ),
+            (batch, self.front_end.feature_size, self.front_end.frames()),
             &self.device,
         )?
         .to_dtype(self.dtype)
     }
 
-    fn max_new(&self, requested: Option<usize>) -> usize {
-        let room = self.model.config.max_target_positions - self.rules.prompt.len();
+    fn max_new(&self, rules: &DecodingRules, requested: Option<usize>) -> usize {
+        let room = self.model.config.max_target_positions - rules.prompt.len();
         requested.map_or(room, |r| r.min(room))
     }
 
-    fn last_logits(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
-        let t = logits.dim(1)?;
-        logits
-            .i((.., t - 1))?
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()
-    }
-
-    /// Greedy decoding of a batch; rows that reach end-of-text wait for the others.
-    pub fn greedy(&mut self, encoder_out: &Tensor, max_new: usize) -> Result<Vec<Vec<u32>>> {
-        let batch = encoder_out.dim(0)?;
-        self.model.start(encoder_out)?;
-        let prompt = Tensor::new(self.rules.prompt.as_slice(), &self.device)?
-            .unsqueeze(0)?
-            .repeat((batch, 1))?;
-        let mut rows = Self::last_logits(&self.model.decode(&prompt)?)?;
-        let mut out = vec![Vec::new(); batch];
-        let mut done = vec![false; batch];
-        for step in 0..max_new {
-            let mut next = Vec::with_capacity(batch);
-            for (b, logits) in rows.iter_mut().enumerate() {
-                self.rules.apply(logits, step == 0);
-                let tok = argmax(logits);
-                if done[b] || tok == self.rules.eos {
-                    done[b] = true;
-                    next.push(self.rules.eos);
-                } else {
-                    out[b].push(tok);
-                    next.push(tok);
-                }
-            }
-            if done.iter().all(|&d| d) || step + 1 == max_new {
-                break;
-            }
-            let t = Tensor::new(next.as_slice(), &self.device)?.unsqueeze(1)?;
-            rows = Self::last_logits(&self.model.decode(&t)?)?;
-        }
-        Ok(out)
-    }
-
-    /// Beam search as transformers runs it (length_penalty 1, early_stopping false): each step
-    /// keeps the `beams` best running continuations; an end-of-text among the top `beams`
-    /// candidates finishes a hypothesis scored by sum of log-probs / generated length.
-    pub fn beam_search(
+    /// One window's tokens (without end-of-text) under `rules`, greedy or with beams.
+    fn decode_window(
         &mut self,
-        encoder_out: &Tensor,
-        beams: usize,
-        max_new: usize,
+        features: &Tensor,
+        rules: &DecodingRules,
+        options: &TranscribeOptions,
     ) -> Result<Vec<u32>> {
-        let enc = encoder_out.i(0..1)?.repeat((beams, 1, 1))?;
-        self.model.start(&enc)?;
-        let prompt = Tensor::new(self.rules.prompt.as_slice(), &self.device)?
-            .unsqueeze(0)?
-            .repeat((beams, 1))?;
-        let mut rows = Self::last_logits(&self.model.decode(&prompt)?)?;
-        let mut running: Vec<(Vec<u32>, f32)> = (0..beams)
-            .map(|i| (Vec::new(), if i == 0 { 0.0 } else { -1e9 }))
-            .collect();
-        let mut finished: Vec<(Vec<u32>, f32)> = Vec::new();
-        for step in 0..max_new {
-            let mut candidates: Vec<(f32, usize, u32)> = Vec::new();
-            for (b, logits) in rows.iter().enumerate() {
-                let lse = log_sum_exp(logits);
-                let mut lp: Vec<f32> = logits.iter().map(|&x| x - lse).collect();
-                self.rules.apply(&mut lp, step == 0);
-                candidates.extend(
-                    lp.iter()
-                        .enumerate()
-                        .map(|(t, &l)| (running[b].1 + l, b, t as u32)),
-                );
-            }
-            // The 2 * beams best, highest first; ties keep the lower flat index as torch.topk does.
-            candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
-            candidates.truncate(2 * beams);
-            let generated = (step + 1) as f32;
-            let mut next = Vec::with_capacity(beams);
-            for (rank, &(score, b, tok)) in candidates.iter().enumerate() {
-                if tok == self.rules.eos {
-                    if rank < beams {
-                        finished.push((running[b].0.clone(), score / generated));
-                    }
-                } else if next.len() < beams {
-                    next.push((b, tok, score));
-                }
-            }
-            finished.sort_by(|a, b| b.1.total_cmp(&a.1));
-            finished.truncate(beams);
-            running = next
-                .iter()
-                .map(|&(b, tok, score)| {
-                    let mut seq = running[b].0.clone();
-                    seq.push(tok);
-                    (seq, score)
-                })
-                .collect();
-            let best_running = running[0].1 / generated;
-            let worst_finished = finished.last().map_or(f32::NEG_INFINITY, |f| f.1);
-            if (finished.len() == beams && best_running <= worst_finished) || step + 1 == max_new {
-                break;
-            }
-            let src: Vec<u32> = next.iter().map(|&(b, _, _)| b as u32).collect();
-            self.model.reorder(&src)?;
-            let toks: Vec<u32> = next.iter().map(|&(_, t, _)| t).collect();
-            let t = Tensor::new(toks.as_slice(), &self.device)?.unsqueeze(1)?;
-            rows = Self::last_logits(&self.model.decode(&t)?)?;
+        let enc = self.model.encode(features)?;
+        let max_new = self.max_new(rules, options.max_new_tokens);
+        if options.num_beams > 1 {
+            beam_search(&mut self.model, rules, &enc, options.num_beams, max_new)
+        } else {
+            Ok(greedy(&mut self.model, rules, &enc, max_new)?.remove(0))
         }
-        // Hypotheses still running at the length limit compete with the finished ones.
-        for (seq, score) in running {
-            let len = seq.len().max(1) as f32;
-            finished.push((seq, score / len));
+    }
+
+    /// Sequential long-form transcription (transformers' `generate` past 3000 frames): windows
+    /// of at most 30 s decoded with timestamps, each starting where the last finished segment
+    /// of the one before ended.
+    fn transcribe_long(
+        &mut self,
+        waveform: &[f32],
+        options: &TranscribeOptions,
+    ) -> std::result::Result<Transcription, EngineError> {
+        let timestamps = self.timestamps.clone().ok_or_else(|| {
+            EngineError::InvalidInput(format!(
+                "{:.1} s of audio is longer than Whisper's {:.0}-s window, and transcribing it \
+                 window by window needs timestamp tokens: this checkpoint's generation config \
+                 has no no_timestamps_token_id",
+                waveform.len() as f64 / f64::from(self.front_end.sampling_rate),
+                self.front_end.n_samples as f64 / f64::from(self.front_end.sampling_rate)
+            ))
+        })?;
+        let rules = self.rules.with_timestamps(timestamps.clone());
+        let (mel, frames) = self.front_end.log_mel_whole(waveform);
+        let window = self.front_end.frames();
+        let frames_per_timestamp = window / self.model.config.max_source_positions;
+        let mels = self.front_end.feature_size;
+        let mut tokens = Vec::new();
+        let mut seek = 0;
+        while seek < frames {
+            let held = (frames - seek).min(window);
+            // The window's frames, zero-padded to the encoder's width (as transformers pads).
+            let mut segment = vec![0f32; mels * window];
+            for m in 0..mels {
+                segment[m * window..m * window + held]
+                    .copy_from_slice(&mel[m * frames + seek..m * frames + seek + held]);
+            }
+            let features = self.window_tensor(segment, 1).map_err(rt)?;
+            let generated = self.decode_window(&features, &rules, options).map_err(rt)?;
+            let cut = WindowCut::of(&generated, &timestamps, held, frames_per_timestamp);
+            tokens.extend_from_slice(&generated[..cut.keep]);
+            seek += cut.advance;
         }
-        finished.sort_by(|a, b| b.1.total_cmp(&a.1));
-        Ok(finished.into_iter().next().map(|f| f.0).unwrap_or_default())
+        let seconds_per_timestamp = self.front_end.n_samples as f64
+            / f64::from(self.front_end.sampling_rate)
+            / self.model.config.max_source_positions as f64;
+        let text = transcript_text(&tokens, &timestamps, seconds_per_timestamp, |t| {
+            self.decode_text(t)
+        })?;
+        Ok(Transcription { tokens, text })
     }
 
     fn decode_text(&self, tokens: &[u32]) -> std::result::Result<String, EngineError> {
@@ -576,19 +548,127 @@ impl WhisperSession {
     }
 }
 
-fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best as u32
+fn last_logits(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
+    let t = logits.dim(1)?;
+    logits
+        .i((.., t - 1))?
+        .to_dtype(DType::F32)?
+        .to_vec2::<f32>()
 }
 
-fn log_sum_exp(x: &[f32]) -> f32 {
-    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    m + x.iter().map(|&v| (v - m).exp()).sum::<f32>().ln()
+/// Greedy decoding of a batch; rows that reach end-of-text wait for the others.
+fn greedy(
+    model: &mut Model,
+    rules: &DecodingRules,
+    encoder_out: &Tensor,
+    max_new: usize,
+) -> Result<Vec<Vec<u32>>> {
+    let batch = encoder_out.dim(0)?;
+    let device = encoder_out.device();
+    model.start(encoder_out)?;
+    let prompt = Tensor::new(rules.prompt.as_slice(), device)?
+        .unsqueeze(0)?
+        .repeat((batch, 1))?;
+    let mut rows = last_logits(&model.decode(&prompt)?)?;
+    let mut out = vec![Vec::new(); batch];
+    let mut done = vec![false; batch];
+    for step in 0..max_new {
+        let mut next = Vec::with_capacity(batch);
+        for (b, logits) in rows.iter_mut().enumerate() {
+            rules.apply(logits, &out[b]);
+            let tok = argmax(logits);
+            if done[b] || tok == rules.eos {
+                done[b] = true;
+                next.push(rules.eos);
+            } else {
+                out[b].push(tok);
+                next.push(tok);
+            }
+        }
+        if done.iter().all(|&d| d) || step + 1 == max_new {
+            break;
+        }
+        let t = Tensor::new(next.as_slice(), device)?.unsqueeze(1)?;
+        rows = last_logits(&model.decode(&t)?)?;
+    }
+    Ok(out)
+}
+
+/// Beam search as transformers runs it (length_penalty 1, early_stopping false): each step
+/// keeps the `beams` best running continuations; an end-of-text among the top `beams`
+/// candidates finishes a hypothesis scored by sum of log-probs / generated length.
+fn beam_search(
+    model: &mut Model,
+    rules: &DecodingRules,
+    encoder_out: &Tensor,
+    beams: usize,
+    max_new: usize,
+) -> Result<Vec<u32>> {
+    let device = encoder_out.device();
+    let enc = encoder_out.i(0..1)?.repeat((beams, 1, 1))?;
+    model.start(&enc)?;
+    let prompt = Tensor::new(rules.prompt.as_slice(), device)?
+        .unsqueeze(0)?
+        .repeat((beams, 1))?;
+    let mut rows = last_logits(&model.decode(&prompt)?)?;
+    let mut running: Vec<(Vec<u32>, f32)> = (0..beams)
+        .map(|i| (Vec::new(), if i == 0 { 0.0 } else { -1e9 }))
+        .collect();
+    let mut finished: Vec<(Vec<u32>, f32)> = Vec::new();
+    for step in 0..max_new {
+        let mut candidates: Vec<(f32, usize, u32)> = Vec::new();
+        for (b, logits) in rows.iter().enumerate() {
+            let lse = log_sum_exp(logits);
+            let mut lp: Vec<f32> = logits.iter().map(|&x| x - lse).collect();
+            rules.apply(&mut lp, &running[b].0);
+            candidates.extend(
+                lp.iter()
+                    .enumerate()
+                    .map(|(t, &l)| (running[b].1 + l, b, t as u32)),
+            );
+        }
+        // The 2 * beams best, highest first; ties keep the lower flat index as torch.topk does.
+        candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
+        candidates.truncate(2 * beams);
+        let generated = (step + 1) as f32;
+        let mut next = Vec::with_capacity(beams);
+        for (rank, &(score, b, tok)) in candidates.iter().enumerate() {
+            if tok == rules.eos {
+                if rank < beams {
+                    finished.push((running[b].0.clone(), score / generated));
+                }
+            } else if next.len() < beams {
+                next.push((b, tok, score));
+            }
+        }
+        finished.sort_by(|a, b| b.1.total_cmp(&a.1));
+        finished.truncate(beams);
+        running = next
+            .iter()
+            .map(|&(b, tok, score)| {
+                let mut seq = running[b].0.clone();
+                seq.push(tok);
+                (seq, score)
+            })
+            .collect();
+        let best_running = running[0].1 / generated;
+        let worst_finished = finished.last().map_or(f32::NEG_INFINITY, |f| f.1);
+        if (finished.len() == beams && best_running <= worst_finished) || step + 1 == max_new {
+            break;
+        }
+        let src: Vec<u32> = next.iter().map(|&(b, _, _)| b as u32).collect();
+        model.reorder(&src)?;
+        let toks: Vec<u32> = next.iter().map(|&(_, t, _)| t).collect();
+        let t = Tensor::new(toks.as_slice(), device)?.unsqueeze(1)?;
+        rows = last_logits(&model.decode(&t)?)?;
+    }
+    // Hypotheses still running at the length limit compete with the finished ones.
+    for (seq, score) in running {
+        let len = seq.len().max(1) as f32;
+        finished.push((seq, score / len));
+    }
+    finished.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(finished.into_iter().next().map(|f| f.0).unwrap_or_default())
 }
 
 impl SpeechRecognizer for WhisperSession {
@@ -598,10 +678,6 @@ impl SpeechRecognizer for WhisperSession {
 
     fn sample_rate(&self) -> u32 {
         self.front_end.sampling_rate
-    }
-
-    fn window_samples(&self) -> Option<usize> {
-        Some(self.front_end.n_samples)
     }
 
     fn transcribe(
@@ -620,15 +696,13 @@ impl SpeechRecognizer for WhisperSession {
             )?;
             self.language = options.language.clone();
         }
+        // transformers' pipeline pads up to 30 s and decodes once; past that, long-form.
+        if waveform.len() > self.front_end.n_samples {
+            return self.transcribe_long(waveform, options);
+        }
         let features = self.features(&[waveform]).map_err(rt)?;
-        let enc = self.model.encode(&features).map_err(rt)?;
-        let max_new = self.max_new(options.max_new_tokens);
-        let tokens = if options.num_beams > 1 {
-            self.beam_search(&enc, options.num_beams, max_new)
-                .map_err(rt)?
-        } else {
-            self.greedy(&enc, max_new).map_err(rt)?.remove(0)
-        };
+        let rules = self.rules.clone();
+        let tokens = self.decode_window(&features, &rules, options).map_err(rt)?;
         let text = self.decode_text(&tokens)?;
         Ok(Transcription { tokens, text })
     }
@@ -640,7 +714,8 @@ impl Session for WhisperSession {
     }
 
     /// Transcribes each waveform greedily (the benchmark's unit of work); `sequences` holds the
-    /// chosen tokens, padded with end-of-text.
+    /// chosen tokens, padded with end-of-text. Waveforms up to 30 s are decoded as one batch;
+    /// longer ones window by window, one after another, as `transcribe` does.
     fn run(&mut self, inputs: &Inputs) -> std::result::Result<Outputs, EngineError> {
         let Inputs::Audio {
             batch, sample_rate, ..
@@ -657,10 +732,17 @@ impl Session for WhisperSession {
             )));
         }
         let rows = inputs.audio_rows()?;
-        let features = self.features(&rows).map_err(rt)?;
-        let enc = self.model.encode(&features).map_err(rt)?;
-        let max_new = self.max_new(None);
-        let seqs = self.greedy(&enc, max_new).map_err(rt)?;
+        let seqs = if rows.iter().all(|r| r.len() <= self.front_end.n_samples) {
+            let features = self.features(&rows).map_err(rt)?;
+            let enc = self.model.encode(&features).map_err(rt)?;
+            let max_new = self.max_new(&self.rules, None);
+            greedy(&mut self.model, &self.rules, &enc, max_new).map_err(rt)?
+        } else {
+            let opts = TranscribeOptions::default();
+            rows.iter()
+                .map(|r| self.transcribe(r, &opts).map(|t| t.tokens))
+                .collect::<std::result::Result<_, _>>()?
+        };
         let width = seqs.iter().map(Vec::len).max().unwrap_or(0).max(1);
         let flat: Vec<f32> = seqs
             .iter()
