@@ -9,8 +9,9 @@ pub mod exported_decoder;
 pub mod generation;
 pub mod inputs;
 pub mod memory;
+pub mod seq2seq;
 pub mod speech;
-pub mod whisper_long_form;
+pub mod whisper;
 
 use ia_hardware::Platform;
 use ia_models::{ModelClass, ModelSource, WeightsKind};

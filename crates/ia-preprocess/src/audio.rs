@@ -231,25 +231,14 @@ pub fn config_uint(
     default: u64,
     range: std::ops::RangeInclusive<u64>,
 ) -> Result<u64, PreprocessError> {
-    let v = match config.get(key) {
-        None | Some(serde_json::Value::Null) => default,
-        Some(v) => v.as_u64().ok_or_else(|| {
-            PreprocessError::Config(format!(
-                "{key} {v} is not an integer in {}..={}",
-                range.start(),
-                range.end()
-            ))
-        })?,
-    };
-    if range.contains(&v) {
-        Ok(v)
-    } else {
-        Err(PreprocessError::Config(format!(
-            "{key} {v} is outside {}..={}",
-            range.start(),
-            range.end()
-        )))
-    }
+    config_number(
+        config,
+        key,
+        default,
+        range,
+        serde_json::Value::as_u64,
+        "an integer",
+    )
 }
 
 /// A number field of a preprocessor config, as [`config_uint`] for integers.
@@ -259,11 +248,33 @@ pub fn config_f64(
     default: f64,
     range: std::ops::RangeInclusive<f64>,
 ) -> Result<f64, PreprocessError> {
+    config_number(
+        config,
+        key,
+        default,
+        range,
+        serde_json::Value::as_f64,
+        "a number",
+    )
+}
+
+fn config_number<T: PartialOrd + std::fmt::Display + Copy>(
+    config: &serde_json::Value,
+    key: &str,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+    read: impl Fn(&serde_json::Value) -> Option<T>,
+    kind: &str,
+) -> Result<T, PreprocessError> {
     let v = match config.get(key) {
         None | Some(serde_json::Value::Null) => default,
-        Some(v) => v
-            .as_f64()
-            .ok_or_else(|| PreprocessError::Config(format!("{key} must be a number, got {v}")))?,
+        Some(v) => read(v).ok_or_else(|| {
+            PreprocessError::Config(format!(
+                "{key} {v} is not {kind} in {}..={}",
+                range.start(),
+                range.end()
+            ))
+        })?,
     };
     if range.contains(&v) {
         Ok(v)

@@ -6,12 +6,9 @@
 //! candle-transformers has a Whisper too, but its GELU is the tanh approximation (transformers
 //! uses the exact erf form) and its decoder recomputes every position at each step.
 //!
-//! Decoding follows transformers' rules. Up to 30 s (short-form, no timestamps): the prompt
-//! is the start token plus the forced tokens (language, task, `<|notimestamps|>`),
-//! `suppress_tokens` are never chosen, `begin_suppress_tokens` not as the first token, and
-//! decoding ends at end-of-text or the decoder's context. Longer audio is transcribed window
-//! by window with timestamps ([`ia_engine::whisper_long_form`]), as the ASR pipeline does.
-//! Greedy and beam search.
+//! This file computes (encoder over log-mel windows, decoder steps with caches); which tokens
+//! are chosen, greedy or beam search, and long-form transcription past 30 s are
+//! `ia_engine::whisper`'s, the same for every engine.
 
 use super::attention::{Mlp, MultiHeadAttention};
 use super::LoadContext;
@@ -21,15 +18,14 @@ use candle_nn::{
     conv1d, embedding, layer_norm, Activation, Conv1d, Conv1dConfig, Embedding, LayerNorm,
     VarBuilder,
 };
-use ia_engine::generation::{argmax, log_sum_exp};
-use ia_engine::whisper_long_form::{transcript_text, TimestampRules, WindowCut};
+use ia_engine::seq2seq::Seq2SeqDecoder;
+use ia_engine::whisper::{WhisperDecoding, WhisperModel};
 use ia_engine::{
     EngineError, Inputs, Outputs, Session, SessionInfo, SpeechRecognizer, TranscribeOptions,
     Transcription,
 };
 use ia_preprocess::audio::WhisperFrontEnd;
 use serde::Deserialize;
-use serde_json::Value;
 use std::sync::atomic::Ordering;
 
 /// HF `WhisperConfig`, deserialised from config.json as is.
@@ -269,134 +265,70 @@ fn causal_mask(t: usize, past: usize, device: &Device, dtype: DType) -> Result<T
     Tensor::from_vec(m, (t, past + t), device)?.to_dtype(dtype)
 }
 
-/// What transformers' generation config makes of a Whisper checkpoint.
-#[derive(Debug, Clone)]
-pub struct DecodingRules {
-    pub prompt: Vec<u32>,
-    pub eos: u32,
-    pub suppress: Vec<u32>,
-    pub begin_suppress: Vec<u32>,
-    /// Set when decoding with timestamps (long-form).
-    pub timestamps: Option<TimestampRules>,
+/// The candle Whisper as [`WhisperModel`]: encodes windows and decodes tokens; every decoding
+/// decision is `ia_engine::whisper`'s.
+struct CandleWhisper {
+    model: Model,
+    device: Device,
+    dtype: DType,
 }
 
-fn ids(v: Option<&Value>) -> Vec<u32> {
-    v.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_u64)
-                .map(|x| x as u32)
-                .collect()
-        })
-        .unwrap_or_default()
+impl CandleWhisper {
+    fn next_logits(&mut self, tokens: &[u32], rows: usize) -> Result<Vec<Vec<f32>>> {
+        let t = Tensor::from_slice(tokens, (rows, tokens.len() / rows.max(1)), &self.device)?;
+        let logits = self.model.decode(&t)?;
+        let last = logits.dim(1)? - 1;
+        logits.i((.., last))?.to_dtype(DType::F32)?.to_vec2()
+    }
 }
 
-impl DecodingRules {
-    /// From generation_config.json (`generation`, may be null) and config.json.
-    pub fn new(
-        config: &Value,
-        generation: &Value,
-        cfg: &Config,
-        tokenizer: Option<&tokenizers::Tokenizer>,
-        language: Option<&str>,
-    ) -> std::result::Result<Self, EngineError> {
-        let gen = generation;
-        let field = |k: &str| gen.get(k).or_else(|| config.get(k));
-        let eos = match field("eos_token_id") {
-            Some(Value::Array(a)) => a.first().and_then(Value::as_u64),
-            Some(v) => v.as_u64(),
-            None => None,
-        }
-        .ok_or_else(|| EngineError::InvalidModel("Whisper config has no eos_token_id".into()))?
-            as u32;
-        let start = field("decoder_start_token_id")
-            .and_then(Value::as_u64)
-            .map_or(cfg.decoder_start_token_id, |x| x as u32);
-        let token = |name: &str| tokenizer.and_then(|t| t.token_to_id(name));
-        let mut prompt = vec![start];
-        if field("is_multilingual")
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
-        {
-            let lang = format!("<|{}|>", language.unwrap_or("en"));
-            let lang_id = gen
-                .get("lang_to_id")
-                .and_then(|m| m.get(&lang))
-                .and_then(Value::as_u64)
-                .map(|x| x as u32)
-                .or_else(|| token(&lang))
-                .ok_or_else(|| {
-                    EngineError::InvalidInput(format!("this Whisper has no language token {lang}"))
-                })?;
-            let task = gen
-                .get("task_to_id")
-                .and_then(|m| m.get("transcribe"))
-                .and_then(Value::as_u64)
-                .map(|x| x as u32)
-                .or_else(|| token("<|transcribe|>"))
-                .ok_or_else(|| EngineError::InvalidModel("no <|transcribe|> token".into()))?;
-            prompt.extend([lang_id, task]);
-            if let Some(nt) = field("no_timestamps_token_id").and_then(Value::as_u64) {
-                prompt.push(nt as u32);
-            }
-        } else if let Some(forced) = field("forced_decoder_ids").and_then(Value::as_array) {
-            let mut forced: Vec<(u64, u32)> = forced
-                .iter()
-                .filter_map(|p| Some((p.get(0)?.as_u64()?, p.get(1)?.as_u64()? as u32)))
-                .collect();
-            forced.sort_unstable();
-            prompt.extend(forced.into_iter().map(|(_, id)| id));
-        } else if let Some(nt) = field("no_timestamps_token_id").and_then(Value::as_u64) {
-            prompt.push(nt as u32);
-        }
-        Ok(Self {
-            prompt,
-            eos,
-            suppress: ids(field("suppress_tokens")),
-            begin_suppress: ids(field("begin_suppress_tokens")),
-            timestamps: None,
-        })
+impl Seq2SeqDecoder for CandleWhisper {
+    fn decode(
+        &mut self,
+        tokens: &[u32],
+        rows: usize,
+    ) -> std::result::Result<Vec<Vec<f32>>, EngineError> {
+        self.next_logits(tokens, rows).map_err(rt)
     }
 
-    /// The same rules decoding with timestamps: transformers drops `<|notimestamps|>` from the
-    /// prompt and adds the timestamp rules.
-    pub fn with_timestamps(&self, timestamps: TimestampRules) -> Self {
-        let mut rules = self.clone();
-        rules.prompt.retain(|&t| t != timestamps.no_timestamps);
-        rules.timestamps = Some(timestamps);
-        rules
+    fn reorder(&mut self, rows: &[u32]) -> std::result::Result<(), EngineError> {
+        self.model.reorder(rows).map_err(rt)
     }
+}
 
-    /// Masks the next token's scores given the tokens generated so far.
-    fn apply(&self, logits: &mut [f32], generated: &[u32]) {
-        let n = logits.len();
-        for &t in self.suppress.iter().chain(if generated.is_empty() {
-            &self.begin_suppress[..]
+impl WhisperModel for CandleWhisper {
+    fn start(
+        &mut self,
+        features: &[f32],
+        windows: usize,
+        copies: usize,
+    ) -> std::result::Result<(), EngineError> {
+        let cfg = &self.model.config;
+        let frames = 2 * cfg.max_source_positions;
+        let x = Tensor::from_slice(features, (windows, cfg.num_mel_bins, frames), &self.device)
+            .and_then(|t| t.to_dtype(self.dtype))
+            .map_err(rt)?;
+        let enc = self.model.encode(&x).map_err(rt)?;
+        let enc = if copies > 1 {
+            enc.repeat((copies, 1, 1)).map_err(rt)?
         } else {
-            &[]
-        }) {
-            if (t as usize) < n {
-                logits[t as usize] = f32::NEG_INFINITY;
-            }
-        }
-        if let Some(ts) = &self.timestamps {
-            ts.apply(logits, generated);
-        }
+            enc
+        };
+        self.model.start(&enc).map_err(rt)
+    }
+
+    fn max_target_positions(&self) -> usize {
+        self.model.config.max_target_positions
+    }
+
+    fn max_source_positions(&self) -> usize {
+        self.model.config.max_source_positions
     }
 }
 
 pub struct WhisperSession {
-    model: Model,
-    front_end: WhisperFrontEnd,
-    tokenizer: Option<tokenizers::Tokenizer>,
-    rules: DecodingRules,
-    /// The timestamp rules of long-form decoding, where the checkpoint has timestamp tokens.
-    timestamps: Option<TimestampRules>,
-    /// config.json and generation_config.json, for re-deriving the prompt per language.
-    configs: (Value, Value),
-    language: Option<String>,
-    device: Device,
-    dtype: DType,
+    whisper: CandleWhisper,
+    decoding: WhisperDecoding,
     info: SessionInfo,
 }
 
@@ -430,245 +362,26 @@ impl WhisperSession {
                 cfg.max_source_positions * 2
             )));
         }
-        let tokenizer = super::load_tokenizer(ctx.source)?;
-        let generation = ctx.source.generation_config();
-        let config = ctx.source.config().clone();
-        let rules = DecodingRules::new(&config, &generation, &cfg, tokenizer.as_ref(), None)?;
-        let timestamps = TimestampRules::from_configs(&config, &generation, rules.eos);
+        let decoding = WhisperDecoding::new(
+            ctx.source.config().clone(),
+            ctx.source.generation_config(),
+            cfg.decoder_start_token_id,
+            front_end,
+            super::load_tokenizer(ctx.source)?,
+        )?;
         let mut info = ctx.info;
         info.parameter_count = params.load(Ordering::Relaxed);
         info.output_names = vec!["sequences".into()];
         Ok(Self {
-            model,
-            front_end,
-            tokenizer,
-            rules,
-            timestamps,
-            configs: (config, generation),
-            language: None,
-            device: ctx.device,
-            dtype: ctx.dtype,
+            whisper: CandleWhisper {
+                model,
+                device: ctx.device,
+                dtype: ctx.dtype,
+            },
+            decoding,
             info,
         })
     }
-
-    /// Log-mel features of each waveform (at the extractor's rate), batched.
-    fn features(&self, rows: &[&[f32]]) -> Result<Tensor> {
-        let mels: Vec<f32> = rows
-            .iter()
-            .flat_map(|w| self.front_end.log_mel(w))
-            .collect();
-        self.window_tensor(mels, rows.len())
-    }
-
-    fn window_tensor(&self, mels: Vec<f32>, batch: usize) -> Result<Tensor> {
-        Tensor::from_vec(
-            mels,
-            (batch, self.front_end.feature_size, self.front_end.frames()),
-            &self.device,
-        )?
-        .to_dtype(self.dtype)
-    }
-
-    fn max_new(&self, rules: &DecodingRules, requested: Option<usize>) -> usize {
-        let room = self.model.config.max_target_positions - rules.prompt.len();
-        requested.map_or(room, |r| r.min(room))
-    }
-
-    /// One window's tokens (without end-of-text) under `rules`, greedy or with beams.
-    fn decode_window(
-        &mut self,
-        features: &Tensor,
-        rules: &DecodingRules,
-        options: &TranscribeOptions,
-    ) -> Result<Vec<u32>> {
-        let enc = self.model.encode(features)?;
-        let max_new = self.max_new(rules, options.max_new_tokens);
-        if options.num_beams > 1 {
-            beam_search(&mut self.model, rules, &enc, options.num_beams, max_new)
-        } else {
-            Ok(greedy(&mut self.model, rules, &enc, max_new)?.remove(0))
-        }
-    }
-
-    /// Sequential long-form transcription (transformers' `generate` past 3000 frames): windows
-    /// of at most 30 s decoded with timestamps, each starting where the last finished segment
-    /// of the one before ended.
-    fn transcribe_long(
-        &mut self,
-        waveform: &[f32],
-        options: &TranscribeOptions,
-    ) -> std::result::Result<Transcription, EngineError> {
-        let timestamps = self.timestamps.clone().ok_or_else(|| {
-            EngineError::InvalidInput(format!(
-                "{:.1} s of audio is longer than Whisper's {:.0}-s window, and transcribing it \
-                 window by window needs timestamp tokens: this checkpoint's generation config \
-                 has no no_timestamps_token_id",
-                waveform.len() as f64 / f64::from(self.front_end.sampling_rate),
-                self.front_end.n_samples as f64 / f64::from(self.front_end.sampling_rate)
-            ))
-        })?;
-        let rules = self.rules.with_timestamps(timestamps.clone());
-        let (mel, frames) = self.front_end.log_mel_whole(waveform);
-        let window = self.front_end.frames();
-        let frames_per_timestamp = window / self.model.config.max_source_positions;
-        let mels = self.front_end.feature_size;
-        let mut tokens = Vec::new();
-        let mut seek = 0;
-        while seek < frames {
-            let held = (frames - seek).min(window);
-            // The window's frames, zero-padded to the encoder's width (as transformers pads).
-            let mut segment = vec![0f32; mels * window];
-            for m in 0..mels {
-                segment[m * window..m * window + held]
-                    .copy_from_slice(&mel[m * frames + seek..m * frames + seek + held]);
-            }
-            let features = self.window_tensor(segment, 1).map_err(rt)?;
-            let generated = self.decode_window(&features, &rules, options).map_err(rt)?;
-            let cut = WindowCut::of(&generated, &timestamps, held, frames_per_timestamp);
-            tokens.extend_from_slice(&generated[..cut.keep]);
-            seek += cut.advance;
-        }
-        let seconds_per_timestamp = self.front_end.n_samples as f64
-            / f64::from(self.front_end.sampling_rate)
-            / self.model.config.max_source_positions as f64;
-        let text = transcript_text(&tokens, &timestamps, seconds_per_timestamp, |t| {
-            self.decode_text(t)
-        })?;
-        Ok(Transcription { tokens, text })
-    }
-
-    fn decode_text(&self, tokens: &[u32]) -> std::result::Result<String, EngineError> {
-        match &self.tokenizer {
-            Some(t) => t
-                .decode(tokens, true)
-                .map_err(|e| EngineError::Runtime(format!("cannot decode tokens: {e}"))),
-            None => Ok(String::new()),
-        }
-    }
-}
-
-fn last_logits(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
-    let t = logits.dim(1)?;
-    logits
-        .i((.., t - 1))?
-        .to_dtype(DType::F32)?
-        .to_vec2::<f32>()
-}
-
-/// Greedy decoding of a batch; rows that reach end-of-text wait for the others.
-fn greedy(
-    model: &mut Model,
-    rules: &DecodingRules,
-    encoder_out: &Tensor,
-    max_new: usize,
-) -> Result<Vec<Vec<u32>>> {
-    let batch = encoder_out.dim(0)?;
-    let device = encoder_out.device();
-    model.start(encoder_out)?;
-    let prompt = Tensor::new(rules.prompt.as_slice(), device)?
-        .unsqueeze(0)?
-        .repeat((batch, 1))?;
-    let mut rows = last_logits(&model.decode(&prompt)?)?;
-    let mut out = vec![Vec::new(); batch];
-    let mut done = vec![false; batch];
-    for step in 0..max_new {
-        let mut next = Vec::with_capacity(batch);
-        for (b, logits) in rows.iter_mut().enumerate() {
-            rules.apply(logits, &out[b]);
-            let tok = argmax(logits);
-            if done[b] || tok == rules.eos {
-                done[b] = true;
-                next.push(rules.eos);
-            } else {
-                out[b].push(tok);
-                next.push(tok);
-            }
-        }
-        if done.iter().all(|&d| d) || step + 1 == max_new {
-            break;
-        }
-        let t = Tensor::new(next.as_slice(), device)?.unsqueeze(1)?;
-        rows = last_logits(&model.decode(&t)?)?;
-    }
-    Ok(out)
-}
-
-/// Beam search as transformers runs it (length_penalty 1, early_stopping false): each step
-/// keeps the `beams` best running continuations; an end-of-text among the top `beams`
-/// candidates finishes a hypothesis scored by sum of log-probs / generated length.
-fn beam_search(
-    model: &mut Model,
-    rules: &DecodingRules,
-    encoder_out: &Tensor,
-    beams: usize,
-    max_new: usize,
-) -> Result<Vec<u32>> {
-    let device = encoder_out.device();
-    let enc = encoder_out.i(0..1)?.repeat((beams, 1, 1))?;
-    model.start(&enc)?;
-    let prompt = Tensor::new(rules.prompt.as_slice(), device)?
-        .unsqueeze(0)?
-        .repeat((beams, 1))?;
-    let mut rows = last_logits(&model.decode(&prompt)?)?;
-    let mut running: Vec<(Vec<u32>, f32)> = (0..beams)
-        .map(|i| (Vec::new(), if i == 0 { 0.0 } else { -1e9 }))
-        .collect();
-    let mut finished: Vec<(Vec<u32>, f32)> = Vec::new();
-    for step in 0..max_new {
-        let mut candidates: Vec<(f32, usize, u32)> = Vec::new();
-        for (b, logits) in rows.iter().enumerate() {
-            let lse = log_sum_exp(logits);
-            let mut lp: Vec<f32> = logits.iter().map(|&x| x - lse).collect();
-            rules.apply(&mut lp, &running[b].0);
-            candidates.extend(
-                lp.iter()
-                    .enumerate()
-                    .map(|(t, &l)| (running[b].1 + l, b, t as u32)),
-            );
-        }
-        // The 2 * beams best, highest first; ties keep the lower flat index as torch.topk does.
-        candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
-        candidates.truncate(2 * beams);
-        let generated = (step + 1) as f32;
-        let mut next = Vec::with_capacity(beams);
-        for (rank, &(score, b, tok)) in candidates.iter().enumerate() {
-            if tok == rules.eos {
-                if rank < beams {
-                    finished.push((running[b].0.clone(), score / generated));
-                }
-            } else if next.len() < beams {
-                next.push((b, tok, score));
-            }
-        }
-        finished.sort_by(|a, b| b.1.total_cmp(&a.1));
-        finished.truncate(beams);
-        running = next
-            .iter()
-            .map(|&(b, tok, score)| {
-                let mut seq = running[b].0.clone();
-                seq.push(tok);
-                (seq, score)
-            })
-            .collect();
-        let best_running = running[0].1 / generated;
-        let worst_finished = finished.last().map_or(f32::NEG_INFINITY, |f| f.1);
-        if (finished.len() == beams && best_running <= worst_finished) || step + 1 == max_new {
-            break;
-        }
-        let src: Vec<u32> = next.iter().map(|&(b, _, _)| b as u32).collect();
-        model.reorder(&src)?;
-        let toks: Vec<u32> = next.iter().map(|&(_, t, _)| t).collect();
-        let t = Tensor::new(toks.as_slice(), device)?.unsqueeze(1)?;
-        rows = last_logits(&model.decode(&t)?)?;
-    }
-    // Hypotheses still running at the length limit compete with the finished ones.
-    for (seq, score) in running {
-        let len = seq.len().max(1) as f32;
-        finished.push((seq, score / len));
-    }
-    finished.sort_by(|a, b| b.1.total_cmp(&a.1));
-    Ok(finished.into_iter().next().map(|f| f.0).unwrap_or_default())
 }
 
 impl SpeechRecognizer for WhisperSession {
@@ -677,7 +390,7 @@ impl SpeechRecognizer for WhisperSession {
     }
 
     fn sample_rate(&self) -> u32 {
-        self.front_end.sampling_rate
+        self.decoding.front_end().sampling_rate
     }
 
     fn transcribe(
@@ -685,26 +398,8 @@ impl SpeechRecognizer for WhisperSession {
         waveform: &[f32],
         options: &TranscribeOptions,
     ) -> std::result::Result<Transcription, EngineError> {
-        options.check()?;
-        if options.language != self.language {
-            self.rules = DecodingRules::new(
-                &self.configs.0,
-                &self.configs.1,
-                &self.model.config,
-                self.tokenizer.as_ref(),
-                options.language.as_deref(),
-            )?;
-            self.language = options.language.clone();
-        }
-        // transformers' pipeline pads up to 30 s and decodes once; past that, long-form.
-        if waveform.len() > self.front_end.n_samples {
-            return self.transcribe_long(waveform, options);
-        }
-        let features = self.features(&[waveform]).map_err(rt)?;
-        let rules = self.rules.clone();
-        let tokens = self.decode_window(&features, &rules, options).map_err(rt)?;
-        let text = self.decode_text(&tokens)?;
-        Ok(Transcription { tokens, text })
+        self.decoding
+            .transcribe(&mut self.whisper, waveform, options)
     }
 }
 
@@ -725,31 +420,22 @@ impl Session for WhisperSession {
                 "Whisper takes audio inputs".into(),
             ));
         };
-        if *sample_rate != self.front_end.sampling_rate {
+        let rate = self.sample_rate();
+        if *sample_rate != rate {
             return Err(EngineError::InvalidInput(format!(
-                "Whisper needs {} Hz audio, got {sample_rate} Hz",
-                self.front_end.sampling_rate
+                "Whisper needs {rate} Hz audio, got {sample_rate} Hz"
             )));
         }
         let rows = inputs.audio_rows()?;
-        let seqs = if rows.iter().all(|r| r.len() <= self.front_end.n_samples) {
-            let features = self.features(&rows).map_err(rt)?;
-            let enc = self.model.encode(&features).map_err(rt)?;
-            let max_new = self.max_new(&self.rules, None);
-            greedy(&mut self.model, &self.rules, &enc, max_new).map_err(rt)?
-        } else {
-            let opts = TranscribeOptions::default();
-            rows.iter()
-                .map(|r| self.transcribe(r, &opts).map(|t| t.tokens))
-                .collect::<std::result::Result<_, _>>()?
-        };
+        let seqs = self.decoding.transcribe_batch(&mut self.whisper, &rows)?;
+        let eos = self.decoding.eos() as f32;
         let width = seqs.iter().map(Vec::len).max().unwrap_or(0).max(1);
         let flat: Vec<f32> = seqs
             .iter()
             .flat_map(|s| {
                 s.iter()
                     .map(|&t| t as f32)
-                    .chain(std::iter::repeat_n(self.rules.eos as f32, width - s.len()))
+                    .chain(std::iter::repeat_n(eos, width - s.len()))
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -770,50 +456,4 @@ pub fn teacher_forced_logits(
     model.start(&enc)?;
     let logits = model.decode(tokens)?;
     Ok((enc, logits))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn cfg() -> Config {
-        serde_json::from_value(json!({
-            "vocab_size": 51865, "num_mel_bins": 80, "d_model": 384, "encoder_layers": 4,
-            "encoder_attention_heads": 6, "encoder_ffn_dim": 1536, "decoder_layers": 4,
-            "decoder_attention_heads": 6, "decoder_ffn_dim": 1536, "max_source_positions": 1500,
-            "max_target_positions": 448, "decoder_start_token_id": 50258, "eos_token_id": 50257
-        }))
-        .unwrap()
-    }
-
-    /// transformers builds a multilingual prompt as start, language, task, no-timestamps.
-    #[test]
-    fn multilingual_prompt_carries_language_and_task() {
-        let generation = json!({
-            "is_multilingual": true, "no_timestamps_token_id": 50363,
-            "lang_to_id": {"<|en|>": 50259, "<|de|>": 50261},
-            "task_to_id": {"transcribe": 50359, "translate": 50358},
-            "suppress_tokens": [1, 2], "begin_suppress_tokens": [220, 50257]
-        });
-        let config = json!({"eos_token_id": 50257});
-        let r = DecodingRules::new(&config, &generation, &cfg(), None, None).unwrap();
-        assert_eq!(r.prompt, vec![50258, 50259, 50359, 50363]);
-        assert_eq!(
-            (r.eos, r.suppress.len(), r.begin_suppress.len()),
-            (50257, 2, 2)
-        );
-        let de = DecodingRules::new(&config, &generation, &cfg(), None, Some("de")).unwrap();
-        assert_eq!(de.prompt[1], 50261);
-        let e = DecodingRules::new(&config, &generation, &cfg(), None, Some("xx")).unwrap_err();
-        assert!(e.to_string().contains("<|xx|>"), "{e}");
-    }
-
-    #[test]
-    fn english_only_prompt_comes_from_forced_decoder_ids() {
-        let generation = json!({"forced_decoder_ids": [[1, 50362]], "eos_token_id": 50256});
-        let r = DecodingRules::new(&json!({}), &generation, &cfg(), None, None).unwrap();
-        assert_eq!(r.prompt, vec![50258, 50362]);
-        assert_eq!(r.eos, 50256);
-    }
 }
