@@ -197,6 +197,106 @@ impl GenerationMetrics {
     }
 }
 
+/// What a timed run produced before any statistic: how the model was loaded and every timed
+/// sample. [`Measurement::new`] is the one place this becomes a `Measurement`, for the native
+/// harness, the browser and imported results alike.
+#[derive(Debug, Clone)]
+pub struct TimedRun {
+    pub session: SessionInfo,
+    pub load_time_ms: f64,
+    pub first_inference_ms: f64,
+    pub warmup_iterations: usize,
+    /// Every timed iteration, milliseconds, in order.
+    pub samples_ms: Vec<f64>,
+    /// Wall time of the timed phase (the sum of the samples where gaps were not recorded).
+    pub timed_duration_s: f64,
+    pub peak_rss_bytes: Option<u64>,
+    pub peak_rss_per_combination: bool,
+    /// What the timing loop itself costs per iteration (NaN where nobody measured it).
+    pub harness_overhead_ns: f64,
+}
+
+/// What one timed iteration processed: the sizes throughput and the per-kind metrics need.
+#[derive(Debug, Clone)]
+pub struct Work {
+    pub scenario: Scenario,
+    /// Inputs (batch rows; generated sequences) per iteration.
+    pub items: usize,
+    /// Tokens per iteration, for text inputs (for generations: prompt plus new tokens).
+    pub tokens: Option<usize>,
+    /// Seconds of audio in each input, for audio models.
+    pub audio_seconds: Option<f64>,
+    pub generation: Option<GenerationMetrics>,
+}
+
+impl Work {
+    /// One forward pass over `inputs`.
+    pub fn forward(scenario: Scenario, inputs: &Inputs) -> Self {
+        let audio_seconds = match inputs {
+            Inputs::Audio {
+                batch,
+                sample_rate,
+                samples,
+            } => Some(samples.len() as f64 / (*batch).max(1) as f64 / f64::from(*sample_rate)),
+            _ => None,
+        };
+        Self {
+            scenario,
+            items: inputs.batch_size(),
+            tokens: inputs.token_count(),
+            audio_seconds,
+            generation: None,
+        }
+    }
+
+    /// One generation of `metrics.new_tokens` tokens for each of `batch` prompts.
+    pub fn generation(batch: usize, metrics: GenerationMetrics) -> Self {
+        Self {
+            scenario: Scenario::SingleStream,
+            items: batch,
+            tokens: Some((metrics.prompt_tokens + metrics.new_tokens) * batch),
+            audio_seconds: None,
+            generation: Some(metrics),
+        }
+    }
+}
+
+impl Measurement {
+    /// Statistics of a timed run. Throughput: single stream (and generations) at the mean
+    /// latency; offline at everything the timed loop spent, gaps between queries included.
+    /// The real-time factor is the median compute time over the audio of all rows.
+    pub fn new(run: TimedRun, work: Work) -> Self {
+        let latency = LatencyStats::from_samples(&run.samples_ms);
+        let per_query_s = match work.scenario {
+            Scenario::Offline if work.generation.is_none() => {
+                run.timed_duration_s / run.samples_ms.len().max(1) as f64
+            }
+            _ => latency.mean_ms / 1e3,
+        };
+        let items = work.items as f64;
+        let real_time_factor = work
+            .audio_seconds
+            .map(|s| latency.p50_ms / 1e3 / (s * items));
+        Self {
+            session: run.session,
+            load_time_ms: run.load_time_ms,
+            first_inference_ms: run.first_inference_ms,
+            warmup_iterations: run.warmup_iterations,
+            samples_ms: run.samples_ms,
+            timed_duration_s: run.timed_duration_s,
+            throughput_items_per_s: items / per_query_s,
+            throughput_tokens_per_s: work.tokens.map(|t| t as f64 / per_query_s),
+            latency,
+            peak_rss_bytes: run.peak_rss_bytes,
+            peak_rss_per_combination: run.peak_rss_per_combination,
+            harness_overhead_ns: run.harness_overhead_ns,
+            generation: work.generation,
+            audio_seconds: work.audio_seconds,
+            real_time_factor,
+        }
+    }
+}
+
 /// The fixed prompt set of the agreement check: the sample passage cut to these lengths.
 pub const AGREEMENT_PROMPT_LENGTHS: [usize; 4] = [8, 16, 32, 64];
 
@@ -319,81 +419,22 @@ pub fn measure(
         samples_ms.push(ms(t.elapsed()));
     }
     let timed_duration_s = start.elapsed().as_secs_f64();
-
-    let batch = inputs.batch_size() as f64;
-    let latency = LatencyStats::from_samples(&samples_ms);
-    let (throughput_items_per_s, throughput_tokens_per_s) = throughput(
-        combo.scenario,
-        &inputs,
-        &latency,
-        timed_duration_s,
-        samples_ms.len(),
-    );
-    let peak_rss_bytes = memory::peak_rss_bytes();
-    let session_info = session.info().clone();
-    drop(session);
-    let audio_seconds = match &inputs {
-        Inputs::Audio {
-            batch,
-            sample_rate,
-            samples,
-        } => Some(samples.len() as f64 / *batch as f64 / f64::from(*sample_rate)),
-        _ => None,
-    };
-    let real_time_factor = audio_seconds.map(|s| latency.p50_ms / 1e3 / (s * batch));
-    Outcome::Measured(Box::new(Measurement {
-        session: session_info,
+    let run = TimedRun {
+        session: session.info().clone(),
         load_time_ms,
         first_inference_ms,
         warmup_iterations: protocol.warmup_iterations,
         samples_ms,
-        latency,
         timed_duration_s,
-        throughput_items_per_s,
-        throughput_tokens_per_s,
-        peak_rss_bytes,
+        peak_rss_bytes: memory::peak_rss_bytes(),
         peak_rss_per_combination: rss_reset,
         harness_overhead_ns: harness_overhead_ns(),
-        generation: None,
-        audio_seconds,
-        real_time_factor,
-    }))
-}
-
-/// Items and tokens per second. Single stream: a query costs its measured latency. Offline:
-/// everything the timed loop spent, gaps between queries included.
-pub fn throughput(
-    scenario: Scenario,
-    inputs: &Inputs,
-    latency: &LatencyStats,
-    timed_duration_s: f64,
-    iterations: usize,
-) -> (f64, Option<f64>) {
-    let per_query_s = match scenario {
-        Scenario::SingleStream => latency.mean_ms / 1e3,
-        Scenario::Offline => timed_duration_s / iterations as f64,
     };
-    (
-        inputs.batch_size() as f64 / per_query_s,
-        inputs
-            .token_count()
-            .map(|tokens| tokens as f64 / per_query_s),
-    )
-}
-
-/// Throughput of timed generations, one generation per iteration: sequences (batch rows) and
-/// tokens (prompt plus new tokens, every row) per second at the mean generation latency.
-pub fn generation_throughput(
-    latency: &LatencyStats,
-    batch: usize,
-    prompt_tokens: usize,
-    new_tokens: usize,
-) -> (f64, Option<f64>) {
-    let per_query_s = latency.mean_ms / 1e3;
-    (
-        batch as f64 / per_query_s,
-        Some(((prompt_tokens + new_tokens) * batch) as f64 / per_query_s),
-    )
+    drop(session);
+    Outcome::Measured(Box::new(Measurement::new(
+        run,
+        Work::forward(combo.scenario, &inputs),
+    )))
 }
 
 /// A WAV file at the rate the model's feature extractor expects, one copy per batch row.
@@ -534,26 +575,21 @@ fn measure_generation(engine: &dyn Engine, combo: &Combination, protocol: &Proto
             &tpot,
         )
     };
-    let latency = LatencyStats::from_samples(&samples_ms);
-    let (throughput_items_per_s, throughput_tokens_per_s) =
-        generation_throughput(&latency, batch, prompt.len(), combo.new_tokens);
-    Outcome::Measured(Box::new(Measurement {
+    let run = TimedRun {
         session,
         load_time_ms,
         first_inference_ms,
         warmup_iterations: protocol.warmup_iterations,
         samples_ms,
         timed_duration_s,
-        throughput_items_per_s,
-        throughput_tokens_per_s,
-        latency,
         peak_rss_bytes,
         peak_rss_per_combination: rss_reset,
         harness_overhead_ns: harness_overhead_ns(),
-        generation: Some(generation),
-        audio_seconds: None,
-        real_time_factor: None,
-    }))
+    };
+    Outcome::Measured(Box::new(Measurement::new(
+        run,
+        Work::generation(batch, generation),
+    )))
 }
 
 /// Generates greedily with the combination's precision and with f32 on the fixed prompt set
@@ -610,6 +646,69 @@ mod tests {
     fn overhead_is_small_and_positive() {
         let o = harness_overhead_ns();
         assert!(o > 0.0 && o < 1e6, "{o}");
+    }
+
+    fn run(samples_ms: Vec<f64>, timed_duration_s: f64) -> TimedRun {
+        TimedRun {
+            session: SessionInfo {
+                engine: "test".into(),
+                engine_version: "0".into(),
+                platform: ia_hardware::Platform::Cpu,
+                device: "cpu".into(),
+                precision: Precision::F32,
+                weights: ia_models::WeightsKind::Random,
+                parameter_count: 0,
+                output_names: vec![],
+            },
+            load_time_ms: 1.0,
+            first_inference_ms: 1.0,
+            warmup_iterations: 0,
+            samples_ms,
+            timed_duration_s,
+            peak_rss_bytes: None,
+            peak_rss_per_combination: false,
+            harness_overhead_ns: f64::NAN,
+        }
+    }
+
+    /// One constructor for every source: single stream counts the latency, offline the loop's
+    /// wall time, generations prompt plus new tokens, audio a real-time factor.
+    #[test]
+    fn measurements_follow_the_scenario_and_the_work() {
+        let text = |scenario| Work {
+            scenario,
+            items: 2,
+            tokens: Some(16),
+            audio_seconds: None,
+            generation: None,
+        };
+        let m = Measurement::new(run(vec![10.0, 30.0], 0.1), text(Scenario::SingleStream));
+        assert_eq!(m.latency.mean_ms, 20.0);
+        assert!((m.throughput_items_per_s - 100.0).abs() < 1e-9);
+        assert_eq!(m.throughput_tokens_per_s, Some(800.0));
+        let m = Measurement::new(run(vec![10.0, 30.0], 0.1), text(Scenario::Offline));
+        assert!(
+            (m.throughput_items_per_s - 40.0).abs() < 1e-9,
+            "0.05 s per query"
+        );
+
+        let g = GenerationMetrics::from_samples(4, 6, 2, &[5.0], &[4.0], &[1.0; 5]);
+        let m = Measurement::new(run(vec![20.0], 0.5), Work::generation(2, g));
+        assert!((m.throughput_items_per_s - 100.0).abs() < 1e-9);
+        assert_eq!(m.throughput_tokens_per_s, Some(1000.0));
+        assert_eq!(m.generation.as_ref().unwrap().new_tokens, 6);
+
+        let audio = Inputs::Audio {
+            batch: 2,
+            sample_rate: 16_000,
+            samples: vec![0.0; 2 * 8_000],
+        };
+        let m = Measurement::new(
+            run(vec![100.0], 0.1),
+            Work::forward(Scenario::SingleStream, &audio),
+        );
+        assert_eq!(m.audio_seconds, Some(0.5));
+        assert_eq!(m.real_time_factor, Some(0.1));
     }
 
     #[test]

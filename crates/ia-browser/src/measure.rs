@@ -5,7 +5,7 @@
 use crate::page::{self, Loaded, LoadedPart, RunResult, Timed};
 use crate::{find_ort_web, BrowserError, BrowserHost, ENGINE_NAME};
 use base64::Engine as _;
-use ia_bench::{Combination, GenerationMetrics, LatencyStats, Measurement, Outcome, Protocol};
+use ia_bench::{Combination, GenerationMetrics, Measurement, Outcome, Protocol, TimedRun, Work};
 use ia_engine::exported_decoder::{check_exported_class, decoder_context, DecoderGraph};
 use ia_engine::inputs::{self, GraphInput, InputSpec};
 use ia_engine::{Inputs, Precision, SessionInfo};
@@ -753,22 +753,18 @@ fn summarize(
     protocol: &Protocol,
     timed: Timed,
 ) -> Measurement {
-    let latency = LatencyStats::from_samples(&timed.samples);
-    let timed_duration_s = timed.duration_ms / 1e3;
-    let (throughput_items_per_s, throughput_tokens_per_s) = match prompt_len {
-        Some(prompt_len) => ia_bench::generation_throughput(
-            &latency,
-            combo.batch_size,
-            prompt_len,
-            combo.new_tokens,
-        ),
-        None => ia_bench::throughput(
-            combo.scenario,
-            inputs,
-            &latency,
-            timed_duration_s,
-            timed.samples.len(),
-        ),
+    let run = TimedRun {
+        session,
+        // Precompiling is part of getting the model ready, so it counts as loading.
+        load_time_ms: loaded.load_ms + precompile_ms.unwrap_or(0.0),
+        first_inference_ms,
+        warmup_iterations: protocol.warmup_iterations,
+        samples_ms: timed.samples,
+        timed_duration_s: timed.duration_ms / 1e3,
+        // The browser's memory is not this process's; it is not claimed.
+        peak_rss_bytes: None,
+        peak_rss_per_combination: false,
+        harness_overhead_ns: timed.overhead_ns,
     };
     let generation = prompt_len
         .zip(timed.generation.as_ref())
@@ -782,25 +778,11 @@ fn summarize(
                 &g.step_ms,
             )
         });
-    Measurement {
-        session,
-        // Precompiling is part of getting the model ready, so it counts as loading.
-        load_time_ms: loaded.load_ms + precompile_ms.unwrap_or(0.0),
-        first_inference_ms,
-        warmup_iterations: protocol.warmup_iterations,
-        samples_ms: timed.samples,
-        latency,
-        timed_duration_s,
-        throughput_items_per_s,
-        throughput_tokens_per_s,
-        // The browser's memory is not this process's; it is not claimed.
-        peak_rss_bytes: None,
-        peak_rss_per_combination: false,
-        harness_overhead_ns: timed.overhead_ns,
-        generation,
-        audio_seconds: None,
-        real_time_factor: None,
-    }
+    let work = match generation {
+        Some(g) => Work::generation(combo.batch_size, g),
+        None => Work::forward(combo.scenario, inputs),
+    };
+    Measurement::new(run, work)
 }
 
 /// Where the nodes ran, and whether the requested EP ran none of them.

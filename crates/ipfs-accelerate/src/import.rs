@@ -5,7 +5,7 @@
 
 use crate::plan::{resolve_model, PlanOptions};
 use anyhow::Context;
-use ia_bench::{GenerationMetrics, LatencyStats, Measurement, Outcome};
+use ia_bench::{GenerationMetrics, Measurement, Outcome, TimedRun, Work};
 use ia_engine::SessionInfo;
 use std::path::Path;
 
@@ -27,9 +27,6 @@ pub fn to_outcome(r: ExternalResult) -> anyhow::Result<(ia_bench::Combination, O
             seed: 0,
         },
     )?;
-    let latency = LatencyStats::from_samples(&r.samples_ms);
-    let per_query_s = latency.mean_ms / 1e3;
-    let batch = r.batch_size as f64;
     let generation = r.generation.as_ref().map(|g| {
         GenerationMetrics::from_samples(
             g.prompt_tokens,
@@ -40,13 +37,6 @@ pub fn to_outcome(r: ExternalResult) -> anyhow::Result<(ia_bench::Combination, O
             &g.tpot_ms,
         )
     });
-    let throughput_tokens_per_s = match (&generation, r.seq_len) {
-        (Some(g), _) => Some((g.prompt_tokens + g.new_tokens) as f64 * batch / per_query_s),
-        (None, Some(s)) if plan.modality == ia_models::Modality::Text => {
-            Some(s as f64 * batch / per_query_s)
-        }
-        _ => None,
-    };
     let combo = ia_bench::Combination {
         platform: r.platform,
         batch_size: r.batch_size,
@@ -58,8 +48,20 @@ pub fn to_outcome(r: ExternalResult) -> anyhow::Result<(ia_bench::Combination, O
         audio_file: None,
         model: plan.clone(),
     };
-    let latency_p50_ms = latency.p50_ms;
-    let outcome = Outcome::Measured(Box::new(Measurement {
+    let work = match generation {
+        Some(g) => Work::generation(r.batch_size, g),
+        None => Work {
+            scenario: r.scenario,
+            items: r.batch_size,
+            tokens: r
+                .seq_len
+                .filter(|_| plan.modality == ia_models::Modality::Text)
+                .map(|s| s * r.batch_size),
+            audio_seconds: r.audio_seconds,
+            generation: None,
+        },
+    };
+    let run = TimedRun {
         session: SessionInfo {
             engine: r.engine,
             engine_version: r.engine_version,
@@ -73,18 +75,14 @@ pub fn to_outcome(r: ExternalResult) -> anyhow::Result<(ia_bench::Combination, O
         load_time_ms: r.load_time_ms,
         first_inference_ms: r.first_inference_ms,
         warmup_iterations: r.warmup_iterations,
+        // The external harness recorded no gaps between iterations.
         timed_duration_s: r.samples_ms.iter().sum::<f64>() / 1e3,
-        throughput_items_per_s: batch / per_query_s,
-        throughput_tokens_per_s,
-        latency,
         samples_ms: r.samples_ms,
         peak_rss_bytes: r.peak_rss_bytes,
         peak_rss_per_combination: false,
         // Not ours to know: the external harness did not measure its own overhead.
         harness_overhead_ns: f64::NAN,
-        generation,
-        audio_seconds: r.audio_seconds,
-        real_time_factor: r.audio_seconds.map(|s| latency_p50_ms / 1e3 / (s * batch)),
-    }));
+    };
+    let outcome = Outcome::Measured(Box::new(Measurement::new(run, work)));
     Ok((combo, outcome))
 }
