@@ -1,8 +1,9 @@
 //! `ipfs-accelerate run`: one input through one model, the task's result printed.
 
 use crate::plan::{resolve_model, PlanOptions};
+use crate::target::{Engines, Target};
+use anyhow::Context;
 use ia_engine::{Precision, TranscribeOptions};
-use ia_hardware::Platform;
 use ia_tasks::{Input, Pipeline, TaskOptions, TaskOutput};
 
 #[derive(clap::Args)]
@@ -35,8 +36,10 @@ pub struct Args {
     language: Option<String>,
     #[arg(long, default_value = "f32")]
     precision: Precision,
+    /// Where to run: cpu (native engine), onnxruntime[:<platform>] or openvino (the
+    /// checkpoint's ONNX export), as bench and generate take it
     #[arg(long, default_value = "cpu")]
-    hardware: Platform,
+    hardware: Target,
     /// Use the small variant of a catalog entry
     #[arg(long)]
     small_models: bool,
@@ -59,8 +62,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             seed: 0,
         },
     )?;
-    let engine = ia_native::NativeEngine::new();
-    let mut pipeline = Pipeline::load(&engine, plan.source, args.hardware, args.precision)?;
+    let engines = Engines::new();
+    let engine = engines.get(args.hardware.engine).with_context(|| {
+        format!(
+            "run does not drive the browser yet ({}): its pages measure, they do not return a \
+             task's result; `bench --hardware {}` measures this model there",
+            args.hardware.platform, args.hardware.platform
+        )
+    })?;
+    let mut pipeline = Pipeline::load(engine, plan.source, args.hardware.platform, args.precision)?;
     let opts = TaskOptions {
         labels: args.labels.iter().map(|l| l.trim().to_string()).collect(),
         hypothesis_template: args.hypothesis_template,

@@ -915,6 +915,60 @@ fn runtimes_install_names_a_missing_python() {
     assert_eq!(names, ["onnxruntime", "openvino"]);
 }
 
+/// `run --hardware` takes the targets bench and generate take: the same embedding from the
+/// native engine, ONNX Runtime and OpenVINO; the browser is refused with the reason.
+#[test]
+fn run_takes_the_same_hardware_targets_as_bench() {
+    let embed = |hardware: &str| {
+        let o = run(&[
+            "run",
+            "--model",
+            &fixture("bert-tiny"),
+            "--input",
+            "a short sentence",
+            "--hardware",
+            hardware,
+            "--json",
+        ]);
+        assert!(o.status.success(), "{hardware}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let values: Vec<f64> = v["results"][0]["result"]["output"]["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        (
+            v["provenance"]["engine"].as_str().unwrap().to_string(),
+            values,
+        )
+    };
+    let (engine, native) = embed("cpu");
+    assert_eq!(engine, "native");
+    for hardware in ["onnxruntime", "openvino"] {
+        let (engine, values) = embed(hardware);
+        assert_eq!(engine, hardware);
+        let d = native
+            .iter()
+            .zip(&values)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(d < 1e-4, "{hardware}: max abs diff {d}");
+    }
+    assert_one_line_error(
+        &run(&[
+            "run",
+            "--model",
+            &fixture("bert-tiny"),
+            "--input",
+            "x",
+            "--hardware",
+            "webgpu",
+        ]),
+        "run does not drive the browser yet",
+    );
+}
+
 #[test]
 fn bench_runs_onnx_exports_on_onnxruntime() {
     let dir = tempfile::tempdir().unwrap();
