@@ -179,7 +179,29 @@ impl Store {
                 problem,
             });
         }
+        for (table, declared) in records::DECLARED_TABLES {
+            let present = self.columns(table)?;
+            if let Some(missing) = declared.iter().find(|c| !present.iter().any(|p| p == *c)) {
+                return Err(DbError::Tampered {
+                    path: self.path.clone(),
+                    table: table.to_string(),
+                    problem: format!("has no column {missing}"),
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// The columns of `table`, in order.
+    pub(crate) fn columns(&self, table: &str) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT column_name FROM information_schema.columns
+             WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position",
+        )?;
+        let names = stmt
+            .query_map(params![table], |r| r.get(0))?
+            .collect::<std::result::Result<Vec<String>, _>>()?;
+        Ok(names)
     }
 
     pub fn path(&self) -> &Path {

@@ -2,8 +2,62 @@
 //! on the harness so that schema work never rebuilds the engines.
 
 use crate::Result;
-use duckdb::{params, Connection};
+use duckdb::{params_from_iter, Connection, ToSql};
 use serde::Serialize;
+
+/// Declares a record whose fields are a table's columns, each named once: the struct, its
+/// column names in order (`COLUMNS`, which the INSERT and the store's schema check use) and
+/// its values in the same order.
+macro_rules! table_record {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$field_meta:meta])* pub $field:ident : $ty:ty, )*
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $( $(#[$field_meta])* pub $field: $ty, )*
+        }
+
+        impl $name {
+            /// The table's columns this record fills, in field order.
+            pub const COLUMNS: &'static [&'static str] = &[$(stringify!($field)),*];
+
+            fn values(&self) -> Vec<&dyn ToSql> {
+                vec![$(&self.$field as &dyn ToSql),*]
+            }
+        }
+    };
+}
+
+/// The tables written from declared records, with the columns each record fills.
+pub(crate) const DECLARED_TABLES: [(&str, &[&str]); 2] = [
+    ("performance_results", PerformanceRecord::COLUMNS),
+    ("web_results", WebRecord::COLUMNS),
+];
+
+/// `INSERT INTO table (keys..., columns..., extra) VALUES (?..., extra_value)`: the
+/// statement for a declared record.
+fn insert_sql(table: &str, keys: &[&str], columns: &[&str], extra: Option<(&str, &str)>) -> String {
+    let names: Vec<&str> = keys
+        .iter()
+        .chain(columns)
+        .copied()
+        .chain(extra.map(|(c, _)| c))
+        .collect();
+    let values: Vec<&str> = keys
+        .iter()
+        .chain(columns)
+        .map(|_| "?")
+        .chain(extra.map(|(_, v)| v))
+        .collect();
+    format!(
+        "INSERT INTO {table} ({}) VALUES ({})",
+        names.join(", "),
+        values.join(", ")
+    )
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRecord {
@@ -36,7 +90,9 @@ pub struct HardwareRecord {
     pub details_json: String,
 }
 
-/// One measured (or failed) combination. Measurement fields are None when it did not run.
+table_record! {
+/// One measured (or failed) combination (table `performance_results`). Measurement fields are
+/// None when it did not run.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PerformanceRecord {
     pub engine: String,
@@ -83,7 +139,9 @@ pub struct PerformanceRecord {
     pub audio_seconds: Option<f64>,
     pub real_time_factor: Option<f64>,
 }
+}
 
+table_record! {
 /// How a browser result was obtained (table `web_results`).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct WebRecord {
@@ -93,7 +151,9 @@ pub struct WebRecord {
     pub requested_ep: String,
     pub executed_ep: String,
     pub fell_back: bool,
-    pub node_placement_json: String,
+    /// JSON: nodes per execution provider.
+    #[serde(rename = "node_placement_json")]
+    pub node_placement: String,
     pub adapter_vendor: Option<String>,
     pub adapter_architecture: Option<String>,
     pub adapter_description: Option<String>,
@@ -110,45 +170,17 @@ pub struct WebRecord {
     /// Peak resident set of the browser's renderer / GPU process, when /proc shows them.
     pub renderer_peak_rss_bytes: Option<i64>,
     pub gpu_process_peak_rss_bytes: Option<i64>,
-    pub part_load_ms_json: String,
+    /// JSON: load time of each part.
+    #[serde(rename = "part_load_ms_json")]
+    pub part_load_ms: String,
+}
 }
 
 pub(crate) fn insert_web(tx: &Connection, result_id: i64, w: &WebRecord) -> Result<()> {
-    tx.execute(
-        "INSERT INTO web_results (
-            result_id, browser, browser_version, user_agent, requested_ep, executed_ep,
-            fell_back, node_placement, adapter_vendor, adapter_architecture,
-            adapter_description, adapter_is_fallback, adapter_features, webnn_device,
-            wasm_threads, cross_origin_isolated, precompiled, precompile_ms, parallel_load,
-            concurrent_sessions, renderer_peak_rss_bytes, gpu_process_peak_rss_bytes,
-            part_load_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        params![
-            result_id,
-            w.browser,
-            w.browser_version,
-            w.user_agent,
-            w.requested_ep,
-            w.executed_ep,
-            w.fell_back,
-            w.node_placement_json,
-            w.adapter_vendor,
-            w.adapter_architecture,
-            w.adapter_description,
-            w.adapter_is_fallback,
-            w.adapter_features,
-            w.webnn_device,
-            w.wasm_threads,
-            w.cross_origin_isolated,
-            w.precompiled,
-            w.precompile_ms,
-            w.parallel_load,
-            w.concurrent_sessions,
-            w.renderer_peak_rss_bytes,
-            w.gpu_process_peak_rss_bytes,
-            w.part_load_ms_json
-        ],
-    )?;
+    let sql = insert_sql("web_results", &["result_id"], WebRecord::COLUMNS, None);
+    let mut values: Vec<&dyn ToSql> = vec![&result_id];
+    values.extend(w.values());
+    tx.execute(&sql, params_from_iter(values))?;
     Ok(())
 }
 
@@ -168,69 +200,63 @@ pub(crate) fn insert_performance(
     hardware_id: i64,
     p: &PerformanceRecord,
 ) -> Result<i64> {
+    let sql = insert_sql(
+        "performance_results",
+        &["run_id", "model_id", "hardware_id"],
+        PerformanceRecord::COLUMNS,
+        Some(("created_at", "now()")),
+    );
+    let mut values: Vec<&dyn ToSql> = vec![&run_id, &model_id, &hardware_id];
+    values.extend(p.values());
     Ok(tx.query_row(
-        "INSERT INTO performance_results (
-            run_id, model_id, hardware_id, engine, engine_version, device, precision, scenario,
-            batch_size, seq_len, status, error, load_time_ms, first_inference_ms,
-            warmup_iterations, iterations, timed_duration_s, latency_mean_ms, latency_stdev_ms,
-            latency_min_ms, latency_max_ms, latency_p50_ms, latency_p90_ms, latency_p95_ms,
-            latency_p99_ms, p90_is_estimate, p95_is_estimate, p99_is_estimate,
-            throughput_items_per_s, throughput_tokens_per_s, peak_rss_mb,
-            peak_rss_per_combination, harness_overhead_ns, prompt_tokens, new_tokens,
-            ttft_mean_ms, ttft_p50_ms, tpot_p50_ms, tpot_p90_ms, tpot_p90_is_estimate,
-            prefill_tokens_per_s, decode_tokens_per_s, weight_mb, greedy_agreement_vs_f32,
-            audio_seconds, real_time_factor, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-                 ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())
-         RETURNING result_id",
-        params![
-            run_id,
-            model_id,
-            hardware_id,
-            p.engine,
-            p.engine_version,
-            p.device,
-            p.precision,
-            p.scenario,
-            p.batch_size,
-            p.seq_len,
-            p.status,
-            p.error,
-            p.load_time_ms,
-            p.first_inference_ms,
-            p.warmup_iterations,
-            p.iterations,
-            p.timed_duration_s,
-            p.latency_mean_ms,
-            p.latency_stdev_ms,
-            p.latency_min_ms,
-            p.latency_max_ms,
-            p.latency_p50_ms,
-            p.latency_p90_ms,
-            p.latency_p95_ms,
-            p.latency_p99_ms,
-            p.p90_is_estimate,
-            p.p95_is_estimate,
-            p.p99_is_estimate,
-            p.throughput_items_per_s,
-            p.throughput_tokens_per_s,
-            p.peak_rss_mb,
-            p.peak_rss_per_combination,
-            p.harness_overhead_ns,
-            p.prompt_tokens,
-            p.new_tokens,
-            p.ttft_mean_ms,
-            p.ttft_p50_ms,
-            p.tpot_p50_ms,
-            p.tpot_p90_ms,
-            p.tpot_p90_is_estimate,
-            p.prefill_tokens_per_s,
-            p.decode_tokens_per_s,
-            p.weight_mb,
-            p.greedy_agreement_vs_f32,
-            p.audio_seconds,
-            p.real_time_factor
-        ],
+        &format!("{sql} RETURNING result_id"),
+        params_from_iter(values),
         |r| r.get(0),
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The migrations and the declared records agree: every table written from a record has
+    /// exactly its keys, the record's columns and (performance) `created_at`. Later migrations
+    /// append columns, and the INSERT names them, so the order is not compared.
+    #[test]
+    fn declared_columns_are_the_migrated_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::Store::open_or_create(&dir.path().join("s.duckdb")).unwrap();
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        let expect = |keys: &[&str], columns: &[&str], extra: &[&str]| {
+            sorted(
+                keys.iter()
+                    .chain(columns)
+                    .chain(extra)
+                    .map(|c| c.to_string())
+                    .collect(),
+            )
+        };
+        assert_eq!(
+            sorted(store.columns("performance_results").unwrap()),
+            expect(
+                &["result_id", "run_id", "model_id", "hardware_id"],
+                PerformanceRecord::COLUMNS,
+                &["created_at"],
+            )
+        );
+        assert_eq!(
+            sorted(store.columns("web_results").unwrap()),
+            expect(&["result_id"], WebRecord::COLUMNS, &[])
+        );
+        store.check_tables().unwrap();
+    }
+
+    #[test]
+    fn inserts_name_every_declared_column() {
+        let sql = insert_sql("t", &["k"], &["a", "b"], Some(("at", "now()")));
+        assert_eq!(sql, "INSERT INTO t (k, a, b, at) VALUES (?, ?, ?, now())");
+    }
 }

@@ -597,7 +597,7 @@ fn web_record(w: &ia_browser::WebDetails) -> anyhow::Result<WebRecord> {
         requested_ep: w.requested_ep.clone(),
         executed_ep: w.executed_ep.clone(),
         fell_back: w.fell_back,
-        node_placement_json: serde_json::to_string(&w.node_placement)?,
+        node_placement: serde_json::to_string(&w.node_placement)?,
         adapter_vendor: a.map(|a| a.vendor.clone()),
         adapter_architecture: a.map(|a| a.architecture.clone()),
         adapter_description: a.map(|a| a.description.clone()),
@@ -619,7 +619,7 @@ fn web_record(w: &ia_browser::WebDetails) -> anyhow::Result<WebRecord> {
             .memory
             .gpu_process_peak_bytes
             .and_then(|b| i64::try_from(b).ok()),
-        part_load_ms_json: serde_json::to_string(&w.part_load_ms)?,
+        part_load_ms: serde_json::to_string(&w.part_load_ms)?,
     })
 }
 
