@@ -156,14 +156,14 @@ fn import(db_path: &std::path::Path, file: &std::path::Path) -> anyhow::Result<(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let hw = ia_hardware::detect();
     let mut store = Store::open_or_create(db_path)?;
-    let run = crate::bench::run_record();
+    let run = crate::results::run_record();
     let run_id = store.begin_run(&run)?;
     for (combo, outcome) in &rows {
         let Outcome::Measured(m) = outcome else {
             unreachable!("imports are measurements")
         };
         let engine = (m.session.engine.as_str(), m.session.engine_version.clone());
-        let id = crate::bench::store_outcome(
+        let id = crate::results::store_outcome(
             &mut store, run_id, &run.host, &hw, engine, combo, outcome, None,
         )?;
         eprintln!(

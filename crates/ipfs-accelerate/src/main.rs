@@ -10,6 +10,7 @@ mod interrupt;
 mod limits;
 mod models;
 mod plan;
+mod results;
 mod run;
 mod run_store;
 mod runtimes;
