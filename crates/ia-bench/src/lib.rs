@@ -12,7 +12,9 @@ pub mod memory;
 pub mod stats;
 
 use ia_engine::generation::{self, GenerateOptions, Sampling, TextGenerator};
-use ia_engine::{inputs, Engine, EngineError, InputSpec, Inputs, Precision, SessionInfo};
+use ia_engine::{
+    inputs, Capability, Engine, EngineError, InputSpec, Inputs, Precision, SessionInfo,
+};
 use ia_hardware::Platform;
 use ia_models::{Modality, ModelClass, ModelSource};
 use serde::Serialize;
@@ -357,7 +359,7 @@ pub fn measure(
     if is_generation_task(&combo.model.task) {
         return measure_generation(engine, combo, protocol);
     }
-    if let Err(e) = engine.supports(combo.model.class, combo.platform) {
+    if let Err(e) = engine.supports(combo.model.class, combo.platform, Capability::Run) {
         return Outcome::Unavailable {
             reason: e.to_string(),
         };
@@ -472,6 +474,9 @@ pub fn is_generation_task(task: &str) -> bool {
 /// `batch_size` copies of a `combo.seq_len`-token prompt; latency statistics are per
 /// generation, TTFT and time per output token (per decode step) get their own.
 fn measure_generation(engine: &dyn Engine, combo: &Combination, protocol: &Protocol) -> Outcome {
+    if let Err(e) = engine.supports(combo.model.class, combo.platform, Capability::Generate) {
+        return refused("load", e);
+    }
     let work = ia_models::footprint::Workload {
         batch: combo.batch_size,
         positions: combo.seq_len,

@@ -25,6 +25,26 @@ pub fn check_exported_class(class: ModelClass) -> Result<(), EngineError> {
     }
 }
 
+/// What a graph runtime (`runtime`: its engine name) does with exported graphs: forward passes
+/// of the classes above, generation with decoder exports, no speech recognition.
+pub fn check_exported(
+    class: ModelClass,
+    capability: crate::Capability,
+    runtime: &str,
+) -> Result<(), EngineError> {
+    match capability {
+        crate::Capability::Run => check_exported_class(class),
+        crate::Capability::Generate if is_decoder_only(class) => Ok(()),
+        crate::Capability::Generate => Err(EngineError::Unsupported(format!(
+            "{} is not a decoder-only text-generation model; {runtime} generates with decoder exports",
+            class.as_str()
+        ))),
+        crate::Capability::Transcribe => Err(EngineError::Unsupported(format!(
+            "the {runtime} engine cannot transcribe speech"
+        ))),
+    }
+}
+
 fn is_decoder_only(class: ModelClass) -> bool {
     matches!(class, ModelClass::Llama | ModelClass::Qwen)
 }
@@ -35,12 +55,7 @@ pub fn decoder_context(source: &ModelSource, runtime: &str) -> Result<usize, Eng
     let class = classify_config(source.config())
         .map_err(|e| EngineError::InvalidModel(e.to_string()))?
         .class;
-    if !is_decoder_only(class) {
-        return Err(EngineError::Unsupported(format!(
-            "{} is not a decoder-only text-generation model; {runtime} generates with decoder exports",
-            class.as_str()
-        )));
-    }
+    check_exported(class, crate::Capability::Generate, runtime)?;
     source
         .config()
         .get("max_position_embeddings")
@@ -277,6 +292,22 @@ mod tests {
             .iter()
             .map(|n| (n.to_string(), Some(vec![-1, 2, -1, 8])))
             .collect()
+    }
+
+    /// Graph runtimes run BERT/ViT/decoder exports, generate only with decoder exports and
+    /// transcribe nothing; each refusal names the runtime or the class.
+    #[test]
+    fn exported_graphs_are_checked_per_capability() {
+        use crate::Capability;
+        assert!(check_exported(ModelClass::Bert, Capability::Run, "X").is_ok());
+        assert!(check_exported(ModelClass::Qwen, Capability::Generate, "X").is_ok());
+        let e = check_exported(ModelClass::Bert, Capability::Generate, "X").unwrap_err();
+        assert!(e.to_string().contains("bert is not a decoder-only"), "{e}");
+        let e = check_exported(ModelClass::Whisper, Capability::Transcribe, "X").unwrap_err();
+        assert!(
+            e.to_string().contains("the X engine cannot transcribe"),
+            "{e}"
+        );
     }
 
     #[test]

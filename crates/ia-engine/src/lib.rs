@@ -129,11 +129,29 @@ pub trait Session: Send {
     fn run(&mut self, inputs: &Inputs) -> Result<Outputs, EngineError>;
 }
 
+/// What a caller asks an engine to do with a model; engines answer [`Engine::supports`] per
+/// capability, since one that runs a class's forward pass may not generate with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    /// [`Engine::load`]: a forward pass per `Session::run`.
+    Run,
+    /// [`Engine::load_generator`]: text generation with a KV cache.
+    Generate,
+    /// [`Engine::load_speech_recognizer`]: waveform to text.
+    Transcribe,
+}
+
 pub trait Engine: Send + Sync {
     fn name(&self) -> &'static str;
     fn version(&self) -> String;
-    /// Whether this engine can run the class on the platform; the error says why not.
-    fn supports(&self, class: ModelClass, platform: Platform) -> Result<(), EngineError>;
+    /// Whether this engine can do `capability` with the class on the platform; the error says
+    /// why not. Each `load*` checks it first.
+    fn supports(
+        &self,
+        class: ModelClass,
+        platform: Platform,
+        capability: Capability,
+    ) -> Result<(), EngineError>;
     fn load(
         &self,
         source: &ModelSource,

@@ -9,7 +9,8 @@ mod weights;
 
 use candle_core::{DType, Device, Tensor};
 use ia_engine::{
-    Engine, EngineError, OutputTensor, Precision, Session, SpeechRecognizer, TextGenerator,
+    Capability, Engine, EngineError, OutputTensor, Precision, Session, SpeechRecognizer,
+    TextGenerator,
 };
 use ia_hardware::Platform;
 use ia_models::{classify_config, ModelClass, ModelSource};
@@ -65,21 +66,35 @@ impl Engine for NativeEngine {
         format!("candle {CANDLE_VERSION}")
     }
 
-    fn supports(&self, class: ModelClass, platform: Platform) -> Result<(), EngineError> {
+    fn supports(
+        &self,
+        class: ModelClass,
+        platform: Platform,
+        capability: Capability,
+    ) -> Result<(), EngineError> {
         device_for_check(platform)?;
-        match class {
-            ModelClass::Bert
-            | ModelClass::Vit
-            | ModelClass::Clip
-            | ModelClass::Clap
-            | ModelClass::Detr
-            | ModelClass::Whisper
-            | ModelClass::Wav2vec2 => Ok(()),
-            other => Err(EngineError::Unsupported(format!(
-                "the native engine has no {} implementation yet",
-                other.as_str()
-            ))),
-        }
+        use ModelClass as C;
+        let name = class.as_str();
+        let refusal = match capability {
+            Capability::Run
+                if matches!(
+                    class,
+                    C::Bert | C::Vit | C::Clip | C::Clap | C::Detr | C::Whisper | C::Wav2vec2
+                ) =>
+            {
+                return Ok(())
+            }
+            Capability::Generate if matches!(class, C::Llama | C::Qwen | C::T5) => return Ok(()),
+            Capability::Transcribe if matches!(class, C::Whisper | C::Wav2vec2) => return Ok(()),
+            Capability::Run => format!("the native engine has no {name} implementation yet"),
+            Capability::Generate => {
+                format!("the native engine does not generate text with {name} models")
+            }
+            Capability::Transcribe => {
+                format!("the native engine does not transcribe speech with {name} models")
+            }
+        };
+        Err(EngineError::Unsupported(refusal))
     }
 
     fn load(
@@ -89,7 +104,7 @@ impl Engine for NativeEngine {
         precision: Precision,
     ) -> Result<Box<dyn Session>, EngineError> {
         let class = class_of(source)?;
-        self.supports(class, platform)?;
+        self.supports(class, platform, Capability::Run)?;
         let ctx = self.context(source, platform, precision, dtype_for(precision)?)?;
         match class {
             ModelClass::Bert => models::bert::BertSession::load(ctx),
@@ -110,7 +125,7 @@ impl Engine for NativeEngine {
         precision: Precision,
     ) -> Result<Box<dyn TextGenerator>, EngineError> {
         let class = class_of(source)?;
-        device_for_check(platform)?;
+        self.supports(class, platform, Capability::Generate)?;
         match class {
             ModelClass::Llama | ModelClass::Qwen => {
                 // Quantised weights run with f32 activations.
@@ -125,10 +140,7 @@ impl Engine for NativeEngine {
                 let ctx = self.context(source, platform, precision, dtype_for(precision)?)?;
                 models::t5::T5Generator::load(ctx)
             }
-            other => Err(EngineError::Unsupported(format!(
-                "{} is not a text-generation model on the native engine",
-                other.as_str()
-            ))),
+            _ => unreachable!("checked by supports()"),
         }
     }
 
@@ -139,15 +151,12 @@ impl Engine for NativeEngine {
         precision: Precision,
     ) -> Result<Box<dyn SpeechRecognizer>, EngineError> {
         let class = class_of(source)?;
-        device_for_check(platform)?;
+        self.supports(class, platform, Capability::Transcribe)?;
         let ctx = self.context(source, platform, precision, dtype_for(precision)?)?;
         match class {
             ModelClass::Whisper => Ok(Box::new(models::whisper::WhisperSession::load(ctx)?)),
             ModelClass::Wav2vec2 => Ok(Box::new(models::wav2vec2::Wav2Vec2Session::load(ctx)?)),
-            other => Err(EngineError::Unsupported(format!(
-                "{} is not a speech-recognition model on the native engine",
-                other.as_str()
-            ))),
+            _ => unreachable!("checked by supports()"),
         }
     }
 }
@@ -243,5 +252,33 @@ pub(crate) fn candle_message(e: &candle_core::Error) -> String {
             .next()
             .unwrap_or_default()
             .to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The native engine answers per capability: it generates with LLaMA but has no forward
+    /// pass for it; it transcribes with Whisper but not with BERT.
+    #[test]
+    fn supports_answers_per_capability() {
+        let e = NativeEngine::new();
+        let ok = |class, cap| e.supports(class, Platform::Cpu, cap).is_ok();
+        assert!(ok(ModelClass::Llama, Capability::Generate));
+        assert!(!ok(ModelClass::Llama, Capability::Run));
+        assert!(ok(ModelClass::T5, Capability::Generate));
+        assert!(ok(ModelClass::Whisper, Capability::Transcribe));
+        assert!(ok(ModelClass::Whisper, Capability::Run));
+        assert!(ok(ModelClass::Bert, Capability::Run));
+        let why = e
+            .supports(ModelClass::Bert, Platform::Cpu, Capability::Transcribe)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            why.contains("does not transcribe speech with bert"),
+            "{why}"
+        );
+        assert!(!ok(ModelClass::Clip, Capability::Generate));
     }
 }

@@ -12,13 +12,12 @@
 //! run / generate say so, rather than storing an f32 result under a bf16 label.
 
 use ia_engine::exported_decoder::{
-    check_exported_class, decoder_context, DecoderBackend, DecoderGraph, DecoderStep,
-    ExportedDecoder,
+    check_exported, decoder_context, DecoderBackend, DecoderGraph, DecoderStep, ExportedDecoder,
 };
 use ia_engine::inputs::GraphInput;
 use ia_engine::{
-    Engine, EngineError, Inputs, OutputTensor, Outputs, Precision, Session, SessionInfo,
-    TextGenerator,
+    Capability, Engine, EngineError, Inputs, OutputTensor, Outputs, Precision, Session,
+    SessionInfo, TextGenerator,
 };
 use ia_hardware::Platform;
 use ia_models::{classify_config, ModelClass, ModelSource};
@@ -117,7 +116,7 @@ impl OpenVinoEngine {
         let class = classify_config(source.config())
             .map_err(|e| EngineError::InvalidModel(e.to_string()))?
             .class;
-        self.supports(class, platform)?;
+        self.supports(class, platform, Capability::Run)?;
         let hint = hint(precision)?;
         let (model_path, weights) = model_files(source)?;
         let parameter_count = ia_models::graph_weights::parameter_count(source, &model_path)
@@ -210,13 +209,18 @@ impl Engine for OpenVinoEngine {
         )
     }
 
-    fn supports(&self, class: ModelClass, platform: Platform) -> Result<(), EngineError> {
+    fn supports(
+        &self,
+        class: ModelClass,
+        platform: Platform,
+        capability: Capability,
+    ) -> Result<(), EngineError> {
         if platform != Platform::Openvino {
             return Err(EngineError::Unsupported(format!(
                 "the OpenVINO engine runs on the openvino platform, not {platform}"
             )));
         }
-        check_exported_class(class)?;
+        check_exported(class, capability, "OpenVINO")?;
         library().map(|_| ())
     }
 

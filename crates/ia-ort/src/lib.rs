@@ -15,9 +15,9 @@ pub mod generator;
 pub mod runtime;
 pub mod session;
 
-use ia_engine::exported_decoder::{check_exported_class, decoder_context, ExportedDecoder};
+use ia_engine::exported_decoder::{check_exported, decoder_context, ExportedDecoder};
 use ia_engine::generation::TextGenerator;
-use ia_engine::{Engine, EngineError, Precision, Session, SessionInfo};
+use ia_engine::{Capability, Engine, EngineError, Precision, Session, SessionInfo};
 use ia_hardware::Platform;
 use ia_models::{classify_config, ModelClass, ModelSource};
 use std::path::PathBuf;
@@ -43,7 +43,7 @@ impl OrtEngine {
         let class = classify_config(source.config())
             .map_err(|e| EngineError::InvalidModel(e.to_string()))?
             .class;
-        self.supports(class, platform)?;
+        self.supports(class, platform, Capability::Run)?;
         if precision != Precision::F32 {
             return Err(EngineError::Unsupported(format!(
                 "the ONNX exports run in f32; {precision} is not available on ONNX Runtime here"
@@ -102,8 +102,13 @@ impl Engine for OrtEngine {
         )
     }
 
-    fn supports(&self, class: ModelClass, platform: Platform) -> Result<(), EngineError> {
-        check_exported_class(class)?;
+    fn supports(
+        &self,
+        class: ModelClass,
+        platform: Platform,
+        capability: Capability,
+    ) -> Result<(), EngineError> {
+        check_exported(class, capability, "ONNX Runtime")?;
         runtime::provider_for(platform).map(|_| ())
     }
 
