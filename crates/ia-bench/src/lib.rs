@@ -445,16 +445,10 @@ fn file_audio_inputs(
     path: &std::path::Path,
     batch: usize,
 ) -> Result<Inputs, String> {
-    let rate = match source {
-        ia_models::ModelSource::Checkpoint(c) => c
-            .preprocessor_config
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v.get("sampling_rate").and_then(|r| r.as_u64())),
-        ia_models::ModelSource::RandomInit { .. } => None,
-    }
-    .unwrap_or(16_000) as u32;
+    let rate = source
+        .preprocessor_config()
+        .and_then(|v| v.get("sampling_rate").and_then(|r| r.as_u64()))
+        .unwrap_or(16_000) as u32;
     let wav = ia_preprocess::audio::Waveform::open(path)
         .and_then(|w| w.resampled(rate))
         .map_err(|e| e.to_string())?;

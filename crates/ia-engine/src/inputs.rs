@@ -195,14 +195,7 @@ pub fn generate(
 }
 
 fn preprocessor(source: &ModelSource) -> Option<Value> {
-    match source {
-        ModelSource::Checkpoint(c) => c
-            .preprocessor_config
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .and_then(|t| serde_json::from_str(&t).ok()),
-        ModelSource::RandomInit { .. } => None,
-    }
+    source.preprocessor_config().cloned()
 }
 
 fn text_inputs(source: &ModelSource, spec: InputSpec) -> Result<Inputs, EngineError> {

@@ -47,7 +47,10 @@ pub struct Checkpoint {
     /// safetensors files, in shard order.
     pub safetensors: Vec<PathBuf>,
     pub tokenizer_json: Option<PathBuf>,
-    pub preprocessor_config: Option<PathBuf>,
+    /// preprocessor_config.json, read once here (a malformed one is an error at open).
+    pub preprocessor_config: Option<Value>,
+    /// generation_config.json, read once here (null when the folder has none).
+    pub generation_config: Value,
     /// The ONNX export: `onnx/model.onnx` (the layout of onnx-community / Xenova repositories)
     /// or `model.onnx` beside config.json; external data (`.onnx.data`) sits next to it.
     pub onnx: Option<PathBuf>,
@@ -93,14 +96,21 @@ impl ModelSource {
         }
     }
 
-    /// generation_config.json of a checkpoint (null when it has none or it is unreadable:
-    /// generation defaults then come from config.json alone).
+    /// generation_config.json of a checkpoint (null when it has none: generation defaults
+    /// then come from config.json alone).
     pub fn generation_config(&self) -> Value {
         match self {
-            ModelSource::Checkpoint(c) => read_json(&c.dir.join("generation_config.json")).ok(),
+            ModelSource::Checkpoint(c) => c.generation_config.clone(),
+            ModelSource::RandomInit { .. } => Value::Null,
+        }
+    }
+
+    /// preprocessor_config.json of a checkpoint, if it has one.
+    pub fn preprocessor_config(&self) -> Option<&Value> {
+        match self {
+            ModelSource::Checkpoint(c) => c.preprocessor_config.as_ref(),
             ModelSource::RandomInit { .. } => None,
         }
-        .unwrap_or(Value::Null)
     }
 
     /// End-of-sequence ids: config.json's `eos_token_id` (a number or a list), plus
@@ -218,10 +228,24 @@ impl Checkpoint {
             Some(p) => read_json(&p)?.get("weights").and_then(Value::as_str) == Some("random"),
             None => false,
         };
+        let object = |name: &str| -> Result<Option<Value>, CheckpointError> {
+            let Some(path) = opt(name) else {
+                return Ok(None);
+            };
+            let v = read_json(&path)?;
+            if !v.is_object() {
+                return Err(CheckpointError::Invalid {
+                    path,
+                    message: format!("{name} is not a JSON object"),
+                });
+            }
+            Ok(Some(v))
+        };
         Ok(Checkpoint {
             random_init,
             tokenizer_json: opt("tokenizer.json"),
-            preprocessor_config: opt("preprocessor_config.json"),
+            preprocessor_config: object("preprocessor_config.json")?,
+            generation_config: object("generation_config.json")?.unwrap_or(Value::Null),
             onnx: opt("onnx/model.onnx").or_else(|| opt("model.onnx")),
             config,
             safetensors,
@@ -424,6 +448,40 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let err = Checkpoint::open(empty.path()).unwrap_err().to_string();
         assert!(err.contains("no config.json"), "{err}");
+    }
+
+    /// The side files are read once, at open, with one policy: absent is fine, malformed
+    /// names the file.
+    #[test]
+    fn preprocessor_and_generation_configs_are_read_at_open() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("config.json"), r#"{"model_type":"vit"}"#).unwrap();
+        let c = Checkpoint::open(d.path()).unwrap();
+        assert!(c.preprocessor_config.is_none() && c.generation_config.is_null());
+        std::fs::write(
+            d.path().join("preprocessor_config.json"),
+            r#"{"size": 224}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("generation_config.json"),
+            r#"{"eos_token_id": 7}"#,
+        )
+        .unwrap();
+        let src = ModelSource::Checkpoint(Checkpoint::open(d.path()).unwrap());
+        assert_eq!(src.preprocessor_config().unwrap()["size"], 224);
+        assert_eq!(src.eos_tokens(), vec![7]);
+        for (file, text, needle) in [
+            ("preprocessor_config.json", "{oops", "invalid JSON"),
+            ("preprocessor_config.json", "[1]", "not a JSON object"),
+            ("generation_config.json", "{oops", "invalid JSON"),
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            std::fs::write(d.path().join("config.json"), r#"{"model_type":"vit"}"#).unwrap();
+            std::fs::write(d.path().join(file), text).unwrap();
+            let err = Checkpoint::open(d.path()).unwrap_err().to_string();
+            assert!(err.contains(file) && err.contains(needle), "{err}");
+        }
     }
 
     #[test]

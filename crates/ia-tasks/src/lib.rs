@@ -233,7 +233,11 @@ impl Pipeline {
             (ModelClass::Whisper | ModelClass::Wav2vec2, _) => Err(wrong("a WAV audio file")),
             (ModelClass::Clap, Input::Audio(path)) => {
                 let rate = ia_preprocess::audio::ClapFrontEnd::from_config(
-                    &self.preprocessor_json()?.unwrap_or_default(),
+                    &self
+                        .source
+                        .preprocessor_config()
+                        .cloned()
+                        .unwrap_or_default(),
                 )?
                 .sampling_rate;
                 let wav = Waveform::open(path)?.resampled(rate)?;
@@ -368,12 +372,8 @@ impl Pipeline {
     /// The checkpoint's preprocessor_config.json, or the processor transformers would default
     /// to for this class at the model's image size.
     fn image_processor(&self) -> Result<ImageProcessor, TaskError> {
-        let pre = self.preprocessor_json()?;
+        let pre = self.source.preprocessor_config().cloned();
         self.image_processor_from(pre, self.source.config())
-    }
-
-    fn preprocessor_json(&self) -> Result<Option<Value>, TaskError> {
-        preprocessor_json(&self.source)
     }
 
     fn image_processor_from(
@@ -552,26 +552,6 @@ pub fn post_process_detection(
             })
         })
         .collect()
-}
-
-/// The checkpoint's preprocessor_config.json (None for a random-init config or a folder
-/// without one).
-fn preprocessor_json(source: &ModelSource) -> Result<Option<Value>, TaskError> {
-    Ok(match source {
-        ModelSource::Checkpoint(c) => c
-            .preprocessor_config
-            .as_ref()
-            .map(|p| {
-                std::fs::read_to_string(p)
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                    .ok_or_else(|| {
-                        PreprocessError::Config(format!("{} is not valid JSON", p.display()))
-                    })
-            })
-            .transpose()?,
-        ModelSource::RandomInit { .. } => None,
-    })
 }
 
 fn missing(name: &str) -> EngineError {

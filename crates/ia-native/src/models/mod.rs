@@ -64,18 +64,9 @@ pub(crate) fn normalized_config(config: &serde_json::Value) -> serde_json::Value
     c
 }
 
-fn read_json(path: &std::path::Path) -> Option<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-}
-
 /// preprocessor_config.json of a checkpoint, if it has one.
 pub(crate) fn preprocessor_config(source: &ModelSource) -> Option<serde_json::Value> {
-    match source {
-        ModelSource::Checkpoint(c) => c.preprocessor_config.as_deref().and_then(read_json),
-        ModelSource::RandomInit { .. } => None,
-    }
+    source.preprocessor_config().cloned()
 }
 
 /// The checkpoint's tokenizer.json, if it has one; a present but unreadable file is an error.
