@@ -5,7 +5,8 @@
 //! synthetic picture normalised with the checkpoint's image mean and std.
 
 use crate::EngineError;
-use ia_models::{Modality, ModelSource};
+use ia_models::{classify_config, Modality, ModelClass, ModelSource};
+use ia_preprocess::image::{ImageProcessor, RgbImage};
 use serde_json::Value;
 
 /// The shape of one benchmark input.
@@ -180,14 +181,12 @@ pub fn generate(
     }
     match modality {
         Modality::Text => text_inputs(source, spec),
-        Modality::Vision => image_inputs(source.config(), preprocessor(source), spec.batch_size),
+        Modality::Vision => image_inputs(source, spec.batch_size),
         Modality::Audio => audio_inputs(source.config(), preprocessor(source), spec),
         // Dual encoders (CLIP) are benchmarked on their image tower.
-        Modality::Multimodal if source.config().get("vision_config").is_some() => image_inputs(
-            &source.config()["vision_config"],
-            preprocessor(source),
-            spec.batch_size,
-        ),
+        Modality::Multimodal if source.config().get("vision_config").is_some() => {
+            image_inputs(source, spec.batch_size)
+        }
         Modality::Multimodal => Err(EngineError::Unsupported(
             "no input generator for this multimodal model yet".into(),
         )),
@@ -345,65 +344,73 @@ pub fn max_text_positions(config: &Value) -> Option<(&'static str, u64)> {
         })
 }
 
-fn image_inputs(config: &Value, pre: Option<Value>, batch: usize) -> Result<Inputs, EngineError> {
-    let get = |k: &str| config.get(k).and_then(Value::as_u64).map(|v| v as usize);
-    // Detectors (DETR) have no fixed input size: a square at the processor's shortest edge.
-    let size = get("image_size")
-        .or_else(|| {
-            pre.as_ref()
-                .and_then(|p| p.get("size"))
-                .and_then(|s| s.get("shortest_edge").or(Some(s)))
-                .and_then(Value::as_u64)
-                .map(|v| v as usize)
-        })
-        .or_else(|| {
-            (config.get("model_type").and_then(Value::as_str) == Some("detr")).then_some(800)
-        })
-        .ok_or_else(|| EngineError::InvalidModel("config has no image_size".into()))?;
-    let channels = get("num_channels").unwrap_or(3);
-    if size == 0 || size as u64 * size as u64 > ia_preprocess::image::MAX_OUTPUT_PIXELS {
-        return Err(EngineError::InvalidModel(format!(
-            "image size {size} is outside 1..={} pixels a side",
-            (ia_preprocess::image::MAX_OUTPUT_PIXELS as f64).sqrt() as u64
-        )));
-    }
-    crate::memory::ensure_allocatable(
-        (batch as u64)
-            .saturating_mul((channels * size * size) as u64)
-            .saturating_mul(4),
-        "the image batch",
-    )?;
-    let stat = |key: &str, default: f32| -> Vec<f32> {
-        pre.as_ref()
-            .and_then(|p| p.get(key))
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_f64().map(|x| x as f32))
-                    .collect()
-            })
-            .filter(|v: &Vec<f32>| v.len() == channels)
-            .unwrap_or_else(|| vec![default; channels])
+/// The image processor of a model, the one `run` and the benchmark inputs both use: the
+/// checkpoint's preprocessor_config.json, or transformers' defaults for the class at the
+/// model's image size.
+pub fn image_processor(source: &ModelSource) -> Result<ImageProcessor, EngineError> {
+    let config = source.config();
+    let class = classify_config(config)
+        .map_err(|e| EngineError::InvalidModel(e.to_string()))?
+        .class;
+    let size = config
+        .get("vision_config")
+        .unwrap_or(config)
+        .get("image_size")
+        .cloned()
+        .unwrap_or(Value::from(224));
+    let default = match class {
+        ModelClass::Detr => serde_json::json!({"image_processor_type": "DetrImageProcessor"}),
+        ModelClass::Clip => serde_json::json!({
+            "image_processor_type": "CLIPImageProcessor",
+            "size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}
+        }),
+        _ => serde_json::json!({
+            "image_processor_type": "ViTImageProcessor",
+            "size": {"height": size, "width": size}
+        }),
     };
-    let (mean, std) = (stat("image_mean", 0.5), stat("image_std", 0.5));
+    ImageProcessor::from_config(source.preprocessor_config().unwrap_or(&default))
+        .map_err(|e| EngineError::InvalidModel(e.to_string()))
+}
+
+/// Side of the square test picture: the processors resize it as they would a photo (DETR's
+/// shortest edge, ViT's fixed size, CLIP's resize and crop).
+const TEST_PICTURE_SIDE: usize = 512;
+
+/// A test picture through the model's own image processor, `batch` copies.
+fn image_inputs(source: &ModelSource, batch: usize) -> Result<Inputs, EngineError> {
+    let processor = image_processor(source)?;
+    let side = TEST_PICTURE_SIDE;
     let mut rng = SplitMix64::new(0x1a6e);
-    let mut one = Vec::with_capacity(channels * size * size);
-    for c in 0..channels {
-        for y in 0..size {
-            for x in 0..size {
+    let mut data = Vec::with_capacity(side * side * 3);
+    for y in 0..side {
+        for x in 0..side {
+            for c in 0..3 {
                 // Smooth gradients plus a little noise: structure a vision model can respond to.
-                let fx = x as f32 / size as f32;
-                let fy = y as f32 / size as f32;
+                let fx = x as f32 / side as f32;
+                let fy = y as f32 / side as f32;
                 let v = 0.5
                     + 0.3 * ((fx * 6.0 + c as f32).sin() * (fy * 4.0).cos())
                     + 0.1 * (rng.next_f32() - 0.5);
-                one.push((v.clamp(0.0, 1.0) - mean[c]) / std[c]);
+                data.push((v.clamp(0.0, 1.0) * 255.0).round() as u8);
             }
         }
     }
+    let picture =
+        RgbImage::new(side, side, data).map_err(|e| EngineError::InvalidInput(e.to_string()))?;
+    let one = processor
+        .process(std::slice::from_ref(&picture))
+        .map_err(|e| EngineError::InvalidModel(e.to_string()))?;
+    let [_, channels, height, width] = one.shape;
+    crate::memory::ensure_allocatable(
+        (batch as u64)
+            .saturating_mul((channels * height * width) as u64)
+            .saturating_mul(4),
+        "the image batch",
+    )?;
     Ok(Inputs::Image {
-        shape: [batch, channels, size, size],
-        pixel_values: one.repeat(batch),
+        shape: [batch, channels, height, width],
+        pixel_values: one.pixel_values.repeat(batch),
     })
 }
 
@@ -541,7 +548,7 @@ mod tests {
 
     #[test]
     fn images_are_normalised_nchw() {
-        let src = random(json!({"image_size": 8, "num_channels": 3}));
+        let src = random(json!({"model_type": "vit", "image_size": 8, "num_channels": 3}));
         let inp = generate(&src, Modality::Vision, InputSpec::new(3, 0)).unwrap();
         match inp {
             Inputs::Image {

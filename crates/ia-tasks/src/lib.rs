@@ -372,33 +372,7 @@ impl Pipeline {
     /// The checkpoint's preprocessor_config.json, or the processor transformers would default
     /// to for this class at the model's image size.
     fn image_processor(&self) -> Result<ImageProcessor, TaskError> {
-        let pre = self.source.preprocessor_config().cloned();
-        self.image_processor_from(pre, self.source.config())
-    }
-
-    fn image_processor_from(
-        &self,
-        pre: Option<Value>,
-        config: &Value,
-    ) -> Result<ImageProcessor, TaskError> {
-        let size = config
-            .get("vision_config")
-            .unwrap_or(config)
-            .get("image_size")
-            .cloned()
-            .unwrap_or(Value::from(224));
-        let default = match self.class {
-            ModelClass::Detr => serde_json::json!({"image_processor_type": "DetrImageProcessor"}),
-            ModelClass::Clip => serde_json::json!({
-                "image_processor_type": "CLIPImageProcessor",
-                "size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}
-            }),
-            _ => serde_json::json!({
-                "image_processor_type": "ViTImageProcessor",
-                "size": {"height": size, "width": size}
-            }),
-        };
-        Ok(ImageProcessor::from_config(&pre.unwrap_or(default))?)
+        Ok(ia_engine::inputs::image_processor(&self.source)?)
     }
 
     fn tokenize_all(&self, texts: &[String]) -> Result<Inputs, TaskError> {
