@@ -255,9 +255,7 @@ fn text_inputs(source: &ModelSource, spec: InputSpec) -> Result<Inputs, EngineEr
 /// Encodes the sample passage (repeated as needed) and cuts it to exactly `len` tokens, keeping
 /// the tokenizer's special tokens at both ends.
 fn tokenize_to_length(path: &std::path::Path, len: usize) -> Result<Vec<u32>, EngineError> {
-    let tok = tokenizers::Tokenizer::from_file(path).map_err(|e| {
-        EngineError::InvalidModel(format!("cannot load tokenizer {}: {e}", path.display()))
-    })?;
+    let tok = crate::tokenizer::open(path)?;
     let encode = |repeats: usize| -> Result<Vec<u32>, EngineError> {
         let text = vec![SAMPLE_TEXT; repeats].join(" ");
         Ok(tok

@@ -11,6 +11,7 @@ pub mod inputs;
 pub mod memory;
 pub mod seq2seq;
 pub mod speech;
+pub mod tokenizer;
 pub mod whisper;
 
 use ia_hardware::Platform;

@@ -46,8 +46,7 @@ impl TextEncoder {
                 tokenizer_json.display()
             )))
         };
-        let mut tokenizer =
-            Tokenizer::from_file(tokenizer_json).map_err(|e| invalid(e.to_string()))?;
+        let mut tokenizer = ia_engine::tokenizer::open(tokenizer_json)?;
         let own_padding = tokenizer.get_padding().cloned();
         let own_truncation = tokenizer.get_truncation().cloned();
         let pad_id = own_padding

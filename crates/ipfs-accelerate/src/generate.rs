@@ -58,18 +58,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             seed: 0,
         },
     )?;
-    let tokenizer_path = plan
-        .source
-        .tokenizer_json()
-        .with_context(|| {
-            format!(
-                "{}: no tokenizer.json, cannot turn text into tokens",
-                plan.name
-            )
-        })?
-        .to_path_buf();
-    let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", tokenizer_path.display()))?;
+    let tokenizer = ia_engine::tokenizer::of(&plan.source)?.with_context(|| {
+        format!(
+            "{}: no tokenizer.json, cannot turn text into tokens",
+            plan.name
+        )
+    })?;
     let engines = Engines::new();
     let engine = engines.get(args.hardware.engine).with_context(|| {
         format!(

@@ -68,19 +68,3 @@ pub(crate) fn normalized_config(config: &serde_json::Value) -> serde_json::Value
 pub(crate) fn preprocessor_config(source: &ModelSource) -> Option<serde_json::Value> {
     source.preprocessor_config().cloned()
 }
-
-/// The checkpoint's tokenizer.json, if it has one; a present but unreadable file is an error.
-pub(crate) fn load_tokenizer(
-    source: &ModelSource,
-) -> Result<Option<tokenizers::Tokenizer>, EngineError> {
-    let ModelSource::Checkpoint(c) = source else {
-        return Ok(None);
-    };
-    c.tokenizer_json
-        .as_ref()
-        .map(|p| {
-            tokenizers::Tokenizer::from_file(p)
-                .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", p.display())))
-        })
-        .transpose()
-}

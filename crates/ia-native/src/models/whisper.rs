@@ -367,7 +367,7 @@ impl WhisperSession {
             ctx.source.generation_config(),
             cfg.decoder_start_token_id,
             front_end,
-            super::load_tokenizer(ctx.source)?,
+            ia_engine::tokenizer::of(ctx.source)?,
         )?;
         let mut info = ctx.info;
         info.parameter_count = params.load(Ordering::Relaxed);
