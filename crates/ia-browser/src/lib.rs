@@ -18,6 +18,7 @@
 //! * Every browser step has a timeout; a browser that does not start, a page error or a
 //!   missing file is a one-line error and a failed combination, never a hang.
 
+mod engine;
 mod measure;
 pub mod page;
 mod processes;
@@ -28,6 +29,7 @@ use ia_hardware::{HardwareReport, Platform, PlatformStatus};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use engine::WebEngine;
 pub use measure::{model_parts, Outputs, WebBench, WebDetails, WebOptions, WebRun};
 pub use page::{Adapter, Environment};
 pub use processes::{kill_all, BrowserMemory};

@@ -116,6 +116,22 @@ pub struct Outputs {
     pub tensors: Vec<(String, Box<dyn OutputTensor>)>,
 }
 
+/// An output copied out of its runtime into host memory as f32 (graph runtimes return these).
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl OutputTensor for HostTensor {
+    fn shape(&self) -> Vec<usize> {
+        self.shape.clone()
+    }
+
+    fn to_f32_vec(&self) -> Result<Vec<f32>, EngineError> {
+        Ok(self.data.clone())
+    }
+}
+
 impl Outputs {
     pub fn get(&self, name: &str) -> Option<&dyn OutputTensor> {
         self.tensors

@@ -16,7 +16,7 @@ use ia_engine::exported_decoder::{
 };
 use ia_engine::inputs::GraphInput;
 use ia_engine::{
-    Capability, Engine, EngineError, Inputs, OutputTensor, Outputs, Precision, Session,
+    Capability, Engine, EngineError, HostTensor, Inputs, OutputTensor, Outputs, Precision, Session,
     SessionInfo, TextGenerator,
 };
 use ia_hardware::Platform;
@@ -273,21 +273,6 @@ pub struct OpenVinoSession {
     info: SessionInfo,
 }
 
-struct OvOutput {
-    shape: Vec<usize>,
-    data: Vec<f32>,
-}
-
-impl OutputTensor for OvOutput {
-    fn shape(&self) -> Vec<usize> {
-        self.shape.clone()
-    }
-
-    fn to_f32_vec(&self) -> Result<Vec<f32>, EngineError> {
-        Ok(self.data.clone())
-    }
-}
-
 /// An OpenVINO tensor of `shape` holding `values` (i64 or f32, matching `element`).
 fn tensor<T: Copy>(
     element: ElementType,
@@ -320,7 +305,7 @@ impl Session for OpenVinoSession {
             let shape = t.get_shape().map_err(ov)?;
             let dims = shape.get_dimensions().iter().map(|&d| d as usize).collect();
             let data = t.get_data::<f32>().map_err(ov)?.to_vec();
-            tensors.push((name.clone(), Box::new(OvOutput { shape: dims, data })));
+            tensors.push((name.clone(), Box::new(HostTensor { shape: dims, data })));
         }
         Ok(Outputs { tensors })
     }

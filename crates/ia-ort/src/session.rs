@@ -3,7 +3,7 @@
 
 use crate::runtime::{provider_for, register, runtime};
 use ia_engine::inputs::GraphInput;
-use ia_engine::{EngineError, Inputs, OutputTensor, Outputs, Session, SessionInfo};
+use ia_engine::{EngineError, HostTensor, Inputs, OutputTensor, Outputs, Session, SessionInfo};
 use ia_hardware::Platform;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::Tensor;
@@ -43,22 +43,6 @@ pub struct OrtSession {
     pub(crate) info: SessionInfo,
 }
 
-/// A copied-out ONNX Runtime output.
-struct OrtOutput {
-    shape: Vec<usize>,
-    data: Vec<f32>,
-}
-
-impl OutputTensor for OrtOutput {
-    fn shape(&self) -> Vec<usize> {
-        self.shape.clone()
-    }
-
-    fn to_f32_vec(&self) -> Result<Vec<f32>, EngineError> {
-        Ok(self.data.clone())
-    }
-}
-
 impl Session for OrtSession {
     fn info(&self) -> &SessionInfo {
         &self.info
@@ -83,7 +67,7 @@ impl Session for OrtSession {
             let (shape, data) = value.try_extract_tensor::<f32>().map_err(rt_err)?;
             tensors.push((
                 name.to_string(),
-                Box::new(OrtOutput {
+                Box::new(HostTensor {
                     shape: shape.iter().map(|&d| d as usize).collect(),
                     data: data.to_vec(),
                 }),

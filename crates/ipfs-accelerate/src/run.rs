@@ -2,7 +2,6 @@
 
 use crate::plan::{resolve_model, PlanOptions};
 use crate::target::{Engines, Target};
-use anyhow::Context;
 use ia_engine::{Precision, TranscribeOptions};
 use ia_tasks::{Input, Pipeline, TaskOptions, TaskOutput};
 
@@ -37,7 +36,8 @@ pub struct Args {
     #[arg(long, default_value = "f32")]
     precision: Precision,
     /// Where to run: cpu (native engine), onnxruntime[:<platform>] or openvino (the
-    /// checkpoint's ONNX export), as bench and generate take it
+    /// checkpoint's ONNX export), as bench and generate take it; wasm, webgpu or webnn
+    /// (onnxruntime-web in headless Chromium, single-graph BERT and ViT exports)
     #[arg(long, default_value = "cpu")]
     hardware: Target,
     /// Use the small variant of a catalog entry
@@ -63,13 +63,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
     )?;
     let engines = Engines::new();
-    let engine = engines.get(args.hardware.engine).with_context(|| {
-        format!(
-            "run does not drive the browser yet ({}): its pages measure, they do not return a \
-             task's result; `bench --hardware {}` measures this model there",
-            args.hardware.platform, args.hardware.platform
-        )
-    })?;
+    // The browser is no in-process engine of a benchmark (the page times itself), but `run`
+    // can take one inference from it.
+    let web = ia_browser::WebEngine::new();
+    let engine = engines
+        .get(args.hardware.engine)
+        .unwrap_or(&web as &dyn ia_engine::Engine);
     let mut pipeline = Pipeline::load(engine, plan.source, args.hardware.platform, args.precision)?;
     let opts = TaskOptions {
         labels: args.labels.iter().map(|l| l.trim().to_string()).collect(),
