@@ -5,7 +5,7 @@ use crate::limits;
 use crate::plan::{resolve_model, PlanOptions};
 use crate::results::{run_record, store_outcome, text_seq_len};
 use crate::run_store::{JsonOutput, RunStore};
-use crate::target::{EngineKind, Engines, Target};
+use crate::target::{Engines, Target};
 use ia_bench::{Combination, ModelPlan, Outcome, Protocol, Scenario};
 use ia_engine::Precision;
 use ia_hardware::{HardwareReport, Platform};
@@ -140,6 +140,14 @@ struct WebVariant {
     parallel_load: bool,
 }
 
+/// Who measures a combination: an in-process engine driven by the harness, or the browser
+/// page (which times itself) with one of the web variants.
+#[derive(Clone, Copy)]
+enum Runner<'e> {
+    Engine(&'e dyn ia_engine::Engine),
+    Browser(WebVariant),
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(f) = &args.audio_file {
         ia_preprocess::audio::Waveform::open(f)?;
@@ -161,8 +169,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         max_iterations: args.max_iterations,
     };
     let mut hw = ia_hardware::detect();
-    let combos = combinations(&models, &args);
     let engines = Engines::new();
+    let combos = combinations(&models, &args, &engines);
     let run = run_record();
     let store = if args.no_db {
         None
@@ -179,7 +187,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let measured = measure_all(
         &args,
         &combos,
-        &engines,
         &mut hw,
         &protocol,
         store.as_ref(),
@@ -235,8 +242,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 #[allow(clippy::too_many_arguments)]
 fn measure_all(
     args: &Args,
-    combos: &[(Combination, EngineKind, Option<WebVariant>)],
-    engines: &Engines,
+    combos: &[(Combination, Runner<'_>)],
     hw: &mut HardwareReport,
     protocol: &Protocol,
     store: Option<&RunStore>,
@@ -246,7 +252,7 @@ fn measure_all(
     // The browser platforms are probed inside the browser, which then stays up for the run.
     let mut web = combos
         .iter()
-        .any(|(_, kind, _)| *kind == EngineKind::Browser)
+        .any(|(_, runner)| matches!(runner, Runner::Browser(_)))
         .then(|| {
             ia_browser::WebBench::from_probe(
                 ia_browser::probe(hw),
@@ -261,14 +267,16 @@ fn measure_all(
         ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}] {msg}")
             .expect("valid template"),
     );
-    for (i, (combo, kind, variant)) in combos.iter().enumerate() {
+    for (i, (combo, runner)) in combos.iter().enumerate() {
         if crate::interrupt::signalled() {
             break;
         }
-        let engine = engines.get(*kind);
-        let engine_name = engine.map_or(ia_browser::ENGINE_NAME, |e| e.name());
-        let label = match variant {
-            Some(v) => format!(
+        let engine_name = match runner {
+            Runner::Engine(e) => e.name(),
+            Runner::Browser(_) => ia_browser::ENGINE_NAME,
+        };
+        let label = match runner {
+            Runner::Browser(v) => format!(
                 "{} ({engine_name}{}{})",
                 describe(combo),
                 if v.precompile { ", precompiled" } else { "" },
@@ -278,14 +286,14 @@ fn measure_all(
                     ""
                 }
             ),
-            None => format!("{} ({engine_name})", describe(combo)),
+            Runner::Engine(_) => format!("{} ({engine_name})", describe(combo)),
         };
         pb.set_message(label.clone());
         let available = platform_available(hw, combo.platform);
-        let asked = match (engine, web.as_ref()) {
-            (Some(engine), _) => (engine.name(), engine.version()),
-            (None, Some(web)) => (engine_name, web.engine_version()),
-            (None, None) => (engine_name, String::new()),
+        let asked = match (runner, web.as_ref()) {
+            (Runner::Engine(engine), _) => (engine.name(), engine.version()),
+            (Runner::Browser(_), Some(web)) => (engine_name, web.engine_version()),
+            (Runner::Browser(_), None) => (engine_name, String::new()),
         };
         let measured = ia_bench::isolate(|| {
             // Fault injection for the tests of panic isolation (no other use).
@@ -294,23 +302,20 @@ fn measure_all(
                     panic!("injected test panic in {}", combo.model.name);
                 }
             }
-            match (engine, web.as_mut(), variant) {
-                (Some(engine), _, _) => {
-                    (ia_bench::measure(engine, combo, available, protocol), None)
+            match runner {
+                Runner::Engine(engine) => {
+                    (ia_bench::measure(*engine, combo, available, protocol), None)
                 }
-                (None, Some(web), Some(v)) => {
+                Runner::Browser(v) => {
+                    // Started with the platform probe above whenever a browser runner exists.
+                    let web = web.get_or_insert_with(|| {
+                        ia_browser::WebBench::new(ia_browser::WebOptions::default())
+                    });
                     web.options.precompile = v.precompile;
                     web.options.parallel_load = v.parallel_load;
                     let r = web.measure(combo, available, protocol);
                     (r.outcome, r.details)
                 }
-                (None, _, _) => (
-                    Outcome::Failed {
-                        stage: "plan".into(),
-                        error: "a browser combination without a browser variant".into(),
-                    },
-                    None,
-                ),
             }
         });
         let (outcome, web_details) = measured.unwrap_or_else(|error| {
@@ -377,19 +382,20 @@ fn measure_all(
     Ok(())
 }
 
-/// The combinations to measure, each with the engine that runs it (and, on the web
-/// platforms, each of the requested precompile / parallel-load variants).
-fn combinations(
+/// The combinations to measure, each with what runs it: an engine, or on the web platforms
+/// the browser with each of the requested precompile / parallel-load variants.
+fn combinations<'e>(
     models: &[ModelPlan],
     args: &Args,
-) -> Vec<(Combination, EngineKind, Option<WebVariant>)> {
+    engines: &'e Engines,
+) -> Vec<(Combination, Runner<'e>)> {
     let mut web_variants = Vec::new();
     for &precompile in &args.precompile {
         for &parallel_load in &args.parallel_load {
-            web_variants.push(Some(WebVariant {
+            web_variants.push(WebVariant {
                 precompile,
                 parallel_load,
-            }));
+            });
         }
     }
     let mut out = Vec::new();
@@ -397,20 +403,20 @@ fn combinations(
         let single_part = ia_browser::model_parts(&model.source, model.class)
             .map_or(true, |parts| parts.len() < 2);
         for &Target { platform, engine } in &args.hardware {
-            let variants: Vec<Option<WebVariant>> = match engine {
+            let runners: Vec<Runner> = match engines.get(engine) {
+                Some(e) => vec![Runner::Engine(e)],
                 // Loading in parallel means nothing for a model of one part.
-                EngineKind::Browser if single_part => web_variants
+                None if single_part => web_variants
                     .iter()
-                    .filter(|v| v.is_some_and(|v| !v.parallel_load) || args.parallel_load == [true])
-                    .copied()
+                    .filter(|v| !v.parallel_load || args.parallel_load == [true])
+                    .map(|&v| Runner::Browser(v))
                     .collect(),
-                EngineKind::Browser => web_variants.clone(),
-                _ => vec![None],
+                None => web_variants.iter().map(|&v| Runner::Browser(v)).collect(),
             };
             for &precision in &args.precision {
                 for &scenario in &args.scenarios {
                     for &batch_size in &args.batch_sizes {
-                        for &variant in &variants {
+                        for &runner in &runners {
                             out.push((
                                 Combination {
                                     model: model.clone(),
@@ -423,8 +429,7 @@ fn combinations(
                                     audio_seconds: args.audio_seconds,
                                     audio_file: args.audio_file.clone(),
                                 },
-                                engine,
-                                variant,
+                                runner,
                             ));
                         }
                     }
