@@ -445,10 +445,8 @@ fn file_audio_inputs(
     path: &std::path::Path,
     batch: usize,
 ) -> Result<Inputs, String> {
-    let rate = source
-        .preprocessor_config()
-        .and_then(|v| v.get("sampling_rate").and_then(|r| r.as_u64()))
-        .unwrap_or(16_000) as u32;
+    let rate = inputs::audio_sampling_rate(source.config(), source.preprocessor_config())
+        .map_err(|e| e.to_string())?;
     let wav = ia_preprocess::audio::Waveform::open(path)
         .and_then(|w| w.resampled(rate))
         .map_err(|e| e.to_string())?;

@@ -4,7 +4,6 @@
 //! times them itself ([`crate::WebBench`]), with no WebDriver round trip inside a sample.
 
 use crate::{is_web_platform, model_parts, BrowserError, WebBench, WebOptions, ENGINE_NAME};
-use ia_engine::exported_decoder::check_exported_class;
 use ia_engine::{
     Capability, Engine, EngineError, HostTensor, Inputs, Outputs, Precision, Session, SessionInfo,
 };
@@ -73,7 +72,6 @@ impl Engine for WebEngine {
             .map_err(|e| EngineError::InvalidModel(e.to_string()))?
             .class;
         self.supports(class, platform, Capability::Run)?;
-        check_exported_class(class)?;
         if precision != Precision::F32 {
             return Err(EngineError::Unsupported(format!(
                 "the ONNX exports run in f32 on {ENGINE_NAME}, not {precision}"

@@ -182,7 +182,7 @@ pub fn generate(
     match modality {
         Modality::Text => text_inputs(source, spec),
         Modality::Vision => image_inputs(source, spec.batch_size),
-        Modality::Audio => audio_inputs(source.config(), preprocessor(source), spec),
+        Modality::Audio => audio_inputs(source.config(), source.preprocessor_config(), spec),
         // Dual encoders (CLIP) are benchmarked on their image tower.
         Modality::Multimodal if source.config().get("vision_config").is_some() => {
             image_inputs(source, spec.batch_size)
@@ -191,10 +191,6 @@ pub fn generate(
             "no input generator for this multimodal model yet".into(),
         )),
     }
-}
-
-fn preprocessor(source: &ModelSource) -> Option<Value> {
-    source.preprocessor_config().cloned()
 }
 
 fn text_inputs(source: &ModelSource, spec: InputSpec) -> Result<Inputs, EngineError> {
@@ -345,11 +341,11 @@ pub fn max_text_positions(config: &Value) -> Option<(&'static str, u64)> {
 /// The image processor of a model, the one `run` and the benchmark inputs both use: the
 /// checkpoint's preprocessor_config.json, or transformers' defaults for the class at the
 /// model's image size.
-pub fn image_processor(source: &ModelSource) -> Result<ImageProcessor, EngineError> {
+pub fn image_processor(
+    source: &ModelSource,
+    class: ModelClass,
+) -> Result<ImageProcessor, EngineError> {
     let config = source.config();
-    let class = classify_config(config)
-        .map_err(|e| EngineError::InvalidModel(e.to_string()))?
-        .class;
     let size = config
         .get("vision_config")
         .unwrap_or(config)
@@ -377,7 +373,10 @@ const TEST_PICTURE_SIDE: usize = 512;
 
 /// A test picture through the model's own image processor, `batch` copies.
 fn image_inputs(source: &ModelSource, batch: usize) -> Result<Inputs, EngineError> {
-    let processor = image_processor(source)?;
+    let class = classify_config(source.config())
+        .map_err(|e| EngineError::InvalidModel(e.to_string()))?
+        .class;
+    let processor = image_processor(source, class)?;
     let side = TEST_PICTURE_SIDE;
     let mut rng = SplitMix64::new(0x1a6e);
     let mut data = Vec::with_capacity(side * side * 3);
@@ -412,11 +411,29 @@ fn image_inputs(source: &ModelSource, batch: usize) -> Result<Inputs, EngineErro
     })
 }
 
+/// The rate an audio model's feature extractor takes: preprocessor_config.json's
+/// `sampling_rate`, else 48 kHz for CLAP and 16 kHz for speech models; checked against the
+/// rates a waveform may have.
+pub fn audio_sampling_rate(config: &Value, pre: Option<&Value>) -> Result<u32, EngineError> {
+    let default_rate = if config.get("model_type").and_then(Value::as_str) == Some("clap") {
+        48_000
+    } else {
+        16_000
+    };
+    ia_preprocess::audio::check_sample_rate(
+        pre.and_then(|p| p.get("sampling_rate"))
+            .and_then(Value::as_u64)
+            .unwrap_or(default_rate),
+        "preprocessor config sampling_rate",
+    )
+    .map_err(|e| EngineError::InvalidModel(e.to_string()))
+}
+
 /// A voiced-speech-like test signal: a 120-220 Hz gliding fundamental with decaying harmonics,
 /// syllable-rate amplitude modulation and a little noise, at the extractor's sampling rate.
 fn audio_inputs(
     config: &Value,
-    pre: Option<Value>,
+    pre: Option<&Value>,
     spec: InputSpec,
 ) -> Result<Inputs, EngineError> {
     let max = ia_preprocess::audio::MAX_AUDIO_SECONDS;
@@ -426,20 +443,7 @@ fn audio_inputs(
             spec.audio_seconds
         )));
     }
-    // CLAP's extractor runs at 48 kHz; speech models at 16 kHz.
-    let default_rate = if config.get("model_type").and_then(Value::as_str) == Some("clap") {
-        48_000
-    } else {
-        16_000
-    };
-    let sample_rate = ia_preprocess::audio::check_sample_rate(
-        pre.as_ref()
-            .and_then(|p| p.get("sampling_rate"))
-            .and_then(Value::as_u64)
-            .unwrap_or(default_rate),
-        "preprocessor config sampling_rate",
-    )
-    .map_err(|e| EngineError::InvalidModel(e.to_string()))?;
+    let sample_rate = audio_sampling_rate(config, pre)?;
     let n = (spec.audio_seconds * sample_rate as f32) as usize;
     if n == 0 {
         return Err(EngineError::InvalidInput(format!(

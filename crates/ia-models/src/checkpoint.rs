@@ -98,10 +98,10 @@ impl ModelSource {
 
     /// generation_config.json of a checkpoint (null when it has none: generation defaults
     /// then come from config.json alone).
-    pub fn generation_config(&self) -> Value {
+    pub fn generation_config(&self) -> &Value {
         match self {
-            ModelSource::Checkpoint(c) => c.generation_config.clone(),
-            ModelSource::RandomInit { .. } => Value::Null,
+            ModelSource::Checkpoint(c) => &c.generation_config,
+            ModelSource::RandomInit { .. } => &Value::Null,
         }
     }
 

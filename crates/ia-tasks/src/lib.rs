@@ -372,7 +372,10 @@ impl Pipeline {
     /// The checkpoint's preprocessor_config.json, or the processor transformers would default
     /// to for this class at the model's image size.
     fn image_processor(&self) -> Result<ImageProcessor, TaskError> {
-        Ok(ia_engine::inputs::image_processor(&self.source)?)
+        Ok(ia_engine::inputs::image_processor(
+            &self.source,
+            self.class,
+        )?)
     }
 
     fn tokenize_all(&self, texts: &[String]) -> Result<Inputs, TaskError> {

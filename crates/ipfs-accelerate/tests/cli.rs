@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{bin, fixture, run, stderr, stdout};
+use common::{bin, csv, fixture, query, run, stderr, stdout};
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -279,27 +279,12 @@ fn failing_combination_is_recorded_and_run_goes_on() {
         .unwrap()
         .contains("max_position_embeddings"));
     assert_eq!(rows[1]["outcome"]["status"], "pass");
-    let o = run(&[
-        "db",
-        "--db-path",
-        db.to_str().unwrap(),
-        "query",
-        "--sql",
+    let o = query(
+        &db,
         "SELECT status FROM compatibility_results ORDER BY compat_id",
-        "--format",
-        "csv",
-    ]);
+    );
     assert_eq!(stdout(&o), "status\nfail\npass\n");
-    let o = run(&[
-        "db",
-        "--db-path",
-        db.to_str().unwrap(),
-        "query",
-        "--sql",
-        "SELECT status FROM runs",
-        "--format",
-        "csv",
-    ]);
+    let o = query(&db, "SELECT status FROM runs");
     assert_eq!(stdout(&o), "status\nfailed\n");
 }
 
@@ -521,16 +506,10 @@ fn killed_run_keeps_finished_results() {
     // the run's process is gone and closes it as interrupted.
     let o = quick_bench(&db, &["--batch-sizes", "1"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = run(&[
-        "db",
-        "--db-path",
-        db.to_str().unwrap(),
-        "query",
-        "--sql",
+    let o = query(
+        &db,
         "SELECT status, ended_at IS NOT NULL AS ended FROM runs ORDER BY run_id",
-        "--format",
-        "csv",
-    ]);
+    );
     assert_eq!(
         stdout(&o),
         "status,ended\ninterrupted,true\ncompleted,true\n"
@@ -747,16 +726,7 @@ fn external_results_are_imported_with_their_engine() {
         ]),
         "negative",
     );
-    let o = run(&[
-        "db",
-        "--db-path",
-        dbs,
-        "query",
-        "--format",
-        "csv",
-        "--sql",
-        "SELECT count(*) AS n FROM runs",
-    ]);
+    let o = query(Path::new(dbs), "SELECT count(*) AS n FROM runs");
     assert_eq!(stdout(&o), "n\n1\n", "a rejected file must store nothing");
 }
 
@@ -793,18 +763,12 @@ fn bench_covers_vision_and_audio_families() {
         db.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let q = run(&[
-        "db",
-        "--db-path",
-        db.to_str().unwrap(),
-        "query",
-        "--format",
-        "csv",
-        "--sql",
+    let q = query(
+        &db,
         "SELECT regexp_extract(model_name, '[^/]+$') AS m, status, \
                 real_time_factor IS NOT NULL AS rtf, throughput_items_per_s > 0 AS items \
          FROM performance_results JOIN models USING (model_id) ORDER BY m",
-    ]);
+    );
     assert!(q.status.success(), "{}", stderr(&q));
     assert_eq!(
         stdout(&q),
@@ -996,17 +960,11 @@ fn bench_runs_onnx_exports_on_onnxruntime() {
         db.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let q = run(&[
-        "db",
-        "--db-path",
-        db.to_str().unwrap(),
-        "query",
-        "--format",
-        "csv",
-        "--sql",
+    let q = query(
+        &db,
         "SELECT engine, starts_with(engine_version, engine) AS versioned, status \
          FROM performance_results ORDER BY engine",
-    ]);
+    );
     assert_eq!(
         stdout(&q),
         "engine,versioned,status\nnative,false,pass\nonnxruntime,true,pass\n"
@@ -1045,20 +1003,7 @@ fn web_platforms_are_benchmarked_stored_and_reported() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("onnxruntime-web"), "{}", stdout(&o));
-    let q = |sql: &str| {
-        let o = run(&[
-            "db",
-            "--db-path",
-            dbs,
-            "query",
-            "--sql",
-            sql,
-            "--format",
-            "csv",
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        stdout(&o)
-    };
+    let q = |sql: &str| csv(Path::new(dbs), sql);
     // wasm and webgpu, each without and with precompiling, ran and say where.
     assert_eq!(
         q("SELECT h.platform, w.requested_ep, w.executed_ep LIKE w.requested_ep || '%' AS ran_there, \
@@ -1215,19 +1160,10 @@ fn bf16_without_cpu_support_is_unavailable_in_bench_and_db() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let q = run(&[
-        "db",
-        "--db-path",
-        db.to_str().unwrap(),
-        "query",
-        "--format",
-        "csv",
-        "--sql",
-        "SELECT p.precision, p.status, c.status AS compat, \
+    let q = query(&db, "SELECT p.precision, p.status, c.status AS compat, \
                 contains(p.error, 'bf16 is not available on this CPU') AS says_why \
          FROM performance_results p JOIN compatibility_results c USING (run_id, model_id, hardware_id) \
-         WHERE c.precision = p.precision ORDER BY p.precision",
-    ]);
+         WHERE c.precision = p.precision ORDER BY p.precision");
     assert_eq!(
         stdout(&q),
         "precision,status,compat,says_why\nbf16,unavailable,unavailable,true\nf32,pass,pass,\n"

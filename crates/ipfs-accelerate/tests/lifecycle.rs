@@ -5,34 +5,12 @@
 
 mod common;
 
-use common::{bin, fixture, text, QUICK};
+use common::{bin, csv, fixture, query, text, QUICK};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-
-fn query(db: &Path, sql: &str) -> Output {
-    bin()
-        .args([
-            "db",
-            "--db-path",
-            db.to_str().unwrap(),
-            "query",
-            "--format",
-            "csv",
-            "--sql",
-            sql,
-        ])
-        .output()
-        .unwrap()
-}
-
-fn csv(db: &Path, sql: &str) -> String {
-    let o = query(db, sql);
-    assert!(o.status.success(), "{sql}: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// A bench of bert-tiny over many batch sizes, slow enough to be interrupted.
 fn long_bench(db: &Path, json: &Path, extra: &[&str]) -> Child {

@@ -711,15 +711,13 @@ impl ClapSession {
                 ))
             })?;
         // Without a preprocessor_config.json: the extractor the LAION checkpoints ship with.
-        let front_end = ClapFrontEnd::from_config(
-            &super::preprocessor_config(ctx.source).unwrap_or_else(|| {
-                serde_json::json!({
-                    "feature_size": a.num_mel_bins, "frequency_min": 50, "frequency_max": 14000,
-                    "truncation": if a.enable_fusion { "fusion" } else { "rand_trunc" },
-                })
-            }),
-        )
-        .map_err(|e| EngineError::InvalidModel(e.to_string()))?;
+        let default = serde_json::json!({
+            "feature_size": a.num_mel_bins, "frequency_min": 50, "frequency_max": 14000,
+            "truncation": if a.enable_fusion { "fusion" } else { "rand_trunc" },
+        });
+        let front_end =
+            ClapFrontEnd::from_config(ctx.source.preprocessor_config().unwrap_or(&default))
+                .map_err(|e| EngineError::InvalidModel(e.to_string()))?;
         if front_end.feature_size != a.num_mel_bins || front_end.fusion != a.enable_fusion {
             return Err(EngineError::InvalidModel(format!(
                 "the feature extractor gives {} mel bins (fusion {}); the audio encoder takes {} (fusion {})",

@@ -63,8 +63,3 @@ pub(crate) fn normalized_config(config: &serde_json::Value) -> serde_json::Value
     }
     c
 }
-
-/// preprocessor_config.json of a checkpoint, if it has one.
-pub(crate) fn preprocessor_config(source: &ModelSource) -> Option<serde_json::Value> {
-    source.preprocessor_config().cloned()
-}

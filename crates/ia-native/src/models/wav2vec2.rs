@@ -359,7 +359,11 @@ impl Wav2Vec2Session {
                 crate::candle_message(&e)
             ))
         })?;
-        let pre = super::preprocessor_config(ctx.source).unwrap_or_default();
+        let pre = ctx
+            .source
+            .preprocessor_config()
+            .cloned()
+            .unwrap_or_default();
         let vocabulary = match ctx.source {
             ia_models::ModelSource::Checkpoint(c) => CtcVocabulary::load(&c.dir)?,
             ia_models::ModelSource::RandomInit { .. } => None,

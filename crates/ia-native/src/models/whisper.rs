@@ -342,8 +342,8 @@ impl WhisperSession {
                 crate::candle_message(&e)
             ))
         })?;
-        let front_end = match super::preprocessor_config(ctx.source) {
-            Some(p) => WhisperFrontEnd::from_config(&p)
+        let front_end = match ctx.source.preprocessor_config() {
+            Some(p) => WhisperFrontEnd::from_config(p)
                 .map_err(|e| EngineError::InvalidModel(e.to_string()))?,
             None => WhisperFrontEnd {
                 feature_size: cfg.num_mel_bins,
@@ -364,7 +364,7 @@ impl WhisperSession {
         }
         let decoding = WhisperDecoding::new(
             ctx.source.config().clone(),
-            ctx.source.generation_config(),
+            ctx.source.generation_config().clone(),
             cfg.decoder_start_token_id,
             front_end,
             ia_engine::tokenizer::of(ctx.source)?,

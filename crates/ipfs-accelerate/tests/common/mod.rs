@@ -3,7 +3,7 @@
 // Each test binary uses its own subset.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn bin() -> Command {
@@ -47,4 +47,25 @@ pub fn stderr(o: &Output) -> String {
 /// stdout then stderr.
 pub fn text(o: &Output) -> String {
     format!("{}{}", stdout(o), stderr(o))
+}
+
+/// `db query --format csv --sql SQL` against the store at `db`.
+pub fn query(db: &Path, sql: &str) -> Output {
+    run(&[
+        "db",
+        "--db-path",
+        db.to_str().unwrap(),
+        "query",
+        "--format",
+        "csv",
+        "--sql",
+        sql,
+    ])
+}
+
+/// The CSV of a query that must succeed.
+pub fn csv(db: &Path, sql: &str) -> String {
+    let o = query(db, sql);
+    assert!(o.status.success(), "{sql}: {}", text(&o));
+    stdout(&o)
 }
