@@ -13,7 +13,8 @@ pub mod stats;
 
 use ia_engine::generation::{self, GenerateOptions, Sampling, TextGenerator};
 use ia_engine::{
-    inputs, Capability, Engine, EngineError, InputSpec, Inputs, Precision, SessionInfo,
+    inputs, Capability, Engine, EngineError, GenerationTiming, InputSpec, Inputs, LoadFailure,
+    LoadVariant, Precision, Session, SessionInfo, TimedIterations, TimedWorkload,
 };
 use ia_hardware::Platform;
 use ia_models::{Modality, ModelClass, ModelSource};
@@ -49,6 +50,24 @@ impl Protocol {
     /// and the minimum duration are reached, never past the cap.
     pub fn wants_more(&self, done: usize, elapsed: Duration) -> bool {
         done < self.max_iterations && (done < self.min_iterations || elapsed < self.min_duration)
+    }
+
+    /// How many more timed iterations to run after `done` in `elapsed`, iterations taking
+    /// about `per_iteration_ms`: enough for both minimums as far as can be foreseen, never
+    /// past the cap, 0 when the protocol is satisfied. The loop asks again after each call,
+    /// so a wrong estimate costs at most a call.
+    pub fn remaining(&self, done: usize, elapsed: Duration, per_iteration_ms: f64) -> usize {
+        if !self.wants_more(done, elapsed) {
+            return 0;
+        }
+        let by_count = self.min_iterations.saturating_sub(done);
+        let left_ms = self.min_duration.saturating_sub(elapsed).as_secs_f64() * 1e3;
+        let by_time = if per_iteration_ms > 0.0 {
+            (left_ms / per_iteration_ms).ceil() as usize
+        } else {
+            1
+        };
+        by_count.max(by_time).max(1).min(self.max_iterations - done)
     }
 }
 
@@ -123,6 +142,8 @@ pub struct Combination {
     pub new_tokens: usize,
     /// Clip length for audio models, seconds.
     pub audio_seconds: f32,
+    /// How the runtime gets the model ready, where it offers a choice (the web platforms).
+    pub load_variant: LoadVariant,
     /// A recording to feed audio models instead of the synthetic signal (every batch row).
     pub audio_file: Option<std::path::PathBuf>,
 }
@@ -346,7 +367,19 @@ fn fail(stage: &str, e: impl ToString) -> Outcome {
     }
 }
 
-/// Measures one combination. Never panics on a model error: failures become outcomes.
+/// What every iteration of a combination feeds the model, prepared by the harness before any
+/// runtime loads it.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    /// One forward pass over these inputs.
+    Forward(Inputs),
+    /// A greedy generation of `combo.new_tokens` tokens for `combo.batch_size` copies of
+    /// the prompt.
+    Generation { prompt: Vec<u32> },
+}
+
+/// Measures one combination on an in-process engine. Never panics on a model error:
+/// failures become outcomes.
 pub fn measure(
     engine: &dyn Engine,
     combo: &Combination,
@@ -356,87 +389,329 @@ pub fn measure(
     if let Err(reason) = platform_available {
         return Outcome::Unavailable { reason };
     }
-    if is_generation_task(&combo.model.task) {
-        return measure_generation(engine, combo, protocol);
+    let capability = if is_generation_task(&combo.model.task) {
+        Capability::Generate
+    } else {
+        Capability::Run
+    };
+    if let Err(e) = engine.supports(combo.model.class, combo.platform, capability) {
+        return refused("load", e);
     }
-    if let Err(e) = engine.supports(combo.model.class, combo.platform, Capability::Run) {
-        return Outcome::Unavailable {
-            reason: e.to_string(),
+    let (mut outcome, target) = measure_with(combo, Ok(()), protocol, |prepared| {
+        load_in_process(engine, combo, prepared)
+    });
+    drop(target);
+    let quantised = !matches!(
+        combo.precision,
+        Precision::F32 | Precision::F16 | Precision::Bf16
+    );
+    if let Outcome::Measured(m) = &mut outcome {
+        if let (Some(g), true) = (m.generation.as_mut(), quantised) {
+            // Loads the model twice more, so after the timed model is gone.
+            match greedy_agreement(engine, combo) {
+                Ok(a) => g.greedy_agreement_vs_f32 = Some(a),
+                Err(e) => return fail("agreement-check", e),
+            }
+        }
+    }
+    outcome
+}
+
+/// Checks that the combination fits in memory, then loads it on `engine` as a timed workload
+/// over `prepared`.
+fn load_in_process(
+    engine: &dyn Engine,
+    combo: &Combination,
+    prepared: &Prepared,
+) -> Result<Box<dyn TimedWorkload>, LoadFailure> {
+    let source = &combo.model.source;
+    match prepared {
+        Prepared::Forward(inputs) => {
+            let work = ia_engine::memory::forward_workload(source, inputs);
+            ia_engine::memory::check_fits(source, combo.precision, work)?;
+            let session = engine.load(source, combo.platform, combo.precision)?;
+            Ok(Box::new(ForwardTarget {
+                session,
+                inputs: inputs.clone(),
+            }))
+        }
+        Prepared::Generation { prompt } => {
+            let work = ia_models::footprint::Workload {
+                batch: combo.batch_size,
+                positions: combo.seq_len,
+                cached_positions: combo.seq_len.saturating_add(combo.new_tokens),
+                beams: 1,
+            };
+            ia_engine::memory::check_fits(source, combo.precision, work)?;
+            let model = engine.load_generator(source, combo.platform, combo.precision)?;
+            Ok(Box::new(GenerationTarget {
+                model,
+                prompts: vec![prompt.clone(); combo.batch_size],
+                new_tokens: combo.new_tokens,
+            }))
+        }
+    }
+}
+
+/// Measures one combination on a runtime `load` gives: prepares the inputs, loads, runs the
+/// protocol ([`drive`]) and computes the statistics. The target comes back with a measured
+/// outcome (the browser's details are read from it). Never panics on a model error.
+pub fn measure_with<T: TimedWorkload>(
+    combo: &Combination,
+    platform_available: Result<(), String>,
+    protocol: &Protocol,
+    load: impl FnOnce(&Prepared) -> Result<T, LoadFailure>,
+) -> (Outcome, Option<T>) {
+    if let Err(reason) = platform_available {
+        return (Outcome::Unavailable { reason }, None);
+    }
+    let prepared = match prepare(combo) {
+        Ok(p) => p,
+        Err(e) => return (fail("inputs", e), None),
+    };
+    let (target, driven) = match drive(protocol, || load(&prepared)) {
+        Ok(d) => d,
+        Err(outcome) => return (outcome, None),
+    };
+    let work = match &prepared {
+        Prepared::Forward(inputs) => Work::forward(combo.scenario, inputs),
+        Prepared::Generation { prompt } => {
+            let timings = &driven.generations;
+            if timings.len() != driven.run.samples_ms.len() {
+                return (
+                    fail(
+                        "timed-iteration",
+                        "the runtime returned no generation timings",
+                    ),
+                    None,
+                );
+            }
+            let ttft: Vec<f64> = timings.iter().map(|g| g.ttft_ms).collect();
+            let prefill: Vec<f64> = timings.iter().map(|g| g.prefill_ms).collect();
+            let steps: Vec<f64> = timings.iter().flat_map(|g| g.step_ms.clone()).collect();
+            let metrics = GenerationMetrics {
+                weight_bytes: target.weight_bytes(),
+                ..GenerationMetrics::from_samples(
+                    prompt.len(),
+                    combo.new_tokens,
+                    combo.batch_size,
+                    &ttft,
+                    &prefill,
+                    &steps,
+                )
+            };
+            Work::generation(combo.batch_size, metrics)
+        }
+    };
+    let measurement = Measurement::new(driven.run, work);
+    (Outcome::Measured(Box::new(measurement)), Some(target))
+}
+
+/// The inputs of a combination: generated for its modality (or a recording for an audio
+/// model given `--audio-file`), or a generation's prompt.
+fn prepare(combo: &Combination) -> Result<Prepared, String> {
+    let source = &combo.model.source;
+    if is_generation_task(&combo.model.task) {
+        let Inputs::Text { input_ids, .. } =
+            inputs::generate(source, Modality::Text, InputSpec::new(1, combo.seq_len))
+                .map_err(|e| e.to_string())?
+        else {
+            return Err("text generator returned non-text inputs".into());
         };
+        return Ok(Prepared::Generation { prompt: input_ids });
     }
     let spec = InputSpec {
         audio_seconds: combo.audio_seconds,
         ..InputSpec::new(combo.batch_size, combo.seq_len)
     };
-    let generated = match &combo.audio_file {
+    let inputs = match &combo.audio_file {
         Some(path) if combo.model.modality == Modality::Audio => {
-            file_audio_inputs(&combo.model.source, path, combo.batch_size)
+            file_audio_inputs(source, path, combo.batch_size)?
         }
-        _ => inputs::generate(&combo.model.source, combo.model.modality, spec)
-            .map_err(|e| e.to_string()),
+        _ => inputs::generate(source, combo.model.modality, spec).map_err(|e| e.to_string())?,
     };
-    let inputs = match generated {
-        Ok(i) => i,
-        Err(e) => return fail("inputs", e),
-    };
-    let work = ia_engine::memory::forward_workload(&combo.model.source, &inputs);
-    if let Err(e) = ia_engine::memory::check_fits(&combo.model.source, combo.precision, work) {
-        return refused("load", e);
-    }
+    Ok(Prepared::Forward(inputs))
+}
+
+/// What [`drive`] measured.
+pub struct Driven {
+    pub run: TimedRun,
+    /// For a generation workload: each timed iteration's timings.
+    pub generations: Vec<GenerationTiming>,
+}
+
+/// A call of [`TimedWorkload::run_timed`] covers about this much work at most, so a cancel
+/// request or a runtime's step limit is never far away.
+const CALL_SPAN_MS: f64 = 1000.0;
+
+/// The protocol, once for every runtime: load, time the first inference, warm up, then
+/// timed iterations until both the minimum count and the minimum duration are reached (the
+/// durations the runtime reports, on its own clock); the process's peak memory when the
+/// model runs in it, and what timing costs.
+pub fn drive<T: TimedWorkload>(
+    protocol: &Protocol,
+    load: impl FnOnce() -> Result<T, LoadFailure>,
+) -> Result<(T, Driven), Outcome> {
     let rss_reset = memory::reset_peak_rss();
     let t = Instant::now();
-    let mut session = match engine.load(&combo.model.source, combo.platform, combo.precision) {
-        Ok(s) => s,
-        Err(EngineError::Unsupported(reason)) => return Outcome::Unavailable { reason },
-        Err(e) => return fail("load", e),
+    let mut target = load().map_err(|f| refused(f.stage, f.error))?;
+    let load_time_ms = target.load_time_ms().unwrap_or_else(|| ms(t.elapsed()));
+
+    let first = target
+        .run_timed(1)
+        .map_err(|e| refused("first-inference", e))?;
+    let Some(&first_inference_ms) = first.samples_ms.first() else {
+        return Err(fail("first-inference", "the runtime returned no sample"));
     };
-    let load_time_ms = ms(t.elapsed());
 
-    let t = Instant::now();
-    if let Err(e) = session.run(&inputs) {
-        return fail("first-inference", e);
-    }
-    let first_inference_ms = ms(t.elapsed());
-
-    for _ in 0..protocol.warmup_iterations {
+    let mut per_iteration_ms = first_inference_ms;
+    let mut warmed = 0;
+    while warmed < protocol.warmup_iterations {
         if cancel_requested() {
-            return interrupted();
+            return Err(interrupted());
         }
-        if let Err(e) = session.run(&inputs) {
-            return fail("warm-up", e);
-        }
+        let n = calls_of(per_iteration_ms).min(protocol.warmup_iterations - warmed);
+        let w = target.run_timed(n).map_err(|e| fail("warm-up", e))?;
+        per_iteration_ms = mean(&w.samples_ms).unwrap_or(per_iteration_ms);
+        warmed += n;
     }
 
     // Grows as samples come: min_iterations is a user number, not an allocation size.
     let mut samples_ms = Vec::with_capacity(protocol.min_iterations.clamp(64, 1 << 16));
-    let start = Instant::now();
-    while protocol.wants_more(samples_ms.len(), start.elapsed()) {
+    let mut generations = Vec::new();
+    let mut duration_ms = 0.0;
+    loop {
         if cancel_requested() {
-            return interrupted();
+            return Err(interrupted());
         }
-        let t = Instant::now();
-        if let Err(e) = session.run(&inputs) {
-            return fail("timed-iteration", e);
+        let elapsed = Duration::from_secs_f64(duration_ms / 1e3);
+        let n = protocol
+            .remaining(samples_ms.len(), elapsed, per_iteration_ms)
+            .min(calls_of(per_iteration_ms));
+        if n == 0 {
+            break;
         }
-        samples_ms.push(ms(t.elapsed()));
+        let timed = target
+            .run_timed(n)
+            .map_err(|e| fail("timed-iteration", e))?;
+        if timed.samples_ms.len() != n {
+            return Err(fail(
+                "timed-iteration",
+                format!("asked for {n} iterations, got {}", timed.samples_ms.len()),
+            ));
+        }
+        per_iteration_ms = mean(&timed.samples_ms).unwrap_or(per_iteration_ms);
+        duration_ms += timed.duration_ms;
+        samples_ms.extend(timed.samples_ms);
+        generations.extend(timed.generations);
     }
-    let timed_duration_s = start.elapsed().as_secs_f64();
+    let (peak_rss_bytes, peak_rss_per_combination) = if target.in_process() {
+        (memory::peak_rss_bytes(), rss_reset)
+    } else {
+        (None, false)
+    };
+    let harness_overhead_ns = target
+        .timing_overhead_ns()
+        .map_err(|e| fail("timed-iteration", e))?;
     let run = TimedRun {
-        session: session.info().clone(),
+        session: target.info().clone(),
         load_time_ms,
         first_inference_ms,
         warmup_iterations: protocol.warmup_iterations,
         samples_ms,
-        timed_duration_s,
-        peak_rss_bytes: memory::peak_rss_bytes(),
-        peak_rss_per_combination: rss_reset,
-        harness_overhead_ns: harness_overhead_ns(),
+        timed_duration_s: duration_ms / 1e3,
+        peak_rss_bytes,
+        peak_rss_per_combination,
+        harness_overhead_ns,
     };
-    drop(session);
-    Outcome::Measured(Box::new(Measurement::new(
-        run,
-        Work::forward(combo.scenario, &inputs),
-    )))
+    Ok((target, Driven { run, generations }))
+}
+
+/// How many iterations of `per_iteration_ms` fit in one call.
+fn calls_of(per_iteration_ms: f64) -> usize {
+    if per_iteration_ms > 0.0 {
+        ((CALL_SPAN_MS / per_iteration_ms) as usize).max(1)
+    } else {
+        1
+    }
+}
+
+fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// An engine session over fixed inputs: one iteration is one `Session::run`.
+struct ForwardTarget {
+    session: Box<dyn Session>,
+    inputs: Inputs,
+}
+
+impl TimedWorkload for ForwardTarget {
+    fn info(&self) -> &SessionInfo {
+        self.session.info()
+    }
+
+    fn run_timed(&mut self, iterations: usize) -> Result<TimedIterations, EngineError> {
+        let mut samples_ms = Vec::with_capacity(iterations);
+        let start = Instant::now();
+        for _ in 0..iterations {
+            let t = Instant::now();
+            self.session.run(&self.inputs)?;
+            samples_ms.push(ms(t.elapsed()));
+        }
+        Ok(TimedIterations {
+            samples_ms,
+            duration_ms: ms(start.elapsed()),
+            generations: Vec::new(),
+        })
+    }
+
+    fn timing_overhead_ns(&mut self) -> Result<f64, EngineError> {
+        Ok(harness_overhead_ns())
+    }
+}
+
+/// A text generator: one iteration is one greedy generation of `new_tokens` tokens for
+/// every prompt.
+struct GenerationTarget {
+    model: Box<dyn TextGenerator>,
+    prompts: Vec<Vec<u32>>,
+    new_tokens: usize,
+}
+
+impl TimedWorkload for GenerationTarget {
+    fn info(&self) -> &SessionInfo {
+        self.model.info()
+    }
+
+    fn run_timed(&mut self, iterations: usize) -> Result<TimedIterations, EngineError> {
+        let mut samples_ms = Vec::with_capacity(iterations);
+        let mut generations = Vec::with_capacity(iterations);
+        let start = Instant::now();
+        for _ in 0..iterations {
+            let t = Instant::now();
+            let (_, stats) = generation::generate_batch_greedy(
+                self.model.as_mut(),
+                &self.prompts,
+                self.new_tokens,
+            )?;
+            samples_ms.push(ms(t.elapsed()));
+            generations.push(GenerationTiming::from(&stats));
+        }
+        Ok(TimedIterations {
+            samples_ms,
+            duration_ms: ms(start.elapsed()),
+            generations,
+        })
+    }
+
+    fn timing_overhead_ns(&mut self) -> Result<f64, EngineError> {
+        Ok(harness_overhead_ns())
+    }
+
+    fn weight_bytes(&self) -> Option<u64> {
+        self.model.weight_bytes()
+    }
 }
 
 /// A WAV file at the rate the model's feature extractor expects, one copy per batch row.
@@ -462,140 +737,15 @@ pub fn is_generation_task(task: &str) -> bool {
     matches!(task, "text-generation" | "text2text-generation")
 }
 
-/// One timed iteration generates `combo.new_tokens` tokens (through EOS) for each of
-/// `batch_size` copies of a `combo.seq_len`-token prompt; latency statistics are per
-/// generation, TTFT and time per output token (per decode step) get their own.
-fn measure_generation(engine: &dyn Engine, combo: &Combination, protocol: &Protocol) -> Outcome {
-    if let Err(e) = engine.supports(combo.model.class, combo.platform, Capability::Generate) {
-        return refused("load", e);
-    }
-    let work = ia_models::footprint::Workload {
-        batch: combo.batch_size,
-        positions: combo.seq_len,
-        cached_positions: combo.seq_len.saturating_add(combo.new_tokens),
-        beams: 1,
-    };
-    if let Err(e) = ia_engine::memory::check_fits(&combo.model.source, combo.precision, work) {
-        return refused("load", e);
-    }
-    let inputs = match inputs::generate(
-        &combo.model.source,
-        Modality::Text,
-        InputSpec::new(1, combo.seq_len),
-    ) {
-        Ok(i) => i,
-        Err(e) => return fail("inputs", e),
-    };
-    let Inputs::Text {
-        input_ids: prompt, ..
-    } = inputs
-    else {
-        return fail("inputs", "text generator returned non-text inputs");
-    };
-    let opts = GenerateOptions {
+/// Generates greedily with the combination's precision and with f32 on the fixed prompt set
+/// and returns the fraction of positions where the tokens agree.
+fn greedy_agreement(engine: &dyn Engine, combo: &Combination) -> Result<f64, EngineError> {
+    let opts = &GenerateOptions {
         max_new_tokens: combo.new_tokens,
         sampling: Sampling::greedy(),
         stop_tokens: vec![],
         ignore_eos: true,
     };
-    let rss_reset = memory::reset_peak_rss();
-    let t = Instant::now();
-    let mut model =
-        match engine.load_generator(&combo.model.source, combo.platform, combo.precision) {
-            Ok(m) => m,
-            Err(EngineError::Unsupported(reason)) => return Outcome::Unavailable { reason },
-            Err(e) => return fail("load", e),
-        };
-    let load_time_ms = ms(t.elapsed());
-    let prompts = vec![prompt.clone(); combo.batch_size];
-    let run = |model: &mut dyn TextGenerator| {
-        generation::generate_batch_greedy(model, &prompts, combo.new_tokens)
-    };
-    let t = Instant::now();
-    match run(model.as_mut()) {
-        Ok(_) => {}
-        Err(EngineError::Unsupported(reason)) => return Outcome::Unavailable { reason },
-        Err(e) => return fail("first-inference", e),
-    }
-    let first_inference_ms = ms(t.elapsed());
-    for _ in 0..protocol.warmup_iterations {
-        if cancel_requested() {
-            return interrupted();
-        }
-        if let Err(e) = run(model.as_mut()) {
-            return fail("warm-up", e);
-        }
-    }
-    let (mut samples_ms, mut ttft, mut tpot, mut prefill_ms) = (vec![], vec![], vec![], vec![]);
-    let start = Instant::now();
-    while protocol.wants_more(samples_ms.len(), start.elapsed()) {
-        if cancel_requested() {
-            return interrupted();
-        }
-        let t = Instant::now();
-        let stats = match run(model.as_mut()) {
-            Ok((_, stats)) => stats,
-            Err(e) => return fail("timed-iteration", e),
-        };
-        samples_ms.push(ms(t.elapsed()));
-        ttft.push(stats.time_to_first_token_ms);
-        prefill_ms.push(stats.prefill_ms);
-        tpot.extend(stats.decode_step_ms);
-    }
-    let timed_duration_s = start.elapsed().as_secs_f64();
-    // Read before the agreement check below loads the model again.
-    let peak_rss_bytes = memory::peak_rss_bytes();
-    let weight_bytes = model.weight_bytes();
-    let session = model.info().clone();
-    drop(model);
-    let greedy_agreement_vs_f32 = if matches!(
-        combo.precision,
-        Precision::F32 | Precision::F16 | Precision::Bf16
-    ) {
-        None
-    } else {
-        match greedy_agreement(engine, combo, &opts) {
-            Ok(a) => Some(a),
-            Err(e) => return fail("agreement-check", e),
-        }
-    };
-    let batch = combo.batch_size;
-    let generation = GenerationMetrics {
-        weight_bytes,
-        greedy_agreement_vs_f32,
-        ..GenerationMetrics::from_samples(
-            prompt.len(),
-            combo.new_tokens,
-            batch,
-            &ttft,
-            &prefill_ms,
-            &tpot,
-        )
-    };
-    let run = TimedRun {
-        session,
-        load_time_ms,
-        first_inference_ms,
-        warmup_iterations: protocol.warmup_iterations,
-        samples_ms,
-        timed_duration_s,
-        peak_rss_bytes,
-        peak_rss_per_combination: rss_reset,
-        harness_overhead_ns: harness_overhead_ns(),
-    };
-    Outcome::Measured(Box::new(Measurement::new(
-        run,
-        Work::generation(batch, generation),
-    )))
-}
-
-/// Generates greedily with the combination's precision and with f32 on the fixed prompt set
-/// and returns the fraction of positions where the tokens agree.
-fn greedy_agreement(
-    engine: &dyn Engine,
-    combo: &Combination,
-    opts: &GenerateOptions,
-) -> Result<f64, EngineError> {
     let mut quantised =
         engine.load_generator(&combo.model.source, combo.platform, combo.precision)?;
     let mut reference =
@@ -706,6 +856,107 @@ mod tests {
         );
         assert_eq!(m.audio_seconds, Some(0.5));
         assert_eq!(m.real_time_factor, Some(0.1));
+    }
+
+    /// A workload whose iterations "take" a fixed time on its own clock (the page's, say):
+    /// the harness decides how many to run from what the workload reports.
+    struct Fixed {
+        info: SessionInfo,
+        per_iteration_ms: f64,
+        calls: Vec<usize>,
+    }
+
+    impl TimedWorkload for Fixed {
+        fn info(&self) -> &SessionInfo {
+            &self.info
+        }
+
+        fn run_timed(&mut self, iterations: usize) -> Result<TimedIterations, EngineError> {
+            self.calls.push(iterations);
+            Ok(TimedIterations {
+                samples_ms: vec![self.per_iteration_ms; iterations],
+                duration_ms: self.per_iteration_ms * iterations as f64,
+                generations: Vec::new(),
+            })
+        }
+
+        fn timing_overhead_ns(&mut self) -> Result<f64, EngineError> {
+            Ok(7.0)
+        }
+
+        fn load_time_ms(&self) -> Option<f64> {
+            Some(42.0)
+        }
+
+        fn in_process(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn the_harness_decides_how_many_iterations_a_workload_runs() {
+        let protocol = Protocol {
+            warmup_iterations: 3,
+            min_iterations: 10,
+            min_duration: Duration::from_millis(2_000),
+            max_iterations: 100_000,
+        };
+        let (target, driven) = drive(&protocol, || {
+            Ok(Fixed {
+                info: run(vec![], 0.0).session,
+                per_iteration_ms: 5.0,
+                calls: vec![],
+            })
+        })
+        .unwrap();
+        // First inference, one warm-up call, then timed calls until 2 s of reported time.
+        assert_eq!(target.calls[..2], [1, 3]);
+        assert_eq!(driven.run.samples_ms.len(), 400);
+        assert!((driven.run.timed_duration_s - 2.0).abs() < 1e-9);
+        // A call covers about a second of work.
+        assert!(
+            target.calls[2..].iter().all(|&n| n <= 200),
+            "{:?}",
+            target.calls
+        );
+        assert_eq!(driven.run.load_time_ms, 42.0);
+        assert_eq!(driven.run.harness_overhead_ns, 7.0);
+        assert_eq!(driven.run.peak_rss_bytes, None, "not this process's memory");
+
+        // Slow iterations: the count decides, and the cap is never passed.
+        let capped = Protocol {
+            max_iterations: 4,
+            ..protocol
+        };
+        let (target, driven) = drive(&capped, || {
+            Ok(Fixed {
+                info: run(vec![], 0.0).session,
+                per_iteration_ms: 900.0,
+                calls: vec![],
+            })
+        })
+        .unwrap();
+        assert_eq!(driven.run.samples_ms.len(), 4);
+        assert_eq!(target.calls, [1, 1, 1, 1, 1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn remaining_covers_both_minimums_and_respects_the_cap() {
+        let p = Protocol {
+            warmup_iterations: 0,
+            min_iterations: 10,
+            min_duration: Duration::from_secs(1),
+            max_iterations: 50,
+        };
+        assert_eq!(p.remaining(0, Duration::ZERO, 1.0), 50, "capped");
+        assert_eq!(p.remaining(0, Duration::ZERO, 500.0), 10, "by count");
+        assert_eq!(
+            p.remaining(10, Duration::from_millis(500), 100.0),
+            5,
+            "by time"
+        );
+        assert_eq!(p.remaining(10, Duration::from_secs(1), 100.0), 0);
+        assert_eq!(p.remaining(50, Duration::ZERO, 1.0), 0);
     }
 
     #[test]

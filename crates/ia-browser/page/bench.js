@@ -322,68 +322,52 @@ async function precompile() {
   return performance.now() - t;
 }
 
-// One inference of every part with the real feeds: its time, and (on request) the outputs.
-async function run(cfg) {
-  const firstLog = logs.length;
-  if (state.generation) {
-    const gen = await generateOnce(state.generation);
-    return { ms: gen.ms, outputs: {}, generation: gen, logs: logs.slice(firstLog) };
-  }
-  const t = performance.now();
-  const results = await runAll((part) => state.tensors[part.name]);
-  const ms = performance.now() - t;
-  const outputs = {};
-  if (cfg && cfg.returnOutputs) {
-    state.parts.forEach((part, i) => {
-      for (const [name, tensor] of Object.entries(results[i])) {
-        if (tensor.type !== 'float32') continue;
-        outputs[`${part.name}/${name}`] = { dims: tensor.dims, data: encodeBytes(tensor.data) };
-      }
-    });
-  }
-  return { ms, outputs, logs: logs.slice(firstLog) };
-}
-
-// The protocol of the native harness: warm-up, then timed iterations until both the minimum
-// count and the minimum duration are reached (never past the cap).
-// For a decoder one iteration is one generation, and its TTFT, prefill and decode steps are
-// returned beside the samples.
+// The page's one loop: `p.iterations` iterations back to back, each timed with
+// performance.now(). How many, and whether more follow, the harness decides in Rust; nothing
+// of WebDriver falls inside a sample. For a decoder one iteration is one generation, and its
+// TTFT, prefill and decode steps come back beside the samples. With `returnOutputs`, the last
+// iteration's float32 outputs (a decoder: its new tokens and where the cache stayed) too.
 async function timed(p) {
-  const feeds = (part) => state.tensors[part.name];
   const g = state.generation;
-  const generation = g ? { ttftMs: [], prefillMs: [], stepMs: [] } : null;
-  const once = async () => {
-    if (!g) return runAll(feeds);
-    return generateOnce(g);
-  };
-  for (let i = 0; i < p.warmup; i++) await once();
   const samples = [];
+  const generations = [];
+  let last = null;
   const t0 = performance.now();
-  while (
-    samples.length < p.maxIterations &&
-    (samples.length < p.minIterations || performance.now() - t0 < p.minDurationMs)
-  ) {
+  for (let i = 0; i < p.iterations; i++) {
     const t = performance.now();
-    const result = await once();
+    last = g ? await generateOnce(g) : await runAll((part) => state.tensors[part.name]);
     samples.push(performance.now() - t);
-    if (generation) {
-      generation.ttftMs.push(result.ttftMs);
-      generation.prefillMs.push(result.prefillMs);
-      generation.stepMs.push(...result.stepMs);
+    if (g) generations.push({ ttftMs: last.ttftMs, prefillMs: last.prefillMs, stepMs: last.stepMs });
+  }
+  const result = { samples, durationMs: performance.now() - t0, generations };
+  if (p.returnOutputs && last) {
+    if (g) {
+      result.tokens = last.tokens;
+      result.cacheLocation = last.cacheLocation;
+    } else {
+      result.outputs = {};
+      state.parts.forEach((part, i) => {
+        for (const [name, tensor] of Object.entries(last[i])) {
+          if (tensor.type !== 'float32') continue;
+          result.outputs[`${part.name}/${name}`] = { dims: tensor.dims, data: encodeBytes(tensor.data) };
+        }
+      });
     }
   }
-  const durationMs = performance.now() - t0;
-  // What the loop itself costs per iteration: the same timing around an empty await.
+  return result;
+}
+
+// What timing one iteration costs, ns: the loop's timing around an empty await.
+async function overhead() {
   const reps = 1000;
-  const overhead = [];
-  const o0 = performance.now();
+  const spent = [];
+  const t0 = performance.now();
   for (let i = 0; i < reps; i++) {
     const t = performance.now();
     await null;
-    overhead.push(performance.now() - t);
+    spent.push(performance.now() - t);
   }
-  const overheadNs = ((performance.now() - o0) / reps) * 1e6;
-  return { samples, durationMs, overheadNs, generation };
+  return ((performance.now() - t0) / reps) * 1e6;
 }
 
 async function release() {
@@ -392,4 +376,4 @@ async function release() {
   return true;
 }
 
-window.ia = { describeEnvironment, load, setFeeds, setGeneration, precompile, run, timed, release, logs };
+window.ia = { describeEnvironment, load, setFeeds, setGeneration, precompile, timed, overhead, release, logs };

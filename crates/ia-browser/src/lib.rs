@@ -3,8 +3,10 @@
 //! Nothing here is simulated. A [`BrowserHost`] starts Chromium under chromedriver (W3C
 //! WebDriver on 127.0.0.1) and serves the benchmark page, onnxruntime-web's files (installed
 //! from npm by `scripts/fetch_web_assets.sh`) and the model's ONNX files from 127.0.0.1.
-//! The page (`page/bench.js`) runs the harness's protocol with `performance.now()` and
-//! returns raw samples and outputs; Rust computes the statistics ([`measure`]).
+//! The page (`page/bench.js`) runs N iterations when asked and times each with
+//! `performance.now()`; a loaded model is a [`WebTarget`], an `ia_engine::TimedWorkload` that
+//! the harness in `ia-bench` drives like every other runtime (it decides how many iterations
+//! and computes the statistics).
 //!
 //! * [`probe`]: the browser platforms as `ipfs-accelerate hardware` reports them: the
 //!   browser's version, its WebGPU adapter (vendor, architecture, fallback, features), and
@@ -19,10 +21,10 @@
 //!   missing file is a one-line error and a failed combination, never a hang.
 
 mod engine;
-mod measure;
 pub mod page;
 mod processes;
 mod server;
+mod target;
 mod webdriver;
 
 use ia_hardware::{HardwareReport, Platform, PlatformStatus};
@@ -30,9 +32,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use engine::WebEngine;
-pub use measure::{model_parts, Outputs, WebBench, WebDetails, WebOptions, WebRun};
 pub use page::{Adapter, Environment};
 pub use processes::{kill_all, BrowserMemory};
+pub use target::{
+    model_parts, Outputs, WebBench, WebDetails, WebOptions, WebRequest, WebTarget, WebWork,
+};
 pub use webdriver::find_chromedriver;
 
 /// The engine name results are stored under.

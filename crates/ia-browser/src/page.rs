@@ -128,42 +128,6 @@ pub struct LoadedPart {
     pub outputs: Vec<String>,
 }
 
-/// `ia.run(...)`: one inference of every part.
-#[derive(Debug, Clone, Deserialize)]
-pub struct RunResult {
-    pub ms: f64,
-    /// "part/output" -> tensor (float32 outputs, when asked for).
-    pub outputs: BTreeMap<String, EncodedTensor>,
-    /// For a decoder: the generation this inference was.
-    #[serde(default)]
-    pub generation: Option<Generated>,
-}
-
-/// One greedy generation in the page, timed as `ia_engine::generation` times one.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Generated {
-    pub ms: f64,
-    /// Prefill plus choosing the first new token.
-    pub ttft_ms: f64,
-    pub prefill_ms: f64,
-    /// Each new token after the first.
-    pub step_ms: Vec<f64>,
-    /// The new tokens of each row.
-    pub tokens: Vec<Vec<u32>>,
-    /// Where the KV cache stayed between steps: "gpu-buffer" or "cpu".
-    pub cache_location: String,
-}
-
-/// TTFT, prefill and decode-step times of every timed generation.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TimedGeneration {
-    pub ttft_ms: Vec<f64>,
-    pub prefill_ms: Vec<f64>,
-    pub step_ms: Vec<f64>,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 pub struct EncodedTensor {
     pub dims: Vec<usize>,
@@ -171,15 +135,36 @@ pub struct EncodedTensor {
     pub data: String,
 }
 
-/// `ia.timed(...)`.
+/// `ia.timed(...)`: N iterations timed in the page.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Timed {
     pub samples: Vec<f64>,
     pub duration_ms: f64,
-    pub overhead_ns: f64,
+    /// For a decoder: each iteration's generation timings.
     #[serde(default)]
-    pub generation: Option<TimedGeneration>,
+    pub generations: Vec<GenerationTimes>,
+    /// With `returnOutputs`: "part/output" -> tensor (float32 outputs) of the last iteration.
+    #[serde(default)]
+    pub outputs: BTreeMap<String, EncodedTensor>,
+    /// With `returnOutputs`, for a decoder: the new tokens of each row.
+    #[serde(default)]
+    pub tokens: Vec<Vec<u32>>,
+    /// With `returnOutputs`, for a decoder: where the KV cache stayed between steps
+    /// ("gpu-buffer" or "cpu").
+    #[serde(default)]
+    pub cache_location: Option<String>,
+}
+
+/// One generation in the page, timed as `ia_engine::generation` times one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerationTimes {
+    /// Prefill plus choosing the first new token.
+    pub ttft_ms: f64,
+    pub prefill_ms: f64,
+    /// Each new token after the first.
+    pub step_ms: Vec<f64>,
 }
 
 /// How many nodes ONNX Runtime placed on each execution provider, from its own verbose log

@@ -13,9 +13,9 @@
 mod common;
 
 use common::{fixture, ids, max_abs, reference, reference_inputs};
-use ia_bench::{Combination, ModelPlan, Outcome, Protocol, Scenario};
-use ia_browser::{BrowserHost, WebBench, WebOptions, WebRun};
-use ia_engine::{Inputs, Precision};
+use ia_bench::{Combination, Measurement, ModelPlan, Outcome, Prepared, Protocol, Scenario};
+use ia_browser::{BrowserHost, WebBench, WebOptions, WebRequest, WebTarget, WebWork};
+use ia_engine::{Inputs, LoadVariant, Precision};
 use ia_hardware::Platform;
 use ia_models::{Checkpoint, ModelSource};
 use std::path::Path;
@@ -48,6 +48,7 @@ fn combination(dir: &Path, platform: Platform, batch: usize) -> Combination {
         new_tokens: 0,
         audio_seconds: 1.0,
         audio_file: None,
+        load_variant: LoadVariant::default(),
     }
 }
 
@@ -67,21 +68,58 @@ fn bench() -> WebBench {
     })
 }
 
-fn measured(run: &WebRun) -> &ia_bench::Measurement {
-    match &run.outcome {
-        Outcome::Measured(m) => m,
-        other => panic!("not measured: {other:?}"),
+/// A combination measured by the harness in the browser, on the given inputs instead of the
+/// generated ones where `inputs` is set (the accuracy checks feed the reference's inputs and
+/// compare the outputs; a decoder generates from the first row of the first).
+fn measure(
+    web: &mut WebBench,
+    combo: &Combination,
+    inputs: Option<&[Inputs]>,
+    available: Result<(), String>,
+) -> (Outcome, Option<WebTarget>) {
+    ia_bench::measure_with(combo, available, &quick(), |prepared| {
+        let work = match (prepared, inputs) {
+            (Prepared::Forward(generated), given) => WebWork::Forward {
+                inputs: given.unwrap_or(std::slice::from_ref(generated)),
+                text_len: combo.seq_len,
+            },
+            (Prepared::Generation { prompt }, given) => WebWork::Generation {
+                prompt: match given.map(|i| &i[0]) {
+                    Some(Inputs::Text {
+                        input_ids, seq_len, ..
+                    }) => &input_ids[..*seq_len],
+                    _ => prompt,
+                },
+                batch: combo.batch_size,
+                new_tokens: combo.new_tokens,
+            },
+        };
+        web.load(&WebRequest {
+            source: &combo.model.source,
+            class: combo.model.class,
+            platform: combo.platform,
+            precision: combo.precision,
+            variant: combo.load_variant,
+            work,
+        })
+    })
+}
+
+fn measured(run: &(Outcome, Option<WebTarget>)) -> (&Measurement, &WebTarget) {
+    match run {
+        (Outcome::Measured(m), Some(target)) => (m, target),
+        (other, _) => panic!("not measured: {other:?}"),
     }
 }
 
 fn check_fixture(web: &mut WebBench, name: &str, output: &str, platform: Platform) {
     let inputs = reference_inputs(name);
     let combo = combination(&fixture(name), platform, inputs.batch_size());
-    let run = web.measure_inputs(&combo, Some(&[inputs]), Ok(()), &quick());
-    let m = measured(&run);
+    let run = measure(web, &combo, Some(&[inputs]), Ok(()));
+    let (m, target) = measured(&run);
     assert_eq!(m.samples_ms.len(), 3);
     assert!(m.first_inference_ms > 0.0 && m.load_time_ms > 0.0);
-    let details = run.details.as_ref().unwrap();
+    let details = &target.details();
     assert!(!details.fell_back, "{details:?}");
     // The browser's memory, from /proc (Linux).
     assert!(details.memory.renderer_peak_bytes.unwrap() > 0);
@@ -92,7 +130,7 @@ fn check_fixture(web: &mut WebBench, name: &str, output: &str, platform: Platfor
         details.executed_ep
     );
     let (shape, expected) = reference(name, output);
-    let (got_shape, got) = &run.outputs[&format!("model/{output}")];
+    let (got_shape, got) = &target.outputs[&format!("model/{output}")];
     assert_eq!(got_shape, &shape);
     let d = max_abs(got, &expected);
     eprintln!(
@@ -130,15 +168,17 @@ fn clip_towers_load_sequentially_and_in_parallel_and_match_transformers() {
         (Platform::Wasm, true),
         (Platform::Webgpu, true),
     ] {
-        let mut web = WebBench::new(WebOptions {
-            parallel_load,
-            step_timeout: Duration::from_secs(120),
-            ..WebOptions::default()
-        });
-        let combo = combination(&fixture("clip-tiny"), platform, 2);
-        let run = web.measure_inputs(&combo, Some(&inputs), Ok(()), &quick());
-        measured(&run);
-        let details = run.details.as_ref().unwrap();
+        let mut web = bench();
+        let combo = Combination {
+            load_variant: LoadVariant {
+                precompile: false,
+                parallel_load,
+            },
+            ..combination(&fixture("clip-tiny"), platform, 2)
+        };
+        let run = measure(&mut web, &combo, Some(&inputs), Ok(()));
+        let (_, target) = measured(&run);
+        let details = target.details();
         assert_eq!(details.parallel_load, parallel_load);
         // ONNX Runtime's WebGPU EP creates one session at a time; elsewhere a parallel load
         // creates both at once.
@@ -157,7 +197,7 @@ fn clip_towers_load_sequentially_and_in_parallel_and_match_transformers() {
             ("text_model/text_embeds", "text_embeds"),
         ] {
             let (shape, expected) = reference("clip-tiny", key);
-            let (got_shape, got) = &run.outputs[output];
+            let (got_shape, got) = &target.outputs[output];
             assert_eq!(got_shape, &shape);
             let d = max_abs(&unit_rows(got, shape[1]), &expected);
             eprintln!(
@@ -318,16 +358,16 @@ fn decoders_generate_transformers_greedy_tokens_in_the_browser() {
                 seq_len: n,
                 ..combination(&fixture(name), platform, batch)
             };
-            let run = web.measure_inputs(&combo, Some(&[inputs]), Ok(()), &quick());
-            let m = measured(&run);
-            assert_eq!(run.tokens.len(), batch);
+            let run = measure(&mut web, &combo, Some(&[inputs]), Ok(()));
+            let (m, target) = measured(&run);
+            assert_eq!(target.tokens.len(), batch);
             let kept = if platform == Platform::Webgpu {
                 "gpu-buffer"
             } else {
                 "cpu"
             };
-            assert_eq!(run.cache_location.as_deref(), Some(kept));
-            for row in &run.tokens {
+            assert_eq!(target.cache_location.as_deref(), Some(kept));
+            for row in &target.tokens {
                 assert_eq!(row, &expected, "{name} on {platform}, {prompt} x {batch}");
             }
             let g = m.generation.as_ref().expect("generation metrics");
@@ -374,11 +414,11 @@ fn webnn_where_the_browser_cannot_is_unavailable_with_its_reason() {
     } else {
         Err(status.detail.clone())
     };
-    let run = web.measure(&combo, available, &quick());
-    match (&run.outcome, status.available) {
+    let run = measure(&mut web, &combo, None, available);
+    match (&run.0, status.available) {
         (Outcome::Unavailable { reason }, false) => assert_eq!(reason, &status.detail),
         (Outcome::Measured(_), true) => {
-            assert_eq!(run.details.unwrap().requested_ep, "webnn");
+            assert_eq!(run.1.unwrap().details().requested_ep, "webnn");
         }
         (other, _) => panic!("{other:?} with status {status:?}"),
     }
@@ -397,12 +437,13 @@ fn bad_model_files_fail_with_a_one_line_error() {
     )
     .unwrap();
     let mut web = bench();
-    let run = web.measure(
+    let (outcome, _) = measure(
+        &mut web,
         &combination(dir.path(), Platform::Wasm, 1),
+        None,
         Ok(()),
-        &quick(),
     );
-    match &run.outcome {
+    match &outcome {
         Outcome::Failed { stage, error } => {
             assert_eq!(stage, "load");
             assert!(!error.contains('\n') && !error.is_empty(), "{error}");
@@ -412,14 +453,14 @@ fn bad_model_files_fail_with_a_one_line_error() {
     }
     // A checkpoint without an export is refused before the browser is asked.
     std::fs::remove_file(dir.path().join("onnx/model.onnx")).unwrap();
-    let run = web.measure(
+    let (outcome, _) = measure(
+        &mut web,
         &combination(dir.path(), Platform::Wasm, 1),
+        None,
         Ok(()),
-        &quick(),
     );
     assert!(
-        matches!(&run.outcome, Outcome::Unavailable { reason } if reason.contains("no ONNX export")),
-        "{:?}",
-        run.outcome
+        matches!(&outcome, Outcome::Unavailable { reason } if reason.contains("no ONNX export")),
+        "{outcome:?}"
     );
 }

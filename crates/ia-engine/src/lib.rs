@@ -11,6 +11,7 @@ pub mod inputs;
 pub mod memory;
 pub mod seq2seq;
 pub mod speech;
+pub mod timing;
 pub mod tokenizer;
 pub mod whisper;
 
@@ -23,6 +24,7 @@ use std::str::FromStr;
 pub use generation::{GenerateOptions, GenerationStats, Sampling, StopReason, TextGenerator};
 pub use inputs::{InputSpec, Inputs};
 pub use speech::{SpeechRecognizer, TranscribeOptions, Transcription};
+pub use timing::{GenerationTiming, LoadFailure, LoadVariant, TimedIterations, TimedWorkload};
 
 /// Numeric precision of a session's weights and activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -7,7 +7,7 @@ use crate::results::{run_record, store_outcome, text_seq_len};
 use crate::run_store::{JsonOutput, RunStore};
 use crate::target::{Engines, Target};
 use ia_bench::{Combination, ModelPlan, Outcome, Protocol, Scenario};
-use ia_engine::Precision;
+use ia_engine::{LoadVariant, Precision};
 use ia_hardware::{HardwareReport, Platform};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -133,19 +133,11 @@ struct ResultRow {
     result_id: Option<i64>,
 }
 
-/// The web platforms' variants of a combination.
-#[derive(Debug, Clone, Copy)]
-struct WebVariant {
-    precompile: bool,
-    parallel_load: bool,
-}
-
-/// Who measures a combination: an in-process engine driven by the harness, or the browser
-/// page (which times itself) with one of the web variants.
+/// What runs a combination under the harness: an in-process engine, or the browser page.
 #[derive(Clone, Copy)]
 enum Runner<'e> {
     Engine(&'e dyn ia_engine::Engine),
-    Browser(WebVariant),
+    Browser,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -252,7 +244,7 @@ fn measure_all(
     // The browser platforms are probed inside the browser, which then stays up for the run.
     let mut web = combos
         .iter()
-        .any(|(_, runner)| matches!(runner, Runner::Browser(_)))
+        .any(|(_, runner)| matches!(runner, Runner::Browser))
         .then(|| {
             ia_browser::WebBench::from_probe(
                 ia_browser::probe(hw),
@@ -273,27 +265,29 @@ fn measure_all(
         }
         let engine_name = match runner {
             Runner::Engine(e) => e.name(),
-            Runner::Browser(_) => ia_browser::ENGINE_NAME,
+            Runner::Browser => ia_browser::ENGINE_NAME,
         };
-        let label = match runner {
-            Runner::Browser(v) => format!(
-                "{} ({engine_name}{}{})",
-                describe(combo),
-                if v.precompile { ", precompiled" } else { "" },
-                if v.parallel_load {
-                    ", parallel load"
-                } else {
-                    ""
-                }
-            ),
-            Runner::Engine(_) => format!("{} ({engine_name})", describe(combo)),
-        };
+        let variant = combo.load_variant;
+        let label = format!(
+            "{} ({engine_name}{}{})",
+            describe(combo),
+            if variant.precompile {
+                ", precompiled"
+            } else {
+                ""
+            },
+            if variant.parallel_load {
+                ", parallel load"
+            } else {
+                ""
+            }
+        );
         pb.set_message(label.clone());
         let available = platform_available(hw, combo.platform);
         let asked = match (runner, web.as_ref()) {
             (Runner::Engine(engine), _) => (engine.name(), engine.version()),
-            (Runner::Browser(_), Some(web)) => (engine_name, web.engine_version()),
-            (Runner::Browser(_), None) => (engine_name, String::new()),
+            (Runner::Browser, Some(web)) => (engine_name, web.engine_version()),
+            (Runner::Browser, None) => (engine_name, String::new()),
         };
         let measured = ia_bench::isolate(|| {
             // Fault injection for the tests of panic isolation (no other use).
@@ -306,15 +300,17 @@ fn measure_all(
                 Runner::Engine(engine) => {
                     (ia_bench::measure(*engine, combo, available, protocol), None)
                 }
-                Runner::Browser(v) => {
+                Runner::Browser => {
                     // Started with the platform probe above whenever a browser runner exists.
                     let web = web.get_or_insert_with(|| {
                         ia_browser::WebBench::new(ia_browser::WebOptions::default())
                     });
-                    web.options.precompile = v.precompile;
-                    web.options.parallel_load = v.parallel_load;
-                    let r = web.measure(combo, available, protocol);
-                    (r.outcome, r.details)
+                    let available = web.availability(available);
+                    let (outcome, target) =
+                        ia_bench::measure_with(combo, available, protocol, |prepared| {
+                            web.load(&web_request(combo, prepared))
+                        });
+                    (outcome, target.map(|t| t.details()))
                 }
             }
         });
@@ -392,7 +388,7 @@ fn combinations<'e>(
     let mut web_variants = Vec::new();
     for &precompile in &args.precompile {
         for &parallel_load in &args.parallel_load {
-            web_variants.push(WebVariant {
+            web_variants.push(LoadVariant {
                 precompile,
                 parallel_load,
             });
@@ -403,20 +399,20 @@ fn combinations<'e>(
         let single_part = ia_browser::model_parts(&model.source, model.class)
             .map_or(true, |parts| parts.len() < 2);
         for &Target { platform, engine } in &args.hardware {
-            let runners: Vec<Runner> = match engines.get(engine) {
-                Some(e) => vec![Runner::Engine(e)],
+            let runners: Vec<(Runner, LoadVariant)> = match engines.get(engine) {
+                Some(e) => vec![(Runner::Engine(e), LoadVariant::default())],
                 // Loading in parallel means nothing for a model of one part.
                 None if single_part => web_variants
                     .iter()
                     .filter(|v| !v.parallel_load || args.parallel_load == [true])
-                    .map(|&v| Runner::Browser(v))
+                    .map(|&v| (Runner::Browser, v))
                     .collect(),
-                None => web_variants.iter().map(|&v| Runner::Browser(v)).collect(),
+                None => web_variants.iter().map(|&v| (Runner::Browser, v)).collect(),
             };
             for &precision in &args.precision {
                 for &scenario in &args.scenarios {
                     for &batch_size in &args.batch_sizes {
-                        for &runner in &runners {
+                        for &(runner, load_variant) in &runners {
                             out.push((
                                 Combination {
                                     model: model.clone(),
@@ -428,6 +424,7 @@ fn combinations<'e>(
                                     new_tokens: args.new_tokens,
                                     audio_seconds: args.audio_seconds,
                                     audio_file: args.audio_file.clone(),
+                                    load_variant,
                                 },
                                 runner,
                             ));
@@ -438,6 +435,32 @@ fn combinations<'e>(
         }
     }
     out
+}
+
+/// What the page loads for a combination and what each iteration does.
+fn web_request<'a>(
+    combo: &'a Combination,
+    prepared: &'a ia_bench::Prepared,
+) -> ia_browser::WebRequest<'a> {
+    let work = match prepared {
+        ia_bench::Prepared::Forward(inputs) => ia_browser::WebWork::Forward {
+            inputs: std::slice::from_ref(inputs),
+            text_len: combo.seq_len,
+        },
+        ia_bench::Prepared::Generation { prompt } => ia_browser::WebWork::Generation {
+            prompt,
+            batch: combo.batch_size,
+            new_tokens: combo.new_tokens,
+        },
+    };
+    ia_browser::WebRequest {
+        source: &combo.model.source,
+        class: combo.model.class,
+        platform: combo.platform,
+        precision: combo.precision,
+        variant: combo.load_variant,
+        work,
+    }
 }
 
 fn describe(c: &Combination) -> String {

@@ -46,6 +46,7 @@ pub fn to_outcome(r: ExternalResult) -> anyhow::Result<(ia_bench::Combination, O
         new_tokens: r.generation.as_ref().map_or(0, |g| g.new_tokens),
         audio_seconds: r.audio_seconds.unwrap_or(0.0) as f32,
         audio_file: None,
+        load_variant: Default::default(),
         model: plan.clone(),
     };
     let work = match generation {

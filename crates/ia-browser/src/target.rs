@@ -1,16 +1,20 @@
-//! One combination on a web platform: the page loads the model's ONNX parts with the
-//! platform's execution provider, runs the first inference, warms up and runs the timed loop;
-//! Rust turns the raw samples into the harness's `Measurement`.
+//! A model loaded in a fresh page, as the benchmark harness drives it: the page loads the
+//! model's ONNX parts with the platform's execution provider and, when asked, runs N
+//! iterations and returns their `performance.now()` timings (`page/bench.js`). The protocol
+//! (first inference, warm-up, how many timed iterations, the statistics) is the harness's
+//! (`ia-bench`), the same as for every in-process engine.
 
-use crate::page::{self, Loaded, LoadedPart, RunResult, Timed};
+use crate::page::{self, Loaded, LoadedPart, Timed};
 use crate::{find_ort_web, BrowserError, BrowserHost, ENGINE_NAME};
 use base64::Engine as _;
-use ia_bench::{Combination, GenerationMetrics, Measurement, Outcome, Protocol, TimedRun, Work};
 use ia_engine::exported_decoder::{check_exported_class, decoder_context, DecoderGraph};
 use ia_engine::inputs::{self, GraphInput, InputSpec};
-use ia_engine::{Inputs, Precision, SessionInfo};
+use ia_engine::{
+    EngineError, GenerationTiming, Inputs, LoadFailure, LoadVariant, Precision, SessionInfo,
+    TimedIterations, TimedWorkload,
+};
 use ia_hardware::Platform;
-use ia_models::{classify_config, Modality, ModelClass, ModelSource};
+use ia_models::{Modality, ModelClass, ModelSource};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -22,23 +26,16 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 /// Outputs by name ("part/output" in a measurement): shape and values.
 pub type Outputs = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
-/// Choices the web platforms add to the protocol.
+/// Settings of the browser runs that are not part of a combination.
 #[derive(Debug, Clone, Copy)]
 pub struct WebOptions {
-    /// Run every part once on placeholder inputs of the real shapes at load time, so WebGPU
-    /// compiles its shader pipelines before the first real request.
-    pub precompile: bool,
-    /// Create the sessions of a multi-part model at the same time instead of one by one.
-    pub parallel_load: bool,
-    /// Limit of each browser step (load, one inference); the timed loop gets more.
+    /// Limit of each browser step (load, one inference); a call of N iterations gets more.
     pub step_timeout: Duration,
 }
 
 impl Default for WebOptions {
     fn default() -> Self {
         Self {
-            precompile: false,
-            parallel_load: false,
             step_timeout: Duration::from_secs(180),
         }
     }
@@ -76,43 +73,33 @@ pub struct WebDetails {
     pub part_load_ms: Vec<(String, f64)>,
 }
 
-/// The outcome of one web combination; details and outputs when it ran.
-pub struct WebRun {
-    pub outcome: Outcome,
-    pub details: Option<WebDetails>,
-    /// "part/output" -> (shape, values) of the first inference.
-    pub outputs: Outputs,
-    /// For a decoder: the new tokens of each row in the first inference.
-    pub tokens: Vec<Vec<u32>>,
-    /// For a decoder: where the KV cache stayed between steps ("gpu-buffer" or "cpu").
-    pub cache_location: Option<String>,
+/// What one iteration in the page does.
+#[derive(Debug, Clone, Copy)]
+pub enum WebWork<'a> {
+    /// One forward pass of every part; each graph input is taken from the first of these
+    /// that provides it (CLIP's text tower reads the text inputs, its vision tower the image).
+    /// A text tower none of them feeds gets generated text of `text_len` tokens.
+    Forward {
+        inputs: &'a [Inputs],
+        text_len: usize,
+    },
+    /// A greedy generation of `new_tokens` tokens for `batch` copies of `prompt`.
+    Generation {
+        prompt: &'a [u32],
+        batch: usize,
+        new_tokens: usize,
+    },
 }
 
-impl WebRun {
-    fn unavailable(reason: impl Into<String>) -> Self {
-        Self::from(Outcome::Unavailable {
-            reason: reason.into(),
-        })
-    }
-
-    fn failed(stage: &str, error: impl ToString) -> Self {
-        Self::from(Outcome::Failed {
-            stage: stage.into(),
-            error: crate::one_line(&error.to_string()),
-        })
-    }
-}
-
-impl From<Outcome> for WebRun {
-    fn from(outcome: Outcome) -> Self {
-        Self {
-            outcome,
-            details: None,
-            outputs: BTreeMap::new(),
-            tokens: Vec::new(),
-            cache_location: None,
-        }
-    }
+/// A model to load in the page, and what its iterations do.
+#[derive(Debug, Clone, Copy)]
+pub struct WebRequest<'a> {
+    pub source: &'a ModelSource,
+    pub class: ModelClass,
+    pub platform: Platform,
+    pub precision: Precision,
+    pub variant: LoadVariant,
+    pub work: WebWork<'a>,
 }
 
 /// The browser of a benchmark run's web combinations: started on first use, and started
@@ -162,6 +149,16 @@ impl WebBench {
         }
     }
 
+    /// The platform probe's verdict on a web platform, except that a browser that is
+    /// installed but did not start is not an absent platform: its combinations go on to
+    /// [`WebBench::load`], which fails them at "browser-start".
+    pub fn availability(&self, probed: Result<(), String>) -> Result<(), String> {
+        match &self.start_error {
+            Some(BrowserError::NotInstalled(_)) | None => probed,
+            Some(_) => Ok(()),
+        }
+    }
+
     pub fn host(&mut self) -> Result<&BrowserHost, &BrowserError> {
         if self.host.is_none() && self.start_error.is_none() {
             match BrowserHost::start(find_ort_web().ok()) {
@@ -179,73 +176,41 @@ impl WebBench {
         }
     }
 
-    /// Measures one combination on its web platform. `available` is the platform probe's
-    /// verdict. Never panics on a model or browser error: failures become outcomes.
-    pub fn measure(
-        &mut self,
-        combo: &Combination,
-        available: Result<(), String>,
-        protocol: &Protocol,
-    ) -> WebRun {
-        self.measure_inputs(combo, None, available, protocol)
-    }
-
-    /// [`WebBench::measure`] with given inputs instead of generated ones (the accuracy tests
-    /// feed the reference's inputs and compare the outputs). Each graph input is taken from
-    /// the first of `inputs` that provides it (CLIP's text tower reads the text inputs, its
-    /// vision tower the image); the first sets the batch size of the throughput.
-    pub fn measure_inputs(
-        &mut self,
-        combo: &Combination,
-        inputs: Option<&[Inputs]>,
-        available: Result<(), String>,
-        protocol: &Protocol,
-    ) -> WebRun {
-        // A browser that is not installed makes the platform unavailable; one that is
-        // installed but does not start is a failure.
-        let host_error = match self.host() {
+    /// Loads `request`'s model in a fresh page with its inputs set (and precompiled, when the
+    /// variant asks). The browser goes with the returned target: the next load starts a new
+    /// one (about 1 s). A browser that is not installed, a platform, precision or model the
+    /// page cannot run are refusals (`Unsupported`); anything else fails at its stage.
+    pub fn load(&mut self, request: &WebRequest<'_>) -> Result<WebTarget, LoadFailure> {
+        let start_failure = match self.host() {
             Ok(_) => None,
-            Err(BrowserError::NotInstalled(reason)) => return WebRun::unavailable(reason.clone()),
+            Err(BrowserError::NotInstalled(reason)) => {
+                return Err(EngineError::Unsupported(reason.clone()).into())
+            }
             Err(e) => Some(e.to_string()),
         };
-        if let Some(e) = host_error {
-            return WebRun::failed("browser-start", e);
+        if let Some(e) = start_failure {
+            return Err(LoadFailure {
+                stage: "browser-start",
+                error: EngineError::Runtime(e),
+            });
         }
-        if let Err(reason) = available {
-            return WebRun::unavailable(reason);
-        }
-        let parts = match check_model(combo) {
-            Ok(p) => p,
-            Err(reason) => return WebRun::unavailable(reason),
-        };
-        let generated;
-        let inputs = match inputs {
-            Some(i) if !i.is_empty() => i,
-            Some(_) => return WebRun::failed("inputs", "no inputs given"),
-            None => match generate_inputs(combo, &parts) {
-                Ok(i) => {
-                    generated = i;
-                    &generated
-                }
-                Err(e) => return WebRun::failed("inputs", e),
-            },
-        };
-        let options = self.options;
-        let host = self.host.as_ref().expect("started above");
+        let parts = check_model(request).map_err(EngineError::Unsupported)?;
+        let host = self.host.take().expect("started above");
         if host.ort_dist.is_none() {
-            return WebRun::unavailable(find_ort_web().err().unwrap_or_default());
+            let reason = find_ort_web().err().unwrap_or_default();
+            return Err(EngineError::Unsupported(reason).into());
         }
-        let run = measure_on(host, combo, &parts, inputs, protocol, &options);
-        // The next combination gets a new browser (about 1 s to start); this one is closed.
-        self.host = None;
-        run.unwrap_or_else(|(stage, e)| WebRun::failed(stage, e))
+        WebTarget::load(host, request, &parts, self.options.step_timeout).map_err(|(stage, e)| {
+            LoadFailure {
+                stage,
+                error: EngineError::Runtime(crate::one_line(&e.to_string())),
+            }
+        })
     }
-}
 
-impl WebBench {
     /// One inference of one ONNX graph on a web platform with the given feeds, outputs by
-    /// name. For accuracy checks of graphs the benchmark does not drive itself (decoder
-    /// exports, fed their empty cache).
+    /// name. For `run` and for accuracy checks of graphs the benchmark does not drive itself
+    /// (decoder exports, fed their empty cache).
     pub fn run_graph(
         &mut self,
         platform: Platform,
@@ -272,11 +237,11 @@ impl WebBench {
                 json!({ "model": tensors }),
                 timeout,
             )?;
-            let run: RunResult = step(
+            let run: Timed = step(
                 host,
                 "first-inference",
-                "run",
-                json!({"returnOutputs": true}),
+                "timed",
+                json!({"iterations": 1, "returnOutputs": true}),
                 timeout,
             )?;
             decode_outputs(&run).map_err(|e| ("outputs", BrowserError::Page(e)))
@@ -288,6 +253,267 @@ impl WebBench {
             .map(|(k, v)| (k.trim_start_matches("model/").to_string(), v))
             .collect())
     }
+}
+
+/// A model loaded in a page with its inputs, owning the browser it runs in.
+pub struct WebTarget {
+    host: BrowserHost,
+    info: SessionInfo,
+    loaded: Loaded,
+    requested_ep: &'static str,
+    webnn_device: Option<&'static str>,
+    adapter: Option<page::Adapter>,
+    placement: BTreeMap<String, u64>,
+    executed_ep: String,
+    fell_back: bool,
+    variant: LoadVariant,
+    precompile_ms: Option<f64>,
+    step_timeout: Duration,
+    /// The first iteration's time; later calls get a limit that grows with it.
+    first_ms: Option<f64>,
+    /// "part/output" -> (shape, values) of the first inference.
+    pub outputs: Outputs,
+    /// For a decoder: the new tokens of each row in the first inference.
+    pub tokens: Vec<Vec<u32>>,
+    /// For a decoder: where the KV cache stayed between steps ("gpu-buffer" or "cpu").
+    pub cache_location: Option<String>,
+}
+
+impl WebTarget {
+    fn load(
+        host: BrowserHost,
+        request: &WebRequest<'_>,
+        parts: &[(String, PathBuf)],
+        timeout: Duration,
+    ) -> Result<Self, StepError> {
+        let platform = request.platform;
+        let requested_ep = ep_of(platform);
+        let webnn_device = webnn_device(&host, platform);
+        let gpu_outputs = match request.work {
+            WebWork::Generation { .. } if platform == Platform::Webgpu => {
+                cache_outputs(request.source)
+            }
+            _ => Vec::new(),
+        };
+        let loaded = load_parts(
+            &host,
+            platform,
+            parts,
+            request.variant.parallel_load,
+            &gpu_outputs,
+            timeout,
+        )?;
+        match request.work {
+            WebWork::Forward { inputs, text_len } => {
+                let inputs = with_text_tower(request.source, parts, inputs, text_len)
+                    .map_err(|e| ("inputs", BrowserError::Page(e)))?;
+                set_feeds(&host, &loaded, &inputs, timeout)?
+            }
+            WebWork::Generation {
+                prompt,
+                batch,
+                new_tokens,
+            } => set_generation(
+                &host,
+                request.source,
+                &loaded.parts[0],
+                prompt,
+                batch,
+                new_tokens,
+                timeout,
+            )?,
+        }
+        let precompile_ms = if request.variant.precompile {
+            Some(step::<f64>(
+                &host,
+                "precompile",
+                "precompile",
+                Value::Null,
+                timeout,
+            )?)
+        } else {
+            None
+        };
+        let placement = page::node_placement(&loaded.logs);
+        let (executed_ep, fell_back) = executed_ep(requested_ep, &placement);
+        let adapter = (platform == Platform::Webgpu)
+            .then(|| host.environment.webgpu.adapter.clone())
+            .flatten();
+        let device = device_label(
+            &executed_ep,
+            requested_ep,
+            fell_back,
+            adapter.as_ref(),
+            webnn_device,
+            loaded.wasm_threads,
+            &placement,
+        );
+        let parameter_count = parts
+            .iter()
+            .map(|(_, f)| ia_models::graph_weights::parameter_count(request.source, f))
+            .sum::<Result<u64, _>>()
+            .map_err(|e| ("load", BrowserError::Page(e.to_string())))?;
+        let info = SessionInfo {
+            engine: ENGINE_NAME.into(),
+            engine_version: format!(
+                "{ENGINE_NAME} {} ({}) in {}",
+                loaded.ort_version,
+                loaded.ort_build,
+                host.browser()
+            ),
+            platform,
+            device,
+            precision: Precision::F32,
+            weights: request.source.weights_kind(),
+            parameter_count,
+            output_names: loaded
+                .parts
+                .iter()
+                .flat_map(|p| p.outputs.iter().map(move |o| format!("{}/{o}", p.name)))
+                .collect(),
+        };
+        Ok(Self {
+            host,
+            info,
+            loaded,
+            requested_ep,
+            webnn_device,
+            adapter,
+            placement,
+            executed_ep,
+            fell_back,
+            variant: request.variant,
+            precompile_ms,
+            step_timeout: timeout,
+            first_ms: None,
+            outputs: Outputs::new(),
+            tokens: Vec::new(),
+            cache_location: None,
+        })
+    }
+
+    /// How the result was obtained; the browser's peak memory is read now (its peak over
+    /// the browser's life, which is this target's).
+    pub fn details(&self) -> WebDetails {
+        let host = &self.host;
+        WebDetails {
+            browser: "chromium".into(),
+            browser_version: host.browser_version().to_string(),
+            user_agent: host.environment.user_agent.clone(),
+            requested_ep: self.requested_ep.into(),
+            executed_ep: self.executed_ep.clone(),
+            fell_back: self.fell_back,
+            node_placement: self.placement.clone(),
+            adapter: self.adapter.clone(),
+            webnn_device: self.webnn_device.map(str::to_string),
+            wasm_threads: self.loaded.wasm_threads,
+            cross_origin_isolated: host.environment.cross_origin_isolated,
+            precompiled: self.variant.precompile,
+            precompile_ms: self.precompile_ms,
+            parallel_load: self.variant.parallel_load,
+            concurrent_sessions: self.loaded.concurrent_sessions,
+            memory: crate::processes::browser_memory(host.driver.pid()),
+            part_load_ms: self
+                .loaded
+                .parts
+                .iter()
+                .map(|p| (p.name.clone(), p.ms))
+                .collect(),
+        }
+    }
+}
+
+impl TimedWorkload for WebTarget {
+    fn info(&self) -> &SessionInfo {
+        &self.info
+    }
+
+    fn run_timed(&mut self, iterations: usize) -> Result<TimedIterations, EngineError> {
+        let first = self.first_ms.is_none();
+        // A call may take as long as the first inference did per iteration, three times
+        // over; the first call gets the step limit.
+        let timeout = self.step_timeout
+            + Duration::from_secs_f64(
+                (iterations as f64 * self.first_ms.unwrap_or(0.0) * 3.0 / 1e3).min(3600.0),
+            );
+        let timed: Timed = step(
+            &self.host,
+            "timed",
+            "timed",
+            json!({"iterations": iterations, "returnOutputs": first}),
+            timeout,
+        )
+        .map_err(|(_, e)| EngineError::Runtime(crate::one_line(&e.to_string())))?;
+        if first {
+            self.first_ms = timed.samples.first().copied();
+            self.outputs = decode_outputs(&timed).map_err(EngineError::Runtime)?;
+            self.tokens = timed.tokens.clone();
+            self.cache_location = timed.cache_location.clone();
+        }
+        Ok(TimedIterations {
+            samples_ms: timed.samples,
+            duration_ms: timed.duration_ms,
+            generations: timed
+                .generations
+                .into_iter()
+                .map(|g| GenerationTiming {
+                    ttft_ms: g.ttft_ms,
+                    prefill_ms: g.prefill_ms,
+                    step_ms: g.step_ms,
+                })
+                .collect(),
+        })
+    }
+
+    fn timing_overhead_ns(&mut self) -> Result<f64, EngineError> {
+        step(
+            &self.host,
+            "overhead",
+            "overhead",
+            Value::Null,
+            self.step_timeout,
+        )
+        .map_err(|(_, e)| EngineError::Runtime(e.to_string()))
+    }
+
+    /// The page's fetch and session creation; precompiling is part of getting the model
+    /// ready, so it counts as loading.
+    fn load_time_ms(&self) -> Option<f64> {
+        Some(self.loaded.load_ms + self.precompile_ms.unwrap_or(0.0))
+    }
+
+    /// The browser's memory is not this process's: it is reported in [`WebDetails`].
+    fn in_process(&self) -> bool {
+        false
+    }
+}
+
+/// The forward inputs, plus generated text for a text tower beside another modality's
+/// (CLIP) when none of `inputs` is text. The text tower takes at most its own context
+/// (CLIP's processor pads to 77): a benchmark's sequence length is for text models.
+fn with_text_tower(
+    source: &ModelSource,
+    parts: &[(String, PathBuf)],
+    inputs: &[Inputs],
+    text_len: usize,
+) -> Result<Vec<Inputs>, String> {
+    let mut all = inputs.to_vec();
+    let has_text = inputs.iter().any(|i| matches!(i, Inputs::Text { .. }));
+    if has_text || !parts.iter().any(|(name, _)| name == "text_model") {
+        return Ok(all);
+    }
+    let batch = inputs.first().map_or(1, Inputs::batch_size);
+    let context = source
+        .config()
+        .get("text_config")
+        .and_then(|t| t.get("max_position_embeddings"))
+        .and_then(Value::as_u64)
+        .map_or(text_len, |max| text_len.min(max as usize));
+    all.push(
+        inputs::generate(source, Modality::Text, InputSpec::new(batch, context))
+            .map_err(|e| e.to_string())?,
+    );
+    Ok(all)
 }
 
 /// A fresh page with `parts` loaded on `platform`'s execution provider; on WebGPU the
@@ -338,56 +564,21 @@ fn webnn_device(host: &BrowserHost, platform: Platform) -> Option<&'static str> 
         .flatten()
 }
 
-/// The benchmark inputs: the model's own modality, plus text for a model with a text tower
-/// beside another modality (CLIP).
-fn generate_inputs(
-    combo: &Combination,
-    parts: &[(String, PathBuf)],
-) -> Result<Vec<Inputs>, String> {
-    let spec = InputSpec {
-        audio_seconds: combo.audio_seconds,
-        ..InputSpec::new(combo.batch_size, combo.seq_len)
-    };
-    let source = &combo.model.source;
-    let mut all =
-        vec![inputs::generate(source, combo.model.modality, spec).map_err(|e| e.to_string())?];
-    if parts.iter().any(|(name, _)| name == "text_model") && !matches!(all[0], Inputs::Text { .. })
-    {
-        // The text tower beside an image tower takes at most its own context (CLIP's processor
-        // pads to 77): --seq-len is for text models and is not recorded for multimodal ones.
-        let context = source
-            .config()
-            .get("text_config")
-            .and_then(|t| t.get("max_position_embeddings"))
-            .and_then(serde_json::Value::as_u64)
-            .map_or(spec.seq_len, |max| spec.seq_len.min(max as usize));
-        let text = InputSpec {
-            seq_len: context,
-            ..spec
-        };
-        all.push(inputs::generate(source, Modality::Text, text).map_err(|e| e.to_string())?);
-    }
-    Ok(all)
-}
-
 /// The ONNX files of a model the page loads, by part name.
-fn check_model(combo: &Combination) -> Result<Vec<(String, PathBuf)>, String> {
-    if !crate::is_web_platform(combo.platform) {
-        return Err(format!("{} is not a browser platform", combo.platform));
+fn check_model(request: &WebRequest<'_>) -> Result<Vec<(String, PathBuf)>, String> {
+    if !crate::is_web_platform(request.platform) {
+        return Err(format!("{} is not a browser platform", request.platform));
     }
-    if combo.precision != Precision::F32 {
+    if request.precision != Precision::F32 {
         return Err(format!(
             "the ONNX exports run in f32; {} is not available on onnxruntime-web here",
-            combo.precision
+            request.precision
         ));
     }
-    let class = classify_config(combo.model.source.config())
-        .map_err(|e| e.to_string())?
-        .class;
-    if class != ModelClass::Clip {
-        check_exported_class(class).map_err(|e| e.to_string())?;
+    if request.class != ModelClass::Clip {
+        check_exported_class(request.class).map_err(|e| e.to_string())?;
     }
-    model_parts(&combo.model.source, class)
+    model_parts(request.source, request.class)
 }
 
 /// The towers of a two-part export, as transformers.js lays them out.
@@ -454,181 +645,6 @@ fn step<T: serde::de::DeserializeOwned>(
     })
 }
 
-fn measure_on(
-    host: &BrowserHost,
-    combo: &Combination,
-    parts: &[(String, PathBuf)],
-    inputs: &[Inputs],
-    protocol: &Protocol,
-    options: &WebOptions,
-) -> Result<WebRun, StepError> {
-    let ep = ep_of(combo.platform);
-    let webnn_device = webnn_device(host, combo.platform);
-    let generation = ia_bench::is_generation_task(&combo.model.task);
-    let gpu_outputs = if generation && combo.platform == Platform::Webgpu {
-        cache_outputs(&combo.model.source)
-    } else {
-        Vec::new()
-    };
-    let loaded = load_parts(
-        host,
-        combo.platform,
-        parts,
-        options.parallel_load,
-        &gpu_outputs,
-        options.step_timeout,
-    )?;
-    let prompt_len = if generation {
-        Some(set_generation(
-            host,
-            combo,
-            &loaded.parts[0],
-            &inputs[0],
-            options.step_timeout,
-        )?)
-    } else {
-        set_feeds(host, &loaded, inputs, options.step_timeout)?;
-        None
-    };
-
-    let precompile_ms = if options.precompile {
-        Some(step::<f64>(
-            host,
-            "precompile",
-            "precompile",
-            Value::Null,
-            options.step_timeout,
-        )?)
-    } else {
-        None
-    };
-
-    let first: RunResult = step(
-        host,
-        "first-inference",
-        "run",
-        json!({"returnOutputs": true}),
-        options.step_timeout,
-    )?;
-    let outputs = decode_outputs(&first).map_err(|e| ("outputs", BrowserError::Page(e)))?;
-
-    // The timed loop's limit grows with the protocol: every iteration may take as long as
-    // the first inference did, three times over, plus the minimum duration twice.
-    let iterations = (protocol.warmup_iterations + protocol.min_iterations) as f64;
-    let timed_timeout = options.step_timeout
-        + Duration::from_secs_f64(
-            (iterations * first.ms * 3.0 / 1e3).min(3600.0)
-                + 2.0 * protocol.min_duration.as_secs_f64(),
-        );
-    let timed: Timed = step(
-        host,
-        "timed-iteration",
-        "timed",
-        json!({
-            "warmup": protocol.warmup_iterations,
-            "minIterations": protocol.min_iterations,
-            "minDurationMs": protocol.min_duration.as_secs_f64() * 1e3,
-            "maxIterations": protocol.max_iterations,
-        }),
-        timed_timeout,
-    )?;
-    // Read before the sessions are released; the peak is over this browser's life, which is
-    // this combination's.
-    let memory = crate::processes::browser_memory(host.driver.pid());
-    let _ = host
-        .driver
-        .call("release", Value::Null, Duration::from_secs(30));
-
-    let placement = page::node_placement(&loaded.logs);
-    let (executed_ep, fell_back) = executed_ep(ep, &placement);
-    let adapter = (combo.platform == Platform::Webgpu)
-        .then(|| host.environment.webgpu.adapter.clone())
-        .flatten();
-    let device = device_label(
-        &executed_ep,
-        ep,
-        fell_back,
-        adapter.as_ref(),
-        webnn_device,
-        loaded.wasm_threads,
-        &placement,
-    );
-    let parameter_count = parts
-        .iter()
-        .map(|(_, f)| ia_models::graph_weights::parameter_count(&combo.model.source, f))
-        .sum::<Result<u64, _>>()
-        .map_err(|e| ("load", BrowserError::Page(e.to_string())))?;
-    let session = SessionInfo {
-        engine: ENGINE_NAME.into(),
-        engine_version: format!(
-            "{ENGINE_NAME} {} ({}) in {}",
-            loaded.ort_version,
-            loaded.ort_build,
-            host.browser()
-        ),
-        platform: combo.platform,
-        device,
-        precision: Precision::F32,
-        weights: combo.model.source.weights_kind(),
-        parameter_count,
-        output_names: loaded
-            .parts
-            .iter()
-            .flat_map(|p| p.outputs.iter().map(move |o| format!("{}/{o}", p.name)))
-            .collect(),
-    };
-    let (tokens, cache_location) = match first.generation {
-        Some(g) => (g.tokens, Some(g.cache_location)),
-        None => (Vec::new(), None),
-    };
-    if prompt_len.is_some() && timed.generation.is_none() {
-        return Err((
-            "timed-iteration",
-            BrowserError::Page("the page returned no generation timings".into()),
-        ));
-    }
-    let measurement = summarize(
-        combo,
-        &inputs[0],
-        prompt_len,
-        session,
-        &loaded,
-        precompile_ms,
-        first.ms,
-        protocol,
-        timed,
-    );
-    Ok(WebRun {
-        outcome: Outcome::Measured(Box::new(measurement)),
-        details: Some(WebDetails {
-            browser: "chromium".into(),
-            browser_version: host.browser_version().to_string(),
-            user_agent: host.environment.user_agent.clone(),
-            requested_ep: ep.into(),
-            executed_ep,
-            fell_back,
-            node_placement: placement,
-            adapter,
-            webnn_device: webnn_device.map(str::to_string),
-            wasm_threads: loaded.wasm_threads,
-            cross_origin_isolated: host.environment.cross_origin_isolated,
-            precompiled: options.precompile,
-            precompile_ms,
-            parallel_load: options.parallel_load,
-            concurrent_sessions: loaded.concurrent_sessions,
-            memory,
-            part_load_ms: loaded
-                .parts
-                .iter()
-                .map(|p| (p.name.clone(), p.ms))
-                .collect(),
-        }),
-        outputs,
-        tokens,
-        cache_location,
-    })
-}
-
 /// Sends each part's inputs: each graph input from the first of `inputs` that provides it.
 fn set_feeds(
     host: &BrowserHost,
@@ -677,15 +693,16 @@ fn cache_outputs(source: &ModelSource) -> Vec<String> {
 }
 
 /// Reads the decoder export's conventions from the loaded graph and sends the page what it
-/// generates from: the prompt (the first row of the text inputs), the batch, the number of
-/// new tokens and the cache layout. Returns the prompt length.
+/// generates from: the prompt, the batch, the number of new tokens and the cache layout.
 fn set_generation(
     host: &BrowserHost,
-    combo: &Combination,
+    source: &ModelSource,
     part: &LoadedPart,
-    inputs: &Inputs,
+    prompt: &[u32],
+    batch: usize,
+    new_tokens: usize,
     timeout: Duration,
-) -> Result<usize, StepError> {
+) -> Result<(), StepError> {
     let invalid = |stage, e: String| (stage, BrowserError::Page(e));
     let io: Vec<(String, Option<Vec<i64>>)> = part
         .inputs
@@ -695,23 +712,17 @@ fn set_generation(
         .collect();
     let graph =
         DecoderGraph::from_io(&io, &part.outputs).map_err(|e| invalid("load", e.to_string()))?;
-    let context = decoder_context(&combo.model.source, ENGINE_NAME)
-        .map_err(|e| invalid("load", e.to_string()))?;
-    let Inputs::Text {
-        input_ids, seq_len, ..
-    } = inputs
-    else {
-        return Err(invalid("inputs", "a decoder takes text inputs".into()));
-    };
-    if combo.new_tokens == 0 {
+    let context =
+        decoder_context(source, ENGINE_NAME).map_err(|e| invalid("load", e.to_string()))?;
+    if new_tokens == 0 {
         return Err(invalid("inputs", "new tokens must be at least 1".into()));
     }
-    if seq_len + combo.new_tokens > context {
+    if prompt.len() + new_tokens > context {
         return Err(invalid(
             "inputs",
             format!(
-                "{seq_len} prompt + {} new tokens exceed the model's context of {context}",
-                combo.new_tokens
+                "{} prompt + {new_tokens} new tokens exceed the model's context of {context}",
+                prompt.len()
             ),
         ));
     }
@@ -725,64 +736,16 @@ fn set_generation(
         "inputs",
         "setGeneration",
         json!({
-            "prompt": &input_ids[..*seq_len],
-            "batch": combo.batch_size,
-            "newTokens": combo.new_tokens,
+            "prompt": prompt,
+            "batch": batch,
+            "newTokens": new_tokens,
             "positionIds": graph.has_position_ids,
             "cacheBranch": graph.has_cache_branch,
             "slots": slots,
         }),
         timeout,
     )?;
-    Ok(*seq_len)
-}
-
-/// The harness's `Measurement` from the page's raw samples. For a decoder (`prompt_len` set)
-/// one timed iteration is one generation of `combo.new_tokens` tokens for each of
-/// `batch_size` copies of the prompt: throughput and LLM metrics as the native harness
-/// computes them.
-#[allow(clippy::too_many_arguments)]
-fn summarize(
-    combo: &Combination,
-    inputs: &Inputs,
-    prompt_len: Option<usize>,
-    session: SessionInfo,
-    loaded: &Loaded,
-    precompile_ms: Option<f64>,
-    first_inference_ms: f64,
-    protocol: &Protocol,
-    timed: Timed,
-) -> Measurement {
-    let run = TimedRun {
-        session,
-        // Precompiling is part of getting the model ready, so it counts as loading.
-        load_time_ms: loaded.load_ms + precompile_ms.unwrap_or(0.0),
-        first_inference_ms,
-        warmup_iterations: protocol.warmup_iterations,
-        samples_ms: timed.samples,
-        timed_duration_s: timed.duration_ms / 1e3,
-        // The browser's memory is not this process's; it is not claimed.
-        peak_rss_bytes: None,
-        peak_rss_per_combination: false,
-        harness_overhead_ns: timed.overhead_ns,
-    };
-    let generation = prompt_len
-        .zip(timed.generation.as_ref())
-        .map(|(prompt_len, g)| {
-            GenerationMetrics::from_samples(
-                prompt_len,
-                combo.new_tokens,
-                combo.batch_size,
-                &g.ttft_ms,
-                &g.prefill_ms,
-                &g.step_ms,
-            )
-        });
-    let work = match generation {
-        Some(g) => Work::generation(combo.batch_size, g),
-        None => Work::forward(combo.scenario, inputs),
-    };
-    Measurement::new(run, work)
+    Ok(())
 }
 
 /// Where the nodes ran, and whether the requested EP ran none of them.
@@ -840,7 +803,7 @@ fn encode_input(t: GraphInput<'_>) -> Value {
     }
 }
 
-fn decode_outputs(run: &RunResult) -> Result<Outputs, String> {
+fn decode_outputs(run: &Timed) -> Result<Outputs, String> {
     run.outputs
         .iter()
         .map(|(name, t)| {
