@@ -17,7 +17,7 @@ use ia_engine::{
     LoadVariant, Precision, Session, SessionInfo, TimedIterations, TimedWorkload,
 };
 use ia_hardware::Platform;
-use ia_models::{Modality, ModelClass, ModelSource};
+use ia_models::{Modality, Model};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
@@ -103,36 +103,9 @@ impl std::str::FromStr for Scenario {
     }
 }
 
-/// A model ready to benchmark.
-#[derive(Debug, Clone)]
-pub struct ModelPlan {
-    /// Name stored in results (hub id or folder path).
-    pub name: String,
-    pub class: ModelClass,
-    pub family: String,
-    pub task: String,
-    pub modality: Modality,
-    pub source: ModelSource,
-}
-
-impl ModelPlan {
-    /// A plan for `source`, classified from its config.json.
-    pub fn classify(name: String, source: ModelSource) -> Result<Self, ia_models::ClassifyError> {
-        let c = ia_models::classify_config(source.config())?;
-        Ok(Self {
-            name,
-            class: c.class,
-            family: c.family.to_string(),
-            task: c.task.to_string(),
-            modality: c.modality,
-            source,
-        })
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Combination {
-    pub model: ModelPlan,
+    pub model: Model,
     pub platform: Platform,
     pub batch_size: usize,
     pub seq_len: usize,
@@ -389,7 +362,7 @@ pub fn measure(
     if let Err(reason) = platform_available {
         return Outcome::Unavailable { reason };
     }
-    let capability = if is_generation_task(&combo.model.task) {
+    let capability = if combo.model.generates_text() {
         Capability::Generate
     } else {
         Capability::Run
@@ -429,7 +402,7 @@ fn load_in_process(
         Prepared::Forward(inputs) => {
             let work = ia_engine::memory::forward_workload(source, inputs);
             ia_engine::memory::check_fits(source, combo.precision, work)?;
-            let session = engine.load(source, combo.platform, combo.precision)?;
+            let session = engine.load(&combo.model, combo.platform, combo.precision)?;
             Ok(Box::new(ForwardTarget {
                 session,
                 inputs: inputs.clone(),
@@ -443,7 +416,7 @@ fn load_in_process(
                 beams: 1,
             };
             ia_engine::memory::check_fits(source, combo.precision, work)?;
-            let model = engine.load_generator(source, combo.platform, combo.precision)?;
+            let model = engine.load_generator(&combo.model, combo.platform, combo.precision)?;
             Ok(Box::new(GenerationTarget {
                 model,
                 prompts: vec![prompt.clone(); combo.batch_size],
@@ -511,10 +484,13 @@ pub fn measure_with<T: TimedWorkload>(
 /// model given `--audio-file`), or a generation's prompt.
 fn prepare(combo: &Combination) -> Result<Prepared, String> {
     let source = &combo.model.source;
-    if is_generation_task(&combo.model.task) {
-        let Inputs::Text { input_ids, .. } =
-            inputs::generate(source, Modality::Text, InputSpec::new(1, combo.seq_len))
-                .map_err(|e| e.to_string())?
+    if combo.model.generates_text() {
+        let Inputs::Text { input_ids, .. } = inputs::generate(
+            &combo.model,
+            Modality::Text,
+            InputSpec::new(1, combo.seq_len),
+        )
+        .map_err(|e| e.to_string())?
         else {
             return Err("text generator returned non-text inputs".into());
         };
@@ -528,7 +504,9 @@ fn prepare(combo: &Combination) -> Result<Prepared, String> {
         Some(path) if combo.model.modality == Modality::Audio => {
             file_audio_inputs(source, path, combo.batch_size)?
         }
-        _ => inputs::generate(source, combo.model.modality, spec).map_err(|e| e.to_string())?,
+        _ => {
+            inputs::generate(&combo.model, combo.model.modality, spec).map_err(|e| e.to_string())?
+        }
     };
     Ok(Prepared::Forward(inputs))
 }
@@ -732,11 +710,6 @@ fn file_audio_inputs(
     })
 }
 
-/// Tasks measured as text generation rather than single forward passes.
-pub fn is_generation_task(task: &str) -> bool {
-    matches!(task, "text-generation" | "text2text-generation")
-}
-
 /// Generates greedily with the combination's precision and with f32 on the fixed prompt set
 /// and returns the fraction of positions where the tokens agree.
 fn greedy_agreement(engine: &dyn Engine, combo: &Combination) -> Result<f64, EngineError> {
@@ -746,15 +719,13 @@ fn greedy_agreement(engine: &dyn Engine, combo: &Combination) -> Result<f64, Eng
         stop_tokens: vec![],
         ignore_eos: true,
     };
-    let mut quantised =
-        engine.load_generator(&combo.model.source, combo.platform, combo.precision)?;
-    let mut reference =
-        engine.load_generator(&combo.model.source, combo.platform, Precision::F32)?;
+    let mut quantised = engine.load_generator(&combo.model, combo.platform, combo.precision)?;
+    let mut reference = engine.load_generator(&combo.model, combo.platform, Precision::F32)?;
     let (mut same, mut total) = (0usize, 0usize);
     for len in AGREEMENT_PROMPT_LENGTHS {
         let Inputs::Text {
             input_ids: prompt, ..
-        } = inputs::generate(&combo.model.source, Modality::Text, InputSpec::new(1, len))?
+        } = inputs::generate(&combo.model, Modality::Text, InputSpec::new(1, len))?
         else {
             unreachable!("text modality gives text inputs");
         };

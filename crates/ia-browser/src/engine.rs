@@ -1,14 +1,15 @@
 //! The web platforms as an [`Engine`], for commands that want a model's outputs rather than a
-//! measurement (`ipfs-accelerate run`): each `Session::run` is one inference of the model's
-//! single-graph ONNX export in a fresh page. Benchmarks do not come through here: the page
-//! times them itself ([`crate::WebBench`]), with no WebDriver round trip inside a sample.
+//! measurement (`ipfs-accelerate run`): each `Session::run` is one inference of one ONNX graph
+//! in a fresh page: the model's single-graph export, or the CLIP tower the inputs are for.
+//! Benchmarks do not come through here: the harness drives a [`crate::WebTarget`], whose
+//! iterations the page times itself, with no WebDriver round trip inside a sample.
 
 use crate::{is_web_platform, model_parts, BrowserError, WebBench, WebOptions, ENGINE_NAME};
 use ia_engine::{
     Capability, Engine, EngineError, HostTensor, Inputs, Outputs, Precision, Session, SessionInfo,
 };
 use ia_hardware::Platform;
-use ia_models::{classify_config, ModelClass, ModelSource};
+use ia_models::{Model, ModelClass, ModelSource};
 use std::path::PathBuf;
 
 /// onnxruntime-web in headless Chromium, one page per inference.
@@ -50,10 +51,14 @@ impl Engine for WebEngine {
             )));
         }
         match capability {
-            Capability::Run if matches!(class, ModelClass::Bert | ModelClass::Vit) => Ok(()),
+            Capability::Run
+                if matches!(class, ModelClass::Bert | ModelClass::Vit | ModelClass::Clip) =>
+            {
+                Ok(())
+            }
             Capability::Run => Err(EngineError::Unsupported(format!(
                 "{} in the browser runs only as a benchmark (`bench --hardware {platform}`): \
-                 single inferences here take single-graph BERT and ViT exports",
+                 single inferences here take BERT, ViT and CLIP exports",
                 class.as_str()
             ))),
             _ => Err(EngineError::Unsupported(format!(
@@ -64,21 +69,28 @@ impl Engine for WebEngine {
 
     fn load(
         &self,
-        source: &ModelSource,
+        model: &Model,
         platform: Platform,
         precision: Precision,
     ) -> Result<Box<dyn Session>, EngineError> {
-        let class = classify_config(source.config())
-            .map_err(|e| EngineError::InvalidModel(e.to_string()))?
-            .class;
+        let (source, class) = (&model.source, model.class);
         self.supports(class, platform, Capability::Run)?;
         if precision != Precision::F32 {
             return Err(EngineError::Unsupported(format!(
                 "the ONNX exports run in f32 on {ENGINE_NAME}, not {precision}"
             )));
         }
-        let mut parts = model_parts(source, class).map_err(EngineError::Unsupported)?;
-        let (_, file) = parts.remove(0);
+        let parts = model_parts(source, class).map_err(EngineError::Unsupported)?;
+        // CLIP's zero-shot scores need the trained temperature, which its tower exports leave
+        // out: read from the checkpoint and returned as the native engine returns it.
+        let logit_scale = match (class, source) {
+            (ModelClass::Clip, ModelSource::Checkpoint(c)) => {
+                ia_models::footprint::read_f32_scalar(&c.safetensors, "logit_scale")
+                    .map_err(|e| EngineError::InvalidModel(e.to_string()))?
+                    .map(f32::exp)
+            }
+            _ => None,
+        };
         let mut bench = WebBench::new(WebOptions::default());
         let status = match bench.host() {
             Ok(host) => host.platform_status(platform),
@@ -98,14 +110,18 @@ impl Engine for WebEngine {
             device: status.devices.first().cloned().unwrap_or_default(),
             precision,
             weights: source.weights_kind(),
-            parameter_count: ia_models::graph_weights::parameter_count(source, &file)
+            parameter_count: parts
+                .iter()
+                .map(|(_, file)| ia_models::graph_weights::parameter_count(source, file))
+                .sum::<Result<u64, _>>()
                 .map_err(|e| EngineError::InvalidModel(e.to_string()))?,
             output_names: vec![],
         };
         Ok(Box::new(WebSession {
             bench,
             platform,
-            file,
+            parts,
+            logit_scale,
             info,
         }))
     }
@@ -114,7 +130,9 @@ impl Engine for WebEngine {
 struct WebSession {
     bench: WebBench,
     platform: Platform,
-    file: PathBuf,
+    /// The graphs by part name: "model", or CLIP's "text_model" and "vision_model".
+    parts: Vec<(String, PathBuf)>,
+    logit_scale: Option<f32>,
     info: SessionInfo,
 }
 
@@ -124,17 +142,34 @@ impl Session for WebSession {
     }
 
     fn run(&mut self, inputs: &Inputs) -> Result<Outputs, EngineError> {
+        // A two-tower model runs the tower of the inputs' modality.
+        let part = match inputs {
+            Inputs::Image { .. } => "vision_model",
+            _ => "text_model",
+        };
+        let file = match self.parts.as_slice() {
+            [(_, single)] => single,
+            parts => parts
+                .iter()
+                .find(|(name, _)| name == part)
+                .map(|(_, file)| file)
+                .ok_or_else(|| EngineError::InvalidModel(format!("no {part} export")))?,
+        };
         let feeds = GRAPH_INPUTS
             .iter()
             .filter_map(|&name| Some((name.to_string(), inputs.graph_input(name).ok()?)))
             .collect();
         let outputs = self
             .bench
-            .run_graph(self.platform, &self.file, feeds)
+            .run_graph(self.platform, file, feeds)
             .map_err(|e| EngineError::Runtime(e.to_string()))?;
+        let scale = self
+            .logit_scale
+            .map(|s| ("logit_scale".to_string(), (vec![1], vec![s])));
         Ok(Outputs {
             tensors: outputs
                 .into_iter()
+                .chain(scale)
                 .map(|(name, (shape, data))| {
                     (
                         name,

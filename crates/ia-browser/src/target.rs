@@ -14,7 +14,7 @@ use ia_engine::{
     TimedIterations, TimedWorkload,
 };
 use ia_hardware::Platform;
-use ia_models::{Modality, ModelClass, ModelSource};
+use ia_models::{Modality, Model, ModelClass, ModelSource};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -94,8 +94,7 @@ pub enum WebWork<'a> {
 /// A model to load in the page, and what its iterations do.
 #[derive(Debug, Clone, Copy)]
 pub struct WebRequest<'a> {
-    pub source: &'a ModelSource,
-    pub class: ModelClass,
+    pub model: &'a Model,
     pub platform: Platform,
     pub precision: Precision,
     pub variant: LoadVariant,
@@ -291,7 +290,7 @@ impl WebTarget {
         let webnn_device = webnn_device(&host, platform);
         let gpu_outputs = match request.work {
             WebWork::Generation { .. } if platform == Platform::Webgpu => {
-                cache_outputs(request.source)
+                cache_outputs(&request.model.source)
             }
             _ => Vec::new(),
         };
@@ -305,7 +304,7 @@ impl WebTarget {
         )?;
         match request.work {
             WebWork::Forward { inputs, text_len } => {
-                let inputs = with_text_tower(request.source, parts, inputs, text_len)
+                let inputs = with_text_tower(request.model, parts, inputs, text_len)
                     .map_err(|e| ("inputs", BrowserError::Page(e)))?;
                 set_feeds(&host, &loaded, &inputs, timeout)?
             }
@@ -315,7 +314,7 @@ impl WebTarget {
                 new_tokens,
             } => set_generation(
                 &host,
-                request.source,
+                request.model,
                 &loaded.parts[0],
                 prompt,
                 batch,
@@ -350,7 +349,7 @@ impl WebTarget {
         );
         let parameter_count = parts
             .iter()
-            .map(|(_, f)| ia_models::graph_weights::parameter_count(request.source, f))
+            .map(|(_, f)| ia_models::graph_weights::parameter_count(&request.model.source, f))
             .sum::<Result<u64, _>>()
             .map_err(|e| ("load", BrowserError::Page(e.to_string())))?;
         let info = SessionInfo {
@@ -364,7 +363,7 @@ impl WebTarget {
             platform,
             device,
             precision: Precision::F32,
-            weights: request.source.weights_kind(),
+            weights: request.model.source.weights_kind(),
             parameter_count,
             output_names: loaded
                 .parts
@@ -492,7 +491,7 @@ impl TimedWorkload for WebTarget {
 /// (CLIP) when none of `inputs` is text. The text tower takes at most its own context
 /// (CLIP's processor pads to 77): a benchmark's sequence length is for text models.
 fn with_text_tower(
-    source: &ModelSource,
+    model: &Model,
     parts: &[(String, PathBuf)],
     inputs: &[Inputs],
     text_len: usize,
@@ -503,14 +502,14 @@ fn with_text_tower(
         return Ok(all);
     }
     let batch = inputs.first().map_or(1, Inputs::batch_size);
-    let context = source
+    let context = model
         .config()
         .get("text_config")
         .and_then(|t| t.get("max_position_embeddings"))
         .and_then(Value::as_u64)
         .map_or(text_len, |max| text_len.min(max as usize));
     all.push(
-        inputs::generate(source, Modality::Text, InputSpec::new(batch, context))
+        inputs::generate(model, Modality::Text, InputSpec::new(batch, context))
             .map_err(|e| e.to_string())?,
     );
     Ok(all)
@@ -575,10 +574,10 @@ fn check_model(request: &WebRequest<'_>) -> Result<Vec<(String, PathBuf)>, Strin
             request.precision
         ));
     }
-    if request.class != ModelClass::Clip {
-        check_exported_class(request.class).map_err(|e| e.to_string())?;
+    if request.model.class != ModelClass::Clip {
+        check_exported_class(request.model.class).map_err(|e| e.to_string())?;
     }
-    model_parts(request.source, request.class)
+    model_parts(&request.model.source, request.model.class)
 }
 
 /// The towers of a two-part export, as transformers.js lays them out.
@@ -696,7 +695,7 @@ fn cache_outputs(source: &ModelSource) -> Vec<String> {
 /// generates from: the prompt, the batch, the number of new tokens and the cache layout.
 fn set_generation(
     host: &BrowserHost,
-    source: &ModelSource,
+    model: &Model,
     part: &LoadedPart,
     prompt: &[u32],
     batch: usize,
@@ -713,7 +712,7 @@ fn set_generation(
     let graph =
         DecoderGraph::from_io(&io, &part.outputs).map_err(|e| invalid("load", e.to_string()))?;
     let context =
-        decoder_context(source, ENGINE_NAME).map_err(|e| invalid("load", e.to_string()))?;
+        decoder_context(model, ENGINE_NAME).map_err(|e| invalid("load", e.to_string()))?;
     if new_tokens == 0 {
         return Err(invalid("inputs", "new tokens must be at least 1".into()));
     }

@@ -13,11 +13,11 @@
 mod common;
 
 use common::{fixture, ids, max_abs, reference, reference_inputs};
-use ia_bench::{Combination, Measurement, ModelPlan, Outcome, Prepared, Protocol, Scenario};
+use ia_bench::{Combination, Measurement, Outcome, Prepared, Protocol, Scenario};
 use ia_browser::{BrowserHost, WebBench, WebOptions, WebRequest, WebTarget, WebWork};
 use ia_engine::{Inputs, LoadVariant, Precision};
 use ia_hardware::Platform;
-use ia_models::{Checkpoint, ModelSource};
+use ia_models::{Checkpoint, Model, ModelSource};
 use std::path::Path;
 use std::time::Duration;
 
@@ -39,7 +39,7 @@ fn text_inputs(name: &str) -> Inputs {
 fn combination(dir: &Path, platform: Platform, batch: usize) -> Combination {
     let source = ModelSource::Checkpoint(Checkpoint::open(dir).unwrap());
     Combination {
-        model: ModelPlan::classify(dir.display().to_string(), source).unwrap(),
+        model: Model::resolve(dir.display().to_string(), source).unwrap(),
         platform,
         batch_size: batch,
         seq_len: 16,
@@ -95,8 +95,7 @@ fn measure(
             },
         };
         web.load(&WebRequest {
-            source: &combo.model.source,
-            class: combo.model.class,
+            model: &combo.model,
             platform: combo.platform,
             precision: combo.precision,
             variant: combo.load_variant,

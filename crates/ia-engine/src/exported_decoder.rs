@@ -10,7 +10,7 @@
 
 use crate::generation::{equal_length_batch, TextGenerator};
 use crate::{EngineError, SessionInfo};
-use ia_models::{classify_config, ModelClass, ModelSource};
+use ia_models::{Model, ModelClass};
 
 /// The classes whose exports the graph engines (ONNX Runtime, OpenVINO) run: encoders, one
 /// call per input, and decoder-only language models through [`ExportedDecoder`].
@@ -49,14 +49,11 @@ fn is_decoder_only(class: ModelClass) -> bool {
     matches!(class, ModelClass::Llama | ModelClass::Qwen)
 }
 
-/// Checks that `source` is a decoder-only language model and returns its context
+/// Checks that `model` is a decoder-only language model and returns its context
 /// (config.json's `max_position_embeddings`); `runtime` names the engine in the error.
-pub fn decoder_context(source: &ModelSource, runtime: &str) -> Result<usize, EngineError> {
-    let class = classify_config(source.config())
-        .map_err(|e| EngineError::InvalidModel(e.to_string()))?
-        .class;
-    check_exported(class, crate::Capability::Generate, runtime)?;
-    source
+pub fn decoder_context(model: &Model, runtime: &str) -> Result<usize, EngineError> {
+    check_exported(model.class, crate::Capability::Generate, runtime)?;
+    model
         .config()
         .get("max_position_embeddings")
         .and_then(|v| v.as_u64())

@@ -5,7 +5,7 @@
 //! synthetic picture normalised with the checkpoint's image mean and std.
 
 use crate::EngineError;
-use ia_models::{classify_config, Modality, ModelClass, ModelSource};
+use ia_models::{Modality, Model, ModelClass, ModelSource};
 use ia_preprocess::image::{ImageProcessor, RgbImage};
 use serde_json::Value;
 
@@ -168,11 +168,10 @@ waits, and how many requests per second it sustains once it is warm. Hardware di
 bandwidth, vector units and caches, so the same network can be fast on one computer and slow on \
 another. Careful measurement repeats each run many times and reports the spread, not just the mean.";
 
-pub fn generate(
-    source: &ModelSource,
-    modality: Modality,
-    spec: InputSpec,
-) -> Result<Inputs, EngineError> {
+/// Benchmark inputs of `modality` for `model` (its own modality, or text for a generation
+/// prompt or a text tower), `spec.batch_size` rows.
+pub fn generate(model: &Model, modality: Modality, spec: InputSpec) -> Result<Inputs, EngineError> {
+    let source = &model.source;
     if !(1..=MAX_BATCH).contains(&spec.batch_size) {
         return Err(EngineError::InvalidInput(format!(
             "batch size {} is outside 1..={MAX_BATCH}",
@@ -181,11 +180,11 @@ pub fn generate(
     }
     match modality {
         Modality::Text => text_inputs(source, spec),
-        Modality::Vision => image_inputs(source, spec.batch_size),
+        Modality::Vision => image_inputs(model, spec.batch_size),
         Modality::Audio => audio_inputs(source.config(), source.preprocessor_config(), spec),
         // Dual encoders (CLIP) are benchmarked on their image tower.
         Modality::Multimodal if source.config().get("vision_config").is_some() => {
-            image_inputs(source, spec.batch_size)
+            image_inputs(model, spec.batch_size)
         }
         Modality::Multimodal => Err(EngineError::Unsupported(
             "no input generator for this multimodal model yet".into(),
@@ -341,10 +340,8 @@ pub fn max_text_positions(config: &Value) -> Option<(&'static str, u64)> {
 /// The image processor of a model, the one `run` and the benchmark inputs both use: the
 /// checkpoint's preprocessor_config.json, or transformers' defaults for the class at the
 /// model's image size.
-pub fn image_processor(
-    source: &ModelSource,
-    class: ModelClass,
-) -> Result<ImageProcessor, EngineError> {
+pub fn image_processor(model: &Model) -> Result<ImageProcessor, EngineError> {
+    let (source, class) = (&model.source, model.class);
     let config = source.config();
     let size = config
         .get("vision_config")
@@ -372,11 +369,8 @@ pub fn image_processor(
 const TEST_PICTURE_SIDE: usize = 512;
 
 /// A test picture through the model's own image processor, `batch` copies.
-fn image_inputs(source: &ModelSource, batch: usize) -> Result<Inputs, EngineError> {
-    let class = classify_config(source.config())
-        .map_err(|e| EngineError::InvalidModel(e.to_string()))?
-        .class;
-    let processor = image_processor(source, class)?;
+fn image_inputs(model: &Model, batch: usize) -> Result<Inputs, EngineError> {
+    let processor = image_processor(model)?;
     let side = TEST_PICTURE_SIDE;
     let mut rng = SplitMix64::new(0x1a6e);
     let mut data = Vec::with_capacity(side * side * 3);
@@ -512,13 +506,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn random(config: Value) -> ModelSource {
-        ModelSource::RandomInit { config, seed: 0 }
+    fn random(config: Value) -> Model {
+        Model::resolve("test", ModelSource::RandomInit { config, seed: 0 }).unwrap()
     }
 
     #[test]
     fn text_without_tokenizer_uses_vocab() {
-        let src = random(json!({"vocab_size": 100, "max_position_embeddings": 64}));
+        let src =
+            random(json!({"model_type": "bert", "vocab_size": 100, "max_position_embeddings": 64}));
         let inp = generate(&src, Modality::Text, InputSpec::new(2, 16)).unwrap();
         match inp {
             Inputs::Text {
@@ -534,14 +529,16 @@ mod tests {
 
     #[test]
     fn too_long_sequence_is_rejected() {
-        let src = random(json!({"vocab_size": 100, "max_position_embeddings": 8}));
+        let src =
+            random(json!({"model_type": "bert", "vocab_size": 100, "max_position_embeddings": 8}));
         let err = generate(&src, Modality::Text, InputSpec::new(1, 16))
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_position_embeddings"), "{err}");
         // CLIP's limit lives in text_config.
-        let clip =
-            random(json!({"text_config": {"vocab_size": 100, "max_position_embeddings": 8}}));
+        let clip = random(
+            json!({"model_type": "clip", "text_config": {"vocab_size": 100, "max_position_embeddings": 8}}),
+        );
         let err = generate(&clip, Modality::Text, InputSpec::new(1, 16))
             .unwrap_err()
             .to_string();
@@ -567,7 +564,7 @@ mod tests {
 
     #[test]
     fn audio_is_a_bounded_waveform_at_the_extractor_rate() {
-        let src = random(json!({}));
+        let src = random(json!({"model_type": "wav2vec2"}));
         let spec = InputSpec {
             audio_seconds: 0.5,
             ..InputSpec::new(2, 0)

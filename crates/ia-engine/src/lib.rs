@@ -2,7 +2,8 @@
 //! OpenVINO and the browser later) implements, so the benchmark harness and the server never
 //! care which runtime runs a model.
 //!
-//! `Engine::load(source, platform, precision) -> Session`, then `Session::run(inputs) -> Outputs`.
+//! `Engine::load(model, platform, precision) -> Session` (a model resolved once:
+//! [`ia_models::Model`]), then `Session::run(inputs) -> Outputs`.
 //! Inputs come from [`inputs::generate`], one generator per modality.
 
 pub mod exported_decoder;
@@ -16,7 +17,7 @@ pub mod tokenizer;
 pub mod whisper;
 
 use ia_hardware::Platform;
-use ia_models::{ModelClass, ModelSource, WeightsKind};
+use ia_models::{Model, ModelClass, WeightsKind};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -173,18 +174,18 @@ pub trait Engine: Send + Sync {
     ) -> Result<(), EngineError>;
     fn load(
         &self,
-        source: &ModelSource,
+        model: &Model,
         platform: Platform,
         precision: Precision,
     ) -> Result<Box<dyn Session>, EngineError>;
     /// Loads a text-generation model (decoder or encoder-decoder) with a KV cache.
     fn load_generator(
         &self,
-        source: &ModelSource,
+        model: &Model,
         platform: Platform,
         precision: Precision,
     ) -> Result<Box<dyn TextGenerator>, EngineError> {
-        let _ = (source, platform, precision);
+        let _ = (model, platform, precision);
         Err(EngineError::Unsupported(format!(
             "the {} engine cannot generate text",
             self.name()
@@ -194,11 +195,11 @@ pub trait Engine: Send + Sync {
     /// Loads a speech-recognition model (waveform to text).
     fn load_speech_recognizer(
         &self,
-        source: &ModelSource,
+        model: &Model,
         platform: Platform,
         precision: Precision,
     ) -> Result<Box<dyn SpeechRecognizer>, EngineError> {
-        let _ = (source, platform, precision);
+        let _ = (model, platform, precision);
         Err(EngineError::Unsupported(format!(
             "the {} engine cannot transcribe speech",
             self.name()

@@ -310,6 +310,8 @@ pub struct TensorInfo {
     pub dtype: String,
     pub shape: Vec<u64>,
     pub elements: u64,
+    /// Where its bytes start in the file.
+    pub file_offset: u64,
 }
 
 /// The largest safetensors header read (the format's own reference limit is 100 MB).
@@ -336,12 +338,49 @@ pub fn read_safetensors_header(path: &Path) -> Result<Vec<TensorInfo>, Checkpoin
     })?;
     let mut header = vec![0u8; n as usize];
     f.read_exact(&mut header).map_err(io)?;
-    parse_safetensors_header(&header, file_len - 8 - n).map_err(|message| {
+    let mut tensors = parse_safetensors_header(&header, file_len - 8 - n).map_err(|message| {
         CheckpointError::Invalid {
             path: path.to_path_buf(),
             message,
         }
-    })
+    })?;
+    for t in &mut tensors {
+        t.file_offset += 8 + n;
+    }
+    Ok(tensors)
+}
+
+/// A one-element f32 tensor of a checkpoint (CLIP's `logit_scale`), read from whichever of
+/// `files` holds it; `None` when none does.
+pub fn read_f32_scalar(
+    files: &[std::path::PathBuf],
+    name: &str,
+) -> Result<Option<f32>, CheckpointError> {
+    use std::io::{Seek, SeekFrom};
+    for path in files {
+        let Some(t) = read_safetensors_header(path)?
+            .into_iter()
+            .find(|t| t.name == name)
+        else {
+            continue;
+        };
+        if t.dtype != "F32" || t.elements != 1 {
+            return Err(CheckpointError::Invalid {
+                path: path.clone(),
+                message: format!("tensor '{name}' is {} {:?}, not one f32", t.dtype, t.shape),
+            });
+        }
+        let io = |source| CheckpointError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        f.seek(SeekFrom::Start(t.file_offset)).map_err(io)?;
+        let mut bytes = [0u8; 4];
+        f.read_exact(&mut bytes).map_err(io)?;
+        return Ok(Some(f32::from_le_bytes(bytes)));
+    }
+    Ok(None)
 }
 
 /// Checks a whole safetensors file held in memory (its header against its data).
@@ -428,6 +467,7 @@ pub fn parse_safetensors_header(header: &[u8], data_len: u64) -> Result<Vec<Tens
             dtype: dtype.to_string(),
             shape,
             elements,
+            file_offset: begin,
         });
     }
     Ok(out)

@@ -2,6 +2,8 @@
 //!
 //! * [`catalog`]: the 13 model classes with canonical Hugging Face ids and a small variant each.
 //! * [`classify`]: maps any Hugging Face `config.json` to a class, family and task.
+//! * [`model`]: a model resolved once (name, files, classification): what every engine,
+//!   the harness and the task pipelines receive.
 //! * [`checkpoint`]: finds a checkpoint in a local folder, the project cache or the Hugging Face
 //!   hub cache (never downloading), and describes its files.
 //! * [`graph_weights`]: parameter counts of ONNX and OpenVINO IR exports.
@@ -17,9 +19,11 @@ pub mod classify;
 pub mod footprint;
 pub mod gguf;
 pub mod graph_weights;
+pub mod model;
 pub mod sentence_transformers;
 pub mod validate;
 
 pub use catalog::{CatalogEntry, Modality, ModelClass, CATALOG};
 pub use checkpoint::{Checkpoint, CheckpointError, ModelSource, WeightsKind};
 pub use classify::{classify_config, Classification, ClassifyError};
+pub use model::Model;

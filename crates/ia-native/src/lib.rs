@@ -13,7 +13,7 @@ use ia_engine::{
     TextGenerator,
 };
 use ia_hardware::Platform;
-use ia_models::{classify_config, ModelClass, ModelSource};
+use ia_models::{Model, ModelClass, ModelSource};
 
 pub use weights::load_var_builder;
 
@@ -99,11 +99,11 @@ impl Engine for NativeEngine {
 
     fn load(
         &self,
-        source: &ModelSource,
+        model: &Model,
         platform: Platform,
         precision: Precision,
     ) -> Result<Box<dyn Session>, EngineError> {
-        let class = class_of(source)?;
+        let (source, class) = (&model.source, model.class);
         self.supports(class, platform, Capability::Run)?;
         let ctx = self.context(source, platform, precision, dtype_for(precision)?)?;
         match class {
@@ -120,11 +120,11 @@ impl Engine for NativeEngine {
 
     fn load_generator(
         &self,
-        source: &ModelSource,
+        model: &Model,
         platform: Platform,
         precision: Precision,
     ) -> Result<Box<dyn TextGenerator>, EngineError> {
-        let class = class_of(source)?;
+        let (source, class) = (&model.source, model.class);
         self.supports(class, platform, Capability::Generate)?;
         match class {
             ModelClass::Llama | ModelClass::Qwen => {
@@ -146,11 +146,11 @@ impl Engine for NativeEngine {
 
     fn load_speech_recognizer(
         &self,
-        source: &ModelSource,
+        model: &Model,
         platform: Platform,
         precision: Precision,
     ) -> Result<Box<dyn SpeechRecognizer>, EngineError> {
-        let class = class_of(source)?;
+        let (source, class) = (&model.source, model.class);
         self.supports(class, platform, Capability::Transcribe)?;
         let ctx = self.context(source, platform, precision, dtype_for(precision)?)?;
         match class {
@@ -204,12 +204,6 @@ impl NativeEngine {
             },
         })
     }
-}
-
-fn class_of(source: &ModelSource) -> Result<ModelClass, EngineError> {
-    classify_config(source.config())
-        .map(|c| c.class)
-        .map_err(|e| EngineError::InvalidModel(e.to_string()))
 }
 
 /// Platform check without creating a device (creating a CUDA context is slow).

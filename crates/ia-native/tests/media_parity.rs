@@ -24,7 +24,7 @@ fn json(path: std::path::PathBuf) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn recognizer(src: &ia_models::ModelSource) -> Box<dyn SpeechRecognizer> {
+fn recognizer(src: &ia_models::Model) -> Box<dyn SpeechRecognizer> {
     NativeEngine::new()
         .load_speech_recognizer(src, Platform::Cpu, Precision::F32)
         .unwrap()
@@ -121,7 +121,7 @@ fn whisper_tiny_matches_transformers() {
 
     let src = source("whisper-tiny");
     let cfg: whisper::Config = serde_json::from_value(src.config().clone()).unwrap();
-    let (vb, _) = ia_native::load_var_builder(&src, DType::F32, &Device::Cpu).unwrap();
+    let (vb, _) = ia_native::load_var_builder(&src.source, DType::F32, &Device::Cpu).unwrap();
     let mut model = whisper::Model::load(vb, &cfg).unwrap();
     let features = Tensor::from_vec(mel, (1, 80, fe.frames()), &Device::Cpu).unwrap();
     let tokens = r["decoder_input_ids"].to_dtype(DType::U32).unwrap();
@@ -212,7 +212,10 @@ fn whisper_tiny_en_real_weights_transcribe_like_transformers() {
         panic!("{e}\nThe real-weights test needs the checkpoint: run scripts/fetch_checkpoints.sh")
     });
     let r = json(fixture("whisper-tiny-en/reference.json"));
-    let mut asr = recognizer(&ia_models::ModelSource::Checkpoint(ckpt));
+    let mut asr = recognizer(
+        &ia_models::Model::resolve("whisper-tiny.en", ia_models::ModelSource::Checkpoint(ckpt))
+            .unwrap(),
+    );
     let spoken = r["spoken"].as_str().unwrap();
     for beams in [1, 3] {
         let expected = &r[format!("beams{beams}")];
@@ -319,7 +322,7 @@ fn detr_reads_the_timm_backbone_layout() {
     let ckpt = ia_models::Checkpoint::open(dir.path()).unwrap();
     let out = NativeEngine::new()
         .load(
-            &ia_models::ModelSource::Checkpoint(ckpt),
+            &ia_models::Model::resolve("detr", ia_models::ModelSource::Checkpoint(ckpt)).unwrap(),
             Platform::Cpu,
             Precision::F32,
         )

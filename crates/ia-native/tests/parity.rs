@@ -8,7 +8,7 @@ use candle_core::Device;
 use common::{fixture, ids, load, max_abs_diff, reference, TOLERANCE};
 use ia_engine::{Engine, Inputs, Precision};
 use ia_hardware::Platform;
-use ia_models::{Checkpoint, ModelSource};
+use ia_models::{Checkpoint, Model, ModelSource};
 use ia_native::NativeEngine;
 
 #[test]
@@ -91,10 +91,14 @@ fn random_weights_are_deterministic_per_seed() {
     )
     .unwrap();
     let run = |seed| {
-        let src = ModelSource::RandomInit {
-            config: config.clone(),
-            seed,
-        };
+        let src = Model::resolve(
+            "test",
+            ModelSource::RandomInit {
+                config: config.clone(),
+                seed,
+            },
+        )
+        .unwrap();
         let mut s = NativeEngine::new()
             .load(&src, Platform::Cpu, Precision::F32)
             .unwrap();
@@ -114,7 +118,7 @@ fn random_weights_are_deterministic_per_seed() {
 #[test]
 fn unsupported_platform_and_precision_are_clear_errors() {
     let ckpt = Checkpoint::open(&fixture("bert-tiny")).unwrap();
-    let src = ModelSource::Checkpoint(ckpt);
+    let src = Model::resolve("test", ModelSource::Checkpoint(ckpt)).unwrap();
     let e = NativeEngine::new()
         .load(&src, Platform::Webgpu, Precision::F32)
         .err()
@@ -140,7 +144,11 @@ fn malformed_checkpoint_is_a_clear_error() {
         b"\x08\x00\x00\x00\x00\x00\x00\x00{bad json",
     )
     .unwrap();
-    let src = ModelSource::Checkpoint(Checkpoint::open(dir.path()).unwrap());
+    let src = Model::resolve(
+        "test",
+        ModelSource::Checkpoint(Checkpoint::open(dir.path()).unwrap()),
+    )
+    .unwrap();
     let e = NativeEngine::new()
         .load(&src, Platform::Cpu, Precision::F32)
         .err()
@@ -151,10 +159,14 @@ fn malformed_checkpoint_is_a_clear_error() {
     let bad_cfg = serde_json::json!({"model_type": "bert", "hidden_size": 32});
     let e = NativeEngine::new()
         .load(
-            &ModelSource::RandomInit {
-                config: bad_cfg,
-                seed: 0,
-            },
+            &Model::resolve(
+                "test",
+                ModelSource::RandomInit {
+                    config: bad_cfg,
+                    seed: 0,
+                },
+            )
+            .unwrap(),
             Platform::Cpu,
             Precision::F32,
         )

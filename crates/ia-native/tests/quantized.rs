@@ -9,13 +9,17 @@ use common::fixture;
 use ia_engine::generation::{generate, GenerateOptions, Sampling};
 use ia_engine::{Engine, Precision, TextGenerator};
 use ia_hardware::Platform;
-use ia_models::{Checkpoint, ModelSource};
+use ia_models::{Checkpoint, Model, ModelSource};
 use ia_native::NativeEngine;
 use std::collections::HashMap;
 use std::path::Path;
 
 fn load(dir: &Path, p: Precision) -> Box<dyn TextGenerator> {
-    let src = ModelSource::Checkpoint(Checkpoint::open(dir).unwrap());
+    let src = Model::resolve(
+        "test",
+        ModelSource::Checkpoint(Checkpoint::open(dir).unwrap()),
+    )
+    .unwrap();
     NativeEngine::new()
         .load_generator(&src, Platform::Cpu, p)
         .unwrap()
@@ -166,9 +170,13 @@ fn a_gguf_file_loads_like_the_in_memory_conversion() {
     for f in ["config.json", "tokenizer.json", "generation_config.json"] {
         std::fs::copy(fixture("llama-tiny").join(f), dir.path().join(f)).unwrap();
     }
-    let src = ModelSource::Checkpoint(Checkpoint::open(&fixture("llama-tiny")).unwrap());
+    let src = Model::resolve(
+        "test",
+        ModelSource::Checkpoint(Checkpoint::open(&fixture("llama-tiny")).unwrap()),
+    )
+    .unwrap();
     let formats = ia_native::models::quantized::write_gguf(
-        &src,
+        &src.source,
         Precision::Q8_0,
         &dir.path().join("model-q8_0.gguf"),
     )
@@ -184,14 +192,22 @@ fn a_gguf_file_loads_like_the_in_memory_conversion() {
 
 #[test]
 fn quantised_precisions_are_refused_where_they_do_not_exist() {
-    let src = ModelSource::Checkpoint(Checkpoint::open(&fixture("opt-tiny")).unwrap());
+    let src = Model::resolve(
+        "test",
+        ModelSource::Checkpoint(Checkpoint::open(&fixture("opt-tiny")).unwrap()),
+    )
+    .unwrap();
     let e = NativeEngine::new()
         .load_generator(&src, Platform::Cpu, Precision::Q4K)
         .err()
         .unwrap()
         .to_string();
     assert!(e.contains("q4_k"), "{e}");
-    let src = ModelSource::Checkpoint(Checkpoint::open(&fixture("bert-tiny")).unwrap());
+    let src = Model::resolve(
+        "test",
+        ModelSource::Checkpoint(Checkpoint::open(&fixture("bert-tiny")).unwrap()),
+    )
+    .unwrap();
     assert!(NativeEngine::new()
         .load(&src, Platform::Cpu, Precision::Q8_0)
         .is_err());

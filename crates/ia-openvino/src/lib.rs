@@ -20,7 +20,7 @@ use ia_engine::{
     SessionInfo, TextGenerator,
 };
 use ia_hardware::Platform;
-use ia_models::{classify_config, ModelClass, ModelSource};
+use ia_models::{Model, ModelClass, ModelSource};
 use openvino::{
     Core, DeviceType, ElementType, InferRequest, PropertyKey, RwPropertyKey, Shape, Tensor,
 };
@@ -109,14 +109,12 @@ struct Opened {
 impl OpenVinoEngine {
     fn open(
         &self,
-        source: &ModelSource,
+        model: &Model,
         platform: Platform,
         precision: Precision,
     ) -> Result<Opened, EngineError> {
-        let class = classify_config(source.config())
-            .map_err(|e| EngineError::InvalidModel(e.to_string()))?
-            .class;
-        self.supports(class, platform, Capability::Run)?;
+        let source = &model.source;
+        self.supports(model.class, platform, Capability::Run)?;
         let hint = hint(precision)?;
         let (model_path, weights) = model_files(source)?;
         let parameter_count = ia_models::graph_weights::parameter_count(source, &model_path)
@@ -226,11 +224,11 @@ impl Engine for OpenVinoEngine {
 
     fn load(
         &self,
-        source: &ModelSource,
+        model: &Model,
         platform: Platform,
         precision: Precision,
     ) -> Result<Box<dyn Session>, EngineError> {
-        let opened = self.open(source, platform, precision)?;
+        let opened = self.open(model, platform, precision)?;
         Ok(Box::new(OpenVinoSession {
             request: opened.request,
             inputs: opened.inputs.into_iter().map(|(name, _)| name).collect(),
@@ -242,12 +240,12 @@ impl Engine for OpenVinoEngine {
 
     fn load_generator(
         &self,
-        source: &ModelSource,
+        model: &Model,
         platform: Platform,
         precision: Precision,
     ) -> Result<Box<dyn TextGenerator>, EngineError> {
-        let max_context = decoder_context(source, "OpenVINO")?;
-        let opened = self.open(source, platform, precision)?;
+        let max_context = decoder_context(model, "OpenVINO")?;
+        let opened = self.open(model, platform, precision)?;
         let graph = DecoderGraph::from_io(&opened.inputs, &opened.outputs)?;
         let backend = OvDecoder {
             request: opened.request,
@@ -259,7 +257,7 @@ impl Engine for OpenVinoEngine {
             graph,
             opened.info,
             max_context,
-            source.eos_tokens(),
+            model.source.eos_tokens(),
         )))
     }
 }

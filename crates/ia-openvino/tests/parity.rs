@@ -14,11 +14,15 @@ mod common;
 use common::{check_generation, fixture, max_abs, reference, reference_inputs};
 use ia_engine::{Engine, Precision};
 use ia_hardware::Platform;
-use ia_models::{Checkpoint, ModelSource};
+use ia_models::{Checkpoint, Model, ModelSource};
 use ia_openvino::OpenVinoEngine;
 
 fn session(name: &str, p: Precision) -> Box<dyn ia_engine::Session> {
-    let src = ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).unwrap());
+    let src = Model::resolve(
+        "test",
+        ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).unwrap()),
+    )
+    .unwrap();
     OpenVinoEngine::new()
         .load(&src, Platform::Openvino, p)
         .unwrap_or_else(|e| panic!("{e} (run `ipfs-accelerate runtimes install`)"))
@@ -75,7 +79,11 @@ fn cpu_has_bf16(test: &str) -> bool {
 
 /// Without bf16 arithmetic OpenVINO compiles for f32; that must not pass as a bf16 result.
 fn bf16_is_refused(name: &str) {
-    let src = ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).unwrap());
+    let src = Model::resolve(
+        "test",
+        ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).unwrap()),
+    )
+    .unwrap();
     let e = OpenVinoEngine::new()
         .load(&src, Platform::Openvino, Precision::Bf16)
         .err()
@@ -103,7 +111,11 @@ fn bf16_is_refused_where_onednn_is_capped_to_avx2() {
 }
 
 fn generator_error(name: &str, p: Precision) -> ia_engine::EngineError {
-    let src = ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).unwrap());
+    let src = Model::resolve(
+        "test",
+        ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).unwrap()),
+    )
+    .unwrap();
     OpenVinoEngine::new()
         .load_generator(&src, Platform::Openvino, p)
         .err()
@@ -124,7 +136,11 @@ fn bf16_stays_close_on_this_cpu() {
 /// The same network as OpenVINO IR (scripts/export_openvino_ir.py) gives the same outputs.
 #[test]
 fn openvino_ir_matches_transformers() {
-    let src = ModelSource::Checkpoint(Checkpoint::open(&fixture("bert-tiny-ir")).unwrap());
+    let src = Model::resolve(
+        "test",
+        ModelSource::Checkpoint(Checkpoint::open(&fixture("bert-tiny-ir")).unwrap()),
+    )
+    .unwrap();
     let mut session = OpenVinoEngine::new()
         .load(&src, Platform::Openvino, Precision::F32)
         .unwrap();
@@ -138,7 +154,11 @@ fn openvino_ir_matches_transformers() {
 }
 
 fn generator(name: &str, p: Precision) -> Box<dyn ia_engine::TextGenerator> {
-    let src = ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).unwrap());
+    let src = Model::resolve(
+        "test",
+        ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).unwrap()),
+    )
+    .unwrap();
     OpenVinoEngine::new()
         .load_generator(&src, Platform::Openvino, p)
         .unwrap_or_else(|e| panic!("{e} (run `ipfs-accelerate runtimes install`)"))
@@ -179,7 +199,11 @@ fn decoders_stay_close_in_bf16_on_this_cpu() {
 
 #[test]
 fn unsupported_requests_name_the_reason() {
-    let src = ModelSource::Checkpoint(Checkpoint::open(&fixture("bert-tiny")).unwrap());
+    let src = Model::resolve(
+        "test",
+        ModelSource::Checkpoint(Checkpoint::open(&fixture("bert-tiny")).unwrap()),
+    )
+    .unwrap();
     let e = OpenVinoEngine::new()
         .load(&src, Platform::Openvino, Precision::Int8)
         .err()

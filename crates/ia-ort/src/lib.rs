@@ -19,7 +19,7 @@ use ia_engine::exported_decoder::{check_exported, decoder_context, ExportedDecod
 use ia_engine::generation::TextGenerator;
 use ia_engine::{Capability, Engine, EngineError, Precision, Session, SessionInfo};
 use ia_hardware::Platform;
-use ia_models::{classify_config, ModelClass, ModelSource};
+use ia_models::{Model, ModelClass, ModelSource};
 use std::path::PathBuf;
 
 pub use runtime::{available_providers, library, platform_of, providers_for};
@@ -36,14 +36,12 @@ impl OrtEngine {
     /// makes: a supported class on an offered provider, f32, an ONNX file.
     fn open(
         &self,
-        source: &ModelSource,
+        model: &Model,
         platform: Platform,
         precision: Precision,
     ) -> Result<(ort::session::Session, SessionInfo), EngineError> {
-        let class = classify_config(source.config())
-            .map_err(|e| EngineError::InvalidModel(e.to_string()))?
-            .class;
-        self.supports(class, platform, Capability::Run)?;
+        let source = &model.source;
+        self.supports(model.class, platform, Capability::Run)?;
         if precision != Precision::F32 {
             return Err(EngineError::Unsupported(format!(
                 "the ONNX exports run in f32; {precision} is not available on ONNX Runtime here"
@@ -114,11 +112,11 @@ impl Engine for OrtEngine {
 
     fn load(
         &self,
-        source: &ModelSource,
+        model: &Model,
         platform: Platform,
         precision: Precision,
     ) -> Result<Box<dyn Session>, EngineError> {
-        let (session, info) = self.open(source, platform, precision)?;
+        let (session, info) = self.open(model, platform, precision)?;
         let inputs = session
             .inputs()
             .iter()
@@ -133,19 +131,19 @@ impl Engine for OrtEngine {
 
     fn load_generator(
         &self,
-        source: &ModelSource,
+        model: &Model,
         platform: Platform,
         precision: Precision,
     ) -> Result<Box<dyn TextGenerator>, EngineError> {
-        let max_context = decoder_context(source, "ONNX Runtime")?;
-        let (session, info) = self.open(source, platform, precision)?;
+        let max_context = decoder_context(model, "ONNX Runtime")?;
+        let (session, info) = self.open(model, platform, precision)?;
         let (backend, graph) = generator::OrtDecoder::new(session)?;
         Ok(Box::new(ExportedDecoder::new(
             backend,
             graph,
             info,
             max_context,
-            source.eos_tokens(),
+            model.source.eos_tokens(),
         )))
     }
 }

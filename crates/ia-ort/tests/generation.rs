@@ -9,13 +9,17 @@ mod common;
 use common::{check_generation, fixture};
 use ia_engine::{Engine, Precision, TextGenerator};
 use ia_hardware::Platform;
-use ia_models::{Checkpoint, ModelSource};
+use ia_models::{Checkpoint, Model, ModelSource};
 use ia_ort::OrtEngine;
 
 const TOLERANCE: f32 = 1e-4;
 
 fn generator(name: &str) -> Box<dyn TextGenerator> {
-    let src = ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).unwrap());
+    let src = Model::resolve(
+        "test",
+        ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).unwrap()),
+    )
+    .unwrap();
     OrtEngine::new()
         .load_generator(&src, Platform::Cpu, Precision::F32)
         .unwrap_or_else(|e| panic!("{e} (run `ipfs-accelerate runtimes install`)"))

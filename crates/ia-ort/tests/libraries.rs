@@ -13,7 +13,7 @@ mod common;
 use common::{check_generation, fixture, max_abs, reference, reference_inputs};
 use ia_engine::{Engine, Precision};
 use ia_hardware::Platform;
-use ia_models::{Checkpoint, ModelSource};
+use ia_models::{Checkpoint, Model, ModelSource};
 use ia_ort::OrtEngine;
 use std::path::PathBuf;
 
@@ -38,8 +38,9 @@ fn use_library(folder: &str, file: &str) -> bool {
     true
 }
 
-fn checkpoint(name: &str) -> ModelSource {
-    ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).unwrap())
+fn checkpoint(name: &str) -> Model {
+    let source = ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).unwrap());
+    Model::resolve(name, source).unwrap()
 }
 
 #[test]

@@ -4,14 +4,18 @@
 
 use ia_engine::{Engine, Precision};
 use ia_hardware::Platform;
-use ia_models::{Checkpoint, ModelSource};
+use ia_models::{Checkpoint, Model, ModelSource};
 use ia_ort::OrtEngine;
 mod common;
 
 use common::{fixture, max_abs, reference, reference_inputs};
 
 fn session(name: &str) -> Box<dyn ia_engine::Session> {
-    let src = ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).unwrap());
+    let src = Model::resolve(
+        "test",
+        ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).unwrap()),
+    )
+    .unwrap();
     OrtEngine::new()
         .load(&src, Platform::Cpu, Precision::F32)
         .unwrap_or_else(|e| panic!("{e} (run `ipfs-accelerate runtimes install`)"))
@@ -53,7 +57,11 @@ fn the_library_reports_its_execution_providers() {
 
 #[test]
 fn models_without_an_export_are_refused_with_the_reason() {
-    let src = ModelSource::Checkpoint(Checkpoint::open(&fixture("clip-tiny")).unwrap());
+    let src = Model::resolve(
+        "test",
+        ModelSource::Checkpoint(Checkpoint::open(&fixture("clip-tiny")).unwrap()),
+    )
+    .unwrap();
     let e = OrtEngine::new()
         .load(&src, Platform::Cpu, Precision::F32)
         .err()
@@ -62,7 +70,11 @@ fn models_without_an_export_are_refused_with_the_reason() {
     assert!(e.contains("no ONNX path for clip"), "{e}");
     let e = OrtEngine::new()
         .load(
-            &ModelSource::Checkpoint(Checkpoint::open(&fixture("bert-tiny")).unwrap()),
+            &Model::resolve(
+                "bert-tiny",
+                ModelSource::Checkpoint(Checkpoint::open(&fixture("bert-tiny")).unwrap()),
+            )
+            .unwrap(),
             Platform::Cuda,
             Precision::F32,
         )
@@ -104,7 +116,11 @@ fn parameter_counts_come_from_the_checkpoint_or_else_the_graph() {
     let load = |dir: &std::path::Path| {
         OrtEngine::new()
             .load(
-                &ModelSource::Checkpoint(Checkpoint::open(dir).unwrap()),
+                &Model::resolve(
+                    "test",
+                    ModelSource::Checkpoint(Checkpoint::open(dir).unwrap()),
+                )
+                .unwrap(),
                 Platform::Cpu,
                 Precision::F32,
             )

@@ -23,7 +23,7 @@ use ia_engine::{
 };
 use ia_hardware::Platform;
 use ia_models::sentence_transformers::SentenceEmbedding;
-use ia_models::{classify_config, ModelClass, ModelSource};
+use ia_models::{Model, ModelClass, ModelSource};
 use ia_preprocess::audio::Waveform;
 use ia_preprocess::image::{ImageProcessor, RgbImage};
 use ia_preprocess::PreprocessError;
@@ -127,9 +127,7 @@ enum Runner {
 
 /// A loaded model and what it needs to turn files into inputs.
 pub struct Pipeline {
-    class: ModelClass,
-    task: String,
-    source: ModelSource,
+    model: Model,
     runner: Runner,
     /// Text to inputs, for models that read text (None: the checkpoint has no tokenizer.json).
     text: Option<TextEncoder>,
@@ -145,31 +143,25 @@ fn ms(since: Instant) -> f64 {
 impl Pipeline {
     pub fn load(
         engine: &dyn Engine,
-        source: ModelSource,
+        model: Model,
         platform: Platform,
         precision: Precision,
     ) -> Result<Self, TaskError> {
-        let c = classify_config(source.config())
-            .map_err(|e| EngineError::InvalidModel(e.to_string()))?;
         let start = Instant::now();
-        let runner = match c.class {
+        let runner = match model.class {
             ModelClass::Whisper | ModelClass::Wav2vec2 => {
-                Runner::Speech(engine.load_speech_recognizer(&source, platform, precision)?)
+                Runner::Speech(engine.load_speech_recognizer(&model, platform, precision)?)
             }
-            ModelClass::Llama | ModelClass::Qwen | ModelClass::T5
-                if c.task.contains("generation") =>
-            {
+            ModelClass::Llama | ModelClass::Qwen | ModelClass::T5 if model.generates_text() => {
                 return Err(TaskError::Input(
                     "text generation models run with `ipfs-accelerate generate`".into(),
                 ))
             }
-            _ => Runner::Session(engine.load(&source, platform, precision)?),
+            _ => Runner::Session(engine.load(&model, platform, precision)?),
         };
-        let (text, embedding) = text_pipeline(&source, c.class)?;
+        let (text, embedding) = text_pipeline(&model.source, model.class)?;
         Ok(Self {
-            class: c.class,
-            task: c.task.to_string(),
-            source,
+            model,
             runner,
             text,
             embedding,
@@ -185,27 +177,31 @@ impl Pipeline {
     }
 
     pub fn task(&self) -> &str {
-        &self.task
+        self.model.task
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
     }
 
     pub fn run(&mut self, input: &Input, opts: &TaskOptions) -> Result<TaskResult, TaskError> {
         let wrong = |takes: &str| {
             TaskError::Input(format!(
                 "{} ({}) takes {takes}; got {}",
-                self.class.as_str(),
-                self.task,
+                self.model.class.as_str(),
+                self.model.task,
                 input.describe()
             ))
         };
         let t0 = Instant::now();
-        match (&self.class, input) {
+        match (&self.model.class, input) {
             (ModelClass::Whisper | ModelClass::Wav2vec2, Input::Audio(path)) => {
                 let Runner::Speech(asr) = &mut self.runner else {
                     unreachable!("speech classes load a recognizer")
                 };
                 let wav = Waveform::open(path)?;
                 let samples = wav.resampled(asr.sample_rate())?.samples;
-                let config = self.source.config();
+                let config = self.model.source.config();
                 let beams = opts.transcribe.num_beams.max(1);
                 let work = ia_models::footprint::Workload {
                     batch: 1,
@@ -216,7 +212,7 @@ impl Pipeline {
                         .map_or(0, |p| p as usize),
                     beams,
                 };
-                ia_engine::memory::check_fits(&self.source, asr.info().precision, work)?;
+                ia_engine::memory::check_fits(&self.model.source, asr.info().precision, work)?;
                 let preprocess_ms = ms(t0);
                 let t1 = Instant::now();
                 let t = asr.transcribe(&samples, &opts.transcribe)?;
@@ -234,6 +230,7 @@ impl Pipeline {
             (ModelClass::Clap, Input::Audio(path)) => {
                 let rate = ia_preprocess::audio::ClapFrontEnd::from_config(
                     &self
+                        .model
                         .source
                         .preprocessor_config()
                         .cloned()
@@ -267,7 +264,7 @@ impl Pipeline {
                     shape: pixels.shape,
                     pixel_values: pixels.pixel_values,
                 };
-                if self.class == ModelClass::Clip && !opts.labels.is_empty() {
+                if self.model.class == ModelClass::Clip && !opts.labels.is_empty() {
                     return self.zero_shot(
                         inputs,
                         "image_embeds",
@@ -284,7 +281,7 @@ impl Pipeline {
                     let logits = logits.to_f32_vec()?;
                     labels(
                         softmax(&logits),
-                        &id2label(self.source.config()),
+                        &id2label(self.model.source.config()),
                         opts.top_k,
                     )
                 } else {
@@ -314,7 +311,7 @@ impl Pipeline {
                     classes,
                     size,
                     opts.threshold,
-                    &id2label(self.source.config()),
+                    &id2label(self.model.source.config()),
                 );
                 Ok(self.result(
                     TaskOutput::Detections { detections },
@@ -345,7 +342,7 @@ impl Pipeline {
 
     fn result(&self, output: TaskOutput, preprocess_ms: f64, inference_ms: f64) -> TaskResult {
         TaskResult {
-            task: self.task.clone(),
+            task: self.model.task.to_string(),
             batch_size: 1,
             output,
             timings: Timings {
@@ -357,8 +354,8 @@ impl Pipeline {
 
     /// One forward pass, after checking that its activations fit in memory.
     fn forward(&mut self, inputs: &Inputs) -> Result<Outputs, TaskError> {
-        let work = ia_engine::memory::forward_workload(&self.source, inputs);
-        ia_engine::memory::check_fits(&self.source, self.info().precision, work)?;
+        let work = ia_engine::memory::forward_workload(&self.model.source, inputs);
+        ia_engine::memory::check_fits(&self.model.source, self.info().precision, work)?;
         Ok(self.session()?.run(inputs)?)
     }
 
@@ -372,10 +369,7 @@ impl Pipeline {
     /// The checkpoint's preprocessor_config.json, or the processor transformers would default
     /// to for this class at the model's image size.
     fn image_processor(&self) -> Result<ImageProcessor, TaskError> {
-        Ok(ia_engine::inputs::image_processor(
-            &self.source,
-            self.class,
-        )?)
+        Ok(ia_engine::inputs::image_processor(&self.model)?)
     }
 
     fn tokenize_all(&self, texts: &[String]) -> Result<Inputs, TaskError> {
@@ -403,7 +397,7 @@ impl Pipeline {
             })
             .collect();
         match texts {
-            Some(texts) if self.class == ModelClass::Bert && !texts.is_empty() => {
+            Some(texts) if self.model.class == ModelClass::Bert && !texts.is_empty() => {
                 self.embed_texts(&texts, Instant::now())
             }
             _ => inputs.iter().map(|i| self.run(i, opts)).collect(),

@@ -3,7 +3,7 @@
 
 use ia_engine::Precision;
 use ia_hardware::Platform;
-use ia_models::{Checkpoint, ModelSource};
+use ia_models::{Checkpoint, Model, ModelSource};
 use ia_native::NativeEngine;
 use ia_tasks::{Input, Pipeline, TaskOptions, TaskOutput};
 use std::path::PathBuf;
@@ -15,7 +15,11 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn pipeline(name: &str) -> Pipeline {
-    let src = ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).unwrap());
+    let src = Model::resolve(
+        "test",
+        ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).unwrap()),
+    )
+    .unwrap();
     Pipeline::load(&NativeEngine::new(), src, Platform::Cpu, Precision::F32).unwrap()
 }
 

@@ -17,7 +17,7 @@
 
 use ia_engine::{Precision, TranscribeOptions};
 use ia_hardware::Platform;
-use ia_models::{checkpoint, ModelSource};
+use ia_models::{checkpoint, Model, ModelSource};
 use ia_native::NativeEngine;
 use ia_tasks::{Input, Pipeline, TaskOptions, TaskOutput};
 use std::path::PathBuf;
@@ -38,7 +38,7 @@ fn real(id: &str) -> Pipeline {
     });
     let p = Pipeline::load(
         &NativeEngine::new(),
-        ModelSource::Checkpoint(ckpt),
+        Model::resolve(id, ModelSource::Checkpoint(ckpt)).unwrap(),
         Platform::Cpu,
         Precision::F32,
     )

@@ -6,9 +6,10 @@ use crate::plan::{resolve_model, PlanOptions};
 use crate::results::{run_record, store_outcome, text_seq_len};
 use crate::run_store::{JsonOutput, RunStore};
 use crate::target::{Engines, Target};
-use ia_bench::{Combination, ModelPlan, Outcome, Protocol, Scenario};
+use ia_bench::{Combination, Outcome, Protocol, Scenario};
 use ia_engine::{LoadVariant, Precision};
 use ia_hardware::{HardwareReport, Platform};
+use ia_models::Model;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -381,7 +382,7 @@ fn measure_all(
 /// The combinations to measure, each with what runs it: an engine, or on the web platforms
 /// the browser with each of the requested precompile / parallel-load variants.
 fn combinations<'e>(
-    models: &[ModelPlan],
+    models: &[Model],
     args: &Args,
     engines: &'e Engines,
 ) -> Vec<(Combination, Runner<'e>)> {
@@ -454,8 +455,7 @@ fn web_request<'a>(
         },
     };
     ia_browser::WebRequest {
-        source: &combo.model.source,
-        class: combo.model.class,
+        model: &combo.model,
         platform: combo.platform,
         precision: combo.precision,
         variant: combo.load_variant,

@@ -80,7 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("the tokenizer produced no tokens for the prompt");
     }
     ia_engine::inputs::check_token_ids(plan.source.config(), &prompt)?;
-    let mut model = engine.load_generator(&plan.source, args.hardware.platform, args.precision)?;
+    let mut model = engine.load_generator(&plan, args.hardware.platform, args.precision)?;
     // The cache grows to the prompt plus the new tokens, never past the context.
     let cached = prompt
         .len()

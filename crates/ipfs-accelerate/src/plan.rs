@@ -2,8 +2,8 @@
 //! checkpoint folders; random weights only where asked for.
 
 use anyhow::{bail, Context};
-use ia_bench::ModelPlan;
 use ia_models::checkpoint::{self, Checkpoint, CheckpointError};
+use ia_models::Model;
 use ia_models::{catalog, ModelSource};
 use std::path::Path;
 
@@ -13,7 +13,7 @@ pub struct PlanOptions {
     pub seed: u64,
 }
 
-pub fn resolve_model(name: &str, opts: &PlanOptions) -> anyhow::Result<ModelPlan> {
+pub fn resolve_model(name: &str, opts: &PlanOptions) -> anyhow::Result<Model> {
     let name = name.trim();
     let (display_name, source) = if Path::new(name).exists() {
         let ckpt = Checkpoint::open(Path::new(name))?;
@@ -48,7 +48,7 @@ pub fn resolve_model(name: &str, opts: &PlanOptions) -> anyhow::Result<ModelPlan
             Err(e) => return Err(e.into()),
         }
     };
-    ModelPlan::classify(display_name.clone(), source).with_context(|| display_name)
+    Model::resolve(display_name.clone(), source).with_context(|| display_name)
 }
 
 /// A checkpoint folder without weight files can still be benchmarked on random weights, but

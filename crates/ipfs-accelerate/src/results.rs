@@ -67,8 +67,8 @@ pub(crate) fn store_outcome(
     let model = ModelRecord {
         model_name: m.name.clone(),
         class: m.class.as_str().into(),
-        family: m.family.clone(),
-        task: m.task.clone(),
+        family: m.family.to_string(),
+        task: m.task.to_string(),
         modality: m.modality.as_str().into(),
         parameter_count: measured
             .map(|x| i64::try_from(x.session.parameter_count))

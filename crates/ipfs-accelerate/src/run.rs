@@ -63,13 +63,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
     )?;
     let engines = Engines::new();
-    // The browser is no in-process engine of a benchmark (the page times itself), but `run`
-    // can take one inference from it.
+    // The browser is not among the in-process engines; `run` takes one inference per page
+    // from it.
     let web = ia_browser::WebEngine::new();
     let engine = engines
         .get(args.hardware.engine)
         .unwrap_or(&web as &dyn ia_engine::Engine);
-    let mut pipeline = Pipeline::load(engine, plan.source, args.hardware.platform, args.precision)?;
+    let mut pipeline = Pipeline::load(engine, plan, args.hardware.platform, args.precision)?;
     let opts = TaskOptions {
         labels: args.labels.iter().map(|l| l.trim().to_string()).collect(),
         hypothesis_template: args.hypothesis_template,
@@ -104,7 +104,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.json {
         let out = serde_json::json!({
-            "model": plan.name,
+            "model": pipeline.model().name,
             "task": pipeline.task(),
             "provenance": info,
             "load_ms": pipeline.load_ms,
@@ -114,7 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         eprintln!(
             "{} on {} ({} {}, {}, {} weights), loaded in {:.0} ms",
-            plan.name,
+            pipeline.model().name,
             info.device,
             info.engine,
             info.engine_version,

@@ -881,7 +881,8 @@ fn runtimes_install_names_a_missing_python() {
 
 /// `run --hardware` takes the targets bench and generate take: the same embedding from the
 /// native engine, ONNX Runtime, OpenVINO and onnxruntime-web in Chromium (the browser the
-/// suite installs); what the browser only benchmarks is refused with the reason.
+/// suite installs), the same CLIP zero-shot scores natively and in the browser; what the
+/// browser only benchmarks is refused with the reason.
 #[test]
 fn run_takes_the_same_hardware_targets_as_bench() {
     let embed = |hardware: &str| {
@@ -924,11 +925,49 @@ fn run_takes_the_same_hardware_targets_as_bench() {
             .fold(0.0, f64::max);
         assert!(d < 1e-4, "{hardware}: max abs diff {d}");
     }
+    // CLIP runs the tower of the input in the page; zero-shot scores use the checkpoint's
+    // trained temperature, as natively.
+    let zero_shot = |hardware: &str| {
+        let o = run(&[
+            "run",
+            "--model",
+            &fixture("clip-tiny"),
+            "--input",
+            &fixture("media/photo.png"),
+            "--labels",
+            "cat,dog,car",
+            "--hardware",
+            hardware,
+            "--json",
+        ]);
+        assert!(o.status.success(), "{hardware}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let labels = v["results"][0]["result"]["output"]["labels"].clone();
+        let scores: Vec<(String, f64)> = labels
+            .as_array()
+            .unwrap_or_else(|| panic!("{hardware}: {v}"))
+            .iter()
+            .map(|l| {
+                (
+                    l["label"].as_str().unwrap().to_string(),
+                    l["score"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        scores
+    };
+    let native = zero_shot("cpu");
+    let web = zero_shot("wasm");
+    assert_eq!(native.len(), 3);
+    for ((a, x), (b, y)) in native.iter().zip(&web) {
+        assert_eq!(a, b);
+        assert!((x - y).abs() < 1e-4, "{a}: native {x}, wasm {y}");
+    }
     assert_one_line_error(
         &run(&[
             "run",
             "--model",
-            &fixture("clip-tiny"),
+            &fixture("detr-tiny"),
             "--input",
             &fixture("media/photo.png"),
             "--hardware",

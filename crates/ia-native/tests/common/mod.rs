@@ -5,7 +5,7 @@
 use candle_core::{Device, Tensor};
 use ia_engine::{Engine, Precision, Session, TextGenerator};
 use ia_hardware::Platform;
-use ia_models::{Checkpoint, ModelSource};
+use ia_models::{Checkpoint, Model, ModelSource};
 use ia_native::NativeEngine;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,8 +19,10 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-pub fn source(name: &str) -> ModelSource {
-    ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).expect("fixture checkpoint"))
+pub fn source(name: &str) -> Model {
+    let source =
+        ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).expect("fixture checkpoint"));
+    Model::resolve(name, source).expect("a known class")
 }
 
 pub fn reference(name: &str) -> HashMap<String, Tensor> {
