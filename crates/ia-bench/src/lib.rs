@@ -395,18 +395,15 @@ pub fn measure(
 fn load_in_process(
     engine: &dyn Engine,
     combo: &Combination,
-    prepared: &Prepared,
+    prepared: Prepared,
 ) -> Result<Box<dyn TimedWorkload>, LoadFailure> {
     let source = &combo.model.source;
     match prepared {
         Prepared::Forward(inputs) => {
-            let work = ia_engine::memory::forward_workload(source, inputs);
+            let work = ia_engine::memory::forward_workload(source, &inputs);
             ia_engine::memory::check_fits(source, combo.precision, work)?;
             let session = engine.load(&combo.model, combo.platform, combo.precision)?;
-            Ok(Box::new(ForwardTarget {
-                session,
-                inputs: inputs.clone(),
-            }))
+            Ok(Box::new(ForwardTarget { session, inputs }))
         }
         Prepared::Generation { prompt } => {
             let work = ia_models::footprint::Workload {
@@ -419,7 +416,7 @@ fn load_in_process(
             let model = engine.load_generator(&combo.model, combo.platform, combo.precision)?;
             Ok(Box::new(GenerationTarget {
                 model,
-                prompts: vec![prompt.clone(); combo.batch_size],
+                prompts: vec![prompt; combo.batch_size],
                 new_tokens: combo.new_tokens,
             }))
         }
@@ -433,7 +430,7 @@ pub fn measure_with<T: TimedWorkload>(
     combo: &Combination,
     platform_available: Result<(), String>,
     protocol: &Protocol,
-    load: impl FnOnce(&Prepared) -> Result<T, LoadFailure>,
+    load: impl FnOnce(Prepared) -> Result<T, LoadFailure>,
 ) -> (Outcome, Option<T>) {
     if let Err(reason) = platform_available {
         return (Outcome::Unavailable { reason }, None);
@@ -442,13 +439,19 @@ pub fn measure_with<T: TimedWorkload>(
         Ok(p) => p,
         Err(e) => return (fail("inputs", e), None),
     };
-    let (target, driven) = match drive(protocol, || load(&prepared)) {
+    // What an iteration processes, read before the inputs move into the workload (one copy
+    // of them, not two, counts in the peak memory).
+    let (forward_work, prompt_len) = match &prepared {
+        Prepared::Forward(inputs) => (Some(Work::forward(combo.scenario, inputs)), 0),
+        Prepared::Generation { prompt } => (None, prompt.len()),
+    };
+    let (target, driven) = match drive(protocol, || load(prepared)) {
         Ok(d) => d,
         Err(outcome) => return (outcome, None),
     };
-    let work = match &prepared {
-        Prepared::Forward(inputs) => Work::forward(combo.scenario, inputs),
-        Prepared::Generation { prompt } => {
+    let work = match forward_work {
+        Some(work) => work,
+        None => {
             let timings = &driven.generations;
             if timings.len() != driven.run.samples_ms.len() {
                 return (
@@ -465,7 +468,7 @@ pub fn measure_with<T: TimedWorkload>(
             let metrics = GenerationMetrics {
                 weight_bytes: target.weight_bytes(),
                 ..GenerationMetrics::from_samples(
-                    prompt.len(),
+                    prompt_len,
                     combo.new_tokens,
                     combo.batch_size,
                     &ttft,

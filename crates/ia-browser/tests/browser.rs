@@ -64,7 +64,6 @@ fn quick() -> Protocol {
 fn bench() -> WebBench {
     WebBench::new(WebOptions {
         step_timeout: Duration::from_secs(120),
-        ..WebOptions::default()
     })
 }
 
@@ -78,7 +77,7 @@ fn measure(
     available: Result<(), String>,
 ) -> (Outcome, Option<WebTarget>) {
     ia_bench::measure_with(combo, available, &quick(), |prepared| {
-        let work = match (prepared, inputs) {
+        let work = match (&prepared, inputs) {
             (Prepared::Forward(generated), given) => WebWork::Forward {
                 inputs: given.unwrap_or(std::slice::from_ref(generated)),
                 text_len: combo.seq_len,

@@ -251,7 +251,6 @@ fn measure_all(
                 ia_browser::probe(hw),
                 ia_browser::WebOptions {
                     step_timeout: Duration::from_secs(args.browser_timeout),
-                    ..Default::default()
                 },
             )
         });
@@ -309,7 +308,7 @@ fn measure_all(
                     let available = web.availability(available);
                     let (outcome, target) =
                         ia_bench::measure_with(combo, available, protocol, |prepared| {
-                            web.load(&web_request(combo, prepared))
+                            web.load(&web_request(combo, &prepared))
                         });
                     (outcome, target.map(|t| t.details()))
                 }
