@@ -621,6 +621,28 @@ fn mean(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
+/// `iterations` runs of `once` back to back on the process clock, each timed; `once` returns
+/// a generation's timings where an iteration is one.
+fn timed_in_process(
+    iterations: usize,
+    mut once: impl FnMut() -> Result<Option<GenerationTiming>, EngineError>,
+) -> Result<TimedIterations, EngineError> {
+    let mut samples_ms = Vec::with_capacity(iterations);
+    let mut generations = Vec::new();
+    let start = Instant::now();
+    for _ in 0..iterations {
+        let t = Instant::now();
+        let generation = once()?;
+        samples_ms.push(ms(t.elapsed()));
+        generations.extend(generation);
+    }
+    Ok(TimedIterations {
+        samples_ms,
+        duration_ms: ms(start.elapsed()),
+        generations,
+    })
+}
+
 /// An engine session over fixed inputs: one iteration is one `Session::run`.
 struct ForwardTarget {
     session: Box<dyn Session>,
@@ -633,18 +655,7 @@ impl TimedWorkload for ForwardTarget {
     }
 
     fn run_timed(&mut self, iterations: usize) -> Result<TimedIterations, EngineError> {
-        let mut samples_ms = Vec::with_capacity(iterations);
-        let start = Instant::now();
-        for _ in 0..iterations {
-            let t = Instant::now();
-            self.session.run(&self.inputs)?;
-            samples_ms.push(ms(t.elapsed()));
-        }
-        Ok(TimedIterations {
-            samples_ms,
-            duration_ms: ms(start.elapsed()),
-            generations: Vec::new(),
-        })
+        timed_in_process(iterations, || self.session.run(&self.inputs).map(|_| None))
     }
 
     fn timing_overhead_ns(&mut self) -> Result<f64, EngineError> {
@@ -666,23 +677,13 @@ impl TimedWorkload for GenerationTarget {
     }
 
     fn run_timed(&mut self, iterations: usize) -> Result<TimedIterations, EngineError> {
-        let mut samples_ms = Vec::with_capacity(iterations);
-        let mut generations = Vec::with_capacity(iterations);
-        let start = Instant::now();
-        for _ in 0..iterations {
-            let t = Instant::now();
+        timed_in_process(iterations, || {
             let (_, stats) = generation::generate_batch_greedy(
                 self.model.as_mut(),
                 &self.prompts,
                 self.new_tokens,
             )?;
-            samples_ms.push(ms(t.elapsed()));
-            generations.push(GenerationTiming::from(&stats));
-        }
-        Ok(TimedIterations {
-            samples_ms,
-            duration_ms: ms(start.elapsed()),
-            generations,
+            Ok(Some(GenerationTiming::from(&stats)))
         })
     }
 

@@ -37,7 +37,7 @@ pub struct Args {
     precision: Precision,
     /// Where to run: cpu (native engine), onnxruntime[:<platform>] or openvino (the
     /// checkpoint's ONNX export), as bench and generate take it; wasm, webgpu or webnn
-    /// (onnxruntime-web in headless Chromium, single-graph BERT and ViT exports)
+    /// (onnxruntime-web in headless Chromium: BERT and ViT exports, CLIP's tower exports)
     #[arg(long, default_value = "cpu")]
     hardware: Target,
     /// Use the small variant of a catalog entry

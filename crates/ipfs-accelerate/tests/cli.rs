@@ -885,28 +885,33 @@ fn runtimes_install_names_a_missing_python() {
 /// browser only benchmarks is refused with the reason.
 #[test]
 fn run_takes_the_same_hardware_targets_as_bench() {
-    let embed = |hardware: &str| {
-        let o = run(&[
-            "run",
-            "--model",
-            &fixture("bert-tiny"),
-            "--input",
-            "a short sentence",
-            "--hardware",
-            hardware,
-            "--json",
-        ]);
+    // `run --json` of `model` on `input` (and `extra` flags): the engine and the output.
+    let output = |model: &str, input: &str, extra: &[&str], hardware: &str| {
+        let mut args = vec!["run", "--model", model, "--input", input];
+        args.extend(extra);
+        args.extend(["--hardware", hardware, "--json"]);
+        let o = run(&args);
         assert!(o.status.success(), "{hardware}: {}", stderr(&o));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        let values: Vec<f64> = v["results"][0]["result"]["output"]["values"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
+        let engine = v["provenance"]["engine"].as_str().unwrap().to_string();
+        (engine, v["results"][0]["result"]["output"].clone())
+    };
+    let numbers = |v: &serde_json::Value, key: &str| -> Vec<f64> {
+        let list = v.as_array().unwrap_or_else(|| panic!("{v}"));
+        list.iter()
+            .map(|x| x[key].as_f64().unwrap_or(0.0))
+            .collect()
+    };
+    let bert = fixture("bert-tiny");
+    let embed = |hardware: &str| {
+        let (engine, out) = output(&bert, "a short sentence", &[], hardware);
+        let values = out["values"].as_array().unwrap();
         (
-            v["provenance"]["engine"].as_str().unwrap().to_string(),
-            values,
+            engine,
+            values
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect::<Vec<_>>(),
         )
     };
     let (engine, native) = embed("cpu");
@@ -927,41 +932,29 @@ fn run_takes_the_same_hardware_targets_as_bench() {
     }
     // CLIP runs the tower of the input in the page; zero-shot scores use the checkpoint's
     // trained temperature, as natively.
-    let zero_shot = |hardware: &str| {
-        let o = run(&[
-            "run",
-            "--model",
-            &fixture("clip-tiny"),
-            "--input",
-            &fixture("media/photo.png"),
-            "--labels",
-            "cat,dog,car",
-            "--hardware",
-            hardware,
-            "--json",
-        ]);
-        assert!(o.status.success(), "{hardware}: {}", stderr(&o));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        let labels = v["results"][0]["result"]["output"]["labels"].clone();
-        let scores: Vec<(String, f64)> = labels
+    let (clip, photo) = (fixture("clip-tiny"), fixture("media/photo.png"));
+    let zero_shot =
+        |hardware: &str| output(&clip, &photo, &["--labels", "cat,dog,car"], hardware).1;
+    let (native, web) = (
+        zero_shot("cpu")["labels"].clone(),
+        zero_shot("wasm")["labels"].clone(),
+    );
+    assert_eq!(native.as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        native
             .as_array()
-            .unwrap_or_else(|| panic!("{hardware}: {v}"))
+            .unwrap()
             .iter()
-            .map(|l| {
-                (
-                    l["label"].as_str().unwrap().to_string(),
-                    l["score"].as_f64().unwrap(),
-                )
-            })
-            .collect();
-        scores
-    };
-    let native = zero_shot("cpu");
-    let web = zero_shot("wasm");
-    assert_eq!(native.len(), 3);
-    for ((a, x), (b, y)) in native.iter().zip(&web) {
-        assert_eq!(a, b);
-        assert!((x - y).abs() < 1e-4, "{a}: native {x}, wasm {y}");
+            .map(|l| &l["label"])
+            .collect::<Vec<_>>(),
+        web.as_array()
+            .unwrap()
+            .iter()
+            .map(|l| &l["label"])
+            .collect::<Vec<_>>()
+    );
+    for (x, y) in numbers(&native, "score").iter().zip(numbers(&web, "score")) {
+        assert!((x - y).abs() < 1e-4, "native {x}, wasm {y}");
     }
     assert_one_line_error(
         &run(&[
