@@ -14,7 +14,7 @@ pub mod stats;
 use ia_engine::generation::{self, GenerateOptions, Sampling, TextGenerator};
 use ia_engine::{
     inputs, Capability, Engine, EngineError, GenerationTiming, InputSpec, Inputs, LoadFailure,
-    LoadVariant, Precision, Session, SessionInfo, TimedIterations, TimedWorkload,
+    LoadVariant, Placement, Precision, Session, SessionInfo, TimedIterations, TimedWorkload,
 };
 use ia_hardware::Platform;
 use ia_models::{Modality, Model};
@@ -402,7 +402,10 @@ fn load_in_process(
         Prepared::Forward(inputs) => {
             let work = ia_engine::memory::forward_workload(source, &inputs);
             ia_engine::memory::check_fits(source, combo.precision, work)?;
-            let session = engine.load(&combo.model, combo.platform, combo.precision)?;
+            let session = engine.load(
+                &combo.model,
+                Placement::new(combo.platform, combo.precision),
+            )?;
             Ok(Box::new(ForwardTarget { session, inputs }))
         }
         Prepared::Generation { prompt } => {
@@ -413,7 +416,10 @@ fn load_in_process(
                 beams: 1,
             };
             ia_engine::memory::check_fits(source, combo.precision, work)?;
-            let model = engine.load_generator(&combo.model, combo.platform, combo.precision)?;
+            let model = engine.load_generator(
+                &combo.model,
+                Placement::new(combo.platform, combo.precision),
+            )?;
             Ok(Box::new(GenerationTarget {
                 model,
                 prompts: vec![prompt; combo.batch_size],
@@ -723,8 +729,12 @@ fn greedy_agreement(engine: &dyn Engine, combo: &Combination) -> Result<f64, Eng
         stop_tokens: vec![],
         ignore_eos: true,
     };
-    let mut quantised = engine.load_generator(&combo.model, combo.platform, combo.precision)?;
-    let mut reference = engine.load_generator(&combo.model, combo.platform, Precision::F32)?;
+    let mut quantised = engine.load_generator(
+        &combo.model,
+        Placement::new(combo.platform, combo.precision),
+    )?;
+    let mut reference =
+        engine.load_generator(&combo.model, Placement::new(combo.platform, Precision::F32))?;
     let (mut same, mut total) = (0usize, 0usize);
     for len in AGREEMENT_PROMPT_LENGTHS {
         let Inputs::Text {

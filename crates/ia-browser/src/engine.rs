@@ -6,7 +6,8 @@
 
 use crate::{is_web_platform, model_parts, BrowserError, WebBench, WebOptions, ENGINE_NAME};
 use ia_engine::{
-    Capability, Engine, EngineError, HostTensor, Inputs, Outputs, Precision, Session, SessionInfo,
+    Capability, Engine, EngineError, HostTensor, Inputs, Outputs, Placement, Precision, Session,
+    SessionInfo,
 };
 use ia_hardware::Platform;
 use ia_models::{Model, ModelClass, ModelSource};
@@ -39,12 +40,8 @@ impl Engine for WebEngine {
         WebBench::new(WebOptions::default()).engine_version()
     }
 
-    fn supports(
-        &self,
-        class: ModelClass,
-        platform: Platform,
-        capability: Capability,
-    ) -> Result<(), EngineError> {
+    fn supports(&self, class: ModelClass, on: Platform, to: Capability) -> Result<(), EngineError> {
+        let (platform, capability) = (on, to);
         if !is_web_platform(platform) {
             return Err(EngineError::Unsupported(format!(
                 "{ENGINE_NAME} runs on wasm, webgpu and webnn, not {platform}"
@@ -67,13 +64,9 @@ impl Engine for WebEngine {
         }
     }
 
-    fn load(
-        &self,
-        model: &Model,
-        platform: Platform,
-        precision: Precision,
-    ) -> Result<Box<dyn Session>, EngineError> {
-        let (source, class) = (&model.source, model.class);
+    fn load(&self, model: &Model, at: Placement) -> Result<Box<dyn Session>, EngineError> {
+        let (source, class, platform, precision) =
+            (&model.source, model.class, at.platform, at.precision);
         self.supports(class, platform, Capability::Run)?;
         if precision != Precision::F32 {
             return Err(EngineError::Unsupported(format!(

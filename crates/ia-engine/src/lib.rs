@@ -2,8 +2,8 @@
 //! OpenVINO and the browser later) implements, so the benchmark harness and the server never
 //! care which runtime runs a model.
 //!
-//! `Engine::load(model, platform, precision) -> Session` (a model resolved once:
-//! [`ia_models::Model`]), then `Session::run(inputs) -> Outputs`.
+//! `Engine::load(model, placement) -> Session` (a model resolved once, [`ia_models::Model`],
+//! at a [`Placement`]: platform and precision), then `Session::run(inputs) -> Outputs`.
 //! Inputs come from [`inputs::generate`], one generator per modality.
 
 pub mod exported_decoder;
@@ -93,6 +93,22 @@ pub enum EngineError {
     Runtime(String),
 }
 
+/// Where a model runs and at what precision: what every load asks an engine for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub platform: Platform,
+    pub precision: Precision,
+}
+
+impl Placement {
+    pub fn new(platform: Platform, precision: Precision) -> Self {
+        Self {
+            platform,
+            precision,
+        }
+    }
+}
+
 /// How a session was obtained; stored with every result.
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionInfo {
@@ -166,26 +182,15 @@ pub trait Engine: Send + Sync {
     fn version(&self) -> String;
     /// Whether this engine can do `capability` with the class on the platform; the error says
     /// why not. Each `load*` checks it first.
-    fn supports(
-        &self,
-        class: ModelClass,
-        platform: Platform,
-        capability: Capability,
-    ) -> Result<(), EngineError>;
-    fn load(
-        &self,
-        model: &Model,
-        platform: Platform,
-        precision: Precision,
-    ) -> Result<Box<dyn Session>, EngineError>;
+    fn supports(&self, class: ModelClass, on: Platform, to: Capability) -> Result<(), EngineError>;
+    fn load(&self, model: &Model, at: Placement) -> Result<Box<dyn Session>, EngineError>;
     /// Loads a text-generation model (decoder or encoder-decoder) with a KV cache.
     fn load_generator(
         &self,
         model: &Model,
-        platform: Platform,
-        precision: Precision,
+        at: Placement,
     ) -> Result<Box<dyn TextGenerator>, EngineError> {
-        let _ = (model, platform, precision);
+        let _ = (model, at);
         Err(EngineError::Unsupported(format!(
             "the {} engine cannot generate text",
             self.name()
@@ -196,10 +201,9 @@ pub trait Engine: Send + Sync {
     fn load_speech_recognizer(
         &self,
         model: &Model,
-        platform: Platform,
-        precision: Precision,
+        at: Placement,
     ) -> Result<Box<dyn SpeechRecognizer>, EngineError> {
-        let _ = (model, platform, precision);
+        let _ = (model, at);
         Err(EngineError::Unsupported(format!(
             "the {} engine cannot transcribe speech",
             self.name()

@@ -99,6 +99,19 @@ pub fn forward_workload(source: &ModelSource, inputs: &Inputs) -> Workload {
     }
 }
 
+/// Before a graph runtime (ONNX Runtime, OpenVINO) loads an exported graph: checks that the
+/// graph file fits in memory and returns the parameters to record (the checkpoint's
+/// safetensors where it has them, else the graph's own weights).
+pub fn graph_parameters(source: &ModelSource, graph: &std::path::Path) -> Result<u64, EngineError> {
+    let parameters = ia_models::graph_weights::parameter_count(source, graph)
+        .map_err(|e| EngineError::InvalidModel(e.to_string()))?;
+    ensure_allocatable(
+        ia_models::graph_weights::graph_file_bytes(graph),
+        "loading the model graph",
+    )?;
+    Ok(parameters)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

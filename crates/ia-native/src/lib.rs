@@ -9,11 +9,11 @@ mod weights;
 
 use candle_core::{DType, Device, Tensor};
 use ia_engine::{
-    Capability, Engine, EngineError, OutputTensor, Precision, Session, SpeechRecognizer,
+    Capability, Engine, EngineError, OutputTensor, Placement, Precision, Session, SpeechRecognizer,
     TextGenerator,
 };
 use ia_hardware::Platform;
-use ia_models::{Model, ModelClass, ModelSource};
+use ia_models::{Model, ModelClass};
 
 pub use weights::load_var_builder;
 
@@ -66,12 +66,8 @@ impl Engine for NativeEngine {
         format!("candle {CANDLE_VERSION}")
     }
 
-    fn supports(
-        &self,
-        class: ModelClass,
-        platform: Platform,
-        capability: Capability,
-    ) -> Result<(), EngineError> {
+    fn supports(&self, class: ModelClass, on: Platform, to: Capability) -> Result<(), EngineError> {
+        let (platform, capability) = (on, to);
         device_for_check(platform)?;
         use ModelClass as C;
         let name = class.as_str();
@@ -97,16 +93,9 @@ impl Engine for NativeEngine {
         Err(EngineError::Unsupported(refusal))
     }
 
-    fn load(
-        &self,
-        model: &Model,
-        platform: Platform,
-        precision: Precision,
-    ) -> Result<Box<dyn Session>, EngineError> {
-        let (source, class) = (&model.source, model.class);
-        self.supports(class, platform, Capability::Run)?;
-        let ctx = self.context(source, platform, precision, dtype_for(precision)?)?;
-        match class {
+    fn load(&self, model: &Model, at: Placement) -> Result<Box<dyn Session>, EngineError> {
+        let ctx = self.context(model, at, Capability::Run)?;
+        match model.class {
             ModelClass::Bert => models::bert::BertSession::load(ctx),
             ModelClass::Vit => models::vit::VitSession::load(ctx),
             ModelClass::Clip => models::clip::ClipSession::load(ctx),
@@ -121,25 +110,12 @@ impl Engine for NativeEngine {
     fn load_generator(
         &self,
         model: &Model,
-        platform: Platform,
-        precision: Precision,
+        at: Placement,
     ) -> Result<Box<dyn TextGenerator>, EngineError> {
-        let (source, class) = (&model.source, model.class);
-        self.supports(class, platform, Capability::Generate)?;
-        match class {
-            ModelClass::Llama | ModelClass::Qwen => {
-                // Quantised weights run with f32 activations.
-                let dtype = if models::quantized::ggml_dtype(precision).is_some() {
-                    DType::F32
-                } else {
-                    dtype_for(precision)?
-                };
-                models::causal_lm::CausalLm::load(self.context(source, platform, precision, dtype)?)
-            }
-            ModelClass::T5 => {
-                let ctx = self.context(source, platform, precision, dtype_for(precision)?)?;
-                models::t5::T5Generator::load(ctx)
-            }
+        let ctx = self.context(model, at, Capability::Generate)?;
+        match model.class {
+            ModelClass::Llama | ModelClass::Qwen => models::causal_lm::CausalLm::load(ctx),
+            ModelClass::T5 => models::t5::T5Generator::load(ctx),
             _ => unreachable!("checked by supports()"),
         }
     }
@@ -147,13 +123,10 @@ impl Engine for NativeEngine {
     fn load_speech_recognizer(
         &self,
         model: &Model,
-        platform: Platform,
-        precision: Precision,
+        at: Placement,
     ) -> Result<Box<dyn SpeechRecognizer>, EngineError> {
-        let (source, class) = (&model.source, model.class);
-        self.supports(class, platform, Capability::Transcribe)?;
-        let ctx = self.context(source, platform, precision, dtype_for(precision)?)?;
-        match class {
+        let ctx = self.context(model, at, Capability::Transcribe)?;
+        match model.class {
             ModelClass::Whisper => Ok(Box::new(models::whisper::WhisperSession::load(ctx)?)),
             ModelClass::Wav2vec2 => Ok(Box::new(models::wav2vec2::Wav2Vec2Session::load(ctx)?)),
             _ => unreachable!("checked by supports()"),
@@ -162,13 +135,31 @@ impl Engine for NativeEngine {
 }
 
 impl NativeEngine {
+    /// Checks that this engine can do `capability` with the model at the placement, then
+    /// gives what every architecture loads from: the source, device, dtype and session info.
     fn context<'a>(
         &self,
-        source: &'a ModelSource,
-        platform: Platform,
-        precision: Precision,
-        dtype: DType,
+        model: &'a Model,
+        at: Placement,
+        capability: Capability,
     ) -> Result<models::LoadContext<'a>, EngineError> {
+        let (
+            source,
+            Placement {
+                platform,
+                precision,
+            },
+        ) = (&model.source, at);
+        self.supports(model.class, platform, capability)?;
+        // Quantised LLaMA/Qwen weights run with f32 activations; nothing else is quantised.
+        let quantised_decoder = capability == Capability::Generate
+            && matches!(model.class, ModelClass::Llama | ModelClass::Qwen)
+            && models::quantized::ggml_dtype(precision).is_some();
+        let dtype = if quantised_decoder {
+            DType::F32
+        } else {
+            dtype_for(precision)?
+        };
         if dtype == DType::BF16 && platform == Platform::Cpu {
             // candle 0.11's CPU backend has no bf16 matmul; refuse before loading.
             return Err(EngineError::Unsupported(

@@ -156,33 +156,17 @@ mod tests {
     #[test]
     fn random_weights_are_seeded_by_name() {
         let b = RandomBackend { seed: 1, std: 0.02 };
-        let a1 = b
-            .get(
+        let get = |name: &str| {
+            b.get(
                 (4, 4).into(),
-                "x.weight",
+                name,
                 Init::Const(0.),
                 DType::F32,
                 &Device::Cpu,
             )
-            .unwrap();
-        let a2 = b
-            .get(
-                (4, 4).into(),
-                "x.weight",
-                Init::Const(0.),
-                DType::F32,
-                &Device::Cpu,
-            )
-            .unwrap();
-        let c = b
-            .get(
-                (4, 4).into(),
-                "y.weight",
-                Init::Const(0.),
-                DType::F32,
-                &Device::Cpu,
-            )
-            .unwrap();
+            .unwrap()
+        };
+        let (a1, a2, c) = (get("x.weight"), get("x.weight"), get("y.weight"));
         let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(v(&a1), v(&a2));
         assert_ne!(v(&a1), v(&c));

@@ -7,7 +7,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{fixture, ids, load, max_abs_diff, reference, source};
-use ia_engine::{Engine, Inputs, Precision, SpeechRecognizer, TranscribeOptions};
+use ia_engine::{Engine, Inputs, Placement, Precision, SpeechRecognizer, TranscribeOptions};
 use ia_hardware::Platform;
 use ia_native::models::whisper;
 use ia_native::NativeEngine;
@@ -26,7 +26,7 @@ fn json(path: std::path::PathBuf) -> serde_json::Value {
 
 fn recognizer(src: &ia_models::Model) -> Box<dyn SpeechRecognizer> {
     NativeEngine::new()
-        .load_speech_recognizer(src, Platform::Cpu, Precision::F32)
+        .load_speech_recognizer(src, Placement::new(Platform::Cpu, Precision::F32))
         .unwrap()
 }
 
@@ -323,8 +323,7 @@ fn detr_reads_the_timm_backbone_layout() {
     let out = NativeEngine::new()
         .load(
             &ia_models::Model::resolve("detr", ia_models::ModelSource::Checkpoint(ckpt)).unwrap(),
-            Platform::Cpu,
-            Precision::F32,
+            Placement::new(Platform::Cpu, Precision::F32),
         )
         .unwrap()
         .run(&inputs)

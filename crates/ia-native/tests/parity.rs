@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::Device;
 use common::{fixture, ids, load, max_abs_diff, reference, TOLERANCE};
-use ia_engine::{Engine, Inputs, Precision};
+use ia_engine::{Engine, Inputs, Placement, Precision};
 use ia_hardware::Platform;
 use ia_models::{Checkpoint, Model, ModelSource};
 use ia_native::NativeEngine;
@@ -100,7 +100,7 @@ fn random_weights_are_deterministic_per_seed() {
         )
         .unwrap();
         let mut s = NativeEngine::new()
-            .load(&src, Platform::Cpu, Precision::F32)
+            .load(&src, Placement::new(Platform::Cpu, Precision::F32))
             .unwrap();
         assert_eq!(s.info().weights.as_str(), "random");
         let inputs = Inputs::from_token_rows(&[vec![2, 50, 60, 3]], 0).unwrap();
@@ -120,12 +120,12 @@ fn unsupported_platform_and_precision_are_clear_errors() {
     let ckpt = Checkpoint::open(&fixture("bert-tiny")).unwrap();
     let src = Model::resolve("test", ModelSource::Checkpoint(ckpt)).unwrap();
     let e = NativeEngine::new()
-        .load(&src, Platform::Webgpu, Precision::F32)
+        .load(&src, Placement::new(Platform::Webgpu, Precision::F32))
         .err()
         .unwrap();
     assert!(e.to_string().contains("webgpu"), "{e}");
     let e = NativeEngine::new()
-        .load(&src, Platform::Cpu, Precision::Q4K)
+        .load(&src, Placement::new(Platform::Cpu, Precision::Q4K))
         .err()
         .unwrap();
     assert!(e.to_string().contains("q4_k"), "{e}");
@@ -150,7 +150,7 @@ fn malformed_checkpoint_is_a_clear_error() {
     )
     .unwrap();
     let e = NativeEngine::new()
-        .load(&src, Platform::Cpu, Precision::F32)
+        .load(&src, Placement::new(Platform::Cpu, Precision::F32))
         .err()
         .unwrap()
         .to_string();
@@ -167,8 +167,7 @@ fn malformed_checkpoint_is_a_clear_error() {
                 },
             )
             .unwrap(),
-            Platform::Cpu,
-            Precision::F32,
+            Placement::new(Platform::Cpu, Precision::F32),
         )
         .err()
         .unwrap()

@@ -7,7 +7,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::fixture;
 use ia_engine::generation::{generate, GenerateOptions, Sampling};
-use ia_engine::{Engine, Precision, TextGenerator};
+use ia_engine::{Engine, Placement, Precision, TextGenerator};
 use ia_hardware::Platform;
 use ia_models::{Checkpoint, Model, ModelSource};
 use ia_native::NativeEngine;
@@ -21,7 +21,7 @@ fn load(dir: &Path, p: Precision) -> Box<dyn TextGenerator> {
     )
     .unwrap();
     NativeEngine::new()
-        .load_generator(&src, Platform::Cpu, p)
+        .load_generator(&src, Placement::new(Platform::Cpu, p))
         .unwrap()
 }
 
@@ -198,7 +198,7 @@ fn quantised_precisions_are_refused_where_they_do_not_exist() {
     )
     .unwrap();
     let e = NativeEngine::new()
-        .load_generator(&src, Platform::Cpu, Precision::Q4K)
+        .load_generator(&src, Placement::new(Platform::Cpu, Precision::Q4K))
         .err()
         .unwrap()
         .to_string();
@@ -209,7 +209,7 @@ fn quantised_precisions_are_refused_where_they_do_not_exist() {
     )
     .unwrap();
     assert!(NativeEngine::new()
-        .load(&src, Platform::Cpu, Precision::Q8_0)
+        .load(&src, Placement::new(Platform::Cpu, Precision::Q8_0))
         .is_err());
 }
 

@@ -16,8 +16,8 @@ use ia_engine::exported_decoder::{
 };
 use ia_engine::inputs::GraphInput;
 use ia_engine::{
-    Capability, Engine, EngineError, HostTensor, Inputs, OutputTensor, Outputs, Precision, Session,
-    SessionInfo, TextGenerator,
+    Capability, Engine, EngineError, HostTensor, Inputs, OutputTensor, Outputs, Placement,
+    Precision, Session, SessionInfo, TextGenerator,
 };
 use ia_hardware::Platform;
 use ia_models::{Model, ModelClass, ModelSource};
@@ -107,22 +107,16 @@ struct Opened {
 }
 
 impl OpenVinoEngine {
-    fn open(
-        &self,
-        model: &Model,
-        platform: Platform,
-        precision: Precision,
-    ) -> Result<Opened, EngineError> {
+    fn open(&self, model: &Model, at: Placement) -> Result<Opened, EngineError> {
+        let Placement {
+            platform,
+            precision,
+        } = at;
         let source = &model.source;
         self.supports(model.class, platform, Capability::Run)?;
         let hint = hint(precision)?;
         let (model_path, weights) = model_files(source)?;
-        let parameter_count = ia_models::graph_weights::parameter_count(source, &model_path)
-            .map_err(|e| EngineError::InvalidModel(e.to_string()))?;
-        ia_engine::memory::ensure_allocatable(
-            ia_models::graph_weights::graph_file_bytes(&model_path),
-            "loading the model graph",
-        )?;
+        let parameter_count = ia_engine::memory::graph_parameters(source, &model_path)?;
         let (_, version) = library()?;
         let mut core = Core::new().map_err(ov)?;
         core.set_property(
@@ -207,12 +201,8 @@ impl Engine for OpenVinoEngine {
         )
     }
 
-    fn supports(
-        &self,
-        class: ModelClass,
-        platform: Platform,
-        capability: Capability,
-    ) -> Result<(), EngineError> {
+    fn supports(&self, class: ModelClass, on: Platform, to: Capability) -> Result<(), EngineError> {
+        let (platform, capability) = (on, to);
         if platform != Platform::Openvino {
             return Err(EngineError::Unsupported(format!(
                 "the OpenVINO engine runs on the openvino platform, not {platform}"
@@ -222,13 +212,8 @@ impl Engine for OpenVinoEngine {
         library().map(|_| ())
     }
 
-    fn load(
-        &self,
-        model: &Model,
-        platform: Platform,
-        precision: Precision,
-    ) -> Result<Box<dyn Session>, EngineError> {
-        let opened = self.open(model, platform, precision)?;
+    fn load(&self, model: &Model, at: Placement) -> Result<Box<dyn Session>, EngineError> {
+        let opened = self.open(model, at)?;
         Ok(Box::new(OpenVinoSession {
             request: opened.request,
             inputs: opened.inputs.into_iter().map(|(name, _)| name).collect(),
@@ -241,11 +226,10 @@ impl Engine for OpenVinoEngine {
     fn load_generator(
         &self,
         model: &Model,
-        platform: Platform,
-        precision: Precision,
+        at: Placement,
     ) -> Result<Box<dyn TextGenerator>, EngineError> {
         let max_context = decoder_context(model, "OpenVINO")?;
-        let opened = self.open(model, platform, precision)?;
+        let opened = self.open(model, at)?;
         let graph = DecoderGraph::from_io(&opened.inputs, &opened.outputs)?;
         let backend = OvDecoder {
             request: opened.request,

@@ -12,7 +12,7 @@
 mod common;
 
 use common::{check_generation, fixture, max_abs, reference, reference_inputs};
-use ia_engine::{Engine, Precision};
+use ia_engine::{Engine, Placement, Precision};
 use ia_hardware::Platform;
 use ia_models::{Checkpoint, Model, ModelSource};
 use ia_openvino::OpenVinoEngine;
@@ -24,7 +24,7 @@ fn session(name: &str, p: Precision) -> Box<dyn ia_engine::Session> {
     )
     .unwrap();
     OpenVinoEngine::new()
-        .load(&src, Platform::Openvino, p)
+        .load(&src, Placement::new(Platform::Openvino, p))
         .unwrap_or_else(|e| panic!("{e} (run `ipfs-accelerate runtimes install`)"))
 }
 
@@ -85,7 +85,7 @@ fn bf16_is_refused(name: &str) {
     )
     .unwrap();
     let e = OpenVinoEngine::new()
-        .load(&src, Platform::Openvino, Precision::Bf16)
+        .load(&src, Placement::new(Platform::Openvino, Precision::Bf16))
         .err()
         .expect("bf16 must not load on a CPU without bf16");
     assert!(
@@ -117,7 +117,7 @@ fn generator_error(name: &str, p: Precision) -> ia_engine::EngineError {
     )
     .unwrap();
     OpenVinoEngine::new()
-        .load_generator(&src, Platform::Openvino, p)
+        .load_generator(&src, Placement::new(Platform::Openvino, p))
         .err()
         .expect("the load must be refused")
 }
@@ -142,7 +142,7 @@ fn openvino_ir_matches_transformers() {
     )
     .unwrap();
     let mut session = OpenVinoEngine::new()
-        .load(&src, Platform::Openvino, Precision::F32)
+        .load(&src, Placement::new(Platform::Openvino, Precision::F32))
         .unwrap();
     assert!(session.info().parameter_count > 0, "counted from the IR");
     let out = session.run(&reference_inputs("bert-tiny")).unwrap();
@@ -160,7 +160,7 @@ fn generator(name: &str, p: Precision) -> Box<dyn ia_engine::TextGenerator> {
     )
     .unwrap();
     OpenVinoEngine::new()
-        .load_generator(&src, Platform::Openvino, p)
+        .load_generator(&src, Placement::new(Platform::Openvino, p))
         .unwrap_or_else(|e| panic!("{e} (run `ipfs-accelerate runtimes install`)"))
 }
 
@@ -205,13 +205,13 @@ fn unsupported_requests_name_the_reason() {
     )
     .unwrap();
     let e = OpenVinoEngine::new()
-        .load(&src, Platform::Openvino, Precision::Int8)
+        .load(&src, Placement::new(Platform::Openvino, Precision::Int8))
         .err()
         .unwrap()
         .to_string();
     assert!(e.contains("int8"), "{e}");
     let e = OpenVinoEngine::new()
-        .load(&src, Platform::Cpu, Precision::F32)
+        .load(&src, Placement::new(Platform::Cpu, Precision::F32))
         .err()
         .unwrap()
         .to_string();

@@ -17,7 +17,7 @@ pub mod session;
 
 use ia_engine::exported_decoder::{check_exported, decoder_context, ExportedDecoder};
 use ia_engine::generation::TextGenerator;
-use ia_engine::{Capability, Engine, EngineError, Precision, Session, SessionInfo};
+use ia_engine::{Capability, Engine, EngineError, Placement, Precision, Session, SessionInfo};
 use ia_hardware::Platform;
 use ia_models::{Model, ModelClass, ModelSource};
 use std::path::PathBuf;
@@ -37,9 +37,12 @@ impl OrtEngine {
     fn open(
         &self,
         model: &Model,
-        platform: Platform,
-        precision: Precision,
+        at: Placement,
     ) -> Result<(ort::session::Session, SessionInfo), EngineError> {
+        let Placement {
+            platform,
+            precision,
+        } = at;
         let source = &model.source;
         self.supports(model.class, platform, Capability::Run)?;
         if precision != Precision::F32 {
@@ -48,12 +51,7 @@ impl OrtEngine {
             )));
         }
         let file = onnx_file(source)?;
-        let parameter_count = ia_models::graph_weights::parameter_count(source, &file)
-            .map_err(|e| EngineError::InvalidModel(e.to_string()))?;
-        ia_engine::memory::ensure_allocatable(
-            ia_models::graph_weights::graph_file_bytes(&file),
-            "loading the ONNX model",
-        )?;
+        let parameter_count = ia_engine::memory::graph_parameters(source, &file)?;
         let (session, provider) = session::build(&file, platform)?;
         let output_names = session
             .outputs()
@@ -100,23 +98,13 @@ impl Engine for OrtEngine {
         )
     }
 
-    fn supports(
-        &self,
-        class: ModelClass,
-        platform: Platform,
-        capability: Capability,
-    ) -> Result<(), EngineError> {
-        check_exported(class, capability, "ONNX Runtime")?;
-        runtime::provider_for(platform).map(|_| ())
+    fn supports(&self, class: ModelClass, on: Platform, to: Capability) -> Result<(), EngineError> {
+        check_exported(class, to, "ONNX Runtime")?;
+        runtime::provider_for(on).map(|_| ())
     }
 
-    fn load(
-        &self,
-        model: &Model,
-        platform: Platform,
-        precision: Precision,
-    ) -> Result<Box<dyn Session>, EngineError> {
-        let (session, info) = self.open(model, platform, precision)?;
+    fn load(&self, model: &Model, at: Placement) -> Result<Box<dyn Session>, EngineError> {
+        let (session, info) = self.open(model, at)?;
         let inputs = session
             .inputs()
             .iter()
@@ -132,11 +120,10 @@ impl Engine for OrtEngine {
     fn load_generator(
         &self,
         model: &Model,
-        platform: Platform,
-        precision: Precision,
+        at: Placement,
     ) -> Result<Box<dyn TextGenerator>, EngineError> {
         let max_context = decoder_context(model, "ONNX Runtime")?;
-        let (session, info) = self.open(model, platform, precision)?;
+        let (session, info) = self.open(model, at)?;
         let (backend, graph) = generator::OrtDecoder::new(session)?;
         Ok(Box::new(ExportedDecoder::new(
             backend,

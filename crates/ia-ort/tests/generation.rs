@@ -7,7 +7,7 @@
 mod common;
 
 use common::{check_generation, fixture};
-use ia_engine::{Engine, Precision, TextGenerator};
+use ia_engine::{Engine, Placement, Precision, TextGenerator};
 use ia_hardware::Platform;
 use ia_models::{Checkpoint, Model, ModelSource};
 use ia_ort::OrtEngine;
@@ -21,7 +21,7 @@ fn generator(name: &str) -> Box<dyn TextGenerator> {
     )
     .unwrap();
     OrtEngine::new()
-        .load_generator(&src, Platform::Cpu, Precision::F32)
+        .load_generator(&src, Placement::new(Platform::Cpu, Precision::F32))
         .unwrap_or_else(|e| panic!("{e} (run `ipfs-accelerate runtimes install`)"))
 }
 

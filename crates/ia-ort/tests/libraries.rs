@@ -11,7 +11,7 @@
 mod common;
 
 use common::{check_generation, fixture, max_abs, reference, reference_inputs};
-use ia_engine::{Engine, Precision};
+use ia_engine::{Engine, Placement, Precision};
 use ia_hardware::Platform;
 use ia_models::{Checkpoint, Model, ModelSource};
 use ia_ort::OrtEngine;
@@ -53,7 +53,10 @@ fn the_openvino_provider_runs_the_encoders_like_transformers() {
         .contains(&"OpenVINOExecutionProvider".to_string()));
     for (name, output) in [("bert-tiny", "last_hidden_state"), ("vit-tiny", "logits")] {
         let mut session = OrtEngine::new()
-            .load(&checkpoint(name), Platform::Openvino, Precision::F32)
+            .load(
+                &checkpoint(name),
+                Placement::new(Platform::Openvino, Precision::F32),
+            )
             .unwrap();
         assert_eq!(
             session.info().device,
@@ -78,8 +81,7 @@ fn the_openvino_provider_generates_like_transformers() {
     let mut gen = OrtEngine::new()
         .load_generator(
             &checkpoint("llama-tiny"),
-            Platform::Openvino,
-            Precision::F32,
+            Placement::new(Platform::Openvino, Precision::F32),
         )
         .unwrap();
     assert_eq!(gen.info().device, "openvino (OpenVINOExecutionProvider)");
@@ -109,7 +111,10 @@ fn a_library_of_another_architecture_is_refused() {
         return;
     }
     let e = OrtEngine::new()
-        .load(&checkpoint("bert-tiny"), Platform::Cpu, Precision::F32)
+        .load(
+            &checkpoint("bert-tiny"),
+            Placement::new(Platform::Cpu, Precision::F32),
+        )
         .err()
         .unwrap()
         .to_string();

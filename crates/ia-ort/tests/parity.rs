@@ -2,7 +2,7 @@
 //! transformers' reference outputs, max abs <= 1e-4. Needs the library: `ipfs-accelerate
 //! runtimes install` (scripts/test.sh runs it) or ORT_DYLIB_PATH.
 
-use ia_engine::{Engine, Precision};
+use ia_engine::{Engine, Placement, Precision};
 use ia_hardware::Platform;
 use ia_models::{Checkpoint, Model, ModelSource};
 use ia_ort::OrtEngine;
@@ -17,7 +17,7 @@ fn session(name: &str) -> Box<dyn ia_engine::Session> {
     )
     .unwrap();
     OrtEngine::new()
-        .load(&src, Platform::Cpu, Precision::F32)
+        .load(&src, Placement::new(Platform::Cpu, Precision::F32))
         .unwrap_or_else(|e| panic!("{e} (run `ipfs-accelerate runtimes install`)"))
 }
 
@@ -63,7 +63,7 @@ fn models_without_an_export_are_refused_with_the_reason() {
     )
     .unwrap();
     let e = OrtEngine::new()
-        .load(&src, Platform::Cpu, Precision::F32)
+        .load(&src, Placement::new(Platform::Cpu, Precision::F32))
         .err()
         .unwrap()
         .to_string();
@@ -75,8 +75,7 @@ fn models_without_an_export_are_refused_with_the_reason() {
                 ModelSource::Checkpoint(Checkpoint::open(&fixture("bert-tiny")).unwrap()),
             )
             .unwrap(),
-            Platform::Cuda,
-            Precision::F32,
+            Placement::new(Platform::Cuda, Precision::F32),
         )
         .err()
         .unwrap()
@@ -121,8 +120,7 @@ fn parameter_counts_come_from_the_checkpoint_or_else_the_graph() {
                     ModelSource::Checkpoint(Checkpoint::open(dir).unwrap()),
                 )
                 .unwrap(),
-                Platform::Cpu,
-                Precision::F32,
+                Placement::new(Platform::Cpu, Precision::F32),
             )
             .unwrap()
             .info()

@@ -18,10 +18,9 @@ pub use input::Input;
 pub use text::TextEncoder;
 
 use ia_engine::{
-    Engine, EngineError, Inputs, Outputs, Precision, Session, SessionInfo, SpeechRecognizer,
+    Engine, EngineError, Inputs, Outputs, Placement, Session, SessionInfo, SpeechRecognizer,
     TranscribeOptions,
 };
-use ia_hardware::Platform;
 use ia_models::sentence_transformers::SentenceEmbedding;
 use ia_models::{Model, ModelClass, ModelSource};
 use ia_preprocess::audio::Waveform;
@@ -141,23 +140,18 @@ fn ms(since: Instant) -> f64 {
 }
 
 impl Pipeline {
-    pub fn load(
-        engine: &dyn Engine,
-        model: Model,
-        platform: Platform,
-        precision: Precision,
-    ) -> Result<Self, TaskError> {
+    pub fn load(engine: &dyn Engine, model: Model, at: Placement) -> Result<Self, TaskError> {
         let start = Instant::now();
         let runner = match model.class {
             ModelClass::Whisper | ModelClass::Wav2vec2 => {
-                Runner::Speech(engine.load_speech_recognizer(&model, platform, precision)?)
+                Runner::Speech(engine.load_speech_recognizer(&model, at)?)
             }
             ModelClass::Llama | ModelClass::Qwen | ModelClass::T5 if model.generates_text() => {
                 return Err(TaskError::Input(
                     "text generation models run with `ipfs-accelerate generate`".into(),
                 ))
             }
-            _ => Runner::Session(engine.load(&model, platform, precision)?),
+            _ => Runner::Session(engine.load(&model, at)?),
         };
         let (text, embedding) = text_pipeline(&model.source, model.class)?;
         Ok(Self {

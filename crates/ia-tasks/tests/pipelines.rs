@@ -1,7 +1,7 @@
 //! Pipelines end to end on the committed fixtures: files in, task results out, compared with
 //! what transformers' own pipeline steps produced (scripts/make_media_fixtures.py).
 
-use ia_engine::Precision;
+use ia_engine::{Placement, Precision};
 use ia_hardware::Platform;
 use ia_models::{Checkpoint, Model, ModelSource};
 use ia_native::NativeEngine;
@@ -20,7 +20,12 @@ fn pipeline(name: &str) -> Pipeline {
         ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).unwrap()),
     )
     .unwrap();
-    Pipeline::load(&NativeEngine::new(), src, Platform::Cpu, Precision::F32).unwrap()
+    Pipeline::load(
+        &NativeEngine::new(),
+        src,
+        Placement::new(Platform::Cpu, Precision::F32),
+    )
+    .unwrap()
 }
 
 #[test]

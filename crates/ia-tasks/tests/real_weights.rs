@@ -15,7 +15,7 @@
 //!
 //! scripts/fetch_checkpoints.sh puts both checkpoints in the project cache.
 
-use ia_engine::{Precision, TranscribeOptions};
+use ia_engine::{Placement, Precision, TranscribeOptions};
 use ia_hardware::Platform;
 use ia_models::{checkpoint, Model, ModelSource};
 use ia_native::NativeEngine;
@@ -39,8 +39,7 @@ fn real(id: &str) -> Pipeline {
     let p = Pipeline::load(
         &NativeEngine::new(),
         Model::resolve(id, ModelSource::Checkpoint(ckpt)).unwrap(),
-        Platform::Cpu,
-        Precision::F32,
+        Placement::new(Platform::Cpu, Precision::F32),
     )
     .unwrap();
     assert_eq!(p.info().weights.as_str(), "trained");

@@ -1,17 +1,14 @@
 //! `ipfs-accelerate generate`: text generation with a KV cache, streamed token by token.
 
-use crate::plan::{resolve_model, PlanOptions};
-use crate::target::{Engines, Target};
+use crate::target::{Engines, ModelOnTarget};
 use anyhow::{bail, Context};
 use ia_engine::generation::{generate, GenerateOptions, Sampling};
-use ia_engine::Precision;
 use std::io::Write;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Catalog key, hub id in the local caches, or checkpoint folder (needs tokenizer.json)
-    #[arg(long)]
-    model: String,
+    #[command(flatten)]
+    target: ModelOnTarget,
     #[arg(long)]
     prompt: String,
     #[arg(long, default_value_t = 64, value_parser = crate::limits::count(crate::limits::NEW_TOKENS))]
@@ -36,28 +33,13 @@ pub struct Args {
     /// Generate exactly --max-new-tokens, through EOS
     #[arg(long)]
     ignore_eos: bool,
-    #[arg(long, default_value = "f32")]
-    precision: Precision,
-    /// Where to run: cpu (native engine), onnxruntime[:<platform>] or openvino (the
-    /// checkpoint's ONNX export of a decoder with past key values)
-    #[arg(long, default_value = "cpu")]
-    hardware: Target,
-    #[arg(long)]
-    small_models: bool,
     /// Print the result and timings as JSON
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let plan = resolve_model(
-        &args.model,
-        &PlanOptions {
-            small: args.small_models,
-            random_weights: false,
-            seed: 0,
-        },
-    )?;
+    let plan = args.target.resolve()?;
     let tokenizer = ia_engine::tokenizer::of(&plan.source)?.with_context(|| {
         format!(
             "{}: no tokenizer.json, cannot turn text into tokens",
@@ -65,10 +47,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )
     })?;
     let engines = Engines::new();
-    let engine = engines.get(args.hardware.engine).with_context(|| {
+    let engine = engines.get(args.target.hardware.engine).with_context(|| {
         format!(
             "generate does not run in the browser ({}); use cpu, onnxruntime or openvino",
-            args.hardware.platform
+            args.target.hardware.platform
         )
     })?;
     let prompt = tokenizer
@@ -80,7 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("the tokenizer produced no tokens for the prompt");
     }
     ia_engine::inputs::check_token_ids(plan.source.config(), &prompt)?;
-    let mut model = engine.load_generator(&plan, args.hardware.platform, args.precision)?;
+    let mut model = engine.load_generator(&plan, args.target.placement())?;
     // The cache grows to the prompt plus the new tokens, never past the context.
     let cached = prompt
         .len()
@@ -88,7 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .min(model.max_context());
     ia_engine::memory::check_fits(
         &plan.source,
-        args.precision,
+        args.target.precision,
         ia_models::footprint::Workload {
             batch: 1,
             positions: prompt.len(),

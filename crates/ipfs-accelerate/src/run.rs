@@ -1,15 +1,13 @@
 //! `ipfs-accelerate run`: one input through one model, the task's result printed.
 
-use crate::plan::{resolve_model, PlanOptions};
-use crate::target::{Engines, Target};
-use ia_engine::{Precision, TranscribeOptions};
+use crate::target::{Engines, ModelOnTarget};
+use ia_engine::TranscribeOptions;
 use ia_tasks::{Input, Pipeline, TaskOptions, TaskOutput};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Catalog key, hub id in the local caches, or checkpoint folder
-    #[arg(long)]
-    model: String,
+    #[command(flatten)]
+    target: ModelOnTarget,
     /// Text, or a PNG/JPEG image or WAV file (repeat for several; texts for an embedding
     /// model run as one padded batch, as sentence-transformers' encode does)
     #[arg(long, required = true)]
@@ -33,16 +31,6 @@ pub struct Args {
     /// Language of the speech, for multilingual Whisper checkpoints (e.g. en, de)
     #[arg(long)]
     language: Option<String>,
-    #[arg(long, default_value = "f32")]
-    precision: Precision,
-    /// Where to run: cpu (native engine), onnxruntime[:<platform>] or openvino (the
-    /// checkpoint's ONNX export), as bench and generate take it; wasm, webgpu or webnn
-    /// (onnxruntime-web in headless Chromium: BERT and ViT exports, CLIP's tower exports)
-    #[arg(long, default_value = "cpu")]
-    hardware: Target,
-    /// Use the small variant of a catalog entry
-    #[arg(long)]
-    small_models: bool,
     /// Print the results as JSON (one object per input, in a list)
     #[arg(long)]
     json: bool,
@@ -54,22 +42,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .map(|i| Input::detect(i))
         .collect::<Result<Vec<_>, _>>()?;
-    let plan = resolve_model(
-        &args.model,
-        &PlanOptions {
-            small: args.small_models,
-            random_weights: false,
-            seed: 0,
-        },
-    )?;
+    let plan = args.target.resolve()?;
     let engines = Engines::new();
     // The browser is not among the in-process engines; `run` takes one inference per page
     // from it.
     let web = ia_browser::WebEngine::new();
     let engine = engines
-        .get(args.hardware.engine)
+        .get(args.target.hardware.engine)
         .unwrap_or(&web as &dyn ia_engine::Engine);
-    let mut pipeline = Pipeline::load(engine, plan, args.hardware.platform, args.precision)?;
+    let mut pipeline = Pipeline::load(engine, plan, args.target.placement())?;
     let opts = TaskOptions {
         labels: args.labels.iter().map(|l| l.trim().to_string()).collect(),
         hypothesis_template: args.hypothesis_template,

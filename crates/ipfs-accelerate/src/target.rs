@@ -1,7 +1,8 @@
 //! Where a command runs a model: a platform and the engine that drives it, as `--hardware`
 //! names them (`cpu`, `onnxruntime:cuda`, `openvino`, `webgpu`, ...).
 
-use ia_engine::Engine;
+use crate::plan::{resolve_model, PlanOptions};
+use ia_engine::{Engine, Placement, Precision};
 use ia_hardware::Platform;
 
 /// The engines the CLI can drive.
@@ -81,6 +82,40 @@ impl Engines {
             EngineKind::OpenVino => Some(&self.openvino),
             EngineKind::Browser => None,
         }
+    }
+}
+
+/// The model a command runs and where: the flags `run` and `generate` share.
+#[derive(clap::Args)]
+pub struct ModelOnTarget {
+    /// Catalog key, hub id in the local caches, or checkpoint folder
+    #[arg(long)]
+    pub model: String,
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
+    /// Where to run: cpu (native engine), onnxruntime[:<platform>] or openvino (the
+    /// checkpoint's ONNX export), as bench takes it; wasm, webgpu or webnn (onnxruntime-web
+    /// in headless Chromium) for `run`
+    #[arg(long, default_value = "cpu")]
+    pub hardware: Target,
+    /// Use the small variant of a catalog entry
+    #[arg(long)]
+    pub small_models: bool,
+}
+
+impl ModelOnTarget {
+    /// The model, resolved once (trained weights: `run` and `generate` never use random ones).
+    pub fn resolve(&self) -> anyhow::Result<ia_models::Model> {
+        let opts = PlanOptions {
+            small: self.small_models,
+            random_weights: false,
+            seed: 0,
+        };
+        resolve_model(&self.model, &opts)
+    }
+
+    pub fn placement(&self) -> Placement {
+        Placement::new(self.hardware.platform, self.precision)
     }
 }
 

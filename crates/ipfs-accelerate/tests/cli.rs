@@ -6,7 +6,7 @@ use common::{bin, csv, fixture, query, run, stderr, stdout};
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 /// A failed command: non-zero exit and exactly one line on stderr that names the problem.
 fn assert_one_line_error(o: &Output, needle: &str) {
@@ -450,26 +450,7 @@ fn random_weights_need_the_flag_and_are_recorded() {
 fn killed_run_keeps_finished_results() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("killed.duckdb");
-    let mut child = bin()
-        .args([
-            "bench",
-            "--models",
-            &fixture("bert-tiny"),
-            "--batch-sizes",
-            "1,2,3,4,5,6,7,8,9,10,11,12",
-            "--seq-len",
-            "16",
-            "--min-iterations",
-            "5",
-            "--min-duration",
-            "0.3",
-            "--db-path",
-            db.to_str().unwrap(),
-        ])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = common::long_bench(&db, &[]);
     let mut stored = 0;
     for line in BufReader::new(child.stderr.take().unwrap()).lines() {
         if line.unwrap().contains("stored as result") {

@@ -5,39 +5,12 @@
 
 mod common;
 
-use common::{bin, csv, fixture, query, text, QUICK};
+use common::{bin, csv, fixture, long_bench, query, query_with, text, QUICK};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-
-/// A bench of bert-tiny over many batch sizes, slow enough to be interrupted.
-fn long_bench(db: &Path, json: &Path, extra: &[&str]) -> Child {
-    bin()
-        .args([
-            "bench",
-            "--models",
-            &fixture("bert-tiny"),
-            "--batch-sizes",
-            "1,2,3,4,5,6,7,8,9,10,11,12",
-            "--seq-len",
-            "16",
-            "--min-iterations",
-            "5",
-            "--min-duration",
-            "0.4",
-            "--db-path",
-            db.to_str().unwrap(),
-            "--output-json",
-            json.to_str().unwrap(),
-        ])
-        .args(extra)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
-}
 
 /// Reads the child's stderr until `n` results were stored; returns the rest of its stderr
 /// as it comes (for later reading).
@@ -128,7 +101,7 @@ fn alive(pid: u32) -> bool {
 fn sigterm_mid_run_keeps_finished_results_and_marks_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let (db, json) = (dir.path().join("t.duckdb"), dir.path().join("t.json"));
-    let mut child = long_bench(&db, &json, &[]);
+    let mut child = long_bench(&db, &["--output-json", json.to_str().unwrap()]);
     let _rest = wait_for_results(&mut child, 2);
     signal(&child, libc::SIGTERM);
     let status = wait_exit(&mut child, Duration::from_secs(30));
@@ -397,7 +370,7 @@ fn a_locked_store_names_the_process_holding_it() {
 fn the_store_is_readable_during_a_run() {
     let dir = tempfile::tempdir().unwrap();
     let (db, json) = (dir.path().join("live.duckdb"), dir.path().join("live.json"));
-    let mut child = long_bench(&db, &json, &[]);
+    let mut child = long_bench(&db, &["--output-json", json.to_str().unwrap()]);
     let _rest = wait_for_results(&mut child, 1);
     for _ in 0..3 {
         let out = csv(&db, "SELECT count(*) >= 1 AS some FROM performance_results");
@@ -412,38 +385,20 @@ fn the_store_is_readable_during_a_run() {
 fn queries_are_capped_in_rows_and_time() {
     let dir = tempfile::tempdir().unwrap();
     let db = quick_store(dir.path());
-    let o = bin()
-        .args([
-            "db",
-            "--db-path",
-            db.to_str().unwrap(),
-            "query",
-            "--format",
-            "csv",
-            "--max-rows",
-            "3",
-            "--sql",
-            "SELECT * FROM range(1000000000)",
-        ])
-        .output()
-        .unwrap();
+    let o = query_with(
+        &db,
+        &["--format", "csv", "--max-rows", "3"],
+        "SELECT * FROM range(1000000000)",
+    );
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 4);
     assert!(String::from_utf8_lossy(&o.stderr).contains("first 3 rows"));
     let start = Instant::now();
-    let o = bin()
-        .args([
-            "db",
-            "--db-path",
-            db.to_str().unwrap(),
-            "query",
-            "--timeout",
-            "1",
-            "--sql",
-            "SELECT count(*) FROM range(100000000000) a",
-        ])
-        .output()
-        .unwrap();
+    let o = query_with(
+        &db,
+        &["--timeout", "1"],
+        "SELECT count(*) FROM range(100000000000) a",
+    );
     assert!(!o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("interrupted"), "{}", text(&o));
     assert!(start.elapsed() < Duration::from_secs(30));

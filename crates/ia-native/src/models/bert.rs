@@ -9,7 +9,6 @@ use crate::{rt, CandleOutput};
 use candle_core::{DType, Tensor};
 use candle_transformers::models::bert::{BertModel, Config};
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
-use std::sync::atomic::Ordering;
 
 pub struct BertSession {
     model: BertModel,
@@ -19,13 +18,8 @@ pub struct BertSession {
 impl BertSession {
     pub fn load(ctx: LoadContext<'_>) -> Result<Box<dyn Session>, EngineError> {
         let cfg: Config = parse_config(ctx.source, "BERT")?;
-        let (vb, params) = crate::load_var_builder(ctx.source, ctx.dtype, &ctx.device)?;
-        let model = BertModel::load(vb, &cfg).map_err(|e| {
-            EngineError::InvalidModel(format!("cannot build BERT: {}", crate::candle_message(&e)))
-        })?;
-        let mut info = ctx.info;
-        info.parameter_count = params.load(Ordering::Relaxed);
-        info.output_names = vec!["last_hidden_state".into(), "mean_pooled".into()];
+        let outputs = ["last_hidden_state", "mean_pooled"];
+        let (model, info) = ctx.build("BERT", &outputs, |vb| BertModel::load(vb, &cfg))?;
         Ok(Box::new(Self { model, info }))
     }
 }

@@ -22,7 +22,6 @@ use candle_nn::{
 };
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
 use serde::Deserialize;
-use std::sync::atomic::Ordering;
 
 /// HF `DetrConfig`, deserialised from config.json as is.
 #[derive(Debug, Clone, Deserialize)]
@@ -546,13 +545,8 @@ impl DetrSession {
     pub fn load(ctx: LoadContext<'_>) -> std::result::Result<Box<dyn Session>, EngineError> {
         let cfg: Config = super::parse_config(ctx.source, "DETR")?;
         let num_labels = super::vit::num_labels(ctx.source.config());
-        let (vb, params) = crate::load_var_builder(ctx.source, ctx.dtype, &ctx.device)?;
-        let model = Model::load(vb, &cfg, num_labels).map_err(|e| {
-            EngineError::InvalidModel(format!("cannot build DETR: {}", crate::candle_message(&e)))
-        })?;
-        let mut info = ctx.info;
-        info.parameter_count = params.load(Ordering::Relaxed);
-        info.output_names = vec!["logits".into(), "pred_boxes".into()];
+        let outputs = ["logits", "pred_boxes"];
+        let (model, info) = ctx.build("DETR", &outputs, |vb| Model::load(vb, &cfg, num_labels))?;
         Ok(Box::new(Self {
             model,
             device: ctx.device,

@@ -27,6 +27,30 @@ pub struct LoadContext<'a> {
     pub info: SessionInfo,
 }
 
+impl LoadContext<'_> {
+    /// Builds architecture `arch` with `build` from the checkpoint's weights (or seeded random
+    /// ones), naming the architecture in a candle error, and the session info with the
+    /// parameters `build` read and the outputs the session returns.
+    pub(crate) fn build<M>(
+        &self,
+        arch: &str,
+        outputs: &[&str],
+        build: impl FnOnce(candle_nn::VarBuilder<'static>) -> candle_core::Result<M>,
+    ) -> Result<(M, SessionInfo), EngineError> {
+        let (vb, params) = crate::load_var_builder(self.source, self.dtype, &self.device)?;
+        let model = build(vb).map_err(|e| {
+            EngineError::InvalidModel(format!(
+                "cannot build {arch}: {}",
+                crate::candle_message(&e)
+            ))
+        })?;
+        let mut info = self.info.clone();
+        info.parameter_count = params.load(std::sync::atomic::Ordering::Relaxed);
+        info.output_names = outputs.iter().map(|o| o.to_string()).collect();
+        Ok((model, info))
+    }
+}
+
 /// Deserialises the HF config.json into an architecture's `Config`, naming what does not fit.
 pub(crate) fn parse_config<T: DeserializeOwned>(
     source: &ModelSource,

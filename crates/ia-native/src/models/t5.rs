@@ -15,7 +15,6 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{embedding, linear_no_bias, Activation, Embedding, Linear, VarBuilder};
 use ia_engine::{EngineError, SessionInfo, TextGenerator};
 use serde::Deserialize;
-use std::sync::atomic::Ordering;
 
 /// HF `T5Config`, deserialised from config.json as is.
 #[derive(Debug, Clone, Deserialize)]
@@ -502,13 +501,7 @@ pub struct T5Generator {
 impl T5Generator {
     pub fn load(ctx: LoadContext<'_>) -> std::result::Result<Box<dyn TextGenerator>, EngineError> {
         let cfg: Config = parse_config(ctx.source, "T5")?;
-        let (vb, params) = crate::load_var_builder(ctx.source, ctx.dtype, &ctx.device)?;
-        let model = Model::load(vb, &cfg).map_err(|e| {
-            EngineError::InvalidModel(format!("cannot build T5: {}", crate::candle_message(&e)))
-        })?;
-        let mut info = ctx.info;
-        info.parameter_count = params.load(Ordering::Relaxed);
-        info.output_names = vec!["logits".into()];
+        let (model, info) = ctx.build("T5", &["logits"], |vb| Model::load(vb, &cfg))?;
         Ok(Box::new(Self {
             model,
             encoder_output: None,

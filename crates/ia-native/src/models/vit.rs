@@ -7,7 +7,6 @@ use candle_core::Tensor;
 use candle_transformers::models::vit::{Config, Model};
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
 use serde_json::Value;
-use std::sync::atomic::Ordering;
 
 pub struct VitSession {
     model: Model,
@@ -35,13 +34,7 @@ impl VitSession {
     pub fn load(ctx: LoadContext<'_>) -> Result<Box<dyn Session>, EngineError> {
         let cfg: Config = parse_config(ctx.source, "ViT")?;
         let labels = num_labels(ctx.source.config());
-        let (vb, params) = crate::load_var_builder(ctx.source, ctx.dtype, &ctx.device)?;
-        let model = Model::new(&cfg, labels, vb).map_err(|e| {
-            EngineError::InvalidModel(format!("cannot build ViT: {}", crate::candle_message(&e)))
-        })?;
-        let mut info = ctx.info;
-        info.parameter_count = params.load(Ordering::Relaxed);
-        info.output_names = vec!["logits".into()];
+        let (model, info) = ctx.build("ViT", &["logits"], |vb| Model::new(&cfg, labels, vb))?;
         Ok(Box::new(Self {
             model,
             device: ctx.device,

@@ -26,7 +26,6 @@ use ia_engine::{
 };
 use ia_preprocess::audio::WhisperFrontEnd;
 use serde::Deserialize;
-use std::sync::atomic::Ordering;
 
 /// HF `WhisperConfig`, deserialised from config.json as is.
 #[derive(Debug, Clone, Deserialize)]
@@ -335,13 +334,7 @@ pub struct WhisperSession {
 impl WhisperSession {
     pub fn load(ctx: LoadContext<'_>) -> std::result::Result<Self, EngineError> {
         let cfg: Config = super::parse_config(ctx.source, "Whisper")?;
-        let (vb, params) = crate::load_var_builder(ctx.source, ctx.dtype, &ctx.device)?;
-        let model = Model::load(vb, &cfg).map_err(|e| {
-            EngineError::InvalidModel(format!(
-                "cannot build Whisper: {}",
-                crate::candle_message(&e)
-            ))
-        })?;
+        let (model, info) = ctx.build("Whisper", &["sequences"], |vb| Model::load(vb, &cfg))?;
         let front_end = match ctx.source.preprocessor_config() {
             Some(p) => WhisperFrontEnd::from_config(p)
                 .map_err(|e| EngineError::InvalidModel(e.to_string()))?,
@@ -369,9 +362,6 @@ impl WhisperSession {
             front_end,
             ia_engine::tokenizer::of(ctx.source)?,
         )?;
-        let mut info = ctx.info;
-        info.parameter_count = params.load(Ordering::Relaxed);
-        info.output_names = vec!["sequences".into()];
         Ok(Self {
             whisper: CandleWhisper {
                 model,

@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use candle_core::{Device, Tensor};
-use ia_engine::{Engine, Precision, Session, TextGenerator};
+use ia_engine::{Engine, Placement, Precision, Session, TextGenerator};
 use ia_hardware::Platform;
 use ia_models::{Checkpoint, Model, ModelSource};
 use ia_native::NativeEngine;
@@ -32,13 +32,13 @@ pub fn reference(name: &str) -> HashMap<String, Tensor> {
 
 pub fn load(name: &str) -> Box<dyn Session> {
     NativeEngine::new()
-        .load(&source(name), Platform::Cpu, Precision::F32)
+        .load(&source(name), Placement::new(Platform::Cpu, Precision::F32))
         .expect("load")
 }
 
 pub fn generator(name: &str) -> Box<dyn TextGenerator> {
     NativeEngine::new()
-        .load_generator(&source(name), Platform::Cpu, Precision::F32)
+        .load_generator(&source(name), Placement::new(Platform::Cpu, Precision::F32))
         .expect("load_generator")
 }
 

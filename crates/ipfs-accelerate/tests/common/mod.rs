@@ -51,16 +51,15 @@ pub fn text(o: &Output) -> String {
 
 /// `db query --format csv --sql SQL` against the store at `db`.
 pub fn query(db: &Path, sql: &str) -> Output {
-    run(&[
-        "db",
-        "--db-path",
-        db.to_str().unwrap(),
-        "query",
-        "--format",
-        "csv",
-        "--sql",
-        sql,
-    ])
+    query_with(db, &["--format", "csv"], sql)
+}
+
+/// `db query FLAGS --sql SQL` against the store at `db`.
+pub fn query_with(db: &Path, flags: &[&str], sql: &str) -> Output {
+    let mut args = vec!["db", "--db-path", db.to_str().unwrap(), "query"];
+    args.extend(flags);
+    args.extend(["--sql", sql]);
+    run(&args)
 }
 
 /// The CSV of a query that must succeed.
@@ -68,4 +67,29 @@ pub fn csv(db: &Path, sql: &str) -> String {
     let o = query(db, sql);
     assert!(o.status.success(), "{sql}: {}", text(&o));
     stdout(&o)
+}
+
+/// A bench of bert-tiny over many batch sizes, slow enough to be interrupted.
+pub fn long_bench(db: &Path, extra: &[&str]) -> std::process::Child {
+    bin()
+        .args([
+            "bench",
+            "--models",
+            &fixture("bert-tiny"),
+            "--batch-sizes",
+            "1,2,3,4,5,6,7,8,9,10,11,12",
+            "--seq-len",
+            "16",
+            "--min-iterations",
+            "5",
+            "--min-duration",
+            "0.4",
+            "--db-path",
+            db.to_str().unwrap(),
+        ])
+        .args(extra)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
 }
