@@ -6,6 +6,8 @@
 //!   the harness and the task pipelines receive.
 //! * [`checkpoint`]: finds a checkpoint in a local folder, the project cache or the Hugging Face
 //!   hub cache (never downloading), and describes its files.
+//! * [`cost`]: parameters, FLOPs, bytes moved and cache per call, from the config (the
+//!   predictor's roofline prior).
 //! * [`graph_weights`]: parameter counts of ONNX and OpenVINO IR exports.
 //! * [`validate`]: range checks on config.json numbers; [`footprint`]: the memory a model
 //!   and a workload need, checked before anything is allocated.
@@ -16,6 +18,7 @@
 pub mod catalog;
 pub mod checkpoint;
 pub mod classify;
+pub mod cost;
 pub mod footprint;
 pub mod gguf;
 pub mod graph_weights;

@@ -1,0 +1,329 @@
+//! What a model's work costs, from its config: parameters, floating-point operations and bytes
+//! moved per call, and the memory of the call's activations and KV cache. The performance
+//! predictor's prior is a roofline over these: a call takes at least `flops / peak FLOP/s`
+//! and at least `bytes moved / memory bandwidth`.
+//!
+//! Conventions (those of the scaling-law literature, e.g. Kaplan et al. 2020): a multiply-add
+//! is 2 FLOPs; a weight matrix of `p` parameters applied at one position costs `2 p`;
+//! attention adds `4 * t_q * t_k * d` per layer (scores and weighted sum), `d` its width.
+//! Embedding tables are looked up, not multiplied, except a tied language-model head.
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Which part of the work a call does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// One pass over `positions` per row, every position attending to every other
+    /// (encoders, vision and audio towers).
+    Forward,
+    /// A decoder's prompt of `positions` per row, filling the KV cache.
+    Prefill,
+    /// One new position per row against `cached` positions in the KV cache.
+    Decode { cached: usize },
+}
+
+/// The cost of one call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Cost {
+    pub parameters: u64,
+    pub flops: f64,
+    /// Weights read: every weight once per call.
+    pub weight_bytes: f64,
+    /// KV cache written (prefill) or read (decode).
+    pub kv_cache_bytes: f64,
+    /// Hidden states written and read between layers, f32.
+    pub activation_bytes: f64,
+}
+
+impl Cost {
+    pub fn bytes_moved(&self) -> f64 {
+        self.weight_bytes + self.kv_cache_bytes + self.activation_bytes
+    }
+
+    /// FLOPs per byte moved: below a machine's FLOP/s over its bandwidth the call is bound by
+    /// memory, above by compute.
+    pub fn intensity(&self) -> f64 {
+        self.flops / self.bytes_moved().max(1.0)
+    }
+}
+
+/// The transformer dimensions of one tower of a config.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Shape {
+    pub hidden: u64,
+    pub intermediate: u64,
+    /// Encoder (or decoder-only) layers.
+    pub layers: u64,
+    /// Decoder layers of an encoder-decoder (self- and cross-attention each).
+    pub decoder_layers: u64,
+    pub heads: u64,
+    pub kv_heads: u64,
+    pub head_dim: u64,
+    pub vocab: u64,
+    /// Learned position embeddings (0 for rotary or relative positions).
+    pub position_table: u64,
+    /// Gated MLP (SwiGLU / GEGLU): three matrices instead of two.
+    pub gated: bool,
+    /// The language-model head is the token embedding table.
+    pub tied_head: bool,
+}
+
+impl Shape {
+    /// The shape of `config`, or of its sub-config `tower` ("vision_config", "text_config").
+    pub fn of(config: &Value, tower: Option<&str>) -> Option<Self> {
+        let c = match tower {
+            Some(t) => config.get(t)?,
+            None => config,
+        };
+        let int = |keys: &[&str]| -> u64 {
+            keys.iter()
+                .find_map(|k| c.get(*k).and_then(Value::as_u64))
+                .unwrap_or(0)
+        };
+        let hidden = int(&["hidden_size", "d_model", "n_embd"]);
+        if hidden == 0 {
+            return None;
+        }
+        let heads = int(&[
+            "num_attention_heads",
+            "num_heads",
+            "encoder_attention_heads",
+        ])
+        .max(1);
+        let kv_heads = match int(&["num_key_value_heads"]) {
+            0 => heads,
+            kv => kv,
+        };
+        let head_dim = match int(&["head_dim", "d_kv"]) {
+            0 => hidden / heads,
+            d => d,
+        };
+        let model_type = c.get("model_type").and_then(Value::as_str).unwrap_or("");
+        let gated = matches!(
+            model_type,
+            "llama" | "mistral" | "qwen2" | "qwen3" | "gemma" | "phi3"
+        ) || c
+            .get("feed_forward_proj")
+            .and_then(Value::as_str)
+            .is_some_and(|p| p.starts_with("gated"));
+        let rotary_or_relative = gated || model_type == "t5";
+        let intermediate = match int(&["intermediate_size", "d_ff", "ffn_dim", "encoder_ffn_dim"]) {
+            0 => hidden.saturating_mul(4),
+            i => i,
+        };
+        Some(Self {
+            hidden,
+            intermediate,
+            layers: int(&["num_hidden_layers", "num_layers", "encoder_layers"]),
+            decoder_layers: int(&["num_decoder_layers", "decoder_layers"]),
+            heads,
+            kv_heads,
+            head_dim,
+            vocab: int(&["vocab_size"]),
+            position_table: if rotary_or_relative {
+                0
+            } else {
+                int(&["max_position_embeddings", "n_positions"])
+            },
+            gated,
+            tied_head: c
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(!matches!(model_type, "llama" | "mistral")),
+        })
+    }
+
+    /// Width of the attention projections: queries and output, keys and values.
+    fn attention_widths(&self) -> (f64, f64) {
+        let head_dim = self.head_dim as f64;
+        (
+            self.heads as f64 * head_dim,
+            self.kv_heads as f64 * head_dim,
+        )
+    }
+
+    /// Weights of one self-attention block (projections with biases) and one MLP. In f64, like
+    /// every count here, so that absurd configs saturate instead of overflowing.
+    fn layer_parameters(&self) -> (f64, f64) {
+        let (h, i) = (self.hidden as f64, self.intermediate as f64);
+        let (q, kv) = self.attention_widths();
+        let attention = 2.0 * h * q + 2.0 * h * kv + 2.0 * q + 2.0 * kv;
+        let matrices = if self.gated { 3.0 } else { 2.0 };
+        (attention, matrices * h * i + i + h)
+    }
+
+    /// Weights of the layers: encoder (or decoder-only) layers, and decoder layers with their
+    /// cross-attention; layer norms included.
+    fn layer_total(&self) -> f64 {
+        let (attention, mlp) = self.layer_parameters();
+        let layer = attention + mlp + 4.0 * self.hidden as f64;
+        self.layers as f64 * layer + self.decoder_layers as f64 * (layer + attention)
+    }
+
+    fn vocabulary_matrix(&self) -> f64 {
+        self.vocab as f64 * self.hidden as f64
+    }
+
+    /// Weights multiplied at every position: the layers, and the language-model head of a
+    /// text generator (a tied head is the embedding table itself).
+    pub fn matmul_parameters(&self, generates_text: bool) -> f64 {
+        let head = if generates_text {
+            self.vocabulary_matrix()
+        } else {
+            0.0
+        };
+        self.layer_total() + head
+    }
+
+    /// Every weight: the layers, the embedding tables, and an untied head.
+    pub fn parameters(&self, generates_text: bool) -> u64 {
+        let positions = self.position_table as f64 * self.hidden as f64;
+        let untied_head = if generates_text && !self.tied_head {
+            self.vocabulary_matrix()
+        } else {
+            0.0
+        };
+        // A float-to-integer cast saturates.
+        (self.layer_total() + self.vocabulary_matrix() + positions + untied_head) as u64
+    }
+
+    /// Bytes of the KV cache per row and cached position.
+    pub fn kv_bytes_per_position(&self, bytes_per_element: f64) -> f64 {
+        let (_, kv) = self.attention_widths();
+        let layers = self.layers.max(self.decoder_layers) as f64;
+        2.0 * layers * kv * bytes_per_element
+    }
+
+    /// The cost of one call of `phase` for `batch` rows of `positions` each, weights and cache
+    /// at `bytes_per_weight` (4 for f32, 2 for f16/bf16, about 1.06 for q8_0).
+    pub fn cost(
+        &self,
+        phase: Phase,
+        generates_text: bool,
+        batch: usize,
+        positions: usize,
+        bytes_per_weight: f64,
+    ) -> Cost {
+        let (rows, t) = (batch as f64, positions as f64);
+        let (q, _) = self.attention_widths();
+        let attention_layers = self.layers as f64 + 2.0 * self.decoder_layers as f64;
+        let matmul = self.matmul_parameters(generates_text);
+        // Positions computed per row, and positions each of them attends to.
+        let (new, attended) = match phase {
+            Phase::Forward | Phase::Prefill => (t, t),
+            Phase::Decode { cached } => (1.0, cached as f64 + 1.0),
+        };
+        let flops =
+            rows * (2.0 * matmul * new + 4.0 * attention_layers * new * attended * q as f64);
+        let kv_per_position = self.kv_bytes_per_position(bytes_per_weight);
+        let kv_cache_bytes = match phase {
+            Phase::Forward => 0.0,
+            Phase::Prefill => rows * t * kv_per_position,
+            Phase::Decode { cached } => rows * (cached as f64 + 1.0) * kv_per_position,
+        };
+        let layers = self.layers as f64 + self.decoder_layers as f64;
+        // Each layer writes and reads its input and its MLP expansion once, in f32.
+        let activation_bytes =
+            rows * new * layers * 2.0 * 4.0 * (self.hidden as f64 * 4.0 + self.intermediate as f64);
+        let parameters = self.parameters(generates_text);
+        Cost {
+            parameters,
+            flops,
+            weight_bytes: parameters as f64 * bytes_per_weight,
+            kv_cache_bytes,
+            activation_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn bert_base() -> Value {
+        json!({"model_type": "bert", "hidden_size": 768, "intermediate_size": 3072,
+               "num_hidden_layers": 12, "num_attention_heads": 12, "vocab_size": 30522,
+               "max_position_embeddings": 512})
+    }
+
+    fn llama_7b() -> Value {
+        json!({"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008,
+               "num_hidden_layers": 32, "num_attention_heads": 32, "vocab_size": 32000,
+               "max_position_embeddings": 4096})
+    }
+
+    #[test]
+    fn bert_base_has_about_110m_parameters() {
+        let p = Shape::of(&bert_base(), None).unwrap().parameters(false) as f64;
+        // transformers counts 109.48M (BertModel, pooler included: 0.59M more than ours).
+        assert!((p - 109.48e6).abs() / 109.48e6 < 0.01, "{p}");
+    }
+
+    #[test]
+    fn llama_7b_has_its_parameters_and_decodes_at_two_flops_per_parameter() {
+        let shape = Shape::of(&llama_7b(), None).unwrap();
+        let p = shape.parameters(true) as f64;
+        // 6.74B for LLaMA-7B (Touvron et al. 2023).
+        assert!((p - 6.74e9).abs() / 6.74e9 < 0.01, "{p}");
+        // One token on a short cache: 2 FLOPs per parameter, less the embedding lookup.
+        let c = shape.cost(Phase::Decode { cached: 16 }, true, 1, 1, 2.0);
+        let per_param = c.flops / p;
+        assert!((1.9..=2.05).contains(&per_param), "{per_param}");
+        // Decoding one token reads every weight: memory bound on any machine.
+        assert!((c.weight_bytes - 2.0 * p).abs() < 1.0);
+        assert!(c.intensity() < 2.0, "{}", c.intensity());
+        // The cache: 2 (keys, values) x 32 layers x 4096 x 2 bytes per position.
+        assert_eq!(shape.kv_bytes_per_position(2.0), 524_288.0);
+    }
+
+    #[test]
+    fn prefill_grows_with_positions_and_attention_quadratically() {
+        let shape = Shape::of(&llama_7b(), None).unwrap();
+        let short = shape.cost(Phase::Prefill, true, 1, 512, 2.0);
+        let long = shape.cost(Phase::Prefill, true, 1, 1024, 2.0);
+        let ratio = long.flops / short.flops;
+        assert!(ratio > 2.0 && ratio < 2.2, "{ratio}");
+        assert!(short.intensity() > 100.0, "prefill is compute bound");
+        let batch = shape.cost(Phase::Prefill, true, 4, 512, 2.0);
+        assert!((batch.flops / short.flops - 4.0).abs() < 1e-9);
+        assert_eq!(batch.weight_bytes, short.weight_bytes, "weights read once");
+    }
+
+    #[test]
+    fn absurd_configs_saturate() {
+        let huge = json!({"hidden_size": u64::MAX, "num_hidden_layers": u64::MAX,
+                          "vocab_size": u64::MAX, "num_attention_heads": 1});
+        let shape = Shape::of(&huge, None).unwrap();
+        assert_eq!(shape.parameters(true), u64::MAX);
+        let c = shape.cost(
+            Phase::Decode { cached: usize::MAX },
+            true,
+            usize::MAX,
+            1,
+            4.0,
+        );
+        assert!(c.flops.is_infinite() || c.flops > 1e30);
+    }
+
+    #[test]
+    fn towers_and_encoder_decoders() {
+        let clip = json!({"model_type": "clip",
+            "text_config": {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
+                            "num_attention_heads": 8, "vocab_size": 49408, "max_position_embeddings": 77},
+            "vision_config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                              "num_attention_heads": 12, "image_size": 224, "patch_size": 32}});
+        assert!(Shape::of(&clip, None).is_none(), "no top-level tower");
+        let vision = Shape::of(&clip, Some("vision_config")).unwrap();
+        // ViT-B/32: 85M in the layers.
+        let layers = vision.matmul_parameters(false);
+        assert!((layers - 85.05e6).abs() / 85.05e6 < 0.01, "{layers}");
+        let t5 = json!({"model_type": "t5", "d_model": 512, "d_ff": 2048, "num_layers": 6,
+                        "num_decoder_layers": 6, "num_heads": 8, "d_kv": 64, "vocab_size": 32128});
+        let shape = Shape::of(&t5, None).unwrap();
+        // t5-small: 60.5M (tied head, relative positions).
+        let p = shape.parameters(true) as f64;
+        assert!((p - 60.5e6).abs() / 60.5e6 < 0.03, "{p}");
+    }
+}
