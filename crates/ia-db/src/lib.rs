@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 
 pub use query::{Limits, OutputFormat, QueryResult};
 pub use records::{
-    CompatibilityRecord, HardwareRecord, ModelRecord, PerformanceRecord, RunRecord, WebRecord,
+    CalibrationRecord, CompatibilityRecord, HardwareRecord, ModelRecord, PerformanceRecord,
+    RunRecord, WebRecord,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -304,6 +305,21 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(result_id)
+    }
+
+    /// Stores the calibration figures of one hardware platform in a single transaction.
+    pub fn record_calibrations(
+        &mut self,
+        hardware: &HardwareRecord,
+        figures: &[CalibrationRecord],
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        let hardware_id = upsert_hardware(&tx, hardware)?;
+        for c in figures {
+            records::insert_calibration(&tx, hardware_id, c)?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn query(&self, sql: &str) -> Result<QueryResult> {

@@ -32,9 +32,10 @@ macro_rules! table_record {
 }
 
 /// The tables written from declared records, with the columns each record fills.
-pub(crate) const DECLARED_TABLES: [(&str, &[&str]); 2] = [
+pub(crate) const DECLARED_TABLES: [(&str, &[&str]); 3] = [
     ("performance_results", PerformanceRecord::COLUMNS),
     ("web_results", WebRecord::COLUMNS),
+    ("calibrations", CalibrationRecord::COLUMNS),
 ];
 
 /// `INSERT INTO table (keys..., columns..., extra) VALUES (?..., extra_value)`: the
@@ -184,6 +185,38 @@ pub(crate) fn insert_web(tx: &Connection, result_id: i64, w: &WebRecord) -> Resu
     Ok(())
 }
 
+table_record! {
+/// One calibration figure of a hardware platform (table `calibrations`).
+#[derive(Debug, Clone, Serialize)]
+pub struct CalibrationRecord {
+    pub engine: String,
+    pub engine_version: String,
+    /// "matmul" (value in FLOP/s) or "memory-bandwidth" (bytes/s).
+    pub kind: String,
+    pub precision: Option<String>,
+    pub size: i64,
+    pub value: f64,
+    pub samples: i32,
+}
+}
+
+pub(crate) fn insert_calibration(
+    tx: &Connection,
+    hardware_id: i64,
+    c: &CalibrationRecord,
+) -> Result<()> {
+    let sql = insert_sql(
+        "calibrations",
+        &["hardware_id"],
+        CalibrationRecord::COLUMNS,
+        Some(("created_at", "now()")),
+    );
+    let mut values: Vec<&dyn ToSql> = vec![&hardware_id];
+    values.extend(c.values());
+    tx.execute(&sql, params_from_iter(values))?;
+    Ok(())
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CompatibilityRecord {
     pub platform: String,
@@ -250,6 +283,14 @@ mod tests {
         assert_eq!(
             sorted(store.columns("web_results").unwrap()),
             expect(&["result_id"], WebRecord::COLUMNS, &[])
+        );
+        assert_eq!(
+            sorted(store.columns("calibrations").unwrap()),
+            expect(
+                &["calibration_id", "hardware_id"],
+                CalibrationRecord::COLUMNS,
+                &["created_at"]
+            )
         );
         store.check_tables().unwrap();
     }

@@ -5,10 +5,10 @@ use crate::{DbError, Result};
 use duckdb::Connection;
 use std::path::Path;
 
-pub const CURRENT_VERSION: i64 = 6;
+pub const CURRENT_VERSION: i64 = 7;
 
 /// Every table of the current schema.
-pub const TABLES: [&str; 8] = [
+pub const TABLES: [&str; 9] = [
     "schema_version",
     "runs",
     "hardware_platforms",
@@ -17,6 +17,7 @@ pub const TABLES: [&str; 8] = [
     "raw_samples",
     "compatibility_results",
     "web_results",
+    "calibrations",
 ];
 
 /// MIGRATIONS[i] upgrades from version i to i + 1.
@@ -186,6 +187,25 @@ ALTER TABLE web_results ADD COLUMN gpu_process_peak_rss_bytes BIGINT;
     // on that host, instead of staying `running`. NULL before v6.
     r#"
 ALTER TABLE runs ADD COLUMN pid BIGINT;
+"#,
+    // 7: hardware calibration (`hardware --calibrate`): what each engine sustains on a dense
+    // matrix product per precision, and the memory bandwidth, per hardware platform row.
+    r#"
+CREATE SEQUENCE seq_calibration_id START 1;
+CREATE TABLE calibrations (
+    calibration_id BIGINT PRIMARY KEY DEFAULT nextval('seq_calibration_id'),
+    hardware_id    BIGINT NOT NULL REFERENCES hardware_platforms(hardware_id),
+    engine         VARCHAR NOT NULL,
+    engine_version VARCHAR NOT NULL,
+    -- matmul (FLOP/s) | memory-bandwidth (bytes/s)
+    kind           VARCHAR NOT NULL,
+    precision      VARCHAR,
+    -- n of the n x n product, or bytes of each triad array
+    size           BIGINT NOT NULL,
+    value          DOUBLE NOT NULL,
+    samples        INTEGER NOT NULL,
+    created_at     TIMESTAMP NOT NULL
+);
 "#,
 ];
 

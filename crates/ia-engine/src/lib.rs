@@ -109,6 +109,19 @@ impl Placement {
     }
 }
 
+/// What an engine sustains on a dense matrix product at a placement: the compute ceiling of
+/// the predictor's roofline.
+#[derive(Debug, Clone, Serialize)]
+pub struct MatmulRate {
+    /// The device as the runtime names it.
+    pub device: String,
+    /// n of the n x n by n x n product.
+    pub size: usize,
+    /// Median over the timed products, FLOP/s (2 n^3 per product).
+    pub flops_per_s: f64,
+    pub samples: usize,
+}
+
 /// How a session was obtained; stored with every result.
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionInfo {
@@ -193,6 +206,16 @@ pub trait Engine: Send + Sync {
         let _ = (model, at);
         Err(EngineError::Unsupported(format!(
             "the {} engine cannot generate text",
+            self.name()
+        )))
+    }
+
+    /// Times dense n x n matrix products at `at` (a short micro-benchmark: well under a
+    /// second), for the hardware calibration.
+    fn calibrate_matmul(&self, at: Placement) -> Result<MatmulRate, EngineError> {
+        let _ = at;
+        Err(EngineError::Unsupported(format!(
+            "the {} engine has no matmul calibration yet",
             self.name()
         )))
     }

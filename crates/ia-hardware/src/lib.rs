@@ -5,6 +5,7 @@
 //! driver interface that lists a device. Anything else is reported unavailable with the reason
 //! the probe gave, so a report never claims hardware that was not actually seen.
 
+pub mod bandwidth;
 mod cpu;
 mod gpu;
 pub mod memory;

@@ -214,8 +214,7 @@ impl Shape {
             Phase::Forward | Phase::Prefill => (t, t),
             Phase::Decode { cached } => (1.0, cached as f64 + 1.0),
         };
-        let flops =
-            rows * (2.0 * matmul * new + 4.0 * attention_layers * new * attended * q as f64);
+        let flops = rows * (2.0 * matmul * new + 4.0 * attention_layers * new * attended * q);
         let kv_per_position = self.kv_bytes_per_position(bytes_per_weight);
         let kv_cache_bytes = match phase {
             Phase::Forward => 0.0,

@@ -4,13 +4,14 @@
 //! One file per architecture under [`models`]; each deserialises the Hugging Face
 //! `config.json` as is and loads tensors under the checkpoint's own names.
 
+mod calibrate;
 pub mod models;
 mod weights;
 
 use candle_core::{DType, Device, Tensor};
 use ia_engine::{
-    Capability, Engine, EngineError, OutputTensor, Placement, Precision, Session, SpeechRecognizer,
-    TextGenerator,
+    Capability, Engine, EngineError, MatmulRate, OutputTensor, Placement, Precision, Session,
+    SpeechRecognizer, TextGenerator,
 };
 use ia_hardware::Platform;
 use ia_models::{Model, ModelClass};
@@ -27,6 +28,16 @@ impl NativeEngine {
     pub fn new() -> Self {
         Self
     }
+}
+
+/// candle 0.11's CPU backend has no bf16 matmul: refused before anything is loaded.
+fn check_dtype(platform: Platform, dtype: DType) -> Result<(), EngineError> {
+    if dtype == DType::BF16 && platform == Platform::Cpu {
+        return Err(EngineError::Unsupported(
+            "bf16 needs a matmul candle's CPU backend does not have (use f32, f16, or the openvino engine)".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn device_for(platform: Platform) -> Result<(Device, String), EngineError> {
@@ -91,6 +102,25 @@ impl Engine for NativeEngine {
             }
         };
         Err(EngineError::Unsupported(refusal))
+    }
+
+    fn calibrate_matmul(&self, at: Placement) -> Result<MatmulRate, EngineError> {
+        let (device, name) = device_for(at.platform)?;
+        let dtype = dtype_for(at.precision).map_err(|_| {
+            EngineError::Unsupported(format!(
+                "the native engine has no {} matmul: it computes in f32, f16 or bf16 \
+                 (q8_0 and q4_k are weight formats of its quantised decoders)",
+                at.precision
+            ))
+        })?;
+        check_dtype(at.platform, dtype)?;
+        let (size, flops_per_s, samples) = calibrate::matmul(&device, dtype)?;
+        Ok(MatmulRate {
+            device: name,
+            size,
+            flops_per_s,
+            samples,
+        })
     }
 
     fn load(&self, model: &Model, at: Placement) -> Result<Box<dyn Session>, EngineError> {
@@ -160,12 +190,7 @@ impl NativeEngine {
         } else {
             dtype_for(precision)?
         };
-        if dtype == DType::BF16 && platform == Platform::Cpu {
-            // candle 0.11's CPU backend has no bf16 matmul; refuse before loading.
-            return Err(EngineError::Unsupported(
-                "bf16 needs a matmul candle's CPU backend does not have (use f32, f16, or the openvino engine)".into(),
-            ));
-        }
+        check_dtype(platform, dtype)?;
         // Weights and position tables must fit before candle allocates them: a failed
         // allocation aborts the process.
         ia_engine::memory::check_fits(

@@ -1,6 +1,13 @@
-//! `ipfs-accelerate hardware`
+//! `ipfs-accelerate hardware`: what this machine has, why a platform is absent, and with
+//! `--calibrate` what its engines sustain (matmul FLOP/s per precision, memory bandwidth),
+//! stored in the results store for the predictor.
 
-use ia_hardware::{HardwareReport, RuntimeLibrary};
+use crate::results::{hardware_record, host_name};
+use crate::target::Engines;
+use ia_db::{CalibrationRecord, ReadOptions, Store};
+use ia_engine::{EngineError, Placement, Precision};
+use ia_hardware::{HardwareReport, Platform, RuntimeLibrary};
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -10,6 +17,17 @@ pub struct Args {
     /// Skip the in-browser probe of webgpu, webnn and wasm (it starts headless Chromium)
     #[arg(long)]
     no_browser: bool,
+    /// Measure each available platform's engines with short micro-benchmarks (dense matmul
+    /// FLOP/s per precision, memory bandwidth) and store them in the results database
+    #[arg(long)]
+    calibrate: bool,
+    /// The results database calibrations are stored in and shown from
+    #[arg(
+        long,
+        env = "BENCHMARK_DB_PATH",
+        default_value = "./benchmark_db.duckdb"
+    )]
+    db_path: PathBuf,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -20,12 +38,197 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // WebNN contexts, or its own error text.
         let _ = ia_browser::probe(&mut report);
     }
+    let mut refused = Vec::new();
+    if args.calibrate {
+        refused = calibrate(&report, &args.db_path)?;
+    }
+    // The report stands without the store: an unreadable or older store is only a note.
+    let stored = stored_calibrations(&args.db_path, &report.fingerprint).unwrap_or_else(|e| {
+        eprintln!("note: stored calibrations not shown: {e:#}");
+        serde_json::Value::Array(vec![])
+    });
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        v["calibrations"] = serde_json::to_value(&stored)?;
+        v["calibration_refusals"] = serde_json::to_value(&refused)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", render(&report));
+        print!("{}", render_calibrations(&stored, &refused));
     }
     Ok(())
+}
+
+/// A calibration an engine could not make, and why.
+#[derive(Debug, serde::Serialize)]
+pub struct Refusal {
+    pub platform: Platform,
+    pub engine: String,
+    pub precision: Option<Precision>,
+    pub reason: String,
+}
+
+/// The precisions a matmul calibration is tried at.
+const CALIBRATED_PRECISIONS: [Precision; 4] = [
+    Precision::F32,
+    Precision::F16,
+    Precision::Bf16,
+    Precision::Int8,
+];
+
+/// Bytes of each of the triad's three arrays: far beyond any cache of this class of machine.
+const TRIAD_ARRAY_BYTES: u64 = 128 << 20;
+
+/// Calibrates every available platform with every in-process engine at every precision it
+/// takes, plus the host's memory bandwidth; stores what was measured (one transaction per
+/// platform) and returns what was refused, with the reasons.
+fn calibrate(report: &HardwareReport, db_path: &Path) -> anyhow::Result<Vec<Refusal>> {
+    let engines = Engines::new();
+    let host = host_name();
+    let mut store = Store::open_or_create(db_path)?;
+    let mut refused = Vec::new();
+    for status in report.platforms.iter().filter(|s| s.available) {
+        let mut figures = Vec::new();
+        let mut device = status
+            .devices
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "none".into());
+        for engine in engines.all() {
+            let mut engine_refused = Vec::new();
+            for precision in CALIBRATED_PRECISIONS {
+                let at = Placement::new(status.platform, precision);
+                match engine.calibrate_matmul(at) {
+                    Ok(rate) => {
+                        eprintln!(
+                            "{} {} {precision}: {:.1} GFLOP/s ({}x{} matmul, {} products)",
+                            status.platform,
+                            engine.name(),
+                            rate.flops_per_s / 1e9,
+                            rate.size,
+                            rate.size,
+                            rate.samples
+                        );
+                        device = rate.device.clone();
+                        figures.push(CalibrationRecord {
+                            engine: engine.name().into(),
+                            engine_version: engine.version(),
+                            kind: "matmul".into(),
+                            precision: Some(precision.as_str().into()),
+                            size: rate.size as i64,
+                            value: rate.flops_per_s,
+                            samples: rate.samples as i32,
+                        });
+                    }
+                    Err(EngineError::Unsupported(reason)) => engine_refused.push(Refusal {
+                        platform: status.platform,
+                        engine: engine.name().into(),
+                        precision: Some(precision),
+                        reason,
+                    }),
+                    Err(e) => anyhow::bail!(
+                        "calibrating {} on {} at {precision}: {e}",
+                        engine.name(),
+                        status.platform
+                    ),
+                }
+            }
+            // An engine that refuses the platform outright says so once.
+            let all_alike = engine_refused.len() == CALIBRATED_PRECISIONS.len()
+                && engine_refused
+                    .iter()
+                    .all(|r| r.reason == engine_refused[0].reason);
+            if all_alike {
+                engine_refused.truncate(1);
+                engine_refused[0].precision = None;
+            }
+            refused.extend(engine_refused);
+        }
+        if status.platform == Platform::Cpu {
+            let b = ia_hardware::bandwidth::measure(TRIAD_ARRAY_BYTES, 5);
+            eprintln!(
+                "cpu memory bandwidth: {:.1} GB/s (STREAM triad, 3 x {} MiB, {} threads)",
+                b.bytes_per_s / 1e9,
+                b.array_bytes >> 20,
+                b.threads
+            );
+            figures.push(CalibrationRecord {
+                engine: "stream-triad".into(),
+                engine_version: env!("CARGO_PKG_VERSION").into(),
+                kind: "memory-bandwidth".into(),
+                precision: None,
+                size: b.array_bytes as i64,
+                value: b.bytes_per_s,
+                samples: b.repetitions as i32,
+            });
+        }
+        if !figures.is_empty() {
+            let hardware = hardware_record(report, status.platform, device, &host)?;
+            store.record_calibrations(&hardware, &figures)?;
+        }
+    }
+    Ok(refused)
+}
+
+/// The latest calibration of each (platform, engine, kind, precision) of this machine in
+/// the store at `db_path`; none when there is no store yet.
+fn stored_calibrations(db_path: &Path, fingerprint: &str) -> anyhow::Result<serde_json::Value> {
+    if !db_path.exists() {
+        return Ok(serde_json::Value::Array(vec![]));
+    }
+    let store = Store::open_read_only(db_path, &ReadOptions::default())?;
+    let fingerprint = fingerprint.replace('\'', "''");
+    let result = store.query(&format!(
+        "SELECT h.platform, c.engine, c.engine_version, c.kind, c.precision, c.size, c.value, \
+                c.samples, CAST(c.created_at AS VARCHAR) AS created_at \
+         FROM calibrations c JOIN hardware_platforms h USING (hardware_id) \
+         WHERE h.fingerprint = '{fingerprint}' \
+         QUALIFY row_number() OVER (PARTITION BY h.platform, c.engine, c.kind, c.precision \
+                                    ORDER BY c.created_at DESC, c.calibration_id DESC) = 1 \
+         ORDER BY h.platform, c.kind, c.engine, c.precision"
+    ))?;
+    Ok(serde_json::from_str(
+        &result.render(ia_db::OutputFormat::Json),
+    )?)
+}
+
+fn render_calibrations(stored: &serde_json::Value, refused: &[Refusal]) -> String {
+    let rows = stored.as_array().map(Vec::as_slice).unwrap_or_default();
+    if rows.is_empty() && refused.is_empty() {
+        return "\nCALIBRATION\nnone stored for this machine (run `hardware --calibrate`)\n".into();
+    }
+    let mut out = format!(
+        "\nCALIBRATION\n{:<10} {:<14} {:<17} {:<6} {:>14}  {}\n",
+        "PLATFORM", "ENGINE", "KIND", "PREC", "VALUE", "MEASURED"
+    );
+    for r in rows {
+        let value = r["value"].as_f64().unwrap_or(f64::NAN);
+        let shown = match r["kind"].as_str() {
+            Some("memory-bandwidth") => format!("{:.1} GB/s", value / 1e9),
+            _ => format!("{:.1} GFLOP/s", value / 1e9),
+        };
+        out.push_str(&format!(
+            "{:<10} {:<14} {:<17} {:<6} {:>14}  {}\n",
+            r["platform"].as_str().unwrap_or(""),
+            r["engine"].as_str().unwrap_or(""),
+            r["kind"].as_str().unwrap_or(""),
+            r["precision"].as_str().unwrap_or("-"),
+            shown,
+            r["created_at"].as_str().unwrap_or("")
+        ));
+    }
+    for r in refused {
+        out.push_str(&format!(
+            "{:<10} {:<14} {:<17} {:<6} {:>14}  {}\n",
+            r.platform.as_str(),
+            r.engine,
+            "matmul",
+            r.precision.map_or("-", |p| p.as_str()),
+            "unavailable",
+            r.reason
+        ));
+    }
+    out
 }
 
 /// ONNX Runtime's "devices" are the execution providers the loaded library offers; listing

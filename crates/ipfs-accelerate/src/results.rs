@@ -18,11 +18,39 @@ pub(crate) fn run_record() -> RunRecord {
     RunRecord {
         git_commit: git_commit(),
         command_line: std::env::args().collect::<Vec<_>>().join(" "),
-        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into()),
+        host: host_name(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
     }
+}
+
+/// This machine's name, as results record it.
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The hardware row of one platform of this machine, as every stored figure refers to it.
+pub(crate) fn hardware_record(
+    hw: &HardwareReport,
+    platform: ia_hardware::Platform,
+    device: String,
+    host: &str,
+) -> anyhow::Result<HardwareRecord> {
+    Ok(HardwareRecord {
+        fingerprint: hw.fingerprint.clone(),
+        platform: platform.as_str().into(),
+        device,
+        host: host.to_string(),
+        cpu_model: hw.cpu.model_name.clone(),
+        details_json: serde_json::to_string(&serde_json::json!({
+            "platform": hw.status(platform),
+            "cpu": hw.cpu,
+            "gpus": hw.gpus,
+            "os": hw.os,
+            "arch": hw.arch,
+        }))?,
+    })
 }
 
 /// The commit of the source tree this binary was built from, "+dirty" when it had changes.
@@ -88,20 +116,7 @@ pub(crate) fn store_outcome(
                 .cloned()
                 .unwrap_or_else(|| "none".into())
         });
-    let hardware = HardwareRecord {
-        fingerprint: hw.fingerprint.clone(),
-        platform: combo.platform.as_str().into(),
-        device: device.clone(),
-        host: host.to_string(),
-        cpu_model: hw.cpu.model_name.clone(),
-        details_json: serde_json::to_string(&serde_json::json!({
-            "platform": status,
-            "cpu": hw.cpu,
-            "gpus": hw.gpus,
-            "os": hw.os,
-            "arch": hw.arch,
-        }))?,
-    };
+    let hardware = hardware_record(hw, combo.platform, device.clone(), host)?;
     let error = match outcome {
         Outcome::Measured(_) => None,
         Outcome::Unavailable { reason } => Some(reason.clone()),

@@ -73,6 +73,11 @@ impl Engines {
         }
     }
 
+    /// Every in-process engine.
+    pub fn all(&self) -> [&dyn Engine; 3] {
+        [&self.native, &self.ort, &self.openvino]
+    }
+
     /// The in-process engine of `kind`; the browser is not one (`ia_browser::WebBench`
     /// drives it).
     pub fn get(&self, kind: EngineKind) -> Option<&dyn Engine> {

@@ -1182,3 +1182,55 @@ fn bf16_without_cpu_support_is_unavailable_in_bench_and_db() {
         "precision,status,compat,says_why\nbf16,unavailable,unavailable,true\nf32,pass,pass,\n"
     );
 }
+
+/// `hardware --calibrate` measures the native engine's matmul per precision it computes in and
+/// the memory bandwidth, stores them against this machine's fingerprint, and `hardware` shows
+/// the stored figures later; what an engine cannot calibrate is listed with the reason.
+#[test]
+fn hardware_calibration_is_measured_stored_and_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cal.duckdb");
+    let hardware = |extra: &[&str]| {
+        let mut args = vec!["hardware", "--no-browser", "--json", "--db-path"];
+        args.push(db.to_str().unwrap());
+        args.extend(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let before = hardware(&[]);
+    assert_eq!(before["calibrations"], serde_json::json!([]));
+    let v = hardware(&["--calibrate"]);
+    let figures = v["calibrations"].as_array().unwrap();
+    let find = |kind: &str, precision: Option<&str>| {
+        figures
+            .iter()
+            .find(|c| c["kind"] == kind && c["precision"].as_str() == precision)
+            .unwrap_or_else(|| panic!("no {kind} {precision:?} in {v}"))
+    };
+    let f32 = find("matmul", Some("f32"));
+    assert_eq!(
+        (f32["platform"].as_str(), f32["engine"].as_str()),
+        (Some("cpu"), Some("native"))
+    );
+    assert!(f32["value"].as_f64().unwrap() > 1e8, "{f32}");
+    assert!(find("memory-bandwidth", None)["value"].as_f64().unwrap() > 1e8);
+    let refused = v["calibration_refusals"].as_array().unwrap();
+    assert!(
+        refused
+            .iter()
+            .any(|r| r["precision"] == "bf16" && r["reason"].as_str().unwrap().contains("bf16")),
+        "{refused:?}"
+    );
+    // Stored against this machine: shown again without measuring.
+    let again = hardware(&[]);
+    assert_eq!(again["calibrations"], v["calibrations"]);
+    assert_eq!(
+        csv(
+            &db,
+            "SELECT count(*) > 0 AS stored FROM calibrations JOIN hardware_platforms USING (hardware_id) \
+             WHERE fingerprint = (SELECT max(fingerprint) FROM hardware_platforms)"
+        ),
+        "stored\ntrue\n"
+    );
+}
