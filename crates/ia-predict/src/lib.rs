@@ -4,9 +4,10 @@
 //!   decode steps of a generation) takes at least `FLOPs / peak FLOP/s` and at least
 //!   `bytes moved / memory bandwidth`, from the cost model ([`ia_models::cost`]) and the
 //!   machine's calibration (`hardware --calibrate`).
-//! * A gradient-boosted model ([`forust_ml`]; `perpetual`, its successor, needs a nightly
+//! * A per-target line (call overhead + slowdown x roofline) is fitted first; then a
+//!   gradient-boosted model ([`forust_ml`]; `perpetual`, its successor, needs a nightly
 //!   compiler) learns the log ratio of measured p50 latency to
-//!   that prior from the results store: how far each engine, platform, precision and class
+//!   that line from the results store: how far each engine, platform, precision and class
 //!   stays from the ceiling at each size. Learning a ratio, not the latency, lets the trees
 //!   (which cannot extrapolate) serve batch sizes and lengths outside the measured range.
 //! * The 90% interval is split conformal: the model is fitted on one part of the data, and
@@ -163,6 +164,90 @@ pub struct Observation {
     pub result_id: i64,
 }
 
+/// The first learned stage: latency = overhead + slowdown x roofline, fitted per engine,
+/// platform and precision (and over everything, for targets without their own points), by
+/// least squares on relative error. The roofline alone ignores the fixed cost of a call,
+/// which dominates small models.
+#[derive(Debug, Clone, Default)]
+struct Affine {
+    per_target: BTreeMap<String, (f64, f64)>,
+    global: (f64, f64),
+}
+
+impl Affine {
+    fn key(c: &Case) -> String {
+        format!("{}|{}|{}", c.engine, c.platform, c.precision)
+    }
+
+    fn fit(observations: &[Observation]) -> Self {
+        let points = |filter: &dyn Fn(&Case) -> bool| -> Vec<(f64, f64)> {
+            observations
+                .iter()
+                .filter(|o| filter(&o.case))
+                .map(|o| (o.case.prior_ms(), o.latency_ms))
+                .collect()
+        };
+        let global = fit_affine(&points(&|_| true)).unwrap_or((0.0, 1.0));
+        let mut per_target = BTreeMap::new();
+        for o in observations {
+            let key = Self::key(&o.case);
+            if per_target.contains_key(&key) {
+                continue;
+            }
+            if let Some(line) = fit_affine(&points(&|c| Self::key(c) == key)) {
+                per_target.insert(key, line);
+            }
+        }
+        Self { per_target, global }
+    }
+
+    fn baseline_ms(&self, c: &Case) -> f64 {
+        let (a, b) = self
+            .per_target
+            .get(&Self::key(c))
+            .copied()
+            .unwrap_or(self.global);
+        (a + b * c.prior_ms()).max(1e-6)
+    }
+}
+
+/// `y = a + b x` minimising the squared relative error, with `a >= 0` and `b > 0`; `None` with
+/// fewer than two distinct `x`.
+fn fit_affine(points: &[(f64, f64)]) -> Option<(f64, f64)> {
+    let distinct = points
+        .iter()
+        .any(|p| (p.0 - points[0].0).abs() > 1e-12 * p.0.abs().max(1e-12));
+    if points.len() < 2 || !distinct {
+        return None;
+    }
+    // Weighted normal equations, weights 1 / y^2.
+    let (mut sw, mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for &(x, y) in points {
+        let w = 1.0 / (y * y);
+        sw += w;
+        sx += w * x;
+        sy += w * y;
+        sxx += w * x * x;
+        sxy += w * x * y;
+    }
+    let det = sw * sxx - sx * sx;
+    let (a, b) = if det.abs() > 0.0 {
+        ((sy * sxx - sx * sxy) / det, (sw * sxy - sx * sy) / det)
+    } else {
+        (0.0, 0.0)
+    };
+    if a >= 0.0 && b > 0.0 {
+        return Some((a, b));
+    }
+    // Through the origin (a = 0), or a constant (b ~ 0): the better of the two bounds.
+    let slope = sxy / sxx;
+    if slope > 0.0 && a < 0.0 {
+        Some((0.0, slope))
+    } else {
+        Some((sy / sw, 1e-9))
+    }
+}
+
 /// Categorical values as stable small integers, learned from the training cases.
 #[derive(Debug, Clone, Default)]
 struct Codes(BTreeMap<String, f64>);
@@ -187,6 +272,7 @@ const FEATURES: usize = 10;
 
 /// Latency predictions with split-conformal intervals.
 pub struct Predictor {
+    affine: Affine,
     booster: GradientBooster,
     engines: Codes,
     platforms: Codes,
@@ -230,6 +316,7 @@ impl Predictor {
         let calibrate: Vec<&Observation> = calibrate.into_iter().map(|(_, o)| o).collect();
         let cases = || fit.iter().map(|o| &o.case);
         let mut p = Self {
+            affine: Affine::fit(&fit),
             // Shallow trees and many small steps: tens to hundreds of points, few features.
             booster: GradientBooster::default()
                 .set_objective_type(ObjectiveType::SquaredLoss)
@@ -249,7 +336,7 @@ impl Predictor {
         let rows: Vec<&Case> = cases().collect();
         let y: Vec<f64> = fit
             .iter()
-            .map(|o| (o.latency_ms / o.case.prior_ms()).ln())
+            .map(|o| (o.latency_ms / p.affine.baseline_ms(&o.case)).ln())
             .collect();
         let data = p.matrix(&rows);
         p.booster
@@ -266,10 +353,12 @@ impl Predictor {
 
     /// Column-major features of `cases`.
     fn matrix(&self, cases: &[&Case]) -> Vec<f64> {
-        let mut columns = vec![Vec::with_capacity(cases.len()); FEATURES];
+        let mut columns: Vec<Vec<f64>> = (0..FEATURES)
+            .map(|_| Vec::with_capacity(cases.len()))
+            .collect();
         for c in cases {
             let f = [
-                c.prior_ms().ln(),
+                self.affine.baseline_ms(c).ln(),
                 c.flops().max(1.0).ln(),
                 c.bytes().max(1.0).ln(),
                 (c.flops() / c.bytes().max(1.0)).max(1e-9).ln(),
@@ -292,7 +381,7 @@ impl Predictor {
         let ratio = self
             .booster
             .predict(&Matrix::new(&data, 1, FEATURES), false)[0];
-        case.prior_ms() * ratio.exp()
+        self.affine.baseline_ms(case) * ratio.exp()
     }
 
     /// The predicted p50 latency of one iteration with its 90% interval.
@@ -383,12 +472,13 @@ pub struct SplitReport {
     pub predictions: usize,
     /// Folds skipped because the rest had too little data to fit.
     pub skipped_folds: usize,
-    /// Mean absolute percentage error of the p50, %.
-    pub mape: f64,
+    /// Mean absolute percentage error of the p50, %; the shares below. None without
+    /// predictions (every fold skipped).
+    pub mape: Option<f64>,
     /// Share of predictions within 10% of the measurement.
-    pub within_10pct: f64,
+    pub within_10pct: Option<f64>,
     /// Share of measurements inside their 90% interval.
-    pub coverage: f64,
+    pub coverage: Option<f64>,
     /// Among (model, batch, precision) cases measured on several targets: how often the
     /// predicted fastest is the measured fastest, and the mean loss (%) when it is not.
     pub selection_cases: usize,
@@ -421,7 +511,8 @@ pub fn evaluate(observations: &[Observation], split: Split) -> SplitReport {
             Err(_) => skipped += 1,
         }
     }
-    let n = scored.len().max(1) as f64;
+    let n = scored.len() as f64;
+    let some = |v: f64| (!scored.is_empty()).then_some(v);
     let errors: Vec<f64> = scored
         .iter()
         .map(|(o, p)| (p.p50_ms - o.latency_ms).abs() / o.latency_ms)
@@ -463,9 +554,9 @@ pub fn evaluate(observations: &[Observation], split: Split) -> SplitReport {
         folds: groups.len(),
         predictions: scored.len(),
         skipped_folds: skipped,
-        mape: errors.iter().sum::<f64>() / n * 100.0,
-        within_10pct: errors.iter().filter(|&&e| e <= 0.1).count() as f64 / n,
-        coverage: covered as f64 / n,
+        mape: some(errors.iter().sum::<f64>() / n * 100.0),
+        within_10pct: some(errors.iter().filter(|&&e| e <= 0.1).count() as f64 / n),
+        coverage: some(covered as f64 / n),
         selection_cases,
         top1: (selection_cases > 0).then(|| hits as f64 / selection_cases as f64),
         mean_loss_pct: (!losses.is_empty())
@@ -500,6 +591,20 @@ mod tests {
         assert_eq!(gen.len(), 4, "a prefill and three decode steps");
         assert!(gen[0].flops > gen[1].flops);
         assert!(iteration_costs(&json!({}), ModelClass::Detr, false, work, "f32").is_none());
+    }
+
+    #[test]
+    fn the_affine_stage_recovers_overhead_and_slowdown() {
+        let points: Vec<(f64, f64)> = [1.0, 2.0, 4.0, 8.0]
+            .iter()
+            .map(|&x| (x, 0.5 + 3.0 * x))
+            .collect();
+        let (a, b) = fit_affine(&points).unwrap();
+        assert!((a - 0.5).abs() < 1e-9 && (b - 3.0).abs() < 1e-9, "{a} {b}");
+        assert!(
+            fit_affine(&[(1.0, 2.0), (1.0, 3.0)]).is_none(),
+            "one distinct x"
+        );
     }
 
     #[test]

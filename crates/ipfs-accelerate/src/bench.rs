@@ -87,13 +87,8 @@ pub struct Args {
     /// Timed iterations stop here whatever the duration
     #[arg(long, default_value_t = 100_000, value_parser = limits::count(limits::ITERATIONS))]
     max_iterations: usize,
-    /// DuckDB results file
-    #[arg(
-        long,
-        env = "BENCHMARK_DB_PATH",
-        default_value = "./benchmark_db.duckdb"
-    )]
-    db_path: PathBuf,
+    #[command(flatten)]
+    store: crate::run_store::StoreArg,
     /// Do not store results
     #[arg(long)]
     no_db: bool,
@@ -168,7 +163,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let store = if args.no_db {
         None
     } else {
-        Some(RunStore::begin(&args.db_path, &run)?)
+        Some(RunStore::begin(&args.store.db_path, &run)?)
     };
     crate::interrupt::cooperate(store.as_ref().map(RunStore::interrupt_hook));
     let output = args

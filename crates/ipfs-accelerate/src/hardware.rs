@@ -7,7 +7,7 @@ use crate::target::Engines;
 use ia_db::{CalibrationRecord, ReadOptions, Store};
 use ia_engine::{EngineError, Placement, Precision};
 use ia_hardware::{HardwareReport, Platform, RuntimeLibrary};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,13 +21,8 @@ pub struct Args {
     /// FLOP/s per precision, memory bandwidth) and store them in the results database
     #[arg(long)]
     calibrate: bool,
-    /// The results database calibrations are stored in and shown from
-    #[arg(
-        long,
-        env = "BENCHMARK_DB_PATH",
-        default_value = "./benchmark_db.duckdb"
-    )]
-    db_path: PathBuf,
+    #[command(flatten)]
+    store: crate::run_store::StoreArg,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -40,13 +35,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut refused = Vec::new();
     if args.calibrate {
-        refused = calibrate(&report, &args.db_path)?;
+        refused = calibrate(&report, &args.store.db_path)?;
     }
     // The report stands without the store: an unreadable or older store is only a note.
-    let stored = stored_calibrations(&args.db_path, &report.fingerprint).unwrap_or_else(|e| {
-        eprintln!("note: stored calibrations not shown: {e:#}");
-        serde_json::Value::Array(vec![])
-    });
+    let stored =
+        stored_calibrations(&args.store.db_path, &report.fingerprint).unwrap_or_else(|e| {
+            eprintln!("note: stored calibrations not shown: {e:#}");
+            serde_json::Value::Array(vec![])
+        });
     if args.json {
         let mut v = serde_json::to_value(&report)?;
         v["calibrations"] = serde_json::to_value(&stored)?;

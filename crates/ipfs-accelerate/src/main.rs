@@ -10,6 +10,7 @@ mod interrupt;
 mod limits;
 mod models;
 mod plan;
+mod predict;
 mod results;
 mod run;
 mod run_store;
@@ -47,6 +48,9 @@ enum Command {
     Runtimes(runtimes::Args),
     /// Query, report on and export the results database
     Db(db::Args),
+    /// Predict a combination's latency with a 90% interval from the stored measurements and
+    /// the hardware calibration, or score the predictor on held-out results (--evaluate)
+    Predict(predict::Args),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
     // isolates each combination, so one panic does not end a run).
     let result = ia_bench::isolate(|| match cli.command {
         Command::Hardware(a) => hardware::run(a),
+        Command::Predict(a) => predict::run(a),
         Command::Models(a) => models::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Run(a) => run::run(a),

@@ -124,3 +124,15 @@ mod tests {
         assert!(!dir.path().join("out.json.partial").exists());
     }
 }
+
+/// The results store a command reads or writes (`--db-path`).
+#[derive(clap::Args)]
+pub struct StoreArg {
+    /// DuckDB results file
+    #[arg(
+        long = "db-path",
+        env = "BENCHMARK_DB_PATH",
+        default_value = "./benchmark_db.duckdb"
+    )]
+    pub db_path: std::path::PathBuf,
+}

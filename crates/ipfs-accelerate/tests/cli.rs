@@ -1234,3 +1234,98 @@ fn hardware_calibration_is_measured_stored_and_shown() {
         "stored\ntrue\n"
     );
 }
+
+/// `predict` learns from a store's real results (here: bert-tiny and vit-tiny on the native
+/// engine and ONNX Runtime at three batch sizes, measured during the test): a stored
+/// configuration is reported as measured with its result, an unmeasured one is predicted with
+/// a 90% interval and the measurements it leaned on, and `--evaluate` scores the predictor on
+/// held-out results only.
+#[test]
+fn predict_learns_from_stored_results_and_scores_itself_on_held_out_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("p.duckdb");
+    let db_arg = db.to_str().unwrap();
+    let bert = fixture("bert-tiny");
+    assert_one_line_error(
+        &run(&["predict", "--model", &bert, "--db-path", db_arg]),
+        "no results store",
+    );
+    let o = run(&[
+        "hardware",
+        "--no-browser",
+        "--calibrate",
+        "--db-path",
+        db_arg,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let models = format!("{bert},{}", fixture("vit-tiny"));
+    let o = run(&[
+        "bench",
+        "--models",
+        &models,
+        "--hardware",
+        "cpu,onnxruntime",
+        "--batch-sizes",
+        "1,2,4",
+        "--seq-len",
+        "16",
+        "--warmup",
+        "0",
+        "--min-iterations",
+        "3",
+        "--min-duration",
+        "0",
+        "--db-path",
+        db_arg,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let predict = |extra: &[&str]| {
+        let mut args = vec!["predict", "--db-path", db_arg, "--json"];
+        args.extend(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let measured = predict(&["--model", &bert, "--batch-size", "2", "--seq-len", "16"]);
+    assert_eq!(measured["source"], "measured", "{measured}");
+    assert!(measured["result_id"].as_i64().unwrap() > 0);
+    let predicted = predict(&["--model", &bert, "--batch-size", "3", "--seq-len", "16"]);
+    assert_eq!(predicted["source"], "predicted", "{predicted}");
+    let (p50, low, high) = (
+        predicted["p50_ms"].as_f64().unwrap(),
+        predicted["interval_90"][0].as_f64().unwrap(),
+        predicted["interval_90"][1].as_f64().unwrap(),
+    );
+    assert!(low <= p50 && p50 <= high && low > 0.0, "{predicted}");
+    assert_eq!(predicted["calibrated"], true);
+    assert_eq!(
+        predicted["nearest_measurements"].as_array().unwrap().len(),
+        3
+    );
+
+    let report = predict(&["--evaluate"]);
+    assert_eq!(report["observations"], 12, "{report}");
+    let splits = report["splits"].as_array().unwrap();
+    let names: Vec<&str> = splits
+        .iter()
+        .map(|s| s["split"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["configuration", "batch-size", "model", "platform"]);
+    let configuration = &splits[0];
+    // Every result is predicted by a model fitted without it.
+    assert_eq!(configuration["folds"], 12);
+    assert_eq!(configuration["predictions"], 12);
+    for s in splits {
+        if s["predictions"] == 0 {
+            // Holding out one of two models leaves too little to fit: said, not scored.
+            assert_eq!(s["skipped_folds"], s["folds"], "{s}");
+            assert!(s["coverage"].is_null() && s["mape"].is_null(), "{s}");
+            continue;
+        }
+        let coverage = s["coverage"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&coverage), "{s}");
+        assert!(s["mape"].as_f64().unwrap().is_finite(), "{s}");
+    }
+    // Two targets per (model, batch): a selection case each.
+    assert_eq!(configuration["selection_cases"], 6);
+}
