@@ -6,7 +6,7 @@
 #     on every target the machine has (native cpu, onnxruntime, openvino, wasm, webgpu; absent
 #     ones are stored unavailable with the reason) x 4 batch sizes x 2 sequence lengths;
 #   * the small catalog models at their real sizes on the native engine (BERT = MiniLM,
-#     ViT-tiny, T5-efficient-tiny, Whisper-tiny.en, OPT-125m; random weights where no
+#     ViT-tiny, Whisper-tiny.en, and the T5 fixture; random weights where no
 #     checkpoint is cached, and every result says which).
 # Short time budgets (5 iterations, 0.2 s). usage: scripts/predict_data.sh [DB]
 # (default ./predict_db.duckdb); IA_BIN=path uses a built binary instead of building.
@@ -21,7 +21,7 @@ common=(--batch-sizes 1,2,4,8 --warmup 1 --min-iterations 5 --min-duration 0.2
 for seq in 16 64; do
   "$exe" bench --models fixtures/bert-tiny,fixtures/vit-tiny,fixtures/llama-tiny,fixtures/qwen2-tiny,fixtures/opt-tiny \
     --hardware cpu,onnxruntime,openvino,wasm,webgpu --seq-len "$seq" "${common[@]}" >&2 || true
-  "$exe" bench --models bert,vit,t5,whisper,opt --small-models --random-weights \
+  "$exe" bench --models bert,vit,whisper,fixtures/t5-tiny --small-models --random-weights \
     --hardware cpu --seq-len "$seq" "${common[@]}" >&2 || true
 done
 "$exe" predict --evaluate --db-path "$db"

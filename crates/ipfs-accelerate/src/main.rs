@@ -15,6 +15,7 @@ mod results;
 mod run;
 mod run_store;
 mod runtimes;
+mod select;
 mod target;
 
 use clap::{Parser, Subcommand};
@@ -51,6 +52,9 @@ enum Command {
     /// Predict a combination's latency with a 90% interval from the stored measurements and
     /// the hardware calibration, or score the predictor on held-out results (--evaluate)
     Predict(predict::Args),
+    /// Rank this machine's targets for a model and batch size (measured or predicted p50,
+    /// memory estimate), with latency and memory limits
+    Select(select::Args),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
     let result = ia_bench::isolate(|| match cli.command {
         Command::Hardware(a) => hardware::run(a),
         Command::Predict(a) => predict::run(a),
+        Command::Select(a) => select::run(a),
         Command::Models(a) => models::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Run(a) => run::run(a),

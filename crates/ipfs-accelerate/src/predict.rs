@@ -21,19 +21,8 @@ pub struct Args {
     /// Target as bench takes it: cpu, onnxruntime[:<platform>], openvino, wasm, webgpu
     #[arg(long, default_value = "cpu")]
     hardware: Target,
-    #[arg(long, default_value_t = 1, value_parser = crate::limits::count(crate::limits::BATCH))]
-    batch_size: usize,
-    /// Text length (the prompt of a generation)
-    #[arg(long, default_value_t = 128, value_parser = crate::limits::count(crate::limits::SEQ_LEN))]
-    seq_len: usize,
-    /// Tokens a generation adds (text-generation models)
-    #[arg(long, default_value_t = 32, value_parser = crate::limits::count(crate::limits::NEW_TOKENS))]
-    new_tokens: usize,
-    /// Seconds of audio per input (audio models)
-    #[arg(long, default_value_t = 5.0, value_parser = crate::limits::audio_seconds)]
-    audio_seconds: f32,
-    #[arg(long, default_value = "f32")]
-    precision: Precision,
+    #[command(flatten)]
+    size: SizeArgs,
     /// Use the small variant of a catalog entry
     #[arg(long)]
     small_models: bool,
@@ -48,75 +37,116 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    if !args.store.db_path.exists() {
-        bail!(
-            "{}: no results store (run `bench` first; predictions learn from measurements)",
-            args.store.db_path.display()
-        );
+/// The size and precision of an iteration: what `predict` and `select` ask about.
+#[derive(clap::Args)]
+pub(crate) struct SizeArgs {
+    #[arg(long, default_value_t = 1, value_parser = crate::limits::count(crate::limits::BATCH))]
+    pub batch_size: usize,
+    /// Text length (the prompt of a generation)
+    #[arg(long, default_value_t = 128, value_parser = crate::limits::count(crate::limits::SEQ_LEN))]
+    pub seq_len: usize,
+    /// Tokens a generation adds (text-generation models)
+    #[arg(long, default_value_t = 32, value_parser = crate::limits::count(crate::limits::NEW_TOKENS))]
+    pub new_tokens: usize,
+    /// Seconds of audio per input (audio models)
+    #[arg(long, default_value_t = 5.0, value_parser = crate::limits::audio_seconds)]
+    pub audio_seconds: f32,
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
+}
+
+impl SizeArgs {
+    /// The sizes that apply to `model`, as bench stores them (none for the others).
+    pub fn workload(&self, model: &Model) -> Workload {
+        let text = model.modality == ia_models::Modality::Text;
+        let audio = model.modality == ia_models::Modality::Audio;
+        Workload {
+            batch: self.batch_size,
+            seq_len: if text { self.seq_len } else { 0 },
+            new_tokens: if model.generates_text() {
+                self.new_tokens
+            } else {
+                0
+            },
+            audio_seconds: if audio {
+                f64::from(self.audio_seconds)
+            } else {
+                0.0
+            },
+        }
     }
-    let store = Store::open_read_only(&args.store.db_path, &ReadOptions::default())?;
-    let ceilings = Ceilings::load(&store)?;
-    let (observations, skipped) = observations(&store, &ceilings)?;
-    if args.evaluate {
-        return evaluate(&observations, &skipped, args.json);
+}
+
+/// What predictions stand on: the store's calibrations and measured results.
+pub(crate) struct Knowledge {
+    ceilings: Ceilings,
+    pub observations: Vec<Observation>,
+    skipped: HashMap<String, usize>,
+    predictor: Option<Predictor>,
+}
+
+impl Knowledge {
+    pub fn load(db_path: &std::path::Path) -> anyhow::Result<Self> {
+        if !db_path.exists() {
+            bail!(
+                "{}: no results store (run `bench` first; predictions learn from measurements)",
+                db_path.display()
+            );
+        }
+        let store = Store::open_read_only(db_path, &ReadOptions::default())?;
+        let ceilings = Ceilings::load(&store)?;
+        let (observations, skipped) = observations(&store, &ceilings)?;
+        Ok(Self {
+            ceilings,
+            observations,
+            skipped,
+            predictor: None,
+        })
     }
-    let name = args
-        .model
-        .as_deref()
-        .expect("clap requires --model without --evaluate");
-    let model = resolve_model(
-        name,
-        &PlanOptions {
-            small: args.small_models,
-            random_weights: true,
-            seed: 0,
-        },
-    )?;
-    let fingerprint = ia_hardware::detect().fingerprint;
-    // The sizes that apply to the model, as bench stores them (none for the others).
-    let text = model.modality == ia_models::Modality::Text;
-    let audio = model.modality == ia_models::Modality::Audio;
-    let work = Workload {
-        batch: args.batch_size,
-        seq_len: if text { args.seq_len } else { 0 },
-        new_tokens: if model.generates_text() {
-            args.new_tokens
-        } else {
-            0
-        },
-        audio_seconds: if audio {
-            f64::from(args.audio_seconds)
-        } else {
-            0.0
-        },
-    };
-    let case = case_of(
-        &model,
-        engine_name(args.hardware.engine),
-        args.hardware.platform.as_str(),
-        args.precision.as_str(),
-        &fingerprint,
-        work,
-        &ceilings,
-    )
-    .with_context(|| format!("{}: no cost model for {}", model.name, model.class.as_str()))?;
-    let measured = observations
-        .iter()
-        .rev()
-        .find(|o| same_configuration(&o.case, &case));
-    let out = match measured {
-        Some(o) => json!({
+
+    /// The case of `model` on a target of the machine `fingerprint`, or why there is none.
+    pub fn case_of(
+        &self,
+        model: &Model,
+        target: (&str, &str),
+        precision: &str,
+        fingerprint: &str,
+        work: Workload,
+    ) -> anyhow::Result<Case> {
+        let (engine, platform) = target;
+        self.ceilings
+            .case(model, engine, platform, precision, fingerprint, work)
+            .with_context(|| format!("{}: no cost model for {}", model.name, model.class.as_str()))
+    }
+
+    /// The measured p50 of `case` when the store has that configuration (the latest), else
+    /// the prediction with its interval and the measurements it leaned on.
+    pub fn answer(&mut self, case: &Case) -> anyhow::Result<Value> {
+        let head = json!({
             "model": case.model, "engine": case.engine, "platform": case.platform,
-            "precision": case.precision, "batch_size": work.batch, "seq_len": work.seq_len,
-            "source": "measured", "result_id": o.result_id,
-            "p50_ms": o.latency_ms, "roofline_ms": case.prior_ms(),
-        }),
-        None => {
-            let predictor = Predictor::fit(&observations)?;
-            let p = predictor.predict(&case);
+            "precision": case.precision, "batch_size": case.work.batch,
+            "seq_len": case.work.seq_len, "roofline_ms": case.prior_ms(),
+            "calibrated": case.ceiling.is_some(),
+        });
+        let mut out = head;
+        if let Some(o) = self
+            .observations
+            .iter()
+            .rev()
+            .find(|o| same_configuration(&o.case, case))
+        {
+            out["source"] = "measured".into();
+            out["result_id"] = o.result_id.into();
+            out["p50_ms"] = o.latency_ms.into();
+            out["interval_90"] = json!([o.latency_ms, o.latency_ms]);
+        } else {
+            if self.predictor.is_none() {
+                self.predictor = Some(Predictor::fit(&self.observations)?);
+            }
+            let predictor = self.predictor.as_ref().expect("fitted above");
+            let p = predictor.predict(case);
             let nearest: Vec<Value> = predictor
-                .nearest(&case, 3)
+                .nearest(case, 3)
                 .iter()
                 .map(|o| {
                     json!({"result_id": o.result_id, "model": o.case.model, "engine": o.case.engine,
@@ -124,17 +154,65 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                            "p50_ms": o.latency_ms})
                 })
                 .collect();
-            json!({
-                "model": case.model, "engine": case.engine, "platform": case.platform,
-                "precision": case.precision, "batch_size": work.batch, "seq_len": work.seq_len,
-                "source": "predicted", "p50_ms": p.p50_ms,
-                "interval_90": [p.low_ms, p.high_ms], "roofline_ms": case.prior_ms(),
-                "calibrated": case.ceiling.is_some(),
-                "throughput_items_per_s": work.batch as f64 / p.p50_ms * 1e3,
-                "nearest_measurements": nearest,
-            })
+            out["source"] = "predicted".into();
+            out["p50_ms"] = p.p50_ms.into();
+            out["interval_90"] = json!([p.low_ms, p.high_ms]);
+            out["nearest_measurements"] = nearest.into();
         }
-    };
+        let p50 = out["p50_ms"].as_f64().unwrap_or(f64::NAN);
+        out["throughput_items_per_s"] = (case.work.batch as f64 / p50 * 1e3).into();
+        Ok(out)
+    }
+
+    /// The engine and platform pairs the store has results of on the machine `fingerprint`.
+    pub fn targets(&self, fingerprint: &str) -> Vec<(String, String)> {
+        let mut t: Vec<(String, String)> = self
+            .observations
+            .iter()
+            .filter(|o| o.case.hardware == fingerprint)
+            .map(|o| (o.case.engine.clone(), o.case.platform.clone()))
+            .collect();
+        t.sort();
+        t.dedup();
+        t
+    }
+}
+
+/// The model a prediction is for: catalog models without a checkpoint by their built-in config.
+pub(crate) fn model_for_prediction(name: &str, small: bool) -> anyhow::Result<Model> {
+    resolve_model(
+        name,
+        &PlanOptions {
+            small,
+            random_weights: true,
+            seed: 0,
+        },
+    )
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut knowledge = Knowledge::load(&args.store.db_path)?;
+    if args.evaluate {
+        return evaluate(&knowledge.observations, &knowledge.skipped, args.json);
+    }
+    let name = args
+        .model
+        .as_deref()
+        .expect("clap requires --model without --evaluate");
+    let model = model_for_prediction(name, args.small_models)?;
+    let fingerprint = ia_hardware::detect().fingerprint;
+    let work = args.size.workload(&model);
+    let case = knowledge.case_of(
+        &model,
+        (
+            engine_name(args.hardware.engine),
+            args.hardware.platform.as_str(),
+        ),
+        args.size.precision.as_str(),
+        &fingerprint,
+        work,
+    )?;
+    let out = knowledge.answer(&case)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -271,33 +349,37 @@ fn rows(store: &Store, sql: &str) -> anyhow::Result<Vec<Value>> {
     Ok(v.as_array().cloned().unwrap_or_default())
 }
 
-fn case_of(
-    model: &Model,
-    engine: &str,
-    platform: &str,
-    precision: &str,
-    fingerprint: &str,
-    work: Workload,
-    ceilings: &Ceilings,
-) -> Option<Case> {
-    let costs = ia_predict::iteration_costs(
-        model.config(),
-        model.class,
-        model.generates_text(),
-        work,
-        precision,
-    )?;
-    Some(Case {
-        model: model.name.clone(),
-        class: model.class.as_str().into(),
-        engine: engine.into(),
-        platform: platform.into(),
-        precision: precision.into(),
-        hardware: fingerprint.into(),
-        work,
-        costs,
-        ceiling: ceilings.of(fingerprint, platform, engine, precision),
-    })
+impl Ceilings {
+    /// The case of `model` on an engine and platform of the machine `fingerprint`; none for a
+    /// class without a cost model.
+    fn case(
+        &self,
+        model: &Model,
+        engine: &str,
+        platform: &str,
+        precision: &str,
+        fingerprint: &str,
+        work: Workload,
+    ) -> Option<Case> {
+        let costs = ia_predict::iteration_costs(
+            model.config(),
+            model.class,
+            model.generates_text(),
+            work,
+            precision,
+        )?;
+        Some(Case {
+            model: model.name.clone(),
+            class: model.class.as_str().into(),
+            engine: engine.into(),
+            platform: platform.into(),
+            precision: precision.into(),
+            hardware: fingerprint.into(),
+            work,
+            costs,
+            ceiling: self.of(fingerprint, platform, engine, precision),
+        })
+    }
 }
 
 /// The store's measured results as observations; the models are resolved from their names
@@ -348,14 +430,13 @@ fn observations(
             audio_seconds: num("audio_seconds"),
         };
         let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
-        let Some(case) = case_of(
+        let Some(case) = ceilings.case(
             model,
             &s("engine"),
             &s("platform"),
             &s("precision"),
             &s("fingerprint"),
             work,
-            ceilings,
         ) else {
             *skipped
                 .entry(format!("no cost model for {}", model.class.as_str()))

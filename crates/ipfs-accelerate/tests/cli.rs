@@ -1258,27 +1258,7 @@ fn predict_learns_from_stored_results_and_scores_itself_on_held_out_ones() {
         db_arg,
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let models = format!("{bert},{}", fixture("vit-tiny"));
-    let o = run(&[
-        "bench",
-        "--models",
-        &models,
-        "--hardware",
-        "cpu,onnxruntime",
-        "--batch-sizes",
-        "1,2,4",
-        "--seq-len",
-        "16",
-        "--warmup",
-        "0",
-        "--min-iterations",
-        "3",
-        "--min-duration",
-        "0",
-        "--db-path",
-        db_arg,
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    bench_two_models_on_two_engines(db_arg);
     let predict = |extra: &[&str]| {
         let mut args = vec!["predict", "--db-path", db_arg, "--json"];
         args.extend(extra);
@@ -1328,4 +1308,90 @@ fn predict_learns_from_stored_results_and_scores_itself_on_held_out_ones() {
     }
     // Two targets per (model, batch): a selection case each.
     assert_eq!(configuration["selection_cases"], 6);
+}
+
+/// `select` ranks this machine's targets for a model from the store (measured where it can,
+/// predicted otherwise) and lists the ones a limit excludes with the reason.
+#[test]
+fn select_ranks_targets_and_names_what_a_limit_excludes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.duckdb");
+    let db_arg = db.to_str().unwrap();
+    let bert = fixture("bert-tiny");
+    bench_two_models_on_two_engines(db_arg);
+    let select = |extra: &[&str]| {
+        let mut args = vec![
+            "select",
+            "--model",
+            &bert,
+            "--seq-len",
+            "16",
+            "--db-path",
+            db_arg,
+        ];
+        args.extend(extra);
+        args.push("--json");
+        let o = run(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let ranked = select(&["--batch-size", "2"]);
+    let rows = ranked.as_array().unwrap();
+    let targets: Vec<&str> = rows.iter().map(|r| r["engine"].as_str().unwrap()).collect();
+    assert_eq!(targets.len(), 2, "{ranked}");
+    assert!(rows.iter().all(|r| r["source"] == "measured"));
+    assert!(rows[0]["p50_ms"].as_f64() <= rows[1]["p50_ms"].as_f64());
+    // A limit below every measurement excludes both, each with its reason.
+    let none = select(&["--batch-size", "2", "--max-latency-ms", "0.000001"]);
+    for r in none.as_array().unwrap() {
+        assert!(
+            r["excluded"].as_str().unwrap().contains("--max-latency-ms"),
+            "{r}"
+        );
+    }
+    // An unmeasured batch size is predicted on both targets.
+    let predicted = select(&["--batch-size", "3"]);
+    assert!(predicted
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["source"] == "predicted"));
+    assert_one_line_error(
+        &run(&[
+            "select",
+            "--model",
+            &bert,
+            "--max-memory-gb",
+            "0",
+            "--db-path",
+            db_arg,
+        ]),
+        "positive",
+    );
+}
+
+/// A real store for the prediction tests: bert-tiny and vit-tiny on the native engine and
+/// ONNX Runtime at batch sizes 1, 2 and 4 (12 results).
+fn bench_two_models_on_two_engines(db: &str) {
+    let models = format!("{},{}", fixture("bert-tiny"), fixture("vit-tiny"));
+    let o = run(&[
+        "bench",
+        "--models",
+        &models,
+        "--hardware",
+        "cpu,onnxruntime",
+        "--batch-sizes",
+        "1,2,4",
+        "--seq-len",
+        "16",
+        "--warmup",
+        "0",
+        "--min-iterations",
+        "3",
+        "--min-duration",
+        "0",
+        "--db-path",
+        db,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }
