@@ -3,13 +3,15 @@
 //! is excluded when a limit rules it out.
 
 use crate::predict::{model_for_prediction, Knowledge, SizeArgs};
+use ia_models::Model;
+use ia_predict::Workload;
 use serde_json::{json, Value};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Catalog key, hub id in the local caches, or checkpoint folder
-    #[arg(long)]
-    model: String,
+    #[arg(long, required_unless_present = "create_map")]
+    model: Option<String>,
     #[command(flatten)]
     size: SizeArgs,
     /// Exclude targets whose p50 latency (measured, or the upper end of the predicted 90%
@@ -29,24 +31,27 @@ pub struct Args {
     store: crate::run_store::StoreArg,
     #[arg(long)]
     json: bool,
+    /// Write the choice for every catalog model at batch sizes 1, 8 and 32 (with its figure,
+    /// measured or predicted, or why there is none) as JSON
+    #[arg(long)]
+    create_map: bool,
+    /// Where --create-map writes (standard output without it)
+    #[arg(long, requires = "create_map")]
+    output: Option<std::path::PathBuf>,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Objective {
-    Latency,
-    Throughput,
-}
+/// The batch sizes of `--create-map`.
+const MAP_BATCH_SIZES: [usize; 3] = [1, 8, 32];
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    if let Some(limit) = args.max_latency_ms.or(args.max_memory_gb) {
-        if !(limit.is_finite() && limit > 0.0) {
-            anyhow::bail!("limits must be positive numbers, got {limit}");
-        }
-    }
-    let mut knowledge = Knowledge::load(&args.store.db_path)?;
-    let model = model_for_prediction(&args.model, args.small_models)?;
-    let fingerprint = ia_hardware::detect().fingerprint;
-    let work = args.size.workload(&model);
+/// This machine's targets for `model` at `work`, best first; the excluded ones last, each with
+/// its reason.
+fn rank(
+    args: &Args,
+    knowledge: &mut Knowledge,
+    model: &Model,
+    work: Workload,
+    fingerprint: &str,
+) -> anyhow::Result<Vec<Value>> {
     let bytes_per_weight = ia_predict::bytes_per_weight(args.size.precision.as_str()) as u64;
     let memory = ia_models::footprint::estimate(
         &model.source,
@@ -59,23 +64,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
     )?
     .total();
-    let mut targets = knowledge.targets(&fingerprint);
+    let mut targets = knowledge.targets(fingerprint);
     if !targets.iter().any(|(e, p)| e == "native" && p == "cpu") {
         targets.push(("native".into(), "cpu".into()));
     }
     let mut ranked: Vec<Value> = Vec::new();
     for (engine, platform) in targets {
         let case = knowledge.case_of(
-            &model,
+            model,
             (&engine, &platform),
             args.size.precision.as_str(),
-            &fingerprint,
+            fingerprint,
             work,
         )?;
         let mut row = knowledge.answer(&case)?;
         row["memory_estimate_bytes"] = memory.into();
         let high = row["interval_90"][1].as_f64().unwrap_or(f64::INFINITY);
+        // The graph runtimes run a checkpoint's ONNX export; without one they cannot run it.
+        let exported = matches!(&model.source, ia_models::ModelSource::Checkpoint(c)
+            if c.onnx.is_some() || c.dir.join("onnx").is_dir());
         let excluded = match (args.max_latency_ms, args.max_memory_gb) {
+            _ if engine != "native" && !exported => Some(format!(
+                "{engine} runs ONNX exports and this checkpoint has none"
+            )),
             (Some(max), _) if high > max => Some(format!(
                 "p50 up to {high:.2} ms exceeds --max-latency-ms {max}"
             )),
@@ -101,13 +112,81 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .reverse()
             .then(score(a).total_cmp(&score(b)))
     });
+    Ok(ranked)
+}
+
+/// `--create-map`: for every catalog model at the common batch sizes, the target the ranking
+/// puts first, or why there is none.
+fn create_map(args: &Args, knowledge: &mut Knowledge, fingerprint: &str) -> anyhow::Result<()> {
+    let mut map = Vec::new();
+    for entry in ia_models::CATALOG {
+        let model = match model_for_prediction(entry.key, args.small_models) {
+            Ok(m) => m,
+            Err(e) => {
+                map.push(json!({"model": entry.key, "error": format!("{e:#}")}));
+                continue;
+            }
+        };
+        for batch in MAP_BATCH_SIZES {
+            let mut work = args.size.workload(&model);
+            work.batch = batch;
+            let choice = match rank(args, knowledge, &model, work, fingerprint) {
+                Ok(ranked) => match ranked.into_iter().find(|r| r["excluded"].is_null()) {
+                    Some(best) => json!({"choice": best}),
+                    None => json!({"error": "every target is excluded by the limits"}),
+                },
+                Err(e) => json!({"error": format!("{e:#}")}),
+            };
+            let mut row = json!({"model": entry.key, "id": model.name, "batch_size": batch});
+            if let (Some(row), Some(extra)) = (row.as_object_mut(), choice.as_object()) {
+                row.extend(extra.clone());
+            }
+            map.push(row);
+        }
+    }
+    let text = serde_json::to_string_pretty(&map)?;
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, text + "\n")
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            eprintln!("wrote {} entries to {}", map.len(), path.display());
+        }
+        None => println!("{text}"),
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Objective {
+    Latency,
+    Throughput,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    for limit in [args.max_latency_ms, args.max_memory_gb]
+        .into_iter()
+        .flatten()
+    {
+        if !(limit.is_finite() && limit > 0.0) {
+            anyhow::bail!("limits must be positive numbers, got {limit}");
+        }
+    }
+    let mut knowledge = Knowledge::load(&args.store.db_path)?;
+    let fingerprint = ia_hardware::detect().fingerprint;
+    if args.create_map {
+        return create_map(&args, &mut knowledge, &fingerprint);
+    }
+    let name = args.model.as_deref().expect("clap requires --model");
+    let model = model_for_prediction(name, args.small_models)?;
+    let work = args.size.workload(&model);
+    let ranked = rank(&args, &mut knowledge, &model, work, &fingerprint)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&json!(ranked))?);
         return Ok(());
     }
     println!(
         "{} b={} {} on this machine ({}), by {}:",
-        model.name,
+        name,
         work.batch,
         args.size.precision,
         fingerprint,

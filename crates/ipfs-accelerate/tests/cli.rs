@@ -1395,3 +1395,35 @@ fn bench_two_models_on_two_engines(db: &str) {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// `select --create-map` writes a choice (or the reason there is none) for every catalog model
+/// at batch sizes 1, 8 and 32.
+#[test]
+fn select_create_map_covers_the_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.duckdb");
+    let db_arg = db.to_str().unwrap();
+    bench_two_models_on_two_engines(db_arg);
+    let map = dir.path().join("map.json");
+    let o = run(&[
+        "select",
+        "--create-map",
+        "--output",
+        map.to_str().unwrap(),
+        "--db-path",
+        db_arg,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&map).unwrap()).unwrap();
+    let rows = v.as_array().unwrap();
+    for entry in ia_models::CATALOG {
+        let of_model: Vec<_> = rows.iter().filter(|r| r["model"] == entry.key).collect();
+        assert!(!of_model.is_empty(), "{} missing", entry.key);
+        for r in of_model {
+            assert!(
+                r["choice"]["p50_ms"].as_f64().is_some() || r["error"].is_string(),
+                "{r}"
+            );
+        }
+    }
+}
