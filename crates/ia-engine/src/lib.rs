@@ -6,6 +6,7 @@
 //! at a [`Placement`]: platform and precision), then `Session::run(inputs) -> Outputs`.
 //! Inputs come from [`inputs::generate`], one generator per modality.
 
+pub mod calibration;
 pub mod exported_decoder;
 pub mod generation;
 pub mod inputs;

@@ -11,18 +11,20 @@
 //! is refused as unsupported: bench records the combination unavailable with the reason, and
 //! run / generate say so, rather than storing an f32 result under a bf16 label.
 
+use ia_engine::calibration::{matmul_onnx, operand, time_products, MATMUL_SIZE};
 use ia_engine::exported_decoder::{
     check_exported, decoder_context, DecoderBackend, DecoderGraph, DecoderStep, ExportedDecoder,
 };
 use ia_engine::inputs::GraphInput;
 use ia_engine::{
-    Capability, Engine, EngineError, HostTensor, Inputs, OutputTensor, Outputs, Placement,
-    Precision, Session, SessionInfo, TextGenerator,
+    Capability, Engine, EngineError, HostTensor, Inputs, MatmulRate, OutputTensor, Outputs,
+    Placement, Precision, Session, SessionInfo, TextGenerator,
 };
 use ia_hardware::Platform;
 use ia_models::{Model, ModelClass, ModelSource};
 use openvino::{
-    Core, DeviceType, ElementType, InferRequest, PropertyKey, RwPropertyKey, Shape, Tensor,
+    CompiledModel, Core, DeviceType, ElementType, InferRequest, PropertyKey, RwPropertyKey, Shape,
+    Tensor,
 };
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -96,6 +98,53 @@ fn hint(precision: Precision) -> Result<&'static str, EngineError> {
     }
 }
 
+/// A core whose CPU computes at the inference-precision `hint`.
+fn core_for(hint: &str) -> Result<Core, EngineError> {
+    let mut core = Core::new().map_err(ov)?;
+    core.set_property(
+        &DeviceType::CPU,
+        &RwPropertyKey::HintInferencePrecision,
+        hint,
+    )
+    .map_err(ov)?;
+    Ok(core)
+}
+
+/// `model` compiled for the CPU, with the inference precision it really runs at (as OpenVINO
+/// names it, and parsed); an error when that is not the `precision` asked for.
+fn compile(
+    core: &mut Core,
+    model: &openvino::Model,
+    precision: Precision,
+) -> Result<(CompiledModel, String, Precision), EngineError> {
+    let compiled = core.compile_model(model, DeviceType::CPU).map_err(ov)?;
+    // The precision the compiled model really runs at, as OpenVINO reports it; a result
+    // whose precision is not known is not recorded.
+    let used = compiled
+        .get_property(&PropertyKey::Rw(RwPropertyKey::HintInferencePrecision))
+        .map_err(|e| {
+            ov(format!(
+                "the compiled model reports no inference precision: {e}"
+            ))
+        })?
+        .to_string();
+    let precision_used = used.parse::<Precision>().map_err(|_| {
+        ov(format!(
+            "the compiled model reports inference precision '{used}'"
+        ))
+    })?;
+    if precision_used != precision {
+        // A CPU without bf16 (or f16) arithmetic runs such a request in f32. That is not a
+        // bf16 result: the combination is unavailable on this machine, and says why.
+        return Err(EngineError::Unsupported(format!(
+            "{precision} is not available on this CPU: OpenVINO compiled the model for \
+             {used} (bf16 needs AVX512-BF16, AMX-BF16 or AVX-NE-CONVERT, f16 needs \
+             AVX512-FP16 or AMX-FP16)"
+        )));
+    }
+    Ok((compiled, used, precision_used))
+}
+
 /// What every load shares: the compiled model's request, its inputs (with their dims; a dynamic
 /// dim is -1) and outputs, and what to record about it.
 struct Opened {
@@ -118,13 +167,7 @@ impl OpenVinoEngine {
         let (model_path, weights) = model_files(source)?;
         let parameter_count = ia_engine::memory::graph_parameters(source, &model_path)?;
         let (_, version) = library()?;
-        let mut core = Core::new().map_err(ov)?;
-        core.set_property(
-            &DeviceType::CPU,
-            &RwPropertyKey::HintInferencePrecision,
-            hint,
-        )
-        .map_err(ov)?;
+        let mut core = core_for(hint)?;
         let model = core
             .read_model_from_file(&model_path.display().to_string(), &weights)
             .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", model_path.display())))?;
@@ -143,31 +186,7 @@ impl OpenVinoEngine {
             .map(|i| model.get_output_by_index(i).and_then(|n| n.get_name()))
             .collect::<Result<Vec<String>, _>>()
             .map_err(ov)?;
-        let mut compiled = core.compile_model(&model, DeviceType::CPU).map_err(ov)?;
-        // The precision the compiled model really runs at, as OpenVINO reports it; a result
-        // whose precision is not known is not recorded.
-        let used = compiled
-            .get_property(&PropertyKey::Rw(RwPropertyKey::HintInferencePrecision))
-            .map_err(|e| {
-                ov(format!(
-                    "the compiled model reports no inference precision: {e}"
-                ))
-            })?
-            .to_string();
-        let precision_used = used.parse::<Precision>().map_err(|_| {
-            ov(format!(
-                "the compiled model reports inference precision '{used}'"
-            ))
-        })?;
-        if precision_used != precision {
-            // A CPU without bf16 (or f16) arithmetic runs such a request in f32. That is not a
-            // bf16 result: the combination is unavailable on this machine, and says why.
-            return Err(EngineError::Unsupported(format!(
-                "{precision} is not available on this CPU: OpenVINO compiled the model for \
-                 {used} (bf16 needs AVX512-BF16, AMX-BF16 or AVX-NE-CONVERT, f16 needs \
-                 AVX512-FP16 or AMX-FP16)"
-            )));
-        }
+        let (mut compiled, used, precision_used) = compile(&mut core, &model, precision)?;
         let request = compiled.create_infer_request().map_err(ov)?;
         let info = SessionInfo {
             engine: self.name().into(),
@@ -210,6 +229,37 @@ impl Engine for OpenVinoEngine {
         }
         check_exported(class, capability, "OpenVINO")?;
         library().map(|_| ())
+    }
+
+    /// OpenVINO's product at the precision hint, on the graph of one MatMul, each product
+    /// one synchronous inference.
+    fn calibrate_matmul(&self, at: Placement) -> Result<MatmulRate, EngineError> {
+        if at.platform != Platform::Openvino {
+            return Err(EngineError::Unsupported(format!(
+                "the OpenVINO engine runs on the openvino platform, not {}",
+                at.platform
+            )));
+        }
+        let hint = hint(at.precision)?;
+        library()?;
+        let n = MATMUL_SIZE;
+        let mut core = core_for(hint)?;
+        let model = core
+            .read_model_from_buffer(&matmul_onnx(n), None)
+            .map_err(ov)?;
+        let (mut compiled, used, _) = compile(&mut core, &model, at.precision)?;
+        let mut request = compiled.create_infer_request().map_err(ov)?;
+        for (name, offset) in [("a", 0.5), ("b", -0.25)] {
+            let t = tensor(ElementType::F32, &[n, n], &operand(n, offset))?;
+            request.set_tensor(name, &t).map_err(ov)?;
+        }
+        let (flops_per_s, samples) = time_products(n, || request.infer().map_err(ov))?;
+        Ok(MatmulRate {
+            device: format!("CPU (inference precision {used})"),
+            size: n,
+            flops_per_s,
+            samples,
+        })
     }
 
     fn load(&self, model: &Model, at: Placement) -> Result<Box<dyn Session>, EngineError> {

@@ -15,9 +15,12 @@ pub mod generator;
 pub mod runtime;
 pub mod session;
 
+use ia_engine::calibration::{matmul_onnx, operand, time_products, MATMUL_SIZE};
 use ia_engine::exported_decoder::{check_exported, decoder_context, ExportedDecoder};
 use ia_engine::generation::TextGenerator;
-use ia_engine::{Capability, Engine, EngineError, Placement, Precision, Session, SessionInfo};
+use ia_engine::{
+    Capability, Engine, EngineError, MatmulRate, Placement, Precision, Session, SessionInfo,
+};
 use ia_hardware::Platform;
 use ia_models::{Model, ModelClass, ModelSource};
 use std::path::PathBuf;
@@ -101,6 +104,38 @@ impl Engine for OrtEngine {
     fn supports(&self, class: ModelClass, on: Platform, to: Capability) -> Result<(), EngineError> {
         check_exported(class, to, "ONNX Runtime")?;
         runtime::provider_for(on).map(|_| ())
+    }
+
+    /// The execution provider's product, on the graph of one MatMul (f32: the precision the
+    /// exports run at here).
+    fn calibrate_matmul(&self, at: Placement) -> Result<MatmulRate, EngineError> {
+        runtime::provider_for(at.platform)?;
+        if at.precision != Precision::F32 {
+            return Err(EngineError::Unsupported(format!(
+                "the ONNX exports run in f32; a {} matmul is not what ONNX Runtime runs here",
+                at.precision
+            )));
+        }
+        let n = MATMUL_SIZE;
+        let (mut builder, provider) = session::builder(at.platform)?;
+        let mut session = builder
+            .commit_from_memory(&matmul_onnx(n))
+            .map_err(session::rt_err)?;
+        let operand = |offset| {
+            ort::value::Tensor::from_array(([n, n], operand(n, offset))).map_err(session::rt_err)
+        };
+        let (a, b) = (operand(0.5)?, operand(-0.25)?);
+        let (flops_per_s, samples) = time_products(n, || {
+            let feed: Vec<(String, ort::session::SessionInputValue<'_>)> =
+                vec![("a".into(), (&a).into()), ("b".into(), (&b).into())];
+            session.run(feed).map(drop).map_err(session::rt_err)
+        })?;
+        Ok(MatmulRate {
+            device: session::device_name(at.platform, provider),
+            size: n,
+            flops_per_s,
+            samples,
+        })
     }
 
     fn load(&self, model: &Model, at: Placement) -> Result<Box<dyn Session>, EngineError> {

@@ -9,11 +9,23 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::Tensor;
 use std::path::Path;
 
-/// A session on `platform`'s execution provider, and that provider's name.
+/// A session of the ONNX file on `platform`'s execution provider, and that provider's name.
 pub(crate) fn build(
     file: &Path,
     platform: Platform,
 ) -> Result<(ort::session::Session, &'static str), EngineError> {
+    let (mut builder, provider) = builder(platform)?;
+    let session = builder
+        .commit_from_file(file)
+        .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", file.display())))?;
+    Ok((session, provider))
+}
+
+/// Session options every session shares (full graph optimisation, a thread per core) with
+/// `platform`'s execution provider registered, and that provider's name.
+pub(crate) fn builder(
+    platform: Platform,
+) -> Result<(ort::session::builder::SessionBuilder, &'static str), EngineError> {
     let provider = provider_for(platform)?;
     let rt = runtime()?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -21,11 +33,8 @@ pub(crate) fn build(
         .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::Level3)?))
         .and_then(|b| Ok(b.with_intra_threads(threads)?))
         .map_err(|e| EngineError::Runtime(format!("ONNX Runtime session options: {e}")))?;
-    let mut builder = register(builder, provider).map_err(EngineError::Unsupported)?;
-    let session = builder
-        .commit_from_file(file)
-        .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", file.display())))?;
-    Ok((session, provider))
+    let builder = register(builder, provider).map_err(EngineError::Unsupported)?;
+    Ok((builder, provider))
 }
 
 /// "cpu (CPUExecutionProvider)": the platform and the provider that ran it.

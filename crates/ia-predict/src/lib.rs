@@ -1,27 +1,32 @@
-//! Performance prediction for combinations nobody has measured.
+//! Performance prediction for combinations nobody has measured: p50 latency and peak memory.
 //!
-//! * The prior is a roofline: each phase of an iteration (a forward pass; a prefill and the
-//!   decode steps of a generation) takes at least `FLOPs / peak FLOP/s` and at least
+//! * The latency prior is a roofline: each phase of an iteration (a forward pass; a prefill
+//!   and the decode steps of a generation) takes at least `FLOPs / peak FLOP/s` and at least
 //!   `bytes moved / memory bandwidth`, from the cost model ([`ia_models::cost`]) and the
-//!   machine's calibration (`hardware --calibrate`).
-//! * A per-target line (call overhead + slowdown x roofline) is fitted first; then a
-//!   gradient-boosted model ([`forust_ml`]; `perpetual`, its successor, needs a nightly
-//!   compiler) learns the log ratio of measured p50 latency to
-//!   that line from the results store: how far each engine, platform, precision and class
-//!   stays from the ceiling at each size. Learning a ratio, not the latency, lets the trees
-//!   (which cannot extrapolate) serve batch sizes and lengths outside the measured range.
+//!   machine's calibration (`hardware --calibrate`). The memory prior is the footprint
+//!   estimate (`ia_models::footprint`: weights, activations, KV cache).
+//! * A per-target line (for latency: call overhead + slowdown x roofline; for memory: the
+//!   program's own memory + a factor x footprint) is fitted first; then a gradient-boosted
+//!   model ([`forust_ml`]; `perpetual`, its successor, needs a nightly compiler) learns the log
+//!   ratio of the measurement to that line: how far each engine, platform, precision and class
+//!   stays from it at each size. Learning a ratio, not the value, lets the trees (which cannot
+//!   extrapolate) serve batch sizes and lengths outside the measured range.
 //! * The 90% interval is split conformal: the model is fitted on one part of the data, and
 //!   the 90th percentile of its absolute log errors on the held-out rest widens every
-//!   prediction. Coverage is therefore measured on points the model never saw.
-//! * [`evaluate`] holds out configurations, batch sizes, models or whole platforms in turn.
+//!   prediction. A case of an unmeasured model or target is widened by the errors of holding
+//!   each model or target out in turn. The upper bound (what a memory fit decision uses) is
+//!   the prediction times the largest held-out under-prediction.
+//! * [`evaluate`] holds out configurations, batch sizes, models or whole platforms in turn,
+//!   and counts measurements above their upper bound.
 
 use forust_ml::objective::ObjectiveType;
 use forust_ml::{GradientBooster, Matrix};
 use ia_models::cost::{Cost, Phase, Shape};
-use ia_models::ModelClass;
+use ia_models::{footprint, Model, ModelClass};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PredictError {
@@ -61,18 +66,15 @@ pub struct Workload {
     pub audio_seconds: f64,
 }
 
-/// The phases of one iteration and their costs: one forward pass, or a prefill and
-/// `new_tokens - 1` decode steps. `None` for classes without a cost model (DETR's
-/// convolutional backbone, CLAP's Swin tower).
-pub fn iteration_costs(
+/// The tower the cost model follows and the positions one forward pass of it attends over;
+/// `None` for classes without a cost model (DETR's convolutional backbone, CLAP's Swin
+/// tower).
+fn tower_positions(
     config: &Value,
     class: ModelClass,
-    generates_text: bool,
     work: Workload,
-    precision: &str,
-) -> Option<Vec<Cost>> {
-    let bytes = bytes_per_weight(precision);
-    let (tower, positions) = match class {
+) -> Option<(Option<&'static str>, usize)> {
+    Some(match class {
         ModelClass::Bert => (None, work.seq_len),
         ModelClass::Llama | ModelClass::Qwen | ModelClass::T5 => (None, work.seq_len),
         ModelClass::Vit => (None, patches(config)?),
@@ -85,7 +87,20 @@ pub fn iteration_costs(
         // 20 ms per position after the convolutional feature encoder.
         ModelClass::Wav2vec2 => (None, (work.audio_seconds * 50.0).round().max(1.0) as usize),
         _ => return None,
-    };
+    })
+}
+
+/// The phases of one iteration and their costs: one forward pass, or a prefill and
+/// `new_tokens - 1` decode steps. `None` for classes without a cost model.
+pub fn iteration_costs(
+    config: &Value,
+    class: ModelClass,
+    generates_text: bool,
+    work: Workload,
+    precision: &str,
+) -> Option<Vec<Cost>> {
+    let bytes = bytes_per_weight(precision);
+    let (tower, positions) = tower_positions(config, class, work)?;
     let shape = Shape::of(config, tower)?;
     if !generates_text {
         return Some(vec![shape.cost(
@@ -126,6 +141,9 @@ pub struct Case {
     #[serde(skip)]
     pub costs: Vec<Cost>,
     pub ceiling: Option<Ceiling>,
+    /// What the model and one iteration need in memory, bytes: weights, activations and KV
+    /// cache (`ia_models::footprint::estimate`), the prior of the peak-memory prediction.
+    pub footprint_bytes: f64,
 }
 
 /// A compute rate standing in for an uncalibrated platform (100 GFLOP/s, 20 GB/s): the
@@ -136,6 +154,48 @@ const NOMINAL: Ceiling = Ceiling {
 };
 
 impl Case {
+    /// The case of `model` on an engine and platform of the machine `hardware`, with that
+    /// target's ceiling (None: uncalibrated); `None` for a class without a cost model.
+    pub fn new(
+        model: &Model,
+        target: (&str, &str),
+        precision: &str,
+        hardware: &str,
+        work: Workload,
+        ceiling: Option<Ceiling>,
+    ) -> Option<Self> {
+        let config = model.config();
+        let costs = iteration_costs(config, model.class, model.generates_text(), work, precision)?;
+        let (_, positions) = tower_positions(config, model.class, work)?;
+        let footprint = footprint::estimate(
+            &model.source,
+            bytes_per_weight(precision).ceil() as u64,
+            footprint::Workload {
+                batch: work.batch,
+                positions,
+                cached_positions: if model.generates_text() {
+                    positions + work.new_tokens
+                } else {
+                    0
+                },
+                beams: 1,
+            },
+        )
+        .ok()?;
+        Some(Self {
+            model: model.name.clone(),
+            class: model.class.as_str().into(),
+            engine: target.0.into(),
+            platform: target.1.into(),
+            precision: precision.into(),
+            hardware: hardware.into(),
+            work,
+            costs,
+            ceiling,
+            footprint_bytes: footprint.total() as f64,
+        })
+    }
+
     /// The roofline of one iteration, ms: each phase bound by compute or by memory.
     pub fn prior_ms(&self) -> f64 {
         let c = self.ceiling.unwrap_or(NOMINAL);
@@ -153,6 +213,64 @@ impl Case {
     fn bytes(&self) -> f64 {
         self.costs.iter().map(Cost::bytes_moved).sum()
     }
+
+    /// The engine on the platform at the precision, on the machine: what a "platform" is to
+    /// the evaluation and to the novelty of a prediction.
+    fn target(&self) -> String {
+        format!(
+            "{}|{}|{}|{}",
+            self.engine, self.platform, self.precision, self.hardware
+        )
+    }
+}
+
+/// Bytes in a MiB, the unit the store keeps peak memory in.
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// What is predicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Quantity {
+    /// The p50 latency of one iteration, ms.
+    Latency,
+    /// The peak resident memory of the process while the combination ran, MiB.
+    PeakMemory,
+}
+
+impl Quantity {
+    pub const ALL: [Quantity; 2] = [Quantity::Latency, Quantity::PeakMemory];
+
+    /// The physical estimate the learner corrects.
+    fn prior(self, c: &Case) -> f64 {
+        match self {
+            Quantity::Latency => c.prior_ms(),
+            Quantity::PeakMemory => c.footprint_bytes / MIB,
+        }
+    }
+
+    /// What the fixed cost of the first learned stage is paid per: calls for latency, the
+    /// process for memory.
+    fn units(self, c: &Case) -> f64 {
+        match self {
+            Quantity::Latency => c.costs.len().max(1) as f64,
+            Quantity::PeakMemory => 1.0,
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Quantity::Latency => "latency",
+            Quantity::PeakMemory => "peak memory",
+        }
+    }
+
+    fn measured(self, o: &Observation) -> Option<f64> {
+        match self {
+            Quantity::Latency => Some(o.latency_ms),
+            Quantity::PeakMemory => o.peak_memory_mib,
+        }
+        .filter(|v| v.is_finite() && *v > 0.0)
+    }
 }
 
 /// A measured case.
@@ -160,14 +278,34 @@ impl Case {
 pub struct Observation {
     pub case: Case,
     pub latency_ms: f64,
+    /// Peak resident memory during this combination alone, MiB (None where the process's peak
+    /// could not be reset for it, or the engine runs in another process).
+    pub peak_memory_mib: Option<f64>,
     /// The stored result it came from.
     pub result_id: i64,
 }
 
-/// The first learned stage: latency = overhead + slowdown x roofline, fitted per engine,
-/// platform and precision (and over everything, for targets without their own points), by
-/// least squares on relative error. The roofline alone ignores the fixed cost of a call,
-/// which dominates small models.
+/// A case with its prior and its measurement of one quantity.
+struct Point<'a> {
+    case: &'a Case,
+    prior: f64,
+    measured: f64,
+}
+
+fn points(observations: &[&Observation], quantity: Quantity) -> Vec<(usize, f64, f64)> {
+    observations
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| Some((i, quantity.prior(&o.case), quantity.measured(o)?)))
+        .collect()
+}
+
+/// The first learned stage: measured = a x units + b x prior, fitted per target (engine,
+/// platform, precision, machine) and over everything (for targets without points of their
+/// own), by least squares on relative error. For latency the units are the calls an
+/// iteration makes (one forward pass; a prefill and a call per decoded token) and `a` the
+/// fixed cost of a call, which dominates small models and which the roofline ignores; for
+/// memory there is one unit and `a` is the program's own resident memory.
 #[derive(Debug, Clone, Default)]
 struct Affine {
     per_target: BTreeMap<String, (f64, f64)>,
@@ -175,76 +313,80 @@ struct Affine {
 }
 
 impl Affine {
-    fn key(c: &Case) -> String {
-        format!("{}|{}|{}", c.engine, c.platform, c.precision)
-    }
-
-    fn fit(observations: &[Observation]) -> Self {
-        let points = |filter: &dyn Fn(&Case) -> bool| -> Vec<(f64, f64)> {
-            observations
+    fn fit(points: &[Point], quantity: Quantity) -> Self {
+        let triples = |filter: &dyn Fn(&Case) -> bool| -> Vec<(f64, f64, f64)> {
+            points
                 .iter()
-                .filter(|o| filter(&o.case))
-                .map(|o| (o.case.prior_ms(), o.latency_ms))
+                .filter(|p| filter(p.case))
+                .map(|p| (quantity.units(p.case), p.prior, p.measured))
                 .collect()
         };
-        let global = fit_affine(&points(&|_| true)).unwrap_or((0.0, 1.0));
+        let global = fit_affine(&triples(&|_| true)).unwrap_or((0.0, 1.0));
         let mut per_target = BTreeMap::new();
-        for o in observations {
-            let key = Self::key(&o.case);
+        for p in points {
+            let key = p.case.target();
             if per_target.contains_key(&key) {
                 continue;
             }
-            if let Some(line) = fit_affine(&points(&|c| Self::key(c) == key)) {
+            if let Some(line) = fit_affine(&triples(&|c| c.target() == key)) {
                 per_target.insert(key, line);
             }
         }
         Self { per_target, global }
     }
 
-    fn baseline_ms(&self, c: &Case) -> f64 {
+    fn baseline(&self, c: &Case, quantity: Quantity) -> f64 {
         let (a, b) = self
             .per_target
-            .get(&Self::key(c))
+            .get(&c.target())
             .copied()
             .unwrap_or(self.global);
-        (a + b * c.prior_ms()).max(1e-6)
+        (a * quantity.units(c) + b * quantity.prior(c)).max(1e-6)
     }
 }
 
-/// `y = a + b x` minimising the squared relative error, with `a >= 0` and `b > 0`; `None` with
-/// fewer than two distinct `x`.
-fn fit_affine(points: &[(f64, f64)]) -> Option<(f64, f64)> {
+/// `y = a u + b x` over points `(u, x, y)` minimising the squared relative error, with
+/// `a >= 0` and `b > 0` (or the better one-term fit when the two-term one breaks that); `None`
+/// when the points cannot tell the terms apart (fewer than two distinct x / u).
+fn fit_affine(points: &[(f64, f64, f64)]) -> Option<(f64, f64)> {
+    let ratio = |p: &(f64, f64, f64)| p.1 / p.0;
+    let first = ratio(points.first()?);
     let distinct = points
         .iter()
-        .any(|p| (p.0 - points[0].0).abs() > 1e-12 * p.0.abs().max(1e-12));
+        .any(|p| (ratio(p) - first).abs() > 1e-9 * first.abs().max(1e-12));
     if points.len() < 2 || !distinct {
         return None;
     }
     // Weighted normal equations, weights 1 / y^2.
-    let (mut sw, mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    for &(x, y) in points {
+    let (mut suu, mut sux, mut suy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for &(u, x, y) in points {
         let w = 1.0 / (y * y);
-        sw += w;
-        sx += w * x;
-        sy += w * y;
+        suu += w * u * u;
+        sux += w * u * x;
+        suy += w * u * y;
         sxx += w * x * x;
         sxy += w * x * y;
     }
-    let det = sw * sxx - sx * sx;
-    let (a, b) = if det.abs() > 0.0 {
-        ((sy * sxx - sx * sxy) / det, (sw * sxy - sx * sy) / det)
-    } else {
-        (0.0, 0.0)
-    };
-    if a >= 0.0 && b > 0.0 {
-        return Some((a, b));
+    let det = suu * sxx - sux * sux;
+    if det.abs() > 0.0 {
+        let (a, b) = ((suy * sxx - sux * sxy) / det, (suu * sxy - sux * suy) / det);
+        if a >= 0.0 && b > 0.0 {
+            return Some((a, b));
+        }
     }
-    // Through the origin (a = 0), or a constant (b ~ 0): the better of the two bounds.
-    let slope = sxy / sxx;
-    if slope > 0.0 && a < 0.0 {
+    // One term only: the better of `b x` and `a u` (b ~ 0 keeps the line rising).
+    let sse = |a: f64, b: f64| -> f64 {
+        points
+            .iter()
+            .map(|&(u, x, y)| ((a * u + b * x) / y - 1.0).powi(2))
+            .sum()
+    };
+    let slope = (sxy / sxx).max(0.0);
+    let constant = (suy / suu).max(0.0);
+    if slope > 0.0 && sse(0.0, slope) <= sse(constant, 1e-9) {
         Some((0.0, slope))
     } else {
-        Some((sy / sw, 1e-9))
+        Some((constant, 1e-9))
     }
 }
 
@@ -266,57 +408,53 @@ impl Codes {
     fn of(&self, v: &str) -> f64 {
         self.0.get(v).copied().unwrap_or(f64::NAN)
     }
+
+    fn knows(&self, v: &str) -> bool {
+        self.0.contains_key(v)
+    }
 }
 
 const FEATURES: usize = 10;
 
-/// Latency predictions with split-conformal intervals.
-pub struct Predictor {
+/// The point estimate: the affine line, times the exponential of a gradient-boosted
+/// correction of its log error.
+struct PointModel {
+    quantity: Quantity,
     affine: Affine,
     booster: GradientBooster,
     engines: Codes,
     platforms: Codes,
     precisions: Codes,
     classes: Codes,
-    /// Half-width of the 90% interval in log space.
-    log_margin: f64,
-    /// Cases the model was fitted on, for "the nearest measurements it leaned on".
-    fitted: Vec<Observation>,
+    models: Codes,
+    targets: Codes,
+    /// (target, batch size) pairs fitted on.
+    batches: Codes,
 }
 
-/// A predicted p50 latency with its 90% interval.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Interval {
-    pub p50_ms: f64,
-    pub low_ms: f64,
-    pub high_ms: f64,
-}
+/// Fewer measurements than this fit nothing.
+const MIN_POINTS: usize = 8;
 
-/// Every this-many-th observation calibrates the interval; the others fit the learner.
-const CALIBRATION_EVERY: usize = 4;
-/// The interval's target coverage.
-pub const COVERAGE: f64 = 0.9;
-
-impl Predictor {
-    /// Fits on `observations`: every fourth one (in a fixed order) calibrates the interval,
-    /// the others train the learner.
-    pub fn fit(observations: &[Observation]) -> Result<Self, PredictError> {
-        if observations.len() < 8 {
+impl PointModel {
+    fn fit(observations: &[&Observation], quantity: Quantity) -> Result<Self, PredictError> {
+        let pts: Vec<Point> = points(observations, quantity)
+            .into_iter()
+            .map(|(i, prior, measured)| Point {
+                case: &observations[i].case,
+                prior,
+                measured,
+            })
+            .collect();
+        if pts.len() < 2 {
             return Err(PredictError::NotEnoughData(format!(
-                "{} measured results; at least 8 are needed to fit and calibrate a predictor \
-                 (run `bench` on more combinations)",
-                observations.len()
+                "{} points to fit on",
+                pts.len()
             )));
         }
-        let (fit, calibrate): (Vec<_>, Vec<_>) = observations
-            .iter()
-            .enumerate()
-            .partition(|(i, _)| (i + 1) % CALIBRATION_EVERY != 0);
-        let fit: Vec<Observation> = fit.into_iter().map(|(_, o)| o.clone()).collect();
-        let calibrate: Vec<&Observation> = calibrate.into_iter().map(|(_, o)| o).collect();
-        let cases = || fit.iter().map(|o| &o.case);
-        let mut p = Self {
-            affine: Affine::fit(&fit),
+        let cases = || pts.iter().map(|p| p.case);
+        let mut m = Self {
+            quantity,
+            affine: Affine::fit(&pts, quantity),
             // Shallow trees and many small steps: tens to hundreds of points, few features.
             booster: GradientBooster::default()
                 .set_objective_type(ObjectiveType::SquaredLoss)
@@ -330,25 +468,24 @@ impl Predictor {
             platforms: Codes::learn(cases().map(|c| c.platform.as_str())),
             precisions: Codes::learn(cases().map(|c| c.precision.as_str())),
             classes: Codes::learn(cases().map(|c| c.class.as_str())),
-            log_margin: 0.0,
-            fitted: Vec::new(),
+            models: Codes::learn(cases().map(|c| c.model.as_str())),
+            targets: Codes::default(),
+            batches: Codes::default(),
         };
+        let targets: Vec<String> = cases().map(Case::target).collect();
+        m.targets = Codes::learn(targets.iter().map(String::as_str));
+        let batches: Vec<String> = cases().map(target_batch).collect();
+        m.batches = Codes::learn(batches.iter().map(String::as_str));
         let rows: Vec<&Case> = cases().collect();
-        let y: Vec<f64> = fit
+        let y: Vec<f64> = pts
             .iter()
-            .map(|o| (o.latency_ms / p.affine.baseline_ms(&o.case)).ln())
+            .map(|p| (p.measured / m.affine.baseline(p.case, quantity)).ln())
             .collect();
-        let data = p.matrix(&rows);
-        p.booster
+        let data = m.matrix(&rows);
+        m.booster
             .fit_unweighted(&Matrix::new(&data, rows.len(), FEATURES), &y, None)
             .map_err(|e| PredictError::Learner(e.to_string()))?;
-        let mut errors: Vec<f64> = calibrate
-            .iter()
-            .map(|o| (o.latency_ms.ln() - p.point_ms(&o.case).ln()).abs())
-            .collect();
-        p.log_margin = conformal_quantile(&mut errors, COVERAGE);
-        p.fitted = fit;
-        Ok(p)
+        Ok(m)
     }
 
     /// Column-major features of `cases`.
@@ -358,7 +495,7 @@ impl Predictor {
             .collect();
         for c in cases {
             let f = [
-                self.affine.baseline_ms(c).ln(),
+                self.affine.baseline(c, self.quantity).ln(),
                 c.flops().max(1.0).ln(),
                 c.bytes().max(1.0).ln(),
                 (c.flops() / c.bytes().max(1.0)).max(1e-9).ln(),
@@ -376,37 +513,214 @@ impl Predictor {
         columns.concat()
     }
 
-    fn point_ms(&self, case: &Case) -> f64 {
+    fn point(&self, case: &Case) -> f64 {
         let data = self.matrix(&[case]);
         let ratio = self
             .booster
             .predict(&Matrix::new(&data, 1, FEATURES), false)[0];
-        self.affine.baseline_ms(case) * ratio.exp()
+        self.affine.baseline(case, self.quantity) * ratio.exp()
     }
 
-    /// The predicted p50 latency of one iteration with its 90% interval.
+    /// What the fitted points have not seen of `case`.
+    fn novelty(&self, case: &Case) -> Novelty {
+        Novelty {
+            model: !self.models.knows(&case.model),
+            target: !self.targets.knows(&case.target()),
+            batch_size: !self.batches.knows(&target_batch(case)),
+        }
+    }
+}
+
+/// The target and batch size of a case.
+fn target_batch(c: &Case) -> String {
+    format!("{}|{}", c.target(), c.work.batch)
+}
+
+/// What a prediction extrapolates to: a model, a target (engine, platform, precision,
+/// machine), or a batch size on its target, that no measurement it was fitted on had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Novelty {
+    pub model: bool,
+    pub target: bool,
+    pub batch_size: bool,
+}
+
+/// How far held-out measurements fell from their predictions, in log space.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+struct Margin {
+    /// The split-conformal 90% quantile of |log error|: the interval's half-width.
+    interval: f64,
+    /// The largest log under-prediction (measured above predicted), at least 0: the headroom
+    /// of an upper bound.
+    ceiling: f64,
+}
+
+impl Margin {
+    /// From signed log errors `ln(measured / predicted)`; unbounded without any.
+    fn of(errors: &[f64]) -> Self {
+        if errors.is_empty() {
+            return Self {
+                interval: f64::INFINITY,
+                ceiling: f64::INFINITY,
+            };
+        }
+        let mut abs: Vec<f64> = errors.iter().map(|e| e.abs()).collect();
+        Self {
+            interval: conformal_quantile(&mut abs, COVERAGE),
+            ceiling: errors.iter().copied().fold(0.0, f64::max),
+        }
+    }
+
+    fn max(self, other: Self) -> Self {
+        Self {
+            interval: self.interval.max(other.interval),
+            ceiling: self.ceiling.max(other.ceiling),
+        }
+    }
+}
+
+/// Predictions of one quantity with split-conformal intervals.
+///
+/// The interval of a case like those fitted comes from held-out points of the store (every
+/// fourth). A case of a model, a target or a batch size (on its target) the fit never saw is a
+/// different question: its margin comes from holding each model (target, batch size) of the
+/// store out in turn, fitting on the rest and measuring the held-out errors, so that its
+/// interval is as wide as that kind of extrapolation has been wrong before. Those margins are
+/// computed the first time a case needs them.
+pub struct Predictor {
+    quantity: Quantity,
+    model: PointModel,
+    /// Every observation with a measurement of the quantity.
+    all: Vec<Observation>,
+    /// Indices (in `all`) of the observations the point model was fitted on.
+    fitted: Vec<usize>,
+    seen: Margin,
+    unseen_model: OnceLock<Margin>,
+    unseen_target: OnceLock<Margin>,
+    unseen_batch: OnceLock<Margin>,
+}
+
+/// A prediction with its 90% interval and its upper bound.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Interval {
+    /// The point estimate (the median, for latency: a predicted p50).
+    pub p50: f64,
+    pub low: f64,
+    pub high: f64,
+    /// The largest the quantity has been relative to such predictions on held-out data: what a
+    /// fit decision compares with a limit, so that memory is not under-predicted.
+    pub upper_bound: f64,
+    pub novelty: Novelty,
+}
+
+/// Every this-many-th observation calibrates the interval; the others fit the learner.
+const CALIBRATION_EVERY: usize = 4;
+/// The interval's target coverage.
+pub const COVERAGE: f64 = 0.9;
+
+impl Predictor {
+    /// Fits on the `observations` that measured `quantity`: every fourth one (in a fixed
+    /// order) calibrates the interval, the others train the learner.
+    pub fn fit(observations: &[Observation], quantity: Quantity) -> Result<Self, PredictError> {
+        let all: Vec<Observation> = observations
+            .iter()
+            .filter(|o| quantity.measured(o).is_some())
+            .cloned()
+            .collect();
+        if all.len() < MIN_POINTS {
+            return Err(PredictError::NotEnoughData(format!(
+                "{} results with a measured {}; at least {MIN_POINTS} are needed to fit and \
+                 calibrate a predictor (run `bench` on more combinations)",
+                all.len(),
+                quantity.noun()
+            )));
+        }
+        let (fitted, calibrate): (Vec<usize>, Vec<usize>) =
+            (0..all.len()).partition(|i| (i + 1) % CALIBRATION_EVERY != 0);
+        let fit_refs: Vec<&Observation> = fitted.iter().map(|&i| &all[i]).collect();
+        let model = PointModel::fit(&fit_refs, quantity)?;
+        let errors: Vec<f64> = calibrate
+            .iter()
+            .map(|&i| log_error(&model, &all[i]))
+            .collect();
+        Ok(Self {
+            quantity,
+            seen: Margin::of(&errors),
+            model,
+            all,
+            fitted,
+            unseen_model: OnceLock::new(),
+            unseen_target: OnceLock::new(),
+            unseen_batch: OnceLock::new(),
+        })
+    }
+
+    /// The margin of cases whose `group` (model or target) no fitted point had: each group of
+    /// the store held out in turn.
+    fn unseen_margin(&self, group: fn(&Case) -> String) -> Margin {
+        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, o) in self.all.iter().enumerate() {
+            groups.entry(group(&o.case)).or_default().push(i);
+        }
+        let mut errors = Vec::new();
+        if groups.len() > 1 {
+            for held in groups.values() {
+                let rest: Vec<&Observation> = (0..self.all.len())
+                    .filter(|i| !held.contains(i))
+                    .map(|i| &self.all[i])
+                    .collect();
+                if let Ok(m) = PointModel::fit(&rest, self.quantity) {
+                    errors.extend(held.iter().map(|&i| log_error(&m, &self.all[i])));
+                }
+            }
+        }
+        Margin::of(&errors)
+    }
+
+    /// The prediction for `case` with its 90% interval and upper bound.
     pub fn predict(&self, case: &Case) -> Interval {
-        let p50_ms = self.point_ms(case);
-        let m = self.log_margin.exp();
+        let p50 = self.model.point(case);
+        let novelty = self.model.novelty(case);
+        let mut margin = self.seen;
+        if novelty.model {
+            margin = margin.max(
+                *self
+                    .unseen_model
+                    .get_or_init(|| self.unseen_margin(|c| c.model.clone())),
+            );
+        }
+        if novelty.target {
+            margin = margin.max(
+                *self
+                    .unseen_target
+                    .get_or_init(|| self.unseen_margin(Case::target)),
+            );
+        } else if novelty.batch_size {
+            margin = margin.max(
+                *self
+                    .unseen_batch
+                    .get_or_init(|| self.unseen_margin(|c| c.work.batch.to_string())),
+            );
+        }
         Interval {
-            p50_ms,
-            low_ms: p50_ms / m,
-            high_ms: p50_ms * m,
+            p50,
+            low: p50 / margin.interval.exp(),
+            high: p50 * margin.interval.exp(),
+            upper_bound: p50 * margin.ceiling.exp(),
+            novelty,
         }
     }
 
     /// The `n` fitted measurements most like `case` (same engine and platform first, then
     /// the closest prior), for saying what a prediction leaned on.
     pub fn nearest(&self, case: &Case, n: usize) -> Vec<&Observation> {
-        let mut all: Vec<&Observation> = self.fitted.iter().collect();
+        let mut all: Vec<&Observation> = self.fitted.iter().map(|&i| &self.all[i]).collect();
+        let prior = |c: &Case| self.quantity.prior(c).max(1e-12).ln();
         let distance = |o: &Observation| {
             let same = (o.case.engine == case.engine) as u8
                 + (o.case.platform == case.platform) as u8
                 + (o.case.model == case.model) as u8;
-            (
-                3 - same,
-                (o.case.prior_ms().ln() - case.prior_ms().ln()).abs(),
-            )
+            (3 - same, (prior(&o.case) - prior(case)).abs())
         };
         all.sort_by(|a, b| {
             let (x, y) = (distance(a), distance(b));
@@ -415,6 +729,12 @@ impl Predictor {
         all.truncate(n);
         all
     }
+}
+
+/// `ln(measured / predicted)` of an observation (positive: under-predicted).
+fn log_error(model: &PointModel, o: &Observation) -> f64 {
+    let measured = model.quantity.measured(o).unwrap_or(f64::NAN);
+    (measured / model.point(&o.case)).ln()
 }
 
 /// The split-conformal quantile of absolute errors: the ceil((n + 1) q)-th smallest, or the
@@ -438,7 +758,8 @@ pub enum Split {
     BatchSize,
     /// Every result of one model.
     Model,
-    /// Every result of one engine on one platform (its calibration stays known).
+    /// Every result of one engine on one platform at one precision (its calibration stays
+    /// known).
     Platform,
 }
 
@@ -453,12 +774,16 @@ impl Split {
     fn group(self, c: &Case) -> String {
         match self {
             Split::Configuration => format!(
-                "{}|{}|{}|{}|{}|{}",
-                c.model, c.engine, c.platform, c.precision, c.work.batch, c.work.seq_len
+                "{}|{}|{}|{}|{}",
+                c.model,
+                c.target(),
+                c.work.batch,
+                c.work.seq_len,
+                c.work.audio_seconds
             ),
             Split::BatchSize => c.work.batch.to_string(),
             Split::Model => c.model.clone(),
-            Split::Platform => format!("{}|{}", c.engine, c.platform),
+            Split::Platform => c.target(),
         }
     }
 }
@@ -467,45 +792,55 @@ impl Split {
 #[derive(Debug, Clone, Serialize)]
 pub struct SplitReport {
     pub split: Split,
+    pub quantity: Quantity,
     /// Groups held out in turn, and the predictions made for them.
     pub folds: usize,
     pub predictions: usize,
     /// Folds skipped because the rest had too little data to fit.
     pub skipped_folds: usize,
-    /// Mean absolute percentage error of the p50, %; the shares below. None without
-    /// predictions (every fold skipped).
+    /// Mean absolute percentage error of the point estimate, %; the shares below. None
+    /// without predictions (every fold skipped).
     pub mape: Option<f64>,
     /// Share of predictions within 10% of the measurement.
     pub within_10pct: Option<f64>,
     /// Share of measurements inside their 90% interval.
     pub coverage: Option<f64>,
-    /// Among (model, batch, precision) cases measured on several targets: how often the
-    /// predicted fastest is the measured fastest, and the mean loss (%) when it is not.
+    /// Held-out measurements above the prediction's upper bound: for memory, a fit decision
+    /// the measurement contradicts.
+    pub above_upper_bound: usize,
+    /// Latency only: among (model, batch, precision) cases measured on several targets, how
+    /// often the predicted fastest is the measured fastest, and the mean loss (%) when it is
+    /// not.
     pub selection_cases: usize,
     pub top1: Option<f64>,
     pub mean_loss_pct: Option<f64>,
 }
 
 /// Holds each group of `split` out in turn, fits on the rest, and scores the held-out
-/// predictions.
-pub fn evaluate(observations: &[Observation], split: Split) -> SplitReport {
+/// predictions of `quantity`.
+pub fn evaluate(observations: &[Observation], split: Split, quantity: Quantity) -> SplitReport {
+    let measured: Vec<&Observation> = observations
+        .iter()
+        .filter(|o| quantity.measured(o).is_some())
+        .collect();
     let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (i, o) in observations.iter().enumerate() {
+    for (i, o) in measured.iter().enumerate() {
         groups.entry(split.group(&o.case)).or_default().push(i);
     }
-    let mut scored: Vec<(&Observation, Interval)> = Vec::new();
+    // (measurement, prediction, the case)
+    let mut scored: Vec<(f64, Interval, &Case)> = Vec::new();
     let mut skipped = 0;
     for held in groups.values() {
-        let rest: Vec<Observation> = observations
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !held.contains(i))
-            .map(|(_, o)| o.clone())
+        let rest: Vec<Observation> = (0..measured.len())
+            .filter(|i| !held.contains(i))
+            .map(|i| measured[i].clone())
             .collect();
-        match Predictor::fit(&rest) {
+        match Predictor::fit(&rest, quantity) {
             Ok(p) => {
                 for &i in held {
-                    scored.push((&observations[i], p.predict(&observations[i].case)));
+                    let o = measured[i];
+                    let value = quantity.measured(o).expect("filtered above");
+                    scored.push((value, p.predict(&o.case), &o.case));
                 }
             }
             Err(_) => skipped += 1,
@@ -515,23 +850,45 @@ pub fn evaluate(observations: &[Observation], split: Split) -> SplitReport {
     let some = |v: f64| (!scored.is_empty()).then_some(v);
     let errors: Vec<f64> = scored
         .iter()
-        .map(|(o, p)| (p.p50_ms - o.latency_ms).abs() / o.latency_ms)
+        .map(|(m, p, _)| (p.p50 - m).abs() / m)
         .collect();
     let covered = scored
         .iter()
-        .filter(|(o, p)| (p.low_ms..=p.high_ms).contains(&o.latency_ms))
+        .filter(|(m, p, _)| (p.low..=p.high).contains(m))
         .count();
-    // Selection: the held-out predictions of one (model, batch, precision) across targets.
+    let above_upper_bound = scored.iter().filter(|(m, p, _)| *m > p.upper_bound).count();
+    let (selection_cases, top1, mean_loss_pct) = match quantity {
+        Quantity::Latency => selection(&scored),
+        Quantity::PeakMemory => (0, None, None),
+    };
+    SplitReport {
+        split,
+        quantity,
+        folds: groups.len(),
+        predictions: scored.len(),
+        skipped_folds: skipped,
+        mape: some(errors.iter().sum::<f64>() / n * 100.0),
+        within_10pct: some(errors.iter().filter(|&&e| e <= 0.1).count() as f64 / n),
+        coverage: some(covered as f64 / n),
+        above_upper_bound,
+        selection_cases,
+        top1,
+        mean_loss_pct,
+    }
+}
+
+/// Selection on held-out latency predictions: per (model, batch, length, precision) measured
+/// on several targets, whether the predicted fastest is the measured fastest.
+fn selection(scored: &[(f64, Interval, &Case)]) -> (usize, Option<f64>, Option<f64>) {
     let mut cases: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    for (o, p) in &scored {
-        let c = &o.case;
+    for (m, p, c) in scored {
         cases
             .entry(format!(
-                "{}|{}|{}|{}",
-                c.model, c.work.batch, c.work.seq_len, c.precision
+                "{}|{}|{}|{}|{}",
+                c.model, c.work.batch, c.work.seq_len, c.precision, c.hardware
             ))
             .or_default()
-            .push((p.p50_ms, o.latency_ms));
+            .push((p.p50, *m));
     }
     let contested: Vec<&Vec<(f64, f64)>> = cases.values().filter(|v| v.len() > 1).collect();
     let mut hits = 0;
@@ -548,20 +905,12 @@ pub fn evaluate(observations: &[Observation], split: Split) -> SplitReport {
             losses.push((chosen.1 / best - 1.0) * 100.0);
         }
     }
-    let selection_cases = contested.len();
-    SplitReport {
-        split,
-        folds: groups.len(),
-        predictions: scored.len(),
-        skipped_folds: skipped,
-        mape: some(errors.iter().sum::<f64>() / n * 100.0),
-        within_10pct: some(errors.iter().filter(|&&e| e <= 0.1).count() as f64 / n),
-        coverage: some(covered as f64 / n),
-        selection_cases,
-        top1: (selection_cases > 0).then(|| hits as f64 / selection_cases as f64),
-        mean_loss_pct: (!losses.is_empty())
-            .then(|| losses.iter().sum::<f64>() / losses.len() as f64),
-    }
+    let n = contested.len();
+    (
+        n,
+        (n > 0).then(|| hits as f64 / n as f64),
+        (!losses.is_empty()).then(|| losses.iter().sum::<f64>() / losses.len() as f64),
+    )
 }
 
 #[cfg(test)]
@@ -595,14 +944,21 @@ mod tests {
 
     #[test]
     fn the_affine_stage_recovers_overhead_and_slowdown() {
-        let points: Vec<(f64, f64)> = [1.0, 2.0, 4.0, 8.0]
+        let points: Vec<(f64, f64, f64)> = [1.0, 2.0, 4.0, 8.0]
             .iter()
-            .map(|&x| (x, 0.5 + 3.0 * x))
+            .map(|&x| (1.0, x, 0.5 + 3.0 * x))
             .collect();
         let (a, b) = fit_affine(&points).unwrap();
         assert!((a - 0.5).abs() < 1e-9 && (b - 3.0).abs() < 1e-9, "{a} {b}");
+        // An overhead per call: 8 calls of 0.25 each on top of the roofline.
+        let calls: Vec<(f64, f64, f64)> = [(1.0, 4.0), (8.0, 4.0), (8.0, 16.0)]
+            .iter()
+            .map(|&(u, x)| (u, x, 0.25 * u + 2.0 * x))
+            .collect();
+        let (a, b) = fit_affine(&calls).unwrap();
+        assert!((a - 0.25).abs() < 1e-9 && (b - 2.0).abs() < 1e-9, "{a} {b}");
         assert!(
-            fit_affine(&[(1.0, 2.0), (1.0, 3.0)]).is_none(),
+            fit_affine(&[(1.0, 1.0, 2.0), (1.0, 1.0, 3.0)]).is_none(),
             "one distinct x"
         );
     }
@@ -640,6 +996,7 @@ mod tests {
                     flops_per_s: 5e10,
                     bytes_per_s: 1e10,
                 }),
+                footprint_bytes: 1e6 * (batch * seq_len) as f64,
             }
         };
         let mut observations = Vec::new();
@@ -648,22 +1005,91 @@ mod tests {
                 let c = case(batch, seq_len);
                 observations.push(Observation {
                     latency_ms: 3.0 * c.prior_ms(),
+                    peak_memory_mib: Some(50.0 + 2.0 * c.footprint_bytes / MIB),
                     case: c,
                     result_id: 0,
                 });
             }
         }
-        let p = Predictor::fit(&observations).unwrap();
+        let p = Predictor::fit(&observations, Quantity::Latency).unwrap();
         let unseen = case(16, 96);
         let got = p.predict(&unseen);
         let want = 3.0 * unseen.prior_ms();
-        assert!((got.p50_ms / want - 1.0).abs() < 0.05, "{got:?} vs {want}");
-        assert!(got.low_ms <= got.p50_ms && got.p50_ms <= got.high_ms);
+        assert!((got.p50 / want - 1.0).abs() < 0.05, "{got:?} vs {want}");
+        assert!(got.low <= got.p50 && got.p50 <= got.high && got.p50 <= got.upper_bound);
+        assert_eq!(
+            got.novelty,
+            Novelty {
+                model: false,
+                target: false,
+                batch_size: true
+            }
+        );
+        // Memory: the program's 50 MB plus twice the footprint, learned as a line.
+        let memory = Predictor::fit(&observations, Quantity::PeakMemory).unwrap();
+        let got = memory.predict(&unseen).p50;
+        let want = 50.0 + 2.0 * unseen.footprint_bytes / MIB;
+        assert!((got / want - 1.0).abs() < 0.05, "{got} vs {want}");
+    }
+
+    /// A case of a target no measurement had gets the margin of holding each known target
+    /// out in turn, not the narrower one of cases like the fitted ones.
+    #[test]
+    fn an_unseen_target_gets_the_margin_of_held_out_targets() {
+        let mut observations = Vec::new();
+        for (engine, slowdown) in [("native", 3.0), ("onnxruntime", 1.5), ("openvino", 1.2)] {
+            for batch in [1, 2, 4, 8] {
+                for seq_len in [16, 64] {
+                    let work = Workload {
+                        batch,
+                        seq_len,
+                        new_tokens: 0,
+                        audio_seconds: 0.0,
+                    };
+                    let case = Case {
+                        model: "bert".into(),
+                        class: "bert".into(),
+                        engine: engine.into(),
+                        platform: "cpu".into(),
+                        precision: "f32".into(),
+                        hardware: "test".into(),
+                        work,
+                        costs: iteration_costs(&bert(4), ModelClass::Bert, false, work, "f32")
+                            .unwrap(),
+                        ceiling: None,
+                        footprint_bytes: 1e7,
+                    };
+                    observations.push(Observation {
+                        latency_ms: slowdown * case.prior_ms(),
+                        peak_memory_mib: None,
+                        case,
+                        result_id: 0,
+                    });
+                }
+            }
+        }
+        let p = Predictor::fit(&observations, Quantity::Latency).unwrap();
+        let mut new = observations[0].case.clone();
+        let seen = p.predict(&new);
+        new.engine = "wasm".into();
+        let unseen = p.predict(&new);
+        assert!(unseen.novelty.target && !unseen.novelty.model);
+        assert!(
+            unseen.high / unseen.p50 > seen.high / seen.p50,
+            "{unseen:?} vs {seen:?}"
+        );
+        assert!(
+            Predictor::fit(&observations, Quantity::PeakMemory).is_err(),
+            "no memory measurements"
+        );
     }
 
     #[test]
     fn too_little_data_is_a_clear_error() {
-        let e = Predictor::fit(&[]).err().unwrap().to_string();
+        let e = Predictor::fit(&[], Quantity::Latency)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("at least 8"), "{e}");
     }
 }

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use ia_db::{OutputFormat, ReadOptions, Store};
 use ia_engine::Precision;
 use ia_models::Model;
-use ia_predict::{Case, Ceiling, Observation, Predictor, Split, Workload};
+use ia_predict::{Case, Ceiling, Observation, Predictor, Quantity, Split, Workload};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -23,6 +23,8 @@ pub struct Args {
     hardware: Target,
     #[command(flatten)]
     size: SizeArgs,
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// Use the small variant of a catalog entry
     #[arg(long)]
     small_models: bool,
@@ -51,8 +53,6 @@ pub(crate) struct SizeArgs {
     /// Seconds of audio per input (audio models)
     #[arg(long, default_value_t = 5.0, value_parser = crate::limits::audio_seconds)]
     pub audio_seconds: f32,
-    #[arg(long, default_value = "f32")]
-    pub precision: Precision,
 }
 
 impl SizeArgs {
@@ -77,12 +77,19 @@ impl SizeArgs {
     }
 }
 
+/// (machine, model, engine, platform, precision).
+type AgreementKey = (String, String, String, String, String);
+
 /// What predictions stand on: the store's calibrations and measured results.
 pub(crate) struct Knowledge {
     ceilings: Ceilings,
     pub observations: Vec<Observation>,
     skipped: HashMap<String, usize>,
-    predictor: Option<Predictor>,
+    latency: Option<Result<Predictor, String>>,
+    memory: Option<Result<Predictor, String>>,
+    /// Greedy-token agreement with f32 of lower-precision generations, by (machine, model,
+    /// engine, platform, precision): the accuracy evidence of a precision.
+    agreement: HashMap<AgreementKey, (f64, i64)>,
 }
 
 impl Knowledge {
@@ -96,15 +103,42 @@ impl Knowledge {
         let store = Store::open_read_only(db_path, &ReadOptions::default())?;
         let ceilings = Ceilings::load(&store)?;
         let (observations, skipped) = observations(&store, &ceilings)?;
+        let mut agreement = HashMap::new();
+        for r in rows(
+            &store,
+            "SELECT h.fingerprint, m.model_name, p.engine, h.platform, p.precision, \
+                    p.greedy_agreement_vs_f32 AS agreement, p.result_id \
+             FROM performance_results p JOIN models m USING (model_id) \
+                  JOIN hardware_platforms h USING (hardware_id) \
+             WHERE p.greedy_agreement_vs_f32 IS NOT NULL ORDER BY p.result_id",
+        )? {
+            let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+            agreement.insert(
+                (
+                    s("fingerprint"),
+                    s("model_name"),
+                    s("engine"),
+                    s("platform"),
+                    s("precision"),
+                ),
+                (
+                    r["agreement"].as_f64().unwrap_or(f64::NAN),
+                    r["result_id"].as_i64().unwrap_or(0),
+                ),
+            );
+        }
         Ok(Self {
+            agreement,
             ceilings,
             observations,
             skipped,
-            predictor: None,
+            latency: None,
+            memory: None,
         })
     }
 
-    /// The case of `model` on a target of the machine `fingerprint`, or why there is none.
+    /// The case of `model` on an engine and platform of the machine `fingerprint`, or why
+    /// there is none.
     pub fn case_of(
         &self,
         model: &Model,
@@ -119,63 +153,145 @@ impl Knowledge {
             .with_context(|| format!("{}: no cost model for {}", model.name, model.class.as_str()))
     }
 
-    /// The measured p50 of `case` when the store has that configuration (the latest), else
-    /// the prediction with its interval and the measurements it leaned on.
+    /// The measured p50 and peak memory of `case` when the store has that configuration (the
+    /// latest), else the predictions with their intervals and the measurements they leaned on.
     pub fn answer(&mut self, case: &Case) -> anyhow::Result<Value> {
-        let head = json!({
+        let mut out = json!({
             "model": case.model, "engine": case.engine, "platform": case.platform,
             "precision": case.precision, "batch_size": case.work.batch,
             "seq_len": case.work.seq_len, "roofline_ms": case.prior_ms(),
+            "footprint_bytes": case.footprint_bytes,
             "calibrated": case.ceiling.is_some(),
         });
-        let mut out = head;
-        if let Some(o) = self
+        let measured = self
             .observations
             .iter()
             .rev()
             .find(|o| same_configuration(&o.case, case))
-        {
+            .cloned();
+        if let Some(o) = &measured {
             out["source"] = "measured".into();
             out["result_id"] = o.result_id.into();
             out["p50_ms"] = o.latency_ms.into();
             out["interval_90"] = json!([o.latency_ms, o.latency_ms]);
         } else {
-            if self.predictor.is_none() {
-                self.predictor = Some(Predictor::fit(&self.observations)?);
-            }
-            let predictor = self.predictor.as_ref().expect("fitted above");
+            let predictor = self.predictor(Quantity::Latency)?;
             let p = predictor.predict(case);
-            let nearest: Vec<Value> = predictor
-                .nearest(case, 3)
-                .iter()
-                .map(|o| {
-                    json!({"result_id": o.result_id, "model": o.case.model, "engine": o.case.engine,
-                           "platform": o.case.platform, "batch_size": o.case.work.batch,
-                           "p50_ms": o.latency_ms})
-                })
-                .collect();
             out["source"] = "predicted".into();
-            out["p50_ms"] = p.p50_ms.into();
-            out["interval_90"] = json!([p.low_ms, p.high_ms]);
-            out["nearest_measurements"] = nearest.into();
+            out["p50_ms"] = p.p50.into();
+            out["interval_90"] = json!([p.low, p.high]);
+            out["extrapolates_to"] = json!(p.novelty);
+            out["nearest_measurements"] = nearest(predictor, case);
         }
         let p50 = out["p50_ms"].as_f64().unwrap_or(f64::NAN);
         out["throughput_items_per_s"] = (case.work.batch as f64 / p50 * 1e3).into();
+        out["peak_memory_mib"] = match measured
+            .as_ref()
+            .and_then(|o| Some((o, o.peak_memory_mib?)))
+        {
+            Some((o, mib)) => json!({"source": "measured", "result_id": o.result_id, "value": mib,
+                                     "upper_bound": mib}),
+            None => match self.predictor(Quantity::PeakMemory) {
+                Ok(predictor) => {
+                    let p = predictor.predict(case);
+                    json!({"source": "predicted", "value": p.p50, "interval_90": [p.low, p.high],
+                           "upper_bound": p.upper_bound, "extrapolates_to": p.novelty})
+                }
+                Err(e) => json!({"source": "none", "reason": format!("{e:#}")}),
+            },
+        };
         Ok(out)
     }
 
-    /// The engine and platform pairs the store has results of on the machine `fingerprint`.
-    pub fn targets(&self, fingerprint: &str) -> Vec<(String, String)> {
-        let mut t: Vec<(String, String)> = self
+    /// The predictor of `quantity`, fitted the first time it is asked for.
+    fn predictor(&mut self, quantity: Quantity) -> anyhow::Result<&Predictor> {
+        let slot = match quantity {
+            Quantity::Latency => &mut self.latency,
+            Quantity::PeakMemory => &mut self.memory,
+        };
+        if slot.is_none() {
+            *slot = Some(Predictor::fit(&self.observations, quantity).map_err(|e| e.to_string()));
+        }
+        match slot.as_ref().expect("set above") {
+            Ok(p) => Ok(p),
+            Err(e) => bail!("{e}"),
+        }
+    }
+
+    /// The accuracy evidence for running `case` at its precision instead of f32: the latest
+    /// stored greedy-token agreement with f32 of that model on that target, or what is
+    /// missing.
+    pub fn accuracy_evidence(&self, case: &Case) -> Value {
+        if case.precision == "f32" {
+            return json!({"reference": true});
+        }
+        let key = (
+            case.hardware.clone(),
+            case.model.clone(),
+            case.engine.clone(),
+            case.platform.clone(),
+            case.precision.clone(),
+        );
+        match self.agreement.get(&key) {
+            Some((a, id)) => json!({"greedy_agreement_vs_f32": a, "result_id": id}),
+            None => json!({"none": format!(
+                "no parity or greedy agreement of {} at {} on {} is stored (bench a \
+                 text-generation model at this precision to record its agreement with f32)",
+                case.model, case.precision, case.engine
+            )}),
+        }
+    }
+
+    /// The precisions the store has results at on a machine's engine and platform.
+    pub fn precisions(&self, target: (&str, &str, &str)) -> Vec<String> {
+        let mut p: Vec<String> = self
             .observations
             .iter()
-            .filter(|o| o.case.hardware == fingerprint)
-            .map(|o| (o.case.engine.clone(), o.case.platform.clone()))
+            .filter(|o| {
+                (
+                    o.case.hardware.as_str(),
+                    o.case.engine.as_str(),
+                    o.case.platform.as_str(),
+                ) == target
+            })
+            .map(|o| o.case.precision.clone())
+            .collect();
+        p.sort();
+        p.dedup();
+        p
+    }
+
+    /// The machines (hardware fingerprints) and their engine and platform pairs the store has
+    /// results of.
+    pub fn targets(&self) -> Vec<(String, String, String)> {
+        let mut t: Vec<(String, String, String)> = self
+            .observations
+            .iter()
+            .map(|o| {
+                (
+                    o.case.hardware.clone(),
+                    o.case.engine.clone(),
+                    o.case.platform.clone(),
+                )
+            })
             .collect();
         t.sort();
         t.dedup();
         t
     }
+}
+
+/// The fitted measurements a prediction leaned on, as JSON.
+fn nearest(predictor: &Predictor, case: &Case) -> Value {
+    predictor
+        .nearest(case, 3)
+        .iter()
+        .map(|o| {
+            json!({"result_id": o.result_id, "model": o.case.model, "engine": o.case.engine,
+                   "platform": o.case.platform, "batch_size": o.case.work.batch,
+                   "p50_ms": o.latency_ms, "peak_memory_mib": o.peak_memory_mib})
+        })
+        .collect()
 }
 
 /// The model a prediction is for: catalog models without a checkpoint by their built-in config.
@@ -208,7 +324,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             engine_name(args.hardware.engine),
             args.hardware.platform.as_str(),
         ),
-        args.size.precision.as_str(),
+        args.precision.as_str(),
         &fingerprint,
         work,
     )?;
@@ -254,6 +370,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    let memory = &out["peak_memory_mib"];
+    let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    match memory["source"].as_str() {
+        Some("measured") => println!(
+            "peak memory {:.1} MiB, measured (result {})",
+            num(&memory["value"]),
+            memory["result_id"]
+        ),
+        Some("predicted") => println!(
+            "peak memory {:.1} MiB predicted, 90% interval {:.1}..{:.1} MiB, at most {:.1} MiB \
+             (the bound a fit decision uses)",
+            num(&memory["value"]),
+            num(&memory["interval_90"][0]),
+            num(&memory["interval_90"][1]),
+            num(&memory["upper_bound"])
+        ),
+        _ => println!(
+            "peak memory: not predicted ({})",
+            memory["reason"].as_str().unwrap_or("")
+        ),
     }
     Ok(())
 }
@@ -343,7 +480,7 @@ impl Ceilings {
 }
 
 /// A query's rows as JSON objects.
-fn rows(store: &Store, sql: &str) -> anyhow::Result<Vec<Value>> {
+pub(crate) fn rows(store: &Store, sql: &str) -> anyhow::Result<Vec<Value>> {
     let result = store.query(sql)?;
     let v: Value = serde_json::from_str(&result.render(OutputFormat::Json))?;
     Ok(v.as_array().cloned().unwrap_or_default())
@@ -361,24 +498,15 @@ impl Ceilings {
         fingerprint: &str,
         work: Workload,
     ) -> Option<Case> {
-        let costs = ia_predict::iteration_costs(
-            model.config(),
-            model.class,
-            model.generates_text(),
-            work,
+        let ceiling = self.of(fingerprint, platform, engine, precision);
+        Case::new(
+            model,
+            (engine, platform),
             precision,
-        )?;
-        Some(Case {
-            model: model.name.clone(),
-            class: model.class.as_str().into(),
-            engine: engine.into(),
-            platform: platform.into(),
-            precision: precision.into(),
-            hardware: fingerprint.into(),
+            fingerprint,
             work,
-            costs,
-            ceiling: self.of(fingerprint, platform, engine, precision),
-        })
+            ceiling,
+        )
     }
 }
 
@@ -394,7 +522,8 @@ fn observations(
         "SELECT p.result_id, m.model_name, m.weights, p.engine, h.platform, h.fingerprint, \
                 p.precision, p.batch_size, coalesce(p.prompt_tokens, p.seq_len, 0) AS seq_len, \
                 coalesce(p.new_tokens, 0) AS new_tokens, coalesce(p.audio_seconds, 0) AS audio_seconds, \
-                p.latency_p50_ms \
+                p.latency_p50_ms, \
+                CASE WHEN p.peak_rss_per_combination THEN p.peak_rss_mb END AS peak_rss_mb \
          FROM performance_results p JOIN models m USING (model_id) \
               JOIN hardware_platforms h USING (hardware_id) \
          WHERE p.status = 'pass' AND p.latency_p50_ms > 0 \
@@ -446,6 +575,7 @@ fn observations(
         out.push(Observation {
             case,
             latency_ms: num("latency_p50_ms"),
+            peak_memory_mib: r["peak_rss_mb"].as_f64(),
             result_id: r["result_id"].as_i64().unwrap_or(0),
         });
     }
@@ -457,15 +587,20 @@ fn evaluate(
     skipped: &HashMap<String, usize>,
     json_out: bool,
 ) -> anyhow::Result<()> {
-    let reports: Vec<_> = Split::ALL
+    let reports: Vec<_> = Quantity::ALL
         .iter()
-        .map(|&s| ia_predict::evaluate(observations, s))
+        .flat_map(|&q| {
+            Split::ALL
+                .iter()
+                .map(move |&s| ia_predict::evaluate(observations, s, q))
+        })
         .collect();
     if json_out {
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
                 "observations": observations.len(),
+                "with_peak_memory": observations.iter().filter(|o| o.peak_memory_mib.is_some()).count(),
                 "left_out": skipped,
                 "coverage_target": ia_predict::COVERAGE,
                 "splits": reports,
@@ -474,37 +609,54 @@ fn evaluate(
         return Ok(());
     }
     println!(
-        "{} measured results ({} left out: {:?}); 90% intervals, held-out points only\n",
+        "{} measured results ({} with their own peak memory; {} left out: {:?}); 90% intervals, \
+         held-out points only",
         observations.len(),
+        observations
+            .iter()
+            .filter(|o| o.peak_memory_mib.is_some())
+            .count(),
         skipped.values().sum::<usize>(),
         skipped
     );
-    println!(
-        "{:<14} {:>6} {:>6} {:>8} {:>10} {:>9} {:>10} {:>7} {:>9}",
-        "HELD OUT",
-        "FOLDS",
-        "PREDS",
-        "MAPE %",
-        "WITHIN 10%",
-        "COVERAGE",
-        "SELECTION",
-        "TOP-1",
-        "LOSS %"
-    );
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.0}%", v * 100.0));
-    for r in &reports {
+    for quantity in Quantity::ALL {
         println!(
-            "{:<14} {:>6} {:>6} {:>8} {:>10} {:>9} {:>10} {:>7} {:>9}",
-            serde_json::to_value(r.split)?.as_str().unwrap_or(""),
-            r.folds,
-            r.predictions,
-            r.mape.map_or("-".into(), |m| format!("{m:.1}")),
-            pct(r.within_10pct),
-            pct(r.coverage),
-            r.selection_cases,
-            pct(r.top1),
-            r.mean_loss_pct.map_or("-".into(), |l| format!("{l:.1}"))
+            "\n{}",
+            match quantity {
+                Quantity::Latency => "p50 latency",
+                Quantity::PeakMemory =>
+                    "peak memory (ABOVE BOUND: measured above the upper bound a fit decision uses)",
+            }
         );
+        println!(
+            "{:<14} {:>6} {:>6} {:>8} {:>10} {:>9} {:>11} {:>10} {:>7} {:>9}",
+            "HELD OUT",
+            "FOLDS",
+            "PREDS",
+            "MAPE %",
+            "WITHIN 10%",
+            "COVERAGE",
+            "ABOVE BOUND",
+            "SELECTION",
+            "TOP-1",
+            "LOSS %"
+        );
+        for r in reports.iter().filter(|r| r.quantity == quantity) {
+            println!(
+                "{:<14} {:>6} {:>6} {:>8} {:>10} {:>9} {:>11} {:>10} {:>7} {:>9}",
+                serde_json::to_value(r.split)?.as_str().unwrap_or(""),
+                r.folds,
+                r.predictions,
+                r.mape.map_or("-".into(), |m| format!("{m:.1}")),
+                pct(r.within_10pct),
+                pct(r.coverage),
+                r.above_upper_bound,
+                r.selection_cases,
+                pct(r.top1),
+                r.mean_loss_pct.map_or("-".into(), |l| format!("{l:.1}"))
+            );
+        }
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! `ipfs-accelerate select`: the targets of this machine ranked for a model and batch size,
+//! `ipfs-accelerate select`: the targets of this machine (and of every other machine the store
+//! has results of) ranked for a model and batch size,
 //! each with its measured or predicted p50 (`predict`), its memory estimate, and the reason it
 //! is excluded when a limit rules it out.
 
@@ -14,15 +15,20 @@ pub struct Args {
     model: Option<String>,
     #[command(flatten)]
     size: SizeArgs,
+    /// f32, f16, bf16, int8, q8_0, q4_k; or auto: every precision each target has results at,
+    /// each with the accuracy evidence the store holds for it
+    #[arg(long, default_value = "f32")]
+    precision: PrecisionChoice,
     /// Exclude targets whose p50 latency (measured, or the upper end of the predicted 90%
     /// interval) is above this
     #[arg(long)]
     max_latency_ms: Option<f64>,
-    /// Exclude targets whose memory estimate (weights, activations and KV cache; an upper
-    /// bound) is above this
+    /// Exclude targets whose peak memory may exceed this: the upper bound of the prediction
+    /// learned from measured peaks, or the footprint estimate (weights, activations, KV cache)
+    /// when larger
     #[arg(long)]
     max_memory_gb: Option<f64>,
-    /// What ranks first: the lowest latency or the highest throughput
+    /// What ranks first: the lowest latency, the highest throughput or the smallest memory
     #[arg(long, value_enum, default_value = "latency")]
     objective: Objective,
     #[arg(long)]
@@ -43,7 +49,8 @@ pub struct Args {
 /// The batch sizes of `--create-map`.
 const MAP_BATCH_SIZES: [usize; 3] = [1, 8, 32];
 
-/// This machine's targets for `model` at `work`, best first; the excluded ones last, each with
+/// The targets for `model` at `work` (this machine's native engine always, and every target
+/// of every machine the store has results of), best first; the excluded ones last, each with
 /// its reason.
 fn rank(
     args: &Args,
@@ -52,33 +59,50 @@ fn rank(
     work: Workload,
     fingerprint: &str,
 ) -> anyhow::Result<Vec<Value>> {
-    let bytes_per_weight = ia_predict::bytes_per_weight(args.size.precision.as_str()) as u64;
-    let memory = ia_models::footprint::estimate(
-        &model.source,
-        bytes_per_weight.max(1),
-        ia_models::footprint::Workload {
-            batch: work.batch,
-            positions: work.seq_len.max(1),
-            cached_positions: work.seq_len + work.new_tokens,
-            beams: 1,
-        },
-    )?
-    .total();
-    let mut targets = knowledge.targets(fingerprint);
-    if !targets.iter().any(|(e, p)| e == "native" && p == "cpu") {
-        targets.push(("native".into(), "cpu".into()));
+    let mut targets = knowledge.targets();
+    let here = |machine: &str, engine: &str, platform: &str| {
+        (
+            machine.to_string(),
+            engine.to_string(),
+            platform.to_string(),
+        )
+    };
+    if !targets.contains(&here(fingerprint, "native", "cpu")) {
+        targets.push(here(fingerprint, "native", "cpu"));
     }
     let mut ranked: Vec<Value> = Vec::new();
-    for (engine, platform) in targets {
-        let case = knowledge.case_of(
-            model,
-            (&engine, &platform),
-            args.size.precision.as_str(),
-            fingerprint,
-            work,
-        )?;
+    let mut candidates = Vec::new();
+    for (machine, engine, platform) in targets {
+        let precisions = match args.precision {
+            PrecisionChoice::Exactly(p) => vec![p.as_str().to_string()],
+            PrecisionChoice::Auto => {
+                let mut p = knowledge.precisions((&machine, &engine, &platform));
+                if !p.iter().any(|p| p == "f32") {
+                    p.insert(0, "f32".into());
+                }
+                p
+            }
+        };
+        for precision in precisions {
+            candidates.push((machine.clone(), engine.clone(), platform.clone(), precision));
+        }
+    }
+    for (machine, engine, platform, precision) in candidates {
+        let case = knowledge.case_of(model, (&engine, &platform), &precision, &machine, work)?;
         let mut row = knowledge.answer(&case)?;
-        row["memory_estimate_bytes"] = memory.into();
+        if matches!(args.precision, PrecisionChoice::Auto) {
+            row["accuracy_evidence"] = knowledge.accuracy_evidence(&case);
+        }
+        row["hardware_fingerprint"] = machine.clone().into();
+        row["this_machine"] = (machine == fingerprint).into();
+        // Never under-predicted: the larger of the learned upper bound of the peak (where
+        // memory was measured) and the footprint estimate.
+        let learned = row["peak_memory_mib"]["upper_bound"]
+            .as_f64()
+            .unwrap_or(0.0)
+            * MIB;
+        let memory = learned.max(case.footprint_bytes);
+        row["memory_bound_bytes"] = memory.into();
         let high = row["interval_90"][1].as_f64().unwrap_or(f64::INFINITY);
         // The graph runtimes run a checkpoint's ONNX export; without one they cannot run it.
         let exported = matches!(&model.source, ia_models::ModelSource::Checkpoint(c)
@@ -90,9 +114,9 @@ fn rank(
             (Some(max), _) if high > max => Some(format!(
                 "p50 up to {high:.2} ms exceeds --max-latency-ms {max}"
             )),
-            (_, Some(max)) if memory as f64 > max * (1u64 << 30) as f64 => Some(format!(
-                "needs about {:.2} GiB, over --max-memory-gb {max}",
-                memory as f64 / (1u64 << 30) as f64
+            (_, Some(max)) if memory > max * GIB => Some(format!(
+                "needs up to {:.2} GiB, over --max-memory-gb {max}",
+                memory / GIB
             )),
             _ => None,
         };
@@ -104,6 +128,9 @@ fn rank(
         match args.objective {
             Objective::Latency => p50,
             Objective::Throughput => -r["throughput_items_per_s"].as_f64().unwrap_or(0.0),
+            Objective::Memory => r["peak_memory_mib"]["value"]
+                .as_f64()
+                .unwrap_or(r["memory_bound_bytes"].as_f64().unwrap_or(f64::INFINITY) / MIB),
         }
     };
     ranked.sort_by(|a, b| {
@@ -156,11 +183,44 @@ fn create_map(args: &Args, knowledge: &mut Knowledge, fingerprint: &str) -> anyh
     Ok(())
 }
 
+/// `--precision`: one precision, or every precision a target has results at.
+#[derive(Clone, Copy)]
+enum PrecisionChoice {
+    Exactly(ia_engine::Precision),
+    Auto,
+}
+
+impl std::str::FromStr for PrecisionChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            p => p.parse().map(Self::Exactly).map_err(|_| {
+                format!("unknown precision '{p}' (f32, f16, bf16, int8, q8_0, q4_k or auto)")
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for PrecisionChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exactly(p) => f.write_str(p.as_str()),
+            Self::Auto => f.write_str("every stored precision"),
+        }
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Objective {
     Latency,
     Throughput,
+    /// The smallest peak memory (measured, else predicted, else the footprint estimate)
+    Memory,
 }
+
+const MIB: f64 = (1u64 << 20) as f64;
+const GIB: f64 = (1u64 << 30) as f64;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     for limit in [args.max_latency_ms, args.max_memory_gb]
@@ -185,14 +245,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{} b={} {} on this machine ({}), by {}:",
+        "{} b={} {} (this machine: {}), by {}:",
         name,
         work.batch,
-        args.size.precision,
+        args.precision,
         fingerprint,
         match args.objective {
             Objective::Latency => "latency",
             Objective::Throughput => "throughput",
+            Objective::Memory => "memory",
         }
     );
     for (i, r) in ranked.iter().enumerate() {
@@ -200,19 +261,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Some(why) => ("-".to_string(), format!("; excluded: {why}")),
             None => (format!("#{}", i + 1), String::new()),
         };
-        let target = format!(
-            "{}:{}",
+        let mut target = format!(
+            "{}:{} {}",
             r["engine"].as_str().unwrap_or(""),
-            r["platform"].as_str().unwrap_or("")
+            r["platform"].as_str().unwrap_or(""),
+            r["precision"].as_str().unwrap_or("")
         );
+        if r["this_machine"] != true {
+            target = format!(
+                "{target}@{}",
+                r["hardware_fingerprint"].as_str().unwrap_or("")
+            );
+        }
         println!(
-            "  {rank:<4} {target:<24} p50 {:>9.2} ms [{:.2}..{:.2}] {:>10.1} items/s  {}{why}",
+            "  {rank:<4} {target:<24} p50 {:>9.2} ms [{:.2}..{:.2}] {:>10.1} items/s  \
+             memory <= {:>8.1} MiB  {}{why}",
             r["p50_ms"].as_f64().unwrap_or(f64::NAN),
             r["interval_90"][0].as_f64().unwrap_or(f64::NAN),
             r["interval_90"][1].as_f64().unwrap_or(f64::NAN),
             r["throughput_items_per_s"].as_f64().unwrap_or(f64::NAN),
+            r["memory_bound_bytes"].as_f64().unwrap_or(f64::NAN) / MIB,
             r["source"].as_str().unwrap_or("")
         );
+        let evidence = &r["accuracy_evidence"];
+        if let Some(a) = evidence["greedy_agreement_vs_f32"].as_f64() {
+            println!(
+                "       accuracy: greedy tokens agree with f32 at {:.1}% (result {})",
+                a * 100.0,
+                evidence["result_id"]
+            );
+        } else if let Some(none) = evidence["none"].as_str() {
+            println!("       accuracy: {none}");
+        }
     }
     Ok(())
 }
