@@ -1,4 +1,4 @@
-//! `ipfs-accelerate db query|report|export|import|migrate`
+//! `ipfs-accelerate db query|report|export|import|migrate|trend|regressions|compare`
 //!
 //! query, report and export only read: the store is opened read-only with DuckDB's external
 //! access, extension installing and autoloading off (export may write into its output folder
@@ -62,6 +62,16 @@ enum DbCommand {
     },
     /// Bring an older store to the current schema (reads never migrate)
     Migrate,
+    /// Every series (model, engine and platform, precision, scenario, batch size, length,
+    /// machine) of a metric over runs, with its change points
+    Trend(crate::analysis::SeriesArgs),
+    /// Change points of every series (E-Divisive means + Student t-test between neighbouring
+    /// segments), regressions first, each with what changed between the runs on either side
+    Regressions(crate::analysis::SeriesArgs),
+    /// One run against another: per common combination, the ratio of median latencies with
+    /// a bootstrap 95% interval and a Mann-Whitney U p-value (Holm-corrected); exits non-zero
+    /// on a significant regression beyond the threshold
+    Compare(crate::analysis::CompareArgs),
     /// Export every table as parquet or csv files into a folder
     Export {
         #[arg(long, default_value = "parquet")]
@@ -137,6 +147,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 None => print!("{text}"),
             }
         }
+        DbCommand::Trend(a) => crate::analysis::trend(&store, &a)?,
+        DbCommand::Regressions(a) => crate::analysis::regressions(&store, &a)?,
+        DbCommand::Compare(a) => crate::analysis::compare_runs(&store, &a)?,
         DbCommand::Import { .. } | DbCommand::Migrate => unreachable!("handled above"),
         DbCommand::Export { format, output } => {
             let output = output.canonicalize()?;

@@ -1,6 +1,7 @@
 //! `ipfs-accelerate`: the thin command-line layer over the workspace crates.
 //! Each subcommand lives in its own module; errors become one line on stderr and exit code 1.
 
+mod analysis;
 mod bench;
 mod db;
 mod generate;

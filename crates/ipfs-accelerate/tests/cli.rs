@@ -1183,8 +1183,8 @@ fn bf16_without_cpu_support_is_unavailable_in_bench_and_db() {
     );
 }
 
-/// `hardware --calibrate` measures the native engine's matmul per precision it computes in and
-/// the memory bandwidth, stores them against this machine's fingerprint, and `hardware` shows
+/// `hardware --calibrate` measures each in-process engine's matmul per precision it computes
+/// in and the memory bandwidth, stores them against this machine's fingerprint, and `hardware` shows
 /// the stored figures later; what an engine cannot calibrate is listed with the reason.
 #[test]
 fn hardware_calibration_is_measured_stored_and_shown() {
@@ -1202,19 +1202,33 @@ fn hardware_calibration_is_measured_stored_and_shown() {
     assert_eq!(before["calibrations"], serde_json::json!([]));
     let v = hardware(&["--calibrate"]);
     let figures = v["calibrations"].as_array().unwrap();
-    let find = |kind: &str, precision: Option<&str>| {
+    let find = |kind: &str, engine: Option<&str>, precision: Option<&str>| {
         figures
             .iter()
-            .find(|c| c["kind"] == kind && c["precision"].as_str() == precision)
-            .unwrap_or_else(|| panic!("no {kind} {precision:?} in {v}"))
+            .find(|c| {
+                c["kind"] == kind
+                    && c["precision"].as_str() == precision
+                    && (engine.is_none() || c["engine"].as_str() == engine)
+            })
+            .unwrap_or_else(|| panic!("no {kind} {engine:?} {precision:?} in {v}"))
     };
-    let f32 = find("matmul", Some("f32"));
-    assert_eq!(
-        (f32["platform"].as_str(), f32["engine"].as_str()),
-        (Some("cpu"), Some("native"))
+    // Every in-process engine the suite installs runs the same product: candle's, and ONNX
+    // Runtime's and OpenVINO's on a one-MatMul graph.
+    for (engine, platform) in [
+        ("native", "cpu"),
+        ("onnxruntime", "cpu"),
+        ("openvino", "openvino"),
+    ] {
+        let f32 = find("matmul", Some(engine), Some("f32"));
+        assert_eq!(f32["platform"].as_str(), Some(platform), "{f32}");
+        assert!(f32["value"].as_f64().unwrap() > 1e8, "{f32}");
+    }
+    assert!(
+        find("memory-bandwidth", None, None)["value"]
+            .as_f64()
+            .unwrap()
+            > 1e8
     );
-    assert!(f32["value"].as_f64().unwrap() > 1e8, "{f32}");
-    assert!(find("memory-bandwidth", None)["value"].as_f64().unwrap() > 1e8);
     let refused = v["calibration_refusals"].as_array().unwrap();
     assert!(
         refused
@@ -1282,20 +1296,44 @@ fn predict_learns_from_stored_results_and_scores_itself_on_held_out_ones() {
         predicted["nearest_measurements"].as_array().unwrap().len(),
         3
     );
+    // Peak memory: measured with the stored configuration, predicted (with the bound a fit
+    // decision uses) for the other.
+    assert_eq!(
+        measured["peak_memory_mib"]["source"], "measured",
+        "{measured}"
+    );
+    let memory = &predicted["peak_memory_mib"];
+    assert_eq!(memory["source"], "predicted", "{predicted}");
+    let (value, bound) = (
+        memory["value"].as_f64().unwrap(),
+        memory["upper_bound"].as_f64().unwrap(),
+    );
+    assert!(value > 0.0 && bound >= value, "{memory}");
 
     let report = predict(&["--evaluate"]);
     assert_eq!(report["observations"], 12, "{report}");
-    let splits = report["splits"].as_array().unwrap();
+    assert_eq!(report["with_peak_memory"], 12, "{report}");
+    let all = report["splits"].as_array().unwrap();
+    let of = |quantity: &str| -> Vec<&serde_json::Value> {
+        all.iter().filter(|s| s["quantity"] == quantity).collect()
+    };
+    let memory = of("peak-memory");
+    assert_eq!(memory.len(), 4);
+    for s in &memory {
+        assert!(s["above_upper_bound"].as_u64().unwrap() <= s["predictions"].as_u64().unwrap());
+        assert_eq!(s["selection_cases"], 0, "selection is scored on latency");
+    }
+    let splits = of("latency");
     let names: Vec<&str> = splits
         .iter()
         .map(|s| s["split"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["configuration", "batch-size", "model", "platform"]);
-    let configuration = &splits[0];
+    let configuration = splits[0];
     // Every result is predicted by a model fitted without it.
     assert_eq!(configuration["folds"], 12);
     assert_eq!(configuration["predictions"], 12);
-    for s in splits {
+    for s in splits.iter().chain(&memory) {
         if s["predictions"] == 0 {
             // Holding out one of two models leaves too little to fit: said, not scored.
             assert_eq!(s["skipped_folds"], s["folds"], "{s}");
@@ -1356,6 +1394,25 @@ fn select_ranks_targets_and_names_what_a_limit_excludes() {
         .unwrap()
         .iter()
         .all(|r| r["source"] == "predicted"));
+    // Ranked by memory, each with the bound its fit decision used; a limit below it excludes.
+    let by_memory = select(&["--batch-size", "2", "--objective", "memory"]);
+    for r in by_memory.as_array().unwrap() {
+        assert!(r["memory_bound_bytes"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(r["this_machine"], true);
+    }
+    let tight = select(&["--batch-size", "2", "--max-memory-gb", "0.001"]);
+    for r in tight.as_array().unwrap() {
+        assert!(
+            r["excluded"].as_str().unwrap().contains("--max-memory-gb"),
+            "{r}"
+        );
+    }
+    // auto: every precision each target has results at (f32 here), with its evidence.
+    let auto = select(&["--batch-size", "2", "--precision", "auto"]);
+    for r in auto.as_array().unwrap() {
+        assert_eq!(r["precision"], "f32");
+        assert_eq!(r["accuracy_evidence"]["reference"], true, "{r}");
+    }
     assert_one_line_error(
         &run(&[
             "select",
@@ -1426,4 +1483,110 @@ fn select_create_map_covers_the_catalog() {
             );
         }
     }
+}
+
+/// `db compare` and `db regressions` on runs whose samples are known (imported: each import is
+/// a run): a 20% slower candidate is a significant regression (non-zero exit, Holm-corrected
+/// p-value, bootstrap interval above 1); identical runs are no change; the series of p50 over
+/// the runs has its change point where the slowdown began, with what changed.
+#[test]
+fn runs_are_compared_and_series_have_their_change_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("trend.duckdb");
+    let dbs = db.to_str().unwrap();
+    let file = dir.path().join("run.json");
+    let import = |center: f64, version: &str| {
+        let samples: Vec<f64> = (0..30)
+            .map(|i| center * (1.0 + 0.01 * ((i * 7 % 11) as f64 - 5.0) / 5.0))
+            .collect();
+        let row = serde_json::json!([{
+            "model": fixture("bert-tiny"), "engine": "pytorch", "engine_version": version,
+            "platform": "cpu", "device": "cpu", "precision": "f32", "scenario": "single-stream",
+            "batch_size": 1, "seq_len": 16, "parameter_count": 23000, "load_time_ms": 1.0,
+            "first_inference_ms": 1.0, "warmup_iterations": 1, "samples_ms": samples,
+            "peak_rss_bytes": null, "generation": null
+        }]);
+        std::fs::write(&file, row.to_string()).unwrap();
+        let o = run(&[
+            "db",
+            "--db-path",
+            dbs,
+            "import",
+            "--file",
+            file.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    // Runs 1-8 at 10 ms on 2.0, runs 9-16 at 12 ms on 2.1.
+    for i in 0..16 {
+        if i < 8 {
+            import(10.0, "2.0");
+        } else {
+            import(12.0, "2.1");
+        }
+    }
+    let compare = |baseline: &str, candidate: &str| {
+        run(&[
+            "db",
+            "--db-path",
+            dbs,
+            "compare",
+            "--baseline",
+            baseline,
+            "--candidate",
+            candidate,
+            "--json",
+        ])
+    };
+    let slower = compare("1", "16");
+    assert!(!slower.status.success(), "a regression fails the command");
+    assert!(
+        stderr(&slower).contains("1 significant regression"),
+        "{}",
+        stderr(&slower)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&slower.stdout).unwrap();
+    assert_eq!(v["correction"], "holm");
+    let row = &v["combinations"][0];
+    assert_eq!(row["verdict"], "regression", "{row}");
+    assert!((row["ratio"].as_f64().unwrap() - 1.2).abs() < 0.01, "{row}");
+    assert!(row["ratio_ci95"][0].as_f64().unwrap() > 1.0);
+    let same = compare("1", "2");
+    assert!(same.status.success(), "{}", stderr(&same));
+    let v: serde_json::Value = serde_json::from_slice(&same.stdout).unwrap();
+    assert_eq!(v["combinations"][0]["verdict"], "no-significant-change");
+    assert_one_line_error(&compare("1", "99"), "run 99 is not in the store");
+
+    let o = run(&["db", "--db-path", dbs, "regressions", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let changes = v["change_points"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{v}");
+    let c = &changes[0];
+    assert_eq!(c["direction"], "regression");
+    assert_eq!(
+        (c["before_points"].as_u64(), c["after_points"].as_u64()),
+        (Some(8), Some(8))
+    );
+    assert_eq!(c["first_after"]["run_id"], 9);
+    assert_eq!(
+        c["environment_diff"]["engine_version"]["after"], "2.1",
+        "{c}"
+    );
+    // Throughput falls at the same place: for it, lower is the regression.
+    let o = run(&[
+        "db",
+        "--db-path",
+        dbs,
+        "regressions",
+        "--metric",
+        "throughput",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["change_points"][0]["direction"], "regression", "{v}");
+    let o = run(&["db", "--db-path", dbs, "trend", "--model", "no-such-model"]);
+    assert_one_line_error(&o, "no stored results match");
+    let o = run(&["db", "--db-path", dbs, "regressions", "--p-value", "2"]);
+    assert!(!o.status.success() && stderr(&o).contains("not a probability"));
 }
