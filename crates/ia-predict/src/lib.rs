@@ -300,9 +300,9 @@ fn points(observations: &[&Observation], quantity: Quantity) -> Vec<(usize, f64,
         .collect()
 }
 
-/// The first learned stage: measured = a x units + b x prior, fitted per target (engine,
-/// platform, precision, machine) and over everything (for targets without points of their
-/// own), by least squares on relative error. For latency the units are the calls an
+/// The first learned stage: measured = a x units + b x prior, fitted per model on each target
+/// (engine, platform, precision, machine), per target, and over everything (for targets
+/// without points of their own), by least squares on relative error. For latency the units are the calls an
 /// iteration makes (one forward pass; a prefill and a call per decoded token) and `a` the
 /// fixed cost of a call, which dominates small models and which the roofline ignores; for
 /// memory there is one unit and `a` is the program's own resident memory.
@@ -324,22 +324,34 @@ impl Affine {
         let global = fit_affine(&triples(&|_| true)).unwrap_or((0.0, 1.0));
         let mut per_target = BTreeMap::new();
         for p in points {
-            let key = p.case.target();
-            if per_target.contains_key(&key) {
-                continue;
-            }
-            if let Some(line) = fit_affine(&triples(&|c| c.target() == key)) {
-                per_target.insert(key, line);
+            for (key, min_points) in Self::keys(p.case) {
+                if per_target.contains_key(&key) {
+                    continue;
+                }
+                let mine = triples(&|c| Self::keys(c).iter().any(|(k, _)| *k == key));
+                if mine.len() < min_points {
+                    continue;
+                }
+                if let Some(line) = fit_affine(&mine) {
+                    per_target.insert(key, line);
+                }
             }
         }
         Self { per_target, global }
     }
 
+    /// The lines a case may use, most specific first, with the points each needs: its model
+    /// on its target (models differ in what the roofline misses: attention, convolutions,
+    /// generation loops, and a tiny model is all overhead), then its target. An unmeasured
+    /// model gets its target's line: a line through a few small models extrapolates badly.
+    fn keys(c: &Case) -> [(String, usize); 2] {
+        [(format!("{}#{}", c.target(), c.model), 4), (c.target(), 2)]
+    }
+
     fn baseline(&self, c: &Case, quantity: Quantity) -> f64 {
-        let (a, b) = self
-            .per_target
-            .get(&c.target())
-            .copied()
+        let (a, b) = Self::keys(c)
+            .iter()
+            .find_map(|(k, _)| self.per_target.get(k).copied())
             .unwrap_or(self.global);
         (a * quantity.units(c) + b * quantity.prior(c)).max(1e-6)
     }
