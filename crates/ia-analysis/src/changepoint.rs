@@ -225,39 +225,16 @@ fn validate(series: &[f64], mut cps: Vec<usize>, options: &Options) -> Vec<Chang
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// A seeded generator (SplitMix64) and normal draws (Box-Muller): series with known
-    /// shifts, the same on every machine.
-    pub(crate) struct Noise(u64);
-
-    impl Noise {
-        pub(crate) fn new(seed: u64) -> Self {
-            Self(seed)
-        }
-
-        pub(crate) fn uniform(&mut self) -> f64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-        }
-
-        pub(crate) fn normal(&mut self, mean: f64, sd: f64) -> f64 {
-            let (u, v) = (self.uniform(), self.uniform());
-            mean + sd * (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-        }
-    }
+    use crate::rng::SplitMix;
 
     /// A 10% shift at 3% noise (sd 3 on a mean of 100), 50 points either side, in 500
     /// generated series: found within two points of where it happened in at least 95%.
     /// (`cargo test -p ia-analysis -- --nocapture` prints the figure.)
     #[test]
     fn a_ten_percent_shift_at_three_percent_noise_is_found() {
-        let mut noise = Noise::new(7);
+        let mut noise = SplitMix::new(7);
         let trials = 500;
         let mut found = 0;
         for _ in 0..trials {
@@ -278,7 +255,7 @@ pub(crate) mod tests {
     /// points (200 series of 1,000 points).
     #[test]
     fn stationary_noise_gives_at_most_one_false_change_per_thousand_points() {
-        let mut noise = Noise::new(11);
+        let mut noise = SplitMix::new(11);
         let series_count = 200;
         let mut false_points = 0;
         for _ in 0..series_count {

@@ -8,6 +8,7 @@
 //!   (family-wise error), so that comparing 100 combinations does not report 5 changes that
 //!   are noise.
 
+use crate::rng::SplitMix;
 use crate::special::normal_two_sided;
 use serde::Serialize;
 
@@ -35,7 +36,7 @@ pub fn compare(baseline: &[f64], candidate: &[f64], seed: u64) -> Option<Compari
         return None;
     }
     let (mb, mc) = (median(&b), median(&c));
-    let mut rng = SplitMix(seed);
+    let mut rng = SplitMix::new(seed);
     let mut ratios: Vec<f64> = (0..RESAMPLES)
         .map(|_| median(&resample(&c, &mut rng)) / median(&resample(&b, &mut rng)))
         .collect();
@@ -148,27 +149,14 @@ fn median(v: &[f64]) -> f64 {
 
 fn resample(v: &[f64], rng: &mut SplitMix) -> Vec<f64> {
     (0..v.len())
-        .map(|_| v[(rng.next() % v.len() as u64) as usize])
+        .map(|_| v[(rng.next_u64() % v.len() as u64) as usize])
         .collect()
-}
-
-/// SplitMix64: a seeded generator, so that an interval is the same on every run.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::changepoint::tests::Noise;
+    use crate::rng::SplitMix;
 
     #[test]
     fn mann_whitney_matches_the_normal_approximation() {
@@ -189,7 +177,7 @@ mod tests {
 
     #[test]
     fn a_ten_percent_slowdown_is_a_regression_and_noise_is_not() {
-        let mut noise = Noise::new(3);
+        let mut noise = SplitMix::new(3);
         let base: Vec<f64> = (0..50).map(|_| noise.normal(100.0, 3.0)).collect();
         let slow: Vec<f64> = (0..50).map(|_| noise.normal(110.0, 3.0)).collect();
         let same: Vec<f64> = (0..50).map(|_| noise.normal(100.0, 3.0)).collect();

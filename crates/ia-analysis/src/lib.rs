@@ -8,7 +8,9 @@
 //!   confidence interval, a Mann-Whitney U p-value, and Holm's correction across
 //!   combinations.
 //! * [`special`]: the distribution functions those need (Student t, normal).
+//! * [`rng`]: the seeded generator of the bootstrap (and of the tests' and benchmark's series).
 
 pub mod changepoint;
 pub mod compare;
+pub mod rng;
 pub mod special;

@@ -92,6 +92,20 @@ fn share(s: &str) -> Result<f64, String> {
     }
 }
 
+/// The columns that name a combination on a machine (`p` results, `m` models, `h` hardware).
+const COMBINATION_COLUMNS: &str = "m.model_name AS model, p.engine, h.platform, p.precision, \
+     p.scenario, p.batch_size, coalesce(p.prompt_tokens, p.seq_len) AS seq_len, h.fingerprint";
+
+/// A row's combination (from [`COMBINATION_COLUMNS`]): a series, or what two runs share.
+fn combination(r: &Value) -> Value {
+    json!({
+        "model": r["model"], "engine": r["engine"], "platform": r["platform"],
+        "precision": r["precision"], "scenario": r["scenario"],
+        "batch_size": r["batch_size"], "seq_len": r["seq_len"],
+        "hardware_fingerprint": r["fingerprint"],
+    })
+}
+
 /// One series: a combination on one machine, and its points in run order.
 struct Series {
     key: Value,
@@ -113,25 +127,20 @@ fn series(store: &Store, args: &SeriesArgs) -> anyhow::Result<Vec<Series>> {
         filters.push(format!("h.platform = {}", literal(p)));
     }
     let sql = format!(
-        "SELECT m.model_name AS model, p.engine, h.platform, p.precision, p.scenario, \
-                p.batch_size, coalesce(p.prompt_tokens, p.seq_len) AS seq_len, h.fingerprint, \
+        "SELECT {COMBINATION}, \
                 p.{col} AS value, p.result_id, r.run_id, \
                 strftime(r.started_at, '%Y-%m-%d %H:%M:%S') AS started_at, p.engine_version, \
                 r.git_commit, r.command_line, r.tool_version, r.host, p.device \
          FROM performance_results p JOIN runs r USING (run_id) JOIN models m USING (model_id) \
               JOIN hardware_platforms h USING (hardware_id) \
          WHERE {where_} ORDER BY r.started_at, p.result_id",
+        COMBINATION = COMBINATION_COLUMNS,
         col = args.metric.column(),
         where_ = filters.join(" AND ")
     );
     let mut by_key: BTreeMap<String, Series> = BTreeMap::new();
     for r in rows(store, &sql)? {
-        let key = json!({
-            "model": r["model"], "engine": r["engine"], "platform": r["platform"],
-            "precision": r["precision"], "scenario": r["scenario"],
-            "batch_size": r["batch_size"], "seq_len": r["seq_len"],
-            "hardware_fingerprint": r["fingerprint"],
-        });
+        let key = combination(&r);
         by_key
             .entry(key.to_string())
             .or_insert_with(|| Series {
@@ -350,22 +359,17 @@ fn run_samples(store: &Store, run: i64) -> anyhow::Result<BTreeMap<String, (Valu
         bail!("run {run} is not in the store (db query --sql 'SELECT * FROM runs' lists them)");
     }
     let sql = format!(
-        "SELECT m.model_name AS model, p.engine, h.platform, p.precision, p.scenario, \
-                p.batch_size, coalesce(p.prompt_tokens, p.seq_len) AS seq_len, h.fingerprint, \
+        "SELECT {COMBINATION}, \
                 p.result_id, s.latency_ms \
          FROM performance_results p JOIN raw_samples s USING (result_id) \
               JOIN models m USING (model_id) JOIN hardware_platforms h USING (hardware_id) \
-         WHERE p.run_id = {run} AND p.status = 'pass' ORDER BY p.result_id, s.iteration"
+         WHERE p.run_id = {run} AND p.status = 'pass' ORDER BY p.result_id, s.iteration",
+        COMBINATION = COMBINATION_COLUMNS
     );
     let mut out: BTreeMap<String, (Value, Vec<f64>)> = BTreeMap::new();
     let mut latest: BTreeMap<String, i64> = BTreeMap::new();
     for r in rows(store, &sql)? {
-        let key = json!({
-            "model": r["model"], "engine": r["engine"], "platform": r["platform"],
-            "precision": r["precision"], "scenario": r["scenario"],
-            "batch_size": r["batch_size"], "seq_len": r["seq_len"],
-            "hardware_fingerprint": r["fingerprint"],
-        });
+        let key = combination(&r);
         let k = key.to_string();
         let id = r["result_id"].as_i64().unwrap_or(0);
         // A combination measured twice in one run: its latest result.
