@@ -7,6 +7,7 @@
 
 pub mod external;
 pub mod isolation;
+pub mod legacy;
 pub mod limits;
 pub mod memory;
 pub mod stats;

@@ -28,7 +28,7 @@ mod target;
 mod webdriver;
 
 use ia_hardware::{HardwareReport, Platform, PlatformStatus};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use engine::WebEngine;
@@ -95,6 +95,28 @@ pub fn ort_web_version() -> Option<String> {
 
 /// How long the page and the environment probe may take.
 pub(crate) const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a page looks like in headless Chromium: the value `script` returned (layout facts the
+/// caller asks for) and a PNG screenshot of the viewport. For checking HTML reports as people
+/// see them; the page is a local file, opened with the same flags as the benchmark browser.
+pub fn render_page(
+    page: &Path,
+    width: u32,
+    height: u32,
+    script: &str,
+) -> Result<(serde_json::Value, Vec<u8>), BrowserError> {
+    let chromium = ia_hardware::find_chromium().map_err(BrowserError::NotInstalled)?;
+    let chromedriver = find_chromedriver().map_err(BrowserError::NotInstalled)?;
+    let driver = webdriver::Driver::start(&chromium.path, &chromedriver)?;
+    driver.set_window_size(width, height)?;
+    let path = page
+        .canonicalize()
+        .map_err(|e| BrowserError::Page(format!("{}: {e}", page.display())))?;
+    driver.navigate(&format!("file://{}", path.display()), PAGE_TIMEOUT)?;
+    let facts = driver.execute(script)?;
+    let png = driver.screenshot()?;
+    Ok((facts, png))
+}
 
 /// A running headless Chromium with the benchmark page open.
 pub struct BrowserHost {

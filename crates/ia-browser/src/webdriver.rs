@@ -243,6 +243,44 @@ impl Driver {
         Ok(())
     }
 
+    /// Sets the browser window's size in CSS pixels.
+    pub fn set_window_size(&self, width: u32, height: u32) -> Result<(), BrowserError> {
+        self.request(
+            "POST",
+            &self.session_path("/window/rect"),
+            Some(json!({"width": width, "height": height})),
+            Duration::from_secs(10),
+        )?;
+        Ok(())
+    }
+
+    /// Runs a synchronous script in the page and returns what it returns.
+    pub fn execute(&self, script: &str) -> Result<Value, BrowserError> {
+        self.request(
+            "POST",
+            &self.session_path("/execute/sync"),
+            Some(json!({"script": script, "args": []})),
+            Duration::from_secs(30),
+        )
+    }
+
+    /// A PNG of the current viewport.
+    pub fn screenshot(&self) -> Result<Vec<u8>, BrowserError> {
+        use base64::Engine as _;
+        let value = self.request(
+            "GET",
+            &self.session_path("/screenshot"),
+            None,
+            Duration::from_secs(30),
+        )?;
+        let encoded = value.as_str().ok_or_else(|| {
+            BrowserError::WebDriver("the screenshot answer is not a string".into())
+        })?;
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| BrowserError::WebDriver(format!("the screenshot is not base64: {e}")))
+    }
+
     /// Calls `window.ia.<function>(arg)` in the page and waits for its promise, at most
     /// `timeout`. A rejected promise is `BrowserError::Page` with the page's error text.
     pub fn call(

@@ -7,11 +7,15 @@
 //! * [`query`]: arbitrary SQL and the table/csv/json/md/html renderings.
 //! * [`report`]: the performance and compatibility reports; [`export`]: parquet/csv dumps.
 
+pub mod charts;
 pub mod export;
+pub mod legacy;
+pub mod maintain;
 pub mod query;
 pub mod records;
 pub mod report;
 pub mod schema;
+pub mod trend;
 
 use duckdb::{params, AccessMode, Config, Connection, OptionalExt};
 use std::path::{Path, PathBuf};
@@ -57,6 +61,8 @@ pub enum DbError {
     },
     #[error("SQL error: {0}")]
     Sql(String),
+    #[error("no stored results match: {0}")]
+    NoMatchingRows(String),
     #[error("{0}")]
     Io(String),
 }
@@ -77,6 +83,10 @@ pub type Result<T> = std::result::Result<T, DbError>;
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Model and hardware rows this store has committed, by identity: a run stores one
+    /// combination after another, and each lookup is a statement DuckDB plans and runs
+    /// (about 1 ms). Only committed ids are kept; model and hardware rows are never deleted.
+    known_ids: std::collections::HashMap<String, i64>,
 }
 
 impl Store {
@@ -95,6 +105,7 @@ impl Store {
         Ok(Self {
             conn,
             path: path.into(),
+            known_ids: Default::default(),
         })
     }
 
@@ -114,27 +125,26 @@ impl Store {
             return Err(DbError::Missing(path.into()));
         }
         let conn = open(path, true, options)?;
-        if !schema::has_version_table(&conn)? {
-            return Err(DbError::NotOurs { path: path.into() });
-        }
-        let version = schema::current_version(&conn)?;
-        if version > schema::CURRENT_VERSION {
-            return Err(DbError::NewerSchema {
-                path: path.into(),
-                found: version,
-                supported: schema::CURRENT_VERSION,
-            });
-        }
-        if version < schema::CURRENT_VERSION {
-            return Err(DbError::OlderSchema {
-                path: path.into(),
-                found: version,
-                current: schema::CURRENT_VERSION,
-            });
-        }
+        check_version(&conn, path)?;
         Ok(Self {
             conn,
             path: path.into(),
+            known_ids: Default::default(),
+        })
+    }
+
+    /// Opens an existing store of the current schema for writing (maintenance): never
+    /// created, never migrated.
+    pub fn open_writable(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(DbError::Missing(path.into()));
+        }
+        let conn = open(path, false, &ReadOptions::default())?;
+        check_version(&conn, path)?;
+        Ok(Self {
+            conn,
+            path: path.into(),
+            known_ids: Default::default(),
         })
     }
 
@@ -274,9 +284,31 @@ impl Store {
         compat: &CompatibilityRecord,
         web: Option<&WebRecord>,
     ) -> Result<i64> {
+        let model_key = format!(
+            "model\0{}\0{}\0{}\0{}",
+            model.model_name, model.source, model.weights, model.parameter_count
+        );
+        let hardware_key = format!(
+            "hardware\0{}\0{}\0{}",
+            hardware.fingerprint, hardware.platform, hardware.device
+        );
         let tx = self.conn.transaction()?;
-        let model_id = upsert_model(&tx, model)?;
-        let hardware_id = upsert_hardware(&tx, hardware)?;
+        let model_id = match self.known_ids.get(&model_key) {
+            Some(id) => *id,
+            None => upsert_model(&tx, model)?,
+        };
+        let hardware_id = match self.known_ids.get(&hardware_key) {
+            Some(id) => *id,
+            None => upsert_hardware(&tx, hardware)?,
+        };
+        // The schema has no foreign keys (DuckDB could not purge runs with them): the
+        // reference to the run is checked here, inside the transaction.
+        let runs: i64 = tx
+            .prepare_cached("SELECT count(*) FROM runs WHERE run_id = ?")?
+            .query_row(params![run_id], |r| r.get(0))?;
+        if runs == 0 {
+            return Err(DbError::Sql(format!("run {run_id} is not in the store")));
+        }
         let result_id = records::insert_performance(&tx, run_id, model_id, hardware_id, perf)?;
         if !samples_ms.is_empty() {
             let mut app = tx.appender("raw_samples")?;
@@ -288,11 +320,12 @@ impl Store {
         if let Some(w) = web {
             records::insert_web(&tx, result_id, w)?;
         }
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO compatibility_results
                (run_id, model_id, hardware_id, platform, engine, precision, status, error, created_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",
-            params![
+        )?
+        .execute(params![
                 run_id,
                 model_id,
                 hardware_id,
@@ -304,6 +337,8 @@ impl Store {
             ],
         )?;
         tx.commit()?;
+        self.known_ids.insert(model_key, model_id);
+        self.known_ids.insert(hardware_key, hardware_id);
         Ok(result_id)
     }
 
@@ -329,6 +364,29 @@ impl Store {
     pub fn query_limited(&self, sql: &str, limits: query::Limits) -> Result<QueryResult> {
         query::run_limited(&self.conn, sql, limits)
     }
+}
+
+/// Ours, and of the schema this program reads (no migration on the way).
+fn check_version(conn: &Connection, path: &Path) -> Result<()> {
+    if !schema::has_version_table(conn)? {
+        return Err(DbError::NotOurs { path: path.into() });
+    }
+    let version = schema::current_version(conn)?;
+    if version > schema::CURRENT_VERSION {
+        return Err(DbError::NewerSchema {
+            path: path.into(),
+            found: version,
+            supported: schema::CURRENT_VERSION,
+        });
+    }
+    if version < schema::CURRENT_VERSION {
+        return Err(DbError::OlderSchema {
+            path: path.into(),
+            found: version,
+            current: schema::CURRENT_VERSION,
+        });
+    }
+    Ok(())
 }
 
 /// Whether `pid` is a live process on this machine (Linux /proc; elsewhere assumed alive, so
@@ -462,10 +520,14 @@ fn lock_holder(message: &str) -> String {
 }
 
 fn upsert_model(tx: &Connection, m: &ModelRecord) -> Result<i64> {
+    // Cached statements: planning a statement costs more than running it, and the harness
+    // stores one combination after another.
     let existing: Option<i64> = tx
-        .query_row(
+        .prepare_cached(
             "SELECT model_id FROM models WHERE model_name = ? AND source = ? AND weights = ?
                AND parameter_count = ?",
+        )?
+        .query_row(
             params![m.model_name, m.source, m.weights, m.parameter_count],
             |r| r.get(0),
         )
@@ -492,12 +554,11 @@ fn upsert_model(tx: &Connection, m: &ModelRecord) -> Result<i64> {
 
 fn upsert_hardware(tx: &Connection, h: &HardwareRecord) -> Result<i64> {
     let existing: Option<i64> = tx
-        .query_row(
+        .prepare_cached(
             "SELECT hardware_id FROM hardware_platforms
              WHERE fingerprint = ? AND platform = ? AND device = ?",
-            params![h.fingerprint, h.platform, h.device],
-            |r| r.get(0),
-        )
+        )?
+        .query_row(params![h.fingerprint, h.platform, h.device], |r| r.get(0))
         .optional()?;
     if let Some(id) = existing {
         return Ok(id);

@@ -119,8 +119,22 @@ fn limited_select(sql: &str, max_rows: usize) -> Option<String> {
 }
 
 fn collect(conn: &Connection, sql: &str, max_rows: usize) -> Result<QueryResult> {
+    collect_with(conn, sql, &[], max_rows)
+}
+
+/// One statement with bound parameters (the reports' filters), every row kept.
+pub fn run_with_params(conn: &Connection, sql: &str, params: &[Value]) -> Result<QueryResult> {
+    collect_with(conn, sql, params, usize::MAX)
+}
+
+fn collect_with(
+    conn: &Connection,
+    sql: &str,
+    params: &[Value],
+    max_rows: usize,
+) -> Result<QueryResult> {
     let mut stmt = conn.prepare(sql)?;
-    let mut rows = stmt.query([])?;
+    let mut rows = stmt.query(duckdb::params_from_iter(params.iter()))?;
     let columns = rows
         .as_ref()
         .map(|s| s.column_names())
@@ -382,12 +396,8 @@ fn csv_text(v: &Value) -> String {
     }
 }
 
-pub fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
+/// The charts' escaping, so report tables and the SVG inside them agree.
+pub use ia_charts::xml_escape as html_escape;
 
 #[cfg(test)]
 mod limit_tests {

@@ -241,11 +241,9 @@ pub(crate) fn insert_performance(
     );
     let mut values: Vec<&dyn ToSql> = vec![&run_id, &model_id, &hardware_id];
     values.extend(p.values());
-    Ok(tx.query_row(
-        &format!("{sql} RETURNING result_id"),
-        params_from_iter(values),
-        |r| r.get(0),
-    )?)
+    Ok(tx
+        .prepare_cached(&format!("{sql} RETURNING result_id"))?
+        .query_row(params_from_iter(values), |r| r.get(0))?)
 }
 
 #[cfg(test)]

@@ -5,10 +5,10 @@ use crate::{DbError, Result};
 use duckdb::Connection;
 use std::path::Path;
 
-pub const CURRENT_VERSION: i64 = 7;
+pub const CURRENT_VERSION: i64 = 9;
 
 /// Every table of the current schema.
-pub const TABLES: [&str; 9] = [
+pub const TABLES: [&str; 12] = [
     "schema_version",
     "runs",
     "hardware_platforms",
@@ -18,6 +18,9 @@ pub const TABLES: [&str; 9] = [
     "compatibility_results",
     "web_results",
     "calibrations",
+    "legacy_files",
+    "legacy_results",
+    "legacy_samples",
 ];
 
 /// MIGRATIONS[i] upgrades from version i to i + 1.
@@ -205,6 +208,199 @@ CREATE TABLE calibrations (
     value          DOUBLE NOT NULL,
     samples        INTEGER NOT NULL,
     created_at     TIMESTAMP NOT NULL
+);
+"#,
+    // 8: no foreign keys. DuckDB cannot delete a referencing row and the row it references in
+    // one transaction (its foreign-key indexes do not see deletes until commit), so runs could
+    // not be purged whole; and each appended raw sample paid an index probe. The tables that
+    // referenced others are rebuilt without REFERENCES (same columns, same order, same
+    // keys); the writers keep the references right (a combination checks its run inside its
+    // transaction) and `db maintain --check-integrity` counts orphans.
+    r#"
+CREATE TABLE raw_samples_v8 (
+    result_id   BIGINT NOT NULL,
+    iteration   INTEGER NOT NULL,
+    latency_ms  DOUBLE NOT NULL
+);
+INSERT INTO raw_samples_v8 SELECT * FROM raw_samples;
+DROP TABLE raw_samples;
+CREATE TABLE web_results_v8 (
+    result_id             BIGINT PRIMARY KEY,
+    browser               VARCHAR NOT NULL,
+    browser_version       VARCHAR NOT NULL,
+    user_agent            VARCHAR NOT NULL,
+    requested_ep          VARCHAR NOT NULL,
+    executed_ep           VARCHAR NOT NULL,
+    fell_back             BOOLEAN NOT NULL,
+    node_placement        JSON NOT NULL,
+    adapter_vendor        VARCHAR,
+    adapter_architecture  VARCHAR,
+    adapter_description   VARCHAR,
+    adapter_is_fallback   BOOLEAN,
+    adapter_features      VARCHAR,
+    webnn_device          VARCHAR,
+    wasm_threads          INTEGER NOT NULL,
+    cross_origin_isolated BOOLEAN NOT NULL,
+    precompiled           BOOLEAN NOT NULL,
+    precompile_ms         DOUBLE,
+    parallel_load         BOOLEAN NOT NULL,
+    part_load_ms          JSON NOT NULL,
+    concurrent_sessions   BOOLEAN,
+    renderer_peak_rss_bytes BIGINT,
+    gpu_process_peak_rss_bytes BIGINT
+);
+INSERT INTO web_results_v8 SELECT * FROM web_results;
+DROP TABLE web_results;
+CREATE TABLE performance_results_v8 (
+    result_id             BIGINT PRIMARY KEY DEFAULT nextval('seq_result_id'),
+    run_id                BIGINT NOT NULL,
+    model_id              BIGINT NOT NULL,
+    hardware_id           BIGINT NOT NULL,
+    engine                VARCHAR NOT NULL,
+    engine_version        VARCHAR NOT NULL,
+    device                VARCHAR NOT NULL,
+    precision             VARCHAR NOT NULL,
+    scenario              VARCHAR NOT NULL,
+    batch_size            INTEGER NOT NULL,
+    seq_len               INTEGER,
+    status                VARCHAR NOT NULL,
+    error                 VARCHAR,
+    load_time_ms          DOUBLE,
+    first_inference_ms    DOUBLE,
+    warmup_iterations     INTEGER,
+    iterations            INTEGER,
+    timed_duration_s      DOUBLE,
+    latency_mean_ms       DOUBLE,
+    latency_stdev_ms      DOUBLE,
+    latency_min_ms        DOUBLE,
+    latency_max_ms        DOUBLE,
+    latency_p50_ms        DOUBLE,
+    latency_p90_ms        DOUBLE,
+    latency_p95_ms        DOUBLE,
+    latency_p99_ms        DOUBLE,
+    p90_is_estimate       BOOLEAN,
+    p95_is_estimate       BOOLEAN,
+    p99_is_estimate       BOOLEAN,
+    throughput_items_per_s  DOUBLE,
+    throughput_tokens_per_s DOUBLE,
+    peak_rss_mb           DOUBLE,
+    peak_rss_per_combination BOOLEAN,
+    harness_overhead_ns   DOUBLE,
+    created_at            TIMESTAMP NOT NULL,
+    prompt_tokens         INTEGER,
+    new_tokens            INTEGER,
+    ttft_mean_ms          DOUBLE,
+    ttft_p50_ms           DOUBLE,
+    tpot_p50_ms           DOUBLE,
+    tpot_p90_ms           DOUBLE,
+    tpot_p90_is_estimate  BOOLEAN,
+    prefill_tokens_per_s  DOUBLE,
+    decode_tokens_per_s   DOUBLE,
+    weight_mb             DOUBLE,
+    greedy_agreement_vs_f32 DOUBLE,
+    audio_seconds         DOUBLE,
+    real_time_factor      DOUBLE
+);
+INSERT INTO performance_results_v8 SELECT * FROM performance_results;
+DROP TABLE performance_results;
+CREATE TABLE compatibility_results_v8 (
+    compat_id   BIGINT PRIMARY KEY DEFAULT nextval('seq_compat_id'),
+    run_id      BIGINT NOT NULL,
+    model_id    BIGINT NOT NULL,
+    hardware_id BIGINT NOT NULL,
+    platform    VARCHAR NOT NULL,
+    engine      VARCHAR NOT NULL,
+    precision   VARCHAR NOT NULL,
+    status      VARCHAR NOT NULL,
+    error       VARCHAR,
+    created_at  TIMESTAMP NOT NULL
+);
+INSERT INTO compatibility_results_v8 SELECT * FROM compatibility_results;
+DROP TABLE compatibility_results;
+CREATE TABLE calibrations_v8 (
+    calibration_id BIGINT PRIMARY KEY DEFAULT nextval('seq_calibration_id'),
+    hardware_id    BIGINT NOT NULL,
+    engine         VARCHAR NOT NULL,
+    engine_version VARCHAR NOT NULL,
+    kind           VARCHAR NOT NULL,
+    precision      VARCHAR,
+    size           BIGINT NOT NULL,
+    value          DOUBLE NOT NULL,
+    samples        INTEGER NOT NULL,
+    created_at     TIMESTAMP NOT NULL
+);
+INSERT INTO calibrations_v8 SELECT * FROM calibrations;
+DROP TABLE calibrations;
+ALTER TABLE raw_samples_v8 RENAME TO raw_samples;
+ALTER TABLE web_results_v8 RENAME TO web_results;
+ALTER TABLE performance_results_v8 RENAME TO performance_results;
+ALTER TABLE compatibility_results_v8 RENAME TO compatibility_results;
+ALTER TABLE calibrations_v8 RENAME TO calibrations;
+"#,
+    // 9: result files of the Python framework (`db migrate-json`), kept apart from our own
+    // measurements: they carry no runtime version or device, often no raw samples, and some
+    // are simulated. One row per file (its content hash makes imports idempotent), one per
+    // entry, and the raw latencies where the file held them.
+    r#"
+CREATE SEQUENCE seq_legacy_file_id START 1;
+CREATE SEQUENCE seq_legacy_id START 1;
+CREATE TABLE legacy_files (
+    file_id            BIGINT PRIMARY KEY DEFAULT nextval('seq_legacy_file_id'),
+    source_path        VARCHAR NOT NULL,
+    content_sha256     VARCHAR NOT NULL UNIQUE,
+    format             VARCHAR NOT NULL,
+    file_timestamp     TIMESTAMP,
+    host               VARCHAR,
+    -- comma-separated hardware types the file lists as simulated
+    simulated_hardware VARCHAR,
+    warning            VARCHAR,
+    entries            INTEGER NOT NULL,
+    imported_at        TIMESTAMP NOT NULL
+);
+CREATE TABLE legacy_results (
+    legacy_id              BIGINT PRIMARY KEY DEFAULT nextval('seq_legacy_id'),
+    file_id                BIGINT NOT NULL,
+    -- JSON pointer of the entry inside its file
+    entry_path             VARCHAR NOT NULL,
+    -- measurement | compatibility | test | progress | comparison
+    kind                   VARCHAR NOT NULL,
+    model                  VARCHAR,
+    family                 VARCHAR,
+    hardware               VARCHAR,
+    batch_size             INTEGER,
+    seq_len                INTEGER,
+    precision              VARCHAR,
+    detail                 VARCHAR,
+    -- ok | failed | skipped | compatible | incompatible | unknown
+    status                 VARCHAR NOT NULL,
+    error                  VARCHAR,
+    implementation_type    VARCHAR,
+    simulated              BOOLEAN NOT NULL,
+    -- what in the file said so
+    simulation_marker      VARCHAR,
+    -- false for a verdict ("compatible") that no figure backs
+    has_figures            BOOLEAN NOT NULL,
+    measured_at            TIMESTAMP,
+    samples                INTEGER NOT NULL,
+    latency_mean_ms        DOUBLE,
+    -- percentiles only from raw samples: NULL when the file held none
+    latency_p50_ms         DOUBLE,
+    latency_p90_ms         DOUBLE,
+    latency_p99_ms         DOUBLE,
+    latency_min_ms         DOUBLE,
+    latency_max_ms         DOUBLE,
+    throughput_items_per_s DOUBLE,
+    memory_mb              DOUBLE,
+    load_time_s            DOUBLE,
+    execution_time_s       DOUBLE,
+    iterations             INTEGER,
+    -- speedup ratio or improvement percentage of a comparison entry
+    relative_value         DOUBLE
+);
+CREATE TABLE legacy_samples (
+    legacy_id  BIGINT NOT NULL,
+    iteration  INTEGER NOT NULL,
+    latency_ms DOUBLE NOT NULL
 );
 "#,
 ];

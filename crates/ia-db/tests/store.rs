@@ -76,7 +76,7 @@ fn a_combination_is_stored_whole_or_not_at_all() {
     assert_eq!(count(&store, "performance_results"), 1);
     assert_eq!(count(&store, "raw_samples"), 3);
 
-    // A run id that does not exist violates a foreign key after the model and hardware rows
+    // A run id that does not exist is refused after the model and hardware rows
     // were written inside the transaction: everything must roll back.
     let (mut m2, h2, p2, c2) = records();
     m2.model_name = "other".into();

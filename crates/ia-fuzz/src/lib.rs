@@ -5,8 +5,8 @@
 //! * [`TARGETS`]: config.json (classification, range checks, memory estimate), preprocessor
 //!   configs (Whisper, CLAP, image processors, then a small input through them), images (PNG /
 //!   JPEG decode and the three image processors), WAV audio (decode, resample, log-mel),
-//!   safetensors and GGUF headers, ONNX graphs and OpenVINO IR (parameter counts), and the JSON
-//!   `db import` reads.
+//!   safetensors and GGUF headers, ONNX graphs and OpenVINO IR (parameter counts), the JSON
+//!   `db import` reads, and the legacy JSON results `db migrate-json` reads.
 //! * [`Fuzzer`]: a small mutation fuzzer (bit flips, interesting integers, dictionary tokens,
 //!   splices, cuts) on stable Rust, seeded from the repository's fixtures; the test suite runs
 //!   it for a bounded time per target (tests/fuzz.rs) and replays every input that ever broke
@@ -36,6 +36,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("onnx", onnx),
     ("openvino_ir", openvino_ir),
     ("import", import),
+    ("legacy_json", legacy_json),
 ];
 
 /// config.json: classification with its range checks, then the memory estimate of a random-
@@ -145,6 +146,13 @@ pub fn openvino_ir(data: &[u8]) {
 pub fn import(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = ia_bench::external::parse(text);
+    }
+}
+
+/// The Python framework's JSON result files `db migrate-json` reads.
+pub fn legacy_json(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = ia_bench::legacy::parse(text);
     }
 }
 

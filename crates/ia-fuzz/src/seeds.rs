@@ -78,6 +78,11 @@ pub fn seeds(target: &str, repo: &Path) -> Vec<Vec<u8>> {
         "onnx" => files(&fixtures, &ext("onnx"), &mut out),
         "openvino_ir" => files(&fixtures, &ext("xml"), &mut out),
         "import" => out.push(IMPORT_SEED.as_bytes().to_vec()),
+        "legacy_json" => {
+            files(&fixtures.join("legacy-results"), &ext("json"), &mut out);
+            // Small ones first: the 93 kB suite file is slow to explore.
+            out.sort_by_key(Vec::len);
+        }
         other => panic!("no seeds for {other}"),
     }
     assert!(!out.is_empty(), "no seeds found for {target}");

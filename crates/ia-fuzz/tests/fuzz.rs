@@ -108,6 +108,11 @@ fn fuzz_import() {
 }
 
 #[test]
+fn fuzz_legacy_json() {
+    fuzz("legacy_json");
+}
+
+#[test]
 fn every_target_is_fuzzed() {
     let src =
         std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz.rs"))

@@ -92,11 +92,7 @@ fn share(s: &str) -> Result<f64, String> {
     }
 }
 
-/// The columns that name a combination on a machine (`p` results, `m` models, `h` hardware).
-const COMBINATION_COLUMNS: &str = "m.model_name AS model, p.engine, h.platform, p.precision, \
-     p.scenario, p.batch_size, coalesce(p.prompt_tokens, p.seq_len) AS seq_len, h.fingerprint";
-
-/// A row's combination (from [`COMBINATION_COLUMNS`]): a series, or what two runs share.
+/// A row's combination (from `ia_db::trend::COMBINATION_COLUMNS`): a series, or what two runs share.
 fn combination(r: &Value) -> Value {
     json!({
         "model": r["model"], "engine": r["engine"], "platform": r["platform"],
@@ -112,31 +108,11 @@ struct Series {
     points: Vec<Value>,
 }
 
-/// Quotes a user-given string as a SQL literal.
-fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 fn series(store: &Store, args: &SeriesArgs) -> anyhow::Result<Vec<Series>> {
-    let mut filters = vec![format!("p.{} IS NOT NULL", args.metric.column())];
-    filters.push("p.status = 'pass'".into());
-    if let Some(m) = &args.model {
-        filters.push(format!("contains(m.model_name, {})", literal(m)));
-    }
-    if let Some(p) = &args.platform {
-        filters.push(format!("h.platform = {}", literal(p)));
-    }
-    let sql = format!(
-        "SELECT {COMBINATION}, \
-                p.{col} AS value, p.result_id, r.run_id, \
-                strftime(r.started_at, '%Y-%m-%d %H:%M:%S') AS started_at, p.engine_version, \
-                r.git_commit, r.command_line, r.tool_version, r.host, p.device \
-         FROM performance_results p JOIN runs r USING (run_id) JOIN models m USING (model_id) \
-              JOIN hardware_platforms h USING (hardware_id) \
-         WHERE {where_} ORDER BY r.started_at, p.result_id",
-        COMBINATION = COMBINATION_COLUMNS,
-        col = args.metric.column(),
-        where_ = filters.join(" AND ")
+    let sql = ia_db::trend::series_sql(
+        args.metric.column(),
+        args.model.as_deref(),
+        args.platform.as_deref(),
     );
     let mut by_key: BTreeMap<String, Series> = BTreeMap::new();
     for r in rows(store, &sql)? {
@@ -358,14 +334,7 @@ fn run_samples(store: &Store, run: i64) -> anyhow::Result<BTreeMap<String, (Valu
     if exists.first().and_then(|r| r["n"].as_i64()) != Some(1) {
         bail!("run {run} is not in the store (db query --sql 'SELECT * FROM runs' lists them)");
     }
-    let sql = format!(
-        "SELECT {COMBINATION}, \
-                p.result_id, s.latency_ms \
-         FROM performance_results p JOIN raw_samples s USING (result_id) \
-              JOIN models m USING (model_id) JOIN hardware_platforms h USING (hardware_id) \
-         WHERE p.run_id = {run} AND p.status = 'pass' ORDER BY p.result_id, s.iteration",
-        COMBINATION = COMBINATION_COLUMNS
-    );
+    let sql = ia_db::trend::run_samples_sql(run);
     let mut out: BTreeMap<String, (Value, Vec<f64>)> = BTreeMap::new();
     let mut latest: BTreeMap<String, i64> = BTreeMap::new();
     for r in rows(store, &sql)? {

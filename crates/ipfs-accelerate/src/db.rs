@@ -1,4 +1,4 @@
-//! `ipfs-accelerate db query|report|export|import|migrate|trend|regressions|compare`
+//! `ipfs-accelerate db query|report|plot|export|import|migrate|migrate-json|maintain|trend|regressions|compare`
 //!
 //! query, report and export only read: the store is opened read-only with DuckDB's external
 //! access, extension installing and autoloading off (export may write into its output folder
@@ -42,11 +42,19 @@ enum DbCommand {
         #[arg(long, default_value_t = 300.0, value_parser = crate::limits::seconds)]
         timeout: f64,
     },
-    /// Write a performance, compatibility or web report
+    /// Write a report: performance, compatibility, web, hardware, summary or legacy
     Report {
-        /// performance, compatibility, or web (browser platforms beside the native ones)
+        /// performance (latest result per combination), compatibility (model x platform),
+        /// web (browser platforms beside the native ones), hardware (one --model on every
+        /// platform, speedup vs CPU), summary (what was measured where, best platform per
+        /// model, failures), legacy (imported Python-framework results)
         #[arg(long, default_value = "performance")]
         kind: ReportKind,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Legacy report: also list entries their files mark as simulated
+        #[arg(long)]
+        include_simulated: bool,
         /// md, html, csv or json
         #[arg(long, default_value = "md", value_parser = parse_format)]
         format: OutputFormat,
@@ -62,6 +70,13 @@ enum DbCommand {
     },
     /// Bring an older store to the current schema (reads never migrate)
     Migrate,
+    /// Import folders of the Python framework's JSON results (every known format) into the
+    /// legacy tables, with their provenance and simulation markers; files already imported
+    /// are skipped, unknown or broken ones are skipped with a reason (exit status 1)
+    MigrateJson(crate::migrate_json::MigrateJsonArgs),
+    /// Integrity checks, statistics, vacuum, verified backups with retention, and the
+    /// transactional purge of old runs (with no option: integrity and statistics)
+    Maintain(crate::maintain::MaintainArgs),
     /// Every series (model, engine and platform, precision, scenario, batch size, length,
     /// machine) of a metric over runs, with its change points
     Trend(crate::analysis::SeriesArgs),
@@ -72,6 +87,21 @@ enum DbCommand {
     /// a bootstrap 95% interval and a Mann-Whitney U p-value (Holm-corrected); exits non-zero
     /// on a significant regression beyond the threshold
     Compare(crate::analysis::CompareArgs),
+    /// Draw a chart of the stored results as SVG or PNG (by the --output extension)
+    Plot {
+        /// latency-vs-batch, throughput-by-platform, trend, memory, compatibility or
+        /// web-vs-native
+        #[arg(long)]
+        kind: ia_charts::Kind,
+        /// File to write: .svg or .png
+        #[arg(long)]
+        output: PathBuf,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Print what was drawn as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Export every table as parquet or csv files into a folder
     Export {
         #[arg(long, default_value = "parquet")]
@@ -81,6 +111,34 @@ enum DbCommand {
     },
 }
 
+/// Which results a chart or report covers.
+#[derive(clap::Args, Clone, Default)]
+pub struct FilterArgs {
+    /// Only models whose name contains this (case-insensitive)
+    #[arg(long)]
+    model: Option<String>,
+    /// Only this platform (cpu, openvino, wasm, webgpu, ...) or engine
+    #[arg(long)]
+    platform: Option<String>,
+    /// Only this precision (f32, f16, bf16, int8, ...)
+    #[arg(long)]
+    precision: Option<String>,
+    /// Only this run id
+    #[arg(long)]
+    run: Option<i64>,
+}
+
+impl FilterArgs {
+    pub fn to_filter(&self) -> ia_db::charts::ChartFilter {
+        ia_db::charts::ChartFilter {
+            model: self.model.clone(),
+            platform: self.platform.clone(),
+            precision: self.precision.clone(),
+            run: self.run,
+        }
+    }
+}
+
 fn parse_format(s: &str) -> Result<OutputFormat, String> {
     s.parse()
 }
@@ -88,6 +146,8 @@ fn parse_format(s: &str) -> Result<OutputFormat, String> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     match &args.command {
         DbCommand::Import { file } => return import(&args.db_path, file),
+        DbCommand::MigrateJson(a) => return crate::migrate_json::run(&args.db_path, a),
+        DbCommand::Maintain(a) => return crate::maintain::run(&args.db_path, a),
         DbCommand::Migrate => {
             let (before, after) = Store::migrate(&args.db_path)?;
             println!(
@@ -134,10 +194,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         DbCommand::Report {
             kind,
+            filter,
+            include_simulated,
             format,
             output,
         } => {
-            let text = ia_db::report::render(&store, kind, format)?;
+            let options = ia_db::report::ReportOptions {
+                filter: filter.to_filter(),
+                include_simulated,
+            };
+            let text = ia_db::report::render(&store, kind, format, &options)?;
             match output {
                 Some(path) => {
                     std::fs::write(&path, text)
@@ -150,7 +216,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         DbCommand::Trend(a) => crate::analysis::trend(&store, &a)?,
         DbCommand::Regressions(a) => crate::analysis::regressions(&store, &a)?,
         DbCommand::Compare(a) => crate::analysis::compare_runs(&store, &a)?,
-        DbCommand::Import { .. } | DbCommand::Migrate => unreachable!("handled above"),
+        DbCommand::Import { .. }
+        | DbCommand::Migrate
+        | DbCommand::MigrateJson(_)
+        | DbCommand::Maintain(_) => {
+            unreachable!("handled above")
+        }
+        DbCommand::Plot {
+            kind,
+            output,
+            filter,
+            json,
+        } => plot(&store, kind, &output, &filter, json)?,
         DbCommand::Export { format, output } => {
             let output = output.canonicalize()?;
             for f in ia_db::export::export(&store, format, &output)? {
@@ -159,6 +236,75 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn plot(
+    store: &Store,
+    kind: ia_charts::Kind,
+    output: &std::path::Path,
+    filter: &FilterArgs,
+    json: bool,
+) -> anyhow::Result<()> {
+    let png = match output.extension().and_then(|e| e.to_str()) {
+        Some(e) if e.eq_ignore_ascii_case("svg") => false,
+        Some(e) if e.eq_ignore_ascii_case("png") => true,
+        _ => anyhow::bail!(
+            "--output {}: expected a .svg or .png file",
+            output.display()
+        ),
+    };
+    let chart = ia_db::charts::chart(store, kind, &filter.to_filter())?;
+    if chart.is_empty() {
+        anyhow::bail!(
+            "no stored results match --kind {}{} (nothing written)",
+            kind.as_str(),
+            filter.describe()
+        );
+    }
+    let svg = chart.svg();
+    let bytes = if png {
+        ia_charts::png(&svg)?
+    } else {
+        svg.into_bytes()
+    };
+    std::fs::write(output, &bytes).with_context(|| format!("writing {}", output.display()))?;
+    if json {
+        let (series, groups) = match &chart.body {
+            ia_charts::Body::Lines { series, .. } => (series.len(), 0),
+            ia_charts::Body::Bars { series, groups, .. } => (series.len(), groups.len()),
+            ia_charts::Body::Grid { columns, rows, .. } => (columns.len(), rows.len()),
+        };
+        println!(
+            "{}",
+            serde_json::json!({
+                "kind": kind.as_str(), "output": output.display().to_string(),
+                "format": if png { "png" } else { "svg" }, "bytes": bytes.len(),
+                "title": chart.title, "note": chart.note,
+                "series": series, "groups_or_rows": groups,
+            })
+        );
+    } else {
+        eprintln!("wrote {}", output.display());
+    }
+    Ok(())
+}
+
+impl FilterArgs {
+    /// The filters given, for messages.
+    fn describe(&self) -> String {
+        let mut s = String::new();
+        for (flag, v) in [
+            ("--model", self.model.clone()),
+            ("--platform", self.platform.clone()),
+            ("--precision", self.precision.clone()),
+            ("--run", self.run.map(|r| r.to_string())),
+        ] {
+            if let Some(v) = v {
+                s.push_str(&format!(" {flag} {v}"));
+            }
+        }
+        s
+    }
 }
 
 /// All rows are validated before the run is opened, so a bad file stores nothing.

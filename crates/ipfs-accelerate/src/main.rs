@@ -9,6 +9,8 @@ mod hardware;
 mod import;
 mod interrupt;
 mod limits;
+mod maintain;
+mod migrate_json;
 mod models;
 mod plan;
 mod predict;
