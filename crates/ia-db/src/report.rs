@@ -528,13 +528,13 @@ fn describe(options: &ReportOptions) -> String {
 const CSS: &str = "body{font-family:'DejaVu Sans',Verdana,sans-serif;margin:24px;color:#222;\
 max-width:1400px}h1{font-size:22px}h2{font-size:17px;margin-top:28px}\
 h3{font-size:15px;margin:20px 0 6px}p.meta{color:#555;font-size:13px;max-width:960px}\
-figure{margin:12px 0}table{border-collapse:collapse;font-size:12.5px;margin-bottom:8px}\
-th{background:#f2f2f2;text-align:left;white-space:normal;vertical-align:bottom}td,th{border:1px solid #ddd;padding:3px 5px;vertical-align:top}\
+figure{margin:12px 0}table{border-collapse:collapse;font-size:12px;margin-bottom:8px}\
+th{background:#f2f2f2;text-align:left;white-space:normal;vertical-align:bottom}td,th{border:1px solid #ddd;padding:3px 4px;vertical-align:top}\
 td{white-space:nowrap}td.num{text-align:right;font-variant-numeric:tabular-nums}\
-td.reason{white-space:normal}\
+td.reason{white-space:normal}td.wrap{white-space:normal;min-width:9em}\
 td.status-pass{color:#17672e}td.status-fail{color:#a8201a}td.status-unavailable{color:#666}\
-details{max-width:14em;white-space:normal}summary{cursor:pointer;color:#555;\
-white-space:nowrap;overflow:hidden;text-overflow:ellipsis;max-width:14em}\
+details{max-width:12em;white-space:normal}summary{cursor:pointer;color:#555;\
+white-space:nowrap;overflow:hidden;text-overflow:ellipsis;max-width:12em}\
 span.path{color:#777;font-size:12px;font-weight:normal}";
 
 fn html_page(title: &str, meta: &str, body: &str) -> String {
@@ -548,6 +548,22 @@ fn html_page(title: &str, meta: &str, body: &str) -> String {
 
 /// Columns that carry a reason: collapsed behind their first words.
 const REASON_COLUMNS: [&str; 1] = ["error"];
+
+/// Text columns that may take a second line when the table would not fit the window.
+const WRAP_COLUMNS: [&str; 12] = [
+    "engine",
+    "scenario",
+    "best",
+    "runner_up",
+    "provenance",
+    "detail",
+    "source_path",
+    "entry_path",
+    "native",
+    "adapter",
+    "browser",
+    "executed_ep",
+];
 
 fn cell_html(column: &str, v: &Value) -> String {
     let text = value_text(v);
@@ -564,6 +580,7 @@ fn cell_html(column: &str, v: &Value) -> String {
     }
     let class = match (column, v) {
         ("status", _) => format!(" class=\"status-{}\"", html_escape(&text)),
+        (c, _) if WRAP_COLUMNS.contains(&c) => " class=\"wrap\"".into(),
         (
             _,
             Value::Double(_)

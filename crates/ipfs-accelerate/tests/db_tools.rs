@@ -285,6 +285,7 @@ fn charts_reports_and_maintenance_on_a_measured_store() {
                 figureTop: first('figure'), tableTop: first('table'),
                 headings: document.querySelectorAll('h3').length};";
     let (facts, png) = ia_browser::render_page(&html, 1400, 1000, layout).unwrap();
+    eprintln!("report layout in Chromium: {facts}");
     // IA_REPORT_SCREENSHOT=FILE keeps the screenshot for a person to look at.
     if let Some(keep) = std::env::var_os("IA_REPORT_SCREENSHOT") {
         std::fs::write(keep, &png).unwrap();
