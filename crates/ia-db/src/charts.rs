@@ -5,6 +5,14 @@
 use crate::{Result, Store};
 use duckdb::types::Value;
 
+/// The latest result of each combination (model and weights, machine, platform, engine,
+/// precision, scenario, shape), over `p` results, `m` models and `h` hardware: what charts and
+/// reports show unless they follow runs over time.
+pub const LATEST_PER_COMBINATION: &str = "QUALIFY row_number() OVER (
+    PARTITION BY m.model_name, m.weights, h.fingerprint, h.platform, p.engine, p.precision,
+                 p.scenario, p.batch_size, p.seq_len
+    ORDER BY p.created_at DESC, p.result_id DESC) = 1";
+
 /// `db plot` / report filters; `None` matches everything.
 #[derive(Debug, Clone, Default)]
 pub struct ChartFilter {
@@ -17,6 +25,23 @@ pub struct ChartFilter {
 }
 
 impl ChartFilter {
+    /// The filters as the flags that set them (`--model bert --run 3`), for messages; empty
+    /// when nothing is filtered.
+    pub fn flags(&self) -> String {
+        let mut parts = vec![];
+        for (flag, v) in [
+            ("--model", self.model.clone()),
+            ("--platform", self.platform.clone()),
+            ("--precision", self.precision.clone()),
+            ("--run", self.run.map(|r| r.to_string())),
+        ] {
+            if let Some(v) = v {
+                parts.push(format!("{flag} {v}"));
+            }
+        }
+        parts.join(" ")
+    }
+
     /// The WHERE clause (over `m`, `h`, `p`) and its parameters.
     pub(crate) fn clause(&self) -> (String, Vec<Value>) {
         let mut parts = vec!["true".to_string()];
@@ -71,10 +96,7 @@ pub fn points(
     let latest = if kind.every_run() {
         ""
     } else {
-        "QUALIFY row_number() OVER (
-            PARTITION BY m.model_name, m.weights, h.fingerprint, h.platform, p.engine,
-                         p.precision, p.scenario, p.batch_size, p.seq_len
-            ORDER BY p.created_at DESC, p.result_id DESC) = 1"
+        LATEST_PER_COMBINATION
     };
     let sql = format!(
         "SELECT m.model_name, m.weights, p.engine, h.platform, p.precision, p.batch_size, p.status,

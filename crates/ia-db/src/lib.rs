@@ -63,6 +63,9 @@ pub enum DbError {
     Sql(String),
     #[error("no stored results match: {0}")]
     NoMatchingRows(String),
+    /// A request the store cannot answer as asked (a missing option), not a SQL failure.
+    #[error("{0}")]
+    Request(String),
     #[error("{0}")]
     Io(String),
 }

@@ -6,7 +6,7 @@
 //! simulated entries only on request). HTML reports put the charts (ia_charts, the same
 //! definitions as `db plot`) first, then one table per model with reasons collapsed.
 
-use crate::charts::{display_model_name, ChartFilter};
+use crate::charts::{display_model_name, ChartFilter, LATEST_PER_COMBINATION};
 use crate::query::{html_escape, value_text, OutputFormat, QueryResult};
 use crate::{DbError, Result, Store};
 use duckdb::types::Value;
@@ -69,10 +69,7 @@ FROM performance_results p
 JOIN models m USING (model_id)
 JOIN hardware_platforms h USING (hardware_id)
 WHERE {where}
-QUALIFY row_number() OVER (
-    PARTITION BY m.model_name, m.weights, h.fingerprint, h.platform, p.engine, p.precision,
-                 p.scenario, p.batch_size, p.seq_len
-    ORDER BY p.created_at DESC, p.result_id DESC) = 1
+{latest}
 ORDER BY model, weights, platform, engine, precision, scenario, batch
 "#;
 
@@ -144,10 +141,7 @@ WITH latest AS (
     JOIN models m USING (model_id)
     JOIN hardware_platforms h USING (hardware_id)
     WHERE {where}
-    QUALIFY row_number() OVER (
-        PARTITION BY m.model_name, m.weights, h.fingerprint, h.platform, p.engine, p.precision,
-                     p.scenario, p.batch_size, p.seq_len
-        ORDER BY p.created_at DESC, p.result_id DESC) = 1
+    {latest}
 ), cpu AS (
     SELECT * FROM latest WHERE platform = 'cpu' AND status = 'pass'
     QUALIFY row_number() OVER (
@@ -196,10 +190,7 @@ WITH latest AS (
     JOIN models m USING (model_id)
     JOIN hardware_platforms h USING (hardware_id)
     WHERE {where} AND p.status = 'pass' AND p.latency_p50_ms > 0
-    QUALIFY row_number() OVER (
-        PARTITION BY m.model_name, m.weights, h.fingerprint, h.platform, p.engine, p.precision,
-                     p.scenario, p.batch_size, p.seq_len
-        ORDER BY p.created_at DESC, p.result_id DESC) = 1
+    {latest}
 ), ranked AS (
     SELECT *, row_number() OVER (
         PARTITION BY model_name, weights, fingerprint, scenario, batch_size, seq_len
@@ -231,10 +222,7 @@ FROM performance_results p
 JOIN models m USING (model_id)
 JOIN hardware_platforms h USING (hardware_id)
 WHERE {where}
-QUALIFY row_number() OVER (
-    PARTITION BY m.model_name, m.weights, h.fingerprint, h.platform, p.engine, p.precision,
-                 p.scenario, p.batch_size, p.seq_len
-    ORDER BY p.created_at DESC, p.result_id DESC) = 1
+{latest}
     AND p.status <> 'pass'
 ORDER BY p.status, model, h.platform, p.engine, p.precision, batch
 "#;
@@ -255,26 +243,14 @@ WHERE (? OR NOT l.simulated) AND {where}
 ORDER BY l.model NULLS LAST, l.hardware, l.kind, l.batch_size, f.source_path, l.entry_path
 "#;
 
-pub fn web(store: &Store) -> Result<QueryResult> {
-    rows(store, WEB_SQL, &ChartFilter::default())
-}
-
-pub fn performance(store: &Store) -> Result<QueryResult> {
-    rows(store, PERFORMANCE_SQL, &ChartFilter::default())
-}
-
-pub fn compatibility(store: &Store) -> Result<QueryResult> {
-    rows(store, COMPATIBILITY_SQL, &ChartFilter::default())
-}
-
-/// Runs a report query with the filter in place of `{where}`.
+/// Runs a report query with the filter in place of `{where}` and the one definition of "the
+/// latest result of each combination" in place of `{latest}`.
 fn rows(store: &Store, sql: &str, filter: &ChartFilter) -> Result<QueryResult> {
     let (clause, params) = filter.clause();
-    crate::query::run_with_params(
-        store.connection(),
-        &sql.replace("{where}", &clause),
-        &params,
-    )
+    let sql = sql
+        .replace("{where}", &clause)
+        .replace("{latest}", LATEST_PER_COMBINATION);
+    crate::query::run_with_params(store.connection(), &sql, &params)
 }
 
 /// What a report covers besides its kind.
@@ -364,7 +340,7 @@ fn sections(store: &Store, kind: ReportKind, options: &ReportOptions) -> Result<
         }],
         ReportKind::Hardware => {
             if f.model.is_none() {
-                return Err(DbError::Sql(
+                return Err(DbError::Request(
                     "the hardware report is about one model: pass --model NAME".into(),
                 ));
             }
@@ -504,24 +480,9 @@ pub fn render(
 }
 
 fn describe(options: &ReportOptions) -> String {
-    let f = &options.filter;
-    let mut parts = vec![];
-    if let Some(m) = &f.model {
-        parts.push(format!("--model {m}"));
-    }
-    if let Some(p) = &f.platform {
-        parts.push(format!("--platform {p}"));
-    }
-    if let Some(p) = &f.precision {
-        parts.push(format!("--precision {p}"));
-    }
-    if let Some(r) = f.run {
-        parts.push(format!("--run {r}"));
-    }
-    if parts.is_empty() {
-        " (the store holds none of its kind)".into()
-    } else {
-        format!(" for {}", parts.join(" "))
+    match options.filter.flags() {
+        flags if flags.is_empty() => " (the store holds none of its kind)".into(),
+        flags => format!(" for {flags}"),
     }
 }
 

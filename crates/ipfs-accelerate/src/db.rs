@@ -253,12 +253,13 @@ fn plot(
             output.display()
         ),
     };
-    let chart = ia_db::charts::chart(store, kind, &filter.to_filter())?;
+    let filter = filter.to_filter();
+    let chart = ia_db::charts::chart(store, kind, &filter)?;
     if chart.is_empty() {
+        let asked = format!("--kind {} {}", kind.as_str(), filter.flags());
         anyhow::bail!(
-            "no stored results match --kind {}{} (nothing written)",
-            kind.as_str(),
-            filter.describe()
+            "no stored results match {} (nothing written)",
+            asked.trim_end()
         );
     }
     let svg = chart.svg();
@@ -287,24 +288,6 @@ fn plot(
         eprintln!("wrote {}", output.display());
     }
     Ok(())
-}
-
-impl FilterArgs {
-    /// The filters given, for messages.
-    fn describe(&self) -> String {
-        let mut s = String::new();
-        for (flag, v) in [
-            ("--model", self.model.clone()),
-            ("--platform", self.platform.clone()),
-            ("--precision", self.precision.clone()),
-            ("--run", self.run.map(|r| r.to_string())),
-        ] {
-            if let Some(v) = v {
-                s.push_str(&format!(" {flag} {v}"));
-            }
-        }
-        s
-    }
 }
 
 /// All rows are validated before the run is opened, so a bad file stores nothing.
