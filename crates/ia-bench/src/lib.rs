@@ -744,8 +744,12 @@ fn greedy_agreement(engine: &dyn Engine, combo: &Combination) -> Result<f64, Eng
         else {
             unreachable!("text modality gives text inputs");
         };
-        let (a, _) = generation::generate(quantised.as_mut(), &prompt, opts, |_| {})?;
-        let (b, _) = generation::generate(reference.as_mut(), &prompt, opts, |_| {})?;
+        let (a, _) = generation::generate(quantised.as_mut(), &prompt, opts, |_| {
+            std::ops::ControlFlow::Continue(())
+        })?;
+        let (b, _) = generation::generate(reference.as_mut(), &prompt, opts, |_| {
+            std::ops::ControlFlow::Continue(())
+        })?;
         same += a.iter().zip(&b).filter(|(x, y)| x == y).count();
         total += a.len().max(b.len());
     }

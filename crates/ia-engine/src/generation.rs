@@ -5,6 +5,7 @@
 use crate::inputs::SplitMix64;
 use crate::{EngineError, SessionInfo};
 use serde::Serialize;
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 /// A model that generates text token by token, keeping a KV cache between calls.
@@ -148,6 +149,8 @@ pub enum StopReason {
     Eos,
     StopToken,
     ContextFull,
+    /// The caller's `on_token` asked to stop (a stop string matched, a client went away).
+    Stopped,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -177,12 +180,13 @@ impl GenerationStats {
 }
 
 /// Generates up to `max_new_tokens` after `prompt`, calling `on_token` with each new token as
-/// soon as it is chosen (for streaming). Returns the new tokens and the timings.
+/// soon as it is chosen (for streaming); `on_token` returning `Break` ends the generation after
+/// that token ([`StopReason::Stopped`]). Returns the new tokens and the timings.
 pub fn generate(
     model: &mut dyn TextGenerator,
     prompt: &[u32],
     opts: &GenerateOptions,
-    mut on_token: impl FnMut(u32),
+    mut on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> Result<(Vec<u32>, GenerationStats), EngineError> {
     if prompt.is_empty() {
         return Err(EngineError::InvalidInput("the prompt has no tokens".into()));
@@ -225,13 +229,17 @@ pub fn generate(
         }
         new_tokens.push(token);
         history.push(token);
-        on_token(token);
+        let flow = on_token(token);
         if eos.contains(&token) {
             stop_reason = StopReason::Eos;
             break;
         }
         if opts.stop_tokens.contains(&token) {
             stop_reason = StopReason::StopToken;
+            break;
+        }
+        if flow.is_break() {
+            stop_reason = StopReason::Stopped;
             break;
         }
         if history.len() >= ctx {
@@ -409,8 +417,11 @@ mod tests {
     #[test]
     fn greedy_streams_and_stops_at_eos() {
         let mut streamed = vec![];
-        let (toks, stats) =
-            generate(&mut Counter::new(), &[3], &opts(10), |t| streamed.push(t)).unwrap();
+        let (toks, stats) = generate(&mut Counter::new(), &[3], &opts(10), |t| {
+            streamed.push(t);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
         assert_eq!(toks, vec![4, 5, 6, 7, 8, 9]);
         assert_eq!(streamed, toks);
         assert_eq!(stats.stop_reason, StopReason::Eos);
@@ -421,19 +432,33 @@ mod tests {
     fn ignore_eos_stop_tokens_and_context() {
         let mut o = opts(4);
         o.ignore_eos = true;
-        let (toks, s) = generate(&mut Counter::new(), &[7], &o, |_| {}).unwrap();
+        let (toks, s) =
+            generate(&mut Counter::new(), &[7], &o, |_| ControlFlow::Continue(())).unwrap();
         assert_eq!(
             (toks, s.stop_reason),
             (vec![8, 9, 10, 11], StopReason::MaxNewTokens)
         );
         let mut o = opts(10);
         o.stop_tokens = vec![5];
-        let (toks, s) = generate(&mut Counter::new(), &[3], &o, |_| {}).unwrap();
+        let (toks, s) =
+            generate(&mut Counter::new(), &[3], &o, |_| ControlFlow::Continue(())).unwrap();
         assert_eq!((toks, s.stop_reason), (vec![4, 5], StopReason::StopToken));
         let mut o = opts(100);
         o.ignore_eos = true;
-        let (toks, s) = generate(&mut Counter::new(), &[0; 10], &o, |_| {}).unwrap();
+        let (toks, s) = generate(&mut Counter::new(), &[0; 10], &o, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
         assert_eq!((toks.len(), s.stop_reason), (6, StopReason::ContextFull));
+        let (toks, s) = generate(&mut Counter::new(), &[3], &opts(10), |t| {
+            if t == 5 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+        assert_eq!((toks, s.stop_reason), (vec![4, 5], StopReason::Stopped));
     }
 
     #[test]
@@ -449,7 +474,10 @@ mod tests {
 
     #[test]
     fn prompt_longer_than_context_is_a_clear_error() {
-        let e = generate(&mut Counter::new(), &[1; 16], &opts(1), |_| {}).unwrap_err();
+        let e = generate(&mut Counter::new(), &[1; 16], &opts(1), |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap_err();
         assert!(e.to_string().contains("context is 16"), "{e}");
     }
 

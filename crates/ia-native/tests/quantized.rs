@@ -38,7 +38,9 @@ fn greedy(m: &mut dyn TextGenerator, prompt: &[u32], n: usize) -> Vec<u32> {
         stop_tokens: vec![],
         ignore_eos: true,
     };
-    generate(m, prompt, &o, |_| {}).unwrap().0
+    generate(m, prompt, &o, |_| std::ops::ControlFlow::Continue(()))
+        .unwrap()
+        .0
 }
 
 /// Logits of quantised and f32 models along a fixed token sequence.

@@ -28,7 +28,8 @@ fn greedy_matches(name: &str, gen: &mut dyn TextGenerator, prompt: &[u32], expec
         stop_tokens: vec![],
         ignore_eos: true,
     };
-    let (tokens, stats) = generate(gen, prompt, &opts, |_| {}).unwrap();
+    let (tokens, stats) =
+        generate(gen, prompt, &opts, |_| std::ops::ControlFlow::Continue(())).unwrap();
     assert_eq!(
         tokens, expected,
         "{name}: greedy tokens differ from transformers"
@@ -157,8 +158,10 @@ fn prompt_longer_than_context_is_rejected() {
         stop_tokens: vec![],
         ignore_eos: false,
     };
-    let e = generate(gen.as_mut(), &prompt, &opts, |_| {})
-        .unwrap_err()
-        .to_string();
+    let e = generate(gen.as_mut(), &prompt, &opts, |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("context is 128"), "{e}");
 }

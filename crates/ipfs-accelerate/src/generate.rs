@@ -4,6 +4,7 @@ use crate::target::{Engines, ModelOnTarget};
 use anyhow::{bail, Context};
 use ia_engine::generation::{generate, GenerateOptions, Sampling};
 use std::io::Write;
+use std::ops::ControlFlow;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -97,7 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let stream = args.stream && !args.json;
     let (tokens, stats) = generate(model.as_mut(), &prompt, &opts, |t| {
         if !stream {
-            return;
+            return ControlFlow::Continue(());
         }
         streamed.push(t);
         // Decode the whole continuation and print what is new: a character can span tokens.
@@ -108,6 +109,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 printed = text;
             }
         }
+        ControlFlow::Continue(())
     })?;
     let text = tokenizer
         .decode(&tokens, true)

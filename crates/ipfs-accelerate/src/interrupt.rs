@@ -2,18 +2,20 @@
 //! browser and driver it started (their process groups) and removes their profiles. A
 //! command that keeps results (bench) has registered itself as cooperative: its loops see the
 //! request at the next iteration, abandon the current combination, mark the run
-//! `interrupted` and exit with [`EXIT_CODE`]. If it has not done so within [`GRACE`] (a long
+//! `interrupted` and exit with [`EXIT_CODE`]. If it has not done so within its grace
+//! ([`GRACE`] unless it set another; `serve` lets requests in flight finish) (a long
 //! inference step cannot be cut short), or a second signal comes, the registered hook marks
 //! the run and the process exits. Any other command exits at once.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 /// 128 + SIGINT, as shells report an interrupted program.
 pub const EXIT_CODE: u8 = 130;
 /// How long a cooperative command gets to stop by itself.
-pub const GRACE: Duration = Duration::from_secs(5);
+const GRACE: Duration = Duration::from_secs(5);
+static GRACE_MS: AtomicU64 = AtomicU64::new(GRACE.as_millis() as u64);
 
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
 type Hook = Box<dyn Fn() + Send>;
@@ -35,7 +37,7 @@ pub fn install() -> anyhow::Result<()> {
             force_exit();
         }
         std::thread::spawn(|| {
-            std::thread::sleep(GRACE);
+            std::thread::sleep(Duration::from_millis(GRACE_MS.load(Ordering::SeqCst)));
             force_exit();
         });
     })
@@ -67,4 +69,9 @@ pub fn cooperate(on_forced_exit: Option<Hook>) {
         *g = on_forced_exit;
     }
     COOPERATIVE.store(true, Ordering::SeqCst);
+}
+
+/// How long a cooperative command gets to stop by itself after the first signal.
+pub fn set_grace(grace: Duration) {
+    GRACE_MS.store(grace.as_millis() as u64, Ordering::SeqCst);
 }

@@ -19,6 +19,7 @@ mod run;
 mod run_store;
 mod runtimes;
 mod select;
+mod serve;
 mod target;
 
 use clap::{Parser, Subcommand};
@@ -58,6 +59,9 @@ enum Command {
     /// Rank this machine's targets for a model and batch size (measured or predicted p50,
     /// memory estimate), with latency and memory limits
     Select(select::Args),
+    /// Serve models over HTTP: OpenAI-compatible routes (embeddings, completions, chat with
+    /// SSE streaming, transcriptions), task routes, WebSocket streaming, Prometheus metrics
+    Serve(serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
         Command::Hardware(a) => hardware::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Select(a) => select::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Models(a) => models::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Run(a) => run::run(a),

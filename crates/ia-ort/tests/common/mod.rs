@@ -97,7 +97,8 @@ pub fn check_generation(name: &str, gen: &mut dyn TextGenerator, greedy: bool) -
             stop_tokens: vec![],
             ignore_eos: true,
         };
-        let (tokens, _) = generate(gen, &prompt, &opts, |_| {}).unwrap();
+        let (tokens, _) =
+            generate(gen, &prompt, &opts, |_| std::ops::ControlFlow::Continue(())).unwrap();
         assert_eq!(
             tokens, expected,
             "{name}: greedy tokens differ from transformers"

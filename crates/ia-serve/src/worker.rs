@@ -1,0 +1,374 @@
+//! One worker thread per served model, behind a bounded queue (text-embeddings-inference's
+//! and text-generation-inference's shape: handlers enqueue, a batching task owns the model).
+//!
+//! * A pipeline worker owns an [`ia_tasks::Pipeline`]. Embedding requests waiting in its
+//!   queue when a batch starts go through the model together, up to `max_batch_tokens`
+//!   padded tokens; other tasks (transcription, classification, detection) run one at a time.
+//! * A generator worker owns a [`TextGenerator`] and its KV cache, and runs one generation at
+//!   a time (the engines decode a batch only for prompts of equal length, so concurrent
+//!   generations queue). Tokens go back over a channel as they are chosen; a closed channel
+//!   (the client went away) stops the generation after the current token.
+//!
+//! Engine calls are blocking CPU work, so workers are plain threads, not async tasks.
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use ia_engine::generation::{generate, GenerateOptions, StopReason, TextGenerator};
+use ia_tasks::{Input, Pipeline, TaskOptions, TaskOutput, TaskResult};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Instant;
+use tokenizers::Tokenizer;
+use tokio::sync::{mpsc, oneshot};
+
+/// Work for a pipeline worker.
+pub enum PipelineJob {
+    /// Sentence embeddings of `texts`; `tokens` is the longest text's token count (for the
+    /// padded batch size).
+    Embed {
+        texts: Vec<String>,
+        tokens: usize,
+        reply: EmbeddingReply,
+    },
+    /// One task input (its file, if any, lives as long as the job).
+    Run {
+        input: Input,
+        opts: TaskOptions,
+        reply: oneshot::Sender<Result<TaskResult, ApiError>>,
+        _file: Option<tempfile::TempPath>,
+    },
+}
+
+/// How the pipeline worker batches.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Padded tokens (texts x longest text) one batch may hold; a single larger request
+    /// still runs, alone.
+    pub max_batch_tokens: usize,
+    /// Off: every request runs alone (the baseline of the batching benchmark).
+    pub enabled: bool,
+}
+
+pub fn spawn_pipeline_worker(
+    model: String,
+    mut pipeline: Pipeline,
+    mut jobs: mpsc::Receiver<PipelineJob>,
+    batching: Batching,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(format!("serve-{model}"))
+        .spawn(move || {
+            let mut pending: Option<PipelineJob> = None;
+            while let Some(job) = pending.take().or_else(|| jobs.blocking_recv()) {
+                metrics.queue_left(&model);
+                match job {
+                    PipelineJob::Run {
+                        input, opts, reply, ..
+                    } => {
+                        metrics.batch(&model, 1);
+                        let _ = reply.send(pipeline.run(&input, &opts).map_err(ApiError::from));
+                    }
+                    PipelineJob::Embed {
+                        texts,
+                        tokens,
+                        reply,
+                    } => {
+                        let mut batch = vec![(texts, reply)];
+                        let (mut count, mut longest) = (batch[0].0.len(), tokens);
+                        while let Some(next) =
+                            batching.enabled.then(|| jobs.try_recv().ok()).flatten()
+                        {
+                            match next {
+                                PipelineJob::Embed {
+                                    texts,
+                                    tokens,
+                                    reply,
+                                } if (count + texts.len()) * longest.max(tokens)
+                                    <= batching.max_batch_tokens =>
+                                {
+                                    metrics.queue_left(&model);
+                                    count += texts.len();
+                                    longest = longest.max(tokens);
+                                    batch.push((texts, reply));
+                                }
+                                other => {
+                                    pending = Some(other);
+                                    break;
+                                }
+                            }
+                        }
+                        metrics.batch(&model, count);
+                        embed_batch(&mut pipeline, batch);
+                    }
+                }
+            }
+        })
+        .map(|_| ())
+}
+
+/// Where a request's embeddings (one row per text) go.
+type EmbeddingReply = oneshot::Sender<Result<Vec<Vec<f32>>, ApiError>>;
+
+/// Runs the texts of several requests as one padded batch and hands each its rows.
+fn embed_batch(pipeline: &mut Pipeline, batch: Vec<(Vec<String>, EmbeddingReply)>) {
+    let inputs: Vec<Input> = batch
+        .iter()
+        .flat_map(|(texts, _)| texts.iter().cloned().map(Input::Text))
+        .collect();
+    let rows: Result<Vec<Vec<f32>>, ApiError> = pipeline
+        .run_batch(&inputs, &TaskOptions::default())
+        .map_err(ApiError::from)
+        .and_then(|results| {
+            results
+                .into_iter()
+                .map(|r| match r.output {
+                    TaskOutput::Embedding { values, .. } => Ok(values),
+                    _ => Err(ApiError::Engine(
+                        "the model returned no embedding for a text".into(),
+                    )),
+                })
+                .collect()
+        });
+    match rows {
+        Ok(mut rows) => {
+            for (texts, reply) in batch {
+                let rest = rows.split_off(texts.len().min(rows.len()));
+                let _ = reply.send(Ok(std::mem::replace(&mut rows, rest)));
+            }
+        }
+        Err(e) => {
+            for (_, reply) in batch {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// A generation request for a generator worker.
+pub struct GenerationJob {
+    pub prompt: Vec<u32>,
+    pub options: GenerateOptions,
+    /// Strings that end the generation; the text stops before them.
+    pub stop: Vec<String>,
+    pub events: mpsc::Sender<GenerationEvent>,
+}
+
+/// Why a generation ended, in OpenAI's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// EOS, a stop token or a stop string.
+    Stop,
+    /// max_tokens or the context.
+    Length,
+}
+
+/// What a generator worker reports about one generation.
+#[derive(Debug, Clone)]
+pub enum GenerationEvent {
+    /// A chosen token and the text it completes (empty while a character or a possible stop
+    /// string is incomplete).
+    Token {
+        id: u32,
+        text: String,
+        elapsed_ms: f64,
+    },
+    Done(GenerationSummary),
+    Failed(ApiError),
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
+pub struct GenerationSummary {
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub time_to_first_token_ms: f64,
+    /// None with fewer than two new tokens.
+    pub decode_tokens_per_s: Option<f64>,
+}
+
+pub fn spawn_generator_worker(
+    model: String,
+    mut generator: Box<dyn TextGenerator>,
+    tokenizer: Arc<Tokenizer>,
+    mut jobs: mpsc::Receiver<GenerationJob>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(format!("serve-{model}"))
+        .spawn(move || {
+            while let Some(job) = jobs.blocking_recv() {
+                metrics.queue_left(&model);
+                metrics.batch(&model, 1);
+                let events = job.events.clone();
+                let event = match run_generation(generator.as_mut(), &tokenizer, job) {
+                    Ok(summary) => {
+                        metrics.generation(&model, &summary);
+                        GenerationEvent::Done(summary)
+                    }
+                    Err(e) => GenerationEvent::Failed(e),
+                };
+                let _ = events.blocking_send(event);
+            }
+        })
+        .map(|_| ())
+}
+
+fn run_generation(
+    generator: &mut dyn TextGenerator,
+    tokenizer: &Tokenizer,
+    job: GenerationJob,
+) -> Result<GenerationSummary, ApiError> {
+    let start = Instant::now();
+    let mut text = StreamedText::new(job.stop);
+    let mut tokens: Vec<u32> = Vec::new();
+    let (_, stats) = generate(generator, &job.prompt, &job.options, |id| {
+        tokens.push(id);
+        let decoded = tokenizer.decode(&tokens, true).unwrap_or_default();
+        let (delta, stop_string) = text.advance(&decoded);
+        let event = GenerationEvent::Token {
+            id,
+            text: delta,
+            elapsed_ms: start.elapsed().as_secs_f64() * 1e3,
+        };
+        // A closed channel: the client went away, so nobody wants the rest.
+        let gone = job.events.blocking_send(event).is_err();
+        if gone || stop_string {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })?;
+    {
+        let rest = text.finish();
+        if !rest.is_empty() {
+            let _ = job.events.blocking_send(GenerationEvent::Token {
+                id: *tokens.last().unwrap_or(&0),
+                text: rest,
+                elapsed_ms: start.elapsed().as_secs_f64() * 1e3,
+            });
+        }
+    }
+    let finish_reason = match stats.stop_reason {
+        StopReason::MaxNewTokens | StopReason::ContextFull => FinishReason::Length,
+        StopReason::Eos | StopReason::StopToken | StopReason::Stopped => FinishReason::Stop,
+    };
+    Ok(GenerationSummary {
+        finish_reason,
+        prompt_tokens: stats.prompt_tokens,
+        completion_tokens: stats.new_tokens,
+        time_to_first_token_ms: stats.time_to_first_token_ms,
+        decode_tokens_per_s: stats.decode_tokens_per_s(),
+    })
+}
+
+/// The text of a generation as it grows, handed out in pieces that never change afterwards:
+/// a piece is held back while it ends in an incomplete character or in what may be the start
+/// of a stop string, and the text ends before the first stop string.
+pub struct StreamedText {
+    stop: Vec<String>,
+    /// The text handed out so far.
+    sent: String,
+    /// The latest decoded continuation.
+    last: String,
+}
+
+impl StreamedText {
+    pub fn new(stop: Vec<String>) -> Self {
+        Self {
+            stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+            sent: String::new(),
+            last: String::new(),
+        }
+    }
+
+    /// The new piece of `decoded` (the whole continuation so far) and whether a stop string
+    /// now ends it.
+    pub fn advance(&mut self, decoded: &str) -> (String, bool) {
+        self.last = decoded.to_string();
+        if let Some(end) = self
+            .stop
+            .iter()
+            .filter_map(|s| decoded.find(s.as_str()))
+            .min()
+        {
+            self.last.truncate(end);
+            return (self.take_until(decoded, end), true);
+        }
+        let complete = decoded.trim_end_matches('\u{FFFD}').len();
+        let held = self
+            .stop
+            .iter()
+            .map(|s| {
+                (1..s.len())
+                    .rev()
+                    .find(|&k| s.is_char_boundary(k) && decoded[..complete].ends_with(&s[..k]))
+                    .unwrap_or(0)
+            })
+            .max()
+            .unwrap_or(0);
+        (self.take_until(decoded, complete - held), false)
+    }
+
+    /// What was held back at the end, once the generation stopped.
+    pub fn finish(&mut self) -> String {
+        let last = std::mem::take(&mut self.last);
+        match last.strip_prefix(self.sent.as_str()) {
+            Some(rest) => {
+                let rest = rest.to_string();
+                self.sent = last;
+                rest
+            }
+            None => String::new(),
+        }
+    }
+
+    fn take_until(&mut self, decoded: &str, end: usize) -> String {
+        // Decoding again may rewrite the tail (an incomplete character resolved): only text
+        // past what was sent, when what was sent is still its start.
+        match decoded.get(..end) {
+            Some(prefix) if prefix.starts_with(self.sent.as_str()) => {
+                let piece = prefix[self.sent.len()..].to_string();
+                self.sent = prefix.to_string();
+                piece
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stop: &[&str], steps: &[&str]) -> (Vec<String>, bool, String) {
+        let mut t = StreamedText::new(stop.iter().map(|s| s.to_string()).collect());
+        let mut pieces = Vec::new();
+        for s in steps {
+            let (piece, hit) = t.advance(s);
+            pieces.push(piece);
+            if hit {
+                return (pieces, true, String::new());
+            }
+        }
+        let rest = t.finish();
+        (pieces, false, rest)
+    }
+
+    #[test]
+    fn pieces_never_change_and_stop_strings_are_cut() {
+        let (p, hit, rest) = run(&[], &["He", "Hel\u{FFFD}", "Hello", "Hello!"]);
+        assert_eq!((p.concat() + &rest, hit), ("Hello!".to_string(), false));
+        assert_eq!(p[1], "l", "the incomplete character is held back");
+        // "EN" may start the stop string "END": held back, then cut.
+        let (p, hit, _) = run(&["END"], &["ab", "abEN", "abEND more"]);
+        assert_eq!((p.concat(), hit), ("ab".to_string(), true));
+        // Not a stop after all: released.
+        let (p, hit, rest) = run(&["END"], &["ab", "abEN", "abENx"]);
+        assert_eq!((p.concat() + &rest, hit), ("abENx".to_string(), false));
+        let (p, _, rest) = run(&["END"], &["ab", "abE"]);
+        assert_eq!(p.concat(), "ab");
+        assert_eq!(rest, "E", "held-back text comes out at the end");
+    }
+}
