@@ -179,6 +179,117 @@ impl GenerationStats {
     }
 }
 
+/// One sequence being generated: its history, sampler, stop rules and timings.
+struct Sequence<'a> {
+    opts: &'a GenerateOptions,
+    eos: Vec<u32>,
+    rng: SplitMix64,
+    history: Vec<u32>,
+    prompt_tokens: usize,
+    context: usize,
+    new_tokens: Vec<u32>,
+    time_to_first_token_ms: f64,
+    decode_step_ms: Vec<f64>,
+    stop: Option<StopReason>,
+}
+
+impl<'a> Sequence<'a> {
+    fn start(
+        model: &dyn TextGenerator,
+        prompt: &[u32],
+        opts: &'a GenerateOptions,
+    ) -> Result<Self, EngineError> {
+        if prompt.is_empty() {
+            return Err(EngineError::InvalidInput("the prompt has no tokens".into()));
+        }
+        let context = model.max_context();
+        if prompt.len() >= context {
+            return Err(EngineError::InvalidInput(format!(
+                "the prompt has {} tokens but the model's context is {context}",
+                prompt.len()
+            )));
+        }
+        // Generation stops when the context is full, so no more than this many tokens come.
+        let room = opts.max_new_tokens.min(context - prompt.len());
+        Ok(Self {
+            opts,
+            eos: if opts.ignore_eos {
+                vec![]
+            } else {
+                model.eos_tokens()
+            },
+            rng: SplitMix64::new(opts.sampling.seed),
+            history: prompt.to_vec(),
+            prompt_tokens: prompt.len(),
+            context,
+            new_tokens: Vec::with_capacity(room),
+            time_to_first_token_ms: 0.0,
+            decode_step_ms: Vec::with_capacity(room),
+            stop: (opts.max_new_tokens == 0).then_some(StopReason::MaxNewTokens),
+        })
+    }
+
+    fn done(&self) -> bool {
+        self.stop.is_some()
+    }
+
+    fn last_token(&self) -> u32 {
+        *self.history.last().expect("a prompt has tokens")
+    }
+
+    /// Chooses the next token from `logits` (the call that produced them started at
+    /// `since`), hands it to `on_token`, and decides whether the sequence goes on.
+    fn advance(
+        &mut self,
+        logits: &mut [f32],
+        since: Instant,
+        prefill_ms: f64,
+        on_token: impl FnOnce(u32) -> ControlFlow<()>,
+    ) -> Result<(), EngineError> {
+        let token = choose(logits, &self.history, &self.opts.sampling, &mut self.rng)?;
+        let elapsed = since.elapsed().as_secs_f64() * 1e3;
+        if self.new_tokens.is_empty() {
+            self.time_to_first_token_ms = prefill_ms + elapsed;
+        } else {
+            self.decode_step_ms.push(elapsed);
+        }
+        self.new_tokens.push(token);
+        self.history.push(token);
+        let flow = on_token(token);
+        self.stop = if self.eos.contains(&token) {
+            Some(StopReason::Eos)
+        } else if self.opts.stop_tokens.contains(&token) {
+            Some(StopReason::StopToken)
+        } else if flow.is_break() {
+            Some(StopReason::Stopped)
+        } else if self.history.len() >= self.context {
+            Some(StopReason::ContextFull)
+        } else if self.new_tokens.len() >= self.opts.max_new_tokens {
+            Some(StopReason::MaxNewTokens)
+        } else {
+            None
+        };
+        Ok(())
+    }
+
+    fn finish(self, prefill_ms: f64) -> (Vec<u32>, GenerationStats) {
+        let stats = GenerationStats {
+            batch_size: 1,
+            prompt_tokens: self.prompt_tokens,
+            new_tokens: self.new_tokens.len(),
+            time_to_first_token_ms: if self.new_tokens.is_empty() {
+                prefill_ms
+            } else {
+                self.time_to_first_token_ms
+            },
+            prefill_ms,
+            decode_step_ms: self.decode_step_ms,
+            stop_reason: self.stop.unwrap_or(StopReason::MaxNewTokens),
+        };
+        (self.new_tokens, stats)
+    }
+}
+
 /// Generates up to `max_new_tokens` after `prompt`, calling `on_token` with each new token as
 /// soon as it is chosen (for streaming); `on_token` returning `Break` ends the generation after
 /// that token ([`StopReason::Stopped`]). Returns the new tokens and the timings.
@@ -188,77 +299,58 @@ pub fn generate(
     opts: &GenerateOptions,
     mut on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> Result<(Vec<u32>, GenerationStats), EngineError> {
-    if prompt.is_empty() {
-        return Err(EngineError::InvalidInput("the prompt has no tokens".into()));
-    }
-    let ctx = model.max_context();
-    if prompt.len() >= ctx {
-        return Err(EngineError::InvalidInput(format!(
-            "the prompt has {} tokens but the model's context is {ctx}",
-            prompt.len()
-        )));
-    }
-    let eos = if opts.ignore_eos {
-        vec![]
-    } else {
-        model.eos_tokens()
-    };
-    let mut rng = SplitMix64::new(opts.sampling.seed);
-    let mut history: Vec<u32> = prompt.to_vec();
-    // Generation stops when the context is full, so no more than this many tokens can come.
-    let room = opts.max_new_tokens.min(ctx - prompt.len());
-    let mut new_tokens = Vec::with_capacity(room);
-    let mut decode_step_ms = Vec::with_capacity(room);
-
+    let mut seq = Sequence::start(model, prompt, opts)?;
     let start = Instant::now();
     let mut logits = model.prefill(prompt)?;
     let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
-    let mut ttft_ms = prefill_ms;
-    let mut stop_reason = StopReason::MaxNewTokens;
-    while new_tokens.len() < opts.max_new_tokens {
-        let t = Instant::now();
-        if !new_tokens.is_empty() {
-            logits = model.step(*new_tokens.last().expect("non-empty"))?;
-        }
-        let token = choose(&mut logits, &history, &opts.sampling, &mut rng)?;
-        let elapsed = t.elapsed().as_secs_f64() * 1e3;
-        if new_tokens.is_empty() {
-            ttft_ms = prefill_ms + elapsed;
-        } else {
-            decode_step_ms.push(elapsed);
-        }
-        new_tokens.push(token);
-        history.push(token);
-        let flow = on_token(token);
-        if eos.contains(&token) {
-            stop_reason = StopReason::Eos;
+    let mut since = Instant::now();
+    while !seq.done() {
+        seq.advance(&mut logits, since, prefill_ms, &mut on_token)?;
+        if seq.done() {
             break;
         }
-        if opts.stop_tokens.contains(&token) {
-            stop_reason = StopReason::StopToken;
-            break;
-        }
-        if flow.is_break() {
-            stop_reason = StopReason::Stopped;
-            break;
-        }
-        if history.len() >= ctx {
-            stop_reason = StopReason::ContextFull;
-            break;
-        }
+        since = Instant::now();
+        logits = model.step(seq.last_token())?;
     }
-    Ok((
-        new_tokens.clone(),
-        GenerationStats {
-            batch_size: 1,
-            prompt_tokens: prompt.len(),
-            new_tokens: new_tokens.len(),
-            time_to_first_token_ms: ttft_ms,
-            prefill_ms,
-            decode_step_ms,
-            stop_reason,
-        },
-    ))
+    Ok(seq.finish(prefill_ms))
+}
+
+/// Several generations sharing the model's prefill and decode steps: prompts of equal length
+/// go through one batched prefill, then one batched step per token. Each sequence samples with
+/// its own options and stops by its own rules, exactly as [`generate`] would run it alone; a
+/// finished sequence rides along (its rows computed, its tokens unused) until every sequence
+/// has stopped, since the engines cannot drop a row from their cache. `on_token` receives the
+/// index of the sequence. An engine without batched decoding answers
+/// [`EngineError::Unsupported`] before any token is chosen.
+pub fn generate_together(
+    model: &mut dyn TextGenerator,
+    requests: &[(&[u32], &GenerateOptions)],
+    mut on_token: impl FnMut(usize, u32) -> ControlFlow<()>,
+) -> Result<Vec<(Vec<u32>, GenerationStats)>, EngineError> {
+    let prompts: Vec<Vec<u32>> = requests.iter().map(|(p, _)| p.to_vec()).collect();
+    equal_length_batch(&prompts)?;
+    let mut seqs = requests
+        .iter()
+        .map(|(p, o)| Sequence::start(model, p, o))
+        .collect::<Result<Vec<_>, _>>()?;
+    let start = Instant::now();
+    let mut logits = model.prefill_batch(&prompts)?;
+    let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
+    let mut since = Instant::now();
+    loop {
+        for (i, (seq, row)) in seqs.iter_mut().zip(logits.iter_mut()).enumerate() {
+            if !seq.done() {
+                seq.advance(row, since, prefill_ms, |t| on_token(i, t))?;
+            }
+        }
+        if seqs.iter().all(Sequence::done) {
+            break;
+        }
+        since = Instant::now();
+        let last: Vec<u32> = seqs.iter().map(Sequence::last_token).collect();
+        logits = model.step_batch(&last)?;
+    }
+    Ok(seqs.into_iter().map(|s| s.finish(prefill_ms)).collect())
 }
 
 /// Applies the logits processors in transformers' order (repetition penalty, temperature,
@@ -412,6 +504,90 @@ mod tests {
             stop_tokens: vec![],
             ignore_eos: false,
         }
+    }
+
+    /// A batch of counters: each row runs its own Counter.
+    struct Counters(Vec<Counter>);
+
+    impl TextGenerator for Counters {
+        fn info(&self) -> &SessionInfo {
+            &self.0[0].info
+        }
+        fn prefill(&mut self, prompt: &[u32]) -> Result<Vec<f32>, EngineError> {
+            self.0[0].prefill(prompt)
+        }
+        fn step(&mut self, token: u32) -> Result<Vec<f32>, EngineError> {
+            self.0[0].step(token)
+        }
+        fn max_context(&self) -> usize {
+            16
+        }
+        fn eos_tokens(&self) -> Vec<u32> {
+            vec![9]
+        }
+        fn prefill_batch(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EngineError> {
+            self.0 = prompts.iter().map(|_| Counter::new()).collect();
+            self.0
+                .iter_mut()
+                .zip(prompts)
+                .map(|(c, p)| c.prefill(p))
+                .collect()
+        }
+        fn step_batch(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
+            self.0
+                .iter_mut()
+                .zip(tokens)
+                .map(|(c, &t)| c.step(t))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn generations_together_match_each_alone() {
+        let plain = opts(10);
+        let mut through_eos = opts(4);
+        through_eos.ignore_eos = true;
+        let mut stop_at_4 = opts(10);
+        stop_at_4.stop_tokens = vec![4];
+        let cases: [(&[u32], &GenerateOptions); 4] = [
+            (&[3], &plain),
+            (&[7], &through_eos),
+            (&[2], &stop_at_4),
+            (&[5], &plain),
+        ];
+        let mut streamed = vec![vec![]; cases.len()];
+        let together = generate_together(&mut Counters(vec![]), &cases, |i, t| {
+            streamed[i].push(t);
+            // The last sequence is stopped by its caller after two tokens.
+            if i == 3 && streamed[3].len() == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+        for (i, (prompt, o)) in cases.iter().enumerate().take(3) {
+            let (alone, stats) =
+                generate(
+                    &mut Counter::new(),
+                    prompt,
+                    o,
+                    |_| ControlFlow::Continue(()),
+                )
+                .unwrap();
+            assert_eq!(together[i].0, alone, "sequence {i}");
+            assert_eq!(together[i].1.stop_reason, stats.stop_reason, "sequence {i}");
+            assert_eq!(streamed[i], alone);
+        }
+        assert_eq!(
+            (together[3].0.clone(), together[3].1.stop_reason),
+            (vec![6, 7], StopReason::Stopped)
+        );
+        let e = generate_together(&mut Counter::new(), &cases[..2], |_, _| {
+            ControlFlow::Continue(())
+        })
+        .unwrap_err();
+        assert!(matches!(e, EngineError::Unsupported(_)), "{e}");
     }
 
     #[test]

@@ -158,7 +158,10 @@ fn main() {
     report.insert("clients".into(), json!(clients));
     report.insert("seconds".into(), json!(wall));
     report.insert("server_errors_5xx".into(), json!(server_errors));
-    println!("{}", serde_json::to_string_pretty(&Value::Object(report)).unwrap());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&Value::Object(report)).unwrap()
+    );
     if server_errors > 0 {
         std::process::exit(1);
     }

@@ -57,9 +57,6 @@ pub struct ServedModel {
     /// The name clients use in `model`.
     pub id: String,
     pub backend: Backend,
-    /// The checkpoint's tokenizer for counting tokens of a pipeline's texts (None: usage
-    /// counts characters' worth of nothing and reports 0).
-    pub tokenizer: Option<Tokenizer>,
 }
 
 /// How the server behaves under load.
@@ -81,6 +78,7 @@ pub(crate) struct Served {
     id: String,
     info: SessionInfo,
     created: u64,
+    /// A generator's tokenizer (prompts to ids); pipelines tokenize inside.
     tokenizer: Option<Arc<Tokenizer>>,
     work: Work,
 }
@@ -148,7 +146,6 @@ impl Server {
         let mut served = BTreeMap::new();
         for m in models {
             let queue = options.max_queue.max(1);
-            let tokenizer = m.tokenizer.map(Arc::new);
             let (info, work, tokenizer) = match m.backend {
                 Backend::Pipeline(pipeline) => {
                     let (tx, rx) = mpsc::channel(queue);
@@ -161,7 +158,7 @@ impl Server {
                         options.batching,
                         metrics.clone(),
                     )?;
-                    (info, Work::Pipeline { task, jobs: tx }, tokenizer)
+                    (info, Work::Pipeline { task, jobs: tx }, None)
                 }
                 Backend::Generator {
                     generator,
@@ -244,8 +241,16 @@ impl Server {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        use axum::serve::ListenerExt;
         let state = self.state.clone();
         let app = self.router();
+        // Streams write one small event per token: without TCP_NODELAY, Nagle's algorithm
+        // holds each behind the client's delayed ACK (tens of ms per chunk).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("TCP_NODELAY on a connection: {e}");
+            }
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown.await;
@@ -403,4 +408,76 @@ async fn openapi() -> Response {
 /// schemas, served from here (no CDN).
 async fn docs() -> Html<&'static str> {
     Html(include_str!("docs.html"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(max_queue: usize) -> AppState {
+        AppState {
+            models: BTreeMap::new(),
+            options: Options {
+                api_key: None,
+                max_concurrent_requests: 1,
+                max_queue,
+                batching: Batching {
+                    max_batch_tokens: 1,
+                    enabled: true,
+                },
+                max_body_bytes: 1,
+            },
+            metrics: Arc::new(Metrics::default()),
+            shutting_down: AtomicBool::new(false),
+            in_flight: Arc::new(Semaphore::new(1)),
+        }
+    }
+
+    /// A full queue is a 429 with OpenAI's rate-limit error; a stopped worker is a 500.
+    #[test]
+    fn a_full_queue_is_429_and_a_stopped_worker_500() {
+        let s = state(1);
+        let (tx, rx) = mpsc::channel::<u32>(1);
+        s.enqueue("m", &tx, 1).unwrap();
+        assert_eq!(s.metrics.queue_size("m"), 1);
+        let e = s.enqueue("m", &tx, 2).unwrap_err();
+        assert_eq!(e.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.body().error.kind, "rate_limit_error");
+        assert!(e.to_string().contains("queue of 'm' is full"), "{e}");
+        drop(rx);
+        let e = s.enqueue("m", &tx, 3).unwrap_err();
+        assert_eq!(e.status(), axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    /// After the shutdown signal, inference routes answer 503 and /health says so.
+    #[tokio::test]
+    async fn shutting_down_answers_503() {
+        use tower::ServiceExt;
+        let server = Server::new(vec![], state(1).options).unwrap();
+        let request = |path: &str| {
+            axum::http::Request::builder()
+                .uri(path)
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        let router = server.router();
+        let ok = router.clone().oneshot(request("/v1/models")).await.unwrap();
+        assert_eq!(ok.status(), axum::http::StatusCode::OK);
+        server.state.shutting_down.store(true, Ordering::SeqCst);
+        for path in ["/v1/models", "/health"] {
+            let r = router.clone().oneshot(request(path)).await.unwrap();
+            assert_eq!(
+                r.status(),
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_compare_whole() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
 }

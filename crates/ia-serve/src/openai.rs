@@ -105,9 +105,15 @@ pub struct EmbeddingList {
 pub struct EmbeddingData {
     object: &'static str,
     index: usize,
-    /// Numbers, or a base64 string of little-endian f32.
-    #[schema(value_type = Object)]
-    embedding: serde_json::Value,
+    embedding: Embedding,
+}
+
+/// Numbers, or a base64 string of little-endian f32.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Embedding {
+    Float(Vec<f32>),
+    Base64(String),
 }
 
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
@@ -161,11 +167,16 @@ pub async fn embeddings(
     if texts.iter().any(String::is_empty) {
         return Err(ApiError::BadRequest("input holds an empty string".into()));
     }
-    let counts = token_counts(model, &texts)?;
+    // WordPiece and BPE tokens take at least a character each, plus the special tokens.
+    let longest = texts
+        .iter()
+        .map(|t| t.chars().count() + 2)
+        .max()
+        .unwrap_or(0);
     let (reply, answer) = oneshot::channel();
     let job = PipelineJob::Embed {
         texts,
-        tokens: counts.iter().copied().max().unwrap_or(0),
+        tokens: longest,
         reply,
     };
     state.enqueue(&model.id, jobs, job)?;
@@ -173,14 +184,14 @@ pub async fn embeddings(
         .await
         .map_err(|_| ApiError::Engine("the worker stopped".into()))??;
     if let Some(d) = req.dimensions {
-        if rows.first().is_some_and(|r| r.len() != d) {
+        if rows.first().is_some_and(|r| r.values.len() != d) {
             return Err(ApiError::BadRequest(format!(
                 "dimensions {d}: this model's embeddings have {} (no truncation is served)",
-                rows[0].len()
+                rows[0].values.len()
             )));
         }
     }
-    let prompt_tokens = counts.iter().sum();
+    let prompt_tokens = rows.iter().map(|r| r.tokens).sum();
     Ok(axum::Json(EmbeddingList {
         object: "list",
         data: rows
@@ -190,9 +201,9 @@ pub async fn embeddings(
                 object: "embedding",
                 index,
                 embedding: if base64 {
-                    serde_json::Value::String(base64_f32(&row))
+                    Embedding::Base64(base64_f32(&row.values))
                 } else {
-                    serde_json::json!(row)
+                    Embedding::Float(row.values)
                 },
             })
             .collect(),
@@ -203,21 +214,6 @@ pub async fn embeddings(
             total_tokens: prompt_tokens,
         },
     }))
-}
-
-fn token_counts(model: &Served, texts: &[String]) -> Result<Vec<usize>, ApiError> {
-    let Some(tokenizer) = &model.tokenizer else {
-        return Ok(vec![0; texts.len()]);
-    };
-    texts
-        .iter()
-        .map(|t| {
-            tokenizer
-                .encode(t.as_str(), true)
-                .map(|e| e.len())
-                .map_err(|e| ApiError::BadRequest(format!("tokenizing the input: {e}")))
-        })
-        .collect()
 }
 
 /// Standard base64 of the little-endian bytes of `values`.

@@ -4,17 +4,24 @@
 //! * A pipeline worker owns an [`ia_tasks::Pipeline`]. Embedding requests waiting in its
 //!   queue when a batch starts go through the model together, up to `max_batch_tokens`
 //!   padded tokens; other tasks (transcription, classification, detection) run one at a time.
-//! * A generator worker owns a [`TextGenerator`] and its KV cache, and runs one generation at
-//!   a time (the engines decode a batch only for prompts of equal length, so concurrent
-//!   generations queue). Tokens go back over a channel as they are chosen; a closed channel
-//!   (the client went away) stops the generation after the current token.
+//! * A generator worker owns a [`TextGenerator`] and its KV cache. Queued generations whose
+//!   prompts have the same length start together and share the prefill and every decode step
+//!   (`generate_together`), up to [`MAX_SHARED_GENERATIONS`]; the engines decode a batch only
+//!   for prompts of equal length and cannot add a sequence to a running batch, so the others
+//!   wait for the next round (static batching, not continuous). An engine without batched
+//!   decoding runs them one after another. Tokens go back over a channel as they are chosen;
+//!   a closed channel (the client went away) stops that generation after the current token.
 //!
 //! Engine calls are blocking CPU work, so workers are plain threads, not async tasks.
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use ia_engine::generation::{generate, GenerateOptions, StopReason, TextGenerator};
+use ia_engine::generation::{
+    generate, generate_together, GenerateOptions, GenerationStats, StopReason, TextGenerator,
+};
+use ia_engine::EngineError;
 use ia_tasks::{Input, Pipeline, TaskOptions, TaskOutput, TaskResult};
+use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,8 +30,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Work for a pipeline worker.
 pub enum PipelineJob {
-    /// Sentence embeddings of `texts`; `tokens` is the longest text's token count (for the
-    /// padded batch size).
+    /// Sentence embeddings of `texts`; `tokens` bounds the longest text's token count from
+    /// above (for the padded batch size; the handler does not tokenize, the pipeline does).
     Embed {
         texts: Vec<String>,
         tokens: usize,
@@ -107,8 +114,14 @@ pub fn spawn_pipeline_worker(
         .map(|_| ())
 }
 
+/// One text's embedding and the tokens the model saw of it.
+pub struct EmbeddingRow {
+    pub values: Vec<f32>,
+    pub tokens: usize,
+}
+
 /// Where a request's embeddings (one row per text) go.
-type EmbeddingReply = oneshot::Sender<Result<Vec<Vec<f32>>, ApiError>>;
+type EmbeddingReply = oneshot::Sender<Result<Vec<EmbeddingRow>, ApiError>>;
 
 /// Runs the texts of several requests as one padded batch and hands each its rows.
 fn embed_batch(pipeline: &mut Pipeline, batch: Vec<(Vec<String>, EmbeddingReply)>) {
@@ -116,14 +129,17 @@ fn embed_batch(pipeline: &mut Pipeline, batch: Vec<(Vec<String>, EmbeddingReply)
         .iter()
         .flat_map(|(texts, _)| texts.iter().cloned().map(Input::Text))
         .collect();
-    let rows: Result<Vec<Vec<f32>>, ApiError> = pipeline
+    let rows: Result<Vec<EmbeddingRow>, ApiError> = pipeline
         .run_batch(&inputs, &TaskOptions::default())
         .map_err(ApiError::from)
         .and_then(|results| {
             results
                 .into_iter()
                 .map(|r| match r.output {
-                    TaskOutput::Embedding { values, .. } => Ok(values),
+                    TaskOutput::Embedding { values, .. } => Ok(EmbeddingRow {
+                        values,
+                        tokens: r.input_tokens.unwrap_or(0),
+                    }),
                     _ => Err(ApiError::Engine(
                         "the model returned no embedding for a text".into(),
                     )),
@@ -188,6 +204,9 @@ pub struct GenerationSummary {
     pub decode_tokens_per_s: Option<f64>,
 }
 
+/// Most generations that share decode steps.
+pub const MAX_SHARED_GENERATIONS: usize = 8;
+
 pub fn spawn_generator_worker(
     model: String,
     mut generator: Box<dyn TextGenerator>,
@@ -198,69 +217,160 @@ pub fn spawn_generator_worker(
     std::thread::Builder::new()
         .name(format!("serve-{model}"))
         .spawn(move || {
-            while let Some(job) = jobs.blocking_recv() {
-                metrics.queue_left(&model);
-                metrics.batch(&model, 1);
-                let events = job.events.clone();
-                let event = match run_generation(generator.as_mut(), &tokenizer, job) {
-                    Ok(summary) => {
-                        metrics.generation(&model, &summary);
-                        GenerationEvent::Done(summary)
-                    }
-                    Err(e) => GenerationEvent::Failed(e),
+            // Jobs taken off the channel to look for companions, in arrival order.
+            let mut waiting: VecDeque<GenerationJob> = VecDeque::new();
+            loop {
+                let Some(first) = waiting.pop_front().or_else(|| jobs.blocking_recv()) else {
+                    break;
                 };
-                let _ = events.blocking_send(event);
+                while waiting.len() < MAX_SHARED_GENERATIONS {
+                    match jobs.try_recv() {
+                        Ok(job) => waiting.push_back(job),
+                        Err(_) => break,
+                    }
+                }
+                // Queued generations whose prompts have the first one's length join it.
+                let mut group = vec![first];
+                let mut i = 0;
+                while i < waiting.len() && group.len() < MAX_SHARED_GENERATIONS {
+                    if waiting[i].prompt.len() == group[0].prompt.len() {
+                        group.extend(waiting.remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+                for _ in &group {
+                    metrics.queue_left(&model);
+                }
+                metrics.batch(&model, group.len());
+                for (events, outcome) in run_generations(generator.as_mut(), &tokenizer, group) {
+                    let event = match outcome {
+                        Ok(summary) => {
+                            metrics.generation(&model, &summary);
+                            GenerationEvent::Done(summary)
+                        }
+                        Err(e) => GenerationEvent::Failed(e),
+                    };
+                    let _ = events.blocking_send(event);
+                }
             }
         })
         .map(|_| ())
 }
 
-fn run_generation(
-    generator: &mut dyn TextGenerator,
-    tokenizer: &Tokenizer,
-    job: GenerationJob,
-) -> Result<GenerationSummary, ApiError> {
-    let start = Instant::now();
-    let mut text = StreamedText::new(job.stop);
-    let mut tokens: Vec<u32> = Vec::new();
-    let (_, stats) = generate(generator, &job.prompt, &job.options, |id| {
-        tokens.push(id);
-        let decoded = tokenizer.decode(&tokens, true).unwrap_or_default();
-        let (delta, stop_string) = text.advance(&decoded);
+/// A generation's way back to its client: the text so far and the channel.
+struct Stream {
+    events: mpsc::Sender<GenerationEvent>,
+    text: StreamedText,
+    tokens: Vec<u32>,
+    start: Instant,
+}
+
+impl Stream {
+    fn new(job: &GenerationJob) -> Self {
+        Self {
+            events: job.events.clone(),
+            text: StreamedText::new(job.stop.clone()),
+            tokens: Vec::new(),
+            start: Instant::now(),
+        }
+    }
+
+    /// Sends the piece of text `id` completes; `Break` when the client went away or a stop
+    /// string ended the text.
+    fn token(&mut self, tokenizer: &Tokenizer, id: u32) -> ControlFlow<()> {
+        self.tokens.push(id);
+        let decoded = tokenizer.decode(&self.tokens, true).unwrap_or_default();
+        let (piece, stop_string) = self.text.advance(&decoded);
         let event = GenerationEvent::Token {
             id,
-            text: delta,
-            elapsed_ms: start.elapsed().as_secs_f64() * 1e3,
+            text: piece,
+            elapsed_ms: self.start.elapsed().as_secs_f64() * 1e3,
         };
-        // A closed channel: the client went away, so nobody wants the rest.
-        let gone = job.events.blocking_send(event).is_err();
+        let gone = self.events.blocking_send(event).is_err();
         if gone || stop_string {
             ControlFlow::Break(())
         } else {
             ControlFlow::Continue(())
         }
-    })?;
-    {
-        let rest = text.finish();
+    }
+
+    /// Sends what was held back, and sums the generation up.
+    fn finish(mut self, stats: &GenerationStats) -> GenerationSummary {
+        let rest = self.text.finish();
         if !rest.is_empty() {
-            let _ = job.events.blocking_send(GenerationEvent::Token {
-                id: *tokens.last().unwrap_or(&0),
+            let _ = self.events.blocking_send(GenerationEvent::Token {
+                id: *self.tokens.last().unwrap_or(&0),
                 text: rest,
-                elapsed_ms: start.elapsed().as_secs_f64() * 1e3,
+                elapsed_ms: self.start.elapsed().as_secs_f64() * 1e3,
             });
         }
+        let finish_reason = match stats.stop_reason {
+            StopReason::MaxNewTokens | StopReason::ContextFull => FinishReason::Length,
+            StopReason::Eos | StopReason::StopToken | StopReason::Stopped => FinishReason::Stop,
+        };
+        GenerationSummary {
+            finish_reason,
+            prompt_tokens: stats.prompt_tokens,
+            completion_tokens: stats.new_tokens,
+            time_to_first_token_ms: stats.time_to_first_token_ms,
+            decode_tokens_per_s: stats.decode_tokens_per_s(),
+        }
     }
-    let finish_reason = match stats.stop_reason {
-        StopReason::MaxNewTokens | StopReason::ContextFull => FinishReason::Length,
-        StopReason::Eos | StopReason::StopToken | StopReason::Stopped => FinishReason::Stop,
-    };
-    Ok(GenerationSummary {
-        finish_reason,
-        prompt_tokens: stats.prompt_tokens,
-        completion_tokens: stats.new_tokens,
-        time_to_first_token_ms: stats.time_to_first_token_ms,
-        decode_tokens_per_s: stats.decode_tokens_per_s(),
-    })
+}
+
+type Outcome = (
+    mpsc::Sender<GenerationEvent>,
+    Result<GenerationSummary, ApiError>,
+);
+
+/// Runs a group of generations: alone, or sharing prefill and decode steps when there are
+/// several (equal prompt lengths) and the engine decodes batches; one after another when it
+/// does not.
+fn run_generations(
+    generator: &mut dyn TextGenerator,
+    tokenizer: &Tokenizer,
+    group: Vec<GenerationJob>,
+) -> Vec<Outcome> {
+    if group.len() > 1 {
+        let mut streams: Vec<Stream> = group.iter().map(Stream::new).collect();
+        let requests: Vec<(&[u32], &GenerateOptions)> = group
+            .iter()
+            .map(|j| (j.prompt.as_slice(), &j.options))
+            .collect();
+        match generate_together(generator, &requests, |i, id| {
+            streams[i].token(tokenizer, id)
+        }) {
+            Ok(results) => {
+                return streams
+                    .into_iter()
+                    .zip(results)
+                    .map(|(stream, (_, stats))| (stream.events.clone(), Ok(stream.finish(&stats))))
+                    .collect()
+            }
+            // No batched decoding here, and nothing was sent yet: one after another.
+            Err(EngineError::Unsupported(_)) => {}
+            Err(e) => {
+                let e = ApiError::from(e);
+                return group
+                    .iter()
+                    .map(|j| (j.events.clone(), Err(e.clone())))
+                    .collect();
+            }
+        }
+    }
+    group
+        .into_iter()
+        .map(|job| {
+            let mut stream = Stream::new(&job);
+            let outcome = generate(generator, &job.prompt, &job.options, |id| {
+                stream.token(tokenizer, id)
+            })
+            .map(|(_, stats)| stream.finish(&stats))
+            .map_err(ApiError::from);
+            (job.events, outcome)
+        })
+        .collect()
 }
 
 /// The text of a generation as it grows, handed out in pieces that never change afterwards:

@@ -115,6 +115,10 @@ pub struct TaskResult {
     pub task: String,
     /// Inputs that went through the model together (the timings are the batch's).
     pub batch_size: usize,
+    /// Tokens of this input's text as the model saw it (after truncation, special tokens
+    /// included); None for media inputs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<usize>,
     pub output: TaskOutput,
     pub timings: Timings,
 }
@@ -338,6 +342,7 @@ impl Pipeline {
         TaskResult {
             task: self.model.task.to_string(),
             batch_size: 1,
+            input_tokens: None,
             output,
             timings: Timings {
                 preprocess_ms,
@@ -409,9 +414,18 @@ impl Pipeline {
         let hidden = out
             .get("last_hidden_state")
             .ok_or(missing("last_hidden_state"))?;
-        let Inputs::Text { attention_mask, .. } = &inputs else {
+        let Inputs::Text {
+            attention_mask,
+            seq_len,
+            ..
+        } = &inputs
+        else {
             unreachable!("text encodes to text inputs")
         };
+        let tokens: Vec<usize> = attention_mask
+            .chunks((*seq_len).max(1))
+            .map(|row| row.iter().filter(|&&m| m != 0).count())
+            .collect();
         let embedding = self
             .embedding
             .as_ref()
@@ -425,8 +439,10 @@ impl Pipeline {
         let batch = rows.len();
         Ok(rows
             .into_iter()
-            .map(|values| TaskResult {
+            .zip(tokens)
+            .map(|(values, tokens)| TaskResult {
                 batch_size: batch,
+                input_tokens: Some(tokens),
                 ..self.result(embedding_of("text", values), preprocess_ms, inference_ms)
             })
             .collect())

@@ -93,9 +93,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             bail!("'{id}' is listed twice in --models");
         }
         let model = resolve_model(&id, &opts)?;
-        let tokenizer = ia_engine::tokenizer::of(&model.source)?;
         let backend = if model.generates_text() {
-            let tokenizer = tokenizer.clone().with_context(|| {
+            let tokenizer = ia_engine::tokenizer::of(&model.source)?.with_context(|| {
                 format!("{id}: no tokenizer.json, so prompts cannot become tokens")
             })?;
             let chat_template = match &model.source {
@@ -117,11 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     .with_context(|| format!("loading {id}"))?,
             )
         };
-        models.push(ServedModel {
-            id,
-            backend,
-            tokenizer,
-        });
+        models.push(ServedModel { id, backend });
     }
     let options = Options {
         api_key,

@@ -310,6 +310,28 @@ fn openai_routes_answer_as_the_cli_and_every_bad_request_is_a_json_error() {
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
     }
 
+    // Concurrent generations (equal prompt lengths may share decode steps): each says what it
+    // says alone.
+    let concurrent: Vec<_> = (0..4)
+        .map(|_| {
+            let (base, agent, body) = (s.base.clone(), s.agent.clone(), request.to_string());
+            std::thread::spawn(move || {
+                let mut r = agent
+                    .post(format!("{base}/v1/completions"))
+                    .header("Content-Type", "application/json")
+                    .header("Authorization", "Bearer s3cret")
+                    .send(body)
+                    .unwrap();
+                let v: Value =
+                    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+                v["choices"][0]["text"].as_str().unwrap().to_string()
+            })
+        })
+        .collect();
+    for c in concurrent {
+        assert_eq!(c.join().unwrap(), want);
+    }
+
     // Chat: the template renders the prompt; the greedy reply is generate's on that prompt.
     let (status, reply) = s.post_json(
         "/v1/chat/completions",
