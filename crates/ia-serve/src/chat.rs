@@ -5,6 +5,7 @@
 //! `strftime_now`, a `tojson` filter, the special tokens as variables and Python's string
 //! methods (`.strip()`, `.startswith()`, ...).
 
+use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, ErrorKind, Value};
 use serde::Serialize;
 use serde_json::Value as Json;
@@ -78,6 +79,7 @@ impl ChatTemplate {
         env.add_function("strftime_now", |format: String| -> String {
             chrono::Local::now().format(&format).to_string()
         });
+        env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE, source)
             .map_err(|e| e.to_string())?;
         let mut special_tokens = serde_json::Map::new();
@@ -110,14 +112,24 @@ impl ChatTemplate {
     /// (`add_generation_prompt=True`). A template's own `raise_exception` (e.g. roles in the
     /// wrong order) comes back as the error text.
     pub fn render(&self, messages: &[Message]) -> Result<String, String> {
-        let mut context = self.special_tokens.clone();
-        context.insert(
-            "messages".into(),
-            serde_json::to_value(messages).expect("messages serialise"),
-        );
-        context.insert("add_generation_prompt".into(), Json::Bool(true));
-        context.insert("tools".into(), Json::Null);
-        context.insert("documents".into(), Json::Null);
+        /// The variables transformers passes (messages keep their keys' order: `tojson`
+        /// shows it).
+        #[derive(Serialize)]
+        struct Context<'a> {
+            messages: &'a [Message],
+            add_generation_prompt: bool,
+            tools: Option<()>,
+            documents: Option<()>,
+            #[serde(flatten)]
+            special_tokens: &'a serde_json::Map<String, Json>,
+        }
+        let context = Context {
+            messages,
+            add_generation_prompt: true,
+            tools: None,
+            documents: None,
+            special_tokens: &self.special_tokens,
+        };
         let template = self.env.get_template(TEMPLATE).map_err(|e| e.to_string())?;
         template
             .render(Value::from_serialize(&context))
@@ -126,6 +138,97 @@ impl ChatTemplate {
                 _ => format!("rendering the chat template: {e}"),
             })
     }
+}
+
+/// transformers' `tojson`: Python's `json.dumps(value, ensure_ascii=False, indent=indent)`
+/// (`", "` and `": "` between items, non-ASCII kept, keys in their order), not minijinja's
+/// HTML-safe one.
+fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, minijinja::Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let mut out = String::new();
+    py_json(&value, indent, 0, &mut out)?;
+    Ok(Value::from_safe_string(out))
+}
+
+fn py_json(
+    v: &Value,
+    indent: Option<usize>,
+    level: usize,
+    out: &mut String,
+) -> Result<(), minijinja::Error> {
+    let newline = |out: &mut String, level: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * level));
+        }
+    };
+    let separator = if indent.is_some() { "," } else { ", " };
+    match v.kind() {
+        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+        ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
+        ValueKind::Number => match i64::try_from(v.clone()) {
+            Ok(i) if v.as_i64().is_some() => out.push_str(&i.to_string()),
+            _ => {
+                let f = f64::try_from(v.clone())?;
+                // Python's repr: a float always shows a fraction or an exponent.
+                if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e16 {
+                    out.push_str(&format!("{f:.1}"));
+                } else if f.is_finite() {
+                    out.push_str(&f.to_string());
+                } else {
+                    out.push_str(if f.is_nan() {
+                        "NaN"
+                    } else if f > 0.0 {
+                        "Infinity"
+                    } else {
+                        "-Infinity"
+                    });
+                }
+            }
+        },
+        ValueKind::String => out.push_str(
+            &serde_json::to_string(v.as_str().unwrap_or_default()).expect("strings serialise"),
+        ),
+        ValueKind::Map => {
+            let keys: Vec<Value> = v.try_iter()?.collect();
+            if keys.is_empty() {
+                out.push_str("{}");
+                return Ok(());
+            }
+            out.push('{');
+            for (i, key) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(separator);
+                }
+                newline(out, level + 1);
+                out.push_str(&serde_json::to_string(&key.to_string()).expect("strings serialise"));
+                out.push_str(": ");
+                py_json(&v.get_item(key)?, indent, level + 1, out)?;
+            }
+            newline(out, level);
+            out.push('}');
+        }
+        ValueKind::Seq | ValueKind::Iterable => {
+            let items: Vec<Value> = v.try_iter()?.collect();
+            if items.is_empty() {
+                out.push_str("[]");
+                return Ok(());
+            }
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(separator);
+                }
+                newline(out, level + 1);
+                py_json(item, indent, level + 1, out)?;
+            }
+            newline(out, level);
+            out.push(']');
+        }
+        _ => out.push_str(&serde_json::to_string(&v.to_string()).expect("strings serialise")),
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -169,6 +272,49 @@ mod tests {
         );
         let e = t.render(&[msg("system", "x")]).unwrap_err();
         assert_eq!(e, "System role not supported");
+    }
+
+    /// Every case of `scripts/make_chat_fixtures.py`: what transformers' apply_chat_template
+    /// renders (or the error a template raises), byte for byte.
+    #[test]
+    fn templates_render_as_transformers_renders_them() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/chat-templates/cases.json"
+        );
+        let fixtures: Json = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let cases = fixtures["cases"].as_array().unwrap();
+        assert!(cases.len() >= 20);
+        for case in cases {
+            let name = case["name"].as_str().unwrap();
+            let t = ChatTemplate::new(
+                case["template"].as_str().unwrap().into(),
+                &case["tokenizer_config"],
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let messages: Vec<Message> = case["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| msg(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+                .collect();
+            match (case.get("expected"), case.get("expected_error")) {
+                (Some(want), _) => assert_eq!(
+                    t.render(&messages)
+                        .unwrap_or_else(|e| panic!("{name}: {e}")),
+                    want.as_str().unwrap(),
+                    "{name}"
+                ),
+                (_, Some(want)) => {
+                    assert_eq!(
+                        t.render(&messages).unwrap_err(),
+                        want.as_str().unwrap(),
+                        "{name}"
+                    )
+                }
+                _ => panic!("{name}: no expectation"),
+            }
+        }
     }
 
     #[test]
