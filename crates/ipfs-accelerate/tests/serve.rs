@@ -736,3 +736,38 @@ fn limits_disconnects_websocket_tasks_and_graceful_shutdown() {
     assert_eq!(v["usage"]["completion_tokens"], 100);
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn bad_serve_flags_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty-key");
+    std::fs::write(&empty, "\n").unwrap();
+    let bert = fixture("bert-tiny");
+    let twice = format!("{bert},{bert}");
+    for (args, says) in [
+        (
+            vec!["--models", "no-such-model"],
+            "unknown model 'no-such-model'",
+        ),
+        (vec!["--models", twice.as_str()], "listed twice"),
+        (
+            vec!["--models", bert.as_str(), "--hardware", "webgpu"],
+            "does not run in the browser",
+        ),
+        (
+            vec![
+                "--models",
+                bert.as_str(),
+                "--api-key-file",
+                empty.to_str().unwrap(),
+            ],
+            "holds no API key",
+        ),
+    ] {
+        let out = bin().arg("serve").args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
