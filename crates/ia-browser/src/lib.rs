@@ -105,14 +105,24 @@ pub fn render_page(
     height: u32,
     script: &str,
 ) -> Result<(serde_json::Value, Vec<u8>), BrowserError> {
+    let path = page
+        .canonicalize()
+        .map_err(|e| BrowserError::Page(format!("{}: {e}", page.display())))?;
+    render_url(&format!("file://{}", path.display()), width, height, script)
+}
+
+/// [`render_page`] for a page at `url` (a local server's, such as `serve`'s `/docs`).
+pub fn render_url(
+    url: &str,
+    width: u32,
+    height: u32,
+    script: &str,
+) -> Result<(serde_json::Value, Vec<u8>), BrowserError> {
     let chromium = ia_hardware::find_chromium().map_err(BrowserError::NotInstalled)?;
     let chromedriver = find_chromedriver().map_err(BrowserError::NotInstalled)?;
     let driver = webdriver::Driver::start(&chromium.path, &chromedriver)?;
     driver.set_window_size(width, height)?;
-    let path = page
-        .canonicalize()
-        .map_err(|e| BrowserError::Page(format!("{}: {e}", page.display())))?;
-    driver.navigate(&format!("file://{}", path.display()), PAGE_TIMEOUT)?;
+    driver.navigate(url, PAGE_TIMEOUT)?;
     let facts = driver.execute(script)?;
     let png = driver.screenshot()?;
     Ok((facts, png))

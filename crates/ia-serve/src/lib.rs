@@ -405,9 +405,13 @@ async fn openapi() -> Response {
 }
 
 /// A page that lists the routes of the OpenAPI document with their request and response
-/// schemas, served from here (no CDN).
-async fn docs() -> Html<&'static str> {
-    Html(include_str!("docs.html"))
+/// schemas: the document is embedded in the page, and nothing comes from a CDN.
+async fn docs() -> Html<String> {
+    let document = serde_json::to_string(&openapi_document())
+        .expect("the OpenAPI document serialises")
+        // Inside <script>, "</" could close the element.
+        .replace("</", "<\\/");
+    Html(include_str!("docs.html").replace("/*OPENAPI*/null", &document))
 }
 
 #[cfg(test)]

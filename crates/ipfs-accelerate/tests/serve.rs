@@ -517,7 +517,36 @@ fn openai_routes_answer_as_the_cli_and_every_bad_request_is_a_json_error() {
     assert!(doc["components"]["schemas"]["EmbeddingRequest"].is_object());
     let (status, page) = s.get("/docs");
     assert_eq!(status, 200);
-    assert!(page.contains("/api-doc/openapi.json") && !page.contains("https://"));
+    assert!(
+        !page.contains("https://") && !page.contains("http://"),
+        "nothing from elsewhere"
+    );
+    // As a person sees it: one block per operation of the document, request schemas shown.
+    let operations: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| p.as_object().unwrap().len())
+        .sum();
+    let (facts, png) = ia_browser::render_url(
+        &format!("{}/docs", s.base),
+        1200,
+        900,
+        "return {routes: document.querySelectorAll('.route').length,
+                 details: document.querySelectorAll('details').length,
+                 text: document.body.innerText.length};",
+    )
+    .unwrap();
+    assert_eq!(
+        facts["routes"].as_u64().unwrap() as usize,
+        operations,
+        "{facts}"
+    );
+    assert!(
+        facts["details"].as_u64().unwrap() as usize > operations,
+        "{facts}"
+    );
+    assert!(png.len() > 1000);
 
     // SIGTERM: a clean exit.
     let status = s.stop();
