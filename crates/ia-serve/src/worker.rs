@@ -74,7 +74,9 @@ pub fn spawn_pipeline_worker(
                         input, opts, reply, ..
                     } => {
                         metrics.batch(&model, 1);
-                        let _ = reply.send(pipeline.run(&input, &opts).map_err(ApiError::from));
+                        let result =
+                            contain(|| pipeline.run(&input, &opts).map_err(ApiError::from));
+                        let _ = reply.send(result.and_then(|r| r));
                     }
                     PipelineJob::Embed {
                         texts,
@@ -123,29 +125,45 @@ pub struct EmbeddingRow {
 /// Where a request's embeddings (one row per text) go.
 type EmbeddingReply = oneshot::Sender<Result<Vec<EmbeddingRow>, ApiError>>;
 
+/// Runs `f`, turning a panic of the engine into an error for the requests at hand, so that
+/// the worker (and its model) keeps serving.
+fn contain<T>(f: impl FnOnce() -> T) -> Result<T, ApiError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        ApiError::Engine(format!("the engine failed: {what}"))
+    })
+}
+
 /// Runs the texts of several requests as one padded batch and hands each its rows.
 fn embed_batch(pipeline: &mut Pipeline, batch: Vec<(Vec<String>, EmbeddingReply)>) {
     let inputs: Vec<Input> = batch
         .iter()
         .flat_map(|(texts, _)| texts.iter().cloned().map(Input::Text))
         .collect();
-    let rows: Result<Vec<EmbeddingRow>, ApiError> = pipeline
-        .run_batch(&inputs, &TaskOptions::default())
-        .map_err(ApiError::from)
-        .and_then(|results| {
-            results
-                .into_iter()
-                .map(|r| match r.output {
-                    TaskOutput::Embedding { values, .. } => Ok(EmbeddingRow {
-                        values,
-                        tokens: r.input_tokens.unwrap_or(0),
-                    }),
-                    _ => Err(ApiError::Engine(
-                        "the model returned no embedding for a text".into(),
-                    )),
-                })
-                .collect()
-        });
+    let rows: Result<Vec<EmbeddingRow>, ApiError> = contain(|| {
+        pipeline
+            .run_batch(&inputs, &TaskOptions::default())
+            .map_err(ApiError::from)
+    })
+    .and_then(|r| r)
+    .and_then(|results| {
+        results
+            .into_iter()
+            .map(|r| match r.output {
+                TaskOutput::Embedding { values, .. } => Ok(EmbeddingRow {
+                    values,
+                    tokens: r.input_tokens.unwrap_or(0),
+                }),
+                _ => Err(ApiError::Engine(
+                    "the model returned no embedding for a text".into(),
+                )),
+            })
+            .collect()
+    });
     match rows {
         Ok(mut rows) => {
             for (texts, reply) in batch {
@@ -243,7 +261,10 @@ pub fn spawn_generator_worker(
                     metrics.queue_left(&model);
                 }
                 metrics.batch(&model, group.len());
-                for (events, outcome) in run_generations(generator.as_mut(), &tokenizer, group) {
+                let senders: Vec<_> = group.iter().map(|j| j.events.clone()).collect();
+                let outcomes = contain(|| run_generations(generator.as_mut(), &tokenizer, group))
+                    .unwrap_or_else(|e| senders.into_iter().map(|s| (s, Err(e.clone()))).collect());
+                for (events, outcome) in outcomes {
                     let event = match outcome {
                         Ok(summary) => {
                             metrics.generation(&model, &summary);
@@ -464,6 +485,14 @@ mod tests {
         }
         let rest = t.finish();
         (pieces, false, rest)
+    }
+
+    #[test]
+    fn an_engine_panic_becomes_an_error_for_its_requests() {
+        let e = contain(|| -> u32 { panic!("shape mismatch") }).unwrap_err();
+        assert_eq!(e.status(), axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(e.to_string().contains("shape mismatch"), "{e}");
+        assert_eq!(contain(|| 7).unwrap(), 7);
     }
 
     #[test]
