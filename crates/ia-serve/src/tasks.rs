@@ -34,6 +34,15 @@ fn media_input(bytes: &[u8]) -> Result<(Input, tempfile::TempPath), ApiError> {
     Ok((input, path))
 }
 
+/// A multipart field that could not be read: too large (413), or malformed (400).
+fn field_error(name: &str, e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::TooLarge
+    } else {
+        ApiError::BadRequest(format!("multipart field '{name}': {e}"))
+    }
+}
+
 /// Runs one input through a pipeline model's worker.
 async fn run_task(
     state: &AppState,
@@ -82,13 +91,7 @@ pub async fn transcriptions(
         .map_err(|e| ApiError::BadRequest(format!("multipart body: {e}")))?
     {
         let name = field.name().unwrap_or_default().to_string();
-        let read = |e: axum::extract::multipart::MultipartError| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge
-            } else {
-                ApiError::BadRequest(format!("multipart field '{name}': {e}"))
-            }
-        };
+        let read = |e| field_error(&name, e);
         match name.as_str() {
             "file" => file = Some(field.bytes().await.map_err(read)?),
             "model" => model = Some(field.text().await.map_err(read)?),
@@ -243,13 +246,7 @@ async fn from_multipart(mut form: Multipart) -> Result<(TaskRequest, Option<Vec<
         .map_err(|e| ApiError::BadRequest(format!("multipart body: {e}")))?
     {
         let name = field.name().unwrap_or_default().to_string();
-        let bad = |e: axum::extract::multipart::MultipartError| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge
-            } else {
-                ApiError::BadRequest(format!("multipart field '{name}': {e}"))
-            }
-        };
+        let bad = |e| field_error(&name, e);
         if name == "file" {
             upload = Some(field.bytes().await.map_err(bad)?.to_vec());
             continue;

@@ -54,15 +54,20 @@ impl Served {
         }
     }
 
-    fn post(&self, path: &str, body: &str) -> (u16, String) {
-        let mut req = self
+    /// A JSON POST to `path`, with the key when the test has one.
+    fn request(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+        let req = self
             .agent
             .post(format!("{}{path}", self.base))
             .header("Content-Type", "application/json");
-        if let Some(k) = &self.key {
-            req = req.header("Authorization", format!("Bearer {k}"));
+        match &self.key {
+            Some(k) => req.header("Authorization", format!("Bearer {k}")),
+            None => req,
         }
-        let mut r = req.send(body).unwrap();
+    }
+
+    fn post(&self, path: &str, body: &str) -> (u16, String) {
+        let mut r = self.request(path).send(body).unwrap();
         (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
     }
 
@@ -85,14 +90,7 @@ impl Served {
 
     /// The `data:` payloads of a server-sent event stream.
     fn stream(&self, path: &str, body: Value) -> Vec<String> {
-        let mut req = self
-            .agent
-            .post(format!("{}{path}", self.base))
-            .header("Content-Type", "application/json");
-        if let Some(k) = &self.key {
-            req = req.header("Authorization", format!("Bearer {k}"));
-        }
-        let r = req.send(body.to_string()).unwrap();
+        let r = self.request(path).send(body.to_string()).unwrap();
         assert_eq!(r.status().as_u16(), 200);
         let mut text = String::new();
         r.into_body()
