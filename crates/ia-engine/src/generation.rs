@@ -44,6 +44,40 @@ pub trait TextGenerator: Send {
             )),
         }
     }
+    /// The engine's sequences with a KV cache each, when it has them (continuous batching).
+    fn sequence_pool(&mut self) -> Option<&mut dyn SequencePool> {
+        None
+    }
+}
+
+/// One sequence of a [`SequencePool`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SequenceId(pub u64);
+
+/// A decoder that keeps one KV cache per sequence, so that sequences start and stop between
+/// decode steps while the others go on (continuous batching). Each pass computes the listed
+/// sequences together: their new tokens go through the weights as one batch, and each
+/// attends only to its own cache, so prompts of any lengths mix with decode steps.
+pub trait SequencePool {
+    /// In one pass, starts a sequence per prompt of `start` and appends one token to each
+    /// sequence of `steps`; returns the started sequences' ids and next-token logits, then the
+    /// stepped sequences' logits, each in order. On failure the sequences involved are gone.
+    #[allow(clippy::type_complexity)]
+    fn run(
+        &mut self,
+        start: &[&[u32]],
+        steps: &[(SequenceId, u32)],
+    ) -> Result<(Vec<(SequenceId, Vec<f32>)>, Vec<Vec<f32>>), EngineError>;
+    /// Frees a sequence's cache (an unknown id is ignored).
+    fn end(&mut self, id: SequenceId);
+    /// Starts one sequence per prompt.
+    fn start(&mut self, prompts: &[&[u32]]) -> Result<Vec<(SequenceId, Vec<f32>)>, EngineError> {
+        Ok(self.run(prompts, &[])?.0)
+    }
+    /// Appends one token to each listed sequence.
+    fn step(&mut self, steps: &[(SequenceId, u32)]) -> Result<Vec<Vec<f32>>, EngineError> {
+        Ok(self.run(&[], steps)?.1)
+    }
 }
 
 /// Checks a batch of prompts for batched prefill: non-empty, equal lengths.
@@ -180,8 +214,8 @@ impl GenerationStats {
 }
 
 /// One sequence being generated: its history, sampler, stop rules and timings.
-struct Sequence<'a> {
-    opts: &'a GenerateOptions,
+struct Sequence {
+    opts: GenerateOptions,
     eos: Vec<u32>,
     rng: SplitMix64,
     history: Vec<u32>,
@@ -193,11 +227,11 @@ struct Sequence<'a> {
     stop: Option<StopReason>,
 }
 
-impl<'a> Sequence<'a> {
+impl Sequence {
     fn start(
         model: &dyn TextGenerator,
         prompt: &[u32],
-        opts: &'a GenerateOptions,
+        opts: &GenerateOptions,
     ) -> Result<Self, EngineError> {
         if prompt.is_empty() {
             return Err(EngineError::InvalidInput("the prompt has no tokens".into()));
@@ -212,7 +246,7 @@ impl<'a> Sequence<'a> {
         // Generation stops when the context is full, so no more than this many tokens come.
         let room = opts.max_new_tokens.min(context - prompt.len());
         Ok(Self {
-            opts,
+            opts: opts.clone(),
             eos: if opts.ignore_eos {
                 vec![]
             } else {
@@ -351,6 +385,190 @@ pub fn generate_together(
         logits = model.step_batch(&last)?;
     }
     Ok(seqs.into_iter().map(|s| s.finish(prefill_ms)).collect())
+}
+
+/// A generation that left a [`ContinuousBatch`]: the caller's handle and its outcome.
+pub struct Finished<T> {
+    pub tag: T,
+    pub result: Result<(Vec<u32>, GenerationStats), EngineError>,
+}
+
+struct Active<T> {
+    id: SequenceId,
+    seq: Sequence,
+    prefill_ms: f64,
+    tag: T,
+}
+
+/// Continuous batching over an engine's [`SequencePool`]: generations join between decode
+/// steps and leave as soon as they stop, and every running one shares each step (the
+/// scheduling of text-generation-inference and vLLM). Each generation samples and stops by
+/// its own rules, exactly as [`generate`] would run it alone. `T` is the caller's handle of a
+/// generation (where its tokens go); `on_token` gets it with each token as it is chosen.
+pub struct ContinuousBatch<T> {
+    active: Vec<Active<T>>,
+}
+
+impl<T> Default for ContinuousBatch<T> {
+    fn default() -> Self {
+        Self { active: Vec::new() }
+    }
+}
+
+impl<T> ContinuousBatch<T> {
+    /// Generations running.
+    pub fn len(&self) -> usize {
+        self.active.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.active.is_empty()
+    }
+
+    /// One pass of the engine: the prompts of `joining` (any lengths) are prefilled and each
+    /// of those generations gets its first token, while every running generation gets its
+    /// next one. Returns the generations that ended, or could not start (a prompt that does
+    /// not fit, an engine without a sequence pool).
+    pub fn step(
+        &mut self,
+        model: &mut dyn TextGenerator,
+        joining: Vec<(Vec<u32>, GenerateOptions, T)>,
+        mut on_token: impl FnMut(&mut T, u32) -> ControlFlow<()>,
+    ) -> Vec<Finished<T>> {
+        let mut finished = Vec::new();
+        let mut starting = Vec::new();
+        for (prompt, opts, tag) in joining {
+            match Sequence::start(model, &prompt, &opts) {
+                Ok(seq) => starting.push((prompt, seq, tag)),
+                Err(e) => finished.push(Finished {
+                    tag,
+                    result: Err(e),
+                }),
+            }
+        }
+        if starting.is_empty() && self.active.is_empty() {
+            return finished;
+        }
+        let Some(pool) = model.sequence_pool() else {
+            let e = EngineError::Unsupported(
+                "this engine has no per-sequence KV caches (continuous batching)".into(),
+            );
+            finished.extend(starting.into_iter().map(|(_, _, tag)| Finished {
+                tag,
+                result: Err(e.clone()),
+            }));
+            finished.extend(self.fail_all(None, e));
+            return finished;
+        };
+        let prompts: Vec<&[u32]> = starting.iter().map(|(p, _, _)| p.as_slice()).collect();
+        let steps: Vec<(SequenceId, u32)> = self
+            .active
+            .iter()
+            .map(|a| (a.id, a.seq.last_token()))
+            .collect();
+        let start = Instant::now();
+        let outcome = pool.run(&prompts, &steps);
+        let pass_ms = start.elapsed().as_secs_f64() * 1e3;
+        let (started, stepped) = match outcome {
+            Ok((started, stepped))
+                if started.len() == starting.len() && stepped.len() == steps.len() =>
+            {
+                (started, stepped)
+            }
+            other => {
+                let e = match other {
+                    Err(e) => e,
+                    Ok((started, _)) => {
+                        for (id, _) in started {
+                            pool.end(id);
+                        }
+                        EngineError::Runtime("the engine ran the wrong number of sequences".into())
+                    }
+                };
+                finished.extend(starting.into_iter().map(|(_, _, tag)| Finished {
+                    tag,
+                    result: Err(e.clone()),
+                }));
+                finished.extend(self.fail_all(Some(pool), e));
+                return finished;
+            }
+        };
+        // The running generations' step started with the pass; the newcomers' first token
+        // comes after a prefill of the pass's length.
+        let since = start;
+        let chosen = Instant::now();
+        let running = std::mem::take(&mut self.active);
+        for (mut active, mut logits) in running.into_iter().zip(stepped) {
+            let tag = &mut active.tag;
+            let advanced = active
+                .seq
+                .advance(&mut logits, since, active.prefill_ms, |t| on_token(tag, t));
+            self.keep_or_finish(pool, active, advanced, &mut finished);
+        }
+        for ((_, seq, tag), (id, mut logits)) in starting.into_iter().zip(started) {
+            let mut active = Active {
+                id,
+                seq,
+                prefill_ms: pass_ms,
+                tag,
+            };
+            let advanced = if active.seq.done() {
+                Ok(())
+            } else {
+                let tag = &mut active.tag;
+                active
+                    .seq
+                    .advance(&mut logits, chosen, pass_ms, |t| on_token(tag, t))
+            };
+            self.keep_or_finish(pool, active, advanced, &mut finished);
+        }
+        finished
+    }
+
+    /// Ends every generation in the batch with `error` (the engine failed under them) and
+    /// frees their caches.
+    pub fn abort(&mut self, model: &mut dyn TextGenerator, error: EngineError) -> Vec<Finished<T>> {
+        let pool = model.sequence_pool();
+        self.fail_all(pool, error)
+    }
+
+    fn fail_all(
+        &mut self,
+        mut pool: Option<&mut dyn SequencePool>,
+        e: EngineError,
+    ) -> Vec<Finished<T>> {
+        std::mem::take(&mut self.active)
+            .into_iter()
+            .map(|a| {
+                if let Some(pool) = pool.as_deref_mut() {
+                    pool.end(a.id);
+                }
+                Finished {
+                    tag: a.tag,
+                    result: Err(e.clone()),
+                }
+            })
+            .collect()
+    }
+
+    fn keep_or_finish(
+        &mut self,
+        pool: &mut dyn SequencePool,
+        active: Active<T>,
+        advanced: Result<(), EngineError>,
+        finished: &mut Vec<Finished<T>>,
+    ) {
+        match advanced {
+            Ok(()) if !active.seq.done() => self.active.push(active),
+            outcome => {
+                pool.end(active.id);
+                finished.push(Finished {
+                    tag: active.tag,
+                    result: outcome.map(|()| active.seq.finish(active.prefill_ms)),
+                });
+            }
+        }
+    }
 }
 
 /// Applies the logits processors in transformers' order (repetition penalty, temperature,
@@ -588,6 +806,133 @@ mod tests {
         })
         .unwrap_err();
         assert!(matches!(e, EngineError::Unsupported(_)), "{e}");
+    }
+
+    /// Counters with one state per sequence, started and stopped at any step.
+    #[derive(Default)]
+    struct CounterPool {
+        live: std::collections::BTreeMap<SequenceId, Counter>,
+        next: u64,
+        widest_step: usize,
+    }
+
+    impl TextGenerator for CounterPool {
+        fn info(&self) -> &SessionInfo {
+            unreachable!("not asked")
+        }
+        fn prefill(&mut self, _: &[u32]) -> Result<Vec<f32>, EngineError> {
+            unreachable!("the batch goes through the pool")
+        }
+        fn step(&mut self, _: u32) -> Result<Vec<f32>, EngineError> {
+            unreachable!("the batch goes through the pool")
+        }
+        fn max_context(&self) -> usize {
+            16
+        }
+        fn eos_tokens(&self) -> Vec<u32> {
+            vec![9]
+        }
+        fn sequence_pool(&mut self) -> Option<&mut dyn SequencePool> {
+            Some(self)
+        }
+    }
+
+    impl SequencePool for CounterPool {
+        fn run(
+            &mut self,
+            start: &[&[u32]],
+            steps: &[(SequenceId, u32)],
+        ) -> Result<(Vec<(SequenceId, Vec<f32>)>, Vec<Vec<f32>>), EngineError> {
+            self.widest_step = self.widest_step.max(start.len() + steps.len());
+            let stepped = steps
+                .iter()
+                .map(|(id, t)| self.live.get_mut(id).expect("live").step(*t))
+                .collect::<Result<_, _>>()?;
+            let started = start
+                .iter()
+                .map(|p| {
+                    let id = SequenceId(self.next);
+                    self.next += 1;
+                    let mut c = Counter::new();
+                    let logits = c.prefill(p)?;
+                    self.live.insert(id, c);
+                    Ok((id, logits))
+                })
+                .collect::<Result<_, _>>()?;
+            Ok((started, stepped))
+        }
+        fn end(&mut self, id: SequenceId) {
+            self.live.remove(&id);
+        }
+    }
+
+    #[test]
+    fn generations_join_and_leave_a_continuous_batch() {
+        let mut pool = CounterPool::default();
+        let mut batch: ContinuousBatch<(usize, Vec<u32>)> = ContinuousBatch::default();
+        let mut stop_at_4 = opts(10);
+        stop_at_4.stop_tokens = vec![4];
+        let record = |tag: &mut (usize, Vec<u32>), t: u32| {
+            tag.1.push(t);
+            // Generation 3's client goes away after two tokens.
+            if tag.0 == 3 && tag.1.len() == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        let mut done = batch.step(&mut pool, vec![(vec![3], opts(10), (0, vec![]))], record);
+        done.extend(batch.step(&mut pool, vec![], record));
+        // Two join a running batch, one of them with a longer prompt; one cannot start.
+        done.extend(batch.step(
+            &mut pool,
+            vec![
+                (vec![1, 2, 2], stop_at_4.clone(), (1, vec![])),
+                (vec![5], opts(3), (2, vec![])),
+                (vec![0; 16], opts(3), (4, vec![])),
+            ],
+            record,
+        ));
+        done.extend(batch.step(&mut pool, vec![(vec![5], opts(10), (3, vec![]))], record));
+        while !batch.is_empty() {
+            done.extend(batch.step(&mut pool, vec![], record));
+        }
+        assert!(pool.live.is_empty(), "every sequence's cache was freed");
+        assert_eq!(pool.widest_step, 4);
+        done.sort_by_key(|f| f.tag.0);
+        let cases = [
+            (vec![3], opts(10)),
+            (vec![1, 2, 2], stop_at_4),
+            (vec![5], opts(3)),
+        ];
+        for (i, (prompt, o)) in cases.iter().enumerate() {
+            let (alone, stats) =
+                generate(
+                    &mut Counter::new(),
+                    prompt,
+                    o,
+                    |_| ControlFlow::Continue(()),
+                )
+                .unwrap();
+            let (tokens, got) = done[i].result.as_ref().unwrap();
+            assert_eq!((tokens, &done[i].tag.1), (&alone, &alone), "generation {i}");
+            assert_eq!(got.stop_reason, stats.stop_reason, "generation {i}");
+            assert_eq!(got.new_tokens, alone.len());
+        }
+        let (tokens, stats) = done[3].result.as_ref().unwrap();
+        assert_eq!(
+            (tokens.clone(), stats.stop_reason),
+            (vec![6, 7], StopReason::Stopped)
+        );
+        let e = done[4].result.as_ref().unwrap_err();
+        assert!(e.to_string().contains("context is 16"), "{e}");
+        // An engine without a pool says so for each generation.
+        let done = ContinuousBatch::default().step(
+            &mut Counter::new(),
+            vec![(vec![3], opts(2), ())],
+            |_, _| ControlFlow::Continue(()),
+        );
+        assert!(matches!(done[0].result, Err(EngineError::Unsupported(_))));
     }
 
     #[test]

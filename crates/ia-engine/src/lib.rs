@@ -23,7 +23,10 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
-pub use generation::{GenerateOptions, GenerationStats, Sampling, StopReason, TextGenerator};
+pub use generation::{
+    ContinuousBatch, GenerateOptions, GenerationStats, Sampling, SequenceId, SequencePool,
+    StopReason, TextGenerator,
+};
 pub use inputs::{InputSpec, Inputs};
 pub use speech::{SpeechRecognizer, TranscribeOptions, Transcription};
 pub use timing::{GenerationTiming, LoadFailure, LoadVariant, TimedIterations, TimedWorkload};
@@ -79,7 +82,7 @@ impl FromStr for Precision {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     /// The engine cannot run this model, platform or precision at all.
     #[error("unsupported: {0}")]

@@ -18,6 +18,21 @@ use ia_models::{Model, ModelClass};
 
 pub use weights::load_var_builder;
 
+/// Fixes the number of threads candle's matrix products use to the count candle picks by
+/// default. Without `RAYON_NUM_THREADS`, candle 0.11 works that count out again on every matrix
+/// product, reading /proc/cpuinfo each time (about 0.1 ms: more than a small product costs, and
+/// most of a small model's decode step). Setting the variable once keeps candle's choice and
+/// drops the reads. A count the user set is left alone.
+///
+/// Call it first thing in `main`, before any other thread exists: it sets an environment
+/// variable of the process.
+pub fn settle_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = candle_core::utils::get_num_threads();
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+}
+
 /// The candle version this engine was built with, recorded with every result.
 pub const CANDLE_VERSION: &str = "0.11.1";
 

@@ -1,13 +1,14 @@
 //! Text families against transformers on the committed tiny fixtures:
 //! * logits at every prompt position, computed one token at a time through the KV cache,
 //!   and for the whole prompt at once (prefill), within 1e-4 max abs of transformers';
-//! * 32 greedy tokens identical to `generate(do_sample=False)`.
+//! * 32 greedy tokens identical to `generate(do_sample=False)`, alone, in a static batch and
+//!   in a continuous batch that sequences join mid-way.
 
 mod common;
 
 use candle_core::Tensor;
 use common::{generator, ids, max_abs, reference, TOLERANCE};
-use ia_engine::generation::{generate, GenerateOptions, Sampling};
+use ia_engine::generation::{generate, ContinuousBatch, GenerateOptions, Sampling};
 use ia_engine::TextGenerator;
 
 /// logits [1, seq, vocab] -> row `pos`.
@@ -96,6 +97,74 @@ fn batched_generation_matches_single() {
         "t5-tiny",
     ] {
         check_batched(name);
+    }
+}
+
+/// Continuous batching: prompts of different lengths start together (one ragged prefill, each
+/// last-position logits within tolerance of transformers'), a third sequence's prefill joins
+/// the sixth decode step of the other two, and every sequence still produces transformers'
+/// greedy tokens.
+fn check_continuous(name: &str) {
+    let r = reference(name);
+    let prompts: Vec<Vec<u32>> = (0..2)
+        .map(|p| ids(&r[&format!("prompt{p}_input_ids")]))
+        .collect();
+    let greedy: Vec<Vec<u32>> = (0..2)
+        .map(|p| ids(&r[&format!("prompt{p}_greedy")]))
+        .collect();
+    let mut gen = generator(name);
+    let pool = gen
+        .sequence_pool()
+        .expect("the decoder keeps a cache per sequence");
+    let started = pool
+        .start(&[prompts[0].as_slice(), prompts[1].as_slice()])
+        .unwrap();
+    for (p, (_, got)) in started.iter().enumerate() {
+        let logits = &r[&format!("prompt{p}_logits")];
+        let d = max_abs(got, &row(logits, prompts[p].len() - 1));
+        assert!(
+            d <= TOLERANCE,
+            "{name} ragged prefill {p}: max abs diff {d}"
+        );
+    }
+    for (id, _) in started {
+        pool.end(id);
+    }
+    let opts = GenerateOptions {
+        max_new_tokens: 32,
+        sampling: Sampling::greedy(),
+        stop_tokens: vec![],
+        ignore_eos: true,
+    };
+    let mut batch = ContinuousBatch::default();
+    let keep = |_: &mut usize, _| std::ops::ControlFlow::Continue(());
+    let jobs = (0..2)
+        .map(|p| (prompts[p].clone(), opts.clone(), p))
+        .collect();
+    let mut done = batch.step(gen.as_mut(), jobs, keep);
+    for _ in 0..5 {
+        done.extend(batch.step(gen.as_mut(), vec![], keep));
+    }
+    done.extend(batch.step(
+        gen.as_mut(),
+        vec![(prompts[1].clone(), opts.clone(), 2)],
+        keep,
+    ));
+    assert_eq!(batch.len(), 3);
+    while !batch.is_empty() {
+        done.extend(batch.step(gen.as_mut(), vec![], keep));
+    }
+    assert_eq!(done.len(), 3);
+    for f in done {
+        let (tokens, _) = f.result.unwrap();
+        assert_eq!(tokens, greedy[f.tag.min(1)], "{name}: sequence {}", f.tag);
+    }
+}
+
+#[test]
+fn sequences_join_a_running_batch_and_match_transformers() {
+    for name in ["llama-tiny", "qwen2-tiny", "qwen3-tiny"] {
+        check_continuous(name);
     }
 }
 

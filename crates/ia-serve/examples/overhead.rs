@@ -54,6 +54,7 @@ fn p50(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    ia_native::settle_thread_count();
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| {
         args.iter()

@@ -4,20 +4,23 @@
 //! * A pipeline worker owns an [`ia_tasks::Pipeline`]. Embedding requests waiting in its
 //!   queue when a batch starts go through the model together, up to `max_batch_tokens`
 //!   padded tokens; other tasks (transcription, classification, detection) run one at a time.
-//! * A generator worker owns a [`TextGenerator`] and its KV cache. Queued generations whose
-//!   prompts have the same length start together and share the prefill and every decode step
-//!   (`generate_together`), up to [`MAX_SHARED_GENERATIONS`]; the engines decode a batch only
-//!   for prompts of equal length and cannot add a sequence to a running batch, so the others
-//!   wait for the next round (static batching, not continuous). An engine without batched
-//!   decoding runs them one after another. Tokens go back over a channel as they are chosen;
-//!   a closed channel (the client went away) stops that generation after the current token.
+//! * A generator worker owns a [`TextGenerator`] and its KV caches. On an engine with a cache
+//!   per sequence (the native LLaMA-family decoders) it batches continuously: between two
+//!   decode steps, queued generations join the running batch through one prefill (prompts of
+//!   any lengths) and finished ones leave, up to [`MAX_SHARED_GENERATIONS`] at a time. Other
+//!   engines batch statically: queued generations whose prompts have the same length share
+//!   the prefill and every step (`generate_together`) while the others wait for the next
+//!   round, or run one after another without batched decoding. Tokens go back over a channel
+//!   as they are chosen; a closed channel (the client went away) stops that generation after
+//!   the current token, and its cache is freed.
 //!
 //! Engine calls are blocking CPU work, so workers are plain threads, not async tasks.
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use ia_engine::generation::{
-    generate, generate_together, GenerateOptions, GenerationStats, StopReason, TextGenerator,
+    generate, generate_together, ContinuousBatch, Finished, GenerateOptions, GenerationStats,
+    StopReason, TextGenerator,
 };
 use ia_engine::EngineError;
 use ia_tasks::{Input, Pipeline, TaskOptions, TaskOutput, TaskResult};
@@ -235,48 +238,130 @@ pub fn spawn_generator_worker(
     std::thread::Builder::new()
         .name(format!("serve-{model}"))
         .spawn(move || {
-            // Jobs taken off the channel to look for companions, in arrival order.
-            let mut waiting: VecDeque<GenerationJob> = VecDeque::new();
-            loop {
-                let Some(first) = waiting.pop_front().or_else(|| jobs.blocking_recv()) else {
-                    break;
-                };
-                while waiting.len() < MAX_SHARED_GENERATIONS {
-                    match jobs.try_recv() {
-                        Ok(job) => waiting.push_back(job),
-                        Err(_) => break,
-                    }
-                }
-                // Queued generations whose prompts have the first one's length join it.
-                let mut group = vec![first];
-                let mut i = 0;
-                while i < waiting.len() && group.len() < MAX_SHARED_GENERATIONS {
-                    if waiting[i].prompt.len() == group[0].prompt.len() {
-                        group.extend(waiting.remove(i));
-                    } else {
-                        i += 1;
-                    }
-                }
-                for _ in &group {
-                    metrics.queue_left(&model);
-                }
-                metrics.batch(&model, group.len());
-                let senders: Vec<_> = group.iter().map(|j| j.events.clone()).collect();
-                let outcomes = contain(|| run_generations(generator.as_mut(), &tokenizer, group))
-                    .unwrap_or_else(|e| senders.into_iter().map(|s| (s, Err(e.clone()))).collect());
-                for (events, outcome) in outcomes {
-                    let event = match outcome {
-                        Ok(summary) => {
-                            metrics.generation(&model, &summary);
-                            GenerationEvent::Done(summary)
-                        }
-                        Err(e) => GenerationEvent::Failed(e),
-                    };
-                    let _ = events.blocking_send(event);
-                }
+            if generator.sequence_pool().is_some() {
+                continuous(&model, generator.as_mut(), &tokenizer, &mut jobs, &metrics);
+            } else {
+                grouped(&model, generator.as_mut(), &tokenizer, &mut jobs, &metrics);
             }
         })
         .map(|_| ())
+}
+
+/// Continuous batching: at each decode step, queued generations join the running batch (up
+/// to [`MAX_SHARED_GENERATIONS`]), their prefill riding in the same pass, and finished ones
+/// leave.
+fn continuous(
+    model: &str,
+    generator: &mut dyn TextGenerator,
+    tokenizer: &Tokenizer,
+    jobs: &mut mpsc::Receiver<GenerationJob>,
+    metrics: &Metrics,
+) {
+    let mut batch: ContinuousBatch<Stream> = ContinuousBatch::default();
+    let on_token = |stream: &mut Stream, id: u32| stream.token(tokenizer, id);
+    loop {
+        let mut newcomers = Vec::new();
+        if batch.is_empty() {
+            match jobs.blocking_recv() {
+                Some(job) => newcomers.push(job),
+                None => return,
+            }
+        }
+        while batch.len() + newcomers.len() < MAX_SHARED_GENERATIONS {
+            match jobs.try_recv() {
+                Ok(job) => newcomers.push(job),
+                Err(_) => break,
+            }
+        }
+        for _ in &newcomers {
+            metrics.queue_left(model);
+        }
+        let senders: Vec<_> = newcomers.iter().map(|j| j.events.clone()).collect();
+        let joining = newcomers
+            .into_iter()
+            .map(|job| {
+                let stream = Stream::new(&job);
+                (job.prompt, job.options, stream)
+            })
+            .collect::<Vec<_>>();
+        metrics.batch(model, batch.len() + joining.len());
+        let finished = match contain(|| batch.step(generator, joining, on_token)) {
+            Ok(done) => done,
+            Err(e) => {
+                // The newcomers' streams went down with the panic; tell their clients.
+                for events in senders {
+                    let _ = events.blocking_send(GenerationEvent::Failed(e.clone()));
+                }
+                batch.abort(generator, EngineError::Runtime(e.to_string()))
+            }
+        };
+        for Finished {
+            tag: stream,
+            result,
+        } in finished
+        {
+            let events = stream.events.clone();
+            let event = match result {
+                Ok((_, stats)) => {
+                    let summary = stream.finish(&stats);
+                    metrics.generation(model, &summary);
+                    GenerationEvent::Done(summary)
+                }
+                Err(e) => GenerationEvent::Failed(ApiError::from(e)),
+            };
+            let _ = events.blocking_send(event);
+        }
+    }
+}
+
+/// Static batching for engines without per-sequence caches: queued generations whose prompts
+/// have the first one's length start together and share every step until all have stopped.
+fn grouped(
+    model: &str,
+    generator: &mut dyn TextGenerator,
+    tokenizer: &Tokenizer,
+    jobs: &mut mpsc::Receiver<GenerationJob>,
+    metrics: &Metrics,
+) {
+    // Jobs taken off the channel to look for companions, in arrival order.
+    let mut waiting: VecDeque<GenerationJob> = VecDeque::new();
+    loop {
+        let Some(first) = waiting.pop_front().or_else(|| jobs.blocking_recv()) else {
+            return;
+        };
+        while waiting.len() < MAX_SHARED_GENERATIONS {
+            match jobs.try_recv() {
+                Ok(job) => waiting.push_back(job),
+                Err(_) => break,
+            }
+        }
+        let mut group = vec![first];
+        let mut i = 0;
+        while i < waiting.len() && group.len() < MAX_SHARED_GENERATIONS {
+            if waiting[i].prompt.len() == group[0].prompt.len() {
+                group.extend(waiting.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        for _ in &group {
+            metrics.queue_left(model);
+        }
+        metrics.batch(model, group.len());
+        let senders: Vec<_> = group.iter().map(|j| j.events.clone()).collect();
+        let outcomes = contain(|| run_generations(generator, tokenizer, group))
+            .unwrap_or_else(|e| senders.into_iter().map(|s| (s, Err(e.clone()))).collect());
+        for (events, outcome) in outcomes {
+            let event = match outcome {
+                Ok(summary) => {
+                    metrics.generation(model, &summary);
+                    GenerationEvent::Done(summary)
+                }
+                Err(e) => GenerationEvent::Failed(e),
+            };
+            let _ = events.blocking_send(event);
+        }
+    }
 }
 
 /// A generation's way back to its client: the text so far and the channel.

@@ -65,6 +65,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts (it sets an environment variable).
+    ia_native::settle_thread_count();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("IPFS_ACCELERATE_LOG")

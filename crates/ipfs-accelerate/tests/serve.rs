@@ -308,12 +308,25 @@ fn openai_routes_answer_as_the_cli_and_every_bad_request_is_a_json_error() {
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
     }
 
-    // Concurrent generations (equal prompt lengths may share decode steps): each says what it
-    // says alone.
-    let concurrent: Vec<_> = (0..4)
-        .map(|_| {
-            let (base, agent, body) = (s.base.clone(), s.agent.clone(), request.to_string());
+    // Concurrent generations with prompts of different lengths, arriving one after another
+    // (each joins the running batch between two decode steps): each says what it says alone.
+    let prompts = [
+        "Hello there",
+        "Once upon a time in a land far away",
+        "Hi",
+        "The quick brown fox",
+    ];
+    let alone: Vec<String> = prompts.iter().map(|p| cli_greedy(&qwen, p, 12)).collect();
+    let concurrent: Vec<_> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, prompt)| {
+            let (base, agent) = (s.base.clone(), s.agent.clone());
+            let body = json!({"model": qwen, "prompt": prompt, "max_tokens": 12,
+                              "temperature": 0})
+            .to_string();
             std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(3 * i as u64));
                 let mut r = agent
                     .post(format!("{base}/v1/completions"))
                     .header("Content-Type", "application/json")
@@ -326,8 +339,8 @@ fn openai_routes_answer_as_the_cli_and_every_bad_request_is_a_json_error() {
             })
         })
         .collect();
-    for c in concurrent {
-        assert_eq!(c.join().unwrap(), want);
+    for (c, want) in concurrent.into_iter().zip(&alone) {
+        assert_eq!(&c.join().unwrap(), want);
     }
 
     // Chat: the template renders the prompt; the greedy reply is generate's on that prompt.

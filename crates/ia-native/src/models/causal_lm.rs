@@ -1,22 +1,16 @@
-//! Decoder-only text generation (LLaMA, Qwen2, Qwen3, OPT) behind `TextGenerator`, each with
-//! its KV cache: the prompt is run once (prefill), then one token per step.
+//! Decoder-only text generation behind `TextGenerator`: LLaMA, Mistral, Qwen2 and Qwen3 go to
+//! [`decoder`](super::decoder) (a KV cache per sequence); OPT and GGUF-quantised decoders are
+//! here, each with one KV cache for the batch: the prompt is run once (prefill), then one
+//! token per step.
 
-use super::{opt, parse_config, quantized, LoadContext};
+use super::{decoder, opt, parse_config, quantized, LoadContext};
 use crate::rt;
 use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::{llama, qwen2, qwen3};
 use ia_engine::{EngineError, SessionInfo, TextGenerator};
 use serde_json::Value;
 use std::sync::atomic::Ordering;
 
 enum Backbone {
-    Llama {
-        model: llama::Llama,
-        config: Box<llama::Config>,
-        cache: llama::Cache,
-    },
-    Qwen2(qwen2::ModelForCausalLM),
-    Qwen3(qwen3::ModelForCausalLM),
     Opt(opt::Model),
     Quantized(quantized::QuantizedBackbone),
 }
@@ -29,7 +23,6 @@ pub struct CausalLm {
     /// Tokens in the KV cache.
     position: usize,
     device: Device,
-    dtype: DType,
     /// Bytes of the weights as loaded (quantised blocks included).
     weight_bytes: u64,
 }
@@ -55,9 +48,11 @@ impl CausalLm {
                 max_context: q.max_context,
                 position: 0,
                 device: ctx.device,
-                dtype: ctx.dtype,
                 weight_bytes: q.weight_bytes,
             }));
+        }
+        if matches!(model_type.as_str(), "llama" | "mistral" | "qwen2" | "qwen3") {
+            return decoder::Decoder::load(ctx);
         }
         let (vb, params) = crate::load_var_builder(ctx.source, ctx.dtype, &ctx.device)?;
         let build = |e: candle_core::Error| {
@@ -67,37 +62,6 @@ impl CausalLm {
             ))
         };
         let (backbone, max_context) = match model_type.as_str() {
-            "llama" | "mistral" => {
-                let cfg: llama::LlamaConfig = parse_config(ctx.source, "LLaMA")?;
-                let config = cfg.into_config(false);
-                let model = llama::Llama::load(vb, &config).map_err(build)?;
-                let cache = llama::Cache::new(true, ctx.dtype, &config, &ctx.device).map_err(rt)?;
-                let max = config.max_position_embeddings;
-                (
-                    Backbone::Llama {
-                        model,
-                        config: Box::new(config),
-                        cache,
-                    },
-                    max,
-                )
-            }
-            "qwen2" => {
-                let cfg: qwen2::Config = parse_config(ctx.source, "Qwen2")?;
-                let max = cfg.max_position_embeddings;
-                (
-                    Backbone::Qwen2(qwen2::ModelForCausalLM::new(&cfg, vb).map_err(build)?),
-                    max,
-                )
-            }
-            "qwen3" => {
-                let cfg: qwen3::Config = parse_config(ctx.source, "Qwen3")?;
-                let max = cfg.max_position_embeddings;
-                (
-                    Backbone::Qwen3(qwen3::ModelForCausalLM::new(&cfg, vb).map_err(build)?),
-                    max,
-                )
-            }
             "opt" => {
                 let cfg: opt::Config = parse_config(ctx.source, "OPT")?;
                 let model = opt::Model::load(vb, &cfg).map_err(build)?;
@@ -121,7 +85,6 @@ impl CausalLm {
             max_context,
             position: 0,
             device: ctx.device,
-            dtype: ctx.dtype,
             weight_bytes,
         }))
     }
@@ -129,11 +92,6 @@ impl CausalLm {
     fn clear(&mut self) -> Result<(), EngineError> {
         self.position = 0;
         match &mut self.backbone {
-            Backbone::Llama { config, cache, .. } => {
-                *cache = llama::Cache::new(true, self.dtype, config, &self.device).map_err(rt)?;
-            }
-            Backbone::Qwen2(m) => m.clear_kv_cache(),
-            Backbone::Qwen3(m) => m.clear_kv_cache(),
             Backbone::Opt(m) => m.clear_kv_cache(),
             Backbone::Quantized(m) => m.clear_kv_cache(),
         }
@@ -155,9 +113,6 @@ impl CausalLm {
         let ids = Tensor::from_vec(flat, (rows.len(), len), &self.device).map_err(rt)?;
         let pos = self.position;
         let logits = match &mut self.backbone {
-            Backbone::Llama { model, cache, .. } => model.forward(&ids, pos, cache),
-            Backbone::Qwen2(m) => m.forward(&ids, pos),
-            Backbone::Qwen3(m) => m.forward(&ids, pos),
             Backbone::Opt(m) => m.forward(&ids).and_then(|l| opt::last_logits(&l)),
             Backbone::Quantized(m) => m.forward(&ids, pos),
         }

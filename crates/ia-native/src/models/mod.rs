@@ -5,6 +5,7 @@ pub mod bert;
 pub mod causal_lm;
 pub mod clap;
 pub mod clip;
+pub mod decoder;
 pub mod detr;
 pub mod opt;
 pub mod quantized;

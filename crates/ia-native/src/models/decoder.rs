@@ -1,0 +1,674 @@
+//! LLaMA-family decoders (LLaMA, Mistral, Qwen2, Qwen3) with one KV cache per sequence.
+//!
+//! transformers' `modeling_llama`, `modeling_qwen2` and `modeling_qwen3` differ only in their
+//! biases (Qwen2's q/k/v projections, LLaMA's `attention_bias` and `mlp_bias`) and in Qwen3's
+//! per-head RMSNorm of queries and keys, so one file holds the four, with the checkpoints'
+//! tensor names. Every forward takes a ragged batch: the new tokens of several sequences, each
+//! with its own length and position, flattened into one `[tokens, hidden]` matrix that goes
+//! through the projections and the MLP together; only attention runs per sequence, over that
+//! sequence's own cache. That is what lets a server start and stop sequences between decode
+//! steps (continuous batching, [`SequencePool`]) without padding or recomputing anything.
+
+use super::LoadContext;
+use crate::rt;
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{kv_cache::KvCache, Activation, Embedding, Linear, RmsNorm, VarBuilder};
+use ia_engine::generation::{SequenceId, SequencePool};
+use ia_engine::{EngineError, SessionInfo, TextGenerator};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::HashMap;
+
+/// config.json of LLaMA, Mistral, Qwen2 and Qwen3 checkpoints, as transformers writes it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// Qwen3 and recent LLaMA configs name it; otherwise hidden_size / heads.
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    /// transformers < 5 name it `rope_scaling`, 5 `rope_parameters`.
+    #[serde(default)]
+    pub rope_scaling: Option<RopeScaling>,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(default)]
+    pub tie_word_embeddings: Option<bool>,
+    #[serde(default = "default_act")]
+    pub hidden_act: Activation,
+    #[serde(default)]
+    pub use_sliding_window: bool,
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+}
+
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+
+fn default_act() -> Activation {
+    Activation::Silu
+}
+
+/// Rotary frequency scaling; only LLaMA 3's is implemented.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RopeScaling {
+    #[serde(alias = "type", default)]
+    pub rope_type: Option<String>,
+    #[serde(default)]
+    pub factor: Option<f64>,
+    #[serde(default)]
+    pub low_freq_factor: Option<f64>,
+    #[serde(default)]
+    pub high_freq_factor: Option<f64>,
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<usize>,
+}
+
+impl Config {
+    /// Reads config.json (bridging transformers versions) and refuses what is not implemented.
+    pub fn from_json(config: &Value) -> Result<Self, EngineError> {
+        let mut json = super::normalized_config(config);
+        if let Some(obj) = json.as_object_mut() {
+            if obj.get("rope_scaling").is_none_or(Value::is_null) {
+                if let Some(p) = obj.get("rope_parameters").cloned() {
+                    obj.insert("rope_scaling".into(), p);
+                }
+            }
+        }
+        let cfg: Config = serde_json::from_value(json).map_err(|e| {
+            EngineError::InvalidModel(format!(
+                "config.json does not describe a LLaMA-family decoder: {e}"
+            ))
+        })?;
+        if cfg.use_sliding_window {
+            return Err(EngineError::Unsupported(
+                "sliding-window attention (use_sliding_window: true) is not implemented".into(),
+            ));
+        }
+        let heads = cfg.num_attention_heads;
+        let kv_heads = cfg.kv_heads();
+        if heads == 0
+            || kv_heads == 0
+            || !heads.is_multiple_of(kv_heads)
+            || !cfg.head_dim().is_multiple_of(2)
+        {
+            return Err(EngineError::InvalidModel(format!(
+                "{heads} attention heads, {kv_heads} key/value heads and head size {} do not make grouped-query attention",
+                cfg.head_dim()
+            )));
+        }
+        match cfg
+            .rope_scaling
+            .as_ref()
+            .and_then(|r| r.rope_type.as_deref())
+        {
+            None | Some("default") | Some("llama3") => Ok(cfg),
+            Some(other) => Err(EngineError::Unsupported(format!(
+                "rope scaling '{other}' is not implemented (default and llama3 are)"
+            ))),
+        }
+    }
+
+    fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// Tokens a sequence may hold: Mistral's window bounds it, so that attention over the
+    /// whole cache is exactly what the checkpoint computes.
+    pub fn max_context(&self) -> usize {
+        match (self.model_type.as_str(), self.sliding_window) {
+            ("mistral", Some(w)) if w > 0 => self.max_position_embeddings.min(w),
+            _ => self.max_position_embeddings,
+        }
+    }
+
+    /// Untied unless the config says otherwise, except Qwen's (transformers' defaults for the
+    /// checkpoints that omit the key).
+    fn tied_head(&self) -> bool {
+        self.tie_word_embeddings
+            .unwrap_or(!matches!(self.model_type.as_str(), "llama" | "mistral"))
+    }
+
+    /// Per-pair inverse frequencies of the rotary embedding (LLaMA 3 scaling applied).
+    fn inverse_frequencies(&self) -> Vec<f32> {
+        let dim = self.head_dim();
+        let base: Vec<f32> = (0..dim)
+            .step_by(2)
+            .map(|i| 1.0 / self.rope_theta.powf(i as f64 / dim as f64) as f32)
+            .collect();
+        let Some(s) = self
+            .rope_scaling
+            .as_ref()
+            .filter(|r| r.rope_type.as_deref() == Some("llama3"))
+        else {
+            return base;
+        };
+        let factor = s.factor.unwrap_or(8.0) as f32;
+        let low = s.low_freq_factor.unwrap_or(1.0) as f32;
+        let high = s.high_freq_factor.unwrap_or(4.0) as f32;
+        let original = s.original_max_position_embeddings.unwrap_or(8192) as f32;
+        let (low_wavelen, high_wavelen) = (original / low, original / high);
+        base.into_iter()
+            .map(|freq| {
+                let wavelen = 2.0 * std::f32::consts::PI / freq;
+                if wavelen < high_wavelen {
+                    freq
+                } else if wavelen > low_wavelen {
+                    freq / factor
+                } else {
+                    let smooth = (original / wavelen - low) / (high - low);
+                    (1.0 - smooth) * freq / factor + smooth * freq
+                }
+            })
+            .collect()
+    }
+}
+
+fn linear(input: usize, output: usize, bias: bool, vb: VarBuilder) -> candle_core::Result<Linear> {
+    if bias {
+        candle_nn::linear(input, output, vb)
+    } else {
+        candle_nn::linear_no_bias(input, output, vb)
+    }
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    /// Qwen3 only.
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+        let (h, kv, d) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
+        let qkv_bias = cfg.attention_bias || cfg.model_type == "qwen2";
+        let qwen3 = cfg.model_type == "qwen3";
+        let norm = |name: &str| -> candle_core::Result<Option<RmsNorm>> {
+            qwen3
+                .then(|| candle_nn::rms_norm(d, cfg.rms_norm_eps, vb.pp(name)))
+                .transpose()
+        };
+        Ok(Self {
+            q_proj: linear(cfg.hidden_size, h * d, qkv_bias, vb.pp("q_proj"))?,
+            k_proj: linear(cfg.hidden_size, kv * d, qkv_bias, vb.pp("k_proj"))?,
+            v_proj: linear(cfg.hidden_size, kv * d, qkv_bias, vb.pp("v_proj"))?,
+            o_proj: linear(h * d, cfg.hidden_size, cfg.attention_bias, vb.pp("o_proj"))?,
+            q_norm: norm("q_norm")?,
+            k_norm: norm("k_norm")?,
+            heads: h,
+            kv_heads: kv,
+            head_dim: d,
+        })
+    }
+
+    /// `x`: [tokens, hidden] of the ragged batch `rows`; each row's keys and values join its
+    /// cache of this layer, and its queries attend to that cache.
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        rows: &[Row],
+        caches: &mut [&mut KvCache],
+    ) -> candle_core::Result<Tensor> {
+        let tokens = x.dim(0)?;
+        let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
+        let mut q = self.q_proj.forward(x)?.reshape((tokens, h, d))?;
+        let mut k = self.k_proj.forward(x)?.reshape((tokens, kv, d))?;
+        let v = self.v_proj.forward(x)?.reshape((tokens, kv, d))?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let q = rope.apply(&q)?;
+        let k = rope.apply(&k)?;
+        let mut outputs = Vec::with_capacity(rows.len());
+        for (row, cache) in rows.iter().zip(caches.iter_mut()) {
+            let (keys, values) = cache.append(
+                &k.narrow(0, row.offset, row.len)?,
+                &v.narrow(0, row.offset, row.len)?,
+            )?;
+            outputs.push(self.attend(&q.narrow(0, row.offset, row.len)?, &keys, &values, row)?);
+        }
+        let out = if outputs.len() == 1 {
+            outputs.remove(0)
+        } else {
+            Tensor::cat(&outputs, 0)?
+        };
+        self.o_proj.forward(&out)
+    }
+
+    /// One sequence: `q` [new, heads, d]; `keys`, `values` [cached + new, kv_heads, d].
+    /// Query heads are grouped under their key/value head, so keys are never repeated.
+    fn attend(
+        &self,
+        q: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        row: &Row,
+    ) -> candle_core::Result<Tensor> {
+        let (m, h, kv, d) = (row.len, self.heads, self.kv_heads, self.head_dim);
+        let group = h / kv;
+        let n = keys.dim(0)?;
+        let q = (q
+            .reshape((m, kv, group, d))?
+            .permute((1, 2, 0, 3))?
+            .contiguous()?
+            * (1.0 / (d as f64).sqrt()))?
+        .reshape((kv, group * m, d))?;
+        let scores = q.matmul(&keys.transpose(0, 1)?.transpose(1, 2)?)?;
+        let scores = if m > 1 {
+            // Causal: new token i (at position past + i) sees keys 0..=past + i.
+            let past = n - m;
+            let mask: Vec<f32> = (0..m)
+                .flat_map(|i| {
+                    (0..n).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (m, n), q.device())?.to_dtype(scores.dtype())?;
+            scores
+                .reshape((kv, group, m, n))?
+                .broadcast_add(&mask)?
+                .reshape((kv, group * m, n))?
+        } else {
+            scores
+        };
+        // Softmax in f32, as transformers computes it for half precisions.
+        let dtype = scores.dtype();
+        let probs =
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
+        probs
+            .matmul(&values.transpose(0, 1)?)?
+            .reshape((kv, group, m, d))?
+            .permute((2, 0, 1, 3))?
+            .contiguous()?
+            .reshape((m, h * d))
+    }
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    fn load(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+        let (w, i, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        Ok(Self {
+            gate_proj: linear(w, i, b, vb.pp("gate_proj"))?,
+            up_proj: linear(w, i, b, vb.pp("up_proj"))?,
+            down_proj: linear(i, w, b, vb.pp("down_proj"))?,
+            act: cfg.hidden_act,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let gate = self.gate_proj.forward(x)?.apply(&self.act)?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    }
+}
+
+struct Layer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// The rotary tables gathered at the ragged batch's positions: [tokens, 1, d/2].
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    /// x: [tokens, heads, d]; each token is rotated by its own position.
+    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (t, h, d) = x.dims3()?;
+        candle_nn::rotary_emb::rope(
+            &x.reshape((t, h, 1, d))?.contiguous()?,
+            &self.cos,
+            &self.sin,
+        )?
+        .reshape((t, h, d))
+    }
+}
+
+/// One sequence's part of a ragged batch: rows `offset..offset + len` of the flattened tokens.
+struct Row {
+    offset: usize,
+    len: usize,
+}
+
+/// A sequence's caches, one per layer, and the tokens they hold.
+struct SequenceCache {
+    layers: Vec<KvCache>,
+    len: usize,
+}
+
+pub struct Decoder {
+    embed_tokens: Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    /// [max positions, d/2] cos and sin of every position.
+    cos: Tensor,
+    sin: Tensor,
+    sequences: HashMap<SequenceId, SequenceCache>,
+    next_id: u64,
+    /// The sequences of the `TextGenerator` interface's current batch, in order.
+    batch: Vec<SequenceId>,
+    max_context: usize,
+    eos: Vec<u32>,
+    info: SessionInfo,
+    device: Device,
+    weight_bytes: u64,
+}
+
+/// First cache size of a sequence (positions); it grows by this much when full.
+const CACHE_CHUNK: usize = 256;
+
+impl Decoder {
+    pub fn load(ctx: LoadContext<'_>) -> Result<Box<dyn TextGenerator>, EngineError> {
+        let cfg = Config::from_json(ctx.source.config())?;
+        let arch = cfg.model_type.clone();
+        let ((embed_tokens, layers, norm, lm_head), mut info) =
+            ctx.build(&arch, &["logits"], |vb| {
+                let m = vb.pp("model");
+                let embed_tokens =
+                    candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
+                let layers = (0..cfg.num_hidden_layers)
+                    .map(|i| {
+                        let l = m.pp(format!("layers.{i}"));
+                        Ok(Layer {
+                            input_layernorm: candle_nn::rms_norm(
+                                cfg.hidden_size,
+                                cfg.rms_norm_eps,
+                                l.pp("input_layernorm"),
+                            )?,
+                            self_attn: Attention::load(&cfg, l.pp("self_attn"))?,
+                            post_attention_layernorm: candle_nn::rms_norm(
+                                cfg.hidden_size,
+                                cfg.rms_norm_eps,
+                                l.pp("post_attention_layernorm"),
+                            )?,
+                            mlp: Mlp::load(&cfg, l.pp("mlp"))?,
+                        })
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                let norm = candle_nn::rms_norm(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
+                let lm_head = if cfg.tied_head() {
+                    Linear::new(embed_tokens.embeddings().clone(), None)
+                } else {
+                    candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
+                };
+                Ok((embed_tokens, layers, norm, lm_head))
+            })?;
+        info.output_names = vec!["logits".into()];
+        let max_context = cfg.max_context();
+        let inv = cfg.inverse_frequencies();
+        let half = inv.len();
+        let angles: Vec<f32> = (0..max_context)
+            .flat_map(|p| inv.iter().map(move |f| p as f32 * f))
+            .collect();
+        let angles = Tensor::from_vec(angles, (max_context, half), &ctx.device).map_err(rt)?;
+        let cos = angles
+            .cos()
+            .and_then(|t| t.to_dtype(ctx.dtype))
+            .map_err(rt)?;
+        let sin = angles
+            .sin()
+            .and_then(|t| t.to_dtype(ctx.dtype))
+            .map_err(rt)?;
+        let weight_bytes = info.parameter_count * ctx.dtype.size_in_bytes() as u64;
+        Ok(Box::new(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            cos,
+            sin,
+            sequences: HashMap::new(),
+            next_id: 0,
+            batch: Vec::new(),
+            max_context,
+            eos: ctx.source.eos_tokens(),
+            info,
+            device: ctx.device,
+            weight_bytes,
+        }))
+    }
+
+    /// Runs the new tokens of each listed sequence together; returns each one's logits after
+    /// its last new token. A failure drops the listed sequences, whose caches may be half
+    /// written.
+    fn forward(&mut self, work: &[(SequenceId, &[u32])]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let mut rows = Vec::with_capacity(work.len());
+        let mut positions = Vec::new();
+        let mut offset = 0;
+        for (id, tokens) in work {
+            let cache = self.sequences.get(id).ok_or_else(|| {
+                EngineError::InvalidInput(format!("sequence {} is not running", id.0))
+            })?;
+            if tokens.is_empty() {
+                return Err(EngineError::InvalidInput(
+                    "a sequence step has no tokens".into(),
+                ));
+            }
+            if cache.len + tokens.len() > self.max_context {
+                return Err(EngineError::InvalidInput(format!(
+                    "{} tokens exceed the model's context of {}",
+                    cache.len + tokens.len(),
+                    self.max_context
+                )));
+            }
+            positions.extend((cache.len..cache.len + tokens.len()).map(|p| p as u32));
+            rows.push(Row {
+                offset,
+                len: tokens.len(),
+            });
+            offset += tokens.len();
+        }
+        let result = self.run(work, &rows, positions);
+        match result {
+            Ok(logits) => {
+                for ((id, tokens), _) in work.iter().zip(&rows) {
+                    if let Some(c) = self.sequences.get_mut(id) {
+                        c.len += tokens.len();
+                    }
+                }
+                Ok(logits)
+            }
+            Err(e) => {
+                for (id, _) in work {
+                    self.sequences.remove(id);
+                }
+                Err(rt(e))
+            }
+        }
+    }
+
+    fn run(
+        &mut self,
+        work: &[(SequenceId, &[u32])],
+        rows: &[Row],
+        positions: Vec<u32>,
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        let tokens: Vec<u32> = work.iter().flat_map(|(_, t)| t.iter().copied()).collect();
+        let count = tokens.len();
+        let ids = Tensor::from_vec(tokens, count, &self.device)?;
+        let at = Tensor::from_vec(positions, count, &self.device)?;
+        let half = self.cos.dim(1)?;
+        let rope = Rope {
+            cos: self.cos.index_select(&at, 0)?.reshape((count, 1, half))?,
+            sin: self.sin.index_select(&at, 0)?.reshape((count, 1, half))?,
+        };
+        let mut x = self.embed_tokens.forward(&ids)?;
+        // Each sequence's cache, in the order of `work` (ids are distinct: checked by callers).
+        let mut caches: Vec<&mut SequenceCache> = Vec::with_capacity(work.len());
+        {
+            let mut by_id: HashMap<SequenceId, &mut SequenceCache> =
+                self.sequences.iter_mut().map(|(id, c)| (*id, c)).collect();
+            for (id, _) in work {
+                caches.push(by_id.remove(id).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("sequence {} listed twice", id.0))
+                })?);
+            }
+        }
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mut layer_caches: Vec<&mut KvCache> =
+                caches.iter_mut().map(|c| &mut c.layers[l]).collect();
+            let h = layer.input_layernorm.forward(&x)?;
+            let h = layer
+                .self_attn
+                .forward(&h, &rope, rows, &mut layer_caches)?;
+            x = (x + h)?;
+            let h = layer
+                .mlp
+                .forward(&layer.post_attention_layernorm.forward(&x)?)?;
+            x = (x + h)?;
+        }
+        // Only each sequence's last token needs logits.
+        let last: Vec<u32> = rows.iter().map(|r| (r.offset + r.len - 1) as u32).collect();
+        let last = Tensor::from_vec(last, rows.len(), &self.device)?;
+        let x = self.norm.forward(&x.index_select(&last, 0)?)?;
+        let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
+        logits.to_vec2::<f32>()
+    }
+
+    fn new_sequence(&mut self) -> SequenceId {
+        let id = SequenceId(self.next_id);
+        self.next_id += 1;
+        let cache = SequenceCache {
+            layers: (0..self.layers.len())
+                .map(|_| KvCache::new(0, CACHE_CHUNK.min(self.max_context)))
+                .collect(),
+            len: 0,
+        };
+        self.sequences.insert(id, cache);
+        id
+    }
+}
+
+impl SequencePool for Decoder {
+    fn run(
+        &mut self,
+        start: &[&[u32]],
+        steps: &[(SequenceId, u32)],
+    ) -> Result<(Vec<(SequenceId, Vec<f32>)>, Vec<Vec<f32>>), EngineError> {
+        let ids: Vec<SequenceId> = start.iter().map(|_| self.new_sequence()).collect();
+        let tokens: Vec<[u32; 1]> = steps.iter().map(|(_, t)| [*t]).collect();
+        let work: Vec<(SequenceId, &[u32])> = ids
+            .iter()
+            .copied()
+            .zip(start.iter().copied())
+            .chain(
+                steps
+                    .iter()
+                    .zip(&tokens)
+                    .map(|((id, _), t)| (*id, t.as_slice())),
+            )
+            .collect();
+        match self.forward(&work) {
+            Ok(mut logits) => {
+                let stepped = logits.split_off(ids.len());
+                Ok((ids.into_iter().zip(logits).collect(), stepped))
+            }
+            Err(e) => {
+                for id in ids {
+                    self.sequences.remove(&id);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn end(&mut self, id: SequenceId) {
+        self.sequences.remove(&id);
+    }
+}
+
+impl TextGenerator for Decoder {
+    fn info(&self) -> &SessionInfo {
+        &self.info
+    }
+
+    fn prefill(&mut self, prompt: &[u32]) -> Result<Vec<f32>, EngineError> {
+        Ok(self.prefill_batch(&[prompt.to_vec()])?.remove(0))
+    }
+
+    fn step(&mut self, token: u32) -> Result<Vec<f32>, EngineError> {
+        Ok(self.step_batch(&[token])?.remove(0))
+    }
+
+    /// A new batch replaces the previous one (prompts of any lengths).
+    fn prefill_batch(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EngineError> {
+        for id in std::mem::take(&mut self.batch) {
+            self.sequences.remove(&id);
+        }
+        let prompts: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+        let started = SequencePool::start(self, &prompts)?;
+        let (ids, logits) = started.into_iter().unzip();
+        self.batch = ids;
+        Ok(logits)
+    }
+
+    fn step_batch(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
+        if tokens.len() != self.batch.len() {
+            return Err(EngineError::InvalidInput(format!(
+                "{} tokens for a batch of {} sequences",
+                tokens.len(),
+                self.batch.len()
+            )));
+        }
+        let steps: Vec<(SequenceId, u32)> = self
+            .batch
+            .iter()
+            .copied()
+            .zip(tokens.iter().copied())
+            .collect();
+        SequencePool::step(self, &steps)
+    }
+
+    fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    fn eos_tokens(&self) -> Vec<u32> {
+        self.eos.clone()
+    }
+
+    fn weight_bytes(&self) -> Option<u64> {
+        Some(self.weight_bytes)
+    }
+
+    fn sequence_pool(&mut self) -> Option<&mut dyn SequencePool> {
+        Some(self)
+    }
+}
