@@ -11,42 +11,18 @@
 //! usage: overhead --embed-model DIR|HUB_ID --gen-model DIR|HUB_ID|CONFIG.json
 //!        [--tokenizer DIR] [--iterations 200] [--prompt TEXT]
 
+mod common;
+
+use common::open;
 use ia_engine::generation::{generate, GenerateOptions, Sampling};
 use ia_engine::{Engine, Placement, Precision};
-use ia_models::checkpoint::{self, Checkpoint};
-use ia_models::model::Model;
-use ia_models::ModelSource;
 use ia_serve::worker::Batching;
 use ia_serve::{Backend, Options, ServedModel, Server};
 use ia_tasks::{Input, Pipeline, TaskOptions};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::ops::ControlFlow;
-use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn open(name: &str) -> Model {
-    let source = if name.ends_with(".json") {
-        let text = std::fs::read_to_string(name).expect("config file");
-        ModelSource::RandomInit {
-            config: serde_json::from_str(&text).expect("valid config"),
-            seed: 0,
-        }
-    } else if Path::new(name).exists() {
-        ModelSource::Checkpoint(Checkpoint::open(Path::new(name)).expect("checkpoint"))
-    } else if let Ok(ckpt) = checkpoint::resolve(name) {
-        ModelSource::Checkpoint(ckpt)
-    } else {
-        let entry =
-            ia_models::catalog::lookup(name).expect("a folder, a cached hub id or a catalog key");
-        let config = entry.builtin_config(false).expect("a built-in config");
-        ModelSource::RandomInit {
-            config: serde_json::from_str(config).expect("valid config"),
-            seed: 0,
-        }
-    };
-    Model::resolve(name, source).expect("classified")
-}
 
 fn p50(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -112,23 +88,7 @@ fn main() {
         },
         max_body_bytes: 1 << 20,
     };
-    let server = Server::new(served, options).expect("server");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let base = format!("http://{}", listener.local_addr().expect("address"));
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                server
-                    .serve(listener, std::future::pending())
-                    .await
-                    .expect("serve")
-            })
-    });
+    let base = common::start(Server::new(served, options).expect("server"));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(600)))
         .build()
