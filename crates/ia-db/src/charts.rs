@@ -22,6 +22,15 @@ pub struct ChartFilter {
     pub platform: Option<String>,
     pub precision: Option<String>,
     pub run: Option<i64>,
+    /// Model class (bert, llama, ...).
+    pub class: Option<String>,
+    pub engine: Option<String>,
+    pub batch_size: Option<i32>,
+    /// Results created at or after / before this time (`YYYY-MM-DD[ HH:MM[:SS]]`, UTC).
+    pub since: Option<String>,
+    pub until: Option<String>,
+    /// Hardware fingerprint (or its start).
+    pub fingerprint: Option<String>,
 }
 
 impl ChartFilter {
@@ -34,6 +43,12 @@ impl ChartFilter {
             ("--platform", self.platform.clone()),
             ("--precision", self.precision.clone()),
             ("--run", self.run.map(|r| r.to_string())),
+            ("--class", self.class.clone()),
+            ("--engine", self.engine.clone()),
+            ("--batch-size", self.batch_size.map(|b| b.to_string())),
+            ("--since", self.since.clone()),
+            ("--until", self.until.clone()),
+            ("--fingerprint", self.fingerprint.clone()),
         ] {
             if let Some(v) = v {
                 parts.push(format!("{flag} {v}"));
@@ -62,6 +77,30 @@ impl ChartFilter {
         if let Some(r) = self.run {
             parts.push("p.run_id = ?".into());
             params.push(Value::BigInt(r));
+        }
+        if let Some(c) = &self.class {
+            parts.push("m.class = ?".into());
+            params.push(Value::Text(c.clone()));
+        }
+        if let Some(e) = &self.engine {
+            parts.push("p.engine = ?".into());
+            params.push(Value::Text(e.clone()));
+        }
+        if let Some(b) = self.batch_size {
+            parts.push("p.batch_size = ?".into());
+            params.push(Value::Int(b));
+        }
+        if let Some(t) = &self.since {
+            parts.push("p.created_at >= CAST(? AS TIMESTAMP)".into());
+            params.push(Value::Text(t.clone()));
+        }
+        if let Some(t) = &self.until {
+            parts.push("p.created_at < CAST(? AS TIMESTAMP)".into());
+            params.push(Value::Text(t.clone()));
+        }
+        if let Some(f) = &self.fingerprint {
+            parts.push("starts_with(h.fingerprint, ?)".into());
+            params.push(Value::Text(f.clone()));
         }
         (parts.join(" AND "), params)
     }

@@ -7,6 +7,7 @@
 //! * [`query`]: arbitrary SQL and the table/csv/json/md/html renderings.
 //! * [`report`]: the performance and compatibility reports; [`export`]: parquet/csv dumps.
 
+pub mod api;
 pub mod charts;
 pub mod export;
 pub mod legacy;
@@ -15,6 +16,7 @@ pub mod query;
 pub mod records;
 pub mod report;
 pub mod schema;
+pub mod submissions;
 pub mod trend;
 
 use duckdb::{params, AccessMode, Config, Connection, OptionalExt};
@@ -287,61 +289,20 @@ impl Store {
         compat: &CompatibilityRecord,
         web: Option<&WebRecord>,
     ) -> Result<i64> {
-        let model_key = format!(
-            "model\0{}\0{}\0{}\0{}",
-            model.model_name, model.source, model.weights, model.parameter_count
-        );
-        let hardware_key = format!(
-            "hardware\0{}\0{}\0{}",
-            hardware.fingerprint, hardware.platform, hardware.device
-        );
         let tx = self.conn.transaction()?;
-        let model_id = match self.known_ids.get(&model_key) {
-            Some(id) => *id,
-            None => upsert_model(&tx, model)?,
-        };
-        let hardware_id = match self.known_ids.get(&hardware_key) {
-            Some(id) => *id,
-            None => upsert_hardware(&tx, hardware)?,
-        };
-        // The schema has no foreign keys (DuckDB could not purge runs with them): the
-        // reference to the run is checked here, inside the transaction.
-        let runs: i64 = tx
-            .prepare_cached("SELECT count(*) FROM runs WHERE run_id = ?")?
-            .query_row(params![run_id], |r| r.get(0))?;
-        if runs == 0 {
-            return Err(DbError::Sql(format!("run {run_id} is not in the store")));
-        }
-        let result_id = records::insert_performance(&tx, run_id, model_id, hardware_id, perf)?;
-        if !samples_ms.is_empty() {
-            let mut app = tx.appender("raw_samples")?;
-            for (i, s) in samples_ms.iter().enumerate() {
-                app.append_row(params![result_id, i as i64, *s])?;
-            }
-            app.flush()?;
-        }
-        if let Some(w) = web {
-            records::insert_web(&tx, result_id, w)?;
-        }
-        tx.prepare_cached(
-            "INSERT INTO compatibility_results
-               (run_id, model_id, hardware_id, platform, engine, precision, status, error, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",
-        )?
-        .execute(params![
-                run_id,
-                model_id,
-                hardware_id,
-                compat.platform,
-                compat.engine,
-                compat.precision,
-                compat.status,
-                compat.error
-            ],
+        let (result_id, ids) = insert_combination(
+            &tx,
+            &self.known_ids,
+            run_id,
+            model,
+            hardware,
+            perf,
+            samples_ms,
+            compat,
+            web,
         )?;
         tx.commit()?;
-        self.known_ids.insert(model_key, model_id);
-        self.known_ids.insert(hardware_key, hardware_id);
+        self.known_ids.extend(ids);
         Ok(result_id)
     }
 
@@ -579,4 +540,74 @@ fn upsert_hardware(tx: &Connection, h: &HardwareRecord) -> Result<i64> {
         ],
         |r| r.get(0),
     )?)
+}
+
+/// Writes one combination inside the caller's transaction; returns its result id and the
+/// model and hardware ids to remember once the transaction commits.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn insert_combination(
+    tx: &Connection,
+    known_ids: &std::collections::HashMap<String, i64>,
+    run_id: i64,
+    model: &ModelRecord,
+    hardware: &HardwareRecord,
+    perf: &PerformanceRecord,
+    samples_ms: &[f64],
+    compat: &CompatibilityRecord,
+    web: Option<&WebRecord>,
+) -> Result<(i64, [(String, i64); 2])> {
+    let model_key = format!(
+        "model\0{}\0{}\0{}\0{}",
+        model.model_name, model.source, model.weights, model.parameter_count
+    );
+    let hardware_key = format!(
+        "hardware\0{}\0{}\0{}",
+        hardware.fingerprint, hardware.platform, hardware.device
+    );
+    let model_id = match known_ids.get(&model_key) {
+        Some(id) => *id,
+        None => upsert_model(tx, model)?,
+    };
+    let hardware_id = match known_ids.get(&hardware_key) {
+        Some(id) => *id,
+        None => upsert_hardware(tx, hardware)?,
+    };
+    // The schema has no foreign keys (DuckDB could not purge runs with them): the
+    // reference to the run is checked here, inside the transaction.
+    let runs: i64 = tx
+        .prepare_cached("SELECT count(*) FROM runs WHERE run_id = ?")?
+        .query_row(params![run_id], |r| r.get(0))?;
+    if runs == 0 {
+        return Err(DbError::Sql(format!("run {run_id} is not in the store")));
+    }
+    let result_id = records::insert_performance(tx, run_id, model_id, hardware_id, perf)?;
+    if !samples_ms.is_empty() {
+        let mut app = tx.appender("raw_samples")?;
+        for (i, s) in samples_ms.iter().enumerate() {
+            app.append_row(params![result_id, i as i64, *s])?;
+        }
+        app.flush()?;
+    }
+    if let Some(w) = web {
+        records::insert_web(tx, result_id, w)?;
+    }
+    tx.prepare_cached(
+        "INSERT INTO compatibility_results
+           (run_id, model_id, hardware_id, platform, engine, precision, status, error, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",
+    )?
+    .execute(params![
+        run_id,
+        model_id,
+        hardware_id,
+        compat.platform,
+        compat.engine,
+        compat.precision,
+        compat.status,
+        compat.error
+    ])?;
+    Ok((
+        result_id,
+        [(model_key, model_id), (hardware_key, hardware_id)],
+    ))
 }

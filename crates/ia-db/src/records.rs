@@ -3,7 +3,7 @@
 
 use crate::Result;
 use duckdb::{params_from_iter, Connection, ToSql};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Declares a record whose fields are a table's columns, each named once: the struct, its
 /// column names in order (`COLUMNS`, which the INSERT and the store's schema check use) and
@@ -60,7 +60,8 @@ fn insert_sql(table: &str, keys: &[&str], columns: &[&str], extra: Option<(&str,
     )
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RunRecord {
     pub git_commit: Option<String>,
     pub command_line: String,
@@ -68,7 +69,8 @@ pub struct RunRecord {
     pub tool_version: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelRecord {
     pub model_name: String,
     pub class: String,
@@ -81,7 +83,8 @@ pub struct ModelRecord {
     pub weights: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HardwareRecord {
     pub fingerprint: String,
     pub platform: String,
@@ -94,7 +97,8 @@ pub struct HardwareRecord {
 table_record! {
 /// One measured (or failed) combination (table `performance_results`). Measurement fields are
 /// None when it did not run.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PerformanceRecord {
     pub engine: String,
     pub engine_version: String,
@@ -144,7 +148,8 @@ pub struct PerformanceRecord {
 
 table_record! {
 /// How a browser result was obtained (table `web_results`).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WebRecord {
     pub browser: String,
     pub browser_version: String,
@@ -217,7 +222,8 @@ pub(crate) fn insert_calibration(
     Ok(())
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CompatibilityRecord {
     pub platform: String,
     pub engine: String,

@@ -5,10 +5,10 @@ use crate::{DbError, Result};
 use duckdb::Connection;
 use std::path::Path;
 
-pub const CURRENT_VERSION: i64 = 9;
+pub const CURRENT_VERSION: i64 = 10;
 
 /// Every table of the current schema.
-pub const TABLES: [&str; 12] = [
+pub const TABLES: [&str; 14] = [
     "schema_version",
     "runs",
     "hardware_platforms",
@@ -21,6 +21,8 @@ pub const TABLES: [&str; 12] = [
     "legacy_files",
     "legacy_results",
     "legacy_samples",
+    "api_tokens",
+    "submissions",
 ];
 
 /// MIGRATIONS[i] upgrades from version i to i + 1.
@@ -401,6 +403,36 @@ CREATE TABLE legacy_samples (
     legacy_id  BIGINT NOT NULL,
     iteration  INTEGER NOT NULL,
     latency_ms DOUBLE NOT NULL
+);
+"#,
+    // 10: the results service (`serve --results-only`): the tokens machines submit runs
+    // with (only their SHA-256 is kept) and one row per accepted submission, which names the
+    // token that sent it and makes a retried submission (same idempotency key) store nothing.
+    r#"
+CREATE SEQUENCE seq_token_id START 1;
+CREATE SEQUENCE seq_submission_id START 1;
+CREATE TABLE api_tokens (
+    token_id      BIGINT PRIMARY KEY DEFAULT nextval('seq_token_id'),
+    name          VARCHAR NOT NULL,
+    token_sha256  VARCHAR NOT NULL UNIQUE,
+    -- the token's first characters, for people to tell tokens apart
+    prefix        VARCHAR NOT NULL,
+    -- read | submit (submit also reads)
+    scope         VARCHAR NOT NULL,
+    created_at    TIMESTAMP NOT NULL,
+    expires_at    TIMESTAMP,
+    revoked_at    TIMESTAMP,
+    last_used_at  TIMESTAMP
+);
+CREATE TABLE submissions (
+    submission_id    BIGINT PRIMARY KEY DEFAULT nextval('seq_submission_id'),
+    token_id         BIGINT NOT NULL,
+    idempotency_key  VARCHAR,
+    run_id           BIGINT NOT NULL,
+    results          INTEGER NOT NULL,
+    content_sha256   VARCHAR NOT NULL,
+    received_at      TIMESTAMP NOT NULL,
+    UNIQUE (token_id, idempotency_key)
 );
 "#,
 ];

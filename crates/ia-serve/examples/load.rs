@@ -4,8 +4,10 @@
 //! chunk, as JSON. It stops by itself.
 //!
 //! usage: load --url http://127.0.0.1:8000 [--embed-model M] [--gen-model G] [--clients 32]
-//!        [--seconds 60] [--max-tokens 16] [--key K]
-//! With both models, even clients embed and odd ones generate; with one, all do that.
+//!        [--seconds 60] [--max-tokens 16] [--key K] [--read PATH,PATH...]
+//! With both models, even clients embed and odd ones generate; with one, all do that. With
+//! `--read`, every client GETs the given paths in turn instead (the results service's read
+//! routes, e.g. `/api/results?limit=100,/api/runs`), with `--key` as the token.
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -44,15 +46,19 @@ fn main() {
     let seconds: f64 = flag("--seconds").map_or(60.0, |v| v.parse().expect("--seconds"));
     let max_tokens: usize = flag("--max-tokens").map_or(16, |v| v.parse().expect("--max-tokens"));
     let key = flag("--key");
+    let reads: Vec<String> = flag("--read")
+        .map(|r| r.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
     assert!(
-        embed.is_some() || generate.is_some(),
-        "give --embed-model and/or --gen-model"
+        embed.is_some() || generate.is_some() || !reads.is_empty(),
+        "give --embed-model and/or --gen-model, or --read"
     );
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
     let handles: Vec<_> = (0..clients)
         .map(|i| {
             let kind = match (&embed, &generate) {
+                _ if !reads.is_empty() => ("read", String::new()),
                 (Some(e), Some(g)) => {
                     if i % 2 == 0 {
                         ("embed", e.clone())
@@ -64,7 +70,7 @@ fn main() {
                 (None, Some(g)) => ("generate", g.clone()),
                 (None, None) => unreachable!(),
             };
-            let (url, key) = (url.clone(), key.clone());
+            let (url, key, reads) = (url.clone(), key.clone(), reads.clone());
             std::thread::spawn(move || {
                 let agent: ureq::Agent = ureq::Agent::config_builder()
                     .http_status_as_error(false)
@@ -88,14 +94,24 @@ fn main() {
                                    "stop_token_ids": []}),
                         ),
                     };
-                    let mut req = agent
-                        .post(format!("{url}{path}"))
-                        .header("Content-Type", "application/json");
-                    if let Some(k) = &key {
-                        req = req.header("Authorization", format!("Bearer {k}"));
-                    }
+                    let auth = key.as_ref().map(|k| format!("Bearer {k}"));
                     let t = Instant::now();
-                    match req.send(body.to_string()) {
+                    let sent = if kind.0 == "read" {
+                        let mut req = agent.get(format!("{url}{}", reads[n as usize % reads.len()]));
+                        if let Some(a) = &auth {
+                            req = req.header("Authorization", a);
+                        }
+                        req.call()
+                    } else {
+                        let mut req = agent
+                            .post(format!("{url}{path}"))
+                            .header("Content-Type", "application/json");
+                        if let Some(a) = &auth {
+                            req = req.header("Authorization", a);
+                        }
+                        req.send(body.to_string())
+                    };
+                    match sent {
                         Ok(r) => {
                             let status = r.status().as_u16();
                             *tally.statuses.entry(status).or_default() += 1;

@@ -22,6 +22,14 @@ pub enum ApiError {
     WrongTask { model: String, what: &'static str },
     #[error("missing or invalid API key (send Authorization: Bearer <key>)")]
     Unauthorized,
+    /// A results-service token that is missing, unknown, revoked or expired.
+    #[error("{0}")]
+    TokenRefused(String),
+    /// A valid token without the right to do this.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
     #[error("the request body is larger than the server accepts (serve --max-body-mb)")]
     TooLarge,
     #[error("{0}")]
@@ -58,7 +66,9 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::TokenRefused(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -74,6 +84,9 @@ impl ApiError {
             ApiError::TooLarge => ("invalid_request_error", Some("request_too_large")),
             ApiError::UnknownModel(_) => ("invalid_request_error", Some("model_not_found")),
             ApiError::Unauthorized => ("authentication_error", Some("invalid_api_key")),
+            ApiError::TokenRefused(_) => ("authentication_error", Some("invalid_token")),
+            ApiError::Forbidden(_) => ("permission_error", None),
+            ApiError::NotFound(_) => ("invalid_request_error", Some("not_found")),
             ApiError::Overloaded(_) => ("rate_limit_error", Some("overloaded")),
             ApiError::ShuttingDown => ("service_unavailable", None),
             ApiError::Engine(_) => ("server_error", None),

@@ -15,6 +15,7 @@ pub mod chat;
 pub mod error;
 pub mod metrics;
 mod openai;
+pub mod results;
 mod tasks;
 pub mod worker;
 mod ws;
@@ -102,6 +103,8 @@ pub(crate) struct AppState {
     metrics: Arc<Metrics>,
     shutting_down: AtomicBool,
     in_flight: Arc<Semaphore>,
+    /// The benchmark store behind `/api/*`, when the server keeps one.
+    results: Option<results::ResultsService>,
 }
 
 impl AppState {
@@ -142,6 +145,15 @@ fn now_s() -> u64 {
 impl Server {
     /// Starts one worker per model.
     pub fn new(models: Vec<ServedModel>, options: Options) -> std::io::Result<Self> {
+        Self::with_results(models, options, None)
+    }
+
+    /// Starts one worker per model and, with a results service, the `/api/*` routes.
+    pub fn with_results(
+        models: Vec<ServedModel>,
+        options: Options,
+        results: Option<results::ResultsService>,
+    ) -> std::io::Result<Self> {
         let metrics = Arc::new(Metrics::default());
         let mut served = BTreeMap::new();
         for m in models {
@@ -202,6 +214,7 @@ impl Server {
                 options,
                 metrics,
                 shutting_down: AtomicBool::new(false),
+                results,
             }),
         })
     }
@@ -220,8 +233,15 @@ impl Server {
                 self.state.clone(),
                 guard,
             ));
+        let results = Router::new()
+            .route("/api/results", get(results::results))
+            .route("/api/results/{id}/samples", get(results::samples))
+            .route("/api/runs", get(results::runs).post(results::submit))
+            .route("/api/hardware", get(results::hardware))
+            .route("/api/reports/{kind}", get(results::report));
         Router::new()
             .merge(inference)
+            .merge(results)
             .route("/health", get(health))
             .route("/metrics", get(metrics))
             .route("/api-doc/openapi.json", get(openapi))
@@ -391,6 +411,12 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         openai::chat_completions,
         tasks::transcriptions,
         tasks::run,
+        results::results,
+        results::samples,
+        results::runs,
+        results::submit,
+        results::hardware,
+        results::report,
     )
 )]
 struct ApiDoc;
@@ -434,6 +460,7 @@ mod tests {
             metrics: Arc::new(Metrics::default()),
             shutting_down: AtomicBool::new(false),
             in_flight: Arc::new(Semaphore::new(1)),
+            results: None,
         }
     }
 

@@ -3,10 +3,11 @@
 
 use crate::limits;
 use crate::plan::{resolve_model, PlanOptions};
-use crate::results::{run_record, store_outcome, text_seq_len};
+use crate::results::{combination_records, run_record, text_seq_len};
 use crate::run_store::{JsonOutput, RunStore};
 use crate::target::{Engines, Target};
 use ia_bench::{Combination, Outcome, Protocol, Scenario};
+use ia_db::submissions::{Submission, SubmittedCombination};
 use ia_engine::{LoadVariant, Precision};
 use ia_hardware::{HardwareReport, Platform};
 use ia_models::Model;
@@ -98,6 +99,13 @@ pub struct Args {
     /// Print the results as JSON on stdout instead of the table
     #[arg(long)]
     json: bool,
+    /// Also send the run to this results service (`serve --db-path` elsewhere) when it ends;
+    /// a run it cannot take now is spooled and sent with the next --submit
+    #[arg(long, requires = "token")]
+    submit: Option<String>,
+    /// Token for --submit (`ipfs-accelerate tokens create` on the server's machine)
+    #[arg(long, env = "IPFS_ACCELERATE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 fn parse_browser(s: &str) -> Result<String, String> {
@@ -127,6 +135,9 @@ struct ResultRow {
     #[serde(skip_serializing_if = "Option::is_none")]
     web: Option<ia_browser::WebDetails>,
     result_id: Option<i64>,
+    /// The rows as a results service receives them (with --submit).
+    #[serde(skip)]
+    records: Option<SubmittedCombination>,
 }
 
 /// What runs a combination under the harness: an in-process engine, or the browser page.
@@ -194,6 +205,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         s.end(status)?;
     }
     measured?;
+    if let (Some(url), Some(token)) = (&args.submit, &args.token) {
+        let results: Vec<SubmittedCombination> =
+            rows.iter_mut().filter_map(|r| r.records.take()).collect();
+        if results.is_empty() {
+            eprintln!("nothing to submit: no combination finished");
+        } else {
+            crate::submit::submit(
+                url,
+                token,
+                Submission {
+                    run: run.clone(),
+                    status: status.into(),
+                    results,
+                },
+            )?;
+        }
+    }
 
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -322,18 +350,26 @@ fn measure_all(
             // The signal cut this combination short: what it measured is not a result.
             break;
         }
+        let host = store.map_or_else(crate::results::host_name, |s| s.host().to_string());
+        let records = combination_records(
+            &host,
+            hw,
+            (asked.0, asked.1.clone()),
+            combo,
+            &outcome,
+            web_details.as_ref(),
+        )?;
         let result_id = match store {
             Some(s) => Some(s.write(|store, run_id| {
-                store_outcome(
-                    store,
+                Ok(store.record_combination(
                     run_id,
-                    s.host(),
-                    hw,
-                    (asked.0, asked.1.clone()),
-                    combo,
-                    &outcome,
-                    web_details.as_ref(),
-                )
+                    &records.model,
+                    &records.hardware,
+                    &records.performance,
+                    &records.samples_ms,
+                    &records.compatibility,
+                    records.web.as_ref(),
+                )?)
             })?),
             None => None,
         };
@@ -364,6 +400,7 @@ fn measure_all(
             outcome,
             web: web_details,
             result_id,
+            records: args.submit.is_some().then_some(records),
         });
         if let Some(out) = output {
             out.write(rows)?;

@@ -135,6 +135,7 @@ impl FilterArgs {
             platform: self.platform.clone(),
             precision: self.precision.clone(),
             run: self.run,
+            ..Default::default()
         }
     }
 }

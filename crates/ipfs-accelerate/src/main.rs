@@ -15,12 +15,15 @@ mod models;
 mod plan;
 mod predict;
 mod results;
+mod results_store;
 mod run;
 mod run_store;
 mod runtimes;
 mod select;
 mod serve;
+mod submit;
 mod target;
+mod tokens;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -44,7 +47,7 @@ enum Command {
     /// List the model catalog, or classify a checkpoint's config.json
     Models(models::Args),
     /// Benchmark models on platforms and store the results in DuckDB
-    Bench(bench::Args),
+    Bench(Box<bench::Args>),
     /// Run a model on one input: text, an image or a WAV file (embeddings, labels, zero-shot, transcripts)
     Run(run::Args),
     /// Generate text with a decoder or encoder-decoder model (KV cache, streaming)
@@ -60,8 +63,11 @@ enum Command {
     /// memory estimate), with latency and memory limits
     Select(select::Args),
     /// Serve models over HTTP: OpenAI-compatible routes (embeddings, completions, chat with
-    /// SSE streaming, transcriptions), task routes, WebSocket streaming, Prometheus metrics
+    /// SSE streaming, transcriptions), task routes, WebSocket streaming, Prometheus metrics;
+    /// with --db-path, the results service other machines submit runs to
     Serve(serve::Args),
+    /// Create, list and revoke the tokens machines submit runs to the results service with
+    Tokens(tokens::Args),
 }
 
 fn main() -> ExitCode {
@@ -93,11 +99,12 @@ fn main() -> ExitCode {
         Command::Select(a) => select::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Models(a) => models::run(a),
-        Command::Bench(a) => bench::run(a),
+        Command::Bench(a) => bench::run(*a),
         Command::Run(a) => run::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Runtimes(a) => runtimes::run(a),
         Command::Db(a) => db::run(a),
+        Command::Tokens(a) => tokens::run(a),
     })
     .unwrap_or_else(|panic| Err(anyhow::anyhow!(panic)));
     match result {

@@ -3,6 +3,7 @@
 //! store. `bench` and `db import` both store through [`store_outcome`].
 
 use ia_bench::{Combination, Measurement, Outcome};
+use ia_db::submissions::SubmittedCombination;
 use ia_db::{
     CompatibilityRecord, HardwareRecord, ModelRecord, PerformanceRecord, RunRecord, Store,
     WebRecord,
@@ -73,9 +74,7 @@ fn git_commit() -> Option<String> {
     Some(commit)
 }
 
-/// Stores one combination's outcome. `engine` is (name, version) of the runtime that was
-/// asked to run it (a measured outcome carries its own session info, which wins); `web` is
-/// how a browser result was obtained.
+/// Stores one combination's outcome (the rows of [`combination_records`]); returns its id.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn store_outcome(
     store: &mut Store,
@@ -87,6 +86,30 @@ pub(crate) fn store_outcome(
     outcome: &Outcome,
     web: Option<&ia_browser::WebDetails>,
 ) -> anyhow::Result<i64> {
+    let c = combination_records(host, hw, engine, combo, outcome, web)?;
+    Ok(store.record_combination(
+        run_id,
+        &c.model,
+        &c.hardware,
+        &c.performance,
+        &c.samples_ms,
+        &c.compatibility,
+        c.web.as_ref(),
+    )?)
+}
+
+/// The rows of one combination's outcome, as the store writes them and as a submission to a
+/// results service carries them. `engine` is (name, version) of the runtime that was asked
+/// to run it (a measured outcome carries its own session info, which wins); `web` is how a
+/// browser result was obtained.
+pub(crate) fn combination_records(
+    host: &str,
+    hw: &HardwareReport,
+    engine: (&str, String),
+    combo: &Combination,
+    outcome: &Outcome,
+    web: Option<&ia_browser::WebDetails>,
+) -> anyhow::Result<SubmittedCombination> {
     let m = &combo.model;
     let measured = match outcome {
         Outcome::Measured(meas) => Some(meas.as_ref()),
@@ -138,17 +161,16 @@ pub(crate) fn store_outcome(
         status: outcome.status().into(),
         error,
     };
-    let samples = measured.map(|x| x.samples_ms.as_slice()).unwrap_or(&[]);
+    let samples = measured.map(|x| x.samples_ms.clone()).unwrap_or_default();
     let web = web.map(web_record).transpose()?;
-    Ok(store.record_combination(
-        run_id,
-        &model,
-        &hardware,
-        &perf,
-        samples,
-        &compat,
-        web.as_ref(),
-    )?)
+    Ok(SubmittedCombination {
+        model,
+        hardware,
+        performance: perf,
+        samples_ms: samples,
+        compatibility: compat,
+        web,
+    })
 }
 
 fn web_record(w: &ia_browser::WebDetails) -> anyhow::Result<WebRecord> {

@@ -1,13 +1,16 @@
 //! `ipfs-accelerate serve`: loads the models once on one target and hands them to the server
-//! (`ia-serve`), which answers OpenAI-compatible requests until SIGINT / SIGTERM.
+//! (`ia-serve`), which answers OpenAI-compatible requests until SIGINT / SIGTERM; with
+//! `--db-path` it also runs the results service over that store (`/api/*`).
 
 use crate::interrupt;
 use crate::plan::{resolve_model, PlanOptions};
+use crate::results_store::DuckResults;
 use crate::target::{Engines, Target};
 use anyhow::{bail, Context};
 use ia_engine::{Placement, Precision};
 use ia_models::ModelSource;
 use ia_serve::chat::ChatTemplate;
+use ia_serve::results::ResultsService;
 use ia_serve::worker::Batching;
 use ia_serve::{Backend, Options, ServedModel, Server};
 use ia_tasks::Pipeline;
@@ -19,8 +22,19 @@ use std::time::Duration;
 pub struct Args {
     /// Models to serve (comma-separated): catalog keys, hub ids in the local caches or
     /// checkpoint folders; clients name them as written here
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "results_only")]
     models: Vec<String>,
+    /// Also run the results service over this DuckDB file: read routes under /api and
+    /// `POST /api/runs` for machines with a token (`ipfs-accelerate tokens create`). The
+    /// server becomes the file's single writer
+    #[arg(long)]
+    db_path: Option<PathBuf>,
+    /// Serve results only, no models (needs --db-path)
+    #[arg(long, requires = "db_path")]
+    results_only: bool,
+    /// Read routes answer without a token (submissions always need one)
+    #[arg(long, requires = "db_path")]
+    public_read: bool,
     /// Where the models run: cpu (native engine), onnxruntime[:<platform>] or openvino
     #[arg(long, default_value = "cpu")]
     hardware: Target,
@@ -61,6 +75,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.results_only && !args.models.is_empty() {
+        bail!("--results-only serves no models; drop --models or --results-only");
+    }
     let api_key = match &args.api_key_file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -129,19 +146,46 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         max_body_bytes: (args.max_body_mb as usize) << 20,
     };
     let names: Vec<String> = models.iter().map(|m| m.id.clone()).collect();
-    let server = Server::new(models, options).context("starting the model workers")?;
+    let results = match &args.db_path {
+        Some(path) => {
+            let store = ia_db::Store::open_or_create(path)?;
+            Some(ResultsService::new(
+                Box::new(DuckResults::new(store)),
+                args.public_read,
+            ))
+        }
+        None => None,
+    };
+    let server =
+        Server::with_results(models, options, results).context("starting the model workers")?;
     let listener = std::net::TcpListener::bind(SocketAddr::new(args.host, args.port))
         .with_context(|| format!("binding {}:{}", args.host, args.port))?;
     listener.set_nonblocking(true)?;
     let address = listener.local_addr()?;
     interrupt::cooperate(None);
     interrupt::set_grace(Duration::from_secs(args.shutdown_grace));
-    eprintln!(
-        "serving {} on {} ({}): listening on http://{address} (docs at /docs)",
-        names.join(", "),
-        args.hardware.platform,
-        engine.name()
-    );
+    if names.is_empty() {
+        eprintln!("serving no models");
+    } else {
+        eprintln!(
+            "serving {} on {} ({})",
+            names.join(", "),
+            args.hardware.platform,
+            engine.name()
+        );
+    }
+    if let Some(path) = &args.db_path {
+        eprintln!(
+            "results service over {} (reads {}; submissions need a submit token)",
+            path.display(),
+            if args.public_read {
+                "public"
+            } else {
+                "need a token"
+            }
+        );
+    }
+    eprintln!("listening on http://{address} (docs at /docs)");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -4,118 +4,11 @@
 
 mod common;
 
-use common::{bin, fixture};
+use common::{bin, fixture, Served};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-
-/// A server process on a free port, stopped (SIGTERM) when dropped.
-struct Served {
-    child: Child,
-    base: String,
-    agent: ureq::Agent,
-    key: Option<String>,
-}
-
-impl Served {
-    fn start(args: &[&str]) -> Self {
-        let mut child = bin()
-            .args(["serve", "--port", "0"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let base = loop {
-            let line = lines
-                .next()
-                .expect("the server printed its address")
-                .unwrap();
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_string();
-            }
-        };
-        // Keep draining stderr so the server never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
-        Self {
-            child,
-            base,
-            agent,
-            key: None,
-        }
-    }
-
-    /// A JSON POST to `path`, with the key when the test has one.
-    fn request(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
-        let req = self
-            .agent
-            .post(format!("{}{path}", self.base))
-            .header("Content-Type", "application/json");
-        match &self.key {
-            Some(k) => req.header("Authorization", format!("Bearer {k}")),
-            None => req,
-        }
-    }
-
-    fn post(&self, path: &str, body: &str) -> (u16, String) {
-        let mut r = self.request(path).send(body).unwrap();
-        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
-    }
-
-    fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
-        let (status, text) = self.post(path, &body.to_string());
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        let mut req = self.agent.get(format!("{}{path}", self.base));
-        if let Some(k) = &self.key {
-            req = req.header("Authorization", format!("Bearer {k}"));
-        }
-        let mut r = req.call().unwrap();
-        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
-    }
-
-    /// The `data:` payloads of a server-sent event stream.
-    fn stream(&self, path: &str, body: Value) -> Vec<String> {
-        let r = self.request(path).send(body.to_string()).unwrap();
-        assert_eq!(r.status().as_u16(), 200);
-        let mut text = String::new();
-        r.into_body()
-            .into_reader()
-            .read_to_string(&mut text)
-            .unwrap();
-        text.lines()
-            .filter_map(|l| l.strip_prefix("data: ").map(str::to_string))
-            .collect()
-    }
-
-    fn stop(mut self) -> std::process::ExitStatus {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        std::mem::forget(self);
-        status
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// POSTs `body` over a raw connection, reading the answer while the body is still being
 /// written (a server may answer 413 before reading the body and then close).

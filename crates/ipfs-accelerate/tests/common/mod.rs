@@ -3,8 +3,11 @@
 // Each test binary uses its own subset.
 #![allow(dead_code)]
 
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ipfs-accelerate"));
@@ -92,4 +95,115 @@ pub fn long_bench(db: &Path, extra: &[&str]) -> std::process::Child {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap()
+}
+
+/// A server process on a free port, stopped (SIGTERM) when dropped.
+pub struct Served {
+    pub child: Child,
+    pub base: String,
+    pub agent: ureq::Agent,
+    pub key: Option<String>,
+}
+
+impl Served {
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_at(0, args)
+    }
+
+    /// On `port` (0: any free one).
+    pub fn start_at(port: u16, args: &[&str]) -> Self {
+        let mut child = bin()
+            .args(["serve", "--port", &port.to_string()])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("the server printed its address")
+                .unwrap();
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        // Keep draining stderr so the server never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Self {
+            child,
+            base,
+            agent,
+            key: None,
+        }
+    }
+
+    /// A JSON POST to `path`, with the key when the test has one.
+    pub fn request(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+        let req = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", "application/json");
+        match &self.key {
+            Some(k) => req.header("Authorization", format!("Bearer {k}")),
+            None => req,
+        }
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> (u16, String) {
+        let mut r = self.request(path).send(body).unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    }
+
+    pub fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
+        let (status, text) = self.post(path, &body.to_string());
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let mut req = self.agent.get(format!("{}{path}", self.base));
+        if let Some(k) = &self.key {
+            req = req.header("Authorization", format!("Bearer {k}"));
+        }
+        let mut r = req.call().unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    }
+
+    /// The `data:` payloads of a server-sent event stream.
+    pub fn stream(&self, path: &str, body: Value) -> Vec<String> {
+        let r = self.request(path).send(body.to_string()).unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let mut text = String::new();
+        r.into_body()
+            .into_reader()
+            .read_to_string(&mut text)
+            .unwrap();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: ").map(str::to_string))
+            .collect()
+    }
+
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self);
+        status
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
