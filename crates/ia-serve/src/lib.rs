@@ -238,7 +238,8 @@ impl Server {
             .route("/api/results/{id}/samples", get(results::samples))
             .route("/api/runs", get(results::runs).post(results::submit))
             .route("/api/hardware", get(results::hardware))
-            .route("/api/reports/{kind}", get(results::report));
+            .route("/api/reports/{kind}", get(results::report))
+            .route("/api/analysis/{kind}", get(results::analysis));
         Router::new()
             .merge(inference)
             .merge(results)
@@ -417,6 +418,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         results::submit,
         results::hardware,
         results::report,
+        results::analysis,
     )
 )]
 struct ApiDoc;

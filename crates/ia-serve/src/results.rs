@@ -50,6 +50,31 @@ pub struct Filters {
     pub limit: Option<usize>,
 }
 
+/// Parameters of the analysis routes, checked by the store as the CLI checks its flags.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AnalysisParams {
+    /// trend, regressions: p50 (default), throughput, ttft, decode, memory
+    pub metric: Option<String>,
+    /// trend, regressions: part of the model name
+    pub model: Option<String>,
+    /// trend, regressions: platform
+    pub platform: Option<String>,
+    /// trend, regressions: points per window of the change-point search (default 64)
+    pub window: Option<String>,
+    /// trend, regressions: p-value threshold (default 0.001)
+    pub p_value: Option<String>,
+    /// trend, regressions: smallest change of the mean, 0.05 or 5% (default 0)
+    pub min_magnitude: Option<String>,
+    /// compare: the baseline run
+    pub baseline: Option<String>,
+    /// compare: the candidate run
+    pub candidate: Option<String>,
+    /// compare: a smaller change is no regression, 0.05 or 5% (default 5%)
+    pub threshold: Option<String>,
+}
+
 /// What a read route asks the store for.
 #[derive(Debug, Clone)]
 pub enum ReadQuery {
@@ -59,6 +84,8 @@ pub enum ReadQuery {
     Hardware,
     /// A `db report` kind: performance, compatibility, web, hardware, summary, legacy.
     Report(String, Filters),
+    /// `db trend`, `db regressions` or `db compare` as JSON.
+    Analysis(String, AnalysisParams),
 }
 
 /// Why the store could not answer.
@@ -240,6 +267,23 @@ pub(crate) async fn report(
     Query(filters): Query<Filters>,
 ) -> Response {
     read(state, headers, ReadQuery::Report(kind, filters)).await
+}
+
+/// Trends with change points (`trend`), change points regressions first (`regressions`), or
+/// two runs compared (`compare`: ratio of medians with a bootstrap CI, Mann-Whitney U with
+/// Holm's correction): what `db trend|regressions|compare --json` print.
+#[utoipa::path(get, path = "/api/analysis/{kind}",
+    params(("kind" = String, Path, description = "trend, regressions or compare"), AnalysisParams),
+    responses((status = 200, description = "the analysis as JSON"),
+              (status = 404, description = "no stored results match"),
+              (status = 422, description = "a parameter is out of range")))]
+pub(crate) async fn analysis(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(kind): Path<String>,
+    Query(params): Query<AnalysisParams>,
+) -> Response {
+    read(state, headers, ReadQuery::Analysis(kind, params)).await
 }
 
 /// Submits a whole run (a token with the submit scope). `Idempotency-Key` makes a retry

@@ -6,6 +6,7 @@ use anyhow::bail;
 use ia_analysis::changepoint::{self, ChangePoint, Options};
 use ia_analysis::compare::{self, Verdict};
 use ia_db::Store;
+use ia_serve::results::AnalysisParams;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -72,6 +73,52 @@ pub struct SeriesArgs {
     min_magnitude: f64,
     #[arg(long)]
     json: bool,
+}
+
+impl SeriesArgs {
+    /// From the results service's query, with the checks of the flags.
+    pub fn from_query(q: &AnalysisParams) -> Result<Self, String> {
+        let metric = match &q.metric {
+            Some(m) => <Metric as clap::ValueEnum>::from_str(m, true).map_err(|_| {
+                format!("unknown metric '{m}' (p50, throughput, ttft, decode, memory)")
+            })?,
+            None => Metric::P50,
+        };
+        let window = match &q.window {
+            Some(w) => match w.parse::<usize>() {
+                Ok(n) if (8..=100_000).contains(&n) => n,
+                _ => return Err(format!("window '{w}' is not a count in 8..=100000")),
+            },
+            None => 64,
+        };
+        Ok(Self {
+            metric,
+            model: q.model.clone(),
+            platform: q.platform.clone(),
+            window,
+            p_value: q.p_value.as_deref().map_or(Ok(0.001), probability)?,
+            min_magnitude: q.min_magnitude.as_deref().map_or(Ok(0.0), share)?,
+            json: true,
+        })
+    }
+}
+
+impl CompareArgs {
+    /// From the results service's query, with the checks of the flags.
+    pub fn from_query(q: &AnalysisParams) -> Result<Self, String> {
+        let run = |name: &str, v: &Option<String>| -> Result<i64, String> {
+            v.as_deref()
+                .ok_or_else(|| format!("compare needs {name}=RUN"))?
+                .parse()
+                .map_err(|_| format!("{name} is not a run id"))
+        };
+        Ok(Self {
+            baseline: run("baseline", &q.baseline)?,
+            candidate: run("candidate", &q.candidate)?,
+            threshold: q.threshold.as_deref().map_or(Ok(0.05), share)?,
+            json: true,
+        })
+    }
 }
 
 fn probability(s: &str) -> Result<f64, String> {
@@ -207,29 +254,7 @@ fn describe(key: &Value) -> String {
 
 /// `db trend`: every matching series with its points and change points.
 pub fn trend(store: &Store, args: &SeriesArgs) -> anyhow::Result<()> {
-    let all = series(store, args)?;
-    if all.is_empty() {
-        bail!("no stored results match (metric {})", args.metric.name());
-    }
-    let out: Vec<Value> = all
-        .iter()
-        .map(|s| {
-            let changes: Vec<Value> = detect(s, args)
-                .iter()
-                .map(|c| change_json(args.metric, s, c))
-                .collect();
-            let points: Vec<Value> = s
-                .points
-                .iter()
-                .map(|p| {
-                    json!({"run_id": p["run_id"], "result_id": p["result_id"],
-                           "started_at": p["started_at"], "value": p["value"]})
-                })
-                .collect();
-            json!({"series": s.key, "metric": args.metric.name(), "points": points,
-                   "change_points": changes})
-        })
-        .collect();
+    let out = trend_rows(store, args)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -253,36 +278,44 @@ pub fn trend(store: &Store, args: &SeriesArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `db regressions`: the change points of every matching series, regressions first.
-pub fn regressions(store: &Store, args: &SeriesArgs) -> anyhow::Result<()> {
+/// The series of `db trend` as JSON (also the results service's `/api/analysis/trend`).
+pub fn trend_rows(store: &Store, args: &SeriesArgs) -> anyhow::Result<Vec<Value>> {
     let all = series(store, args)?;
     if all.is_empty() {
         bail!("no stored results match (metric {})", args.metric.name());
     }
-    let mut changes: Vec<Value> = all
+    Ok(all
         .iter()
-        .flat_map(|s| {
-            detect(s, args)
-                .into_iter()
-                .map(|c| change_json(args.metric, s, &c))
-                .collect::<Vec<_>>()
+        .map(|s| {
+            let changes: Vec<Value> = detect(s, args)
+                .iter()
+                .map(|c| change_json(args.metric, s, c))
+                .collect();
+            let points: Vec<Value> = s
+                .points
+                .iter()
+                .map(|p| {
+                    json!({"run_id": p["run_id"], "result_id": p["result_id"],
+                           "started_at": p["started_at"], "value": p["value"]})
+                })
+                .collect();
+            json!({"series": s.key, "metric": args.metric.name(), "points": points,
+                   "change_points": changes})
         })
-        .collect();
-    changes.sort_by_key(|c| c["direction"] != "regression");
+        .collect())
+}
+
+/// `db regressions`: the change points of every matching series, regressions first.
+pub fn regressions(store: &Store, args: &SeriesArgs) -> anyhow::Result<()> {
+    let out = regression_report(store, args)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "series": all.len(), "metric": args.metric.name(),
-                "p_value_threshold": args.p_value, "min_magnitude": args.min_magnitude,
-                "window": args.window, "change_points": changes,
-            }))?
-        );
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
+    let changes = out["change_points"].as_array().cloned().unwrap_or_default();
     println!(
         "{} series of {}; change points at p < {} (E-Divisive means + Student t-test):",
-        all.len(),
+        out["series"],
         args.metric.name(),
         args.p_value
     );
@@ -308,6 +341,29 @@ pub fn regressions(store: &Store, args: &SeriesArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The change points of `db regressions` as JSON (also `/api/analysis/regressions`).
+pub fn regression_report(store: &Store, args: &SeriesArgs) -> anyhow::Result<Value> {
+    let all = series(store, args)?;
+    if all.is_empty() {
+        bail!("no stored results match (metric {})", args.metric.name());
+    }
+    let mut changes: Vec<Value> = all
+        .iter()
+        .flat_map(|s| {
+            detect(s, args)
+                .into_iter()
+                .map(|c| change_json(args.metric, s, &c))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    changes.sort_by_key(|c| c["direction"] != "regression");
+    Ok(json!({
+        "series": all.len(), "metric": args.metric.name(),
+        "p_value_threshold": args.p_value, "min_magnitude": args.min_magnitude,
+        "window": args.window, "change_points": changes,
+    }))
 }
 
 /// What `db compare` takes.
@@ -357,6 +413,49 @@ fn run_samples(store: &Store, run: i64) -> anyhow::Result<BTreeMap<String, (Valu
 /// `db compare`: per common combination, the candidate's latency against the baseline's;
 /// an error (non-zero exit) when a significant regression beyond the threshold exists.
 pub fn compare_runs(store: &Store, args: &CompareArgs) -> anyhow::Result<()> {
+    let out = comparison(store, args)?;
+    let rows = out["combinations"].as_array().cloned().unwrap_or_default();
+
+    let regressions = rows
+        .iter()
+        .filter(|r| r["verdict"] == json!(Verdict::Regression))
+        .count();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "run {} vs run {}: latency ratio of medians (candidate / baseline), bootstrap 95% CI, \
+             Mann-Whitney U p-values with Holm's correction, threshold {:.1}%",
+            args.candidate,
+            args.baseline,
+            args.threshold * 100.0
+        );
+        for r in &rows {
+            println!(
+                "  {:<22} {}: {:.3}x [{:.3}..{:.3}], p = {:.2e} (Holm {:.2e})",
+                r["verdict"].as_str().unwrap_or(""),
+                describe(&r["combination"]),
+                r["ratio"].as_f64().unwrap_or(f64::NAN),
+                r["ratio_ci95"][0].as_f64().unwrap_or(f64::NAN),
+                r["ratio_ci95"][1].as_f64().unwrap_or(f64::NAN),
+                r["mann_whitney_p"].as_f64().unwrap_or(f64::NAN),
+                r["holm_adjusted_p"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    if regressions > 0 {
+        bail!(
+            "{regressions} significant regression(s) beyond {:.1}% in run {} against run {}",
+            args.threshold * 100.0,
+            args.candidate,
+            args.baseline
+        );
+    }
+    Ok(())
+}
+
+/// The comparison of `db compare` as JSON (also `/api/analysis/compare`).
+pub fn comparison(store: &Store, args: &CompareArgs) -> anyhow::Result<Value> {
     let base = run_samples(store, args.baseline)?;
     let cand = run_samples(store, args.candidate)?;
     let common: Vec<(&Value, &[f64], &[f64])> = base
@@ -388,47 +487,9 @@ pub fn compare_runs(store: &Store, args: &CompareArgs) -> anyhow::Result<()> {
                    "verdict": verdict})
         })
         .collect();
-    let regressions = rows
-        .iter()
-        .filter(|r| r["verdict"] == json!(Verdict::Regression))
-        .count();
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "baseline": args.baseline, "candidate": args.candidate,
-                "threshold": args.threshold, "correction": "holm", "alpha": compare::ALPHA,
-                "metric": "latency (raw samples)", "combinations": rows,
-            }))?
-        );
-    } else {
-        println!(
-            "run {} vs run {}: latency ratio of medians (candidate / baseline), bootstrap 95% CI, \
-             Mann-Whitney U p-values with Holm's correction, threshold {:.1}%",
-            args.candidate,
-            args.baseline,
-            args.threshold * 100.0
-        );
-        for r in &rows {
-            println!(
-                "  {:<22} {}: {:.3}x [{:.3}..{:.3}], p = {:.2e} (Holm {:.2e})",
-                r["verdict"].as_str().unwrap_or(""),
-                describe(&r["combination"]),
-                r["ratio"].as_f64().unwrap_or(f64::NAN),
-                r["ratio_ci95"][0].as_f64().unwrap_or(f64::NAN),
-                r["ratio_ci95"][1].as_f64().unwrap_or(f64::NAN),
-                r["mann_whitney_p"].as_f64().unwrap_or(f64::NAN),
-                r["holm_adjusted_p"].as_f64().unwrap_or(f64::NAN)
-            );
-        }
-    }
-    if regressions > 0 {
-        bail!(
-            "{regressions} significant regression(s) beyond {:.1}% in run {} against run {}",
-            args.threshold * 100.0,
-            args.candidate,
-            args.baseline
-        );
-    }
-    Ok(())
+    Ok(json!({
+        "baseline": args.baseline, "candidate": args.candidate,
+        "threshold": args.threshold, "correction": "holm", "alpha": compare::ALPHA,
+        "metric": "latency (raw samples)", "combinations": rows,
+    }))
 }

@@ -2,9 +2,10 @@
 //! `ia_db::api` and the `db report` renderer, submissions through
 //! `Store::record_submission`, tokens checked by their SHA-256.
 
+use crate::analysis::{self, CompareArgs, SeriesArgs};
 use ia_db::charts::ChartFilter;
 use ia_db::report::{ReportKind, ReportOptions};
-use ia_db::submissions::Submission;
+use ia_db::submissions::{Submission, TokenRecord};
 use ia_db::{DbError, OutputFormat, Store};
 use ia_serve::results::{Caller, Filters, ReadQuery, ResultsStore, StoreError};
 use serde_json::Value;
@@ -12,11 +13,43 @@ use sha2::{Digest, Sha256};
 
 pub struct DuckResults {
     store: Store,
+    /// Tokens checked in the last minute, by hash. Tokens do not change while the server
+    /// runs (it holds the file's lock: `tokens create|revoke` wait for it to stop), but they
+    /// expire; re-checking each token once a minute catches that and records its last use,
+    /// where checking on every read would make each read a write transaction.
+    checked: std::collections::HashMap<String, (TokenRecord, std::time::Instant)>,
 }
+
+/// How long a token check holds.
+const RECHECK_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl DuckResults {
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            checked: Default::default(),
+        }
+    }
+
+    fn token(&mut self, hash: &str) -> Result<Option<TokenRecord>, DbError> {
+        if let Some((record, at)) = self.checked.get(hash) {
+            if at.elapsed() < RECHECK_AFTER {
+                return Ok(Some(record.clone()));
+            }
+        }
+        let found = self.store.token_by_hash(hash)?;
+        match &found {
+            Some(record) => {
+                self.checked.insert(
+                    hash.to_string(),
+                    (record.clone(), std::time::Instant::now()),
+                );
+            }
+            None => {
+                self.checked.remove(hash);
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -57,8 +90,7 @@ fn rows(q: ia_db::QueryResult) -> Value {
 impl ResultsStore for DuckResults {
     fn authenticate(&mut self, token: &str) -> Result<Caller, String> {
         let found = self
-            .store
-            .token_by_hash(&token_hash(token))
+            .token(&token_hash(token))
             .map_err(|e| format!("the token could not be checked: {e}"))?;
         match found {
             None => Err("unknown token".into()),
@@ -100,6 +132,30 @@ impl ResultsStore for DuckResults {
                     .map_err(store_error)?;
                 serde_json::from_str(&text)
                     .map_err(|e| StoreError::Failed(format!("the report is not JSON: {e}")))
+            }
+            ReadQuery::Analysis(kind, q) => {
+                let answer = match kind.as_str() {
+                    "trend" => {
+                        let args = SeriesArgs::from_query(q).map_err(StoreError::BadRequest)?;
+                        analysis::trend_rows(&self.store, &args).map(Value::from)
+                    }
+                    "regressions" => {
+                        let args = SeriesArgs::from_query(q).map_err(StoreError::BadRequest)?;
+                        analysis::regression_report(&self.store, &args)
+                    }
+                    "compare" => {
+                        let args = CompareArgs::from_query(q).map_err(StoreError::BadRequest)?;
+                        analysis::comparison(&self.store, &args)
+                    }
+                    other => {
+                        return Err(StoreError::NotFound(format!(
+                            "unknown analysis '{other}' (trend, regressions, compare)"
+                        )))
+                    }
+                };
+                // The analyses fail only for what they were asked: nothing matches, runs
+                // without samples in common.
+                answer.map_err(|e| StoreError::NotFound(format!("{e:#}")))
             }
         }
     }

@@ -301,6 +301,33 @@ fn runs_are_submitted_with_tokens_spooled_while_down_and_read_back() {
         404
     );
 
+    // The analyses of `db trend|regressions|compare` over the submitted runs.
+    let (status, trend) = s.call("GET", "/api/analysis/trend?model=bert", Some(&reader), None);
+    assert_eq!(status, 200, "{trend}");
+    assert_eq!(trend[0]["points"].as_array().unwrap().len(), 3, "{trend}");
+    let (status, regressions) = s.call("GET", "/api/analysis/regressions", Some(&reader), None);
+    assert_eq!(status, 200, "{regressions}");
+    assert!(regressions["change_points"].is_array());
+    let (_, runs) = s.call("GET", "/api/runs", Some(&reader), None);
+    let (a, b) = (&runs[0]["run_id"], &runs[1]["run_id"]);
+    let (status, compared) = s.call(
+        "GET",
+        &format!("/api/analysis/compare?baseline={b}&candidate={a}&threshold=10%25"),
+        Some(&reader),
+        None,
+    );
+    assert_eq!(status, 200, "{compared}");
+    assert_eq!(compared["correction"], "holm");
+    for (path, want) in [
+        ("/api/analysis/compare", 422),
+        ("/api/analysis/trend?metric=speed", 422),
+        ("/api/analysis/trend?model=no-such-model", 404),
+        ("/api/analysis/forecast", 404),
+    ] {
+        let (status, e) = s.call("GET", path, Some(&reader), None);
+        assert_eq!(status, want, "{path}: {e}");
+    }
+
     // The tokens list names each token's use, never the token.
     drop(s);
     let o = bin()
