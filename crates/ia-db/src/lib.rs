@@ -224,6 +224,16 @@ impl Store {
         &self.path
     }
 
+    /// Another connection to the same open database, for reading from another thread while
+    /// this one writes (each sees what the other committed).
+    pub fn reader(&self) -> Result<Self> {
+        Ok(Self {
+            conn: self.conn.try_clone()?,
+            path: self.path.clone(),
+            known_ids: Default::default(),
+        })
+    }
+
     pub fn connection(&self) -> &Connection {
         &self.conn
     }

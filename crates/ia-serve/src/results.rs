@@ -3,9 +3,10 @@
 //! API with tokens in front of one store).
 //!
 //! The store itself comes from the binary as a [`ResultsStore`] (DuckDB there), so this crate
-//! stays free of it. Every call to the store runs on a blocking thread and one at a time: the
-//! server is the single writer of the file, and a submission is answered only once its
-//! transaction committed.
+//! stays free of it. Every call to the store runs on a blocking thread. Submissions and token
+//! checks go through one writing store, one at a time: the server is the single writer of
+//! the file, and a submission is answered only once its transaction committed. Reads go to
+//! reading connections in turn.
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -125,27 +126,65 @@ pub trait ResultsStore: Send + 'static {
     ) -> Result<Value, StoreError>;
 }
 
+type Shared = Arc<Mutex<Box<dyn ResultsStore>>>;
+
 /// The store and who may read it.
 pub struct ResultsService {
-    store: Arc<Mutex<Box<dyn ResultsStore>>>,
+    /// Submissions and token checks: the single writer.
+    store: Shared,
+    /// Connections that only read, used in turn, so reads run side by side with each other
+    /// and with a submission.
+    readers: Vec<Shared>,
+    next_reader: std::sync::atomic::AtomicUsize,
     /// Reads need no token.
     public_read: bool,
 }
 
 impl ResultsService {
-    pub fn new(store: Box<dyn ResultsStore>, public_read: bool) -> Self {
+    /// `readers` (possibly none) answer the read routes; `store` everything else.
+    pub fn new(
+        store: Box<dyn ResultsStore>,
+        readers: Vec<Box<dyn ResultsStore>>,
+        public_read: bool,
+    ) -> Self {
         Self {
             store: Arc::new(Mutex::new(store)),
+            readers: readers
+                .into_iter()
+                .map(|r| Arc::new(Mutex::new(r)))
+                .collect(),
+            next_reader: Default::default(),
             public_read,
         }
     }
 
-    /// Runs `f` on the store on a blocking thread.
+    /// Runs `f` on the writing store on a blocking thread.
     async fn with_store<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut dyn ResultsStore) -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let store = self.store.clone();
+        Self::on(self.store.clone(), f).await
+    }
+
+    /// Runs `f` on the next reading connection (the writer when there is none).
+    async fn with_reader<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn ResultsStore) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let n = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let store = match self.readers.len() {
+            0 => self.store.clone(),
+            len => self.readers[n % len].clone(),
+        };
+        Self::on(store, f).await
+    }
+
+    async fn on<T: Send + 'static>(
+        store: Shared,
+        f: impl FnOnce(&mut dyn ResultsStore) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
         tokio::task::spawn_blocking(move || {
             // A panic while holding the lock leaves the store usable: its writes are
             // transactional, so the poisoned flag carries no meaning here.
@@ -201,7 +240,7 @@ async fn read(state: Arc<AppState>, headers: HeaderMap, query: ReadQuery) -> Res
         let service = service(&state)?;
         service.caller(&headers, false).await?;
         service
-            .with_store(move |s| s.read(&query))
+            .with_reader(move |s| s.read(&query))
             .await?
             .map_err(ApiError::from)
     };

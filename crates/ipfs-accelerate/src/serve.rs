@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use ia_engine::{Placement, Precision};
 use ia_models::ModelSource;
 use ia_serve::chat::ChatTemplate;
-use ia_serve::results::ResultsService;
+use ia_serve::results::{ResultsService, ResultsStore};
 use ia_serve::worker::Batching;
 use ia_serve::{Backend, Options, ServedModel, Server};
 use ia_tasks::Pipeline;
@@ -149,8 +149,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let results = match &args.db_path {
         Some(path) => {
             let store = ia_db::Store::open_or_create(path)?;
+            // Two reading connections: DuckDB already spreads one query over the cores, and
+            // a second lets a short read pass a long report.
+            let readers = (0..2)
+                .map(|_| {
+                    store
+                        .reader()
+                        .map(|r| Box::new(DuckResults::new(r)) as Box<dyn ResultsStore>)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             Some(ResultsService::new(
                 Box::new(DuckResults::new(store)),
+                readers,
                 args.public_read,
             ))
         }
