@@ -7,7 +7,8 @@
 //! < 200 ms. Sizes can be changed with IA_BENCH_RUNS / IA_BENCH_RESULTS / IA_BENCH_SAMPLES.
 
 use ia_db::{
-    CompatibilityRecord, HardwareRecord, ModelRecord, PerformanceRecord, RunRecord, Store,
+    CombinationRecords, CompatibilityRecord, HardwareRecord, ModelRecord, PerformanceRecord,
+    RunRecord, Store,
 };
 use std::time::Instant;
 
@@ -87,10 +88,16 @@ fn main() {
                 status: "pass".into(),
                 error: None,
             };
+            let combination = CombinationRecords {
+                model,
+                hardware: hardware.clone(),
+                performance: perf,
+                samples_ms: xs,
+                compatibility: compat,
+                web: None,
+            };
             let t = Instant::now();
-            store
-                .record_combination(run_id, &model, &hardware, &perf, &xs, &compat, None)
-                .unwrap();
+            store.record_combination(run_id, &combination).unwrap();
             per_combination.push(t.elapsed().as_secs_f64());
             stored += samples;
         }

@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 
 pub use query::{Limits, OutputFormat, QueryResult};
 pub use records::{
-    CalibrationRecord, CompatibilityRecord, HardwareRecord, ModelRecord, PerformanceRecord,
-    RunRecord, WebRecord,
+    CalibrationRecord, CombinationRecords, CompatibilityRecord, HardwareRecord, ModelRecord,
+    PerformanceRecord, RunRecord, WebRecord,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -287,30 +287,9 @@ impl Store {
     /// Stores one finished combination (its model, hardware, result row, raw samples,
     /// compatibility row and, for browser results, how they were obtained) in a single
     /// transaction: all of it or none of it.
-    // One parameter per table written: bundling them would only move the list elsewhere.
-    #[allow(clippy::too_many_arguments)]
-    pub fn record_combination(
-        &mut self,
-        run_id: i64,
-        model: &ModelRecord,
-        hardware: &HardwareRecord,
-        perf: &PerformanceRecord,
-        samples_ms: &[f64],
-        compat: &CompatibilityRecord,
-        web: Option<&WebRecord>,
-    ) -> Result<i64> {
+    pub fn record_combination(&mut self, run_id: i64, c: &CombinationRecords) -> Result<i64> {
         let tx = self.conn.transaction()?;
-        let (result_id, ids) = insert_combination(
-            &tx,
-            &self.known_ids,
-            run_id,
-            model,
-            hardware,
-            perf,
-            samples_ms,
-            compat,
-            web,
-        )?;
+        let (result_id, ids) = insert_combination(&tx, &self.known_ids, run_id, c)?;
         tx.commit()?;
         self.known_ids.extend(ids);
         Ok(result_id)
@@ -554,18 +533,20 @@ fn upsert_hardware(tx: &Connection, h: &HardwareRecord) -> Result<i64> {
 
 /// Writes one combination inside the caller's transaction; returns its result id and the
 /// model and hardware ids to remember once the transaction commits.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn insert_combination(
     tx: &Connection,
     known_ids: &std::collections::HashMap<String, i64>,
     run_id: i64,
-    model: &ModelRecord,
-    hardware: &HardwareRecord,
-    perf: &PerformanceRecord,
-    samples_ms: &[f64],
-    compat: &CompatibilityRecord,
-    web: Option<&WebRecord>,
+    c: &CombinationRecords,
 ) -> Result<(i64, [(String, i64); 2])> {
+    let CombinationRecords {
+        model,
+        hardware,
+        performance: perf,
+        samples_ms,
+        compatibility: compat,
+        web,
+    } = c;
     let model_key = format!(
         "model\0{}\0{}\0{}\0{}",
         model.model_name, model.source, model.weights, model.parameter_count

@@ -232,6 +232,21 @@ pub struct CompatibilityRecord {
     pub error: Option<String>,
 }
 
+/// Every row of one finished combination: what the store writes for it (in one
+/// transaction), and what a submission to the results service carries for it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CombinationRecords {
+    pub model: ModelRecord,
+    pub hardware: HardwareRecord,
+    pub performance: PerformanceRecord,
+    pub samples_ms: Vec<f64>,
+    pub compatibility: CompatibilityRecord,
+    /// How a browser result was obtained.
+    #[serde(default)]
+    pub web: Option<WebRecord>,
+}
+
 pub(crate) fn insert_performance(
     tx: &Connection,
     run_id: i64,

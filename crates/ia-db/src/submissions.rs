@@ -7,9 +7,7 @@
 //! one transaction with a row naming the token that sent it; the same idempotency key from
 //! the same token stores nothing a second time. Tokens are kept only as their SHA-256.
 
-use crate::records::{
-    CompatibilityRecord, HardwareRecord, ModelRecord, PerformanceRecord, RunRecord, WebRecord,
-};
+use crate::records::{CombinationRecords, RunRecord};
 use crate::{DbError, QueryResult, Result, Store};
 use duckdb::{params, OptionalExt};
 use serde::{Deserialize, Serialize};
@@ -24,20 +22,7 @@ pub struct Submission {
     pub run: RunRecord,
     /// completed | failed (some combinations failed) | interrupted
     pub status: String,
-    pub results: Vec<SubmittedCombination>,
-}
-
-/// One combination's rows.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SubmittedCombination {
-    pub model: ModelRecord,
-    pub hardware: HardwareRecord,
-    pub performance: PerformanceRecord,
-    pub samples_ms: Vec<f64>,
-    pub compatibility: CompatibilityRecord,
-    #[serde(default)]
-    pub web: Option<WebRecord>,
+    pub results: Vec<CombinationRecords>,
 }
 
 impl Submission {
@@ -76,7 +61,7 @@ impl Submission {
     }
 }
 
-impl SubmittedCombination {
+impl CombinationRecords {
     fn validate(&self) -> std::result::Result<(), String> {
         let p = &self.performance;
         for (what, v) in [
@@ -341,17 +326,7 @@ impl Store {
         )?;
         let mut learned = Vec::new();
         for c in &submission.results {
-            let (_, ids) = crate::insert_combination(
-                &tx,
-                &self.known_ids,
-                run_id,
-                &c.model,
-                &c.hardware,
-                &c.performance,
-                &c.samples_ms,
-                &c.compatibility,
-                c.web.as_ref(),
-            )?;
+            let (_, ids) = crate::insert_combination(&tx, &self.known_ids, run_id, c)?;
             learned.extend(ids);
         }
         tx.execute(

@@ -1,7 +1,8 @@
 //! The store's guarantees, tested directly.
 
 use ia_db::{
-    CompatibilityRecord, HardwareRecord, ModelRecord, PerformanceRecord, RunRecord, Store,
+    CombinationRecords, CompatibilityRecord, HardwareRecord, ModelRecord, PerformanceRecord,
+    RunRecord, Store,
 };
 
 fn records() -> (
@@ -57,6 +58,23 @@ fn count(store: &Store, table: &str) -> i64 {
         .unwrap()
 }
 
+fn whole(
+    m: &ModelRecord,
+    h: &HardwareRecord,
+    p: &PerformanceRecord,
+    samples: &[f64],
+    c: &CompatibilityRecord,
+) -> CombinationRecords {
+    CombinationRecords {
+        model: m.clone(),
+        hardware: h.clone(),
+        performance: p.clone(),
+        samples_ms: samples.to_vec(),
+        compatibility: c.clone(),
+        web: None,
+    }
+}
+
 #[test]
 fn a_combination_is_stored_whole_or_not_at_all() {
     let dir = tempfile::tempdir().unwrap();
@@ -71,7 +89,7 @@ fn a_combination_is_stored_whole_or_not_at_all() {
         .unwrap();
     let (m, h, p, c) = records();
     store
-        .record_combination(run, &m, &h, &p, &[1.0, 2.0, 3.0], &c, None)
+        .record_combination(run, &whole(&m, &h, &p, &[1.0, 2.0, 3.0], &c))
         .unwrap();
     assert_eq!(count(&store, "performance_results"), 1);
     assert_eq!(count(&store, "raw_samples"), 3);
@@ -81,7 +99,7 @@ fn a_combination_is_stored_whole_or_not_at_all() {
     let (mut m2, h2, p2, c2) = records();
     m2.model_name = "other".into();
     assert!(store
-        .record_combination(run + 100, &m2, &h2, &p2, &[4.0], &c2, None)
+        .record_combination(run + 100, &whole(&m2, &h2, &p2, &[4.0], &c2))
         .is_err());
     assert_eq!(count(&store, "models"), 1);
     assert_eq!(count(&store, "performance_results"), 1);
@@ -90,7 +108,7 @@ fn a_combination_is_stored_whole_or_not_at_all() {
 
     // The same model and hardware are reused, not duplicated.
     store
-        .record_combination(run, &m, &h, &p, &[1.0], &c, None)
+        .record_combination(run, &whole(&m, &h, &p, &[1.0], &c))
         .unwrap();
     assert_eq!(count(&store, "models"), 1);
     assert_eq!(count(&store, "hardware_platforms"), 1);

@@ -16,11 +16,10 @@
 
 mod common;
 
-use common::open;
+use common::{flag, open, percentile};
 use ia_engine::generation::{SequencePool, TextGenerator};
 use ia_engine::{Engine, EngineError, Placement, Precision, SessionInfo};
-use ia_serve::worker::Batching;
-use ia_serve::{Backend, Options, ServedModel, Server};
+use ia_serve::{Backend, ServedModel};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -60,14 +59,6 @@ impl TextGenerator for Restricted {
     }
 }
 
-fn percentile(v: &mut [f64], q: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let rank = ((v.len() as f64) * q).ceil() as usize;
-    v.get(rank.clamp(1, v.len().max(1)) - 1)
-        .copied()
-        .unwrap_or(f64::NAN)
-}
-
 /// Mean of the `ia_batch_size` histogram of `/metrics`.
 fn mean_batch(metrics: &str) -> Option<f64> {
     let value = |name: &str| {
@@ -82,13 +73,6 @@ fn mean_batch(metrics: &str) -> Option<f64> {
 
 fn main() {
     ia_native::settle_thread_count();
-    let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
     let name = flag("--model").expect("--model");
     let clients: usize = flag("--clients").map_or(8, |v| v.parse().expect("--clients"));
     let seconds: f64 = flag("--seconds").map_or(30.0, |v| v.parse().expect("--seconds"));
@@ -97,13 +81,7 @@ fn main() {
     let engine = ia_native::NativeEngine::new();
     let at = Placement::new(ia_hardware::Platform::Cpu, Precision::F32);
     let model = open(&name);
-    let tokenizer_source = match flag("--tokenizer") {
-        Some(dir) => open(&dir).source,
-        None => model.source.clone(),
-    };
-    let tokenizer = ia_engine::tokenizer::of(&tokenizer_source)
-        .expect("tokenizer")
-        .expect("a tokenizer.json (give --tokenizer DIR for a random-weight model)");
+    let tokenizer = common::tokenizer(&model);
     let mut report = serde_json::Map::new();
     for mode in modes.split(',') {
         let loaded = engine.load_generator(&model, at).expect("load generator");
@@ -127,21 +105,8 @@ fn main() {
                 chat_template: None,
             },
         }];
-        let options = Options {
-            api_key: None,
-            max_concurrent_requests: 256,
-            max_queue: 256,
-            batching: Batching {
-                max_batch_tokens: 16_384,
-                enabled: true,
-            },
-            max_body_bytes: 1 << 20,
-        };
-        let base = common::start(Server::new(served, options).expect("server"));
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(600)))
-            .build()
-            .into();
+        let base = common::serve(served, 256);
+        let agent = common::agent();
         let deadline = Instant::now() + Duration::from_secs_f64(seconds);
         let started = Instant::now();
         let handles: Vec<_> = (0..clients)

@@ -9,6 +9,9 @@
 //! `--read`, every client GETs the given paths in turn instead (the results service's read
 //! routes, e.g. `/api/results?limit=100,/api/runs`), with `--key` as the token.
 
+mod common;
+
+use common::{flag, percentile};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -22,23 +25,7 @@ struct Tally {
     transport_errors: usize,
 }
 
-fn percentile(v: &mut [f64], q: f64) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let rank = ((v.len() as f64) * q).ceil() as usize;
-    Some(v[rank.clamp(1, v.len()) - 1])
-}
-
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
     let url = flag("--url").unwrap_or_else(|| "http://127.0.0.1:8000".into());
     let embed = flag("--embed-model");
     let generate = flag("--gen-model");

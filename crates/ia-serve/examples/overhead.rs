@@ -13,16 +13,15 @@
 
 mod common;
 
-use common::open;
+use common::{flag, open};
 use ia_engine::generation::{generate, GenerateOptions, Sampling};
 use ia_engine::{Engine, Placement, Precision};
-use ia_serve::worker::Batching;
-use ia_serve::{Backend, Options, ServedModel, Server};
+use ia_serve::{Backend, ServedModel};
 use ia_tasks::{Input, Pipeline, TaskOptions};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::ops::ControlFlow;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 fn p50(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -31,13 +30,6 @@ fn p50(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     ia_native::settle_thread_count();
-    let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
     let embed = flag("--embed-model").expect("--embed-model");
     let gen = flag("--gen-model").expect("--gen-model");
     let n: usize = flag("--iterations").map_or(200, |v| v.parse().expect("--iterations"));
@@ -49,13 +41,7 @@ fn main() {
     let mut pipeline = Pipeline::load(&engine, open(&embed), at).expect("load");
     let model = open(&gen);
     let weights = model.source.weights_kind().as_str();
-    let tokenizer_source = match flag("--tokenizer") {
-        Some(dir) => open(&dir).source,
-        None => model.source.clone(),
-    };
-    let tokenizer = ia_engine::tokenizer::of(&tokenizer_source)
-        .expect("tokenizer")
-        .expect("a tokenizer.json (give --tokenizer DIR for a random-weight model)");
+    let tokenizer = common::tokenizer(&model);
     let ids = tokenizer
         .encode(prompt.as_str(), true)
         .expect("encode")
@@ -78,21 +64,8 @@ fn main() {
             },
         },
     ];
-    let options = Options {
-        api_key: None,
-        max_concurrent_requests: 64,
-        max_queue: 64,
-        batching: Batching {
-            max_batch_tokens: 16_384,
-            enabled: true,
-        },
-        max_body_bytes: 1 << 20,
-    };
-    let base = common::start(Server::new(served, options).expect("server"));
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(600)))
-        .build()
-        .into();
+    let base = common::serve(served, 64);
+    let agent = common::agent();
 
     // Embeddings: the call the pipeline worker makes for a one-text request, then the request.
     let input = [Input::Text(sentence.into())];

@@ -7,7 +7,8 @@ use crate::results::{combination_records, run_record, text_seq_len};
 use crate::run_store::{JsonOutput, RunStore};
 use crate::target::{Engines, Target};
 use ia_bench::{Combination, Outcome, Protocol, Scenario};
-use ia_db::submissions::{Submission, SubmittedCombination};
+use ia_db::submissions::Submission;
+use ia_db::CombinationRecords;
 use ia_engine::{LoadVariant, Precision};
 use ia_hardware::{HardwareReport, Platform};
 use ia_models::Model;
@@ -137,7 +138,7 @@ struct ResultRow {
     result_id: Option<i64>,
     /// The rows as a results service receives them (with --submit).
     #[serde(skip)]
-    records: Option<SubmittedCombination>,
+    records: Option<CombinationRecords>,
 }
 
 /// What runs a combination under the harness: an in-process engine, or the browser page.
@@ -206,7 +207,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     measured?;
     if let (Some(url), Some(token)) = (&args.submit, &args.token) {
-        let results: Vec<SubmittedCombination> =
+        let results: Vec<CombinationRecords> =
             rows.iter_mut().filter_map(|r| r.records.take()).collect();
         if results.is_empty() {
             eprintln!("nothing to submit: no combination finished");
@@ -360,17 +361,9 @@ fn measure_all(
             web_details.as_ref(),
         )?;
         let result_id = match store {
-            Some(s) => Some(s.write(|store, run_id| {
-                Ok(store.record_combination(
-                    run_id,
-                    &records.model,
-                    &records.hardware,
-                    &records.performance,
-                    &records.samples_ms,
-                    &records.compatibility,
-                    records.web.as_ref(),
-                )?)
-            })?),
+            Some(s) => {
+                Some(s.write(|store, run_id| Ok(store.record_combination(run_id, &records)?))?)
+            }
             None => None,
         };
         let line = format!(

@@ -14,14 +14,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// DuckDB results file
-    #[arg(
-        long,
-        global = true,
-        env = "BENCHMARK_DB_PATH",
-        default_value = "./benchmark_db.duckdb"
-    )]
-    db_path: PathBuf,
+    #[command(flatten)]
+    store: crate::run_store::StoreArg,
     #[command(subcommand)]
     command: DbCommand,
 }
@@ -146,14 +140,14 @@ fn parse_format(s: &str) -> Result<OutputFormat, String> {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     match &args.command {
-        DbCommand::Import { file } => return import(&args.db_path, file),
-        DbCommand::MigrateJson(a) => return crate::migrate_json::run(&args.db_path, a),
-        DbCommand::Maintain(a) => return crate::maintain::run(&args.db_path, a),
+        DbCommand::Import { file } => return import(&args.store.db_path, file),
+        DbCommand::MigrateJson(a) => return crate::migrate_json::run(&args.store.db_path, a),
+        DbCommand::Maintain(a) => return crate::maintain::run(&args.store.db_path, a),
         DbCommand::Migrate => {
-            let (before, after) = Store::migrate(&args.db_path)?;
+            let (before, after) = Store::migrate(&args.store.db_path)?;
             println!(
                 "{}: schema version {before} -> {after}",
-                args.db_path.display()
+                args.store.db_path.display()
             );
             return Ok(());
         }
@@ -171,7 +165,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .canonicalize()
             .with_context(|| format!("resolving {}", output.display()))?];
     }
-    let store = Store::open_read_only(&args.db_path, &options)?;
+    let store = Store::open_read_only(&args.store.db_path, &options)?;
     match args.command {
         DbCommand::Query {
             sql,
@@ -306,9 +300,9 @@ fn import(db_path: &std::path::Path, file: &std::path::Path) -> anyhow::Result<(
             unreachable!("imports are measurements")
         };
         let engine = (m.session.engine.as_str(), m.session.engine_version.clone());
-        let id = crate::results::store_outcome(
-            &mut store, run_id, &run.host, &hw, engine, combo, outcome, None,
-        )?;
+        let records =
+            crate::results::combination_records(&run.host, &hw, engine, combo, outcome, None)?;
+        let id = store.record_combination(run_id, &records)?;
         eprintln!(
             "imported {} [{}] b={} as result {id}",
             combo.model.name, m.session.engine, combo.batch_size

@@ -1,12 +1,11 @@
 //! Harness outcomes as stored records: the one mapping from a combination and its outcome
 //! (measured, failed or unavailable; native, browser or imported) to the rows of the results
-//! store. `bench` and `db import` both store through [`store_outcome`].
+//! store. `bench`, `bench --submit` and `db import` all go through [`combination_records`].
 
 use ia_bench::{Combination, Measurement, Outcome};
-use ia_db::submissions::SubmittedCombination;
 use ia_db::{
-    CompatibilityRecord, HardwareRecord, ModelRecord, PerformanceRecord, RunRecord, Store,
-    WebRecord,
+    CombinationRecords, CompatibilityRecord, HardwareRecord, ModelRecord, PerformanceRecord,
+    RunRecord, WebRecord,
 };
 use ia_hardware::HardwareReport;
 
@@ -74,30 +73,6 @@ fn git_commit() -> Option<String> {
     Some(commit)
 }
 
-/// Stores one combination's outcome (the rows of [`combination_records`]); returns its id.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn store_outcome(
-    store: &mut Store,
-    run_id: i64,
-    host: &str,
-    hw: &HardwareReport,
-    engine: (&str, String),
-    combo: &Combination,
-    outcome: &Outcome,
-    web: Option<&ia_browser::WebDetails>,
-) -> anyhow::Result<i64> {
-    let c = combination_records(host, hw, engine, combo, outcome, web)?;
-    Ok(store.record_combination(
-        run_id,
-        &c.model,
-        &c.hardware,
-        &c.performance,
-        &c.samples_ms,
-        &c.compatibility,
-        c.web.as_ref(),
-    )?)
-}
-
 /// The rows of one combination's outcome, as the store writes them and as a submission to a
 /// results service carries them. `engine` is (name, version) of the runtime that was asked
 /// to run it (a measured outcome carries its own session info, which wins); `web` is how a
@@ -109,7 +84,7 @@ pub(crate) fn combination_records(
     combo: &Combination,
     outcome: &Outcome,
     web: Option<&ia_browser::WebDetails>,
-) -> anyhow::Result<SubmittedCombination> {
+) -> anyhow::Result<CombinationRecords> {
     let m = &combo.model;
     let measured = match outcome {
         Outcome::Measured(meas) => Some(meas.as_ref()),
@@ -163,7 +138,7 @@ pub(crate) fn combination_records(
     };
     let samples = measured.map(|x| x.samples_ms.clone()).unwrap_or_default();
     let web = web.map(web_record).transpose()?;
-    Ok(SubmittedCombination {
+    Ok(CombinationRecords {
         model,
         hardware,
         performance: perf,

@@ -125,12 +125,13 @@ mod tests {
     }
 }
 
-/// The results store a command reads or writes (`--db-path`).
+/// The results store a command reads or writes (`--db-path`; also after a subcommand).
 #[derive(clap::Args)]
 pub struct StoreArg {
     /// DuckDB results file
     #[arg(
         long = "db-path",
+        global = true,
         env = "BENCHMARK_DB_PATH",
         default_value = "./benchmark_db.duckdb"
     )]

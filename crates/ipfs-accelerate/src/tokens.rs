@@ -6,18 +6,11 @@ use crate::results_store::token_hash;
 use anyhow::{bail, Context};
 use ia_db::Store;
 use std::io::Read;
-use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// DuckDB results file the server writes
-    #[arg(
-        long,
-        global = true,
-        env = "BENCHMARK_DB_PATH",
-        default_value = "./benchmark_db.duckdb"
-    )]
-    db_path: PathBuf,
+    #[command(flatten)]
+    store: crate::run_store::StoreArg,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,7 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 bail!("--name must hold 1 to 100 printable characters");
             }
             let token = new_token()?;
-            let mut store = Store::open_or_create(&args.db_path)?;
+            let mut store = Store::open_or_create(&args.store.db_path)?;
             let id = store.create_token(
                 &name,
                 &token_hash(&token),
@@ -94,7 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         Command::List { json } => {
-            let store = Store::open_existing(&args.db_path)?;
+            let store = Store::open_existing(&args.store.db_path)?;
             let rows = store.list_tokens()?;
             if json {
                 println!("{}", rows.json());
@@ -105,7 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         Command::Revoke { name } => {
-            let mut store = Store::open_writable(&args.db_path)?;
+            let mut store = Store::open_writable(&args.store.db_path)?;
             match store.revoke_token(name.trim())? {
                 0 => bail!("no valid token named '{name}' (tokens list shows them)"),
                 n => eprintln!("revoked {n} token(s) named '{name}'"),

@@ -366,10 +366,16 @@ struct Row {
     len: usize,
 }
 
-/// A sequence's caches, one per layer, and the tokens they hold.
+/// A sequence's caches, one per layer.
 struct SequenceCache {
     layers: Vec<KvCache>,
-    len: usize,
+}
+
+impl SequenceCache {
+    /// Tokens the caches hold.
+    fn len(&self) -> usize {
+        self.layers.first().map_or(0, KvCache::current_seq_len)
+    }
 }
 
 pub struct Decoder {
@@ -466,8 +472,8 @@ impl Decoder {
     }
 
     /// Runs the new tokens of each listed sequence together; returns each one's logits after
-    /// its last new token. A failure drops the listed sequences, whose caches may be half
-    /// written.
+    /// its last new token. A failure while computing drops the listed sequences, whose caches
+    /// may be half written; a request refused beforehand leaves them as they were.
     fn forward(&mut self, work: &[(SequenceId, &[u32])]) -> Result<Vec<Vec<f32>>, EngineError> {
         let mut rows = Vec::with_capacity(work.len());
         let mut positions = Vec::new();
@@ -481,40 +487,30 @@ impl Decoder {
                     "a sequence step has no tokens".into(),
                 ));
             }
-            if cache.len + tokens.len() > self.max_context {
+            let held = cache.len();
+            if held + tokens.len() > self.max_context {
                 return Err(EngineError::InvalidInput(format!(
                     "{} tokens exceed the model's context of {}",
-                    cache.len + tokens.len(),
+                    held + tokens.len(),
                     self.max_context
                 )));
             }
-            positions.extend((cache.len..cache.len + tokens.len()).map(|p| p as u32));
+            positions.extend((held..held + tokens.len()).map(|p| p as u32));
             rows.push(Row {
                 offset,
                 len: tokens.len(),
             });
             offset += tokens.len();
         }
-        let result = self.run(work, &rows, positions);
-        match result {
-            Ok(logits) => {
-                for ((id, tokens), _) in work.iter().zip(&rows) {
-                    if let Some(c) = self.sequences.get_mut(id) {
-                        c.len += tokens.len();
-                    }
-                }
-                Ok(logits)
+        self.compute(work, &rows, positions).map_err(|e| {
+            for (id, _) in work {
+                self.sequences.remove(id);
             }
-            Err(e) => {
-                for (id, _) in work {
-                    self.sequences.remove(id);
-                }
-                Err(rt(e))
-            }
-        }
+            rt(e)
+        })
     }
 
-    fn run(
+    fn compute(
         &mut self,
         work: &[(SequenceId, &[u32])],
         rows: &[Row],
@@ -569,7 +565,6 @@ impl Decoder {
             layers: (0..self.layers.len())
                 .map(|_| KvCache::new(0, CACHE_CHUNK.min(self.max_context)))
                 .collect(),
-            len: 0,
         };
         self.sequences.insert(id, cache);
         id
