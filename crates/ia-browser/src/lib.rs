@@ -128,6 +128,60 @@ pub fn render_url(
     Ok((facts, png))
 }
 
+/// A headless Chromium for looking at a local server's pages one after another, as a person
+/// would: open a page, wait for what it promises, read facts, take a screenshot, and read the
+/// console (the dashboard's tests).
+pub struct Viewer {
+    driver: webdriver::Driver,
+}
+
+impl Viewer {
+    pub fn start(width: u32, height: u32) -> Result<Self, BrowserError> {
+        let chromium = ia_hardware::find_chromium().map_err(BrowserError::NotInstalled)?;
+        let chromedriver = find_chromedriver().map_err(BrowserError::NotInstalled)?;
+        let driver = webdriver::Driver::start(&chromium.path, &chromedriver)?;
+        driver.set_window_size(width, height)?;
+        Ok(Self { driver })
+    }
+
+    /// Opens `url` and waits for its load event.
+    pub fn open(&self, url: &str) -> Result<(), BrowserError> {
+        self.driver.navigate(url, PAGE_TIMEOUT)
+    }
+
+    /// Runs `script` in the page as the body of an async function and returns what it
+    /// returns (JSON), within `timeout`; a thrown error is `BrowserError::Page`.
+    pub fn eval(&self, script: &str, timeout: Duration) -> Result<serde_json::Value, BrowserError> {
+        let wrapped = format!(
+            "const done = arguments[arguments.length - 1];
+             (async () => {{ {script} }})().then(
+               (value) => done({{pageValue: value === undefined ? null : value}}),
+               (e) => done({{pageError: String(e && e.stack || e)}}));"
+        );
+        let answer = self.driver.execute_async(&wrapped, timeout)?;
+        match answer.get("pageError").and_then(|e| e.as_str()) {
+            Some(error) => Err(BrowserError::Page(one_line(error))),
+            None => Ok(answer.get("pageValue").cloned().unwrap_or_default()),
+        }
+    }
+
+    /// A PNG of the viewport.
+    pub fn screenshot(&self) -> Result<Vec<u8>, BrowserError> {
+        self.driver.screenshot()
+    }
+
+    /// Console entries at level SEVERE (errors, failed loads) since the last call.
+    pub fn console_errors(&self) -> Result<Vec<String>, BrowserError> {
+        Ok(self
+            .driver
+            .console()?
+            .into_iter()
+            .filter(|(level, _)| level == "SEVERE")
+            .map(|(_, message)| message)
+            .collect())
+    }
+}
+
 /// A running headless Chromium with the benchmark page open.
 pub struct BrowserHost {
     // Field order is drop order: the browser goes before the server it reads from.

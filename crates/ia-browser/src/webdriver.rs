@@ -112,6 +112,8 @@ impl Driver {
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": chromium, "args": args},
+            // The console, for pages checked to log no errors.
+            "goog:loggingPrefs": {"browser": "ALL"},
         }}});
         let value = driver
             .request("POST", "/session", Some(caps), START_TIMEOUT)
@@ -262,6 +264,41 @@ impl Driver {
             Some(json!({"script": script, "args": []})),
             Duration::from_secs(30),
         )
+    }
+
+    /// Runs an asynchronous script: it gets `done` as its last argument and answers by calling
+    /// it, within `timeout`.
+    pub fn execute_async(&self, script: &str, timeout: Duration) -> Result<Value, BrowserError> {
+        self.set_timeouts(json!({"script": timeout.as_millis() as u64}))?;
+        self.request(
+            "POST",
+            &self.session_path("/execute/async"),
+            Some(json!({"script": script, "args": []})),
+            timeout + Duration::from_secs(10),
+        )
+    }
+
+    /// The console entries logged since the last call: (level, message).
+    pub fn console(&self) -> Result<Vec<(String, String)>, BrowserError> {
+        let entries = self.request(
+            "POST",
+            &self.session_path("/se/log"),
+            Some(json!({"type": "browser"})),
+            Duration::from_secs(10),
+        )?;
+        Ok(entries
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| {
+                        (
+                            e["level"].as_str().unwrap_or("").to_string(),
+                            e["message"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     /// A PNG of the current viewport.

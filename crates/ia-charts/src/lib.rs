@@ -13,9 +13,11 @@ use serde::Serialize;
 /// Escapes text for XML and HTML (charts and the HTML reports share it).
 pub use render::escape as xml_escape;
 pub use render::png;
+pub use render::{status_fill, PALETTE};
 
 /// The chart kinds of `db plot --kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Kind {
     LatencyVsBatch,
     ThroughputByPlatform,
@@ -87,8 +89,9 @@ pub struct Point {
 
 pub const WEB_PLATFORMS: [&str; 3] = ["wasm", "webgpu", "webnn"];
 
-/// A chart ready to draw.
-#[derive(Debug, Clone, PartialEq)]
+/// A chart ready to draw: as SVG here, or as JSON for the dashboard, which draws the same
+/// definition in the browser.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Chart {
     pub kind: Kind,
     pub title: String,
@@ -97,7 +100,8 @@ pub struct Chart {
     pub body: Body,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Body {
     /// Lines with markers; `x_ticks` labels the x values (batch sizes, dates).
     Lines {
@@ -122,13 +126,13 @@ pub enum Body {
     },
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Group {
     pub label: String,
     /// (series index, value, label printed beside the bar)
@@ -508,6 +512,17 @@ mod tests {
         };
         assert_eq!(cells[0], vec![Some("pass".into()), None]);
         assert_eq!(cells[1], vec![None, Some("unavailable".into())]);
+    }
+
+    #[test]
+    fn charts_serialise_as_the_dashboard_reads_them() {
+        let points = vec![point("a", "candle/cpu", 1, 1.0, "pass")];
+        let json = serde_json::to_value(build(Kind::LatencyVsBatch, &points)).unwrap();
+        assert_eq!(json["kind"], "latency-vs-batch");
+        assert_eq!(json["body"]["type"], "lines");
+        assert_eq!(json["body"]["series"][0]["points"][0][0], 1.0);
+        let json = serde_json::to_value(build(Kind::ThroughputByPlatform, &points)).unwrap();
+        assert_eq!(json["body"]["type"], "bars");
     }
 
     #[test]

@@ -5,14 +5,26 @@ use std::fmt::Write;
 
 const WIDTH: f64 = 960.0;
 const FONT: &str = "DejaVu Sans, Verdana, sans-serif";
-/// Okabe-Ito, readable by colour-blind readers, then darker variants.
-const PALETTE: [&str; 12] = [
+/// Okabe-Ito, readable by colour-blind readers, then darker variants. Series `i` takes
+/// colour `i mod 12`, here and in the dashboard.
+pub const PALETTE: [&str; 12] = [
     "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#B8A000", "#000000",
     "#004D80", "#A66F00", "#006B4F", "#8F3F00",
 ];
 
 fn color(i: usize) -> &'static str {
     PALETTE[i % PALETTE.len()]
+}
+
+/// The fill of a compatibility cell by status (None: not tried), here and in the dashboard.
+pub fn status_fill(status: Option<&str>) -> &'static str {
+    match status {
+        Some("pass") => "#cdebd6",
+        Some("fail") => "#f6c9c4",
+        Some("unavailable") => "#e4e4e4",
+        Some(_) => "#fff3c4",
+        None => "#ffffff",
+    }
 }
 
 pub fn escape(s: &str) -> String {
@@ -431,13 +443,8 @@ fn grid(
         );
         for (c, cell) in cells[r].iter().enumerate() {
             let x = left + c as f64 * cell_w;
-            let (fill, word) = match cell.as_deref() {
-                Some("pass") => ("#cdebd6", "pass"),
-                Some("fail") => ("#f6c9c4", "fail"),
-                Some("unavailable") => ("#e4e4e4", "unavailable"),
-                Some(other) => ("#fff3c4", other),
-                None => ("#ffffff", ""),
-            };
+            let word = cell.as_deref().unwrap_or("");
+            let fill = status_fill(cell.as_deref());
             let _ = writeln!(
                 out,
                 r##"<rect x="{x:.1}" y="{y:.1}" width="{cell_w:.1}" height="{cell_h}" fill="{fill}" stroke="#bbb"/>"##

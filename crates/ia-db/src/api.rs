@@ -78,3 +78,48 @@ pub fn hardware(store: &Store) -> Result<QueryResult> {
          FROM hardware_platforms h ORDER BY h.host, h.platform, h.device",
     )
 }
+
+/// Compatibility by model class and platform: the best latest status of any model of the
+/// class there (pass beats fail beats unavailable, over engines and precisions), the models
+/// behind it, and the reasons of the latest results that did not pass. Classes with no result
+/// have no row; the caller knows the catalog.
+pub fn compatibility(store: &Store, filter: &ChartFilter) -> Result<QueryResult> {
+    if filter.batch_size.is_some() {
+        return Err(crate::DbError::Request(
+            "compatibility is recorded per model and platform, not per batch size".into(),
+        ));
+    }
+    let (clause, params) = filter.clause();
+    crate::query::run_with_params(
+        store.connection(),
+        &format!(
+            "WITH latest AS (
+                 SELECT m.class, m.model_name, p.platform, p.engine, p.precision, p.status,
+                        p.error
+                 FROM compatibility_results p
+                 JOIN models m USING (model_id)
+                 JOIN hardware_platforms h USING (hardware_id)
+                 WHERE {clause}
+                 QUALIFY row_number() OVER (
+                     PARTITION BY m.model_name, m.weights, h.fingerprint, p.platform, p.engine,
+                                  p.precision
+                     ORDER BY p.created_at DESC, p.compat_id DESC) = 1)
+             SELECT class, platform,
+                    CASE max(CASE status WHEN 'pass' THEN 3 WHEN 'fail' THEN 2
+                                         WHEN 'unavailable' THEN 1 ELSE 0 END)
+                        WHEN 3 THEN 'pass' WHEN 2 THEN 'fail' WHEN 1 THEN 'unavailable'
+                        ELSE 'unknown' END AS status,
+                    count(DISTINCT model_name) AS models,
+                    count(*) FILTER (WHERE status = 'pass') AS passed,
+                    count(*) FILTER (WHERE status = 'fail') AS failed,
+                    count(*) FILTER (WHERE status = 'unavailable') AS unavailable,
+                    string_agg(DISTINCT model_name, ', ') AS model_names,
+                    string_agg(DISTINCT engine || ' ' || precision || ': ' || coalesce(error, status), '; ')
+                        FILTER (WHERE status <> 'pass') AS reasons
+             FROM latest
+             GROUP BY class, platform
+             ORDER BY class, platform"
+        ),
+        &params,
+    )
+}

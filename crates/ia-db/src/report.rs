@@ -400,6 +400,20 @@ fn charts_of(kind: ReportKind) -> &'static [ChartKind] {
     }
 }
 
+/// Every table of a report with its heading (what md and html show), for callers that lay
+/// the report out themselves (the dashboard). Tables may be empty: the caller says so.
+pub fn tables(
+    store: &Store,
+    kind: ReportKind,
+    options: &ReportOptions,
+) -> Result<Vec<(&'static str, QueryResult)>> {
+    store.check_tables()?;
+    Ok(sections(store, kind, options)?
+        .into_iter()
+        .map(|s| (s.heading, s.rows))
+        .collect())
+}
+
 /// Renders a report. md and html get a title and sections; csv and json get the rows of its
 /// main table as they are. A report whose tables are all empty is an error naming what was
 /// asked for, never an empty table.

@@ -12,6 +12,7 @@
 //! crate depends on the engine API, not on any engine.
 
 pub mod chat;
+pub mod dashboard;
 pub mod error;
 pub mod metrics;
 mod openai;
@@ -239,7 +240,16 @@ impl Server {
             .route("/api/runs", get(results::runs).post(results::submit))
             .route("/api/hardware", get(results::hardware))
             .route("/api/reports/{kind}", get(results::report))
-            .route("/api/analysis/{kind}", get(results::analysis));
+            .route(
+                "/api/reports/{kind}/sections",
+                get(results::report_sections),
+            )
+            .route("/api/charts/{kind}", get(results::chart))
+            .route("/api/compatibility", get(results::compatibility))
+            .route("/api/analysis/{kind}", get(results::analysis))
+            .route("/dashboard", get(dashboard::home))
+            .route("/dashboard/{page}", get(dashboard::named))
+            .route("/dashboard/assets/{file}", get(dashboard::asset));
         Router::new()
             .merge(inference)
             .merge(results)
@@ -418,6 +428,9 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         results::submit,
         results::hardware,
         results::report,
+        results::report_sections,
+        results::chart,
+        results::compatibility,
         results::analysis,
     )
 )]

@@ -85,6 +85,12 @@ pub enum ReadQuery {
     Hardware,
     /// A `db report` kind: performance, compatibility, web, hardware, summary, legacy.
     Report(String, Filters),
+    /// Every table of a `db report` kind, with its heading.
+    ReportSections(String, Filters),
+    /// A `db plot` kind as its chart definition (ia_charts), for the dashboard to draw.
+    Chart(String, Filters),
+    /// Model class x platform: the best latest status, the models and the reasons.
+    Compatibility(Filters),
     /// `db trend`, `db regressions` or `db compare` as JSON.
     Analysis(String, AnalysisParams),
 }
@@ -138,6 +144,8 @@ pub struct ResultsService {
     next_reader: std::sync::atomic::AtomicUsize,
     /// Reads need no token.
     public_read: bool,
+    /// What `/dashboard` serves besides its compiled-in pages.
+    pub(crate) dashboard: crate::dashboard::Assets,
 }
 
 impl ResultsService {
@@ -155,7 +163,14 @@ impl ResultsService {
                 .collect(),
             next_reader: Default::default(),
             public_read,
+            dashboard: Default::default(),
         }
+    }
+
+    /// The dashboard's charting library and other files read at start.
+    pub fn with_dashboard(mut self, assets: crate::dashboard::Assets) -> Self {
+        self.dashboard = assets;
+        self
     }
 
     /// Runs `f` on the writing store on a blocking thread.
@@ -306,6 +321,49 @@ pub(crate) async fn report(
     Query(filters): Query<Filters>,
 ) -> Response {
     read(state, headers, ReadQuery::Report(kind, filters)).await
+}
+
+/// Every table of a `db report` kind: `[{heading, rows}]` (the summary's three, the
+/// compatibility report's matrix and details).
+#[utoipa::path(get, path = "/api/reports/{kind}/sections",
+    params(("kind" = String, Path, description = "report kind"), Filters),
+    responses((status = 200, description = "the report's tables, each with its heading (possibly empty)"),
+              (status = 404, description = "unknown report kind")))]
+pub(crate) async fn report_sections(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(kind): Path<String>,
+    Query(filters): Query<Filters>,
+) -> Response {
+    read(state, headers, ReadQuery::ReportSections(kind, filters)).await
+}
+
+/// A chart of `db plot --kind` as its definition (title, axes, series or bars or grid), drawn
+/// by the dashboard in the browser and by `db plot` as SVG: one definition, two renderers.
+#[utoipa::path(get, path = "/api/charts/{kind}",
+    params(("kind" = String, Path, description = "latency-vs-batch, throughput-by-platform, trend, memory, compatibility or web-vs-native"), Filters),
+    responses((status = 200, description = "the chart definition (empty series when nothing matches)"),
+              (status = 404, description = "unknown chart kind")))]
+pub(crate) async fn chart(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(kind): Path<String>,
+    Query(filters): Query<Filters>,
+) -> Response {
+    read(state, headers, ReadQuery::Chart(kind, filters)).await
+}
+
+/// The compatibility matrix: every model class of the catalog x every platform, each cell
+/// the best latest status of the class's models there, with the models and the reasons of
+/// those that did not pass.
+#[utoipa::path(get, path = "/api/compatibility", params(Filters),
+    responses((status = 200, description = "{classes, platforms, cells: [{class, platform, status, models, reasons, ...}]}")))]
+pub(crate) async fn compatibility(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(filters): Query<Filters>,
+) -> Response {
+    read(state, headers, ReadQuery::Compatibility(filters)).await
 }
 
 /// Trends with change points (`trend`), change points regressions first (`regressions`), or

@@ -299,8 +299,8 @@ pub fn trend_rows(store: &Store, args: &SeriesArgs) -> anyhow::Result<Vec<Value>
                            "started_at": p["started_at"], "value": p["value"]})
                 })
                 .collect();
-            json!({"series": s.key, "metric": args.metric.name(), "points": points,
-                   "change_points": changes})
+            json!({"series": s.key, "label": describe(&s.key), "metric": args.metric.name(),
+                   "points": points, "change_points": changes})
         })
         .collect())
 }

@@ -8,7 +8,7 @@ use ia_db::report::{ReportKind, ReportOptions};
 use ia_db::submissions::{Submission, TokenRecord};
 use ia_db::{DbError, OutputFormat, Store};
 use ia_serve::results::{Caller, Filters, ReadQuery, ResultsStore, StoreError};
-use serde_json::Value;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 pub struct DuckResults {
@@ -132,6 +132,45 @@ impl ResultsStore for DuckResults {
                     .map_err(store_error)?;
                 serde_json::from_str(&text)
                     .map_err(|e| StoreError::Failed(format!("the report is not JSON: {e}")))
+            }
+            ReadQuery::ReportSections(kind, f) => {
+                let kind: ReportKind = kind.parse().map_err(StoreError::NotFound)?;
+                let options = ReportOptions {
+                    filter: filter(f),
+                    include_simulated: false,
+                };
+                let tables =
+                    ia_db::report::tables(&self.store, kind, &options).map_err(store_error)?;
+                Ok(tables
+                    .into_iter()
+                    .map(|(heading, rows)| {
+                        json!({"heading": heading, "columns": rows.columns,
+                               "rows": rows.json_rows()})
+                    })
+                    .collect())
+            }
+            ReadQuery::Chart(kind, f) => {
+                let kind: ia_charts::Kind = kind.parse().map_err(StoreError::NotFound)?;
+                let chart =
+                    ia_db::charts::chart(&self.store, kind, &filter(f)).map_err(store_error)?;
+                serde_json::to_value(&chart).map_err(|e| StoreError::Failed(e.to_string()))
+            }
+            ReadQuery::Compatibility(f) => {
+                let cells = ia_db::api::compatibility(&self.store, &filter(f))
+                    .map(rows)
+                    .map_err(store_error)?;
+                // Every class of the catalog, once, in its order: rows with no result show
+                // as not tried.
+                let mut classes: Vec<&str> = vec![];
+                for entry in ia_models::catalog::CATALOG {
+                    if !classes.contains(&entry.class.as_str()) {
+                        classes.push(entry.class.as_str());
+                    }
+                }
+                Ok(
+                    json!({"classes": classes, "platforms": ia_db::report::PLATFORMS,
+                          "cells": cells}),
+                )
             }
             ReadQuery::Analysis(kind, q) => {
                 let answer = match kind.as_str() {

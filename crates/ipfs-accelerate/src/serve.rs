@@ -158,11 +158,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         .map(|r| Box::new(DuckResults::new(r)) as Box<dyn ResultsStore>)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            Some(ResultsService::new(
-                Box::new(DuckResults::new(store)),
-                readers,
-                args.public_read,
-            ))
+            let chart_library = match chart_library() {
+                Ok(path) => Some(path),
+                Err(why) => {
+                    tracing::warn!("the dashboard draws no charts: {why}");
+                    None
+                }
+            };
+            let assets = ia_serve::dashboard::Assets::load(chart_library.as_deref())
+                .context("reading the dashboard's chart library")?;
+            Some(
+                ResultsService::new(Box::new(DuckResults::new(store)), readers, args.public_read)
+                    .with_dashboard(assets),
+            )
         }
         None => None,
     };
@@ -195,7 +203,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         );
     }
-    eprintln!("listening on http://{address} (docs at /docs)");
+    eprintln!(
+        "listening on http://{address} (docs at /docs{})",
+        if args.db_path.is_some() {
+            ", dashboard at /dashboard"
+        } else {
+            ""
+        }
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -211,4 +226,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })?;
     eprintln!("stopped");
     Ok(())
+}
+
+/// Chart.js's UMD build for the dashboard: `IA_CHART_JS`, else what
+/// `scripts/fetch_web_assets.sh` installed under the project cache.
+fn chart_library() -> Result<PathBuf, String> {
+    let path = match std::env::var_os("IA_CHART_JS") {
+        Some(p) => PathBuf::from(p),
+        None => ia_hardware::cache_dir()
+            .ok_or("no cache folder (set HOME or XDG_CACHE_HOME)")?
+            .join("web/node_modules/chart.js/dist/chart.umd.js"),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} is missing (run scripts/fetch_web_assets.sh)",
+            path.display()
+        ))
+    }
 }
