@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates the Python reference environment (PyTorch + transformers from PyPI) used to generate
-# fixtures and to run the PyTorch side of the speed comparisons. Not needed by the test suite.
+# fixtures and to run the PyTorch side of the speed comparisons (onnx: torch.onnx.export writes
+# the runtimes suite's exports with it). Not needed by the test suite.
 set -euo pipefail
 cache="${IPFS_ACCELERATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ipfs-accelerate}"
 venv="$cache/pyref"
@@ -8,7 +9,7 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check \
-  torch transformers safetensors sentence-transformers numpy pillow
+  torch transformers safetensors sentence-transformers numpy pillow onnx
 # The ASR pipeline resamples with torchaudio; its newest wheel may trail torch's version, so
 # it goes in without letting pip replace torch.
 "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps torchaudio

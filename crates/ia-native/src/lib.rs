@@ -5,6 +5,7 @@
 //! `config.json` as is and loads tensors under the checkpoint's own names.
 
 mod calibrate;
+pub mod kernels;
 pub mod models;
 mod weights;
 

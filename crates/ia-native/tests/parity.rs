@@ -9,10 +9,33 @@ use common::{fixture, ids, load, max_abs_diff, reference, TOLERANCE};
 use ia_engine::{Engine, Inputs, Placement, Precision};
 use ia_hardware::Platform;
 use ia_models::{Checkpoint, Model, ModelSource};
+use ia_native::kernels::Isa;
 use ia_native::NativeEngine;
 
 #[test]
 fn bert_tiny_matches_transformers() {
+    bert_tiny_parity();
+}
+
+/// The same with the kernels capped at AVX2, then at the target's baseline: the paths a CPU
+/// without AVX-512 (or without AVX) takes. nextest runs each test in its own process, so the
+/// cap holds for the whole test.
+#[test]
+fn bert_tiny_matches_transformers_on_avx2_kernels() {
+    std::env::set_var("IA_NATIVE_ISA", "avx2");
+    let want = Isa::detected().min(Isa::Avx2);
+    assert_eq!(ia_native::kernels::isa(), want);
+    bert_tiny_parity();
+}
+
+#[test]
+fn bert_tiny_matches_transformers_on_portable_kernels() {
+    std::env::set_var("IA_NATIVE_ISA", "portable");
+    assert_eq!(ia_native::kernels::isa(), Isa::Portable);
+    bert_tiny_parity();
+}
+
+fn bert_tiny_parity() {
     let r = reference("bert-tiny");
     let (batch, seq_len) = r["input_ids"].dims2().unwrap();
     let inputs = Inputs::Text {

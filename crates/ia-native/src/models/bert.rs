@@ -1,14 +1,168 @@
-//! BERT encoder (embeddings task) on candle-transformers' `BertModel`.
+//! BERT encoder (embeddings task), after transformers' `modeling_bert.py`, tensor names as in
+//! the checkpoint (`embeddings.*`, `encoder.layer.N.*`, optionally under `bert.`).
 //!
 //! Outputs `last_hidden_state` [batch, seq, hidden] as transformers' `BertModel` returns it,
 //! and `mean_pooled` [batch, hidden]: the attention-masked mean that sentence-transformers'
 //! pooling layer computes.
+//!
+//! The layers are [`super::encoder`]'s (one product per projection over all rows, stacked
+//! query/key/value, bias and GELU in one pass); a mask with no padding is not added at all.
 
+use super::encoder::{Dense, SelfAttention};
 use super::{parse_config, LoadContext};
 use crate::{rt, CandleOutput};
-use candle_core::{DType, Tensor};
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{embedding, layer_norm, Activation, Embedding, LayerNorm, VarBuilder};
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
+use serde::Deserialize;
+
+/// transformers' `BertConfig` fields the forward pass reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub hidden_act: Activation,
+    pub max_position_embeddings: usize,
+    pub type_vocab_size: usize,
+    pub layer_norm_eps: f64,
+    pub model_type: Option<String>,
+}
+
+struct Embeddings {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Embedding,
+    layer_norm: LayerNorm,
+}
+
+impl Embeddings {
+    fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        Ok(Self {
+            word_embeddings: embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("word_embeddings"))?,
+            position_embeddings: embedding(
+                cfg.max_position_embeddings,
+                cfg.hidden_size,
+                vb.pp("position_embeddings"),
+            )?,
+            token_type_embeddings: embedding(
+                cfg.type_vocab_size,
+                cfg.hidden_size,
+                vb.pp("token_type_embeddings"),
+            )?,
+            layer_norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+        })
+    }
+
+    fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor) -> Result<Tensor> {
+        let seq_len = input_ids.dim(1)?;
+        let positions = Tensor::arange(0u32, seq_len as u32, input_ids.device())?;
+        let x = (self.word_embeddings.forward(input_ids)?
+            + self.token_type_embeddings.forward(token_type_ids)?)?
+        .broadcast_add(&self.position_embeddings.forward(&positions)?)?;
+        self.layer_norm.forward(&x)
+    }
+}
+
+struct Layer {
+    attention: SelfAttention,
+    attention_output: Dense,
+    attention_norm: LayerNorm,
+    intermediate: Dense,
+    act: Activation,
+    output: Dense,
+    output_norm: LayerNorm,
+}
+
+impl Layer {
+    fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let eps = cfg.layer_norm_eps;
+        Ok(Self {
+            attention: SelfAttention::load(
+                h,
+                cfg.num_attention_heads,
+                true,
+                vb.pp("attention.self"),
+            )?,
+            attention_output: Dense::load(h, h, vb.pp("attention.output.dense"))?,
+            attention_norm: layer_norm(h, eps, vb.pp("attention.output.LayerNorm"))?,
+            intermediate: Dense::load(h, cfg.intermediate_size, vb.pp("intermediate.dense"))?,
+            act: cfg.hidden_act,
+            output: Dense::load(cfg.intermediate_size, h, vb.pp("output.dense"))?,
+            output_norm: layer_norm(h, eps, vb.pp("output.LayerNorm"))?,
+        })
+    }
+
+    /// Post-norm: x = norm(x + attention(x)); x = norm(x + ffn(x)).
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let attended = self.attention.forward(x, mask)?;
+        let x = self
+            .attention_norm
+            .forward(&(self.attention_output.forward(&attended)? + x)?)?;
+        let inner = self.intermediate.forward_activated(&x, self.act)?;
+        self.output_norm
+            .forward(&(self.output.forward(&inner)? + x)?)
+    }
+}
+
+pub struct BertModel {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    pub device: Device,
+}
+
+impl BertModel {
+    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        // Checkpoints of BertFor* keep the encoder under `bert.` (or the model type).
+        let prefix = ["bert", cfg.model_type.as_deref().unwrap_or("bert")]
+            .into_iter()
+            .find(|p| vb.contains_tensor(&format!("{p}.embeddings.word_embeddings.weight")));
+        let vb = match prefix {
+            Some(p) => vb.pp(p),
+            None => vb,
+        };
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), cfg))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            embeddings: Embeddings::load(vb.pp("embeddings"), cfg)?,
+            layers,
+            device: vb.device().clone(),
+        })
+    }
+
+    /// `attention_mask` [batch, seq] of 0/1; None or all ones attends everywhere.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let mut x = self.embeddings.forward(input_ids, token_type_ids)?;
+        let mask = match attention_mask {
+            Some(m) if m.to_dtype(DType::F32)?.min_all()?.to_scalar::<f32>()? < 1.0 => {
+                Some(extended_mask(m, x.dtype())?)
+            }
+            _ => None,
+        };
+        for layer in &self.layers {
+            x = layer.forward(&x, mask.as_ref())?;
+        }
+        Ok(x)
+    }
+}
+
+/// transformers' extended attention mask: 0 where attended, the dtype's minimum where not,
+/// shaped [batch, 1, 1, seq] to broadcast over heads and query positions.
+fn extended_mask(mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    let mask = mask.to_dtype(DType::F32)?.unsqueeze(1)?.unsqueeze(1)?;
+    mask.affine(-1.0, 1.0)?
+        .affine(f32::MIN as f64, 0.0)?
+        .to_dtype(dtype)
+}
 
 pub struct BertSession {
     model: BertModel,
@@ -16,7 +170,7 @@ pub struct BertSession {
 }
 
 impl BertSession {
-    pub fn load(ctx: LoadContext<'_>) -> Result<Box<dyn Session>, EngineError> {
+    pub fn load(ctx: LoadContext<'_>) -> std::result::Result<Box<dyn Session>, EngineError> {
         let cfg: Config = parse_config(ctx.source, "BERT")?;
         let outputs = ["last_hidden_state", "mean_pooled"];
         let (model, info) = ctx.build("BERT", &outputs, |vb| BertModel::load(vb, &cfg))?;
@@ -29,7 +183,7 @@ impl Session for BertSession {
         &self.info
     }
 
-    fn run(&mut self, inputs: &Inputs) -> Result<Outputs, EngineError> {
+    fn run(&mut self, inputs: &Inputs) -> std::result::Result<Outputs, EngineError> {
         let Inputs::Text {
             batch,
             seq_len,
@@ -57,7 +211,7 @@ impl Session for BertSession {
 }
 
 /// sum(hidden * mask) / max(sum(mask), 1e-9), as sentence-transformers' mean pooling.
-fn mean_pool(hidden: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+fn mean_pool(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let mask = mask.to_dtype(hidden.dtype())?.unsqueeze(2)?;
     let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
     let counts = mask.sum(1)?.to_dtype(DType::F32)?.clamp(1e-9, f32::MAX)?;

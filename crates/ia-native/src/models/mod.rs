@@ -7,6 +7,7 @@ pub mod clap;
 pub mod clip;
 pub mod decoder;
 pub mod detr;
+pub(crate) mod encoder;
 pub mod opt;
 pub mod quantized;
 pub mod t5;

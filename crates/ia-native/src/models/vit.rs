@@ -1,12 +1,151 @@
-//! ViT image classification on candle-transformers' `vit::Model`
-//! (transformers' `ViTForImageClassification`). Output: `logits` [batch, num_labels].
+//! ViT image classification (transformers' `ViTForImageClassification`), after
+//! `modeling_vit.py`, tensor names as in the checkpoint (`vit.embeddings.*`,
+//! `vit.encoder.layer.N.*`, `vit.layernorm`, `classifier`). Output: `logits`
+//! [batch, num_labels]. The layers are [`super::encoder`]'s, pre-norm.
 
+use super::encoder::{Dense, SelfAttention};
 use super::{parse_config, LoadContext};
 use crate::{rt, CandleOutput};
-use candle_core::Tensor;
-use candle_transformers::models::vit::{Config, Model};
+use candle_core::{IndexOp, Module, Result, Tensor};
+use candle_nn::{conv2d, layer_norm, Activation, Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
+use serde::Deserialize;
 use serde_json::Value;
+
+/// transformers' `ViTConfig` fields the forward pass reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f64,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub num_channels: usize,
+    #[serde(default = "yes")]
+    pub qkv_bias: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+struct Embeddings {
+    cls_token: Tensor,
+    projection: Conv2d,
+    position_embeddings: Tensor,
+}
+
+impl Embeddings {
+    fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let patches = (cfg.image_size / cfg.patch_size).pow(2);
+        let conv = Conv2dConfig {
+            stride: cfg.patch_size,
+            ..Default::default()
+        };
+        Ok(Self {
+            cls_token: vb.get((1, 1, h), "cls_token")?,
+            projection: conv2d(
+                cfg.num_channels,
+                h,
+                cfg.patch_size,
+                conv,
+                vb.pp("patch_embeddings.projection"),
+            )?,
+            position_embeddings: vb.get((1, patches + 1, h), "position_embeddings")?,
+        })
+    }
+
+    /// [batch, channels, height, width] -> [batch, 1 + patches, hidden].
+    fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let b = pixels.dim(0)?;
+        let patches = self
+            .projection
+            .forward(pixels)?
+            .flatten_from(2)?
+            .transpose(1, 2)?;
+        let cls = self
+            .cls_token
+            .broadcast_as((b, 1, self.cls_token.dim(2)?))?;
+        Tensor::cat(&[&cls, &patches], 1)?.broadcast_add(&self.position_embeddings)
+    }
+}
+
+struct Layer {
+    norm_before: LayerNorm,
+    attention: SelfAttention,
+    attention_output: Dense,
+    norm_after: LayerNorm,
+    intermediate: Dense,
+    act: Activation,
+    output: Dense,
+}
+
+impl Layer {
+    fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        Ok(Self {
+            norm_before: layer_norm(h, eps, vb.pp("layernorm_before"))?,
+            attention: SelfAttention::load(
+                h,
+                cfg.num_attention_heads,
+                cfg.qkv_bias,
+                vb.pp("attention.attention"),
+            )?,
+            attention_output: Dense::load(h, h, vb.pp("attention.output.dense"))?,
+            norm_after: layer_norm(h, eps, vb.pp("layernorm_after"))?,
+            intermediate: Dense::load(h, cfg.intermediate_size, vb.pp("intermediate.dense"))?,
+            act: cfg.hidden_act,
+            output: Dense::load(cfg.intermediate_size, h, vb.pp("output.dense"))?,
+        })
+    }
+
+    /// Pre-norm: x = x + attention(norm(x)); x = x + ffn(norm(x)).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let attended = self
+            .attention
+            .forward(&self.norm_before.forward(x)?, None)?;
+        let x = (self.attention_output.forward(&attended)? + x)?;
+        let inner = self
+            .intermediate
+            .forward_activated(&self.norm_after.forward(&x)?, self.act)?;
+        self.output.forward(&inner)? + x
+    }
+}
+
+pub struct Model {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    layernorm: LayerNorm,
+    classifier: Dense,
+}
+
+impl Model {
+    pub fn new(cfg: &Config, num_labels: usize, vb: VarBuilder) -> Result<Self> {
+        let v = vb.pp("vit");
+        Ok(Self {
+            embeddings: Embeddings::load(cfg, v.pp("embeddings"))?,
+            layers: (0..cfg.num_hidden_layers)
+                .map(|i| Layer::load(cfg, v.pp(format!("encoder.layer.{i}"))))
+                .collect::<Result<_>>()?,
+            layernorm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, v.pp("layernorm"))?,
+            classifier: Dense::load(cfg.hidden_size, num_labels, vb.pp("classifier"))?,
+        })
+    }
+
+    /// Logits [batch, num_labels] from the class token.
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let mut x = self.embeddings.forward(pixels)?;
+        for layer in &self.layers {
+            x = layer.forward(&x)?;
+        }
+        self.classifier
+            .forward(&self.layernorm.forward(&x.i((.., 0, ..))?)?)
+    }
+}
 
 pub struct VitSession {
     model: Model,
@@ -31,7 +170,7 @@ pub(crate) fn num_labels(config: &Value) -> usize {
 }
 
 impl VitSession {
-    pub fn load(ctx: LoadContext<'_>) -> Result<Box<dyn Session>, EngineError> {
+    pub fn load(ctx: LoadContext<'_>) -> std::result::Result<Box<dyn Session>, EngineError> {
         let cfg: Config = parse_config(ctx.source, "ViT")?;
         let labels = num_labels(ctx.source.config());
         let (model, info) = ctx.build("ViT", &["logits"], |vb| Model::new(&cfg, labels, vb))?;
@@ -49,7 +188,7 @@ impl Session for VitSession {
         &self.info
     }
 
-    fn run(&mut self, inputs: &Inputs) -> Result<Outputs, EngineError> {
+    fn run(&mut self, inputs: &Inputs) -> std::result::Result<Outputs, EngineError> {
         let Inputs::Image {
             shape,
             pixel_values,

@@ -1,0 +1,42 @@
+//! Linear-layer products on the shapes of BERT-base's projections: candle's matmul against
+//! `ia_native::kernels::linear` (the same gemm kernels, threads split by output columns).
+//! `cargo run --release -p ia-native --example matmul_shapes`
+use candle_core::{Device, Tensor};
+use std::time::Instant;
+
+fn time(
+    reps: usize,
+    mut f: impl FnMut() -> candle_core::Result<Tensor>,
+) -> candle_core::Result<f64> {
+    f()?;
+    let start = Instant::now();
+    for _ in 0..reps {
+        f()?;
+    }
+    Ok(start.elapsed().as_secs_f64() / reps as f64)
+}
+
+fn main() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    println!("threads: {}", rayon::current_num_threads());
+    for rows in [128usize, 1024] {
+        for (k, n) in [(768usize, 2304usize), (768, 768), (768, 3072), (3072, 768)] {
+            let x = Tensor::randn(0f32, 1.0, (rows, k), &dev)?;
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+            let wt = w.t()?;
+            let reps = if rows == 128 { 40 } else { 8 };
+            let flop = 2.0 * (rows * k * n) as f64;
+            let candle = time(reps, || x.matmul(&wt))?;
+            let ours = time(reps, || ia_native::kernels::linear(&x, &w))?;
+            let wc = wt.contiguous()?;
+            let ours_t = time(reps, || ia_native::kernels::linear_t(&x, &wc))?;
+            println!(
+                "{rows:>5} x {k:>4} x {n:>4}  candle {:>6.1}  linear {:>6.1}  linear_t {:>6.1} GFLOP/s",
+                flop / candle / 1e9,
+                flop / ours / 1e9,
+                flop / ours_t / 1e9
+            );
+        }
+    }
+    Ok(())
+}
