@@ -1,5 +1,6 @@
 //! Linear-layer products on the shapes of BERT-base's projections: candle's matmul against
-//! `ia_native::kernels::linear` (the same gemm kernels, threads split by output columns).
+//! `ia_native::kernels::linear_t` (the same gemm kernels, the weight stored [in, out], threads
+//! split by output columns).
 //! `cargo run --release -p ia-native --example matmul_shapes`
 use candle_core::{Device, Tensor};
 use std::time::Instant;
@@ -27,14 +28,12 @@ fn main() -> candle_core::Result<()> {
             let reps = if rows == 128 { 40 } else { 8 };
             let flop = 2.0 * (rows * k * n) as f64;
             let candle = time(reps, || x.matmul(&wt))?;
-            let ours = time(reps, || ia_native::kernels::linear(&x, &w))?;
             let wc = wt.contiguous()?;
-            let ours_t = time(reps, || ia_native::kernels::linear_t(&x, &wc))?;
+            let ours = time(reps, || ia_native::kernels::linear_t(&x, &wc))?;
             println!(
-                "{rows:>5} x {k:>4} x {n:>4}  candle {:>6.1}  linear {:>6.1}  linear_t {:>6.1} GFLOP/s",
+                "{rows:>5} x {k:>4} x {n:>4}  candle {:>6.1}  linear_t {:>6.1} GFLOP/s",
                 flop / candle / 1e9,
-                flop / ours / 1e9,
-                flop / ours_t / 1e9
+                flop / ours / 1e9
             );
         }
     }

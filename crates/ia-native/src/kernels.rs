@@ -7,7 +7,7 @@
 //! caps it, so every path can be tested on a machine that has the wider ones.
 //!
 //! Matrix products use the `gemm` crate (built with its AVX-512 micro-kernels, which it
-//! selects at run time itself), as candle does; [`linear`] only splits the work between
+//! selects at run time itself), as candle does; [`linear_t`] only splits the work between
 //! threads differently (see there).
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
@@ -178,6 +178,24 @@ pub fn bias_gelu(
 
 struct BiasGelu;
 
+/// The f32 elements of both operands of a two-input op, which takes only contiguous f32.
+fn f32_slices<'a>(
+    op: &str,
+    s1: &'a CpuStorage,
+    l1: &Layout,
+    s2: &'a CpuStorage,
+    l2: &Layout,
+) -> Result<(&'a [f32], &'a [f32])> {
+    let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
+        candle_core::bail!("{op} takes f32")
+    };
+    let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+    else {
+        candle_core::bail!("{op} takes contiguous tensors")
+    };
+    Ok((&a[a0..a1], &b[b0..b1]))
+}
+
 impl CustomOp2 for BiasGelu {
     fn name(&self) -> &'static str {
         "bias-gelu-erf"
@@ -190,14 +208,7 @@ impl CustomOp2 for BiasGelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(bias)) = (s1, s2) else {
-            candle_core::bail!("bias-gelu-erf takes f32")
-        };
-        let (Some((x0, x1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("bias-gelu-erf takes contiguous tensors")
-        };
-        let (x, bias) = (&x[x0..x1], &bias[b0..b1]);
+        let (x, bias) = f32_slices(self.name(), s1, l1, s2, l2)?;
         let width = l1.dims().last().copied().unwrap_or(0);
         if bias.len() != width || width == 0 {
             candle_core::bail!("bias-gelu-erf: bias of {} for rows of {width}", bias.len())
@@ -210,39 +221,20 @@ impl CustomOp2 for BiasGelu {
 
 // ---- linear layers ------------------------------------------------------------------------
 
-/// `x [.., in] . weight[out, in]^T`: a linear layer's product (no bias). On the CPU in f32 the
-/// output columns are split between the threads, each running gemm on one thread: for the
-/// few rows of a short batch (128 x 768 x 3072) gemm's own split makes two threads slower
-/// than one; split by columns they are about twice as fast. Elsewhere candle's matmul.
-pub fn linear(
-    x: &candle_core::Tensor,
-    weight: &candle_core::Tensor,
-) -> Result<candle_core::Tensor> {
-    linear_with(x, weight, false)
-}
-
-/// [`linear`] with the weight stored transposed, `[in, out]` row-major: gemm then reads it
-/// without packing it first.
+/// `x [.., in] . weight_t [in, out]`: a linear layer's product (no bias), the weight stored
+/// transposed (`[in, out]` row-major) so that gemm reads it without packing it first. On the
+/// CPU in f32 the output columns are split between the threads, each running gemm on one
+/// thread: for the few rows of a short batch (128 x 768 x 3072) gemm's own split makes two
+/// threads slower than one; split by columns they are about twice as fast. Elsewhere
+/// candle's matmul.
 pub fn linear_t(
     x: &candle_core::Tensor,
     weight_t: &candle_core::Tensor,
 ) -> Result<candle_core::Tensor> {
-    linear_with(x, weight_t, true)
-}
-
-fn linear_with(
-    x: &candle_core::Tensor,
-    weight: &candle_core::Tensor,
-    transposed: bool,
-) -> Result<candle_core::Tensor> {
     let f32_cpu =
         |t: &candle_core::Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
-    if !(f32_cpu(x) && f32_cpu(weight)) {
-        return if transposed {
-            x.broadcast_matmul(weight)
-        } else {
-            x.broadcast_matmul(&weight.t()?)
-        };
+    if !(f32_cpu(x) && f32_cpu(weight_t)) {
+        return x.broadcast_matmul(weight_t);
     }
     let dims = x.dims().to_vec();
     let inputs = *dims.last().expect("a tensor with dimensions");
@@ -250,16 +242,13 @@ fn linear_with(
     let y = x
         .contiguous()?
         .reshape((rows, inputs))?
-        .apply_op2_no_bwd(&weight.contiguous()?, &Linear { transposed })?;
+        .apply_op2_no_bwd(&weight_t.contiguous()?, &LinearT)?;
     let mut shape = dims;
-    *shape.last_mut().expect("a tensor with dimensions") = weight.dim(usize::from(transposed))?;
+    *shape.last_mut().expect("a tensor with dimensions") = weight_t.dim(1)?;
     y.reshape(shape)
 }
 
-struct Linear {
-    /// The weight is [in, out] rather than [out, in].
-    transposed: bool,
-}
+struct LinearT;
 
 /// A raw pointer that may cross to the worker threads: each writes its own columns.
 #[derive(Clone, Copy)]
@@ -275,7 +264,7 @@ impl Out {
     }
 }
 
-impl CustomOp2 for Linear {
+impl CustomOp2 for LinearT {
     fn name(&self) -> &'static str {
         "linear-by-columns"
     }
@@ -287,22 +276,12 @@ impl CustomOp2 for Linear {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else {
-            candle_core::bail!("linear-by-columns takes f32")
-        };
-        let (Some((x0, x1)), Some((w0, w1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("linear-by-columns takes contiguous tensors")
-        };
+        let (x, w) = f32_slices(self.name(), s1, l1, s2, l2)?;
         let (m, k) = l1.shape().dims2()?;
-        let (n, k2) = match l2.shape().dims2()? {
-            (a, b) if self.transposed => (b, a),
-            dims => dims,
-        };
+        let (k2, n) = l2.shape().dims2()?;
         if k != k2 {
             candle_core::bail!("linear-by-columns: rows of {k} against weights of {k2}")
         }
-        let (x, w) = (&x[x0..x1], &w[w0..w1]);
         let mut out = vec![0f32; m * n];
         let threads = rayon::current_num_threads().max(1);
         // Blocks of whole 16-column panels (one AVX-512 register), one or more per thread.
@@ -310,17 +289,9 @@ impl CustomOp2 for Linear {
         let dst = Out(out.as_mut_ptr());
         let block = |start: usize| {
             let cols = width.min(n - start);
-            // The block's k x cols right-hand side: columns start.. of w^T.
-            let (rhs, rhs_cs, rhs_rs) = if self.transposed {
-                // w is k x n row-major.
-                (w.as_ptr().wrapping_add(start), 1, n as isize)
-            } else {
-                // w is n x k row-major: its transpose is column-major.
-                (w.as_ptr().wrapping_add(start * k), k as isize, 1)
-            };
-            // SAFETY: x is m x k row-major, rhs addresses k x cols elements of w as described
-            // above, dst is m x n row-major and this block writes only its columns
-            // start..start+cols.
+            // SAFETY: x is m x k row-major, w is k x n row-major and the right-hand side is
+            // its columns start..start+cols; dst is m x n row-major and this block writes
+            // only those columns.
             unsafe {
                 gemm::gemm(
                     m,
@@ -333,9 +304,9 @@ impl CustomOp2 for Linear {
                     x.as_ptr(),
                     1,
                     k as isize,
-                    rhs,
-                    rhs_cs,
-                    rhs_rs,
+                    w.as_ptr().add(start),
+                    1,
+                    n as isize,
                     0.0f32,
                     1.0f32,
                     false,
@@ -399,20 +370,10 @@ mod tests {
         for (m, k, n) in [(1, 8, 3), (7, 33, 50), (128, 96, 200)] {
             let x = candle_core::Tensor::randn(0f32, 1.0, (2, m, k), &dev).unwrap();
             let w = candle_core::Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
-            let ours = linear(&x, &w).unwrap();
+            let wt = w.t().unwrap().contiguous().unwrap();
+            let ours = linear_t(&x, &wt).unwrap();
             let theirs = x.broadcast_matmul(&w.t().unwrap()).unwrap();
             assert_eq!(ours.dims(), &[2, m, n]);
-            let wt = w.t().unwrap().contiguous().unwrap();
-            let transposed = linear_t(&x, &wt).unwrap();
-            let diff = (&transposed - &theirs)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(diff < 1e-4, "{m}x{k}x{n} transposed: {diff}");
             let diff = (ours - theirs)
                 .unwrap()
                 .abs()

@@ -6,21 +6,10 @@
 
 mod common;
 
-use common::{bin, stderr, Served};
+use common::{token, Served};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
-
-fn submit_token(db: &Path) -> String {
-    let o = bin()
-        .args(["tokens", "create", "--name", "fleet", "--json", "--db-path"])
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    v["token"].as_str().unwrap().to_string()
-}
 
 /// One combination of the known store. `p50` None: did not pass, `error` says why.
 struct Case<'a> {
@@ -270,14 +259,14 @@ const WAIT: &str = "for (let i = 0; i < 200 && !(window.dashboard && window.dash
 fn every_page_draws_the_known_store_without_console_errors() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("fleet.duckdb");
-    let token = submit_token(&db);
+    let fleet = token(&db, "fleet", "submit");
     let s = Served::start(&[
         "--results-only",
         "--public-read",
         "--db-path",
         db.to_str().unwrap(),
     ]);
-    fill(&s, &token);
+    fill(&s, &fleet);
     let chart = |kind: &str, query: &str| -> Value {
         let (status, text) = s.get(&format!("/api/charts/{kind}{query}"));
         assert_eq!(status, 200, "{text}");
@@ -455,23 +444,7 @@ fn every_page_draws_the_known_store_without_console_errors() {
 
     // Reads behind tokens: the page says a token is needed, and reads with the one given.
     s.stop();
-    let o = bin()
-        .args([
-            "tokens",
-            "create",
-            "--name",
-            "viewer",
-            "--scope",
-            "read",
-            "--json",
-            "--db-path",
-        ])
-        .arg(&db)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let reader: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let reader = reader["token"].as_str().unwrap();
+    let reader = token(&db, "viewer", "read");
     let s = Served::start(&["--results-only", "--db-path", db.to_str().unwrap()]);
     viewer
         .open(&format!("{}/dashboard/hardware", s.base))

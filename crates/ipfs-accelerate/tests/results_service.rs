@@ -4,23 +4,9 @@
 
 mod common;
 
-use common::{bin, fixture, stderr, Served, QUICK};
+use common::{bin, fixture, stderr, token, Served, QUICK};
 use serde_json::{json, Value};
 use std::path::Path;
-
-fn token(db: &Path, name: &str, scope: &str) -> String {
-    let o = bin()
-        .args([
-            "tokens", "create", "--name", name, "--scope", scope, "--json",
-        ])
-        .arg("--db-path")
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    v["token"].as_str().unwrap().to_string()
-}
 
 fn bench_submit(url: &str, token: &str, spool: &Path) -> std::process::Output {
     bin()

@@ -207,3 +207,18 @@ impl Drop for Served {
         let _ = self.child.wait();
     }
 }
+
+/// A new token of `scope` (submit or read) in the store at `db`, made by `tokens create`.
+pub fn token(db: &Path, name: &str, scope: &str) -> String {
+    let o = bin()
+        .args([
+            "tokens", "create", "--name", name, "--scope", scope, "--json",
+        ])
+        .arg("--db-path")
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["token"].as_str().unwrap().to_string()
+}
