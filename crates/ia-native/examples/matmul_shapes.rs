@@ -1,8 +1,9 @@
 //! Linear-layer products on the shapes of BERT-base's projections: candle's matmul against
-//! `ia_native::kernels::linear_t` (the same gemm kernels, the weight stored [in, out], threads
+//! `ia_native::kernels::linear` (the same gemm kernels, the weight stored [in, out], threads
 //! split by output columns).
 //! `cargo run --release -p ia-native --example matmul_shapes`
 use candle_core::{Device, Tensor};
+use ia_native::kernels::Activation::Identity;
 use std::time::Instant;
 
 fn time(
@@ -20,18 +21,28 @@ fn time(
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     println!("threads: {}", rayon::current_num_threads());
-    for rows in [128usize, 1024] {
-        for (k, n) in [(768usize, 2304usize), (768, 768), (768, 3072), (3072, 768)] {
+    for rows in [16usize, 128, 512, 1024] {
+        for (k, n) in [
+            (768usize, 2304usize),
+            (768, 768),
+            (768, 3072),
+            (3072, 768),
+            (384, 1152),
+            (384, 1536),
+            (1536, 384),
+        ] {
             let x = Tensor::randn(0f32, 1.0, (rows, k), &dev)?;
             let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
             let wt = w.t()?;
-            let reps = if rows == 128 { 40 } else { 8 };
+            let reps = (40 * 128 / rows).max(8);
             let flop = 2.0 * (rows * k * n) as f64;
             let candle = time(reps, || x.matmul(&wt))?;
             let wc = wt.contiguous()?;
-            let ours = time(reps, || ia_native::kernels::linear_t(&x, &wc))?;
+            let ours = time(reps, || {
+                ia_native::kernels::linear(&x, &wc, None, Identity, None)
+            })?;
             println!(
-                "{rows:>5} x {k:>4} x {n:>4}  candle {:>6.1}  linear_t {:>6.1} GFLOP/s",
+                "{rows:>5} x {k:>4} x {n:>4}  candle {:>6.1}  linear {:>6.1} GFLOP/s",
                 flop / candle / 1e9,
                 flop / ours / 1e9
             );

@@ -6,7 +6,8 @@
 //! pooling layer computes.
 //!
 //! The layers are [`super::encoder`]'s (one product per projection over all rows, stacked
-//! query/key/value, bias and GELU in one pass); a mask with no padding is not added at all.
+//! query/key/value, bias, GELU and residual adds in the product's pass, attention read from the
+//! stacked projection in place); a mask with no padding is not added at all.
 
 use super::encoder::{Dense, SelfAttention};
 use super::{parse_config, LoadContext};
@@ -101,10 +102,10 @@ impl Layer {
         let attended = self.attention.forward(x, mask)?;
         let x = self
             .attention_norm
-            .forward(&(self.attention_output.forward(&attended)? + x)?)?;
+            .forward(&self.attention_output.forward_residual(&attended, x)?)?;
         let inner = self.intermediate.forward_activated(&x, self.act)?;
         self.output_norm
-            .forward(&(self.output.forward(&inner)? + x)?)
+            .forward(&self.output.forward_residual(&inner, &x)?)
     }
 }
 
@@ -144,7 +145,7 @@ impl BertModel {
         let mut x = self.embeddings.forward(input_ids, token_type_ids)?;
         let mask = match attention_mask {
             Some(m) if m.to_dtype(DType::F32)?.min_all()?.to_scalar::<f32>()? < 1.0 => {
-                Some(extended_mask(m, x.dtype())?)
+                Some(key_mask(m, x.dtype())?)
             }
             _ => None,
         };
@@ -155,10 +156,10 @@ impl BertModel {
     }
 }
 
-/// transformers' extended attention mask: 0 where attended, the dtype's minimum where not,
-/// shaped [batch, 1, 1, seq] to broadcast over heads and query positions.
-fn extended_mask(mask: &Tensor, dtype: DType) -> Result<Tensor> {
-    let mask = mask.to_dtype(DType::F32)?.unsqueeze(1)?.unsqueeze(1)?;
+/// transformers' extended attention mask, [batch, seq]: 0 where attended, the f32 minimum
+/// where not (added to the scores of every query for that key).
+fn key_mask(mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    let mask = mask.to_dtype(DType::F32)?;
     mask.affine(-1.0, 1.0)?
         .affine(f32::MIN as f64, 0.0)?
         .to_dtype(dtype)

@@ -1,15 +1,16 @@
 //! The pieces BERT-style encoders share (BERT, ViT), written for CPU speed without changing
 //! the function: every projection is one matrix product over all `batch x seq` rows,
 //! query/key/value are one product (weights stacked at load, the 1/sqrt(head) scale folded
-//! into the query's), and the intermediate bias and GELU are one pass
-//! ([`crate::kernels::bias_gelu`]).
+//! into the query's), bias, GELU and residual adds happen in the product's pass
+//! ([`crate::kernels::linear`]), and attention reads the stacked projection in place
+//! ([`crate::kernels::attention`]).
 
 use crate::kernels;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Activation, VarBuilder};
 
 /// A linear layer applied to rows: `x [.., in] -> [.., out]` as one matrix product over all
-/// leading dimensions (candle's `Linear` multiplies per batch item), [`kernels::linear_t`].
+/// leading dimensions (candle's `Linear` multiplies per batch item), [`kernels::linear`].
 pub(crate) struct Dense {
     /// [in, out]: the checkpoint's [out, in] transposed once at load, so that no product
     /// repacks it.
@@ -34,26 +35,40 @@ impl Dense {
         )
     }
 
-    /// The product without the bias.
-    fn product(&self, x: &Tensor) -> Result<Tensor> {
-        kernels::linear_t(x, &self.weight_t)
-    }
-
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.product(x)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
+        kernels::linear(
+            x,
+            &self.weight_t,
+            self.bias.as_ref(),
+            kernels::Activation::Identity,
+            None,
+        )
+    }
+
+    /// `act` of the output; GELU (transformers' erf form, "gelu") in the same pass as the
+    /// product and bias.
+    pub fn forward_activated(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        match act {
+            Activation::Gelu => kernels::linear(
+                x,
+                &self.weight_t,
+                self.bias.as_ref(),
+                kernels::Activation::GeluErf,
+                None,
+            ),
+            act => act.forward(&self.forward(x)?),
         }
     }
 
-    /// `act` of the output; for GELU (transformers' erf form, "gelu") the bias is added in
-    /// the same pass.
-    pub fn forward_activated(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
-        match (act, &self.bias) {
-            (Activation::Gelu, Some(b)) => kernels::bias_gelu(&self.product(x)?, b),
-            (act, _) => act.forward(&self.forward(x)?),
-        }
+    /// `residual + x . W + bias`, the residual added in the same pass.
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        kernels::linear(
+            x,
+            &self.weight_t,
+            self.bias.as_ref(),
+            kernels::Activation::Identity,
+            Some(residual),
+        )
     }
 }
 
@@ -88,27 +103,10 @@ impl SelfAttention {
         })
     }
 
-    /// `x` [batch, seq, hidden]; `mask` broadcasts to [batch, heads, seq, seq] and is added
-    /// to the scores (None: every position attends everywhere).
-    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (b, s, h) = x.dims3()?;
-        let d = h / self.heads;
-        // [b, s, 3, heads, d] -> [3, b, heads, s, d]: one copy gives q, k and v contiguous.
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((b, s, 3, self.heads, d))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
-        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        let mut scores = q.matmul(&k.t()?)?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        candle_nn::ops::softmax_last_dim(&scores)?
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, s, h))
+    /// `x` [batch, seq, hidden]; `key_mask` [batch, seq] is added to every query's scores
+    /// for that key (0 attends, transformers' large negative value masks; None attends
+    /// everywhere). [`kernels::attention`].
+    pub fn forward(&self, x: &Tensor, key_mask: Option<&Tensor>) -> Result<Tensor> {
+        kernels::attention(&self.qkv.forward(x)?, self.heads, key_mask)
     }
 }

@@ -108,11 +108,11 @@ impl Layer {
         let attended = self
             .attention
             .forward(&self.norm_before.forward(x)?, None)?;
-        let x = (self.attention_output.forward(&attended)? + x)?;
+        let x = self.attention_output.forward_residual(&attended, x)?;
         let inner = self
             .intermediate
             .forward_activated(&self.norm_after.forward(&x)?, self.act)?;
-        self.output.forward(&inner)? + x
+        self.output.forward_residual(&inner, &x)
     }
 }
 

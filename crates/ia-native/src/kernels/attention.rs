@@ -1,0 +1,246 @@
+//! Multi-head self-attention read straight from the stacked query/key/value rows.
+//!
+//! candle's path copies q, k and v out of the stacked projection, runs one threaded gemm per
+//! (sequence, head) pair for the scores and another for the weighted values, and copies the
+//! heads back together: for MiniLM's 16-token sequences that is thousands of tiny threaded
+//! products. Here each (sequence, head) pair is one task on rayon's threads: gemm reads q, k
+//! and v where they are (by strides), the mask and softmax run on the scores in cache, and
+//! the second product writes the head's columns of the output rows in place.
+
+use super::math::softmax_body;
+use super::{applies, f32_slice, isa, multiversion, with_f32, SharedOut};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+
+/// Attention over `qkv` [batch, seq, 3 * hidden]: each row holds the query, key and value
+/// projections side by side, each `heads` x `hidden / heads`, the query already scaled by
+/// 1/sqrt(head size). `key_mask` [batch, seq] is added to every query's score for that key
+/// (0 attends; a large negative value, as transformers' extended mask, masks). Returns
+/// [batch, seq, hidden]. f32 on the CPU runs the kernel; elsewhere candle's operations.
+pub fn attention(qkv: &Tensor, heads: usize, key_mask: Option<&Tensor>) -> Result<Tensor> {
+    let (b, s, h3) = qkv.dims3()?;
+    let h = h3 / 3;
+    if heads == 0 || h3 % 3 != 0 || h % heads != 0 {
+        candle_core::bail!("attention: rows of {h3} do not split into 3 x {heads} heads")
+    }
+    if let Some(mask) = key_mask {
+        if mask.dims() != [b, s] {
+            candle_core::bail!("attention: mask {:?} for {b} x {s} tokens", mask.dims())
+        }
+    }
+    if !applies(qkv) || !key_mask.is_none_or(applies) {
+        return with_candle(qkv, heads, key_mask);
+    }
+    let qkv = qkv.contiguous()?;
+    match key_mask {
+        Some(mask) => with_f32("attention", &mask.contiguous()?, |mask| {
+            qkv.apply_op1_no_bwd(&Attention {
+                heads,
+                key_mask: Some(mask),
+            })
+        }),
+        None => qkv.apply_op1_no_bwd(&Attention {
+            heads,
+            key_mask: None,
+        }),
+    }
+}
+
+/// The same function in candle's operations (other devices and types).
+fn with_candle(qkv: &Tensor, heads: usize, key_mask: Option<&Tensor>) -> Result<Tensor> {
+    let (b, s, h3) = qkv.dims3()?;
+    let (h, d) = (h3 / 3, h3 / 3 / heads);
+    // [b, s, 3, heads, d] -> [3, b, heads, s, d]: one copy gives q, k and v contiguous.
+    let qkv = qkv
+        .reshape((b, s, 3, heads, d))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()?;
+    let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+    let mut scores = q.matmul(&k.t()?)?;
+    if let Some(mask) = key_mask {
+        scores = scores.broadcast_add(&mask.reshape((b, 1, 1, s))?.to_dtype(scores.dtype())?)?;
+    }
+    candle_nn::ops::softmax_last_dim(&scores)?
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, s, h))
+}
+
+struct Attention<'a> {
+    heads: usize,
+    key_mask: Option<&'a [f32]>,
+}
+
+#[inline(always)]
+fn masked_softmax_body(scores: &mut [f32], width: usize, mask: Option<&[f32]>) {
+    for row in scores.chunks_exact_mut(width) {
+        if let Some(mask) = mask {
+            for (v, &m) in row.iter_mut().zip(mask) {
+                *v += m;
+            }
+        }
+        softmax_body(row);
+    }
+}
+
+multiversion!(fn masked_softmax(scores: &mut [f32], width: usize, mask: Option<&[f32]>) => masked_softmax_body);
+
+impl CustomOp1 for Attention<'_> {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = f32_slice(self.name(), storage, layout)?;
+        let (b, s, h3) = layout.shape().dims3()?;
+        let (h, heads) = (h3 / 3, self.heads);
+        let d = h / heads;
+        let mut out = vec![0f32; b * s * h];
+        if out.is_empty() {
+            return Ok((CpuStorage::F32(out), Shape::from((b, s, h))));
+        }
+        let dst = SharedOut(out.as_mut_ptr());
+        let isa = isa();
+        let task = |pair: usize| {
+            let (seq, head) = (pair / heads, pair % heads);
+            let rows = &qkv[seq * s * h3..(seq + 1) * s * h3];
+            let (q, k, v) = (
+                &rows[head * d..],
+                &rows[h + head * d..],
+                &rows[2 * h + head * d..],
+            );
+            let mut scores = vec![0f32; s * s];
+            // SAFETY: q, k and v are s rows of d values at a stride of h3 within `rows`;
+            // scores is s x s row-major; the output block is this sequence's s rows (stride
+            // h) at this head's d columns, which no other task writes.
+            unsafe {
+                // scores = q . k^T: k^T (d x s) has element (c, j) at j * h3 + c.
+                gemm::gemm(
+                    s,
+                    s,
+                    d,
+                    scores.as_mut_ptr(),
+                    1,
+                    s as isize,
+                    false,
+                    q.as_ptr(),
+                    1,
+                    h3 as isize,
+                    k.as_ptr(),
+                    h3 as isize,
+                    1,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+                masked_softmax(
+                    isa,
+                    &mut scores,
+                    s,
+                    self.key_mask.map(|m| &m[seq * s..(seq + 1) * s]),
+                );
+                gemm::gemm(
+                    s,
+                    d,
+                    s,
+                    dst.at(seq * s * h + head * d),
+                    1,
+                    h as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    s as isize,
+                    v.as_ptr(),
+                    1,
+                    h3 as isize,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        };
+        use rayon::prelude::*;
+        (0..b * heads).into_par_iter().for_each(task);
+        Ok((CpuStorage::F32(out), Shape::from((b, s, h))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::Isa;
+    use candle_core::Device;
+
+    /// The kernel equals candle's steps, with and without a mask, for one and several heads
+    /// and sequences.
+    #[test]
+    fn equals_candles_steps() {
+        let dev = Device::Cpu;
+        for (b, s, heads, d) in [(1, 1, 1, 4), (2, 5, 3, 8), (3, 17, 4, 16)] {
+            let h = heads * d;
+            let qkv = Tensor::randn(0f32, 1.0, (b, s, 3 * h), &dev).unwrap();
+            // The last sequence has its last two tokens masked (when it has more than two).
+            let mask: Vec<f32> = (0..b * s)
+                .map(|i| {
+                    if i / s == b - 1 && i % s >= s.saturating_sub(2) && s > 2 {
+                        f32::MIN
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (b, s), &dev).unwrap();
+            for key_mask in [None, Some(&mask)] {
+                let ours = attention(&qkv, heads, key_mask).unwrap();
+                let want = with_candle(&qkv, heads, key_mask).unwrap();
+                assert_eq!(ours.dims(), &[b, s, h]);
+                let diff = (ours - want)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(diff < 1e-5, "b {b} s {s} heads {heads}: {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_isa_gives_the_same_softmax() {
+        let scores: Vec<f32> = (0..6 * 11)
+            .map(|i| ((i * 13) % 17) as f32 * 0.4 - 3.0)
+            .collect();
+        let mask: Vec<f32> = (0..11)
+            .map(|i| if i == 4 { f32::MIN } else { 0.0 })
+            .collect();
+        let mut want = scores.clone();
+        masked_softmax_body(&mut want, 11, Some(&mask));
+        for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+            if isa > Isa::detected() {
+                continue;
+            }
+            let mut got = scores.clone();
+            masked_softmax(isa, &mut got, 11, Some(&mask));
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() <= 1e-7, "{isa:?}: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_bad_mask_or_head_count_is_an_error() {
+        let qkv = Tensor::zeros((2, 3, 12), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(attention(&qkv, 3, None).is_err());
+        let mask = Tensor::zeros((2, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(attention(&qkv, 2, Some(&mask)).is_err());
+        assert!(attention(&qkv, 2, None).is_ok());
+    }
+}

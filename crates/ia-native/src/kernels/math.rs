@@ -1,0 +1,156 @@
+//! The element functions the kernels share, written to vectorise: `exp` for arguments <= 0,
+//! erf and GELU, and row-wise GELU and softmax.
+
+/// e^x for x <= 0 (Cody-Waite range reduction, degree-6 polynomial; relative error < 3e-7;
+/// below -87 it returns e^-87, which is 0 for every use here).
+#[inline(always)]
+pub(super) fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // 1.5 * 2^23 + 127: adding it rounds x * log2(e) to the nearest integer n and leaves
+    // n + 127 in the low mantissa bits. Rust's `as i32` would do that too, but its
+    // saturating conversion does not vectorise on x86.
+    const ROUND_AND_BIAS: f32 = 12_582_912.0 + 127.0;
+    let x = x.max(-87.0);
+    let biased = x.mul_add(LOG2E, ROUND_AND_BIAS);
+    let n = biased - ROUND_AND_BIAS;
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
+    let mut p = 1.0 / 720.0f32;
+    p = p.mul_add(r, 1.0 / 120.0);
+    p = p.mul_add(r, 1.0 / 24.0);
+    p = p.mul_add(r, 1.0 / 6.0);
+    p = p.mul_add(r, 0.5);
+    p = p.mul_add(r, 1.0);
+    p = p.mul_add(r, 1.0);
+    // 2^n: n + 127 (1..=127 here) shifted into the exponent; the constant's own bits shift
+    // out.
+    let scale = f32::from_bits(biased.to_bits() << 23);
+    p * scale
+}
+
+/// erf(x), Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7).
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [
+        0.254_829_6,
+        -0.284_496_74,
+        1.421_413_8,
+        -1.453_152,
+        1.061_405_4,
+    ];
+    let a = x.abs();
+    let t = 1.0 / P.mul_add(a, 1.0);
+    let mut poly = A[4];
+    poly = poly.mul_add(t, A[3]);
+    poly = poly.mul_add(t, A[2]);
+    poly = poly.mul_add(t, A[1]);
+    poly = poly.mul_add(t, A[0]);
+    let y = 1.0 - poly * t * exp_nonpositive(-a * a);
+    y.copysign(x)
+}
+
+/// GELU as transformers' "gelu" (the erf form): x/2 * (1 + erf(x / sqrt 2)).
+#[inline(always)]
+pub(super) fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// Lanes of the partial sums in reductions: LLVM keeps float sums in order, so one
+/// accumulator would not vectorise; 16 fill an AVX-512 register.
+const LANES: usize = 16;
+
+/// The largest element (the row is not empty).
+#[inline(always)]
+fn max_of(row: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a = a.max(v);
+        }
+    }
+    let mut m = rest.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for a in acc {
+        m = m.max(a);
+    }
+    m
+}
+
+/// In place: `row = softmax(row)` (the row is not empty).
+#[inline(always)]
+pub(super) fn softmax_body(row: &mut [f32]) {
+    let max = max_of(row);
+    let mut acc = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(chunk) {
+            *v = exp_nonpositive(*v - max);
+            *a += *v;
+        }
+    }
+    let mut sum = 0f32;
+    for v in chunks.into_remainder() {
+        *v = exp_nonpositive(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / (sum + acc.iter().sum::<f32>());
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gelu_matches_the_exact_function() {
+        for i in 0..4000 {
+            let x = -12.0 + i as f32 * 0.006;
+            let v = x as f64;
+            let want =
+                0.5 * v * (1.0 + candle_core::cpu::erf::erf_f64(v / std::f64::consts::SQRT_2));
+            let got = gelu_erf(x) as f64;
+            assert!(
+                (got - want).abs() <= 3e-7 * (1.0 + want.abs()),
+                "gelu({x}) = {got}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn exp_is_accurate_where_the_kernels_use_it() {
+        // Down to -87, where the clamp starts.
+        for i in 0..=1000 {
+            let x = -(i as f32) * 0.087;
+            let want = (x as f64).exp();
+            let got = exp_nonpositive(x) as f64;
+            assert!(
+                (got - want).abs() <= 3e-7 * want + 1e-38,
+                "exp({x}) = {got}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_keeps_the_order() {
+        for len in [1usize, 5, 16, 17, 128, 131] {
+            let mut row: Vec<f32> = (0..len)
+                .map(|i| ((i * 37) % 11) as f32 * 0.7 - 3.0)
+                .collect();
+            let want: Vec<f64> = {
+                let m = row.iter().fold(f32::MIN, |m, &v| m.max(v)) as f64;
+                let e: Vec<f64> = row.iter().map(|&v| (v as f64 - m).exp()).collect();
+                let s: f64 = e.iter().sum();
+                e.iter().map(|v| v / s).collect()
+            };
+            softmax_body(&mut row);
+            for (got, want) in row.iter().zip(&want) {
+                assert!((*got as f64 - want).abs() < 1e-6, "{len}: {got} vs {want}");
+            }
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! CPU kernels of our own where candle's are slow, chosen at run time by what the CPU has.
+//!
+//! Each kernel body is plain Rust compiled three times by [`multiversion!`]: for AVX-512, for
+//! AVX2 + FMA, and for the target's baseline (`portable`). The bodies are written so LLVM
+//! vectorises them (no branches in inner loops, a polynomial `exp` instead of libm, several
+//! accumulators in reductions), so the wide versions need no intrinsics. [`isa`] picks the
+//! widest the CPU supports; `IA_NATIVE_ISA=portable|avx2` caps it, so every path can be tested
+//! on a machine that has the wider ones.
+//!
+//! - [`linear`]: a linear layer with its bias, GELU and residual add done by the thread that
+//!   computed each block of the product, while it is in cache;
+//! - [`attention`]: multi-head attention straight from the stacked query/key/value rows, one
+//!   (sequence, head) pair per task.
+//!
+//! Matrix products use the `gemm` crate (built with its AVX-512 micro-kernels, which it
+//! selects at run time itself), as candle does, each call on one thread: the kernels split
+//! the work between rayon's threads themselves (see [`linear`] for why).
+
+mod attention;
+mod linear;
+mod math;
+
+pub use attention::attention;
+pub use linear::{linear, Activation};
+
+use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
+use std::sync::OnceLock;
+
+/// The instruction sets the kernels are compiled for, narrowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+impl Isa {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// The widest set this CPU runs.
+    pub fn detected() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+}
+
+/// The set the kernels use: the detected one, capped by `IA_NATIVE_ISA` when set (a value
+/// wider than the CPU has is ignored: it could not run).
+pub fn isa() -> Isa {
+    static CHOSEN: OnceLock<Isa> = OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let detected = Isa::detected();
+        let cap = match std::env::var("IA_NATIVE_ISA").ok().as_deref() {
+            Some("portable") => Isa::Portable,
+            Some("avx2") => Isa::Avx2,
+            Some("avx512") | None => Isa::Avx512,
+            Some(other) => {
+                tracing::warn!("IA_NATIVE_ISA={other} is not portable, avx2 or avx512: ignored");
+                Isa::Avx512
+            }
+        };
+        detected.min(cap)
+    })
+}
+
+/// Defines `fn $name(isa: Isa, args..)` that runs the `#[inline(always)]` body `$body(args..)`
+/// compiled for `isa` (the caller passes [`isa()`] or, in tests, a narrower one).
+macro_rules! multiversion {
+    ($vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:path) => {
+        $vis fn $name(isa: $crate::kernels::Isa, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+            unsafe fn avx512($($arg: $ty),*) {
+                $body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) {
+                $body($($arg),*)
+            }
+            match isa {
+                // SAFETY: `isa()` and the tests hand out a set only when the CPU has it.
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernels::Isa::Avx512 => unsafe { avx512($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernels::Isa::Avx2 => unsafe { avx2($($arg),*) },
+                _ => $body($($arg),*),
+            }
+        }
+    };
+}
+pub(crate) use multiversion;
+
+/// True where the kernels apply: f32 tensors on the CPU (elsewhere the callers use candle).
+pub fn applies(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == candle_core::DType::F32
+}
+
+/// The f32 elements of a contiguous CPU storage.
+fn f32_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{op} takes f32")
+    };
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op} takes contiguous tensors")
+    };
+    Ok(&v[start..end])
+}
+
+/// Runs `f` on the f32 elements of `t` (a contiguous f32 CPU tensor), for the operands a
+/// custom op takes besides its inputs (a bias, a mask).
+fn with_f32<R>(op: &str, t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("{op} runs on the CPU")
+    };
+    f(f32_slice(op, cpu, layout)?)
+}
+
+/// A raw pointer that may cross to the worker threads: each writes a disjoint part.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: every user writes disjoint elements from each thread.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer `offset` elements on (a method, so closures capture the whole value).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
