@@ -50,7 +50,7 @@ impl NativeEngine {
 fn check_dtype(platform: Platform, dtype: DType) -> Result<(), EngineError> {
     if dtype == DType::BF16 && platform == Platform::Cpu {
         return Err(EngineError::Unsupported(
-            "bf16 needs a matmul candle's CPU backend does not have (use f32, f16, or the openvino engine)".into(),
+            "bf16 on the CPU runs BERT and ViT only (on AMX): candle's CPU backend has no bf16 matmul (use f32, f16, or the openvino engine)".into(),
         ));
     }
     Ok(())
@@ -129,7 +129,16 @@ impl Engine for NativeEngine {
                 at.precision
             ))
         })?;
-        check_dtype(at.platform, dtype)?;
+        if at.platform == Platform::Cpu && dtype == DType::BF16 {
+            if !kernels::amx::available() {
+                return Err(EngineError::Unsupported(format!(
+                    "bf16 on the CPU runs on AMX, and {}",
+                    kernels::amx::unavailable_reason()
+                )));
+            }
+        } else {
+            check_dtype(at.platform, dtype)?;
+        }
         let (size, flops_per_s, samples) = calibrate::matmul(&device, dtype)?;
         Ok(MatmulRate {
             device: name,
@@ -201,7 +210,18 @@ impl NativeEngine {
         let quantised_decoder = capability == Capability::Generate
             && matches!(model.class, ModelClass::Llama | ModelClass::Qwen)
             && models::quantized::ggml_dtype(precision).is_some();
-        let dtype = if quantised_decoder {
+        // bf16 BERT and ViT on the CPU: f32 weights and activations, bf16 products on AMX.
+        let bf16_encoder = capability == Capability::Run
+            && precision == Precision::Bf16
+            && platform == Platform::Cpu
+            && matches!(model.class, ModelClass::Bert | ModelClass::Vit);
+        if bf16_encoder && !kernels::amx::available() {
+            return Err(EngineError::Unsupported(format!(
+                "bf16 on the CPU runs on AMX, and {} (use f32, or the openvino engine)",
+                kernels::amx::unavailable_reason()
+            )));
+        }
+        let dtype = if quantised_decoder || bf16_encoder {
             DType::F32
         } else {
             dtype_for(precision)?
@@ -224,6 +244,11 @@ impl NativeEngine {
             source,
             device,
             dtype,
+            products: if bf16_encoder {
+                models::encoder::Products::Bf16
+            } else {
+                models::encoder::Products::AsLoaded
+            },
             info: ia_engine::SessionInfo {
                 engine: self.name().into(),
                 engine_version: self.version(),

@@ -6,9 +6,10 @@
 //! still in cache: for the few rows of a short batch (128 x 768 x 3072) gemm's own split makes
 //! two threads slower than one; split by columns they are about twice as fast.
 
+use super::amx::{self, Activations, PackedBf16};
 use super::math::gelu_erf;
 use super::{applies, f32_slice, isa, multiversion, with_f32, SharedOut};
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// The activation a linear layer applies to its output, in the same pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,75 +19,149 @@ pub enum Activation {
     GeluErf,
 }
 
-/// `act(x [.., in] . weight_t [in, out] + bias [out]) + residual [.., out]`, the product over
+/// A linear layer's weight as the kernel takes it.
+pub enum Weight {
+    /// [in, out] (the checkpoint's [out, in] transposed once, so that gemm reads it without
+    /// packing it first), in the model's dtype.
+    Dense(Tensor),
+    /// bf16 laid out for AMX ([`PackedBf16`]); the activations stay f32 around the product.
+    Bf16(PackedBf16),
+}
+
+impl Weight {
+    /// `weight` [out, in] as checkpoints keep it; `bf16` packs it for AMX (f32 CPU tensors).
+    pub fn new(weight: &Tensor, bf16: bool) -> Result<Self> {
+        let weight_t = weight.t()?.contiguous()?;
+        if !bf16 {
+            return Ok(Weight::Dense(weight_t));
+        }
+        let (k, n) = weight_t.dims2()?;
+        let data = weight_t
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok(Weight::Bf16(PackedBf16::pack(&data, k, n)))
+    }
+
+    fn outputs(&self) -> Result<usize> {
+        match self {
+            Weight::Dense(t) => t.dim(1),
+            Weight::Bf16(p) => Ok(p.outputs()),
+        }
+    }
+}
+
+/// `act(x [.., in] . weight [in, out] + bias [out]) + residual [.., out]`, the product over
 /// all leading dimensions at once. f32 on the CPU runs the kernel; other types and devices
-/// run the same steps through candle.
+/// run the same steps through candle (bf16 weights need f32 on the CPU).
 pub fn linear(
     x: &Tensor,
-    weight_t: &Tensor,
+    weight: &Weight,
     bias: Option<&Tensor>,
     act: Activation,
     residual: Option<&Tensor>,
 ) -> Result<Tensor> {
     let mut dims = x.dims().to_vec();
     let inputs = *dims.last().expect("a tensor with dimensions");
-    let outputs = weight_t.dim(1)?;
+    let outputs = weight.outputs()?;
     *dims.last_mut().expect("a tensor with dimensions") = outputs;
-    if ![Some(x), Some(weight_t), bias, residual]
-        .into_iter()
-        .flatten()
-        .all(applies)
-    {
-        let mut y = x.broadcast_matmul(weight_t)?;
-        if let Some(b) = bias {
-            y = y.broadcast_add(b)?;
+    let on_kernels = [Some(x), bias, residual].into_iter().flatten().all(applies);
+    let weight_t = match weight {
+        Weight::Dense(w) if !(on_kernels && applies(w)) => {
+            return with_candle(x, w, bias, act, residual)
         }
-        if act == Activation::GeluErf {
-            y = y.gelu_erf()?;
+        Weight::Dense(w) => Some(w.contiguous()?),
+        Weight::Bf16(_) if !on_kernels => {
+            candle_core::bail!("linear: bf16 weights take f32 activations on the CPU")
         }
-        return match residual {
-            Some(r) => y + r,
-            None => Ok(y),
-        };
-    }
+        Weight::Bf16(_) => None,
+    };
     let rows = x.elem_count() / inputs.max(1);
     let x = x.contiguous()?.reshape((rows, inputs))?;
-    let weight_t = weight_t.contiguous()?;
     let residual = residual
         .map(|r| r.contiguous()?.reshape((rows, outputs)))
         .transpose()?;
-    let apply = |bias: Option<&[f32]>| {
-        let op = Linear { bias, act };
-        match &residual {
-            Some(r) => x.apply_op3_no_bwd(&weight_t, r, &op),
-            None => x.apply_op2_no_bwd(&weight_t, &op),
+    let with_weight = |weight: Weights<'_>| {
+        let apply = |bias: Option<&[f32]>| {
+            let op = Linear { weight, bias, act };
+            match &residual {
+                Some(r) => x.apply_op2_no_bwd(r, &op),
+                None => x.apply_op1_no_bwd(&op),
+            }
+        };
+        match bias {
+            Some(b) => with_f32("linear", &b.contiguous()?, |b| apply(Some(b))),
+            None => apply(None),
         }
     };
-    let y = match bias {
-        Some(b) => with_f32("linear", &b.contiguous()?, |b| apply(Some(b)))?,
-        None => apply(None)?,
+    let y = match (weight, &weight_t) {
+        (Weight::Bf16(p), _) => with_weight(Weights::Bf16(p))?,
+        (_, Some(w)) => with_f32("linear", w, |data| {
+            with_weight(Weights::F32 {
+                data,
+                inputs: w.dim(0)?,
+                outputs,
+            })
+        })?,
+        (Weight::Dense(_), None) => unreachable!("set above"),
     };
     y.reshape(dims)
 }
 
+/// The same function in candle's operations.
+fn with_candle(
+    x: &Tensor,
+    weight_t: &Tensor,
+    bias: Option<&Tensor>,
+    act: Activation,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let mut y = x.broadcast_matmul(weight_t)?;
+    if let Some(b) = bias {
+        y = y.broadcast_add(b)?;
+    }
+    if act == Activation::GeluErf {
+        y = y.gelu_erf()?;
+    }
+    match residual {
+        Some(r) => y + r,
+        None => Ok(y),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Weights<'a> {
+    F32 {
+        data: &'a [f32],
+        inputs: usize,
+        outputs: usize,
+    },
+    Bf16(&'a PackedBf16),
+}
+
 struct Linear<'a> {
+    weight: Weights<'a>,
     bias: Option<&'a [f32]>,
     act: Activation,
 }
 
 impl Linear<'_> {
-    fn run(
-        &self,
-        x: &[f32],
-        lx: &Layout,
-        w: &[f32],
-        lw: &Layout,
-        residual: Option<&[f32]>,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn run(&self, x: &[f32], lx: &Layout, residual: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
         let (m, k) = lx.shape().dims2()?;
-        let (k2, n) = lw.shape().dims2()?;
+        let (k2, n, align) = match self.weight {
+            Weights::F32 {
+                inputs, outputs, ..
+            } => (inputs, outputs, 16),
+            Weights::Bf16(p) => (p.inputs(), p.outputs(), PackedBf16::COLUMN_ALIGN),
+        };
         if k != k2 {
             candle_core::bail!("linear: rows of {k} against weights of {k2}")
+        }
+        if matches!(self.weight, Weights::Bf16(_)) && !amx::available() {
+            candle_core::bail!(
+                "linear: bf16 weights need AMX: {}",
+                amx::unavailable_reason()
+            )
         }
         if self.bias.is_some_and(|b| b.len() != n) || residual.is_some_and(|r| r.len() != m * n) {
             candle_core::bail!("linear: bias or residual do not match the {m} x {n} output")
@@ -96,47 +171,82 @@ impl Linear<'_> {
             return Ok((CpuStorage::F32(out), Shape::from((m, n))));
         }
         let threads = rayon::current_num_threads().max(1);
-        // Blocks of whole 16-column panels (one AVX-512 register), one or more per thread.
-        let width = n.div_ceil(threads).div_ceil(16) * 16;
+        // Blocks of whole panels (16 columns: one AVX-512 register; 32 for AMX's two tiles),
+        // one or more per thread.
+        let width = n.div_ceil(threads).div_ceil(align) * align;
         let dst = SharedOut(out.as_mut_ptr());
         let isa = isa();
+        let activations = match self.weight {
+            Weights::Bf16(p) => Some(Activations::convert(x, m, p)),
+            Weights::F32 { .. } => None,
+        };
         let block = |start: usize| {
             let cols = width.min(n - start);
-            // SAFETY: x is m x k row-major, w is k x n row-major and the right-hand side is
-            // its columns start..start+cols; dst is m x n row-major and this block reads and
-            // writes only those columns, which no other block touches.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    cols,
-                    k,
-                    dst.at(start),
-                    1,
-                    n as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    w.as_ptr().add(start),
-                    1,
-                    n as isize,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-                for r in 0..m {
-                    let row = std::slice::from_raw_parts_mut(dst.at(r * n + start), cols);
-                    epilogue(
-                        isa,
-                        row,
-                        self.bias.map(|b| &b[start..start + cols]),
-                        self.act == Activation::GeluErf,
-                        residual.map(|res| &res[r * n + start..r * n + start + cols]),
-                    );
+            match (self.weight, &activations) {
+                // SAFETY: x is m x k row-major, w is k x n row-major and the right-hand side
+                // is its columns start..start+cols; dst is m x n row-major and this block
+                // writes only those columns, which no other block touches.
+                (Weights::F32 { data: w, .. }, _) => unsafe {
+                    gemm::gemm(
+                        m,
+                        cols,
+                        k,
+                        dst.at(start),
+                        1,
+                        n as isize,
+                        false,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        w.as_ptr().add(start),
+                        1,
+                        n as isize,
+                        0.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                },
+                (Weights::Bf16(p), Some(a)) => {
+                    let padded = width.min(p.padded_outputs() - start);
+                    if m == a.rows_padded() && start + padded <= n {
+                        // SAFETY: whole tiles of the m x n output: this block's columns of
+                        // its rows, written by this block only.
+                        unsafe { amx::product_block(a, p, start, padded, dst.at(start), n) };
+                    } else {
+                        // Tiles that would reach past the output go through a buffer.
+                        let mut block = vec![0f32; a.rows_padded() * padded];
+                        // SAFETY: block holds rows_padded rows of `padded`.
+                        unsafe {
+                            amx::product_block(a, p, start, padded, block.as_mut_ptr(), padded)
+                        };
+                        for (r, row) in block.chunks_exact(padded).take(m).enumerate() {
+                            // SAFETY: row r's columns start..start+cols of the m x n output,
+                            // written by this block only.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(
+                                    row.as_ptr(),
+                                    dst.at(r * n + start),
+                                    cols,
+                                )
+                            }
+                        }
+                    }
                 }
+                (Weights::Bf16(_), None) => unreachable!("converted above"),
+            }
+            for r in 0..m {
+                // SAFETY: as above, this block's columns of row r.
+                let row = unsafe { std::slice::from_raw_parts_mut(dst.at(r * n + start), cols) };
+                epilogue(
+                    isa,
+                    row,
+                    self.bias.map(|b| &b[start..start + cols]),
+                    self.act == Activation::GeluErf,
+                    residual.map(|res| &res[r * n + start..r * n + start + cols]),
+                );
             }
         };
         let starts: Vec<usize> = (0..n).step_by(width.max(1)).collect();
@@ -171,6 +281,16 @@ fn epilogue_body(row: &mut [f32], bias: Option<&[f32]>, gelu: bool, residual: Op
 
 multiversion!(fn epilogue(row: &mut [f32], bias: Option<&[f32]>, gelu: bool, residual: Option<&[f32]>) => epilogue_body);
 
+impl CustomOp1 for Linear<'_> {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run(f32_slice("linear", s1, l1)?, l1, None)
+    }
+}
+
 impl CustomOp2 for Linear<'_> {
     fn name(&self) -> &'static str {
         "linear"
@@ -183,30 +303,8 @@ impl CustomOp2 for Linear<'_> {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice("linear", s1, l1)?;
-        let w = f32_slice("linear", s2, l2)?;
-        self.run(x, l1, w, l2, None)
-    }
-}
-
-impl CustomOp3 for Linear<'_> {
-    fn name(&self) -> &'static str {
-        "linear"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice("linear", s1, l1)?;
-        let w = f32_slice("linear", s2, l2)?;
-        let residual = f32_slice("linear", s3, l3)?;
-        self.run(x, l1, w, l2, Some(residual))
+        let residual = f32_slice("linear", s2, l2)?;
+        self.run(f32_slice("linear", s1, l1)?, l1, Some(residual))
     }
 }
 
@@ -237,7 +335,7 @@ mod tests {
             let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
             let b = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
             let r = Tensor::randn(0f32, 1.0, (2, m, n), &dev).unwrap();
-            let wt = w.t().unwrap().contiguous().unwrap();
+            let wt = Weight::new(&w, false).unwrap();
             for bias in [None, Some(&b)] {
                 for act in [Activation::Identity, Activation::GeluErf] {
                     for residual in [None, Some(&r)] {
@@ -262,6 +360,43 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// bf16 weights on AMX stay within bf16's rounding of the f32 layer, with the same bias,
+    /// GELU and residual: each operand rounds by up to 2^-9 relative, so a sum of k unit
+    /// products errs by about 0.003 sqrt(k); the bound is 10 of those (the exact check of the
+    /// products is amx.rs's test).
+    #[test]
+    fn bf16_weights_track_f32_where_amx_runs() {
+        if !amx::available() {
+            println!(
+                "NOT EXERCISED: bf16 linear layers ({})",
+                amx::unavailable_reason()
+            );
+            let w = Tensor::zeros((4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+            let x = Tensor::zeros((2, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+            // Packing works anywhere; the product needs AMX and says so.
+            let packed = Weight::new(&w, true).unwrap();
+            let err = linear(&x, &packed, None, Activation::Identity, None).unwrap_err();
+            assert!(err.to_string().contains("AMX"), "{err}");
+            return;
+        }
+        let dev = Device::Cpu;
+        for (m, k, n) in [(1, 8, 3), (7, 33, 50), (128, 96, 200)] {
+            let x = Tensor::randn(0f32, 1.0, (2, m, k), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+            let r = Tensor::randn(0f32, 1.0, (2, m, n), &dev).unwrap();
+            let f32_layer = Weight::new(&w, false).unwrap();
+            let bf16_layer = Weight::new(&w, true).unwrap();
+            for act in [Activation::Identity, Activation::GeluErf] {
+                let want = linear(&x, &f32_layer, Some(&b), act, Some(&r)).unwrap();
+                let got = linear(&x, &bf16_layer, Some(&b), act, Some(&r)).unwrap();
+                let scale = (k as f32).sqrt();
+                let diff = max_diff(&got, &want);
+                assert!(diff < 3e-2 * scale, "{m}x{k}x{n} {act:?}: {diff}");
             }
         }
     }

@@ -9,6 +9,7 @@
 //!
 //! - [`linear`]: a linear layer with its bias, GELU and residual add done by the thread that
 //!   computed each block of the product, while it is in cache;
+//! - [`amx`]: bf16 products on Intel AMX for `--precision bf16` (weights packed at load);
 //! - [`attention`]: multi-head attention straight from the stacked query/key/value rows, one
 //!   (sequence, head) pair per task.
 //!
@@ -16,12 +17,13 @@
 //! selects at run time itself), as candle does, each call on one thread: the kernels split
 //! the work between rayon's threads themselves (see [`linear`] for why).
 
+pub mod amx;
 mod attention;
 mod linear;
 mod math;
 
 pub use attention::attention;
-pub use linear::{linear, Activation};
+pub use linear::{linear, Activation, Weight};
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 use std::sync::OnceLock;

@@ -9,7 +9,7 @@
 //! query/key/value, bias, GELU and residual adds in the product's pass, attention read from the
 //! stacked projection in place); a mask with no padding is not added at all.
 
-use super::encoder::{Dense, SelfAttention};
+use super::encoder::{Dense, Products, SelfAttention};
 use super::{parse_config, LoadContext};
 use crate::{rt, CandleOutput};
 use candle_core::{DType, Device, Module, Result, Tensor};
@@ -78,7 +78,7 @@ struct Layer {
 }
 
 impl Layer {
-    fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &Config, products: Products) -> Result<Self> {
         let h = cfg.hidden_size;
         let eps = cfg.layer_norm_eps;
         Ok(Self {
@@ -87,12 +87,18 @@ impl Layer {
                 cfg.num_attention_heads,
                 true,
                 vb.pp("attention.self"),
+                products,
             )?,
-            attention_output: Dense::load(h, h, vb.pp("attention.output.dense"))?,
+            attention_output: Dense::load(h, h, vb.pp("attention.output.dense"), products)?,
             attention_norm: layer_norm(h, eps, vb.pp("attention.output.LayerNorm"))?,
-            intermediate: Dense::load(h, cfg.intermediate_size, vb.pp("intermediate.dense"))?,
+            intermediate: Dense::load(
+                h,
+                cfg.intermediate_size,
+                vb.pp("intermediate.dense"),
+                products,
+            )?,
             act: cfg.hidden_act,
-            output: Dense::load(cfg.intermediate_size, h, vb.pp("output.dense"))?,
+            output: Dense::load(cfg.intermediate_size, h, vb.pp("output.dense"), products)?,
             output_norm: layer_norm(h, eps, vb.pp("output.LayerNorm"))?,
         })
     }
@@ -116,7 +122,8 @@ pub struct BertModel {
 }
 
 impl BertModel {
-    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+    /// `products`: how the linear layers multiply ([`Products`]).
+    pub fn load(vb: VarBuilder, cfg: &Config, products: Products) -> Result<Self> {
         // Checkpoints of BertFor* keep the encoder under `bert.` (or the model type).
         let prefix = ["bert", cfg.model_type.as_deref().unwrap_or("bert")]
             .into_iter()
@@ -126,7 +133,7 @@ impl BertModel {
             None => vb,
         };
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), cfg))
+            .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), cfg, products))
             .collect::<Result<_>>()?;
         Ok(Self {
             embeddings: Embeddings::load(vb.pp("embeddings"), cfg)?,
@@ -174,7 +181,9 @@ impl BertSession {
     pub fn load(ctx: LoadContext<'_>) -> std::result::Result<Box<dyn Session>, EngineError> {
         let cfg: Config = parse_config(ctx.source, "BERT")?;
         let outputs = ["last_hidden_state", "mean_pooled"];
-        let (model, info) = ctx.build("BERT", &outputs, |vb| BertModel::load(vb, &cfg))?;
+        let (model, info) = ctx.build("BERT", &outputs, |vb| {
+            BertModel::load(vb, &cfg, ctx.products)
+        })?;
         Ok(Box::new(Self { model, info }))
     }
 }

@@ -9,36 +9,45 @@ use crate::kernels;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Activation, VarBuilder};
 
+/// How an encoder's linear layers multiply: in the dtype the weights were loaded in, or
+/// (`--precision bf16` on a CPU with AMX) in bf16 with f32 accumulation, the rest of the
+/// model in f32 ([`kernels::amx`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Products {
+    #[default]
+    AsLoaded,
+    Bf16,
+}
+
 /// A linear layer applied to rows: `x [.., in] -> [.., out]` as one matrix product over all
 /// leading dimensions (candle's `Linear` multiplies per batch item), [`kernels::linear`].
 pub(crate) struct Dense {
-    /// [in, out]: the checkpoint's [out, in] transposed once at load, so that no product
-    /// repacks it.
-    weight_t: Tensor,
+    weight: kernels::Weight,
     bias: Option<Tensor>,
 }
 
 impl Dense {
     /// `weight` [out, in] as checkpoints keep it.
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+    pub fn new(weight: Tensor, bias: Option<Tensor>, products: Products) -> Result<Self> {
         Ok(Self {
-            weight_t: weight.t()?.contiguous()?,
+            weight: kernels::Weight::new(&weight, products == Products::Bf16)?,
             bias,
         })
     }
 
     /// `weight` [outputs, inputs] and `bias` [outputs] under `vb`.
-    pub fn load(inputs: usize, outputs: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn load(inputs: usize, outputs: usize, vb: VarBuilder, products: Products) -> Result<Self> {
         Self::new(
             vb.get((outputs, inputs), "weight")?,
             Some(vb.get(outputs, "bias")?),
+            products,
         )
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         kernels::linear(
             x,
-            &self.weight_t,
+            &self.weight,
             self.bias.as_ref(),
             kernels::Activation::Identity,
             None,
@@ -51,7 +60,7 @@ impl Dense {
         match act {
             Activation::Gelu => kernels::linear(
                 x,
-                &self.weight_t,
+                &self.weight,
                 self.bias.as_ref(),
                 kernels::Activation::GeluErf,
                 None,
@@ -64,7 +73,7 @@ impl Dense {
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         kernels::linear(
             x,
-            &self.weight_t,
+            &self.weight,
             self.bias.as_ref(),
             kernels::Activation::Identity,
             Some(residual),
@@ -81,7 +90,13 @@ pub(crate) struct SelfAttention {
 impl SelfAttention {
     /// `query`, `key`, `value` (each `weight` [hidden, hidden] and, with `bias`, `bias`) under
     /// `vb`, as transformers' BertSelfAttention / ViTSelfAttention keep them.
-    pub fn load(hidden: usize, heads: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+    pub fn load(
+        hidden: usize,
+        heads: usize,
+        bias: bool,
+        vb: VarBuilder,
+        products: Products,
+    ) -> Result<Self> {
         let scale = 1.0 / ((hidden / heads) as f64).sqrt();
         let mut weights = vec![];
         let mut biases = vec![];
@@ -98,7 +113,7 @@ impl SelfAttention {
             None
         };
         Ok(Self {
-            qkv: Dense::new(Tensor::cat(&weights, 0)?, bias)?,
+            qkv: Dense::new(Tensor::cat(&weights, 0)?, bias, products)?,
             heads,
         })
     }

@@ -3,7 +3,7 @@
 //! `vit.encoder.layer.N.*`, `vit.layernorm`, `classifier`). Output: `logits`
 //! [batch, num_labels]. The layers are [`super::encoder`]'s, pre-norm.
 
-use super::encoder::{Dense, SelfAttention};
+use super::encoder::{Dense, Products, SelfAttention};
 use super::{parse_config, LoadContext};
 use crate::{rt, CandleOutput};
 use candle_core::{IndexOp, Module, Result, Tensor};
@@ -85,7 +85,7 @@ struct Layer {
 }
 
 impl Layer {
-    fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &Config, vb: VarBuilder, products: Products) -> Result<Self> {
         let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         Ok(Self {
             norm_before: layer_norm(h, eps, vb.pp("layernorm_before"))?,
@@ -94,12 +94,18 @@ impl Layer {
                 cfg.num_attention_heads,
                 cfg.qkv_bias,
                 vb.pp("attention.attention"),
+                products,
             )?,
-            attention_output: Dense::load(h, h, vb.pp("attention.output.dense"))?,
+            attention_output: Dense::load(h, h, vb.pp("attention.output.dense"), products)?,
             norm_after: layer_norm(h, eps, vb.pp("layernorm_after"))?,
-            intermediate: Dense::load(h, cfg.intermediate_size, vb.pp("intermediate.dense"))?,
+            intermediate: Dense::load(
+                h,
+                cfg.intermediate_size,
+                vb.pp("intermediate.dense"),
+                products,
+            )?,
             act: cfg.hidden_act,
-            output: Dense::load(cfg.intermediate_size, h, vb.pp("output.dense"))?,
+            output: Dense::load(cfg.intermediate_size, h, vb.pp("output.dense"), products)?,
         })
     }
 
@@ -124,15 +130,21 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn new(cfg: &Config, num_labels: usize, vb: VarBuilder) -> Result<Self> {
+    /// `products`: how the linear layers multiply ([`Products`]).
+    pub fn new(
+        cfg: &Config,
+        num_labels: usize,
+        vb: VarBuilder,
+        products: Products,
+    ) -> Result<Self> {
         let v = vb.pp("vit");
         Ok(Self {
             embeddings: Embeddings::load(cfg, v.pp("embeddings"))?,
             layers: (0..cfg.num_hidden_layers)
-                .map(|i| Layer::load(cfg, v.pp(format!("encoder.layer.{i}"))))
+                .map(|i| Layer::load(cfg, v.pp(format!("encoder.layer.{i}")), products))
                 .collect::<Result<_>>()?,
             layernorm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, v.pp("layernorm"))?,
-            classifier: Dense::load(cfg.hidden_size, num_labels, vb.pp("classifier"))?,
+            classifier: Dense::load(cfg.hidden_size, num_labels, vb.pp("classifier"), products)?,
         })
     }
 
@@ -173,7 +185,9 @@ impl VitSession {
     pub fn load(ctx: LoadContext<'_>) -> std::result::Result<Box<dyn Session>, EngineError> {
         let cfg: Config = parse_config(ctx.source, "ViT")?;
         let labels = num_labels(ctx.source.config());
-        let (model, info) = ctx.build("ViT", &["logits"], |vb| Model::new(&cfg, labels, vb))?;
+        let (model, info) = ctx.build("ViT", &["logits"], |vb| {
+            Model::new(&cfg, labels, vb, ctx.products)
+        })?;
         Ok(Box::new(Self {
             model,
             device: ctx.device,
