@@ -6,9 +6,11 @@ Suite "encoders" (default): random-initialised bert-base (BertModel) and ViT-bas
 (random CLIPModel), whisper-tiny.en (the real checkpoint from scripts/fetch_checkpoints.sh)
 transcribing fixtures/media/speech-16k.wav greedily, feature extraction included, and
 wav2vec2-base (random Wav2Vec2ForCTC) CTC logits on the same clip, normalisation included.
-Suite "runtimes": the same bert-base and ViT-base on every engine in one run: native,
-ONNX Runtime (CPU EP), OpenVINO f32 and bf16 (their ONNX exports, written next to the
-checkpoints), and PyTorch. Needs `ipfs-accelerate runtimes install`.
+Suite "runtimes": the same bert-base and ViT-base (b=1 and 8) on every engine in one run:
+native f32 and bf16 (AMX; refused without it), ONNX Runtime (CPU EP), OpenVINO f32 and bf16
+(their ONNX exports, written next to the checkpoints), and PyTorch; then the FLOP/s each
+engine achieved on bert-base b=8 against the matmul rate `hardware --calibrate` measures for
+it. Needs `ipfs-accelerate runtimes install`.
 Suite "generation": a random-initialised OPT-125m-sized
 OPTForCausalLM, batch 1, greedy, prompt --seq-len tokens, --new-tokens generated: TTFT and
 decode tokens/s, PyTorch looping over forward() with past_key_values as the native engine
@@ -222,9 +224,10 @@ def pytorch_side(bert_dir, vit_dir, args):
     t = time.perf_counter()
     vit = ViTForImageClassification.from_pretrained(vit_dir).eval()
     load_ms = (time.perf_counter() - t) * 1e3
-    res[("vit-base", 1)] = time_pytorch(vit, {"pixel_values": torch.randn(1, 3, 224, 224)},
-                                        args.warmup, args.min_iterations, args.min_duration)
-    rows.append(external(vit_dir, vit, 1, None, load_ms, res[("vit-base", 1)], args))
+    for b in (1, 8):
+        res[("vit-base", b)] = time_pytorch(vit, {"pixel_values": torch.randn(b, 3, 224, 224)},
+                                            args.warmup, args.min_iterations, args.min_duration)
+        rows.append(external(vit_dir, vit, b, None, load_ms, res[("vit-base", b)], args))
     return res, torch.__version__, rows
 
 
@@ -242,7 +245,7 @@ def native_binary(args):
 def native_side(bert_dir, vit_dir, args):
     exe, env = native_binary(args)
     res = {}
-    for name, path, batches in (("bert-base", bert_dir, "1,8"), ("vit-base", vit_dir, "1")):
+    for name, path, batches in (("bert-base", bert_dir, "1,8"), ("vit-base", vit_dir, "1,8")):
         out = subprocess.run(
             [str(exe), "bench", "--models", str(path), "--batch-sizes", batches,
              "--seq-len", str(args.seq_len), "--warmup", str(args.warmup),
@@ -403,7 +406,7 @@ def runtimes_suite(args):
     torch_res, torch_version, rows = pytorch_side(bert_dir, vit_dir, args)
     exe, env = native_binary(args)
     res = {}
-    for name, path, batches in (("bert-base", bert_dir, "1,8"), ("vit-base", vit_dir, "1")):
+    for name, path, batches in (("bert-base", bert_dir, "1,8"), ("vit-base", vit_dir, "1,8")):
         out = subprocess.run(
             [str(exe), "bench", "--models", str(path), "--batch-sizes", batches,
              "--hardware", "cpu,onnxruntime,openvino", "--precision", "f32,bf16",
@@ -415,19 +418,58 @@ def runtimes_suite(args):
             if o["status"] == "pass":
                 res[(name, row["batch_size"], row["engine"], row["precision"])] = o["latency"]["p50_ms"]
     import_into_db(rows, args)
-    columns = [("native", "f32"), ("onnxruntime", "f32"), ("openvino", "f32"), ("openvino", "bf16")]
+    columns = [("native", "f32"), ("onnxruntime", "f32"), ("openvino", "f32"), ("native", "bf16"),
+               ("openvino", "bf16")]
     print(f"threads={args.threads} seq_len={args.seq_len} torch={torch_version} p50 ms; "
           f"protocol: warmup {args.warmup}, >= {args.min_iterations} iterations and >= {args.min_duration}s")
     print(f"{'case':<14}" + "".join(f"{e + ' ' + p:>18}" for e, p in columns) + f"{'pytorch f32':>14}")
     table = []
-    for key in [("bert-base", 1), ("bert-base", 8), ("vit-base", 1)]:
+    for key in [("bert-base", 1), ("bert-base", 8), ("vit-base", 1), ("vit-base", 8)]:
         cells = [res.get((*key, e, p)) for e, p in columns]
         t = torch_res[key]["p50_ms"]
         print(f"{key[0] + ' b=' + str(key[1]):<14}" + "".join(
             f"{c:>16.2f}ms" if c is not None else f"{'-':>18}" for c in cells) + f"{t:>12.2f}ms")
         table.append({"case": f"{key[0]} b={key[1]}", "pytorch_f32_p50_ms": t,
                       **{f"{e}_{p}_p50_ms": c for (e, p), c in zip(columns, cells)}})
-    return {"suite": "runtimes", "threads": args.threads, "torch": torch_version, "rows": table}
+    rates = achieved_rates(exe, env, bert_dir, args, res)
+    return {"suite": "runtimes", "threads": args.threads, "torch": torch_version, "rows": table,
+            "bert_base_b8_gflops": rates}
+
+
+def bert_flops(config, batch, seq):
+    """FLOPs of one BertModel forward: 2 per multiply-add of the projections, the FFN and
+    attention's two products (embeddings, norms and softmax are not counted)."""
+    h, i, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    tokens = batch * seq
+    per_layer = 2 * tokens * (4 * h * h + 2 * h * i) + 2 * 2 * batch * seq * seq * h
+    return layers * per_layer
+
+
+def achieved_rates(exe, env, bert_dir, args, res):
+    """bert-base b=8: the FLOP/s each engine achieved, against the matmul rate
+    `hardware --calibrate` measures for it on this machine (into a scratch store)."""
+    flops = bert_flops(json.loads((bert_dir / "config.json").read_text()), 8, args.seq_len)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = json.loads(subprocess.run(
+            [str(exe), "hardware", "--calibrate", "--no-browser", "--json",
+             "--db-path", str(Path(tmp) / "calibration.duckdb")],
+            env=env, check=True, capture_output=True, text=True).stdout)
+    peaks = {(c["engine"], c["precision"]): c["value"] for c in report.get("calibrations", [])
+             if c["kind"] == "matmul" and c["platform"] in ("cpu", "openvino")}
+    print(f"bert-base b=8: {flops / 1e9:.1f} GFLOP per batch; achieved vs the calibrated matmul peak:")
+    out = []
+    for engine, precision in [("native", "f32"), ("onnxruntime", "f32"), ("openvino", "f32"),
+                              ("native", "bf16"), ("openvino", "bf16")]:
+        p50 = res.get(("bert-base", 8, engine, precision))
+        peak = peaks.get((engine, precision))
+        if p50 is None:
+            continue
+        rate = flops / (p50 / 1e3) / 1e9
+        share = f" of {peak / 1e9:.1f} peak ({rate / (peak / 1e9):.0%})" if peak else " (no calibration)"
+        print(f"  {engine} {precision}: {rate:.1f} GFLOP/s{share}")
+        out.append({"engine": engine, "precision": precision, "gflops": rate,
+                    "peak_gflops": peak / 1e9 if peak else None})
+    return out
 
 
 def main():
@@ -461,7 +503,7 @@ def main():
           f"protocol: warmup {args.warmup}, >= {args.min_iterations} iterations and >= {args.min_duration}s")
     print(f"{'case':<16}{'torch mean':>12}{'torch p50':>11}{'native mean':>13}{'native p50':>12}{'ratio (p50)':>13}")
     rows = []
-    for key in [("bert-base", 1), ("bert-base", 8), ("vit-base", 1)]:
+    for key in [("bert-base", 1), ("bert-base", 8), ("vit-base", 1), ("vit-base", 8)]:
         t, n = torch_res[key], native_res[key]
         ratio = n["p50_ms"] / t["p50_ms"]
         label = f"{key[0]} b={key[1]}"

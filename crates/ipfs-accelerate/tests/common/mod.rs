@@ -222,3 +222,40 @@ pub fn token(db: &Path, name: &str, scope: &str) -> String {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     v["token"].as_str().unwrap().to_string()
 }
+
+/// POSTs `body` over a raw connection, reading the answer while the body is still being
+/// written (a server may answer 413 before reading the body and then close).
+pub fn post_while_sending(base: &str, path: &str, key: &str, body: Vec<u8>) -> String {
+    use std::io::{Read, Write};
+    let address = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut writer = stream.try_clone().unwrap();
+    let sending = std::thread::spawn(move || {
+        let _ = writer.write_all(head.as_bytes());
+        for chunk in body.chunks(16 << 10) {
+            if writer.write_all(chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Everything up to the end of the JSON body.
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        if answer.ends_with(b"}") {
+            break;
+        }
+    }
+    drop(stream);
+    let _ = sending.join();
+    String::from_utf8_lossy(&answer).into_owned()
+}
