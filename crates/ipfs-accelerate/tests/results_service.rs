@@ -191,7 +191,10 @@ fn runs_are_submitted_with_tokens_spooled_while_down_and_read_back() {
     // read while the body is still being sent (a client that sends it all first may see the
     // connection closed instead).
     let answer = post_while_sending(&s.base, "/api/runs", &runner, vec![b' '; 2 << 20]);
-    assert!(answer.starts_with("HTTP/1.1 413"), "oversized body: {answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "oversized body: {answer}"
+    );
     assert!(answer.contains("larger than"), "oversized body: {answer}");
     let (_, runs) = s.call("GET", "/api/runs", Some(&reader), None);
     assert_eq!(runs, json!([]), "a refused submission stored nothing");
