@@ -126,10 +126,15 @@ impl Activations {
         let mut data = vec![0u16; rows_padded * k_padded];
         let isa = super::isa();
         if k > 0 {
-            for (r, src) in x.chunks_exact(k).take(m).enumerate() {
-                let slab = &mut data[(r / 16) * 16 * k_padded..][..16 * k_padded];
-                convert_row(isa, src, slab, r % 16);
-            }
+            use rayon::prelude::*;
+            // One block of 16 rows per task.
+            data.par_chunks_mut(16 * k_padded)
+                .zip(x[..m * k].par_chunks(16 * k))
+                .for_each(|(slab, rows)| {
+                    for (row, src) in rows.chunks_exact(k).enumerate() {
+                        convert_row(isa, src, slab, row);
+                    }
+                });
         }
         Self {
             rows_padded,
@@ -225,6 +230,9 @@ mod imp {
     /// the activations come from L2.
     const STEPS_PER_PASS: usize = 8;
 
+    /// Activations per pass over the columns: a quarter of a Sapphire Rapids core's 2 MiB L2.
+    const ACTIVATION_BYTES_PER_PASS: usize = 512 << 10;
+
     /// Adds the products to `out` (which the caller zeroed).
     pub unsafe fn product_block(
         a: &Activations,
@@ -237,97 +245,103 @@ mod imp {
         let steps = a.k_padded / STEP;
         // A block of 16 rows: `steps` tiles of 16 x 32.
         let a_block = steps * 512;
-        let c_stride = stride * 4; // bytes per output row
-                                   // One panel (16 columns) of packed weights, all pair rows: 512 u16 per step.
+        // Bytes per output row.
+        let c_stride = stride * 4;
+        // One panel (16 columns) of packed weights, all pair rows: 512 u16 per step.
         let panel_len = w.k_padded / 2 * 32;
+        // Rows per pass over the columns: their activations (k_padded bf16 each) stay in L2
+        // while every column pair runs over them, instead of streaming once per column pair.
+        let rows_per_pass = (ACTIVATION_BYTES_PER_PASS / (a.k_padded * 2)).max(32) / 32 * 32;
         // SAFETY: the tile state was granted (`available()` is checked by the caller); every
         // tile load reads 1 KiB inside `a.data` (tile `step` of row block r / 16) or inside a
-        // panel of `w.data`,
-        // and every tile load and store of the output touches 16 rows of 16 f32 inside the
-        // caller's rows_padded x cols of `out`.
+        // panel of `w.data`, and every tile load and store of the output touches 16 rows of 16
+        // f32 inside the caller's rows_padded x cols of `out`.
         unsafe {
             asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
-            for pair in (col0 / 16..(col0 + cols) / 16).step_by(2) {
-                let c_col = pair * 16 - col0;
-                for first in (0..steps).step_by(STEPS_PER_PASS) {
-                    let n = STEPS_PER_PASS.min(steps - first);
-                    let b0 = w.data.as_ptr().add(pair * panel_len + first * 512);
-                    let b1 = b0.add(panel_len);
-                    let mut r = 0;
-                    while r + 32 <= a.rows_padded {
-                        let a0 = a.data.as_ptr().add(r / 16 * a_block + first * 512);
-                        let a1 = a0.add(a_block);
-                        let c0 = out.add(r * stride + c_col);
-                        let c2 = c0.add(16 * stride);
-                        asm!(
-                            "tileloadd tmm0, [{c0} + {sc}]",
-                            "tileloadd tmm1, [{c1} + {sc}]",
-                            "tileloadd tmm2, [{c2} + {sc}]",
-                            "tileloadd tmm3, [{c3} + {sc}]",
-                            "2:",
-                            "tileloadd tmm4, [{a0} + {s64}]",
-                            "tileloadd tmm5, [{a1} + {s64}]",
-                            "tileloadd tmm6, [{b0} + {s64}]",
-                            "tileloadd tmm7, [{b1} + {s64}]",
-                            "tdpbf16ps tmm0, tmm4, tmm6",
-                            "tdpbf16ps tmm1, tmm4, tmm7",
-                            "tdpbf16ps tmm2, tmm5, tmm6",
-                            "tdpbf16ps tmm3, tmm5, tmm7",
-                            "add {a0}, 1024",
-                            "add {a1}, 1024",
-                            "add {b0}, 1024",
-                            "add {b1}, 1024",
-                            "dec {steps}",
-                            "jnz 2b",
-                            "tilestored [{c0} + {sc}], tmm0",
-                            "tilestored [{c1} + {sc}], tmm1",
-                            "tilestored [{c2} + {sc}], tmm2",
-                            "tilestored [{c3} + {sc}], tmm3",
-                            a0 = inout(reg) a0 => _,
-                            a1 = inout(reg) a1 => _,
-                            b0 = inout(reg) b0 => _,
-                            b1 = inout(reg) b1 => _,
-                            steps = inout(reg) n => _,
-                            s64 = in(reg) 64usize,
-                            c0 = in(reg) c0,
-                            c1 = in(reg) c0.add(16),
-                            c2 = in(reg) c2,
-                            c3 = in(reg) c2.add(16),
-                            sc = in(reg) c_stride,
-                            options(nostack),
-                        );
-                        r += 32;
-                    }
-                    if r < a.rows_padded {
-                        // The last 16 rows alone.
-                        let a0 = a.data.as_ptr().add(r / 16 * a_block + first * 512);
-                        let c0 = out.add(r * stride + c_col);
-                        asm!(
-                            "tileloadd tmm0, [{c0} + {sc}]",
-                            "tileloadd tmm1, [{c1} + {sc}]",
-                            "2:",
-                            "tileloadd tmm4, [{a0} + {s64}]",
-                            "tileloadd tmm6, [{b0} + {s64}]",
-                            "tileloadd tmm7, [{b1} + {s64}]",
-                            "tdpbf16ps tmm0, tmm4, tmm6",
-                            "tdpbf16ps tmm1, tmm4, tmm7",
-                            "add {a0}, 1024",
-                            "add {b0}, 1024",
-                            "add {b1}, 1024",
-                            "dec {steps}",
-                            "jnz 2b",
-                            "tilestored [{c0} + {sc}], tmm0",
-                            "tilestored [{c1} + {sc}], tmm1",
-                            a0 = inout(reg) a0 => _,
-                            b0 = inout(reg) b0 => _,
-                            b1 = inout(reg) b1 => _,
-                            steps = inout(reg) n => _,
-                            s64 = in(reg) 64usize,
-                            c0 = in(reg) c0,
-                            c1 = in(reg) c0.add(16),
-                            sc = in(reg) c_stride,
-                            options(nostack),
-                        );
+            for row0 in (0..a.rows_padded).step_by(rows_per_pass) {
+                let row_end = (row0 + rows_per_pass).min(a.rows_padded);
+                for pair in (col0 / 16..(col0 + cols) / 16).step_by(2) {
+                    let c_col = pair * 16 - col0;
+                    for first in (0..steps).step_by(STEPS_PER_PASS) {
+                        let n = STEPS_PER_PASS.min(steps - first);
+                        let b0 = w.data.as_ptr().add(pair * panel_len + first * 512);
+                        let b1 = b0.add(panel_len);
+                        let mut r = row0;
+                        while r + 32 <= row_end {
+                            let a0 = a.data.as_ptr().add(r / 16 * a_block + first * 512);
+                            let a1 = a0.add(a_block);
+                            let c0 = out.add(r * stride + c_col);
+                            let c2 = c0.add(16 * stride);
+                            asm!(
+                                "tileloadd tmm0, [{c0} + {sc}]",
+                                "tileloadd tmm1, [{c1} + {sc}]",
+                                "tileloadd tmm2, [{c2} + {sc}]",
+                                "tileloadd tmm3, [{c3} + {sc}]",
+                                "2:",
+                                "tileloadd tmm4, [{a0} + {s64}]",
+                                "tileloadd tmm5, [{a1} + {s64}]",
+                                "tileloadd tmm6, [{b0} + {s64}]",
+                                "tileloadd tmm7, [{b1} + {s64}]",
+                                "tdpbf16ps tmm0, tmm4, tmm6",
+                                "tdpbf16ps tmm1, tmm4, tmm7",
+                                "tdpbf16ps tmm2, tmm5, tmm6",
+                                "tdpbf16ps tmm3, tmm5, tmm7",
+                                "add {a0}, 1024",
+                                "add {a1}, 1024",
+                                "add {b0}, 1024",
+                                "add {b1}, 1024",
+                                "dec {steps}",
+                                "jnz 2b",
+                                "tilestored [{c0} + {sc}], tmm0",
+                                "tilestored [{c1} + {sc}], tmm1",
+                                "tilestored [{c2} + {sc}], tmm2",
+                                "tilestored [{c3} + {sc}], tmm3",
+                                a0 = inout(reg) a0 => _,
+                                a1 = inout(reg) a1 => _,
+                                b0 = inout(reg) b0 => _,
+                                b1 = inout(reg) b1 => _,
+                                steps = inout(reg) n => _,
+                                s64 = in(reg) 64usize,
+                                c0 = in(reg) c0,
+                                c1 = in(reg) c0.add(16),
+                                c2 = in(reg) c2,
+                                c3 = in(reg) c2.add(16),
+                                sc = in(reg) c_stride,
+                                options(nostack),
+                            );
+                            r += 32;
+                        }
+                        if r < row_end {
+                            // The last 16 rows alone.
+                            let a0 = a.data.as_ptr().add(r / 16 * a_block + first * 512);
+                            let c0 = out.add(r * stride + c_col);
+                            asm!(
+                                "tileloadd tmm0, [{c0} + {sc}]",
+                                "tileloadd tmm1, [{c1} + {sc}]",
+                                "2:",
+                                "tileloadd tmm4, [{a0} + {s64}]",
+                                "tileloadd tmm6, [{b0} + {s64}]",
+                                "tileloadd tmm7, [{b1} + {s64}]",
+                                "tdpbf16ps tmm0, tmm4, tmm6",
+                                "tdpbf16ps tmm1, tmm4, tmm7",
+                                "add {a0}, 1024",
+                                "add {b0}, 1024",
+                                "add {b1}, 1024",
+                                "dec {steps}",
+                                "jnz 2b",
+                                "tilestored [{c0} + {sc}], tmm0",
+                                "tilestored [{c1} + {sc}], tmm1",
+                                a0 = inout(reg) a0 => _,
+                                b0 = inout(reg) b0 => _,
+                                b1 = inout(reg) b1 => _,
+                                steps = inout(reg) n => _,
+                                s64 = in(reg) 64usize,
+                                c0 = in(reg) c0,
+                                c1 = in(reg) c0.add(16),
+                                sc = in(reg) c_stride,
+                                options(nostack),
+                            );
+                        }
                     }
                 }
             }

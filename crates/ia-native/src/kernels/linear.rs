@@ -23,7 +23,7 @@ pub enum Activation {
 pub enum Weight {
     /// [in, out] (the checkpoint's [out, in] transposed once, so that gemm reads it without
     /// packing it first), in the model's dtype.
-    Dense(Tensor),
+    Transposed(Tensor),
     /// bf16 laid out for AMX ([`PackedBf16`]); the activations stay f32 around the product.
     Bf16(PackedBf16),
 }
@@ -33,7 +33,7 @@ impl Weight {
     pub fn new(weight: &Tensor, bf16: bool) -> Result<Self> {
         let weight_t = weight.t()?.contiguous()?;
         if !bf16 {
-            return Ok(Weight::Dense(weight_t));
+            return Ok(Weight::Transposed(weight_t));
         }
         let (k, n) = weight_t.dims2()?;
         let data = weight_t
@@ -45,7 +45,7 @@ impl Weight {
 
     fn outputs(&self) -> Result<usize> {
         match self {
-            Weight::Dense(t) => t.dim(1),
+            Weight::Transposed(t) => t.dim(1),
             Weight::Bf16(p) => Ok(p.outputs()),
         }
     }
@@ -66,16 +66,15 @@ pub fn linear(
     let outputs = weight.outputs()?;
     *dims.last_mut().expect("a tensor with dimensions") = outputs;
     let on_kernels = [Some(x), bias, residual].into_iter().flatten().all(applies);
-    let weight_t = match weight {
-        Weight::Dense(w) if !(on_kernels && applies(w)) => {
+    match weight {
+        Weight::Transposed(w) if !(on_kernels && applies(w)) => {
             return with_candle(x, w, bias, act, residual)
         }
-        Weight::Dense(w) => Some(w.contiguous()?),
         Weight::Bf16(_) if !on_kernels => {
             candle_core::bail!("linear: bf16 weights take f32 activations on the CPU")
         }
-        Weight::Bf16(_) => None,
-    };
+        _ => {}
+    }
     let rows = x.elem_count() / inputs.max(1);
     let x = x.contiguous()?.reshape((rows, inputs))?;
     let residual = residual
@@ -94,16 +93,18 @@ pub fn linear(
             None => apply(None),
         }
     };
-    let y = match (weight, &weight_t) {
-        (Weight::Bf16(p), _) => with_weight(Weights::Bf16(p))?,
-        (_, Some(w)) => with_f32("linear", w, |data| {
-            with_weight(Weights::F32 {
-                data,
-                inputs: w.dim(0)?,
-                outputs,
-            })
-        })?,
-        (Weight::Dense(_), None) => unreachable!("set above"),
+    let y = match weight {
+        Weight::Bf16(p) => with_weight(Weights::Bf16(p))?,
+        Weight::Transposed(w) => {
+            let w = w.contiguous()?;
+            with_f32("linear", &w, |data| {
+                with_weight(Weights::F32 {
+                    data,
+                    inputs: w.dim(0)?,
+                    outputs,
+                })
+            })?
+        }
     };
     y.reshape(dims)
 }
