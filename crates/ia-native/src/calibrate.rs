@@ -11,25 +11,24 @@ use ia_engine::EngineError;
 pub fn matmul(device: &Device, dtype: DType) -> Result<(usize, f64, usize), EngineError> {
     let rt = |e: candle_core::Error| EngineError::Runtime(crate::candle_message(&e));
     let n = MATMUL_SIZE;
-    let tensor = |offset: f32| -> Result<Tensor, EngineError> {
+    let tensor = |offset: f32, dtype: DType| -> Result<Tensor, EngineError> {
         Tensor::from_vec(operand(n, offset), (n, n), device)
             .and_then(|t| t.to_dtype(dtype))
             .map_err(rt)
     };
     let (rate, samples) = if device.is_cpu() && matches!(dtype, DType::F32 | DType::BF16) {
-        let f32_operand =
-            |offset: f32| Tensor::from_vec(operand(n, offset), (n, n), device).map_err(rt);
-        let a = f32_operand(0.5)?;
+        // f32 operands: bf16 is the kernel's product, its activations and output stay f32.
+        let a = tensor(0.5, DType::F32)?;
         // The layer's weight is [out, in]; the product is a . weight^T.
         let weight =
-            kernels::Weight::new(&f32_operand(-0.25)?, dtype == DType::BF16).map_err(rt)?;
+            kernels::Weight::new(&tensor(-0.25, DType::F32)?, dtype == DType::BF16).map_err(rt)?;
         time_products(n, || {
             kernels::linear(&a, &weight, None, kernels::Activation::Identity, None)
                 .map_err(rt)
                 .map(drop)
         })?
     } else {
-        let (a, b) = (tensor(0.5)?, tensor(-0.25)?);
+        let (a, b) = (tensor(0.5, dtype)?, tensor(-0.25, dtype)?);
         time_products(n, || {
             let product = a.matmul(&b).map_err(rt)?;
             device.synchronize().map_err(rt)?;

@@ -8,7 +8,9 @@
 //! the second product writes the head's columns of the output rows in place.
 
 use super::math::softmax_body;
-use super::{applies, f32_slice, isa, multiversion, with_f32, SharedOut};
+use super::{
+    applies, f32_slice, isa, multiversion, product, row_major, with_f32, SharedOut, Strided,
+};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
 /// Attention over `qkv` [batch, seq, 3 * hidden]: each row holds the query, key and value
@@ -115,26 +117,17 @@ impl CustomOp1 for Attention<'_> {
             // h) at this head's d columns, which no other task writes.
             unsafe {
                 // scores = q . k^T: k^T (d x s) has element (c, j) at j * h3 + c.
-                gemm::gemm(
+                product(
                     s,
                     s,
                     d,
-                    scores.as_mut_ptr(),
-                    1,
-                    s as isize,
-                    false,
-                    q.as_ptr(),
-                    1,
-                    h3 as isize,
-                    k.as_ptr(),
-                    h3 as isize,
-                    1,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                    row_major(scores.as_mut_ptr(), s),
+                    row_major(q.as_ptr(), h3),
+                    Strided {
+                        ptr: k.as_ptr(),
+                        row_stride: 1,
+                        col_stride: h3,
+                    },
                 );
                 masked_softmax(
                     isa,
@@ -142,26 +135,13 @@ impl CustomOp1 for Attention<'_> {
                     s,
                     self.key_mask.map(|m| &m[seq * s..(seq + 1) * s]),
                 );
-                gemm::gemm(
+                product(
                     s,
                     d,
                     s,
-                    dst.at(seq * s * h + head * d),
-                    1,
-                    h as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    s as isize,
-                    v.as_ptr(),
-                    1,
-                    h3 as isize,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                    row_major(dst.at(seq * s * h + head * d), h),
+                    row_major(scores.as_ptr(), s),
+                    row_major(v.as_ptr(), h3),
                 );
             }
         };

@@ -8,7 +8,7 @@
 
 use super::amx::{self, Activations, PackedBf16};
 use super::math::gelu_erf;
-use super::{applies, f32_slice, isa, multiversion, with_f32, SharedOut};
+use super::{applies, f32_slice, isa, multiversion, product, row_major, with_f32, SharedOut};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// The activation a linear layer applies to its output, in the same pass.
@@ -188,26 +188,13 @@ impl Linear<'_> {
                 // is its columns start..start+cols; dst is m x n row-major and this block
                 // writes only those columns, which no other block touches.
                 (Weights::F32 { data: w, .. }, _) => unsafe {
-                    gemm::gemm(
+                    product(
                         m,
                         cols,
                         k,
-                        dst.at(start),
-                        1,
-                        n as isize,
-                        false,
-                        x.as_ptr(),
-                        1,
-                        k as isize,
-                        w.as_ptr().add(start),
-                        1,
-                        n as isize,
-                        0.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
+                        row_major(dst.at(start), n),
+                        row_major(x.as_ptr(), k),
+                        row_major(w.as_ptr().add(start), n),
                     )
                 },
                 (Weights::Bf16(p), Some(a)) => {
@@ -326,16 +313,25 @@ mod tests {
             .unwrap()
     }
 
+    /// One row, a ragged column count, more columns than one thread's block.
+    const SHAPES: [(usize, usize, usize); 3] = [(1, 8, 3), (7, 33, 50), (128, 96, 200)];
+
+    /// Two batches of `m` rows of `k` inputs, a weight [n, k], a bias and a residual.
+    fn operands(m: usize, k: usize, n: usize) -> (Tensor, Tensor, Tensor, Tensor) {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, m, k), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (2, m, n), &dev).unwrap();
+        (x, w, b, r)
+    }
+
     /// Every combination of bias, GELU and residual equals candle's steps, on every shape
     /// class (one row, a ragged column count, more columns than one thread's block).
     #[test]
     fn equals_candles_steps() {
-        let dev = Device::Cpu;
-        for (m, k, n) in [(1, 8, 3), (7, 33, 50), (128, 96, 200)] {
-            let x = Tensor::randn(0f32, 1.0, (2, m, k), &dev).unwrap();
-            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
-            let b = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
-            let r = Tensor::randn(0f32, 1.0, (2, m, n), &dev).unwrap();
+        for (m, k, n) in SHAPES {
+            let (x, w, b, r) = operands(m, k, n);
             let wt = Weight::new(&w, false).unwrap();
             for bias in [None, Some(&b)] {
                 for act in [Activation::Identity, Activation::GeluErf] {
@@ -384,12 +380,8 @@ mod tests {
             assert!(err.to_string().contains("AMX"), "{err}");
             return;
         }
-        let dev = Device::Cpu;
-        for (m, k, n) in [(1, 8, 3), (7, 33, 50), (128, 96, 200)] {
-            let x = Tensor::randn(0f32, 1.0, (2, m, k), &dev).unwrap();
-            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
-            let b = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
-            let r = Tensor::randn(0f32, 1.0, (2, m, n), &dev).unwrap();
+        for (m, k, n) in SHAPES {
+            let (x, w, b, r) = operands(m, k, n);
             let f32_layer = Weight::new(&w, false).unwrap();
             let bf16_layer = Weight::new(&w, true).unwrap();
             for act in [Activation::Identity, Activation::GeluErf] {

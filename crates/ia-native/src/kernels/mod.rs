@@ -14,8 +14,8 @@
 //!   (sequence, head) pair per task.
 //!
 //! Matrix products use the `gemm` crate (built with its AVX-512 micro-kernels, which it
-//! selects at run time itself), as candle does, each call on one thread: the kernels split
-//! the work between rayon's threads themselves (see [`linear`] for why).
+//! selects at run time itself), as candle does, each call on one thread ([`product`]): the
+//! kernels split the work between rayon's threads themselves (see [`linear`] for why).
 
 pub mod amx;
 mod attention;
@@ -151,5 +151,64 @@ impl SharedOut {
     /// The pointer `offset` elements on (a method, so closures capture the whole value).
     fn at(self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
+    }
+}
+
+/// A strided f32 matrix for [`product`]: its first element and the distance, in elements,
+/// between consecutive rows and consecutive columns (a block of a larger matrix, or a
+/// transposed view, needs no copy).
+#[derive(Clone, Copy)]
+struct Strided<T> {
+    ptr: T,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+/// `dst = lhs . rhs` for an `m x k` lhs and a `k x n` rhs, on the calling thread (the kernels
+/// split work between threads themselves), dst overwritten.
+///
+/// # Safety
+/// Each operand's pointer covers its whole matrix at its strides, and no other thread reads
+/// or writes dst's elements meanwhile.
+unsafe fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: Strided<*mut f32>,
+    lhs: Strided<*const f32>,
+    rhs: Strided<*const f32>,
+) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.ptr,
+            dst.col_stride as isize,
+            dst.row_stride as isize,
+            false,
+            lhs.ptr,
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.ptr,
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// A row-major matrix whose rows are `row_stride` elements apart.
+fn row_major<T>(ptr: T, row_stride: usize) -> Strided<T> {
+    Strided {
+        ptr,
+        row_stride,
+        col_stride: 1,
     }
 }
