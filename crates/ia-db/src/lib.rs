@@ -91,7 +91,7 @@ pub struct Store {
     /// Model and hardware rows this store has committed, by identity: a run stores one
     /// combination after another, and each lookup is a statement DuckDB plans and runs
     /// (about 1 ms). Only committed ids are kept; model and hardware rows are never deleted.
-    known_ids: std::collections::HashMap<String, i64>,
+    known_ids: KnownIds,
 }
 
 impl Store {
@@ -288,11 +288,22 @@ impl Store {
     /// compatibility row and, for browser results, how they were obtained) in a single
     /// transaction: all of it or none of it.
     pub fn record_combination(&mut self, run_id: i64, c: &CombinationRecords) -> Result<i64> {
+        Ok(self.record_combinations(run_id, std::slice::from_ref(c))?[0])
+    }
+
+    /// Stores several finished combinations of one run in a single transaction (all or
+    /// none); returns their result ids in order. Writing many at once costs about what one
+    /// costs (see `insert_combinations`): imports and submissions use it.
+    pub fn record_combinations(
+        &mut self,
+        run_id: i64,
+        combinations: &[CombinationRecords],
+    ) -> Result<Vec<i64>> {
         let tx = self.conn.transaction()?;
-        let (result_id, ids) = insert_combination(&tx, &self.known_ids, run_id, c)?;
+        let (result_ids, ids) = insert_combinations(&tx, &self.known_ids, run_id, combinations)?;
         tx.commit()?;
         self.known_ids.extend(ids);
-        Ok(result_id)
+        Ok(result_ids)
     }
 
     /// Stores the calibration figures of one hardware platform in a single transaction.
@@ -531,38 +542,24 @@ fn upsert_hardware(tx: &Connection, h: &HardwareRecord) -> Result<i64> {
     )?)
 }
 
-/// Writes one combination inside the caller's transaction; returns its result id and the
-/// model and hardware ids to remember once the transaction commits.
-pub(crate) fn insert_combination(
+/// Model and hardware ids by their identity, so that a session looks each one up once.
+type KnownIds = std::collections::HashMap<String, i64>;
+
+/// Inserts finished combinations of one run inside the caller's transaction; returns their
+/// result ids (in order) and the model/hardware ids it had to look up.
+///
+/// Every statement costs this DuckDB a bind and an optimiser pass, even a prepared one (its
+/// EXECUTE is planned again each time), about 0.3–5 ms here, so the rows are written with a
+/// fixed number of statements whatever the count: one for the run check, one that draws the
+/// ids and the timestamp, and one appender per table. Upserts of models and hardware the
+/// store has not seen in this session, and browser details, add one statement each. The
+/// looked-up ids are to be remembered once the transaction commits.
+pub(crate) fn insert_combinations(
     tx: &Connection,
-    known_ids: &std::collections::HashMap<String, i64>,
+    known_ids: &KnownIds,
     run_id: i64,
-    c: &CombinationRecords,
-) -> Result<(i64, [(String, i64); 2])> {
-    let CombinationRecords {
-        model,
-        hardware,
-        performance: perf,
-        samples_ms,
-        compatibility: compat,
-        web,
-    } = c;
-    let model_key = format!(
-        "model\0{}\0{}\0{}\0{}",
-        model.model_name, model.source, model.weights, model.parameter_count
-    );
-    let hardware_key = format!(
-        "hardware\0{}\0{}\0{}",
-        hardware.fingerprint, hardware.platform, hardware.device
-    );
-    let model_id = match known_ids.get(&model_key) {
-        Some(id) => *id,
-        None => upsert_model(tx, model)?,
-    };
-    let hardware_id = match known_ids.get(&hardware_key) {
-        Some(id) => *id,
-        None => upsert_hardware(tx, hardware)?,
-    };
+    combinations: &[CombinationRecords],
+) -> Result<(Vec<i64>, KnownIds)> {
     // The schema has no foreign keys (DuckDB could not purge runs with them): the
     // reference to the run is checked here, inside the transaction.
     let runs: i64 = tx
@@ -571,34 +568,117 @@ pub(crate) fn insert_combination(
     if runs == 0 {
         return Err(DbError::Sql(format!("run {run_id} is not in the store")));
     }
-    let result_id = records::insert_performance(tx, run_id, model_id, hardware_id, perf)?;
-    if !samples_ms.is_empty() {
+    let mut learned = KnownIds::default();
+    let mut keys = Vec::with_capacity(combinations.len());
+    for c in combinations {
+        let model_key = format!(
+            "model\0{}\0{}\0{}\0{}",
+            c.model.model_name, c.model.source, c.model.weights, c.model.parameter_count
+        );
+        let hardware_key = format!(
+            "hardware\0{}\0{}\0{}",
+            c.hardware.fingerprint, c.hardware.platform, c.hardware.device
+        );
+        let model_id = match known_ids.get(&model_key).or(learned.get(&model_key)) {
+            Some(id) => *id,
+            None => upsert_model(tx, &c.model)?,
+        };
+        let hardware_id = match known_ids.get(&hardware_key).or(learned.get(&hardware_key)) {
+            Some(id) => *id,
+            None => upsert_hardware(tx, &c.hardware)?,
+        };
+        learned.insert(model_key, model_id);
+        learned.insert(hardware_key, hardware_id);
+        keys.push((model_id, hardware_id));
+    }
+    // `now()` is the transaction's start, as the column defaults of single INSERTs had it.
+    let drawn: Vec<(i64, i64, duckdb::types::Value)> = tx
+        .prepare_cached(
+            "SELECT nextval('seq_result_id'), nextval('seq_compat_id'), now()::TIMESTAMP
+             FROM range(?)",
+        )?
+        .query_map(params![combinations.len() as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect::<std::result::Result<_, _>>()?;
+    if drawn.len() != combinations.len() {
+        return Err(DbError::Sql(format!(
+            "drew {} ids for {} combinations",
+            drawn.len(),
+            combinations.len()
+        )));
+    }
+    let rows = || combinations.iter().zip(&keys).zip(&drawn);
+
+    let mut columns = vec![
+        "result_id",
+        "run_id",
+        "model_id",
+        "hardware_id",
+        "created_at",
+    ];
+    columns.extend(PerformanceRecord::COLUMNS);
+    let mut app = tx.appender_with_columns("performance_results", &columns)?;
+    for ((c, (model_id, hardware_id)), (result_id, _, created_at)) in rows() {
+        let mut values: Vec<&dyn duckdb::ToSql> =
+            vec![result_id, &run_id, model_id, hardware_id, created_at];
+        values.extend(c.performance.values());
+        app.append_row(duckdb::appender_params_from_iter(values))?;
+    }
+    app.flush()?;
+    drop(app);
+
+    if combinations.iter().any(|c| !c.samples_ms.is_empty()) {
         let mut app = tx.appender("raw_samples")?;
-        for (i, s) in samples_ms.iter().enumerate() {
-            app.append_row(params![result_id, i as i64, *s])?;
+        for ((c, _), (result_id, _, _)) in rows() {
+            for (i, s) in c.samples_ms.iter().enumerate() {
+                app.append_row(params![result_id, i as i64, *s])?;
+            }
         }
         app.flush()?;
     }
-    if let Some(w) = web {
-        records::insert_web(tx, result_id, w)?;
+    for ((c, _), (result_id, _, _)) in rows() {
+        if let Some(w) = &c.web {
+            records::insert_web(tx, *result_id, w)?;
+        }
     }
-    tx.prepare_cached(
-        "INSERT INTO compatibility_results
-           (run_id, model_id, hardware_id, platform, engine, precision, status, error, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",
-    )?
-    .execute(params![
-        run_id,
-        model_id,
-        hardware_id,
-        compat.platform,
-        compat.engine,
-        compat.precision,
-        compat.status,
-        compat.error
-    ])?;
+
+    let mut app = tx.appender_with_columns(
+        "compatibility_results",
+        &[
+            "compat_id",
+            "run_id",
+            "model_id",
+            "hardware_id",
+            "platform",
+            "engine",
+            "precision",
+            "status",
+            "error",
+            "created_at",
+        ],
+    )?;
+    for ((c, (model_id, hardware_id)), (_, compat_id, created_at)) in rows() {
+        let compat = &c.compatibility;
+        app.append_row(params![
+            compat_id,
+            run_id,
+            model_id,
+            hardware_id,
+            compat.platform,
+            compat.engine,
+            compat.precision,
+            compat.status,
+            compat.error,
+            created_at
+        ])?;
+    }
+    app.flush()?;
     Ok((
-        result_id,
-        [(model_key, model_id), (hardware_key, hardware_id)],
+        drawn
+            .into_iter()
+            .map(|(result_id, _, _)| result_id)
+            .collect(),
+        learned,
     ))
 }

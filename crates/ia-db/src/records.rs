@@ -24,7 +24,7 @@ macro_rules! table_record {
             /// The table's columns this record fills, in field order.
             pub const COLUMNS: &'static [&'static str] = &[$(stringify!($field)),*];
 
-            fn values(&self) -> Vec<&dyn ToSql> {
+            pub(crate) fn values(&self) -> Vec<&dyn ToSql> {
                 vec![$(&self.$field as &dyn ToSql),*]
             }
         }
@@ -245,26 +245,6 @@ pub struct CombinationRecords {
     /// How a browser result was obtained.
     #[serde(default)]
     pub web: Option<WebRecord>,
-}
-
-pub(crate) fn insert_performance(
-    tx: &Connection,
-    run_id: i64,
-    model_id: i64,
-    hardware_id: i64,
-    p: &PerformanceRecord,
-) -> Result<i64> {
-    let sql = insert_sql(
-        "performance_results",
-        &["run_id", "model_id", "hardware_id"],
-        PerformanceRecord::COLUMNS,
-        Some(("created_at", "now()")),
-    );
-    let mut values: Vec<&dyn ToSql> = vec![&run_id, &model_id, &hardware_id];
-    values.extend(p.values());
-    Ok(tx
-        .prepare_cached(&format!("{sql} RETURNING result_id"))?
-        .query_row(params_from_iter(values), |r| r.get(0))?)
 }
 
 #[cfg(test)]

@@ -324,11 +324,8 @@ impl Store {
             params![r.git_commit, r.command_line, r.host, r.tool_version, submission.status],
             |row| row.get(0),
         )?;
-        let mut learned = Vec::new();
-        for c in &submission.results {
-            let (_, ids) = crate::insert_combination(&tx, &self.known_ids, run_id, c)?;
-            learned.extend(ids);
-        }
+        let (_, learned) =
+            crate::insert_combinations(&tx, &self.known_ids, run_id, &submission.results)?;
         tx.execute(
             "INSERT INTO submissions (token_id, idempotency_key, run_id, results, content_sha256, received_at)
              VALUES (?, ?, ?, ?, ?, now())",

@@ -94,8 +94,8 @@ fn a_combination_is_stored_whole_or_not_at_all() {
     assert_eq!(count(&store, "performance_results"), 1);
     assert_eq!(count(&store, "raw_samples"), 3);
 
-    // A run id that does not exist is refused after the model and hardware rows
-    // were written inside the transaction: everything must roll back.
+    // A run id that does not exist is refused inside the transaction: nothing of the
+    // combination, not even its new model, is stored.
     let (mut m2, h2, p2, c2) = records();
     m2.model_name = "other".into();
     assert!(store
@@ -112,6 +112,61 @@ fn a_combination_is_stored_whole_or_not_at_all() {
         .unwrap();
     assert_eq!(count(&store, "models"), 1);
     assert_eq!(count(&store, "hardware_platforms"), 1);
+}
+
+#[test]
+fn combinations_written_together_keep_their_order_and_share_new_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open_or_create(&dir.path().join("s.duckdb")).unwrap();
+    let run = store
+        .begin_run(&RunRecord {
+            git_commit: None,
+            command_line: "test".into(),
+            host: "h".into(),
+            tool_version: "0".into(),
+        })
+        .unwrap();
+    let (m, h, p, c) = records();
+    // Three results of one new model (it is looked up once, not inserted three times), each
+    // with a different batch size and number of samples.
+    let batch: Vec<CombinationRecords> = (1..=3)
+        .map(|b| {
+            let mut p = p.clone();
+            p.batch_size = b;
+            whole(&m, &h, &p, &vec![b as f64; b as usize], &c)
+        })
+        .collect();
+    let ids = store.record_combinations(run, &batch).unwrap();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(count(&store, "models"), 1);
+    assert_eq!(count(&store, "compatibility_results"), 3);
+    for (b, id) in (1..=3).zip(&ids) {
+        let r = store
+            .query(&format!(
+                "SELECT p.batch_size, count(*) AS n, min(s.latency_ms) AS v, \
+                 bool_and(p.created_at = c.created_at) AS same_time \
+                 FROM performance_results p JOIN raw_samples s USING (result_id) \
+                 JOIN compatibility_results c ON c.run_id = p.run_id \
+                 WHERE p.result_id = {id} GROUP BY p.batch_size"
+            ))
+            .unwrap();
+        let n = b as usize;
+        assert_eq!(
+            r.csv(),
+            format!("batch_size,n,v,same_time\n{b},{},{b},true\n", 3 * n)
+        );
+    }
+
+    // A batch for a missing run stores nothing, not even its new model.
+    let mut m2 = m.clone();
+    m2.model_name = "other".into();
+    let other = whole(&m2, &h, &p, &[1.0], &c);
+    assert!(store
+        .record_combinations(run + 100, &[other.clone(), other])
+        .is_err());
+    assert_eq!(count(&store, "models"), 1);
+    assert_eq!(count(&store, "performance_results"), 3);
+    assert_eq!(count(&store, "raw_samples"), 6);
 }
 
 #[test]

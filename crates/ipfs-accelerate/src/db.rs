@@ -285,28 +285,41 @@ fn plot(
     Ok(())
 }
 
-/// All rows are validated before the run is opened, so a bad file stores nothing.
+/// All rows are validated before the run is opened, and stored in one transaction, so a bad
+/// file or a failed write stores no result of it.
 fn import(db_path: &std::path::Path, file: &std::path::Path) -> anyhow::Result<()> {
     let rows = crate::import::read(file)?
         .into_iter()
         .map(crate::import::to_outcome)
         .collect::<anyhow::Result<Vec<_>>>()?;
     let hw = ia_hardware::detect();
-    let mut store = Store::open_or_create(db_path)?;
     let run = crate::results::run_record();
-    let run_id = store.begin_run(&run)?;
+    let mut records = Vec::with_capacity(rows.len());
     for (combo, outcome) in &rows {
         let Outcome::Measured(m) = outcome else {
             unreachable!("imports are measurements")
         };
         let engine = (m.session.engine.as_str(), m.session.engine_version.clone());
-        let records =
-            crate::results::combination_records(&run.host, &hw, engine, combo, outcome, None)?;
-        let id = store.record_combination(run_id, &records)?;
-        eprintln!(
-            "imported {} [{}] b={} as result {id}",
-            combo.model.name, m.session.engine, combo.batch_size
-        );
+        records.push(crate::results::combination_records(
+            &run.host, &hw, engine, combo, outcome, None,
+        )?);
+    }
+    let mut store = Store::open_or_create(db_path)?;
+    let run_id = store.begin_run(&run)?;
+    let ids = match store.record_combinations(run_id, &records) {
+        Ok(ids) => ids,
+        Err(e) => {
+            store.end_run(run_id, "failed")?;
+            return Err(e.into());
+        }
+    };
+    for ((combo, outcome), id) in rows.iter().zip(ids) {
+        if let Outcome::Measured(m) = outcome {
+            eprintln!(
+                "imported {} [{}] b={} as result {id}",
+                combo.model.name, m.session.engine, combo.batch_size
+            );
+        }
     }
     store.end_run(run_id, "completed")?;
     Ok(())
