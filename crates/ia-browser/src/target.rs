@@ -101,6 +101,11 @@ pub struct WebRequest<'a> {
     pub work: WebWork<'a>,
 }
 
+/// n of the web platforms' calibration products: half the engines' 1024, since a software
+/// WebGPU adapter (SwiftShader, about 0.3 GFLOP/s here) takes 7 s for one 1024 product and
+/// the protocol times at least seven.
+pub const WEB_MATMUL_SIZE: usize = 512;
+
 /// The browser of a benchmark run's web combinations: started on first use, and started
 /// afresh for each combination after the first, so none inherits the browser state another
 /// left behind. (On SwiftShader, CLIP's warm WebGPU latency doubled when two earlier WebGPU
@@ -205,6 +210,57 @@ impl WebBench {
                 error: EngineError::Runtime(crate::one_line(&e.to_string())),
             }
         })
+    }
+
+    /// The matmul calibration (`hardware --calibrate`) on a web platform: the engines' one
+    /// protocol and one-MatMul graph ([`ia_engine::calibration`]), each product timed in the
+    /// page, at n = [`WEB_MATMUL_SIZE`]. Returns n, the rate in FLOP/s and how many products
+    /// were timed.
+    pub fn calibrate_matmul(
+        &mut self,
+        platform: Platform,
+    ) -> Result<(usize, f64, usize), BrowserError> {
+        use ia_engine::calibration::{matmul_onnx, operand, rate_of_products};
+        let timeout = self.options.step_timeout;
+        let host = self
+            .host()
+            .map_err(|e| BrowserError::Start(e.to_string()))?;
+        let n = WEB_MATMUL_SIZE;
+        let dir = tempfile::tempdir().map_err(|e| BrowserError::Server(e.to_string()))?;
+        let file = dir.path().join("matmul.onnx");
+        std::fs::write(&file, matmul_onnx(n)).map_err(|e| BrowserError::Server(e.to_string()))?;
+        let parts = [("model".to_string(), file)];
+        let (a, b) = (operand(n, 0.5), operand(n, -0.25));
+        let ran = (|| {
+            load_parts(host, platform, &parts, false, &[], timeout)?;
+            let feed = |data: &[f32]| {
+                encode_input(GraphInput::Float32 {
+                    shape: vec![n, n],
+                    data,
+                })
+            };
+            let feeds = json!({ "model": { "a": feed(&a), "b": feed(&b) } });
+            let _: bool = step(host, "inputs", "setFeeds", feeds, timeout)?;
+            rate_of_products(n, || {
+                let timed: Timed = step(
+                    host,
+                    "timed",
+                    "timed",
+                    json!({"iterations": 1, "returnOutputs": false}),
+                    timeout,
+                )
+                .map_err(|(_, e)| EngineError::Runtime(crate::one_line(&e.to_string())))?;
+                timed
+                    .samples
+                    .first()
+                    .map(|ms| ms / 1e3)
+                    .ok_or_else(|| EngineError::Runtime("the page timed no product".into()))
+            })
+            .map_err(|e| ("timed", BrowserError::Page(e.to_string())))
+        })();
+        host.server.clear_models();
+        let (flops_per_s, samples) = ran.map_err(|(_, e)| e)?;
+        Ok((n, flops_per_s, samples))
     }
 
     /// One inference of one ONNX graph on a web platform with the given feeds, outputs by

@@ -140,6 +140,38 @@ fn calibrate(report: &HardwareReport, db_path: &Path) -> anyhow::Result<Vec<Refu
             }
             refused.extend(engine_refused);
         }
+        if matches!(
+            status.platform,
+            Platform::Wasm | Platform::Webgpu | Platform::Webnn
+        ) {
+            // A fresh browser per platform, as the benchmark starts one per combination.
+            let mut web = ia_browser::WebBench::new(ia_browser::WebOptions::default());
+            match web.calibrate_matmul(status.platform) {
+                Ok((n, flops_per_s, samples)) => {
+                    eprintln!(
+                        "{} {} f32: {:.1} GFLOP/s ({n}x{n} matmul, {samples} products)",
+                        status.platform,
+                        ia_browser::ENGINE_NAME,
+                        flops_per_s / 1e9
+                    );
+                    figures.push(CalibrationRecord {
+                        engine: ia_browser::ENGINE_NAME.into(),
+                        engine_version: web.engine_version(),
+                        kind: "matmul".into(),
+                        precision: Some(Precision::F32.as_str().into()),
+                        size: n as i64,
+                        value: flops_per_s,
+                        samples: samples as i32,
+                    });
+                }
+                Err(e) => refused.push(Refusal {
+                    platform: status.platform,
+                    engine: ia_browser::ENGINE_NAME.into(),
+                    precision: Some(Precision::F32),
+                    reason: e.to_string(),
+                }),
+            }
+        }
         if status.platform == Platform::Cpu {
             let b = ia_hardware::bandwidth::measure(TRIAD_ARRAY_BYTES, 5);
             eprintln!(

@@ -447,9 +447,10 @@ impl Ceilings {
         Ok(c)
     }
 
-    /// The ceiling of an engine on a platform of a machine: its own calibration, else the
-    /// native engine's on the CPU of the same machine at that precision, else at f32 (the
-    /// web and graph runtimes here compute on that CPU); none without a bandwidth figure.
+    /// The ceiling of an engine on a platform of a machine: its own calibration (the browser
+    /// engines' since they are calibrated in a page too), else the native engine's on the CPU
+    /// of the same machine at that precision, else at f32 (a store calibrated before the
+    /// runtimes were); none without a bandwidth figure.
     fn of(
         &self,
         fingerprint: &str,

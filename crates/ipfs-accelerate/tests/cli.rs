@@ -1191,15 +1191,16 @@ fn hardware_calibration_is_measured_stored_and_shown() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("cal.duckdb");
     let hardware = |extra: &[&str]| {
-        let mut args = vec!["hardware", "--no-browser", "--json", "--db-path"];
+        let mut args = vec!["hardware", "--json", "--db-path"];
         args.push(db.to_str().unwrap());
         args.extend(extra);
         let o = run(&args);
         assert!(o.status.success(), "{}", stderr(&o));
         serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
     };
-    let before = hardware(&[]);
+    let before = hardware(&["--no-browser"]);
     assert_eq!(before["calibrations"], serde_json::json!([]));
+    // With the browser: the web platforms are probed and calibrated in a page.
     let v = hardware(&["--calibrate"]);
     let figures = v["calibrations"].as_array().unwrap();
     let find = |kind: &str, engine: Option<&str>, precision: Option<&str>| {
@@ -1223,6 +1224,14 @@ fn hardware_calibration_is_measured_stored_and_shown() {
         assert_eq!(f32["platform"].as_str(), Some(platform), "{f32}");
         assert!(f32["value"].as_f64().unwrap() > 1e8, "{f32}");
     }
+    // wasm is calibrated in a page (onnxruntime-web, timed by performance.now()), not
+    // given the CPU's figure.
+    let wasm = figures
+        .iter()
+        .find(|c| c["platform"] == "wasm" && c["engine"] == "onnxruntime-web")
+        .unwrap_or_else(|| panic!("no wasm calibration in {v}"));
+    assert_eq!(wasm["size"].as_i64(), Some(512), "{wasm}");
+    assert!(wasm["value"].as_f64().unwrap() > 1e8, "{wasm}");
     assert!(
         find("memory-bandwidth", None, None)["value"]
             .as_f64()
@@ -1237,7 +1246,7 @@ fn hardware_calibration_is_measured_stored_and_shown() {
         "{refused:?}"
     );
     // Stored against this machine: shown again without measuring.
-    let again = hardware(&[]);
+    let again = hardware(&["--no-browser"]);
     assert_eq!(again["calibrations"], v["calibrations"]);
     assert_eq!(
         csv(
