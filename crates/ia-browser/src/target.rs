@@ -10,8 +10,8 @@ use base64::Engine as _;
 use ia_engine::exported_decoder::{check_exported_class, decoder_context, DecoderGraph};
 use ia_engine::inputs::{self, GraphInput, InputSpec};
 use ia_engine::{
-    EngineError, GenerationTiming, Inputs, LoadFailure, LoadVariant, Precision, SessionInfo,
-    TimedIterations, TimedWorkload,
+    EngineError, GenerationTiming, Inputs, LoadFailure, LoadVariant, MatmulRate, Precision,
+    SessionInfo, TimedIterations, TimedWorkload,
 };
 use ia_hardware::Platform;
 use ia_models::{Modality, Model, ModelClass, ModelSource};
@@ -214,33 +214,20 @@ impl WebBench {
 
     /// The matmul calibration (`hardware --calibrate`) on a web platform: the engines' one
     /// protocol and one-MatMul graph ([`ia_engine::calibration`]), each product timed in the
-    /// page, at n = [`WEB_MATMUL_SIZE`]. Returns n, the rate in FLOP/s and how many products
-    /// were timed.
-    pub fn calibrate_matmul(
-        &mut self,
-        platform: Platform,
-    ) -> Result<(usize, f64, usize), BrowserError> {
+    /// page, at n = [`WEB_MATMUL_SIZE`]; the device is the browser that ran it.
+    pub fn calibrate_matmul(&mut self, platform: Platform) -> Result<MatmulRate, BrowserError> {
         use ia_engine::calibration::{matmul_onnx, operand, rate_of_products};
-        let timeout = self.options.step_timeout;
-        let host = self
-            .host()
-            .map_err(|e| BrowserError::Start(e.to_string()))?;
         let n = WEB_MATMUL_SIZE;
         let dir = tempfile::tempdir().map_err(|e| BrowserError::Server(e.to_string()))?;
         let file = dir.path().join("matmul.onnx");
         std::fs::write(&file, matmul_onnx(n)).map_err(|e| BrowserError::Server(e.to_string()))?;
-        let parts = [("model".to_string(), file)];
         let (a, b) = (operand(n, 0.5), operand(n, -0.25));
-        let ran = (|| {
-            load_parts(host, platform, &parts, false, &[], timeout)?;
-            let feed = |data: &[f32]| {
-                encode_input(GraphInput::Float32 {
-                    shape: vec![n, n],
-                    data,
-                })
-            };
-            let feeds = json!({ "model": { "a": feed(&a), "b": feed(&b) } });
-            let _: bool = step(host, "inputs", "setFeeds", feeds, timeout)?;
+        let feed = |data| GraphInput::Float32 {
+            shape: vec![n, n],
+            data,
+        };
+        let feeds = vec![("a".into(), feed(&a)), ("b".into(), feed(&b))];
+        let (flops_per_s, samples) = self.with_graph(platform, &file, feeds, |host, timeout| {
             rate_of_products(n, || {
                 let timed: Timed = step(
                     host,
@@ -257,10 +244,13 @@ impl WebBench {
                     .ok_or_else(|| EngineError::Runtime("the page timed no product".into()))
             })
             .map_err(|e| ("timed", BrowserError::Page(e.to_string())))
-        })();
-        host.server.clear_models();
-        let (flops_per_s, samples) = ran.map_err(|(_, e)| e)?;
-        Ok((n, flops_per_s, samples))
+        })?;
+        Ok(MatmulRate {
+            device: self.browser.clone().unwrap_or_default(),
+            size: n,
+            flops_per_s,
+            samples,
+        })
     }
 
     /// One inference of one ONNX graph on a web platform with the given feeds, outputs by
@@ -272,6 +262,32 @@ impl WebBench {
         file: &std::path::Path,
         feeds: Vec<(String, GraphInput<'_>)>,
     ) -> Result<Outputs, BrowserError> {
+        let outputs = self.with_graph(platform, file, feeds, |host, timeout| {
+            let run: Timed = step(
+                host,
+                "first-inference",
+                "timed",
+                json!({"iterations": 1, "returnOutputs": true}),
+                timeout,
+            )?;
+            decode_outputs(&run).map_err(|e| ("outputs", BrowserError::Page(e)))
+        })?;
+        Ok(outputs
+            .into_iter()
+            .map(|(k, v)| (k.trim_start_matches("model/").to_string(), v))
+            .collect())
+    }
+
+    /// Loads one graph in a fresh page, sets its feeds (those it does not declare are left
+    /// out: OPT takes no position_ids), runs `with` on it, and clears the served model
+    /// whatever happened.
+    fn with_graph<T>(
+        &mut self,
+        platform: Platform,
+        file: &std::path::Path,
+        feeds: Vec<(String, GraphInput<'_>)>,
+        with: impl FnOnce(&BrowserHost, Duration) -> Result<T, StepError>,
+    ) -> Result<T, BrowserError> {
         let timeout = self.options.step_timeout;
         let host = self
             .host()
@@ -279,7 +295,6 @@ impl WebBench {
         let parts = [("model".to_string(), file.to_path_buf())];
         let ran = (|| {
             let loaded = load_parts(host, platform, &parts, false, &[], timeout)?;
-            // Feeds the graph does not declare are left out (OPT takes no position_ids).
             let tensors: serde_json::Map<String, Value> = feeds
                 .into_iter()
                 .filter(|(name, _)| loaded.parts[0].inputs.contains(name))
@@ -292,21 +307,10 @@ impl WebBench {
                 json!({ "model": tensors }),
                 timeout,
             )?;
-            let run: Timed = step(
-                host,
-                "first-inference",
-                "timed",
-                json!({"iterations": 1, "returnOutputs": true}),
-                timeout,
-            )?;
-            decode_outputs(&run).map_err(|e| ("outputs", BrowserError::Page(e)))
+            with(host, timeout)
         })();
         host.server.clear_models();
-        let outputs = ran.map_err(|(_, e)| e)?;
-        Ok(outputs
-            .into_iter()
-            .map(|(k, v)| (k.trim_start_matches("model/").to_string(), v))
-            .collect())
+        ran.map_err(|(_, e)| e)
     }
 }
 

@@ -51,6 +51,21 @@ fn records() -> (
     )
 }
 
+/// A new store in a temporary folder (kept alive by the caller) with one run begun.
+fn store_with_run() -> (tempfile::TempDir, Store, i64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open_or_create(&dir.path().join("s.duckdb")).unwrap();
+    let run = store
+        .begin_run(&RunRecord {
+            git_commit: None,
+            command_line: "test".into(),
+            host: "h".into(),
+            tool_version: "0".into(),
+        })
+        .unwrap();
+    (dir, store, run)
+}
+
 fn count(store: &Store, table: &str) -> i64 {
     store
         .connection()
@@ -77,16 +92,7 @@ fn whole(
 
 #[test]
 fn a_combination_is_stored_whole_or_not_at_all() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open_or_create(&dir.path().join("s.duckdb")).unwrap();
-    let run = store
-        .begin_run(&RunRecord {
-            git_commit: None,
-            command_line: "test".into(),
-            host: "h".into(),
-            tool_version: "0".into(),
-        })
-        .unwrap();
+    let (_dir, mut store, run) = store_with_run();
     let (m, h, p, c) = records();
     store
         .record_combination(run, &whole(&m, &h, &p, &[1.0, 2.0, 3.0], &c))
@@ -116,16 +122,7 @@ fn a_combination_is_stored_whole_or_not_at_all() {
 
 #[test]
 fn combinations_written_together_keep_their_order_and_share_new_models() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open_or_create(&dir.path().join("s.duckdb")).unwrap();
-    let run = store
-        .begin_run(&RunRecord {
-            git_commit: None,
-            command_line: "test".into(),
-            host: "h".into(),
-            tool_version: "0".into(),
-        })
-        .unwrap();
+    let (_dir, mut store, run) = store_with_run();
     let (m, h, p, c) = records();
     // Three results of one new model (it is looked up once, not inserted three times), each
     // with a different batch size and number of samples.

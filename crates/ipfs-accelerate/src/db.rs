@@ -295,6 +295,7 @@ fn import(db_path: &std::path::Path, file: &std::path::Path) -> anyhow::Result<(
     let hw = ia_hardware::detect();
     let run = crate::results::run_record();
     let mut records = Vec::with_capacity(rows.len());
+    let mut labels = Vec::with_capacity(rows.len());
     for (combo, outcome) in &rows {
         let Outcome::Measured(m) = outcome else {
             unreachable!("imports are measurements")
@@ -303,6 +304,10 @@ fn import(db_path: &std::path::Path, file: &std::path::Path) -> anyhow::Result<(
         records.push(crate::results::combination_records(
             &run.host, &hw, engine, combo, outcome, None,
         )?);
+        labels.push(format!(
+            "{} [{}] b={}",
+            combo.model.name, m.session.engine, combo.batch_size
+        ));
     }
     let mut store = Store::open_or_create(db_path)?;
     let run_id = store.begin_run(&run)?;
@@ -313,13 +318,8 @@ fn import(db_path: &std::path::Path, file: &std::path::Path) -> anyhow::Result<(
             return Err(e.into());
         }
     };
-    for ((combo, outcome), id) in rows.iter().zip(ids) {
-        if let Outcome::Measured(m) = outcome {
-            eprintln!(
-                "imported {} [{}] b={} as result {id}",
-                combo.model.name, m.session.engine, combo.batch_size
-            );
-        }
+    for (label, id) in labels.iter().zip(ids) {
+        eprintln!("imported {label} as result {id}");
     }
     store.end_run(run_id, "completed")?;
     Ok(())

@@ -5,7 +5,7 @@
 use crate::results::{hardware_record, host_name};
 use crate::target::Engines;
 use ia_db::{CalibrationRecord, ReadOptions, Store};
-use ia_engine::{EngineError, Placement, Precision};
+use ia_engine::{EngineError, MatmulRate, Placement, Precision};
 use ia_hardware::{HardwareReport, Platform, RuntimeLibrary};
 use std::path::Path;
 
@@ -96,25 +96,14 @@ fn calibrate(report: &HardwareReport, db_path: &Path) -> anyhow::Result<Vec<Refu
                 let at = Placement::new(status.platform, precision);
                 match engine.calibrate_matmul(at) {
                     Ok(rate) => {
-                        eprintln!(
-                            "{} {} {precision}: {:.1} GFLOP/s ({}x{} matmul, {} products)",
+                        figures.push(matmul_figure(
                             status.platform,
                             engine.name(),
-                            rate.flops_per_s / 1e9,
-                            rate.size,
-                            rate.size,
-                            rate.samples
-                        );
-                        device = rate.device.clone();
-                        figures.push(CalibrationRecord {
-                            engine: engine.name().into(),
-                            engine_version: engine.version(),
-                            kind: "matmul".into(),
-                            precision: Some(precision.as_str().into()),
-                            size: rate.size as i64,
-                            value: rate.flops_per_s,
-                            samples: rate.samples as i32,
-                        });
+                            engine.version(),
+                            precision,
+                            &rate,
+                        ));
+                        device = rate.device;
                     }
                     Err(EngineError::Unsupported(reason)) => engine_refused.push(Refusal {
                         platform: status.platform,
@@ -147,23 +136,13 @@ fn calibrate(report: &HardwareReport, db_path: &Path) -> anyhow::Result<Vec<Refu
             // A fresh browser per platform, as the benchmark starts one per combination.
             let mut web = ia_browser::WebBench::new(ia_browser::WebOptions::default());
             match web.calibrate_matmul(status.platform) {
-                Ok((n, flops_per_s, samples)) => {
-                    eprintln!(
-                        "{} {} f32: {:.1} GFLOP/s ({n}x{n} matmul, {samples} products)",
-                        status.platform,
-                        ia_browser::ENGINE_NAME,
-                        flops_per_s / 1e9
-                    );
-                    figures.push(CalibrationRecord {
-                        engine: ia_browser::ENGINE_NAME.into(),
-                        engine_version: web.engine_version(),
-                        kind: "matmul".into(),
-                        precision: Some(Precision::F32.as_str().into()),
-                        size: n as i64,
-                        value: flops_per_s,
-                        samples: samples as i32,
-                    });
-                }
+                Ok(rate) => figures.push(matmul_figure(
+                    status.platform,
+                    ia_browser::ENGINE_NAME,
+                    web.engine_version(),
+                    Precision::F32,
+                    &rate,
+                )),
                 Err(e) => refused.push(Refusal {
                     platform: status.platform,
                     engine: ia_browser::ENGINE_NAME.into(),
@@ -196,6 +175,32 @@ fn calibrate(report: &HardwareReport, db_path: &Path) -> anyhow::Result<Vec<Refu
         }
     }
     Ok(refused)
+}
+
+/// One matmul figure: printed as it is measured, and the row stored for it.
+fn matmul_figure(
+    platform: Platform,
+    engine: &str,
+    engine_version: String,
+    precision: Precision,
+    rate: &MatmulRate,
+) -> CalibrationRecord {
+    eprintln!(
+        "{platform} {engine} {precision}: {:.1} GFLOP/s ({}x{} matmul, {} products)",
+        rate.flops_per_s / 1e9,
+        rate.size,
+        rate.size,
+        rate.samples
+    );
+    CalibrationRecord {
+        engine: engine.into(),
+        engine_version,
+        kind: "matmul".into(),
+        precision: Some(precision.as_str().into()),
+        size: rate.size as i64,
+        value: rate.flops_per_s,
+        samples: rate.samples as i32,
+    }
 }
 
 /// The latest calibration of each (platform, engine, kind, precision) of this machine in
