@@ -9,6 +9,9 @@ and OpenVINO engines are tested against the same transformers reference outputs
   (input_ids, attention_mask -> text_embeds) and `onnx/vision_model.onnx` (pixel_values ->
   image_embeds), the projections before CLIPModel's normalisation; the browser loads both
   parts, one after the other or in parallel.
+* Wav2Vec2 (wav2vec2-tiny, -stable): `input_values` -> `logits` (CTC), the waveform normalised
+  by the feature extractor in Rust before it is fed, as on the native engine.
+* DETR (detr-tiny): `pixel_values`, `pixel_mask` -> `logits`, `pred_boxes`.
 * Decoders (llama, qwen2, qwen3, opt): one graph with the KV cache as inputs and outputs,
   named like Optimum's and onnx-community's exports: `input_ids`, `attention_mask`,
   `position_ids` (not OPT, which derives positions from the mask),
@@ -21,7 +24,8 @@ and OpenVINO engines are tested against the same transformers reference outputs
 
     ~/.cache/ipfs-accelerate/pyref/bin/python scripts/export_onnx_fixtures.py --decoder DIR
     ~/.cache/ipfs-accelerate/pyref/bin/python scripts/export_onnx_fixtures.py --bert DIR
-export one decoder or BERT checkpoint folder (for benchmarks at real sizes) the same way.
+    (also --wav2vec2 DIR, --detr DIR)
+export one decoder, BERT, Wav2Vec2 or DETR checkpoint folder (for benchmarks at real sizes) the same way.
 
 Needs torch + transformers + onnx (scripts/setup_pyref.sh; pip install onnx). Exported with
 the TorchScript exporter, opset 17, dynamic batch and sequence axes.
@@ -37,32 +41,38 @@ FIX = ROOT / "fixtures"
 
 
 class Encoder(torch.nn.Module):
-    """Fixes the positional order of the inputs and picks the output by name."""
+    """Fixes the positional order of the inputs and picks the outputs by name."""
 
-    def __init__(self, model, inputs, output):
+    def __init__(self, model, inputs, outputs):
         super().__init__()
-        self.model, self.inputs, self.output = model, inputs, output
+        self.model, self.inputs, self.outputs = model, inputs, outputs
 
     def forward(self, *args):
-        return getattr(self.model(**dict(zip(self.inputs, args))), self.output)
+        out = self.model(**dict(zip(self.inputs, args)))
+        return tuple(getattr(out, name) for name in self.outputs)
 
 
-def export(name, model, inputs, output, dynamic, file="model.onnx", folder=None):
+def export(name, model, inputs, output, dynamic, file="model.onnx", folder=None, axes=None):
+    """`output` is one output name or a list; `axes` maps input and output names to their
+    dynamic axes where the defaults (batch and sequence of 2-D inputs, batch of the rest and
+    of the outputs) are not the graph's."""
     out = (Path(folder) if folder else FIX / name) / "onnx"
     out.mkdir(exist_ok=True)
     names = list(inputs)
+    outputs = [output] if isinstance(output, str) else list(output)
     dynamic = dynamic if isinstance(dynamic, dict) and all(isinstance(k, int) for k in dynamic) \
         else None
-    axes = {n: (dynamic or ({0: "batch", 1: "sequence"} if inputs[n].dim() == 2 else {0: "batch"}))
-            for n in names}
+    default = {n: (dynamic or ({0: "batch", 1: "sequence"} if inputs[n].dim() == 2 else {0: "batch"}))
+               for n in names}
+    dynamic_axes = {**default, **{o: {0: "batch"} for o in outputs}, **(axes or {})}
     torch.onnx.export(
-        Encoder(model.eval(), names, output), tuple(inputs.values()), str(out / file),
-        input_names=names, output_names=[output], opset_version=17, dynamo=False,
-        dynamic_axes={**axes, output: {0: "batch"}})
+        Encoder(model.eval(), names, outputs), tuple(inputs.values()), str(out / file),
+        input_names=names, output_names=outputs, opset_version=17, dynamo=False,
+        dynamic_axes=dynamic_axes)
     meta = "export_meta.json" if file == "model.onnx" else file.replace(".onnx", "_export_meta.json")
     (out / meta).write_text(json.dumps({
         "generator": "scripts/export_onnx_fixtures.py", "torch": torch.__version__,
-        "opset": 17, "inputs": names, "output": output}, indent=2))
+        "opset": 17, "inputs": names, "outputs": outputs}, indent=2))
     print("exported", out / file)
 
 
@@ -141,12 +151,39 @@ def export_bert(name, folder=None):
            "last_hidden_state", {0: "batch", 1: "sequence"}, folder=folder)
 
 
+def export_wav2vec2(name, folder=None):
+    """Wav2Vec2 with its CTC head as Optimum exports it: `input_values` (the feature
+    extractor's normalised waveform) [batch, samples] -> `logits` [batch, frames, vocab]."""
+    from transformers import Wav2Vec2ForCTC
+    folder = Path(folder) if folder else FIX / name
+    gen = torch.Generator().manual_seed(0)
+    export(name, Wav2Vec2ForCTC.from_pretrained(folder), {"input_values": torch.randn(1, 4000, generator=gen)},
+           "logits", None, folder=folder, axes={"logits": {0: "batch", 1: "frames"}})
+
+
+def export_detr(name, folder=None):
+    """DETR as Optimum and onnx-community export it: `pixel_values` [batch, 3, height, width]
+    and `pixel_mask` [batch, height, width] (1 on real pixels) -> `logits`, `pred_boxes`."""
+    from transformers import DetrForObjectDetection
+    folder = Path(folder) if folder else FIX / name
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.randn(1, 3, 64, 85, generator=gen)
+    export(name, DetrForObjectDetection.from_pretrained(folder),
+           {"pixel_values": pixels, "pixel_mask": torch.ones(1, 64, 85, dtype=torch.long)},
+           ["logits", "pred_boxes"], None, folder=folder,
+           axes={"pixel_values": {0: "batch", 2: "height", 3: "width"},
+                 "pixel_mask": {0: "batch", 1: "height", 2: "width"}})
+
+
 def main():
     from transformers import ViTForImageClassification
     export_bert("bert-tiny")
     export("vit-tiny", ViTForImageClassification.from_pretrained(FIX / "vit-tiny"),
            {"pixel_values": torch.randn(1, 3, 32, 32)}, "logits", {0: "batch"})
     export_clip()
+    export_wav2vec2("wav2vec2-tiny")
+    export_wav2vec2("wav2vec2-tiny-stable")
+    export_detr("detr-tiny")
     for name in ["llama-tiny", "qwen2-tiny", "qwen3-tiny", "opt-tiny"]:
         export_decoder(name)
 
@@ -161,5 +198,9 @@ if __name__ == "__main__":
         # A BERT checkpoint folder (e.g. the MiniLM of scripts/fetch_checkpoints.sh), exported
         # in place to <folder>/onnx/model.onnx.
         export_bert(Path(sys.argv[2]).name, sys.argv[2])
+    elif sys.argv[1:2] == ["--wav2vec2"]:
+        export_wav2vec2(Path(sys.argv[2]).name, sys.argv[2])
+    elif sys.argv[1:2] == ["--detr"]:
+        export_detr(Path(sys.argv[2]).name, sys.argv[2])
     else:
         main()

@@ -5,6 +5,7 @@
 //! iterations the page times itself, with no WebDriver round trip inside a sample.
 
 use crate::{is_web_platform, model_parts, BrowserError, WebBench, WebOptions, ENGINE_NAME};
+use ia_engine::features::GraphFeeds;
 use ia_engine::{
     Capability, Engine, EngineError, HostTensor, Inputs, Outputs, Placement, Precision, Session,
     SessionInfo,
@@ -23,12 +24,14 @@ impl WebEngine {
     }
 }
 
-/// The graph inputs a single-graph export may declare; the page feeds those it has.
-const GRAPH_INPUTS: [&str; 4] = [
+/// The graph inputs a single-graph export may declare; the page feeds those the graph has.
+const GRAPH_INPUTS: [&str; 6] = [
     "input_ids",
     "attention_mask",
     "token_type_ids",
     "pixel_values",
+    "pixel_mask",
+    "input_values",
 ];
 
 impl Engine for WebEngine {
@@ -49,17 +52,26 @@ impl Engine for WebEngine {
         }
         match capability {
             Capability::Run
-                if matches!(class, ModelClass::Bert | ModelClass::Vit | ModelClass::Clip) =>
+                if matches!(
+                    class,
+                    ModelClass::Bert
+                        | ModelClass::Vit
+                        | ModelClass::Clip
+                        | ModelClass::Wav2vec2
+                        | ModelClass::Detr
+                ) =>
             {
                 Ok(())
             }
             Capability::Run => Err(EngineError::Unsupported(format!(
                 "{} in the browser runs only as a benchmark (`bench --hardware {platform}`): \
-                 single inferences here take BERT, ViT and CLIP exports",
+                 single inferences here take BERT, ViT, CLIP, Wav2Vec2 and DETR exports",
                 class.as_str()
             ))),
+            // CTC transcription is a forward pass and the shared decoding (ia_engine::ctc).
+            Capability::Transcribe if class == ModelClass::Wav2vec2 => Ok(()),
             _ => Err(EngineError::Unsupported(format!(
-                "{ENGINE_NAME} outside a benchmark only runs forward passes"
+                "{ENGINE_NAME} outside a benchmark only runs forward passes and CTC transcription"
             ))),
         }
     }
@@ -113,6 +125,7 @@ impl Engine for WebEngine {
         Ok(Box::new(WebSession {
             bench,
             platform,
+            feeds: GraphFeeds::for_model(model)?,
             parts,
             logit_scale,
             info,
@@ -125,6 +138,7 @@ struct WebSession {
     platform: Platform,
     /// The graphs by part name: "model", or CLIP's "text_model" and "vision_model".
     parts: Vec<(String, PathBuf)>,
+    feeds: GraphFeeds,
     logit_scale: Option<f32>,
     info: SessionInfo,
 }
@@ -150,7 +164,7 @@ impl Session for WebSession {
         };
         let feeds = GRAPH_INPUTS
             .iter()
-            .filter_map(|&name| Some((name.to_string(), inputs.graph_input(name).ok()?)))
+            .filter_map(|&name| Some((name.to_string(), self.feeds.input(inputs, name).ok()?)))
             .collect();
         let outputs = self
             .bench

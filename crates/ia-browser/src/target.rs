@@ -8,6 +8,7 @@ use crate::page::{self, Loaded, LoadedPart, Timed};
 use crate::{find_ort_web, BrowserError, BrowserHost, ENGINE_NAME};
 use base64::Engine as _;
 use ia_engine::exported_decoder::{check_exported_class, decoder_context, DecoderGraph};
+use ia_engine::features::GraphFeeds;
 use ia_engine::inputs::{self, GraphInput, InputSpec};
 use ia_engine::{
     EngineError, GenerationTiming, Inputs, LoadFailure, LoadVariant, MatmulRate, Precision,
@@ -222,9 +223,9 @@ impl WebBench {
         let file = dir.path().join("matmul.onnx");
         std::fs::write(&file, matmul_onnx(n)).map_err(|e| BrowserError::Server(e.to_string()))?;
         let (a, b) = (operand(n, 0.5), operand(n, -0.25));
-        let feed = |data| GraphInput::Float32 {
+        let feed = |data: &[f32]| GraphInput::Float32 {
             shape: vec![n, n],
-            data,
+            data: data.to_vec().into(),
         };
         let feeds = vec![("a".into(), feed(&a)), ("b".into(), feed(&b))];
         let (flops_per_s, samples) = self.with_graph(platform, &file, feeds, |host, timeout| {
@@ -366,7 +367,9 @@ impl WebTarget {
             WebWork::Forward { inputs, text_len } => {
                 let inputs = with_text_tower(request.model, parts, inputs, text_len)
                     .map_err(|e| ("inputs", BrowserError::Page(e)))?;
-                set_feeds(&host, &loaded, &inputs, timeout)?
+                let feeds = GraphFeeds::for_model(request.model)
+                    .map_err(|e| ("inputs", BrowserError::Page(e.to_string())))?;
+                set_feeds(&host, &loaded, &feeds, &inputs, timeout)?
             }
             WebWork::Generation {
                 prompt,
@@ -704,18 +707,20 @@ fn step<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// Sends each part's inputs: each graph input from the first of `inputs` that provides it.
+/// Sends each part's inputs: each graph input made by the model's `feeds` from the first of
+/// `inputs` that provides it.
 fn set_feeds(
     host: &BrowserHost,
     loaded: &Loaded,
+    feeds: &GraphFeeds,
     inputs: &[Inputs],
     timeout: Duration,
 ) -> Result<(), StepError> {
-    let mut feeds = serde_json::Map::new();
+    let mut by_part = serde_json::Map::new();
     for part in &loaded.parts {
         let mut tensors = serde_json::Map::new();
         for name in &part.inputs {
-            let found = inputs.iter().map(|i| i.graph_input(name)).enumerate();
+            let found = inputs.iter().map(|i| feeds.input(i, name)).enumerate();
             let mut tensor = None;
             for (i, t) in found {
                 match t {
@@ -733,9 +738,9 @@ fn set_feeds(
                 tensors.insert(name.clone(), t);
             }
         }
-        feeds.insert(part.name.clone(), Value::Object(tensors));
+        by_part.insert(part.name.clone(), Value::Object(tensors));
     }
-    let _: bool = step(host, "inputs", "setFeeds", Value::Object(feeds), timeout)?;
+    let _: bool = step(host, "inputs", "setFeeds", Value::Object(by_part), timeout)?;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! onnxruntime-web in a real headless Chromium (Debian's chromium + chromium-driver; the
 //! assets from `scripts/fetch_web_assets.sh`; scripts/test.sh installs both):
 //! * the fixtures' ONNX exports on wasm and WebGPU match transformers' reference outputs
-//!   within 1e-3 (BERT, ViT, CLIP's two towers, the four decoders' prompt logits through a
+//!   within 1e-3 (BERT, ViT, Wav2Vec2 from the raw clip, DETR, CLIP's two towers, the four decoders' prompt logits through a
 //!   prefill and a cached step), with the execution provider that ran the nodes confirmed
 //!   from onnxruntime-web's log;
 //! * the decoders benchmarked in the page generate transformers' greedy tokens;
@@ -110,7 +110,7 @@ fn measured(run: &(Outcome, Option<WebTarget>)) -> (&Measurement, &WebTarget) {
     }
 }
 
-fn check_fixture(web: &mut WebBench, name: &str, output: &str, platform: Platform) {
+fn check_fixture(web: &mut WebBench, name: &str, outputs: &[&str], platform: Platform) {
     let inputs = reference_inputs(name);
     let combo = combination(&fixture(name), platform, inputs.batch_size());
     let run = measure(web, &combo, Some(&[inputs]), Ok(()));
@@ -127,24 +127,39 @@ fn check_fixture(web: &mut WebBench, name: &str, output: &str, platform: Platfor
         "{platform}: nodes ran on {}",
         details.executed_ep
     );
-    let (shape, expected) = reference(name, output);
-    let (got_shape, got) = &target.outputs[&format!("model/{output}")];
-    assert_eq!(got_shape, &shape);
-    let d = max_abs(got, &expected);
-    eprintln!(
-        "{name} on {platform} ({}): {output} max abs {d:e}, first {:.1} ms, p50 {:.1} ms",
-        m.session.device, m.first_inference_ms, m.latency.p50_ms
-    );
-    assert!(d <= TOLERANCE, "{name} on {platform}: max abs {d}");
+    for &output in outputs {
+        let (shape, expected) = reference(name, output);
+        let (got_shape, got) = &target.outputs[&format!("model/{output}")];
+        assert_eq!(got_shape, &shape);
+        let d = max_abs(got, &expected);
+        eprintln!(
+            "{name} on {platform} ({}): {output} max abs {d:e}, first {:.1} ms, p50 {:.1} ms",
+            m.session.device, m.first_inference_ms, m.latency.p50_ms
+        );
+        assert!(d <= TOLERANCE, "{name} on {platform} {output}: max abs {d}");
+    }
 }
 
 #[test]
 fn fixtures_match_transformers_on_wasm_and_webgpu() {
     let mut web = bench();
     for platform in [Platform::Wasm, Platform::Webgpu] {
-        check_fixture(&mut web, "bert-tiny", "last_hidden_state", platform);
-        check_fixture(&mut web, "vit-tiny", "logits", platform);
+        check_fixture(&mut web, "bert-tiny", &["last_hidden_state"], platform);
+        check_fixture(&mut web, "vit-tiny", &["logits"], platform);
     }
+}
+
+/// Audio in the browser (the raw clip through the feature extractor in Rust, then Wav2Vec2's
+/// CTC logits in the page) and DETR's logits and boxes.
+#[test]
+fn audio_and_detection_match_transformers_on_wasm_and_webgpu() {
+    let mut web = bench();
+    for platform in [Platform::Wasm, Platform::Webgpu] {
+        check_fixture(&mut web, "wav2vec2-tiny", &["logits"], platform);
+        check_fixture(&mut web, "detr-tiny", &["logits", "pred_boxes"], platform);
+    }
+    // `run` / the server's transcription: one inference in a page, the shared CTC decoding.
+    common::check_ctc_transcript(&ia_browser::WebEngine::new(), Platform::Wasm);
 }
 
 fn unit_rows(v: &[f32], width: usize) -> Vec<f32> {
@@ -245,11 +260,11 @@ fn decoder_step_feeds<'a>(
             let input = match cache.get(&format!("present.{i}.{kind}")) {
                 Some((shape, data)) => GraphInput::Float32 {
                     shape: shape.clone(),
-                    data,
+                    data: data.as_slice().into(),
                 },
                 None => GraphInput::Float32 {
                     shape: empty_cache.to_vec(),
-                    data: &[],
+                    data: Vec::new().into(),
                 },
             };
             feeds.push((format!("past_key_values.{i}.{kind}"), input));

@@ -16,7 +16,7 @@ use ia_models::{Model, ModelClass};
 /// call per input, and decoder-only language models through [`ExportedDecoder`].
 pub fn check_exported_class(class: ModelClass) -> Result<(), EngineError> {
     match class {
-        ModelClass::Bert | ModelClass::Vit => Ok(()),
+        ModelClass::Bert | ModelClass::Vit | ModelClass::Wav2vec2 | ModelClass::Detr => Ok(()),
         c if is_decoder_only(c) => Ok(()),
         other => Err(EngineError::Unsupported(format!(
             "no ONNX path for {} models yet",
@@ -26,7 +26,7 @@ pub fn check_exported_class(class: ModelClass) -> Result<(), EngineError> {
 }
 
 /// What a graph runtime (`runtime`: its engine name) does with exported graphs: forward passes
-/// of the classes above, generation with decoder exports, no speech recognition.
+/// of the classes above, generation with decoder exports, speech recognition with CTC models.
 pub fn check_exported(
     class: ModelClass,
     capability: crate::Capability,
@@ -39,8 +39,11 @@ pub fn check_exported(
             "{} is not a decoder-only text-generation model; {runtime} generates with decoder exports",
             class.as_str()
         ))),
+        // CTC models transcribe through their forward pass (crate::ctc).
+        crate::Capability::Transcribe if class == ModelClass::Wav2vec2 => Ok(()),
         crate::Capability::Transcribe => Err(EngineError::Unsupported(format!(
-            "the {runtime} engine cannot transcribe speech"
+            "the {runtime} engine transcribes only with CTC models (Wav2Vec2), not {}",
+            class.as_str()
         ))),
     }
 }
@@ -291,8 +294,8 @@ mod tests {
             .collect()
     }
 
-    /// Graph runtimes run BERT/ViT/decoder exports, generate only with decoder exports and
-    /// transcribe nothing; each refusal names the runtime or the class.
+    /// Graph runtimes run BERT/ViT/Wav2Vec2/DETR/decoder exports, generate only with decoder
+    /// exports and transcribe only with CTC models; each refusal names the runtime or the class.
     #[test]
     fn exported_graphs_are_checked_per_capability() {
         use crate::Capability;
@@ -300,9 +303,11 @@ mod tests {
         assert!(check_exported(ModelClass::Qwen, Capability::Generate, "X").is_ok());
         let e = check_exported(ModelClass::Bert, Capability::Generate, "X").unwrap_err();
         assert!(e.to_string().contains("bert is not a decoder-only"), "{e}");
+        assert!(check_exported(ModelClass::Wav2vec2, Capability::Transcribe, "X").is_ok());
         let e = check_exported(ModelClass::Whisper, Capability::Transcribe, "X").unwrap_err();
         assert!(
-            e.to_string().contains("the X engine cannot transcribe"),
+            e.to_string()
+                .contains("the X engine transcribes only with CTC models (Wav2Vec2), not whisper"),
             "{e}"
         );
     }

@@ -86,7 +86,8 @@ impl Inputs {
     }
 
     /// The input an exported graph (ONNX, OpenVINO IR) declares as `name`, in the element type
-    /// such exports take: token ids, masks and token types as int64, pixels as float32.
+    /// such exports take: token ids, masks and token types as int64, pixels as float32. Inputs
+    /// that need the model's feature extraction (audio) come from [`crate::features::GraphFeeds`].
     pub fn graph_input(&self, name: &str) -> Result<GraphInput<'_>, EngineError> {
         match (name, self) {
             (
@@ -117,7 +118,12 @@ impl Inputs {
                 },
             ) => Ok(GraphInput::Float32 {
                 shape: shape.to_vec(),
-                data: pixel_values,
+                data: std::borrow::Cow::Borrowed(pixel_values),
+            }),
+            // Every image of a batch has the batch's size, so no pixel is padding (DETR).
+            ("pixel_mask", Inputs::Image { shape, .. }) => Ok(GraphInput::Int64 {
+                shape: vec![shape[0], shape[2], shape[3]],
+                data: vec![1; shape[0] * shape[2] * shape[3]],
             }),
             (other, _) => Err(EngineError::InvalidInput(format!(
                 "the model wants input '{other}', which these inputs do not provide"
@@ -156,8 +162,15 @@ impl Inputs {
 /// One named input of an exported graph, see [`Inputs::graph_input`].
 #[derive(Debug, Clone)]
 pub enum GraphInput<'a> {
-    Int64 { shape: Vec<usize>, data: Vec<i64> },
-    Float32 { shape: Vec<usize>, data: &'a [f32] },
+    Int64 {
+        shape: Vec<usize>,
+        data: Vec<i64>,
+    },
+    /// Borrowed from the inputs, or made from them by a feature extractor.
+    Float32 {
+        shape: Vec<usize>,
+        data: std::borrow::Cow<'a, [f32]>,
+    },
 }
 
 /// The passage text inputs are cut from: plain English, so a real tokenizer produces the

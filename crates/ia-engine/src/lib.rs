@@ -7,7 +7,9 @@
 //! Inputs come from [`inputs::generate`], one generator per modality.
 
 pub mod calibration;
+pub mod ctc;
 pub mod exported_decoder;
+pub mod features;
 pub mod generation;
 pub mod inputs;
 pub mod memory;
@@ -224,17 +226,26 @@ pub trait Engine: Send + Sync {
         )))
     }
 
-    /// Loads a speech-recognition model (waveform to text).
+    /// Loads a speech-recognition model (waveform to text). By default: CTC models (Wav2Vec2)
+    /// through this engine's forward pass and the one CTC decoding ([`ctc::CtcRecognizer`]),
+    /// where [`Engine::supports`] allows transcription.
     fn load_speech_recognizer(
         &self,
         model: &Model,
         at: Placement,
     ) -> Result<Box<dyn SpeechRecognizer>, EngineError> {
-        let _ = (model, at);
-        Err(EngineError::Unsupported(format!(
-            "the {} engine cannot transcribe speech",
-            self.name()
-        )))
+        self.supports(model.class, at.platform, Capability::Transcribe)?;
+        if model.class != ModelClass::Wav2vec2 {
+            return Err(EngineError::Unsupported(format!(
+                "the {} engine cannot transcribe with {} models",
+                self.name(),
+                model.class.as_str()
+            )));
+        }
+        Ok(Box::new(ctc::CtcRecognizer::new(
+            self.load(model, at)?,
+            model,
+        )?))
     }
 }
 

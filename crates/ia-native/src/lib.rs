@@ -183,7 +183,10 @@ impl Engine for NativeEngine {
         let ctx = self.context(model, at, Capability::Transcribe)?;
         match model.class {
             ModelClass::Whisper => Ok(Box::new(models::whisper::WhisperSession::load(ctx)?)),
-            ModelClass::Wav2vec2 => Ok(Box::new(models::wav2vec2::Wav2Vec2Session::load(ctx)?)),
+            ModelClass::Wav2vec2 => Ok(Box::new(ia_engine::ctc::CtcRecognizer::new(
+                Box::new(models::wav2vec2::Wav2Vec2Session::load(ctx)?),
+                model,
+            )?)),
             _ => unreachable!("checked by supports()"),
         }
     }

@@ -15,6 +15,7 @@ use ia_engine::calibration::{matmul_onnx, operand, time_products, MATMUL_SIZE};
 use ia_engine::exported_decoder::{
     check_exported, decoder_context, DecoderBackend, DecoderGraph, DecoderStep, ExportedDecoder,
 };
+use ia_engine::features::GraphFeeds;
 use ia_engine::inputs::GraphInput;
 use ia_engine::{
     Capability, Engine, EngineError, HostTensor, Inputs, MatmulRate, OutputTensor, Outputs,
@@ -268,6 +269,7 @@ impl Engine for OpenVinoEngine {
             request: opened.request,
             inputs: opened.inputs.into_iter().map(|(name, _)| name).collect(),
             outputs: opened.outputs,
+            feeds: GraphFeeds::for_model(model)?,
             _core: opened.core,
             info: opened.info,
         }))
@@ -300,6 +302,7 @@ pub struct OpenVinoSession {
     request: InferRequest,
     inputs: Vec<String>,
     outputs: Vec<String>,
+    feeds: GraphFeeds,
     // Keeps the plugin alive as long as the request.
     _core: Core,
     info: SessionInfo,
@@ -324,9 +327,9 @@ impl Session for OpenVinoSession {
 
     fn run(&mut self, inputs: &Inputs) -> Result<Outputs, EngineError> {
         for name in &self.inputs {
-            let t = match inputs.graph_input(name)? {
+            let t = match self.feeds.input(inputs, name)? {
                 GraphInput::Int64 { shape, data } => tensor(ElementType::I64, &shape, &data)?,
-                GraphInput::Float32 { shape, data } => tensor(ElementType::F32, &shape, data)?,
+                GraphInput::Float32 { shape, data } => tensor(ElementType::F32, &shape, &data)?,
             };
             self.request.set_tensor(name, &t).map_err(ov)?;
         }

@@ -6,8 +6,9 @@
 //! * [`runtime`]: loading the library; its execution providers and the platform each drives
 //!   (cuda via the CUDA EP, rocm via MIGraphX or ROCm, mps via CoreML, openvino via the
 //!   OpenVINO EP, cpu via the default CPU EP).
-//! * [`session`]: encoder graphs (`onnx/model.onnx` or `model.onnx` in the checkpoint),
-//!   fed by the names the graph declares; every output is returned under its own name.
+//! * [`session`]: single-graph exports (`onnx/model.onnx` or `model.onnx` in the checkpoint:
+//!   BERT, ViT, Wav2Vec2, DETR), fed by the names the graph declares through the model's
+//!   [`ia_engine::features::GraphFeeds`]; every output is returned under its own name.
 //! * [`generator`]: decoders exported with past key values, for text generation (the
 //!   bookkeeping is `ia_engine::exported_decoder`'s, shared with OpenVINO).
 
@@ -17,6 +18,7 @@ pub mod session;
 
 use ia_engine::calibration::{matmul_onnx, operand, time_products, MATMUL_SIZE};
 use ia_engine::exported_decoder::{check_exported, decoder_context, ExportedDecoder};
+use ia_engine::features::GraphFeeds;
 use ia_engine::generation::TextGenerator;
 use ia_engine::{
     Capability, Engine, EngineError, MatmulRate, Placement, Precision, Session, SessionInfo,
@@ -148,6 +150,7 @@ impl Engine for OrtEngine {
         Ok(Box::new(session::OrtSession {
             session,
             inputs,
+            feeds: GraphFeeds::for_model(model)?,
             info,
         }))
     }

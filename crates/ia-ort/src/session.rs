@@ -2,6 +2,7 @@
 //! in, named outputs out).
 
 use crate::runtime::{provider_for, register, runtime};
+use ia_engine::features::GraphFeeds;
 use ia_engine::inputs::GraphInput;
 use ia_engine::{EngineError, HostTensor, Inputs, OutputTensor, Outputs, Session, SessionInfo};
 use ia_hardware::Platform;
@@ -49,6 +50,7 @@ pub(crate) fn rt_err(e: impl std::fmt::Display) -> EngineError {
 pub struct OrtSession {
     pub(crate) session: ort::session::Session,
     pub(crate) inputs: Vec<String>,
+    pub(crate) feeds: GraphFeeds,
     pub(crate) info: SessionInfo,
 }
 
@@ -60,13 +62,15 @@ impl Session for OrtSession {
     fn run(&mut self, inputs: &Inputs) -> Result<Outputs, EngineError> {
         let mut feed: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::new();
         for name in &self.inputs {
-            let value: ort::value::DynValue = match inputs.graph_input(name)? {
+            let value: ort::value::DynValue = match self.feeds.input(inputs, name)? {
                 GraphInput::Int64 { shape, data } => Tensor::from_array((shape, data))
                     .map_err(rt_err)?
                     .into_dyn(),
-                GraphInput::Float32 { shape, data } => Tensor::from_array((shape, data.to_vec()))
-                    .map_err(rt_err)?
-                    .into_dyn(),
+                GraphInput::Float32 { shape, data } => {
+                    Tensor::from_array((shape, data.into_owned()))
+                        .map_err(rt_err)?
+                        .into_dyn()
+                }
             };
             feed.push((name.clone(), value.into()));
         }

@@ -44,6 +44,33 @@ fn vit_tiny_onnx_matches_transformers() {
     assert!(d <= 1e-4, "max abs diff {d}");
 }
 
+/// Wav2Vec2 (CTC logits from the raw clip, the feature extractor run in Rust) and DETR (class
+/// logits and boxes), both layer-norm variants of Wav2Vec2.
+#[test]
+fn audio_and_detection_exports_match_transformers() {
+    for (name, outputs) in [
+        ("wav2vec2-tiny", &["logits"][..]),
+        ("wav2vec2-tiny-stable", &["logits"]),
+        ("detr-tiny", &["logits", "pred_boxes"]),
+    ] {
+        let out = session(name).run(&reference_inputs(name)).unwrap();
+        for &output in outputs {
+            let (shape, expected) = reference(name, output);
+            let got = out.get(output).unwrap();
+            assert_eq!(got.shape(), shape, "{name} {output}");
+            let d = max_abs(&got.to_f32_vec().unwrap(), &expected);
+            eprintln!("{name} onnxruntime {output} max abs diff {d:e}");
+            assert!(d <= 1e-4, "{name} {output}: max abs diff {d}");
+        }
+    }
+}
+
+/// CTC transcription through the ONNX export spells transformers' transcript.
+#[test]
+fn wav2vec2_transcribes_like_transformers() {
+    common::check_ctc_transcript(&OrtEngine::new(), Platform::Cpu);
+}
+
 #[test]
 fn the_library_reports_its_execution_providers() {
     let providers = ia_ort::available_providers().unwrap();

@@ -12,12 +12,9 @@ use candle_nn::{
     conv1d, conv1d_no_bias, group_norm, layer_norm, linear, Activation, Conv1d, Conv1dConfig,
     GroupNorm, LayerNorm, Linear, VarBuilder,
 };
-use ia_engine::{
-    EngineError, Inputs, Outputs, Session, SessionInfo, SpeechRecognizer, TranscribeOptions,
-    Transcription,
-};
+use ia_engine::features::Wav2Vec2Features;
+use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 /// HF `Wav2Vec2Config`, deserialised from config.json as is.
@@ -272,78 +269,9 @@ impl Model {
     }
 }
 
-/// transformers' `Wav2Vec2CTCTokenizer.decode`: collapse repeats, drop the blank (pad) token,
-/// the word delimiter becomes a space.
-#[derive(Debug, Clone)]
-pub struct CtcVocabulary {
-    tokens: HashMap<u32, String>,
-    pad: u32,
-    delimiter: String,
-    lower_case: bool,
-}
-
-impl CtcVocabulary {
-    pub fn load(dir: &std::path::Path) -> std::result::Result<Option<Self>, EngineError> {
-        let Ok(text) = std::fs::read_to_string(dir.join("vocab.json")) else {
-            return Ok(None);
-        };
-        let vocab: HashMap<String, u32> = serde_json::from_str(&text).map_err(|e| {
-            EngineError::InvalidModel(format!("{}: vocab.json: {e}", dir.display()))
-        })?;
-        let tc: serde_json::Value = std::fs::read_to_string(dir.join("tokenizer_config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-        let s = |k: &str, d: &str| tc.get(k).and_then(|v| v.as_str()).unwrap_or(d).to_string();
-        let pad = vocab.get(&s("pad_token", "<pad>")).copied().unwrap_or(0);
-        Ok(Some(Self {
-            tokens: vocab.into_iter().map(|(t, i)| (i, t)).collect(),
-            pad,
-            delimiter: s("word_delimiter_token", "|"),
-            lower_case: tc
-                .get("do_lower_case")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false),
-        }))
-    }
-
-    /// Collapsed token ids (repeats merged, blanks removed).
-    pub fn collapse(&self, frame_ids: &[u32]) -> Vec<u32> {
-        let mut out = Vec::new();
-        let mut prev = None;
-        for &id in frame_ids {
-            if Some(id) != prev && id != self.pad {
-                out.push(id);
-            }
-            prev = Some(id);
-        }
-        out
-    }
-
-    pub fn decode(&self, frame_ids: &[u32]) -> String {
-        let text: String = self
-            .collapse(frame_ids)
-            .iter()
-            .map(|id| match self.tokens.get(id) {
-                Some(t) if *t == self.delimiter => " ".to_string(),
-                Some(t) => t.clone(),
-                None => String::new(),
-            })
-            .collect();
-        let text = text.trim().to_string();
-        if self.lower_case {
-            text.to_lowercase()
-        } else {
-            text
-        }
-    }
-}
-
 pub struct Wav2Vec2Session {
     model: Model,
-    vocabulary: Option<CtcVocabulary>,
-    normalize: bool,
-    sampling_rate: u32,
+    features: Wav2Vec2Features,
     device: Device,
     dtype: DType,
     info: SessionInfo,
@@ -359,15 +287,7 @@ impl Wav2Vec2Session {
                 crate::candle_message(&e)
             ))
         })?;
-        let pre = ctx
-            .source
-            .preprocessor_config()
-            .cloned()
-            .unwrap_or_default();
-        let vocabulary = match ctx.source {
-            ia_models::ModelSource::Checkpoint(c) => CtcVocabulary::load(&c.dir)?,
-            ia_models::ModelSource::RandomInit { .. } => None,
-        };
+        let features = Wav2Vec2Features::from_source(ctx.source)?;
         let mut info = ctx.info;
         info.parameter_count = params.load(Ordering::Relaxed);
         info.output_names = if model.lm_head.is_some() {
@@ -377,37 +297,11 @@ impl Wav2Vec2Session {
         };
         Ok(Self {
             model,
-            vocabulary,
-            normalize: pre
-                .get("do_normalize")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(true),
-            sampling_rate: ia_preprocess::audio::check_sample_rate(
-                ia_preprocess::audio::config_uint(&pre, "sampling_rate", 16_000, 0..=u64::MAX)
-                    .map_err(|e| EngineError::InvalidModel(e.to_string()))?,
-                "preprocessor config sampling_rate",
-            )
-            .map_err(|e| EngineError::InvalidModel(e.to_string()))?,
+            features,
             device: ctx.device,
             dtype: ctx.dtype,
             info,
         })
-    }
-
-    fn forward(&self, rows: &[&[f32]]) -> Result<(Tensor, Option<Tensor>)> {
-        let len = rows[0].len();
-        let data: Vec<f32> = rows
-            .iter()
-            .flat_map(|r| {
-                if self.normalize {
-                    ia_preprocess::audio::zero_mean_unit_var(r)
-                } else {
-                    r.to_vec()
-                }
-            })
-            .collect();
-        let x = Tensor::from_vec(data, (rows.len(), len), &self.device)?.to_dtype(self.dtype)?;
-        self.model.forward(&x)
     }
 }
 
@@ -417,59 +311,18 @@ impl Session for Wav2Vec2Session {
     }
 
     fn run(&mut self, inputs: &Inputs) -> std::result::Result<Outputs, EngineError> {
-        let Inputs::Audio { sample_rate, .. } = inputs else {
-            return Err(EngineError::InvalidInput(
-                "Wav2Vec2 takes audio inputs".into(),
-            ));
-        };
-        if *sample_rate != self.sampling_rate {
-            return Err(EngineError::InvalidInput(format!(
-                "Wav2Vec2 needs {} Hz audio, got {sample_rate} Hz",
-                self.sampling_rate
-            )));
-        }
-        let rows = inputs.audio_rows()?;
-        let (hidden, logits) = self.forward(&rows).map_err(rt)?;
+        // The feature extractor's `input_values`, as every engine computes them.
+        let (rows, len, values) = self.features.input_values(inputs)?;
+        let (hidden, logits) = Tensor::from_vec(values, (rows, len), &self.device)
+            .and_then(|x| x.to_dtype(self.dtype))
+            .and_then(|x| self.model.forward(&x))
+            .map_err(rt)?;
         let (name, t) = match logits {
             Some(l) => ("logits", l),
             None => ("last_hidden_state", hidden),
         };
         Ok(Outputs {
             tensors: vec![(name.into(), Box::new(CandleOutput(t)))],
-        })
-    }
-}
-
-impl SpeechRecognizer for Wav2Vec2Session {
-    fn info(&self) -> &SessionInfo {
-        &self.info
-    }
-
-    fn sample_rate(&self) -> u32 {
-        self.sampling_rate
-    }
-
-    /// Greedy CTC: the best token per frame, collapsed.
-    fn transcribe(
-        &mut self,
-        waveform: &[f32],
-        _options: &TranscribeOptions,
-    ) -> std::result::Result<Transcription, EngineError> {
-        let (_, logits) = self.forward(&[waveform]).map_err(rt)?;
-        let logits = logits.ok_or_else(|| {
-            EngineError::Unsupported("this Wav2Vec2 checkpoint has no CTC head (lm_head)".into())
-        })?;
-        let frame_ids: Vec<u32> = logits
-            .squeeze(0)
-            .and_then(|l| l.argmax(1))
-            .and_then(|a| a.to_vec1::<u32>())
-            .map_err(rt)?;
-        let vocabulary = self.vocabulary.as_ref().ok_or_else(|| {
-            EngineError::InvalidModel("the checkpoint has no vocab.json to spell CTC tokens".into())
-        })?;
-        Ok(Transcription {
-            tokens: vocabulary.collapse(&frame_ids),
-            text: vocabulary.decode(&frame_ids),
         })
     }
 }

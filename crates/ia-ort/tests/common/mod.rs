@@ -42,9 +42,18 @@ pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// The fixture's reference inputs: token ids for bert-tiny, pixels for vit-tiny.
+/// The fixture's reference inputs: token ids for bert-tiny, the raw clip (before the feature
+/// extractor, which the engines run) for the Wav2Vec2 fixtures, pixels for the image models.
 pub fn reference_inputs(name: &str) -> Inputs {
-    if name == "bert-tiny" {
+    if name.starts_with("wav2vec2") {
+        let wav = ia_preprocess::audio::Waveform::open(&fixture("media/speech-16k.wav")).unwrap();
+        let len = reference(name, "input_values").0[1];
+        Inputs::Audio {
+            batch: 1,
+            sample_rate: wav.sample_rate,
+            samples: wav.samples[..len].to_vec(),
+        }
+    } else if name == "bert-tiny" {
         let (shape, ids) = reference(name, "input_ids");
         let as_u32 = |v: Vec<f32>| v.into_iter().map(|x| x as u32).collect::<Vec<_>>();
         Inputs::Text {
@@ -112,4 +121,40 @@ pub fn check_generation(name: &str, gen: &mut dyn TextGenerator, greedy: bool) -
         );
     }
     worst
+}
+
+/// wav2vec2-tiny transcribes its reference clip on `engine` with transformers' words
+/// (`reference_meta.json`) and greedy ids (`greedy_ids`, collapsed).
+pub fn check_ctc_transcript(engine: &dyn ia_engine::Engine, platform: ia_hardware::Platform) {
+    let name = "wav2vec2-tiny";
+    let model = ia_models::Model::resolve(
+        name,
+        ia_models::ModelSource::Checkpoint(ia_models::Checkpoint::open(&fixture(name)).unwrap()),
+    )
+    .unwrap();
+    let mut asr = engine
+        .load_speech_recognizer(
+            &model,
+            ia_engine::Placement::new(platform, ia_engine::Precision::F32),
+        )
+        .unwrap();
+    let Inputs::Audio { samples, .. } = reference_inputs(name) else {
+        unreachable!()
+    };
+    let t = asr
+        .transcribe(&samples, &ia_engine::TranscribeOptions::default())
+        .unwrap();
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture(name).join("reference_meta.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        t.text,
+        meta["transcript"].as_str().unwrap(),
+        "{name} on {platform}"
+    );
+    let mut collapsed = ids(name, "greedy_ids");
+    collapsed.dedup();
+    collapsed.retain(|&id| id != 0);
+    assert_eq!(t.tokens, collapsed, "{name} on {platform}");
 }
