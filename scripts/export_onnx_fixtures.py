@@ -12,6 +12,11 @@ and OpenVINO engines are tested against the same transformers reference outputs
 * Wav2Vec2 (wav2vec2-tiny, -stable): `input_values` -> `logits` (CTC), the waveform normalised
   by the feature extractor in Rust before it is fed, as on the native engine.
 * DETR (detr-tiny): `pixel_values`, `pixel_mask` -> `logits`, `pred_boxes`.
+* Whisper (whisper-tiny; --whisper DIR for a real checkpoint): Optimum's three graphs,
+  `encoder_model.onnx`, `decoder_model.onnx` (first call: both caches out) and
+  `decoder_with_past_model.onnx` (the self-attention cache grows, the cross-attention cache
+  computed once is fed back), `past_key_values.{i}.decoder|encoder.key|value` and
+  `present.{i}.decoder|encoder.key|value` [batch, heads, length, head_dim].
 * Decoders (llama, qwen2, qwen3, opt): one graph with the KV cache as inputs and outputs,
   named like Optimum's and onnx-community's exports: `input_ids`, `attention_mask`,
   `position_ids` (not OPT, which derives positions from the mask),
@@ -24,7 +29,7 @@ and OpenVINO engines are tested against the same transformers reference outputs
 
     ~/.cache/ipfs-accelerate/pyref/bin/python scripts/export_onnx_fixtures.py --decoder DIR
     ~/.cache/ipfs-accelerate/pyref/bin/python scripts/export_onnx_fixtures.py --bert DIR
-    (also --wav2vec2 DIR, --detr DIR)
+    (also --wav2vec2 DIR, --detr DIR, --whisper DIR)
 export one decoder, BERT, Wav2Vec2 or DETR checkpoint folder (for benchmarks at real sizes) the same way.
 
 Needs torch + transformers + onnx (scripts/setup_pyref.sh; pip install onnx). Exported with
@@ -175,6 +180,110 @@ def export_detr(name, folder=None):
                  "pixel_mask": {0: "batch", 1: "height", 2: "width"}})
 
 
+class WhisperEncoder(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_features):
+        return self.model.model.encoder(input_features).last_hidden_state
+
+
+def _flat(cache):
+    """(self-attention key, value, cross-attention key, value) per layer, Optimum's order."""
+    flat = []
+    for own, cross in zip(cache.self_attention_cache.layers, cache.cross_attention_cache.layers):
+        flat += [own.keys, own.values, cross.keys, cross.values]
+    return flat
+
+
+class WhisperDecoderFirst(torch.nn.Module):
+    """The first decoder call: tokens and the encoder's output in, logits and both caches out."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, encoder_hidden_states):
+        out = self.model(decoder_input_ids=input_ids, encoder_outputs=(encoder_hidden_states,),
+                         use_cache=True)
+        return (out.logits, *_flat(out.past_key_values))
+
+
+class WhisperDecoderWithPast(torch.nn.Module):
+    """Later calls: tokens and both caches in; logits and the grown self-attention cache out
+    (the cross-attention cache, computed once, stays the caller's)."""
+
+    def __init__(self, model, layers):
+        super().__init__()
+        self.model, self.layers = model, layers
+
+    def forward(self, input_ids, *past):
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+        own, cross = DynamicCache(), DynamicCache()
+        for i in range(self.layers):
+            own.update(past[4 * i], past[4 * i + 1], i)
+            cross.update(past[4 * i + 2], past[4 * i + 3], i)
+        cache = EncoderDecoderCache(own, cross)
+        # The encoder's output is not read when the cross-attention cache is set.
+        unused = torch.zeros(input_ids.shape[0], 1, self.model.config.d_model)
+        out = self.model(decoder_input_ids=input_ids, encoder_outputs=(unused,),
+                         past_key_values=cache, use_cache=True)
+        flat = []
+        for layer in out.past_key_values.self_attention_cache.layers:
+            flat += [layer.keys, layer.values]
+        return (out.logits, *flat)
+
+
+def export_whisper(name, folder=None):
+    """Whisper in Optimum's three-graph layout: `encoder_model.onnx` (input_features ->
+    last_hidden_state), `decoder_model.onnx` (input_ids, encoder_hidden_states -> logits,
+    present.{i}.decoder|encoder.key|value) and `decoder_with_past_model.onnx` (input_ids,
+    past_key_values.{i}.decoder|encoder.key|value -> logits, present.{i}.decoder.key|value)."""
+    from transformers import WhisperForConditionalGeneration
+    folder = Path(folder) if folder else FIX / name
+    # f32 whatever the checkpoint stores (the converted whisper-tiny.en is f16): the exports run in f32.
+    model = WhisperForConditionalGeneration.from_pretrained(
+        folder, attn_implementation="eager", dtype=torch.float32).eval()
+    c = model.config
+    out = folder / "onnx"
+    out.mkdir(exist_ok=True)
+    frames = 2 * c.max_source_positions
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(1, c.num_mel_bins, frames, generator=gen)
+
+    def save(module, args, file, inputs, outputs, axes):
+        torch.onnx.export(module, args, str(out / file), input_names=inputs, output_names=outputs,
+                          opset_version=17, dynamo=False, dynamic_axes=axes)
+        (out / file.replace(".onnx", "_export_meta.json")).write_text(json.dumps({
+            "generator": "scripts/export_onnx_fixtures.py", "torch": torch.__version__,
+            "opset": 17, "inputs": inputs, "outputs": outputs}, indent=2))
+        print("exported", out / file)
+
+    save(WhisperEncoder(model), (features,), "encoder_model.onnx", ["input_features"],
+         ["last_hidden_state"], {"input_features": {0: "batch"}, "last_hidden_state": {0: "batch"}})
+    layers = c.decoder_layers
+    kinds = [(i, part, k) for i in range(layers) for part in ("decoder", "encoder") for k in ("key", "value")]
+    present = [f"present.{i}.{p}.{k}" for i, p, k in kinds]
+    past = [f"past_key_values.{i}.{p}.{k}" for i, p, k in kinds]
+    with torch.no_grad():
+        enc = model.model.encoder(features).last_hidden_state
+    ids = torch.tensor([[c.decoder_start_token_id, 5, 6]])
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "encoder_hidden_states": {0: "batch"},
+            "logits": {0: "batch", 1: "sequence"},
+            **{n: {0: "batch", 2: "total" if ".decoder." in n else "frames"} for n in present}}
+    save(WhisperDecoderFirst(model), (ids, enc), "decoder_model.onnx",
+         ["input_ids", "encoder_hidden_states"], ["logits"] + present, axes)
+    with torch.no_grad():
+        first = WhisperDecoderFirst(model)(ids, enc)
+    own_present = [n for n in present if ".decoder." in n]
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"},
+            **{n: {0: "batch", 2: "past" if ".decoder." in n else "frames"} for n in past},
+            **{n: {0: "batch", 2: "total"} for n in own_present}}
+    save(WhisperDecoderWithPast(model, layers), (torch.tensor([[7]]), *first[1:]),
+         "decoder_with_past_model.onnx", ["input_ids"] + past, ["logits"] + own_present, axes)
+
+
 def main():
     from transformers import ViTForImageClassification
     export_bert("bert-tiny")
@@ -184,6 +293,7 @@ def main():
     export_wav2vec2("wav2vec2-tiny")
     export_wav2vec2("wav2vec2-tiny-stable")
     export_detr("detr-tiny")
+    export_whisper("whisper-tiny")
     for name in ["llama-tiny", "qwen2-tiny", "qwen3-tiny", "opt-tiny"]:
         export_decoder(name)
 
@@ -200,6 +310,8 @@ if __name__ == "__main__":
         export_bert(Path(sys.argv[2]).name, sys.argv[2])
     elif sys.argv[1:2] == ["--wav2vec2"]:
         export_wav2vec2(Path(sys.argv[2]).name, sys.argv[2])
+    elif sys.argv[1:2] == ["--whisper"]:
+        export_whisper(Path(sys.argv[2]).name, sys.argv[2])
     elif sys.argv[1:2] == ["--detr"]:
         export_detr(Path(sys.argv[2]).name, sys.argv[2])
     else:

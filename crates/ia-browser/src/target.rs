@@ -637,6 +637,13 @@ fn check_model(request: &WebRequest<'_>) -> Result<Vec<(String, PathBuf)>, Strin
             request.precision
         ));
     }
+    if request.model.class == ModelClass::Whisper {
+        return Err(
+            "Whisper's encoder-decoder export runs on ONNX Runtime and OpenVINO; \
+                    the page does not decode it yet"
+                .into(),
+        );
+    }
     if request.model.class != ModelClass::Clip {
         check_exported_class(request.model.class).map_err(|e| e.to_string())?;
     }

@@ -6,8 +6,8 @@
 
 use crate::features::Wav2Vec2Features;
 use crate::speech::{SpeechRecognizer, TranscribeOptions, Transcription};
-use crate::{EngineError, Inputs, Session, SessionInfo};
-use ia_models::{Model, ModelSource};
+use crate::{Capability, Engine, EngineError, Inputs, Placement, Session, SessionInfo};
+use ia_models::{Model, ModelClass, ModelSource};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -78,6 +78,27 @@ impl CtcVocabulary {
             text
         }
     }
+}
+
+/// `model` on `engine` as a CTC recognizer (the default of [`Engine::load_speech_recognizer`]):
+/// its forward pass under the one CTC decoding; other classes are refused by name.
+pub fn load_recognizer<E: Engine + ?Sized>(
+    engine: &E,
+    model: &Model,
+    at: Placement,
+) -> Result<Box<dyn SpeechRecognizer>, EngineError> {
+    engine.supports(model.class, at.platform, Capability::Transcribe)?;
+    if model.class != ModelClass::Wav2vec2 {
+        return Err(EngineError::Unsupported(format!(
+            "the {} engine cannot transcribe with {} models",
+            engine.name(),
+            model.class.as_str()
+        )));
+    }
+    Ok(Box::new(CtcRecognizer::new(
+        engine.load(model, at)?,
+        model,
+    )?))
 }
 
 /// Greedy CTC transcription over a session that returns `logits`.

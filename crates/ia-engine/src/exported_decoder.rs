@@ -16,7 +16,11 @@ use ia_models::{Model, ModelClass};
 /// call per input, and decoder-only language models through [`ExportedDecoder`].
 pub fn check_exported_class(class: ModelClass) -> Result<(), EngineError> {
     match class {
-        ModelClass::Bert | ModelClass::Vit | ModelClass::Wav2vec2 | ModelClass::Detr => Ok(()),
+        ModelClass::Bert
+        | ModelClass::Vit
+        | ModelClass::Wav2vec2
+        | ModelClass::Detr
+        | ModelClass::Whisper => Ok(()),
         c if is_decoder_only(c) => Ok(()),
         other => Err(EngineError::Unsupported(format!(
             "no ONNX path for {} models yet",
@@ -39,10 +43,15 @@ pub fn check_exported(
             "{} is not a decoder-only text-generation model; {runtime} generates with decoder exports",
             class.as_str()
         ))),
-        // CTC models transcribe through their forward pass (crate::ctc).
-        crate::Capability::Transcribe if class == ModelClass::Wav2vec2 => Ok(()),
+        // CTC models transcribe through their forward pass (crate::ctc), Whisper through its
+        // export's three graphs (crate::exported_seq2seq).
+        crate::Capability::Transcribe
+            if matches!(class, ModelClass::Wav2vec2 | ModelClass::Whisper) =>
+        {
+            Ok(())
+        }
         crate::Capability::Transcribe => Err(EngineError::Unsupported(format!(
-            "the {runtime} engine transcribes only with CTC models (Wav2Vec2), not {}",
+            "the {runtime} engine transcribes only with Wav2Vec2 and Whisper exports, not {}",
             class.as_str()
         ))),
     }
@@ -304,10 +313,12 @@ mod tests {
         let e = check_exported(ModelClass::Bert, Capability::Generate, "X").unwrap_err();
         assert!(e.to_string().contains("bert is not a decoder-only"), "{e}");
         assert!(check_exported(ModelClass::Wav2vec2, Capability::Transcribe, "X").is_ok());
-        let e = check_exported(ModelClass::Whisper, Capability::Transcribe, "X").unwrap_err();
+        assert!(check_exported(ModelClass::Whisper, Capability::Transcribe, "X").is_ok());
+        let e = check_exported(ModelClass::Bert, Capability::Transcribe, "X").unwrap_err();
         assert!(
-            e.to_string()
-                .contains("the X engine transcribes only with CTC models (Wav2Vec2), not whisper"),
+            e.to_string().contains(
+                "the X engine transcribes only with Wav2Vec2 and Whisper exports, not bert"
+            ),
             "{e}"
         );
     }

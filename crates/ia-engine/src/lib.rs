@@ -9,6 +9,7 @@
 pub mod calibration;
 pub mod ctc;
 pub mod exported_decoder;
+pub mod exported_seq2seq;
 pub mod features;
 pub mod generation;
 pub mod inputs;
@@ -234,18 +235,7 @@ pub trait Engine: Send + Sync {
         model: &Model,
         at: Placement,
     ) -> Result<Box<dyn SpeechRecognizer>, EngineError> {
-        self.supports(model.class, at.platform, Capability::Transcribe)?;
-        if model.class != ModelClass::Wav2vec2 {
-            return Err(EngineError::Unsupported(format!(
-                "the {} engine cannot transcribe with {} models",
-                self.name(),
-                model.class.as_str()
-            )));
-        }
-        Ok(Box::new(ctc::CtcRecognizer::new(
-            self.load(model, at)?,
-            model,
-        )?))
+        ctc::load_recognizer(self, model, at)
     }
 }
 

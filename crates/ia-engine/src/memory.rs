@@ -112,6 +112,30 @@ pub fn graph_parameters(source: &ModelSource, graph: &std::path::Path) -> Result
     Ok(parameters)
 }
 
+/// [`graph_parameters`] for an export in several graphs (`files`, by part name): every graph's
+/// pre-load check; the checkpoint's safetensors where it has them, else the sum over the
+/// `counted` parts (those holding distinct weights: a decoder-with-past graph repeats the
+/// decoder's).
+pub fn parts_parameters(
+    source: &ModelSource,
+    files: &[(String, std::path::PathBuf)],
+    counted: &[&str],
+) -> Result<u64, EngineError> {
+    let mut total = 0;
+    for (part, file) in files {
+        let n = graph_parameters(source, file)?;
+        if counted.contains(&part.as_str()) {
+            total += n;
+        }
+    }
+    match source {
+        ModelSource::Checkpoint(c) if !c.safetensors.is_empty() => {
+            graph_parameters(source, &files[0].1)
+        }
+        _ => Ok(total),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

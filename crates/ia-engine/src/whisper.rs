@@ -18,7 +18,11 @@
 
 use crate::generation::log_sum_exp;
 use crate::seq2seq::{beam_search, greedy, Seq2SeqDecoder, TokenRules};
-use crate::{EngineError, TranscribeOptions, Transcription};
+use crate::{
+    EngineError, HostTensor, Inputs, Outputs, Session, SessionInfo, SpeechRecognizer,
+    TranscribeOptions, Transcription,
+};
+use ia_models::ModelSource;
 use ia_preprocess::audio::WhisperFrontEnd;
 use serde_json::Value;
 
@@ -164,6 +168,91 @@ impl TokenRules for DecodingRules {
     }
 }
 
+/// A Whisper checkpoint on any engine: its decoding ([`WhisperDecoding`]) over the engine's
+/// [`WhisperModel`]; a [`SpeechRecognizer`] for `transcribe` and a [`Session`] for benchmarks.
+pub struct WhisperSession<M> {
+    model: M,
+    decoding: WhisperDecoding,
+    info: SessionInfo,
+}
+
+impl<M: WhisperModel + Send> WhisperSession<M> {
+    /// `model` is `source` loaded by an engine; `info` is what that engine records.
+    pub fn new(model: M, source: &ModelSource, info: SessionInfo) -> Result<Self, EngineError> {
+        Ok(Self {
+            decoding: WhisperDecoding::for_source(source)?,
+            model,
+            info,
+        })
+    }
+}
+
+impl<M: WhisperModel + Send> SpeechRecognizer for WhisperSession<M> {
+    fn info(&self) -> &SessionInfo {
+        &self.info
+    }
+
+    fn sample_rate(&self) -> u32 {
+        self.decoding.front_end().sampling_rate
+    }
+
+    fn transcribe(
+        &mut self,
+        waveform: &[f32],
+        options: &TranscribeOptions,
+    ) -> Result<Transcription, EngineError> {
+        self.decoding.transcribe(&mut self.model, waveform, options)
+    }
+}
+
+impl<M: WhisperModel + Send> Session for WhisperSession<M> {
+    fn info(&self) -> &SessionInfo {
+        &self.info
+    }
+
+    /// Transcribes each waveform greedily (the benchmark's unit of work); `sequences` holds the
+    /// chosen tokens, padded with end-of-text. Waveforms up to 30 s are decoded as one batch;
+    /// longer ones window by window, one after another, as `transcribe` does.
+    fn run(&mut self, inputs: &Inputs) -> Result<Outputs, EngineError> {
+        let Inputs::Audio {
+            batch, sample_rate, ..
+        } = inputs
+        else {
+            return Err(EngineError::InvalidInput(
+                "Whisper takes audio inputs".into(),
+            ));
+        };
+        let rate = self.decoding.front_end().sampling_rate;
+        if *sample_rate != rate {
+            return Err(EngineError::InvalidInput(format!(
+                "Whisper needs {rate} Hz audio, got {sample_rate} Hz"
+            )));
+        }
+        let rows = inputs.audio_rows()?;
+        let seqs = self.decoding.transcribe_batch(&mut self.model, &rows)?;
+        let eos = self.decoding.eos() as f32;
+        let width = seqs.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let data: Vec<f32> = seqs
+            .iter()
+            .flat_map(|s| {
+                s.iter()
+                    .map(|&t| t as f32)
+                    .chain(std::iter::repeat_n(eos, width - s.len()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        Ok(Outputs {
+            tensors: vec![(
+                "sequences".into(),
+                Box::new(HostTensor {
+                    shape: vec![*batch, width],
+                    data,
+                }),
+            )],
+        })
+    }
+}
+
 /// A waveform in, a transcription out: the front end, the tokenizer and the decoding rules of
 /// one checkpoint, driving whichever engine runs its [`WhisperModel`].
 pub struct WhisperDecoding {
@@ -203,6 +292,49 @@ impl WhisperDecoding {
             decoder_start,
             language: None,
         })
+    }
+
+    /// The decoding of a checkpoint: its configs, its front end (checked against the encoder's
+    /// input size), its tokenizer.
+    pub fn for_source(source: &ModelSource) -> Result<Self, EngineError> {
+        let config = source.config();
+        let number = |key: &str| {
+            config
+                .get(key)
+                .and_then(Value::as_u64)
+                .map(|n| n as usize)
+                .ok_or_else(|| EngineError::InvalidModel(format!("config.json has no {key}")))
+        };
+        let (mel_bins, source_positions) =
+            (number("num_mel_bins")?, number("max_source_positions")?);
+        let front_end = match source.preprocessor_config() {
+            Some(p) => WhisperFrontEnd::from_config(p)
+                .map_err(|e| EngineError::InvalidModel(e.to_string()))?,
+            None => WhisperFrontEnd {
+                feature_size: mel_bins,
+                n_samples: source_positions * 2 * 160,
+                ..Default::default()
+            },
+        };
+        if front_end.frames() != source_positions * 2 || front_end.feature_size != mel_bins {
+            return Err(EngineError::InvalidModel(format!(
+                "preprocessor gives {} mel bins x {} frames; the encoder takes {} x {}",
+                front_end.feature_size,
+                front_end.frames(),
+                mel_bins,
+                source_positions * 2
+            )));
+        }
+        let decoder_start = u32::try_from(number("decoder_start_token_id")?).map_err(|_| {
+            EngineError::InvalidModel("config.json decoder_start_token_id is out of range".into())
+        })?;
+        Self::new(
+            config.clone(),
+            source.generation_config().clone(),
+            decoder_start,
+            front_end,
+            crate::tokenizer::of(source)?,
+        )
     }
 
     pub fn front_end(&self) -> &WhisperFrontEnd {

@@ -156,7 +156,7 @@ impl Engine for NativeEngine {
             ModelClass::Clip => models::clip::ClipSession::load(ctx),
             ModelClass::Detr => models::detr::DetrSession::load(ctx),
             ModelClass::Clap => models::clap::ClapSession::load(ctx),
-            ModelClass::Whisper => Ok(Box::new(models::whisper::WhisperSession::load(ctx)?)),
+            ModelClass::Whisper => Ok(Box::new(models::whisper::load(ctx)?)),
             ModelClass::Wav2vec2 => Ok(Box::new(models::wav2vec2::Wav2Vec2Session::load(ctx)?)),
             _ => unreachable!("checked by supports()"),
         }
@@ -182,7 +182,7 @@ impl Engine for NativeEngine {
     ) -> Result<Box<dyn SpeechRecognizer>, EngineError> {
         let ctx = self.context(model, at, Capability::Transcribe)?;
         match model.class {
-            ModelClass::Whisper => Ok(Box::new(models::whisper::WhisperSession::load(ctx)?)),
+            ModelClass::Whisper => Ok(Box::new(models::whisper::load(ctx)?)),
             ModelClass::Wav2vec2 => Ok(Box::new(ia_engine::ctc::CtcRecognizer::new(
                 Box::new(models::wav2vec2::Wav2Vec2Session::load(ctx)?),
                 model,

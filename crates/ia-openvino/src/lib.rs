@@ -15,11 +15,13 @@ use ia_engine::calibration::{matmul_onnx, operand, time_products, MATMUL_SIZE};
 use ia_engine::exported_decoder::{
     check_exported, decoder_context, DecoderBackend, DecoderGraph, DecoderStep, ExportedDecoder,
 };
+use ia_engine::exported_seq2seq::{whisper_files, ExportedWhisper};
 use ia_engine::features::GraphFeeds;
 use ia_engine::inputs::GraphInput;
+use ia_engine::whisper::WhisperSession;
 use ia_engine::{
     Capability, Engine, EngineError, HostTensor, Inputs, MatmulRate, OutputTensor, Outputs,
-    Placement, Precision, Session, SessionInfo, TextGenerator,
+    Placement, Precision, Session, SessionInfo, SpeechRecognizer, TextGenerator,
 };
 use ia_hardware::Platform;
 use ia_models::{Model, ModelClass, ModelSource};
@@ -158,19 +160,32 @@ struct Opened {
 
 impl OpenVinoEngine {
     fn open(&self, model: &Model, at: Placement) -> Result<Opened, EngineError> {
+        let source = &model.source;
+        self.supports(model.class, at.platform, Capability::Run)?;
+        let (model_path, weights) = model_files(source)?;
+        let parameter_count = ia_engine::memory::graph_parameters(source, &model_path)?;
+        self.open_graph(model, at, &model_path, &weights, parameter_count)
+    }
+
+    /// One graph file (ONNX, or IR with its `weights`) read and compiled at the placement.
+    fn open_graph(
+        &self,
+        model: &Model,
+        at: Placement,
+        model_path: &std::path::Path,
+        weights: &str,
+        parameter_count: u64,
+    ) -> Result<Opened, EngineError> {
         let Placement {
             platform,
             precision,
         } = at;
         let source = &model.source;
-        self.supports(model.class, platform, Capability::Run)?;
         let hint = hint(precision)?;
-        let (model_path, weights) = model_files(source)?;
-        let parameter_count = ia_engine::memory::graph_parameters(source, &model_path)?;
         let (_, version) = library()?;
         let mut core = core_for(hint)?;
         let model = core
-            .read_model_from_file(&model_path.display().to_string(), &weights)
+            .read_model_from_file(&model_path.display().to_string(), weights)
             .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", model_path.display())))?;
         let mut inputs = Vec::new();
         for i in 0..model.get_inputs_len().map_err(ov)? {
@@ -264,6 +279,9 @@ impl Engine for OpenVinoEngine {
     }
 
     fn load(&self, model: &Model, at: Placement) -> Result<Box<dyn Session>, EngineError> {
+        if model.class == ModelClass::Whisper {
+            return Ok(Box::new(self.whisper(model, at)?));
+        }
         let opened = self.open(model, at)?;
         Ok(Box::new(OpenVinoSession {
             request: opened.request,
@@ -273,6 +291,17 @@ impl Engine for OpenVinoEngine {
             _core: opened.core,
             info: opened.info,
         }))
+    }
+
+    fn load_speech_recognizer(
+        &self,
+        model: &Model,
+        at: Placement,
+    ) -> Result<Box<dyn SpeechRecognizer>, EngineError> {
+        match model.class {
+            ModelClass::Whisper => Ok(Box::new(self.whisper(model, at)?)),
+            _ => ia_engine::ctc::load_recognizer(self, model, at),
+        }
     }
 
     fn load_generator(
@@ -326,23 +355,101 @@ impl Session for OpenVinoSession {
     }
 
     fn run(&mut self, inputs: &Inputs) -> Result<Outputs, EngineError> {
-        for name in &self.inputs {
-            let t = match self.feeds.input(inputs, name)? {
-                GraphInput::Int64 { shape, data } => tensor(ElementType::I64, &shape, &data)?,
-                GraphInput::Float32 { shape, data } => tensor(ElementType::F32, &shape, &data)?,
-            };
-            self.request.set_tensor(name, &t).map_err(ov)?;
-        }
-        self.request.infer().map_err(ov)?;
-        let mut tensors: Vec<(String, Box<dyn OutputTensor>)> = Vec::new();
-        for name in &self.outputs {
-            let t = self.request.get_tensor(name).map_err(ov)?;
-            let shape = t.get_shape().map_err(ov)?;
-            let dims = shape.get_dimensions().iter().map(|&d| d as usize).collect();
-            let data = t.get_data::<f32>().map_err(ov)?.to_vec();
-            tensors.push((name.clone(), Box::new(HostTensor { shape: dims, data })));
-        }
+        let feeds = self
+            .inputs
+            .iter()
+            .map(|name| Ok((name.clone(), self.feeds.input(inputs, name)?)))
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        let tensors = infer(&mut self.request, feeds, &self.outputs)?
+            .into_iter()
+            .map(|(name, t)| (name, Box::new(t) as Box<dyn OutputTensor>))
+            .collect();
         Ok(Outputs { tensors })
+    }
+}
+
+/// One inference of `request` on named inputs; the `outputs` copied to the host as f32
+/// (OpenVINO reuses a request's output buffers).
+fn infer(
+    request: &mut InferRequest,
+    feeds: Vec<(String, GraphInput<'_>)>,
+    outputs: &[String],
+) -> Result<Vec<(String, HostTensor)>, EngineError> {
+    for (name, input) in feeds {
+        let t = match input {
+            GraphInput::Int64 { shape, data } => tensor(ElementType::I64, &shape, &data)?,
+            GraphInput::Float32 { shape, data } => tensor(ElementType::F32, &shape, &data)?,
+        };
+        request.set_tensor(&name, &t).map_err(ov)?;
+    }
+    request.infer().map_err(ov)?;
+    let mut tensors = Vec::new();
+    for name in outputs {
+        let t = request.get_tensor(name).map_err(ov)?;
+        let shape = t.get_shape().map_err(ov)?;
+        let dims = shape.get_dimensions().iter().map(|&d| d as usize).collect();
+        let data = t.get_data::<f32>().map_err(ov)?.to_vec();
+        tensors.push((name.clone(), HostTensor { shape: dims, data }));
+    }
+    Ok(tensors)
+}
+
+/// The graphs of a multi-graph export (Whisper's), each compiled with its own request.
+pub struct OvParts {
+    parts: Vec<(String, Opened)>,
+}
+
+impl ia_engine::exported_seq2seq::GraphParts for OvParts {
+    fn run_part(
+        &mut self,
+        part: &str,
+        feeds: Vec<(String, GraphInput<'_>)>,
+    ) -> Result<Vec<(String, HostTensor)>, EngineError> {
+        let opened = self
+            .parts
+            .iter_mut()
+            .find(|(name, _)| name == part)
+            .map(|(_, o)| o)
+            .ok_or_else(|| EngineError::InvalidModel(format!("the export has no {part}")))?;
+        infer(&mut opened.request, feeds, &opened.outputs)
+    }
+}
+
+impl OpenVinoEngine {
+    /// Whisper's three graphs (ia_engine::exported_seq2seq), each compiled at the placement's
+    /// precision, as a [`ia_engine::whisper::WhisperModel`]; and what to record about it.
+    pub fn whisper_model(
+        &self,
+        model: &Model,
+        at: Placement,
+    ) -> Result<(ExportedWhisper<OvParts>, SessionInfo), EngineError> {
+        self.supports(model.class, at.platform, Capability::Run)?;
+        let files = whisper_files(&model.source)?;
+        let parameter_count = ia_engine::memory::parts_parameters(
+            &model.source,
+            &files,
+            &["encoder_model", "decoder_model"],
+        )?;
+        let mut parts = Vec::new();
+        for (part, file) in &files {
+            parts.push((
+                part.clone(),
+                self.open_graph(model, at, file, "", parameter_count)?,
+            ));
+        }
+        let mut info = parts[0].1.info.clone();
+        info.output_names = vec!["sequences".into()];
+        let whisper = ExportedWhisper::new(OvParts { parts }, model.config())?;
+        Ok((whisper, info))
+    }
+
+    fn whisper(
+        &self,
+        model: &Model,
+        at: Placement,
+    ) -> Result<WhisperSession<ExportedWhisper<OvParts>>, EngineError> {
+        let (whisper, info) = self.whisper_model(model, at)?;
+        WhisperSession::new(whisper, &model.source, info)
     }
 }
 

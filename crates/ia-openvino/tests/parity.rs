@@ -234,3 +234,31 @@ fn unsupported_requests_name_the_reason() {
         .to_string();
     assert!(e.contains("openvino platform"), "{e}");
 }
+
+/// Whisper's three-graph export on OpenVINO f32: logits through both decoder graphs within
+/// 1e-4, greedy and beam tokens identical to transformers.
+#[test]
+fn whisper_matches_transformers_in_f32() {
+    let model = Model::resolve(
+        "whisper-tiny",
+        ModelSource::Checkpoint(Checkpoint::open(&fixture("whisper-tiny")).unwrap()),
+    )
+    .unwrap();
+    let at = Placement::new(Platform::Openvino, Precision::F32);
+    let engine = OpenVinoEngine::new();
+    let (mut whisper, info) = engine.whisper_model(&model, at).unwrap();
+    assert_eq!(info.precision, Precision::F32);
+    let mut asr = engine.load_speech_recognizer(&model, at).unwrap();
+    let worst = common::check_whisper(&mut whisper, asr.as_mut(), 1e-4);
+    eprintln!("whisper-tiny openvino f32 logits max abs diff {worst:e}");
+}
+
+/// The real whisper-tiny.en export transcribes like transformers on OpenVINO f32 (greedy and
+/// 3 beams).
+#[test]
+fn whisper_tiny_en_real_weights_transcribe_like_transformers() {
+    common::check_real_whisper(
+        &OpenVinoEngine::new(),
+        Placement::new(Platform::Openvino, Precision::F32),
+    );
+}

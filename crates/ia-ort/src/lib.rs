@@ -18,10 +18,13 @@ pub mod session;
 
 use ia_engine::calibration::{matmul_onnx, operand, time_products, MATMUL_SIZE};
 use ia_engine::exported_decoder::{check_exported, decoder_context, ExportedDecoder};
+use ia_engine::exported_seq2seq::{whisper_files, ExportedWhisper};
 use ia_engine::features::GraphFeeds;
 use ia_engine::generation::TextGenerator;
+use ia_engine::whisper::WhisperSession;
 use ia_engine::{
     Capability, Engine, EngineError, MatmulRate, Placement, Precision, Session, SessionInfo,
+    SpeechRecognizer,
 };
 use ia_hardware::Platform;
 use ia_models::{Model, ModelClass, ModelSource};
@@ -74,6 +77,60 @@ impl OrtEngine {
             output_names,
         };
         Ok((session, info))
+    }
+}
+
+impl OrtEngine {
+    /// Whisper's three graphs (ia_engine::exported_seq2seq), each a session on the platform's
+    /// provider, under the one Whisper decoding.
+    fn whisper(
+        &self,
+        model: &Model,
+        at: Placement,
+    ) -> Result<WhisperSession<ExportedWhisper<session::OrtParts>>, EngineError> {
+        let (whisper, info) = self.whisper_model(model, at)?;
+        WhisperSession::new(whisper, &model.source, info)
+    }
+
+    /// Whisper's export loaded as a [`ia_engine::whisper::WhisperModel`] (encoder and decoder
+    /// calls; the parity tests compare them with transformers), and what to record about it.
+    pub fn whisper_model(
+        &self,
+        model: &Model,
+        at: Placement,
+    ) -> Result<(ExportedWhisper<session::OrtParts>, SessionInfo), EngineError> {
+        self.supports(model.class, at.platform, Capability::Run)?;
+        if at.precision != Precision::F32 {
+            return Err(EngineError::Unsupported(format!(
+                "the ONNX exports run in f32; {} is not available on ONNX Runtime here",
+                at.precision
+            )));
+        }
+        let files = whisper_files(&model.source)?;
+        let parameter_count = ia_engine::memory::parts_parameters(
+            &model.source,
+            &files,
+            &["encoder_model", "decoder_model"],
+        )?;
+        let mut parts = Vec::new();
+        let mut provider = "";
+        for (part, file) in &files {
+            let (session, used) = session::build(file, at.platform)?;
+            provider = used;
+            parts.push((part.clone(), session));
+        }
+        let info = SessionInfo {
+            engine: self.name().into(),
+            engine_version: self.version(),
+            platform: at.platform,
+            device: session::device_name(at.platform, provider),
+            precision: at.precision,
+            weights: model.source.weights_kind(),
+            parameter_count,
+            output_names: vec!["sequences".into()],
+        };
+        let whisper = ExportedWhisper::new(session::OrtParts { parts }, model.config())?;
+        Ok((whisper, info))
     }
 }
 
@@ -141,6 +198,9 @@ impl Engine for OrtEngine {
     }
 
     fn load(&self, model: &Model, at: Placement) -> Result<Box<dyn Session>, EngineError> {
+        if model.class == ModelClass::Whisper {
+            return Ok(Box::new(self.whisper(model, at)?));
+        }
         let (session, info) = self.open(model, at)?;
         let inputs = session
             .inputs()
@@ -153,6 +213,17 @@ impl Engine for OrtEngine {
             feeds: GraphFeeds::for_model(model)?,
             info,
         }))
+    }
+
+    fn load_speech_recognizer(
+        &self,
+        model: &Model,
+        at: Placement,
+    ) -> Result<Box<dyn SpeechRecognizer>, EngineError> {
+        match model.class {
+            ModelClass::Whisper => Ok(Box::new(self.whisper(model, at)?)),
+            _ => ia_engine::ctc::load_recognizer(self, model, at),
+        }
     }
 
     fn load_generator(

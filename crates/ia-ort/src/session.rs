@@ -60,32 +60,68 @@ impl Session for OrtSession {
     }
 
     fn run(&mut self, inputs: &Inputs) -> Result<Outputs, EngineError> {
-        let mut feed: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::new();
-        for name in &self.inputs {
-            let value: ort::value::DynValue = match self.feeds.input(inputs, name)? {
-                GraphInput::Int64 { shape, data } => Tensor::from_array((shape, data))
-                    .map_err(rt_err)?
-                    .into_dyn(),
-                GraphInput::Float32 { shape, data } => {
-                    Tensor::from_array((shape, data.into_owned()))
-                        .map_err(rt_err)?
-                        .into_dyn()
-                }
-            };
-            feed.push((name.clone(), value.into()));
-        }
-        let outputs = self.session.run(feed).map_err(rt_err)?;
-        let mut tensors: Vec<(String, Box<dyn OutputTensor>)> = Vec::new();
-        for (name, value) in outputs.iter() {
-            let (shape, data) = value.try_extract_tensor::<f32>().map_err(rt_err)?;
-            tensors.push((
-                name.to_string(),
-                Box::new(HostTensor {
-                    shape: shape.iter().map(|&d| d as usize).collect(),
-                    data: data.to_vec(),
-                }),
-            ));
-        }
+        let feeds = self
+            .inputs
+            .iter()
+            .map(|name| Ok((name.clone(), self.feeds.input(inputs, name)?)))
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        let tensors = run_feeds(&mut self.session, feeds)?
+            .into_iter()
+            .map(|(name, t)| (name, Box::new(t) as Box<dyn OutputTensor>))
+            .collect();
         Ok(Outputs { tensors })
+    }
+}
+
+/// One run of `session` on named inputs; every output copied to the host as f32.
+pub(crate) fn run_feeds(
+    session: &mut ort::session::Session,
+    feeds: Vec<(String, GraphInput<'_>)>,
+) -> Result<Vec<(String, HostTensor)>, EngineError> {
+    let mut feed: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::new();
+    for (name, input) in feeds {
+        let value: ort::value::DynValue = match input {
+            GraphInput::Int64 { shape, data } => Tensor::from_array((shape, data))
+                .map_err(rt_err)?
+                .into_dyn(),
+            GraphInput::Float32 { shape, data } => Tensor::from_array((shape, data.into_owned()))
+                .map_err(rt_err)?
+                .into_dyn(),
+        };
+        feed.push((name, value.into()));
+    }
+    let outputs = session.run(feed).map_err(rt_err)?;
+    let mut tensors = Vec::new();
+    for (name, value) in outputs.iter() {
+        let (shape, data) = value.try_extract_tensor::<f32>().map_err(rt_err)?;
+        tensors.push((
+            name.to_string(),
+            HostTensor {
+                shape: shape.iter().map(|&d| d as usize).collect(),
+                data: data.to_vec(),
+            },
+        ));
+    }
+    Ok(tensors)
+}
+
+/// The graphs of a multi-graph export (Whisper's), each its own session on one provider.
+pub struct OrtParts {
+    pub(crate) parts: Vec<(String, ort::session::Session)>,
+}
+
+impl ia_engine::exported_seq2seq::GraphParts for OrtParts {
+    fn run_part(
+        &mut self,
+        part: &str,
+        feeds: Vec<(String, GraphInput<'_>)>,
+    ) -> Result<Vec<(String, HostTensor)>, EngineError> {
+        let session = self
+            .parts
+            .iter_mut()
+            .find(|(name, _)| name == part)
+            .map(|(_, s)| s)
+            .ok_or_else(|| EngineError::InvalidModel(format!("the export has no {part}")))?;
+        run_feeds(session, feeds)
     }
 }

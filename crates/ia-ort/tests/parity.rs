@@ -65,6 +65,32 @@ fn audio_and_detection_exports_match_transformers() {
     }
 }
 
+/// Whisper's three-graph export: logits through both decoder graphs within 1e-4, greedy and
+/// beam tokens identical to transformers.
+#[test]
+fn whisper_matches_transformers() {
+    let model = Model::resolve(
+        "whisper-tiny",
+        ModelSource::Checkpoint(Checkpoint::open(&fixture("whisper-tiny")).unwrap()),
+    )
+    .unwrap();
+    let at = Placement::new(Platform::Cpu, Precision::F32);
+    let engine = OrtEngine::new();
+    let (mut whisper, _) = engine.whisper_model(&model, at).unwrap();
+    let mut asr = engine.load_speech_recognizer(&model, at).unwrap();
+    let worst = common::check_whisper(&mut whisper, asr.as_mut(), 1e-4);
+    eprintln!("whisper-tiny onnxruntime logits max abs diff {worst:e}");
+}
+
+/// The real whisper-tiny.en export transcribes like transformers (greedy and 3 beams).
+#[test]
+fn whisper_tiny_en_real_weights_transcribe_like_transformers() {
+    common::check_real_whisper(
+        &OrtEngine::new(),
+        Placement::new(Platform::Cpu, Precision::F32),
+    );
+}
+
 /// CTC transcription through the ONNX export spells transformers' transcript.
 #[test]
 fn wav2vec2_transcribes_like_transformers() {

@@ -12,19 +12,15 @@
 
 use super::attention::{Mlp, MultiHeadAttention};
 use super::LoadContext;
-use crate::{rt, CandleOutput};
+use crate::rt;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{
     conv1d, embedding, layer_norm, Activation, Conv1d, Conv1dConfig, Embedding, LayerNorm,
     VarBuilder,
 };
 use ia_engine::seq2seq::Seq2SeqDecoder;
-use ia_engine::whisper::{WhisperDecoding, WhisperModel};
-use ia_engine::{
-    EngineError, Inputs, Outputs, Session, SessionInfo, SpeechRecognizer, TranscribeOptions,
-    Transcription,
-};
-use ia_preprocess::audio::WhisperFrontEnd;
+use ia_engine::whisper::{WhisperModel, WhisperSession};
+use ia_engine::EngineError;
 use serde::Deserialize;
 
 /// HF `WhisperConfig`, deserialised from config.json as is.
@@ -266,7 +262,7 @@ fn causal_mask(t: usize, past: usize, device: &Device, dtype: DType) -> Result<T
 
 /// The candle Whisper as [`WhisperModel`]: encodes windows and decodes tokens; every decoding
 /// decision is `ia_engine::whisper`'s.
-struct CandleWhisper {
+pub struct CandleWhisper {
     model: Model,
     device: Device,
     dtype: DType,
@@ -325,115 +321,21 @@ impl WhisperModel for CandleWhisper {
     }
 }
 
-pub struct WhisperSession {
-    whisper: CandleWhisper,
-    decoding: WhisperDecoding,
-    info: SessionInfo,
-}
-
-impl WhisperSession {
-    pub fn load(ctx: LoadContext<'_>) -> std::result::Result<Self, EngineError> {
-        let cfg: Config = super::parse_config(ctx.source, "Whisper")?;
-        let (model, info) = ctx.build("Whisper", &["sequences"], |vb| Model::load(vb, &cfg))?;
-        let front_end = match ctx.source.preprocessor_config() {
-            Some(p) => WhisperFrontEnd::from_config(p)
-                .map_err(|e| EngineError::InvalidModel(e.to_string()))?,
-            None => WhisperFrontEnd {
-                feature_size: cfg.num_mel_bins,
-                n_samples: cfg.max_source_positions * 2 * 160,
-                ..Default::default()
-            },
-        };
-        if front_end.frames() != cfg.max_source_positions * 2
-            || front_end.feature_size != cfg.num_mel_bins
-        {
-            return Err(EngineError::InvalidModel(format!(
-                "preprocessor gives {} mel bins x {} frames; the encoder takes {} x {}",
-                front_end.feature_size,
-                front_end.frames(),
-                cfg.num_mel_bins,
-                cfg.max_source_positions * 2
-            )));
-        }
-        let decoding = WhisperDecoding::new(
-            ctx.source.config().clone(),
-            ctx.source.generation_config().clone(),
-            cfg.decoder_start_token_id,
-            front_end,
-            ia_engine::tokenizer::of(ctx.source)?,
-        )?;
-        Ok(Self {
-            whisper: CandleWhisper {
-                model,
-                device: ctx.device,
-                dtype: ctx.dtype,
-            },
-            decoding,
-            info,
-        })
-    }
-}
-
-impl SpeechRecognizer for WhisperSession {
-    fn info(&self) -> &SessionInfo {
-        &self.info
-    }
-
-    fn sample_rate(&self) -> u32 {
-        self.decoding.front_end().sampling_rate
-    }
-
-    fn transcribe(
-        &mut self,
-        waveform: &[f32],
-        options: &TranscribeOptions,
-    ) -> std::result::Result<Transcription, EngineError> {
-        self.decoding
-            .transcribe(&mut self.whisper, waveform, options)
-    }
-}
-
-impl Session for WhisperSession {
-    fn info(&self) -> &SessionInfo {
-        &self.info
-    }
-
-    /// Transcribes each waveform greedily (the benchmark's unit of work); `sequences` holds the
-    /// chosen tokens, padded with end-of-text. Waveforms up to 30 s are decoded as one batch;
-    /// longer ones window by window, one after another, as `transcribe` does.
-    fn run(&mut self, inputs: &Inputs) -> std::result::Result<Outputs, EngineError> {
-        let Inputs::Audio {
-            batch, sample_rate, ..
-        } = inputs
-        else {
-            return Err(EngineError::InvalidInput(
-                "Whisper takes audio inputs".into(),
-            ));
-        };
-        let rate = self.sample_rate();
-        if *sample_rate != rate {
-            return Err(EngineError::InvalidInput(format!(
-                "Whisper needs {rate} Hz audio, got {sample_rate} Hz"
-            )));
-        }
-        let rows = inputs.audio_rows()?;
-        let seqs = self.decoding.transcribe_batch(&mut self.whisper, &rows)?;
-        let eos = self.decoding.eos() as f32;
-        let width = seqs.iter().map(Vec::len).max().unwrap_or(0).max(1);
-        let flat: Vec<f32> = seqs
-            .iter()
-            .flat_map(|s| {
-                s.iter()
-                    .map(|&t| t as f32)
-                    .chain(std::iter::repeat_n(eos, width - s.len()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        let t = Tensor::from_vec(flat, (*batch, width), &Device::Cpu).map_err(rt)?;
-        Ok(Outputs {
-            tensors: vec![("sequences".into(), Box::new(CandleOutput(t)))],
-        })
-    }
+/// The native Whisper session: the engine-agnostic session over candle's encoder and decoder.
+pub fn load(
+    ctx: LoadContext<'_>,
+) -> std::result::Result<WhisperSession<CandleWhisper>, EngineError> {
+    let cfg: Config = super::parse_config(ctx.source, "Whisper")?;
+    let (model, info) = ctx.build("Whisper", &["sequences"], |vb| Model::load(vb, &cfg))?;
+    WhisperSession::new(
+        CandleWhisper {
+            model,
+            device: ctx.device,
+            dtype: ctx.dtype,
+        },
+        ctx.source,
+        info,
+    )
 }
 
 /// Encoder output and teacher-forced logits (parity tests compare both with transformers).

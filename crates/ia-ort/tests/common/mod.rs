@@ -158,3 +158,94 @@ pub fn check_ctc_transcript(engine: &dyn ia_engine::Engine, platform: ia_hardwar
     collapsed.retain(|&id| id != 0);
     assert_eq!(t.tokens, collapsed, "{name} on {platform}");
 }
+
+/// The whisper-tiny fixture on a graph engine, against transformers: the encoder's output
+/// through the first decoder graph and the cached one (teacher-forced logits at every
+/// position within `tolerance`; `model` is the export loaded as a WhisperModel), then greedy
+/// and 3-beam tokens through `asr` identical to `generate()`.
+pub fn check_whisper(
+    model: &mut dyn ia_engine::whisper::WhisperModel,
+    asr: &mut dyn ia_engine::SpeechRecognizer,
+    tolerance: f32,
+) -> f32 {
+    let name = "whisper-tiny";
+    let (fshape, features) = reference(name, "input_features");
+    model.start(&features, fshape[0], 1).unwrap();
+    let tokens = ids(name, "decoder_input_ids");
+    let (lshape, logits) = reference(name, "logits");
+    let vocab = lshape[2];
+    let mut worst = 0f32;
+    // The first three tokens in one call (the first graph), then one at a time (the cached one).
+    let got = model.decode(&tokens[..3], 1).unwrap();
+    worst = worst.max(max_abs(&got[0], &logits[2 * vocab..3 * vocab]));
+    for pos in 3..tokens.len() {
+        let got = model.decode(&tokens[pos..=pos], 1).unwrap();
+        worst = worst.max(max_abs(&got[0], &logits[pos * vocab..(pos + 1) * vocab]));
+    }
+    assert!(worst <= tolerance, "{name}: logits max abs diff {worst}");
+    let wav = ia_preprocess::audio::Waveform::open(&fixture("media/speech-16k.wav")).unwrap();
+    // The reference decodes the extractor's window (this tiny model hears 1 s).
+    let window = &wav.samples[..2 * 160 * model.max_source_positions()];
+    for (beams, key) in [(1, "greedy"), (3, "beam3")] {
+        let opts = ia_engine::TranscribeOptions {
+            num_beams: beams,
+            max_new_tokens: Some(20),
+            ..Default::default()
+        };
+        let t = asr.transcribe(window, &opts).unwrap();
+        assert_eq!(t.tokens, ids(name, key), "{name} {key}");
+    }
+    worst
+}
+
+/// The real whisper-tiny.en (scripts/fetch_checkpoints.sh, with its ONNX export) transcribes
+/// the committed espeak-ng clip on `engine` with transformers' tokens and text, greedy and
+/// with 3 beams (fixtures/whisper-tiny-en/reference.json; the native engine's test checks the
+/// same). Says what it did not run where the export is missing (no reference environment to
+/// write it).
+pub fn check_real_whisper(engine: &dyn ia_engine::Engine, at: ia_engine::Placement) {
+    let ckpt = ia_models::checkpoint::resolve("openai/whisper-tiny.en").unwrap_or_else(|e| {
+        panic!("{e}\nThe real-weights test needs the checkpoint: run scripts/fetch_checkpoints.sh")
+    });
+    if !ckpt.dir.join("onnx/decoder_with_past_model.onnx").is_file() {
+        println!(
+            "NOT EXERCISED: whisper-tiny.en on {} ({}): {} has no ONNX export; \
+             scripts/fetch_checkpoints.sh writes it where scripts/setup_pyref.sh has run",
+            engine.name(),
+            at.platform,
+            ckpt.dir.display()
+        );
+        return;
+    }
+    let model =
+        ia_models::Model::resolve("whisper-tiny.en", ia_models::ModelSource::Checkpoint(ckpt))
+            .unwrap();
+    let mut asr = engine.load_speech_recognizer(&model, at).unwrap();
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("whisper-tiny-en/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let wav = ia_preprocess::audio::Waveform::open(&fixture("media/speech-16k.wav")).unwrap();
+    for beams in [1, 3] {
+        let expected = &r[format!("beams{beams}")];
+        let opts = ia_engine::TranscribeOptions {
+            num_beams: beams,
+            ..Default::default()
+        };
+        let t = asr.transcribe(&wav.samples, &opts).unwrap();
+        let want: Vec<u32> = expected["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            t.tokens,
+            want,
+            "beams {beams} on {}: {:?}",
+            engine.name(),
+            t.text
+        );
+        assert_eq!(t.text, expected["text"].as_str().unwrap());
+    }
+}
