@@ -17,6 +17,8 @@ and OpenVINO engines are tested against the same transformers reference outputs
   `decoder_with_past_model.onnx` (the self-attention cache grows, the cross-attention cache
   computed once is fed back), `past_key_values.{i}.decoder|encoder.key|value` and
   `present.{i}.decoder|encoder.key|value` [batch, heads, length, head_dim].
+* T5 (t5-tiny; --t5 DIR): the same three graphs, the encoder on `input_ids` and
+  `attention_mask`, both decoder graphs also taking `encoder_attention_mask`.
 * Decoders (llama, qwen2, qwen3, opt): one graph with the KV cache as inputs and outputs,
   named like Optimum's and onnx-community's exports: `input_ids`, `attention_mask`,
   `position_ids` (not OPT, which derives positions from the mask),
@@ -29,7 +31,7 @@ and OpenVINO engines are tested against the same transformers reference outputs
 
     ~/.cache/ipfs-accelerate/pyref/bin/python scripts/export_onnx_fixtures.py --decoder DIR
     ~/.cache/ipfs-accelerate/pyref/bin/python scripts/export_onnx_fixtures.py --bert DIR
-    (also --wav2vec2 DIR, --detr DIR, --whisper DIR)
+    (also --wav2vec2 DIR, --detr DIR, --whisper DIR, --t5 DIR)
 export one decoder, BERT, Wav2Vec2 or DETR checkpoint folder (for benchmarks at real sizes) the same way.
 
 Needs torch + transformers + onnx (scripts/setup_pyref.sh; pip install onnx). Exported with
@@ -197,42 +199,83 @@ def _flat(cache):
     return flat
 
 
-class WhisperDecoderFirst(torch.nn.Module):
-    """The first decoder call: tokens and the encoder's output in, logits and both caches out."""
+class DecoderFirst(torch.nn.Module):
+    """The first decoder call of an encoder-decoder: tokens (T5: and the encoder's mask) and
+    the encoder's output in, logits and both caches out."""
 
-    def __init__(self, model):
+    def __init__(self, model, masked):
         super().__init__()
-        self.model = model
+        self.model, self.masked = model, masked
 
-    def forward(self, input_ids, encoder_hidden_states):
-        out = self.model(decoder_input_ids=input_ids, encoder_outputs=(encoder_hidden_states,),
-                         use_cache=True)
+    def forward(self, input_ids, *rest):
+        mask = {"attention_mask": rest[0]} if self.masked else {}
+        out = self.model(decoder_input_ids=input_ids, encoder_outputs=(rest[-1],), use_cache=True,
+                         **mask)
         return (out.logits, *_flat(out.past_key_values))
 
 
-class WhisperDecoderWithPast(torch.nn.Module):
-    """Later calls: tokens and both caches in; logits and the grown self-attention cache out
-    (the cross-attention cache, computed once, stays the caller's)."""
+class DecoderWithPast(torch.nn.Module):
+    """Later calls: tokens (T5: and the encoder's mask) and both caches in; logits and the
+    grown self-attention cache out (the cross-attention cache, computed once, stays the
+    caller's)."""
 
-    def __init__(self, model, layers):
+    def __init__(self, model, layers, masked):
         super().__init__()
-        self.model, self.layers = model, layers
+        self.model, self.layers, self.masked = model, layers, masked
 
-    def forward(self, input_ids, *past):
+    def forward(self, input_ids, *rest):
         from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+        mask = {"attention_mask": rest[0]} if self.masked else {}
+        past = rest[1:] if self.masked else rest
         own, cross = DynamicCache(), DynamicCache()
         for i in range(self.layers):
             own.update(past[4 * i], past[4 * i + 1], i)
             cross.update(past[4 * i + 2], past[4 * i + 3], i)
         cache = EncoderDecoderCache(own, cross)
         # The encoder's output is not read when the cross-attention cache is set.
-        unused = torch.zeros(input_ids.shape[0], 1, self.model.config.d_model)
+        width = getattr(self.model.config, "d_model")
+        unused = torch.zeros(input_ids.shape[0], 1, width)
         out = self.model(decoder_input_ids=input_ids, encoder_outputs=(unused,),
-                         past_key_values=cache, use_cache=True)
+                         past_key_values=cache, use_cache=True, **mask)
         flat = []
         for layer in out.past_key_values.self_attention_cache.layers:
             flat += [layer.keys, layer.values]
         return (out.logits, *flat)
+
+
+def export_decoders(model, out, layers, save, first_inputs, masked):
+    """decoder_model.onnx and decoder_with_past_model.onnx of an encoder-decoder, traced on
+    `first_inputs` (input_ids, [encoder_attention_mask], encoder_hidden_states)."""
+    kinds = [(i, part, k) for i in range(layers) for part in ("decoder", "encoder") for k in ("key", "value")]
+    present = [f"present.{i}.{p}.{k}" for i, p, k in kinds]
+    past = [f"past_key_values.{i}.{p}.{k}" for i, p, k in kinds]
+    mask_names = ["encoder_attention_mask"] if masked else []
+    mask_axes = {"encoder_attention_mask": {0: "batch", 1: "frames"}} if masked else {}
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "encoder_hidden_states": {0: "batch", 1: "frames"},
+            "logits": {0: "batch", 1: "sequence"}, **mask_axes,
+            **{n: {0: "batch", 2: "total" if ".decoder." in n else "frames"} for n in present}}
+    save(DecoderFirst(model, masked), first_inputs, "decoder_model.onnx",
+         ["input_ids", *mask_names, "encoder_hidden_states"], ["logits"] + present, axes)
+    with torch.no_grad():
+        first = DecoderFirst(model, masked)(*first_inputs)
+    own_present = [n for n in present if ".decoder." in n]
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}, **mask_axes,
+            **{n: {0: "batch", 2: "past" if ".decoder." in n else "frames"} for n in past},
+            **{n: {0: "batch", 2: "total"} for n in own_present}}
+    mask_args = (first_inputs[1],) if masked else ()
+    save(DecoderWithPast(model, layers, masked), (torch.tensor([[7]]), *mask_args, *first[1:]),
+         "decoder_with_past_model.onnx", ["input_ids", *mask_names, *past], ["logits"] + own_present, axes)
+
+
+def saver(out):
+    def save(module, args, file, inputs, outputs, axes):
+        torch.onnx.export(module, args, str(out / file), input_names=inputs, output_names=outputs,
+                          opset_version=17, dynamo=False, dynamic_axes=axes)
+        (out / file.replace(".onnx", "_export_meta.json")).write_text(json.dumps({
+            "generator": "scripts/export_onnx_fixtures.py", "torch": torch.__version__,
+            "opset": 17, "inputs": inputs, "outputs": outputs}, indent=2))
+        print("exported", out / file)
+    return save
 
 
 def export_whisper(name, folder=None):
@@ -248,40 +291,49 @@ def export_whisper(name, folder=None):
     c = model.config
     out = folder / "onnx"
     out.mkdir(exist_ok=True)
-    frames = 2 * c.max_source_positions
+    save = saver(out)
     gen = torch.Generator().manual_seed(0)
-    features = torch.randn(1, c.num_mel_bins, frames, generator=gen)
-
-    def save(module, args, file, inputs, outputs, axes):
-        torch.onnx.export(module, args, str(out / file), input_names=inputs, output_names=outputs,
-                          opset_version=17, dynamo=False, dynamic_axes=axes)
-        (out / file.replace(".onnx", "_export_meta.json")).write_text(json.dumps({
-            "generator": "scripts/export_onnx_fixtures.py", "torch": torch.__version__,
-            "opset": 17, "inputs": inputs, "outputs": outputs}, indent=2))
-        print("exported", out / file)
-
+    features = torch.randn(1, c.num_mel_bins, 2 * c.max_source_positions, generator=gen)
     save(WhisperEncoder(model), (features,), "encoder_model.onnx", ["input_features"],
          ["last_hidden_state"], {"input_features": {0: "batch"}, "last_hidden_state": {0: "batch"}})
-    layers = c.decoder_layers
-    kinds = [(i, part, k) for i in range(layers) for part in ("decoder", "encoder") for k in ("key", "value")]
-    present = [f"present.{i}.{p}.{k}" for i, p, k in kinds]
-    past = [f"past_key_values.{i}.{p}.{k}" for i, p, k in kinds]
     with torch.no_grad():
         enc = model.model.encoder(features).last_hidden_state
     ids = torch.tensor([[c.decoder_start_token_id, 5, 6]])
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "encoder_hidden_states": {0: "batch"},
-            "logits": {0: "batch", 1: "sequence"},
-            **{n: {0: "batch", 2: "total" if ".decoder." in n else "frames"} for n in present}}
-    save(WhisperDecoderFirst(model), (ids, enc), "decoder_model.onnx",
-         ["input_ids", "encoder_hidden_states"], ["logits"] + present, axes)
+    export_decoders(model, out, c.decoder_layers, save, (ids, enc), masked=False)
+
+
+class T5Encoder(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def export_t5(name, folder=None):
+    """T5 in Optimum's three-graph layout: `encoder_model.onnx` (input_ids, attention_mask ->
+    last_hidden_state), `decoder_model.onnx` (input_ids, encoder_attention_mask,
+    encoder_hidden_states -> logits, present.*) and `decoder_with_past_model.onnx` (input_ids,
+    encoder_attention_mask, past_key_values.* -> logits, present.{i}.decoder.*)."""
+    from transformers import T5ForConditionalGeneration
+    folder = Path(folder) if folder else FIX / name
+    model = T5ForConditionalGeneration.from_pretrained(
+        folder, attn_implementation="eager", dtype=torch.float32).eval()
+    c = model.config
+    out = folder / "onnx"
+    out.mkdir(exist_ok=True)
+    save = saver(out)
+    ids = torch.tensor([[5, 6, 7, 8, 2]])
+    mask = torch.ones_like(ids)
+    save(T5Encoder(model), (ids, mask), "encoder_model.onnx", ["input_ids", "attention_mask"],
+         ["last_hidden_state"], {"input_ids": {0: "batch", 1: "sequence"},
+                                 "attention_mask": {0: "batch", 1: "sequence"},
+                                 "last_hidden_state": {0: "batch", 1: "sequence"}})
     with torch.no_grad():
-        first = WhisperDecoderFirst(model)(ids, enc)
-    own_present = [n for n in present if ".decoder." in n]
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"},
-            **{n: {0: "batch", 2: "past" if ".decoder." in n else "frames"} for n in past},
-            **{n: {0: "batch", 2: "total"} for n in own_present}}
-    save(WhisperDecoderWithPast(model, layers), (torch.tensor([[7]]), *first[1:]),
-         "decoder_with_past_model.onnx", ["input_ids"] + past, ["logits"] + own_present, axes)
+        enc = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    start = torch.tensor([[c.decoder_start_token_id, 9, 10]])
+    export_decoders(model, out, c.num_decoder_layers, save, (start, mask, enc), masked=True)
 
 
 def main():
@@ -294,6 +346,7 @@ def main():
     export_wav2vec2("wav2vec2-tiny-stable")
     export_detr("detr-tiny")
     export_whisper("whisper-tiny")
+    export_t5("t5-tiny")
     for name in ["llama-tiny", "qwen2-tiny", "qwen3-tiny", "opt-tiny"]:
         export_decoder(name)
 
@@ -312,6 +365,8 @@ if __name__ == "__main__":
         export_wav2vec2(Path(sys.argv[2]).name, sys.argv[2])
     elif sys.argv[1:2] == ["--whisper"]:
         export_whisper(Path(sys.argv[2]).name, sys.argv[2])
+    elif sys.argv[1:2] == ["--t5"]:
+        export_t5(Path(sys.argv[2]).name, sys.argv[2])
     elif sys.argv[1:2] == ["--detr"]:
         export_detr(Path(sys.argv[2]).name, sys.argv[2])
     else:

@@ -11,7 +11,7 @@ use ia_engine::{
     SessionInfo,
 };
 use ia_hardware::Platform;
-use ia_models::{Model, ModelClass, ModelSource};
+use ia_models::{Model, ModelClass};
 use std::path::PathBuf;
 
 /// onnxruntime-web in headless Chromium, one page per inference.
@@ -86,16 +86,7 @@ impl Engine for WebEngine {
             )));
         }
         let parts = model_parts(source, class).map_err(EngineError::Unsupported)?;
-        // CLIP's zero-shot scores need the trained temperature, which its tower exports leave
-        // out: read from the checkpoint and returned as the native engine returns it.
-        let logit_scale = match (class, source) {
-            (ModelClass::Clip, ModelSource::Checkpoint(c)) => {
-                ia_models::footprint::read_f32_scalar(&c.safetensors, "logit_scale")
-                    .map_err(|e| EngineError::InvalidModel(e.to_string()))?
-                    .map(f32::exp)
-            }
-            _ => None,
-        };
+        let logit_scale = ia_engine::towers::logit_scale(model)?;
         let mut bench = WebBench::new(WebOptions::default());
         let status = match bench.host() {
             Ok(host) => host.platform_status(platform),
@@ -149,19 +140,13 @@ impl Session for WebSession {
     }
 
     fn run(&mut self, inputs: &Inputs) -> Result<Outputs, EngineError> {
-        // A two-tower model runs the tower of the inputs' modality.
-        let part = match inputs {
-            Inputs::Image { .. } => "vision_model",
-            _ => "text_model",
-        };
-        let file = match self.parts.as_slice() {
-            [(_, single)] => single,
-            parts => parts
-                .iter()
-                .find(|(name, _)| name == part)
-                .map(|(_, file)| file)
-                .ok_or_else(|| EngineError::InvalidModel(format!("no {part} export")))?,
-        };
+        let part = ia_engine::towers::part_for(self.parts.iter().map(|(n, _)| n.as_str()), inputs)?;
+        let file = &self
+            .parts
+            .iter()
+            .find(|(n, _)| n == part)
+            .expect("a listed part")
+            .1;
         let feeds = GRAPH_INPUTS
             .iter()
             .filter_map(|&name| Some((name.to_string(), self.feeds.input(inputs, name).ok()?)))

@@ -637,12 +637,12 @@ fn check_model(request: &WebRequest<'_>) -> Result<Vec<(String, PathBuf)>, Strin
             request.precision
         ));
     }
-    if request.model.class == ModelClass::Whisper {
-        return Err(
-            "Whisper's encoder-decoder export runs on ONNX Runtime and OpenVINO; \
-                    the page does not decode it yet"
-                .into(),
-        );
+    if matches!(request.model.class, ModelClass::Whisper | ModelClass::T5) {
+        return Err(format!(
+            "{}'s encoder-decoder export runs on ONNX Runtime and OpenVINO; the page does not \
+             decode it yet",
+            request.model.class.as_str()
+        ));
     }
     if request.model.class != ModelClass::Clip {
         check_exported_class(request.model.class).map_err(|e| e.to_string())?;
@@ -650,47 +650,25 @@ fn check_model(request: &WebRequest<'_>) -> Result<Vec<(String, PathBuf)>, Strin
     model_parts(&request.model.source, request.model.class)
 }
 
-/// The towers of a two-part export, as transformers.js lays them out.
-const CLIP_PARTS: [&str; 2] = ["text_model", "vision_model"];
-
-/// The ONNX parts the page loads for a model, by name (one, or CLIP's two towers).
+/// The ONNX parts the page loads for a model, by name (one, or CLIP's two towers:
+/// [`ia_engine::towers::graph_parts`]), short of exports with external data.
 pub fn model_parts(
     source: &ModelSource,
     class: ModelClass,
 ) -> Result<Vec<(String, PathBuf)>, String> {
-    let c = match source {
-        ModelSource::Checkpoint(c) => c,
-        ModelSource::RandomInit { .. } => {
-            return Err("onnxruntime-web runs ONNX exports; random-weight models have none".into())
-        }
-    };
-    if class == ModelClass::Clip {
-        let parts: Vec<(String, PathBuf)> = CLIP_PARTS
-            .iter()
-            .map(|p| (p.to_string(), c.dir.join("onnx").join(format!("{p}.onnx"))))
-            .collect();
-        if let Some((_, missing)) = parts.iter().find(|(_, f)| !f.is_file()) {
-            return Err(format!(
-                "{}: no ONNX export of CLIP's towers ({} is missing; scripts/export_onnx_fixtures.py lays them out)",
-                c.dir.display(),
-                missing.display()
-            ));
-        }
-        return Ok(parts);
-    }
-    let file = c.onnx.clone().ok_or_else(|| {
-        format!(
-            "{}: no ONNX export (onnx/model.onnx or model.onnx)",
-            c.dir.display()
-        )
+    let parts = ia_engine::towers::graph_parts(source, class).map_err(|e| match e {
+        EngineError::Unsupported(reason) => reason,
+        other => other.to_string(),
     })?;
-    if file.with_extension("onnx_data").exists() || file.with_extension("onnx.data").exists() {
+    if let Some((_, file)) = parts.iter().find(|(_, file)| {
+        file.with_extension("onnx_data").exists() || file.with_extension("onnx.data").exists()
+    }) {
         return Err(format!(
             "{}: exports with external data (over 2 GB) are not loaded in the browser",
             file.display()
         ));
     }
-    Ok(vec![("model".into(), file)])
+    Ok(parts)
 }
 
 type StepError = (&'static str, BrowserError);

@@ -12,7 +12,7 @@
 #[path = "../../ia-ort/tests/common/mod.rs"]
 mod common;
 
-use common::{fixture, ids, max_abs, reference, reference_inputs};
+use common::{fixture, ids, max_abs, reference, reference_inputs, unit_rows};
 use ia_bench::{Combination, Measurement, Outcome, Prepared, Protocol, Scenario};
 use ia_browser::{BrowserHost, WebBench, WebOptions, WebRequest, WebTarget, WebWork};
 use ia_engine::{Inputs, LoadVariant, Precision};
@@ -160,15 +160,6 @@ fn audio_and_detection_match_transformers_on_wasm_and_webgpu() {
     }
     // `run` / the server's transcription: one inference in a page, the shared CTC decoding.
     common::check_ctc_transcript(&ia_browser::WebEngine::new(), Platform::Wasm);
-}
-
-fn unit_rows(v: &[f32], width: usize) -> Vec<f32> {
-    v.chunks(width)
-        .flat_map(|r| {
-            let norm = r.iter().map(|x| x * x).sum::<f32>().sqrt();
-            r.iter().map(move |x| x / norm)
-        })
-        .collect()
 }
 
 /// CLIP's two towers (onnx/text_model.onnx, onnx/vision_model.onnx) loaded one after the

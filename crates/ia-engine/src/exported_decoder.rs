@@ -18,10 +18,16 @@ pub fn check_exported_class(class: ModelClass) -> Result<(), EngineError> {
     match class {
         ModelClass::Bert
         | ModelClass::Vit
+        | ModelClass::Clip
         | ModelClass::Wav2vec2
         | ModelClass::Detr
         | ModelClass::Whisper => Ok(()),
         c if is_decoder_only(c) => Ok(()),
+        ModelClass::T5 => Err(EngineError::Unsupported(
+            "the t5 export generates (`generate`, `bench --new-tokens`); it has no single forward \
+             pass"
+                .into(),
+        )),
         other => Err(EngineError::Unsupported(format!(
             "no ONNX path for {} models yet",
             other.as_str()
@@ -38,9 +44,9 @@ pub fn check_exported(
 ) -> Result<(), EngineError> {
     match capability {
         crate::Capability::Run => check_exported_class(class),
-        crate::Capability::Generate if is_decoder_only(class) => Ok(()),
+        crate::Capability::Generate if is_decoder_only(class) || class == ModelClass::T5 => Ok(()),
         crate::Capability::Generate => Err(EngineError::Unsupported(format!(
-            "{} is not a decoder-only text-generation model; {runtime} generates with decoder exports",
+            "{} is not a text-generation model; {runtime} generates with decoder and T5 exports",
             class.as_str()
         ))),
         // CTC models transcribe through their forward pass (crate::ctc), Whisper through its
@@ -311,7 +317,11 @@ mod tests {
         assert!(check_exported(ModelClass::Bert, Capability::Run, "X").is_ok());
         assert!(check_exported(ModelClass::Qwen, Capability::Generate, "X").is_ok());
         let e = check_exported(ModelClass::Bert, Capability::Generate, "X").unwrap_err();
-        assert!(e.to_string().contains("bert is not a decoder-only"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("bert is not a text-generation model"),
+            "{e}"
+        );
         assert!(check_exported(ModelClass::Wav2vec2, Capability::Transcribe, "X").is_ok());
         assert!(check_exported(ModelClass::Whisper, Capability::Transcribe, "X").is_ok());
         let e = check_exported(ModelClass::Bert, Capability::Transcribe, "X").unwrap_err();

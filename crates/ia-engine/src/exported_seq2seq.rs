@@ -1,26 +1,31 @@
-//! Whisper exported as graphs in Optimum's three-file layout (scripts/export_onnx_fixtures.py
-//! writes it; Optimum's and onnx-community's exports use the same names):
+//! Encoder-decoder models (Whisper, T5) exported as graphs in Optimum's three-file layout
+//! (scripts/export_onnx_fixtures.py writes it; Optimum's and onnx-community's exports use the
+//! same names):
 //!
-//! * `encoder_model.onnx`: `input_features` [batch, mel bins, frames] -> `last_hidden_state`;
-//! * `decoder_model.onnx`, the first call: `input_ids`, `encoder_hidden_states` -> `logits`,
-//!   `present.{i}.decoder.key|value` (self-attention) and `present.{i}.encoder.key|value`
-//!   (cross-attention, computed once here);
-//! * `decoder_with_past_model.onnx`, every later call: `input_ids` and
-//!   `past_key_values.{i}.decoder|encoder.key|value` -> `logits`, `present.{i}.decoder.key|value`.
+//! * `encoder_model.onnx`: Whisper's `input_features` [batch, mel bins, frames], or T5's
+//!   `input_ids` and `attention_mask` -> `last_hidden_state`;
+//! * `decoder_model.onnx`, the first call: `input_ids`, (T5) `encoder_attention_mask`,
+//!   `encoder_hidden_states` -> `logits`, `present.{i}.decoder.key|value` (self-attention) and
+//!   `present.{i}.encoder.key|value` (cross-attention, computed once here);
+//! * `decoder_with_past_model.onnx`, every later call: `input_ids`, (T5)
+//!   `encoder_attention_mask` and `past_key_values.{i}.decoder|encoder.key|value` -> `logits`,
+//!   `present.{i}.decoder.key|value`.
 //!
 //! The bookkeeping (caches between calls, beam reordering, the last position's logits) lives
-//! here once, as [`ExportedWhisper`], a [`WhisperModel`] that the one Whisper decoding
-//! ([`crate::whisper`]) drives; a runtime only implements [`GraphParts`]: run one named graph.
+//! here once, in [`ExportedSeq2Seq`]; [`ExportedWhisper`] is the [`WhisperModel`] the one
+//! Whisper decoding ([`crate::whisper`]) drives, [`ExportedT5`] the [`TextGenerator`] the one
+//! generation loop drives. A runtime only implements [`GraphParts`]: run one named graph.
 
+use crate::generation::TextGenerator;
 use crate::inputs::GraphInput;
 use crate::seq2seq::Seq2SeqDecoder;
 use crate::whisper::WhisperModel;
-use crate::{EngineError, HostTensor};
-use ia_models::ModelSource;
+use crate::{EngineError, HostTensor, SessionInfo};
+use ia_models::{Model, ModelSource};
 use std::path::PathBuf;
 
-/// The graphs of a Whisper export, by part name (the file is `onnx/<part>.onnx`).
-pub const WHISPER_PARTS: [&str; 3] = ["encoder_model", "decoder_model", "decoder_with_past_model"];
+/// The graphs of an encoder-decoder export, by part name (the file is `onnx/<part>.onnx`).
+pub const SEQ2SEQ_PARTS: [&str; 3] = ["encoder_model", "decoder_model", "decoder_with_past_model"];
 
 /// A runtime's side: the graphs of one export, loaded, each run on named inputs.
 pub trait GraphParts: Send {
@@ -32,23 +37,24 @@ pub trait GraphParts: Send {
     ) -> Result<Vec<(String, HostTensor)>, EngineError>;
 }
 
-/// The files of a Whisper export in a checkpoint, by part name; a clear error naming the first
-/// one missing.
-pub fn whisper_files(source: &ModelSource) -> Result<Vec<(String, PathBuf)>, EngineError> {
+/// The files of an encoder-decoder export in a checkpoint, by part name; a clear error naming
+/// the first one missing.
+pub fn seq2seq_files(source: &ModelSource) -> Result<Vec<(String, PathBuf)>, EngineError> {
     let ModelSource::Checkpoint(c) = source else {
         return Err(EngineError::Unsupported(
-            "Whisper on a graph runtime needs an ONNX export; random-weight models have none"
+            "an encoder-decoder on a graph runtime needs an ONNX export; random-weight models \
+             have none"
                 .into(),
         ));
     };
-    let files: Vec<(String, PathBuf)> = WHISPER_PARTS
+    let files: Vec<(String, PathBuf)> = SEQ2SEQ_PARTS
         .iter()
         .map(|p| (p.to_string(), c.dir.join("onnx").join(format!("{p}.onnx"))))
         .collect();
     if let Some((_, missing)) = files.iter().find(|(_, f)| !f.is_file()) {
         return Err(EngineError::Unsupported(format!(
-            "{}: no ONNX export of Whisper ({} is missing; scripts/export_onnx_fixtures.py \
-             --whisper DIR writes encoder_model, decoder_model and decoder_with_past_model)",
+            "{}: no encoder-decoder ONNX export ({} is missing; scripts/export_onnx_fixtures.py \
+             --whisper|--t5 DIR writes encoder_model, decoder_model and decoder_with_past_model)",
             c.dir.display(),
             missing.display()
         )));
@@ -56,45 +62,74 @@ pub fn whisper_files(source: &ModelSource) -> Result<Vec<(String, PathBuf)>, Eng
     Ok(files)
 }
 
-/// Whisper over a runtime's graphs, with its caches on the host between calls.
-pub struct ExportedWhisper<P> {
+/// An encoder-decoder over a runtime's graphs, with its caches on the host between calls.
+pub struct ExportedSeq2Seq<P> {
     parts: P,
-    max_target_positions: usize,
-    max_source_positions: usize,
     /// The encoder's output for each decoding row, until the first decoder call.
     encoded: Option<HostTensor>,
+    /// The encoder's attention mask for each decoding row (T5's graphs take it).
+    encoder_mask: Option<(Vec<usize>, Vec<i64>)>,
     /// `past_key_values.*` by name, as the last call returned them (batch first).
     cache: Vec<(String, HostTensor)>,
 }
 
-impl<P: GraphParts> ExportedWhisper<P> {
-    pub fn new(parts: P, config: &serde_json::Value) -> Result<Self, EngineError> {
-        let number = |key: &str| {
-            config
-                .get(key)
-                .and_then(serde_json::Value::as_u64)
-                .map(|n| n as usize)
-                .ok_or_else(|| EngineError::InvalidModel(format!("config.json has no {key}")))
-        };
-        Ok(Self {
+impl<P: GraphParts> ExportedSeq2Seq<P> {
+    pub fn new(parts: P) -> Self {
+        Self {
             parts,
-            max_target_positions: number("max_target_positions")?,
-            max_source_positions: number("max_source_positions")?,
             encoded: None,
+            encoder_mask: None,
             cache: Vec::new(),
-        })
+        }
     }
 
-    fn take(
-        outputs: &mut Vec<(String, HostTensor)>,
-        name: &str,
-    ) -> Result<HostTensor, EngineError> {
-        let at = outputs
-            .iter()
-            .position(|(n, _)| n == name)
-            .ok_or_else(|| EngineError::InvalidModel(format!("the export has no output {name}")))?;
-        Ok(outputs.swap_remove(at).1)
+    /// Runs the encoder on `feeds` and starts decoding `copies` rows per input row (copies of
+    /// the whole batch one after another); `mask` is the encoder's attention mask
+    /// ([rows, positions]) where the decoder graphs take one.
+    fn encode(
+        &mut self,
+        feeds: Vec<(String, GraphInput<'_>)>,
+        mask: Option<(Vec<usize>, Vec<i64>)>,
+        copies: usize,
+    ) -> Result<(), EngineError> {
+        let mut outputs = self.parts.run_part("encoder_model", feeds)?;
+        let encoded = take(&mut outputs, "last_hidden_state")?;
+        let rows = encoded.shape[0];
+        let order: Vec<usize> = (0..copies).flat_map(|_| 0..rows).collect();
+        self.encoded = Some(gather(&encoded, &order));
+        self.encoder_mask = mask.map(|(shape, data)| {
+            let width = shape[1];
+            let mut shape = shape;
+            shape[0] = order.len();
+            let data = order
+                .iter()
+                .flat_map(|&r| data[r * width..(r + 1) * width].iter().copied())
+                .collect();
+            (shape, data)
+        });
+        self.cache.clear();
+        Ok(())
     }
+
+    fn mask_feed(&self) -> Option<(String, GraphInput<'static>)> {
+        self.encoder_mask.as_ref().map(|(shape, data)| {
+            (
+                "encoder_attention_mask".to_string(),
+                GraphInput::Int64 {
+                    shape: shape.clone(),
+                    data: data.clone(),
+                },
+            )
+        })
+    }
+}
+
+fn take(outputs: &mut Vec<(String, HostTensor)>, name: &str) -> Result<HostTensor, EngineError> {
+    let at = outputs
+        .iter()
+        .position(|(n, _)| n == name)
+        .ok_or_else(|| EngineError::InvalidModel(format!("the export has no output {name}")))?;
+    Ok(outputs.swap_remove(at).1)
 }
 
 fn float(t: &HostTensor) -> GraphInput<'_> {
@@ -118,7 +153,7 @@ fn gather(t: &HostTensor, rows: &[usize]) -> HostTensor {
     }
 }
 
-impl<P: GraphParts> Seq2SeqDecoder for ExportedWhisper<P> {
+impl<P: GraphParts> Seq2SeqDecoder for ExportedSeq2Seq<P> {
     fn decode(&mut self, tokens: &[u32], rows: usize) -> Result<Vec<Vec<f32>>, EngineError> {
         if rows == 0 || tokens.is_empty() || !tokens.len().is_multiple_of(rows) {
             return Err(EngineError::InvalidInput(format!(
@@ -130,21 +165,19 @@ impl<P: GraphParts> Seq2SeqDecoder for ExportedWhisper<P> {
             shape: vec![rows, tokens.len() / rows],
             data: tokens.iter().map(|&t| i64::from(t)).collect(),
         };
+        let mut feeds = vec![("input_ids".to_string(), ids)];
+        feeds.extend(self.mask_feed());
         let mut outputs = if self.cache.is_empty() {
             let encoded = self.encoded.as_ref().ok_or_else(|| {
-                EngineError::Runtime("Whisper decoding started before the encoder ran".into())
+                EngineError::Runtime("decoding started before the encoder ran".into())
             })?;
-            let feeds = vec![
-                ("input_ids".to_string(), ids),
-                ("encoder_hidden_states".to_string(), float(encoded)),
-            ];
+            feeds.push(("encoder_hidden_states".to_string(), float(encoded)));
             self.parts.run_part("decoder_model", feeds)?
         } else {
-            let mut feeds = vec![("input_ids".to_string(), ids)];
             feeds.extend(self.cache.iter().map(|(n, t)| (n.clone(), float(t))));
             self.parts.run_part("decoder_with_past_model", feeds)?
         };
-        let logits = Self::take(&mut outputs, "logits")?;
+        let logits = take(&mut outputs, "logits")?;
         // Every `present.*` replaces its `past_key_values.*`; the cross-attention entries the
         // later graph does not return stay as the first call left them.
         for (name, t) in outputs {
@@ -187,7 +220,50 @@ impl<P: GraphParts> Seq2SeqDecoder for ExportedWhisper<P> {
             }
             *t = gather(t, &rows);
         }
+        if let Some((shape, data)) = &mut self.encoder_mask {
+            let width = shape[1];
+            *data = rows
+                .iter()
+                .flat_map(|&r| data[r * width..(r + 1) * width].to_vec())
+                .collect();
+            shape[0] = rows.len();
+        }
         Ok(())
+    }
+}
+
+/// Whisper over a runtime's graphs.
+pub struct ExportedWhisper<P> {
+    seq: ExportedSeq2Seq<P>,
+    max_target_positions: usize,
+    max_source_positions: usize,
+}
+
+fn config_number(config: &serde_json::Value, key: &str) -> Result<usize, EngineError> {
+    config
+        .get(key)
+        .and_then(serde_json::Value::as_u64)
+        .map(|n| n as usize)
+        .ok_or_else(|| EngineError::InvalidModel(format!("config.json has no {key}")))
+}
+
+impl<P: GraphParts> ExportedWhisper<P> {
+    pub fn new(parts: P, config: &serde_json::Value) -> Result<Self, EngineError> {
+        Ok(Self {
+            seq: ExportedSeq2Seq::new(parts),
+            max_target_positions: config_number(config, "max_target_positions")?,
+            max_source_positions: config_number(config, "max_source_positions")?,
+        })
+    }
+}
+
+impl<P: GraphParts> Seq2SeqDecoder for ExportedWhisper<P> {
+    fn decode(&mut self, tokens: &[u32], rows: usize) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.seq.decode(tokens, rows)
+    }
+
+    fn reorder(&mut self, rows: &[u32]) -> Result<(), EngineError> {
+        self.seq.reorder(rows)
     }
 }
 
@@ -207,13 +283,7 @@ impl<P: GraphParts> WhisperModel for ExportedWhisper<P> {
                 data: std::borrow::Cow::Borrowed(features),
             },
         )];
-        let mut outputs = self.parts.run_part("encoder_model", feeds)?;
-        let encoded = Self::take(&mut outputs, "last_hidden_state")?;
-        // Copies of the whole batch one after another, as the native engine repeats it.
-        let order: Vec<usize> = (0..copies).flat_map(|_| 0..windows).collect();
-        self.encoded = Some(gather(&encoded, &order));
-        self.cache.clear();
-        Ok(())
+        self.seq.encode(feeds, None, copies)
     }
 
     fn max_target_positions(&self) -> usize {
@@ -222,6 +292,91 @@ impl<P: GraphParts> WhisperModel for ExportedWhisper<P> {
 
     fn max_source_positions(&self) -> usize {
         self.max_source_positions
+    }
+}
+
+/// T5 over a runtime's graphs: the encoder once per prompt batch, then the decoder from its
+/// start token one token per step, as the native engine's T5 generates.
+pub struct ExportedT5<P> {
+    seq: ExportedSeq2Seq<P>,
+    decoder_start: u32,
+    max_context: usize,
+    info: SessionInfo,
+    eos: Vec<u32>,
+}
+
+impl<P: GraphParts> ExportedT5<P> {
+    pub fn new(parts: P, model: &Model, info: SessionInfo) -> Result<Self, EngineError> {
+        let config = model.config();
+        let start = config
+            .get("decoder_start_token_id")
+            .and_then(serde_json::Value::as_u64)
+            .map_or_else(|| config_number(config, "pad_token_id"), |n| Ok(n as usize))?;
+        Ok(Self {
+            seq: ExportedSeq2Seq::new(parts),
+            decoder_start: u32::try_from(start).map_err(|_| {
+                EngineError::InvalidModel("config.json decoder start token is out of range".into())
+            })?,
+            // Relative positions put no hard limit on T5; n_positions is what it was trained with.
+            max_context: config
+                .get("n_positions")
+                .and_then(serde_json::Value::as_u64)
+                .map_or(512, |n| n as usize),
+            info,
+            eos: model.source.eos_tokens(),
+        })
+    }
+}
+
+impl<P: GraphParts> TextGenerator for ExportedT5<P> {
+    fn info(&self) -> &SessionInfo {
+        &self.info
+    }
+
+    fn prefill(&mut self, prompt: &[u32]) -> Result<Vec<f32>, EngineError> {
+        Ok(self.prefill_batch(&[prompt.to_vec()])?.remove(0))
+    }
+
+    fn step(&mut self, token: u32) -> Result<Vec<f32>, EngineError> {
+        Ok(self.step_batch(&[token])?.remove(0))
+    }
+
+    fn prefill_batch(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let len = crate::generation::equal_length_batch(prompts)?;
+        let shape = vec![prompts.len(), len];
+        let ids: Vec<i64> = prompts.iter().flatten().map(|&t| i64::from(t)).collect();
+        let mask = vec![1i64; ids.len()];
+        let feeds = vec![
+            (
+                "input_ids".to_string(),
+                GraphInput::Int64 {
+                    shape: shape.clone(),
+                    data: ids,
+                },
+            ),
+            (
+                "attention_mask".to_string(),
+                GraphInput::Int64 {
+                    shape: shape.clone(),
+                    data: mask.clone(),
+                },
+            ),
+        ];
+        self.seq.encode(feeds, Some((shape, mask)), 1)?;
+        self.seq
+            .decode(&vec![self.decoder_start; prompts.len()], prompts.len())
+    }
+
+    fn step_batch(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.seq.decode(tokens, tokens.len())
+    }
+
+    fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    fn eos_tokens(&self) -> Vec<u32> {
+        self.eos.clone()
     }
 }
 

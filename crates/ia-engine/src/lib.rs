@@ -18,6 +18,7 @@ pub mod seq2seq;
 pub mod speech;
 pub mod timing;
 pub mod tokenizer;
+pub mod towers;
 pub mod whisper;
 
 use ia_hardware::Platform;

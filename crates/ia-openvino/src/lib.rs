@@ -15,7 +15,7 @@ use ia_engine::calibration::{matmul_onnx, operand, time_products, MATMUL_SIZE};
 use ia_engine::exported_decoder::{
     check_exported, decoder_context, DecoderBackend, DecoderGraph, DecoderStep, ExportedDecoder,
 };
-use ia_engine::exported_seq2seq::{whisper_files, ExportedWhisper};
+use ia_engine::exported_seq2seq::{seq2seq_files, ExportedT5, ExportedWhisper};
 use ia_engine::features::GraphFeeds;
 use ia_engine::inputs::GraphInput;
 use ia_engine::whisper::WhisperSession;
@@ -282,14 +282,39 @@ impl Engine for OpenVinoEngine {
         if model.class == ModelClass::Whisper {
             return Ok(Box::new(self.whisper(model, at)?));
         }
-        let opened = self.open(model, at)?;
+        self.supports(model.class, at.platform, Capability::Run)?;
+        // OpenVINO IR where the checkpoint has it, else the ONNX export (CLIP: its towers).
+        let files = match model_files(&model.source) {
+            Ok((xml, bin)) if !bin.is_empty() => vec![("model".to_string(), xml, bin)],
+            _ => ia_engine::towers::graph_parts(&model.source, model.class)?
+                .into_iter()
+                .map(|(name, file)| (name, file, String::new()))
+                .collect(),
+        };
+        let named: Vec<(String, PathBuf)> = files
+            .iter()
+            .map(|(n, f, _)| (n.clone(), f.clone()))
+            .collect();
+        let names: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
+        let parameter_count = ia_engine::memory::parts_parameters(&model.source, &named, &names)?;
+        let mut parts = Vec::new();
+        for (name, file, weights) in &files {
+            parts.push((
+                name.clone(),
+                self.open_graph(model, at, file, weights, parameter_count)?,
+            ));
+        }
+        let logit_scale = ia_engine::towers::logit_scale(model)?;
+        let mut info = parts[0].1.info.clone();
+        info.output_names = parts.iter().flat_map(|(_, o)| o.outputs.clone()).collect();
+        if logit_scale.is_some() {
+            info.output_names.push("logit_scale".into());
+        }
         Ok(Box::new(OpenVinoSession {
-            request: opened.request,
-            inputs: opened.inputs.into_iter().map(|(name, _)| name).collect(),
-            outputs: opened.outputs,
+            parts,
             feeds: GraphFeeds::for_model(model)?,
-            _core: opened.core,
-            info: opened.info,
+            logit_scale,
+            info,
         }))
     }
 
@@ -309,6 +334,11 @@ impl Engine for OpenVinoEngine {
         model: &Model,
         at: Placement,
     ) -> Result<Box<dyn TextGenerator>, EngineError> {
+        if model.class == ModelClass::T5 {
+            self.supports(model.class, at.platform, Capability::Generate)?;
+            let (parts, info) = self.seq2seq_parts(model, at)?;
+            return Ok(Box::new(ExportedT5::new(parts, model, info)?));
+        }
         let max_context = decoder_context(model, "OpenVINO")?;
         let opened = self.open(model, at)?;
         let graph = DecoderGraph::from_io(&opened.inputs, &opened.outputs)?;
@@ -327,13 +357,12 @@ impl Engine for OpenVinoEngine {
     }
 }
 
+/// A single-graph export or IR, or CLIP's two towers, each compiled with its request.
 pub struct OpenVinoSession {
-    request: InferRequest,
-    inputs: Vec<String>,
-    outputs: Vec<String>,
+    parts: Vec<(String, Opened)>,
     feeds: GraphFeeds,
-    // Keeps the plugin alive as long as the request.
-    _core: Core,
+    /// CLIP's temperature, returned with the embeddings (ia_engine::towers).
+    logit_scale: Option<f32>,
     info: SessionInfo,
 }
 
@@ -355,13 +384,29 @@ impl Session for OpenVinoSession {
     }
 
     fn run(&mut self, inputs: &Inputs) -> Result<Outputs, EngineError> {
-        let feeds = self
+        let part = ia_engine::towers::part_for(self.parts.iter().map(|p| p.0.as_str()), inputs)?
+            .to_string();
+        let opened = &mut self
+            .parts
+            .iter_mut()
+            .find(|p| p.0 == part)
+            .expect("a listed part")
+            .1;
+        let feeds = opened
             .inputs
             .iter()
-            .map(|name| Ok((name.clone(), self.feeds.input(inputs, name)?)))
+            .map(|(name, _)| Ok((name.clone(), self.feeds.input(inputs, name)?)))
             .collect::<Result<Vec<_>, EngineError>>()?;
-        let tensors = infer(&mut self.request, feeds, &self.outputs)?
+        let scale = self.logit_scale.map(|s| {
+            let t = HostTensor {
+                shape: vec![1],
+                data: vec![s],
+            };
+            ("logit_scale".to_string(), t)
+        });
+        let tensors = infer(&mut opened.request, feeds, &opened.outputs)?
             .into_iter()
+            .chain(scale)
             .map(|(name, t)| (name, Box::new(t) as Box<dyn OutputTensor>))
             .collect();
         Ok(Outputs { tensors })
@@ -424,7 +469,19 @@ impl OpenVinoEngine {
         at: Placement,
     ) -> Result<(ExportedWhisper<OvParts>, SessionInfo), EngineError> {
         self.supports(model.class, at.platform, Capability::Run)?;
-        let files = whisper_files(&model.source)?;
+        let (parts, mut info) = self.seq2seq_parts(model, at)?;
+        info.output_names = vec!["sequences".into()];
+        Ok((ExportedWhisper::new(parts, model.config())?, info))
+    }
+
+    /// The three graphs of an encoder-decoder export (ia_engine::exported_seq2seq), each
+    /// compiled at the placement's precision, and what to record about them.
+    fn seq2seq_parts(
+        &self,
+        model: &Model,
+        at: Placement,
+    ) -> Result<(OvParts, SessionInfo), EngineError> {
+        let files = seq2seq_files(&model.source)?;
         let parameter_count = ia_engine::memory::parts_parameters(
             &model.source,
             &files,
@@ -438,9 +495,8 @@ impl OpenVinoEngine {
             ));
         }
         let mut info = parts[0].1.info.clone();
-        info.output_names = vec!["sequences".into()];
-        let whisper = ExportedWhisper::new(OvParts { parts }, model.config())?;
-        Ok((whisper, info))
+        info.output_names = vec!["logits".into()];
+        Ok((OvParts { parts }, info))
     }
 
     fn whisper(

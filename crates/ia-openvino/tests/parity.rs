@@ -49,6 +49,9 @@ fn f32_matches_transformers() {
     check("wav2vec2-tiny-stable", "logits", Precision::F32, 1e-4);
     check("detr-tiny", "logits", Precision::F32, 1e-4);
     check("detr-tiny", "pred_boxes", Precision::F32, 1e-4);
+    let worst = common::check_clip(session("clip-tiny", Precision::F32).as_mut());
+    eprintln!("clip-tiny openvino f32 max abs diff {worst:e}");
+    assert!(worst <= 1e-4, "clip-tiny: max abs diff {worst}");
 }
 
 /// Whether oneDNN (OpenVINO's CPU kernels) may use bf16 here: the CPU has bf16 arithmetic and
@@ -261,4 +264,13 @@ fn whisper_tiny_en_real_weights_transcribe_like_transformers() {
         &OpenVinoEngine::new(),
         Placement::new(Platform::Openvino, Precision::F32),
     );
+}
+
+/// T5's three-graph export generates like transformers on OpenVINO f32: logits within 1e-4 at
+/// every decoder position, greedy tokens identical.
+#[test]
+fn t5_generates_like_transformers_in_f32() {
+    let mut gen = generator("t5-tiny", Precision::F32);
+    let worst = common::check_t5(gen.as_mut(), 1e-4);
+    eprintln!("t5-tiny openvino f32 logits max abs {worst:e}");
 }

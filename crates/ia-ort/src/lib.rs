@@ -18,7 +18,7 @@ pub mod session;
 
 use ia_engine::calibration::{matmul_onnx, operand, time_products, MATMUL_SIZE};
 use ia_engine::exported_decoder::{check_exported, decoder_context, ExportedDecoder};
-use ia_engine::exported_seq2seq::{whisper_files, ExportedWhisper};
+use ia_engine::exported_seq2seq::{seq2seq_files, ExportedT5, ExportedWhisper};
 use ia_engine::features::GraphFeeds;
 use ia_engine::generation::TextGenerator;
 use ia_engine::whisper::WhisperSession;
@@ -40,43 +40,58 @@ impl OrtEngine {
         Self
     }
 
-    /// The session, its provider and what to record about it, after the checks every load
-    /// makes: a supported class on an offered provider, f32, an ONNX file.
-    fn open(
+    /// The sessions of `files` (by part name) on the platform's provider and what to record
+    /// about them, after the checks every load makes: a supported class on an offered
+    /// provider, f32; the parameters are the checkpoint's, or those of the `counted` graphs.
+    fn sessions(
         &self,
         model: &Model,
         at: Placement,
-    ) -> Result<(ort::session::Session, SessionInfo), EngineError> {
+        files: &[(String, PathBuf)],
+        counted: &[&str],
+    ) -> Result<(Vec<(String, ort::session::Session)>, SessionInfo), EngineError> {
         let Placement {
             platform,
             precision,
         } = at;
-        let source = &model.source;
-        self.supports(model.class, platform, Capability::Run)?;
         if precision != Precision::F32 {
             return Err(EngineError::Unsupported(format!(
                 "the ONNX exports run in f32; {precision} is not available on ONNX Runtime here"
             )));
         }
-        let file = onnx_file(source)?;
-        let parameter_count = ia_engine::memory::graph_parameters(source, &file)?;
-        let (session, provider) = session::build(&file, platform)?;
-        let output_names = session
-            .outputs()
-            .iter()
-            .map(|o| o.name().to_string())
-            .collect();
+        let parameter_count = ia_engine::memory::parts_parameters(&model.source, files, counted)?;
+        let mut sessions = Vec::new();
+        let mut provider = "";
+        let mut output_names = Vec::new();
+        for (part, file) in files {
+            let (session, used) = session::build(file, platform)?;
+            provider = used;
+            output_names.extend(session.outputs().iter().map(|o| o.name().to_string()));
+            sessions.push((part.clone(), session));
+        }
         let info = SessionInfo {
             engine: self.name().into(),
             engine_version: self.version(),
             platform,
             device: session::device_name(platform, provider),
             precision,
-            weights: source.weights_kind(),
+            weights: model.source.weights_kind(),
             parameter_count,
             output_names,
         };
-        Ok((session, info))
+        Ok((sessions, info))
+    }
+
+    /// A decoder export's one session (generation) and what to record about it.
+    fn open(
+        &self,
+        model: &Model,
+        at: Placement,
+    ) -> Result<(ort::session::Session, SessionInfo), EngineError> {
+        self.supports(model.class, at.platform, Capability::Run)?;
+        let files = [("model".to_string(), onnx_file(&model.source)?)];
+        let (mut sessions, info) = self.sessions(model, at, &files, &["model"])?;
+        Ok((sessions.remove(0).1, info))
     }
 }
 
@@ -100,37 +115,23 @@ impl OrtEngine {
         at: Placement,
     ) -> Result<(ExportedWhisper<session::OrtParts>, SessionInfo), EngineError> {
         self.supports(model.class, at.platform, Capability::Run)?;
-        if at.precision != Precision::F32 {
-            return Err(EngineError::Unsupported(format!(
-                "the ONNX exports run in f32; {} is not available on ONNX Runtime here",
-                at.precision
-            )));
-        }
-        let files = whisper_files(&model.source)?;
-        let parameter_count = ia_engine::memory::parts_parameters(
-            &model.source,
-            &files,
-            &["encoder_model", "decoder_model"],
-        )?;
-        let mut parts = Vec::new();
-        let mut provider = "";
-        for (part, file) in &files {
-            let (session, used) = session::build(file, at.platform)?;
-            provider = used;
-            parts.push((part.clone(), session));
-        }
-        let info = SessionInfo {
-            engine: self.name().into(),
-            engine_version: self.version(),
-            platform: at.platform,
-            device: session::device_name(at.platform, provider),
-            precision: at.precision,
-            weights: model.source.weights_kind(),
-            parameter_count,
-            output_names: vec!["sequences".into()],
-        };
-        let whisper = ExportedWhisper::new(session::OrtParts { parts }, model.config())?;
-        Ok((whisper, info))
+        let (parts, mut info) = self.seq2seq_parts(model, at)?;
+        info.output_names = vec!["sequences".into()];
+        Ok((ExportedWhisper::new(parts, model.config())?, info))
+    }
+
+    /// The three graphs of an encoder-decoder export (ia_engine::exported_seq2seq), each a
+    /// session on the platform's provider, and what to record about them.
+    fn seq2seq_parts(
+        &self,
+        model: &Model,
+        at: Placement,
+    ) -> Result<(session::OrtParts, SessionInfo), EngineError> {
+        let files = seq2seq_files(&model.source)?;
+        let (parts, mut info) =
+            self.sessions(model, at, &files, &["encoder_model", "decoder_model"])?;
+        info.output_names = vec!["logits".into()];
+        Ok((session::OrtParts { parts }, info))
     }
 }
 
@@ -201,16 +202,28 @@ impl Engine for OrtEngine {
         if model.class == ModelClass::Whisper {
             return Ok(Box::new(self.whisper(model, at)?));
         }
-        let (session, info) = self.open(model, at)?;
-        let inputs = session
-            .inputs()
-            .iter()
-            .map(|o| o.name().to_string())
-            .collect();
+        self.supports(model.class, at.platform, Capability::Run)?;
+        let files = ia_engine::towers::graph_parts(&model.source, model.class)?;
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        let (parts, mut info) = self.sessions(model, at, &files, &names)?;
+        let logit_scale = ia_engine::towers::logit_scale(model)?;
+        if logit_scale.is_some() {
+            info.output_names.push("logit_scale".into());
+        }
         Ok(Box::new(session::OrtSession {
-            session,
-            inputs,
+            parts: parts
+                .into_iter()
+                .map(|(name, session)| {
+                    let inputs = session
+                        .inputs()
+                        .iter()
+                        .map(|i| i.name().to_string())
+                        .collect();
+                    (name, session, inputs)
+                })
+                .collect(),
             feeds: GraphFeeds::for_model(model)?,
+            logit_scale,
             info,
         }))
     }
@@ -231,6 +244,11 @@ impl Engine for OrtEngine {
         model: &Model,
         at: Placement,
     ) -> Result<Box<dyn TextGenerator>, EngineError> {
+        if model.class == ModelClass::T5 {
+            self.supports(model.class, at.platform, Capability::Generate)?;
+            let (parts, info) = self.seq2seq_parts(model, at)?;
+            return Ok(Box::new(ExportedT5::new(parts, model, info)?));
+        }
         let max_context = decoder_context(model, "ONNX Runtime")?;
         let (session, info) = self.open(model, at)?;
         let (backend, graph) = generator::OrtDecoder::new(session)?;

@@ -47,10 +47,12 @@ pub(crate) fn rt_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Runtime(e.to_string())
 }
 
+/// A single-graph export, or CLIP's two towers: each part's session and declared inputs.
 pub struct OrtSession {
-    pub(crate) session: ort::session::Session,
-    pub(crate) inputs: Vec<String>,
+    pub(crate) parts: Vec<(String, ort::session::Session, Vec<String>)>,
     pub(crate) feeds: GraphFeeds,
+    /// CLIP's temperature, returned with the embeddings (ia_engine::towers).
+    pub(crate) logit_scale: Option<f32>,
     pub(crate) info: SessionInfo,
 }
 
@@ -60,13 +62,27 @@ impl Session for OrtSession {
     }
 
     fn run(&mut self, inputs: &Inputs) -> Result<Outputs, EngineError> {
-        let feeds = self
-            .inputs
+        let part = ia_engine::towers::part_for(self.parts.iter().map(|p| p.0.as_str()), inputs)?
+            .to_string();
+        let (_, session, names) = self
+            .parts
+            .iter_mut()
+            .find(|p| p.0 == part)
+            .expect("a listed part");
+        let feeds = names
             .iter()
             .map(|name| Ok((name.clone(), self.feeds.input(inputs, name)?)))
             .collect::<Result<Vec<_>, EngineError>>()?;
-        let tensors = run_feeds(&mut self.session, feeds)?
+        let scale = self.logit_scale.map(|s| {
+            let t = HostTensor {
+                shape: vec![1],
+                data: vec![s],
+            };
+            ("logit_scale".to_string(), t)
+        });
+        let tensors = run_feeds(session, feeds)?
             .into_iter()
+            .chain(scale)
             .map(|(name, t)| (name, Box::new(t) as Box<dyn OutputTensor>))
             .collect();
         Ok(Outputs { tensors })

@@ -65,3 +65,12 @@ fn a_step_before_prefill_and_an_overlong_prompt_are_errors() {
     // The generator is still usable afterwards.
     assert_eq!(gen.prefill(&[5, 6]).unwrap().len(), 300);
 }
+
+/// T5's three-graph export (encoder, decoder, decoder with past) generates like transformers.
+#[test]
+fn t5_generates_like_transformers() {
+    let mut gen = generator("t5-tiny");
+    assert!(gen.info().parameter_count > 0);
+    let worst = common::check_t5(gen.as_mut(), TOLERANCE);
+    eprintln!("t5-tiny onnxruntime: logits max abs {worst:e}");
+}

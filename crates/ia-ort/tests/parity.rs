@@ -108,11 +108,19 @@ fn the_library_reports_its_execution_providers() {
     assert!(path.exists() && !version.is_empty());
 }
 
+/// CLIP's two tower exports: embeddings and zero-shot logits within 1e-4 of transformers.
+#[test]
+fn clip_towers_match_transformers() {
+    let worst = common::check_clip(session("clip-tiny").as_mut());
+    eprintln!("clip-tiny onnxruntime max abs diff {worst:e}");
+    assert!(worst <= 1e-4, "max abs diff {worst}");
+}
+
 #[test]
 fn models_without_an_export_are_refused_with_the_reason() {
     let src = Model::resolve(
         "test",
-        ModelSource::Checkpoint(Checkpoint::open(&fixture("clip-tiny")).unwrap()),
+        ModelSource::Checkpoint(Checkpoint::open(&fixture("clap-tiny")).unwrap()),
     )
     .unwrap();
     let e = OrtEngine::new()
@@ -120,7 +128,7 @@ fn models_without_an_export_are_refused_with_the_reason() {
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("no ONNX path for clip"), "{e}");
+    assert!(e.contains("no ONNX path for clap"), "{e}");
     let e = OrtEngine::new()
         .load(
             &Model::resolve(

@@ -249,3 +249,85 @@ pub fn check_real_whisper(engine: &dyn ia_engine::Engine, at: ia_engine::Placeme
         assert_eq!(t.text, expected["text"].as_str().unwrap());
     }
 }
+
+/// The t5-tiny fixture's three-graph export generating like transformers: the logits at every
+/// decoder position (the first graph, then the cached one) within `tolerance`, and 32 greedy
+/// tokens identical to `generate(do_sample=False)`, for both prompts.
+pub fn check_t5(gen: &mut dyn TextGenerator, tolerance: f32) -> f32 {
+    let name = "t5-tiny";
+    let mut worst = 0f32;
+    for p in 0..2 {
+        let prompt = ids(name, &format!("prompt{p}_input_ids"));
+        let decoder_ids = ids(name, &format!("prompt{p}_decoder_input_ids"));
+        let (shape, logits) = reference(name, &format!("prompt{p}_logits"));
+        let vocab = shape[2];
+        // prefill encodes the prompt and runs the decoder start token (decoder_ids[0]).
+        let mut got = gen.prefill(&prompt).unwrap();
+        for (pos, &token) in decoder_ids.iter().enumerate() {
+            if pos > 0 {
+                got = gen.step(token).unwrap();
+            }
+            worst = worst.max(max_abs(&got, &logits[pos * vocab..(pos + 1) * vocab]));
+        }
+        let expected = ids(name, &format!("prompt{p}_greedy"));
+        let opts = GenerateOptions {
+            max_new_tokens: expected.len(),
+            sampling: Sampling::greedy(),
+            stop_tokens: vec![],
+            ignore_eos: true,
+        };
+        let (tokens, _) =
+            generate(gen, &prompt, &opts, |_| std::ops::ControlFlow::Continue(())).unwrap();
+        assert_eq!(tokens, expected, "{name} prompt {p}: greedy tokens differ");
+    }
+    assert!(worst <= tolerance, "{name}: logits max abs diff {worst}");
+    worst
+}
+
+/// Rows of `v` (each `width` wide) scaled to unit length, as CLIPModel normalises embeddings.
+pub fn unit_rows(v: &[f32], width: usize) -> Vec<f32> {
+    v.chunks(width)
+        .flat_map(|r| {
+            let norm = r.iter().map(|x| x * x).sum::<f32>().sqrt();
+            r.iter().map(move |x| x / norm)
+        })
+        .collect()
+}
+
+/// clip-tiny's towers through one session: the image and text embeddings (normalised as
+/// CLIPModel does) and the zero-shot logits (the trained temperature the session returns
+/// times the cosine similarities) against transformers'; the largest difference.
+pub fn check_clip(session: &mut dyn ia_engine::Session) -> f32 {
+    let name = "clip-tiny";
+    let image = session.run(&reference_inputs(name)).unwrap();
+    let (shape, input_ids) = reference(name, "input_ids");
+    let text = Inputs::Text {
+        batch: shape[0],
+        seq_len: shape[1],
+        token_type_ids: vec![0; input_ids.len()],
+        attention_mask: ids(name, "attention_mask"),
+        input_ids: input_ids.iter().map(|&x| x as u32).collect(),
+    };
+    let text = session.run(&text).unwrap();
+    let mut worst = 0f32;
+    let mut unit = Vec::new();
+    for (out, key) in [(&image, "image_embeds"), (&text, "text_embeds")] {
+        let (shape, expected) = reference(name, key);
+        let got = out.get(key).unwrap();
+        assert_eq!(got.shape(), shape, "{key}");
+        let rows = unit_rows(&got.to_f32_vec().unwrap(), shape[1]);
+        worst = worst.max(max_abs(&rows, &expected));
+        unit.push((rows, shape[1]));
+    }
+    let scale = image.get("logit_scale").unwrap().to_f32_vec().unwrap()[0];
+    let ((img, width), (txt, _)) = (&unit[0], &unit[1]);
+    let logits: Vec<f32> = img
+        .chunks(*width)
+        .flat_map(|i| {
+            txt.chunks(*width)
+                .map(move |t| scale * i.iter().zip(t).map(|(a, b)| a * b).sum::<f32>())
+        })
+        .collect();
+    let (_, expected) = reference(name, "logits_per_image");
+    worst.max(max_abs(&logits, &expected))
+}
