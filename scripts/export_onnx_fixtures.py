@@ -9,6 +9,8 @@ and OpenVINO engines are tested against the same transformers reference outputs
   (input_ids, attention_mask -> text_embeds) and `onnx/vision_model.onnx` (pixel_values ->
   image_embeds), the projections before CLIPModel's normalisation; the browser loads both
   parts, one after the other or in parallel.
+* CLAP (clap-tiny): `onnx/text_model.onnx` and `onnx/audio_model.onnx` (input_features,
+  is_longer -> audio_embeds), the features computed in Rust as on the native engine.
 * Wav2Vec2 (wav2vec2-tiny, -stable): `input_values` -> `logits` (CTC), the waveform normalised
   by the feature extractor in Rust before it is fed, as on the native engine.
 * DETR (detr-tiny): `pixel_values`, `pixel_mask` -> `logits`, `pred_boxes`.
@@ -156,6 +158,30 @@ def export_bert(name, folder=None):
     export(name, BertModel.from_pretrained(folder, add_pooling_layer=False),
            {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)},
            "last_hidden_state", {0: "batch", 1: "sequence"}, folder=folder)
+
+
+def export_clap(name, folder=None):
+    """CLAP's two towers as transformers.js lays them out: `onnx/text_model.onnx` (input_ids,
+    attention_mask -> text_embeds) and `onnx/audio_model.onnx` (input_features [batch, 4 fusion
+    views, frames, mel bins], is_longer [batch, 1] bool -> audio_embeds), the projections before
+    ClapModel's normalisation."""
+    from transformers import ClapAudioModelWithProjection, ClapTextModelWithProjection
+    folder = Path(folder) if folder else FIX / name
+    ids = torch.tensor([[0, 10, 11, 12, 2, 1], [0, 13, 14, 2, 1, 1]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]])
+    export(name, ClapTextModelWithProjection.from_pretrained(folder),
+           {"input_ids": ids, "attention_mask": mask}, "text_embeds", None, "text_model.onnx",
+           folder=folder)
+    audio = ClapAudioModelWithProjection.from_pretrained(folder)
+    c = audio.config
+    channels = 4 if c.enable_fusion else 1
+    pre = json.loads((folder / "preprocessor_config.json").read_text())
+    frames = 1 + int(pre["max_length_s"] * pre["sampling_rate"]) // pre["hop_length"]
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(1, channels, frames, c.num_mel_bins, generator=gen)
+    export(name, audio, {"input_features": features, "is_longer": torch.tensor([[True]])},
+           "audio_embeds", None, "audio_model.onnx", folder=folder,
+           axes={"input_features": {0: "batch"}, "is_longer": {0: "batch"}})
 
 
 def export_wav2vec2(name, folder=None):
@@ -342,6 +368,7 @@ def main():
     export("vit-tiny", ViTForImageClassification.from_pretrained(FIX / "vit-tiny"),
            {"pixel_values": torch.randn(1, 3, 32, 32)}, "logits", {0: "batch"})
     export_clip()
+    export_clap("clap-tiny")
     export_wav2vec2("wav2vec2-tiny")
     export_wav2vec2("wav2vec2-tiny-stable")
     export_detr("detr-tiny")

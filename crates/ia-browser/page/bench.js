@@ -98,7 +98,8 @@ const state = { parts: [], feeds: {} };
 
 function decodeTensor(o, spec) {
   const bytes = Uint8Array.from(atob(spec.data), (c) => c.charCodeAt(0));
-  const data = spec.type === 'int64' ? new BigInt64Array(bytes.buffer) : new Float32Array(bytes.buffer);
+  const data = spec.type === 'int64' ? new BigInt64Array(bytes.buffer)
+    : spec.type === 'bool' ? bytes : new Float32Array(bytes.buffer);
   return new o.Tensor(spec.type, data, spec.dims);
 }
 
@@ -117,7 +118,8 @@ function encodeBytes(view) {
 function placeholderFeeds(o, part) {
   const feeds = {};
   for (const [name, t] of Object.entries(state.feeds[part.name] || {})) {
-    const data = t.type === 'int64' ? new BigInt64Array(t.size) : new Float32Array(t.size);
+    const data = t.type === 'int64' ? new BigInt64Array(t.size)
+      : t.type === 'bool' ? new Uint8Array(t.size) : new Float32Array(t.size);
     if (name.includes('mask')) data.fill(t.type === 'int64' ? 1n : 1);
     feeds[name] = new o.Tensor(t.type, data, t.dims);
   }

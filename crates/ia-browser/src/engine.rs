@@ -25,13 +25,15 @@ impl WebEngine {
 }
 
 /// The graph inputs a single-graph export may declare; the page feeds those the graph has.
-const GRAPH_INPUTS: [&str; 6] = [
+const GRAPH_INPUTS: [&str; 8] = [
     "input_ids",
     "attention_mask",
     "token_type_ids",
     "pixel_values",
     "pixel_mask",
     "input_values",
+    "input_features",
+    "is_longer",
 ];
 
 impl Engine for WebEngine {
@@ -57,6 +59,7 @@ impl Engine for WebEngine {
                     ModelClass::Bert
                         | ModelClass::Vit
                         | ModelClass::Clip
+                        | ModelClass::Clap
                         | ModelClass::Wav2vec2
                         | ModelClass::Detr
                 ) =>
@@ -65,7 +68,7 @@ impl Engine for WebEngine {
             }
             Capability::Run => Err(EngineError::Unsupported(format!(
                 "{} in the browser runs only as a benchmark (`bench --hardware {platform}`): \
-                 single inferences here take BERT, ViT, CLIP, Wav2Vec2 and DETR exports",
+                 single inferences here take BERT, ViT, CLIP, CLAP, Wav2Vec2 and DETR exports",
                 class.as_str()
             ))),
             // CTC transcription is a forward pass and the shared decoding (ia_engine::ctc).

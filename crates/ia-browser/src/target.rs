@@ -849,6 +849,10 @@ fn encode_input(t: GraphInput<'_>) -> Value {
             let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
             json!({"type": "float32", "dims": shape, "data": B64.encode(bytes)})
         }
+        GraphInput::Bool { shape, data } => {
+            let bytes: Vec<u8> = data.iter().map(|&b| u8::from(b)).collect();
+            json!({"type": "bool", "dims": shape, "data": B64.encode(bytes)})
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! onnxruntime-web in a real headless Chromium (Debian's chromium + chromium-driver; the
 //! assets from `scripts/fetch_web_assets.sh`; scripts/test.sh installs both):
 //! * the fixtures' ONNX exports on wasm and WebGPU match transformers' reference outputs
-//!   within 1e-3 (BERT, ViT, Wav2Vec2 from the raw clip, DETR, CLIP's two towers, the four decoders' prompt logits through a
+//!   within 1e-3 (BERT, ViT, Wav2Vec2 from the raw clip, DETR, CLIP's and CLAP's two towers, the four decoders' prompt logits through a
 //!   prefill and a cached step), with the execution provider that ran the nodes confirmed
 //!   from onnxruntime-web's log;
 //! * the decoders benchmarked in the page generate transformers' greedy tokens;
@@ -15,7 +15,7 @@ mod common;
 use common::{fixture, ids, max_abs, reference, reference_inputs, unit_rows};
 use ia_bench::{Combination, Measurement, Outcome, Prepared, Protocol, Scenario};
 use ia_browser::{BrowserHost, WebBench, WebOptions, WebRequest, WebTarget, WebWork};
-use ia_engine::{Inputs, LoadVariant, Precision};
+use ia_engine::{Engine, Inputs, LoadVariant, Precision};
 use ia_hardware::Platform;
 use ia_models::{Checkpoint, Model, ModelSource};
 use std::path::Path;
@@ -160,6 +160,28 @@ fn audio_and_detection_match_transformers_on_wasm_and_webgpu() {
     }
     // `run` / the server's transcription: one inference in a page, the shared CTC decoding.
     common::check_ctc_transcript(&ia_browser::WebEngine::new(), Platform::Wasm);
+}
+
+/// CLAP's towers, one inference each in a page (`run`): the audio tower fed CLAP's features
+/// (computed in Rust) and its `is_longer` flags; embeddings and zero-shot logits.
+#[test]
+fn clap_towers_match_transformers_on_wasm_and_webgpu() {
+    for platform in [Platform::Wasm, Platform::Webgpu] {
+        let model = Model::resolve(
+            "clap-tiny",
+            ModelSource::Checkpoint(Checkpoint::open(&fixture("clap-tiny")).unwrap()),
+        )
+        .unwrap();
+        let mut session = ia_browser::WebEngine::new()
+            .load(&model, ia_engine::Placement::new(platform, Precision::F32))
+            .unwrap();
+        let worst = common::check_clap(session.as_mut());
+        eprintln!("clap-tiny on {platform}: max abs {worst:e}");
+        assert!(
+            worst <= TOLERANCE,
+            "clap-tiny on {platform}: max abs {worst}"
+        );
+    }
 }
 
 /// CLIP's two towers (onnx/text_model.onnx, onnx/vision_model.onnx) loaded one after the

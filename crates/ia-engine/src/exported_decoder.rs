@@ -19,6 +19,7 @@ pub fn check_exported_class(class: ModelClass) -> Result<(), EngineError> {
         ModelClass::Bert
         | ModelClass::Vit
         | ModelClass::Clip
+        | ModelClass::Clap
         | ModelClass::Wav2vec2
         | ModelClass::Detr
         | ModelClass::Whisper => Ok(()),

@@ -6,17 +6,48 @@
 //!   float32, DETR's `pixel_mask` all ones since a batch shares one padded size);
 //! * Wav2Vec2's `input_values` are the waveform normalised to zero mean and unit variance per
 //!   row when its `preprocessor_config.json` says `do_normalize` (transformers'
-//!   `Wav2Vec2FeatureExtractor`), at the sampling rate it declares.
+//!   `Wav2Vec2FeatureExtractor`), at the sampling rate it declares;
+//! * CLAP's `input_features` and `is_longer` come from its feature extractor (fusion views,
+//!   [`ClapFrontEnd`]).
 
 use crate::inputs::GraphInput;
 use crate::{EngineError, Inputs};
 use ia_models::{Model, ModelClass, ModelSource};
+use ia_preprocess::audio::ClapFrontEnd;
 use std::borrow::Cow;
 
 /// How one model turns [`Inputs`] into the named tensors of its graph.
 #[derive(Debug, Clone)]
 pub struct GraphFeeds {
     audio: Option<Wav2Vec2Features>,
+    clap: Option<ClapFrontEnd>,
+}
+
+/// CLAP's feature extractor: the checkpoint's `preprocessor_config.json`, or without one the
+/// extractor the LAION checkpoints ship with; it must give what the audio encoder takes.
+pub fn clap_front_end(source: &ModelSource) -> Result<ClapFrontEnd, EngineError> {
+    let audio = source.config().get("audio_config");
+    let mel_bins = audio
+        .and_then(|a| a.get("num_mel_bins"))
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(64) as usize;
+    let fusion = audio
+        .and_then(|a| a.get("enable_fusion"))
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    let default = serde_json::json!({
+        "feature_size": mel_bins, "frequency_min": 50, "frequency_max": 14000,
+        "truncation": if fusion { "fusion" } else { "rand_trunc" },
+    });
+    let front_end = ClapFrontEnd::from_config(source.preprocessor_config().unwrap_or(&default))
+        .map_err(|e| EngineError::InvalidModel(e.to_string()))?;
+    if front_end.feature_size != mel_bins || front_end.fusion != fusion {
+        return Err(EngineError::InvalidModel(format!(
+            "the feature extractor gives {} mel bins (fusion {}); the audio encoder takes {mel_bins} (fusion {fusion})",
+            front_end.feature_size, front_end.fusion
+        )));
+    }
+    Ok(front_end)
 }
 
 impl GraphFeeds {
@@ -26,7 +57,11 @@ impl GraphFeeds {
             ModelClass::Wav2vec2 => Some(Wav2Vec2Features::from_source(&model.source)?),
             _ => None,
         };
-        Ok(Self { audio })
+        let clap = match model.class {
+            ModelClass::Clap => Some(clap_front_end(&model.source)?),
+            _ => None,
+        };
+        Ok(Self { audio, clap })
     }
 
     /// The graph input `name` made from `inputs`.
@@ -39,8 +74,50 @@ impl GraphFeeds {
                     data: Cow::Owned(values),
                 })
             }
+            (_, "input_features" | "is_longer") if self.clap.is_some() => {
+                self.clap_input(inputs, name)
+            }
             _ => inputs.graph_input(name),
         }
+    }
+
+    /// CLAP's audio tower inputs: `input_features` [batch, channels, frames, mel bins] and
+    /// `is_longer` [batch, 1], as the native engine computes them.
+    fn clap_input<'a>(
+        &self,
+        inputs: &'a Inputs,
+        name: &str,
+    ) -> Result<GraphInput<'a>, EngineError> {
+        let front_end = self.clap.as_ref().expect("checked by the caller");
+        let Inputs::Audio { sample_rate, .. } = inputs else {
+            return Err(EngineError::InvalidInput(format!(
+                "the model wants input '{name}', which these inputs do not provide"
+            )));
+        };
+        if *sample_rate != front_end.sampling_rate {
+            return Err(EngineError::InvalidInput(format!(
+                "CLAP needs {} Hz audio, got {sample_rate} Hz",
+                front_end.sampling_rate
+            )));
+        }
+        let rows = inputs.audio_rows()?;
+        let (features, longer) = front_end.batch_features(&rows);
+        Ok(if name == "is_longer" {
+            GraphInput::Bool {
+                shape: vec![rows.len(), 1],
+                data: longer,
+            }
+        } else {
+            GraphInput::Float32 {
+                shape: vec![
+                    rows.len(),
+                    front_end.channels(),
+                    front_end.frames(),
+                    front_end.feature_size,
+                ],
+                data: Cow::Owned(features),
+            }
+        })
     }
 }
 

@@ -171,6 +171,11 @@ pub enum GraphInput<'a> {
         shape: Vec<usize>,
         data: std::borrow::Cow<'a, [f32]>,
     },
+    /// Flags (CLAP's `is_longer`).
+    Bool {
+        shape: Vec<usize>,
+        data: Vec<bool>,
+    },
 }
 
 /// The passage text inputs are cut from: plain English, so a real tokenizer produces the

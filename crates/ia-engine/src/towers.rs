@@ -1,15 +1,17 @@
-//! Two-tower exports (CLIP), laid out as transformers.js expects them: `onnx/text_model.onnx`
-//! (`input_ids`, `attention_mask` -> `text_embeds`) and `onnx/vision_model.onnx`
-//! (`pixel_values` -> `image_embeds`), the projections before CLIPModel's normalisation. Every
-//! graph runtime (ONNX Runtime, OpenVINO, the browser) resolves the files, picks the tower an
-//! input is for and adds the trained temperature the towers leave out, here.
+//! Two-tower exports (CLIP, CLAP), laid out as transformers.js expects them:
+//! `onnx/text_model.onnx` (`input_ids`, `attention_mask` -> `text_embeds`) and
+//! `onnx/vision_model.onnx` (`pixel_values` -> `image_embeds`) or `onnx/audio_model.onnx`
+//! (`input_features`, `is_longer` -> `audio_embeds`), the projections before the model's
+//! normalisation. Every graph runtime (ONNX Runtime, OpenVINO, the browser) resolves the files,
+//! picks the tower an input is for and adds the trained temperature the towers leave out, here.
 
 use crate::{EngineError, Inputs};
 use ia_models::{Model, ModelClass, ModelSource};
 use std::path::PathBuf;
 
-/// The towers of a two-part export.
+/// The towers of CLIP's and CLAP's two-part exports.
 pub const CLIP_PARTS: [&str; 2] = ["text_model", "vision_model"];
+pub const CLAP_PARTS: [&str; 2] = ["text_model", "audio_model"];
 
 /// The graph files of a model by part name: CLIP's two towers, or the one single-graph export
 /// (`model`) of every other class.
@@ -25,15 +27,21 @@ pub fn graph_parts(
             ))
         }
     };
-    if class == ModelClass::Clip {
-        let parts: Vec<(String, PathBuf)> = CLIP_PARTS
+    let towers = match class {
+        ModelClass::Clip => Some(CLIP_PARTS),
+        ModelClass::Clap => Some(CLAP_PARTS),
+        _ => None,
+    };
+    if let Some(towers) = towers {
+        let parts: Vec<(String, PathBuf)> = towers
             .iter()
             .map(|p| (p.to_string(), c.dir.join("onnx").join(format!("{p}.onnx"))))
             .collect();
         if let Some((_, missing)) = parts.iter().find(|(_, f)| !f.is_file()) {
             return Err(EngineError::Unsupported(format!(
-                "{}: no ONNX export of CLIP's towers ({} is missing; scripts/export_onnx_fixtures.py lays them out)",
+                "{}: no ONNX export of {}'s towers ({} is missing; scripts/export_onnx_fixtures.py lays them out)",
                 c.dir.display(),
+                class.as_str(),
                 missing.display()
             )));
         }
@@ -60,28 +68,32 @@ pub fn part_for<'a>(
     let tower = match inputs {
         Inputs::Image { .. } => "vision_model",
         Inputs::Text { .. } => "text_model",
-        Inputs::Audio { .. } => {
-            return Err(EngineError::InvalidInput(
-                "CLIP takes images or text, not audio".into(),
-            ))
-        }
+        Inputs::Audio { .. } => "audio_model",
     };
-    names
-        .into_iter()
-        .find(|n| *n == tower)
-        .ok_or_else(|| EngineError::InvalidModel(format!("no {tower} export")))
+    names.iter().copied().find(|n| *n == tower).ok_or_else(|| {
+        EngineError::InvalidInput(format!(
+            "this model has no {tower} tower for these inputs (it has {})",
+            names.join(", ")
+        ))
+    })
 }
 
-/// CLIP's trained temperature (`exp(logit_scale)` from the checkpoint), which its tower
-/// exports leave out; returned with the embeddings as the native engine returns it.
+/// The trained temperature (`exp` of CLIP's `logit_scale`, CLAP's `logit_scale_a`, from the
+/// checkpoint), which the tower exports leave out; returned with the embeddings as the native
+/// engine returns it.
 pub fn logit_scale(model: &Model) -> Result<Option<f32>, EngineError> {
-    match (&model.source, model.class) {
-        (ModelSource::Checkpoint(c), ModelClass::Clip) => Ok(
-            ia_models::footprint::read_f32_scalar(&c.safetensors, "logit_scale")
+    let name = match model.class {
+        ModelClass::Clip => "logit_scale",
+        ModelClass::Clap => "logit_scale_a",
+        _ => return Ok(None),
+    };
+    match &model.source {
+        ModelSource::Checkpoint(c) => {
+            Ok(ia_models::footprint::read_f32_scalar(&c.safetensors, name)
                 .map_err(|e| EngineError::InvalidModel(e.to_string()))?
-                .map(f32::exp),
-        ),
-        _ => Ok(None),
+                .map(f32::exp))
+        }
+        ModelSource::RandomInit { .. } => Ok(None),
     }
 }
 
@@ -105,5 +117,6 @@ mod tests {
             samples: vec![0.0; 4],
         };
         assert!(part_for(CLIP_PARTS, &audio).is_err());
+        assert_eq!(part_for(CLAP_PARTS, &audio).unwrap(), "audio_model");
     }
 }

@@ -424,6 +424,10 @@ fn infer(
         let t = match input {
             GraphInput::Int64 { shape, data } => tensor(ElementType::I64, &shape, &data)?,
             GraphInput::Float32 { shape, data } => tensor(ElementType::F32, &shape, &data)?,
+            GraphInput::Bool { shape, data } => {
+                let bytes: Vec<u8> = data.iter().map(|&b| u8::from(b)).collect();
+                tensor(ElementType::Boolean, &shape, &bytes)?
+            }
         };
         request.set_tensor(&name, &t).map_err(ov)?;
     }

@@ -52,6 +52,9 @@ fn f32_matches_transformers() {
     let worst = common::check_clip(session("clip-tiny", Precision::F32).as_mut());
     eprintln!("clip-tiny openvino f32 max abs diff {worst:e}");
     assert!(worst <= 1e-4, "clip-tiny: max abs diff {worst}");
+    let worst = common::check_clap(session("clap-tiny", Precision::F32).as_mut());
+    eprintln!("clap-tiny openvino f32 max abs diff {worst:e}");
+    assert!(worst <= 1e-4, "clap-tiny: max abs diff {worst}");
 }
 
 /// Whether oneDNN (OpenVINO's CPU kernels) may use bf16 here: the CPU has bf16 arithmetic and

@@ -103,6 +103,9 @@ pub(crate) fn run_feeds(
             GraphInput::Float32 { shape, data } => Tensor::from_array((shape, data.into_owned()))
                 .map_err(rt_err)?
                 .into_dyn(),
+            GraphInput::Bool { shape, data } => Tensor::from_array((shape, data))
+                .map_err(rt_err)?
+                .into_dyn(),
         };
         feed.push((name, value.into()));
     }

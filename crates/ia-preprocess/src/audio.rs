@@ -633,6 +633,25 @@ impl ClapFrontEnd {
         out
     }
 
+    /// Features `[batch, channels, frames, feature_size]` of equal-length waveforms and each
+    /// row's `is_longer`; with fusion, the first row is marked when none is (transformers
+    /// marks a random one, see the type's doc).
+    pub fn batch_features(&self, rows: &[&[f32]]) -> (Vec<f32>, Vec<bool>) {
+        let mut data = Vec::new();
+        let mut longer = Vec::new();
+        for r in rows {
+            let (f, l) = self.features(r);
+            data.extend(f);
+            longer.push(l);
+        }
+        if self.fusion && !longer.iter().any(|&l| l) {
+            if let Some(first) = longer.first_mut() {
+                *first = true;
+            }
+        }
+        (data, longer)
+    }
+
     /// Features `[channels, frames, feature_size]` of one waveform, and whether it was longer
     /// than the window.
     pub fn features(&self, waveform: &[f32]) -> (Vec<f32>, bool) {

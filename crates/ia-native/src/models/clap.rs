@@ -710,20 +710,7 @@ impl ClapSession {
                     crate::candle_message(&e)
                 ))
             })?;
-        // Without a preprocessor_config.json: the extractor the LAION checkpoints ship with.
-        let default = serde_json::json!({
-            "feature_size": a.num_mel_bins, "frequency_min": 50, "frequency_max": 14000,
-            "truncation": if a.enable_fusion { "fusion" } else { "rand_trunc" },
-        });
-        let front_end =
-            ClapFrontEnd::from_config(ctx.source.preprocessor_config().unwrap_or(&default))
-                .map_err(|e| EngineError::InvalidModel(e.to_string()))?;
-        if front_end.feature_size != a.num_mel_bins || front_end.fusion != a.enable_fusion {
-            return Err(EngineError::InvalidModel(format!(
-                "the feature extractor gives {} mel bins (fusion {}); the audio encoder takes {} (fusion {})",
-                front_end.feature_size, front_end.fusion, a.num_mel_bins, a.enable_fusion
-            )));
-        }
+        let front_end = ia_engine::features::clap_front_end(ctx.source)?;
         let mut info = ctx.info;
         info.parameter_count = params.load(Ordering::Relaxed);
         info.output_names = vec![
@@ -746,16 +733,7 @@ impl ClapSession {
     }
 
     fn audio_embeds(&self, rows: &[&[f32]]) -> Result<Tensor> {
-        let mut data = Vec::new();
-        let mut longer = Vec::new();
-        for r in rows {
-            let (f, l) = self.front_end.features(r);
-            data.extend(f);
-            longer.push(l);
-        }
-        if self.front_end.fusion && !longer.iter().any(|&l| l) {
-            longer[0] = true;
-        }
+        let (data, longer) = self.front_end.batch_features(rows);
         let shape = (
             rows.len(),
             self.front_end.channels(),

@@ -331,3 +331,49 @@ pub fn check_clip(session: &mut dyn ia_engine::Session) -> f32 {
     let (_, expected) = reference(name, "logits_per_image");
     worst.max(max_abs(&logits, &expected))
 }
+
+/// clap-tiny's towers through one session: the audio embeddings from the raw clip (CLAP's
+/// feature extractor run in Rust, as on the native engine), the text embeddings, and the
+/// zero-shot logits (the trained temperature times the cosine similarities) against
+/// transformers'; the largest difference.
+pub fn check_clap(session: &mut dyn ia_engine::Session) -> f32 {
+    let name = "clap-tiny";
+    let wav = ia_preprocess::audio::Waveform::open(&fixture("media/chord-48k.wav")).unwrap();
+    let audio = session
+        .run(&Inputs::Audio {
+            batch: 1,
+            sample_rate: wav.sample_rate,
+            samples: wav.samples.clone(),
+        })
+        .unwrap();
+    let (shape, input_ids) = reference(name, "input_ids");
+    let text = Inputs::Text {
+        batch: shape[0],
+        seq_len: shape[1],
+        token_type_ids: vec![0; input_ids.len()],
+        attention_mask: ids(name, "attention_mask"),
+        input_ids: input_ids.iter().map(|&x| x as u32).collect(),
+    };
+    let text = session.run(&text).unwrap();
+    let mut worst = 0f32;
+    let mut unit = Vec::new();
+    for (out, key) in [(&audio, "audio_embeds"), (&text, "text_embeds")] {
+        let (shape, expected) = reference(name, key);
+        let got = out.get(key).unwrap();
+        assert_eq!(got.shape(), shape, "{key}");
+        let got = got.to_f32_vec().unwrap();
+        worst = worst.max(max_abs(&got, &expected));
+        unit.push((unit_rows(&got, shape[1]), shape[1]));
+    }
+    let scale = audio.get("logit_scale").unwrap().to_f32_vec().unwrap()[0];
+    let ((a, width), (t, _)) = (&unit[0], &unit[1]);
+    let logits: Vec<f32> = a
+        .chunks(*width)
+        .flat_map(|i| {
+            t.chunks(*width)
+                .map(move |r| scale * i.iter().zip(r).map(|(x, y)| x * y).sum::<f32>())
+        })
+        .collect();
+    let (_, expected) = reference(name, "logits_per_audio");
+    worst.max(max_abs(&logits, &expected))
+}
