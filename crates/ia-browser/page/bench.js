@@ -177,6 +177,7 @@ async function load(cfg) {
   state.parts = made;
   state.feeds = {};
   state.generation = null;
+  Object.assign(s2s, { encoded: null, mask: null, cache: {} });
   return {
     loadMs,
     ortVersion: o.env.versions ? o.env.versions.web || o.env.versions.common : '',
@@ -309,6 +310,75 @@ async function generateOnce(g) {
   return { ms, ttftMs, prefillMs, stepMs, tokens, cacheLocation };
 }
 
+// Encoder-decoders (Whisper, T5) driven from Rust, one call per decoding step, with the graph
+// conventions of ia_engine::exported_seq2seq (encoder_model, decoder_model,
+// decoder_with_past_model): the encoder's output and the caches stay in the page, so only
+// token ids go in and the last position's logits come back.
+const s2s = { encoded: null, mask: null, cache: {} };
+
+function s2sPart(name) {
+  const part = state.parts.find((p) => p.name === name);
+  if (!part) throw new Error(`the export has no ${name}`);
+  return part.session;
+}
+
+// Rows `rows` of a batch-first tensor, in that order.
+function gatherRows(o, t, rows) {
+  const per = t.size / t.dims[0];
+  const Data = t.data.constructor;
+  const data = new Data(rows.length * per);
+  rows.forEach((r, i) => data.set(t.data.subarray(r * per, (r + 1) * per), i * per));
+  return new o.Tensor(t.type, data, [rows.length, ...t.dims.slice(1)]);
+}
+
+// p: { feeds: { name: spec }, mask: spec | null, copies }
+async function s2sEncode(p) {
+  const o = loadedOrt();
+  const feeds = {};
+  for (const [name, spec] of Object.entries(p.feeds)) feeds[name] = decodeTensor(o, spec);
+  const out = await s2sPart('encoder_model').run(feeds);
+  const h = out.last_hidden_state;
+  const order = [];
+  for (let c = 0; c < p.copies; c++) for (let r = 0; r < h.dims[0]; r++) order.push(r);
+  s2s.encoded = gatherRows(o, h, order);
+  s2s.mask = p.mask ? gatherRows(o, decodeTensor(o, p.mask), order) : null;
+  s2s.cache = {};
+  return s2s.encoded.dims;
+}
+
+// p: { ids: spec [rows, tokens] } -> the last position's logits of each row
+async function s2sDecode(p) {
+  const o = loadedOrt();
+  const feeds = { input_ids: decodeTensor(o, p.ids) };
+  if (s2s.mask) feeds.encoder_attention_mask = s2s.mask;
+  let out;
+  if (Object.keys(s2s.cache).length === 0) {
+    if (!s2s.encoded) throw new Error('decoding started before the encoder ran');
+    feeds.encoder_hidden_states = s2s.encoded;
+    out = await s2sPart('decoder_model').run(feeds);
+  } else {
+    Object.assign(feeds, s2s.cache);
+    out = await s2sPart('decoder_with_past_model').run(feeds);
+  }
+  for (const [name, t] of Object.entries(out)) {
+    if (name.startsWith('present.')) s2s.cache[`past_key_values.${name.slice(8)}`] = t;
+  }
+  const [rows, len, vocab] = out.logits.dims;
+  const last = new Float32Array(rows * vocab);
+  for (let r = 0; r < rows; r++) {
+    last.set(out.logits.data.subarray((r * len + len - 1) * vocab, (r * len + len) * vocab), r * vocab);
+  }
+  return { dims: [rows, vocab], data: encodeBytes(last) };
+}
+
+// p: { rows: [row of each new row] } (beam search)
+async function s2sReorder(p) {
+  const o = loadedOrt();
+  for (const [name, t] of Object.entries(s2s.cache)) s2s.cache[name] = gatherRows(o, t, p.rows);
+  if (s2s.mask) s2s.mask = gatherRows(o, s2s.mask, p.rows);
+  return true;
+}
+
 // Runs every part once on placeholder feeds of the real shapes, so WebGPU compiles its pipelines before
 // the first real request. Returns how long that took.
 async function precompile() {
@@ -378,4 +448,7 @@ async function release() {
   return true;
 }
 
-window.ia = { describeEnvironment, load, setFeeds, setGeneration, precompile, timed, overhead, release, logs };
+window.ia = {
+  describeEnvironment, load, setFeeds, setGeneration, precompile, timed, overhead, release, logs,
+  s2sEncode, s2sDecode, s2sReorder,
+};

@@ -4,11 +4,14 @@
 //! Benchmarks do not come through here: the harness drives a [`crate::WebTarget`], whose
 //! iterations the page times itself, with no WebDriver round trip inside a sample.
 
+pub use crate::seq2seq::PageSeq2Seq;
 use crate::{is_web_platform, model_parts, BrowserError, WebBench, WebOptions, ENGINE_NAME};
+use ia_engine::exported_seq2seq::{seq2seq_files, ExportedT5, ExportedWhisper};
 use ia_engine::features::GraphFeeds;
+use ia_engine::whisper::WhisperSession;
 use ia_engine::{
     Capability, Engine, EngineError, HostTensor, Inputs, Outputs, Placement, Precision, Session,
-    SessionInfo,
+    SessionInfo, SpeechRecognizer, TextGenerator,
 };
 use ia_hardware::Platform;
 use ia_models::{Model, ModelClass};
@@ -62,34 +65,93 @@ impl Engine for WebEngine {
                         | ModelClass::Clap
                         | ModelClass::Wav2vec2
                         | ModelClass::Detr
+                        | ModelClass::Whisper
                 ) =>
             {
                 Ok(())
             }
             Capability::Run => Err(EngineError::Unsupported(format!(
                 "{} in the browser runs only as a benchmark (`bench --hardware {platform}`): \
-                 single inferences here take BERT, ViT, CLIP, CLAP, Wav2Vec2 and DETR exports",
+                 single inferences here take BERT, ViT, CLIP, CLAP, Wav2Vec2, DETR and Whisper exports",
                 class.as_str()
             ))),
-            // CTC transcription is a forward pass and the shared decoding (ia_engine::ctc).
-            Capability::Transcribe if class == ModelClass::Wav2vec2 => Ok(()),
+            // CTC transcription is a forward pass and the shared decoding (ia_engine::ctc);
+            // Whisper and T5 decode in Rust over their export kept in a page (crate::seq2seq).
+            Capability::Transcribe if matches!(class, ModelClass::Wav2vec2 | ModelClass::Whisper) => {
+                Ok(())
+            }
+            Capability::Generate if class == ModelClass::T5 => Ok(()),
             _ => Err(EngineError::Unsupported(format!(
-                "{ENGINE_NAME} outside a benchmark only runs forward passes and CTC transcription"
+                "{ENGINE_NAME} outside a benchmark runs forward passes, Wav2Vec2 and Whisper \
+                 transcription and T5 generation; {} cannot {}",
+                class.as_str(),
+                match capability {
+                    Capability::Generate => "generate here",
+                    Capability::Transcribe => "transcribe",
+                    Capability::Run => "run",
+                }
             ))),
         }
     }
 
     fn load(&self, model: &Model, at: Placement) -> Result<Box<dyn Session>, EngineError> {
-        let (source, class, platform, precision) =
-            (&model.source, model.class, at.platform, at.precision);
-        self.supports(class, platform, Capability::Run)?;
+        self.supports(model.class, at.platform, Capability::Run)?;
+        if model.class == ModelClass::Whisper {
+            return Ok(Box::new(self.whisper(model, at)?));
+        }
+        let parts = model_parts(&model.source, model.class).map_err(EngineError::Unsupported)?;
+        let names: Vec<&str> = parts.iter().map(|(n, _)| n.as_str()).collect();
+        let (bench, info) = self.page(model, at, &parts, &names)?;
+        Ok(Box::new(WebSession {
+            bench,
+            platform: at.platform,
+            feeds: GraphFeeds::for_model(model)?,
+            logit_scale: ia_engine::towers::logit_scale(model)?,
+            parts,
+            info,
+        }))
+    }
+
+    fn load_speech_recognizer(
+        &self,
+        model: &Model,
+        at: Placement,
+    ) -> Result<Box<dyn SpeechRecognizer>, EngineError> {
+        match model.class {
+            ModelClass::Whisper => Ok(Box::new(self.whisper(model, at)?)),
+            _ => ia_engine::ctc::load_recognizer(self, model, at),
+        }
+    }
+
+    fn load_generator(
+        &self,
+        model: &Model,
+        at: Placement,
+    ) -> Result<Box<dyn TextGenerator>, EngineError> {
+        self.supports(model.class, at.platform, Capability::Generate)?;
+        let (page, info) = self.seq2seq(model, at)?;
+        Ok(Box::new(ExportedT5::new(page, model, info)?))
+    }
+}
+
+impl WebEngine {
+    /// A browser for `model` at `at` once the checks every load makes pass (f32, the browser
+    /// and onnxruntime-web installed, the platform available), and what to record: the
+    /// parameters of the checkpoint, or of the `counted` graphs of `files`.
+    fn page(
+        &self,
+        model: &Model,
+        at: Placement,
+        files: &[(String, PathBuf)],
+        counted: &[&str],
+    ) -> Result<(WebBench, SessionInfo), EngineError> {
+        let (platform, precision) = (at.platform, at.precision);
         if precision != Precision::F32 {
             return Err(EngineError::Unsupported(format!(
                 "the ONNX exports run in f32 on {ENGINE_NAME}, not {precision}"
             )));
         }
-        let parts = model_parts(source, class).map_err(EngineError::Unsupported)?;
-        let logit_scale = ia_engine::towers::logit_scale(model)?;
+        let parameter_count = ia_engine::memory::parts_parameters(&model.source, files, counted)?;
         let mut bench = WebBench::new(WebOptions::default());
         let status = match bench.host() {
             Ok(host) => host.platform_status(platform),
@@ -108,22 +170,49 @@ impl Engine for WebEngine {
             platform,
             device: status.devices.first().cloned().unwrap_or_default(),
             precision,
-            weights: source.weights_kind(),
-            parameter_count: parts
-                .iter()
-                .map(|(_, file)| ia_models::graph_weights::parameter_count(source, file))
-                .sum::<Result<u64, _>>()
-                .map_err(|e| EngineError::InvalidModel(e.to_string()))?,
+            weights: model.source.weights_kind(),
+            parameter_count,
             output_names: vec![],
         };
-        Ok(Box::new(WebSession {
-            bench,
-            platform,
-            feeds: GraphFeeds::for_model(model)?,
-            parts,
-            logit_scale,
-            info,
-        }))
+        Ok((bench, info))
+    }
+
+    /// An encoder-decoder export (Whisper, T5) loaded in one page that keeps its caches.
+    fn seq2seq(
+        &self,
+        model: &Model,
+        at: Placement,
+    ) -> Result<(PageSeq2Seq, SessionInfo), EngineError> {
+        let files = seq2seq_files(&model.source)?;
+        let (bench, mut info) =
+            self.page(model, at, &files, &["encoder_model", "decoder_model"])?;
+        info.output_names = vec!["logits".into()];
+        let page = PageSeq2Seq::open(bench, at.platform, &files)
+            .map_err(|e| EngineError::Runtime(e.to_string()))?;
+        Ok((page, info))
+    }
+
+    /// Whisper in a page under the one Whisper decoding.
+    fn whisper(
+        &self,
+        model: &Model,
+        at: Placement,
+    ) -> Result<WhisperSession<ExportedWhisper<PageSeq2Seq>>, EngineError> {
+        let (whisper, info) = self.whisper_model(model, at)?;
+        WhisperSession::new(whisper, &model.source, info)
+    }
+
+    /// Whisper's export in a page as a [`ia_engine::whisper::WhisperModel`] (encoder and
+    /// decoder calls; the parity tests compare them with transformers), and what to record.
+    pub fn whisper_model(
+        &self,
+        model: &Model,
+        at: Placement,
+    ) -> Result<(ExportedWhisper<PageSeq2Seq>, SessionInfo), EngineError> {
+        self.supports(model.class, at.platform, Capability::Transcribe)?;
+        let (page, mut info) = self.seq2seq(model, at)?;
+        info.output_names = vec!["sequences".into()];
+        Ok((ExportedWhisper::new(page, model.config())?, info))
     }
 }
 

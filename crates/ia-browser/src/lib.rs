@@ -23,6 +23,7 @@
 mod engine;
 pub mod page;
 mod processes;
+mod seq2seq;
 mod server;
 mod target;
 mod webdriver;

@@ -580,7 +580,7 @@ fn with_text_tower(
 
 /// A fresh page with `parts` loaded on `platform`'s execution provider; on WebGPU the
 /// `gpu_outputs` stay on the GPU (a decoder's cache, fed back without a round trip).
-fn load_parts(
+pub(crate) fn load_parts(
     host: &BrowserHost,
     platform: Platform,
     parts: &[(String, PathBuf)],
@@ -639,9 +639,15 @@ fn check_model(request: &WebRequest<'_>) -> Result<Vec<(String, PathBuf)>, Strin
     }
     if matches!(request.model.class, ModelClass::Whisper | ModelClass::T5) {
         return Err(format!(
-            "{}'s encoder-decoder export runs on ONNX Runtime and OpenVINO; the page does not \
-             decode it yet",
-            request.model.class.as_str()
+            "{}'s encoder-decoder export decodes in the browser one WebDriver call per step \
+             (`{}`), which is not a page-timed benchmark; its benchmarks run on the native \
+             engine, ONNX Runtime and OpenVINO",
+            request.model.class.as_str(),
+            if request.model.class == ModelClass::T5 {
+                "generate --hardware wasm|webgpu"
+            } else {
+                "run --hardware wasm|webgpu"
+            }
         ));
     }
     if request.model.class != ModelClass::Clip {
@@ -671,9 +677,9 @@ pub fn model_parts(
     Ok(parts)
 }
 
-type StepError = (&'static str, BrowserError);
+pub(crate) type StepError = (&'static str, BrowserError);
 
-fn step<T: serde::de::DeserializeOwned>(
+pub(crate) fn step<T: serde::de::DeserializeOwned>(
     host: &BrowserHost,
     stage: &'static str,
     function: &str,
@@ -839,7 +845,7 @@ fn device_label(
     format!("{what} [nodes: {nodes}]")
 }
 
-fn encode_input(t: GraphInput<'_>) -> Value {
+pub(crate) fn encode_input(t: GraphInput<'_>) -> Value {
     match t {
         GraphInput::Int64 { shape, data } => {
             let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();

@@ -490,3 +490,36 @@ fn bad_model_files_fail_with_a_one_line_error() {
         "{outcome:?}"
     );
 }
+
+/// Whisper and T5 in a page (`run`, `generate` on wasm and WebGPU): their three-graph exports
+/// loaded in one page that keeps the caches, the decoding in Rust as on every engine;
+/// whisper-tiny's logits through both decoder graphs and its greedy and beam tokens, t5-tiny's
+/// logits and greedy tokens, against transformers; and the real whisper-tiny.en transcript on
+/// wasm.
+#[test]
+fn encoder_decoders_decode_in_the_page_like_transformers() {
+    let open = |name: &str| {
+        Model::resolve(
+            name,
+            ModelSource::Checkpoint(Checkpoint::open(&fixture(name)).unwrap()),
+        )
+        .unwrap()
+    };
+    let engine = ia_browser::WebEngine::new();
+    for platform in [Platform::Wasm, Platform::Webgpu] {
+        let at = ia_engine::Placement::new(platform, Precision::F32);
+        let whisper = open("whisper-tiny");
+        let (mut model, info) = engine.whisper_model(&whisper, at).unwrap();
+        assert!(info.parameter_count > 0);
+        let mut asr = engine.load_speech_recognizer(&whisper, at).unwrap();
+        let worst = common::check_whisper(&mut model, asr.as_mut(), TOLERANCE);
+        eprintln!("whisper-tiny on {platform}: logits max abs {worst:e}");
+        let mut t5 = engine.load_generator(&open("t5-tiny"), at).unwrap();
+        let worst = common::check_t5(t5.as_mut(), TOLERANCE);
+        eprintln!("t5-tiny on {platform}: logits max abs {worst:e}");
+    }
+    common::check_real_whisper(
+        &engine,
+        ia_engine::Placement::new(Platform::Wasm, Precision::F32),
+    );
+}

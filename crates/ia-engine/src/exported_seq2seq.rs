@@ -14,7 +14,9 @@
 //! The bookkeeping (caches between calls, beam reordering, the last position's logits) lives
 //! here once, in [`ExportedSeq2Seq`]; [`ExportedWhisper`] is the [`WhisperModel`] the one
 //! Whisper decoding ([`crate::whisper`]) drives, [`ExportedT5`] the [`TextGenerator`] the one
-//! generation loop drives. A runtime only implements [`GraphParts`]: run one named graph.
+//! generation loop drives, both over any [`Seq2SeqBackend`]. A runtime only implements
+//! [`GraphParts`]: run one named graph. (The browser is the other backend: there the page
+//! keeps the caches, so no cache crosses WebDriver.)
 
 use crate::generation::TextGenerator;
 use crate::inputs::GraphInput;
@@ -62,6 +64,19 @@ pub fn seq2seq_files(source: &ModelSource) -> Result<Vec<(String, PathBuf)>, Eng
     Ok(files)
 }
 
+/// Where an encoder-decoder runs and keeps its encoder output and caches between calls.
+pub trait Seq2SeqBackend: Seq2SeqDecoder + Send {
+    /// Runs the encoder on `feeds` and starts decoding `copies` rows per input row (copies of
+    /// the whole batch one after another); `mask` is the encoder's attention mask
+    /// ([rows, positions]) where the decoder graphs take one (T5).
+    fn encode(
+        &mut self,
+        feeds: Vec<(String, GraphInput<'_>)>,
+        mask: Option<(Vec<usize>, Vec<i64>)>,
+        copies: usize,
+    ) -> Result<(), EngineError>;
+}
+
 /// An encoder-decoder over a runtime's graphs, with its caches on the host between calls.
 pub struct ExportedSeq2Seq<P> {
     parts: P,
@@ -83,10 +98,7 @@ impl<P: GraphParts> ExportedSeq2Seq<P> {
         }
     }
 
-    /// Runs the encoder on `feeds` and starts decoding `copies` rows per input row (copies of
-    /// the whole batch one after another); `mask` is the encoder's attention mask
-    /// ([rows, positions]) where the decoder graphs take one.
-    fn encode(
+    fn run_encoder(
         &mut self,
         feeds: Vec<(String, GraphInput<'_>)>,
         mask: Option<(Vec<usize>, Vec<i64>)>,
@@ -121,6 +133,17 @@ impl<P: GraphParts> ExportedSeq2Seq<P> {
                 },
             )
         })
+    }
+}
+
+impl<P: GraphParts> Seq2SeqBackend for ExportedSeq2Seq<P> {
+    fn encode(
+        &mut self,
+        feeds: Vec<(String, GraphInput<'_>)>,
+        mask: Option<(Vec<usize>, Vec<i64>)>,
+        copies: usize,
+    ) -> Result<(), EngineError> {
+        self.run_encoder(feeds, mask, copies)
     }
 }
 
@@ -232,9 +255,9 @@ impl<P: GraphParts> Seq2SeqDecoder for ExportedSeq2Seq<P> {
     }
 }
 
-/// Whisper over a runtime's graphs.
-pub struct ExportedWhisper<P> {
-    seq: ExportedSeq2Seq<P>,
+/// Whisper over an encoder-decoder backend.
+pub struct ExportedWhisper<B> {
+    seq: B,
     max_target_positions: usize,
     max_source_positions: usize,
 }
@@ -247,17 +270,17 @@ fn config_number(config: &serde_json::Value, key: &str) -> Result<usize, EngineE
         .ok_or_else(|| EngineError::InvalidModel(format!("config.json has no {key}")))
 }
 
-impl<P: GraphParts> ExportedWhisper<P> {
-    pub fn new(parts: P, config: &serde_json::Value) -> Result<Self, EngineError> {
+impl<B: Seq2SeqBackend> ExportedWhisper<B> {
+    pub fn new(backend: B, config: &serde_json::Value) -> Result<Self, EngineError> {
         Ok(Self {
-            seq: ExportedSeq2Seq::new(parts),
+            seq: backend,
             max_target_positions: config_number(config, "max_target_positions")?,
             max_source_positions: config_number(config, "max_source_positions")?,
         })
     }
 }
 
-impl<P: GraphParts> Seq2SeqDecoder for ExportedWhisper<P> {
+impl<B: Seq2SeqBackend> Seq2SeqDecoder for ExportedWhisper<B> {
     fn decode(&mut self, tokens: &[u32], rows: usize) -> Result<Vec<Vec<f32>>, EngineError> {
         self.seq.decode(tokens, rows)
     }
@@ -267,7 +290,7 @@ impl<P: GraphParts> Seq2SeqDecoder for ExportedWhisper<P> {
     }
 }
 
-impl<P: GraphParts> WhisperModel for ExportedWhisper<P> {
+impl<B: Seq2SeqBackend> WhisperModel for ExportedWhisper<B> {
     fn start(
         &mut self,
         features: &[f32],
@@ -295,25 +318,25 @@ impl<P: GraphParts> WhisperModel for ExportedWhisper<P> {
     }
 }
 
-/// T5 over a runtime's graphs: the encoder once per prompt batch, then the decoder from its
-/// start token one token per step, as the native engine's T5 generates.
-pub struct ExportedT5<P> {
-    seq: ExportedSeq2Seq<P>,
+/// T5 over an encoder-decoder backend: the encoder once per prompt batch, then the decoder
+/// from its start token one token per step, as the native engine's T5 generates.
+pub struct ExportedT5<B> {
+    seq: B,
     decoder_start: u32,
     max_context: usize,
     info: SessionInfo,
     eos: Vec<u32>,
 }
 
-impl<P: GraphParts> ExportedT5<P> {
-    pub fn new(parts: P, model: &Model, info: SessionInfo) -> Result<Self, EngineError> {
+impl<B: Seq2SeqBackend> ExportedT5<B> {
+    pub fn new(backend: B, model: &Model, info: SessionInfo) -> Result<Self, EngineError> {
         let config = model.config();
         let start = config
             .get("decoder_start_token_id")
             .and_then(serde_json::Value::as_u64)
             .map_or_else(|| config_number(config, "pad_token_id"), |n| Ok(n as usize))?;
         Ok(Self {
-            seq: ExportedSeq2Seq::new(parts),
+            seq: backend,
             decoder_start: u32::try_from(start).map_err(|_| {
                 EngineError::InvalidModel("config.json decoder start token is out of range".into())
             })?,
@@ -328,7 +351,7 @@ impl<P: GraphParts> ExportedT5<P> {
     }
 }
 
-impl<P: GraphParts> TextGenerator for ExportedT5<P> {
+impl<B: Seq2SeqBackend> TextGenerator for ExportedT5<B> {
     fn info(&self) -> &SessionInfo {
         &self.info
     }

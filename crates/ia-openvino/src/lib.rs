@@ -15,7 +15,7 @@ use ia_engine::calibration::{matmul_onnx, operand, time_products, MATMUL_SIZE};
 use ia_engine::exported_decoder::{
     check_exported, decoder_context, DecoderBackend, DecoderGraph, DecoderStep, ExportedDecoder,
 };
-use ia_engine::exported_seq2seq::{seq2seq_files, ExportedT5, ExportedWhisper};
+use ia_engine::exported_seq2seq::{seq2seq_files, ExportedSeq2Seq, ExportedT5, ExportedWhisper};
 use ia_engine::features::GraphFeeds;
 use ia_engine::inputs::GraphInput;
 use ia_engine::whisper::WhisperSession;
@@ -337,7 +337,11 @@ impl Engine for OpenVinoEngine {
         if model.class == ModelClass::T5 {
             self.supports(model.class, at.platform, Capability::Generate)?;
             let (parts, info) = self.seq2seq_parts(model, at)?;
-            return Ok(Box::new(ExportedT5::new(parts, model, info)?));
+            return Ok(Box::new(ExportedT5::new(
+                ExportedSeq2Seq::new(parts),
+                model,
+                info,
+            )?));
         }
         let max_context = decoder_context(model, "OpenVINO")?;
         let opened = self.open(model, at)?;
@@ -471,11 +475,14 @@ impl OpenVinoEngine {
         &self,
         model: &Model,
         at: Placement,
-    ) -> Result<(ExportedWhisper<OvParts>, SessionInfo), EngineError> {
+    ) -> Result<(ExportedWhisper<ExportedSeq2Seq<OvParts>>, SessionInfo), EngineError> {
         self.supports(model.class, at.platform, Capability::Run)?;
         let (parts, mut info) = self.seq2seq_parts(model, at)?;
         info.output_names = vec!["sequences".into()];
-        Ok((ExportedWhisper::new(parts, model.config())?, info))
+        Ok((
+            ExportedWhisper::new(ExportedSeq2Seq::new(parts), model.config())?,
+            info,
+        ))
     }
 
     /// The three graphs of an encoder-decoder export (ia_engine::exported_seq2seq), each
@@ -507,7 +514,7 @@ impl OpenVinoEngine {
         &self,
         model: &Model,
         at: Placement,
-    ) -> Result<WhisperSession<ExportedWhisper<OvParts>>, EngineError> {
+    ) -> Result<WhisperSession<ExportedWhisper<ExportedSeq2Seq<OvParts>>>, EngineError> {
         let (whisper, info) = self.whisper_model(model, at)?;
         WhisperSession::new(whisper, &model.source, info)
     }

@@ -18,7 +18,7 @@ pub mod session;
 
 use ia_engine::calibration::{matmul_onnx, operand, time_products, MATMUL_SIZE};
 use ia_engine::exported_decoder::{check_exported, decoder_context, ExportedDecoder};
-use ia_engine::exported_seq2seq::{seq2seq_files, ExportedT5, ExportedWhisper};
+use ia_engine::exported_seq2seq::{seq2seq_files, ExportedSeq2Seq, ExportedT5, ExportedWhisper};
 use ia_engine::features::GraphFeeds;
 use ia_engine::generation::TextGenerator;
 use ia_engine::whisper::WhisperSession;
@@ -102,7 +102,8 @@ impl OrtEngine {
         &self,
         model: &Model,
         at: Placement,
-    ) -> Result<WhisperSession<ExportedWhisper<session::OrtParts>>, EngineError> {
+    ) -> Result<WhisperSession<ExportedWhisper<ExportedSeq2Seq<session::OrtParts>>>, EngineError>
+    {
         let (whisper, info) = self.whisper_model(model, at)?;
         WhisperSession::new(whisper, &model.source, info)
     }
@@ -113,11 +114,20 @@ impl OrtEngine {
         &self,
         model: &Model,
         at: Placement,
-    ) -> Result<(ExportedWhisper<session::OrtParts>, SessionInfo), EngineError> {
+    ) -> Result<
+        (
+            ExportedWhisper<ExportedSeq2Seq<session::OrtParts>>,
+            SessionInfo,
+        ),
+        EngineError,
+    > {
         self.supports(model.class, at.platform, Capability::Run)?;
         let (parts, mut info) = self.seq2seq_parts(model, at)?;
         info.output_names = vec!["sequences".into()];
-        Ok((ExportedWhisper::new(parts, model.config())?, info))
+        Ok((
+            ExportedWhisper::new(ExportedSeq2Seq::new(parts), model.config())?,
+            info,
+        ))
     }
 
     /// The three graphs of an encoder-decoder export (ia_engine::exported_seq2seq), each a
@@ -247,7 +257,11 @@ impl Engine for OrtEngine {
         if model.class == ModelClass::T5 {
             self.supports(model.class, at.platform, Capability::Generate)?;
             let (parts, info) = self.seq2seq_parts(model, at)?;
-            return Ok(Box::new(ExportedT5::new(parts, model, info)?));
+            return Ok(Box::new(ExportedT5::new(
+                ExportedSeq2Seq::new(parts),
+                model,
+                info,
+            )?));
         }
         let max_context = decoder_context(model, "ONNX Runtime")?;
         let (session, info) = self.open(model, at)?;

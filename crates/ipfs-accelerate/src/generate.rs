@@ -48,12 +48,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )
     })?;
     let engines = Engines::new();
-    let engine = engines.get(args.target.hardware.engine).with_context(|| {
-        format!(
-            "generate does not run in the browser ({}); use cpu, onnxruntime or openvino",
-            args.target.hardware.platform
-        )
-    })?;
+    // In the browser, T5 decodes over its export kept in a page (one WebDriver call per step);
+    // the engine refuses other classes there with the reason.
+    let web = ia_browser::WebEngine::new();
+    let engine = engines
+        .get(args.target.hardware.engine)
+        .unwrap_or(&web as &dyn ia_engine::Engine);
     let prompt = tokenizer
         .encode(args.prompt.as_str(), true)
         .map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?
