@@ -232,13 +232,7 @@ impl Session for WebSession {
     }
 
     fn run(&mut self, inputs: &Inputs) -> Result<Outputs, EngineError> {
-        let part = ia_engine::towers::part_for(self.parts.iter().map(|(n, _)| n.as_str()), inputs)?;
-        let file = &self
-            .parts
-            .iter()
-            .find(|(n, _)| n == part)
-            .expect("a listed part")
-            .1;
+        let file = ia_engine::towers::part_for(&mut self.parts, inputs)?;
         let feeds = GRAPH_INPUTS
             .iter()
             .filter_map(|&name| Some((name.to_string(), self.feeds.input(inputs, name).ok()?)))

@@ -8,7 +8,7 @@
 use crate::target::{encode_input, load_parts, step, StepError};
 use crate::{BrowserError, WebBench};
 use base64::Engine as _;
-use ia_engine::exported_seq2seq::Seq2SeqBackend;
+use ia_engine::exported_seq2seq::{token_rows, Seq2SeqBackend};
 use ia_engine::inputs::GraphInput;
 use ia_engine::seq2seq::Seq2SeqDecoder;
 use ia_engine::EngineError;
@@ -71,16 +71,7 @@ struct Logits {
 
 impl Seq2SeqDecoder for PageSeq2Seq {
     fn decode(&mut self, tokens: &[u32], rows: usize) -> Result<Vec<Vec<f32>>, EngineError> {
-        if rows == 0 || tokens.is_empty() || !tokens.len().is_multiple_of(rows) {
-            return Err(EngineError::InvalidInput(format!(
-                "{} tokens do not make {rows} equal rows",
-                tokens.len()
-            )));
-        }
-        let ids = GraphInput::Int64 {
-            shape: vec![rows, tokens.len() / rows],
-            data: tokens.iter().map(|&t| i64::from(t)).collect(),
-        };
+        let ids = token_rows(tokens, rows)?;
         let logits: Logits = self.call("s2sDecode", json!({ "ids": encode_input(ids) }))?;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(&logits.data)

@@ -12,7 +12,7 @@
 #[path = "../../ia-ort/tests/common/mod.rs"]
 mod common;
 
-use common::{fixture, ids, max_abs, reference, reference_inputs, unit_rows};
+use common::{fixture, ids, max_abs, reference, reference_inputs, reference_text, unit_rows};
 use ia_bench::{Combination, Measurement, Outcome, Prepared, Protocol, Scenario};
 use ia_browser::{BrowserHost, WebBench, WebOptions, WebRequest, WebTarget, WebWork};
 use ia_engine::{Engine, Inputs, LoadVariant, Precision};
@@ -22,19 +22,6 @@ use std::path::Path;
 use std::time::Duration;
 
 const TOLERANCE: f32 = 1e-3;
-
-/// A text batch from the reference (CLIP's has no token types).
-fn text_inputs(name: &str) -> Inputs {
-    let (shape, _) = reference(name, "input_ids");
-    let input_ids = ids(name, "input_ids");
-    Inputs::Text {
-        batch: shape[0],
-        seq_len: shape[1],
-        token_type_ids: vec![0; input_ids.len()],
-        attention_mask: ids(name, "attention_mask"),
-        input_ids,
-    }
-}
 
 fn combination(dir: &Path, platform: Platform, batch: usize) -> Combination {
     let source = ModelSource::Checkpoint(Checkpoint::open(dir).unwrap());
@@ -188,7 +175,7 @@ fn clap_towers_match_transformers_on_wasm_and_webgpu() {
 /// other and in parallel; the embeddings, normalised as CLIPModel does, match transformers.
 #[test]
 fn clip_towers_load_sequentially_and_in_parallel_and_match_transformers() {
-    let inputs = [reference_inputs("clip-tiny"), text_inputs("clip-tiny")];
+    let inputs = [reference_inputs("clip-tiny"), reference_text("clip-tiny")];
     for (platform, parallel_load) in [
         (Platform::Wasm, false),
         (Platform::Wasm, true),

@@ -98,31 +98,6 @@ impl<P: GraphParts> ExportedSeq2Seq<P> {
         }
     }
 
-    fn run_encoder(
-        &mut self,
-        feeds: Vec<(String, GraphInput<'_>)>,
-        mask: Option<(Vec<usize>, Vec<i64>)>,
-        copies: usize,
-    ) -> Result<(), EngineError> {
-        let mut outputs = self.parts.run_part("encoder_model", feeds)?;
-        let encoded = take(&mut outputs, "last_hidden_state")?;
-        let rows = encoded.shape[0];
-        let order: Vec<usize> = (0..copies).flat_map(|_| 0..rows).collect();
-        self.encoded = Some(gather(&encoded, &order));
-        self.encoder_mask = mask.map(|(shape, data)| {
-            let width = shape[1];
-            let mut shape = shape;
-            shape[0] = order.len();
-            let data = order
-                .iter()
-                .flat_map(|&r| data[r * width..(r + 1) * width].iter().copied())
-                .collect();
-            (shape, data)
-        });
-        self.cache.clear();
-        Ok(())
-    }
-
     fn mask_feed(&self) -> Option<(String, GraphInput<'static>)> {
         self.encoder_mask.as_ref().map(|(shape, data)| {
             (
@@ -143,7 +118,18 @@ impl<P: GraphParts> Seq2SeqBackend for ExportedSeq2Seq<P> {
         mask: Option<(Vec<usize>, Vec<i64>)>,
         copies: usize,
     ) -> Result<(), EngineError> {
-        self.run_encoder(feeds, mask, copies)
+        let mut outputs = self.parts.run_part("encoder_model", feeds)?;
+        let encoded = take(&mut outputs, "last_hidden_state")?;
+        let rows = encoded.shape[0];
+        let order: Vec<usize> = (0..copies).flat_map(|_| 0..rows).collect();
+        self.encoded = Some(gather(&encoded, &order));
+        self.encoder_mask = mask.map(|(mut shape, data)| {
+            let data = gather_rows(&data, shape[1], &order);
+            shape[0] = order.len();
+            (shape, data)
+        });
+        self.cache.clear();
+        Ok(())
     }
 }
 
@@ -162,33 +148,40 @@ fn float(t: &HostTensor) -> GraphInput<'_> {
     }
 }
 
+/// Rows `rows` (each `per_row` values) of batch-first data, in that order.
+fn gather_rows<T: Copy>(data: &[T], per_row: usize, rows: &[usize]) -> Vec<T> {
+    rows.iter()
+        .flat_map(|&r| data[r * per_row..(r + 1) * per_row].iter().copied())
+        .collect()
+}
+
 /// Rows `rows` of a batch-first tensor, in that order.
 fn gather(t: &HostTensor, rows: &[usize]) -> HostTensor {
-    let per_row = t.data.len() / t.shape[0].max(1);
     let mut shape = t.shape.clone();
     shape[0] = rows.len();
     HostTensor {
         shape,
-        data: rows
-            .iter()
-            .flat_map(|&r| t.data[r * per_row..(r + 1) * per_row].iter().copied())
-            .collect(),
+        data: gather_rows(&t.data, t.data.len() / t.shape[0].max(1), rows),
     }
+}
+
+/// `input_ids` of a decoder call: `tokens` as `rows` rows of equal length, row after row.
+pub fn token_rows(tokens: &[u32], rows: usize) -> Result<GraphInput<'static>, EngineError> {
+    if rows == 0 || tokens.is_empty() || !tokens.len().is_multiple_of(rows) {
+        return Err(EngineError::InvalidInput(format!(
+            "{} tokens do not make {rows} equal rows",
+            tokens.len()
+        )));
+    }
+    Ok(GraphInput::Int64 {
+        shape: vec![rows, tokens.len() / rows],
+        data: tokens.iter().map(|&t| i64::from(t)).collect(),
+    })
 }
 
 impl<P: GraphParts> Seq2SeqDecoder for ExportedSeq2Seq<P> {
     fn decode(&mut self, tokens: &[u32], rows: usize) -> Result<Vec<Vec<f32>>, EngineError> {
-        if rows == 0 || tokens.is_empty() || !tokens.len().is_multiple_of(rows) {
-            return Err(EngineError::InvalidInput(format!(
-                "{} tokens do not make {rows} equal rows",
-                tokens.len()
-            )));
-        }
-        let ids = GraphInput::Int64 {
-            shape: vec![rows, tokens.len() / rows],
-            data: tokens.iter().map(|&t| i64::from(t)).collect(),
-        };
-        let mut feeds = vec![("input_ids".to_string(), ids)];
+        let mut feeds = vec![("input_ids".to_string(), token_rows(tokens, rows)?)];
         feeds.extend(self.mask_feed());
         let mut outputs = if self.cache.is_empty() {
             let encoded = self.encoded.as_ref().ok_or_else(|| {
@@ -244,11 +237,7 @@ impl<P: GraphParts> Seq2SeqDecoder for ExportedSeq2Seq<P> {
             *t = gather(t, &rows);
         }
         if let Some((shape, data)) = &mut self.encoder_mask {
-            let width = shape[1];
-            *data = rows
-                .iter()
-                .flat_map(|&r| data[r * width..(r + 1) * width].to_vec())
-                .collect();
+            *data = gather_rows(data, shape[1], &rows);
             shape[0] = rows.len();
         }
         Ok(())

@@ -56,13 +56,21 @@ pub fn graph_parts(
     Ok(vec![("model".into(), file)])
 }
 
+/// The part named `name` among a model's loaded parts (each runtime's graph, session or file).
+pub fn part_mut<'a, T>(parts: &'a mut [(String, T)], name: &str) -> Result<&'a mut T, EngineError> {
+    parts
+        .iter_mut()
+        .find(|(n, _)| n == name)
+        .map(|(_, part)| part)
+        .ok_or_else(|| EngineError::InvalidModel(format!("the export has no {name}")))
+}
+
 /// The part that runs `inputs`: the only one, or the tower of the inputs' modality.
-pub fn part_for<'a>(
-    names: impl IntoIterator<Item = &'a str>,
+pub fn part_for<'a, T>(
+    parts: &'a mut [(String, T)],
     inputs: &Inputs,
-) -> Result<&'a str, EngineError> {
-    let names: Vec<&str> = names.into_iter().collect();
-    if let [only] = names[..] {
+) -> Result<&'a mut T, EngineError> {
+    if let [(_, only)] = parts {
         return Ok(only);
     }
     let tower = match inputs {
@@ -70,12 +78,14 @@ pub fn part_for<'a>(
         Inputs::Text { .. } => "text_model",
         Inputs::Audio { .. } => "audio_model",
     };
-    names.iter().copied().find(|n| *n == tower).ok_or_else(|| {
-        EngineError::InvalidInput(format!(
+    if !parts.iter().any(|(n, _)| n == tower) {
+        let names: Vec<&str> = parts.iter().map(|(n, _)| n.as_str()).collect();
+        return Err(EngineError::InvalidInput(format!(
             "this model has no {tower} tower for these inputs (it has {})",
             names.join(", ")
-        ))
-    })
+        )));
+    }
+    part_mut(parts, tower)
 }
 
 /// The trained temperature (`exp` of CLIP's `logit_scale`, CLAP's `logit_scale_a`, from the
@@ -108,15 +118,24 @@ mod tests {
             shape: [1, 3, 2, 2],
             pixel_values: vec![0.0; 12],
         };
-        assert_eq!(part_for(CLIP_PARTS, &text).unwrap(), "text_model");
-        assert_eq!(part_for(CLIP_PARTS, &image).unwrap(), "vision_model");
-        assert_eq!(part_for(["model"], &image).unwrap(), "model");
+        let named = |names: &[&str]| -> Vec<(String, String)> {
+            names
+                .iter()
+                .map(|n| (n.to_string(), n.to_string()))
+                .collect()
+        };
+        let (mut clip, mut clap) = (named(&CLIP_PARTS), named(&CLAP_PARTS));
+        assert_eq!(part_for(&mut clip, &text).unwrap(), "text_model");
+        assert_eq!(part_for(&mut clip, &image).unwrap(), "vision_model");
+        assert_eq!(part_for(&mut named(&["model"]), &image).unwrap(), "model");
         let audio = Inputs::Audio {
             batch: 1,
             sample_rate: 16_000,
             samples: vec![0.0; 4],
         };
-        assert!(part_for(CLIP_PARTS, &audio).is_err());
-        assert_eq!(part_for(CLAP_PARTS, &audio).unwrap(), "audio_model");
+        let e = part_for(&mut clip, &audio).unwrap_err().to_string();
+        assert!(e.contains("no audio_model tower"), "{e}");
+        assert_eq!(part_for(&mut clap, &audio).unwrap(), "audio_model");
+        assert!(part_mut(&mut clap, "vision_model").is_err());
     }
 }

@@ -388,14 +388,7 @@ impl Session for OpenVinoSession {
     }
 
     fn run(&mut self, inputs: &Inputs) -> Result<Outputs, EngineError> {
-        let part = ia_engine::towers::part_for(self.parts.iter().map(|p| p.0.as_str()), inputs)?
-            .to_string();
-        let opened = &mut self
-            .parts
-            .iter_mut()
-            .find(|p| p.0 == part)
-            .expect("a listed part")
-            .1;
+        let opened = ia_engine::towers::part_for(&mut self.parts, inputs)?;
         let feeds = opened
             .inputs
             .iter()
@@ -458,12 +451,7 @@ impl ia_engine::exported_seq2seq::GraphParts for OvParts {
         part: &str,
         feeds: Vec<(String, GraphInput<'_>)>,
     ) -> Result<Vec<(String, HostTensor)>, EngineError> {
-        let opened = self
-            .parts
-            .iter_mut()
-            .find(|(name, _)| name == part)
-            .map(|(_, o)| o)
-            .ok_or_else(|| EngineError::InvalidModel(format!("the export has no {part}")))?;
+        let opened = ia_engine::towers::part_mut(&mut self.parts, part)?;
         infer(&mut opened.request, feeds, &opened.outputs)
     }
 }

@@ -229,7 +229,7 @@ impl Engine for OrtEngine {
                         .iter()
                         .map(|i| i.name().to_string())
                         .collect();
-                    (name, session, inputs)
+                    (name, (session, inputs))
                 })
                 .collect(),
             feeds: GraphFeeds::for_model(model)?,

@@ -49,7 +49,8 @@ pub(crate) fn rt_err(e: impl std::fmt::Display) -> EngineError {
 
 /// A single-graph export, or CLIP's two towers: each part's session and declared inputs.
 pub struct OrtSession {
-    pub(crate) parts: Vec<(String, ort::session::Session, Vec<String>)>,
+    /// Each part's session and the inputs its graph declares.
+    pub(crate) parts: Vec<(String, (ort::session::Session, Vec<String>))>,
     pub(crate) feeds: GraphFeeds,
     /// CLIP's temperature, returned with the embeddings (ia_engine::towers).
     pub(crate) logit_scale: Option<f32>,
@@ -62,13 +63,7 @@ impl Session for OrtSession {
     }
 
     fn run(&mut self, inputs: &Inputs) -> Result<Outputs, EngineError> {
-        let part = ia_engine::towers::part_for(self.parts.iter().map(|p| p.0.as_str()), inputs)?
-            .to_string();
-        let (_, session, names) = self
-            .parts
-            .iter_mut()
-            .find(|p| p.0 == part)
-            .expect("a listed part");
+        let (session, names) = ia_engine::towers::part_for(&mut self.parts, inputs)?;
         let feeds = names
             .iter()
             .map(|name| Ok((name.clone(), self.feeds.input(inputs, name)?)))
@@ -135,12 +130,6 @@ impl ia_engine::exported_seq2seq::GraphParts for OrtParts {
         part: &str,
         feeds: Vec<(String, GraphInput<'_>)>,
     ) -> Result<Vec<(String, HostTensor)>, EngineError> {
-        let session = self
-            .parts
-            .iter_mut()
-            .find(|(name, _)| name == part)
-            .map(|(_, s)| s)
-            .ok_or_else(|| EngineError::InvalidModel(format!("the export has no {part}")))?;
-        run_feeds(session, feeds)
+        run_feeds(ia_engine::towers::part_mut(&mut self.parts, part)?, feeds)
     }
 }

@@ -284,6 +284,33 @@ pub fn check_t5(gen: &mut dyn TextGenerator, tolerance: f32) -> f32 {
     worst
 }
 
+/// A two-tower fixture's text batch from its reference (token ids and mask; no token types).
+pub fn reference_text(name: &str) -> Inputs {
+    let (shape, _) = reference(name, "input_ids");
+    let input_ids = ids(name, "input_ids");
+    Inputs::Text {
+        batch: shape[0],
+        seq_len: shape[1],
+        token_type_ids: vec![0; input_ids.len()],
+        attention_mask: ids(name, "attention_mask"),
+        input_ids,
+    }
+}
+
+/// Zero-shot logits: `scale` times the cosine of each row of the first unit-length
+/// embeddings (`[(rows, width), ...]`) with each row of the second.
+pub fn zero_shot(unit: &[(Vec<f32>, usize)], scale: f32) -> Vec<f32> {
+    let ((first, width), (second, _)) = (&unit[0], &unit[1]);
+    first
+        .chunks(*width)
+        .flat_map(|a| {
+            second
+                .chunks(*width)
+                .map(move |b| scale * a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>())
+        })
+        .collect()
+}
+
 /// Rows of `v` (each `width` wide) scaled to unit length, as CLIPModel normalises embeddings.
 pub fn unit_rows(v: &[f32], width: usize) -> Vec<f32> {
     v.chunks(width)
@@ -300,15 +327,7 @@ pub fn unit_rows(v: &[f32], width: usize) -> Vec<f32> {
 pub fn check_clip(session: &mut dyn ia_engine::Session) -> f32 {
     let name = "clip-tiny";
     let image = session.run(&reference_inputs(name)).unwrap();
-    let (shape, input_ids) = reference(name, "input_ids");
-    let text = Inputs::Text {
-        batch: shape[0],
-        seq_len: shape[1],
-        token_type_ids: vec![0; input_ids.len()],
-        attention_mask: ids(name, "attention_mask"),
-        input_ids: input_ids.iter().map(|&x| x as u32).collect(),
-    };
-    let text = session.run(&text).unwrap();
+    let text = session.run(&reference_text(name)).unwrap();
     let mut worst = 0f32;
     let mut unit = Vec::new();
     for (out, key) in [(&image, "image_embeds"), (&text, "text_embeds")] {
@@ -320,16 +339,8 @@ pub fn check_clip(session: &mut dyn ia_engine::Session) -> f32 {
         unit.push((rows, shape[1]));
     }
     let scale = image.get("logit_scale").unwrap().to_f32_vec().unwrap()[0];
-    let ((img, width), (txt, _)) = (&unit[0], &unit[1]);
-    let logits: Vec<f32> = img
-        .chunks(*width)
-        .flat_map(|i| {
-            txt.chunks(*width)
-                .map(move |t| scale * i.iter().zip(t).map(|(a, b)| a * b).sum::<f32>())
-        })
-        .collect();
     let (_, expected) = reference(name, "logits_per_image");
-    worst.max(max_abs(&logits, &expected))
+    worst.max(max_abs(&zero_shot(&unit, scale), &expected))
 }
 
 /// clap-tiny's towers through one session: the audio embeddings from the raw clip (CLAP's
@@ -346,15 +357,7 @@ pub fn check_clap(session: &mut dyn ia_engine::Session) -> f32 {
             samples: wav.samples.clone(),
         })
         .unwrap();
-    let (shape, input_ids) = reference(name, "input_ids");
-    let text = Inputs::Text {
-        batch: shape[0],
-        seq_len: shape[1],
-        token_type_ids: vec![0; input_ids.len()],
-        attention_mask: ids(name, "attention_mask"),
-        input_ids: input_ids.iter().map(|&x| x as u32).collect(),
-    };
-    let text = session.run(&text).unwrap();
+    let text = session.run(&reference_text(name)).unwrap();
     let mut worst = 0f32;
     let mut unit = Vec::new();
     for (out, key) in [(&audio, "audio_embeds"), (&text, "text_embeds")] {
@@ -366,14 +369,6 @@ pub fn check_clap(session: &mut dyn ia_engine::Session) -> f32 {
         unit.push((unit_rows(&got, shape[1]), shape[1]));
     }
     let scale = audio.get("logit_scale").unwrap().to_f32_vec().unwrap()[0];
-    let ((a, width), (t, _)) = (&unit[0], &unit[1]);
-    let logits: Vec<f32> = a
-        .chunks(*width)
-        .flat_map(|i| {
-            t.chunks(*width)
-                .map(move |r| scale * i.iter().zip(r).map(|(x, y)| x * y).sum::<f32>())
-        })
-        .collect();
     let (_, expected) = reference(name, "logits_per_audio");
-    worst.max(max_abs(&logits, &expected))
+    worst.max(max_abs(&zero_shot(&unit, scale), &expected))
 }
