@@ -331,8 +331,12 @@ function gatherRows(o, t, rows) {
   return new o.Tensor(t.type, data, [rows.length, ...t.dims.slice(1)]);
 }
 
+// Each s2s call answers with `ms`, its own time in the page (performance.now()), so that a
+// benchmark can leave out the WebDriver transport around it.
+
 // p: { feeds: { name: spec }, mask: spec | null, copies }
 async function s2sEncode(p) {
+  const t = performance.now();
   const o = loadedOrt();
   const feeds = {};
   for (const [name, spec] of Object.entries(p.feeds)) feeds[name] = decodeTensor(o, spec);
@@ -343,11 +347,12 @@ async function s2sEncode(p) {
   s2s.encoded = gatherRows(o, h, order);
   s2s.mask = p.mask ? gatherRows(o, decodeTensor(o, p.mask), order) : null;
   s2s.cache = {};
-  return s2s.encoded.dims;
+  return { dims: s2s.encoded.dims, ms: performance.now() - t };
 }
 
 // p: { ids: spec [rows, tokens] } -> the last position's logits of each row
 async function s2sDecode(p) {
+  const t = performance.now();
   const o = loadedOrt();
   const feeds = { input_ids: decodeTensor(o, p.ids) };
   if (s2s.mask) feeds.encoder_attention_mask = s2s.mask;
@@ -368,15 +373,17 @@ async function s2sDecode(p) {
   for (let r = 0; r < rows; r++) {
     last.set(out.logits.data.subarray((r * len + len - 1) * vocab, (r * len + len) * vocab), r * vocab);
   }
-  return { dims: [rows, vocab], data: encodeBytes(last) };
+  const ms = performance.now() - t;
+  return { dims: [rows, vocab], data: encodeBytes(last), ms };
 }
 
 // p: { rows: [row of each new row] } (beam search)
 async function s2sReorder(p) {
+  const t = performance.now();
   const o = loadedOrt();
-  for (const [name, t] of Object.entries(s2s.cache)) s2s.cache[name] = gatherRows(o, t, p.rows);
+  for (const [name, c] of Object.entries(s2s.cache)) s2s.cache[name] = gatherRows(o, c, p.rows);
   if (s2s.mask) s2s.mask = gatherRows(o, s2s.mask, p.rows);
-  return true;
+  return { ms: performance.now() - t };
 }
 
 // Runs every part once on placeholder feeds of the real shapes, so WebGPU compiles its pipelines before

@@ -16,14 +16,23 @@ use ia_engine::{
 use ia_hardware::Platform;
 use ia_models::{Model, ModelClass};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// onnxruntime-web in headless Chromium, one page per inference.
 #[derive(Debug, Default)]
-pub struct WebEngine;
+pub struct WebEngine {
+    options: WebOptions,
+}
 
 impl WebEngine {
     pub fn new() -> Self {
-        Self
+        Self::default()
+    }
+
+    /// With a longer limit per browser step: a software WebGPU adapter takes minutes for a
+    /// real Whisper encoder.
+    pub fn with_options(options: WebOptions) -> Self {
+        Self { options }
     }
 }
 
@@ -152,7 +161,7 @@ impl WebEngine {
             )));
         }
         let parameter_count = ia_engine::memory::parts_parameters(&model.source, files, counted)?;
-        let mut bench = WebBench::new(WebOptions::default());
+        let mut bench = WebBench::new(self.options);
         let status = match bench.host() {
             Ok(host) => host.platform_status(platform),
             Err(BrowserError::NotInstalled(reason)) => {
@@ -187,7 +196,10 @@ impl WebEngine {
         let (bench, mut info) =
             self.page(model, at, &files, &["encoder_model", "decoder_model"])?;
         info.output_names = vec!["logits".into()];
-        let page = PageSeq2Seq::open(bench, at.platform, &files)
+        let timeout = bench.options.step_timeout;
+        let page = bench
+            .into_host()
+            .and_then(|host| PageSeq2Seq::open(Arc::new(host), at.platform, &files, timeout))
             .map_err(|e| EngineError::Runtime(e.to_string()))?;
         Ok((page, info))
     }

@@ -5,6 +5,7 @@
 //! (`ia-bench`), the same as for every in-process engine.
 
 use crate::page::{self, Loaded, LoadedPart, Timed};
+use crate::seq2seq::{PageSeq2Seq, Seq2SeqTarget};
 use crate::{find_ort_web, BrowserError, BrowserHost, ENGINE_NAME};
 use base64::Engine as _;
 use ia_engine::exported_decoder::{check_exported_class, decoder_context, DecoderGraph};
@@ -20,6 +21,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -181,6 +183,13 @@ impl WebBench {
         }
     }
 
+    /// The started browser, for a page that keeps it.
+    pub(crate) fn into_host(mut self) -> Result<BrowserHost, BrowserError> {
+        self.host()
+            .map_err(|e| BrowserError::Start(e.to_string()))?;
+        Ok(self.host.take().expect("started above"))
+    }
+
     /// Loads `request`'s model in a fresh page with its inputs set (and precompiled, when the
     /// variant asks). The browser goes with the returned target: the next load starts a new
     /// one (about 1 s). A browser that is not installed, a platform, precision or model the
@@ -317,7 +326,9 @@ impl WebBench {
 
 /// A model loaded in a page with its inputs, owning the browser it runs in.
 pub struct WebTarget {
-    host: BrowserHost,
+    host: Arc<BrowserHost>,
+    /// An encoder-decoder's work (Whisper, T5), decoded in Rust over the page's graphs.
+    seq2seq: Option<Seq2SeqTarget>,
     info: SessionInfo,
     loaded: Loaded,
     requested_ep: &'static str,
@@ -350,7 +361,9 @@ impl WebTarget {
         let requested_ep = ep_of(platform);
         let webnn_device = webnn_device(&host, platform);
         let gpu_outputs = match request.work {
-            WebWork::Generation { .. } if platform == Platform::Webgpu => {
+            WebWork::Generation { .. }
+                if platform == Platform::Webgpu && !is_seq2seq(request.model.class) =>
+            {
                 cache_outputs(&request.model.source)
             }
             _ => Vec::new(),
@@ -363,7 +376,9 @@ impl WebTarget {
             &gpu_outputs,
             timeout,
         )?;
+        let seq2seq = is_seq2seq(request.model.class);
         match request.work {
+            _ if seq2seq => {}
             WebWork::Forward { inputs, text_len } => {
                 let inputs = with_text_tower(request.model, parts, inputs, text_len)
                     .map_err(|e| ("inputs", BrowserError::Page(e)))?;
@@ -412,6 +427,8 @@ impl WebTarget {
         );
         let parameter_count = parts
             .iter()
+            // The decoder with past shares the decoder's weights.
+            .filter(|(name, _)| name != "decoder_with_past_model")
             .map(|(_, f)| ia_models::graph_weights::parameter_count(&request.model.source, f))
             .sum::<Result<u64, _>>()
             .map_err(|e| ("load", BrowserError::Page(e.to_string())))?;
@@ -434,8 +451,19 @@ impl WebTarget {
                 .flat_map(|p| p.outputs.iter().map(move |o| format!("{}/{o}", p.name)))
                 .collect(),
         };
+        let host = Arc::new(host);
+        let seq2seq = if seq2seq {
+            let page = PageSeq2Seq::loaded(host.clone(), timeout);
+            Some(
+                Seq2SeqTarget::new(page, request.model, request.work, info.clone())
+                    .map_err(|e| ("load", BrowserError::Page(e.to_string())))?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
             host,
+            seq2seq,
             info,
             loaded,
             requested_ep,
@@ -491,6 +519,9 @@ impl TimedWorkload for WebTarget {
     }
 
     fn run_timed(&mut self, iterations: usize) -> Result<TimedIterations, EngineError> {
+        if let Some(seq2seq) = &mut self.seq2seq {
+            return seq2seq.run_timed(iterations);
+        }
         let first = self.first_ms.is_none();
         // A call may take as long as the first inference did per iteration, three times
         // over; the first call gets the step limit.
@@ -637,23 +668,24 @@ fn check_model(request: &WebRequest<'_>) -> Result<Vec<(String, PathBuf)>, Strin
             request.precision
         ));
     }
-    if matches!(request.model.class, ModelClass::Whisper | ModelClass::T5) {
-        return Err(format!(
-            "{}'s encoder-decoder export decodes in the browser one WebDriver call per step \
-             (`{}`), which is not a page-timed benchmark; its benchmarks run on the native \
-             engine, ONNX Runtime and OpenVINO",
-            request.model.class.as_str(),
-            if request.model.class == ModelClass::T5 {
-                "generate --hardware wasm|webgpu"
-            } else {
-                "run --hardware wasm|webgpu"
-            }
-        ));
+    if is_seq2seq(request.model.class) {
+        return ia_engine::exported_seq2seq::seq2seq_files(&request.model.source).map_err(
+            |e| match e {
+                EngineError::Unsupported(reason) => reason,
+                other => other.to_string(),
+            },
+        );
     }
     if request.model.class != ModelClass::Clip {
         check_exported_class(request.model.class).map_err(|e| e.to_string())?;
     }
     model_parts(&request.model.source, request.model.class)
+}
+
+/// Whisper and T5: their export is three graphs (`ia_engine::exported_seq2seq`) that the
+/// decoding in Rust calls step by step.
+fn is_seq2seq(class: ModelClass) -> bool {
+    matches!(class, ModelClass::Whisper | ModelClass::T5)
 }
 
 /// The ONNX parts the page loads for a model, by name (one, or CLIP's two towers:

@@ -508,5 +508,37 @@ fn encoder_decoders_decode_in_the_page_like_transformers() {
     common::check_real_whisper(
         &engine,
         ia_engine::Placement::new(Platform::Wasm, Precision::F32),
+        &[1, 3],
     );
+    // Greedy only on WebGPU: SwiftShader takes 3 to 4 minutes for the 30 s encoder window.
+    common::check_real_whisper(
+        &ia_browser::WebEngine::with_options(WebOptions {
+            step_timeout: Duration::from_secs(900),
+        }),
+        ia_engine::Placement::new(Platform::Webgpu, Precision::F32),
+        &[1],
+    );
+}
+
+/// Whisper's transcriptions and T5's generations benchmarked in the browser: the decoding in
+/// Rust over the page's graphs, each iteration timed without the WebDriver transport.
+#[test]
+fn encoder_decoders_are_benchmarked_in_the_page() {
+    let mut web = bench();
+    let whisper = combination(&fixture("whisper-tiny"), Platform::Wasm, 1);
+    let run = measure(&mut web, &whisper, None, Ok(()));
+    let (m, target) = measured(&run);
+    assert_eq!(m.samples_ms.len(), 3);
+    assert!(m.samples_ms.iter().all(|&ms| ms > 0.0));
+    assert!(m.real_time_factor.unwrap() > 0.0);
+    assert_eq!(target.details().executed_ep, "wasm");
+    let t5 = Combination {
+        new_tokens: 4,
+        ..combination(&fixture("t5-tiny"), Platform::Wasm, 2)
+    };
+    let run = measure(&mut web, &t5, None, Ok(()));
+    let (m, _) = measured(&run);
+    let g = m.generation.as_ref().expect("generation metrics");
+    assert!(g.ttft.p50_ms > 0.0 && g.decode_tokens_per_s > 0.0, "{g:?}");
+    assert_eq!(m.samples_ms.len(), 3);
 }

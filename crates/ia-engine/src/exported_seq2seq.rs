@@ -75,6 +75,13 @@ pub trait Seq2SeqBackend: Seq2SeqDecoder + Send {
         mask: Option<(Vec<usize>, Vec<i64>)>,
         copies: usize,
     ) -> Result<(), EngineError>;
+
+    /// Host time so far (ms, cumulative) spent carrying data to and from a runtime in
+    /// another process, outside the runtime's own clock: a browser's WebDriver round trips.
+    /// Benchmarks leave it out; 0 for a runtime in this process.
+    fn transport_ms(&self) -> f64 {
+        0.0
+    }
 }
 
 /// An encoder-decoder over a runtime's graphs, with its caches on the host between calls.
@@ -343,6 +350,10 @@ impl<B: Seq2SeqBackend> ExportedT5<B> {
 impl<B: Seq2SeqBackend> TextGenerator for ExportedT5<B> {
     fn info(&self) -> &SessionInfo {
         &self.info
+    }
+
+    fn transport_ms(&self) -> f64 {
+        self.seq.transport_ms()
     }
 
     fn prefill(&mut self, prompt: &[u32]) -> Result<Vec<f32>, EngineError> {

@@ -23,6 +23,12 @@ pub trait TextGenerator: Send {
     fn weight_bytes(&self) -> Option<u64> {
         None
     }
+    /// Host time so far (ms, cumulative) spent carrying data to and from a runtime in
+    /// another process (a browser page driven over WebDriver), which the runtime's own clock
+    /// does not count; generation timings leave it out. 0 for a runtime in this process.
+    fn transport_ms(&self) -> f64 {
+        0.0
+    }
     /// Starts `prompts.len()` sequences at once (equal lengths: no padding is applied);
     /// returns next-token logits per sequence.
     fn prefill_batch(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EngineError> {
@@ -110,13 +116,17 @@ pub fn generate_batch_greedy(
         )));
     }
     let mut out: Vec<Vec<u32>> = vec![Vec::with_capacity(new_tokens); prompts.len()];
-    let start = Instant::now();
+    // A phase's time is the host's less the transport to an out-of-process runtime inside it.
+    let elapsed_since = |model: &dyn TextGenerator, start: Instant, moved: f64| {
+        start.elapsed().as_secs_f64() * 1e3 - (model.transport_ms() - moved)
+    };
+    let (start, moved) = (Instant::now(), model.transport_ms());
     let mut logits = model.prefill_batch(prompts)?;
-    let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
+    let prefill_ms = elapsed_since(model, start, moved);
     let mut ttft_ms = prefill_ms;
     let mut decode_step_ms = Vec::with_capacity(new_tokens);
     for i in 0..new_tokens {
-        let t = Instant::now();
+        let (t, moved) = (Instant::now(), model.transport_ms());
         if i > 0 {
             let last: Vec<u32> = out.iter().map(|o| *o.last().expect("non-empty")).collect();
             logits = model.step_batch(&last)?;
@@ -124,7 +134,7 @@ pub fn generate_batch_greedy(
         for (row, l) in out.iter_mut().zip(&logits) {
             row.push(argmax(l));
         }
-        let elapsed = t.elapsed().as_secs_f64() * 1e3;
+        let elapsed = elapsed_since(model, t, moved);
         if i == 0 {
             ttft_ms = prefill_ms + elapsed;
         } else {

@@ -88,6 +88,7 @@ fn whisper_tiny_en_real_weights_transcribe_like_transformers() {
     common::check_real_whisper(
         &OrtEngine::new(),
         Placement::new(Platform::Cpu, Precision::F32),
+        &[1, 3],
     );
 }
 

@@ -50,7 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let engines = Engines::new();
     // In the browser, T5 decodes over its export kept in a page (one WebDriver call per step);
     // the engine refuses other classes there with the reason.
-    let web = ia_browser::WebEngine::new();
+    let web = args.target.web_engine();
     let engine = engines
         .get(args.target.hardware.engine)
         .unwrap_or(&web as &dyn ia_engine::Engine);

@@ -46,7 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let engines = Engines::new();
     // The browser is not among the in-process engines; `run` takes one inference per page
     // from it.
-    let web = ia_browser::WebEngine::new();
+    let web = args.target.web_engine();
     let engine = engines
         .get(args.target.hardware.engine)
         .unwrap_or(&web as &dyn ia_engine::Engine);

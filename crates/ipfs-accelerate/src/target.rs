@@ -106,6 +106,10 @@ pub struct ModelOnTarget {
     /// Use the small variant of a catalog entry
     #[arg(long)]
     pub small_models: bool,
+    /// Web platforms: seconds each browser step (start, load, one inference or one decoding
+    /// call) may take
+    #[arg(long, default_value_t = 180, value_parser = crate::limits::count_u64((1, crate::limits::MAX_SECONDS as u64)))]
+    pub browser_timeout: u64,
 }
 
 impl ModelOnTarget {
@@ -121,6 +125,13 @@ impl ModelOnTarget {
 
     pub fn placement(&self) -> Placement {
         Placement::new(self.hardware.platform, self.precision)
+    }
+
+    /// The browser engine, for the web platforms.
+    pub fn web_engine(&self) -> ia_browser::WebEngine {
+        ia_browser::WebEngine::with_options(ia_browser::WebOptions {
+            step_timeout: std::time::Duration::from_secs(self.browser_timeout),
+        })
     }
 }
 

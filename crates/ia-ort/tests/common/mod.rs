@@ -159,15 +159,9 @@ pub fn check_ctc_transcript(engine: &dyn ia_engine::Engine, platform: ia_hardwar
     assert_eq!(t.tokens, collapsed, "{name} on {platform}");
 }
 
-/// The whisper-tiny fixture on a graph engine, against transformers: the encoder's output
-/// through the first decoder graph and the cached one (teacher-forced logits at every
-/// position within `tolerance`; `model` is the export loaded as a WhisperModel), then greedy
-/// and 3-beam tokens through `asr` identical to `generate()`.
-pub fn check_whisper(
-    model: &mut dyn ia_engine::whisper::WhisperModel,
-    asr: &mut dyn ia_engine::SpeechRecognizer,
-    tolerance: f32,
-) -> f32 {
+/// The whisper-tiny fixture's decoder logits (the first graph for three tokens, then the
+/// cached one) against transformers': the largest absolute difference.
+pub fn whisper_logits_diff(model: &mut dyn ia_engine::whisper::WhisperModel) -> f32 {
     let name = "whisper-tiny";
     let (fshape, features) = reference(name, "input_features");
     model.start(&features, fshape[0], 1).unwrap();
@@ -182,6 +176,20 @@ pub fn check_whisper(
         let got = model.decode(&tokens[pos..=pos], 1).unwrap();
         worst = worst.max(max_abs(&got[0], &logits[pos * vocab..(pos + 1) * vocab]));
     }
+    worst
+}
+
+/// The whisper-tiny fixture on a graph engine, against transformers: the encoder's output
+/// through the first decoder graph and the cached one (teacher-forced logits at every
+/// position within `tolerance`; `model` is the export loaded as a WhisperModel), then greedy
+/// and 3-beam tokens through `asr` identical to `generate()`.
+pub fn check_whisper(
+    model: &mut dyn ia_engine::whisper::WhisperModel,
+    asr: &mut dyn ia_engine::SpeechRecognizer,
+    tolerance: f32,
+) -> f32 {
+    let name = "whisper-tiny";
+    let worst = whisper_logits_diff(model);
     assert!(worst <= tolerance, "{name}: logits max abs diff {worst}");
     let wav = ia_preprocess::audio::Waveform::open(&fixture("media/speech-16k.wav")).unwrap();
     // The reference decodes the extractor's window (this tiny model hears 1 s).
@@ -203,7 +211,11 @@ pub fn check_whisper(
 /// with 3 beams (fixtures/whisper-tiny-en/reference.json; the native engine's test checks the
 /// same). Says what it did not run where the export is missing (no reference environment to
 /// write it).
-pub fn check_real_whisper(engine: &dyn ia_engine::Engine, at: ia_engine::Placement) {
+pub fn check_real_whisper(
+    engine: &dyn ia_engine::Engine,
+    at: ia_engine::Placement,
+    beams: &[usize],
+) {
     let ckpt = ia_models::checkpoint::resolve("openai/whisper-tiny.en").unwrap_or_else(|e| {
         panic!("{e}\nThe real-weights test needs the checkpoint: run scripts/fetch_checkpoints.sh")
     });
@@ -226,7 +238,7 @@ pub fn check_real_whisper(engine: &dyn ia_engine::Engine, at: ia_engine::Placeme
     )
     .unwrap();
     let wav = ia_preprocess::audio::Waveform::open(&fixture("media/speech-16k.wav")).unwrap();
-    for beams in [1, 3] {
+    for &beams in beams {
         let expected = &r[format!("beams{beams}")];
         let opts = ia_engine::TranscribeOptions {
             num_beams: beams,
@@ -255,6 +267,28 @@ pub fn check_real_whisper(engine: &dyn ia_engine::Engine, at: ia_engine::Placeme
 /// tokens identical to `generate(do_sample=False)`, for both prompts.
 pub fn check_t5(gen: &mut dyn TextGenerator, tolerance: f32) -> f32 {
     let name = "t5-tiny";
+    let worst = t5_logits_diff(gen);
+    for p in 0..2 {
+        let prompt = ids(name, &format!("prompt{p}_input_ids"));
+        let expected = ids(name, &format!("prompt{p}_greedy"));
+        let opts = GenerateOptions {
+            max_new_tokens: expected.len(),
+            sampling: Sampling::greedy(),
+            stop_tokens: vec![],
+            ignore_eos: true,
+        };
+        let (tokens, _) =
+            generate(gen, &prompt, &opts, |_| std::ops::ControlFlow::Continue(())).unwrap();
+        assert_eq!(tokens, expected, "{name} prompt {p}: greedy tokens differ");
+    }
+    assert!(worst <= tolerance, "{name}: logits max abs diff {worst}");
+    worst
+}
+
+/// The t5-tiny fixture's logits at every decoder position of both prompts against
+/// transformers': the largest absolute difference.
+pub fn t5_logits_diff(gen: &mut dyn TextGenerator) -> f32 {
+    let name = "t5-tiny";
     let mut worst = 0f32;
     for p in 0..2 {
         let prompt = ids(name, &format!("prompt{p}_input_ids"));
@@ -269,18 +303,7 @@ pub fn check_t5(gen: &mut dyn TextGenerator, tolerance: f32) -> f32 {
             }
             worst = worst.max(max_abs(&got, &logits[pos * vocab..(pos + 1) * vocab]));
         }
-        let expected = ids(name, &format!("prompt{p}_greedy"));
-        let opts = GenerateOptions {
-            max_new_tokens: expected.len(),
-            sampling: Sampling::greedy(),
-            stop_tokens: vec![],
-            ignore_eos: true,
-        };
-        let (tokens, _) =
-            generate(gen, &prompt, &opts, |_| std::ops::ControlFlow::Continue(())).unwrap();
-        assert_eq!(tokens, expected, "{name} prompt {p}: greedy tokens differ");
     }
-    assert!(worst <= tolerance, "{name}: logits max abs diff {worst}");
     worst
 }
 
