@@ -13,4 +13,7 @@ fi
 # The ASR pipeline resamples with torchaudio; its newest wheel may trail torch's version, so
 # it goes in without letting pip replace torch.
 "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps torchaudio
+# Optimum's decoder merging (scripts/merge_seq2seq_decoders.py): pure Python over onnx; its
+# pinned transformers range must not replace the installed one.
+"$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps "optimum==1.27.0"
 "$venv/bin/python" -c "import torch, transformers; print('pyref:', torch.__version__, transformers.__version__)"

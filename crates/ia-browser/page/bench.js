@@ -350,23 +350,34 @@ async function s2sEncode(p) {
   return { dims: s2s.encoded.dims, ms: performance.now() - t };
 }
 
-// p: { ids: spec [rows, tokens] } -> the last position's logits of each row
+// p: { ids: spec [rows, tokens], extra: { name: spec } } -> the last position's logits of each
+// row. A merged decoder (onnx-community's `decoder_model_merged`) takes the encoder output and
+// the extra feeds (`use_cache_branch`, and the empty cache of the first call) on every call;
+// its later calls return placeholders for the cross-attention cache, which stays as it was.
 async function s2sDecode(p) {
   const t = performance.now();
   const o = loadedOrt();
   const feeds = { input_ids: decodeTensor(o, p.ids) };
+  for (const [name, spec] of Object.entries(p.extra || {})) feeds[name] = decodeTensor(o, spec);
   if (s2s.mask) feeds.encoder_attention_mask = s2s.mask;
+  if (!s2s.encoded) throw new Error('decoding started before the encoder ran');
+  const first = Object.keys(s2s.cache).length === 0;
+  const merged = state.parts.some((part) => part.name === 'decoder_model_merged');
   let out;
-  if (Object.keys(s2s.cache).length === 0) {
-    if (!s2s.encoded) throw new Error('decoding started before the encoder ran');
+  if (merged) {
+    feeds.encoder_hidden_states = s2s.encoded;
+    if (!first) Object.assign(feeds, s2s.cache);
+    out = await s2sPart('decoder_model_merged').run(feeds);
+  } else if (first) {
     feeds.encoder_hidden_states = s2s.encoded;
     out = await s2sPart('decoder_model').run(feeds);
   } else {
     Object.assign(feeds, s2s.cache);
     out = await s2sPart('decoder_with_past_model').run(feeds);
   }
-  for (const [name, t] of Object.entries(out)) {
-    if (name.startsWith('present.')) s2s.cache[`past_key_values.${name.slice(8)}`] = t;
+  for (const [name, c] of Object.entries(out)) {
+    if (!first && name.includes('.encoder.')) continue;
+    if (name.startsWith('present.')) s2s.cache[`past_key_values.${name.slice(8)}`] = c;
   }
   const [rows, len, vocab] = out.logits.dims;
   const last = new Float32Array(rows * vocab);
@@ -383,6 +394,10 @@ async function s2sReorder(p) {
   const o = loadedOrt();
   for (const [name, c] of Object.entries(s2s.cache)) s2s.cache[name] = gatherRows(o, c, p.rows);
   if (s2s.mask) s2s.mask = gatherRows(o, s2s.mask, p.rows);
+  // A merged decoder takes the encoder output on every call, batch for batch.
+  if (state.parts.some((part) => part.name === 'decoder_model_merged')) {
+    s2s.encoded = gatherRows(o, s2s.encoded, p.rows);
+  }
   return { ms: performance.now() - t };
 }
 

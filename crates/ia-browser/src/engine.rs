@@ -6,7 +6,7 @@
 
 pub use crate::seq2seq::PageSeq2Seq;
 use crate::{is_web_platform, model_parts, BrowserError, WebBench, WebOptions, ENGINE_NAME};
-use ia_engine::exported_seq2seq::{seq2seq_files, ExportedT5, ExportedWhisper};
+use ia_engine::exported_seq2seq::{seq2seq_files, ExportedT5, ExportedWhisper, COUNTED_PARTS};
 use ia_engine::features::GraphFeeds;
 use ia_engine::whisper::WhisperSession;
 use ia_engine::{
@@ -193,14 +193,13 @@ impl WebEngine {
         at: Placement,
     ) -> Result<(PageSeq2Seq, SessionInfo), EngineError> {
         let files = seq2seq_files(&model.source)?;
-        let (bench, mut info) =
-            self.page(model, at, &files, &["encoder_model", "decoder_model"])?;
+        let (bench, mut info) = self.page(model, at, &files, &COUNTED_PARTS)?;
         info.output_names = vec!["logits".into()];
         let timeout = bench.options.step_timeout;
-        let page = bench
+        let host = bench
             .into_host()
-            .and_then(|host| PageSeq2Seq::open(Arc::new(host), at.platform, &files, timeout))
             .map_err(|e| EngineError::Runtime(e.to_string()))?;
+        let page = PageSeq2Seq::open(Arc::new(host), at.platform, &files, model.config(), timeout)?;
         Ok((page, info))
     }
 

@@ -7,9 +7,12 @@
 
 use crate::target::WebWork;
 use crate::target::{encode_input, load_parts, step, StepError};
-use crate::{BrowserError, BrowserHost};
+use crate::BrowserHost;
 use base64::Engine as _;
-use ia_engine::exported_seq2seq::{token_rows, ExportedT5, ExportedWhisper, Seq2SeqBackend};
+use ia_engine::exported_seq2seq::{
+    is_merged, token_rows, use_cache_branch, EmptyCache, ExportedT5, ExportedWhisper,
+    Seq2SeqBackend,
+};
 use ia_engine::generation::generate_batch_greedy;
 use ia_engine::inputs::GraphInput;
 use ia_engine::seq2seq::Seq2SeqDecoder;
@@ -30,6 +33,10 @@ pub struct PageSeq2Seq {
     host: Arc<BrowserHost>,
     timeout: Duration,
     transport: TransportMeter,
+    /// The merged layout's first-call cache; `None` for the three graphs.
+    merged: Option<EmptyCache>,
+    /// No decoder call since the encoder ran.
+    first: bool,
 }
 
 /// The host time of the page calls beyond the page's own time of them (`ms` in each answer):
@@ -61,24 +68,38 @@ struct PageTime {
 }
 
 impl PageSeq2Seq {
-    /// Loads `files` (the export's parts by name) in a fresh page of `host` on `platform`.
+    /// Loads `files` (the export's parts by name, [`ia_engine::exported_seq2seq::seq2seq_files`])
+    /// of a model of `config` in a fresh page of `host` on `platform`.
     pub fn open(
         host: Arc<BrowserHost>,
         platform: Platform,
         files: &[(String, PathBuf)],
+        config: &Value,
         timeout: Duration,
-    ) -> Result<Self, BrowserError> {
-        load_parts(&host, platform, files, false, &[], timeout).map_err(|(_, e)| e)?;
-        Ok(Self::loaded(host, timeout))
+    ) -> Result<Self, EngineError> {
+        load_parts(&host, platform, files, false, &[], timeout)
+            .map_err(|(_, e)| EngineError::Runtime(e.to_string()))?;
+        Self::loaded(host, files, config, timeout)
     }
 
-    /// Over the export the page of `host` has already loaded.
-    pub(crate) fn loaded(host: Arc<BrowserHost>, timeout: Duration) -> Self {
-        Self {
+    /// Over the export (`files`) the page of `host` has already loaded.
+    pub(crate) fn loaded(
+        host: Arc<BrowserHost>,
+        files: &[(String, PathBuf)],
+        config: &Value,
+        timeout: Duration,
+    ) -> Result<Self, EngineError> {
+        Ok(Self {
             host,
             timeout,
             transport: TransportMeter::default(),
-        }
+            merged: if is_merged(files) {
+                Some(EmptyCache::of(config)?)
+            } else {
+                None
+            },
+            first: true,
+        })
     }
 
     pub fn transport(&self) -> TransportMeter {
@@ -120,7 +141,19 @@ struct Logits {
 impl Seq2SeqDecoder for PageSeq2Seq {
     fn decode(&mut self, tokens: &[u32], rows: usize) -> Result<Vec<Vec<f32>>, EngineError> {
         let ids = token_rows(tokens, rows)?;
-        let logits: Logits = self.call("s2sDecode", json!({ "ids": encode_input(ids) }))?;
+        let extra: serde_json::Map<String, Value> = match &self.merged {
+            Some(empty) if self.first => empty.first_call(rows),
+            Some(_) => vec![use_cache_branch(true)],
+            None => Vec::new(),
+        }
+        .into_iter()
+        .map(|(name, t)| (name, encode_input(t)))
+        .collect();
+        let logits: Logits = self.call(
+            "s2sDecode",
+            json!({ "ids": encode_input(ids), "extra": extra }),
+        )?;
+        self.first = false;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(&logits.data)
             .map_err(|e| EngineError::Runtime(format!("the page's logits: {e}")))?;
@@ -166,6 +199,7 @@ impl Seq2SeqBackend for PageSeq2Seq {
             "s2sEncode",
             json!({ "feeds": feeds, "mask": mask, "copies": copies }),
         )?;
+        self.first = true;
         Ok(())
     }
 

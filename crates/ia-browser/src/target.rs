@@ -453,7 +453,8 @@ impl WebTarget {
         };
         let host = Arc::new(host);
         let seq2seq = if seq2seq {
-            let page = PageSeq2Seq::loaded(host.clone(), timeout);
+            let page = PageSeq2Seq::loaded(host.clone(), parts, request.model.config(), timeout)
+                .map_err(|e| ("load", BrowserError::Page(e.to_string())))?;
             Some(
                 Seq2SeqTarget::new(page, request.model, request.work, info.clone())
                     .map_err(|e| ("load", BrowserError::Page(e.to_string())))?,

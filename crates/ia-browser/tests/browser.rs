@@ -505,6 +505,16 @@ fn encoder_decoders_decode_in_the_page_like_transformers() {
         let worst = common::check_t5(t5.as_mut(), TOLERANCE);
         eprintln!("t5-tiny on {platform}: logits max abs {worst:e}");
     }
+    // The merged decoders (onnx-community's layout) on wasm.
+    let at = ia_engine::Placement::new(Platform::Wasm, Precision::F32);
+    let (_dir, whisper) = common::merged_layout("whisper-tiny");
+    let (mut model, _) = engine.whisper_model(&whisper, at).unwrap();
+    let mut asr = engine.load_speech_recognizer(&whisper, at).unwrap();
+    let worst = common::check_whisper(&mut model, asr.as_mut(), TOLERANCE);
+    eprintln!("whisper-tiny merged on wasm: logits max abs {worst:e}");
+    let (_dir, t5) = common::merged_layout("t5-tiny");
+    let worst = common::check_t5(engine.load_generator(&t5, at).unwrap().as_mut(), TOLERANCE);
+    eprintln!("t5-tiny merged on wasm: logits max abs {worst:e}");
     common::check_real_whisper(
         &engine,
         ia_engine::Placement::new(Platform::Wasm, Precision::F32),

@@ -11,6 +11,13 @@
 //!   `encoder_attention_mask` and `past_key_values.{i}.decoder|encoder.key|value` -> `logits`,
 //!   `present.{i}.decoder.key|value`.
 //!
+//! onnx-community's repositories and Optimum's CLI ship the two decoders merged instead:
+//! `decoder_model_merged.onnx` (Optimum's CLI names it `decoder_model.onnx` and writes no
+//! decoder with past) takes the union of their inputs plus `use_cache_branch` (bool [1]) and
+//! runs one or the other. Its first call feeds an empty cache ([rows, heads, 0,
+//! head_dim], [`EmptyCache`]); on later calls its cross-attention outputs are placeholders,
+//! so the cache the first call returned stays.
+//!
 //! The bookkeeping (caches between calls, beam reordering, the last position's logits) lives
 //! here once, in [`ExportedSeq2Seq`]; [`ExportedWhisper`] is the [`WhisperModel`] the one
 //! Whisper decoding ([`crate::whisper`]) drives, [`ExportedT5`] the [`TextGenerator`] the one
@@ -28,6 +35,85 @@ use std::path::PathBuf;
 
 /// The graphs of an encoder-decoder export, by part name (the file is `onnx/<part>.onnx`).
 pub const SEQ2SEQ_PARTS: [&str; 3] = ["encoder_model", "decoder_model", "decoder_with_past_model"];
+
+/// The two decoders merged into one graph (onnx-community's layout, beside `encoder_model`).
+pub const MERGED_DECODER: &str = "decoder_model_merged";
+
+/// The parts whose weights make the model's parameters (the decoder with past shares the
+/// decoder's), in either layout.
+pub const COUNTED_PARTS: [&str; 3] = ["encoder_model", "decoder_model", MERGED_DECODER];
+
+/// Whether `files` (from [`seq2seq_files`]) are the merged layout.
+pub fn is_merged(files: &[(String, PathBuf)]) -> bool {
+    files.iter().any(|(part, _)| part == MERGED_DECODER)
+}
+
+/// The empty cache of a merged decoder's first call, which its no-cache branch does not read:
+/// every `past_key_values.{i}.decoder|encoder.key|value` with no positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmptyCache {
+    layers: usize,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl EmptyCache {
+    /// The decoder's layers and attention heads from config.json (Whisper's or T5's names).
+    pub fn of(config: &serde_json::Value) -> Result<Self, EngineError> {
+        let number = |keys: &[&str]| {
+            keys.iter()
+                .find_map(|k| config.get(*k).and_then(serde_json::Value::as_u64))
+                .map(|n| n as usize)
+                .filter(|&n| n > 0)
+                .ok_or_else(|| {
+                    EngineError::InvalidModel(format!(
+                        "config.json has no {} for the merged decoder's cache",
+                        keys.join(" or ")
+                    ))
+                })
+        };
+        let heads = number(&["decoder_attention_heads", "num_heads"])?;
+        let head_dim = match number(&["d_kv"]) {
+            Ok(d) => d,
+            Err(_) => number(&["d_model"])? / heads,
+        };
+        Ok(Self {
+            layers: number(&["decoder_layers", "num_decoder_layers", "num_layers"])?,
+            heads,
+            head_dim,
+        })
+    }
+
+    /// The feeds of a first call of `rows` rows: the empty cache and `use_cache_branch` off.
+    pub fn first_call(&self, rows: usize) -> Vec<(String, GraphInput<'static>)> {
+        let mut feeds = vec![use_cache_branch(false)];
+        for i in 0..self.layers {
+            for part in ["decoder", "encoder"] {
+                for kind in ["key", "value"] {
+                    feeds.push((
+                        format!("past_key_values.{i}.{part}.{kind}"),
+                        GraphInput::Float32 {
+                            shape: vec![rows, self.heads, 0, self.head_dim],
+                            data: Vec::new().into(),
+                        },
+                    ));
+                }
+            }
+        }
+        feeds
+    }
+}
+
+/// The merged decoder's branch switch: `true` once a cache is fed.
+pub fn use_cache_branch(on: bool) -> (String, GraphInput<'static>) {
+    (
+        "use_cache_branch".to_string(),
+        GraphInput::Bool {
+            shape: vec![1],
+            data: vec![on],
+        },
+    )
+}
 
 /// A runtime's side: the graphs of one export, loaded, each run on named inputs.
 pub trait GraphParts: Send {
@@ -49,14 +135,26 @@ pub fn seq2seq_files(source: &ModelSource) -> Result<Vec<(String, PathBuf)>, Eng
                 .into(),
         ));
     };
+    let file = |part: &str| c.dir.join("onnx").join(format!("{part}.onnx"));
     let files: Vec<(String, PathBuf)> = SEQ2SEQ_PARTS
         .iter()
-        .map(|p| (p.to_string(), c.dir.join("onnx").join(format!("{p}.onnx"))))
+        .map(|p| (p.to_string(), file(p)))
         .collect();
+    if !files[2].1.is_file() && files[0].1.is_file() {
+        // onnx-community's `decoder_model_merged`, or Optimum's CLI, whose `decoder_model`
+        // without a decoder with past is the merged graph.
+        if let Some(merged) = [file(MERGED_DECODER), file("decoder_model")]
+            .into_iter()
+            .find(|f| f.is_file())
+        {
+            return Ok(vec![files[0].clone(), (MERGED_DECODER.to_string(), merged)]);
+        }
+    }
     if let Some((_, missing)) = files.iter().find(|(_, f)| !f.is_file()) {
         return Err(EngineError::Unsupported(format!(
             "{}: no encoder-decoder ONNX export ({} is missing; scripts/export_onnx_fixtures.py \
-             --whisper|--t5 DIR writes encoder_model, decoder_model and decoder_with_past_model)",
+             --whisper|--t5 DIR writes encoder_model, decoder_model and decoder_with_past_model; \
+             encoder_model with decoder_model_merged loads too)",
             c.dir.display(),
             missing.display()
         )));
@@ -93,16 +191,28 @@ pub struct ExportedSeq2Seq<P> {
     encoder_mask: Option<(Vec<usize>, Vec<i64>)>,
     /// `past_key_values.*` by name, as the last call returned them (batch first).
     cache: Vec<(String, HostTensor)>,
+    /// The merged layout's first-call cache; `None` for the three graphs.
+    merged: Option<EmptyCache>,
 }
 
 impl<P: GraphParts> ExportedSeq2Seq<P> {
-    pub fn new(parts: P) -> Self {
-        Self {
+    /// Over `parts` of the layout `files` name ([`seq2seq_files`]) for a model of `config`.
+    pub fn new(
+        parts: P,
+        files: &[(String, PathBuf)],
+        config: &serde_json::Value,
+    ) -> Result<Self, EngineError> {
+        Ok(Self {
             parts,
             encoded: None,
             encoder_mask: None,
             cache: Vec::new(),
-        }
+            merged: if is_merged(files) {
+                Some(EmptyCache::of(config)?)
+            } else {
+                None
+            },
+        })
     }
 
     fn mask_feed(&self) -> Option<(String, GraphInput<'static>)> {
@@ -190,20 +300,41 @@ impl<P: GraphParts> Seq2SeqDecoder for ExportedSeq2Seq<P> {
     fn decode(&mut self, tokens: &[u32], rows: usize) -> Result<Vec<Vec<f32>>, EngineError> {
         let mut feeds = vec![("input_ids".to_string(), token_rows(tokens, rows)?)];
         feeds.extend(self.mask_feed());
-        let mut outputs = if self.cache.is_empty() {
-            let encoded = self.encoded.as_ref().ok_or_else(|| {
-                EngineError::Runtime("decoding started before the encoder ran".into())
-            })?;
-            feeds.push(("encoder_hidden_states".to_string(), float(encoded)));
-            self.parts.run_part("decoder_model", feeds)?
-        } else {
-            feeds.extend(self.cache.iter().map(|(n, t)| (n.clone(), float(t))));
-            self.parts.run_part("decoder_with_past_model", feeds)?
+        let first = self.cache.is_empty();
+        let encoded = self.encoded.as_ref().ok_or_else(|| {
+            EngineError::Runtime("decoding started before the encoder ran".into())
+        })?;
+        let part = match (&self.merged, first) {
+            (None, true) => {
+                feeds.push(("encoder_hidden_states".to_string(), float(encoded)));
+                "decoder_model"
+            }
+            (None, false) => {
+                feeds.extend(self.cache.iter().map(|(n, t)| (n.clone(), float(t))));
+                "decoder_with_past_model"
+            }
+            // The merged graph declares every input of both branches.
+            (Some(empty), true) => {
+                feeds.push(("encoder_hidden_states".to_string(), float(encoded)));
+                feeds.extend(empty.first_call(rows));
+                MERGED_DECODER
+            }
+            (Some(_), false) => {
+                feeds.push(("encoder_hidden_states".to_string(), float(encoded)));
+                feeds.push(use_cache_branch(true));
+                feeds.extend(self.cache.iter().map(|(n, t)| (n.clone(), float(t))));
+                MERGED_DECODER
+            }
         };
+        let mut outputs = self.parts.run_part(part, feeds)?;
         let logits = take(&mut outputs, "logits")?;
-        // Every `present.*` replaces its `past_key_values.*`; the cross-attention entries the
-        // later graph does not return stay as the first call left them.
+        // Every `present.*` replaces its `past_key_values.*`, except that the cross-attention
+        // cache comes from the first call only: later graphs do not return it (or, merged,
+        // return placeholders).
         for (name, t) in outputs {
+            if !first && name.contains(".encoder.") {
+                continue;
+            }
             if let Some(past) = name.strip_prefix("present.") {
                 let past = format!("past_key_values.{past}");
                 match self.cache.iter_mut().find(|(n, _)| *n == past) {
@@ -246,6 +377,11 @@ impl<P: GraphParts> Seq2SeqDecoder for ExportedSeq2Seq<P> {
         if let Some((shape, data)) = &mut self.encoder_mask {
             *data = gather_rows(data, shape[1], &rows);
             shape[0] = rows.len();
+        }
+        // The merged graph takes the encoder output on every call (its cached branch ignores
+        // it, but its batch must match).
+        if let (Some(_), Some(encoded)) = (&self.merged, &mut self.encoded) {
+            *encoded = gather(encoded, &rows);
         }
         Ok(())
     }

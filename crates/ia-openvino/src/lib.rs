@@ -15,7 +15,9 @@ use ia_engine::calibration::{matmul_onnx, operand, time_products, MATMUL_SIZE};
 use ia_engine::exported_decoder::{
     check_exported, decoder_context, DecoderBackend, DecoderGraph, DecoderStep, ExportedDecoder,
 };
-use ia_engine::exported_seq2seq::{seq2seq_files, ExportedSeq2Seq, ExportedT5, ExportedWhisper};
+use ia_engine::exported_seq2seq::{
+    is_merged, seq2seq_files, ExportedSeq2Seq, ExportedT5, ExportedWhisper, COUNTED_PARTS,
+};
 use ia_engine::features::GraphFeeds;
 use ia_engine::inputs::GraphInput;
 use ia_engine::whisper::WhisperSession;
@@ -337,11 +339,7 @@ impl Engine for OpenVinoEngine {
         if model.class == ModelClass::T5 {
             self.supports(model.class, at.platform, Capability::Generate)?;
             let (parts, info) = self.seq2seq_parts(model, at)?;
-            return Ok(Box::new(ExportedT5::new(
-                ExportedSeq2Seq::new(parts),
-                model,
-                info,
-            )?));
+            return Ok(Box::new(ExportedT5::new(parts, model, info)?));
         }
         let max_context = decoder_context(model, "OpenVINO")?;
         let opened = self.open(model, at)?;
@@ -467,25 +465,29 @@ impl OpenVinoEngine {
         self.supports(model.class, at.platform, Capability::Run)?;
         let (parts, mut info) = self.seq2seq_parts(model, at)?;
         info.output_names = vec!["sequences".into()];
-        Ok((
-            ExportedWhisper::new(ExportedSeq2Seq::new(parts), model.config())?,
-            info,
-        ))
+        Ok((ExportedWhisper::new(parts, model.config())?, info))
     }
 
-    /// The three graphs of an encoder-decoder export (ia_engine::exported_seq2seq), each
+    /// The graphs of an encoder-decoder export (ia_engine::exported_seq2seq: three, or merged), each
     /// compiled at the placement's precision, and what to record about them.
     fn seq2seq_parts(
         &self,
         model: &Model,
         at: Placement,
-    ) -> Result<(OvParts, SessionInfo), EngineError> {
+    ) -> Result<(ExportedSeq2Seq<OvParts>, SessionInfo), EngineError> {
         let files = seq2seq_files(&model.source)?;
-        let parameter_count = ia_engine::memory::parts_parameters(
-            &model.source,
-            &files,
-            &["encoder_model", "decoder_model"],
-        )?;
+        if is_merged(&files) {
+            // OpenVINO 2026.4's own words: "CPU plug-in doesn't support If operation with
+            // dynamic rank" (the cached branch's placeholder outputs).
+            return Err(EngineError::Unsupported(
+                "OpenVINO's CPU plugin does not compile a merged decoder (decoder_model_merged: \
+                 an If whose branches return outputs of different rank); export the three \
+                 graphs (scripts/export_onnx_fixtures.py --whisper|--t5 DIR) for OpenVINO"
+                    .into(),
+            ));
+        }
+        let parameter_count =
+            ia_engine::memory::parts_parameters(&model.source, &files, &COUNTED_PARTS)?;
         let mut parts = Vec::new();
         for (part, file) in &files {
             parts.push((
@@ -495,7 +497,10 @@ impl OpenVinoEngine {
         }
         let mut info = parts[0].1.info.clone();
         info.output_names = vec!["logits".into()];
-        Ok((OvParts { parts }, info))
+        Ok((
+            ExportedSeq2Seq::new(OvParts { parts }, &files, model.config())?,
+            info,
+        ))
     }
 
     fn whisper(

@@ -274,6 +274,23 @@ fn whisper_matches_transformers_in_f32() {
     eprintln!("whisper-tiny openvino f32 logits max abs diff {worst:e}");
 }
 
+/// The exports with the two decoders merged (onnx-community's and Optimum's CLI layout) are
+/// refused with the reason: OpenVINO's CPU plugin does not compile their If.
+#[test]
+fn merged_decoders_are_refused_with_the_reason() {
+    let at = Placement::new(Platform::Openvino, Precision::F32);
+    let engine = OpenVinoEngine::new();
+    let (_dir, model) = common::merged_layout("whisper-tiny");
+    let e = engine.whisper_model(&model, at).err().unwrap();
+    assert!(
+        matches!(&e, ia_engine::EngineError::Unsupported(r) if r.contains("merged decoder")),
+        "{e}"
+    );
+    let (_dir, model) = common::merged_layout("t5-tiny");
+    let e = engine.load_generator(&model, at).err().unwrap();
+    assert!(matches!(e, ia_engine::EngineError::Unsupported(_)), "{e}");
+}
+
 /// The real whisper-tiny.en export transcribes like transformers on OpenVINO f32 (greedy and
 /// 3 beams).
 #[test]

@@ -18,7 +18,9 @@ pub mod session;
 
 use ia_engine::calibration::{matmul_onnx, operand, time_products, MATMUL_SIZE};
 use ia_engine::exported_decoder::{check_exported, decoder_context, ExportedDecoder};
-use ia_engine::exported_seq2seq::{seq2seq_files, ExportedSeq2Seq, ExportedT5, ExportedWhisper};
+use ia_engine::exported_seq2seq::{
+    seq2seq_files, ExportedSeq2Seq, ExportedT5, ExportedWhisper, COUNTED_PARTS,
+};
 use ia_engine::features::GraphFeeds;
 use ia_engine::generation::TextGenerator;
 use ia_engine::whisper::WhisperSession;
@@ -124,24 +126,23 @@ impl OrtEngine {
         self.supports(model.class, at.platform, Capability::Run)?;
         let (parts, mut info) = self.seq2seq_parts(model, at)?;
         info.output_names = vec!["sequences".into()];
-        Ok((
-            ExportedWhisper::new(ExportedSeq2Seq::new(parts), model.config())?,
-            info,
-        ))
+        Ok((ExportedWhisper::new(parts, model.config())?, info))
     }
 
-    /// The three graphs of an encoder-decoder export (ia_engine::exported_seq2seq), each a
+    /// The graphs of an encoder-decoder export (ia_engine::exported_seq2seq: three, or merged), each a
     /// session on the platform's provider, and what to record about them.
     fn seq2seq_parts(
         &self,
         model: &Model,
         at: Placement,
-    ) -> Result<(session::OrtParts, SessionInfo), EngineError> {
+    ) -> Result<(ExportedSeq2Seq<session::OrtParts>, SessionInfo), EngineError> {
         let files = seq2seq_files(&model.source)?;
-        let (parts, mut info) =
-            self.sessions(model, at, &files, &["encoder_model", "decoder_model"])?;
+        let (parts, mut info) = self.sessions(model, at, &files, &COUNTED_PARTS)?;
         info.output_names = vec!["logits".into()];
-        Ok((session::OrtParts { parts }, info))
+        Ok((
+            ExportedSeq2Seq::new(session::OrtParts { parts }, &files, model.config())?,
+            info,
+        ))
     }
 }
 
@@ -257,11 +258,7 @@ impl Engine for OrtEngine {
         if model.class == ModelClass::T5 {
             self.supports(model.class, at.platform, Capability::Generate)?;
             let (parts, info) = self.seq2seq_parts(model, at)?;
-            return Ok(Box::new(ExportedT5::new(
-                ExportedSeq2Seq::new(parts),
-                model,
-                info,
-            )?));
+            return Ok(Box::new(ExportedT5::new(parts, model, info)?));
         }
         let max_context = decoder_context(model, "ONNX Runtime")?;
         let (session, info) = self.open(model, at)?;

@@ -82,6 +82,34 @@ fn whisper_matches_transformers() {
     eprintln!("whisper-tiny onnxruntime logits max abs diff {worst:e}");
 }
 
+/// The same exports with the two decoders merged (onnx-community's and Optimum's CLI layout):
+/// the same logits within 1e-4 and the same tokens.
+#[test]
+fn merged_decoders_decode_like_transformers() {
+    let at = Placement::new(Platform::Cpu, Precision::F32);
+    let engine = OrtEngine::new();
+    let (_dir, model) = common::merged_layout("whisper-tiny");
+    let (mut whisper, _) = engine.whisper_model(&model, at).unwrap();
+    let mut asr = engine.load_speech_recognizer(&model, at).unwrap();
+    let worst = common::check_whisper(&mut whisper, asr.as_mut(), 1e-4);
+    eprintln!("whisper-tiny merged onnxruntime logits max abs diff {worst:e}");
+    let (dir, model) = common::merged_layout("t5-tiny");
+    let mut t5 = engine.load_generator(&model, at).unwrap();
+    assert!(t5.info().parameter_count > 0);
+    let worst = common::check_t5(t5.as_mut(), 1e-4);
+    eprintln!("t5-tiny merged onnxruntime logits max abs diff {worst:e}");
+    // Optimum's CLI names the merged graph decoder_model.onnx and writes no decoder with past.
+    let onnx = dir.path().join("onnx");
+    std::fs::rename(
+        onnx.join("decoder_model_merged.onnx"),
+        onnx.join("decoder_model.onnx"),
+    )
+    .unwrap();
+    let source = ModelSource::Checkpoint(Checkpoint::open(dir.path()).unwrap());
+    let model = Model::resolve("t5-tiny", source).unwrap();
+    common::check_t5(engine.load_generator(&model, at).unwrap().as_mut(), 1e-4);
+}
+
 /// The real whisper-tiny.en export transcribes like transformers (greedy and 3 beams).
 #[test]
 fn whisper_tiny_en_real_weights_transcribe_like_transformers() {

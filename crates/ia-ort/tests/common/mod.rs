@@ -13,6 +13,31 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// `name`'s fixture laid out as onnx-community ships encoder-decoders: its own files, with
+/// `onnx/encoder_model.onnx` and the merged decoder of scripts/merge_seq2seq_decoders.py only.
+pub fn merged_layout(name: &str) -> (tempfile::TempDir, ia_models::Model) {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let onnx = dir.path().join("onnx");
+    std::fs::create_dir(&onnx).unwrap();
+    for file in [
+        "onnx/encoder_model.onnx",
+        "onnx-merged/decoder_model_merged.onnx",
+    ] {
+        let from = fixture(name).join(file);
+        std::fs::copy(&from, onnx.join(from.file_name().unwrap())).unwrap();
+    }
+    let source =
+        ia_models::ModelSource::Checkpoint(ia_models::Checkpoint::open(dir.path()).unwrap());
+    let model = ia_models::Model::resolve(name, source).unwrap();
+    (dir, model)
+}
+
 /// A reference tensor as f32 (int64 ids converted).
 pub fn reference(name: &str, key: &str) -> (Vec<usize>, Vec<f32>) {
     let bytes = std::fs::read(fixture(name).join("reference.safetensors")).unwrap();
