@@ -61,12 +61,6 @@ fn page_error((stage, e): StepError) -> EngineError {
     EngineError::Runtime(format!("{stage}: {e}"))
 }
 
-/// What every s2s call answers beside its result: its time in the page.
-#[derive(Deserialize)]
-struct PageTime {
-    ms: f64,
-}
-
 impl PageSeq2Seq {
     /// Loads `files` (the export's parts by name, [`ia_engine::exported_seq2seq::seq2seq_files`])
     /// of a model of `config` in a fresh page of `host` on `platform`.
@@ -119,7 +113,10 @@ impl PageSeq2Seq {
         let invalid = |e: serde_json::Error| {
             EngineError::Runtime(format!("{function} answered unexpectedly: {e}"))
         };
-        let PageTime { ms } = serde_json::from_value(answer.clone()).map_err(invalid)?;
+        // Read before the answer moves into `T` (a copy would copy the logits).
+        let ms = answer.get("ms").and_then(Value::as_f64).ok_or_else(|| {
+            EngineError::Runtime(format!("{function} answered without its page time (ms)"))
+        })?;
         let value = serde_json::from_value(answer).map_err(invalid)?;
         self.transport.add(start.elapsed(), ms);
         Ok(value)
@@ -178,7 +175,7 @@ impl Seq2SeqDecoder for PageSeq2Seq {
     }
 
     fn reorder(&mut self, rows: &[u32]) -> Result<(), EngineError> {
-        let _: PageTime = self.call("s2sReorder", json!({ "rows": rows }))?;
+        let _: Value = self.call("s2sReorder", json!({ "rows": rows }))?;
         Ok(())
     }
 }
@@ -195,7 +192,7 @@ impl Seq2SeqBackend for PageSeq2Seq {
             .map(|(name, t)| (name, encode_input(t)))
             .collect();
         let mask = mask.map(|(shape, data)| encode_input(GraphInput::Int64 { shape, data }));
-        let _: PageTime = self.call(
+        let _: Value = self.call(
             "s2sEncode",
             json!({ "feeds": feeds, "mask": mask, "copies": copies }),
         )?;
