@@ -425,13 +425,16 @@ impl WebTarget {
             loaded.wasm_threads,
             &placement,
         );
-        let parameter_count = parts
-            .iter()
-            // The decoder with past shares the decoder's weights.
-            .filter(|(name, _)| name != "decoder_with_past_model")
-            .map(|(_, f)| ia_models::graph_weights::parameter_count(&request.model.source, f))
-            .sum::<Result<u64, _>>()
-            .map_err(|e| ("load", BrowserError::Page(e.to_string())))?;
+        // The checkpoint's own count once (not once per part), else the graphs holding
+        // distinct weights (an encoder-decoder's decoder with past repeats the decoder's).
+        let counted: Vec<&str> = if seq2seq {
+            ia_engine::exported_seq2seq::COUNTED_PARTS.to_vec()
+        } else {
+            parts.iter().map(|(name, _)| name.as_str()).collect()
+        };
+        let parameter_count =
+            ia_engine::memory::parts_parameters(&request.model.source, parts, &counted)
+                .map_err(|e| ("load", BrowserError::Page(e.to_string())))?;
         let info = SessionInfo {
             engine: ENGINE_NAME.into(),
             engine_version: format!(

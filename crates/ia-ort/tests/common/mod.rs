@@ -125,14 +125,7 @@ pub fn check_generation(name: &str, gen: &mut dyn TextGenerator, greedy: bool) -
             continue;
         }
         let expected = ids(name, &format!("prompt{p}_greedy"));
-        let opts = GenerateOptions {
-            max_new_tokens: expected.len(),
-            sampling: Sampling::greedy(),
-            stop_tokens: vec![],
-            ignore_eos: true,
-        };
-        let (tokens, _) =
-            generate(gen, &prompt, &opts, |_| std::ops::ControlFlow::Continue(())).unwrap();
+        let tokens = greedy_tokens(gen, &prompt, expected.len());
         assert_eq!(
             tokens, expected,
             "{name}: greedy tokens differ from transformers"
@@ -287,6 +280,19 @@ pub fn check_real_whisper(
     }
 }
 
+/// `n` greedy tokens after `prompt`, EOS not stopping them (as the references were made).
+pub fn greedy_tokens(gen: &mut dyn TextGenerator, prompt: &[u32], n: usize) -> Vec<u32> {
+    let opts = GenerateOptions {
+        max_new_tokens: n,
+        sampling: Sampling::greedy(),
+        stop_tokens: vec![],
+        ignore_eos: true,
+    };
+    generate(gen, prompt, &opts, |_| std::ops::ControlFlow::Continue(()))
+        .unwrap()
+        .0
+}
+
 /// The t5-tiny fixture's three-graph export generating like transformers: the logits at every
 /// decoder position (the first graph, then the cached one) within `tolerance`, and 32 greedy
 /// tokens identical to `generate(do_sample=False)`, for both prompts.
@@ -296,14 +302,7 @@ pub fn check_t5(gen: &mut dyn TextGenerator, tolerance: f32) -> f32 {
     for p in 0..2 {
         let prompt = ids(name, &format!("prompt{p}_input_ids"));
         let expected = ids(name, &format!("prompt{p}_greedy"));
-        let opts = GenerateOptions {
-            max_new_tokens: expected.len(),
-            sampling: Sampling::greedy(),
-            stop_tokens: vec![],
-            ignore_eos: true,
-        };
-        let (tokens, _) =
-            generate(gen, &prompt, &opts, |_| std::ops::ControlFlow::Continue(())).unwrap();
+        let tokens = greedy_tokens(gen, &prompt, expected.len());
         assert_eq!(tokens, expected, "{name} prompt {p}: greedy tokens differ");
     }
     assert!(worst <= tolerance, "{name}: logits max abs diff {worst}");
