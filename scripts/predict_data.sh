@@ -8,20 +8,29 @@
 #   * the small catalog models at their real sizes on the native engine (BERT = MiniLM,
 #     ViT-tiny, Whisper-tiny.en, and the T5 fixture; random weights where no
 #     checkpoint is cached, and every result says which).
-# Short time budgets (5 iterations, 0.2 s). usage: scripts/predict_data.sh [DB]
-# (default ./predict_db.duckdb); IA_BIN=path uses a built binary instead of building.
+# Every configuration is measured in IA_PREDICT_PASSES passes (default 2), one after the other,
+# so the evaluation can say how far repeats of one configuration differ (the floor under any
+# prediction's error), with budgets of IA_PREDICT_MIN_ITERATIONS iterations (default 10) and
+# IA_PREDICT_MIN_DURATION seconds (default 0.5) each.
+# usage: scripts/predict_data.sh [DB] (default ./predict_db.duckdb); IA_BIN=path uses a built
+# binary instead of building.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 db=${1:-./predict_db.duckdb}
 exe=${IA_BIN:-$(scripts/build.sh)}
+passes=${IA_PREDICT_PASSES:-2}
 scripts/fetch_checkpoints.sh >&2
 "$exe" hardware --calibrate --db-path "$db" >&2
-common=(--batch-sizes 1,2,4,8 --warmup 1 --min-iterations 5 --min-duration 0.2
+common=(--batch-sizes 1,2,4,8 --warmup 2 --min-iterations "${IA_PREDICT_MIN_ITERATIONS:-10}"
+        --min-duration "${IA_PREDICT_MIN_DURATION:-0.5}"
         --new-tokens 8 --audio-seconds 2 --db-path "$db")
-for seq in 16 64; do
-  "$exe" bench --models fixtures/bert-tiny,fixtures/vit-tiny,fixtures/llama-tiny,fixtures/qwen2-tiny,fixtures/opt-tiny \
-    --hardware cpu,onnxruntime,openvino,wasm,webgpu --seq-len "$seq" "${common[@]}" >&2 || true
-  "$exe" bench --models bert,vit,whisper,fixtures/t5-tiny --small-models --random-weights \
-    --hardware cpu --seq-len "$seq" "${common[@]}" >&2 || true
+for pass in $(seq 1 "$passes"); do
+  echo "pass $pass of $passes" >&2
+  for seq in 16 64; do
+    "$exe" bench --models fixtures/bert-tiny,fixtures/vit-tiny,fixtures/llama-tiny,fixtures/qwen2-tiny,fixtures/opt-tiny \
+      --hardware cpu,onnxruntime,openvino,wasm,webgpu --seq-len "$seq" "${common[@]}" >&2 || true
+    "$exe" bench --models bert,vit,whisper,fixtures/t5-tiny --small-models --random-weights \
+      --hardware cpu --seq-len "$seq" "${common[@]}" >&2 || true
+  done
 done
 "$exe" predict --evaluate --db-path "$db"

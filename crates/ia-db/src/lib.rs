@@ -101,9 +101,11 @@ impl Store {
             std::fs::create_dir_all(parent)
                 .map_err(|e| DbError::Io(format!("cannot create {}: {e}", parent.display())))?;
         }
-        let fresh = !path.exists();
+        if !path.exists() {
+            create_whole(path)?;
+        }
         let conn = open(path, false, &ReadOptions::default())?;
-        if !fresh && !schema::has_version_table(&conn)? && schema::has_user_tables(&conn)? {
+        if !schema::has_version_table(&conn)? && schema::has_user_tables(&conn)? {
             return Err(DbError::NotOurs { path: path.into() });
         }
         schema::migrate(&conn, path)?;
@@ -327,6 +329,70 @@ impl Store {
 
     pub fn query_limited(&self, sql: &str, limits: query::Limits) -> Result<QueryResult> {
         query::run_limited(&self.conn, sql, limits)
+    }
+}
+
+/// Creates a new store with the whole schema under a temporary name beside `path` and links it
+/// into place, so `path` never names a half-created store: a process killed while creating
+/// leaves at most a stray temporary file, which the next creation in that folder removes. When
+/// another process created `path` first, its store is kept and ours is dropped.
+fn create_whole(path: &Path) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    remove_stale_creations(dir);
+    let temp = dir.join(format!(".{name}{CREATING}{}", std::process::id()));
+    let remove_temp = || {
+        let _ = std::fs::remove_file(&temp);
+        // DuckDB's log beside it, `NAME.wal`.
+        let mut wal = temp.clone().into_os_string();
+        wal.push(".wal");
+        let _ = std::fs::remove_file(wal);
+    };
+    remove_temp();
+    let created = open(&temp, false, &ReadOptions::default()).and_then(|conn| {
+        schema::migrate(&conn, path)?;
+        conn.execute_batch("CHECKPOINT")?;
+        Ok(())
+    });
+    if let Err(e) = created {
+        remove_temp();
+        return Err(e);
+    }
+    let placed = match std::fs::hard_link(&temp, path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        // A file system without hard links: rename, which cannot refuse to replace, so only
+        // when nothing has appeared meanwhile.
+        Err(_) if !path.exists() => std::fs::rename(&temp, path),
+        Err(_) => Ok(()),
+    };
+    remove_temp();
+    placed.map_err(|e| DbError::Io(format!("cannot create {}: {e}", path.display())))
+}
+
+/// What names a store being created: `.NAME.creating-PID`.
+const CREATING: &str = ".creating-";
+
+/// Temporary stores in `dir` left by creators that were killed (their process is gone).
+fn remove_stale_creations(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((_, rest)) = name.strip_prefix('.').and_then(|n| n.rsplit_once(CREATING)) else {
+            continue;
+        };
+        let pid = rest.strip_suffix(".wal").unwrap_or(rest);
+        if pid.parse::<i64>().is_ok_and(|pid| !process_alive(pid)) {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! The versioned schema. Each migration brings the store from version N-1 to N inside one
-//! transaction; `schema_version` records what has been applied.
+//! The versioned schema. Migration N brings the store from version N-1 to N;
+//! `schema_version` records what has been applied. All the migrations a store needs run in one
+//! transaction, so a store is at its old version or the new one, never in between.
 
 use crate::{DbError, Result};
 use duckdb::Connection;
@@ -469,6 +470,24 @@ pub fn migrate(conn: &Connection, path: &Path) -> Result<()> {
 
 /// Applies the migrations up to `target` (tests build older stores with it).
 pub fn migrate_to(conn: &Connection, path: &Path, target: i64) -> Result<()> {
+    conn.execute_batch("BEGIN TRANSACTION")?;
+    let applied = apply_migrations(conn, path, target);
+    match applied {
+        Ok(()) => conn.execute_batch("COMMIT").map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            DbError::Sql(format!(
+                "schema migration failed at commit: {}",
+                crate::one_line(&e.to_string())
+            ))
+        }),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+fn apply_migrations(conn: &Connection, path: &Path, target: i64) -> Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_version (
             version INTEGER NOT NULL, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)",
@@ -489,10 +508,9 @@ pub fn migrate_to(conn: &Connection, path: &Path, target: i64) -> Result<()> {
     {
         let to = i as i64 + 1;
         conn.execute_batch(&format!(
-            "BEGIN TRANSACTION; {sql}; INSERT INTO schema_version (version) VALUES ({to}); COMMIT;"
+            "{sql}; INSERT INTO schema_version (version) VALUES ({to});"
         ))
         .map_err(|e| {
-            let _ = conn.execute_batch("ROLLBACK");
             DbError::Sql(format!(
                 "migration to schema version {to} failed: {}",
                 crate::one_line(&e.to_string())

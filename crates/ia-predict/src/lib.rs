@@ -896,20 +896,82 @@ pub fn evaluate(observations: &[Observation], split: Split, quantity: Quantity) 
     }
 }
 
+/// How far repeated measurements of one configuration lie from each other: the error of
+/// predicting each measurement by the mean of its configuration's other measurements, the floor
+/// under any predictor's MAPE on the same store.
+#[derive(Debug, Clone, Serialize)]
+pub struct Repeatability {
+    pub quantity: Quantity,
+    /// Configurations measured more than once, and their measurements.
+    pub configurations: usize,
+    pub measurements: usize,
+    /// Mean absolute percentage difference of each measurement from the mean of the others of
+    /// its configuration, %; None without repeats.
+    pub mape: Option<f64>,
+    /// Share of measurements within 10% of that mean.
+    pub within_10pct: Option<f64>,
+}
+
+/// The [`Repeatability`] of `quantity` over the configurations measured more than once.
+pub fn repeatability(observations: &[Observation], quantity: Quantity) -> Repeatability {
+    let mut groups: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for o in observations {
+        if let Some(v) = quantity.measured(o) {
+            groups
+                .entry(Split::Configuration.group(&o.case))
+                .or_default()
+                .push(v);
+        }
+    }
+    let repeated: Vec<&Vec<f64>> = groups.values().filter(|v| v.len() > 1).collect();
+    let errors: Vec<f64> = repeated
+        .iter()
+        .flat_map(|values| {
+            let total: f64 = values.iter().sum();
+            let others = (values.len() - 1) as f64;
+            values
+                .iter()
+                .map(move |&v| ((total - v) / others - v).abs() / v)
+        })
+        .collect();
+    let n = errors.len() as f64;
+    let some = |v: f64| (!errors.is_empty()).then_some(v);
+    Repeatability {
+        quantity,
+        configurations: repeated.len(),
+        measurements: errors.len(),
+        mape: some(errors.iter().sum::<f64>() / n * 100.0),
+        within_10pct: some(errors.iter().filter(|&&e| e <= 0.1).count() as f64 / n),
+    }
+}
+
 /// Selection on held-out latency predictions: per (model, batch, length, precision) measured
-/// on several targets, whether the predicted fastest is the measured fastest.
+/// on several targets, whether the predicted fastest is the measured fastest. A target measured
+/// more than once counts once, with the mean of its measurements and of its predictions.
 fn selection(scored: &[(f64, Interval, &Case)]) -> (usize, Option<f64>, Option<f64>) {
-    let mut cases: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    // case -> target -> (sum of predictions, sum of measurements, count)
+    let mut cases: BTreeMap<String, BTreeMap<String, (f64, f64, f64)>> = BTreeMap::new();
     for (m, p, c) in scored {
-        cases
+        let sums = cases
             .entry(format!(
                 "{}|{}|{}|{}|{}",
                 c.model, c.work.batch, c.work.seq_len, c.precision, c.hardware
             ))
             .or_default()
-            .push((p.p50, *m));
+            .entry(format!("{}|{}", c.engine, c.platform))
+            .or_default();
+        *sums = (sums.0 + p.p50, sums.1 + m, sums.2 + 1.0);
     }
-    let contested: Vec<&Vec<(f64, f64)>> = cases.values().filter(|v| v.len() > 1).collect();
+    let cases: Vec<Vec<(f64, f64)>> = cases
+        .into_values()
+        .map(|targets| {
+            targets
+                .into_values()
+                .map(|(p, m, n)| (p / n, m / n))
+                .collect()
+        })
+        .collect();
+    let contested: Vec<&Vec<(f64, f64)>> = cases.iter().filter(|v| v.len() > 1).collect();
     let mut hits = 0;
     let mut losses = Vec::new();
     for targets in &contested {
@@ -980,6 +1042,45 @@ mod tests {
             fit_affine(&[(1.0, 1.0, 2.0), (1.0, 1.0, 3.0)]).is_none(),
             "one distinct x"
         );
+    }
+
+    #[test]
+    fn repeatability_compares_each_repeat_with_the_others() {
+        let work = Workload {
+            batch: 1,
+            seq_len: 16,
+            new_tokens: 0,
+            audio_seconds: 0.0,
+        };
+        let case = |batch: usize| Case {
+            model: "m".into(),
+            class: "bert".into(),
+            engine: "e".into(),
+            platform: "cpu".into(),
+            precision: "f32".into(),
+            hardware: "h".into(),
+            work: Workload { batch, ..work },
+            costs: Vec::new(),
+            ceiling: None,
+            footprint_bytes: 1.0,
+        };
+        let obs = |batch: usize, latency_ms: f64| Observation {
+            case: case(batch),
+            latency_ms,
+            peak_memory_mib: None,
+            result_id: 0,
+        };
+        // Batch 1 measured at 10 and 12 ms (20% and 16.7% apart); batch 2 once, not counted.
+        let r = repeatability(
+            &[obs(1, 10.0), obs(1, 12.0), obs(2, 30.0)],
+            Quantity::Latency,
+        );
+        assert_eq!((r.configurations, r.measurements), (1, 2));
+        let expected = (0.2 + 2.0 / 12.0) / 2.0 * 100.0;
+        assert!((r.mape.unwrap() - expected).abs() < 1e-9, "{:?}", r.mape);
+        assert_eq!(r.within_10pct, Some(0.0));
+        let none = repeatability(&[obs(1, 10.0)], Quantity::PeakMemory);
+        assert_eq!((none.configurations, none.mape), (0, None));
     }
 
     #[test]

@@ -596,11 +596,16 @@ fn evaluate(
                 .map(move |&s| ia_predict::evaluate(observations, s, q))
         })
         .collect();
+    let repeats: Vec<_> = Quantity::ALL
+        .iter()
+        .map(|&q| ia_predict::repeatability(observations, q))
+        .collect();
     if json_out {
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
                 "observations": observations.len(),
+                "repeatability": repeats,
                 "with_peak_memory": observations.iter().filter(|o| o.peak_memory_mib.is_some()).count(),
                 "left_out": skipped,
                 "coverage_target": ia_predict::COVERAGE,
@@ -657,6 +662,21 @@ fn evaluate(
                 pct(r.top1),
                 r.mean_loss_pct.map_or("-".into(), |l| format!("{l:.1}"))
             );
+        }
+        if let Some(r) = repeats.iter().find(|r| r.quantity == quantity) {
+            match r.mape {
+                Some(mape) => println!(
+                    "repeats: {} configurations measured more than once ({} measurements) differ \
+                     from the mean of their other measurements by {mape:.1}% (MAPE), {} within 10%: \
+                     the floor under any prediction's error here",
+                    r.configurations,
+                    r.measurements,
+                    pct(r.within_10pct)
+                ),
+                None => println!(
+                    "repeats: no configuration measured twice, so the measurement noise is unknown"
+                ),
+            }
         }
     }
     Ok(())
