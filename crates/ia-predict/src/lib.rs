@@ -144,6 +144,10 @@ pub struct Case {
     /// What the model and one iteration need in memory, bytes: weights, activations and KV
     /// cache (`ia_models::footprint::estimate`), the prior of the peak-memory prediction.
     pub footprint_bytes: f64,
+    /// Transformer layers one call runs through (an encoder-decoder's both stacks): with the
+    /// calls of an iteration, how many kernel launches it makes, which dominate a tiny model
+    /// where dispatching an operation costs more than computing it.
+    pub layers: u64,
 }
 
 /// A compute rate standing in for an uncalibrated platform (100 GFLOP/s, 20 GB/s): the
@@ -166,7 +170,8 @@ impl Case {
     ) -> Option<Self> {
         let config = model.config();
         let costs = iteration_costs(config, model.class, model.generates_text(), work, precision)?;
-        let (_, positions) = tower_positions(config, model.class, work)?;
+        let (tower, positions) = tower_positions(config, model.class, work)?;
+        let shape = Shape::of(config, tower)?;
         let footprint = footprint::estimate(
             &model.source,
             bytes_per_weight(precision).ceil() as u64,
@@ -193,6 +198,7 @@ impl Case {
             costs,
             ceiling,
             footprint_bytes: footprint.total() as f64,
+            layers: shape.layers + shape.decoder_layers,
         })
     }
 
@@ -348,12 +354,23 @@ impl Affine {
         [(format!("{}#{}", c.target(), c.model), 4), (c.target(), 2)]
     }
 
-    fn baseline(&self, c: &Case, quantity: Quantity) -> f64 {
-        let (a, b) = Self::keys(c)
+    fn baseline(&self, c: &Case, quantity: Quantity, line: Line) -> f64 {
+        let keys = Self::keys(c);
+        let keys = match line {
+            Line::Specific => &keys[..],
+            Line::Target => &keys[1..],
+        };
+        let (a, b) = keys
             .iter()
             .find_map(|(k, _)| self.per_target.get(k).copied())
             .unwrap_or(self.global);
         (a * quantity.units(c) + b * quantity.prior(c)).max(1e-6)
+    }
+
+    /// Whether `c`'s target has a line of its own but `c`'s model none on it.
+    fn only_target_line(&self, c: &Case) -> bool {
+        let [(model, _), (target, _)] = Self::keys(c);
+        !self.per_target.contains_key(&model) && self.per_target.contains_key(&target)
     }
 }
 
@@ -402,6 +419,15 @@ fn fit_affine(points: &[(f64, f64, f64)]) -> Option<(f64, f64)> {
     }
 }
 
+/// Which affine line a prediction starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    /// The model's own line on the target where it has one, else the target's.
+    Specific,
+    /// The target's line, as for a model never measured on it.
+    Target,
+}
+
 /// Categorical values as stable small integers, learned from the training cases.
 #[derive(Debug, Clone, Default)]
 struct Codes(BTreeMap<String, f64>);
@@ -426,14 +452,22 @@ impl Codes {
     }
 }
 
-const FEATURES: usize = 10;
+const FEATURES: usize = 12;
 
 /// The point estimate: the affine line, times the exponential of a gradient-boosted
-/// correction of its log error.
+/// correction of its log error. Two learners: one corrects the most specific line (a measured
+/// model's own line on its target), which leaves it little to learn; the other corrects the
+/// target's line and so learns how models differ from it (decoders from encoders, large from
+/// small), which is what a model without a line of its own needs. Peak memory has only the
+/// first: a small model's peak is mostly the process's own memory, which the target's line
+/// holds, and a second learner fitted on the few models of a store moved the held-out-model
+/// memory error from 29% to 39% on `scripts/predict_data.sh`'s store.
 struct PointModel {
     quantity: Quantity,
     affine: Affine,
-    booster: GradientBooster,
+    specific: GradientBooster,
+    /// Latency only.
+    general: Option<GradientBooster>,
     engines: Codes,
     platforms: Codes,
     precisions: Codes,
@@ -446,6 +480,18 @@ struct PointModel {
 
 /// Fewer measurements than this fit nothing.
 const MIN_POINTS: usize = 8;
+
+/// Shallow trees and many small steps: tens to hundreds of points, few features.
+fn booster() -> GradientBooster {
+    GradientBooster::default()
+        .set_objective_type(ObjectiveType::SquaredLoss)
+        .set_iterations(300)
+        .set_learning_rate(0.1)
+        .set_max_depth(3)
+        .set_min_leaf_weight(1.0)
+        .set_parallel(false)
+        .set_seed(0)
+}
 
 impl PointModel {
     fn fit(observations: &[&Observation], quantity: Quantity) -> Result<Self, PredictError> {
@@ -467,15 +513,8 @@ impl PointModel {
         let mut m = Self {
             quantity,
             affine: Affine::fit(&pts, quantity),
-            // Shallow trees and many small steps: tens to hundreds of points, few features.
-            booster: GradientBooster::default()
-                .set_objective_type(ObjectiveType::SquaredLoss)
-                .set_iterations(300)
-                .set_learning_rate(0.1)
-                .set_max_depth(3)
-                .set_min_leaf_weight(1.0)
-                .set_parallel(false)
-                .set_seed(0),
+            specific: booster(),
+            general: (quantity == Quantity::Latency).then(booster),
             engines: Codes::learn(cases().map(|c| c.engine.as_str())),
             platforms: Codes::learn(cases().map(|c| c.platform.as_str())),
             precisions: Codes::learn(cases().map(|c| c.precision.as_str())),
@@ -489,30 +528,41 @@ impl PointModel {
         let batches: Vec<String> = cases().map(target_batch).collect();
         m.batches = Codes::learn(batches.iter().map(String::as_str));
         let rows: Vec<&Case> = cases().collect();
-        let y: Vec<f64> = pts
-            .iter()
-            .map(|p| (p.measured / m.affine.baseline(p.case, quantity)).ln())
-            .collect();
-        let data = m.matrix(&rows);
-        m.booster
-            .fit_unweighted(&Matrix::new(&data, rows.len(), FEATURES), &y, None)
-            .map_err(|e| PredictError::Learner(e.to_string()))?;
+        for line in [Line::Specific, Line::Target] {
+            let y: Vec<f64> = pts
+                .iter()
+                .map(|p| (p.measured / m.affine.baseline(p.case, quantity, line)).ln())
+                .collect();
+            let data = m.matrix(&rows, line);
+            let learner = match line {
+                Line::Specific => &mut m.specific,
+                Line::Target => match m.general.as_mut() {
+                    Some(general) => general,
+                    None => continue,
+                },
+            };
+            learner
+                .fit_unweighted(&Matrix::new(&data, rows.len(), FEATURES), &y, None)
+                .map_err(|e| PredictError::Learner(e.to_string()))?;
+        }
         Ok(m)
     }
 
-    /// Column-major features of `cases`.
-    fn matrix(&self, cases: &[&Case]) -> Vec<f64> {
+    /// Column-major features of `cases`, relative to `line`.
+    fn matrix(&self, cases: &[&Case], line: Line) -> Vec<f64> {
         let mut columns: Vec<Vec<f64>> = (0..FEATURES)
             .map(|_| Vec::with_capacity(cases.len()))
             .collect();
         for c in cases {
             let f = [
-                self.affine.baseline(c, self.quantity).ln(),
+                self.affine.baseline(c, self.quantity, line).ln(),
                 c.flops().max(1.0).ln(),
                 c.bytes().max(1.0).ln(),
                 (c.flops() / c.bytes().max(1.0)).max(1e-9).ln(),
                 (c.work.batch.max(1) as f64).ln(),
                 (c.work.seq_len.max(1) as f64).ln(),
+                (c.costs.len().max(1) as f64).ln(),
+                ((c.costs.len().max(1) as u64 * c.layers.max(1)) as f64).ln(),
                 self.engines.of(&c.engine),
                 self.platforms.of(&c.platform),
                 self.precisions.of(&c.precision),
@@ -526,11 +576,13 @@ impl PointModel {
     }
 
     fn point(&self, case: &Case) -> f64 {
-        let data = self.matrix(&[case]);
-        let ratio = self
-            .booster
-            .predict(&Matrix::new(&data, 1, FEATURES), false)[0];
-        self.affine.baseline(case, self.quantity) * ratio.exp()
+        let (line, learner) = match &self.general {
+            Some(general) if self.affine.only_target_line(case) => (Line::Target, general),
+            _ => (Line::Specific, &self.specific),
+        };
+        let data = self.matrix(&[case], line);
+        let ratio = learner.predict(&Matrix::new(&data, 1, FEATURES), false)[0];
+        self.affine.baseline(case, self.quantity, line) * ratio.exp()
     }
 
     /// What the fitted points have not seen of `case`.
@@ -594,8 +646,8 @@ impl Margin {
 /// Predictions of one quantity with split-conformal intervals.
 ///
 /// The interval of a case like those fitted comes from held-out points of the store (every
-/// fourth). A case of a model, a target or a batch size (on its target) the fit never saw is a
-/// different question: its margin comes from holding each model (target, batch size) of the
+/// fourth configuration). A case of a model, a target or a batch size (on its target) the fit
+/// never saw is a different question: its margin comes from holding each model (target, batch size) of the
 /// store out in turn, fitting on the rest and measuring the held-out errors, so that its
 /// interval is as wide as that kind of extrapolation has been wrong before. Those margins are
 /// computed the first time a case needs them.
@@ -638,8 +690,8 @@ const CALIBRATION_EVERY: usize = 4;
 pub const COVERAGE: f64 = 0.9;
 
 impl Predictor {
-    /// Fits on the `observations` that measured `quantity`: every fourth one (in a fixed
-    /// order) calibrates the interval, the others train the learner.
+    /// Fits on the `observations` that measured `quantity`: every fourth configuration (in
+    /// the order first measured) calibrates the interval, the others train the learner.
     pub fn fit(observations: &[Observation], quantity: Quantity) -> Result<Self, PredictError> {
         let all: Vec<Observation> = observations
             .iter()
@@ -654,8 +706,19 @@ impl Predictor {
                 quantity.noun()
             )));
         }
-        let (fitted, calibrate): (Vec<usize>, Vec<usize>) =
-            (0..all.len()).partition(|i| (i + 1) % CALIBRATION_EVERY != 0);
+        // Whole configurations calibrate: a repeat of a fitted configuration would make the
+        // held-out errors look like those of a configuration already seen.
+        let mut configurations: BTreeMap<String, usize> = BTreeMap::new();
+        for o in &all {
+            let next = configurations.len();
+            configurations
+                .entry(Split::Configuration.group(&o.case))
+                .or_insert(next);
+        }
+        let (fitted, calibrate): (Vec<usize>, Vec<usize>) = (0..all.len()).partition(|&i| {
+            let order = configurations[&Split::Configuration.group(&all[i].case)];
+            !(order + 1).is_multiple_of(CALIBRATION_EVERY)
+        });
         let fit_refs: Vec<&Observation> = fitted.iter().map(|&i| &all[i]).collect();
         let model = PointModel::fit(&fit_refs, quantity)?;
         let errors: Vec<f64> = calibrate
@@ -1063,6 +1126,7 @@ mod tests {
             costs: Vec::new(),
             ceiling: None,
             footprint_bytes: 1.0,
+            layers: 2,
         };
         let obs = |batch: usize, latency_ms: f64| Observation {
             case: case(batch),
@@ -1117,6 +1181,7 @@ mod tests {
                     bytes_per_s: 1e10,
                 }),
                 footprint_bytes: 1e6 * (batch * seq_len) as f64,
+                layers: 4,
             }
         };
         let mut observations = Vec::new();
@@ -1178,6 +1243,7 @@ mod tests {
                             .unwrap(),
                         ceiling: None,
                         footprint_bytes: 1e7,
+                        layers: 4,
                     };
                     observations.push(Observation {
                         latency_ms: slowdown * case.prior_ms(),

@@ -1358,6 +1358,11 @@ fn predict_learns_from_stored_results_and_scores_itself_on_held_out_ones() {
     }
     // Two targets per (model, batch): a selection case each.
     assert_eq!(configuration["selection_cases"], 6);
+    // Each configuration was measured once: no repeats, so no noise floor is claimed.
+    for r in report["repeatability"].as_array().unwrap() {
+        assert_eq!(r["configurations"], 0, "{r}");
+        assert!(r["mape"].is_null(), "{r}");
+    }
 }
 
 /// `select` ranks this machine's targets for a model from the store (measured where it can,
