@@ -362,7 +362,14 @@ fn create_whole(path: &Path) -> Result<()> {
     });
     if let Err(e) = created {
         remove_temp();
-        return Err(e);
+        // The user named `path`, not the temporary file.
+        return Err(match e {
+            DbError::Open { message, .. } => DbError::Open {
+                path: path.into(),
+                message: message.replace(&*temp.to_string_lossy(), &path.to_string_lossy()),
+            },
+            other => other,
+        });
     }
     let placed = match std::fs::hard_link(&temp, path) {
         Ok(()) => Ok(()),
