@@ -10,7 +10,9 @@
 //!   model ([`forust_ml`]; `perpetual`, its successor, needs a nightly compiler) learns the log
 //!   ratio of the measurement to that line: how far each engine, platform, precision and class
 //!   stays from it at each size. Learning a ratio, not the value, lets the trees (which cannot
-//!   extrapolate) serve batch sizes and lengths outside the measured range.
+//!   extrapolate) serve batch sizes and lengths outside the measured range. The line is the
+//!   model's own on its target where it has one; for latency, a model without one starts from
+//!   the target's line, corrected by a second learner fitted against that line.
 //! * The 90% interval is split conformal: the model is fitted on one part of the data, and
 //!   the 90th percentile of its absolute log errors on the held-out rest widens every
 //!   prediction. A case of an unmeasured model or target is widened by the errors of holding
