@@ -349,10 +349,7 @@ fn create_whole(path: &Path) -> Result<()> {
     let temp = dir.join(format!(".{name}{CREATING}{}", std::process::id()));
     let remove_temp = || {
         let _ = std::fs::remove_file(&temp);
-        // DuckDB's log beside it, `NAME.wal`.
-        let mut wal = temp.clone().into_os_string();
-        wal.push(".wal");
-        let _ = std::fs::remove_file(wal);
+        let _ = std::fs::remove_file(wal_path(&temp));
     };
     remove_temp();
     let created = open(&temp, false, &ReadOptions::default()).and_then(|conn| {
@@ -381,6 +378,13 @@ fn create_whole(path: &Path) -> Result<()> {
     };
     remove_temp();
     placed.map_err(|e| DbError::Io(format!("cannot create {}: {e}", path.display())))
+}
+
+/// DuckDB's log beside the store at `path`: `NAME.wal`.
+pub(crate) fn wal_path(path: &Path) -> PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push(".wal");
+    wal.into()
 }
 
 /// What names a store being created: `.NAME.creating-PID`.

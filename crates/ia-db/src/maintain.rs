@@ -199,12 +199,10 @@ impl Store {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        let mut wal = self.path().as_os_str().to_owned();
-        wal.push(".wal");
         Ok(StoreStats {
             schema_version: schema::current_version(c)?,
             file_bytes: size(self.path()),
-            wal_bytes: size(Path::new(&wal)),
+            wal_bytes: size(&crate::wal_path(self.path())),
             rows: self.row_counts()?,
             runs,
             oldest_run: oldest,

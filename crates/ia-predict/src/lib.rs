@@ -711,16 +711,17 @@ impl Predictor {
         // Whole configurations calibrate: a repeat of a fitted configuration would make the
         // held-out errors look like those of a configuration already seen.
         let mut configurations: BTreeMap<String, usize> = BTreeMap::new();
-        for o in &all {
-            let next = configurations.len();
-            configurations
-                .entry(Split::Configuration.group(&o.case))
-                .or_insert(next);
-        }
-        let (fitted, calibrate): (Vec<usize>, Vec<usize>) = (0..all.len()).partition(|&i| {
-            let order = configurations[&Split::Configuration.group(&all[i].case)];
-            !(order + 1).is_multiple_of(CALIBRATION_EVERY)
-        });
+        let order: Vec<usize> = all
+            .iter()
+            .map(|o| {
+                let next = configurations.len();
+                *configurations
+                    .entry(Split::Configuration.group(&o.case))
+                    .or_insert(next)
+            })
+            .collect();
+        let (fitted, calibrate): (Vec<usize>, Vec<usize>) =
+            (0..all.len()).partition(|&i| !(order[i] + 1).is_multiple_of(CALIBRATION_EVERY));
         let fit_refs: Vec<&Observation> = fitted.iter().map(|&i| &all[i]).collect();
         let model = PointModel::fit(&fit_refs, quantity)?;
         let errors: Vec<f64> = calibrate
@@ -936,6 +937,7 @@ pub fn evaluate(observations: &[Observation], split: Split, quantity: Quantity) 
         .iter()
         .map(|(m, p, _)| (p.p50 - m).abs() / m)
         .collect();
+    let (mape, within_10pct) = error_shares(&errors);
     let covered = scored
         .iter()
         .filter(|(m, p, _)| (p.low..=p.high).contains(m))
@@ -951,8 +953,8 @@ pub fn evaluate(observations: &[Observation], split: Split, quantity: Quantity) 
         folds: groups.len(),
         predictions: scored.len(),
         skipped_folds: skipped,
-        mape: some(errors.iter().sum::<f64>() / n * 100.0),
-        within_10pct: some(errors.iter().filter(|&&e| e <= 0.1).count() as f64 / n),
+        mape,
+        within_10pct,
         coverage: some(covered as f64 / n),
         above_upper_bound,
         selection_cases,
@@ -999,15 +1001,27 @@ pub fn repeatability(observations: &[Observation], quantity: Quantity) -> Repeat
                 .map(move |&v| ((total - v) / others - v).abs() / v)
         })
         .collect();
-    let n = errors.len() as f64;
-    let some = |v: f64| (!errors.is_empty()).then_some(v);
+    let (mape, within_10pct) = error_shares(&errors);
     Repeatability {
         quantity,
         configurations: repeated.len(),
         measurements: errors.len(),
-        mape: some(errors.iter().sum::<f64>() / n * 100.0),
-        within_10pct: some(errors.iter().filter(|&&e| e <= 0.1).count() as f64 / n),
+        mape,
+        within_10pct,
     }
+}
+
+/// The mean of relative errors as a percentage (MAPE) and the share of them within 10%; None
+/// without errors.
+fn error_shares(errors: &[f64]) -> (Option<f64>, Option<f64>) {
+    if errors.is_empty() {
+        return (None, None);
+    }
+    let n = errors.len() as f64;
+    (
+        Some(errors.iter().sum::<f64>() / n * 100.0),
+        Some(errors.iter().filter(|&&e| e <= 0.1).count() as f64 / n),
+    )
 }
 
 /// Selection on held-out latency predictions: per (model, batch, length, precision) measured
