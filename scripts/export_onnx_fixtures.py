@@ -33,8 +33,8 @@ and OpenVINO engines are tested against the same transformers reference outputs
 
     ~/.cache/ipfs-accelerate/pyref/bin/python scripts/export_onnx_fixtures.py --decoder DIR
     ~/.cache/ipfs-accelerate/pyref/bin/python scripts/export_onnx_fixtures.py --bert DIR
-    (also --wav2vec2 DIR, --detr DIR, --whisper DIR, --t5 DIR)
-export one decoder, BERT, Wav2Vec2 or DETR checkpoint folder (for benchmarks at real sizes) the same way.
+    (also --wav2vec2 DIR, --detr DIR, --whisper DIR, --t5 DIR, --clip DIR, --clap DIR)
+export one checkpoint folder of that family (for benchmarks at real sizes) the same way, in place.
 
 Needs torch + transformers + onnx (scripts/setup_pyref.sh; pip install onnx). Exported with
 the TorchScript exporter, opset 17, dynamic batch and sequence axes.
@@ -85,14 +85,20 @@ def export(name, model, inputs, output, dynamic, file="model.onnx", folder=None,
     print("exported", out / file)
 
 
-def export_clip():
+def export_clip(name, folder=None):
+    """CLIP's two towers as transformers.js lays them out: `onnx/text_model.onnx` (input_ids,
+    attention_mask -> text_embeds) and `onnx/vision_model.onnx` (pixel_values -> image_embeds)."""
     from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+    folder = Path(folder) if folder else FIX / name
     ids = torch.tensor([[0, 10, 11, 12, 1, 1], [0, 13, 14, 1, 1, 1]])
     mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]])
-    export("clip-tiny", CLIPTextModelWithProjection.from_pretrained(FIX / "clip-tiny"),
-           {"input_ids": ids, "attention_mask": mask}, "text_embeds", None, "text_model.onnx")
-    export("clip-tiny", CLIPVisionModelWithProjection.from_pretrained(FIX / "clip-tiny"),
-           {"pixel_values": torch.randn(1, 3, 32, 32)}, "image_embeds", None, "vision_model.onnx")
+    export(name, CLIPTextModelWithProjection.from_pretrained(folder),
+           {"input_ids": ids, "attention_mask": mask}, "text_embeds", None, "text_model.onnx",
+           folder=folder)
+    vision = CLIPVisionModelWithProjection.from_pretrained(folder)
+    size = vision.config.image_size
+    export(name, vision, {"pixel_values": torch.randn(1, 3, size, size)}, "image_embeds", None,
+           "vision_model.onnx", folder=folder)
 
 
 class DecoderWithPast(torch.nn.Module):
@@ -367,7 +373,7 @@ def main():
     export_bert("bert-tiny")
     export("vit-tiny", ViTForImageClassification.from_pretrained(FIX / "vit-tiny"),
            {"pixel_values": torch.randn(1, 3, 32, 32)}, "logits", {0: "batch"})
-    export_clip()
+    export_clip("clip-tiny")
     export_clap("clap-tiny")
     export_wav2vec2("wav2vec2-tiny")
     export_wav2vec2("wav2vec2-tiny-stable")
@@ -396,5 +402,9 @@ if __name__ == "__main__":
         export_t5(Path(sys.argv[2]).name, sys.argv[2])
     elif sys.argv[1:2] == ["--detr"]:
         export_detr(Path(sys.argv[2]).name, sys.argv[2])
+    elif sys.argv[1:2] == ["--clip"]:
+        export_clip(Path(sys.argv[2]).name, sys.argv[2])
+    elif sys.argv[1:2] == ["--clap"]:
+        export_clap(Path(sys.argv[2]).name, sys.argv[2])
     else:
         main()

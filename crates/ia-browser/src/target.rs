@@ -12,8 +12,8 @@ use ia_engine::exported_decoder::{check_exported_class, decoder_context, Decoder
 use ia_engine::features::GraphFeeds;
 use ia_engine::inputs::{self, GraphInput, InputSpec};
 use ia_engine::{
-    EngineError, GenerationTiming, Inputs, LoadFailure, LoadVariant, MatmulRate, Precision,
-    SessionInfo, TimedIterations, TimedWorkload,
+    DispatchCost, EngineError, GenerationTiming, Inputs, LoadFailure, LoadVariant, MatmulRate,
+    Precision, SessionInfo, TimedIterations, TimedWorkload,
 };
 use ia_hardware::Platform;
 use ia_models::{Modality, Model, ModelClass, ModelSource};
@@ -228,38 +228,71 @@ impl WebBench {
     pub fn calibrate_matmul(&mut self, platform: Platform) -> Result<MatmulRate, BrowserError> {
         use ia_engine::calibration::{matmul_onnx, operand, rate_of_products};
         let n = WEB_MATMUL_SIZE;
-        let dir = tempfile::tempdir().map_err(|e| BrowserError::Server(e.to_string()))?;
-        let file = dir.path().join("matmul.onnx");
-        std::fs::write(&file, matmul_onnx(n)).map_err(|e| BrowserError::Server(e.to_string()))?;
         let (a, b) = (operand(n, 0.5), operand(n, -0.25));
-        let feed = |data: &[f32]| GraphInput::Float32 {
-            shape: vec![n, n],
-            data: data.to_vec().into(),
-        };
-        let feeds = vec![("a".into(), feed(&a)), ("b".into(), feed(&b))];
-        let (flops_per_s, samples) = self.with_graph(platform, &file, feeds, |host, timeout| {
-            rate_of_products(n, || {
-                let timed: Timed = step(
-                    host,
-                    "timed",
-                    "timed",
-                    json!({"iterations": 1, "returnOutputs": false}),
-                    timeout,
-                )
-                .map_err(|(_, e)| EngineError::Runtime(crate::one_line(&e.to_string())))?;
-                timed
-                    .samples
-                    .first()
-                    .map(|ms| ms / 1e3)
-                    .ok_or_else(|| EngineError::Runtime("the page timed no product".into()))
-            })
-            .map_err(|e| ("timed", BrowserError::Page(e.to_string())))
-        })?;
+        let (flops_per_s, samples) = self.time_calibration_graph(
+            platform,
+            &matmul_onnx(n),
+            &[("a", [n, n], &a), ("b", [n, n], &b)],
+            |call| rate_of_products(n, call),
+        )?;
         Ok(MatmulRate {
             device: self.browser.clone().unwrap_or_default(),
             size: n,
             flops_per_s,
             samples,
+        })
+    }
+
+    /// The dispatch calibration on a web platform: the engines' chains of tiny products
+    /// ([`ia_engine::calibration`]), each call timed in the page; each chain in a page of its
+    /// own, one after the other.
+    pub fn calibrate_dispatch(&mut self, platform: Platform) -> Result<DispatchCost, BrowserError> {
+        use ia_engine::calibration::{
+            chain_onnx, chain_operands, median_call, split_dispatch, DISPATCH_OPS, DISPATCH_WIDTH,
+        };
+        let w = DISPATCH_WIDTH;
+        let (x, weights) = chain_operands(w);
+        let inputs = [("x", [1, w], &x[..]), ("w", [w, w], &weights[..])];
+        let mut chain = |ops| {
+            self.time_calibration_graph(platform, &chain_onnx(ops, w), &inputs, |call| {
+                median_call(call)
+            })
+        };
+        let (short, long) = (chain(1)?, chain(DISPATCH_OPS)?);
+        let (call_seconds, op_seconds) = split_dispatch(short.0, long.0);
+        Ok(DispatchCost {
+            device: self.browser.clone().unwrap_or_default(),
+            call_seconds,
+            op_seconds,
+            samples: short.1 + long.1,
+        })
+    }
+
+    /// Loads a calibration graph (`onnx`, its f32 `inputs`) in a page and runs `protocol`
+    /// over single calls of it, each timed in the page.
+    fn time_calibration_graph<T>(
+        &mut self,
+        platform: Platform,
+        onnx: &[u8],
+        inputs: &[(&str, [usize; 2], &[f32])],
+        protocol: impl FnOnce(&mut dyn FnMut() -> Result<f64, EngineError>) -> Result<T, EngineError>,
+    ) -> Result<T, BrowserError> {
+        let dir = tempfile::tempdir().map_err(|e| BrowserError::Server(e.to_string()))?;
+        let file = dir.path().join("calibration.onnx");
+        std::fs::write(&file, onnx).map_err(|e| BrowserError::Server(e.to_string()))?;
+        let feeds = inputs
+            .iter()
+            .map(|(name, shape, data)| {
+                let input = GraphInput::Float32 {
+                    shape: shape.to_vec(),
+                    data: (*data).into(),
+                };
+                (name.to_string(), input)
+            })
+            .collect();
+        self.with_graph(platform, &file, feeds, |host, timeout| {
+            protocol(&mut || page_call_seconds(host, timeout))
+                .map_err(|e| ("timed", BrowserError::Page(e.to_string())))
         })
     }
 
@@ -322,6 +355,24 @@ impl WebBench {
         host.server.clear_models();
         ran.map_err(|(_, e)| e)
     }
+}
+
+/// The seconds of one call of the page's loaded graph, as the page times it
+/// (`performance.now()` around the run, its outputs not sent back).
+fn page_call_seconds(host: &BrowserHost, timeout: Duration) -> Result<f64, EngineError> {
+    let timed: Timed = step(
+        host,
+        "timed",
+        "timed",
+        json!({"iterations": 1, "returnOutputs": false}),
+        timeout,
+    )
+    .map_err(|(_, e)| EngineError::Runtime(crate::one_line(&e.to_string())))?;
+    timed
+        .samples
+        .first()
+        .map(|ms| ms / 1e3)
+        .ok_or_else(|| EngineError::Runtime("the page timed no call".into()))
 }
 
 /// A model loaded in a page with its inputs, owning the browser it runs in.

@@ -196,7 +196,9 @@ table_record! {
 pub struct CalibrationRecord {
     pub engine: String,
     pub engine_version: String,
-    /// "matmul" (value in FLOP/s) or "memory-bandwidth" (bytes/s).
+    /// "matmul" (value in FLOP/s), "memory-bandwidth" (bytes/s), or "dispatch-call" and
+    /// "dispatch-op" (seconds of a call beyond its operations, of an operation beyond its
+    /// arithmetic; size is the long chain's operations).
     pub kind: String,
     pub precision: Option<String>,
     pub size: i64,

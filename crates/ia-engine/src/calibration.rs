@@ -1,8 +1,13 @@
-//! The matmul calibration every engine runs (`hardware --calibrate`): one protocol for timing
-//! dense products, and the ONNX graph of one product for the runtimes that run graphs.
+//! The calibrations every engine runs (`hardware --calibrate`), one protocol each, with the
+//! ONNX graphs they run on for the runtimes that run graphs:
 //!
-//! The protocol: two untimed products, then products timed one by one until at least five
-//! and half a second (at most 50); the rate is `2 n^3` over the median time.
+//! * matmul: two untimed products, then products timed one by one until at least five and
+//!   half a second (at most 50); the rate is `2 n^3` over the median time;
+//! * dispatch: what a call and each operation in it cost beyond their arithmetic. A chain of
+//!   one and a chain of [`DISPATCH_OPS`] tiny products are timed call by call (at least ten
+//!   and a quarter of a second each); the difference of the medians is the chain's extra
+//!   operations. On a software WebGPU adapter this, not FLOP/s, is what a small model's
+//!   latency is made of; no roofline sees it.
 
 use crate::EngineError;
 use std::time::{Duration, Instant};
@@ -17,31 +22,78 @@ pub fn time_products(
     n: usize,
     mut product: impl FnMut() -> Result<(), EngineError>,
 ) -> Result<(f64, usize), EngineError> {
-    rate_of_products(n, || {
-        let t = Instant::now();
-        product()?;
-        Ok(t.elapsed().as_secs_f64())
-    })
+    rate_of_products(n, || seconds_of(&mut product))
 }
 
 /// The same protocol for a runtime that times each product itself (a page, with
 /// `performance.now()`): `product` runs one and returns its seconds.
 pub fn rate_of_products(
     n: usize,
-    mut product: impl FnMut() -> Result<f64, EngineError>,
+    product: impl FnMut() -> Result<f64, EngineError>,
+) -> Result<(f64, usize), EngineError> {
+    let (median, samples) = median_seconds(product, 5, Duration::from_millis(500), 50)?;
+    Ok((2.0 * (n as f64).powi(3) / median, samples))
+}
+
+/// The median of `timed` (which returns its own seconds) and how many were timed: two
+/// untimed, then at least `min` and until `budget` has passed (at most `max`).
+fn median_seconds(
+    mut timed: impl FnMut() -> Result<f64, EngineError>,
+    min: usize,
+    budget: Duration,
+    max: usize,
 ) -> Result<(f64, usize), EngineError> {
     for _ in 0..2 {
-        product()?;
+        timed()?;
     }
     let mut seconds = Vec::new();
     let start = Instant::now();
-    while seconds.len() < 5 || (start.elapsed() < Duration::from_millis(500) && seconds.len() < 50)
-    {
-        seconds.push(product()?);
+    while seconds.len() < min || (start.elapsed() < budget && seconds.len() < max) {
+        seconds.push(timed()?);
     }
     seconds.sort_by(f64::total_cmp);
-    let median = seconds[seconds.len() / 2];
-    Ok((2.0 * (n as f64).powi(3) / median, seconds.len()))
+    Ok((seconds[seconds.len() / 2], seconds.len()))
+}
+
+/// Products in the long chain of the dispatch calibration.
+pub const DISPATCH_OPS: usize = 64;
+/// Width of the dispatch chain: a 1 x 16 by 16 x 16 product (512 FLOPs), nothing next to the
+/// cost of dispatching it.
+pub const DISPATCH_WIDTH: usize = 16;
+
+/// Times single calls of a chain by the dispatch protocol: `call(ops)` runs one call of the
+/// chain of `ops` products (waited for) and returns its seconds. Returns the seconds of a
+/// call beyond its operations, the seconds of each operation, and the calls timed.
+pub fn dispatch_costs(
+    mut call: impl FnMut(usize) -> Result<f64, EngineError>,
+) -> Result<(f64, f64, usize), EngineError> {
+    let short = median_call(|| call(1))?;
+    let long = median_call(|| call(DISPATCH_OPS))?;
+    let (call_s, op_s) = split_dispatch(short.0, long.0);
+    Ok((call_s, op_s, short.1 + long.1))
+}
+
+/// The seconds of a call and of each operation, from the medians of the one-operation and
+/// the [`DISPATCH_OPS`]-operation chains (neither below zero: noise can invert them).
+pub fn split_dispatch(short: f64, long: f64) -> (f64, f64) {
+    let op = ((long - short) / (DISPATCH_OPS - 1) as f64).max(0.0);
+    ((short - op).max(0.0), op)
+}
+
+/// The median seconds of `call` (returning its own seconds) and the calls timed: two untimed,
+/// then at least ten and a quarter of a second (at most 100).
+pub fn median_call(
+    call: impl FnMut() -> Result<f64, EngineError>,
+) -> Result<(f64, usize), EngineError> {
+    median_seconds(call, 10, Duration::from_millis(250), 100)
+}
+
+/// Times one call of `f` in seconds: the [`dispatch_costs`] callback of an engine that does
+/// not time calls itself.
+pub fn seconds_of(f: impl FnOnce() -> Result<(), EngineError>) -> Result<f64, EngineError> {
+    let t = Instant::now();
+    f()?;
+    Ok(t.elapsed().as_secs_f64())
 }
 
 /// The deterministic operands of the product: small values, so no runtime takes a shortcut
@@ -55,32 +107,76 @@ pub fn operand(n: usize, offset: f32) -> Vec<f32> {
 /// An ONNX model (IR 8, opset 13) computing `c = MatMul(a, b)` for f32 inputs `a` and `b` of
 /// shape n x n: the graph runtimes' calibration, built here so that no file is needed.
 pub fn matmul_onnx(n: usize) -> Vec<u8> {
-    let dim = message(&[field_varint(1, n as u64)]);
-    let shape = message(&[field_bytes(1, &dim), field_bytes(1, &dim)]);
-    // TypeProto.Tensor: elem_type 1 = FLOAT.
-    let tensor = message(&[field_varint(1, 1), field_bytes(2, &shape)]);
-    let value_type = message(&[field_bytes(1, &tensor)]);
-    let value_info =
-        |name: &str| message(&[field_bytes(1, name.as_bytes()), field_bytes(2, &value_type)]);
-    let node = message(&[
-        field_bytes(1, b"a"),
-        field_bytes(1, b"b"),
-        field_bytes(2, b"c"),
-        field_bytes(3, b"product"),
-        field_bytes(4, b"MatMul"),
-    ]);
+    let node = matmul_node("a", "b", "c", "product");
     let graph = message(&[
         field_bytes(1, &node),
         field_bytes(2, b"calibration"),
-        field_bytes(11, &value_info("a")),
-        field_bytes(11, &value_info("b")),
-        field_bytes(12, &value_info("c")),
+        field_bytes(11, &value_info("a", n, n)),
+        field_bytes(11, &value_info("b", n, n)),
+        field_bytes(12, &value_info("c", n, n)),
     ]);
+    model(&graph)
+}
+
+/// The dispatch chain: `x` (1 x w) multiplied `ops` times by `w` (w x w), each product an
+/// operation of its own that no runtime can fuse with the next; output `y`.
+pub fn chain_onnx(ops: usize, w: usize) -> Vec<u8> {
+    let mut fields = Vec::new();
+    for i in 1..=ops {
+        let input = if i == 1 {
+            "x".into()
+        } else {
+            format!("h{}", i - 1)
+        };
+        let output = if i == ops {
+            "y".into()
+        } else {
+            format!("h{i}")
+        };
+        let node = matmul_node(&input, "w", &output, &format!("product{i}"));
+        fields.push(field_bytes(1, &node));
+    }
+    fields.push(field_bytes(2, b"dispatch"));
+    fields.push(field_bytes(11, &value_info("x", 1, w)));
+    fields.push(field_bytes(11, &value_info("w", w, w)));
+    fields.push(field_bytes(12, &value_info("y", 1, w)));
+    model(&message(&fields))
+}
+
+/// The dispatch chain's operands: `x` all ones and `w` with columns summing to one, so the
+/// values stay at one through any number of products.
+pub fn chain_operands(w: usize) -> (Vec<f32>, Vec<f32>) {
+    (vec![1.0; w], vec![1.0 / w as f32; w * w])
+}
+
+/// NodeProto of `c = MatMul(a, b)`.
+fn matmul_node(a: &str, b: &str, c: &str, name: &str) -> Vec<u8> {
+    message(&[
+        field_bytes(1, a.as_bytes()),
+        field_bytes(1, b.as_bytes()),
+        field_bytes(2, c.as_bytes()),
+        field_bytes(3, name.as_bytes()),
+        field_bytes(4, b"MatMul"),
+    ])
+}
+
+/// ValueInfoProto of an f32 tensor of shape rows x cols.
+fn value_info(name: &str, rows: usize, cols: usize) -> Vec<u8> {
+    let dim = |n: usize| field_bytes(1, &message(&[field_varint(1, n as u64)]));
+    let shape = message(&[dim(rows), dim(cols)]);
+    // TypeProto.Tensor: elem_type 1 = FLOAT.
+    let tensor = message(&[field_varint(1, 1), field_bytes(2, &shape)]);
+    let value_type = message(&[field_bytes(1, &tensor)]);
+    message(&[field_bytes(1, name.as_bytes()), field_bytes(2, &value_type)])
+}
+
+/// ModelProto around `graph`.
+fn model(graph: &[u8]) -> Vec<u8> {
     let opset = message(&[field_bytes(1, b""), field_varint(2, 13)]);
     message(&[
         field_varint(1, 8),
         field_bytes(2, b"ipfs-accelerate"),
-        field_bytes(7, &graph),
+        field_bytes(7, graph),
         field_bytes(8, &opset),
     ])
 }
@@ -134,6 +230,35 @@ mod tests {
         assert!(find(b"MatMul") && find(b"calibration"));
         // dim_value 1024 as a varint.
         assert!(find(&[0x08, 0x80, 0x08]));
+    }
+
+    #[test]
+    fn the_chain_graph_has_one_product_per_operation() {
+        let model = chain_onnx(3, 16);
+        let count = |needle: &[u8]| model.windows(needle.len()).filter(|w| *w == needle).count();
+        assert_eq!(count(b"MatMul"), 3);
+        assert_eq!(count(b"product"), 3);
+        // h1 and h2 link the products; y is the output.
+        assert_eq!(count(b"h1"), 2);
+        assert_eq!(count(b"h2"), 2);
+    }
+
+    #[test]
+    fn dispatch_splits_the_call_from_its_operations() {
+        // 1 ms a call, 0.1 ms an operation.
+        let (call, op) = split_dispatch(1.1e-3, 1e-3 + 0.1e-3 * DISPATCH_OPS as f64);
+        assert!((call - 1e-3).abs() < 1e-9 && (op - 0.1e-3).abs() < 1e-9);
+        // A long chain measured faster than the short one: no negative cost.
+        assert_eq!(split_dispatch(2e-3, 1e-3), (2e-3, 0.0));
+        let mut calls = [0; 2];
+        let (call, op, samples) = dispatch_costs(|ops| {
+            calls[(ops > 1) as usize] += 1;
+            Ok(1e-3 + ops as f64 * 1e-5)
+        })
+        .unwrap();
+        assert!((call - 1e-3).abs() < 1e-9 && (op - 1e-5).abs() < 1e-12);
+        assert_eq!(samples + 4, calls[0] + calls[1]);
+        assert!(calls[0] >= 12 && calls[1] >= 12);
     }
 
     #[test]

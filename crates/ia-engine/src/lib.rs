@@ -130,6 +130,19 @@ pub struct MatmulRate {
     pub samples: usize,
 }
 
+/// What dispatching work costs an engine on a platform beyond the arithmetic
+/// ([`calibration::dispatch_costs`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DispatchCost {
+    /// The device as the runtime names it.
+    pub device: String,
+    /// Seconds of one call (a session run) beyond the operations it runs.
+    pub call_seconds: f64,
+    /// Seconds of each operation of a call beyond its arithmetic.
+    pub op_seconds: f64,
+    pub samples: usize,
+}
+
 /// How a session was obtained; stored with every result.
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionInfo {
@@ -224,6 +237,16 @@ pub trait Engine: Send + Sync {
         let _ = at;
         Err(EngineError::Unsupported(format!(
             "the {} engine has no matmul calibration yet",
+            self.name()
+        )))
+    }
+
+    /// Times what a call and each operation in it cost at `at` beyond their arithmetic (a
+    /// short micro-benchmark), for the hardware calibration.
+    fn calibrate_dispatch(&self, at: Placement) -> Result<DispatchCost, EngineError> {
+        let _ = at;
+        Err(EngineError::Unsupported(format!(
+            "the {} engine has no dispatch calibration yet",
             self.name()
         )))
     }

@@ -34,7 +34,20 @@ pub struct Cost {
     pub kv_cache_bytes: f64,
     /// Hidden states written and read between layers, f32.
     pub activation_bytes: f64,
+    /// Operations (kernels) the call dispatches, roughly: what a runtime pays per operation
+    /// beyond the arithmetic is paid this many times.
+    pub operations: f64,
 }
+
+/// Operations of one transformer layer in an exported graph: the projections and their
+/// biases, the attention's reshapes, products, scale, mask and softmax, two norms, the MLP
+/// and its activation, the residual adds (a plain transformers export of BERT has about 30
+/// per layer; runtimes fuse some, rotary embeddings add some).
+const OPERATIONS_PER_LAYER: f64 = 30.0;
+/// What the cross-attention of an encoder-decoder's decoder layer adds.
+const OPERATIONS_PER_CROSS_ATTENTION: f64 = 12.0;
+/// Embeddings, the final norm and the head.
+const OPERATIONS_OUTSIDE_LAYERS: f64 = 10.0;
 
 impl Cost {
     pub fn bytes_moved(&self) -> f64 {
@@ -226,12 +239,16 @@ impl Shape {
         let activation_bytes =
             rows * new * layers * 2.0 * 4.0 * (self.hidden as f64 * 4.0 + self.intermediate as f64);
         let parameters = self.parameters(generates_text);
+        let operations = OPERATIONS_OUTSIDE_LAYERS
+            + layers * OPERATIONS_PER_LAYER
+            + self.decoder_layers as f64 * OPERATIONS_PER_CROSS_ATTENTION;
         Cost {
             parameters,
             flops,
             weight_bytes: parameters as f64 * bytes_per_weight,
             kv_cache_bytes,
             activation_bytes,
+            operations,
         }
     }
 }

@@ -1,10 +1,12 @@
 //! The native engine's matmul rate on the product its layers run, timed by the shared
 //! protocol (`ia_engine::calibration`): on the CPU our linear-layer kernel (f32 through gemm,
-//! bf16 on AMX), elsewhere candle's matmul.
+//! bf16 on AMX), elsewhere candle's matmul; and what its tensor operations cost to dispatch.
 
 use crate::kernels;
 use candle_core::{DType, Device, Tensor};
-use ia_engine::calibration::{operand, time_products, MATMUL_SIZE};
+use ia_engine::calibration::{
+    chain_operands, dispatch_costs, operand, seconds_of, time_products, DISPATCH_WIDTH, MATMUL_SIZE,
+};
 use ia_engine::EngineError;
 
 /// (n, median FLOP/s, products timed).
@@ -37,4 +39,24 @@ pub fn matmul(device: &Device, dtype: DType) -> Result<(usize, f64, usize), Engi
         })?
     };
     Ok((n, rate, samples))
+}
+
+/// (seconds of a call beyond its operations, seconds of each operation, calls timed) of
+/// chains of candle's tiny products: what each tensor operation of a layer costs beyond its
+/// arithmetic (allocation, dispatch, a kernel launch off the CPU).
+pub fn dispatch(device: &Device) -> Result<(f64, f64, usize), EngineError> {
+    let rt = |e: candle_core::Error| EngineError::Runtime(crate::candle_message(&e));
+    let w = DISPATCH_WIDTH;
+    let (x, weights) = chain_operands(w);
+    let x = Tensor::from_vec(x, (1, w), device).map_err(rt)?;
+    let weights = Tensor::from_vec(weights, (w, w), device).map_err(rt)?;
+    dispatch_costs(|ops| {
+        seconds_of(|| {
+            let mut h = x.clone();
+            for _ in 0..ops {
+                h = h.matmul(&weights).map_err(rt)?;
+            }
+            device.synchronize().map_err(rt)
+        })
+    })
 }

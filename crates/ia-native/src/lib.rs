@@ -11,8 +11,8 @@ mod weights;
 
 use candle_core::{DType, Device, Tensor};
 use ia_engine::{
-    Capability, Engine, EngineError, MatmulRate, OutputTensor, Placement, Precision, Session,
-    SpeechRecognizer, TextGenerator,
+    Capability, DispatchCost, Engine, EngineError, MatmulRate, OutputTensor, Placement, Precision,
+    Session, SpeechRecognizer, TextGenerator,
 };
 use ia_hardware::Platform;
 use ia_models::{Model, ModelClass};
@@ -144,6 +144,17 @@ impl Engine for NativeEngine {
             device: name,
             size,
             flops_per_s,
+            samples,
+        })
+    }
+
+    fn calibrate_dispatch(&self, at: Placement) -> Result<DispatchCost, EngineError> {
+        let (device, name) = device_for(at.platform)?;
+        let (call_seconds, op_seconds, samples) = calibrate::dispatch(&device)?;
+        Ok(DispatchCost {
+            device: name,
+            call_seconds,
+            op_seconds,
             samples,
         })
     }

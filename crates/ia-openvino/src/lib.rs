@@ -11,7 +11,10 @@
 //! is refused as unsupported: bench records the combination unavailable with the reason, and
 //! run / generate say so, rather than storing an f32 result under a bf16 label.
 
-use ia_engine::calibration::{matmul_onnx, operand, time_products, MATMUL_SIZE};
+use ia_engine::calibration::{
+    chain_onnx, chain_operands, dispatch_costs, matmul_onnx, operand, seconds_of, time_products,
+    DISPATCH_OPS, DISPATCH_WIDTH, MATMUL_SIZE,
+};
 use ia_engine::exported_decoder::{
     check_exported, decoder_context, DecoderBackend, DecoderGraph, DecoderStep, ExportedDecoder,
 };
@@ -22,8 +25,8 @@ use ia_engine::features::GraphFeeds;
 use ia_engine::inputs::GraphInput;
 use ia_engine::whisper::WhisperSession;
 use ia_engine::{
-    Capability, Engine, EngineError, HostTensor, Inputs, MatmulRate, OutputTensor, Outputs,
-    Placement, Precision, Session, SessionInfo, SpeechRecognizer, TextGenerator,
+    Capability, DispatchCost, Engine, EngineError, HostTensor, Inputs, MatmulRate, OutputTensor,
+    Outputs, Placement, Precision, Session, SessionInfo, SpeechRecognizer, TextGenerator,
 };
 use ia_hardware::Platform;
 use ia_models::{Model, ModelClass, ModelSource};
@@ -100,6 +103,50 @@ fn hint(precision: Precision) -> Result<&'static str, EngineError> {
         other => Err(EngineError::Unsupported(format!(
             "precision {other} on OpenVINO needs a quantised model; f32, bf16 and f16 are hints"
         ))),
+    }
+}
+
+/// A calibration graph compiled on the openvino platform at `at`'s precision hint, its f32
+/// inputs set, ready for timed synchronous inferences.
+struct CalibrationGraph {
+    request: InferRequest,
+    /// The inference precision OpenVINO reports it runs at.
+    used: String,
+    /// Kept alive beside its request.
+    _compiled: CompiledModel,
+}
+
+impl CalibrationGraph {
+    fn new(
+        at: Placement,
+        onnx: &[u8],
+        inputs: &[(&str, &[usize], &[f32])],
+    ) -> Result<Self, EngineError> {
+        if at.platform != Platform::Openvino {
+            return Err(EngineError::Unsupported(format!(
+                "the OpenVINO engine runs on the openvino platform, not {}",
+                at.platform
+            )));
+        }
+        let hint = hint(at.precision)?;
+        library()?;
+        let mut core = core_for(hint)?;
+        let model = core.read_model_from_buffer(onnx, None).map_err(ov)?;
+        let (mut compiled, used, _) = compile(&mut core, &model, at.precision)?;
+        let mut request = compiled.create_infer_request().map_err(ov)?;
+        for (name, shape, values) in inputs {
+            let t = tensor(ElementType::F32, shape, values)?;
+            request.set_tensor(name, &t).map_err(ov)?;
+        }
+        Ok(Self {
+            request,
+            used,
+            _compiled: compiled,
+        })
+    }
+
+    fn device(&self) -> String {
+        format!("CPU (inference precision {})", self.used)
     }
 }
 
@@ -252,30 +299,38 @@ impl Engine for OpenVinoEngine {
     /// OpenVINO's product at the precision hint, on the graph of one MatMul, each product
     /// one synchronous inference.
     fn calibrate_matmul(&self, at: Placement) -> Result<MatmulRate, EngineError> {
-        if at.platform != Platform::Openvino {
-            return Err(EngineError::Unsupported(format!(
-                "the OpenVINO engine runs on the openvino platform, not {}",
-                at.platform
-            )));
-        }
-        let hint = hint(at.precision)?;
-        library()?;
         let n = MATMUL_SIZE;
-        let mut core = core_for(hint)?;
-        let model = core
-            .read_model_from_buffer(&matmul_onnx(n), None)
-            .map_err(ov)?;
-        let (mut compiled, used, _) = compile(&mut core, &model, at.precision)?;
-        let mut request = compiled.create_infer_request().map_err(ov)?;
-        for (name, offset) in [("a", 0.5), ("b", -0.25)] {
-            let t = tensor(ElementType::F32, &[n, n], &operand(n, offset))?;
-            request.set_tensor(name, &t).map_err(ov)?;
-        }
-        let (flops_per_s, samples) = time_products(n, || request.infer().map_err(ov))?;
+        let (a, b) = (operand(n, 0.5), operand(n, -0.25));
+        let mut graph = CalibrationGraph::new(
+            at,
+            &matmul_onnx(n),
+            &[("a", &[n, n], &a), ("b", &[n, n], &b)],
+        )?;
+        let (flops_per_s, samples) = time_products(n, || graph.request.infer().map_err(ov))?;
         Ok(MatmulRate {
-            device: format!("CPU (inference precision {used})"),
+            device: graph.device(),
             size: n,
             flops_per_s,
+            samples,
+        })
+    }
+
+    /// OpenVINO's cost of a synchronous inference and of each node in it, on chains of tiny
+    /// MatMuls compiled at the precision hint.
+    fn calibrate_dispatch(&self, at: Placement) -> Result<DispatchCost, EngineError> {
+        let w = DISPATCH_WIDTH;
+        let (x, weights) = chain_operands(w);
+        let feeds: [(&str, &[usize], &[f32]); 2] = [("x", &[1, w], &x), ("w", &[w, w], &weights)];
+        let mut short = CalibrationGraph::new(at, &chain_onnx(1, w), &feeds)?;
+        let mut long = CalibrationGraph::new(at, &chain_onnx(DISPATCH_OPS, w), &feeds)?;
+        let (call_seconds, op_seconds, samples) = dispatch_costs(|ops| {
+            let graph = if ops == 1 { &mut short } else { &mut long };
+            seconds_of(|| graph.request.infer().map_err(ov))
+        })?;
+        Ok(DispatchCost {
+            device: short.device(),
+            call_seconds,
+            op_seconds,
             samples,
         })
     }

@@ -16,7 +16,10 @@ pub mod generator;
 pub mod runtime;
 pub mod session;
 
-use ia_engine::calibration::{matmul_onnx, operand, time_products, MATMUL_SIZE};
+use ia_engine::calibration::{
+    chain_onnx, chain_operands, dispatch_costs, matmul_onnx, operand, seconds_of, time_products,
+    DISPATCH_OPS, DISPATCH_WIDTH, MATMUL_SIZE,
+};
 use ia_engine::exported_decoder::{check_exported, decoder_context, ExportedDecoder};
 use ia_engine::exported_seq2seq::{
     seq2seq_files, ExportedSeq2Seq, ExportedT5, ExportedWhisper, COUNTED_PARTS,
@@ -25,8 +28,8 @@ use ia_engine::features::GraphFeeds;
 use ia_engine::generation::TextGenerator;
 use ia_engine::whisper::WhisperSession;
 use ia_engine::{
-    Capability, Engine, EngineError, MatmulRate, Placement, Precision, Session, SessionInfo,
-    SpeechRecognizer,
+    Capability, DispatchCost, Engine, EngineError, MatmulRate, Placement, Precision, Session,
+    SessionInfo, SpeechRecognizer,
 };
 use ia_hardware::Platform;
 use ia_models::{Model, ModelClass, ModelSource};
@@ -188,23 +191,44 @@ impl Engine for OrtEngine {
             )));
         }
         let n = MATMUL_SIZE;
-        let (mut builder, provider) = session::builder(at.platform)?;
-        let mut session = builder
-            .commit_from_memory(&matmul_onnx(n))
-            .map_err(session::rt_err)?;
-        let operand = |offset| {
-            ort::value::Tensor::from_array(([n, n], operand(n, offset))).map_err(session::rt_err)
-        };
-        let (a, b) = (operand(0.5)?, operand(-0.25)?);
-        let (flops_per_s, samples) = time_products(n, || {
-            let feed: Vec<(String, ort::session::SessionInputValue<'_>)> =
-                vec![("a".into(), (&a).into()), ("b".into(), (&b).into())];
-            session.run(feed).map(drop).map_err(session::rt_err)
-        })?;
+        let mut graph = CalibrationGraph::new(
+            at.platform,
+            &matmul_onnx(n),
+            vec![
+                ("a", [n, n], operand(n, 0.5)),
+                ("b", [n, n], operand(n, -0.25)),
+            ],
+        )?;
+        let (flops_per_s, samples) = time_products(n, || graph.run())?;
         Ok(MatmulRate {
-            device: session::device_name(at.platform, provider),
+            device: graph.device,
             size: n,
             flops_per_s,
+            samples,
+        })
+    }
+
+    /// The execution provider's cost of a session run and of each node in it, on chains of
+    /// tiny MatMuls.
+    fn calibrate_dispatch(&self, at: Placement) -> Result<DispatchCost, EngineError> {
+        let w = DISPATCH_WIDTH;
+        let chain = |ops| {
+            let (x, weights) = chain_operands(w);
+            CalibrationGraph::new(
+                at.platform,
+                &chain_onnx(ops, w),
+                vec![("x", [1, w], x), ("w", [w, w], weights)],
+            )
+        };
+        let (mut short, mut long) = (chain(1)?, chain(DISPATCH_OPS)?);
+        let (call_seconds, op_seconds, samples) = dispatch_costs(|ops| {
+            let graph = if ops == 1 { &mut short } else { &mut long };
+            seconds_of(|| graph.run())
+        })?;
+        Ok(DispatchCost {
+            device: short.device,
+            call_seconds,
+            op_seconds,
             samples,
         })
     }
@@ -270,5 +294,46 @@ impl Engine for OrtEngine {
             max_context,
             model.source.eos_tokens(),
         )))
+    }
+}
+
+/// A calibration graph in a session on a platform's execution provider, with its f32 inputs.
+struct CalibrationGraph {
+    session: ort::session::Session,
+    inputs: Vec<(String, ort::value::Tensor<f32>)>,
+    device: String,
+}
+
+impl CalibrationGraph {
+    fn new(
+        platform: Platform,
+        onnx: &[u8],
+        inputs: Vec<(&str, [usize; 2], Vec<f32>)>,
+    ) -> Result<Self, EngineError> {
+        let (mut builder, provider) = session::builder(platform)?;
+        let session = builder.commit_from_memory(onnx).map_err(session::rt_err)?;
+        let inputs = inputs
+            .into_iter()
+            .map(|(name, shape, values)| {
+                ort::value::Tensor::from_array((shape, values))
+                    .map(|t| (name.to_string(), t))
+                    .map_err(session::rt_err)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            session,
+            inputs,
+            device: session::device_name(platform, provider),
+        })
+    }
+
+    /// One run, waited for.
+    fn run(&mut self) -> Result<(), EngineError> {
+        let feed: Vec<(String, ort::session::SessionInputValue<'_>)> = self
+            .inputs
+            .iter()
+            .map(|(name, t)| (name.clone(), t.into()))
+            .collect();
+        self.session.run(feed).map(drop).map_err(session::rt_err)
     }
 }

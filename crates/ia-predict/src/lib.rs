@@ -6,7 +6,10 @@
 //!   machine's calibration (`hardware --calibrate`). The memory prior is the footprint
 //!   estimate (`ia_models::footprint`: weights, activations, KV cache).
 //! * A per-target line (for latency: call overhead + slowdown x roofline; for memory: the
-//!   program's own memory + a factor x footprint) is fitted first; then a gradient-boosted
+//!   program's own memory + a factor x footprint) is fitted first. A target without
+//!   measurements gets the line fitted over all targets through the roofline plus its
+//!   calibrated dispatch cost (a call, and each operation of the cost model, beyond the
+//!   arithmetic): on a software GPU that is most of a small model's time; then a gradient-boosted
 //!   model ([`forust_ml`]; `perpetual`, its successor, needs a nightly compiler) learns the log
 //!   ratio of the measurement to that line: how far each engine, platform, precision and class
 //!   stays from it at each size. Learning a ratio, not the value, lets the trees (which cannot
@@ -43,6 +46,10 @@ pub enum PredictError {
 pub struct Ceiling {
     pub flops_per_s: f64,
     pub bytes_per_s: f64,
+    /// Seconds of a call beyond its operations (0 where not calibrated).
+    pub call_seconds: f64,
+    /// Seconds of each operation beyond its arithmetic (0 where not calibrated).
+    pub op_seconds: f64,
 }
 
 /// Bytes each weight takes at a precision (the block formats' scales included).
@@ -157,6 +164,8 @@ pub struct Case {
 const NOMINAL: Ceiling = Ceiling {
     flops_per_s: 1e11,
     bytes_per_s: 2e10,
+    call_seconds: 0.0,
+    op_seconds: 0.0,
 };
 
 impl Case {
@@ -214,6 +223,17 @@ impl Case {
             * 1e3
     }
 
+    /// What the target's calibration says dispatching one iteration costs, ms: each call, and
+    /// each operation of the cost model, beyond the arithmetic.
+    pub fn dispatch_ms(&self) -> f64 {
+        let c = self.ceiling.unwrap_or(NOMINAL);
+        self.costs
+            .iter()
+            .map(|p| c.call_seconds + p.operations * c.op_seconds)
+            .sum::<f64>()
+            * 1e3
+    }
+
     fn flops(&self) -> f64 {
         self.costs.iter().map(|c| c.flops).sum()
     }
@@ -253,6 +273,16 @@ impl Quantity {
         match self {
             Quantity::Latency => c.prior_ms(),
             Quantity::PeakMemory => c.footprint_bytes / MIB,
+        }
+    }
+
+    /// What the calibration alone says the prior misses: for latency the dispatch cost, which
+    /// a target's own line learns from its measurements as its cost per call, and which a
+    /// target without measurements has only from its calibration.
+    fn calibrated_overhead(self, c: &Case) -> f64 {
+        match self {
+            Quantity::Latency => c.dispatch_ms(),
+            Quantity::PeakMemory => 0.0,
         }
     }
 
@@ -329,7 +359,16 @@ impl Affine {
                 .map(|p| (quantity.units(p.case), p.prior, p.measured))
                 .collect()
         };
-        let global = fit_affine(&triples(&|_| true)).unwrap_or((0.0, 1.0));
+        // The line of targets without points of their own runs through the prior plus the
+        // calibrated overhead: on a software GPU dispatch is most of a small model's time.
+        let overheads: Vec<(f64, f64, f64)> = points
+            .iter()
+            .map(|p| {
+                let overhead = quantity.calibrated_overhead(p.case);
+                (quantity.units(p.case), p.prior + overhead, p.measured)
+            })
+            .collect();
+        let global = fit_affine(&overheads).unwrap_or((0.0, 1.0));
         let mut per_target = BTreeMap::new();
         for p in points {
             for (key, min_points) in Self::keys(p.case) {
@@ -362,11 +401,14 @@ impl Affine {
             Line::Specific => &keys[..],
             Line::Target => &keys[1..],
         };
-        let (a, b) = keys
-            .iter()
-            .find_map(|(k, _)| self.per_target.get(k).copied())
-            .unwrap_or(self.global);
-        (a * quantity.units(c) + b * quantity.prior(c)).max(1e-6)
+        let value = match keys.iter().find_map(|(k, _)| self.per_target.get(k)) {
+            Some((a, b)) => a * quantity.units(c) + b * quantity.prior(c),
+            None => {
+                let (a, b) = self.global;
+                a * quantity.units(c) + b * (quantity.prior(c) + quantity.calibrated_overhead(c))
+            }
+        };
+        value.max(1e-6)
     }
 
     /// Whether `c`'s target has a line of its own but `c`'s model none on it.
@@ -1103,6 +1145,48 @@ mod tests {
     }
 
     #[test]
+    fn dispatch_costs_each_call_and_operation() {
+        let work = Workload {
+            batch: 1,
+            seq_len: 16,
+            new_tokens: 4,
+            audio_seconds: 0.0,
+        };
+        let llama = json!({"model_type": "llama", "hidden_size": 256, "intermediate_size": 688,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 1000});
+        let costs = iteration_costs(&llama, ModelClass::Llama, true, work, "f32").unwrap();
+        let ceiling = |call_seconds, op_seconds| {
+            Some(Ceiling {
+                flops_per_s: 1e11,
+                bytes_per_s: 1e10,
+                call_seconds,
+                op_seconds,
+            })
+        };
+        let case = |ceiling| Case {
+            model: "llama".into(),
+            class: "llama".into(),
+            engine: "browser".into(),
+            platform: "webgpu".into(),
+            precision: "f32".into(),
+            hardware: "test".into(),
+            work,
+            costs: costs.clone(),
+            ceiling,
+            footprint_bytes: 1e6,
+            layers: 2,
+        };
+        assert_eq!(case(ceiling(0.0, 0.0)).dispatch_ms(), 0.0);
+        // Four calls of 10 + 2 x 30 operations each.
+        let operations: f64 = costs.iter().map(|c| c.operations).sum();
+        assert_eq!(operations, 4.0 * 70.0);
+        let dispatched = case(ceiling(1e-3, 1e-4));
+        assert!((dispatched.dispatch_ms() - (4.0 * 1.0 + operations * 0.1)).abs() < 1e-9);
+        // The roofline does not include it: a measured target's line learns its overhead.
+        assert_eq!(dispatched.prior_ms(), case(ceiling(0.0, 0.0)).prior_ms());
+    }
+
+    #[test]
     fn the_affine_stage_recovers_overhead_and_slowdown() {
         let points: Vec<(f64, f64, f64)> = [1.0, 2.0, 4.0, 8.0]
             .iter()
@@ -1195,6 +1279,8 @@ mod tests {
                 ceiling: Some(Ceiling {
                     flops_per_s: 5e10,
                     bytes_per_s: 1e10,
+                    call_seconds: 0.0,
+                    op_seconds: 0.0,
                 }),
                 footprint_bytes: 1e6 * (batch * seq_len) as f64,
                 layers: 4,

@@ -1,11 +1,13 @@
 //! `ipfs-accelerate hardware`: what this machine has, why a platform is absent, and with
-//! `--calibrate` what its engines sustain (matmul FLOP/s per precision, memory bandwidth),
-//! stored in the results store for the predictor.
+//! `--calibrate` what its engines sustain (matmul FLOP/s per precision, memory bandwidth) and
+//! what dispatching a call and an operation costs them, stored in the results store for the
+//! predictor.
 
 use crate::results::{hardware_record, host_name};
 use crate::target::Engines;
 use ia_db::{CalibrationRecord, ReadOptions, Store};
-use ia_engine::{EngineError, MatmulRate, Placement, Precision};
+use ia_engine::calibration::DISPATCH_OPS;
+use ia_engine::{DispatchCost, EngineError, MatmulRate, Placement, Precision};
 use ia_hardware::{HardwareReport, Platform, RuntimeLibrary};
 use std::path::Path;
 
@@ -18,7 +20,8 @@ pub struct Args {
     #[arg(long)]
     no_browser: bool,
     /// Measure each available platform's engines with short micro-benchmarks (dense matmul
-    /// FLOP/s per precision, memory bandwidth) and store them in the results database
+    /// FLOP/s per precision, memory bandwidth, the cost of a call and of each operation in
+    /// it) and store them in the results database
     #[arg(long)]
     calibrate: bool,
     #[command(flatten)]
@@ -60,6 +63,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 pub struct Refusal {
     pub platform: Platform,
     pub engine: String,
+    /// "matmul", "dispatch", or both for an engine that refuses the platform.
+    pub kind: &'static str,
     pub precision: Option<Precision>,
     pub reason: String,
 }
@@ -108,6 +113,7 @@ fn calibrate(report: &HardwareReport, db_path: &Path) -> anyhow::Result<Vec<Refu
                     Err(EngineError::Unsupported(reason)) => engine_refused.push(Refusal {
                         platform: status.platform,
                         engine: engine.name().into(),
+                        kind: "matmul",
                         precision: Some(precision),
                         reason,
                     }),
@@ -126,8 +132,33 @@ fn calibrate(report: &HardwareReport, db_path: &Path) -> anyhow::Result<Vec<Refu
             if all_alike {
                 engine_refused.truncate(1);
                 engine_refused[0].precision = None;
+                engine_refused[0].kind = "matmul, dispatch";
             }
             refused.extend(engine_refused);
+            if all_alike {
+                continue;
+            }
+            // Dispatch costs do not depend on the precision of the arithmetic: f32 only.
+            match engine.calibrate_dispatch(Placement::new(status.platform, Precision::F32)) {
+                Ok(cost) => figures.extend(dispatch_figures(
+                    status.platform,
+                    engine.name(),
+                    engine.version(),
+                    &cost,
+                )),
+                Err(EngineError::Unsupported(reason)) => refused.push(Refusal {
+                    platform: status.platform,
+                    engine: engine.name().into(),
+                    kind: "dispatch",
+                    precision: None,
+                    reason,
+                }),
+                Err(e) => anyhow::bail!(
+                    "calibrating {}'s dispatch on {}: {e}",
+                    engine.name(),
+                    status.platform
+                ),
+            }
         }
         if matches!(
             status.platform,
@@ -146,7 +177,23 @@ fn calibrate(report: &HardwareReport, db_path: &Path) -> anyhow::Result<Vec<Refu
                 Err(e) => refused.push(Refusal {
                     platform: status.platform,
                     engine: ia_browser::ENGINE_NAME.into(),
+                    kind: "matmul",
                     precision: Some(Precision::F32),
+                    reason: e.to_string(),
+                }),
+            }
+            match web.calibrate_dispatch(status.platform) {
+                Ok(cost) => figures.extend(dispatch_figures(
+                    status.platform,
+                    ia_browser::ENGINE_NAME,
+                    web.engine_version(),
+                    &cost,
+                )),
+                Err(e) => refused.push(Refusal {
+                    platform: status.platform,
+                    engine: ia_browser::ENGINE_NAME.into(),
+                    kind: "dispatch",
+                    precision: None,
                     reason: e.to_string(),
                 }),
             }
@@ -203,6 +250,36 @@ fn matmul_figure(
     }
 }
 
+/// The two dispatch figures (seconds of a call, seconds of an operation): printed as they are
+/// measured, and the rows stored for them.
+fn dispatch_figures(
+    platform: Platform,
+    engine: &str,
+    engine_version: String,
+    cost: &DispatchCost,
+) -> [CalibrationRecord; 2] {
+    eprintln!(
+        "{platform} {engine} dispatch: {:.1} us a call, {:.2} us an operation \
+         (chains of 1 and {DISPATCH_OPS} tiny products, {} calls)",
+        cost.call_seconds * 1e6,
+        cost.op_seconds * 1e6,
+        cost.samples
+    );
+    [
+        ("dispatch-call", cost.call_seconds),
+        ("dispatch-op", cost.op_seconds),
+    ]
+    .map(|(kind, value)| CalibrationRecord {
+        engine: engine.into(),
+        engine_version: engine_version.clone(),
+        kind: kind.into(),
+        precision: None,
+        size: DISPATCH_OPS as i64,
+        value,
+        samples: cost.samples as i32,
+    })
+}
+
 /// The latest calibration of each (platform, engine, kind, precision) of this machine in
 /// the store at `db_path`; none when there is no store yet.
 fn stored_calibrations(db_path: &Path, fingerprint: &str) -> anyhow::Result<serde_json::Value> {
@@ -238,6 +315,7 @@ fn render_calibrations(stored: &serde_json::Value, refused: &[Refusal]) -> Strin
         let value = r["value"].as_f64().unwrap_or(f64::NAN);
         let shown = match r["kind"].as_str() {
             Some("memory-bandwidth") => format!("{:.1} GB/s", value / 1e9),
+            Some("dispatch-call" | "dispatch-op") => format!("{:.2} us", value * 1e6),
             _ => format!("{:.1} GFLOP/s", value / 1e9),
         };
         out.push_str(&format!(
@@ -255,7 +333,7 @@ fn render_calibrations(stored: &serde_json::Value, refused: &[Refusal]) -> Strin
             "{:<10} {:<14} {:<17} {:<6} {:>14}  {}\n",
             r.platform.as_str(),
             r.engine,
-            "matmul",
+            r.kind,
             r.precision.map_or("-", |p| p.as_str()),
             "unavailable",
             r.reason

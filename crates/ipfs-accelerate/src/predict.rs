@@ -409,10 +409,12 @@ fn same_configuration(a: &Case, b: &Case) -> bool {
 }
 
 /// The calibrations in the store: matmul FLOP/s by (fingerprint, platform, engine,
-/// precision) and memory bandwidth by fingerprint (the latest of each).
+/// precision), memory bandwidth by fingerprint, and the dispatch costs (seconds of a call,
+/// of an operation) by (fingerprint, platform, engine); the latest of each.
 struct Ceilings {
     matmul: HashMap<(String, String, String, String), f64>,
     bandwidth: HashMap<String, f64>,
+    dispatch: HashMap<(String, String, String), (f64, f64)>,
 }
 
 impl Ceilings {
@@ -428,6 +430,7 @@ impl Ceilings {
         let mut c = Self {
             matmul: HashMap::new(),
             bandwidth: HashMap::new(),
+            dispatch: HashMap::new(),
         };
         for r in rows {
             let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
@@ -436,12 +439,25 @@ impl Ceilings {
                 Some("memory-bandwidth") => {
                     c.bandwidth.insert(s("fingerprint"), value);
                 }
-                _ => {
+                Some(kind @ ("dispatch-call" | "dispatch-op")) => {
+                    let costs = c
+                        .dispatch
+                        .entry((s("fingerprint"), s("platform"), s("engine")))
+                        .or_default();
+                    if kind == "dispatch-call" {
+                        costs.0 = value;
+                    } else {
+                        costs.1 = value;
+                    }
+                }
+                Some("matmul") => {
                     c.matmul.insert(
                         (s("fingerprint"), s("platform"), s("engine"), s("precision")),
                         value,
                     );
                 }
+                // A kind a newer version stored.
+                _ => {}
             }
         }
         Ok(c)
@@ -450,7 +466,8 @@ impl Ceilings {
     /// The ceiling of an engine on a platform of a machine: its own calibration (the browser
     /// engines' since they are calibrated in a page too), else the native engine's on the CPU
     /// of the same machine at that precision, else at f32 (a store calibrated before the
-    /// runtimes were); none without a bandwidth figure.
+    /// runtimes were); none without a bandwidth figure. Dispatch costs are the target's own,
+    /// or none (0) in a store calibrated before they were measured.
     fn of(
         &self,
         fingerprint: &str,
@@ -473,9 +490,16 @@ impl Ceilings {
         ]
         .iter()
         .find_map(|k| self.matmul.get(k).copied())?;
+        let (call_seconds, op_seconds) = self
+            .dispatch
+            .get(&(fingerprint.into(), platform.into(), engine.into()))
+            .copied()
+            .unwrap_or_default();
         Some(Ceiling {
             flops_per_s: flops,
             bytes_per_s: *self.bandwidth.get(fingerprint)?,
+            call_seconds,
+            op_seconds,
         })
     }
 }

@@ -1187,7 +1187,7 @@ fn bf16_without_cpu_support_is_unavailable_in_bench_and_db() {
 }
 
 /// `hardware --calibrate` measures each in-process engine's matmul per precision it computes
-/// in and the memory bandwidth, stores them against this machine's fingerprint, and `hardware` shows
+/// in, its dispatch costs and the memory bandwidth, stores them against this machine's fingerprint, and `hardware` shows
 /// the stored figures later; what an engine cannot calibrate is listed with the reason.
 #[test]
 fn hardware_calibration_is_measured_stored_and_shown() {
@@ -1231,7 +1231,9 @@ fn hardware_calibration_is_measured_stored_and_shown() {
     // given the CPU's figure.
     let wasm = figures
         .iter()
-        .find(|c| c["platform"] == "wasm" && c["engine"] == "onnxruntime-web")
+        .find(|c| {
+            c["platform"] == "wasm" && c["engine"] == "onnxruntime-web" && c["kind"] == "matmul"
+        })
         .unwrap_or_else(|| panic!("no wasm calibration in {v}"));
     assert_eq!(wasm["size"].as_i64(), Some(512), "{wasm}");
     assert!(wasm["value"].as_f64().unwrap() > 1e8, "{wasm}");
@@ -1241,6 +1243,25 @@ fn hardware_calibration_is_measured_stored_and_shown() {
             .unwrap()
             > 1e8
     );
+    // Dispatch: what a call and each of its operations cost beyond the arithmetic, from
+    // chains of 1 and 64 tiny products, once per engine and platform (no precision).
+    for (engine, platform) in [
+        ("native", "cpu"),
+        ("onnxruntime", "cpu"),
+        ("openvino", "openvino"),
+        ("onnxruntime-web", "wasm"),
+    ] {
+        for kind in ["dispatch-call", "dispatch-op"] {
+            let f = figures
+                .iter()
+                .find(|c| c["kind"] == kind && c["engine"] == engine && c["platform"] == platform)
+                .unwrap_or_else(|| panic!("no {kind} of {engine} on {platform} in {v}"));
+            assert_eq!(f["size"].as_i64(), Some(64), "{f}");
+            assert!(f["precision"].is_null(), "{f}");
+            let seconds = f["value"].as_f64().unwrap();
+            assert!((0.0..1.0).contains(&seconds), "{f}");
+        }
+    }
     let refused = v["calibration_refusals"].as_array().unwrap();
     assert!(
         refused
