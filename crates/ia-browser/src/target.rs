@@ -248,7 +248,8 @@ impl WebBench {
     /// own, one after the other.
     pub fn calibrate_dispatch(&mut self, platform: Platform) -> Result<DispatchCost, BrowserError> {
         use ia_engine::calibration::{
-            chain_onnx, chain_operands, median_call, split_dispatch, DISPATCH_OPS, DISPATCH_WIDTH,
+            chain_onnx, chain_operands, dispatch_from_medians, median_call, DISPATCH_OPS,
+            DISPATCH_WIDTH,
         };
         let w = DISPATCH_WIDTH;
         let (x, weights) = chain_operands(w);
@@ -259,13 +260,8 @@ impl WebBench {
             })
         };
         let (short, long) = (chain(1)?, chain(DISPATCH_OPS)?);
-        let (call_seconds, op_seconds) = split_dispatch(short.0, long.0);
-        Ok(DispatchCost {
-            device: self.browser.clone().unwrap_or_default(),
-            call_seconds,
-            op_seconds,
-            samples: short.1 + long.1,
-        })
+        let device = self.browser.clone().unwrap_or_default();
+        Ok(dispatch_from_medians(device, short, long))
     }
 
     /// Loads a calibration graph (`onnx`, its f32 `inputs`) in a page and runs `protocol`

@@ -9,7 +9,7 @@
 //!   operations. On a software WebGPU adapter this, not FLOP/s, is what a small model's
 //!   latency is made of; no roofline sees it.
 
-use crate::EngineError;
+use crate::{DispatchCost, EngineError};
 use std::time::{Duration, Instant};
 
 /// n of the n x n products: 2 GFLOP each, large enough to leave the caches and reach the
@@ -61,23 +61,33 @@ pub const DISPATCH_OPS: usize = 64;
 /// cost of dispatching it.
 pub const DISPATCH_WIDTH: usize = 16;
 
-/// Times single calls of a chain by the dispatch protocol: `call(ops)` runs one call of the
-/// chain of `ops` products (waited for) and returns its seconds. Returns the seconds of a
-/// call beyond its operations, the seconds of each operation, and the calls timed.
+/// Times single calls of a chain by the dispatch protocol on `device`: `call(ops)` runs one
+/// call of the chain of `ops` products (waited for) and returns its seconds.
 pub fn dispatch_costs(
+    device: String,
     mut call: impl FnMut(usize) -> Result<f64, EngineError>,
-) -> Result<(f64, f64, usize), EngineError> {
+) -> Result<DispatchCost, EngineError> {
     let short = median_call(|| call(1))?;
     let long = median_call(|| call(DISPATCH_OPS))?;
-    let (call_s, op_s) = split_dispatch(short.0, long.0);
-    Ok((call_s, op_s, short.1 + long.1))
+    Ok(dispatch_from_medians(device, short, long))
 }
 
-/// The seconds of a call and of each operation, from the medians of the one-operation and
-/// the [`DISPATCH_OPS`]-operation chains (neither below zero: noise can invert them).
-pub fn split_dispatch(short: f64, long: f64) -> (f64, f64) {
-    let op = ((long - short) / (DISPATCH_OPS - 1) as f64).max(0.0);
-    ((short - op).max(0.0), op)
+/// The cost of a call and of each operation from the [`median_call`]s (median seconds, calls
+/// timed) of the one-operation and the [`DISPATCH_OPS`]-operation chains; neither below
+/// zero, since noise can invert them. For a runtime that cannot time both chains through one
+/// callback (a page holds one graph).
+pub fn dispatch_from_medians(
+    device: String,
+    short: (f64, usize),
+    long: (f64, usize),
+) -> DispatchCost {
+    let op = ((long.0 - short.0) / (DISPATCH_OPS - 1) as f64).max(0.0);
+    DispatchCost {
+        device,
+        call_seconds: (short.0 - op).max(0.0),
+        op_seconds: op,
+        samples: short.1 + long.1,
+    }
 }
 
 /// The median seconds of `call` (returning its own seconds) and the calls timed: two untimed,
@@ -246,16 +256,22 @@ mod tests {
     #[test]
     fn dispatch_splits_the_call_from_its_operations() {
         // 1 ms a call, 0.1 ms an operation.
-        let (call, op) = split_dispatch(1.1e-3, 1e-3 + 0.1e-3 * DISPATCH_OPS as f64);
+        let split = |short, long| {
+            let c = dispatch_from_medians("test".into(), (short, 10), (long, 12));
+            assert_eq!(c.samples, 22);
+            (c.call_seconds, c.op_seconds)
+        };
+        let (call, op) = split(1.1e-3, 1e-3 + 0.1e-3 * DISPATCH_OPS as f64);
         assert!((call - 1e-3).abs() < 1e-9 && (op - 0.1e-3).abs() < 1e-9);
         // A long chain measured faster than the short one: no negative cost.
-        assert_eq!(split_dispatch(2e-3, 1e-3), (2e-3, 0.0));
+        assert_eq!(split(2e-3, 1e-3), (2e-3, 0.0));
         let mut calls = [0; 2];
-        let (call, op, samples) = dispatch_costs(|ops| {
+        let c = dispatch_costs("test".into(), |ops| {
             calls[(ops > 1) as usize] += 1;
             Ok(1e-3 + ops as f64 * 1e-5)
         })
         .unwrap();
+        let (call, op, samples) = (c.call_seconds, c.op_seconds, c.samples);
         assert!((call - 1e-3).abs() < 1e-9 && (op - 1e-5).abs() < 1e-12);
         assert_eq!(samples + 4, calls[0] + calls[1]);
         assert!(calls[0] >= 12 && calls[1] >= 12);

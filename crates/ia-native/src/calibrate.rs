@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use ia_engine::calibration::{
     chain_operands, dispatch_costs, operand, seconds_of, time_products, DISPATCH_WIDTH, MATMUL_SIZE,
 };
-use ia_engine::EngineError;
+use ia_engine::{DispatchCost, EngineError};
 
 /// (n, median FLOP/s, products timed).
 pub fn matmul(device: &Device, dtype: DType) -> Result<(usize, f64, usize), EngineError> {
@@ -41,16 +41,16 @@ pub fn matmul(device: &Device, dtype: DType) -> Result<(usize, f64, usize), Engi
     Ok((n, rate, samples))
 }
 
-/// (seconds of a call beyond its operations, seconds of each operation, calls timed) of
-/// chains of candle's tiny products: what each tensor operation of a layer costs beyond its
-/// arithmetic (allocation, dispatch, a kernel launch off the CPU).
-pub fn dispatch(device: &Device) -> Result<(f64, f64, usize), EngineError> {
+/// The dispatch costs of chains of candle's tiny products on `device` (named `name`): what
+/// each tensor operation of a layer costs beyond its arithmetic (allocation, dispatch, a
+/// kernel launch off the CPU).
+pub fn dispatch(device: &Device, name: String) -> Result<DispatchCost, EngineError> {
     let rt = |e: candle_core::Error| EngineError::Runtime(crate::candle_message(&e));
     let w = DISPATCH_WIDTH;
     let (x, weights) = chain_operands(w);
     let x = Tensor::from_vec(x, (1, w), device).map_err(rt)?;
     let weights = Tensor::from_vec(weights, (w, w), device).map_err(rt)?;
-    dispatch_costs(|ops| {
+    dispatch_costs(name, |ops| {
         seconds_of(|| {
             let mut h = x.clone();
             for _ in 0..ops {

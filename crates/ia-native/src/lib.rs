@@ -150,13 +150,7 @@ impl Engine for NativeEngine {
 
     fn calibrate_dispatch(&self, at: Placement) -> Result<DispatchCost, EngineError> {
         let (device, name) = device_for(at.platform)?;
-        let (call_seconds, op_seconds, samples) = calibrate::dispatch(&device)?;
-        Ok(DispatchCost {
-            device: name,
-            call_seconds,
-            op_seconds,
-            samples,
-        })
+        calibrate::dispatch(&device, name)
     }
 
     fn load(&self, model: &Model, at: Placement) -> Result<Box<dyn Session>, EngineError> {

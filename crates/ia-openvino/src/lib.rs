@@ -323,15 +323,9 @@ impl Engine for OpenVinoEngine {
         let feeds: [(&str, &[usize], &[f32]); 2] = [("x", &[1, w], &x), ("w", &[w, w], &weights)];
         let mut short = CalibrationGraph::new(at, &chain_onnx(1, w), &feeds)?;
         let mut long = CalibrationGraph::new(at, &chain_onnx(DISPATCH_OPS, w), &feeds)?;
-        let (call_seconds, op_seconds, samples) = dispatch_costs(|ops| {
+        dispatch_costs(short.device(), |ops| {
             let graph = if ops == 1 { &mut short } else { &mut long };
             seconds_of(|| graph.request.infer().map_err(ov))
-        })?;
-        Ok(DispatchCost {
-            device: short.device(),
-            call_seconds,
-            op_seconds,
-            samples,
         })
     }
 
