@@ -471,8 +471,70 @@ def whisper_pipeline_cases():
     (FIX / "whisper-tiny-en" / "reference.json").write_text(json.dumps(ref, indent=2))
 
 
+LLAVA_CASES = [("photo.png", "USER: <image>\nWhat is in the picture? ASSISTANT:"),
+               ("gray.png", "<image>\nDescribe the quick brown fox.")]
+
+
+def llava():
+    """Tiny LLaVA 1.5: a 3-layer CLIP vision tower (features from layer -2, CLS dropped), the
+    GELU projector and a LLaMA language model; transformers' LlavaProcessor expands each <image>
+    to its 16 patch tokens. References: processed pixels, input ids, logits at every position
+    and 32 greedy tokens, per case."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
+                              LlavaProcessor, PreTrainedTokenizerFast)
+    out = FIX / "llava-tiny"
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>", "<unk>", "<image>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(make_fixtures.CORPUS + [c[1] for c in LLAVA_CASES] * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", pad_token="<pad>")
+    image_token = tok.token_to_id("<image>")
+    torch.manual_seed(SEED)
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                       num_attention_heads=4, image_size=32, patch_size=8, projection_dim=16),
+        text_config=LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        image_token_index=image_token, image_seq_length=16)
+    model = LlavaForConditionalGeneration(cfg).eval()
+    model.generation_config.eos_token_id = None  # exactly 32 tokens, no early stop
+    model.generation_config.pad_token_id = 0
+    model.save_pretrained(out, safe_serialization=True)
+    mark_random(out)
+    images = processor("CLIPImageProcessor", dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}))
+    proc = LlavaProcessor(image_processor=images, tokenizer=fast, patch_size=8,
+                          vision_feature_select_strategy="default", image_token="<image>",
+                          num_additional_image_tokens=1)
+    proc.save_pretrained(out)
+    cfgd = images.to_dict()
+    cfgd["image_processor_type"] = "CLIPImageProcessor"
+    (out / "preprocessor_config.json").write_text(json.dumps(cfgd, indent=2))
+    tensors, greedy = {}, []
+    for i, (image, prompt) in enumerate(LLAVA_CASES):
+        x = proc(images=Image.open(MEDIA / image), text=prompt, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**x).logits
+            gen = model.generate(**x, do_sample=False, max_new_tokens=32, min_new_tokens=32)
+        n = x["input_ids"].shape[1]
+        tensors[f"case{i}_pixel_values"] = x["pixel_values"].contiguous()
+        tensors[f"case{i}_input_ids"] = x["input_ids"].to(torch.int64).contiguous()
+        tensors[f"case{i}_logits"] = logits.contiguous()
+        tensors[f"case{i}_greedy"] = gen[0, n:].to(torch.int64).contiguous()
+        greedy.append(fast.decode(gen[0, n:]))
+    save_file(tensors, str(out / "reference.safetensors"))
+    (out / "reference_meta.json").write_text(json.dumps(meta({
+        "cases": [{"image": c[0], "prompt": c[1]} for c in LLAVA_CASES], "new_tokens": 32,
+        "greedy_text": greedy}), indent=2))
+
+
 PARTS = {"media": media, "preprocess": preprocess, "clip": clip, "whisper": whisper,
-         "wav2vec2": wav2vec2, "detr": detr, "clap": clap, "whisper-real": whisper_real,
+         "wav2vec2": wav2vec2, "detr": detr, "clap": clap, "llava": llava, "whisper-real": whisper_real,
          "whisper-pipeline": whisper_pipeline_cases}
 
 if __name__ == "__main__":

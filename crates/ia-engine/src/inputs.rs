@@ -369,7 +369,8 @@ pub fn image_processor(model: &Model) -> Result<ImageProcessor, EngineError> {
         .unwrap_or(Value::from(224));
     let default = match class {
         ModelClass::Detr => serde_json::json!({"image_processor_type": "DetrImageProcessor"}),
-        ModelClass::Clip => serde_json::json!({
+        // LLaVA's vision tower is CLIP's, and so is its image processor.
+        ModelClass::Clip | ModelClass::Llava => serde_json::json!({
             "image_processor_type": "CLIPImageProcessor",
             "size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}
         }),

@@ -28,8 +28,8 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use generation::{
-    ContinuousBatch, GenerateOptions, GenerationStats, Sampling, SequenceId, SequencePool,
-    StopReason, TextGenerator,
+    ContinuousBatch, GenerateOptions, GenerationStats, ImagePrompt, Sampling, SequenceId,
+    SequencePool, StopReason, TextGenerator,
 };
 pub use inputs::{InputSpec, Inputs};
 pub use speech::{SpeechRecognizer, TranscribeOptions, Transcription};

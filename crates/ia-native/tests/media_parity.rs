@@ -6,7 +6,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixture, ids, load, max_abs_diff, reference, source};
+use common::{fixture, ids, load, max_abs, max_abs_diff, reference, source};
 use ia_engine::{Engine, Inputs, Placement, Precision, SpeechRecognizer, TranscribeOptions};
 use ia_hardware::Platform;
 use ia_native::models::whisper;
@@ -371,4 +371,94 @@ fn clap_tiny_matches_transformers_from_a_wav_file() {
     let d = max_abs_diff(&logits, &r["logits_per_audio"]);
     eprintln!("logits_per_audio max abs diff {d:e}");
     assert!(d <= TOLERANCE, "logits_per_audio max abs diff {d}");
+}
+
+/// LLaVA 1.5 (tiny: 3-layer CLIP tower, LLaMA text model) against transformers' processor and
+/// model, per case of the fixture: the processed pixels; the prompt's ids with each image token
+/// expanded to its features; the logits at every text position (those before the image from a
+/// text-only prefill of the prefix, the last image position and every later one through the
+/// image prefill and then the KV cache, token by token); 32 greedy tokens.
+#[test]
+fn llava_tiny_matches_transformers() {
+    let name = "llava-tiny";
+    let r = reference(name);
+    let model = source(name);
+    let meta = json(fixture("llava-tiny/reference_meta.json"));
+    let tokenizer = ia_engine::tokenizer::of(&model.source).unwrap().unwrap();
+    let processor = ia_engine::inputs::image_processor(&model).unwrap();
+    let mut gen = NativeEngine::new()
+        .load_generator(&model, Placement::new(Platform::Cpu, Precision::F32))
+        .unwrap();
+    let image_prompt = gen.image_prompt().expect("LLaVA takes images");
+    assert_eq!(image_prompt.tokens_per_image, 16);
+    for (i, case) in meta["cases"].as_array().unwrap().iter().enumerate() {
+        let image = RgbImage::open(&fixture(&format!(
+            "media/{}",
+            case["image"].as_str().unwrap()
+        )))
+        .unwrap();
+        let pixels = processor.process(std::slice::from_ref(&image)).unwrap();
+        let d = max_abs_diff(&pixels.pixel_values, &r[&format!("case{i}_pixel_values")]);
+        assert!(d <= 1e-5, "case {i}: pixel_values max abs diff {d}");
+
+        let text = tokenizer
+            .encode(case["prompt"].as_str().unwrap(), true)
+            .unwrap()
+            .get_ids()
+            .to_vec();
+        let prompt = image_prompt.expand(&text, 1).unwrap();
+        assert_eq!(
+            prompt,
+            ids(&r[&format!("case{i}_input_ids")]),
+            "case {i}: input ids"
+        );
+
+        let logits = r[&format!("case{i}_logits")].squeeze(0).unwrap();
+        let row = |pos: usize| logits.get(pos).unwrap().to_vec1::<f32>().unwrap();
+        let first = prompt
+            .iter()
+            .position(|&t| t == image_prompt.token)
+            .unwrap();
+        let last = first + image_prompt.tokens_per_image - 1;
+        for pos in 0..first {
+            let got = gen.prefill(&prompt[..=pos]).unwrap();
+            let d = max_abs(&got, &row(pos));
+            assert!(d <= TOLERANCE, "case {i} position {pos}: max abs diff {d}");
+        }
+        gen.attach_images(pixels.shape, &pixels.pixel_values)
+            .unwrap();
+        let mut got = gen.prefill(&prompt[..=last]).unwrap();
+        for pos in last..prompt.len() {
+            if pos > last {
+                got = gen.step(prompt[pos]).unwrap();
+            }
+            let d = max_abs(&got, &row(pos));
+            assert!(d <= TOLERANCE, "case {i} position {pos}: max abs diff {d}");
+        }
+
+        gen.attach_images(pixels.shape, &pixels.pixel_values)
+            .unwrap();
+        let opts = ia_engine::GenerateOptions {
+            max_new_tokens: 32,
+            sampling: ia_engine::Sampling::greedy(),
+            stop_tokens: vec![],
+            ignore_eos: true,
+        };
+        let (tokens, _) = ia_engine::generation::generate(gen.as_mut(), &prompt, &opts, |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(
+            tokens,
+            ids(&r[&format!("case{i}_greedy")]),
+            "case {i}: greedy tokens"
+        );
+    }
+    // Image tokens without an attached image are refused, not run on stale features.
+    let text = ids(&r["case0_input_ids"]);
+    let err = gen.prefill(&text).unwrap_err().to_string();
+    assert!(
+        err.contains("image features and image tokens do not match"),
+        "{err}"
+    );
 }

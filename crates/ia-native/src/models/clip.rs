@@ -126,25 +126,12 @@ fn default_channels() -> usize {
 impl Config {
     /// candle's towers hard-code quick_gelu and eps 1e-5; anything else would run wrong.
     fn check(&self) -> Result<(), EngineError> {
-        for (tower, act, eps) in [
-            (
-                "text",
-                &self.text_config.hidden_act,
-                self.text_config.layer_norm_eps,
-            ),
-            (
-                "vision",
-                &self.vision_config.hidden_act,
-                self.vision_config.layer_norm_eps,
-            ),
-        ] {
-            if act != "quick_gelu" || (eps - 1e-5).abs() > 1e-12 {
-                return Err(EngineError::Unsupported(format!(
-                    "CLIP {tower} tower with hidden_act {act} and layer_norm_eps {eps}: the native CLIP supports quick_gelu with 1e-5"
-                )));
-            }
-        }
-        Ok(())
+        check_tower(
+            "text",
+            &self.text_config.hidden_act,
+            self.text_config.layer_norm_eps,
+        )?;
+        self.vision_config.check()
     }
 
     fn text(&self) -> text_model::ClipTextConfig {
@@ -163,17 +150,38 @@ impl Config {
     }
 
     fn vision(&self) -> vision_model::ClipVisionConfig {
-        let v = &self.vision_config;
+        self.vision_config.tower(self.projection_dim)
+    }
+}
+
+fn check_tower(tower: &str, act: &str, eps: f64) -> Result<(), EngineError> {
+    if act != "quick_gelu" || (eps - 1e-5).abs() > 1e-12 {
+        return Err(EngineError::Unsupported(format!(
+            "CLIP {tower} tower with hidden_act {act} and layer_norm_eps {eps}: the native CLIP supports quick_gelu with 1e-5"
+        )));
+    }
+    Ok(())
+}
+
+impl VisionConfig {
+    /// candle's vision tower hard-codes quick_gelu and eps 1e-5.
+    pub(crate) fn check(&self) -> Result<(), EngineError> {
+        check_tower("vision", &self.hidden_act, self.layer_norm_eps)
+    }
+
+    /// candle's description of the tower (`projection_dim` is the CLIP model's, unused by the
+    /// tower itself).
+    pub(crate) fn tower(&self, projection_dim: usize) -> vision_model::ClipVisionConfig {
         vision_model::ClipVisionConfig {
-            embed_dim: v.hidden_size,
+            embed_dim: self.hidden_size,
             activation: text_model::Activation::QuickGelu,
-            intermediate_size: v.intermediate_size,
-            num_hidden_layers: v.num_hidden_layers,
-            num_attention_heads: v.num_attention_heads,
-            projection_dim: self.projection_dim,
-            num_channels: v.num_channels,
-            image_size: v.image_size,
-            patch_size: v.patch_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            projection_dim,
+            num_channels: self.num_channels,
+            image_size: self.image_size,
+            patch_size: self.patch_size,
         }
     }
 }

@@ -400,43 +400,70 @@ pub struct Decoder {
 /// First cache size of a sequence (positions); it grows by this much when full.
 const CACHE_CHUNK: usize = 256;
 
+/// A LLaMA-family decoder's weights: `model` is the prefix of the embeddings, layers and final
+/// norm, `head` that of the untied `lm_head` (`model.` and `lm_head` in a causal LM; under
+/// `language_model` in LLaVA).
+pub(crate) struct Weights {
+    embed_tokens: Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+}
+
+impl Weights {
+    pub(crate) fn load(cfg: &Config, m: VarBuilder, head: VarBuilder) -> candle_core::Result<Self> {
+        let embed_tokens =
+            candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let l = m.pp(format!("layers.{i}"));
+                Ok(Layer {
+                    input_layernorm: candle_nn::rms_norm(
+                        cfg.hidden_size,
+                        cfg.rms_norm_eps,
+                        l.pp("input_layernorm"),
+                    )?,
+                    self_attn: Attention::load(cfg, l.pp("self_attn"))?,
+                    post_attention_layernorm: candle_nn::rms_norm(
+                        cfg.hidden_size,
+                        cfg.rms_norm_eps,
+                        l.pp("post_attention_layernorm"),
+                    )?,
+                    mlp: Mlp::load(cfg, l.pp("mlp"))?,
+                })
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let norm = candle_nn::rms_norm(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
+        let lm_head = if cfg.tied_head() {
+            Linear::new(embed_tokens.embeddings().clone(), None)
+        } else {
+            candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, head)?
+        };
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+}
+
 impl Decoder {
     pub fn load(ctx: LoadContext<'_>) -> Result<Box<dyn TextGenerator>, EngineError> {
         let cfg = Config::from_json(ctx.source.config())?;
-        let arch = cfg.model_type.clone();
-        let ((embed_tokens, layers, norm, lm_head), mut info) =
-            ctx.build(&arch, &["logits"], |vb| {
-                let m = vb.pp("model");
-                let embed_tokens =
-                    candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
-                let layers = (0..cfg.num_hidden_layers)
-                    .map(|i| {
-                        let l = m.pp(format!("layers.{i}"));
-                        Ok(Layer {
-                            input_layernorm: candle_nn::rms_norm(
-                                cfg.hidden_size,
-                                cfg.rms_norm_eps,
-                                l.pp("input_layernorm"),
-                            )?,
-                            self_attn: Attention::load(&cfg, l.pp("self_attn"))?,
-                            post_attention_layernorm: candle_nn::rms_norm(
-                                cfg.hidden_size,
-                                cfg.rms_norm_eps,
-                                l.pp("post_attention_layernorm"),
-                            )?,
-                            mlp: Mlp::load(&cfg, l.pp("mlp"))?,
-                        })
-                    })
-                    .collect::<candle_core::Result<Vec<_>>>()?;
-                let norm = candle_nn::rms_norm(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
-                let lm_head = if cfg.tied_head() {
-                    Linear::new(embed_tokens.embeddings().clone(), None)
-                } else {
-                    candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
-                };
-                Ok((embed_tokens, layers, norm, lm_head))
-            })?;
-        info.output_names = vec!["logits".into()];
+        let (weights, info) = ctx.build(&cfg.model_type, &["logits"], |vb| {
+            Weights::load(&cfg, vb.pp("model"), vb.pp("lm_head"))
+        })?;
+        Ok(Box::new(Self::new(&cfg, weights, info, &ctx)?))
+    }
+
+    /// The decoder over loaded weights; `info` describes the whole model it serves.
+    pub(crate) fn new(
+        cfg: &Config,
+        weights: Weights,
+        info: SessionInfo,
+        ctx: &LoadContext<'_>,
+    ) -> Result<Self, EngineError> {
         let max_context = cfg.max_context();
         let inv = cfg.inverse_frequencies();
         let half = inv.len();
@@ -453,7 +480,13 @@ impl Decoder {
             .and_then(|t| t.to_dtype(ctx.dtype))
             .map_err(rt)?;
         let weight_bytes = info.parameter_count * ctx.dtype.size_in_bytes() as u64;
-        Ok(Box::new(Self {
+        let Weights {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+        } = weights;
+        Ok(Self {
             embed_tokens,
             layers,
             norm,
@@ -466,15 +499,64 @@ impl Decoder {
             max_context,
             eos: ctx.source.eos_tokens(),
             info,
-            device: ctx.device,
+            device: ctx.device.clone(),
             weight_bytes,
-        }))
+        })
+    }
+
+    /// The token embeddings of `ids`: [ids, hidden].
+    pub(crate) fn embed(&self, ids: &[u32]) -> candle_core::Result<Tensor> {
+        let ids = Tensor::from_slice(ids, ids.len(), &self.device)?;
+        self.embed_tokens.forward(&ids)
+    }
+
+    /// Starts a new batch (replacing the previous one) whose prompts enter as `inputs_embeds`
+    /// ([all prompts' tokens, hidden], in order) instead of their tokens' embeddings: LLaVA's
+    /// image features in place of its image tokens.
+    pub(crate) fn prefill_embedded(
+        &mut self,
+        prompts: &[Vec<u32>],
+        inputs_embeds: Tensor,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.start_batch(prompts, Some(inputs_embeds))
+    }
+
+    fn start_batch(
+        &mut self,
+        prompts: &[Vec<u32>],
+        inputs_embeds: Option<Tensor>,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        for id in std::mem::take(&mut self.batch) {
+            self.sequences.remove(&id);
+        }
+        let ids: Vec<SequenceId> = prompts.iter().map(|_| self.new_sequence()).collect();
+        let work: Vec<(SequenceId, &[u32])> = ids
+            .iter()
+            .copied()
+            .zip(prompts.iter().map(Vec::as_slice))
+            .collect();
+        match self.forward(&work, inputs_embeds) {
+            Ok(logits) => {
+                self.batch = ids;
+                Ok(logits)
+            }
+            Err(e) => {
+                for id in ids {
+                    self.sequences.remove(&id);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Runs the new tokens of each listed sequence together; returns each one's logits after
     /// its last new token. A failure while computing drops the listed sequences, whose caches
     /// may be half written; a request refused beforehand leaves them as they were.
-    fn forward(&mut self, work: &[(SequenceId, &[u32])]) -> Result<Vec<Vec<f32>>, EngineError> {
+    fn forward(
+        &mut self,
+        work: &[(SequenceId, &[u32])],
+        inputs_embeds: Option<Tensor>,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         let mut rows = Vec::with_capacity(work.len());
         let mut positions = Vec::new();
         let mut offset = 0;
@@ -502,12 +584,13 @@ impl Decoder {
             });
             offset += tokens.len();
         }
-        self.compute(work, &rows, positions).map_err(|e| {
-            for (id, _) in work {
-                self.sequences.remove(id);
-            }
-            rt(e)
-        })
+        self.compute(work, &rows, positions, inputs_embeds)
+            .map_err(|e| {
+                for (id, _) in work {
+                    self.sequences.remove(id);
+                }
+                rt(e)
+            })
     }
 
     fn compute(
@@ -515,6 +598,7 @@ impl Decoder {
         work: &[(SequenceId, &[u32])],
         rows: &[Row],
         positions: Vec<u32>,
+        inputs_embeds: Option<Tensor>,
     ) -> candle_core::Result<Vec<Vec<f32>>> {
         let tokens: Vec<u32> = work.iter().flat_map(|(_, t)| t.iter().copied()).collect();
         let count = tokens.len();
@@ -525,7 +609,16 @@ impl Decoder {
             cos: self.cos.index_select(&at, 0)?.reshape((count, 1, half))?,
             sin: self.sin.index_select(&at, 0)?.reshape((count, 1, half))?,
         };
-        let mut x = self.embed_tokens.forward(&ids)?;
+        let mut x = match inputs_embeds {
+            Some(x) if x.dims() == [count, self.embed_tokens.hidden_size()] => x,
+            Some(x) => {
+                return Err(candle_core::Error::Msg(format!(
+                    "input embeddings of shape {:?} for {count} tokens",
+                    x.dims()
+                )))
+            }
+            None => self.embed_tokens.forward(&ids)?,
+        };
         // Each sequence's cache, in the order of `work` (ids are distinct: checked by callers).
         let mut caches: Vec<&mut SequenceCache> = Vec::with_capacity(work.len());
         {
@@ -590,7 +683,7 @@ impl SequencePool for Decoder {
                     .map(|((id, _), t)| (*id, t.as_slice())),
             )
             .collect();
-        match self.forward(&work) {
+        match self.forward(&work, None) {
             Ok(mut logits) => {
                 let stepped = logits.split_off(ids.len());
                 Ok((ids.into_iter().zip(logits).collect(), stepped))
@@ -624,14 +717,7 @@ impl TextGenerator for Decoder {
 
     /// A new batch replaces the previous one (prompts of any lengths).
     fn prefill_batch(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EngineError> {
-        for id in std::mem::take(&mut self.batch) {
-            self.sequences.remove(&id);
-        }
-        let prompts: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
-        let started = SequencePool::start(self, &prompts)?;
-        let (ids, logits) = started.into_iter().unzip();
-        self.batch = ids;
-        Ok(logits)
+        self.start_batch(prompts, None)
     }
 
     fn step_batch(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {

@@ -8,6 +8,7 @@ pub mod clip;
 pub mod decoder;
 pub mod detr;
 pub(crate) mod encoder;
+pub mod llava;
 pub mod opt;
 pub mod quantized;
 pub mod t5;
