@@ -166,6 +166,10 @@ pub struct GenerationMetrics {
     /// For quantised precisions: the fraction of greedy tokens identical to the f32 model's at
     /// the same position, over AGREEMENT_PROMPT_LENGTHS prompts x `new_tokens` tokens.
     pub greedy_agreement_vs_f32: Option<f64>,
+    /// Image-text generation: image tokens in the prompt (part of `prompt_tokens`), and the
+    /// mean time to encode the images (part of TTFT).
+    pub image_tokens: Option<usize>,
+    pub image_encode_mean_ms: Option<f64>,
 }
 
 impl GenerationMetrics {
@@ -190,6 +194,8 @@ impl GenerationMetrics {
             decode_tokens_per_s: (tpot_ms.len() * batch) as f64 / decode_s,
             weight_bytes: None,
             greedy_agreement_vs_f32: None,
+            image_tokens: None,
+            image_encode_mean_ms: None,
         }
     }
 }
@@ -348,8 +354,12 @@ pub enum Prepared {
     /// One forward pass over these inputs.
     Forward(Inputs),
     /// A greedy generation of `combo.new_tokens` tokens for `combo.batch_size` copies of
-    /// the prompt.
-    Generation { prompt: Vec<u32> },
+    /// the prompt; for an image-text model, each copy opens with the image (`Inputs::Image`,
+    /// one picture per copy), whose tokens the loaded model adds.
+    Generation {
+        prompt: Vec<u32>,
+        image: Option<Inputs>,
+    },
 }
 
 /// Measures one combination on an in-process engine. Never panics on a model error:
@@ -409,7 +419,7 @@ fn load_in_process(
             )?;
             Ok(Box::new(ForwardTarget { session, inputs }))
         }
-        Prepared::Generation { prompt } => {
+        Prepared::Generation { prompt, image } => {
             let work = ia_models::footprint::Workload {
                 batch: combo.batch_size,
                 positions: combo.seq_len,
@@ -421,11 +431,13 @@ fn load_in_process(
                 &combo.model,
                 Placement::new(combo.platform, combo.precision),
             )?;
-            Ok(Box::new(GenerationTarget {
+            Ok(Box::new(GenerationTarget::new(
                 model,
-                prompts: vec![prompt; combo.batch_size],
-                new_tokens: combo.new_tokens,
-            }))
+                prompt,
+                combo.batch_size,
+                combo.new_tokens,
+                image,
+            )?))
         }
     }
 }
@@ -450,7 +462,7 @@ pub fn measure_with<T: TimedWorkload>(
     // of them, not two, counts in the peak memory).
     let (forward_work, prompt_len) = match &prepared {
         Prepared::Forward(inputs) => (Some(Work::forward(combo.scenario, inputs)), 0),
-        Prepared::Generation { prompt } => (None, prompt.len()),
+        Prepared::Generation { prompt, .. } => (None, prompt.len()),
     };
     let (target, driven) = match drive(protocol, || load(prepared)) {
         Ok(d) => d,
@@ -470,12 +482,16 @@ pub fn measure_with<T: TimedWorkload>(
                 );
             }
             let ttft: Vec<f64> = timings.iter().map(|g| g.ttft_ms).collect();
+            let encode: Vec<f64> = timings.iter().filter_map(|g| g.image_encode_ms).collect();
+            let image_tokens = timings.first().map_or(0, |g| g.image_tokens);
             let prefill: Vec<f64> = timings.iter().map(|g| g.prefill_ms).collect();
             let steps: Vec<f64> = timings.iter().flat_map(|g| g.step_ms.clone()).collect();
             let metrics = GenerationMetrics {
                 weight_bytes: target.weight_bytes(),
+                image_tokens: (image_tokens > 0).then_some(image_tokens),
+                image_encode_mean_ms: mean(&encode),
                 ..GenerationMetrics::from_samples(
-                    prompt_len,
+                    prompt_len + image_tokens,
                     combo.new_tokens,
                     combo.batch_size,
                     &ttft,
@@ -504,7 +520,21 @@ fn prepare(combo: &Combination) -> Result<Prepared, String> {
         else {
             return Err("text generator returned non-text inputs".into());
         };
-        return Ok(Prepared::Generation { prompt: input_ids });
+        // An image-text model's test picture goes through its own image processor.
+        let image = (combo.model.modality == Modality::Multimodal)
+            .then(|| {
+                inputs::generate(
+                    &combo.model,
+                    Modality::Vision,
+                    InputSpec::new(combo.batch_size, combo.seq_len),
+                )
+            })
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        return Ok(Prepared::Generation {
+            prompt: input_ids,
+            image,
+        });
     }
     let spec = InputSpec {
         audio_seconds: combo.audio_seconds,
@@ -671,11 +701,59 @@ impl TimedWorkload for ForwardTarget {
 }
 
 /// A text generator: one iteration is one greedy generation of `new_tokens` tokens for
-/// every prompt.
+/// every prompt; for an image-text model, encoding each prompt's image first.
 struct GenerationTarget {
     model: Box<dyn TextGenerator>,
     prompts: Vec<Vec<u32>>,
     new_tokens: usize,
+    /// Image-text generation: one picture per prompt, and the image tokens of a prompt.
+    images: Option<([usize; 4], Vec<f32>)>,
+    image_tokens: usize,
+}
+
+impl GenerationTarget {
+    /// `batch` copies of `prompt`; with `image`, each opens with the model's image token,
+    /// expanded as its processor does.
+    fn new(
+        model: Box<dyn TextGenerator>,
+        prompt: Vec<u32>,
+        batch: usize,
+        new_tokens: usize,
+        image: Option<Inputs>,
+    ) -> Result<Self, LoadFailure> {
+        let (prompt, images, image_tokens) = match image {
+            Some(Inputs::Image {
+                shape,
+                pixel_values,
+            }) => {
+                let refused = |e: EngineError| LoadFailure {
+                    stage: "inputs",
+                    error: e,
+                };
+                let Some(image_prompt) = model.image_prompt() else {
+                    return Err(refused(EngineError::Unsupported(
+                        "the loaded generator takes no images".into(),
+                    )));
+                };
+                let with_image: Vec<u32> =
+                    std::iter::once(image_prompt.token).chain(prompt).collect();
+                let expanded = image_prompt.expand(&with_image, 1).map_err(refused)?;
+                (
+                    expanded,
+                    Some((shape, pixel_values)),
+                    image_prompt.tokens_per_image,
+                )
+            }
+            _ => (prompt, None, 0),
+        };
+        Ok(Self {
+            model,
+            prompts: vec![prompt; batch],
+            new_tokens,
+            images,
+            image_tokens,
+        })
+    }
 }
 
 impl TimedWorkload for GenerationTarget {
@@ -685,12 +763,24 @@ impl TimedWorkload for GenerationTarget {
 
     fn run_timed(&mut self, iterations: usize) -> Result<TimedIterations, EngineError> {
         timed_in_process(iterations, || {
+            let start = Instant::now();
+            let encode_ms = match &self.images {
+                Some((shape, pixels)) => {
+                    self.model.attach_images(*shape, pixels)?;
+                    Some(ms(start.elapsed()))
+                }
+                None => None,
+            };
             let (_, stats) = generation::generate_batch_greedy(
                 self.model.as_mut(),
                 &self.prompts,
                 self.new_tokens,
             )?;
-            Ok(Some(GenerationTiming::from(&stats)))
+            let mut timing = GenerationTiming::from(&stats);
+            timing.ttft_ms += encode_ms.unwrap_or(0.0);
+            timing.image_encode_ms = encode_ms;
+            timing.image_tokens = self.image_tokens;
+            Ok(Some(timing))
         })
     }
 

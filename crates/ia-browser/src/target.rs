@@ -604,6 +604,8 @@ impl TimedWorkload for WebTarget {
                     ttft_ms: g.ttft_ms,
                     prefill_ms: g.prefill_ms,
                     step_ms: g.step_ms,
+                    image_encode_ms: None,
+                    image_tokens: 0,
                 })
                 .collect(),
         })

@@ -69,7 +69,7 @@ fn measure(
                 inputs: given.unwrap_or(std::slice::from_ref(generated)),
                 text_len: combo.seq_len,
             },
-            (Prepared::Generation { prompt }, given) => WebWork::Generation {
+            (Prepared::Generation { prompt, .. }, given) => WebWork::Generation {
                 prompt: match given.map(|i| &i[0]) {
                     Some(Inputs::Text {
                         input_ids, seq_len, ..

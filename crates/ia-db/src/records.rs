@@ -143,6 +143,8 @@ pub struct PerformanceRecord {
     pub greedy_agreement_vs_f32: Option<f64>,
     pub audio_seconds: Option<f64>,
     pub real_time_factor: Option<f64>,
+    pub image_tokens: Option<i32>,
+    pub image_encode_ms: Option<f64>,
 }
 }
 

@@ -6,7 +6,7 @@ use crate::{DbError, Result};
 use duckdb::Connection;
 use std::path::Path;
 
-pub const CURRENT_VERSION: i64 = 10;
+pub const CURRENT_VERSION: i64 = 11;
 
 /// Every table of the current schema.
 pub const TABLES: [&str; 14] = [
@@ -435,6 +435,12 @@ CREATE TABLE submissions (
     received_at      TIMESTAMP NOT NULL,
     UNIQUE (token_id, idempotency_key)
 );
+"#,
+    // 11: image-text generation: the prompt's image tokens and the time to encode the images
+    // (vision tower and projector; part of TTFT).
+    r#"
+ALTER TABLE performance_results ADD COLUMN image_tokens INTEGER;
+ALTER TABLE performance_results ADD COLUMN image_encode_ms DOUBLE;
 "#,
 ];
 

@@ -127,6 +127,7 @@ impl CombinationRecords {
             ("weight_mb", p.weight_mb),
             ("audio_seconds", p.audio_seconds),
             ("real_time_factor", p.real_time_factor),
+            ("image_encode_ms", p.image_encode_ms),
         ];
         for (what, v) in times {
             if let Some(v) = v {

@@ -93,7 +93,7 @@ impl ImagePrompt {
         let found = ids.iter().filter(|&&t| t == self.token).count();
         if found != images {
             return Err(EngineError::InvalidInput(format!(
-                "the prompt has {found} image tokens (id {}) for {images} images: put one where each image goes",
+                "the prompt has {found} image tokens (id {}) for {images} images",
                 self.token
             )));
         }

@@ -11,11 +11,16 @@ use serde::Serialize;
 /// The timings of one generation: what the LLM metrics are computed from.
 #[derive(Debug, Clone, Default)]
 pub struct GenerationTiming {
-    /// Prefill plus choosing the first new token.
+    /// Prefill plus choosing the first new token (and, with images, encoding them first).
     pub ttft_ms: f64,
     pub prefill_ms: f64,
     /// Each decode step after the first token.
     pub step_ms: Vec<f64>,
+    /// Image-text generation: encoding the images (vision tower and projector), which TTFT
+    /// includes.
+    pub image_encode_ms: Option<f64>,
+    /// Image-text generation: the prompt's image tokens (the features that replaced them).
+    pub image_tokens: usize,
 }
 
 impl From<&GenerationStats> for GenerationTiming {
@@ -24,6 +29,8 @@ impl From<&GenerationStats> for GenerationTiming {
             ttft_ms: s.time_to_first_token_ms,
             prefill_ms: s.prefill_ms,
             step_ms: s.decode_step_ms.clone(),
+            image_encode_ms: None,
+            image_tokens: 0,
         }
     }
 }

@@ -41,6 +41,9 @@ impl Model {
 
     /// Measured as text generation rather than as single forward passes.
     pub fn generates_text(&self) -> bool {
-        matches!(self.task, "text-generation" | "text2text-generation")
+        matches!(
+            self.task,
+            "text-generation" | "text2text-generation" | "image-text-to-text"
+        )
     }
 }

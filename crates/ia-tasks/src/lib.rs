@@ -150,9 +150,12 @@ impl Pipeline {
             ModelClass::Whisper | ModelClass::Wav2vec2 => {
                 Runner::Speech(engine.load_speech_recognizer(&model, at)?)
             }
-            ModelClass::Llama | ModelClass::Qwen | ModelClass::T5 if model.generates_text() => {
+            ModelClass::Llama | ModelClass::Qwen | ModelClass::T5 | ModelClass::Llava
+                if model.generates_text() =>
+            {
                 return Err(TaskError::Input(
-                    "text generation models run with `ipfs-accelerate generate`".into(),
+                    "text generation models run with `ipfs-accelerate generate` (or `run --prompt`)"
+                        .into(),
                 ))
             }
             _ => Runner::Session(engine.load(&model, at)?),

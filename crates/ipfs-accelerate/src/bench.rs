@@ -472,7 +472,7 @@ fn web_request<'a>(
             inputs: std::slice::from_ref(inputs),
             text_len: combo.seq_len,
         },
-        ia_bench::Prepared::Generation { prompt } => ia_browser::WebWork::Generation {
+        ia_bench::Prepared::Generation { prompt, .. } => ia_browser::WebWork::Generation {
             prompt,
             batch: combo.batch_size,
             new_tokens: combo.new_tokens,

@@ -10,8 +10,13 @@ use std::ops::ControlFlow;
 pub struct Args {
     #[command(flatten)]
     target: ModelOnTarget,
+    /// The prompt; for an image-text model (LLaVA) with --image, the image token (`<image>`)
+    /// marks where each image goes, as in the model's own prompt format
     #[arg(long)]
     prompt: String,
+    /// A PNG/JPEG image for an image-text model (repeat for several, in prompt order)
+    #[arg(long)]
+    image: Vec<std::path::PathBuf>,
     #[arg(long, default_value_t = 64, value_parser = crate::limits::count(crate::limits::NEW_TOKENS))]
     max_new_tokens: usize,
     /// Print each piece of text as soon as its token is chosen
@@ -39,6 +44,32 @@ pub struct Args {
     json: bool,
 }
 
+impl Args {
+    /// `run --prompt`: greedy generation of up to 64 tokens from `prompt` with `images`.
+    pub fn for_prompt(
+        target: ModelOnTarget,
+        prompt: String,
+        images: Vec<std::path::PathBuf>,
+        json: bool,
+    ) -> Self {
+        Self {
+            target,
+            prompt,
+            image: images,
+            max_new_tokens: 64,
+            stream: false,
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            repetition_penalty: 1.0,
+            seed: 0,
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+            json,
+        }
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let plan = args.target.resolve()?;
     let tokenizer = ia_engine::tokenizer::of(&plan.source)?.with_context(|| {
@@ -62,8 +93,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if prompt.is_empty() {
         bail!("the tokenizer produced no tokens for the prompt");
     }
-    ia_engine::inputs::check_token_ids(plan.source.config(), &prompt)?;
     let mut model = engine.load_generator(&plan, args.target.placement())?;
+    let (prompt, images) = attach_images(model.as_mut(), &plan, &tokenizer, prompt, &args.image)?;
+    ia_engine::inputs::check_token_ids(plan.source.config(), &prompt)?;
     // The cache grows to the prompt plus the new tokens, never past the context.
     let cached = prompt
         .len()
@@ -123,6 +155,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "device": model.info().device,
             "precision": model.info().precision,
             "prompt_tokens": stats.prompt_tokens,
+            "image_tokens": images.as_ref().map(|i| i.tokens),
+            "vision_encode_ms": images.as_ref().map(|i| i.encode_ms),
             "token_ids": tokens,
             "text": text,
             "stop_reason": stats.stop_reason,
@@ -140,6 +174,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         } else {
             writeln!(stdout, "{text}")?;
         }
+        if let Some(i) = &images {
+            eprintln!(
+                "[{} image(s): {} image tokens, vision encode {:.1} ms]",
+                args.image.len(),
+                i.tokens,
+                i.encode_ms
+            );
+        }
         eprintln!(
             "[{} prompt + {} new tokens, TTFT {:.1} ms, prefill {:.0} tok/s, decode {} tok/s, stop: {:?}]",
             stats.prompt_tokens,
@@ -154,4 +196,60 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What the images of an image-text prompt became.
+pub struct AttachedImages {
+    /// Image tokens in the expanded prompt.
+    pub tokens: usize,
+    /// Time to encode the images through the vision tower and projector.
+    pub encode_ms: f64,
+}
+
+/// For an image-text generator: `images` through the model's image processor and vision
+/// encoder (their features wait for the next prefill), and the prompt with each image token
+/// expanded as the model's processor does. A text-only model takes the prompt as it is and
+/// refuses images.
+pub fn attach_images(
+    model: &mut dyn ia_engine::TextGenerator,
+    plan: &ia_models::Model,
+    tokenizer: &tokenizers::Tokenizer,
+    prompt: Vec<u32>,
+    images: &[std::path::PathBuf],
+) -> anyhow::Result<(Vec<u32>, Option<AttachedImages>)> {
+    let Some(image_prompt) = model.image_prompt() else {
+        if !images.is_empty() {
+            bail!(
+                "{} is not an image-text model: it takes no --image",
+                plan.name
+            );
+        }
+        return Ok((prompt, None));
+    };
+    let token = tokenizer
+        .id_to_token(image_prompt.token)
+        .unwrap_or_else(|| format!("token {}", image_prompt.token));
+    let prompt = image_prompt
+        .expand(&prompt, images.len())
+        .with_context(|| format!("write {token} in the prompt where each image goes"))?;
+    if images.is_empty() {
+        return Ok((prompt, None));
+    }
+    let pictures = images
+        .iter()
+        .map(|p| {
+            ia_preprocess::image::RgbImage::open(p).with_context(|| format!("{}", p.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pixels = ia_engine::inputs::image_processor(plan)?.process(&pictures)?;
+    let start = std::time::Instant::now();
+    model.attach_images(pixels.shape, &pixels.pixel_values)?;
+    let encode_ms = start.elapsed().as_secs_f64() * 1e3;
+    Ok((
+        prompt,
+        Some(AttachedImages {
+            tokens: images.len() * image_prompt.tokens_per_image,
+            encode_ms,
+        }),
+    ))
 }

@@ -226,6 +226,11 @@ fn performance_record(
         greedy_agreement_vs_f32: g.and_then(|g| g.greedy_agreement_vs_f32),
         audio_seconds: m.audio_seconds,
         real_time_factor: m.real_time_factor,
+        image_tokens: g
+            .and_then(|g| g.image_tokens)
+            .map(|t| column(t, "image_tokens"))
+            .transpose()?,
+        image_encode_ms: g.and_then(|g| g.image_encode_mean_ms),
         engine: m.session.engine.clone(),
         engine_version: m.session.engine_version.clone(),
         precision: m.session.precision.as_str().into(),

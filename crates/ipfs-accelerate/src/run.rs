@@ -31,12 +31,25 @@ pub struct Args {
     /// Language of the speech, for multilingual Whisper checkpoints (e.g. en, de)
     #[arg(long)]
     language: Option<String>,
+    /// Generate text from this prompt about the --input images (image-text models such as
+    /// LLaVA; the image token marks where each goes), as `generate --image` does
+    #[arg(long)]
+    prompt: Option<String>,
     /// Print the results as JSON (one object per input, in a list)
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(prompt) = args.prompt {
+        let images = args.input.iter().map(std::path::PathBuf::from).collect();
+        return crate::generate::run(crate::generate::Args::for_prompt(
+            args.target,
+            prompt,
+            images,
+            args.json,
+        ));
+    }
     let inputs = args
         .input
         .iter()

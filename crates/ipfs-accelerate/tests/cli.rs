@@ -542,6 +542,99 @@ fn generate_streams_the_greedy_continuation() {
     );
 }
 
+/// LLaVA through the CLI: `generate --image` and `run --prompt` give transformers' greedy
+/// tokens (fixtures/llava-tiny/reference.safetensors, case1_greedy), a prompt without the image
+/// token is a one-line error, and `bench` stores the image tokens and encode time.
+#[test]
+fn llava_generates_from_an_image() {
+    let model = fixture("llava-tiny");
+    let image = fixture("media/gray.png");
+    let prompt = "<image>\nDescribe the quick brown fox.";
+    let expected = serde_json::json!([199, 123, 89, 121, 252, 32, 204, 151]);
+    let o = run(&[
+        "generate",
+        "--model",
+        &model,
+        "--prompt",
+        prompt,
+        "--image",
+        &image,
+        "--max-new-tokens",
+        "8",
+        "--ignore-eos",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["token_ids"], expected);
+    assert_eq!(v["image_tokens"], 16);
+    assert!(v["vision_encode_ms"].as_f64().unwrap() > 0.0);
+    let o = run(&[
+        "run", "--model", &model, "--input", &image, "--prompt", prompt, "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["token_ids"].as_array().unwrap()[..8],
+        expected.as_array().unwrap()[..]
+    );
+    assert_one_line_error(
+        &run(&[
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            "no image here",
+            "--image",
+            &image,
+        ]),
+        "write <image> in the prompt",
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("llava.duckdb");
+    let o = run(&[
+        "bench",
+        "--models",
+        &model,
+        "--batch-sizes",
+        "1,2",
+        "--seq-len",
+        "8",
+        "--new-tokens",
+        "4",
+        "--warmup",
+        "0",
+        "--min-iterations",
+        "2",
+        "--min-duration",
+        "0",
+        "--db-path",
+        db.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for r in rows.as_array().unwrap() {
+        let g = &r["outcome"]["generation"];
+        assert_eq!(g["image_tokens"], 16, "{r}");
+        assert_eq!(g["prompt_tokens"], 8 + 16, "{r}");
+        assert!(g["image_encode_mean_ms"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let o = run(&[
+        "db",
+        "--db-path",
+        db.to_str().unwrap(),
+        "query",
+        "--sql",
+        "SELECT min(image_tokens), count(image_encode_ms) FROM performance_results",
+        "--format",
+        "csv",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("16,2"), "{}", stdout(&o));
+}
+
 #[test]
 fn bench_measures_generation_models() {
     let dir = tempfile::tempdir().unwrap();
