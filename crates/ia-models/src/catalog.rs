@@ -219,7 +219,7 @@ pub static CATALOG: &[CatalogEntry] = &[
         "image-text-to-text",
         Multimodal,
         "llava-hf/llava-interleave-qwen-0.5b-hf",
-        None,
+        Some(include_str!("configs/llava-1.5-7b-hf.json")),
         None
     ),
     entry!(

@@ -80,6 +80,13 @@ impl ModelSource {
         }
     }
 
+    pub(crate) fn config_mut(&mut self) -> &mut Value {
+        match self {
+            ModelSource::Checkpoint(c) => &mut c.config,
+            ModelSource::RandomInit { config, .. } => config,
+        }
+    }
+
     pub fn weights_kind(&self) -> WeightsKind {
         match self {
             ModelSource::Checkpoint(c) if !c.safetensors.is_empty() && !c.random_init => {

@@ -19,6 +19,7 @@ pub mod catalog;
 pub mod checkpoint;
 pub mod classify;
 pub mod cost;
+pub mod defaults;
 pub mod footprint;
 pub mod gguf;
 pub mod graph_weights;

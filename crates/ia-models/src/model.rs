@@ -20,8 +20,13 @@ pub struct Model {
 }
 
 impl Model {
-    /// Classifies `source` from its config.json.
-    pub fn resolve(name: impl Into<String>, source: ModelSource) -> Result<Self, ClassifyError> {
+    /// Classifies `source` from its config.json (completed with transformers' defaults where
+    /// checkpoints abbreviate it: [`crate::defaults`]).
+    pub fn resolve(
+        name: impl Into<String>,
+        mut source: ModelSource,
+    ) -> Result<Self, ClassifyError> {
+        crate::defaults::complete(source.config_mut());
         let c = classify_config(source.config())?;
         Ok(Self {
             name: name.into(),

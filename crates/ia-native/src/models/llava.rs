@@ -62,21 +62,21 @@ fn default_true() -> bool {
     true
 }
 
-/// transformers' LlamaConfig defaults for the keys a LLaVA text_config may leave out (the
-/// llava-hf configs keep only what differs from them).
-const LLAMA_DEFAULTS: [(&str, i64); 5] = [
-    ("hidden_size", 4096),
-    ("intermediate_size", 11008),
-    ("num_hidden_layers", 32),
-    ("num_attention_heads", 32),
-    ("max_position_embeddings", 2048),
-];
-
 impl Config {
     fn from_json(config: &Value) -> Result<(Self, decoder::Config), EngineError> {
         let cfg: Config = serde_json::from_value(config.clone()).map_err(|e| {
             EngineError::InvalidModel(format!("config.json does not describe a LLaVA model: {e}"))
         })?;
+        let tower = config
+            .get("vision_config")
+            .and_then(|v| v.get("model_type"))
+            .and_then(Value::as_str)
+            .unwrap_or("clip_vision_model");
+        if tower != "clip_vision_model" {
+            return Err(EngineError::Unsupported(format!(
+                "LLaVA with a {tower} vision tower: the native LLaVA has CLIP's"
+            )));
+        }
         cfg.vision_config.check()?;
         if !matches!(
             cfg.vision_feature_select_strategy.as_str(),
@@ -87,20 +87,11 @@ impl Config {
                 cfg.vision_feature_select_strategy
             )));
         }
-        let mut text = config
+        // Completed with LlamaConfig's defaults when the model was resolved (ia_models::defaults).
+        let text = config
             .get("text_config")
             .cloned()
             .unwrap_or_else(|| serde_json::json!({}));
-        if let Some(t) = text.as_object_mut() {
-            let model_type = t.entry("model_type").or_insert_with(|| "llama".into());
-            if model_type == "llama" {
-                for (key, value) in LLAMA_DEFAULTS {
-                    t.entry(key).or_insert_with(|| value.into());
-                }
-                t.entry("vocab_size").or_insert_with(|| 32000.into());
-                t.entry("rms_norm_eps").or_insert_with(|| 1e-6.into());
-            }
-        }
         let text = decoder::Config::from_json(&text)?;
         Ok((cfg, text))
     }

@@ -1,0 +1,75 @@
+//! transformers' defaults for what abbreviated configs leave out. The llava-hf checkpoints keep
+//! only what differs from `LlamaConfig`'s defaults in their `text_config` (a LLaVA 1.5 7B text
+//! config has no hidden size or layer count); transformers fills the rest from the class. Filled
+//! here once, when a model is resolved, so that every reader (the engines, the memory check, the
+//! cost model) sees the whole config.
+
+use serde_json::Value;
+
+/// `LlamaConfig()`'s values for the keys a LLaVA text_config may omit.
+const LLAMA_DEFAULTS: [(&str, f64); 7] = [
+    ("vocab_size", 32000.0),
+    ("hidden_size", 4096.0),
+    ("intermediate_size", 11008.0),
+    ("num_hidden_layers", 32.0),
+    ("num_attention_heads", 32.0),
+    ("max_position_embeddings", 2048.0),
+    ("rms_norm_eps", 1e-6),
+];
+
+/// Fills the defaults of LLaVA's `text_config` (a LLaMA unless it says otherwise).
+pub fn complete(config: &mut Value) {
+    let llava = matches!(
+        config.get("model_type").and_then(Value::as_str),
+        Some("llava" | "llava_next")
+    );
+    if !llava {
+        return;
+    }
+    let Some(obj) = config.as_object_mut() else {
+        return;
+    };
+    let text = obj
+        .entry("text_config")
+        .or_insert_with(|| Value::Object(Default::default()));
+    let Some(text) = text.as_object_mut() else {
+        return;
+    };
+    if text
+        .entry("model_type")
+        .or_insert_with(|| "llama".into())
+        .as_str()
+        != Some("llama")
+    {
+        return;
+    }
+    for (key, value) in LLAMA_DEFAULTS {
+        let value = if value.fract() == 0.0 {
+            Value::from(value as u64)
+        } else {
+            Value::from(value)
+        };
+        text.entry(key).or_insert(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn llava_text_configs_get_llama_defaults_and_keep_their_own() {
+        let mut c = json!({"model_type": "llava", "text_config": {"vocab_size": 32064}});
+        complete(&mut c);
+        assert_eq!(c["text_config"]["hidden_size"], 4096);
+        assert_eq!(c["text_config"]["vocab_size"], 32064);
+        assert_eq!(c["text_config"]["rms_norm_eps"], 1e-6);
+        let mut q = json!({"model_type": "llava", "text_config": {"model_type": "qwen2"}});
+        complete(&mut q);
+        assert!(q["text_config"].get("hidden_size").is_none());
+        let mut b = json!({"model_type": "bert"});
+        complete(&mut b);
+        assert_eq!(b, json!({"model_type": "bert"}));
+    }
+}
