@@ -428,9 +428,9 @@ fn llava_tiny_matches_transformers() {
         gen.attach_images(pixels.shape, &pixels.pixel_values)
             .unwrap();
         let mut got = gen.prefill(&prompt[..=last]).unwrap();
-        for pos in last..prompt.len() {
+        for (pos, &token) in prompt.iter().enumerate().skip(last) {
             if pos > last {
-                got = gen.step(prompt[pos]).unwrap();
+                got = gen.step(token).unwrap();
             }
             let d = max_abs(&got, &row(pos));
             assert!(d <= TOLERANCE, "case {i} position {pos}: max abs diff {d}");
