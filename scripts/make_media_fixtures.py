@@ -471,6 +471,48 @@ def whisper_pipeline_cases():
     (FIX / "whisper-tiny-en" / "reference.json").write_text(json.dumps(ref, indent=2))
 
 
+# LLaVA-NeXT's anyres tiling: (name, image_grid_pinpoints, size / crop, image files). The small
+# grid runs the fixture's 32-pixel tower; the last case is llava-v1.6's own configuration.
+ANYRES_CASES = [
+    ("anyres_small_wide", [[32, 64], [64, 32], [64, 64]], 32, ["photo.png"]),
+    ("anyres_small_tall", [[32, 64], [64, 32], [64, 64]], 32, ["tall.png"]),
+    ("anyres_small_gray", [[32, 64], [64, 32], [64, 64], [96, 32]], 32, ["gray.png"]),
+    ("anyres_llava16_photo", [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]], 336,
+     ["photo.jpg"]),
+]
+
+
+def anyres():
+    """LlavaNextImageProcessor (Pillow backend) on the test pictures: pixel values per tile
+    (the resized whole image first), the image size, and the image tokens LlavaNextProcessor
+    gives (patch 8 for the 32-pixel tiles, 14 for 336; 'default' strategy)."""
+    from transformers import LlavaNextProcessor, PreTrainedTokenizerFast
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(FIX / "llava-tiny")  # has <image>
+    tensors, cases = {}, []
+    for name, pinpoints, side, files in ANYRES_CASES:
+        p = processor("LlavaNextImageProcessor", dict(
+            size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+            image_grid_pinpoints=pinpoints))
+        image = Image.open(MEDIA / files[0])
+        out = p([image], return_tensors="pt")
+        pixels = out["pixel_values"][0]
+        # The 336-pixel tiles are kept every 7th row and column (the file stays small).
+        tensors[name] = (pixels if side == 32 else pixels[:, :, ::7, ::7]).contiguous()
+        tensors[name + "_shape"] = torch.tensor(pixels.shape, dtype=torch.int64)
+        tensors[name + "_image_sizes"] = out["image_sizes"][0].to(torch.int64).contiguous()
+        patch = 8 if side == 32 else 14
+        tokens = LlavaNextProcessor(image_processor=p, tokenizer=tokenizer, patch_size=patch,
+                                    vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                    image_token="<image>")._get_num_multimodal_tokens(
+            image_sizes=[list(out["image_sizes"][0].tolist())]).num_image_tokens[0]
+        config = p.to_dict()
+        config["image_processor_type"] = "LlavaNextImageProcessor"
+        cases.append({"name": name, "images": files, "config": config, "patch_size": patch,
+                      "image_tokens": tokens})
+    save_file(tensors, str(MEDIA / "anyres_reference.safetensors"))
+    (MEDIA / "anyres_cases.json").write_text(json.dumps(meta({"cases": cases}), indent=1))
+
+
 LLAVA_CASES = [("photo.png", "USER: <image>\nWhat is in the picture? ASSISTANT:"),
                ("gray.png", "<image>\nDescribe the quick brown fox.")]
 
@@ -533,8 +575,63 @@ def llava():
         "greedy_text": greedy}), indent=2))
 
 
+LLAVA_NEXT_CASES = [("photo.png", "USER: <image>\nWhat is in the picture? ASSISTANT:"),
+                    ("tall.png", "<image>\nDescribe the quick brown fox.")]
+
+
+def llava_next():
+    """Tiny LLaVA-NeXT: llava-tiny's tower, projector and LLaMA, with anyres tiling over a
+    32-pixel grid (pinpoints 32x64, 64x32, 64x64) and the image newline. References as llava's,
+    plus each case's image size."""
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig,
+                              LlavaNextForConditionalGeneration, LlavaNextProcessor, PreTrainedTokenizerFast)
+    out = FIX / "llava-next-tiny"
+    out.mkdir(parents=True, exist_ok=True)
+    fast = PreTrainedTokenizerFast.from_pretrained(FIX / "llava-tiny")
+    fast.save_pretrained(out)
+    pinpoints = [[32, 64], [64, 32], [64, 64]]
+    torch.manual_seed(SEED)
+    cfg = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                       num_attention_heads=4, image_size=32, patch_size=8, projection_dim=16),
+        text_config=LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64,
+                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        image_token_index=fast.convert_tokens_to_ids("<image>"), image_grid_pinpoints=pinpoints)
+    model = LlavaNextForConditionalGeneration(cfg).eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    model.save_pretrained(out, safe_serialization=True)
+    mark_random(out)
+    images = processor("LlavaNextImageProcessor", dict(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_grid_pinpoints=pinpoints))
+    proc = LlavaNextProcessor(image_processor=images, tokenizer=fast, patch_size=8,
+                              vision_feature_select_strategy="default", image_token="<image>",
+                              num_additional_image_tokens=1)
+    cfgd = images.to_dict()
+    cfgd["image_processor_type"] = "LlavaNextImageProcessor"
+    (out / "preprocessor_config.json").write_text(json.dumps(cfgd, indent=2))
+    tensors, greedy = {}, []
+    for i, (image, prompt) in enumerate(LLAVA_NEXT_CASES):
+        x = proc(images=Image.open(MEDIA / image), text=prompt, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**x).logits
+            gen = model.generate(**x, do_sample=False, max_new_tokens=32, min_new_tokens=32)
+        n = x["input_ids"].shape[1]
+        tensors[f"case{i}_pixel_values"] = x["pixel_values"][0].contiguous()
+        tensors[f"case{i}_image_sizes"] = x["image_sizes"][0].to(torch.int64).contiguous()
+        tensors[f"case{i}_input_ids"] = x["input_ids"].to(torch.int64).contiguous()
+        tensors[f"case{i}_logits"] = logits.contiguous()
+        tensors[f"case{i}_greedy"] = gen[0, n:].to(torch.int64).contiguous()
+        greedy.append(fast.decode(gen[0, n:]))
+    save_file(tensors, str(out / "reference.safetensors"))
+    (out / "reference_meta.json").write_text(json.dumps(meta({
+        "cases": [{"image": c[0], "prompt": c[1]} for c in LLAVA_NEXT_CASES], "new_tokens": 32,
+        "greedy_text": greedy}), indent=2))
+
+
 PARTS = {"media": media, "preprocess": preprocess, "clip": clip, "whisper": whisper,
-         "wav2vec2": wav2vec2, "detr": detr, "clap": clap, "llava": llava, "whisper-real": whisper_real,
+         "wav2vec2": wav2vec2, "detr": detr, "clap": clap, "llava": llava, "llava-next": llava_next, "anyres": anyres, "whisper-real": whisper_real,
          "whisper-pipeline": whisper_pipeline_cases}
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ pub mod stats;
 
 use ia_engine::generation::{self, GenerateOptions, Sampling, TextGenerator};
 use ia_engine::{
-    inputs, Capability, Engine, EngineError, GenerationTiming, InputSpec, Inputs, LoadFailure,
-    LoadVariant, Placement, Precision, Session, SessionInfo, TimedIterations, TimedWorkload,
+    inputs, Capability, Engine, EngineError, GenerationTiming, ImageBatch, InputSpec, Inputs,
+    LoadFailure, LoadVariant, Placement, Precision, Session, SessionInfo, TimedIterations,
+    TimedWorkload,
 };
 use ia_hardware::Platform;
 use ia_models::{Modality, Model};
@@ -354,11 +355,11 @@ pub enum Prepared {
     /// One forward pass over these inputs.
     Forward(Inputs),
     /// A greedy generation of `combo.new_tokens` tokens for `combo.batch_size` copies of
-    /// the prompt; for an image-text model, each copy opens with the image (`Inputs::Image`,
-    /// one picture per copy), whose tokens the loaded model adds.
+    /// the prompt; for an image-text model, each copy opens with its picture (one per copy),
+    /// whose tokens the loaded model adds.
     Generation {
         prompt: Vec<u32>,
-        image: Option<Inputs>,
+        images: Option<ImageBatch>,
     },
 }
 
@@ -419,7 +420,7 @@ fn load_in_process(
             )?;
             Ok(Box::new(ForwardTarget { session, inputs }))
         }
-        Prepared::Generation { prompt, image } => {
+        Prepared::Generation { prompt, images } => {
             let work = ia_models::footprint::Workload {
                 batch: combo.batch_size,
                 positions: combo.seq_len,
@@ -436,7 +437,7 @@ fn load_in_process(
                 prompt,
                 combo.batch_size,
                 combo.new_tokens,
-                image,
+                images,
             )?))
         }
     }
@@ -521,19 +522,13 @@ fn prepare(combo: &Combination) -> Result<Prepared, String> {
             return Err("text generator returned non-text inputs".into());
         };
         // An image-text model's test picture goes through its own image processor.
-        let image = (combo.model.modality == Modality::Multimodal)
-            .then(|| {
-                inputs::generate(
-                    &combo.model,
-                    Modality::Vision,
-                    InputSpec::new(combo.batch_size, combo.seq_len),
-                )
-            })
+        let images = (combo.model.modality == Modality::Multimodal)
+            .then(|| inputs::test_images(&combo.model, combo.batch_size))
             .transpose()
             .map_err(|e| e.to_string())?;
         return Ok(Prepared::Generation {
             prompt: input_ids,
-            image,
+            images,
         });
     }
     let spec = InputSpec {
@@ -701,50 +696,45 @@ impl TimedWorkload for ForwardTarget {
 }
 
 /// A text generator: one iteration is one greedy generation of `new_tokens` tokens for
-/// every prompt; for an image-text model, encoding each prompt's image first.
+/// every prompt; for an image-text model, encoding each prompt's picture first.
 struct GenerationTarget {
     model: Box<dyn TextGenerator>,
     prompts: Vec<Vec<u32>>,
     new_tokens: usize,
     /// Image-text generation: one picture per prompt, and the image tokens of a prompt.
-    images: Option<([usize; 4], Vec<f32>)>,
+    images: Option<ImageBatch>,
     image_tokens: usize,
 }
 
 impl GenerationTarget {
-    /// `batch` copies of `prompt`; with `image`, each opens with the model's image token,
-    /// expanded as its processor does.
+    /// `batch` copies of `prompt`; with `images` (one per copy), each opens with the model's
+    /// image token, expanded as its processor does (an untimed encode at load tells how far).
     fn new(
-        model: Box<dyn TextGenerator>,
+        mut model: Box<dyn TextGenerator>,
         prompt: Vec<u32>,
         batch: usize,
         new_tokens: usize,
-        image: Option<Inputs>,
+        images: Option<ImageBatch>,
     ) -> Result<Self, LoadFailure> {
-        let (prompt, images, image_tokens) = match image {
-            Some(Inputs::Image {
-                shape,
-                pixel_values,
-            }) => {
-                let refused = |e: EngineError| LoadFailure {
-                    stage: "inputs",
-                    error: e,
-                };
-                let Some(image_prompt) = model.image_prompt() else {
+        let refused = |e: EngineError| LoadFailure {
+            stage: "inputs",
+            error: e,
+        };
+        let (prompt, image_tokens) = match &images {
+            Some(images) => {
+                let Some(token) = model.image_token() else {
                     return Err(refused(EngineError::Unsupported(
                         "the loaded generator takes no images".into(),
                     )));
                 };
-                let with_image: Vec<u32> =
-                    std::iter::once(image_prompt.token).chain(prompt).collect();
-                let expanded = image_prompt.expand(&with_image, 1).map_err(refused)?;
-                (
-                    expanded,
-                    Some((shape, pixel_values)),
-                    image_prompt.tokens_per_image,
-                )
+                let tokens = model.attach_images(images).map_err(refused)?;
+                let with_image: Vec<u32> = std::iter::once(token).chain(prompt).collect();
+                let first = &tokens[..tokens.len().min(1)];
+                let expanded =
+                    generation::expand_image_tokens(&with_image, token, first).map_err(refused)?;
+                (expanded, first.iter().sum())
             }
-            _ => (prompt, None, 0),
+            None => (prompt, 0),
         };
         Ok(Self {
             model,
@@ -765,8 +755,8 @@ impl TimedWorkload for GenerationTarget {
         timed_in_process(iterations, || {
             let start = Instant::now();
             let encode_ms = match &self.images {
-                Some((shape, pixels)) => {
-                    self.model.attach_images(*shape, pixels)?;
+                Some(images) => {
+                    self.model.attach_images(images)?;
                     Some(ms(start.elapsed()))
                 }
                 None => None,

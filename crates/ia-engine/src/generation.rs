@@ -54,20 +54,16 @@ pub trait TextGenerator: Send {
     fn sequence_pool(&mut self) -> Option<&mut dyn SequencePool> {
         None
     }
-    /// Image-text generators (LLaVA): the prompt token that stands for an image, and how many
-    /// of it one image takes. None for text-only models.
-    fn image_prompt(&self) -> Option<ImagePrompt> {
+    /// Image-text generators (LLaVA): the prompt token that stands for an image. None for
+    /// text-only models.
+    fn image_token(&self) -> Option<u32> {
         None
     }
-    /// Encodes images (`shape` [images, channels, height, width], pixels as the model's image
-    /// processor made them); their features replace the image tokens of the next prefill, one
-    /// image per [`ImagePrompt::tokens_per_image`] run, in order.
-    fn attach_images(
-        &mut self,
-        shape: [usize; 4],
-        pixel_values: &[f32],
-    ) -> Result<(), EngineError> {
-        let _ = (shape, pixel_values);
+    /// Encodes `images`; their features replace the image tokens of the next prefill, in
+    /// order. Returns how many image tokens each image takes in the prompt (see
+    /// [`expand_image_tokens`]).
+    fn attach_images(&mut self, images: &ImageBatch) -> Result<Vec<usize>, EngineError> {
+        let _ = images;
         Err(EngineError::Unsupported(format!(
             "this model takes no images on the {} engine",
             self.info().engine
@@ -75,40 +71,45 @@ pub trait TextGenerator: Send {
     }
 }
 
-/// Where images go in an image-text generator's prompt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct ImagePrompt {
-    /// The token that stands for an image (`<image>`).
-    pub token: u32,
-    /// Copies of it one image takes: the image features the language model receives.
-    pub tokens_per_image: usize,
+/// Images for an image-text generator, as its image processor made them.
+#[derive(Debug, Clone)]
+pub struct ImageBatch {
+    /// [tiles, channels, height, width]: one tile per image, or several (LLaVA-NeXT's anyres
+    /// tiling), image after image.
+    pub shape: [usize; 4],
+    pub pixel_values: Vec<f32>,
+    /// Each image's (height, width) before processing.
+    pub sizes: Vec<(usize, usize)>,
 }
 
-impl ImagePrompt {
-    /// The prompt as the model's processor gives it to the model: each image token repeated
-    /// once per image feature (transformers' processors expand the text `<image>` before
-    /// tokenizing; the token is a special token, so expanding ids is the same). There must be
-    /// one image token per image.
-    pub fn expand(&self, ids: &[u32], images: usize) -> Result<Vec<u32>, EngineError> {
-        let found = ids.iter().filter(|&&t| t == self.token).count();
-        if found != images {
-            return Err(EngineError::InvalidInput(format!(
-                "the prompt has {found} image tokens (id {}) for {images} images",
-                self.token
-            )));
-        }
-        Ok(ids
-            .iter()
-            .flat_map(|&t| {
-                let n = if t == self.token {
-                    self.tokens_per_image
-                } else {
-                    1
-                };
-                std::iter::repeat_n(t, n)
-            })
-            .collect())
+/// The prompt as the model's processor gives it to the model: the i-th image token repeated
+/// `tokens[i]` times, once per feature of image i (transformers' processors expand the text
+/// `<image>` before tokenizing; it is a special token, so expanding ids is the same). There
+/// must be one image token per image.
+pub fn expand_image_tokens(
+    ids: &[u32],
+    token: u32,
+    tokens: &[usize],
+) -> Result<Vec<u32>, EngineError> {
+    let found = ids.iter().filter(|&&t| t == token).count();
+    if found != tokens.len() {
+        return Err(EngineError::InvalidInput(format!(
+            "the prompt has {found} image tokens (id {token}) for {} images",
+            tokens.len()
+        )));
     }
+    let mut next = tokens.iter();
+    Ok(ids
+        .iter()
+        .flat_map(|&t| {
+            let n = if t == token {
+                next.next().copied().unwrap_or(1)
+            } else {
+                1
+            };
+            std::iter::repeat_n(t, n)
+        })
+        .collect())
 }
 
 /// One sequence of a [`SequencePool`].

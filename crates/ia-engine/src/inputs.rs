@@ -374,6 +374,11 @@ pub fn image_processor(model: &Model) -> Result<ImageProcessor, EngineError> {
             "image_processor_type": "CLIPImageProcessor",
             "size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}
         }),
+        ModelClass::LlavaNext => serde_json::json!({
+            "image_processor_type": "LlavaNextImageProcessor",
+            "size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size},
+            "image_grid_pinpoints": config.get("image_grid_pinpoints")
+        }),
         _ => serde_json::json!({
             "image_processor_type": "ViTImageProcessor",
             "size": {"height": size, "width": size}
@@ -387,16 +392,15 @@ pub fn image_processor(model: &Model) -> Result<ImageProcessor, EngineError> {
 /// shortest edge, ViT's fixed size, CLIP's resize and crop).
 const TEST_PICTURE_SIDE: usize = 512;
 
-/// A test picture through the model's own image processor, `batch` copies.
-fn image_inputs(model: &Model, batch: usize) -> Result<Inputs, EngineError> {
-    let processor = image_processor(model)?;
+/// The test picture: smooth gradients plus a little noise, structure a vision model can
+/// respond to.
+fn test_picture() -> Result<RgbImage, EngineError> {
     let side = TEST_PICTURE_SIDE;
     let mut rng = SplitMix64::new(0x1a6e);
     let mut data = Vec::with_capacity(side * side * 3);
     for y in 0..side {
         for x in 0..side {
             for c in 0..3 {
-                // Smooth gradients plus a little noise: structure a vision model can respond to.
                 let fx = x as f32 / side as f32;
                 let fy = y as f32 / side as f32;
                 let v = 0.5
@@ -406,20 +410,42 @@ fn image_inputs(model: &Model, batch: usize) -> Result<Inputs, EngineError> {
             }
         }
     }
-    let picture =
-        RgbImage::new(side, side, data).map_err(|e| EngineError::InvalidInput(e.to_string()))?;
+    RgbImage::new(side, side, data).map_err(|e| EngineError::InvalidInput(e.to_string()))
+}
+
+/// `batch` copies of the test picture through the model's own image processor, for an
+/// image-text generator.
+pub fn test_images(model: &Model, batch: usize) -> Result<crate::ImageBatch, EngineError> {
+    let Inputs::Image {
+        shape,
+        pixel_values,
+    } = image_inputs(model, batch)?
+    else {
+        unreachable!("image_inputs gives images")
+    };
+    Ok(crate::ImageBatch {
+        shape,
+        pixel_values,
+        sizes: vec![(TEST_PICTURE_SIDE, TEST_PICTURE_SIDE); batch],
+    })
+}
+
+/// The test picture through the model's own image processor, `batch` copies (each as many
+/// tiles as the processor makes of it).
+fn image_inputs(model: &Model, batch: usize) -> Result<Inputs, EngineError> {
+    let processor = image_processor(model)?;
     let one = processor
-        .process(std::slice::from_ref(&picture))
+        .process(&[test_picture()?])
         .map_err(|e| EngineError::InvalidModel(e.to_string()))?;
-    let [_, channels, height, width] = one.shape;
+    let [tiles, channels, height, width] = one.shape;
     crate::memory::ensure_allocatable(
         (batch as u64)
-            .saturating_mul((channels * height * width) as u64)
+            .saturating_mul((tiles * channels * height * width) as u64)
             .saturating_mul(4),
         "the image batch",
     )?;
     Ok(Inputs::Image {
-        shape: [batch, channels, height, width],
+        shape: [batch * tiles, channels, height, width],
         pixel_values: one.pixel_values.repeat(batch),
     })
 }

@@ -28,7 +28,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use generation::{
-    ContinuousBatch, GenerateOptions, GenerationStats, ImagePrompt, Sampling, SequenceId,
+    ContinuousBatch, GenerateOptions, GenerationStats, ImageBatch, Sampling, SequenceId,
     SequencePool, StopReason, TextGenerator,
 };
 pub use inputs::{InputSpec, Inputs};

@@ -107,7 +107,9 @@ impl Engine for NativeEngine {
             {
                 return Ok(())
             }
-            Capability::Generate if matches!(class, C::Llama | C::Qwen | C::T5 | C::Llava) => {
+            Capability::Generate
+                if matches!(class, C::Llama | C::Qwen | C::T5 | C::Llava | C::LlavaNext) =>
+            {
                 return Ok(())
             }
             Capability::Transcribe if matches!(class, C::Whisper | C::Wav2vec2) => return Ok(()),
@@ -178,7 +180,7 @@ impl Engine for NativeEngine {
         match model.class {
             ModelClass::Llama | ModelClass::Qwen => models::causal_lm::CausalLm::load(ctx),
             ModelClass::T5 => models::t5::T5Generator::load(ctx),
-            ModelClass::Llava => models::llava::Llava::load(ctx),
+            ModelClass::Llava | ModelClass::LlavaNext => models::llava::Llava::load(ctx),
             _ => unreachable!("checked by supports()"),
         }
     }

@@ -7,7 +7,10 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{fixture, ids, load, max_abs, max_abs_diff, reference, source};
-use ia_engine::{Engine, Inputs, Placement, Precision, SpeechRecognizer, TranscribeOptions};
+use ia_engine::generation::expand_image_tokens;
+use ia_engine::{
+    Engine, ImageBatch, Inputs, Placement, Precision, SpeechRecognizer, TranscribeOptions,
+};
 use ia_hardware::Platform;
 use ia_native::models::whisper;
 use ia_native::NativeEngine;
@@ -380,17 +383,27 @@ fn clap_tiny_matches_transformers_from_a_wav_file() {
 /// image prefill and then the KV cache, token by token); 32 greedy tokens.
 #[test]
 fn llava_tiny_matches_transformers() {
-    let name = "llava-tiny";
+    check_image_text_generation("llava-tiny");
+}
+
+/// LLaVA-NeXT (tiny, llava-tiny's shapes with anyres tiling over 32-pixel tiles and the image
+/// newline) against transformers, as LLaVA above: each picture becomes 5 tiles, and its image
+/// tokens depend on its size (a wide and a tall picture).
+#[test]
+fn llava_next_tiny_matches_transformers() {
+    check_image_text_generation("llava-next-tiny");
+}
+
+fn check_image_text_generation(name: &str) {
     let r = reference(name);
     let model = source(name);
-    let meta = json(fixture("llava-tiny/reference_meta.json"));
+    let meta = json(fixture(&format!("{name}/reference_meta.json")));
     let tokenizer = ia_engine::tokenizer::of(&model.source).unwrap().unwrap();
     let processor = ia_engine::inputs::image_processor(&model).unwrap();
     let mut gen = NativeEngine::new()
         .load_generator(&model, Placement::new(Platform::Cpu, Precision::F32))
         .unwrap();
-    let image_prompt = gen.image_prompt().expect("LLaVA takes images");
-    assert_eq!(image_prompt.tokens_per_image, 16);
+    let image_token = gen.image_token().expect("LLaVA takes images");
     for (i, case) in meta["cases"].as_array().unwrap().iter().enumerate() {
         let image = RgbImage::open(&fixture(&format!(
             "media/{}",
@@ -398,6 +411,11 @@ fn llava_tiny_matches_transformers() {
         )))
         .unwrap();
         let pixels = processor.process(std::slice::from_ref(&image)).unwrap();
+        let images = ImageBatch {
+            shape: pixels.shape,
+            pixel_values: pixels.pixel_values.clone(),
+            sizes: vec![(image.height, image.width)],
+        };
         let d = max_abs_diff(&pixels.pixel_values, &r[&format!("case{i}_pixel_values")]);
         assert!(d <= 1e-5, "case {i}: pixel_values max abs diff {d}");
 
@@ -406,27 +424,23 @@ fn llava_tiny_matches_transformers() {
             .unwrap()
             .get_ids()
             .to_vec();
-        let prompt = image_prompt.expand(&text, 1).unwrap();
+        // Text before the image: a text-only prefill of each prefix.
+        let logits = r[&format!("case{i}_logits")].squeeze(0).unwrap();
+        let row = |pos: usize| logits.get(pos).unwrap().to_vec1::<f32>().unwrap();
+        let first = text.iter().position(|&t| t == image_token).unwrap();
+        for pos in 0..first {
+            let got = gen.prefill(&text[..=pos]).unwrap();
+            let d = max_abs(&got, &row(pos));
+            assert!(d <= TOLERANCE, "case {i} position {pos}: max abs diff {d}");
+        }
+        let tokens = gen.attach_images(&images).unwrap();
+        let prompt = expand_image_tokens(&text, image_token, &tokens).unwrap();
         assert_eq!(
             prompt,
             ids(&r[&format!("case{i}_input_ids")]),
             "case {i}: input ids"
         );
-
-        let logits = r[&format!("case{i}_logits")].squeeze(0).unwrap();
-        let row = |pos: usize| logits.get(pos).unwrap().to_vec1::<f32>().unwrap();
-        let first = prompt
-            .iter()
-            .position(|&t| t == image_prompt.token)
-            .unwrap();
-        let last = first + image_prompt.tokens_per_image - 1;
-        for pos in 0..first {
-            let got = gen.prefill(&prompt[..=pos]).unwrap();
-            let d = max_abs(&got, &row(pos));
-            assert!(d <= TOLERANCE, "case {i} position {pos}: max abs diff {d}");
-        }
-        gen.attach_images(pixels.shape, &pixels.pixel_values)
-            .unwrap();
+        let last = first + tokens[0] - 1;
         let mut got = gen.prefill(&prompt[..=last]).unwrap();
         for (pos, &token) in prompt.iter().enumerate().skip(last) {
             if pos > last {
@@ -436,8 +450,7 @@ fn llava_tiny_matches_transformers() {
             assert!(d <= TOLERANCE, "case {i} position {pos}: max abs diff {d}");
         }
 
-        gen.attach_images(pixels.shape, &pixels.pixel_values)
-            .unwrap();
+        gen.attach_images(&images).unwrap();
         let opts = ia_engine::GenerateOptions {
             max_new_tokens: 32,
             sampling: ia_engine::Sampling::greedy(),

@@ -2,7 +2,8 @@
 //! filter, center-crop, rescale by 1/255, normalise with the checkpoint's mean and std, and for
 //! DETR pad the batch to its largest image with a pixel mask.
 
-use crate::resample::{resize_rgb8, Filter};
+use crate::resample::resize_rgb8;
+pub use crate::resample::Filter;
 use crate::PreprocessError;
 use serde_json::Value;
 use std::path::Path;
@@ -146,6 +147,9 @@ pub struct ImageProcessor {
     pub normalize: Option<([f64; 3], [f64; 3])>,
     /// DETR: pad every image of a batch to the largest one and return a pixel mask.
     pub pad: bool,
+    /// LLaVA-NeXT: each image becomes tiles (the whole image resized, then the grid), each
+    /// of which goes through the steps above.
+    pub anyres: Option<AnyRes>,
 }
 
 const IMAGENET_DEFAULT: ([f64; 3], [f64; 3]) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
@@ -170,7 +174,10 @@ impl ImageProcessor {
         let flag = |name: &str, default: bool| {
             config.get(name).and_then(Value::as_bool).unwrap_or(default)
         };
-        let square = p.processor_type != "CLIPImageProcessor";
+        let square = !matches!(
+            p.processor_type.as_str(),
+            "CLIPImageProcessor" | "LlavaNextImageProcessor"
+        );
         if let Some((size, filter)) = p.resize {
             let filter = match config.get("resample") {
                 Some(v) => v
@@ -213,7 +220,12 @@ impl ImageProcessor {
             }
             p.normalize = flag("do_normalize", true).then_some((mean, std));
         }
-        p.pad = flag("do_pad", p.pad);
+        if p.processor_type == "LlavaNextImageProcessor" {
+            // Its do_pad pads the number of tiles across a batch, not the pixels.
+            p.anyres = Some(AnyRes::from_config(config, &p)?);
+        } else {
+            p.pad = flag("do_pad", p.pad);
+        }
         Ok(p)
     }
 
@@ -225,9 +237,10 @@ impl ImageProcessor {
             rescale_factor: Some(1.0 / 255.0),
             normalize: Some(normalize),
             pad,
+            anyres: None,
         };
         Ok(match kind {
-            "CLIPImageProcessor" => base(
+            "CLIPImageProcessor" | "LlavaNextImageProcessor" => base(
                 (Size::ShortestEdge(224), Filter::Bicubic),
                 Some((224, 224)),
                 OPENAI_CLIP,
@@ -259,7 +272,7 @@ impl ImageProcessor {
             ),
             other => {
                 return Err(PreprocessError::Config(format!(
-                    "image processor {other} is not supported (CLIPImageProcessor, ViTImageProcessor, DetrImageProcessor are)"
+                    "image processor {other} is not supported (CLIPImageProcessor, ViTImageProcessor, DetrImageProcessor, LlavaNextImageProcessor are)"
                 )))
             }
         })
@@ -270,6 +283,18 @@ impl ImageProcessor {
         if images.is_empty() {
             return Err(PreprocessError::Input("no images to process".into()));
         }
+        let tiles;
+        let images = match &self.anyres {
+            Some(anyres) => {
+                tiles = images
+                    .iter()
+                    .map(|im| anyres.tiles(im))
+                    .collect::<Result<Vec<_>, _>>()?
+                    .concat();
+                &tiles[..]
+            }
+            None => images,
+        };
         let planes: Vec<(usize, usize, Vec<f32>)> = images
             .iter()
             .map(|im| self.process_one(im))
@@ -540,6 +565,7 @@ mod tests {
             rescale_factor: Some(1.0 / 255.0),
             normalize: None,
             pad: false,
+            anyres: None,
         };
         let b = p.process(&[img]).unwrap();
         assert_eq!(b.shape, [1, 3, 4, 4]);
@@ -557,6 +583,7 @@ mod tests {
             rescale_factor: None,
             normalize: None,
             pad: true,
+            anyres: None,
         };
         let a = RgbImage::new(3, 2, vec![1; 18]).unwrap();
         let b = RgbImage::new(2, 3, vec![2; 18]).unwrap();
@@ -591,5 +618,188 @@ mod tests {
         assert!(RgbImage::decode(b"not an image").is_err());
         assert_eq!(composite_over_white(10, 255), 10);
         assert_eq!(composite_over_white(10, 0), 255);
+    }
+}
+
+/// LLaVA-NeXT's "anyres" tiling, as transformers' `LlavaNextImageProcessor` does it: the image
+/// is fitted (aspect ratio kept, bicubic) into the grid resolution that keeps the most of it
+/// and wastes the least, padded with black to that resolution (centred), and cut into tiles of
+/// the vision tower's size; the whole image, resized to one tile, comes first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnyRes {
+    /// `image_grid_pinpoints`: the (height, width) resolutions an image may be fitted to.
+    pub pinpoints: Vec<(usize, usize)>,
+    /// A tile's side: the crop size.
+    pub tile: usize,
+    /// (height, width) the whole image is resized to.
+    pub base: (usize, usize),
+    pub filter: Filter,
+}
+
+impl AnyRes {
+    fn from_config(config: &Value, p: &ImageProcessor) -> Result<Self, PreprocessError> {
+        let (size, filter) = p
+            .resize
+            .unwrap_or((Size::ShortestEdge(224), Filter::Bicubic));
+        let base = match size {
+            Size::Exact { height, width } => (height, width),
+            Size::ShortestEdge(s) | Size::ShortestLongest { shortest: s, .. } => (s, s),
+        };
+        let tile = p.center_crop.map_or(base.0, |(h, _)| h);
+        let bad = |why: &str| PreprocessError::Config(format!("image_grid_pinpoints: {why}"));
+        let pinpoints = match config.get("image_grid_pinpoints").filter(|v| !v.is_null()) {
+            None => vec![(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)],
+            Some(Value::Array(list)) => list
+                .iter()
+                .map(|pair| match pair.as_array().map(|a| a.as_slice()) {
+                    Some([h, w]) => match (h.as_u64(), w.as_u64()) {
+                        (Some(h), Some(w)) => Ok((h as usize, w as usize)),
+                        _ => Err(bad("each must be two integers")),
+                    },
+                    _ => Err(bad("each must be [height, width]")),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(_) => return Err(bad("must be a list of [height, width]")),
+        };
+        if pinpoints.is_empty() {
+            return Err(bad("the list is empty"));
+        }
+        for &(h, w) in &pinpoints {
+            if h == 0
+                || w == 0
+                || !h.is_multiple_of(tile)
+                || !w.is_multiple_of(tile)
+                || (h as u64) * (w as u64) > MAX_OUTPUT_PIXELS
+            {
+                return Err(bad(&format!(
+                    "{h}x{w} is not a grid of {tile}-pixel tiles within {MAX_OUTPUT_PIXELS} pixels"
+                )));
+            }
+        }
+        Ok(Self {
+            pinpoints,
+            tile,
+            base,
+            filter,
+        })
+    }
+
+    /// transformers' `select_best_resolution`: the pinpoint that keeps the most pixels of a
+    /// `height` x `width` image, then the one that wastes the fewest.
+    pub fn best_resolution(&self, height: usize, width: usize) -> (usize, usize) {
+        let (oh, ow) = (height as f64, width as f64);
+        let mut best = self.pinpoints[0];
+        let (mut most, mut least_wasted) = (0u64, u64::MAX);
+        for &(h, w) in &self.pinpoints {
+            let scale = (w as f64 / ow).min(h as f64 / oh);
+            let (dw, dh) = ((ow * scale) as u64, (oh * scale) as u64);
+            let effective = (dw * dh).min((height * width) as u64);
+            let wasted = (h * w) as u64 - effective.min((h * w) as u64);
+            if effective > most || (effective == most && wasted < least_wasted) {
+                (most, least_wasted, best) = (effective, wasted, (h, w));
+            }
+        }
+        best
+    }
+
+    /// The grid of tiles (rows, columns) a `height` x `width` image is cut into.
+    pub fn grid(&self, height: usize, width: usize) -> (usize, usize) {
+        let (h, w) = self.best_resolution(height, width);
+        (h / self.tile, w / self.tile)
+    }
+
+    /// Where the grid tiles' patch features of a `height` x `width` image lie once the
+    /// padding is taken off (transformers' `unpad_image`): the grid is rows x columns of
+    /// `tile / patch` patches a side, of which the kept rows and columns are
+    /// `(first row, rows), (first column, columns)`.
+    pub fn unpadded_features(
+        &self,
+        height: usize,
+        width: usize,
+        patch: usize,
+    ) -> ((usize, usize), (usize, usize)) {
+        let (grid_rows, grid_cols) = self.grid(height, width);
+        let side = self.tile / patch.max(1);
+        let (current_h, current_w) = (grid_rows * side, grid_cols * side);
+        // Python's int(round(x, 7)).
+        let round7 = |x: f64| ((x * 1e7).round() / 1e7) as usize;
+        if width as f64 / height as f64 > current_w as f64 / current_h as f64 {
+            let new_h = round7(height as f64 * (current_w as f64 / width as f64));
+            let pad = current_h.saturating_sub(new_h) / 2;
+            ((pad, current_h - 2 * pad), (0, current_w))
+        } else {
+            let new_w = round7(width as f64 * (current_h as f64 / height as f64));
+            let pad = current_w.saturating_sub(new_w) / 2;
+            ((0, current_h), (pad, current_w - 2 * pad))
+        }
+    }
+
+    /// Image tokens LLaVA-NeXT's processor puts in the prompt for a `height` x `width` image
+    /// (transformers' `LlavaNextProcessor._get_number_of_features`): the base tile's patches,
+    /// then the grid's unpadded patches with one newline per row; CLS counts once unless the
+    /// strategy drops it.
+    pub fn image_tokens(&self, height: usize, width: usize, patch: usize, keep_cls: bool) -> usize {
+        let side = self.tile / patch.max(1);
+        let ((_, rows), (_, cols)) = self.unpadded_features(height, width, patch);
+        side * side + usize::from(keep_cls) + rows * (cols + 1)
+    }
+
+    /// The whole image resized to the base size, then the grid's tiles row by row.
+    pub fn tiles(&self, image: &RgbImage) -> Result<Vec<RgbImage>, PreprocessError> {
+        let (th, tw) = self.best_resolution(image.height, image.width);
+        let (nh, nw) = fitted_size(image.height, image.width, th, tw);
+        let resize = |h: usize, w: usize| -> Result<RgbImage, PreprocessError> {
+            check_output(h, w, "resizes", image)?;
+            Ok(if (h, w) == (image.height, image.width) {
+                image.clone()
+            } else {
+                image.resize(w, h, self.filter)
+            })
+        };
+        let fitted = resize(nh, nw)?;
+        let (top, left) = ((th - nh) / 2, (tw - nw) / 2);
+        let mut tiles = vec![resize(self.base.0, self.base.1)?];
+        let t = self.tile;
+        for row in 0..th / t {
+            for col in 0..tw / t {
+                let mut data = vec![0u8; t * t * 3];
+                for y in 0..t {
+                    // Rows and columns of the tile inside the fitted image (the rest is padding).
+                    let Some(fy) = (row * t + y).checked_sub(top).filter(|&fy| fy < nh) else {
+                        continue;
+                    };
+                    for x in 0..t {
+                        let Some(fx) = (col * t + x).checked_sub(left).filter(|&fx| fx < nw) else {
+                            continue;
+                        };
+                        let src = (fy * nw + fx) * 3;
+                        data[(y * t + x) * 3..(y * t + x) * 3 + 3]
+                            .copy_from_slice(&fitted.data[src..src + 3]);
+                    }
+                }
+                tiles.push(RgbImage::new(t, t, data)?);
+            }
+        }
+        Ok(tiles)
+    }
+}
+
+/// transformers' `get_patch_output_size`: a `height` x `width` image scaled to fit in
+/// `target_h` x `target_w`, aspect ratio kept (the long side fills it, the other rounds up).
+fn fitted_size(height: usize, width: usize, target_h: usize, target_w: usize) -> (usize, usize) {
+    let (scale_w, scale_h) = (
+        target_w as f64 / width as f64,
+        target_h as f64 / height as f64,
+    );
+    if scale_w < scale_h {
+        (
+            ((height as f64 * scale_w).ceil() as usize).min(target_h),
+            target_w,
+        )
+    } else {
+        (
+            target_h,
+            ((width as f64 * scale_h).ceil() as usize).min(target_w),
+        )
     }
 }

@@ -71,6 +71,53 @@ fn image_processors_match_transformers() {
     }
 }
 
+/// LLaVA-NeXT's anyres tiles against LlavaNextImageProcessor (fixtures/media/anyres_*): the
+/// tiles' pixels (the 336-pixel ones every 7th row and column), and the image tokens
+/// LlavaNextProcessor puts in the prompt.
+#[test]
+fn llava_next_tiles_match_transformers() {
+    let st = std::fs::read(media().join("anyres_reference.safetensors")).unwrap();
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(media().join("anyres_cases.json")).unwrap())
+            .unwrap();
+    for case in cases["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let p = ImageProcessor::from_config(&case["config"]).unwrap();
+        let file = case["images"][0].as_str().unwrap();
+        let image = RgbImage::open(&media().join(file)).unwrap();
+        let out = p.process(std::slice::from_ref(&image)).unwrap();
+        let (_, shape) = tensor(&st, &format!("{name}_shape"));
+        let shape: Vec<usize> = shape.iter().map(|&v| v as usize).collect();
+        assert_eq!(out.shape.to_vec(), shape, "{name}");
+        let anyres = p.anyres.as_ref().unwrap();
+        let (rows, cols) = anyres.grid(image.height, image.width);
+        assert_eq!(1 + rows * cols, shape[0], "{name}: tiles");
+        let (_, expected) = tensor(&st, name);
+        let [n, c, h, w] = out.shape;
+        let step = if h == 32 { 1 } else { 7 };
+        let got: Vec<f32> = (0..n * c)
+            .flat_map(|plane| {
+                let values = &out.pixel_values;
+                (0..h).step_by(step).flat_map(move |y| {
+                    (0..w)
+                        .step_by(step)
+                        .map(move |x| values[(plane * h + y) * w + x])
+                })
+            })
+            .collect();
+        let err = max_abs(&got, &expected);
+        let tol = if file.ends_with(".jpg") { 0.1 } else { 1e-5 };
+        eprintln!("{name}: max abs {err:e}");
+        assert!(err <= tol, "{name}: max abs {err} > {tol}");
+        let patch = case["patch_size"].as_u64().unwrap() as usize;
+        assert_eq!(
+            anyres.image_tokens(image.height, image.width, patch, false),
+            case["image_tokens"].as_u64().unwrap() as usize,
+            "{name}: image tokens"
+        );
+    }
+}
+
 #[test]
 fn whisper_log_mel_matches_the_feature_extractor() {
     let (st, _) = reference();

@@ -150,7 +150,11 @@ impl Pipeline {
             ModelClass::Whisper | ModelClass::Wav2vec2 => {
                 Runner::Speech(engine.load_speech_recognizer(&model, at)?)
             }
-            ModelClass::Llama | ModelClass::Qwen | ModelClass::T5 | ModelClass::Llava
+            ModelClass::Llama
+            | ModelClass::Qwen
+            | ModelClass::T5
+            | ModelClass::Llava
+            | ModelClass::LlavaNext
                 if model.generates_text() =>
             {
                 return Err(TaskError::Input(

@@ -217,7 +217,7 @@ pub fn attach_images(
     prompt: Vec<u32>,
     images: &[std::path::PathBuf],
 ) -> anyhow::Result<(Vec<u32>, Option<AttachedImages>)> {
-    let Some(image_prompt) = model.image_prompt() else {
+    let Some(image_token) = model.image_token() else {
         if !images.is_empty() {
             bail!(
                 "{} is not an image-text model: it takes no --image",
@@ -226,12 +226,16 @@ pub fn attach_images(
         }
         return Ok((prompt, None));
     };
-    let token = tokenizer
-        .id_to_token(image_prompt.token)
-        .unwrap_or_else(|| format!("token {}", image_prompt.token));
-    let prompt = image_prompt
-        .expand(&prompt, images.len())
-        .with_context(|| format!("write {token} in the prompt where each image goes"))?;
+    let marks = prompt.iter().filter(|&&t| t == image_token).count();
+    if marks != images.len() {
+        let token = tokenizer
+            .id_to_token(image_token)
+            .unwrap_or_else(|| format!("token {image_token}"));
+        bail!(
+            "the prompt has {marks} image tokens for {} images: write {token} in the prompt where each image goes",
+            images.len()
+        );
+    }
     if images.is_empty() {
         return Ok((prompt, None));
     }
@@ -242,13 +246,19 @@ pub fn attach_images(
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let pixels = ia_engine::inputs::image_processor(plan)?.process(&pictures)?;
+    let batch = ia_engine::ImageBatch {
+        shape: pixels.shape,
+        pixel_values: pixels.pixel_values,
+        sizes: pictures.iter().map(|p| (p.height, p.width)).collect(),
+    };
     let start = std::time::Instant::now();
-    model.attach_images(pixels.shape, &pixels.pixel_values)?;
+    let tokens = model.attach_images(&batch)?;
     let encode_ms = start.elapsed().as_secs_f64() * 1e3;
+    let prompt = ia_engine::generation::expand_image_tokens(&prompt, image_token, &tokens)?;
     Ok((
         prompt,
         Some(AttachedImages {
-            tokens: images.len() * image_prompt.tokens_per_image,
+            tokens: tokens.iter().sum(),
             encode_ms,
         }),
     ))

@@ -635,6 +635,32 @@ fn llava_generates_from_an_image() {
     assert!(stdout(&o).contains("16,2"), "{}", stdout(&o));
 }
 
+/// LLaVA-NeXT through the CLI: a tall picture becomes 5 tiles and 56 image tokens, and the
+/// greedy tokens are transformers' (fixtures/llava-next-tiny, case1_greedy).
+#[test]
+fn llava_next_generates_from_a_tiled_image() {
+    let o = run(&[
+        "generate",
+        "--model",
+        &fixture("llava-next-tiny"),
+        "--prompt",
+        "<image>\nDescribe the quick brown fox.",
+        "--image",
+        &fixture("media/tall.png"),
+        "--max-new-tokens",
+        "8",
+        "--ignore-eos",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["token_ids"],
+        serde_json::json!([67, 289, 124, 9, 294, 15, 128, 144])
+    );
+    assert_eq!(v["image_tokens"], 56);
+}
+
 #[test]
 fn bench_measures_generation_models() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,8 +1,16 @@
-//! LLaVA 1.5 (transformers' `LlavaForConditionalGeneration`): a CLIP vision tower whose
+//! LLaVA 1.5 and LLaVA-NeXT (transformers' `LlavaForConditionalGeneration` and
+//! `LlavaNextForConditionalGeneration`, which differ only in how an image becomes features).
+//!
+//! LLaVA 1.5: a CLIP vision tower whose
 //! hidden states at `vision_feature_layer` (CLS dropped under the "default" strategy) go through
 //! the two-layer `multi_modal_projector` into the language model's embedding space, where they
 //! replace the prompt's image tokens one for one; the language model is a LLaMA-family
 //! [`decoder`](super::decoder).
+//!
+//! LLaVA-NeXT cuts an image into tiles (the whole image first, then a grid: the processor's
+//! "anyres", [`AnyRes`]); the grid tiles' features are laid back out as one picture, the rows
+//! and columns the padding made are taken off, and each row ends with the learned
+//! `image_newline` (transformers' `pack_image_features`).
 //!
 //! Checkpoints name the parts in two layouts: `vision_tower.vision_model.*`,
 //! `multi_modal_projector.*`, `language_model.model.*` and `language_model.lm_head` (the
@@ -15,8 +23,9 @@ use crate::rt;
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Activation, Linear, VarBuilder};
 use candle_transformers::models::clip::vision_model::ClipVisionTransformer;
-use ia_engine::generation::ImagePrompt;
+use ia_engine::generation::ImageBatch;
 use ia_engine::{EngineError, SessionInfo, TextGenerator};
+use ia_preprocess::image::{AnyRes, Filter};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -35,6 +44,9 @@ pub struct Config {
     pub vision_feature_select_strategy: String,
     #[serde(default = "default_true")]
     pub multimodal_projector_bias: bool,
+    /// LLaVA-NeXT: the (height, width) grids an image may be tiled into.
+    #[serde(default)]
+    pub image_grid_pinpoints: Option<Vec<[usize; 2]>>,
 }
 
 /// One hidden-state index of the vision tower, or several whose features are concatenated.
@@ -87,6 +99,12 @@ impl Config {
                 cfg.vision_feature_select_strategy
             )));
         }
+        if cfg.image_grid_pinpoints.is_some() && cfg.vision_feature_select_strategy != "default" {
+            return Err(EngineError::Unsupported(
+                "LLaVA-NeXT with the 'full' feature strategy (CLS in every tile) is not implemented"
+                    .into(),
+            ));
+        }
         // Completed with LlamaConfig's defaults when the model was resolved (ia_models::defaults).
         let text = config
             .get("text_config")
@@ -119,7 +137,30 @@ impl Config {
             .collect()
     }
 
-    /// Image features (and so image tokens) per image: one per patch, plus CLS when kept.
+    /// LLaVA-NeXT's tiling over tiles of the tower's size.
+    fn anyres(&self) -> Result<Option<AnyRes>, EngineError> {
+        let Some(pinpoints) = &self.image_grid_pinpoints else {
+            return Ok(None);
+        };
+        let side = self.vision_config.image_size;
+        if pinpoints.is_empty()
+            || pinpoints.iter().any(|&[h, w]| {
+                h == 0 || w == 0 || !h.is_multiple_of(side) || !w.is_multiple_of(side)
+            })
+        {
+            return Err(EngineError::InvalidModel(format!(
+                "image_grid_pinpoints {pinpoints:?} are not grids of the vision tower's {side}-pixel tiles"
+            )));
+        }
+        Ok(Some(AnyRes {
+            pinpoints: pinpoints.iter().map(|&[h, w]| (h, w)).collect(),
+            tile: side,
+            base: (side, side),
+            filter: Filter::Bicubic,
+        }))
+    }
+
+    /// Image features (and so image tokens) per tile: one per patch, plus CLS when kept.
     fn tokens_per_image(&self) -> usize {
         let v = &self.vision_config;
         let patches = (v.image_size / v.patch_size.max(1)).pow(2);
@@ -146,9 +187,14 @@ pub struct Llava {
     keep_cls: bool,
     projector: Projector,
     language: decoder::Decoder,
-    prompt: ImagePrompt,
-    /// Side of the square images the tower takes.
+    /// The prompt token an image's features replace, and how many an image has.
+    image_token: u32,
+    tokens_per_image: usize,
+    /// Side of the square images the tower takes, and of its patches.
     image_size: usize,
+    patch_size: usize,
+    /// LLaVA-NeXT: the tiling and the newline feature ending each row.
+    anyres: Option<(AnyRes, Tensor)>,
     /// Projected features of the attached images, [images x tokens per image, text hidden].
     attached: Option<Tensor>,
     device: candle_core::Device,
@@ -169,66 +215,74 @@ impl Llava {
     pub fn load(ctx: LoadContext<'_>) -> Result<Box<dyn TextGenerator>, EngineError> {
         let (cfg, text) = Config::from_json(ctx.source.config())?;
         let feature_layers = cfg.feature_layers()?;
+        let anyres = cfg.anyres()?;
         let (vision_hidden, text_hidden) = (cfg.vision_config.hidden_size, text.hidden_size);
-        let ((vision, projector, weights), mut info) = ctx.build("LLaVA", &["logits"], |vb| {
-            let tower = layout(
-                &vb,
-                &[
-                    ("vision_tower", "vision_tower.embeddings.class_embedding"),
-                    (
-                        "vision_tower.vision_model",
-                        "vision_tower.vision_model.embeddings.class_embedding",
+        let ((vision, projector, weights, newline), mut info) =
+            ctx.build("LLaVA", &["logits"], |vb| {
+                let tower = layout(
+                    &vb,
+                    &[
+                        ("vision_tower", "vision_tower.embeddings.class_embedding"),
+                        (
+                            "vision_tower.vision_model",
+                            "vision_tower.vision_model.embeddings.class_embedding",
+                        ),
+                        (
+                            "model.vision_tower.vision_model",
+                            "model.vision_tower.vision_model.embeddings.class_embedding",
+                        ),
+                        (
+                            "model.vision_tower",
+                            "model.vision_tower.embeddings.class_embedding",
+                        ),
+                    ],
+                );
+                let (projector, language, head, newline) = match layout(
+                    &vb,
+                    &[
+                        ("legacy", "language_model.model.embed_tokens.weight"),
+                        ("modules", "model.language_model.embed_tokens.weight"),
+                    ],
+                ) {
+                    "legacy" => (
+                        "multi_modal_projector",
+                        "language_model.model",
+                        "language_model.lm_head",
+                        "image_newline",
                     ),
-                    (
-                        "model.vision_tower.vision_model",
-                        "model.vision_tower.vision_model.embeddings.class_embedding",
+                    _ => (
+                        "model.multi_modal_projector",
+                        "model.language_model",
+                        "lm_head",
+                        "model.image_newline",
                     ),
-                    (
-                        "model.vision_tower",
-                        "model.vision_tower.embeddings.class_embedding",
-                    ),
-                ],
-            );
-            let (projector, language, head) = match layout(
-                &vb,
-                &[
-                    ("legacy", "language_model.model.embed_tokens.weight"),
-                    ("modules", "model.language_model.embed_tokens.weight"),
-                ],
-            ) {
-                "legacy" => (
-                    "multi_modal_projector",
-                    "language_model.model",
-                    "language_model.lm_head",
-                ),
-                _ => (
-                    "model.multi_modal_projector",
-                    "model.language_model",
-                    "lm_head",
-                ),
-            };
-            // The tower's projection is CLIP's, not LLaVA's: it is neither loaded nor used.
-            let vision = ClipVisionTransformer::new(vb.pp(tower), &cfg.vision_config.tower(0))?;
-            let p = vb.pp(projector);
-            let linear = |i, o, name| {
-                if cfg.multimodal_projector_bias {
-                    candle_nn::linear(i, o, p.pp(name))
-                } else {
-                    candle_nn::linear_no_bias(i, o, p.pp(name))
-                }
-            };
-            let projector = Projector {
-                linear_1: linear(
-                    vision_hidden * feature_layers.len(),
-                    text_hidden,
-                    "linear_1",
-                )?,
-                act: cfg.projector_hidden_act,
-                linear_2: linear(text_hidden, text_hidden, "linear_2")?,
-            };
-            let weights = decoder::Weights::load(&text, vb.pp(language), vb.pp(head))?;
-            Ok((vision, projector, weights))
-        })?;
+                };
+                // The tower's projection is CLIP's, not LLaVA's: it is neither loaded nor used.
+                let vision = ClipVisionTransformer::new(vb.pp(tower), &cfg.vision_config.tower(0))?;
+                let p = vb.pp(projector);
+                let linear = |i, o, name| {
+                    if cfg.multimodal_projector_bias {
+                        candle_nn::linear(i, o, p.pp(name))
+                    } else {
+                        candle_nn::linear_no_bias(i, o, p.pp(name))
+                    }
+                };
+                let projector = Projector {
+                    linear_1: linear(
+                        vision_hidden * feature_layers.len(),
+                        text_hidden,
+                        "linear_1",
+                    )?,
+                    act: cfg.projector_hidden_act,
+                    linear_2: linear(text_hidden, text_hidden, "linear_2")?,
+                };
+                let weights = decoder::Weights::load(&text, vb.pp(language), vb.pp(head))?;
+                let newline = anyres
+                    .is_some()
+                    .then(|| vb.get(text_hidden, newline))
+                    .transpose()?;
+                Ok((vision, projector, weights, newline))
+            })?;
         info.output_names = vec!["logits".into()];
         let language = decoder::Decoder::new(&text, weights, info, &ctx)?;
         Ok(Box::new(Self {
@@ -237,18 +291,18 @@ impl Llava {
             keep_cls: cfg.vision_feature_select_strategy == "full",
             projector,
             language,
-            prompt: ImagePrompt {
-                token: cfg.image_token_index,
-                tokens_per_image: cfg.tokens_per_image(),
-            },
+            image_token: cfg.image_token_index,
+            tokens_per_image: cfg.tokens_per_image(),
             image_size: cfg.vision_config.image_size,
+            patch_size: cfg.vision_config.patch_size,
+            anyres: anyres.zip(newline),
             attached: None,
             device: ctx.device,
             dtype: ctx.dtype,
         }))
     }
 
-    /// transformers' `get_image_features`: [images, channels, h, w] -> [images x tokens, hidden].
+    /// transformers' `get_image_features`: [tiles, channels, h, w] -> [tiles, tokens, hidden].
     fn image_features(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
         let hidden = self.vision.output_hidden_states(pixels)?;
         let selected = self
@@ -264,16 +318,47 @@ impl Llava {
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         let features = Tensor::cat(&selected, 2)?;
-        let (images, tokens, width) = features.dims3()?;
+        let (tiles, tokens, width) = features.dims3()?;
         self.projector
-            .forward(&features.reshape((images * tokens, width))?)
+            .forward(&features.reshape((tiles * tokens, width))?)?
+            .reshape((tiles, tokens, ()))
+    }
+
+    /// LLaVA-NeXT's `pack_image_features` for one image of `height` x `width`: `features`
+    /// [tiles, patches, hidden] (the whole image, then the grid row by row) -> [tokens, hidden].
+    fn pack(
+        &self,
+        anyres: &AnyRes,
+        newline: &Tensor,
+        features: &Tensor,
+        (height, width): (usize, usize),
+    ) -> candle_core::Result<Tensor> {
+        let (tiles, _, hidden) = features.dims3()?;
+        let (rows, cols) = anyres.grid(height, width);
+        let side = self.image_size / self.patch_size;
+        let grid = features
+            .narrow(0, 1, tiles - 1)?
+            .reshape((rows, cols, side, side, hidden))?
+            .permute((4, 0, 2, 1, 3))?
+            .contiguous()?
+            .reshape((hidden, rows * side, cols * side))?;
+        let ((top, kept_rows), (left, kept_cols)) =
+            anyres.unpadded_features(height, width, self.patch_size);
+        let grid = grid.narrow(1, top, kept_rows)?.narrow(2, left, kept_cols)?;
+        let ends = newline
+            .reshape((hidden, 1, 1))?
+            .broadcast_as((hidden, kept_rows, 1))?;
+        let grid = Tensor::cat(&[grid, ends.contiguous()?], 2)?
+            .reshape((hidden, kept_rows * (kept_cols + 1)))?
+            .t()?;
+        Tensor::cat(&[features.get(0)?, grid], 0)
     }
 
     /// The prompts' embeddings with the attached image features in place of the image
     /// tokens (transformers' `masked_scatter`), or None without image tokens.
     fn merged_embeddings(&mut self, prompts: &[Vec<u32>]) -> Result<Option<Tensor>, EngineError> {
         let tokens: Vec<u32> = prompts.concat();
-        let image_tokens = tokens.iter().filter(|&&t| t == self.prompt.token).count();
+        let image_tokens = tokens.iter().filter(|&&t| t == self.image_token).count();
         let features = self.attached.take();
         let rows = match &features {
             Some(f) => f.dim(0).map_err(rt)?,
@@ -281,10 +366,8 @@ impl Llava {
         };
         if image_tokens != rows {
             return Err(EngineError::InvalidInput(format!(
-                "image features and image tokens do not match: {image_tokens} image tokens (id {}) in the prompt, {rows} features from {} attached images of {} tokens each",
-                self.prompt.token,
-                rows / self.prompt.tokens_per_image.max(1),
-                self.prompt.tokens_per_image
+                "image features and image tokens do not match: {image_tokens} image tokens (id {}) in the prompt, {rows} image features attached",
+                self.image_token
             )));
         }
         let Some(features) = features else {
@@ -297,7 +380,7 @@ impl Llava {
             .iter()
             .enumerate()
             .map(|(i, &t)| {
-                if t == self.prompt.token {
+                if t == self.image_token {
                     next += 1;
                     (next - 1) as u32
                 } else {
@@ -348,26 +431,65 @@ impl TextGenerator for Llava {
         self.language.weight_bytes()
     }
 
-    fn image_prompt(&self) -> Option<ImagePrompt> {
-        Some(self.prompt)
+    fn image_token(&self) -> Option<u32> {
+        Some(self.image_token)
     }
 
-    fn attach_images(
-        &mut self,
-        shape: [usize; 4],
-        pixel_values: &[f32],
-    ) -> Result<(), EngineError> {
-        let [_, channels, height, width] = shape;
+    fn attach_images(&mut self, images: &ImageBatch) -> Result<Vec<usize>, EngineError> {
+        let [tiles, channels, height, width] = images.shape;
         let v = self.image_size;
-        if channels != 3 || height != v || width != v {
+        // Tiles of each image: one, or LLaVA-NeXT's base tile and grid.
+        let per_image: Vec<usize> = images
+            .sizes
+            .iter()
+            .map(|&(h, w)| match &self.anyres {
+                Some((anyres, _)) => {
+                    let (rows, cols) = anyres.grid(h.max(1), w.max(1));
+                    1 + rows * cols
+                }
+                None => 1,
+            })
+            .collect();
+        if per_image.iter().sum::<usize>() != tiles
+            || images.sizes.iter().any(|&(h, w)| h == 0 || w == 0)
+            || channels != 3
+            || height != v
+            || width != v
+        {
             return Err(EngineError::InvalidInput(format!(
-                "images of {channels}x{height}x{width}: the vision tower takes 3x{v}x{v}"
+                "{} images as {tiles} tiles of {channels}x{height}x{width}: the vision tower takes {} 3x{v}x{v} tiles for them",
+                images.sizes.len(),
+                per_image.iter().sum::<usize>()
             )));
         }
-        let pixels = Tensor::from_slice(pixel_values, shape.to_vec(), &self.device)
+        let pixels = Tensor::from_slice(&images.pixel_values, images.shape.to_vec(), &self.device)
             .and_then(|t| t.to_dtype(self.dtype))
             .map_err(rt)?;
-        self.attached = Some(self.image_features(&pixels).map_err(rt)?);
-        Ok(())
+        let features = self.image_features(&pixels).map_err(rt)?;
+        let packed = match &self.anyres {
+            None => features.flatten_to(1).map_err(rt)?,
+            Some((anyres, newline)) => {
+                let mut start = 0;
+                let mut each = Vec::with_capacity(per_image.len());
+                for (&n, &size) in per_image.iter().zip(&images.sizes) {
+                    each.push(
+                        self.pack(
+                            anyres,
+                            newline,
+                            &features.narrow(0, start, n).map_err(rt)?,
+                            size,
+                        )
+                        .map_err(rt)?,
+                    );
+                    start += n;
+                }
+                let counts: Vec<usize> = each.iter().map(|t| t.dim(0).unwrap_or(0)).collect();
+                let all = Tensor::cat(&each, 0).map_err(rt)?;
+                self.attached = Some(all);
+                return Ok(counts);
+            }
+        };
+        self.attached = Some(packed);
+        Ok(vec![self.tokens_per_image; tiles])
     }
 }
