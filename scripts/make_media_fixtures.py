@@ -513,6 +513,44 @@ def anyres():
     (MEDIA / "anyres_cases.json").write_text(json.dumps(meta({"cases": cases}), indent=1))
 
 
+def tiny_llava_towers(vocab, positions):
+    """The vision tower (3-layer CLIP, 32-pixel images, 8-pixel patches) and LLaMA text model
+    of the tiny LLaVA fixtures."""
+    from transformers import CLIPVisionConfig, LlamaConfig
+    return dict(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                       num_attention_heads=4, image_size=32, patch_size=8, projection_dim=16),
+        text_config=LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                max_position_embeddings=positions, bos_token_id=1, eos_token_id=2, pad_token_id=0))
+
+
+def image_text_references(out, model, proc, cases):
+    """Per (image, prompt) case, what the processor and model give: pixel values (one image's
+    tiles), image size where the processor reports it, input ids, logits at every position and
+    32 greedy tokens; written to reference.safetensors and reference_meta.json."""
+    tensors, greedy = {}, []
+    for i, (image, prompt) in enumerate(cases):
+        x = proc(images=Image.open(MEDIA / image), text=prompt, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**x).logits
+            gen = model.generate(**x, do_sample=False, max_new_tokens=32, min_new_tokens=32)
+        n = x["input_ids"].shape[1]
+        pixels = x["pixel_values"]
+        # LLaVA-NeXT's processor gives [images, tiles, ...] and the image sizes.
+        tensors[f"case{i}_pixel_values"] = (pixels[0] if "image_sizes" in x else pixels).contiguous()
+        if "image_sizes" in x:
+            tensors[f"case{i}_image_sizes"] = x["image_sizes"][0].to(torch.int64).contiguous()
+        tensors[f"case{i}_input_ids"] = x["input_ids"].to(torch.int64).contiguous()
+        tensors[f"case{i}_logits"] = logits.contiguous()
+        tensors[f"case{i}_greedy"] = gen[0, n:].to(torch.int64).contiguous()
+        greedy.append(proc.tokenizer.decode(gen[0, n:]))
+    save_file(tensors, str(out / "reference.safetensors"))
+    (out / "reference_meta.json").write_text(json.dumps(meta({
+        "cases": [{"image": c[0], "prompt": c[1]} for c in cases], "new_tokens": 32,
+        "greedy_text": greedy}), indent=2))
+
+
 LLAVA_CASES = [("photo.png", "USER: <image>\nWhat is in the picture? ASSISTANT:"),
                ("gray.png", "<image>\nDescribe the quick brown fox.")]
 
@@ -523,8 +561,7 @@ def llava():
     to its 16 patch tokens. References: processed pixels, input ids, logits at every position
     and 32 greedy tokens, per case."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
-                              LlavaProcessor, PreTrainedTokenizerFast)
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast
     out = FIX / "llava-tiny"
     out.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.BPE())
@@ -537,13 +574,8 @@ def llava():
                                    unk_token="<unk>", pad_token="<pad>")
     image_token = tok.token_to_id("<image>")
     torch.manual_seed(SEED)
-    cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                       num_attention_heads=4, image_size=32, patch_size=8, projection_dim=16),
-        text_config=LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
-                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0),
-        image_token_index=image_token, image_seq_length=16)
+    cfg = LlavaConfig(**tiny_llava_towers(tok.get_vocab_size(), 128),
+                      image_token_index=image_token, image_seq_length=16)
     model = LlavaForConditionalGeneration(cfg).eval()
     model.generation_config.eos_token_id = None  # exactly 32 tokens, no early stop
     model.generation_config.pad_token_id = 0
@@ -557,23 +589,7 @@ def llava():
     cfgd = images.to_dict()
     cfgd["image_processor_type"] = "CLIPImageProcessor"
     (out / "preprocessor_config.json").write_text(json.dumps(cfgd, indent=2))
-    tensors, greedy = {}, []
-    for i, (image, prompt) in enumerate(LLAVA_CASES):
-        x = proc(images=Image.open(MEDIA / image), text=prompt, return_tensors="pt")
-        with torch.no_grad():
-            logits = model(**x).logits
-            gen = model.generate(**x, do_sample=False, max_new_tokens=32, min_new_tokens=32)
-        n = x["input_ids"].shape[1]
-        tensors[f"case{i}_pixel_values"] = x["pixel_values"].contiguous()
-        tensors[f"case{i}_input_ids"] = x["input_ids"].to(torch.int64).contiguous()
-        tensors[f"case{i}_logits"] = logits.contiguous()
-        tensors[f"case{i}_greedy"] = gen[0, n:].to(torch.int64).contiguous()
-        greedy.append(fast.decode(gen[0, n:]))
-    save_file(tensors, str(out / "reference.safetensors"))
-    (out / "reference_meta.json").write_text(json.dumps(meta({
-        "cases": [{"image": c[0], "prompt": c[1]} for c in LLAVA_CASES], "new_tokens": 32,
-        "greedy_text": greedy}), indent=2))
-
+    image_text_references(out, model, proc, LLAVA_CASES)
 
 LLAVA_NEXT_CASES = [("photo.png", "USER: <image>\nWhat is in the picture? ASSISTANT:"),
                     ("tall.png", "<image>\nDescribe the quick brown fox.")]
@@ -583,21 +599,16 @@ def llava_next():
     """Tiny LLaVA-NeXT: llava-tiny's tower, projector and LLaMA, with anyres tiling over a
     32-pixel grid (pinpoints 32x64, 64x32, 64x64) and the image newline. References as llava's,
     plus each case's image size."""
-    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig,
-                              LlavaNextForConditionalGeneration, LlavaNextProcessor, PreTrainedTokenizerFast)
+    from transformers import (LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor,
+                              PreTrainedTokenizerFast)
     out = FIX / "llava-next-tiny"
     out.mkdir(parents=True, exist_ok=True)
     fast = PreTrainedTokenizerFast.from_pretrained(FIX / "llava-tiny")
     fast.save_pretrained(out)
     pinpoints = [[32, 64], [64, 32], [64, 64]]
     torch.manual_seed(SEED)
-    cfg = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                       num_attention_heads=4, image_size=32, patch_size=8, projection_dim=16),
-        text_config=LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64,
-                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0),
-        image_token_index=fast.convert_tokens_to_ids("<image>"), image_grid_pinpoints=pinpoints)
+    cfg = LlavaNextConfig(**tiny_llava_towers(len(fast), 256),
+                          image_token_index=fast.convert_tokens_to_ids("<image>"), image_grid_pinpoints=pinpoints)
     model = LlavaNextForConditionalGeneration(cfg).eval()
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
@@ -611,27 +622,11 @@ def llava_next():
     cfgd = images.to_dict()
     cfgd["image_processor_type"] = "LlavaNextImageProcessor"
     (out / "preprocessor_config.json").write_text(json.dumps(cfgd, indent=2))
-    tensors, greedy = {}, []
-    for i, (image, prompt) in enumerate(LLAVA_NEXT_CASES):
-        x = proc(images=Image.open(MEDIA / image), text=prompt, return_tensors="pt")
-        with torch.no_grad():
-            logits = model(**x).logits
-            gen = model.generate(**x, do_sample=False, max_new_tokens=32, min_new_tokens=32)
-        n = x["input_ids"].shape[1]
-        tensors[f"case{i}_pixel_values"] = x["pixel_values"][0].contiguous()
-        tensors[f"case{i}_image_sizes"] = x["image_sizes"][0].to(torch.int64).contiguous()
-        tensors[f"case{i}_input_ids"] = x["input_ids"].to(torch.int64).contiguous()
-        tensors[f"case{i}_logits"] = logits.contiguous()
-        tensors[f"case{i}_greedy"] = gen[0, n:].to(torch.int64).contiguous()
-        greedy.append(fast.decode(gen[0, n:]))
-    save_file(tensors, str(out / "reference.safetensors"))
-    (out / "reference_meta.json").write_text(json.dumps(meta({
-        "cases": [{"image": c[0], "prompt": c[1]} for c in LLAVA_NEXT_CASES], "new_tokens": 32,
-        "greedy_text": greedy}), indent=2))
-
+    image_text_references(out, model, proc, LLAVA_NEXT_CASES)
 
 PARTS = {"media": media, "preprocess": preprocess, "clip": clip, "whisper": whisper,
-         "wav2vec2": wav2vec2, "detr": detr, "clap": clap, "llava": llava, "llava-next": llava_next, "anyres": anyres, "whisper-real": whisper_real,
+         "wav2vec2": wav2vec2, "detr": detr, "clap": clap, "llava": llava, "llava-next": llava_next,
+         "anyres": anyres, "whisper-real": whisper_real,
          "whisper-pipeline": whisper_pipeline_cases}
 
 if __name__ == "__main__":

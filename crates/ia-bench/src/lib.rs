@@ -727,12 +727,13 @@ impl GenerationTarget {
                         "the loaded generator takes no images".into(),
                     )));
                 };
+                // Every copy has the same picture, so the first image's tokens are each copy's.
                 let tokens = model.attach_images(images).map_err(refused)?;
+                let per_copy = tokens.first().copied().unwrap_or(0);
                 let with_image: Vec<u32> = std::iter::once(token).chain(prompt).collect();
-                let first = &tokens[..tokens.len().min(1)];
-                let expanded =
-                    generation::expand_image_tokens(&with_image, token, first).map_err(refused)?;
-                (expanded, first.iter().sum())
+                let expanded = generation::expand_image_tokens(&with_image, token, &[per_copy])
+                    .map_err(refused)?;
+                (expanded, per_copy)
             }
             None => (prompt, 0),
         };

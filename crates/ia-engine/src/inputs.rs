@@ -416,13 +416,7 @@ fn test_picture() -> Result<RgbImage, EngineError> {
 /// `batch` copies of the test picture through the model's own image processor, for an
 /// image-text generator.
 pub fn test_images(model: &Model, batch: usize) -> Result<crate::ImageBatch, EngineError> {
-    let Inputs::Image {
-        shape,
-        pixel_values,
-    } = image_inputs(model, batch)?
-    else {
-        unreachable!("image_inputs gives images")
-    };
+    let (shape, pixel_values) = processed_test_pictures(model, batch)?;
     Ok(crate::ImageBatch {
         shape,
         pixel_values,
@@ -430,9 +424,21 @@ pub fn test_images(model: &Model, batch: usize) -> Result<crate::ImageBatch, Eng
     })
 }
 
-/// The test picture through the model's own image processor, `batch` copies (each as many
-/// tiles as the processor makes of it).
+/// The test picture through the model's own image processor, `batch` copies.
 fn image_inputs(model: &Model, batch: usize) -> Result<Inputs, EngineError> {
+    let (shape, pixel_values) = processed_test_pictures(model, batch)?;
+    Ok(Inputs::Image {
+        shape,
+        pixel_values,
+    })
+}
+
+/// `batch` copies of the processed test picture, each as many tiles as the processor makes
+/// of it: NCHW shape and pixels.
+fn processed_test_pictures(
+    model: &Model,
+    batch: usize,
+) -> Result<([usize; 4], Vec<f32>), EngineError> {
     let processor = image_processor(model)?;
     let one = processor
         .process(&[test_picture()?])
@@ -444,10 +450,10 @@ fn image_inputs(model: &Model, batch: usize) -> Result<Inputs, EngineError> {
             .saturating_mul(4),
         "the image batch",
     )?;
-    Ok(Inputs::Image {
-        shape: [batch * tiles, channels, height, width],
-        pixel_values: one.pixel_values.repeat(batch),
-    })
+    Ok((
+        [batch * tiles, channels, height, width],
+        one.pixel_values.repeat(batch),
+    ))
 }
 
 /// The rate an audio model's feature extractor takes: preprocessor_config.json's

@@ -4,18 +4,20 @@
 //! here once, when a model is resolved, so that every reader (the engines, the memory check, the
 //! cost model) sees the whole config.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// `LlamaConfig()`'s values for the keys a LLaVA text_config may omit.
-const LLAMA_DEFAULTS: [(&str, f64); 7] = [
-    ("vocab_size", 32000.0),
-    ("hidden_size", 4096.0),
-    ("intermediate_size", 11008.0),
-    ("num_hidden_layers", 32.0),
-    ("num_attention_heads", 32.0),
-    ("max_position_embeddings", 2048.0),
-    ("rms_norm_eps", 1e-6),
-];
+fn llama_defaults() -> [(&'static str, Value); 7] {
+    [
+        ("vocab_size", json!(32000)),
+        ("hidden_size", json!(4096)),
+        ("intermediate_size", json!(11008)),
+        ("num_hidden_layers", json!(32)),
+        ("num_attention_heads", json!(32)),
+        ("max_position_embeddings", json!(2048)),
+        ("rms_norm_eps", json!(1e-6)),
+    ]
+}
 
 /// Fills the defaults of LLaVA's `text_config` (a LLaMA unless it says otherwise).
 pub fn complete(config: &mut Value) {
@@ -43,12 +45,7 @@ pub fn complete(config: &mut Value) {
     {
         return;
     }
-    for (key, value) in LLAMA_DEFAULTS {
-        let value = if value.fract() == 0.0 {
-            Value::from(value as u64)
-        } else {
-            Value::from(value)
-        };
+    for (key, value) in llama_defaults() {
         text.entry(key).or_insert(value);
     }
 }
@@ -56,7 +53,6 @@ pub fn complete(config: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn llava_text_configs_get_llama_defaults_and_keep_their_own() {

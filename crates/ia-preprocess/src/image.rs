@@ -661,6 +661,17 @@ impl AnyRes {
                 .collect::<Result<Vec<_>, _>>()?,
             Some(_) => return Err(bad("must be a list of [height, width]")),
         };
+        Self::new(pinpoints, tile, base, filter)
+    }
+
+    /// Tiling over `pinpoints` (height, width), each a grid of `tile`-pixel tiles.
+    pub fn new(
+        pinpoints: Vec<(usize, usize)>,
+        tile: usize,
+        base: (usize, usize),
+        filter: Filter,
+    ) -> Result<Self, PreprocessError> {
+        let bad = |why: &str| PreprocessError::Config(format!("image_grid_pinpoints: {why}"));
         if pinpoints.is_empty() {
             return Err(bad("the list is empty"));
         }

@@ -226,16 +226,14 @@ pub fn attach_images(
         }
         return Ok((prompt, None));
     };
-    let marks = prompt.iter().filter(|&&t| t == image_token).count();
-    if marks != images.len() {
-        let token = tokenizer
+    let token = || {
+        tokenizer
             .id_to_token(image_token)
-            .unwrap_or_else(|| format!("token {image_token}"));
-        bail!(
-            "the prompt has {marks} image tokens for {} images: write {token} in the prompt where each image goes",
-            images.len()
-        );
-    }
+            .unwrap_or_else(|| format!("token {image_token}"))
+    };
+    // One image token per image, checked before any image is encoded.
+    ia_engine::generation::expand_image_tokens(&prompt, image_token, &vec![1; images.len()])
+        .with_context(|| format!("write {} in the prompt where each image goes", token()))?;
     if images.is_empty() {
         return Ok((prompt, None));
     }

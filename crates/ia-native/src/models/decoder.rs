@@ -529,16 +529,38 @@ impl Decoder {
         for id in std::mem::take(&mut self.batch) {
             self.sequences.remove(&id);
         }
-        let ids: Vec<SequenceId> = prompts.iter().map(|_| self.new_sequence()).collect();
+        let prompts: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+        let (started, _) = self.run_with(&prompts, &[], inputs_embeds)?;
+        let (ids, logits) = started.into_iter().unzip();
+        self.batch = ids;
+        Ok(logits)
+    }
+
+    /// [`SequencePool::run`], the started prompts entering as `inputs_embeds` when given.
+    #[allow(clippy::type_complexity)]
+    fn run_with(
+        &mut self,
+        start: &[&[u32]],
+        steps: &[(SequenceId, u32)],
+        inputs_embeds: Option<Tensor>,
+    ) -> Result<(Vec<(SequenceId, Vec<f32>)>, Vec<Vec<f32>>), EngineError> {
+        let ids: Vec<SequenceId> = start.iter().map(|_| self.new_sequence()).collect();
+        let tokens: Vec<[u32; 1]> = steps.iter().map(|(_, t)| [*t]).collect();
         let work: Vec<(SequenceId, &[u32])> = ids
             .iter()
             .copied()
-            .zip(prompts.iter().map(Vec::as_slice))
+            .zip(start.iter().copied())
+            .chain(
+                steps
+                    .iter()
+                    .zip(&tokens)
+                    .map(|((id, _), t)| (*id, t.as_slice())),
+            )
             .collect();
         match self.forward(&work, inputs_embeds) {
-            Ok(logits) => {
-                self.batch = ids;
-                Ok(logits)
+            Ok(mut logits) => {
+                let stepped = logits.split_off(ids.len());
+                Ok((ids.into_iter().zip(logits).collect(), stepped))
             }
             Err(e) => {
                 for id in ids {
@@ -670,31 +692,7 @@ impl SequencePool for Decoder {
         start: &[&[u32]],
         steps: &[(SequenceId, u32)],
     ) -> Result<(Vec<(SequenceId, Vec<f32>)>, Vec<Vec<f32>>), EngineError> {
-        let ids: Vec<SequenceId> = start.iter().map(|_| self.new_sequence()).collect();
-        let tokens: Vec<[u32; 1]> = steps.iter().map(|(_, t)| [*t]).collect();
-        let work: Vec<(SequenceId, &[u32])> = ids
-            .iter()
-            .copied()
-            .zip(start.iter().copied())
-            .chain(
-                steps
-                    .iter()
-                    .zip(&tokens)
-                    .map(|((id, _), t)| (*id, t.as_slice())),
-            )
-            .collect();
-        match self.forward(&work, None) {
-            Ok(mut logits) => {
-                let stepped = logits.split_off(ids.len());
-                Ok((ids.into_iter().zip(logits).collect(), stepped))
-            }
-            Err(e) => {
-                for id in ids {
-                    self.sequences.remove(&id);
-                }
-                Err(e)
-            }
-        }
+        self.run_with(start, steps, None)
     }
 
     fn end(&mut self, id: SequenceId) {

@@ -143,28 +143,14 @@ impl Config {
             return Ok(None);
         };
         let side = self.vision_config.image_size;
-        if pinpoints.is_empty()
-            || pinpoints.iter().any(|&[h, w]| {
-                h == 0 || w == 0 || !h.is_multiple_of(side) || !w.is_multiple_of(side)
-            })
-        {
-            return Err(EngineError::InvalidModel(format!(
-                "image_grid_pinpoints {pinpoints:?} are not grids of the vision tower's {side}-pixel tiles"
-            )));
-        }
-        Ok(Some(AnyRes {
-            pinpoints: pinpoints.iter().map(|&[h, w]| (h, w)).collect(),
-            tile: side,
-            base: (side, side),
-            filter: Filter::Bicubic,
-        }))
-    }
-
-    /// Image features (and so image tokens) per tile: one per patch, plus CLS when kept.
-    fn tokens_per_image(&self) -> usize {
-        let v = &self.vision_config;
-        let patches = (v.image_size / v.patch_size.max(1)).pow(2);
-        patches + usize::from(self.vision_feature_select_strategy == "full")
+        AnyRes::new(
+            pinpoints.iter().map(|&[h, w]| (h, w)).collect(),
+            side,
+            (side, side),
+            Filter::Bicubic,
+        )
+        .map(Some)
+        .map_err(|e| EngineError::InvalidModel(e.to_string()))
     }
 }
 
@@ -187,9 +173,8 @@ pub struct Llava {
     keep_cls: bool,
     projector: Projector,
     language: decoder::Decoder,
-    /// The prompt token an image's features replace, and how many an image has.
+    /// The prompt token an image's features replace.
     image_token: u32,
-    tokens_per_image: usize,
     /// Side of the square images the tower takes, and of its patches.
     image_size: usize,
     patch_size: usize,
@@ -292,7 +277,6 @@ impl Llava {
             projector,
             language,
             image_token: cfg.image_token_index,
-            tokens_per_image: cfg.tokens_per_image(),
             image_size: cfg.vision_config.image_size,
             patch_size: cfg.vision_config.patch_size,
             anyres: anyres.zip(newline),
@@ -466,30 +450,24 @@ impl TextGenerator for Llava {
             .and_then(|t| t.to_dtype(self.dtype))
             .map_err(rt)?;
         let features = self.image_features(&pixels).map_err(rt)?;
-        let packed = match &self.anyres {
-            None => features.flatten_to(1).map_err(rt)?,
+        let (attached, counts) = match &self.anyres {
+            None => {
+                let (tiles, tokens, _) = features.dims3().map_err(rt)?;
+                (features.flatten_to(1).map_err(rt)?, vec![tokens; tiles])
+            }
             Some((anyres, newline)) => {
                 let mut start = 0;
                 let mut each = Vec::with_capacity(per_image.len());
                 for (&n, &size) in per_image.iter().zip(&images.sizes) {
-                    each.push(
-                        self.pack(
-                            anyres,
-                            newline,
-                            &features.narrow(0, start, n).map_err(rt)?,
-                            size,
-                        )
-                        .map_err(rt)?,
-                    );
+                    let tiles = features.narrow(0, start, n).map_err(rt)?;
+                    each.push(self.pack(anyres, newline, &tiles, size).map_err(rt)?);
                     start += n;
                 }
-                let counts: Vec<usize> = each.iter().map(|t| t.dim(0).unwrap_or(0)).collect();
-                let all = Tensor::cat(&each, 0).map_err(rt)?;
-                self.attached = Some(all);
-                return Ok(counts);
+                let counts = each.iter().map(|t| t.dim(0)).collect::<Result<_, _>>();
+                (Tensor::cat(&each, 0).map_err(rt)?, counts.map_err(rt)?)
             }
         };
-        self.attached = Some(packed);
-        Ok(vec![self.tokens_per_image; tiles])
+        self.attached = Some(attached);
+        Ok(counts)
     }
 }
