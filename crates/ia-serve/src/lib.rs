@@ -296,7 +296,7 @@ impl Server {
 /// (401), too many requests in flight (429).
 async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     if state.shutting_down.load(Ordering::SeqCst) {
-        return ApiError::ShuttingDown.into_response();
+        return refuse(ApiError::ShuttingDown);
     }
     if let Some(key) = &state.options.api_key {
         let given = request
@@ -305,15 +305,14 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
-            return ApiError::Unauthorized.into_response();
+            return refuse(ApiError::Unauthorized);
         }
     }
     let Ok(permit) = state.in_flight.clone().try_acquire_owned() else {
-        return ApiError::Overloaded(format!(
+        return refuse(ApiError::Overloaded(format!(
             "{} requests are in flight (serve --max-concurrent-requests); retry later",
             state.options.max_concurrent_requests
-        ))
-        .into_response();
+        )));
     };
     let response = next.run(request).await;
     // A stream holds its permit until its body ends.
@@ -323,6 +322,18 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
         _permit: permit,
     });
     Response::from_parts(parts, body)
+}
+
+/// A refusal sent before the request body is read. It closes the connection: hyper cannot
+/// reuse a connection whose body it has not drained, and a client that pools it (as most do)
+/// would otherwise meet a reset on its next request there.
+fn refuse(error: ApiError) -> Response {
+    let mut response = error.into_response();
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// A response body that releases its in-flight permit when it is dropped.
@@ -493,6 +504,14 @@ mod tests {
         drop(rx);
         let e = s.enqueue("m", &tx, 3).unwrap_err();
         assert_eq!(e.status(), axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    /// A refusal sent before the body is read closes the connection, so no client reuses it.
+    #[test]
+    fn refusals_close_the_connection() {
+        let r = refuse(ApiError::Unauthorized);
+        assert_eq!(r.status(), axum::http::StatusCode::UNAUTHORIZED);
+        assert_eq!(r.headers()[header::CONNECTION], "close");
     }
 
     /// After the shutdown signal, inference routes answer 503 and /health says so.

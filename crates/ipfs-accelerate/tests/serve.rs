@@ -10,8 +10,8 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// A copy of the qwen2 fixture whose tokenizer_config.json carries `template`.
-fn with_chat_template(dir: &Path, template: &str) -> String {
+/// A copy of the qwen2 fixture in `dir`, with `edit` applied to the JSON file `name`.
+fn qwen_copy(dir: &Path, name: &str, edit: impl FnOnce(&mut Value)) -> String {
     let src = Path::new(&fixture("qwen2-tiny")).to_path_buf();
     std::fs::create_dir_all(dir).unwrap();
     for entry in std::fs::read_dir(&src).unwrap() {
@@ -20,12 +20,30 @@ fn with_chat_template(dir: &Path, template: &str) -> String {
             std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
         }
     }
-    let path = dir.join("tokenizer_config.json");
-    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    config["chat_template"] = json!(template);
-    std::fs::write(&path, config.to_string()).unwrap();
+    let path = dir.join(name);
+    let mut json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut json);
+    std::fs::write(&path, json.to_string()).unwrap();
     dir.to_string_lossy().into_owned()
 }
+
+/// A copy of the qwen2 fixture whose tokenizer_config.json carries `template`.
+fn with_chat_template(dir: &Path, template: &str) -> String {
+    qwen_copy(dir, "tokenizer_config.json", |c| {
+        c["chat_template"] = json!(template)
+    })
+}
+
+/// A copy of the qwen2 fixture with room for `LONG_GENERATION` tokens. The fixture's 128
+/// positions go by in about 15 ms (8000 tokens/s here), too short to hold a slot while a test
+/// sends its next request; a generation this long outlasts it, or stalls on the unread socket.
+fn with_long_context(dir: &Path) -> String {
+    qwen_copy(dir, "config.json", |c| {
+        c["max_position_embeddings"] = json!(LONG_GENERATION + 64)
+    })
+}
+
+const LONG_GENERATION: usize = 100_000;
 
 const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
@@ -425,11 +443,13 @@ fn limits_disconnects_websocket_tasks_and_graceful_shutdown() {
     let qwen = fixture("qwen2-tiny");
     let vit = fixture("vit-tiny");
     let whisper = fixture("whisper-tiny");
-    let models = [qwen.as_str(), vit.as_str(), whisper.as_str()].join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let slow = with_long_context(dir.path());
+    let models = [qwen.as_str(), &slow, vit.as_str(), whisper.as_str()].join(",");
     let s = Served::start(&["--models", &models, "--max-concurrent-requests", "1"]);
 
     // A stream holds the one slot: a second request is told 429 while it runs.
-    let long = json!({"model": qwen, "prompt": "Hello", "max_tokens": 100, "temperature": 0,
+    let long = json!({"model": slow, "prompt": "Hello", "max_tokens": LONG_GENERATION, "temperature": 0,
                       "stream": true, "stop_token_ids": []});
     let r = s
         .agent
@@ -464,14 +484,23 @@ fn limits_disconnects_websocket_tasks_and_graceful_shutdown() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status, 200, "{text}");
-    let (_, metrics) = s.get("/metrics");
-    let generated: u64 = metrics
-        .lines()
-        .find(|l| l.starts_with("ia_generated_tokens_total"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap();
+    // The abandoned generation is counted when it stops, which at 8000 tokens/s would take
+    // over 12 s had it run to LONG_GENERATION.
+    let prefix = format!("ia_generated_tokens_total{{model=\"{slow}\"}} ");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let generated: u64 = loop {
+        let (_, metrics) = s.get("/metrics");
+        let counted = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse().ok());
+        if let Some(n) = counted {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "the abandoned generation ran on");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
-        generated < 100,
+        generated < LONG_GENERATION as u64,
         "the abandoned generation ran on: {generated} tokens"
     );
 
@@ -505,7 +534,7 @@ fn limits_disconnects_websocket_tasks_and_graceful_shutdown() {
     assert_eq!(text, cli_greedy(&qwen, "Hello there", 6));
     let (mut ws, _) = tungstenite::connect(&url).unwrap();
     ws.send(tungstenite::Message::text(
-        json!({"model": qwen, "prompt": "Hello", "max_tokens": 100, "stop_token_ids": []})
+        json!({"model": slow, "prompt": "Hello", "max_tokens": LONG_GENERATION, "stop_token_ids": []})
             .to_string(),
     ))
     .unwrap();
