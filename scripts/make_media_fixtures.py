@@ -5,7 +5,8 @@ reference transcription of the real whisper-tiny.en checkpoint.
 
     ~/.cache/ipfs-accelerate/pyref/bin/python scripts/make_media_fixtures.py [part ...]
 
-parts: media preprocess clip whisper wav2vec2 whisper-real (default: all). `media` needs
+parts: media preprocess clip whisper wav2vec2 detr clap llava llava-next anyres xclip whisper-real
+whisper-pipeline (default: all). `media` needs
 espeak-ng and sox (apt-get install espeak-ng sox); `whisper-real` needs the checkpoint that
 scripts/fetch_checkpoints.sh converts. Everything else needs torch + transformers + pillow
 (scripts/setup_pyref.sh).
@@ -624,9 +625,88 @@ def llava_next():
     (out / "preprocessor_config.json").write_text(json.dumps(cfgd, indent=2))
     image_text_references(out, model, proc, LLAVA_NEXT_CASES)
 
+XCLIP_TEXTS = ["a red ball rolling", "a person dancing", "an empty room"]
+CLIP_FRAMES = MEDIA / "clip-frames"
+
+
+def clip_frames():
+    """Ten 48x36 PNG frames of a red ball rolling across a gradient (fixtures/media/clip-frames)."""
+    CLIP_FRAMES.mkdir(parents=True, exist_ok=True)
+    for i in range(10):
+        img = Image.new("RGB", (48, 36))
+        img.putdata([(x * 5, y * 7, 128 + i * 8) for y in range(36) for x in range(48)])
+        d = ImageDraw.Draw(img)
+        cx = 4 + i * 4
+        d.ellipse([cx - 6, 12, cx + 6, 24], fill=(220, 30, 30))
+        img.save(CLIP_FRAMES / f"frame_{i:03}.png")
+
+
+def sampled_frames(total, wanted):
+    """transformers' BaseVideoProcessor.sample_frames: `wanted` frames evenly spaced."""
+    return torch.arange(0, total, total / wanted).int().tolist()
+
+
+def xclip():
+    """Tiny X-CLIP (4-frame clips, 32-pixel frames): frames sampled from media/clip-frames as
+    transformers' video processors sample them, VideoMAE's processor configured as
+    microsoft/xclip-base-patch32's is, and logits_per_video for two clips (the sampled frames,
+    and the same frames reversed) against XCLIP_TEXTS."""
+    from tokenizers import processors
+    from transformers import AutoImageProcessor, PreTrainedTokenizerFast, XCLIPConfig, XCLIPModel
+    clip_frames()
+    out = FIX / "xclip-tiny"
+    out.mkdir(parents=True, exist_ok=True)
+    # End-of-text the highest id, as in CLIP's vocabulary: XCLIPTextModel pools at the argmax.
+    tok = tiny_bpe(out, ["<|startoftext|>"])
+    tok.add_special_tokens(["<|endoftext|>"])
+    bos, eos = tok.token_to_id("<|startoftext|>"), tok.token_to_id("<|endoftext|>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>",
+                                   eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.save_pretrained(out)
+    torch.manual_seed(SEED)
+    cfg = XCLIPConfig(
+        text_config=dict(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=32,
+                         bos_token_id=bos, eos_token_id=eos, pad_token_id=eos),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8, num_frames=4, mit_hidden_size=16,
+                           mit_intermediate_size=32, mit_num_hidden_layers=1, mit_num_attention_heads=2),
+        projection_dim=16, prompt_layers=2, prompt_num_attention_heads=2)
+    model = XCLIPModel(cfg).eval()
+    model.save_pretrained(out, safe_serialization=True)
+    mark_random(out)
+    # microsoft/xclip-base-patch32's preprocessor_config.json, at this model's frame size.
+    (out / "preprocessor_config.json").write_text(json.dumps({
+        "crop_size": 32, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+        "feature_extractor_type": "VideoMAEFeatureExtractor", "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225], "processor_class": "XCLIPProcessor", "resample": 2,
+        "size": 32}, indent=2))
+    images = AutoImageProcessor.from_pretrained(out, backend="pil")
+    files = sorted(CLIP_FRAMES.iterdir())
+    picked = sampled_frames(len(files), cfg.vision_config.num_frames)
+    frames = [Image.open(files[i]).convert("RGB") for i in picked]
+    pixel_values = images([frames, frames[::-1]], return_tensors="pt")["pixel_values"]
+    text = fast(XCLIP_TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        o = model(input_ids=text["input_ids"], attention_mask=text["attention_mask"], pixel_values=pixel_values)
+    save_file({
+        "pixel_values": pixel_values.contiguous(),
+        "input_ids": text["input_ids"].to(torch.int64).contiguous(),
+        "attention_mask": text["attention_mask"].to(torch.int64).contiguous(),
+        "video_embeds": o.video_embeds.contiguous(), "text_embeds": o.text_embeds.contiguous(),
+        "logits_per_video": o.logits_per_video.contiguous(),
+    }, str(out / "reference.safetensors"))
+    (out / "reference_meta.json").write_text(json.dumps(meta({
+        "texts": XCLIP_TEXTS, "frames": "media/clip-frames", "sampled": picked,
+        "videos": ["sampled frames", "sampled frames reversed"],
+        "processor": type(images).__name__}), indent=2))
+
+
 PARTS = {"media": media, "preprocess": preprocess, "clip": clip, "whisper": whisper,
          "wav2vec2": wav2vec2, "detr": detr, "clap": clap, "llava": llava, "llava-next": llava_next,
-         "anyres": anyres, "whisper-real": whisper_real,
+         "anyres": anyres, "xclip": xclip, "whisper-real": whisper_real,
          "whisper-pipeline": whisper_pipeline_cases}
 
 if __name__ == "__main__":

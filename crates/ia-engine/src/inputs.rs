@@ -49,6 +49,14 @@ pub enum Inputs {
         sample_rate: u32,
         samples: Vec<f32>,
     },
+    /// Clips of processed frames: (batch, frames, channels, height, width), row-major.
+    /// `texts` (a `Text` batch) are labels to score the clips against: X-CLIP's text
+    /// embeddings depend on the clip, so one forward pass takes both.
+    Video {
+        shape: [usize; 5],
+        pixel_values: Vec<f32>,
+        texts: Option<Box<Inputs>>,
+    },
 }
 
 impl Inputs {
@@ -57,6 +65,7 @@ impl Inputs {
             Inputs::Text { batch, .. } => *batch,
             Inputs::Image { shape, .. } => shape[0],
             Inputs::Audio { batch, .. } => *batch,
+            Inputs::Video { shape, .. } => shape[0],
         }
     }
 
@@ -154,7 +163,7 @@ impl Inputs {
             Inputs::Text { attention_mask, .. } => {
                 Some(attention_mask.iter().filter(|&&m| m != 0).count())
             }
-            Inputs::Image { .. } | Inputs::Audio { .. } => None,
+            Inputs::Image { .. } | Inputs::Audio { .. } | Inputs::Video { .. } => None,
         }
     }
 }

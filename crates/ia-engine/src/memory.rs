@@ -67,6 +67,12 @@ pub fn positions(source: &ModelSource, inputs: &Inputs) -> usize {
         Inputs::Audio { batch, samples, .. } => {
             audio_positions(config, samples.len() / (*batch).max(1))
         }
+        // Every frame's patches (attention runs per frame, so this errs high).
+        Inputs::Video { shape, .. } => {
+            let vision = config.get("vision_config").unwrap_or(config);
+            let patch = get(vision, "patch_size").unwrap_or(32).max(1);
+            shape[1] * ((shape[3] / patch).max(1) * (shape[4] / patch).max(1) + 1)
+        }
     }
 }
 

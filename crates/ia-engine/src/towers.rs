@@ -77,6 +77,7 @@ pub fn part_for<'a, T>(
         Inputs::Image { .. } => "vision_model",
         Inputs::Text { .. } => "text_model",
         Inputs::Audio { .. } => "audio_model",
+        Inputs::Video { .. } => "video_model",
     };
     if !parts.iter().any(|(n, _)| n == tower) {
         let names: Vec<&str> = parts.iter().map(|(n, _)| n.as_str()).collect();

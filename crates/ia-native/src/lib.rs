@@ -102,7 +102,14 @@ impl Engine for NativeEngine {
             Capability::Run
                 if matches!(
                     class,
-                    C::Bert | C::Vit | C::Clip | C::Clap | C::Detr | C::Whisper | C::Wav2vec2
+                    C::Bert
+                        | C::Vit
+                        | C::Clip
+                        | C::Clap
+                        | C::Detr
+                        | C::Whisper
+                        | C::Wav2vec2
+                        | C::Xclip
                 ) =>
             {
                 return Ok(())
@@ -167,6 +174,7 @@ impl Engine for NativeEngine {
             ModelClass::Clap => models::clap::ClapSession::load(ctx),
             ModelClass::Whisper => Ok(Box::new(models::whisper::load(ctx)?)),
             ModelClass::Wav2vec2 => Ok(Box::new(models::wav2vec2::Wav2Vec2Session::load(ctx)?)),
+            ModelClass::Xclip => models::xclip::XclipSession::load(ctx),
             _ => unreachable!("checked by supports()"),
         }
     }

@@ -475,3 +475,34 @@ fn check_image_text_generation(name: &str) {
         "{err}"
     );
 }
+
+#[test]
+fn xclip_tiny_matches_transformers_from_a_folder_of_frames() {
+    let r = reference("xclip-tiny");
+    let pre = json(fixture("xclip-tiny/preprocessor_config.json"));
+    let clip = ia_preprocess::video::open(&fixture("media/clip-frames"), 4).unwrap();
+    assert_eq!(clip.sampled, [0, 2, 5, 7], "transformers' frame sampling");
+    // Two clips: the sampled frames, and the same frames reversed.
+    let reversed: Vec<RgbImage> = clip.frames.iter().rev().cloned().collect();
+    let processor = ImageProcessor::from_config(&pre).unwrap();
+    let mut pixel_values = processor.process(&clip.frames).unwrap().pixel_values;
+    pixel_values.extend(processor.process(&reversed).unwrap().pixel_values);
+    let d = max_abs_diff(&pixel_values, &r["pixel_values"]);
+    eprintln!("pixel_values max abs diff {d:e}");
+    assert!(d <= 1e-5, "pixel_values max abs diff {d}");
+
+    let mut session = load("xclip-tiny");
+    let out = session
+        .run(&Inputs::Video {
+            shape: [2, 4, 3, 32, 32],
+            pixel_values,
+            texts: Some(Box::new(reference_text(&r))),
+        })
+        .unwrap();
+    for name in ["video_embeds", "text_embeds", "logits_per_video"] {
+        let ours = out.get(name).unwrap().to_f32_vec().unwrap();
+        let d = max_abs_diff(&ours, &r[name]);
+        eprintln!("{name} max abs diff {d:e}");
+        assert!(d <= TOLERANCE, "{name} max abs diff {d}");
+    }
+}

@@ -176,7 +176,7 @@ impl ImageProcessor {
         };
         let square = !matches!(
             p.processor_type.as_str(),
-            "CLIPImageProcessor" | "LlavaNextImageProcessor"
+            "CLIPImageProcessor" | "LlavaNextImageProcessor" | "VideoMAEImageProcessor"
         );
         if let Some((size, filter)) = p.resize {
             let filter = match config.get("resample") {
@@ -244,6 +244,13 @@ impl ImageProcessor {
                 (Size::ShortestEdge(224), Filter::Bicubic),
                 Some((224, 224)),
                 OPENAI_CLIP,
+                false,
+            ),
+            // X-CLIP's checkpoints name VideoMAE's processor, applied to each frame.
+            "VideoMAEImageProcessor" => base(
+                (Size::ShortestEdge(224), Filter::Bilinear),
+                Some((224, 224)),
+                IMAGENET_STANDARD,
                 false,
             ),
             "ViTImageProcessor" => base(

@@ -6,10 +6,13 @@
 //!   `preprocessor_config.json` (CLIP, ViT, DETR processors).
 //! - [`audio`]: WAV decoding to mono, torchaudio's sinc resampling, Whisper's log-mel features
 //!   and Wav2Vec2's zero-mean unit-variance normalisation.
+//! - [`video`]: clips from a folder of frames or a video file (ffmpeg), with the frame
+//!   sampling of transformers' video processors.
 
 pub mod audio;
 pub mod image;
 mod resample;
+pub mod video;
 
 /// What went wrong turning a file into model input; one line, naming the file or field.
 #[derive(Debug, thiserror::Error)]

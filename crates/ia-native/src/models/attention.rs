@@ -5,15 +5,17 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{linear, linear_b, Activation, Linear, VarBuilder};
 
+/// The activation is candle_nn's, or any other module (CLIP-family towers use quick_gelu,
+/// which candle_nn's enum lacks).
 #[derive(Debug, Clone)]
-pub(crate) struct Mlp {
+pub(crate) struct Mlp<A = Activation> {
     fc1: Linear,
     fc2: Linear,
-    act: Activation,
+    act: A,
 }
 
-impl Mlp {
-    pub fn load(dim: usize, ffn: usize, act: Activation, vb: &VarBuilder) -> Result<Self> {
+impl<A: Module> Mlp<A> {
+    pub fn load(dim: usize, ffn: usize, act: A, vb: &VarBuilder) -> Result<Self> {
         Ok(Self {
             fc1: linear(dim, ffn, vb.pp("fc1"))?,
             fc2: linear(ffn, dim, vb.pp("fc2"))?,
@@ -58,6 +60,23 @@ impl MultiHeadAttention {
             heads,
             head_dim: dim / heads,
         })
+    }
+
+    /// From projections already loaded (X-CLIP's prompt generator has no q/k/v biases and
+    /// calls its output `proj`).
+    pub fn from_parts(
+        [q_proj, k_proj, v_proj, out_proj]: [Linear; 4],
+        dim: usize,
+        heads: usize,
+    ) -> Self {
+        Self {
+            q_proj,
+            k_proj,
+            v_proj,
+            out_proj,
+            heads,
+            head_dim: dim / heads,
+        }
     }
 
     /// Attention whose queries, keys and values come from different inputs (DETR adds

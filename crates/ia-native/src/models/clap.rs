@@ -788,10 +788,8 @@ impl Session for ClapSession {
                 self.text_embeds(*batch, *seq_len, input_ids, attention_mask)
                     .map_err(rt)?,
             ),
-            Inputs::Image { .. } => {
-                return Err(EngineError::InvalidInput(
-                    "CLAP takes audio or text, not images".into(),
-                ))
+            Inputs::Image { .. } | Inputs::Video { .. } => {
+                return Err(EngineError::InvalidInput("CLAP takes audio or text".into()))
             }
         };
         Ok(Outputs {

@@ -71,10 +71,10 @@ pub struct VisionConfig {
 }
 
 // transformers' CLIPTextConfig / CLIPVisionConfig defaults (openai/clip-vit-base-patch32).
-fn default_projection_dim() -> usize {
+pub(super) fn default_projection_dim() -> usize {
     512
 }
-fn default_logit_scale() -> f32 {
+pub(super) fn default_logit_scale() -> f32 {
     2.6592
 }
 fn default_text_vocab() -> usize {
@@ -86,7 +86,7 @@ fn default_text_hidden() -> usize {
 fn default_text_intermediate() -> usize {
     2048
 }
-fn default_layers() -> usize {
+pub(super) fn default_layers() -> usize {
     12
 }
 fn default_text_heads() -> usize {
@@ -95,58 +95,43 @@ fn default_text_heads() -> usize {
 fn default_text_positions() -> usize {
     77
 }
-fn default_act() -> String {
+pub(super) fn default_act() -> String {
     "quick_gelu".into()
 }
-fn default_eps() -> f64 {
+pub(super) fn default_eps() -> f64 {
     1e-5
 }
 fn default_eos() -> u32 {
     49407
 }
-fn default_vision_hidden() -> usize {
+pub(super) fn default_vision_hidden() -> usize {
     768
 }
-fn default_vision_intermediate() -> usize {
+pub(super) fn default_vision_intermediate() -> usize {
     3072
 }
-fn default_vision_heads() -> usize {
+pub(super) fn default_vision_heads() -> usize {
     12
 }
-fn default_image_size() -> usize {
+pub(super) fn default_image_size() -> usize {
     224
 }
-fn default_patch() -> usize {
+pub(super) fn default_patch() -> usize {
     32
 }
-fn default_channels() -> usize {
+pub(super) fn default_channels() -> usize {
     3
 }
 
 impl Config {
     /// candle's towers hard-code quick_gelu and eps 1e-5; anything else would run wrong.
     fn check(&self) -> Result<(), EngineError> {
-        check_tower(
-            "text",
-            &self.text_config.hidden_act,
-            self.text_config.layer_norm_eps,
-        )?;
+        self.text_config.check()?;
         self.vision_config.check()
     }
 
     fn text(&self) -> text_model::ClipTextConfig {
-        let t = &self.text_config;
-        text_model::ClipTextConfig {
-            vocab_size: t.vocab_size,
-            embed_dim: t.hidden_size,
-            activation: text_model::Activation::QuickGelu,
-            intermediate_size: t.intermediate_size,
-            max_position_embeddings: t.max_position_embeddings,
-            pad_with: None,
-            num_hidden_layers: t.num_hidden_layers,
-            num_attention_heads: t.num_attention_heads,
-            projection_dim: self.projection_dim,
-        }
+        self.text_config.tower(self.projection_dim)
     }
 
     fn vision(&self) -> vision_model::ClipVisionConfig {
@@ -154,13 +139,34 @@ impl Config {
     }
 }
 
-fn check_tower(tower: &str, act: &str, eps: f64) -> Result<(), EngineError> {
+pub(crate) fn check_tower(tower: &str, act: &str, eps: f64) -> Result<(), EngineError> {
     if act != "quick_gelu" || (eps - 1e-5).abs() > 1e-12 {
         return Err(EngineError::Unsupported(format!(
             "CLIP {tower} tower with hidden_act {act} and layer_norm_eps {eps}: the native CLIP supports quick_gelu with 1e-5"
         )));
     }
     Ok(())
+}
+
+impl TextConfig {
+    /// candle's text tower hard-codes quick_gelu and eps 1e-5.
+    pub(crate) fn check(&self) -> Result<(), EngineError> {
+        check_tower("text", &self.hidden_act, self.layer_norm_eps)
+    }
+
+    pub(crate) fn tower(&self, projection_dim: usize) -> text_model::ClipTextConfig {
+        text_model::ClipTextConfig {
+            vocab_size: self.vocab_size,
+            embed_dim: self.hidden_size,
+            activation: text_model::Activation::QuickGelu,
+            intermediate_size: self.intermediate_size,
+            max_position_embeddings: self.max_position_embeddings,
+            pad_with: None,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            projection_dim,
+        }
+    }
 }
 
 impl VisionConfig {
@@ -261,25 +267,34 @@ impl ClipSession {
     ) -> candle_core::Result<Tensor> {
         let input_ids = Tensor::from_slice(ids, (batch, seq_len), &self.device)?;
         let hidden = self.text.forward_with_mask(&input_ids, usize::MAX)?;
-        let pooled = (0..batch)
-            .map(|b| {
-                let row = &ids[b * seq_len..(b + 1) * seq_len];
-                let at = if self.eos_token_id == 2 {
-                    // transformers' legacy rule: the highest id is the end-of-text token.
-                    row.iter()
-                        .enumerate()
-                        .max_by_key(|(i, &t)| (t, std::cmp::Reverse(*i)))
-                        .map_or(0, |(i, _)| i)
-                } else {
-                    row.iter()
-                        .position(|&t| t == self.eos_token_id)
-                        .unwrap_or(0)
-                };
-                hidden.i((b, at))?.unsqueeze(0)
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Tensor::cat(&pooled, 0)?.apply(&self.text_projection)
+        pool_at_eos(&hidden, ids, seq_len, self.eos_token_id)?.apply(&self.text_projection)
     }
+}
+
+/// The text tower's state at each row's end-of-text token, as transformers pools it: the first
+/// `eos_token_id`, or the highest id for legacy configs whose eos_token_id is 2.
+pub(crate) fn pool_at_eos(
+    hidden: &Tensor,
+    ids: &[u32],
+    seq_len: usize,
+    eos_token_id: u32,
+) -> candle_core::Result<Tensor> {
+    let pooled = ids
+        .chunks(seq_len)
+        .enumerate()
+        .map(|(b, row)| {
+            let at = if eos_token_id == 2 {
+                row.iter()
+                    .enumerate()
+                    .max_by_key(|(i, &t)| (t, std::cmp::Reverse(*i)))
+                    .map_or(0, |(i, _)| i)
+            } else {
+                row.iter().position(|&t| t == eos_token_id).unwrap_or(0)
+            };
+            hidden.i((b, at))?.unsqueeze(0)
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Tensor::cat(&pooled, 0)
 }
 
 impl Session for ClipSession {
@@ -312,9 +327,9 @@ impl Session for ClipSession {
                 "text_embeds",
                 self.text_embeds(*batch, *seq_len, input_ids).map_err(rt)?,
             ),
-            Inputs::Audio { .. } => {
+            Inputs::Audio { .. } | Inputs::Video { .. } => {
                 return Err(EngineError::InvalidInput(
-                    "CLIP takes images or text, not audio".into(),
+                    "CLIP takes images or text".into(),
                 ))
             }
         };

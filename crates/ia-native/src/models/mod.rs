@@ -15,6 +15,7 @@ pub mod t5;
 pub mod vit;
 pub mod wav2vec2;
 pub mod whisper;
+pub mod xclip;
 
 use candle_core::{DType, Device};
 use ia_engine::{EngineError, SessionInfo};
