@@ -209,6 +209,9 @@ pub fn generate(model: &Model, modality: Modality, spec: InputSpec) -> Result<In
         Modality::Text => text_inputs(source, spec),
         Modality::Vision => image_inputs(model, spec.batch_size),
         Modality::Audio => audio_inputs(source.config(), source.preprocessor_config(), spec),
+        Modality::Multimodal if model.class == ModelClass::Xclip => {
+            video_inputs(model, spec.batch_size)
+        }
         // Dual encoders (CLIP) are benchmarked on their image tower.
         Modality::Multimodal if source.config().get("vision_config").is_some() => {
             image_inputs(model, spec.batch_size)
@@ -379,6 +382,12 @@ pub fn image_processor(model: &Model) -> Result<ImageProcessor, EngineError> {
     let default = match class {
         ModelClass::Detr => serde_json::json!({"image_processor_type": "DetrImageProcessor"}),
         // LLaVA's vision tower is CLIP's, and so is its image processor.
+        // microsoft/xclip-base-patch32's preprocessor_config.json.
+        ModelClass::Xclip => serde_json::json!({
+            "feature_extractor_type": "VideoMAEFeatureExtractor",
+            "size": size, "crop_size": size, "resample": 2,
+            "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]
+        }),
         ModelClass::Clip | ModelClass::Llava => serde_json::json!({
             "image_processor_type": "CLIPImageProcessor",
             "size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}
@@ -420,6 +429,80 @@ fn test_picture() -> Result<RgbImage, EngineError> {
         }
     }
     RgbImage::new(side, side, data).map_err(|e| EngineError::InvalidInput(e.to_string()))
+}
+
+/// The labels of transformers' X-CLIP example, which bench scores its clips against.
+pub const VIDEO_LABELS: [&str; 3] = ["playing sports", "eating spaghetti", "go shopping"];
+
+/// X-CLIP: `batch` clips of the model's frame count, each frame a window of the test picture
+/// panned 8 pixels further (so frames differ, as in a video), through the model's image
+/// processor; with [`VIDEO_LABELS`] to score (seeded ids over the vocabulary when a
+/// random-weight model has no tokenizer).
+fn video_inputs(model: &Model, batch: usize) -> Result<Inputs, EngineError> {
+    let frames = model
+        .source
+        .config()
+        .pointer("/vision_config/num_frames")
+        .and_then(Value::as_u64)
+        .unwrap_or(8)
+        .clamp(1, 64) as usize;
+    let picture = test_picture()?;
+    let side = TEST_PICTURE_SIDE;
+    let window = side - 8 * frames;
+    let clip = (0..frames)
+        .map(|f| {
+            let data = (0..window)
+                .flat_map(|y| {
+                    let row = (y * side + 8 * f) * 3;
+                    picture.data[row..row + window * 3].iter().copied()
+                })
+                .collect();
+            RgbImage::new(window, window, data)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| EngineError::InvalidInput(e.to_string()))?;
+    let one = image_processor(model)?
+        .process(&clip)
+        .map_err(|e| EngineError::InvalidModel(e.to_string()))?;
+    let [_, channels, height, width] = one.shape;
+    crate::memory::ensure_allocatable(
+        (batch as u64)
+            .saturating_mul(one.pixel_values.len() as u64)
+            .saturating_mul(4),
+        "the video batch",
+    )?;
+    let rows: Vec<Vec<u32>> = match model.source.tokenizer_json() {
+        Some(path) => {
+            let tok = crate::tokenizer::open(path)?;
+            VIDEO_LABELS
+                .iter()
+                .map(|l| {
+                    tok.encode(*l, true)
+                        .map(|e| e.get_ids().to_vec())
+                        .map_err(|e| EngineError::Runtime(format!("tokenizer failed: {e}")))
+                })
+                .collect::<Result<_, _>>()?
+        }
+        None => {
+            let vocab = model
+                .source
+                .config()
+                .pointer("/text_config/vocab_size")
+                .and_then(Value::as_u64)
+                .unwrap_or(49408)
+                .max(1);
+            let mut rng = SplitMix64::new(0x5eed);
+            VIDEO_LABELS
+                .iter()
+                .map(|_| (0..8).map(|_| (rng.next_u64() % vocab) as u32).collect())
+                .collect()
+        }
+    };
+    Ok(Inputs::Video {
+        shape: [batch, frames, channels, height, width],
+        pixel_values: one.pixel_values.repeat(batch),
+        texts: Some(Box::new(Inputs::from_token_rows(&rows, 0)?)),
+    })
 }
 
 /// `batch` copies of the test picture through the model's own image processor, for an

@@ -241,8 +241,9 @@ pub static CATALOG: &[CatalogEntry] = &[
         "zero-shot-video-classification",
         Multimodal,
         "microsoft/xclip-base-patch32",
-        None,
-        None
+        // transformers' XCLIPConfig defaults, which are xclip-base-patch32's architecture.
+        Some(include_str!("configs/xclip-base-patch32.json")),
+        Some(include_str!("configs/xclip-base-patch32.json"))
     ),
     entry!(
         "qwen2",

@@ -95,8 +95,45 @@ fn tower_positions(
         ModelClass::Whisper => (None, 1500),
         // 20 ms per position after the convolutional feature encoder.
         ModelClass::Wav2vec2 => (None, (work.audio_seconds * 50.0).round().max(1.0) as usize),
+        // The language model, over the prompt and the image's tokens (LLaVA 1.5: one per
+        // patch, the CLS dropped under the "default" strategy).
+        ModelClass::Llava => {
+            let strategy = config
+                .get("vision_feature_select_strategy")
+                .and_then(Value::as_str);
+            let cls = usize::from(strategy != Some("full"));
+            (
+                Some("text_config"),
+                work.seq_len + patches(config.get("vision_config")?)? - cls,
+            )
+        }
+        // Every frame's patches, its class token and the cross-frame message token.
+        ModelClass::Xclip => (
+            Some("vision_config"),
+            patches(config.get("vision_config")?)? + 1,
+        ),
         _ => return None,
     })
+}
+
+/// Rows the tower runs per input: an X-CLIP clip's frames.
+fn rows_per_input(config: &Value, class: ModelClass) -> usize {
+    match class {
+        ModelClass::Xclip => config
+            .pointer("/vision_config/num_frames")
+            .and_then(Value::as_u64)
+            .unwrap_or(8)
+            .max(1) as usize,
+        _ => 1,
+    }
+}
+
+/// The vision tower's pass an image-text generator makes before its prefill (LLaVA's CLIP).
+fn image_encode_cost(config: &Value, class: ModelClass, batch: usize, bytes: f64) -> Option<Cost> {
+    (class == ModelClass::Llava).then_some(())?;
+    let vision = config.get("vision_config")?;
+    let shape = Shape::of(config, Some("vision_config"))?;
+    Some(shape.cost(Phase::Forward, false, batch, patches(vision)?, bytes))
 }
 
 /// The phases of one iteration and their costs: one forward pass, or a prefill and
@@ -115,12 +152,15 @@ pub fn iteration_costs(
         return Some(vec![shape.cost(
             Phase::Forward,
             false,
-            work.batch,
+            work.batch * rows_per_input(config, class),
             positions,
             bytes,
         )]);
     }
-    let mut costs = vec![shape.cost(Phase::Prefill, true, work.batch, positions, bytes)];
+    let mut costs: Vec<Cost> = image_encode_cost(config, class, work.batch, bytes)
+        .into_iter()
+        .collect();
+    costs.push(shape.cost(Phase::Prefill, true, work.batch, positions, bytes));
     for step in 1..work.new_tokens {
         let cached = positions + step;
         costs.push(shape.cost(Phase::Decode { cached }, true, work.batch, 1, bytes));
@@ -187,7 +227,7 @@ impl Case {
             &model.source,
             bytes_per_weight(precision).ceil() as u64,
             footprint::Workload {
-                batch: work.batch,
+                batch: work.batch * rows_per_input(config, model.class),
                 positions,
                 cached_positions: if model.generates_text() {
                     positions + work.new_tokens

@@ -10,17 +10,24 @@ pub enum Input {
     Text(String),
     Image(PathBuf),
     Audio(PathBuf),
+    /// A folder of frames or a video file.
+    Video(PathBuf),
 }
 
 const MEDIA_EXTENSIONS: &[&str] = &[
-    "png", "jpg", "jpeg", "wav", "flac", "mp3", "ogg", "gif", "bmp", "webp",
+    "png", "jpg", "jpeg", "wav", "flac", "mp3", "ogg", "gif", "bmp", "webp", "mp4", "webm", "mkv",
+    "avi", "mov",
 ];
 
 impl Input {
-    /// A path that exists is a file (image or audio by content); anything else is text, except
-    /// a string that names a missing media file, which is an error rather than a prompt.
+    /// A folder is a video's frames; a path that exists is a file (image, audio or video by
+    /// content); anything else is text, except a string that names a missing media file,
+    /// which is an error rather than a prompt.
     pub fn detect(arg: &str) -> Result<Self, TaskError> {
         let path = Path::new(arg);
+        if path.is_dir() {
+            return Ok(Input::Video(path.to_path_buf()));
+        }
         if path.is_file() {
             let mut head = [0u8; 12];
             let n = std::fs::File::open(path)
@@ -31,9 +38,11 @@ impl Input {
                 Ok(Input::Image(path.to_path_buf()))
             } else if head.starts_with(b"RIFF") && head.get(8..12) == Some(b"WAVE") {
                 Ok(Input::Audio(path.to_path_buf()))
+            } else if is_video_container(head) {
+                Ok(Input::Video(path.to_path_buf()))
             } else {
                 Err(TaskError::Input(format!(
-                    "{arg} is neither a PNG/JPEG image nor a WAV file"
+                    "{arg} is neither a PNG/JPEG image, a WAV file, a video (MP4, MOV, WebM, MKV, AVI, GIF) nor a folder of frames"
                 )))
             };
         }
@@ -54,8 +63,18 @@ impl Input {
             Input::Text(_) => "text".into(),
             Input::Image(p) => format!("the image {}", p.display()),
             Input::Audio(p) => format!("the audio file {}", p.display()),
+            Input::Video(p) => format!("the video {}", p.display()),
         }
     }
+}
+
+/// The signatures of the containers ffmpeg is asked to decode: ISO media (MP4, MOV), Matroska
+/// (MKV, WebM), AVI and GIF.
+fn is_video_container(head: &[u8]) -> bool {
+    head.get(4..8) == Some(b"ftyp")
+        || head.starts_with(&[0x1A, 0x45, 0xDF, 0xA3])
+        || (head.starts_with(b"RIFF") && head.get(8..12) == Some(b"AVI "))
+        || head.starts_with(b"GIF8")
 }
 
 #[cfg(test)]
@@ -78,6 +97,16 @@ mod tests {
             Input::detect(wav.to_str().unwrap()).unwrap(),
             Input::Audio(_)
         ));
+        let mp4 = dir.join("clip.bin");
+        std::fs::write(&mp4, b"\0\0\0\x20ftypisom").unwrap();
+        assert_eq!(
+            Input::detect(mp4.to_str().unwrap()).unwrap(),
+            Input::Video(mp4.clone())
+        );
+        assert_eq!(
+            Input::detect(dir.to_str().unwrap()).unwrap(),
+            Input::Video(dir.clone())
+        );
         let junk = dir.join("j.txt");
         std::fs::write(&junk, b"hello").unwrap();
         assert!(Input::detect(junk.to_str().unwrap()).is_err());

@@ -324,6 +324,10 @@ impl Pipeline {
                     inference_ms,
                 ))
             }
+            (ModelClass::Xclip, Input::Video(path)) => self.classify_video(path, opts, t0),
+            (ModelClass::Xclip, _) => Err(wrong(
+                "a video (a folder of frames or a video file), scored against --labels",
+            )),
             (ModelClass::Vit | ModelClass::Detr, _) => Err(wrong("an image file (PNG or JPEG)")),
             (ModelClass::Bert, Input::Text(text)) => {
                 Ok(self.embed_texts(std::slice::from_ref(text), t0)?.remove(0))
@@ -457,6 +461,62 @@ impl Pipeline {
 
     /// transformers' zero-shot image / audio classification: one text per label from the template,
     /// softmax over logit_scale * cosine similarity.
+    /// X-CLIP: the clip's frames sampled and processed as transformers' processors do; with
+    /// labels, the softmax of logits_per_video over them (the labels as written unless
+    /// --hypothesis-template says otherwise), else the video embedding.
+    fn classify_video(
+        &mut self,
+        path: &std::path::Path,
+        opts: &TaskOptions,
+        t0: Instant,
+    ) -> Result<TaskResult, TaskError> {
+        let frames = self
+            .model
+            .source
+            .config()
+            .pointer("/vision_config/num_frames")
+            .and_then(Value::as_u64)
+            .unwrap_or(8) as usize;
+        let clip = ia_preprocess::video::open(path, frames)?;
+        let pixels = self.image_processor()?.process(&clip.frames)?;
+        let [_, c, h, w] = pixels.shape;
+        let texts = if opts.labels.is_empty() {
+            None
+        } else {
+            let template = opts.hypothesis_template.as_deref().unwrap_or("{}");
+            let texts: Vec<String> = opts
+                .labels
+                .iter()
+                .map(|l| template.replace("{}", l))
+                .collect();
+            Some(Box::new(self.tokenize_all(&texts)?))
+        };
+        let scored = texts.is_some();
+        let inputs = Inputs::Video {
+            shape: [1, frames, c, h, w],
+            pixel_values: pixels.pixel_values,
+            texts,
+        };
+        let preprocess_ms = ms(t0);
+        let t1 = Instant::now();
+        let out = self.forward(&inputs)?;
+        let inference_ms = ms(t1);
+        let output = if scored {
+            let logits = out
+                .get("logits_per_video")
+                .ok_or(missing("logits_per_video"))?
+                .to_f32_vec()?;
+            labels(
+                softmax(&logits),
+                &opts.labels,
+                opts.top_k.max(opts.labels.len()),
+            )
+        } else {
+            embedding("video", &out)?
+        };
+        Ok(self.result(output, preprocess_ms, inference_ms))
+    }
+
     fn zero_shot(
         &mut self,
         media: Inputs,
@@ -590,6 +650,7 @@ fn labels(scores: Vec<f32>, names: &[String], top_k: usize) -> TaskOutput {
 /// The first output that is an embedding: pooled / projected when the model has one.
 fn embedding(of: &str, out: &Outputs) -> Result<TaskOutput, TaskError> {
     let t = [
+        "video_embeds",
         "image_embeds",
         "audio_embeds",
         "text_embeds",
@@ -613,7 +674,7 @@ fn embedding_of(of: &str, values: Vec<f32>) -> TaskOutput {
 
 /// The tokenizer set-up and, for encoders, the embedding pipeline of a checkpoint's text side:
 /// sentence-transformers' max_seq_length, pooling and normalisation for BERT-class models;
-/// the text tower's limit for CLIP and CLAP. Never more tokens than the model has positions
+/// the text tower's limit for CLIP, CLAP and X-CLIP. Never more tokens than the model has positions
 /// for. A random-init config has no tokenizer and reads no text.
 fn text_pipeline(
     source: &ModelSource,
@@ -625,7 +686,7 @@ fn text_pipeline(
     let Some(path) = ckpt.tokenizer_json.as_deref().filter(|_| {
         matches!(
             class,
-            ModelClass::Bert | ModelClass::Clip | ModelClass::Clap
+            ModelClass::Bert | ModelClass::Clip | ModelClass::Clap | ModelClass::Xclip
         )
     }) else {
         return Ok((None, None));

@@ -878,6 +878,66 @@ fn bench_covers_vision_and_audio_families() {
 }
 
 #[test]
+fn run_scores_a_clip_of_frames_against_labels() {
+    let labels = "a red ball rolling,a person dancing,an empty room";
+    let o = run(&[
+        "run",
+        "--model",
+        &fixture("xclip-tiny"),
+        "--input",
+        &fixture("media/clip-frames"),
+        "--labels",
+        labels,
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["task"], "zero-shot-video-classification");
+    // The softmax of the fixture's reference logits_per_video (transformers, first clip).
+    let expected = [
+        ("an empty room", 0.5365),
+        ("a person dancing", 0.2918),
+        ("a red ball rolling", 0.1717),
+    ];
+    let got = v["results"][0]["result"]["output"]["labels"]
+        .as_array()
+        .unwrap();
+    assert_eq!(got.len(), 3);
+    for (g, (label, score)) in got.iter().zip(expected) {
+        assert_eq!(g["label"], label);
+        assert!((g["score"].as_f64().unwrap() - score).abs() < 1e-3, "{g}");
+    }
+
+    // Text alone, and a clip shorter than the model reads: one-line errors.
+    let o = run(&["run", "--model", &fixture("xclip-tiny"), "--input", "a dog"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("a folder of frames or a video file"),
+        "{}",
+        stderr(&o)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixture("media/clip-frames/frame_000.png"),
+        dir.path().join("0.png"),
+    )
+    .unwrap();
+    let o = run(&[
+        "run",
+        "--model",
+        &fixture("xclip-tiny"),
+        "--input",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("the clip has 1 frames; the model reads 4"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn run_prints_task_results_and_rejects_bad_inputs() {
     let o = run(&[
         "run",
@@ -1746,4 +1806,75 @@ fn runs_are_compared_and_series_have_their_change_points() {
     assert_one_line_error(&o, "no stored results match");
     let o = run(&["db", "--db-path", dbs, "regressions", "--p-value", "2"]);
     assert!(!o.status.success() && stderr(&o).contains("not a probability"));
+}
+
+/// The seeds' 13 classes (OPT and LLaMA one class, Qwen2 and Qwen3 one) each measured on the
+/// CPU: one fixture per architecture through `bench`, every cell of the compatibility matrix
+/// a pass.
+#[test]
+fn the_compatibility_matrix_shows_every_class_on_cpu() {
+    let fixtures = [
+        "bert-tiny",
+        "t5-tiny",
+        "opt-tiny",
+        "llama-tiny",
+        "clip-tiny",
+        "vit-tiny",
+        "clap-tiny",
+        "whisper-tiny",
+        "wav2vec2-tiny",
+        "llava-tiny",
+        "llava-next-tiny",
+        "xclip-tiny",
+        "qwen2-tiny",
+        "qwen3-tiny",
+        "detr-tiny",
+    ];
+    let models: Vec<String> = fixtures.iter().map(|f| fixture(f)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.duckdb");
+    let db = db.to_str().unwrap();
+    let o = run(&[
+        "bench",
+        "--models",
+        &models.join(","),
+        "--hardware",
+        "cpu",
+        "--batch-sizes",
+        "1",
+        "--seq-len",
+        "16",
+        "--new-tokens",
+        "4",
+        "--audio-seconds",
+        "1",
+        "--warmup",
+        "0",
+        "--min-iterations",
+        "1",
+        "--min-duration",
+        "0",
+        "--max-iterations",
+        "2",
+        "--db-path",
+        db,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&[
+        "db",
+        "report",
+        "--kind",
+        "compatibility",
+        "--format",
+        "json",
+        "--db-path",
+        db,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cells: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(cells.len(), fixtures.len(), "{cells:?}");
+    for cell in &cells {
+        assert_eq!(cell["platform"], "cpu", "{cell}");
+        assert_eq!(cell["status"], "pass", "{cell}");
+    }
 }
