@@ -630,7 +630,8 @@ CLIP_FRAMES = MEDIA / "clip-frames"
 
 
 def clip_frames():
-    """Ten 48x36 PNG frames of a red ball rolling across a gradient (fixtures/media/clip-frames)."""
+    """Ten 48x36 PNG frames of a red ball rolling across a gradient (fixtures/media/clip-frames),
+    and the same clip as media/clip.mkv (needs ffmpeg: scripts/install_ffmpeg.sh)."""
     CLIP_FRAMES.mkdir(parents=True, exist_ok=True)
     for i in range(10):
         img = Image.new("RGB", (48, 36))
@@ -639,6 +640,10 @@ def clip_frames():
         cx = 4 + i * 4
         d.ellipse([cx - 6, 12, cx + 6, 24], fill=(220, 30, 30))
         img.save(CLIP_FRAMES / f"frame_{i:03}.png")
+    # The same frames as a lossless video (FFV1, planar RGB): decoding gives them back exactly.
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-framerate", "10", "-i", str(CLIP_FRAMES / "frame_%03d.png"),
+                    "-c:v", "ffv1", "-pix_fmt", "gbrp", "-fflags", "+bitexact", "-flags:v", "+bitexact",
+                    str(MEDIA / "clip.mkv")], check=True)
 
 
 def sampled_frames(total, wanted):

