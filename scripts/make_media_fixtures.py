@@ -5,7 +5,8 @@ reference transcription of the real whisper-tiny.en checkpoint.
 
     ~/.cache/ipfs-accelerate/pyref/bin/python scripts/make_media_fixtures.py [part ...]
 
-parts: media preprocess clip whisper wav2vec2 detr clap llava llava-next anyres xclip whisper-real
+parts: media preprocess clip whisper wav2vec2 detr clap llava llava-next anyres xclip qwen2-vl
+whisper-real
 whisper-pipeline (default: all). `media` needs
 espeak-ng and sox (apt-get install espeak-ng sox); `whisper-real` needs the checkpoint that
 scripts/fetch_checkpoints.sh converts. Everything else needs torch + transformers + pillow
@@ -542,6 +543,9 @@ def image_text_references(out, model, proc, cases):
         tensors[f"case{i}_pixel_values"] = (pixels[0] if "image_sizes" in x else pixels).contiguous()
         if "image_sizes" in x:
             tensors[f"case{i}_image_sizes"] = x["image_sizes"][0].to(torch.int64).contiguous()
+        # Qwen2-VL's processor gives flattened patches and the (t, h, w) patch grid.
+        if "image_grid_thw" in x:
+            tensors[f"case{i}_image_grid_thw"] = x["image_grid_thw"][0].to(torch.int64).contiguous()
         tensors[f"case{i}_input_ids"] = x["input_ids"].to(torch.int64).contiguous()
         tensors[f"case{i}_logits"] = logits.contiguous()
         tensors[f"case{i}_greedy"] = gen[0, n:].to(torch.int64).contiguous()
@@ -624,6 +628,71 @@ def llava_next():
     cfgd["image_processor_type"] = "LlavaNextImageProcessor"
     (out / "preprocessor_config.json").write_text(json.dumps(cfgd, indent=2))
     image_text_references(out, model, proc, LLAVA_NEXT_CASES)
+
+QWEN2_VL_CASES = [("photo.png", "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is in the picture?<|im_end|>\n<|im_start|>assistant\n"),
+                  ("tall.png", "Describe <|vision_start|><|image_pad|><|vision_end|> the quick brown fox.")]
+
+
+class Qwen2VLProcessorShim:
+    """Qwen2VLProcessor's image path (replace_image_token, mm_token_type_ids) without its video
+    processor, which needs torchvision: each image token becomes grid_t*grid_h*grid_w/merge^2."""
+
+    def __init__(self, image_processor, tokenizer, image_token):
+        self.image_processor, self.tokenizer, self.image_token = image_processor, tokenizer, image_token
+
+    def __call__(self, images, text, return_tensors):
+        from transformers import BatchFeature
+        pixels = self.image_processor([images], return_tensors="pt")
+        count = int(pixels["image_grid_thw"][0].prod()) // self.image_processor.merge_size ** 2
+        enc = self.tokenizer(text.replace(self.image_token, self.image_token * count), return_tensors="pt")
+        image_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+        return BatchFeature({**enc, **pixels, "mm_token_type_ids": (enc["input_ids"] == image_id).to(torch.int32)})
+
+
+def qwen2_vl():
+    """Tiny Qwen2-VL: a 2-block vision transformer (4-pixel patches, 2x2 merge, 2D rotary) and
+    a Qwen2 language model with M-RoPE (sections 2, 3, 3); the image processor's smart resize
+    bounded to 256..4096 pixels. References as llava's, plus the patch grid."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration,
+                              Qwen2VLImageProcessorPil)
+    out = FIX / "qwen2-vl-tiny"
+    out.mkdir(parents=True, exist_ok=True)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                "<|image_pad|>", "<|video_pad|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(make_fixtures.CORPUS + [c[1] for c in QWEN2_VL_CASES] * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    ids = {t: tok.token_to_id(t) for t in specials}
+    torch.manual_seed(SEED)
+    cfg = Qwen2VLConfig(
+        text_config=dict(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, bos_token_id=ids["<|endoftext|>"],
+                         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=4, mlp_ratio=2, patch_size=4,
+                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    model = Qwen2VLForConditionalGeneration(cfg).eval()
+    model.generation_config.eos_token_id = None  # exactly 32 tokens, no early stop
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(out, safe_serialization=True)
+    mark_random(out)
+    images = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
+                                      min_pixels=256, max_pixels=4096)
+    proc = Qwen2VLProcessorShim(images, fast, "<|image_pad|>")
+    fast.save_pretrained(out)
+    cfgd = images.to_dict()
+    cfgd["image_processor_type"] = "Qwen2VLImageProcessor"
+    (out / "preprocessor_config.json").write_text(json.dumps(cfgd, indent=2))
+    image_text_references(out, model, proc, QWEN2_VL_CASES)
+
 
 XCLIP_TEXTS = ["a red ball rolling", "a person dancing", "an empty room"]
 CLIP_FRAMES = MEDIA / "clip-frames"
@@ -711,7 +780,7 @@ def xclip():
 
 PARTS = {"media": media, "preprocess": preprocess, "clip": clip, "whisper": whisper,
          "wav2vec2": wav2vec2, "detr": detr, "clap": clap, "llava": llava, "llava-next": llava_next,
-         "anyres": anyres, "xclip": xclip, "whisper-real": whisper_real,
+         "anyres": anyres, "xclip": xclip, "qwen2-vl": qwen2_vl, "whisper-real": whisper_real,
          "whisper-pipeline": whisper_pipeline_cases}
 
 if __name__ == "__main__":

@@ -392,6 +392,17 @@ pub fn image_processor(model: &Model) -> Result<ImageProcessor, EngineError> {
             "image_processor_type": "CLIPImageProcessor",
             "size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}
         }),
+        // Qwen2-VL-2B-Instruct's preprocessor_config.json, at the model's patch layout.
+        ModelClass::Qwen => {
+            let v = config.get("vision_config").unwrap_or(config);
+            serde_json::json!({
+                "image_processor_type": "Qwen2VLImageProcessor",
+                "min_pixels": 3136, "max_pixels": 12845056,
+                "patch_size": v.get("patch_size").cloned().unwrap_or(Value::from(14)),
+                "merge_size": v.get("spatial_merge_size").cloned().unwrap_or(Value::from(2)),
+                "temporal_patch_size": v.get("temporal_patch_size").cloned().unwrap_or(Value::from(2))
+            })
+        }
         ModelClass::LlavaNext => serde_json::json!({
             "image_processor_type": "LlavaNextImageProcessor",
             "size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size},

@@ -257,17 +257,6 @@ pub static CATALOG: &[CatalogEntry] = &[
         None
     ),
     entry!(
-        "qwen3",
-        "Qwen/Qwen3-0.6B",
-        Qwen,
-        "text_generation",
-        "text-generation",
-        Text,
-        "Qwen/Qwen3-0.6B",
-        None,
-        None
-    ),
-    entry!(
         "qwen2-vl",
         "Qwen/Qwen2-VL-2B-Instruct",
         Qwen,
@@ -275,6 +264,17 @@ pub static CATALOG: &[CatalogEntry] = &[
         "image-text-to-text",
         Multimodal,
         "Qwen/Qwen2-VL-2B-Instruct",
+        Some(include_str!("configs/Qwen2-VL-2B-Instruct.json")),
+        Some(include_str!("configs/Qwen2-VL-2B-Instruct.json"))
+    ),
+    entry!(
+        "qwen3",
+        "Qwen/Qwen3-0.6B",
+        Qwen,
+        "text_generation",
+        "text-generation",
+        Text,
+        "Qwen/Qwen3-0.6B",
         None,
         None
     ),

@@ -186,6 +186,16 @@ impl Engine for NativeEngine {
     ) -> Result<Box<dyn TextGenerator>, EngineError> {
         let ctx = self.context(model, at, Capability::Generate)?;
         match model.class {
+            ModelClass::Qwen
+                if model
+                    .source
+                    .config()
+                    .get("model_type")
+                    .and_then(|t| t.as_str())
+                    == Some("qwen2_vl") =>
+            {
+                models::qwen2_vl::Qwen2Vl::load(ctx)
+            }
             ModelClass::Llama | ModelClass::Qwen => models::causal_lm::CausalLm::load(ctx),
             ModelClass::T5 => models::t5::T5Generator::load(ctx),
             ModelClass::Llava | ModelClass::LlavaNext => models::llava::Llava::load(ctx),

@@ -390,6 +390,11 @@ fn llava_tiny_matches_transformers() {
 /// newline) against transformers, as LLaVA above: each picture becomes 5 tiles, and its image
 /// tokens depend on its size (a wide and a tall picture).
 #[test]
+fn qwen2_vl_tiny_matches_transformers() {
+    check_image_text_generation("qwen2-vl-tiny");
+}
+
+#[test]
 fn llava_next_tiny_matches_transformers() {
     check_image_text_generation("llava-next-tiny");
 }
@@ -416,7 +421,12 @@ fn check_image_text_generation(name: &str) {
             pixel_values: pixels.pixel_values.clone(),
             sizes: vec![(image.height, image.width)],
         };
-        let d = max_abs_diff(&pixels.pixel_values, &r[&format!("case{i}_pixel_values")]);
+        // Qwen2-VL's processor hands the model patches; LLaVA's, the image.
+        let processed = match processor.patches {
+            Some(grid) => grid.patchify(&pixels.pixel_values, pixels.shape[2], pixels.shape[3]),
+            None => pixels.pixel_values.clone(),
+        };
+        let d = max_abs_diff(&processed, &r[&format!("case{i}_pixel_values")]);
         assert!(d <= 1e-5, "case {i}: pixel_values max abs diff {d}");
 
         let text = tokenizer

@@ -85,6 +85,9 @@ fn tower_positions(
 ) -> Option<(Option<&'static str>, usize)> {
     Some(match class {
         ModelClass::Bert => (None, work.seq_len),
+        // Qwen2-VL's image tokens and vision transformer are not modelled: no prediction
+        // rather than a text-only one.
+        ModelClass::Qwen if config.get("vision_config").is_some() => return None,
         ModelClass::Llama | ModelClass::Qwen | ModelClass::T5 => (None, work.seq_len),
         ModelClass::Vit => (None, patches(config)?),
         ModelClass::Clip => (

@@ -132,9 +132,62 @@ fn composite_over_white(c: u8, a: u8) -> u8 {
 /// How a processor sizes an image before cropping.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Size {
-    Exact { height: usize, width: usize },
+    Exact {
+        height: usize,
+        width: usize,
+    },
     ShortestEdge(usize),
-    ShortestLongest { shortest: usize, longest: usize },
+    ShortestLongest {
+        shortest: usize,
+        longest: usize,
+    },
+    /// Qwen2-VL's `smart_resize`: sides multiples of `factor`, area within `min..=max`
+    /// pixels, the aspect ratio kept as closely as that allows.
+    Pixels {
+        min: usize,
+        max: usize,
+        factor: usize,
+    },
+}
+
+/// Qwen2-VL's patch layout: images become a grid of `patch`-pixel patches, `merge` x `merge`
+/// of which the model merges into one token, each repeated `temporal` times (a still image
+/// is a clip of identical frames).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PatchGrid {
+    pub patch: usize,
+    pub merge: usize,
+    pub temporal: usize,
+}
+
+impl PatchGrid {
+    /// `Qwen2VLImageProcessor.patchify`: a processed CHW image of `height` x `width` ->
+    /// [grid_h * grid_w, channels * temporal * patch * patch], the patches of each
+    /// merge x merge block adjacent.
+    pub fn patchify(&self, chw: &[f32], height: usize, width: usize) -> Vec<f32> {
+        let (p, m, t) = (self.patch, self.merge, self.temporal);
+        let (gh, gw) = (height / p, width / p);
+        let channels = chw.len() / (height * width);
+        let mut out = Vec::with_capacity(chw.len() * t);
+        for bi in 0..gh / m {
+            for bj in 0..gw / m {
+                for mi in 0..m {
+                    for mj in 0..m {
+                        let (y0, x0) = ((bi * m + mi) * p, (bj * m + mj) * p);
+                        for c in 0..channels {
+                            for _ in 0..t {
+                                for y in y0..y0 + p {
+                                    let row = (c * height + y) * width;
+                                    out.extend_from_slice(&chw[row + x0..row + x0 + p]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 /// The fields of `preprocessor_config.json` that image processors act on.
@@ -150,6 +203,8 @@ pub struct ImageProcessor {
     /// LLaVA-NeXT: each image becomes tiles (the whole image resized, then the grid), each
     /// of which goes through the steps above.
     pub anyres: Option<AnyRes>,
+    /// Qwen2-VL: the patch layout its model reads the resized image in.
+    pub patches: Option<PatchGrid>,
 }
 
 const IMAGENET_DEFAULT: ([f64; 3], [f64; 3]) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
@@ -220,6 +275,52 @@ impl ImageProcessor {
             }
             p.normalize = flag("do_normalize", true).then_some((mean, std));
         }
+        if p.processor_type == "Qwen2VLImageProcessor" {
+            let int = |name: &str, default: usize| {
+                config
+                    .get(name)
+                    .and_then(Value::as_u64)
+                    .map_or(default, |v| v as usize)
+            };
+            let grid = PatchGrid {
+                patch: int("patch_size", 14),
+                merge: int("merge_size", 2),
+                temporal: int("temporal_patch_size", 2),
+            };
+            if grid.patch == 0 || grid.merge == 0 || grid.temporal == 0 {
+                return Err(PreprocessError::Config(format!(
+                    "patch_size {}, merge_size {} and temporal_patch_size {} must be positive",
+                    grid.patch, grid.merge, grid.temporal
+                )));
+            }
+            let size = config.get("size");
+            let bound = |key: &str, legacy: &str, default: usize| {
+                size.and_then(|s| s.get(key))
+                    .and_then(Value::as_u64)
+                    .map(|v| v as usize)
+                    .unwrap_or_else(|| int(legacy, default))
+            };
+            let (min, max) = (
+                bound("shortest_edge", "min_pixels", 56 * 56),
+                bound("longest_edge", "max_pixels", 28 * 28 * 1280),
+            );
+            if min == 0 || max < min {
+                return Err(PreprocessError::Config(format!(
+                    "min_pixels {min} and max_pixels {max} make no pixel budget"
+                )));
+            }
+            let filter = p.resize.map_or(Filter::Bicubic, |(_, f)| f);
+            p.resize = flag("do_resize", true).then_some((
+                Size::Pixels {
+                    min,
+                    max,
+                    factor: grid.patch * grid.merge,
+                },
+                filter,
+            ));
+            p.center_crop = None;
+            p.patches = Some(grid);
+        }
         if p.processor_type == "LlavaNextImageProcessor" {
             // Its do_pad pads the number of tiles across a batch, not the pixels.
             p.anyres = Some(AnyRes::from_config(config, &p)?);
@@ -238,9 +339,10 @@ impl ImageProcessor {
             normalize: Some(normalize),
             pad,
             anyres: None,
+            patches: None,
         };
         Ok(match kind {
-            "CLIPImageProcessor" | "LlavaNextImageProcessor" => base(
+            "CLIPImageProcessor" | "LlavaNextImageProcessor" | "Qwen2VLImageProcessor" => base(
                 (Size::ShortestEdge(224), Filter::Bicubic),
                 Some((224, 224)),
                 OPENAI_CLIP,
@@ -339,6 +441,13 @@ impl ImageProcessor {
     fn process_one(&self, image: &RgbImage) -> Result<(usize, usize, Vec<f32>), PreprocessError> {
         let mut img = std::borrow::Cow::Borrowed(image);
         if let Some((size, filter)) = self.resize {
+            let (long, short) = (image.height.max(image.width), image.height.min(image.width));
+            if matches!(size, Size::Pixels { .. }) && long > 200 * short {
+                return Err(PreprocessError::Input(format!(
+                    "a {}x{} image: the aspect ratio must be under 200 (smart_resize)",
+                    image.width, image.height
+                )));
+            }
             let (h, w) = output_size(image.height, image.width, size);
             check_output(h, w, "resizes", image)?;
             if (h, w) != (image.height, image.width) {
@@ -445,11 +554,35 @@ fn parse_size(v: &Value, max_size: Option<&Value>, square: bool) -> Result<Size,
         Size::Exact { height, width } => height == 0 || width == 0,
         Size::ShortestEdge(s) => s == 0,
         Size::ShortestLongest { shortest, longest } => shortest == 0 || longest < shortest,
+        Size::Pixels { min, max, factor } => min == 0 || max < min || factor == 0,
     };
     if zero {
         return Err(PreprocessError::Config(format!("size {v} is empty")));
     }
     Ok(size)
+}
+
+/// Qwen2-VL's `smart_resize` (Python's round: ties to even).
+fn smart_resize(
+    height: usize,
+    width: usize,
+    min: usize,
+    max: usize,
+    factor: usize,
+) -> (usize, usize) {
+    let (h, w, f) = (height as f64, width as f64, factor as f64);
+    let mut hb = (h / f).round_ties_even() * f;
+    let mut wb = (w / f).round_ties_even() * f;
+    if hb * wb > max as f64 {
+        let beta = (h * w / max as f64).sqrt();
+        hb = f.max((h / beta / f).floor() * f);
+        wb = f.max((w / beta / f).floor() * f);
+    } else if hb * wb < min as f64 {
+        let beta = (min as f64 / (h * w)).sqrt();
+        hb = (h * beta / f).ceil() * f;
+        wb = (w * beta / f).ceil() * f;
+    }
+    (hb as usize, wb as usize)
 }
 
 /// The (height, width) transformers resizes to: `get_resize_output_image_size` for a shortest
@@ -470,6 +603,7 @@ pub fn output_size(height: usize, width: usize, size: Size) -> (usize, usize) {
                 (s, new_long)
             }
         }
+        Size::Pixels { min, max, factor } => smart_resize(height, width, min, max, factor),
         Size::ShortestLongest { shortest, longest } => {
             let (h, w) = (height as f64, width as f64);
             let (min_o, max_o) = (h.min(w), h.max(w));
@@ -573,12 +707,42 @@ mod tests {
             normalize: None,
             pad: false,
             anyres: None,
+            patches: None,
         };
         let b = p.process(&[img]).unwrap();
         assert_eq!(b.shape, [1, 3, 4, 4]);
         let ones = b.pixel_values.iter().filter(|&&v| v == 1.0).count();
         assert_eq!(ones, 3 * 4);
         assert_eq!(b.pixel_values[5], 1.0); // row 1, col 1
+    }
+
+    #[test]
+    fn smart_resize_matches_qwen2_vl() {
+        // transformers' smart_resize on the same sizes.
+        let size = |h, w, max| {
+            output_size(
+                h,
+                w,
+                Size::Pixels {
+                    min: 3136,
+                    max,
+                    factor: 28,
+                },
+            )
+        };
+        assert_eq!(size(512, 512, 12845056), (504, 504));
+        assert_eq!(size(1080, 1920, 12845056), (1092, 1932));
+        assert_eq!(size(10, 700, 12845056), (28, 476));
+        assert_eq!(size(4000, 3000, 1003520), (1148, 840));
+        assert_eq!(size(42, 42, 1003520), (56, 56));
+        let grid = PatchGrid {
+            patch: 1,
+            merge: 2,
+            temporal: 1,
+        };
+        // A 2x4 one-channel image: the patches of each 2x2 block adjacent.
+        let chw = [0., 1., 2., 3., 4., 5., 6., 7.];
+        assert_eq!(grid.patchify(&chw, 2, 4), [0., 1., 4., 5., 2., 3., 6., 7.]);
     }
 
     #[test]
@@ -591,6 +755,7 @@ mod tests {
             normalize: None,
             pad: true,
             anyres: None,
+            patches: None,
         };
         let a = RgbImage::new(3, 2, vec![1; 18]).unwrap();
         let b = RgbImage::new(2, 3, vec![2; 18]).unwrap();
@@ -651,6 +816,11 @@ impl AnyRes {
         let base = match size {
             Size::Exact { height, width } => (height, width),
             Size::ShortestEdge(s) | Size::ShortestLongest { shortest: s, .. } => (s, s),
+            Size::Pixels { .. } => {
+                return Err(PreprocessError::Config(
+                    "anyres tiles need a fixed size, not a pixel budget".into(),
+                ))
+            }
         };
         let tile = p.center_crop.map_or(base.0, |(h, _)| h);
         let bad = |why: &str| PreprocessError::Config(format!("image_grid_pinpoints: {why}"));

@@ -10,8 +10,9 @@ use std::ops::ControlFlow;
 pub struct Args {
     #[command(flatten)]
     target: ModelOnTarget,
-    /// The prompt; for an image-text model (LLaVA) with --image, the image token (`<image>`)
-    /// marks where each image goes, as in the model's own prompt format
+    /// The prompt; for an image-text model with --image, the image token marks where each
+    /// image goes, as in the model's own prompt format (LLaVA: `<image>`; Qwen2-VL:
+    /// `<|vision_start|><|image_pad|><|vision_end|>`)
     #[arg(long)]
     prompt: String,
     /// A PNG/JPEG image for an image-text model (repeat for several, in prompt order)

@@ -1808,8 +1808,8 @@ fn runs_are_compared_and_series_have_their_change_points() {
     assert!(!o.status.success() && stderr(&o).contains("not a probability"));
 }
 
-/// The seeds' 13 classes (OPT and LLaMA one class, Qwen2 and Qwen3 one) each measured on the
-/// CPU: one fixture per architecture through `bench`, every cell of the compatibility matrix
+/// The seeds' 13 classes (OPT and LLaMA one class; Qwen2, Qwen3 and Qwen2-VL one) each
+/// measured on the CPU: one fixture per architecture through `bench`, every cell of the compatibility matrix
 /// a pass.
 #[test]
 fn the_compatibility_matrix_shows_every_class_on_cpu() {
@@ -1828,6 +1828,7 @@ fn the_compatibility_matrix_shows_every_class_on_cpu() {
         "xclip-tiny",
         "qwen2-tiny",
         "qwen3-tiny",
+        "qwen2-vl-tiny",
         "detr-tiny",
     ];
     let models: Vec<String> = fixtures.iter().map(|f| fixture(f)).collect();

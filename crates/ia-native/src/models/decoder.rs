@@ -75,6 +75,10 @@ pub struct RopeScaling {
     pub high_freq_factor: Option<f64>,
     #[serde(default)]
     pub original_max_position_embeddings: Option<usize>,
+    /// Qwen2-VL's multimodal rotary embedding: how many frequency pairs follow the temporal,
+    /// height and width position of a token.
+    #[serde(default)]
+    pub mrope_section: Option<Vec<usize>>,
 }
 
 impl Config {
@@ -115,9 +119,32 @@ impl Config {
             .as_ref()
             .and_then(|r| r.rope_type.as_deref())
         {
-            None | Some("default") | Some("llama3") => Ok(cfg),
-            Some(other) => Err(EngineError::Unsupported(format!(
-                "rope scaling '{other}' is not implemented (default and llama3 are)"
+            None | Some("default") | Some("llama3") | Some("mrope") => {}
+            Some(other) => {
+                return Err(EngineError::Unsupported(format!(
+                    "rope scaling '{other}' is not implemented (default, llama3 and mrope are)"
+                )))
+            }
+        }
+        cfg.mrope()?;
+        Ok(cfg)
+    }
+
+    /// The M-RoPE sections (temporal, height, width), which must cover the head's frequency
+    /// pairs; None for a one-dimensional rotary embedding.
+    pub(crate) fn mrope(&self) -> Result<Option<[usize; 3]>, EngineError> {
+        let Some(section) = self
+            .rope_scaling
+            .as_ref()
+            .and_then(|r| r.mrope_section.as_ref())
+        else {
+            return Ok(None);
+        };
+        match section[..] {
+            [t, h, w] if t + h + w == self.head_dim() / 2 => Ok(Some([t, h, w])),
+            _ => Err(EngineError::InvalidModel(format!(
+                "mrope_section {section:?} must be three parts adding up to head size / 2 = {}",
+                self.head_dim() / 2
             ))),
         }
     }
@@ -206,7 +233,8 @@ struct Attention {
 impl Attention {
     fn load(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
         let (h, kv, d) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
-        let qkv_bias = cfg.attention_bias || cfg.model_type == "qwen2";
+        // Qwen2's and Qwen2-VL's (qwen2_vl, qwen2_vl_text) q/k/v projections have biases.
+        let qkv_bias = cfg.attention_bias || cfg.model_type.starts_with("qwen2");
         let qwen3 = cfg.model_type == "qwen3";
         let norm = |name: &str| -> candle_core::Result<Option<RmsNorm>> {
             qwen3
@@ -369,6 +397,9 @@ struct Row {
 /// A sequence's caches, one per layer.
 struct SequenceCache {
     layers: Vec<KvCache>,
+    /// M-RoPE: a token's rotary position minus its place in the sequence (negative after an
+    /// image, whose tokens share positions), transformers' `rope_deltas`.
+    rope_delta: i64,
 }
 
 impl SequenceCache {
@@ -386,6 +417,8 @@ pub struct Decoder {
     /// [max positions, d/2] cos and sin of every position.
     cos: Tensor,
     sin: Tensor,
+    /// M-RoPE sections (Qwen2-VL), see [`Config::mrope`].
+    mrope: Option<[usize; 3]>,
     sequences: HashMap<SequenceId, SequenceCache>,
     next_id: u64,
     /// The sequences of the `TextGenerator` interface's current batch, in order.
@@ -493,6 +526,7 @@ impl Decoder {
             lm_head,
             cos,
             sin,
+            mrope: cfg.mrope()?,
             sequences: HashMap::new(),
             next_id: 0,
             batch: Vec::new(),
@@ -518,19 +552,36 @@ impl Decoder {
         prompts: &[Vec<u32>],
         inputs_embeds: Tensor,
     ) -> Result<Vec<Vec<f32>>, EngineError> {
-        self.start_batch(prompts, Some(inputs_embeds))
+        self.start_batch(prompts, Some(inputs_embeds), None)
+    }
+
+    /// [`Self::prefill_embedded`] with each prompt token's (temporal, height, width) rotary
+    /// position (Qwen2-VL's `get_rope_index`); the steps after continue from the largest.
+    pub(crate) fn prefill_embedded_at(
+        &mut self,
+        prompts: &[Vec<u32>],
+        inputs_embeds: Tensor,
+        positions: &[Vec<[u32; 3]>],
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        if self.mrope.is_none() {
+            return Err(EngineError::InvalidModel(
+                "three-part rotary positions for a model without mrope_section".into(),
+            ));
+        }
+        self.start_batch(prompts, Some(inputs_embeds), Some(positions))
     }
 
     fn start_batch(
         &mut self,
         prompts: &[Vec<u32>],
         inputs_embeds: Option<Tensor>,
+        positions: Option<&[Vec<[u32; 3]>]>,
     ) -> Result<Vec<Vec<f32>>, EngineError> {
         for id in std::mem::take(&mut self.batch) {
             self.sequences.remove(&id);
         }
         let prompts: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
-        let (started, _) = self.run_with(&prompts, &[], inputs_embeds)?;
+        let (started, _) = self.run_with(&prompts, &[], inputs_embeds, positions)?;
         let (ids, logits) = started.into_iter().unzip();
         self.batch = ids;
         Ok(logits)
@@ -543,6 +594,7 @@ impl Decoder {
         start: &[&[u32]],
         steps: &[(SequenceId, u32)],
         inputs_embeds: Option<Tensor>,
+        start_positions: Option<&[Vec<[u32; 3]>]>,
     ) -> Result<(Vec<(SequenceId, Vec<f32>)>, Vec<Vec<f32>>), EngineError> {
         let ids: Vec<SequenceId> = start.iter().map(|_| self.new_sequence()).collect();
         let tokens: Vec<[u32; 1]> = steps.iter().map(|(_, t)| [*t]).collect();
@@ -557,7 +609,7 @@ impl Decoder {
                     .map(|((id, _), t)| (*id, t.as_slice())),
             )
             .collect();
-        match self.forward(&work, inputs_embeds) {
+        match self.forward(&work, inputs_embeds, start_positions) {
             Ok(mut logits) => {
                 let stepped = logits.split_off(ids.len());
                 Ok((ids.into_iter().zip(logits).collect(), stepped))
@@ -574,15 +626,19 @@ impl Decoder {
     /// Runs the new tokens of each listed sequence together; returns each one's logits after
     /// its last new token. A failure while computing drops the listed sequences, whose caches
     /// may be half written; a request refused beforehand leaves them as they were.
+    /// `start_positions`, when given, are the rotary positions of the first work items' tokens
+    /// (new sequences); every other token sits at its place in its sequence plus the
+    /// sequence's rope delta.
     fn forward(
         &mut self,
         work: &[(SequenceId, &[u32])],
         inputs_embeds: Option<Tensor>,
+        start_positions: Option<&[Vec<[u32; 3]>]>,
     ) -> Result<Vec<Vec<f32>>, EngineError> {
         let mut rows = Vec::with_capacity(work.len());
-        let mut positions = Vec::new();
+        let mut positions: Vec<[u32; 3]> = Vec::new();
         let mut offset = 0;
-        for (id, tokens) in work {
+        for (i, (id, tokens)) in work.iter().enumerate() {
             let cache = self.sequences.get(id).ok_or_else(|| {
                 EngineError::InvalidInput(format!("sequence {} is not running", id.0))
             })?;
@@ -599,37 +655,103 @@ impl Decoder {
                     self.max_context
                 )));
             }
-            positions.extend((held..held + tokens.len()).map(|p| p as u32));
+            match start_positions.and_then(|p| p.get(i)) {
+                Some(given) if given.len() != tokens.len() => {
+                    return Err(EngineError::InvalidInput(format!(
+                        "{} rotary positions for {} tokens",
+                        given.len(),
+                        tokens.len()
+                    )))
+                }
+                Some(given) => {
+                    let last = given.iter().flatten().max().copied().unwrap_or(0) as usize;
+                    if last >= self.max_context {
+                        return Err(EngineError::InvalidInput(format!(
+                            "rotary position {last} is beyond the model's context of {}",
+                            self.max_context
+                        )));
+                    }
+                    positions.extend_from_slice(given);
+                }
+                None => positions.extend((held..held + tokens.len()).map(|p| {
+                    let p = (p as i64 + cache.rope_delta).max(0) as u32;
+                    [p, p, p]
+                })),
+            }
             rows.push(Row {
                 offset,
                 len: tokens.len(),
             });
             offset += tokens.len();
         }
-        self.compute(work, &rows, positions, inputs_embeds)
+        let deltas: Vec<(SequenceId, i64)> = start_positions
+            .unwrap_or(&[])
+            .iter()
+            .zip(work)
+            .map(|(given, (id, tokens))| {
+                let last = given.iter().flatten().max().copied().unwrap_or(0) as i64;
+                (*id, last + 1 - tokens.len() as i64)
+            })
+            .collect();
+        let logits = self
+            .compute(work, &rows, &positions, inputs_embeds)
             .map_err(|e| {
                 for (id, _) in work {
                     self.sequences.remove(id);
                 }
                 rt(e)
-            })
+            })?;
+        for (id, delta) in deltas {
+            if let Some(cache) = self.sequences.get_mut(&id) {
+                cache.rope_delta = delta;
+            }
+        }
+        Ok(logits)
+    }
+
+    /// The cos and sin rows of each token's rotary position: [tokens, d/2]. With M-RoPE,
+    /// the first section of frequency pairs turns with the temporal position, the next with
+    /// the height and the last with the width (Qwen2-VL's `recomposition_frequencies`).
+    fn rotary_rows(&self, positions: &[[u32; 3]]) -> candle_core::Result<(Tensor, Tensor)> {
+        let count = positions.len();
+        let gather = |part: usize| -> candle_core::Result<(Tensor, Tensor)> {
+            let at: Vec<u32> = positions.iter().map(|p| p[part]).collect();
+            let at = Tensor::from_vec(at, count, &self.device)?;
+            Ok((
+                self.cos.index_select(&at, 0)?,
+                self.sin.index_select(&at, 0)?,
+            ))
+        };
+        let uniform = positions.iter().all(|p| p[0] == p[1] && p[1] == p[2]);
+        let Some(section) = self.mrope.filter(|_| !uniform) else {
+            return gather(0);
+        };
+        let parts = [gather(0)?, gather(1)?, gather(2)?];
+        let mut start = 0;
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for (part, &width) in parts.iter().zip(&section) {
+            cos.push(part.0.narrow(1, start, width)?);
+            sin.push(part.1.narrow(1, start, width)?);
+            start += width;
+        }
+        Ok((Tensor::cat(&cos, 1)?, Tensor::cat(&sin, 1)?))
     }
 
     fn compute(
         &mut self,
         work: &[(SequenceId, &[u32])],
         rows: &[Row],
-        positions: Vec<u32>,
+        positions: &[[u32; 3]],
         inputs_embeds: Option<Tensor>,
     ) -> candle_core::Result<Vec<Vec<f32>>> {
         let tokens: Vec<u32> = work.iter().flat_map(|(_, t)| t.iter().copied()).collect();
         let count = tokens.len();
         let ids = Tensor::from_vec(tokens, count, &self.device)?;
-        let at = Tensor::from_vec(positions, count, &self.device)?;
         let half = self.cos.dim(1)?;
+        let (cos, sin) = self.rotary_rows(positions)?;
         let rope = Rope {
-            cos: self.cos.index_select(&at, 0)?.reshape((count, 1, half))?,
-            sin: self.sin.index_select(&at, 0)?.reshape((count, 1, half))?,
+            cos: cos.reshape((count, 1, half))?,
+            sin: sin.reshape((count, 1, half))?,
         };
         let mut x = match inputs_embeds {
             Some(x) if x.dims() == [count, self.embed_tokens.hidden_size()] => x,
@@ -680,6 +802,7 @@ impl Decoder {
             layers: (0..self.layers.len())
                 .map(|_| KvCache::new(0, CACHE_CHUNK.min(self.max_context)))
                 .collect(),
+            rope_delta: 0,
         };
         self.sequences.insert(id, cache);
         id
@@ -692,7 +815,7 @@ impl SequencePool for Decoder {
         start: &[&[u32]],
         steps: &[(SequenceId, u32)],
     ) -> Result<(Vec<(SequenceId, Vec<f32>)>, Vec<Vec<f32>>), EngineError> {
-        self.run_with(start, steps, None)
+        self.run_with(start, steps, None, None)
     }
 
     fn end(&mut self, id: SequenceId) {
@@ -715,7 +838,7 @@ impl TextGenerator for Decoder {
 
     /// A new batch replaces the previous one (prompts of any lengths).
     fn prefill_batch(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EngineError> {
-        self.start_batch(prompts, None)
+        self.start_batch(prompts, None, None)
     }
 
     fn step_batch(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {

@@ -188,7 +188,7 @@ pub struct Llava {
 
 /// The first prefix whose probe tensor the checkpoint has; the first listed (the layout
 /// transformers saves) for random weights, which have every name.
-fn layout<'a>(vb: &VarBuilder, candidates: &[(&'a str, &str)]) -> &'a str {
+pub(crate) fn layout<'a>(vb: &VarBuilder, candidates: &[(&'a str, &str)]) -> &'a str {
     candidates
         .iter()
         .find(|(_, probe)| vb.contains_tensor(probe))
@@ -339,44 +339,60 @@ impl Llava {
     }
 
     /// The prompts' embeddings with the attached image features in place of the image
-    /// tokens (transformers' `masked_scatter`), or None without image tokens.
+    /// tokens, or None without image tokens.
     fn merged_embeddings(&mut self, prompts: &[Vec<u32>]) -> Result<Option<Tensor>, EngineError> {
-        let tokens: Vec<u32> = prompts.concat();
-        let image_tokens = tokens.iter().filter(|&&t| t == self.image_token).count();
         let features = self.attached.take();
-        let rows = match &features {
-            Some(f) => f.dim(0).map_err(rt)?,
-            None => 0,
-        };
-        if image_tokens != rows {
-            return Err(EngineError::InvalidInput(format!(
-                "image features and image tokens do not match: {image_tokens} image tokens (id {}) in the prompt, {rows} image features attached",
-                self.image_token
-            )));
-        }
-        let Some(features) = features else {
-            return Ok(None);
-        };
-        let text = self.language.embed(&tokens).map_err(rt)?;
-        // One gather from [text rows; feature rows]: each image token takes the next feature.
-        let mut next = tokens.len();
-        let index: Vec<u32> = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, &t)| {
-                if t == self.image_token {
-                    next += 1;
-                    (next - 1) as u32
-                } else {
-                    i as u32
-                }
-            })
-            .collect();
-        let table =
-            Tensor::cat(&[text, features.to_dtype(self.dtype).map_err(rt)?], 0).map_err(rt)?;
-        let index = Tensor::from_vec(index, tokens.len(), &self.device).map_err(rt)?;
-        table.index_select(&index, 0).map(Some).map_err(rt)
+        merge_image_features(
+            &self.language,
+            prompts,
+            self.image_token,
+            features,
+            self.dtype,
+        )
     }
+}
+
+/// transformers' `masked_scatter` of image features into prompt embeddings: each image token
+/// of `prompts` (in order) takes the next row of `features`; None when there are neither.
+pub(crate) fn merge_image_features(
+    language: &decoder::Decoder,
+    prompts: &[Vec<u32>],
+    image_token: u32,
+    features: Option<Tensor>,
+    dtype: DType,
+) -> Result<Option<Tensor>, EngineError> {
+    let tokens: Vec<u32> = prompts.concat();
+    let image_tokens = tokens.iter().filter(|&&t| t == image_token).count();
+    let rows = match &features {
+        Some(f) => f.dim(0).map_err(rt)?,
+        None => 0,
+    };
+    if image_tokens != rows {
+        return Err(EngineError::InvalidInput(format!(
+            "image features and image tokens do not match: {image_tokens} image tokens (id {image_token}) in the prompt, {rows} image features attached"
+        )));
+    }
+    let Some(features) = features else {
+        return Ok(None);
+    };
+    let text = language.embed(&tokens).map_err(rt)?;
+    // One gather from [text rows; feature rows]: each image token takes the next feature.
+    let mut next = tokens.len();
+    let index: Vec<u32> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            if t == image_token {
+                next += 1;
+                (next - 1) as u32
+            } else {
+                i as u32
+            }
+        })
+        .collect();
+    let table = Tensor::cat(&[text, features.to_dtype(dtype).map_err(rt)?], 0).map_err(rt)?;
+    let index = Tensor::from_vec(index, tokens.len(), table.device()).map_err(rt)?;
+    table.index_select(&index, 0).map(Some).map_err(rt)
 }
 
 impl TextGenerator for Llava {

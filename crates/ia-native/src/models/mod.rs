@@ -11,6 +11,7 @@ pub(crate) mod encoder;
 pub mod llava;
 pub mod opt;
 pub mod quantized;
+pub mod qwen2_vl;
 pub mod t5;
 pub mod vit;
 pub mod wav2vec2;
