@@ -5,7 +5,7 @@ reference transcription of the real whisper-tiny.en checkpoint.
 
     ~/.cache/ipfs-accelerate/pyref/bin/python scripts/make_media_fixtures.py [part ...]
 
-parts: media preprocess clip whisper wav2vec2 detr clap llava llava-next anyres xclip qwen2-vl
+parts: media preprocess clip whisper wav2vec2 detr clap llava llava-next anyres xclip qwen2-vl qwen2.5-vl
 whisper-real
 whisper-pipeline (default: all). `media` needs
 espeak-ng and sox (apt-get install espeak-ng sox); `whisper-real` needs the checkpoint that
@@ -650,13 +650,23 @@ class Qwen2VLProcessorShim:
 
 
 def qwen2_vl():
-    """Tiny Qwen2-VL: a 2-block vision transformer (4-pixel patches, 2x2 merge, 2D rotary) and
+    qwen_vl("qwen2_vl")
+
+
+def qwen2_5_vl():
+    qwen_vl("qwen2_5_vl")
+
+
+def qwen_vl(kind):
+    """Tiny Qwen2-VL or Qwen2.5-VL (kind): a 2-block vision transformer (4-pixel patches, 2x2 merge, 2D rotary) and
     a Qwen2 language model with M-RoPE (sections 2, 3, 3); the image processor's smart resize
-    bounded to 256..4096 pixels. References as llava's, plus the patch grid."""
+    bounded to 256..4096 pixels. Qwen2.5-VL's tower has RMSNorm, a gated SiLU MLP and window
+    attention (2x2 merged tokens per window, block 0 windowed, block 1 full). References as
+    llava's, plus the patch grid."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration,
-                              Qwen2VLImageProcessorPil)
-    out = FIX / "qwen2-vl-tiny"
+    from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                              Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil)
+    out = FIX / ("qwen2-vl-tiny" if kind == "qwen2_vl" else "qwen2.5-vl-tiny")
     out.mkdir(parents=True, exist_ok=True)
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                 "<|image_pad|>", "<|video_pad|>"]
@@ -669,17 +679,25 @@ def qwen2_vl():
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     ids = {t: tok.token_to_id(t) for t in specials}
     torch.manual_seed(SEED)
-    cfg = Qwen2VLConfig(
+    if kind == "qwen2_vl":
+        config_class, model_class = Qwen2VLConfig, Qwen2VLForConditionalGeneration
+        vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=4, mlp_ratio=2, patch_size=4,
+                      spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+    else:
+        config_class, model_class = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+        vision = dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=48, num_heads=4,
+                      patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+                      window_size=16, fullatt_block_indexes=[1])
+    cfg = config_class(
         text_config=dict(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=256, bos_token_id=ids["<|endoftext|>"],
                          eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=4, mlp_ratio=2, patch_size=4,
-                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+        vision_config=vision,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-    model = Qwen2VLForConditionalGeneration(cfg).eval()
+    model = model_class(cfg).eval()
     model.generation_config.eos_token_id = None  # exactly 32 tokens, no early stop
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(out, safe_serialization=True)
@@ -780,7 +798,7 @@ def xclip():
 
 PARTS = {"media": media, "preprocess": preprocess, "clip": clip, "whisper": whisper,
          "wav2vec2": wav2vec2, "detr": detr, "clap": clap, "llava": llava, "llava-next": llava_next,
-         "anyres": anyres, "xclip": xclip, "qwen2-vl": qwen2_vl, "whisper-real": whisper_real,
+         "anyres": anyres, "xclip": xclip, "qwen2-vl": qwen2_vl, "qwen2.5-vl": qwen2_5_vl, "whisper-real": whisper_real,
          "whisper-pipeline": whisper_pipeline_cases}
 
 if __name__ == "__main__":

@@ -268,6 +268,17 @@ pub static CATALOG: &[CatalogEntry] = &[
         Some(include_str!("configs/Qwen2-VL-2B-Instruct.json"))
     ),
     entry!(
+        "qwen2.5-vl",
+        "Qwen/Qwen2.5-VL-3B-Instruct",
+        Qwen,
+        "multimodal",
+        "image-text-to-text",
+        Multimodal,
+        "Qwen/Qwen2.5-VL-3B-Instruct",
+        Some(include_str!("configs/Qwen2.5-VL-3B-Instruct.json")),
+        Some(include_str!("configs/Qwen2.5-VL-3B-Instruct.json"))
+    ),
+    entry!(
         "qwen3",
         "Qwen/Qwen3-0.6B",
         Qwen,

@@ -186,14 +186,7 @@ impl Engine for NativeEngine {
     ) -> Result<Box<dyn TextGenerator>, EngineError> {
         let ctx = self.context(model, at, Capability::Generate)?;
         match model.class {
-            ModelClass::Qwen
-                if model
-                    .source
-                    .config()
-                    .get("model_type")
-                    .and_then(|t| t.as_str())
-                    == Some("qwen2_vl") =>
-            {
+            ModelClass::Qwen if models::qwen2_vl::is_qwen_vl(model.source.config()) => {
                 models::qwen2_vl::Qwen2Vl::load(ctx)
             }
             ModelClass::Llama | ModelClass::Qwen => models::causal_lm::CausalLm::load(ctx),

@@ -395,6 +395,11 @@ fn qwen2_vl_tiny_matches_transformers() {
 }
 
 #[test]
+fn qwen2_5_vl_tiny_matches_transformers() {
+    check_image_text_generation("qwen2.5-vl-tiny");
+}
+
+#[test]
 fn llava_next_tiny_matches_transformers() {
     check_image_text_generation("llava-next-tiny");
 }

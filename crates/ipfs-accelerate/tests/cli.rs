@@ -1808,7 +1808,7 @@ fn runs_are_compared_and_series_have_their_change_points() {
     assert!(!o.status.success() && stderr(&o).contains("not a probability"));
 }
 
-/// The seeds' 13 classes (OPT and LLaMA one class; Qwen2, Qwen3 and Qwen2-VL one) each
+/// The seeds' 13 classes (OPT and LLaMA one class; Qwen2, Qwen3, Qwen2-VL and Qwen2.5-VL one) each
 /// measured on the CPU: one fixture per architecture through `bench`, every cell of the compatibility matrix
 /// a pass.
 #[test]
@@ -1829,6 +1829,7 @@ fn the_compatibility_matrix_shows_every_class_on_cpu() {
         "qwen2-tiny",
         "qwen3-tiny",
         "qwen2-vl-tiny",
+        "qwen2.5-vl-tiny",
         "detr-tiny",
     ];
     let models: Vec<String> = fixtures.iter().map(|f| fixture(f)).collect();

@@ -1,4 +1,5 @@
-//! Qwen2-VL (transformers' `Qwen2VLForConditionalGeneration`, `modeling_qwen2_vl.py`).
+//! Qwen2-VL and Qwen2.5-VL (transformers' `Qwen2VLForConditionalGeneration`,
+//! `Qwen2_5_VLForConditionalGeneration`: `modeling_qwen2_vl.py`, `modeling_qwen2_5_vl.py`).
 //!
 //! Images come at their own resolution (the processor's `smart_resize`), cut into patches
 //! whose 2 x 2 blocks the vision transformer merges into one language-model token. The
@@ -6,12 +7,14 @@
 //! embedding); the language model is our Qwen2 decoder with M-RoPE: a prompt's text tokens
 //! take one position each, an image's tokens share a temporal position and spread over its
 //! rows and columns, and the tokens after continue from the largest (`get_rope_index`).
+//! Qwen2.5-VL's tower differs in its blocks (RMSNorm, a gated SiLU MLP) and attends within
+//! windows of merged tokens except in its `fullatt_block_indexes` (`get_vision_window_index`).
 
 use super::llava::{layout, merge_image_features};
 use super::{decoder, LoadContext};
 use crate::rt;
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{layer_norm, linear, LayerNorm, Linear, VarBuilder};
+use candle_nn::{layer_norm, linear, rms_norm, LayerNorm, Linear, RmsNorm, VarBuilder};
 use candle_transformers::models::clip::text_model::Activation as ClipActivation;
 use ia_engine::generation::ImageBatch;
 use ia_engine::{EngineError, SessionInfo, TextGenerator};
@@ -19,17 +22,23 @@ use ia_preprocess::image::PatchGrid;
 use serde::Deserialize;
 use serde_json::Value;
 
-/// `Qwen2VLVisionConfig`.
+/// `Qwen2VLVisionConfig` / `Qwen2_5_VLVisionConfig`. The two name the same things
+/// differently: Qwen2-VL's width is `embed_dim` and its `hidden_size` the language model's;
+/// Qwen2.5-VL's width is `hidden_size` and the language model's `out_hidden_size`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct VisionConfig {
     #[serde(default = "default_depth")]
     pub depth: usize,
-    #[serde(default = "default_embed_dim")]
-    pub embed_dim: usize,
-    /// The language model's width, which the merger projects to.
+    #[serde(default)]
+    pub embed_dim: Option<usize>,
     pub hidden_size: usize,
-    #[serde(default = "default_vision_act")]
-    pub hidden_act: String,
+    #[serde(default)]
+    pub out_hidden_size: Option<usize>,
+    /// Qwen2.5-VL's MLP width (Qwen2-VL's is embed_dim x mlp_ratio).
+    #[serde(default)]
+    pub intermediate_size: Option<usize>,
+    #[serde(default)]
+    pub hidden_act: Option<String>,
     #[serde(default = "default_mlp_ratio")]
     pub mlp_ratio: f64,
     #[serde(default = "default_heads")]
@@ -42,19 +51,25 @@ pub struct VisionConfig {
     pub spatial_merge_size: usize,
     #[serde(default = "default_temporal")]
     pub temporal_patch_size: usize,
+    /// Qwen2.5-VL: a window's side in pixels, and the blocks that attend over the image.
+    #[serde(default)]
+    pub window_size: Option<usize>,
+    #[serde(default)]
+    pub fullatt_block_indexes: Option<Vec<usize>>,
     #[serde(default)]
     pub rope_parameters: Option<Value>,
+}
+
+/// Which tower: the two differ in their blocks and in window attention.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Family {
+    Qwen2Vl,
+    Qwen25Vl,
 }
 
 // Qwen2VLVisionConfig's defaults (Qwen2-VL-7B's tower).
 fn default_depth() -> usize {
     32
-}
-fn default_embed_dim() -> usize {
-    1280
-}
-fn default_vision_act() -> String {
-    "quick_gelu".into()
 }
 fn default_mlp_ratio() -> f64 {
     4.0
@@ -74,6 +89,14 @@ fn default_merge() -> usize {
 fn default_temporal() -> usize {
     2
 }
+/// Qwen2-VL and Qwen2.5-VL checkpoints, which this file runs (Qwen3-VL is not implemented).
+pub fn is_qwen_vl(config: &Value) -> bool {
+    matches!(
+        config.get("model_type").and_then(Value::as_str),
+        Some("qwen2_vl" | "qwen2_5_vl")
+    )
+}
+
 fn default_image_token() -> u32 {
     151655
 }
@@ -86,24 +109,72 @@ struct Config {
 }
 
 impl VisionConfig {
-    fn check(&self) -> Result<(), EngineError> {
-        let head = self.embed_dim / self.num_heads.max(1);
+    /// The tower's width.
+    fn width(&self, family: Family) -> usize {
+        match family {
+            Family::Qwen2Vl => self.embed_dim.unwrap_or(1280),
+            Family::Qwen25Vl => self.hidden_size,
+        }
+    }
+
+    /// The language model's width, which the merger projects to.
+    fn out(&self, family: Family) -> usize {
+        match family {
+            Family::Qwen2Vl => self.hidden_size,
+            Family::Qwen25Vl => self.out_hidden_size.unwrap_or(3584),
+        }
+    }
+
+    fn mlp_width(&self, family: Family) -> usize {
+        match family {
+            Family::Qwen2Vl => (self.width(family) as f64 * self.mlp_ratio) as usize,
+            Family::Qwen25Vl => self.intermediate_size.unwrap_or(3420),
+        }
+    }
+
+    fn act(&self, family: Family) -> &str {
+        match (&self.hidden_act, family) {
+            (Some(a), _) => a,
+            (None, Family::Qwen2Vl) => "quick_gelu",
+            (None, Family::Qwen25Vl) => "silu",
+        }
+    }
+
+    /// Qwen2.5-VL's windows: merged tokens per window side, and the full-attention blocks.
+    fn windows(&self, family: Family) -> Option<(usize, Vec<usize>)> {
+        (family == Family::Qwen25Vl).then(|| {
+            let side = self.window_size.unwrap_or(112) / self.spatial_merge_size / self.patch_size;
+            let full = self
+                .fullatt_block_indexes
+                .clone()
+                .unwrap_or_else(|| vec![7, 15, 23, 31]);
+            (side.max(1), full)
+        })
+    }
+
+    fn check(&self, family: Family) -> Result<(), EngineError> {
+        let width = self.width(family);
+        let head = width / self.num_heads.max(1);
         if self.num_heads == 0
-            || !self.embed_dim.is_multiple_of(self.num_heads)
+            || !width.is_multiple_of(self.num_heads)
             || !head.is_multiple_of(4)
             || self.patch_size == 0
             || self.spatial_merge_size == 0
             || self.temporal_patch_size == 0
         {
             return Err(EngineError::InvalidModel(format!(
-                "Qwen2-VL vision config: embed_dim {} over {} heads (head size a multiple of 4), patch {}, merge {}, temporal patch {}",
-                self.embed_dim, self.num_heads, self.patch_size, self.spatial_merge_size, self.temporal_patch_size
+                "Qwen-VL vision config: width {width} over {} heads (head size a multiple of 4), patch {}, merge {}, temporal patch {}",
+                self.num_heads, self.patch_size, self.spatial_merge_size, self.temporal_patch_size
             )));
         }
-        if self.hidden_act != "quick_gelu" {
+        let expected = match family {
+            Family::Qwen2Vl => "quick_gelu",
+            Family::Qwen25Vl => "silu",
+        };
+        if self.act(family) != expected {
             return Err(EngineError::Unsupported(format!(
-                "Qwen2-VL vision hidden_act {} (quick_gelu is implemented)",
-                self.hidden_act
+                "Qwen-VL vision hidden_act {} ({expected} is implemented for this tower)",
+                self.act(family)
             )));
         }
         Ok(())
@@ -142,34 +213,98 @@ fn text_config(config: &Value) -> Result<decoder::Config, EngineError> {
     Ok(cfg)
 }
 
-/// `VisionAttention` + `Qwen2VLVisionBlock`.
+/// Qwen2-VL's LayerNorm or Qwen2.5-VL's RMSNorm (both eps 1e-6).
+enum Norm {
+    Layer(LayerNorm),
+    Rms(RmsNorm),
+}
+
+impl Norm {
+    fn load(family: Family, d: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(match family {
+            Family::Qwen2Vl => Norm::Layer(layer_norm(d, 1e-6, vb)?),
+            Family::Qwen25Vl => Norm::Rms(rms_norm(d, 1e-6, vb)?),
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Norm::Layer(n) => n.forward(x),
+            Norm::Rms(n) => n.forward(x),
+        }
+    }
+}
+
+/// Qwen2-VL's fc1 -> quick_gelu -> fc2, or Qwen2.5-VL's gated SiLU MLP (with biases).
+enum Ffn {
+    Plain {
+        fc1: Linear,
+        fc2: Linear,
+    },
+    Gated {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+    },
+}
+
+impl Ffn {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Ffn::Plain { fc1, fc2 } => {
+                fc2.forward(&ClipActivation::QuickGelu.forward(&fc1.forward(x)?)?)
+            }
+            Ffn::Gated { gate, up, down } => {
+                down.forward(&(gate.forward(x)?.silu()? * up.forward(x)?)?)
+            }
+        }
+    }
+}
+
+/// `VisionAttention` + the vision block.
 struct Block {
-    norm1: LayerNorm,
+    norm1: Norm,
     qkv: Linear,
     proj: Linear,
-    norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    norm2: Norm,
+    ffn: Ffn,
     heads: usize,
 }
 
 impl Block {
-    fn load(v: &VisionConfig, vb: VarBuilder) -> candle_core::Result<Self> {
-        let d = v.embed_dim;
-        let hidden = (d as f64 * v.mlp_ratio) as usize;
+    fn load(v: &VisionConfig, family: Family, vb: VarBuilder) -> candle_core::Result<Self> {
+        let d = v.width(family);
+        let hidden = v.mlp_width(family);
+        let ffn = match family {
+            Family::Qwen2Vl => Ffn::Plain {
+                fc1: linear(d, hidden, vb.pp("mlp.fc1"))?,
+                fc2: linear(hidden, d, vb.pp("mlp.fc2"))?,
+            },
+            Family::Qwen25Vl => Ffn::Gated {
+                gate: linear(d, hidden, vb.pp("mlp.gate_proj"))?,
+                up: linear(d, hidden, vb.pp("mlp.up_proj"))?,
+                down: linear(hidden, d, vb.pp("mlp.down_proj"))?,
+            },
+        };
         Ok(Self {
-            norm1: layer_norm(d, 1e-6, vb.pp("norm1"))?,
+            norm1: Norm::load(family, d, vb.pp("norm1"))?,
             qkv: linear(d, 3 * d, vb.pp("attn.qkv"))?,
             proj: linear(d, d, vb.pp("attn.proj"))?,
-            norm2: layer_norm(d, 1e-6, vb.pp("norm2"))?,
-            fc1: linear(d, hidden, vb.pp("mlp.fc1"))?,
-            fc2: linear(hidden, d, vb.pp("mlp.fc2"))?,
+            norm2: Norm::load(family, d, vb.pp("norm2"))?,
+            ffn,
             heads: v.num_heads,
         })
     }
 
-    /// `x`: [patches, embed] of one image, rotated by `cos`/`sin` [patches, head/2].
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    /// `x`: [patches, width] of one image, rotated by `cos`/`sin` [patches, head/2];
+    /// attention runs within each of `spans` (start, length): the whole image, or windows.
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        spans: &[(usize, usize)],
+    ) -> candle_core::Result<Tensor> {
         let (n, d) = x.dims2()?;
         let hd = d / self.heads;
         let qkv = self
@@ -191,42 +326,83 @@ impl Block {
         let q = rotate(qkv.get(0)?)?;
         let k = rotate(qkv.get(1)?)?;
         let v = qkv.get(2)?.contiguous()?;
-        let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
-        let probs =
-            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
-        let attended = probs
-            .matmul(&v)?
+        let attend = |&(start, len): &(usize, usize)| -> candle_core::Result<Tensor> {
+            let (q, k, v) = (
+                q.narrow(1, start, len)?,
+                k.narrow(1, start, len)?,
+                v.narrow(1, start, len)?,
+            );
+            let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
+            let probs =
+                candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
+            probs.matmul(&v)
+        };
+        let parts = spans
+            .iter()
+            .map(attend)
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let attended = Tensor::cat(&parts, 1)?
             .transpose(0, 1)?
             .reshape((n, d))?
             .apply(&self.proj)?;
         let x = (x + attended)?;
-        let mlp = self.fc2.forward(
-            &ClipActivation::QuickGelu.forward(&self.fc1.forward(&self.norm2.forward(&x)?)?)?,
-        )?;
-        &x + mlp
+        let ffn = self.ffn.forward(&self.norm2.forward(&x)?)?;
+        &x + ffn
     }
+}
+
+/// `get_vision_window_index` for one image of `rows` x `cols` merged tokens: the merged
+/// tokens window by window (row-major inside each), and each non-empty window's length.
+fn window_order(rows: usize, cols: usize, side: usize) -> (Vec<usize>, Vec<usize>) {
+    // transformers pads by a whole window even when the grid divides evenly; those windows
+    // are empty and dropped, so the windows per axis are the rounded-up quotient.
+    let (wh, ww) = (rows.div_ceil(side), cols.div_ceil(side));
+    let mut order = Vec::with_capacity(rows * cols);
+    let mut lengths = Vec::new();
+    for i in 0..wh {
+        for j in 0..ww {
+            let before = order.len();
+            for r in i * side..((i + 1) * side).min(rows) {
+                for c in j * side..((j + 1) * side).min(cols) {
+                    order.push(r * cols + c);
+                }
+            }
+            if order.len() > before {
+                lengths.push(order.len() - before);
+            }
+        }
+    }
+    (order, lengths)
 }
 
 /// `Qwen2VisionTransformerPretrainedModel`: patches of one image -> its merged tokens.
 struct Vision {
     patch_embed: Linear,
     blocks: Vec<Block>,
-    ln_q: LayerNorm,
+    ln_q: Norm,
     merge_in: Linear,
     merge_out: Linear,
     grid: PatchGrid,
     /// Inverse frequencies of the 2D rotary embedding: head/4 per axis.
     inv_freq: Vec<f32>,
+    /// Qwen2.5-VL: merged tokens per window side, and the blocks that attend over the image.
+    windows: Option<(usize, Vec<usize>)>,
     device: Device,
 }
 
 impl Vision {
-    fn load(v: &VisionConfig, vb: VarBuilder, device: &Device) -> candle_core::Result<Self> {
+    fn load(
+        v: &VisionConfig,
+        family: Family,
+        vb: VarBuilder,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        let width = v.width(family);
         let patch_dim = v.in_channels * v.temporal_patch_size * v.patch_size * v.patch_size;
         // Conv3d with kernel = stride = (temporal, patch, patch) on one patch is a matmul.
         let w = vb.get(
             (
-                v.embed_dim,
+                width,
                 v.in_channels,
                 v.temporal_patch_size,
                 v.patch_size,
@@ -234,22 +410,23 @@ impl Vision {
             ),
             "patch_embed.proj.weight",
         )?;
-        let merged = v.embed_dim * v.spatial_merge_size * v.spatial_merge_size;
-        let spatial = v.embed_dim / v.num_heads / 2;
+        let merged = width * v.spatial_merge_size * v.spatial_merge_size;
+        let spatial = width / v.num_heads / 2;
         let theta = v.rope_theta();
         Ok(Self {
-            patch_embed: Linear::new(w.reshape((v.embed_dim, patch_dim))?, None),
+            patch_embed: Linear::new(w.reshape((width, patch_dim))?, None),
             blocks: (0..v.depth)
-                .map(|i| Block::load(v, vb.pp(format!("blocks.{i}"))))
+                .map(|i| Block::load(v, family, vb.pp(format!("blocks.{i}"))))
                 .collect::<candle_core::Result<_>>()?,
-            ln_q: layer_norm(v.embed_dim, 1e-6, vb.pp("merger.ln_q"))?,
+            ln_q: Norm::load(family, width, vb.pp("merger.ln_q"))?,
             merge_in: linear(merged, merged, vb.pp("merger.mlp.0"))?,
-            merge_out: linear(merged, v.hidden_size, vb.pp("merger.mlp.2"))?,
+            merge_out: linear(merged, v.out(family), vb.pp("merger.mlp.2"))?,
             grid: v.grid(),
             inv_freq: (0..spatial)
                 .step_by(2)
                 .map(|i| 1.0 / theta.powf(i as f64 / spatial as f64) as f32)
                 .collect(),
+            windows: v.windows(family),
             device: device.clone(),
         })
     }
@@ -287,19 +464,60 @@ impl Vision {
         let (gh, gw) = (height / p, width / p);
         let patches = self.grid.patchify(chw, height, width);
         let n = gh * gw;
+        let unit = self.grid.merge * self.grid.merge;
         let x = Tensor::from_vec(patches, (n, ()), &self.device)?.to_dtype(dtype)?;
         let mut x = self.patch_embed.forward(&x)?;
-        let (cos, sin) = self.rotary(gh, gw)?;
-        for block in &self.blocks {
-            x = block.forward(&x, &cos, &sin)?;
+        let (mut cos, mut sin) = self.rotary(gh, gw)?;
+        let whole = [(0, n)];
+        // Qwen2.5-VL: merged tokens (each `unit` patches) regrouped window by window.
+        let windows = match &self.windows {
+            Some((side, full)) => {
+                let m = self.grid.merge;
+                let (order, lengths) = window_order(gh / m, gw / m, *side);
+                let rows: Vec<u32> = order
+                    .iter()
+                    .flat_map(|&u| (u * unit..(u + 1) * unit).map(|r| r as u32))
+                    .collect();
+                let rows = Tensor::from_vec(rows, n, &self.device)?;
+                x = x.index_select(&rows, 0)?;
+                cos = cos.index_select(&rows, 0)?;
+                sin = sin.index_select(&rows, 0)?;
+                let mut start = 0;
+                let spans: Vec<(usize, usize)> = lengths
+                    .iter()
+                    .map(|&l| {
+                        start += l * unit;
+                        (start - l * unit, l * unit)
+                    })
+                    .collect();
+                Some((order, spans, full))
+            }
+            None => None,
+        };
+        for (i, block) in self.blocks.iter().enumerate() {
+            let spans = match &windows {
+                Some((_, spans, full)) if !full.contains(&i) => &spans[..],
+                _ => &whole[..],
+            };
+            x = block.forward(&x, &cos, &sin, spans)?;
         }
-        let merged = self.grid.merge * self.grid.merge * x.dim(D::Minus1)?;
-        let x = self
-            .ln_q
-            .forward(&x)?
-            .reshape((n / (self.grid.merge * self.grid.merge), merged))?;
-        self.merge_out
-            .forward(&self.merge_in.forward(&x)?.gelu_erf()?)
+        let merged = unit * x.dim(D::Minus1)?;
+        let x = self.ln_q.forward(&x)?.reshape((n / unit, merged))?;
+        let out = self
+            .merge_out
+            .forward(&self.merge_in.forward(&x)?.gelu_erf()?)?;
+        match windows {
+            // Back to raster order: merged token order[j] is row j of `out`.
+            Some((order, _, _)) => {
+                let mut back = vec![0u32; order.len()];
+                for (j, &u) in order.iter().enumerate() {
+                    back[u] = j as u32;
+                }
+                let back = Tensor::from_vec(back, order.len(), &self.device)?;
+                out.index_select(&back, 0)
+            }
+            None => Ok(out),
+        }
     }
 }
 
@@ -320,12 +538,17 @@ impl Qwen2Vl {
                 "config.json does not describe a Qwen2-VL model: {e}"
             ))
         })?;
-        cfg.vision_config.check()?;
+        let family = match config.get("model_type").and_then(Value::as_str) {
+            Some("qwen2_5_vl") => Family::Qwen25Vl,
+            _ => Family::Qwen2Vl,
+        };
+        cfg.vision_config.check(family)?;
         let text = text_config(config)?;
-        if cfg.vision_config.hidden_size != text.hidden_size {
+        if cfg.vision_config.out(family) != text.hidden_size {
             return Err(EngineError::InvalidModel(format!(
-                "Qwen2-VL's merger projects to {} but the language model is {} wide",
-                cfg.vision_config.hidden_size, text.hidden_size
+                "the vision merger projects to {} but the language model is {} wide",
+                cfg.vision_config.out(family),
+                text.hidden_size
             )));
         }
         let device = ctx.device.clone();
@@ -341,7 +564,7 @@ impl Qwen2Vl {
                 "hub" => ("visual", "model"),
                 _ => ("model.visual", "model.language_model"),
             };
-            let vision = Vision::load(&cfg.vision_config, vb.pp(visual), &device)?;
+            let vision = Vision::load(&cfg.vision_config, family, vb.pp(visual), &device)?;
             let weights = decoder::Weights::load(&text, vb.pp(language), vb.pp("lm_head"))?;
             Ok((vision, weights))
         })?;
@@ -486,5 +709,23 @@ impl TextGenerator for Qwen2Vl {
         let tokens = grid.0 * grid.1;
         self.attached = Some((Tensor::cat(&features, 0).map_err(rt)?, vec![grid; n]));
         Ok(vec![tokens; n])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// transformers' get_vision_window_index for a 12x18-patch image (6x9 merged tokens,
+    /// windows of 2x2): the first merged tokens and every window's length.
+    #[test]
+    fn windows_follow_get_vision_window_index() {
+        let (order, lengths) = window_order(6, 9, 2);
+        assert_eq!(
+            order[..20],
+            [0, 1, 9, 10, 2, 3, 11, 12, 4, 5, 13, 14, 6, 7, 15, 16, 8, 17, 18, 19]
+        );
+        assert_eq!(lengths, [4, 4, 4, 4, 2, 4, 4, 4, 4, 2, 4, 4, 4, 4, 2]);
+        assert_eq!(order.len(), 54);
     }
 }
