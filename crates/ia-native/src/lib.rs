@@ -230,9 +230,11 @@ impl NativeEngine {
             },
         ) = (&model.source, at);
         self.supports(model.class, platform, capability)?;
-        // Quantised LLaMA/Qwen weights run with f32 activations; nothing else is quantised.
+        // Quantised LLaMA/Qwen weights run with f32 activations; nothing else is quantised
+        // (Qwen-VL neither: its q8_0 would otherwise run, and be recorded, as f32).
         let quantised_decoder = capability == Capability::Generate
             && matches!(model.class, ModelClass::Llama | ModelClass::Qwen)
+            && !models::qwen2_vl::is_qwen_vl(source.config())
             && models::quantized::ggml_dtype(precision).is_some();
         // bf16 BERT and ViT on the CPU: f32 weights and activations, bf16 products on AMX.
         let bf16_encoder = capability == Capability::Run

@@ -77,7 +77,7 @@ fn hardware_lists_all_eight_platforms() {
 fn models_lists_and_classifies() {
     let o = run(&["models", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v.as_array().unwrap().len(), 15);
+    assert_eq!(v.as_array().unwrap().len(), 16);
     let o = run(&["models", "classify", &fixture("vit-tiny")]);
     assert!(stdout(&o).contains("class=vit") && stdout(&o).contains("task=image-classification"));
 
@@ -1879,4 +1879,26 @@ fn the_compatibility_matrix_shows_every_class_on_cpu() {
         assert_eq!(cell["platform"], "cpu", "{cell}");
         assert_eq!(cell["status"], "pass", "{cell}");
     }
+}
+
+/// Qwen-VL has no quantised path: q8_0 is refused, not run (and recorded) as f32.
+#[test]
+fn qwen_vl_refuses_quantised_precisions() {
+    let o = run(&[
+        "generate",
+        "--model",
+        &fixture("qwen2-vl-tiny"),
+        "--image",
+        &fixture("media/photo.png"),
+        "--prompt",
+        "<|vision_start|><|image_pad|><|vision_end|>What?",
+        "--precision",
+        "q8_0",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("precision q8_0 is not available"),
+        "{}",
+        stderr(&o)
+    );
 }
