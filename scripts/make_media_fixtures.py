@@ -193,18 +193,29 @@ def tiny_bpe(out, specials):
     return tok
 
 
-def clip():
+def clip_tokenizer(out, eos_last=False):
+    """The tiny BPE with CLIP's <|startoftext|> ... <|endoftext|> around each text, saved to
+    `out`; eos_last gives end-of-text the highest id. Returns the tokenizer, its transformers
+    wrapper and the two ids."""
     from tokenizers import processors
-    from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
-    out = FIX / "clip-tiny"
-    out.mkdir(parents=True, exist_ok=True)
-    tok = tiny_bpe(out, ["<|startoftext|>", "<|endoftext|>"])
+    from transformers import PreTrainedTokenizerFast
+    tok = tiny_bpe(out, ["<|startoftext|>"] if eos_last else ["<|startoftext|>", "<|endoftext|>"])
+    if eos_last:
+        tok.add_special_tokens(["<|endoftext|>"])
     bos, eos = tok.token_to_id("<|startoftext|>"), tok.token_to_id("<|endoftext|>")
     tok.post_processor = processors.TemplateProcessing(
         single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>",
                                    eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     fast.save_pretrained(out)
+    return tok, fast, bos, eos
+
+
+def clip():
+    from transformers import CLIPConfig, CLIPModel
+    out = FIX / "clip-tiny"
+    out.mkdir(parents=True, exist_ok=True)
+    tok, fast, bos, eos = clip_tokenizer(out)
     torch.manual_seed(SEED)
     cfg = CLIPConfig(
         text_config=dict(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
@@ -743,20 +754,12 @@ def xclip():
     transformers' video processors sample them, VideoMAE's processor configured as
     microsoft/xclip-base-patch32's is, and logits_per_video for two clips (the sampled frames,
     and the same frames reversed) against XCLIP_TEXTS."""
-    from tokenizers import processors
-    from transformers import AutoImageProcessor, PreTrainedTokenizerFast, XCLIPConfig, XCLIPModel
+    from transformers import AutoImageProcessor, XCLIPConfig, XCLIPModel
     clip_frames()
     out = FIX / "xclip-tiny"
     out.mkdir(parents=True, exist_ok=True)
     # End-of-text the highest id, as in CLIP's vocabulary: XCLIPTextModel pools at the argmax.
-    tok = tiny_bpe(out, ["<|startoftext|>"])
-    tok.add_special_tokens(["<|endoftext|>"])
-    bos, eos = tok.token_to_id("<|startoftext|>"), tok.token_to_id("<|endoftext|>")
-    tok.post_processor = processors.TemplateProcessing(
-        single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>",
-                                   eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    fast.save_pretrained(out)
+    tok, fast, bos, eos = clip_tokenizer(out, eos_last=True)
     torch.manual_seed(SEED)
     cfg = XCLIPConfig(
         text_config=dict(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,

@@ -254,10 +254,7 @@ fn text_inputs(source: &ModelSource, spec: InputSpec) -> Result<Inputs, EngineEr
                 .ok_or_else(|| {
                     EngineError::InvalidModel("config has no positive vocab_size".into())
                 })?;
-            let mut rng = SplitMix64::new(0x5eed);
-            (0..spec.seq_len)
-                .map(|_| (rng.next_u64() % vocab) as u32)
-                .collect()
+            seeded_ids(&mut SplitMix64::new(0x5eed), vocab, spec.seq_len)
         }
     };
     check_token_ids(config, &ids)?;
@@ -275,6 +272,12 @@ fn text_inputs(source: &ModelSource, spec: InputSpec) -> Result<Inputs, EngineEr
         attention_mask: vec![1; batch * spec.seq_len],
         token_type_ids: vec![0; batch * spec.seq_len],
     })
+}
+
+/// `len` seeded token ids over a vocabulary of `vocab`: the text of a random-weight model
+/// that has no tokenizer.
+fn seeded_ids(rng: &mut SplitMix64, vocab: u64, len: usize) -> Vec<u32> {
+    (0..len).map(|_| (rng.next_u64() % vocab) as u32).collect()
 }
 
 /// Encodes the sample passage (repeated as needed) and cuts it to exactly `len` tokens, keeping
@@ -450,13 +453,7 @@ pub const VIDEO_LABELS: [&str; 3] = ["playing sports", "eating spaghetti", "go s
 /// processor; with [`VIDEO_LABELS`] to score (seeded ids over the vocabulary when a
 /// random-weight model has no tokenizer).
 fn video_inputs(model: &Model, batch: usize) -> Result<Inputs, EngineError> {
-    let frames = model
-        .source
-        .config()
-        .pointer("/vision_config/num_frames")
-        .and_then(Value::as_u64)
-        .unwrap_or(8)
-        .clamp(1, 64) as usize;
+    let frames = ia_models::defaults::video_frames(model.source.config()).clamp(1, 64);
     let picture = test_picture()?;
     let side = TEST_PICTURE_SIDE;
     let window = side - 8 * frames;
@@ -505,7 +502,7 @@ fn video_inputs(model: &Model, batch: usize) -> Result<Inputs, EngineError> {
             let mut rng = SplitMix64::new(0x5eed);
             VIDEO_LABELS
                 .iter()
-                .map(|_| (0..8).map(|_| (rng.next_u64() % vocab) as u32).collect())
+                .map(|_| seeded_ids(&mut rng, vocab, 8))
                 .collect()
         }
     };

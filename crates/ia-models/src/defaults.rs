@@ -19,6 +19,14 @@ fn llama_defaults() -> [(&'static str, Value); 7] {
     ]
 }
 
+/// Frames of a video model's clip: `vision_config.num_frames`, else XCLIPVisionConfig's 8.
+pub fn video_frames(config: &Value) -> usize {
+    config
+        .pointer("/vision_config/num_frames")
+        .and_then(Value::as_u64)
+        .unwrap_or(8) as usize
+}
+
 /// Fills the defaults of LLaVA's `text_config` (a LLaMA unless it says otherwise).
 pub fn complete(config: &mut Value) {
     let llava = matches!(

@@ -122,11 +122,7 @@ fn tower_positions(
 /// Rows the tower runs per input: an X-CLIP clip's frames.
 fn rows_per_input(config: &Value, class: ModelClass) -> usize {
     match class {
-        ModelClass::Xclip => config
-            .pointer("/vision_config/num_frames")
-            .and_then(Value::as_u64)
-            .unwrap_or(8)
-            .max(1) as usize,
+        ModelClass::Xclip => ia_models::defaults::video_frames(config).max(1),
         _ => 1,
     }
 }

@@ -470,26 +470,14 @@ impl Pipeline {
         opts: &TaskOptions,
         t0: Instant,
     ) -> Result<TaskResult, TaskError> {
-        let frames = self
-            .model
-            .source
-            .config()
-            .pointer("/vision_config/num_frames")
-            .and_then(Value::as_u64)
-            .unwrap_or(8) as usize;
+        let frames = ia_models::defaults::video_frames(self.model.source.config());
         let clip = ia_preprocess::video::open(path, frames)?;
         let pixels = self.image_processor()?.process(&clip.frames)?;
         let [_, c, h, w] = pixels.shape;
         let texts = if opts.labels.is_empty() {
             None
         } else {
-            let template = opts.hypothesis_template.as_deref().unwrap_or("{}");
-            let texts: Vec<String> = opts
-                .labels
-                .iter()
-                .map(|l| template.replace("{}", l))
-                .collect();
-            Some(Box::new(self.tokenize_all(&texts)?))
+            Some(Box::new(self.tokenize_labels(opts, "{}")?))
         };
         let scored = texts.is_some();
         let inputs = Inputs::Video {
@@ -506,11 +494,7 @@ impl Pipeline {
                 .get("logits_per_video")
                 .ok_or(missing("logits_per_video"))?
                 .to_f32_vec()?;
-            labels(
-                softmax(&logits),
-                &opts.labels,
-                opts.top_k.max(opts.labels.len()),
-            )
+            scored_labels(&logits, opts)
         } else {
             embedding("video", &out)?
         };
@@ -525,16 +509,7 @@ impl Pipeline {
         opts: &TaskOptions,
         t0: Instant,
     ) -> Result<TaskResult, TaskError> {
-        let template = opts
-            .hypothesis_template
-            .as_deref()
-            .unwrap_or(default_template);
-        let texts: Vec<String> = opts
-            .labels
-            .iter()
-            .map(|l| template.replace("{}", l))
-            .collect();
-        let text = self.tokenize_all(&texts)?;
+        let text = self.tokenize_labels(opts, default_template)?;
         let preprocess_ms = ms(t0);
         let t1 = Instant::now();
         let img = self.forward(&media)?;
@@ -553,16 +528,36 @@ impl Pipeline {
             .chunks(i.len())
             .map(|row| scale * unit(row).iter().zip(&i).map(|(a, b)| a * b).sum::<f32>())
             .collect();
-        Ok(self.result(
-            labels(
-                softmax(&logits),
-                &opts.labels,
-                opts.top_k.max(opts.labels.len()),
-            ),
-            preprocess_ms,
-            inference_ms,
-        ))
+        Ok(self.result(scored_labels(&logits, opts), preprocess_ms, inference_ms))
     }
+
+    /// The labels as texts to score (the hypothesis template, else `default_template`,
+    /// with `{}` as the label), tokenised as one batch.
+    fn tokenize_labels(
+        &self,
+        opts: &TaskOptions,
+        default_template: &str,
+    ) -> Result<Inputs, TaskError> {
+        let template = opts
+            .hypothesis_template
+            .as_deref()
+            .unwrap_or(default_template);
+        let texts: Vec<String> = opts
+            .labels
+            .iter()
+            .map(|l| template.replace("{}", l))
+            .collect();
+        self.tokenize_all(&texts)
+    }
+}
+
+/// Zero-shot scores: the softmax of the labels' logits, every label listed.
+fn scored_labels(logits: &[f32], opts: &TaskOptions) -> TaskOutput {
+    labels(
+        softmax(logits),
+        &opts.labels,
+        opts.top_k.max(opts.labels.len()),
+    )
 }
 
 /// transformers' `post_process_object_detection`: softmax over classes, the best real class

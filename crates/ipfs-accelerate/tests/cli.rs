@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{bin, csv, fixture, query, run, stderr, stdout};
+use common::{bin, csv, fixture, query, run, stderr, stdout, QUICK};
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -1836,31 +1836,29 @@ fn the_compatibility_matrix_shows_every_class_on_cpu() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("m.duckdb");
     let db = db.to_str().unwrap();
-    let o = run(&[
-        "bench",
-        "--models",
-        &models.join(","),
-        "--hardware",
-        "cpu",
-        "--batch-sizes",
-        "1",
-        "--seq-len",
-        "16",
-        "--new-tokens",
-        "4",
-        "--audio-seconds",
-        "1",
-        "--warmup",
-        "0",
-        "--min-iterations",
-        "1",
-        "--min-duration",
-        "0",
-        "--max-iterations",
-        "2",
-        "--db-path",
-        db,
-    ]);
+    let models = models.join(",");
+    let o = bin()
+        .args([
+            "bench",
+            "--models",
+            &models,
+            "--hardware",
+            "cpu",
+            "--db-path",
+            db,
+        ])
+        .args(QUICK)
+        .args([
+            "--seq-len",
+            "16",
+            "--new-tokens",
+            "4",
+            "--audio-seconds",
+            "1",
+        ])
+        .args(["--max-iterations", "2"])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let o = run(&[
         "db",

@@ -488,7 +488,6 @@ fn normalise(x: &Tensor) -> candle_core::Result<Tensor> {
 
 pub struct XclipSession {
     model: Model,
-    frames: usize,
     device: Device,
     dtype: DType,
     info: SessionInfo,
@@ -505,7 +504,6 @@ impl XclipSession {
         )?;
         Ok(Box::new(Self {
             model,
-            frames: cfg.vision_config.num_frames,
             device: ctx.device,
             dtype: ctx.dtype,
             info,
@@ -530,10 +528,10 @@ impl Session for XclipSession {
             ));
         };
         let [videos, frames, c, h, w] = *shape;
-        if frames != self.frames {
+        if frames != self.model.vision.frames {
             return Err(EngineError::InvalidInput(format!(
                 "X-CLIP was trained on clips of {} frames; got {frames}",
-                self.frames
+                self.model.vision.frames
             )));
         }
         let pixels = Tensor::from_slice(pixel_values, (videos * frames, c, h, w), &self.device)
