@@ -5,7 +5,7 @@ reference transcription of the real whisper-tiny.en checkpoint.
 
     ~/.cache/ipfs-accelerate/pyref/bin/python scripts/make_media_fixtures.py [part ...]
 
-parts: media preprocess clip whisper wav2vec2 detr clap llava llava-next anyres xclip qwen2-vl qwen2.5-vl
+parts: media preprocess clip whisper wav2vec2 detr clap llava llava-next anyres xclip qwen2-vl qwen2.5-vl qwen3-vl
 whisper-real
 whisper-pipeline (default: all). `media` needs
 espeak-ng and sox (apt-get install espeak-ng sox); `whisper-real` needs the checkpoint that
@@ -668,16 +668,24 @@ def qwen2_5_vl():
     qwen_vl("qwen2_5_vl")
 
 
+def qwen3_vl():
+    qwen_vl("qwen3_vl")
+
+
 def qwen_vl(kind):
-    """Tiny Qwen2-VL or Qwen2.5-VL (kind): a 2-block vision transformer (4-pixel patches, 2x2 merge, 2D rotary) and
-    a Qwen2 language model with M-RoPE (sections 2, 3, 3); the image processor's smart resize
-    bounded to 256..4096 pixels. Qwen2.5-VL's tower has RMSNorm, a gated SiLU MLP and window
-    attention (2x2 merged tokens per window, block 0 windowed, block 1 full). References as
-    llava's, plus the patch grid."""
+    """Tiny Qwen2-VL, Qwen2.5-VL or Qwen3-VL (kind): a 2-block vision transformer (4-pixel patches, 2x2 merge,
+    2D rotary) and a Qwen2 language model with M-RoPE (sections 2, 3, 3); the image processor's
+    smart resize bounded to 256..4096 pixels. Qwen2.5-VL's tower has RMSNorm, a gated SiLU MLP
+    and window attention (2x2 merged tokens per window, block 0 windowed, block 1 full).
+    Qwen3-VL's has 3 blocks, a learned 4x4 position grid resampled to each image, and DeepStack
+    features from blocks 0 and 1 added to the outputs of the language model's first two layers,
+    a Qwen3 decoder (q/k norms) whose M-RoPE interleaves the axes; its processor normalises with
+    mean and std 0.5 as Qwen3-VL's does. References as llava's, plus the patch grid."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
-                              Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil)
-    out = FIX / ("qwen2-vl-tiny" if kind == "qwen2_vl" else "qwen2.5-vl-tiny")
+                              Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil,
+                              Qwen3VLConfig, Qwen3VLForConditionalGeneration)
+    out = FIX / {"qwen2_vl": "qwen2-vl-tiny", "qwen2_5_vl": "qwen2.5-vl-tiny", "qwen3_vl": "qwen3-vl-tiny"}[kind]
     out.mkdir(parents=True, exist_ok=True)
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                 "<|image_pad|>", "<|video_pad|>"]
@@ -694,17 +702,27 @@ def qwen_vl(kind):
         config_class, model_class = Qwen2VLConfig, Qwen2VLForConditionalGeneration
         vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=4, mlp_ratio=2, patch_size=4,
                       spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
-    else:
+    elif kind == "qwen2_5_vl":
         config_class, model_class = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
         vision = dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=48, num_heads=4,
                       patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
                       window_size=16, fullatt_block_indexes=[1])
+    else:
+        config_class, model_class = Qwen3VLConfig, Qwen3VLForConditionalGeneration
+        vision = dict(depth=3, hidden_size=32, out_hidden_size=64, intermediate_size=48, num_heads=4,
+                      patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+                      num_position_embeddings=16, deepstack_visual_indexes=[0, 1], hidden_act="gelu_pytorch_tanh")
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    text = {}
+    if kind == "qwen3_vl":
+        rope["mrope_interleaved"] = True
+        text["head_dim"] = 16  # Qwen3VLTextConfig's default is 128
     cfg = config_class(
-        text_config=dict(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128,
+        text_config=dict(**text, vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=256, bos_token_id=ids["<|endoftext|>"],
                          eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
+                         rope_parameters=rope),
         vision_config=vision,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
@@ -713,8 +731,10 @@ def qwen_vl(kind):
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(out, safe_serialization=True)
     mark_random(out)
+    # Qwen3-VL's checkpoints normalise with mean and std 0.5.
+    norm = dict(image_mean=[0.5] * 3, image_std=[0.5] * 3) if kind == "qwen3_vl" else {}
     images = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
-                                      min_pixels=256, max_pixels=4096)
+                                      min_pixels=256, max_pixels=4096, **norm)
     proc = Qwen2VLProcessorShim(images, fast, "<|image_pad|>")
     fast.save_pretrained(out)
     cfgd = images.to_dict()
@@ -801,7 +821,8 @@ def xclip():
 
 PARTS = {"media": media, "preprocess": preprocess, "clip": clip, "whisper": whisper,
          "wav2vec2": wav2vec2, "detr": detr, "clap": clap, "llava": llava, "llava-next": llava_next,
-         "anyres": anyres, "xclip": xclip, "qwen2-vl": qwen2_vl, "qwen2.5-vl": qwen2_5_vl, "whisper-real": whisper_real,
+         "anyres": anyres, "xclip": xclip, "qwen2-vl": qwen2_vl, "qwen2.5-vl": qwen2_5_vl, "qwen3-vl": qwen3_vl,
+         "whisper-real": whisper_real,
          "whisper-pipeline": whisper_pipeline_cases}
 
 if __name__ == "__main__":

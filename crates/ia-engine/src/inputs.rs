@@ -247,13 +247,9 @@ fn text_inputs(source: &ModelSource, spec: InputSpec) -> Result<Inputs, EngineEr
         Some(path) => tokenize_to_length(path, spec.seq_len)?,
         None => {
             // No tokenizer (random-weight model from a config): seeded ids over the vocabulary.
-            let vocab = config
-                .get("vocab_size")
-                .and_then(Value::as_u64)
-                .filter(|&v| v > 0)
-                .ok_or_else(|| {
-                    EngineError::InvalidModel("config has no positive vocab_size".into())
-                })?;
+            let vocab = vocab_size(config).filter(|&v| v > 0).ok_or_else(|| {
+                EngineError::InvalidModel("config has no positive vocab_size".into())
+            })?;
             seeded_ids(&mut SplitMix64::new(0x5eed), vocab, spec.seq_len)
         }
     };
@@ -336,11 +332,7 @@ const MAX_SAMPLE_BYTES: usize = 64 << 20;
 /// Token ids a tokenizer produced must index the model's embedding table (a tokenizer from
 /// another checkpoint can produce ids past its vocabulary).
 pub fn check_token_ids(config: &Value, ids: &[u32]) -> Result<(), EngineError> {
-    let vocab = config
-        .get("vocab_size")
-        .or_else(|| config.get("text_config")?.get("vocab_size"))
-        .and_then(Value::as_u64);
-    if let Some(vocab) = vocab {
+    if let Some(vocab) = vocab_size(config) {
         if let Some(&id) = ids.iter().find(|&&id| u64::from(id) >= vocab) {
             return Err(EngineError::InvalidModel(format!(
                 "the tokenizer produces token id {id}, outside the model's vocabulary (vocab_size {vocab})"
@@ -348,6 +340,14 @@ pub fn check_token_ids(config: &Value, ids: &[u32]) -> Result<(), EngineError> {
         }
     }
     Ok(())
+}
+
+/// The vocabulary's size: the config's, or its text model's (multimodal configs).
+fn vocab_size(config: &Value) -> Option<u64> {
+    config
+        .get("vocab_size")
+        .or_else(|| config.get("text_config")?.get("vocab_size"))
+        .and_then(Value::as_u64)
 }
 
 /// The largest batch any input generator makes.
@@ -395,16 +395,24 @@ pub fn image_processor(model: &Model) -> Result<ImageProcessor, EngineError> {
             "image_processor_type": "CLIPImageProcessor",
             "size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}
         }),
-        // Qwen2-VL-2B-Instruct's preprocessor_config.json, at the model's patch layout.
+        // Qwen2-VL-2B-Instruct's preprocessor_config.json (Qwen3-VL-2B-Instruct's: a larger
+        // pixel budget, mean and std 0.5), at the model's patch layout.
         ModelClass::Qwen => {
             let v = config.get("vision_config").unwrap_or(config);
-            serde_json::json!({
+            let mut processor = serde_json::json!({
                 "image_processor_type": "Qwen2VLImageProcessor",
                 "min_pixels": 3136, "max_pixels": 12845056,
                 "patch_size": v.get("patch_size").cloned().unwrap_or(Value::from(14)),
                 "merge_size": v.get("spatial_merge_size").cloned().unwrap_or(Value::from(2)),
                 "temporal_patch_size": v.get("temporal_patch_size").cloned().unwrap_or(Value::from(2))
-            })
+            });
+            if config.get("model_type").and_then(Value::as_str) == Some("qwen3_vl") {
+                processor["min_pixels"] = 65536.into();
+                processor["max_pixels"] = 16777216.into();
+                processor["image_mean"] = serde_json::json!([0.5, 0.5, 0.5]);
+                processor["image_std"] = serde_json::json!([0.5, 0.5, 0.5]);
+            }
+            processor
         }
         ModelClass::LlavaNext => serde_json::json!({
             "image_processor_type": "LlavaNextImageProcessor",

@@ -279,6 +279,17 @@ pub static CATALOG: &[CatalogEntry] = &[
         Some(include_str!("configs/Qwen2.5-VL-3B-Instruct.json"))
     ),
     entry!(
+        "qwen3-vl",
+        "Qwen/Qwen3-VL-2B-Instruct",
+        Qwen,
+        "multimodal",
+        "image-text-to-text",
+        Multimodal,
+        "Qwen/Qwen3-VL-2B-Instruct",
+        Some(include_str!("configs/Qwen3-VL-2B-Instruct.json")),
+        Some(include_str!("configs/Qwen3-VL-2B-Instruct.json"))
+    ),
+    entry!(
         "qwen3",
         "Qwen/Qwen3-0.6B",
         Qwen,

@@ -400,6 +400,11 @@ fn qwen2_5_vl_tiny_matches_transformers() {
 }
 
 #[test]
+fn qwen3_vl_tiny_matches_transformers() {
+    check_image_text_generation("qwen3-vl-tiny");
+}
+
+#[test]
 fn llava_next_tiny_matches_transformers() {
     check_image_text_generation("llava-next-tiny");
 }

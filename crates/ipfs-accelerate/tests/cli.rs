@@ -77,7 +77,7 @@ fn hardware_lists_all_eight_platforms() {
 fn models_lists_and_classifies() {
     let o = run(&["models", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v.as_array().unwrap().len(), 16);
+    assert_eq!(v.as_array().unwrap().len(), 17);
     let o = run(&["models", "classify", &fixture("vit-tiny")]);
     assert!(stdout(&o).contains("class=vit") && stdout(&o).contains("task=image-classification"));
 
@@ -1808,7 +1808,7 @@ fn runs_are_compared_and_series_have_their_change_points() {
     assert!(!o.status.success() && stderr(&o).contains("not a probability"));
 }
 
-/// The seeds' 13 classes (OPT and LLaMA one class; Qwen2, Qwen3, Qwen2-VL and Qwen2.5-VL one) each
+/// The seeds' 13 classes (OPT and LLaMA one class; Qwen2, Qwen3 and the three Qwen-VL one) each
 /// measured on the CPU: one fixture per architecture through `bench`, every cell of the compatibility matrix
 /// a pass.
 #[test]
@@ -1830,6 +1830,7 @@ fn the_compatibility_matrix_shows_every_class_on_cpu() {
         "qwen3-tiny",
         "qwen2-vl-tiny",
         "qwen2.5-vl-tiny",
+        "qwen3-vl-tiny",
         "detr-tiny",
     ];
     let models: Vec<String> = fixtures.iter().map(|f| fixture(f)).collect();

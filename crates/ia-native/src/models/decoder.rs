@@ -79,6 +79,9 @@ pub struct RopeScaling {
     /// height and width position of a token.
     #[serde(default)]
     pub mrope_section: Option<Vec<usize>>,
+    /// Qwen3-VL's layout of those pairs: the axes take turns instead of following each other.
+    #[serde(default)]
+    pub mrope_interleaved: Option<bool>,
 }
 
 impl Config {
@@ -147,6 +150,32 @@ impl Config {
                 self.head_dim() / 2
             ))),
         }
+    }
+
+    /// Which position (0 temporal, 1 height, 2 width) turns each frequency pair under M-RoPE:
+    /// consecutive sections (Qwen2-VL's `recomposition_frequencies`), or interleaved, pair
+    /// 3i + 1 following the height and 3i + 2 the width while their sections last (Qwen3-VL's,
+    /// whose text model always interleaves).
+    pub(crate) fn mrope_axes(&self) -> Result<Option<Vec<u8>>, EngineError> {
+        let Some([t, h, w]) = self.mrope()? else {
+            return Ok(None);
+        };
+        let interleaved = self
+            .rope_scaling
+            .as_ref()
+            .and_then(|r| r.mrope_interleaved)
+            .unwrap_or(self.model_type.starts_with("qwen3_vl"));
+        let axes = (0..t + h + w)
+            .map(|j| match interleaved {
+                true if j % 3 == 1 && j < 3 * h => 1,
+                true if j % 3 == 2 && j < 3 * w => 2,
+                true => 0,
+                false if j < t => 0,
+                false if j < t + h => 1,
+                false => 2,
+            })
+            .collect();
+        Ok(Some(axes))
     }
 
     fn kv_heads(&self) -> usize {
@@ -235,7 +264,8 @@ impl Attention {
         let (h, kv, d) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
         // Qwen2's and Qwen2-VL's (qwen2_vl, qwen2_vl_text) q/k/v projections have biases.
         let qkv_bias = cfg.attention_bias || cfg.model_type.starts_with("qwen2");
-        let qwen3 = cfg.model_type == "qwen3";
+        // Qwen3's and Qwen3-VL's (qwen3_vl_text) heads are RMS-normalised.
+        let qwen3 = cfg.model_type.starts_with("qwen3");
         let norm = |name: &str| -> candle_core::Result<Option<RmsNorm>> {
             qwen3
                 .then(|| candle_nn::rms_norm(d, cfg.rms_norm_eps, vb.pp(name)))
@@ -417,8 +447,9 @@ pub struct Decoder {
     /// [max positions, d/2] cos and sin of every position.
     cos: Tensor,
     sin: Tensor,
-    /// M-RoPE sections (Qwen2-VL), see [`Config::mrope`].
-    mrope: Option<[usize; 3]>,
+    /// M-RoPE (Qwen2-VL): the position that turns each frequency pair, see
+    /// [`Config::mrope_axes`].
+    mrope: Option<Vec<u8>>,
     sequences: HashMap<SequenceId, SequenceCache>,
     next_id: u64,
     /// The sequences of the `TextGenerator` interface's current batch, in order.
@@ -428,6 +459,22 @@ pub struct Decoder {
     info: SessionInfo,
     device: Device,
     weight_bytes: u64,
+}
+
+/// Prompts that enter the decoder as embeddings rather than tokens (a multimodal model's
+/// image features in place of its image tokens).
+pub(crate) struct Embedded {
+    /// [all prompts' tokens, hidden], in order.
+    pub(crate) embeds: Tensor,
+    /// Qwen3-VL's DeepStack: features added to the outputs of the first layers.
+    pub(crate) deepstack: Option<Deepstack>,
+}
+
+/// `_deepstack_process`: after layer i, `layers[i]` ([rows, hidden]) is added at `rows`
+/// (the image tokens' places among all the prompts' tokens).
+pub(crate) struct Deepstack {
+    pub(crate) rows: Tensor,
+    pub(crate) layers: Vec<Tensor>,
 }
 
 /// First cache size of a sequence (positions); it grows by this much when full.
@@ -526,7 +573,7 @@ impl Decoder {
             lm_head,
             cos,
             sin,
-            mrope: cfg.mrope()?,
+            mrope: cfg.mrope_axes()?,
             sequences: HashMap::new(),
             next_id: 0,
             batch: Vec::new(),
@@ -552,7 +599,11 @@ impl Decoder {
         prompts: &[Vec<u32>],
         inputs_embeds: Tensor,
     ) -> Result<Vec<Vec<f32>>, EngineError> {
-        self.start_batch(prompts, Some(inputs_embeds), None)
+        let embedded = Embedded {
+            embeds: inputs_embeds,
+            deepstack: None,
+        };
+        self.start_batch(prompts, Some(embedded), None)
     }
 
     /// [`Self::prefill_embedded`] with each prompt token's (temporal, height, width) rotary
@@ -560,7 +611,7 @@ impl Decoder {
     pub(crate) fn prefill_embedded_at(
         &mut self,
         prompts: &[Vec<u32>],
-        inputs_embeds: Tensor,
+        inputs_embeds: Embedded,
         positions: &[Vec<[u32; 3]>],
     ) -> Result<Vec<Vec<f32>>, EngineError> {
         if self.mrope.is_none() {
@@ -574,7 +625,7 @@ impl Decoder {
     fn start_batch(
         &mut self,
         prompts: &[Vec<u32>],
-        inputs_embeds: Option<Tensor>,
+        inputs_embeds: Option<Embedded>,
         positions: Option<&[Vec<[u32; 3]>]>,
     ) -> Result<Vec<Vec<f32>>, EngineError> {
         for id in std::mem::take(&mut self.batch) {
@@ -593,7 +644,7 @@ impl Decoder {
         &mut self,
         start: &[&[u32]],
         steps: &[(SequenceId, u32)],
-        inputs_embeds: Option<Tensor>,
+        inputs_embeds: Option<Embedded>,
         start_positions: Option<&[Vec<[u32; 3]>]>,
     ) -> Result<(Vec<(SequenceId, Vec<f32>)>, Vec<Vec<f32>>), EngineError> {
         let ids: Vec<SequenceId> = start.iter().map(|_| self.new_sequence()).collect();
@@ -632,7 +683,7 @@ impl Decoder {
     fn forward(
         &mut self,
         work: &[(SequenceId, &[u32])],
-        inputs_embeds: Option<Tensor>,
+        inputs_embeds: Option<Embedded>,
         start_positions: Option<&[Vec<[u32; 3]>]>,
     ) -> Result<Vec<Vec<f32>>, EngineError> {
         let mut rows = Vec::with_capacity(work.len());
@@ -710,8 +761,7 @@ impl Decoder {
     }
 
     /// The cos and sin rows of each token's rotary position: [tokens, d/2]. With M-RoPE,
-    /// the first section of frequency pairs turns with the temporal position, the next with
-    /// the height and the last with the width (Qwen2-VL's `recomposition_frequencies`).
+    /// each frequency pair turns with the position of its axis (`recomposition_frequencies`).
     fn rotary_rows(&self, positions: &[[u32; 3]]) -> candle_core::Result<(Tensor, Tensor)> {
         let count = positions.len();
         let gather = |part: usize| -> candle_core::Result<(Tensor, Tensor)> {
@@ -723,18 +773,23 @@ impl Decoder {
             ))
         };
         let uniform = positions.iter().all(|p| p[0] == p[1] && p[1] == p[2]);
-        let Some(section) = self.mrope.filter(|_| !uniform) else {
+        let Some(axes) = self.mrope.as_ref().filter(|_| !uniform) else {
             return gather(0);
         };
+        // One column gather from the three axes' tables side by side.
+        let half = axes.len();
+        let columns: Vec<u32> = axes
+            .iter()
+            .enumerate()
+            .map(|(j, &axis)| (axis as usize * half + j) as u32)
+            .collect();
+        let columns = Tensor::from_vec(columns, half, &self.device)?;
         let parts = [gather(0)?, gather(1)?, gather(2)?];
-        let mut start = 0;
-        let (mut cos, mut sin) = (Vec::new(), Vec::new());
-        for (part, &width) in parts.iter().zip(&section) {
-            cos.push(part.0.narrow(1, start, width)?);
-            sin.push(part.1.narrow(1, start, width)?);
-            start += width;
-        }
-        Ok((Tensor::cat(&cos, 1)?, Tensor::cat(&sin, 1)?))
+        let pick = |tables: [&Tensor; 3]| Tensor::cat(&tables, 1)?.index_select(&columns, 1);
+        Ok((
+            pick([&parts[0].0, &parts[1].0, &parts[2].0])?,
+            pick([&parts[0].1, &parts[1].1, &parts[2].1])?,
+        ))
     }
 
     fn compute(
@@ -742,7 +797,7 @@ impl Decoder {
         work: &[(SequenceId, &[u32])],
         rows: &[Row],
         positions: &[[u32; 3]],
-        inputs_embeds: Option<Tensor>,
+        inputs_embeds: Option<Embedded>,
     ) -> candle_core::Result<Vec<Vec<f32>>> {
         let tokens: Vec<u32> = work.iter().flat_map(|(_, t)| t.iter().copied()).collect();
         let count = tokens.len();
@@ -753,15 +808,17 @@ impl Decoder {
             cos: cos.reshape((count, 1, half))?,
             sin: sin.reshape((count, 1, half))?,
         };
-        let mut x = match inputs_embeds {
-            Some(x) if x.dims() == [count, self.embed_tokens.hidden_size()] => x,
-            Some(x) => {
+        let (mut x, deepstack) = match inputs_embeds {
+            Some(e) if e.embeds.dims() == [count, self.embed_tokens.hidden_size()] => {
+                (e.embeds, e.deepstack)
+            }
+            Some(e) => {
                 return Err(candle_core::Error::Msg(format!(
                     "input embeddings of shape {:?} for {count} tokens",
-                    x.dims()
+                    e.embeds.dims()
                 )))
             }
-            None => self.embed_tokens.forward(&ids)?,
+            None => (self.embed_tokens.forward(&ids)?, None),
         };
         // Each sequence's cache, in the order of `work` (ids are distinct: checked by callers).
         let mut caches: Vec<&mut SequenceCache> = Vec::with_capacity(work.len());
@@ -786,6 +843,12 @@ impl Decoder {
                 .mlp
                 .forward(&layer.post_attention_layernorm.forward(&x)?)?;
             x = (x + h)?;
+            if let Some(add) = deepstack
+                .as_ref()
+                .and_then(|d| Some((&d.rows, d.layers.get(l)?)))
+            {
+                x = x.index_add(add.0, &add.1.to_dtype(x.dtype())?, 0)?;
+            }
         }
         // Only each sequence's last token needs logits.
         let last: Vec<u32> = rows.iter().map(|r| (r.offset + r.len - 1) as u32).collect();

@@ -1,5 +1,6 @@
-//! Qwen2-VL and Qwen2.5-VL (transformers' `Qwen2VLForConditionalGeneration`,
-//! `Qwen2_5_VLForConditionalGeneration`: `modeling_qwen2_vl.py`, `modeling_qwen2_5_vl.py`).
+//! Qwen2-VL, Qwen2.5-VL and Qwen3-VL (transformers' `Qwen2VLForConditionalGeneration`,
+//! `Qwen2_5_VLForConditionalGeneration`, `Qwen3VLForConditionalGeneration`:
+//! `modeling_qwen2_vl.py`, `modeling_qwen2_5_vl.py`, `modeling_qwen3_vl.py`).
 //!
 //! Images come at their own resolution (the processor's `smart_resize`), cut into patches
 //! whose 2 x 2 blocks the vision transformer merges into one language-model token. The
@@ -9,11 +10,16 @@
 //! rows and columns, and the tokens after continue from the largest (`get_rope_index`).
 //! Qwen2.5-VL's tower differs in its blocks (RMSNorm, a gated SiLU MLP) and attends within
 //! windows of merged tokens except in its `fullatt_block_indexes` (`get_vision_window_index`).
+//! Qwen3-VL's tower adds a learned grid of position embeddings, resampled to each image's
+//! patch grid, and DeepStack: features of some blocks, merged like the last one's, are added
+//! to the image tokens' hidden states after the language model's first layers; its language
+//! model is a Qwen3 decoder whose M-RoPE interleaves the three axes.
 
+use super::decoder::{Deepstack, Embedded};
 use super::llava::{layout, merge_image_features};
 use super::{decoder, LoadContext};
 use crate::rt;
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{layer_norm, linear, rms_norm, LayerNorm, Linear, RmsNorm, VarBuilder};
 use candle_transformers::models::clip::text_model::Activation as ClipActivation;
 use ia_engine::generation::ImageBatch;
@@ -58,13 +64,21 @@ pub struct VisionConfig {
     pub fullatt_block_indexes: Option<Vec<usize>>,
     #[serde(default)]
     pub rope_parameters: Option<Value>,
+    /// Qwen3-VL: the learned position grid (a square of this many), and the blocks whose
+    /// outputs feed DeepStack.
+    #[serde(default)]
+    pub num_position_embeddings: Option<usize>,
+    #[serde(default)]
+    pub deepstack_visual_indexes: Option<Vec<usize>>,
 }
 
-/// Which tower: the two differ in their blocks and in window attention.
+/// Which tower: they differ in their blocks, window attention, position embeddings and
+/// DeepStack.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Family {
-    Qwen2Vl,
-    Qwen25Vl,
+    Qwen2,
+    Qwen25,
+    Qwen3,
 }
 
 // Qwen2VLVisionConfig's defaults (Qwen2-VL-7B's tower).
@@ -89,12 +103,28 @@ fn default_merge() -> usize {
 fn default_temporal() -> usize {
     2
 }
-/// Qwen2-VL and Qwen2.5-VL checkpoints, which this file runs (Qwen3-VL is not implemented).
+/// Qwen2-VL, Qwen2.5-VL and Qwen3-VL checkpoints, which this file runs.
 pub fn is_qwen_vl(config: &Value) -> bool {
-    matches!(
-        config.get("model_type").and_then(Value::as_str),
-        Some("qwen2_vl" | "qwen2_5_vl")
-    )
+    Family::of(config).is_some()
+}
+
+impl Family {
+    fn of(config: &Value) -> Option<Self> {
+        match config.get("model_type").and_then(Value::as_str)? {
+            "qwen2_vl" => Some(Family::Qwen2),
+            "qwen2_5_vl" => Some(Family::Qwen25),
+            "qwen3_vl" => Some(Family::Qwen3),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Family::Qwen2 => "Qwen2-VL",
+            Family::Qwen25 => "Qwen2.5-VL",
+            Family::Qwen3 => "Qwen3-VL",
+        }
+    }
 }
 
 fn default_image_token() -> u32 {
@@ -112,37 +142,58 @@ impl VisionConfig {
     /// The tower's width.
     fn width(&self, family: Family) -> usize {
         match family {
-            Family::Qwen2Vl => self.embed_dim.unwrap_or(1280),
-            Family::Qwen25Vl => self.hidden_size,
+            Family::Qwen2 => self.embed_dim.unwrap_or(1280),
+            Family::Qwen25 | Family::Qwen3 => self.hidden_size,
         }
     }
 
     /// The language model's width, which the merger projects to.
     fn out(&self, family: Family) -> usize {
         match family {
-            Family::Qwen2Vl => self.hidden_size,
-            Family::Qwen25Vl => self.out_hidden_size.unwrap_or(3584),
+            Family::Qwen2 => self.hidden_size,
+            Family::Qwen25 | Family::Qwen3 => self.out_hidden_size.unwrap_or(3584),
         }
     }
 
     fn mlp_width(&self, family: Family) -> usize {
         match family {
-            Family::Qwen2Vl => (self.width(family) as f64 * self.mlp_ratio) as usize,
-            Family::Qwen25Vl => self.intermediate_size.unwrap_or(3420),
+            Family::Qwen2 => (self.width(family) as f64 * self.mlp_ratio) as usize,
+            Family::Qwen25 => self.intermediate_size.unwrap_or(3420),
+            Family::Qwen3 => self.intermediate_size.unwrap_or(4304),
+        }
+    }
+
+    /// The MLP's activation, the one each tower implements.
+    fn expected_act(family: Family) -> &'static str {
+        match family {
+            Family::Qwen2 => "quick_gelu",
+            Family::Qwen25 => "silu",
+            Family::Qwen3 => "gelu_pytorch_tanh",
         }
     }
 
     fn act(&self, family: Family) -> &str {
-        match (&self.hidden_act, family) {
-            (Some(a), _) => a,
-            (None, Family::Qwen2Vl) => "quick_gelu",
-            (None, Family::Qwen25Vl) => "silu",
-        }
+        self.hidden_act
+            .as_deref()
+            .unwrap_or(Self::expected_act(family))
+    }
+
+    /// Qwen3-VL: the learned position grid's side, and the DeepStack blocks.
+    fn qwen3_extras(&self, family: Family) -> Option<(usize, Vec<usize>)> {
+        (family == Family::Qwen3).then(|| {
+            let count = self.num_position_embeddings.unwrap_or(2304);
+            let side = (count as f64).sqrt() as usize;
+            let deepstack = self
+                .deepstack_visual_indexes
+                .clone()
+                .unwrap_or_else(|| vec![8, 16, 24]);
+            (side, deepstack)
+        })
     }
 
     /// Qwen2.5-VL's windows: merged tokens per window side, and the full-attention blocks.
     fn windows(&self, family: Family) -> Option<(usize, Vec<usize>)> {
-        (family == Family::Qwen25Vl).then(|| {
+        (family == Family::Qwen25).then(|| {
             let side = self.window_size.unwrap_or(112) / self.spatial_merge_size / self.patch_size;
             let full = self
                 .fullatt_block_indexes
@@ -167,10 +218,15 @@ impl VisionConfig {
                 self.num_heads, self.patch_size, self.spatial_merge_size, self.temporal_patch_size
             )));
         }
-        let expected = match family {
-            Family::Qwen2Vl => "quick_gelu",
-            Family::Qwen25Vl => "silu",
-        };
+        if let Some((side, deepstack)) = self.qwen3_extras(family) {
+            if side < 2 || deepstack.iter().any(|&b| b >= self.depth) {
+                return Err(EngineError::InvalidModel(format!(
+                    "Qwen3-VL vision config: a position grid of {side}x{side} (at least 2x2) and DeepStack blocks {deepstack:?} among {} blocks",
+                    self.depth
+                )));
+            }
+        }
+        let expected = Self::expected_act(family);
         if self.act(family) != expected {
             return Err(EngineError::Unsupported(format!(
                 "Qwen-VL vision hidden_act {} ({expected} is implemented for this tower)",
@@ -207,7 +263,7 @@ fn text_config(config: &Value) -> Result<decoder::Config, EngineError> {
     let cfg = decoder::Config::from_json(&text)?;
     if cfg.mrope()?.is_none() {
         return Err(EngineError::InvalidModel(
-            "Qwen2-VL's text config has no rope mrope_section".into(),
+            "Qwen-VL's text config has no rope mrope_section".into(),
         ));
     }
     Ok(cfg)
@@ -222,8 +278,8 @@ enum Norm {
 impl Norm {
     fn load(family: Family, d: usize, vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(match family {
-            Family::Qwen2Vl => Norm::Layer(layer_norm(d, 1e-6, vb)?),
-            Family::Qwen25Vl => Norm::Rms(rms_norm(d, 1e-6, vb)?),
+            Family::Qwen2 | Family::Qwen3 => Norm::Layer(layer_norm(d, 1e-6, vb)?),
+            Family::Qwen25 => Norm::Rms(rms_norm(d, 1e-6, vb)?),
         })
     }
 
@@ -235,11 +291,13 @@ impl Norm {
     }
 }
 
-/// Qwen2-VL's fc1 -> quick_gelu -> fc2, or Qwen2.5-VL's gated SiLU MLP (with biases).
+/// Qwen2-VL's fc1 -> quick_gelu -> fc2 (Qwen3-VL's with tanh-approximated GELU), or
+/// Qwen2.5-VL's gated SiLU MLP (with biases).
 enum Ffn {
     Plain {
         fc1: Linear,
         fc2: Linear,
+        tanh_gelu: bool,
     },
     Gated {
         gate: Linear,
@@ -251,8 +309,17 @@ enum Ffn {
 impl Ffn {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Ffn::Plain { fc1, fc2 } => {
-                fc2.forward(&ClipActivation::QuickGelu.forward(&fc1.forward(x)?)?)
+            Ffn::Plain {
+                fc1,
+                fc2,
+                tanh_gelu,
+            } => {
+                let h = fc1.forward(x)?;
+                let h = match tanh_gelu {
+                    true => h.gelu()?,
+                    false => ClipActivation::QuickGelu.forward(&h)?,
+                };
+                fc2.forward(&h)
             }
             Ffn::Gated { gate, up, down } => {
                 down.forward(&(gate.forward(x)?.silu()? * up.forward(x)?)?)
@@ -276,11 +343,17 @@ impl Block {
         let d = v.width(family);
         let hidden = v.mlp_width(family);
         let ffn = match family {
-            Family::Qwen2Vl => Ffn::Plain {
+            Family::Qwen2 => Ffn::Plain {
                 fc1: linear(d, hidden, vb.pp("mlp.fc1"))?,
                 fc2: linear(hidden, d, vb.pp("mlp.fc2"))?,
+                tanh_gelu: false,
             },
-            Family::Qwen25Vl => Ffn::Gated {
+            Family::Qwen3 => Ffn::Plain {
+                fc1: linear(d, hidden, vb.pp("mlp.linear_fc1"))?,
+                fc2: linear(hidden, d, vb.pp("mlp.linear_fc2"))?,
+                tanh_gelu: true,
+            },
+            Family::Qwen25 => Ffn::Gated {
                 gate: linear(d, hidden, vb.pp("mlp.gate_proj"))?,
                 up: linear(d, hidden, vb.pp("mlp.up_proj"))?,
                 down: linear(hidden, d, vb.pp("mlp.down_proj"))?,
@@ -375,13 +448,74 @@ fn window_order(rows: usize, cols: usize, side: usize) -> (Vec<usize>, Vec<usize
     (order, lengths)
 }
 
-/// `Qwen2VisionTransformerPretrainedModel`: patches of one image -> its merged tokens.
+/// `PatchMerger` / `Qwen3VLVisionPatchMerger`: each merge block of patches -> one
+/// language-model token (norm, linear, GELU, linear). Qwen3-VL's DeepStack mergers normalise
+/// the block's concatenated patches instead of each patch (`use_postshuffle_norm`).
+struct Merger {
+    norm: Norm,
+    fc1: Linear,
+    fc2: Linear,
+    unit: usize,
+    postshuffle: bool,
+}
+
+impl Merger {
+    fn load(
+        v: &VisionConfig,
+        family: Family,
+        postshuffle: bool,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let width = v.width(family);
+        let unit = v.spatial_merge_size * v.spatial_merge_size;
+        let merged = width * unit;
+        let (norm, fc1, fc2) = match family {
+            Family::Qwen3 => ("norm", "linear_fc1", "linear_fc2"),
+            _ => ("ln_q", "mlp.0", "mlp.2"),
+        };
+        let normed = if postshuffle { merged } else { width };
+        Ok(Self {
+            norm: Norm::load(family, normed, vb.pp(norm))?,
+            fc1: linear(merged, merged, vb.pp(fc1))?,
+            fc2: linear(merged, v.out(family), vb.pp(fc2))?,
+            unit,
+            postshuffle,
+        })
+    }
+
+    /// [patches, width] in the patchified order -> [patches / unit, language hidden].
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (n, d) = x.dims2()?;
+        let shape = (n / self.unit, d * self.unit);
+        let x = match self.postshuffle {
+            true => self.norm.forward(&x.reshape(shape)?)?,
+            false => self.norm.forward(x)?.reshape(shape)?,
+        };
+        self.fc2.forward(&self.fc1.forward(&x)?.gelu_erf()?)
+    }
+}
+
+/// One axis of `get_vision_interpolation_indices_and_weights` (bilinear, align_corners):
+/// the two cells of a `side`-long table that position `index` of `size` reads, and their
+/// weights, computed in f32 as transformers does.
+fn axis_taps(index: usize, size: usize, side: usize) -> ([usize; 2], [f32; 2]) {
+    let src = index as f32 * (side - 1) as f32 / (size.max(2) - 1) as f32;
+    let floor = src.floor();
+    let taps = [floor as usize, floor as usize + 1].map(|t| t.min(side - 1));
+    let weights = [0.0, 1.0].map(|o: f32| (1.0 - (src - floor - o).abs()).max(0.0));
+    (taps, weights)
+}
+
+/// `Qwen2VisionTransformerPretrainedModel` and its successors: patches of one image -> its
+/// merged tokens (and Qwen3-VL's DeepStack features).
 struct Vision {
     patch_embed: Linear,
+    /// Qwen3-VL: the learned position grid [side * side, width] and its side.
+    pos_embed: Option<(Tensor, usize)>,
     blocks: Vec<Block>,
-    ln_q: Norm,
-    merge_in: Linear,
-    merge_out: Linear,
+    merger: Merger,
+    /// Qwen3-VL: the blocks whose outputs feed DeepStack, each with its merger.
+    deepstack: Vec<(usize, Merger)>,
     grid: PatchGrid,
     /// Inverse frequencies of the 2D rotary embedding: head/4 per axis.
     inv_freq: Vec<f32>,
@@ -410,17 +544,36 @@ impl Vision {
             ),
             "patch_embed.proj.weight",
         )?;
-        let merged = width * v.spatial_merge_size * v.spatial_merge_size;
+        let extras = v.qwen3_extras(family);
+        let bias = match extras {
+            Some(_) => Some(vb.get(width, "patch_embed.proj.bias")?),
+            None => None,
+        };
+        let (pos_embed, deepstack) = match extras {
+            Some((side, blocks)) => {
+                let table = vb.get((side * side, width), "pos_embed.weight")?;
+                let mergers = blocks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &b)| {
+                        let vb = vb.pp(format!("deepstack_merger_list.{i}"));
+                        Ok((b, Merger::load(v, family, true, vb)?))
+                    })
+                    .collect::<candle_core::Result<_>>()?;
+                (Some((table, side)), mergers)
+            }
+            None => (None, Vec::new()),
+        };
         let spatial = width / v.num_heads / 2;
         let theta = v.rope_theta();
         Ok(Self {
-            patch_embed: Linear::new(w.reshape((width, patch_dim))?, None),
+            patch_embed: Linear::new(w.reshape((width, patch_dim))?, bias),
+            pos_embed,
             blocks: (0..v.depth)
                 .map(|i| Block::load(v, family, vb.pp(format!("blocks.{i}"))))
                 .collect::<candle_core::Result<_>>()?,
-            ln_q: Norm::load(family, width, vb.pp("merger.ln_q"))?,
-            merge_in: linear(merged, merged, vb.pp("merger.mlp.0"))?,
-            merge_out: linear(merged, v.out(family), vb.pp("merger.mlp.2"))?,
+            merger: Merger::load(v, family, false, vb.pp("merger"))?,
+            deepstack,
             grid: v.grid(),
             inv_freq: (0..spatial)
                 .step_by(2)
@@ -431,35 +584,78 @@ impl Vision {
         })
     }
 
-    /// The rotary cos and sin of each patch, in the patchified order (merge blocks
-    /// adjacent): its row's angles, then its column's. [patches, head/2].
-    fn rotary(&self, grid_h: usize, grid_w: usize) -> candle_core::Result<(Tensor, Tensor)> {
+    /// The patchified order (merge blocks adjacent): each patch's (row, column).
+    fn patch_order(&self, grid_h: usize, grid_w: usize) -> Vec<(usize, usize)> {
         let m = self.grid.merge;
-        let mut angles = Vec::with_capacity(grid_h * grid_w * 2 * self.inv_freq.len());
+        let mut order = Vec::with_capacity(grid_h * grid_w);
         for bi in 0..grid_h / m {
             for bj in 0..grid_w / m {
                 for mi in 0..m {
                     for mj in 0..m {
-                        let (h, w) = ((bi * m + mi) as f32, (bj * m + mj) as f32);
-                        angles.extend(self.inv_freq.iter().map(|f| h * f));
-                        angles.extend(self.inv_freq.iter().map(|f| w * f));
+                        order.push((bi * m + mi, bj * m + mj));
                     }
                 }
             }
+        }
+        order
+    }
+
+    /// The rotary cos and sin of each patch, in the patchified order: its row's angles,
+    /// then its column's. [patches, head/2].
+    fn rotary(&self, grid_h: usize, grid_w: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let order = self.patch_order(grid_h, grid_w);
+        let mut angles = Vec::with_capacity(order.len() * 2 * self.inv_freq.len());
+        for (h, w) in order {
+            angles.extend(self.inv_freq.iter().map(|f| h as f32 * f));
+            angles.extend(self.inv_freq.iter().map(|f| w as f32 * f));
         }
         let n = grid_h * grid_w;
         let angles = Tensor::from_vec(angles, (n, 2 * self.inv_freq.len()), &self.device)?;
         Ok((angles.cos()?, angles.sin()?))
     }
 
-    /// One processed image (CHW, `height` x `width`) -> [tokens, language hidden].
+    /// Qwen3-VL: the learned position grid resampled bilinearly to the image's patch grid,
+    /// in the patchified order. [patches, width].
+    fn positions(
+        &self,
+        table: &Tensor,
+        side: usize,
+        grid_h: usize,
+        grid_w: usize,
+    ) -> candle_core::Result<Tensor> {
+        let order = self.patch_order(grid_h, grid_w);
+        let n = order.len();
+        let (mut cells, mut weights) = (Vec::with_capacity(4 * n), Vec::with_capacity(4 * n));
+        for (r, c) in order {
+            let (rows, row_w) = axis_taps(r, grid_h, side);
+            let (cols, col_w) = axis_taps(c, grid_w, side);
+            for a in 0..2 {
+                for b in 0..2 {
+                    cells.push((rows[a] * side + cols[b]) as u32);
+                    weights.push(row_w[a] * col_w[b]);
+                }
+            }
+        }
+        let width = table.dim(1)?;
+        let cells = Tensor::from_vec(cells, 4 * n, &self.device)?;
+        let weights = Tensor::from_vec(weights, (n, 4, 1), &self.device)?;
+        table
+            .to_dtype(DType::F32)?
+            .index_select(&cells, 0)?
+            .reshape((n, 4, width))?
+            .broadcast_mul(&weights)?
+            .sum(1)
+    }
+
+    /// One processed image (CHW, `height` x `width`) -> its tokens [tokens, language hidden]
+    /// and, for Qwen3-VL, the DeepStack features of each of its blocks (same shape).
     fn forward(
         &self,
         chw: &[f32],
         height: usize,
         width: usize,
         dtype: DType,
-    ) -> candle_core::Result<Tensor> {
+    ) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
         let p = self.grid.patch;
         let (gh, gw) = (height / p, width / p);
         let patches = self.grid.patchify(chw, height, width);
@@ -467,6 +663,9 @@ impl Vision {
         let unit = self.grid.merge * self.grid.merge;
         let x = Tensor::from_vec(patches, (n, ()), &self.device)?.to_dtype(dtype)?;
         let mut x = self.patch_embed.forward(&x)?;
+        if let Some((table, side)) = &self.pos_embed {
+            x = (x + self.positions(table, *side, gh, gw)?.to_dtype(dtype)?)?;
+        }
         let (mut cos, mut sin) = self.rotary(gh, gw)?;
         let whole = [(0, n)];
         // Qwen2.5-VL: merged tokens (each `unit` patches) regrouped window by window.
@@ -494,18 +693,18 @@ impl Vision {
             }
             None => None,
         };
+        let mut deepstack = Vec::with_capacity(self.deepstack.len());
         for (i, block) in self.blocks.iter().enumerate() {
             let spans = match &windows {
                 Some((_, spans, full)) if !full.contains(&i) => &spans[..],
                 _ => &whole[..],
             };
             x = block.forward(&x, &cos, &sin, spans)?;
+            for (_, merger) in self.deepstack.iter().filter(|(b, _)| *b == i) {
+                deepstack.push(merger.forward(&x)?);
+            }
         }
-        let merged = unit * x.dim(D::Minus1)?;
-        let x = self.ln_q.forward(&x)?.reshape((n / unit, merged))?;
-        let out = self
-            .merge_out
-            .forward(&self.merge_in.forward(&x)?.gelu_erf()?)?;
+        let out = self.merger.forward(&x)?;
         match windows {
             // Back to raster order: merged token order[j] is row j of `out`.
             Some((order, _, _)) => {
@@ -514,19 +713,30 @@ impl Vision {
                     back[u] = j as u32;
                 }
                 let back = Tensor::from_vec(back, order.len(), &self.device)?;
-                out.index_select(&back, 0)
+                let deepstack = deepstack
+                    .iter()
+                    .map(|d| d.index_select(&back, 0))
+                    .collect::<candle_core::Result<_>>()?;
+                Ok((out.index_select(&back, 0)?, deepstack))
             }
-            None => Ok(out),
+            None => Ok((out, deepstack)),
         }
     }
+}
+
+struct Attached {
+    features: Tensor,
+    grids: Vec<(usize, usize)>,
+    deepstack: Vec<Tensor>,
 }
 
 pub struct Qwen2Vl {
     vision: Vision,
     language: decoder::Decoder,
     image_token: u32,
-    /// Features of the attached images and each one's merged token grid (rows, columns).
-    attached: Option<(Tensor, Vec<(usize, usize)>)>,
+    /// Features of the attached images, each one's merged token grid (rows, columns), and
+    /// Qwen3-VL's DeepStack features (per DeepStack block, all the images' rows).
+    attached: Option<Attached>,
     dtype: DType,
 }
 
@@ -535,13 +745,14 @@ impl Qwen2Vl {
         let config = ctx.source.config();
         let cfg: Config = serde_json::from_value(config.clone()).map_err(|e| {
             EngineError::InvalidModel(format!(
-                "config.json does not describe a Qwen2-VL model: {e}"
+                "config.json does not describe a Qwen-VL model: {e}"
             ))
         })?;
-        let family = match config.get("model_type").and_then(Value::as_str) {
-            Some("qwen2_5_vl") => Family::Qwen25Vl,
-            _ => Family::Qwen2Vl,
-        };
+        let family = Family::of(config).ok_or_else(|| {
+            EngineError::InvalidModel(
+                "config.json's model_type is none of qwen2_vl, qwen2_5_vl, qwen3_vl".into(),
+            )
+        })?;
         cfg.vision_config.check(family)?;
         let text = text_config(config)?;
         if cfg.vision_config.out(family) != text.hidden_size {
@@ -552,7 +763,7 @@ impl Qwen2Vl {
             )));
         }
         let device = ctx.device.clone();
-        let ((vision, weights), mut info) = ctx.build("Qwen2-VL", &["logits"], |vb| {
+        let ((vision, weights), mut info) = ctx.build(family.name(), &["logits"], |vb| {
             // The hub's layout (visual, model, lm_head), or transformers 5's module tree.
             let (visual, language) = match layout(
                 &vb,
@@ -636,9 +847,9 @@ impl TextGenerator for Qwen2Vl {
     }
 
     fn prefill_batch(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EngineError> {
-        let (features, grids) = match self.attached.take() {
-            Some((f, g)) => (Some(f), g),
-            None => (None, Vec::new()),
+        let (features, grids, deepstack) = match self.attached.take() {
+            Some(a) => (Some(a.features), a.grids, a.deepstack),
+            None => (None, Vec::new(), Vec::new()),
         };
         match merge_image_features(
             &self.language,
@@ -654,7 +865,30 @@ impl TextGenerator for Qwen2Vl {
                     .iter()
                     .map(|p| self.rope_positions(p, &mut grids))
                     .collect::<Result<Vec<_>, _>>()?;
-                self.language.prefill_embedded_at(prompts, x, &positions)
+                let deepstack = match deepstack.is_empty() {
+                    true => None,
+                    false => {
+                        let rows: Vec<u32> = prompts
+                            .concat()
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, &t)| t == self.image_token)
+                            .map(|(i, _)| i as u32)
+                            .collect();
+                        let count = rows.len();
+                        let rows = Tensor::from_vec(rows, count, x.device()).map_err(rt)?;
+                        Some(Deepstack {
+                            rows,
+                            layers: deepstack,
+                        })
+                    }
+                };
+                let embedded = Embedded {
+                    embeds: x,
+                    deepstack,
+                };
+                self.language
+                    .prefill_embedded_at(prompts, embedded, &positions)
             }
         }
     }
@@ -692,22 +926,35 @@ impl TextGenerator for Qwen2Vl {
             || width == 0
         {
             return Err(EngineError::InvalidInput(format!(
-                "{n} images of {channels}x{height}x{width}: Qwen2-VL takes RGB images whose sides are multiples of {unit} (its processor's smart_resize)"
+                "{n} images of {channels}x{height}x{width}: Qwen-VL takes RGB images whose sides are multiples of {unit} (its processor's smart_resize)"
             )));
         }
         let per = channels * height * width;
         let mut features = Vec::with_capacity(n);
+        let mut deepstack: Vec<Vec<Tensor>> = Vec::new();
         for i in 0..n {
             let chw = &images.pixel_values[i * per..(i + 1) * per];
-            features.push(
-                self.vision
-                    .forward(chw, height, width, self.dtype)
-                    .map_err(rt)?,
-            );
+            let (f, d) = self
+                .vision
+                .forward(chw, height, width, self.dtype)
+                .map_err(rt)?;
+            features.push(f);
+            deepstack.resize_with(d.len(), Vec::new);
+            for (layer, d) in deepstack.iter_mut().zip(d) {
+                layer.push(d);
+            }
         }
         let grid = (height / unit, width / unit);
         let tokens = grid.0 * grid.1;
-        self.attached = Some((Tensor::cat(&features, 0).map_err(rt)?, vec![grid; n]));
+        self.attached = Some(Attached {
+            features: Tensor::cat(&features, 0).map_err(rt)?,
+            grids: vec![grid; n],
+            deepstack: deepstack
+                .iter()
+                .map(|d| Tensor::cat(d, 0))
+                .collect::<candle_core::Result<_>>()
+                .map_err(rt)?,
+        });
         Ok(vec![tokens; n])
     }
 }
