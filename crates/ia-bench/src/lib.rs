@@ -421,10 +421,23 @@ fn load_in_process(
             Ok(Box::new(ForwardTarget { session, inputs }))
         }
         Prepared::Generation { prompt, images } => {
+            // The prompt opens with the picture's image tokens.
+            let image_tokens = match &images {
+                Some(images) => {
+                    ia_engine::inputs::image_work(&combo.model, images)
+                        .map_err(|e| LoadFailure {
+                            stage: "inputs",
+                            error: e,
+                        })?
+                        .tokens
+                }
+                None => 0,
+            };
+            let positions = combo.seq_len.saturating_add(image_tokens);
             let work = ia_models::footprint::Workload {
                 batch: combo.batch_size,
-                positions: combo.seq_len,
-                cached_positions: combo.seq_len.saturating_add(combo.new_tokens),
+                positions,
+                cached_positions: positions.saturating_add(combo.new_tokens),
                 beams: 1,
             };
             ia_engine::memory::check_fits(source, combo.precision, work)?;

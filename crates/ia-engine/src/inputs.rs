@@ -5,6 +5,7 @@
 //! synthetic picture normalised with the checkpoint's image mean and std.
 
 use crate::EngineError;
+use ia_models::cost::ImageWork;
 use ia_models::{Modality, Model, ModelClass, ModelSource};
 use ia_preprocess::image::{ImageProcessor, RgbImage};
 use serde_json::Value;
@@ -529,6 +530,59 @@ pub fn test_images(model: &Model, batch: usize) -> Result<crate::ImageBatch, Eng
         shape,
         pixel_values,
         sizes: vec![(TEST_PICTURE_SIDE, TEST_PICTURE_SIDE); batch],
+    })
+}
+
+/// [`ImageWork`] of the bench's test picture for `model` (what bench measures and predict
+/// models); None for a model that generates no text from images.
+pub fn test_image_work(model: &Model) -> Result<Option<ImageWork>, EngineError> {
+    if model.modality != Modality::Multimodal || !model.generates_text() {
+        return Ok(None);
+    }
+    image_work(model, &test_images(model, 1)?).map(Some)
+}
+
+/// [`ImageWork`] of the first picture of `images`, as `model`'s processor made them: LLaVA's
+/// patches (CLS kept under the "full" strategy), LLaVA-NeXT's anyres features over its base
+/// tile and grid, Qwen-VL's merged patches. What the generator's `attach_images` will count,
+/// known before the model is loaded.
+pub fn image_work(model: &Model, images: &crate::ImageBatch) -> Result<ImageWork, EngineError> {
+    let config = model.source.config();
+    let [_, _, height, width] = images.shape;
+    let processor = image_processor(model)?;
+    if let Some(grid) = processor.patches {
+        let patches = (height / grid.patch.max(1)) * (width / grid.patch.max(1));
+        return Ok(ImageWork {
+            tiles: 1,
+            tower_positions: patches,
+            tokens: patches / (grid.merge * grid.merge).max(1),
+        });
+    }
+    let patch = config
+        .pointer("/vision_config/patch_size")
+        .and_then(Value::as_u64)
+        .unwrap_or(14)
+        .max(1) as usize;
+    let keep_cls = config
+        .get("vision_feature_select_strategy")
+        .and_then(Value::as_str)
+        == Some("full");
+    let per_tile = (height / patch) * (width / patch);
+    let (h, w) = images.sizes.first().copied().unwrap_or((height, width));
+    Ok(match &processor.anyres {
+        Some(anyres) => {
+            let (rows, cols) = anyres.grid(h.max(1), w.max(1));
+            ImageWork {
+                tiles: 1 + rows * cols,
+                tower_positions: per_tile + 1,
+                tokens: anyres.image_tokens(h.max(1), w.max(1), patch, keep_cls),
+            }
+        }
+        None => ImageWork {
+            tiles: 1,
+            tower_positions: per_tile + 1,
+            tokens: per_tile + usize::from(keep_cls),
+        },
     })
 }
 

@@ -230,8 +230,8 @@ pub static CATALOG: &[CatalogEntry] = &[
         "image-text-to-text",
         Multimodal,
         "llava-hf/llava-v1.6-mistral-7b-hf",
-        None,
-        None
+        Some(include_str!("configs/llava-v1.6-mistral-7b-hf.json")),
+        Some(include_str!("configs/llava-v1.6-mistral-7b-hf.json"))
     ),
     entry!(
         "xclip",

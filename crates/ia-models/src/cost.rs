@@ -61,6 +61,17 @@ impl Cost {
     }
 }
 
+/// What one picture costs a multimodal generator: the tiles its processor makes of it (LLaVA-NeXT's
+/// base tile and grid, else 1), the positions its vision tower attends over per tile, and the
+/// image tokens the prompt holds for it. Computed from the processed picture by
+/// `ia_engine::inputs::image_work`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ImageWork {
+    pub tiles: usize,
+    pub tower_positions: usize,
+    pub tokens: usize,
+}
+
 /// The transformer dimensions of one tower of a config.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Shape {
@@ -113,13 +124,12 @@ impl Shape {
             d => d,
         };
         let model_type = c.get("model_type").and_then(Value::as_str).unwrap_or("");
-        let gated = matches!(
-            model_type,
-            "llama" | "mistral" | "qwen2" | "qwen3" | "gemma" | "phi3"
-        ) || c
-            .get("feed_forward_proj")
-            .and_then(Value::as_str)
-            .is_some_and(|p| p.starts_with("gated"));
+        // Qwen's language models, the VL ones included (qwen2_vl, qwen3_vl_text, ...).
+        let gated = matches!(model_type, "llama" | "mistral" | "gemma" | "phi3")
+            || model_type.starts_with("qwen")
+            || c.get("feed_forward_proj")
+                .and_then(Value::as_str)
+                .is_some_and(|p| p.starts_with("gated"));
         let rotary_or_relative = gated || model_type == "t5";
         let intermediate = match int(&["intermediate_size", "d_ff", "ffn_dim", "encoder_ffn_dim"]) {
             0 => hidden.saturating_mul(4),
@@ -144,6 +154,50 @@ impl Shape {
                 .get("tie_word_embeddings")
                 .and_then(Value::as_bool)
                 .unwrap_or(!matches!(model_type, "llama" | "mistral")),
+        })
+    }
+
+    /// The vision transformer of a Qwen-VL config (`vision_config`), whose keys differ by
+    /// generation: Qwen2-VL's width is `embed_dim` (its `hidden_size` is the language model's)
+    /// and its MLP `mlp_ratio` times wider; Qwen2.5-VL's and Qwen3-VL's width is `hidden_size`
+    /// and their MLP `intermediate_size` (Qwen2.5-VL's gated). Defaults as transformers'.
+    pub fn of_qwen_vl_vision(config: &Value) -> Option<Self> {
+        let model_type = config.get("model_type").and_then(Value::as_str)?;
+        let v = config.get("vision_config")?;
+        let int = |k: &str| v.get(k).and_then(Value::as_u64);
+        let (hidden, intermediate, gated, positions) = match model_type {
+            "qwen2_vl" => {
+                let width = int("embed_dim").unwrap_or(1280);
+                let ratio = v.get("mlp_ratio").and_then(Value::as_f64).unwrap_or(4.0);
+                (width, (width as f64 * ratio) as u64, false, 0)
+            }
+            "qwen2_5_vl" => (
+                int("hidden_size").unwrap_or(1280),
+                int("intermediate_size").unwrap_or(3420),
+                true,
+                0,
+            ),
+            "qwen3_vl" => (
+                int("hidden_size").unwrap_or(1152),
+                int("intermediate_size").unwrap_or(4304),
+                false,
+                int("num_position_embeddings").unwrap_or(2304),
+            ),
+            _ => return None,
+        };
+        let heads = int("num_heads").unwrap_or(16).max(1);
+        Some(Self {
+            hidden,
+            intermediate,
+            layers: int("depth").unwrap_or(32),
+            decoder_layers: 0,
+            heads,
+            kv_heads: heads,
+            head_dim: hidden / heads,
+            vocab: 0,
+            position_table: positions,
+            gated,
+            tied_head: false,
         })
     }
 
@@ -268,6 +322,25 @@ mod tests {
         json!({"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008,
                "num_hidden_layers": 32, "num_attention_heads": 32, "vocab_size": 32000,
                "max_position_embeddings": 4096})
+    }
+
+    /// Qwen2-VL's vision transformer is the 675M-parameter ViT of its paper (the layers here,
+    /// about 630M, without the merger's 34M and the patch embedding); Qwen3-VL-2B's tower is
+    /// read from its own keys.
+    #[test]
+    fn qwen_vl_towers_are_read_from_their_own_keys() {
+        let qwen2 = json!({"model_type": "qwen2_vl", "hidden_size": 1536,
+            "vision_config": {"depth": 32, "embed_dim": 1280, "hidden_size": 1536, "mlp_ratio": 4,
+                              "num_heads": 16}});
+        let s = Shape::of_qwen_vl_vision(&qwen2).unwrap();
+        assert_eq!((s.hidden, s.intermediate, s.layers, s.gated), (1280, 5120, 32, false));
+        let p = s.parameters(false);
+        assert!((620_000_000..640_000_000).contains(&p), "{p}");
+        let qwen3 = json!({"model_type": "qwen3_vl", "vision_config": {"depth": 24,
+            "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16}});
+        let s = Shape::of_qwen_vl_vision(&qwen3).unwrap();
+        assert_eq!((s.hidden, s.head_dim, s.position_table), (1024, 64, 2304));
+        assert!(Shape::of_qwen_vl_vision(&json!({"model_type": "llava"})).is_none());
     }
 
     #[test]

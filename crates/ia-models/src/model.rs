@@ -51,4 +51,10 @@ impl Model {
             "text-generation" | "text2text-generation" | "image-text-to-text"
         )
     }
+
+    /// Whether a sequence length applies to its inputs: text models', and the text prompt of
+    /// an image-text generator.
+    pub fn has_text_length(&self) -> bool {
+        self.modality == crate::Modality::Text || self.generates_text()
+    }
 }

@@ -404,6 +404,34 @@ fn qwen3_vl_tiny_matches_transformers() {
     check_image_text_generation("qwen3-vl-tiny");
 }
 
+/// The image work bench and predict compute before loading (for the memory check and the cost
+/// model) is what each image-text generator then counts for the test picture.
+#[test]
+fn image_work_before_loading_matches_the_generators_count() {
+    for name in [
+        "llava-tiny",
+        "llava-next-tiny",
+        "qwen2-vl-tiny",
+        "qwen2.5-vl-tiny",
+        "qwen3-vl-tiny",
+    ] {
+        let model = source(name);
+        let work = ia_engine::inputs::test_image_work(&model)
+            .unwrap()
+            .expect("an image-text generator");
+        let mut gen = NativeEngine::new()
+            .load_generator(&model, Placement::new(Platform::Cpu, Precision::F32))
+            .unwrap();
+        let images = ia_engine::inputs::test_images(&model, 1).unwrap();
+        assert_eq!(images.shape[0], work.tiles, "{name}: tiles");
+        assert_eq!(
+            gen.attach_images(&images).unwrap(),
+            [work.tokens],
+            "{name}: image tokens"
+        );
+    }
+}
+
 #[test]
 fn llava_next_tiny_matches_transformers() {
     check_image_text_generation("llava-next-tiny");

@@ -26,7 +26,7 @@
 
 use forust_ml::objective::ObjectiveType;
 use forust_ml::{GradientBooster, Matrix};
-use ia_models::cost::{Cost, Phase, Shape};
+use ia_models::cost::{Cost, ImageWork, Phase, Shape};
 use ia_models::{footprint, Model, ModelClass};
 use serde::Serialize;
 use serde_json::Value;
@@ -73,6 +73,8 @@ pub struct Workload {
     pub new_tokens: usize,
     /// Seconds of audio per input.
     pub audio_seconds: f64,
+    /// An image-text generator's picture per input (bench's test picture).
+    pub image: Option<ImageWork>,
 }
 
 /// The tower the cost model follows and the positions one forward pass of it attends over;
@@ -85,9 +87,16 @@ fn tower_positions(
 ) -> Option<(Option<&'static str>, usize)> {
     Some(match class {
         ModelClass::Bert => (None, work.seq_len),
-        // Qwen2-VL's image tokens and vision transformer are not modelled: no prediction
-        // rather than a text-only one.
-        ModelClass::Qwen if config.get("vision_config").is_some() => return None,
+        // The language model over the prompt and the picture's image tokens (no prediction
+        // rather than a text-only one when the picture is unknown). Qwen2-VL's and Qwen2.5-VL's
+        // configs are the language model's at the top level, Qwen3-VL's in text_config.
+        ModelClass::Qwen if config.get("vision_config").is_some() => {
+            let tower = config.get("text_config").map(|_| "text_config");
+            (tower, work.seq_len + work.image?.tokens)
+        }
+        ModelClass::Llava | ModelClass::LlavaNext => {
+            (Some("text_config"), work.seq_len + work.image?.tokens)
+        }
         ModelClass::Llama | ModelClass::Qwen | ModelClass::T5 => (None, work.seq_len),
         ModelClass::Vit => (None, patches(config)?),
         ModelClass::Clip => (
@@ -98,18 +107,6 @@ fn tower_positions(
         ModelClass::Whisper => (None, 1500),
         // 20 ms per position after the convolutional feature encoder.
         ModelClass::Wav2vec2 => (None, (work.audio_seconds * 50.0).round().max(1.0) as usize),
-        // The language model, over the prompt and the image's tokens (LLaVA 1.5: one per
-        // patch, the CLS dropped under the "default" strategy).
-        ModelClass::Llava => {
-            let strategy = config
-                .get("vision_feature_select_strategy")
-                .and_then(Value::as_str);
-            let cls = usize::from(strategy != Some("full"));
-            (
-                Some("text_config"),
-                work.seq_len + patches(config.get("vision_config")?)? - cls,
-            )
-        }
         // Every frame's patches, its class token and the cross-frame message token.
         ModelClass::Xclip => (
             Some("vision_config"),
@@ -127,12 +124,22 @@ fn rows_per_input(config: &Value, class: ModelClass) -> usize {
     }
 }
 
-/// The vision tower's pass an image-text generator makes before its prefill (LLaVA's CLIP).
-fn image_encode_cost(config: &Value, class: ModelClass, batch: usize, bytes: f64) -> Option<Cost> {
-    (class == ModelClass::Llava).then_some(())?;
-    let vision = config.get("vision_config")?;
-    let shape = Shape::of(config, Some("vision_config"))?;
-    Some(shape.cost(Phase::Forward, false, batch, patches(vision)?, bytes))
+/// The vision tower's pass an image-text generator makes before its prefill: LLaVA's CLIP over
+/// each tile, Qwen-VL's vision transformer over the patches.
+fn image_encode_cost(
+    config: &Value,
+    class: ModelClass,
+    work: Workload,
+    bytes: f64,
+) -> Option<Cost> {
+    let image = work.image?;
+    let shape = match class {
+        ModelClass::Llava | ModelClass::LlavaNext => Shape::of(config, Some("vision_config"))?,
+        ModelClass::Qwen => Shape::of_qwen_vl_vision(config)?,
+        _ => return None,
+    };
+    let rows = work.batch * image.tiles;
+    Some(shape.cost(Phase::Forward, false, rows, image.tower_positions, bytes))
 }
 
 /// The phases of one iteration and their costs: one forward pass, or a prefill and
@@ -156,7 +163,7 @@ pub fn iteration_costs(
             bytes,
         )]);
     }
-    let mut costs: Vec<Cost> = image_encode_cost(config, class, work.batch, bytes)
+    let mut costs: Vec<Cost> = image_encode_cost(config, class, work, bytes)
         .into_iter()
         .collect();
     costs.push(shape.cost(Phase::Prefill, true, work.batch, positions, bytes));
@@ -1172,6 +1179,7 @@ mod tests {
             seq_len: 16,
             new_tokens: 4,
             audio_seconds: 0.0,
+            image: None,
         };
         let fwd = iteration_costs(&bert(4), ModelClass::Bert, false, work, "f32").unwrap();
         assert_eq!(fwd.len(), 1);
@@ -1183,6 +1191,55 @@ mod tests {
         assert!(iteration_costs(&json!({}), ModelClass::Detr, false, work, "f32").is_none());
     }
 
+    /// An image-text generator's iteration encodes its picture (every tile), then prefills the
+    /// prompt and the image tokens; without the picture there is no prediction.
+    #[test]
+    fn image_text_generators_encode_then_prefill_the_image_tokens() {
+        let text = json!({"model_type": "mistral", "hidden_size": 256, "intermediate_size": 688,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 1000});
+        let next = json!({"model_type": "llava_next", "text_config": text,
+            "vision_config": {"model_type": "clip_vision_model", "hidden_size": 64,
+                              "intermediate_size": 128, "num_hidden_layers": 2,
+                              "num_attention_heads": 4, "image_size": 32, "patch_size": 8}});
+        let image = ImageWork {
+            tiles: 5,
+            tower_positions: 17,
+            tokens: 60,
+        };
+        let work = |image| Workload {
+            batch: 1,
+            seq_len: 16,
+            new_tokens: 2,
+            audio_seconds: 0.0,
+            image,
+        };
+        let costs =
+            iteration_costs(&next, ModelClass::LlavaNext, true, work(Some(image)), "f32").unwrap();
+        assert_eq!(costs.len(), 3, "encode, prefill, one decode step");
+        let tower = Shape::of(&next, Some("vision_config")).unwrap();
+        let encode = tower.cost(Phase::Forward, false, 5, 17, 4.0);
+        assert_eq!(costs[0], encode);
+        let lm = Shape::of(&next, Some("text_config")).unwrap();
+        assert_eq!(costs[1], lm.cost(Phase::Prefill, true, 1, 76, 4.0));
+        assert!(iteration_costs(&next, ModelClass::LlavaNext, true, work(None), "f32").is_none());
+        let qwen3 = json!({"model_type": "qwen3_vl",
+            "text_config": {"model_type": "qwen3_vl_text", "hidden_size": 64,
+                            "intermediate_size": 128, "num_hidden_layers": 2,
+                            "num_attention_heads": 4, "vocab_size": 300},
+            "vision_config": {"depth": 3, "hidden_size": 32, "intermediate_size": 48,
+                              "num_heads": 4}});
+        let image = ImageWork {
+            tiles: 1,
+            tower_positions: 64,
+            tokens: 16,
+        };
+        let costs =
+            iteration_costs(&qwen3, ModelClass::Qwen, true, work(Some(image)), "f32").unwrap();
+        let tower = Shape::of_qwen_vl_vision(&qwen3).unwrap();
+        assert_eq!(costs[0], tower.cost(Phase::Forward, false, 1, 64, 4.0));
+        assert!(Shape::of(&qwen3, Some("text_config")).unwrap().gated);
+    }
+
     #[test]
     fn dispatch_costs_each_call_and_operation() {
         let work = Workload {
@@ -1190,6 +1247,7 @@ mod tests {
             seq_len: 16,
             new_tokens: 4,
             audio_seconds: 0.0,
+            image: None,
         };
         let llama = json!({"model_type": "llama", "hidden_size": 256, "intermediate_size": 688,
             "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 1000});
@@ -1253,6 +1311,7 @@ mod tests {
             seq_len: 16,
             new_tokens: 0,
             audio_seconds: 0.0,
+            image: None,
         };
         let case = |batch: usize| Case {
             model: "m".into(),
@@ -1305,6 +1364,7 @@ mod tests {
                 seq_len,
                 new_tokens: 0,
                 audio_seconds: 0.0,
+                image: None,
             };
             Case {
                 model: "bert".into(),
@@ -1371,6 +1431,7 @@ mod tests {
                         seq_len,
                         new_tokens: 0,
                         audio_seconds: 0.0,
+                        image: None,
                     };
                     let case = Case {
                         model: "bert".into(),

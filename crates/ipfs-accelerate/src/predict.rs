@@ -57,12 +57,15 @@ pub(crate) struct SizeArgs {
 
 impl SizeArgs {
     /// The sizes that apply to `model`, as bench stores them (none for the others).
-    pub fn workload(&self, model: &Model) -> Workload {
-        let text = model.modality == ia_models::Modality::Text;
+    pub fn workload(&self, model: &Model) -> anyhow::Result<Workload> {
         let audio = model.modality == ia_models::Modality::Audio;
-        Workload {
+        Ok(Workload {
             batch: self.batch_size,
-            seq_len: if text { self.seq_len } else { 0 },
+            seq_len: if model.has_text_length() {
+                self.seq_len
+            } else {
+                0
+            },
             new_tokens: if model.generates_text() {
                 self.new_tokens
             } else {
@@ -73,7 +76,8 @@ impl SizeArgs {
             } else {
                 0.0
             },
-        }
+            image: ia_engine::inputs::test_image_work(model)?,
+        })
     }
 }
 
@@ -317,7 +321,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .expect("clap requires --model without --evaluate");
     let model = model_for_prediction(name, args.small_models)?;
     let fingerprint = ia_hardware::detect().fingerprint;
-    let work = args.size.workload(&model);
+    let work = args.size.workload(&model)?;
     let case = knowledge.case_of(
         &model,
         (
@@ -577,11 +581,19 @@ fn observations(
             continue;
         };
         let num = |k: &str| r[k].as_f64().unwrap_or(0.0);
+        // bench's image-text generators all see its test picture.
+        let Ok(image) = ia_engine::inputs::test_image_work(model) else {
+            *skipped
+                .entry("the model's image processor fails on the test picture".into())
+                .or_default() += 1;
+            continue;
+        };
         let work = Workload {
             batch: num("batch_size") as usize,
             seq_len: num("seq_len") as usize,
             new_tokens: num("new_tokens") as usize,
             audio_seconds: num("audio_seconds"),
+            image,
         };
         let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
         let Some(case) = ceilings.case(

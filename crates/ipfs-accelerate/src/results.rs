@@ -9,9 +9,9 @@ use ia_db::{
 };
 use ia_hardware::HardwareReport;
 
-/// The sequence length of a text combination (other modalities have none).
+/// The sequence length of a combination with text inputs (other inputs have none).
 pub(crate) fn text_seq_len(c: &Combination) -> Option<usize> {
-    (c.model.modality == ia_models::Modality::Text).then_some(c.seq_len)
+    c.model.has_text_length().then_some(c.seq_len)
 }
 
 pub(crate) fn run_record() -> RunRecord {

@@ -147,16 +147,17 @@ fn rank(
 fn create_map(args: &Args, knowledge: &mut Knowledge, fingerprint: &str) -> anyhow::Result<()> {
     let mut map = Vec::new();
     for entry in ia_models::CATALOG {
-        let model = match model_for_prediction(entry.key, args.small_models) {
-            Ok(m) => m,
+        let sized = model_for_prediction(entry.key, args.small_models)
+            .and_then(|m| Ok((args.size.workload(&m)?, m)));
+        let (sizes, model) = match sized {
+            Ok(s) => s,
             Err(e) => {
                 map.push(json!({"model": entry.key, "error": format!("{e:#}")}));
                 continue;
             }
         };
         for batch in MAP_BATCH_SIZES {
-            let mut work = args.size.workload(&model);
-            work.batch = batch;
+            let work = Workload { batch, ..sizes };
             let choice = match rank(args, knowledge, &model, work, fingerprint) {
                 Ok(ranked) => match ranked.into_iter().find(|r| r["excluded"].is_null()) {
                     Some(best) => json!({"choice": best}),
@@ -238,7 +239,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let name = args.model.as_deref().expect("clap requires --model");
     let model = model_for_prediction(name, args.small_models)?;
-    let work = args.size.workload(&model);
+    let work = args.size.workload(&model)?;
     let ranked = rank(&args, &mut knowledge, &model, work, &fingerprint)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&json!(ranked))?);
