@@ -653,9 +653,15 @@ class Qwen2VLProcessorShim:
 
     def __call__(self, images, text, return_tensors):
         from transformers import BatchFeature
-        pixels = self.image_processor([images], return_tensors="pt")
-        count = int(pixels["image_grid_thw"][0].prod()) // self.image_processor.merge_size ** 2
-        enc = self.tokenizer(text.replace(self.image_token, self.image_token * count), return_tensors="pt")
+        images = images if isinstance(images, list) else [images]
+        pixels = self.image_processor(images, return_tensors="pt")
+        # Each image token in turn becomes its image's run (replace_image_token).
+        parts = text.split(self.image_token)
+        assert len(parts) == len(images) + 1
+        for i, grid in enumerate(pixels["image_grid_thw"]):
+            count = int(grid.prod()) // self.image_processor.merge_size ** 2
+            parts[i] += self.image_token * count
+        enc = self.tokenizer("".join(parts), return_tensors="pt")
         image_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
         return BatchFeature({**enc, **pixels, "mm_token_type_ids": (enc["input_ids"] == image_id).to(torch.int32)})
 
@@ -741,6 +747,35 @@ def qwen_vl(kind):
     cfgd["image_processor_type"] = "Qwen2VLImageProcessor"
     (out / "preprocessor_config.json").write_text(json.dumps(cfgd, indent=2))
     image_text_references(out, model, proc, QWEN2_VL_CASES)
+    two_image_references(out, model, proc)
+
+
+QWEN_VL_TWO_IMAGES = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>and "
+                      "<|vision_start|><|image_pad|><|vision_end|>: which is taller?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def two_image_references(out, model, proc):
+    """One prompt with two images of different sizes (photo.png, tall.png), each at its own
+    patch grid: input ids, logits at every position and 32 greedy tokens, added to
+    reference.safetensors as two_images_*."""
+    from safetensors.torch import load_file
+    x = proc(images=[Image.open(MEDIA / "photo.png"), Image.open(MEDIA / "tall.png")],
+             text=QWEN_VL_TWO_IMAGES, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**x).logits
+        gen = model.generate(**x, do_sample=False, max_new_tokens=32, min_new_tokens=32)
+    tensors = load_file(str(out / "reference.safetensors"))
+    tensors.update({
+        "two_images_grid_thw": x["image_grid_thw"].to(torch.int64).contiguous(),
+        "two_images_input_ids": x["input_ids"].to(torch.int64).contiguous(),
+        "two_images_logits": logits.contiguous(),
+        "two_images_greedy": gen[0, x["input_ids"].shape[1]:].to(torch.int64).contiguous(),
+    })
+    save_file(tensors, str(out / "reference.safetensors"))
+    meta_path = out / "reference_meta.json"
+    m = json.loads(meta_path.read_text())
+    m["two_images"] = {"images": ["photo.png", "tall.png"], "prompt": QWEN_VL_TWO_IMAGES}
+    meta_path.write_text(json.dumps(m, indent=2))
 
 
 XCLIP_TEXTS = ["a red ball rolling", "a person dancing", "an empty room"]

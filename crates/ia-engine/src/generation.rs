@@ -80,6 +80,10 @@ pub struct ImageBatch {
     pub pixel_values: Vec<f32>,
     /// Each image's (height, width) before processing.
     pub sizes: Vec<(usize, usize)>,
+    /// Images a processor without fixed sizes (Qwen-VL's) made at different sizes: each
+    /// one's (height, width) after processing, its pixels (CHW) one after another, and
+    /// `shape` [images, channels, 0, 0]. None when every tile has `shape`'s size.
+    pub each: Option<Vec<(usize, usize)>>,
 }
 
 /// The prompt as the model's processor gives it to the model: the i-th image token repeated

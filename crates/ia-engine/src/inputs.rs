@@ -530,6 +530,47 @@ pub fn test_images(model: &Model, batch: usize) -> Result<crate::ImageBatch, Eng
         shape,
         pixel_values,
         sizes: vec![(TEST_PICTURE_SIDE, TEST_PICTURE_SIDE); batch],
+        each: None,
+    })
+}
+
+/// `pictures` through `processor` for an image-text generator. A processor that resizes each
+/// picture to its own size (Qwen-VL's smart_resize) processes them one by one, and pictures
+/// that come out at different sizes are kept so ([`crate::ImageBatch::each`]).
+pub fn image_batch(
+    processor: &ImageProcessor,
+    pictures: &[RgbImage],
+) -> Result<crate::ImageBatch, EngineError> {
+    let invalid = |e: ia_preprocess::PreprocessError| EngineError::InvalidInput(e.to_string());
+    let sizes = pictures.iter().map(|p| (p.height, p.width)).collect();
+    if processor.patches.is_none() || pictures.len() < 2 {
+        let pixels = processor.process(pictures).map_err(invalid)?;
+        return Ok(crate::ImageBatch {
+            shape: pixels.shape,
+            pixel_values: pixels.pixel_values,
+            sizes,
+            each: None,
+        });
+    }
+    let mut pixel_values = Vec::new();
+    let mut each = Vec::with_capacity(pictures.len());
+    let mut channels = 0;
+    for picture in pictures {
+        let one = processor
+            .process(std::slice::from_ref(picture))
+            .map_err(invalid)?;
+        let [_, c, h, w] = one.shape;
+        channels = c;
+        each.push((h, w));
+        pixel_values.extend(one.pixel_values);
+    }
+    let uniform = each.iter().all(|&s| s == each[0]);
+    let (h, w) = if uniform { each[0] } else { (0, 0) };
+    Ok(crate::ImageBatch {
+        shape: [pictures.len(), channels, h, w],
+        pixel_values,
+        sizes,
+        each: (!uniform).then_some(each),
     })
 }
 

@@ -333,7 +333,10 @@ mod tests {
             "vision_config": {"depth": 32, "embed_dim": 1280, "hidden_size": 1536, "mlp_ratio": 4,
                               "num_heads": 16}});
         let s = Shape::of_qwen_vl_vision(&qwen2).unwrap();
-        assert_eq!((s.hidden, s.intermediate, s.layers, s.gated), (1280, 5120, 32, false));
+        assert_eq!(
+            (s.hidden, s.intermediate, s.layers, s.gated),
+            (1280, 5120, 32, false)
+        );
         let p = s.parameters(false);
         assert!((620_000_000..640_000_000).contains(&p), "{p}");
         let qwen3 = json!({"model_type": "qwen3_vl", "vision_config": {"depth": 24,

@@ -392,16 +392,85 @@ fn llava_tiny_matches_transformers() {
 #[test]
 fn qwen2_vl_tiny_matches_transformers() {
     check_image_text_generation("qwen2-vl-tiny");
+    check_two_images("qwen2-vl-tiny");
 }
 
 #[test]
 fn qwen2_5_vl_tiny_matches_transformers() {
     check_image_text_generation("qwen2.5-vl-tiny");
+    check_two_images("qwen2.5-vl-tiny");
 }
 
 #[test]
 fn qwen3_vl_tiny_matches_transformers() {
     check_image_text_generation("qwen3-vl-tiny");
+    check_two_images("qwen3-vl-tiny");
+}
+
+/// Qwen-VL: one prompt with two pictures that the processor resizes to different patch grids,
+/// each image token run at its own grid; logits from the first image on and 32 greedy
+/// tokens against transformers.
+fn check_two_images(name: &str) {
+    let r = reference(name);
+    let model = source(name);
+    let meta = json(fixture(&format!("{name}/reference_meta.json")));
+    let case = &meta["two_images"];
+    let tokenizer = ia_engine::tokenizer::of(&model.source).unwrap().unwrap();
+    let processor = ia_engine::inputs::image_processor(&model).unwrap();
+    let pictures: Vec<RgbImage> = case["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| RgbImage::open(&fixture(&format!("media/{}", f.as_str().unwrap()))).unwrap())
+        .collect();
+    let images = ia_engine::inputs::image_batch(&processor, &pictures).unwrap();
+    assert!(
+        images.each.is_some(),
+        "the two pictures come out at different sizes"
+    );
+    let mut gen = NativeEngine::new()
+        .load_generator(&model, Placement::new(Platform::Cpu, Precision::F32))
+        .unwrap();
+    let image_token = gen.image_token().unwrap();
+    let text = tokenizer
+        .encode(case["prompt"].as_str().unwrap(), true)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    let tokens = gen.attach_images(&images).unwrap();
+    let prompt = expand_image_tokens(&text, image_token, &tokens).unwrap();
+    assert_eq!(prompt, ids(&r["two_images_input_ids"]), "input ids");
+    let logits = r["two_images_logits"].squeeze(0).unwrap();
+    let first = prompt.iter().position(|&t| t == image_token).unwrap();
+    let last_image = prompt.iter().rposition(|&t| t == image_token).unwrap();
+    let mut got = gen.prefill(&prompt[..=last_image]).unwrap();
+    for (pos, &token) in prompt.iter().enumerate().skip(last_image) {
+        if pos > last_image {
+            got = gen.step(token).unwrap();
+        }
+        let want = logits.get(pos).unwrap().to_vec1::<f32>().unwrap();
+        let d = max_abs(&got, &want);
+        assert!(
+            d <= TOLERANCE,
+            "{name} two images, position {pos} (first image at {first}): max abs diff {d}"
+        );
+    }
+    gen.attach_images(&images).unwrap();
+    let opts = ia_engine::GenerateOptions {
+        max_new_tokens: 32,
+        sampling: ia_engine::Sampling::greedy(),
+        stop_tokens: vec![],
+        ignore_eos: true,
+    };
+    let (greedy, _) = ia_engine::generation::generate(gen.as_mut(), &prompt, &opts, |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(
+        greedy,
+        ids(&r["two_images_greedy"]),
+        "{name}: two images, greedy tokens"
+    );
 }
 
 /// The image work bench and predict compute before loading (for the memory check and the cost
@@ -458,6 +527,7 @@ fn check_image_text_generation(name: &str) {
             shape: pixels.shape,
             pixel_values: pixels.pixel_values.clone(),
             sizes: vec![(image.height, image.width)],
+            each: None,
         };
         // Qwen2-VL's processor hands the model patches; LLaVA's, the image.
         let processed = match processor.patches {

@@ -244,12 +244,8 @@ pub fn attach_images(
             ia_preprocess::image::RgbImage::open(p).with_context(|| format!("{}", p.display()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let pixels = ia_engine::inputs::image_processor(plan)?.process(&pictures)?;
-    let batch = ia_engine::ImageBatch {
-        shape: pixels.shape,
-        pixel_values: pixels.pixel_values,
-        sizes: pictures.iter().map(|p| (p.height, p.width)).collect(),
-    };
+    let batch =
+        ia_engine::inputs::image_batch(&ia_engine::inputs::image_processor(plan)?, &pictures)?;
     let start = std::time::Instant::now();
     let tokens = model.attach_images(&batch)?;
     let encode_ms = start.elapsed().as_secs_f64() * 1e3;

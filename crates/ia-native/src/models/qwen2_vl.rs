@@ -913,49 +913,53 @@ impl TextGenerator for Qwen2Vl {
         Some(self.image_token)
     }
 
-    /// Images as the processor resized them (NCHW, all one size): each becomes
-    /// (height / patch / merge) x (width / patch / merge) tokens.
+    /// Images as the processor resized them (NCHW all one size, or each at its own size):
+    /// each becomes (height / patch / merge) x (width / patch / merge) tokens.
     fn attach_images(&mut self, images: &ImageBatch) -> Result<Vec<usize>, EngineError> {
         let [n, channels, height, width] = images.shape;
         let unit = self.vision.grid.patch * self.vision.grid.merge;
+        let sizes = match &images.each {
+            Some(each) => each.clone(),
+            None => vec![(height, width); n],
+        };
+        let pixels: usize = sizes.iter().map(|&(h, w)| channels * h * w).sum();
         if n == 0
+            || sizes.len() != n
             || channels != 3
-            || height % unit != 0
-            || width % unit != 0
-            || height == 0
-            || width == 0
+            || pixels != images.pixel_values.len()
+            || sizes
+                .iter()
+                .any(|&(h, w)| h == 0 || w == 0 || h % unit != 0 || w % unit != 0)
         {
             return Err(EngineError::InvalidInput(format!(
-                "{n} images of {channels}x{height}x{width}: Qwen-VL takes RGB images whose sides are multiples of {unit} (its processor's smart_resize)"
+                "{n} images of {channels} channels at {sizes:?}: Qwen-VL takes RGB images whose sides are multiples of {unit} (its processor's smart_resize)"
             )));
         }
-        let per = channels * height * width;
         let mut features = Vec::with_capacity(n);
         let mut deepstack: Vec<Vec<Tensor>> = Vec::new();
-        for i in 0..n {
-            let chw = &images.pixel_values[i * per..(i + 1) * per];
-            let (f, d) = self
-                .vision
-                .forward(chw, height, width, self.dtype)
-                .map_err(rt)?;
+        let mut start = 0;
+        for &(h, w) in &sizes {
+            let chw = &images.pixel_values[start..start + channels * h * w];
+            start += chw.len();
+            let (f, d) = self.vision.forward(chw, h, w, self.dtype).map_err(rt)?;
             features.push(f);
             deepstack.resize_with(d.len(), Vec::new);
             for (layer, d) in deepstack.iter_mut().zip(d) {
                 layer.push(d);
             }
         }
-        let grid = (height / unit, width / unit);
-        let tokens = grid.0 * grid.1;
+        let grids: Vec<(usize, usize)> = sizes.iter().map(|&(h, w)| (h / unit, w / unit)).collect();
+        let tokens = grids.iter().map(|&(r, c)| r * c).collect();
         self.attached = Some(Attached {
             features: Tensor::cat(&features, 0).map_err(rt)?,
-            grids: vec![grid; n],
+            grids,
             deepstack: deepstack
                 .iter()
                 .map(|d| Tensor::cat(d, 0))
                 .collect::<candle_core::Result<_>>()
                 .map_err(rt)?,
         });
-        Ok(vec![tokens; n])
+        Ok(tokens)
     }
 }
 
