@@ -20,6 +20,8 @@ scripts/install_browser.sh
 scripts/fetch_web_assets.sh
 # ffmpeg from Debian, which decodes video files for X-CLIP.
 scripts/install_ffmpeg.sh
+# PyTorch, transformers and DeepSpeed from PyPI, which run the launch files plan-training emits.
+scripts/setup_pyref.sh
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "cargo-nextest is required: cargo install --locked cargo-nextest" >&2
   exit 1

@@ -220,12 +220,23 @@ impl Shape {
         (attention, matrices * h * i + i + h)
     }
 
+    /// Weights of one layer (self-attention, MLP, norms); a decoder layer of an
+    /// encoder-decoder adds its cross-attention.
+    pub fn layer_weights(&self, decoder: bool) -> f64 {
+        let (attention, mlp) = self.layer_parameters();
+        let layer = attention + mlp + 4.0 * self.hidden as f64;
+        if decoder {
+            layer + attention
+        } else {
+            layer
+        }
+    }
+
     /// Weights of the layers: encoder (or decoder-only) layers, and decoder layers with their
     /// cross-attention; layer norms included.
     fn layer_total(&self) -> f64 {
-        let (attention, mlp) = self.layer_parameters();
-        let layer = attention + mlp + 4.0 * self.hidden as f64;
-        self.layers as f64 * layer + self.decoder_layers as f64 * (layer + attention)
+        self.layers as f64 * self.layer_weights(false)
+            + self.decoder_layers as f64 * self.layer_weights(true)
     }
 
     fn vocabulary_matrix(&self) -> f64 {

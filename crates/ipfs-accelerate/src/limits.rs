@@ -10,6 +10,16 @@ pub const BEAMS: (u64, u64) = (1, ia_engine::speech::MAX_BEAMS as u64);
 /// Labels printed (`--top-k`).
 pub const TOP_K: (u64, u64) = (1, 1 << 20);
 
+/// GPUs per node and nodes of a training plan.
+pub const GPUS: (u64, u64) = (1, 4096);
+/// Samples per optimizer step of a training plan.
+pub const GLOBAL_BATCH: (u64, u64) = (1, 1 << 24);
+
+/// A GPU's memory in GiB: (0, 65536].
+pub fn gpu_memory_gib(s: &str) -> Result<f64, String> {
+    within(s, 0.0, true, 65536.0, " GiB")
+}
+
 /// A count in `range`, parsed as usize.
 pub fn count(range: (u64, u64)) -> impl TypedValueParser<Value = usize> {
     RangedU64ValueParser::<usize>::new().range(range.0..=range.1)

@@ -13,6 +13,7 @@ mod maintain;
 mod migrate_json;
 mod models;
 mod plan;
+mod plan_training;
 mod predict;
 mod results;
 mod results_store;
@@ -62,6 +63,9 @@ enum Command {
     /// Rank this machine's targets for a model and batch size (measured or predicted p50,
     /// memory estimate), with latency and memory limits
     Select(select::Args),
+    /// Plan distributed training: memory per GPU under DDP, FSDP and DeepSpeed ZeRO, the
+    /// cheapest strategy that fits, and its launch files (--emit)
+    PlanTraining(plan_training::Args),
     /// Serve models over HTTP: OpenAI-compatible routes (embeddings, completions, chat with
     /// SSE streaming, transcriptions), task routes, WebSocket streaming, Prometheus metrics;
     /// with --db-path, the results service other machines submit runs to
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
         Command::Hardware(a) => hardware::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Select(a) => select::run(a),
+        Command::PlanTraining(a) => plan_training::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Models(a) => models::run(a),
         Command::Bench(a) => bench::run(*a),
