@@ -309,6 +309,45 @@ pub struct Plan {
     pub candidates: Vec<Candidate>,
 }
 
+impl Plan {
+    /// One candidate per entry of the preference order: its largest micro-batch that fits,
+    /// else its smallest need.
+    pub fn best_per_strategy(&self) -> Vec<&Candidate> {
+        self.order
+            .iter()
+            .filter_map(|key| {
+                let rows: Vec<&Candidate> = self
+                    .candidates
+                    .iter()
+                    .filter(|c| c.order_key() == *key)
+                    .collect();
+                rows.iter()
+                    .find(|c| c.fits)
+                    .or_else(|| {
+                        rows.iter()
+                            .min_by(|a, b| a.gpu_bytes.total_cmp(&b.gpu_bytes))
+                    })
+                    .copied()
+            })
+            .collect()
+    }
+}
+
+impl Candidate {
+    /// Its entry in [`Plan::order`]: the strategy, "+ckpt" with activation checkpointing.
+    pub fn order_key(&self) -> String {
+        key(self.strategy, self.activation_checkpointing)
+    }
+}
+
+fn key(strategy: Strategy, checkpointing: bool) -> String {
+    format!(
+        "{}{}",
+        strategy.name(),
+        if checkpointing { "+ckpt" } else { "" }
+    )
+}
+
 fn gib(b: f64) -> String {
     format!("{:.2} GiB", b / (1u64 << 30) as f64)
 }
@@ -580,10 +619,7 @@ pub fn plan(model: &Model, request: Request) -> Result<Plan, PlanError> {
         usable_bytes: usable,
         chosen,
         why_none,
-        order: order
-            .iter()
-            .map(|(s, c)| format!("{}{}", s.name(), if *c { "+ckpt" } else { "" }))
-            .collect(),
+        order: order.iter().map(|&(s, c)| key(s, c)).collect(),
         candidates,
     })
 }

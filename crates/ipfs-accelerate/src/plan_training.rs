@@ -11,14 +11,8 @@ pub struct Args {
     /// Catalog key, hub id or checkpoint folder (a config alone is enough)
     #[arg(long)]
     model: String,
-    /// GPUs per node
-    #[arg(long, value_parser = crate::limits::count(crate::limits::GPUS))]
-    gpus: usize,
-    /// Memory of one GPU, GiB
-    #[arg(long, value_parser = crate::limits::gpu_memory_gib)]
-    gpu_memory_gb: f64,
-    #[arg(long, default_value_t = 1, value_parser = crate::limits::count(crate::limits::GPUS))]
-    nodes: usize,
+    #[command(flatten)]
+    cluster: Cluster,
     /// Positions per sample (a ViT's are its patches)
     #[arg(long, default_value_t = 1024, value_parser = crate::limits::count(crate::limits::SEQ_LEN))]
     seq_len: usize,
@@ -44,6 +38,43 @@ pub struct Args {
     json: bool,
 }
 
+/// The GPUs a training plan is for.
+#[derive(clap::Args)]
+pub(crate) struct Cluster {
+    /// GPUs per node
+    #[arg(long, value_parser = crate::limits::count(crate::limits::GPUS))]
+    gpus: Option<usize>,
+    /// Memory of one GPU, GiB
+    #[arg(long, value_parser = crate::limits::gpu_memory_gib)]
+    gpu_memory_gb: Option<f64>,
+    #[arg(long, default_value_t = 1, value_parser = crate::limits::count(crate::limits::GPUS))]
+    nodes: usize,
+}
+
+impl Cluster {
+    /// The request for `global_batch` samples per step (default 8 per GPU) at `seq_len`.
+    pub(crate) fn request(
+        &self,
+        seq_len: usize,
+        global_batch: Option<usize>,
+        precision: Precision,
+    ) -> anyhow::Result<Request> {
+        let (Some(gpus), Some(gib)) = (self.gpus, self.gpu_memory_gb) else {
+            bail!("a training plan needs --gpus and --gpu-memory-gb");
+        };
+        Ok(Request {
+            gpus_per_node: gpus,
+            nodes: self.nodes,
+            gpu_memory_bytes: (gib * (1u64 << 30) as f64) as u64,
+            seq_len,
+            global_batch: global_batch.unwrap_or(8 * gpus * self.nodes),
+            precision,
+            strategy: None,
+            checkpointing: None,
+        })
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Checkpointing {
     Auto,
@@ -61,20 +92,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     }
-    let world = args.gpus * args.nodes;
-    let request = Request {
-        gpus_per_node: args.gpus,
-        nodes: args.nodes,
-        gpu_memory_bytes: (args.gpu_memory_gb * (1u64 << 30) as f64) as u64,
-        seq_len: args.seq_len,
-        global_batch: args.global_batch.unwrap_or(8 * world),
-        precision: args.precision,
-        strategy: args.strategy,
-        checkpointing: match args.activation_checkpointing {
-            Checkpointing::Auto => None,
-            Checkpointing::On => Some(true),
-            Checkpointing::Off => Some(false),
-        },
+    let mut request = args
+        .cluster
+        .request(args.seq_len, args.global_batch, args.precision)?;
+    request.strategy = args.strategy;
+    request.checkpointing = match args.activation_checkpointing {
+        Checkpointing::Auto => None,
+        Checkpointing::On => Some(true),
+        Checkpointing::Off => Some(false),
     };
     let plan = ia_plan::plan(&model, request)?;
     let written = match &args.emit {
@@ -106,11 +131,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-fn gib(b: f64) -> String {
+pub(crate) fn gib(b: f64) -> String {
     format!("{:.2}", b / (1u64 << 30) as f64)
 }
 
-fn label(c: &Candidate) -> String {
+pub(crate) fn label(c: &Candidate) -> String {
     format!(
         "{}{}",
         c.strategy.name(),
@@ -153,33 +178,11 @@ fn print_plan(plan: &Plan, explain: bool) {
         ),
         None => println!("{}", plan.why_none.as_deref().unwrap_or("nothing fits")),
     }
-    // One row per strategy: its largest micro-batch that fits, else its smallest need.
     println!(
         "\n{:<46} {:>6} {:>10} {:>10}  fits",
         "strategy (cheapest first)", "micro", "GPU GiB", "host GiB"
     );
-    for label_key in &plan.order {
-        let rows: Vec<&Candidate> = plan
-            .candidates
-            .iter()
-            .filter(|c| {
-                format!(
-                    "{}{}",
-                    c.strategy.name(),
-                    if c.activation_checkpointing {
-                        "+ckpt"
-                    } else {
-                        ""
-                    }
-                ) == *label_key
-            })
-            .collect();
-        let Some(row) = rows.iter().find(|c| c.fits).or_else(|| {
-            rows.iter()
-                .min_by(|a, b| a.gpu_bytes.total_cmp(&b.gpu_bytes))
-        }) else {
-            continue;
-        };
+    for row in plan.best_per_strategy() {
         println!(
             "{:<46} {:>6} {:>10} {:>10}  {}",
             label(row),

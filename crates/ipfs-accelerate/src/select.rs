@@ -4,6 +4,7 @@
 //! is excluded when a limit rules it out.
 
 use crate::predict::{model_for_prediction, Knowledge, SizeArgs};
+use anyhow::Context;
 use ia_models::Model;
 use ia_predict::Workload;
 use serde_json::{json, Value};
@@ -13,6 +14,13 @@ pub struct Args {
     /// Catalog key, hub id in the local caches, or checkpoint folder
     #[arg(long, required_unless_present = "create_map")]
     model: Option<String>,
+    /// inference: this machine's targets; training: the distributed training strategies for
+    /// --gpus GPUs of --gpu-memory-gb (plan-training's plan; --batch-size is each GPU's share
+    /// of the global batch), those that fit first, cheapest first
+    #[arg(long, value_enum, default_value = "inference")]
+    mode: Mode,
+    #[command(flatten)]
+    cluster: crate::plan_training::Cluster,
     #[command(flatten)]
     size: SizeArgs,
     /// f32, f16, bf16, int8, q8_0, q4_k; or auto: every precision each target has results at,
@@ -44,6 +52,76 @@ pub struct Args {
     /// Where --create-map writes (standard output without it)
     #[arg(long, requires = "create_map")]
     output: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Mode {
+    Inference,
+    Training,
+}
+
+/// `--mode training`: the plan's strategies, those that fit first in the preference order,
+/// then the others with what they would need. No training results are stored yet, so the
+/// order is the plan's (communication and recomputation), not a measured step time.
+fn select_training(args: &Args, model: &Model) -> anyhow::Result<()> {
+    let gpus = args
+        .cluster
+        .request(args.size.seq_len, None, ia_plan::Precision::Bf16)?;
+    let request = ia_plan::Request {
+        global_batch: args.size.batch_size * gpus.world(),
+        ..gpus
+    };
+    let plan = ia_plan::plan(model, request)?;
+    let (fits, rest): (Vec<_>, Vec<_>) = plan.best_per_strategy().into_iter().partition(|c| c.fits);
+    let usable = crate::plan_training::gib(plan.usable_bytes);
+    let rows: Vec<Value> = fits
+        .iter()
+        .chain(&rest)
+        .enumerate()
+        .map(|(i, c)| {
+            json!({
+                "rank": c.fits.then_some(i + 1),
+                "strategy": c.strategy.name(),
+                "engine": c.engine,
+                "activation_checkpointing": c.activation_checkpointing,
+                "micro_batch": c.micro_batch,
+                "gradient_accumulation": c.gradient_accumulation,
+                "gpu_bytes": c.gpu_bytes,
+                "host_bytes": c.host_bytes,
+                "excluded": (!c.fits).then(|| format!(
+                    "needs {} GiB per GPU, over the {usable} GiB usable",
+                    crate::plan_training::gib(c.gpu_bytes)
+                )),
+            })
+        })
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{} training on {} node(s) x {} GPU(s), {usable} GiB usable each, global batch {}, seq {}:",
+        plan.model,
+        plan.request.nodes,
+        plan.request.gpus_per_node,
+        plan.request.global_batch,
+        plan.shape.positions
+    );
+    for (c, row) in fits.iter().chain(&rest).zip(&rows) {
+        let rank = row["rank"].as_u64().map_or("-".into(), |r| format!("#{r}"));
+        let memory = match row["excluded"].as_str() {
+            Some(why) => format!("excluded: {why}"),
+            None => format!("{} GiB per GPU", crate::plan_training::gib(c.gpu_bytes)),
+        };
+        println!(
+            "{rank:>4} {} ({}), micro-batch {} x {}: {memory}",
+            crate::plan_training::label(c),
+            c.engine,
+            c.micro_batch,
+            c.gradient_accumulation
+        );
+    }
+    Ok(())
 }
 
 /// The batch sizes of `--create-map`.
@@ -231,6 +309,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if !(limit.is_finite() && limit > 0.0) {
             anyhow::bail!("limits must be positive numbers, got {limit}");
         }
+    }
+    if args.mode == Mode::Training {
+        let name = args
+            .model
+            .as_deref()
+            .context("--mode training needs --model")?;
+        return select_training(&args, &model_for_prediction(name, args.small_models)?);
     }
     let mut knowledge = Knowledge::load(&args.store.db_path)?;
     let fingerprint = ia_hardware::detect().fingerprint;

@@ -189,6 +189,51 @@ fn the_cheapest_strategy_that_fits_is_chosen() {
     }
 }
 
+/// `select --mode training` ranks the same plan: the strategies that fit first, in the
+/// preference order, the first being plan-training's choice; the others with their need.
+#[test]
+fn select_in_training_mode_ranks_the_plans_strategies() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = llama_7b(dir.path());
+    let m = model.to_str().unwrap();
+    let sizes = ["--gpus", "8", "--gpu-memory-gb", "24", "--seq-len", "2048"];
+    let o = bin()
+        .args([
+            "select",
+            "--model",
+            m,
+            "--mode",
+            "training",
+            "--batch-size",
+            "8",
+            "--json",
+        ])
+        .args(sizes)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let chosen = plan(&[&["--model", m][..], &sizes[..]].concat())["chosen"].clone();
+    assert_eq!(rows[0]["rank"], 1);
+    assert_eq!(rows[0]["strategy"], chosen["strategy"]);
+    assert_eq!(
+        rows[0]["activation_checkpointing"],
+        chosen["activation_checkpointing"]
+    );
+    let first_excluded = rows.iter().position(|r| !r["excluded"].is_null()).unwrap();
+    assert!(rows[first_excluded..].iter().all(|r| r["rank"].is_null()));
+    let o = bin()
+        .args(["select", "--model", m, "--mode", "training"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--gpus and --gpu-memory-gb"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 /// The Python of the reference environment (scripts/setup_pyref.sh), which has PyTorch.
 fn torch_python() -> PathBuf {
     let cache = std::env::var_os("IPFS_ACCELERATE_CACHE")
