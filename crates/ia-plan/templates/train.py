@@ -12,6 +12,7 @@ max_memory_allocated; on the CPU the bytes glibc's malloc holds beyond those hel
 model was built (mallinfo2), sampled after each forward, backward and optimizer step.
 """
 import argparse
+import ctypes
 import json
 import os
 import resource
@@ -26,9 +27,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def rss_peak_bytes():
     # ru_maxrss is in KiB on Linux.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-import ctypes
 
 
 class _MallInfo2(ctypes.Structure):
