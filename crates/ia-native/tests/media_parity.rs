@@ -6,10 +6,11 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixture, ids, load, max_abs, max_abs_diff, reference, source};
+use common::{fixture, generator, ids, load, max_abs, max_abs_diff, reference, source};
 use ia_engine::generation::expand_image_tokens;
 use ia_engine::{
-    Engine, ImageBatch, Inputs, Placement, Precision, SpeechRecognizer, TranscribeOptions,
+    Engine, ImageBatch, Inputs, Placement, Precision, SpeechRecognizer, TextGenerator,
+    TranscribeOptions,
 };
 use ia_hardware::Platform;
 use ia_native::models::whisper;
@@ -428,9 +429,7 @@ fn check_two_images(name: &str) {
         images.each.is_some(),
         "the two pictures come out at different sizes"
     );
-    let mut gen = NativeEngine::new()
-        .load_generator(&model, Placement::new(Platform::Cpu, Precision::F32))
-        .unwrap();
+    let mut gen = generator(name);
     let image_token = gen.image_token().unwrap();
     let text = tokenizer
         .encode(case["prompt"].as_str().unwrap(), true)
@@ -440,37 +439,54 @@ fn check_two_images(name: &str) {
     let tokens = gen.attach_images(&images).unwrap();
     let prompt = expand_image_tokens(&text, image_token, &tokens).unwrap();
     assert_eq!(prompt, ids(&r["two_images_input_ids"]), "input ids");
-    let logits = r["two_images_logits"].squeeze(0).unwrap();
-    let first = prompt.iter().position(|&t| t == image_token).unwrap();
     let last_image = prompt.iter().rposition(|&t| t == image_token).unwrap();
-    let mut got = gen.prefill(&prompt[..=last_image]).unwrap();
-    for (pos, &token) in prompt.iter().enumerate().skip(last_image) {
-        if pos > last_image {
+    let logits = r["two_images_logits"].squeeze(0).unwrap();
+    check_logits_from(
+        gen.as_mut(),
+        &prompt,
+        last_image,
+        &logits,
+        &format!("{name} two images"),
+    );
+    gen.attach_images(&images).unwrap();
+    assert_eq!(
+        greedy_32(gen.as_mut(), &prompt),
+        ids(&r["two_images_greedy"]),
+        "{name}: two images, greedy tokens"
+    );
+}
+
+/// Prefills `prompt` through position `last`, then steps through the rest; the logits at
+/// every position from `last` on against the rows of `logits`.
+fn check_logits_from(
+    gen: &mut dyn TextGenerator,
+    prompt: &[u32],
+    last: usize,
+    logits: &Tensor,
+    what: &str,
+) {
+    let mut got = gen.prefill(&prompt[..=last]).unwrap();
+    for (pos, &token) in prompt.iter().enumerate().skip(last) {
+        if pos > last {
             got = gen.step(token).unwrap();
         }
         let want = logits.get(pos).unwrap().to_vec1::<f32>().unwrap();
         let d = max_abs(&got, &want);
-        assert!(
-            d <= TOLERANCE,
-            "{name} two images, position {pos} (first image at {first}): max abs diff {d}"
-        );
+        assert!(d <= TOLERANCE, "{what} position {pos}: max abs diff {d}");
     }
-    gen.attach_images(&images).unwrap();
+}
+
+/// 32 greedy tokens after `prompt`, EOS ignored (the fixtures' generate() references).
+fn greedy_32(gen: &mut dyn TextGenerator, prompt: &[u32]) -> Vec<u32> {
     let opts = ia_engine::GenerateOptions {
         max_new_tokens: 32,
         sampling: ia_engine::Sampling::greedy(),
         stop_tokens: vec![],
         ignore_eos: true,
     };
-    let (greedy, _) = ia_engine::generation::generate(gen.as_mut(), &prompt, &opts, |_| {
-        std::ops::ControlFlow::Continue(())
-    })
-    .unwrap();
-    assert_eq!(
-        greedy,
-        ids(&r["two_images_greedy"]),
-        "{name}: two images, greedy tokens"
-    );
+    ia_engine::generation::generate(gen, prompt, &opts, |_| std::ops::ControlFlow::Continue(()))
+        .unwrap()
+        .0
 }
 
 /// The image work bench and predict compute before loading (for the memory check and the cost
@@ -488,9 +504,7 @@ fn image_work_before_loading_matches_the_generators_count() {
         let work = ia_engine::inputs::test_image_work(&model)
             .unwrap()
             .expect("an image-text generator");
-        let mut gen = NativeEngine::new()
-            .load_generator(&model, Placement::new(Platform::Cpu, Precision::F32))
-            .unwrap();
+        let mut gen = generator(name);
         let images = ia_engine::inputs::test_images(&model, 1).unwrap();
         assert_eq!(images.shape[0], work.tiles, "{name}: tiles");
         assert_eq!(
@@ -559,28 +573,11 @@ fn check_image_text_generation(name: &str) {
             "case {i}: input ids"
         );
         let last = first + tokens[0] - 1;
-        let mut got = gen.prefill(&prompt[..=last]).unwrap();
-        for (pos, &token) in prompt.iter().enumerate().skip(last) {
-            if pos > last {
-                got = gen.step(token).unwrap();
-            }
-            let d = max_abs(&got, &row(pos));
-            assert!(d <= TOLERANCE, "case {i} position {pos}: max abs diff {d}");
-        }
+        check_logits_from(gen.as_mut(), &prompt, last, &logits, &format!("case {i}"));
 
         gen.attach_images(&images).unwrap();
-        let opts = ia_engine::GenerateOptions {
-            max_new_tokens: 32,
-            sampling: ia_engine::Sampling::greedy(),
-            stop_tokens: vec![],
-            ignore_eos: true,
-        };
-        let (tokens, _) = ia_engine::generation::generate(gen.as_mut(), &prompt, &opts, |_| {
-            std::ops::ControlFlow::Continue(())
-        })
-        .unwrap();
         assert_eq!(
-            tokens,
+            greedy_32(gen.as_mut(), &prompt),
             ids(&r[&format!("case{i}_greedy")]),
             "case {i}: greedy tokens"
         );

@@ -7,6 +7,7 @@ use crate::target::{EngineKind, Engines, Target};
 use anyhow::{bail, Context};
 use ia_db::{OutputFormat, ReadOptions, Store};
 use ia_engine::Precision;
+use ia_models::cost::ImageWork;
 use ia_models::Model;
 use ia_predict::{Case, Ceiling, Observation, Predictor, Quantity, Split, Workload};
 use serde_json::{json, Value};
@@ -558,7 +559,9 @@ fn observations(
          WHERE p.status = 'pass' AND p.latency_p50_ms > 0 \
          ORDER BY p.result_id",
     )?;
-    let mut models: HashMap<(String, String), Option<Model>> = HashMap::new();
+    // Each model once, with what bench's test picture costs it (image-text generators).
+    type Resolved = Option<(Model, Result<Option<ImageWork>, ()>)>;
+    let mut models: HashMap<(String, String), Resolved> = HashMap::new();
     let mut out = Vec::new();
     let mut skipped: HashMap<String, usize> = HashMap::new();
     for r in rows {
@@ -572,9 +575,12 @@ fn observations(
                     random_weights: weights == "random",
                     seed: 0,
                 };
-                resolve_model(&name, &opts).ok()
+                resolve_model(&name, &opts).ok().map(|m| {
+                    let image = ia_engine::inputs::test_image_work(&m).map_err(|_| ());
+                    (m, image)
+                })
             });
-        let Some(model) = model.as_ref() else {
+        let Some((model, image)) = model.as_ref() else {
             *skipped
                 .entry("model not found on this machine".into())
                 .or_default() += 1;
@@ -582,7 +588,7 @@ fn observations(
         };
         let num = |k: &str| r[k].as_f64().unwrap_or(0.0);
         // bench's image-text generators all see its test picture.
-        let Ok(image) = ia_engine::inputs::test_image_work(model) else {
+        let Ok(image) = *image else {
             *skipped
                 .entry("the model's image processor fails on the test picture".into())
                 .or_default() += 1;

@@ -600,33 +600,31 @@ impl Vision {
         order
     }
 
-    /// The rotary cos and sin of each patch, in the patchified order: its row's angles,
-    /// then its column's. [patches, head/2].
-    fn rotary(&self, grid_h: usize, grid_w: usize) -> candle_core::Result<(Tensor, Tensor)> {
-        let order = self.patch_order(grid_h, grid_w);
+    /// The rotary cos and sin of each patch of `order`: its row's angles, then its
+    /// column's. [patches, head/2].
+    fn rotary(&self, order: &[(usize, usize)]) -> candle_core::Result<(Tensor, Tensor)> {
         let mut angles = Vec::with_capacity(order.len() * 2 * self.inv_freq.len());
-        for (h, w) in order {
+        for &(h, w) in order {
             angles.extend(self.inv_freq.iter().map(|f| h as f32 * f));
             angles.extend(self.inv_freq.iter().map(|f| w as f32 * f));
         }
-        let n = grid_h * grid_w;
+        let n = order.len();
         let angles = Tensor::from_vec(angles, (n, 2 * self.inv_freq.len()), &self.device)?;
         Ok((angles.cos()?, angles.sin()?))
     }
 
-    /// Qwen3-VL: the learned position grid resampled bilinearly to the image's patch grid,
-    /// in the patchified order. [patches, width].
+    /// Qwen3-VL: the learned position grid resampled bilinearly to the image's
+    /// `grid_h` x `grid_w` patches, at the patches of `order`. [patches, width].
     fn positions(
         &self,
         table: &Tensor,
         side: usize,
-        grid_h: usize,
-        grid_w: usize,
+        (grid_h, grid_w): (usize, usize),
+        order: &[(usize, usize)],
     ) -> candle_core::Result<Tensor> {
-        let order = self.patch_order(grid_h, grid_w);
         let n = order.len();
         let (mut cells, mut weights) = (Vec::with_capacity(4 * n), Vec::with_capacity(4 * n));
-        for (r, c) in order {
+        for &(r, c) in order {
             let (rows, row_w) = axis_taps(r, grid_h, side);
             let (cols, col_w) = axis_taps(c, grid_w, side);
             for a in 0..2 {
@@ -663,10 +661,13 @@ impl Vision {
         let unit = self.grid.merge * self.grid.merge;
         let x = Tensor::from_vec(patches, (n, ()), &self.device)?.to_dtype(dtype)?;
         let mut x = self.patch_embed.forward(&x)?;
+        let order = self.patch_order(gh, gw);
         if let Some((table, side)) = &self.pos_embed {
-            x = (x + self.positions(table, *side, gh, gw)?.to_dtype(dtype)?)?;
+            x = (x + self
+                .positions(table, *side, (gh, gw), &order)?
+                .to_dtype(dtype)?)?;
         }
-        let (mut cos, mut sin) = self.rotary(gh, gw)?;
+        let (mut cos, mut sin) = self.rotary(&order)?;
         let whole = [(0, n)];
         // Qwen2.5-VL: merged tokens (each `unit` patches) regrouped window by window.
         let windows = match &self.windows {
