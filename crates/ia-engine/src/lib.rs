@@ -19,6 +19,7 @@ pub mod speech;
 pub mod timing;
 pub mod tokenizer;
 pub mod towers;
+pub mod training;
 pub mod whisper;
 
 use ia_hardware::Platform;
@@ -34,6 +35,7 @@ pub use generation::{
 pub use inputs::{InputSpec, Inputs};
 pub use speech::{SpeechRecognizer, TranscribeOptions, Transcription};
 pub use timing::{GenerationTiming, LoadFailure, LoadVariant, TimedIterations, TimedWorkload};
+pub use training::{Trainer, TrainingMemory, TrainingOptions, TrainingPrecision};
 
 /// Numeric precision of a session's weights and activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -227,6 +229,21 @@ pub trait Engine: Send + Sync {
         let _ = (model, at);
         Err(EngineError::Unsupported(format!(
             "the {} engine cannot generate text",
+            self.name()
+        )))
+    }
+
+    /// Loads a model for training steps on one synthetic labelled batch (the engine makes
+    /// the batch from `options`, for the model's task).
+    fn load_trainer(
+        &self,
+        model: &Model,
+        at: Placement,
+        options: &TrainingOptions,
+    ) -> Result<Box<dyn Trainer>, EngineError> {
+        let _ = (model, at, options);
+        Err(EngineError::Unsupported(format!(
+            "the {} engine does not train models",
             self.name()
         )))
     }

@@ -7,6 +7,7 @@
 mod calibrate;
 pub mod kernels;
 pub mod models;
+pub mod training;
 mod weights;
 
 use candle_core::{DType, Device, Tensor};
@@ -129,6 +130,24 @@ impl Engine for NativeEngine {
             }
         };
         Err(EngineError::Unsupported(refusal))
+    }
+
+    fn load_trainer(
+        &self,
+        model: &Model,
+        at: Placement,
+        options: &ia_engine::TrainingOptions,
+    ) -> Result<Box<dyn ia_engine::Trainer>, EngineError> {
+        if at.platform != Platform::Cpu {
+            return Err(EngineError::Unsupported(format!(
+                "the native engine trains on the CPU only (gradient checkpointing's recompute \
+                 is a CPU operation), not on {}",
+                at.platform
+            )));
+        }
+        Ok(Box::new(training::TrainingSession::load(
+            model, at, options,
+        )?))
     }
 
     fn calibrate_matmul(&self, at: Placement) -> Result<MatmulRate, EngineError> {

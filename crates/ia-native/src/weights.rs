@@ -18,7 +18,19 @@ pub fn load_var_builder(
     device: &Device,
 ) -> Result<(VarBuilder<'static>, Arc<AtomicU64>), EngineError> {
     let counter = Arc::new(AtomicU64::new(0));
-    let inner: Box<dyn SimpleBackend> = match source {
+    let backend = CountingBackend {
+        inner: source_backend(source)?,
+        count: counter.clone(),
+    };
+    Ok((
+        VarBuilder::from_backend(Box::new(backend), dtype, device.clone()),
+        counter,
+    ))
+}
+
+/// Where `source`'s tensors come from: its safetensors files, or the seeded random values.
+pub(crate) fn source_backend(source: &ModelSource) -> Result<Box<dyn SimpleBackend>, EngineError> {
+    Ok(match source {
         ModelSource::Checkpoint(c) => {
             if c.safetensors.is_empty() {
                 return Err(EngineError::InvalidModel(format!(
@@ -29,22 +41,17 @@ pub fn load_var_builder(
             let st = open_safetensors(c)?;
             Box::new(st)
         }
-        ModelSource::RandomInit { config, seed } => {
-            let std = config
-                .get("initializer_range")
-                .and_then(|v| v.as_f64())
-                .unwrap_or(0.02) as f32;
-            Box::new(RandomBackend { seed: *seed, std })
-        }
-    };
-    let backend = CountingBackend {
-        inner,
-        count: counter.clone(),
-    };
-    Ok((
-        VarBuilder::from_backend(Box::new(backend), dtype, device.clone()),
-        counter,
-    ))
+        ModelSource::RandomInit { config, seed } => Box::new(random_backend(config, *seed)),
+    })
+}
+
+/// Seeded random values for any tensor, with the config's `initializer_range`.
+pub(crate) fn random_backend(config: &serde_json::Value, seed: u64) -> impl SimpleBackend {
+    let std = config
+        .get("initializer_range")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(0.02) as f32;
+    RandomBackend { seed, std }
 }
 
 /// Memory-maps a checkpoint's safetensors files (all shards).

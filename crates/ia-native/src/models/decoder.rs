@@ -178,13 +178,23 @@ impl Config {
         Ok(Some(axes))
     }
 
-    fn kv_heads(&self) -> usize {
+    pub(crate) fn kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
 
-    fn head_dim(&self) -> usize {
+    pub(crate) fn head_dim(&self) -> usize {
         self.head_dim
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// Qwen2's and Qwen2-VL's (qwen2_vl, qwen2_vl_text) q/k/v projections have biases.
+    pub(crate) fn qkv_bias(&self) -> bool {
+        self.attention_bias || self.model_type.starts_with("qwen2")
+    }
+
+    /// Qwen3's and Qwen3-VL's (qwen3_vl_text) heads are RMS-normalised.
+    pub(crate) fn head_norms(&self) -> bool {
+        self.model_type.starts_with("qwen3")
     }
 
     /// Tokens a sequence may hold: Mistral's window bounds it, so that attention over the
@@ -198,13 +208,13 @@ impl Config {
 
     /// Untied unless the config says otherwise, except Qwen's (transformers' defaults for the
     /// checkpoints that omit the key).
-    fn tied_head(&self) -> bool {
+    pub(crate) fn tied_head(&self) -> bool {
         self.tie_word_embeddings
             .unwrap_or(!matches!(self.model_type.as_str(), "llama" | "mistral"))
     }
 
     /// Per-pair inverse frequencies of the rotary embedding (LLaMA 3 scaling applied).
-    fn inverse_frequencies(&self) -> Vec<f32> {
+    pub(crate) fn inverse_frequencies(&self) -> Vec<f32> {
         let dim = self.head_dim();
         let base: Vec<f32> = (0..dim)
             .step_by(2)
@@ -262,10 +272,8 @@ struct Attention {
 impl Attention {
     fn load(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
         let (h, kv, d) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
-        // Qwen2's and Qwen2-VL's (qwen2_vl, qwen2_vl_text) q/k/v projections have biases.
-        let qkv_bias = cfg.attention_bias || cfg.model_type.starts_with("qwen2");
-        // Qwen3's and Qwen3-VL's (qwen3_vl_text) heads are RMS-normalised.
-        let qwen3 = cfg.model_type.starts_with("qwen3");
+        let qkv_bias = cfg.qkv_bias();
+        let qwen3 = cfg.head_norms();
         let norm = |name: &str| -> candle_core::Result<Option<RmsNorm>> {
             qwen3
                 .then(|| candle_nn::rms_norm(d, cfg.rms_norm_eps, vb.pp(name)))

@@ -44,7 +44,7 @@ fn relu() -> Activation {
 }
 
 /// OPT's learned positions start at index 2 (a fairseq legacy kept by transformers).
-const POSITION_OFFSET: usize = 2;
+pub(crate) const POSITION_OFFSET: usize = 2;
 
 fn opt_layer_norm(size: usize, affine: bool, vb: VarBuilder) -> Result<LayerNorm> {
     let cfg = LayerNormConfig {

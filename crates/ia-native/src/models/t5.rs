@@ -61,7 +61,7 @@ fn yes() -> bool {
 impl Config {
     /// "relu" or "gated-gelu" -> (gated, activation). transformers maps "gelu" here to
     /// gelu_new (the tanh approximation).
-    fn feed_forward(&self) -> (bool, Activation) {
+    pub(crate) fn feed_forward(&self) -> (bool, Activation) {
         let (gated, act) = match self.feed_forward_proj.strip_prefix("gated-") {
             Some(a) => (true, a),
             None => (false, self.feed_forward_proj.as_str()),
@@ -76,7 +76,7 @@ impl Config {
 }
 
 /// transformers' `T5Attention._relative_position_bucket`, in f32 as torch computes it.
-fn relative_position_bucket(
+pub(crate) fn relative_position_bucket(
     relative: i64,
     bidirectional: bool,
     num_buckets: usize,
@@ -285,7 +285,7 @@ impl Attention {
 }
 
 impl Config {
-    fn n_heads_dim(&self) -> usize {
+    pub(crate) fn n_heads_dim(&self) -> usize {
         self.num_heads * self.d_kv
     }
 }
