@@ -11,6 +11,7 @@ pub mod legacy;
 pub mod limits;
 pub mod memory;
 pub mod stats;
+pub mod training;
 
 use ia_engine::generation::{self, GenerateOptions, Sampling, TextGenerator};
 use ia_engine::{
@@ -105,6 +106,17 @@ impl std::str::FromStr for Scenario {
     }
 }
 
+/// What a combination measures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "mode")]
+pub enum Mode {
+    /// Forward passes, generations or transcriptions.
+    #[default]
+    Inference,
+    /// Optimiser steps on a synthetic labelled batch ([`training::measure_training`]).
+    Training { gradient_checkpointing: bool },
+}
+
 #[derive(Debug, Clone)]
 pub struct Combination {
     pub model: Model,
@@ -121,6 +133,7 @@ pub struct Combination {
     pub load_variant: LoadVariant,
     /// A recording to feed audio models instead of the synthetic signal (every batch row).
     pub audio_file: Option<std::path::PathBuf>,
+    pub mode: Mode,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -149,6 +162,8 @@ pub struct Measurement {
     /// Median compute time over the audio it processed (all rows of the batch): < 1 is faster
     /// than real time.
     pub real_time_factor: Option<f64>,
+    /// Training combinations: what the steps held and learned.
+    pub training: Option<training::TrainingMetrics>,
 }
 
 /// LLM metrics as optimum-benchmark defines them.
@@ -297,6 +312,7 @@ impl Measurement {
             generation: work.generation,
             audio_seconds: work.audio_seconds,
             real_time_factor,
+            training: None,
         }
     }
 }
@@ -341,7 +357,7 @@ pub fn interrupted() -> Outcome {
     fail("interrupted", "the run was interrupted (SIGINT/SIGTERM)")
 }
 
-fn fail(stage: &str, e: impl ToString) -> Outcome {
+pub(crate) fn fail(stage: &str, e: impl ToString) -> Outcome {
     Outcome::Failed {
         stage: stage.into(),
         error: e.to_string().replace('\n', " "),
@@ -373,6 +389,12 @@ pub fn measure(
 ) -> Outcome {
     if let Err(reason) = platform_available {
         return Outcome::Unavailable { reason };
+    }
+    if let Mode::Training {
+        gradient_checkpointing,
+    } = combo.mode
+    {
+        return training::measure_training(engine, combo, gradient_checkpointing, protocol);
     }
     let capability = if combo.model.generates_text() {
         Capability::Generate
@@ -668,7 +690,7 @@ fn mean(v: &[f64]) -> Option<f64> {
 
 /// `iterations` runs of `once` back to back on the process clock, each timed; `once` returns
 /// a generation's timings where an iteration is one.
-fn timed_in_process(
+pub(crate) fn timed_in_process(
     iterations: usize,
     mut once: impl FnMut() -> Result<Option<GenerationTiming>, EngineError>,
 ) -> Result<TimedIterations, EngineError> {

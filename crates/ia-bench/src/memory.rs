@@ -14,6 +14,12 @@ pub fn peak_rss_bytes() -> Option<u64> {
     ia_hardware::memory::proc_bytes(&status, "VmHWM")
 }
 
+/// VmRSS in bytes: what the process holds now.
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    ia_hardware::memory::proc_bytes(&status, "VmRSS")
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;

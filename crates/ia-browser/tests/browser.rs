@@ -36,6 +36,7 @@ fn combination(dir: &Path, platform: Platform, batch: usize) -> Combination {
         audio_seconds: 1.0,
         audio_file: None,
         load_variant: LoadVariant::default(),
+        mode: Default::default(),
     }
 }
 

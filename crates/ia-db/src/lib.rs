@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 pub use query::{Limits, OutputFormat, QueryResult};
 pub use records::{
     CalibrationRecord, CombinationRecords, CompatibilityRecord, HardwareRecord, ModelRecord,
-    PerformanceRecord, RunRecord, WebRecord,
+    PerformanceRecord, ResultMode, RunRecord, WebRecord,
 };
 
 #[derive(Debug, thiserror::Error)]

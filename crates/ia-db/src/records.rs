@@ -145,7 +145,42 @@ pub struct PerformanceRecord {
     pub real_time_factor: Option<f64>,
     pub image_tokens: Option<i32>,
     pub image_encode_ms: Option<f64>,
+    /// A submission without it is inference.
+    #[serde(default)]
+    pub mode: ResultMode,
+    pub gradient_checkpointing: Option<bool>,
+    pub gradients_mb: Option<f64>,
+    pub optimizer_state_mb: Option<f64>,
+    /// Peak resident memory of the combination less what it held before loading and less the
+    /// weights, gradients and optimiser state: activations and temporaries.
+    pub activations_mb: Option<f64>,
+    pub loss_first: Option<f64>,
+    pub loss_last: Option<f64>,
 }
+}
+
+/// What a result measured: forward passes and generations, or training steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResultMode {
+    #[default]
+    Inference,
+    Training,
+}
+
+impl ResultMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResultMode::Inference => "inference",
+            ResultMode::Training => "training",
+        }
+    }
+}
+
+impl ToSql for ResultMode {
+    fn to_sql(&self) -> duckdb::Result<duckdb::types::ToSqlOutput<'_>> {
+        Ok(duckdb::types::ToSqlOutput::from(self.as_str()))
+    }
 }
 
 table_record! {

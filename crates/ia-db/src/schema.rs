@@ -6,7 +6,7 @@ use crate::{DbError, Result};
 use duckdb::Connection;
 use std::path::Path;
 
-pub const CURRENT_VERSION: i64 = 11;
+pub const CURRENT_VERSION: i64 = 12;
 
 /// Every table of the current schema.
 pub const TABLES: [&str; 14] = [
@@ -441,6 +441,19 @@ CREATE TABLE submissions (
     r#"
 ALTER TABLE performance_results ADD COLUMN image_tokens INTEGER;
 ALTER TABLE performance_results ADD COLUMN image_encode_ms DOUBLE;
+"#,
+    // 12: training benchmarks (`bench --mode training`): one timed iteration is one optimiser
+    // step. What the step held, by purpose (weights as weight_mb), whether layers were
+    // recomputed in the backward, and the loss of the first and last step. Rows before v12
+    // are inference.
+    r#"
+ALTER TABLE performance_results ADD COLUMN mode VARCHAR NOT NULL DEFAULT 'inference';
+ALTER TABLE performance_results ADD COLUMN gradient_checkpointing BOOLEAN;
+ALTER TABLE performance_results ADD COLUMN gradients_mb DOUBLE;
+ALTER TABLE performance_results ADD COLUMN optimizer_state_mb DOUBLE;
+ALTER TABLE performance_results ADD COLUMN activations_mb DOUBLE;
+ALTER TABLE performance_results ADD COLUMN loss_first DOUBLE;
+ALTER TABLE performance_results ADD COLUMN loss_last DOUBLE;
 "#,
 ];
 

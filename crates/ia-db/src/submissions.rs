@@ -128,6 +128,9 @@ impl CombinationRecords {
             ("audio_seconds", p.audio_seconds),
             ("real_time_factor", p.real_time_factor),
             ("image_encode_ms", p.image_encode_ms),
+            ("gradients_mb", p.gradients_mb),
+            ("optimizer_state_mb", p.optimizer_state_mb),
+            ("activations_mb", p.activations_mb),
         ];
         for (what, v) in times {
             if let Some(v) = v {

@@ -26,13 +26,51 @@ pub fn check_fits(
     precision: Precision,
     work: Workload,
 ) -> Result<(), EngineError> {
+    check_estimate(
+        source,
+        precision.weight_bytes(),
+        work,
+        1,
+        "not enough memory",
+    )
+}
+
+/// Refuses a training combination whose estimated footprint exceeds what the process can
+/// still allocate: f32 weights, gradients and AdamW's two moments (16 bytes a parameter) and
+/// the activations of every layer (of one layer's at a time plus each layer's input, with
+/// gradient checkpointing).
+pub fn check_training_fits(
+    source: &ModelSource,
+    work: Workload,
+    gradient_checkpointing: bool,
+) -> Result<(), EngineError> {
+    let config = source.config();
+    let layers = ["num_hidden_layers", "num_layers"]
+        .iter()
+        .find_map(|k| config.get(*k).and_then(Value::as_u64))
+        .unwrap_or(1)
+        .max(1);
+    let kept = if gradient_checkpointing { 1 } else { layers };
+    check_estimate(source, 16, work, kept, "not enough memory to train")
+}
+
+/// The footprint at `bytes_per_weight`, with the activations of `layers` layers alive at once,
+/// against what the process can allocate.
+fn check_estimate(
+    source: &ModelSource,
+    bytes_per_weight: u64,
+    work: Workload,
+    layers: u64,
+    refusal: &str,
+) -> Result<(), EngineError> {
     let Some(available) = ia_hardware::memory::available() else {
         return Ok(());
     };
-    let f = footprint::estimate(source, precision.weight_bytes(), work)
+    let mut f = footprint::estimate(source, bytes_per_weight, work)
         .map_err(|e| EngineError::InvalidModel(e.to_string()))?;
+    f.activations = f.activations.saturating_mul(layers);
     f.check_fits(&available)
-        .map_err(|reason| EngineError::Unsupported(format!("not enough memory: {reason}")))
+        .map_err(|reason| EngineError::Unsupported(format!("{refusal}: {reason}")))
 }
 
 /// Refuses to allocate `bytes` for `what` when the process cannot get them (an input buffer

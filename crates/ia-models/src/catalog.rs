@@ -142,7 +142,7 @@ pub static CATALOG: &[CatalogEntry] = &[
         "text2text-generation",
         Text,
         "google/t5-efficient-tiny",
-        None,
+        Some(include_str!("configs/t5-small.json")),
         None
     ),
     entry!(
@@ -153,8 +153,8 @@ pub static CATALOG: &[CatalogEntry] = &[
         "text-generation",
         Text,
         "facebook/opt-125m",
-        None,
-        None
+        Some(include_str!("configs/opt-125m.json")),
+        Some(include_str!("configs/opt-125m.json"))
     ),
     entry!(
         "clip",
@@ -253,8 +253,8 @@ pub static CATALOG: &[CatalogEntry] = &[
         "text-generation",
         Text,
         "Qwen/Qwen2-0.5B",
-        None,
-        None
+        Some(include_str!("configs/Qwen2-0.5B.json")),
+        Some(include_str!("configs/Qwen2-0.5B.json"))
     ),
     entry!(
         "qwen2-vl",
@@ -297,8 +297,8 @@ pub static CATALOG: &[CatalogEntry] = &[
         "text-generation",
         Text,
         "Qwen/Qwen3-0.6B",
-        None,
-        None
+        Some(include_str!("configs/Qwen3-0.6B.json")),
+        Some(include_str!("configs/Qwen3-0.6B.json"))
     ),
     entry!(
         "detr",

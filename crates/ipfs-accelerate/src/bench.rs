@@ -3,10 +3,10 @@
 
 use crate::limits;
 use crate::plan::{resolve_model, PlanOptions};
-use crate::results::{combination_records, run_record, text_seq_len};
+use crate::results::{combination_records, run_record, scenario_name, text_seq_len};
 use crate::run_store::{JsonOutput, RunStore};
 use crate::target::{Engines, Target};
-use ia_bench::{Combination, Outcome, Protocol, Scenario};
+use ia_bench::{Combination, Mode, Outcome, Protocol, Scenario};
 use ia_db::submissions::Submission;
 use ia_db::CombinationRecords;
 use ia_engine::{LoadVariant, Precision};
@@ -67,6 +67,16 @@ pub struct Args {
     /// single-stream (latency) and/or offline (throughput)
     #[arg(long, value_delimiter = ',', default_value = "single-stream")]
     scenarios: Vec<Scenario>,
+    /// inference, or training: each timed iteration is one optimiser step (forward, loss,
+    /// backward, AdamW) on a synthetic labelled batch of --batch-sizes samples (--seq-len
+    /// tokens each for text models), on the native engine; --precision bf16 trains with bf16
+    /// autocast over f32 weights
+    #[arg(long, default_value = "inference", value_parser = ["inference", "training"])]
+    mode: String,
+    /// Training: recompute each layer in the backward instead of keeping its activations;
+    /// `false,true` measures both
+    #[arg(long, value_delimiter = ',', num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    gradient_checkpointing: Vec<bool>,
     /// Use each catalog model's small variant
     #[arg(long)]
     small_models: bool,
@@ -324,6 +334,14 @@ fn measure_all(
                 Runner::Engine(engine) => {
                     (ia_bench::measure(*engine, combo, available, protocol), None)
                 }
+                Runner::Browser if combo.mode != Mode::Inference => (
+                    Outcome::Unavailable {
+                        reason: "the browser runtimes run inference only: training steps run \
+                                 on the native engine"
+                            .into(),
+                    },
+                    None,
+                ),
                 Runner::Browser => {
                     // Started with the platform probe above whenever a browser runner exists.
                     let web = web.get_or_insert_with(|| {
@@ -387,7 +405,7 @@ fn measure_all(
             engine: engine_name.to_string(),
             platform: combo.platform,
             precision: combo.precision,
-            scenario: combo.scenario.as_str(),
+            scenario: scenario_name(combo),
             batch_size: combo.batch_size,
             seq_len: text_seq_len(combo),
             outcome,
@@ -419,6 +437,16 @@ fn combinations<'e>(
             });
         }
     }
+    let modes: Vec<Mode> = if args.mode == "training" {
+        args.gradient_checkpointing
+            .iter()
+            .map(|&gradient_checkpointing| Mode::Training {
+                gradient_checkpointing,
+            })
+            .collect()
+    } else {
+        vec![Mode::Inference]
+    };
     let mut out = Vec::new();
     for model in models {
         let single_part = ia_browser::model_parts(&model.source, model.class)
@@ -438,21 +466,24 @@ fn combinations<'e>(
                 for &scenario in &args.scenarios {
                     for &batch_size in &args.batch_sizes {
                         for &(runner, load_variant) in &runners {
-                            out.push((
-                                Combination {
-                                    model: model.clone(),
-                                    platform,
-                                    batch_size,
-                                    seq_len: args.seq_len,
-                                    precision,
-                                    scenario,
-                                    new_tokens: args.new_tokens,
-                                    audio_seconds: args.audio_seconds,
-                                    audio_file: args.audio_file.clone(),
-                                    load_variant,
-                                },
-                                runner,
-                            ));
+                            for &mode in &modes {
+                                out.push((
+                                    Combination {
+                                        model: model.clone(),
+                                        platform,
+                                        batch_size,
+                                        seq_len: args.seq_len,
+                                        precision,
+                                        scenario,
+                                        new_tokens: args.new_tokens,
+                                        audio_seconds: args.audio_seconds,
+                                        audio_file: args.audio_file.clone(),
+                                        load_variant,
+                                        mode,
+                                    },
+                                    runner,
+                                ));
+                            }
                         }
                     }
                 }
@@ -494,7 +525,7 @@ fn describe(c: &Combination) -> String {
         c.model.source.weights_kind().as_str(),
         c.platform,
         c.precision,
-        c.scenario.as_str(),
+        scenario_name(c),
         c.batch_size,
         text_seq_len(c)
             .map(|s| format!(" seq={s}"))
@@ -549,6 +580,24 @@ fn results_table(rows: &[ResultRow]) -> String {
             r.batch_size.to_string(),
             r.outcome.status().into(),
         ];
+        if let Outcome::Measured(m) = &r.outcome {
+            if let Some(t) = &m.training {
+                let mb = |b: u64| format!("{:.0}", b as f64 / (1 << 20) as f64);
+                notes.push(format!(
+                    "{} b={} {}: step memory MB: weights {}, gradients {}, optimiser {}, \
+                     activations and temporaries {}; loss {:.4} -> {:.4}",
+                    r.model,
+                    r.batch_size,
+                    r.scenario,
+                    mb(t.memory.weights),
+                    mb(t.memory.gradients),
+                    mb(t.memory.optimizer_state),
+                    t.activations_bytes.map_or("?".into(), mb),
+                    t.loss_first,
+                    t.loss_last
+                ));
+            }
+        }
         match &r.outcome {
             Outcome::Measured(m) => {
                 let l = &m.latency;
@@ -585,6 +634,7 @@ fn results_table(rows: &[ResultRow]) -> String {
             Outcome::Unavailable { reason } => {
                 notes.push(format!("{}/{}: {reason}", r.model, r.platform))
             }
+
             Outcome::Failed { stage, error } => notes.push(format!(
                 "{}/{} b={}: {stage}: {error}",
                 r.model, r.platform, r.batch_size

@@ -47,6 +47,7 @@ pub fn to_outcome(r: ExternalResult) -> anyhow::Result<(ia_bench::Combination, O
         audio_seconds: r.audio_seconds.unwrap_or(0.0) as f32,
         audio_file: None,
         load_variant: Default::default(),
+        mode: Default::default(),
         model: plan.clone(),
     };
     let work = match generation {

@@ -556,7 +556,7 @@ fn observations(
                 CASE WHEN p.peak_rss_per_combination THEN p.peak_rss_mb END AS peak_rss_mb \
          FROM performance_results p JOIN models m USING (model_id) \
               JOIN hardware_platforms h USING (hardware_id) \
-         WHERE p.status = 'pass' AND p.latency_p50_ms > 0 \
+         WHERE p.status = 'pass' AND p.latency_p50_ms > 0 AND p.mode = 'inference' \
          ORDER BY p.result_id",
     )?;
     // Each model once, with what bench's test picture costs it (image-text generators).

@@ -5,13 +5,28 @@
 use ia_bench::{Combination, Measurement, Outcome};
 use ia_db::{
     CombinationRecords, CompatibilityRecord, HardwareRecord, ModelRecord, PerformanceRecord,
-    RunRecord, WebRecord,
+    ResultMode, RunRecord, WebRecord,
 };
 use ia_hardware::HardwareReport;
 
 /// The sequence length of a combination with text inputs (other inputs have none).
 pub(crate) fn text_seq_len(c: &Combination) -> Option<usize> {
     c.model.has_text_length().then_some(c.seq_len)
+}
+
+/// The scenario a result is stored and shown under. Training steps have their own (with and
+/// without checkpointing), so that reports, trends and regression alerts, which compare
+/// results of one scenario, never set a training step against a forward pass.
+pub(crate) fn scenario_name(c: &Combination) -> &'static str {
+    match c.mode {
+        ia_bench::Mode::Inference => c.scenario.as_str(),
+        ia_bench::Mode::Training {
+            gradient_checkpointing: false,
+        } => "training",
+        ia_bench::Mode::Training {
+            gradient_checkpointing: true,
+        } => "training+ckpt",
+    }
 }
 
 pub(crate) fn run_record() -> RunRecord {
@@ -196,19 +211,36 @@ fn performance_record(
         engine_version: engine.1.clone(),
         device,
         precision: combo.precision.as_str().into(),
-        scenario: combo.scenario.as_str().into(),
+        scenario: scenario_name(combo).into(),
         batch_size: column(combo.batch_size, "batch_size")?,
         seq_len: text_seq_len(combo)
             .map(|s| column(s, "seq_len"))
             .transpose()?,
         status: status.into(),
         error,
+        mode: match combo.mode {
+            ia_bench::Mode::Inference => ResultMode::Inference,
+            ia_bench::Mode::Training { .. } => ResultMode::Training,
+        },
+        gradient_checkpointing: match combo.mode {
+            ia_bench::Mode::Inference => None,
+            ia_bench::Mode::Training {
+                gradient_checkpointing,
+            } => Some(gradient_checkpointing),
+        },
         ..Default::default()
     };
     let Some(m) = m else { return Ok(base) };
     let l = &m.latency;
     let g = m.generation.as_ref();
+    let t = m.training.as_ref();
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
     Ok(PerformanceRecord {
+        gradients_mb: t.map(|t| mb(t.memory.gradients)),
+        optimizer_state_mb: t.map(|t| mb(t.memory.optimizer_state)),
+        activations_mb: t.and_then(|t| t.activations_bytes).map(mb),
+        loss_first: t.map(|t| f64::from(t.loss_first)),
+        loss_last: t.map(|t| f64::from(t.loss_last)),
         prompt_tokens: g
             .map(|g| column(g.prompt_tokens, "prompt_tokens"))
             .transpose()?,
@@ -222,7 +254,8 @@ fn performance_record(
         decode_tokens_per_s: g.map(|g| g.decode_tokens_per_s),
         weight_mb: g
             .and_then(|g| g.weight_bytes)
-            .map(|b| b as f64 / (1 << 20) as f64),
+            .or(t.map(|t| t.memory.weights))
+            .map(mb),
         greedy_agreement_vs_f32: g.and_then(|g| g.greedy_agreement_vs_f32),
         audio_seconds: m.audio_seconds,
         real_time_factor: m.real_time_factor,
@@ -233,7 +266,10 @@ fn performance_record(
         image_encode_ms: g.and_then(|g| g.image_encode_mean_ms),
         engine: m.session.engine.clone(),
         engine_version: m.session.engine_version.clone(),
-        precision: m.session.precision.as_str().into(),
+        // Training in bf16 is autocast over f32 weights: recorded as bf16-mixed.
+        precision: t
+            .map_or(m.session.precision.as_str(), |t| t.precision.as_str())
+            .into(),
         load_time_ms: Some(m.load_time_ms),
         first_inference_ms: Some(m.first_inference_ms),
         warmup_iterations: Some(column(m.warmup_iterations, "warmup_iterations")?),

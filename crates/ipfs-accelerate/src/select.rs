@@ -60,10 +60,65 @@ enum Mode {
     Training,
 }
 
+/// The store's training results of `model` (`bench --mode training`), oldest first; none
+/// without a store.
+fn training_measurements(db: &std::path::Path, model: &Model) -> anyhow::Result<Vec<Value>> {
+    if !db.exists() {
+        return Ok(Vec::new());
+    }
+    let store = ia_db::Store::open_read_only(db, &ia_db::ReadOptions::default())?;
+    crate::predict::rows(
+        &store,
+        &format!(
+            "SELECT p.result_id, h.platform, h.cpu_model, p.precision, \
+                    p.gradient_checkpointing, p.batch_size, p.seq_len, \
+                    p.latency_p50_ms AS step_p50_ms, p.throughput_items_per_s AS samples_per_s, \
+                    p.peak_rss_mb \
+             FROM performance_results p JOIN models m USING (model_id) \
+                  JOIN hardware_platforms h USING (hardware_id) \
+             WHERE p.mode = 'training' AND p.status = 'pass' AND m.model_name = '{}' \
+             ORDER BY p.result_id",
+            model.name.replace('\'', "''")
+        ),
+    )
+}
+
+/// What recomputing the layers in the backward costs, measured: the median over stored pairs
+/// (same machine, platform, precision, batch and length; the latest of each) of the step time
+/// with gradient checkpointing over the step time without.
+fn measured_recompute_factor(measurements: &[Value]) -> Option<f64> {
+    let mut latest: std::collections::HashMap<(String, bool), f64> = Default::default();
+    for m in measurements {
+        let key = [
+            "platform",
+            "cpu_model",
+            "precision",
+            "batch_size",
+            "seq_len",
+        ]
+        .map(|k| m[k].to_string())
+        .join("/");
+        let ckpt = m["gradient_checkpointing"].as_bool().unwrap_or(false);
+        if let Some(p50) = m["step_p50_ms"].as_f64() {
+            latest.insert((key, ckpt), p50);
+        }
+    }
+    let mut ratios: Vec<f64> = latest
+        .iter()
+        .filter(|((_, ckpt), _)| *ckpt)
+        .filter_map(|((key, _), with)| Some(with / latest.get(&(key.clone(), false))?))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    (!ratios.is_empty()).then(|| ratios[ratios.len() / 2])
+}
+
 /// `--mode training`: the plan's strategies, those that fit first in the preference order,
-/// then the others with what they would need. No training results are stored yet, so the
-/// order is the plan's (communication and recomputation), not a measured step time.
+/// then the others with what they would need; with the store's training measurements of the
+/// model, and the recomputation cost they show on each strategy that checkpoints activations.
+/// No GPU training step is stored, so no GPU step time is predicted.
 fn select_training(args: &Args, model: &Model) -> anyhow::Result<()> {
+    let measurements = training_measurements(&args.store.db_path, model)?;
+    let recompute = measured_recompute_factor(&measurements);
     let gpus = args
         .cluster
         .request(args.size.seq_len, None, ia_plan::Precision::Bf16)?;
@@ -88,6 +143,7 @@ fn select_training(args: &Args, model: &Model) -> anyhow::Result<()> {
                 "gradient_accumulation": c.gradient_accumulation,
                 "gpu_bytes": c.gpu_bytes,
                 "host_bytes": c.host_bytes,
+                "measured_recompute_factor": recompute.filter(|_| c.activation_checkpointing),
                 "excluded": (!c.fits).then(|| format!(
                     "needs {} GiB per GPU, over the {usable} GiB usable",
                     crate::plan_training::gib(c.gpu_bytes)
@@ -96,7 +152,8 @@ fn select_training(args: &Args, model: &Model) -> anyhow::Result<()> {
         })
         .collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        let out = json!({"strategies": rows, "measurements": measurements});
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     println!(
@@ -113,12 +170,41 @@ fn select_training(args: &Args, model: &Model) -> anyhow::Result<()> {
             Some(why) => format!("excluded: {why}"),
             None => format!("{} GiB per GPU", crate::plan_training::gib(c.gpu_bytes)),
         };
+        let recompute = row["measured_recompute_factor"]
+            .as_f64()
+            .map(|f| format!(" (recomputation measured at x{f:.2} step time)"))
+            .unwrap_or_default();
         println!(
-            "{rank:>4} {} ({}), micro-batch {} x {}: {memory}",
+            "{rank:>4} {} ({}), micro-batch {} x {}: {memory}{recompute}",
             crate::plan_training::label(c),
             c.engine,
             c.micro_batch,
             c.gradient_accumulation
+        );
+    }
+    if measurements.is_empty() {
+        println!(
+            "no training measurement of {} in {} (bench --mode training)",
+            plan.model,
+            args.store.db_path.display()
+        );
+    }
+    for m in &measurements {
+        println!(
+            "measured: result {} on {} {}, {}{}, batch {} x {}: step p50 {:.1} ms, {:.2} samples/s",
+            m["result_id"],
+            m["platform"].as_str().unwrap_or(""),
+            m["cpu_model"].as_str().unwrap_or(""),
+            m["precision"].as_str().unwrap_or(""),
+            if m["gradient_checkpointing"].as_bool() == Some(true) {
+                " with gradient checkpointing"
+            } else {
+                ""
+            },
+            m["batch_size"],
+            m["seq_len"],
+            m["step_p50_ms"].as_f64().unwrap_or(f64::NAN),
+            m["samples_per_s"].as_f64().unwrap_or(f64::NAN),
         );
     }
     Ok(())

@@ -212,7 +212,9 @@ fn select_in_training_mode_ranks_the_plans_strategies() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = out["strategies"].as_array().unwrap();
+    assert_eq!(out["measurements"], serde_json::json!([]), "no store: none");
     let chosen = plan(&[&["--model", m][..], &sizes[..]].concat())["chosen"].clone();
     assert_eq!(rows[0]["rank"], 1);
     assert_eq!(rows[0]["strategy"], chosen["strategy"]);

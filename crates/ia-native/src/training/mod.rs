@@ -190,6 +190,7 @@ impl TrainingSession {
         at: Placement,
         options: &TrainingOptions,
     ) -> Result<Self, EngineError> {
+        trainable(model)?;
         let batch = synthetic_batch(model, options)?;
         Self::load_with_batch(model, at, options, batch)
     }
@@ -336,6 +337,23 @@ impl From<EngineError> for Built {
     }
 }
 
+/// Refuses the classes the native engine has no training model of.
+pub fn trainable(model: &Model) -> Result<(), EngineError> {
+    match model.class {
+        ModelClass::Bert | ModelClass::Vit | ModelClass::T5 => Ok(()),
+        ModelClass::Llama | ModelClass::Qwen
+            if !crate::models::qwen2_vl::is_qwen_vl(model.source.config()) =>
+        {
+            Ok(())
+        }
+        other => Err(EngineError::Unsupported(format!(
+            "the native engine trains BERT, ViT, LLaMA/Mistral/Qwen2/Qwen3, OPT and T5 models, \
+             not {}",
+            other.as_str()
+        ))),
+    }
+}
+
 /// The training model of `model`'s architecture.
 fn build(model: &Model, vb: VarBuilder, ctx: &Ctx) -> Result<Box<dyn TrainingModel>, Built> {
     let source = &model.source;
@@ -370,12 +388,10 @@ fn build(model: &Model, vb: VarBuilder, ctx: &Ctx) -> Result<Box<dyn TrainingMod
             &crate::models::parse_config(source, "T5")?,
             ctx,
         )?),
-        other => {
-            return Err(Built::Engine(EngineError::Unsupported(format!(
-                "the native engine trains BERT, ViT, LLaMA/Mistral/Qwen2/Qwen3, OPT and T5 \
-                 models, not {}",
-                other.as_str()
-            ))))
+        _ => {
+            return Err(Built::Engine(trainable(model).err().unwrap_or_else(|| {
+                EngineError::Unsupported(format!("no training model of {}", model.class.as_str()))
+            })))
         }
     })
 }
