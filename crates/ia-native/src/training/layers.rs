@@ -244,7 +244,9 @@ pub fn cross_entropy(logits: &Tensor, labels: &[i64]) -> Result<Tensor> {
         .into_iter()
         .unzip();
     if rows.is_empty() {
-        candle_core::bail!("the batch has no label to learn from");
+        candle_core::bail!(
+            "no position of the batch has a label to learn from (the sequences are too short)"
+        );
     }
     let device = logits.device();
     let n = rows.len();

@@ -16,6 +16,7 @@
 
 mod bert;
 mod decoder;
+mod heap;
 mod layers;
 mod opt;
 mod t5;
@@ -181,6 +182,7 @@ pub struct TrainingSession {
     gradient_bytes: u64,
     /// Parameters the checkpoint lacked, initialised randomly (a new task head).
     pub initialised: Vec<String>,
+    _heap: heap::RetainedHeap,
 }
 
 impl TrainingSession {
@@ -261,6 +263,7 @@ impl TrainingSession {
             ctx,
             gradient_bytes: 0,
             initialised,
+            _heap: heap::RetainedHeap::new(),
         })
     }
 
