@@ -9,11 +9,13 @@
 //! conditional generation) named as transformers names it, so the parameters after N steps
 //! can be compared with PyTorch's by name.
 //!
-//! Every tensor the model reads becomes a trainable f32 [`Var`]. A head the checkpoint lacks
+//! Every tensor the model reads becomes a trainable f32 [`Var`], updated in place by
+//! [`adamw`] with PyTorch's AdamW arithmetic. A head the checkpoint lacks
 //! (BERT's masked-LM head on a `BertModel` checkpoint) is initialised from the seeded random
 //! values, as transformers initialises a missing head. Dropout is not applied, so a step is
 //! deterministic and comparable with PyTorch's.
 
+mod adamw;
 mod bert;
 mod decoder;
 mod heap;
@@ -26,7 +28,7 @@ use crate::{candle_message, device_for};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
-use candle_nn::{Init, Optimizer, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 use ia_engine::training::{Trainer, TrainingMemory, TrainingOptions};
 use ia_engine::{inputs, EngineError, InputSpec, Inputs, Placement, SessionInfo};
 use ia_models::{Modality, Model, ModelClass, ModelSource};
@@ -176,7 +178,7 @@ pub struct TrainingSession {
     info: SessionInfo,
     model: Box<dyn TrainingModel>,
     params: Vec<(String, Var)>,
-    optimizer: candle_nn::AdamW,
+    optimizer: adamw::AdamW,
     batch: Batch,
     ctx: Ctx,
     gradient_bytes: u64,
@@ -231,16 +233,9 @@ impl TrainingSession {
         })?;
         let vars = params.vars();
         let parameter_count = vars.iter().map(|(_, v)| v.elem_count() as u64).sum();
-        let o = options.optimizer;
-        let optimizer = candle_nn::AdamW::new(
+        let optimizer = adamw::AdamW::new(
             vars.iter().map(|(_, v)| v.clone()).collect(),
-            candle_nn::ParamsAdamW {
-                lr: o.lr,
-                beta1: o.beta1,
-                beta2: o.beta2,
-                eps: o.eps,
-                weight_decay: o.weight_decay,
-            },
+            options.optimizer,
         )
         .map_err(|e| EngineError::Runtime(candle_message(&e)))?;
         let initialised = params.initialised.lock().expect("params lock").clone();
