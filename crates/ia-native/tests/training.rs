@@ -45,14 +45,7 @@ fn max_difference(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f32 {
         .zip(b)
         .map(|((n, x), (m, y))| {
             assert_eq!(n, m);
-            (x - y)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
+            common::max_abs_diff(&x.flatten_all().unwrap().to_vec1().unwrap(), y)
         })
         .fold(0.0, f32::max)
 }

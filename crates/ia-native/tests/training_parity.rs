@@ -126,14 +126,10 @@ fn check(name: &str) {
         let mine = ours
             .get(n)
             .unwrap_or_else(|| panic!("{name}: no parameter {n}"));
-        let d = (mine - &expected[n])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = common::max_abs_diff(
+            &mine.flatten_all().unwrap().to_vec1().unwrap(),
+            &expected[n],
+        );
         if d > worst.0 {
             worst = (d, n.clone());
         }

@@ -25,7 +25,54 @@ pub(crate) struct EncoderLayer {
     pub pre_norm: bool,
 }
 
+/// The sizes of an encoder layer.
+pub(crate) struct EncoderShape {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub act: Activation,
+    pub eps: f64,
+}
+
+/// Where an encoder layer's tensors sit under its prefix: BERT and ViT name them differently.
+pub(crate) struct EncoderNames {
+    pub query: &'static str,
+    pub key: &'static str,
+    pub value: &'static str,
+    pub attention_norm: &'static str,
+    pub output_norm: &'static str,
+    pub qkv_bias: bool,
+    pub pre_norm: bool,
+}
+
+const BERT: EncoderNames = EncoderNames {
+    query: "attention.self.query",
+    key: "attention.self.key",
+    value: "attention.self.value",
+    attention_norm: "attention.output.LayerNorm",
+    output_norm: "output.LayerNorm",
+    qkv_bias: true,
+    pre_norm: false,
+};
+
 impl EncoderLayer {
+    pub fn load(shape: &EncoderShape, names: &EncoderNames, vb: VarBuilder) -> Result<Self> {
+        let (h, i, eps, b) = (shape.hidden, shape.intermediate, shape.eps, names.qkv_bias);
+        Ok(Self {
+            query: Linear::load(h, h, b, vb.pp(names.query))?,
+            key: Linear::load(h, h, b, vb.pp(names.key))?,
+            value: Linear::load(h, h, b, vb.pp(names.value))?,
+            attention_output: Linear::load(h, h, true, vb.pp("attention.output.dense"))?,
+            attention_norm: LayerNorm::load(h, eps, vb.pp(names.attention_norm))?,
+            intermediate: Linear::load(h, i, true, vb.pp("intermediate.dense"))?,
+            output: Linear::load(i, h, true, vb.pp("output.dense"))?,
+            output_norm: LayerNorm::load(h, eps, vb.pp(names.output_norm))?,
+            heads: shape.heads,
+            act: shape.act,
+            pre_norm: names.pre_norm,
+        })
+    }
+
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let attn_in = if self.pre_norm {
             self.attention_norm.forward(x)?
@@ -79,29 +126,19 @@ impl BertForMaskedLm {
         let h = cfg.hidden_size;
         let eps = cfg.layer_norm_eps;
         let e = vb.pp("bert.embeddings");
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let l = vb.pp(format!("bert.encoder.layer.{i}"));
-            let layer = Arc::new(EncoderLayer {
-                query: Linear::load(h, h, true, l.pp("attention.self.query"))?,
-                key: Linear::load(h, h, true, l.pp("attention.self.key"))?,
-                value: Linear::load(h, h, true, l.pp("attention.self.value"))?,
-                attention_output: Linear::load(h, h, true, l.pp("attention.output.dense"))?,
-                attention_norm: LayerNorm::load(h, eps, l.pp("attention.output.LayerNorm"))?,
-                intermediate: Linear::load(
-                    h,
-                    cfg.intermediate_size,
-                    true,
-                    l.pp("intermediate.dense"),
-                )?,
-                output: Linear::load(cfg.intermediate_size, h, true, l.pp("output.dense"))?,
-                output_norm: LayerNorm::load(h, eps, l.pp("output.LayerNorm"))?,
-                heads: cfg.num_attention_heads,
-                act: cfg.hidden_act,
-                pre_norm: false,
-            });
-            layers.push(layer.as_fn(ctx));
-        }
+        let shape = EncoderShape {
+            hidden: h,
+            intermediate: cfg.intermediate_size,
+            heads: cfg.num_attention_heads,
+            act: cfg.hidden_act,
+            eps,
+        };
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                EncoderLayer::load(&shape, &BERT, vb.pp(format!("bert.encoder.layer.{i}")))
+                    .map(|l| Arc::new(l).as_fn(ctx))
+            })
+            .collect::<Result<_>>()?;
         let p = vb.pp("cls.predictions");
         Ok(Self {
             word_embeddings: e.get((cfg.vocab_size, h), "word_embeddings.weight")?,
@@ -123,20 +160,11 @@ impl BertForMaskedLm {
 
 impl TrainingModel for BertForMaskedLm {
     fn loss(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
-        let Batch::Tokens {
-            batch,
-            seq_len,
-            input_ids,
-            labels,
-        } = batch
-        else {
-            candle_core::bail!("BERT trains on token batches");
-        };
         let device = self.word_embeddings.device();
-        let ids = Tensor::from_slice(input_ids, (*batch, *seq_len), device)?;
-        let positions = Tensor::arange(0u32, *seq_len as u32, device)?;
-        let token_types = Tensor::zeros((*batch, *seq_len), candle_core::DType::U32, device)?;
-        let x = (embed(&self.word_embeddings, &ids)?
+        let rows = batch.token_rows(device, "BERT")?;
+        let positions = Tensor::arange(0u32, rows.seq_len as u32, device)?;
+        let token_types = rows.ids.zeros_like()?;
+        let x = (embed(&self.word_embeddings, &rows.ids)?
             + embed(&self.token_type_embeddings, &token_types)?)?
         .broadcast_add(&embed(&self.position_embeddings, &positions)?)?;
         let mut x = self.embeddings_norm.forward(&x)?;
@@ -150,6 +178,6 @@ impl TrainingModel for BertForMaskedLm {
             Some(self.decoder_bias.clone()),
         )
         .forward(&t, ctx)?;
-        layers::cross_entropy(&logits.flatten_to(1)?, labels)
+        layers::cross_entropy(&logits.flatten_to(1)?, rows.labels)
     }
 }

@@ -3,7 +3,7 @@
 //! embeddings), on [`crate::models::decoder::Config`].
 
 use super::layers::{self, checkpoint, embed, rotate, Ctx, LayerFn, Linear, RmsNorm};
-use super::{Batch, TrainingModel};
+use super::{Batch, TokenRows, TrainingModel};
 use crate::models::decoder::Config;
 use candle_core::{Device, Result, Tensor};
 use candle_nn::{Activation, VarBuilder};
@@ -163,19 +163,10 @@ impl DecoderForCausalLm {
 
 impl TrainingModel for DecoderForCausalLm {
     fn loss(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
-        let Batch::Tokens {
-            batch,
-            seq_len,
-            input_ids,
-            labels,
-        } = batch
-        else {
-            candle_core::bail!("causal LMs train on token batches");
-        };
         let device = self.embed_tokens.device();
-        let ids = Tensor::from_slice(input_ids, (*batch, *seq_len), device)?;
-        let at = Arc::new(self.positions(*seq_len, device)?);
-        let mut x = embed(&self.embed_tokens, &ids)?;
+        let rows = batch.token_rows(device, "a causal LM")?;
+        let at = Arc::new(self.positions(rows.seq_len, device)?);
+        let mut x = embed(&self.embed_tokens, &rows.ids)?;
         for layer in &self.layers {
             let (layer, at, c) = (layer.clone(), at.clone(), ctx.clone());
             let f: LayerFn = Arc::new(move |x: &[Tensor]| layer.forward(&x[0], &at, &c));
@@ -183,17 +174,16 @@ impl TrainingModel for DecoderForCausalLm {
         }
         let x = self.norm.forward(&x)?;
         let logits = Linear::new(self.lm_head.clone(), None).forward(&x, ctx)?;
-        causal_lm_loss(&logits, labels, *batch, *seq_len)
+        causal_lm_loss(&logits, &rows)
     }
 }
 
 /// transformers' causal-LM loss: position t predicts label t + 1.
-pub(crate) fn causal_lm_loss(
-    logits: &Tensor,
-    labels: &[i64],
-    batch: usize,
-    seq: usize,
-) -> Result<Tensor> {
+pub(crate) fn causal_lm_loss(logits: &Tensor, rows: &TokenRows) -> Result<Tensor> {
+    let (batch, seq, labels) = (rows.batch, rows.seq_len, rows.labels);
+    if seq < 2 {
+        candle_core::bail!("a causal LM learns from sequences of 2 tokens or more, not {seq}");
+    }
     let vocab = logits.dim(2)?;
     let predicting = logits
         .narrow(1, 0, seq - 1)?

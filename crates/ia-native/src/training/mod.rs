@@ -81,6 +81,40 @@ impl Batch {
     }
 }
 
+/// A token batch as the text models read it.
+pub(crate) struct TokenRows<'a> {
+    /// [batch, seq_len] token ids.
+    pub ids: Tensor,
+    pub labels: &'a [i64],
+    pub batch: usize,
+    pub seq_len: usize,
+}
+
+impl Batch {
+    /// The token rows of a `Tokens` batch on `device`; `model` names who refuses another kind.
+    pub(crate) fn token_rows(
+        &self,
+        device: &Device,
+        model: &str,
+    ) -> candle_core::Result<TokenRows<'_>> {
+        let Batch::Tokens {
+            batch,
+            seq_len,
+            input_ids,
+            labels,
+        } = self
+        else {
+            candle_core::bail!("{model} trains on token batches");
+        };
+        Ok(TokenRows {
+            ids: Tensor::from_slice(input_ids, (*batch, *seq_len), device)?,
+            labels,
+            batch: *batch,
+            seq_len: *seq_len,
+        })
+    }
+}
+
 /// A training model: the loss of a batch, as a scalar tensor candle can differentiate.
 pub(crate) trait TrainingModel: Send {
     fn loss(&self, batch: &Batch, ctx: &Ctx) -> candle_core::Result<Tensor>;

@@ -125,28 +125,20 @@ impl OptForCausalLm {
 
 impl TrainingModel for OptForCausalLm {
     fn loss(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
-        let Batch::Tokens {
-            batch,
-            seq_len,
-            input_ids,
-            labels,
-        } = batch
-        else {
-            candle_core::bail!("causal LMs train on token batches");
-        };
         let device = self.embed_tokens.device();
-        let ids = Tensor::from_slice(input_ids, (*batch, *seq_len), device)?;
-        let mut x = embed(&self.embed_tokens, &ids)?;
+        let rows = batch.token_rows(device, "a causal LM")?;
+        let seq_len = rows.seq_len;
+        let mut x = embed(&self.embed_tokens, &rows.ids)?;
         if let Some(p) = &self.project_in {
             x = p.forward(&x, ctx)?;
         }
         let positions = Tensor::arange(
             POSITION_OFFSET as u32,
-            (POSITION_OFFSET + *seq_len) as u32,
+            (POSITION_OFFSET + seq_len) as u32,
             device,
         )?;
         let mut x = x.broadcast_add(&embed(&self.embed_positions, &positions)?)?;
-        let mask = Arc::new(layers::causal_mask(*seq_len, device)?);
+        let mask = Arc::new(layers::causal_mask(seq_len, device)?);
         for layer in &self.layers {
             let (layer, mask, c) = (layer.clone(), mask.clone(), ctx.clone());
             let f: LayerFn = Arc::new(move |x: &[Tensor]| layer.forward(&x[0], &mask, &c));
@@ -159,6 +151,6 @@ impl TrainingModel for OptForCausalLm {
             x = p.forward(&x, ctx)?;
         }
         let logits = Linear::new(self.embed_tokens.clone(), None).forward(&x, ctx)?;
-        causal_lm_loss(&logits, labels, *batch, *seq_len)
+        causal_lm_loss(&logits, &rows)
     }
 }

@@ -1,7 +1,7 @@
 //! ViT with its classification head for training, after transformers'
 //! `ViTForImageClassification`: `vit.*` and `classifier.*`.
 
-use super::bert::EncoderLayer;
+use super::bert::{EncoderLayer, EncoderNames, EncoderShape};
 use super::layers::{self, checkpoint, Ctx, LayerFn, LayerNorm, Linear};
 use super::{Batch, TrainingModel};
 use crate::models::vit::Config;
@@ -29,29 +29,28 @@ impl VitForImageClassification {
         let e = vb.pp("vit.embeddings");
         let proj = e.pp("patch_embeddings.projection");
         let weight = proj.get((h, c, p, p), "weight")?.reshape((h, c * p * p))?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let l = vb.pp(format!("vit.encoder.layer.{i}"));
-            let layer = Arc::new(EncoderLayer {
-                query: Linear::load(h, h, cfg.qkv_bias, l.pp("attention.attention.query"))?,
-                key: Linear::load(h, h, cfg.qkv_bias, l.pp("attention.attention.key"))?,
-                value: Linear::load(h, h, cfg.qkv_bias, l.pp("attention.attention.value"))?,
-                attention_output: Linear::load(h, h, true, l.pp("attention.output.dense"))?,
-                attention_norm: LayerNorm::load(h, eps, l.pp("layernorm_before"))?,
-                intermediate: Linear::load(
-                    h,
-                    cfg.intermediate_size,
-                    true,
-                    l.pp("intermediate.dense"),
-                )?,
-                output: Linear::load(cfg.intermediate_size, h, true, l.pp("output.dense"))?,
-                output_norm: LayerNorm::load(h, eps, l.pp("layernorm_after"))?,
-                heads: cfg.num_attention_heads,
-                act: cfg.hidden_act,
-                pre_norm: true,
-            });
-            layers.push(layer.as_fn(ctx));
-        }
+        let shape = EncoderShape {
+            hidden: h,
+            intermediate: cfg.intermediate_size,
+            heads: cfg.num_attention_heads,
+            act: cfg.hidden_act,
+            eps,
+        };
+        let names = EncoderNames {
+            query: "attention.attention.query",
+            key: "attention.attention.key",
+            value: "attention.attention.value",
+            attention_norm: "layernorm_before",
+            output_norm: "layernorm_after",
+            qkv_bias: cfg.qkv_bias,
+            pre_norm: true,
+        };
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                EncoderLayer::load(&shape, &names, vb.pp(format!("vit.encoder.layer.{i}")))
+                    .map(|l| Arc::new(l).as_fn(ctx))
+            })
+            .collect::<Result<_>>()?;
         Ok(Self {
             cls_token: e.get((1, 1, h), "cls_token")?,
             position_embeddings: e.get((1, patches + 1, h), "position_embeddings")?,
