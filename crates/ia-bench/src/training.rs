@@ -27,7 +27,7 @@ pub struct TrainingMetrics {
 }
 
 /// The settings a training combination runs with: f32, or bf16 autocast for `--precision
-/// bf16`; AdamW with its defaults; the batch from seed 0.
+/// bf16`; AdamW with its defaults.
 pub fn options(
     combo: &Combination,
     gradient_checkpointing: bool,
@@ -47,7 +47,6 @@ pub fn options(
         precision,
         gradient_checkpointing,
         optimizer: AdamW::default(),
-        seed: 0,
     })
 }
 

@@ -62,8 +62,6 @@ pub struct TrainingOptions {
     /// Keep only each layer's input in the forward; recompute the layer in the backward.
     pub gradient_checkpointing: bool,
     pub optimizer: AdamW,
-    /// Seed of the synthetic batch.
-    pub seed: u64,
 }
 
 /// Bytes a training workload holds, by what they are for. Each is counted from the tensors

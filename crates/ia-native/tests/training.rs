@@ -25,7 +25,6 @@ fn options(precision: TrainingPrecision, gradient_checkpointing: bool) -> Traini
             lr: 1e-3,
             ..AdamW::default()
         },
-        seed: 0,
     }
 }
 

@@ -94,7 +94,6 @@ fn check(name: &str) {
         precision: TrainingPrecision::F32,
         gradient_checkpointing: false,
         optimizer: ADAMW,
-        seed: 0,
     };
     let mut session = TrainingSession::load_with_batch(
         &model,
