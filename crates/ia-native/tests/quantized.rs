@@ -189,7 +189,15 @@ fn a_gguf_file_loads_like_the_in_memory_conversion() {
         .prefill(&prompt)
         .unwrap();
     let b = load(dir.path(), Precision::Q8_0).prefill(&prompt).unwrap();
-    assert_eq!(a, b);
+    // The same Q8_0 weight blocks, multiplied by our kernel (safetensors) and by candle's
+    // (the file), which rounds the activations' block scales to f16: measured 1.9e-3 apart.
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-2, "max logit difference {worst}");
+    assert!(cosine(&a, &b) > 0.9999, "cosine {}", cosine(&a, &b));
 }
 
 #[test]
@@ -218,7 +226,7 @@ fn quantised_precisions_are_refused_where_they_do_not_exist() {
 #[test]
 fn batched_quantised_generation_matches_single() {
     let prompt: Vec<u32> = vec![50, 81, 70, 72, 290, 83];
-    for name in ["llama-tiny", "qwen2-tiny"] {
+    for name in ["llama-tiny", "qwen2-tiny", "qwen3-tiny"] {
         let mut q = load(&fixture(name), Precision::Q8_0);
         let single = greedy(q.as_mut(), &prompt, 12);
         let (rows, _) = ia_engine::generation::generate_batch_greedy(
@@ -234,8 +242,8 @@ fn batched_quantised_generation_matches_single() {
 }
 
 #[test]
-fn batched_quantised_qwen3_is_refused_not_crashed() {
-    let mut q = load(&fixture("qwen3-tiny"), Precision::Q8_0);
+fn batched_q4_k_qwen3_is_refused_not_crashed() {
+    let mut q = load(&fixture("qwen3-tiny"), Precision::Q4K);
     let e = ia_engine::generation::generate_batch_greedy(q.as_mut(), &[vec![5, 6], vec![5, 6]], 2)
         .unwrap_err()
         .to_string();

@@ -10,6 +10,7 @@
 //! - [`linear`]: a linear layer with its bias, GELU and residual add done by the thread that
 //!   computed each block of the product, while it is in cache;
 //! - [`amx`]: bf16 products on Intel AMX for `--precision bf16` (weights packed at load);
+//! - [`quant`]: products with Q8_0 weights (`vpdpbusd` on AVX512-VNNI) for `--precision q8_0`;
 //! - [`attention`]: multi-head attention straight from the stacked query/key/value rows, one
 //!   (sequence, head) pair per task.
 //!
@@ -21,6 +22,7 @@ pub mod amx;
 mod attention;
 mod linear;
 mod math;
+pub mod quant;
 
 pub use attention::attention;
 pub use linear::{linear, Activation, Weight};

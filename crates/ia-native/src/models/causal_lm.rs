@@ -1,6 +1,6 @@
 //! Decoder-only text generation behind `TextGenerator`: LLaMA, Mistral, Qwen2 and Qwen3 go to
-//! [`decoder`](super::decoder) (a KV cache per sequence); OPT and GGUF-quantised decoders are
-//! here, each with one KV cache for the batch: the prompt is run once (prefill), then one
+//! [`decoder`](super::decoder) (a KV cache per sequence), in f32, bf16 or q8_0; OPT, q4_k and
+//! .gguf files are here, each with one KV cache for the batch: the prompt is run once (prefill), then one
 //! token per step.
 
 use super::{decoder, opt, parse_config, quantized, LoadContext};
@@ -36,6 +36,16 @@ impl CausalLm {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
+        let llama_family = matches!(model_type.as_str(), "llama" | "mistral" | "qwen2" | "qwen3");
+        // q8_0 of a safetensors checkpoint runs in our decoder, on our quantised kernel (a
+        // batched prefill, continuous batching); q4_k and .gguf files go to candle's models.
+        if llama_family
+            && ctx.info.precision == ia_engine::Precision::Q8_0
+            && ctx.device.is_cpu()
+            && quantized::gguf_file_in(ctx.source).is_none()
+        {
+            return decoder::Decoder::load(ctx);
+        }
         if quantized::ggml_dtype(ctx.info.precision).is_some() {
             let q = quantized::load(ctx.source, ctx.info.precision, &ctx.device)?;
             let mut info = ctx.info;
@@ -51,7 +61,7 @@ impl CausalLm {
                 weight_bytes: q.weight_bytes,
             }));
         }
-        if matches!(model_type.as_str(), "llama" | "mistral" | "qwen2" | "qwen3") {
+        if llama_family {
             return decoder::Decoder::load(ctx);
         }
         let (vb, params) = crate::load_var_builder(ctx.source, ctx.dtype, &ctx.device)?;

@@ -8,8 +8,14 @@
 //! through the projections and the MLP together; only attention runs per sequence, over that
 //! sequence's own cache. That is what lets a server start and stop sequences between decode
 //! steps (continuous batching, [`SequencePool`]) without padding or recomputing anything.
+//!
+//! With `--precision q8_0` on the CPU every projection, the token embeddings and the head are
+//! Q8_0 blocks multiplied by [`kernels::quant`](crate::kernels::quant); norms, biases and
+//! attention stay f32. The same ragged batch therefore runs a quantised prefill as one product
+//! per projection, as the f32 one does.
 
 use super::LoadContext;
+use crate::kernels::{self, quant::Q8Matrix};
 use crate::rt;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{kv_cache::KvCache, Activation, Embedding, Linear, RmsNorm, VarBuilder};
@@ -18,6 +24,7 @@ use ia_engine::{EngineError, SessionInfo, TextGenerator};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// config.json of LLaMA, Mistral, Qwen2 and Qwen3 checkpoints, as transformers writes it.
 #[derive(Debug, Clone, Deserialize)]
@@ -248,19 +255,112 @@ impl Config {
     }
 }
 
-fn linear(input: usize, output: usize, bias: bool, vb: VarBuilder) -> candle_core::Result<Linear> {
-    if bias {
-        candle_nn::linear(input, output, vb)
+/// How the projections hold their weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Storage {
+    /// As loaded (the session's dtype), multiplied by candle.
+    AsLoaded,
+    /// Q8_0 blocks, multiplied by our quantised kernel (CPU, f32 activations).
+    Q8_0,
+}
+
+/// A projection: candle's linear layer, or Q8_0 weights through our kernel.
+enum Proj {
+    Candle(Linear),
+    Q8 {
+        weight: kernels::Weight,
+        bias: Option<Tensor>,
+    },
+}
+
+impl Proj {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Proj::Candle(l) => l.forward(x),
+            Proj::Q8 { weight, bias } => kernels::linear(
+                x,
+                weight,
+                bias.as_ref(),
+                kernels::Activation::Identity,
+                None,
+            ),
+        }
+    }
+
+    /// The Q8_0 matrix, if this projection has one.
+    fn q8(&self) -> Option<&Q8Matrix> {
+        match self {
+            Proj::Q8 {
+                weight: kernels::Weight::Q8(q),
+                ..
+            } => Some(q),
+            _ => None,
+        }
+    }
+}
+
+fn linear(
+    input: usize,
+    output: usize,
+    bias: bool,
+    vb: VarBuilder,
+    storage: Storage,
+) -> candle_core::Result<Proj> {
+    let linear = if bias {
+        candle_nn::linear(input, output, vb)?
     } else {
-        candle_nn::linear_no_bias(input, output, vb)
+        candle_nn::linear_no_bias(input, output, vb)?
+    };
+    Ok(match storage {
+        // Rows that are not whole blocks stay f32, as llama.cpp's quantiser leaves them.
+        Storage::Q8_0 if !input.is_multiple_of(kernels::quant::BLOCK) => Proj::Candle(linear),
+        Storage::AsLoaded => Proj::Candle(linear),
+        Storage::Q8_0 => Proj::Q8 {
+            weight: kernels::Weight::Q8(Arc::new(Q8Matrix::quantize(linear.weight())?)),
+            bias: linear.bias().cloned(),
+        },
+    })
+}
+
+/// The token embeddings: a table, or the rows of a Q8_0 matrix (shared with a tied head).
+enum TokenEmbeddings {
+    Table(Embedding),
+    Q8(Arc<Q8Matrix>),
+}
+
+impl TokenEmbeddings {
+    fn hidden_size(&self) -> usize {
+        match self {
+            TokenEmbeddings::Table(e) => e.hidden_size(),
+            TokenEmbeddings::Q8(q) => q.inputs(),
+        }
+    }
+
+    /// [ids, hidden].
+    fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            TokenEmbeddings::Table(e) => e.forward(ids),
+            TokenEmbeddings::Q8(q) => {
+                let device = ids.device().clone();
+                let ids = ids.to_vec1::<u32>()?;
+                let mut rows = Vec::with_capacity(ids.len() * q.inputs());
+                for &id in &ids {
+                    if id as usize >= q.outputs() {
+                        candle_core::bail!("token id {id} is outside the vocabulary")
+                    }
+                    rows.extend(q.row(id as usize));
+                }
+                Tensor::from_vec(rows, (ids.len(), q.inputs()), &device)
+            }
+        }
     }
 }
 
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    o_proj: Proj,
     /// Qwen3 only.
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
@@ -270,7 +370,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+    fn load(cfg: &Config, vb: VarBuilder, storage: Storage) -> candle_core::Result<Self> {
         let (h, kv, d) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
         let qkv_bias = cfg.qkv_bias();
         let qwen3 = cfg.head_norms();
@@ -280,10 +380,16 @@ impl Attention {
                 .transpose()
         };
         Ok(Self {
-            q_proj: linear(cfg.hidden_size, h * d, qkv_bias, vb.pp("q_proj"))?,
-            k_proj: linear(cfg.hidden_size, kv * d, qkv_bias, vb.pp("k_proj"))?,
-            v_proj: linear(cfg.hidden_size, kv * d, qkv_bias, vb.pp("v_proj"))?,
-            o_proj: linear(h * d, cfg.hidden_size, cfg.attention_bias, vb.pp("o_proj"))?,
+            q_proj: linear(cfg.hidden_size, h * d, qkv_bias, vb.pp("q_proj"), storage)?,
+            k_proj: linear(cfg.hidden_size, kv * d, qkv_bias, vb.pp("k_proj"), storage)?,
+            v_proj: linear(cfg.hidden_size, kv * d, qkv_bias, vb.pp("v_proj"), storage)?,
+            o_proj: linear(
+                h * d,
+                cfg.hidden_size,
+                cfg.attention_bias,
+                vb.pp("o_proj"),
+                storage,
+            )?,
             q_norm: norm("q_norm")?,
             k_norm: norm("k_norm")?,
             heads: h,
@@ -377,19 +483,19 @@ impl Attention {
 }
 
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: Proj,
+    up_proj: Proj,
+    down_proj: Proj,
     act: Activation,
 }
 
 impl Mlp {
-    fn load(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+    fn load(cfg: &Config, vb: VarBuilder, storage: Storage) -> candle_core::Result<Self> {
         let (w, i, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         Ok(Self {
-            gate_proj: linear(w, i, b, vb.pp("gate_proj"))?,
-            up_proj: linear(w, i, b, vb.pp("up_proj"))?,
-            down_proj: linear(i, w, b, vb.pp("down_proj"))?,
+            gate_proj: linear(w, i, b, vb.pp("gate_proj"), storage)?,
+            up_proj: linear(w, i, b, vb.pp("up_proj"), storage)?,
+            down_proj: linear(i, w, b, vb.pp("down_proj"), storage)?,
             act: cfg.hidden_act,
         })
     }
@@ -448,10 +554,10 @@ impl SequenceCache {
 }
 
 pub struct Decoder {
-    embed_tokens: Embedding,
+    embed_tokens: TokenEmbeddings,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: Proj,
     /// [max positions, d/2] cos and sin of every position.
     cos: Tensor,
     sin: Tensor,
@@ -492,16 +598,20 @@ const CACHE_CHUNK: usize = 256;
 /// norm, `head` that of the untied `lm_head` (`model.` and `lm_head` in a causal LM; under
 /// `language_model` in LLaVA).
 pub(crate) struct Weights {
-    embed_tokens: Embedding,
+    embed_tokens: TokenEmbeddings,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: Proj,
 }
 
 impl Weights {
-    pub(crate) fn load(cfg: &Config, m: VarBuilder, head: VarBuilder) -> candle_core::Result<Self> {
-        let embed_tokens =
-            candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
+    pub(crate) fn load(
+        cfg: &Config,
+        m: VarBuilder,
+        head: VarBuilder,
+        storage: Storage,
+    ) -> candle_core::Result<Self> {
+        let table = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let l = m.pp(format!("layers.{i}"));
@@ -511,21 +621,44 @@ impl Weights {
                         cfg.rms_norm_eps,
                         l.pp("input_layernorm"),
                     )?,
-                    self_attn: Attention::load(cfg, l.pp("self_attn"))?,
+                    self_attn: Attention::load(cfg, l.pp("self_attn"), storage)?,
                     post_attention_layernorm: candle_nn::rms_norm(
                         cfg.hidden_size,
                         cfg.rms_norm_eps,
                         l.pp("post_attention_layernorm"),
                     )?,
-                    mlp: Mlp::load(cfg, l.pp("mlp"))?,
+                    mlp: Mlp::load(cfg, l.pp("mlp"), storage)?,
                 })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         let norm = candle_nn::rms_norm(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
-        let lm_head = if cfg.tied_head() {
-            Linear::new(embed_tokens.embeddings().clone(), None)
-        } else {
-            candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, head)?
+        let quantise =
+            storage == Storage::Q8_0 && cfg.hidden_size.is_multiple_of(kernels::quant::BLOCK);
+        let (embed_tokens, lm_head) = match quantise {
+            false => {
+                let lm_head = if cfg.tied_head() {
+                    Linear::new(table.embeddings().clone(), None)
+                } else {
+                    candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, head)?
+                };
+                (TokenEmbeddings::Table(table), Proj::Candle(lm_head))
+            }
+            // As llama.cpp's Q8_0 files do, the embeddings are quantised too; a tied head
+            // multiplies by the very same blocks.
+            true => {
+                let embeddings = Arc::new(Q8Matrix::quantize(table.embeddings())?);
+                let head = if cfg.tied_head() {
+                    embeddings.clone()
+                } else {
+                    let w = head.get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+                    Arc::new(Q8Matrix::quantize(&w)?)
+                };
+                let lm_head = Proj::Q8 {
+                    weight: kernels::Weight::Q8(head),
+                    bias: None,
+                };
+                (TokenEmbeddings::Q8(embeddings), lm_head)
+            }
         };
         Ok(Self {
             embed_tokens,
@@ -534,15 +667,61 @@ impl Weights {
             lm_head,
         })
     }
+
+    /// Parameters held as Q8_0 blocks and the bytes those blocks take (a matrix shared by
+    /// the embeddings and a tied head counted once).
+    fn quantised(&self) -> (u64, u64) {
+        let mut seen: Vec<*const Q8Matrix> = Vec::new();
+        let embeddings = match &self.embed_tokens {
+            TokenEmbeddings::Q8(q) => Some(q.as_ref()),
+            TokenEmbeddings::Table(_) => None,
+        };
+        let projections = self.layers.iter().flat_map(|l| {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            [
+                &a.q_proj,
+                &a.k_proj,
+                &a.v_proj,
+                &a.o_proj,
+                &m.gate_proj,
+                &m.up_proj,
+                &m.down_proj,
+            ]
+        });
+        let mut totals = (0, 0);
+        for q in embeddings
+            .into_iter()
+            .chain(projections.chain([&self.lm_head]).filter_map(Proj::q8))
+        {
+            if !seen.contains(&(q as *const _)) {
+                seen.push(q);
+                totals.0 += (q.outputs() * q.inputs()) as u64;
+                totals.1 += q.bytes();
+            }
+        }
+        totals
+    }
 }
 
 impl Decoder {
     pub fn load(ctx: LoadContext<'_>) -> Result<Box<dyn TextGenerator>, EngineError> {
         let cfg = Config::from_json(ctx.source.config())?;
+        let storage = Self::storage(&ctx)?;
         let (weights, info) = ctx.build(&cfg.model_type, &["logits"], |vb| {
-            Weights::load(&cfg, vb.pp("model"), vb.pp("lm_head"))
+            Weights::load(&cfg, vb.pp("model"), vb.pp("lm_head"), storage)
         })?;
         Ok(Box::new(Self::new(&cfg, weights, info, &ctx)?))
+    }
+
+    /// Q8_0 for `--precision q8_0` (on the CPU, where its kernel runs); else as loaded.
+    pub(crate) fn storage(ctx: &LoadContext<'_>) -> Result<Storage, EngineError> {
+        match ctx.info.precision {
+            ia_engine::Precision::Q8_0 if ctx.device.is_cpu() => Ok(Storage::Q8_0),
+            ia_engine::Precision::Q8_0 => Err(EngineError::Unsupported(
+                "the native q8_0 decoder runs on the CPU".into(),
+            )),
+            _ => Ok(Storage::AsLoaded),
+        }
     }
 
     /// The decoder over loaded weights; `info` describes the whole model it serves.
@@ -567,7 +746,10 @@ impl Decoder {
             .sin()
             .and_then(|t| t.to_dtype(ctx.dtype))
             .map_err(rt)?;
-        let weight_bytes = info.parameter_count * ctx.dtype.size_in_bytes() as u64;
+        let (quantised_parameters, quantised_bytes) = weights.quantised();
+        let weight_bytes = (info.parameter_count - quantised_parameters)
+            * ctx.dtype.size_in_bytes() as u64
+            + quantised_bytes;
         let Weights {
             embed_tokens,
             layers,

@@ -261,7 +261,12 @@ impl Llava {
                     act: cfg.projector_hidden_act,
                     linear_2: linear(text_hidden, text_hidden, "linear_2")?,
                 };
-                let weights = decoder::Weights::load(&text, vb.pp(language), vb.pp(head))?;
+                let weights = decoder::Weights::load(
+                    &text,
+                    vb.pp(language),
+                    vb.pp(head),
+                    decoder::Storage::AsLoaded,
+                )?;
                 let newline = anyres
                     .is_some()
                     .then(|| vb.get(text_hidden, newline))

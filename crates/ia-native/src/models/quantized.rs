@@ -71,7 +71,7 @@ pub fn ggml_dtype(precision: Precision) -> Option<GgmlDType> {
 }
 
 /// A .gguf file in the checkpoint folder, if there is one.
-fn gguf_file_in(source: &ModelSource) -> Option<PathBuf> {
+pub(crate) fn gguf_file_in(source: &ModelSource) -> Option<PathBuf> {
     let ModelSource::Checkpoint(c) = source else {
         return None;
     };

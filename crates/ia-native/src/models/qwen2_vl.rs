@@ -777,7 +777,12 @@ impl Qwen2Vl {
                 _ => ("model.visual", "model.language_model"),
             };
             let vision = Vision::load(&cfg.vision_config, family, vb.pp(visual), &device)?;
-            let weights = decoder::Weights::load(&text, vb.pp(language), vb.pp("lm_head"))?;
+            let weights = decoder::Weights::load(
+                &text,
+                vb.pp(language),
+                vb.pp("lm_head"),
+                decoder::Storage::AsLoaded,
+            )?;
             Ok((vision, weights))
         })?;
         info.output_names = vec!["logits".into()];
