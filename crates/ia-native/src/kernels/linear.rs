@@ -8,7 +8,7 @@
 
 use super::amx::{self, Activations, PackedBf16};
 use super::math::gelu_erf;
-use super::quant::{self, Q8Matrix};
+use super::quant::{self, QuantMatrix};
 use super::{applies, f32_slice, isa, multiversion, product, row_major, with_f32, SharedOut};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
@@ -27,9 +27,9 @@ pub enum Weight {
     Transposed(Tensor),
     /// bf16 laid out for AMX ([`PackedBf16`]); the activations stay f32 around the product.
     Bf16(PackedBf16),
-    /// Q8_0 blocks laid out for the quantised kernel ([`Q8Matrix`]); the activations are
-    /// quantised per block of 32 around the product.
-    Q8(std::sync::Arc<Q8Matrix>),
+    /// Q8_0 or Q4_K blocks laid out for the quantised kernel ([`QuantMatrix`]); the
+    /// activations are quantised per block of 32 around the product.
+    Quant(std::sync::Arc<QuantMatrix>),
 }
 
 impl Weight {
@@ -51,7 +51,7 @@ impl Weight {
         match self {
             Weight::Transposed(t) => t.dim(1),
             Weight::Bf16(p) => Ok(p.outputs()),
-            Weight::Q8(q) => Ok(q.outputs()),
+            Weight::Quant(q) => Ok(q.outputs()),
         }
     }
 }
@@ -75,8 +75,8 @@ pub fn linear(
         Weight::Transposed(w) if !(on_kernels && applies(w)) => {
             return with_candle(x, w, bias, act, residual)
         }
-        Weight::Bf16(_) | Weight::Q8(_) if !on_kernels => {
-            candle_core::bail!("linear: bf16 and q8_0 weights take f32 activations on the CPU")
+        Weight::Bf16(_) | Weight::Quant(_) if !on_kernels => {
+            candle_core::bail!("linear: bf16 and quantised weights take f32 activations on the CPU")
         }
         _ => {}
     }
@@ -100,7 +100,7 @@ pub fn linear(
     };
     let y = match weight {
         Weight::Bf16(p) => with_weight(Weights::Bf16(p))?,
-        Weight::Q8(q) => with_weight(Weights::Q8(q))?,
+        Weight::Quant(q) => with_weight(Weights::Quant(q))?,
         Weight::Transposed(w) => {
             let w = w.contiguous()?;
             with_f32("linear", &w, |data| {
@@ -144,7 +144,7 @@ enum Weights<'a> {
         outputs: usize,
     },
     Bf16(&'a PackedBf16),
-    Q8(&'a Q8Matrix),
+    Quant(&'a QuantMatrix),
 }
 
 struct Linear<'a> {
@@ -161,7 +161,7 @@ impl Linear<'_> {
                 inputs, outputs, ..
             } => (inputs, outputs, 16),
             Weights::Bf16(p) => (p.inputs(), p.outputs(), PackedBf16::COLUMN_ALIGN),
-            Weights::Q8(q) => (q.inputs(), q.outputs(), quant::GROUP),
+            Weights::Quant(q) => (q.inputs(), q.outputs(), quant::GROUP),
         };
         if k != k2 {
             candle_core::bail!("linear: rows of {k} against weights of {k2}")
@@ -187,16 +187,16 @@ impl Linear<'_> {
         let isa = isa();
         let activations = match self.weight {
             Weights::Bf16(p) => Some(Activations::convert(x, m, p)),
-            Weights::F32 { .. } | Weights::Q8(_) => None,
+            Weights::F32 { .. } | Weights::Quant(_) => None,
         };
         let quantised = match self.weight {
-            Weights::Q8(_) => Some(quant::Activations::new(x, m, k)),
+            Weights::Quant(_) => Some(quant::Activations::new(x, m, k)),
             Weights::F32 { .. } | Weights::Bf16(_) => None,
         };
         let block = |start: usize| {
             let cols = width.min(n - start);
             match (self.weight, &activations) {
-                (Weights::Q8(q), _) => {
+                (Weights::Quant(q), _) => {
                     let x = quantised.as_ref().expect("quantised above");
                     // SAFETY: dst is m x n row-major; this block writes only its columns.
                     unsafe { quant::product_block(x, q, start, cols, dst, n) }

@@ -1,86 +1,179 @@
-//! Products with Q8_0 weights (GGUF's 8-bit block format) for `--precision q8_0`.
+//! Products with block-quantised weights, GGUF's Q8_0 and Q4_K, for `--precision q8_0|q4_k`.
 //!
-//! Every run of 32 inputs of one output has its own scale: `w = scale * q`, q in -127..=127.
-//! The activations are quantised the same way per block of 32 (as llama.cpp does for this
-//! format), so each block's product is a sum of 8-bit products in i32, exact, scaled once in
-//! f32: `sum += (Σ qx·qw) · (scale_x · scale_w)`.
+//! Every run of 32 inputs of one output (a block) has its own scale: `w = scale · (v - 128)`
+//! in Q8_0, with v = q + 128 for q in -128..=127; `w = scale · v - min` in Q4_K, v in 0..=15
+//! (the scale and min being the super-block's d and dmin times the block's 6-bit factors,
+//! multiplied out once at load, in ggml's f32 arithmetic). The activations are quantised per
+//! block of 32 too (to Q8_0, as llama.cpp quantises them for its integer dot products), so each
+//! block's product is a sum of 8-bit products in i32, exact, scaled once in f32:
+//! `sum += scale_x · (scale · (Σ v·qx - 128 · Σ qx))` or `scale_x · (scale · Σ v·qx - min · Σ qx)`.
 //!
-//! On CPUs with AVX512-VNNI that sum is `vpdpbusd`, 64 multiply-adds per instruction against
-//! 16 for an f32 FMA: that is what lets a quantised prefill (a product of many rows) beat the
-//! f32 one instead of paying for dequantisation, and a decode step (one row per sequence) read
-//! a quarter of the f32 bytes. `vpdpbusd` multiplies unsigned by signed bytes, so the weights
-//! are kept as `q + 128` and `128 · Σ qx` is taken off each block's sum. Other CPUs run the
-//! same integer arithmetic in plain Rust, compiled by [`multiversion!`].
+//! On CPUs with AVX512-VNNI that sum is `vpdpbusd` (unsigned weights by signed activations),
+//! 64 multiply-adds per instruction against 16 for an f32 FMA: that is what lets a quantised
+//! prefill (a product of many rows) beat the f32 one instead of paying for dequantisation, and
+//! a decode step (one row per sequence) read a quarter of the f32 bytes or less. Other CPUs run
+//! the same integer sums in plain Rust (compiled by [`multiversion!`]) for a few rows, and
+//! from [`PANEL_ROWS`] rows on multiply dequantised f32 panels with gemm.
 //!
-//! The weights come from candle's Q8_0 quantiser (ggml's own), so a matrix holds the same
-//! values as llama.cpp's Q8_0 of it.
+//! The weights come from candle's quantisers (ggml's own), so a matrix holds the same values as
+//! llama.cpp's Q8_0 or Q4_K of it.
 
 use super::{isa, multiversion, Isa, SharedOut};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Result, Tensor};
 use std::sync::OnceLock;
 
-/// Inputs per block (GGUF's QK8_0).
+/// Inputs per block (GGUF's QK8_0, and Q4_K's sub-block).
 pub const BLOCK: usize = 32;
+/// Inputs per Q4_K super-block (GGUF's QK_K).
+const SUPER_BLOCK: usize = 256;
 /// Output columns per packed group: one AVX-512 register of i32 or f32 lanes.
 pub const GROUP: usize = 16;
-/// Added to each signed weight so that `vpdpbusd` reads it as unsigned.
+/// Added to each signed Q8_0 weight so that `vpdpbusd` reads it as unsigned.
 const OFFSET: i32 = 128;
-/// Bytes of a GGUF Q8_0 block: an f16 scale and 32 values.
-const GGUF_BLOCK_BYTES: usize = 2 + BLOCK;
 
-/// A linear layer's weight `[out, in]` in Q8_0, laid out for the kernel: per group of 16
-/// outputs, the inputs in fours, each four holding 16 outputs x 4 consecutive inputs (64 bytes:
-/// what `vpdpbusd` reads), values stored as `q + 128`; and per group and block the 16 scales.
-/// Outputs past the last whole group are padded with zero scales.
-pub struct Q8Matrix {
+/// A block format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Q8_0,
+    Q4K,
+}
+
+impl Format {
+    /// Inputs a row must be a multiple of.
+    pub fn row_multiple(self) -> usize {
+        match self {
+            Format::Q8_0 => BLOCK,
+            Format::Q4K => SUPER_BLOCK,
+        }
+    }
+
+    fn ggml(self) -> GgmlDType {
+        match self {
+            Format::Q8_0 => GgmlDType::Q8_0,
+            Format::Q4K => GgmlDType::Q4K,
+        }
+    }
+
+    /// Bytes of one GGUF block (of `row_multiple` inputs).
+    fn gguf_block_bytes(self) -> usize {
+        match self {
+            Format::Q8_0 => 2 + BLOCK,
+            Format::Q4K => 4 + 12 + SUPER_BLOCK / 2,
+        }
+    }
+
+    /// Bytes of packed values per input of a group.
+    fn group_bytes_per_input(self) -> usize {
+        match self {
+            Format::Q8_0 => GROUP,
+            Format::Q4K => GROUP / 2,
+        }
+    }
+}
+
+/// A linear layer's weight `[out, in]`, laid out for the kernel. Per group of 16 outputs the
+/// values come in runs of 64 bytes, what one `vpdpbusd` reads: 16 outputs x 4 consecutive
+/// inputs (Q8_0, one byte each); or 16 outputs x 4 consecutive inputs in the low nibbles and
+/// the next 4 inputs in the high ones (Q4_K). Per group and block, the 16 scales (and Q4_K's
+/// 16 mins). Outputs past the last whole group are padded with zero scales.
+pub struct QuantMatrix {
+    format: Format,
     outputs: usize,
     inputs: usize,
     values: Vec<u8>,
+    /// [group][block][16].
     scales: Vec<f32>,
+    /// [group][block][16]; Q4_K only.
+    mins: Vec<f32>,
 }
 
-impl Q8Matrix {
-    /// Quantises `weight` [out, in] (rows of a multiple of 32) with ggml's Q8_0 quantiser.
-    pub fn quantize(weight: &Tensor) -> Result<Self> {
+impl QuantMatrix {
+    /// Quantises `weight` [out, in] (rows a multiple of [`Format::row_multiple`]) with ggml's
+    /// quantiser.
+    pub fn quantize(weight: &Tensor, format: Format) -> Result<Self> {
         let (outputs, inputs) = weight.dims2()?;
-        if !inputs.is_multiple_of(BLOCK) {
-            candle_core::bail!("q8_0 needs rows of a multiple of {BLOCK} values, not {inputs}")
+        if !inputs.is_multiple_of(format.row_multiple()) {
+            candle_core::bail!(
+                "{format:?} needs rows of a multiple of {} values, not {inputs}",
+                format.row_multiple()
+            )
         }
-        let q = QTensor::quantize(&weight.to_dtype(candle_core::DType::F32)?, GgmlDType::Q8_0)?;
-        Self::from_gguf_blocks(&q.data()?, outputs, inputs)
+        let q = QTensor::quantize(&weight.to_dtype(candle_core::DType::F32)?, format.ggml())?;
+        Self::from_gguf_blocks(format, &q.data()?, outputs, inputs)
     }
 
-    /// The matrix from GGUF Q8_0 blocks: `outputs` rows of `inputs / 32` blocks of 34 bytes.
-    pub fn from_gguf_blocks(bytes: &[u8], outputs: usize, inputs: usize) -> Result<Self> {
-        let blocks = inputs / BLOCK;
-        if !inputs.is_multiple_of(BLOCK) || bytes.len() != outputs * blocks * GGUF_BLOCK_BYTES {
+    /// The matrix from GGUF blocks: `outputs` rows of `inputs / row_multiple` blocks.
+    pub fn from_gguf_blocks(
+        format: Format,
+        bytes: &[u8],
+        outputs: usize,
+        inputs: usize,
+    ) -> Result<Self> {
+        let per_row = inputs / format.row_multiple();
+        if !inputs.is_multiple_of(format.row_multiple())
+            || bytes.len() != outputs * per_row * format.gguf_block_bytes()
+        {
             candle_core::bail!(
-                "{} bytes are not a {outputs} x {inputs} Q8_0 matrix",
+                "{} bytes are not a {outputs} x {inputs} {format:?} matrix",
                 bytes.len()
             )
         }
         let groups = outputs.div_ceil(GROUP);
-        let mut values = vec![OFFSET as u8; groups * inputs * GROUP];
-        let mut scales = vec![0f32; groups * blocks * GROUP];
-        for (row, row_bytes) in bytes.chunks_exact(blocks * GGUF_BLOCK_BYTES).enumerate() {
+        let blocks = inputs / BLOCK;
+        let filler = match format {
+            Format::Q8_0 => OFFSET as u8,
+            Format::Q4K => 0,
+        };
+        let mut m = Self {
+            format,
+            outputs,
+            inputs,
+            values: vec![filler; groups * inputs * format.group_bytes_per_input()],
+            scales: vec![0.0; groups * blocks * GROUP],
+            mins: match format {
+                Format::Q8_0 => Vec::new(),
+                Format::Q4K => vec![0.0; groups * blocks * GROUP],
+            },
+        };
+        let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+        let row_bytes = per_row * format.gguf_block_bytes();
+        for (row, row_data) in bytes.chunks_exact(row_bytes).enumerate() {
             let (g, c) = (row / GROUP, row % GROUP);
-            for (b, block) in row_bytes.chunks_exact(GGUF_BLOCK_BYTES).enumerate() {
-                scales[(g * blocks + b) * GROUP + c] =
-                    half::f16::from_le_bytes([block[0], block[1]]).to_f32();
-                for (i, &q) in block[2..].iter().enumerate() {
-                    let k = b * BLOCK + i;
-                    values[value_index(inputs, g, k / 4, c) + k % 4] =
-                        (q as i8 as i32 + OFFSET) as u8;
+            for (s, block) in row_data.chunks_exact(format.gguf_block_bytes()).enumerate() {
+                match format {
+                    Format::Q8_0 => {
+                        m.scales[(g * blocks + s) * GROUP + c] = f16(block);
+                        for (i, &q) in block[2..].iter().enumerate() {
+                            m.set_value(g, c, s * BLOCK + i, (q as i8 as i32 + OFFSET) as u8);
+                        }
+                    }
+                    Format::Q4K => {
+                        let (d, dmin) = (f16(block), f16(&block[2..]));
+                        let (factors, qs) = (&block[4..16], &block[16..]);
+                        for j in 0..SUPER_BLOCK / BLOCK {
+                            let (sc, mn) = scale_min_k4(j, factors);
+                            let b = s * SUPER_BLOCK / BLOCK + j;
+                            // ggml's dequantize_row_q4_K: y = (d * sc) * q - dmin * m.
+                            m.scales[(g * blocks + b) * GROUP + c] = d * sc as f32;
+                            m.mins[(g * blocks + b) * GROUP + c] = dmin * mn as f32;
+                            // Bytes 32·(j/2).. hold block j in the low nibbles for even j,
+                            // block j in the high ones for odd j.
+                            for l in 0..BLOCK {
+                                let byte = qs[(j / 2) * BLOCK + l];
+                                let v = if j % 2 == 0 { byte & 0xF } else { byte >> 4 };
+                                m.set_value(g, c, b * BLOCK + l, v);
+                            }
+                        }
+                    }
                 }
             }
         }
-        Ok(Self {
-            outputs,
-            inputs,
-            values,
-            scales,
-        })
+        Ok(m)
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
     }
 
     pub fn outputs(&self) -> usize {
@@ -91,45 +184,84 @@ impl Q8Matrix {
         self.inputs
     }
 
-    /// Bytes held (values and scales, padding included).
+    /// Bytes held (values, scales and mins, padding included).
     pub fn bytes(&self) -> u64 {
-        (self.values.len() + self.scales.len() * 4) as u64
-    }
-
-    /// Outputs rounded up to whole groups.
-    pub fn padded_outputs(&self) -> usize {
-        self.outputs.div_ceil(GROUP) * GROUP
+        (self.values.len() + (self.scales.len() + self.mins.len()) * 4) as u64
     }
 
     fn blocks(&self) -> usize {
         self.inputs / BLOCK
     }
 
-    /// Row `row` of the `[out, in]` matrix, dequantised (a token embedding shares the
-    /// head's matrix).
+    /// Group `g`'s packed values.
+    fn group_values(&self, g: usize) -> &[u8] {
+        let len = self.inputs * self.format.group_bytes_per_input();
+        &self.values[g * len..][..len]
+    }
+
+    /// Where group `g`'s column `c` keeps input `k`: the byte, and for Q4_K whether it is the
+    /// high nibble.
+    fn value_at(&self, g: usize, c: usize, k: usize) -> (usize, bool) {
+        let start = g * self.inputs * self.format.group_bytes_per_input();
+        match self.format {
+            Format::Q8_0 => (start + ((k / 4) * GROUP + c) * 4 + k % 4, false),
+            Format::Q4K => (start + ((k / 8) * GROUP + c) * 4 + k % 4, k % 8 >= 4),
+        }
+    }
+
+    fn set_value(&mut self, g: usize, c: usize, k: usize, v: u8) {
+        match self.value_at(g, c, k) {
+            (at, false) if self.format == Format::Q8_0 => self.values[at] = v,
+            (at, high) => {
+                let shift = if high { 4 } else { 0 };
+                self.values[at] = (self.values[at] & !(0xF << shift)) | (v << shift);
+            }
+        }
+    }
+
+    fn value(&self, g: usize, c: usize, k: usize) -> i32 {
+        match self.value_at(g, c, k) {
+            (at, _) if self.format == Format::Q8_0 => self.values[at] as i32 - OFFSET,
+            (at, high) => ((self.values[at] >> if high { 4 } else { 0 }) & 0xF) as i32,
+        }
+    }
+
+    /// Row `row` of the `[out, in]` matrix, dequantised (token embeddings share the head's
+    /// matrix), in ggml's arithmetic.
     pub fn row(&self, row: usize) -> Vec<f32> {
         let (g, c) = (row / GROUP, row % GROUP);
         (0..self.inputs)
             .map(|k| {
-                let q = self.values[value_index(self.inputs, g, k / 4, c) + k % 4] as i32 - OFFSET;
-                q as f32 * self.scales[(g * self.blocks() + k / BLOCK) * GROUP + c]
+                let at = (g * self.blocks() + k / BLOCK) * GROUP + c;
+                let v = self.value(g, c, k) as f32 * self.scales[at];
+                match self.format {
+                    Format::Q8_0 => v,
+                    Format::Q4K => v - self.mins[at],
+                }
             })
             .collect()
     }
 }
 
-/// Where group `g`'s column `c` keeps inputs `4 * four .. 4 * four + 4`.
-fn value_index(inputs: usize, g: usize, four: usize, c: usize) -> usize {
-    ((g * inputs / 4 + four) * GROUP + c) * 4
+/// ggml's `get_scale_min_k4`: block j's 6-bit scale and min from a Q4_K super-block's 12 bytes.
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
 }
 
-/// Activations quantised per block of 32, as the kernel reads them: for each row, the
-/// values (signed), and per block the scale and `128 · Σ q` (the offset's share of the sum).
+/// Activations quantised per block of 32, as the kernel reads them: for each row, the values,
+/// and per block the scale and `Σ q`.
 pub struct Q8Rows {
     inputs: usize,
     values: Vec<i8>,
     scales: Vec<f32>,
-    offsets: Vec<i32>,
+    sums: Vec<i32>,
 }
 
 impl Q8Rows {
@@ -141,19 +273,18 @@ impl Q8Rows {
             inputs,
             values: vec![0; rows * inputs],
             scales: vec![0.0; rows * blocks],
-            offsets: vec![0; rows * blocks],
+            sums: vec![0; rows * blocks],
         };
         let isa = isa();
         let rows_list: Vec<_> = q
             .values
             .chunks_exact_mut(inputs)
             .zip(q.scales.chunks_exact_mut(blocks))
-            .zip(q.offsets.chunks_exact_mut(blocks))
+            .zip(q.sums.chunks_exact_mut(blocks))
             .zip(x.chunks_exact(inputs))
             .map(|(((v, s), o), x)| (x, v, s, o))
             .collect();
-        let parallel = rows > 1 && rows * inputs >= 1 << 16;
-        if parallel {
+        if rows > 1 && rows * inputs >= 1 << 16 {
             use rayon::prelude::*;
             rows_list
                 .into_par_iter()
@@ -174,12 +305,12 @@ impl Q8Rows {
 /// ggml's `quantize_row_q8_0`: scale = max |x| / 127, values rounded (ties to even here;
 /// NaN becomes -127 rather than undefined behaviour).
 #[inline(always)]
-fn quantize_row_body(x: &[f32], values: &mut [i8], scales: &mut [f32], offsets: &mut [i32]) {
-    for (((x, q), scale), offset) in x
+fn quantize_row_body(x: &[f32], values: &mut [i8], scales: &mut [f32], sums: &mut [i32]) {
+    for (((x, q), scale), total) in x
         .chunks_exact(BLOCK)
         .zip(values.chunks_exact_mut(BLOCK))
         .zip(scales.iter_mut())
-        .zip(offsets.iter_mut())
+        .zip(sums.iter_mut())
     {
         let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
@@ -195,11 +326,11 @@ fn quantize_row_body(x: &[f32], values: &mut [i8], scales: &mut [f32], offsets: 
             sum += i;
         }
         *scale = d;
-        *offset = OFFSET * sum;
+        *total = sum;
     }
 }
 
-multiversion!(fn quantize_row(x: &[f32], values: &mut [i8], scales: &mut [f32], offsets: &mut [i32]) => quantize_row_body);
+multiversion!(fn quantize_row(x: &[f32], values: &mut [i8], scales: &mut [f32], sums: &mut [i32]) => quantize_row_body);
 
 /// Whether the VNNI kernel runs here: AVX512-VNNI present and the kernels not capped below
 /// AVX-512 (`IA_NATIVE_ISA`).
@@ -251,7 +382,7 @@ impl<'a> Activations<'a> {
 /// touches these rows' columns `start..start + cols` meanwhile.
 pub(super) unsafe fn product_block(
     x: &Activations<'_>,
-    w: &Q8Matrix,
+    w: &QuantMatrix,
     start: usize,
     cols: usize,
     dst: SharedOut,
@@ -281,33 +412,27 @@ pub(super) unsafe fn product_block(
             let mut r = 0;
             while r < rows {
                 let mr = (rows - r).min(4);
+                let out = |i: usize, j: usize, t: &[f32; GROUP]| write(r + i, g + j, t);
+                let at = first + g;
                 // SAFETY: vnni() checked the CPU; the tiles are within the matrices.
                 unsafe {
-                    match (mr, pair) {
-                        (4, 2) => {
-                            vnni::tile::<4, 2>(x, w, r, first + g, |i, j, t| write(r + i, g + j, t))
-                        }
-                        (4, _) => {
-                            vnni::tile::<4, 1>(x, w, r, first + g, |i, j, t| write(r + i, g + j, t))
-                        }
-                        (3, 2) => {
-                            vnni::tile::<3, 2>(x, w, r, first + g, |i, j, t| write(r + i, g + j, t))
-                        }
-                        (3, _) => {
-                            vnni::tile::<3, 1>(x, w, r, first + g, |i, j, t| write(r + i, g + j, t))
-                        }
-                        (2, 2) => {
-                            vnni::tile::<2, 2>(x, w, r, first + g, |i, j, t| write(r + i, g + j, t))
-                        }
-                        (2, _) => {
-                            vnni::tile::<2, 1>(x, w, r, first + g, |i, j, t| write(r + i, g + j, t))
-                        }
-                        (_, 2) => {
-                            vnni::tile::<1, 2>(x, w, r, first + g, |i, j, t| write(r + i, g + j, t))
-                        }
-                        _ => {
-                            vnni::tile::<1, 1>(x, w, r, first + g, |i, j, t| write(r + i, g + j, t))
-                        }
+                    match (mr, pair, w.format) {
+                        (4, 2, Format::Q8_0) => vnni::tile::<4, 2, false>(x, w, r, at, out),
+                        (4, _, Format::Q8_0) => vnni::tile::<4, 1, false>(x, w, r, at, out),
+                        (3, 2, Format::Q8_0) => vnni::tile::<3, 2, false>(x, w, r, at, out),
+                        (3, _, Format::Q8_0) => vnni::tile::<3, 1, false>(x, w, r, at, out),
+                        (2, 2, Format::Q8_0) => vnni::tile::<2, 2, false>(x, w, r, at, out),
+                        (2, _, Format::Q8_0) => vnni::tile::<2, 1, false>(x, w, r, at, out),
+                        (_, 2, Format::Q8_0) => vnni::tile::<1, 2, false>(x, w, r, at, out),
+                        (_, _, Format::Q8_0) => vnni::tile::<1, 1, false>(x, w, r, at, out),
+                        (4, 2, Format::Q4K) => vnni::tile::<4, 2, true>(x, w, r, at, out),
+                        (4, _, Format::Q4K) => vnni::tile::<4, 1, true>(x, w, r, at, out),
+                        (3, 2, Format::Q4K) => vnni::tile::<3, 2, true>(x, w, r, at, out),
+                        (3, _, Format::Q4K) => vnni::tile::<3, 1, true>(x, w, r, at, out),
+                        (2, 2, Format::Q4K) => vnni::tile::<2, 2, true>(x, w, r, at, out),
+                        (2, _, Format::Q4K) => vnni::tile::<2, 1, true>(x, w, r, at, out),
+                        (_, 2, Format::Q4K) => vnni::tile::<1, 2, true>(x, w, r, at, out),
+                        (_, _, Format::Q4K) => vnni::tile::<1, 1, true>(x, w, r, at, out),
                     }
                 }
                 r += mr;
@@ -320,6 +445,13 @@ pub(super) unsafe fn product_block(
     let mut tile = [0f32; GROUP];
     for g in 0..groups {
         for r in 0..rows {
+            #[cfg(target_arch = "x86_64")]
+            if isa >= Isa::Avx2 {
+                // SAFETY: isa() hands out AVX2 only where the CPU has it.
+                unsafe { avx2::group_row(x, w, r, first + g, &mut tile) };
+                write(r, g, &tile);
+                continue;
+            }
             group_row(isa, x, w, r, first + g, &mut tile);
             write(r, g, &tile);
         }
@@ -334,7 +466,7 @@ pub(super) unsafe fn product_block(
 unsafe fn panel_products(
     x: &[f32],
     rows: usize,
-    w: &Q8Matrix,
+    w: &QuantMatrix,
     start: usize,
     cols: usize,
     dst: SharedOut,
@@ -363,20 +495,44 @@ unsafe fn panel_products(
     }
 }
 
+/// Group `g`'s values of the four inputs from `4 · four`, as `[column][input]` (unsigned:
+/// Q8_0's still carry the offset).
+#[inline(always)]
+fn fours(format: Format, values: &[u8], four: usize) -> [u8; 4 * GROUP] {
+    let mut out = [0u8; 4 * GROUP];
+    match format {
+        Format::Q8_0 => out.copy_from_slice(&values[four * 4 * GROUP..][..4 * GROUP]),
+        Format::Q4K => {
+            let (bytes, shift) = (&values[(four / 2) * 4 * GROUP..][..4 * GROUP], four % 2 * 4);
+            for (o, b) in out.iter_mut().zip(bytes) {
+                *o = (b >> shift) & 0xF;
+            }
+        }
+    }
+    out
+}
+
 /// Groups `first..first + groups` as f32 columns of `panel` ([k][PANEL_COLUMNS]).
 #[inline(always)]
-fn dequantise_panel_body(w: &Q8Matrix, first: usize, groups: usize, panel: &mut [f32]) {
-    let (k, blocks) = (w.inputs, w.blocks());
+fn dequantise_panel_body(w: &QuantMatrix, first: usize, groups: usize, panel: &mut [f32]) {
+    let blocks = w.blocks();
+    let offset = match w.format {
+        Format::Q8_0 => OFFSET,
+        Format::Q4K => 0,
+    };
+    let zeros = [0f32; GROUP];
     for g in 0..groups {
-        let values = &w.values[value_index(k, first + g, 0, 0)..][..k * GROUP];
+        let values = w.group_values(first + g);
         for b in 0..blocks {
-            let scales = &w.scales[((first + g) * blocks + b) * GROUP..][..GROUP];
+            let at = ((first + g) * blocks + b) * GROUP;
+            let scales = &w.scales[at..][..GROUP];
+            let mins = w.mins.get(at..at + GROUP).unwrap_or(&zeros);
             for four in b * BLOCK / 4..(b + 1) * BLOCK / 4 {
-                let v = &values[four * 4 * GROUP..][..4 * GROUP];
+                let v = fours(w.format, values, four);
                 for j in 0..4 {
                     let row = &mut panel[(four * 4 + j) * PANEL_COLUMNS + g * GROUP..][..GROUP];
-                    for ((o, s), c) in row.iter_mut().zip(scales).zip(0..GROUP) {
-                        *o = (v[c * 4 + j] as i32 - OFFSET) as f32 * s;
+                    for (c, o) in row.iter_mut().enumerate() {
+                        *o = (v[c * 4 + j] as i32 - offset) as f32 * scales[c] - mins[c];
                     }
                 }
             }
@@ -384,68 +540,160 @@ fn dequantise_panel_body(w: &Q8Matrix, first: usize, groups: usize, panel: &mut 
     }
 }
 
-multiversion!(fn dequantise_panel(w: &Q8Matrix, first: usize, groups: usize, panel: &mut [f32]) => dequantise_panel_body);
+multiversion!(fn dequantise_panel(w: &QuantMatrix, first: usize, groups: usize, panel: &mut [f32]) => dequantise_panel_body);
 
 /// One row's products with one group of 16 outputs, in plain Rust.
 #[inline(always)]
-fn group_row_body(x: &Q8Rows, w: &Q8Matrix, r: usize, g: usize, tile: &mut [f32; GROUP]) {
+fn group_row_body(x: &Q8Rows, w: &QuantMatrix, r: usize, g: usize, tile: &mut [f32; GROUP]) {
     let (k, blocks) = (w.inputs, w.blocks());
     let xv = &x.values[r * k..][..k];
-    let wv = &w.values[value_index(k, g, 0, 0)..][..k * GROUP];
+    let values = w.group_values(g);
     *tile = [0.0; GROUP];
     for b in 0..blocks {
         let mut acc = [0i32; GROUP];
-        let xb = &xv[b * BLOCK..][..BLOCK];
-        let wb = &wv[b * BLOCK * GROUP..][..BLOCK * GROUP];
-        for (four, w4) in wb.chunks_exact(4 * GROUP).enumerate() {
+        for four in b * BLOCK / 4..(b + 1) * BLOCK / 4 {
+            let v = fours(w.format, values, four);
             for j in 0..4 {
-                let xj = xb[four * 4 + j] as i32;
-                for (a, wc) in acc.iter_mut().zip(w4.chunks_exact(4)) {
-                    *a += wc[j] as i32 * xj;
+                let xj = xv[four * 4 + j] as i32;
+                for (a, vc) in acc.iter_mut().zip(v.chunks_exact(4)) {
+                    *a += vc[j] as i32 * xj;
                 }
             }
         }
-        let offset = x.offsets[r * blocks + b];
-        let dx = x.scales[r * blocks + b];
-        let scales = &w.scales[(g * blocks + b) * GROUP..][..GROUP];
-        for ((t, a), s) in tile.iter_mut().zip(acc).zip(scales) {
-            *t += (a - offset) as f32 * (s * dx);
+        let (sum, dx) = (x.sums[r * blocks + b], x.scales[r * blocks + b]);
+        let at = (g * blocks + b) * GROUP;
+        let scales = &w.scales[at..][..GROUP];
+        match w.format {
+            Format::Q8_0 => {
+                for ((t, a), s) in tile.iter_mut().zip(acc).zip(scales) {
+                    *t += (a - OFFSET * sum) as f32 * (s * dx);
+                }
+            }
+            Format::Q4K => {
+                let mins = &w.mins[at..][..GROUP];
+                for (((t, a), s), m) in tile.iter_mut().zip(acc).zip(scales).zip(mins) {
+                    *t += a as f32 * (s * dx) - m * (dx * sum as f32);
+                }
+            }
         }
     }
 }
 
-multiversion!(fn group_row(x: &Q8Rows, w: &Q8Matrix, r: usize, g: usize, tile: &mut [f32; GROUP]) => group_row_body);
+multiversion!(fn group_row(x: &Q8Rows, w: &QuantMatrix, r: usize, g: usize, tile: &mut [f32; GROUP]) => group_row_body);
+
+/// The integer sums on AVX2 without VNNI, one row at a time (decoding): `vpmaddubsw` multiplies
+/// unsigned by signed bytes into pairs of i16, `vpmaddwd` adds the pairs to i32. Q8_0's
+/// products are taken as |qx| times the weight with qx's sign, which keeps a pair within i16
+/// (llama.cpp's trick); Q4_K's 4-bit weights fit as they are.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Format, Q8Rows, QuantMatrix, BLOCK, GROUP};
+    use std::arch::x86_64::*;
+
+    /// Row `r`'s products with group `g`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; row `r` and group `g` exist.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn group_row(
+        x: &Q8Rows,
+        w: &QuantMatrix,
+        r: usize,
+        g: usize,
+        tile: &mut [f32; GROUP],
+    ) {
+        let (k, blocks) = (w.inputs, w.blocks());
+        let q4 = w.format == Format::Q4K;
+        let xv = x.values[r * k..].as_ptr();
+        let wv = w.group_values(g).as_ptr();
+        let (ones, nibble, flip) = (
+            _mm256_set1_epi16(1),
+            _mm256_set1_epi8(0xF),
+            _mm256_set1_epi8(-128),
+        );
+        let mut total = [_mm256_setzero_ps(); 2];
+        for b in 0..blocks {
+            let mut acc = [_mm256_setzero_si256(); 2];
+            for four in b * BLOCK / 4..(b + 1) * BLOCK / 4 {
+                // SAFETY: four * 4 + 4 <= k.
+                let x4 = unsafe { std::ptr::read_unaligned(xv.add(four * 4) as *const i32) };
+                let xb = _mm256_set1_epi32(x4);
+                for (half, acc) in acc.iter_mut().enumerate() {
+                    let pairs = if q4 {
+                        // SAFETY: the group holds inputs/8 runs of 64 bytes.
+                        let v = unsafe {
+                            _mm256_loadu_si256(
+                                wv.add((four / 2) * 4 * GROUP + half * 32) as *const _
+                            )
+                        };
+                        let v = if four % 2 == 0 {
+                            v
+                        } else {
+                            _mm256_srli_epi16::<4>(v)
+                        };
+                        _mm256_maddubs_epi16(_mm256_and_si256(v, nibble), xb)
+                    } else {
+                        // SAFETY: the group holds inputs/4 runs of 64 bytes.
+                        let v = unsafe {
+                            _mm256_loadu_si256(wv.add(four * 4 * GROUP + half * 32) as *const _)
+                        };
+                        // v - 128 as signed bytes, given qx's sign, times |qx|.
+                        let q = _mm256_xor_si256(v, flip);
+                        _mm256_maddubs_epi16(_mm256_sign_epi8(xb, xb), _mm256_sign_epi8(q, xb))
+                    };
+                    *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(pairs, ones));
+                }
+            }
+            let at = r * blocks + b;
+            let dx = _mm256_set1_ps(x.scales[at]);
+            let sx = _mm256_set1_ps(x.scales[at] * x.sums[at] as f32);
+            for (half, (a, t)) in acc.iter().zip(total.iter_mut()).enumerate() {
+                let wat = (g * blocks + b) * GROUP + half * 8;
+                // SAFETY: 16 scales (and mins) per group and block.
+                let s = unsafe { _mm256_loadu_ps(w.scales.as_ptr().add(wat)) };
+                *t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*a), _mm256_mul_ps(s, dx), *t);
+                if q4 {
+                    let m = unsafe { _mm256_loadu_ps(w.mins.as_ptr().add(wat)) };
+                    *t = _mm256_fnmadd_ps(m, sx, *t);
+                }
+            }
+        }
+        // SAFETY: tile holds 16 f32.
+        unsafe {
+            _mm256_storeu_ps(tile.as_mut_ptr(), total[0]);
+            _mm256_storeu_ps(tile.as_mut_ptr().add(8), total[1]);
+        }
+    }
+}
 
 #[cfg(target_arch = "x86_64")]
 mod vnni {
-    use super::{value_index, Q8Matrix, Q8Rows, BLOCK, GROUP};
+    use super::{Q8Rows, QuantMatrix, BLOCK, GROUP, OFFSET};
     use std::arch::x86_64::*;
 
-    /// `MR` rows by `NG` groups of 16 outputs from row `r` and group `g`; `out(i, j, tile)`
-    /// receives row `r + i`'s products with group `g + j`.
+    /// `MR` rows by `NG` groups of 16 outputs from row `r` and group `g` (Q4_K's nibbles if
+    /// `Q4`, else Q8_0); `out(i, j, tile)` receives row `r + i`'s products with group `g + j`.
     ///
     /// # Safety
-    /// The CPU has AVX512F and AVX512-VNNI; rows `r..r + MR` and groups `g..g + NG` exist.
+    /// The CPU has AVX512F and AVX512-VNNI; rows `r..r + MR` and groups `g..g + NG` exist,
+    /// and the matrix is in the format `Q4` names.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn tile<const MR: usize, const NG: usize>(
+    pub(super) unsafe fn tile<const MR: usize, const NG: usize, const Q4: bool>(
         x: &Q8Rows,
-        w: &Q8Matrix,
+        w: &QuantMatrix,
         r: usize,
         g: usize,
         mut out: impl FnMut(usize, usize, &[f32; GROUP]),
     ) {
         let (k, blocks) = (w.inputs, w.blocks());
         let xv = x.values.as_ptr();
-        let wv: [*const u8; NG] =
-            std::array::from_fn(|j| w.values[value_index(k, g + j, 0, 0)..].as_ptr());
+        let wv: [*const u8; NG] = std::array::from_fn(|j| w.group_values(g + j).as_ptr());
+        let nibble = _mm512_set1_epi8(0xF);
         let mut total = [[_mm512_setzero_ps(); NG]; MR];
         for b in 0..blocks {
             let mut acc = [[_mm512_setzero_si512(); NG]; MR];
-            for four in b * BLOCK / 4..(b + 1) * BLOCK / 4 {
-                // SAFETY: group g + j holds inputs/4 fours of 64 bytes.
-                let wq: [__m512i; NG] = std::array::from_fn(|j| unsafe {
-                    _mm512_loadu_si512(wv[j].add(four * 4 * GROUP) as *const _)
-                });
+            // One step: the weights of four inputs, times each row's four activations.
+            let mut step = |four: usize, wq: [__m512i; NG]| {
                 for (i, acc) in acc.iter_mut().enumerate() {
                     // SAFETY: row r + i holds k values; four * 4 + 4 <= k.
                     let x4 = unsafe {
@@ -456,18 +704,52 @@ mod vnni {
                         *a = _mm512_dpbusd_epi32(*a, wq, xb);
                     }
                 }
+            };
+            if Q4 {
+                for eight in b * BLOCK / 8..(b + 1) * BLOCK / 8 {
+                    // SAFETY: group g + j holds inputs/8 runs of 64 bytes.
+                    let v: [__m512i; NG] = std::array::from_fn(|j| unsafe {
+                        _mm512_loadu_si512(wv[j].add(eight * 4 * GROUP) as *const _)
+                    });
+                    step(
+                        eight * 2,
+                        std::array::from_fn(|j| _mm512_and_si512(v[j], nibble)),
+                    );
+                    step(
+                        eight * 2 + 1,
+                        std::array::from_fn(|j| {
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(v[j]), nibble)
+                        }),
+                    );
+                }
+            } else {
+                for four in b * BLOCK / 4..(b + 1) * BLOCK / 4 {
+                    // SAFETY: group g + j holds inputs/4 runs of 64 bytes.
+                    step(
+                        four,
+                        std::array::from_fn(|j| unsafe {
+                            _mm512_loadu_si512(wv[j].add(four * 4 * GROUP) as *const _)
+                        }),
+                    );
+                }
             }
             for (i, (acc, total)) in acc.iter().zip(total.iter_mut()).enumerate() {
                 let at = (r + i) * blocks + b;
-                let offset = _mm512_set1_epi32(x.offsets[at]);
                 let dx = _mm512_set1_ps(x.scales[at]);
                 for (j, (a, t)) in acc.iter().zip(total.iter_mut()).enumerate() {
-                    // SAFETY: 16 scales per group and block.
-                    let s = unsafe {
-                        _mm512_loadu_ps(w.scales.as_ptr().add(((g + j) * blocks + b) * GROUP))
-                    };
-                    let sum = _mm512_cvtepi32_ps(_mm512_sub_epi32(*a, offset));
-                    *t = _mm512_fmadd_ps(sum, _mm512_mul_ps(s, dx), *t);
+                    let wat = ((g + j) * blocks + b) * GROUP;
+                    // SAFETY: 16 scales (and mins) per group and block.
+                    let s = unsafe { _mm512_loadu_ps(w.scales.as_ptr().add(wat)) };
+                    if Q4 {
+                        let m = unsafe { _mm512_loadu_ps(w.mins.as_ptr().add(wat)) };
+                        let sx = _mm512_set1_ps(x.scales[at] * x.sums[at] as f32);
+                        *t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*a), _mm512_mul_ps(s, dx), *t);
+                        *t = _mm512_fnmadd_ps(m, sx, *t);
+                    } else {
+                        let offset = _mm512_set1_epi32(OFFSET * x.sums[at]);
+                        let sum = _mm512_cvtepi32_ps(_mm512_sub_epi32(*a, offset));
+                        *t = _mm512_fmadd_ps(sum, _mm512_mul_ps(s, dx), *t);
+                    }
                 }
             }
         }
@@ -493,8 +775,14 @@ mod tests {
             .collect()
     }
 
+    fn matrix(n: usize, k: usize, format: Format) -> (Tensor, QuantMatrix) {
+        let t = Tensor::from_vec(pseudo_random(n * k, 1.0), (n, k), &Device::Cpu).unwrap();
+        let q = QuantMatrix::quantize(&t, format).unwrap();
+        (t, q)
+    }
+
     /// `x · wᵀ` in f64 for `x` rows of `k` and the dequantised rows of `w`.
-    fn reference(x: &[f64], w: &Q8Matrix, m: usize) -> Vec<f64> {
+    fn reference(x: &[f64], w: &QuantMatrix, m: usize) -> Vec<f64> {
         let (k, n) = (w.inputs, w.outputs);
         let rows: Vec<Vec<f32>> = (0..n).map(|c| w.row(c)).collect();
         (0..m)
@@ -520,95 +808,109 @@ mod tests {
     }
 
     /// Every path against f64 sums of the operands it multiplies (the quantised activations
-    /// for the 8-bit products, the f32 ones for the dequantised panels), for shapes with
-    /// partial row blocks, partial groups and a partial last group.
+    /// for the 8-bit products, the f32 ones for the dequantised panels), in both formats, for
+    /// shapes with partial row blocks, partial groups and a partial last group.
     #[test]
     fn products_equal_the_dequantised_sums_on_every_path() {
-        for (m, k, n) in [
-            (1, 32, 16),
-            (5, 64, 40),
-            (7, 96, 300),
-            (4, 128, 33),
-            (9, 64, 130),
-        ] {
-            let what = format!("{m}x{k}x{n}");
-            let x = pseudo_random(m * k, 2.0);
-            let w = Q8Matrix::quantize(
-                &Tensor::from_vec(pseudo_random(n * k, 1.0), (n, k), &Device::Cpu).unwrap(),
-            )
-            .unwrap();
-            let xq = Q8Rows::quantize(&x, m, k);
-            let x_quantised: Vec<f64> = (0..m * k)
-                .map(|i| xq.values[i] as f64 * xq.scales[i / BLOCK] as f64)
-                .collect();
-            let integer = reference(&x_quantised, &w, m);
-            let panels = reference(&x.iter().map(|&v| v as f64).collect::<Vec<_>>(), &w, m);
-            // product_block with the integer products (VNNI where the CPU has it) and with
-            // the panels, in two column blocks as the linear layer splits them.
-            for quantised in [true, false] {
-                let acts = Activations {
-                    x: &x,
-                    rows: m,
-                    quantised: quantised.then(|| Q8Rows::quantize(&x, m, k)),
-                };
-                let mut out = vec![f32::NAN; m * n];
-                let split = ((n / 2).div_ceil(GROUP) * GROUP).min(n);
-                for (start, cols) in [(0, split), (split, n - split)] {
-                    if cols > 0 {
-                        // SAFETY: out is m x n and each call writes its own columns.
-                        unsafe {
-                            product_block(&acts, &w, start, cols, SharedOut(out.as_mut_ptr()), n)
-                        };
-                    }
-                }
-                let (path, expected) = match quantised {
-                    true => ("integer", &integer),
-                    false => ("panels", &panels),
-                };
-                assert_close(&format!("{what} {path}"), &out, expected);
-            }
-            // The plain-Rust integer products for every instruction set this CPU has.
-            for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
-                if isa > Isa::detected() {
+        let shapes: [(usize, usize, usize); 6] = [
+            (1, 256, 16),
+            (5, 512, 40),
+            (7, 256, 300),
+            (4, 256, 33),
+            (9, 512, 130),
+            (3, 96, 24),
+        ];
+        for format in [Format::Q8_0, Format::Q4K] {
+            for (m, k, n) in shapes {
+                if !k.is_multiple_of(format.row_multiple()) {
                     continue;
                 }
-                let mut got = vec![0f32; m * n];
-                let mut tile = [0f32; GROUP];
-                for r in 0..m {
-                    for g in 0..n.div_ceil(GROUP) {
-                        group_row(isa, &xq, &w, r, g, &mut tile);
-                        let width = GROUP.min(n - g * GROUP);
-                        got[r * n + g * GROUP..][..width].copy_from_slice(&tile[..width]);
+                let what = format!("{format:?} {m}x{k}x{n}");
+                let x = pseudo_random(m * k, 2.0);
+                let (_, w) = matrix(n, k, format);
+                let xq = Q8Rows::quantize(&x, m, k);
+                let x_quantised: Vec<f64> = (0..m * k)
+                    .map(|i| xq.values[i] as f64 * xq.scales[i / BLOCK] as f64)
+                    .collect();
+                let integer = reference(&x_quantised, &w, m);
+                let panels = reference(&x.iter().map(|&v| v as f64).collect::<Vec<_>>(), &w, m);
+                // product_block with the integer products (VNNI where the CPU has it) and with
+                // the panels, in two column blocks as the linear layer splits them.
+                for quantised in [true, false] {
+                    let acts = Activations {
+                        x: &x,
+                        rows: m,
+                        quantised: quantised.then(|| Q8Rows::quantize(&x, m, k)),
+                    };
+                    let mut out = vec![f32::NAN; m * n];
+                    let split = ((n / 2).div_ceil(GROUP) * GROUP).min(n);
+                    for (start, cols) in [(0, split), (split, n - split)] {
+                        if cols > 0 {
+                            let dst = SharedOut(out.as_mut_ptr());
+                            // SAFETY: out is m x n and each call writes its own columns.
+                            unsafe { product_block(&acts, &w, start, cols, dst, n) };
+                        }
                     }
+                    let (path, expected) = match quantised {
+                        true => ("integer", &integer),
+                        false => ("panels", &panels),
+                    };
+                    assert_close(&format!("{what} {path}"), &out, expected);
                 }
-                assert_close(&format!("{what} plain {isa:?}"), &got, &integer);
+                // The plain-Rust integer products for every instruction set this CPU has.
+                for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+                    if isa > Isa::detected() {
+                        continue;
+                    }
+                    let mut got = vec![0f32; m * n];
+                    let mut tile = [0f32; GROUP];
+                    for r in 0..m {
+                        for g in 0..n.div_ceil(GROUP) {
+                            group_row(isa, &xq, &w, r, g, &mut tile);
+                            let width = GROUP.min(n - g * GROUP);
+                            got[r * n + g * GROUP..][..width].copy_from_slice(&tile[..width]);
+                        }
+                    }
+                    assert_close(&format!("{what} plain {isa:?}"), &got, &integer);
+                }
+                #[cfg(target_arch = "x86_64")]
+                if Isa::detected() >= Isa::Avx2 {
+                    let mut got = vec![0f32; m * n];
+                    let mut tile = [0f32; GROUP];
+                    for r in 0..m {
+                        for g in 0..n.div_ceil(GROUP) {
+                            // SAFETY: the CPU has AVX2.
+                            unsafe { avx2::group_row(&xq, &w, r, g, &mut tile) };
+                            let width = GROUP.min(n - g * GROUP);
+                            got[r * n + g * GROUP..][..width].copy_from_slice(&tile[..width]);
+                        }
+                    }
+                    assert_close(&format!("{what} avx2"), &got, &integer);
+                }
             }
         }
     }
 
-    /// Dequantised rows are within half a step of the original weights.
+    /// The packed matrix holds exactly ggml's values: its rows equal candle's dequantisation
+    /// of the same blocks, and it takes a fraction of the f32 bytes.
     #[test]
-    fn rows_dequantise_to_the_weights() {
-        let (n, k) = (48, 64);
-        let w = pseudo_random(n * k, 3.0);
-        let q = Q8Matrix::quantize(&Tensor::from_vec(w.clone(), (n, k), &Device::Cpu).unwrap())
-            .unwrap();
-        for r in 0..n {
-            for (b, (got, want)) in q
-                .row(r)
-                .chunks(BLOCK)
-                .zip(w[r * k..(r + 1) * k].chunks(BLOCK))
-                .enumerate()
-            {
-                let amax = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-                for (g, v) in got.iter().zip(want) {
-                    assert!(
-                        (g - v).abs() <= amax / 127.0 * 0.5 + 1e-3,
-                        "row {r} block {b}"
-                    );
-                }
+    fn rows_are_ggml_dequantisation() {
+        let (n, k) = (48, 512);
+        for (format, bytes_per_weight) in [(Format::Q8_0, 1.13), (Format::Q4K, 0.76)] {
+            let (t, q) = matrix(n, k, format);
+            let ggml = QTensor::quantize(&t, format.ggml())
+                .unwrap()
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            for (r, want) in ggml.iter().enumerate() {
+                assert_eq!(&q.row(r), want, "{format:?} row {r}");
             }
+            assert!(
+                q.bytes() as f64 <= bytes_per_weight * (n * k) as f64,
+                "{format:?}"
+            );
         }
-        assert!(q.bytes() < (n * k * 4) as u64 / 3);
     }
 }

@@ -1,5 +1,5 @@
 //! Decoder-only text generation behind `TextGenerator`: LLaMA, Mistral, Qwen2 and Qwen3 go to
-//! [`decoder`](super::decoder) (a KV cache per sequence), in f32, bf16 or q8_0; OPT, q4_k and
+//! [`decoder`](super::decoder) (a KV cache per sequence), in f32, bf16, q8_0 or q4_k; OPT and
 //! .gguf files are here, each with one KV cache for the batch: the prompt is run once (prefill), then one
 //! token per step.
 
@@ -37,10 +37,11 @@ impl CausalLm {
             .unwrap_or_default()
             .to_string();
         let llama_family = matches!(model_type.as_str(), "llama" | "mistral" | "qwen2" | "qwen3");
-        // q8_0 of a safetensors checkpoint runs in our decoder, on our quantised kernel (a
-        // batched prefill, continuous batching); q4_k and .gguf files go to candle's models.
+        // q8_0 and q4_k of a safetensors checkpoint run in our decoder, on our quantised kernel
+        // (a batched prefill, continuous batching); .gguf files, and other devices, go to
+        // candle's quantised models.
         if llama_family
-            && ctx.info.precision == ia_engine::Precision::Q8_0
+            && quantized::ggml_dtype(ctx.info.precision).is_some()
             && ctx.device.is_cpu()
             && quantized::gguf_file_in(ctx.source).is_none()
         {

@@ -9,13 +9,16 @@
 //! sequence's own cache. That is what lets a server start and stop sequences between decode
 //! steps (continuous batching, [`SequencePool`]) without padding or recomputing anything.
 //!
-//! With `--precision q8_0` on the CPU every projection, the token embeddings and the head are
-//! Q8_0 blocks multiplied by [`kernels::quant`](crate::kernels::quant); norms, biases and
-//! attention stay f32. The same ragged batch therefore runs a quantised prefill as one product
-//! per projection, as the f32 one does.
+//! With `--precision q8_0` or `q4_k` on the CPU every projection, the token embeddings and the
+//! head are quantised blocks multiplied by [`kernels::quant`](crate::kernels::quant); norms,
+//! biases and attention stay f32. The same ragged batch therefore runs a quantised prefill as
+//! one product per projection, as the f32 one does.
 
 use super::LoadContext;
-use crate::kernels::{self, quant::Q8Matrix};
+use crate::kernels::{
+    self,
+    quant::{Format, QuantMatrix},
+};
 use crate::rt;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{kv_cache::KvCache, Activation, Embedding, Linear, RmsNorm, VarBuilder};
@@ -260,14 +263,27 @@ impl Config {
 pub(crate) enum Storage {
     /// As loaded (the session's dtype), multiplied by candle.
     AsLoaded,
-    /// Q8_0 blocks, multiplied by our quantised kernel (CPU, f32 activations).
-    Q8_0,
+    /// Blocks of this format, multiplied by our quantised kernel (CPU, f32 activations).
+    Quantised(Format),
 }
 
-/// A projection: candle's linear layer, or Q8_0 weights through our kernel.
+impl Storage {
+    /// The format a matrix with rows of `inputs` takes: llama.cpp's choice for rows that are
+    /// not whole Q4_K super-blocks is Q8_0, and f32 for rows that are not whole Q8_0 blocks.
+    fn format_for(self, inputs: usize) -> Option<Format> {
+        let Storage::Quantised(format) = self else {
+            return None;
+        };
+        [format, Format::Q8_0]
+            .into_iter()
+            .find(|f| inputs.is_multiple_of(f.row_multiple()))
+    }
+}
+
+/// A projection: candle's linear layer, or quantised weights through our kernel.
 enum Proj {
     Candle(Linear),
-    Q8 {
+    Quantised {
         weight: kernels::Weight,
         bias: Option<Tensor>,
     },
@@ -277,7 +293,7 @@ impl Proj {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Proj::Candle(l) => l.forward(x),
-            Proj::Q8 { weight, bias } => kernels::linear(
+            Proj::Quantised { weight, bias } => kernels::linear(
                 x,
                 weight,
                 bias.as_ref(),
@@ -287,11 +303,11 @@ impl Proj {
         }
     }
 
-    /// The Q8_0 matrix, if this projection has one.
-    fn q8(&self) -> Option<&Q8Matrix> {
+    /// The quantised matrix, if this projection has one.
+    fn quantised(&self) -> Option<&QuantMatrix> {
         match self {
-            Proj::Q8 {
-                weight: kernels::Weight::Q8(q),
+            Proj::Quantised {
+                weight: kernels::Weight::Quant(q),
                 ..
             } => Some(q),
             _ => None,
@@ -311,28 +327,29 @@ fn linear(
     } else {
         candle_nn::linear_no_bias(input, output, vb)?
     };
-    Ok(match storage {
-        // Rows that are not whole blocks stay f32, as llama.cpp's quantiser leaves them.
-        Storage::Q8_0 if !input.is_multiple_of(kernels::quant::BLOCK) => Proj::Candle(linear),
-        Storage::AsLoaded => Proj::Candle(linear),
-        Storage::Q8_0 => Proj::Q8 {
-            weight: kernels::Weight::Q8(Arc::new(Q8Matrix::quantize(linear.weight())?)),
+    Ok(match storage.format_for(input) {
+        None => Proj::Candle(linear),
+        Some(format) => Proj::Quantised {
+            weight: kernels::Weight::Quant(Arc::new(QuantMatrix::quantize(
+                linear.weight(),
+                format,
+            )?)),
             bias: linear.bias().cloned(),
         },
     })
 }
 
-/// The token embeddings: a table, or the rows of a Q8_0 matrix (shared with a tied head).
+/// The token embeddings: a table, or the rows of a quantised matrix (shared with a tied head).
 enum TokenEmbeddings {
     Table(Embedding),
-    Q8(Arc<Q8Matrix>),
+    Quantised(Arc<QuantMatrix>),
 }
 
 impl TokenEmbeddings {
     fn hidden_size(&self) -> usize {
         match self {
             TokenEmbeddings::Table(e) => e.hidden_size(),
-            TokenEmbeddings::Q8(q) => q.inputs(),
+            TokenEmbeddings::Quantised(q) => q.inputs(),
         }
     }
 
@@ -340,7 +357,7 @@ impl TokenEmbeddings {
     fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             TokenEmbeddings::Table(e) => e.forward(ids),
-            TokenEmbeddings::Q8(q) => {
+            TokenEmbeddings::Quantised(q) => {
                 let device = ids.device().clone();
                 let ids = ids.to_vec1::<u32>()?;
                 let mut rows = Vec::with_capacity(ids.len() * q.inputs());
@@ -632,10 +649,8 @@ impl Weights {
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         let norm = candle_nn::rms_norm(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
-        let quantise =
-            storage == Storage::Q8_0 && cfg.hidden_size.is_multiple_of(kernels::quant::BLOCK);
-        let (embed_tokens, lm_head) = match quantise {
-            false => {
+        let (embed_tokens, lm_head) = match storage.format_for(cfg.hidden_size) {
+            None => {
                 let lm_head = if cfg.tied_head() {
                     Linear::new(table.embeddings().clone(), None)
                 } else {
@@ -643,21 +658,21 @@ impl Weights {
                 };
                 (TokenEmbeddings::Table(table), Proj::Candle(lm_head))
             }
-            // As llama.cpp's Q8_0 files do, the embeddings are quantised too; a tied head
+            // As llama.cpp's quantised files do, the embeddings are quantised too; a tied head
             // multiplies by the very same blocks.
-            true => {
-                let embeddings = Arc::new(Q8Matrix::quantize(table.embeddings())?);
+            Some(format) => {
+                let embeddings = Arc::new(QuantMatrix::quantize(table.embeddings(), format)?);
                 let head = if cfg.tied_head() {
                     embeddings.clone()
                 } else {
                     let w = head.get((cfg.vocab_size, cfg.hidden_size), "weight")?;
-                    Arc::new(Q8Matrix::quantize(&w)?)
+                    Arc::new(QuantMatrix::quantize(&w, format)?)
                 };
-                let lm_head = Proj::Q8 {
-                    weight: kernels::Weight::Q8(head),
+                let lm_head = Proj::Quantised {
+                    weight: kernels::Weight::Quant(head),
                     bias: None,
                 };
-                (TokenEmbeddings::Q8(embeddings), lm_head)
+                (TokenEmbeddings::Quantised(embeddings), lm_head)
             }
         };
         Ok(Self {
@@ -668,12 +683,12 @@ impl Weights {
         })
     }
 
-    /// Parameters held as Q8_0 blocks and the bytes those blocks take (a matrix shared by
-    /// the embeddings and a tied head counted once).
+    /// Parameters held as quantised blocks and the bytes those blocks take (a matrix shared
+    /// by the embeddings and a tied head counted once).
     fn quantised(&self) -> (u64, u64) {
-        let mut seen: Vec<*const Q8Matrix> = Vec::new();
+        let mut seen: Vec<*const QuantMatrix> = Vec::new();
         let embeddings = match &self.embed_tokens {
-            TokenEmbeddings::Q8(q) => Some(q.as_ref()),
+            TokenEmbeddings::Quantised(q) => Some(q.as_ref()),
             TokenEmbeddings::Table(_) => None,
         };
         let projections = self.layers.iter().flat_map(|l| {
@@ -689,10 +704,11 @@ impl Weights {
             ]
         });
         let mut totals = (0, 0);
-        for q in embeddings
-            .into_iter()
-            .chain(projections.chain([&self.lm_head]).filter_map(Proj::q8))
-        {
+        for q in embeddings.into_iter().chain(
+            projections
+                .chain([&self.lm_head])
+                .filter_map(Proj::quantised),
+        ) {
             if !seen.contains(&(q as *const _)) {
                 seen.push(q);
                 totals.0 += (q.outputs() * q.inputs()) as u64;
@@ -713,15 +729,21 @@ impl Decoder {
         Ok(Box::new(Self::new(&cfg, weights, info, &ctx)?))
     }
 
-    /// Q8_0 for `--precision q8_0` (on the CPU, where its kernel runs); else as loaded.
+    /// Quantised blocks for `--precision q8_0|q4_k` (on the CPU, where their kernel runs);
+    /// else as loaded.
     pub(crate) fn storage(ctx: &LoadContext<'_>) -> Result<Storage, EngineError> {
-        match ctx.info.precision {
-            ia_engine::Precision::Q8_0 if ctx.device.is_cpu() => Ok(Storage::Q8_0),
-            ia_engine::Precision::Q8_0 => Err(EngineError::Unsupported(
-                "the native q8_0 decoder runs on the CPU".into(),
-            )),
-            _ => Ok(Storage::AsLoaded),
+        let format = match ctx.info.precision {
+            ia_engine::Precision::Q8_0 => Format::Q8_0,
+            ia_engine::Precision::Q4K => Format::Q4K,
+            _ => return Ok(Storage::AsLoaded),
+        };
+        if !ctx.device.is_cpu() {
+            return Err(EngineError::Unsupported(format!(
+                "the native decoder runs {} on the CPU",
+                ctx.info.precision
+            )));
         }
+        Ok(Storage::Quantised(format))
     }
 
     /// The decoder over loaded weights; `info` describes the whole model it serves.
