@@ -416,23 +416,9 @@ pub(super) unsafe fn product_block(
                 let at = first + g;
                 // SAFETY: vnni() checked the CPU; the tiles are within the matrices.
                 unsafe {
-                    match (mr, pair, w.format) {
-                        (4, 2, Format::Q8_0) => vnni::tile::<4, 2, false>(x, w, r, at, out),
-                        (4, _, Format::Q8_0) => vnni::tile::<4, 1, false>(x, w, r, at, out),
-                        (3, 2, Format::Q8_0) => vnni::tile::<3, 2, false>(x, w, r, at, out),
-                        (3, _, Format::Q8_0) => vnni::tile::<3, 1, false>(x, w, r, at, out),
-                        (2, 2, Format::Q8_0) => vnni::tile::<2, 2, false>(x, w, r, at, out),
-                        (2, _, Format::Q8_0) => vnni::tile::<2, 1, false>(x, w, r, at, out),
-                        (_, 2, Format::Q8_0) => vnni::tile::<1, 2, false>(x, w, r, at, out),
-                        (_, _, Format::Q8_0) => vnni::tile::<1, 1, false>(x, w, r, at, out),
-                        (4, 2, Format::Q4K) => vnni::tile::<4, 2, true>(x, w, r, at, out),
-                        (4, _, Format::Q4K) => vnni::tile::<4, 1, true>(x, w, r, at, out),
-                        (3, 2, Format::Q4K) => vnni::tile::<3, 2, true>(x, w, r, at, out),
-                        (3, _, Format::Q4K) => vnni::tile::<3, 1, true>(x, w, r, at, out),
-                        (2, 2, Format::Q4K) => vnni::tile::<2, 2, true>(x, w, r, at, out),
-                        (2, _, Format::Q4K) => vnni::tile::<2, 1, true>(x, w, r, at, out),
-                        (_, 2, Format::Q4K) => vnni::tile::<1, 2, true>(x, w, r, at, out),
-                        (_, _, Format::Q4K) => vnni::tile::<1, 1, true>(x, w, r, at, out),
+                    match w.format {
+                        Format::Q8_0 => vnni::tiles::<false>(x, w, r, at, mr, pair, out),
+                        Format::Q4K => vnni::tiles::<true>(x, w, r, at, mr, pair, out),
                     }
                 }
                 r += mr;
@@ -670,6 +656,35 @@ mod avx2 {
 mod vnni {
     use super::{Q8Rows, QuantMatrix, BLOCK, GROUP, OFFSET};
     use std::arch::x86_64::*;
+
+    /// [`tile`] for `rows` (1 to 4) and `groups` (1 or 2), chosen at run time.
+    ///
+    /// # Safety
+    /// As [`tile`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn tiles<const Q4: bool>(
+        x: &Q8Rows,
+        w: &QuantMatrix,
+        r: usize,
+        g: usize,
+        rows: usize,
+        groups: usize,
+        out: impl FnMut(usize, usize, &[f32; GROUP]),
+    ) {
+        // SAFETY: as the caller grants, for these rows and groups.
+        unsafe {
+            match (rows, groups) {
+                (4, 2) => tile::<4, 2, Q4>(x, w, r, g, out),
+                (4, _) => tile::<4, 1, Q4>(x, w, r, g, out),
+                (3, 2) => tile::<3, 2, Q4>(x, w, r, g, out),
+                (3, _) => tile::<3, 1, Q4>(x, w, r, g, out),
+                (2, 2) => tile::<2, 2, Q4>(x, w, r, g, out),
+                (2, _) => tile::<2, 1, Q4>(x, w, r, g, out),
+                (_, 2) => tile::<1, 2, Q4>(x, w, r, g, out),
+                _ => tile::<1, 1, Q4>(x, w, r, g, out),
+            }
+        }
+    }
 
     /// `MR` rows by `NG` groups of 16 outputs from row `r` and group `g` (Q4_K's nibbles if
     /// `Q4`, else Q8_0); `out(i, j, tile)` receives row `r + i`'s products with group `g + j`.
