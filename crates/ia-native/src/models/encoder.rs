@@ -1,4 +1,5 @@
-//! The pieces BERT-style encoders share (BERT, ViT), written for CPU speed without changing
+//! The pieces BERT-style encoders share (BERT, ViT, and Whisper's and Wav2Vec2's encoder
+//! layers), written for CPU speed without changing
 //! the function: every projection is one matrix product over all `batch x seq` rows,
 //! query/key/value are one product (weights stacked at load, the 1/sqrt(head) scale folded
 //! into the query's), bias, GELU and residual adds happen in the product's pass
@@ -97,17 +98,32 @@ impl SelfAttention {
         vb: VarBuilder,
         products: Products,
     ) -> Result<Self> {
+        let names = [("query", bias), ("key", bias), ("value", bias)];
+        Self::load_named(hidden, heads, names, vb, products)
+    }
+
+    /// The query, key and value projections under `vb` by their names, each with or without
+    /// a bias (BART-style `q_proj`, `k_proj`, `v_proj`; Whisper's `k_proj` has none, which
+    /// is a bias of zeros).
+    pub fn load_named(
+        hidden: usize,
+        heads: usize,
+        names: [(&str, bool); 3],
+        vb: VarBuilder,
+        products: Products,
+    ) -> Result<Self> {
         let scale = 1.0 / ((hidden / heads) as f64).sqrt();
         let mut weights = vec![];
         let mut biases = vec![];
-        for (name, factor) in [("query", scale), ("key", 1.0), ("value", 1.0)] {
+        for ((name, bias), factor) in names.into_iter().zip([scale, 1.0, 1.0]) {
             let p = vb.pp(name);
             weights.push((p.get((hidden, hidden), "weight")? * factor)?);
-            if bias {
-                biases.push((p.get(hidden, "bias")? * factor)?);
-            }
+            biases.push(match bias {
+                true => (p.get(hidden, "bias")? * factor)?,
+                false => Tensor::zeros(hidden, weights[0].dtype(), weights[0].device())?,
+            });
         }
-        let bias = if bias {
+        let bias = if names.iter().any(|(_, b)| *b) {
             Some(Tensor::cat(&biases, 0)?)
         } else {
             None

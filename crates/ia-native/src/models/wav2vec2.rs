@@ -4,7 +4,7 @@
 //! a transformer encoder in post-LN (base) or pre-LN ("stable layer norm", large) form; CTC
 //! logits from `lm_head`. candle has no Wav2Vec2. Tensor names match the HF checkpoint.
 
-use super::attention::MultiHeadAttention;
+use super::encoder::{Dense, Products, SelfAttention};
 use super::LoadContext;
 use crate::{rt, CandleOutput};
 use candle_core::{DType, Device, Module, Result, Tensor};
@@ -76,10 +76,11 @@ impl ConvLayer {
 }
 
 struct EncoderLayer {
-    attention: MultiHeadAttention,
+    attention: SelfAttention,
+    out_proj: Dense,
     layer_norm: LayerNorm,
-    intermediate_dense: Linear,
-    output_dense: Linear,
+    intermediate_dense: Dense,
+    output_dense: Dense,
     final_layer_norm: LayerNorm,
     act: Activation,
     pre_norm: bool,
@@ -87,42 +88,51 @@ struct EncoderLayer {
 
 impl EncoderLayer {
     fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let (h, e) = (cfg.hidden_size, cfg.layer_norm_eps);
+        let (h, e, i) = (cfg.hidden_size, cfg.layer_norm_eps, cfg.intermediate_size);
+        let as_loaded = Products::AsLoaded;
         Ok(Self {
-            attention: MultiHeadAttention::load(
+            attention: SelfAttention::load_named(
                 h,
                 cfg.num_attention_heads,
-                true,
+                [("q_proj", true), ("k_proj", true), ("v_proj", true)],
                 vb.pp("attention"),
+                as_loaded,
             )?,
+            out_proj: Dense::load(h, h, vb.pp("attention.out_proj"), as_loaded)?,
             layer_norm: layer_norm(h, e, vb.pp("layer_norm"))?,
-            intermediate_dense: linear(
+            intermediate_dense: Dense::load(
                 h,
-                cfg.intermediate_size,
+                i,
                 vb.pp("feed_forward.intermediate_dense"),
+                as_loaded,
             )?,
-            output_dense: linear(cfg.intermediate_size, h, vb.pp("feed_forward.output_dense"))?,
+            output_dense: Dense::load(i, h, vb.pp("feed_forward.output_dense"), as_loaded)?,
             final_layer_norm: layer_norm(h, e, vb.pp("final_layer_norm"))?,
             act: cfg.hidden_act,
             pre_norm: cfg.do_stable_layer_norm,
         })
     }
 
-    fn feed_forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.output_dense
-            .forward(&self.act.forward(&self.intermediate_dense.forward(x)?)?)
+    /// `residual + output_dense(act(intermediate_dense(x)))`, the residual added in the
+    /// product's pass.
+    fn feed_forward(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let inner = self.intermediate_dense.forward_activated(x, self.act)?;
+        self.output_dense.forward_residual(&inner, residual)
+    }
+
+    /// `residual + out_proj(attention(x))`.
+    fn attend(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.out_proj
+            .forward_residual(&self.attention.forward(x, None)?, residual)
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if self.pre_norm {
-            let h = (x + self.attention.forward(&self.layer_norm.forward(x)?, None)?)?;
-            &h + self.feed_forward(&self.final_layer_norm.forward(&h)?)?
+            let h = self.attend(&self.layer_norm.forward(x)?, x)?;
+            self.feed_forward(&self.final_layer_norm.forward(&h)?, &h)
         } else {
-            let h = self
-                .layer_norm
-                .forward(&(x + self.attention.forward(x, None)?)?)?;
-            self.final_layer_norm
-                .forward(&(&h + self.feed_forward(&h)?)?)
+            let h = self.layer_norm.forward(&self.attend(x, x)?)?;
+            self.final_layer_norm.forward(&self.feed_forward(&h, &h)?)
         }
     }
 }

@@ -11,6 +11,7 @@
 //! `ia_engine::whisper`'s, the same for every engine.
 
 use super::attention::{Mlp, MultiHeadAttention};
+use super::encoder::{Dense, Products, SelfAttention};
 use super::LoadContext;
 use crate::rt;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
@@ -48,35 +49,48 @@ fn ln(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
     layer_norm(dim, 1e-5, vb)
 }
 
-#[derive(Debug, Clone)]
+/// A pre-norm encoder layer on the BERT-style encoder's kernels: q/k/v in one product, the
+/// output projection and fc2 with the residual in their pass, fc1 with its GELU.
 struct EncoderLayer {
-    self_attn: MultiHeadAttention,
+    self_attn: SelfAttention,
+    out_proj: Dense,
     self_attn_layer_norm: LayerNorm,
-    mlp: Mlp,
+    fc1: Dense,
+    fc2: Dense,
+    act: Activation,
     final_layer_norm: LayerNorm,
 }
 
 impl EncoderLayer {
     fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let d = cfg.d_model;
+        let (d, ffn, as_loaded) = (cfg.d_model, cfg.encoder_ffn_dim, Products::AsLoaded);
+        let attn = vb.pp("self_attn");
         Ok(Self {
-            self_attn: MultiHeadAttention::load(
+            self_attn: SelfAttention::load_named(
                 d,
                 cfg.encoder_attention_heads,
-                false,
-                vb.pp("self_attn"),
+                [("q_proj", true), ("k_proj", false), ("v_proj", true)],
+                attn.clone(),
+                as_loaded,
             )?,
+            out_proj: Dense::load(d, d, attn.pp("out_proj"), as_loaded)?,
             self_attn_layer_norm: ln(d, vb.pp("self_attn_layer_norm"))?,
-            mlp: Mlp::load(d, cfg.encoder_ffn_dim, cfg.activation_function, &vb)?,
+            fc1: Dense::load(d, ffn, vb.pp("fc1"), as_loaded)?,
+            fc2: Dense::load(ffn, d, vb.pp("fc2"), as_loaded)?,
+            act: cfg.activation_function,
             final_layer_norm: ln(d, vb.pp("final_layer_norm"))?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = (x + self
+        let a = self
             .self_attn
-            .forward(&self.self_attn_layer_norm.forward(x)?, None)?)?;
-        &h + self.mlp.forward(&self.final_layer_norm.forward(&h)?)?
+            .forward(&self.self_attn_layer_norm.forward(x)?, None)?;
+        let h = self.out_proj.forward_residual(&a, x)?;
+        let f = self
+            .fc1
+            .forward_activated(&self.final_layer_norm.forward(&h)?, self.act)?;
+        self.fc2.forward_residual(&f, &h)
     }
 }
 
@@ -130,7 +144,6 @@ impl DecoderLayer {
 }
 
 /// The Whisper network with its decoder caches.
-#[derive(Debug, Clone)]
 pub struct Model {
     conv1: Conv1d,
     conv2: Conv1d,
