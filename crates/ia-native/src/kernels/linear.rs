@@ -7,7 +7,7 @@
 //! two threads slower than one; split by columns they are about twice as fast.
 
 use super::amx::{self, Activations, PackedBf16};
-use super::math::gelu_erf;
+use super::math;
 use super::quant::{self, QuantMatrix};
 use super::{applies, f32_slice, isa, multiversion, product, row_major, with_f32, SharedOut};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
@@ -156,6 +156,25 @@ struct Linear<'a> {
 impl Linear<'_> {
     fn run(&self, x: &[f32], lx: &Layout, residual: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
         let (m, k) = lx.shape().dims2()?;
+        self.run_rows(x, m, k, k, residual)
+    }
+
+    /// The product over `m` rows of `k` inputs, row r starting at `x[r * row_stride]` (rows
+    /// may overlap: the windows of a convolution).
+    fn run_rows(
+        &self,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        row_stride: usize,
+        residual: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
+        if row_stride != k && !matches!(self.weight, Weights::F32 { .. }) {
+            candle_core::bail!("linear: overlapping rows need f32 weights")
+        }
+        if m > 0 && x.len() < (m - 1) * row_stride + k {
+            candle_core::bail!("linear: {} values do not hold {m} rows of {k}", x.len())
+        }
         let (k2, n, align) = match self.weight {
             Weights::F32 {
                 inputs, outputs, ..
@@ -210,7 +229,7 @@ impl Linear<'_> {
                         cols,
                         k,
                         row_major(dst.at(start), n),
-                        row_major(x.as_ptr(), k),
+                        row_major(x.as_ptr(), row_stride),
                         row_major(w.as_ptr().add(start), n),
                     )
                 },
@@ -274,7 +293,7 @@ fn epilogue_body(row: &mut [f32], bias: Option<&[f32]>, gelu: bool, residual: Op
     }
     if gelu {
         for o in row.iter_mut() {
-            *o = gelu_erf(*o);
+            *o = math::gelu_erf(*o);
         }
     }
     if let Some(residual) = residual {
@@ -285,6 +304,124 @@ fn epilogue_body(row: &mut [f32], bias: Option<&[f32]>, gelu: bool, residual: Op
 }
 
 multiversion!(fn epilogue(row: &mut [f32], bias: Option<&[f32]>, gelu: bool, residual: Option<&[f32]>) => epilogue_body);
+
+/// transformers' "gelu" (the erf form) of every element, vectorised (candle's calls libm's
+/// erf per element); other dtypes and devices through candle.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if !applies(x) {
+        return x.gelu_erf();
+    }
+    let mut values = x.flatten_all()?.to_vec1::<f32>()?;
+    let isa = isa();
+    use rayon::prelude::*;
+    values
+        .par_chunks_mut(1 << 14)
+        .for_each(|chunk| epilogue(isa, chunk, None, true, None));
+    Tensor::from_vec(values, x.shape(), x.device())
+}
+
+/// A 1-D convolution over channels-last frames, as a linear layer whose rows are the
+/// overlapping windows of `kernel` frames, `stride` frames apart: in `[frames, channels]` a
+/// window is `kernel * channels` consecutive values, so the product reads the frames in place
+/// (no im2col copy) and the bias and activation are applied in its pass. `weight` is the
+/// convolution's `[out, in, kernel]` laid out by [`conv_weight`]. No padding.
+pub fn conv1d_frames(
+    x: &Tensor,
+    weight: &Weight,
+    bias: Option<&Tensor>,
+    kernel: usize,
+    stride: usize,
+    act: Activation,
+) -> Result<Tensor> {
+    let (frames, channels) = x.dims2()?;
+    let Weight::Transposed(w) = weight else {
+        candle_core::bail!("conv1d_frames: f32 weights from conv_weight")
+    };
+    if kernel == 0 || stride == 0 || frames < kernel || w.dim(0)? != kernel * channels {
+        candle_core::bail!(
+            "conv1d_frames: {frames} frames of {channels} against a kernel of {kernel} x {}",
+            w.dim(0)? / kernel.max(1)
+        )
+    }
+    let out_frames = (frames - kernel) / stride + 1;
+    if !([Some(x), bias].into_iter().flatten().all(applies) && applies(w)) {
+        // The same convolution in candle's operations (other devices and dtypes).
+        let outputs = w.dim(1)?;
+        let w = w
+            .t()?
+            .reshape((outputs, kernel, channels))?
+            .permute((0, 2, 1))?;
+        let c = x
+            .t()?
+            .unsqueeze(0)?
+            .conv1d(&w.contiguous()?, 0, stride, 1, 1)?;
+        let mut y = c.squeeze(0)?.t()?;
+        if let Some(b) = bias {
+            y = y.broadcast_add(b)?;
+        }
+        return match act {
+            Activation::GeluErf => y.gelu_erf(),
+            Activation::Identity => Ok(y),
+        };
+    }
+    let x = x.contiguous()?;
+    let w = w.contiguous()?;
+    let outputs = w.dim(1)?;
+    let op = |bias: Option<&[f32]>| {
+        with_f32("conv1d_frames", &w, |data| {
+            x.apply_op1_no_bwd(&Windows {
+                linear: Linear {
+                    weight: Weights::F32 {
+                        data,
+                        inputs: kernel * channels,
+                        outputs,
+                    },
+                    bias,
+                    act,
+                },
+                rows: out_frames,
+                stride: stride * channels,
+            })
+        })
+    };
+    match bias {
+        Some(b) => with_f32("conv1d_frames", &b.contiguous()?, |b| op(Some(b))),
+        None => op(None),
+    }
+}
+
+/// A convolution's weight `[out, in, kernel]` as [`conv1d_frames`] takes it: `[out, kernel *
+/// in]` (a window's frames one after another), transposed once like every linear weight.
+pub fn conv_weight(weight: &Tensor) -> Result<Weight> {
+    let (outputs, inputs, kernel) = weight.dims3()?;
+    let w = weight
+        .permute((0, 2, 1))?
+        .contiguous()?
+        .reshape((outputs, kernel * inputs))?;
+    Weight::new(&w, false)
+}
+
+/// [`conv1d_frames`]'s op: `rows` windows, `stride` values apart.
+struct Windows<'a> {
+    linear: Linear<'a>,
+    rows: usize,
+    stride: usize,
+}
+
+impl CustomOp1 for Windows<'_> {
+    fn name(&self) -> &'static str {
+        "conv1d_frames"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
+        let Weights::F32 { inputs, .. } = self.linear.weight else {
+            candle_core::bail!("conv1d_frames takes f32 weights")
+        };
+        let x = f32_slice("conv1d_frames", s1, l1)?;
+        self.linear
+            .run_rows(x, self.rows, inputs, self.stride, None)
+    }
+}
 
 impl CustomOp1 for Linear<'_> {
     fn name(&self) -> &'static str {
@@ -328,6 +465,52 @@ mod tests {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap()
+    }
+
+    /// Convolutions over channels-last frames equal candle's conv1d on channels-first ones,
+    /// with and without bias and GELU, on the kernel (f32) and on the fallback (f64).
+    #[test]
+    fn frame_convolutions_equal_candles_conv1d() {
+        let dev = Device::Cpu;
+        for (frames, channels, outputs, kernel, stride) in [(20, 3, 4, 5, 2), (57, 1, 40, 10, 5)] {
+            let x = Tensor::randn(0f32, 1.0, (frames, channels), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (outputs, channels, kernel), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, outputs, &dev).unwrap();
+            let want = x
+                .t()
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap()
+                .conv1d(&w, 0, stride, 1, 1)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .t()
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap();
+            for dtype in [candle_core::DType::F32, candle_core::DType::F64] {
+                let (x, w, b) = (
+                    x.to_dtype(dtype).unwrap(),
+                    w.to_dtype(dtype).unwrap(),
+                    b.to_dtype(dtype).unwrap(),
+                );
+                let weight = conv_weight(&w).unwrap();
+                for act in [Activation::Identity, Activation::GeluErf] {
+                    let got = conv1d_frames(&x, &weight, Some(&b), kernel, stride, act)
+                        .unwrap()
+                        .to_dtype(candle_core::DType::F32)
+                        .unwrap();
+                    let want = match act {
+                        Activation::GeluErf => want.gelu_erf().unwrap(),
+                        Activation::Identity => want.clone(),
+                    };
+                    assert_eq!(got.dims(), want.dims());
+                    let d = max_diff(&got, &want);
+                    assert!(d < 1e-4, "{dtype:?} {act:?} {frames}x{channels}: {d}");
+                }
+            }
+        }
     }
 
     /// One row, a ragged column count, more columns than one thread's block.

@@ -25,7 +25,7 @@ mod math;
 pub mod quant;
 
 pub use attention::attention;
-pub use linear::{linear, Activation, Weight};
+pub use linear::{conv1d_frames, conv_weight, gelu_erf, linear, Activation, Weight};
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 use std::sync::OnceLock;

@@ -6,11 +6,11 @@
 
 use super::encoder::{Dense, Products, SelfAttention};
 use super::LoadContext;
+use crate::kernels;
 use crate::{rt, CandleOutput};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{
-    conv1d, conv1d_no_bias, group_norm, layer_norm, linear, Activation, Conv1d, Conv1dConfig,
-    GroupNorm, LayerNorm, Linear, VarBuilder,
+    group_norm, layer_norm, linear, Activation, GroupNorm, LayerNorm, Linear, VarBuilder,
 };
 use ia_engine::features::Wav2Vec2Features;
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
@@ -57,21 +57,108 @@ enum ConvNorm {
     Layer(LayerNorm),
 }
 
+/// One layer of the feature encoder, over channels-last frames ([`kernels::conv1d_frames`]:
+/// the windows read in place, GELU in the product's pass where no norm comes between).
 struct ConvLayer {
-    conv: Conv1d,
+    weight: kernels::Weight,
+    bias: Option<Tensor>,
+    kernel: usize,
+    stride: usize,
     norm: ConvNorm,
     act: Activation,
 }
 
 impl ConvLayer {
+    /// `x`: [frames, channels] of one waveform -> [frames out, channels out].
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.conv.forward(x)?;
-        let x = match &self.norm {
-            ConvNorm::None => x,
-            ConvNorm::Group(g) => g.forward(&x)?,
-            ConvNorm::Layer(l) => l.forward(&x.transpose(1, 2)?)?.transpose(1, 2)?,
+        let fused = matches!(self.norm, ConvNorm::None) && matches!(self.act, Activation::Gelu);
+        let y = kernels::conv1d_frames(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            self.kernel,
+            self.stride,
+            match fused {
+                true => kernels::Activation::GeluErf,
+                false => kernels::Activation::Identity,
+            },
+        )?;
+        let y = match &self.norm {
+            ConvNorm::None => y,
+            // Per-channel statistics over the frames: candle's GroupNorm takes [1, C, T].
+            ConvNorm::Group(g) => g.forward(&y.t()?.unsqueeze(0)?)?.squeeze(0)?.t()?,
+            ConvNorm::Layer(l) => l.forward(&y)?,
         };
-        self.act.forward(&x)
+        match (fused, self.act) {
+            (true, _) => Ok(y),
+            (false, Activation::Gelu) => kernels::gelu_erf(&y),
+            (false, act) => act.forward(&y),
+        }
+    }
+}
+
+/// The positional embedding: a grouped convolution padded by half its kernel, one
+/// [`kernels::conv1d_frames`] per group over its channels of the channels-last frames (the
+/// last output frame dropped for an even kernel, as transformers' `Wav2Vec2SamePadLayer`).
+struct PositionalConv {
+    /// Each group's weight and bias.
+    groups: Vec<(kernels::Weight, Tensor)>,
+    kernel: usize,
+    act: Activation,
+}
+
+impl PositionalConv {
+    /// `weight` [hidden, hidden / groups, kernel] and `bias` [hidden].
+    fn new(weight: &Tensor, bias: &Tensor, groups: usize, act: Activation) -> Result<Self> {
+        let (hidden, per_group, kernel) = weight.dims3()?;
+        if per_group * groups != hidden {
+            candle_core::bail!("{groups} groups of {per_group} channels for {hidden}")
+        }
+        Ok(Self {
+            groups: (0..groups)
+                .map(|g| {
+                    Ok((
+                        kernels::conv_weight(&weight.narrow(0, g * per_group, per_group)?)?,
+                        bias.narrow(0, g * per_group, per_group)?,
+                    ))
+                })
+                .collect::<Result<_>>()?,
+            kernel,
+            act,
+        })
+    }
+
+    /// `act(conv(x))` for one sequence's frames `x` [frames, hidden].
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (frames, hidden) = x.dims2()?;
+        let per_group = hidden / self.groups.len();
+        let zeros = Tensor::zeros((self.kernel / 2, hidden), x.dtype(), x.device())?;
+        let padded = Tensor::cat(&[&zeros, x, &zeros], 0)?;
+        let fused = matches!(self.act, Activation::Gelu);
+        let outputs = self
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(g, (weight, bias))| {
+                let y = kernels::conv1d_frames(
+                    &padded.narrow(1, g * per_group, per_group)?.contiguous()?,
+                    weight,
+                    Some(bias),
+                    self.kernel,
+                    1,
+                    match fused {
+                        true => kernels::Activation::GeluErf,
+                        false => kernels::Activation::Identity,
+                    },
+                )?
+                .narrow(0, 0, frames)?;
+                match fused {
+                    true => Ok(y),
+                    false => self.act.forward(&y),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&outputs, 1)
     }
 }
 
@@ -141,10 +228,7 @@ pub struct Model {
     conv_layers: Vec<ConvLayer>,
     projection_norm: LayerNorm,
     projection: Linear,
-    pos_conv: Conv1d,
-    pos_act: Activation,
-    /// An even kernel gives one frame too many (transformers' `Wav2Vec2SamePadLayer`).
-    pos_trim: bool,
+    pos_conv: PositionalConv,
     encoder_layer_norm: LayerNorm,
     layers: Vec<EncoderLayer>,
     pre_norm: bool,
@@ -187,15 +271,10 @@ impl Model {
                 if i == 0 { 1 } else { cfg.conv_dim[i - 1] },
                 cfg.conv_dim[i],
             );
-            let c = Conv1dConfig {
-                stride: cfg.conv_stride[i],
-                ..Default::default()
-            };
-            let conv = if cfg.conv_bias {
-                conv1d(cin, cout, cfg.conv_kernel[i], c, l.pp("conv"))?
-            } else {
-                conv1d_no_bias(cin, cout, cfg.conv_kernel[i], c, l.pp("conv"))?
-            };
+            let kernel = cfg.conv_kernel[i];
+            let conv = l.pp("conv");
+            let weight = kernels::conv_weight(&conv.get((cout, cin, kernel), "weight")?)?;
+            let bias = cfg.conv_bias.then(|| conv.get(cout, "bias")).transpose()?;
             let norm = match cfg.feat_extract_norm.as_str() {
                 "layer" => ConvNorm::Layer(layer_norm(cout, 1e-5, l.pp("layer_norm"))?),
                 "group" if i == 0 => {
@@ -205,7 +284,10 @@ impl Model {
                 other => candle_core::bail!("feat_extract_norm {other} (expected group or layer)"),
             };
             conv_layers.push(ConvLayer {
-                conv,
+                weight,
+                bias,
+                kernel,
+                stride: cfg.conv_stride[i],
                 norm,
                 act: cfg.feat_extract_activation,
             });
@@ -215,15 +297,12 @@ impl Model {
         let k = cfg.num_conv_pos_embeddings;
         let groups = cfg.num_conv_pos_embedding_groups;
         let pvb = base.pp("encoder.pos_conv_embed.conv");
-        let pos_conv = Conv1d::new(
-            weight_norm(&pvb, (h, h / groups, k))?,
-            Some(pvb.get(h, "bias")?),
-            Conv1dConfig {
-                padding: k / 2,
-                groups,
-                ..Default::default()
-            },
-        );
+        let pos_conv = PositionalConv::new(
+            &weight_norm(&pvb, (h, h / groups, k))?,
+            &pvb.get(h, "bias")?,
+            groups,
+            cfg.feat_extract_activation,
+        )?;
         let lm_head = if vb.contains_tensor("lm_head.weight") {
             Some(linear(h, cfg.vocab_size, vb.pp("lm_head"))?)
         } else {
@@ -238,8 +317,6 @@ impl Model {
             )?,
             projection: linear(last, h, base.pp("feature_projection.projection"))?,
             pos_conv,
-            pos_act: cfg.feat_extract_activation,
-            pos_trim: k.is_multiple_of(2),
             encoder_layer_norm: layer_norm(h, cfg.layer_norm_eps, base.pp("encoder.layer_norm"))?,
             layers: (0..cfg.num_hidden_layers)
                 .map(|i| EncoderLayer::load(cfg, base.pp(format!("encoder.layers.{i}"))))
@@ -252,19 +329,22 @@ impl Model {
     /// Hidden states [batch, frames, hidden] (and CTC logits when the checkpoint has a head)
     /// for normalised waveforms [batch, samples].
     pub fn forward(&self, input_values: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
-        let mut x = input_values.unsqueeze(1)?;
-        for l in &self.conv_layers {
-            x = l.forward(&x)?;
+        // Each waveform as frames of one channel, through the feature encoder channels-last.
+        let mut features = Vec::with_capacity(input_values.dim(0)?);
+        for b in 0..input_values.dim(0)? {
+            let mut x = input_values.get(b)?.unsqueeze(1)?;
+            for l in &self.conv_layers {
+                x = l.forward(&x)?;
+            }
+            features.push(x);
         }
-        let x = self.projection_norm.forward(&x.transpose(1, 2)?)?;
+        let x = Tensor::stack(&features, 0)?;
+        let x = self.projection_norm.forward(&x)?;
         let x = self.projection.forward(&x)?;
-        let mut pos = self.pos_conv.forward(&x.transpose(1, 2)?)?;
-        if self.pos_trim {
-            let t = pos.dim(2)?;
-            pos = pos.narrow(2, 0, t - 1)?;
-        }
-        let pos = self.pos_act.forward(&pos)?.transpose(1, 2)?;
-        let mut h = (x + pos)?;
+        let pos = (0..x.dim(0)?)
+            .map(|b| self.pos_conv.forward(&x.get(b)?))
+            .collect::<Result<Vec<_>>>()?;
+        let mut h = (&x + Tensor::stack(&pos, 0)?)?;
         if !self.pre_norm {
             h = self.encoder_layer_norm.forward(&h)?;
         }
