@@ -9,9 +9,7 @@ use super::LoadContext;
 use crate::kernels;
 use crate::{rt, CandleOutput};
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{
-    group_norm, layer_norm, linear, Activation, GroupNorm, LayerNorm, Linear, VarBuilder,
-};
+use candle_nn::{layer_norm, linear, Activation, LayerNorm, Linear, VarBuilder};
 use ia_engine::features::Wav2Vec2Features;
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
 use serde::Deserialize;
@@ -53,8 +51,28 @@ fn eps() -> f64 {
 
 enum ConvNorm {
     None,
-    Group(GroupNorm),
+    /// transformers' `GroupNorm(num_groups=channels)`: each channel normalised over the frames.
+    PerChannel {
+        weight: Tensor,
+        bias: Tensor,
+    },
     Layer(LayerNorm),
+}
+
+impl ConvNorm {
+    /// `GroupNorm`'s epsilon.
+    const EPS: f64 = 1e-5;
+
+    /// Each channel of `x` [frames, channels] normalised over the frames, in place of a
+    /// transpose to channels-first and back.
+    fn per_channel(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let centred = x.broadcast_sub(&x.mean_keepdim(0)?)?;
+        let var = centred.sqr()?.mean_keepdim(0)?;
+        centred
+            .broadcast_div(&(var + Self::EPS)?.sqrt()?)?
+            .broadcast_mul(weight)?
+            .broadcast_add(bias)
+    }
 }
 
 /// One layer of the feature encoder, over channels-last frames ([`kernels::conv1d_frames`]:
@@ -85,8 +103,7 @@ impl ConvLayer {
         )?;
         let y = match &self.norm {
             ConvNorm::None => y,
-            // Per-channel statistics over the frames: candle's GroupNorm takes [1, C, T].
-            ConvNorm::Group(g) => g.forward(&y.t()?.unsqueeze(0)?)?.squeeze(0)?.t()?,
+            ConvNorm::PerChannel { weight, bias } => ConvNorm::per_channel(&y, weight, bias)?,
             ConvNorm::Layer(l) => l.forward(&y)?,
         };
         match (fused, self.act) {
@@ -277,9 +294,10 @@ impl Model {
             let bias = cfg.conv_bias.then(|| conv.get(cout, "bias")).transpose()?;
             let norm = match cfg.feat_extract_norm.as_str() {
                 "layer" => ConvNorm::Layer(layer_norm(cout, 1e-5, l.pp("layer_norm"))?),
-                "group" if i == 0 => {
-                    ConvNorm::Group(group_norm(cout, cout, 1e-5, l.pp("layer_norm"))?)
-                }
+                "group" if i == 0 => ConvNorm::PerChannel {
+                    weight: l.pp("layer_norm").get(cout, "weight")?,
+                    bias: l.pp("layer_norm").get(cout, "bias")?,
+                },
                 "group" => ConvNorm::None,
                 other => candle_core::bail!("feat_extract_norm {other} (expected group or layer)"),
             };
