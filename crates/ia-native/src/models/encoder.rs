@@ -1,5 +1,5 @@
 //! The pieces BERT-style encoders share (BERT, ViT, and Whisper's and Wav2Vec2's encoder
-//! layers), written for CPU speed without changing
+//! layers and convolutions), written for CPU speed without changing
 //! the function: every projection is one matrix product over all `batch x seq` rows,
 //! query/key/value are one product (weights stacked at load, the 1/sqrt(head) scale folded
 //! into the query's), bias, GELU and residual adds happen in the product's pass
@@ -139,5 +139,78 @@ impl SelfAttention {
     /// everywhere). [`kernels::attention`].
     pub fn forward(&self, x: &Tensor, key_mask: Option<&Tensor>) -> Result<Tensor> {
         kernels::attention(&self.qkv.forward(x)?, self.heads, key_mask)
+    }
+}
+
+/// A 1-D convolution over channels-last frames `[frames, channels]`, zero-padded by
+/// `padding` frames on both sides, its activation in the product's pass where it is GELU
+/// ([`kernels::conv1d_frames`]: the windows are read in place, no im2col).
+pub(crate) struct FrameConv {
+    weight: kernels::Weight,
+    bias: Option<Tensor>,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl FrameConv {
+    /// `weight` [out, in, kernel] as checkpoints keep a Conv1d's.
+    pub fn new(
+        weight: &Tensor,
+        bias: Option<Tensor>,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: kernels::conv_weight(weight)?,
+            bias,
+            kernel: weight.dim(2)?,
+            stride,
+            padding,
+        })
+    }
+
+    /// `weight` [outputs, inputs, kernel] and, with `bias`, `bias` [outputs] under `vb`.
+    pub fn load(
+        (inputs, outputs, kernel): (usize, usize, usize),
+        bias: bool,
+        stride: usize,
+        padding: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let b = bias.then(|| vb.get(outputs, "bias")).transpose()?;
+        Self::new(
+            &vb.get((outputs, inputs, kernel), "weight")?,
+            b,
+            stride,
+            padding,
+        )
+    }
+
+    /// `act(conv(x))`; `act` None leaves the output as it is.
+    pub fn forward(&self, x: &Tensor, act: Option<Activation>) -> Result<Tensor> {
+        let x = match self.padding {
+            0 => x.clone(),
+            p => {
+                let zeros = Tensor::zeros((p, x.dim(1)?), x.dtype(), x.device())?;
+                Tensor::cat(&[&zeros, x, &zeros], 0)?
+            }
+        };
+        let fused = matches!(act, Some(Activation::Gelu));
+        let y = kernels::conv1d_frames(
+            &x,
+            &self.weight,
+            self.bias.as_ref(),
+            self.kernel,
+            self.stride,
+            match fused {
+                true => kernels::Activation::GeluErf,
+                false => kernels::Activation::Identity,
+            },
+        )?;
+        match act {
+            Some(act) if !fused => act.forward(&y),
+            _ => Ok(y),
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! a transformer encoder in post-LN (base) or pre-LN ("stable layer norm", large) form; CTC
 //! logits from `lm_head`. candle has no Wav2Vec2. Tensor names match the HF checkpoint.
 
-use super::encoder::{Dense, Products, SelfAttention};
+use super::encoder::{Dense, FrameConv, Products, SelfAttention};
 use super::LoadContext;
 use crate::kernels;
 use crate::{rt, CandleOutput};
@@ -75,13 +75,9 @@ impl ConvNorm {
     }
 }
 
-/// One layer of the feature encoder, over channels-last frames ([`kernels::conv1d_frames`]:
-/// the windows read in place, GELU in the product's pass where no norm comes between).
+/// One layer of the feature encoder, over channels-last frames.
 struct ConvLayer {
-    weight: kernels::Weight,
-    bias: Option<Tensor>,
-    kernel: usize,
-    stride: usize,
+    conv: FrameConv,
     norm: ConvNorm,
     act: Activation,
 }
@@ -89,38 +85,31 @@ struct ConvLayer {
 impl ConvLayer {
     /// `x`: [frames, channels] of one waveform -> [frames out, channels out].
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let fused = matches!(self.norm, ConvNorm::None) && matches!(self.act, Activation::Gelu);
-        let y = kernels::conv1d_frames(
-            x,
-            &self.weight,
-            self.bias.as_ref(),
-            self.kernel,
-            self.stride,
-            match fused {
-                true => kernels::Activation::GeluErf,
-                false => kernels::Activation::Identity,
-            },
-        )?;
-        let y = match &self.norm {
-            ConvNorm::None => y,
-            ConvNorm::PerChannel { weight, bias } => ConvNorm::per_channel(&y, weight, bias)?,
-            ConvNorm::Layer(l) => l.forward(&y)?,
-        };
-        match (fused, self.act) {
-            (true, _) => Ok(y),
-            (false, Activation::Gelu) => kernels::gelu_erf(&y),
-            (false, act) => act.forward(&y),
+        match &self.norm {
+            ConvNorm::None => self.conv.forward(x, Some(self.act)),
+            norm => {
+                let y = self.conv.forward(x, None)?;
+                let y = match norm {
+                    ConvNorm::PerChannel { weight, bias } => {
+                        ConvNorm::per_channel(&y, weight, bias)?
+                    }
+                    ConvNorm::Layer(l) => l.forward(&y)?,
+                    ConvNorm::None => unreachable!("matched above"),
+                };
+                match self.act {
+                    Activation::Gelu => kernels::gelu_erf(&y),
+                    act => act.forward(&y),
+                }
+            }
         }
     }
 }
 
 /// The positional embedding: a grouped convolution padded by half its kernel, one
-/// [`kernels::conv1d_frames`] per group over its channels of the channels-last frames (the
-/// last output frame dropped for an even kernel, as transformers' `Wav2Vec2SamePadLayer`).
+/// [`FrameConv`] per group over its channels (the last output frame dropped for an even
+/// kernel, as transformers' `Wav2Vec2SamePadLayer`).
 struct PositionalConv {
-    /// Each group's weight and bias.
-    groups: Vec<(kernels::Weight, Tensor)>,
-    kernel: usize,
+    groups: Vec<FrameConv>,
     act: Activation,
 }
 
@@ -134,13 +123,14 @@ impl PositionalConv {
         Ok(Self {
             groups: (0..groups)
                 .map(|g| {
-                    Ok((
-                        kernels::conv_weight(&weight.narrow(0, g * per_group, per_group)?)?,
-                        bias.narrow(0, g * per_group, per_group)?,
-                    ))
+                    FrameConv::new(
+                        &weight.narrow(0, g * per_group, per_group)?,
+                        Some(bias.narrow(0, g * per_group, per_group)?),
+                        1,
+                        kernel / 2,
+                    )
                 })
                 .collect::<Result<_>>()?,
-            kernel,
             act,
         })
     }
@@ -149,30 +139,13 @@ impl PositionalConv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (frames, hidden) = x.dims2()?;
         let per_group = hidden / self.groups.len();
-        let zeros = Tensor::zeros((self.kernel / 2, hidden), x.dtype(), x.device())?;
-        let padded = Tensor::cat(&[&zeros, x, &zeros], 0)?;
-        let fused = matches!(self.act, Activation::Gelu);
         let outputs = self
             .groups
             .iter()
             .enumerate()
-            .map(|(g, (weight, bias))| {
-                let y = kernels::conv1d_frames(
-                    &padded.narrow(1, g * per_group, per_group)?.contiguous()?,
-                    weight,
-                    Some(bias),
-                    self.kernel,
-                    1,
-                    match fused {
-                        true => kernels::Activation::GeluErf,
-                        false => kernels::Activation::Identity,
-                    },
-                )?
-                .narrow(0, 0, frames)?;
-                match fused {
-                    true => Ok(y),
-                    false => self.act.forward(&y),
-                }
+            .map(|(g, conv)| {
+                let xg = x.narrow(1, g * per_group, per_group)?.contiguous()?;
+                conv.forward(&xg, Some(self.act))?.narrow(0, 0, frames)
             })
             .collect::<Result<Vec<_>>>()?;
         Tensor::cat(&outputs, 1)
@@ -288,10 +261,13 @@ impl Model {
                 if i == 0 { 1 } else { cfg.conv_dim[i - 1] },
                 cfg.conv_dim[i],
             );
-            let kernel = cfg.conv_kernel[i];
-            let conv = l.pp("conv");
-            let weight = kernels::conv_weight(&conv.get((cout, cin, kernel), "weight")?)?;
-            let bias = cfg.conv_bias.then(|| conv.get(cout, "bias")).transpose()?;
+            let conv = FrameConv::load(
+                (cin, cout, cfg.conv_kernel[i]),
+                cfg.conv_bias,
+                cfg.conv_stride[i],
+                0,
+                l.pp("conv"),
+            )?;
             let norm = match cfg.feat_extract_norm.as_str() {
                 "layer" => ConvNorm::Layer(layer_norm(cout, 1e-5, l.pp("layer_norm"))?),
                 "group" if i == 0 => ConvNorm::PerChannel {
@@ -302,10 +278,7 @@ impl Model {
                 other => candle_core::bail!("feat_extract_norm {other} (expected group or layer)"),
             };
             conv_layers.push(ConvLayer {
-                weight,
-                bias,
-                kernel,
-                stride: cfg.conv_stride[i],
+                conv,
                 norm,
                 act: cfg.feat_extract_activation,
             });

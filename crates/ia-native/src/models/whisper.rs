@@ -11,14 +11,11 @@
 //! `ia_engine::whisper`'s, the same for every engine.
 
 use super::attention::{Mlp, MultiHeadAttention};
-use super::encoder::{Dense, Products, SelfAttention};
+use super::encoder::{Dense, FrameConv, Products, SelfAttention};
 use super::LoadContext;
 use crate::rt;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
-use candle_nn::{
-    conv1d, embedding, layer_norm, Activation, Conv1d, Conv1dConfig, Embedding, LayerNorm,
-    VarBuilder,
-};
+use candle_nn::{embedding, layer_norm, Activation, Embedding, LayerNorm, VarBuilder};
 use ia_engine::seq2seq::Seq2SeqDecoder;
 use ia_engine::whisper::{WhisperModel, WhisperSession};
 use ia_engine::EngineError;
@@ -145,8 +142,9 @@ impl DecoderLayer {
 
 /// The Whisper network with its decoder caches.
 pub struct Model {
-    conv1: Conv1d,
-    conv2: Conv1d,
+    /// Over channels-last frames, padded by one.
+    conv1: FrameConv,
+    conv2: FrameConv,
     act: Activation,
     encoder_positions: Tensor,
     encoder_layers: Vec<EncoderLayer>,
@@ -166,11 +164,6 @@ impl Model {
         let e = vb.pp("model.encoder");
         let d = vb.pp("model.decoder");
         let dm = cfg.d_model;
-        let conv = |stride| Conv1dConfig {
-            padding: 1,
-            stride,
-            ..Default::default()
-        };
         let embed_tokens = embedding(cfg.vocab_size, dm, d.pp("embed_tokens"))?;
         // transformers ties proj_out to the token embeddings; a separate head is used if stored.
         let lm_head = if vb.contains_tensor("proj_out.weight") {
@@ -179,8 +172,8 @@ impl Model {
             embed_tokens.embeddings().clone()
         };
         Ok(Self {
-            conv1: conv1d(cfg.num_mel_bins, dm, 3, conv(1), e.pp("conv1"))?,
-            conv2: conv1d(dm, dm, 3, conv(2), e.pp("conv2"))?,
+            conv1: FrameConv::load((cfg.num_mel_bins, dm, 3), true, 1, 1, e.pp("conv1"))?,
+            conv2: FrameConv::load((dm, dm, 3), true, 2, 1, e.pp("conv2"))?,
             act: cfg.activation_function,
             encoder_positions: e.get((cfg.max_source_positions, dm), "embed_positions.weight")?,
             encoder_layers: (0..cfg.encoder_layers)
@@ -206,11 +199,14 @@ impl Model {
 
     /// Encoder output [batch, frames / 2, d_model] for log-mel features [batch, mels, frames].
     pub fn encode(&self, features: &Tensor) -> Result<Tensor> {
-        let x = self.act.forward(&self.conv1.forward(features)?)?;
-        let x = self
-            .act
-            .forward(&self.conv2.forward(&x)?)?
-            .transpose(1, 2)?;
+        // Each item's mel frames channels-last: [frames, mel bins].
+        let x = (0..features.dim(0)?)
+            .map(|b| {
+                let x = self.conv1.forward(&features.get(b)?.t()?, Some(self.act))?;
+                self.conv2.forward(&x, Some(self.act))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let x = Tensor::stack(&x, 0)?;
         let t = x.dim(1)?;
         let mut x = x.broadcast_add(&self.encoder_positions.narrow(0, 0, t)?)?;
         for layer in &self.encoder_layers {
