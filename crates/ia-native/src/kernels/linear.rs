@@ -123,7 +123,16 @@ fn with_candle(
     act: Activation,
     residual: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let mut y = x.broadcast_matmul(weight_t)?;
+    finish_with_candle(x.broadcast_matmul(weight_t)?, bias, act, residual)
+}
+
+/// The kernels' epilogue in candle's operations: `act(y + bias) + residual`.
+fn finish_with_candle(
+    mut y: Tensor,
+    bias: Option<&Tensor>,
+    act: Activation,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
     if let Some(b) = bias {
         y = y.broadcast_add(b)?;
     }
@@ -355,14 +364,7 @@ pub fn conv1d_frames(
             .t()?
             .unsqueeze(0)?
             .conv1d(&w.contiguous()?, 0, stride, 1, 1)?;
-        let mut y = c.squeeze(0)?.t()?;
-        if let Some(b) = bias {
-            y = y.broadcast_add(b)?;
-        }
-        return match act {
-            Activation::GeluErf => y.gelu_erf(),
-            Activation::Identity => Ok(y),
-        };
+        return finish_with_candle(c.squeeze(0)?.t()?, bias, act, None);
     }
     let x = x.contiguous()?;
     let w = w.contiguous()?;

@@ -85,22 +85,17 @@ struct ConvLayer {
 impl ConvLayer {
     /// `x`: [frames, channels] of one waveform -> [frames out, channels out].
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.norm {
-            ConvNorm::None => self.conv.forward(x, Some(self.act)),
-            norm => {
-                let y = self.conv.forward(x, None)?;
-                let y = match norm {
-                    ConvNorm::PerChannel { weight, bias } => {
-                        ConvNorm::per_channel(&y, weight, bias)?
-                    }
-                    ConvNorm::Layer(l) => l.forward(&y)?,
-                    ConvNorm::None => unreachable!("matched above"),
-                };
-                match self.act {
-                    Activation::Gelu => kernels::gelu_erf(&y),
-                    act => act.forward(&y),
-                }
+        // Without a norm between them, the activation goes into the convolution's pass.
+        let y = match &self.norm {
+            ConvNorm::None => return self.conv.forward(x, Some(self.act)),
+            ConvNorm::PerChannel { weight, bias } => {
+                ConvNorm::per_channel(&self.conv.forward(x, None)?, weight, bias)?
             }
+            ConvNorm::Layer(l) => l.forward(&self.conv.forward(x, None)?)?,
+        };
+        match self.act {
+            Activation::Gelu => kernels::gelu_erf(&y),
+            act => act.forward(&y),
         }
     }
 }

@@ -102,6 +102,17 @@ fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
     Ok(&mut v[start..end])
 }
 
+/// `f(d, s)` for every element of `dst` and its partner in `src`, in parallel chunks.
+fn each_pair(dst: &mut [f32], src: &[f32], f: impl Fn(&mut f32, f32) + Sync) {
+    dst.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(d, s)| {
+            for (d, &s) in d.iter_mut().zip(s) {
+                f(d, s);
+            }
+        });
+}
+
 /// `m.lerp_(g, weight)`: m + weight * (g - m) (torch's form for weight < 0.5).
 struct Lerp(f32);
 
@@ -111,15 +122,8 @@ impl candle_core::InplaceOp2 for Lerp {
     }
 
     fn cpu_fwd(&self, m: &mut CpuStorage, lm: &Layout, g: &CpuStorage, lg: &Layout) -> Result<()> {
-        let (m, g) = (slice_mut(m, lm)?, slice(g, lg)?);
         let w = self.0;
-        m.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .for_each(|(m, g)| {
-                for (m, &g) in m.iter_mut().zip(g) {
-                    *m += w * (g - *m);
-                }
-            });
+        each_pair(slice_mut(m, lm)?, slice(g, lg)?, |m, g| *m += w * (g - *m));
         Ok(())
     }
 }
@@ -136,15 +140,10 @@ impl candle_core::InplaceOp2 for AddSquare {
     }
 
     fn cpu_fwd(&self, v: &mut CpuStorage, lv: &Layout, g: &CpuStorage, lg: &Layout) -> Result<()> {
-        let (v, g) = (slice_mut(v, lv)?, slice(g, lg)?);
         let (beta2, w) = (self.beta2, self.weight);
-        v.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .for_each(|(v, g)| {
-                for (v, &g) in v.iter_mut().zip(g) {
-                    *v = *v * beta2 + w * g * g;
-                }
-            });
+        each_pair(slice_mut(v, lv)?, slice(g, lg)?, |v, g| {
+            *v = *v * beta2 + w * g * g
+        });
         Ok(())
     }
 }
