@@ -400,7 +400,7 @@ def runtimes_suite(args):
         if not onnx.exists():
             onnx.parent.mkdir(exist_ok=True)
             names = list(inputs)
-            torch.onnx.export(Encoder(cls(path).eval(), names, output), tuple(inputs.values()), str(onnx),
+            torch.onnx.export(Encoder(cls(path).eval(), names, [output]), tuple(inputs.values()), str(onnx),
                               input_names=names, output_names=[output], opset_version=17, dynamo=False,
                               dynamic_axes={**{n: dyn for n in names}, output: {0: "batch"}})
     torch_res, torch_version, rows = pytorch_side(bert_dir, vit_dir, args)

@@ -1,9 +1,9 @@
 //! Linear-layer products on the shapes of BERT-base's and MiniLM's projections: candle's
 //! matmul against `ia_native::kernels::linear` (the same gemm kernels, the weight stored
-//! [in, out], threads split by output columns) and, where the CPU has AMX, its bf16 products.
+//! [in, out], threads split by output columns) and, where the CPU has AMX or AVX512-BF16, its bf16 products.
 //! `cargo run --release -p ia-native --example matmul_shapes`
 use candle_core::{Device, Tensor};
-use ia_native::kernels::{amx, linear, Activation::Identity, Weight};
+use ia_native::kernels::{bf16, linear, Activation::Identity, Weight};
 use std::time::Instant;
 
 /// The fastest of `reps` calls: on a shared machine the others measure the neighbours.
@@ -42,7 +42,7 @@ fn main() -> candle_core::Result<()> {
             let candle = time(reps, || x.matmul(&wt))?;
             let f32_weight = Weight::new(&w, false)?;
             let ours = time(reps, || linear(&x, &f32_weight, None, Identity, None))?;
-            let bf16 = if amx::available() {
+            let bf16 = if bf16::available() {
                 let bf16_weight = Weight::new(&w, true)?;
                 let t = time(reps, || linear(&x, &bf16_weight, None, Identity, None))?;
                 format!("{:>6.1}", flop / t / 1e9)
@@ -50,7 +50,7 @@ fn main() -> candle_core::Result<()> {
                 "     -".into()
             };
             println!(
-                "{rows:>5} x {k:>4} x {n:>4}  candle {:>6.1}  linear {:>6.1}  bf16/AMX {bf16} GFLOP/s",
+                "{rows:>5} x {k:>4} x {n:>4}  candle {:>6.1}  linear {:>6.1}  bf16 {bf16} GFLOP/s",
                 flop / candle / 1e9,
                 flop / ours / 1e9
             );

@@ -51,7 +51,7 @@ impl NativeEngine {
 fn check_dtype(platform: Platform, dtype: DType) -> Result<(), EngineError> {
     if dtype == DType::BF16 && platform == Platform::Cpu {
         return Err(EngineError::Unsupported(
-            "bf16 on the CPU runs BERT and ViT only (on AMX): candle's CPU backend has no bf16 matmul (use f32, f16, or the openvino engine)".into(),
+            "bf16 on the CPU runs BERT and ViT only (on AMX or AVX512-BF16): candle's CPU backend has no bf16 matmul (use f32, f16, or the openvino engine)".into(),
         ));
     }
     Ok(())
@@ -160,10 +160,10 @@ impl Engine for NativeEngine {
             ))
         })?;
         if at.platform == Platform::Cpu && dtype == DType::BF16 {
-            if !kernels::amx::available() {
+            if !kernels::bf16::available() {
                 return Err(EngineError::Unsupported(format!(
-                    "bf16 on the CPU runs on AMX, and {}",
-                    kernels::amx::unavailable_reason()
+                    "bf16 on the CPU runs on AMX or AVX512-BF16, and {}",
+                    kernels::bf16::unavailable_reason()
                 )));
             }
         } else {
@@ -255,15 +255,16 @@ impl NativeEngine {
             && matches!(model.class, ModelClass::Llama | ModelClass::Qwen)
             && !models::qwen2_vl::is_qwen_vl(source.config())
             && models::quantized::ggml_dtype(precision).is_some();
-        // bf16 BERT and ViT on the CPU: f32 weights and activations, bf16 products on AMX.
+        // bf16 BERT and ViT on the CPU: f32 weights and activations, bf16 products on AMX or
+        // AVX512-BF16.
         let bf16_encoder = capability == Capability::Run
             && precision == Precision::Bf16
             && platform == Platform::Cpu
             && matches!(model.class, ModelClass::Bert | ModelClass::Vit);
-        if bf16_encoder && !kernels::amx::available() {
+        if bf16_encoder && !kernels::bf16::available() {
             return Err(EngineError::Unsupported(format!(
-                "bf16 on the CPU runs on AMX, and {} (use f32, or the openvino engine)",
-                kernels::amx::unavailable_reason()
+                "bf16 on the CPU runs on AMX or AVX512-BF16, and {} (use f32, or the openvino engine)",
+                kernels::bf16::unavailable_reason()
             )));
         }
         let dtype = if quantised_decoder || bf16_encoder {

@@ -6,7 +6,7 @@
 //! still in cache: for the few rows of a short batch (128 x 768 x 3072) gemm's own split makes
 //! two threads slower than one; split by columns they are about twice as fast.
 
-use super::amx::{self, Activations, PackedBf16};
+use super::bf16::{self, Activations, PackedBf16};
 use super::math;
 use super::quant::{self, QuantMatrix};
 use super::{applies, f32_slice, isa, multiversion, product, row_major, with_f32, SharedOut};
@@ -25,7 +25,8 @@ pub enum Weight {
     /// [in, out] (the checkpoint's [out, in] transposed once, so that gemm reads it without
     /// packing it first), in the model's dtype.
     Transposed(Tensor),
-    /// bf16 laid out for AMX ([`PackedBf16`]); the activations stay f32 around the product.
+    /// bf16 laid out for AMX and AVX512-BF16 ([`PackedBf16`]); the activations stay f32
+    /// around the product.
     Bf16(PackedBf16),
     /// Q8_0 or Q4_K blocks laid out for the quantised kernel ([`QuantMatrix`]); the
     /// activations are quantised per block of 32 around the product.
@@ -33,7 +34,8 @@ pub enum Weight {
 }
 
 impl Weight {
-    /// `weight` [out, in] as checkpoints keep it; `bf16` packs it for AMX (f32 CPU tensors).
+    /// `weight` [out, in] as checkpoints keep it; `bf16` packs it for the bf16 products (f32
+    /// CPU tensors).
     pub fn new(weight: &Tensor, bf16: bool) -> Result<Self> {
         let weight_t = weight.t()?.contiguous()?;
         if !bf16 {
@@ -194,10 +196,10 @@ impl Linear<'_> {
         if k != k2 {
             candle_core::bail!("linear: rows of {k} against weights of {k2}")
         }
-        if matches!(self.weight, Weights::Bf16(_)) && !amx::available() {
+        if matches!(self.weight, Weights::Bf16(_)) && !bf16::available() {
             candle_core::bail!(
-                "linear: bf16 weights need AMX: {}",
-                amx::unavailable_reason()
+                "linear: bf16 weights need AMX-BF16 or AVX512-BF16: {}",
+                bf16::unavailable_reason()
             )
         }
         if self.bias.is_some_and(|b| b.len() != n) || residual.is_some_and(|r| r.len() != m * n) {
@@ -208,7 +210,7 @@ impl Linear<'_> {
             return Ok((CpuStorage::F32(out), Shape::from((m, n))));
         }
         let threads = rayon::current_num_threads().max(1);
-        // Blocks of whole panels (16 columns: one AVX-512 register; 32 for AMX's two tiles),
+        // Blocks of whole panels (16 columns: one AVX-512 register; 32 for the bf16 kernels' two panels),
         // one or more per thread.
         let width = n.div_ceil(threads).div_ceil(align) * align;
         let dst = SharedOut(out.as_mut_ptr());
@@ -247,13 +249,13 @@ impl Linear<'_> {
                     if m == a.rows_padded() && start + padded <= n {
                         // SAFETY: whole tiles of the m x n output: this block's columns of
                         // its rows, written by this block only.
-                        unsafe { amx::product_block(a, p, start, padded, dst.at(start), n) };
+                        unsafe { bf16::product_block(a, p, start, padded, dst.at(start), n) };
                     } else {
                         // Tiles that would reach past the output go through a buffer.
                         let mut block = vec![0f32; a.rows_padded() * padded];
                         // SAFETY: block holds rows_padded rows of `padded`.
                         unsafe {
-                            amx::product_block(a, p, start, padded, block.as_mut_ptr(), padded)
+                            bf16::product_block(a, p, start, padded, block.as_mut_ptr(), padded)
                         };
                         for (r, row) in block.chunks_exact(padded).take(m).enumerate() {
                             // SAFETY: row r's columns start..start+cols of the m x n output,
@@ -563,23 +565,23 @@ mod tests {
         }
     }
 
-    /// bf16 weights on AMX stay within bf16's rounding of the f32 layer, with the same bias,
+    /// bf16 weights on either bf16 backend stay within bf16's rounding of the f32 layer, with the same bias,
     /// GELU and residual: each operand rounds by up to 2^-9 relative, so a sum of k unit
     /// products errs by about 0.003 sqrt(k); the bound is 10 of those (the exact check of the
-    /// products is amx.rs's test).
+    /// products is bf16.rs's test).
     #[test]
-    fn bf16_weights_track_f32_where_amx_runs() {
-        if !amx::available() {
+    fn bf16_weights_track_f32_where_bf16_runs() {
+        if !bf16::available() {
             println!(
                 "NOT EXERCISED: bf16 linear layers ({})",
-                amx::unavailable_reason()
+                bf16::unavailable_reason()
             );
             let w = Tensor::zeros((4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
             let x = Tensor::zeros((2, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
-            // Packing works anywhere; the product needs AMX and says so.
+            // Packing works anywhere; the product needs a bf16 backend and says so.
             let packed = Weight::new(&w, true).unwrap();
             let err = linear(&x, &packed, None, Activation::Identity, None).unwrap_err();
-            assert!(err.to_string().contains("AMX"), "{err}");
+            assert!(err.to_string().contains("AVX512-BF16"), "{err}");
             return;
         }
         for (m, k, n) in SHAPES {

@@ -9,7 +9,8 @@
 //!
 //! - [`linear`]: a linear layer with its bias, GELU and residual add done by the thread that
 //!   computed each block of the product, while it is in cache;
-//! - [`amx`]: bf16 products on Intel AMX for `--precision bf16` (weights packed at load);
+//! - [`bf16`]: bf16 products on AMX or AVX512-BF16 for `--precision bf16` (weights packed
+//!   at load);
 //! - [`quant`]: products with Q8_0 weights (`vpdpbusd` on AVX512-VNNI) for `--precision q8_0`;
 //! - [`attention`]: multi-head attention straight from the stacked query/key/value rows, one
 //!   (sequence, head) pair per task.
@@ -18,8 +19,8 @@
 //! selects at run time itself), as candle does, each call on one thread ([`product`]): the
 //! kernels split the work between rayon's threads themselves (see [`linear`] for why).
 
-pub mod amx;
 mod attention;
+pub mod bf16;
 mod linear;
 mod math;
 pub mod quant;

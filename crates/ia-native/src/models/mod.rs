@@ -28,7 +28,7 @@ pub struct LoadContext<'a> {
     pub source: &'a ModelSource,
     pub device: Device,
     pub dtype: DType,
-    /// How BERT-style encoders multiply (bf16 on AMX for `--precision bf16` on the CPU).
+    /// How BERT-style encoders multiply (bf16 on AMX or AVX512-BF16 for `--precision bf16` on the CPU).
     pub(crate) products: encoder::Products,
     /// Filled in by the architecture (parameter count, output names).
     pub info: SessionInfo,

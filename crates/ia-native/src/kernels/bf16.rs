@@ -1,0 +1,876 @@
+//! bf16 matrix products for `--precision bf16` on the CPU, on Intel AMX (Sapphire Rapids and
+//! later) or, without it, on AVX512-BF16 (Cooper Lake, Zen 4 and later). Weights are rounded
+//! to bf16 once at load and laid out as the instructions read them; activations are rounded to
+//! bf16 per product; products accumulate in f32 and everything around them (bias, GELU,
+//! residual, norms, softmax) stays f32 — what oneDNN does for OpenVINO's bf16.
+//!
+//! Both kernels read the same layouts ([`PackedBf16`], [`Activations`]): a row of AMX's
+//! weight tile (16 columns x a pair of inputs) is exactly the 512-bit operand of
+//! `vdpbf16ps`, and a pair of one row's activations is its broadcast operand.
+//!
+//! - AMX: the tile instructions have no stable intrinsics, so the kernel is a few lines of
+//!   inline assembly: one 32 x 32 block of the output (four 16 x 16 f32 tiles) per pass over
+//!   the inner dimension, two 16 x 32 bf16 tiles of activations and two of weights per step.
+//!   Linux must grant the process the tile state first (`arch_prctl(ARCH_REQ_XCOMP_PERM)`).
+//! - AVX512-BF16: `vdpbf16ps` on 8 rows x 32 columns held in 16 registers.
+//! - Expanded: the same bf16 weights widened to f32 in registers (a shift and a mask) and
+//!   multiplied by bf16-rounded activations with f32 FMAs. Products of two bf16 values are
+//!   exact in f32, so this is the same arithmetic; it is faster where `vdpbf16ps` issues at
+//!   half the FMA rate (Sapphire Rapids without AMX measured 83 against 184 GFLOP/s a core),
+//!   and the weights still take half the memory of f32.
+//!
+//! Without AMX, which of the two vector kernels runs is decided once per process by timing
+//! both on the same small product ([`backend`]).
+
+use std::sync::OnceLock;
+
+/// The instructions the bf16 products run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// AMX-BF16 tiles (`tdpbf16ps`).
+    Amx,
+    /// AVX512-BF16 vectors (`vdpbf16ps`).
+    Avx512Bf16,
+    /// bf16 widened to f32 in registers, f32 FMAs (on CPUs with AVX512-BF16 where that is
+    /// faster).
+    Expanded,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Amx => "AMX-BF16",
+            Backend::Avx512Bf16 => "AVX512-BF16",
+            Backend::Expanded => "bf16 widened to f32 FMAs",
+        }
+    }
+}
+
+/// What the products run on here: AMX where the CPU has it and Linux grants this process the
+/// tile state; else, on a CPU with AVX512-BF16, the faster of [`Backend::Avx512Bf16`] and
+/// [`Backend::Expanded`] on a small product; none on CPUs without bf16 arithmetic, or when
+/// `IA_NATIVE_ISA` caps the kernels below AVX-512. `IA_NATIVE_BF16=avx512bf16|expanded`
+/// forces that kernel (where the CPU has bf16 arithmetic), to test and compare them.
+pub fn backend() -> Option<Backend> {
+    static CHOSEN: OnceLock<Option<Backend>> = OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let runs = backends_here();
+        let forced = match std::env::var("IA_NATIVE_BF16").ok().as_deref() {
+            Some("avx512bf16") => Some(Backend::Avx512Bf16),
+            Some("expanded") => Some(Backend::Expanded),
+            Some("amx") | None => None,
+            Some(other) => {
+                tracing::warn!(
+                    "IA_NATIVE_BF16={other} is not amx, avx512bf16 or expanded: ignored"
+                );
+                None
+            }
+        };
+        match (forced, runs.as_slice()) {
+            (Some(b), _) if runs.contains(&b) => Some(b),
+            (_, []) => None,
+            (_, [Backend::Amx, ..]) if forced.is_none() => Some(Backend::Amx),
+            _ => Some(faster_vector_kernel()),
+        }
+    })
+}
+
+/// Every backend that runs on this CPU (AMX first), none when the kernels are capped below
+/// AVX-512 or the CPU has no bf16 arithmetic.
+fn backends_here() -> Vec<Backend> {
+    let mut runs = Vec::new();
+    if super::isa() < super::Isa::Avx512 {
+        return runs;
+    }
+    if amx::enable() {
+        runs.push(Backend::Amx);
+    }
+    if dpbf16::cpu_has() {
+        runs.extend([Backend::Avx512Bf16, Backend::Expanded]);
+    }
+    runs
+}
+
+/// The faster of the two vector kernels: each times the same 64 x 512 x 64 product (about
+/// 40 microseconds) three times, alternating, on one thread; the best time of each counts, so
+/// a neighbour's burst on a shared machine does not decide.
+fn faster_vector_kernel() -> Backend {
+    let (m, k, n) = (64, 512, 64);
+    let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 / 13.0 - 0.5).collect();
+    let w: Vec<f32> = (0..k * n).map(|i| (i % 11) as f32 / 11.0 - 0.5).collect();
+    let packed = PackedBf16::pack(&w, k, n);
+    let mut out = vec![0f32; m * n];
+    let mut best = [f64::INFINITY; 2];
+    let kernels = [Backend::Avx512Bf16, Backend::Expanded];
+    let activations = kernels.map(|b| Activations::convert_for(b, &x, m, &packed));
+    for _ in 0..3 {
+        for (i, backend) in kernels.into_iter().enumerate() {
+            let start = std::time::Instant::now();
+            // SAFETY: out holds m (a multiple of 16) rows of n (a multiple of 32) f32; the
+            // CPU has AVX512-BF16 (the caller checked).
+            unsafe {
+                product_block_on(backend, &activations[i], &packed, 0, n, out.as_mut_ptr(), n)
+            };
+            best[i] = best[i].min(start.elapsed().as_secs_f64());
+        }
+    }
+    let chosen = if best[1] < best[0] {
+        Backend::Expanded
+    } else {
+        Backend::Avx512Bf16
+    };
+    tracing::debug!(
+        "bf16 products: {} ({:.1} us) against {} ({:.1} us)",
+        chosen.as_str(),
+        best[(chosen == Backend::Expanded) as usize] * 1e6,
+        kernels[(chosen != Backend::Expanded) as usize].as_str(),
+        best[(chosen != Backend::Expanded) as usize] * 1e6,
+    );
+    chosen
+}
+
+/// Whether bf16 products run here ([`backend`]).
+pub fn available() -> bool {
+    backend().is_some()
+}
+
+/// Why [`available`] is false, for refusals.
+pub fn unavailable_reason() -> String {
+    if super::isa() < super::Isa::Avx512 {
+        format!(
+            "the kernels are capped to {} (IA_NATIVE_ISA)",
+            super::isa().as_str()
+        )
+    } else if amx::cpu_has_amx_bf16() {
+        "Linux did not grant this process the AMX tile state, and the CPU has no AVX512-BF16".into()
+    } else {
+        "this CPU has neither AMX-BF16 nor AVX512-BF16".into()
+    }
+}
+
+/// f32 -> bf16, rounding to nearest even (NaN stays NaN), as PyTorch and oneDNN round.
+#[inline(always)]
+pub(super) fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    let rounding = 0x7fff + ((bits >> 16) & 1);
+    (bits.wrapping_add(rounding) >> 16) as u16
+}
+
+/// Rows and columns of the output one kernel pass computes.
+const BLOCK: usize = 32;
+/// The inner dimension of one tile step (32 bf16 = 64 bytes per tile row).
+const STEP: usize = 32;
+
+/// A linear layer's weight [k, n] in bf16, in the order AMX's `tdpbf16ps` reads its second
+/// operand: for each 16-column panel, the inner dimension in pairs, each pair row holding
+/// 16 columns x 2 consecutive k. Padded with zeros to whole 32 x 32 blocks.
+pub struct PackedBf16 {
+    k: usize,
+    n: usize,
+    k_padded: usize,
+    n_padded: usize,
+    data: Vec<u16>,
+}
+
+impl PackedBf16 {
+    /// `weight_t` [k, n] row-major (a linear layer's weight as [in, out]).
+    pub fn pack(weight_t: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(weight_t.len(), k * n, "a [k, n] weight");
+        let k_padded = k.div_ceil(STEP) * STEP;
+        let n_padded = n.div_ceil(BLOCK) * BLOCK;
+        let mut data = vec![0u16; k_padded * n_padded];
+        for panel in 0..n_padded / 16 {
+            for pair in 0..k_padded / 2 {
+                let row = &mut data[(panel * k_padded / 2 + pair) * 32..][..32];
+                for c in 0..16 {
+                    let col = panel * 16 + c;
+                    for p in 0..2 {
+                        let kk = 2 * pair + p;
+                        if kk < k && col < n {
+                            row[c * 2 + p] = to_bf16(weight_t[kk * n + col]);
+                        }
+                    }
+                }
+            }
+        }
+        Self {
+            k,
+            n,
+            k_padded,
+            n_padded,
+            data,
+        }
+    }
+
+    pub fn inputs(&self) -> usize {
+        self.k
+    }
+
+    pub fn outputs(&self) -> usize {
+        self.n
+    }
+
+    /// The output columns with the padding to whole blocks.
+    pub(super) fn padded_outputs(&self) -> usize {
+        self.n_padded
+    }
+
+    /// Columns a thread's block must be a multiple of.
+    pub(super) const COLUMN_ALIGN: usize = BLOCK;
+}
+
+/// Activations [m, k] f32 as a kernel's first operand, rounded to bf16, padded with zeros to
+/// whole blocks of 16 rows and steps of 32 inputs.
+pub(super) struct Activations {
+    rows_padded: usize,
+    k_padded: usize,
+    values: Values,
+}
+
+enum Values {
+    /// For AMX and `vdpbf16ps`: bf16 in tiles (for each block of 16 rows, each step of 32
+    /// inputs, 16 x 32 contiguous), so that a tile load reads 1 KiB in a row.
+    Tiles(Vec<u16>),
+    /// For [`Backend::Expanded`]: the rounded values as f32, row-major, `k_padded` a row.
+    Rounded(Vec<f32>),
+}
+
+impl Activations {
+    pub fn rows_padded(&self) -> usize {
+        self.rows_padded
+    }
+
+    /// In the layout this process's [`backend`] reads.
+    pub fn convert(x: &[f32], m: usize, w: &PackedBf16) -> Self {
+        Self::convert_for(
+            backend().expect("bf16 activations where no bf16 product runs"),
+            x,
+            m,
+            w,
+        )
+    }
+
+    fn convert_for(backend: Backend, x: &[f32], m: usize, w: &PackedBf16) -> Self {
+        let (k, k_padded) = (w.k, w.k_padded);
+        let rows_padded = m.div_ceil(16) * 16;
+        let isa = super::isa();
+        use rayon::prelude::*;
+        let values = if backend == Backend::Expanded {
+            let mut data = vec![0f32; rows_padded * k_padded];
+            if k > 0 {
+                data.par_chunks_mut(16 * k_padded)
+                    .zip(x[..m * k].par_chunks(16 * k))
+                    .for_each(|(dst, src)| {
+                        for (dst, src) in dst.chunks_exact_mut(k_padded).zip(src.chunks_exact(k)) {
+                            round_row(isa, src, &mut dst[..k]);
+                        }
+                    });
+            }
+            Values::Rounded(data)
+        } else {
+            let mut data = vec![0u16; rows_padded * k_padded];
+            if k > 0 {
+                // One block of 16 rows per task.
+                data.par_chunks_mut(16 * k_padded)
+                    .zip(x[..m * k].par_chunks(16 * k))
+                    .for_each(|(slab, rows)| {
+                        for (row, src) in rows.chunks_exact(k).enumerate() {
+                            convert_row(isa, src, slab, row);
+                        }
+                    });
+            }
+            Values::Tiles(data)
+        };
+        Self {
+            rows_padded,
+            k_padded,
+            values,
+        }
+    }
+
+    /// The tile layout (AMX and `vdpbf16ps` convert to it).
+    fn tiles(&self) -> &[u16] {
+        match &self.values {
+            Values::Tiles(t) => t,
+            Values::Rounded(_) => unreachable!("converted for the expanded kernel"),
+        }
+    }
+
+    /// The rounded f32 rows (the expanded kernel converts to them).
+    fn rounded(&self) -> &[f32] {
+        match &self.values {
+            Values::Rounded(r) => r,
+            Values::Tiles(_) => unreachable!("converted for a bf16 instruction kernel"),
+        }
+    }
+}
+
+/// `dst[i]` = `src[i]` rounded to bf16, as f32.
+#[inline(always)]
+fn round_row_body(src: &[f32], dst: &mut [f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = f32::from_bits((to_bf16(s) as u32) << 16);
+    }
+}
+
+super::multiversion!(fn round_row(src: &[f32], dst: &mut [f32]) => round_row_body);
+
+/// Row `row` (of 16) of a block of tiles: its values at `step * 512 + row * 32 + i`.
+#[inline(always)]
+fn convert_row_body(src: &[f32], slab: &mut [u16], row: usize) {
+    for (step, chunk) in src.chunks(STEP).enumerate() {
+        let dst = &mut slab[step * 16 * STEP + row * STEP..][..chunk.len()];
+        for (d, &s) in dst.iter_mut().zip(chunk) {
+            *d = to_bf16(s);
+        }
+    }
+}
+
+super::multiversion!(fn convert_row(src: &[f32], slab: &mut [u16], row: usize) => convert_row_body);
+
+/// `out[r * stride + c - col0] += sum_k a[r, k] w[k, c]` for every row (padded) and the
+/// columns `col0..col0 + cols` (both multiples of 32, within the packed weight); zeros in
+/// `out` give the product itself.
+///
+/// # Safety
+/// `out` is valid for reads and writes of `a.rows_padded()` rows of `stride` f32 (`cols` at
+/// the start of each), and no other thread touches those elements meanwhile.
+pub(super) unsafe fn product_block(
+    a: &Activations,
+    w: &PackedBf16,
+    col0: usize,
+    cols: usize,
+    out: *mut f32,
+    stride: usize,
+) {
+    assert!(col0.is_multiple_of(BLOCK) && cols.is_multiple_of(BLOCK) && stride >= cols);
+    assert!(col0 + cols <= w.n_padded && a.k_padded == w.k_padded);
+    let backend = backend().expect("a bf16 product where none runs");
+    if a.k_padded == 0 {
+        return;
+    }
+    // SAFETY: as the caller promises; the backend runs on this CPU.
+    unsafe { product_block_on(backend, a, w, col0, cols, out, stride) }
+}
+
+/// [`product_block`] on the given backend (the tests run each one the CPU has).
+///
+/// # Safety
+/// As [`product_block`], and the CPU runs `backend` (AMX: the tile state is granted).
+unsafe fn product_block_on(
+    backend: Backend,
+    a: &Activations,
+    w: &PackedBf16,
+    col0: usize,
+    cols: usize,
+    out: *mut f32,
+    stride: usize,
+) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        match backend {
+            Backend::Amx => amx::product_block(a, w, col0, cols, out, stride),
+            Backend::Avx512Bf16 => dpbf16::product_block(a, w, col0, cols, out, stride),
+            Backend::Expanded => dpbf16::expanded_block(a, w, col0, cols, out, stride),
+        }
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx {
+    use super::{Activations, PackedBf16, STEP};
+    use std::arch::asm;
+
+    /// Leaf 7's EDX: AMX-BF16 is bit 22, AMX-TILE bit 24.
+    pub fn cpu_has_amx_bf16() -> bool {
+        let leaf = std::arch::x86_64::__cpuid_count(7, 0);
+        leaf.edx & (1 << 22) != 0 && leaf.edx & (1 << 24) != 0
+    }
+
+    pub fn enable() -> bool {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: a plain syscall with integer arguments.
+        cpu_has_amx_bf16()
+            && unsafe {
+                libc::syscall(
+                    libc::SYS_arch_prctl,
+                    ARCH_REQ_XCOMP_PERM,
+                    XFEATURE_XTILEDATA,
+                )
+            } == 0
+    }
+
+    /// ldtilecfg's 64-byte operand: palette 1, every tile 16 rows of 64 bytes.
+    #[repr(C, align(64))]
+    struct TileConfig {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        bytes_per_row: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    const CONFIG: TileConfig = TileConfig {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        bytes_per_row: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+        rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+    };
+
+    /// Tile steps of the inner dimension per pass (256 values): the weights' part of a pass
+    /// (2 panels x 8 steps x 1 KiB) stays in L1 while every row block runs over it, so only
+    /// the activations come from L2.
+    const STEPS_PER_PASS: usize = 8;
+
+    /// Activations per pass over the columns: a quarter of a Sapphire Rapids core's 2 MiB L2.
+    const ACTIVATION_BYTES_PER_PASS: usize = 512 << 10;
+
+    /// Adds the products to `out` (which the caller zeroed).
+    pub unsafe fn product_block(
+        a: &Activations,
+        w: &PackedBf16,
+        col0: usize,
+        cols: usize,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let steps = a.k_padded / STEP;
+        // A block of 16 rows: `steps` tiles of 16 x 32.
+        let a_block = steps * 512;
+        // Bytes per output row.
+        let c_stride = stride * 4;
+        // One panel (16 columns) of packed weights, all pair rows: 512 u16 per step.
+        let panel_len = w.k_padded / 2 * 32;
+        // Rows per pass over the columns: their activations (k_padded bf16 each) stay in L2
+        // while every column pair runs over them, instead of streaming once per column pair.
+        let rows_per_pass = (ACTIVATION_BYTES_PER_PASS / (a.k_padded * 2)).max(32) / 32 * 32;
+        // SAFETY: the tile state was granted (`available()` is checked by the caller); every
+        // tile load reads 1 KiB inside `a.data` (tile `step` of row block r / 16) or inside a
+        // panel of `w.data`, and every tile load and store of the output touches 16 rows of 16
+        // f32 inside the caller's rows_padded x cols of `out`.
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
+            for row0 in (0..a.rows_padded).step_by(rows_per_pass) {
+                let row_end = (row0 + rows_per_pass).min(a.rows_padded);
+                for pair in (col0 / 16..(col0 + cols) / 16).step_by(2) {
+                    let c_col = pair * 16 - col0;
+                    for first in (0..steps).step_by(STEPS_PER_PASS) {
+                        let n = STEPS_PER_PASS.min(steps - first);
+                        let b0 = w.data.as_ptr().add(pair * panel_len + first * 512);
+                        let b1 = b0.add(panel_len);
+                        let mut r = row0;
+                        while r + 32 <= row_end {
+                            let a0 = a.tiles().as_ptr().add(r / 16 * a_block + first * 512);
+                            let a1 = a0.add(a_block);
+                            let c0 = out.add(r * stride + c_col);
+                            let c2 = c0.add(16 * stride);
+                            asm!(
+                                "tileloadd tmm0, [{c0} + {sc}]",
+                                "tileloadd tmm1, [{c1} + {sc}]",
+                                "tileloadd tmm2, [{c2} + {sc}]",
+                                "tileloadd tmm3, [{c3} + {sc}]",
+                                "2:",
+                                "tileloadd tmm4, [{a0} + {s64}]",
+                                "tileloadd tmm5, [{a1} + {s64}]",
+                                "tileloadd tmm6, [{b0} + {s64}]",
+                                "tileloadd tmm7, [{b1} + {s64}]",
+                                "tdpbf16ps tmm0, tmm4, tmm6",
+                                "tdpbf16ps tmm1, tmm4, tmm7",
+                                "tdpbf16ps tmm2, tmm5, tmm6",
+                                "tdpbf16ps tmm3, tmm5, tmm7",
+                                "add {a0}, 1024",
+                                "add {a1}, 1024",
+                                "add {b0}, 1024",
+                                "add {b1}, 1024",
+                                "dec {steps}",
+                                "jnz 2b",
+                                "tilestored [{c0} + {sc}], tmm0",
+                                "tilestored [{c1} + {sc}], tmm1",
+                                "tilestored [{c2} + {sc}], tmm2",
+                                "tilestored [{c3} + {sc}], tmm3",
+                                a0 = inout(reg) a0 => _,
+                                a1 = inout(reg) a1 => _,
+                                b0 = inout(reg) b0 => _,
+                                b1 = inout(reg) b1 => _,
+                                steps = inout(reg) n => _,
+                                s64 = in(reg) 64usize,
+                                c0 = in(reg) c0,
+                                c1 = in(reg) c0.add(16),
+                                c2 = in(reg) c2,
+                                c3 = in(reg) c2.add(16),
+                                sc = in(reg) c_stride,
+                                options(nostack),
+                            );
+                            r += 32;
+                        }
+                        if r < row_end {
+                            // The last 16 rows alone.
+                            let a0 = a.tiles().as_ptr().add(r / 16 * a_block + first * 512);
+                            let c0 = out.add(r * stride + c_col);
+                            asm!(
+                                "tileloadd tmm0, [{c0} + {sc}]",
+                                "tileloadd tmm1, [{c1} + {sc}]",
+                                "2:",
+                                "tileloadd tmm4, [{a0} + {s64}]",
+                                "tileloadd tmm6, [{b0} + {s64}]",
+                                "tileloadd tmm7, [{b1} + {s64}]",
+                                "tdpbf16ps tmm0, tmm4, tmm6",
+                                "tdpbf16ps tmm1, tmm4, tmm7",
+                                "add {a0}, 1024",
+                                "add {b0}, 1024",
+                                "add {b1}, 1024",
+                                "dec {steps}",
+                                "jnz 2b",
+                                "tilestored [{c0} + {sc}], tmm0",
+                                "tilestored [{c1} + {sc}], tmm1",
+                                a0 = inout(reg) a0 => _,
+                                b0 = inout(reg) b0 => _,
+                                b1 = inout(reg) b1 => _,
+                                steps = inout(reg) n => _,
+                                s64 = in(reg) 64usize,
+                                c0 = in(reg) c0,
+                                c1 = in(reg) c0.add(16),
+                                sc = in(reg) c_stride,
+                                options(nostack),
+                            );
+                        }
+                    }
+                }
+            }
+            asm!("tilerelease", options(nostack, nomem));
+        }
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+mod amx {
+    use super::{Activations, PackedBf16};
+
+    pub fn cpu_has_amx_bf16() -> bool {
+        false
+    }
+
+    pub fn enable() -> bool {
+        false
+    }
+
+    pub unsafe fn product_block(
+        _: &Activations,
+        _: &PackedBf16,
+        _: usize,
+        _: usize,
+        _: *mut f32,
+        _: usize,
+    ) {
+        unreachable!("available() is false off x86-64 Linux")
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod dpbf16 {
+    use super::{Activations, PackedBf16, STEP};
+    use std::arch::x86_64::*;
+
+    pub fn cpu_has() -> bool {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+
+    /// Rows of the output one tile holds (two 16-column panels each: 16 accumulators).
+    const ROWS: usize = 8;
+
+    /// Steps of the inner dimension per pass (256 values), as the AMX kernel's: the pass's
+    /// weights (2 panels x 16 KiB) stay in L1 while every row of the pass runs over them.
+    const STEPS_PER_PASS: usize = 8;
+
+    /// Activations per pass over the columns (kept in L2 while every panel pair reads them).
+    const ACTIVATION_BYTES_PER_PASS: usize = 512 << 10;
+
+    /// Adds the products to `out` (which the caller zeroed), with `vdpbf16ps`.
+    ///
+    /// # Safety
+    /// As [`super::product_block`], on a CPU with AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn product_block(
+        a: &Activations,
+        w: &PackedBf16,
+        col0: usize,
+        cols: usize,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        // SAFETY: as the caller promises; `tile` runs on this CPU.
+        unsafe {
+            passes(a, col0, cols, out, stride, 2, |r, panel, steps, c| {
+                tile(a, w, r, panel, steps, c, stride)
+            })
+        }
+    }
+
+    /// Adds the products to `out` (which the caller zeroed), widening the bf16 weights to f32
+    /// in registers.
+    ///
+    /// # Safety
+    /// As [`super::product_block`], on a CPU with AVX-512; `a` was converted for
+    /// [`super::Backend::Expanded`].
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn expanded_block(
+        a: &Activations,
+        w: &PackedBf16,
+        col0: usize,
+        cols: usize,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        // SAFETY: as the caller promises; `expanded_tile` runs on this CPU.
+        unsafe {
+            passes(a, col0, cols, out, stride, 4, |r, panel, steps, c| {
+                expanded_tile(a, w, r, panel, steps, c, stride)
+            })
+        }
+    }
+
+    /// The blocking both vector kernels share: passes of rows whose activations
+    /// (`value_bytes` each) stay in L2, then for each pair of panels and each pass over 256
+    /// inputs, `tile(r, panel, steps, out)` on every 8 rows.
+    ///
+    /// # Safety
+    /// As [`super::product_block`], and `tile` is safe for any 8 rows below the padded rows,
+    /// any panel pair of the block and any steps range within the inner dimension.
+    #[inline(always)]
+    unsafe fn passes(
+        a: &Activations,
+        col0: usize,
+        cols: usize,
+        out: *mut f32,
+        stride: usize,
+        value_bytes: usize,
+        mut tile: impl FnMut(usize, usize, std::ops::Range<usize>, *mut f32),
+    ) {
+        let steps = a.k_padded / STEP;
+        let rows_per_pass =
+            (ACTIVATION_BYTES_PER_PASS / (a.k_padded * value_bytes)).max(16) / 16 * 16;
+        for row0 in (0..a.rows_padded).step_by(rows_per_pass) {
+            let row_end = (row0 + rows_per_pass).min(a.rows_padded);
+            for panel in (col0 / 16..(col0 + cols) / 16).step_by(2) {
+                for first in (0..steps).step_by(STEPS_PER_PASS) {
+                    let last = (first + STEPS_PER_PASS).min(steps);
+                    for r in (row0..row_end).step_by(ROWS) {
+                        // Rows r..r + 8 and the panel pair's 32 columns of the caller's
+                        // output (col0 is a multiple of 32, so the pair is whole).
+                        tile(
+                            r,
+                            panel,
+                            first..last,
+                            out.wrapping_add(r * stride + panel * 16 - col0),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rows `r..r + 8` by panels `panel` and `panel + 1`, over the inner steps `steps`, added
+    /// to the 8 x 32 f32 at `out` (rows `stride` apart).
+    ///
+    /// # Safety
+    /// AVX512-BF16 runs here; `r` is a multiple of 8 below the padded rows; both panels exist;
+    /// `out` is valid for 8 rows of 32 f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn tile(
+        a: &Activations,
+        w: &PackedBf16,
+        r: usize,
+        panel: usize,
+        steps: std::ops::Range<usize>,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        // Weights: each panel is k_padded / 2 pair rows of 32 bf16.
+        let panel_len = w.k_padded / 2 * 32;
+        let b0 = w.data.as_ptr().wrapping_add(panel * panel_len);
+        let b1 = b0.wrapping_add(panel_len);
+        // Activations: blocks of 16 rows, each step 16 rows x 32 values.
+        let a0 = a
+            .tiles()
+            .as_ptr()
+            .wrapping_add(r / 16 * a.k_padded * 16 + r % 16 * STEP);
+        // SAFETY (every load and store below): out holds 8 rows of 32 f32; pair row p of a
+        // panel is inside it for p < k_padded / 2; row r + i's values of step s are inside
+        // the activations' block for s < k_padded / 32.
+        let mut acc: [[__m512; 2]; ROWS] = std::array::from_fn(|i| {
+            std::array::from_fn(|j| unsafe { _mm512_loadu_ps(out.add(i * stride + j * 16)) })
+        });
+        for s in steps {
+            for q in 0..STEP / 2 {
+                let p = s * STEP / 2 + q;
+                let w0: __m512bh =
+                    unsafe { std::mem::transmute(_mm512_loadu_si512(b0.add(p * 32) as *const _)) };
+                let w1: __m512bh =
+                    unsafe { std::mem::transmute(_mm512_loadu_si512(b1.add(p * 32) as *const _)) };
+                let at = unsafe { a0.add(s * 16 * STEP + q * 2) };
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let pair = unsafe { std::ptr::read_unaligned(at.add(i * STEP) as *const i32) };
+                    let x: __m512bh = unsafe { std::mem::transmute(_mm512_set1_epi32(pair)) };
+                    acc[0] = _mm512_dpbf16_ps(acc[0], x, w0);
+                    acc[1] = _mm512_dpbf16_ps(acc[1], x, w1);
+                }
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            for (j, v) in acc.iter().enumerate() {
+                unsafe { _mm512_storeu_ps(out.add(i * stride + j * 16), *v) };
+            }
+        }
+    }
+
+    /// [`tile`] with the weights widened to f32: a pair row's 32-bit lane holds column c's
+    /// bf16 for the even input in its low half and for the odd one in its high half, so a
+    /// shift and a mask give the two f32 vectors, each multiplied by one rounded activation.
+    ///
+    /// # Safety
+    /// As [`tile`], on a CPU with AVX-512, the activations rounded to f32 rows.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn expanded_tile(
+        a: &Activations,
+        w: &PackedBf16,
+        r: usize,
+        panel: usize,
+        steps: std::ops::Range<usize>,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let panel_len = w.k_padded / 2 * 32;
+        let b0 = w.data.as_ptr().wrapping_add(panel * panel_len);
+        let b1 = b0.wrapping_add(panel_len);
+        let k = a.k_padded;
+        let x0 = a.rounded().as_ptr().wrapping_add(r * k);
+        let high = _mm512_set1_epi32(0xffff_0000_u32 as i32);
+        // SAFETY (every load and store below): as in `tile`; rows r..r + 8 of the rounded
+        // activations hold k_padded values each.
+        let mut acc: [[__m512; 2]; ROWS] = std::array::from_fn(|i| {
+            std::array::from_fn(|j| unsafe { _mm512_loadu_ps(out.add(i * stride + j * 16)) })
+        });
+        for p in steps.start * STEP / 2..steps.end * STEP / 2 {
+            let v0 = unsafe { _mm512_loadu_si512(b0.add(p * 32) as *const _) };
+            let v1 = unsafe { _mm512_loadu_si512(b1.add(p * 32) as *const _) };
+            let even = [v0, v1].map(|v| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v)));
+            let odd = [v0, v1].map(|v| _mm512_castsi512_ps(_mm512_and_si512(v, high)));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let xe = _mm512_set1_ps(unsafe { *x0.add(i * k + 2 * p) });
+                let xo = _mm512_set1_ps(unsafe { *x0.add(i * k + 2 * p + 1) });
+                for j in 0..2 {
+                    acc[j] = _mm512_fmadd_ps(xe, even[j], acc[j]);
+                    acc[j] = _mm512_fmadd_ps(xo, odd[j], acc[j]);
+                }
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            for (j, v) in acc.iter().enumerate() {
+                unsafe { _mm512_storeu_ps(out.add(i * stride + j * 16), *v) };
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod dpbf16 {
+    use super::{Activations, PackedBf16};
+
+    pub fn cpu_has() -> bool {
+        false
+    }
+
+    pub unsafe fn product_block(
+        _: &Activations,
+        _: &PackedBf16,
+        _: usize,
+        _: usize,
+        _: *mut f32,
+        _: usize,
+    ) {
+        unreachable!("AVX512-BF16 is x86-64's")
+    }
+
+    pub unsafe fn expanded_block(
+        _: &Activations,
+        _: &PackedBf16,
+        _: usize,
+        _: usize,
+        _: *mut f32,
+        _: usize,
+    ) {
+        unreachable!("AVX512-BF16 is x86-64's")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_to_bf16_is_to_nearest_even() {
+        let back = |x: f32| f32::from_bits((to_bf16(x) as u32) << 16);
+        assert_eq!(back(1.0), 1.0);
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to the even one, 1.
+        assert_eq!(back(1.0 + 1.0 / 256.0), 1.0);
+        // 1 + 3 * 2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: ties to 1 + 2^-6.
+        assert_eq!(back(1.0 + 3.0 / 256.0), 1.0 + 1.0 / 64.0);
+        assert!(back(f32::NAN).is_nan());
+        assert_eq!(back(-2.5), -2.5);
+    }
+
+    /// Each backend the CPU runs, against the same products in f64 on the bf16-rounded
+    /// operands, on shapes with every kind of padding (rows, columns and inner dimension not
+    /// multiples of the tiles) and an inner dimension over several passes.
+    #[test]
+    fn products_equal_the_rounded_reference_on_every_backend_here() {
+        let backends = backends_here();
+        if backends.is_empty() {
+            println!("NOT EXERCISED: bf16 products ({})", unavailable_reason());
+            return;
+        }
+        let round = |x: f32| f32::from_bits((to_bf16(x) as u32) << 16) as f64;
+        for (backend, (m, k, n)) in backends.iter().flat_map(|b| {
+            [
+                (1, 8, 3),
+                (16, 32, 32),
+                (17, 40, 70),
+                (50, 96, 64),
+                (40, 600, 96),
+            ]
+            .map(|shape| (*b, shape))
+        }) {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7919) % 97) as f32 / 50.0 - 1.0)
+                .collect();
+            let w: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 104_729) % 89) as f32 / 40.0 - 1.1)
+                .collect();
+            let packed = PackedBf16::pack(&w, k, n);
+            let a = Activations::convert_for(backend, &x, m, &packed);
+            let cols = packed.n_padded;
+            let mut out = vec![0f32; a.rows_padded * cols];
+            // SAFETY: out holds rows_padded rows of cols.
+            unsafe { product_block_on(backend, &a, &packed, 0, cols, out.as_mut_ptr(), cols) };
+            for r in 0..m {
+                for c in 0..n {
+                    let want: f64 = (0..k)
+                        .map(|i| round(x[r * k + i]) * round(w[i * n + c]))
+                        .sum();
+                    let got = out[r * cols + c] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "{backend:?} {m}x{k}x{n} [{r},{c}]: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
