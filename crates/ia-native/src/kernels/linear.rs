@@ -18,6 +18,8 @@ pub enum Activation {
     Identity,
     /// transformers' "gelu": the erf form.
     GeluErf,
+    /// CLIP's "quick_gelu": x * sigmoid(1.702 x).
+    QuickGelu,
 }
 
 /// A linear layer's weight as the kernel takes it.
@@ -138,8 +140,10 @@ fn finish_with_candle(
     if let Some(b) = bias {
         y = y.broadcast_add(b)?;
     }
-    if act == Activation::GeluErf {
-        y = y.gelu_erf()?;
+    match act {
+        Activation::Identity => {}
+        Activation::GeluErf => y = y.gelu_erf()?,
+        Activation::QuickGelu => y = (&y * candle_nn::ops::sigmoid(&(&y * 1.702)?)?)?,
     }
     match residual {
         Some(r) => y + r,
@@ -279,7 +283,7 @@ impl Linear<'_> {
                     isa,
                     row,
                     self.bias.map(|b| &b[start..start + cols]),
-                    self.act == Activation::GeluErf,
+                    self.act,
                     residual.map(|res| &res[r * n + start..r * n + start + cols]),
                 );
             }
@@ -296,15 +300,23 @@ impl Linear<'_> {
 }
 
 #[inline(always)]
-fn epilogue_body(row: &mut [f32], bias: Option<&[f32]>, gelu: bool, residual: Option<&[f32]>) {
+fn epilogue_body(row: &mut [f32], bias: Option<&[f32]>, act: Activation, residual: Option<&[f32]>) {
     if let Some(bias) = bias {
         for (o, &b) in row.iter_mut().zip(bias) {
             *o += b;
         }
     }
-    if gelu {
-        for o in row.iter_mut() {
-            *o = math::gelu_erf(*o);
+    match act {
+        Activation::Identity => {}
+        Activation::GeluErf => {
+            for o in row.iter_mut() {
+                *o = math::gelu_erf(*o);
+            }
+        }
+        Activation::QuickGelu => {
+            for o in row.iter_mut() {
+                *o = math::quick_gelu(*o);
+            }
         }
     }
     if let Some(residual) = residual {
@@ -314,7 +326,7 @@ fn epilogue_body(row: &mut [f32], bias: Option<&[f32]>, gelu: bool, residual: Op
     }
 }
 
-multiversion!(fn epilogue(row: &mut [f32], bias: Option<&[f32]>, gelu: bool, residual: Option<&[f32]>) => epilogue_body);
+multiversion!(fn epilogue(row: &mut [f32], bias: Option<&[f32]>, act: Activation, residual: Option<&[f32]>) => epilogue_body);
 
 /// transformers' "gelu" (the erf form) of every element, vectorised (candle's calls libm's
 /// erf per element); other dtypes and devices through candle.
@@ -327,7 +339,7 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     use rayon::prelude::*;
     values
         .par_chunks_mut(1 << 14)
-        .for_each(|chunk| epilogue(isa, chunk, None, true, None));
+        .for_each(|chunk| epilogue(isa, chunk, None, Activation::GeluErf, None));
     Tensor::from_vec(values, x.shape(), x.device())
 }
 
@@ -507,7 +519,7 @@ mod tests {
                         .unwrap();
                     let want = match act {
                         Activation::GeluErf => want.gelu_erf().unwrap(),
-                        Activation::Identity => want.clone(),
+                        Activation::Identity | Activation::QuickGelu => want.clone(),
                     };
                     assert_eq!(got.dims(), want.dims());
                     let d = max_diff(&got, &want);
@@ -530,7 +542,7 @@ mod tests {
         (x, w, b, r)
     }
 
-    /// Every combination of bias, GELU and residual equals candle's steps, on every shape
+    /// Every combination of bias, activation and residual equals candle's steps, on every shape
     /// class (one row, a ragged column count, more columns than one thread's block).
     #[test]
     fn equals_candles_steps() {
@@ -538,16 +550,18 @@ mod tests {
             let (x, w, b, r) = operands(m, k, n);
             let wt = Weight::new(&w, false).unwrap();
             for bias in [None, Some(&b)] {
-                for act in [Activation::Identity, Activation::GeluErf] {
+                for act in [
+                    Activation::Identity,
+                    Activation::GeluErf,
+                    Activation::QuickGelu,
+                ] {
                     for residual in [None, Some(&r)] {
                         let ours = linear(&x, &wt, bias, act, residual).unwrap();
                         let mut want = x.broadcast_matmul(&w.t().unwrap()).unwrap();
                         if let Some(b) = bias {
                             want = want.broadcast_add(b).unwrap();
                         }
-                        if act == Activation::GeluErf {
-                            want = want.gelu_erf().unwrap();
-                        }
+                        want = finish_with_candle(want, None, act, None).unwrap();
                         if let Some(r) = residual {
                             want = (want + r).unwrap();
                         }
@@ -603,18 +617,21 @@ mod tests {
         let row: Vec<f32> = (0..53).map(|i| i as f32 * 0.3 - 8.0).collect();
         let bias: Vec<f32> = (0..53).map(|i| i as f32 * -0.01).collect();
         let residual: Vec<f32> = (0..53).map(|i| (i % 7) as f32).collect();
-        let mut want = row.clone();
-        epilogue_body(&mut want, Some(&bias), true, Some(&residual));
-        for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+        for (act, isa) in [Activation::GeluErf, Activation::QuickGelu]
+            .into_iter()
+            .flat_map(|a| [Isa::Portable, Isa::Avx2, Isa::Avx512].map(|i| (a, i)))
+        {
             if isa > Isa::detected() {
                 continue;
             }
+            let mut want = row.clone();
+            epilogue_body(&mut want, Some(&bias), act, Some(&residual));
             let mut got = row.clone();
-            epilogue(isa, &mut got, Some(&bias), true, Some(&residual));
+            epilogue(isa, &mut got, Some(&bias), act, Some(&residual));
             for (g, w) in got.iter().zip(&want) {
                 assert!(
                     (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
-                    "{isa:?}: {g} vs {w}"
+                    "{act:?} {isa:?}: {g} vs {w}"
                 );
             }
         }

@@ -1,5 +1,5 @@
 //! The element functions the kernels share, written to vectorise: `exp` for arguments <= 0,
-//! erf and GELU, and row-wise GELU and softmax.
+//! erf, GELU and quick GELU, and row-wise softmax.
 
 /// e^x for x <= 0 (Cody-Waite range reduction, degree-6 polynomial; relative error < 3e-7;
 /// below -87 it returns e^-87, which is 0 for every use here).
@@ -55,6 +55,16 @@ fn erf(x: f32) -> f32 {
 #[inline(always)]
 pub(super) fn gelu_erf(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// CLIP's "quick_gelu": x * sigmoid(1.702 x), the sigmoid from e^-|z| so that the exponent
+/// never overflows.
+#[inline(always)]
+pub(super) fn quick_gelu(x: f32) -> f32 {
+    let z = 1.702 * x;
+    let e = exp_nonpositive(-z.abs());
+    let positive = 1.0 / (1.0 + e);
+    x * if z >= 0.0 { positive } else { e * positive }
 }
 
 /// Lanes of the partial sums in reductions: LLVM keeps float sums in order, so one
@@ -117,6 +127,19 @@ mod tests {
             assert!(
                 (got - want).abs() <= 3e-7 * (1.0 + want.abs()),
                 "gelu({x}) = {got}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn quick_gelu_matches_the_exact_function() {
+        for i in -400..=400 {
+            let x = i as f32 * 0.05;
+            let want = x as f64 / (1.0 + (-1.702 * x as f64).exp());
+            let got = quick_gelu(x) as f64;
+            assert!(
+                (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "{x}: {got} vs {want}"
             );
         }
     }

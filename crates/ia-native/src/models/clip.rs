@@ -1,4 +1,5 @@
-//! CLIP (transformers' `CLIPModel`) on candle-transformers' text and vision towers.
+//! CLIP (transformers' `CLIPModel`): the vision tower on the encoder kernels
+//! ([`super::encoder`], as ViT), the text tower (causal attention) on candle-transformers'.
 //!
 //! `run` with images gives `image_embeds`, with text `text_embeds` (both projected, not yet
 //! L2-normalised, as transformers' `get_image_features` / `get_text_features`), plus
@@ -6,10 +7,13 @@
 //! The text tower is pooled at the first end-of-text token, as transformers does (argmax of the
 //! ids only for legacy configs whose eos_token_id is 2).
 
+use super::encoder::{Dense, Products, SelfAttention};
 use super::LoadContext;
-use crate::{rt, CandleOutput};
+use crate::{kernels, rt, CandleOutput};
 use candle_core::{DType, IndexOp, Module, Tensor};
-use candle_nn::{linear_no_bias, Linear};
+use candle_nn::{
+    conv2d_no_bias, layer_norm, linear_no_bias, Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder,
+};
 use candle_transformers::models::clip::{text_model, vision_model};
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
 use serde::Deserialize;
@@ -133,10 +137,6 @@ impl Config {
     fn text(&self) -> text_model::ClipTextConfig {
         self.text_config.tower(self.projection_dim)
     }
-
-    fn vision(&self) -> vision_model::ClipVisionConfig {
-        self.vision_config.tower(self.projection_dim)
-    }
 }
 
 pub(crate) fn check_tower(tower: &str, act: &str, eps: f64) -> Result<(), EngineError> {
@@ -192,9 +192,117 @@ impl VisionConfig {
     }
 }
 
+/// transformers' `CLIPVisionTransformer` on the encoder kernels: patch and class embeddings,
+/// the pre-norm, pre-norm layers (q/k/v one product, quick_gelu MLP, residual adds in the
+/// products' pass) and the post-norm of the class token; tensor names as under
+/// `vision_model`.
+pub(crate) struct VisionTower {
+    class_embedding: Tensor,
+    patch_embedding: Conv2d,
+    position_embedding: Tensor,
+    pre_layrnorm: LayerNorm,
+    layers: Vec<VisionLayer>,
+    post_layernorm: LayerNorm,
+}
+
+struct VisionLayer {
+    layer_norm1: LayerNorm,
+    self_attn: SelfAttention,
+    out_proj: Dense,
+    layer_norm2: LayerNorm,
+    fc1: Dense,
+    fc2: Dense,
+}
+
+impl VisionTower {
+    pub fn load(cfg: &VisionConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        let e = vb.pp("embeddings");
+        let positions = (cfg.image_size / cfg.patch_size).pow(2) + 1;
+        let patch = Conv2dConfig {
+            stride: cfg.patch_size,
+            ..Default::default()
+        };
+        let layer = |l: VarBuilder| -> candle_core::Result<VisionLayer> {
+            let qkv = [("q_proj", true), ("k_proj", true), ("v_proj", true)];
+            Ok(VisionLayer {
+                layer_norm1: layer_norm(h, eps, l.pp("layer_norm1"))?,
+                self_attn: SelfAttention::load_named(
+                    h,
+                    cfg.num_attention_heads,
+                    qkv,
+                    l.pp("self_attn"),
+                    Products::AsLoaded,
+                )?,
+                out_proj: Dense::load(h, h, l.pp("self_attn.out_proj"), Products::AsLoaded)?,
+                layer_norm2: layer_norm(h, eps, l.pp("layer_norm2"))?,
+                fc1: Dense::load(
+                    h,
+                    cfg.intermediate_size,
+                    l.pp("mlp.fc1"),
+                    Products::AsLoaded,
+                )?,
+                fc2: Dense::load(
+                    cfg.intermediate_size,
+                    h,
+                    l.pp("mlp.fc2"),
+                    Products::AsLoaded,
+                )?,
+            })
+        };
+        Ok(Self {
+            class_embedding: e.get(h, "class_embedding")?,
+            patch_embedding: conv2d_no_bias(
+                cfg.num_channels,
+                h,
+                cfg.patch_size,
+                patch,
+                e.pp("patch_embedding"),
+            )?,
+            position_embedding: e.get((positions, h), "position_embedding.weight")?,
+            pre_layrnorm: layer_norm(h, eps, vb.pp("pre_layrnorm"))?,
+            layers: (0..cfg.num_hidden_layers)
+                .map(|i| layer(vb.pp(format!("encoder.layers.{i}"))))
+                .collect::<candle_core::Result<_>>()?,
+            post_layernorm: layer_norm(h, eps, vb.pp("post_layernorm"))?,
+        })
+    }
+
+    /// The pooled output [batch, hidden] (the class token after the post-norm) for pixels
+    /// [batch, channels, height, width].
+    pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        let b = pixels.dim(0)?;
+        let patches = self
+            .patch_embedding
+            .forward(pixels)?
+            .flatten_from(2)?
+            .transpose(1, 2)?;
+        let h = self.class_embedding.dim(0)?;
+        let class = self
+            .class_embedding
+            .reshape((1, 1, h))?
+            .broadcast_as((b, 1, h))?;
+        let mut x = self.pre_layrnorm.forward(
+            &Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.position_embedding)?,
+        )?;
+        for layer in &self.layers {
+            let attended = layer
+                .self_attn
+                .forward(&layer.layer_norm1.forward(&x)?, None)?;
+            x = layer.out_proj.forward_residual(&attended, &x)?;
+            let inner = layer.fc1.forward_fused(
+                &layer.layer_norm2.forward(&x)?,
+                kernels::Activation::QuickGelu,
+            )?;
+            x = layer.fc2.forward_residual(&inner, &x)?;
+        }
+        self.post_layernorm.forward(&x.i((.., 0, ..))?)
+    }
+}
+
 pub struct ClipSession {
     text: text_model::ClipTextTransformer,
-    vision: vision_model::ClipVisionTransformer,
+    vision: VisionTower,
     text_projection: Linear,
     visual_projection: Linear,
     logit_scale: Tensor,
@@ -211,8 +319,7 @@ impl ClipSession {
         let (vb, params) = crate::load_var_builder(ctx.source, ctx.dtype, &ctx.device)?;
         let build = || -> candle_core::Result<_> {
             let text = text_model::ClipTextTransformer::new(vb.pp("text_model"), &cfg.text())?;
-            let vision =
-                vision_model::ClipVisionTransformer::new(vb.pp("vision_model"), &cfg.vision())?;
+            let vision = VisionTower::load(&cfg.vision_config, vb.pp("vision_model"))?;
             let text_projection = linear_no_bias(
                 cfg.text_config.hidden_size,
                 cfg.projection_dim,

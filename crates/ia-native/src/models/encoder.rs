@@ -59,15 +59,15 @@ impl Dense {
     /// product and bias.
     pub fn forward_activated(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
         match act {
-            Activation::Gelu => kernels::linear(
-                x,
-                &self.weight,
-                self.bias.as_ref(),
-                kernels::Activation::GeluErf,
-                None,
-            ),
+            Activation::Gelu => self.forward_fused(x, kernels::Activation::GeluErf),
             act => act.forward(&self.forward(x)?),
         }
+    }
+
+    /// `act` of the output in the same pass as the product and bias (CLIP's quick GELU,
+    /// which candle_nn's activations do not have).
+    pub fn forward_fused(&self, x: &Tensor, act: kernels::Activation) -> Result<Tensor> {
+        kernels::linear(x, &self.weight, self.bias.as_ref(), act, None)
     }
 
     /// `residual + x . W + bias`, the residual added in the same pass.
