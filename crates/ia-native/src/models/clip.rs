@@ -14,7 +14,7 @@ use candle_core::{DType, IndexOp, Module, Tensor};
 use candle_nn::{
     conv2d_no_bias, layer_norm, linear_no_bias, Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder,
 };
-use candle_transformers::models::clip::{text_model, vision_model};
+use candle_transformers::models::clip::text_model;
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
@@ -170,25 +170,9 @@ impl TextConfig {
 }
 
 impl VisionConfig {
-    /// candle's vision tower hard-codes quick_gelu and eps 1e-5.
+    /// The vision tower runs quick_gelu; eps is held to 1e-5 as for the text tower.
     pub(crate) fn check(&self) -> Result<(), EngineError> {
         check_tower("vision", &self.hidden_act, self.layer_norm_eps)
-    }
-
-    /// candle's description of the tower (`projection_dim` is the CLIP model's, unused by the
-    /// tower itself).
-    pub(crate) fn tower(&self, projection_dim: usize) -> vision_model::ClipVisionConfig {
-        vision_model::ClipVisionConfig {
-            embed_dim: self.hidden_size,
-            activation: text_model::Activation::QuickGelu,
-            intermediate_size: self.intermediate_size,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            projection_dim,
-            num_channels: self.num_channels,
-            image_size: self.image_size,
-            patch_size: self.patch_size,
-        }
     }
 }
 
@@ -271,6 +255,29 @@ impl VisionTower {
     /// The pooled output [batch, hidden] (the class token after the post-norm) for pixels
     /// [batch, channels, height, width].
     pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        let mut x = self.embed(pixels)?;
+        for layer in &self.layers {
+            x = layer.forward(&x)?;
+        }
+        self.post_layernorm.forward(&x.i((.., 0, ..))?)
+    }
+
+    /// The outputs of the first `count` layers, [batch, tokens, hidden] each: transformers'
+    /// hidden states 1..=count (LLaVA's image features come from one of them; the layers
+    /// after the deepest one asked for do not run).
+    pub fn layer_outputs(&self, pixels: &Tensor, count: usize) -> candle_core::Result<Vec<Tensor>> {
+        let mut x = self.embed(pixels)?;
+        let mut outputs = Vec::with_capacity(count);
+        for layer in self.layers.iter().take(count) {
+            x = layer.forward(&x)?;
+            outputs.push(x.clone());
+        }
+        Ok(outputs)
+    }
+
+    /// Patch and class embeddings plus positions, through the pre-norm: [batch, tokens,
+    /// hidden].
+    fn embed(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
         let b = pixels.dim(0)?;
         let patches = self
             .patch_embedding
@@ -282,21 +289,23 @@ impl VisionTower {
             .class_embedding
             .reshape((1, 1, h))?
             .broadcast_as((b, 1, h))?;
-        let mut x = self.pre_layrnorm.forward(
-            &Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.position_embedding)?,
+        self.pre_layrnorm
+            .forward(&Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.position_embedding)?)
+    }
+}
+
+impl VisionLayer {
+    /// Pre-norm: x = x + attention(norm(x)); x = x + mlp(norm(x)).
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let attended = self
+            .self_attn
+            .forward(&self.layer_norm1.forward(x)?, None)?;
+        let x = self.out_proj.forward_residual(&attended, x)?;
+        let inner = self.fc1.forward_fused(
+            &self.layer_norm2.forward(&x)?,
+            kernels::Activation::QuickGelu,
         )?;
-        for layer in &self.layers {
-            let attended = layer
-                .self_attn
-                .forward(&layer.layer_norm1.forward(&x)?, None)?;
-            x = layer.out_proj.forward_residual(&attended, &x)?;
-            let inner = layer.fc1.forward_fused(
-                &layer.layer_norm2.forward(&x)?,
-                kernels::Activation::QuickGelu,
-            )?;
-            x = layer.fc2.forward_residual(&inner, &x)?;
-        }
-        self.post_layernorm.forward(&x.i((.., 0, ..))?)
+        self.fc2.forward_residual(&inner, &x)
     }
 }
 

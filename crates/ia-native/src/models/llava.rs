@@ -22,7 +22,6 @@ use super::{clip, decoder, LoadContext};
 use crate::rt;
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Activation, Linear, VarBuilder};
-use candle_transformers::models::clip::vision_model::ClipVisionTransformer;
 use ia_engine::generation::ImageBatch;
 use ia_engine::{EngineError, SessionInfo, TextGenerator};
 use ia_preprocess::image::{AnyRes, Filter};
@@ -114,8 +113,8 @@ impl Config {
         Ok((cfg, text))
     }
 
-    /// Indices into candle's list of the tower's layer outputs (hidden state k of
-    /// transformers is the output of layer k; 0, the embeddings, is not offered).
+    /// Indices into the tower's layer outputs ([`clip::VisionTower::layer_outputs`]: hidden
+    /// state k of transformers is the output of layer k; 0, the embeddings, is not offered).
     fn feature_layers(&self) -> Result<Vec<usize>, EngineError> {
         let layers = self.vision_config.num_hidden_layers as i64;
         let wanted = match &self.vision_feature_layer {
@@ -168,7 +167,7 @@ impl Module for Projector {
 }
 
 pub struct Llava {
-    vision: ClipVisionTransformer,
+    vision: clip::VisionTower,
     feature_layers: Vec<usize>,
     keep_cls: bool,
     projector: Projector,
@@ -243,7 +242,7 @@ impl Llava {
                     ),
                 };
                 // The tower's projection is CLIP's, not LLaVA's: it is neither loaded nor used.
-                let vision = ClipVisionTransformer::new(vb.pp(tower), &cfg.vision_config.tower(0))?;
+                let vision = clip::VisionTower::load(&cfg.vision_config, vb.pp(tower))?;
                 let p = vb.pp(projector);
                 let linear = |i, o, name| {
                     if cfg.multimodal_projector_bias {
@@ -293,7 +292,8 @@ impl Llava {
 
     /// transformers' `get_image_features`: [tiles, channels, h, w] -> [tiles, tokens, hidden].
     fn image_features(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
-        let hidden = self.vision.output_hidden_states(pixels)?;
+        let deepest = self.feature_layers.iter().max().map_or(0, |k| k + 1);
+        let hidden = self.vision.layer_outputs(pixels, deepest)?;
         let selected = self
             .feature_layers
             .iter()
