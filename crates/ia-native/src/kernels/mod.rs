@@ -12,6 +12,8 @@
 //! - [`bf16`]: bf16 products on AMX or AVX512-BF16 for `--precision bf16` (weights packed
 //!   at load);
 //! - [`quant`]: products with Q8_0 weights (`vpdpbusd` on AVX512-VNNI) for `--precision q8_0`;
+//! - [`channel_norm_frames`]: GroupNorm with a group per channel over channels-last frames,
+//!   with its GELU, in three passes;
 //! - [`attention`]: multi-head attention straight from the stacked query/key/value rows, one
 //!   (sequence, head) pair per task.
 //!
@@ -23,10 +25,12 @@ mod attention;
 pub mod bf16;
 mod linear;
 mod math;
+mod norm;
 pub mod quant;
 
 pub use attention::attention;
 pub use linear::{conv1d_frames, conv_weight, gelu_erf, linear, Activation, Weight};
+pub use norm::channel_norm_frames;
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 use std::sync::OnceLock;

@@ -62,17 +62,6 @@ enum ConvNorm {
 impl ConvNorm {
     /// `GroupNorm`'s epsilon.
     const EPS: f64 = 1e-5;
-
-    /// Each channel of `x` [frames, channels] normalised over the frames, in place of a
-    /// transpose to channels-first and back.
-    fn per_channel(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        let centred = x.broadcast_sub(&x.mean_keepdim(0)?)?;
-        let var = centred.sqr()?.mean_keepdim(0)?;
-        centred
-            .broadcast_div(&(var + Self::EPS)?.sqrt()?)?
-            .broadcast_mul(weight)?
-            .broadcast_add(bias)
-    }
 }
 
 /// One layer of the feature encoder, over channels-last frames.
@@ -88,9 +77,23 @@ impl ConvLayer {
         // Without a norm between them, the activation goes into the convolution's pass.
         let y = match &self.norm {
             ConvNorm::None => return self.conv.forward(x, Some(self.act)),
-            ConvNorm::PerChannel { weight, bias } => {
-                ConvNorm::per_channel(&self.conv.forward(x, None)?, weight, bias)?
+            // Each channel normalised over the frames, the GELU in the same pass.
+            ConvNorm::PerChannel { weight, bias } if self.act == Activation::Gelu => {
+                return kernels::channel_norm_frames(
+                    &self.conv.forward(x, None)?,
+                    weight,
+                    bias,
+                    ConvNorm::EPS,
+                    kernels::Activation::GeluErf,
+                )
             }
+            ConvNorm::PerChannel { weight, bias } => kernels::channel_norm_frames(
+                &self.conv.forward(x, None)?,
+                weight,
+                bias,
+                ConvNorm::EPS,
+                kernels::Activation::Identity,
+            )?,
             ConvNorm::Layer(l) => l.forward(&self.conv.forward(x, None)?)?,
         };
         match self.act {
