@@ -7,7 +7,7 @@ Suite "encoders" (default): random-initialised bert-base (BertModel) and ViT-bas
 transcribing fixtures/media/speech-16k.wav greedily, feature extraction included, and
 wav2vec2-base (random Wav2Vec2ForCTC) CTC logits on the same clip, normalisation included.
 Suite "runtimes": the same bert-base and ViT-base (b=1 and 8) on every engine in one run:
-native f32 and bf16 (AMX; refused without it), ONNX Runtime (CPU EP), OpenVINO f32 and bf16
+native f32 and bf16 (AMX or AVX512-BF16; refused without), ONNX Runtime (CPU EP), OpenVINO f32 and bf16
 (their ONNX exports, written next to the checkpoints), and PyTorch; then the FLOP/s each
 engine achieved on bert-base b=8 against the matmul rate `hardware --calibrate` measures for
 it. Needs `ipfs-accelerate runtimes install`.
