@@ -16,9 +16,15 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 /// Attention over `qkv` [batch, seq, 3 * hidden]: each row holds the query, key and value
 /// projections side by side, each `heads` x `hidden / heads`, the query already scaled by
 /// 1/sqrt(head size). `key_mask` [batch, seq] is added to every query's score for that key
-/// (0 attends; a large negative value, as transformers' extended mask, masks). Returns
-/// [batch, seq, hidden]. f32 on the CPU runs the kernel; elsewhere candle's operations.
-pub fn attention(qkv: &Tensor, heads: usize, key_mask: Option<&Tensor>) -> Result<Tensor> {
+/// (0 attends; a large negative value, as transformers' extended mask, masks); `causal` also
+/// masks every key after the query (CLIP's text tower). Returns [batch, seq, hidden]. f32 on
+/// the CPU runs the kernel; elsewhere candle's operations.
+pub fn attention(
+    qkv: &Tensor,
+    heads: usize,
+    key_mask: Option<&Tensor>,
+    causal: bool,
+) -> Result<Tensor> {
     let (b, s, h3) = qkv.dims3()?;
     let h = h3 / 3;
     if heads == 0 || h3 % 3 != 0 || h % heads != 0 {
@@ -30,7 +36,7 @@ pub fn attention(qkv: &Tensor, heads: usize, key_mask: Option<&Tensor>) -> Resul
         }
     }
     if !applies(qkv) || !key_mask.is_none_or(applies) {
-        return with_candle(qkv, heads, key_mask);
+        return with_candle(qkv, heads, key_mask, causal);
     }
     let qkv = qkv.contiguous()?;
     match key_mask {
@@ -38,17 +44,24 @@ pub fn attention(qkv: &Tensor, heads: usize, key_mask: Option<&Tensor>) -> Resul
             qkv.apply_op1_no_bwd(&Attention {
                 heads,
                 key_mask: Some(mask),
+                causal,
             })
         }),
         None => qkv.apply_op1_no_bwd(&Attention {
             heads,
             key_mask: None,
+            causal,
         }),
     }
 }
 
 /// The same function in candle's operations (other devices and types).
-fn with_candle(qkv: &Tensor, heads: usize, key_mask: Option<&Tensor>) -> Result<Tensor> {
+fn with_candle(
+    qkv: &Tensor,
+    heads: usize,
+    key_mask: Option<&Tensor>,
+    causal: bool,
+) -> Result<Tensor> {
     let (b, s, h3) = qkv.dims3()?;
     let (h, d) = (h3 / 3, h3 / 3 / heads);
     // [b, s, 3, heads, d] -> [3, b, heads, s, d]: one copy gives q, k and v contiguous.
@@ -61,6 +74,13 @@ fn with_candle(qkv: &Tensor, heads: usize, key_mask: Option<&Tensor>) -> Result<
     if let Some(mask) = key_mask {
         scores = scores.broadcast_add(&mask.reshape((b, 1, 1, s))?.to_dtype(scores.dtype())?)?;
     }
+    if causal {
+        let later: Vec<f32> = (0..s * s)
+            .map(|i| if i % s > i / s { f32::MIN } else { 0.0 })
+            .collect();
+        let later = Tensor::from_vec(later, (s, s), scores.device())?.to_dtype(scores.dtype())?;
+        scores = scores.broadcast_add(&later)?;
+    }
     candle_nn::ops::softmax_last_dim(&scores)?
         .matmul(&v)?
         .transpose(1, 2)?
@@ -71,6 +91,7 @@ fn with_candle(qkv: &Tensor, heads: usize, key_mask: Option<&Tensor>) -> Result<
 struct Attention<'a> {
     heads: usize,
     key_mask: Option<&'a [f32]>,
+    causal: bool,
 }
 
 #[inline(always)]
@@ -129,6 +150,11 @@ impl CustomOp1 for Attention<'_> {
                         col_stride: h3,
                     },
                 );
+                if self.causal {
+                    for (query, row) in scores.chunks_exact_mut(s).enumerate() {
+                        row[query + 1..].fill(f32::MIN);
+                    }
+                }
                 masked_softmax(
                     isa,
                     &mut scores,
@@ -176,19 +202,15 @@ mod tests {
                 })
                 .collect();
             let mask = Tensor::from_vec(mask, (b, s), &dev).unwrap();
-            for key_mask in [None, Some(&mask)] {
-                let ours = attention(&qkv, heads, key_mask).unwrap();
-                let want = with_candle(&qkv, heads, key_mask).unwrap();
+            for (key_mask, causal) in [(None, false), (Some(&mask), false), (None, true)] {
+                let ours = attention(&qkv, heads, key_mask, causal).unwrap();
+                let want = with_candle(&qkv, heads, key_mask, causal).unwrap();
                 assert_eq!(ours.dims(), &[b, s, h]);
-                let diff = (ours - want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                assert!(diff < 1e-5, "b {b} s {s} heads {heads}: {diff}");
+                let diff = crate::kernels::max_abs_diff(&ours, &want);
+                assert!(
+                    diff < 1e-5,
+                    "b {b} s {s} heads {heads} causal {causal}: {diff}"
+                );
             }
         }
     }
@@ -218,9 +240,9 @@ mod tests {
     #[test]
     fn a_bad_mask_or_head_count_is_an_error() {
         let qkv = Tensor::zeros((2, 3, 12), candle_core::DType::F32, &Device::Cpu).unwrap();
-        assert!(attention(&qkv, 3, None).is_err());
+        assert!(attention(&qkv, 3, None, false).is_err());
         let mask = Tensor::zeros((2, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
-        assert!(attention(&qkv, 2, Some(&mask)).is_err());
-        assert!(attention(&qkv, 2, None).is_ok());
+        assert!(attention(&qkv, 2, Some(&mask), false).is_err());
+        assert!(attention(&qkv, 2, None, false).is_ok());
     }
 }

@@ -729,6 +729,34 @@ mod dpbf16 {
         }
     }
 
+    /// The 8 x 32 f32 output tile at `out` (rows `stride` apart) into 16 registers.
+    ///
+    /// # Safety
+    /// AVX-512 runs here; `out` is valid for 8 rows of 32 f32.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_tile(out: *const f32, stride: usize) -> [[__m512; 2]; ROWS] {
+        std::array::from_fn(|i| {
+            // SAFETY: as the caller promises.
+            std::array::from_fn(|j| unsafe { _mm512_loadu_ps(out.add(i * stride + j * 16)) })
+        })
+    }
+
+    /// [`load_tile`]'s registers back to `out`.
+    ///
+    /// # Safety
+    /// As [`load_tile`].
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_tile(acc: &[[__m512; 2]; ROWS], out: *mut f32, stride: usize) {
+        for (i, acc) in acc.iter().enumerate() {
+            for (j, v) in acc.iter().enumerate() {
+                // SAFETY: as the caller promises.
+                unsafe { _mm512_storeu_ps(out.add(i * stride + j * 16), *v) };
+            }
+        }
+    }
+
     /// Rows `r..r + 8` by panels `panel` and `panel + 1`, over the inner steps `steps`, added
     /// to the 8 x 32 f32 at `out` (rows `stride` apart).
     ///
@@ -758,9 +786,7 @@ mod dpbf16 {
         // SAFETY (every load and store below): out holds 8 rows of 32 f32; pair row p of a
         // panel is inside it for p < k_padded / 2; row r + i's values of step s are inside
         // the activations' block for s < k_padded / 32.
-        let mut acc: [[__m512; 2]; ROWS] = std::array::from_fn(|i| {
-            std::array::from_fn(|j| unsafe { _mm512_loadu_ps(out.add(i * stride + j * 16)) })
-        });
+        let mut acc = unsafe { load_tile(out, stride) };
         for s in steps {
             for q in 0..STEP / 2 {
                 let p = s * STEP / 2 + q;
@@ -777,11 +803,7 @@ mod dpbf16 {
                 }
             }
         }
-        for (i, acc) in acc.iter().enumerate() {
-            for (j, v) in acc.iter().enumerate() {
-                unsafe { _mm512_storeu_ps(out.add(i * stride + j * 16), *v) };
-            }
-        }
+        unsafe { store_tile(&acc, out, stride) };
     }
 
     /// [`tile`] with the weights widened to f32: a pair row's 32-bit lane holds column c's
@@ -809,9 +831,7 @@ mod dpbf16 {
         let high = _mm512_set1_epi32(0xffff_0000_u32 as i32);
         // SAFETY (every load and store below): as in `tile`; rows r..r + 8 of the rounded
         // activations hold k_padded values each.
-        let mut acc: [[__m512; 2]; ROWS] = std::array::from_fn(|i| {
-            std::array::from_fn(|j| unsafe { _mm512_loadu_ps(out.add(i * stride + j * 16)) })
-        });
+        let mut acc = unsafe { load_tile(out, stride) };
         for p in steps.start * STEP / 2..steps.end * STEP / 2 {
             let v0 = unsafe { _mm512_loadu_si512(b0.add(p * 32) as *const _) };
             let v1 = unsafe { _mm512_loadu_si512(b1.add(p * 32) as *const _) };
@@ -826,11 +846,7 @@ mod dpbf16 {
                 }
             }
         }
-        for (i, acc) in acc.iter().enumerate() {
-            for (j, v) in acc.iter().enumerate() {
-                unsafe { _mm512_storeu_ps(out.add(i * stride + j * 16), *v) };
-            }
-        }
+        unsafe { store_tile(&acc, out, stride) };
     }
 }
 

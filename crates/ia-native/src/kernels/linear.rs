@@ -472,17 +472,6 @@ mod tests {
     use crate::kernels::Isa;
     use candle_core::Device;
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
     /// Convolutions over channels-last frames equal candle's conv1d on channels-first ones,
     /// with and without bias and GELU, on the kernel (f32) and on the fallback (f64).
     #[test]
@@ -522,7 +511,7 @@ mod tests {
                         Activation::Identity | Activation::QuickGelu => want.clone(),
                     };
                     assert_eq!(got.dims(), want.dims());
-                    let d = max_diff(&got, &want);
+                    let d = crate::kernels::max_abs_diff(&got, &want);
                     assert!(d < 1e-4, "{dtype:?} {act:?} {frames}x{channels}: {d}");
                 }
             }
@@ -566,7 +555,7 @@ mod tests {
                             want = (want + r).unwrap();
                         }
                         assert_eq!(ours.dims(), &[2, m, n]);
-                        let diff = max_diff(&ours, &want);
+                        let diff = crate::kernels::max_abs_diff(&ours, &want);
                         assert!(
                             diff < 1e-4,
                             "{m}x{k}x{n} bias {} {act:?} residual {}: {diff}",
@@ -606,7 +595,7 @@ mod tests {
                 let want = linear(&x, &f32_layer, Some(&b), act, Some(&r)).unwrap();
                 let got = linear(&x, &bf16_layer, Some(&b), act, Some(&r)).unwrap();
                 let scale = (k as f32).sqrt();
-                let diff = max_diff(&got, &want);
+                let diff = crate::kernels::max_abs_diff(&got, &want);
                 assert!(diff < 3e-2 * scale, "{m}x{k}x{n} {act:?}: {diff}");
             }
         }

@@ -219,3 +219,12 @@ fn row_major<T>(ptr: T, row_stride: usize) -> Strided<T> {
         col_stride: 1,
     }
 }
+
+/// The largest absolute difference between two tensors of one shape (the kernels' tests).
+#[cfg(test)]
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs()?.max_all()?.to_dtype(candle_core::DType::F32))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("tensors of one shape")
+}

@@ -139,14 +139,7 @@ mod tests {
                 .unwrap()
                 .to_dtype(DType::F32)
                 .unwrap();
-            let d = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = crate::kernels::max_abs_diff(&got, &want);
             assert!(d < 1e-5, "{act:?}: {d}");
         }
     }

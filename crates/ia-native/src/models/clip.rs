@@ -1,5 +1,5 @@
-//! CLIP (transformers' `CLIPModel`): the vision tower on the encoder kernels
-//! ([`super::encoder`], as ViT), the text tower (causal attention) on candle-transformers'.
+//! CLIP (transformers' `CLIPModel`): both towers on the encoder kernels ([`super::encoder`],
+//! as ViT), the text tower's attention causal.
 //!
 //! `run` with images gives `image_embeds`, with text `text_embeds` (both projected, not yet
 //! L2-normalised, as transformers' `get_image_features` / `get_text_features`), plus
@@ -12,9 +12,9 @@ use super::LoadContext;
 use crate::{kernels, rt, CandleOutput};
 use candle_core::{DType, IndexOp, Module, Tensor};
 use candle_nn::{
-    conv2d_no_bias, layer_norm, linear_no_bias, Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder,
+    conv2d_no_bias, embedding, layer_norm, linear_no_bias, Conv2d, Conv2dConfig, Embedding,
+    LayerNorm, Linear, VarBuilder,
 };
-use candle_transformers::models::clip::text_model;
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
@@ -133,10 +133,6 @@ impl Config {
         self.text_config.check()?;
         self.vision_config.check()
     }
-
-    fn text(&self) -> text_model::ClipTextConfig {
-        self.text_config.tower(self.projection_dim)
-    }
 }
 
 pub(crate) fn check_tower(tower: &str, act: &str, eps: f64) -> Result<(), EngineError> {
@@ -149,23 +145,10 @@ pub(crate) fn check_tower(tower: &str, act: &str, eps: f64) -> Result<(), Engine
 }
 
 impl TextConfig {
-    /// candle's text tower hard-codes quick_gelu and eps 1e-5.
+    /// The text tower runs quick_gelu with eps 1e-5 (X-CLIP's integration transformer, still
+    /// candle's, hard-codes both).
     pub(crate) fn check(&self) -> Result<(), EngineError> {
         check_tower("text", &self.hidden_act, self.layer_norm_eps)
-    }
-
-    pub(crate) fn tower(&self, projection_dim: usize) -> text_model::ClipTextConfig {
-        text_model::ClipTextConfig {
-            vocab_size: self.vocab_size,
-            embed_dim: self.hidden_size,
-            activation: text_model::Activation::QuickGelu,
-            intermediate_size: self.intermediate_size,
-            max_position_embeddings: self.max_position_embeddings,
-            pad_with: None,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            projection_dim,
-        }
     }
 }
 
@@ -185,11 +168,11 @@ pub(crate) struct VisionTower {
     patch_embedding: Conv2d,
     position_embedding: Tensor,
     pre_layrnorm: LayerNorm,
-    layers: Vec<VisionLayer>,
+    layers: Vec<Layer>,
     post_layernorm: LayerNorm,
 }
 
-struct VisionLayer {
+struct Layer {
     layer_norm1: LayerNorm,
     self_attn: SelfAttention,
     out_proj: Dense,
@@ -207,33 +190,6 @@ impl VisionTower {
             stride: cfg.patch_size,
             ..Default::default()
         };
-        let layer = |l: VarBuilder| -> candle_core::Result<VisionLayer> {
-            let qkv = [("q_proj", true), ("k_proj", true), ("v_proj", true)];
-            Ok(VisionLayer {
-                layer_norm1: layer_norm(h, eps, l.pp("layer_norm1"))?,
-                self_attn: SelfAttention::load_named(
-                    h,
-                    cfg.num_attention_heads,
-                    qkv,
-                    l.pp("self_attn"),
-                    Products::AsLoaded,
-                )?,
-                out_proj: Dense::load(h, h, l.pp("self_attn.out_proj"), Products::AsLoaded)?,
-                layer_norm2: layer_norm(h, eps, l.pp("layer_norm2"))?,
-                fc1: Dense::load(
-                    h,
-                    cfg.intermediate_size,
-                    l.pp("mlp.fc1"),
-                    Products::AsLoaded,
-                )?,
-                fc2: Dense::load(
-                    cfg.intermediate_size,
-                    h,
-                    l.pp("mlp.fc2"),
-                    Products::AsLoaded,
-                )?,
-            })
-        };
         Ok(Self {
             class_embedding: e.get(h, "class_embedding")?,
             patch_embedding: conv2d_no_bias(
@@ -246,7 +202,10 @@ impl VisionTower {
             position_embedding: e.get((positions, h), "position_embedding.weight")?,
             pre_layrnorm: layer_norm(h, eps, vb.pp("pre_layrnorm"))?,
             layers: (0..cfg.num_hidden_layers)
-                .map(|i| layer(vb.pp(format!("encoder.layers.{i}"))))
+                .map(|i| {
+                    let l = vb.pp(format!("encoder.layers.{i}"));
+                    Layer::load(h, cfg.num_attention_heads, cfg.intermediate_size, eps, l)
+                })
                 .collect::<candle_core::Result<_>>()?,
             post_layernorm: layer_norm(h, eps, vb.pp("post_layernorm"))?,
         })
@@ -257,7 +216,7 @@ impl VisionTower {
     pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
         let mut x = self.embed(pixels)?;
         for layer in &self.layers {
-            x = layer.forward(&x)?;
+            x = layer.forward(&x, false)?;
         }
         self.post_layernorm.forward(&x.i((.., 0, ..))?)
     }
@@ -269,7 +228,7 @@ impl VisionTower {
         let mut x = self.embed(pixels)?;
         let mut outputs = Vec::with_capacity(count);
         for layer in self.layers.iter().take(count) {
-            x = layer.forward(&x)?;
+            x = layer.forward(&x, false)?;
             outputs.push(x.clone());
         }
         Ok(outputs)
@@ -294,12 +253,41 @@ impl VisionTower {
     }
 }
 
-impl VisionLayer {
-    /// Pre-norm: x = x + attention(norm(x)); x = x + mlp(norm(x)).
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let attended = self
-            .self_attn
-            .forward(&self.layer_norm1.forward(x)?, None)?;
+impl Layer {
+    /// transformers' `CLIPEncoderLayer` under `vb`.
+    fn load(
+        h: usize,
+        heads: usize,
+        intermediate: usize,
+        eps: f64,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let qkv = [("q_proj", true), ("k_proj", true), ("v_proj", true)];
+        let dense = |i, o, name| Dense::load(i, o, vb.pp(name), Products::AsLoaded);
+        Ok(Self {
+            layer_norm1: layer_norm(h, eps, vb.pp("layer_norm1"))?,
+            self_attn: SelfAttention::load_named(
+                h,
+                heads,
+                qkv,
+                vb.pp("self_attn"),
+                Products::AsLoaded,
+            )?,
+            out_proj: dense(h, h, "self_attn.out_proj")?,
+            layer_norm2: layer_norm(h, eps, vb.pp("layer_norm2"))?,
+            fc1: dense(h, intermediate, "mlp.fc1")?,
+            fc2: dense(intermediate, h, "mlp.fc2")?,
+        })
+    }
+
+    /// Pre-norm: x = x + attention(norm(x)); x = x + mlp(norm(x)); the text tower's
+    /// attention is `causal`.
+    fn forward(&self, x: &Tensor, causal: bool) -> candle_core::Result<Tensor> {
+        let normed = self.layer_norm1.forward(x)?;
+        let attended = match causal {
+            true => self.self_attn.forward_causal(&normed)?,
+            false => self.self_attn.forward(&normed, None)?,
+        };
         let x = self.out_proj.forward_residual(&attended, x)?;
         let inner = self.fc1.forward_fused(
             &self.layer_norm2.forward(&x)?,
@@ -309,8 +297,52 @@ impl VisionLayer {
     }
 }
 
+/// transformers' `CLIPTextTransformer` on the encoder kernels: token and position embeddings,
+/// the vision tower's layers with causal attention, the final norm; tensor names as under
+/// `text_model`.
+pub(crate) struct TextTower {
+    token_embedding: Embedding,
+    position_embedding: Tensor,
+    layers: Vec<Layer>,
+    final_layer_norm: LayerNorm,
+}
+
+impl TextTower {
+    pub fn load(cfg: &TextConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        let e = vb.pp("embeddings");
+        Ok(Self {
+            token_embedding: embedding(cfg.vocab_size, h, e.pp("token_embedding"))?,
+            position_embedding: e.get(
+                (cfg.max_position_embeddings, h),
+                "position_embedding.weight",
+            )?,
+            layers: (0..cfg.num_hidden_layers)
+                .map(|i| {
+                    let l = vb.pp(format!("encoder.layers.{i}"));
+                    Layer::load(h, cfg.num_attention_heads, cfg.intermediate_size, eps, l)
+                })
+                .collect::<candle_core::Result<_>>()?,
+            final_layer_norm: layer_norm(h, eps, vb.pp("final_layer_norm"))?,
+        })
+    }
+
+    /// The last hidden state [batch, seq, hidden] for `input_ids` [batch, seq].
+    pub fn forward(&self, input_ids: &Tensor) -> candle_core::Result<Tensor> {
+        let seq = input_ids.dim(1)?;
+        let mut x = self
+            .token_embedding
+            .forward(input_ids)?
+            .broadcast_add(&self.position_embedding.narrow(0, 0, seq)?)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, true)?;
+        }
+        self.final_layer_norm.forward(&x)
+    }
+}
+
 pub struct ClipSession {
-    text: text_model::ClipTextTransformer,
+    text: TextTower,
     vision: VisionTower,
     text_projection: Linear,
     visual_projection: Linear,
@@ -327,7 +359,7 @@ impl ClipSession {
         cfg.check()?;
         let (vb, params) = crate::load_var_builder(ctx.source, ctx.dtype, &ctx.device)?;
         let build = || -> candle_core::Result<_> {
-            let text = text_model::ClipTextTransformer::new(vb.pp("text_model"), &cfg.text())?;
+            let text = TextTower::load(&cfg.text_config, vb.pp("text_model"))?;
             let vision = VisionTower::load(&cfg.vision_config, vb.pp("vision_model"))?;
             let text_projection = linear_no_bias(
                 cfg.text_config.hidden_size,
@@ -382,7 +414,7 @@ impl ClipSession {
         ids: &[u32],
     ) -> candle_core::Result<Tensor> {
         let input_ids = Tensor::from_slice(ids, (batch, seq_len), &self.device)?;
-        let hidden = self.text.forward_with_mask(&input_ids, usize::MAX)?;
+        let hidden = self.text.forward(&input_ids)?;
         pool_at_eos(&hidden, ids, seq_len, self.eos_token_id)?.apply(&self.text_projection)
     }
 }

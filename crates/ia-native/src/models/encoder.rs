@@ -138,7 +138,12 @@ impl SelfAttention {
     /// for that key (0 attends, transformers' large negative value masks; None attends
     /// everywhere). [`kernels::attention`].
     pub fn forward(&self, x: &Tensor, key_mask: Option<&Tensor>) -> Result<Tensor> {
-        kernels::attention(&self.qkv.forward(x)?, self.heads, key_mask)
+        kernels::attention(&self.qkv.forward(x)?, self.heads, key_mask, false)
+    }
+
+    /// Each query attends to its own and the earlier keys only (CLIP's text tower).
+    pub fn forward_causal(&self, x: &Tensor) -> Result<Tensor> {
+        kernels::attention(&self.qkv.forward(x)?, self.heads, None, true)
     }
 }
 

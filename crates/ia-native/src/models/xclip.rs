@@ -22,7 +22,7 @@ use candle_nn::{
     LayerNorm, Linear, VarBuilder,
 };
 use candle_transformers::models::clip::text_model::ClipEncoder;
-use candle_transformers::models::clip::text_model::{self, Activation};
+use candle_transformers::models::clip::text_model::Activation;
 use candle_transformers::models::clip::{vision_model, EncoderConfig};
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
 use serde::Deserialize;
@@ -391,7 +391,7 @@ impl Integration {
 }
 
 struct Model {
-    text: text_model::ClipTextTransformer,
+    text: clip::TextTower,
     vision: VisionTower,
     visual_projection: Linear,
     text_projection: Linear,
@@ -407,10 +407,7 @@ impl Model {
         let v = &cfg.vision_config;
         let p = cfg.projection_dim;
         Ok(Self {
-            text: text_model::ClipTextTransformer::new(
-                vb.pp("text_model"),
-                &cfg.text_config.tower(p),
-            )?,
+            text: clip::TextTower::load(&cfg.text_config, vb.pp("text_model"))?,
             vision: VisionTower::load(v, vb.pp("vision_model"))?,
             visual_projection: linear_no_bias(v.hidden_size, p, vb.pp("visual_projection"))?,
             text_projection: linear_no_bias(
@@ -466,7 +463,7 @@ impl Model {
     ) -> candle_core::Result<(Tensor, Tensor)> {
         let videos = video.dim(0)?;
         let input_ids = Tensor::from_slice(ids, (texts, seq_len), video.device())?;
-        let hidden = self.text.forward_with_mask(&input_ids, usize::MAX)?;
+        let hidden = self.text.forward(&input_ids)?;
         // XCLIPTextModel forces the legacy pooling: the highest id ends the text.
         let text = clip::pool_at_eos(&hidden, ids, seq_len, 2)?
             .apply(&self.text_projection)?
