@@ -4,9 +4,10 @@
 //! bf16 per product; products accumulate in f32 and everything around them (bias, GELU,
 //! residual, norms, softmax) stays f32 — what oneDNN does for OpenVINO's bf16.
 //!
-//! Both kernels read the same layouts ([`PackedBf16`], [`Activations`]): a row of AMX's
-//! weight tile (16 columns x a pair of inputs) is exactly the 512-bit operand of
-//! `vdpbf16ps`, and a pair of one row's activations is its broadcast operand.
+//! All three backends read the same packed weights ([`PackedBf16`]): a row of AMX's weight
+//! tile (16 columns x a pair of inputs) is exactly the 512-bit operand of `vdpbf16ps`, and a
+//! pair of one row's activations in AMX's tile layout is its broadcast operand; the expanded
+//! kernel takes the activations as rounded f32 rows instead ([`Activations`]).
 //!
 //! - AMX: the tile instructions have no stable intrinsics, so the kernel is a few lines of
 //!   inline assembly: one 32 x 32 block of the output (four 16 x 16 f32 tiles) per pass over
@@ -66,11 +67,15 @@ pub fn backend() -> Option<Backend> {
                 None
             }
         };
-        match (forced, runs.as_slice()) {
-            (Some(b), _) if runs.contains(&b) => Some(b),
-            (_, []) => None,
-            (_, [Backend::Amx, ..]) if forced.is_none() => Some(Backend::Amx),
-            _ => Some(faster_vector_kernel()),
+        // A forced backend the CPU lacks is ignored like an unknown one; the vector kernels
+        // are timed only where the CPU runs them.
+        if let Some(b) = forced.filter(|b| runs.contains(b)) {
+            Some(b)
+        } else if runs.contains(&Backend::Amx) {
+            Some(Backend::Amx)
+        } else {
+            runs.contains(&Backend::Avx512Bf16)
+                .then(faster_vector_kernel)
         }
     })
 }
@@ -114,19 +119,15 @@ fn faster_vector_kernel() -> Backend {
             best[i] = best[i].min(start.elapsed().as_secs_f64());
         }
     }
-    let chosen = if best[1] < best[0] {
-        Backend::Expanded
-    } else {
-        Backend::Avx512Bf16
-    };
+    let (won, lost) = if best[1] < best[0] { (1, 0) } else { (0, 1) };
     tracing::debug!(
         "bf16 products: {} ({:.1} us) against {} ({:.1} us)",
-        chosen.as_str(),
-        best[(chosen == Backend::Expanded) as usize] * 1e6,
-        kernels[(chosen != Backend::Expanded) as usize].as_str(),
-        best[(chosen != Backend::Expanded) as usize] * 1e6,
+        kernels[won].as_str(),
+        best[won] * 1e6,
+        kernels[lost].as_str(),
+        best[lost] * 1e6,
     );
-    chosen
+    kernels[won]
 }
 
 /// Whether bf16 products run here ([`backend`]).
@@ -505,7 +506,7 @@ mod amx {
         // while every column pair runs over them, instead of streaming once per column pair.
         let rows_per_pass = (ACTIVATION_BYTES_PER_PASS / (a.k_padded * 2)).max(32) / 32 * 32;
         // SAFETY: the tile state was granted (`available()` is checked by the caller); every
-        // tile load reads 1 KiB inside `a.data` (tile `step` of row block r / 16) or inside a
+        // tile load reads 1 KiB inside `a.tiles()` (tile `step` of row block r / 16) or inside a
         // panel of `w.values()`, and every tile load and store of the output touches 16 rows of 16
         // f32 inside the caller's rows_padded x cols of `out`.
         unsafe {

@@ -130,6 +130,15 @@ fn with_candle(
     finish_with_candle(x.broadcast_matmul(weight_t)?, bias, act, residual)
 }
 
+/// `act(y)` in candle's operations (the fallbacks' activation).
+pub(super) fn activate_with_candle(y: Tensor, act: Activation) -> Result<Tensor> {
+    match act {
+        Activation::Identity => Ok(y),
+        Activation::GeluErf => y.gelu_erf(),
+        Activation::QuickGelu => &y * candle_nn::ops::sigmoid(&(&y * 1.702)?)?,
+    }
+}
+
 /// The kernels' epilogue in candle's operations: `act(y + bias) + residual`.
 fn finish_with_candle(
     mut y: Tensor,
@@ -140,11 +149,7 @@ fn finish_with_candle(
     if let Some(b) = bias {
         y = y.broadcast_add(b)?;
     }
-    match act {
-        Activation::Identity => {}
-        Activation::GeluErf => y = y.gelu_erf()?,
-        Activation::QuickGelu => y = (&y * candle_nn::ops::sigmoid(&(&y * 1.702)?)?)?,
-    }
+    y = activate_with_candle(y, act)?;
     match residual {
         Some(r) => y + r,
         None => Ok(y),
@@ -214,8 +219,8 @@ impl Linear<'_> {
             return Ok((CpuStorage::F32(out), Shape::from((m, n))));
         }
         let threads = rayon::current_num_threads().max(1);
-        // Blocks of whole panels (16 columns: one AVX-512 register; 32 for the bf16 kernels' two panels),
-        // one or more per thread.
+        // Blocks of whole panels (16 columns: one AVX-512 register; 32 for the bf16 kernels'
+        // two panels), one or more per thread.
         let width = n.div_ceil(threads).div_ceil(align) * align;
         let dst = SharedOut(out.as_mut_ptr());
         let isa = isa();
@@ -306,19 +311,7 @@ fn epilogue_body(row: &mut [f32], bias: Option<&[f32]>, act: Activation, residua
             *o += b;
         }
     }
-    match act {
-        Activation::Identity => {}
-        Activation::GeluErf => {
-            for o in row.iter_mut() {
-                *o = math::gelu_erf(*o);
-            }
-        }
-        Activation::QuickGelu => {
-            for o in row.iter_mut() {
-                *o = math::quick_gelu(*o);
-            }
-        }
-    }
+    activate_body(row, act);
     if let Some(residual) = residual {
         for (o, &r) in row.iter_mut().zip(residual) {
             *o += r;
@@ -327,6 +320,16 @@ fn epilogue_body(row: &mut [f32], bias: Option<&[f32]>, act: Activation, residua
 }
 
 multiversion!(fn epilogue(row: &mut [f32], bias: Option<&[f32]>, act: Activation, residual: Option<&[f32]>) => epilogue_body);
+
+/// `act` of every element, inlined into the kernels' passes.
+#[inline(always)]
+pub(super) fn activate_body(row: &mut [f32], act: Activation) {
+    match act {
+        Activation::Identity => {}
+        Activation::GeluErf => row.iter_mut().for_each(|o| *o = math::gelu_erf(*o)),
+        Activation::QuickGelu => row.iter_mut().for_each(|o| *o = math::quick_gelu(*o)),
+    }
+}
 
 /// transformers' "gelu" (the erf form) of every element, vectorised (candle's calls libm's
 /// erf per element); other dtypes and devices through candle.
@@ -506,10 +509,7 @@ mod tests {
                         .unwrap()
                         .to_dtype(candle_core::DType::F32)
                         .unwrap();
-                    let want = match act {
-                        Activation::GeluErf => want.gelu_erf().unwrap(),
-                        Activation::Identity | Activation::QuickGelu => want.clone(),
-                    };
+                    let want = activate_with_candle(want.clone(), act).unwrap();
                     assert_eq!(got.dims(), want.dims());
                     let d = crate::kernels::max_abs_diff(&got, &want);
                     assert!(d < 1e-4, "{dtype:?} {act:?} {frames}x{channels}: {d}");
@@ -568,8 +568,8 @@ mod tests {
         }
     }
 
-    /// bf16 weights on either bf16 backend stay within bf16's rounding of the f32 layer, with the same bias,
-    /// GELU and residual: each operand rounds by up to 2^-9 relative, so a sum of k unit
+    /// bf16 weights on the bf16 backend here stay within bf16's rounding of the f32 layer, with
+    /// the same bias, GELU and residual: each operand rounds by up to 2^-9 relative, so a sum of k unit
     /// products errs by about 0.003 sqrt(k); the bound is 10 of those (the exact check of the
     /// products is bf16.rs's test).
     #[test]

@@ -3,8 +3,8 @@
 //! channel variances around them, then normalise, scale, shift and activate. candle's steps
 //! make about ten passes, and reduce over the strided frame dimension.
 
-use super::linear::Activation;
-use super::{applies, isa, math, multiversion};
+use super::linear::{activate_body, activate_with_candle, Activation};
+use super::{applies, isa, multiversion};
 use candle_core::{Result, Tensor};
 
 /// `act((x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c)` for `x` [frames, channels],
@@ -29,11 +29,7 @@ pub fn channel_norm_frames(
             .broadcast_div(&(var + eps)?.sqrt()?)?
             .broadcast_mul(weight)?
             .broadcast_add(bias)?;
-        return match act {
-            Activation::Identity => Ok(y),
-            Activation::GeluErf => y.gelu_erf(),
-            Activation::QuickGelu => &y * candle_nn::ops::sigmoid(&(&y * 1.702)?)?,
-        };
+        return activate_with_candle(y, act);
     }
     let mut values = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     let (weight, bias) = (weight.to_vec1::<f32>()?, bias.to_vec1::<f32>()?);
@@ -105,11 +101,7 @@ fn scale_shift_body(chunk: &mut [f32], scale: &[f32], shift: &[f32], act: Activa
         for ((y, &s), &t) in row.iter_mut().zip(scale).zip(shift) {
             *y = y.mul_add(s, t);
         }
-        match act {
-            Activation::Identity => {}
-            Activation::GeluErf => row.iter_mut().for_each(|y| *y = math::gelu_erf(*y)),
-            Activation::QuickGelu => row.iter_mut().for_each(|y| *y = math::quick_gelu(*y)),
-        }
+        activate_body(row, act);
     }
 }
 

@@ -201,12 +201,11 @@ impl VisionTower {
             )?,
             position_embedding: e.get((positions, h), "position_embedding.weight")?,
             pre_layrnorm: layer_norm(h, eps, vb.pp("pre_layrnorm"))?,
-            layers: (0..cfg.num_hidden_layers)
-                .map(|i| {
-                    let l = vb.pp(format!("encoder.layers.{i}"));
-                    Layer::load(h, cfg.num_attention_heads, cfg.intermediate_size, eps, l)
-                })
-                .collect::<candle_core::Result<_>>()?,
+            layers: Layer::load_encoder(
+                cfg.num_hidden_layers,
+                (h, cfg.num_attention_heads, cfg.intermediate_size, eps),
+                &vb,
+            )?,
             post_layernorm: layer_norm(h, eps, vb.pp("post_layernorm"))?,
         })
     }
@@ -254,12 +253,21 @@ impl VisionTower {
 }
 
 impl Layer {
+    /// A tower's `count` layers under `vb`'s `encoder.layers`, each (hidden, heads,
+    /// intermediate, layer norm eps) = `dims`.
+    fn load_encoder(
+        count: usize,
+        dims: (usize, usize, usize, f64),
+        vb: &VarBuilder,
+    ) -> candle_core::Result<Vec<Self>> {
+        (0..count)
+            .map(|i| Self::load(dims, vb.pp(format!("encoder.layers.{i}"))))
+            .collect()
+    }
+
     /// transformers' `CLIPEncoderLayer` under `vb`.
     fn load(
-        h: usize,
-        heads: usize,
-        intermediate: usize,
-        eps: f64,
+        (h, heads, intermediate, eps): (usize, usize, usize, f64),
         vb: VarBuilder,
     ) -> candle_core::Result<Self> {
         let qkv = [("q_proj", true), ("k_proj", true), ("v_proj", true)];
@@ -317,12 +325,11 @@ impl TextTower {
                 (cfg.max_position_embeddings, h),
                 "position_embedding.weight",
             )?,
-            layers: (0..cfg.num_hidden_layers)
-                .map(|i| {
-                    let l = vb.pp(format!("encoder.layers.{i}"));
-                    Layer::load(h, cfg.num_attention_heads, cfg.intermediate_size, eps, l)
-                })
-                .collect::<candle_core::Result<_>>()?,
+            layers: Layer::load_encoder(
+                cfg.num_hidden_layers,
+                (h, cfg.num_attention_heads, cfg.intermediate_size, eps),
+                &vb,
+            )?,
             final_layer_norm: layer_norm(h, eps, vb.pp("final_layer_norm"))?,
         })
     }

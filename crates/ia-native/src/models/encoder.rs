@@ -11,8 +11,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Activation, VarBuilder};
 
 /// How an encoder's linear layers multiply: in the dtype the weights were loaded in, or
-/// (`--precision bf16` on a CPU with AMX or AVX512-BF16) in bf16 with f32 accumulation, the rest of the
-/// model in f32 ([`kernels::bf16`]).
+/// (`--precision bf16` on a CPU with AMX or AVX512-BF16) in bf16 with f32 accumulation, the
+/// rest of the model in f32 ([`kernels::bf16`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Products {
     #[default]

@@ -21,8 +21,8 @@ use candle_nn::{
     conv2d_no_bias, embedding, layer_norm, linear, linear_no_bias, Conv2d, Conv2dConfig, Embedding,
     LayerNorm, Linear, VarBuilder,
 };
-use candle_transformers::models::clip::text_model::ClipEncoder;
 use candle_transformers::models::clip::text_model::Activation;
+use candle_transformers::models::clip::text_model::ClipEncoder;
 use candle_transformers::models::clip::{vision_model, EncoderConfig};
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
 use serde::Deserialize;
