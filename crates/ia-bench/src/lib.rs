@@ -413,7 +413,12 @@ pub fn measure(
         Precision::F32 | Precision::F16 | Precision::Bf16
     );
     if let Outcome::Measured(m) = &mut outcome {
-        if let (Some(g), true) = (m.generation.as_mut(), quantised) {
+        // A checkpoint that is only a .gguf file has no f32 weights to agree with.
+        let has_f32 = match &combo.model.source {
+            ia_models::ModelSource::Checkpoint(c) => !c.safetensors.is_empty(),
+            ia_models::ModelSource::RandomInit { .. } => true,
+        };
+        if let (Some(g), true, true) = (m.generation.as_mut(), quantised, has_f32) {
             // Loads the model twice more, so after the timed model is gone.
             match greedy_agreement(engine, combo) {
                 Ok(a) => g.greedy_agreement_vs_f32 = Some(a),

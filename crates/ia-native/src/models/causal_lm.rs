@@ -1,7 +1,8 @@
 //! Decoder-only text generation behind `TextGenerator`: LLaMA, Mistral, Qwen2 and Qwen3 go to
-//! [`decoder`](super::decoder) (a KV cache per sequence), in f32, bf16, q8_0 or q4_k; OPT and
-//! .gguf files are here, each with one KV cache for the batch: the prompt is run once (prefill), then one
-//! token per step.
+//! [`decoder`](super::decoder) (a KV cache per sequence), in f32, bf16, q8_0 or q4_k (from a
+//! safetensors checkpoint or a .gguf file of Q8_0/Q4_K blocks); OPT, other .gguf files and
+//! quantised models off the CPU are here, each with one KV cache for the batch: the prompt is
+//! run once (prefill), then one token per step.
 
 use super::{decoder, opt, parse_config, quantized, LoadContext};
 use crate::rt;
@@ -37,18 +38,23 @@ impl CausalLm {
             .unwrap_or_default()
             .to_string();
         let llama_family = matches!(model_type.as_str(), "llama" | "mistral" | "qwen2" | "qwen3");
-        // q8_0 and q4_k of a safetensors checkpoint run in our decoder, on our quantised kernel
-        // (a batched prefill, continuous batching); .gguf files, and other devices, go to
-        // candle's quantised models.
-        if llama_family
-            && quantized::ggml_dtype(ctx.info.precision).is_some()
-            && ctx.device.is_cpu()
-            && quantized::gguf_file_in(ctx.source).is_none()
-        {
-            return decoder::Decoder::load(ctx);
-        }
+        // q8_0 and q4_k run in our decoder, on our quantised kernel (a batched prefill,
+        // continuous batching): a safetensors checkpoint quantised at load, or a .gguf file
+        // of Q8_0 and Q4_K blocks. Other .gguf files, and other devices, go to candle's
+        // quantised models.
         if quantized::ggml_dtype(ctx.info.precision).is_some() {
-            let q = quantized::load(ctx.source, ctx.info.precision, &ctx.device)?;
+            let native = llama_family && ctx.device.is_cpu();
+            if native && quantized::gguf_file_in(ctx.source).is_none() {
+                return decoder::Decoder::load(ctx);
+            }
+            let file = quantized::GgufFile::for_precision(ctx.source, ctx.info.precision)?;
+            if native {
+                match file.native_refusal() {
+                    None => return decoder::Decoder::load_gguf(ctx, &file),
+                    Some(why) => tracing::info!("{why}: the file runs in candle's model"),
+                }
+            }
+            let q = file.into_candle(&ctx.device)?;
             let mut info = ctx.info;
             info.parameter_count = q.parameter_count;
             info.output_names = vec!["logits".into()];

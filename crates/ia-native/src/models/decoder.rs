@@ -14,7 +14,7 @@
 //! biases and attention stay f32. The same ragged batch therefore runs a quantised prefill as
 //! one product per projection, as the f32 one does.
 
-use super::LoadContext;
+use super::{quantized, LoadContext};
 use crate::kernels::{
     self,
     quant::{Format, QuantMatrix},
@@ -259,24 +259,64 @@ impl Config {
 }
 
 /// How the projections hold their weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub(crate) enum Storage {
     /// As loaded (the session's dtype), multiplied by candle.
     AsLoaded,
     /// Blocks of this format, multiplied by our quantised kernel (CPU, f32 activations).
     Quantised(Format),
+    /// A .gguf file's Q8_0 and Q4_K matrices by tensor name, multiplied by our quantised
+    /// kernel; the file's other matrices are f32 in the VarBuilder.
+    Blocks(Arc<HashMap<String, Arc<QuantMatrix>>>),
 }
 
 impl Storage {
     /// The format a matrix with rows of `inputs` takes: llama.cpp's choice for rows that are
     /// not whole Q4_K super-blocks is Q8_0, and f32 for rows that are not whole Q8_0 blocks.
-    fn format_for(self, inputs: usize) -> Option<Format> {
-        let Storage::Quantised(format) = self else {
+    fn format_for(&self, inputs: usize) -> Option<Format> {
+        let Storage::Quantised(format) = *self else {
             return None;
         };
         [format, Format::Q8_0]
             .into_iter()
             .find(|f| inputs.is_multiple_of(f.row_multiple()))
+    }
+
+    /// The quantised matrix `outputs x inputs` named `weight` under `vb`: quantised here from
+    /// the VarBuilder's values, or a .gguf file's blocks; None where the matrix stays as
+    /// loaded.
+    fn matrix(
+        &self,
+        inputs: usize,
+        outputs: usize,
+        vb: &VarBuilder,
+    ) -> candle_core::Result<Option<Arc<QuantMatrix>>> {
+        let m = match self {
+            Storage::AsLoaded => return Ok(None),
+            Storage::Quantised(_) => match self.format_for(inputs) {
+                Some(format) => {
+                    let w = vb.get((outputs, inputs), "weight")?;
+                    Arc::new(QuantMatrix::quantize(&w, format)?)
+                }
+                None => return Ok(None),
+            },
+            Storage::Blocks(blocks) => {
+                let name = format!("{}.weight", vb.prefix());
+                match blocks.get(&name) {
+                    Some(m) => m.clone(),
+                    None => return Ok(None),
+                }
+            }
+        };
+        if (m.outputs(), m.inputs()) != (outputs, inputs) {
+            candle_core::bail!(
+                "{}.weight is {} x {}, the config makes it {outputs} x {inputs}",
+                vb.prefix(),
+                m.outputs(),
+                m.inputs()
+            )
+        }
+        Ok(Some(m))
     }
 }
 
@@ -320,22 +360,18 @@ fn linear(
     output: usize,
     bias: bool,
     vb: VarBuilder,
-    storage: Storage,
+    storage: &Storage,
 ) -> candle_core::Result<Proj> {
-    let linear = if bias {
-        candle_nn::linear(input, output, vb)?
-    } else {
-        candle_nn::linear_no_bias(input, output, vb)?
-    };
-    Ok(match storage.format_for(input) {
-        None => Proj::Candle(linear),
-        Some(format) => Proj::Quantised {
-            weight: kernels::Weight::Quant(Arc::new(QuantMatrix::quantize(
-                linear.weight(),
-                format,
-            )?)),
-            bias: linear.bias().cloned(),
+    let bias_of = |vb: &VarBuilder| bias.then(|| vb.get(output, "bias")).transpose();
+    Ok(match storage.matrix(input, output, &vb)? {
+        Some(m) => Proj::Quantised {
+            weight: kernels::Weight::Quant(m),
+            bias: bias_of(&vb)?,
         },
+        None => Proj::Candle(Linear::new(
+            vb.get((output, input), "weight")?,
+            bias_of(&vb)?,
+        )),
     })
 }
 
@@ -387,7 +423,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(cfg: &Config, vb: VarBuilder, storage: Storage) -> candle_core::Result<Self> {
+    fn load(cfg: &Config, vb: VarBuilder, storage: &Storage) -> candle_core::Result<Self> {
         let (h, kv, d) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
         let qkv_bias = cfg.qkv_bias();
         let qwen3 = cfg.head_norms();
@@ -507,7 +543,7 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(cfg: &Config, vb: VarBuilder, storage: Storage) -> candle_core::Result<Self> {
+    fn load(cfg: &Config, vb: VarBuilder, storage: &Storage) -> candle_core::Result<Self> {
         let (w, i, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         Ok(Self {
             gate_proj: linear(w, i, b, vb.pp("gate_proj"), storage)?,
@@ -626,21 +662,21 @@ impl Weights {
         cfg: &Config,
         m: VarBuilder,
         head: VarBuilder,
-        storage: Storage,
+        storage: &Storage,
     ) -> candle_core::Result<Self> {
-        let table = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
+        let (vocab, hidden) = (cfg.vocab_size, cfg.hidden_size);
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let l = m.pp(format!("layers.{i}"));
                 Ok(Layer {
                     input_layernorm: candle_nn::rms_norm(
-                        cfg.hidden_size,
+                        hidden,
                         cfg.rms_norm_eps,
                         l.pp("input_layernorm"),
                     )?,
                     self_attn: Attention::load(cfg, l.pp("self_attn"), storage)?,
                     post_attention_layernorm: candle_nn::rms_norm(
-                        cfg.hidden_size,
+                        hidden,
                         cfg.rms_norm_eps,
                         l.pp("post_attention_layernorm"),
                     )?,
@@ -648,32 +684,23 @@ impl Weights {
                 })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let norm = candle_nn::rms_norm(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
-        let (embed_tokens, lm_head) = match storage.format_for(cfg.hidden_size) {
-            None => {
-                let lm_head = if cfg.tied_head() {
-                    Linear::new(table.embeddings().clone(), None)
-                } else {
-                    candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, head)?
-                };
-                (TokenEmbeddings::Table(table), Proj::Candle(lm_head))
+        let norm = candle_nn::rms_norm(hidden, cfg.rms_norm_eps, m.pp("norm"))?;
+        // As llama.cpp's quantised files do, the embeddings are quantised too; a tied head
+        // multiplies by the very same blocks.
+        let embed = m.pp("embed_tokens");
+        let embed_tokens = match storage.matrix(hidden, vocab, &embed)? {
+            Some(q) => TokenEmbeddings::Quantised(q),
+            None => TokenEmbeddings::Table(candle_nn::embedding(vocab, hidden, embed)?),
+        };
+        let lm_head = match (&embed_tokens, cfg.tied_head()) {
+            (TokenEmbeddings::Quantised(q), true) => Proj::Quantised {
+                weight: kernels::Weight::Quant(q.clone()),
+                bias: None,
+            },
+            (TokenEmbeddings::Table(t), true) => {
+                Proj::Candle(Linear::new(t.embeddings().clone(), None))
             }
-            // As llama.cpp's quantised files do, the embeddings are quantised too; a tied head
-            // multiplies by the very same blocks.
-            Some(format) => {
-                let embeddings = Arc::new(QuantMatrix::quantize(table.embeddings(), format)?);
-                let head = if cfg.tied_head() {
-                    embeddings.clone()
-                } else {
-                    let w = head.get((cfg.vocab_size, cfg.hidden_size), "weight")?;
-                    Arc::new(QuantMatrix::quantize(&w, format)?)
-                };
-                let lm_head = Proj::Quantised {
-                    weight: kernels::Weight::Quant(head),
-                    bias: None,
-                };
-                (TokenEmbeddings::Quantised(embeddings), lm_head)
-            }
+            (_, false) => linear(hidden, vocab, false, head, storage)?,
         };
         Ok(Self {
             embed_tokens,
@@ -724,8 +751,25 @@ impl Decoder {
         let cfg = Config::from_json(ctx.source.config())?;
         let storage = Self::storage(&ctx)?;
         let (weights, info) = ctx.build(&cfg.model_type, &["logits"], |vb| {
-            Weights::load(&cfg, vb.pp("model"), vb.pp("lm_head"), storage)
+            Weights::load(&cfg, vb.pp("model"), vb.pp("lm_head"), &storage)
         })?;
+        Ok(Box::new(Self::new(&cfg, weights, info, &ctx)?))
+    }
+
+    /// The decoder over a .gguf file's weights ([`quantized::GgufFile::native_weights`]):
+    /// the architecture from the checkpoint's config.json, the weights from the file.
+    pub(crate) fn load_gguf(
+        ctx: LoadContext<'_>,
+        file: &quantized::GgufFile,
+    ) -> Result<Box<dyn TextGenerator>, EngineError> {
+        let cfg = Config::from_json(ctx.source.config())?;
+        let file = file.native_weights(cfg.num_attention_heads, cfg.kv_heads())?;
+        let vb = VarBuilder::from_tensors(file.tensors, ctx.dtype, &ctx.device);
+        let storage = Storage::Blocks(Arc::new(file.blocks));
+        let (weights, mut info) = ctx.build_from(vb, &cfg.model_type, &["logits"], |vb| {
+            Weights::load(&cfg, vb.pp("model"), vb.pp("lm_head"), &storage)
+        })?;
+        info.parameter_count = file.parameter_count;
         Ok(Box::new(Self::new(&cfg, weights, info, &ctx)?))
     }
 

@@ -264,7 +264,7 @@ impl Llava {
                     &text,
                     vb.pp(language),
                     vb.pp(head),
-                    decoder::Storage::AsLoaded,
+                    &decoder::Storage::AsLoaded,
                 )?;
                 let newline = anyres
                     .is_some()

@@ -45,6 +45,20 @@ impl LoadContext<'_> {
         build: impl FnOnce(candle_nn::VarBuilder<'static>) -> candle_core::Result<M>,
     ) -> Result<(M, SessionInfo), EngineError> {
         let (vb, params) = crate::load_var_builder(self.source, self.dtype, &self.device)?;
+        let (model, mut info) = self.build_from(vb, arch, outputs, build)?;
+        info.parameter_count = params.load(std::sync::atomic::Ordering::Relaxed);
+        Ok((model, info))
+    }
+
+    /// [`Self::build`] from weights that are not the checkpoint's safetensors (a .gguf
+    /// file's); the caller sets the parameter count.
+    pub(crate) fn build_from<M>(
+        &self,
+        vb: candle_nn::VarBuilder<'static>,
+        arch: &str,
+        outputs: &[&str],
+        build: impl FnOnce(candle_nn::VarBuilder<'static>) -> candle_core::Result<M>,
+    ) -> Result<(M, SessionInfo), EngineError> {
         let model = build(vb).map_err(|e| {
             EngineError::InvalidModel(format!(
                 "cannot build {arch}: {}",
@@ -52,7 +66,6 @@ impl LoadContext<'_> {
             ))
         })?;
         let mut info = self.info.clone();
-        info.parameter_count = params.load(std::sync::atomic::Ordering::Relaxed);
         info.output_names = outputs.iter().map(|o| o.to_string()).collect();
         Ok((model, info))
     }

@@ -781,7 +781,7 @@ impl Qwen2Vl {
                 &text,
                 vb.pp(language),
                 vb.pp("lm_head"),
-                decoder::Storage::AsLoaded,
+                &decoder::Storage::AsLoaded,
             )?;
             Ok((vision, weights))
         })?;
