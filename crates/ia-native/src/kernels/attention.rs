@@ -8,9 +8,7 @@
 //! the second product writes the head's columns of the output rows in place.
 
 use super::math::softmax_body;
-use super::{
-    applies, f32_slice, isa, multiversion, product, row_major, with_f32, SharedOut, Strided,
-};
+use super::{applies, f32_slice, isa, multiversion, product, row_major, with_f32, Output, Strided};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
 /// Attention over `qkv` [batch, seq, 3 * hidden]: each row holds the query, key and value
@@ -118,11 +116,12 @@ impl CustomOp1 for Attention<'_> {
         let (b, s, h3) = layout.shape().dims3()?;
         let (h, heads) = (h3 / 3, self.heads);
         let d = h / heads;
-        let mut out = vec![0f32; b * s * h];
-        if out.is_empty() {
-            return Ok((CpuStorage::F32(out), Shape::from((b, s, h))));
+        if b * s * h == 0 {
+            return Ok((CpuStorage::F32(vec![]), Shape::from((b, s, h))));
         }
-        let dst = SharedOut(out.as_mut_ptr());
+        // Each (sequence, head) task writes its head's columns of its sequence's rows.
+        let mut out = Output::new(b * s * h);
+        let dst = out.ptr();
         let isa = isa();
         let task = |pair: usize| {
             let (seq, head) = (pair / heads, pair % heads);
@@ -173,6 +172,8 @@ impl CustomOp1 for Attention<'_> {
         };
         use rayon::prelude::*;
         (0..b * heads).into_par_iter().for_each(task);
+        // SAFETY: the tasks wrote every element.
+        let out = unsafe { out.assume_init() };
         Ok((CpuStorage::F32(out), Shape::from((b, s, h))))
     }
 }

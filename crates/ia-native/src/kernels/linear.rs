@@ -9,7 +9,7 @@
 use super::bf16::{self, Activations, PackedBf16};
 use super::math;
 use super::quant::{self, QuantMatrix};
-use super::{applies, f32_slice, isa, multiversion, product, row_major, with_f32, SharedOut};
+use super::{applies, f32_slice, isa, multiversion, product, row_major, with_f32, Output};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// The activation a linear layer applies to its output, in the same pass.
@@ -214,15 +214,22 @@ impl Linear<'_> {
         if self.bias.is_some_and(|b| b.len() != n) || residual.is_some_and(|r| r.len() != m * n) {
             candle_core::bail!("linear: bias or residual do not match the {m} x {n} output")
         }
-        let mut out = vec![0f32; m * n];
         if m == 0 || n == 0 {
-            return Ok((CpuStorage::F32(out), Shape::from((m, n))));
+            return Ok((CpuStorage::F32(vec![]), Shape::from((m, n))));
         }
+        // Every block below covers all m rows of its columns, and the blocks cover all n.
+        // gemm and the quantised kernel overwrite them; the bf16 kernels add to zeros (one
+        // pass of the inner dimension after another), and gemm over k = 0 inputs may write
+        // nothing.
+        let mut out = match (k, self.weight) {
+            (0, _) | (_, Weights::Bf16(_)) => Output::zeroed(m * n),
+            _ => Output::new(m * n),
+        };
         let threads = rayon::current_num_threads().max(1);
         // Blocks of whole panels (16 columns: one AVX-512 register; 32 for the bf16 kernels'
         // two panels), one or more per thread.
         let width = n.div_ceil(threads).div_ceil(align) * align;
-        let dst = SharedOut(out.as_mut_ptr());
+        let dst = out.ptr();
         let isa = isa();
         let activations = match self.weight {
             Weights::Bf16(p) => Some(Activations::convert(x, m, p)),
@@ -300,6 +307,8 @@ impl Linear<'_> {
             use rayon::prelude::*;
             starts.into_par_iter().for_each(block);
         }
+        // SAFETY: every element was written above.
+        let out = unsafe { out.assume_init() };
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }

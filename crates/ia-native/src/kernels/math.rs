@@ -89,6 +89,20 @@ fn max_of(row: &[f32]) -> f32 {
     m
 }
 
+/// The sum of `f(v)` over the row, in [`LANES`] partial sums.
+#[inline(always)]
+pub(super) fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += f(v);
+        }
+    }
+    rest.iter().map(|&v| f(v)).sum::<f32>() + acc.iter().sum::<f32>()
+}
+
 /// In place: `row = softmax(row)` (the row is not empty).
 #[inline(always)]
 pub(super) fn softmax_body(row: &mut [f32]) {

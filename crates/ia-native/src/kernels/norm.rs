@@ -1,11 +1,179 @@
-//! GroupNorm with one group per channel over channels-last frames (Wav2Vec2's first
-//! feature-encoder layer), with its GELU, in three passes over the frames: channel means,
-//! channel variances around them, then normalise, scale, shift and activate. candle's steps
-//! make about ten passes, and reduce over the strided frame dimension.
+//! Normalisations.
+//!
+//! - [`LayerNorm`] and [`RmsNorm`] over the last dimension, as transformers' `nn.LayerNorm` and
+//!   LLaMA's RMSNorm: each row in one task, its sums in vector lanes, the variance around the
+//!   mean (a second pass over a row in cache) rather than candle's E[x^2] - mean^2, and the
+//!   scale and shift in the same task. candle's kernel sums each row serially, one dependent
+//!   add after another.
+//! - [`channel_norm_frames`]: GroupNorm with one group per channel over channels-last frames
+//!   (Wav2Vec2's first feature-encoder layer), with its GELU, in three passes over the frames:
+//!   channel means, channel variances around them, then normalise, scale, shift and activate.
+//!   candle's steps make about ten passes, and reduce over the strided frame dimension.
 
 use super::linear::{activate_body, activate_with_candle, Activation};
-use super::{applies, isa, multiversion};
-use candle_core::{Result, Tensor};
+use super::math::lane_sum;
+use super::{applies, f32_slice, isa, multiversion, with_f32};
+use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
+use candle_nn::VarBuilder;
+
+/// transformers' `nn.LayerNorm(size, eps)` over the last dimension (`weight` and `bias` under
+/// its VarBuilder). f32 on the CPU runs the kernel; elsewhere candle's.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    norm: RowNorm,
+}
+
+impl LayerNorm {
+    pub fn load(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm: RowNorm {
+                weight: vb.get(size, "weight")?,
+                bias: Some(vb.get(size, "bias")?),
+                eps,
+            },
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.norm.forward(x)
+    }
+}
+
+/// LLaMA's RMSNorm over the last dimension: x / sqrt(mean(x^2) + eps) * weight (`weight` under
+/// its VarBuilder). f32 on the CPU runs the kernel; elsewhere candle's.
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    norm: RowNorm,
+}
+
+impl RmsNorm {
+    pub fn load(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm: RowNorm {
+                weight: vb.get(size, "weight")?,
+                bias: None,
+                eps,
+            },
+        })
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.norm.forward(x)
+    }
+}
+
+/// Layer norm with a bias, RMS norm without (the rows are centred only with one).
+#[derive(Clone, Debug)]
+struct RowNorm {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    eps: f64,
+}
+
+impl RowNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let size = self.weight.dim(0)?;
+        if x.dims().last() != Some(&size) {
+            candle_core::bail!("norm of {size} values over rows of {:?}", x.dims())
+        }
+        if !applies(x) || !applies(&self.weight) || !self.bias.as_ref().is_none_or(applies) {
+            return self.with_candle(x);
+        }
+        let x = x.contiguous()?;
+        with_f32("norm", &self.weight, |weight| match &self.bias {
+            Some(bias) => with_f32("norm", bias, |bias| {
+                x.apply_op1_no_bwd(&RowNormOp {
+                    weight,
+                    bias: Some(bias),
+                    eps: self.eps as f32,
+                })
+            }),
+            None => x.apply_op1_no_bwd(&RowNormOp {
+                weight,
+                bias: None,
+                eps: self.eps as f32,
+            }),
+        })
+    }
+
+    /// candle_nn's layer norm and RMS norm (other devices and types).
+    fn with_candle(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.bias {
+            Some(bias) => {
+                candle_nn::LayerNorm::new(self.weight.clone(), bias.clone(), self.eps).forward(x)
+            }
+            None => candle_nn::RmsNorm::new(self.weight.clone(), self.eps).forward(x),
+        }
+    }
+}
+
+struct RowNormOp<'a> {
+    weight: &'a [f32],
+    bias: Option<&'a [f32]>,
+    eps: f32,
+}
+
+impl CustomOp1 for RowNormOp<'_> {
+    fn name(&self) -> &'static str {
+        "norm"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(self.name(), storage, layout)?;
+        let size = self.weight.len();
+        let mut out = vec![0f32; x.len()];
+        let isa = isa();
+        let norm = |(x, out): (&[f32], &mut [f32])| {
+            normalise_rows(isa, x, out, self.weight, self.bias, self.eps)
+        };
+        // Rows per task: a few tasks per thread, and whole rows.
+        let rows = x.len() / size.max(1);
+        let per_task = rows.div_ceil(4 * rayon::current_num_threads()).max(16);
+        if rows <= per_task {
+            norm((x, &mut out));
+        } else {
+            use rayon::prelude::*;
+            x.par_chunks(per_task * size)
+                .zip(out.par_chunks_mut(per_task * size))
+                .for_each(norm);
+        }
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// Each row of `x` normalised into `out`. With a bias (layer norm): centred, scaled to unit
+/// variance, times `weight` plus `bias`. Without (RMS norm): scaled to unit mean square, times
+/// `weight`.
+#[inline(always)]
+fn normalise_rows_body(x: &[f32], out: &mut [f32], weight: &[f32], bias: Option<&[f32]>, eps: f32) {
+    let n = weight.len();
+    for (row, out) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let mean = match bias {
+            Some(_) => lane_sum(row, |v| v) / n as f32,
+            None => 0.0,
+        };
+        let var = lane_sum(row, |v| (v - mean) * (v - mean)) / n as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        match bias {
+            Some(bias) => {
+                for (((o, &v), &w), &b) in out.iter_mut().zip(row).zip(weight).zip(bias) {
+                    *o = ((v - mean) * inv).mul_add(w, b);
+                }
+            }
+            None => {
+                for ((o, &v), &w) in out.iter_mut().zip(row).zip(weight) {
+                    *o = v * inv * w;
+                }
+            }
+        }
+    }
+}
+
+multiversion!(fn normalise_rows(x: &[f32], out: &mut [f32], weight: &[f32], bias: Option<&[f32]>, eps: f32) => normalise_rows_body);
 
 /// `act((x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c)` for `x` [frames, channels],
 /// mean and (biased) variance of each channel over the frames, as transformers'
@@ -110,7 +278,84 @@ multiversion!(fn scale_shift(chunk: &mut [f32], scale: &[f32], shift: &[f32], ac
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Isa;
     use candle_core::{DType, Device};
+
+    /// Layer norm and RMS norm against the f64 formula, on every ISA, over row widths with
+    /// and without a partial lane block, one row and enough rows to split between threads,
+    /// rows with a large offset (where E[x^2] - mean^2 loses digits).
+    #[test]
+    fn row_norms_equal_the_f64_formula() {
+        let dev = Device::Cpu;
+        for (rows, size) in [(1, 7), (3, 64), (517, 100), (64, 768)] {
+            let x = Tensor::randn(0f32, 1.0, (rows, size), &dev)
+                .unwrap()
+                .affine(2.0, 100.0)
+                .unwrap();
+            let w = Tensor::randn(0f32, 1.0, size, &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, size, &dev).unwrap();
+            let (x64, w64, b64) = [&x, &w, &b].map(|t| t.to_dtype(DType::F64).unwrap()).into();
+            let centred = x64.broadcast_sub(&x64.mean_keepdim(1).unwrap()).unwrap();
+            let layer_want = centred
+                .broadcast_div(
+                    &(centred.sqr().unwrap().mean_keepdim(1).unwrap() + 1e-5)
+                        .unwrap()
+                        .sqrt()
+                        .unwrap(),
+                )
+                .unwrap()
+                .broadcast_mul(&w64)
+                .unwrap()
+                .broadcast_add(&b64)
+                .unwrap();
+            let rms_want = x64
+                .broadcast_div(
+                    &(x64.sqr().unwrap().mean_keepdim(1).unwrap() + 1e-5)
+                        .unwrap()
+                        .sqrt()
+                        .unwrap(),
+                )
+                .unwrap()
+                .broadcast_mul(&w64)
+                .unwrap();
+            let layer = RowNorm {
+                weight: w.clone(),
+                bias: Some(b.clone()),
+                eps: 1e-5,
+            };
+            let rms = RowNorm {
+                weight: w.clone(),
+                bias: None,
+                eps: 1e-5,
+            };
+            let f32s = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+                if isa > Isa::detected() {
+                    continue;
+                }
+                let run = |norm: &RowNorm| {
+                    let mut out = vec![0f32; rows * size];
+                    let x = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    let weight = norm.weight.to_vec1::<f32>().unwrap();
+                    let bias = norm.bias.as_ref().map(|b| b.to_vec1::<f32>().unwrap());
+                    normalise_rows(isa, &x, &mut out, &weight, bias.as_deref(), 1e-5);
+                    Tensor::from_vec(out, (rows, size), &dev).unwrap()
+                };
+                let d = crate::kernels::max_abs_diff(&run(&layer), &f32s(&layer_want));
+                assert!(d < 1e-4, "layer norm {rows}x{size} {isa:?}: {d}");
+                let d = crate::kernels::max_abs_diff(&run(&rms), &f32s(&rms_want));
+                assert!(d < 1e-4, "rms norm {rows}x{size} {isa:?}: {d}");
+            }
+            // The op (threads, shapes) and candle's fallback on the same input.
+            let d = crate::kernels::max_abs_diff(&layer.forward(&x).unwrap(), &f32s(&layer_want));
+            assert!(d < 1e-4, "layer norm op {rows}x{size}: {d}");
+            let d = crate::kernels::max_abs_diff(&rms.forward(&x).unwrap(), &f32s(&rms_want));
+            assert!(d < 1e-4, "rms norm op {rows}x{size}: {d}");
+            let fallback = rms.with_candle(&x).unwrap();
+            let d = crate::kernels::max_abs_diff(&fallback, &f32s(&rms_want));
+            assert!(d < 1e-4, "rms norm candle {rows}x{size}: {d}");
+        }
+    }
 
     /// The kernel equals candle's steps (the fallback, run in f64), with and without GELU,
     /// on a frame count that leaves a partial last task.

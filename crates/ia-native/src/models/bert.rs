@@ -11,9 +11,10 @@
 
 use super::encoder::{Dense, Products, SelfAttention};
 use super::{parse_config, LoadContext};
+use crate::kernels::LayerNorm;
 use crate::{rt, CandleOutput};
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{embedding, layer_norm, Activation, Embedding, LayerNorm, VarBuilder};
+use candle_nn::{embedding, Activation, Embedding, VarBuilder};
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
 use serde::Deserialize;
 
@@ -53,7 +54,7 @@ impl Embeddings {
                 cfg.hidden_size,
                 vb.pp("token_type_embeddings"),
             )?,
-            layer_norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+            layer_norm: LayerNorm::load(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
         })
     }
 
@@ -90,7 +91,7 @@ impl Layer {
                 products,
             )?,
             attention_output: Dense::load(h, h, vb.pp("attention.output.dense"), products)?,
-            attention_norm: layer_norm(h, eps, vb.pp("attention.output.LayerNorm"))?,
+            attention_norm: LayerNorm::load(h, eps, vb.pp("attention.output.LayerNorm"))?,
             intermediate: Dense::load(
                 h,
                 cfg.intermediate_size,
@@ -99,7 +100,7 @@ impl Layer {
             )?,
             act: cfg.hidden_act,
             output: Dense::load(cfg.intermediate_size, h, vb.pp("output.dense"), products)?,
-            output_norm: layer_norm(h, eps, vb.pp("output.LayerNorm"))?,
+            output_norm: LayerNorm::load(h, eps, vb.pp("output.LayerNorm"))?,
         })
     }
 

@@ -8,11 +8,10 @@
 //! are waveforms at the feature extractor's rate (48 kHz); the features are computed inside.
 
 use super::LoadContext;
+use crate::kernels::LayerNorm;
 use crate::{rt, CandleOutput};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
-use candle_nn::{
-    conv2d, layer_norm, linear, linear_no_bias, Activation, Conv2d, LayerNorm, Linear, VarBuilder,
-};
+use candle_nn::{conv2d, linear, linear_no_bias, Activation, Conv2d, Linear, VarBuilder};
 use candle_transformers::models::xlm_roberta;
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
 use ia_preprocess::audio::ClapFrontEnd;
@@ -300,13 +299,13 @@ impl SwinBlock {
         let hidden = (cfg.mlp_ratio * dim as f64) as usize;
         let lb = |vb: VarBuilder| candle_nn::linear_b(dim, dim, cfg.qkv_bias, vb);
         Ok(Self {
-            layernorm_before: layer_norm(dim, cfg.layer_norm_eps, vb.pp("layernorm_before"))?,
+            layernorm_before: LayerNorm::load(dim, cfg.layer_norm_eps, vb.pp("layernorm_before"))?,
             query: lb(a.pp("query"))?,
             key: lb(a.pp("key"))?,
             value: lb(a.pp("value"))?,
             relative_bias,
             dense: linear(dim, dim, vb.pp("attention.output.dense"))?,
-            layernorm_after: layer_norm(dim, cfg.layer_norm_eps, vb.pp("layernorm_after"))?,
+            layernorm_after: LayerNorm::load(dim, cfg.layer_norm_eps, vb.pp("layernorm_after"))?,
             intermediate: linear(dim, hidden, vb.pp("intermediate.dense"))?,
             output: linear(hidden, dim, vb.pp("output.dense"))?,
             act: cfg.hidden_act,
@@ -542,7 +541,7 @@ impl AudioEncoder {
             let downsample = (i + 1 < layers)
                 .then(|| -> Result<PatchMerging> {
                     Ok(PatchMerging {
-                        norm: layer_norm(4 * dim, 1e-5, s.pp("downsample.norm"))?,
+                        norm: LayerNorm::load(4 * dim, 1e-5, s.pp("downsample.norm"))?,
                         reduction: linear_no_bias(4 * dim, 2 * dim, s.pp("downsample.reduction"))?,
                     })
                 })
@@ -554,11 +553,11 @@ impl AudioEncoder {
             proj,
             patch_norm: cfg
                 .enable_patch_layer_norm
-                .then(|| layer_norm(e, 1e-5, pe.pp("norm")))
+                .then(|| LayerNorm::load(e, 1e-5, pe.pp("norm")))
                 .transpose()?,
             fusion,
             stages,
-            norm: layer_norm(e << (layers - 1), cfg.layer_norm_eps, vb.pp("norm"))?,
+            norm: LayerNorm::load(e << (layers - 1), cfg.layer_norm_eps, vb.pp("norm"))?,
             resolutions,
             cfg: cfg.clone(),
         })

@@ -9,11 +9,11 @@
 
 use super::encoder::{Dense, Products, SelfAttention};
 use super::LoadContext;
+use crate::kernels::LayerNorm;
 use crate::{kernels, rt, CandleOutput};
 use candle_core::{DType, IndexOp, Module, Tensor};
 use candle_nn::{
-    conv2d_no_bias, embedding, layer_norm, linear_no_bias, Conv2d, Conv2dConfig, Embedding,
-    LayerNorm, Linear, VarBuilder,
+    conv2d_no_bias, embedding, linear_no_bias, Conv2d, Conv2dConfig, Embedding, Linear, VarBuilder,
 };
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
 use serde::Deserialize;
@@ -200,13 +200,13 @@ impl VisionTower {
                 e.pp("patch_embedding"),
             )?,
             position_embedding: e.get((positions, h), "position_embedding.weight")?,
-            pre_layrnorm: layer_norm(h, eps, vb.pp("pre_layrnorm"))?,
+            pre_layrnorm: LayerNorm::load(h, eps, vb.pp("pre_layrnorm"))?,
             layers: Layer::load_encoder(
                 cfg.num_hidden_layers,
                 (h, cfg.num_attention_heads, cfg.intermediate_size, eps),
                 &vb,
             )?,
-            post_layernorm: layer_norm(h, eps, vb.pp("post_layernorm"))?,
+            post_layernorm: LayerNorm::load(h, eps, vb.pp("post_layernorm"))?,
         })
     }
 
@@ -273,7 +273,7 @@ impl Layer {
         let qkv = [("q_proj", true), ("k_proj", true), ("v_proj", true)];
         let dense = |i, o, name| Dense::load(i, o, vb.pp(name), Products::AsLoaded);
         Ok(Self {
-            layer_norm1: layer_norm(h, eps, vb.pp("layer_norm1"))?,
+            layer_norm1: LayerNorm::load(h, eps, vb.pp("layer_norm1"))?,
             self_attn: SelfAttention::load_named(
                 h,
                 heads,
@@ -282,7 +282,7 @@ impl Layer {
                 Products::AsLoaded,
             )?,
             out_proj: dense(h, h, "self_attn.out_proj")?,
-            layer_norm2: layer_norm(h, eps, vb.pp("layer_norm2"))?,
+            layer_norm2: LayerNorm::load(h, eps, vb.pp("layer_norm2"))?,
             fc1: dense(h, intermediate, "mlp.fc1")?,
             fc2: dense(intermediate, h, "mlp.fc2")?,
         })
@@ -330,7 +330,7 @@ impl TextTower {
                 (h, cfg.num_attention_heads, cfg.intermediate_size, eps),
                 &vb,
             )?,
-            final_layer_norm: layer_norm(h, eps, vb.pp("final_layer_norm"))?,
+            final_layer_norm: LayerNorm::load(h, eps, vb.pp("final_layer_norm"))?,
         })
     }
 

@@ -15,13 +15,14 @@
 //! one product per projection, as the f32 one does.
 
 use super::{quantized, LoadContext};
+use crate::kernels::RmsNorm;
 use crate::kernels::{
     self,
     quant::{Format, QuantMatrix},
 };
 use crate::rt;
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{kv_cache::KvCache, Activation, Embedding, Linear, RmsNorm, VarBuilder};
+use candle_nn::{kv_cache::KvCache, Activation, Embedding, Linear, VarBuilder};
 use ia_engine::generation::{SequenceId, SequencePool};
 use ia_engine::{EngineError, SessionInfo, TextGenerator};
 use serde::Deserialize;
@@ -429,7 +430,7 @@ impl Attention {
         let qwen3 = cfg.head_norms();
         let norm = |name: &str| -> candle_core::Result<Option<RmsNorm>> {
             qwen3
-                .then(|| candle_nn::rms_norm(d, cfg.rms_norm_eps, vb.pp(name)))
+                .then(|| RmsNorm::load(d, cfg.rms_norm_eps, vb.pp(name)))
                 .transpose()
         };
         Ok(Self {
@@ -669,13 +670,13 @@ impl Weights {
             .map(|i| {
                 let l = m.pp(format!("layers.{i}"));
                 Ok(Layer {
-                    input_layernorm: candle_nn::rms_norm(
+                    input_layernorm: RmsNorm::load(
                         hidden,
                         cfg.rms_norm_eps,
                         l.pp("input_layernorm"),
                     )?,
                     self_attn: Attention::load(cfg, l.pp("self_attn"), storage)?,
-                    post_attention_layernorm: candle_nn::rms_norm(
+                    post_attention_layernorm: RmsNorm::load(
                         hidden,
                         cfg.rms_norm_eps,
                         l.pp("post_attention_layernorm"),
@@ -684,7 +685,7 @@ impl Weights {
                 })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let norm = candle_nn::rms_norm(hidden, cfg.rms_norm_eps, m.pp("norm"))?;
+        let norm = RmsNorm::load(hidden, cfg.rms_norm_eps, m.pp("norm"))?;
         // As llama.cpp's quantised files do, the embeddings are quantised too; a tied head
         // multiplies by the very same blocks.
         let embed = m.pp("embed_tokens");

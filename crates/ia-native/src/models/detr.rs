@@ -14,11 +14,12 @@
 
 use super::attention::{Mlp, MultiHeadAttention};
 use super::LoadContext;
+use crate::kernels::LayerNorm;
 use crate::{rt, CandleOutput};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{
-    conv2d, conv2d_no_bias, embedding, layer_norm, linear, Activation, Conv2d, Conv2dConfig,
-    Embedding, LayerNorm, Linear, VarBuilder,
+    conv2d, conv2d_no_bias, embedding, linear, Activation, Conv2d, Conv2dConfig, Embedding, Linear,
+    VarBuilder,
 };
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
 use serde::Deserialize;
@@ -406,7 +407,7 @@ impl Model {
             };
             Mlp::load(d, ffn, cfg.activation_function, &vb)
         };
-        let ln = |vb: VarBuilder| layer_norm(d, 1e-5, vb);
+        let ln = |vb: VarBuilder| LayerNorm::load(d, 1e-5, vb);
         let encoder = (0..cfg.encoder_layers)
             .map(|i| {
                 let l = m.pp(format!("encoder.layers.{i}"));

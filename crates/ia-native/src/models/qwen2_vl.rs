@@ -18,9 +18,10 @@
 use super::decoder::{Deepstack, Embedded};
 use super::llava::{layout, merge_image_features};
 use super::{decoder, LoadContext};
+use crate::kernels::{LayerNorm, RmsNorm};
 use crate::rt;
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{layer_norm, linear, rms_norm, LayerNorm, Linear, RmsNorm, VarBuilder};
+use candle_nn::{linear, Linear, VarBuilder};
 use candle_transformers::models::clip::text_model::Activation as ClipActivation;
 use ia_engine::generation::ImageBatch;
 use ia_engine::{EngineError, SessionInfo, TextGenerator};
@@ -278,8 +279,8 @@ enum Norm {
 impl Norm {
     fn load(family: Family, d: usize, vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(match family {
-            Family::Qwen2 | Family::Qwen3 => Norm::Layer(layer_norm(d, 1e-6, vb)?),
-            Family::Qwen25 => Norm::Rms(rms_norm(d, 1e-6, vb)?),
+            Family::Qwen2 | Family::Qwen3 => Norm::Layer(LayerNorm::load(d, 1e-6, vb)?),
+            Family::Qwen25 => Norm::Rms(RmsNorm::load(d, 1e-6, vb)?),
         })
     }
 

@@ -5,9 +5,10 @@
 
 use super::encoder::{Dense, Products, SelfAttention};
 use super::{parse_config, LoadContext};
+use crate::kernels::LayerNorm;
 use crate::{rt, CandleOutput};
 use candle_core::{IndexOp, Module, Result, Tensor};
-use candle_nn::{conv2d, layer_norm, Activation, Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
+use candle_nn::{conv2d, Activation, Conv2d, Conv2dConfig, VarBuilder};
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
 use serde::Deserialize;
 use serde_json::Value;
@@ -88,7 +89,7 @@ impl Layer {
     fn load(cfg: &Config, vb: VarBuilder, products: Products) -> Result<Self> {
         let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         Ok(Self {
-            norm_before: layer_norm(h, eps, vb.pp("layernorm_before"))?,
+            norm_before: LayerNorm::load(h, eps, vb.pp("layernorm_before"))?,
             attention: SelfAttention::load(
                 h,
                 cfg.num_attention_heads,
@@ -97,7 +98,7 @@ impl Layer {
                 products,
             )?,
             attention_output: Dense::load(h, h, vb.pp("attention.output.dense"), products)?,
-            norm_after: layer_norm(h, eps, vb.pp("layernorm_after"))?,
+            norm_after: LayerNorm::load(h, eps, vb.pp("layernorm_after"))?,
             intermediate: Dense::load(
                 h,
                 cfg.intermediate_size,
@@ -143,7 +144,7 @@ impl Model {
             layers: (0..cfg.num_hidden_layers)
                 .map(|i| Layer::load(cfg, v.pp(format!("encoder.layer.{i}")), products))
                 .collect::<Result<_>>()?,
-            layernorm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, v.pp("layernorm"))?,
+            layernorm: LayerNorm::load(cfg.hidden_size, cfg.layer_norm_eps, v.pp("layernorm"))?,
             classifier: Dense::load(cfg.hidden_size, num_labels, vb.pp("classifier"), products)?,
         })
     }

@@ -7,9 +7,10 @@
 use super::encoder::{Dense, FrameConv, Products, SelfAttention};
 use super::LoadContext;
 use crate::kernels;
+use crate::kernels::LayerNorm;
 use crate::{rt, CandleOutput};
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{layer_norm, linear, Activation, LayerNorm, Linear, VarBuilder};
+use candle_nn::{linear, Activation, Linear, VarBuilder};
 use ia_engine::features::Wav2Vec2Features;
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
 use serde::Deserialize;
@@ -174,7 +175,7 @@ impl EncoderLayer {
                 as_loaded,
             )?,
             out_proj: Dense::load(h, h, vb.pp("attention.out_proj"), as_loaded)?,
-            layer_norm: layer_norm(h, e, vb.pp("layer_norm"))?,
+            layer_norm: LayerNorm::load(h, e, vb.pp("layer_norm"))?,
             intermediate_dense: Dense::load(
                 h,
                 i,
@@ -182,7 +183,7 @@ impl EncoderLayer {
                 as_loaded,
             )?,
             output_dense: Dense::load(i, h, vb.pp("feed_forward.output_dense"), as_loaded)?,
-            final_layer_norm: layer_norm(h, e, vb.pp("final_layer_norm"))?,
+            final_layer_norm: LayerNorm::load(h, e, vb.pp("final_layer_norm"))?,
             act: cfg.hidden_act,
             pre_norm: cfg.do_stable_layer_norm,
         })
@@ -267,7 +268,7 @@ impl Model {
                 l.pp("conv"),
             )?;
             let norm = match cfg.feat_extract_norm.as_str() {
-                "layer" => ConvNorm::Layer(layer_norm(cout, 1e-5, l.pp("layer_norm"))?),
+                "layer" => ConvNorm::Layer(LayerNorm::load(cout, 1e-5, l.pp("layer_norm"))?),
                 "group" if i == 0 => ConvNorm::PerChannel {
                     weight: l.pp("layer_norm").get(cout, "weight")?,
                     bias: l.pp("layer_norm").get(cout, "bias")?,
@@ -299,14 +300,18 @@ impl Model {
         };
         Ok(Self {
             conv_layers,
-            projection_norm: layer_norm(
+            projection_norm: LayerNorm::load(
                 last,
                 cfg.layer_norm_eps,
                 base.pp("feature_projection.layer_norm"),
             )?,
             projection: linear(last, h, base.pp("feature_projection.projection"))?,
             pos_conv,
-            encoder_layer_norm: layer_norm(h, cfg.layer_norm_eps, base.pp("encoder.layer_norm"))?,
+            encoder_layer_norm: LayerNorm::load(
+                h,
+                cfg.layer_norm_eps,
+                base.pp("encoder.layer_norm"),
+            )?,
             layers: (0..cfg.num_hidden_layers)
                 .map(|i| EncoderLayer::load(cfg, base.pp(format!("encoder.layers.{i}"))))
                 .collect::<Result<_>>()?,

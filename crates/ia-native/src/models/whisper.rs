@@ -13,9 +13,10 @@
 use super::attention::{Mlp, MultiHeadAttention};
 use super::encoder::{Dense, FrameConv, Products, SelfAttention};
 use super::LoadContext;
+use crate::kernels::LayerNorm;
 use crate::rt;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
-use candle_nn::{embedding, layer_norm, Activation, Embedding, LayerNorm, VarBuilder};
+use candle_nn::{embedding, Activation, Embedding, VarBuilder};
 use ia_engine::seq2seq::Seq2SeqDecoder;
 use ia_engine::whisper::{WhisperModel, WhisperSession};
 use ia_engine::EngineError;
@@ -43,7 +44,7 @@ pub struct Config {
 }
 
 fn ln(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
-    layer_norm(dim, 1e-5, vb)
+    LayerNorm::load(dim, 1e-5, vb)
 }
 
 /// A pre-norm encoder layer on the BERT-style encoder's kernels: q/k/v in one product, the

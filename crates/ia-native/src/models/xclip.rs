@@ -15,11 +15,12 @@
 use super::attention::{Mlp, MultiHeadAttention};
 use super::clip::{self, TextConfig};
 use super::LoadContext;
+use crate::kernels::LayerNorm;
 use crate::{rt, CandleOutput};
 use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::{
-    conv2d_no_bias, embedding, layer_norm, linear, linear_no_bias, Conv2d, Conv2dConfig, Embedding,
-    LayerNorm, Linear, VarBuilder,
+    conv2d_no_bias, embedding, linear, linear_no_bias, Conv2d, Conv2dConfig, Embedding, Linear,
+    VarBuilder,
 };
 use candle_transformers::models::clip::text_model::Activation;
 use candle_transformers::models::clip::text_model::ClipEncoder;
@@ -224,7 +225,7 @@ impl CrossFrameLayer {
         let d = v.hidden_size;
         Ok(Self {
             message_fc: linear(d, d, vb.pp("message_fc"))?,
-            message_ln: layer_norm(d, EPS, vb.pp("message_ln"))?,
+            message_ln: LayerNorm::load(d, EPS, vb.pp("message_ln"))?,
             message_attn: MultiHeadAttention::load(
                 d,
                 v.num_attention_heads,
@@ -237,9 +238,9 @@ impl CrossFrameLayer {
                 true,
                 vb.pp("self_attn"),
             )?,
-            layer_norm1: layer_norm(d, EPS, vb.pp("layer_norm1"))?,
+            layer_norm1: LayerNorm::load(d, EPS, vb.pp("layer_norm1"))?,
             mlp: Mlp::load(d, v.intermediate_size, Activation::QuickGelu, &vb.pp("mlp"))?,
-            layer_norm2: layer_norm(d, EPS, vb.pp("layer_norm2"))?,
+            layer_norm2: LayerNorm::load(d, EPS, vb.pp("layer_norm2"))?,
         })
     }
 
@@ -282,9 +283,9 @@ impl VisionTower {
             .collect::<candle_core::Result<_>>()?;
         Ok(Self {
             embeddings: VisionEmbeddings::load(v, vb.pp("embeddings"))?,
-            pre_layernorm: layer_norm(v.hidden_size, EPS, vb.pp("pre_layernorm"))?,
+            pre_layernorm: LayerNorm::load(v.hidden_size, EPS, vb.pp("pre_layernorm"))?,
             layers,
-            post_layernorm: layer_norm(v.hidden_size, EPS, vb.pp("post_layernorm"))?,
+            post_layernorm: LayerNorm::load(v.hidden_size, EPS, vb.pp("post_layernorm"))?,
             frames: v.num_frames,
         })
     }
@@ -323,8 +324,8 @@ impl PromptLayer {
         ];
         Ok(Self {
             cross_attn: MultiHeadAttention::from_parts(parts, p, cfg.prompt_num_attention_heads),
-            norm1: layer_norm(p, eps, vb.pp("norm1"))?,
-            norm3: layer_norm(p, eps, vb.pp("norm3"))?,
+            norm1: LayerNorm::load(p, eps, vb.pp("norm1"))?,
+            norm3: LayerNorm::load(p, eps, vb.pp("norm3"))?,
             // nn.Sequential(Linear, act, Dropout, Linear): indices 0 and 3.
             mlp_in: linear(p, 4 * p, vb.pp("mlp.0"))?,
             mlp_out: linear(4 * p, p, vb.pp("mlp.3"))?,
@@ -356,7 +357,7 @@ impl PromptGenerator {
             .map(|i| PromptLayer::load(cfg, vb.pp(format!("decoder.{i}"))))
             .collect::<candle_core::Result<_>>()?;
         Ok(Self {
-            layernorm: layer_norm(
+            layernorm: LayerNorm::load(
                 cfg.projection_dim,
                 cfg.vision_config.layer_norm_eps,
                 vb.pp("layernorm"),
@@ -415,7 +416,7 @@ impl Model {
                 p,
                 vb.pp("text_projection"),
             )?,
-            prompts_visual_layernorm: layer_norm(
+            prompts_visual_layernorm: LayerNorm::load(
                 v.hidden_size,
                 v.layer_norm_eps,
                 vb.pp("prompts_visual_layernorm"),
