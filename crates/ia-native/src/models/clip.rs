@@ -7,7 +7,7 @@
 //! The text tower is pooled at the first end-of-text token, as transformers does (argmax of the
 //! ids only for legacy configs whose eos_token_id is 2).
 
-use super::encoder::{Dense, Products, SelfAttention};
+use super::encoder::{Dense, FeedForwardAct, PreNormLayer, Products, SelfAttention};
 use super::LoadContext;
 use crate::kernels::LayerNorm;
 use crate::{kernels, rt, CandleOutput};
@@ -168,17 +168,8 @@ pub(crate) struct VisionTower {
     patch_embedding: Conv2d,
     position_embedding: Tensor,
     pre_layrnorm: LayerNorm,
-    layers: Vec<Layer>,
+    layers: Vec<PreNormLayer>,
     post_layernorm: LayerNorm,
-}
-
-struct Layer {
-    layer_norm1: LayerNorm,
-    self_attn: SelfAttention,
-    out_proj: Dense,
-    layer_norm2: LayerNorm,
-    fc1: Dense,
-    fc2: Dense,
 }
 
 impl VisionTower {
@@ -201,7 +192,7 @@ impl VisionTower {
             )?,
             position_embedding: e.get((positions, h), "position_embedding.weight")?,
             pre_layrnorm: LayerNorm::load(h, eps, vb.pp("pre_layrnorm"))?,
-            layers: Layer::load_encoder(
+            layers: load_layers(
                 cfg.num_hidden_layers,
                 (h, cfg.num_attention_heads, cfg.intermediate_size, eps),
                 &vb,
@@ -215,7 +206,7 @@ impl VisionTower {
     pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
         let mut x = self.embed(pixels)?;
         for layer in &self.layers {
-            x = layer.forward(&x, false)?;
+            x = layer.forward(&x)?;
         }
         self.post_layernorm.forward(&x.i((.., 0, ..))?)
     }
@@ -227,7 +218,7 @@ impl VisionTower {
         let mut x = self.embed(pixels)?;
         let mut outputs = Vec::with_capacity(count);
         for layer in self.layers.iter().take(count) {
-            x = layer.forward(&x, false)?;
+            x = layer.forward(&x)?;
             outputs.push(x.clone());
         }
         Ok(outputs)
@@ -252,57 +243,35 @@ impl VisionTower {
     }
 }
 
-impl Layer {
-    /// A tower's `count` layers under `vb`'s `encoder.layers`, each (hidden, heads,
-    /// intermediate, layer norm eps) = `dims`.
-    fn load_encoder(
-        count: usize,
-        dims: (usize, usize, usize, f64),
-        vb: &VarBuilder,
-    ) -> candle_core::Result<Vec<Self>> {
-        (0..count)
-            .map(|i| Self::load(dims, vb.pp(format!("encoder.layers.{i}"))))
-            .collect()
-    }
-
-    /// transformers' `CLIPEncoderLayer` under `vb`.
-    fn load(
-        (h, heads, intermediate, eps): (usize, usize, usize, f64),
-        vb: VarBuilder,
-    ) -> candle_core::Result<Self> {
-        let qkv = [("q_proj", true), ("k_proj", true), ("v_proj", true)];
-        let dense = |i, o, name| Dense::load(i, o, vb.pp(name), Products::AsLoaded);
-        Ok(Self {
-            layer_norm1: LayerNorm::load(h, eps, vb.pp("layer_norm1"))?,
-            self_attn: SelfAttention::load_named(
-                h,
-                heads,
-                qkv,
-                vb.pp("self_attn"),
-                Products::AsLoaded,
-            )?,
-            out_proj: dense(h, h, "self_attn.out_proj")?,
-            layer_norm2: LayerNorm::load(h, eps, vb.pp("layer_norm2"))?,
-            fc1: dense(h, intermediate, "mlp.fc1")?,
-            fc2: dense(intermediate, h, "mlp.fc2")?,
+/// A tower's `count` layers (transformers' `CLIPEncoderLayer`) under `vb`'s
+/// `encoder.layers`, each (hidden, heads, intermediate, layer norm eps) = `dims`.
+fn load_layers(
+    count: usize,
+    (h, heads, intermediate, eps): (usize, usize, usize, f64),
+    vb: &VarBuilder,
+) -> candle_core::Result<Vec<PreNormLayer>> {
+    let qkv = [("q_proj", true), ("k_proj", true), ("v_proj", true)];
+    (0..count)
+        .map(|i| {
+            let vb = vb.pp(format!("encoder.layers.{i}"));
+            let dense = |i, o, name| Dense::load(i, o, vb.pp(name), Products::AsLoaded);
+            Ok(PreNormLayer {
+                norm_before: LayerNorm::load(h, eps, vb.pp("layer_norm1"))?,
+                attention: SelfAttention::load_named(
+                    h,
+                    heads,
+                    qkv,
+                    vb.pp("self_attn"),
+                    Products::AsLoaded,
+                )?,
+                attention_output: dense(h, h, "self_attn.out_proj")?,
+                norm_after: LayerNorm::load(h, eps, vb.pp("layer_norm2"))?,
+                intermediate: dense(h, intermediate, "mlp.fc1")?,
+                act: FeedForwardAct::Fused(kernels::Activation::QuickGelu),
+                output: dense(intermediate, h, "mlp.fc2")?,
+            })
         })
-    }
-
-    /// Pre-norm: x = x + attention(norm(x)); x = x + mlp(norm(x)); the text tower's
-    /// attention is `causal`.
-    fn forward(&self, x: &Tensor, causal: bool) -> candle_core::Result<Tensor> {
-        let normed = self.layer_norm1.forward(x)?;
-        let attended = match causal {
-            true => self.self_attn.forward_causal(&normed)?,
-            false => self.self_attn.forward(&normed, None)?,
-        };
-        let x = self.out_proj.forward_residual(&attended, x)?;
-        let inner = self.fc1.forward_fused(
-            &self.layer_norm2.forward(&x)?,
-            kernels::Activation::QuickGelu,
-        )?;
-        self.fc2.forward_residual(&inner, &x)
-    }
+        .collect()
 }
 
 /// transformers' `CLIPTextTransformer` on the encoder kernels: token and position embeddings,
@@ -311,7 +280,7 @@ impl Layer {
 pub(crate) struct TextTower {
     token_embedding: Embedding,
     position_embedding: Tensor,
-    layers: Vec<Layer>,
+    layers: Vec<PreNormLayer>,
     final_layer_norm: LayerNorm,
 }
 
@@ -325,7 +294,7 @@ impl TextTower {
                 (cfg.max_position_embeddings, h),
                 "position_embedding.weight",
             )?,
-            layers: Layer::load_encoder(
+            layers: load_layers(
                 cfg.num_hidden_layers,
                 (h, cfg.num_attention_heads, cfg.intermediate_size, eps),
                 &vb,
@@ -342,7 +311,7 @@ impl TextTower {
             .forward(input_ids)?
             .broadcast_add(&self.position_embedding.narrow(0, 0, seq)?)?;
         for layer in &self.layers {
-            x = layer.forward(&x, true)?;
+            x = layer.forward_attending(&x, true)?;
         }
         self.final_layer_norm.forward(&x)
     }

@@ -1,12 +1,13 @@
-//! The pieces BERT-style encoders share (BERT, ViT, and Whisper's and Wav2Vec2's encoder
-//! layers and convolutions), written for CPU speed without changing
+//! The pieces BERT-style encoders share (BERT, ViT, CLIP, and Whisper's and Wav2Vec2's
+//! encoder layers and convolutions; [`PreNormLayer`] is the whole layer of ViT, CLIP and
+//! Whisper's encoder), written for CPU speed without changing
 //! the function: every projection is one matrix product over all `batch x seq` rows,
 //! query/key/value are one product (weights stacked at load, the 1/sqrt(head) scale folded
 //! into the query's), bias, GELU and residual adds happen in the product's pass
 //! ([`crate::kernels::linear`]), and attention reads the stacked projection in place
 //! ([`crate::kernels::attention`]).
 
-use crate::kernels;
+use crate::kernels::{self, LayerNorm};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Activation, VarBuilder};
 
@@ -55,12 +56,12 @@ impl Dense {
         )
     }
 
-    /// `act` of the output; GELU (transformers' erf form, "gelu") in the same pass as the
-    /// product and bias.
-    pub fn forward_activated(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
-        match act {
-            Activation::Gelu => self.forward_fused(x, kernels::Activation::GeluErf),
-            act => act.forward(&self.forward(x)?),
+    /// `act` of the output; GELU (transformers' erf form, "gelu") and CLIP's quick GELU in
+    /// the same pass as the product and bias.
+    pub fn forward_activated(&self, x: &Tensor, act: impl Into<FeedForwardAct>) -> Result<Tensor> {
+        match act.into() {
+            FeedForwardAct::Fused(act) => self.forward_fused(x, act),
+            FeedForwardAct::Candle(act) => act.forward(&self.forward(x)?),
         }
     }
 
@@ -79,6 +80,60 @@ impl Dense {
             kernels::Activation::Identity,
             Some(residual),
         )
+    }
+}
+
+/// The activation between a feed-forward block's two products.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum FeedForwardAct {
+    /// Applied by the linear kernel in the product's pass (GELU, CLIP's quick GELU).
+    Fused(kernels::Activation),
+    /// candle's, after the product.
+    Candle(Activation),
+}
+
+impl From<Activation> for FeedForwardAct {
+    fn from(act: Activation) -> Self {
+        match act {
+            Activation::Gelu => Self::Fused(kernels::Activation::GeluErf),
+            act => Self::Candle(act),
+        }
+    }
+}
+
+/// The pre-norm transformer layer of ViT, CLIP's towers and Whisper's encoder, which differ
+/// only in their tensor names (each model file loads it under its own):
+/// x = x + attention_output(attention(norm_before(x)));
+/// x = x + output(act(intermediate(norm_after(x)))).
+pub(crate) struct PreNormLayer {
+    pub norm_before: LayerNorm,
+    pub attention: SelfAttention,
+    pub attention_output: Dense,
+    pub norm_after: LayerNorm,
+    pub intermediate: Dense,
+    pub act: FeedForwardAct,
+    pub output: Dense,
+}
+
+impl PreNormLayer {
+    /// `x` [batch, seq, hidden], every token attending to every other.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_attending(x, false)
+    }
+
+    /// With `causal`, each token attends to itself and the tokens before it only (CLIP's
+    /// text tower).
+    pub fn forward_attending(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
+        let normed = self.norm_before.forward(x)?;
+        let attended = match causal {
+            true => self.attention.forward_causal(&normed)?,
+            false => self.attention.forward(&normed, None)?,
+        };
+        let x = self.attention_output.forward_residual(&attended, x)?;
+        let inner = self
+            .intermediate
+            .forward_activated(&self.norm_after.forward(&x)?, self.act)?;
+        self.output.forward_residual(&inner, &x)
     }
 }
 

@@ -3,7 +3,7 @@
 //! `vit.encoder.layer.N.*`, `vit.layernorm`, `classifier`). Output: `logits`
 //! [batch, num_labels]. The layers are [`super::encoder`]'s, pre-norm.
 
-use super::encoder::{Dense, Products, SelfAttention};
+use super::encoder::{Dense, PreNormLayer, Products, SelfAttention};
 use super::{parse_config, LoadContext};
 use crate::kernels::LayerNorm;
 use crate::{rt, CandleOutput};
@@ -75,57 +75,34 @@ impl Embeddings {
     }
 }
 
-struct Layer {
-    norm_before: LayerNorm,
-    attention: SelfAttention,
-    attention_output: Dense,
-    norm_after: LayerNorm,
-    intermediate: Dense,
-    act: Activation,
-    output: Dense,
-}
-
-impl Layer {
-    fn load(cfg: &Config, vb: VarBuilder, products: Products) -> Result<Self> {
-        let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
-        Ok(Self {
-            norm_before: LayerNorm::load(h, eps, vb.pp("layernorm_before"))?,
-            attention: SelfAttention::load(
-                h,
-                cfg.num_attention_heads,
-                cfg.qkv_bias,
-                vb.pp("attention.attention"),
-                products,
-            )?,
-            attention_output: Dense::load(h, h, vb.pp("attention.output.dense"), products)?,
-            norm_after: LayerNorm::load(h, eps, vb.pp("layernorm_after"))?,
-            intermediate: Dense::load(
-                h,
-                cfg.intermediate_size,
-                vb.pp("intermediate.dense"),
-                products,
-            )?,
-            act: cfg.hidden_act,
-            output: Dense::load(cfg.intermediate_size, h, vb.pp("output.dense"), products)?,
-        })
-    }
-
-    /// Pre-norm: x = x + attention(norm(x)); x = x + ffn(norm(x)).
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let attended = self
-            .attention
-            .forward(&self.norm_before.forward(x)?, None)?;
-        let x = self.attention_output.forward_residual(&attended, x)?;
-        let inner = self
-            .intermediate
-            .forward_activated(&self.norm_after.forward(&x)?, self.act)?;
-        self.output.forward_residual(&inner, &x)
-    }
+/// transformers' `ViTLayer` under `vb`.
+fn load_layer(cfg: &Config, vb: VarBuilder, products: Products) -> Result<PreNormLayer> {
+    let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+    Ok(PreNormLayer {
+        norm_before: LayerNorm::load(h, eps, vb.pp("layernorm_before"))?,
+        attention: SelfAttention::load(
+            h,
+            cfg.num_attention_heads,
+            cfg.qkv_bias,
+            vb.pp("attention.attention"),
+            products,
+        )?,
+        attention_output: Dense::load(h, h, vb.pp("attention.output.dense"), products)?,
+        norm_after: LayerNorm::load(h, eps, vb.pp("layernorm_after"))?,
+        intermediate: Dense::load(
+            h,
+            cfg.intermediate_size,
+            vb.pp("intermediate.dense"),
+            products,
+        )?,
+        act: cfg.hidden_act.into(),
+        output: Dense::load(cfg.intermediate_size, h, vb.pp("output.dense"), products)?,
+    })
 }
 
 pub struct Model {
     embeddings: Embeddings,
-    layers: Vec<Layer>,
+    layers: Vec<PreNormLayer>,
     layernorm: LayerNorm,
     classifier: Dense,
 }
@@ -142,7 +119,7 @@ impl Model {
         Ok(Self {
             embeddings: Embeddings::load(cfg, v.pp("embeddings"))?,
             layers: (0..cfg.num_hidden_layers)
-                .map(|i| Layer::load(cfg, v.pp(format!("encoder.layer.{i}")), products))
+                .map(|i| load_layer(cfg, v.pp(format!("encoder.layer.{i}")), products))
                 .collect::<Result<_>>()?,
             layernorm: LayerNorm::load(cfg.hidden_size, cfg.layer_norm_eps, v.pp("layernorm"))?,
             classifier: Dense::load(cfg.hidden_size, num_labels, vb.pp("classifier"), products)?,

@@ -11,7 +11,7 @@
 //! `ia_engine::whisper`'s, the same for every engine.
 
 use super::attention::{Mlp, MultiHeadAttention};
-use super::encoder::{Dense, FrameConv, Products, SelfAttention};
+use super::encoder::{Dense, FrameConv, PreNormLayer, Products, SelfAttention};
 use super::LoadContext;
 use crate::kernels::LayerNorm;
 use crate::rt;
@@ -47,49 +47,25 @@ fn ln(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
     LayerNorm::load(dim, 1e-5, vb)
 }
 
-/// A pre-norm encoder layer on the BERT-style encoder's kernels: q/k/v in one product, the
-/// output projection and fc2 with the residual in their pass, fc1 with its GELU.
-struct EncoderLayer {
-    self_attn: SelfAttention,
-    out_proj: Dense,
-    self_attn_layer_norm: LayerNorm,
-    fc1: Dense,
-    fc2: Dense,
-    act: Activation,
-    final_layer_norm: LayerNorm,
-}
-
-impl EncoderLayer {
-    fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let (d, ffn, as_loaded) = (cfg.d_model, cfg.encoder_ffn_dim, Products::AsLoaded);
-        let attn = vb.pp("self_attn");
-        Ok(Self {
-            self_attn: SelfAttention::load_named(
-                d,
-                cfg.encoder_attention_heads,
-                [("q_proj", true), ("k_proj", false), ("v_proj", true)],
-                attn.clone(),
-                as_loaded,
-            )?,
-            out_proj: Dense::load(d, d, attn.pp("out_proj"), as_loaded)?,
-            self_attn_layer_norm: ln(d, vb.pp("self_attn_layer_norm"))?,
-            fc1: Dense::load(d, ffn, vb.pp("fc1"), as_loaded)?,
-            fc2: Dense::load(ffn, d, vb.pp("fc2"), as_loaded)?,
-            act: cfg.activation_function,
-            final_layer_norm: ln(d, vb.pp("final_layer_norm"))?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let a = self
-            .self_attn
-            .forward(&self.self_attn_layer_norm.forward(x)?, None)?;
-        let h = self.out_proj.forward_residual(&a, x)?;
-        let f = self
-            .fc1
-            .forward_activated(&self.final_layer_norm.forward(&h)?, self.act)?;
-        self.fc2.forward_residual(&f, &h)
-    }
+/// transformers' `WhisperEncoderLayer` under `vb` (its k_proj has no bias).
+fn load_encoder_layer(cfg: &Config, vb: VarBuilder) -> Result<PreNormLayer> {
+    let (d, ffn, as_loaded) = (cfg.d_model, cfg.encoder_ffn_dim, Products::AsLoaded);
+    let attn = vb.pp("self_attn");
+    Ok(PreNormLayer {
+        norm_before: ln(d, vb.pp("self_attn_layer_norm"))?,
+        attention: SelfAttention::load_named(
+            d,
+            cfg.encoder_attention_heads,
+            [("q_proj", true), ("k_proj", false), ("v_proj", true)],
+            attn.clone(),
+            as_loaded,
+        )?,
+        attention_output: Dense::load(d, d, attn.pp("out_proj"), as_loaded)?,
+        norm_after: ln(d, vb.pp("final_layer_norm"))?,
+        intermediate: Dense::load(d, ffn, vb.pp("fc1"), as_loaded)?,
+        act: cfg.activation_function.into(),
+        output: Dense::load(ffn, d, vb.pp("fc2"), as_loaded)?,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -148,7 +124,7 @@ pub struct Model {
     conv2: FrameConv,
     act: Activation,
     encoder_positions: Tensor,
-    encoder_layers: Vec<EncoderLayer>,
+    encoder_layers: Vec<PreNormLayer>,
     encoder_layer_norm: LayerNorm,
     embed_tokens: Embedding,
     decoder_positions: Tensor,
@@ -178,7 +154,7 @@ impl Model {
             act: cfg.activation_function,
             encoder_positions: e.get((cfg.max_source_positions, dm), "embed_positions.weight")?,
             encoder_layers: (0..cfg.encoder_layers)
-                .map(|i| EncoderLayer::load(cfg, e.pp(format!("layers.{i}"))))
+                .map(|i| load_encoder_layer(cfg, e.pp(format!("layers.{i}"))))
                 .collect::<Result<_>>()?,
             encoder_layer_norm: ln(dm, e.pp("layer_norm"))?,
             embed_tokens,
