@@ -82,6 +82,11 @@ fn count_processors(cpuinfo: &str) -> usize {
         .count()
 }
 
+/// The machine's physical cores, from /proc/cpuinfo (None where it does not say).
+pub fn physical_core_count() -> Option<usize> {
+    physical_cores(&std::fs::read_to_string("/proc/cpuinfo").ok()?)
+}
+
 /// Distinct (physical id, core id) pairs; hyper-threads share a pair.
 fn physical_cores(cpuinfo: &str) -> Option<usize> {
     let mut cores = BTreeSet::new();

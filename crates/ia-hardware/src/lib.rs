@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 use std::str::FromStr;
 
-pub use cpu::CpuInfo;
+pub use cpu::{physical_core_count, CpuInfo};
 pub use gpu::GpuDevice;
 pub use runtimes::{
     cache_dir, find_chromium, find_python_site_packages, library_file_problem, Browser,

@@ -20,17 +20,23 @@ use ia_models::{Model, ModelClass};
 
 pub use weights::load_var_builder;
 
-/// Fixes the number of threads candle's matrix products use to the count candle picks by
-/// default. Without `RAYON_NUM_THREADS`, candle 0.11 works that count out again on every matrix
-/// product, reading /proc/cpuinfo each time (about 0.1 ms: more than a small product costs, and
-/// most of a small model's decode step). Setting the variable once keeps candle's choice and
-/// drops the reads. A count the user set is left alone.
+/// Fixes the number of threads of rayon's pool, which candle's matrix products and our
+/// kernels share, to the physical cores that the process may use: candle's count (the logical
+/// CPUs available to the process) capped by the machine's physical cores. Hyper-threads of
+/// one core share its vector units, so a product gains nothing from the second one and every
+/// barrier waits for it; PyTorch and llama.cpp also default to physical cores. Setting the
+/// variable also spares candle 0.11 working its count out again on every matrix product
+/// (reading /proc/cpuinfo each time: about 0.1 ms, more than a small product costs). A
+/// count the user set is left alone.
 ///
 /// Call it first thing in `main`, before any other thread exists: it sets an environment
 /// variable of the process.
 pub fn settle_thread_count() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let threads = candle_core::utils::get_num_threads();
+        let available = candle_core::utils::get_num_threads();
+        let threads = ia_hardware::physical_core_count()
+            .map_or(available, |cores| available.min(cores))
+            .max(1);
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
 }
