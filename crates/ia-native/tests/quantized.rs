@@ -219,6 +219,24 @@ fn a_gguf_qwen3_batches_like_single() {
     assert_eq!(rows, vec![single.clone(), single]);
 }
 
+/// A file's own head (`output.weight`) is the head even where config.json says the
+/// embeddings are tied, as llama.cpp reads such a file.
+#[test]
+fn a_gguf_files_own_head_wins_over_a_tied_config() {
+    let dir = gguf_copy(&fixture("qwen3-tiny"), Precision::Q8_0, None);
+    let prompt = [5u32, 6, 7];
+    let untied = load(dir.path(), Precision::Q8_0).prefill(&prompt).unwrap();
+    let config = dir.path().join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    cfg["tie_word_embeddings"] = serde_json::Value::Bool(true);
+    std::fs::write(&config, cfg.to_string()).unwrap();
+    assert_eq!(
+        load(dir.path(), Precision::Q8_0).prefill(&prompt).unwrap(),
+        untied
+    );
+}
+
 /// A Q4_K file's blocks (LLaMA's query and key rows of blocks put back in transformers'
 /// order) give the logits of the safetensors quantised to q4_k at load.
 #[test]

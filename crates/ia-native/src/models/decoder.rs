@@ -693,7 +693,10 @@ impl Weights {
             Some(q) => TokenEmbeddings::Quantised(q),
             None => TokenEmbeddings::Table(candle_nn::embedding(vocab, hidden, embed)?),
         };
-        let lm_head = match (&embed_tokens, cfg.tied_head()) {
+        // A .gguf file's own `output.weight` is the head even where config.json says tied.
+        let file_has_head = matches!(storage, Storage::Blocks(_))
+            && (storage.matrix(hidden, vocab, &head)?.is_some() || head.contains_tensor("weight"));
+        let lm_head = match (&embed_tokens, cfg.tied_head() && !file_has_head) {
             (TokenEmbeddings::Quantised(q), true) => Proj::Quantised {
                 weight: kernels::Weight::Quant(q.clone()),
                 bias: None,
