@@ -164,9 +164,7 @@ impl VisionConfig {
 /// products' pass) and the post-norm of the class token; tensor names as under
 /// `vision_model`.
 pub(crate) struct VisionTower {
-    class_embedding: Tensor,
-    patch_embedding: Conv2d,
-    position_embedding: Tensor,
+    embeddings: VisionEmbeddings,
     pre_layrnorm: LayerNorm,
     layers: Vec<PreNormLayer>,
     post_layernorm: LayerNorm,
@@ -175,22 +173,11 @@ pub(crate) struct VisionTower {
 impl VisionTower {
     pub fn load(cfg: &VisionConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
-        let e = vb.pp("embeddings");
-        let positions = (cfg.image_size / cfg.patch_size).pow(2) + 1;
-        let patch = Conv2dConfig {
-            stride: cfg.patch_size,
-            ..Default::default()
-        };
         Ok(Self {
-            class_embedding: e.get(h, "class_embedding")?,
-            patch_embedding: conv2d_no_bias(
-                cfg.num_channels,
-                h,
-                cfg.patch_size,
-                patch,
-                e.pp("patch_embedding"),
+            embeddings: VisionEmbeddings::load(
+                (cfg.num_channels, h, cfg.image_size, cfg.patch_size),
+                vb.pp("embeddings"),
             )?,
-            position_embedding: e.get((positions, h), "position_embedding.weight")?,
             pre_layrnorm: LayerNorm::load(h, eps, vb.pp("pre_layrnorm"))?,
             layers: load_layers(
                 cfg.num_hidden_layers,
@@ -224,9 +211,48 @@ impl VisionTower {
         Ok(outputs)
     }
 
-    /// Patch and class embeddings plus positions, through the pre-norm: [batch, tokens,
-    /// hidden].
+    /// The embeddings through the pre-norm: [batch, tokens, hidden].
     fn embed(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        self.pre_layrnorm.forward(&self.embeddings.forward(pixels)?)
+    }
+}
+
+/// transformers' `CLIPVisionEmbeddings` (also X-CLIP's): patches, a class token and learned
+/// positions.
+pub(crate) struct VisionEmbeddings {
+    class_embedding: Tensor,
+    patch_embedding: Conv2d,
+    position_embedding: Tensor,
+}
+
+impl VisionEmbeddings {
+    /// `class_embedding`, `patch_embedding` and `position_embedding` under `vb`, for images of
+    /// (channels, hidden, image size, patch size).
+    pub fn load(
+        (channels, h, image_size, patch_size): (usize, usize, usize, usize),
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let positions = (image_size / patch_size).pow(2) + 1;
+        let patch = Conv2dConfig {
+            stride: patch_size,
+            ..Default::default()
+        };
+        Ok(Self {
+            class_embedding: vb.get(h, "class_embedding")?,
+            patch_embedding: conv2d_no_bias(
+                channels,
+                h,
+                patch_size,
+                patch,
+                vb.pp("patch_embedding"),
+            )?,
+            position_embedding: vb.get((positions, h), "position_embedding.weight")?,
+        })
+    }
+
+    /// Pixels [batch, channels, height, width] -> [batch, 1 + patches, hidden]: the class
+    /// token, then the patches, plus the positions.
+    pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
         let b = pixels.dim(0)?;
         let patches = self
             .patch_embedding
@@ -238,8 +264,7 @@ impl VisionTower {
             .class_embedding
             .reshape((1, 1, h))?
             .broadcast_as((b, 1, h))?;
-        self.pre_layrnorm
-            .forward(&Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.position_embedding)?)
+        Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.position_embedding)
     }
 }
 

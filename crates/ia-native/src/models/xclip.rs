@@ -18,10 +18,7 @@ use super::LoadContext;
 use crate::kernels::LayerNorm;
 use crate::{rt, CandleOutput};
 use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
-use candle_nn::{
-    conv2d_no_bias, embedding, linear, linear_no_bias, Conv2d, Conv2dConfig, Embedding, Linear,
-    VarBuilder,
-};
+use candle_nn::{linear, linear_no_bias, Linear, VarBuilder};
 use candle_transformers::models::clip::text_model::Activation;
 use candle_transformers::models::clip::text_model::ClipEncoder;
 use candle_transformers::models::clip::{vision_model, EncoderConfig};
@@ -162,53 +159,6 @@ impl Config {
 
 const EPS: f64 = 1e-5;
 
-/// `XCLIPVisionEmbeddings`: patches, a class token and learned positions.
-struct VisionEmbeddings {
-    class_embedding: Tensor,
-    patch_embedding: Conv2d,
-    position_embedding: Embedding,
-    positions: usize,
-}
-
-impl VisionEmbeddings {
-    fn load(v: &VisionConfig, vb: VarBuilder) -> candle_core::Result<Self> {
-        let positions = (v.image_size / v.patch_size).pow(2) + 1;
-        let conv = Conv2dConfig {
-            stride: v.patch_size,
-            ..Default::default()
-        };
-        Ok(Self {
-            class_embedding: vb.get(v.hidden_size, "class_embedding")?,
-            patch_embedding: conv2d_no_bias(
-                v.num_channels,
-                v.hidden_size,
-                v.patch_size,
-                conv,
-                vb.pp("patch_embedding"),
-            )?,
-            position_embedding: embedding(positions, v.hidden_size, vb.pp("position_embedding"))?,
-            positions,
-        })
-    }
-
-    fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
-        let frames = pixels.dim(0)?;
-        let patches = self
-            .patch_embedding
-            .forward(pixels)?
-            .flatten_from(2)?
-            .transpose(1, 2)?;
-        let class = self.class_embedding.reshape((1, 1, ()))?.broadcast_as((
-            frames,
-            1,
-            self.class_embedding.dim(0)?,
-        ))?;
-        let ids = Tensor::arange(0u32, self.positions as u32, pixels.device())?;
-        Tensor::cat(&[&class.contiguous()?, &patches], 1)?
-            .broadcast_add(&self.position_embedding.forward(&ids)?)
-    }
-}
-
 /// `XCLIPVisionEncoderLayer` (the original's `CrossFramelAttentionBlock`).
 struct CrossFrameLayer {
     message_fc: Linear,
@@ -269,7 +219,7 @@ impl CrossFrameLayer {
 
 /// `XCLIPVisionModel`: last hidden states of every frame, and their post-normed CLS states.
 struct VisionTower {
-    embeddings: VisionEmbeddings,
+    embeddings: clip::VisionEmbeddings,
     pre_layernorm: LayerNorm,
     layers: Vec<CrossFrameLayer>,
     post_layernorm: LayerNorm,
@@ -282,7 +232,10 @@ impl VisionTower {
             .map(|i| CrossFrameLayer::load(v, vb.pp(format!("encoder.layers.{i}"))))
             .collect::<candle_core::Result<_>>()?;
         Ok(Self {
-            embeddings: VisionEmbeddings::load(v, vb.pp("embeddings"))?,
+            embeddings: clip::VisionEmbeddings::load(
+                (v.num_channels, v.hidden_size, v.image_size, v.patch_size),
+                vb.pp("embeddings"),
+            )?,
             pre_layernorm: LayerNorm::load(v.hidden_size, EPS, vb.pp("pre_layernorm"))?,
             layers,
             post_layernorm: LayerNorm::load(v.hidden_size, EPS, vb.pp("post_layernorm"))?,
