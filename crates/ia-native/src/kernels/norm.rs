@@ -84,19 +84,13 @@ impl RowNorm {
             return self.with_candle(x);
         }
         let x = x.contiguous()?;
-        with_f32("norm", &self.weight, |weight| match &self.bias {
-            Some(bias) => with_f32("norm", bias, |bias| {
-                x.apply_op1_no_bwd(&RowNormOp {
-                    weight,
-                    bias: Some(bias),
-                    eps: self.eps as f32,
-                })
-            }),
-            None => x.apply_op1_no_bwd(&RowNormOp {
-                weight,
-                bias: None,
-                eps: self.eps as f32,
-            }),
+        let eps = self.eps as f32;
+        with_f32("norm", &self.weight, |weight| {
+            let run = |bias: Option<&[f32]>| x.apply_op1_no_bwd(&RowNormOp { weight, bias, eps });
+            match &self.bias {
+                Some(bias) => with_f32("norm", bias, |bias| run(Some(bias))),
+                None => run(None),
+            }
         })
     }
 
@@ -125,13 +119,16 @@ impl CustomOp1 for RowNormOp<'_> {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(self.name(), storage, layout)?;
         let size = self.weight.len();
+        if x.is_empty() {
+            return Ok((CpuStorage::F32(vec![]), layout.shape().clone()));
+        }
         let mut out = vec![0f32; x.len()];
         let isa = isa();
         let norm = |(x, out): (&[f32], &mut [f32])| {
             normalise_rows(isa, x, out, self.weight, self.bias, self.eps)
         };
         // Rows per task: a few tasks per thread, and whole rows.
-        let rows = x.len() / size.max(1);
+        let rows = x.len() / size;
         let per_task = rows.div_ceil(4 * rayon::current_num_threads()).max(16);
         if rows <= per_task {
             norm((x, &mut out));
@@ -351,6 +348,8 @@ mod tests {
             assert!(d < 1e-4, "layer norm op {rows}x{size}: {d}");
             let d = crate::kernels::max_abs_diff(&rms.forward(&x).unwrap(), &f32s(&rms_want));
             assert!(d < 1e-4, "rms norm op {rows}x{size}: {d}");
+            let none = Tensor::zeros((0, size), DType::F32, &dev).unwrap();
+            assert_eq!(layer.forward(&none).unwrap().dims(), &[0, size]);
             let fallback = rms.with_candle(&x).unwrap();
             let d = crate::kernels::max_abs_diff(&fallback, &f32s(&rms_want));
             assert!(d < 1e-4, "rms norm candle {rows}x{size}: {d}");

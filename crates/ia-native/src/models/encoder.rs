@@ -59,10 +59,8 @@ impl Dense {
     /// `act` of the output; GELU (transformers' erf form, "gelu") and CLIP's quick GELU in
     /// the same pass as the product and bias.
     pub fn forward_activated(&self, x: &Tensor, act: impl Into<FeedForwardAct>) -> Result<Tensor> {
-        match act.into() {
-            FeedForwardAct::Fused(act) => self.forward_fused(x, act),
-            FeedForwardAct::Candle(act) => act.forward(&self.forward(x)?),
-        }
+        let (in_pass, after) = act.into().split();
+        FeedForwardAct::finish(self.forward_fused(x, in_pass)?, after)
     }
 
     /// `act` of the output in the same pass as the product and bias (CLIP's quick GELU,
@@ -90,6 +88,24 @@ pub(crate) enum FeedForwardAct {
     Fused(kernels::Activation),
     /// candle's, after the product.
     Candle(Activation),
+}
+
+impl FeedForwardAct {
+    /// The part a kernel applies in its pass and the part candle applies after it.
+    pub fn split(self) -> (kernels::Activation, Option<Activation>) {
+        match self {
+            Self::Fused(act) => (act, None),
+            Self::Candle(act) => (kernels::Activation::Identity, Some(act)),
+        }
+    }
+
+    /// `y` with the part applied after the kernel's pass ([`Self::split`]).
+    pub fn finish(y: Tensor, after: Option<Activation>) -> Result<Tensor> {
+        match after {
+            Some(act) => act.forward(&y),
+            None => Ok(y),
+        }
+    }
 }
 
 impl From<Activation> for FeedForwardAct {
@@ -256,21 +272,17 @@ impl FrameConv {
                 Tensor::cat(&[&zeros, x, &zeros], 0)?
             }
         };
-        let fused = matches!(act, Some(Activation::Gelu));
+        let (in_pass, after) = act.map_or((kernels::Activation::Identity, None), |act| {
+            FeedForwardAct::from(act).split()
+        });
         let y = kernels::conv1d_frames(
             &x,
             &self.weight,
             self.bias.as_ref(),
             self.kernel,
             self.stride,
-            match fused {
-                true => kernels::Activation::GeluErf,
-                false => kernels::Activation::Identity,
-            },
+            in_pass,
         )?;
-        match act {
-            Some(act) if !fused => act.forward(&y),
-            _ => Ok(y),
-        }
+        FeedForwardAct::finish(y, after)
     }
 }

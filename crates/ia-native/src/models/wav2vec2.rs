@@ -4,7 +4,7 @@
 //! a transformer encoder in post-LN (base) or pre-LN ("stable layer norm", large) form; CTC
 //! logits from `lm_head`. candle has no Wav2Vec2. Tensor names match the HF checkpoint.
 
-use super::encoder::{Dense, FrameConv, Products, SelfAttention};
+use super::encoder::{Dense, FeedForwardAct, FrameConv, Products, SelfAttention};
 use super::LoadContext;
 use crate::kernels;
 use crate::kernels::LayerNorm;
@@ -75,31 +75,23 @@ struct ConvLayer {
 impl ConvLayer {
     /// `x`: [frames, channels] of one waveform -> [frames out, channels out].
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // Without a norm between them, the activation goes into the convolution's pass.
-        let y = match &self.norm {
-            ConvNorm::None => return self.conv.forward(x, Some(self.act)),
-            // Each channel normalised over the frames, the GELU in the same pass.
-            ConvNorm::PerChannel { weight, bias } if self.act == Activation::Gelu => {
-                return kernels::channel_norm_frames(
-                    &self.conv.forward(x, None)?,
-                    weight,
-                    bias,
-                    ConvNorm::EPS,
-                    kernels::Activation::GeluErf,
-                )
+        match &self.norm {
+            // Without a norm between them, the activation goes into the convolution's pass.
+            ConvNorm::None => self.conv.forward(x, Some(self.act)),
+            // Each channel normalised over the frames, a GELU in the same pass.
+            ConvNorm::PerChannel { weight, bias } => {
+                let (in_pass, after) = FeedForwardAct::from(self.act).split();
+                let y = self.conv.forward(x, None)?;
+                let y = kernels::channel_norm_frames(&y, weight, bias, ConvNorm::EPS, in_pass)?;
+                FeedForwardAct::finish(y, after)
             }
-            ConvNorm::PerChannel { weight, bias } => kernels::channel_norm_frames(
-                &self.conv.forward(x, None)?,
-                weight,
-                bias,
-                ConvNorm::EPS,
-                kernels::Activation::Identity,
-            )?,
-            ConvNorm::Layer(l) => l.forward(&self.conv.forward(x, None)?)?,
-        };
-        match self.act {
-            Activation::Gelu => kernels::gelu_erf(&y),
-            act => act.forward(&y),
+            ConvNorm::Layer(l) => {
+                let y = l.forward(&self.conv.forward(x, None)?)?;
+                match self.act {
+                    Activation::Gelu => kernels::gelu_erf(&y),
+                    act => act.forward(&y),
+                }
+            }
         }
     }
 }
