@@ -1,6 +1,8 @@
 //! Linear-layer products on the shapes of BERT-base's and MiniLM's projections: candle's
-//! matmul against `ia_native::kernels::linear` (the same gemm kernels, the weight stored
-//! [in, out], threads split by output columns) and, where the CPU has AMX or AVX512-BF16, its bf16 products.
+//! matmul against `ia_native::kernels::linear` with the weight as gemm takes it ([in, out],
+//! threads split by output columns), with the weight as the engine packs it at load (on
+//! AVX2-only CPUs, panels for our own kernel; elsewhere the same as the first) and, where the
+//! CPU has AMX or AVX512-BF16, its bf16 products.
 //! `cargo run --release -p ia-native --example matmul_shapes`
 use candle_core::{Device, Tensor};
 use ia_native::kernels::{bf16, linear, Activation::Identity, Weight};
@@ -40,6 +42,8 @@ fn main() -> candle_core::Result<()> {
             let reps = (40 * 128 / rows).max(8);
             let flop = 2.0 * (rows * k * n) as f64;
             let candle = time(reps, || x.matmul(&wt))?;
+            let gemm_weight = Weight::Transposed(wt.contiguous()?);
+            let gemm = time(reps, || linear(&x, &gemm_weight, None, Identity, None))?;
             let f32_weight = Weight::new(&w, false)?;
             let ours = time(reps, || linear(&x, &f32_weight, None, Identity, None))?;
             let bf16 = if bf16::available() {
@@ -50,8 +54,9 @@ fn main() -> candle_core::Result<()> {
                 "     -".into()
             };
             println!(
-                "{rows:>5} x {k:>4} x {n:>4}  candle {:>6.1}  linear {:>6.1}  bf16 {bf16} GFLOP/s",
+                "{rows:>5} x {k:>4} x {n:>4}  candle {:>6.1}  gemm {:>6.1}  packed {:>6.1}  bf16 {bf16} GFLOP/s",
                 flop / candle / 1e9,
+                flop / gemm / 1e9,
                 flop / ours / 1e9
             );
         }

@@ -8,6 +8,7 @@
 
 use super::bf16::{self, Activations, PackedBf16};
 use super::math;
+use super::panels::{self, PackedF32};
 use super::quant::{self, QuantMatrix};
 use super::{applies, f32_slice, isa, multiversion, product, row_major, with_f32, Output};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
@@ -27,6 +28,8 @@ pub enum Weight {
     /// [in, out] (the checkpoint's [out, in] transposed once, so that gemm reads it without
     /// packing it first), in the model's dtype.
     Transposed(Tensor),
+    /// f32 packed once for the AVX2 kernel ([`PackedF32`]), on CPUs where it runs.
+    Panels(PackedF32),
     /// bf16 laid out for AMX and AVX512-BF16 ([`PackedBf16`]); the activations stay f32
     /// around the product.
     Bf16(PackedBf16),
@@ -40,7 +43,8 @@ impl Weight {
     /// CPU tensors).
     pub fn new(weight: &Tensor, bf16: bool) -> Result<Self> {
         let weight_t = weight.t()?.contiguous()?;
-        if !bf16 {
+        let panels = applies(&weight_t) && PackedF32::runs_here();
+        if !bf16 && !panels {
             return Ok(Weight::Transposed(weight_t));
         }
         let (k, n) = weight_t.dims2()?;
@@ -48,12 +52,17 @@ impl Weight {
             .to_dtype(candle_core::DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        Ok(Weight::Bf16(PackedBf16::pack(&data, k, n)))
+        Ok(if bf16 {
+            Weight::Bf16(PackedBf16::pack(&data, k, n))
+        } else {
+            Weight::Panels(PackedF32::pack(&data, k, n))
+        })
     }
 
     fn outputs(&self) -> Result<usize> {
         match self {
             Weight::Transposed(t) => t.dim(1),
+            Weight::Panels(p) => Ok(p.outputs()),
             Weight::Bf16(p) => Ok(p.outputs()),
             Weight::Quant(q) => Ok(q.outputs()),
         }
@@ -79,8 +88,10 @@ pub fn linear(
         Weight::Transposed(w) if !(on_kernels && applies(w)) => {
             return with_candle(x, w, bias, act, residual)
         }
-        Weight::Bf16(_) | Weight::Quant(_) if !on_kernels => {
-            candle_core::bail!("linear: bf16 and quantised weights take f32 activations on the CPU")
+        Weight::Panels(_) | Weight::Bf16(_) | Weight::Quant(_) if !on_kernels => {
+            candle_core::bail!(
+                "linear: packed f32, bf16 and quantised weights take f32 activations on the CPU"
+            )
         }
         _ => {}
     }
@@ -103,6 +114,7 @@ pub fn linear(
         }
     };
     let y = match weight {
+        Weight::Panels(p) => with_weight(Weights::Panels(p))?,
         Weight::Bf16(p) => with_weight(Weights::Bf16(p))?,
         Weight::Quant(q) => with_weight(Weights::Quant(q))?,
         Weight::Transposed(w) => {
@@ -163,6 +175,7 @@ enum Weights<'a> {
         inputs: usize,
         outputs: usize,
     },
+    Panels(&'a PackedF32),
     Bf16(&'a PackedBf16),
     Quant(&'a QuantMatrix),
 }
@@ -189,7 +202,7 @@ impl Linear<'_> {
         row_stride: usize,
         residual: Option<&[f32]>,
     ) -> Result<(CpuStorage, Shape)> {
-        if row_stride != k && !matches!(self.weight, Weights::F32 { .. }) {
+        if row_stride != k && !matches!(self.weight, Weights::F32 { .. } | Weights::Panels(_)) {
             candle_core::bail!("linear: overlapping rows need f32 weights")
         }
         if m > 0 && x.len() < (m - 1) * row_stride + k {
@@ -199,6 +212,7 @@ impl Linear<'_> {
             Weights::F32 {
                 inputs, outputs, ..
             } => (inputs, outputs, 16),
+            Weights::Panels(p) => (p.inputs(), p.outputs(), panels::PANEL),
             Weights::Bf16(p) => (p.inputs(), p.outputs(), PackedBf16::COLUMN_ALIGN),
             Weights::Quant(q) => (q.inputs(), q.outputs(), quant::GROUP),
         };
@@ -233,11 +247,11 @@ impl Linear<'_> {
         let isa = isa();
         let activations = match self.weight {
             Weights::Bf16(p) => Some(Activations::convert(x, m, p)),
-            Weights::F32 { .. } | Weights::Quant(_) => None,
+            Weights::F32 { .. } | Weights::Panels(_) | Weights::Quant(_) => None,
         };
         let quantised = match self.weight {
             Weights::Quant(_) => Some(quant::Activations::new(x, m, k)),
-            Weights::F32 { .. } | Weights::Bf16(_) => None,
+            Weights::F32 { .. } | Weights::Panels(_) | Weights::Bf16(_) => None,
         };
         let block = |start: usize| {
             let cols = width.min(n - start);
@@ -250,6 +264,17 @@ impl Linear<'_> {
                 // SAFETY: x is m x k row-major, w is k x n row-major and the right-hand side
                 // is its columns start..start+cols; dst is m x n row-major and this block
                 // writes only those columns, which no other block touches.
+                (Weights::Panels(w), _) => {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: the weights were packed because the CPU runs the kernel; x holds
+                    // m rows at row_stride (checked above); dst is m x n row-major and this
+                    // block writes only its columns.
+                    unsafe {
+                        panels::product_block(x, m, row_stride, w, start, cols, dst, n)
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    unreachable!("packed only on x86_64: {}", w.outputs())
+                }
                 (Weights::F32 { data: w, .. }, _) => unsafe {
                     product(
                         m,
@@ -369,52 +394,66 @@ pub fn conv1d_frames(
     act: Activation,
 ) -> Result<Tensor> {
     let (frames, channels) = x.dims2()?;
-    let Weight::Transposed(w) = weight else {
-        candle_core::bail!("conv1d_frames: f32 weights from conv_weight")
+    let (inputs, outputs) = match weight {
+        Weight::Transposed(w) => w.dims2()?,
+        Weight::Panels(p) => (p.inputs(), p.outputs()),
+        Weight::Bf16(_) | Weight::Quant(_) => {
+            candle_core::bail!("conv1d_frames: f32 weights from conv_weight")
+        }
     };
-    if kernel == 0 || stride == 0 || frames < kernel || w.dim(0)? != kernel * channels {
+    if kernel == 0 || stride == 0 || frames < kernel || inputs != kernel * channels {
         candle_core::bail!(
             "conv1d_frames: {frames} frames of {channels} against a kernel of {kernel} x {}",
-            w.dim(0)? / kernel.max(1)
+            inputs / kernel.max(1)
         )
     }
     let out_frames = (frames - kernel) / stride + 1;
-    if !([Some(x), bias].into_iter().flatten().all(applies) && applies(w)) {
-        // The same convolution in candle's operations (other devices and dtypes).
-        let outputs = w.dim(1)?;
-        let w = w
-            .t()?
-            .reshape((outputs, kernel, channels))?
-            .permute((0, 2, 1))?;
-        let c = x
-            .t()?
-            .unsqueeze(0)?
-            .conv1d(&w.contiguous()?, 0, stride, 1, 1)?;
-        return finish_with_candle(c.squeeze(0)?.t()?, bias, act, None);
+    let on_kernels = [Some(x), bias].into_iter().flatten().all(applies);
+    match weight {
+        Weight::Transposed(w) if !(on_kernels && applies(w)) => {
+            // The same convolution in candle's operations (other devices and dtypes).
+            let w = w
+                .t()?
+                .reshape((outputs, kernel, channels))?
+                .permute((0, 2, 1))?;
+            let c = x
+                .t()?
+                .unsqueeze(0)?
+                .conv1d(&w.contiguous()?, 0, stride, 1, 1)?;
+            return finish_with_candle(c.squeeze(0)?.t()?, bias, act, None);
+        }
+        Weight::Panels(_) if !on_kernels => {
+            candle_core::bail!("conv1d_frames: packed f32 weights take f32 frames on the CPU")
+        }
+        _ => {}
     }
     let x = x.contiguous()?;
-    let w = w.contiguous()?;
-    let outputs = w.dim(1)?;
-    let op = |bias: Option<&[f32]>| {
-        with_f32("conv1d_frames", &w, |data| {
+    let run = |weight: Weights<'_>| {
+        let op = |bias: Option<&[f32]>| {
             x.apply_op1_no_bwd(&Windows {
-                linear: Linear {
-                    weight: Weights::F32 {
-                        data,
-                        inputs: kernel * channels,
-                        outputs,
-                    },
-                    bias,
-                    act,
-                },
+                linear: Linear { weight, bias, act },
                 rows: out_frames,
                 stride: stride * channels,
             })
-        })
+        };
+        match bias {
+            Some(b) => with_f32("conv1d_frames", &b.contiguous()?, |b| op(Some(b))),
+            None => op(None),
+        }
     };
-    match bias {
-        Some(b) => with_f32("conv1d_frames", &b.contiguous()?, |b| op(Some(b))),
-        None => op(None),
+    match weight {
+        Weight::Panels(p) => run(Weights::Panels(p)),
+        Weight::Transposed(w) => {
+            let w = w.contiguous()?;
+            with_f32("conv1d_frames", &w, |data| {
+                run(Weights::F32 {
+                    data,
+                    inputs,
+                    outputs,
+                })
+            })
+        }
+        Weight::Bf16(_) | Weight::Quant(_) => unreachable!("refused above"),
     }
 }
 
@@ -442,8 +481,12 @@ impl CustomOp1 for Windows<'_> {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
-        let Weights::F32 { inputs, .. } = self.linear.weight else {
-            candle_core::bail!("conv1d_frames takes f32 weights")
+        let inputs = match self.linear.weight {
+            Weights::F32 { inputs, .. } => inputs,
+            Weights::Panels(p) => p.inputs(),
+            Weights::Bf16(_) | Weights::Quant(_) => {
+                candle_core::bail!("conv1d_frames takes f32 weights")
+            }
         };
         let x = f32_slice("conv1d_frames", s1, l1)?;
         self.linear

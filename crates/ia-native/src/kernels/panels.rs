@@ -1,0 +1,281 @@
+//! f32 products against weights packed once at load, for CPUs whose widest set is AVX2.
+//!
+//! gemm packs both operands on every call. For a linear layer the weight is the large one, so
+//! at one sequence (128 rows) the packing is a pass over the whole weight per product: on an
+//! AVX2-only EPYC it took 15.7% of bert-base b=1 (`perf`: gemm's `vectorize` against 65% in
+//! its `x2x6` micro-kernel). Here the weight is stored as gemm would pack it, once: panels of
+//! [`PANEL`] output columns, each `inputs` rows of [`PANEL`] values. Only the activations are
+//! packed per call (their rows may be any distance apart, which the convolutions' overlapping
+//! windows need): a few rows, cheap next to the weight.
+//!
+//! The micro-kernel keeps a tile of up to [`ROWS`] rows x [`PANEL`] columns in twelve
+//! registers while it walks [`DEPTH`] inputs: two loads of the panel and six broadcasts feed
+//! twelve FMAs per input. Tiles sweep every row of a block of [`BLOCK_ROWS`] rows (which stay in
+//! L2) for one panel (whose [`DEPTH`] rows stay in L1) before the next panel.
+//!
+//! AVX-512 CPUs keep gemm: its AVX-512 micro-kernels are twice this width, and the machines
+//! that have them were measured with it.
+
+#[cfg(target_arch = "x86_64")]
+use super::SharedOut;
+
+/// Output columns per panel: two AVX2 registers.
+pub const PANEL: usize = 16;
+/// Rows per tile: 6 x 2 accumulators leave registers for the panel's two vectors and a
+/// broadcast.
+#[cfg(target_arch = "x86_64")]
+const ROWS: usize = 6;
+/// Inputs per pass: a panel's 256 x 16 values are 16 KiB, half of L1.
+#[cfg(target_arch = "x86_64")]
+const DEPTH: usize = 256;
+/// Rows per block: 96 rows of 256 inputs are 96 KiB, within L2 with the panels passing by.
+#[cfg(target_arch = "x86_64")]
+const BLOCK_ROWS: usize = 96;
+
+/// A linear layer's `[inputs, outputs]` weight as panels of [`PANEL`] columns (the last one
+/// padded with zeros), each `inputs` consecutive rows of [`PANEL`] values, starting on a cache
+/// line.
+pub struct PackedF32 {
+    inputs: usize,
+    outputs: usize,
+    values: Vec<f32>,
+    /// Where the first panel starts in `values` (for the cache-line alignment).
+    start: usize,
+}
+
+impl PackedF32 {
+    /// Packs `weight_t`, `[k, n]` row-major.
+    pub fn pack(weight_t: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(weight_t.len(), k * n, "a {k} x {n} weight");
+        let panels = n.div_ceil(PANEL);
+        // A cache line is 16 f32: the first aligned element is at most 15 in.
+        let mut values = vec![0f32; panels * k * PANEL + 15];
+        let start = values.as_ptr().align_offset(64).min(15);
+        for p in 0..panels {
+            let (first, cols) = (p * PANEL, PANEL.min(n - p * PANEL));
+            for i in 0..k {
+                let at = start + (p * k + i) * PANEL;
+                values[at..at + cols].copy_from_slice(&weight_t[i * n + first..][..cols]);
+            }
+        }
+        Self {
+            inputs: k,
+            outputs: n,
+            values,
+            start,
+        }
+    }
+
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+
+    /// Whether this CPU runs [`product_block`] (the weights are packed only where it does).
+    pub fn runs_here() -> bool {
+        super::isa() == super::Isa::Avx2
+    }
+}
+
+/// `dst[r][c] = sum_i x[r * row_stride + i] * w[i][c]` for the `m` rows and the columns
+/// `first..first + cols` (`first` a multiple of [`PANEL`]); dst's rows are `dst_stride` apart.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA ([`PackedF32::runs_here`]); `x` holds `m` rows of the weight's
+/// inputs at `row_stride`; dst covers those rows and columns, which no other thread touches
+/// meanwhile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn product_block(
+    x: &[f32],
+    m: usize,
+    row_stride: usize,
+    w: &PackedF32,
+    first: usize,
+    cols: usize,
+    dst: SharedOut,
+    dst_stride: usize,
+) {
+    let k = w.inputs;
+    debug_assert!(first.is_multiple_of(PANEL) && first + cols <= w.outputs);
+    debug_assert!(m == 0 || x.len() >= (m - 1) * row_stride + k);
+    // A block of rows, tile by tile, each tile's inputs interleaved (input i of its rows side
+    // by side), so the micro-kernel's broadcasts walk one stream.
+    let mut rows_packed = vec![0f32; BLOCK_ROWS.min(m) * DEPTH.min(k)];
+    for k0 in (0..k).step_by(DEPTH) {
+        let depth = DEPTH.min(k - k0);
+        for r0 in (0..m).step_by(BLOCK_ROWS) {
+            let rows = BLOCK_ROWS.min(m - r0);
+            for t0 in (0..rows).step_by(ROWS) {
+                let tile_rows = ROWS.min(rows - t0);
+                let tile = &mut rows_packed[t0 * depth..(t0 + tile_rows) * depth];
+                let at = (r0 + t0) * row_stride + k0;
+                match tile_rows {
+                    6 => interleave::<6>(tile, x, at, row_stride, depth),
+                    5 => interleave::<5>(tile, x, at, row_stride, depth),
+                    4 => interleave::<4>(tile, x, at, row_stride, depth),
+                    3 => interleave::<3>(tile, x, at, row_stride, depth),
+                    2 => interleave::<2>(tile, x, at, row_stride, depth),
+                    _ => interleave::<1>(tile, x, at, row_stride, depth),
+                }
+            }
+            for c0 in (first..first + cols).step_by(PANEL) {
+                let width = PANEL.min(first + cols - c0);
+                let panel = w.values[w.start + (c0 / PANEL * k + k0) * PANEL..].as_ptr();
+                for t0 in (0..rows).step_by(ROWS) {
+                    let tile_rows = ROWS.min(rows - t0);
+                    let t = Tile {
+                        a: rows_packed[t0 * depth..].as_ptr(),
+                        panel,
+                        depth,
+                        c: dst.at((r0 + t0) * dst_stride + c0),
+                        c_stride: dst_stride,
+                        width,
+                        accumulate: k0 > 0,
+                    };
+                    // SAFETY: as the caller promises; the tile's rows, inputs and columns are
+                    // within the operands.
+                    unsafe {
+                        match tile_rows {
+                            6 => tile::<6>(t),
+                            5 => tile::<5>(t),
+                            4 => tile::<4>(t),
+                            3 => tile::<3>(t),
+                            2 => tile::<2>(t),
+                            _ => tile::<1>(t),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `depth` inputs of the `R` rows from `x[at]`, `stride` apart, interleaved into `tile`.
+#[inline(always)]
+fn interleave<const R: usize>(tile: &mut [f32], x: &[f32], at: usize, stride: usize, depth: usize) {
+    let rows: [&[f32]; R] = std::array::from_fn(|r| &x[at + r * stride..][..depth]);
+    for (i, inputs) in tile[..R * depth].chunks_exact_mut(R).enumerate() {
+        for (v, row) in inputs.iter_mut().zip(&rows) {
+            // SAFETY: i < depth, each row's length.
+            *v = unsafe { *row.get_unchecked(i) };
+        }
+    }
+}
+
+/// One tile's operands: `depth` inputs of `R` rows interleaved in `a` against `depth` rows
+/// of a panel, into the first `width` columns of `R` rows of `c`, added to what is there
+/// when `accumulate` (a later pass over the inputs).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Tile {
+    a: *const f32,
+    panel: *const f32,
+    depth: usize,
+    c: *mut f32,
+    c_stride: usize,
+    width: usize,
+    accumulate: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile<const R: usize>(t: Tile) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's pointers cover `depth` x R interleaved inputs, `depth` panel rows
+    // and R rows of `width` outputs.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let (mut a, mut b) = (t.a, t.panel);
+        for _ in 0..t.depth {
+            let b0 = _mm256_load_ps(b);
+            let b1 = _mm256_load_ps(b.add(8));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let v = _mm256_broadcast_ss(&*a.add(r));
+                acc[0] = _mm256_fmadd_ps(v, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(v, b1, acc[1]);
+            }
+            a = a.add(R);
+            b = b.add(PANEL);
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let row = t.c.add(r * t.c_stride);
+            if t.width == PANEL {
+                let (mut v0, mut v1) = (acc[0], acc[1]);
+                if t.accumulate {
+                    v0 = _mm256_add_ps(v0, _mm256_loadu_ps(row));
+                    v1 = _mm256_add_ps(v1, _mm256_loadu_ps(row.add(8)));
+                }
+                _mm256_storeu_ps(row, v0);
+                _mm256_storeu_ps(row.add(8), v1);
+            } else {
+                let mut sums = [0f32; PANEL];
+                _mm256_storeu_ps(sums.as_mut_ptr(), acc[0]);
+                _mm256_storeu_ps(sums.as_mut_ptr().add(8), acc[1]);
+                for (j, s) in sums.iter().take(t.width).enumerate() {
+                    let o = row.add(j);
+                    *o = if t.accumulate { *o + s } else { *s };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use crate::kernels::{Isa, Output};
+
+    fn values(len: usize, seed: f32) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i as f32 * 0.618 + seed).fract() - 0.5) * 2.0)
+            .collect()
+    }
+
+    /// Every tile height, a ragged last panel, more inputs than one pass (the accumulating
+    /// passes), more rows than one block, rows further apart than their length and no inputs
+    /// at all equal the sums in f64.
+    #[test]
+    fn products_equal_the_sums() {
+        if Isa::detected() < Isa::Avx2 {
+            println!("NOT EXERCISED: the panel kernel needs AVX2 and FMA");
+            return;
+        }
+        for (m, k, n, row_stride) in [
+            (1, 8, 3, 8),
+            (7, 33, 50, 33),
+            (13, 600, 40, 600),
+            (200, 257, 17, 300),
+            (5, 0, 16, 0),
+        ] {
+            let x = values(m.max(1) * row_stride.max(k), 0.1);
+            let w = values(k * n, 0.7);
+            let packed = PackedF32::pack(&w, k, n);
+            let mut out = Output::zeroed(m * n);
+            // Two blocks of columns, as two threads would take them.
+            let split = (n / 2).div_ceil(PANEL) * PANEL;
+            for (first, cols) in [(0, split.min(n)), (split.min(n), n - split.min(n))] {
+                // SAFETY: this test runs where AVX2 does; the operands cover the shapes.
+                unsafe { product_block(&x, m, row_stride, &packed, first, cols, out.ptr(), n) };
+            }
+            // SAFETY: the two blocks wrote every element (or the buffer was zeroed).
+            let got = unsafe { out.assume_init() };
+            for r in 0..m {
+                for c in 0..n {
+                    let want: f64 = (0..k)
+                        .map(|i| x[r * row_stride + i] as f64 * w[i * n + c] as f64)
+                        .sum();
+                    let g = got[r * n + c] as f64;
+                    assert!(
+                        (g - want).abs() <= 1e-5 * (1.0 + want.abs()) * (k as f64).sqrt().max(1.0),
+                        "{m}x{k}x{n} stride {row_stride} at ({r}, {c}): {g} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
