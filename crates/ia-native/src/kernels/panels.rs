@@ -156,6 +156,7 @@ pub(super) unsafe fn product_block(
 }
 
 /// `depth` inputs of the `R` rows from `x[at]`, `stride` apart, interleaved into `tile`.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn interleave<const R: usize>(tile: &mut [f32], x: &[f32], at: usize, stride: usize, depth: usize) {
     let rows: [&[f32]; R] = std::array::from_fn(|r| &x[at + r * stride..][..depth]);
