@@ -1,9 +1,10 @@
 //! Linear layers: `act(x . W + bias) + residual` in one pass over the output.
 //!
-//! The weight is stored transposed (`[in, out]` row-major) so that gemm reads it without
-//! packing it first. The output columns are split between the threads, each running gemm on
-//! one thread and then the bias, activation and residual add on its own block while it is
-//! still in cache: for the few rows of a short batch (128 x 768 x 3072) gemm's own split makes
+//! The weight is stored transposed (`[in, out]` row-major) for gemm, which still packs its
+//! operands on every call; on CPUs whose widest set is AVX2 it is packed once at load for
+//! [`super::panels`] instead. The output columns are split between the threads, each running
+//! the product on one thread and then the bias, activation and residual add on its own block
+//! while it is still in cache: for the few rows of a short batch (128 x 768 x 3072) gemm's own split makes
 //! two threads slower than one; split by columns they are about twice as fast.
 
 use super::bf16::{self, Activations, PackedBf16};
@@ -25,8 +26,7 @@ pub enum Activation {
 
 /// A linear layer's weight as the kernel takes it.
 pub enum Weight {
-    /// [in, out] (the checkpoint's [out, in] transposed once, so that gemm reads it without
-    /// packing it first), in the model's dtype.
+    /// [in, out] (the checkpoint's [out, in] transposed once), in the model's dtype, for gemm.
     Transposed(Tensor),
     /// f32 packed once for the AVX2 kernel ([`PackedF32`]), on CPUs where it runs.
     Panels(PackedF32),
@@ -59,12 +59,13 @@ impl Weight {
         })
     }
 
-    fn outputs(&self) -> Result<usize> {
+    /// (inputs, outputs).
+    fn dims(&self) -> Result<(usize, usize)> {
         match self {
-            Weight::Transposed(t) => t.dim(1),
-            Weight::Panels(p) => Ok(p.outputs()),
-            Weight::Bf16(p) => Ok(p.outputs()),
-            Weight::Quant(q) => Ok(q.outputs()),
+            Weight::Transposed(t) => t.dims2(),
+            Weight::Panels(p) => Ok((p.inputs(), p.outputs())),
+            Weight::Bf16(p) => Ok((p.inputs(), p.outputs())),
+            Weight::Quant(q) => Ok((q.inputs(), q.outputs())),
         }
     }
 }
@@ -81,7 +82,7 @@ pub fn linear(
 ) -> Result<Tensor> {
     let mut dims = x.dims().to_vec();
     let inputs = *dims.last().expect("a tensor with dimensions");
-    let outputs = weight.outputs()?;
+    let (_, outputs) = weight.dims()?;
     *dims.last_mut().expect("a tensor with dimensions") = outputs;
     let on_kernels = [Some(x), bias, residual].into_iter().flatten().all(applies);
     match weight {
@@ -180,6 +181,20 @@ enum Weights<'a> {
     Quant(&'a QuantMatrix),
 }
 
+impl Weights<'_> {
+    /// (inputs, outputs).
+    fn dims(&self) -> (usize, usize) {
+        match *self {
+            Weights::F32 {
+                inputs, outputs, ..
+            } => (inputs, outputs),
+            Weights::Panels(p) => (p.inputs(), p.outputs()),
+            Weights::Bf16(p) => (p.inputs(), p.outputs()),
+            Weights::Quant(q) => (q.inputs(), q.outputs()),
+        }
+    }
+}
+
 struct Linear<'a> {
     weight: Weights<'a>,
     bias: Option<&'a [f32]>,
@@ -208,13 +223,12 @@ impl Linear<'_> {
         if m > 0 && x.len() < (m - 1) * row_stride + k {
             candle_core::bail!("linear: {} values do not hold {m} rows of {k}", x.len())
         }
-        let (k2, n, align) = match self.weight {
-            Weights::F32 {
-                inputs, outputs, ..
-            } => (inputs, outputs, 16),
-            Weights::Panels(p) => (p.inputs(), p.outputs(), panels::PANEL),
-            Weights::Bf16(p) => (p.inputs(), p.outputs(), PackedBf16::COLUMN_ALIGN),
-            Weights::Quant(q) => (q.inputs(), q.outputs(), quant::GROUP),
+        let (k2, n) = self.weight.dims();
+        let align = match self.weight {
+            Weights::F32 { .. } => 16,
+            Weights::Panels(_) => panels::PANEL,
+            Weights::Bf16(_) => PackedBf16::COLUMN_ALIGN,
+            Weights::Quant(_) => quant::GROUP,
         };
         if k != k2 {
             candle_core::bail!("linear: rows of {k} against weights of {k2}")
@@ -232,9 +246,9 @@ impl Linear<'_> {
             return Ok((CpuStorage::F32(vec![]), Shape::from((m, n))));
         }
         // Every block below covers all m rows of its columns, and the blocks cover all n.
-        // gemm and the quantised kernel overwrite them; the bf16 kernels add to zeros (one
-        // pass of the inner dimension after another), and gemm over k = 0 inputs may write
-        // nothing.
+        // gemm, the panels and the quantised kernel overwrite them; the bf16 kernels add to
+        // zeros (one pass of the inner dimension after another), and gemm or the panels over
+        // k = 0 inputs write nothing.
         let mut out = match (k, self.weight) {
             (0, _) | (_, Weights::Bf16(_)) => Output::zeroed(m * n),
             _ => Output::new(m * n),
@@ -261,9 +275,6 @@ impl Linear<'_> {
                     // SAFETY: dst is m x n row-major; this block writes only its columns.
                     unsafe { quant::product_block(x, q, start, cols, dst, n) }
                 }
-                // SAFETY: x is m x k row-major, w is k x n row-major and the right-hand side
-                // is its columns start..start+cols; dst is m x n row-major and this block
-                // writes only those columns, which no other block touches.
                 (Weights::Panels(w), _) => {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: the weights were packed because the CPU runs the kernel; x holds
@@ -275,6 +286,9 @@ impl Linear<'_> {
                     #[cfg(not(target_arch = "x86_64"))]
                     unreachable!("packed only on x86_64: {}", w.outputs())
                 }
+                // SAFETY: x is m x k row-major, w is k x n row-major and the right-hand side
+                // is its columns start..start+cols; dst is m x n row-major and this block
+                // writes only those columns, which no other block touches.
                 (Weights::F32 { data: w, .. }, _) => unsafe {
                     product(
                         m,
@@ -394,13 +408,10 @@ pub fn conv1d_frames(
     act: Activation,
 ) -> Result<Tensor> {
     let (frames, channels) = x.dims2()?;
-    let (inputs, outputs) = match weight {
-        Weight::Transposed(w) => w.dims2()?,
-        Weight::Panels(p) => (p.inputs(), p.outputs()),
-        Weight::Bf16(_) | Weight::Quant(_) => {
-            candle_core::bail!("conv1d_frames: f32 weights from conv_weight")
-        }
-    };
+    if matches!(weight, Weight::Bf16(_) | Weight::Quant(_)) {
+        candle_core::bail!("conv1d_frames: f32 weights from conv_weight")
+    }
+    let (inputs, outputs) = weight.dims()?;
     if kernel == 0 || stride == 0 || frames < kernel || inputs != kernel * channels {
         candle_core::bail!(
             "conv1d_frames: {frames} frames of {channels} against a kernel of {kernel} x {}",
@@ -481,13 +492,10 @@ impl CustomOp1 for Windows<'_> {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
-        let inputs = match self.linear.weight {
-            Weights::F32 { inputs, .. } => inputs,
-            Weights::Panels(p) => p.inputs(),
-            Weights::Bf16(_) | Weights::Quant(_) => {
-                candle_core::bail!("conv1d_frames takes f32 weights")
-            }
-        };
+        if matches!(self.linear.weight, Weights::Bf16(_) | Weights::Quant(_)) {
+            candle_core::bail!("conv1d_frames takes f32 weights")
+        }
+        let (inputs, _) = self.linear.weight.dims();
         let x = f32_slice("conv1d_frames", s1, l1)?;
         self.linear
             .run_rows(x, self.rows, inputs, self.stride, None)
