@@ -3,7 +3,8 @@
 //! threads split by output columns), with the weight as the engine packs it at load (on
 //! AVX2-only CPUs, panels for our own kernel; elsewhere the same as the first) and, where the
 //! CPU has AMX or AVX512-BF16, its bf16 products.
-//! `cargo run --release -p ia-native --example matmul_shapes`
+//! `cargo run --release -p ia-native --example matmul_shapes [ROWS ...]` (default 16, 128, 512,
+//! 1024; ViT-base's batch of 8 is 1576).
 use candle_core::{Device, Tensor};
 use ia_native::kernels::{bf16, linear, Activation::Identity, Weight};
 use std::time::Instant;
@@ -26,7 +27,14 @@ fn time(
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     println!("threads: {}", rayon::current_num_threads());
-    for rows in [16usize, 128, 512, 1024] {
+    let mut row_counts: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("row counts"))
+        .collect();
+    if row_counts.is_empty() {
+        row_counts = vec![16, 128, 512, 1024];
+    }
+    for rows in row_counts {
         for (k, n) in [
             (768usize, 2304usize),
             (768, 768),

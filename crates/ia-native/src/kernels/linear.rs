@@ -269,6 +269,21 @@ impl Linear<'_> {
         };
         let block = |start: usize| {
             let cols = width.min(n - start);
+            // The bias, activation and residual of rows r0..r0 + rows of this block.
+            let finish = |r0: usize, rows: usize| {
+                for r in r0..r0 + rows {
+                    // SAFETY: as below, this block's columns of row r.
+                    let row =
+                        unsafe { std::slice::from_raw_parts_mut(dst.at(r * n + start), cols) };
+                    epilogue(
+                        isa,
+                        row,
+                        self.bias.map(|b| &b[start..start + cols]),
+                        self.act,
+                        residual.map(|res| &res[r * n + start..r * n + start + cols]),
+                    );
+                }
+            };
             match (self.weight, &activations) {
                 (Weights::Quant(q), _) => {
                     let x = quantised.as_ref().expect("quantised above");
@@ -279,10 +294,11 @@ impl Linear<'_> {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: the weights were packed because the CPU runs the kernel; x holds
                     // m rows at row_stride (checked above); dst is m x n row-major and this
-                    // block writes only its columns.
+                    // block writes only its columns. It finishes its rows block by block.
                     unsafe {
-                        panels::product_block(x, m, row_stride, w, start, cols, dst, n)
+                        panels::product_block(x, m, row_stride, w, start, cols, dst, n, finish);
                     }
+                    return;
                     #[cfg(not(target_arch = "x86_64"))]
                     unreachable!("packed only on x86_64: {}", w.outputs())
                 }
@@ -327,17 +343,7 @@ impl Linear<'_> {
                 }
                 (Weights::Bf16(_), None) => unreachable!("converted above"),
             }
-            for r in 0..m {
-                // SAFETY: as above, this block's columns of row r.
-                let row = unsafe { std::slice::from_raw_parts_mut(dst.at(r * n + start), cols) };
-                epilogue(
-                    isa,
-                    row,
-                    self.bias.map(|b| &b[start..start + cols]),
-                    self.act,
-                    residual.map(|res| &res[r * n + start..r * n + start + cols]),
-                );
-            }
+            finish(0, m);
         };
         let starts: Vec<usize> = (0..n).step_by(width.max(1)).collect();
         if starts.len() <= 1 {

@@ -82,6 +82,8 @@ impl PackedF32 {
 
 /// `dst[r][c] = sum_i x[r * row_stride + i] * w[i][c]` for the `m` rows and the columns
 /// `first..first + cols` (`first` a multiple of [`PANEL`]); dst's rows are `dst_stride` apart.
+/// `finished(r0, rows)` runs as soon as rows `r0..r0 + rows` of these columns hold their
+/// sums, while they are still in cache (the linear layer's bias, activation and residual).
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA ([`PackedF32::runs_here`]); `x` holds `m` rows of the weight's
@@ -99,17 +101,20 @@ pub(super) unsafe fn product_block(
     cols: usize,
     dst: SharedOut,
     dst_stride: usize,
+    mut finished: impl FnMut(usize, usize),
 ) {
     let k = w.inputs;
     debug_assert!(first.is_multiple_of(PANEL) && first + cols <= w.outputs);
     debug_assert!(m == 0 || x.len() >= (m - 1) * row_stride + k);
     // A block of rows, tile by tile, each tile's inputs interleaved (input i of its rows side
-    // by side), so the micro-kernel's broadcasts walk one stream.
+    // by side), so the micro-kernel's broadcasts walk one stream. Every pass over the inputs
+    // of one block runs before the next block: its outputs, added to pass after pass, stay
+    // in cache (in the other order a block of 1,576 rows waited on memory for them).
     let mut rows_packed = vec![0f32; BLOCK_ROWS.min(m) * DEPTH.min(k)];
-    for k0 in (0..k).step_by(DEPTH) {
-        let depth = DEPTH.min(k - k0);
-        for r0 in (0..m).step_by(BLOCK_ROWS) {
-            let rows = BLOCK_ROWS.min(m - r0);
+    for r0 in (0..m).step_by(BLOCK_ROWS) {
+        let rows = BLOCK_ROWS.min(m - r0);
+        for k0 in (0..k).step_by(DEPTH) {
+            let depth = DEPTH.min(k - k0);
             for t0 in (0..rows).step_by(ROWS) {
                 let tile_rows = ROWS.min(rows - t0);
                 let tile = &mut rows_packed[t0 * depth..(t0 + tile_rows) * depth];
@@ -152,6 +157,7 @@ pub(super) unsafe fn product_block(
                 }
             }
         }
+        finished(r0, rows);
     }
 }
 
@@ -261,7 +267,19 @@ mod tests {
             let split = (n / 2).div_ceil(PANEL) * PANEL;
             for (first, cols) in [(0, split.min(n)), (split.min(n), n - split.min(n))] {
                 // SAFETY: this test runs where AVX2 does; the operands cover the shapes.
-                unsafe { product_block(&x, m, row_stride, &packed, first, cols, out.ptr(), n) };
+                unsafe {
+                    product_block(
+                        &x,
+                        m,
+                        row_stride,
+                        &packed,
+                        first,
+                        cols,
+                        out.ptr(),
+                        n,
+                        |_, _| {},
+                    )
+                };
             }
             // SAFETY: the two blocks wrote every element (or the buffer was zeroed).
             let got = unsafe { out.assume_init() };
