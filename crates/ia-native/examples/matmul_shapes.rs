@@ -3,10 +3,13 @@
 //! threads split by output columns), with the weight as the engine packs it at load (on
 //! AVX2-only CPUs, panels for our own kernel; elsewhere the same as the first) and, where the
 //! CPU has AMX or AVX512-BF16, its bf16 products.
-//! `cargo run --release -p ia-native --example matmul_shapes [ROWS ...]` (default 16, 128, 512,
-//! 1024; ViT-base's batch of 8 is 1576).
+//! Then wav2vec2-base's convolutions.
+//! `cargo run --release -p ia-native --example matmul_shapes [ROWS ...] [conv]` (rows default
+//! to 16, 128, 512 and 1024; ViT-base's batch of 8 is 1576; `conv` alone: the convolutions only).
 use candle_core::{Device, Tensor};
-use ia_native::kernels::{bf16, linear, Activation::Identity, Weight};
+use ia_native::kernels::{
+    attention, bf16, conv1d_frames, conv_weight, linear, Activation::Identity, Weight,
+};
 use std::time::Instant;
 
 /// The fastest of `reps` calls: on a shared machine the others measure the neighbours.
@@ -27,11 +30,14 @@ fn time(
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     println!("threads: {}", rayon::current_num_threads());
-    let mut row_counts: Vec<usize> = std::env::args()
-        .skip(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let convs_only = args.iter().any(|a| a == "conv");
+    let mut row_counts: Vec<usize> = args
+        .iter()
+        .filter(|a| *a != "conv")
         .map(|a| a.parse().expect("row counts"))
         .collect();
-    if row_counts.is_empty() {
+    if row_counts.is_empty() && !convs_only {
         row_counts = vec![16, 128, 512, 1024];
     }
     for rows in row_counts {
@@ -68,6 +74,47 @@ fn main() -> candle_core::Result<()> {
                 flop / ours / 1e9
             );
         }
+    }
+    // Self-attention: Whisper's encoder, BERT-base at b=1 and b=8, ViT-base (batch, tokens,
+    // hidden, heads).
+    for (b, s, h, heads) in [
+        (1usize, 1500usize, 384usize, 6usize),
+        (1, 128, 768, 12),
+        (8, 128, 768, 12),
+        (1, 197, 768, 12),
+        (1, 512, 768, 12),
+    ] {
+        let qkv = Tensor::randn(0f32, 1.0, (b, s, 3 * h), &dev)?;
+        let flop = 4.0 * (b * s * s * h) as f64;
+        let t = time(8, || attention(&qkv, heads, None, false))?;
+        println!(
+            "attention {b} x {s:>4} x {h} / {heads:>2} heads: {:>7.2} ms {:>6.1} GFLOP/s",
+            t * 1e3,
+            flop / t / 1e9
+        );
+    }
+    // wav2vec2-base's feature encoder on 3.44 s of audio (55,040 samples): frames, channels in,
+    // channels out, kernel, stride; and one of the 16 groups of its positional convolution.
+    for (frames, cin, cout, kernel, stride) in [
+        (55040usize, 1usize, 512usize, 10usize, 5usize),
+        (11007, 512, 512, 3, 2),
+        (5503, 512, 512, 3, 2),
+        (2751, 512, 512, 3, 2),
+        (1375, 512, 512, 3, 2),
+        (687, 512, 512, 2, 2),
+        (343, 512, 512, 2, 2),
+        (171 + 128, 48, 48, 128, 1),
+    ] {
+        let x = Tensor::randn(0f32, 1.0, (frames, cin), &dev)?;
+        let w = conv_weight(&Tensor::randn(0f32, 1.0, (cout, cin, kernel), &dev)?)?;
+        let out_frames = (frames - kernel) / stride + 1;
+        let flop = 2.0 * (out_frames * cin * kernel * cout) as f64;
+        let t = time(8, || conv1d_frames(&x, &w, None, kernel, stride, Identity))?;
+        println!(
+            "conv {frames:>5} frames x {cin:>3} -> {cout:>3}, kernel {kernel:>3} / {stride}: {:>7.2} ms {:>6.1} GFLOP/s",
+            t * 1e3,
+            flop / t / 1e9
+        );
     }
     Ok(())
 }
