@@ -292,13 +292,16 @@ impl Linear<'_> {
                 }
                 (Weights::Panels(w), _) => {
                     #[cfg(target_arch = "x86_64")]
-                    // SAFETY: the weights were packed because the CPU runs the kernel; x holds
-                    // m rows at row_stride (checked above); dst is m x n row-major and this
-                    // block writes only its columns. It finishes its rows block by block.
-                    unsafe {
-                        panels::product_block(x, m, row_stride, w, start, cols, dst, n, finish);
+                    {
+                        // SAFETY: the weights were packed because the CPU runs the kernel; x
+                        // holds m rows at row_stride (checked above); dst is m x n row-major
+                        // and this block writes only its columns. It finishes its rows block
+                        // by block.
+                        unsafe {
+                            panels::product_block(x, m, row_stride, w, start, cols, dst, n, finish)
+                        };
+                        return;
                     }
-                    return;
                     #[cfg(not(target_arch = "x86_64"))]
                     unreachable!("packed only on x86_64: {}", w.outputs())
                 }

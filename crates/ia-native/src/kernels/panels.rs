@@ -266,6 +266,7 @@ mod tests {
             // Two blocks of columns, as two threads would take them.
             let split = (n / 2).div_ceil(PANEL) * PANEL;
             for (first, cols) in [(0, split.min(n)), (split.min(n), n - split.min(n))] {
+                let mut finished = Vec::new();
                 // SAFETY: this test runs where AVX2 does; the operands cover the shapes.
                 unsafe {
                     product_block(
@@ -277,9 +278,16 @@ mod tests {
                         cols,
                         out.ptr(),
                         n,
-                        |_, _| {},
+                        |r0, rows| finished.push((r0, rows)),
                     )
                 };
+                // Every row is reported finished once, in order, after its block.
+                let mut next = 0;
+                for (r0, rows) in finished {
+                    assert_eq!(r0, next, "{m}x{k}x{n}: blocks {r0}..");
+                    next += rows;
+                }
+                assert_eq!(next, m, "{m}x{k}x{n}: rows finished");
             }
             // SAFETY: the two blocks wrote every element (or the buffer was zeroed).
             let got = unsafe { out.assume_init() };
