@@ -5,6 +5,7 @@
 //! `config.json` as is and loads tensors under the checkpoint's own names.
 
 mod calibrate;
+mod heap;
 pub mod kernels;
 pub mod models;
 pub mod training;
@@ -191,17 +192,18 @@ impl Engine for NativeEngine {
 
     fn load(&self, model: &Model, at: Placement) -> Result<Box<dyn Session>, EngineError> {
         let ctx = self.context(model, at, Capability::Run)?;
-        match model.class {
-            ModelClass::Bert => models::bert::BertSession::load(ctx),
-            ModelClass::Vit => models::vit::VitSession::load(ctx),
-            ModelClass::Clip => models::clip::ClipSession::load(ctx),
-            ModelClass::Detr => models::detr::DetrSession::load(ctx),
-            ModelClass::Clap => models::clap::ClapSession::load(ctx),
-            ModelClass::Whisper => Ok(Box::new(models::whisper::load(ctx)?)),
-            ModelClass::Wav2vec2 => Ok(Box::new(models::wav2vec2::Wav2Vec2Session::load(ctx)?)),
-            ModelClass::Xclip => models::xclip::XclipSession::load(ctx),
+        let session: Box<dyn Session> = match model.class {
+            ModelClass::Bert => models::bert::BertSession::load(ctx)?,
+            ModelClass::Vit => models::vit::VitSession::load(ctx)?,
+            ModelClass::Clip => models::clip::ClipSession::load(ctx)?,
+            ModelClass::Detr => models::detr::DetrSession::load(ctx)?,
+            ModelClass::Clap => models::clap::ClapSession::load(ctx)?,
+            ModelClass::Whisper => Box::new(models::whisper::load(ctx)?),
+            ModelClass::Wav2vec2 => Box::new(models::wav2vec2::Wav2Vec2Session::load(ctx)?),
+            ModelClass::Xclip => models::xclip::XclipSession::load(ctx)?,
             _ => unreachable!("checked by supports()"),
-        }
+        };
+        Ok(Box::new(heap::Retained::new(session)))
     }
 
     fn load_generator(
@@ -227,14 +229,15 @@ impl Engine for NativeEngine {
         at: Placement,
     ) -> Result<Box<dyn SpeechRecognizer>, EngineError> {
         let ctx = self.context(model, at, Capability::Transcribe)?;
-        match model.class {
-            ModelClass::Whisper => Ok(Box::new(models::whisper::load(ctx)?)),
-            ModelClass::Wav2vec2 => Ok(Box::new(ia_engine::ctc::CtcRecognizer::new(
+        let recognizer: Box<dyn SpeechRecognizer> = match model.class {
+            ModelClass::Whisper => Box::new(models::whisper::load(ctx)?),
+            ModelClass::Wav2vec2 => Box::new(ia_engine::ctc::CtcRecognizer::new(
                 Box::new(models::wav2vec2::Wav2Vec2Session::load(ctx)?),
                 model,
-            )?)),
+            )?),
             _ => unreachable!("checked by supports()"),
-        }
+        };
+        Ok(Box::new(heap::Retained::new(recognizer)))
     }
 }
 

@@ -18,7 +18,6 @@
 mod adamw;
 mod bert;
 mod decoder;
-mod heap;
 mod layers;
 mod opt;
 mod t5;
@@ -218,7 +217,7 @@ pub struct TrainingSession {
     gradient_bytes: u64,
     /// Parameters the checkpoint lacked, initialised randomly (a new task head).
     pub initialised: Vec<String>,
-    _heap: heap::RetainedHeap,
+    _heap: crate::heap::RetainedHeap,
 }
 
 impl TrainingSession {
@@ -292,7 +291,7 @@ impl TrainingSession {
             ctx,
             gradient_bytes: 0,
             initialised,
-            _heap: heap::RetainedHeap::new(),
+            _heap: crate::heap::RetainedHeap::new(),
         })
     }
 
