@@ -5,7 +5,8 @@ Suite "encoders" (default): random-initialised bert-base (BertModel) and ViT-bas
 (ViTForImageClassification). Suite "media": ViT-base b=1, CLIP ViT-B/32 image features b=1
 (random CLIPModel), whisper-tiny.en (the real checkpoint from scripts/fetch_checkpoints.sh)
 transcribing fixtures/media/speech-16k.wav greedily, feature extraction included, and
-wav2vec2-base (random Wav2Vec2ForCTC) CTC logits on the same clip, normalisation included.
+wav2vec2-base (random Wav2Vec2ForCTC) CTC logits on the same clip, normalisation included;
+each case's PyTorch and native sides run back to back, --rounds times (medians reported).
 Suite "runtimes": the same bert-base and ViT-base (b=1 and 8) on every engine in one run:
 native f32 and bf16 (AMX or AVX512-BF16; refused without), ONNX Runtime (CPU EP), OpenVINO f32 and bf16
 (their ONNX exports, written next to the checkpoints), and PyTorch; then the FLOP/s each
@@ -315,21 +316,39 @@ def media_suite(args):
     clip_dir, whisper_dir, w2v_dir = make_media_checkpoints()
     speech = read_speech()
     seconds = len(speech) / 16000
-    torch_res, rows = {}, []
+    rows = []
+    exe, env = native_binary(args)
+    # Each case's two sides are measured back to back, round after round (PyTorch, native,
+    # PyTorch, native, ...), so a slow spell of the machine lands on both sides of a pair
+    # instead of on every case of one side.
+    rounds = {name: [] for name in MEDIA_CASES}
 
-    def measure(name, path, model, fn, load_ms, audio=False):
-        r = time_pytorch(Call(fn), {}, args.warmup, args.min_iterations, args.min_duration)
-        torch_res[name] = r
-        row = external(path, model, 1, None, load_ms, r, args)
-        if audio:
-            row["audio_seconds"] = seconds
-        rows.append(row)
+    def native(name, path, extra):
+        out = subprocess.run(
+            [str(exe), "bench", "--models", str(path), "--batch-sizes", "1", "--warmup", str(args.warmup),
+             "--min-iterations", str(args.min_iterations), "--min-duration", str(args.min_duration),
+             *extra, *db_args(args), "--json"], env=env, check=True, capture_output=True, text=True).stdout
+        o = json.loads(out)[0]["outcome"]
+        if o["status"] != "pass":
+            sys.exit(f"native {name} did not run: {o}")
+        return {"first_ms": o["first_inference_ms"], "mean_ms": o["latency"]["mean_ms"],
+                "p50_ms": o["latency"]["p50_ms"], "n": o["latency"]["count"]}
+
+    def measure(name, path, model, fn, load_ms, audio=False, extra=()):
+        for _ in range(args.rounds):
+            r = time_pytorch(Call(fn), {}, args.warmup, args.min_iterations, args.min_duration)
+            row = external(path, model, 1, None, load_ms, r, args)
+            if audio:
+                row["audio_seconds"] = seconds
+            rows.append(row)
+            rounds[name].append((r, native(name, path, list(extra))))
 
     def load(cls, path):
         t = time.perf_counter()
         m = cls.from_pretrained(path, dtype=torch.float32).eval()
         return m, (time.perf_counter() - t) * 1e3
 
+    audio = ["--audio-file", str(SPEECH)]
     vit, ms = load(ViTForImageClassification, vit_dir)
     px = torch.randn(1, 3, 224, 224)
     measure("vit-base", vit_dir, vit, lambda: vit(pixel_values=px), ms)
@@ -344,39 +363,39 @@ def media_suite(args):
         out = whisper.generate(feats)
         tokens["whisper"] = out[0].tolist()
         return out
-    measure("whisper-tiny.en", whisper_dir, whisper, transcribe, ms, audio=True)
+    measure("whisper-tiny.en", whisper_dir, whisper, transcribe, ms, audio=True, extra=audio)
     w2v, ms = load(Wav2Vec2ForCTC, w2v_dir)
     vfe = Wav2Vec2FeatureExtractor.from_pretrained(w2v_dir)
     measure("wav2vec2-base", w2v_dir, w2v,
-            lambda: w2v(vfe(speech, sampling_rate=16000, return_tensors="pt").input_values), ms, audio=True)
+            lambda: w2v(vfe(speech, sampling_rate=16000, return_tensors="pt").input_values), ms,
+            audio=True, extra=audio)
 
-    exe, env = native_binary(args)
-    native_res = {}
-    for name, path, extra in (("vit-base", vit_dir, []), ("clip-vit-b32", clip_dir, []),
-                              ("whisper-tiny.en", whisper_dir, ["--audio-file", str(SPEECH)]),
-                              ("wav2vec2-base", w2v_dir, ["--audio-file", str(SPEECH)])):
-        out = subprocess.run(
-            [str(exe), "bench", "--models", str(path), "--batch-sizes", "1", "--warmup", str(args.warmup),
-             "--min-iterations", str(args.min_iterations), "--min-duration", str(args.min_duration),
-             *extra, *db_args(args), "--json"], env=env, check=True, capture_output=True, text=True).stdout
-        o = json.loads(out)[0]["outcome"]
-        if o["status"] != "pass":
-            sys.exit(f"native {name} did not run: {o}")
-        native_res[name] = {"first_ms": o["first_inference_ms"], "mean_ms": o["latency"]["mean_ms"],
-                            "p50_ms": o["latency"]["p50_ms"], "n": o["latency"]["count"]}
     import_into_db(rows, args)
     print(f"threads={args.threads} torch={torch.__version__} audio={SPEECH.name} ({seconds:.2f} s) "
-          f"protocol: warmup {args.warmup}, >= {args.min_iterations} iterations and >= {args.min_duration}s")
+          f"protocol: warmup {args.warmup}, >= {args.min_iterations} iterations and >= {args.min_duration}s; "
+          f"{args.rounds} round(s) of PyTorch then native per case")
     print(f"whisper tokens (PyTorch): {tokens.get('whisper')}")
-    print(f"{'case':<18}{'torch p50':>11}{'native p50':>12}{'ratio (p50)':>13}")
+    print(f"{'case':<18}{'torch p50':>11}{'native p50':>12}{'ratio (p50)':>13}  per round")
     out_rows = []
-    for name in ("vit-base", "clip-vit-b32", "whisper-tiny.en", "wav2vec2-base"):
-        t, n = torch_res[name], native_res[name]
-        ratio = n["p50_ms"] / t["p50_ms"]
-        print(f"{name:<18}{t['p50_ms']:>9.2f}ms{n['p50_ms']:>10.2f}ms{ratio:>12.2f}x")
-        out_rows.append({"case": name, "torch": {k: v for k, v in t.items() if k != "samples"},
-                         "native": n, "native_over_torch_p50": ratio})
-    return {"suite": "media", "threads": args.threads, "torch": torch.__version__, "rows": out_rows}
+    for name in MEDIA_CASES:
+        pairs = rounds[name]
+        ratios = [n["p50_ms"] / t["p50_ms"] for t, n in pairs]
+        t_p50 = statistics.median(t["p50_ms"] for t, _ in pairs)
+        n_p50 = statistics.median(n["p50_ms"] for _, n in pairs)
+        ratio = statistics.median(ratios)
+        each = " ".join(f"{t['p50_ms']:.1f}/{n['p50_ms']:.1f}" for t, n in pairs)
+        print(f"{name:<18}{t_p50:>9.2f}ms{n_p50:>10.2f}ms{ratio:>12.2f}x  {each if len(pairs) > 1 else ''}")
+        out_rows.append({"case": name, "torch_p50_ms": t_p50, "native_p50_ms": n_p50,
+                         "native_over_torch_p50": ratio,
+                         "rounds": [{"torch": {k: v for k, v in t.items() if k != "samples"}, "native": n,
+                                     "native_over_torch_p50": n["p50_ms"] / t["p50_ms"]} for t, n in pairs]})
+    if args.rounds > 1:
+        print("p50 columns and the ratio are medians over the rounds; per round: PyTorch/native p50 ms")
+    return {"suite": "media", "threads": args.threads, "torch": torch.__version__, "rounds": args.rounds,
+            "rows": out_rows}
+
+
+MEDIA_CASES = ("vit-base", "clip-vit-b32", "whisper-tiny.en", "wav2vec2-base")
 
 
 def runtimes_suite(args):
@@ -480,12 +499,17 @@ def main():
     ap.add_argument("--min-iterations", type=int, default=10)
     ap.add_argument("--min-duration", type=float, default=5.0)
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="media suite: measure each case's PyTorch and native sides back to back this many times "
+                         "and report the medians (default 1)")
     ap.add_argument("--suite", choices=["encoders", "generation", "media", "runtimes"], default="encoders")
     ap.add_argument("--db-path", default=os.environ.get("BENCHMARK_DB_PATH", "./benchmark_db.duckdb"),
                     help="both sides are stored here (PyTorch via `ipfs-accelerate db import`)")
     ap.add_argument("--no-db", action="store_true")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error(f"--rounds {args.rounds}: at least 1")
 
     if args.suite in ("generation", "media", "runtimes"):
         result = {"generation": generation_suite, "media": media_suite,
