@@ -9,15 +9,16 @@
 //! --mode training --gradient-checkpointing false,true --batch-sizes 8 --seq-len 128` went
 //! from a p50 step of 28.7 s to 14.3 s for BERT-base and 14.1 s to 12.4 s for ViT-base.
 //! Inference pays the same on large activations: wav2vec2-base's first convolution (11,007
-//! frames x 512 channels, 22 MB out) took ~15 ms a call with the defaults and ~3.5 ms with the
-//! heap kept. So while a session lives, no allocation is memory-mapped and the heap is never
+//! frames x 512 channels, 22 MB out) took 13.8-18.6 ms a call with the defaults and 2.9-4.9 ms
+//! with the heap kept. So while a session lives, no allocation is memory-mapped and the heap is never
 //! trimmed; when the last session goes, the defaults come back and the free memory is returned
 //! (malloc_trim). glibc's dynamic mmap threshold stays off afterwards (any mallopt call turns
 //! it off), which only the rest of a process that ran the native engine sees.
 //!
-//! An inference session takes its hold after loading ([`Retained`]), so the temporaries of
-//! loading (the checkpoint's bytes, unpacked weights) have already gone back under the
-//! defaults and are not counted in the memory its runs measure.
+//! An inference session or speech recogniser takes its hold after loading ([`Retained`]), so
+//! the temporaries of loading (the checkpoint's bytes, unpacked weights) go back to the kernel
+//! under the defaults instead of staying in the heap for the session's life. Text generators
+//! do not take it: nobody measured them with it.
 
 use ia_engine::speech::{SpeechRecognizer, TranscribeOptions, Transcription};
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
