@@ -22,25 +22,32 @@
 
 use ia_engine::speech::{SpeechRecognizer, TranscribeOptions, Transcription};
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
-static SESSIONS: AtomicUsize = AtomicUsize::new(0);
+/// Sessions alive. A lock rather than an atomic count: the first session's settings and the
+/// last one's restoring must not interleave when sessions load and drop on several threads
+/// (the server).
+static SESSIONS: Mutex<usize> = Mutex::new(0);
 
 /// Held by each native session.
 pub(crate) struct RetainedHeap;
 
 impl RetainedHeap {
     pub(crate) fn new() -> Self {
-        if SESSIONS.fetch_add(1, Ordering::SeqCst) == 0 {
+        let mut sessions = SESSIONS.lock().unwrap_or_else(|e| e.into_inner());
+        if *sessions == 0 {
             set(0, i32::MAX);
         }
+        *sessions += 1;
         RetainedHeap
     }
 }
 
 impl Drop for RetainedHeap {
     fn drop(&mut self) {
-        if SESSIONS.fetch_sub(1, Ordering::SeqCst) == 1 {
+        let mut sessions = SESSIONS.lock().unwrap_or_else(|e| e.into_inner());
+        *sessions -= 1;
+        if *sessions == 0 {
             // glibc's defaults: DEFAULT_MMAP_MAX and DEFAULT_TRIM_THRESHOLD.
             set(65_536, 128 * 1024);
             #[cfg(all(target_os = "linux", target_env = "gnu"))]
