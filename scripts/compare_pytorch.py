@@ -119,12 +119,8 @@ def pytorch_generation(path, args):
 
 def native_generation(path, args):
     exe, env = native_binary(args)
-    out = subprocess.run(
-        [str(exe), "bench", "--models", str(path), "--batch-sizes", "1", "--seq-len", str(args.seq_len),
-         "--new-tokens", str(args.new_tokens), "--warmup", str(args.warmup),
-         "--min-iterations", str(args.min_iterations), "--min-duration", str(args.min_duration),
-         *db_args(args), "--json"], env=env, check=True, capture_output=True, text=True).stdout
-    o = json.loads(out)[0]["outcome"]
+    o = bench_rows(exe, env, path, args, "--batch-sizes", "1", "--seq-len", str(args.seq_len),
+                   "--new-tokens", str(args.new_tokens))[0]["outcome"]
     if o["status"] != "pass":
         sys.exit(f"native generation did not run: {o}")
     g = o["generation"]
@@ -243,23 +239,32 @@ def native_binary(args):
     return Path(exe), env
 
 
+def bench_rows(exe, env, path, args, *options):
+    """`ipfs-accelerate bench --json` of one model with the script's protocol (and its DB
+    choice); `options` add the batch sizes, targets and inputs. Returns bench's result rows."""
+    out = subprocess.run(
+        [str(exe), "bench", "--models", str(path), *options, "--warmup", str(args.warmup),
+         "--min-iterations", str(args.min_iterations), "--min-duration", str(args.min_duration),
+         *db_args(args), "--json"], env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def latency_of(o):
+    """First inference and p50/mean latency of a passed bench outcome."""
+    lat = o["latency"]
+    return {"first_ms": o["first_inference_ms"], "mean_ms": lat["mean_ms"], "p50_ms": lat["p50_ms"],
+            "n": lat["count"]}
+
+
 def native_side(bert_dir, vit_dir, args):
     exe, env = native_binary(args)
     res = {}
     for name, path, batches in (("bert-base", bert_dir, "1,8"), ("vit-base", vit_dir, "1,8")):
-        out = subprocess.run(
-            [str(exe), "bench", "--models", str(path), "--batch-sizes", batches,
-             "--seq-len", str(args.seq_len), "--warmup", str(args.warmup),
-             "--min-iterations", str(args.min_iterations), "--min-duration", str(args.min_duration),
-             *db_args(args), "--json"],
-            env=env, check=True, capture_output=True, text=True).stdout
-        for row in json.loads(out):
+        for row in bench_rows(exe, env, path, args, "--batch-sizes", batches, "--seq-len", str(args.seq_len)):
             o = row["outcome"]
             if o["status"] != "pass":
                 sys.exit(f"native {name} b={row['batch_size']} did not run: {o}")
-            lat = o["latency"]
-            res[(name, row["batch_size"])] = {"first_ms": o["first_inference_ms"], "mean_ms": lat["mean_ms"],
-                                              "p50_ms": lat["p50_ms"], "n": lat["count"]}
+            res[(name, row["batch_size"])] = latency_of(o)
     return res
 
 
@@ -324,15 +329,10 @@ def media_suite(args):
     rounds = {name: [] for name in MEDIA_CASES}
 
     def native(name, path, extra):
-        out = subprocess.run(
-            [str(exe), "bench", "--models", str(path), "--batch-sizes", "1", "--warmup", str(args.warmup),
-             "--min-iterations", str(args.min_iterations), "--min-duration", str(args.min_duration),
-             *extra, *db_args(args), "--json"], env=env, check=True, capture_output=True, text=True).stdout
-        o = json.loads(out)[0]["outcome"]
+        o = bench_rows(exe, env, path, args, "--batch-sizes", "1", *extra)[0]["outcome"]
         if o["status"] != "pass":
             sys.exit(f"native {name} did not run: {o}")
-        return {"first_ms": o["first_inference_ms"], "mean_ms": o["latency"]["mean_ms"],
-                "p50_ms": o["latency"]["p50_ms"], "n": o["latency"]["count"]}
+        return latency_of(o)
 
     def measure(name, path, model, fn, load_ms, audio=False, extra=()):
         for _ in range(args.rounds):
@@ -426,13 +426,9 @@ def runtimes_suite(args):
     exe, env = native_binary(args)
     res = {}
     for name, path, batches in (("bert-base", bert_dir, "1,8"), ("vit-base", vit_dir, "1,8")):
-        out = subprocess.run(
-            [str(exe), "bench", "--models", str(path), "--batch-sizes", batches,
-             "--hardware", "cpu,onnxruntime,openvino", "--precision", "f32,bf16",
-             "--seq-len", str(args.seq_len), "--warmup", str(args.warmup),
-             "--min-iterations", str(args.min_iterations), "--min-duration", str(args.min_duration),
-             *db_args(args), "--json"], env=env, check=True, capture_output=True, text=True).stdout
-        for row in json.loads(out):
+        for row in bench_rows(exe, env, path, args, "--batch-sizes", batches,
+                              "--hardware", "cpu,onnxruntime,openvino", "--precision", "f32,bf16",
+                              "--seq-len", str(args.seq_len)):
             o = row["outcome"]
             if o["status"] == "pass":
                 res[(name, row["batch_size"], row["engine"], row["precision"])] = o["latency"]["p50_ms"]
