@@ -9,7 +9,8 @@ wav2vec2-base (random Wav2Vec2ForCTC) CTC logits on the same clip, normalisation
 each case's PyTorch and native sides run back to back, --rounds times (medians reported).
 Suite "runtimes": the same bert-base and ViT-base (b=1 and 8) on every engine in one run:
 native f32 and bf16 (AMX or AVX512-BF16; refused without), ONNX Runtime (CPU EP), OpenVINO f32 and bf16
-(their ONNX exports, written next to the checkpoints), and PyTorch; then the FLOP/s each
+(their ONNX exports, written next to the checkpoints), and PyTorch, each case on every engine
+back to back, --rounds times (medians and the per-round ratios reported); then the FLOP/s each
 engine achieved on bert-base b=8 against the matmul rate `hardware --calibrate` measures for
 it. Needs `ipfs-accelerate runtimes install`.
 Suite "generation": a random-initialised OPT-125m-sized
@@ -422,33 +423,81 @@ def runtimes_suite(args):
             torch.onnx.export(Encoder(cls(path).eval(), names, [output]), tuple(inputs.values()), str(onnx),
                               input_names=names, output_names=[output], opset_version=17, dynamo=False,
                               dynamic_axes={**{n: dyn for n in names}, output: {0: "batch"}})
-    torch_res, torch_version, rows = pytorch_side(bert_dir, vit_dir, args)
     exe, env = native_binary(args)
-    res = {}
-    for name, path, batches in (("bert-base", bert_dir, "1,8"), ("vit-base", vit_dir, "1,8")):
-        for row in bench_rows(exe, env, path, args, "--batch-sizes", batches,
-                              "--hardware", "cpu,onnxruntime,openvino", "--precision", "f32,bf16",
-                              "--seq-len", str(args.seq_len)):
-            o = row["outcome"]
-            if o["status"] == "pass":
-                res[(name, row["batch_size"], row["engine"], row["precision"])] = o["latency"]["p50_ms"]
-    import_into_db(rows, args)
+    loads = {}
+    for name, load in (("bert-base", lambda: BertModel.from_pretrained(bert_dir, add_pooling_layer=False)),
+                       ("vit-base", lambda: ViTForImageClassification.from_pretrained(vit_dir))):
+        t = time.perf_counter()
+        model = load().eval()
+        loads[name] = (model, (time.perf_counter() - t) * 1e3)
+    bert, vit = loads["bert-base"][0], loads["vit-base"][0]
+
+    def bert_inputs(b):
+        ids = torch.randint(1000, 30000, (b, args.seq_len))
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+
+    cases = [("bert-base", 1), ("bert-base", 8), ("vit-base", 1), ("vit-base", 8)]
     columns = [("native", "f32"), ("onnxruntime", "f32"), ("openvino", "f32"), ("native", "bf16"),
                ("openvino", "bf16")]
-    print(f"threads={args.threads} seq_len={args.seq_len} torch={torch_version} p50 ms; "
-          f"protocol: warmup {args.warmup}, >= {args.min_iterations} iterations and >= {args.min_duration}s")
-    print(f"{'case':<14}" + "".join(f"{e + ' ' + p:>18}" for e, p in columns) + f"{'pytorch f32':>14}")
-    table = []
-    for key in [("bert-base", 1), ("bert-base", 8), ("vit-base", 1), ("vit-base", 8)]:
-        cells = [res.get((*key, e, p)) for e, p in columns]
-        t = torch_res[key]["p50_ms"]
+    # Each case on every engine back to back, round after round (PyTorch, then `bench` over the
+    # three runtimes), so a slow spell of the machine lands on every engine of a round.
+    rounds = {key: [] for key in cases}
+    rows = []
+    for _ in range(args.rounds):
+        for name, b in cases:
+            path, model = (bert_dir, bert) if name == "bert-base" else (vit_dir, vit)
+            inputs = bert_inputs(b) if name == "bert-base" else {"pixel_values": torch.randn(b, 3, 224, 224)}
+            timing = time_pytorch(model, inputs, args.warmup, args.min_iterations, args.min_duration)
+            rows.append(external(path, model, b, args.seq_len if name == "bert-base" else None, loads[name][1],
+                                 timing, args))
+            cells = {("pytorch", "f32"): timing["p50_ms"]}
+            for row in bench_rows(exe, env, path, args, "--batch-sizes", str(b),
+                                  "--hardware", "cpu,onnxruntime,openvino", "--precision", "f32,bf16",
+                                  "--seq-len", str(args.seq_len)):
+                o = row["outcome"]
+                if o["status"] == "pass":
+                    cells[(row["engine"], row["precision"])] = o["latency"]["p50_ms"]
+            rounds[(name, b)].append(cells)
+    import_into_db(rows, args)
+
+    def median_of(key, column):
+        values = [cells[column] for cells in rounds[key] if column in cells]
+        return statistics.median(values) if values else None
+
+    def ratios(key, over):
+        return [cells[("native", "f32")] / cells[over] for cells in rounds[key]
+                if ("native", "f32") in cells and over in cells]
+
+    print(f"threads={args.threads} seq_len={args.seq_len} torch={torch.__version__} p50 ms; "
+          f"protocol: warmup {args.warmup}, >= {args.min_iterations} iterations and >= {args.min_duration}s; "
+          f"{args.rounds} round(s) of every engine per case" + ("; medians over the rounds" if args.rounds > 1 else ""))
+    print(f"{'case':<14}" + "".join(f"{e + ' ' + p:>18}" for e, p in columns) + f"{'pytorch f32':>14}"
+          + f"{'native/ort':>12}{'native/torch':>14}")
+    table, res = [], {}
+    for key in cases:
+        cells = [median_of(key, c) for c in columns]
+        t = median_of(key, ("pytorch", "f32"))
+        for c, v in zip(columns, cells):
+            if v is not None:
+                res[(*key, *c)] = v
+        over_ort, over_torch = ratios(key, ("onnxruntime", "f32")), ratios(key, ("pytorch", "f32"))
+        ratio = lambda r: f"{statistics.median(r):.2f}x" if r else "-"
         print(f"{key[0] + ' b=' + str(key[1]):<14}" + "".join(
-            f"{c:>16.2f}ms" if c is not None else f"{'-':>18}" for c in cells) + f"{t:>12.2f}ms")
+            f"{c:>16.2f}ms" if c is not None else f"{'-':>18}" for c in cells) + f"{t:>12.2f}ms"
+            + f"{ratio(over_ort):>12}{ratio(over_torch):>14}")
         table.append({"case": f"{key[0]} b={key[1]}", "pytorch_f32_p50_ms": t,
-                      **{f"{e}_{p}_p50_ms": c for (e, p), c in zip(columns, cells)}})
+                      **{f"{e}_{p}_p50_ms": c for (e, p), c in zip(columns, cells)},
+                      "native_over_onnxruntime_f32": statistics.median(over_ort) if over_ort else None,
+                      "native_over_pytorch_f32": statistics.median(over_torch) if over_torch else None,
+                      "rounds": [{f"{e}_{p}_p50_ms": v for (e, p), v in r.items()} for r in rounds[key]]})
+    if args.rounds > 1:
+        print("per round, native / ONNX Runtime f32 and native / PyTorch f32 (p50):")
+        for key in cases:
+            pairs = zip(ratios(key, ("onnxruntime", "f32")), ratios(key, ("pytorch", "f32")))
+            print(f"  {key[0] + ' b=' + str(key[1]):<14}" + "  ".join(f"{a:.2f} / {b:.2f}" for a, b in pairs))
     rates = achieved_rates(exe, env, bert_dir, args, res)
-    return {"suite": "runtimes", "threads": args.threads, "torch": torch_version, "rows": table,
-            "bert_base_b8_gflops": rates}
+    return {"suite": "runtimes", "threads": args.threads, "torch": torch.__version__, "rounds": args.rounds,
+            "rows": table, "bert_base_b8_gflops": rates}
 
 
 def bert_flops(config, batch, seq):
@@ -496,8 +545,8 @@ def main():
     ap.add_argument("--min-duration", type=float, default=5.0)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=1,
-                    help="media suite: measure each case's PyTorch and native sides back to back this many times "
-                         "and report the medians (default 1)")
+                    help="media and runtimes suites: measure each case on every side back to back this many "
+                         "times and report the medians (default 1)")
     ap.add_argument("--suite", choices=["encoders", "generation", "media", "runtimes"], default="encoders")
     ap.add_argument("--db-path", default=os.environ.get("BENCHMARK_DB_PATH", "./benchmark_db.duckdb"),
                     help="both sides are stored here (PyTorch via `ipfs-accelerate db import`)")
