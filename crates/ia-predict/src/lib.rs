@@ -200,7 +200,9 @@ pub struct Case {
     pub costs: Vec<Cost>,
     pub ceiling: Option<Ceiling>,
     /// What the model and one iteration need in memory, bytes: weights, activations and KV
-    /// cache (`ia_models::footprint::estimate`), the prior of the peak-memory prediction.
+    /// cache (`ia_models::footprint::estimate`), plus the weights a second time for loading,
+    /// when the checkpoint's copy and the engine's own are held at once; the prior of the
+    /// peak-memory prediction.
     pub footprint_bytes: f64,
     /// Transformer layers one call runs through (an encoder-decoder's both stacks): with the
     /// calls of an iteration, how many kernel launches it makes, which dominate a tiny model
@@ -257,7 +259,11 @@ impl Case {
             work,
             costs,
             ceiling,
-            footprint_bytes: footprint.total() as f64,
+            // A model's peak often comes while it loads (MiniLM's stays at 273-281 MB from
+            // batch 1 to 8 on the native engine: about the program's own memory plus its 90 MB
+            // of weights twice). Counted once, every held-out measurement of MiniLM was above
+            // its upper bound on `scripts/predict_data.sh`'s store of 2026-12-04.
+            footprint_bytes: (footprint.total() + footprint.weights) as f64,
             layers: shape.layers + shape.decoder_layers,
         })
     }
