@@ -4,7 +4,8 @@
 //!   and the decode steps of a generation) takes at least `FLOPs / peak FLOP/s` and at least
 //!   `bytes moved / memory bandwidth`, from the cost model ([`ia_models::cost`]) and the
 //!   machine's calibration (`hardware --calibrate`). The memory prior is the footprint
-//!   estimate (`ia_models::footprint`: weights, activations, KV cache).
+//!   estimate (`ia_models::footprint`: weights, activations, KV cache) with the weights counted
+//!   twice, for the two copies held while a model loads.
 //! * A per-target line (for latency: call overhead + slowdown x roofline; for memory: the
 //!   program's own memory + a factor x footprint) is fitted first. A target without
 //!   measurements gets the line fitted over all targets through the roofline plus its
