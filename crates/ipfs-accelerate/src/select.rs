@@ -32,8 +32,8 @@ pub struct Args {
     #[arg(long)]
     max_latency_ms: Option<f64>,
     /// Exclude targets whose peak memory may exceed this: the upper bound of the prediction
-    /// learned from measured peaks, or the footprint estimate (weights, activations, KV cache)
-    /// when larger
+    /// learned from measured peaks, or the footprint estimate (weights twice, as held while
+    /// loading; activations; KV cache) when larger
     #[arg(long)]
     max_memory_gb: Option<f64>,
     /// What ranks first: the lowest latency, the highest throughput or the smallest memory
