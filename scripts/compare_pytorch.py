@@ -79,9 +79,7 @@ def pytorch_generation(path, args):
     from transformers import OPTForCausalLM
 
     torch.set_num_threads(args.threads)
-    t = time.perf_counter()
-    model = OPTForCausalLM.from_pretrained(path).eval()
-    load_ms = (time.perf_counter() - t) * 1e3
+    model, load_ms = load_timed(lambda: OPTForCausalLM.from_pretrained(path))
     prompt = torch.randint(1000, 30000, (1, args.seq_len))
 
     def once():
@@ -193,6 +191,21 @@ def external(path, model, batch, seq_len, load_ms, timing, args, generation=None
             "peak_rss_bytes": None, "generation": generation}
 
 
+def load_timed(load):
+    """A model from `load()` in eval mode, and the milliseconds loading took."""
+    t = time.perf_counter()
+    model = load().eval()
+    return model, (time.perf_counter() - t) * 1e3
+
+
+def bert_inputs(batch, seq_len):
+    """BertModel's inputs: `batch` sequences of `seq_len` random token ids, no padding."""
+    import torch
+
+    ids = torch.randint(1000, 30000, (batch, seq_len))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+
+
 def import_into_db(rows, args):
     if args.no_db:
         return
@@ -209,19 +222,13 @@ def pytorch_side(bert_dir, vit_dir, args):
 
     torch.set_num_threads(args.threads)
     res, rows = {}, []
-    t = time.perf_counter()
-    bert = BertModel.from_pretrained(bert_dir, add_pooling_layer=False).eval()
-    load_ms = (time.perf_counter() - t) * 1e3
+    bert, load_ms = load_timed(lambda: BertModel.from_pretrained(bert_dir, add_pooling_layer=False))
     for b in (1, 8):
-        ids = torch.randint(1000, 30000, (b, args.seq_len))
-        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                  "token_type_ids": torch.zeros_like(ids)}
-        res[("bert-base", b)] = time_pytorch(bert, inputs, args.warmup, args.min_iterations, args.min_duration)
+        res[("bert-base", b)] = time_pytorch(bert, bert_inputs(b, args.seq_len), args.warmup, args.min_iterations,
+                                             args.min_duration)
         rows.append(external(bert_dir, bert, b, args.seq_len, load_ms, res[("bert-base", b)], args))
     del bert
-    t = time.perf_counter()
-    vit = ViTForImageClassification.from_pretrained(vit_dir).eval()
-    load_ms = (time.perf_counter() - t) * 1e3
+    vit, load_ms = load_timed(lambda: ViTForImageClassification.from_pretrained(vit_dir))
     for b in (1, 8):
         res[("vit-base", b)] = time_pytorch(vit, {"pixel_values": torch.randn(b, 3, 224, 224)},
                                             args.warmup, args.min_iterations, args.min_duration)
@@ -345,9 +352,7 @@ def media_suite(args):
             rounds[name].append((r, native(name, path, list(extra))))
 
     def load(cls, path):
-        t = time.perf_counter()
-        m = cls.from_pretrained(path, dtype=torch.float32).eval()
-        return m, (time.perf_counter() - t) * 1e3
+        return load_timed(lambda: cls.from_pretrained(path, dtype=torch.float32))
 
     audio = ["--audio-file", str(SPEECH)]
     vit, ms = load(ViTForImageClassification, vit_dir)
@@ -410,9 +415,7 @@ def runtimes_suite(args):
     bert_dir, vit_dir = make_checkpoints()
     for path, cls, inputs, output, dyn in (
             (bert_dir, lambda p: BertModel.from_pretrained(p, add_pooling_layer=False),
-             {"input_ids": torch.randint(1000, 30000, (1, args.seq_len)),
-              "attention_mask": torch.ones(1, args.seq_len, dtype=torch.int64),
-              "token_type_ids": torch.zeros(1, args.seq_len, dtype=torch.int64)},
+             bert_inputs(1, args.seq_len),
              "last_hidden_state", {0: "batch", 1: "sequence"}),
             (vit_dir, ViTForImageClassification.from_pretrained,
              {"pixel_values": torch.randn(1, 3, 224, 224)}, "logits", {0: "batch"})):
@@ -424,18 +427,9 @@ def runtimes_suite(args):
                               input_names=names, output_names=[output], opset_version=17, dynamo=False,
                               dynamic_axes={**{n: dyn for n in names}, output: {0: "batch"}})
     exe, env = native_binary(args)
-    loads = {}
-    for name, load in (("bert-base", lambda: BertModel.from_pretrained(bert_dir, add_pooling_layer=False)),
-                       ("vit-base", lambda: ViTForImageClassification.from_pretrained(vit_dir))):
-        t = time.perf_counter()
-        model = load().eval()
-        loads[name] = (model, (time.perf_counter() - t) * 1e3)
+    loads = {"bert-base": load_timed(lambda: BertModel.from_pretrained(bert_dir, add_pooling_layer=False)),
+             "vit-base": load_timed(lambda: ViTForImageClassification.from_pretrained(vit_dir))}
     bert, vit = loads["bert-base"][0], loads["vit-base"][0]
-
-    def bert_inputs(b):
-        ids = torch.randint(1000, 30000, (b, args.seq_len))
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
-
     cases = [("bert-base", 1), ("bert-base", 8), ("vit-base", 1), ("vit-base", 8)]
     columns = [("native", "f32"), ("onnxruntime", "f32"), ("openvino", "f32"), ("native", "bf16"),
                ("openvino", "bf16")]
@@ -446,7 +440,8 @@ def runtimes_suite(args):
     for _ in range(args.rounds):
         for name, b in cases:
             path, model = (bert_dir, bert) if name == "bert-base" else (vit_dir, vit)
-            inputs = bert_inputs(b) if name == "bert-base" else {"pixel_values": torch.randn(b, 3, 224, 224)}
+            inputs = (bert_inputs(b, args.seq_len) if name == "bert-base"
+                      else {"pixel_values": torch.randn(b, 3, 224, 224)})
             timing = time_pytorch(model, inputs, args.warmup, args.min_iterations, args.min_duration)
             rows.append(external(path, model, b, args.seq_len if name == "bert-base" else None, loads[name][1],
                                  timing, args))
