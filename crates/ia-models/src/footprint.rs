@@ -91,18 +91,20 @@ pub fn estimate(
     let rows = (work.batch.max(1) as u64).saturating_mul(work.beams.max(1) as u64);
     let t = work.positions as u64;
     // One layer's transient tensors: attention scores and their softmax, the MLP's expansion,
-    // a few hidden-state copies; plus output logits over the vocabulary at every position.
+    // a few hidden-state copies; plus the logits over the vocabulary where the model scores
+    // positions with a language-model head.
     let per_position = dims
         .inter
         .max(4 * dims.hidden)
         .saturating_mul(2)
-        .saturating_add(dims.hidden.saturating_mul(4))
-        .saturating_add(dims.vocab);
+        .saturating_add(dims.hidden.saturating_mul(4));
+    let logits = logit_positions(config, &dims, t).saturating_mul(dims.vocab);
     let activations = rows.saturating_mul(4).saturating_mul(
         dims.heads
             .saturating_mul(t.saturating_mul(t))
             .saturating_mul(2)
-            .saturating_add(t.saturating_mul(per_position)),
+            .saturating_add(t.saturating_mul(per_position))
+            .saturating_add(logits),
     );
     let kv_cache = rows
         .saturating_mul(work.cached_positions as u64)
@@ -123,6 +125,27 @@ pub fn estimate(
         kv_cache,
         tables,
     })
+}
+
+/// How many of a forward pass's `positions` one call scores over the vocabulary. A decoder
+/// scores its prompt, a masked LM every token, and an unknown config is assumed to. An
+/// encoder-decoder's positions are its encoder's (Whisper's 1,500 frames), which have no
+/// vocabulary head: only its decoder's positions are scored, at most as many as the decoder
+/// holds. Encoders read for features, labels or boxes score none: a vocabulary in their config
+/// sizes only the token embeddings (BERT's, CLIP's text tower's).
+fn logit_positions(config: &Value, dims: &Dims, positions: u64) -> u64 {
+    use crate::ModelClass as C;
+    let Ok(c) = crate::classify::classify_config(config) else {
+        return positions;
+    };
+    match c.class {
+        C::Llama | C::Qwen | C::Llava | C::LlavaNext => positions,
+        C::Whisper | C::T5 => positions.min(dims.positions),
+        // CTC logits over its characters at every frame.
+        C::Wav2vec2 if c.task == "automatic-speech-recognition" => positions,
+        C::Bert if c.task == "fill-mask" => positions,
+        _ => 0,
+    }
 }
 
 /// Elements of the weights: counted from the safetensors headers of a checkpoint with
@@ -486,6 +509,51 @@ mod tests {
         let p = estimate_parameters(&bert_base) as f64;
         // 12 x (4 h^2 + 3 h i) counts a third MLP matrix BERT does not have: an upper bound.
         assert!((100e6..=150e6).contains(&p), "{p}");
+    }
+
+    /// The activations of one item at `positions`, in bytes, for `config` with random weights.
+    fn activations(config: serde_json::Value, positions: usize) -> u64 {
+        let src = ModelSource::RandomInit { config, seed: 0 };
+        let work = Workload {
+            batch: 1,
+            positions,
+            cached_positions: 0,
+            beams: 1,
+        };
+        estimate(&src, 4, work).unwrap().activations
+    }
+
+    /// Vocabulary logits are counted where a language-model head scores positions: not at
+    /// Whisper's 1,500 encoder frames (only up to its decoder's 448 positions), nor for a BERT
+    /// read for features; at every token of a masked LM and of a decoder's prompt.
+    #[test]
+    fn vocabulary_logits_only_where_a_head_scores_positions() {
+        let whisper = json!({"model_type": "whisper", "architectures": ["WhisperForConditionalGeneration"],
+            "d_model": 384, "encoder_attention_heads": 6, "decoder_attention_heads": 6,
+            "encoder_ffn_dim": 1536, "decoder_ffn_dim": 1536, "encoder_layers": 4,
+            "decoder_layers": 4, "vocab_size": 51864, "num_mel_bins": 80,
+            "max_source_positions": 1500, "max_target_positions": 448});
+        let logits = 448 * 51864 * 4;
+        let layer = (6 * 1500 * 1500 * 2 + 1500 * (1536 * 2 + 384 * 4)) * 4;
+        assert_eq!(activations(whisper, 1500), layer + logits);
+
+        let bert = |arch: &str| {
+            json!({"model_type": "bert", "architectures": [arch], "hidden_size": 384,
+                "intermediate_size": 1536, "num_hidden_layers": 6, "num_attention_heads": 12,
+                "vocab_size": 30522, "max_position_embeddings": 512})
+        };
+        let layer = (12 * 64 * 64 * 2 + 64 * (1536 * 2 + 384 * 4)) * 4;
+        assert_eq!(activations(bert("BertModel"), 64), layer);
+        assert_eq!(
+            activations(bert("BertForMaskedLM"), 64),
+            layer + 64 * 30522 * 4
+        );
+
+        let llama = json!({"model_type": "llama", "architectures": ["LlamaForCausalLM"],
+            "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "vocab_size": 1000, "max_position_embeddings": 128});
+        let layer = (4 * 16 * 16 * 2 + 16 * (256 * 2 + 64 * 4)) * 4;
+        assert_eq!(activations(llama, 16), layer + 16 * 1000 * 4);
     }
 
     #[test]
