@@ -1036,6 +1036,29 @@ pub struct SplitReport {
     pub selection_cases: usize,
     pub top1: Option<f64>,
     pub mean_loss_pct: Option<f64>,
+    /// The held-out predictions furthest from their measurements (at most [`WORST`]), worst
+    /// first: where the error above comes from.
+    pub worst: Vec<HeldOut>,
+}
+
+/// Held-out predictions a [`SplitReport`] lists.
+pub const WORST: usize = 5;
+
+/// One held-out measurement and what the predictor fitted without it said.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldOut {
+    pub model: String,
+    pub engine: String,
+    pub platform: String,
+    pub precision: String,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub measured: f64,
+    pub predicted: f64,
+    pub low: f64,
+    pub high: f64,
+    /// |predicted - measured| / measured, %.
+    pub error_pct: f64,
 }
 
 /// Holds each group of `split` out in turn, fits on the rest, and scores the held-out
@@ -1080,6 +1103,28 @@ pub fn evaluate(observations: &[Observation], split: Split, quantity: Quantity) 
         .filter(|(m, p, _)| (p.low..=p.high).contains(m))
         .count();
     let above_upper_bound = scored.iter().filter(|(m, p, _)| *m > p.upper_bound).count();
+    let mut order: Vec<usize> = (0..scored.len()).collect();
+    order.sort_by(|&a, &b| errors[b].total_cmp(&errors[a]));
+    let worst = order
+        .into_iter()
+        .take(WORST)
+        .map(|i| {
+            let (measured, p, c) = &scored[i];
+            HeldOut {
+                model: c.model.clone(),
+                engine: c.engine.clone(),
+                platform: c.platform.clone(),
+                precision: c.precision.clone(),
+                batch_size: c.work.batch,
+                seq_len: c.work.seq_len,
+                measured: *measured,
+                predicted: p.p50,
+                low: p.low,
+                high: p.high,
+                error_pct: errors[i] * 100.0,
+            }
+        })
+        .collect();
     let (selection_cases, top1, mean_loss_pct) = match quantity {
         Quantity::Latency => selection(&scored),
         Quantity::PeakMemory => (0, None, None),
@@ -1097,6 +1142,7 @@ pub fn evaluate(observations: &[Observation], split: Split, quantity: Quantity) 
         selection_cases,
         top1,
         mean_loss_pct,
+        worst,
     }
 }
 

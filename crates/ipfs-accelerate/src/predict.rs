@@ -720,6 +720,34 @@ fn evaluate(
                 ),
             }
         }
+        let unit = match quantity {
+            Quantity::Latency => "ms",
+            Quantity::PeakMemory => "MiB",
+        };
+        println!("furthest held-out predictions, {unit} (measured, predicted [90% interval]):");
+        for r in reports.iter().filter(|r| r.quantity == quantity) {
+            for w in &r.worst {
+                println!(
+                    "  {:<13} {} on {} ({}) {} b={}{}: {:.1}, {:.1} [{:.1}, {:.1}], {:.0}% off",
+                    serde_json::to_value(r.split)?.as_str().unwrap_or(""),
+                    w.model,
+                    w.platform,
+                    w.engine,
+                    w.precision,
+                    w.batch_size,
+                    if w.seq_len > 0 {
+                        format!(" seq={}", w.seq_len)
+                    } else {
+                        String::new()
+                    },
+                    w.measured,
+                    w.predicted,
+                    w.low,
+                    w.high,
+                    w.error_pct
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -1555,6 +1555,23 @@ fn predict_learns_from_stored_results_and_scores_itself_on_held_out_ones() {
         let coverage = s["coverage"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&coverage), "{s}");
         assert!(s["mape"].as_f64().unwrap().is_finite(), "{s}");
+        // The furthest held-out predictions, worst first, their errors as the figures say.
+        let worst = s["worst"].as_array().unwrap();
+        let predictions = s["predictions"].as_u64().unwrap() as usize;
+        assert_eq!(worst.len(), predictions.min(5), "{s}");
+        let errors: Vec<f64> = worst
+            .iter()
+            .map(|w| {
+                let (m, p) = (
+                    w["measured"].as_f64().unwrap(),
+                    w["predicted"].as_f64().unwrap(),
+                );
+                let e = w["error_pct"].as_f64().unwrap();
+                assert!((e - (p - m).abs() / m * 100.0).abs() < 1e-6, "{w}");
+                e
+            })
+            .collect();
+        assert!(errors.windows(2).all(|e| e[0] >= e[1]), "{s}");
     }
     // Two targets per (model, batch): a selection case each.
     assert_eq!(configuration["selection_cases"], 6);
