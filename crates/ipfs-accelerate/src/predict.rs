@@ -668,6 +668,13 @@ fn evaluate(
         skipped
     );
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.0}%", v * 100.0));
+    // The split as the JSON names it.
+    let split_name = |r: &ia_predict::SplitReport| -> anyhow::Result<String> {
+        Ok(serde_json::to_value(r.split)?
+            .as_str()
+            .unwrap_or("")
+            .to_string())
+    };
     for quantity in Quantity::ALL {
         println!(
             "\n{}",
@@ -693,7 +700,7 @@ fn evaluate(
         for r in reports.iter().filter(|r| r.quantity == quantity) {
             println!(
                 "{:<14} {:>6} {:>6} {:>8} {:>10} {:>9} {:>11} {:>10} {:>7} {:>9}",
-                serde_json::to_value(r.split)?.as_str().unwrap_or(""),
+                split_name(r)?,
                 r.folds,
                 r.predictions,
                 r.mape.map_or("-".into(), |m| format!("{m:.1}")),
@@ -729,7 +736,7 @@ fn evaluate(
             for w in &r.worst {
                 println!(
                     "  {:<13} {} on {} ({}) {} b={}{}: {:.1}, {:.1} [{:.1}, {:.1}], {:.0}% off",
-                    serde_json::to_value(r.split)?.as_str().unwrap_or(""),
+                    split_name(r)?,
                     w.model,
                     w.platform,
                     w.engine,
