@@ -26,8 +26,7 @@ pub const PANEL: usize = 16;
 #[cfg(target_arch = "x86_64")]
 const ROWS: usize = 6;
 /// Inputs per pass: a panel's 256 x 16 values are 16 KiB, half of L1.
-#[cfg(target_arch = "x86_64")]
-const DEPTH: usize = 256;
+pub(super) const DEPTH: usize = 256;
 /// Rows per block: 96 rows of 256 inputs are 96 KiB, within L2 with the panels passing by.
 #[cfg(target_arch = "x86_64")]
 const BLOCK_ROWS: usize = 96;
@@ -80,6 +79,41 @@ impl PackedF32 {
     }
 }
 
+/// Where [`product_block`] reads its panels from: f32 weights packed once at load, or a
+/// block-quantised matrix dequantised one panel at a time as the kernel reaches it (so a
+/// quantised product runs on the same micro-kernel as an f32 one).
+pub(super) trait Panels {
+    fn inputs(&self) -> usize;
+    fn outputs(&self) -> usize;
+    /// Rows `k0..k0 + depth` (at most [`DEPTH`]) of the panel of columns `c0..c0 + PANEL`:
+    /// `depth` rows of [`PANEL`] values, the first on a 32-byte boundary. `scratch` is this
+    /// call's buffer for a source that must write the panel somewhere first.
+    fn panel(&self, c0: usize, k0: usize, depth: usize, scratch: &mut Vec<f32>) -> *const f32;
+}
+
+impl Panels for PackedF32 {
+    fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    fn outputs(&self) -> usize {
+        self.outputs
+    }
+
+    fn panel(&self, c0: usize, k0: usize, _depth: usize, _scratch: &mut Vec<f32>) -> *const f32 {
+        self.values[self.start + (c0 / PANEL * self.inputs + k0) * PANEL..].as_ptr()
+    }
+}
+
+/// A panel's worth of `scratch` (`DEPTH` rows of [`PANEL`] values) starting on a cache line.
+pub(super) fn scratch_panel(scratch: &mut Vec<f32>) -> &mut [f32] {
+    if scratch.is_empty() {
+        scratch.resize(DEPTH * PANEL + 15, 0.0);
+    }
+    let start = scratch.as_ptr().align_offset(64).min(15);
+    &mut scratch[start..start + DEPTH * PANEL]
+}
+
 /// `dst[r][c] = sum_i x[r * row_stride + i] * w[i][c]` for the `m` rows and the columns
 /// `first..first + cols` (`first` a multiple of [`PANEL`]); dst's rows are `dst_stride` apart.
 /// `finished(r0, rows)` runs as soon as rows `r0..r0 + rows` of these columns hold their
@@ -96,21 +130,22 @@ pub(super) unsafe fn product_block(
     x: &[f32],
     m: usize,
     row_stride: usize,
-    w: &PackedF32,
+    w: &impl Panels,
     first: usize,
     cols: usize,
     dst: SharedOut,
     dst_stride: usize,
     mut finished: impl FnMut(usize, usize),
 ) {
-    let k = w.inputs;
-    debug_assert!(first.is_multiple_of(PANEL) && first + cols <= w.outputs);
+    let k = w.inputs();
+    debug_assert!(first.is_multiple_of(PANEL) && first + cols <= w.outputs());
     debug_assert!(m == 0 || x.len() >= (m - 1) * row_stride + k);
     // A block of rows, tile by tile, each tile's inputs interleaved (input i of its rows side
     // by side), so the micro-kernel's broadcasts walk one stream. Every pass over the inputs
     // of one block runs before the next block: its outputs, added to pass after pass, stay
     // in cache (in the other order a block of 1,576 rows waited on memory for them).
     let mut rows_packed = vec![0f32; BLOCK_ROWS.min(m) * DEPTH.min(k)];
+    let mut scratch = Vec::new();
     for r0 in (0..m).step_by(BLOCK_ROWS) {
         let rows = BLOCK_ROWS.min(m - r0);
         for k0 in (0..k).step_by(DEPTH) {
@@ -130,7 +165,7 @@ pub(super) unsafe fn product_block(
             }
             for c0 in (first..first + cols).step_by(PANEL) {
                 let width = PANEL.min(first + cols - c0);
-                let panel = w.values[w.start + (c0 / PANEL * k + k0) * PANEL..].as_ptr();
+                let panel = w.panel(c0, k0, depth, &mut scratch);
                 for t0 in (0..rows).step_by(ROWS) {
                     let tile_rows = ROWS.min(rows - t0);
                     let t = Tile {

@@ -11,13 +11,17 @@
 //! On CPUs with AVX512-VNNI that sum is `vpdpbusd` (unsigned weights by signed activations),
 //! 64 multiply-adds per instruction against 16 for an f32 FMA: that is what lets a quantised
 //! prefill (a product of many rows) beat the f32 one instead of paying for dequantisation, and
-//! a decode step (one row per sequence) read a quarter of the f32 bytes or less. Other CPUs run
-//! the same integer sums in plain Rust (compiled by [`multiversion!`]) for a few rows, and
-//! from [`PANEL_ROWS`] rows on multiply dequantised f32 panels with gemm.
+//! a decode step (one row per sequence) read a quarter of the f32 bytes or less. Without VNNI
+//! the same integer sums run on `vpmaddubsw` (AVX2) or in plain Rust (compiled by
+//! [`multiversion!`]); products of many rows may instead multiply dequantised f32 panels: on
+//! AVX2 one panel at a time on the f32 linear layer's micro-kernel ([`super::panels`]),
+//! elsewhere with gemm. Which one, see [`Activations::new`].
 //!
 //! The weights come from candle's quantisers (ggml's own), so a matrix holds the same values as
 //! llama.cpp's Q8_0 or Q4_K of it.
 
+#[cfg(target_arch = "x86_64")]
+use super::panels;
 use super::{isa, multiversion, Isa, SharedOut};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Result, Tensor};
@@ -346,10 +350,16 @@ pub fn vnni() -> bool {
     })
 }
 
-/// Rows from which a CPU without VNNI multiplies dequantised f32 panels with gemm rather than
+/// Rows from which a CPU without AVX2 multiplies dequantised f32 panels with gemm rather than
 /// 8-bit products in plain Rust (those cannot use the wide multiply-adds gemm has; at one or a
 /// few rows, decoding, reading a quarter of the bytes matters more).
 const PANEL_ROWS: usize = 4;
+/// Rows below which a CPU with AVX2 (and no VNNI) always takes the `vpmaddubsw` sums: a
+/// dequantised panel is written for every block of rows, and at a few rows that costs as
+/// much as the products. On a Zen 5 EPYC capped at AVX2 (`IA_NATIVE_ISA=avx2`), Qwen2-0.5B
+/// q8_0 decoding at 4 / 8 / 16 / 32 sequences ran 1.9-2.1x / 1.8x / 1.5x / 1.3x faster
+/// than on the panels.
+const INTEGER_ROWS: usize = 64;
 /// Output columns of one dequantised panel (k x 64 f32: a few hundred KB for the usual k).
 const PANEL_COLUMNS: usize = 64;
 
@@ -362,15 +372,86 @@ pub struct Activations<'a> {
 }
 
 impl<'a> Activations<'a> {
-    /// `x`: `rows` x `inputs` row-major.
+    /// `x`: `rows` x `inputs` row-major. Integer sums with VNNI; without it, with AVX2,
+    /// below [`INTEGER_ROWS`] rows, and from there on whichever of the two
+    /// [`many_rows_path`] timed faster on this CPU; on other CPUs below [`PANEL_ROWS`].
     pub fn new(x: &'a [f32], rows: usize, inputs: usize) -> Self {
-        let integer = vnni() || rows < PANEL_ROWS;
+        let integer = vnni()
+            || if isa() >= Isa::Avx2 {
+                rows < INTEGER_ROWS || many_rows_path() == ManyRows::Integer
+            } else {
+                rows < PANEL_ROWS
+            };
         Self {
             x,
             rows,
             quantised: integer.then(|| Q8Rows::quantize(x, rows, inputs)),
         }
     }
+}
+
+/// How a CPU with AVX2 and no VNNI multiplies many rows: 8-bit sums or dequantised f32 panels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ManyRows {
+    Integer,
+    Panels,
+}
+
+/// The path for products of [`INTEGER_ROWS`] rows or more on a CPU with AVX2 and no VNNI:
+/// `IA_NATIVE_QUANT=integer|panels` forces one, else the faster here of the two on a 96 x 512
+/// x 64 Q8_0 product (about a millisecond), timed three times each, alternating, on one thread,
+/// the best time of each counting. Timed rather than fixed because they trade places between
+/// CPUs: their costs rest on different units (8-bit multiply-adds against f32 FMAs plus the
+/// dequantisation). On a Zen 5 EPYC capped at AVX2 the integer sums made a Qwen2-0.5B q8_0
+/// prefill of 128 / 512 rows 1.2x / 1.3x faster than the panels.
+fn many_rows_path() -> ManyRows {
+    static CHOSEN: OnceLock<ManyRows> = OnceLock::new();
+    *CHOSEN.get_or_init(|| match std::env::var("IA_NATIVE_QUANT").ok().as_deref() {
+        Some("integer") => ManyRows::Integer,
+        Some("panels") => ManyRows::Panels,
+        other => {
+            if let Some(other) = other {
+                tracing::warn!("IA_NATIVE_QUANT={other} is not integer or panels: ignored");
+            }
+            faster_many_rows_path()
+        }
+    })
+}
+
+fn faster_many_rows_path() -> ManyRows {
+    let (m, k, n) = (96, 512, 64);
+    let weights: Vec<f32> = (0..n * k).map(|i| (i % 11) as f32 / 11.0 - 0.5).collect();
+    let Ok(w) = Tensor::from_vec(weights, (n, k), &candle_core::Device::Cpu)
+        .and_then(|t| QuantMatrix::quantize(&t, Format::Q8_0))
+    else {
+        return ManyRows::Integer;
+    };
+    let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 / 13.0 - 0.5).collect();
+    let paths = [ManyRows::Integer, ManyRows::Panels];
+    let activations = paths.map(|path| Activations {
+        x: &x,
+        rows: m,
+        quantised: (path == ManyRows::Integer).then(|| Q8Rows::quantize(&x, m, k)),
+    });
+    let mut out = vec![0f32; m * n];
+    let mut best = [f64::INFINITY; 2];
+    for _ in 0..3 {
+        for (i, a) in activations.iter().enumerate() {
+            let start = std::time::Instant::now();
+            // SAFETY: out is m x n and only this thread writes it.
+            unsafe { product_block(a, &w, 0, n, SharedOut(out.as_mut_ptr()), n) };
+            best[i] = best[i].min(start.elapsed().as_secs_f64());
+        }
+    }
+    let won = usize::from(best[1] < best[0]);
+    tracing::debug!(
+        "quantised products of many rows: {:?} ({:.1} us) against {:?} ({:.1} us)",
+        paths[won],
+        best[won] * 1e6,
+        paths[1 - won],
+        best[1 - won] * 1e6,
+    );
+    paths[won]
 }
 
 /// `dst[r][c] = Σ_k x[r][k] · w[start + c][k]` for every row of `x` and the output columns
@@ -392,7 +473,7 @@ pub(super) unsafe fn product_block(
     assert_eq!(x.x.len(), x.rows * w.inputs);
     let Some(x) = &x.quantised else {
         // SAFETY: as the caller grants.
-        return unsafe { panel_products(x.x, x.rows, w, start, cols, dst, stride) };
+        return unsafe { float_products(isa(), x.x, x.rows, w, start, cols, dst, stride) };
     };
     let rows = x.rows();
     let first = start / GROUP;
@@ -442,6 +523,37 @@ pub(super) unsafe fn product_block(
             write(r, g, &tile);
         }
     }
+}
+
+/// [`product_block`] with f32 activations: on AVX2 (without AVX-512) each panel of 16
+/// outputs is dequantised as the f32 linear layer's micro-kernel reaches it, so the weights
+/// are written out once, into L1, and never packed again; elsewhere through gemm
+/// ([`panel_products`]). On an AVX2-only EPYC the gemm route made a q8_0 Qwen2-0.5B prefill
+/// (b=1, 128 tokens) 1.47x the f32 one's time and its batch-4 decode 0.65x f32's speed.
+///
+/// # Safety
+/// As [`product_block`]; `isa` is one the CPU has.
+#[allow(clippy::too_many_arguments)]
+unsafe fn float_products(
+    isa: Isa,
+    x: &[f32],
+    rows: usize,
+    w: &QuantMatrix,
+    start: usize,
+    cols: usize,
+    dst: SharedOut,
+    stride: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // SAFETY: the CPU has AVX2 and FMA; x is rows x inputs; dst as the caller grants.
+        return unsafe {
+            panels::product_block(x, rows, w.inputs, w, start, cols, dst, stride, |_, _| {})
+        };
+    }
+    let _ = isa;
+    // SAFETY: as the caller grants.
+    unsafe { panel_products(x, rows, w, start, cols, dst, stride) }
 }
 
 /// [`product_block`] through gemm: the weights' columns dequantised into f32 panels of
@@ -501,25 +613,46 @@ fn fours(format: Format, values: &[u8], four: usize) -> [u8; 4 * GROUP] {
 /// Groups `first..first + groups` as f32 columns of `panel` ([k][PANEL_COLUMNS]).
 #[inline(always)]
 fn dequantise_panel_body(w: &QuantMatrix, first: usize, groups: usize, panel: &mut [f32]) {
+    for g in 0..groups {
+        dequantise_group_body(
+            w,
+            first + g,
+            0,
+            w.inputs,
+            &mut panel[g * GROUP..],
+            PANEL_COLUMNS,
+        );
+    }
+}
+
+/// Group `g`'s inputs `k0..k0 + depth` (whole blocks) as rows of 16 f32 in `out`, `stride`
+/// apart, in ggml's arithmetic.
+#[inline(always)]
+fn dequantise_group_body(
+    w: &QuantMatrix,
+    g: usize,
+    k0: usize,
+    depth: usize,
+    out: &mut [f32],
+    stride: usize,
+) {
     let blocks = w.blocks();
     let offset = match w.format {
         Format::Q8_0 => OFFSET,
         Format::Q4K => 0,
     };
     let zeros = [0f32; GROUP];
-    for g in 0..groups {
-        let values = w.group_values(first + g);
-        for b in 0..blocks {
-            let at = ((first + g) * blocks + b) * GROUP;
-            let scales = &w.scales[at..][..GROUP];
-            let mins = w.mins.get(at..at + GROUP).unwrap_or(&zeros);
-            for four in b * BLOCK / 4..(b + 1) * BLOCK / 4 {
-                let v = fours(w.format, values, four);
-                for j in 0..4 {
-                    let row = &mut panel[(four * 4 + j) * PANEL_COLUMNS + g * GROUP..][..GROUP];
-                    for (c, o) in row.iter_mut().enumerate() {
-                        *o = (v[c * 4 + j] as i32 - offset) as f32 * scales[c] - mins[c];
-                    }
+    let values = w.group_values(g);
+    for b in k0 / BLOCK..(k0 + depth) / BLOCK {
+        let at = (g * blocks + b) * GROUP;
+        let scales = &w.scales[at..][..GROUP];
+        let mins = w.mins.get(at..at + GROUP).unwrap_or(&zeros);
+        for four in b * BLOCK / 4..(b + 1) * BLOCK / 4 {
+            let v = fours(w.format, values, four);
+            for j in 0..4 {
+                let row = &mut out[(four * 4 + j - k0) * stride..][..GROUP];
+                for (c, o) in row.iter_mut().enumerate() {
+                    *o = (v[c * 4 + j] as i32 - offset) as f32 * scales[c] - mins[c];
                 }
             }
         }
@@ -527,6 +660,26 @@ fn dequantise_panel_body(w: &QuantMatrix, first: usize, groups: usize, panel: &m
 }
 
 multiversion!(fn dequantise_panel(w: &QuantMatrix, first: usize, groups: usize, panel: &mut [f32]) => dequantise_panel_body);
+
+/// The AVX2 micro-kernel reads a quantised matrix one dequantised panel (a group of 16
+/// outputs, [`panels::DEPTH`] inputs deep) at a time, written where it stays in L1.
+#[cfg(target_arch = "x86_64")]
+impl panels::Panels for QuantMatrix {
+    fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    fn outputs(&self) -> usize {
+        self.outputs
+    }
+
+    fn panel(&self, c0: usize, k0: usize, depth: usize, scratch: &mut Vec<f32>) -> *const f32 {
+        let out = panels::scratch_panel(scratch);
+        // SAFETY: the AVX2 kernel calls this only on CPUs with AVX2 and FMA.
+        unsafe { avx2::dequantise_group(self, c0 / GROUP, k0, depth, out) };
+        out.as_ptr()
+    }
+}
 
 /// One row's products with one group of 16 outputs, in plain Rust.
 #[inline(always)]
@@ -573,8 +726,72 @@ multiversion!(fn group_row(x: &Q8Rows, w: &QuantMatrix, r: usize, g: usize, tile
 /// (llama.cpp's trick); Q4_K's 4-bit weights fit as they are.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Format, Q8Rows, QuantMatrix, BLOCK, GROUP};
+    use super::{Format, Q8Rows, QuantMatrix, BLOCK, GROUP, OFFSET};
     use std::arch::x86_64::*;
+
+    /// [`super::dequantise_group_body`] with a stride of 16, eight columns a register: each
+    /// column's four inputs of a run are one i32 lane, so input j is that lane shifted right
+    /// by 8·j (and a Q4_K nibble 4 further for the high half), masked. Same arithmetic, same
+    /// values: `(v - offset) · scale - min` in f32.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; group `g` exists, `k0` and `depth` are whole blocks within
+    /// the inputs, and `out` holds `depth` x 16 values.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dequantise_group(
+        w: &QuantMatrix,
+        g: usize,
+        k0: usize,
+        depth: usize,
+        out: &mut [f32],
+    ) {
+        assert!(out.len() >= depth * GROUP && (k0 + depth) <= w.inputs);
+        let blocks = w.blocks();
+        let q4 = w.format == Format::Q4K;
+        let wv = w.group_values(g).as_ptr();
+        let (mask, offset) = if q4 {
+            (_mm256_set1_epi32(0xF), _mm256_setzero_si256())
+        } else {
+            (_mm256_set1_epi32(0xFF), _mm256_set1_epi32(OFFSET))
+        };
+        let o = out.as_mut_ptr();
+        // SAFETY: the group holds inputs x 16 values (runs of 64 bytes: 4 inputs of Q8_0, 8
+        // of Q4_K), 16 scales (and mins) per block; rows four·4 + j - k0 < depth of out.
+        unsafe {
+            for b in k0 / BLOCK..(k0 + depth) / BLOCK {
+                let at = (g * blocks + b) * GROUP;
+                let scales = w.scales.as_ptr().add(at);
+                let s = [_mm256_loadu_ps(scales), _mm256_loadu_ps(scales.add(8))];
+                let m = if q4 {
+                    let mins = w.mins.as_ptr().add(at);
+                    [_mm256_loadu_ps(mins), _mm256_loadu_ps(mins.add(8))]
+                } else {
+                    [_mm256_setzero_ps(); 2]
+                };
+                for four in b * BLOCK / 4..(b + 1) * BLOCK / 4 {
+                    let (run, shift) = if q4 {
+                        (wv.add((four / 2) * 4 * GROUP), four % 2 * 4)
+                    } else {
+                        (wv.add(four * 4 * GROUP), 0)
+                    };
+                    let v = [
+                        _mm256_loadu_si256(run as *const _),
+                        _mm256_loadu_si256(run.add(32) as *const _),
+                    ];
+                    for j in 0..4 {
+                        let count = _mm_cvtsi32_si128((8 * j + shift) as i32);
+                        let row = o.add((four * 4 + j - k0) * GROUP);
+                        for h in 0..2 {
+                            let t = _mm256_and_si256(_mm256_srl_epi32(v[h], count), mask);
+                            let t = _mm256_cvtepi32_ps(_mm256_sub_epi32(t, offset));
+                            let y = _mm256_sub_ps(_mm256_mul_ps(t, s[h]), m[h]);
+                            _mm256_storeu_ps(row.add(8 * h), y);
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// Row `r`'s products with group `g`.
     ///
@@ -827,13 +1044,15 @@ mod tests {
     /// shapes with partial row blocks, partial groups and a partial last group.
     #[test]
     fn products_equal_the_dequantised_sums_on_every_path() {
-        let shapes: [(usize, usize, usize); 6] = [
+        let shapes: [(usize, usize, usize); 7] = [
             (1, 256, 16),
             (5, 512, 40),
             (7, 256, 300),
             (4, 256, 33),
             (9, 512, 130),
             (3, 96, 24),
+            // More rows than the AVX2 panel kernel's block, inputs past its depth.
+            (101, 288, 40),
         ];
         for format in [Format::Q8_0, Format::Q4K] {
             for (m, k, n) in shapes {
@@ -872,6 +1091,24 @@ mod tests {
                     };
                     assert_close(&format!("{what} {path}"), &out, expected);
                 }
+                // The f32 products against dequantised panels for every instruction set this
+                // CPU has (the AVX2 panel kernel, gemm elsewhere).
+                for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+                    if isa > Isa::detected() {
+                        continue;
+                    }
+                    let mut out = vec![f32::NAN; m * n];
+                    let split = ((n / 2).div_ceil(GROUP) * GROUP).min(n);
+                    for (start, cols) in [(0, split), (split, n - split)] {
+                        if cols > 0 {
+                            let dst = SharedOut(out.as_mut_ptr());
+                            // SAFETY: the CPU has `isa`; out is m x n and each call writes its
+                            // own columns.
+                            unsafe { float_products(isa, &x, m, &w, start, cols, dst, n) };
+                        }
+                    }
+                    assert_close(&format!("{what} panels {isa:?}"), &out, &panels);
+                }
                 // The plain-Rust integer products for every instruction set this CPU has.
                 for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
                     if isa > Isa::detected() {
@@ -902,6 +1139,32 @@ mod tests {
                     }
                     assert_close(&format!("{what} avx2"), &got, &integer);
                 }
+            }
+        }
+    }
+
+    /// The AVX2 dequantisation of a panel gives the plain one's values to the bit, at every
+    /// depth offset the panel kernel asks for.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_panels_hold_the_plain_dequantisation() {
+        if Isa::detected() < Isa::Avx2 {
+            println!("NOT EXERCISED: needs AVX2");
+            return;
+        }
+        for format in [Format::Q8_0, Format::Q4K] {
+            let (_, w) = matrix(40, 512, format);
+            for (g, k0, depth) in [(0, 0, 256), (1, 256, 256), (2, 64, 96)] {
+                let mut want = vec![f32::NAN; depth * GROUP];
+                dequantise_group_body(&w, g, k0, depth, &mut want, GROUP);
+                let mut got = vec![f32::NAN; depth * GROUP];
+                // SAFETY: the CPU has AVX2; the group, blocks and buffer exist.
+                unsafe { avx2::dequantise_group(&w, g, k0, depth, &mut got) };
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{format:?} group {g} from {k0}");
             }
         }
     }
