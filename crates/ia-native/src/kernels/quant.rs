@@ -509,16 +509,25 @@ pub(super) unsafe fn product_block(
         return;
     }
     let isa = isa();
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        let mut tiles = [[0f32; GROUP]; 4];
+        for g in 0..groups {
+            for r in (0..rows).step_by(4) {
+                let mr = (rows - r).min(4);
+                // SAFETY: isa() hands out AVX2 only where the CPU has it; rows r..r + mr
+                // and the group exist.
+                unsafe { avx2::group_tile(x, w, r, first + g, mr, &mut tiles) };
+                for (i, tile) in tiles[..mr].iter().enumerate() {
+                    write(r + i, g, tile);
+                }
+            }
+        }
+        return;
+    }
     let mut tile = [0f32; GROUP];
     for g in 0..groups {
         for r in 0..rows {
-            #[cfg(target_arch = "x86_64")]
-            if isa >= Isa::Avx2 {
-                // SAFETY: isa() hands out AVX2 only where the CPU has it.
-                unsafe { avx2::group_row(x, w, r, first + g, &mut tile) };
-                write(r, g, &tile);
-                continue;
-            }
             group_row(isa, x, w, r, first + g, &mut tile);
             write(r, g, &tile);
         }
@@ -793,36 +802,69 @@ mod avx2 {
         }
     }
 
-    /// Row `r`'s products with group `g`.
+    /// Rows `r..r + mr` (1 to 4) with group `g`, [`group_rows`] chosen at run time.
     ///
     /// # Safety
-    /// The CPU has AVX2 and FMA; row `r` and group `g` exist.
+    /// The CPU has AVX2; the rows and group `g` exist; `tiles` holds `mr` tiles.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn group_row(
+    pub(super) unsafe fn group_tile(
         x: &Q8Rows,
         w: &QuantMatrix,
         r: usize,
         g: usize,
-        tile: &mut [f32; GROUP],
+        mr: usize,
+        tiles: &mut [[f32; GROUP]; 4],
+    ) {
+        // SAFETY: as the caller grants; each arm writes the first mr tiles.
+        unsafe {
+            match mr {
+                1 => group_rows::<1>(x, w, r, g, (&mut tiles[..1]).try_into().unwrap()),
+                2 => group_rows::<2>(x, w, r, g, (&mut tiles[..2]).try_into().unwrap()),
+                3 => group_rows::<3>(x, w, r, g, (&mut tiles[..3]).try_into().unwrap()),
+                _ => group_rows::<4>(x, w, r, g, tiles),
+            }
+        }
+    }
+
+    /// Rows `r..r + R`'s products with group `g`, each run of weights loaded once for all
+    /// `R` rows. Q4_K's pair sums (at most 2 · 15 · 127) add up in 16 bits over a block's
+    /// eight runs (at most 30,480) and widen once a block; Q8_0's (up to 2 · 128 · 127)
+    /// widen at every run.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; rows `r..r + R` and group `g` exist.
+    #[target_feature(enable = "avx2,fma")]
+    // Row i and half h index the activations, the sums and the totals together.
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn group_rows<const R: usize>(
+        x: &Q8Rows,
+        w: &QuantMatrix,
+        r: usize,
+        g: usize,
+        tiles: &mut [[f32; GROUP]; R],
     ) {
         let (k, blocks) = (w.inputs, w.blocks());
         let q4 = w.format == Format::Q4K;
-        let xv = x.values[r * k..].as_ptr();
+        let xv = x.values[r * k..(r + R) * k].as_ptr();
         let wv = w.group_values(g).as_ptr();
         let (ones, nibble, flip) = (
             _mm256_set1_epi16(1),
             _mm256_set1_epi8(0xF),
             _mm256_set1_epi8(-128),
         );
-        let mut total = [_mm256_setzero_ps(); 2];
+        let mut total = [[_mm256_setzero_ps(); 2]; R];
         for b in 0..blocks {
-            let mut acc = [_mm256_setzero_si256(); 2];
+            let mut acc = [[_mm256_setzero_si256(); 2]; R];
             for four in b * BLOCK / 4..(b + 1) * BLOCK / 4 {
-                // SAFETY: four * 4 + 4 <= k.
-                let x4 = unsafe { std::ptr::read_unaligned(xv.add(four * 4) as *const i32) };
-                let xb = _mm256_set1_epi32(x4);
-                for (half, acc) in acc.iter_mut().enumerate() {
-                    let pairs = if q4 {
+                let mut xb = [_mm256_setzero_si256(); R];
+                for (i, xb) in xb.iter_mut().enumerate() {
+                    // SAFETY: four * 4 + 4 <= k, within row r + i.
+                    let x4 =
+                        unsafe { std::ptr::read_unaligned(xv.add(i * k + four * 4) as *const i32) };
+                    *xb = _mm256_set1_epi32(x4);
+                }
+                for half in 0..2 {
+                    if q4 {
                         // SAFETY: the group holds inputs/8 runs of 64 bytes.
                         let v = unsafe {
                             _mm256_loadu_si256(
@@ -834,7 +876,11 @@ mod avx2 {
                         } else {
                             _mm256_srli_epi16::<4>(v)
                         };
-                        _mm256_maddubs_epi16(_mm256_and_si256(v, nibble), xb)
+                        let v = _mm256_and_si256(v, nibble);
+                        for i in 0..R {
+                            let pairs = _mm256_maddubs_epi16(v, xb[i]);
+                            acc[i][half] = _mm256_add_epi16(acc[i][half], pairs);
+                        }
                     } else {
                         // SAFETY: the group holds inputs/4 runs of 64 bytes.
                         let v = unsafe {
@@ -842,29 +888,46 @@ mod avx2 {
                         };
                         // v - 128 as signed bytes, given qx's sign, times |qx|.
                         let q = _mm256_xor_si256(v, flip);
-                        _mm256_maddubs_epi16(_mm256_sign_epi8(xb, xb), _mm256_sign_epi8(q, xb))
-                    };
-                    *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(pairs, ones));
+                        for i in 0..R {
+                            let pairs = _mm256_maddubs_epi16(
+                                _mm256_sign_epi8(xb[i], xb[i]),
+                                _mm256_sign_epi8(q, xb[i]),
+                            );
+                            let sums = _mm256_madd_epi16(pairs, ones);
+                            acc[i][half] = _mm256_add_epi32(acc[i][half], sums);
+                        }
+                    }
                 }
             }
-            let at = r * blocks + b;
-            let dx = _mm256_set1_ps(x.scales[at]);
-            let sx = _mm256_set1_ps(x.scales[at] * x.sums[at] as f32);
-            for (half, (a, t)) in acc.iter().zip(total.iter_mut()).enumerate() {
-                let wat = (g * blocks + b) * GROUP + half * 8;
-                // SAFETY: 16 scales (and mins) per group and block.
-                let s = unsafe { _mm256_loadu_ps(w.scales.as_ptr().add(wat)) };
-                *t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*a), _mm256_mul_ps(s, dx), *t);
-                if q4 {
-                    let m = unsafe { _mm256_loadu_ps(w.mins.as_ptr().add(wat)) };
-                    *t = _mm256_fnmadd_ps(m, sx, *t);
+            for i in 0..R {
+                let at = (r + i) * blocks + b;
+                let dx = _mm256_set1_ps(x.scales[at]);
+                let sx = _mm256_set1_ps(x.scales[at] * x.sums[at] as f32);
+                for half in 0..2 {
+                    let a = if q4 {
+                        _mm256_madd_epi16(acc[i][half], ones)
+                    } else {
+                        acc[i][half]
+                    };
+                    let wat = (g * blocks + b) * GROUP + half * 8;
+                    // SAFETY: 16 scales (and mins) per group and block.
+                    let s = unsafe { _mm256_loadu_ps(w.scales.as_ptr().add(wat)) };
+                    let t = &mut total[i][half];
+                    *t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), _mm256_mul_ps(s, dx), *t);
+                    if q4 {
+                        // SAFETY: as the scales.
+                        let m = unsafe { _mm256_loadu_ps(w.mins.as_ptr().add(wat)) };
+                        *t = _mm256_fnmadd_ps(m, sx, *t);
+                    }
                 }
             }
         }
-        // SAFETY: tile holds 16 f32.
-        unsafe {
-            _mm256_storeu_ps(tile.as_mut_ptr(), total[0]);
-            _mm256_storeu_ps(tile.as_mut_ptr().add(8), total[1]);
+        for (tile, total) in tiles.iter_mut().zip(&total) {
+            // SAFETY: a tile holds 16 f32.
+            unsafe {
+                _mm256_storeu_ps(tile.as_mut_ptr(), total[0]);
+                _mm256_storeu_ps(tile.as_mut_ptr().add(8), total[1]);
+            }
         }
     }
 }
@@ -1127,17 +1190,22 @@ mod tests {
                 }
                 #[cfg(target_arch = "x86_64")]
                 if Isa::detected() >= Isa::Avx2 {
+                    // Tiles of one to four rows.
                     let mut got = vec![0f32; m * n];
-                    let mut tile = [0f32; GROUP];
-                    for r in 0..m {
-                        for g in 0..n.div_ceil(GROUP) {
-                            // SAFETY: the CPU has AVX2.
-                            unsafe { avx2::group_row(&xq, &w, r, g, &mut tile) };
+                    let mut tiles = [[0f32; GROUP]; 4];
+                    for g in 0..n.div_ceil(GROUP) {
+                        for r in (0..m).step_by(4) {
+                            let mr = (m - r).min(4);
+                            // SAFETY: the CPU has AVX2; rows r..r + mr exist.
+                            unsafe { avx2::group_tile(&xq, &w, r, g, mr, &mut tiles) };
                             let width = GROUP.min(n - g * GROUP);
-                            got[r * n + g * GROUP..][..width].copy_from_slice(&tile[..width]);
+                            for (i, tile) in tiles[..mr].iter().enumerate() {
+                                got[(r + i) * n + g * GROUP..][..width]
+                                    .copy_from_slice(&tile[..width]);
+                            }
                         }
                     }
-                    assert_close(&format!("{what} avx2"), &got, &integer);
+                    assert_close(&format!("{what} avx2 tiles"), &got, &integer);
                 }
             }
         }
