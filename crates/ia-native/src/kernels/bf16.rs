@@ -97,30 +97,23 @@ fn backends_here() -> Vec<Backend> {
     runs
 }
 
-/// The faster of the two vector kernels: each times the same 64 x 512 x 64 product (about
-/// 40 microseconds) three times, alternating, on one thread; the best time of each counts, so
-/// a neighbour's burst on a shared machine does not decide.
+/// The faster of the two vector kernels on the same 64 x 512 x 64 product (about 40
+/// microseconds; [`super::faster_of`]).
 fn faster_vector_kernel() -> Backend {
     let (m, k, n) = (64, 512, 64);
     let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 / 13.0 - 0.5).collect();
     let w: Vec<f32> = (0..k * n).map(|i| (i % 11) as f32 / 11.0 - 0.5).collect();
     let packed = PackedBf16::pack(&w, k, n);
     let mut out = vec![0f32; m * n];
-    let mut best = [f64::INFINITY; 2];
+    let dst = out.as_mut_ptr();
     let kernels = [Backend::Avx512Bf16, Backend::Expanded];
     let activations = kernels.map(|b| Activations::convert_for(b, &x, m, &packed));
-    for _ in 0..3 {
-        for (i, backend) in kernels.into_iter().enumerate() {
-            let start = std::time::Instant::now();
-            // SAFETY: out holds m (a multiple of 16) rows of n (a multiple of 32) f32; the
-            // CPU has AVX512-BF16 (the caller checked).
-            unsafe {
-                product_block_on(backend, &activations[i], &packed, 0, n, out.as_mut_ptr(), n)
-            };
-            best[i] = best[i].min(start.elapsed().as_secs_f64());
-        }
-    }
-    let (won, lost) = if best[1] < best[0] { (1, 0) } else { (0, 1) };
+    // SAFETY: out holds m (a multiple of 16) rows of n (a multiple of 32) f32; the CPU has
+    // AVX512-BF16 (the caller checked).
+    let run =
+        |i: usize| unsafe { product_block_on(kernels[i], &activations[i], &packed, 0, n, dst, n) };
+    let (won, best) = super::faster_of([&mut || run(0), &mut || run(1)]);
+    let lost = 1 - won;
     tracing::debug!(
         "bf16 products: {} ({:.1} us) against {} ({:.1} us)",
         kernels[won].as_str(),

@@ -150,6 +150,21 @@ fn with_f32<R>(op: &str, t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Res
     f(f32_slice(op, cpu, layout)?)
 }
 
+/// Which of two kernels runs the same product faster on this CPU: each runs three times,
+/// alternating, on this thread, and the best time of each counts, so a neighbour's burst on a
+/// shared machine does not decide. The winner's index and both best times in seconds.
+fn faster_of(mut kernels: [&mut dyn FnMut(); 2]) -> (usize, [f64; 2]) {
+    let mut best = [f64::INFINITY; 2];
+    for _ in 0..3 {
+        for (kernel, best) in kernels.iter_mut().zip(&mut best) {
+            let start = std::time::Instant::now();
+            kernel();
+            *best = best.min(start.elapsed().as_secs_f64());
+        }
+    }
+    (usize::from(best[1] < best[0]), best)
+}
+
 /// A raw pointer that may cross to the worker threads: each writes a disjoint part.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
