@@ -357,7 +357,7 @@ const PANEL_ROWS: usize = 4;
 /// Rows below which a CPU with AVX2 (and no VNNI) always takes the `vpmaddubsw` sums: a
 /// dequantised panel is written for every block of rows, and at a few rows that costs as
 /// much as the products. On a Zen 5 EPYC capped at AVX2 (`IA_NATIVE_ISA=avx2`), Qwen2-0.5B
-/// q8_0 decoding at 4 / 8 / 16 / 32 sequences ran 1.9-2.1x / 1.8x / 1.5x / 1.3x faster
+/// q8_0 decoding at 4 / 8 / 16 / 32 sequences ran 2.1x / 1.8x / 1.5x / 1.3x faster
 /// than on the panels.
 const INTEGER_ROWS: usize = 64;
 /// Output columns of one dequantised panel (k x 64 f32: a few hundred KB for the usual k).
@@ -402,7 +402,8 @@ enum ManyRows {
 /// x 64 Q8_0 product (40-55 microseconds each on a Zen 5; [`super::faster_of`]). Timed rather than fixed because they trade places between
 /// CPUs: their costs rest on different units (8-bit multiply-adds against f32 FMAs plus the
 /// dequantisation). On a Zen 5 EPYC capped at AVX2 the integer sums made a Qwen2-0.5B q8_0
-/// prefill of 128 / 512 rows 1.2x / 1.3x faster than the panels.
+/// prefill of 128 / 512 rows 1.18x / 1.29x and, in a second run, 1.43x / 1.15x faster than
+/// the panels.
 fn many_rows_path() -> ManyRows {
     static CHOSEN: OnceLock<ManyRows> = OnceLock::new();
     *CHOSEN.get_or_init(|| match std::env::var("IA_NATIVE_QUANT").ok().as_deref() {
