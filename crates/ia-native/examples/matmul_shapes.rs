@@ -4,8 +4,10 @@
 //! AVX2-only CPUs, panels for our own kernel; elsewhere the same as the first) and, where the
 //! CPU has AMX or AVX512-BF16, its bf16 products.
 //! Then wav2vec2-base's convolutions.
-//! `cargo run --release -p ia-native --example matmul_shapes [ROWS ...] [conv]` (rows default
-//! to 16, 128, 512 and 1024; ViT-base's batch of 8 is 1576; `conv` alone: the convolutions only).
+//! `cargo run --release -p ia-native --example matmul_shapes [ROWS ...] [conv] [cold]` (rows
+//! default to 16, 128, 512 and 1024; ViT-base's batch of 8 is 1576; `conv` alone: the
+//! convolutions only; `cold`: each call of the linear layers takes the next of enough copies of
+//! the weight to pass 96 MiB, so it comes from memory as a model's does, not from the caches).
 use candle_core::{Device, Tensor};
 use ia_native::kernels::{
     attention, bf16, conv1d_frames, conv_weight, linear, Activation::Identity, Weight,
@@ -32,9 +34,10 @@ fn main() -> candle_core::Result<()> {
     println!("threads: {}", rayon::current_num_threads());
     let args: Vec<String> = std::env::args().skip(1).collect();
     let convs_only = args.iter().any(|a| a == "conv");
+    let cold = args.iter().any(|a| a == "cold");
     let mut row_counts: Vec<usize> = args
         .iter()
-        .filter(|a| *a != "conv")
+        .filter(|a| *a != "conv" && *a != "cold")
         .map(|a| a.parse().expect("row counts"))
         .collect();
     if row_counts.is_empty() && !convs_only {
@@ -51,18 +54,49 @@ fn main() -> candle_core::Result<()> {
             (1536, 384),
         ] {
             let x = Tensor::randn(0f32, 1.0, (rows, k), &dev)?;
-            let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
-            let wt = w.t()?;
-            let reps = (40 * 128 / rows).max(8);
+            let copies = if cold {
+                (96usize << 20).div_ceil(4 * k * n)
+            } else {
+                1
+            };
+            let ws = (0..copies)
+                .map(|_| Tensor::randn(0f32, 1.0, (n, k), &dev))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let reps = (40 * 128 / rows).max(8).max(copies);
             let flop = 2.0 * (rows * k * n) as f64;
-            let candle = time(reps, || x.matmul(&wt))?;
-            let gemm_weight = Weight::Transposed(wt.contiguous()?);
-            let gemm = time(reps, || linear(&x, &gemm_weight, None, Identity, None))?;
-            let f32_weight = Weight::new(&w, false)?;
-            let ours = time(reps, || linear(&x, &f32_weight, None, Identity, None))?;
+            // Each call takes the next copy of its weights.
+            let rotating = |weights: &[Weight]| {
+                let mut next = 0;
+                time(reps, || {
+                    next = (next + 1) % weights.len();
+                    linear(&x, &weights[next], None, Identity, None)
+                })
+            };
+            let wts = ws
+                .iter()
+                .map(|w| w.t())
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let mut next = 0;
+            let candle = time(reps, || {
+                next = (next + 1) % wts.len();
+                x.matmul(&wts[next])
+            })?;
+            let gemm = rotating(
+                &wts.iter()
+                    .map(|wt| Ok(Weight::Transposed(wt.contiguous()?)))
+                    .collect::<candle_core::Result<Vec<_>>>()?,
+            )?;
+            let ours = rotating(
+                &ws.iter()
+                    .map(|w| Weight::new(w, false))
+                    .collect::<candle_core::Result<Vec<_>>>()?,
+            )?;
             let bf16 = if bf16::available() {
-                let bf16_weight = Weight::new(&w, true)?;
-                let t = time(reps, || linear(&x, &bf16_weight, None, Identity, None))?;
+                let t = rotating(
+                    &ws.iter()
+                        .map(|w| Weight::new(w, true))
+                        .collect::<candle_core::Result<Vec<_>>>()?,
+                )?;
                 format!("{:>6.1}", flop / t / 1e9)
             } else {
                 "     -".into()

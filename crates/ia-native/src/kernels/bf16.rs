@@ -110,8 +110,9 @@ fn faster_vector_kernel() -> Backend {
     let activations = kernels.map(|b| Activations::convert_for(b, &x, m, &packed));
     // SAFETY: out holds m (a multiple of 16) rows of n (a multiple of 32) f32; the CPU has
     // AVX512-BF16 (the caller checked).
-    let run =
-        |i: usize| unsafe { product_block_on(kernels[i], &activations[i], &packed, 0, n, dst, n) };
+    let run = |i: usize| unsafe {
+        product_block_on(kernels[i], &activations[i], &packed, 0, n, dst, n, m)
+    };
     let (won, best) = super::faster_of([&mut || run(0), &mut || run(1)]);
     let lost = 1 - won;
     tracing::debug!(
@@ -247,10 +248,6 @@ enum Values {
 }
 
 impl Activations {
-    pub fn rows_padded(&self) -> usize {
-        self.rows_padded
-    }
-
     /// In the layout this process's [`backend`] reads.
     pub fn convert(x: &[f32], m: usize, w: &PackedBf16) -> Self {
         Self::convert_for(
@@ -381,13 +378,21 @@ fn convert_row_body(src: &[f32], slab: &mut [u16], row: usize) {
 
 super::multiversion!(fn convert_row(src: &[f32], slab: &mut [u16], row: usize) => convert_row_body);
 
-/// `out[r * stride + c - col0] += sum_k a[r, k] w[k, c]` for every row (padded) and the
-/// columns `col0..col0 + cols` (both multiples of 32, within the packed weight); zeros in
-/// `out` give the product itself.
+/// Whether the products add to what `out` holds, so that the caller must zero it: AMX loads
+/// its accumulators from the output; the vector kernels start from zeros and write it. Zeroing
+/// ViT-base b=8's outputs, and copying them out of a buffer padded to 16 rows, had been 9% of
+/// its bf16 time (`perf`: memset and memmove under the linear layers).
+pub(super) fn adds_to_output() -> bool {
+    backend() == Some(Backend::Amx)
+}
+
+/// `out[r * stride + c - col0] = sum_k a[r, k] w[k, c]` for the first `rows` rows (at most
+/// the activations' rows) and the columns `col0..col0 + cols` (both multiples of 32, within
+/// the packed weight); added to what `out` holds where [`adds_to_output`].
 ///
 /// # Safety
-/// `out` is valid for reads and writes of `a.rows_padded()` rows of `stride` f32 (`cols` at
-/// the start of each), and no other thread touches those elements meanwhile.
+/// `out` is valid for reads and writes of `rows` rows of `stride` f32 (`cols` at the start of
+/// each), and no other thread touches those elements meanwhile.
 pub(super) unsafe fn product_block(
     a: &Activations,
     w: &PackedBf16,
@@ -395,21 +400,23 @@ pub(super) unsafe fn product_block(
     cols: usize,
     out: *mut f32,
     stride: usize,
+    rows: usize,
 ) {
     assert!(col0.is_multiple_of(BLOCK) && cols.is_multiple_of(BLOCK) && stride >= cols);
-    assert!(col0 + cols <= w.n_padded && a.k_padded == w.k_padded);
+    assert!(col0 + cols <= w.n_padded && a.k_padded == w.k_padded && rows <= a.rows_padded);
     let backend = backend().expect("a bf16 product where none runs");
     if a.k_padded == 0 {
         return;
     }
     // SAFETY: as the caller promises; the backend runs on this CPU.
-    unsafe { product_block_on(backend, a, w, col0, cols, out, stride) }
+    unsafe { product_block_on(backend, a, w, col0, cols, out, stride, rows) }
 }
 
 /// [`product_block`] on the given backend (the tests run each one the CPU has).
 ///
 /// # Safety
 /// As [`product_block`], and the CPU runs `backend` (AMX: the tile state is granted).
+#[allow(clippy::too_many_arguments)]
 unsafe fn product_block_on(
     backend: Backend,
     a: &Activations,
@@ -418,13 +425,27 @@ unsafe fn product_block_on(
     cols: usize,
     out: *mut f32,
     stride: usize,
+    rows: usize,
 ) {
     // SAFETY: as the caller promises.
     unsafe {
         match backend {
-            Backend::Amx => amx::product_block(a, w, col0, cols, out, stride),
-            Backend::Avx512Bf16 => dpbf16::product_block(a, w, col0, cols, out, stride),
-            Backend::Expanded => dpbf16::expanded_block(a, w, col0, cols, out, stride),
+            Backend::Amx if rows == a.rows_padded => {
+                amx::product_block(a, w, col0, cols, out, stride)
+            }
+            Backend::Amx => {
+                // Tiles of 16 rows would reach past the output: through a buffer.
+                let mut block = vec![0f32; a.rows_padded * cols];
+                amx::product_block(a, w, col0, cols, block.as_mut_ptr(), cols);
+                for (r, row) in block.chunks_exact(cols).take(rows).enumerate() {
+                    let dst = std::slice::from_raw_parts_mut(out.add(r * stride), cols);
+                    for (d, v) in dst.iter_mut().zip(row) {
+                        *d += v;
+                    }
+                }
+            }
+            Backend::Avx512Bf16 => dpbf16::product_block(a, w, col0, cols, out, stride, rows),
+            Backend::Expanded => dpbf16::expanded_block(a, w, col0, cols, out, stride, rows),
         }
     }
 }
@@ -640,7 +661,7 @@ mod dpbf16 {
     /// Activations per pass over the columns (kept in L2 while every panel pair reads them).
     const ACTIVATION_BYTES_PER_PASS: usize = 512 << 10;
 
-    /// Adds the products to `out` (which the caller zeroed), with `vdpbf16ps`.
+    /// Writes the products to `out`, with `vdpbf16ps`.
     ///
     /// # Safety
     /// As [`super::product_block`], on a CPU with AVX512-BF16.
@@ -652,17 +673,24 @@ mod dpbf16 {
         cols: usize,
         out: *mut f32,
         stride: usize,
+        rows: usize,
     ) {
         // SAFETY: as the caller promises; `tile` runs on this CPU.
         unsafe {
-            passes(a, col0, cols, out, stride, 2, |r, panel, steps, c| {
-                tile(a, w, r, panel, steps, c, stride)
-            })
+            passes(
+                a,
+                col0,
+                cols,
+                out,
+                stride,
+                rows,
+                2,
+                |r, panel, steps, c, stride| tile(a, w, r, panel, steps, c, stride),
+            )
         }
     }
 
-    /// Adds the products to `out` (which the caller zeroed), widening the bf16 weights to f32
-    /// in registers.
+    /// Writes the products to `out`, widening the bf16 weights to f32 in registers.
     ///
     /// # Safety
     /// As [`super::product_block`], on a CPU with AVX-512; `a` was converted for
@@ -675,49 +703,69 @@ mod dpbf16 {
         cols: usize,
         out: *mut f32,
         stride: usize,
+        rows: usize,
     ) {
         // SAFETY: as the caller promises; `expanded_tile` runs on this CPU.
         unsafe {
-            passes(a, col0, cols, out, stride, 4, |r, panel, steps, c| {
-                expanded_tile(a, w, r, panel, steps, c, stride)
-            })
+            passes(
+                a,
+                col0,
+                cols,
+                out,
+                stride,
+                rows,
+                4,
+                |r, panel, steps, c, stride| expanded_tile(a, w, r, panel, steps, c, stride),
+            )
         }
     }
 
     /// The blocking both vector kernels share: passes of rows whose activations
     /// (`value_bytes` each) stay in L2, then for each pair of panels and each pass over 256
-    /// inputs, `tile(r, panel, steps, out)` on every 8 rows.
+    /// inputs, `tile(r, panel, steps, out, stride)` on every 8 rows. The 8 rows that reach
+    /// past `rows` go to a buffer, copied out after the pair's last pass.
     ///
     /// # Safety
     /// As [`super::product_block`], and `tile` is safe for any 8 rows below the padded rows,
-    /// any panel pair of the block and any steps range within the inner dimension.
+    /// any panel pair of the block, any steps range within the inner dimension and any output
+    /// valid for 8 rows of 32 f32 at the stride given.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn passes(
         a: &Activations,
         col0: usize,
         cols: usize,
         out: *mut f32,
         stride: usize,
+        rows: usize,
         value_bytes: usize,
-        mut tile: impl FnMut(usize, usize, std::ops::Range<usize>, *mut f32),
+        mut tile: impl FnMut(usize, usize, std::ops::Range<usize>, *mut f32, usize),
     ) {
         let steps = a.k_padded / STEP;
         let rows_per_pass =
             (ACTIVATION_BYTES_PER_PASS / (a.k_padded * value_bytes)).max(16) / 16 * 16;
-        for row0 in (0..a.rows_padded).step_by(rows_per_pass) {
-            let row_end = (row0 + rows_per_pass).min(a.rows_padded);
+        let whole = rows / ROWS * ROWS;
+        let mut tail = [0f32; ROWS * 32];
+        for row0 in (0..rows).step_by(rows_per_pass) {
+            let row_end = (row0 + rows_per_pass).min(rows.next_multiple_of(ROWS));
             for panel in (col0 / 16..(col0 + cols) / 16).step_by(2) {
+                // Rows r..r + 8 and the panel pair's 32 columns of the caller's output
+                // (col0 is a multiple of 32, so the pair is whole).
+                let at = |r: usize| out.wrapping_add(r * stride + panel * 16 - col0);
                 for first in (0..steps).step_by(STEPS_PER_PASS) {
                     let last = (first + STEPS_PER_PASS).min(steps);
                     for r in (row0..row_end).step_by(ROWS) {
-                        // Rows r..r + 8 and the panel pair's 32 columns of the caller's
-                        // output (col0 is a multiple of 32, so the pair is whole).
-                        tile(
-                            r,
-                            panel,
-                            first..last,
-                            out.wrapping_add(r * stride + panel * 16 - col0),
-                        );
+                        if r < whole {
+                            tile(r, panel, first..last, at(r), stride);
+                        } else {
+                            tile(r, panel, first..last, tail.as_mut_ptr(), 32);
+                        }
+                    }
+                }
+                if row_end > whole {
+                    for (i, row) in tail.chunks_exact(32).take(rows - whole).enumerate() {
+                        // SAFETY: row whole + i < rows of the caller's output.
+                        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), at(whole + i), 32) };
                     }
                 }
             }
@@ -752,8 +800,8 @@ mod dpbf16 {
         }
     }
 
-    /// Rows `r..r + 8` by panels `panel` and `panel + 1`, over the inner steps `steps`, added
-    /// to the 8 x 32 f32 at `out` (rows `stride` apart).
+    /// Rows `r..r + 8` by panels `panel` and `panel + 1`, over the inner steps `steps`, into
+    /// the 8 x 32 f32 at `out` (rows `stride` apart): added to them after the first step.
     ///
     /// # Safety
     /// AVX512-BF16 runs here; `r` is a multiple of 8 below the padded rows; both panels exist;
@@ -781,7 +829,11 @@ mod dpbf16 {
         // SAFETY (every load and store below): out holds 8 rows of 32 f32; pair row p of a
         // panel is inside it for p < k_padded / 2; row r + i's values of step s are inside
         // the activations' block for s < k_padded / 32.
-        let mut acc = unsafe { load_tile(out, stride) };
+        let mut acc = if steps.start == 0 {
+            [[_mm512_setzero_ps(); 2]; ROWS]
+        } else {
+            unsafe { load_tile(out, stride) }
+        };
         for s in steps {
             for q in 0..STEP / 2 {
                 let p = s * STEP / 2 + q;
@@ -826,7 +878,11 @@ mod dpbf16 {
         let high = _mm512_set1_epi32(0xffff_0000_u32 as i32);
         // SAFETY (every load and store below): as in `tile`; rows r..r + 8 of the rounded
         // activations hold k_padded values each.
-        let mut acc = unsafe { load_tile(out, stride) };
+        let mut acc = if steps.start == 0 {
+            [[_mm512_setzero_ps(); 2]; ROWS]
+        } else {
+            unsafe { load_tile(out, stride) }
+        };
         for p in steps.start * STEP / 2..steps.end * STEP / 2 {
             let v0 = unsafe { _mm512_loadu_si512(b0.add(p * 32) as *const _) };
             let v1 = unsafe { _mm512_loadu_si512(b1.add(p * 32) as *const _) };
@@ -924,9 +980,21 @@ mod tests {
             let packed = PackedBf16::pack(&w, k, n);
             let a = Activations::convert_for(backend, &x, m, &packed);
             let cols = packed.n_padded;
-            let mut out = vec![0f32; a.rows_padded * cols];
-            // SAFETY: out holds rows_padded rows of cols.
-            unsafe { product_block_on(backend, &a, &packed, 0, cols, out.as_mut_ptr(), cols) };
+            // m rows and a row that must stay as it is. The vector kernels write every
+            // element (NaN shows one they miss); AMX adds to zeros.
+            let start = if backend == Backend::Amx {
+                0.0
+            } else {
+                f32::NAN
+            };
+            let mut out = vec![start; (m + 1) * cols];
+            out[m * cols..].fill(7.0);
+            // SAFETY: out holds m rows of cols.
+            unsafe { product_block_on(backend, &a, &packed, 0, cols, out.as_mut_ptr(), cols, m) };
+            assert!(
+                out[m * cols..].iter().all(|&v| v == 7.0),
+                "{backend:?} {m}x{k}x{n}: wrote past its rows"
+            );
             for r in 0..m {
                 for c in 0..n {
                     let want: f64 = (0..k)

@@ -246,11 +246,12 @@ impl Linear<'_> {
             return Ok((CpuStorage::F32(vec![]), Shape::from((m, n))));
         }
         // Every block below covers all m rows of its columns, and the blocks cover all n.
-        // gemm, the panels and the quantised kernel overwrite them; the bf16 kernels add to
-        // zeros (one pass of the inner dimension after another), and gemm or the panels over
-        // k = 0 inputs write nothing.
+        // gemm, the panels, the quantised kernel and the vector bf16 kernels overwrite them;
+        // AMX adds to zeros (one pass of the inner dimension after another), and no kernel
+        // writes anything over k = 0 inputs.
         let mut out = match (k, self.weight) {
-            (0, _) | (_, Weights::Bf16(_)) => Output::zeroed(m * n),
+            (0, _) => Output::zeroed(m * n),
+            (_, Weights::Bf16(_)) if bf16::adds_to_output() => Output::zeroed(m * n),
             _ => Output::new(m * n),
         };
         let threads = rayon::current_num_threads().max(1);
@@ -320,18 +321,19 @@ impl Linear<'_> {
                 },
                 (Weights::Bf16(p), Some(a)) => {
                     let padded = width.min(p.padded_outputs() - start);
-                    if m == a.rows_padded() && start + padded <= n {
-                        // SAFETY: whole tiles of the m x n output: this block's columns of
-                        // its rows, written by this block only.
-                        unsafe { bf16::product_block(a, p, start, padded, dst.at(start), n) };
+                    if start + padded <= n {
+                        // SAFETY: this block's columns of the m x n output, written by this
+                        // block only.
+                        unsafe { bf16::product_block(a, p, start, padded, dst.at(start), n, m) };
                     } else {
-                        // Tiles that would reach past the output go through a buffer.
-                        let mut block = vec![0f32; a.rows_padded() * padded];
-                        // SAFETY: block holds rows_padded rows of `padded`.
+                        // Columns padded past the output's would reach into the next row:
+                        // through a buffer.
+                        let mut block = vec![0f32; m * padded];
+                        // SAFETY: block holds m rows of `padded`.
                         unsafe {
-                            bf16::product_block(a, p, start, padded, block.as_mut_ptr(), padded)
+                            bf16::product_block(a, p, start, padded, block.as_mut_ptr(), padded, m)
                         };
-                        for (r, row) in block.chunks_exact(padded).take(m).enumerate() {
+                        for (r, row) in block.chunks_exact(padded).enumerate() {
                             // SAFETY: row r's columns start..start+cols of the m x n output,
                             // written by this block only.
                             unsafe {
