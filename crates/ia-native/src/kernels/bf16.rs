@@ -111,7 +111,17 @@ fn faster_vector_kernel() -> Backend {
     // SAFETY: out holds m (a multiple of 16) rows of n (a multiple of 32) f32; the CPU has
     // AVX512-BF16 (the caller checked).
     let run = |i: usize| unsafe {
-        product_block_on(kernels[i], &activations[i], &packed, 0, n, dst, n, m)
+        product_block_on(
+            kernels[i],
+            &activations[i],
+            &packed,
+            0,
+            n,
+            dst,
+            n,
+            m,
+            &mut |_, _| {},
+        )
     };
     let (won, best) = super::faster_of([&mut || run(0), &mut || run(1)]);
     let lost = 1 - won;
@@ -388,11 +398,15 @@ pub(super) fn adds_to_output() -> bool {
 
 /// `out[r * stride + c - col0] = sum_k a[r, k] w[k, c]` for the first `rows` rows (at most
 /// the activations' rows) and the columns `col0..col0 + cols` (both multiples of 32, within
-/// the packed weight); added to what `out` holds where [`adds_to_output`].
+/// the packed weight); added to what `out` holds where [`adds_to_output`]. `finished(r0, n)`
+/// runs as soon as rows `r0..r0 + n` hold their sums (after each pass of rows whose
+/// activations stay in L2 on the vector kernels; at the end on AMX), so that the caller's
+/// bias, activation and residual find them in cache.
 ///
 /// # Safety
 /// `out` is valid for reads and writes of `rows` rows of `stride` f32 (`cols` at the start of
 /// each), and no other thread touches those elements meanwhile.
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn product_block(
     a: &Activations,
     w: &PackedBf16,
@@ -401,15 +415,17 @@ pub(super) unsafe fn product_block(
     out: *mut f32,
     stride: usize,
     rows: usize,
+    finished: &mut dyn FnMut(usize, usize),
 ) {
     assert!(col0.is_multiple_of(BLOCK) && cols.is_multiple_of(BLOCK) && stride >= cols);
     assert!(col0 + cols <= w.n_padded && a.k_padded == w.k_padded && rows <= a.rows_padded);
     let backend = backend().expect("a bf16 product where none runs");
-    if a.k_padded == 0 {
-        return;
+    if a.k_padded > 0 {
+        // SAFETY: as the caller promises; the backend runs on this CPU.
+        unsafe { product_block_on(backend, a, w, col0, cols, out, stride, rows, finished) }
+    } else {
+        finished(0, rows);
     }
-    // SAFETY: as the caller promises; the backend runs on this CPU.
-    unsafe { product_block_on(backend, a, w, col0, cols, out, stride, rows) }
 }
 
 /// [`product_block`] on the given backend (the tests run each one the CPU has).
@@ -426,12 +442,14 @@ unsafe fn product_block_on(
     out: *mut f32,
     stride: usize,
     rows: usize,
+    finished: &mut dyn FnMut(usize, usize),
 ) {
     // SAFETY: as the caller promises.
     unsafe {
         match backend {
             Backend::Amx if rows == a.rows_padded => {
-                amx::product_block(a, w, col0, cols, out, stride)
+                amx::product_block(a, w, col0, cols, out, stride);
+                finished(0, rows);
             }
             Backend::Amx => {
                 // Tiles of 16 rows would reach past the output: through a buffer.
@@ -443,9 +461,14 @@ unsafe fn product_block_on(
                         *d += v;
                     }
                 }
+                finished(0, rows);
             }
-            Backend::Avx512Bf16 => dpbf16::product_block(a, w, col0, cols, out, stride, rows),
-            Backend::Expanded => dpbf16::expanded_block(a, w, col0, cols, out, stride, rows),
+            Backend::Avx512Bf16 => {
+                dpbf16::product_block(a, w, col0, cols, out, stride, rows, finished)
+            }
+            Backend::Expanded => {
+                dpbf16::expanded_block(a, w, col0, cols, out, stride, rows, finished)
+            }
         }
     }
 }
@@ -666,6 +689,7 @@ mod dpbf16 {
     /// # Safety
     /// As [`super::product_block`], on a CPU with AVX512-BF16.
     #[target_feature(enable = "avx512f,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn product_block(
         a: &Activations,
         w: &PackedBf16,
@@ -674,20 +698,14 @@ mod dpbf16 {
         out: *mut f32,
         stride: usize,
         rows: usize,
+        finished: &mut dyn FnMut(usize, usize),
     ) {
-        // SAFETY: as the caller promises; `tile` runs on this CPU.
-        unsafe {
-            passes(
-                a,
-                col0,
-                cols,
-                out,
-                stride,
-                rows,
-                2,
-                |r, panel, steps, c, stride| tile(a, w, r, panel, steps, c, stride),
-            )
-        }
+        let tile = |r, panel, steps, c, stride| {
+            // SAFETY: as `passes` promises; `tile` runs on this CPU.
+            unsafe { tile(a, w, r, panel, steps, c, stride) }
+        };
+        // SAFETY: as the caller promises.
+        unsafe { passes(a, col0, cols, out, stride, rows, 2, tile, finished) }
     }
 
     /// Writes the products to `out`, widening the bf16 weights to f32 in registers.
@@ -696,6 +714,7 @@ mod dpbf16 {
     /// As [`super::product_block`], on a CPU with AVX-512; `a` was converted for
     /// [`super::Backend::Expanded`].
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn expanded_block(
         a: &Activations,
         w: &PackedBf16,
@@ -704,26 +723,21 @@ mod dpbf16 {
         out: *mut f32,
         stride: usize,
         rows: usize,
+        finished: &mut dyn FnMut(usize, usize),
     ) {
-        // SAFETY: as the caller promises; `expanded_tile` runs on this CPU.
-        unsafe {
-            passes(
-                a,
-                col0,
-                cols,
-                out,
-                stride,
-                rows,
-                4,
-                |r, panel, steps, c, stride| expanded_tile(a, w, r, panel, steps, c, stride),
-            )
-        }
+        let tile = |r, panel, steps, c, stride| {
+            // SAFETY: as `passes` promises; `expanded_tile` runs on this CPU.
+            unsafe { expanded_tile(a, w, r, panel, steps, c, stride) }
+        };
+        // SAFETY: as the caller promises.
+        unsafe { passes(a, col0, cols, out, stride, rows, 4, tile, finished) }
     }
 
     /// The blocking both vector kernels share: passes of rows whose activations
     /// (`value_bytes` each) stay in L2, then for each pair of panels and each pass over 256
-    /// inputs, `tile(r, panel, steps, out, stride)` on every 8 rows. The 8 rows that reach
-    /// past `rows` go to a buffer, copied out after the pair's last pass.
+    /// inputs, `tile(r, panel, steps, out, stride)` on every 8 rows, and `finished` on the
+    /// pass's rows. The 8 rows that reach past `rows` go to a buffer, copied out after the
+    /// pair's last pass.
     ///
     /// # Safety
     /// As [`super::product_block`], and `tile` is safe for any 8 rows below the padded rows,
@@ -740,6 +754,7 @@ mod dpbf16 {
         rows: usize,
         value_bytes: usize,
         mut tile: impl FnMut(usize, usize, std::ops::Range<usize>, *mut f32, usize),
+        finished: &mut dyn FnMut(usize, usize),
     ) {
         let steps = a.k_padded / STEP;
         let rows_per_pass =
@@ -769,6 +784,7 @@ mod dpbf16 {
                     }
                 }
             }
+            finished(row0, row_end.min(rows) - row0);
         }
     }
 
@@ -990,7 +1006,27 @@ mod tests {
             let mut out = vec![start; (m + 1) * cols];
             out[m * cols..].fill(7.0);
             // SAFETY: out holds m rows of cols.
-            unsafe { product_block_on(backend, &a, &packed, 0, cols, out.as_mut_ptr(), cols, m) };
+            let mut finished = Vec::new();
+            unsafe {
+                product_block_on(
+                    backend,
+                    &a,
+                    &packed,
+                    0,
+                    cols,
+                    out.as_mut_ptr(),
+                    cols,
+                    m,
+                    &mut |r0, rows| finished.push((r0, rows)),
+                )
+            };
+            // Every row is reported finished once, in order.
+            let mut next = 0;
+            for (r0, rows) in finished {
+                assert_eq!(r0, next, "{backend:?} {m}x{k}x{n}: rows {r0}..");
+                next += rows;
+            }
+            assert_eq!(next, m, "{backend:?} {m}x{k}x{n}: rows finished");
             assert!(
                 out[m * cols..].iter().all(|&v| v == 7.0),
                 "{backend:?} {m}x{k}x{n}: wrote past its rows"

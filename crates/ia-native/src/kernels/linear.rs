@@ -323,26 +323,42 @@ impl Linear<'_> {
                     let padded = width.min(p.padded_outputs() - start);
                     if start + padded <= n {
                         // SAFETY: this block's columns of the m x n output, written by this
-                        // block only.
-                        unsafe { bf16::product_block(a, p, start, padded, dst.at(start), n, m) };
-                    } else {
-                        // Columns padded past the output's would reach into the next row:
-                        // through a buffer.
-                        let mut block = vec![0f32; m * padded];
-                        // SAFETY: block holds m rows of `padded`.
+                        // block only. It finishes its rows pass by pass.
                         unsafe {
-                            bf16::product_block(a, p, start, padded, block.as_mut_ptr(), padded, m)
+                            bf16::product_block(
+                                a,
+                                p,
+                                start,
+                                padded,
+                                dst.at(start),
+                                n,
+                                m,
+                                &mut |r0, rows| finish(r0, rows),
+                            )
                         };
-                        for (r, row) in block.chunks_exact(padded).enumerate() {
-                            // SAFETY: row r's columns start..start+cols of the m x n output,
-                            // written by this block only.
-                            unsafe {
-                                std::ptr::copy_nonoverlapping(
-                                    row.as_ptr(),
-                                    dst.at(r * n + start),
-                                    cols,
-                                )
-                            }
+                        return;
+                    }
+                    // Columns padded past the output's would reach into the next row:
+                    // through a buffer.
+                    let mut block = vec![0f32; m * padded];
+                    // SAFETY: block holds m rows of `padded`.
+                    unsafe {
+                        bf16::product_block(
+                            a,
+                            p,
+                            start,
+                            padded,
+                            block.as_mut_ptr(),
+                            padded,
+                            m,
+                            &mut |_, _| {},
+                        )
+                    };
+                    for (r, row) in block.chunks_exact(padded).enumerate() {
+                        // SAFETY: row r's columns start..start+cols of the m x n output,
+                        // written by this block only.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(row.as_ptr(), dst.at(r * n + start), cols)
                         }
                     }
                 }
