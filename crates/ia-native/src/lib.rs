@@ -31,8 +31,9 @@ pub use weights::load_var_builder;
 /// count the user set is left alone.
 ///
 /// Call it first thing in `main`, before any other thread exists: it sets an environment
-/// variable of the process.
+/// variable of the process, and gives every thread glibc's main arena (`heap::one_arena`).
 pub fn settle_thread_count() {
+    heap::one_arena();
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let available = candle_core::utils::get_num_threads();
         let threads = ia_hardware::physical_core_count()
