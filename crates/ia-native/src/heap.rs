@@ -118,10 +118,11 @@ impl<S: SpeechRecognizer + ?Sized> SpeechRecognizer for Retained<S> {
 /// Runs `f` on a thread of rayon's pool (on this one if it is one). Called from outside the
 /// pool, every parallel step of a model hands its work to the pool and puts the calling thread
 /// to sleep until the pool has finished it: bert-base b=1 in bf16 made about 550 futex calls
-/// and 400 context switches an inference that way (`perf stat`, 2-core Zen 5), against about
-/// 40 and 25 from inside the pool, where a step splits between the pool's threads by work
-/// stealing. The pool's threads allocate from glibc's main arena ([`one_arena`]), as the
-/// calling thread did.
+/// and 410 context switches an inference that way (`perf stat`, 2-core Zen 5), against about
+/// 250 and 95 from inside the pool, where a step splits between the pool's threads by work
+/// stealing (40 and 25 with an arena per thread; the rest now wait on the one arena's lock).
+/// The pool's threads allocate from glibc's main arena ([`one_arena`]), as the calling thread
+/// did.
 fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         f()
