@@ -213,7 +213,7 @@ impl Engine for NativeEngine {
         at: Placement,
     ) -> Result<Box<dyn TextGenerator>, EngineError> {
         let ctx = self.context(model, at, Capability::Generate)?;
-        match model.class {
+        let generator = match model.class {
             ModelClass::Qwen if models::qwen2_vl::is_qwen_vl(model.source.config()) => {
                 models::qwen2_vl::Qwen2Vl::load(ctx)
             }
@@ -221,7 +221,8 @@ impl Engine for NativeEngine {
             ModelClass::T5 => models::t5::T5Generator::load(ctx),
             ModelClass::Llava | ModelClass::LlavaNext => models::llava::Llava::load(ctx),
             _ => unreachable!("checked by supports()"),
-        }
+        }?;
+        Ok(Box::new(heap::OnPool(generator)))
     }
 
     fn load_speech_recognizer(
