@@ -29,6 +29,19 @@ fn time(
     Ok(best)
 }
 
+/// [`time`] of `f` on each of `items` in turn: each call takes the next copy of its weights.
+fn time_rotating<T>(
+    reps: usize,
+    items: &[T],
+    mut f: impl FnMut(&T) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<f64> {
+    let mut next = 0;
+    time(reps, || {
+        next = (next + 1) % items.len();
+        f(&items[next])
+    })
+}
+
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     println!("threads: {}", rayon::current_num_threads());
@@ -64,23 +77,14 @@ fn main() -> candle_core::Result<()> {
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let reps = (40 * 128 / rows).max(8).max(copies);
             let flop = 2.0 * (rows * k * n) as f64;
-            // Each call takes the next copy of its weights.
             let rotating = |weights: &[Weight]| {
-                let mut next = 0;
-                time(reps, || {
-                    next = (next + 1) % weights.len();
-                    linear(&x, &weights[next], None, Identity, None)
-                })
+                time_rotating(reps, weights, |w| linear(&x, w, None, Identity, None))
             };
             let wts = ws
                 .iter()
                 .map(|w| w.t())
                 .collect::<candle_core::Result<Vec<_>>>()?;
-            let mut next = 0;
-            let candle = time(reps, || {
-                next = (next + 1) % wts.len();
-                x.matmul(&wts[next])
-            })?;
+            let candle = time_rotating(reps, &wts, |wt| x.matmul(wt))?;
             let gemm = rotating(
                 &wts.iter()
                     .map(|wt| Ok(Weight::Transposed(wt.contiguous()?)))

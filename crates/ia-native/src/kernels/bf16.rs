@@ -1005,8 +1005,8 @@ mod tests {
             };
             let mut out = vec![start; (m + 1) * cols];
             out[m * cols..].fill(7.0);
-            // SAFETY: out holds m rows of cols.
             let mut finished = Vec::new();
+            // SAFETY: out holds m rows of cols.
             unsafe {
                 product_block_on(
                     backend,
@@ -1020,13 +1020,11 @@ mod tests {
                     &mut |r0, rows| finished.push((r0, rows)),
                 )
             };
-            // Every row is reported finished once, in order.
-            let mut next = 0;
-            for (r0, rows) in finished {
-                assert_eq!(r0, next, "{backend:?} {m}x{k}x{n}: rows {r0}..");
-                next += rows;
-            }
-            assert_eq!(next, m, "{backend:?} {m}x{k}x{n}: rows finished");
+            crate::kernels::assert_finished_in_order(
+                &finished,
+                m,
+                &format!("{backend:?} {m}x{k}x{n}"),
+            );
             assert!(
                 out[m * cols..].iter().all(|&v| v == 7.0),
                 "{backend:?} {m}x{k}x{n}: wrote past its rows"

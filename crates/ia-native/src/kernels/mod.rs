@@ -283,3 +283,15 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .and_then(|d| d.to_scalar::<f32>())
         .expect("tensors of one shape")
 }
+
+/// Test check of a product's `finished(r0, rows)` reports: every one of `m` rows reported
+/// once, in order.
+#[cfg(test)]
+pub(crate) fn assert_finished_in_order(finished: &[(usize, usize)], m: usize, what: &str) {
+    let mut next = 0;
+    for &(r0, rows) in finished {
+        assert_eq!(r0, next, "{what}: rows {r0}..");
+        next += rows;
+    }
+    assert_eq!(next, m, "{what}: rows finished");
+}

@@ -317,12 +317,7 @@ mod tests {
                     )
                 };
                 // Every row is reported finished once, in order, after its block.
-                let mut next = 0;
-                for (r0, rows) in finished {
-                    assert_eq!(r0, next, "{m}x{k}x{n}: blocks {r0}..");
-                    next += rows;
-                }
-                assert_eq!(next, m, "{m}x{k}x{n}: rows finished");
+                crate::kernels::assert_finished_in_order(&finished, m, &format!("{m}x{k}x{n}"));
             }
             // SAFETY: the two blocks wrote every element (or the buffer was zeroed).
             let got = unsafe { out.assume_init() };
