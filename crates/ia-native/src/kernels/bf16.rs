@@ -705,7 +705,7 @@ mod dpbf16 {
             unsafe { tile(a, w, r, panel, steps, c, stride) }
         };
         // SAFETY: as the caller promises.
-        unsafe { passes(a, col0, cols, out, stride, rows, 2, tile, finished) }
+        unsafe { passes(a, w, col0, cols, out, stride, rows, 2, tile, finished) }
     }
 
     /// Writes the products to `out`, widening the bf16 weights to f32 in registers.
@@ -730,7 +730,7 @@ mod dpbf16 {
             unsafe { expanded_tile(a, w, r, panel, steps, c, stride) }
         };
         // SAFETY: as the caller promises.
-        unsafe { passes(a, col0, cols, out, stride, rows, 4, tile, finished) }
+        unsafe { passes(a, w, col0, cols, out, stride, rows, 4, tile, finished) }
     }
 
     /// The blocking both vector kernels share: passes of rows whose activations
@@ -738,6 +738,11 @@ mod dpbf16 {
     /// inputs, `tile(r, panel, steps, out, stride)` on every 8 rows, and `finished` on the
     /// pass's rows. The 8 rows that reach past `rows` go to a buffer, copied out after the
     /// pair's last pass.
+    ///
+    /// While the tiles of one pass run, the next pass's weights are prefetched, a share before
+    /// each tile: a model's weights come from memory, not from the caches, and the hardware's
+    /// prefetchers alone left the products of one sequence (128 rows) 10-15% slower on cold
+    /// weights than on warm ones.
     ///
     /// # Safety
     /// As [`super::product_block`], and `tile` is safe for any 8 rows below the padded rows,
@@ -747,6 +752,7 @@ mod dpbf16 {
     #[allow(clippy::too_many_arguments)]
     unsafe fn passes(
         a: &Activations,
+        w: &PackedBf16,
         col0: usize,
         cols: usize,
         out: *mut f32,
@@ -761,15 +767,41 @@ mod dpbf16 {
             (ACTIVATION_BYTES_PER_PASS / (a.k_padded * value_bytes)).max(16) / 16 * 16;
         let whole = rows / ROWS * ROWS;
         let mut tail = [0f32; ROWS * 32];
+        let panels = col0 / 16..(col0 + cols) / 16;
+        // A pair row of a panel is one cache line (32 bf16).
+        let panel_lines = w.k_padded / 2;
+        let line = |panel: usize, pair: usize| {
+            w.values().wrapping_add((panel * panel_lines + pair) * 32) as *const i8
+        };
         for row0 in (0..rows).step_by(rows_per_pass) {
             let row_end = (row0 + rows_per_pass).min(rows.next_multiple_of(ROWS));
-            for panel in (col0 / 16..(col0 + cols) / 16).step_by(2) {
+            let tiles = (row_end - row0) / ROWS;
+            for panel in panels.clone().step_by(2) {
                 // Rows r..r + 8 and the panel pair's 32 columns of the caller's output
                 // (col0 is a multiple of 32, so the pair is whole).
                 let at = |r: usize| out.wrapping_add(r * stride + panel * 16 - col0);
                 for first in (0..steps).step_by(STEPS_PER_PASS) {
                     let last = (first + STEPS_PER_PASS).min(steps);
-                    for r in (row0..row_end).step_by(ROWS) {
+                    // The next pass: the pair's next steps, else the next pair's first.
+                    let next = if last < steps {
+                        Some((panel, last..(last + STEPS_PER_PASS).min(steps)))
+                    } else if panel + 2 < panels.end {
+                        Some((panel + 2, 0..STEPS_PER_PASS.min(steps)))
+                    } else {
+                        None
+                    };
+                    for (j, r) in (row0..row_end).step_by(ROWS).enumerate() {
+                        if let Some((panel, steps)) = &next {
+                            let pairs = steps.start * STEP / 2..steps.end * STEP / 2;
+                            let share = |j: usize| pairs.start + pairs.len() * j / tiles;
+                            for pair in share(j)..share(j + 1) {
+                                for p in [*panel, panel + 1] {
+                                    // SAFETY: a prefetch does not fault; the line is inside
+                                    // the packed weights anyway (both panels exist).
+                                    unsafe { _mm_prefetch::<_MM_HINT_T0>(line(p, pair)) };
+                                }
+                            }
+                        }
                         if r < whole {
                             tile(r, panel, first..last, at(r), stride);
                         } else {
