@@ -299,7 +299,7 @@ impl Linear<'_> {
                         // and this block writes only its columns. It finishes its rows block
                         // by block.
                         unsafe {
-                            panels::product_block(x, m, row_stride, w, start, cols, dst, n, finish)
+                            panels::product_packed(x, m, row_stride, w, start, cols, dst, n, finish)
                         };
                         return;
                     }

@@ -1,20 +1,20 @@
-//! f32 products against weights packed once at load, for CPUs whose widest set is AVX2.
+//! f32 products against weights packed once at load, on CPUs with AVX2 or AVX-512.
 //!
 //! gemm packs both operands on every call. For a linear layer the weight is the large one, so
 //! at one sequence (128 rows) the packing is a pass over the whole weight per product: on an
 //! AVX2-only EPYC it took 15.7% of bert-base b=1 (`perf`: gemm's `vectorize` against 65% in
-//! its `x2x6` micro-kernel). Here the weight is stored as gemm would pack it, once: panels of
-//! [`PANEL`] output columns, each `inputs` rows of [`PANEL`] values. Only the activations are
-//! packed per call (their rows may be any distance apart, which the convolutions' overlapping
-//! windows need): a few rows, cheap next to the weight.
+//! its `x2x6` micro-kernel), on an AVX-512 Zen 5 16% (against 67% in `x4x6`). Here the weight
+//! is stored as gemm would pack it, once: panels of [`PANEL`] output columns, each `inputs`
+//! rows of [`PANEL`] values.
 //!
-//! The micro-kernel keeps a tile of up to [`ROWS`] rows x [`PANEL`] columns in twelve
+//! The AVX2 micro-kernel keeps a tile of up to [`ROWS`] rows x [`PANEL`] columns in twelve
 //! registers while it walks [`DEPTH`] inputs: two loads of the panel and six broadcasts feed
 //! twelve FMAs per input. Tiles sweep every row of a block of [`BLOCK_ROWS`] rows (which stay in
-//! L2) for one panel (whose [`DEPTH`] rows stay in L1) before the next panel.
+//! L2) for one panel (whose [`DEPTH`] rows stay in L1) before the next panel. Its activations
+//! are interleaved per call (their rows may be any distance apart, which the convolutions'
+//! overlapping windows need): a few rows, cheap next to the weight.
 //!
-//! AVX-512 CPUs keep gemm: its AVX-512 micro-kernels are twice this width, and the machines
-//! that have them were measured with it.
+//! The AVX-512 kernel ([`wide`]) is the shape of gemm's `x4x6`: see there.
 
 #[cfg(target_arch = "x86_64")]
 use super::SharedOut;
@@ -73,9 +73,37 @@ impl PackedF32 {
         self.outputs
     }
 
-    /// Whether this CPU runs [`product_block`] (the weights are packed only where it does).
+    /// Whether this CPU runs [`product_packed`] (the weights are packed only where it does).
     pub fn runs_here() -> bool {
-        super::isa() == super::Isa::Avx2
+        super::isa() >= super::Isa::Avx2
+    }
+}
+
+/// [`product_block`] on weights packed at load, on the widest kernel the CPU runs: on
+/// AVX-512, [`wide::product_block`].
+///
+/// # Safety
+/// As [`product_block`], with [`PackedF32::runs_here`].
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn product_packed(
+    x: &[f32],
+    m: usize,
+    row_stride: usize,
+    w: &PackedF32,
+    first: usize,
+    cols: usize,
+    dst: SharedOut,
+    dst_stride: usize,
+    finished: impl FnMut(usize, usize),
+) {
+    // SAFETY: as the caller promises; each kernel runs where the ISA says it does.
+    unsafe {
+        if super::isa() == super::Isa::Avx512 {
+            wide::product_block(x, m, row_stride, w, first, cols, dst, dst_stride, finished)
+        } else {
+            product_block(x, m, row_stride, w, first, cols, dst, dst_stride, finished)
+        }
     }
 }
 
@@ -196,6 +224,189 @@ pub(super) unsafe fn product_block(
     }
 }
 
+/// The AVX-512 kernel: tiles of up to [`ROWS`](wide::ROWS) rows by four panels (64 columns,
+/// four registers), so that four loads of the panels and six broadcasts feed 24 FMAs an input,
+/// the shape of gemm's `x4x6`. The broadcasts read the activations where they are (no copy).
+/// A tile walks up to [`DEPTH`](wide::DEPTH) inputs with its sums in registers (all of them
+/// for every projection of bert-base and ViT-base): with passes of 128 inputs, whose partial
+/// sums went through memory six times, bert-base b=8 ran 3% slower than on gemm. While the
+/// tiles of one group of panels run, the next group's weights are prefetched, a share before
+/// each tile, because a model's weights come from memory.
+///
+/// Against gemm with the weight in [in, out] (`bench`, p50 ms, medians of two alternating
+/// rounds, Zen 5): bert-base b=1 f32 67.1 -> 54.2, b=8 413.1 -> 398.5; ViT-base b=1 92.4 ->
+/// 82.5, b=8 616.8 -> 611.8. `examples/matmul_shapes 128 cold`: 380-440 -> 445-515 GFLOP/s;
+/// on warm weights of 1,024 rows, the same as gemm.
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    use super::{PackedF32, SharedOut, PANEL};
+    use std::arch::x86_64::*;
+
+    /// Rows per tile: 6 x 4 accumulators, four panel registers and a broadcast.
+    pub(super) const ROWS: usize = 6;
+    /// Panels per tile.
+    const GROUP: usize = 4;
+    /// Inputs per pass: a group's 1,536 rows are 384 KiB, in L2.
+    pub(super) const DEPTH: usize = 1536;
+    /// Rows per block: every group of the block's columns runs over them before the next
+    /// block (288 was a little faster than 144 at bert-base b=8); a sequence of 128 tokens
+    /// is one block.
+    pub(super) const BLOCK_ROWS: usize = 288;
+
+    /// As [`super::product_block`], on AVX-512.
+    ///
+    /// # Safety
+    /// As [`super::product_block`], on a CPU with AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn product_block(
+        x: &[f32],
+        m: usize,
+        row_stride: usize,
+        w: &PackedF32,
+        first: usize,
+        cols: usize,
+        dst: SharedOut,
+        dst_stride: usize,
+        mut finished: impl FnMut(usize, usize),
+    ) {
+        let k = w.inputs;
+        debug_assert!(first.is_multiple_of(PANEL) && first + cols <= w.outputs);
+        debug_assert!(m == 0 || x.len() >= (m - 1) * row_stride + k);
+        let panel_len = k * PANEL;
+        let panel = |c0: usize, k0: usize| {
+            w.values[w.start + c0 / PANEL * panel_len + k0 * PANEL..].as_ptr()
+        };
+        // Groups of panels (the last one may have fewer), by first column.
+        let groups: Vec<usize> = (first..first + cols).step_by(GROUP * PANEL).collect();
+        for r0 in (0..m).step_by(BLOCK_ROWS) {
+            let rows = BLOCK_ROWS.min(m - r0);
+            let tiles = rows.div_ceil(ROWS);
+            for k0 in (0..k).step_by(DEPTH) {
+                let depth = DEPTH.min(k - k0);
+                for (p, &c0) in groups.iter().enumerate() {
+                    let width = (GROUP * PANEL).min(first + cols - c0);
+                    // The next pass's panels: the next group's, else the first group's further in.
+                    let next = match groups.get(p + 1) {
+                        Some(&c) => Some((c, k0)),
+                        None if k0 + DEPTH < k => Some((groups[0], k0 + DEPTH)),
+                        None => None,
+                    };
+                    for (j, t0) in (0..rows).step_by(ROWS).enumerate() {
+                        if let Some((c, kn)) = next {
+                            let lines = DEPTH.min(k - kn);
+                            let share = |j: usize| lines * j / tiles;
+                            for i in share(j)..share(j + 1) {
+                                for q in 0..GROUP.min((first + cols - c).div_ceil(PANEL)) {
+                                    // A panel row of 16 f32 is one cache line.
+                                    let line = panel(c + q * PANEL, kn + i) as *const i8;
+                                    _mm_prefetch::<_MM_HINT_T0>(line);
+                                }
+                            }
+                        }
+                        let t = Tile {
+                            a: x[(r0 + t0) * row_stride + k0..].as_ptr(),
+                            a_stride: row_stride,
+                            panel: panel(c0, k0),
+                            panel_len,
+                            depth,
+                            c: dst.at((r0 + t0) * dst_stride + c0),
+                            c_stride: dst_stride,
+                            width,
+                            accumulate: k0 > 0,
+                        };
+                        let tile_rows = ROWS.min(rows - t0);
+                        // SAFETY: as the caller promises; the tile's rows, inputs and columns
+                        // are within the operands.
+                        unsafe {
+                            match width.div_ceil(PANEL) {
+                                4 => by_rows::<4>(tile_rows, t),
+                                3 => by_rows::<3>(tile_rows, t),
+                                2 => by_rows::<2>(tile_rows, t),
+                                _ => by_rows::<1>(tile_rows, t),
+                            }
+                        }
+                    }
+                }
+            }
+            finished(r0, rows);
+        }
+    }
+
+    /// [`tile`] for `rows` rows.
+    ///
+    /// # Safety
+    /// As [`tile`].
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn by_rows<const P: usize>(rows: usize, t: Tile) {
+        // SAFETY: as the caller promises.
+        unsafe {
+            match rows {
+                6 => tile::<6, P>(t),
+                5 => tile::<5, P>(t),
+                4 => tile::<4, P>(t),
+                3 => tile::<3, P>(t),
+                2 => tile::<2, P>(t),
+                _ => tile::<1, P>(t),
+            }
+        }
+    }
+
+    /// One tile's operands: `depth` inputs of its rows from `a` (`a_stride` apart), against
+    /// `depth` rows of the panel at `panel` and of the ones after it (`panel_len` apart), into
+    /// the first `width` columns of its rows of `c`, added to what is there when `accumulate`.
+    #[derive(Clone, Copy)]
+    struct Tile {
+        a: *const f32,
+        a_stride: usize,
+        panel: *const f32,
+        panel_len: usize,
+        depth: usize,
+        c: *mut f32,
+        c_stride: usize,
+        width: usize,
+        accumulate: bool,
+    }
+
+    /// # Safety
+    /// AVX-512F runs here; the tile's pointers cover `depth` x R interleaved inputs, `depth`
+    /// rows of P panels (from a cache line) and R rows of `width` outputs.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile<const R: usize, const P: usize>(t: Tile) {
+        // SAFETY: as the caller promises.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); P]; R];
+            let rows: [*const f32; R] = std::array::from_fn(|r| t.a.add(r * t.a_stride));
+            let mut b = t.panel;
+            for i in 0..t.depth {
+                let w: [__m512; P] =
+                    std::array::from_fn(|j| _mm512_load_ps(b.add(j * t.panel_len)));
+                for (row, acc) in rows.iter().zip(acc.iter_mut()) {
+                    let v = _mm512_set1_ps(*row.add(i));
+                    for j in 0..P {
+                        acc[j] = _mm512_fmadd_ps(v, w[j], acc[j]);
+                    }
+                }
+                b = b.add(PANEL);
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (j, v) in acc.iter().enumerate() {
+                    let at = t.c.add(r * t.c_stride + j * PANEL);
+                    let width = t.width.saturating_sub(j * PANEL).min(PANEL);
+                    let mask: __mmask16 = ((1u32 << width) - 1) as u16;
+                    let mut v = *v;
+                    if t.accumulate {
+                        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, at));
+                    }
+                    _mm512_mask_storeu_ps(at, mask, v);
+                }
+            }
+        }
+    }
+}
+
 /// `depth` inputs of the `R` rows from `x[at]`, `stride` apart, interleaved into `tile`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -280,19 +491,52 @@ mod tests {
 
     /// Every tile height, a ragged last panel, more inputs than one pass (the accumulating
     /// passes), more rows than one block, rows further apart than their length and no inputs
-    /// at all equal the sums in f64.
+    /// at all equal the sums in f64, on each kernel the CPU runs.
     #[test]
     fn products_equal_the_sums() {
         if Isa::detected() < Isa::Avx2 {
-            println!("NOT EXERCISED: the panel kernel needs AVX2 and FMA");
+            println!("NOT EXERCISED: the panel kernels need AVX2 and FMA");
             return;
         }
+        // SAFETY (both): the test runs each kernel where its ISA does; the operands cover
+        // the shapes.
+        check(
+            "avx2",
+            |x, m, row_stride, w, first, cols, out, n, finished| unsafe {
+                product_block(x, m, row_stride, w, first, cols, out, n, finished)
+            },
+        );
+        if Isa::detected() < Isa::Avx512 {
+            println!("NOT EXERCISED: the AVX-512 panel kernel");
+            return;
+        }
+        check(
+            "avx512",
+            |x, m, row_stride, w, first, cols, out, n, finished| unsafe {
+                wide::product_block(x, m, row_stride, w, first, cols, out, n, finished)
+            },
+        );
+    }
+
+    type Finished<'a> = &'a mut dyn FnMut(usize, usize);
+
+    fn check(
+        name: &str,
+        kernel: impl Fn(&[f32], usize, usize, &PackedF32, usize, usize, SharedOut, usize, Finished),
+    ) {
         for (m, k, n, row_stride) in [
             (1, 8, 3, 8),
             (7, 33, 50, 33),
             (13, 600, 40, 600),
             (200, 257, 17, 300),
             (5, 0, 16, 0),
+            // Past the AVX-512 kernel's pass and block, with 1-3 panels of a last group.
+            (
+                wide::BLOCK_ROWS + 7,
+                wide::DEPTH + 5,
+                2 * 64 + 3 * PANEL + 5,
+                wide::DEPTH + 9,
+            ),
         ] {
             let x = values(m.max(1) * row_stride.max(k), 0.1);
             let w = values(k * n, 0.7);
@@ -302,22 +546,20 @@ mod tests {
             let split = (n / 2).div_ceil(PANEL) * PANEL;
             for (first, cols) in [(0, split.min(n)), (split.min(n), n - split.min(n))] {
                 let mut finished = Vec::new();
-                // SAFETY: this test runs where AVX2 does; the operands cover the shapes.
-                unsafe {
-                    product_block(
-                        &x,
-                        m,
-                        row_stride,
-                        &packed,
-                        first,
-                        cols,
-                        out.ptr(),
-                        n,
-                        |r0, rows| finished.push((r0, rows)),
-                    )
-                };
+                kernel(
+                    &x,
+                    m,
+                    row_stride,
+                    &packed,
+                    first,
+                    cols,
+                    out.ptr(),
+                    n,
+                    &mut |r0, rows| finished.push((r0, rows)),
+                );
                 // Every row is reported finished once, in order, after its block.
-                crate::kernels::assert_finished_in_order(&finished, m, &format!("{m}x{k}x{n}"));
+                let case = format!("{name} {m}x{k}x{n}");
+                crate::kernels::assert_finished_in_order(&finished, m, &case);
             }
             // SAFETY: the two blocks wrote every element (or the buffer was zeroed).
             let got = unsafe { out.assume_init() };
@@ -329,7 +571,7 @@ mod tests {
                     let g = got[r * n + c] as f64;
                     assert!(
                         (g - want).abs() <= 1e-5 * (1.0 + want.abs()) * (k as f64).sqrt().max(1.0),
-                        "{m}x{k}x{n} stride {row_stride} at ({r}, {c}): {g} vs {want}"
+                        "{name} {m}x{k}x{n} stride {row_stride} at ({r}, {c}): {g} vs {want}"
                     );
                 }
             }
