@@ -8,11 +8,14 @@
 //! rows of [`PANEL`] values.
 //!
 //! The AVX2 micro-kernel keeps a tile of up to [`ROWS`] rows x [`PANEL`] columns in twelve
-//! registers while it walks [`DEPTH`] inputs: two loads of the panel and six broadcasts feed
-//! twelve FMAs per input. Tiles sweep every row of a block of [`BLOCK_ROWS`] rows (which stay in
-//! L2) for one panel (whose [`DEPTH`] rows stay in L1) before the next panel. Its activations
-//! are interleaved per call (their rows may be any distance apart, which the convolutions'
-//! overlapping windows need): a few rows, cheap next to the weight.
+//! registers while it walks the inputs: two loads of the panel and six broadcasts feed twelve
+//! FMAs per input. The broadcasts read the activations in place (their rows may be any
+//! distance apart, which the convolutions' overlapping windows need). Tiles sweep every row of
+//! a block of [`BLOCK_ROWS`] rows for one panel before the next panel, whose rows are
+//! prefetched meanwhile. A pass over panels packed at load takes up to [`PACKED_DEPTH`] inputs
+//! with the sums in registers; panels dequantised per call, [`DEPTH`] (written where they stay
+//! in L1). Capped at AVX2 on a Zen 5 (`IA_NATIVE_ISA=avx2`, `bench` p50, alternating), passes
+//! of 256 interleaved inputs -> these: bert-base b=1 f32 102.6 -> 95.7 ms, b=8 741.7 -> 705.5.
 //!
 //! The AVX-512 kernel ([`wide`]) is the shape of gemm's `x4x6`: see there.
 
@@ -25,9 +28,14 @@ pub const PANEL: usize = 16;
 /// broadcast.
 #[cfg(target_arch = "x86_64")]
 const ROWS: usize = 6;
-/// Inputs per pass: a panel's 256 x 16 values are 16 KiB, half of L1.
+/// Inputs per pass of panels written per call (dequantised): a panel's 256 x 16 values are
+/// 16 KiB, half of L1.
 pub(super) const DEPTH: usize = 256;
-/// Rows per block: 96 rows of 256 inputs are 96 KiB, within L2 with the panels passing by.
+/// Inputs per pass of panels packed at load: all of bert-base's and ViT-base's, so a tile's
+/// sums stay in registers (see [`wide`]).
+const PACKED_DEPTH: usize = 1536;
+/// Rows per block: their outputs stay in cache between passes (288 ran no faster at
+/// bert-base b=8 capped at AVX2).
 #[cfg(target_arch = "x86_64")]
 const BLOCK_ROWS: usize = 96;
 
@@ -117,6 +125,12 @@ pub(super) trait Panels {
     /// `depth` rows of [`PANEL`] values, the first on a 32-byte boundary. `scratch` is this
     /// call's buffer for a source that must write the panel somewhere first.
     fn panel(&self, c0: usize, k0: usize, depth: usize, scratch: &mut Vec<f32>) -> *const f32;
+    /// The most inputs one pass takes ([`DEPTH`] for a source that writes its panels first).
+    fn depth(&self) -> usize {
+        DEPTH
+    }
+    /// Hints that row `k` of the panel of columns `c0..c0 + PANEL` is read soon.
+    fn prefetch(&self, _c0: usize, _k: usize) {}
 }
 
 impl Panels for PackedF32 {
@@ -130,6 +144,21 @@ impl Panels for PackedF32 {
 
     fn panel(&self, c0: usize, k0: usize, _depth: usize, _scratch: &mut Vec<f32>) -> *const f32 {
         self.values[self.start + (c0 / PANEL * self.inputs + k0) * PANEL..].as_ptr()
+    }
+
+    fn depth(&self) -> usize {
+        PACKED_DEPTH
+    }
+
+    fn prefetch(&self, c0: usize, k: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            // A panel row of 16 f32 is one cache line.
+            let line = self.panel(c0, k, 1, &mut Vec::new()) as *const i8;
+            // SAFETY: SSE is x86-64's baseline; a prefetch does not fault.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line) };
+        }
     }
 }
 
@@ -168,36 +197,39 @@ pub(super) unsafe fn product_block(
     let k = w.inputs();
     debug_assert!(first.is_multiple_of(PANEL) && first + cols <= w.outputs());
     debug_assert!(m == 0 || x.len() >= (m - 1) * row_stride + k);
-    // A block of rows, tile by tile, each tile's inputs interleaved (input i of its rows side
-    // by side), so the micro-kernel's broadcasts walk one stream. Every pass over the inputs
-    // of one block runs before the next block: its outputs, added to pass after pass, stay
-    // in cache (in the other order a block of 1,576 rows waited on memory for them).
-    let mut rows_packed = vec![0f32; BLOCK_ROWS.min(m) * DEPTH.min(k)];
+    // A block of rows, tile by tile, against one panel after another; the broadcasts read
+    // the activations in place. Every pass over the inputs of one block runs before the next
+    // block: its outputs, added to pass after pass, stay in cache (in the other order a block
+    // of 1,576 rows waited on memory for them).
+    let max_depth = w.depth();
     let mut scratch = Vec::new();
     for r0 in (0..m).step_by(BLOCK_ROWS) {
         let rows = BLOCK_ROWS.min(m - r0);
-        for k0 in (0..k).step_by(DEPTH) {
-            let depth = DEPTH.min(k - k0);
-            for t0 in (0..rows).step_by(ROWS) {
-                let tile_rows = ROWS.min(rows - t0);
-                let tile = &mut rows_packed[t0 * depth..(t0 + tile_rows) * depth];
-                let at = (r0 + t0) * row_stride + k0;
-                match tile_rows {
-                    6 => interleave::<6>(tile, x, at, row_stride, depth),
-                    5 => interleave::<5>(tile, x, at, row_stride, depth),
-                    4 => interleave::<4>(tile, x, at, row_stride, depth),
-                    3 => interleave::<3>(tile, x, at, row_stride, depth),
-                    2 => interleave::<2>(tile, x, at, row_stride, depth),
-                    _ => interleave::<1>(tile, x, at, row_stride, depth),
-                }
-            }
+        let tiles = rows.div_ceil(ROWS);
+        for k0 in (0..k).step_by(max_depth) {
+            let depth = max_depth.min(k - k0);
             for c0 in (first..first + cols).step_by(PANEL) {
                 let width = PANEL.min(first + cols - c0);
                 let panel = w.panel(c0, k0, depth, &mut scratch);
-                for t0 in (0..rows).step_by(ROWS) {
+                // The next pass's panel: the next one, else the first one further in.
+                let next = if c0 + PANEL < first + cols {
+                    Some((c0 + PANEL, k0))
+                } else if k0 + max_depth < k {
+                    Some((first, k0 + max_depth))
+                } else {
+                    None
+                };
+                for (j, t0) in (0..rows).step_by(ROWS).enumerate() {
+                    if let Some((c, kn)) = next {
+                        let lines = max_depth.min(k - kn);
+                        for i in lines * j / tiles..lines * (j + 1) / tiles {
+                            w.prefetch(c, kn + i);
+                        }
+                    }
                     let tile_rows = ROWS.min(rows - t0);
                     let t = Tile {
-                        a: rows_packed[t0 * depth..].as_ptr(),
+                        a: x[(r0 + t0) * row_stride + k0..].as_ptr(),
+                        a_stride: row_stride,
                         panel,
                         depth,
                         c: dst.at((r0 + t0) * dst_stride + c0),
@@ -407,26 +439,14 @@ mod wide {
     }
 }
 
-/// `depth` inputs of the `R` rows from `x[at]`, `stride` apart, interleaved into `tile`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn interleave<const R: usize>(tile: &mut [f32], x: &[f32], at: usize, stride: usize, depth: usize) {
-    let rows: [&[f32]; R] = std::array::from_fn(|r| &x[at + r * stride..][..depth]);
-    for (i, inputs) in tile[..R * depth].chunks_exact_mut(R).enumerate() {
-        for (v, row) in inputs.iter_mut().zip(&rows) {
-            // SAFETY: i < depth, each row's length.
-            *v = unsafe { *row.get_unchecked(i) };
-        }
-    }
-}
-
-/// One tile's operands: `depth` inputs of `R` rows interleaved in `a` against `depth` rows
-/// of a panel, into the first `width` columns of `R` rows of `c`, added to what is there
-/// when `accumulate` (a later pass over the inputs).
+/// One tile's operands: `depth` inputs of `R` rows from `a` (`a_stride` apart) against
+/// `depth` rows of a panel, into the first `width` columns of `R` rows of `c`, added to what
+/// is there when `accumulate` (a later pass over the inputs).
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Tile {
     a: *const f32,
+    a_stride: usize,
     panel: *const f32,
     depth: usize,
     c: *mut f32,
@@ -443,16 +463,16 @@ unsafe fn tile<const R: usize>(t: Tile) {
     // and R rows of `width` outputs.
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        let (mut a, mut b) = (t.a, t.panel);
-        for _ in 0..t.depth {
+        let rows: [*const f32; R] = std::array::from_fn(|r| t.a.add(r * t.a_stride));
+        let mut b = t.panel;
+        for i in 0..t.depth {
             let b0 = _mm256_load_ps(b);
             let b1 = _mm256_load_ps(b.add(8));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let v = _mm256_broadcast_ss(&*a.add(r));
+            for (row, acc) in rows.iter().zip(acc.iter_mut()) {
+                let v = _mm256_broadcast_ss(&*row.add(i));
                 acc[0] = _mm256_fmadd_ps(v, b0, acc[0]);
                 acc[1] = _mm256_fmadd_ps(v, b1, acc[1]);
             }
-            a = a.add(R);
             b = b.add(PANEL);
         }
         for (r, acc) in acc.iter().enumerate() {
