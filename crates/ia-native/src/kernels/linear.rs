@@ -379,18 +379,42 @@ impl Linear<'_> {
     }
 }
 
+/// `act(row + bias) + residual`, element by element in one pass: in three passes (bias, then
+/// the activation, then the residual) the rows that had left L2 were read three times, and
+/// the loads were the hot spots of the epilogue at 5.7% of ViT-base b=8 in bf16 (`perf`).
 #[inline(always)]
 fn epilogue_body(row: &mut [f32], bias: Option<&[f32]>, act: Activation, residual: Option<&[f32]>) {
-    if let Some(bias) = bias {
-        for (o, &b) in row.iter_mut().zip(bias) {
-            *o += b;
-        }
+    match act {
+        Activation::Identity => epilogue_with(row, bias, residual, |v| v),
+        Activation::GeluErf => epilogue_with(row, bias, residual, math::gelu_erf),
+        Activation::QuickGelu => epilogue_with(row, bias, residual, math::quick_gelu),
     }
-    activate_body(row, act);
-    if let Some(residual) = residual {
-        for (o, &r) in row.iter_mut().zip(residual) {
-            *o += r;
+}
+
+#[inline(always)]
+fn epilogue_with(
+    row: &mut [f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    act: impl Fn(f32) -> f32,
+) {
+    match (bias, residual) {
+        (Some(bias), Some(residual)) => {
+            for ((o, &b), &r) in row.iter_mut().zip(bias).zip(residual) {
+                *o = act(*o + b) + r;
+            }
         }
+        (Some(bias), None) => {
+            for (o, &b) in row.iter_mut().zip(bias) {
+                *o = act(*o + b);
+            }
+        }
+        (None, Some(residual)) => {
+            for (o, &r) in row.iter_mut().zip(residual) {
+                *o = act(*o) + r;
+            }
+        }
+        (None, None) => row.iter_mut().for_each(|o| *o = act(*o)),
     }
 }
 
