@@ -31,8 +31,8 @@ const ROWS: usize = 6;
 /// Inputs per pass of panels written per call (dequantised): a panel's 256 x 16 values are
 /// 16 KiB, half of L1.
 pub(super) const DEPTH: usize = 256;
-/// Inputs per pass of panels packed at load: all of bert-base's and ViT-base's, so a tile's
-/// sums stay in registers (see [`wide`]).
+/// Inputs per pass of panels packed at load (both kernels): all of bert-base's and
+/// ViT-base's, so a tile's sums stay in registers (see [`wide`]).
 const PACKED_DEPTH: usize = 1536;
 /// Rows per block: their outputs stay in cache between passes (288 ran no faster at
 /// bert-base b=8 capped at AVX2).
@@ -121,9 +121,9 @@ pub(super) unsafe fn product_packed(
 pub(super) trait Panels {
     fn inputs(&self) -> usize;
     fn outputs(&self) -> usize;
-    /// Rows `k0..k0 + depth` (at most [`DEPTH`]) of the panel of columns `c0..c0 + PANEL`:
-    /// `depth` rows of [`PANEL`] values, the first on a 32-byte boundary. `scratch` is this
-    /// call's buffer for a source that must write the panel somewhere first.
+    /// Rows `k0..k0 + depth` (at most [`Panels::depth`]) of the panel of columns
+    /// `c0..c0 + PANEL`: `depth` rows of [`PANEL`] values, the first on a 32-byte boundary.
+    /// `scratch` is this call's buffer for a source that must write the panel somewhere first.
     fn panel(&self, c0: usize, k0: usize, depth: usize, scratch: &mut Vec<f32>) -> *const f32;
     /// The most inputs one pass takes ([`DEPTH`] for a source that writes its panels first).
     fn depth(&self) -> usize {
@@ -259,9 +259,10 @@ pub(super) unsafe fn product_block(
 /// The AVX-512 kernel: tiles of up to [`ROWS`](wide::ROWS) rows by four panels (64 columns,
 /// four registers), so that four loads of the panels and six broadcasts feed 24 FMAs an input,
 /// the shape of gemm's `x4x6`. The broadcasts read the activations where they are (no copy).
-/// A tile walks up to [`DEPTH`](wide::DEPTH) inputs with its sums in registers (all of them
-/// for every projection of bert-base and ViT-base): with passes of 128 inputs, whose partial
-/// sums went through memory six times, bert-base b=8 ran 3% slower than on gemm. While the
+/// A tile walks up to [`PACKED_DEPTH`] inputs with its sums in registers (all of them for
+/// every projection of bert-base and ViT-base; a group's 1,536 rows are 384 KiB, in L2): with
+/// passes of 128 inputs, whose partial sums went through memory six times, bert-base b=8 ran
+/// 3% slower than on gemm. While the
 /// tiles of one group of panels run, the next group's weights are prefetched, a share before
 /// each tile, because a model's weights come from memory.
 ///
@@ -271,15 +272,13 @@ pub(super) unsafe fn product_block(
 /// on warm weights of 1,024 rows, the same as gemm.
 #[cfg(target_arch = "x86_64")]
 mod wide {
-    use super::{PackedF32, SharedOut, PANEL};
+    use super::{PackedF32, SharedOut, PACKED_DEPTH as DEPTH, PANEL};
     use std::arch::x86_64::*;
 
     /// Rows per tile: 6 x 4 accumulators, four panel registers and a broadcast.
     pub(super) const ROWS: usize = 6;
     /// Panels per tile.
     const GROUP: usize = 4;
-    /// Inputs per pass: a group's 1,536 rows are 384 KiB, in L2.
-    pub(super) const DEPTH: usize = 1536;
     /// Rows per block: every group of the block's columns runs over them before the next
     /// block (288 was a little faster than 144 at bert-base b=8); a sequence of 128 tokens
     /// is one block.
@@ -553,9 +552,9 @@ mod tests {
             // Past the AVX-512 kernel's pass and block, with 1-3 panels of a last group.
             (
                 wide::BLOCK_ROWS + 7,
-                wide::DEPTH + 5,
+                PACKED_DEPTH + 5,
                 2 * 64 + 3 * PANEL + 5,
-                wide::DEPTH + 9,
+                PACKED_DEPTH + 9,
             ),
         ] {
             let x = values(m.max(1) * row_stride.max(k), 0.1);
