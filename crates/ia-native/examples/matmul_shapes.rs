@@ -6,7 +6,7 @@
 //! Then wav2vec2-base's convolutions.
 //! `cargo run --release -p ia-native --example matmul_shapes [ROWS ...] [conv] [cold]` (rows
 //! default to 16, 128, 512 and 1024; ViT-base's batch of 8 is 1576; `conv` alone: the
-//! convolutions only; `cold`: each call of the linear layers takes the next of enough copies of
+//! convolutions only; `attention` alone: self-attention only; `cold`: each call of the linear layers takes the next of enough copies of
 //! the weight to pass 96 MiB, so it comes from memory as a model's does, not from the caches).
 use candle_core::{Device, Tensor};
 use ia_native::kernels::{
@@ -47,13 +47,14 @@ fn main() -> candle_core::Result<()> {
     println!("threads: {}", rayon::current_num_threads());
     let args: Vec<String> = std::env::args().skip(1).collect();
     let convs_only = args.iter().any(|a| a == "conv");
+    let attention_only = args.iter().any(|a| a == "attention");
     let cold = args.iter().any(|a| a == "cold");
     let mut row_counts: Vec<usize> = args
         .iter()
-        .filter(|a| *a != "conv" && *a != "cold")
+        .filter(|a| !["conv", "cold", "attention"].contains(&a.as_str()))
         .map(|a| a.parse().expect("row counts"))
         .collect();
-    if row_counts.is_empty() && !convs_only {
+    if row_counts.is_empty() && !convs_only && !attention_only {
         row_counts = vec![16, 128, 512, 1024];
     }
     for rows in row_counts {
@@ -120,16 +121,26 @@ fn main() -> candle_core::Result<()> {
         (1, 128, 768, 12),
         (8, 128, 768, 12),
         (1, 197, 768, 12),
+        (8, 197, 768, 12),
         (1, 512, 768, 12),
     ] {
         let qkv = Tensor::randn(0f32, 1.0, (b, s, 3 * h), &dev)?;
         let flop = 4.0 * (b * s * s * h) as f64;
-        let t = time(8, || attention(&qkv, heads, None, false))?;
+        let t = time(8, || attention(&qkv, heads, None, false, false))?;
+        let bf16 = if bf16::available() {
+            let t = time(8, || attention(&qkv, heads, None, false, true))?;
+            format!("{:>6.1}", flop / t / 1e9)
+        } else {
+            "     -".into()
+        };
         println!(
-            "attention {b} x {s:>4} x {h} / {heads:>2} heads: {:>7.2} ms {:>6.1} GFLOP/s",
+            "attention {b} x {s:>4} x {h} / {heads:>2} heads: {:>7.2} ms {:>6.1} GFLOP/s, bf16 {bf16} GFLOP/s",
             t * 1e3,
             flop / t / 1e9
         );
+    }
+    if attention_only {
+        return Ok(());
     }
     // wav2vec2-base's feature encoder on 3.44 s of audio (55,040 samples): frames, channels in,
     // channels out, kernel, stride; and one of the 16 groups of its positional convolution.

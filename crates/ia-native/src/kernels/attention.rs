@@ -7,6 +7,7 @@
 //! and v where they are (by strides), the mask and softmax run on the scores in cache, and
 //! the second product writes the head's columns of the output rows in place.
 
+use super::bf16_attention;
 use super::math::softmax_body;
 use super::{applies, f32_slice, isa, multiversion, product, row_major, with_f32, Output, Strided};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
@@ -16,12 +17,14 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 /// 1/sqrt(head size). `key_mask` [batch, seq] is added to every query's score for that key
 /// (0 attends; a large negative value, as transformers' extended mask, masks); `causal` also
 /// masks every key after the query (CLIP's text tower). Returns [batch, seq, hidden]. f32 on
-/// the CPU runs the kernel; elsewhere candle's operations.
+/// the CPU runs the kernel; elsewhere candle's operations. With `bf16` (a model run at
+/// `--precision bf16`), the two products run in bf16 where [`bf16_attention::runs`].
 pub fn attention(
     qkv: &Tensor,
     heads: usize,
     key_mask: Option<&Tensor>,
     causal: bool,
+    bf16: bool,
 ) -> Result<Tensor> {
     let (b, s, h3) = qkv.dims3()?;
     let h = h3 / 3;
@@ -43,12 +46,14 @@ pub fn attention(
                 heads,
                 key_mask: Some(mask),
                 causal,
+                bf16,
             })
         }),
         None => qkv.apply_op1_no_bwd(&Attention {
             heads,
             key_mask: None,
             causal,
+            bf16,
         }),
     }
 }
@@ -104,6 +109,7 @@ struct Attention<'a> {
     heads: usize,
     key_mask: Option<&'a [f32]>,
     causal: bool,
+    bf16: bool,
 }
 
 #[inline(always)]
@@ -140,6 +146,15 @@ impl CustomOp1 for Attention<'_> {
         let mut out = Output::new(b * s * h);
         let dst = out.ptr();
         let isa = isa();
+        if self.bf16 && bf16_attention::runs(d) {
+            let shape = bf16_attention::Shape { b, s, h, heads, d };
+            // SAFETY: `runs(d)`; qkv is b * s rows of h3, the mask b * s values; out holds
+            // b * s * h f32.
+            unsafe { bf16_attention::attention(qkv, shape, self.key_mask, self.causal, dst) };
+            // SAFETY: the tasks wrote every element.
+            let out = unsafe { out.assume_init() };
+            return Ok((CpuStorage::F32(out), Shape::from((b, s, h))));
+        }
         let task = |index: usize| {
             let (seq, head, first) = (
                 index / (heads * blocks),
@@ -148,6 +163,7 @@ impl CustomOp1 for Attention<'_> {
             );
             let queries = block.min(s - first);
             let rows = &qkv[seq * s * h3..(seq + 1) * s * h3];
+            let key_mask = self.key_mask.map(|m| &m[seq * s..(seq + 1) * s]);
             let (q, k, v) = (
                 &rows[first * h3 + head * d..],
                 &rows[h + head * d..],
@@ -177,12 +193,7 @@ impl CustomOp1 for Attention<'_> {
                         row[first + i + 1..].fill(f32::MIN);
                     }
                 }
-                masked_softmax(
-                    isa,
-                    &mut scores,
-                    s,
-                    self.key_mask.map(|m| &m[seq * s..(seq + 1) * s]),
-                );
+                masked_softmax(isa, &mut scores, s, key_mask);
                 product(
                     queries,
                     d,
@@ -230,13 +241,106 @@ mod tests {
                 .collect();
             let mask = Tensor::from_vec(mask, (b, s), &dev).unwrap();
             for (key_mask, causal) in [(None, false), (Some(&mask), false), (None, true)] {
-                let ours = attention(&qkv, heads, key_mask, causal).unwrap();
+                let ours = attention(&qkv, heads, key_mask, causal, false).unwrap();
                 let want = with_candle(&qkv, heads, key_mask, causal).unwrap();
                 assert_eq!(ours.dims(), &[b, s, h]);
                 let diff = crate::kernels::max_abs_diff(&ours, &want);
                 assert!(
                     diff < 1e-5,
                     "b {b} s {s} heads {heads} causal {causal}: {diff}"
+                );
+            }
+        }
+    }
+
+    /// In bf16 (where it runs), the kernel equals the same steps in f64 on bf16-rounded
+    /// queries, keys, values and exponentials of the scores, for heads of 32 and 64 values,
+    /// sequences of one to many tiles of 8 queries and 16 keys (the last partial), with a
+    /// mask and causally.
+    #[test]
+    fn bf16_heads_equal_their_rounded_steps() {
+        if !bf16_attention::runs(32) {
+            eprintln!("skipped: bf16 attention does not run on this CPU");
+            return;
+        }
+        let round = |x: f32| f32::from_bits((crate::kernels::bf16::to_bf16(x) as u32) << 16);
+        let dev = Device::Cpu;
+        for (b, s, heads, d) in [
+            (1, 1, 1, 32),
+            (2, 13, 2, 64),
+            (1, 70, 3, 32),
+            (2, 400, 1, 64),
+        ] {
+            let h = heads * d;
+            let qkv = Tensor::randn(0f32, 1.0, (b, s, 3 * h), &dev).unwrap();
+            let mask: Vec<f32> = (0..b * s)
+                .map(|i| {
+                    if i % s == s / 2 && s > 2 {
+                        f32::MIN
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let x: Vec<f32> = qkv.flatten_all().unwrap().to_vec1().unwrap();
+            let mask_t = Tensor::from_vec(mask.clone(), (b, s), &dev).unwrap();
+            for (masked, causal) in [(false, false), (true, false), (false, true)] {
+                let ours = attention(&qkv, heads, masked.then_some(&mask_t), causal, true)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let at = |seq: usize, j: usize, part: usize, head: usize, c: usize| {
+                    round(x[(seq * s + j) * 3 * h + part * h + head * d + c]) as f64
+                };
+                let (mut worst, mut total, mut count) = (0f64, 0f64, 0usize);
+                for seq in 0..b {
+                    for head in 0..heads {
+                        for i in 0..s {
+                            let mut w: Vec<f64> = (0..s)
+                                .map(|j| {
+                                    let dot: f64 = (0..d)
+                                        .map(|c| at(seq, i, 0, head, c) * at(seq, j, 1, head, c))
+                                        .sum();
+                                    let m = if masked {
+                                        mask[seq * s + j] as f64
+                                    } else {
+                                        0.0
+                                    };
+                                    if causal && j > i {
+                                        f64::NEG_INFINITY
+                                    } else {
+                                        dot + m
+                                    }
+                                })
+                                .collect();
+                            let max = w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                            let sum: f64 = w.iter().map(|v| (v - max).exp()).sum();
+                            // The kernel rounds e^(score - max) and divides the output by
+                            // the sum of the unrounded ones.
+                            for v in w.iter_mut() {
+                                *v = round((*v - max).exp() as f32) as f64 / sum;
+                            }
+                            for c in 0..d {
+                                let want: f64 = (0..s).map(|j| w[j] * at(seq, j, 2, head, c)).sum();
+                                let got = ours[(seq * s + i) * h + head * d + c] as f64;
+                                worst = worst.max((got - want).abs());
+                                total += (got - want).abs();
+                                count += 1;
+                            }
+                        }
+                    }
+                }
+                // The exponentials are rounded from f32 values that differ from f64's in the
+                // last bits, so one next to a rounding tie may round the other way
+                // (up to 2^-8 of it): rare, and the only difference above f32 accumulation's
+                // (about 1e-6 on these sizes).
+                let mean = total / count as f64;
+                assert!(
+                    mean < 2e-5 && worst < 2e-2,
+                    "b {b} s {s} heads {heads} d {d} masked {masked} causal {causal}: \
+                     mean {mean}, worst {worst}"
                 );
             }
         }
@@ -267,9 +371,9 @@ mod tests {
     #[test]
     fn a_bad_mask_or_head_count_is_an_error() {
         let qkv = Tensor::zeros((2, 3, 12), candle_core::DType::F32, &Device::Cpu).unwrap();
-        assert!(attention(&qkv, 3, None, false).is_err());
+        assert!(attention(&qkv, 3, None, false, false).is_err());
         let mask = Tensor::zeros((2, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
-        assert!(attention(&qkv, 2, Some(&mask), false).is_err());
-        assert!(attention(&qkv, 2, None, false).is_ok());
+        assert!(attention(&qkv, 2, Some(&mask), false, false).is_err());
+        assert!(attention(&qkv, 2, None, false, false).is_ok());
     }
 }

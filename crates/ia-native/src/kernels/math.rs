@@ -73,7 +73,7 @@ const LANES: usize = 16;
 
 /// The largest element (the row is not empty).
 #[inline(always)]
-fn max_of(row: &[f32]) -> f32 {
+pub(super) fn max_of(row: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = row.chunks_exact(LANES);
     let rest = chunks.remainder();

@@ -17,7 +17,8 @@
 //! - [`channel_norm_frames`]: GroupNorm with a group per channel over channels-last frames,
 //!   with its GELU, in three passes;
 //! - [`attention`]: multi-head attention straight from the stacked query/key/value rows, one
-//!   (sequence, head) pair per task.
+//!   (sequence, head) pair per task; in bf16 models on `vdpbf16ps`, its two products in bf16
+//!   ([`bf16_attention`]).
 //!
 //! Matrix products use the `gemm` crate (built with its AVX-512 micro-kernels, which it
 //! selects at run time itself), as candle does, each call on one thread ([`product`]): the
@@ -25,6 +26,7 @@
 
 mod attention;
 pub mod bf16;
+mod bf16_attention;
 mod linear;
 mod math;
 mod norm;

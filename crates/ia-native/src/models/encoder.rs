@@ -157,6 +157,8 @@ impl PreNormLayer {
 pub(crate) struct SelfAttention {
     qkv: Dense,
     heads: usize,
+    /// The two products of attention in bf16 too ([`kernels::attention`]).
+    bf16: bool,
 }
 
 impl SelfAttention {
@@ -202,6 +204,7 @@ impl SelfAttention {
         Ok(Self {
             qkv: Dense::new(Tensor::cat(&weights, 0)?, bias, products)?,
             heads,
+            bf16: products == Products::Bf16,
         })
     }
 
@@ -209,12 +212,18 @@ impl SelfAttention {
     /// for that key (0 attends, transformers' large negative value masks; None attends
     /// everywhere). [`kernels::attention`].
     pub fn forward(&self, x: &Tensor, key_mask: Option<&Tensor>) -> Result<Tensor> {
-        kernels::attention(&self.qkv.forward(x)?, self.heads, key_mask, false)
+        kernels::attention(
+            &self.qkv.forward(x)?,
+            self.heads,
+            key_mask,
+            false,
+            self.bf16,
+        )
     }
 
     /// Each query attends to its own and the earlier keys only (CLIP's text tower).
     pub fn forward_causal(&self, x: &Tensor) -> Result<Tensor> {
-        kernels::attention(&self.qkv.forward(x)?, self.heads, None, true)
+        kernels::attention(&self.qkv.forward(x)?, self.heads, None, true, self.bf16)
     }
 }
 

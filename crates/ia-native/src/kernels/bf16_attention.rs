@@ -1,0 +1,509 @@
+//! Attention's two products in bf16 for `--precision bf16`, on `vdpbf16ps`: the scores
+//! q . k^T and the weighted sum p . v of each (sequence, head) of [`super::attention`].
+//!
+//! In f32 (gemm, with the softmax between) attention was 11% of ViT-base b=8's bf16 time,
+//! the largest share after the linear layers. Here the query, key and value rows are rounded
+//! to bf16 (to nearest even, as the linear layers' activations), and so are the softmax's
+//! exponentials e^(score - max); both products accumulate in f32, and the output rows are
+//! divided by the f32 sum of the exponentials. The key and value rows are laid out per task
+//! as the instruction reads its second operand (16 columns x a pair of inputs in a 64-byte
+//! line, [`super::bf16::PackedBf16`]'s layout); the queries and the exponentials are read as
+//! pairs of one row's values, broadcast. Each 8 queries' scores, exponentials and outputs
+//! are done in turn, while they stay in L1.
+//!
+//! `perf` samples over 16 forwards of ViT-base b=8 bf16 on a Zen 5 EPYC: attention 1,430-1,600
+//! (gemm and softmax) -> 1,220-1,240.
+
+use super::bf16::{backend, Backend};
+
+/// Whether the heads of `head_size` run here in bf16: where the bf16 linear layers run on
+/// `vdpbf16ps` (the timed choice of [`backend`]; on CPUs where the widened kernel won, and
+/// on AMX, which is not measured here, attention stays f32) and a head is whole pairs of
+/// 16-column panels (up to 512 values).
+pub(super) fn runs(head_size: usize) -> bool {
+    (32..=512).contains(&head_size)
+        && head_size.is_multiple_of(32)
+        && backend() == Some(Backend::Avx512Bf16)
+}
+
+/// The shape of one call: `b` sequences of `s` rows of `3 * h` (query, key and value
+/// projections side by side), `heads` heads of `d` values.
+#[derive(Clone, Copy)]
+pub(super) struct Shape {
+    pub b: usize,
+    pub s: usize,
+    pub h: usize,
+    pub heads: usize,
+    pub d: usize,
+}
+
+/// The attention of every (sequence, head) into `out` [b, s, h] ([`super::attention`]), one
+/// task each: it keeps only 8 queries' scores at a time, and each task packs its head's keys
+/// and values anew, so the queries are not split into blocks as in f32.
+///
+/// # Safety
+/// [`runs`] for `shape.d`; `qkv` holds `b * s` rows of `3 * h`; `key_mask`, where given,
+/// `b * s` values; `out` is valid for writes of `b * s * h` f32 that no other thread touches
+/// meanwhile.
+pub(super) unsafe fn attention(
+    qkv: &[f32],
+    shape: Shape,
+    key_mask: Option<&[f32]>,
+    causal: bool,
+    out: super::SharedOut,
+) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as the caller promises; `runs` means the CPU has AVX512-BF16.
+    unsafe {
+        x86::attention(qkv, shape, key_mask, causal, out)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (qkv, shape, key_mask, causal, out);
+        unreachable!("runs() is false off x86-64")
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Shape;
+    use crate::kernels::math::{exp_nonpositive, max_of};
+    use crate::kernels::SharedOut;
+    use rayon::prelude::*;
+    use std::arch::x86_64::*;
+    use std::cell::RefCell;
+
+    /// Rows of the output one tile holds (one or two 16-column panels each).
+    const ROWS: usize = 8;
+
+    /// How many rows ahead of the one converted the query, key and value rows are prefetched.
+    const AHEAD: usize = 8;
+
+    /// 16 pairs of bf16 (16 columns x 2 inputs) on a cache line.
+    #[derive(Clone, Copy, Default)]
+    #[repr(C, align(64))]
+    struct Line([u32; 16]);
+
+    /// A thread's buffers, kept between tasks (each task overwrites what it reads).
+    #[derive(Default)]
+    struct Scratch {
+        queries: Vec<u32>,
+        keys: Vec<Line>,
+        values: Vec<Line>,
+        scores: Vec<f32>,
+        weights: Vec<u32>,
+    }
+
+    thread_local! {
+        static SCRATCH: RefCell<Scratch> = RefCell::default();
+    }
+
+    fn sized<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
+        if v.len() < len {
+            v.resize(len, T::default());
+        }
+        &mut v[..len]
+    }
+
+    /// 16 f32 of `src` from `from` (zeros past its end) without reading past it.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn load_part(src: &[f32], from: usize) -> __m512 {
+        let n = src.len().saturating_sub(from).min(16);
+        let mask = ((1u32 << n) - 1) as u16;
+        // SAFETY: masked-off lanes are not read (and do not fault); the others are inside src.
+        unsafe { _mm512_maskz_loadu_ps(mask, src.as_ptr().wrapping_add(from)) }
+    }
+
+    /// `dst[p]` = the pair (`src[2p]`, `src[2p + 1]`) in bf16, the even one in the low half;
+    /// zeros past `src`'s end. `dst.len()` is a multiple of 16.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn pairs_of(src: &[f32], dst: &mut [u32]) {
+        for (c, chunk) in dst.chunks_exact_mut(16).enumerate() {
+            let (lo, hi) = (load_part(src, c * 32), load_part(src, c * 32 + 16));
+            let bf: __m512i = unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo)) };
+            // SAFETY: chunk is 16 u32.
+            unsafe { _mm512_storeu_si512(chunk.as_mut_ptr() as *mut _, bf) };
+        }
+    }
+
+    /// 16 f32 rounded to bf16, each in the low half of a 32-bit lane.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn low_halves(x: __m512) -> __m512i {
+        let bf: __m256i = unsafe { std::mem::transmute(_mm512_cvtneps_pbh(x)) };
+        _mm512_cvtepu16_epi32(bf)
+    }
+
+    /// `dst[p]` = the pair (e^(`row[2p]` - max), e^(`row[2p + 1]` - max)) in bf16 (max: the
+    /// row's largest), zeros past the row's end; returns 1 / the sum of the exponentials (in
+    /// f32). `dst.len()` is a multiple of 16, the row not empty.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,avx512bf16")]
+    fn exp_pairs(row: &[f32], dst: &mut [u32]) -> f32 {
+        let max = max_of(row);
+        let mut sum = [0f32; 16];
+        // The row's 16 values from `from` as e^(v - max), zeros past its end (a whole chunk
+        // at a time: one element at a time, the last few of a 197-key row cost as much as
+        // the rest).
+        let mut exps = |from: usize| -> __m512 {
+            let n = row.len().saturating_sub(from).min(16);
+            let mut e = [0f32; 16];
+            // SAFETY: the lanes below n are inside the row.
+            let x: [f32; 16] = unsafe {
+                std::mem::transmute(_mm512_mask_loadu_ps(
+                    _mm512_set1_ps(max),
+                    ((1u32 << n) - 1) as u16,
+                    row.as_ptr().wrapping_add(from),
+                ))
+            };
+            for (i, (e, x)) in e.iter_mut().zip(x).enumerate() {
+                let v = exp_nonpositive(x - max);
+                *e = if i < n { v } else { 0.0 };
+            }
+            for (s, e) in sum.iter_mut().zip(e) {
+                *s += e;
+            }
+            // SAFETY: 16 f32 to a register.
+            unsafe { _mm512_loadu_ps(e.as_ptr()) }
+        };
+        for (c, chunk) in dst.chunks_exact_mut(16).enumerate() {
+            let (lo, hi) = (exps(c * 32), exps(c * 32 + 16));
+            let bf: __m512i = unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo)) };
+            // SAFETY: chunk is 16 u32.
+            unsafe { _mm512_storeu_si512(chunk.as_mut_ptr() as *mut _, bf) };
+        }
+        1.0 / sum.iter().sum::<f32>()
+    }
+
+    /// The 16 x 16 32-bit lanes of `r` transposed: lane `i` of the result's `c` is lane `c`
+    /// of `r[i]` (pairs within 128-bit lanes, then quads, then 128-bit lanes twice).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn transpose(r: [__m512i; 16]) -> [__m512i; 16] {
+        // t[2k], t[2k + 1]: lane L of rows 2k and 2k + 1 interleaved, columns 4L, 4L + 1 and
+        // 4L + 2, 4L + 3.
+        let t: [__m512i; 16] = std::array::from_fn(|i| {
+            let (a, b) = (r[i & !1], r[i | 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_epi32(a, b)
+            } else {
+                _mm512_unpackhi_epi32(a, b)
+            }
+        });
+        // u[4k + m]: lane L holds column 4L + m of rows 4k..4k + 4.
+        let u: [__m512i; 16] = std::array::from_fn(|i| {
+            let (k, m) = (i / 4, i % 4);
+            let (a, b) = (t[4 * k + m / 2], t[4 * k + 2 + m / 2]);
+            if m % 2 == 0 {
+                _mm512_unpacklo_epi64(a, b)
+            } else {
+                _mm512_unpackhi_epi64(a, b)
+            }
+        });
+        // Column m + 4L: lane L of u[m], u[4 + m], u[8 + m], u[12 + m].
+        let mut out = [_mm512_setzero_si512(); 16];
+        for m in 0..4 {
+            let v0 = _mm512_shuffle_i32x4::<0x88>(u[m], u[4 + m]);
+            let v1 = _mm512_shuffle_i32x4::<0xdd>(u[m], u[4 + m]);
+            let w0 = _mm512_shuffle_i32x4::<0x88>(u[8 + m], u[12 + m]);
+            let w1 = _mm512_shuffle_i32x4::<0xdd>(u[8 + m], u[12 + m]);
+            out[m] = _mm512_shuffle_i32x4::<0x88>(v0, w0);
+            out[m + 8] = _mm512_shuffle_i32x4::<0xdd>(v0, w0);
+            out[m + 4] = _mm512_shuffle_i32x4::<0x88>(v1, w1);
+            out[m + 12] = _mm512_shuffle_i32x4::<0xdd>(v1, w1);
+        }
+        out
+    }
+
+    /// Rows `0..8` of `a` (pairs, `a_stride` apart) times the `P` panels `b` over `pairs`
+    /// pairs, into the 8 x 16P f32 at `out` (rows `stride` apart).
+    ///
+    /// # Safety
+    /// `a` holds 8 rows of `pairs` pairs; each of `b` holds `pairs` lines; `out` is valid for
+    /// 8 rows of 16P f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn tile<const P: usize>(
+        a: *const u32,
+        a_stride: usize,
+        b: [*const Line; P],
+        pairs: usize,
+        scale: Option<&[f32; ROWS]>,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); P]; ROWS];
+        // SAFETY (every load and store): as the caller promises.
+        for p in 0..pairs {
+            let w: [__m512bh; P] = std::array::from_fn(|j| unsafe {
+                std::mem::transmute(_mm512_load_si512(b[j].add(p) as *const _))
+            });
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let pair = unsafe { *a.add(i * a_stride + p) } as i32;
+                let x: __m512bh = unsafe { std::mem::transmute(_mm512_set1_epi32(pair)) };
+                for (acc, w) in acc.iter_mut().zip(w) {
+                    *acc = _mm512_dpbf16_ps(*acc, x, w);
+                }
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            for (j, v) in acc.iter().enumerate() {
+                let v = match scale {
+                    Some(scale) => _mm512_mul_ps(*v, _mm512_set1_ps(scale[i])),
+                    None => *v,
+                };
+                unsafe { _mm512_storeu_ps(out.add(i * stride + j * 16), v) };
+            }
+        }
+    }
+
+    /// [`super::attention`]: one task per (sequence, head).
+    ///
+    /// # Safety
+    /// As [`super::attention`].
+    pub(super) unsafe fn attention(
+        qkv: &[f32],
+        shape: Shape,
+        key_mask: Option<&[f32]>,
+        causal: bool,
+        out: SharedOut,
+    ) {
+        let Shape { b, s, h, heads, d } = shape;
+        let tasks = b * heads;
+        let split = |index: usize| (index / heads, index % heads);
+        let rows_of = |seq: usize| &qkv[seq * s * 3 * h..(seq + 1) * s * 3 * h];
+        (0..tasks).into_par_iter().for_each(|index| {
+            let (seq, head) = split(index);
+            let next = (index + 1 < tasks).then(|| {
+                let (seq, head) = split(index + 1);
+                (rows_of(seq), head)
+            });
+            let task = Task {
+                rows: rows_of(seq),
+                next,
+                shape,
+                head,
+                causal,
+                key_mask: key_mask.map(|m| &m[seq * s..(seq + 1) * s]),
+            };
+            SCRATCH.with_borrow_mut(|scratch| {
+                // SAFETY: `runs(d)`; the output block is this sequence's rows (stride h) at this
+                // head's d columns, which no other task writes.
+                unsafe { head_block(&task, out.at(seq * s * h + head * d), scratch) }
+            })
+        });
+    }
+
+    /// One sequence's head.
+    struct Task<'a> {
+        /// The sequence's `s` rows of query, key and value projections.
+        rows: &'a [f32],
+        /// The rows and head of the task likely to run next on this thread (rayon hands each
+        /// thread a run of consecutive tasks), prefetched while this one multiplies.
+        next: Option<(&'a [f32], usize)>,
+        shape: Shape,
+        head: usize,
+        causal: bool,
+        /// Added to every query's score of each key.
+        key_mask: Option<&'a [f32]>,
+    }
+
+    /// Writes the sequence's `s` rows of the head's `d` values, `h` apart, from `out`.
+    ///
+    /// # Safety
+    /// The CPU has AVX512-BF16; `d` is a multiple of 32, at most 512; `out` is valid for the
+    /// task's rows.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,avx512bf16")]
+    unsafe fn head_block(t: &Task, out: *mut f32, scratch: &mut Scratch) {
+        let Shape { s, h, d, .. } = t.shape;
+        let (h3, half) = (3 * h, d / 2);
+        // Keys padded to whole panels (zeros); queries to whole tiles.
+        let keys = s.next_multiple_of(16);
+        let rows = s.next_multiple_of(ROWS);
+        let column = |kind: usize, j: usize| &t.rows[j * h3 + kind * h + t.head * d..][..d];
+        // The rows are 3 * h apart (9 KiB in a base model), too far for the hardware's
+        // prefetchers: loading the keys waited on memory for a sixth of the kernel's time.
+        let ahead = |kind: usize, j: usize, end: usize| {
+            if j + AHEAD < end {
+                let row = column(kind, j + AHEAD);
+                for at in (0..d).step_by(16) {
+                    // SAFETY: a prefetch does not fault; the address is inside the row anyway.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(at) as *const i8) };
+                }
+            }
+        };
+
+        // Queries: a row of d / 2 pairs each; the padding rows zero.
+        let queries = sized(&mut scratch.queries, rows * half);
+        for (i, dst) in queries.chunks_exact_mut(half).enumerate() {
+            ahead(0, i, s);
+            let src: &[f32] = if i < s { column(0, i) } else { &[] };
+            pairs_of(src, dst);
+        }
+
+        // Keys: for each panel of 16 keys, d / 2 lines of (16 keys x a pair of the head's
+        // values), as [`tile`]'s second operand; the padding keys zero. Each 16 keys x 16
+        // pairs are transposed in registers (storing the pairs one by one had been compiled
+        // to scatters, slow on AMD).
+        let key_lines = sized(&mut scratch.keys, keys / 16 * half);
+        for panel in 0..keys / 16 {
+            for i in 0..16 {
+                ahead(1, panel * 16 + i, s);
+            }
+            for chunk in 0..half / 16 {
+                let rows: [__m512i; 16] = std::array::from_fn(|i| {
+                    let j = panel * 16 + i;
+                    let row = if j < s { column(1, j) } else { &[] };
+                    let (lo, hi) = (load_part(row, chunk * 32), load_part(row, chunk * 32 + 16));
+                    // SAFETY: a conversion of two registers to one.
+                    unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo)) }
+                });
+                let lines = transpose(rows);
+                for (c, line) in lines.into_iter().enumerate() {
+                    // SAFETY: the line is inside key_lines, 64-byte aligned.
+                    unsafe {
+                        _mm512_store_si512(
+                            key_lines.as_mut_ptr().add(panel * half + chunk * 16 + c) as *mut _,
+                            line,
+                        )
+                    };
+                }
+            }
+        }
+
+        // Values: for each panel of 16 of the head's columns, `keys / 2` lines of (16 columns
+        // x a pair of keys).
+        let value_lines = sized(&mut scratch.values, d / 16 * keys / 2);
+        for p in 0..keys / 2 {
+            ahead(2, 2 * p, s);
+            ahead(2, 2 * p + 1, s);
+            let row = |j: usize| if j < s { column(2, j) } else { &[] };
+            let (even, odd) = (row(2 * p), row(2 * p + 1));
+            for c in 0..d / 16 {
+                let line = _mm512_or_si512(
+                    low_halves(load_part(even, c * 16)),
+                    _mm512_slli_epi32::<16>(low_halves(load_part(odd, c * 16))),
+                );
+                // SAFETY: the line is inside value_lines, 64-byte aligned.
+                unsafe {
+                    _mm512_store_si512(
+                        value_lines.as_mut_ptr().add(c * keys / 2 + p) as *mut _,
+                        line,
+                    )
+                };
+            }
+        }
+
+        // Then for each 8 queries, while their scores and weights stay in L1: the scores
+        // q . k^T, the softmax, the output p . v.
+        let width = keys.next_multiple_of(32) / 2;
+        let scores = sized(&mut scratch.scores, ROWS * keys);
+        let weights = sized(&mut scratch.weights, ROWS * width);
+        // The next task's query, key and value rows, into L2 a share before each block: they
+        // come from memory (a model's qkv is larger than L2), and the hardware's prefetchers
+        // do not follow rows 3 * h apart.
+        let prefetch_next = |r: usize| {
+            if let Some((rows_next, head)) = t.next {
+                let share = |r: usize| 3 * s * r / rows;
+                for item in share(r)..share(r + ROWS) {
+                    let at = item / 3 * h3 + item % 3 * h + head * d;
+                    for line in (0..d).step_by(16) {
+                        // SAFETY: a prefetch does not fault; the address is inside rows anyway.
+                        unsafe {
+                            _mm_prefetch::<_MM_HINT_T1>(
+                                rows_next.as_ptr().add(at + line) as *const i8
+                            )
+                        };
+                    }
+                }
+            }
+        };
+        let mut tail = [0f32; ROWS * 32];
+        for r in (0..rows).step_by(ROWS) {
+            prefetch_next(r);
+            // Scores, rows `keys` apart: pairs of panels, the last alone when the panels are
+            // odd.
+            for panel in (0..keys / 16).step_by(2) {
+                // SAFETY: 8 query rows of d / 2 pairs from r; the panels' d / 2 lines; the
+                // scores' 8 rows x 16 or 32 keys from panel * 16.
+                unsafe {
+                    let (a, b0) = (
+                        queries.as_ptr().add(r * half),
+                        key_lines.as_ptr().add(panel * half),
+                    );
+                    let c = scores.as_mut_ptr().add(panel * 16);
+                    if panel + 1 < keys / 16 {
+                        tile(a, half, [b0, b0.add(half)], half, None, c, keys);
+                    } else {
+                        tile(a, half, [b0], half, None, c, keys);
+                    }
+                };
+            }
+
+            // Softmax over the keys each query sees (causally, those up to its own): e^(score
+            // - max) rounded to pairs straight away, the other keys' weights (and the padding
+            // queries') zero; the division by the sum waits for the output rows, d values
+            // each instead of s.
+            let mut inverse = [0f32; ROWS];
+            for (i, (row, dst)) in scores
+                .chunks_exact_mut(keys)
+                .zip(weights.chunks_exact_mut(width))
+                .enumerate()
+            {
+                let query = r + i;
+                if query >= s {
+                    dst.fill(0);
+                    continue;
+                }
+                let row = &mut row[..s];
+                if let Some(mask) = t.key_mask {
+                    for (v, &m) in row.iter_mut().zip(mask) {
+                        *v += m;
+                    }
+                }
+                let seen = if t.causal { query + 1 } else { s };
+                inverse[i] = exp_pairs(&row[..seen], dst);
+            }
+
+            // Output p . v over the pairs of keys up to s: whole tiles straight to `out`, the
+            // last partial one through a buffer.
+            let whole = r + ROWS <= s;
+            for c in (0..d / 16).step_by(2) {
+                let (dst, stride) = if whole {
+                    (out.wrapping_add(r * h + c * 16), h)
+                } else {
+                    (tail.as_mut_ptr(), 32)
+                };
+                // SAFETY: 8 weight rows of s / 2 pairs (at least); both panels of keys / 2
+                // lines; dst is 8 of this task's rows (or the buffer) at 32 of the head's
+                // columns.
+                unsafe {
+                    let b0 = value_lines.as_ptr().add(c * keys / 2);
+                    tile(
+                        weights.as_ptr(),
+                        width,
+                        [b0, b0.add(keys / 2)],
+                        s.div_ceil(2),
+                        Some(&inverse),
+                        dst,
+                        stride,
+                    )
+                };
+                if !whole {
+                    for (i, row) in tail.chunks_exact(32).take(s - r).enumerate() {
+                        // SAFETY: row r + i < s of the task's output.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                row.as_ptr(),
+                                out.add((r + i) * h + c * 16),
+                                32,
+                            )
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
