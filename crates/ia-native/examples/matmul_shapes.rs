@@ -6,8 +6,9 @@
 //! Then wav2vec2-base's convolutions.
 //! `cargo run --release -p ia-native --example matmul_shapes [ROWS ...] [conv] [cold]` (rows
 //! default to 16, 128, 512 and 1024; ViT-base's batch of 8 is 1576; `conv` alone: the
-//! convolutions only; `attention` alone: self-attention only; `cold`: each call of the linear layers takes the next of enough copies of
-//! the weight to pass 96 MiB, so it comes from memory as a model's does, not from the caches).
+//! convolutions only; `attention` alone: self-attention only, f32 and, where the CPU runs it,
+//! bf16; `cold`: each call of the linear layers takes the next of enough copies of the weight
+//! to pass 96 MiB, so it comes from memory as a model's does, not from the caches).
 use candle_core::{Device, Tensor};
 use ia_native::kernels::{
     attention, bf16, conv1d_frames, conv_weight, linear, Activation::Identity, Weight,
