@@ -105,14 +105,29 @@ mod x86 {
         &mut v[..len]
     }
 
+    /// How many of 16 lanes from `from` lie inside `len` values, and the mask of them.
+    fn lanes_from(len: usize, from: usize) -> (usize, u16) {
+        let n = len.saturating_sub(from).min(16);
+        (n, ((1u32 << n) - 1) as u16)
+    }
+
     /// 16 f32 of `src` from `from` (zeros past its end) without reading past it.
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn load_part(src: &[f32], from: usize) -> __m512 {
-        let n = src.len().saturating_sub(from).min(16);
-        let mask = ((1u32 << n) - 1) as u16;
+        let (_, mask) = lanes_from(src.len(), from);
         // SAFETY: masked-off lanes are not read (and do not fault); the others are inside src.
         unsafe { _mm512_maskz_loadu_ps(mask, src.as_ptr().wrapping_add(from)) }
+    }
+
+    /// Every cache line of the `d` values from `row` toward L1 (`_MM_HINT_T0`) or L2
+    /// (`_MM_HINT_T1`).
+    #[inline(always)]
+    fn prefetch<const HINT: i32>(row: *const f32, d: usize) {
+        for at in (0..d).step_by(16) {
+            // SAFETY: a prefetch does not fault, wherever it points.
+            unsafe { _mm_prefetch::<HINT>(row.wrapping_add(at) as *const i8) };
+        }
     }
 
     /// `dst[p]` = the pair (`src[2p]`, `src[2p + 1]`) in bf16, the even one in the low half;
@@ -148,13 +163,13 @@ mod x86 {
         // at a time: one element at a time, the last few of a 197-key row cost as much as
         // the rest).
         let mut exps = |from: usize| -> __m512 {
-            let n = row.len().saturating_sub(from).min(16);
+            let (n, mask) = lanes_from(row.len(), from);
             let mut e = [0f32; 16];
             // SAFETY: the lanes below n are inside the row.
             let x: [f32; 16] = unsafe {
                 std::mem::transmute(_mm512_mask_loadu_ps(
                     _mm512_set1_ps(max),
-                    ((1u32 << n) - 1) as u16,
+                    mask,
                     row.as_ptr().wrapping_add(from),
                 ))
             };
@@ -327,11 +342,7 @@ mod x86 {
         // prefetchers: loading the keys waited on memory for a sixth of the kernel's time.
         let ahead = |kind: usize, j: usize, end: usize| {
             if j + AHEAD < end {
-                let row = column(kind, j + AHEAD);
-                for at in (0..d).step_by(16) {
-                    // SAFETY: a prefetch does not fault; the address is inside the row anyway.
-                    unsafe { _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(at) as *const i8) };
-                }
+                prefetch::<_MM_HINT_T0>(column(kind, j + AHEAD).as_ptr(), d);
             }
         };
 
@@ -409,14 +420,7 @@ mod x86 {
                 let share = |r: usize| 3 * s * r / rows;
                 for item in share(r)..share(r + ROWS) {
                     let at = item / 3 * h3 + item % 3 * h + head * d;
-                    for line in (0..d).step_by(16) {
-                        // SAFETY: a prefetch does not fault; the address is inside rows anyway.
-                        unsafe {
-                            _mm_prefetch::<_MM_HINT_T1>(
-                                rows_next.as_ptr().add(at + line) as *const i8
-                            )
-                        };
-                    }
+                    prefetch::<_MM_HINT_T1>(rows_next[at..].as_ptr(), d);
                 }
             }
         };

@@ -420,13 +420,12 @@ fn epilogue_with(
 
 multiversion!(fn epilogue(row: &mut [f32], bias: Option<&[f32]>, act: Activation, residual: Option<&[f32]>) => epilogue_body);
 
-/// `act` of every element, inlined into the kernels' passes.
+/// `act` of every element, inlined into the kernels' passes: the epilogue without bias or
+/// residual (nothing at all for the identity, not even a pass that stores what it loaded).
 #[inline(always)]
 pub(super) fn activate_body(row: &mut [f32], act: Activation) {
-    match act {
-        Activation::Identity => {}
-        Activation::GeluErf => row.iter_mut().for_each(|o| *o = math::gelu_erf(*o)),
-        Activation::QuickGelu => row.iter_mut().for_each(|o| *o = math::quick_gelu(*o)),
+    if act != Activation::Identity {
+        epilogue_body(row, None, act, None)
     }
 }
 
