@@ -126,11 +126,12 @@ function placeholderFeeds(o, part) {
   return feeds;
 }
 
-// cfg: { ep: 'wasm'|'webgpu'|'webnn', webnnDevice, numThreads, parallel, parts: [{name, url}],
+// cfg: { ep: 'wasm'|'webgpu'|'webnn', webnnDevice, numThreads (null: onnxruntime-web's own
+//        choice), parallel, parts: [{name, url}],
 //        gpuOutputs: [names] (WebGPU: outputs left on the GPU, a decoder's KV cache) }
 async function load(cfg) {
   const o = await loadOrt(cfg.ep);
-  o.env.wasm.numThreads = cfg.numThreads;
+  if (cfg.numThreads) o.env.wasm.numThreads = cfg.numThreads;
   o.env.logLevel = 'verbose';
   let ep = cfg.ep;
   if (cfg.ep === 'webnn') {

@@ -195,11 +195,11 @@ impl WebEngine {
         let files = seq2seq_files(&model.source)?;
         let (bench, mut info) = self.page(model, at, &files, &COUNTED_PARTS)?;
         info.output_names = vec!["logits".into()];
-        let timeout = bench.options.step_timeout;
+        let options = bench.options;
         let host = bench
             .into_host()
             .map_err(|e| EngineError::Runtime(e.to_string()))?;
-        let page = PageSeq2Seq::open(Arc::new(host), at.platform, &files, model.config(), timeout)?;
+        let page = PageSeq2Seq::open(Arc::new(host), at.platform, &files, model.config(), options)?;
         Ok((page, info))
     }
 

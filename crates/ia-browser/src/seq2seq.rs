@@ -6,7 +6,7 @@
 //! engine-agnostic one in Rust, as on every other engine.
 
 use crate::target::WebWork;
-use crate::target::{encode_input, load_parts, step, StepError};
+use crate::target::{encode_input, load_parts, step, StepError, WebOptions};
 use crate::BrowserHost;
 use base64::Engine as _;
 use ia_engine::exported_seq2seq::{
@@ -69,9 +69,10 @@ impl PageSeq2Seq {
         platform: Platform,
         files: &[(String, PathBuf)],
         config: &Value,
-        timeout: Duration,
+        options: WebOptions,
     ) -> Result<Self, EngineError> {
-        load_parts(&host, platform, files, false, &[], timeout)
+        let timeout = options.step_timeout;
+        load_parts(&host, platform, files, false, &[], options)
             .map_err(|(_, e)| EngineError::Runtime(e.to_string()))?;
         Self::loaded(host, files, config, timeout)
     }

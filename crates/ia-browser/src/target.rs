@@ -34,12 +34,19 @@ pub type Outputs = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 pub struct WebOptions {
     /// Limit of each browser step (load, one inference); a call of N iterations gets more.
     pub step_timeout: Duration,
+    /// WebAssembly threads of onnxruntime-web; None leaves its own choice (half the logical
+    /// CPUs, at most 4), which keeps a core for the page's other threads. With every core
+    /// computing, any other thread of the browser preempts one, and the other waits for it
+    /// until the next scheduler tick: on a 2-core machine a third of the iterations of a tiny
+    /// decoder took 4-12 ms longer than the rest.
+    pub wasm_threads: Option<u32>,
 }
 
 impl Default for WebOptions {
     fn default() -> Self {
         Self {
             step_timeout: Duration::from_secs(180),
+            wasm_threads: None,
         }
     }
 }
@@ -214,11 +221,9 @@ impl WebBench {
             let reason = find_ort_web().err().unwrap_or_default();
             return Err(EngineError::Unsupported(reason).into());
         }
-        WebTarget::load(host, request, &parts, self.options.step_timeout).map_err(|(stage, e)| {
-            LoadFailure {
-                stage,
-                error: EngineError::Runtime(crate::one_line(&e.to_string())),
-            }
+        WebTarget::load(host, request, &parts, self.options).map_err(|(stage, e)| LoadFailure {
+            stage,
+            error: EngineError::Runtime(crate::one_line(&e.to_string())),
         })
     }
 
@@ -327,13 +332,14 @@ impl WebBench {
         feeds: Vec<(String, GraphInput<'_>)>,
         with: impl FnOnce(&BrowserHost, Duration) -> Result<T, StepError>,
     ) -> Result<T, BrowserError> {
-        let timeout = self.options.step_timeout;
+        let options = self.options;
+        let timeout = options.step_timeout;
         let host = self
             .host()
             .map_err(|e| BrowserError::Start(e.to_string()))?;
         let parts = [("model".to_string(), file.to_path_buf())];
         let ran = (|| {
-            let loaded = load_parts(host, platform, &parts, false, &[], timeout)?;
+            let loaded = load_parts(host, platform, &parts, false, &[], options)?;
             let tensors: serde_json::Map<String, Value> = feeds
                 .into_iter()
                 .filter(|(name, _)| loaded.parts[0].inputs.contains(name))
@@ -402,8 +408,9 @@ impl WebTarget {
         host: BrowserHost,
         request: &WebRequest<'_>,
         parts: &[(String, PathBuf)],
-        timeout: Duration,
+        options: WebOptions,
     ) -> Result<Self, StepError> {
+        let timeout = options.step_timeout;
         let platform = request.platform;
         let requested_ep = ep_of(platform);
         let webnn_device = webnn_device(&host, platform);
@@ -421,7 +428,7 @@ impl WebTarget {
             parts,
             request.variant.parallel_load,
             &gpu_outputs,
-            timeout,
+            options,
         )?;
         let seq2seq = is_seq2seq(request.model.class);
         match request.work {
@@ -670,7 +677,7 @@ pub(crate) fn load_parts(
     parts: &[(String, PathBuf)],
     parallel: bool,
     gpu_outputs: &[String],
-    timeout: Duration,
+    options: WebOptions,
 ) -> Result<Loaded, StepError> {
     // A fresh page per load: nothing of the previous model stays in memory.
     host.driver
@@ -687,12 +694,12 @@ pub(crate) fn load_parts(
         json!({
             "ep": ep_of(platform),
             "webnnDevice": webnn_device(host, platform),
-            "numThreads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+            "numThreads": options.wasm_threads,
             "parallel": parallel,
             "parts": part_urls,
             "gpuOutputs": gpu_outputs,
         }),
-        timeout,
+        options.step_timeout,
     )
 }
 

@@ -52,6 +52,7 @@ fn quick() -> Protocol {
 fn bench() -> WebBench {
     WebBench::new(WebOptions {
         step_timeout: Duration::from_secs(120),
+        ..WebOptions::default()
     })
 }
 
@@ -107,6 +108,14 @@ fn check_fixture(web: &mut WebBench, name: &str, outputs: &[&str], platform: Pla
     assert!(m.first_inference_ms > 0.0 && m.load_time_ms > 0.0);
     let details = &target.details();
     assert!(!details.fell_back, "{details:?}");
+    if platform == Platform::Wasm {
+        let threads = web
+            .options
+            .wasm_threads
+            .unwrap_or_else(ort_web_default_threads);
+        assert_eq!(details.wasm_threads, threads);
+        assert!(m.session.device.contains(&format!("{threads} threads")));
+    }
     // The browser's memory, from /proc (Linux).
     assert!(details.memory.renderer_peak_bytes.unwrap() > 0);
     assert!(details.memory.gpu_process_peak_bytes.unwrap() > 0);
@@ -128,6 +137,13 @@ fn check_fixture(web: &mut WebBench, name: &str, outputs: &[&str], platform: Pla
     }
 }
 
+/// onnxruntime-web's own thread count where none is asked for: half the logical CPUs, at
+/// most 4 (its `env.wasm.numThreads` default).
+fn ort_web_default_threads() -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    cpus.div_ceil(2).min(4)
+}
+
 #[test]
 fn fixtures_match_transformers_on_wasm_and_webgpu() {
     let mut web = bench();
@@ -135,6 +151,17 @@ fn fixtures_match_transformers_on_wasm_and_webgpu() {
         check_fixture(&mut web, "bert-tiny", &["last_hidden_state"], platform);
         check_fixture(&mut web, "vit-tiny", &["logits"], platform);
     }
+    // Threads asked for are the threads that ran.
+    let mut web = WebBench::new(WebOptions {
+        wasm_threads: Some(3),
+        ..bench().options
+    });
+    check_fixture(
+        &mut web,
+        "bert-tiny",
+        &["last_hidden_state"],
+        Platform::Wasm,
+    );
 }
 
 /// Audio in the browser (the raw clip through the feature extractor in Rust, then Wav2Vec2's
@@ -526,6 +553,7 @@ fn encoder_decoders_decode_in_the_page_like_transformers() {
     common::check_real_whisper(
         &ia_browser::WebEngine::with_options(WebOptions {
             step_timeout: Duration::from_secs(900),
+            ..WebOptions::default()
         }),
         ia_engine::Placement::new(Platform::Webgpu, Precision::F32),
         &[1],

@@ -46,6 +46,10 @@ pub struct Args {
     /// timed loop gets more in proportion
     #[arg(long, default_value_t = 180, value_parser = limits::count_u64((1, limits::MAX_SECONDS as u64)))]
     browser_timeout: u64,
+    /// Web platforms: WebAssembly threads of onnxruntime-web [default: its own choice, half
+    /// the logical CPUs up to 4, which leaves the page's other threads a core]
+    #[arg(long, value_parser = limits::count_u64((1, 256)))]
+    wasm_threads: Option<u64>,
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8", value_parser = limits::count(limits::BATCH))]
     batch_sizes: Vec<usize>,
     /// Tokens per sequence for text models
@@ -285,6 +289,7 @@ fn measure_all(
                 ia_browser::probe(hw),
                 ia_browser::WebOptions {
                     step_timeout: Duration::from_secs(args.browser_timeout),
+                    wasm_threads: args.wasm_threads.map(|n| n as u32),
                 },
             )
         });

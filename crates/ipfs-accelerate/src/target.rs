@@ -110,6 +110,10 @@ pub struct ModelOnTarget {
     /// call) may take
     #[arg(long, default_value_t = 180, value_parser = crate::limits::count_u64((1, crate::limits::MAX_SECONDS as u64)))]
     pub browser_timeout: u64,
+    /// Web platforms: WebAssembly threads of onnxruntime-web [default: its own choice, half
+    /// the logical CPUs up to 4]
+    #[arg(long, value_parser = crate::limits::count_u64((1, 256)))]
+    pub wasm_threads: Option<u64>,
 }
 
 impl ModelOnTarget {
@@ -131,6 +135,7 @@ impl ModelOnTarget {
     pub fn web_engine(&self) -> ia_browser::WebEngine {
         ia_browser::WebEngine::with_options(ia_browser::WebOptions {
             step_timeout: std::time::Duration::from_secs(self.browser_timeout),
+            wasm_threads: self.wasm_threads.map(|n| n as u32),
         })
     }
 }
