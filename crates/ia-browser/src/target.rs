@@ -37,8 +37,8 @@ pub struct WebOptions {
     /// WebAssembly threads of onnxruntime-web; None leaves its own choice (half the logical
     /// CPUs, at most 4), which keeps a core for the page's other threads. With every core
     /// computing, any other thread of the browser preempts one, and the other waits for it
-    /// until the next scheduler tick: on a 2-core machine a third of the iterations of a tiny
-    /// decoder took 4-12 ms longer than the rest.
+    /// until the next scheduler tick: on a 2-core machine a third to a half of the iterations
+    /// of a tiny decoder took 4-12 ms longer than the rest.
     pub wasm_threads: Option<u32>,
 }
 

@@ -5,7 +5,7 @@ use crate::limits;
 use crate::plan::{resolve_model, PlanOptions};
 use crate::results::{combination_records, run_record, scenario_name, text_seq_len};
 use crate::run_store::{JsonOutput, RunStore};
-use crate::target::{Engines, Target};
+use crate::target::{Engines, Target, WebArgs};
 use ia_bench::{Combination, Mode, Outcome, Protocol, Scenario};
 use ia_db::submissions::Submission;
 use ia_db::CombinationRecords;
@@ -42,14 +42,8 @@ pub struct Args {
     /// both
     #[arg(long, value_delimiter = ',', default_value = "false")]
     parallel_load: Vec<bool>,
-    /// Web platforms: seconds each browser step (start, load, one inference) may take; the
-    /// timed loop gets more in proportion
-    #[arg(long, default_value_t = 180, value_parser = limits::count_u64((1, limits::MAX_SECONDS as u64)))]
-    browser_timeout: u64,
-    /// Web platforms: WebAssembly threads of onnxruntime-web [default: its own choice, half
-    /// the logical CPUs up to 4, which leaves the page's other threads a core]
-    #[arg(long, value_parser = limits::count_u64((1, 256)))]
-    wasm_threads: Option<u64>,
+    #[command(flatten)]
+    web: WebArgs,
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8", value_parser = limits::count(limits::BATCH))]
     batch_sizes: Vec<usize>,
     /// Tokens per sequence for text models
@@ -284,15 +278,7 @@ fn measure_all(
     let mut web = combos
         .iter()
         .any(|(_, runner)| matches!(runner, Runner::Browser))
-        .then(|| {
-            ia_browser::WebBench::from_probe(
-                ia_browser::probe(hw),
-                ia_browser::WebOptions {
-                    step_timeout: Duration::from_secs(args.browser_timeout),
-                    wasm_threads: args.wasm_threads.map(|n| n as u32),
-                },
-            )
-        });
+        .then(|| ia_browser::WebBench::from_probe(ia_browser::probe(hw), args.web.options()));
     let pb = ProgressBar::new(combos.len() as u64);
     pb.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}] {msg}")

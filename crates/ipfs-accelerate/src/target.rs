@@ -106,14 +106,31 @@ pub struct ModelOnTarget {
     /// Use the small variant of a catalog entry
     #[arg(long)]
     pub small_models: bool,
+    #[command(flatten)]
+    pub web: WebArgs,
+}
+
+/// How the browser runs the web platforms: the flags `bench`, `run` and `generate` share.
+#[derive(clap::Args)]
+pub struct WebArgs {
     /// Web platforms: seconds each browser step (start, load, one inference or one decoding
-    /// call) may take
+    /// call) may take; bench's timed loop gets more in proportion
     #[arg(long, default_value_t = 180, value_parser = crate::limits::count_u64((1, crate::limits::MAX_SECONDS as u64)))]
     pub browser_timeout: u64,
     /// Web platforms: WebAssembly threads of onnxruntime-web [default: its own choice, half
-    /// the logical CPUs up to 4]
+    /// the logical CPUs up to 4, which leaves the page's other threads a core]
     #[arg(long, value_parser = crate::limits::count_u64((1, 256)))]
     pub wasm_threads: Option<u64>,
+}
+
+impl WebArgs {
+    pub fn options(&self) -> ia_browser::WebOptions {
+        ia_browser::WebOptions {
+            step_timeout: std::time::Duration::from_secs(self.browser_timeout),
+            // At most 256 (the parser's range).
+            wasm_threads: self.wasm_threads.map(|n| n as u32),
+        }
+    }
 }
 
 impl ModelOnTarget {
@@ -133,10 +150,7 @@ impl ModelOnTarget {
 
     /// The browser engine, for the web platforms.
     pub fn web_engine(&self) -> ia_browser::WebEngine {
-        ia_browser::WebEngine::with_options(ia_browser::WebOptions {
-            step_timeout: std::time::Duration::from_secs(self.browser_timeout),
-            wasm_threads: self.wasm_threads.map(|n| n as u32),
-        })
+        ia_browser::WebEngine::with_options(self.web.options())
     }
 }
 
