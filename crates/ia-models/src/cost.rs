@@ -37,6 +37,10 @@ pub struct Cost {
     /// Operations (kernels) the call dispatches, roughly: what a runtime pays per operation
     /// beyond the arithmetic is paid this many times.
     pub operations: f64,
+    /// A decode step: the call a generation repeats for every token after the first, which
+    /// a runtime may pay differently from a pass over a whole input (it feeds and returns the
+    /// KV cache, and the host picks a token between steps).
+    pub decode_step: bool,
 }
 
 /// Operations of one transformer layer in an exported graph: the projections and their
@@ -336,6 +340,7 @@ impl Shape {
             kv_cache_bytes,
             activation_bytes,
             operations,
+            decode_step: matches!(phase, Phase::Decode { .. }),
         }
     }
 }

@@ -6,9 +6,10 @@
 //!   machine's calibration (`hardware --calibrate`). The memory prior is the footprint
 //!   estimate (`ia_models::footprint`: weights, activations, KV cache) with the weights counted
 //!   twice, for the two copies held while a model loads.
-//! * A per-target line (for latency: call overhead + slowdown x roofline; for memory: the
-//!   program's own memory + a factor x footprint, the factor 1 where the footprints of the
-//!   points do not span the memory measured) is fitted first. A target without
+//! * A per-target line (for latency: call overhead + slowdown x roofline, the overhead of a
+//!   pass over an input and of a decode step apart where the target's points tell them
+//!   apart; for memory: the program's own memory + a factor x footprint, the factor 1 where
+//!   the footprints of the points do not span the memory measured) is fitted first. A target without
 //!   measurements gets the line fitted over all targets through the roofline plus its
 //!   calibrated dispatch cost (a call, and each operation of the cost model, beyond the
 //!   arithmetic): on a software GPU that is most of a small model's time; then a gradient-boosted
@@ -159,6 +160,9 @@ pub fn iteration_costs(
     let bytes = bytes_per_weight(precision);
     let (tower, positions) = tower_positions(config, class, work)?;
     let shape = Shape::of(config, tower)?;
+    if class == ModelClass::Whisper {
+        return Some(whisper_costs(shape, work.batch, positions, bytes));
+    }
     if !generates_text {
         return Some(vec![shape.cost(
             Phase::Forward,
@@ -177,6 +181,28 @@ pub fn iteration_costs(
         costs.push(shape.cost(Phase::Decode { cached }, true, work.batch, 1, bytes));
     }
     Some(costs)
+}
+
+/// Tokens of a Whisper decoder's prompt: start of transcript, language, task, no timestamps.
+const WHISPER_PROMPT: usize = 4;
+
+/// A Whisper iteration is a transcription: the encoder once over its window, then the decoder
+/// over its prompt, attending to the encoder's states. Counting the decoder stack over the
+/// window's 1,500 positions, as one forward pass of both stacks would, put whisper-tiny.en at
+/// 91 GFLOP an input instead of 35, and its prediction at twice its measurement with the
+/// model held out. The tokens it then writes depend on the audio, so the decode steps are
+/// left to the learned stages: each costs the decoder alone, about a thousandth of the
+/// encoder's FLOPs.
+fn whisper_costs(shape: Shape, batch: usize, window: usize, bytes: f64) -> Vec<Cost> {
+    let encoder = Shape {
+        decoder_layers: 0,
+        ..shape
+    };
+    let decoder = Shape { layers: 0, ..shape };
+    vec![
+        encoder.cost(Phase::Forward, false, batch, window, bytes),
+        decoder.cost(Phase::Prefill, true, batch, WHISPER_PROMPT, bytes),
+    ]
 }
 
 /// Image positions of a ViT-style tower: patches plus the class token.
@@ -343,12 +369,22 @@ impl Quantity {
         }
     }
 
-    /// What the fixed cost of the first learned stage is paid per: calls for latency, the
-    /// process for memory.
-    fn units(self, c: &Case) -> f64 {
+    /// What the fixed costs of the first learned stage are paid per: for latency the passes
+    /// (forward passes, prefills, image encodes) and the decode steps an iteration calls, for
+    /// memory the process (one pass, no steps).
+    fn units(self, c: &Case) -> Units {
         match self {
-            Quantity::Latency => c.costs.len().max(1) as f64,
-            Quantity::PeakMemory => 1.0,
+            Quantity::Latency => {
+                let steps = c.costs.iter().filter(|p| p.decode_step).count();
+                Units {
+                    passes: (c.costs.len() - steps).max(1) as f64,
+                    steps: steps as f64,
+                }
+            }
+            Quantity::PeakMemory => Units {
+                passes: 1.0,
+                steps: 0.0,
+            },
         }
     }
 
@@ -395,44 +431,98 @@ fn points(observations: &[&Observation], quantity: Quantity) -> Vec<(usize, f64,
         .collect()
 }
 
-/// The first learned stage: measured = a x units + b x prior, fitted per model on each target
-/// (engine, platform, precision, machine), per target, and over everything (for targets
-/// without points of their own), by least squares on relative error. For latency the units are the calls an
-/// iteration makes (one forward pass; a prefill and a call per decoded token) and `a` the
-/// fixed cost of a call, which dominates small models and which the roofline ignores; for
-/// memory there is one unit and `a` is the program's own resident memory.
+/// The calls of an iteration the first learned stage charges a fixed cost for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Units {
+    /// Passes over an input: a forward pass, a prefill, an image encode.
+    passes: f64,
+    /// Decode steps.
+    steps: f64,
+}
+
+impl Units {
+    fn calls(self) -> f64 {
+        self.passes + self.steps
+    }
+}
+
+/// A point of the first stage: its units, its prior `x` and its measurement `y`.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    units: Units,
+    x: f64,
+    y: f64,
+}
+
+/// A first-stage line: `per_pass x passes + per_step x steps + slope x prior`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Line {
+    per_pass: f64,
+    per_step: f64,
+    slope: f64,
+}
+
+impl Line {
+    /// One fixed cost for every call.
+    fn per_call(a: f64, slope: f64) -> Self {
+        Self {
+            per_pass: a,
+            per_step: a,
+            slope,
+        }
+    }
+
+    fn at(&self, units: Units, x: f64) -> f64 {
+        self.per_pass * units.passes + self.per_step * units.steps + self.slope * x
+    }
+}
+
+/// The first learned stage: measured = fixed costs per unit + slope x prior, fitted per model
+/// on each target (engine, platform, precision, machine), per target, and over everything
+/// (for targets without points of their own), by least squares on relative error. For latency
+/// the fixed costs are those of a call, which dominate small models and which the roofline
+/// ignores; for memory there is one unit and its cost is the program's own resident memory.
 #[derive(Debug, Clone, Default)]
 struct Affine {
-    per_target: BTreeMap<String, (f64, f64)>,
-    global: (f64, f64),
+    per_target: BTreeMap<String, Line>,
+    global: Option<Line>,
 }
 
 impl Affine {
     fn fit(points: &[Point], quantity: Quantity) -> Self {
-        let triples = |filter: &dyn Fn(&Case) -> bool| -> Vec<(f64, f64, f64)> {
+        let samples = |filter: &dyn Fn(&Case) -> bool| -> Vec<Sample> {
             points
                 .iter()
                 .filter(|p| filter(p.case))
-                .map(|p| (quantity.units(p.case), p.prior, p.measured))
+                .map(|p| Sample {
+                    units: quantity.units(p.case),
+                    x: p.prior,
+                    y: p.measured,
+                })
                 .collect()
         };
         // The line of targets without points of their own runs through the prior plus the
         // calibrated overhead: on a software GPU dispatch is most of a small model's time.
-        let overheads: Vec<(f64, f64, f64)> = points
+        // One cost per call: what separates passes from steps is a target's own.
+        let overheads: Vec<Sample> = points
             .iter()
-            .map(|p| {
-                let overhead = quantity.calibrated_overhead(p.case);
-                (quantity.units(p.case), p.prior + overhead, p.measured)
+            .map(|p| Sample {
+                units: Units {
+                    passes: quantity.units(p.case).calls(),
+                    steps: 0.0,
+                },
+                x: p.prior + quantity.calibrated_overhead(p.case),
+                y: p.measured,
             })
             .collect();
-        let global = fit_line(&overheads, quantity).unwrap_or((0.0, 1.0));
+        let global = fit_line(&overheads, quantity);
         let mut per_target = BTreeMap::new();
         for p in points {
             for (key, min_points) in Self::keys(p.case) {
                 if per_target.contains_key(&key) {
                     continue;
                 }
-                let mine = triples(&|c| Self::keys(c).iter().any(|(k, _)| *k == key));
+                let mine = samples(&|c| Self::keys(c).iter().any(|(k, _)| *k == key));
                 if mine.len() < min_points {
                     continue;
                 }
@@ -452,17 +542,22 @@ impl Affine {
         [(format!("{}#{}", c.target(), c.model), 4), (c.target(), 2)]
     }
 
-    fn baseline(&self, c: &Case, quantity: Quantity, line: Line) -> f64 {
+    fn baseline(&self, c: &Case, quantity: Quantity, start: Start) -> f64 {
         let keys = Self::keys(c);
-        let keys = match line {
-            Line::Specific => &keys[..],
-            Line::Target => &keys[1..],
+        let keys = match start {
+            Start::Specific => &keys[..],
+            Start::Target => &keys[1..],
         };
+        let units = quantity.units(c);
         let value = match keys.iter().find_map(|(k, _)| self.per_target.get(k)) {
-            Some((a, b)) => a * quantity.units(c) + b * quantity.prior(c),
+            Some(line) => line.at(units, quantity.prior(c)),
             None => {
-                let (a, b) = self.global;
-                a * quantity.units(c) + b * (quantity.prior(c) + quantity.calibrated_overhead(c))
+                let line = self.global.unwrap_or(Line::per_call(0.0, 1.0));
+                let units = Units {
+                    passes: units.calls(),
+                    steps: 0.0,
+                };
+                line.at(units, quantity.prior(c) + quantity.calibrated_overhead(c))
             }
         };
         value.max(1e-6)
@@ -475,49 +570,64 @@ impl Affine {
     }
 }
 
-/// The first stage's line through `points` `(u, x, y)`. A memory line whose footprints `x`
-/// span less than a quarter of the memory measured cannot tell the program's own memory from
-/// the footprint's share of it: fitted on the tiny fixtures alone (footprints under 1 MiB,
-/// peaks of 90-200 MiB) the slope came out at 18 MiB a MiB, and predicted Whisper's 316 MiB
-/// peak at 9.5 GiB. There a MiB of footprint counts as a MiB and only the program's memory is
-/// fitted.
-fn fit_line(points: &[(f64, f64, f64)], quantity: Quantity) -> Option<(f64, f64)> {
+/// The first stage's line through `points`. A memory line whose footprints `x` span less
+/// than a quarter of the memory measured cannot tell the program's own memory from the
+/// footprint's share of it: fitted on the tiny fixtures alone (footprints under 1 MiB, peaks
+/// of 90-200 MiB) the slope came out at 18 MiB a MiB, and predicted Whisper's 316 MiB peak at
+/// 9.5 GiB. There a MiB of footprint counts as a MiB and only the program's memory is fitted.
+///
+/// A latency line charges passes and decode steps apart where its points tell them apart
+/// (encoders and generators on one target) and that fits them better. OpenVINO's decode step
+/// of a tiny decoder costs about 0.18 ms and its pass of a tiny encoder 0.06 ms: with one cost
+/// per call, a held-out encoder was predicted at twice its measurement.
+fn fit_line(points: &[Sample], quantity: Quantity) -> Option<Line> {
     if quantity == Quantity::PeakMemory && !footprints_span(points) {
         return fit_offset(points);
     }
-    fit_affine(points)
+    let per_call = fit_affine(points)?;
+    let sse = |line: &Line| -> f64 {
+        points
+            .iter()
+            .map(|p| (line.at(p.units, p.x) / p.y - 1.0).powi(2))
+            .sum()
+    };
+    Some(match fit_passes_and_steps(points) {
+        Some(split) if sse(&split) < sse(&per_call) => split,
+        _ => per_call,
+    })
 }
 
 /// Whether the footprints `x` of `points` span at least a quarter of their median measurement.
-fn footprints_span(points: &[(f64, f64, f64)]) -> bool {
-    let mut measured: Vec<f64> = points.iter().map(|p| p.2).collect();
+fn footprints_span(points: &[Sample]) -> bool {
+    let mut measured: Vec<f64> = points.iter().map(|p| p.y).collect();
     measured.sort_by(f64::total_cmp);
     let Some(&median) = measured.get(measured.len() / 2) else {
         return false;
     };
     let (low, high) = points
         .iter()
-        .fold((f64::INFINITY, 0f64), |(l, h), p| (l.min(p.1), h.max(p.1)));
+        .fold((f64::INFINITY, 0f64), |(l, h), p| (l.min(p.x), h.max(p.x)));
     high - low >= 0.25 * median
 }
 
-/// `y = a + x` over points `(1, x, y)` (memory: one unit each) minimising the squared relative
-/// error, `a >= 0`; `None` without points.
-fn fit_offset(points: &[(f64, f64, f64)]) -> Option<(f64, f64)> {
+/// `y = a + x` over points of one unit each (memory) minimising the squared relative error,
+/// `a >= 0`; `None` without points.
+fn fit_offset(points: &[Sample]) -> Option<Line> {
     let (mut sw, mut swd) = (0.0, 0.0);
-    for &(u, x, y) in points {
-        let w = u * u / (y * y);
+    for p in points {
+        let u = p.units.calls();
+        let w = u * u / (p.y * p.y);
         sw += w;
-        swd += w * (y - x) / u;
+        swd += w * (p.y - p.x) / u;
     }
-    (sw > 0.0).then(|| ((swd / sw).max(0.0), 1.0))
+    (sw > 0.0).then(|| Line::per_call((swd / sw).max(0.0), 1.0))
 }
 
-/// `y = a u + b x` over points `(u, x, y)` minimising the squared relative error, with
+/// `y = a u + b x` over points with `u` calls, minimising the squared relative error, with
 /// `a >= 0` and `b > 0` (or the better one-term fit when the two-term one breaks that); `None`
 /// when the points cannot tell the terms apart (fewer than two distinct x / u).
-fn fit_affine(points: &[(f64, f64, f64)]) -> Option<(f64, f64)> {
-    let ratio = |p: &(f64, f64, f64)| p.1 / p.0;
+fn fit_affine(points: &[Sample]) -> Option<Line> {
+    let ratio = |p: &Sample| p.x / p.units.calls();
     let first = ratio(points.first()?);
     let distinct = points
         .iter()
@@ -527,7 +637,8 @@ fn fit_affine(points: &[(f64, f64, f64)]) -> Option<(f64, f64)> {
     }
     // Weighted normal equations, weights 1 / y^2.
     let (mut suu, mut sux, mut suy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    for &(u, x, y) in points {
+    for p in points {
+        let (u, x, y) = (p.units.calls(), p.x, p.y);
         let w = 1.0 / (y * y);
         suu += w * u * u;
         sux += w * u * x;
@@ -539,28 +650,72 @@ fn fit_affine(points: &[(f64, f64, f64)]) -> Option<(f64, f64)> {
     if det.abs() > 0.0 {
         let (a, b) = ((suy * sxx - sux * sxy) / det, (suu * sxy - sux * suy) / det);
         if a >= 0.0 && b > 0.0 {
-            return Some((a, b));
+            return Some(Line::per_call(a, b));
         }
     }
     // One term only: the better of `b x` and `a u` (b ~ 0 keeps the line rising).
     let sse = |a: f64, b: f64| -> f64 {
         points
             .iter()
-            .map(|&(u, x, y)| ((a * u + b * x) / y - 1.0).powi(2))
+            .map(|p| ((a * p.units.calls() + b * p.x) / p.y - 1.0).powi(2))
             .sum()
     };
     let slope = (sxy / sxx).max(0.0);
     let constant = (suy / suu).max(0.0);
     if slope > 0.0 && sse(0.0, slope) <= sse(constant, 1e-9) {
-        Some((0.0, slope))
+        Some(Line::per_call(0.0, slope))
     } else {
-        Some((constant, 1e-9))
+        Some(Line::per_call(constant, 1e-9))
     }
+}
+
+/// `y = a passes + c steps + b x` by least squares on relative error; `None` unless all three
+/// terms are told apart (points with and without decode steps, in different proportions) and
+/// come out non-negative, the slope positive.
+fn fit_passes_and_steps(points: &[Sample]) -> Option<Line> {
+    // Weighted normal equations over the columns (passes, steps, x) / y.
+    let mut m = [[0.0f64; 3]; 3];
+    let mut v = [0.0f64; 3];
+    for p in points {
+        let row = [p.units.passes / p.y, p.units.steps / p.y, p.x / p.y];
+        for i in 0..3 {
+            v[i] += row[i];
+            for j in 0..3 {
+                m[i][j] += row[i] * row[j];
+            }
+        }
+    }
+    let det = |m: &[[f64; 3]; 3]| -> f64 {
+        m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+            - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+            + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
+    };
+    let d = det(&m);
+    // Singular relative to the columns' scale: steps in a fixed proportion to passes (one
+    // kind of model), or none at all.
+    let scale = m[0][0] * m[1][1] * m[2][2];
+    if d.is_nan() || d.abs() <= 1e-9 * scale {
+        return None;
+    }
+    // Cramer's rule.
+    let solve = |k: usize| -> f64 {
+        let mut mk = m;
+        for (row, value) in mk.iter_mut().zip(v) {
+            row[k] = value;
+        }
+        det(&mk) / d
+    };
+    let (a, c, b) = (solve(0), solve(1), solve(2));
+    (a >= 0.0 && c >= 0.0 && b > 0.0).then_some(Line {
+        per_pass: a,
+        per_step: c,
+        slope: b,
+    })
 }
 
 /// Which affine line a prediction starts from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Line {
+enum Start {
     /// The model's own line on the target where it has one, else the target's.
     Specific,
     /// The target's line, as for a model never measured on it.
@@ -667,15 +822,15 @@ impl PointModel {
         let batches: Vec<String> = cases().map(target_batch).collect();
         m.batches = Codes::learn(batches.iter().map(String::as_str));
         let rows: Vec<&Case> = cases().collect();
-        for line in [Line::Specific, Line::Target] {
+        for line in [Start::Specific, Start::Target] {
             let y: Vec<f64> = pts
                 .iter()
                 .map(|p| (p.measured / m.affine.baseline(p.case, quantity, line)).ln())
                 .collect();
             let data = m.matrix(&rows, line);
             let learner = match line {
-                Line::Specific => &mut m.specific,
-                Line::Target => match m.general.as_mut() {
+                Start::Specific => &mut m.specific,
+                Start::Target => match m.general.as_mut() {
                     Some(general) => general,
                     None => continue,
                 },
@@ -688,7 +843,7 @@ impl PointModel {
     }
 
     /// Column-major features of `cases`, relative to `line`.
-    fn matrix(&self, cases: &[&Case], line: Line) -> Vec<f64> {
+    fn matrix(&self, cases: &[&Case], line: Start) -> Vec<f64> {
         let mut columns: Vec<Vec<f64>> = (0..FEATURES)
             .map(|_| Vec::with_capacity(cases.len()))
             .collect();
@@ -716,8 +871,8 @@ impl PointModel {
 
     fn point(&self, case: &Case) -> f64 {
         let (line, learner) = match &self.general {
-            Some(general) if self.affine.only_target_line(case) => (Line::Target, general),
-            _ => (Line::Specific, &self.specific),
+            Some(general) if self.affine.only_target_line(case) => (Start::Target, general),
+            _ => (Start::Specific, &self.specific),
         };
         let data = self.matrix(&[case], line);
         let ratio = learner.predict(&Matrix::new(&data, 1, FEATURES), false)[0];
@@ -1286,6 +1441,30 @@ mod tests {
         assert!(iteration_costs(&json!({}), ModelClass::Detr, false, work, "f32").is_none());
     }
 
+    /// A Whisper iteration runs the encoder over its window and the decoder over its prompt
+    /// only: whisper-tiny.en's encoder is about 35 GFLOP an input (4 layers of width 384 over
+    /// 1,500 positions), not the 91 of both stacks over the window.
+    #[test]
+    fn whisper_encodes_its_window_then_decodes_its_prompt() {
+        let tiny_en = json!({"model_type": "whisper", "d_model": 384, "encoder_layers": 4,
+            "decoder_layers": 4, "encoder_attention_heads": 6, "decoder_attention_heads": 6,
+            "encoder_ffn_dim": 1536, "decoder_ffn_dim": 1536, "vocab_size": 51864,
+            "max_source_positions": 1500, "max_target_positions": 448});
+        let work = Workload {
+            batch: 1,
+            seq_len: 0,
+            new_tokens: 0,
+            audio_seconds: 5.0,
+            image: None,
+        };
+        let costs = iteration_costs(&tiny_en, ModelClass::Whisper, false, work, "f32").unwrap();
+        assert_eq!(costs.len(), 2, "encode, then the decoder's prompt");
+        let gflop = costs[0].flops / 1e9;
+        assert!((34.0..36.0).contains(&gflop), "{gflop}");
+        assert!(costs[1].flops < costs[0].flops / 100.0);
+        assert!(costs.iter().all(|c| !c.decode_step));
+    }
+
     /// An image-text generator's iteration encodes its picture (every tile), then prefills the
     /// prompt and the image tokens; without the picture there is no prediction.
     #[test]
@@ -1378,25 +1557,75 @@ mod tests {
         assert_eq!(dispatched.prior_ms(), case(ceiling(0.0, 0.0)).prior_ms());
     }
 
+    /// A point of `calls` calls, none of them decode steps.
+    fn sample(calls: f64, x: f64, y: f64) -> Sample {
+        Sample {
+            units: Units {
+                passes: calls,
+                steps: 0.0,
+            },
+            x,
+            y,
+        }
+    }
+
     #[test]
     fn the_affine_stage_recovers_overhead_and_slowdown() {
-        let points: Vec<(f64, f64, f64)> = [1.0, 2.0, 4.0, 8.0]
+        let points: Vec<Sample> = [1.0, 2.0, 4.0, 8.0]
             .iter()
-            .map(|&x| (1.0, x, 0.5 + 3.0 * x))
+            .map(|&x| sample(1.0, x, 0.5 + 3.0 * x))
             .collect();
-        let (a, b) = fit_affine(&points).unwrap();
-        assert!((a - 0.5).abs() < 1e-9 && (b - 3.0).abs() < 1e-9, "{a} {b}");
-        // An overhead per call: 8 calls of 0.25 each on top of the roofline.
-        let calls: Vec<(f64, f64, f64)> = [(1.0, 4.0), (8.0, 4.0), (8.0, 16.0)]
-            .iter()
-            .map(|&(u, x)| (u, x, 0.25 * u + 2.0 * x))
-            .collect();
-        let (a, b) = fit_affine(&calls).unwrap();
-        assert!((a - 0.25).abs() < 1e-9 && (b - 2.0).abs() < 1e-9, "{a} {b}");
+        let line = fit_affine(&points).unwrap();
         assert!(
-            fit_affine(&[(1.0, 1.0, 2.0), (1.0, 1.0, 3.0)]).is_none(),
+            (line.per_pass - 0.5).abs() < 1e-9 && (line.slope - 3.0).abs() < 1e-9,
+            "{line:?}"
+        );
+        // An overhead per call: 8 calls of 0.25 each on top of the roofline.
+        let calls: Vec<Sample> = [(1.0, 4.0), (8.0, 4.0), (8.0, 16.0)]
+            .iter()
+            .map(|&(u, x)| sample(u, x, 0.25 * u + 2.0 * x))
+            .collect();
+        let line = fit_affine(&calls).unwrap();
+        assert!(
+            (line.per_pass - 0.25).abs() < 1e-9 && (line.slope - 2.0).abs() < 1e-9,
+            "{line:?}"
+        );
+        assert!(
+            fit_affine(&[sample(1.0, 1.0, 2.0), sample(1.0, 1.0, 3.0)]).is_none(),
             "one distinct x"
         );
+    }
+
+    /// Where encoders (one pass) and generators (a prefill and decode steps) share a target,
+    /// a latency line charges a pass and a step apart; where every point has the same mix of
+    /// them (generators only) it charges one cost per call.
+    #[test]
+    fn latency_lines_charge_passes_and_decode_steps_apart() {
+        let point = |passes: f64, steps: f64, x: f64| Sample {
+            units: Units { passes, steps },
+            x,
+            y: 0.06 * passes + 0.18 * steps + 2.0 * x,
+        };
+        let mixed = [
+            point(1.0, 0.0, 0.01),
+            point(1.0, 0.0, 0.04),
+            point(1.0, 7.0, 0.02),
+            point(1.0, 7.0, 0.08),
+        ];
+        let line = fit_line(&mixed, Quantity::Latency).unwrap();
+        for (got, want) in [
+            (line.per_pass, 0.06),
+            (line.per_step, 0.18),
+            (line.slope, 2.0),
+        ] {
+            assert!((got - want).abs() < 1e-9, "{line:?}");
+        }
+        let generators = &mixed[2..];
+        let line = fit_line(generators, Quantity::Latency).unwrap();
+        assert_eq!(line.per_pass, line.per_step, "{line:?}");
+        // Memory has one unit per process: never split.
+        let line = fit_line(&mixed, Quantity::PeakMemory).unwrap();
+        assert_eq!(line.per_pass, line.per_step, "{line:?}");
     }
 
     /// Memory lines through footprints that span the measurements keep their fitted slope;
@@ -1404,20 +1633,27 @@ mod tests {
     /// is one and only the program's memory is fitted.
     #[test]
     fn memory_lines_fit_a_slope_only_where_footprints_span() {
-        let spanning: Vec<(f64, f64, f64)> = [10.0, 100.0, 400.0]
+        let spanning: Vec<Sample> = [10.0, 100.0, 400.0]
             .iter()
-            .map(|&x| (1.0, x, 80.0 + 0.5 * x))
+            .map(|&x| sample(1.0, x, 80.0 + 0.5 * x))
             .collect();
-        let (a, b) = fit_line(&spanning, Quantity::PeakMemory).unwrap();
-        assert!((a - 80.0).abs() < 1e-6 && (b - 0.5).abs() < 1e-9, "{a} {b}");
+        let line = fit_line(&spanning, Quantity::PeakMemory).unwrap();
+        assert!(
+            (line.per_pass - 80.0).abs() < 1e-6 && (line.slope - 0.5).abs() < 1e-9,
+            "{line:?}"
+        );
         // Peaks of 150-190 MiB over footprints under 1 MiB that happen to rise with them.
-        let fixtures = [(1.0, 0.2, 150.0), (1.0, 0.3, 170.0), (1.0, 0.4, 190.0)];
-        let (a, b) = fit_line(&fixtures, Quantity::PeakMemory).unwrap();
-        assert_eq!(b, 1.0);
-        assert!((150.0..190.0).contains(&a), "{a}");
+        let fixtures = [
+            sample(1.0, 0.2, 150.0),
+            sample(1.0, 0.3, 170.0),
+            sample(1.0, 0.4, 190.0),
+        ];
+        let line = fit_line(&fixtures, Quantity::PeakMemory).unwrap();
+        assert_eq!(line.slope, 1.0);
+        assert!((150.0..190.0).contains(&line.per_pass), "{line:?}");
         // Latency lines are fitted as before.
-        let (_, b) = fit_line(&fixtures, Quantity::Latency).unwrap();
-        assert!(b > 50.0, "{b}");
+        let line = fit_line(&fixtures, Quantity::Latency).unwrap();
+        assert!(line.slope > 50.0, "{line:?}");
     }
 
     #[test]
