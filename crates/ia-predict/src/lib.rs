@@ -822,13 +822,13 @@ impl PointModel {
         let batches: Vec<String> = cases().map(target_batch).collect();
         m.batches = Codes::learn(batches.iter().map(String::as_str));
         let rows: Vec<&Case> = cases().collect();
-        for line in [Start::Specific, Start::Target] {
+        for start in [Start::Specific, Start::Target] {
             let y: Vec<f64> = pts
                 .iter()
-                .map(|p| (p.measured / m.affine.baseline(p.case, quantity, line)).ln())
+                .map(|p| (p.measured / m.affine.baseline(p.case, quantity, start)).ln())
                 .collect();
-            let data = m.matrix(&rows, line);
-            let learner = match line {
+            let data = m.matrix(&rows, start);
+            let learner = match start {
                 Start::Specific => &mut m.specific,
                 Start::Target => match m.general.as_mut() {
                     Some(general) => general,
@@ -842,14 +842,14 @@ impl PointModel {
         Ok(m)
     }
 
-    /// Column-major features of `cases`, relative to `line`.
-    fn matrix(&self, cases: &[&Case], line: Start) -> Vec<f64> {
+    /// Column-major features of `cases`, relative to the line they `start` from.
+    fn matrix(&self, cases: &[&Case], start: Start) -> Vec<f64> {
         let mut columns: Vec<Vec<f64>> = (0..FEATURES)
             .map(|_| Vec::with_capacity(cases.len()))
             .collect();
         for c in cases {
             let f = [
-                self.affine.baseline(c, self.quantity, line).ln(),
+                self.affine.baseline(c, self.quantity, start).ln(),
                 c.flops().max(1.0).ln(),
                 c.bytes().max(1.0).ln(),
                 (c.flops() / c.bytes().max(1.0)).max(1e-9).ln(),
@@ -870,13 +870,13 @@ impl PointModel {
     }
 
     fn point(&self, case: &Case) -> f64 {
-        let (line, learner) = match &self.general {
+        let (start, learner) = match &self.general {
             Some(general) if self.affine.only_target_line(case) => (Start::Target, general),
             _ => (Start::Specific, &self.specific),
         };
-        let data = self.matrix(&[case], line);
+        let data = self.matrix(&[case], start);
         let ratio = learner.predict(&Matrix::new(&data, 1, FEATURES), false)[0];
-        self.affine.baseline(case, self.quantity, line) * ratio.exp()
+        self.affine.baseline(case, self.quantity, start) * ratio.exp()
     }
 
     /// What the fitted points have not seen of `case`.
