@@ -501,18 +501,15 @@ impl Affine {
                 })
                 .collect()
         };
-        // The line of targets without points of their own runs through the prior plus the
-        // calibrated overhead: on a software GPU dispatch is most of a small model's time.
-        // One cost per call: what separates passes from steps is a target's own.
         let overheads: Vec<Sample> = points
             .iter()
-            .map(|p| Sample {
-                units: Units {
-                    passes: quantity.units(p.case).calls(),
-                    steps: 0.0,
-                },
-                x: p.prior + quantity.calibrated_overhead(p.case),
-                y: p.measured,
+            .map(|p| {
+                let (units, x) = Self::on_global_line(p.case, quantity);
+                Sample {
+                    units,
+                    x,
+                    y: p.measured,
+                }
             })
             .collect();
         let global = fit_line(&overheads, quantity);
@@ -553,14 +550,23 @@ impl Affine {
             Some(line) => line.at(units, quantity.prior(c)),
             None => {
                 let line = self.global.unwrap_or(Line::per_call(0.0, 1.0));
-                let units = Units {
-                    passes: units.calls(),
-                    steps: 0.0,
-                };
-                line.at(units, quantity.prior(c) + quantity.calibrated_overhead(c))
+                let (units, x) = Self::on_global_line(c, quantity);
+                line.at(units, x)
             }
         };
         value.max(1e-6)
+    }
+
+    /// Where `c` sits on the line of targets without points of their own, for fitting it and
+    /// reading it alike: the prior plus the calibrated overhead (on a software GPU dispatch is
+    /// most of a small model's time), and one cost per call (what separates passes from steps
+    /// is a target's own).
+    fn on_global_line(c: &Case, quantity: Quantity) -> (Units, f64) {
+        let units = Units {
+            passes: quantity.units(c).calls(),
+            steps: 0.0,
+        };
+        (units, quantity.prior(c) + quantity.calibrated_overhead(c))
     }
 
     /// Whether `c`'s target has a line of its own but `c`'s model none on it.
