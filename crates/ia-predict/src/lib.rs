@@ -7,18 +7,20 @@
 //!   estimate (`ia_models::footprint`: weights, activations, KV cache) with the weights counted
 //!   twice, for the two copies held while a model loads.
 //! * A per-target line (for latency: call overhead + slowdown x roofline, the overhead of a
-//!   pass over an input and of a decode step apart where the target's points tell them
-//!   apart; for memory: the program's own memory + a factor x footprint, the factor 1 where
-//!   the footprints of the points do not span the memory measured) is fitted first. A target without
-//!   measurements gets the line fitted over all targets through the roofline plus its
-//!   calibrated dispatch cost (a call, and each operation of the cost model, beyond the
-//!   arithmetic): on a software GPU that is most of a small model's time; then a gradient-boosted
-//!   model ([`forust_ml`]; `perpetual`, its successor, needs a nightly compiler) learns the log
-//!   ratio of the measurement to that line: how far each engine, platform, precision and class
-//!   stays from it at each size. Learning a ratio, not the value, lets the trees (which cannot
-//!   extrapolate) serve batch sizes and lengths outside the measured range. The line is the
-//!   model's own on its target where it has one; for latency, a model without one starts from
-//!   the target's line, corrected by a second learner fitted against that line.
+//!   pass over an input and of a decode step apart, and a cost per input row of each call,
+//!   where the points tell those apart; for memory: the program's own memory + a factor x
+//!   footprint, the factor 1 where the footprints of the points do not span the memory
+//!   measured) is fitted first. A target without measurements gets the line fitted over all
+//!   targets through the roofline plus its calibrated dispatch cost (a call, and each
+//!   operation of the cost model, beyond the arithmetic): on a software GPU that is most of a
+//!   small model's time; then a gradient-boosted model ([`forust_ml`]; `perpetual`, its
+//!   successor, needs a nightly compiler) learns the log ratio of the measurement to that
+//!   line: how far each engine, platform, precision and class stays from it at each size.
+//!   Learning a ratio, not the value, lets the trees (which cannot extrapolate) serve batch
+//!   sizes and lengths outside the measured range. The line is the model's own on its target
+//!   where it has one, and for latency that line alone is the prediction; for latency, a
+//!   model without one starts from the target's line, corrected by a second learner fitted
+//!   against that line.
 //! * The 90% interval is split conformal: the model is fitted on one part of the data, and
 //!   the 90th percentile of its absolute log errors on the held-out rest widens every
 //!   prediction. A case of an unmeasured model or target is widened by the errors of holding
@@ -376,14 +378,17 @@ impl Quantity {
         match self {
             Quantity::Latency => {
                 let steps = c.costs.iter().filter(|p| p.decode_step).count();
+                let passes = (c.costs.len() - steps).max(1) as f64;
                 Units {
-                    passes: (c.costs.len() - steps).max(1) as f64,
+                    passes,
                     steps: steps as f64,
+                    rows: c.work.batch.max(1) as f64 * (passes + steps as f64),
                 }
             }
             Quantity::PeakMemory => Units {
                 passes: 1.0,
                 steps: 0.0,
+                rows: 0.0,
             },
         }
     }
@@ -438,6 +443,11 @@ struct Units {
     passes: f64,
     /// Decode steps.
     steps: f64,
+    /// The input rows of every call (batch size x calls): what a cost per row is paid per,
+    /// which the roofline misses where a row's arithmetic is tiny next to feeding it through
+    /// each operation (a tiny fixture's batch of 8 takes 3.8x its batch of 1 on the native
+    /// engine, where the roofline says 2x).
+    rows: f64,
 }
 
 impl Units {
@@ -454,11 +464,12 @@ struct Sample {
     y: f64,
 }
 
-/// A first-stage line: `per_pass x passes + per_step x steps + slope x prior`.
+/// A first-stage line: `per_pass x passes + per_step x steps + per_row x rows + slope x prior`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Line {
     per_pass: f64,
     per_step: f64,
+    per_row: f64,
     slope: f64,
 }
 
@@ -468,12 +479,16 @@ impl Line {
         Self {
             per_pass: a,
             per_step: a,
+            per_row: 0.0,
             slope,
         }
     }
 
     fn at(&self, units: Units, x: f64) -> f64 {
-        self.per_pass * units.passes + self.per_step * units.steps + self.slope * x
+        self.per_pass * units.passes
+            + self.per_step * units.steps
+            + self.per_row * units.rows
+            + self.slope * x
     }
 }
 
@@ -565,14 +580,21 @@ impl Affine {
         let units = Units {
             passes: quantity.units(c).calls(),
             steps: 0.0,
+            rows: 0.0,
         };
         (units, quantity.prior(c) + quantity.calibrated_overhead(c))
     }
 
+    /// Whether `c`'s model has a line of its own on `c`'s target.
+    fn model_line(&self, c: &Case) -> bool {
+        let [(model, _), _] = Self::keys(c);
+        self.per_target.contains_key(&model)
+    }
+
     /// Whether `c`'s target has a line of its own but `c`'s model none on it.
     fn only_target_line(&self, c: &Case) -> bool {
-        let [(model, _), (target, _)] = Self::keys(c);
-        !self.per_target.contains_key(&model) && self.per_target.contains_key(&target)
+        let [_, (target, _)] = Self::keys(c);
+        !self.model_line(c) && self.per_target.contains_key(&target)
     }
 }
 
@@ -582,25 +604,37 @@ impl Affine {
 /// of 90-200 MiB) the slope came out at 18 MiB a MiB, and predicted Whisper's 316 MiB peak at
 /// 9.5 GiB. There a MiB of footprint counts as a MiB and only the program's memory is fitted.
 ///
-/// A latency line charges passes and decode steps apart where its points tell them apart
-/// (encoders and generators on one target) and that fits them better. OpenVINO's decode step
-/// of a tiny decoder costs about 0.18 ms and its pass of a tiny encoder 0.06 ms: with one cost
-/// per call, a held-out encoder was predicted at twice its measurement.
+/// A latency line may also charge passes and decode steps apart, and a cost per input row,
+/// where its points tell those terms apart and that fits them better:
+/// * passes and steps on a target with encoders and generators: OpenVINO's decode step of a
+///   tiny decoder costs about 0.18 ms and its pass of a tiny encoder 0.06 ms; with one cost per
+///   call, a held-out encoder was predicted at twice its measurement;
+/// * rows on a model's points at several batch sizes: with a cost per row, the held-out
+///   batch-size MAPE of `scripts/predict_data.sh`'s stores fell by 1-2 points.
 fn fit_line(points: &[Sample], quantity: Quantity) -> Option<Line> {
-    if quantity == Quantity::PeakMemory && !footprints_span(points) {
-        return fit_offset(points);
+    if quantity == Quantity::PeakMemory {
+        return if footprints_span(points) {
+            fit_affine(points)
+        } else {
+            fit_offset(points)
+        };
     }
-    let per_call = fit_affine(points)?;
     let sse = |line: &Line| -> f64 {
         points
             .iter()
             .map(|p| (line.at(p.units, p.x) / p.y - 1.0).powi(2))
             .sum()
     };
-    Some(match fit_passes_and_steps(points) {
-        Some(split) if sse(&split) < sse(&per_call) => split,
-        _ => per_call,
-    })
+    use Term::*;
+    [
+        &[Passes, Steps, Prior][..],
+        &[Calls, Rows, Prior],
+        &[Passes, Steps, Rows, Prior],
+    ]
+    .into_iter()
+    .filter_map(|terms| fit_terms(points, terms))
+    .chain(fit_affine(points))
+    .min_by(|a, b| sse(a).total_cmp(&sse(b)))
 }
 
 /// Whether the footprints `x` of `points` span at least a quarter of their median measurement.
@@ -675,48 +709,94 @@ fn fit_affine(points: &[Sample]) -> Option<Line> {
     }
 }
 
-/// `y = a passes + c steps + b x` by least squares on relative error; `None` unless all three
-/// terms are told apart (points with and without decode steps, in different proportions) and
-/// come out non-negative, the slope positive.
-fn fit_passes_and_steps(points: &[Sample]) -> Option<Line> {
-    // Weighted normal equations over the columns (passes, steps, x) / y.
-    let mut m = [[0.0f64; 3]; 3];
-    let mut v = [0.0f64; 3];
+/// A column of a first-stage least-squares fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Term {
+    /// Passes and decode steps at one cost.
+    Calls,
+    Passes,
+    Steps,
+    Rows,
+    /// The prior `x`: its coefficient is the line's slope.
+    Prior,
+}
+
+impl Term {
+    fn of(self, p: &Sample) -> f64 {
+        match self {
+            Term::Calls => p.units.calls(),
+            Term::Passes => p.units.passes,
+            Term::Steps => p.units.steps,
+            Term::Rows => p.units.rows,
+            Term::Prior => p.x,
+        }
+    }
+}
+
+/// The line over `terms` with the least squared relative error through `points`; `None`
+/// unless the points tell every term apart (a singular system: steps in a fixed proportion to
+/// passes, one batch size) and every coefficient comes out non-negative, the slope positive.
+fn fit_terms(points: &[Sample], terms: &[Term]) -> Option<Line> {
+    let n = terms.len();
+    // Weighted normal equations over the columns / y, right-hand side in column n.
+    let mut m = vec![vec![0.0f64; n + 1]; n];
     for p in points {
-        let row = [p.units.passes / p.y, p.units.steps / p.y, p.x / p.y];
-        for i in 0..3 {
-            v[i] += row[i];
-            for j in 0..3 {
+        let row: Vec<f64> = terms.iter().map(|t| t.of(p) / p.y).collect();
+        for i in 0..n {
+            m[i][n] += row[i];
+            for j in 0..n {
                 m[i][j] += row[i] * row[j];
             }
         }
     }
-    let det = |m: &[[f64; 3]; 3]| -> f64 {
-        m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
-            - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-            + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
-    };
-    let d = det(&m);
-    // Singular relative to the columns' scale: steps in a fixed proportion to passes (one
-    // kind of model), or none at all.
-    let scale = m[0][0] * m[1][1] * m[2][2];
-    if d.is_nan() || d.abs() <= 1e-9 * scale {
+    // Scaled to a unit diagonal, the determinant (the product of the pivots) says how far the
+    // columns are from dependent, whatever their units.
+    let scale: Vec<f64> = (0..n).map(|i| m[i][i].sqrt()).collect();
+    if !scale.iter().all(|s| *s > 0.0) {
         return None;
     }
-    // Cramer's rule.
-    let solve = |k: usize| -> f64 {
-        let mut mk = m;
-        for (row, value) in mk.iter_mut().zip(v) {
-            row[k] = value;
+    for (i, row) in m.iter_mut().enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v /= scale[i] * if j < n { scale[j] } else { 1.0 };
         }
-        det(&mk) / d
-    };
-    let (a, c, b) = (solve(0), solve(1), solve(2));
-    (a >= 0.0 && c >= 0.0 && b > 0.0).then_some(Line {
-        per_pass: a,
-        per_step: c,
-        slope: b,
-    })
+    }
+    let mut determinant = 1.0;
+    for k in 0..n {
+        let pivot = (k..n).max_by(|&a, &b| m[a][k].abs().total_cmp(&m[b][k].abs()))?;
+        m.swap(k, pivot);
+        determinant *= m[k][k];
+        if determinant.is_nan() || determinant.abs() <= 1e-9 {
+            return None;
+        }
+        let (above, below) = m.split_at_mut(k + 1);
+        let pivot_row = &above[k];
+        for row in below {
+            let f = row[k] / pivot_row[k];
+            for (v, p) in row[k..].iter_mut().zip(&pivot_row[k..]) {
+                *v -= f * p;
+            }
+        }
+    }
+    let mut z = vec![0.0; n];
+    for i in (0..n).rev() {
+        let rest: f64 = (i + 1..n).map(|j| m[i][j] * z[j]).sum();
+        z[i] = (m[i][n] - rest) / m[i][i];
+    }
+    let mut line = Line::per_call(0.0, 0.0);
+    for ((term, z), s) in terms.iter().zip(z).zip(scale) {
+        let c = z / s;
+        if c.is_nan() || c < 0.0 {
+            return None;
+        }
+        match term {
+            Term::Calls => (line.per_pass, line.per_step) = (c, c),
+            Term::Passes => line.per_pass = c,
+            Term::Steps => line.per_step = c,
+            Term::Rows => line.per_row = c,
+            Term::Prior => line.slope = c,
+        }
+    }
+    (line.slope > 0.0).then_some(line)
 }
 
 /// Which affine line a prediction starts from.
@@ -755,8 +835,9 @@ impl Codes {
 const FEATURES: usize = 12;
 
 /// The point estimate: the affine line, times the exponential of a gradient-boosted
-/// correction of its log error. Two learners: one corrects the most specific line (a measured
-/// model's own line on its target), which leaves it little to learn; the other corrects the
+/// correction of its log error. Two learners: one corrects the most specific line (for
+/// memory a measured model's own line on its target, which leaves it little to learn; a
+/// model's own latency line is not corrected); the other corrects the
 /// target's line and so learns how models differ from it (decoders from encoders, large from
 /// small), which is what a model without a line of its own needs. Peak memory has only the
 /// first: a small model's peak is mostly the process's own memory, which the target's line
@@ -876,6 +957,15 @@ impl PointModel {
     }
 
     fn point(&self, case: &Case) -> f64 {
+        // A model's own latency line on its target is the prediction: a correction learned
+        // over all the points fitted the repeats' noise there. Without it the held-out
+        // configuration / batch-size MAPE of `scripts/predict_data.sh`'s three stores fell
+        // from 11.1 / 12.6, 8.8 / 9.7 and 10.8 / 12.5% to 10.6 / 11.7, 8.1 / 8.4 and
+        // 9.9 / 10.5%. A memory line (the program's own memory, a footprint that barely moves)
+        // keeps its correction, which is within a point either way.
+        if self.quantity == Quantity::Latency && self.affine.model_line(case) {
+            return self.affine.baseline(case, self.quantity, Start::Specific);
+        }
         let (start, learner) = match &self.general {
             Some(general) if self.affine.only_target_line(case) => (Start::Target, general),
             _ => (Start::Specific, &self.specific),
@@ -947,10 +1037,10 @@ impl Margin {
 ///
 /// The interval of a case like those fitted comes from held-out points of the store (every
 /// fourth configuration). A case of a model, a target or a batch size (on its target) the fit
-/// never saw is a different question: its margin comes from holding each model (target, batch size) of the
-/// store out in turn, fitting on the rest and measuring the held-out errors, so that its
-/// interval is as wide as that kind of extrapolation has been wrong before. Those margins are
-/// computed the first time a case needs them.
+/// never saw is a different question: its margin comes from holding each model (target,
+/// batch size) of the store out in turn, fitting on the rest and measuring the held-out
+/// errors, so that its interval is as wide as that kind of extrapolation has been wrong
+/// before. Those margins are computed the first time a case needs them.
 pub struct Predictor {
     quantity: Quantity,
     model: PointModel,
@@ -1569,6 +1659,7 @@ mod tests {
             units: Units {
                 passes: calls,
                 steps: 0.0,
+                rows: 0.0,
             },
             x,
             y,
@@ -1608,7 +1699,11 @@ mod tests {
     #[test]
     fn latency_lines_charge_passes_and_decode_steps_apart() {
         let point = |passes: f64, steps: f64, x: f64| Sample {
-            units: Units { passes, steps },
+            units: Units {
+                passes,
+                steps,
+                rows: 0.0,
+            },
             x,
             y: 0.06 * passes + 0.18 * steps + 2.0 * x,
         };
@@ -1632,6 +1727,42 @@ mod tests {
         // Memory has one unit per process: never split.
         let line = fit_line(&mixed, Quantity::PeakMemory).unwrap();
         assert_eq!(line.per_pass, line.per_step, "{line:?}");
+    }
+
+    /// A model measured at several batch sizes, whose rows cost more than the roofline says:
+    /// its latency line charges each row of each call, and reads the batch size it did not
+    /// measure off that line.
+    #[test]
+    fn latency_lines_charge_each_input_row() {
+        // Eight calls (a prefill and seven decode steps); the roofline grows slower than the
+        // batch, as a tiny model's does (its weights, read once, dominate its bytes).
+        let point = |batch: f64| {
+            let x = 0.02 + 0.01 * batch.sqrt();
+            let units = Units {
+                passes: 1.0,
+                steps: 7.0,
+                rows: 8.0 * batch,
+            };
+            Sample {
+                units,
+                x,
+                y: 0.025 * 8.0 + 0.012 * units.rows + 1.5 * x,
+            }
+        };
+        let line = fit_line(&[1.0, 2.0, 8.0].map(point), Quantity::Latency).unwrap();
+        for (got, want) in [
+            (line.per_pass, 0.025),
+            (line.per_step, 0.025),
+            (line.per_row, 0.012),
+            (line.slope, 1.5),
+        ] {
+            assert!((got - want).abs() < 1e-9, "{line:?}");
+        }
+        let four = point(4.0);
+        assert!((line.at(four.units, four.x) - four.y).abs() < 1e-9);
+        // One batch size cannot tell a row from a call: one cost per call.
+        let line = fit_line(&[point(2.0), point(2.0)], Quantity::Latency);
+        assert!(line.is_none_or(|l| l.per_row == 0.0), "{line:?}");
     }
 
     /// Memory lines through footprints that span the measurements keep their fitted slope;
