@@ -34,6 +34,8 @@ pub struct Cost {
     pub kv_cache_bytes: f64,
     /// Hidden states written and read between layers, f32.
     pub activation_bytes: f64,
+    /// Positions the call computes, over all its rows (a decode step computes one a row).
+    pub positions: f64,
     /// Operations (kernels) the call dispatches, roughly: what a runtime pays per operation
     /// beyond the arithmetic is paid this many times.
     pub operations: f64,
@@ -339,6 +341,7 @@ impl Shape {
             weight_bytes: self.weights_read(generates_text, rows * new, new) * bytes_per_weight,
             kv_cache_bytes,
             activation_bytes,
+            positions: rows * new,
             operations,
             decode_step: matches!(phase, Phase::Decode { .. }),
         }

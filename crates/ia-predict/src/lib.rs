@@ -383,12 +383,14 @@ impl Quantity {
                     passes,
                     steps: steps as f64,
                     rows: c.work.batch.max(1) as f64 * (passes + steps as f64),
+                    positions: c.costs.iter().map(|p| p.positions).sum(),
                 }
             }
             Quantity::PeakMemory => Units {
                 passes: 1.0,
                 steps: 0.0,
                 rows: 0.0,
+                positions: 0.0,
             },
         }
     }
@@ -448,6 +450,10 @@ struct Units {
     /// each operation (a tiny fixture's batch of 8 takes 3.8x its batch of 1 on the native
     /// engine, where the roofline says 2x).
     rows: f64,
+    /// The positions every call computes over its rows: what a cost per position, beyond its
+    /// arithmetic, is paid per (the roofline counts a tiny model's activations at full
+    /// bandwidth; its operations pass over them far slower).
+    positions: f64,
 }
 
 impl Units {
@@ -464,12 +470,14 @@ struct Sample {
     y: f64,
 }
 
-/// A first-stage line: `per_pass x passes + per_step x steps + per_row x rows + slope x prior`.
+/// A first-stage line: `per_pass x passes + per_step x steps + per_row x rows + per_position x
+/// positions + slope x prior`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Line {
     per_pass: f64,
     per_step: f64,
     per_row: f64,
+    per_position: f64,
     slope: f64,
 }
 
@@ -480,6 +488,7 @@ impl Line {
             per_pass: a,
             per_step: a,
             per_row: 0.0,
+            per_position: 0.0,
             slope,
         }
     }
@@ -488,6 +497,7 @@ impl Line {
         self.per_pass * units.passes
             + self.per_step * units.steps
             + self.per_row * units.rows
+            + self.per_position * units.positions
             + self.slope * x
     }
 }
@@ -527,10 +537,11 @@ impl Affine {
                 }
             })
             .collect();
-        let global = fit_line(&overheads, quantity);
+        let global = fit_line(&overheads, quantity, false);
         let mut per_target = BTreeMap::new();
         for p in points {
-            for (key, min_points) in Self::keys(p.case) {
+            // The first key is the model's own line.
+            for (i, (key, min_points)) in Self::keys(p.case).into_iter().enumerate() {
                 if per_target.contains_key(&key) {
                     continue;
                 }
@@ -538,7 +549,7 @@ impl Affine {
                 if mine.len() < min_points {
                     continue;
                 }
-                if let Some(line) = fit_line(&mine, quantity) {
+                if let Some(line) = fit_line(&mine, quantity, i == 0) {
                     per_target.insert(key, line);
                 }
             }
@@ -581,6 +592,7 @@ impl Affine {
             passes: quantity.units(c).calls(),
             steps: 0.0,
             rows: 0.0,
+            positions: 0.0,
         };
         (units, quantity.prior(c) + quantity.calibrated_overhead(c))
     }
@@ -604,14 +616,20 @@ impl Affine {
 /// of 90-200 MiB) the slope came out at 18 MiB a MiB, and predicted Whisper's 316 MiB peak at
 /// 9.5 GiB. There a MiB of footprint counts as a MiB and only the program's memory is fitted.
 ///
-/// A latency line may also charge passes and decode steps apart, and a cost per input row,
-/// where its points tell those terms apart and that fits them better:
+/// A latency line may also charge passes and decode steps apart, a cost per input row and,
+/// on `one_model`'s line, a cost per position, where its points tell those terms apart and
+/// that fits them better:
 /// * passes and steps on a target with encoders and generators: OpenVINO's decode step of a
 ///   tiny decoder costs about 0.18 ms and its pass of a tiny encoder 0.06 ms; with one cost per
 ///   call, a held-out encoder was predicted at twice its measurement;
-/// * rows on a model's points at several batch sizes: with a cost per row, the held-out
-///   batch-size MAPE of `scripts/predict_data.sh`'s stores fell by 1-2 points.
-fn fit_line(points: &[Sample], quantity: Quantity) -> Option<Line> {
+/// * rows and positions on a model's points at several batch sizes and lengths: on
+///   `scripts/predict_data.sh`'s stores the held-out batch-size MAPE fell by 1-3 points. A
+///   position costs what its model's width makes it cost, so a target's line, which serves
+///   models it never measured, has no such term: with one, the held-out-model MAPE rose from
+///   24.6 to 28.1% on one store.
+///
+/// A line has fewer terms than points.
+fn fit_line(points: &[Sample], quantity: Quantity, one_model: bool) -> Option<Line> {
     if quantity == Quantity::PeakMemory {
         return if footprints_span(points) {
             fit_affine(points)
@@ -626,15 +644,25 @@ fn fit_line(points: &[Sample], quantity: Quantity) -> Option<Line> {
             .sum()
     };
     use Term::*;
-    [
-        &[Passes, Steps, Prior][..],
-        &[Calls, Rows, Prior],
-        &[Passes, Steps, Rows, Prior],
-    ]
-    .into_iter()
-    .filter_map(|terms| fit_terms(points, terms))
-    .chain(fit_affine(points))
-    .min_by(|a, b| sse(a).total_cmp(&sse(b)))
+    let per_call: [&[Term]; 5] = [&[], &[Calls], &[Passes], &[Steps], &[Passes, Steps]];
+    let per_input: &[&[Term]] = if one_model {
+        &[&[], &[Rows], &[Positions], &[Rows, Positions]]
+    } else {
+        &[&[], &[Rows]]
+    };
+    // Every combination is a candidate (non-negative least squares, solved by trying each
+    // set of terms): where a term's coefficient would come out negative the best line is
+    // the one without it, not a line without the other terms.
+    let candidates = per_call.iter().flat_map(|call| {
+        per_input
+            .iter()
+            .map(move |input| [*call, *input, &[Prior]].concat())
+    });
+    candidates
+        .filter(|terms| points.len() > terms.len())
+        .filter_map(|terms| fit_terms(points, &terms))
+        .chain(fit_affine(points))
+        .min_by(|a, b| sse(a).total_cmp(&sse(b)))
 }
 
 /// Whether the footprints `x` of `points` span at least a quarter of their median measurement.
@@ -717,6 +745,7 @@ enum Term {
     Passes,
     Steps,
     Rows,
+    Positions,
     /// The prior `x`: its coefficient is the line's slope.
     Prior,
 }
@@ -728,6 +757,7 @@ impl Term {
             Term::Passes => p.units.passes,
             Term::Steps => p.units.steps,
             Term::Rows => p.units.rows,
+            Term::Positions => p.units.positions,
             Term::Prior => p.x,
         }
     }
@@ -793,6 +823,7 @@ fn fit_terms(points: &[Sample], terms: &[Term]) -> Option<Line> {
             Term::Passes => line.per_pass = c,
             Term::Steps => line.per_step = c,
             Term::Rows => line.per_row = c,
+            Term::Positions => line.per_position = c,
             Term::Prior => line.slope = c,
         }
     }
@@ -1660,6 +1691,7 @@ mod tests {
                 passes: calls,
                 steps: 0.0,
                 rows: 0.0,
+                positions: 0.0,
             },
             x,
             y,
@@ -1703,6 +1735,7 @@ mod tests {
                 passes,
                 steps,
                 rows: 0.0,
+                positions: 0.0,
             },
             x,
             y: 0.06 * passes + 0.18 * steps + 2.0 * x,
@@ -1713,7 +1746,7 @@ mod tests {
             point(1.0, 7.0, 0.02),
             point(1.0, 7.0, 0.08),
         ];
-        let line = fit_line(&mixed, Quantity::Latency).unwrap();
+        let line = fit_line(&mixed, Quantity::Latency, false).unwrap();
         for (got, want) in [
             (line.per_pass, 0.06),
             (line.per_step, 0.18),
@@ -1722,10 +1755,10 @@ mod tests {
             assert!((got - want).abs() < 1e-9, "{line:?}");
         }
         let generators = &mixed[2..];
-        let line = fit_line(generators, Quantity::Latency).unwrap();
+        let line = fit_line(generators, Quantity::Latency, false).unwrap();
         assert_eq!(line.per_pass, line.per_step, "{line:?}");
         // Memory has one unit per process: never split.
-        let line = fit_line(&mixed, Quantity::PeakMemory).unwrap();
+        let line = fit_line(&mixed, Quantity::PeakMemory, false).unwrap();
         assert_eq!(line.per_pass, line.per_step, "{line:?}");
     }
 
@@ -1742,6 +1775,7 @@ mod tests {
                 passes: 1.0,
                 steps: 7.0,
                 rows: 8.0 * batch,
+                positions: 23.0 * batch,
             };
             Sample {
                 units,
@@ -1749,7 +1783,7 @@ mod tests {
                 y: 0.025 * 8.0 + 0.012 * units.rows + 1.5 * x,
             }
         };
-        let line = fit_line(&[1.0, 2.0, 8.0].map(point), Quantity::Latency).unwrap();
+        let line = fit_line(&[1.0, 2.0, 8.0, 16.0].map(point), Quantity::Latency, false).unwrap();
         for (got, want) in [
             (line.per_pass, 0.025),
             (line.per_step, 0.025),
@@ -1761,8 +1795,44 @@ mod tests {
         let four = point(4.0);
         assert!((line.at(four.units, four.x) - four.y).abs() < 1e-9);
         // One batch size cannot tell a row from a call: one cost per call.
-        let line = fit_line(&[point(2.0), point(2.0)], Quantity::Latency);
+        let line = fit_line(&[point(2.0), point(2.0)], Quantity::Latency, false);
         assert!(line.is_none_or(|l| l.per_row == 0.0), "{line:?}");
+    }
+
+    /// A model's own line, over batch sizes and lengths, also charges each position it
+    /// computes; a target's line, which serves models of other widths, does not.
+    #[test]
+    fn a_models_latency_line_charges_each_position() {
+        let point = |batch: f64, length: f64| {
+            let units = Units {
+                passes: 1.0,
+                steps: 7.0,
+                rows: 8.0 * batch,
+                positions: batch * (length + 7.0),
+            };
+            let x = 0.02 + 0.01 * (batch * length / 16.0).sqrt();
+            Sample {
+                units,
+                x,
+                y: 0.02 * 8.0 + 0.01 * units.rows + 0.002 * units.positions + 1.5 * x,
+            }
+        };
+        let points: Vec<Sample> = [1.0, 2.0, 8.0]
+            .iter()
+            .flat_map(|&b| [16.0, 64.0].map(|s| point(b, s)))
+            .collect();
+        let line = fit_line(&points, Quantity::Latency, true).unwrap();
+        for (got, want) in [
+            (line.per_pass, 0.02),
+            (line.per_step, 0.02),
+            (line.per_row, 0.01),
+            (line.per_position, 0.002),
+            (line.slope, 1.5),
+        ] {
+            assert!((got - want).abs() < 1e-9, "{line:?}");
+        }
+        let line = fit_line(&points, Quantity::Latency, false).unwrap();
+        assert_eq!(line.per_position, 0.0, "{line:?}");
     }
 
     /// Memory lines through footprints that span the measurements keep their fitted slope;
@@ -1774,7 +1844,7 @@ mod tests {
             .iter()
             .map(|&x| sample(1.0, x, 80.0 + 0.5 * x))
             .collect();
-        let line = fit_line(&spanning, Quantity::PeakMemory).unwrap();
+        let line = fit_line(&spanning, Quantity::PeakMemory, false).unwrap();
         assert!(
             (line.per_pass - 80.0).abs() < 1e-6 && (line.slope - 0.5).abs() < 1e-9,
             "{line:?}"
@@ -1785,11 +1855,11 @@ mod tests {
             sample(1.0, 0.3, 170.0),
             sample(1.0, 0.4, 190.0),
         ];
-        let line = fit_line(&fixtures, Quantity::PeakMemory).unwrap();
+        let line = fit_line(&fixtures, Quantity::PeakMemory, false).unwrap();
         assert_eq!(line.slope, 1.0);
         assert!((150.0..190.0).contains(&line.per_pass), "{line:?}");
         // Latency lines are fitted as before.
-        let line = fit_line(&fixtures, Quantity::Latency).unwrap();
+        let line = fit_line(&fixtures, Quantity::Latency, false).unwrap();
         assert!(line.slope > 50.0, "{line:?}");
     }
 
