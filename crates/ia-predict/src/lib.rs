@@ -633,7 +633,8 @@ impl Affine {
 ///   models it never measured, has no such term: with one, the held-out-model MAPE rose from
 ///   24.6 to 28.1% on one store.
 ///
-/// A line has fewer terms than points.
+/// Beyond one cost per call and a slope, a line has fewer terms than points; a latency line
+/// needs points that tell those two apart.
 fn fit_line(points: &[Sample], quantity: Quantity, one_model: bool) -> Option<Line> {
     if quantity == Quantity::PeakMemory {
         return if footprints_span(points) {
@@ -642,15 +643,10 @@ fn fit_line(points: &[Sample], quantity: Quantity, one_model: bool) -> Option<Li
             fit_offset(points)
         };
     }
-    let sse = |line: &Line| -> f64 {
-        points
-            .iter()
-            .map(|p| (line.at(p.units, p.x) / p.y - 1.0).powi(2))
-            .sum()
-    };
+    let per_call = fit_affine(points)?;
     use Term::*;
-    let per_call: [&[Term]; 5] = [&[], &[Calls], &[Passes], &[Steps], &[Passes, Steps]];
-    let per_input: &[&[Term]] = if one_model {
+    let call_terms: [&[Term]; 5] = [&[], &[Calls], &[Passes], &[Steps], &[Passes, Steps]];
+    let input_terms: &[&[Term]] = if one_model {
         &[&[], &[Rows], &[Positions], &[Rows, Positions]]
     } else {
         &[&[], &[Rows]]
@@ -658,16 +654,16 @@ fn fit_line(points: &[Sample], quantity: Quantity, one_model: bool) -> Option<Li
     // Every combination is a candidate (non-negative least squares, solved by trying each
     // set of terms): where a term's coefficient would come out negative the best line is
     // the one without it, not a line without the other terms.
-    let candidates = per_call.iter().flat_map(|call| {
-        per_input
+    let candidates = call_terms.iter().flat_map(|call| {
+        input_terms
             .iter()
             .map(move |input| [*call, *input, &[Prior]].concat())
     });
     candidates
         .filter(|terms| points.len() > terms.len())
         .filter_map(|terms| fit_terms(points, &terms))
-        .chain(fit_affine(points))
-        .min_by(|a, b| sse(a).total_cmp(&sse(b)))
+        .chain([per_call])
+        .min_by(|a, b| relative_sse(points, a).total_cmp(&relative_sse(points, b)))
 }
 
 /// Whether the footprints `x` of `points` span at least a quarter of their median measurement.
@@ -708,38 +704,27 @@ fn fit_affine(points: &[Sample]) -> Option<Line> {
     if points.len() < 2 || !distinct {
         return None;
     }
-    // Weighted normal equations, weights 1 / y^2.
-    let (mut suu, mut sux, mut suy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    for p in points {
-        let (u, x, y) = (p.units.calls(), p.x, p.y);
-        let w = 1.0 / (y * y);
-        suu += w * u * u;
-        sux += w * u * x;
-        suy += w * u * y;
-        sxx += w * x * x;
-        sxy += w * x * y;
-    }
-    let det = suu * sxx - sux * sux;
-    if det.abs() > 0.0 {
-        let (a, b) = ((suy * sxx - sux * sxy) / det, (suu * sxy - sux * suy) / det);
-        if a >= 0.0 && b > 0.0 {
-            return Some(Line::per_call(a, b));
-        }
+    if let Some(line) = fit_terms(points, &[Term::Calls, Term::Prior]) {
+        return Some(line);
     }
     // One term only: the better of `b x` and `a u` (b ~ 0 keeps the line rising).
-    let sse = |a: f64, b: f64| -> f64 {
-        points
-            .iter()
-            .map(|p| ((a * p.units.calls() + b * p.x) / p.y - 1.0).powi(2))
-            .sum()
-    };
-    let slope = (sxy / sxx).max(0.0);
-    let constant = (suy / suu).max(0.0);
-    if slope > 0.0 && sse(0.0, slope) <= sse(constant, 1e-9) {
-        Some(Line::per_call(0.0, slope))
-    } else {
-        Some(Line::per_call(constant, 1e-9))
-    }
+    let (uy, uu) = points.iter().fold((0.0, 0.0), |(uy, uu), p| {
+        let u = p.units.calls() / p.y;
+        (uy + u, uu + u * u)
+    });
+    let constant = Line::per_call((uy / uu).max(0.0), 1e-9);
+    fit_terms(points, &[Term::Prior])
+        .into_iter()
+        .chain([constant])
+        .min_by(|a, b| relative_sse(points, a).total_cmp(&relative_sse(points, b)))
+}
+
+/// The squared relative error of `line` over `points`, which every first-stage fit minimises.
+fn relative_sse(points: &[Sample], line: &Line) -> f64 {
+    points
+        .iter()
+        .map(|p| (line.at(p.units, p.x) / p.y - 1.0).powi(2))
+        .sum()
 }
 
 /// A column of a first-stage least-squares fit.
