@@ -250,12 +250,13 @@ impl WebBench {
 
     /// The dispatch calibration on a web platform: the engines' chains of tiny products
     /// ([`ia_engine::calibration`]), each call timed in the page; each chain in a page of its
-    /// own, one after the other.
+    /// own, one after the other, in every round.
     pub fn calibrate_dispatch(&mut self, platform: Platform) -> Result<DispatchCost, BrowserError> {
         use ia_engine::calibration::{
-            chain_onnx, chain_operands, dispatch_from_medians, median_call, DISPATCH_OPS,
+            chain_onnx, chain_operands, dispatch_in_rounds, median_call, DISPATCH_OPS,
             DISPATCH_WIDTH,
         };
+        let device = self.browser.clone().unwrap_or_default();
         let w = DISPATCH_WIDTH;
         let (x, weights) = chain_operands(w);
         let inputs = [("x", [1, w], &x[..]), ("w", [w, w], &weights[..])];
@@ -264,9 +265,7 @@ impl WebBench {
                 median_call(call)
             })
         };
-        let (short, long) = (chain(1)?, chain(DISPATCH_OPS)?);
-        let device = self.browser.clone().unwrap_or_default();
-        Ok(dispatch_from_medians(device, short, long))
+        dispatch_in_rounds(device, || Ok((chain(1)?, chain(DISPATCH_OPS)?)))
     }
 
     /// Loads a calibration graph (`onnx`, its f32 `inputs`) in a page and runs `protocol`
