@@ -63,10 +63,10 @@ pub const DISPATCH_OPS: usize = 64;
 pub const DISPATCH_WIDTH: usize = 16;
 
 /// Rounds of the dispatch protocol. One round read WebGPU's cost of an operation anywhere
-/// from 0.69 to 2.07 ms on one machine (seven calibrations, software adapter), while the
+/// from 0.69 to 2.07 ms on one machine (eleven calibrations, software adapter), while the
 /// models' own operations there took 0.67 ms: a round that meets a slow spell of a shared
 /// machine, or a page whose adapter threads start badly, reads high, and the median of three
-/// rounds does not follow one such round.
+/// rounds does not follow one such round (four calibrations of three rounds: 0.62-0.74 ms).
 pub const DISPATCH_ROUNDS: usize = 3;
 
 /// Times single calls of a chain by the dispatch protocol on `device`: `call(ops)` runs one
