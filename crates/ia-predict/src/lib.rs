@@ -438,7 +438,8 @@ fn points(observations: &[&Observation], quantity: Quantity) -> Vec<(usize, f64,
         .collect()
 }
 
-/// The calls of an iteration the first learned stage charges a fixed cost for.
+/// What the first learned stage charges a fixed cost for in an iteration: its calls, and
+/// the rows and positions they feed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Units {
     /// Passes over an input: a forward pass, a prefill, an image encode.
@@ -505,8 +506,9 @@ impl Line {
 /// The first learned stage: measured = fixed costs per unit + slope x prior, fitted per model
 /// on each target (engine, platform, precision, machine), per target, and over everything
 /// (for targets without points of their own), by least squares on relative error. For latency
-/// the fixed costs are those of a call, which dominate small models and which the roofline
-/// ignores; for memory there is one unit and its cost is the program's own resident memory.
+/// the fixed costs are those of a call and of the rows and positions it feeds, which dominate
+/// small models and which the roofline ignores; for memory there is one unit and its cost is
+/// the program's own resident memory.
 #[derive(Debug, Clone, Default)]
 struct Affine {
     per_target: BTreeMap<String, Line>,
@@ -571,9 +573,8 @@ impl Affine {
             Start::Specific => &keys[..],
             Start::Target => &keys[1..],
         };
-        let units = quantity.units(c);
         let value = match keys.iter().find_map(|(k, _)| self.per_target.get(k)) {
-            Some(line) => line.at(units, quantity.prior(c)),
+            Some(line) => line.at(quantity.units(c), quantity.prior(c)),
             None => {
                 let line = self.global.unwrap_or(Line::per_call(0.0, 1.0));
                 let (units, x) = Self::on_global_line(c, quantity);
