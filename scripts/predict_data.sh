@@ -8,6 +8,9 @@
 #   * the small catalog models at their real sizes on the native engine (BERT = MiniLM,
 #     ViT-tiny, Whisper-tiny.en, and the T5 fixture; random weights where no
 #     checkpoint is cached, and every result says which).
+# Each model runs on each target in a process of its own, so that its peak memory is what it
+# takes alone: in one process for every model and target, the fixtures' peaks (models of under
+# 1 MB) grew from 100 to 200 MB in the order they ran, as runtimes loaded their libraries.
 # Every configuration is measured in IA_PREDICT_PASSES passes (default 2), one after the other,
 # so the evaluation can say how far repeats of one configuration differ (the floor under any
 # prediction's error), with budgets of IA_PREDICT_MIN_ITERATIONS iterations (default 10) and
@@ -27,10 +30,15 @@ common=(--batch-sizes 1,2,4,8 --warmup 2 --min-iterations "${IA_PREDICT_MIN_ITER
 for pass in $(seq 1 "$passes"); do
   echo "pass $pass of $passes" >&2
   for seq in 16 64; do
-    "$exe" bench --models fixtures/bert-tiny,fixtures/vit-tiny,fixtures/llama-tiny,fixtures/qwen2-tiny,fixtures/opt-tiny \
-      --hardware cpu,onnxruntime,openvino,wasm,webgpu --seq-len "$seq" "${common[@]}" >&2 || true
-    "$exe" bench --models bert,vit,whisper,fixtures/t5-tiny --small-models --random-weights \
-      --hardware cpu --seq-len "$seq" "${common[@]}" >&2 || true
+    for model in fixtures/bert-tiny fixtures/vit-tiny fixtures/llama-tiny fixtures/qwen2-tiny fixtures/opt-tiny; do
+      for target in cpu onnxruntime openvino wasm webgpu; do
+        "$exe" bench --models "$model" --hardware "$target" --seq-len "$seq" "${common[@]}" >&2 || true
+      done
+    done
+    for model in bert vit whisper fixtures/t5-tiny; do
+      "$exe" bench --models "$model" --small-models --random-weights \
+        --hardware cpu --seq-len "$seq" "${common[@]}" >&2 || true
+    done
   done
 done
 "$exe" predict --evaluate --db-path "$db"
