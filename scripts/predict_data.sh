@@ -8,9 +8,11 @@
 #   * the small catalog models at their real sizes on the native engine (BERT = MiniLM,
 #     ViT-tiny, Whisper-tiny.en, and the T5 fixture; random weights where no
 #     checkpoint is cached, and every result says which).
-# Each model runs on each target in a process of its own, so that its peak memory is what it
-# takes alone: in one process for every model and target, the fixtures' peaks (models of under
-# 1 MB) grew from 100 to 200 MB in the order they ran, as runtimes loaded their libraries.
+# Each configuration (model, target, batch size, length) runs in a process of its own, so that
+# its peak memory is what it takes alone: in one process for every model and target, the
+# fixtures' peaks (models of under 1 MB) grew from 100 to 200 MB in the order they ran, as
+# runtimes loaded their libraries; in one process per model and target, a batch of 1 (the
+# first run) peaked 6-8 MB under the larger batches that ran after it.
 # Every configuration is measured in IA_PREDICT_PASSES passes (default 2), one after the other,
 # so the evaluation can say how far repeats of one configuration differ (the floor under any
 # prediction's error), with budgets of IA_PREDICT_MIN_ITERATIONS iterations (default 10) and
@@ -24,20 +26,23 @@ exe=${IA_BIN:-$(scripts/build.sh)}
 passes=${IA_PREDICT_PASSES:-2}
 scripts/fetch_checkpoints.sh >&2
 "$exe" hardware --calibrate --db-path "$db" >&2
-common=(--batch-sizes 1,2,4,8 --warmup 2 --min-iterations "${IA_PREDICT_MIN_ITERATIONS:-10}"
+common=(--warmup 2 --min-iterations "${IA_PREDICT_MIN_ITERATIONS:-10}"
         --min-duration "${IA_PREDICT_MIN_DURATION:-0.5}"
         --new-tokens 8 --audio-seconds 2 --db-path "$db")
 for pass in $(seq 1 "$passes"); do
   echo "pass $pass of $passes" >&2
   for seq in 16 64; do
-    for model in fixtures/bert-tiny fixtures/vit-tiny fixtures/llama-tiny fixtures/qwen2-tiny fixtures/opt-tiny; do
-      for target in cpu onnxruntime openvino wasm webgpu; do
-        "$exe" bench --models "$model" --hardware "$target" --seq-len "$seq" "${common[@]}" >&2 || true
+    for batch in 1 2 4 8; do
+      for model in fixtures/bert-tiny fixtures/vit-tiny fixtures/llama-tiny fixtures/qwen2-tiny fixtures/opt-tiny; do
+        for target in cpu onnxruntime openvino wasm webgpu; do
+          "$exe" bench --models "$model" --hardware "$target" --batch-sizes "$batch" \
+            --seq-len "$seq" "${common[@]}" >&2 || true
+        done
       done
-    done
-    for model in bert vit whisper fixtures/t5-tiny; do
-      "$exe" bench --models "$model" --small-models --random-weights \
-        --hardware cpu --seq-len "$seq" "${common[@]}" >&2 || true
+      for model in bert vit whisper fixtures/t5-tiny; do
+        "$exe" bench --models "$model" --small-models --random-weights --hardware cpu \
+          --batch-sizes "$batch" --seq-len "$seq" "${common[@]}" >&2 || true
+      done
     done
   done
 done
