@@ -568,20 +568,25 @@ impl Affine {
     }
 
     fn baseline(&self, c: &Case, quantity: Quantity, start: Start) -> f64 {
+        let (line, units, x) = self.line_for(c, quantity, start);
+        line.at(units, x).max(1e-6)
+    }
+
+    /// The line `c` reads from `start` (the first of its keys with a line of its own, else
+    /// the all-targets line), with `c`'s units and prior on it.
+    fn line_for(&self, c: &Case, quantity: Quantity, start: Start) -> (Line, Units, f64) {
         let keys = Self::keys(c);
         let keys = match start {
             Start::Specific => &keys[..],
             Start::Target => &keys[1..],
         };
-        let value = match keys.iter().find_map(|(k, _)| self.per_target.get(k)) {
-            Some(line) => line.at(quantity.units(c), quantity.prior(c)),
+        match keys.iter().find_map(|(k, _)| self.per_target.get(k)) {
+            Some(line) => (*line, quantity.units(c), quantity.prior(c)),
             None => {
-                let line = self.global.unwrap_or(Line::per_call(0.0, 1.0));
                 let (units, x) = Self::on_global_line(c, quantity);
-                line.at(units, x)
+                (self.global.unwrap_or(Line::per_call(0.0, 1.0)), units, x)
             }
-        };
-        value.max(1e-6)
+        }
     }
 
     /// Where `c` sits on the line of targets without points of their own, for fitting it and
@@ -603,17 +608,11 @@ impl Affine {
         (units, quantity.prior(c) + quantity.calibrated_overhead(c))
     }
 
-    /// The part of `c`'s line (as [`Affine::baseline`] with [`Start::Target`] picks it) that
-    /// does not grow with the prior: its fixed costs.
+    /// The part of the line `c` reads from its target's (as a model never measured there
+    /// does) that does not grow with the prior: its fixed costs.
     fn fixed_part(&self, c: &Case, quantity: Quantity) -> f64 {
-        let [_, (target, _)] = Self::keys(c);
-        match self.per_target.get(&target) {
-            Some(line) => line.at(quantity.units(c), 0.0),
-            None => {
-                let line = self.global.unwrap_or(Line::per_call(0.0, 1.0));
-                line.at(Self::on_global_line(c, quantity).0, 0.0)
-            }
-        }
+        let (line, units, _) = self.line_for(c, quantity, Start::Target);
+        line.at(units, 0.0)
     }
 
     /// Whether `c`'s model has a line of its own on `c`'s target.
