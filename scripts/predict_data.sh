@@ -12,7 +12,8 @@
 # its peak memory is what it takes alone: in one process for every model and target, the
 # fixtures' peaks (models of under 1 MB) grew from 100 to 200 MB in the order they ran, as
 # runtimes loaded their libraries; in one process per model and target, a batch of 1 (the
-# first run) peaked 6-8 MB under the larger batches that ran after it.
+# first run) peaked 6-12 MB under the larger batches that ran after it (medians of each fixture
+# on each target).
 # Every configuration is measured in IA_PREDICT_PASSES passes (default 2), one after the other,
 # so the evaluation can say how far repeats of one configuration differ (the floor under any
 # prediction's error), with budgets of IA_PREDICT_MIN_ITERATIONS iterations (default 10) and
