@@ -233,9 +233,10 @@ table_record! {
 pub struct CalibrationRecord {
     pub engine: String,
     pub engine_version: String,
-    /// "matmul" (value in FLOP/s), "memory-bandwidth" (bytes/s), or "dispatch-call" and
+    /// "matmul" (value in FLOP/s), "memory-bandwidth" (bytes/s), "dispatch-call" and
     /// "dispatch-op" (seconds of a call beyond its operations, of an operation beyond its
-    /// arithmetic; size is the long chain's operations).
+    /// arithmetic; size is the long chain's operations), or "program-memory" (peak resident bytes
+    /// of a fresh process with the engine's runtime loaded and run; size 0).
     pub kind: String,
     pub precision: Option<String>,
     pub size: i64,

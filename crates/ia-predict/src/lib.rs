@@ -13,7 +13,8 @@
 //!   measured) is fitted first. A target without measurements gets the line fitted over all
 //!   targets through the roofline plus its calibrated dispatch cost (a call, and each
 //!   operation of the cost model, beyond the arithmetic): on a software GPU that is most of a
-//!   small model's time; then a gradient-boosted model ([`forust_ml`]; `perpetual`, its
+//!   small model's time; for memory, through the footprint plus its calibrated program
+//!   memory (its runtime loaded and run); then a gradient-boosted model ([`forust_ml`]; `perpetual`, its
 //!   successor, needs a nightly compiler) learns the log ratio of the measurement to that
 //!   line: how far each engine, platform, precision and class stays from it at each size.
 //!   Learning a ratio, not the value, lets the trees (which cannot extrapolate) serve batch
@@ -46,7 +47,7 @@ pub enum PredictError {
     Learner(String),
 }
 
-/// What a platform and engine sustain (from the calibration).
+/// What a platform and engine sustain, and what their program holds (from the calibration).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Ceiling {
     pub flops_per_s: f64,
@@ -55,6 +56,9 @@ pub struct Ceiling {
     pub call_seconds: f64,
     /// Seconds of each operation beyond its arithmetic (0 where not calibrated).
     pub op_seconds: f64,
+    /// Resident bytes of the program with the engine's runtime loaded and run, before any
+    /// model (0 where not calibrated).
+    pub program_bytes: f64,
 }
 
 /// Bytes each weight takes at a precision (the block formats' scales included). The block
@@ -247,6 +251,7 @@ const NOMINAL: Ceiling = Ceiling {
     bytes_per_s: 2e10,
     call_seconds: 0.0,
     op_seconds: 0.0,
+    program_bytes: 0.0,
 };
 
 impl Case {
@@ -361,13 +366,16 @@ impl Quantity {
         }
     }
 
-    /// What the calibration alone says the prior misses: for latency the dispatch cost, which
-    /// a target's own line learns from its measurements as its cost per call, and which a
-    /// target without measurements has only from its calibration.
+    /// What the calibration alone says the prior misses: for latency the dispatch cost, for
+    /// memory the program's own (its runtime loaded), which a target's own line learns from
+    /// its measurements as its fixed part, and which a target without measurements has only
+    /// from its calibration. With the native engine's program at 97 MB, ONNX Runtime's at 114
+    /// MB and OpenVINO's at 126 MB, a held-out target's peak was otherwise the others' program
+    /// plus its footprint.
     fn calibrated_overhead(self, c: &Case) -> f64 {
         match self {
             Quantity::Latency => c.dispatch_ms(),
-            Quantity::PeakMemory => 0.0,
+            Quantity::PeakMemory => c.ceiling.map_or(0.0, |t| t.program_bytes) / MIB,
         }
     }
 
@@ -609,10 +617,11 @@ impl Affine {
     }
 
     /// The part of the line `c` reads from its target's (as a model never measured there
-    /// does) that does not grow with the prior: its fixed costs.
+    /// does) that does not grow with the prior: its fixed costs (on the all-targets line,
+    /// with the target's calibrated overhead).
     fn fixed_part(&self, c: &Case, quantity: Quantity) -> f64 {
-        let (line, units, _) = self.line_for(c, quantity, Start::Target);
-        line.at(units, 0.0)
+        let (line, units, x) = self.line_for(c, quantity, Start::Target);
+        line.at(units, x - quantity.prior(c))
     }
 
     /// Whether `c`'s model has a line of its own on `c`'s target.
@@ -1698,6 +1707,7 @@ mod tests {
                 bytes_per_s: 1e10,
                 call_seconds,
                 op_seconds,
+                program_bytes: 0.0,
             })
         };
         let case = |ceiling| Case {
@@ -2026,6 +2036,7 @@ mod tests {
                     bytes_per_s: 1e10,
                     call_seconds: 0.0,
                     op_seconds: 0.0,
+                    program_bytes: 0.0,
                 }),
                 footprint_bytes: 1e6 * (batch * seq_len) as f64,
                 layers: 4,
@@ -2062,6 +2073,53 @@ mod tests {
         let got = memory.predict(&unseen).p50;
         let want = 50.0 + 2.0 * unseen.footprint_bytes / MIB;
         assert!((got / want - 1.0).abs() < 0.05, "{got} vs {want}");
+    }
+
+    /// A target never measured starts from its calibrated program memory: two engines whose
+    /// programs hold 100 and 120 MiB, with the models' footprints on top, predict a third
+    /// whose program holds 150 MiB at 150 MiB plus the footprint, not the others' program.
+    #[test]
+    fn an_unseen_targets_memory_starts_from_its_calibrated_program() {
+        let case = |engine: &str, program_mib: f64, model: &str, batch: usize| Case {
+            model: model.into(),
+            class: "bert".into(),
+            engine: engine.into(),
+            platform: "cpu".into(),
+            precision: "f32".into(),
+            hardware: "h".into(),
+            work: Workload {
+                batch,
+                seq_len: 16,
+                new_tokens: 0,
+                audio_seconds: 0.0,
+                image: None,
+            },
+            costs: Vec::new(),
+            ceiling: Some(Ceiling {
+                program_bytes: program_mib * MIB,
+                ..NOMINAL
+            }),
+            footprint_bytes: (batch as f64) * MIB,
+            layers: 2,
+        };
+        let mut observations = Vec::new();
+        for (engine, program) in [("native", 100.0), ("onnxruntime", 120.0)] {
+            for model in ["a", "b", "c"] {
+                for batch in [1, 2, 4, 8] {
+                    observations.push(Observation {
+                        case: case(engine, program, model, batch),
+                        latency_ms: 1.0,
+                        peak_memory_mib: Some(program + batch as f64),
+                        result_id: 0,
+                    });
+                }
+            }
+        }
+        let p = Predictor::fit(&observations, Quantity::PeakMemory).unwrap();
+        let unseen = p.predict(&case("openvino", 150.0, "a", 4));
+        assert!(unseen.novelty.target);
+        assert!((unseen.p50 / 154.0 - 1.0).abs() < 0.02, "{unseen:?}");
+        assert!(unseen.upper_bound >= 154.0, "{unseen:?}");
     }
 
     /// BERT with 4 layers on each of `engines` (name, slowdown: latency = slowdown x prior) at

@@ -5,6 +5,7 @@
 
 use crate::results::{hardware_record, host_name};
 use crate::target::Engines;
+use anyhow::Context;
 use ia_db::{CalibrationRecord, ReadOptions, Store};
 use ia_engine::calibration::DISPATCH_OPS;
 use ia_engine::{DispatchCost, EngineError, MatmulRate, Placement, Precision};
@@ -24,11 +25,19 @@ pub struct Args {
     /// it) and store them in the results database
     #[arg(long)]
     calibrate: bool,
+    /// Internal to `--calibrate`: load ENGINE's runtime on PLATFORM in this fresh process, run
+    /// its dispatch calibration and print the process's peak resident bytes
+    #[arg(long, hide = true, num_args = 2, value_names = ["ENGINE", "PLATFORM"])]
+    program_memory_of: Option<Vec<String>>,
     #[command(flatten)]
     store: crate::run_store::StoreArg,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some([engine, platform]) = args.program_memory_of.as_deref() {
+        println!("{}", program_peak(engine, platform.parse()?)?);
+        return Ok(());
+    }
     let mut report = ia_hardware::detect();
     report.runtimes = with_execution_providers(report.runtimes);
     if !args.no_browser {
@@ -63,7 +72,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 pub struct Refusal {
     pub platform: Platform,
     pub engine: String,
-    /// "matmul", "dispatch", or both for an engine that refuses the platform.
+    /// "matmul", "dispatch", both for an engine that refuses the platform, or
+    /// "program-memory".
     pub kind: &'static str,
     pub precision: Option<Precision>,
     pub reason: String,
@@ -79,6 +89,63 @@ const CALIBRATED_PRECISIONS: [Precision; 4] = [
 
 /// Bytes of each of the triad's three arrays: far beyond any cache of this class of machine.
 const TRIAD_ARRAY_BYTES: u64 = 128 << 20;
+
+/// The calibration kind of a program's resident memory with an engine's runtime loaded and
+/// run (bytes): what a model's peak comes on top of, which a target without measurements has
+/// only from here.
+pub(crate) const PROGRAM_MEMORY: &str = "program-memory";
+
+/// The peak resident bytes of this process (a fresh one, which did nothing else) once
+/// `engine`'s runtime is loaded on `platform` and has run its dispatch calibration's tiny
+/// MatMuls: what a benchmark process holds before its model.
+fn program_peak(engine: &str, platform: Platform) -> anyhow::Result<u64> {
+    let engines = Engines::new();
+    let engine = engines
+        .all()
+        .into_iter()
+        .find(|e| e.name() == engine)
+        .ok_or_else(|| anyhow::anyhow!("no engine named {engine}"))?;
+    // What a benchmark process does before its first model: detect the hardware, open and
+    // write the store (a scratch one here, which the calibrating process does not hold).
+    let _ = ia_hardware::detect();
+    let scratch = std::env::temp_dir().join(format!("ia-program-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let opened = Store::open_or_create(&scratch.join("scratch.duckdb")).map(drop);
+    let _ = std::fs::remove_dir_all(&scratch);
+    opened?;
+    // The peak from here on, as a benchmark counts it from its model's load.
+    ia_bench::memory::reset_peak_rss();
+    engine.calibrate_dispatch(Placement::new(platform, Precision::F32))?;
+    ia_bench::memory::peak_rss_bytes().context("the OS reports no peak resident memory")
+}
+
+/// Child processes a program-memory figure is the median of: one process's peak varied from
+/// 86 to 94 MiB from the next (the native engine).
+const PROGRAM_SAMPLES: usize = 3;
+
+/// [`program_peak`] of `engine` on `platform`, the median of [`PROGRAM_SAMPLES`] child
+/// processes of this program: in the calibrating process, hardware detection and the engines
+/// calibrated before have loaded libraries that a benchmark process of one engine never holds
+/// (the native engine's program came out at 112 MiB there, where a tiny model's whole run
+/// peaks at 96-99 MiB).
+fn program_memory(engine: &str, platform: Platform) -> anyhow::Result<u64> {
+    let mut peaks = (0..PROGRAM_SAMPLES)
+        .map(|_| {
+            let out = std::process::Command::new(std::env::current_exe()?)
+                .args(["hardware", "--program-memory-of", engine, platform.as_str()])
+                .stdin(std::process::Stdio::null())
+                .output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            Ok(String::from_utf8_lossy(&out.stdout).trim().parse::<u64>()?)
+        })
+        .collect::<anyhow::Result<Vec<u64>>>()?;
+    peaks.sort_unstable();
+    Ok(peaks[PROGRAM_SAMPLES / 2])
+}
 
 /// Calibrates every available platform with every in-process engine at every precision it
 /// takes, plus the host's memory bandwidth; stores what was measured (one transaction per
@@ -158,6 +225,21 @@ fn calibrate(report: &HardwareReport, db_path: &Path) -> anyhow::Result<Vec<Refu
                     engine.name(),
                     status.platform
                 ),
+            }
+            match program_memory(engine.name(), status.platform) {
+                Ok(bytes) => figures.push(program_figure(
+                    status.platform,
+                    engine.name(),
+                    engine.version(),
+                    bytes,
+                )),
+                Err(e) => refused.push(Refusal {
+                    platform: status.platform,
+                    engine: engine.name().into(),
+                    kind: "program-memory",
+                    precision: None,
+                    reason: format!("{e:#}"),
+                }),
             }
         }
         if matches!(
@@ -250,6 +332,28 @@ fn matmul_figure(
     }
 }
 
+/// The program-memory figure of an engine: printed, and the row stored for it.
+fn program_figure(
+    platform: Platform,
+    engine: &str,
+    engine_version: String,
+    bytes: u64,
+) -> CalibrationRecord {
+    eprintln!(
+        "{platform} {engine} program: {:.1} MiB resident with the runtime loaded and run",
+        bytes as f64 / (1u64 << 20) as f64
+    );
+    CalibrationRecord {
+        engine: engine.into(),
+        engine_version,
+        kind: PROGRAM_MEMORY.into(),
+        precision: None,
+        size: 0,
+        value: bytes as f64,
+        samples: PROGRAM_SAMPLES as i32,
+    }
+}
+
 /// The two dispatch figures (seconds of a call, seconds of an operation): printed as they are
 /// measured, and the rows stored for them.
 fn dispatch_figures(
@@ -316,6 +420,7 @@ fn render_calibrations(stored: &serde_json::Value, refused: &[Refusal]) -> Strin
         let shown = match r["kind"].as_str() {
             Some("memory-bandwidth") => format!("{:.1} GB/s", value / 1e9),
             Some("dispatch-call" | "dispatch-op") => format!("{:.2} us", value * 1e6),
+            Some(PROGRAM_MEMORY) => format!("{:.1} MiB", value / (1u64 << 20) as f64),
             _ => format!("{:.1} GFLOP/s", value / 1e9),
         };
         out.push_str(&format!(

@@ -2,6 +2,7 @@
 //! when the store has it, predicted otherwise (`ia_predict`); `--evaluate` scores the
 //! predictor on held-out results of the store.
 
+use crate::hardware::PROGRAM_MEMORY;
 use crate::plan::{resolve_model, PlanOptions};
 use crate::target::{EngineKind, Engines, Target};
 use anyhow::{bail, Context};
@@ -415,11 +416,13 @@ fn same_configuration(a: &Case, b: &Case) -> bool {
 
 /// The calibrations in the store: matmul FLOP/s by (fingerprint, platform, engine,
 /// precision), memory bandwidth by fingerprint, and the dispatch costs (seconds of a call,
-/// of an operation) by (fingerprint, platform, engine); the latest of each.
+/// of an operation) and program memory (bytes) by (fingerprint, platform, engine); the latest
+/// of each.
 struct Ceilings {
     matmul: HashMap<(String, String, String, String), f64>,
     bandwidth: HashMap<String, f64>,
     dispatch: HashMap<(String, String, String), (f64, f64)>,
+    program: HashMap<(String, String, String), f64>,
 }
 
 impl Ceilings {
@@ -436,6 +439,7 @@ impl Ceilings {
             matmul: HashMap::new(),
             bandwidth: HashMap::new(),
             dispatch: HashMap::new(),
+            program: HashMap::new(),
         };
         for r in rows {
             let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
@@ -454,6 +458,10 @@ impl Ceilings {
                     } else {
                         costs.1 = value;
                     }
+                }
+                Some(PROGRAM_MEMORY) => {
+                    c.program
+                        .insert((s("fingerprint"), s("platform"), s("engine")), value);
                 }
                 Some("matmul") => {
                     c.matmul.insert(
@@ -495,16 +503,14 @@ impl Ceilings {
         ]
         .iter()
         .find_map(|k| self.matmul.get(k).copied())?;
-        let (call_seconds, op_seconds) = self
-            .dispatch
-            .get(&(fingerprint.into(), platform.into(), engine.into()))
-            .copied()
-            .unwrap_or_default();
+        let target = (fingerprint.into(), platform.into(), engine.into());
+        let (call_seconds, op_seconds) = self.dispatch.get(&target).copied().unwrap_or_default();
         Some(Ceiling {
             flops_per_s: flops,
             bytes_per_s: *self.bandwidth.get(fingerprint)?,
             call_seconds,
             op_seconds,
+            program_bytes: self.program.get(&target).copied().unwrap_or_default(),
         })
     }
 }

@@ -1441,6 +1441,22 @@ fn hardware_calibration_is_measured_stored_and_shown() {
             assert!((0.0..1.0).contains(&seconds), "{f}");
         }
     }
+    // Program memory: what the process holds with each in-process runtime loaded and run.
+    for (engine, platform) in [
+        ("native", "cpu"),
+        ("onnxruntime", "cpu"),
+        ("openvino", "openvino"),
+    ] {
+        let f = figures
+            .iter()
+            .find(|c| {
+                c["kind"] == "program-memory" && c["engine"] == engine && c["platform"] == platform
+            })
+            .unwrap_or_else(|| panic!("no program memory of {engine} on {platform} in {v}"));
+        assert!(f["precision"].is_null(), "{f}");
+        let bytes = f["value"].as_f64().unwrap();
+        assert!((1e6..64e9).contains(&bytes), "{f}");
+    }
     let refused = v["calibration_refusals"].as_array().unwrap();
     assert!(
         refused
