@@ -1023,9 +1023,9 @@ impl PointModel {
     /// the upper bound of a model or target the fit never saw. A slope learned from the few
     /// large models of a store says little about the next one. On `scripts/predict_data.sh`'s
     /// store with each model in a process of its own, the native engine's line through tiny
-    /// fixtures, ViT-tiny and Whisper (whose activations the footprint counts at about five
-    /// times what the engine holds: every head's attention scores at once, where the engine
-    /// holds one head's per task, and logits at all 448 decoder positions) took
+    /// fixtures, ViT-tiny and Whisper (whose activations the footprint then counted at about
+    /// five times what the engine holds: every head's attention scores at once, where the
+    /// engine holds one head's per task, and logits at all 448 decoder positions) took
     /// 0.5 MiB a MiB of footprint, and all 16 held-out measurements of MiniLM (its weights
     /// twice while loading: 290 MiB) were above their upper bound (219 MiB). Latency: 0.
     fn whole_footprint(&self, case: &Case) -> f64 {
