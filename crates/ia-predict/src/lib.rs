@@ -1912,14 +1912,19 @@ mod tests {
         assert!(line.slope > 50.0, "{line:?}");
     }
 
-    /// An unseen model's memory upper bound is at least the program's memory plus its whole
-    /// footprint, whatever smaller slope the line took from the models it was fitted on.
-    #[test]
-    fn an_unseen_models_memory_bound_covers_its_whole_footprint() {
-        let case = |model: &str, batch: usize, footprint_mib: f64| Case {
+    /// A case of a 2-layer BERT `model` on `engine` (cpu, f32) for the memory tests: no
+    /// latency costs, a footprint of `footprint_mib`.
+    fn memory_case(
+        model: &str,
+        engine: &str,
+        ceiling: Option<Ceiling>,
+        batch: usize,
+        footprint_mib: f64,
+    ) -> Case {
+        Case {
             model: model.into(),
             class: "bert".into(),
-            engine: "native".into(),
+            engine: engine.into(),
             platform: "cpu".into(),
             precision: "f32".into(),
             hardware: "h".into(),
@@ -1931,9 +1936,18 @@ mod tests {
                 image: None,
             },
             costs: Vec::new(),
-            ceiling: None,
+            ceiling,
             footprint_bytes: footprint_mib * MIB,
             layers: 2,
+        }
+    }
+
+    /// An unseen model's memory upper bound is at least the program's memory plus its whole
+    /// footprint, whatever smaller slope the line took from the models it was fitted on.
+    #[test]
+    fn an_unseen_models_memory_bound_covers_its_whole_footprint() {
+        let case = |model: &str, batch: usize, footprint_mib: f64| {
+            memory_case(model, "native", None, batch, footprint_mib)
         };
         let mut observations = Vec::new();
         // Tiny models at the program's 100 MiB; one large one at half a MiB a MiB of footprint.
@@ -2080,27 +2094,12 @@ mod tests {
     /// whose program holds 150 MiB at 150 MiB plus the footprint, not the others' program.
     #[test]
     fn an_unseen_targets_memory_starts_from_its_calibrated_program() {
-        let case = |engine: &str, program_mib: f64, model: &str, batch: usize| Case {
-            model: model.into(),
-            class: "bert".into(),
-            engine: engine.into(),
-            platform: "cpu".into(),
-            precision: "f32".into(),
-            hardware: "h".into(),
-            work: Workload {
-                batch,
-                seq_len: 16,
-                new_tokens: 0,
-                audio_seconds: 0.0,
-                image: None,
-            },
-            costs: Vec::new(),
-            ceiling: Some(Ceiling {
+        let case = |engine: &str, program_mib: f64, model: &str, batch: usize| {
+            let ceiling = Ceiling {
                 program_bytes: program_mib * MIB,
                 ..NOMINAL
-            }),
-            footprint_bytes: (batch as f64) * MIB,
-            layers: 2,
+            };
+            memory_case(model, engine, Some(ceiling), batch, batch as f64)
         };
         let mut observations = Vec::new();
         for (engine, program) in [("native", 100.0), ("onnxruntime", 120.0)] {
