@@ -95,9 +95,10 @@ const TRIAD_ARRAY_BYTES: u64 = 128 << 20;
 /// only from here.
 pub(crate) const PROGRAM_MEMORY: &str = "program-memory";
 
-/// The peak resident bytes of this process (a fresh one, which did nothing else) once
-/// `engine`'s runtime is loaded on `platform` and has run its dispatch calibration's tiny
-/// MatMuls: what a benchmark process holds before its model.
+/// The peak resident bytes of this process, a fresh one that has detected the hardware and
+/// opened a store as a benchmark process does, while `engine`'s runtime loads on `platform`
+/// and runs its dispatch calibration's tiny MatMuls: what a benchmark process holds before
+/// its model.
 fn program_peak(engine: &str, platform: Platform) -> anyhow::Result<u64> {
     let engines = Engines::new();
     let engine = engines
