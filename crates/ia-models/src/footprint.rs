@@ -127,19 +127,19 @@ pub fn estimate(
     })
 }
 
-/// Positions an encoder-decoder's decoder scores at once: its prompt (Whisper's start of
-/// transcript, language, task and no-timestamps tokens; T5's start token).
-const DECODER_PROMPT: u64 = 4;
+/// Positions an encoder-decoder's decoder takes at once: its prompt (Whisper's start of
+/// transcript, language, task and no-timestamps tokens; T5's start token, counted alike).
+pub const DECODER_PROMPT: usize = 4;
 
 /// How many of a forward pass's `positions` one call scores over the vocabulary. A decoder
 /// scores its prompt, a masked LM every token, and an unknown config is assumed to. An
 /// encoder-decoder's positions are its encoder's (Whisper's 1,500 frames), which have no
 /// vocabulary head: its decoder scores its prompt in the first step and one position in each
 /// step after ([`DECODER_PROMPT`]). Counted at every position the decoder can hold (448 for
-/// Whisper), the logits alone were 93 MB an input, and whisper-tiny.en's estimate at a batch
-/// of 8 was 3.3 times its measured peak on the native engine. Encoders read for features,
-/// labels or boxes score none: a vocabulary in their config sizes only the token embeddings
-/// (BERT's, CLIP's text tower's).
+/// Whisper), the logits alone were 93 MB an input, and whisper-tiny.en at a batch of 8 was
+/// predicted at 2162 MiB with the native engine held out, against 653-662 MiB measured.
+/// Encoders read for features, labels or boxes score none: a vocabulary in their config
+/// sizes only the token embeddings (BERT's, CLIP's text tower's).
 fn logit_positions(config: &Value, positions: u64) -> u64 {
     use crate::ModelClass as C;
     let Ok(c) = crate::classify::classify_config(config) else {
@@ -147,7 +147,7 @@ fn logit_positions(config: &Value, positions: u64) -> u64 {
     };
     match c.class {
         C::Llama | C::Qwen | C::Llava | C::LlavaNext => positions,
-        C::Whisper | C::T5 => DECODER_PROMPT,
+        C::Whisper | C::T5 => DECODER_PROMPT as u64,
         // CTC logits over its characters at every frame.
         C::Wav2vec2 if c.task == "automatic-speech-recognition" => positions,
         C::Bert if c.task == "fill-mask" => positions,

@@ -14,8 +14,8 @@
 //!   targets through the roofline plus its calibrated dispatch cost (a call, and each
 //!   operation of the cost model, beyond the arithmetic): on a software GPU that is most of a
 //!   small model's time; for memory, through the footprint plus its calibrated program
-//!   memory (its runtime loaded and run); then a gradient-boosted model ([`forust_ml`]; `perpetual`, its
-//!   successor, needs a nightly compiler) learns the log ratio of the measurement to that
+//!   memory (its runtime loaded and run); then a gradient-boosted model ([`forust_ml`];
+//!   `perpetual`, its successor, needs a nightly compiler) learns the log ratio of the measurement to that
 //!   line: how far each engine, platform, precision and class stays from it at each size.
 //!   Learning a ratio, not the value, lets the trees (which cannot extrapolate) serve batch
 //!   sizes and lengths outside the measured range. The line is the model's own on its target
@@ -24,8 +24,9 @@
 //!   against that line.
 //! * The 90% interval is cross-conformal: the configurations are dealt into four folds, each
 //!   fold is predicted by a fit on the other three, and the 90th percentile of those absolute
-//!   log errors widens every prediction of the model fitted on all of them. A case of an unmeasured model or target is widened by the errors of holding
-//!   each model or target out in turn. The upper bound (what a memory fit decision uses) is
+//!   log errors widens every prediction of the model fitted on all of them. A case of an
+//!   unmeasured model or target is widened by the errors of holding each model or target out
+//!   in turn. The upper bound (what a memory fit decision uses) is
 //!   10% above the prediction times the largest held-out under-prediction.
 //! * [`evaluate`] holds out configurations, batch sizes, models or whole platforms in turn,
 //!   and counts measurements above their upper bound.
@@ -189,9 +190,6 @@ pub fn iteration_costs(
     Some(costs)
 }
 
-/// Tokens of a Whisper decoder's prompt: start of transcript, language, task, no timestamps.
-const WHISPER_PROMPT: usize = 4;
-
 /// A Whisper iteration is a transcription: the encoder once over its window, then the decoder
 /// over its prompt, attending to the encoder's states. Counting the decoder stack over the
 /// window's 1,500 positions, as one forward pass of both stacks would, put whisper-tiny.en at
@@ -207,7 +205,13 @@ fn whisper_costs(shape: Shape, batch: usize, window: usize, bytes: f64) -> Vec<C
     let decoder = Shape { layers: 0, ..shape };
     vec![
         encoder.cost(Phase::Forward, false, batch, window, bytes),
-        decoder.cost(Phase::Prefill, true, batch, WHISPER_PROMPT, bytes),
+        decoder.cost(
+            Phase::Prefill,
+            true,
+            batch,
+            footprint::DECODER_PROMPT,
+            bytes,
+        ),
     ]
 }
 
@@ -369,9 +373,9 @@ impl Quantity {
     /// What the calibration alone says the prior misses: for latency the dispatch cost, for
     /// memory the program's own (its runtime loaded), which a target's own line learns from
     /// its measurements as its fixed part, and which a target without measurements has only
-    /// from its calibration. With the native engine's program at 97 MB, ONNX Runtime's at 114
-    /// MB and OpenVINO's at 126 MB, a held-out target's peak was otherwise the others' program
-    /// plus its footprint.
+    /// from its calibration. Where a tiny model's run peaks at 96-99 MiB on the native engine,
+    /// 113-118 MiB on ONNX Runtime and 125-132 MiB on OpenVINO, a held-out target's peak was
+    /// otherwise the others' program plus its footprint.
     fn calibrated_overhead(self, c: &Case) -> f64 {
         match self {
             Quantity::Latency => c.dispatch_ms(),
@@ -1099,8 +1103,8 @@ impl Margin {
 ///
 /// The point model is fitted on every measurement. The interval of a case like those fitted
 /// comes from held-out errors of the store: its configurations are dealt into four folds,
-/// and each fold's measurements are predicted by a fit on the other three. A case of a model, a target or a batch size (on its target) the fit
-/// never saw is a different question: its margin comes from holding each model (target,
+/// and each fold's measurements are predicted by a fit on the other three. A case of a
+/// model, a target or a batch size (on its target) the fit never saw is a different question: its margin comes from holding each model (target,
 /// batch size) of the store out in turn, fitting on the rest and measuring the held-out
 /// errors, so that its interval is as wide as that kind of extrapolation has been wrong
 /// before. Those margins are computed the first time a case needs them.
@@ -1167,30 +1171,15 @@ impl Predictor {
         }
         // Configurations in the order first measured, dealt into the folds in turn.
         let mut configurations: BTreeMap<String, usize> = BTreeMap::new();
-        let fold: Vec<usize> = all
-            .iter()
-            .map(|o| {
-                let next = configurations.len();
-                *configurations
-                    .entry(Split::Configuration.group(&o.case))
-                    .or_insert(next)
-                    % FOLDS
-            })
-            .collect();
-        let mut errors = Vec::new();
-        for held in 0..FOLDS {
-            let rest: Vec<&Observation> = (0..all.len())
-                .filter(|&i| fold[i] != held)
-                .map(|i| &all[i])
-                .collect();
-            if let Ok(m) = PointModel::fit(&rest, quantity) {
-                errors.extend(
-                    (0..all.len())
-                        .filter(|&i| fold[i] == held)
-                        .map(|i| log_error(&m, &all[i])),
-                );
-            }
+        let mut folds = vec![Vec::new(); FOLDS];
+        for (i, o) in all.iter().enumerate() {
+            let next = configurations.len();
+            let order = *configurations
+                .entry(Split::Configuration.group(&o.case))
+                .or_insert(next);
+            folds[order % FOLDS].push(i);
         }
+        let errors = held_out_errors(&all, &folds, quantity);
         let refs: Vec<&Observation> = all.iter().collect();
         Ok(Self {
             quantity,
@@ -1210,19 +1199,11 @@ impl Predictor {
         for (i, o) in self.all.iter().enumerate() {
             groups.entry(group(&o.case)).or_default().push(i);
         }
-        let mut errors = Vec::new();
-        if groups.len() > 1 {
-            for held in groups.values() {
-                let rest: Vec<&Observation> = (0..self.all.len())
-                    .filter(|i| !held.contains(i))
-                    .map(|i| &self.all[i])
-                    .collect();
-                if let Ok(m) = PointModel::fit(&rest, self.quantity) {
-                    errors.extend(held.iter().map(|&i| log_error(&m, &self.all[i])));
-                }
-            }
+        if groups.len() < 2 {
+            return Margin::of(&[]);
         }
-        Margin::of(&errors)
+        let groups: Vec<Vec<usize>> = groups.into_values().collect();
+        Margin::of(&held_out_errors(&self.all, &groups, self.quantity))
     }
 
     /// The prediction for `case` with its 90% interval and upper bound.
@@ -1281,6 +1262,28 @@ impl Predictor {
         all.truncate(n);
         all
     }
+}
+
+/// The log errors of each group of `all` (indices into it) predicted by a fit on the rest; a
+/// group whose rest fits nothing adds none.
+fn held_out_errors(all: &[Observation], groups: &[Vec<usize>], quantity: Quantity) -> Vec<f64> {
+    let mut errors = Vec::new();
+    for held in groups {
+        let mut out = vec![false; all.len()];
+        for &i in held {
+            out[i] = true;
+        }
+        let rest: Vec<&Observation> = all
+            .iter()
+            .zip(&out)
+            .filter(|(_, out)| !**out)
+            .map(|(o, _)| o)
+            .collect();
+        if let Ok(m) = PointModel::fit(&rest, quantity) {
+            errors.extend(held.iter().map(|&i| log_error(&m, &all[i])));
+        }
+    }
+    errors
 }
 
 /// `ln(measured / predicted)` of an observation (positive: under-predicted).
