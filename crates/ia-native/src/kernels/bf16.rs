@@ -397,20 +397,11 @@ fn convert_row_body(src: &[f32], slab: &mut [u16], row: usize) {
 
 super::multiversion!(fn convert_row(src: &[f32], slab: &mut [u16], row: usize) => convert_row_body);
 
-/// Whether the products add to what `out` holds, so that the caller must zero it: AMX loads
-/// its accumulators from the output; the vector kernels start from zeros and write it. Zeroing
-/// ViT-base b=8's outputs, and copying them out of a buffer padded to 16 rows, had been 9% of
-/// its bf16 time (`perf`: memset and memmove under the linear layers).
-pub(super) fn adds_to_output() -> bool {
-    backend() == Some(Backend::Amx)
-}
-
 /// `out[r * stride + c - col0] = sum_k a[r, k] w[k, c]` for the first `rows` rows (at most
 /// the activations' rows) and the columns `col0..col0 + cols` (both multiples of 32, within
-/// the packed weight); added to what `out` holds where [`adds_to_output`]. `finished(r0, n)`
-/// runs as soon as rows `r0..r0 + n` hold their sums (after each pass of rows whose
-/// activations stay in L2 on the vector kernels; at the end on AMX), so that the caller's
-/// bias, activation and residual find them in cache.
+/// the packed weight), overwriting what `out` holds. `finished(r0, n)` runs as soon as rows
+/// `r0..r0 + n` hold their sums (after each pass of rows whose activations stay in L2), so
+/// that the caller's bias, activation and residual find them in cache.
 ///
 /// # Safety
 /// `out` is valid for reads and writes of `rows` rows of `stride` f32 (`cols` at the start of
@@ -456,22 +447,7 @@ unsafe fn product_block_on(
     // SAFETY: as the caller promises.
     unsafe {
         match backend {
-            Backend::Amx if rows == a.rows_padded => {
-                amx::product_block(a, w, col0, cols, out, stride);
-                finished(0, rows);
-            }
-            Backend::Amx => {
-                // Tiles of 16 rows would reach past the output: through a buffer.
-                let mut block = vec![0f32; a.rows_padded * cols];
-                amx::product_block(a, w, col0, cols, block.as_mut_ptr(), cols);
-                for (r, row) in block.chunks_exact(cols).take(rows).enumerate() {
-                    let dst = std::slice::from_raw_parts_mut(out.add(r * stride), cols);
-                    for (d, v) in dst.iter_mut().zip(row) {
-                        *d += v;
-                    }
-                }
-                finished(0, rows);
-            }
+            Backend::Amx => amx::product_block(a, w, col0, cols, out, stride, rows, finished),
             Backend::Avx512Bf16 => {
                 dpbf16::product_block(a, w, col0, cols, out, stride, rows, finished)
             }
@@ -525,15 +501,30 @@ mod amx {
         rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
     };
 
-    /// Tile steps of the inner dimension per pass (256 values): the weights' part of a pass
-    /// (2 panels x 8 steps x 1 KiB) stays in L1 while every row block runs over it, so only
-    /// the activations come from L2.
-    const STEPS_PER_PASS: usize = 8;
+    /// Tile steps of the inner dimension per pass (1536 values): BERT-base's and ViT-base's
+    /// products run over their 768 inputs in one pass, keeping their accumulators in the
+    /// tiles from start to end, and the FFN's second product in two. Single-threaded on a
+    /// 2-core Xeon with AMX (the calls of the two alternated 40 times on each shape), this
+    /// ran their shapes 5-15% faster than passes of 256 values, whose weights (2 panels x 8
+    /// steps x 1 KiB) stay in L1 while every row block runs over them but whose
+    /// accumulators go to memory and back after each pass.
+    const STEPS_PER_PASS: usize = 48;
 
     /// Activations per pass over the columns: a quarter of a Sapphire Rapids core's 2 MiB L2.
     const ACTIVATION_BYTES_PER_PASS: usize = 512 << 10;
 
-    /// Adds the products to `out` (which the caller zeroed).
+    /// Writes the products to `out` ([`super::product_block`]). Each 16 x 16 accumulator
+    /// starts from zeros (`tilezero`), is kept between passes over the inner dimension in a
+    /// scratch block where each tile is 1 KiB in a row, and is stored into `out` after the
+    /// last pass, so the caller need not zero the output. Loading and storing them in `out`
+    /// itself, 16 rows a whole output row apart, had been a fifth of the kernel's `perf`
+    /// samples on BERT-base b=8. A last block of fewer than 16 rows is stored in a block of 16
+    /// rows and its rows copied out, so no tile reaches past `rows`. `finished` runs after
+    /// each pass of rows.
+    ///
+    /// # Safety
+    /// As [`super::product_block`], and the tile state is granted.
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn product_block(
         a: &Activations,
         w: &PackedBf16,
@@ -541,111 +532,241 @@ mod amx {
         cols: usize,
         out: *mut f32,
         stride: usize,
+        rows: usize,
+        finished: &mut dyn FnMut(usize, usize),
     ) {
         let steps = a.k_padded / STEP;
         // A block of 16 rows: `steps` tiles of 16 x 32.
         let a_block = steps * 512;
-        // Bytes per output row.
-        let c_stride = stride * 4;
         // One panel (16 columns) of packed weights, all pair rows: 512 u16 per step.
         let panel_len = w.k_padded / 2 * 32;
+        let rows16 = rows.div_ceil(16) * 16;
         // Rows per pass over the columns: their activations (k_padded bf16 each) stay in L2
         // while every column pair runs over them, instead of streaming once per column pair.
         let rows_per_pass = (ACTIVATION_BYTES_PER_PASS / (a.k_padded * 2)).max(32) / 32 * 32;
-        // SAFETY: the tile state was granted (`available()` is checked by the caller); every
-        // tile load reads 1 KiB inside `a.tiles()` (tile `step` of row block r / 16) or inside a
-        // panel of `w.values()`, and every tile load and store of the output touches 16 rows of 16
-        // f32 inside the caller's rows_padded x cols of `out`.
+        // Rows in whole blocks of 16, stored in place; the rest through `tail`.
+        let whole = rows / 16 * 16;
+        let mut tail = vec![0f32; if whole < rows { 16 * cols } else { 0 }];
+        let tail = tail.as_mut_ptr();
+        // A pass of rows' accumulators for one column pair: per block of 16 rows, its two
+        // tiles of 256 f32.
+        let passes = steps > STEPS_PER_PASS;
+        let mut kept = vec![
+            0f32;
+            if passes {
+                rows_per_pass.min(rows16) * 32
+            } else {
+                0
+            }
+        ];
+        let kept = kept.as_mut_ptr();
+        // SAFETY (of every pointer below): the tile state was granted (the caller's promise);
+        // every tile load reads 1 KiB inside `a.tiles()` (tile `step` of row block r / 16) or
+        // inside a panel of `w.values()`; an accumulator's 16 rows of 16 f32 are inside this
+        // block's columns of `out`'s first `whole` rows, inside `tail` (16 rows of `cols`)
+        // or inside `kept` (block (r - row0) / 16 of the pass).
+        // Where the accumulators of rows r.. end, and the bytes between their rows.
+        let stored = |r: usize, c_col: usize| unsafe {
+            if r < whole {
+                let c = out.add(r * stride + c_col);
+                let next = c.wrapping_add(16 * stride);
+                ([c, c.add(16), next, next.wrapping_add(16)], stride * 4)
+            } else {
+                let c = tail.add(c_col);
+                ([c, c.add(16), c, c], cols * 4)
+            }
+        };
         unsafe {
             asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
-            for row0 in (0..a.rows_padded).step_by(rows_per_pass) {
-                let row_end = (row0 + rows_per_pass).min(a.rows_padded);
+            for row0 in (0..rows16).step_by(rows_per_pass) {
+                let row_end = (row0 + rows_per_pass).min(rows16);
+                let kept_at = |r: usize| {
+                    let c = kept.add((r - row0) / 16 * 512);
+                    [c, c.add(256), c.add(512), c.add(768)]
+                };
                 for pair in (col0 / 16..(col0 + cols) / 16).step_by(2) {
                     let c_col = pair * 16 - col0;
                     for first in (0..steps).step_by(STEPS_PER_PASS) {
                         let n = STEPS_PER_PASS.min(steps - first);
+                        let last = first + n == steps;
                         let b0 = w.values().add(pair * panel_len + first * 512);
                         let b1 = b0.add(panel_len);
                         let mut r = row0;
-                        while r + 32 <= row_end {
+                        while r < row_end {
                             let a0 = a.tiles().as_ptr().add(r / 16 * a_block + first * 512);
-                            let a1 = a0.add(a_block);
-                            let c0 = out.add(r * stride + c_col);
-                            let c2 = c0.add(16 * stride);
-                            asm!(
-                                "tileloadd tmm0, [{c0} + {sc}]",
-                                "tileloadd tmm1, [{c1} + {sc}]",
-                                "tileloadd tmm2, [{c2} + {sc}]",
-                                "tileloadd tmm3, [{c3} + {sc}]",
-                                "2:",
-                                "tileloadd tmm4, [{a0} + {s64}]",
-                                "tileloadd tmm5, [{a1} + {s64}]",
-                                "tileloadd tmm6, [{b0} + {s64}]",
-                                "tileloadd tmm7, [{b1} + {s64}]",
-                                "tdpbf16ps tmm0, tmm4, tmm6",
-                                "tdpbf16ps tmm1, tmm4, tmm7",
-                                "tdpbf16ps tmm2, tmm5, tmm6",
-                                "tdpbf16ps tmm3, tmm5, tmm7",
-                                "add {a0}, 1024",
-                                "add {a1}, 1024",
-                                "add {b0}, 1024",
-                                "add {b1}, 1024",
-                                "dec {steps}",
-                                "jnz 2b",
-                                "tilestored [{c0} + {sc}], tmm0",
-                                "tilestored [{c1} + {sc}], tmm1",
-                                "tilestored [{c2} + {sc}], tmm2",
-                                "tilestored [{c3} + {sc}], tmm3",
-                                a0 = inout(reg) a0 => _,
-                                a1 = inout(reg) a1 => _,
-                                b0 = inout(reg) b0 => _,
-                                b1 = inout(reg) b1 => _,
-                                steps = inout(reg) n => _,
-                                s64 = in(reg) 64usize,
-                                c0 = in(reg) c0,
-                                c1 = in(reg) c0.add(16),
-                                c2 = in(reg) c2,
-                                c3 = in(reg) c2.add(16),
-                                sc = in(reg) c_stride,
-                                options(nostack),
-                            );
-                            r += 32;
-                        }
-                        if r < row_end {
-                            // The last 16 rows alone.
-                            let a0 = a.tiles().as_ptr().add(r / 16 * a_block + first * 512);
-                            let c0 = out.add(r * stride + c_col);
-                            asm!(
-                                "tileloadd tmm0, [{c0} + {sc}]",
-                                "tileloadd tmm1, [{c1} + {sc}]",
-                                "2:",
-                                "tileloadd tmm4, [{a0} + {s64}]",
-                                "tileloadd tmm6, [{b0} + {s64}]",
-                                "tileloadd tmm7, [{b1} + {s64}]",
-                                "tdpbf16ps tmm0, tmm4, tmm6",
-                                "tdpbf16ps tmm1, tmm4, tmm7",
-                                "add {a0}, 1024",
-                                "add {b0}, 1024",
-                                "add {b1}, 1024",
-                                "dec {steps}",
-                                "jnz 2b",
-                                "tilestored [{c0} + {sc}], tmm0",
-                                "tilestored [{c1} + {sc}], tmm1",
-                                a0 = inout(reg) a0 => _,
-                                b0 = inout(reg) b0 => _,
-                                b1 = inout(reg) b1 => _,
-                                steps = inout(reg) n => _,
-                                s64 = in(reg) 64usize,
-                                c0 = in(reg) c0,
-                                c1 = in(reg) c0.add(16),
-                                sc = in(reg) c_stride,
-                                options(nostack),
-                            );
+                            // Two blocks of 16 rows (four accumulators) while both are whole.
+                            let two = r + 32 <= whole;
+                            if first == 0 {
+                                tiles::zero(two);
+                            } else {
+                                tiles::load(two, kept_at(r), 64);
+                            }
+                            tiles::steps(two, a0, a0.add(a_block), b0, b1, n);
+                            if last {
+                                let (c, bytes) = stored(r, c_col);
+                                tiles::store(two, c, bytes);
+                            } else {
+                                tiles::store(two, kept_at(r), 64);
+                            }
+                            r += if two { 32 } else { 16 };
                         }
                     }
                 }
+                if row_end > whole {
+                    for i in 0..rows - whole {
+                        std::ptr::copy_nonoverlapping(
+                            tail.add(i * cols),
+                            out.add((whole + i) * stride),
+                            cols,
+                        );
+                    }
+                }
+                finished(row0, row_end.min(rows) - row0);
             }
             asm!("tilerelease", options(nostack, nomem));
+        }
+    }
+
+    /// The tile instructions on the accumulators tmm0..tmm3 (tmm0 / tmm1: a block of 16 rows'
+    /// two 16-column tiles; tmm2 / tmm3: the next block's, used where `two`), the activations
+    /// tmm4 / tmm5 and the weights tmm6 / tmm7. The tiles keep their values from one call to
+    /// the next (nothing else in the process uses them while a product runs).
+    mod tiles {
+        use std::arch::asm;
+
+        /// # Safety
+        /// The tile state is granted and configured.
+        #[inline(always)]
+        pub unsafe fn zero(two: bool) {
+            unsafe {
+                asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
+                if two {
+                    asm!("tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+                }
+            }
+        }
+
+        /// Loads the accumulators from `c` (the first two, or four where `two`), each 16 rows
+        /// `stride` bytes apart.
+        ///
+        /// # Safety
+        /// Configured as [`zero`]; each accumulator's 16 rows of 16 f32 are readable.
+        #[inline(always)]
+        pub unsafe fn load(two: bool, c: [*mut f32; 4], stride: usize) {
+            unsafe {
+                asm!(
+                    "tileloadd tmm0, [{c0} + {s}]",
+                    "tileloadd tmm1, [{c1} + {s}]",
+                    c0 = in(reg) c[0],
+                    c1 = in(reg) c[1],
+                    s = in(reg) stride,
+                    options(nostack, readonly),
+                );
+                if two {
+                    asm!(
+                        "tileloadd tmm2, [{c2} + {s}]",
+                        "tileloadd tmm3, [{c3} + {s}]",
+                        c2 = in(reg) c[2],
+                        c3 = in(reg) c[3],
+                        s = in(reg) stride,
+                        options(nostack, readonly),
+                    );
+                }
+            }
+        }
+
+        /// Stores the accumulators as [`load`] reads them.
+        ///
+        /// # Safety
+        /// Configured as [`zero`]; each accumulator's 16 rows of 16 f32 are writable.
+        #[inline(always)]
+        pub unsafe fn store(two: bool, c: [*mut f32; 4], stride: usize) {
+            unsafe {
+                asm!(
+                    "tilestored [{c0} + {s}], tmm0",
+                    "tilestored [{c1} + {s}], tmm1",
+                    c0 = in(reg) c[0],
+                    c1 = in(reg) c[1],
+                    s = in(reg) stride,
+                    options(nostack),
+                );
+                if two {
+                    asm!(
+                        "tilestored [{c2} + {s}], tmm2",
+                        "tilestored [{c3} + {s}], tmm3",
+                        c2 = in(reg) c[2],
+                        c3 = in(reg) c[3],
+                        s = in(reg) stride,
+                        options(nostack),
+                    );
+                }
+            }
+        }
+
+        /// `n` (at least 1) steps of 32 inputs: the accumulators += the activations' tiles from
+        /// `a0` (and `a1` where `two`) times the weights' from `b0` and `b1`, each tile 1 KiB
+        /// in a row, the next step's 1 KiB further on.
+        ///
+        /// # Safety
+        /// Configured as [`zero`]; `n` tiles are readable from each pointer used.
+        #[inline(always)]
+        pub unsafe fn steps(
+            two: bool,
+            a0: *const u16,
+            a1: *const u16,
+            b0: *const u16,
+            b1: *const u16,
+            n: usize,
+        ) {
+            unsafe {
+                if two {
+                    asm!(
+                        "2:",
+                        "tileloadd tmm4, [{a0} + {s64}]",
+                        "tileloadd tmm5, [{a1} + {s64}]",
+                        "tileloadd tmm6, [{b0} + {s64}]",
+                        "tileloadd tmm7, [{b1} + {s64}]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        "add {a0}, 1024",
+                        "add {a1}, 1024",
+                        "add {b0}, 1024",
+                        "add {b1}, 1024",
+                        "dec {n}",
+                        "jnz 2b",
+                        a0 = inout(reg) a0 => _,
+                        a1 = inout(reg) a1 => _,
+                        b0 = inout(reg) b0 => _,
+                        b1 = inout(reg) b1 => _,
+                        n = inout(reg) n => _,
+                        s64 = in(reg) 64usize,
+                        options(nostack, readonly),
+                    );
+                } else {
+                    let _ = a1;
+                    asm!(
+                        "2:",
+                        "tileloadd tmm4, [{a0} + {s64}]",
+                        "tileloadd tmm6, [{b0} + {s64}]",
+                        "tileloadd tmm7, [{b1} + {s64}]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "add {a0}, 1024",
+                        "add {b0}, 1024",
+                        "add {b1}, 1024",
+                        "dec {n}",
+                        "jnz 2b",
+                        a0 = inout(reg) a0 => _,
+                        b0 = inout(reg) b0 => _,
+                        b1 = inout(reg) b1 => _,
+                        n = inout(reg) n => _,
+                        s64 = in(reg) 64usize,
+                        options(nostack, readonly),
+                    );
+                }
+            }
         }
     }
 }
@@ -662,6 +783,7 @@ mod amx {
         false
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn product_block(
         _: &Activations,
         _: &PackedBf16,
@@ -669,6 +791,8 @@ mod amx {
         _: usize,
         _: *mut f32,
         _: usize,
+        _: usize,
+        _: &mut dyn FnMut(usize, usize),
     ) {
         unreachable!("available() is false off x86-64 Linux")
     }
@@ -966,6 +1090,7 @@ mod dpbf16 {
         false
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn product_block(
         _: &Activations,
         _: &PackedBf16,
@@ -973,6 +1098,8 @@ mod dpbf16 {
         _: usize,
         _: *mut f32,
         _: usize,
+        _: usize,
+        _: &mut dyn FnMut(usize, usize),
     ) {
         unreachable!("AVX512-BF16 is x86-64's")
     }
@@ -1020,6 +1147,9 @@ mod tests {
             // The largest first: the others reuse its scratch, whose stale values must not
             // leak into their padding.
             [
+                // Three passes of rows (128 at this inner dimension), the last ending in a
+                // block of 12.
+                (300, 2048, 64),
                 (40, 600, 96),
                 (1, 8, 3),
                 (16, 32, 32),
@@ -1037,14 +1167,9 @@ mod tests {
             let packed = PackedBf16::pack(&w, k, n);
             let a = Activations::convert_for(backend, &x, m, &packed);
             let cols = packed.n_padded;
-            // m rows and a row that must stay as it is. The vector kernels write every
-            // element (NaN shows one they miss); AMX adds to zeros.
-            let start = if backend == Backend::Amx {
-                0.0
-            } else {
-                f32::NAN
-            };
-            let mut out = vec![start; (m + 1) * cols];
+            // m rows and a row that must stay as it is. Every kernel writes every element
+            // (NaN shows one it misses).
+            let mut out = vec![f32::NAN; (m + 1) * cols];
             out[m * cols..].fill(7.0);
             let mut finished = Vec::new();
             // SAFETY: out holds m rows of cols.

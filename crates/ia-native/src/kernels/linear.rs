@@ -246,13 +246,11 @@ impl Linear<'_> {
             return Ok((CpuStorage::F32(vec![]), Shape::from((m, n))));
         }
         // Every block below covers all m rows of its columns, and the blocks cover all n.
-        // gemm, the panels, the quantised kernel and the vector bf16 kernels overwrite them;
-        // AMX adds to zeros (one pass of the inner dimension after another), and no kernel
-        // writes anything over k = 0 inputs.
-        let mut out = match (k, self.weight) {
-            (0, _) => Output::zeroed(m * n),
-            (_, Weights::Bf16(_)) if bf16::adds_to_output() => Output::zeroed(m * n),
-            _ => Output::new(m * n),
+        // Every kernel overwrites them, and none writes anything over k = 0 inputs.
+        let mut out = if k == 0 {
+            Output::zeroed(m * n)
+        } else {
+            Output::new(m * n)
         };
         let threads = rayon::current_num_threads().max(1);
         // Blocks of whole panels (16 columns: one AVX-512 register; 32 for the bf16 kernels'
