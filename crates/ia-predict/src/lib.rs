@@ -15,8 +15,9 @@
 //!   operation of the cost model, beyond the arithmetic): on a software GPU that is most of a
 //!   small model's time; for memory, through the footprint plus its calibrated program
 //!   memory (its runtime loaded and run); then a gradient-boosted model ([`forust_ml`];
-//!   `perpetual`, its successor, needs a nightly compiler) learns the log ratio of the measurement to that
-//!   line: how far each engine, platform, precision and class stays from it at each size.
+//!   `perpetual`, its successor, needs a nightly compiler) learns the log ratio of the
+//!   measurement to that line: how far each engine, platform, precision and class stays from
+//!   it at each size.
 //!   Learning a ratio, not the value, lets the trees (which cannot extrapolate) serve batch
 //!   sizes and lengths outside the measured range. The line is the model's own on its target
 //!   where it has one, and for latency that line alone is the prediction; for latency, a
@@ -1104,10 +1105,11 @@ impl Margin {
 /// The point model is fitted on every measurement. The interval of a case like those fitted
 /// comes from held-out errors of the store: its configurations are dealt into four folds,
 /// and each fold's measurements are predicted by a fit on the other three. A case of a
-/// model, a target or a batch size (on its target) the fit never saw is a different question: its margin comes from holding each model (target,
-/// batch size) of the store out in turn, fitting on the rest and measuring the held-out
-/// errors, so that its interval is as wide as that kind of extrapolation has been wrong
-/// before. Those margins are computed the first time a case needs them.
+/// model, a target or a batch size (on its target) the fit never saw is a different
+/// question: its margin comes from holding each model (target, batch size) of the store out
+/// in turn, fitting on the rest and measuring the held-out errors, so that its interval is as
+/// wide as that kind of extrapolation has been wrong before. Those margins are computed the
+/// first time a case needs them.
 pub struct Predictor {
     quantity: Quantity,
     model: PointModel,

@@ -237,7 +237,7 @@ fn calibrate(report: &HardwareReport, db_path: &Path) -> anyhow::Result<Vec<Refu
                 Err(e) => refused.push(Refusal {
                     platform: status.platform,
                     engine: engine.name().into(),
-                    kind: "program-memory",
+                    kind: PROGRAM_MEMORY,
                     precision: None,
                     reason: format!("{e:#}"),
                 }),
