@@ -1150,7 +1150,7 @@ pub const COVERAGE: f64 = 0.9;
 
 impl Predictor {
     /// Fits on the `observations` that measured `quantity`, and calibrates the interval on the
-    /// errors of fits without each fold of configurations ([`FOLDS`]; a configuration's
+    /// errors of fits without each fold of configurations (`FOLDS`; a configuration's
     /// repeats share a fold, or their errors would look like those of a configuration already
     /// seen). Split conformal, where every fourth configuration only calibrated, left the
     /// point model a quarter of the store short, and the interval a quarter of its errors: on
