@@ -135,6 +135,11 @@ fn faster_vector_kernel() -> Backend {
     kernels[won]
 }
 
+/// Whether this CPU has AVX512-BF16's vector instructions (attention converts with them).
+pub(super) fn has_avx512_bf16() -> bool {
+    dpbf16::cpu_has()
+}
+
 /// Whether bf16 products run here ([`backend`]).
 pub fn available() -> bool {
     backend().is_some()
@@ -459,7 +464,7 @@ unsafe fn product_block_on(
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-mod amx {
+pub(super) mod amx {
     use super::{Activations, PackedBf16, STEP};
     use std::arch::asm;
 
@@ -577,7 +582,7 @@ mod amx {
             }
         };
         unsafe {
-            asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
+            configure();
             for row0 in (0..rows16).step_by(rows_per_pass) {
                 let row_end = (row0 + rows_per_pass).min(rows16);
                 let kept_at = |r: usize| {
@@ -623,7 +628,71 @@ mod amx {
                 }
                 finished(row0, row_end.min(rows) - row0);
             }
-            asm!("tilerelease", options(nostack, nomem));
+            release();
+        }
+    }
+
+    /// Configures every tile as 16 rows of 64 bytes, for [`pair_product`] calls until
+    /// [`release`].
+    ///
+    /// # Safety
+    /// The tile state is granted ([`enable`]).
+    pub unsafe fn configure() {
+        unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly)) };
+    }
+
+    /// Releases the tiles [`configure`] set up.
+    ///
+    /// # Safety
+    /// The tile state is granted.
+    pub unsafe fn release() {
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+
+    /// The 16 x 32 f32 at `c` (rows `c_stride` bytes apart) = the sum over `steps` steps t
+    /// of the 16 x 32 bf16 at `a + 32 t` (rows `a_stride` bytes apart) times the two
+    /// 1 KiB tiles at `b0 + 512 t` and `b1 + 512 t` ([`super::PackedBf16`]'s layout: 16
+    /// lines of 16 columns x a pair of inputs); `b0`'s columns first.
+    ///
+    /// # Safety
+    /// [`configure`]d; `steps` at least 1; every operand readable and `c` writable as said.
+    pub unsafe fn pair_product(
+        a: *const u16,
+        a_stride: usize,
+        b0: *const u16,
+        b1: *const u16,
+        steps: usize,
+        c: *mut f32,
+        c_stride: usize,
+    ) {
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "2:",
+                "tileloadd tmm4, [{a} + {sa}]",
+                "tileloadd tmm6, [{b0} + {s64}]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{b1} + {s64}]",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "add {a}, 64",
+                "add {b0}, 1024",
+                "add {b1}, 1024",
+                "dec {n}",
+                "jnz 2b",
+                "tilestored [{c0} + {sc}], tmm0",
+                "tilestored [{c1} + {sc}], tmm1",
+                a = inout(reg) a => _,
+                b0 = inout(reg) b0 => _,
+                b1 = inout(reg) b1 => _,
+                n = inout(reg) steps => _,
+                sa = in(reg) a_stride,
+                s64 = in(reg) 64usize,
+                c0 = in(reg) c,
+                c1 = in(reg) c.wrapping_add(16),
+                sc = in(reg) c_stride,
+                options(nostack),
+            );
         }
     }
 
@@ -772,7 +841,7 @@ mod amx {
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-mod amx {
+pub(super) mod amx {
     use super::{Activations, PackedBf16};
 
     pub fn cpu_has_amx_bf16() -> bool {
@@ -781,6 +850,26 @@ mod amx {
 
     pub fn enable() -> bool {
         false
+    }
+
+    pub unsafe fn configure() {
+        unreachable!("available() is false off x86-64 Linux")
+    }
+
+    pub unsafe fn release() {
+        unreachable!("available() is false off x86-64 Linux")
+    }
+
+    pub unsafe fn pair_product(
+        _: *const u16,
+        _: usize,
+        _: *const u16,
+        _: *const u16,
+        _: usize,
+        _: *mut f32,
+        _: usize,
+    ) {
+        unreachable!("available() is false off x86-64 Linux")
     }
 
     #[allow(clippy::too_many_arguments)]

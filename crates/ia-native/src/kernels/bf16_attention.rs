@@ -1,5 +1,6 @@
-//! Attention's two products in bf16 for `--precision bf16`, on `vdpbf16ps`: the scores
-//! q . k^T and the weighted sum p . v of each (sequence, head) of [`super::attention`].
+//! Attention's two products in bf16 for `--precision bf16`, on `vdpbf16ps` or AMX tiles: the
+//! scores q . k^T and the weighted sum p . v of each (sequence, head) of
+//! [`super::attention`].
 //!
 //! In f32 (gemm, with the softmax between) attention was 11% of ViT-base b=8's bf16 time,
 //! the largest share after the linear layers. Here the query, key and value rows are rounded
@@ -13,17 +14,29 @@
 //!
 //! `perf` samples over 16 forwards of ViT-base b=8 bf16 on a Zen 5 EPYC: attention 1,430-1,600
 //! (gemm and softmax) -> 1,220-1,240.
+//!
+//! On AMX the same layouts are the tiles' operands as they are: 16 queries (or their
+//! exponentials) a tile of the first operand, rows a whole head apart; 16 lines of keys or
+//! values a 1 KiB tile of the second. Keys are padded to 32 (a step of p . v), and each 16
+//! queries' products run on tiles while the rest stays as above. On a 2-core AMX Xeon,
+//! `examples/matmul_shapes attention` ran BERT-base's and ViT-base's heads at 191-287 GFLOP/s
+//! against 111-179 for f32 (three runs, the f32 and bf16 calls interleaved by shape), where
+//! `vdpbf16ps` had been slower than f32 (99-141 against 131-205).
 
 use super::bf16::{backend, Backend};
 
 /// Whether the heads of `head_size` run here in bf16: where the bf16 linear layers run on
-/// `vdpbf16ps` (the timed choice of [`backend`]; on CPUs where the widened kernel won, and
-/// on AMX, which is not measured here, attention stays f32) and a head is whole pairs of
-/// 16-column panels (up to 512 values).
+/// `vdpbf16ps` (the timed choice of [`backend`]; on CPUs where the widened kernel won,
+/// attention stays f32) or on AMX (the products on tiles, the conversions on AVX512-BF16),
+/// and a head is whole pairs of 16-column panels (up to 512 values).
 pub(super) fn runs(head_size: usize) -> bool {
     (32..=512).contains(&head_size)
         && head_size.is_multiple_of(32)
-        && backend() == Some(Backend::Avx512Bf16)
+        && match backend() {
+            Some(Backend::Avx512Bf16) => true,
+            Some(Backend::Amx) => super::bf16::has_avx512_bf16(),
+            Some(Backend::Expanded) | None => false,
+        }
 }
 
 /// The shape of one call: `b` sequences of `s` rows of `3 * h` (query, key and value
@@ -67,6 +80,7 @@ pub(super) unsafe fn attention(
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::Shape;
+    use crate::kernels::bf16::{amx, backend, Backend};
     use crate::kernels::math::{exp_nonpositive, max_of};
     use crate::kernels::SharedOut;
     use rayon::prelude::*;
@@ -75,6 +89,9 @@ mod x86 {
 
     /// Rows of the output one tile holds (one or two 16-column panels each).
     const ROWS: usize = 8;
+
+    /// Rows of an AMX tile: the queries (and weights) of each block on AMX.
+    const AMX_ROWS: usize = 16;
 
     /// How many rows ahead of the one converted the query, key and value rows are prefetched.
     const AHEAD: usize = 8;
@@ -287,6 +304,7 @@ mod x86 {
     ) {
         let Shape { b, s, h, heads, d } = shape;
         let tasks = b * heads;
+        let amx = backend() == Some(Backend::Amx);
         let split = |index: usize| (index / heads, index % heads);
         let rows_of = |seq: usize| &qkv[seq * s * 3 * h..(seq + 1) * s * 3 * h];
         (0..tasks).into_par_iter().for_each(|index| {
@@ -302,11 +320,21 @@ mod x86 {
                 head,
                 causal,
                 key_mask: key_mask.map(|m| &m[seq * s..(seq + 1) * s]),
+                amx,
             };
             SCRATCH.with_borrow_mut(|scratch| {
                 // SAFETY: `runs(d)`; the output block is this sequence's rows (stride h) at this
-                // head's d columns, which no other task writes.
-                unsafe { head_block(&task, out.at(seq * s * h + head * d), scratch) }
+                // head's d columns, which no other task writes; on AMX the tile state was
+                // granted (the backend runs).
+                unsafe {
+                    if amx {
+                        amx::configure();
+                    }
+                    head_block(&task, out.at(seq * s * h + head * d), scratch);
+                    if amx {
+                        amx::release();
+                    }
+                }
             })
         });
     }
@@ -323,20 +351,24 @@ mod x86 {
         causal: bool,
         /// Added to every query's score of each key.
         key_mask: Option<&'a [f32]>,
+        /// The products on AMX tiles (configured by the caller), 16 queries at a time.
+        amx: bool,
     }
 
     /// Writes the sequence's `s` rows of the head's `d` values, `h` apart, from `out`.
     ///
     /// # Safety
-    /// The CPU has AVX512-BF16; `d` is a multiple of 32, at most 512; `out` is valid for the
-    /// task's rows.
+    /// The CPU has AVX512-BF16 (and, where `t.amx`, the tiles are configured); `d` is a
+    /// multiple of 32, at most 512; `out` is valid for the task's rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,avx512bf16")]
     unsafe fn head_block(t: &Task, out: *mut f32, scratch: &mut Scratch) {
         let Shape { s, h, d, .. } = t.shape;
         let (h3, half) = (3 * h, d / 2);
-        // Keys padded to whole panels (zeros); queries to whole tiles.
-        let keys = s.next_multiple_of(16);
-        let rows = s.next_multiple_of(ROWS);
+        // Keys padded to whole panels (zeros; on AMX to whole tiles of 32 keys, the inputs of
+        // a step of p . v); queries to whole tiles.
+        let block = if t.amx { AMX_ROWS } else { ROWS };
+        let keys = s.next_multiple_of(if t.amx { 32 } else { 16 });
+        let rows = s.next_multiple_of(block);
         let column = |kind: usize, j: usize| &t.rows[j * h3 + kind * h + t.head * d..][..d];
         // The rows are 3 * h apart (9 KiB in a base model), too far for the hardware's
         // prefetchers: loading the keys waited on memory for a sixth of the kernel's time.
@@ -410,26 +442,45 @@ mod x86 {
         // Then for each 8 queries, while their scores and weights stay in L1: the scores
         // q . k^T, the softmax, the output p . v.
         let width = keys.next_multiple_of(32) / 2;
-        let scores = sized(&mut scratch.scores, ROWS * keys);
-        let weights = sized(&mut scratch.weights, ROWS * width);
+        let scores = sized(&mut scratch.scores, block * keys);
+        let weights = sized(&mut scratch.weights, block * width);
         // The next task's query, key and value rows, into L2 a share before each block: they
         // come from memory (a model's qkv is larger than L2), and the hardware's prefetchers
         // do not follow rows 3 * h apart.
         let prefetch_next = |r: usize| {
             if let Some((rows_next, head)) = t.next {
                 let share = |r: usize| 3 * s * r / rows;
-                for item in share(r)..share(r + ROWS) {
+                for item in share(r)..share(r + block) {
                     let at = item / 3 * h3 + item % 3 * h + head * d;
                     prefetch::<_MM_HINT_T1>(rows_next[at..].as_ptr(), d);
                 }
             }
         };
-        let mut tail = [0f32; ROWS * 32];
-        for r in (0..rows).step_by(ROWS) {
+        let mut tail = [0f32; AMX_ROWS * 32];
+        for r in (0..rows).step_by(block) {
             prefetch_next(r);
             // Scores, rows `keys` apart: pairs of panels, the last alone when the panels are
-            // odd.
-            for panel in (0..keys / 16).step_by(2) {
+            // odd (never on AMX).
+            if t.amx {
+                for panel in (0..keys / 16).step_by(2) {
+                    // SAFETY: 16 query rows of d values from r (rows d values apart); the two
+                    // panels' d / 32 tiles of 1 KiB; the scores' 16 rows x 32 keys from
+                    // panel * 16.
+                    unsafe {
+                        let b0 = key_lines.as_ptr().add(panel * half) as *const u16;
+                        amx::pair_product(
+                            (queries.as_ptr() as *const u16).add(r * d),
+                            2 * d,
+                            b0,
+                            b0.add(half * 32),
+                            d / 32,
+                            scores.as_mut_ptr().add(panel * 16),
+                            4 * keys,
+                        )
+                    };
+                }
+            }
+            for panel in (0..keys / 16).step_by(2).filter(|_| !t.amx) {
                 // SAFETY: 8 query rows of d / 2 pairs from r; the panels' d / 2 lines; the
                 // scores' 8 rows x 16 or 32 keys from panel * 16.
                 unsafe {
@@ -450,7 +501,7 @@ mod x86 {
             // - max) rounded to pairs straight away, the other keys' weights (and the padding
             // queries') zero; the division by the sum waits for the output rows, d values
             // each instead of s.
-            let mut inverse = [0f32; ROWS];
+            let mut inverse = [0f32; AMX_ROWS];
             for (i, (row, dst)) in scores
                 .chunks_exact_mut(keys)
                 .zip(weights.chunks_exact_mut(width))
@@ -471,10 +522,35 @@ mod x86 {
                 inverse[i] = exp_pairs(&row[..seen], dst);
             }
 
+            // On AMX: output p . v over every 32 keys into the buffer, then its rows scaled
+            // into `out`.
+            for c in (0..d / 16).step_by(2).filter(|_| t.amx) {
+                // SAFETY: 16 weight rows of keys / 2 pairs; both panels' keys / 32 tiles; the
+                // buffer's 16 rows of 32; rows r + i < s of the task's output at 32 of the
+                // head's columns.
+                unsafe {
+                    let b0 = value_lines.as_ptr().add(c * keys / 2) as *const u16;
+                    amx::pair_product(
+                        weights.as_ptr() as *const u16,
+                        4 * width,
+                        b0,
+                        b0.add(keys / 2 * 32),
+                        keys / 32,
+                        tail.as_mut_ptr(),
+                        4 * 32,
+                    );
+                    for (i, row) in tail.chunks_exact(32).take(s - r).enumerate() {
+                        let dst = std::slice::from_raw_parts_mut(out.add((r + i) * h + c * 16), 32);
+                        for (d, v) in dst.iter_mut().zip(row) {
+                            *d = v * inverse[i];
+                        }
+                    }
+                }
+            }
             // Output p . v over the pairs of keys up to s: whole tiles straight to `out`, the
             // last partial one through a buffer.
             let whole = r + ROWS <= s;
-            for c in (0..d / 16).step_by(2) {
+            for c in (0..d / 16).step_by(2).filter(|_| !t.amx) {
                 let (dst, stride) = if whole {
                     (out.wrapping_add(r * h + c * 16), h)
                 } else {
@@ -490,7 +566,7 @@ mod x86 {
                         width,
                         [b0, b0.add(keys / 2)],
                         s.div_ceil(2),
-                        Some(&inverse),
+                        Some(inverse[..ROWS].try_into().expect("a tile's rows")),
                         dst,
                         stride,
                     )
