@@ -198,22 +198,39 @@ impl PackedBf16 {
     /// `weight_t` [k, n] row-major (a linear layer's weight as [in, out]).
     pub fn pack(weight_t: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(weight_t.len(), k * n, "a [k, n] weight");
+        Self::pack_with(k, n, |kk, col| weight_t[kk * n + col])
+    }
+
+    /// `weight` [n, k] row-major, as checkpoints keep a linear layer's weight ([out, in]):
+    /// each pair of inputs is two neighbours of a row, so no transposed copy is made first.
+    pub fn pack_rows(weight: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(weight.len(), k * n, "an [n, k] weight");
+        Self::pack_with(k, n, |kk, col| weight[col * k + kk])
+    }
+
+    /// The packing of the weight whose element (input kk, output col) is `at(kk, col)`, one
+    /// panel per task.
+    fn pack_with(k: usize, n: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> Self {
+        use rayon::prelude::*;
         let k_padded = k.div_ceil(STEP) * STEP;
         let n_padded = n.div_ceil(BLOCK) * BLOCK;
         let mut data = vec![Line([0; 32]); k_padded * n_padded / 32];
-        for panel in 0..n_padded / 16 {
-            for pair in 0..k_padded / 2 {
-                let row = &mut data[panel * k_padded / 2 + pair].0;
-                for c in 0..16 {
-                    let col = panel * 16 + c;
-                    for p in 0..2 {
-                        let kk = 2 * pair + p;
-                        if kk < k && col < n {
-                            row[c * 2 + p] = to_bf16(weight_t[kk * n + col]);
+        if k_padded > 0 {
+            data.par_chunks_mut(k_padded / 2)
+                .enumerate()
+                .for_each(|(panel, lines)| {
+                    for (pair, line) in lines.iter_mut().enumerate() {
+                        for c in 0..16 {
+                            let col = panel * 16 + c;
+                            for p in 0..2 {
+                                let kk = 2 * pair + p;
+                                if kk < k && col < n {
+                                    line.0[c * 2 + p] = to_bf16(at(kk, col));
+                                }
+                            }
                         }
                     }
-                }
-            }
+                });
         }
         Self {
             k,

@@ -42,9 +42,16 @@ impl Weight {
     /// `weight` [out, in] as checkpoints keep it; `bf16` packs it for the bf16 products (f32
     /// CPU tensors).
     pub fn new(weight: &Tensor, bf16: bool) -> Result<Self> {
+        if bf16 {
+            let (n, k) = weight.dims2()?;
+            let data = weight
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            return Ok(Weight::Bf16(PackedBf16::pack_rows(&data, n, k)));
+        }
         let weight_t = weight.t()?.contiguous()?;
-        let panels = applies(&weight_t) && PackedF32::runs_here();
-        if !bf16 && !panels {
+        if !(applies(&weight_t) && PackedF32::runs_here()) {
             return Ok(Weight::Transposed(weight_t));
         }
         let (k, n) = weight_t.dims2()?;
@@ -52,11 +59,7 @@ impl Weight {
             .to_dtype(candle_core::DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        Ok(if bf16 {
-            Weight::Bf16(PackedBf16::pack(&data, k, n))
-        } else {
-            Weight::Panels(PackedF32::pack(&data, k, n))
-        })
+        Ok(Weight::Panels(PackedF32::pack(&data, k, n)))
     }
 
     /// (inputs, outputs).
