@@ -42,24 +42,22 @@ impl Weight {
     /// `weight` [out, in] as checkpoints keep it; `bf16` packs it for the bf16 products (f32
     /// CPU tensors).
     pub fn new(weight: &Tensor, bf16: bool) -> Result<Self> {
-        if bf16 {
-            let (n, k) = weight.dims2()?;
-            let data = weight
-                .to_dtype(candle_core::DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            return Ok(Weight::Bf16(PackedBf16::pack_rows(&data, n, k)));
+        let panels = applies(weight) && PackedF32::runs_here();
+        if !bf16 && !panels {
+            return Ok(Weight::Transposed(weight.t()?.contiguous()?));
         }
-        let weight_t = weight.t()?.contiguous()?;
-        if !(applies(&weight_t) && PackedF32::runs_here()) {
-            return Ok(Weight::Transposed(weight_t));
-        }
-        let (k, n) = weight_t.dims2()?;
-        let data = weight_t
+        // Both packings read the [out, in] rows as they are: a transposed copy through
+        // candle's strided copy had been most of a bf16 model's load.
+        let (n, k) = weight.dims2()?;
+        let data = weight
             .to_dtype(candle_core::DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        Ok(Weight::Panels(PackedF32::pack(&data, k, n)))
+        Ok(if bf16 {
+            Weight::Bf16(PackedBf16::pack_rows(&data, n, k))
+        } else {
+            Weight::Panels(PackedF32::pack_rows(&data, n, k))
+        })
     }
 
     /// (inputs, outputs).

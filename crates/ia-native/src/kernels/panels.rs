@@ -54,16 +54,36 @@ impl PackedF32 {
     /// Packs `weight_t`, `[k, n]` row-major.
     pub fn pack(weight_t: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(weight_t.len(), k * n, "a {k} x {n} weight");
+        Self::pack_with(k, n, |i, col| weight_t[i * n + col])
+    }
+
+    /// Packs `weight`, `[n, k]` row-major as checkpoints keep a linear layer's weight ([out,
+    /// in]), without a transposed copy first.
+    pub fn pack_rows(weight: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(weight.len(), k * n, "a {n} x {k} weight");
+        Self::pack_with(k, n, |i, col| weight[col * k + i])
+    }
+
+    /// The panels of the weight whose element (input i, output col) is `at(i, col)`, one
+    /// panel per task.
+    fn pack_with(k: usize, n: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> Self {
+        use rayon::prelude::*;
         let panels = n.div_ceil(PANEL);
         // A cache line is 16 f32: the first aligned element is at most 15 in.
         let mut values = vec![0f32; panels * k * PANEL + 15];
         let start = values.as_ptr().align_offset(64).min(15);
-        for p in 0..panels {
-            let (first, cols) = (p * PANEL, PANEL.min(n - p * PANEL));
-            for i in 0..k {
-                let at = start + (p * k + i) * PANEL;
-                values[at..at + cols].copy_from_slice(&weight_t[i * n + first..][..cols]);
-            }
+        if k > 0 {
+            values[start..start + panels * k * PANEL]
+                .par_chunks_mut(k * PANEL)
+                .enumerate()
+                .for_each(|(p, panel)| {
+                    let (first, cols) = (p * PANEL, PANEL.min(n - p * PANEL));
+                    for (i, row) in panel.chunks_exact_mut(PANEL).enumerate() {
+                        for (c, v) in row[..cols].iter_mut().enumerate() {
+                            *v = at(i, first + c);
+                        }
+                    }
+                });
         }
         Self {
             inputs: k,
