@@ -683,33 +683,9 @@ pub(super) mod amx {
         c_stride: usize,
     ) {
         unsafe {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "2:",
-                "tileloadd tmm4, [{a} + {sa}]",
-                "tileloadd tmm6, [{b0} + {s64}]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tileloadd tmm7, [{b1} + {s64}]",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "add {a}, 64",
-                "add {b0}, 1024",
-                "add {b1}, 1024",
-                "dec {n}",
-                "jnz 2b",
-                "tilestored [{c0} + {sc}], tmm0",
-                "tilestored [{c1} + {sc}], tmm1",
-                a = inout(reg) a => _,
-                b0 = inout(reg) b0 => _,
-                b1 = inout(reg) b1 => _,
-                n = inout(reg) steps => _,
-                sa = in(reg) a_stride,
-                s64 = in(reg) 64usize,
-                c0 = in(reg) c,
-                c1 = in(reg) c.wrapping_add(16),
-                sc = in(reg) c_stride,
-                options(nostack),
-            );
+            tiles::zero(false);
+            tiles::one_block(a, a_stride, 64, b0, b1, steps);
+            tiles::store(false, [c, c.add(16), c, c], c_stride);
         }
     }
 
@@ -831,27 +807,49 @@ pub(super) mod amx {
                         options(nostack, readonly),
                     );
                 } else {
-                    let _ = a1;
-                    asm!(
-                        "2:",
-                        "tileloadd tmm4, [{a0} + {s64}]",
-                        "tileloadd tmm6, [{b0} + {s64}]",
-                        "tileloadd tmm7, [{b1} + {s64}]",
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tdpbf16ps tmm1, tmm4, tmm7",
-                        "add {a0}, 1024",
-                        "add {b0}, 1024",
-                        "add {b1}, 1024",
-                        "dec {n}",
-                        "jnz 2b",
-                        a0 = inout(reg) a0 => _,
-                        b0 = inout(reg) b0 => _,
-                        b1 = inout(reg) b1 => _,
-                        n = inout(reg) n => _,
-                        s64 = in(reg) 64usize,
-                        options(nostack, readonly),
-                    );
+                    one_block(a0, 64, 1024, b0, b1, n);
                 }
+            }
+        }
+
+        /// `n` (at least 1) steps of 32 inputs for one block of 16 rows: tmm0 / tmm1 += the
+        /// 16 x 32 bf16 at `a` (rows `a_stride` bytes apart, the next step's `a_advance` bytes
+        /// further on) times the weights' tiles from `b0` and `b1` (1 KiB each in a row, the
+        /// next step's 1 KiB further on).
+        ///
+        /// # Safety
+        /// Configured as [`zero`]; `n` tiles are readable from each pointer.
+        #[inline(always)]
+        pub unsafe fn one_block(
+            a: *const u16,
+            a_stride: usize,
+            a_advance: usize,
+            b0: *const u16,
+            b1: *const u16,
+            n: usize,
+        ) {
+            unsafe {
+                asm!(
+                    "2:",
+                    "tileloadd tmm4, [{a} + {sa}]",
+                    "tileloadd tmm6, [{b0} + {s64}]",
+                    "tileloadd tmm7, [{b1} + {s64}]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "add {a}, {aa}",
+                    "add {b0}, 1024",
+                    "add {b1}, 1024",
+                    "dec {n}",
+                    "jnz 2b",
+                    a = inout(reg) a => _,
+                    b0 = inout(reg) b0 => _,
+                    b1 = inout(reg) b1 => _,
+                    n = inout(reg) n => _,
+                    sa = in(reg) a_stride,
+                    aa = in(reg) a_advance,
+                    s64 = in(reg) 64usize,
+                    options(nostack, readonly),
+                );
             }
         }
     }
