@@ -439,8 +439,8 @@ mod x86 {
             }
         }
 
-        // Then for each 8 queries, while their scores and weights stay in L1: the scores
-        // q . k^T, the softmax, the output p . v.
+        // Then for each 8 queries (16 on AMX), while their scores and weights stay in L1: the
+        // scores q . k^T, the softmax, the output p . v.
         let width = keys.next_multiple_of(32) / 2;
         let scores = sized(&mut scratch.scores, block * keys);
         let weights = sized(&mut scratch.weights, block * width);
