@@ -103,7 +103,7 @@ fn faster_vector_kernel() -> Backend {
     let (m, k, n) = (64, 512, 64);
     let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 / 13.0 - 0.5).collect();
     let w: Vec<f32> = (0..k * n).map(|i| (i % 11) as f32 / 11.0 - 0.5).collect();
-    let packed = PackedBf16::pack(&w, k, n);
+    let packed = PackedBf16::pack(&w, n, k);
     let mut out = vec![0f32; m * n];
     let dst = out.as_mut_ptr();
     let kernels = [Backend::Avx512Bf16, Backend::Expanded];
@@ -195,22 +195,11 @@ pub struct PackedBf16 {
 struct Line([u16; 32]);
 
 impl PackedBf16 {
-    /// `weight_t` [k, n] row-major (a linear layer's weight as [in, out]).
-    pub fn pack(weight_t: &[f32], k: usize, n: usize) -> Self {
-        assert_eq!(weight_t.len(), k * n, "a [k, n] weight");
-        Self::pack_with(k, n, |kk, col| weight_t[kk * n + col])
-    }
-
     /// `weight` [n, k] row-major, as checkpoints keep a linear layer's weight ([out, in]):
     /// each pair of inputs is two neighbours of a row, so no transposed copy is made first.
-    pub fn pack_rows(weight: &[f32], n: usize, k: usize) -> Self {
+    /// One panel per task.
+    pub fn pack(weight: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(weight.len(), k * n, "an [n, k] weight");
-        Self::pack_with(k, n, |kk, col| weight[col * k + kk])
-    }
-
-    /// The packing of the weight whose element (input kk, output col) is `at(kk, col)`, one
-    /// panel per task.
-    fn pack_with(k: usize, n: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> Self {
         use rayon::prelude::*;
         let k_padded = k.div_ceil(STEP) * STEP;
         let n_padded = n.div_ceil(BLOCK) * BLOCK;
@@ -225,7 +214,7 @@ impl PackedBf16 {
                             for p in 0..2 {
                                 let kk = 2 * pair + p;
                                 if kk < k && col < n {
-                                    line.0[c * 2 + p] = to_bf16(at(kk, col));
+                                    line.0[c * 2 + p] = to_bf16(weight[col * k + kk]);
                                 }
                             }
                         }
@@ -1265,10 +1254,11 @@ mod tests {
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7919) % 97) as f32 / 50.0 - 1.0)
                 .collect();
+            // [n, k], as checkpoints keep it.
             let w: Vec<f32> = (0..k * n)
                 .map(|i| ((i * 104_729) % 89) as f32 / 40.0 - 1.1)
                 .collect();
-            let packed = PackedBf16::pack(&w, k, n);
+            let packed = PackedBf16::pack(&w, n, k);
             let a = Activations::convert_for(backend, &x, m, &packed);
             let cols = packed.n_padded;
             // m rows and a row that must stay as it is. Every kernel writes every element
@@ -1302,7 +1292,7 @@ mod tests {
             for r in 0..m {
                 for c in 0..n {
                     let want: f64 = (0..k)
-                        .map(|i| round(x[r * k + i]) * round(w[i * n + c]))
+                        .map(|i| round(x[r * k + i]) * round(w[c * k + i]))
                         .sum();
                     let got = out[r * cols + c] as f64;
                     assert!(

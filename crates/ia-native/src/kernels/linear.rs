@@ -54,9 +54,9 @@ impl Weight {
             .flatten_all()?
             .to_vec1::<f32>()?;
         Ok(if bf16 {
-            Weight::Bf16(PackedBf16::pack_rows(&data, n, k))
+            Weight::Bf16(PackedBf16::pack(&data, n, k))
         } else {
-            Weight::Panels(PackedF32::pack_rows(&data, n, k))
+            Weight::Panels(PackedF32::pack(&data, n, k))
         })
     }
 

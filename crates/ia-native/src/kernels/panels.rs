@@ -51,22 +51,10 @@ pub struct PackedF32 {
 }
 
 impl PackedF32 {
-    /// Packs `weight_t`, `[k, n]` row-major.
-    pub fn pack(weight_t: &[f32], k: usize, n: usize) -> Self {
-        assert_eq!(weight_t.len(), k * n, "a {k} x {n} weight");
-        Self::pack_with(k, n, |i, col| weight_t[i * n + col])
-    }
-
     /// Packs `weight`, `[n, k]` row-major as checkpoints keep a linear layer's weight ([out,
-    /// in]), without a transposed copy first.
-    pub fn pack_rows(weight: &[f32], n: usize, k: usize) -> Self {
+    /// in]), without a transposed copy first; one panel per task.
+    pub fn pack(weight: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(weight.len(), k * n, "a {n} x {k} weight");
-        Self::pack_with(k, n, |i, col| weight[col * k + i])
-    }
-
-    /// The panels of the weight whose element (input i, output col) is `at(i, col)`, one
-    /// panel per task.
-    fn pack_with(k: usize, n: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> Self {
         use rayon::prelude::*;
         let panels = n.div_ceil(PANEL);
         // A cache line is 16 f32: the first aligned element is at most 15 in.
@@ -80,7 +68,7 @@ impl PackedF32 {
                     let (first, cols) = (p * PANEL, PANEL.min(n - p * PANEL));
                     for (i, row) in panel.chunks_exact_mut(PANEL).enumerate() {
                         for (c, v) in row[..cols].iter_mut().enumerate() {
-                            *v = at(i, first + c);
+                            *v = weight[(first + c) * k + i];
                         }
                     }
                 });
@@ -578,8 +566,9 @@ mod tests {
             ),
         ] {
             let x = values(m.max(1) * row_stride.max(k), 0.1);
+            // [n, k], as checkpoints keep it.
             let w = values(k * n, 0.7);
-            let packed = PackedF32::pack(&w, k, n);
+            let packed = PackedF32::pack(&w, n, k);
             let mut out = Output::zeroed(m * n);
             // Two blocks of columns, as two threads would take them.
             let split = (n / 2).div_ceil(PANEL) * PANEL;
@@ -605,7 +594,7 @@ mod tests {
             for r in 0..m {
                 for c in 0..n {
                     let want: f64 = (0..k)
-                        .map(|i| x[r * row_stride + i] as f64 * w[i * n + c] as f64)
+                        .map(|i| x[r * row_stride + i] as f64 * w[c * k + i] as f64)
                         .sum();
                     let g = got[r * n + c] as f64;
                     assert!(
