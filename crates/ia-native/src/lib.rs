@@ -59,7 +59,7 @@ impl NativeEngine {
 fn check_dtype(platform: Platform, dtype: DType) -> Result<(), EngineError> {
     if dtype == DType::BF16 && platform == Platform::Cpu {
         return Err(EngineError::Unsupported(
-            "bf16 on the CPU runs BERT and ViT only (on AMX or AVX512-BF16): candle's CPU backend has no bf16 matmul (use f32, f16, or the openvino engine)".into(),
+            "bf16 on the CPU runs BERT, ViT and LLaMA, Mistral, Qwen2 and Qwen3 generation only (on AMX or AVX512-BF16): candle's CPU backend has no bf16 matmul (use f32, f16, or the openvino engine)".into(),
         ));
     }
     Ok(())
@@ -266,19 +266,26 @@ impl NativeEngine {
             && matches!(model.class, ModelClass::Llama | ModelClass::Qwen)
             && !models::qwen2_vl::is_qwen_vl(source.config())
             && models::quantized::ggml_dtype(precision).is_some();
-        // bf16 BERT and ViT on the CPU: f32 weights and activations, bf16 products on AMX or
-        // AVX512-BF16.
-        let bf16_encoder = capability == Capability::Run
-            && precision == Precision::Bf16
+        // bf16 on the CPU, for BERT and ViT and the LLaMA-family decoder: f32 weights and
+        // activations, bf16 products on AMX or AVX512-BF16.
+        let bf16_products = precision == Precision::Bf16
             && platform == Platform::Cpu
-            && matches!(model.class, ModelClass::Bert | ModelClass::Vit);
-        if bf16_encoder && !kernels::bf16::available() {
+            && match capability {
+                Capability::Run => matches!(model.class, ModelClass::Bert | ModelClass::Vit),
+                Capability::Generate => {
+                    matches!(model.class, ModelClass::Llama | ModelClass::Qwen)
+                        && !models::qwen2_vl::is_qwen_vl(source.config())
+                        && models::decoder::runs(source.config())
+                }
+                _ => false,
+            };
+        if bf16_products && !kernels::bf16::available() {
             return Err(EngineError::Unsupported(format!(
                 "bf16 on the CPU runs on AMX or AVX512-BF16, and {} (use f32, or the openvino engine)",
                 kernels::bf16::unavailable_reason()
             )));
         }
-        let dtype = if quantised_decoder || bf16_encoder {
+        let dtype = if quantised_decoder || bf16_products {
             DType::F32
         } else {
             dtype_for(precision)?
@@ -301,7 +308,7 @@ impl NativeEngine {
             source,
             device,
             dtype,
-            products: if bf16_encoder {
+            products: if bf16_products {
                 models::encoder::Products::Bf16
             } else {
                 models::encoder::Products::AsLoaded

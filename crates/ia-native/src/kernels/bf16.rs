@@ -243,6 +243,11 @@ impl PackedBf16 {
         self.n
     }
 
+    /// The memory the packed values take, padding included.
+    pub fn bytes(&self) -> u64 {
+        std::mem::size_of_val(self.data.as_slice()) as u64
+    }
+
     /// The output columns with the padding to whole blocks.
     pub(super) fn padded_outputs(&self) -> usize {
         self.n_padded

@@ -37,7 +37,7 @@ impl CausalLm {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        let llama_family = matches!(model_type.as_str(), "llama" | "mistral" | "qwen2" | "qwen3");
+        let llama_family = decoder::runs(ctx.source.config());
         // q8_0 and q4_k run in our decoder, on our quantised kernel (a batched prefill,
         // continuous batching): a safetensors checkpoint quantised at load, or a .gguf file
         // of Q8_0 and Q4_K blocks. Other .gguf files, and other devices, go to candle's

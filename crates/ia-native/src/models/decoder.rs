@@ -259,11 +259,24 @@ impl Config {
     }
 }
 
+/// Whether this decoder runs the checkpoint: its `model_type` is LLaMA's, Mistral's, Qwen2's
+/// or Qwen3's.
+pub(crate) fn runs(config: &Value) -> bool {
+    matches!(
+        config.get("model_type").and_then(Value::as_str),
+        Some("llama" | "mistral" | "qwen2" | "qwen3")
+    )
+}
+
 /// How the projections hold their weights.
 #[derive(Clone)]
 pub(crate) enum Storage {
-    /// As loaded (the session's dtype), multiplied by candle.
+    /// As loaded (the session's dtype): f32 on the CPU packed for our kernel
+    /// ([`kernels::Weight::new`]), else multiplied by candle.
     AsLoaded,
+    /// f32 as loaded, rounded to bf16 and packed for the bf16 products (`--precision bf16` on
+    /// a CPU with AMX or AVX512-BF16); activations, norms and attention stay f32.
+    Bf16,
     /// Blocks of this format, multiplied by our quantised kernel (CPU, f32 activations).
     Quantised(Format),
     /// A .gguf file's Q8_0 and Q4_K matrices by tensor name, multiplied by our quantised
@@ -293,7 +306,7 @@ impl Storage {
         vb: &VarBuilder,
     ) -> candle_core::Result<Option<Arc<QuantMatrix>>> {
         let m = match self {
-            Storage::AsLoaded => return Ok(None),
+            Storage::AsLoaded | Storage::Bf16 => return Ok(None),
             Storage::Quantised(_) => match self.format_for(inputs) {
                 Some(format) => {
                     let w = vb.get((outputs, inputs), "weight")?;
@@ -321,10 +334,12 @@ impl Storage {
     }
 }
 
-/// A projection: candle's linear layer, or quantised weights through our kernel.
+/// A projection: weights packed for our kernel (f32 panels, bf16 or quantised blocks), or
+/// candle's linear layer over a tied head's f32 embedding table (a packed copy would hold
+/// the vocabulary's table twice).
 enum Proj {
     Candle(Linear),
-    Quantised {
+    Kernel {
         weight: kernels::Weight,
         bias: Option<Tensor>,
     },
@@ -334,7 +349,7 @@ impl Proj {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Proj::Candle(l) => l.forward(x),
-            Proj::Quantised { weight, bias } => kernels::linear(
+            Proj::Kernel { weight, bias } => kernels::linear(
                 x,
                 weight,
                 bias.as_ref(),
@@ -347,7 +362,7 @@ impl Proj {
     /// The quantised matrix, if this projection has one.
     fn quantised(&self) -> Option<&QuantMatrix> {
         match self {
-            Proj::Quantised {
+            Proj::Kernel {
                 weight: kernels::Weight::Quant(q),
                 ..
             } => Some(q),
@@ -364,15 +379,16 @@ fn linear(
     storage: &Storage,
 ) -> candle_core::Result<Proj> {
     let bias_of = |vb: &VarBuilder| bias.then(|| vb.get(output, "bias")).transpose();
-    Ok(match storage.matrix(input, output, &vb)? {
-        Some(m) => Proj::Quantised {
-            weight: kernels::Weight::Quant(m),
-            bias: bias_of(&vb)?,
-        },
-        None => Proj::Candle(Linear::new(
-            vb.get((output, input), "weight")?,
-            bias_of(&vb)?,
-        )),
+    let weight = match storage.matrix(input, output, &vb)? {
+        Some(m) => kernels::Weight::Quant(m),
+        None => kernels::Weight::new(
+            &vb.get((output, input), "weight")?,
+            matches!(storage, Storage::Bf16),
+        )?,
+    };
+    Ok(Proj::Kernel {
+        weight,
+        bias: bias_of(&vb)?,
     })
 }
 
@@ -656,6 +672,8 @@ pub(crate) struct Weights {
     layers: Vec<Layer>,
     norm: RmsNorm,
     lm_head: Proj,
+    /// The head multiplies by the embedding table (`tie_word_embeddings`).
+    head_is_tied: bool,
 }
 
 impl Weights {
@@ -696,9 +714,16 @@ impl Weights {
         // A .gguf file's own `output.weight` is the head even where config.json says tied.
         let file_has_head = matches!(storage, Storage::Blocks(_))
             && (storage.matrix(hidden, vocab, &head)?.is_some() || head.contains_tensor("weight"));
-        let lm_head = match (&embed_tokens, cfg.tied_head() && !file_has_head) {
-            (TokenEmbeddings::Quantised(q), true) => Proj::Quantised {
+        let head_is_tied = cfg.tied_head() && !file_has_head;
+        let lm_head = match (&embed_tokens, head_is_tied) {
+            (TokenEmbeddings::Quantised(q), true) => Proj::Kernel {
                 weight: kernels::Weight::Quant(q.clone()),
+                bias: None,
+            },
+            // bf16 packs the head apart from the f32 table the embeddings look up: the head
+            // is the largest product of a decode step, and bf16 halves what it reads.
+            (TokenEmbeddings::Table(t), true) if matches!(storage, Storage::Bf16) => Proj::Kernel {
+                weight: kernels::Weight::new(t.embeddings(), true)?,
                 bias: None,
             },
             (TokenEmbeddings::Table(t), true) => {
@@ -711,18 +736,13 @@ impl Weights {
             layers,
             norm,
             lm_head,
+            head_is_tied,
         })
     }
 
-    /// Parameters held as quantised blocks and the bytes those blocks take (a matrix shared
-    /// by the embeddings and a tied head counted once).
-    fn quantised(&self) -> (u64, u64) {
-        let mut seen: Vec<*const QuantMatrix> = Vec::new();
-        let embeddings = match &self.embed_tokens {
-            TokenEmbeddings::Quantised(q) => Some(q.as_ref()),
-            TokenEmbeddings::Table(_) => None,
-        };
-        let projections = self.layers.iter().flat_map(|l| {
+    /// The projections of every layer.
+    fn projections(&self) -> impl Iterator<Item = &Proj> {
+        self.layers.iter().flat_map(|l| {
             let (a, m) = (&l.self_attn, &l.mlp);
             [
                 &a.q_proj,
@@ -733,10 +753,22 @@ impl Weights {
                 &m.up_proj,
                 &m.down_proj,
             ]
-        });
+        })
+    }
+
+    /// Parameters held as quantised blocks or packed bf16 instead of the session's dtype, and
+    /// the bytes those take (a matrix shared by the embeddings and a tied head counted once;
+    /// a tied head packed in bf16 beside the f32 table the embeddings look up adds its bytes
+    /// and replaces no parameter).
+    fn packed(&self) -> (u64, u64) {
+        let mut seen: Vec<*const QuantMatrix> = Vec::new();
+        let embeddings = match &self.embed_tokens {
+            TokenEmbeddings::Quantised(q) => Some(q.as_ref()),
+            TokenEmbeddings::Table(_) => None,
+        };
         let mut totals = (0, 0);
         for q in embeddings.into_iter().chain(
-            projections
+            self.projections()
                 .chain([&self.lm_head])
                 .filter_map(Proj::quantised),
         ) {
@@ -744,6 +776,24 @@ impl Weights {
                 seen.push(q);
                 totals.0 += (q.outputs() * q.inputs()) as u64;
                 totals.1 += q.bytes();
+            }
+        }
+        let head_copies_table =
+            matches!(self.embed_tokens, TokenEmbeddings::Table(_)) && self.head_is_tied;
+        for (proj, replaces) in self
+            .projections()
+            .map(|p| (p, true))
+            .chain([(&self.lm_head, !head_copies_table)])
+        {
+            if let Proj::Kernel {
+                weight: kernels::Weight::Bf16(p),
+                ..
+            } = proj
+            {
+                if replaces {
+                    totals.0 += (p.outputs() * p.inputs()) as u64;
+                }
+                totals.1 += p.bytes();
             }
         }
         totals
@@ -777,9 +827,12 @@ impl Decoder {
         Ok(Box::new(Self::new(&cfg, weights, info, &ctx)?))
     }
 
-    /// Quantised blocks for `--precision q8_0|q4_k` (on the CPU, where their kernel runs);
-    /// else as loaded.
+    /// Quantised blocks for `--precision q8_0|q4_k` (on the CPU, where their kernel runs),
+    /// packed bf16 for the bf16 products; else as loaded.
     pub(crate) fn storage(ctx: &LoadContext<'_>) -> Result<Storage, EngineError> {
+        if ctx.products == super::encoder::Products::Bf16 {
+            return Ok(Storage::Bf16);
+        }
         let format = match ctx.info.precision {
             ia_engine::Precision::Q8_0 => Format::Q8_0,
             ia_engine::Precision::Q4K => Format::Q4K,
@@ -816,15 +869,16 @@ impl Decoder {
             .sin()
             .and_then(|t| t.to_dtype(ctx.dtype))
             .map_err(rt)?;
-        let (quantised_parameters, quantised_bytes) = weights.quantised();
-        let weight_bytes = (info.parameter_count - quantised_parameters)
+        let (packed_parameters, packed_bytes) = weights.packed();
+        let weight_bytes = (info.parameter_count - packed_parameters)
             * ctx.dtype.size_in_bytes() as u64
-            + quantised_bytes;
+            + packed_bytes;
         let Weights {
             embed_tokens,
             layers,
             norm,
             lm_head,
+            ..
         } = weights;
         Ok(Self {
             embed_tokens,
