@@ -734,6 +734,12 @@ impl SplitMix64 {
         Self(seed)
     }
 
+    /// Moves on by `n` draws of [`Self::next_u64`] at once: the state is a counter, so a
+    /// long stream can be cut into pieces generated apart, each the same as in one pass.
+    pub fn skip(&mut self, n: u64) {
+        self.0 = self.0.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -762,6 +768,17 @@ mod tests {
 
     fn random(config: Value) -> Model {
         Model::resolve("test", ModelSource::RandomInit { config, seed: 0 }).unwrap()
+    }
+
+    #[test]
+    fn skip_is_the_same_as_drawing() {
+        let mut drawn = SplitMix64::new(7);
+        for _ in 0..1000 {
+            drawn.next_u64();
+        }
+        let mut skipped = SplitMix64::new(7);
+        skipped.skip(1000);
+        assert_eq!(drawn.next_u64(), skipped.next_u64());
     }
 
     #[test]

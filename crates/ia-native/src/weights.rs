@@ -139,8 +139,24 @@ impl SimpleBackend for RandomBackend {
         {
             vec![1.0; n]
         } else {
-            let mut rng = SplitMix64::new(self.seed ^ name_hash(name));
-            (0..n).map(|_| rng.next_normal() * self.std).collect()
+            // One stream per tensor, cut into pieces drawn in parallel (each normal takes two
+            // draws): the values of one pass, in a fraction of its time (a 0.5B model's took
+            // 25 s on one thread).
+            use rayon::prelude::*;
+            const PIECE: usize = 1 << 16;
+            let seed = self.seed ^ name_hash(name);
+            let mut values = vec![0f32; n];
+            values
+                .par_chunks_mut(PIECE)
+                .enumerate()
+                .for_each(|(piece, values)| {
+                    let mut rng = SplitMix64::new(seed);
+                    rng.skip(2 * (piece * PIECE) as u64);
+                    for v in values {
+                        *v = rng.next_normal() * self.std;
+                    }
+                });
+            values
         };
         Tensor::from_vec(values, s, dev)?.to_dtype(dtype)
     }
@@ -177,6 +193,19 @@ mod tests {
         let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(v(&a1), v(&a2));
         assert_ne!(v(&a1), v(&c));
+        // Drawn in pieces, a large tensor is the one stream of its name.
+        let big = b
+            .get(
+                (3, 70_000).into(),
+                "x.weight",
+                Init::Const(0.),
+                DType::F32,
+                &Device::Cpu,
+            )
+            .unwrap();
+        let mut rng = SplitMix64::new(1 ^ name_hash("x.weight"));
+        let one_pass: Vec<f32> = (0..210_000).map(|_| rng.next_normal() * 0.02).collect();
+        assert_eq!(v(&big), one_pass);
         let ln = b
             .get(
                 (4,).into(),
