@@ -61,10 +61,25 @@ pub(super) fn gelu_erf(x: f32) -> f32 {
 /// never overflows.
 #[inline(always)]
 pub(super) fn quick_gelu(x: f32) -> f32 {
-    let z = 1.702 * x;
+    x * sigmoid(1.702 * x)
+}
+
+/// SiLU (swish): x * sigmoid(x), LLaMA's and Qwen's "silu".
+#[inline(always)]
+pub(super) fn silu(x: f32) -> f32 {
+    x * sigmoid(x)
+}
+
+/// 1 / (1 + e^-z), from e^-|z| so that the exponent never overflows.
+#[inline(always)]
+fn sigmoid(z: f32) -> f32 {
     let e = exp_nonpositive(-z.abs());
     let positive = 1.0 / (1.0 + e);
-    x * if z >= 0.0 { positive } else { e * positive }
+    if z >= 0.0 {
+        positive
+    } else {
+        e * positive
+    }
 }
 
 /// Lanes of the partial sums in reductions: LLVM keeps float sums in order, so one
@@ -151,6 +166,19 @@ mod tests {
             let x = i as f32 * 0.05;
             let want = x as f64 / (1.0 + (-1.702 * x as f64).exp());
             let got = quick_gelu(x) as f64;
+            assert!(
+                (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "{x}: {got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn silu_matches_the_exact_function() {
+        for i in -2000..=2000 {
+            let x = i as f32 * 0.05;
+            let want = x as f64 / (1.0 + (-x as f64).exp());
+            let got = silu(x) as f64;
             assert!(
                 (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
                 "{x}: {got} vs {want}"

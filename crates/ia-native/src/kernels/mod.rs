@@ -34,7 +34,7 @@ mod panels;
 pub mod quant;
 
 pub use attention::attention;
-pub use linear::{conv1d_frames, conv_weight, gelu_erf, linear, Activation, Weight};
+pub use linear::{conv1d_frames, conv_weight, gelu_erf, linear, swiglu, Activation, Weight};
 pub use norm::{channel_norm_frames, LayerNorm, RmsNorm};
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};

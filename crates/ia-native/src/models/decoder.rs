@@ -359,6 +359,20 @@ impl Proj {
         }
     }
 
+    /// `residual + x . W + bias`, the residual added in the kernel's pass.
+    fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Proj::Candle(l) => l.forward(x)? + residual,
+            Proj::Kernel { weight, bias } => kernels::linear(
+                x,
+                weight,
+                bias.as_ref(),
+                kernels::Activation::Identity,
+                Some(residual),
+            ),
+        }
+    }
+
     /// The quantised matrix, if this projection has one.
     fn quantised(&self) -> Option<&QuantMatrix> {
         match self {
@@ -390,6 +404,73 @@ fn linear(
         weight,
         bias: bias_of(&vb)?,
     })
+}
+
+/// Projections of one input (query, key and value; gate and up): one product over their
+/// weights stacked at load, the parts side by side in its output columns, or one product each
+/// where a .gguf file holds them as separate block matrices.
+enum Stacked {
+    One(Proj),
+    Apart(Vec<Proj>),
+}
+
+impl Stacked {
+    /// `parts`: each projection's name under `vb` and its outputs.
+    fn load(
+        input: usize,
+        parts: &[(&str, usize)],
+        bias: bool,
+        vb: &VarBuilder,
+        storage: &Storage,
+    ) -> candle_core::Result<Self> {
+        if matches!(storage, Storage::Blocks(_)) {
+            return Ok(Stacked::Apart(
+                parts
+                    .iter()
+                    .map(|&(name, output)| linear(input, output, bias, vb.pp(name), storage))
+                    .collect::<candle_core::Result<_>>()?,
+            ));
+        }
+        let cat = |leaf: &str, shape: &dyn Fn(usize) -> candle_core::Shape| {
+            let tensors = parts
+                .iter()
+                .map(|&(name, output)| vb.pp(name).get(shape(output), leaf))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::cat(&tensors, 0)
+        };
+        let weight = cat("weight", &|output| (output, input).into())?;
+        let weight = match storage.format_for(input) {
+            Some(format) => {
+                kernels::Weight::Quant(Arc::new(QuantMatrix::quantize(&weight, format)?))
+            }
+            None => kernels::Weight::new(&weight, matches!(storage, Storage::Bf16))?,
+        };
+        let bias = bias
+            .then(|| cat("bias", &|output| output.into()))
+            .transpose()?;
+        Ok(Stacked::One(Proj::Kernel { weight, bias }))
+    }
+
+    /// [tokens, the parts' outputs side by side].
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Stacked::One(p) => p.forward(x),
+            Stacked::Apart(parts) => Tensor::cat(
+                &parts
+                    .iter()
+                    .map(|p| p.forward(x))
+                    .collect::<candle_core::Result<Vec<_>>>()?,
+                1,
+            ),
+        }
+    }
+
+    fn projections(&self) -> &[Proj] {
+        match self {
+            Stacked::One(p) => std::slice::from_ref(p),
+            Stacked::Apart(parts) => parts,
+        }
+    }
 }
 
 /// The token embeddings: a table, or the rows of a quantised matrix (shared with a tied head).
@@ -427,9 +508,8 @@ impl TokenEmbeddings {
 }
 
 struct Attention {
-    q_proj: Proj,
-    k_proj: Proj,
-    v_proj: Proj,
+    /// `q_proj`, `k_proj` and `v_proj`.
+    qkv: Stacked,
     o_proj: Proj,
     /// Qwen3 only.
     q_norm: Option<RmsNorm>,
@@ -450,9 +530,13 @@ impl Attention {
                 .transpose()
         };
         Ok(Self {
-            q_proj: linear(cfg.hidden_size, h * d, qkv_bias, vb.pp("q_proj"), storage)?,
-            k_proj: linear(cfg.hidden_size, kv * d, qkv_bias, vb.pp("k_proj"), storage)?,
-            v_proj: linear(cfg.hidden_size, kv * d, qkv_bias, vb.pp("v_proj"), storage)?,
+            qkv: Stacked::load(
+                cfg.hidden_size,
+                &[("q_proj", h * d), ("k_proj", kv * d), ("v_proj", kv * d)],
+                qkv_bias,
+                &vb,
+                storage,
+            )?,
             o_proj: linear(
                 h * d,
                 cfg.hidden_size,
@@ -469,19 +553,24 @@ impl Attention {
     }
 
     /// `x`: [tokens, hidden] of the ragged batch `rows`; each row's keys and values join its
-    /// cache of this layer, and its queries attend to that cache.
+    /// cache of this layer, and its queries attend to that cache. Returns `residual` plus the
+    /// attention's output.
     fn forward(
         &self,
         x: &Tensor,
         rope: &Rope,
         rows: &[Row],
         caches: &mut [&mut KvCache],
+        residual: &Tensor,
     ) -> candle_core::Result<Tensor> {
         let tokens = x.dim(0)?;
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
-        let mut q = self.q_proj.forward(x)?.reshape((tokens, h, d))?;
-        let mut k = self.k_proj.forward(x)?.reshape((tokens, kv, d))?;
-        let v = self.v_proj.forward(x)?.reshape((tokens, kv, d))?;
+        let qkv = self.qkv.forward(x)?;
+        let mut q = qkv.narrow(1, 0, h * d)?.reshape((tokens, h, d))?;
+        let mut k = qkv.narrow(1, h * d, kv * d)?.reshape((tokens, kv, d))?;
+        let v = qkv
+            .narrow(1, (h + kv) * d, kv * d)?
+            .reshape((tokens, kv, d))?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
@@ -501,7 +590,7 @@ impl Attention {
         } else {
             Tensor::cat(&outputs, 0)?
         };
-        self.o_proj.forward(&out)
+        self.o_proj.forward_residual(&out, residual)
     }
 
     /// One sequence: `q` [new, heads, d]; `keys`, `values` [cached + new, kv_heads, d].
@@ -553,8 +642,8 @@ impl Attention {
 }
 
 struct Mlp {
-    gate_proj: Proj,
-    up_proj: Proj,
+    /// `gate_proj` and `up_proj`.
+    gate_up: Stacked,
     down_proj: Proj,
     act: Activation,
 }
@@ -563,16 +652,22 @@ impl Mlp {
     fn load(cfg: &Config, vb: VarBuilder, storage: &Storage) -> candle_core::Result<Self> {
         let (w, i, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         Ok(Self {
-            gate_proj: linear(w, i, b, vb.pp("gate_proj"), storage)?,
-            up_proj: linear(w, i, b, vb.pp("up_proj"), storage)?,
+            gate_up: Stacked::load(w, &[("gate_proj", i), ("up_proj", i)], b, &vb, storage)?,
             down_proj: linear(i, w, b, vb.pp("down_proj"), storage)?,
             act: cfg.hidden_act,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.apply(&self.act)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    /// `residual` plus the MLP of `x`.
+    fn forward(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        let gate_up = self.gate_up.forward(x)?;
+        let hidden = if self.act == Activation::Silu {
+            kernels::swiglu(&gate_up)?
+        } else {
+            let i = gate_up.dim(1)? / 2;
+            (gate_up.narrow(1, 0, i)?.apply(&self.act)? * gate_up.narrow(1, i, i)?)?
+        };
+        self.down_proj.forward_residual(&hidden, residual)
     }
 }
 
@@ -744,15 +839,12 @@ impl Weights {
     fn projections(&self) -> impl Iterator<Item = &Proj> {
         self.layers.iter().flat_map(|l| {
             let (a, m) = (&l.self_attn, &l.mlp);
-            [
-                &a.q_proj,
-                &a.k_proj,
-                &a.v_proj,
-                &a.o_proj,
-                &m.gate_proj,
-                &m.up_proj,
-                &m.down_proj,
-            ]
+            a.qkv
+                .projections()
+                .iter()
+                .chain([&a.o_proj])
+                .chain(m.gate_up.projections())
+                .chain([&m.down_proj])
         })
     }
 
@@ -1149,14 +1241,12 @@ impl Decoder {
             let mut layer_caches: Vec<&mut KvCache> =
                 caches.iter_mut().map(|c| &mut c.layers[l]).collect();
             let h = layer.input_layernorm.forward(&x)?;
-            let h = layer
+            x = layer
                 .self_attn
-                .forward(&h, &rope, rows, &mut layer_caches)?;
-            x = (x + h)?;
-            let h = layer
+                .forward(&h, &rope, rows, &mut layer_caches, &x)?;
+            x = layer
                 .mlp
-                .forward(&layer.post_attention_layernorm.forward(&x)?)?;
-            x = (x + h)?;
+                .forward(&layer.post_attention_layernorm.forward(&x)?, &x)?;
             if let Some(add) = deepstack
                 .as_ref()
                 .and_then(|d| Some((&d.rows, d.layers.get(l)?)))
