@@ -91,18 +91,179 @@ fn with_candle(
         .reshape((b, s, h))
 }
 
-/// Queries per task: all of them while a head's scores (s x s) fit in 512 KiB (the L2 cache of
-/// a core of the AMD EPYCs this was measured on), else blocks of rows whose scores do, so the
-/// scores are written, normalised and read again in cache rather than through memory
-/// (Whisper's 1,500 positions: 9 MB of scores per head).
-fn query_block(s: usize) -> usize {
+/// Queries per task: all of them while a head's scores (queries x keys) fit in 512 KiB (the
+/// L2 cache of a core of the AMD EPYCs this was measured on), else blocks of rows whose scores
+/// do, so the scores are written, normalised and read again in cache rather than through
+/// memory (Whisper's 1,500 positions: 9 MB of scores per head).
+fn query_block(queries: usize, keys: usize) -> usize {
     const SCORES_IN_CACHE: usize = 128 * 1024;
-    if s * s <= SCORES_IN_CACHE {
-        s
+    if queries * keys <= SCORES_IN_CACHE {
+        queries
     } else {
         // A multiple of 16 rows: gemm's AVX2 micro-kernel covers 16 rows at a time.
-        (SCORES_IN_CACHE / s).next_multiple_of(16).max(16)
+        (SCORES_IN_CACHE / keys.max(1)).next_multiple_of(16).max(16)
     }
+}
+
+/// One head's attention for a block of queries, every operand read in place by its row
+/// stride: `queries` rows of `q` (already scaled), `keys` rows of `k` and `v`, `d` values each;
+/// the output rows written at `out`.
+struct HeadBlock {
+    q: (*const f32, usize),
+    k: (*const f32, usize),
+    v: (*const f32, usize),
+    out: (*mut f32, usize),
+    queries: usize,
+    keys: usize,
+    d: usize,
+    /// Causal: query i sees keys 0..=`first + i` only.
+    causal_from: Option<usize>,
+}
+
+/// scores = q . k^T, plus `key_mask` (one value per key), softmax, out = scores . v. A causal
+/// block computes scores only for the keys its last query sees.
+///
+/// # Safety
+/// The pointers cover the rows and strides `block` names, and no other thread writes the
+/// output rows' `d` columns.
+unsafe fn head_block(isa: super::Isa, block: HeadBlock, key_mask: Option<&[f32]>) {
+    let HeadBlock {
+        q,
+        k,
+        v,
+        out,
+        queries,
+        d,
+        causal_from,
+        ..
+    } = block;
+    let keys = match causal_from {
+        Some(first) => block.keys.min(first + queries),
+        None => block.keys,
+    };
+    let mut scores = vec![0f32; queries * keys];
+    // scores = q . k^T: k^T (d x keys) has element (c, j) at j * k.1 + c.
+    product(
+        queries,
+        keys,
+        d,
+        row_major(scores.as_mut_ptr(), keys),
+        row_major(q.0, q.1),
+        Strided {
+            ptr: k.0,
+            row_stride: 1,
+            col_stride: k.1,
+        },
+    );
+    if let Some(first) = causal_from {
+        for (i, row) in scores.chunks_exact_mut(keys).enumerate() {
+            row[(first + i + 1).min(keys)..].fill(f32::MIN);
+        }
+    }
+    masked_softmax(isa, &mut scores, keys, key_mask.map(|m| &m[..keys]));
+    product(
+        queries,
+        d,
+        keys,
+        row_major(out.0, out.1),
+        row_major(scores.as_ptr(), keys),
+        row_major(v.0, v.1),
+    );
+}
+
+/// Attention of `m` new queries over one sequence's cache, causally: `q` [m, heads, d]
+/// (already scaled), `keys` and `values` [n, kv_heads, d] with the m new positions last, each
+/// query head reading the key/value head of its group (heads / kv_heads query heads each, as
+/// transformers' `repeat_kv`, without repeating anything). Returns [m, heads * d]. f32 on the
+/// CPU runs the kernel, one task per (head, block of queries); elsewhere candle's operations.
+pub fn cached_attention(q: &Tensor, keys: &Tensor, values: &Tensor) -> Result<Tensor> {
+    let (m, heads, d) = q.dims3()?;
+    let (n, kv_heads, kd) = keys.dims3()?;
+    if kv_heads == 0 || heads % kv_heads != 0 || kd != d || values.dims() != keys.dims() || m > n {
+        candle_core::bail!(
+            "cached attention: {m} queries of {heads} x {d} over keys {:?} and values {:?}",
+            keys.dims(),
+            values.dims()
+        )
+    }
+    if ![q, keys, values].into_iter().all(applies) {
+        return cached_with_candle(q, keys, values);
+    }
+    let (q, keys, values) = (q.contiguous()?, keys.contiguous()?, values.contiguous()?);
+    let group = heads / kv_heads;
+    let past = n - m;
+    let block = query_block(m, n);
+    let blocks = m.div_ceil(block.max(1));
+    let mut out = Output::new(m * heads * d);
+    let dst = out.ptr();
+    let isa = isa();
+    with_f32("cached attention", &q, |q| {
+        with_f32("cached attention", &keys, |k| {
+            with_f32("cached attention", &values, |v| {
+                let task = |index: usize| {
+                    let (head, first) = (index / blocks, index % blocks * block);
+                    let kv = head / group;
+                    // SAFETY: q is m rows of heads * d, k and v n rows of kv_heads * d, out m
+                    // rows of heads * d; this task alone writes its head's columns of its
+                    // block's rows.
+                    unsafe {
+                        head_block(
+                            isa,
+                            HeadBlock {
+                                q: (q[first * heads * d + head * d..].as_ptr(), heads * d),
+                                k: (k[kv * d..].as_ptr(), kv_heads * d),
+                                v: (v[kv * d..].as_ptr(), kv_heads * d),
+                                out: (dst.at(first * heads * d + head * d), heads * d),
+                                queries: block.min(m - first),
+                                keys: n,
+                                d,
+                                causal_from: Some(past + first),
+                            },
+                            None,
+                        )
+                    }
+                };
+                use rayon::prelude::*;
+                (0..heads * blocks).into_par_iter().for_each(task);
+                Ok(())
+            })
+        })
+    })?;
+    // SAFETY: the tasks wrote every element (m * heads * d is 0 when there are no tasks).
+    let out = unsafe { out.assume_init() };
+    Tensor::from_vec(out, (m, heads * d), q.device())
+}
+
+/// [`cached_attention`] in candle's operations (other devices and types): softmax in f32, as
+/// transformers computes it for half precisions.
+fn cached_with_candle(q: &Tensor, keys: &Tensor, values: &Tensor) -> Result<Tensor> {
+    let (m, heads, d) = q.dims3()?;
+    let (n, kv, _) = keys.dims3()?;
+    let group = heads / kv;
+    let q = q
+        .reshape((m, kv, group, d))?
+        .permute((1, 2, 0, 3))?
+        .contiguous()?
+        .reshape((kv, group * m, d))?;
+    let scores = q.matmul(&keys.transpose(0, 1)?.transpose(1, 2)?)?;
+    // Causal: new token i (at position past + i) sees keys 0..=past + i.
+    let past = n - m;
+    let mask: Vec<f32> = (0..m)
+        .flat_map(|i| (0..n).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    let mask = Tensor::from_vec(mask, (m, n), q.device())?.to_dtype(scores.dtype())?;
+    let scores = scores
+        .reshape((kv, group, m, n))?
+        .broadcast_add(&mask)?
+        .reshape((kv, group * m, n))?;
+    let dtype = scores.dtype();
+    candle_nn::ops::softmax_last_dim(&scores.to_dtype(candle_core::DType::F32)?)?
+        .to_dtype(dtype)?
+        .matmul(&values.transpose(0, 1)?.contiguous()?)?
+        .reshape((kv, group, m, d))?
+        .permute((2, 0, 1, 3))?
+        .contiguous()?
+        .reshape((m, heads * d))
 }
 
 struct Attention<'a> {
@@ -141,7 +302,7 @@ impl CustomOp1 for Attention<'_> {
         }
         // Each (sequence, head, block of queries) task writes its head's columns of its
         // queries' rows.
-        let block = query_block(s);
+        let block = query_block(s, s);
         let blocks = s.div_ceil(block);
         let mut out = Output::new(b * s * h);
         let dst = out.ptr();
@@ -161,47 +322,25 @@ impl CustomOp1 for Attention<'_> {
                 index / blocks % heads,
                 index % blocks * block,
             );
-            let queries = block.min(s - first);
             let rows = &qkv[seq * s * h3..(seq + 1) * s * h3];
-            let key_mask = self.key_mask.map(|m| &m[seq * s..(seq + 1) * s]);
-            let (q, k, v) = (
-                &rows[first * h3 + head * d..],
-                &rows[h + head * d..],
-                &rows[2 * h + head * d..],
-            );
-            let mut scores = vec![0f32; queries * s];
-            // SAFETY: q is `queries` rows and k, v are s rows of d values at a stride of h3
-            // within `rows`; scores is queries x s row-major; the output block is this
-            // sequence's rows first.. first + queries (stride h) at this head's d columns,
-            // which no other task writes.
+            // SAFETY: q, k and v are rows of d values at a stride of h3 within `rows`; the
+            // output block is this sequence's rows first.. (stride h) at this head's d
+            // columns, which no other task writes.
             unsafe {
-                // scores = q . k^T: k^T (d x s) has element (c, j) at j * h3 + c.
-                product(
-                    queries,
-                    s,
-                    d,
-                    row_major(scores.as_mut_ptr(), s),
-                    row_major(q.as_ptr(), h3),
-                    Strided {
-                        ptr: k.as_ptr(),
-                        row_stride: 1,
-                        col_stride: h3,
+                head_block(
+                    isa,
+                    HeadBlock {
+                        q: (rows[first * h3 + head * d..].as_ptr(), h3),
+                        k: (rows[h + head * d..].as_ptr(), h3),
+                        v: (rows[2 * h + head * d..].as_ptr(), h3),
+                        out: (dst.at((seq * s + first) * h + head * d), h),
+                        queries: block.min(s - first),
+                        keys: s,
+                        d,
+                        causal_from: self.causal.then_some(first),
                     },
-                );
-                if self.causal {
-                    for (i, row) in scores.chunks_exact_mut(s).enumerate() {
-                        row[first + i + 1..].fill(f32::MIN);
-                    }
-                }
-                masked_softmax(isa, &mut scores, s, key_mask);
-                product(
-                    queries,
-                    d,
-                    s,
-                    row_major(dst.at((seq * s + first) * h + head * d), h),
-                    row_major(scores.as_ptr(), s),
-                    row_major(v.as_ptr(), h3),
-                );
+                    self.key_mask.map(|m| &m[seq * s..(seq + 1) * s]),
+                )
             }
         };
         use rayon::prelude::*;
@@ -224,8 +363,8 @@ mod tests {
     #[test]
     fn equals_candles_steps() {
         let dev = Device::Cpu;
-        assert_eq!(query_block(362), 362);
-        assert_eq!(query_block(400), 336);
+        assert_eq!(query_block(362, 362), 362);
+        assert_eq!(query_block(400, 400), 336);
         for (b, s, heads, d) in [(1, 1, 1, 4), (2, 5, 3, 8), (3, 17, 4, 16), (2, 400, 2, 8)] {
             let h = heads * d;
             let qkv = Tensor::randn(0f32, 1.0, (b, s, 3 * h), &dev).unwrap();
@@ -344,6 +483,41 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Attention over a cache equals candle's steps (run in f64) for new queries after a past
+    /// and without one, one query (a decode step), grouped heads, and blocks of queries
+    /// (300 over 500 keys: blocks of 272 and 28).
+    #[test]
+    fn cached_attention_equals_candles_steps() {
+        let dev = Device::Cpu;
+        assert_eq!(query_block(300, 500), 272);
+        for (m, n, heads, kv, d) in [
+            (1, 1, 1, 1, 4),
+            (1, 9, 4, 2, 8),
+            (5, 5, 2, 2, 16),
+            (3, 11, 6, 2, 8),
+            (300, 500, 2, 1, 8),
+        ] {
+            let q = Tensor::randn(0f32, 1.0, (m, heads, d), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (n, kv, d), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (n, kv, d), &dev).unwrap();
+            let ours = cached_attention(&q, &k, &v).unwrap();
+            assert_eq!(ours.dims(), &[m, heads * d]);
+            let f64 = |t: &Tensor| t.to_dtype(candle_core::DType::F64).unwrap();
+            let want = cached_attention(&f64(&q), &f64(&k), &f64(&v))
+                .unwrap()
+                .to_dtype(candle_core::DType::F32)
+                .unwrap();
+            let diff = crate::kernels::max_abs_diff(&ours, &want);
+            assert!(diff < 1e-5, "m {m} n {n} heads {heads} kv {kv}: {diff}");
+        }
+        let q = Tensor::zeros((2, 3, 4), candle_core::DType::F32, &dev).unwrap();
+        let k = Tensor::zeros((2, 2, 4), candle_core::DType::F32, &dev).unwrap();
+        assert!(
+            cached_attention(&q, &k, &k).is_err(),
+            "3 heads over 2 groups"
+        );
     }
 
     #[test]

@@ -583,7 +583,7 @@ impl Attention {
                 &k.narrow(0, row.offset, row.len)?,
                 &v.narrow(0, row.offset, row.len)?,
             )?;
-            outputs.push(self.attend(&q.narrow(0, row.offset, row.len)?, &keys, &values, row)?);
+            outputs.push(self.attend(&q.narrow(0, row.offset, row.len)?, &keys, &values)?);
         }
         let out = if outputs.len() == 1 {
             outputs.remove(0)
@@ -595,49 +595,9 @@ impl Attention {
 
     /// One sequence: `q` [new, heads, d]; `keys`, `values` [cached + new, kv_heads, d].
     /// Query heads are grouped under their key/value head, so keys are never repeated.
-    fn attend(
-        &self,
-        q: &Tensor,
-        keys: &Tensor,
-        values: &Tensor,
-        row: &Row,
-    ) -> candle_core::Result<Tensor> {
-        let (m, h, kv, d) = (row.len, self.heads, self.kv_heads, self.head_dim);
-        let group = h / kv;
-        let n = keys.dim(0)?;
-        let q = (q
-            .reshape((m, kv, group, d))?
-            .permute((1, 2, 0, 3))?
-            .contiguous()?
-            * (1.0 / (d as f64).sqrt()))?
-        .reshape((kv, group * m, d))?;
-        let scores = q.matmul(&keys.transpose(0, 1)?.transpose(1, 2)?)?;
-        let scores = if m > 1 {
-            // Causal: new token i (at position past + i) sees keys 0..=past + i.
-            let past = n - m;
-            let mask: Vec<f32> = (0..m)
-                .flat_map(|i| {
-                    (0..n).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
-                })
-                .collect();
-            let mask = Tensor::from_vec(mask, (m, n), q.device())?.to_dtype(scores.dtype())?;
-            scores
-                .reshape((kv, group, m, n))?
-                .broadcast_add(&mask)?
-                .reshape((kv, group * m, n))?
-        } else {
-            scores
-        };
-        // Softmax in f32, as transformers computes it for half precisions.
-        let dtype = scores.dtype();
-        let probs =
-            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
-        probs
-            .matmul(&values.transpose(0, 1)?)?
-            .reshape((kv, group, m, d))?
-            .permute((2, 0, 1, 3))?
-            .contiguous()?
-            .reshape((m, h * d))
+    fn attend(&self, q: &Tensor, keys: &Tensor, values: &Tensor) -> candle_core::Result<Tensor> {
+        let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
+        kernels::cached_attention(&q, keys, values)
     }
 }
 
