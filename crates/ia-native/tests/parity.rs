@@ -183,11 +183,11 @@ fn bf16_is_refused_when_the_kernels_are_capped_to_avx2() {
 fn bf16_elsewhere_on_the_cpu_is_refused() {
     let e = NativeEngine::new()
         .load(
-            &common::source("clip-tiny"),
+            &common::source("detr-tiny"),
             Placement::new(Platform::Cpu, Precision::Bf16),
         )
         .err()
-        .expect("bf16 CLIP must not load");
+        .expect("bf16 DETR must not load");
     assert!(e.to_string().contains("bf16"), "{e}");
 }
 

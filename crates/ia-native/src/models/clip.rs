@@ -171,7 +171,12 @@ pub(crate) struct VisionTower {
 }
 
 impl VisionTower {
-    pub fn load(cfg: &VisionConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+    /// `products`: how the layers' linear layers multiply ([`Products`]).
+    pub fn load(
+        cfg: &VisionConfig,
+        vb: VarBuilder,
+        products: Products,
+    ) -> candle_core::Result<Self> {
         let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         Ok(Self {
             embeddings: VisionEmbeddings::load(
@@ -183,6 +188,7 @@ impl VisionTower {
                 cfg.num_hidden_layers,
                 (h, cfg.num_attention_heads, cfg.intermediate_size, eps),
                 &vb,
+                products,
             )?,
             post_layernorm: LayerNorm::load(h, eps, vb.pp("post_layernorm"))?,
         })
@@ -274,21 +280,16 @@ fn load_layers(
     count: usize,
     (h, heads, intermediate, eps): (usize, usize, usize, f64),
     vb: &VarBuilder,
+    products: Products,
 ) -> candle_core::Result<Vec<PreNormLayer>> {
     let qkv = [("q_proj", true), ("k_proj", true), ("v_proj", true)];
     (0..count)
         .map(|i| {
             let vb = vb.pp(format!("encoder.layers.{i}"));
-            let dense = |i, o, name| Dense::load(i, o, vb.pp(name), Products::AsLoaded);
+            let dense = |i, o, name| Dense::load(i, o, vb.pp(name), products);
             Ok(PreNormLayer {
                 norm_before: LayerNorm::load(h, eps, vb.pp("layer_norm1"))?,
-                attention: SelfAttention::load_named(
-                    h,
-                    heads,
-                    qkv,
-                    vb.pp("self_attn"),
-                    Products::AsLoaded,
-                )?,
+                attention: SelfAttention::load_named(h, heads, qkv, vb.pp("self_attn"), products)?,
                 attention_output: dense(h, h, "self_attn.out_proj")?,
                 norm_after: LayerNorm::load(h, eps, vb.pp("layer_norm2"))?,
                 intermediate: dense(h, intermediate, "mlp.fc1")?,
@@ -310,7 +311,8 @@ pub(crate) struct TextTower {
 }
 
 impl TextTower {
-    pub fn load(cfg: &TextConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+    /// `products`: how the layers' linear layers multiply ([`Products`]).
+    pub fn load(cfg: &TextConfig, vb: VarBuilder, products: Products) -> candle_core::Result<Self> {
         let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         let e = vb.pp("embeddings");
         Ok(Self {
@@ -323,6 +325,7 @@ impl TextTower {
                 cfg.num_hidden_layers,
                 (h, cfg.num_attention_heads, cfg.intermediate_size, eps),
                 &vb,
+                products,
             )?,
             final_layer_norm: LayerNorm::load(h, eps, vb.pp("final_layer_norm"))?,
         })
@@ -360,8 +363,9 @@ impl ClipSession {
         cfg.check()?;
         let (vb, params) = crate::load_var_builder(ctx.source, ctx.dtype, &ctx.device)?;
         let build = || -> candle_core::Result<_> {
-            let text = TextTower::load(&cfg.text_config, vb.pp("text_model"))?;
-            let vision = VisionTower::load(&cfg.vision_config, vb.pp("vision_model"))?;
+            let text = TextTower::load(&cfg.text_config, vb.pp("text_model"), ctx.products)?;
+            let vision =
+                VisionTower::load(&cfg.vision_config, vb.pp("vision_model"), ctx.products)?;
             let text_projection = linear_no_bias(
                 cfg.text_config.hidden_size,
                 cfg.projection_dim,

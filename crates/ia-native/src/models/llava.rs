@@ -242,7 +242,11 @@ impl Llava {
                     ),
                 };
                 // The tower's projection is CLIP's, not LLaVA's: it is neither loaded nor used.
-                let vision = clip::VisionTower::load(&cfg.vision_config, vb.pp(tower))?;
+                let vision = clip::VisionTower::load(
+                    &cfg.vision_config,
+                    vb.pp(tower),
+                    super::encoder::Products::AsLoaded,
+                )?;
                 let p = vb.pp(projector);
                 let linear = |i, o, name| {
                     if cfg.multimodal_projector_bias {

@@ -361,7 +361,11 @@ impl Model {
         let v = &cfg.vision_config;
         let p = cfg.projection_dim;
         Ok(Self {
-            text: clip::TextTower::load(&cfg.text_config, vb.pp("text_model"))?,
+            text: clip::TextTower::load(
+                &cfg.text_config,
+                vb.pp("text_model"),
+                super::encoder::Products::AsLoaded,
+            )?,
             vision: VisionTower::load(v, vb.pp("vision_model"))?,
             visual_projection: linear_no_bias(v.hidden_size, p, vb.pp("visual_projection"))?,
             text_projection: linear_no_bias(
