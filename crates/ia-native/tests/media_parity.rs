@@ -225,6 +225,47 @@ fn wav2vec2_tiny_matches_transformers() {
     }
 }
 
+/// `--precision bf16` on the CPU: Wav2Vec2's transformer layers with bf16 products (the
+/// convolutions f32) keep the CTC logits within bf16's tolerance of transformers' f32 and
+/// report bf16; without a bf16 backend the load is refused naming why.
+#[test]
+fn wav2vec2_tiny_stays_close_in_bf16_or_is_refused() {
+    for name in ["wav2vec2-tiny", "wav2vec2-tiny-stable"] {
+        let loaded = NativeEngine::new().load(
+            &source(name),
+            Placement::new(Platform::Cpu, Precision::Bf16),
+        );
+        if !ia_native::kernels::bf16::available() {
+            let reason = ia_native::kernels::bf16::unavailable_reason();
+            println!(
+                "NOT EXERCISED: bf16 {name} on the native engine ({reason}); checked the refusal"
+            );
+            let e = loaded
+                .err()
+                .expect("bf16 must not load without a bf16 backend");
+            assert!(e.to_string().contains(&reason), "{e}");
+            continue;
+        }
+        let mut session = loaded.unwrap();
+        assert_eq!(session.info().precision, Precision::Bf16);
+        let out = session
+            .run(&Inputs::Audio {
+                batch: 1,
+                sample_rate: 16_000,
+                samples: speech().samples[..8000].to_vec(),
+            })
+            .unwrap();
+        let r = reference(name);
+        let d = max_abs_diff(
+            &out.get("logits").unwrap().to_f32_vec().unwrap(),
+            &r["logits"],
+        );
+        println!("bf16 {name} logits max abs diff {d}");
+        assert!(d > 0.0, "{name}: bf16 equals f32 exactly: not run in bf16");
+        assert!(d <= BF16_TOLERANCE, "{name}: bf16 logits max abs diff {d}");
+    }
+}
+
 /// Word error rate: word-level edit distance / reference words.
 fn wer(reference: &str, hypothesis: &str) -> f64 {
     let norm = |s: &str| -> Vec<String> {

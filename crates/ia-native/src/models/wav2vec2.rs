@@ -159,26 +159,25 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &Config, vb: VarBuilder, products: Products) -> Result<Self> {
         let (h, e, i) = (cfg.hidden_size, cfg.layer_norm_eps, cfg.intermediate_size);
-        let as_loaded = Products::AsLoaded;
         Ok(Self {
             attention: SelfAttention::load_named(
                 h,
                 cfg.num_attention_heads,
                 [("q_proj", true), ("k_proj", true), ("v_proj", true)],
                 vb.pp("attention"),
-                as_loaded,
+                products,
             )?,
-            out_proj: Dense::load(h, h, vb.pp("attention.out_proj"), as_loaded)?,
+            out_proj: Dense::load(h, h, vb.pp("attention.out_proj"), products)?,
             layer_norm: LayerNorm::load(h, e, vb.pp("layer_norm"))?,
             intermediate_dense: Dense::load(
                 h,
                 i,
                 vb.pp("feed_forward.intermediate_dense"),
-                as_loaded,
+                products,
             )?,
-            output_dense: Dense::load(i, h, vb.pp("feed_forward.output_dense"), as_loaded)?,
+            output_dense: Dense::load(i, h, vb.pp("feed_forward.output_dense"), products)?,
             final_layer_norm: LayerNorm::load(h, e, vb.pp("final_layer_norm"))?,
             act: cfg.hidden_act,
             pre_norm: cfg.do_stable_layer_norm,
@@ -238,7 +237,9 @@ fn weight_norm(vb: &VarBuilder, shape: (usize, usize, usize)) -> Result<Tensor> 
 }
 
 impl Model {
-    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+    /// `products`: how the transformer layers' linear layers and attention multiply
+    /// ([`Products`]); the convolutions multiply in f32.
+    pub fn load(vb: VarBuilder, cfg: &Config, products: Products) -> Result<Self> {
         let n = cfg.conv_dim.len();
         if cfg.conv_stride.len() != n || cfg.conv_kernel.len() != n {
             candle_core::bail!("conv_dim, conv_stride and conv_kernel differ in length");
@@ -309,7 +310,7 @@ impl Model {
                 base.pp("encoder.layer_norm"),
             )?,
             layers: (0..cfg.num_hidden_layers)
-                .map(|i| EncoderLayer::load(cfg, base.pp(format!("encoder.layers.{i}"))))
+                .map(|i| EncoderLayer::load(cfg, base.pp(format!("encoder.layers.{i}")), products))
                 .collect::<Result<_>>()?,
             pre_norm: cfg.do_stable_layer_norm,
             lm_head,
@@ -361,7 +362,7 @@ impl Wav2Vec2Session {
     pub fn load(ctx: LoadContext<'_>) -> std::result::Result<Self, EngineError> {
         let cfg: Config = super::parse_config(ctx.source, "Wav2Vec2")?;
         let (vb, params) = crate::load_var_builder(ctx.source, ctx.dtype, &ctx.device)?;
-        let model = Model::load(vb, &cfg).map_err(|e| {
+        let model = Model::load(vb, &cfg, ctx.products).map_err(|e| {
             EngineError::InvalidModel(format!(
                 "cannot build Wav2Vec2: {}",
                 crate::candle_message(&e)
