@@ -59,7 +59,7 @@ impl NativeEngine {
 fn check_dtype(platform: Platform, dtype: DType) -> Result<(), EngineError> {
     if dtype == DType::BF16 && platform == Platform::Cpu {
         return Err(EngineError::Unsupported(
-            "bf16 on the CPU runs BERT, ViT, CLIP, Wav2Vec2 and LLaMA, Mistral, Qwen2 and Qwen3 generation only (on AMX or AVX512-BF16): candle's CPU backend has no bf16 matmul (use f32, f16, or the openvino engine)".into(),
+            "bf16 on the CPU runs BERT, ViT, CLIP, Wav2Vec2, Whisper and LLaMA, Mistral, Qwen2 and Qwen3 generation only (on AMX or AVX512-BF16): candle's CPU backend has no bf16 matmul (use f32, f16, or the openvino engine)".into(),
         ));
     }
     Ok(())
@@ -266,15 +266,19 @@ impl NativeEngine {
             && matches!(model.class, ModelClass::Llama | ModelClass::Qwen)
             && !models::qwen2_vl::is_qwen_vl(source.config())
             && models::quantized::ggml_dtype(precision).is_some();
-        // bf16 on the CPU, for BERT, ViT, CLIP, Wav2Vec2 (its transformer layers; the
-        // convolutions stay f32) and the LLaMA-family decoder: f32 weights and activations,
-        // bf16 products on AMX or AVX512-BF16.
+        // bf16 on the CPU, for BERT, ViT, CLIP, Wav2Vec2 and Whisper (their linear layers;
+        // the convolutions stay f32) and the LLaMA-family decoder: f32 weights and
+        // activations, bf16 products on AMX or AVX512-BF16.
         let bf16_products = precision == Precision::Bf16
             && platform == Platform::Cpu
             && match capability {
                 Capability::Run | Capability::Transcribe => matches!(
                     model.class,
-                    ModelClass::Bert | ModelClass::Vit | ModelClass::Clip | ModelClass::Wav2vec2
+                    ModelClass::Bert
+                        | ModelClass::Vit
+                        | ModelClass::Clip
+                        | ModelClass::Wav2vec2
+                        | ModelClass::Whisper
                 ),
                 Capability::Generate => {
                     matches!(model.class, ModelClass::Llama | ModelClass::Qwen)

@@ -1,24 +1,31 @@
-//! The blocks BART-style encoders and decoders share (Whisper, Wav2Vec2, DETR): multi-head
-//! attention (`q_proj`, `k_proj`, `v_proj`, `out_proj`, queries scaled by head_dim^-0.5) and
-//! the `fc1` -> activation -> `fc2` feed-forward.
+//! The blocks BART-style encoders and decoders share (Whisper's decoder, DETR, X-CLIP):
+//! multi-head attention (`q_proj`, `k_proj`, `v_proj`, `out_proj`, queries scaled by
+//! head_dim^-0.5) and the `fc1` -> activation -> `fc2` feed-forward, their linear layers on
+//! [`Dense`] (our kernels; bf16 products where `products` says so).
 
+use super::encoder::{Dense, Products};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear, linear_b, Activation, Linear, VarBuilder};
+use candle_nn::{Activation, Linear, VarBuilder};
 
 /// The activation is candle_nn's, or any other module (CLIP-family towers use quick_gelu,
 /// which candle_nn's enum lacks).
-#[derive(Debug, Clone)]
 pub(crate) struct Mlp<A = Activation> {
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
     act: A,
 }
 
 impl<A: Module> Mlp<A> {
-    pub fn load(dim: usize, ffn: usize, act: A, vb: &VarBuilder) -> Result<Self> {
+    pub fn load(
+        dim: usize,
+        ffn: usize,
+        act: A,
+        vb: &VarBuilder,
+        products: Products,
+    ) -> Result<Self> {
         Ok(Self {
-            fc1: linear(dim, ffn, vb.pp("fc1"))?,
-            fc2: linear(ffn, dim, vb.pp("fc2"))?,
+            fc1: Dense::load(dim, ffn, vb.pp("fc1"), products)?,
+            fc2: Dense::load(ffn, dim, vb.pp("fc2"), products)?,
             act,
         })
     }
@@ -28,20 +35,25 @@ impl<A: Module> Mlp<A> {
     }
 }
 
-#[derive(Debug, Clone)]
 pub(crate) struct MultiHeadAttention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
+    q_proj: Dense,
+    k_proj: Dense,
+    v_proj: Dense,
+    out_proj: Dense,
     heads: usize,
     head_dim: usize,
 }
 
 impl MultiHeadAttention {
     /// Whisper's `k_proj` has no bias; everything else does.
-    pub fn load(dim: usize, heads: usize, k_bias: bool, vb: VarBuilder) -> Result<Self> {
-        Self::load_named(dim, heads, k_bias, "out_proj", vb)
+    pub fn load(
+        dim: usize,
+        heads: usize,
+        k_bias: bool,
+        vb: VarBuilder,
+        products: Products,
+    ) -> Result<Self> {
+        Self::load_named(dim, heads, k_bias, "out_proj", vb, products)
     }
 
     /// transformers 5 names some output projections `o_proj` (DETR).
@@ -51,32 +63,37 @@ impl MultiHeadAttention {
         k_bias: bool,
         out_name: &str,
         vb: VarBuilder,
+        products: Products,
     ) -> Result<Self> {
+        let dense = |name| Dense::load(dim, dim, vb.pp(name), products);
+        let k = vb.pp("k_proj");
         Ok(Self {
-            q_proj: linear(dim, dim, vb.pp("q_proj"))?,
-            k_proj: linear_b(dim, dim, k_bias, vb.pp("k_proj"))?,
-            v_proj: linear(dim, dim, vb.pp("v_proj"))?,
-            out_proj: linear(dim, dim, vb.pp(out_name))?,
+            q_proj: dense("q_proj")?,
+            k_proj: Dense::new(
+                k.get((dim, dim), "weight")?,
+                k_bias.then(|| k.get(dim, "bias")).transpose()?,
+                products,
+            )?,
+            v_proj: dense("v_proj")?,
+            out_proj: dense(out_name)?,
             heads,
             head_dim: dim / heads,
         })
     }
 
     /// From projections already loaded (X-CLIP's prompt generator has no q/k/v biases and
-    /// calls its output `proj`).
-    pub fn from_parts(
-        [q_proj, k_proj, v_proj, out_proj]: [Linear; 4],
-        dim: usize,
-        heads: usize,
-    ) -> Self {
-        Self {
-            q_proj,
-            k_proj,
-            v_proj,
-            out_proj,
+    /// calls its output `proj`), multiplied as loaded.
+    pub fn from_parts(parts: [Linear; 4], dim: usize, heads: usize) -> Result<Self> {
+        let [q_proj, k_proj, v_proj, out_proj] =
+            parts.map(|l| Dense::new(l.weight().clone(), l.bias().cloned(), Products::AsLoaded));
+        Ok(Self {
+            q_proj: q_proj?,
+            k_proj: k_proj?,
+            v_proj: v_proj?,
+            out_proj: out_proj?,
             heads,
             head_dim: dim / heads,
-        }
+        })
     }
 
     /// Attention whose queries, keys and values come from different inputs (DETR adds

@@ -13,6 +13,7 @@
 //! are taken as unpadded (pixel mask all ones).
 
 use super::attention::{Mlp, MultiHeadAttention};
+use super::encoder::Products;
 use super::LoadContext;
 use crate::kernels::LayerNorm;
 use crate::{rt, CandleOutput};
@@ -397,7 +398,7 @@ impl Model {
             } else {
                 "out_proj"
             };
-            MultiHeadAttention::load_named(d, heads, true, out, vb)
+            MultiHeadAttention::load_named(d, heads, true, out, vb, Products::AsLoaded)
         };
         let mlp = |ffn, l: &VarBuilder| {
             let vb = if l.contains_tensor("mlp.fc1.weight") {
@@ -405,7 +406,7 @@ impl Model {
             } else {
                 l.clone()
             };
-            Mlp::load(d, ffn, cfg.activation_function, &vb)
+            Mlp::load(d, ffn, cfg.activation_function, &vb, Products::AsLoaded)
         };
         let ln = |vb: VarBuilder| LayerNorm::load(d, 1e-5, vb);
         let encoder = (0..cfg.encoder_layers)

@@ -18,6 +18,8 @@ pub mod wav2vec2;
 pub mod whisper;
 pub mod xclip;
 
+pub use encoder::Products;
+
 use candle_core::{DType, Device};
 use ia_engine::{EngineError, SessionInfo};
 use ia_models::ModelSource;

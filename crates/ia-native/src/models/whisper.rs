@@ -48,8 +48,8 @@ fn ln(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
 }
 
 /// transformers' `WhisperEncoderLayer` under `vb` (its k_proj has no bias).
-fn load_encoder_layer(cfg: &Config, vb: VarBuilder) -> Result<PreNormLayer> {
-    let (d, ffn, as_loaded) = (cfg.d_model, cfg.encoder_ffn_dim, Products::AsLoaded);
+fn load_encoder_layer(cfg: &Config, vb: VarBuilder, products: Products) -> Result<PreNormLayer> {
+    let (d, ffn) = (cfg.d_model, cfg.encoder_ffn_dim);
     let attn = vb.pp("self_attn");
     Ok(PreNormLayer {
         norm_before: ln(d, vb.pp("self_attn_layer_norm"))?,
@@ -58,17 +58,16 @@ fn load_encoder_layer(cfg: &Config, vb: VarBuilder) -> Result<PreNormLayer> {
             cfg.encoder_attention_heads,
             [("q_proj", true), ("k_proj", false), ("v_proj", true)],
             attn.clone(),
-            as_loaded,
+            products,
         )?,
-        attention_output: Dense::load(d, d, attn.pp("out_proj"), as_loaded)?,
+        attention_output: Dense::load(d, d, attn.pp("out_proj"), products)?,
         norm_after: ln(d, vb.pp("final_layer_norm"))?,
-        intermediate: Dense::load(d, ffn, vb.pp("fc1"), as_loaded)?,
+        intermediate: Dense::load(d, ffn, vb.pp("fc1"), products)?,
         act: cfg.activation_function.into(),
-        output: Dense::load(ffn, d, vb.pp("fc2"), as_loaded)?,
+        output: Dense::load(ffn, d, vb.pp("fc2"), products)?,
     })
 }
 
-#[derive(Debug, Clone)]
 struct DecoderLayer {
     self_attn: MultiHeadAttention,
     self_attn_layer_norm: LayerNorm,
@@ -83,14 +82,21 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &Config, vb: VarBuilder, products: Products) -> Result<Self> {
         let (d, h) = (cfg.d_model, cfg.decoder_attention_heads);
+        let attention = |name| MultiHeadAttention::load(d, h, false, vb.pp(name), products);
         Ok(Self {
-            self_attn: MultiHeadAttention::load(d, h, false, vb.pp("self_attn"))?,
+            self_attn: attention("self_attn")?,
             self_attn_layer_norm: ln(d, vb.pp("self_attn_layer_norm"))?,
-            encoder_attn: MultiHeadAttention::load(d, h, false, vb.pp("encoder_attn"))?,
+            encoder_attn: attention("encoder_attn")?,
             encoder_attn_layer_norm: ln(d, vb.pp("encoder_attn_layer_norm"))?,
-            mlp: Mlp::load(d, cfg.decoder_ffn_dim, cfg.activation_function, &vb)?,
+            mlp: Mlp::load(
+                d,
+                cfg.decoder_ffn_dim,
+                cfg.activation_function,
+                &vb,
+                products,
+            )?,
             final_layer_norm: ln(d, vb.pp("final_layer_norm"))?,
             self_kv: None,
             cross_kv: None,
@@ -137,7 +143,15 @@ pub struct Model {
 }
 
 impl Model {
+    /// The network multiplying in the weights' dtype.
     pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        Self::load_with(vb, cfg, Products::AsLoaded)
+    }
+
+    /// `products`: how the linear layers and the encoder's attention multiply ([`Products`]);
+    /// the convolutions, the decoder's attention and the tied vocabulary head in f32.
+    /// Bf16 needs [`crate::kernels::bf16::available`].
+    pub fn load_with(vb: VarBuilder, cfg: &Config, products: Products) -> Result<Self> {
         let e = vb.pp("model.encoder");
         let d = vb.pp("model.decoder");
         let dm = cfg.d_model;
@@ -154,13 +168,13 @@ impl Model {
             act: cfg.activation_function,
             encoder_positions: e.get((cfg.max_source_positions, dm), "embed_positions.weight")?,
             encoder_layers: (0..cfg.encoder_layers)
-                .map(|i| load_encoder_layer(cfg, e.pp(format!("layers.{i}"))))
+                .map(|i| load_encoder_layer(cfg, e.pp(format!("layers.{i}")), products))
                 .collect::<Result<_>>()?,
             encoder_layer_norm: ln(dm, e.pp("layer_norm"))?,
             embed_tokens,
             decoder_positions: d.get((cfg.max_target_positions, dm), "embed_positions.weight")?,
             decoder_layers: (0..cfg.decoder_layers)
-                .map(|i| DecoderLayer::load(cfg, d.pp(format!("layers.{i}"))))
+                .map(|i| DecoderLayer::load(cfg, d.pp(format!("layers.{i}")), products))
                 .collect::<Result<_>>()?,
             decoder_layer_norm: ln(dm, d.pp("layer_norm"))?,
             lm_head,
@@ -312,7 +326,10 @@ pub fn load(
     ctx: LoadContext<'_>,
 ) -> std::result::Result<WhisperSession<CandleWhisper>, EngineError> {
     let cfg: Config = super::parse_config(ctx.source, "Whisper")?;
-    let (model, info) = ctx.build("Whisper", &["sequences"], |vb| Model::load(vb, &cfg))?;
+    let products = ctx.products;
+    let (model, info) = ctx.build("Whisper", &["sequences"], |vb| {
+        Model::load_with(vb, &cfg, products)
+    })?;
     WhisperSession::new(
         CandleWhisper {
             model,

@@ -14,6 +14,7 @@
 
 use super::attention::{Mlp, MultiHeadAttention};
 use super::clip::{self, TextConfig};
+use super::encoder::Products;
 use super::LoadContext;
 use crate::kernels::LayerNorm;
 use crate::{rt, CandleOutput};
@@ -181,15 +182,23 @@ impl CrossFrameLayer {
                 v.num_attention_heads,
                 true,
                 vb.pp("message_attn"),
+                Products::AsLoaded,
             )?,
             self_attn: MultiHeadAttention::load(
                 d,
                 v.num_attention_heads,
                 true,
                 vb.pp("self_attn"),
+                Products::AsLoaded,
             )?,
             layer_norm1: LayerNorm::load(d, EPS, vb.pp("layer_norm1"))?,
-            mlp: Mlp::load(d, v.intermediate_size, Activation::QuickGelu, &vb.pp("mlp"))?,
+            mlp: Mlp::load(
+                d,
+                v.intermediate_size,
+                Activation::QuickGelu,
+                &vb.pp("mlp"),
+                Products::AsLoaded,
+            )?,
             layer_norm2: LayerNorm::load(d, EPS, vb.pp("layer_norm2"))?,
         })
     }
@@ -276,7 +285,7 @@ impl PromptLayer {
             linear(p, p, a.pp("proj"))?,
         ];
         Ok(Self {
-            cross_attn: MultiHeadAttention::from_parts(parts, p, cfg.prompt_num_attention_heads),
+            cross_attn: MultiHeadAttention::from_parts(parts, p, cfg.prompt_num_attention_heads)?,
             norm1: LayerNorm::load(p, eps, vb.pp("norm1"))?,
             norm3: LayerNorm::load(p, eps, vb.pp("norm3"))?,
             // nn.Sequential(Linear, act, Dropout, Linear): indices 0 and 3.
