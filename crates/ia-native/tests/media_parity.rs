@@ -87,16 +87,9 @@ fn clip_tiny_stays_close_in_bf16_or_is_refused() {
         &source("clip-tiny"),
         Placement::new(Platform::Cpu, Precision::Bf16),
     );
-    if !ia_native::kernels::bf16::available() {
-        let reason = ia_native::kernels::bf16::unavailable_reason();
-        println!("NOT EXERCISED: bf16 CLIP on the native engine ({reason}); checked the refusal");
-        let e = loaded
-            .err()
-            .expect("bf16 must not load without a bf16 backend");
-        assert!(e.to_string().contains(&reason), "{e}");
+    let Some(mut session) = common::bf16_loaded("CLIP", loaded) else {
         return;
-    }
-    let mut session = loaded.unwrap();
+    };
     assert_eq!(session.info().precision, Precision::Bf16);
     // The zero-shot logits are cosines times the temperature (14.3 in this fixture), so their
     // bf16 error is that much larger than the embeddings': 0.1, as OpenVINO's bf16 test.
@@ -218,18 +211,9 @@ fn wav2vec2_tiny_stays_close_in_bf16_or_is_refused() {
             &source(name),
             Placement::new(Platform::Cpu, Precision::Bf16),
         );
-        if !ia_native::kernels::bf16::available() {
-            let reason = ia_native::kernels::bf16::unavailable_reason();
-            println!(
-                "NOT EXERCISED: bf16 {name} on the native engine ({reason}); checked the refusal"
-            );
-            let e = loaded
-                .err()
-                .expect("bf16 must not load without a bf16 backend");
-            assert!(e.to_string().contains(&reason), "{e}");
+        let Some(mut session) = common::bf16_loaded(name, loaded) else {
             continue;
-        }
-        let mut session = loaded.unwrap();
+        };
         assert_eq!(session.info().precision, Precision::Bf16);
         let out = session
             .run(&Inputs::Audio {
@@ -294,21 +278,12 @@ fn whisper_stays_close_in_bf16_or_is_refused() {
             .unwrap();
     let loaded = NativeEngine::new()
         .load_speech_recognizer(&real, Placement::new(Platform::Cpu, Precision::Bf16));
-    if !ia_native::kernels::bf16::available() {
-        let reason = ia_native::kernels::bf16::unavailable_reason();
-        println!(
-            "NOT EXERCISED: bf16 Whisper on the native engine ({reason}); checked the refusal"
-        );
-        let e = loaded
-            .err()
-            .expect("bf16 must not load without a bf16 backend");
-        assert!(e.to_string().contains(&reason), "{e}");
+    let Some(mut asr) = common::bf16_loaded("Whisper", loaded) else {
         return;
-    }
+    };
     let worst = check_whisper_logits(Products::Bf16, BF16_TOLERANCE);
     assert!(worst > 0.0, "bf16 equals f32 exactly: not run in bf16");
     println!("bf16 whisper-tiny max abs diff {worst}");
-    let mut asr = loaded.unwrap();
     let r = json(fixture("whisper-tiny-en/reference.json"));
     let t = asr
         .transcribe(&speech().samples, &TranscribeOptions::default())

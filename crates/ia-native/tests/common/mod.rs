@@ -63,3 +63,19 @@ pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// `loaded` is a `--precision bf16` load on the CPU. Where bf16 runs here, the loaded value;
+/// elsewhere, after checking that the load was refused naming why (never run as f32 under a
+/// bf16 label) and saying what was not exercised, None.
+pub fn bf16_loaded<T>(what: &str, loaded: Result<T, ia_engine::EngineError>) -> Option<T> {
+    if ia_native::kernels::bf16::available() {
+        return Some(loaded.unwrap_or_else(|e| panic!("bf16 {what}: {e}")));
+    }
+    let reason = ia_native::kernels::bf16::unavailable_reason();
+    println!("NOT EXERCISED: bf16 {what} on the native engine ({reason}); checked the refusal");
+    match loaded {
+        Ok(_) => panic!("bf16 {what} must not load without a bf16 backend"),
+        Err(e) => assert!(e.to_string().contains(&reason), "{e}"),
+    }
+    None
+}
