@@ -6,6 +6,7 @@
 #
 # usage: scripts/batching_gain.sh [MODEL] [CLIENTS] [SECONDS] [ROUNDS]
 #   MODEL defaults to all-MiniLM-L6-v2 (scripts/bench.sh fetches it into the local cache).
+#   PRECISION=bf16 serves it in bf16 (default f32).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:-sentence-transformers/all-MiniLM-L6-v2}
@@ -13,6 +14,7 @@ clients=${2:-32}
 seconds=${3:-20}
 rounds=${4:-3}
 port=${PORT:-8019}
+precision=${PRECISION:-f32}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ipfs-accelerate/target}
 cargo build -q --release -p ipfs-accelerate --bin ipfs-accelerate
 cargo build -q --release -p ia-serve --example load
@@ -23,7 +25,7 @@ server=
 trap '[ -n "$server" ] && kill "$server" 2>/dev/null || true' EXIT
 
 run() { # $1: extra serve flag; prints "throughput mean_batch"
-    "$bin" serve --models "$model" --port "$port" $1 >/tmp/batching_gain_serve.log 2>&1 &
+    "$bin" serve --models "$model" --port "$port" --precision "$precision" $1 >/tmp/batching_gain_serve.log 2>&1 &
     server=$!
     for _ in $(seq 120); do
         curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
