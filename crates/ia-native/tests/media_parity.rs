@@ -288,14 +288,18 @@ fn whisper_stays_close_in_bf16_or_is_refused() {
     let t = asr
         .transcribe(&speech().samples, &TranscribeOptions::default())
         .unwrap();
-    let want: Vec<u32> = r["beams1"]["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
+    let want = json_tokens(&r["beams1"]["tokens"]);
     assert_eq!(t.tokens, want, "bf16 greedy: {:?}", t.text);
     println!("bf16 whisper-tiny.en: {:?}", t.text);
+}
+
+/// Token ids from a reference JSON array.
+fn json_tokens(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// Word error rate: word-level edit distance / reference words.
@@ -341,12 +345,7 @@ fn whisper_tiny_en_real_weights_transcribe_like_transformers() {
             ..Default::default()
         };
         let t = asr.transcribe(&speech().samples, &opts).unwrap();
-        let want: Vec<u32> = expected["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let want = json_tokens(&expected["tokens"]);
         assert_eq!(t.tokens, want, "beams {beams}: {:?}", t.text);
         assert_eq!(t.text, expected["text"].as_str().unwrap());
         eprintln!(
