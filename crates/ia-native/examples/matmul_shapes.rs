@@ -7,11 +7,12 @@
 //! `cargo run --release -p ia-native --example matmul_shapes [ROWS ...] [conv] [cold]` (rows
 //! default to 16, 128, 512 and 1024; ViT-base's batch of 8 is 1576; `conv` alone: the
 //! convolutions only; `attention` alone: self-attention only, f32 and, where the CPU runs it,
-//! bf16; `cold`: each call of the linear layers takes the next of enough copies of the weight
+//! bf16, then causal and cached (decoder) attention; `cold`: each call of the linear layers takes the next of enough copies of the weight
 //! to pass 96 MiB, so it comes from memory as a model's does, not from the caches).
 use candle_core::{Device, Tensor};
 use ia_native::kernels::{
-    attention, bf16, conv1d_frames, conv_weight, linear, Activation::Identity, Weight,
+    attention, bf16, cached_attention, conv1d_frames, conv_weight, linear, Activation::Identity,
+    Weight,
 };
 use std::time::Instant;
 
@@ -138,6 +139,25 @@ fn main() -> candle_core::Result<()> {
             "attention {b} x {s:>4} x {h} / {heads:>2} heads: {:>7.2} ms {:>6.1} GFLOP/s, bf16 {bf16} GFLOP/s",
             t * 1e3,
             flop / t / 1e9
+        );
+    }
+    // Causal attention: CLIP's text tower kernel path at 128 tokens, and a decoder's prefill
+    // over its cache (Qwen2-0.5B: 14 query heads over 2 key/value heads of 64), 128 and 1,024
+    // positions, and one decode step over 128.
+    let qkv = Tensor::randn(0f32, 1.0, (1, 128, 3 * 896), &dev)?;
+    let t = time(8, || attention(&qkv, 14, None, true, false))?;
+    println!(
+        "causal attention 1 x  128 x 896 / 14 heads: {:>7.2} ms",
+        t * 1e3
+    );
+    for (m, n) in [(128usize, 128usize), (1024, 1024), (1, 128)] {
+        let q = Tensor::randn(0f32, 1.0, (m, 14, 64), &dev)?;
+        let k = Tensor::randn(0f32, 1.0, (n, 2, 64), &dev)?;
+        let v = Tensor::randn(0f32, 1.0, (n, 2, 64), &dev)?;
+        let t = time(8, || cached_attention(&q, &k, &v))?;
+        println!(
+            "cached attention {m:>4} queries over {n:>4} keys, 14 / 2 heads: {:>7.3} ms",
+            t * 1e3
         );
     }
     if attention_only {

@@ -6,7 +6,10 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixture, generator, ids, load, max_abs, max_abs_diff, reference, source};
+use common::{
+    fixture, generator, ids, load, max_abs, max_abs_diff, reference, source, BF16_TOLERANCE,
+    TOLERANCE,
+};
 use ia_engine::generation::expand_image_tokens;
 use ia_engine::{
     Engine, ImageBatch, Inputs, Placement, Precision, SpeechRecognizer, TextGenerator,
@@ -17,8 +20,6 @@ use ia_native::models::{whisper, Products};
 use ia_native::NativeEngine;
 use ia_preprocess::audio::{Waveform, WhisperFrontEnd};
 use ia_preprocess::image::{ImageProcessor, RgbImage};
-
-const TOLERANCE: f32 = 1e-4;
 
 fn speech() -> Waveform {
     Waveform::open(&fixture("media/speech-16k.wav")).unwrap()
@@ -73,9 +74,6 @@ fn reference_text(r: &std::collections::HashMap<String, Tensor>) -> Inputs {
 fn clip_tiny_matches_transformers_from_image_files() {
     check_clip(load("clip-tiny").as_mut(), TOLERANCE, TOLERANCE);
 }
-
-/// bf16 tolerance: the native engine's and OpenVINO's bf16 policy (tests/parity.rs).
-const BF16_TOLERANCE: f32 = 5e-2;
 
 /// `--precision bf16` on the CPU: CLIP's two towers with bf16 products (AMX, or AVX512-BF16
 /// without it; attention's products too, the rest f32) stay within bf16's tolerance of

@@ -6,7 +6,7 @@
 mod common;
 
 use candle_core::Device;
-use common::{fixture, ids, load, max_abs_diff, reference, TOLERANCE};
+use common::{fixture, ids, load, max_abs_diff, reference, BF16_TOLERANCE, TOLERANCE};
 use ia_engine::{Engine, Inputs, Placement, Precision};
 use ia_hardware::Platform;
 use ia_models::{Checkpoint, Model, ModelSource};
@@ -97,9 +97,6 @@ fn vit_tiny_matches_transformers() {
     assert!(d <= TOLERANCE, "logits max abs diff {d}");
 }
 
-/// bf16 tolerance: as OpenVINO's bf16 parity test (crates/ia-openvino/tests/parity.rs).
-const BF16_TOLERANCE: f32 = 5e-2;
-
 fn load_bf16(name: &str) -> Result<Box<dyn ia_engine::Session>, ia_engine::EngineError> {
     NativeEngine::new().load(
         &common::source(name),
@@ -114,24 +111,16 @@ fn load_bf16(name: &str) -> Result<Box<dyn ia_engine::Session>, ia_engine::Engin
 /// kernel on a CPU with AMX.
 #[test]
 fn bf16_stays_close_or_is_refused() {
-    if !ia_native::kernels::bf16::available() {
-        let reason = ia_native::kernels::bf16::unavailable_reason();
-        println!(
-            "NOT EXERCISED: bf16 accuracy on the native engine ({reason}); checked the refusal"
-        );
-        for name in ["bert-tiny", "vit-tiny"] {
-            let e = load_bf16(name)
-                .err()
-                .expect("bf16 must not load without a bf16 backend");
-            assert!(e.to_string().contains(&reason), "{e}");
-        }
+    let (Some(mut bert), Some(mut vit)) = (
+        common::bf16_loaded("bert-tiny", load_bf16("bert-tiny")),
+        common::bf16_loaded("vit-tiny", load_bf16("vit-tiny")),
+    ) else {
         return;
-    }
+    };
     let r = reference("bert-tiny");
     let (batch, seq_len) = r["input_ids"].dims2().unwrap();
-    let mut session = load_bf16("bert-tiny").unwrap();
-    assert_eq!(session.info().precision, Precision::Bf16);
-    let out = session
+    assert_eq!(bert.info().precision, Precision::Bf16);
+    let out = bert
         .run(&Inputs::Text {
             batch,
             seq_len,
@@ -151,8 +140,8 @@ fn bf16_stays_close_or_is_refused() {
 
     let r = reference("vit-tiny");
     let dims = r["pixel_values"].dims4().unwrap();
-    let mut session = load_bf16("vit-tiny").unwrap();
-    let out = session
+    assert_eq!(vit.info().precision, Precision::Bf16);
+    let out = vit
         .run(&Inputs::Image {
             shape: [dims.0, dims.1, dims.2, dims.3],
             pixel_values: r["pixel_values"].flatten_all().unwrap().to_vec1().unwrap(),

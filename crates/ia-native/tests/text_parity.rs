@@ -7,7 +7,7 @@
 mod common;
 
 use candle_core::Tensor;
-use common::{generator, ids, max_abs, reference, TOLERANCE};
+use common::{generator, ids, max_abs, reference, BF16_TOLERANCE, TOLERANCE};
 use ia_engine::generation::{generate, ContinuousBatch, GenerateOptions, Sampling};
 use ia_engine::{Engine, Placement, Precision, TextGenerator};
 use ia_hardware::Platform;
@@ -85,9 +85,6 @@ fn check_logits(name: &str, gen: &mut dyn TextGenerator, tolerance: f32) -> f32 
     }
     worst
 }
-
-/// bf16 tolerance of the logits: OpenVINO's bf16 decoders' (crates/ia-openvino/tests/parity.rs).
-const BF16_TOLERANCE: f32 = 5e-2;
 
 fn bf16_generator(name: &str) -> Result<Box<dyn TextGenerator>, ia_engine::EngineError> {
     NativeEngine::new().load_generator(

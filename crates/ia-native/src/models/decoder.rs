@@ -346,29 +346,19 @@ enum Proj {
 }
 
 impl Proj {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// `x . W + bias`, plus `residual` in the kernel's pass where there is one.
+    fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
         match self {
-            Proj::Candle(l) => l.forward(x),
+            Proj::Candle(l) => match residual {
+                Some(r) => l.forward(x)? + r,
+                None => l.forward(x),
+            },
             Proj::Kernel { weight, bias } => kernels::linear(
                 x,
                 weight,
                 bias.as_ref(),
                 kernels::Activation::Identity,
-                None,
-            ),
-        }
-    }
-
-    /// `residual + x . W + bias`, the residual added in the kernel's pass.
-    fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Proj::Candle(l) => l.forward(x)? + residual,
-            Proj::Kernel { weight, bias } => kernels::linear(
-                x,
-                weight,
-                bias.as_ref(),
-                kernels::Activation::Identity,
-                Some(residual),
+                residual,
             ),
         }
     }
@@ -454,11 +444,11 @@ impl Stacked {
     /// [tokens, the parts' outputs side by side].
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Stacked::One(p) => p.forward(x),
+            Stacked::One(p) => p.forward(x, None),
             Stacked::Apart(parts) => Tensor::cat(
                 &parts
                     .iter()
-                    .map(|p| p.forward(x))
+                    .map(|p| p.forward(x, None))
                     .collect::<candle_core::Result<Vec<_>>>()?,
                 1,
             ),
@@ -590,7 +580,7 @@ impl Attention {
         } else {
             Tensor::cat(&outputs, 0)?
         };
-        self.o_proj.forward_residual(&out, residual)
+        self.o_proj.forward(&out, Some(residual))
     }
 
     /// One sequence: `q` [new, heads, d]; `keys`, `values` [cached + new, kv_heads, d].
@@ -627,7 +617,7 @@ impl Mlp {
             let i = gate_up.dim(1)? / 2;
             (gate_up.narrow(1, 0, i)?.apply(&self.act)? * gate_up.narrow(1, i, i)?)?
         };
-        self.down_proj.forward_residual(&hidden, residual)
+        self.down_proj.forward(&hidden, Some(residual))
     }
 }
 
@@ -1218,7 +1208,7 @@ impl Decoder {
         let last: Vec<u32> = rows.iter().map(|r| (r.offset + r.len - 1) as u32).collect();
         let last = Tensor::from_vec(last, rows.len(), &self.device)?;
         let x = self.norm.forward(&x.index_select(&last, 0)?)?;
-        let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
+        let logits = self.lm_head.forward(&x, None)?.to_dtype(DType::F32)?;
         logits.to_vec2::<f32>()
     }
 

@@ -13,6 +13,10 @@ use std::path::PathBuf;
 /// Max abs difference allowed between our f32 outputs and transformers'.
 pub const TOLERANCE: f32 = 1e-4;
 
+/// The same in bf16 (AMX or AVX512-BF16 products, the rest f32): OpenVINO's bf16 policy
+/// (crates/ia-openvino/tests/parity.rs).
+pub const BF16_TOLERANCE: f32 = 5e-2;
+
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../fixtures")
