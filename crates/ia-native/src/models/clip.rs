@@ -197,11 +197,9 @@ impl VisionTower {
     /// The pooled output [batch, hidden] (the class token after the post-norm) for pixels
     /// [batch, channels, height, width].
     pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
-        let mut x = self.embed(pixels)?;
-        for layer in &self.layers {
-            x = layer.forward(&x)?;
-        }
-        self.post_layernorm.forward(&x.i((.., 0, ..))?)
+        let x = self.embed(pixels)?;
+        let first = PreNormLayer::first_token_after(&self.layers, &x)?.squeeze(1)?;
+        self.post_layernorm.forward(&first)
     }
 
     /// The outputs of the first `count` layers, [batch, tokens, hidden] each: transformers'

@@ -145,7 +145,35 @@ impl PreNormLayer {
             true => self.attention.forward_causal(&normed)?,
             false => self.attention.forward(&normed, None)?,
         };
-        let x = self.attention_output.forward_residual(&attended, x)?;
+        self.after_attention(&attended, x)
+    }
+
+    /// The stack's output at each sequence's first token only, [batch, 1, hidden], for
+    /// `layers` run in turn on `x` [batch, seq, hidden]: where nothing reads the other
+    /// tokens' (a head on the class token: ViT's classifier, CLIP's pooled image), the last
+    /// layer's queries, keys and values still come from every token, but its output
+    /// projection, feed-forward block and residuals run on one row per sequence: 9 of a
+    /// ViT-base layer's 13 parts by FLOPs (q/k/v 3, attention about 1, output 1,
+    /// feed-forward 8) skipped in one layer of twelve.
+    pub fn first_token_after(layers: &[Self], x: &Tensor) -> Result<Tensor> {
+        let Some((last, before)) = layers.split_last() else {
+            return x.narrow(1, 0, 1);
+        };
+        let mut x = x.clone();
+        for layer in before {
+            x = layer.forward(&x)?;
+        }
+        let first = |t: &Tensor| t.narrow(1, 0, 1)?.contiguous();
+        let attended = last
+            .attention
+            .forward(&last.norm_before.forward(&x)?, None)?;
+        last.after_attention(&first(&attended)?, &first(&x)?)
+    }
+
+    /// The output projection and residual, then the feed-forward block and its residual, on
+    /// the rows of `x` that `attended` holds the attention of.
+    fn after_attention(&self, attended: &Tensor, x: &Tensor) -> Result<Tensor> {
+        let x = self.attention_output.forward_residual(attended, x)?;
         let inner = self
             .intermediate
             .forward_activated(&self.norm_after.forward(&x)?, self.act)?;

@@ -7,7 +7,7 @@ use super::encoder::{Dense, PreNormLayer, Products, SelfAttention};
 use super::{parse_config, LoadContext};
 use crate::kernels::LayerNorm;
 use crate::{rt, CandleOutput};
-use candle_core::{IndexOp, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{conv2d, Activation, Conv2d, Conv2dConfig, VarBuilder};
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
 use serde::Deserialize;
@@ -128,12 +128,9 @@ impl Model {
 
     /// Logits [batch, num_labels] from the class token.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
-        let mut x = self.embeddings.forward(pixels)?;
-        for layer in &self.layers {
-            x = layer.forward(&x)?;
-        }
-        self.classifier
-            .forward(&self.layernorm.forward(&x.i((.., 0, ..))?)?)
+        let x = self.embeddings.forward(pixels)?;
+        let first = PreNormLayer::first_token_after(&self.layers, &x)?.squeeze(1)?;
+        self.classifier.forward(&self.layernorm.forward(&first)?)
     }
 }
 
