@@ -24,6 +24,7 @@
 //! Without AMX, which of the two vector kernels runs is decided once per process by timing
 //! both on the same small product ([`backend`]).
 
+use super::{lines_as, view, CacheLine};
 use std::sync::OnceLock;
 
 /// The instructions the bf16 products run on.
@@ -267,8 +268,8 @@ pub(super) struct Activations {
 
 enum Values {
     /// For AMX and `vdpbf16ps`: bf16 in tiles (for each block of 16 rows, each step of 32
-    /// inputs, 16 x 32 contiguous), so that a tile load reads 1 KiB in a row.
-    Tiles(Vec<u16>),
+    /// inputs, 16 x 32 contiguous), so that a tile load reads 1 KiB in a row, on whole lines.
+    Tiles(Vec<CacheLine>),
     /// For [`Backend::Expanded`]: the rounded values as f32, row-major, `k_padded` a row.
     Rounded(Vec<f32>),
 }
@@ -323,14 +324,11 @@ impl Activations {
             }
             Values::Rounded(data)
         } else {
-            let mut data = SCRATCH_U16.with_borrow_mut(std::mem::take);
-            if data.len() < len {
-                data.resize(len, 0);
-            }
+            let mut lines = SCRATCH_TILES.with_borrow_mut(std::mem::take);
+            let data = lines_as::<u16>(&mut lines, len);
             if k > 0 {
                 // One block of 16 rows per task.
-                data[..len]
-                    .par_chunks_mut(16 * k_padded)
+                data.par_chunks_mut(16 * k_padded)
                     .enumerate()
                     .for_each(|(block, slab)| {
                         for i in 0..16 {
@@ -345,7 +343,7 @@ impl Activations {
                         }
                     });
             }
-            Values::Tiles(data)
+            Values::Tiles(lines)
         };
         Self {
             rows_padded,
@@ -358,7 +356,7 @@ impl Activations {
     #[inline]
     fn tiles(&self) -> &[u16] {
         match &self.values {
-            Values::Tiles(t) => &t[..self.rows_padded * self.k_padded],
+            Values::Tiles(t) => &view(t)[..self.rows_padded * self.k_padded],
             Values::Rounded(_) => unreachable!("converted for the expanded kernel"),
         }
     }
@@ -385,14 +383,14 @@ super::multiversion!(fn round_row(src: &[f32], dst: &mut [f32]) => round_row_bod
 thread_local! {
     /// The last activations buffers of this thread, reused by the next product.
     static SCRATCH_F32: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    static SCRATCH_U16: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH_TILES: std::cell::RefCell<Vec<CacheLine>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Drop for Activations {
     fn drop(&mut self) {
         match std::mem::replace(&mut self.values, Values::Tiles(Vec::new())) {
             Values::Rounded(v) => SCRATCH_F32.with_borrow_mut(|s| *s = v),
-            Values::Tiles(v) if v.capacity() > 0 => SCRATCH_U16.with_borrow_mut(|s| *s = v),
+            Values::Tiles(v) if v.capacity() > 0 => SCRATCH_TILES.with_borrow_mut(|s| *s = v),
             Values::Tiles(_) => {}
         }
     }
@@ -476,7 +474,7 @@ unsafe fn product_block_on(
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub(super) mod amx {
-    use super::{Activations, PackedBf16, STEP};
+    use super::{lines_as, Activations, PackedBf16, STEP};
     use std::arch::asm;
 
     /// Leaf 7's EDX: AMX-BF16 is bit 22, AMX-TILE bit 24.
@@ -562,20 +560,19 @@ pub(super) mod amx {
         let rows_per_pass = (ACTIVATION_BYTES_PER_PASS / (a.k_padded * 2)).max(32) / 32 * 32;
         // Rows in whole blocks of 16, stored in place; the rest through `tail`.
         let whole = rows / 16 * 16;
-        let mut tail = vec![0f32; if whole < rows { 16 * cols } else { 0 }];
-        let tail = tail.as_mut_ptr();
+        let mut tail = Vec::new();
+        let tail =
+            lines_as::<f32>(&mut tail, if whole < rows { 16 * cols } else { 0 }).as_mut_ptr();
         // A pass of rows' accumulators for one column pair: per block of 16 rows, its two
         // tiles of 256 f32.
         let passes = steps > STEPS_PER_PASS;
-        let mut kept = vec![
-            0f32;
-            if passes {
-                rows_per_pass.min(rows16) * 32
-            } else {
-                0
-            }
-        ];
-        let kept = kept.as_mut_ptr();
+        let mut kept = Vec::new();
+        let kept_len = if passes {
+            rows_per_pass.min(rows16) * 32
+        } else {
+            0
+        };
+        let kept = lines_as::<f32>(&mut kept, kept_len).as_mut_ptr();
         // SAFETY (of every pointer below): the tile state was granted (the caller's promise);
         // every tile load reads 1 KiB inside `a.tiles()` (tile `step` of row block r / 16) or
         // inside a panel of `w.values()`; an accumulator's 16 rows of 16 f32 are inside this
@@ -1230,6 +1227,18 @@ mod dpbf16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every tile row the kernels load from the activations is one whole cache line.
+    #[test]
+    fn activation_tiles_start_on_a_cache_line() {
+        let (m, k, n) = (40, 70, 50);
+        let x = vec![0.5f32; m * k];
+        let packed = PackedBf16::pack(&vec![0.25f32; n * k], n, k);
+        for _ in 0..3 {
+            let a = Activations::convert_for(Backend::Amx, &x, m, &packed);
+            assert_eq!(a.tiles().as_ptr() as usize % 64, 0);
+        }
+    }
 
     #[test]
     fn rounding_to_bf16_is_to_nearest_even() {

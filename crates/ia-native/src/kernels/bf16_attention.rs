@@ -82,7 +82,7 @@ mod x86 {
     use super::Shape;
     use crate::kernels::bf16::{amx, backend, Backend};
     use crate::kernels::math::{exp_nonpositive, max_of};
-    use crate::kernels::SharedOut;
+    use crate::kernels::{lines_as, CacheLine, SharedOut};
     use rayon::prelude::*;
     use std::arch::x86_64::*;
     use std::cell::RefCell;
@@ -101,15 +101,20 @@ mod x86 {
     #[repr(C, align(64))]
     struct Line([u32; 16]);
 
-    /// A thread's buffers, kept between tasks (each task overwrites what it reads).
+    /// A thread's buffers, kept between tasks (each task overwrites what it reads). The
+    /// queries, scores and weights are AMX tiles' rows too, so they start on a cache line.
     #[derive(Default)]
     struct Scratch {
-        queries: Vec<u32>,
+        queries: Vec<CacheLine>,
         keys: Vec<Line>,
         values: Vec<Line>,
-        scores: Vec<f32>,
-        weights: Vec<u32>,
+        scores: Vec<CacheLine>,
+        weights: Vec<CacheLine>,
     }
+
+    /// 16 rows of 32 f32 (an AMX pair of tiles) on whole cache lines.
+    #[repr(C, align(64))]
+    struct TileRows([f32; AMX_ROWS * 32]);
 
     thread_local! {
         static SCRATCH: RefCell<Scratch> = RefCell::default();
@@ -379,7 +384,7 @@ mod x86 {
         };
 
         // Queries: a row of d / 2 pairs each; the padding rows zero.
-        let queries = sized(&mut scratch.queries, rows * half);
+        let queries = lines_as::<u32>(&mut scratch.queries, rows * half);
         for (i, dst) in queries.chunks_exact_mut(half).enumerate() {
             ahead(0, i, s);
             let src: &[f32] = if i < s { column(0, i) } else { &[] };
@@ -442,8 +447,8 @@ mod x86 {
         // Then for each 8 queries (16 on AMX), while their scores and weights stay in L1: the
         // scores q . k^T, the softmax, the output p . v.
         let width = keys.next_multiple_of(32) / 2;
-        let scores = sized(&mut scratch.scores, block * keys);
-        let weights = sized(&mut scratch.weights, block * width);
+        let scores = lines_as::<f32>(&mut scratch.scores, block * keys);
+        let weights = lines_as::<u32>(&mut scratch.weights, block * width);
         // The next task's query, key and value rows, into L2 a share before each block: they
         // come from memory (a model's qkv is larger than L2), and the hardware's prefetchers
         // do not follow rows 3 * h apart.
@@ -456,7 +461,8 @@ mod x86 {
                 }
             }
         };
-        let mut tail = [0f32; AMX_ROWS * 32];
+        let mut tail = TileRows([0f32; AMX_ROWS * 32]);
+        let tail = &mut tail.0;
         for r in (0..rows).step_by(block) {
             prefetch_next(r);
             // Scores, rows `keys` apart: pairs of panels, the last alone when the panels are

@@ -167,6 +167,61 @@ fn faster_of(mut kernels: [&mut dyn FnMut(); 2]) -> (usize, [f64; 2]) {
     (usize::from(best[1] < best[0]), best)
 }
 
+/// 64 bytes on a cache line: the unit of the buffers AMX tiles load and store. A tile row is
+/// 64 bytes, and a `Vec` of u16 or f32 is only 16-byte aligned, so each row of a tile in one
+/// straddled two lines (the activations of ViT-base's products sat 32 bytes past a line).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct CacheLine([u8; 64]);
+
+/// The plain values a buffer of [`CacheLine`]s is viewed as.
+///
+/// # Safety
+/// Every bit pattern is a value, the size divides 64, and the alignment divides 64.
+unsafe trait Plain: Copy {}
+// SAFETY: plain numbers of 2 and 4 bytes.
+unsafe impl Plain for u16 {}
+unsafe impl Plain for u32 {}
+unsafe impl Plain for f32 {}
+
+/// Lines enough for `len` values of `T`.
+fn lines_for<T: Plain>(len: usize) -> usize {
+    (len * std::mem::size_of::<T>()).div_ceil(64)
+}
+
+/// `lines` as values of `T`, from a 64-byte boundary.
+fn view<T: Plain>(lines: &[CacheLine]) -> &[T] {
+    // SAFETY: the lines are initialised bytes, any of which make values of T (`Plain`), and
+    // 64-byte aligned; the length covers exactly their bytes.
+    unsafe {
+        std::slice::from_raw_parts(
+            lines.as_ptr().cast(),
+            lines.len() * 64 / std::mem::size_of::<T>(),
+        )
+    }
+}
+
+/// [`view`], to write.
+fn view_mut<T: Plain>(lines: &mut [CacheLine]) -> &mut [T] {
+    // SAFETY: as in `view`; any values written are bytes of lines.
+    unsafe {
+        std::slice::from_raw_parts_mut(
+            lines.as_mut_ptr().cast(),
+            lines.len() * 64 / std::mem::size_of::<T>(),
+        )
+    }
+}
+
+/// At least `len` values of `T` from a buffer of lines kept between calls (grown where it
+/// is shorter, the growth zeroed).
+fn lines_as<T: Plain>(lines: &mut Vec<CacheLine>, len: usize) -> &mut [T] {
+    let need = lines_for::<T>(len);
+    if lines.len() < need {
+        lines.resize(need, CacheLine([0; 64]));
+    }
+    &mut view_mut(lines)[..len]
+}
+
 /// A raw pointer that may cross to the worker threads: each writes a disjoint part.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
