@@ -557,6 +557,7 @@ fn check_two_images(name: &str) {
         last_image,
         &logits,
         &format!("{name} two images"),
+        TOLERANCE,
     );
     gen.attach_images(&images).unwrap();
     assert_eq!(
@@ -574,7 +575,9 @@ fn check_logits_from(
     last: usize,
     logits: &Tensor,
     what: &str,
-) {
+    tolerance: f32,
+) -> f32 {
+    let mut worst = 0f32;
     let mut got = gen.prefill(&prompt[..=last]).unwrap();
     for (pos, &token) in prompt.iter().enumerate().skip(last) {
         if pos > last {
@@ -582,8 +585,10 @@ fn check_logits_from(
         }
         let want = logits.get(pos).unwrap().to_vec1::<f32>().unwrap();
         let d = max_abs(&got, &want);
-        assert!(d <= TOLERANCE, "{what} position {pos}: max abs diff {d}");
+        assert!(d <= tolerance, "{what} position {pos}: max abs diff {d}");
+        worst = worst.max(d);
     }
+    worst
 }
 
 /// 32 greedy tokens after `prompt`, EOS ignored (the fixtures' generate() references).
@@ -631,14 +636,27 @@ fn llava_next_tiny_matches_transformers() {
 }
 
 fn check_image_text_generation(name: &str) {
+    let gen = NativeEngine::new()
+        .load_generator(&source(name), Placement::new(Platform::Cpu, Precision::F32))
+        .unwrap();
+    check_image_text_generation_on(name, gen, TOLERANCE);
+}
+
+/// [`check_image_text_generation`] on `gen` with the logits' `tolerance`: the greedy tokens
+/// are compared in f32 only (the top logits of these random tiny models are too close for
+/// bf16's rounding). The largest logit difference seen.
+fn check_image_text_generation_on(
+    name: &str,
+    mut gen: Box<dyn TextGenerator>,
+    tolerance: f32,
+) -> f32 {
     let r = reference(name);
     let model = source(name);
     let meta = json(fixture(&format!("{name}/reference_meta.json")));
     let tokenizer = ia_engine::tokenizer::of(&model.source).unwrap().unwrap();
     let processor = ia_engine::inputs::image_processor(&model).unwrap();
-    let mut gen = NativeEngine::new()
-        .load_generator(&model, Placement::new(Platform::Cpu, Precision::F32))
-        .unwrap();
+    let exact = tolerance <= TOLERANCE;
+    let mut worst = 0f32;
     let image_token = gen.image_token().expect("LLaVA takes images");
     for (i, case) in meta["cases"].as_array().unwrap().iter().enumerate() {
         let image = RgbImage::open(&fixture(&format!(
@@ -673,7 +691,8 @@ fn check_image_text_generation(name: &str) {
         for pos in 0..first {
             let got = gen.prefill(&text[..=pos]).unwrap();
             let d = max_abs(&got, &row(pos));
-            assert!(d <= TOLERANCE, "case {i} position {pos}: max abs diff {d}");
+            assert!(d <= tolerance, "case {i} position {pos}: max abs diff {d}");
+            worst = worst.max(d);
         }
         let tokens = gen.attach_images(&images).unwrap();
         let prompt = expand_image_tokens(&text, image_token, &tokens).unwrap();
@@ -683,14 +702,24 @@ fn check_image_text_generation(name: &str) {
             "case {i}: input ids"
         );
         let last = first + tokens[0] - 1;
-        check_logits_from(gen.as_mut(), &prompt, last, &logits, &format!("case {i}"));
-
-        gen.attach_images(&images).unwrap();
-        assert_eq!(
-            greedy_32(gen.as_mut(), &prompt),
-            ids(&r[&format!("case{i}_greedy")]),
-            "case {i}: greedy tokens"
+        let d = check_logits_from(
+            gen.as_mut(),
+            &prompt,
+            last,
+            &logits,
+            &format!("case {i}"),
+            tolerance,
         );
+        worst = worst.max(d);
+
+        if exact {
+            gen.attach_images(&images).unwrap();
+            assert_eq!(
+                greedy_32(gen.as_mut(), &prompt),
+                ids(&r[&format!("case{i}_greedy")]),
+                "case {i}: greedy tokens"
+            );
+        }
     }
     // Image tokens without an attached image are refused, not run on stale features.
     let text = ids(&r["case0_input_ids"]);
@@ -699,6 +728,28 @@ fn check_image_text_generation(name: &str) {
         err.contains("image features and image tokens do not match"),
         "{err}"
     );
+    worst
+}
+
+/// LLaVA and LLaVA-NeXT in bf16 (the CLIP tower's and the decoder's linear layers; the
+/// projector f32): every checked position's logits, text before the image and after it,
+/// within bf16's tolerance of transformers' f32, reported as bf16; refused naming why where
+/// no bf16 backend runs.
+#[test]
+fn llava_stays_close_in_bf16_or_is_refused() {
+    for name in ["llava-tiny", "llava-next-tiny"] {
+        let loaded = NativeEngine::new().load_generator(
+            &source(name),
+            Placement::new(Platform::Cpu, Precision::Bf16),
+        );
+        let Some(gen) = common::bf16_loaded(name, loaded) else {
+            continue;
+        };
+        assert_eq!(gen.info().precision, Precision::Bf16);
+        let worst = check_image_text_generation_on(name, gen, BF16_TOLERANCE);
+        assert!(worst > 0.0, "{name}: bf16 logits equal f32 exactly");
+        println!("bf16 {name} logits max abs diff {worst}");
+    }
 }
 
 #[test]

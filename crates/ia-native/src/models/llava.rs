@@ -242,11 +242,8 @@ impl Llava {
                     ),
                 };
                 // The tower's projection is CLIP's, not LLaVA's: it is neither loaded nor used.
-                let vision = clip::VisionTower::load(
-                    &cfg.vision_config,
-                    vb.pp(tower),
-                    super::encoder::Products::AsLoaded,
-                )?;
+                let vision =
+                    clip::VisionTower::load(&cfg.vision_config, vb.pp(tower), ctx.products)?;
                 let p = vb.pp(projector);
                 let linear = |i, o, name| {
                     if cfg.multimodal_projector_bias {
@@ -264,12 +261,14 @@ impl Llava {
                     act: cfg.projector_hidden_act,
                     linear_2: linear(text_hidden, text_hidden, "linear_2")?,
                 };
-                let weights = decoder::Weights::load(
-                    &text,
-                    vb.pp(language),
-                    vb.pp(head),
-                    &decoder::Storage::AsLoaded,
-                )?;
+                // `--precision bf16`: the tower's and the decoder's linear layers in bf16 (the
+                // projector and the convolution f32), as CLIP and the decoder alone run it.
+                let storage = match ctx.products {
+                    super::encoder::Products::Bf16 => decoder::Storage::Bf16,
+                    super::encoder::Products::AsLoaded => decoder::Storage::AsLoaded,
+                };
+                let weights =
+                    decoder::Weights::load(&text, vb.pp(language), vb.pp(head), &storage)?;
                 let newline = anyres
                     .is_some()
                     .then(|| vb.get(text_hidden, newline))
