@@ -266,9 +266,10 @@ impl NativeEngine {
             && matches!(model.class, ModelClass::Llama | ModelClass::Qwen)
             && !models::qwen2_vl::is_qwen_vl(source.config())
             && models::quantized::ggml_dtype(precision).is_some();
-        // bf16 on the CPU, for BERT, ViT, CLIP, Wav2Vec2 and Whisper (their linear layers;
-        // the convolutions stay f32), the LLaMA-family decoder and LLaVA (its CLIP tower and
-        // decoder): f32 weights and activations, bf16 products on AMX or AVX512-BF16.
+        // bf16 on the CPU, for BERT, ViT, CLIP, X-CLIP (its towers), Wav2Vec2 and Whisper
+        // (their linear layers; the convolutions stay f32), the LLaMA-family decoder and LLaVA
+        // (its CLIP tower and decoder): f32 weights and activations, bf16 products on AMX or
+        // AVX512-BF16.
         let bf16_products = precision == Precision::Bf16
             && platform == Platform::Cpu
             && match capability {
@@ -277,6 +278,7 @@ impl NativeEngine {
                     ModelClass::Bert
                         | ModelClass::Vit
                         | ModelClass::Clip
+                        | ModelClass::Xclip
                         | ModelClass::Wav2vec2
                         | ModelClass::Whisper
                 ),

@@ -172,7 +172,7 @@ struct CrossFrameLayer {
 }
 
 impl CrossFrameLayer {
-    fn load(v: &VisionConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+    fn load(v: &VisionConfig, vb: VarBuilder, products: Products) -> candle_core::Result<Self> {
         let d = v.hidden_size;
         Ok(Self {
             message_fc: linear(d, d, vb.pp("message_fc"))?,
@@ -182,14 +182,14 @@ impl CrossFrameLayer {
                 v.num_attention_heads,
                 true,
                 vb.pp("message_attn"),
-                Products::AsLoaded,
+                products,
             )?,
             self_attn: MultiHeadAttention::load(
                 d,
                 v.num_attention_heads,
                 true,
                 vb.pp("self_attn"),
-                Products::AsLoaded,
+                products,
             )?,
             layer_norm1: LayerNorm::load(d, EPS, vb.pp("layer_norm1"))?,
             mlp: Mlp::load(
@@ -197,7 +197,7 @@ impl CrossFrameLayer {
                 v.intermediate_size,
                 Activation::QuickGelu,
                 &vb.pp("mlp"),
-                Products::AsLoaded,
+                products,
             )?,
             layer_norm2: LayerNorm::load(d, EPS, vb.pp("layer_norm2"))?,
         })
@@ -236,9 +236,9 @@ struct VisionTower {
 }
 
 impl VisionTower {
-    fn load(v: &VisionConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+    fn load(v: &VisionConfig, vb: VarBuilder, products: Products) -> candle_core::Result<Self> {
         let layers = (0..v.num_hidden_layers)
-            .map(|i| CrossFrameLayer::load(v, vb.pp(format!("encoder.layers.{i}"))))
+            .map(|i| CrossFrameLayer::load(v, vb.pp(format!("encoder.layers.{i}")), products))
             .collect::<candle_core::Result<_>>()?;
         Ok(Self {
             embeddings: clip::VisionEmbeddings::load(
@@ -366,16 +366,15 @@ struct Model {
 }
 
 impl Model {
-    fn load(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+    /// `products`: how the text tower's and the vision tower's linear layers multiply (the
+    /// small rest, the frames' message projection, the multi-frame integration and the prompt
+    /// generator, stays as loaded).
+    fn load(cfg: &Config, vb: VarBuilder, products: Products) -> candle_core::Result<Self> {
         let v = &cfg.vision_config;
         let p = cfg.projection_dim;
         Ok(Self {
-            text: clip::TextTower::load(
-                &cfg.text_config,
-                vb.pp("text_model"),
-                super::encoder::Products::AsLoaded,
-            )?,
-            vision: VisionTower::load(v, vb.pp("vision_model"))?,
+            text: clip::TextTower::load(&cfg.text_config, vb.pp("text_model"), products)?,
+            vision: VisionTower::load(v, vb.pp("vision_model"), products)?,
             visual_projection: linear_no_bias(v.hidden_size, p, vb.pp("visual_projection"))?,
             text_projection: linear_no_bias(
                 cfg.text_config.hidden_size,
@@ -464,7 +463,7 @@ impl XclipSession {
         let (model, info) = ctx.build(
             "X-CLIP",
             &["video_embeds", "text_embeds", "logits_per_video"],
-            |vb| Model::load(&cfg, vb),
+            |vb| Model::load(&cfg, vb, ctx.products),
         )?;
         Ok(Box::new(Self {
             model,
