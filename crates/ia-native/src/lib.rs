@@ -267,9 +267,9 @@ impl NativeEngine {
             && !models::qwen2_vl::is_qwen_vl(source.config())
             && models::quantized::ggml_dtype(precision).is_some();
         // bf16 on the CPU, for BERT, ViT, CLIP, X-CLIP (its towers), Wav2Vec2 and Whisper
-        // (their linear layers; the convolutions stay f32), the LLaMA-family decoder and LLaVA
-        // (its CLIP tower and decoder): f32 weights and activations, bf16 products on AMX or
-        // AVX512-BF16.
+        // (their linear layers; the convolutions stay f32), the LLaMA-family decoder, and LLaVA
+        // and Qwen-VL (their vision towers and decoders): f32 weights and activations, bf16
+        // products on AMX or AVX512-BF16.
         let bf16_products = precision == Precision::Bf16
             && platform == Platform::Cpu
             && match capability {
@@ -285,8 +285,8 @@ impl NativeEngine {
                 Capability::Generate => {
                     matches!(model.class, ModelClass::Llava | ModelClass::LlavaNext)
                         || matches!(model.class, ModelClass::Llama | ModelClass::Qwen)
-                            && !models::qwen2_vl::is_qwen_vl(source.config())
-                            && models::decoder::runs(source.config())
+                            && (models::qwen2_vl::is_qwen_vl(source.config())
+                                || models::decoder::runs(source.config()))
                 }
             };
         if bf16_products && !kernels::bf16::available() {

@@ -731,13 +731,19 @@ fn check_image_text_generation_on(
     worst
 }
 
-/// LLaVA and LLaVA-NeXT in bf16 (the CLIP tower's and the decoder's linear layers; the
-/// projector f32): every checked position's logits, text before the image and after it,
-/// within bf16's tolerance of transformers' f32, reported as bf16; refused naming why where
-/// no bf16 backend runs.
+/// LLaVA, LLaVA-NeXT and Qwen-VL in bf16 (the vision tower's and the decoder's linear layers;
+/// LLaVA's projector, the patch embeddings and the vision towers' attention f32): every
+/// checked position's logits, text before the image and after it, within bf16's tolerance of
+/// transformers' f32, reported as bf16; refused naming why where no bf16 backend runs.
 #[test]
-fn llava_stays_close_in_bf16_or_is_refused() {
-    for name in ["llava-tiny", "llava-next-tiny"] {
+fn image_text_models_stay_close_in_bf16_or_are_refused() {
+    for name in [
+        "llava-tiny",
+        "llava-next-tiny",
+        "qwen2-vl-tiny",
+        "qwen2.5-vl-tiny",
+        "qwen3-vl-tiny",
+    ] {
         let loaded = NativeEngine::new().load_generator(
             &source(name),
             Placement::new(Platform::Cpu, Precision::Bf16),

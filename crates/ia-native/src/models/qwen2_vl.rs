@@ -16,12 +16,13 @@
 //! model is a Qwen3 decoder whose M-RoPE interleaves the three axes.
 
 use super::decoder::{Deepstack, Embedded};
+use super::encoder::{Dense, Products};
 use super::llava::{layout, merge_image_features};
 use super::{decoder, LoadContext};
 use crate::kernels::{LayerNorm, RmsNorm};
 use crate::rt;
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 use candle_transformers::models::clip::text_model::Activation as ClipActivation;
 use ia_engine::generation::ImageBatch;
 use ia_engine::{EngineError, SessionInfo, TextGenerator};
@@ -296,14 +297,14 @@ impl Norm {
 /// Qwen2.5-VL's gated SiLU MLP (with biases).
 enum Ffn {
     Plain {
-        fc1: Linear,
-        fc2: Linear,
+        fc1: Dense,
+        fc2: Dense,
         tanh_gelu: bool,
     },
     Gated {
-        gate: Linear,
-        up: Linear,
-        down: Linear,
+        gate: Dense,
+        up: Dense,
+        down: Dense,
     },
 }
 
@@ -332,38 +333,43 @@ impl Ffn {
 /// `VisionAttention` + the vision block.
 struct Block {
     norm1: Norm,
-    qkv: Linear,
-    proj: Linear,
+    qkv: Dense,
+    proj: Dense,
     norm2: Norm,
     ffn: Ffn,
     heads: usize,
 }
 
 impl Block {
-    fn load(v: &VisionConfig, family: Family, vb: VarBuilder) -> candle_core::Result<Self> {
+    fn load(
+        v: &VisionConfig,
+        family: Family,
+        vb: VarBuilder,
+        products: Products,
+    ) -> candle_core::Result<Self> {
         let d = v.width(family);
         let hidden = v.mlp_width(family);
         let ffn = match family {
             Family::Qwen2 => Ffn::Plain {
-                fc1: linear(d, hidden, vb.pp("mlp.fc1"))?,
-                fc2: linear(hidden, d, vb.pp("mlp.fc2"))?,
+                fc1: Dense::load(d, hidden, vb.pp("mlp.fc1"), products)?,
+                fc2: Dense::load(hidden, d, vb.pp("mlp.fc2"), products)?,
                 tanh_gelu: false,
             },
             Family::Qwen3 => Ffn::Plain {
-                fc1: linear(d, hidden, vb.pp("mlp.linear_fc1"))?,
-                fc2: linear(hidden, d, vb.pp("mlp.linear_fc2"))?,
+                fc1: Dense::load(d, hidden, vb.pp("mlp.linear_fc1"), products)?,
+                fc2: Dense::load(hidden, d, vb.pp("mlp.linear_fc2"), products)?,
                 tanh_gelu: true,
             },
             Family::Qwen25 => Ffn::Gated {
-                gate: linear(d, hidden, vb.pp("mlp.gate_proj"))?,
-                up: linear(d, hidden, vb.pp("mlp.up_proj"))?,
-                down: linear(hidden, d, vb.pp("mlp.down_proj"))?,
+                gate: Dense::load(d, hidden, vb.pp("mlp.gate_proj"), products)?,
+                up: Dense::load(d, hidden, vb.pp("mlp.up_proj"), products)?,
+                down: Dense::load(hidden, d, vb.pp("mlp.down_proj"), products)?,
             },
         };
         Ok(Self {
             norm1: Norm::load(family, d, vb.pp("norm1"))?,
-            qkv: linear(d, 3 * d, vb.pp("attn.qkv"))?,
-            proj: linear(d, d, vb.pp("attn.proj"))?,
+            qkv: Dense::load(d, 3 * d, vb.pp("attn.qkv"), products)?,
+            proj: Dense::load(d, d, vb.pp("attn.proj"), products)?,
             norm2: Norm::load(family, d, vb.pp("norm2"))?,
             ffn,
             heads: v.num_heads,
@@ -415,10 +421,9 @@ impl Block {
             .iter()
             .map(attend)
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let attended = Tensor::cat(&parts, 1)?
-            .transpose(0, 1)?
-            .reshape((n, d))?
-            .apply(&self.proj)?;
+        let attended = self
+            .proj
+            .forward(&Tensor::cat(&parts, 1)?.transpose(0, 1)?.reshape((n, d))?)?;
         let x = (x + attended)?;
         let ffn = self.ffn.forward(&self.norm2.forward(&x)?)?;
         &x + ffn
@@ -454,8 +459,8 @@ fn window_order(rows: usize, cols: usize, side: usize) -> (Vec<usize>, Vec<usize
 /// the block's concatenated patches instead of each patch (`use_postshuffle_norm`).
 struct Merger {
     norm: Norm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
     unit: usize,
     postshuffle: bool,
 }
@@ -466,6 +471,7 @@ impl Merger {
         family: Family,
         postshuffle: bool,
         vb: VarBuilder,
+        products: Products,
     ) -> candle_core::Result<Self> {
         let width = v.width(family);
         let unit = v.spatial_merge_size * v.spatial_merge_size;
@@ -477,8 +483,8 @@ impl Merger {
         let normed = if postshuffle { merged } else { width };
         Ok(Self {
             norm: Norm::load(family, normed, vb.pp(norm))?,
-            fc1: linear(merged, merged, vb.pp(fc1))?,
-            fc2: linear(merged, v.out(family), vb.pp(fc2))?,
+            fc1: Dense::load(merged, merged, vb.pp(fc1), products)?,
+            fc2: Dense::load(merged, v.out(family), vb.pp(fc2), products)?,
             unit,
             postshuffle,
         })
@@ -531,6 +537,7 @@ impl Vision {
         family: Family,
         vb: VarBuilder,
         device: &Device,
+        products: Products,
     ) -> candle_core::Result<Self> {
         let width = v.width(family);
         let patch_dim = v.in_channels * v.temporal_patch_size * v.patch_size * v.patch_size;
@@ -558,7 +565,7 @@ impl Vision {
                     .enumerate()
                     .map(|(i, &b)| {
                         let vb = vb.pp(format!("deepstack_merger_list.{i}"));
-                        Ok((b, Merger::load(v, family, true, vb)?))
+                        Ok((b, Merger::load(v, family, true, vb, products)?))
                     })
                     .collect::<candle_core::Result<_>>()?;
                 (Some((table, side)), mergers)
@@ -571,9 +578,9 @@ impl Vision {
             patch_embed: Linear::new(w.reshape((width, patch_dim))?, bias),
             pos_embed,
             blocks: (0..v.depth)
-                .map(|i| Block::load(v, family, vb.pp(format!("blocks.{i}"))))
+                .map(|i| Block::load(v, family, vb.pp(format!("blocks.{i}")), products))
                 .collect::<candle_core::Result<_>>()?,
-            merger: Merger::load(v, family, false, vb.pp("merger"))?,
+            merger: Merger::load(v, family, false, vb.pp("merger"), products)?,
             deepstack,
             grid: v.grid(),
             inv_freq: (0..spatial)
@@ -777,13 +784,22 @@ impl Qwen2Vl {
                 "hub" => ("visual", "model"),
                 _ => ("model.visual", "model.language_model"),
             };
-            let vision = Vision::load(&cfg.vision_config, family, vb.pp(visual), &device)?;
-            let weights = decoder::Weights::load(
-                &text,
-                vb.pp(language),
-                vb.pp("lm_head"),
-                &decoder::Storage::AsLoaded,
+            // `--precision bf16`: the vision blocks' and mergers' linear layers and the
+            // decoder's in bf16 (the patch embedding, a convolution, and attention's products
+            // in the vision blocks f32).
+            let vision = Vision::load(
+                &cfg.vision_config,
+                family,
+                vb.pp(visual),
+                &device,
+                ctx.products,
             )?;
+            let storage = match ctx.products {
+                Products::Bf16 => decoder::Storage::Bf16,
+                Products::AsLoaded => decoder::Storage::AsLoaded,
+            };
+            let weights =
+                decoder::Weights::load(&text, vb.pp(language), vb.pp("lm_head"), &storage)?;
             Ok((vision, weights))
         })?;
         info.output_names = vec!["logits".into()];
