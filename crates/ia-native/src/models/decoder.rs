@@ -285,6 +285,15 @@ pub(crate) enum Storage {
 }
 
 impl Storage {
+    /// Packed bf16 where the model's products are, else as loaded: a decoder inside a model
+    /// that is never quantised (LLaVA's, Qwen-VL's).
+    pub(crate) fn for_products(products: super::encoder::Products) -> Self {
+        match products {
+            super::encoder::Products::Bf16 => Storage::Bf16,
+            super::encoder::Products::AsLoaded => Storage::AsLoaded,
+        }
+    }
+
     /// The format a matrix with rows of `inputs` takes: llama.cpp's choice for rows that are
     /// not whole Q4_K super-blocks is Q8_0, and f32 for rows that are not whole Q8_0 blocks.
     fn format_for(&self, inputs: usize) -> Option<Format> {

@@ -263,10 +263,7 @@ impl Llava {
                 };
                 // `--precision bf16`: the tower's and the decoder's linear layers in bf16 (the
                 // projector and the convolution f32), as CLIP and the decoder alone run it.
-                let storage = match ctx.products {
-                    super::encoder::Products::Bf16 => decoder::Storage::Bf16,
-                    super::encoder::Products::AsLoaded => decoder::Storage::AsLoaded,
-                };
+                let storage = decoder::Storage::for_products(ctx.products);
                 let weights =
                     decoder::Weights::load(&text, vb.pp(language), vb.pp(head), &storage)?;
                 let newline = anyres

@@ -794,10 +794,7 @@ impl Qwen2Vl {
                 &device,
                 ctx.products,
             )?;
-            let storage = match ctx.products {
-                Products::Bf16 => decoder::Storage::Bf16,
-                Products::AsLoaded => decoder::Storage::AsLoaded,
-            };
+            let storage = decoder::Storage::for_products(ctx.products);
             let weights =
                 decoder::Weights::load(&text, vb.pp(language), vb.pp("lm_head"), &storage)?;
             Ok((vision, weights))
