@@ -237,8 +237,28 @@ fn opt_matches_transformers() {
 
 #[test]
 fn t5_matches_transformers() {
+    check_t5(generator("t5-tiny").as_mut(), TOLERANCE);
+}
+
+/// T5 in bf16 (every linear layer and the head; attention, norms and the relative position
+/// bias f32): the decoder logits within bf16's tolerance of transformers' f32, reported as
+/// bf16, or refused naming why.
+#[test]
+fn t5_stays_close_in_bf16_or_is_refused() {
+    let Some(mut gen) = common::bf16_loaded("t5-tiny", bf16_generator("t5-tiny")) else {
+        return;
+    };
+    assert_eq!(gen.info().precision, Precision::Bf16);
+    let worst = check_t5(gen.as_mut(), BF16_TOLERANCE);
+    assert!(worst > 0.0, "t5: bf16 logits equal f32 exactly");
+    println!("bf16 t5-tiny logits max abs diff {worst}");
+}
+
+/// t5-tiny's decoder logits at every position of the committed prompts within `tolerance`
+/// of transformers', and (in f32) its greedy tokens; the largest difference.
+fn check_t5(gen: &mut dyn TextGenerator, tolerance: f32) -> f32 {
     let r = reference("t5-tiny");
-    let mut gen = generator("t5-tiny");
+    let mut worst = 0f32;
     for p in 0..2 {
         let prompt = ids(&r[&format!("prompt{p}_input_ids")]);
         let decoder_ids = ids(&r[&format!("prompt{p}_decoder_input_ids")]);
@@ -251,17 +271,16 @@ fn t5_matches_transformers() {
             }
             let d = max_abs(&got, &row(logits, pos));
             assert!(
-                d <= TOLERANCE,
+                d <= tolerance,
                 "t5 prompt {p} decoder position {pos}: max abs diff {d}"
             );
+            worst = worst.max(d);
         }
-        greedy_matches(
-            "t5",
-            gen.as_mut(),
-            &prompt,
-            &ids(&r[&format!("prompt{p}_greedy")]),
-        );
+        if tolerance <= TOLERANCE {
+            greedy_matches("t5", gen, &prompt, &ids(&r[&format!("prompt{p}_greedy")]));
+        }
     }
+    worst
 }
 
 #[test]

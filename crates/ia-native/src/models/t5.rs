@@ -9,12 +9,18 @@
 //! `T5Generator` runs the encoder once per prompt and the decoder one token per step, with
 //! self-attention keys/values cached and cross-attention keys/values computed once.
 
+use super::encoder::{Dense, Products};
 use super::{parse_config, LoadContext};
 use crate::rt;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{embedding, linear_no_bias, Activation, Embedding, Linear, VarBuilder};
+use candle_nn::{embedding, Activation, Embedding, VarBuilder};
 use ia_engine::{EngineError, SessionInfo, TextGenerator};
 use serde::Deserialize;
+
+/// A linear layer without a bias (every one of T5's), `weight` [outputs, inputs] under `vb`.
+fn dense(inputs: usize, outputs: usize, vb: VarBuilder, products: Products) -> Result<Dense> {
+    Dense::new(vb.get((outputs, inputs), "weight")?, None, products)
+}
 
 /// HF `T5Config`, deserialised from config.json as is.
 #[derive(Debug, Clone, Deserialize)]
@@ -130,12 +136,11 @@ impl LayerNorm {
     }
 }
 
-#[derive(Debug, Clone)]
 struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+    q: Dense,
+    k: Dense,
+    v: Dense,
+    o: Dense,
     relative_attention_bias: Option<Embedding>,
     n_heads: usize,
     d_kv: usize,
@@ -148,13 +153,19 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(has_bias: bool, bidirectional: bool, cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    fn load(
+        has_bias: bool,
+        bidirectional: bool,
+        cfg: &Config,
+        vb: VarBuilder,
+        products: Products,
+    ) -> Result<Self> {
         let inner = cfg.n_heads_dim();
         Ok(Self {
-            q: linear_no_bias(cfg.d_model, inner, vb.pp("q"))?,
-            k: linear_no_bias(cfg.d_model, inner, vb.pp("k"))?,
-            v: linear_no_bias(cfg.d_model, inner, vb.pp("v"))?,
-            o: linear_no_bias(inner, cfg.d_model, vb.pp("o"))?,
+            q: dense(cfg.d_model, inner, vb.pp("q"), products)?,
+            k: dense(cfg.d_model, inner, vb.pp("k"), products)?,
+            v: dense(cfg.d_model, inner, vb.pp("v"), products)?,
+            o: dense(inner, cfg.d_model, vb.pp("o"), products)?,
             relative_attention_bias: if has_bias {
                 Some(embedding(
                     cfg.relative_attention_num_buckets,
@@ -290,27 +301,26 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone)]
 struct FeedForward {
-    wi: Option<Linear>,
-    wi_0: Option<Linear>,
-    wi_1: Option<Linear>,
-    wo: Linear,
+    wi: Option<Dense>,
+    wi_0: Option<Dense>,
+    wi_1: Option<Dense>,
+    wo: Dense,
     act: Activation,
 }
 
 impl FeedForward {
-    fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &Config, vb: VarBuilder, products: Products) -> Result<Self> {
         let (gated, act) = cfg.feed_forward();
         let (wi, wi_0, wi_1) = if gated {
             (
                 None,
-                Some(linear_no_bias(cfg.d_model, cfg.d_ff, vb.pp("wi_0"))?),
-                Some(linear_no_bias(cfg.d_model, cfg.d_ff, vb.pp("wi_1"))?),
+                Some(dense(cfg.d_model, cfg.d_ff, vb.pp("wi_0"), products)?),
+                Some(dense(cfg.d_model, cfg.d_ff, vb.pp("wi_1"), products)?),
             )
         } else {
             (
-                Some(linear_no_bias(cfg.d_model, cfg.d_ff, vb.pp("wi"))?),
+                Some(dense(cfg.d_model, cfg.d_ff, vb.pp("wi"), products)?),
                 None,
                 None,
             )
@@ -319,7 +329,7 @@ impl FeedForward {
             wi,
             wi_0,
             wi_1,
-            wo: linear_no_bias(cfg.d_ff, cfg.d_model, vb.pp("wo"))?,
+            wo: dense(cfg.d_ff, cfg.d_model, vb.pp("wo"), products)?,
             act,
         })
     }
@@ -336,7 +346,6 @@ impl FeedForward {
     }
 }
 
-#[derive(Debug, Clone)]
 struct Block {
     self_attn: Attention,
     self_attn_norm: LayerNorm,
@@ -346,14 +355,20 @@ struct Block {
 }
 
 impl Block {
-    fn load(first: bool, decoder: bool, cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    fn load(
+        first: bool,
+        decoder: bool,
+        cfg: &Config,
+        vb: VarBuilder,
+        products: Products,
+    ) -> Result<Self> {
         let eps = cfg.layer_norm_epsilon;
         let l0 = vb.pp("layer.0");
-        let self_attn = Attention::load(first, !decoder, cfg, l0.pp("SelfAttention"))?;
+        let self_attn = Attention::load(first, !decoder, cfg, l0.pp("SelfAttention"), products)?;
         let self_attn_norm = LayerNorm::load(cfg.d_model, eps, l0.pp("layer_norm"))?;
         let (cross_attn, ff_index) = if decoder {
             let l1 = vb.pp("layer.1");
-            let attn = Attention::load(false, true, cfg, l1.pp("EncDecAttention"))?;
+            let attn = Attention::load(false, true, cfg, l1.pp("EncDecAttention"), products)?;
             (
                 Some((
                     attn,
@@ -369,13 +384,12 @@ impl Block {
             self_attn,
             self_attn_norm,
             cross_attn,
-            ff: FeedForward::load(cfg, lf.pp("DenseReluDense"))?,
+            ff: FeedForward::load(cfg, lf.pp("DenseReluDense"), products)?,
             ff_norm: LayerNorm::load(cfg.d_model, eps, lf.pp("layer_norm"))?,
         })
     }
 }
 
-#[derive(Debug, Clone)]
 struct Stack {
     blocks: Vec<Block>,
     final_layer_norm: LayerNorm,
@@ -383,10 +397,16 @@ struct Stack {
 }
 
 impl Stack {
-    fn load(decoder: bool, layers: usize, cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    fn load(
+        decoder: bool,
+        layers: usize,
+        cfg: &Config,
+        vb: VarBuilder,
+        products: Products,
+    ) -> Result<Self> {
         Ok(Self {
             blocks: (0..layers)
-                .map(|i| Block::load(i == 0, decoder, cfg, vb.pp(format!("block.{i}"))))
+                .map(|i| Block::load(i == 0, decoder, cfg, vb.pp(format!("block.{i}")), products))
                 .collect::<Result<_>>()?,
             final_layer_norm: LayerNorm::load(
                 cfg.d_model,
@@ -431,30 +451,32 @@ impl Stack {
 }
 
 /// `T5ForConditionalGeneration`.
-#[derive(Debug, Clone)]
 pub struct Model {
     shared: Embedding,
     encoder: Stack,
     decoder: Stack,
-    lm_head: Linear,
+    lm_head: Dense,
     /// d_model^-0.5 when the head is tied to the embeddings, else 1.
     output_scale: f64,
 }
 
 impl Model {
-    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+    /// `products`: how every linear layer and the head multiply (under `--precision bf16`,
+    /// in bf16, a tied head packed apart from the f32 embedding table).
+    pub fn load(vb: VarBuilder, cfg: &Config, products: Products) -> Result<Self> {
         let shared = embedding(cfg.vocab_size, cfg.d_model, vb.pp("shared"))?;
-        let encoder = Stack::load(false, cfg.num_layers, cfg, vb.pp("encoder"))?;
+        let encoder = Stack::load(false, cfg.num_layers, cfg, vb.pp("encoder"), products)?;
         let decoder = Stack::load(
             true,
             cfg.num_decoder_layers.unwrap_or(cfg.num_layers),
             cfg,
             vb.pp("decoder"),
+            products,
         )?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(shared.embeddings().clone(), None)
+            Dense::new(shared.embeddings().clone(), None, products)?
         } else {
-            linear_no_bias(cfg.d_model, cfg.vocab_size, vb.pp("lm_head"))?
+            dense(cfg.d_model, cfg.vocab_size, vb.pp("lm_head"), products)?
         };
         let scale = cfg.scale_decoder_outputs.unwrap_or(cfg.tie_word_embeddings);
         Ok(Self {
@@ -501,7 +523,8 @@ pub struct T5Generator {
 impl T5Generator {
     pub fn load(ctx: LoadContext<'_>) -> std::result::Result<Box<dyn TextGenerator>, EngineError> {
         let cfg: Config = parse_config(ctx.source, "T5")?;
-        let (model, info) = ctx.build("T5", &["logits"], |vb| Model::load(vb, &cfg))?;
+        let (model, info) =
+            ctx.build("T5", &["logits"], |vb| Model::load(vb, &cfg, ctx.products))?;
         Ok(Box::new(Self {
             model,
             encoder_output: None,
