@@ -81,7 +81,7 @@ impl CausalLm {
         let (backbone, max_context) = match model_type.as_str() {
             "opt" => {
                 let cfg: opt::Config = parse_config(ctx.source, "OPT")?;
-                let model = opt::Model::load(vb, &cfg).map_err(build)?;
+                let model = opt::Model::load(vb, &cfg, ctx.products).map_err(build)?;
                 let max = model.max_positions();
                 (Backbone::Opt(model), max)
             }
@@ -94,7 +94,13 @@ impl CausalLm {
         let mut info = ctx.info;
         info.parameter_count = params.load(Ordering::Relaxed);
         info.output_names = vec!["logits".into()];
-        let weight_bytes = info.parameter_count * ctx.dtype.size_in_bytes() as u64;
+        let (packed_parameters, packed_bytes) = match &backbone {
+            Backbone::Opt(m) => m.packed_bf16(),
+            Backbone::Quantized(_) => (0, 0),
+        };
+        let weight_bytes = (info.parameter_count - packed_parameters)
+            * ctx.dtype.size_in_bytes() as u64
+            + packed_bytes;
         Ok(Box::new(Self {
             backbone,
             info,

@@ -37,6 +37,19 @@ impl Dense {
         })
     }
 
+    /// `weight` [outputs, inputs] and, where `bias`, `bias` [outputs] under `vb` (candle_nn's
+    /// `linear_b`).
+    pub fn load_b(
+        inputs: usize,
+        outputs: usize,
+        bias: bool,
+        vb: VarBuilder,
+        products: Products,
+    ) -> Result<Self> {
+        let b = bias.then(|| vb.get(outputs, "bias")).transpose()?;
+        Self::new(vb.get((outputs, inputs), "weight")?, b, products)
+    }
+
     /// `weight` [outputs, inputs] and `bias` [outputs] under `vb`.
     pub fn load(inputs: usize, outputs: usize, vb: VarBuilder, products: Products) -> Result<Self> {
         Self::new(
@@ -54,6 +67,15 @@ impl Dense {
             kernels::Activation::Identity,
             None,
         )
+    }
+
+    /// Where the weight is held packed in bf16 rather than in the session's dtype: its
+    /// parameters and the bytes they take.
+    pub fn packed_bf16(&self) -> Option<(u64, u64)> {
+        match &self.weight {
+            kernels::Weight::Bf16(p) => Some(((p.inputs() * p.outputs()) as u64, p.bytes())),
+            _ => None,
+        }
     }
 
     /// `act` of the output; GELU (transformers' erf form, "gelu") and CLIP's quick GELU in

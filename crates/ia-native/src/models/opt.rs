@@ -3,12 +3,17 @@
 //! optional input/output projections when `word_embed_proj_dim != hidden_size`, and an LM head
 //! tied to the token embeddings. Tensor names match the HF checkpoint (`model.decoder.*`).
 
+use super::encoder::{Dense, Products};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{
-    embedding, layer_norm, linear_b, linear_no_bias, Activation, Embedding, LayerNorm,
-    LayerNormConfig, Linear, VarBuilder,
+    embedding, layer_norm, Activation, Embedding, LayerNorm, LayerNormConfig, VarBuilder,
 };
 use serde::Deserialize;
+
+/// Whether this file's model runs the checkpoint: its `model_type` is OPT's.
+pub(crate) fn runs(config: &serde_json::Value) -> bool {
+    config.get("model_type").and_then(serde_json::Value::as_str) == Some("opt")
+}
 
 /// HF `OPTConfig`, deserialised from config.json as is.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,26 +60,25 @@ fn opt_layer_norm(size: usize, affine: bool, vb: VarBuilder) -> Result<LayerNorm
     layer_norm(size, cfg, vb)
 }
 
-#[derive(Debug, Clone)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
+    q_proj: Dense,
+    k_proj: Dense,
+    v_proj: Dense,
+    out_proj: Dense,
     num_heads: usize,
     head_dim: usize,
     kv_cache: Option<(Tensor, Tensor)>,
 }
 
 impl Attention {
-    fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &Config, vb: VarBuilder, products: Products) -> Result<Self> {
         let h = cfg.hidden_size;
         let b = cfg.enable_bias;
         Ok(Self {
-            q_proj: linear_b(h, h, b, vb.pp("q_proj"))?,
-            k_proj: linear_b(h, h, b, vb.pp("k_proj"))?,
-            v_proj: linear_b(h, h, b, vb.pp("v_proj"))?,
-            out_proj: linear_b(h, h, b, vb.pp("out_proj"))?,
+            q_proj: Dense::load_b(h, h, b, vb.pp("q_proj"), products)?,
+            k_proj: Dense::load_b(h, h, b, vb.pp("k_proj"), products)?,
+            v_proj: Dense::load_b(h, h, b, vb.pp("v_proj"), products)?,
+            out_proj: Dense::load_b(h, h, b, vb.pp("out_proj"), products)?,
             num_heads: cfg.num_attention_heads,
             head_dim: h / cfg.num_attention_heads,
             kv_cache: None,
@@ -111,29 +115,40 @@ impl Attention {
     }
 }
 
-#[derive(Debug, Clone)]
 struct DecoderLayer {
     self_attn: Attention,
     self_attn_layer_norm: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
     final_layer_norm: LayerNorm,
     activation: Activation,
     pre_norm: bool,
 }
 
 impl DecoderLayer {
-    fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &Config, vb: VarBuilder, products: Products) -> Result<Self> {
         let affine = cfg.layer_norm_elementwise_affine;
         Ok(Self {
-            self_attn: Attention::load(cfg, vb.pp("self_attn"))?,
+            self_attn: Attention::load(cfg, vb.pp("self_attn"), products)?,
             self_attn_layer_norm: opt_layer_norm(
                 cfg.hidden_size,
                 affine,
                 vb.pp("self_attn_layer_norm"),
             )?,
-            fc1: linear_b(cfg.hidden_size, cfg.ffn_dim, cfg.enable_bias, vb.pp("fc1"))?,
-            fc2: linear_b(cfg.ffn_dim, cfg.hidden_size, cfg.enable_bias, vb.pp("fc2"))?,
+            fc1: Dense::load_b(
+                cfg.hidden_size,
+                cfg.ffn_dim,
+                cfg.enable_bias,
+                vb.pp("fc1"),
+                products,
+            )?,
+            fc2: Dense::load_b(
+                cfg.ffn_dim,
+                cfg.hidden_size,
+                cfg.enable_bias,
+                vb.pp("fc2"),
+                products,
+            )?,
             final_layer_norm: opt_layer_norm(cfg.hidden_size, affine, vb.pp("final_layer_norm"))?,
             activation: cfg.activation_function,
             pre_norm: cfg.do_layer_norm_before,
@@ -172,15 +187,16 @@ impl DecoderLayer {
 }
 
 /// `OPTForCausalLM` with a KV cache.
-#[derive(Debug, Clone)]
 pub struct Model {
     embed_tokens: Embedding,
     embed_positions: Embedding,
-    project_in: Option<Linear>,
-    project_out: Option<Linear>,
+    project_in: Option<Dense>,
+    project_out: Option<Dense>,
     final_layer_norm: Option<LayerNorm>,
     layers: Vec<DecoderLayer>,
-    lm_head: Linear,
+    lm_head: Dense,
+    /// The head is the token embeddings' matrix (a copy where it is packed in bf16).
+    head_is_tied: bool,
     max_positions: usize,
     /// Tokens already in the KV cache.
     past_len: usize,
@@ -189,7 +205,9 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+    /// `products`: how every linear layer and the head multiply (under `--precision bf16`,
+    /// in bf16, a tied head packed apart from the f32 embedding table).
+    pub fn load(vb: VarBuilder, cfg: &Config, products: Products) -> Result<Self> {
         let d = vb.pp("model").pp("decoder");
         let proj_dim = cfg.word_embed_proj_dim.unwrap_or(cfg.hidden_size);
         let embed_tokens = embedding(cfg.vocab_size, proj_dim, d.pp("embed_tokens"))?;
@@ -200,15 +218,19 @@ impl Model {
         )?;
         let (project_in, project_out) = if proj_dim != cfg.hidden_size {
             (
-                Some(linear_no_bias(
+                Some(Dense::load_b(
                     proj_dim,
                     cfg.hidden_size,
+                    false,
                     d.pp("project_in"),
+                    products,
                 )?),
-                Some(linear_no_bias(
+                Some(Dense::load_b(
                     cfg.hidden_size,
                     proj_dim,
+                    false,
                     d.pp("project_out"),
+                    products,
                 )?),
             )
         } else {
@@ -224,12 +246,12 @@ impl Model {
             None
         };
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::load(cfg, d.pp(format!("layers.{i}"))))
+            .map(|i| DecoderLayer::load(cfg, d.pp(format!("layers.{i}")), products))
             .collect::<Result<Vec<_>>>()?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed_tokens.embeddings().clone(), None)
+            Dense::new(embed_tokens.embeddings().clone(), None, products)?
         } else {
-            linear_no_bias(proj_dim, cfg.vocab_size, vb.pp("lm_head"))?
+            Dense::load_b(proj_dim, cfg.vocab_size, false, vb.pp("lm_head"), products)?
         };
         Ok(Self {
             embed_tokens,
@@ -239,11 +261,35 @@ impl Model {
             final_layer_norm,
             layers,
             lm_head,
+            head_is_tied: cfg.tie_word_embeddings,
             max_positions: cfg.max_position_embeddings,
             past_len: 0,
             device: vb.device().clone(),
             dtype: vb.dtype(),
         })
+    }
+
+    /// Parameters held packed in bf16 instead of the session's dtype, and the bytes those
+    /// take (a tied head packed beside the f32 table the embeddings look up adds its bytes
+    /// and replaces no parameter).
+    pub fn packed_bf16(&self) -> (u64, u64) {
+        let layers = self.layers.iter().flat_map(|l| {
+            let a = &l.self_attn;
+            [&a.q_proj, &a.k_proj, &a.v_proj, &a.out_proj, &l.fc1, &l.fc2]
+        });
+        let projections = self.project_in.iter().chain(&self.project_out);
+        let mut totals = (0, 0);
+        for (dense, replaces) in layers
+            .chain(projections)
+            .map(|d| (d, true))
+            .chain([(&self.lm_head, !self.head_is_tied)])
+        {
+            if let Some((parameters, bytes)) = dense.packed_bf16() {
+                totals.0 += if replaces { parameters } else { 0 };
+                totals.1 += bytes;
+            }
+        }
+        totals
     }
 
     pub fn max_positions(&self) -> usize {

@@ -17,11 +17,6 @@ use candle_nn::{embedding, Activation, Embedding, VarBuilder};
 use ia_engine::{EngineError, SessionInfo, TextGenerator};
 use serde::Deserialize;
 
-/// A linear layer without a bias (every one of T5's), `weight` [outputs, inputs] under `vb`.
-fn dense(inputs: usize, outputs: usize, vb: VarBuilder, products: Products) -> Result<Dense> {
-    Dense::new(vb.get((outputs, inputs), "weight")?, None, products)
-}
-
 /// HF `T5Config`, deserialised from config.json as is.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
@@ -162,10 +157,10 @@ impl Attention {
     ) -> Result<Self> {
         let inner = cfg.n_heads_dim();
         Ok(Self {
-            q: dense(cfg.d_model, inner, vb.pp("q"), products)?,
-            k: dense(cfg.d_model, inner, vb.pp("k"), products)?,
-            v: dense(cfg.d_model, inner, vb.pp("v"), products)?,
-            o: dense(inner, cfg.d_model, vb.pp("o"), products)?,
+            q: Dense::load_b(cfg.d_model, inner, false, vb.pp("q"), products)?,
+            k: Dense::load_b(cfg.d_model, inner, false, vb.pp("k"), products)?,
+            v: Dense::load_b(cfg.d_model, inner, false, vb.pp("v"), products)?,
+            o: Dense::load_b(inner, cfg.d_model, false, vb.pp("o"), products)?,
             relative_attention_bias: if has_bias {
                 Some(embedding(
                     cfg.relative_attention_num_buckets,
@@ -315,12 +310,30 @@ impl FeedForward {
         let (wi, wi_0, wi_1) = if gated {
             (
                 None,
-                Some(dense(cfg.d_model, cfg.d_ff, vb.pp("wi_0"), products)?),
-                Some(dense(cfg.d_model, cfg.d_ff, vb.pp("wi_1"), products)?),
+                Some(Dense::load_b(
+                    cfg.d_model,
+                    cfg.d_ff,
+                    false,
+                    vb.pp("wi_0"),
+                    products,
+                )?),
+                Some(Dense::load_b(
+                    cfg.d_model,
+                    cfg.d_ff,
+                    false,
+                    vb.pp("wi_1"),
+                    products,
+                )?),
             )
         } else {
             (
-                Some(dense(cfg.d_model, cfg.d_ff, vb.pp("wi"), products)?),
+                Some(Dense::load_b(
+                    cfg.d_model,
+                    cfg.d_ff,
+                    false,
+                    vb.pp("wi"),
+                    products,
+                )?),
                 None,
                 None,
             )
@@ -329,7 +342,7 @@ impl FeedForward {
             wi,
             wi_0,
             wi_1,
-            wo: dense(cfg.d_ff, cfg.d_model, vb.pp("wo"), products)?,
+            wo: Dense::load_b(cfg.d_ff, cfg.d_model, false, vb.pp("wo"), products)?,
             act,
         })
     }
@@ -476,7 +489,13 @@ impl Model {
         let lm_head = if cfg.tie_word_embeddings {
             Dense::new(shared.embeddings().clone(), None, products)?
         } else {
-            dense(cfg.d_model, cfg.vocab_size, vb.pp("lm_head"), products)?
+            Dense::load_b(
+                cfg.d_model,
+                cfg.vocab_size,
+                false,
+                vb.pp("lm_head"),
+                products,
+            )?
         };
         let scale = cfg.scale_decoder_outputs.unwrap_or(cfg.tie_word_embeddings);
         Ok(Self {
