@@ -81,14 +81,9 @@ fn clip_tiny_matches_transformers_from_image_files() {
 /// backend the load is refused naming why.
 #[test]
 fn clip_tiny_stays_close_in_bf16_or_is_refused() {
-    let loaded = NativeEngine::new().load(
-        &source("clip-tiny"),
-        Placement::new(Platform::Cpu, Precision::Bf16),
-    );
-    let Some(mut session) = common::bf16_loaded("CLIP", loaded) else {
+    let Some(mut session) = common::bf16_session("clip-tiny") else {
         return;
     };
-    assert_eq!(session.info().precision, Precision::Bf16);
     // The zero-shot logits are cosines times the temperature (14.3 in this fixture), so their
     // bf16 error is that much larger than the embeddings': 0.1, as OpenVINO's bf16 test.
     let worst = check_clip(session.as_mut(), BF16_TOLERANCE, 0.1);
@@ -205,14 +200,9 @@ fn wav2vec2_tiny_matches_transformers() {
 #[test]
 fn wav2vec2_tiny_stays_close_in_bf16_or_is_refused() {
     for name in ["wav2vec2-tiny", "wav2vec2-tiny-stable"] {
-        let loaded = NativeEngine::new().load(
-            &source(name),
-            Placement::new(Platform::Cpu, Precision::Bf16),
-        );
-        let Some(mut session) = common::bf16_loaded(name, loaded) else {
+        let Some(mut session) = common::bf16_session(name) else {
             continue;
         };
-        assert_eq!(session.info().precision, Precision::Bf16);
         let out = session
             .run(&Inputs::Audio {
                 batch: 1,
@@ -604,17 +594,20 @@ fn greedy_32(gen: &mut dyn TextGenerator, prompt: &[u32]) -> Vec<u32> {
         .0
 }
 
+/// The image-text generators' fixtures.
+const IMAGE_TEXT_MODELS: [&str; 5] = [
+    "llava-tiny",
+    "llava-next-tiny",
+    "qwen2-vl-tiny",
+    "qwen2.5-vl-tiny",
+    "qwen3-vl-tiny",
+];
+
 /// The image work bench and predict compute before loading (for the memory check and the cost
 /// model) is what each image-text generator then counts for the test picture.
 #[test]
 fn image_work_before_loading_matches_the_generators_count() {
-    for name in [
-        "llava-tiny",
-        "llava-next-tiny",
-        "qwen2-vl-tiny",
-        "qwen2.5-vl-tiny",
-        "qwen3-vl-tiny",
-    ] {
+    for name in IMAGE_TEXT_MODELS {
         let model = source(name);
         let work = ia_engine::inputs::test_image_work(&model)
             .unwrap()
@@ -737,21 +730,10 @@ fn check_image_text_generation_on(
 /// transformers' f32, reported as bf16; refused naming why where no bf16 backend runs.
 #[test]
 fn image_text_models_stay_close_in_bf16_or_are_refused() {
-    for name in [
-        "llava-tiny",
-        "llava-next-tiny",
-        "qwen2-vl-tiny",
-        "qwen2.5-vl-tiny",
-        "qwen3-vl-tiny",
-    ] {
-        let loaded = NativeEngine::new().load_generator(
-            &source(name),
-            Placement::new(Platform::Cpu, Precision::Bf16),
-        );
-        let Some(gen) = common::bf16_loaded(name, loaded) else {
+    for name in IMAGE_TEXT_MODELS {
+        let Some(gen) = common::bf16_generator(name) else {
             continue;
         };
-        assert_eq!(gen.info().precision, Precision::Bf16);
         let worst = check_image_text_generation_on(name, gen, BF16_TOLERANCE);
         assert!(worst > 0.0, "{name}: bf16 logits equal f32 exactly");
         println!("bf16 {name} logits max abs diff {worst}");
@@ -761,14 +743,7 @@ fn image_text_models_stay_close_in_bf16_or_are_refused() {
 #[test]
 fn xclip_tiny_matches_transformers_from_a_folder_of_frames() {
     let r = reference("xclip-tiny");
-    let pre = json(fixture("xclip-tiny/preprocessor_config.json"));
-    let clip = ia_preprocess::video::open(&fixture("media/clip-frames"), 4).unwrap();
-    assert_eq!(clip.sampled, [0, 2, 5, 7], "transformers' frame sampling");
-    // Two clips: the sampled frames, and the same frames reversed.
-    let reversed: Vec<RgbImage> = clip.frames.iter().rev().cloned().collect();
-    let processor = ImageProcessor::from_config(&pre).unwrap();
-    let mut pixel_values = processor.process(&clip.frames).unwrap().pixel_values;
-    pixel_values.extend(processor.process(&reversed).unwrap().pixel_values);
+    let pixel_values = xclip_pixels();
     let d = max_abs_diff(&pixel_values, &r["pixel_values"]);
     eprintln!("pixel_values max abs diff {d:e}");
     assert!(d <= 1e-5, "pixel_values max abs diff {d}");
@@ -779,6 +754,19 @@ fn xclip_tiny_matches_transformers_from_a_folder_of_frames() {
         TOLERANCE,
         TOLERANCE,
     );
+}
+
+/// The pixels of two clips for xclip-tiny: the committed folder's frames as transformers
+/// samples them, and the same frames reversed.
+fn xclip_pixels() -> Vec<f32> {
+    let pre = json(fixture("xclip-tiny/preprocessor_config.json"));
+    let clip = ia_preprocess::video::open(&fixture("media/clip-frames"), 4).unwrap();
+    assert_eq!(clip.sampled, [0, 2, 5, 7], "transformers' frame sampling");
+    let reversed: Vec<RgbImage> = clip.frames.iter().rev().cloned().collect();
+    let processor = ImageProcessor::from_config(&pre).unwrap();
+    let mut pixel_values = processor.process(&clip.frames).unwrap().pixel_values;
+    pixel_values.extend(processor.process(&reversed).unwrap().pixel_values);
+    pixel_values
 }
 
 /// X-CLIP's video and text embeddings and logits for `pixel_values` (the two committed
@@ -820,21 +808,10 @@ fn check_xclip(
 /// refused naming why.
 #[test]
 fn xclip_tiny_stays_close_in_bf16_or_is_refused() {
-    let loaded = NativeEngine::new().load(
-        &source("xclip-tiny"),
-        Placement::new(Platform::Cpu, Precision::Bf16),
-    );
-    let Some(mut session) = common::bf16_loaded("X-CLIP", loaded) else {
+    let Some(mut session) = common::bf16_session("xclip-tiny") else {
         return;
     };
-    assert_eq!(session.info().precision, Precision::Bf16);
-    let clip = ia_preprocess::video::open(&fixture("media/clip-frames"), 4).unwrap();
-    let reversed: Vec<RgbImage> = clip.frames.iter().rev().cloned().collect();
-    let pre = json(fixture("xclip-tiny/preprocessor_config.json"));
-    let processor = ImageProcessor::from_config(&pre).unwrap();
-    let mut pixel_values = processor.process(&clip.frames).unwrap().pixel_values;
-    pixel_values.extend(processor.process(&reversed).unwrap().pixel_values);
-    let worst = check_xclip(session.as_mut(), pixel_values, BF16_TOLERANCE, 0.1);
+    let worst = check_xclip(session.as_mut(), xclip_pixels(), BF16_TOLERANCE, 0.1);
     assert!(worst > 0.0, "bf16 equals f32 exactly: not run in bf16");
     println!("bf16 xclip-tiny max abs diff {worst}");
 }

@@ -97,13 +97,6 @@ fn vit_tiny_matches_transformers() {
     assert!(d <= TOLERANCE, "logits max abs diff {d}");
 }
 
-fn load_bf16(name: &str) -> Result<Box<dyn ia_engine::Session>, ia_engine::EngineError> {
-    NativeEngine::new().load(
-        &common::source(name),
-        Placement::new(Platform::Cpu, Precision::Bf16),
-    )
-}
-
 /// `--precision bf16` on the CPU: BERT and ViT with bf16 products (AMX, or AVX512-BF16 without
 /// it) stay within bf16's tolerance of transformers' f32 outputs and report bf16; where neither
 /// runs (neither on the CPU, or the kernels capped below AVX-512) the load is refused naming
@@ -112,8 +105,8 @@ fn load_bf16(name: &str) -> Result<Box<dyn ia_engine::Session>, ia_engine::Engin
 #[test]
 fn bf16_stays_close_or_is_refused() {
     let (Some(mut bert), Some(mut vit)) = (
-        common::bf16_loaded("bert-tiny", load_bf16("bert-tiny")),
-        common::bf16_loaded("vit-tiny", load_bf16("vit-tiny")),
+        common::bf16_session("bert-tiny"),
+        common::bf16_session("vit-tiny"),
     ) else {
         return;
     };
@@ -159,7 +152,9 @@ fn bf16_stays_close_or_is_refused() {
 #[test]
 fn bf16_is_refused_when_the_kernels_are_capped_to_avx2() {
     std::env::set_var("IA_NATIVE_ISA", "avx2");
-    let e = load_bf16("bert-tiny").err().expect("bf16 must not load");
+    let e = common::load_bf16("bert-tiny")
+        .err()
+        .expect("bf16 must not load");
     assert!(
         e.to_string()
             .contains("bf16 on the CPU runs on AMX or AVX512-BF16"),

@@ -9,9 +9,7 @@ mod common;
 use candle_core::Tensor;
 use common::{generator, ids, max_abs, reference, BF16_TOLERANCE, TOLERANCE};
 use ia_engine::generation::{generate, ContinuousBatch, GenerateOptions, Sampling};
-use ia_engine::{Engine, Placement, Precision, TextGenerator};
-use ia_hardware::Platform;
-use ia_native::NativeEngine;
+use ia_engine::TextGenerator;
 
 /// logits [1, seq, vocab] -> row `pos`.
 fn row(logits: &Tensor, pos: usize) -> Vec<f32> {
@@ -86,13 +84,6 @@ fn check_logits(name: &str, gen: &mut dyn TextGenerator, tolerance: f32) -> f32 
     worst
 }
 
-fn bf16_generator(name: &str) -> Result<Box<dyn TextGenerator>, ia_engine::EngineError> {
-    NativeEngine::new().load_generator(
-        &common::source(name),
-        Placement::new(Platform::Cpu, Precision::Bf16),
-    )
-}
-
 /// `--precision bf16` on the CPU: the LLaMA-family decoder and OPT with bf16 products (AMX,
 /// or AVX512-BF16 without it; norms, attention and the cache in f32) keep every prompt
 /// position's logits within bf16's tolerance of transformers' f32 and report bf16 (greedy
@@ -102,10 +93,9 @@ fn bf16_generator(name: &str) -> Result<Box<dyn TextGenerator>, ia_engine::Engin
 #[test]
 fn decoders_stay_close_in_bf16_or_are_refused() {
     for name in ["llama-tiny", "qwen2-tiny", "qwen3-tiny", "opt-tiny"] {
-        let Some(mut gen) = common::bf16_loaded(name, bf16_generator(name)) else {
+        let Some(mut gen) = common::bf16_generator(name) else {
             continue;
         };
-        assert_eq!(gen.info().precision, Precision::Bf16);
         let worst = check_logits(name, gen.as_mut(), BF16_TOLERANCE);
         assert!(
             worst > 0.0,
@@ -241,10 +231,9 @@ fn t5_matches_transformers() {
 /// bf16, or refused naming why.
 #[test]
 fn t5_stays_close_in_bf16_or_is_refused() {
-    let Some(mut gen) = common::bf16_loaded("t5-tiny", bf16_generator("t5-tiny")) else {
+    let Some(mut gen) = common::bf16_generator("t5-tiny") else {
         return;
     };
-    assert_eq!(gen.info().precision, Precision::Bf16);
     let worst = check_t5(gen.as_mut(), BF16_TOLERANCE);
     assert!(worst > 0.0, "t5: bf16 logits equal f32 exactly");
     println!("bf16 t5-tiny logits max abs diff {worst}");

@@ -52,11 +52,7 @@ impl Dense {
 
     /// `weight` [outputs, inputs] and `bias` [outputs] under `vb`.
     pub fn load(inputs: usize, outputs: usize, vb: VarBuilder, products: Products) -> Result<Self> {
-        Self::new(
-            vb.get((outputs, inputs), "weight")?,
-            Some(vb.get(outputs, "bias")?),
-            products,
-        )
+        Self::load_b(inputs, outputs, true, vb, products)
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

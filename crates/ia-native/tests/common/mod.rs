@@ -46,6 +46,35 @@ pub fn generator(name: &str) -> Box<dyn TextGenerator> {
         .expect("load_generator")
 }
 
+/// The fixture's session asked for in bf16 on the CPU.
+pub fn load_bf16(name: &str) -> Result<Box<dyn Session>, ia_engine::EngineError> {
+    NativeEngine::new().load(
+        &source(name),
+        Placement::new(Platform::Cpu, Precision::Bf16),
+    )
+}
+
+/// The fixture's session in bf16 on the CPU where a bf16 backend runs (checked to report
+/// bf16); None, with the refusal checked, where none does ([`bf16_loaded`]).
+#[allow(dead_code)]
+pub fn bf16_session(name: &str) -> Option<Box<dyn Session>> {
+    let session = bf16_loaded(name, load_bf16(name))?;
+    assert_eq!(session.info().precision, Precision::Bf16, "{name}");
+    Some(session)
+}
+
+/// [`bf16_session`] for a text generator.
+#[allow(dead_code)]
+pub fn bf16_generator(name: &str) -> Option<Box<dyn TextGenerator>> {
+    let loaded = NativeEngine::new().load_generator(
+        &source(name),
+        Placement::new(Platform::Cpu, Precision::Bf16),
+    );
+    let generator = bf16_loaded(name, loaded)?;
+    assert_eq!(generator.info().precision, Precision::Bf16, "{name}");
+    Some(generator)
+}
+
 pub fn ids(t: &Tensor) -> Vec<u32> {
     t.flatten_all()
         .unwrap()
