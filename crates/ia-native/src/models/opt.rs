@@ -3,7 +3,7 @@
 //! optional input/output projections when `word_embed_proj_dim != hidden_size`, and an LM head
 //! tied to the token embeddings. Tensor names match the HF checkpoint (`model.decoder.*`).
 
-use super::encoder::{Dense, Products};
+use super::encoder::{Dense, OutputHead, Products};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{
     embedding, layer_norm, Activation, Embedding, LayerNorm, LayerNormConfig, VarBuilder,
@@ -194,7 +194,7 @@ pub struct Model {
     project_out: Option<Dense>,
     final_layer_norm: Option<LayerNorm>,
     layers: Vec<DecoderLayer>,
-    lm_head: Dense,
+    lm_head: OutputHead,
     /// The head is the token embeddings' matrix (a copy where it is packed in bf16).
     head_is_tied: bool,
     max_positions: usize,
@@ -249,9 +249,15 @@ impl Model {
             .map(|i| DecoderLayer::load(cfg, d.pp(format!("layers.{i}")), products))
             .collect::<Result<Vec<_>>>()?;
         let lm_head = if cfg.tie_word_embeddings {
-            Dense::new(embed_tokens.embeddings().clone(), None, products)?
+            OutputHead::tied(embed_tokens.embeddings(), products)?
         } else {
-            Dense::load_b(proj_dim, cfg.vocab_size, false, vb.pp("lm_head"), products)?
+            OutputHead::Dense(Dense::load_b(
+                proj_dim,
+                cfg.vocab_size,
+                false,
+                vb.pp("lm_head"),
+                products,
+            )?)
         };
         Ok(Self {
             embed_tokens,
@@ -278,18 +284,17 @@ impl Model {
             [&a.q_proj, &a.k_proj, &a.v_proj, &a.out_proj, &l.fc1, &l.fc2]
         });
         let projections = self.project_in.iter().chain(&self.project_out);
-        let mut totals = (0, 0);
-        for (dense, replaces) in layers
+        let head = self
+            .lm_head
+            .packed_bf16()
+            .map(|(parameters, bytes)| (if self.head_is_tied { 0 } else { parameters }, bytes));
+        layers
             .chain(projections)
-            .map(|d| (d, true))
-            .chain([(&self.lm_head, !self.head_is_tied)])
-        {
-            if let Some((parameters, bytes)) = dense.packed_bf16() {
-                totals.0 += if replaces { parameters } else { 0 };
-                totals.1 += bytes;
-            }
-        }
-        totals
+            .filter_map(Dense::packed_bf16)
+            .chain(head)
+            .fold((0, 0), |(p, b), (parameters, bytes)| {
+                (p + parameters, b + bytes)
+            })
     }
 
     pub fn max_positions(&self) -> usize {
