@@ -112,7 +112,6 @@ fn bf16_stays_close_or_is_refused() {
     };
     let r = reference("bert-tiny");
     let (batch, seq_len) = r["input_ids"].dims2().unwrap();
-    assert_eq!(bert.info().precision, Precision::Bf16);
     let out = bert
         .run(&Inputs::Text {
             batch,
@@ -133,7 +132,6 @@ fn bf16_stays_close_or_is_refused() {
 
     let r = reference("vit-tiny");
     let dims = r["pixel_values"].dims4().unwrap();
-    assert_eq!(vit.info().precision, Precision::Bf16);
     let out = vit
         .run(&Inputs::Image {
             shape: [dims.0, dims.1, dims.2, dims.3],
@@ -165,11 +163,7 @@ fn bf16_is_refused_when_the_kernels_are_capped_to_avx2() {
 /// Other architectures have no bf16 path on the CPU and say so.
 #[test]
 fn bf16_elsewhere_on_the_cpu_is_refused() {
-    let e = NativeEngine::new()
-        .load(
-            &common::source("detr-tiny"),
-            Placement::new(Platform::Cpu, Precision::Bf16),
-        )
+    let e = common::load_bf16("detr-tiny")
         .err()
         .expect("bf16 DETR must not load");
     assert!(e.to_string().contains("bf16"), "{e}");

@@ -66,14 +66,9 @@ impl MultiHeadAttention {
         products: Products,
     ) -> Result<Self> {
         let dense = |name| Dense::load(dim, dim, vb.pp(name), products);
-        let k = vb.pp("k_proj");
         Ok(Self {
             q_proj: dense("q_proj")?,
-            k_proj: Dense::new(
-                k.get((dim, dim), "weight")?,
-                k_bias.then(|| k.get(dim, "bias")).transpose()?,
-                products,
-            )?,
+            k_proj: Dense::load_b(dim, dim, k_bias, vb.pp("k_proj"), products)?,
             v_proj: dense("v_proj")?,
             out_proj: dense(out_name)?,
             heads,
