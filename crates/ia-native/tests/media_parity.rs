@@ -451,8 +451,27 @@ fn clap_tiny_matches_transformers_from_a_wav_file() {
     let d = max_abs_diff(&features, &r["input_features"]);
     eprintln!("input_features (dB) max abs diff {d:e}");
     assert!(d <= 1e-3, "input_features (dB) max abs diff {d}");
+    check_clap(load("clap-tiny").as_mut(), TOLERANCE);
+}
 
-    let mut session = load("clap-tiny");
+/// CLAP in bf16 (every linear layer of both towers; the convolutions, the Swin windows'
+/// attention and the norms f32): embeddings and logits within bf16's tolerance, or refused
+/// naming why.
+#[test]
+fn clap_tiny_stays_close_in_bf16_or_is_refused() {
+    let Some(mut session) = common::bf16_session("clap-tiny") else {
+        return;
+    };
+    let worst = check_clap(session.as_mut(), BF16_TOLERANCE);
+    assert!(worst > 0.0, "bf16 equals f32 exactly: not run in bf16");
+    println!("bf16 clap-tiny max abs diff {worst}");
+}
+
+/// CLAP's audio and text embeddings of the fixture's wav file and texts, and the zero-shot
+/// logits from them, against transformers within `tolerance`; returns the largest difference.
+fn check_clap(session: &mut dyn ia_engine::Session, tolerance: f32) -> f32 {
+    let r = reference("clap-tiny");
+    let wav = Waveform::open(&fixture("media/chord-48k.wav")).unwrap();
     let out = session
         .run(&Inputs::Audio {
             batch: 1,
@@ -461,20 +480,66 @@ fn clap_tiny_matches_transformers_from_a_wav_file() {
         })
         .unwrap();
     let audio = out.get("audio_embeds").unwrap().to_f32_vec().unwrap();
-    let d = max_abs_diff(&audio, &r["audio_embeds"]);
-    eprintln!("audio_embeds max abs diff {d:e}");
-    assert!(d <= TOLERANCE, "audio_embeds max abs diff {d}");
     let scale = out.get("logit_scale").unwrap().to_f32_vec().unwrap()[0];
-
     let out = session.run(&reference_text(&r)).unwrap();
     let text = out.get("text_embeds").unwrap().to_f32_vec().unwrap();
-    let d = max_abs_diff(&text, &r["text_embeds"]);
-    eprintln!("text_embeds max abs diff {d:e}");
-    assert!(d <= TOLERANCE, "text_embeds max abs diff {d}");
     let logits = zero_shot_logits(&audio, &text, audio.len(), scale);
-    let d = max_abs_diff(&logits, &r["logits_per_audio"]);
-    eprintln!("logits_per_audio max abs diff {d:e}");
-    assert!(d <= TOLERANCE, "logits_per_audio max abs diff {d}");
+    let mut worst = 0f32;
+    for (name, ours) in [
+        ("audio_embeds", &audio),
+        ("text_embeds", &text),
+        ("logits_per_audio", &logits),
+    ] {
+        let d = max_abs_diff(ours, &r[name]);
+        eprintln!("{name} max abs diff {d:e}");
+        assert!(d <= tolerance, "{name} max abs diff {d}");
+        worst = worst.max(d);
+    }
+    worst
+}
+
+/// Zero-shot labels of different lengths are one batch, the shorter ones padded on the right
+/// (as CLAP's processor pads them): each text's embedding in the batch is the one it has alone.
+#[test]
+fn clap_texts_padded_in_a_batch_embed_as_alone() {
+    let r = reference("clap-tiny");
+    let Inputs::Text {
+        seq_len, input_ids, ..
+    } = reference_text(&r)
+    else {
+        unreachable!()
+    };
+    let pad = json(fixture("clap-tiny/config.json"))["text_config"]["pad_token_id"]
+        .as_u64()
+        .unwrap() as u32;
+    let long = input_ids[..seq_len].to_vec();
+    let short = input_ids[seq_len..seq_len + seq_len - 4].to_vec();
+    let mut session = load("clap-tiny");
+    let mut embed = |ids: Vec<u32>, mask: Vec<u32>, batch: usize| {
+        let seq_len = ids.len() / batch;
+        let out = session
+            .run(&Inputs::Text {
+                batch,
+                seq_len,
+                input_ids: ids,
+                attention_mask: mask,
+                token_type_ids: vec![0; batch * seq_len],
+            })
+            .unwrap();
+        out.get("text_embeds").unwrap().to_f32_vec().unwrap()
+    };
+    let alone = [
+        embed(long.clone(), vec![1; seq_len], 1),
+        embed(short.clone(), vec![1; short.len()], 1),
+    ]
+    .concat();
+    let batch = embed(
+        [long, short, vec![pad; 4]].concat(),
+        [vec![1; 2 * seq_len - 4], vec![0; 4]].concat(),
+        2,
+    );
+    let d = common::max_abs(&batch, &alone);
+    assert!(d <= 1e-5, "padding in a batch moved a text embedding by {d}");
 }
 
 /// LLaVA 1.5 (tiny: 3-layer CLIP tower, LLaMA text model) against transformers' processor and

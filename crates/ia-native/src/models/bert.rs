@@ -1,6 +1,9 @@
 //! BERT encoder (embeddings task), after transformers' `modeling_bert.py`, tensor names as in
 //! the checkpoint (`embeddings.*`, `encoder.layer.N.*`, optionally under `bert.`).
 //!
+//! RoBERTa (CLAP's text tower) is the same network with positions counted after the padding
+//! token ([`roberta_positions`]).
+//!
 //! Outputs `last_hidden_state` [batch, seq, hidden] as transformers' `BertModel` returns it,
 //! and `mean_pooled` [batch, hidden]: the attention-masked mean that sentence-transformers'
 //! pooling layer computes.
@@ -31,6 +34,20 @@ pub struct Config {
     pub type_vocab_size: usize,
     pub layer_norm_eps: f64,
     pub model_type: Option<String>,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+}
+
+impl Config {
+    /// The padding token's id for the RoBERTa model types, whose positions count from it
+    /// ([`roberta_positions`]).
+    pub fn roberta_padding_id(&self) -> Option<u32> {
+        matches!(
+            self.model_type.as_deref(),
+            Some("roberta" | "xlm-roberta" | "camembert" | "clap_text_model")
+        )
+        .then(|| self.pad_token_id.unwrap_or(1))
+    }
 }
 
 struct Embeddings {
@@ -38,6 +55,8 @@ struct Embeddings {
     position_embeddings: Embedding,
     token_type_embeddings: Embedding,
     layer_norm: LayerNorm,
+    /// RoBERTa's padding id ([`Config::roberta_padding_id`]); None: positions 0, 1, 2, ...
+    padding_idx: Option<u32>,
 }
 
 impl Embeddings {
@@ -55,17 +74,48 @@ impl Embeddings {
                 vb.pp("token_type_embeddings"),
             )?,
             layer_norm: LayerNorm::load(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+            padding_idx: cfg.roberta_padding_id(),
         })
     }
 
     fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor) -> Result<Tensor> {
-        let seq_len = input_ids.dim(1)?;
-        let positions = Tensor::arange(0u32, seq_len as u32, input_ids.device())?;
         let x = (self.word_embeddings.forward(input_ids)?
-            + self.token_type_embeddings.forward(token_type_ids)?)?
-        .broadcast_add(&self.position_embeddings.forward(&positions)?)?;
+            + self.token_type_embeddings.forward(token_type_ids)?)?;
+        let x = match self.padding_idx {
+            None => {
+                let seq_len = input_ids.dim(1)?;
+                let positions = Tensor::arange(0u32, seq_len as u32, input_ids.device())?;
+                x.broadcast_add(&self.position_embeddings.forward(&positions)?)?
+            }
+            Some(pad) => {
+                let (batch, seq_len) = input_ids.dims2()?;
+                let positions = input_ids
+                    .to_vec2::<u32>()?
+                    .iter()
+                    .flat_map(|row| roberta_positions(row, pad))
+                    .collect();
+                let positions = Tensor::from_vec(positions, (batch, seq_len), input_ids.device())?;
+                (x + self.position_embeddings.forward(&positions)?)?
+            }
+        };
         self.layer_norm.forward(&x)
     }
+}
+
+/// transformers' `create_position_ids_from_input_ids`: a token's position is `pad` plus the
+/// count of non-padding tokens up to and including it; a padding token's is `pad`.
+fn roberta_positions(ids: &[u32], pad: u32) -> Vec<u32> {
+    let mut count = 0;
+    ids.iter()
+        .map(|&id| {
+            count += u32::from(id != pad);
+            if id == pad {
+                pad
+            } else {
+                pad + count
+            }
+        })
+        .collect()
 }
 
 struct Layer {
@@ -227,4 +277,17 @@ fn mean_pool(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
     let counts = mask.sum(1)?.to_dtype(DType::F32)?.clamp(1e-9, f32::MAX)?;
     summed.broadcast_div(&counts.to_dtype(hidden.dtype())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::roberta_positions;
+
+    #[test]
+    fn roberta_positions_count_after_the_padding_id() {
+        // transformers: (cumsum(ids != pad) * (ids != pad)) + pad.
+        assert_eq!(roberta_positions(&[0, 7, 9, 2, 1, 1], 1), [2, 3, 4, 5, 1, 1]);
+        assert_eq!(roberta_positions(&[1, 1, 0, 7, 2], 1), [1, 1, 2, 3, 4]);
+        assert_eq!(roberta_positions(&[], 1), Vec::<u32>::new());
+    }
 }

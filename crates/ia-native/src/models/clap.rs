@@ -1,18 +1,22 @@
 //! CLAP (transformers' `ClapModel`), written against `modeling_clap.py`: an HTSAT audio encoder
 //! (a Swin transformer over the log-mel spectrogram folded into an image, with the attentional
-//! feature fusion of the "fused" checkpoints) and a RoBERTa text encoder (candle-transformers'
-//! XLM-RoBERTa, the same network), each with a two-layer projection. candle has no CLAP.
+//! feature fusion of the "fused" checkpoints) and a RoBERTa text encoder ([`super::bert`] with
+//! RoBERTa's positions), each with a two-layer projection. candle has no CLAP.
+//!
+//! Every linear layer is a [`Dense`] (under `--precision bf16`, bf16 products); the
+//! convolutions, the Swin windows' attention and the norms stay f32.
 //!
 //! `run` with audio gives `audio_embeds`, with text `text_embeds` (projected, not normalised),
 //! plus `logit_scale` (exp of `logit_scale_a`) for zero-shot audio classification. Audio inputs
 //! are waveforms at the feature extractor's rate (48 kHz); the features are computed inside.
 
+use super::bert::{self, BertModel};
+use super::encoder::{Dense, Products};
 use super::LoadContext;
 use crate::kernels::LayerNorm;
 use crate::{rt, CandleOutput};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
-use candle_nn::{conv2d, linear, linear_no_bias, Activation, Conv2d, Linear, VarBuilder};
-use candle_transformers::models::xlm_roberta;
+use candle_nn::{conv2d, Activation, Conv2d, VarBuilder};
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
 use ia_preprocess::audio::ClapFrontEnd;
 use serde::Deserialize;
@@ -124,23 +128,29 @@ struct TextProjection {
 
 /// Linear -> activation -> linear (`ClapProjectionLayer`).
 struct Projection {
-    linear1: Linear,
+    linear1: Dense,
     act: Activation,
-    linear2: Linear,
+    linear2: Dense,
 }
 
 impl Projection {
-    fn load(hidden: usize, dim: usize, act: Activation, vb: VarBuilder) -> Result<Self> {
+    fn load(
+        hidden: usize,
+        dim: usize,
+        act: Activation,
+        vb: VarBuilder,
+        products: Products,
+    ) -> Result<Self> {
         Ok(Self {
-            linear1: linear(hidden, dim, vb.pp("linear1"))?,
+            linear1: Dense::load(hidden, dim, vb.pp("linear1"), products)?,
             act,
-            linear2: linear(dim, dim, vb.pp("linear2"))?,
+            linear2: Dense::load(dim, dim, vb.pp("linear2"), products)?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.linear2
-            .forward(&self.act.forward(&self.linear1.forward(x)?)?)
+            .forward(&self.linear1.forward_activated(x, self.act)?)
     }
 }
 
@@ -245,15 +255,15 @@ impl Aff {
 
 struct SwinBlock {
     layernorm_before: LayerNorm,
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    query: Dense,
+    key: Dense,
+    value: Dense,
     /// [heads, window^2, window^2]
     relative_bias: Tensor,
-    dense: Linear,
+    dense: Dense,
     layernorm_after: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
+    intermediate: Dense,
+    output: Dense,
     act: Activation,
     heads: usize,
     window: usize,
@@ -268,6 +278,7 @@ impl SwinBlock {
         res: (usize, usize),
         shift: usize,
         vb: VarBuilder,
+        products: Products,
     ) -> Result<Self> {
         // Windows never exceed the map; a map that fits one window is not shifted.
         let (window, shift) = if res.0.min(res.1) <= cfg.window_size {
@@ -297,17 +308,17 @@ impl SwinBlock {
             .permute((2, 0, 1))?
             .contiguous()?;
         let hidden = (cfg.mlp_ratio * dim as f64) as usize;
-        let lb = |vb: VarBuilder| candle_nn::linear_b(dim, dim, cfg.qkv_bias, vb);
+        let lb = |vb: VarBuilder| Dense::load_b(dim, dim, cfg.qkv_bias, vb, products);
         Ok(Self {
             layernorm_before: LayerNorm::load(dim, cfg.layer_norm_eps, vb.pp("layernorm_before"))?,
             query: lb(a.pp("query"))?,
             key: lb(a.pp("key"))?,
             value: lb(a.pp("value"))?,
             relative_bias,
-            dense: linear(dim, dim, vb.pp("attention.output.dense"))?,
+            dense: Dense::load(dim, dim, vb.pp("attention.output.dense"), products)?,
             layernorm_after: LayerNorm::load(dim, cfg.layer_norm_eps, vb.pp("layernorm_after"))?,
-            intermediate: linear(dim, hidden, vb.pp("intermediate.dense"))?,
-            output: linear(hidden, dim, vb.pp("output.dense"))?,
+            intermediate: Dense::load(dim, hidden, vb.pp("intermediate.dense"), products)?,
+            output: Dense::load(hidden, dim, vb.pp("output.dense"), products)?,
             act: cfg.hidden_act,
             heads,
             window,
@@ -359,7 +370,7 @@ impl SwinBlock {
             .permute((0, 1, 3, 2, 4, 5))?
             .reshape((b * nh * nw, n, c))?;
         let hd = c / self.heads;
-        let split = |l: &Linear| -> Result<Tensor> {
+        let split = |l: &Dense| -> Result<Tensor> {
             l.forward(&windows)?
                 .reshape((b * nh * nw, n, self.heads, hd))?
                 .transpose(1, 2)?
@@ -392,21 +403,17 @@ impl SwinBlock {
         }
         let t = t.narrow(1, 0, h)?.narrow(2, 0, w)?.reshape((b, h * w, c))?;
         let hdn = (x + t)?;
-        let mlp = self.output.forward(
-            &self.act.forward(
-                &self
-                    .intermediate
-                    .forward(&self.layernorm_after.forward(&hdn)?)?,
-            )?,
-        )?;
-        hdn + mlp
+        let inner = self
+            .intermediate
+            .forward_activated(&self.layernorm_after.forward(&hdn)?, self.act)?;
+        self.output.forward_residual(&inner, &hdn)
     }
 }
 
 /// `ClapAudioPatchMerging`: 2x2 neighbours concatenated, normalised, reduced to 2C.
 struct PatchMerging {
     norm: LayerNorm,
-    reduction: Linear,
+    reduction: Dense,
 }
 
 impl PatchMerging {
@@ -468,7 +475,7 @@ fn bicubic_matrix(n_in: usize, n_out: usize) -> Vec<f32> {
 }
 
 impl AudioEncoder {
-    fn load(cfg: &AudioConfig, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &AudioConfig, vb: VarBuilder, products: Products) -> Result<Self> {
         let stride = match &cfg.patch_stride {
             serde_json::Value::Number(n) => n.as_u64().unwrap_or(4) as usize,
             serde_json::Value::Array(a) => {
@@ -535,6 +542,7 @@ impl AudioEncoder {
                         resolutions[i],
                         shift,
                         s.pp(format!("blocks.{j}")),
+                        products,
                     )
                 })
                 .collect::<Result<_>>()?;
@@ -542,7 +550,13 @@ impl AudioEncoder {
                 .then(|| -> Result<PatchMerging> {
                     Ok(PatchMerging {
                         norm: LayerNorm::load(4 * dim, 1e-5, s.pp("downsample.norm"))?,
-                        reduction: linear_no_bias(4 * dim, 2 * dim, s.pp("downsample.reduction"))?,
+                        reduction: Dense::load_b(
+                            4 * dim,
+                            2 * dim,
+                            false,
+                            s.pp("downsample.reduction"),
+                            products,
+                        )?,
                     })
                 })
                 .transpose()?;
@@ -644,8 +658,8 @@ pub struct Config {
 pub struct ClapSession {
     audio: AudioEncoder,
     audio_projection: Projection,
-    text: xlm_roberta::XLMRobertaModel,
-    text_pooler: Linear,
+    text: BertModel,
+    text_pooler: Dense,
     text_projection: Projection,
     logit_scale: Tensor,
     front_end: ClapFrontEnd,
@@ -659,45 +673,48 @@ impl ClapSession {
         let cfg: Config = super::parse_config(ctx.source, "CLAP")?;
         let bad =
             |e: serde_json::Error| EngineError::InvalidModel(format!("CLAP text_config: {e}"));
-        // ClapTextConfig leaves out fields RoBERTa's config spells out; fill transformers' defaults.
+        // ClapTextConfig's defaults for the fields a saved config may leave out; the model type
+        // gives the text tower RoBERTa's positions.
         let mut text_json = cfg.text_config.clone();
         if let Some(o) = text_json.as_object_mut() {
             for (k, v) in [
-                ("position_embedding_type", serde_json::json!("absolute")),
                 ("type_vocab_size", serde_json::json!(1)),
-                ("attention_probs_dropout_prob", serde_json::json!(0.1)),
-                ("hidden_dropout_prob", serde_json::json!(0.1)),
                 ("layer_norm_eps", serde_json::json!(1e-12)),
                 ("hidden_act", serde_json::json!("gelu")),
                 ("pad_token_id", serde_json::json!(1)),
+                ("model_type", serde_json::json!("clap_text_model")),
             ] {
                 o.entry(k).or_insert(v);
             }
         }
-        let text_cfg: xlm_roberta::Config = serde_json::from_value(text_json).map_err(bad)?;
+        let text_cfg: bert::Config = serde_json::from_value(text_json).map_err(bad)?;
         let proj: TextProjection = serde_json::from_value(cfg.text_config.clone()).map_err(bad)?;
         let (vb, params) = crate::load_var_builder(ctx.source, ctx.dtype, &ctx.device)?;
         let a = &cfg.audio_config;
+        let products = ctx.products;
         let build = || -> Result<_> {
             Ok((
-                AudioEncoder::load(a, vb.pp("audio_model.audio_encoder"))?,
+                AudioEncoder::load(a, vb.pp("audio_model.audio_encoder"), products)?,
                 Projection::load(
                     a.hidden_size,
                     a.projection_dim,
                     a.projection_hidden_act,
                     vb.pp("audio_projection"),
+                    products,
                 )?,
-                xlm_roberta::XLMRobertaModel::new(&text_cfg, vb.pp("text_model"))?,
-                linear(
+                BertModel::load(vb.pp("text_model"), &text_cfg, products)?,
+                Dense::load(
                     proj.hidden_size,
                     proj.hidden_size,
                     vb.pp("text_model.pooler.dense"),
+                    products,
                 )?,
                 Projection::load(
                     proj.hidden_size,
                     proj.projection_dim,
                     proj.projection_hidden_act,
                     vb.pp("text_projection"),
+                    products,
                 )?,
                 vb.get((), "logit_scale_a")?.to_dtype(DType::F32)?.exp()?,
             ))
@@ -748,7 +765,7 @@ impl ClapSession {
         let ids = Tensor::from_slice(ids, (batch, seq), &self.device)?;
         let mask = Tensor::from_slice(mask, (batch, seq), &self.device)?;
         let types = ids.zeros_like()?;
-        let h = self.text.forward(&ids, &mask, &types, None, None, None)?;
+        let h = self.text.forward(&ids, &types, Some(&mask))?;
         let pooled = self.text_pooler.forward(&h.i((.., 0))?)?.tanh()?;
         self.text_projection.forward(&pooled)
     }
