@@ -539,7 +539,10 @@ fn clap_texts_padded_in_a_batch_embed_as_alone() {
         2,
     );
     let d = common::max_abs(&batch, &alone);
-    assert!(d <= 1e-5, "padding in a batch moved a text embedding by {d}");
+    assert!(
+        d <= 1e-5,
+        "padding in a batch moved a text embedding by {d}"
+    );
 }
 
 /// LLaVA 1.5 (tiny: 3-layer CLIP tower, LLaMA text model) against transformers' processor and

@@ -37,25 +37,55 @@ pub fn attention(
         }
     }
     if !applies(qkv) || !key_mask.is_none_or(applies) {
-        return with_candle(qkv, heads, key_mask, causal);
+        return with_candle(qkv, heads, key_mask, causal, None);
     }
     let qkv = qkv.contiguous()?;
-    match key_mask {
-        Some(mask) => with_f32("attention", &mask.contiguous()?, |mask| {
-            qkv.apply_op1_no_bwd(&Attention {
-                heads,
-                key_mask: Some(mask),
-                causal,
-                bf16,
-            })
-        }),
-        None => qkv.apply_op1_no_bwd(&Attention {
+    fn op(heads: usize, key_mask: Option<&[f32]>, causal: bool, bf16: bool) -> Attention<'_> {
+        Attention {
             heads,
-            key_mask: None,
+            key_mask,
+            score_bias: None,
             causal,
             bf16,
-        }),
+        }
     }
+    match key_mask {
+        Some(mask) => with_f32("attention", &mask.contiguous()?, |mask| {
+            qkv.apply_op1_no_bwd(&op(heads, Some(mask), causal, bf16))
+        }),
+        None => qkv.apply_op1_no_bwd(&op(heads, None, causal, bf16)),
+    }
+}
+
+/// [`attention`] with `bias` [groups, heads, seq, seq] added to the scores of every head,
+/// sequence i taking group i % groups (the batch a multiple of the groups): Swin's windows,
+/// each head with its relative position bias plus each window's shift mask. The products run
+/// in f32.
+pub fn biased_attention(qkv: &Tensor, heads: usize, bias: &Tensor) -> Result<Tensor> {
+    let (b, s, h3) = qkv.dims3()?;
+    if heads == 0 || h3 % 3 != 0 || (h3 / 3) % heads != 0 {
+        candle_core::bail!("attention: rows of {h3} do not split into 3 x {heads} heads")
+    }
+    let (groups, bias_heads, q, k) = bias.dims4()?;
+    if groups == 0 || b % groups != 0 || (bias_heads, q, k) != (heads, s, s) {
+        candle_core::bail!(
+            "attention: a score bias {:?} for {b} sequences of {s} tokens, {heads} heads",
+            bias.dims()
+        )
+    }
+    if !applies(qkv) || !applies(bias) {
+        return with_candle(qkv, heads, None, false, Some(bias));
+    }
+    let qkv = qkv.contiguous()?;
+    with_f32("attention", &bias.contiguous()?, |bias| {
+        qkv.apply_op1_no_bwd(&Attention {
+            heads,
+            key_mask: None,
+            score_bias: Some(bias),
+            causal: false,
+            bf16: false,
+        })
+    })
 }
 
 /// The same function in candle's operations (other devices and types).
@@ -64,6 +94,7 @@ fn with_candle(
     heads: usize,
     key_mask: Option<&Tensor>,
     causal: bool,
+    score_bias: Option<&Tensor>,
 ) -> Result<Tensor> {
     let (b, s, h3) = qkv.dims3()?;
     let (h, d) = (h3 / 3, h3 / 3 / heads);
@@ -83,6 +114,13 @@ fn with_candle(
             .collect();
         let later = Tensor::from_vec(later, (s, s), scores.device())?.to_dtype(scores.dtype())?;
         scores = scores.broadcast_add(&later)?;
+    }
+    if let Some(bias) = score_bias {
+        let groups = bias.dim(0)?;
+        scores = scores
+            .reshape((b / groups, groups, heads, s, s))?
+            .broadcast_add(&bias.to_dtype(scores.dtype())?)?
+            .reshape((b, heads, s, s))?;
     }
     candle_nn::ops::softmax_last_dim(&scores)?
         .matmul(&v)?
@@ -120,13 +158,19 @@ struct HeadBlock {
     causal_from: Option<usize>,
 }
 
-/// scores = q . k^T, plus `key_mask` (one value per key), softmax, out = scores . v. A causal
-/// block computes scores only for the keys its last query sees.
+/// scores = q . k^T, plus `key_mask` (one value per key) or `score_bias` (one per score,
+/// queries x keys), softmax, out = scores . v. A causal block computes scores only for the
+/// keys its last query sees.
 ///
 /// # Safety
 /// The pointers cover the rows and strides `block` names, and no other thread writes the
 /// output rows' `d` columns.
-unsafe fn head_block(isa: super::Isa, block: HeadBlock, key_mask: Option<&[f32]>) {
+unsafe fn head_block(
+    isa: super::Isa,
+    block: HeadBlock,
+    key_mask: Option<&[f32]>,
+    score_bias: Option<&[f32]>,
+) {
     let HeadBlock {
         q,
         k,
@@ -160,7 +204,13 @@ unsafe fn head_block(isa: super::Isa, block: HeadBlock, key_mask: Option<&[f32]>
             row[(first + i + 1).min(keys)..].fill(f32::MIN);
         }
     }
-    masked_softmax(isa, &mut scores, keys, key_mask.map(|m| &m[..keys]));
+    masked_softmax(
+        isa,
+        &mut scores,
+        keys,
+        key_mask.map(|m| &m[..keys]),
+        score_bias,
+    );
     product(
         queries,
         d,
@@ -220,6 +270,7 @@ pub fn cached_attention(q: &Tensor, keys: &Tensor, values: &Tensor) -> Result<Te
                                 causal_from: Some(past + first),
                             },
                             None,
+                            None,
                         )
                     }
                 };
@@ -269,15 +320,27 @@ fn cached_with_candle(q: &Tensor, keys: &Tensor, values: &Tensor) -> Result<Tens
 struct Attention<'a> {
     heads: usize,
     key_mask: Option<&'a [f32]>,
+    /// [groups, heads, seq, seq] ([`biased_attention`]).
+    score_bias: Option<&'a [f32]>,
     causal: bool,
     bf16: bool,
 }
 
+/// Softmax of each row of `width` scores after adding `mask` (the same for every row) and
+/// `bias` (rows of `width`, one per score row).
 #[inline(always)]
-fn masked_softmax_body(scores: &mut [f32], width: usize, mask: Option<&[f32]>) {
-    for row in scores.chunks_exact_mut(width) {
-        if let Some(mask) = mask {
-            for (v, &m) in row.iter_mut().zip(mask) {
+fn masked_softmax_body(
+    scores: &mut [f32],
+    width: usize,
+    mask: Option<&[f32]>,
+    bias: Option<&[f32]>,
+) {
+    for (i, row) in scores.chunks_exact_mut(width).enumerate() {
+        for add in [mask, bias.map(|b| &b[i * width..(i + 1) * width])]
+            .into_iter()
+            .flatten()
+        {
+            for (v, &m) in row.iter_mut().zip(add) {
                 *v += m;
             }
         }
@@ -285,7 +348,7 @@ fn masked_softmax_body(scores: &mut [f32], width: usize, mask: Option<&[f32]>) {
     }
 }
 
-multiversion!(fn masked_softmax(scores: &mut [f32], width: usize, mask: Option<&[f32]>) => masked_softmax_body);
+multiversion!(fn masked_softmax(scores: &mut [f32], width: usize, mask: Option<&[f32]>, bias: Option<&[f32]>) => masked_softmax_body);
 
 impl CustomOp1 for Attention<'_> {
     fn name(&self) -> &'static str {
@@ -307,7 +370,7 @@ impl CustomOp1 for Attention<'_> {
         let mut out = Output::new(b * s * h);
         let dst = out.ptr();
         let isa = isa();
-        if self.bf16 && bf16_attention::runs(d) {
+        if self.bf16 && self.score_bias.is_none() && bf16_attention::runs(d) {
             let shape = bf16_attention::Shape { b, s, h, heads, d };
             // SAFETY: `runs(d)`; qkv is b * s rows of h3, the mask b * s values; out holds
             // b * s * h f32.
@@ -340,6 +403,11 @@ impl CustomOp1 for Attention<'_> {
                         causal_from: self.causal.then_some(first),
                     },
                     self.key_mask.map(|m| &m[seq * s..(seq + 1) * s]),
+                    self.score_bias.map(|bias| {
+                        let groups = bias.len() / (heads * s * s);
+                        let at = ((seq % groups * heads + head) * s + first) * s;
+                        &bias[at..at + block.min(s - first) * s]
+                    }),
                 )
             }
         };
@@ -381,7 +449,7 @@ mod tests {
             let mask = Tensor::from_vec(mask, (b, s), &dev).unwrap();
             for (key_mask, causal) in [(None, false), (Some(&mask), false), (None, true)] {
                 let ours = attention(&qkv, heads, key_mask, causal, false).unwrap();
-                let want = with_candle(&qkv, heads, key_mask, causal).unwrap();
+                let want = with_candle(&qkv, heads, key_mask, causal, None).unwrap();
                 assert_eq!(ours.dims(), &[b, s, h]);
                 let diff = crate::kernels::max_abs_diff(&ours, &want);
                 assert!(
@@ -390,6 +458,28 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// With a score bias of one or several groups, in queries of one block or two (400), the
+    /// kernel equals candle's steps; a bias that does not fit is an error.
+    #[test]
+    fn biased_scores_equal_candles_steps() {
+        let dev = Device::Cpu;
+        for (b, s, heads, d, groups) in [(1, 5, 1, 4, 1), (6, 16, 3, 8, 3), (2, 400, 2, 8, 2)] {
+            let h = heads * d;
+            let qkv = Tensor::randn(0f32, 1.0, (b, s, 3 * h), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 1.0, (groups, heads, s, s), &dev).unwrap();
+            let ours = biased_attention(&qkv, heads, &bias).unwrap();
+            let want = with_candle(&qkv, heads, None, false, Some(&bias)).unwrap();
+            let diff = crate::kernels::max_abs_diff(&ours, &want);
+            assert!(
+                diff < 1e-5,
+                "b {b} s {s} heads {heads} groups {groups}: {diff}"
+            );
+        }
+        let qkv = Tensor::zeros((3, 4, 12), candle_core::DType::F32, &dev).unwrap();
+        let two_groups = Tensor::zeros((2, 2, 4, 4), candle_core::DType::F32, &dev).unwrap();
+        assert!(biased_attention(&qkv, 2, &two_groups).is_err());
     }
 
     /// In bf16 (where it runs), the kernel equals the same steps in f64 on bf16-rounded
@@ -529,13 +619,14 @@ mod tests {
             .map(|i| if i == 4 { f32::MIN } else { 0.0 })
             .collect();
         let mut want = scores.clone();
-        masked_softmax_body(&mut want, 11, Some(&mask));
+        let bias: Vec<f32> = (0..6 * 11).map(|i| (i % 7) as f32 * 0.3).collect();
+        masked_softmax_body(&mut want, 11, Some(&mask), Some(&bias));
         for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
             if isa > Isa::detected() {
                 continue;
             }
             let mut got = scores.clone();
-            masked_softmax(isa, &mut got, 11, Some(&mask));
+            masked_softmax(isa, &mut got, 11, Some(&mask), Some(&bias));
             for (g, w) in got.iter().zip(&want) {
                 assert!((g - w).abs() <= 1e-7, "{isa:?}: {g} vs {w}");
             }

@@ -33,7 +33,7 @@ mod norm;
 mod panels;
 pub mod quant;
 
-pub use attention::{attention, cached_attention};
+pub use attention::{attention, biased_attention, cached_attention};
 pub use linear::{conv1d_frames, conv_weight, gelu_erf, linear, swiglu, Activation, Weight};
 pub use norm::{channel_norm_frames, LayerNorm, RmsNorm};
 

@@ -286,7 +286,10 @@ mod tests {
     #[test]
     fn roberta_positions_count_after_the_padding_id() {
         // transformers: (cumsum(ids != pad) * (ids != pad)) + pad.
-        assert_eq!(roberta_positions(&[0, 7, 9, 2, 1, 1], 1), [2, 3, 4, 5, 1, 1]);
+        assert_eq!(
+            roberta_positions(&[0, 7, 9, 2, 1, 1], 1),
+            [2, 3, 4, 5, 1, 1]
+        );
         assert_eq!(roberta_positions(&[1, 1, 0, 7, 2], 1), [1, 1, 2, 3, 4]);
         assert_eq!(roberta_positions(&[], 1), Vec::<u32>::new());
     }

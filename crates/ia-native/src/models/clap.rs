@@ -11,7 +11,7 @@
 //! are waveforms at the feature extractor's rate (48 kHz); the features are computed inside.
 
 use super::bert::{self, BertModel};
-use super::encoder::{Dense, Products};
+use super::encoder::{Dense, Products, SelfAttention};
 use super::LoadContext;
 use crate::kernels::LayerNorm;
 use crate::{rt, CandleOutput};
@@ -255,17 +255,16 @@ impl Aff {
 
 struct SwinBlock {
     layernorm_before: LayerNorm,
-    query: Dense,
-    key: Dense,
-    value: Dense,
-    /// [heads, window^2, window^2]
-    relative_bias: Tensor,
+    attention: SelfAttention,
+    /// What the windows' scores add, [windows of a map (1 unshifted), heads, window^2,
+    /// window^2]: each head's relative position bias, plus in a shifted block the mask of each
+    /// window's regions.
+    score_bias: Tensor,
     dense: Dense,
     layernorm_after: LayerNorm,
     intermediate: Dense,
     output: Dense,
     act: Activation,
-    heads: usize,
     window: usize,
     shift: usize,
 }
@@ -306,46 +305,28 @@ impl SwinBlock {
             .index_select(&index, 0)?
             .reshape((n, n, heads))?
             .permute((2, 0, 1))?
-            .contiguous()?;
+            .to_dtype(DType::F32)?
+            .unsqueeze(0)?;
+        let padded = |len: usize| len.next_multiple_of(window);
+        let score_bias = if shift > 0 {
+            let mask = shift_mask(window, shift, padded(res.0), padded(res.1), vb.device())?;
+            relative_bias.broadcast_add(&mask.unsqueeze(1)?)?
+        } else {
+            relative_bias.contiguous()?
+        };
         let hidden = (cfg.mlp_ratio * dim as f64) as usize;
-        let lb = |vb: VarBuilder| Dense::load_b(dim, dim, cfg.qkv_bias, vb, products);
         Ok(Self {
             layernorm_before: LayerNorm::load(dim, cfg.layer_norm_eps, vb.pp("layernorm_before"))?,
-            query: lb(a.pp("query"))?,
-            key: lb(a.pp("key"))?,
-            value: lb(a.pp("value"))?,
-            relative_bias,
+            attention: SelfAttention::load(dim, heads, cfg.qkv_bias, a, products)?,
+            score_bias,
             dense: Dense::load(dim, dim, vb.pp("attention.output.dense"), products)?,
             layernorm_after: LayerNorm::load(dim, cfg.layer_norm_eps, vb.pp("layernorm_after"))?,
             intermediate: Dense::load(dim, hidden, vb.pp("intermediate.dense"), products)?,
             output: Dense::load(hidden, dim, vb.pp("output.dense"), products)?,
             act: cfg.hidden_act,
-            heads,
             window,
             shift,
         })
-    }
-
-    /// -100 between positions of a shifted window that come from different image regions.
-    fn shift_mask(&self, h: usize, w: usize, device: &Device) -> Result<Tensor> {
-        let (ws, s) = (self.window, self.shift);
-        let region = |i: usize, len: usize| usize::from(i >= len - ws) + usize::from(i >= len - s);
-        let (nh, nw) = (h / ws, w / ws);
-        let n = ws * ws;
-        let mut mask = Vec::with_capacity(nh * nw * n * n);
-        for wy in 0..nh {
-            for wx in 0..nw {
-                let ids: Vec<usize> = (0..n)
-                    .map(|p| region(wy * ws + p / ws, h) * 3 + region(wx * ws + p % ws, w))
-                    .collect();
-                for a in &ids {
-                    for b in &ids {
-                        mask.push(if a == b { 0f32 } else { -100.0 });
-                    }
-                }
-            }
-        }
-        Tensor::from_vec(mask, (nh * nw, n, n), device)
     }
 
     fn forward(&self, x: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
@@ -369,30 +350,7 @@ impl SwinBlock {
             .reshape((b, nh, ws, nw, ws, c))?
             .permute((0, 1, 3, 2, 4, 5))?
             .reshape((b * nh * nw, n, c))?;
-        let hd = c / self.heads;
-        let split = |l: &Dense| -> Result<Tensor> {
-            l.forward(&windows)?
-                .reshape((b * nh * nw, n, self.heads, hd))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let (q, k, v) = (split(&self.query)?, split(&self.key)?, split(&self.value)?);
-        let mut scores =
-            (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(&self.relative_bias)?;
-        if self.shift > 0 {
-            let mask = self
-                .shift_mask(hp, wp, x.device())?
-                .to_dtype(scores.dtype())?;
-            scores = scores
-                .reshape((b, nh * nw, self.heads, n, n))?
-                .broadcast_add(&mask.unsqueeze(1)?.unsqueeze(0)?)?
-                .reshape((b * nh * nw, self.heads, n, n))?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b * nh * nw, n, c))?;
+        let out = self.attention.forward_biased(&windows, &self.score_bias)?;
         let out = self.dense.forward(&out)?;
         let mut t = out
             .reshape((b, nh, nw, ws, ws, c))?
@@ -408,6 +366,28 @@ impl SwinBlock {
             .forward_activated(&self.layernorm_after.forward(&hdn)?, self.act)?;
         self.output.forward_residual(&inner, &hdn)
     }
+}
+
+/// -100 between positions of a shifted window that come from different regions of the
+/// (padded) `h` x `w` map: [windows, window^2, window^2].
+fn shift_mask(ws: usize, s: usize, h: usize, w: usize, device: &Device) -> Result<Tensor> {
+    let region = |i: usize, len: usize| usize::from(i >= len - ws) + usize::from(i >= len - s);
+    let (nh, nw) = (h / ws, w / ws);
+    let n = ws * ws;
+    let mut mask = Vec::with_capacity(nh * nw * n * n);
+    for wy in 0..nh {
+        for wx in 0..nw {
+            let ids: Vec<usize> = (0..n)
+                .map(|p| region(wy * ws + p / ws, h) * 3 + region(wx * ws + p % ws, w))
+                .collect();
+            for a in &ids {
+                for b in &ids {
+                    mask.push(if a == b { 0f32 } else { -100.0 });
+                }
+            }
+        }
+    }
+    Tensor::from_vec(mask, (nh * nw, n, n), device)
 }
 
 /// `ClapAudioPatchMerging`: 2x2 neighbours concatenated, normalised, reduced to 2C.

@@ -301,6 +301,12 @@ impl SelfAttention {
         )
     }
 
+    /// `bias` [groups, heads, seq, seq] added to the scores, sequence i taking group
+    /// i % groups (Swin's windows, [`kernels::biased_attention`]); the products in f32.
+    pub fn forward_biased(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        kernels::biased_attention(&self.qkv.forward(x)?, self.heads, bias)
+    }
+
     /// Each query attends to its own and the earlier keys only (CLIP's text tower).
     pub fn forward_causal(&self, x: &Tensor) -> Result<Tensor> {
         kernels::attention(&self.qkv.forward(x)?, self.heads, None, true, self.bf16)
