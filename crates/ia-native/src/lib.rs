@@ -59,7 +59,7 @@ impl NativeEngine {
 fn check_dtype(platform: Platform, dtype: DType) -> Result<(), EngineError> {
     if dtype == DType::BF16 && platform == Platform::Cpu {
         return Err(EngineError::Unsupported(
-            "bf16 on the CPU runs BERT, ViT, CLIP, X-CLIP, CLAP, Wav2Vec2, Whisper and LLaMA, Mistral, Qwen2, Qwen3, OPT, T5, LLaVA and Qwen-VL generation only (on AMX or AVX512-BF16): candle's CPU backend has no bf16 matmul (use f32, f16, or the openvino engine)".into(),
+            "bf16 on the CPU runs BERT, ViT, CLIP, X-CLIP, CLAP, DETR, Wav2Vec2, Whisper and LLaMA, Mistral, Qwen2, Qwen3, OPT, T5, LLaVA and Qwen-VL generation only (on AMX or AVX512-BF16): candle's CPU backend has no bf16 matmul (use f32, f16, or the openvino engine)".into(),
         ));
     }
     Ok(())
@@ -266,8 +266,9 @@ impl NativeEngine {
             && matches!(model.class, ModelClass::Llama | ModelClass::Qwen)
             && !models::qwen2_vl::is_qwen_vl(source.config())
             && models::quantized::ggml_dtype(precision).is_some();
-        // bf16 on the CPU, for BERT, ViT, CLIP, X-CLIP and CLAP (their towers), Wav2Vec2 and
-        // Whisper (their linear layers; the convolutions stay f32), the LLaMA-family decoder, OPT, T5,
+        // bf16 on the CPU, for BERT, ViT, CLIP, X-CLIP and CLAP (their towers), DETR (its
+        // backbone's convolutions too), Wav2Vec2 and Whisper (their linear layers; the
+        // convolutions stay f32), the LLaMA-family decoder, OPT, T5,
         // and LLaVA and Qwen-VL (their vision towers and decoders): f32 weights and
         // activations, bf16 products on AMX or AVX512-BF16.
         let bf16_products = precision == Precision::Bf16
@@ -280,6 +281,7 @@ impl NativeEngine {
                         | ModelClass::Clip
                         | ModelClass::Xclip
                         | ModelClass::Clap
+                        | ModelClass::Detr
                         | ModelClass::Wav2vec2
                         | ModelClass::Whisper
                 ),

@@ -16,6 +16,8 @@
 //! - [`quant`]: products with Q8_0 weights (`vpdpbusd` on AVX512-VNNI) for `--precision q8_0`;
 //! - [`channel_norm_frames`]: GroupNorm with a group per channel over channels-last frames,
 //!   with its GELU, in three passes;
+//! - [`image_windows`] and [`max_pool`]: channels-last images for convolutional backbones
+//!   (a convolution as a linear layer over each pixel's window);
 //! - [`attention`]: multi-head attention straight from the stacked query/key/value rows, one
 //!   (sequence, head) pair per task; in bf16 models on `vdpbf16ps`, its two products in bf16
 //!   ([`bf16_attention`]).
@@ -27,6 +29,7 @@
 mod attention;
 pub mod bf16;
 mod bf16_attention;
+mod image;
 mod linear;
 mod math;
 mod norm;
@@ -34,6 +37,7 @@ mod panels;
 pub mod quant;
 
 pub use attention::{attention, biased_attention, cached_attention};
+pub use image::{image_windows, max_pool, windows_along};
 pub use linear::{conv1d_frames, conv_weight, gelu_erf, linear, swiglu, Activation, Weight};
 pub use norm::{channel_norm_frames, LayerNorm, RmsNorm};
 

@@ -8,20 +8,22 @@
 //! (`embedder`/`encoder.stages`) or a timm one (`conv1`/`layer1`..., `use_timm_backbone`, as
 //! facebook/detr-resnet-50 ships), and transformers 5's in-memory names (`o_proj`, `mlp.fc1`).
 //!
+//! The backbone runs channels-last: each convolution, its frozen batch norm folded in, is a
+//! [`Dense`] over every output pixel's window ([`kernels::image_windows`]), with the ReLU (or
+//! the block's residual) in the product's pass; every linear layer is a [`Dense`] too, so
+//! `--precision bf16` multiplies in bf16 throughout (attention, norms and pooling f32).
+//!
 //! Outputs `logits` [batch, queries, labels + 1] (the last class is "no object") and
 //! `pred_boxes` [batch, queries, 4] as (cx, cy, w, h) relative to the image. Images in a batch
 //! are taken as unpadded (pixel mask all ones).
 
 use super::attention::{Mlp, MultiHeadAttention};
-use super::encoder::Products;
+use super::encoder::{Dense, Products};
 use super::LoadContext;
-use crate::kernels::LayerNorm;
+use crate::kernels::{self, LayerNorm};
 use crate::{rt, CandleOutput};
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{
-    conv2d, conv2d_no_bias, embedding, linear, Activation, Conv2d, Conv2dConfig, Embedding, Linear,
-    VarBuilder,
-};
+use candle_nn::{embedding, Activation, Embedding, VarBuilder};
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
 use serde::Deserialize;
 
@@ -117,13 +119,19 @@ enum Naming {
     Timm,
 }
 
-/// Conv2d (no bias) + frozen batch norm (eps 1e-5) + optional activation.
+/// Conv2d (no bias) + frozen batch norm (eps 1e-5) + optional activation, channels-last: the
+/// norm's scale folded into the weight's rows and its shift the bias of one [`Dense`] over the
+/// windows.
 struct ConvBn {
-    conv: Conv2d,
-    scale: Tensor,
-    shift: Tensor,
+    conv: Dense,
+    kernel: usize,
+    stride: usize,
     act: Option<Activation>,
 }
+
+/// Window values per block of output rows: a block's windows stay in L2 (ResNet-50's first
+/// 3x3 convolutions at 800 x 800 would take 92 MB at once).
+const WINDOW_VALUES: usize = 1 << 19;
 
 impl ConvBn {
     /// `(cin, cout, kernel, stride)`; `conv` and `norm` point at the two modules.
@@ -132,34 +140,56 @@ impl ConvBn {
         act: Option<Activation>,
         conv: VarBuilder,
         norm: VarBuilder,
+        products: Products,
     ) -> Result<Self> {
-        let cfg = Conv2dConfig {
-            padding: kernel / 2,
-            stride,
-            ..Default::default()
-        };
-        let conv = conv2d_no_bias(cin, cout, kernel, cfg, conv)?;
         let n = norm;
         let scale = (n.get(cout, "weight")? / (n.get(cout, "running_var")? + 1e-5)?.sqrt()?)?;
         let shift = (n.get(cout, "bias")? - (n.get(cout, "running_mean")? * &scale)?)?;
+        // [out, in, kh, kw] -> [out, kh, kw, in], as the windows hold their values.
+        let weight = conv
+            .get((cout, cin, kernel, kernel), "weight")?
+            .permute((0, 2, 3, 1))?
+            .reshape((cout, kernel * kernel * cin))?
+            .broadcast_mul(&scale.unsqueeze(1)?)?;
         Ok(Self {
-            conv,
-            scale: scale.reshape((1, cout, 1, 1))?,
-            shift: shift.reshape((1, cout, 1, 1))?,
+            conv: Dense::new(weight, Some(shift), products)?,
+            kernel,
+            stride,
             act,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self
-            .conv
-            .forward(x)?
-            .broadcast_mul(&self.scale)?
-            .broadcast_add(&self.shift)?;
-        match &self.act {
-            Some(a) => a.forward(&y),
-            None => Ok(y),
+    /// `x` [batch, h, w, cin] -> [batch, h', w', cout]; with `residual`, act(conv + residual).
+    fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        let apply = |rows: &Tensor, residual: Option<Tensor>| match (residual, &self.act) {
+            (None, Some(act)) => self.conv.forward_activated(rows, *act),
+            (None, None) => self.conv.forward(rows),
+            (Some(r), act) => {
+                let y = self.conv.forward_residual(rows, &r)?;
+                match act {
+                    Some(a) => a.forward(&y),
+                    None => Ok(y),
+                }
+            }
+        };
+        if self.kernel == 1 && self.stride == 1 {
+            return apply(x, residual.cloned());
         }
+        let (_, h, w, c) = x.dims4()?;
+        let (k, s, pad) = (self.kernel, self.stride, self.kernel / 2);
+        let out_h = kernels::windows_along(h, k, s, pad);
+        let per_row = kernels::windows_along(w, k, s, pad) * k * k * c;
+        let block = (WINDOW_VALUES / per_row.max(1)).max(1);
+        let blocks = (0..out_h)
+            .step_by(block)
+            .map(|y0| {
+                let rows = y0..(y0 + block).min(out_h);
+                let windows = kernels::image_windows(x, k, s, pad, rows.clone())?;
+                let residual = residual.map(|r| r.narrow(1, y0, rows.len())).transpose()?;
+                apply(&windows, residual)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&blocks, 1)
     }
 }
 
@@ -177,6 +207,7 @@ impl ResBlock {
         (cin, cout, stride): (usize, usize, usize),
         naming: Naming,
         vb: VarBuilder,
+        products: Products,
     ) -> Result<Self> {
         let act = Some(cfg.hidden_act);
         // The i-th convolution of the block and its batch norm.
@@ -191,7 +222,7 @@ impl ResBlock {
                     vb.pp(format!("bn{}", i + 1)),
                 ),
             };
-            ConvBn::load(shape, act, c, n)
+            ConvBn::load(shape, act, c, n, products)
         };
         let layers = if cfg.layer_type == "bottleneck" {
             let mid = cout / 4;
@@ -219,7 +250,7 @@ impl ResBlock {
             Naming::Timm => (vb.pp("downsample.0"), vb.pp("downsample.1")),
         };
         let shortcut = (cin != cout || stride != 1)
-            .then(|| ConvBn::load((cin, cout, 1, stride), None, sc, sn))
+            .then(|| ConvBn::load((cin, cout, 1, stride), None, sc, sn, products))
             .transpose()?;
         Ok(Self {
             layers,
@@ -228,16 +259,20 @@ impl ResBlock {
         })
     }
 
+    /// Channels-last, as [`ConvBn::forward`]; the last convolution adds the shortcut, then
+    /// the activation.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let residual = match &self.shortcut {
-            Some(s) => s.forward(x)?,
+            Some(s) => s.forward(x, None)?,
             None => x.clone(),
         };
+        let (last, first) = self.layers.split_last().expect("a block has convolutions");
         let mut h = x.clone();
-        for l in &self.layers {
-            h = l.forward(&h)?;
+        for l in first {
+            h = l.forward(&h, None)?;
         }
-        self.act.forward(&(h + residual)?)
+        let y = last.forward(&h, Some(&residual))?;
+        self.act.forward(&y)
     }
 }
 
@@ -248,7 +283,12 @@ struct ResNet {
 }
 
 impl ResNet {
-    fn load(cfg: &ResNetConfig, naming: Naming, vb: VarBuilder) -> Result<Self> {
+    fn load(
+        cfg: &ResNetConfig,
+        naming: Naming,
+        vb: VarBuilder,
+        products: Products,
+    ) -> Result<Self> {
         let (sc, sn) = match naming {
             Naming::Transformers => (
                 vb.pp("embedder.embedder.convolution"),
@@ -261,6 +301,7 @@ impl ResNet {
             Some(cfg.hidden_act),
             sc,
             sn,
+            products,
         )?;
         let mut blocks = Vec::new();
         let mut cin = cfg.embedding_size;
@@ -281,6 +322,7 @@ impl ResNet {
                     (i, cout, st),
                     naming,
                     stage.pp(l.to_string()),
+                    products,
                 )?);
             }
             cin = cout;
@@ -292,15 +334,10 @@ impl ResNet {
         })
     }
 
-    /// The last stage's feature map.
+    /// The last stage's feature map, channels-last, for pixels [batch, 3, H, W].
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // Max-pool 3x3 / 2 with padding 1; zero padding equals -inf padding after the ReLU.
-        let mut h = self
-            .stem
-            .forward(x)?
-            .pad_with_zeros(2, 1, 1)?
-            .pad_with_zeros(3, 1, 1)?
-            .max_pool2d_with_stride(3, 2)?;
+        let x = x.permute((0, 2, 3, 1))?.contiguous()?;
+        let mut h = kernels::max_pool(&self.stem.forward(&x, None)?, 3, 2, 1)?;
         for b in &self.blocks {
             h = b.forward(&h)?;
         }
@@ -326,19 +363,25 @@ struct DecoderLayer {
 
 pub struct Model {
     backbone: ResNet,
-    input_projection: Conv2d,
+    /// The 1x1 convolution to d_model, over channels-last pixels.
+    input_projection: Dense,
     query_position_embeddings: Embedding,
     encoder: Vec<EncoderLayer>,
     decoder: Vec<DecoderLayer>,
     decoder_layernorm: LayerNorm,
-    class_labels_classifier: Linear,
-    bbox_predictor: Vec<Linear>,
+    class_labels_classifier: Dense,
+    bbox_predictor: Vec<Dense>,
     d_model: usize,
     num_queries: usize,
 }
 
 impl Model {
-    pub fn load(vb: VarBuilder, cfg: &Config, num_labels: usize) -> Result<Self> {
+    pub fn load(
+        vb: VarBuilder,
+        cfg: &Config,
+        num_labels: usize,
+        products: Products,
+    ) -> Result<Self> {
         if cfg.position_embedding_type != "sine" {
             candle_core::bail!(
                 "position_embedding_type {} (the native DETR implements sine)",
@@ -383,14 +426,16 @@ impl Model {
         } else {
             m.pp("backbone.conv_encoder.model")
         };
-        let backbone = ResNet::load(&bcfg, naming, bb)?;
-        let input_projection = conv2d(
-            backbone.out_channels,
-            d,
-            1,
-            Default::default(),
-            m.pp("input_projection"),
-        )?;
+        let backbone = ResNet::load(&bcfg, naming, bb, products)?;
+        let input_projection = {
+            let p = m.pp("input_projection");
+            let weight = p.get((d, backbone.out_channels, 1, 1), "weight")?;
+            Dense::new(
+                weight.reshape((d, backbone.out_channels))?,
+                Some(p.get(d, "bias")?),
+                products,
+            )?
+        };
         // transformers 5 in memory: o_proj and mlp.fc1; the hub files: out_proj and fc1.
         let attn = |heads, vb: VarBuilder| {
             let out = if vb.contains_tensor("o_proj.weight") {
@@ -398,7 +443,7 @@ impl Model {
             } else {
                 "out_proj"
             };
-            MultiHeadAttention::load_named(d, heads, true, out, vb, Products::AsLoaded)
+            MultiHeadAttention::load_named(d, heads, true, out, vb, products)
         };
         let mlp = |ffn, l: &VarBuilder| {
             let vb = if l.contains_tensor("mlp.fc1.weight") {
@@ -406,7 +451,7 @@ impl Model {
             } else {
                 l.clone()
             };
-            Mlp::load(d, ffn, cfg.activation_function, &vb, Products::AsLoaded)
+            Mlp::load(d, ffn, cfg.activation_function, &vb, products)
         };
         let ln = |vb: VarBuilder| LayerNorm::load(d, 1e-5, vb);
         let encoder = (0..cfg.encoder_layers)
@@ -445,11 +490,16 @@ impl Model {
             encoder,
             decoder,
             decoder_layernorm: ln(m.pp("decoder.layernorm"))?,
-            class_labels_classifier: linear(d, num_labels + 1, vb.pp("class_labels_classifier"))?,
+            class_labels_classifier: Dense::load(
+                d,
+                num_labels + 1,
+                vb.pp("class_labels_classifier"),
+                products,
+            )?,
             bbox_predictor: vec![
-                linear(d, d, bb.pp("0"))?,
-                linear(d, d, bb.pp("1"))?,
-                linear(d, 4, bb.pp("2"))?,
+                Dense::load(d, d, bb.pp("0"), products)?,
+                Dense::load(d, d, bb.pp("1"), products)?,
+                Dense::load(d, 4, bb.pp("2"), products)?,
             ],
             d_model: d,
             num_queries: cfg.num_queries,
@@ -460,8 +510,9 @@ impl Model {
     pub fn forward(&self, pixel_values: &Tensor) -> Result<(Tensor, Tensor)> {
         let features = self.backbone.forward(pixel_values)?;
         let proj = self.input_projection.forward(&features)?;
-        let (b, d, h, w) = proj.dims4()?;
-        let src = proj.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        // Channels-last pixels are the sequence, row by row.
+        let (b, h, w, d) = proj.dims4()?;
+        let src = proj.reshape((b, h * w, d))?;
         let pos = sine_position_embedding(h, w, d / 2, proj.device(), proj.dtype())?
             .unsqueeze(0)?
             .repeat((b, 1, 1))?;
@@ -496,13 +547,12 @@ impl Model {
         }
         let q = self.decoder_layernorm.forward(&q)?;
         let logits = self.class_labels_classifier.forward(&q)?;
+        let (last, hidden) = self.bbox_predictor.split_last().expect("three layers");
         let mut bx = q;
-        for (i, l) in self.bbox_predictor.iter().enumerate() {
-            bx = l.forward(&bx)?;
-            if i + 1 < self.bbox_predictor.len() {
-                bx = bx.relu()?;
-            }
+        for l in hidden {
+            bx = l.forward_activated(&bx, Activation::Relu)?;
         }
+        let bx = last.forward(&bx)?;
         Ok((logits, candle_nn::ops::sigmoid(&bx)?))
     }
 }
@@ -548,7 +598,9 @@ impl DetrSession {
         let cfg: Config = super::parse_config(ctx.source, "DETR")?;
         let num_labels = super::vit::num_labels(ctx.source.config());
         let outputs = ["logits", "pred_boxes"];
-        let (model, info) = ctx.build("DETR", &outputs, |vb| Model::load(vb, &cfg, num_labels))?;
+        let (model, info) = ctx.build("DETR", &outputs, |vb| {
+            Model::load(vb, &cfg, num_labels, ctx.products)
+        })?;
         Ok(Box::new(Self {
             model,
             device: ctx.device,
