@@ -82,7 +82,7 @@ mod x86 {
     use super::Shape;
     use crate::kernels::bf16::{amx, backend, Backend};
     use crate::kernels::math::{exp_nonpositive, max_of};
-    use crate::kernels::{lines_as, CacheLine, SharedOut};
+    use crate::kernels::{lines, lines_as, CacheLine, SharedOut};
     use rayon::prelude::*;
     use std::arch::x86_64::*;
     use std::cell::RefCell;
@@ -96,18 +96,14 @@ mod x86 {
     /// How many rows ahead of the one converted the query, key and value rows are prefetched.
     const AHEAD: usize = 8;
 
-    /// 16 pairs of bf16 (16 columns x 2 inputs) on a cache line.
-    #[derive(Clone, Copy, Default)]
-    #[repr(C, align(64))]
-    struct Line([u32; 16]);
-
     /// A thread's buffers, kept between tasks (each task overwrites what it reads). The
-    /// queries, scores and weights are AMX tiles' rows too, so they start on a cache line.
+    /// queries, scores and weights are AMX tiles' rows too, so they start on a cache line; a
+    /// line of the keys or values holds 16 pairs of bf16 (16 columns x 2 inputs).
     #[derive(Default)]
     struct Scratch {
         queries: Vec<CacheLine>,
-        keys: Vec<Line>,
-        values: Vec<Line>,
+        keys: Vec<CacheLine>,
+        values: Vec<CacheLine>,
         scores: Vec<CacheLine>,
         weights: Vec<CacheLine>,
     }
@@ -118,13 +114,6 @@ mod x86 {
 
     thread_local! {
         static SCRATCH: RefCell<Scratch> = RefCell::default();
-    }
-
-    fn sized<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
-        if v.len() < len {
-            v.resize(len, T::default());
-        }
-        &mut v[..len]
     }
 
     /// How many of 16 lanes from `from` lie inside `len` values, and the mask of them.
@@ -265,7 +254,7 @@ mod x86 {
     unsafe fn tile<const P: usize>(
         a: *const u32,
         a_stride: usize,
-        b: [*const Line; P],
+        b: [*const CacheLine; P],
         pairs: usize,
         scale: Option<&[f32; ROWS]>,
         out: *mut f32,
@@ -395,7 +384,7 @@ mod x86 {
         // values), as [`tile`]'s second operand; the padding keys zero. Each 16 keys x 16
         // pairs are transposed in registers (storing the pairs one by one had been compiled
         // to scatters, slow on AMD).
-        let key_lines = sized(&mut scratch.keys, keys / 16 * half);
+        let key_lines = lines(&mut scratch.keys, keys / 16 * half);
         for panel in 0..keys / 16 {
             for i in 0..16 {
                 ahead(1, panel * 16 + i, s);
@@ -423,7 +412,7 @@ mod x86 {
 
         // Values: for each panel of 16 of the head's columns, `keys / 2` lines of (16 columns
         // x a pair of keys).
-        let value_lines = sized(&mut scratch.values, d / 16 * keys / 2);
+        let value_lines = lines(&mut scratch.values, d / 16 * keys / 2);
         for p in 0..keys / 2 {
             ahead(2, 2 * p, s);
             ahead(2, 2 * p + 1, s);

@@ -216,14 +216,18 @@ fn view_mut<T: Plain>(lines: &mut [CacheLine]) -> &mut [T] {
     }
 }
 
-/// At least `len` values of `T` from a buffer of lines kept between calls (grown where it
-/// is shorter, the growth zeroed).
-fn lines_as<T: Plain>(lines: &mut Vec<CacheLine>, len: usize) -> &mut [T] {
-    let need = lines_for::<T>(len);
-    if lines.len() < need {
-        lines.resize(need, CacheLine([0; 64]));
+/// The first `len` lines of a buffer kept between calls (grown where it is shorter, the
+/// growth zeroed).
+fn lines(buffer: &mut Vec<CacheLine>, len: usize) -> &mut [CacheLine] {
+    if buffer.len() < len {
+        buffer.resize(len, CacheLine([0; 64]));
     }
-    &mut view_mut(lines)[..len]
+    &mut buffer[..len]
+}
+
+/// At least `len` values of `T` from a buffer of lines kept between calls ([`lines`]).
+fn lines_as<T: Plain>(buffer: &mut Vec<CacheLine>, len: usize) -> &mut [T] {
+    &mut view_mut(lines(buffer, lines_for::<T>(len)))[..len]
 }
 
 /// A raw pointer that may cross to the worker threads: each writes a disjoint part.
