@@ -6,7 +6,7 @@
 //! Then wav2vec2-base's convolutions.
 //! `cargo run --release -p ia-native --example matmul_shapes [ROWS ...] [conv] [cold]` (rows
 //! default to 16, 128, 512 and 1024; ViT-base's batch of 8 is 1576; `conv` alone: the
-//! convolutions only; `attention` alone: self-attention only, f32 and, where the CPU runs it,
+//! convolutions only (f32 and, where the CPU runs it, bf16); `attention` alone: self-attention only, f32 and, where the CPU runs it,
 //! bf16, then causal and cached (decoder) attention; `cold`: each call of the linear layers takes the next of enough copies of the weight
 //! to pass 96 MiB, so it comes from memory as a model's does, not from the caches).
 use candle_core::{Device, Tensor};
@@ -176,12 +176,20 @@ fn main() -> candle_core::Result<()> {
         (171 + 128, 48, 48, 128, 1),
     ] {
         let x = Tensor::randn(0f32, 1.0, (frames, cin), &dev)?;
-        let w = conv_weight(&Tensor::randn(0f32, 1.0, (cout, cin, kernel), &dev)?)?;
+        let weight = Tensor::randn(0f32, 1.0, (cout, cin, kernel), &dev)?;
+        let w = conv_weight(&weight, false)?;
         let out_frames = (frames - kernel) / stride + 1;
         let flop = 2.0 * (out_frames * cin * kernel * cout) as f64;
         let t = time(8, || conv1d_frames(&x, &w, None, kernel, stride, Identity))?;
+        let bf16 = if bf16::available() {
+            let w = conv_weight(&weight, true)?;
+            let t = time(8, || conv1d_frames(&x, &w, None, kernel, stride, Identity))?;
+            format!("{:>6.1}", flop / t / 1e9)
+        } else {
+            "     -".into()
+        };
         println!(
-            "conv {frames:>5} frames x {cin:>3} -> {cout:>3}, kernel {kernel:>3} / {stride}: {:>7.2} ms {:>6.1} GFLOP/s",
+            "conv {frames:>5} frames x {cin:>3} -> {cout:>3}, kernel {kernel:>3} / {stride}: {:>7.2} ms {:>6.1} GFLOP/s, bf16 {bf16} GFLOP/s",
             t * 1e3,
             flop / t / 1e9
         );

@@ -267,8 +267,8 @@ impl NativeEngine {
             && !models::qwen2_vl::is_qwen_vl(source.config())
             && models::quantized::ggml_dtype(precision).is_some();
         // bf16 on the CPU, for BERT, ViT, CLIP, X-CLIP and CLAP (their towers), DETR (its
-        // backbone's convolutions too), Wav2Vec2 and Whisper (their linear layers; the
-        // convolutions stay f32), the LLaMA-family decoder, OPT, T5,
+        // backbone's convolutions too), Wav2Vec2 and Whisper (their linear layers and
+        // convolutions), the LLaMA-family decoder, OPT, T5,
         // and LLaVA and Qwen-VL (their vision towers and decoders): f32 weights and
         // activations, bf16 products on AMX or AVX512-BF16.
         let bf16_products = precision == Precision::Bf16

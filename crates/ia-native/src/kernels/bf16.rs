@@ -108,7 +108,7 @@ fn faster_vector_kernel() -> Backend {
     let mut out = vec![0f32; m * n];
     let dst = out.as_mut_ptr();
     let kernels = [Backend::Avx512Bf16, Backend::Expanded];
-    let activations = kernels.map(|b| Activations::convert_for(b, &x, m, &packed));
+    let activations = kernels.map(|b| Activations::convert_for(b, &x, m, k, &packed));
     // SAFETY: out holds m (a multiple of 16) rows of n (a multiple of 32) f32; the CPU has
     // AVX512-BF16 (the caller checked).
     let run = |i: usize| unsafe {
@@ -275,17 +275,25 @@ enum Values {
 }
 
 impl Activations {
-    /// In the layout this process's [`backend`] reads.
-    pub fn convert(x: &[f32], m: usize, w: &PackedBf16) -> Self {
+    /// In the layout this process's [`backend`] reads: `m` rows of `w`'s inputs, row r
+    /// starting at `x[r * row_stride]` (rows may overlap: a convolution's windows).
+    pub fn convert(x: &[f32], m: usize, row_stride: usize, w: &PackedBf16) -> Self {
         Self::convert_for(
             backend().expect("bf16 activations where no bf16 product runs"),
             x,
             m,
+            row_stride,
             w,
         )
     }
 
-    fn convert_for(backend: Backend, x: &[f32], m: usize, w: &PackedBf16) -> Self {
+    fn convert_for(
+        backend: Backend,
+        x: &[f32],
+        m: usize,
+        row_stride: usize,
+        w: &PackedBf16,
+    ) -> Self {
         let (k, k_padded) = (w.k, w.k_padded);
         let rows_padded = m.div_ceil(16) * 16;
         let isa = super::isa();
@@ -299,7 +307,7 @@ impl Activations {
         let len = rows_padded * k_padded;
         let row_of = |block: usize, i: usize| {
             let r = block * 16 + i;
-            (r < m).then(|| &x[r * k..(r + 1) * k])
+            (r < m).then(|| &x[r * row_stride..r * row_stride + k])
         };
         let values = if backend == Backend::Expanded {
             let mut data = SCRATCH_F32.with_borrow_mut(std::mem::take);
@@ -1235,7 +1243,7 @@ mod tests {
         let x = vec![0.5f32; m * k];
         let packed = PackedBf16::pack(&vec![0.25f32; n * k], n, k);
         for _ in 0..3 {
-            let a = Activations::convert_for(Backend::Amx, &x, m, &packed);
+            let a = Activations::convert_for(Backend::Amx, &x, m, k, &packed);
             assert_eq!(a.tiles().as_ptr() as usize % 64, 0);
         }
     }
@@ -1286,7 +1294,7 @@ mod tests {
                 .map(|i| ((i * 104_729) % 89) as f32 / 40.0 - 1.1)
                 .collect();
             let packed = PackedBf16::pack(&w, n, k);
-            let a = Activations::convert_for(backend, &x, m, &packed);
+            let a = Activations::convert_for(backend, &x, m, k, &packed);
             let cols = packed.n_padded;
             // m rows and a row that must stay as it is. Every kernel writes every element
             // (NaN shows one it misses).

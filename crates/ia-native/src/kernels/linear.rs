@@ -218,8 +218,8 @@ impl Linear<'_> {
         row_stride: usize,
         residual: Option<&[f32]>,
     ) -> Result<(CpuStorage, Shape)> {
-        if row_stride != k && !matches!(self.weight, Weights::F32 { .. } | Weights::Panels(_)) {
-            candle_core::bail!("linear: overlapping rows need f32 weights")
+        if row_stride != k && matches!(self.weight, Weights::Quant(_)) {
+            candle_core::bail!("linear: overlapping rows need f32 or bf16 weights")
         }
         if m > 0 && x.len() < (m - 1) * row_stride + k {
             candle_core::bail!("linear: {} values do not hold {m} rows of {k}", x.len())
@@ -260,7 +260,7 @@ impl Linear<'_> {
         let dst = out.ptr();
         let isa = isa();
         let activations = match self.weight {
-            Weights::Bf16(p) => Some(Activations::convert(x, m, p)),
+            Weights::Bf16(p) => Some(Activations::convert(x, m, row_stride, p)),
             Weights::F32 { .. } | Weights::Panels(_) | Weights::Quant(_) => None,
         };
         let quantised = match self.weight {
@@ -486,7 +486,7 @@ multiversion!(fn swiglu_row(out: &mut [f32], gate: &[f32], up: &[f32]) => swiglu
 /// overlapping windows of `kernel` frames, `stride` frames apart: in `[frames, channels]` a
 /// window is `kernel * channels` consecutive values, so the product reads the frames in place
 /// (no im2col copy) and the bias and activation are applied in its pass. `weight` is the
-/// convolution's `[out, in, kernel]` laid out by [`conv_weight`]. No padding.
+/// convolution's `[out, in, kernel]` laid out by [`conv_weight`] (f32 or bf16). No padding.
 pub fn conv1d_frames(
     x: &Tensor,
     weight: &Weight,
@@ -496,8 +496,8 @@ pub fn conv1d_frames(
     act: Activation,
 ) -> Result<Tensor> {
     let (frames, channels) = x.dims2()?;
-    if matches!(weight, Weight::Bf16(_) | Weight::Quant(_)) {
-        candle_core::bail!("conv1d_frames: f32 weights from conv_weight")
+    if matches!(weight, Weight::Quant(_)) {
+        candle_core::bail!("conv1d_frames: f32 or bf16 weights from conv_weight")
     }
     let (inputs, outputs) = weight.dims()?;
     if kernel == 0 || stride == 0 || frames < kernel || inputs != kernel * channels {
@@ -521,8 +521,8 @@ pub fn conv1d_frames(
                 .conv1d(&w.contiguous()?, 0, stride, 1, 1)?;
             return finish_with_candle(c.squeeze(0)?.t()?, bias, act, None);
         }
-        Weight::Panels(_) if !on_kernels => {
-            candle_core::bail!("conv1d_frames: packed f32 weights take f32 frames on the CPU")
+        Weight::Panels(_) | Weight::Bf16(_) if !on_kernels => {
+            candle_core::bail!("conv1d_frames: packed weights take f32 frames on the CPU")
         }
         _ => {}
     }
@@ -542,6 +542,7 @@ pub fn conv1d_frames(
     };
     match weight {
         Weight::Panels(p) => run(Weights::Panels(p)),
+        Weight::Bf16(p) => run(Weights::Bf16(p)),
         Weight::Transposed(w) => {
             let w = w.contiguous()?;
             with_f32("conv1d_frames", &w, |data| {
@@ -552,19 +553,20 @@ pub fn conv1d_frames(
                 })
             })
         }
-        Weight::Bf16(_) | Weight::Quant(_) => unreachable!("refused above"),
+        Weight::Quant(_) => unreachable!("refused above"),
     }
 }
 
 /// A convolution's weight `[out, in, kernel]` as [`conv1d_frames`] takes it: `[out, kernel *
-/// in]` (a window's frames one after another), transposed once like every linear weight.
-pub fn conv_weight(weight: &Tensor) -> Result<Weight> {
+/// in]` (a window's frames one after another), packed as a linear weight ([`Weight::new`]:
+/// bf16 with `bf16`).
+pub fn conv_weight(weight: &Tensor, bf16: bool) -> Result<Weight> {
     let (outputs, inputs, kernel) = weight.dims3()?;
     let w = weight
         .permute((0, 2, 1))?
         .contiguous()?
         .reshape((outputs, kernel * inputs))?;
-    Weight::new(&w, false)
+    Weight::new(&w, bf16)
 }
 
 /// [`conv1d_frames`]'s op: `rows` windows, `stride` values apart.
@@ -580,8 +582,8 @@ impl CustomOp1 for Windows<'_> {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
-        if matches!(self.linear.weight, Weights::Bf16(_) | Weights::Quant(_)) {
-            candle_core::bail!("conv1d_frames takes f32 weights")
+        if matches!(self.linear.weight, Weights::Quant(_)) {
+            candle_core::bail!("conv1d_frames takes f32 or bf16 weights")
         }
         let (inputs, _) = self.linear.weight.dims();
         let x = f32_slice("conv1d_frames", s1, l1)?;
@@ -680,7 +682,7 @@ mod tests {
                     w.to_dtype(dtype).unwrap(),
                     b.to_dtype(dtype).unwrap(),
                 );
-                let weight = conv_weight(&w).unwrap();
+                let weight = conv_weight(&w, false).unwrap();
                 for act in [Activation::Identity, Activation::GeluErf] {
                     let got = conv1d_frames(&x, &weight, Some(&b), kernel, stride, act)
                         .unwrap()
@@ -775,6 +777,53 @@ mod tests {
                 let diff = crate::kernels::max_abs_diff(&got, &want);
                 assert!(diff < 3e-2 * scale, "{m}x{k}x{n} {act:?}: {diff}");
             }
+        }
+    }
+
+    /// In bf16, a convolution reading its overlapping windows in place equals the same
+    /// packed weight over the windows copied out one per row (the rounding of the rows read
+    /// at a stride is that of contiguous ones), and stays near the f32 convolution.
+    #[test]
+    fn bf16_frame_convolutions_read_their_windows_in_place() {
+        if !bf16::available() {
+            println!(
+                "NOT EXERCISED: bf16 convolutions ({})",
+                bf16::unavailable_reason()
+            );
+            return;
+        }
+        let dev = Device::Cpu;
+        for (frames, channels, outputs, kernel, stride) in [(57, 3, 40, 5, 2), (300, 48, 48, 3, 1)]
+        {
+            let x = Tensor::randn(0f32, 1.0, (frames, channels), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (outputs, channels, kernel), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, outputs, &dev).unwrap();
+            let packed = conv_weight(&w, true).unwrap();
+            let got =
+                conv1d_frames(&x, &packed, Some(&b), kernel, stride, Activation::Identity).unwrap();
+            let out_frames = (frames - kernel) / stride + 1;
+            let windows = (0..out_frames)
+                .map(|f| {
+                    x.narrow(0, f * stride, kernel)
+                        .unwrap()
+                        .reshape((1, ()))
+                        .unwrap()
+                })
+                .collect::<Vec<_>>();
+            let windows = Tensor::cat(&windows, 0).unwrap();
+            let want = linear(&windows, &packed, Some(&b), Activation::Identity, None).unwrap();
+            assert_eq!(crate::kernels::max_abs_diff(&got, &want), 0.0);
+            let f32_conv = conv1d_frames(
+                &x,
+                &conv_weight(&w, false).unwrap(),
+                Some(&b),
+                kernel,
+                stride,
+                Activation::Identity,
+            )
+            .unwrap();
+            let d = crate::kernels::max_abs_diff(&got, &f32_conv);
+            assert!(d < 3e-2 * ((kernel * channels) as f32).sqrt(), "{d}");
         }
     }
 

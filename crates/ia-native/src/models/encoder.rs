@@ -331,9 +331,10 @@ impl FrameConv {
         bias: Option<Tensor>,
         stride: usize,
         padding: usize,
+        products: Products,
     ) -> Result<Self> {
         Ok(Self {
-            weight: kernels::conv_weight(weight)?,
+            weight: kernels::conv_weight(weight, products == Products::Bf16)?,
             bias,
             kernel: weight.dim(2)?,
             stride,
@@ -348,6 +349,7 @@ impl FrameConv {
         stride: usize,
         padding: usize,
         vb: VarBuilder,
+        products: Products,
     ) -> Result<Self> {
         let b = bias.then(|| vb.get(outputs, "bias")).transpose()?;
         Self::new(
@@ -355,6 +357,7 @@ impl FrameConv {
             b,
             stride,
             padding,
+            products,
         )
     }
 

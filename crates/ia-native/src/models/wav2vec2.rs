@@ -106,7 +106,13 @@ struct PositionalConv {
 
 impl PositionalConv {
     /// `weight` [hidden, hidden / groups, kernel] and `bias` [hidden].
-    fn new(weight: &Tensor, bias: &Tensor, groups: usize, act: Activation) -> Result<Self> {
+    fn new(
+        weight: &Tensor,
+        bias: &Tensor,
+        groups: usize,
+        act: Activation,
+        products: Products,
+    ) -> Result<Self> {
         let (hidden, per_group, kernel) = weight.dims3()?;
         if per_group * groups != hidden {
             candle_core::bail!("{groups} groups of {per_group} channels for {hidden}")
@@ -119,6 +125,7 @@ impl PositionalConv {
                         Some(bias.narrow(0, g * per_group, per_group)?),
                         1,
                         kernel / 2,
+                        products,
                     )
                 })
                 .collect::<Result<_>>()?,
@@ -257,12 +264,15 @@ impl Model {
                 if i == 0 { 1 } else { cfg.conv_dim[i - 1] },
                 cfg.conv_dim[i],
             );
+            // The first convolution's windows (10 samples) are shorter than one bf16 step of
+            // 32 inputs: it stays f32.
             let conv = FrameConv::load(
                 (cin, cout, cfg.conv_kernel[i]),
                 cfg.conv_bias,
                 cfg.conv_stride[i],
                 0,
                 l.pp("conv"),
+                if i == 0 { Products::AsLoaded } else { products },
             )?;
             let norm = match cfg.feat_extract_norm.as_str() {
                 "layer" => ConvNorm::Layer(LayerNorm::load(cout, 1e-5, l.pp("layer_norm"))?),
@@ -289,6 +299,7 @@ impl Model {
             &pvb.get(h, "bias")?,
             groups,
             cfg.feat_extract_activation,
+            products,
         )?;
         let lm_head = if vb.contains_tensor("lm_head.weight") {
             Some(linear(h, cfg.vocab_size, vb.pp("lm_head"))?)

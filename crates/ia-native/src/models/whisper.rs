@@ -163,8 +163,15 @@ impl Model {
             embed_tokens.embeddings().clone()
         };
         Ok(Self {
-            conv1: FrameConv::load((cfg.num_mel_bins, dm, 3), true, 1, 1, e.pp("conv1"))?,
-            conv2: FrameConv::load((dm, dm, 3), true, 2, 1, e.pp("conv2"))?,
+            conv1: FrameConv::load(
+                (cfg.num_mel_bins, dm, 3),
+                true,
+                1,
+                1,
+                e.pp("conv1"),
+                products,
+            )?,
+            conv2: FrameConv::load((dm, dm, 3), true, 2, 1, e.pp("conv2"), products)?,
             act: cfg.activation_function,
             encoder_positions: e.get((cfg.max_source_positions, dm), "embed_positions.weight")?,
             encoder_layers: (0..cfg.encoder_layers)
