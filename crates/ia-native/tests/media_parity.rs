@@ -81,14 +81,9 @@ fn clip_tiny_matches_transformers_from_image_files() {
 /// backend the load is refused naming why.
 #[test]
 fn clip_tiny_stays_close_in_bf16_or_is_refused() {
-    let Some(mut session) = common::bf16_session("clip-tiny") else {
-        return;
-    };
     // The zero-shot logits are cosines times the temperature (14.3 in this fixture), so their
     // bf16 error is that much larger than the embeddings': 0.1, as OpenVINO's bf16 test.
-    let worst = check_clip(session.as_mut(), BF16_TOLERANCE, 0.1);
-    assert!(worst > 0.0, "bf16 equals f32 exactly: not run in bf16");
-    println!("bf16 clip-tiny max abs diff {worst}");
+    common::check_session_in_bf16("clip-tiny", |s| check_clip(s, BF16_TOLERANCE, 0.1));
 }
 
 /// The two towers' normalised embeddings and the zero-shot logits of the committed images and
@@ -370,12 +365,7 @@ fn detr_tiny_matches_transformers_from_an_image_file() {
 /// pooling f32): logits and boxes within bf16's tolerance, or refused naming why.
 #[test]
 fn detr_tiny_stays_close_in_bf16_or_is_refused() {
-    let Some(mut session) = common::bf16_session("detr-tiny") else {
-        return;
-    };
-    let worst = check_detr(session.as_mut(), BF16_TOLERANCE);
-    assert!(worst > 0.0, "bf16 equals f32 exactly: not run in bf16");
-    println!("bf16 detr-tiny max abs diff {worst}");
+    common::check_session_in_bf16("detr-tiny", |s| check_detr(s, BF16_TOLERANCE));
 }
 
 /// DETR's logits and boxes for the reference's pixels against transformers within
@@ -482,12 +472,7 @@ fn clap_tiny_matches_transformers_from_a_wav_file() {
 /// naming why.
 #[test]
 fn clap_tiny_stays_close_in_bf16_or_is_refused() {
-    let Some(mut session) = common::bf16_session("clap-tiny") else {
-        return;
-    };
-    let worst = check_clap(session.as_mut(), BF16_TOLERANCE);
-    assert!(worst > 0.0, "bf16 equals f32 exactly: not run in bf16");
-    println!("bf16 clap-tiny max abs diff {worst}");
+    common::check_session_in_bf16("clap-tiny", |s| check_clap(s, BF16_TOLERANCE));
 }
 
 /// CLAP's audio and text embeddings of the fixture's wav file and texts, and the zero-shot
@@ -519,6 +504,33 @@ fn check_clap(session: &mut dyn ia_engine::Session, tolerance: f32) -> f32 {
         worst = worst.max(d);
     }
     worst
+}
+
+/// A text longer than the text tower's positions (RoBERTa's start after the padding id) is
+/// an error naming them; the longest that fits runs.
+#[test]
+fn clap_texts_longer_than_its_positions_are_refused() {
+    let table = json(fixture("clap-tiny/config.json"))["text_config"]["max_position_embeddings"]
+        .as_u64()
+        .unwrap() as usize;
+    let mut session = load("clap-tiny");
+    let mut text = |seq_len: usize| {
+        session.run(&Inputs::Text {
+            batch: 1,
+            seq_len,
+            input_ids: vec![5; seq_len],
+            attention_mask: vec![1; seq_len],
+            token_type_ids: vec![0; seq_len],
+        })
+    };
+    let fits = table - 2;
+    assert!(text(fits).is_ok());
+    let err = text(fits + 1).err().expect("a text past the positions");
+    assert!(
+        err.to_string()
+            .contains(&format!("longer than the model's {fits} positions")),
+        "{err}"
+    );
 }
 
 /// Zero-shot labels of different lengths are one batch, the shorter ones padded on the right
@@ -899,12 +911,9 @@ fn check_xclip(
 /// refused naming why.
 #[test]
 fn xclip_tiny_stays_close_in_bf16_or_is_refused() {
-    let Some(mut session) = common::bf16_session("xclip-tiny") else {
-        return;
-    };
-    let worst = check_xclip(session.as_mut(), xclip_pixels(), BF16_TOLERANCE, 0.1);
-    assert!(worst > 0.0, "bf16 equals f32 exactly: not run in bf16");
-    println!("bf16 xclip-tiny max abs diff {worst}");
+    common::check_session_in_bf16("xclip-tiny", |s| {
+        check_xclip(s, xclip_pixels(), BF16_TOLERANCE, 0.1)
+    });
 }
 
 /// The same frames as a lossless video file (media/clip.mkv, FFV1 RGB): ffmpeg decodes and

@@ -79,16 +79,25 @@ impl Embeddings {
     }
 
     fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor) -> Result<Tensor> {
+        let seq_len = input_ids.dim(1)?;
+        // RoBERTa's positions start after the padding id.
+        let last = seq_len + self.padding_idx.map_or(0, |pad| pad as usize + 1);
+        let table = self.position_embeddings.embeddings().dim(0)?;
+        if last > table {
+            candle_core::bail!(
+                "a sequence of {seq_len} tokens is longer than the model's {} positions",
+                table - (last - seq_len)
+            )
+        }
         let x = (self.word_embeddings.forward(input_ids)?
             + self.token_type_embeddings.forward(token_type_ids)?)?;
         let x = match self.padding_idx {
             None => {
-                let seq_len = input_ids.dim(1)?;
                 let positions = Tensor::arange(0u32, seq_len as u32, input_ids.device())?;
                 x.broadcast_add(&self.position_embeddings.forward(&positions)?)?
             }
             Some(pad) => {
-                let (batch, seq_len) = input_ids.dims2()?;
+                let batch = input_ids.dim(0)?;
                 let positions = input_ids
                     .to_vec2::<u32>()?
                     .iter()

@@ -63,6 +63,22 @@ pub fn bf16_session(name: &str) -> Option<Box<dyn Session>> {
     Some(session)
 }
 
+/// `check` (which returns its largest difference from transformers' f32) on the fixture's
+/// session in bf16 where a bf16 backend runs ([`bf16_session`]); bf16 must have changed the
+/// result (else it did not run in bf16).
+#[allow(dead_code)]
+pub fn check_session_in_bf16(name: &str, check: impl FnOnce(&mut dyn Session) -> f32) {
+    let Some(mut session) = bf16_session(name) else {
+        return;
+    };
+    let worst = check(session.as_mut());
+    assert!(
+        worst > 0.0,
+        "{name}: bf16 equals f32 exactly: not run in bf16"
+    );
+    println!("bf16 {name} max abs diff {worst}");
+}
+
 /// [`bf16_session`] for a text generator.
 #[allow(dead_code)]
 pub fn bf16_generator(name: &str) -> Option<Box<dyn TextGenerator>> {
