@@ -5,7 +5,9 @@ Suite "encoders" (default): random-initialised bert-base (BertModel) and ViT-bas
 (ViTForImageClassification). Suite "media": ViT-base b=1, CLIP ViT-B/32 image features b=1
 (random CLIPModel), whisper-tiny.en (the real checkpoint from scripts/fetch_checkpoints.sh)
 transcribing fixtures/media/speech-16k.wav greedily, feature extraction included, and
-wav2vec2-base (random Wav2Vec2ForCTC) CTC logits on the same clip, normalisation included;
+wav2vec2-base (random Wav2Vec2ForCTC) CTC logits on the same clip, normalisation included,
+and DETR with a ResNet-50 backbone (random DetrForObjectDetection, transformers' ResNet) on
+an 800 x 800 image (the native side's test picture as DETR's processor resizes it);
 each case's PyTorch and native sides run back to back, --rounds times (medians reported).
 Suite "runtimes": the same bert-base and ViT-base (b=1 and 8) on every engine in one run:
 native f32 and bf16 (AMX or AVX512-BF16; refused without), ONNX Runtime (CPU EP), OpenVINO f32 and bf16
@@ -281,11 +283,13 @@ SPEECH = ROOT / "fixtures" / "media" / "speech-16k.wav"
 
 def make_media_checkpoints():
     import torch
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, Wav2Vec2Config,
-                              Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC)
+    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, DetrConfig,
+                              DetrForObjectDetection, Wav2Vec2Config, Wav2Vec2FeatureExtractor,
+                              Wav2Vec2ForCTC)
 
     out = CACHE / "compare"
     clip_dir, w2v_dir = out / "clip-vit-b32-random", out / "wav2vec2-base-random"
+    detr_dir = out / "detr-resnet-50-random"
     torch.manual_seed(0)
     if not (clip_dir / "model.safetensors").exists():
         CLIPModel(CLIPConfig()).eval().save_pretrained(clip_dir)  # CLIPConfig() is ViT-B/32
@@ -293,12 +297,17 @@ def make_media_checkpoints():
     if not (w2v_dir / "model.safetensors").exists():
         Wav2Vec2ForCTC(Wav2Vec2Config()).eval().save_pretrained(w2v_dir)  # the base architecture
         Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(w2v_dir)
-    for d in (clip_dir, w2v_dir):
+    if not (detr_dir / "model.safetensors").exists():
+        # transformers' own ResNet-50 (timm is not needed); no processor file: the native
+        # side's default DETR processor resizes to 800 on the shortest edge, as transformers'.
+        config = DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False)
+        DetrForObjectDetection(config).eval().save_pretrained(detr_dir)
+    for d in (clip_dir, w2v_dir, detr_dir):
         mark_random(d)
     whisper_dir = CACHE / "models" / "openai--whisper-tiny.en"
     if not (whisper_dir / "model.safetensors").exists():
         sys.exit(f"{whisper_dir} missing: run scripts/fetch_checkpoints.sh")
-    return clip_dir, whisper_dir, w2v_dir
+    return clip_dir, whisper_dir, w2v_dir, detr_dir
 
 
 def read_speech():
@@ -321,12 +330,13 @@ class Call:
 
 def media_suite(args):
     import torch
-    from transformers import (CLIPModel, ViTForImageClassification, Wav2Vec2FeatureExtractor,
-                              Wav2Vec2ForCTC, WhisperFeatureExtractor, WhisperForConditionalGeneration)
+    from transformers import (CLIPModel, DetrForObjectDetection, ViTForImageClassification,
+                              Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, WhisperFeatureExtractor,
+                              WhisperForConditionalGeneration)
 
     torch.set_num_threads(args.threads)
     _, vit_dir = make_checkpoints()
-    clip_dir, whisper_dir, w2v_dir = make_media_checkpoints()
+    clip_dir, whisper_dir, w2v_dir, detr_dir = make_media_checkpoints()
     speech = read_speech()
     seconds = len(speech) / 16000
     rows = []
@@ -375,6 +385,9 @@ def media_suite(args):
     measure("wav2vec2-base", w2v_dir, w2v,
             lambda: w2v(vfe(speech, sampling_rate=16000, return_tensors="pt").input_values), ms,
             audio=True, extra=audio)
+    detr, ms = load(DetrForObjectDetection, detr_dir)
+    px800 = torch.randn(1, 3, 800, 800)
+    measure("detr-resnet-50", detr_dir, detr, lambda: detr(pixel_values=px800), ms)
 
     import_into_db(rows, args)
     print(f"threads={args.threads} torch={torch.__version__} audio={SPEECH.name} ({seconds:.2f} s) "
@@ -401,7 +414,7 @@ def media_suite(args):
             "rows": out_rows}
 
 
-MEDIA_CASES = ("vit-base", "clip-vit-b32", "whisper-tiny.en", "wav2vec2-base")
+MEDIA_CASES = ("vit-base", "clip-vit-b32", "whisper-tiny.en", "wav2vec2-base", "detr-resnet-50")
 
 
 def runtimes_suite(args):
