@@ -7,14 +7,12 @@
 //! The text tower is pooled at the first end-of-text token, as transformers does (argmax of the
 //! ids only for legacy configs whose eos_token_id is 2).
 
-use super::encoder::{Dense, FeedForwardAct, PreNormLayer, Products, SelfAttention};
+use super::encoder::{Dense, FeedForwardAct, ImageConv, PreNormLayer, Products, SelfAttention};
 use super::LoadContext;
 use crate::kernels::LayerNorm;
 use crate::{kernels, rt, CandleOutput};
 use candle_core::{DType, IndexOp, Module, Tensor};
-use candle_nn::{
-    conv2d_no_bias, embedding, linear_no_bias, Conv2d, Conv2dConfig, Embedding, Linear, VarBuilder,
-};
+use candle_nn::{embedding, linear_no_bias, Embedding, Linear, VarBuilder};
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
@@ -182,6 +180,7 @@ impl VisionTower {
             embeddings: VisionEmbeddings::load(
                 (cfg.num_channels, h, cfg.image_size, cfg.patch_size),
                 vb.pp("embeddings"),
+                products,
             )?,
             pre_layrnorm: LayerNorm::load(h, eps, vb.pp("pre_layrnorm"))?,
             layers: load_layers(
@@ -225,7 +224,8 @@ impl VisionTower {
 /// positions.
 pub(crate) struct VisionEmbeddings {
     class_embedding: Tensor,
-    patch_embedding: Conv2d,
+    /// A convolution with the patch as kernel and stride, no bias.
+    patch_embedding: ImageConv,
     position_embedding: Tensor,
 }
 
@@ -235,21 +235,15 @@ impl VisionEmbeddings {
     pub fn load(
         (channels, h, image_size, patch_size): (usize, usize, usize, usize),
         vb: VarBuilder,
+        products: Products,
     ) -> candle_core::Result<Self> {
         let positions = (image_size / patch_size).pow(2) + 1;
-        let patch = Conv2dConfig {
-            stride: patch_size,
-            ..Default::default()
-        };
+        let weight = vb
+            .pp("patch_embedding")
+            .get((h, channels, patch_size, patch_size), "weight")?;
         Ok(Self {
             class_embedding: vb.get(h, "class_embedding")?,
-            patch_embedding: conv2d_no_bias(
-                channels,
-                h,
-                patch_size,
-                patch,
-                vb.pp("patch_embedding"),
-            )?,
+            patch_embedding: ImageConv::new(&weight, None, patch_size, 0, products)?,
             position_embedding: vb.get((positions, h), "position_embedding.weight")?,
         })
     }
@@ -258,11 +252,7 @@ impl VisionEmbeddings {
     /// token, then the patches, plus the positions.
     pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
         let b = pixels.dim(0)?;
-        let patches = self
-            .patch_embedding
-            .forward(pixels)?
-            .flatten_from(2)?
-            .transpose(1, 2)?;
+        let patches = self.patch_embedding.patches(pixels)?;
         let h = self.class_embedding.dim(0)?;
         let class = self
             .class_embedding

@@ -8,9 +8,9 @@
 //! (`embedder`/`encoder.stages`) or a timm one (`conv1`/`layer1`..., `use_timm_backbone`, as
 //! facebook/detr-resnet-50 ships), and transformers 5's in-memory names (`o_proj`, `mlp.fc1`).
 //!
-//! The backbone runs channels-last: each convolution, its frozen batch norm folded in, is a
-//! [`Dense`] over every output pixel's window ([`kernels::image_windows`]), with the ReLU (or
-//! the block's residual) in the product's pass; every linear layer is a [`Dense`] too, so
+//! The backbone runs channels-last: each convolution, its frozen batch norm folded in, is an
+//! [`ImageConv`] (a [`Dense`] over every output pixel's window), with the ReLU (or the
+//! block's residual) in the product's pass; every linear layer is a [`Dense`] too, so
 //! `--precision bf16` multiplies in bf16 throughout (attention, norms and pooling f32).
 //!
 //! Outputs `logits` [batch, queries, labels + 1] (the last class is "no object") and
@@ -18,7 +18,7 @@
 //! are taken as unpadded (pixel mask all ones).
 
 use super::attention::{Mlp, MultiHeadAttention};
-use super::encoder::{Dense, Products};
+use super::encoder::{Dense, ImageConv, Products};
 use super::LoadContext;
 use crate::kernels::{self, LayerNorm};
 use crate::{rt, CandleOutput};
@@ -120,18 +120,11 @@ enum Naming {
 }
 
 /// Conv2d (no bias) + frozen batch norm (eps 1e-5) + optional activation, channels-last: the
-/// norm's scale folded into the weight's rows and its shift the bias of one [`Dense`] over the
-/// windows.
+/// norm's scale folded into the weight and its shift the bias of one [`ImageConv`].
 struct ConvBn {
-    conv: Dense,
-    kernel: usize,
-    stride: usize,
+    conv: ImageConv,
     act: Option<Activation>,
 }
-
-/// Window values per block of output rows: a block's windows stay in L2 (ResNet-50's first
-/// 3x3 convolutions at 800 x 800 would take 92 MB at once).
-const WINDOW_VALUES: usize = 1 << 19;
 
 impl ConvBn {
     /// `(cin, cout, kernel, stride)`; `conv` and `norm` point at the two modules.
@@ -145,51 +138,18 @@ impl ConvBn {
         let n = norm;
         let scale = (n.get(cout, "weight")? / (n.get(cout, "running_var")? + 1e-5)?.sqrt()?)?;
         let shift = (n.get(cout, "bias")? - (n.get(cout, "running_mean")? * &scale)?)?;
-        // [out, in, kh, kw] -> [out, kh, kw, in], as the windows hold their values.
         let weight = conv
             .get((cout, cin, kernel, kernel), "weight")?
-            .permute((0, 2, 3, 1))?
-            .reshape((cout, kernel * kernel * cin))?
-            .broadcast_mul(&scale.unsqueeze(1)?)?;
+            .broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?;
         Ok(Self {
-            conv: Dense::new(weight, Some(shift), products)?,
-            kernel,
-            stride,
+            conv: ImageConv::new(&weight, Some(shift), stride, kernel / 2, products)?,
             act,
         })
     }
 
     /// `x` [batch, h, w, cin] -> [batch, h', w', cout]; with `residual`, act(conv + residual).
     fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        let apply = |rows: &Tensor, residual: Option<Tensor>| match (residual, &self.act) {
-            (None, Some(act)) => self.conv.forward_activated(rows, *act),
-            (None, None) => self.conv.forward(rows),
-            (Some(r), act) => {
-                let y = self.conv.forward_residual(rows, &r)?;
-                match act {
-                    Some(a) => a.forward(&y),
-                    None => Ok(y),
-                }
-            }
-        };
-        if self.kernel == 1 && self.stride == 1 {
-            return apply(x, residual.cloned());
-        }
-        let (_, h, w, c) = x.dims4()?;
-        let (k, s, pad) = (self.kernel, self.stride, self.kernel / 2);
-        let out_h = kernels::windows_along(h, k, s, pad);
-        let per_row = kernels::windows_along(w, k, s, pad) * k * k * c;
-        let block = (WINDOW_VALUES / per_row.max(1)).max(1);
-        let blocks = (0..out_h)
-            .step_by(block)
-            .map(|y0| {
-                let rows = y0..(y0 + block).min(out_h);
-                let windows = kernels::image_windows(x, k, s, pad, rows.clone())?;
-                let residual = residual.map(|r| r.narrow(1, y0, rows.len())).transpose()?;
-                apply(&windows, residual)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Tensor::cat(&blocks, 1)
+        self.conv.forward(x, self.act, residual)
     }
 }
 

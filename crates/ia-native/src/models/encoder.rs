@@ -313,6 +313,98 @@ impl SelfAttention {
     }
 }
 
+/// A 2-D convolution over channels-last images `[batch, h, w, channels]`: one [`Dense`] over
+/// every output pixel's window ([`kernels::image_windows`]), in blocks of output rows whose
+/// windows stay in cache. DETR's ResNet and the patch embeddings of ViT and CLIP.
+pub(crate) struct ImageConv {
+    conv: Dense,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+/// Window values per block of output rows (2 MiB; ResNet-50's first 3x3 convolutions at
+/// 800 x 800 would take 92 MB at once).
+const WINDOW_VALUES: usize = 1 << 19;
+
+impl ImageConv {
+    /// `weight` [out, in, kernel, kernel] as checkpoints keep a Conv2d's, and `bias` [out].
+    pub fn new(
+        weight: &Tensor,
+        bias: Option<Tensor>,
+        stride: usize,
+        padding: usize,
+        products: Products,
+    ) -> Result<Self> {
+        let (outputs, inputs, kernel, kw) = weight.dims4()?;
+        if kw != kernel {
+            candle_core::bail!("a {kernel} x {kw} kernel: only square kernels are supported")
+        }
+        // [out, in, kh, kw] -> [out, kh, kw, in], as a window holds its values.
+        let weight = weight
+            .permute((0, 2, 3, 1))?
+            .reshape((outputs, kernel * kernel * inputs))?;
+        Ok(Self {
+            conv: Dense::new(weight, bias, products)?,
+            kernel,
+            stride,
+            padding,
+        })
+    }
+
+    /// `x` [batch, h, w, in] -> [batch, h', w', out]: `act(conv(x) + residual)`, the
+    /// activation in the product's pass where there is no residual.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        act: Option<Activation>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let apply = |rows: &Tensor, residual: Option<Tensor>| match (residual, act) {
+            (None, Some(act)) => self.conv.forward_activated(rows, act),
+            (None, None) => self.conv.forward(rows),
+            (Some(r), act) => {
+                let y = self.conv.forward_residual(rows, &r)?;
+                match act {
+                    Some(a) => a.forward(&y),
+                    None => Ok(y),
+                }
+            }
+        };
+        let (k, s, pad) = (self.kernel, self.stride, self.padding);
+        if k == 1 && s == 1 {
+            return apply(x, residual.cloned());
+        }
+        let (_, h, w, c) = x.dims4()?;
+        let out_h = kernels::windows_along(h, k, s, pad);
+        let per_row = kernels::windows_along(w, k, s, pad) * k * k * c;
+        let block = (WINDOW_VALUES / per_row.max(1)).max(1);
+        let blocks = (0..out_h)
+            .step_by(block)
+            .map(|y0| {
+                let rows = y0..(y0 + block).min(out_h);
+                let windows = kernels::image_windows(x, k, s, pad, rows.clone())?;
+                let residual = residual.map(|r| r.narrow(1, y0, rows.len())).transpose()?;
+                apply(&windows, residual)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        match blocks.as_slice() {
+            [one] => Ok(one.clone()),
+            _ => Tensor::cat(&blocks, 1),
+        }
+    }
+
+    /// Pixels [batch, channels, height, width] (as processors give them) -> the patches'
+    /// features [batch, patches, out], row by row: transformers' patch embedding
+    /// (`conv(x).flatten(2).transpose(1, 2)`).
+    pub fn patches(&self, pixels: &Tensor) -> Result<Tensor> {
+        let x = pixels.permute((0, 2, 3, 1))?.contiguous()?;
+        let y = self.forward(&x, None, None)?;
+        let (b, h, w, d) = y.dims4()?;
+        y.reshape((b, h * w, d))
+    }
+}
+
 /// A 1-D convolution over channels-last frames `[frames, channels]`, zero-padded by
 /// `padding` frames on both sides, its activation in the product's pass where it is GELU
 /// ([`kernels::conv1d_frames`]: the windows are read in place, no im2col).

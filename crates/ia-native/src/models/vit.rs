@@ -3,12 +3,12 @@
 //! `vit.encoder.layer.N.*`, `vit.layernorm`, `classifier`). Output: `logits`
 //! [batch, num_labels]. The layers are [`super::encoder`]'s, pre-norm.
 
-use super::encoder::{Dense, PreNormLayer, Products, SelfAttention};
+use super::encoder::{Dense, ImageConv, PreNormLayer, Products, SelfAttention};
 use super::{parse_config, LoadContext};
 use crate::kernels::LayerNorm;
 use crate::{rt, CandleOutput};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{conv2d, Activation, Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Activation, VarBuilder};
 use ia_engine::{EngineError, Inputs, Outputs, Session, SessionInfo};
 use serde::Deserialize;
 use serde_json::Value;
@@ -35,26 +35,24 @@ fn yes() -> bool {
 
 struct Embeddings {
     cls_token: Tensor,
-    projection: Conv2d,
+    /// The patch embedding, a convolution with the patch as kernel and stride.
+    projection: ImageConv,
     position_embeddings: Tensor,
 }
 
 impl Embeddings {
-    fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let h = cfg.hidden_size;
-        let patches = (cfg.image_size / cfg.patch_size).pow(2);
-        let conv = Conv2dConfig {
-            stride: cfg.patch_size,
-            ..Default::default()
-        };
+    fn load(cfg: &Config, vb: VarBuilder, products: Products) -> Result<Self> {
+        let (h, p) = (cfg.hidden_size, cfg.patch_size);
+        let patches = (cfg.image_size / p).pow(2);
+        let conv = vb.pp("patch_embeddings.projection");
         Ok(Self {
             cls_token: vb.get((1, 1, h), "cls_token")?,
-            projection: conv2d(
-                cfg.num_channels,
-                h,
-                cfg.patch_size,
-                conv,
-                vb.pp("patch_embeddings.projection"),
+            projection: ImageConv::new(
+                &conv.get((h, cfg.num_channels, p, p), "weight")?,
+                Some(conv.get(h, "bias")?),
+                p,
+                0,
+                products,
             )?,
             position_embeddings: vb.get((1, patches + 1, h), "position_embeddings")?,
         })
@@ -63,11 +61,7 @@ impl Embeddings {
     /// [batch, channels, height, width] -> [batch, 1 + patches, hidden].
     fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
         let b = pixels.dim(0)?;
-        let patches = self
-            .projection
-            .forward(pixels)?
-            .flatten_from(2)?
-            .transpose(1, 2)?;
+        let patches = self.projection.patches(pixels)?;
         let cls = self
             .cls_token
             .broadcast_as((b, 1, self.cls_token.dim(2)?))?;
@@ -117,7 +111,7 @@ impl Model {
     ) -> Result<Self> {
         let v = vb.pp("vit");
         Ok(Self {
-            embeddings: Embeddings::load(cfg, v.pp("embeddings"))?,
+            embeddings: Embeddings::load(cfg, v.pp("embeddings"), products)?,
             layers: (0..cfg.num_hidden_layers)
                 .map(|i| load_layer(cfg, v.pp(format!("encoder.layer.{i}")), products))
                 .collect::<Result<_>>()?,

@@ -244,6 +244,7 @@ impl VisionTower {
             embeddings: clip::VisionEmbeddings::load(
                 (v.num_channels, v.hidden_size, v.image_size, v.patch_size),
                 vb.pp("embeddings"),
+                products,
             )?,
             pre_layernorm: LayerNorm::load(v.hidden_size, EPS, vb.pp("pre_layernorm"))?,
             layers,
