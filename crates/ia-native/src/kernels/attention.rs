@@ -40,20 +40,23 @@ pub fn attention(
         return with_candle(qkv, heads, key_mask, causal, None);
     }
     let qkv = qkv.contiguous()?;
-    fn op(heads: usize, key_mask: Option<&[f32]>, causal: bool, bf16: bool) -> Attention<'_> {
-        Attention {
+    match key_mask {
+        Some(mask) => with_f32("attention", &mask.contiguous()?, |mask| {
+            qkv.apply_op1_no_bwd(&Attention {
+                heads,
+                key_mask: Some(mask),
+                score_bias: None,
+                causal,
+                bf16,
+            })
+        }),
+        None => qkv.apply_op1_no_bwd(&Attention {
             heads,
-            key_mask,
+            key_mask: None,
             score_bias: None,
             causal,
             bf16,
-        }
-    }
-    match key_mask {
-        Some(mask) => with_f32("attention", &mask.contiguous()?, |mask| {
-            qkv.apply_op1_no_bwd(&op(heads, Some(mask), causal, bf16))
         }),
-        None => qkv.apply_op1_no_bwd(&op(heads, None, causal, bf16)),
     }
 }
 

@@ -305,6 +305,18 @@ impl Storage {
             .find(|f| inputs.is_multiple_of(f.row_multiple()))
     }
 
+    /// `weight` [outputs, inputs] as this storage multiplies it: quantised in the format its
+    /// rows take ([`Storage::format_for`]), else packed as loaded or in bf16.
+    fn pack(&self, weight: &Tensor) -> candle_core::Result<kernels::Weight> {
+        let (_, inputs) = weight.dims2()?;
+        Ok(match self.format_for(inputs) {
+            Some(format) => {
+                kernels::Weight::Quant(Arc::new(QuantMatrix::quantize(weight, format)?))
+            }
+            None => kernels::Weight::new(weight, matches!(self, Storage::Bf16))?,
+        })
+    }
+
     /// The quantised matrix `outputs x inputs` named `weight` under `vb`: quantised here from
     /// the VarBuilder's values, or a .gguf file's blocks; None where the matrix stays as
     /// loaded.
@@ -394,10 +406,7 @@ fn linear(
     let bias_of = |vb: &VarBuilder| bias.then(|| vb.get(output, "bias")).transpose();
     let weight = match storage.matrix(input, output, &vb)? {
         Some(m) => kernels::Weight::Quant(m),
-        None => kernels::Weight::new(
-            &vb.get((output, input), "weight")?,
-            matches!(storage, Storage::Bf16),
-        )?,
+        None => storage.pack(&vb.get((output, input), "weight")?)?,
     };
     Ok(Proj::Kernel {
         weight,
@@ -437,13 +446,7 @@ impl Stacked {
                 .collect::<candle_core::Result<Vec<_>>>()?;
             Tensor::cat(&tensors, 0)
         };
-        let weight = cat("weight", &|output| (output, input).into())?;
-        let weight = match storage.format_for(input) {
-            Some(format) => {
-                kernels::Weight::Quant(Arc::new(QuantMatrix::quantize(&weight, format)?))
-            }
-            None => kernels::Weight::new(&weight, matches!(storage, Storage::Bf16))?,
-        };
+        let weight = storage.pack(&cat("weight", &|output| (output, input).into())?)?;
         let bias = bias
             .then(|| cat("bias", &|output| output.into()))
             .transpose()?;
