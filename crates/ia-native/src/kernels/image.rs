@@ -77,7 +77,12 @@ pub fn image_windows(
 /// apart, `padding` outside taking no part (torch's `MaxPool2d`).
 pub fn max_pool(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
     let (b, h, w, c) = x.dims4()?;
-    if kernel == 0 || stride == 0 || padding >= kernel || h + 2 * padding < kernel {
+    if kernel == 0
+        || stride == 0
+        || padding >= kernel
+        || h + 2 * padding < kernel
+        || w + 2 * padding < kernel
+    {
         candle_core::bail!("max pool: a {h} x {w} image, kernel {kernel}, stride {stride}")
     }
     let (out_h, out_w) = (

@@ -372,7 +372,8 @@ impl ImageConv {
             }
         };
         let (k, s, pad) = (self.kernel, self.stride, self.padding);
-        if k == 1 && s == 1 {
+        // A 1x1 window unpadded is the pixel itself: no windows to copy.
+        if k == 1 && s == 1 && pad == 0 {
             return apply(x, residual.cloned());
         }
         let (_, h, w, c) = x.dims4()?;
