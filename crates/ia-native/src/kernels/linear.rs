@@ -11,7 +11,7 @@ use super::bf16::{self, Activations, PackedBf16};
 use super::math;
 use super::panels::{self, PackedF32};
 use super::quant::{self, QuantMatrix};
-use super::{applies, f32_slice, isa, multiversion, product, row_major, with_f32, Output};
+use super::{applies, f32_slice, isa, multiversion, product, row_major, with_f32, Output, Strided};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// The activation a linear layer applies to its output, in the same pass.
@@ -36,6 +36,11 @@ pub enum Weight {
     /// Q8_0 or Q4_K blocks laid out for the quantised kernel ([`QuantMatrix`]); the
     /// activations are quantised per block of 32 around the product.
     Quant(std::sync::Arc<QuantMatrix>),
+    /// f32 [out, in] as the checkpoint keeps it, shared with another user: a tied head's
+    /// token table, which the embeddings look up. No packed copy of a vocabulary-sized matrix
+    /// (Qwen2-0.5B's is 545 MB); a decode step's few rows take dot products with its rows
+    /// where they lie ([`DOT_ROWS`]), more rows go through gemm.
+    Rows(Tensor),
 }
 
 impl Weight {
@@ -67,6 +72,10 @@ impl Weight {
             Weight::Panels(p) => Ok((p.inputs(), p.outputs())),
             Weight::Bf16(p) => Ok((p.inputs(), p.outputs())),
             Weight::Quant(q) => Ok((q.inputs(), q.outputs())),
+            Weight::Rows(t) => {
+                let (outputs, inputs) = t.dims2()?;
+                Ok((inputs, outputs))
+            }
         }
     }
 }
@@ -89,6 +98,9 @@ pub fn linear(
     match weight {
         Weight::Transposed(w) if !(on_kernels && applies(w)) => {
             return with_candle(x, w, bias, act, residual)
+        }
+        Weight::Rows(w) if !(on_kernels && applies(w)) => {
+            return with_candle(x, &w.t()?, bias, act, residual)
         }
         Weight::Panels(_) | Weight::Bf16(_) | Weight::Quant(_) if !on_kernels => {
             candle_core::bail!(
@@ -125,6 +137,16 @@ pub fn linear(
                 with_weight(Weights::F32 {
                     data,
                     inputs: w.dim(0)?,
+                    outputs,
+                })
+            })?
+        }
+        Weight::Rows(w) => {
+            let w = w.contiguous()?;
+            with_f32("linear", &w, |data| {
+                with_weight(Weights::Rows {
+                    data,
+                    inputs,
                     outputs,
                 })
             })?
@@ -180,6 +202,12 @@ enum Weights<'a> {
     Panels(&'a PackedF32),
     Bf16(&'a PackedBf16),
     Quant(&'a QuantMatrix),
+    /// [outputs, inputs] row-major ([`Weight::Rows`]).
+    Rows {
+        data: &'a [f32],
+        inputs: usize,
+        outputs: usize,
+    },
 }
 
 impl Weights<'_> {
@@ -187,6 +215,9 @@ impl Weights<'_> {
     fn dims(&self) -> (usize, usize) {
         match *self {
             Weights::F32 {
+                inputs, outputs, ..
+            }
+            | Weights::Rows {
                 inputs, outputs, ..
             } => (inputs, outputs),
             Weights::Panels(p) => (p.inputs(), p.outputs()),
@@ -226,7 +257,7 @@ impl Linear<'_> {
         }
         let (k2, n) = self.weight.dims();
         let align = match self.weight {
-            Weights::F32 { .. } => 16,
+            Weights::F32 { .. } | Weights::Rows { .. } => 16,
             Weights::Panels(_) => panels::PANEL,
             Weights::Bf16(_) => PackedBf16::COLUMN_ALIGN,
             Weights::Quant(_) => quant::GROUP,
@@ -261,11 +292,15 @@ impl Linear<'_> {
         let isa = isa();
         let activations = match self.weight {
             Weights::Bf16(p) => Some(Activations::convert(x, m, row_stride, p)),
-            Weights::F32 { .. } | Weights::Panels(_) | Weights::Quant(_) => None,
+            Weights::F32 { .. } | Weights::Panels(_) | Weights::Quant(_) | Weights::Rows { .. } => {
+                None
+            }
         };
         let quantised = match self.weight {
             Weights::Quant(_) => Some(quant::Activations::new(x, m, k)),
-            Weights::F32 { .. } | Weights::Panels(_) | Weights::Bf16(_) => None,
+            Weights::F32 { .. } | Weights::Panels(_) | Weights::Bf16(_) | Weights::Rows { .. } => {
+                None
+            }
         };
         let block = |start: usize| {
             let cols = width.min(n - start);
@@ -318,6 +353,42 @@ impl Linear<'_> {
                         row_major(w.as_ptr().add(start), n),
                     )
                 },
+                (Weights::Rows { data: w, .. }, _) => {
+                    let w = &w[start * k..(start + cols) * k];
+                    if m <= DOT_ROWS {
+                        let mut block = vec![0f32; m * cols];
+                        row_dots(isa, x, m, row_stride, w, k, &mut block);
+                        for (r, row) in block.chunks_exact(cols).enumerate() {
+                            // SAFETY: row r's columns start..start+cols of the m x n output,
+                            // written by this block only.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(
+                                    row.as_ptr(),
+                                    dst.at(r * n + start),
+                                    cols,
+                                )
+                            }
+                        }
+                    } else {
+                        // SAFETY: x is m rows of k at row_stride; w's rows are the columns
+                        // of a k x cols right-hand side (row stride 1, column stride k);
+                        // dst is m x n row-major and this block writes only its columns.
+                        unsafe {
+                            product(
+                                m,
+                                cols,
+                                k,
+                                row_major(dst.at(start), n),
+                                row_major(x.as_ptr(), row_stride),
+                                Strided {
+                                    ptr: w.as_ptr(),
+                                    row_stride: 1,
+                                    col_stride: k,
+                                },
+                            )
+                        }
+                    }
+                }
                 (Weights::Bf16(p), Some(a)) => {
                     let padded = width.min(p.padded_outputs() - start);
                     if start + padded <= n {
@@ -377,6 +448,63 @@ impl Linear<'_> {
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
+
+/// The most rows [`Weight::Rows`] multiplies by dot products; more go through gemm, whose
+/// packing of the whole table per call costs less than the dot products' lower arithmetic
+/// rate once there are that many rows to share it.
+const DOT_ROWS: usize = 16;
+
+/// `dst[r][c] = x_r . w_c` for the `m` rows of `x` (`k` values, `row_stride` apart) and the
+/// rows of `w` (`k` values each); dst is `m x (w.len() / k)` row-major. Four rows of `w` at a
+/// time against every row of `x`, so each is read from memory once (a decode step reads a
+/// vocabulary-sized table for a handful of rows).
+#[inline(always)]
+fn row_dots_body(x: &[f32], m: usize, row_stride: usize, w: &[f32], k: usize, dst: &mut [f32]) {
+    let cols = w.len() / k.max(1);
+    let mut c0 = 0;
+    while c0 < cols {
+        let group = (cols - c0).min(4);
+        // A partial group repeats its last row (computed, not stored).
+        let row = |q: usize| &w[(c0 + q.min(group - 1)) * k..][..k];
+        let rows = [row(0), row(1), row(2), row(3)];
+        for r in 0..m {
+            let sums = dot4(&x[r * row_stride..][..k], rows);
+            dst[r * cols + c0..][..group].copy_from_slice(&sums[..group]);
+        }
+        c0 += group;
+    }
+}
+
+/// The dot products of `x` with four rows of its length, each in 16 partial sums (one
+/// AVX-512 register; LLVM keeps float sums in order, so one sum would not vectorise).
+#[inline(always)]
+fn dot4(x: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
+    const LANES: usize = 16;
+    let (mut a0, mut a1, mut a2, mut a3) =
+        ([0f32; LANES], [0f32; LANES], [0f32; LANES], [0f32; LANES]);
+    let [w0, w1, w2, w3] = rows.map(|r| r.chunks_exact(LANES));
+    for ((((xs, c0), c1), c2), c3) in x.chunks_exact(LANES).zip(w0).zip(w1).zip(w2).zip(w3) {
+        for l in 0..LANES {
+            a0[l] += xs[l] * c0[l];
+            a1[l] += xs[l] * c1[l];
+            a2[l] += xs[l] * c2[l];
+            a3[l] += xs[l] * c3[l];
+        }
+    }
+    let whole = x.len() / LANES * LANES;
+    let mut sums = [0f32; 4];
+    for (q, acc) in [a0, a1, a2, a3].iter().enumerate() {
+        let tail: f32 = x[whole..]
+            .iter()
+            .zip(&rows[q][whole..])
+            .map(|(a, b)| a * b)
+            .sum();
+        sums[q] = acc.iter().sum::<f32>() + tail;
+    }
+    sums
+}
+
+multiversion!(fn row_dots(x: &[f32], m: usize, row_stride: usize, w: &[f32], k: usize, dst: &mut [f32]) => row_dots_body);
 
 /// `act(row + bias) + residual`, element by element in one pass: in three passes (bias, then
 /// the activation, then the residual) the rows that had left L2 were read three times, and
@@ -496,7 +624,7 @@ pub fn conv1d_frames(
     act: Activation,
 ) -> Result<Tensor> {
     let (frames, channels) = x.dims2()?;
-    if matches!(weight, Weight::Quant(_)) {
+    if matches!(weight, Weight::Quant(_) | Weight::Rows(_)) {
         candle_core::bail!("conv1d_frames: f32 or bf16 weights from conv_weight")
     }
     let (inputs, outputs) = weight.dims()?;
@@ -553,7 +681,7 @@ pub fn conv1d_frames(
                 })
             })
         }
-        Weight::Quant(_) => unreachable!("refused above"),
+        Weight::Quant(_) | Weight::Rows(_) => unreachable!("refused above"),
     }
 }
 
@@ -582,7 +710,7 @@ impl CustomOp1 for Windows<'_> {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
-        if matches!(self.linear.weight, Weights::Quant(_)) {
+        if matches!(self.linear.weight, Weights::Quant(_) | Weights::Rows { .. }) {
             candle_core::bail!("conv1d_frames takes f32 or bf16 weights")
         }
         let (inputs, _) = self.linear.weight.dims();
@@ -711,12 +839,18 @@ mod tests {
     }
 
     /// Every combination of bias, activation and residual equals candle's steps, on every shape
-    /// class (one row, a ragged column count, more columns than one thread's block).
+    /// class (one row, a ragged column count, more columns than one thread's block), with the
+    /// weight packed and with its rows as they lie (dot products for the first two shapes'
+    /// rows, gemm for the third's).
     #[test]
     fn equals_candles_steps() {
-        for (m, k, n) in SHAPES {
+        for ((m, k, n), rows) in SHAPES.into_iter().flat_map(|s| [(s, false), (s, true)]) {
             let (x, w, b, r) = operands(m, k, n);
-            let wt = Weight::new(&w, false).unwrap();
+            let wt = if rows {
+                Weight::Rows(w.clone())
+            } else {
+                Weight::new(&w, false).unwrap()
+            };
             for bias in [None, Some(&b)] {
                 for act in [
                     Activation::Identity,
@@ -737,7 +871,7 @@ mod tests {
                         let diff = crate::kernels::max_abs_diff(&ours, &want);
                         assert!(
                             diff < 1e-4,
-                            "{m}x{k}x{n} bias {} {act:?} residual {}: {diff}",
+                            "{m}x{k}x{n} rows {rows} bias {} {act:?} residual {}: {diff}",
                             bias.is_some(),
                             residual.is_some()
                         );
@@ -824,6 +958,42 @@ mod tests {
             .unwrap();
             let d = crate::kernels::max_abs_diff(&got, &f32_conv);
             assert!(d < 3e-2 * ((kernel * channels) as f32).sqrt(), "{d}");
+        }
+    }
+
+    /// The dot products of a tied head give the same sums on every instruction set, for a
+    /// row count and widths that leave partial groups and partial lanes.
+    #[test]
+    fn every_isa_gives_the_same_row_dots() {
+        let (m, k, cols, stride) = (3, 37, 10, 41);
+        let x: Vec<f32> = (0..(m - 1) * stride + k)
+            .map(|i| (i % 13) as f32 * 0.25 - 1.5)
+            .collect();
+        let w: Vec<f32> = (0..cols * k)
+            .map(|i| (i % 11) as f32 * -0.125 + 0.6)
+            .collect();
+        let want: Vec<f32> = (0..m)
+            .flat_map(|r| {
+                let (x, w) = (&x, &w);
+                (0..cols).map(move |c| {
+                    (0..k)
+                        .map(|i| x[r * stride + i] as f64 * w[c * k + i] as f64)
+                        .sum::<f64>() as f32
+                })
+            })
+            .collect();
+        for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+            if isa > Isa::detected() {
+                continue;
+            }
+            let mut got = vec![f32::NAN; m * cols];
+            row_dots(isa, &x, m, stride, &w, k, &mut got);
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "{isa:?}: {g} vs {w}"
+                );
+            }
         }
     }
 

@@ -22,7 +22,7 @@ use crate::kernels::{
 };
 use crate::rt;
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{kv_cache::KvCache, Activation, Embedding, Linear, VarBuilder};
+use candle_nn::{kv_cache::KvCache, Activation, Embedding, VarBuilder};
 use ia_engine::generation::{SequenceId, SequencePool};
 use ia_engine::{EngineError, SessionInfo, TextGenerator};
 use serde::Deserialize;
@@ -355,42 +355,30 @@ impl Storage {
     }
 }
 
-/// A projection: weights packed for our kernel (f32 panels, bf16 or quantised blocks), or
-/// candle's linear layer over a tied head's f32 embedding table (a packed copy would hold
-/// the vocabulary's table twice).
-enum Proj {
-    Candle(Linear),
-    Kernel {
-        weight: kernels::Weight,
-        bias: Option<Tensor>,
-    },
+/// A projection on our kernel: weights packed (f32 panels, bf16 or quantised blocks), or a
+/// tied head's f32 embedding table itself ([`kernels::Weight::Rows`]: a packed copy would
+/// hold the vocabulary's table twice).
+struct Proj {
+    weight: kernels::Weight,
+    bias: Option<Tensor>,
 }
 
 impl Proj {
     /// `x . W + bias`, plus `residual` in the kernel's pass where there is one.
     fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        match self {
-            Proj::Candle(l) => match residual {
-                Some(r) => l.forward(x)? + r,
-                None => l.forward(x),
-            },
-            Proj::Kernel { weight, bias } => kernels::linear(
-                x,
-                weight,
-                bias.as_ref(),
-                kernels::Activation::Identity,
-                residual,
-            ),
-        }
+        kernels::linear(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            kernels::Activation::Identity,
+            residual,
+        )
     }
 
     /// The quantised matrix, if this projection has one.
     fn quantised(&self) -> Option<&QuantMatrix> {
-        match self {
-            Proj::Kernel {
-                weight: kernels::Weight::Quant(q),
-                ..
-            } => Some(q),
+        match &self.weight {
+            kernels::Weight::Quant(q) => Some(q),
             _ => None,
         }
     }
@@ -408,7 +396,7 @@ fn linear(
         Some(m) => kernels::Weight::Quant(m),
         None => storage.pack(&vb.get((output, input), "weight")?)?,
     };
-    Ok(Proj::Kernel {
+    Ok(Proj {
         weight,
         bias: bias_of(&vb)?,
     })
@@ -450,7 +438,7 @@ impl Stacked {
         let bias = bias
             .then(|| cat("bias", &|output| output.into()))
             .transpose()?;
-        Ok(Stacked::One(Proj::Kernel { weight, bias }))
+        Ok(Stacked::One(Proj { weight, bias }))
     }
 
     /// [tokens, the parts' outputs side by side].
@@ -773,19 +761,20 @@ impl Weights {
             && (storage.matrix(hidden, vocab, &head)?.is_some() || head.contains_tensor("weight"));
         let head_is_tied = cfg.tied_head() && !file_has_head;
         let lm_head = match (&embed_tokens, head_is_tied) {
-            (TokenEmbeddings::Quantised(q), true) => Proj::Kernel {
+            (TokenEmbeddings::Quantised(q), true) => Proj {
                 weight: kernels::Weight::Quant(q.clone()),
                 bias: None,
             },
             // bf16 packs the head apart from the f32 table the embeddings look up: the head
             // is the largest product of a decode step, and bf16 halves what it reads.
-            (TokenEmbeddings::Table(t), true) if matches!(storage, Storage::Bf16) => Proj::Kernel {
+            (TokenEmbeddings::Table(t), true) if matches!(storage, Storage::Bf16) => Proj {
                 weight: kernels::Weight::new(t.embeddings(), true)?,
                 bias: None,
             },
-            (TokenEmbeddings::Table(t), true) => {
-                Proj::Candle(Linear::new(t.embeddings().clone(), None))
-            }
+            (TokenEmbeddings::Table(t), true) => Proj {
+                weight: kernels::Weight::Rows(t.embeddings().clone()),
+                bias: None,
+            },
             (_, false) => linear(hidden, vocab, false, head, storage)?,
         };
         Ok(Self {
@@ -839,11 +828,7 @@ impl Weights {
             .map(|p| (p, true))
             .chain([(&self.lm_head, !head_copies_table)])
         {
-            if let Proj::Kernel {
-                weight: kernels::Weight::Bf16(p),
-                ..
-            } = proj
-            {
+            if let kernels::Weight::Bf16(p) = &proj.weight {
                 if replaces {
                     totals.0 += (p.outputs() * p.inputs()) as u64;
                 }

@@ -37,6 +37,19 @@ impl Dense {
         })
     }
 
+    /// A language model's output head tied to the token embeddings' `table` [vocab, hidden].
+    /// Multiplied as loaded it is the table itself ([`kernels::Weight::Rows`]: no copy of a
+    /// vocabulary-sized matrix); under `--precision bf16` a bf16 copy packed for the products,
+    /// the table staying f32 for the lookups (bf16 halves what a decode step reads, and the
+    /// head is its largest product).
+    pub fn tied(table: &Tensor, products: Products) -> Result<Self> {
+        let weight = match products {
+            Products::AsLoaded => kernels::Weight::Rows(table.clone()),
+            Products::Bf16 => kernels::Weight::new(table, true)?,
+        };
+        Ok(Self { weight, bias: None })
+    }
+
     /// `weight` [outputs, inputs] and, where `bias`, `bias` [outputs] under `vb` (candle_nn's
     /// `linear_b`).
     pub fn load_b(
@@ -96,40 +109,6 @@ impl Dense {
             kernels::Activation::Identity,
             Some(residual),
         )
-    }
-}
-
-/// A language model's output head: its own weight ([`Dense`]), or the token embeddings'
-/// table. A tied head multiplied as loaded is candle's `Linear` over the table itself (no
-/// copy of a vocabulary-sized matrix); under `--precision bf16` it is a bf16 copy packed for
-/// the products, the table staying f32 for the lookups.
-pub(crate) enum OutputHead {
-    Shared(candle_nn::Linear),
-    Dense(Dense),
-}
-
-impl OutputHead {
-    /// The head tied to `table` [vocab, hidden].
-    pub fn tied(table: &Tensor, products: Products) -> Result<Self> {
-        Ok(match products {
-            Products::AsLoaded => Self::Shared(candle_nn::Linear::new(table.clone(), None)),
-            Products::Bf16 => Self::Dense(Dense::new(table.clone(), None, products)?),
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::Shared(linear) => linear.forward(x),
-            Self::Dense(dense) => dense.forward(x),
-        }
-    }
-
-    /// As [`Dense::packed_bf16`].
-    pub fn packed_bf16(&self) -> Option<(u64, u64)> {
-        match self {
-            Self::Shared(_) => None,
-            Self::Dense(dense) => dense.packed_bf16(),
-        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! optional input/output projections when `word_embed_proj_dim != hidden_size`, and an LM head
 //! tied to the token embeddings. Tensor names match the HF checkpoint (`model.decoder.*`).
 
-use super::encoder::{Dense, OutputHead, Products};
+use super::encoder::{Dense, Products};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{
     embedding, layer_norm, Activation, Embedding, LayerNorm, LayerNormConfig, VarBuilder,
@@ -194,7 +194,7 @@ pub struct Model {
     project_out: Option<Dense>,
     final_layer_norm: Option<LayerNorm>,
     layers: Vec<DecoderLayer>,
-    lm_head: OutputHead,
+    lm_head: Dense,
     /// The head is the token embeddings' matrix (a copy where it is packed in bf16).
     head_is_tied: bool,
     max_positions: usize,
@@ -249,15 +249,9 @@ impl Model {
             .map(|i| DecoderLayer::load(cfg, d.pp(format!("layers.{i}")), products))
             .collect::<Result<Vec<_>>>()?;
         let lm_head = if cfg.tie_word_embeddings {
-            OutputHead::tied(embed_tokens.embeddings(), products)?
+            Dense::tied(embed_tokens.embeddings(), products)?
         } else {
-            OutputHead::Dense(Dense::load_b(
-                proj_dim,
-                cfg.vocab_size,
-                false,
-                vb.pp("lm_head"),
-                products,
-            )?)
+            Dense::load_b(proj_dim, cfg.vocab_size, false, vb.pp("lm_head"), products)?
         };
         Ok(Self {
             embed_tokens,

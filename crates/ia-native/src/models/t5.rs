@@ -9,7 +9,7 @@
 //! `T5Generator` runs the encoder once per prompt and the decoder one token per step, with
 //! self-attention keys/values cached and cross-attention keys/values computed once.
 
-use super::encoder::{Dense, OutputHead, Products};
+use super::encoder::{Dense, Products};
 use super::{parse_config, LoadContext};
 use crate::rt;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
@@ -468,7 +468,7 @@ pub struct Model {
     shared: Embedding,
     encoder: Stack,
     decoder: Stack,
-    lm_head: OutputHead,
+    lm_head: Dense,
     /// d_model^-0.5 when the head is tied to the embeddings, else 1.
     output_scale: f64,
 }
@@ -487,15 +487,15 @@ impl Model {
             products,
         )?;
         let lm_head = if cfg.tie_word_embeddings {
-            OutputHead::tied(shared.embeddings(), products)?
+            Dense::tied(shared.embeddings(), products)?
         } else {
-            OutputHead::Dense(Dense::load_b(
+            Dense::load_b(
                 cfg.d_model,
                 cfg.vocab_size,
                 false,
                 vb.pp("lm_head"),
                 products,
-            )?)
+            )?
         };
         let scale = cfg.scale_decoder_outputs.unwrap_or(cfg.tie_word_embeddings);
         Ok(Self {

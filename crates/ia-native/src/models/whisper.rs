@@ -136,7 +136,7 @@ pub struct Model {
     decoder_positions: Tensor,
     decoder_layers: Vec<DecoderLayer>,
     decoder_layer_norm: LayerNorm,
-    lm_head: Tensor,
+    lm_head: Dense,
     embed_scale: f64,
     past_len: usize,
     pub config: Config,
@@ -148,8 +148,9 @@ impl Model {
         Self::load_with(vb, cfg, Products::AsLoaded)
     }
 
-    /// `products`: how the linear layers and the encoder's attention multiply ([`Products`]);
-    /// the convolutions, the decoder's attention and the tied vocabulary head in f32.
+    /// `products`: how the linear layers, the convolutions, the encoder's attention and the
+    /// vocabulary head multiply ([`Products`]; a tied head in bf16 is a copy of the token
+    /// table); the decoder's attention in f32.
     /// Bf16 needs [`crate::kernels::bf16::available`].
     pub fn load_with(vb: VarBuilder, cfg: &Config, products: Products) -> Result<Self> {
         let e = vb.pp("model.encoder");
@@ -158,9 +159,13 @@ impl Model {
         let embed_tokens = embedding(cfg.vocab_size, dm, d.pp("embed_tokens"))?;
         // transformers ties proj_out to the token embeddings; a separate head is used if stored.
         let lm_head = if vb.contains_tensor("proj_out.weight") {
-            vb.get((cfg.vocab_size, dm), "proj_out.weight")?
+            Dense::new(
+                vb.get((cfg.vocab_size, dm), "proj_out.weight")?,
+                None,
+                products,
+            )?
         } else {
-            embed_tokens.embeddings().clone()
+            Dense::tied(embed_tokens.embeddings(), products)?
         };
         Ok(Self {
             conv1: FrameConv::load(
@@ -241,14 +246,12 @@ impl Model {
             x = layer.forward(&x, mask.as_ref())?;
         }
         self.past_len += t;
-        self.decoder_layer_norm
-            .forward(&x)?
-            .broadcast_matmul(&self.lm_head.t()?)
+        self.lm_head.forward(&self.decoder_layer_norm.forward(&x)?)
     }
 
     /// Keeps, for each new row, the caches of row `rows[i]` (beam search).
     pub fn reorder(&mut self, rows: &[u32]) -> Result<()> {
-        let idx = Tensor::new(rows, self.lm_head.device())?;
+        let idx = Tensor::new(rows, self.decoder_positions.device())?;
         for layer in &mut self.decoder_layers {
             if let Some((k, v)) = &layer.self_kv {
                 layer.self_kv = Some((k.index_select(&idx, 0)?, v.index_select(&idx, 0)?));
