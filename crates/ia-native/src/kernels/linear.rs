@@ -1,8 +1,9 @@
 //! Linear layers: `act(x . W + bias) + residual` in one pass over the output.
 //!
-//! The weight is stored transposed (`[in, out]` row-major) for gemm, which still packs its
-//! operands on every call; on CPUs whose widest set is AVX2 it is packed once at load for
-//! [`super::panels`] instead. The output columns are split between the threads, each running
+//! The weight is packed once at load: for [`super::panels`] on CPUs with AVX2 or AVX-512, in
+//! bf16 for `--precision bf16`, in quantised blocks; elsewhere it is stored transposed
+//! (`[in, out]` row-major) for gemm, which packs its operands on every call. A tied head's
+//! token table is used as it lies ([`Weight::Rows`]). The output columns are split between the threads, each running
 //! the product on one thread and then the bias, activation and residual add on its own block
 //! while it is still in cache: for the few rows of a short batch (128 x 768 x 3072) gemm's own split makes
 //! two threads slower than one; split by columns they are about twice as fast.

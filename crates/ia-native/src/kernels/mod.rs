@@ -9,8 +9,8 @@
 //!
 //! - [`linear`]: a linear layer with its bias, GELU and residual add done by the thread that
 //!   computed each block of the product, while it is in cache;
-//! - [`panels`]: f32 products against weights packed once at load, on CPUs whose widest set
-//!   is AVX2 (elsewhere gemm, below);
+//! - [`panels`]: f32 products against weights packed once at load, on CPUs with AVX2 or
+//!   AVX-512 (elsewhere gemm, below);
 //! - [`bf16`]: bf16 products on AMX or AVX512-BF16 for `--precision bf16` (weights packed
 //!   at load);
 //! - [`quant`]: products with Q8_0 weights (`vpdpbusd` on AVX512-VNNI) for `--precision q8_0`;

@@ -55,6 +55,26 @@ impl PackedF32 {
     /// in]), without a transposed copy first; one panel per task.
     pub fn pack(weight: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(weight.len(), k * n, "a {n} x {k} weight");
+        Self::pack_strided(weight, n, k, k, 1)
+    }
+
+    /// Packs the `[n, k]` matrix whose element (output c, input i) is at
+    /// `data[c * out_stride + i * in_stride]`: an attention head's keys among the stacked
+    /// query/key/value rows, or its values transposed.
+    pub fn pack_strided(
+        data: &[f32],
+        n: usize,
+        k: usize,
+        out_stride: usize,
+        in_stride: usize,
+    ) -> Self {
+        if n > 0 && k > 0 {
+            assert!(
+                (n - 1) * out_stride + (k - 1) * in_stride < data.len(),
+                "a {n} x {k} matrix at strides {out_stride}, {in_stride} in {} values",
+                data.len()
+            );
+        }
         use rayon::prelude::*;
         let panels = n.div_ceil(PANEL);
         // A cache line is 16 f32: the first aligned element is at most 15 in.
@@ -68,7 +88,7 @@ impl PackedF32 {
                     let (first, cols) = (p * PANEL, PANEL.min(n - p * PANEL));
                     for (i, row) in panel.chunks_exact_mut(PANEL).enumerate() {
                         for (c, v) in row[..cols].iter_mut().enumerate() {
-                            *v = weight[(first + c) * k + i];
+                            *v = data[(first + c) * out_stride + i * in_stride];
                         }
                     }
                 });
