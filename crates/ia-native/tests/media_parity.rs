@@ -245,9 +245,9 @@ fn check_whisper_logits(products: Products, tolerance: f32) -> f32 {
     enc_d.max(logits_d)
 }
 
-/// `--precision bf16` on the CPU: Whisper's linear layers and encoder attention with bf16
-/// products (AMX, or AVX512-BF16 without it; convolutions, the decoder's attention and the
-/// tied head f32) keep the tiny fixture's encoder output and logits within bf16's tolerance
+/// `--precision bf16` on the CPU: Whisper's linear layers, convolutions, tied head (a bf16
+/// copy of the token table) and encoder attention with bf16 products (AMX, or AVX512-BF16
+/// without it; the decoder's attention f32) keep the tiny fixture's encoder output and logits within bf16's tolerance
 /// of transformers' f32, and the real whisper-tiny.en transcribes the clip with the f32
 /// (transformers') greedy tokens, as OpenVINO's bf16 test asks; without a bf16 backend the
 /// recogniser is refused naming why.

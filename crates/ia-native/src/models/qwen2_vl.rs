@@ -22,7 +22,7 @@ use super::{decoder, LoadContext};
 use crate::kernels::{LayerNorm, RmsNorm};
 use crate::rt;
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use candle_transformers::models::clip::text_model::Activation as ClipActivation;
 use ia_engine::generation::ImageBatch;
 use ia_engine::{EngineError, SessionInfo, TextGenerator};
@@ -516,7 +516,7 @@ fn axis_taps(index: usize, size: usize, side: usize) -> ([usize; 2], [f32; 2]) {
 /// `Qwen2VisionTransformerPretrainedModel` and its successors: patches of one image -> its
 /// merged tokens (and Qwen3-VL's DeepStack features).
 struct Vision {
-    patch_embed: Linear,
+    patch_embed: Dense,
     /// Qwen3-VL: the learned position grid [side * side, width] and its side.
     pos_embed: Option<(Tensor, usize)>,
     blocks: Vec<Block>,
@@ -575,7 +575,7 @@ impl Vision {
         let spatial = width / v.num_heads / 2;
         let theta = v.rope_theta();
         Ok(Self {
-            patch_embed: Linear::new(w.reshape((width, patch_dim))?, bias),
+            patch_embed: Dense::new(w.reshape((width, patch_dim))?, bias, products)?,
             pos_embed,
             blocks: (0..v.depth)
                 .map(|i| Block::load(v, family, vb.pp(format!("blocks.{i}")), products))
