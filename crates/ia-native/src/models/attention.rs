@@ -3,35 +3,35 @@
 //! head_dim^-0.5) and the `fc1` -> activation -> `fc2` feed-forward, their linear layers on
 //! [`Dense`] (our kernels; bf16 products where `products` says so).
 
-use super::encoder::{Dense, Products};
-use candle_core::{Module, Result, Tensor};
-use candle_nn::{Activation, Linear, VarBuilder};
+use super::encoder::{Dense, FeedForwardAct, Products};
+use candle_core::{Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
 
-/// The activation is candle_nn's, or any other module (CLIP-family towers use quick_gelu,
-/// which candle_nn's enum lacks).
-pub(crate) struct Mlp<A = Activation> {
+/// GELU (erf form) and CLIP's quick GELU are applied in the first product's pass, other
+/// activations by candle after it ([`FeedForwardAct`]).
+pub(crate) struct Mlp {
     fc1: Dense,
     fc2: Dense,
-    act: A,
+    act: FeedForwardAct,
 }
 
-impl<A: Module> Mlp<A> {
+impl Mlp {
     pub fn load(
         dim: usize,
         ffn: usize,
-        act: A,
+        act: impl Into<FeedForwardAct>,
         vb: &VarBuilder,
         products: Products,
     ) -> Result<Self> {
         Ok(Self {
             fc1: Dense::load(dim, ffn, vb.pp("fc1"), products)?,
             fc2: Dense::load(ffn, dim, vb.pp("fc2"), products)?,
-            act,
+            act: act.into(),
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.act.forward(&self.fc1.forward(x)?)?)
+        self.fc2.forward(&self.fc1.forward_activated(x, self.act)?)
     }
 }
 

@@ -14,9 +14,9 @@
 
 use super::attention::{Mlp, MultiHeadAttention};
 use super::clip::{self, TextConfig};
-use super::encoder::Products;
+use super::encoder::{FeedForwardAct, Products};
 use super::LoadContext;
-use crate::kernels::LayerNorm;
+use crate::kernels::{self, LayerNorm};
 use crate::{rt, CandleOutput};
 use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::{linear, linear_no_bias, Linear, VarBuilder};
@@ -167,7 +167,7 @@ struct CrossFrameLayer {
     message_attn: MultiHeadAttention,
     self_attn: MultiHeadAttention,
     layer_norm1: LayerNorm,
-    mlp: Mlp<Activation>,
+    mlp: Mlp,
     layer_norm2: LayerNorm,
 }
 
@@ -195,7 +195,7 @@ impl CrossFrameLayer {
             mlp: Mlp::load(
                 d,
                 v.intermediate_size,
-                Activation::QuickGelu,
+                FeedForwardAct::Fused(kernels::Activation::QuickGelu),
                 &vb.pp("mlp"),
                 products,
             )?,
