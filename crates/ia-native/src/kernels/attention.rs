@@ -321,7 +321,6 @@ pub fn cached_attention(q: &Tensor, keys: &Tensor, values: &Tensor) -> Result<Te
     with_f32("cached attention", &q, |q| {
         with_f32("cached attention", &keys, |k| {
             with_f32("cached attention", &values, |v| {
-                use rayon::prelude::*;
                 let task = |index: usize| {
                     let (head, first) = (index / blocks, index % blocks * block);
                     let kv = head / group;
@@ -348,6 +347,7 @@ pub fn cached_attention(q: &Tensor, keys: &Tensor, values: &Tensor) -> Result<Te
                         )
                     }
                 };
+                use rayon::prelude::*;
                 (0..heads * blocks).into_par_iter().for_each(task);
                 Ok(())
             })

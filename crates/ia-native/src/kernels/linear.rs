@@ -3,10 +3,11 @@
 //! The weight is packed once at load: for [`super::panels`] on CPUs with AVX2 or AVX-512, in
 //! bf16 for `--precision bf16`, in quantised blocks; elsewhere it is stored transposed
 //! (`[in, out]` row-major) for gemm, which packs its operands on every call. A tied head's
-//! token table is used as it lies ([`Weight::Rows`]). The output columns are split between the threads, each running
-//! the product on one thread and then the bias, activation and residual add on its own block
-//! while it is still in cache: for the few rows of a short batch (128 x 768 x 3072) gemm's own split makes
-//! two threads slower than one; split by columns they are about twice as fast.
+//! token table is used as it lies ([`Weight::Rows`]). The output columns are split between
+//! the threads, each running the product on one thread and then the bias, activation and
+//! residual add on its own block while it is still in cache: for the few rows of a short
+//! batch (128 x 768 x 3072) gemm's own split makes two threads slower than one; split by
+//! columns they are about twice as fast.
 
 use super::bf16::{self, Activations, PackedBf16};
 use super::math;
@@ -64,6 +65,18 @@ impl Weight {
         } else {
             Weight::Panels(PackedF32::pack(&data, n, k))
         })
+    }
+
+    /// A language model's head tied to the token embeddings' `table` [vocab, hidden]: the f32
+    /// table itself ([`Weight::Rows`]), or with `bf16` a bf16 copy packed for the products,
+    /// the table staying f32 for the lookups (bf16 halves what a decode step reads, and the
+    /// head is its largest product).
+    pub fn tied(table: &Tensor, bf16: bool) -> Result<Self> {
+        if bf16 {
+            Weight::new(table, true)
+        } else {
+            Ok(Weight::Rows(table.clone()))
+        }
     }
 
     /// (inputs, outputs).

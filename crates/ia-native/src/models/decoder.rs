@@ -765,14 +765,8 @@ impl Weights {
                 weight: kernels::Weight::Quant(q.clone()),
                 bias: None,
             },
-            // bf16 packs the head apart from the f32 table the embeddings look up: the head
-            // is the largest product of a decode step, and bf16 halves what it reads.
-            (TokenEmbeddings::Table(t), true) if matches!(storage, Storage::Bf16) => Proj {
-                weight: kernels::Weight::new(t.embeddings(), true)?,
-                bias: None,
-            },
             (TokenEmbeddings::Table(t), true) => Proj {
-                weight: kernels::Weight::Rows(t.embeddings().clone()),
+                weight: kernels::Weight::tied(t.embeddings(), matches!(storage, Storage::Bf16))?,
                 bias: None,
             },
             (_, false) => linear(hidden, vocab, false, head, storage)?,

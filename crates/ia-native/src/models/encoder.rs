@@ -37,17 +37,13 @@ impl Dense {
         })
     }
 
-    /// A language model's output head tied to the token embeddings' `table` [vocab, hidden].
-    /// Multiplied as loaded it is the table itself ([`kernels::Weight::Rows`]: no copy of a
-    /// vocabulary-sized matrix); under `--precision bf16` a bf16 copy packed for the products,
-    /// the table staying f32 for the lookups (bf16 halves what a decode step reads, and the
-    /// head is its largest product).
+    /// A language model's output head tied to the token embeddings' `table` [vocab, hidden]
+    /// ([`kernels::Weight::tied`]: the table itself, or a bf16 copy under `--precision bf16`).
     pub fn tied(table: &Tensor, products: Products) -> Result<Self> {
-        let weight = match products {
-            Products::AsLoaded => kernels::Weight::Rows(table.clone()),
-            Products::Bf16 => kernels::Weight::new(table, true)?,
-        };
-        Ok(Self { weight, bias: None })
+        Ok(Self {
+            weight: kernels::Weight::tied(table, products == Products::Bf16)?,
+            bias: None,
+        })
     }
 
     /// `weight` [outputs, inputs] and, where `bias`, `bias` [outputs] under `vb` (candle_nn's
