@@ -44,6 +44,9 @@ fn time_rotating<T>(
     })
 }
 
+#[global_allocator]
+static ALLOCATOR: ia_native::LargeBlocksOnCacheLines = ia_native::LargeBlocksOnCacheLines;
+
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     println!("threads: {}", rayon::current_num_threads());

@@ -226,3 +226,64 @@ pub(crate) fn one_arena() {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
+
+/// The system allocator, with every block of [`LINE_ALIGNED_BYTES`] or more starting on a
+/// cache line (glibc's start 16 bytes in). The bf16 products write their large outputs
+/// with non-temporal stores, which only pay where each row starts on a line; a binary opts
+/// in with `#[global_allocator]`. The alignment follows from the size alone, so a block is
+/// freed and resized under the layout it was allocated with.
+pub struct LargeBlocksOnCacheLines;
+
+/// The smallest block [`LargeBlocksOnCacheLines`] aligns: far above the many small ones
+/// (a few dozen bytes wasted on each would add up), far below any activation.
+pub const LINE_ALIGNED_BYTES: usize = 64 << 10;
+
+impl LargeBlocksOnCacheLines {
+    fn layout(layout: std::alloc::Layout) -> std::alloc::Layout {
+        if layout.size() >= LINE_ALIGNED_BYTES && layout.align() < 64 {
+            // Unwrap: 64 is a power of two, and a size that fit under a smaller alignment
+            // rounds up to 64 without overflowing isize.
+            layout.align_to(64).expect("64-byte alignment")
+        } else {
+            layout
+        }
+    }
+}
+
+// SAFETY: every call goes to the system allocator with the layout `layout` maps it to, and
+// the same layout maps to the same one when the block is freed or resized.
+unsafe impl std::alloc::GlobalAlloc for LargeBlocksOnCacheLines {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: as the caller promises (a non-zero size).
+        unsafe { std::alloc::System.alloc(Self::layout(layout)) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: as above.
+        unsafe { std::alloc::System.alloc_zeroed(Self::layout(layout)) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `ptr` came from `alloc` with this layout, so from the system's with the
+        // mapped one.
+        unsafe { std::alloc::System.dealloc(ptr, Self::layout(layout)) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as the caller promises; `new` is a valid layout (the caller promises the
+        // new size fits the alignment).
+        unsafe {
+            let new = std::alloc::Layout::from_size_align_unchecked(new_size, layout.align());
+            if Self::layout(layout).align() == Self::layout(new).align() {
+                return std::alloc::System.realloc(ptr, Self::layout(layout), new_size);
+            }
+            // Across the threshold the alignment changes: a new block.
+            let moved = self.alloc(new);
+            if !moved.is_null() {
+                std::ptr::copy_nonoverlapping(ptr, moved, layout.size().min(new_size));
+                self.dealloc(ptr, layout);
+            }
+            moved
+        }
+    }
+}

@@ -6,6 +6,12 @@
 
 mod calibrate;
 mod heap;
+
+// The unit tests run the kernels on outputs aligned as the binaries' are (the bf16 products'
+// non-temporal stores among them).
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: LargeBlocksOnCacheLines = LargeBlocksOnCacheLines;
 pub mod kernels;
 pub mod models;
 pub mod training;
@@ -19,6 +25,7 @@ use ia_engine::{
 use ia_hardware::Platform;
 use ia_models::{Model, ModelClass};
 
+pub use heap::{LargeBlocksOnCacheLines, LINE_ALIGNED_BYTES};
 pub use weights::load_var_builder;
 
 /// Fixes the number of threads of rayon's pool, which candle's matrix products and our

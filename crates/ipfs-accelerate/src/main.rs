@@ -74,6 +74,10 @@ enum Command {
     Tokens(tokens::Args),
 }
 
+/// Large blocks on cache lines: the bf16 products stream their outputs past the caches.
+#[global_allocator]
+static ALLOCATOR: ia_native::LargeBlocksOnCacheLines = ia_native::LargeBlocksOnCacheLines;
+
 fn main() -> ExitCode {
     // Before any thread starts (it sets an environment variable).
     ia_native::settle_thread_count();

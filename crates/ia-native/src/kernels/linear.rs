@@ -13,7 +13,9 @@ use super::bf16::{self, Activations, PackedBf16};
 use super::math;
 use super::panels::{self, PackedF32};
 use super::quant::{self, QuantMatrix};
-use super::{applies, f32_slice, isa, multiversion, product, row_major, with_f32, Output, Strided};
+use super::{
+    applies, f32_slice, isa, multiversion, product, row_major, with_f32, Isa, Output, Strided,
+};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// The activation a linear layer applies to its output, in the same pass.
@@ -318,20 +320,17 @@ impl Linear<'_> {
         };
         let block = |start: usize| {
             let cols = width.min(n - start);
-            // The bias, activation and residual of rows r0..r0 + rows of this block.
-            let finish = |r0: usize, rows: usize| {
-                for r in r0..r0 + rows {
-                    // SAFETY: as below, this block's columns of row r.
-                    let row =
-                        unsafe { std::slice::from_raw_parts_mut(dst.at(r * n + start), cols) };
-                    epilogue(
-                        isa,
-                        row,
-                        self.bias.map(|b| &b[start..start + cols]),
-                        self.act,
-                        residual.map(|res| &res[r * n + start..r * n + start + cols]),
-                    );
-                }
+            // The bias, activation and residual of this block's columns.
+            let epilogue = Epilogue {
+                bias: self.bias.map(|b| &b[start..]),
+                act: self.act,
+                residual: residual.map(|res| &res[start..]),
+                residual_stride: n,
+            };
+            // ... applied to rows r0..r0 + rows of them in the output.
+            // SAFETY: as below, this block's columns of those rows.
+            let finish = |r0: usize, rows: usize| unsafe {
+                epilogue.apply(isa, dst.at(r0 * n + start), n, r0, rows, 0, cols)
             };
             match (self.weight, &activations) {
                 (Weights::Quant(q), _) => {
@@ -407,18 +406,9 @@ impl Linear<'_> {
                     let padded = width.min(p.padded_outputs() - start);
                     if start + padded <= n {
                         // SAFETY: this block's columns of the m x n output, written by this
-                        // block only. It finishes its rows pass by pass.
+                        // block only, epilogue included.
                         unsafe {
-                            bf16::product_block(
-                                a,
-                                p,
-                                start,
-                                padded,
-                                dst.at(start),
-                                n,
-                                m,
-                                &mut |r0, rows| finish(r0, rows),
-                            )
+                            bf16::product_block(a, p, start, padded, dst.at(start), n, m, &epilogue)
                         };
                         return;
                     }
@@ -435,7 +425,7 @@ impl Linear<'_> {
                             block.as_mut_ptr(),
                             padded,
                             m,
-                            &mut |_, _| {},
+                            &Epilogue::NONE,
                         )
                     };
                     for (r, row) in block.chunks_exact(padded).enumerate() {
@@ -560,6 +550,61 @@ fn epilogue_with(
 }
 
 multiversion!(fn epilogue(row: &mut [f32], bias: Option<&[f32]>, act: Activation, residual: Option<&[f32]>) => epilogue_body);
+
+/// What a product's sums become before anything reads them, for one block of its columns:
+/// `act(sum + bias[c]) + residual[r * residual_stride + c]` at row r and the block's column c.
+#[derive(Clone, Copy)]
+pub(super) struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub act: Activation,
+    pub residual: Option<&'a [f32]>,
+    pub residual_stride: usize,
+}
+
+impl Epilogue<'_> {
+    /// Nothing: the sums as they are.
+    pub const NONE: Epilogue<'static> = Epilogue {
+        bias: None,
+        act: Activation::Identity,
+        residual: None,
+        residual_stride: 0,
+    };
+
+    /// Applies it to rows `r0..r0 + rows`, columns `c0..c0 + cols` of the block, held at `at`
+    /// (row r0's column c0) with rows `stride` apart: the output itself, or a scratch block.
+    ///
+    /// # Safety
+    /// `at` is valid for reads and writes of `rows` rows of `cols` f32 `stride` apart, and no
+    /// other thread touches them meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn apply(
+        &self,
+        isa: Isa,
+        at: *mut f32,
+        stride: usize,
+        r0: usize,
+        rows: usize,
+        c0: usize,
+        cols: usize,
+    ) {
+        if self.bias.is_none() && self.residual.is_none() && self.act == Activation::Identity {
+            return;
+        }
+        for i in 0..rows {
+            // SAFETY: as the caller promises.
+            let row = unsafe { std::slice::from_raw_parts_mut(at.add(i * stride), cols) };
+            let r = r0 + i;
+            epilogue(
+                isa,
+                row,
+                self.bias.map(|b| &b[c0..c0 + cols]),
+                self.act,
+                self.residual
+                    .map(|res| &res[r * self.residual_stride + c0..][..cols]),
+            );
+        }
+    }
+}
 
 /// `act` of every element, inlined into the kernels' passes: the epilogue without bias or
 /// residual (nothing at all for the identity, not even a pass that stores what it loaded).
