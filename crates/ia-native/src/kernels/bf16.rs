@@ -492,7 +492,7 @@ unsafe fn product_block_on(
 pub(super) mod amx {
     use super::{lines_as, Activations, Epilogue, PackedBf16, STEP};
     use std::arch::asm;
-    use std::arch::x86_64::{_mm512_load_ps, _mm512_storeu_ps, _mm512_stream_ps, _mm_sfence};
+    use std::arch::x86_64::{_mm512_loadu_ps, _mm512_storeu_ps, _mm512_stream_ps, _mm_sfence};
 
     /// Leaf 7's EDX: AMX-BF16 is bit 22, AMX-TILE bit 24.
     pub fn cpu_has_amx_bf16() -> bool {
@@ -556,10 +556,12 @@ pub(super) mod amx {
     /// Writes the products to `out` ([`super::product_block`]). Each 16 x 16 accumulator
     /// starts from zeros (`tilezero`), is kept between passes over the inner dimension in a
     /// scratch block where each tile is 1 KiB in a row, and after the last pass goes to a
-    /// 32 x 32 block in L1, where the epilogue runs before its rows are copied into `out`
-    /// (the rows past `rows` of a last, padded block are not). Storing the tiles into `out`
-    /// itself, 16 rows a whole output row apart, had been a fifth of the kernel's `perf`
-    /// samples on BERT-base b=8, and the epilogue then read them back from L2 or memory.
+    /// 32 x 32 block in L1, whose rows go through the epilogue on their way into `out` (the
+    /// rows past `rows` of a last, padded block do not). Storing the tiles into `out` itself,
+    /// 16 rows a whole output row apart, had been a fifth of the kernel's `perf` samples on
+    /// BERT-base b=8, and the epilogue then read them back from L2 or memory. The block's
+    /// residual is prefetched before its last pass of products: `perf` had the epilogue
+    /// waiting on those loads.
     ///
     /// # Safety
     /// As [`super::product_block`], and the tile state is granted.
@@ -574,7 +576,6 @@ pub(super) mod amx {
         rows: usize,
         epilogue: &Epilogue,
     ) {
-        let isa = crate::kernels::isa();
         let steps = a.k_padded / STEP;
         // A block of 16 rows: `steps` tiles of 16 x 32.
         let a_block = steps * 512;
@@ -631,12 +632,16 @@ pub(super) mod amx {
                             } else {
                                 tiles::load(two, kept_at(r), 64);
                             }
+                            if last {
+                                epilogue.prefetch_residual(r, if two { 32 } else { 16 }, c_col);
+                            }
                             tiles::steps(two, a0, a0.add(a_block), b0, b1, n);
                             if last {
                                 tiles::store(two, to_sums, 128);
                                 let n = (if two { 32 } else { 16 }).min(rows - r);
-                                epilogue.apply(isa, sums, 32, r, n, c_col, 32);
-                                copy_out(sums, out.add(r * stride + c_col), stride, n, streaming);
+                                let sums = std::slice::from_raw_parts(sums, n * 32);
+                                let at = out.add(r * stride + c_col);
+                                finish_block(epilogue, sums, at, stride, r, c_col, streaming);
                             } else {
                                 tiles::store(two, kept_at(r), 64);
                             }
@@ -653,31 +658,74 @@ pub(super) mod amx {
         }
     }
 
-    /// Copies `rows` rows of 32 f32 from `sums` (rows 32 apart, on cache lines) to `out`
-    /// (rows `stride` apart), past the caches where `streaming` (then `out` and `stride`
-    /// keep every row on a cache line).
+    /// Writes the block of sums (rows of 32, one after another) to `out` (rows `stride`
+    /// apart, the block's first at row `r`, column `c` of the caller's block) through the
+    /// epilogue, past the caches where `streaming` (then `out` and `stride` keep every row on
+    /// a cache line).
     ///
     /// # Safety
-    /// AVX-512 runs here (it does wherever AMX does); the rows are readable and writable.
+    /// AVX-512 runs here (it does wherever AMX does); `out` is valid for those rows.
     #[target_feature(enable = "avx512f")]
-    unsafe fn copy_out(
-        sums: *const f32,
+    unsafe fn finish_block(
+        epilogue: &Epilogue,
+        sums: &[f32],
         out: *mut f32,
         stride: usize,
-        rows: usize,
+        r: usize,
+        c: usize,
         streaming: bool,
     ) {
-        // SAFETY: as the caller promises.
+        use crate::kernels::{math, Activation};
+        // SAFETY (all three): as the caller promises.
         unsafe {
-            for i in 0..rows {
-                let (from, to) = (sums.add(i * 32), out.add(i * stride));
-                let (lo, hi) = (_mm512_load_ps(from), _mm512_load_ps(from.add(16)));
-                if streaming {
-                    _mm512_stream_ps(to, lo);
-                    _mm512_stream_ps(to.add(16), hi);
-                } else {
-                    _mm512_storeu_ps(to, lo);
-                    _mm512_storeu_ps(to.add(16), hi);
+            match epilogue.act {
+                Activation::Identity => {
+                    finish_block_with(epilogue, |v| v, sums, out, stride, r, c, streaming)
+                }
+                Activation::GeluErf => {
+                    finish_block_with(epilogue, math::gelu_erf, sums, out, stride, r, c, streaming)
+                }
+                Activation::QuickGelu => finish_block_with(
+                    epilogue,
+                    math::quick_gelu,
+                    sums,
+                    out,
+                    stride,
+                    r,
+                    c,
+                    streaming,
+                ),
+            }
+        }
+    }
+
+    /// [`finish_block`] with the activation's element function.
+    ///
+    /// # Safety
+    /// As [`finish_block`].
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn finish_block_with(
+        epilogue: &Epilogue,
+        act: impl Fn(f32) -> f32 + Copy,
+        sums: &[f32],
+        out: *mut f32,
+        stride: usize,
+        r: usize,
+        c: usize,
+        streaming: bool,
+    ) {
+        for (i, row) in sums.chunks_exact(32).enumerate() {
+            for half in 0..2 {
+                let v = epilogue.sixteen(act, r + i, c + 16 * half, &row[16 * half..]);
+                // SAFETY: as the caller promises; `v` is 16 f32.
+                unsafe {
+                    let (v, to) = (_mm512_loadu_ps(v.as_ptr()), out.add(i * stride + 16 * half));
+                    if streaming {
+                        _mm512_stream_ps(to, v);
+                    } else {
+                        _mm512_storeu_ps(to, v);
+                    }
                 }
             }
         }

@@ -604,6 +604,43 @@ impl Epilogue<'_> {
             );
         }
     }
+
+    /// Asks for the residual of rows `r0..r0 + rows`, columns `c..c + 32` of the block to be
+    /// brought into L1 (a block's residual comes from memory; the AMX kernel asks before its
+    /// block's products, which outlast the fetch).
+    #[inline(always)]
+    pub fn prefetch_residual(&self, r0: usize, rows: usize, c: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(res) = self.residual {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            for r in r0..r0 + rows {
+                let at = res.as_ptr().wrapping_add(r * self.residual_stride + c) as *const i8;
+                // SAFETY: a prefetch does not fault, wherever it points.
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(at);
+                    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(127));
+                }
+            }
+        }
+    }
+
+    /// Applies it to 16 sums of row `r`, columns `c..c + 16` of the block, with `act` the
+    /// activation's element function: the AMX kernel's epilogue, inlined into its copy out.
+    #[inline(always)]
+    pub fn sixteen(&self, act: impl Fn(f32) -> f32, r: usize, c: usize, sums: &[f32]) -> [f32; 16] {
+        let mut v: [f32; 16] = std::array::from_fn(|i| sums[i]);
+        if let Some(bias) = self.bias {
+            v.iter_mut()
+                .zip(&bias[c..c + 16])
+                .for_each(|(v, b)| *v += b);
+        }
+        v.iter_mut().for_each(|v| *v = act(*v));
+        if let Some(res) = self.residual {
+            let res = &res[r * self.residual_stride + c..][..16];
+            v.iter_mut().zip(res).for_each(|(v, r)| *v += r);
+        }
+        v
+    }
 }
 
 /// `act` of every element, inlined into the kernels' passes: the epilogue without bias or
