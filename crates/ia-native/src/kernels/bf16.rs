@@ -640,8 +640,14 @@ pub(super) mod amx {
                                 tiles::store(two, to_sums, 128);
                                 let n = (if two { 32 } else { 16 }).min(rows - r);
                                 let sums = std::slice::from_raw_parts(sums, n * 32);
-                                let at = out.add(r * stride + c_col);
-                                finish_block(epilogue, sums, at, stride, r, c_col, streaming);
+                                let to = BlockOut {
+                                    at: out.add(r * stride + c_col),
+                                    stride,
+                                    r,
+                                    c: c_col,
+                                    streaming,
+                                };
+                                finish_block(epilogue, sums, to);
                             } else {
                                 tiles::store(two, kept_at(r), 64);
                             }
@@ -658,43 +664,32 @@ pub(super) mod amx {
         }
     }
 
-    /// Writes the block of sums (rows of 32, one after another) to `out` (rows `stride`
-    /// apart, the block's first at row `r`, column `c` of the caller's block) through the
-    /// epilogue, past the caches where `streaming` (then `out` and `stride` keep every row on
-    /// a cache line).
-    ///
-    /// # Safety
-    /// AVX-512 runs here (it does wherever AMX does); `out` is valid for those rows.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn finish_block(
-        epilogue: &Epilogue,
-        sums: &[f32],
-        out: *mut f32,
+    /// Where a block of finished sums goes: row `r`, column `c` of the caller's block, at
+    /// `at`, rows `stride` apart; past the caches where `streaming` (then `at` and `stride`
+    /// keep every row on a cache line).
+    #[derive(Clone, Copy)]
+    struct BlockOut {
+        at: *mut f32,
         stride: usize,
         r: usize,
         c: usize,
         streaming: bool,
-    ) {
+    }
+
+    /// Writes the block of sums (rows of 32, one after another) to `to` through the
+    /// epilogue.
+    ///
+    /// # Safety
+    /// AVX-512 runs here (it does wherever AMX does); `to.at` is valid for those rows.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn finish_block(epilogue: &Epilogue, sums: &[f32], to: BlockOut) {
         use crate::kernels::{math, Activation};
         // SAFETY (all three): as the caller promises.
         unsafe {
             match epilogue.act {
-                Activation::Identity => {
-                    finish_block_with(epilogue, |v| v, sums, out, stride, r, c, streaming)
-                }
-                Activation::GeluErf => {
-                    finish_block_with(epilogue, math::gelu_erf, sums, out, stride, r, c, streaming)
-                }
-                Activation::QuickGelu => finish_block_with(
-                    epilogue,
-                    math::quick_gelu,
-                    sums,
-                    out,
-                    stride,
-                    r,
-                    c,
-                    streaming,
-                ),
+                Activation::Identity => finish_block_with(epilogue, |v| v, sums, to),
+                Activation::GeluErf => finish_block_with(epilogue, math::gelu_erf, sums, to),
+                Activation::QuickGelu => finish_block_with(epilogue, math::quick_gelu, sums, to),
             }
         }
     }
@@ -704,27 +699,23 @@ pub(super) mod amx {
     /// # Safety
     /// As [`finish_block`].
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
     unsafe fn finish_block_with(
         epilogue: &Epilogue,
         act: impl Fn(f32) -> f32 + Copy,
         sums: &[f32],
-        out: *mut f32,
-        stride: usize,
-        r: usize,
-        c: usize,
-        streaming: bool,
+        to: BlockOut,
     ) {
         for (i, row) in sums.chunks_exact(32).enumerate() {
             for half in 0..2 {
-                let v = epilogue.sixteen(act, r + i, c + 16 * half, &row[16 * half..]);
+                let v = epilogue.sixteen(act, to.r + i, to.c + 16 * half, &row[16 * half..]);
                 // SAFETY: as the caller promises; `v` is 16 f32.
                 unsafe {
-                    let (v, to) = (_mm512_loadu_ps(v.as_ptr()), out.add(i * stride + 16 * half));
-                    if streaming {
-                        _mm512_stream_ps(to, v);
+                    let v = _mm512_loadu_ps(v.as_ptr());
+                    let at = to.at.add(i * to.stride + 16 * half);
+                    if to.streaming {
+                        _mm512_stream_ps(at, v);
                     } else {
-                        _mm512_storeu_ps(to, v);
+                        _mm512_storeu_ps(at, v);
                     }
                 }
             }
