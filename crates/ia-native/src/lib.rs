@@ -7,8 +7,7 @@
 mod calibrate;
 mod heap;
 
-// The unit tests run the kernels on outputs aligned as the binaries' are (the bf16 products'
-// non-temporal stores among them).
+// The unit tests run the kernels on buffers aligned as the binaries' are.
 #[cfg(test)]
 #[global_allocator]
 static ALLOCATOR: LargeBlocksOnCacheLines = LargeBlocksOnCacheLines;

@@ -74,7 +74,7 @@ enum Command {
     Tokens(tokens::Args),
 }
 
-/// Large blocks on cache lines: the bf16 products stream their outputs past the caches.
+/// Large blocks (activations, outputs) on cache lines: the kernels' rows do not straddle them.
 #[global_allocator]
 static ALLOCATOR: ia_native::LargeBlocksOnCacheLines = ia_native::LargeBlocksOnCacheLines;
 

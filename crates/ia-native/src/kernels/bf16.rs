@@ -492,7 +492,7 @@ unsafe fn product_block_on(
 pub(super) mod amx {
     use super::{lines_as, Activations, Epilogue, PackedBf16, STEP};
     use std::arch::asm;
-    use std::arch::x86_64::{_mm512_loadu_ps, _mm512_storeu_ps, _mm512_stream_ps, _mm_sfence};
+    use std::arch::x86_64::{_mm512_loadu_ps, _mm512_storeu_ps};
 
     /// Leaf 7's EDX: AMX-BF16 is bit 22, AMX-TILE bit 24.
     pub fn cpu_has_amx_bf16() -> bool {
@@ -544,15 +544,6 @@ pub(super) mod amx {
     /// Activations per pass over the columns: a quarter of a Sapphire Rapids core's 2 MiB L2.
     const ACTIVATION_BYTES_PER_PASS: usize = 512 << 10;
 
-    /// Outputs of one thread's product at least this large go past the caches (non-temporal
-    /// stores): they cannot stay in its 2 MiB L2 for the next operation anyway, and a
-    /// plain store first reads each line it writes from memory. A 1,600 x 768 x 3,072
-    /// product with bias and residual (a C model of this kernel, 5 rounds alternated on the
-    /// 2-core AMX Xeon) ran at a median of 374 GFLOP/s this way against 342 with plain
-    /// stores from the same L1 block and 309 storing the tiles into the output and adding the
-    /// bias and residual after each pass of rows.
-    const STREAM_BYTES: usize = 2 << 20;
-
     /// Writes the products to `out` ([`super::product_block`]). Each 16 x 16 accumulator
     /// starts from zeros (`tilezero`), is kept between passes over the inner dimension in a
     /// scratch block where each tile is 1 KiB in a row, and after the last pass goes to a
@@ -598,9 +589,6 @@ pub(super) mod amx {
             0
         };
         let kept = lines_as::<f32>(&mut kept, kept_len).as_mut_ptr();
-        let streaming = rows * cols * 4 >= STREAM_BYTES
-            && (out as usize).is_multiple_of(64)
-            && stride.is_multiple_of(16);
         // SAFETY (of every pointer below): the tile state was granted (the caller's promise);
         // every tile load reads 1 KiB inside `a.tiles()` (tile `step` of row block r / 16) or
         // inside a panel of `w.values()`; an accumulator's 16 rows of 16 f32 are inside
@@ -645,7 +633,6 @@ pub(super) mod amx {
                                     stride,
                                     r,
                                     c: c_col,
-                                    streaming,
                                 };
                                 finish_block(epilogue, sums, to);
                             } else {
@@ -657,23 +644,17 @@ pub(super) mod amx {
                 }
             }
             release();
-            if streaming {
-                // The non-temporal stores reach memory before whoever reads the output next.
-                _mm_sfence();
-            }
         }
     }
 
     /// Where a block of finished sums goes: row `r`, column `c` of the caller's block, at
-    /// `at`, rows `stride` apart; past the caches where `streaming` (then `at` and `stride`
-    /// keep every row on a cache line).
+    /// `at`, rows `stride` apart.
     #[derive(Clone, Copy)]
     struct BlockOut {
         at: *mut f32,
         stride: usize,
         r: usize,
         c: usize,
-        streaming: bool,
     }
 
     /// Writes the block of sums (rows of 32, one after another) to `to` through the
@@ -710,13 +691,8 @@ pub(super) mod amx {
                 let v = epilogue.sixteen(act, to.r + i, to.c + 16 * half, &row[16 * half..]);
                 // SAFETY: as the caller promises; `v` is 16 f32.
                 unsafe {
-                    let v = _mm512_loadu_ps(v.as_ptr());
                     let at = to.at.add(i * to.stride + 16 * half);
-                    if to.streaming {
-                        _mm512_stream_ps(at, v);
-                    } else {
-                        _mm512_storeu_ps(at, v);
-                    }
+                    _mm512_storeu_ps(at, _mm512_loadu_ps(v.as_ptr()));
                 }
             }
         }
@@ -1352,8 +1328,6 @@ mod tests {
                 // Three passes of rows (128 at this inner dimension), the last ending in a
                 // block of 12.
                 (300, 2048, 64),
-                // An output past the caches (amx::STREAM_BYTES), its last block of 16 rows.
-                (1040, 64, 512),
                 (40, 600, 96),
                 (1, 8, 3),
                 (16, 32, 32),
