@@ -571,7 +571,7 @@ impl Epilogue<'_> {
     };
 
     /// Applies it to rows `r0..r0 + rows`, columns `c0..c0 + cols` of the block, held at `at`
-    /// (row r0's column c0) with rows `stride` apart: the output itself, or a scratch block.
+    /// (row r0's column c0) with rows `stride` apart, in place.
     ///
     /// # Safety
     /// `at` is valid for reads and writes of `rows` rows of `cols` f32 `stride` apart, and no
