@@ -237,7 +237,7 @@ pub struct LargeBlocksOnCacheLines;
 
 /// The smallest block [`LargeBlocksOnCacheLines`] aligns: far above the many small ones
 /// (a few dozen bytes wasted on each would add up), far below any activation.
-pub const LINE_ALIGNED_BYTES: usize = 64 << 10;
+const LINE_ALIGNED_BYTES: usize = 64 << 10;
 
 impl LargeBlocksOnCacheLines {
     fn layout(layout: std::alloc::Layout) -> std::alloc::Layout {

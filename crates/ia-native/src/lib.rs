@@ -6,11 +6,6 @@
 
 mod calibrate;
 mod heap;
-
-// The unit tests run the kernels on buffers aligned as the binaries' are.
-#[cfg(test)]
-#[global_allocator]
-static ALLOCATOR: LargeBlocksOnCacheLines = LargeBlocksOnCacheLines;
 pub mod kernels;
 pub mod models;
 pub mod training;
@@ -24,8 +19,13 @@ use ia_engine::{
 use ia_hardware::Platform;
 use ia_models::{Model, ModelClass};
 
-pub use heap::{LargeBlocksOnCacheLines, LINE_ALIGNED_BYTES};
+pub use heap::LargeBlocksOnCacheLines;
 pub use weights::load_var_builder;
+
+// The unit tests run the kernels on buffers aligned as the binaries' are.
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: LargeBlocksOnCacheLines = LargeBlocksOnCacheLines;
 
 /// Fixes the number of threads of rayon's pool, which candle's matrix products and our
 /// kernels share, to the physical cores that the process may use: candle's count (the logical

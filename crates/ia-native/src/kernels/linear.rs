@@ -330,7 +330,7 @@ impl Linear<'_> {
             // ... applied to rows r0..r0 + rows of them in the output.
             // SAFETY: as below, this block's columns of those rows.
             let finish = |r0: usize, rows: usize| unsafe {
-                epilogue.apply(isa, dst.at(r0 * n + start), n, r0, rows, 0, cols)
+                epilogue.apply(isa, dst.at(r0 * n + start), n, r0, rows, cols)
             };
             match (self.weight, &activations) {
                 (Weights::Quant(q), _) => {
@@ -570,13 +570,12 @@ impl Epilogue<'_> {
         residual_stride: 0,
     };
 
-    /// Applies it to rows `r0..r0 + rows`, columns `c0..c0 + cols` of the block, held at `at`
-    /// (row r0's column c0) with rows `stride` apart, in place.
+    /// Applies it to rows `r0..r0 + rows` of the block's first `cols` columns, held at `at`
+    /// (row r0's first column) with rows `stride` apart, in place.
     ///
     /// # Safety
     /// `at` is valid for reads and writes of `rows` rows of `cols` f32 `stride` apart, and no
     /// other thread touches them meanwhile.
-    #[allow(clippy::too_many_arguments)]
     pub unsafe fn apply(
         &self,
         isa: Isa,
@@ -584,7 +583,6 @@ impl Epilogue<'_> {
         stride: usize,
         r0: usize,
         rows: usize,
-        c0: usize,
         cols: usize,
     ) {
         if self.bias.is_none() && self.residual.is_none() && self.act == Activation::Identity {
@@ -593,16 +591,19 @@ impl Epilogue<'_> {
         for i in 0..rows {
             // SAFETY: as the caller promises.
             let row = unsafe { std::slice::from_raw_parts_mut(at.add(i * stride), cols) };
-            let r = r0 + i;
-            epilogue(
-                isa,
-                row,
-                self.bias.map(|b| &b[c0..c0 + cols]),
-                self.act,
-                self.residual
-                    .map(|res| &res[r * self.residual_stride + c0..][..cols]),
-            );
+            let (bias, residual) = self.at(r0 + i, 0, cols);
+            epilogue(isa, row, bias, self.act, residual);
         }
+    }
+
+    /// The bias and residual of row `r`, columns `c..c + cols` of the block.
+    #[inline(always)]
+    fn at(&self, r: usize, c: usize, cols: usize) -> (Option<&[f32]>, Option<&[f32]>) {
+        (
+            self.bias.map(|b| &b[c..c + cols]),
+            self.residual
+                .map(|res| &res[r * self.residual_stride + c..][..cols]),
+        )
     }
 
     /// Asks for the residual of rows `r0..r0 + rows`, columns `c..c + 32` of the block to be
@@ -629,16 +630,8 @@ impl Epilogue<'_> {
     #[inline(always)]
     pub fn sixteen(&self, act: impl Fn(f32) -> f32, r: usize, c: usize, sums: &[f32]) -> [f32; 16] {
         let mut v: [f32; 16] = std::array::from_fn(|i| sums[i]);
-        if let Some(bias) = self.bias {
-            v.iter_mut()
-                .zip(&bias[c..c + 16])
-                .for_each(|(v, b)| *v += b);
-        }
-        v.iter_mut().for_each(|v| *v = act(*v));
-        if let Some(res) = self.residual {
-            let res = &res[r * self.residual_stride + c..][..16];
-            v.iter_mut().zip(res).for_each(|(v, r)| *v += r);
-        }
+        let (bias, residual) = self.at(r, c, 16);
+        epilogue_with(&mut v, bias, residual, act);
         v
     }
 }
