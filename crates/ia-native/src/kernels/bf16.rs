@@ -333,7 +333,7 @@ impl Activations {
             }
             Values::Rounded(data)
         } else {
-            let mut lines = SCRATCH_TILES.with_borrow_mut(std::mem::take);
+            let mut lines = take_tiles();
             let data = lines_as::<u16>(&mut lines, len);
             if k > 0 {
                 // One block of 16 rows per task.
@@ -358,6 +358,22 @@ impl Activations {
             rows_padded,
             k_padded,
             values,
+        }
+    }
+
+    /// Room for the `m` rows of `w`'s inputs in the tile layout, for a product to write
+    /// ([`product_block_to_tiles`]): the feed-forward block's inner rows, written by its
+    /// first product and read by its second without an f32 copy in between. The values are
+    /// whatever the buffer held until the writer has written every one of them, padding
+    /// included.
+    pub fn to_be_written(m: usize, w: &PackedBf16) -> Self {
+        let (rows_padded, k_padded) = (m.div_ceil(16) * 16, w.k_padded);
+        let mut lines = take_tiles();
+        lines_as::<u16>(&mut lines, rows_padded * k_padded);
+        Self {
+            rows_padded,
+            k_padded,
+            values: Values::Tiles(lines),
         }
     }
 
@@ -390,16 +406,38 @@ fn round_row_body(src: &[f32], dst: &mut [f32]) {
 super::multiversion!(fn round_row(src: &[f32], dst: &mut [f32]) => round_row_body);
 
 thread_local! {
-    /// The last activations buffers of this thread, reused by the next product.
+    /// The last activations buffers of this thread, reused by the next product: one for the
+    /// expanded kernel; for the tile layout, up to [`KEPT_TILE_BUFFERS`] (a feed-forward block
+    /// holds its input's and its inner rows' at once).
     static SCRATCH_F32: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    static SCRATCH_TILES: std::cell::RefCell<Vec<CacheLine>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH_TILES: std::cell::RefCell<Vec<Vec<CacheLine>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Tile-layout buffers a thread keeps between products.
+const KEPT_TILE_BUFFERS: usize = 2;
+
+/// The largest kept tile buffer of this thread (empty where none is kept).
+fn take_tiles() -> Vec<CacheLine> {
+    SCRATCH_TILES.with_borrow_mut(|kept| kept.pop().unwrap_or_default())
+}
+
+/// Keeps `buffer` for a later product, dropping the smallest kept one past
+/// [`KEPT_TILE_BUFFERS`]; the largest is last.
+fn keep_tiles(buffer: Vec<CacheLine>) {
+    SCRATCH_TILES.with_borrow_mut(|kept| {
+        kept.push(buffer);
+        kept.sort_by_key(Vec::len);
+        if kept.len() > KEPT_TILE_BUFFERS {
+            kept.remove(0);
+        }
+    })
 }
 
 impl Drop for Activations {
     fn drop(&mut self) {
         match std::mem::replace(&mut self.values, Values::Tiles(Vec::new())) {
             Values::Rounded(v) => SCRATCH_F32.with_borrow_mut(|s| *s = v),
-            Values::Tiles(v) if v.capacity() > 0 => SCRATCH_TILES.with_borrow_mut(|s| *s = v),
+            Values::Tiles(v) if v.capacity() > 0 => keep_tiles(v),
             Values::Tiles(_) => {}
         }
     }
@@ -453,6 +491,65 @@ pub(super) unsafe fn product_block(
     }
 }
 
+/// Where [`product_block_to_tiles`] writes: the buffer of an [`Activations::to_be_written`],
+/// shared by the threads that write its column blocks.
+#[derive(Clone, Copy)]
+pub(super) struct TilesOut {
+    at: *mut u16,
+    k_padded: usize,
+}
+
+// SAFETY: every writer writes its own columns (whole steps of 32) of the buffer.
+unsafe impl Send for TilesOut {}
+unsafe impl Sync for TilesOut {}
+
+impl Activations {
+    /// Where products write these activations ([`product_block_to_tiles`]).
+    pub(super) fn written_by(&mut self) -> TilesOut {
+        let k_padded = self.k_padded;
+        match &mut self.values {
+            Values::Tiles(t) => TilesOut {
+                at: t.as_mut_ptr().cast(),
+                k_padded,
+            },
+            Values::Rounded(_) => unreachable!("written in the tile layout only"),
+        }
+    }
+}
+
+/// Whether [`product_block_to_tiles`] runs here: on AMX, whose kernel finishes each block of
+/// sums in L1 and can round it to bf16 on its way out. The vector kernels apply their
+/// epilogue in place over f32 rows, so where they run, a product's output is converted by
+/// the next product as before.
+pub(super) fn writes_tiles() -> bool {
+    backend() == Some(Backend::Amx)
+}
+
+/// [`product_block`] with the finished values rounded to bf16 (as [`Activations::convert`]
+/// rounds them) into `to`'s tile layout, as the inputs `col0..col0 + cols` of the next
+/// product; the padding rows up to `rows`' whole tiles are zeros.
+///
+/// # Safety
+/// [`writes_tiles`]; `to` comes from an [`Activations::to_be_written`] of at least `rows` rows
+/// and `col0 + cols` inputs that lives until the call returns, and no other thread writes
+/// those columns meanwhile.
+pub(super) unsafe fn product_block_to_tiles(
+    a: &Activations,
+    w: &PackedBf16,
+    col0: usize,
+    cols: usize,
+    rows: usize,
+    epilogue: &Epilogue,
+    to: TilesOut,
+) {
+    assert!(col0.is_multiple_of(BLOCK) && cols.is_multiple_of(BLOCK) && col0 + cols <= to.k_padded);
+    assert!(col0 + cols <= w.n_padded && a.k_padded == w.k_padded && rows <= a.rows_padded);
+    assert!(writes_tiles() && a.k_padded > 0);
+    let dest = amx::Dest::Tiles { to, col0 };
+    // SAFETY: as the caller promises; AMX runs here.
+    unsafe { amx::product_block(a, w, col0, cols, dest, rows, epilogue) }
+}
+
 /// [`product_block`] on the given backend (the tests run each one the CPU has).
 ///
 /// # Safety
@@ -477,7 +574,10 @@ unsafe fn product_block_on(
     // SAFETY: as the caller promises.
     unsafe {
         match backend {
-            Backend::Amx => amx::product_block(a, w, col0, cols, out, stride, rows, epilogue),
+            Backend::Amx => {
+                let dest = amx::Dest::F32 { out, stride };
+                amx::product_block(a, w, col0, cols, dest, rows, epilogue)
+            }
             Backend::Avx512Bf16 => {
                 dpbf16::product_block(a, w, col0, cols, out, stride, rows, finished)
             }
@@ -490,9 +590,9 @@ unsafe fn product_block_on(
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub(super) mod amx {
-    use super::{lines_as, Activations, Epilogue, PackedBf16, STEP};
+    use super::{lines_as, Activations, Epilogue, PackedBf16, TilesOut, STEP};
     use std::arch::asm;
-    use std::arch::x86_64::{_mm512_loadu_ps, _mm512_storeu_ps};
+    use std::arch::x86_64::*;
 
     /// Leaf 7's EDX: AMX-BF16 is bit 22, AMX-TILE bit 24.
     pub fn cpu_has_amx_bf16() -> bool {
@@ -544,26 +644,26 @@ pub(super) mod amx {
     /// Activations per pass over the columns: a quarter of a Sapphire Rapids core's 2 MiB L2.
     const ACTIVATION_BYTES_PER_PASS: usize = 512 << 10;
 
-    /// Writes the products to `out` ([`super::product_block`]). Each 16 x 16 accumulator
+    /// Writes the products to `dest` ([`super::product_block`], or in bf16
+    /// [`super::product_block_to_tiles`]). Each 16 x 16 accumulator
     /// starts from zeros (`tilezero`), is kept between passes over the inner dimension in a
     /// scratch block where each tile is 1 KiB in a row, and after the last pass goes to a
-    /// 32 x 32 block in L1, whose rows go through the epilogue on their way into `out` (the
-    /// rows past `rows` of a last, padded block do not). Storing the tiles into `out` itself,
+    /// 32 x 32 block in L1, whose rows go through the epilogue on their way into `dest` (the
+    /// rows past `rows` of a last, padded block do not; in bf16 they are zeros). Storing the tiles into `out` itself,
     /// 16 rows a whole output row apart, had been a fifth of the kernel's `perf` samples on
     /// BERT-base b=8, and the epilogue then read them back from L2 or memory. The block's
     /// residual is prefetched before its last pass of products: `perf` had the epilogue
     /// waiting on those loads.
     ///
     /// # Safety
-    /// As [`super::product_block`], and the tile state is granted.
-    #[allow(clippy::too_many_arguments)]
+    /// As [`super::product_block`] or [`super::product_block_to_tiles`] (for `dest`), and the
+    /// tile state is granted.
     pub unsafe fn product_block(
         a: &Activations,
         w: &PackedBf16,
         col0: usize,
         cols: usize,
-        out: *mut f32,
-        stride: usize,
+        dest: Dest,
         rows: usize,
         epilogue: &Epilogue,
     ) {
@@ -628,13 +728,12 @@ pub(super) mod amx {
                                 tiles::store(two, to_sums, 128);
                                 let n = (if two { 32 } else { 16 }).min(rows - r);
                                 let sums = std::slice::from_raw_parts(sums, n * 32);
-                                let to = BlockOut {
-                                    at: out.add(r * stride + c_col),
-                                    stride,
-                                    r,
-                                    c: c_col,
-                                };
+                                let to = BlockOut { dest, r, c: c_col };
                                 finish_block(epilogue, sums, to);
+                                if let Dest::Tiles { to, col0 } = dest {
+                                    let rows = r + n..r + if two { 32 } else { 16 };
+                                    zero_rows(to, rows, col0 + c_col);
+                                }
                             } else {
                                 tiles::store(two, kept_at(r), 64);
                             }
@@ -647,30 +746,116 @@ pub(super) mod amx {
         }
     }
 
-    /// Where a block of finished sums goes: row `r`, column `c` of the caller's block, at
-    /// `at`, rows `stride` apart.
+    /// Where a product's finished values go.
+    #[derive(Clone, Copy)]
+    pub enum Dest {
+        /// f32 rows `stride` apart from the caller's block's first column.
+        F32 { out: *mut f32, stride: usize },
+        /// bf16 in the tile layout of `to`, the caller's block's first column being input
+        /// `col0` there ([`super::product_block_to_tiles`]).
+        Tiles { to: TilesOut, col0: usize },
+    }
+
+    /// Where a block of finished sums goes: row `r`, column `c` of the caller's block.
     #[derive(Clone, Copy)]
     struct BlockOut {
-        at: *mut f32,
-        stride: usize,
+        dest: Dest,
         r: usize,
         c: usize,
+    }
+
+    /// 16 f32 rounded to bf16 as [`super::to_bf16`] rounds them (to nearest even, NaN kept quiet),
+    /// in registers: the scalar function, inlined into [`finish_block`]'s store, was not
+    /// vectorised there and took most of its time.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn sixteen_to_bf16(v: __m512) -> __m256i {
+        let bits = _mm512_castps_si512(v);
+        let high = _mm512_srli_epi32::<16>(bits);
+        let even = _mm512_add_epi32(
+            _mm512_and_si512(high, _mm512_set1_epi32(1)),
+            _mm512_set1_epi32(0x7fff),
+        );
+        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(bits, even));
+        let quiet = _mm512_or_si512(high, _mm512_set1_epi32(0x40));
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+        _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(nan, rounded, quiet))
+    }
+
+    /// Row `r`'s 32 inputs from `column` (a multiple of 32) in `to`'s tile layout: one line.
+    #[inline(always)]
+    fn tile_row(to: TilesOut, r: usize, column: usize) -> *mut u16 {
+        let at = r / 16 * 16 * to.k_padded + column / STEP * 16 * STEP + r % 16 * STEP;
+        to.at.wrapping_add(at)
+    }
+
+    /// Zeros the inputs `column..column + 32` of `rows` in `to` (a last block's padding rows,
+    /// which the next product multiplies as any other).
+    ///
+    /// # Safety
+    /// `to` holds those rows, written by this thread only.
+    unsafe fn zero_rows(to: TilesOut, rows: std::ops::Range<usize>, column: usize) {
+        for r in rows {
+            // SAFETY: as the caller promises.
+            unsafe { std::ptr::write_bytes(tile_row(to, r, column), 0, STEP) };
+        }
     }
 
     /// Writes the block of sums (rows of 32, one after another) to `to` through the
     /// epilogue.
     ///
     /// # Safety
-    /// AVX-512 runs here (it does wherever AMX does); `to.at` is valid for those rows.
+    /// AVX-512 runs here (it does wherever AMX does); `to`'s destination holds those rows.
     #[target_feature(enable = "avx512f")]
     unsafe fn finish_block(epilogue: &Epilogue, sums: &[f32], to: BlockOut) {
+        let BlockOut { dest, r, c } = to;
+        // SAFETY (both stores): the block's rows and columns in the destination, as the
+        // caller promises.
+        match dest {
+            Dest::F32 { out, stride } => {
+                let at = out.wrapping_add(r * stride + c);
+                let store = |i: usize, half: usize, v: &[f32; 16]| unsafe {
+                    _mm512_storeu_ps(at.add(i * stride + 16 * half), _mm512_loadu_ps(v.as_ptr()))
+                };
+                // SAFETY: as the caller promises.
+                unsafe { finish_block_by(epilogue, sums, r, c, store) }
+            }
+            Dest::Tiles { to, col0 } => {
+                let store = |i: usize, half: usize, v: &[f32; 16]| unsafe {
+                    let at = tile_row(to, r + i, col0 + c).wrapping_add(16 * half);
+                    let v = sixteen_to_bf16(_mm512_loadu_ps(v.as_ptr()));
+                    _mm256_storeu_si256(at as *mut __m256i, v)
+                };
+                // SAFETY: as the caller promises.
+                unsafe { finish_block_by(epilogue, sums, r, c, store) }
+            }
+        }
+    }
+
+    /// [`finish_block`] through `store` (row of the block, half of the row, its 16 finished
+    /// values), with the activation matched once.
+    ///
+    /// # Safety
+    /// As [`finish_block`].
+    #[inline(always)]
+    unsafe fn finish_block_by(
+        epilogue: &Epilogue,
+        sums: &[f32],
+        r: usize,
+        c: usize,
+        store: impl Fn(usize, usize, &[f32; 16]),
+    ) {
         use crate::kernels::{math, Activation};
         // SAFETY (all three): as the caller promises.
         unsafe {
             match epilogue.act {
-                Activation::Identity => finish_block_with(epilogue, |v| v, sums, to),
-                Activation::GeluErf => finish_block_with(epilogue, math::gelu_erf, sums, to),
-                Activation::QuickGelu => finish_block_with(epilogue, math::quick_gelu, sums, to),
+                Activation::Identity => finish_block_with(epilogue, |v| v, sums, r, c, store),
+                Activation::GeluErf => {
+                    finish_block_with(epilogue, math::gelu_erf, sums, r, c, store)
+                }
+                Activation::QuickGelu => {
+                    finish_block_with(epilogue, math::quick_gelu, sums, r, c, store)
+                }
             }
         }
     }
@@ -678,6 +863,7 @@ pub(super) mod amx {
     /// [`finish_block`] with the activation's element function, matched once a block: with
     /// the match inside the 16-value epilogue (`linear::epilogue_body`), the compiler did not
     /// vectorise it and `finish_block` went from 7% to 34% of ViT-base b=8 bf16's samples.
+    /// Each 16 values are stored as soon as they are finished.
     ///
     /// # Safety
     /// As [`finish_block`].
@@ -686,16 +872,17 @@ pub(super) mod amx {
         epilogue: &Epilogue,
         act: impl Fn(f32) -> f32 + Copy,
         sums: &[f32],
-        to: BlockOut,
+        r: usize,
+        c: usize,
+        store: impl Fn(usize, usize, &[f32; 16]),
     ) {
         for (i, row) in sums.chunks_exact(32).enumerate() {
             for half in 0..2 {
-                let v = epilogue.sixteen(act, to.r + i, to.c + 16 * half, &row[16 * half..]);
-                // SAFETY: as the caller promises; `v` is 16 f32.
-                unsafe {
-                    let at = to.at.add(i * to.stride + 16 * half);
-                    _mm512_storeu_ps(at, _mm512_loadu_ps(v.as_ptr()));
-                }
+                store(
+                    i,
+                    half,
+                    &epilogue.sixteen(act, r + i, c + 16 * half, &row[16 * half..]),
+                );
             }
         }
     }
@@ -921,7 +1108,7 @@ pub(super) mod amx {
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 pub(super) mod amx {
-    use super::{Activations, Epilogue, PackedBf16};
+    use super::{Activations, Epilogue, PackedBf16, TilesOut};
 
     pub fn cpu_has_amx_bf16() -> bool {
         false
@@ -957,12 +1144,16 @@ pub(super) mod amx {
         _: &PackedBf16,
         _: usize,
         _: usize,
-        _: *mut f32,
-        _: usize,
+        _: Dest,
         _: usize,
         _: &Epilogue,
     ) {
         unreachable!("available() is false off x86-64 Linux")
+    }
+
+    pub enum Dest {
+        F32 { out: *mut f32, stride: usize },
+        Tiles { to: TilesOut, col0: usize },
     }
 }
 
@@ -1310,6 +1501,48 @@ mod tests {
         assert_eq!(back(1.0 + 3.0 / 256.0), 1.0 + 1.0 / 64.0);
         assert!(back(f32::NAN).is_nan());
         assert_eq!(back(-2.5), -2.5);
+    }
+
+    /// The AMX kernel's rounding in registers gives [`to_bf16`]'s bits: ties, NaNs (quiet and
+    /// signalling), infinities, the largest values (rounding up to infinity), subnormals and
+    /// zeros of both signs, and a spread of ordinary values.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    #[test]
+    fn rounding_in_registers_matches_to_bf16() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            println!("NOT EXERCISED: rounding sixteen values in registers (no AVX-512 here)");
+            return;
+        }
+        let mut values = vec![
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 256.0,
+            f32::NAN,
+            f32::from_bits(0x7f80_0001),
+            f32::from_bits(0xffc0_1234),
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::MIN,
+            f32::from_bits(1),
+            f32::from_bits(0x8000_8000),
+            f32::from_bits(0x0001_8000),
+            0.0,
+            -0.0,
+            f32::MIN_POSITIVE,
+        ];
+        values.extend((0..4000u32).map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761))));
+        values.resize(values.len().next_multiple_of(16), 3.0);
+        for chunk in values.chunks_exact(16) {
+            let mut got = [0u16; 16];
+            // SAFETY: AVX-512F is present; 16 f32 in, 16 u16 out.
+            unsafe {
+                use std::arch::x86_64::*;
+                let v = amx::sixteen_to_bf16(_mm512_loadu_ps(chunk.as_ptr()));
+                _mm256_storeu_si256(got.as_mut_ptr() as *mut __m256i, v);
+            }
+            let want: Vec<u16> = chunk.iter().map(|&x| to_bf16(x)).collect();
+            assert_eq!(got.as_slice(), want.as_slice(), "{chunk:?}");
+        }
     }
 
     /// Each backend the CPU runs, against the same products in f64 on the bf16-rounded

@@ -171,6 +171,96 @@ pub fn linear(
     y.reshape(dims)
 }
 
+/// A feed-forward block, `second(act(first(x))) + residual` with each layer's bias: two
+/// [`linear`] layers. Where both weights are bf16 and the AMX kernel runs
+/// ([`bf16::writes_tiles`]), the first product rounds its finished values to bf16 straight
+/// into the second's input tiles: the inner rows (four times as wide as the block's input in
+/// BERT and ViT) are neither written in f32 nor read back and converted by the second
+/// product. The values are the same: the second [`linear`] rounds the same f32 values the
+/// same way.
+pub fn feed_forward(
+    x: &Tensor,
+    first: (&Weight, Option<&Tensor>),
+    act: Activation,
+    second: (&Weight, Option<&Tensor>),
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    if let (Weight::Bf16(p1), Weight::Bf16(p2)) = (first.0, second.0) {
+        let tensors = [Some(x), first.1, second.1, residual];
+        if bf16::writes_tiles()
+            && p1.outputs() == p2.inputs()
+            && p1.outputs().is_multiple_of(PackedBf16::COLUMN_ALIGN)
+            && p1.inputs() > 0
+            && tensors.into_iter().flatten().all(applies)
+        {
+            return feed_forward_in_tiles(x, (p1, first.1), act, (p2, second.1), residual);
+        }
+    }
+    let inner = linear(x, first.0, first.1, act, None)?;
+    linear(&inner, second.0, second.1, Activation::Identity, residual)
+}
+
+/// [`feed_forward`] with the inner rows in bf16 tiles (its conditions hold).
+fn feed_forward_in_tiles(
+    x: &Tensor,
+    first: (&PackedBf16, Option<&Tensor>),
+    act: Activation,
+    second: (&PackedBf16, Option<&Tensor>),
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let inputs = *dims.last().expect("a tensor with dimensions");
+    let outputs = second.0.outputs();
+    *dims.last_mut().expect("a tensor with dimensions") = outputs;
+    let m = x.elem_count() / inputs.max(1);
+    let contiguous = |t: Option<&Tensor>| t.map(|t| t.contiguous()).transpose();
+    let (x, residual) = (x.contiguous()?, contiguous(residual)?);
+    let (b1, b2) = (contiguous(first.1)?, contiguous(second.1)?);
+    let y = with_f32("feed_forward", &x, |x| {
+        with_optional_f32(b1.as_ref(), |b1| {
+            with_optional_f32(b2.as_ref(), |b2| {
+                with_optional_f32(residual.as_ref(), |residual| {
+                    let inner = Linear {
+                        weight: Weights::Bf16(first.0),
+                        bias: b1,
+                        act,
+                    };
+                    let outer = Linear {
+                        weight: Weights::Bf16(second.0),
+                        bias: b2,
+                        act: Activation::Identity,
+                    };
+                    inner.check(m, inputs, None)?;
+                    outer.check(m, first.0.outputs(), residual)?;
+                    let mut rows = Activations::to_be_written(m, second.0);
+                    if m > 0 {
+                        let a = Activations::convert(x, m, inputs, first.0);
+                        inner.run_into_tiles(&a, m, rows.written_by());
+                    }
+                    let (y, _) =
+                        outer.run_with(&[], m, first.0.outputs(), 0, Some(&rows), residual)?;
+                    let CpuStorage::F32(y) = y else {
+                        unreachable!("the kernels write f32")
+                    };
+                    Ok(y)
+                })
+            })
+        })
+    })?;
+    Tensor::from_vec(y, dims, x.device())
+}
+
+/// `f` of `t`'s f32 values, where there is a `t`.
+fn with_optional_f32<R>(
+    t: Option<&Tensor>,
+    f: impl FnOnce(Option<&[f32]>) -> Result<R>,
+) -> Result<R> {
+    match t {
+        Some(t) => with_f32("feed_forward", t, |v| f(Some(v))),
+        None => f(None),
+    }
+}
+
 /// The same function in candle's operations.
 fn with_candle(
     x: &Tensor,
@@ -271,13 +361,24 @@ impl Linear<'_> {
         if m > 0 && x.len() < (m - 1) * row_stride + k {
             candle_core::bail!("linear: {} values do not hold {m} rows of {k}", x.len())
         }
-        let (k2, n) = self.weight.dims();
-        let align = match self.weight {
-            Weights::F32 { .. } | Weights::Rows { .. } => 16,
-            Weights::Panels(_) => panels::PANEL,
-            Weights::Bf16(_) => PackedBf16::COLUMN_ALIGN,
-            Weights::Quant(_) => quant::GROUP,
+        self.check(m, k, residual)?;
+        let activations = match self.weight {
+            Weights::Bf16(p) if m > 0 && p.outputs() > 0 => {
+                Some(Activations::convert(x, m, row_stride, p))
+            }
+            Weights::Bf16(_)
+            | Weights::F32 { .. }
+            | Weights::Panels(_)
+            | Weights::Quant(_)
+            | Weights::Rows { .. } => None,
         };
+        self.run_with(x, m, k, row_stride, activations.as_ref(), residual)
+    }
+
+    /// Checks the weight against `m` rows of `k` inputs, the bias and the residual, and that
+    /// bf16 products run here.
+    fn check(&self, m: usize, k: usize, residual: Option<&[f32]>) -> Result<()> {
+        let (k2, n) = self.weight.dims();
         if k != k2 {
             candle_core::bail!("linear: rows of {k} against weights of {k2}")
         }
@@ -290,6 +391,27 @@ impl Linear<'_> {
         if self.bias.is_some_and(|b| b.len() != n) || residual.is_some_and(|r| r.len() != m * n) {
             candle_core::bail!("linear: bias or residual do not match the {m} x {n} output")
         }
+        Ok(())
+    }
+
+    /// [`Self::run_rows`] once checked, with bf16 weights' activations already in their
+    /// layout (`activations`, from `x` or written by a product).
+    fn run_with(
+        &self,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        row_stride: usize,
+        activations: Option<&Activations>,
+        residual: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, n) = self.weight.dims();
+        let align = match self.weight {
+            Weights::F32 { .. } | Weights::Rows { .. } => 16,
+            Weights::Panels(_) => panels::PANEL,
+            Weights::Bf16(_) => PackedBf16::COLUMN_ALIGN,
+            Weights::Quant(_) => quant::GROUP,
+        };
         if m == 0 || n == 0 {
             return Ok((CpuStorage::F32(vec![]), Shape::from((m, n))));
         }
@@ -300,18 +422,9 @@ impl Linear<'_> {
         } else {
             Output::new(m * n)
         };
-        let threads = rayon::current_num_threads().max(1);
-        // Blocks of whole panels (16 columns: one AVX-512 register; 32 for the bf16 kernels'
-        // two panels), one or more per thread.
-        let width = n.div_ceil(threads).div_ceil(align) * align;
+        let (width, starts) = column_blocks(n, align);
         let dst = out.ptr();
         let isa = isa();
-        let activations = match self.weight {
-            Weights::Bf16(p) => Some(Activations::convert(x, m, row_stride, p)),
-            Weights::F32 { .. } | Weights::Panels(_) | Weights::Quant(_) | Weights::Rows { .. } => {
-                None
-            }
-        };
         let quantised = match self.weight {
             Weights::Quant(_) => Some(quant::Activations::new(x, m, k)),
             Weights::F32 { .. } | Weights::Panels(_) | Weights::Bf16(_) | Weights::Rows { .. } => {
@@ -332,7 +445,7 @@ impl Linear<'_> {
             let finish = |r0: usize, rows: usize| unsafe {
                 epilogue.apply(isa, dst.at(r0 * n + start), n, r0, rows, cols)
             };
-            match (self.weight, &activations) {
+            match (self.weight, activations) {
                 (Weights::Quant(q), _) => {
                     let x = quantised.as_ref().expect("quantised above");
                     // SAFETY: dst is m x n row-major; this block writes only its columns.
@@ -440,16 +553,54 @@ impl Linear<'_> {
             }
             finish(0, m);
         };
-        let starts: Vec<usize> = (0..n).step_by(width.max(1)).collect();
-        if starts.len() <= 1 {
-            starts.into_iter().for_each(block);
-        } else {
-            use rayon::prelude::*;
-            starts.into_par_iter().for_each(block);
-        }
+        run_blocks(starts, block);
         // SAFETY: every element was written above.
         let out = unsafe { out.assume_init() };
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+
+    /// The product of bf16 weights over `m` rows of `a`, written in bf16 into `to` as the
+    /// inputs of the next product ([`bf16::product_block_to_tiles`]); the weight's outputs are
+    /// whole blocks of [`PackedBf16::COLUMN_ALIGN`] columns.
+    fn run_into_tiles(&self, a: &Activations, m: usize, to: bf16::TilesOut) {
+        let Weights::Bf16(p) = self.weight else {
+            unreachable!("written into tiles by bf16 weights only")
+        };
+        let n = p.outputs();
+        assert!(bf16::writes_tiles() && n.is_multiple_of(PackedBf16::COLUMN_ALIGN));
+        let (width, starts) = column_blocks(n, PackedBf16::COLUMN_ALIGN);
+        run_blocks(starts, |start| {
+            let epilogue = Epilogue {
+                bias: self.bias.map(|b| &b[start..]),
+                act: self.act,
+                residual: None,
+                residual_stride: n,
+            };
+            // SAFETY: `to` holds m rows of n inputs (the caller's promise); this block writes
+            // only its columns, whole steps of 32.
+            unsafe {
+                bf16::product_block_to_tiles(a, p, start, width.min(n - start), m, &epilogue, to)
+            }
+        });
+    }
+}
+
+/// The output's `n` columns split between the threads in blocks of whole `align`s (16
+/// columns: one AVX-512 register; 32 for the bf16 kernels' two panels): the blocks' width and
+/// each block's first column.
+fn column_blocks(n: usize, align: usize) -> (usize, Vec<usize>) {
+    let threads = rayon::current_num_threads().max(1);
+    let width = n.div_ceil(threads).div_ceil(align) * align;
+    (width, (0..n).step_by(width.max(1)).collect())
+}
+
+/// `block` of each first column, on the threads where there are several.
+fn run_blocks(starts: Vec<usize>, block: impl Fn(usize) + Send + Sync) {
+    if starts.len() <= 1 {
+        starts.into_iter().for_each(block);
+    } else {
+        use rayon::prelude::*;
+        starts.into_par_iter().for_each(block);
     }
 }
 
@@ -1001,6 +1152,55 @@ mod tests {
                 assert!(diff < 3e-2 * scale, "{m}x{k}x{n} {act:?}: {diff}");
             }
         }
+    }
+
+    /// A feed-forward block equals its two layers one after the other, to the bit: in bf16
+    /// on AMX its inner rows go to the second product in bf16 tiles directly (row counts that
+    /// leave padding rows in the last tile, inner widths of whole and partial blocks of 32,
+    /// with and without biases and a residual); elsewhere, and in f32, it is those layers.
+    #[test]
+    fn feed_forward_equals_its_two_layers() {
+        let bf16_runs = bf16::available();
+        if !bf16_runs {
+            println!(
+                "NOT EXERCISED: bf16 feed-forward blocks ({})",
+                bf16::unavailable_reason()
+            );
+        }
+        for (m, k, inner) in [(1, 40, 64), (37, 96, 96), (70, 33, 50), (2 * 128, 64, 256)] {
+            let (x, w1, b1, _) = operands(m, k, inner);
+            let (_, w2, b2, r) = operands(m, inner, k);
+            for bf16 in [false, true].into_iter().filter(|&b| !b || bf16_runs) {
+                let first = Weight::new(&w1, bf16).unwrap();
+                let second = Weight::new(&w2, bf16).unwrap();
+                for (b1, b2, r) in [(Some(&b1), Some(&b2), Some(&r)), (None, None, None)] {
+                    let act = Activation::GeluErf;
+                    let inner_rows = linear(&x, &first, b1, act, None).unwrap();
+                    let want = linear(&inner_rows, &second, b2, Activation::Identity, r).unwrap();
+                    let got = feed_forward(&x, (&first, b1), act, (&second, b2), r).unwrap();
+                    assert_eq!(got.dims(), want.dims());
+                    let diff = crate::kernels::max_abs_diff(&got, &want);
+                    assert!(diff == 0.0, "{m}x{k}x{inner} bf16 {bf16}: {diff}");
+                }
+            }
+        }
+        let (x, w1, _, _) = operands(3, 8, 32);
+        let (_, w2, _, _) = operands(3, 16, 8);
+        let (first, second) = (
+            Weight::new(&w1, false).unwrap(),
+            Weight::new(&w2, false).unwrap(),
+        );
+        let err = feed_forward(
+            &x,
+            (&first, None),
+            Activation::Identity,
+            (&second, None),
+            None,
+        );
+        assert!(
+            err.is_err(),
+            "32 inner values against a second layer of 16 inputs"
+        );
     }
 
     /// In bf16, a convolution reading its overlapping windows in place equals the same

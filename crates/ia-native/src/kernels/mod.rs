@@ -38,7 +38,9 @@ pub mod quant;
 
 pub use attention::{attention, biased_attention, cached_attention};
 pub use image::{image_windows, max_pool, windows_along};
-pub use linear::{conv1d_frames, conv_weight, gelu_erf, linear, swiglu, Activation, Weight};
+pub use linear::{
+    conv1d_frames, conv_weight, feed_forward, gelu_erf, linear, swiglu, Activation, Weight,
+};
 pub use norm::{channel_norm_frames, LayerNorm, RmsNorm};
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};

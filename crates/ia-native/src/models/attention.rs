@@ -31,7 +31,7 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward_activated(x, self.act)?)
+        self.fc1.feed_forward(x, self.act, &self.fc2, None)
     }
 }
 

@@ -169,9 +169,10 @@ impl Layer {
         let x = self
             .attention_norm
             .forward(&self.attention_output.forward_residual(&attended, x)?)?;
-        let inner = self.intermediate.forward_activated(&x, self.act)?;
-        self.output_norm
-            .forward(&self.output.forward_residual(&inner, &x)?)
+        let ffn = self
+            .intermediate
+            .feed_forward(&x, self.act, &self.output, Some(&x))?;
+        self.output_norm.forward(&ffn)
     }
 }
 

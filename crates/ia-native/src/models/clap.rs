@@ -361,10 +361,9 @@ impl SwinBlock {
         }
         let t = t.narrow(1, 0, h)?.narrow(2, 0, w)?.reshape((b, h * w, c))?;
         let hdn = (x + t)?;
-        let inner = self
-            .intermediate
-            .forward_activated(&self.layernorm_after.forward(&hdn)?, self.act)?;
-        self.output.forward_residual(&inner, &hdn)
+        let normed = self.layernorm_after.forward(&hdn)?;
+        self.intermediate
+            .feed_forward(&normed, self.act, &self.output, Some(&hdn))
     }
 }
 

@@ -96,6 +96,34 @@ impl Dense {
         kernels::linear(x, &self.weight, self.bias.as_ref(), act, None)
     }
 
+    /// A feed-forward block: `residual + second(act(self(x)))`, through
+    /// [`kernels::feed_forward`] where the kernel applies `act` (in bf16 on AMX the inner
+    /// rows then stay in bf16 between the two products), else as two layers.
+    pub fn feed_forward(
+        &self,
+        x: &Tensor,
+        act: impl Into<FeedForwardAct>,
+        second: &Dense,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        match act.into() {
+            FeedForwardAct::Fused(act) => kernels::feed_forward(
+                x,
+                (&self.weight, self.bias.as_ref()),
+                act,
+                (&second.weight, second.bias.as_ref()),
+                residual,
+            ),
+            act @ FeedForwardAct::Candle(_) => {
+                let inner = self.forward_activated(x, act)?;
+                match residual {
+                    Some(r) => second.forward_residual(&inner, r),
+                    None => second.forward(&inner),
+                }
+            }
+        }
+    }
+
     /// `residual + x . W + bias`, the residual added in the same pass.
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         kernels::linear(
@@ -201,10 +229,9 @@ impl PreNormLayer {
     /// the rows of `x` that `attended` holds the attention of.
     fn after_attention(&self, attended: &Tensor, x: &Tensor) -> Result<Tensor> {
         let x = self.attention_output.forward_residual(attended, x)?;
-        let inner = self
-            .intermediate
-            .forward_activated(&self.norm_after.forward(&x)?, self.act)?;
-        self.output.forward_residual(&inner, &x)
+        let normed = self.norm_after.forward(&x)?;
+        self.intermediate
+            .feed_forward(&normed, self.act, &self.output, Some(&x))
     }
 }
 

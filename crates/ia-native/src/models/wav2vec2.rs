@@ -194,8 +194,8 @@ impl EncoderLayer {
     /// `residual + output_dense(act(intermediate_dense(x)))`, the residual added in the
     /// product's pass.
     fn feed_forward(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let inner = self.intermediate_dense.forward_activated(x, self.act)?;
-        self.output_dense.forward_residual(&inner, residual)
+        self.intermediate_dense
+            .feed_forward(x, self.act, &self.output_dense, Some(residual))
     }
 
     /// `residual + out_proj(attention(x))`.
