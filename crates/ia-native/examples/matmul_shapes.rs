@@ -7,7 +7,8 @@
 //! `cargo run --release -p ia-native --example matmul_shapes [ROWS ...] [conv] [cold]` (rows
 //! default to 16, 128, 512 and 1024; ViT-base's batch of 8 is 1576; `conv` alone: the
 //! convolutions only (f32 and, where the CPU runs it, bf16); `attention` alone: self-attention only, f32 and, where the CPU runs it,
-//! bf16, then causal and cached (decoder) attention; `cold`: each call of the linear layers takes the next of enough copies of the weight
+//! bf16, then causal and cached (decoder) attention; `ffn` alone: bf16 feed-forward blocks as
+//! two `linear` calls against `feed_forward`; `cold`: each call of the linear layers takes the next of enough copies of the weight
 //! to pass 96 MiB, so it comes from memory as a model's does, not from the caches).
 use candle_core::{Device, Tensor};
 use ia_native::kernels::{
