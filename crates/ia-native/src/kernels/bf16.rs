@@ -496,6 +496,7 @@ pub(super) unsafe fn product_block(
 #[derive(Clone, Copy)]
 pub(super) struct TilesOut {
     at: *mut u16,
+    rows_padded: usize,
     k_padded: usize,
 }
 
@@ -506,10 +507,11 @@ unsafe impl Sync for TilesOut {}
 impl Activations {
     /// Where products write these activations ([`product_block_to_tiles`]).
     pub(super) fn written_by(&mut self) -> TilesOut {
-        let k_padded = self.k_padded;
+        let (rows_padded, k_padded) = (self.rows_padded, self.k_padded);
         match &mut self.values {
             Values::Tiles(t) => TilesOut {
                 at: t.as_mut_ptr().cast(),
+                rows_padded,
                 k_padded,
             },
             Values::Rounded(_) => unreachable!("written in the tile layout only"),
@@ -530,9 +532,8 @@ pub(super) fn writes_tiles() -> bool {
 /// product; the padding rows up to `rows`' whole tiles are zeros.
 ///
 /// # Safety
-/// [`writes_tiles`]; `to` comes from an [`Activations::to_be_written`] of at least `rows` rows
-/// and `col0 + cols` inputs that lives until the call returns, and no other thread writes
-/// those columns meanwhile.
+/// `to` comes from an [`Activations::to_be_written`] that lives until the call returns, and no
+/// other thread writes those columns meanwhile (its rows and columns are checked).
 pub(super) unsafe fn product_block_to_tiles(
     a: &Activations,
     w: &PackedBf16,
@@ -543,6 +544,7 @@ pub(super) unsafe fn product_block_to_tiles(
     to: TilesOut,
 ) {
     assert!(col0.is_multiple_of(BLOCK) && cols.is_multiple_of(BLOCK) && col0 + cols <= to.k_padded);
+    assert!(rows <= to.rows_padded);
     assert!(col0 + cols <= w.n_padded && a.k_padded == w.k_padded && rows <= a.rows_padded);
     assert!(writes_tiles() && a.k_padded > 0);
     let dest = amx::Dest::Tiles { to, col0 };

@@ -235,7 +235,7 @@ fn feed_forward_in_tiles(
                     let mut rows = Activations::to_be_written(m, second.0);
                     if m > 0 {
                         let a = Activations::convert(x, m, inputs, first.0);
-                        inner.run_into_tiles(&a, m, rows.written_by());
+                        inner.run_into_tiles(&a, m, &mut rows);
                     }
                     let (y, _) =
                         outer.run_with(&[], m, first.0.outputs(), 0, Some(&rows), residual)?;
@@ -395,7 +395,7 @@ impl Linear<'_> {
     }
 
     /// [`Self::run_rows`] once checked, with bf16 weights' activations already in their
-    /// layout (`activations`, from `x` or written by a product).
+    /// layout (`activations`, from `x` or written by a product; `x` is not read then).
     fn run_with(
         &self,
         x: &[f32],
@@ -562,13 +562,14 @@ impl Linear<'_> {
     /// The product of bf16 weights over `m` rows of `a`, written in bf16 into `to` as the
     /// inputs of the next product ([`bf16::product_block_to_tiles`]); the weight's outputs are
     /// whole blocks of [`PackedBf16::COLUMN_ALIGN`] columns.
-    fn run_into_tiles(&self, a: &Activations, m: usize, to: bf16::TilesOut) {
+    fn run_into_tiles(&self, a: &Activations, m: usize, to: &mut Activations) {
         let Weights::Bf16(p) = self.weight else {
             unreachable!("written into tiles by bf16 weights only")
         };
         let n = p.outputs();
         assert!(bf16::writes_tiles() && n.is_multiple_of(PackedBf16::COLUMN_ALIGN));
         let (width, starts) = column_blocks(n, PackedBf16::COLUMN_ALIGN);
+        let to = to.written_by();
         run_blocks(starts, |start| {
             let epilogue = Epilogue {
                 bias: self.bias.map(|b| &b[start..]),
@@ -576,8 +577,9 @@ impl Linear<'_> {
                 residual: None,
                 residual_stride: n,
             };
-            // SAFETY: `to` holds m rows of n inputs (the caller's promise); this block writes
-            // only its columns, whole steps of 32.
+            // SAFETY: `to` is borrowed for the call (product_block_to_tiles checks that it
+            // holds these rows and columns); this block writes only its columns, whole steps
+            // of 32.
             unsafe {
                 bf16::product_block_to_tiles(a, p, start, width.min(n - start), m, &epilogue, to)
             }
