@@ -269,6 +269,11 @@ impl Output {
         Self(vec![std::mem::MaybeUninit::new(0.0); len])
     }
 
+    /// The elements, to write in place (from one thread, or split between threads).
+    fn values_mut(&mut self) -> &mut [std::mem::MaybeUninit<f32>] {
+        &mut self.0
+    }
+
     fn ptr(&mut self) -> SharedOut {
         SharedOut(self.0.as_mut_ptr().cast())
     }
