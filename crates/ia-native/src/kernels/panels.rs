@@ -291,8 +291,14 @@ pub(super) unsafe fn product_block(
 /// every projection of bert-base and ViT-base; a group's 1,536 rows are 384 KiB, in L2): with
 /// passes of 128 inputs, whose partial sums went through memory six times, bert-base b=8 ran
 /// 3% slower than on gemm. While the
-/// tiles of one group of panels run, the next group's weights are prefetched, a share before
-/// each tile, because a model's weights come from memory.
+/// tiles of one group of panels run, the next group's weights are prefetched, because a
+/// model's weights come from memory: each tile takes a share of the lines and asks for one
+/// line of each panel every so many inputs of its own walk. Asked for all at once before
+/// each tile (128 lines for wav2vec2's convolutions), the prefetches had stalled on the line
+/// fill buffers: 7.5% of wav2vec2-base's f32 samples, outside the micro-kernel. Spread, in one
+/// process alternating the two (the weights from memory, 12 rounds, medians): 128 x 768 x
+/// 3072 1.84 against 2.02 ms, 128 x 768 x 768 0.47 against 0.49, 171 x 768 x 3072 2.41
+/// against 2.51, a 5,503-frame convolution 12.3 against 13.0, 1024 x 768 x 3072 the same.
 ///
 /// Against gemm with the weight in [in, out] (`bench`, p50 ms, medians of two alternating
 /// rounds, Zen 5): bert-base b=1 f32 67.1 -> 54.2, b=8 413.1 -> 398.5; ViT-base b=1 92.4 ->
@@ -352,17 +358,19 @@ mod wide {
                         None => None,
                     };
                     for (j, t0) in (0..rows).step_by(ROWS).enumerate() {
-                        if let Some((c, kn)) = next {
-                            let lines = DEPTH.min(k - kn);
-                            let share = |j: usize| lines * j / tiles;
-                            for i in share(j)..share(j + 1) {
-                                for q in 0..GROUP.min((first + cols - c).div_ceil(PANEL)) {
-                                    // A panel row of 16 f32 is one cache line.
-                                    let line = panel(c + q * PANEL, kn + i) as *const i8;
-                                    _mm_prefetch::<_MM_HINT_T0>(line);
+                        // This tile's share of the next pass's panel lines.
+                        let ahead = match next {
+                            Some((c, kn)) => {
+                                let lines = DEPTH.min(k - kn);
+                                let share = |j: usize| lines * j / tiles;
+                                Ahead {
+                                    first: panel(c, kn + share(j)),
+                                    panels: GROUP.min((first + cols - c).div_ceil(PANEL)),
+                                    lines: share(j + 1) - share(j),
                                 }
                             }
-                        }
+                            None => Ahead::NONE,
+                        };
                         let t = Tile {
                             a: x[(r0 + t0) * row_stride + k0..].as_ptr(),
                             a_stride: row_stride,
@@ -373,6 +381,7 @@ mod wide {
                             c_stride: dst_stride,
                             width,
                             accumulate: k0 > 0,
+                            ahead,
                         };
                         let tile_rows = ROWS.min(rows - t0);
                         // SAFETY: as the caller promises; the tile's rows, inputs and columns
@@ -414,7 +423,8 @@ mod wide {
 
     /// One tile's operands: `depth` inputs of its rows from `a` (`a_stride` apart), against
     /// `depth` rows of the panel at `panel` and of the ones after it (`panel_len` apart), into
-    /// the first `width` columns of its rows of `c`, added to what is there when `accumulate`.
+    /// the first `width` columns of its rows of `c`, added to what is there when `accumulate`;
+    /// and the lines of the next panels it brings into L1 meanwhile.
     #[derive(Clone, Copy)]
     struct Tile {
         a: *const f32,
@@ -426,6 +436,23 @@ mod wide {
         c_stride: usize,
         width: usize,
         accumulate: bool,
+        ahead: Ahead,
+    }
+
+    /// Lines `0..lines` of `panels` panels from `first` (`panel_len` apart, as the tile's).
+    #[derive(Clone, Copy)]
+    struct Ahead {
+        first: *const f32,
+        panels: usize,
+        lines: usize,
+    }
+
+    impl Ahead {
+        const NONE: Ahead = Ahead {
+            first: std::ptr::null(),
+            panels: 0,
+            lines: 0,
+        };
     }
 
     /// # Safety
@@ -439,6 +466,18 @@ mod wide {
             let mut acc = [[_mm512_setzero_ps(); P]; R];
             let rows: [*const f32; R] = std::array::from_fn(|r| t.a.add(r * t.a_stride));
             let mut b = t.panel;
+            // One line of each next panel every `every` inputs: all at once before the tile,
+            // they came from memory faster than the line fill buffers freed up, and the
+            // prefetches stalled (7.5% of wav2vec2-base's f32 samples sat on them).
+            let every = (t.depth / t.ahead.lines.max(1)).max(1);
+            let (mut countdown, mut line) = (every, 0);
+            let prefetch_line = |line: usize| {
+                for q in 0..t.ahead.panels {
+                    // A panel row of 16 f32 is one cache line.
+                    let at = t.ahead.first.wrapping_add(q * t.panel_len + line * PANEL);
+                    _mm_prefetch::<_MM_HINT_T0>(at as *const i8);
+                }
+            };
             for i in 0..t.depth {
                 let w: [__m512; P] =
                     std::array::from_fn(|j| _mm512_load_ps(b.add(j * t.panel_len)));
@@ -449,7 +488,16 @@ mod wide {
                     }
                 }
                 b = b.add(PANEL);
+                countdown -= 1;
+                if countdown == 0 {
+                    countdown = every;
+                    if line < t.ahead.lines {
+                        prefetch_line(line);
+                        line += 1;
+                    }
+                }
             }
+            (line..t.ahead.lines).for_each(prefetch_line);
             for (r, acc) in acc.iter().enumerate() {
                 for (j, v) in acc.iter().enumerate() {
                     let at = t.c.add(r * t.c_stride + j * PANEL);
