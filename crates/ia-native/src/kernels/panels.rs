@@ -157,8 +157,12 @@ pub(super) trait Panels {
     fn depth(&self) -> usize {
         DEPTH
     }
-    /// Hints that row `k` of the panel of columns `c0..c0 + PANEL` is read soon.
-    fn prefetch(&self, _c0: usize, _k: usize) {}
+    /// Where row `k` of the panel of columns `c0..c0 + PANEL` lies, followed by the panel's
+    /// next rows, for a tile to prefetch while it runs; null for a source that writes its
+    /// panels when asked.
+    fn lines_at(&self, _c0: usize, _k: usize) -> *const f32 {
+        std::ptr::null()
+    }
 }
 
 impl Panels for PackedF32 {
@@ -178,15 +182,8 @@ impl Panels for PackedF32 {
         PACKED_DEPTH
     }
 
-    fn prefetch(&self, c0: usize, k: usize) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            // A panel row of 16 f32 is one cache line.
-            let line = self.panel(c0, k, 1, &mut Vec::new()) as *const i8;
-            // SAFETY: SSE is x86-64's baseline; a prefetch does not fault.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(line) };
-        }
+    fn lines_at(&self, c0: usize, k: usize) -> *const f32 {
+        self.panel(c0, k, 1, &mut Vec::new())
     }
 }
 
@@ -248,12 +245,16 @@ pub(super) unsafe fn product_block(
                     None
                 };
                 for (j, t0) in (0..rows).step_by(ROWS).enumerate() {
-                    if let Some((c, kn)) = next {
-                        let lines = max_depth.min(k - kn);
-                        for i in lines * j / tiles..lines * (j + 1) / tiles {
-                            w.prefetch(c, kn + i);
+                    // This tile's share of the next pass's panel lines (as the AVX-512
+                    // kernel's, see [`wide`]).
+                    let (ahead, ahead_lines) = match next {
+                        Some((c, kn)) => {
+                            let lines = max_depth.min(k - kn);
+                            let share = |j: usize| lines * j / tiles;
+                            (w.lines_at(c, kn + share(j)), share(j + 1) - share(j))
                         }
-                    }
+                        None => (std::ptr::null(), 0),
+                    };
                     let tile_rows = ROWS.min(rows - t0);
                     let t = Tile {
                         a: x[(r0 + t0) * row_stride + k0..].as_ptr(),
@@ -264,6 +265,8 @@ pub(super) unsafe fn product_block(
                         c_stride: dst_stride,
                         width,
                         accumulate: k0 > 0,
+                        ahead,
+                        ahead_lines,
                     };
                     // SAFETY: as the caller promises; the tile's rows, inputs and columns are
                     // within the operands.
@@ -516,7 +519,8 @@ mod wide {
 
 /// One tile's operands: `depth` inputs of `R` rows from `a` (`a_stride` apart) against
 /// `depth` rows of a panel, into the first `width` columns of `R` rows of `c`, added to what
-/// is there when `accumulate` (a later pass over the inputs).
+/// is there when `accumulate` (a later pass over the inputs); and `ahead_lines` lines of the
+/// next panel from `ahead` (none where null) that it brings into L1 meanwhile.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Tile {
@@ -528,6 +532,8 @@ struct Tile {
     c_stride: usize,
     width: usize,
     accumulate: bool,
+    ahead: *const f32,
+    ahead_lines: usize,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -540,6 +546,12 @@ unsafe fn tile<const R: usize>(t: Tile) {
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         let rows: [*const f32; R] = std::array::from_fn(|r| t.a.add(r * t.a_stride));
         let mut b = t.panel;
+        let lines = if t.ahead.is_null() { 0 } else { t.ahead_lines };
+        let every = (t.depth / lines.max(1)).max(1);
+        let (mut countdown, mut line) = (every, 0);
+        // A panel row of 16 f32 is one cache line; a prefetch does not fault.
+        let prefetch_line =
+            |line: usize| _mm_prefetch::<_MM_HINT_T0>(t.ahead.wrapping_add(line * PANEL) as _);
         for i in 0..t.depth {
             let b0 = _mm256_load_ps(b);
             let b1 = _mm256_load_ps(b.add(8));
@@ -549,7 +561,16 @@ unsafe fn tile<const R: usize>(t: Tile) {
                 acc[1] = _mm256_fmadd_ps(v, b1, acc[1]);
             }
             b = b.add(PANEL);
+            countdown -= 1;
+            if countdown == 0 {
+                countdown = every;
+                if line < lines {
+                    prefetch_line(line);
+                    line += 1;
+                }
+            }
         }
+        (line..lines).for_each(prefetch_line);
         for (r, acc) in acc.iter().enumerate() {
             let row = t.c.add(r * t.c_stride);
             if t.width == PANEL {
