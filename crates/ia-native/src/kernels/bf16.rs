@@ -647,12 +647,12 @@ pub(super) mod amx {
     const ACTIVATION_BYTES_PER_PASS: usize = 512 << 10;
 
     /// Writes the products to `dest` ([`super::product_block`], or in bf16
-    /// [`super::product_block_to_tiles`]). Each 16 x 16 accumulator
-    /// starts from zeros (`tilezero`), is kept between passes over the inner dimension in a
-    /// scratch block where each tile is 1 KiB in a row, and after the last pass goes to a
-    /// 32 x 32 block in L1, whose rows go through the epilogue on their way into `dest` (the
-    /// rows past `rows` of a last, padded block do not; in bf16 they are zeros). Storing the tiles into `out` itself,
-    /// 16 rows a whole output row apart, had been a fifth of the kernel's `perf` samples on
+    /// [`super::product_block_to_tiles`]). Each 16 x 16 accumulator starts from zeros
+    /// (`tilezero`), is kept between passes over the inner dimension in a scratch block where
+    /// each tile is 1 KiB in a row, and after the last pass goes to a 32 x 32 block in L1,
+    /// whose rows go through the epilogue on their way into `dest` (the rows past `rows` of a
+    /// last, padded block do not; in bf16 they are zeros). Storing the tiles into the output
+    /// itself, 16 rows a whole output row apart, had been a fifth of the kernel's `perf` samples on
     /// BERT-base b=8, and the epilogue then read them back from L2 or memory. The block's
     /// residual is prefetched before its last pass of products: `perf` had the epilogue
     /// waiting on those loads.
@@ -1153,6 +1153,7 @@ pub(super) mod amx {
         unreachable!("available() is false off x86-64 Linux")
     }
 
+    #[allow(dead_code)]
     pub enum Dest {
         F32 { out: *mut f32, stride: usize },
         Tiles { to: TilesOut, col0: usize },
