@@ -443,12 +443,18 @@ impl Drop for Activations {
     }
 }
 
-/// Row `row` (of 16) of a block of tiles: its values at `step * 512 + row * 32 + i`, the last
-/// step's padding zeroed.
+/// Where row `row` (of 16) of a block of tiles holds its inputs `step * 32..step * 32 + 32`,
+/// from the block's start: each step of 32 inputs is a 16 x 32 tile, rows one after another.
+#[inline(always)]
+fn in_tile_block(row: usize, step: usize) -> usize {
+    step * 16 * STEP + row * STEP
+}
+
+/// Row `row` (of 16) of a block of tiles ([`in_tile_block`]), the last step's padding zeroed.
 #[inline(always)]
 fn convert_row_body(src: &[f32], slab: &mut [u16], row: usize) {
     for (step, chunk) in src.chunks(STEP).enumerate() {
-        let dst = &mut slab[step * 16 * STEP + row * STEP..][..STEP];
+        let dst = &mut slab[in_tile_block(row, step)..][..STEP];
         for (d, &s) in dst.iter_mut().zip(chunk) {
             *d = to_bf16(s);
         }
@@ -592,7 +598,7 @@ unsafe fn product_block_on(
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub(super) mod amx {
-    use super::{lines_as, Activations, Epilogue, PackedBf16, TilesOut, STEP};
+    use super::{in_tile_block, lines_as, Activations, Epilogue, PackedBf16, TilesOut, STEP};
     use std::arch::asm;
     use std::arch::x86_64::*;
 
@@ -787,8 +793,8 @@ pub(super) mod amx {
     /// Row `r`'s 32 inputs from `column` (a multiple of 32) in `to`'s tile layout: one line.
     #[inline(always)]
     fn tile_row(to: TilesOut, r: usize, column: usize) -> *mut u16 {
-        let at = r / 16 * 16 * to.k_padded + column / STEP * 16 * STEP + r % 16 * STEP;
-        to.at.wrapping_add(at)
+        to.at
+            .wrapping_add(r / 16 * 16 * to.k_padded + in_tile_block(r % 16, column / STEP))
     }
 
     /// Zeros the inputs `column..column + 32` of `rows` in `to` (a last block's padding rows,

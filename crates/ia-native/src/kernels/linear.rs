@@ -106,10 +106,8 @@ pub fn linear(
     act: Activation,
     residual: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let mut dims = x.dims().to_vec();
-    let inputs = *dims.last().expect("a tensor with dimensions");
     let (_, outputs) = weight.dims()?;
-    *dims.last_mut().expect("a tensor with dimensions") = outputs;
+    let (dims, inputs, rows) = rows_of(x, outputs);
     let on_kernels = [Some(x), bias, residual].into_iter().flatten().all(applies);
     match weight {
         Weight::Transposed(w) if !(on_kernels && applies(w)) => {
@@ -125,7 +123,6 @@ pub fn linear(
         }
         _ => {}
     }
-    let rows = x.elem_count() / inputs.max(1);
     let x = x.contiguous()?.reshape((rows, inputs))?;
     let residual = residual
         .map(|r| r.contiguous()?.reshape((rows, outputs)))
@@ -138,10 +135,11 @@ pub fn linear(
                 None => x.apply_op1_no_bwd(&op),
             }
         };
-        match bias {
-            Some(b) => with_f32("linear", &b.contiguous()?, |b| apply(Some(b))),
-            None => apply(None),
-        }
+        with_optional_f32(
+            "linear",
+            bias.map(Tensor::contiguous).transpose()?.as_ref(),
+            apply,
+        )
     };
     let y = match weight {
         Weight::Panels(p) => with_weight(Weights::Panels(p))?,
@@ -208,18 +206,14 @@ fn feed_forward_in_tiles(
     second: (&PackedBf16, Option<&Tensor>),
     residual: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let mut dims = x.dims().to_vec();
-    let inputs = *dims.last().expect("a tensor with dimensions");
-    let outputs = second.0.outputs();
-    *dims.last_mut().expect("a tensor with dimensions") = outputs;
-    let m = x.elem_count() / inputs.max(1);
+    let (dims, inputs, m) = rows_of(x, second.0.outputs());
     let contiguous = |t: Option<&Tensor>| t.map(|t| t.contiguous()).transpose();
     let (x, residual) = (x.contiguous()?, contiguous(residual)?);
     let (b1, b2) = (contiguous(first.1)?, contiguous(second.1)?);
     let y = with_f32("feed_forward", &x, |x| {
-        with_optional_f32(b1.as_ref(), |b1| {
-            with_optional_f32(b2.as_ref(), |b2| {
-                with_optional_f32(residual.as_ref(), |residual| {
+        with_optional_f32("feed_forward", b1.as_ref(), |b1| {
+            with_optional_f32("feed_forward", b2.as_ref(), |b2| {
+                with_optional_f32("feed_forward", residual.as_ref(), |residual| {
                     let inner = Linear {
                         weight: Weights::Bf16(first.0),
                         bias: b1,
@@ -250,15 +244,25 @@ fn feed_forward_in_tiles(
     Tensor::from_vec(y, dims, x.device())
 }
 
-/// `f` of `t`'s f32 values, where there is a `t`.
+/// `f` of `t`'s f32 values, where there is a `t` ([`with_f32`], for `op`).
 fn with_optional_f32<R>(
+    op: &str,
     t: Option<&Tensor>,
     f: impl FnOnce(Option<&[f32]>) -> Result<R>,
 ) -> Result<R> {
     match t {
-        Some(t) => with_f32("feed_forward", t, |v| f(Some(v))),
+        Some(t) => with_f32(op, t, |v| f(Some(v))),
         None => f(None),
     }
+}
+
+/// The shape of `x [.., inputs]` with `outputs` as its last dimension, the inputs, and the
+/// rows (every leading dimension together) a product over it takes.
+fn rows_of(x: &Tensor, outputs: usize) -> (Vec<usize>, usize, usize) {
+    let mut dims = x.dims().to_vec();
+    let inputs = *dims.last().expect("a tensor with dimensions");
+    *dims.last_mut().expect("a tensor with dimensions") = outputs;
+    (dims, inputs, x.elem_count() / inputs.max(1))
 }
 
 /// The same function in candle's operations.
@@ -375,6 +379,22 @@ impl Linear<'_> {
         self.run_with(x, m, k, row_stride, activations.as_ref(), residual)
     }
 
+    /// The bias, activation and residual of the block of columns from `start` of the `n`
+    /// outputs.
+    fn epilogue_from<'e>(
+        &'e self,
+        start: usize,
+        n: usize,
+        residual: Option<&'e [f32]>,
+    ) -> Epilogue<'e> {
+        Epilogue {
+            bias: self.bias.map(|b| &b[start..]),
+            act: self.act,
+            residual: residual.map(|res| &res[start..]),
+            residual_stride: n,
+        }
+    }
+
     /// Checks the weight against `m` rows of `k` inputs, the bias and the residual, and that
     /// bf16 products run here.
     fn check(&self, m: usize, k: usize, residual: Option<&[f32]>) -> Result<()> {
@@ -434,12 +454,7 @@ impl Linear<'_> {
         let block = |start: usize| {
             let cols = width.min(n - start);
             // The bias, activation and residual of this block's columns.
-            let epilogue = Epilogue {
-                bias: self.bias.map(|b| &b[start..]),
-                act: self.act,
-                residual: residual.map(|res| &res[start..]),
-                residual_stride: n,
-            };
+            let epilogue = self.epilogue_from(start, n, residual);
             // ... applied to rows r0..r0 + rows of them in the output.
             // SAFETY: as below, this block's columns of those rows.
             let finish = |r0: usize, rows: usize| unsafe {
@@ -571,12 +586,7 @@ impl Linear<'_> {
         let (width, starts) = column_blocks(n, PackedBf16::COLUMN_ALIGN);
         let to = to.written_by();
         run_blocks(starts, |start| {
-            let epilogue = Epilogue {
-                bias: self.bias.map(|b| &b[start..]),
-                act: self.act,
-                residual: None,
-                residual_stride: n,
-            };
+            let epilogue = self.epilogue_from(start, n, None);
             // SAFETY: `to` is borrowed for the call (product_block_to_tiles checks that it
             // holds these rows and columns); this block writes only its columns, whole steps
             // of 32.

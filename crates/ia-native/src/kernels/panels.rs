@@ -309,7 +309,7 @@ pub(super) unsafe fn product_block(
 /// on warm weights of 1,024 rows, the same as gemm.
 #[cfg(target_arch = "x86_64")]
 mod wide {
-    use super::{PackedF32, SharedOut, PACKED_DEPTH as DEPTH, PANEL};
+    use super::{PackedF32, SharedOut, Spread, PACKED_DEPTH as DEPTH, PANEL};
     use std::arch::x86_64::*;
 
     /// Rows per tile: 6 x 4 accumulators, four panel registers and a broadcast.
@@ -469,11 +469,7 @@ mod wide {
             let mut acc = [[_mm512_setzero_ps(); P]; R];
             let rows: [*const f32; R] = std::array::from_fn(|r| t.a.add(r * t.a_stride));
             let mut b = t.panel;
-            // One line of each next panel every `every` inputs: all at once before the tile,
-            // they came from memory faster than the line fill buffers freed up, and the
-            // prefetches stalled (7.5% of wav2vec2-base's f32 samples sat on them).
-            let every = (t.depth / t.ahead.lines.max(1)).max(1);
-            let (mut countdown, mut line) = (every, 0);
+            let mut spread = Spread::new(t.depth, t.ahead.lines);
             let prefetch_line = |line: usize| {
                 for q in 0..t.ahead.panels {
                     // A panel row of 16 f32 is one cache line.
@@ -491,16 +487,11 @@ mod wide {
                     }
                 }
                 b = b.add(PANEL);
-                countdown -= 1;
-                if countdown == 0 {
-                    countdown = every;
-                    if line < t.ahead.lines {
-                        prefetch_line(line);
-                        line += 1;
-                    }
+                if let Some(line) = spread.step() {
+                    prefetch_line(line);
                 }
             }
-            (line..t.ahead.lines).for_each(prefetch_line);
+            spread.rest().for_each(prefetch_line);
             for (r, acc) in acc.iter().enumerate() {
                 for (j, v) in acc.iter().enumerate() {
                     let at = t.c.add(r * t.c_stride + j * PANEL);
@@ -514,6 +505,50 @@ mod wide {
                 }
             }
         }
+    }
+}
+
+/// When a tile asks for the next panels' lines while it walks its inputs: one line (of each
+/// panel) every `depth / lines` inputs, and whatever the walk did not reach after it. Asked
+/// for all at once before the tile, they came from memory faster than the line fill buffers
+/// freed up, and the prefetches stalled (7.5% of wav2vec2-base's f32 samples sat on them).
+#[cfg(target_arch = "x86_64")]
+struct Spread {
+    every: usize,
+    countdown: usize,
+    next: usize,
+    lines: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Spread {
+    fn new(depth: usize, lines: usize) -> Self {
+        let every = (depth / lines.max(1)).max(1);
+        Self {
+            every,
+            countdown: every,
+            next: 0,
+            lines,
+        }
+    }
+
+    /// After each input of the walk: the line to ask for now, if any.
+    #[inline(always)]
+    fn step(&mut self) -> Option<usize> {
+        self.countdown -= 1;
+        if self.countdown > 0 {
+            return None;
+        }
+        self.countdown = self.every;
+        (self.next < self.lines).then(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+
+    /// The lines the walk did not reach.
+    fn rest(&self) -> std::ops::Range<usize> {
+        self.next..self.lines
     }
 }
 
@@ -547,8 +582,7 @@ unsafe fn tile<const R: usize>(t: Tile) {
         let rows: [*const f32; R] = std::array::from_fn(|r| t.a.add(r * t.a_stride));
         let mut b = t.panel;
         let lines = if t.ahead.is_null() { 0 } else { t.ahead_lines };
-        let every = (t.depth / lines.max(1)).max(1);
-        let (mut countdown, mut line) = (every, 0);
+        let mut spread = Spread::new(t.depth, lines);
         // A panel row of 16 f32 is one cache line; a prefetch does not fault.
         let prefetch_line =
             |line: usize| _mm_prefetch::<_MM_HINT_T0>(t.ahead.wrapping_add(line * PANEL) as _);
@@ -561,16 +595,11 @@ unsafe fn tile<const R: usize>(t: Tile) {
                 acc[1] = _mm256_fmadd_ps(v, b1, acc[1]);
             }
             b = b.add(PANEL);
-            countdown -= 1;
-            if countdown == 0 {
-                countdown = every;
-                if line < lines {
-                    prefetch_line(line);
-                    line += 1;
-                }
+            if let Some(line) = spread.step() {
+                prefetch_line(line);
             }
         }
-        (line..lines).for_each(prefetch_line);
+        spread.rest().for_each(prefetch_line);
         for (r, acc) in acc.iter().enumerate() {
             let row = t.c.add(r * t.c_stride);
             if t.width == PANEL {
