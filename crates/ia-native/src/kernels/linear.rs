@@ -941,12 +941,17 @@ pub fn conv1d_frames(
 /// in]` (a window's frames one after another), packed as a linear weight ([`Weight::new`]:
 /// bf16 with `bf16`).
 pub fn conv_weight(weight: &Tensor, bf16: bool) -> Result<Weight> {
+    Weight::new(&window_rows(weight)?, bf16)
+}
+
+/// A convolution's weight `[out, in, kernel]` as rows over its windows: `[out, kernel * in]`,
+/// a window's frames one after another (unpacked [`conv_weight`]).
+pub fn window_rows(weight: &Tensor) -> Result<Tensor> {
     let (outputs, inputs, kernel) = weight.dims3()?;
-    let w = weight
+    weight
         .permute((0, 2, 1))?
         .contiguous()?
-        .reshape((outputs, kernel * inputs))?;
-    Weight::new(&w, bf16)
+        .reshape((outputs, kernel * inputs))
 }
 
 /// [`conv1d_frames`]'s op: `rows` windows, `stride` values apart.

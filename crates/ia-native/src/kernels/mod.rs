@@ -39,9 +39,10 @@ pub mod quant;
 pub use attention::{attention, biased_attention, cached_attention};
 pub use image::{image_windows, max_pool, windows_along};
 pub use linear::{
-    conv1d_frames, conv_weight, feed_forward, gelu_erf, linear, swiglu, Activation, Weight,
+    conv1d_frames, conv_weight, feed_forward, gelu_erf, linear, swiglu, window_rows, Activation,
+    Weight,
 };
-pub use norm::{channel_norm_frames, LayerNorm, RmsNorm};
+pub use norm::{channel_norm_frames, channel_normed_conv1d_frames, LayerNorm, RmsNorm};
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 use std::sync::OnceLock;

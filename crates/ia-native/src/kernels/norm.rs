@@ -9,8 +9,11 @@
 //!   (Wav2Vec2's first feature-encoder layer), with its GELU, in three passes over the frames:
 //!   channel means, channel variances around them, then normalise, scale, shift and activate.
 //!   candle's steps make about ten passes, and reduce over the strided frame dimension.
+//! - [`channel_normed_conv1d_frames`]: the same norm after a convolution whose windows are
+//!   short (Wav2Vec2's first, 10 samples), folded into the convolution's weights from the
+//!   windows' own mean and covariance, so the frames are written once.
 
-use super::linear::{activate_body, activate_with_candle, Activation};
+use super::linear::{activate_body, activate_with_candle, conv1d_frames, Activation, Weight};
 use super::math::lane_sum;
 use super::{applies, f32_slice, isa, multiversion, with_f32, Output};
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
@@ -253,6 +256,127 @@ pub fn channel_norm_frames(
     Tensor::from_vec(values, (frames, channels), x.device())
 }
 
+/// Windows up to this many values take [`channel_normed_conv1d_frames`]'s fold: its
+/// statistics cost windows x values^2 / 2 multiply-adds, against a pass over windows x
+/// outputs for each of the three passes it saves.
+const SHORT_WINDOW: usize = 64;
+
+/// [`channel_norm_frames`] of [`conv1d_frames`]`(x, rows, bias, kernel, stride)`, `act` in
+/// the same pass, for `rows` [out, kernel * channels] ([`super::window_rows`]).
+///
+/// Each output channel c is w_c . x_t + b_c over the windows x_t, so its mean over the frames
+/// is w_c . m + b_c and its variance w_c^T C w_c, from the windows' mean m and covariance C
+/// (in f64). Where the windows are short ([`SHORT_WINDOW`] values) those are cheap, and the
+/// norm folds into the convolution: weights w_c * s_c and bias `norm_bias`_c - s_c w_c . m,
+/// with s_c = `norm_weight`_c / sqrt(var_c + eps). The frames are then written once, where
+/// the unfolded steps write them, read them twice for the statistics and once more to
+/// normalise (Wav2Vec2-base's first layer: 11,002 frames x 512 channels for 3.4 s of audio).
+/// Longer windows, and tensors off the kernels, take those steps.
+#[allow(clippy::too_many_arguments)]
+pub fn channel_normed_conv1d_frames(
+    x: &Tensor,
+    rows: &Tensor,
+    bias: Option<&Tensor>,
+    (kernel, stride): (usize, usize),
+    (norm_weight, norm_bias): (&Tensor, &Tensor),
+    eps: f64,
+    act: Activation,
+) -> Result<Tensor> {
+    let (frames, channels) = x.dims2()?;
+    let (outputs, width) = rows.dims2()?;
+    if kernel == 0 || stride == 0 || frames < kernel || width != kernel * channels {
+        candle_core::bail!(
+            "channel_normed_conv1d_frames: {frames} frames of {channels} against windows of \
+             {kernel} x {}",
+            width / kernel.max(1)
+        )
+    }
+    let on_kernels = [
+        Some(x),
+        Some(rows),
+        bias,
+        Some(norm_weight),
+        Some(norm_bias),
+    ]
+    .into_iter()
+    .flatten()
+    .all(applies);
+    if !on_kernels || width > SHORT_WINDOW {
+        let y = conv1d_frames(
+            x,
+            &Weight::new(rows, false)?,
+            bias,
+            kernel,
+            stride,
+            Activation::Identity,
+        )?;
+        return channel_norm_frames(&y, norm_weight, norm_bias, eps, act);
+    }
+    let windows = (frames - kernel) / stride + 1;
+    let values = x.flatten_all()?.to_vec1::<f32>()?;
+    let (mean, cov) = window_moments(&values, width, stride * channels, windows);
+    let w = rows.flatten_all()?.to_vec1::<f32>()?;
+    let (gamma, beta) = (norm_weight.to_vec1::<f32>()?, norm_bias.to_vec1::<f32>()?);
+    let mut folded = Vec::with_capacity(outputs * width);
+    let mut shift = Vec::with_capacity(outputs);
+    for (c, w) in w.chunks_exact(width).enumerate() {
+        let w: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+        let centre: f64 = w.iter().zip(&mean).map(|(w, m)| w * m).sum();
+        let var: f64 = cov
+            .chunks_exact(width)
+            .zip(&w)
+            .map(|(row, wi)| wi * row.iter().zip(&w).map(|(c, wj)| c * wj).sum::<f64>())
+            .sum();
+        // The convolution's own bias cancels against the mean.
+        let scale = gamma[c] as f64 / (var.max(0.0) + eps).sqrt();
+        folded.extend(w.iter().map(|w| (w * scale) as f32));
+        shift.push((beta[c] as f64 - scale * centre) as f32);
+    }
+    let dev = x.device();
+    let folded = Weight::new(&Tensor::from_vec(folded, (outputs, width), dev)?, false)?;
+    let shift = Tensor::from_vec(shift, outputs, dev)?;
+    conv1d_frames(x, &folded, Some(&shift), kernel, stride, act)
+}
+
+/// The mean (`width` values) and covariance (`width` x `width`, divided by the count) in f64
+/// of the `count` windows `values[t * step..t * step + width]`: the mean first, then the
+/// products of the centred values.
+fn window_moments(values: &[f32], width: usize, step: usize, count: usize) -> (Vec<f64>, Vec<f64>) {
+    let window = |t: usize| &values[t * step..t * step + width];
+    let n = count as f64;
+    let mut mean = vec![0f64; width];
+    for t in 0..count {
+        mean.iter_mut()
+            .zip(window(t))
+            .for_each(|(m, &v)| *m += v as f64);
+    }
+    mean.iter_mut().for_each(|m| *m /= n);
+    let mut cov = vec![0f64; width * width];
+    let mut centred = vec![0f64; width];
+    for t in 0..count {
+        centred
+            .iter_mut()
+            .zip(window(t))
+            .zip(&mean)
+            .for_each(|((c, &v), m)| *c = v as f64 - m);
+        for (i, row) in cov.chunks_exact_mut(width).enumerate() {
+            let ci = centred[i];
+            row[i..]
+                .iter_mut()
+                .zip(&centred[i..])
+                .for_each(|(r, cj)| *r += ci * cj);
+        }
+    }
+    for i in 0..width {
+        for j in i..width {
+            let v = cov[i * width + j] / n;
+            cov[i * width + j] = v;
+            cov[j * width + i] = v;
+        }
+    }
+    (mean, cov)
+}
+
 /// Per channel, the sum over the rows of `chunk` of x (`mean` None) or of (x - mean)^2.
 #[inline(always)]
 fn channel_sums_body(chunk: &[f32], acc: &mut [f64], mean: Option<&[f64]>) {
@@ -390,6 +514,65 @@ mod tests {
                 .unwrap();
             let d = crate::kernels::max_abs_diff(&got, &want);
             assert!(d < 1e-5, "{act:?}: {d}");
+        }
+    }
+
+    /// The norm folded into a short-windowed convolution equals the convolution followed by
+    /// the norm, both in f64 (candle's steps): one channel in (Wav2Vec2's first layer) and
+    /// several, with and without the convolution's bias and GELU, a channel of zero weights
+    /// (variance 0) among them; windows too long for the fold take the unfolded steps.
+    #[test]
+    fn folded_into_a_convolution_equals_the_convolution_then_the_norm() {
+        let dev = Device::Cpu;
+        let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        for (frames, channels, kernel, stride, outputs, bias) in [
+            (4003, 1, 10, 5, 37, false),
+            (700, 3, 4, 2, 20, true),
+            (300, 8, 9, 3, 16, true),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (frames, channels), &dev)
+                .unwrap()
+                .affine(0.5, 0.2)
+                .unwrap();
+            let weight = Tensor::randn(0f32, 0.3, (outputs, channels, kernel), &dev).unwrap();
+            // Output channel 1 never varies.
+            let keep: Vec<f32> = (0..outputs).map(|c| (c != 1) as u8 as f32).collect();
+            let weight = weight
+                .broadcast_mul(&Tensor::from_vec(keep, (outputs, 1, 1), &dev).unwrap())
+                .unwrap();
+            let rows = crate::kernels::window_rows(&weight).unwrap();
+            let conv_bias = bias.then(|| Tensor::randn(0f32, 1.0, outputs, &dev).unwrap());
+            let (w, b) = (
+                Tensor::randn(1f32, 0.2, outputs, &dev).unwrap(),
+                Tensor::randn(0f32, 1.0, outputs, &dev).unwrap(),
+            );
+            for act in [Activation::Identity, Activation::GeluErf] {
+                let got = channel_normed_conv1d_frames(
+                    &x,
+                    &rows,
+                    conv_bias.as_ref(),
+                    (kernel, stride),
+                    (&w, &b),
+                    1e-5,
+                    act,
+                )
+                .unwrap();
+                let y = conv1d_frames(
+                    &f64s(&x),
+                    &Weight::new(&f64s(&rows), false).unwrap(),
+                    conv_bias.as_ref().map(f64s).as_ref(),
+                    kernel,
+                    stride,
+                    Activation::Identity,
+                )
+                .unwrap();
+                let want = channel_norm_frames(&y, &f64s(&w), &f64s(&b), 1e-5, act)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap();
+                let d = crate::kernels::max_abs_diff(&got, &want);
+                assert!(d < 2e-5, "{channels} x {kernel}, {act:?}: {d}");
+            }
         }
     }
 }

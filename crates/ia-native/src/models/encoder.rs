@@ -458,18 +458,11 @@ impl FrameConv {
 
     /// `act(conv(x))`; `act` None leaves the output as it is.
     pub fn forward(&self, x: &Tensor, act: Option<Activation>) -> Result<Tensor> {
-        let x = match self.padding {
-            0 => x.clone(),
-            p => {
-                let zeros = Tensor::zeros((p, x.dim(1)?), x.dtype(), x.device())?;
-                Tensor::cat(&[&zeros, x, &zeros], 0)?
-            }
-        };
         let (in_pass, after) = act.map_or((kernels::Activation::Identity, None), |act| {
             FeedForwardAct::from(act).split()
         });
         let y = kernels::conv1d_frames(
-            &x,
+            &self.padded(x)?,
             &self.weight,
             self.bias.as_ref(),
             self.kernel,
@@ -477,5 +470,40 @@ impl FrameConv {
             in_pass,
         )?;
         FeedForwardAct::finish(y, after)
+    }
+
+    /// `act(norm(conv(x)))`, `norm` transformers' `GroupNorm(num_groups=channels)` with
+    /// `weight`, `bias` and `eps` ([`kernels::channel_normed_conv1d_frames`]); `rows` is this
+    /// convolution's weight as [`kernels::window_rows`] gives it.
+    pub fn forward_channel_normed(
+        &self,
+        x: &Tensor,
+        rows: &Tensor,
+        (weight, bias): (&Tensor, &Tensor),
+        eps: f64,
+        act: Activation,
+    ) -> Result<Tensor> {
+        let (in_pass, after) = FeedForwardAct::from(act).split();
+        let y = kernels::channel_normed_conv1d_frames(
+            &self.padded(x)?,
+            rows,
+            self.bias.as_ref(),
+            (self.kernel, self.stride),
+            (weight, bias),
+            eps,
+            in_pass,
+        )?;
+        FeedForwardAct::finish(y, after)
+    }
+
+    /// `x` with `padding` zero frames before and after.
+    fn padded(&self, x: &Tensor) -> Result<Tensor> {
+        match self.padding {
+            0 => Ok(x.clone()),
+            p => {
+                let zeros = Tensor::zeros((p, x.dim(1)?), x.dtype(), x.device())?;
+                Tensor::cat(&[&zeros, x, &zeros], 0)
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! a transformer encoder in post-LN (base) or pre-LN ("stable layer norm", large) form; CTC
 //! logits from `lm_head`. candle has no Wav2Vec2. Tensor names match the HF checkpoint.
 
-use super::encoder::{Dense, FeedForwardAct, FrameConv, Products, SelfAttention};
+use super::encoder::{Dense, FrameConv, Products, SelfAttention};
 use super::LoadContext;
 use crate::kernels;
 use crate::kernels::LayerNorm;
@@ -52,10 +52,12 @@ fn eps() -> f64 {
 
 enum ConvNorm {
     None,
-    /// transformers' `GroupNorm(num_groups=channels)`: each channel normalised over the frames.
+    /// transformers' `GroupNorm(num_groups=channels)`: each channel normalised over the frames;
+    /// `rows` is the convolution's weight over its windows, which the norm folds into.
     PerChannel {
         weight: Tensor,
         bias: Tensor,
+        rows: Tensor,
     },
     Layer(LayerNorm),
 }
@@ -79,11 +81,9 @@ impl ConvLayer {
             // Without a norm between them, the activation goes into the convolution's pass.
             ConvNorm::None => self.conv.forward(x, Some(self.act)),
             // Each channel normalised over the frames, a GELU in the same pass.
-            ConvNorm::PerChannel { weight, bias } => {
-                let (in_pass, after) = FeedForwardAct::from(self.act).split();
-                let y = self.conv.forward(x, None)?;
-                let y = kernels::channel_norm_frames(&y, weight, bias, ConvNorm::EPS, in_pass)?;
-                FeedForwardAct::finish(y, after)
+            ConvNorm::PerChannel { weight, bias, rows } => {
+                self.conv
+                    .forward_channel_normed(x, rows, (weight, bias), ConvNorm::EPS, self.act)
             }
             ConvNorm::Layer(l) => {
                 let y = l.forward(&self.conv.forward(x, None)?)?;
@@ -266,12 +266,13 @@ impl Model {
             );
             // The first convolution's windows (10 samples) are shorter than one bf16 step of
             // 32 inputs: it stays f32.
-            let conv = FrameConv::load(
-                (cin, cout, cfg.conv_kernel[i]),
-                cfg.conv_bias,
+            let cv = l.pp("conv");
+            let weight = cv.get((cout, cin, cfg.conv_kernel[i]), "weight")?;
+            let conv = FrameConv::new(
+                &weight,
+                cfg.conv_bias.then(|| cv.get(cout, "bias")).transpose()?,
                 cfg.conv_stride[i],
                 0,
-                l.pp("conv"),
                 if i == 0 { Products::AsLoaded } else { products },
             )?;
             let norm = match cfg.feat_extract_norm.as_str() {
@@ -279,6 +280,7 @@ impl Model {
                 "group" if i == 0 => ConvNorm::PerChannel {
                     weight: l.pp("layer_norm").get(cout, "weight")?,
                     bias: l.pp("layer_norm").get(cout, "bias")?,
+                    rows: kernels::window_rows(&weight)?,
                 },
                 "group" => ConvNorm::None,
                 other => candle_core::bail!("feat_extract_norm {other} (expected group or layer)"),
