@@ -9,24 +9,14 @@
 #[inline(always)]
 pub(super) fn exp_nonpositive(x: f32) -> f32 {
     let underflows = x < -87.0;
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    // 1.5 * 2^23 + 127: adding it rounds x * log2(e) to the nearest integer n and leaves
-    // n + 127 in the low mantissa bits. Rust's `as i32` would do that too, but its
-    // saturating conversion does not vectorise on x86.
-    const ROUND_AND_BIAS: f32 = 12_582_912.0 + 127.0;
     let x = x.max(-87.0);
-    let biased = x.mul_add(LOG2E, ROUND_AND_BIAS);
+    let biased = x.mul_add(std::f32::consts::LOG2_E, ROUND_AND_BIAS);
     let n = biased - ROUND_AND_BIAS;
     let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
-    let mut p = 1.0 / 720.0f32;
-    p = p.mul_add(r, 1.0 / 120.0);
-    p = p.mul_add(r, 1.0 / 24.0);
-    p = p.mul_add(r, 1.0 / 6.0);
-    p = p.mul_add(r, 0.5);
-    p = p.mul_add(r, 1.0);
-    p = p.mul_add(r, 1.0);
+    let mut p = EXP_POLY[0];
+    for k in &EXP_POLY[1..] {
+        p = p.mul_add(r, *k);
+    }
     // 2^n: n + 127 (1..=127 here) shifted into the exponent; the constant's own bits shift
     // out.
     let scale = f32::from_bits(biased.to_bits() << 23);
@@ -36,6 +26,25 @@ pub(super) fn exp_nonpositive(x: f32) -> f32 {
         p * scale
     }
 }
+
+/// [`exp_nonpositive`]'s constants, shared with the explicitly vectorised copy in bf16
+/// attention: ln 2 in two parts (Cody-Waite), and 1.5 * 2^23 + 127, whose addition rounds x *
+/// log2(e) to the nearest integer n and leaves n + 127 in the low mantissa bits (Rust's `as
+/// i32` would do that too, but its saturating conversion does not vectorise on x86).
+pub(super) const LN2_HI: f32 = 0.693_145_75;
+pub(super) const LN2_LO: f32 = 1.428_606_8e-6;
+pub(super) const ROUND_AND_BIAS: f32 = 12_582_912.0 + 127.0;
+
+/// e^r's Taylor polynomial to degree 6, highest coefficient first, for Horner's rule.
+pub(super) const EXP_POLY: [f32; 7] = [
+    1.0 / 720.0,
+    1.0 / 120.0,
+    1.0 / 24.0,
+    1.0 / 6.0,
+    0.5,
+    1.0,
+    1.0,
+];
 
 /// erf(x), Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7).
 #[inline(always)]
