@@ -9,7 +9,8 @@
 #[inline(always)]
 pub(super) fn exp_nonpositive(x: f32) -> f32 {
     let underflows = x < -87.0;
-    let x = x.max(-87.0);
+    // As `x.max(-87.0)` (NaN included), without the NaN rule's compare and blend.
+    let x = if x > -87.0 { x } else { -87.0 };
     let biased = x.mul_add(std::f32::consts::LOG2_E, ROUND_AND_BIAS);
     let n = biased - ROUND_AND_BIAS;
     let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
@@ -109,16 +110,16 @@ pub(super) fn max_of(row: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = row.chunks_exact(LANES);
     let rest = chunks.remainder();
+    // A comparison rather than `f32::max`, whose NaN rule costs a compare and a blend beside
+    // each `maxps` (a NaN score makes its row NaN either way, through the exponentials).
+    let larger = |a: f32, v: f32| if v > a { v } else { a };
     for chunk in chunks {
         for (a, &v) in acc.iter_mut().zip(chunk) {
-            *a = a.max(v);
+            *a = larger(*a, v);
         }
     }
-    let mut m = rest.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    for a in acc {
-        m = m.max(a);
-    }
-    m
+    let m = rest.iter().fold(f32::NEG_INFINITY, |m, &v| larger(m, v));
+    acc.into_iter().fold(m, larger)
 }
 
 /// The sum of `f(v)` over the row, in [`LANES`] partial sums.
@@ -147,12 +148,18 @@ pub(super) fn softmax_body(row: &mut [f32]) {
             *a += *v;
         }
     }
-    let mut sum = 0f32;
-    for v in chunks.into_remainder() {
+    // The last partial chunk through a whole one padded with -inf (whose exponentials are
+    // 0), so it runs in vector lanes too: one element at a time, the last 5 of ViT's 197
+    // keys cost a third of the row.
+    let rest = chunks.into_remainder();
+    let mut last = [f32::NEG_INFINITY; LANES];
+    last[..rest.len()].copy_from_slice(rest);
+    for (a, v) in acc.iter_mut().zip(last.iter_mut()) {
         *v = exp_nonpositive(*v - max);
-        sum += *v;
+        *a += *v;
     }
-    let inv = 1.0 / (sum + acc.iter().sum::<f32>());
+    rest.copy_from_slice(&last[..rest.len()]);
+    let inv = 1.0 / acc.iter().sum::<f32>();
     for v in row.iter_mut() {
         *v *= inv;
     }
