@@ -208,7 +208,7 @@ mod x86 {
         1.0 / _mm512_reduce_add_ps(sum)
     }
 
-    /// [`exp_nonpositive`] of 16 lanes (the same operations in the same order: the same
+    /// `math::exp_nonpositive` of 16 lanes (the same operations in the same order: the same
     /// bits).
     #[inline]
     #[target_feature(enable = "avx512f")]
