@@ -272,7 +272,6 @@ const SHORT_WINDOW: usize = 64;
 /// the unfolded steps write them, read them twice for the statistics and once more to
 /// normalise (Wav2Vec2-base's first layer: 11,002 frames x 512 channels for 3.4 s of audio).
 /// Longer windows, and tensors off the kernels, take those steps.
-#[allow(clippy::too_many_arguments)]
 pub fn channel_normed_conv1d_frames(
     x: &Tensor,
     rows: &Tensor,
