@@ -266,13 +266,12 @@ impl Model {
             );
             // The first convolution's windows (10 samples) are shorter than one bf16 step of
             // 32 inputs: it stays f32.
-            let cv = l.pp("conv");
-            let weight = cv.get((cout, cin, cfg.conv_kernel[i]), "weight")?;
-            let conv = FrameConv::new(
-                &weight,
-                cfg.conv_bias.then(|| cv.get(cout, "bias")).transpose()?,
+            let conv = FrameConv::load(
+                (cin, cout, cfg.conv_kernel[i]),
+                cfg.conv_bias,
                 cfg.conv_stride[i],
                 0,
+                l.pp("conv"),
                 if i == 0 { Products::AsLoaded } else { products },
             )?;
             let norm = match cfg.feat_extract_norm.as_str() {
@@ -280,7 +279,10 @@ impl Model {
                 "group" if i == 0 => ConvNorm::PerChannel {
                     weight: l.pp("layer_norm").get(cout, "weight")?,
                     bias: l.pp("layer_norm").get(cout, "bias")?,
-                    rows: kernels::window_rows(&weight)?,
+                    rows: kernels::window_rows(
+                        &l.pp("conv")
+                            .get((cout, cin, cfg.conv_kernel[i]), "weight")?,
+                    )?,
                 },
                 "group" => ConvNorm::None,
                 other => candle_core::bail!("feat_extract_norm {other} (expected group or layer)"),
