@@ -1343,6 +1343,20 @@ impl Split {
             Split::Platform => c.target(),
         }
     }
+
+    /// How a held-out group is named in a report: the model, the batch size, or the engine
+    /// on its platform at its precision (the machine is in the JSON).
+    fn label(self, c: &Case) -> String {
+        match self {
+            Split::Configuration => format!(
+                "{} on {} ({}) {} b={} seq={}",
+                c.model, c.platform, c.engine, c.precision, c.work.batch, c.work.seq_len
+            ),
+            Split::BatchSize => format!("b={}", c.work.batch),
+            Split::Model => c.model.clone(),
+            Split::Platform => format!("{} on {} {}", c.engine, c.platform, c.precision),
+        }
+    }
 }
 
 /// Held-out figures of one split.
@@ -1374,6 +1388,26 @@ pub struct SplitReport {
     /// The held-out predictions furthest from their measurements (at most [`WORST`]), worst
     /// first: where the error above comes from.
     pub worst: Vec<HeldOut>,
+    /// Each held-out group's own figures, in the order held out: which model or platform the
+    /// split's error comes from, and whether it is predicted too high or too low.
+    pub groups: Vec<GroupScore>,
+}
+
+/// The held-out predictions of one group of a split.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupScore {
+    /// The model, the batch size, or the engine on its platform at its precision.
+    pub group: String,
+    /// The machine (hardware fingerprint) of the group's first measurement.
+    pub hardware: String,
+    pub predictions: usize,
+    /// %.
+    pub mape: f64,
+    /// The median of measured / predicted: above 1, the group is predicted too fast (too
+    /// small); below 1, too slow (too large).
+    pub median_ratio: f64,
+    /// Share of the group's measurements inside their 90% interval.
+    pub coverage: f64,
 }
 
 /// Held-out predictions a [`SplitReport`] lists.
@@ -1410,6 +1444,7 @@ pub fn evaluate(observations: &[Observation], split: Split, quantity: Quantity) 
     // (measurement, prediction, the case)
     let mut scored: Vec<(f64, Interval, &Case)> = Vec::new();
     let mut skipped = 0;
+    let mut group_scores = Vec::new();
     for held in groups.values() {
         let rest: Vec<Observation> = (0..measured.len())
             .filter(|i| !held.contains(i))
@@ -1417,11 +1452,13 @@ pub fn evaluate(observations: &[Observation], split: Split, quantity: Quantity) 
             .collect();
         match Predictor::fit(&rest, quantity) {
             Ok(p) => {
+                let first = scored.len();
                 for &i in held {
                     let o = measured[i];
                     let value = quantity.measured(o).expect("filtered above");
                     scored.push((value, p.predict(&o.case), &o.case));
                 }
+                group_scores.push(group_score(split, &scored[first..]));
             }
             Err(_) => skipped += 1,
         }
@@ -1478,6 +1515,37 @@ pub fn evaluate(observations: &[Observation], split: Split, quantity: Quantity) 
         top1,
         mean_loss_pct,
         worst,
+        groups: group_scores,
+    }
+}
+
+/// The figures of one held-out group's predictions (at least one).
+fn group_score(split: Split, scored: &[(f64, Interval, &Case)]) -> GroupScore {
+    let n = scored.len();
+    let mut ratios: Vec<f64> = scored.iter().map(|(m, p, _)| m / p.p50).collect();
+    ratios.sort_by(f64::total_cmp);
+    let median_ratio = if n % 2 == 1 {
+        ratios[n / 2]
+    } else {
+        (ratios[n / 2 - 1] * ratios[n / 2]).sqrt()
+    };
+    let first = scored[0].2;
+    GroupScore {
+        group: split.label(first),
+        hardware: first.hardware.clone(),
+        predictions: n,
+        mape: scored
+            .iter()
+            .map(|(m, p, _)| (p.p50 - m).abs() / m)
+            .sum::<f64>()
+            / n as f64
+            * 100.0,
+        median_ratio,
+        coverage: scored
+            .iter()
+            .filter(|(m, p, _)| (p.low..=p.high).contains(m))
+            .count() as f64
+            / n as f64,
     }
 }
 

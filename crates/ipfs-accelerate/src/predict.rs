@@ -761,6 +761,26 @@ fn evaluate(
                 );
             }
         }
+        // One line per configuration would bury the rest; the JSON has them.
+        println!(
+            "held-out groups (measured / predicted: the median ratio, above 1 predicted too low):"
+        );
+        for r in reports
+            .iter()
+            .filter(|r| r.quantity == quantity && r.split != Split::Configuration)
+        {
+            for g in &r.groups {
+                println!(
+                    "  {:<13} {}: {} predictions, MAPE {:.1}%, median ratio {:.2}, coverage {}",
+                    split_name(r)?,
+                    g.group,
+                    g.predictions,
+                    g.mape,
+                    g.median_ratio,
+                    pct(Some(g.coverage))
+                );
+            }
+        }
     }
     Ok(())
 }
