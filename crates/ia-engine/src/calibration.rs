@@ -2,7 +2,9 @@
 //! ONNX graphs they run on for the runtimes that run graphs:
 //!
 //! * matmul: two untimed products, then products timed one by one until at least five and
-//!   half a second (at most 50); the rate is `2 n^3` over the median time;
+//!   half a second (at most 50); the rate is `2 n^3` over the median time. `hardware
+//!   --calibrate` times every engine's rates in rounds, one pass over the engines apart, and
+//!   keeps each one's fastest round: a shared machine's slow spells outlast a window;
 //! * dispatch: what a call and each operation in it cost beyond their arithmetic. A chain of
 //!   one and a chain of [`DISPATCH_OPS`] tiny products are timed call by call (at least ten
 //!   and a quarter of a second each); the difference of the medians is the chain's extra
