@@ -177,15 +177,14 @@ fn calibrate(report: &HardwareReport, db_path: &Path) -> anyhow::Result<Vec<Refu
                     let at = Placement::new(status.platform, precision);
                     match engine.calibrate_matmul(at) {
                         Ok(rate) => rates[e][k] = Some(faster(rates[e][k].take(), rate)),
-                        Err(EngineError::Unsupported(reason)) if round == 0 => {
-                            engine_refusals[e].push(Refusal {
+                        Err(EngineError::Unsupported(reason)) if round == 0 => engine_refusals[e]
+                            .push(Refusal {
                                 platform: status.platform,
                                 engine: engine.name().into(),
                                 kind: "matmul",
                                 precision: Some(precision),
                                 reason,
-                            })
-                        }
+                            }),
                         Err(e) => anyhow::bail!(
                             "calibrating {} on {} at {precision}: {e}",
                             engine.name(),
@@ -195,11 +194,8 @@ fn calibrate(report: &HardwareReport, db_path: &Path) -> anyhow::Result<Vec<Refu
                 }
             }
         }
-        for ((engine, engine_rates), mut engine_refused) in engines
-            .all()
-            .into_iter()
-            .zip(rates)
-            .zip(engine_refusals)
+        for ((engine, engine_rates), mut engine_refused) in
+            engines.all().into_iter().zip(rates).zip(engine_refusals)
         {
             for (&precision, rate) in CALIBRATED_PRECISIONS.iter().zip(engine_rates) {
                 if let Some(rate) = rate {

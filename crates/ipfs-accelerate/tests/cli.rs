@@ -1588,6 +1588,30 @@ fn predict_learns_from_stored_results_and_scores_itself_on_held_out_ones() {
             })
             .collect();
         assert!(errors.windows(2).all(|e| e[0] >= e[1]), "{s}");
+        // Each scored group's own figures: its predictions add up to the split's, and its
+        // MAPE and coverage average to the split's over them.
+        let groups = s["groups"].as_array().unwrap();
+        let scored = s["folds"].as_u64().unwrap() - s["skipped_folds"].as_u64().unwrap();
+        assert_eq!(groups.len() as u64, scored, "{s}");
+        let count = |g: &serde_json::Value| g["predictions"].as_f64().unwrap();
+        let total: f64 = groups.iter().map(count).sum();
+        assert_eq!(total as usize, predictions, "{s}");
+        let weighted = |key: &str| -> f64 {
+            groups
+                .iter()
+                .map(|g| g[key].as_f64().unwrap() * count(g))
+                .sum::<f64>()
+                / total
+        };
+        assert!(
+            (weighted("mape") - s["mape"].as_f64().unwrap()).abs() < 1e-6,
+            "{s}"
+        );
+        assert!((weighted("coverage") - coverage).abs() < 1e-9, "{s}");
+        for g in groups {
+            assert!(g["median_ratio"].as_f64().unwrap() > 0.0, "{g}");
+            assert!(!g["group"].as_str().unwrap().is_empty(), "{g}");
+        }
     }
     // Two targets per (model, batch): a selection case each.
     assert_eq!(configuration["selection_cases"], 6);
