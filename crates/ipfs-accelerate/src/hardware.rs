@@ -169,15 +169,15 @@ fn calibrate(report: &HardwareReport, db_path: &Path) -> anyhow::Result<Vec<Refu
             vec![vec![None; CALIBRATED_PRECISIONS.len()]; engines.all().len()];
         let mut engine_refusals: Vec<Vec<Refusal>> = engines.all().iter().map(|_| vec![]).collect();
         for round in 0..RATE_ROUNDS {
-            for (e, engine) in engines.all().into_iter().enumerate() {
+            for (i, engine) in engines.all().into_iter().enumerate() {
                 for (k, &precision) in CALIBRATED_PRECISIONS.iter().enumerate() {
-                    if round > 0 && rates[e][k].is_none() {
+                    if round > 0 && rates[i][k].is_none() {
                         continue; // refused in the first round
                     }
                     let at = Placement::new(status.platform, precision);
                     match engine.calibrate_matmul(at) {
-                        Ok(rate) => rates[e][k] = Some(faster(rates[e][k].take(), rate)),
-                        Err(EngineError::Unsupported(reason)) if round == 0 => engine_refusals[e]
+                        Ok(rate) => rates[i][k] = Some(faster(rates[i][k].take(), rate)),
+                        Err(EngineError::Unsupported(reason)) if round == 0 => engine_refusals[i]
                             .push(Refusal {
                                 platform: status.platform,
                                 engine: engine.name().into(),
@@ -332,11 +332,12 @@ fn calibrate(report: &HardwareReport, db_path: &Path) -> anyhow::Result<Vec<Refu
 }
 
 /// Rounds of the matmul rates (and of the memory bandwidth) a calibration keeps the fastest
-/// of. One half-second window of one engine read the native engine's f32 products at 110
-/// GFLOP/s where the next calibrations read 185-221; ONNX Runtime's read 123-192 in five
-/// calibrations of the same hour: a shared machine's slow spells last seconds, longer than a
-/// window, but rarely the whole calibration, and the rounds are a whole pass over the engines
-/// apart.
+/// of. A shared machine's slow spells last seconds, longer than one engine's half-second
+/// window but rarely a whole pass over the engines: one window read the native engine's f32
+/// products at 110 GFLOP/s on a 2-core Zen 4 where the other calibrations of the day read
+/// 173-221. There, five calibrations of one round read the native engine's f32 at 173-218,
+/// ONNX Runtime's at 133-186 and OpenVINO's at 107-215; five of three rounds, alternating
+/// with them, at 212-221, 163-192 and 200-215.
 const RATE_ROUNDS: usize = 3;
 
 /// The faster of two rounds' rates, with the products both timed.
