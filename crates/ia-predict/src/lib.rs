@@ -1463,17 +1463,8 @@ pub fn evaluate(observations: &[Observation], split: Split, quantity: Quantity) 
             Err(_) => skipped += 1,
         }
     }
-    let n = scored.len() as f64;
-    let some = |v: f64| (!scored.is_empty()).then_some(v);
-    let errors: Vec<f64> = scored
-        .iter()
-        .map(|(m, p, _)| (p.p50 - m).abs() / m)
-        .collect();
+    let errors = relative_errors(&scored);
     let (mape, within_10pct) = error_shares(&errors);
-    let covered = scored
-        .iter()
-        .filter(|(m, p, _)| (p.low..=p.high).contains(m))
-        .count();
     let above_upper_bound = scored.iter().filter(|(m, p, _)| *m > p.upper_bound).count();
     let mut order: Vec<usize> = (0..scored.len()).collect();
     order.sort_by(|&a, &b| errors[b].total_cmp(&errors[a]));
@@ -1509,7 +1500,7 @@ pub fn evaluate(observations: &[Observation], split: Split, quantity: Quantity) 
         skipped_folds: skipped,
         mape,
         within_10pct,
-        coverage: some(covered as f64 / n),
+        coverage: coverage(&scored),
         above_upper_bound,
         selection_cases,
         top1,
@@ -1534,19 +1525,29 @@ fn group_score(split: Split, scored: &[(f64, Interval, &Case)]) -> GroupScore {
         group: split.label(first),
         hardware: first.hardware.clone(),
         predictions: n,
-        mape: scored
-            .iter()
-            .map(|(m, p, _)| (p.p50 - m).abs() / m)
-            .sum::<f64>()
-            / n as f64
-            * 100.0,
+        mape: error_shares(&relative_errors(scored))
+            .0
+            .expect("at least one"),
         median_ratio,
-        coverage: scored
-            .iter()
-            .filter(|(m, p, _)| (p.low..=p.high).contains(m))
-            .count() as f64
-            / n as f64,
+        coverage: coverage(scored).expect("at least one"),
     }
+}
+
+/// |predicted - measured| / measured of each scored (measurement, prediction) pair.
+fn relative_errors(scored: &[(f64, Interval, &Case)]) -> Vec<f64> {
+    scored
+        .iter()
+        .map(|(m, p, _)| (p.p50 - m).abs() / m)
+        .collect()
+}
+
+/// The share of measurements inside their 90% interval; None without any.
+fn coverage(scored: &[(f64, Interval, &Case)]) -> Option<f64> {
+    let covered = scored
+        .iter()
+        .filter(|(m, p, _)| (p.low..=p.high).contains(m))
+        .count();
+    (!scored.is_empty()).then(|| covered as f64 / scored.len() as f64)
 }
 
 /// How far repeated measurements of one configuration lie from each other: the error of
