@@ -42,6 +42,27 @@ pub fn matmul(device: &Device, dtype: DType) -> Result<(usize, f64, usize), Engi
     Ok((n, rate, samples))
 }
 
+/// (n, median FLOP/s, products timed) of the linear-layer kernel with `format` weights: the
+/// products a quantised decoder's prefill runs (activations quantised per block of 32 and
+/// multiplied in 8-bit integers, on `vpdpbusd` with AVX512-VNNI; see `kernels::quant`).
+pub fn quantised_matmul(
+    format: kernels::quant::Format,
+) -> Result<(usize, f64, usize), EngineError> {
+    let rt = |e: candle_core::Error| EngineError::Runtime(crate::candle_message(&e));
+    let n = MATMUL_SIZE;
+    let tensor = |offset: f32| Tensor::from_vec(operand(n, offset), (n, n), &Device::Cpu);
+    let a = tensor(0.5).map_err(rt)?;
+    let matrix =
+        kernels::quant::QuantMatrix::quantize(&tensor(-0.25).map_err(rt)?, format).map_err(rt)?;
+    let weight = kernels::Weight::Quant(std::sync::Arc::new(matrix));
+    let (rate, samples) = time_products(n, || {
+        kernels::linear(&a, &weight, None, kernels::Activation::Identity, None)
+            .map_err(rt)
+            .map(drop)
+    })?;
+    Ok((n, rate, samples))
+}
+
 /// The dispatch costs of chains of candle's tiny products on `device` (named `name`): what
 /// each tensor operation of a layer costs beyond its arithmetic (allocation, dispatch, a
 /// kernel launch off the CPU).

@@ -166,10 +166,30 @@ impl Engine for NativeEngine {
 
     fn calibrate_matmul(&self, at: Placement) -> Result<MatmulRate, EngineError> {
         let (device, name) = device_for(at.platform)?;
+        let quantised = match at.precision {
+            Precision::Q8_0 => Some(kernels::quant::Format::Q8_0),
+            Precision::Q4K => Some(kernels::quant::Format::Q4K),
+            _ => None,
+        };
+        if let Some(format) = quantised {
+            if at.platform != Platform::Cpu {
+                return Err(EngineError::Unsupported(format!(
+                    "{} products run on the CPU only",
+                    at.precision
+                )));
+            }
+            let (size, flops_per_s, samples) = calibrate::quantised_matmul(format)?;
+            return Ok(MatmulRate {
+                device: name,
+                size,
+                flops_per_s,
+                samples,
+            });
+        }
         let dtype = dtype_for(at.precision).map_err(|_| {
             EngineError::Unsupported(format!(
-                "the native engine has no {} matmul: it computes in f32, f16 or bf16 \
-                 (q8_0 and q4_k are weight formats of its quantised decoders)",
+                "the native engine has no {} matmul: it computes in f32, f16 or bf16, and \
+                 multiplies 8-bit integers in the products of its q8_0 and q4_k weights",
                 at.precision
             ))
         })?;

@@ -79,12 +79,16 @@ pub struct Refusal {
     pub reason: String,
 }
 
-/// The precisions a matmul calibration is tried at.
-const CALIBRATED_PRECISIONS: [Precision; 4] = [
+/// The precisions a matmul calibration is tried at: the floating-point ones, int8, and the
+/// block-quantised weights whose products multiply 8-bit integers (the native engine's
+/// quantised decoders), each engine refusing what it does not run.
+const CALIBRATED_PRECISIONS: [Precision; 6] = [
     Precision::F32,
     Precision::F16,
     Precision::Bf16,
     Precision::Int8,
+    Precision::Q8_0,
+    Precision::Q4K,
 ];
 
 /// Bytes of each of the triad's three arrays: far beyond any cache of this class of machine.

@@ -1366,7 +1366,7 @@ fn bf16_without_cpu_support_is_unavailable_in_bench_and_db() {
 }
 
 /// `hardware --calibrate` measures each in-process engine's matmul per precision it computes
-/// in, its dispatch costs and the memory bandwidth, stores them against this machine's fingerprint, and `hardware` shows
+/// in (the native engine's q8_0 and q4_k products too), its dispatch costs and the memory bandwidth, stores them against this machine's fingerprint, and `hardware` shows
 /// the stored figures later; what an engine cannot calibrate is listed with the reason.
 #[test]
 fn hardware_calibration_is_measured_stored_and_shown() {
@@ -1405,6 +1405,13 @@ fn hardware_calibration_is_measured_stored_and_shown() {
         let f32 = find("matmul", Some(engine), Some("f32"));
         assert_eq!(f32["platform"].as_str(), Some(platform), "{f32}");
         assert!(f32["value"].as_f64().unwrap() > 1e8, "{f32}");
+    }
+    // The native engine's quantised products (8-bit integers, on every CPU: VNNI, AVX2 or
+    // plain Rust) have rates of their own, which its q8_0 and q4_k decoders' rooflines read.
+    for precision in ["q8_0", "q4_k"] {
+        let q = find("matmul", Some("native"), Some(precision));
+        assert_eq!(q["platform"].as_str(), Some("cpu"), "{q}");
+        assert!(q["value"].as_f64().unwrap() > 1e8, "{q}");
     }
     // wasm is calibrated in a page (onnxruntime-web, timed by performance.now()), not
     // given the CPU's figure.
