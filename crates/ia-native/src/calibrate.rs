@@ -3,7 +3,7 @@
 //! bf16 on AMX or AVX512-BF16), elsewhere candle's matmul; and what its tensor operations
 //! cost to dispatch.
 
-use crate::kernels;
+use crate::{kernels, rt};
 use candle_core::{DType, Device, Tensor};
 use ia_engine::calibration::{
     chain_operands, dispatch_costs, operand, seconds_of, time_products, DISPATCH_WIDTH, MATMUL_SIZE,
@@ -12,33 +12,23 @@ use ia_engine::{DispatchCost, EngineError};
 
 /// (n, median FLOP/s, products timed).
 pub fn matmul(device: &Device, dtype: DType) -> Result<(usize, f64, usize), EngineError> {
-    let rt = |e: candle_core::Error| EngineError::Runtime(crate::candle_message(&e));
+    if device.is_cpu() && matches!(dtype, DType::F32 | DType::BF16) {
+        // f32 operands: bf16 is the kernel's product, its activations and output stay f32.
+        return linear_rate(|w| kernels::Weight::new(w, dtype == DType::BF16));
+    }
     let n = MATMUL_SIZE;
-    let tensor = |offset: f32, dtype: DType| -> Result<Tensor, EngineError> {
+    let tensor = |offset: f32| -> Result<Tensor, EngineError> {
         Tensor::from_vec(operand(n, offset), (n, n), device)
             .and_then(|t| t.to_dtype(dtype))
             .map_err(rt)
     };
-    let (rate, samples) = if device.is_cpu() && matches!(dtype, DType::F32 | DType::BF16) {
-        // f32 operands: bf16 is the kernel's product, its activations and output stay f32.
-        let a = tensor(0.5, DType::F32)?;
-        // The layer's weight is [out, in]; the product is a . weight^T.
-        let weight =
-            kernels::Weight::new(&tensor(-0.25, DType::F32)?, dtype == DType::BF16).map_err(rt)?;
-        time_products(n, || {
-            kernels::linear(&a, &weight, None, kernels::Activation::Identity, None)
-                .map_err(rt)
-                .map(drop)
-        })?
-    } else {
-        let (a, b) = (tensor(0.5, dtype)?, tensor(-0.25, dtype)?);
-        time_products(n, || {
-            let product = a.matmul(&b).map_err(rt)?;
-            device.synchronize().map_err(rt)?;
-            drop(product);
-            Ok(())
-        })?
-    };
+    let (a, b) = (tensor(0.5)?, tensor(-0.25)?);
+    let (rate, samples) = time_products(n, || {
+        let product = a.matmul(&b).map_err(rt)?;
+        device.synchronize().map_err(rt)?;
+        drop(product);
+        Ok(())
+    })?;
     Ok((n, rate, samples))
 }
 
@@ -48,13 +38,22 @@ pub fn matmul(device: &Device, dtype: DType) -> Result<(usize, f64, usize), Engi
 pub fn quantised_matmul(
     format: kernels::quant::Format,
 ) -> Result<(usize, f64, usize), EngineError> {
-    let rt = |e: candle_core::Error| EngineError::Runtime(crate::candle_message(&e));
+    linear_rate(|w| {
+        let matrix = kernels::quant::QuantMatrix::quantize(w, format)?;
+        Ok(kernels::Weight::Quant(std::sync::Arc::new(matrix)))
+    })
+}
+
+/// (n, median FLOP/s, products timed) of the CPU's linear-layer kernel multiplying n x n f32
+/// activations by the weight `weight` makes of an n x n f32 matrix.
+fn linear_rate(
+    weight: impl FnOnce(&Tensor) -> candle_core::Result<kernels::Weight>,
+) -> Result<(usize, f64, usize), EngineError> {
     let n = MATMUL_SIZE;
     let tensor = |offset: f32| Tensor::from_vec(operand(n, offset), (n, n), &Device::Cpu);
     let a = tensor(0.5).map_err(rt)?;
-    let matrix =
-        kernels::quant::QuantMatrix::quantize(&tensor(-0.25).map_err(rt)?, format).map_err(rt)?;
-    let weight = kernels::Weight::Quant(std::sync::Arc::new(matrix));
+    // The layer's weight is [out, in]; the product is a . weight^T.
+    let weight = weight(&tensor(-0.25).map_err(rt)?).map_err(rt)?;
     let (rate, samples) = time_products(n, || {
         kernels::linear(&a, &weight, None, kernels::Activation::Identity, None)
             .map_err(rt)
@@ -67,7 +66,6 @@ pub fn quantised_matmul(
 /// each tensor operation of a layer costs beyond its arithmetic (allocation, dispatch, a
 /// kernel launch off the CPU).
 pub fn dispatch(device: &Device, name: String) -> Result<DispatchCost, EngineError> {
-    let rt = |e: candle_core::Error| EngineError::Runtime(crate::candle_message(&e));
     let w = DISPATCH_WIDTH;
     let (x, weights) = chain_operands(w);
     let x = Tensor::from_vec(x, (1, w), device).map_err(rt)?;
