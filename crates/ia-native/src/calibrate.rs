@@ -1,7 +1,7 @@
 //! The native engine's matmul rate on the product its layers run, timed by the shared
 //! protocol (`ia_engine::calibration`): on the CPU our linear-layer kernel (f32 through gemm,
-//! bf16 on AMX or AVX512-BF16), elsewhere candle's matmul; and what its tensor operations
-//! cost to dispatch.
+//! bf16 on AMX or AVX512-BF16, q8_0 and q4_k weights in 8-bit integer products), elsewhere
+//! candle's matmul; and what its tensor operations cost to dispatch.
 
 use crate::{kernels, rt};
 use candle_core::{DType, Device, Tensor};

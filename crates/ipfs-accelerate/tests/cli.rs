@@ -1366,8 +1366,9 @@ fn bf16_without_cpu_support_is_unavailable_in_bench_and_db() {
 }
 
 /// `hardware --calibrate` measures each in-process engine's matmul per precision it computes
-/// in (the native engine's q8_0 and q4_k products too), its dispatch costs and the memory bandwidth, stores them against this machine's fingerprint, and `hardware` shows
-/// the stored figures later; what an engine cannot calibrate is listed with the reason.
+/// in (the native engine's q8_0 and q4_k products too), its dispatch costs and the memory
+/// bandwidth, stores them against this machine's fingerprint, and `hardware` shows the stored
+/// figures later; what an engine cannot calibrate is listed with the reason.
 #[test]
 fn hardware_calibration_is_measured_stored_and_shown() {
     let dir = tempfile::tempdir().unwrap();
