@@ -99,6 +99,28 @@ fn dtype_for(precision: Precision) -> Result<DType, EngineError> {
     }
 }
 
+/// The dtype of a floating-point matmul calibration at `at`, or why the engine has none.
+fn matmul_dtype(at: Placement) -> Result<DType, EngineError> {
+    let dtype = dtype_for(at.precision).map_err(|_| {
+        EngineError::Unsupported(format!(
+            "the native engine has no {} matmul: it computes in f32, f16 or bf16, and \
+             multiplies 8-bit integers in the products of its q8_0 and q4_k weights",
+            at.precision
+        ))
+    })?;
+    if at.platform == Platform::Cpu && dtype == DType::BF16 {
+        if !kernels::bf16::available() {
+            return Err(EngineError::Unsupported(format!(
+                "bf16 on the CPU runs on AMX or AVX512-BF16, and {}",
+                kernels::bf16::unavailable_reason()
+            )));
+        }
+    } else {
+        check_dtype(at.platform, dtype)?;
+    }
+    Ok(dtype)
+}
+
 impl Engine for NativeEngine {
     fn name(&self) -> &'static str {
         "native"
@@ -166,44 +188,16 @@ impl Engine for NativeEngine {
 
     fn calibrate_matmul(&self, at: Placement) -> Result<MatmulRate, EngineError> {
         let (device, name) = device_for(at.platform)?;
-        let quantised = match at.precision {
-            Precision::Q8_0 => Some(kernels::quant::Format::Q8_0),
-            Precision::Q4K => Some(kernels::quant::Format::Q4K),
-            _ => None,
-        };
-        if let Some(format) = quantised {
-            if at.platform != Platform::Cpu {
+        let (size, flops_per_s, samples) = match kernels::quant::Format::of(at.precision) {
+            Some(_) if !device.is_cpu() => {
                 return Err(EngineError::Unsupported(format!(
                     "{} products run on the CPU only",
                     at.precision
                 )));
             }
-            let (size, flops_per_s, samples) = calibrate::quantised_matmul(format)?;
-            return Ok(MatmulRate {
-                device: name,
-                size,
-                flops_per_s,
-                samples,
-            });
-        }
-        let dtype = dtype_for(at.precision).map_err(|_| {
-            EngineError::Unsupported(format!(
-                "the native engine has no {} matmul: it computes in f32, f16 or bf16, and \
-                 multiplies 8-bit integers in the products of its q8_0 and q4_k weights",
-                at.precision
-            ))
-        })?;
-        if at.platform == Platform::Cpu && dtype == DType::BF16 {
-            if !kernels::bf16::available() {
-                return Err(EngineError::Unsupported(format!(
-                    "bf16 on the CPU runs on AMX or AVX512-BF16, and {}",
-                    kernels::bf16::unavailable_reason()
-                )));
-            }
-        } else {
-            check_dtype(at.platform, dtype)?;
-        }
-        let (size, flops_per_s, samples) = calibrate::matmul(&device, dtype)?;
+            Some(format) => calibrate::quantised_matmul(format)?,
+            None => calibrate::matmul(&device, matmul_dtype(at)?)?,
+        };
         Ok(MatmulRate {
             device: name,
             size,

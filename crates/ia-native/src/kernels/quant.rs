@@ -44,6 +44,15 @@ pub enum Format {
 }
 
 impl Format {
+    /// The block format of `--precision q8_0|q4_k`; None for any other precision.
+    pub fn of(precision: ia_engine::Precision) -> Option<Self> {
+        match precision {
+            ia_engine::Precision::Q8_0 => Some(Format::Q8_0),
+            ia_engine::Precision::Q4K => Some(Format::Q4K),
+            _ => None,
+        }
+    }
+
     /// Inputs a row must be a multiple of.
     pub fn row_multiple(self) -> usize {
         match self {

@@ -866,10 +866,8 @@ impl Decoder {
         if ctx.products == super::encoder::Products::Bf16 {
             return Ok(Storage::Bf16);
         }
-        let format = match ctx.info.precision {
-            ia_engine::Precision::Q8_0 => Format::Q8_0,
-            ia_engine::Precision::Q4K => Format::Q4K,
-            _ => return Ok(Storage::AsLoaded),
+        let Some(format) = Format::of(ctx.info.precision) else {
+            return Ok(Storage::AsLoaded);
         };
         if !ctx.device.is_cpu() {
             return Err(EngineError::Unsupported(format!(
