@@ -9,6 +9,7 @@
 //!   and the tensor bytes are skipped with seeks, so a 2 GB export is never held in memory.
 //! * OpenVINO IR: the elements of the `Const` layers of those element types in the `.xml`.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
@@ -71,7 +72,32 @@ pub fn onnx_parameter_count(path: &Path) -> Result<u64, GraphWeightsError> {
 
 /// [`onnx_parameter_count`] over any seekable reader of `len` bytes.
 pub fn onnx_parameter_count_in<R: Read + Seek>(inner: R, len: u64) -> Result<u64, String> {
-    scan_onnx(inner, len).map(|(total, _)| total)
+    scan_onnx(inner, len).map(|scan| scan.weights)
+}
+
+/// The operations one run of an ONNX model's graph dispatches, by what they compute on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GraphOperations {
+    /// Nodes over the inputs' values (embedding lookups, products, norms, the mask's
+    /// arithmetic): the kernels a GPU provider runs.
+    pub on_values: u64,
+    /// Shape arithmetic: `Shape` and the nodes that compute only on shapes and constants
+    /// (the Gather / Unsqueeze / Concat chains that build a reshape's target over a dynamic
+    /// length). They run at every call, on the CPU: ONNX Runtime Web's WebGPU provider took 95
+    /// of bert-tiny's 155 nodes and left the rest to its CPU provider; 91 are counted here as
+    /// on values, 93 as on shapes.
+    pub on_shapes: u64,
+}
+
+/// [`GraphOperations`] of an ONNX model file's top-level graph. Not counted: nodes whose
+/// inputs are all initializers or constants (`Constant` itself, a weight's transpose), which
+/// a runtime folds when it loads the graph, and `Identity`, which it drops.
+pub fn onnx_operations(path: &Path) -> Result<GraphOperations, GraphWeightsError> {
+    let file = File::open(path).map_err(|e| err(path, e.to_string()))?;
+    let len = file.metadata().map_err(|e| err(path, e.to_string()))?.len();
+    scan_onnx(BufReader::new(file), len)
+        .map(|scan| scan.operations())
+        .map_err(|m| err(path, m))
 }
 
 /// Bytes a runtime reads to load `graph`: the file, its external data beside it
@@ -96,7 +122,9 @@ pub fn graph_file_bytes(graph: &Path) -> u64 {
 pub fn check_external_data(path: &Path) -> Result<(), GraphWeightsError> {
     let file = File::open(path).map_err(|e| err(path, e.to_string()))?;
     let len = file.metadata().map_err(|e| err(path, e.to_string()))?.len();
-    let (_, locations) = scan_onnx(BufReader::new(file), len).map_err(|m| err(path, m))?;
+    let locations = scan_onnx(BufReader::new(file), len)
+        .map_err(|m| err(path, m))?
+        .locations;
     let dir = path.parent().unwrap_or(Path::new("."));
     for location in locations {
         crate::checkpoint::inside(dir, &location)
@@ -105,24 +133,106 @@ pub fn check_external_data(path: &Path) -> Result<(), GraphWeightsError> {
     Ok(())
 }
 
-/// Weight elements of an ONNX model and the external-data locations its initializers name.
-fn scan_onnx<R: Read + Seek>(inner: R, len: u64) -> Result<(u64, Vec<String>), String> {
+/// What one pass over an ONNX model file finds.
+struct OnnxScan {
+    /// Weight elements of the graph's initializers.
+    weights: u64,
+    /// The external-data locations the initializers name.
+    locations: Vec<String>,
+    initializers: HashSet<String>,
+    /// The top-level graph's nodes, in the order the file lists them (topological, as ONNX
+    /// requires).
+    nodes: Vec<Node>,
+}
+
+struct Node {
+    op_type: String,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+}
+
+impl OnnxScan {
+    /// Classifies each node by its inputs: values known before a run (initializers, and what
+    /// is computed from them alone), shapes, or the inputs' values.
+    fn operations(&self) -> GraphOperations {
+        let mut fixed: HashSet<&str> = self.initializers.iter().map(String::as_str).collect();
+        let mut shapes: HashSet<&str> = HashSet::new();
+        let mut counted = GraphOperations {
+            on_values: 0,
+            on_shapes: 0,
+        };
+        for node in &self.nodes {
+            // An optional input left out is an empty name.
+            let inputs = || {
+                node.inputs
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|i| !i.is_empty())
+            };
+            let outputs = node.outputs.iter().map(String::as_str);
+            if inputs().all(|i| fixed.contains(i)) {
+                fixed.extend(outputs);
+            } else if matches!(node.op_type.as_str(), "Shape" | "Size")
+                || inputs().all(|i| fixed.contains(i) || shapes.contains(i))
+            {
+                shapes.extend(outputs);
+                counted.on_shapes += 1;
+            } else if node.op_type != "Identity" {
+                counted.on_values += 1;
+            }
+        }
+        counted
+    }
+}
+
+fn scan_onnx<R: Read + Seek>(inner: R, len: u64) -> Result<OnnxScan, String> {
     let mut r = ProtoReader { inner, pos: 0, len };
-    let mut total = 0u64;
-    let mut locations = Vec::new();
+    let mut scan = OnnxScan {
+        weights: 0,
+        locations: Vec::new(),
+        initializers: HashSet::new(),
+        nodes: Vec::new(),
+    };
     let mut saw_graph = false;
     // ModelProto: field 7 is the graph.
     r.fields(len, &mut |r, field, wire| match (field, wire) {
         (7, Wire::Len(n)) => {
             saw_graph = true;
-            // GraphProto: field 5 is an initializer.
+            // GraphProto: field 1 is a node, field 5 an initializer.
             let end = r.end_of(n)?;
             r.fields(end, &mut |r, field, wire| match (field, wire) {
+                (1, Wire::Len(n)) => {
+                    let end = r.end_of(n)?;
+                    // NodeProto: fields 1 and 2 are its inputs and outputs, 4 its op_type.
+                    let mut node = Node {
+                        op_type: String::new(),
+                        inputs: Vec::new(),
+                        outputs: Vec::new(),
+                    };
+                    r.fields(end, &mut |r, field, wire| match (field, wire) {
+                        (1, Wire::Len(n)) => {
+                            node.inputs.push(r.string(n)?);
+                            Ok(())
+                        }
+                        (2, Wire::Len(n)) => {
+                            node.outputs.push(r.string(n)?);
+                            Ok(())
+                        }
+                        (4, Wire::Len(n)) => {
+                            node.op_type = r.string(n)?;
+                            Ok(())
+                        }
+                        (_, wire) => r.skip(wire),
+                    })?;
+                    scan.nodes.push(node);
+                    Ok(())
+                }
                 (5, Wire::Len(n)) => {
                     let end = r.end_of(n)?;
-                    let (dtype, elements) = r.tensor_header(end, &mut locations)?;
+                    let (name, dtype, elements) = r.tensor_header(end, &mut scan.locations)?;
+                    scan.initializers.insert(name);
                     if ONNX_WEIGHT_TYPES.contains(&dtype) {
-                        total = total.saturating_add(elements);
+                        scan.weights = scan.weights.saturating_add(elements);
                     }
                     Ok(())
                 }
@@ -135,7 +245,7 @@ fn scan_onnx<R: Read + Seek>(inner: R, len: u64) -> Result<(u64, Vec<String>), S
     if !saw_graph {
         return Err("not an ONNX model (it has no graph)".into());
     }
-    Ok((total, locations))
+    Ok(scan)
 }
 
 enum Wire {
@@ -240,15 +350,16 @@ impl<R: Read + Seek> ProtoReader<R> {
         Ok(())
     }
 
-    /// A TensorProto's data type and element count (dims: field 1, packed or not; data type:
-    /// field 2), skipping its data.
+    /// A TensorProto's name, data type and element count (dims: field 1, packed or not; data
+    /// type: field 2; name: field 8), skipping its data.
     fn tensor_header(
         &mut self,
         end: u64,
         locations: &mut Vec<String>,
-    ) -> Result<(u64, u64), String> {
+    ) -> Result<(String, u64, u64), String> {
         let mut dims: Vec<u64> = Vec::new();
         let mut dtype = 0;
+        let mut name = String::new();
         self.fields(end, &mut |r, field, wire| match (field, wire) {
             // external_data: StringStringEntryProto {1: key, 2: value}
             (13, Wire::Len(n)) => {
@@ -285,9 +396,17 @@ impl<R: Read + Seek> ProtoReader<R> {
                 dtype = t;
                 Ok(())
             }
+            (8, Wire::Len(n)) => {
+                name = r.string(n)?;
+                Ok(())
+            }
             (_, wire) => r.skip(wire),
         })?;
-        Ok((dtype, dims.iter().fold(1u64, |a, &d| a.saturating_mul(d))))
+        Ok((
+            name,
+            dtype,
+            dims.iter().fold(1u64, |a, &d| a.saturating_mul(d)),
+        ))
     }
 }
 
@@ -415,7 +534,7 @@ mod tests {
     #[test]
     fn counts_float_initializers_and_skips_shape_constants() {
         let mut graph = Vec::new();
-        len_field(1, b"a node", &mut graph);
+        len_field(1, &node("Add", &["x", "x"], &["y"]), &mut graph);
         len_field(5, &tensor(&[3, 4], 1, true), &mut graph);
         len_field(5, &tensor(&[5], 10, false), &mut graph);
         len_field(5, &tensor(&[2], 7, true), &mut graph); // int64 shape constant
@@ -434,6 +553,66 @@ mod tests {
         std::fs::write(&path, b"").unwrap();
         let e = onnx_parameter_count(&path).unwrap_err().to_string();
         assert!(e.contains("no graph"), "{e}");
+    }
+
+    fn node(op_type: &str, inputs: &[&str], outputs: &[&str]) -> Vec<u8> {
+        let mut n = Vec::new();
+        for i in inputs {
+            len_field(1, i.as_bytes(), &mut n);
+        }
+        for o in outputs {
+            len_field(2, o.as_bytes(), &mut n);
+        }
+        len_field(4, op_type.as_bytes(), &mut n);
+        n
+    }
+
+    #[test]
+    fn classifies_operations_by_what_they_compute_on() {
+        let mut graph = Vec::new();
+        for n in [
+            node("Constant", &[], &["axes"]),
+            node("Transpose", &["weight.name"], &["wt"]), // a weight's: folded on load
+            node("Shape", &["x"], &["shape"]),
+            node("Gather", &["shape", "axes"], &["rows"]),
+            node("Unsqueeze", &["rows", ""], &["target"]), // an optional input left out
+            node("MatMul", &["x", "wt"], &["y"]),
+            node("Reshape", &["y", "target"], &["z"]),
+            node("Identity", &["z"], &["out"]),
+        ] {
+            len_field(1, &n, &mut graph);
+        }
+        len_field(5, &tensor(&[4, 4], 1, false), &mut graph);
+        let mut model = Vec::new();
+        len_field(7, &graph, &mut model);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.onnx");
+        std::fs::write(&path, &model).unwrap();
+        assert_eq!(
+            onnx_operations(&path).unwrap(),
+            GraphOperations {
+                on_values: 2,
+                on_shapes: 3
+            }
+        );
+        assert_eq!(onnx_parameter_count(&path).unwrap(), 16);
+    }
+
+    /// bert-tiny's export as `scripts/export_onnx_fixtures.py` wrote it: 300 nodes, of which ONNX
+    /// Runtime Web's WebGPU provider ran 95 and its CPU provider 60 (the device it records).
+    #[test]
+    fn counts_the_bert_fixture_export() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/bert-tiny/onnx/model.onnx"
+        ));
+        assert_eq!(
+            onnx_operations(path).unwrap(),
+            GraphOperations {
+                on_values: 91,
+                on_shapes: 93
+            }
+        );
     }
 
     #[test]
