@@ -1,4 +1,5 @@
-//! Parameter counts for results from ONNX Runtime and OpenVINO, which do not report one.
+//! Parameter counts for results from ONNX Runtime and OpenVINO, which do not report one, and
+//! the operations an ONNX graph dispatches ([`onnx_operations`], for the predictor).
 //!
 //! [`parameter_count`] prefers the checkpoint's safetensors (the model's own parameters, as the
 //! native engine counts them): an export stores tied weights twice (Qwen2-0.5B's graph holds

@@ -8,7 +8,8 @@
 //!   hub cache (never downloading), and describes its files.
 //! * [`cost`]: parameters, FLOPs, bytes moved and cache per call, from the config (the
 //!   predictor's roofline prior).
-//! * [`graph_weights`]: parameter counts of ONNX and OpenVINO IR exports.
+//! * [`graph_weights`]: parameter counts of ONNX and OpenVINO IR exports, and the operations
+//!   an ONNX graph dispatches.
 //! * [`validate`]: range checks on config.json numbers; [`footprint`]: the memory a model
 //!   and a workload need, checked before anything is allocated.
 //! * [`gguf`]: GGUF headers checked before a loader trusts them.
