@@ -715,6 +715,13 @@ impl Affine {
 /// footprint's share of it: fitted on the tiny fixtures alone (footprints under 1 MiB, peaks
 /// of 90-200 MiB) the slope came out at 18 MiB a MiB, and predicted Whisper's 316 MiB peak at
 /// 9.5 GiB. There a MiB of footprint counts as a MiB and only the program's memory is fitted.
+/// A model's own memory line, which reads only that model's other sizes, fits its slope
+/// whenever the slope comes out at a MiB a MiB or more: the engine holds more than the
+/// footprint's one layer of transients (ViT-tiny's peak on the native engine grew by about
+/// 50 MiB from batch 1 to 8, its footprint by 19 MiB), and at slope 1 its batch of 8 was
+/// predicted 10-20% under every measurement. On four stores the held-out configuration /
+/// batch-size / model memory MAPE fell by 0.2-0.8 points (1.2 / 1.3 / 5.2 -> 0.9 / 1.0 / 4.4%
+/// on one).
 ///
 /// A latency line may also charge passes and decode steps apart, a cost per input row, on
 /// `one_model`'s line a cost per position and on a target's a cost per operation, where its
@@ -738,6 +745,11 @@ impl Affine {
 /// needs points that tell those two apart.
 fn fit_line(points: &[Sample], quantity: Quantity, one_model: bool) -> Option<Line> {
     if quantity == Quantity::PeakMemory {
+        if one_model {
+            if let Some(line) = fit_affine(points).filter(|l| l.slope >= 1.0) {
+                return Some(line);
+            }
+        }
         return if footprints_span(points) {
             fit_affine(points)
         } else {
@@ -1214,10 +1226,14 @@ pub struct Interval {
 
 /// Safety headroom of the upper bound on top of the largest held-out under-prediction. The
 /// largest of n held-out errors is exceeded by a new case with probability about 1 / (n + 1)
-/// (3 of 100 fit decisions wrong), while a fit decision must not be contradicted at all; on
-/// the store the evaluation runs on, held-out measurements exceeded that largest error by at
-/// most 4%.
-const HEADROOM: f64 = 0.10;
+/// (3 of 100 fit decisions wrong), while a fit decision must not be contradicted at all. A
+/// process's peak also varies between repeats of one configuration more than its prediction
+/// errs: on the four stores `scripts/predict_data.sh` measured on a Zen 4 machine on
+/// 2026-12-06, ViT-tiny's batch of 8 on the native engine peaked at 172.7-195.1 MiB, and three
+/// of sixteen ONNX Runtime runs of the decoder fixtures 24-52 MiB above their repeats. With 10%
+/// of headroom five held-out measurements of those stores were above their upper bound (of
+/// 1,216 held out in each of the four splits), with 20% none.
+const HEADROOM: f64 = 0.20;
 
 /// The folds of the cross-conformal interval: each fold's errors come from a fit on the
 /// others.
@@ -2144,6 +2160,18 @@ mod tests {
         let line = fit_line(&fixtures, Quantity::PeakMemory, false).unwrap();
         assert_eq!(line.slope, 1.0);
         assert!((150.0..190.0).contains(&line.per_pass), "{line:?}");
+        // A model's own line reads only its own sizes: it keeps a slope of a MiB a MiB or more
+        // (ViT-tiny's engine holds about 2.5 MiB a MiB of footprint), never less.
+        let vit = [
+            sample(1.0, 3.0, 130.0),
+            sample(1.0, 9.0, 145.0),
+            sample(1.0, 22.0, 177.5),
+        ];
+        let line = fit_line(&vit, Quantity::PeakMemory, true).unwrap();
+        assert!((line.slope - 2.5).abs() < 1e-9, "{line:?}");
+        let shrinking = [sample(1.0, 3.0, 130.0), sample(1.0, 22.0, 135.0)];
+        let line = fit_line(&shrinking, Quantity::PeakMemory, true).unwrap();
+        assert_eq!(line.slope, 1.0);
         // Latency lines are fitted as before.
         let line = fit_line(&fixtures, Quantity::Latency, false).unwrap();
         assert!(line.slope > 50.0, "{line:?}");
