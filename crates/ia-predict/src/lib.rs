@@ -269,10 +269,11 @@ const GRAPH_ENGINES: [&str; 3] = ["onnxruntime", "openvino", "onnxruntime-web"];
 /// iteration runs several graphs (an encoder-decoder, an image encoder before a prefill).
 /// Each file is read once per process.
 ///
-/// On `scripts/predict_data.sh`'s stores the held-out-platform top-1 rose from 14, 11 and 14%
-/// to 86, 83 and 89% with graph nodes counted on the CPU runtimes (platform MAPE 43.3 ->
-/// 40.4, 42.7 -> 34.5 and 37.9 -> 48.4%); counting all of WebGPU's nodes put its held-out
-/// measurements at 0.42 of their prediction.
+/// On three stores of `scripts/predict_data.sh` (Zen 4, 2026-12-06) the held-out-platform
+/// top-1 rose from 14, 14 and 8% to 86, 86 and 81%, its mean loss fell from 113.7, 78.5 and
+/// 90.5% to 52.8, 37.7 and 49.8%, and its MAPE went 43.3 -> 42.0, 37.9 -> 40.0 and 41.2 ->
+/// 32.1%. Counting all of WebGPU's nodes put its held-out measurements at 0.42 of their
+/// prediction.
 fn graph_operations(
     model: &Model,
     (engine, platform): (&str, &str),
