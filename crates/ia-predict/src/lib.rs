@@ -1948,6 +1948,13 @@ mod tests {
         assert!((dispatch_us("native", "cpu") - 70.0).abs() < 1e-6);
     }
 
+    /// Each (fitted, expected) coefficient of `line` within 1e-9.
+    fn assert_coefficients(line: &Line, pairs: &[(f64, f64)]) {
+        for (got, want) in pairs {
+            assert!((got - want).abs() < 1e-9, "{line:?}");
+        }
+    }
+
     /// A point of `calls` calls, none of them decode steps.
     fn sample(calls: f64, x: f64, y: f64) -> Sample {
         Sample {
@@ -2013,13 +2020,14 @@ mod tests {
             point(1.0, 7.0, 0.08),
         ];
         let line = fit_line(&mixed, Quantity::Latency, false).unwrap();
-        for (got, want) in [
-            (line.per_pass, 0.06),
-            (line.per_step, 0.18),
-            (line.slope, 2.0),
-        ] {
-            assert!((got - want).abs() < 1e-9, "{line:?}");
-        }
+        assert_coefficients(
+            &line,
+            &[
+                (line.per_pass, 0.06),
+                (line.per_step, 0.18),
+                (line.slope, 2.0),
+            ],
+        );
         let generators = &mixed[2..];
         let line = fit_line(generators, Quantity::Latency, false).unwrap();
         assert_eq!(line.per_pass, line.per_step, "{line:?}");
@@ -2051,14 +2059,15 @@ mod tests {
             }
         };
         let line = fit_line(&[1.0, 2.0, 8.0, 16.0].map(point), Quantity::Latency, false).unwrap();
-        for (got, want) in [
-            (line.per_pass, 0.025),
-            (line.per_step, 0.025),
-            (line.per_row, 0.012),
-            (line.slope, 1.5),
-        ] {
-            assert!((got - want).abs() < 1e-9, "{line:?}");
-        }
+        assert_coefficients(
+            &line,
+            &[
+                (line.per_pass, 0.025),
+                (line.per_step, 0.025),
+                (line.per_row, 0.012),
+                (line.slope, 1.5),
+            ],
+        );
         let four = point(4.0);
         assert!((line.at(four.units, four.x) - four.y).abs() < 1e-9);
         // One batch size cannot tell a row from a call: one cost per call.
@@ -2071,32 +2080,22 @@ mod tests {
     #[test]
     fn a_targets_latency_line_charges_each_operation() {
         let point = |batch: f64, operations: f64| {
-            let units = Units {
-                passes: 1.0,
-                steps: 0.0,
-                rows: batch,
-                positions: 16.0 * batch,
-                operations,
-            };
             let x = 0.01 * batch;
-            Sample {
-                units,
-                x,
-                y: 0.004 + 0.0007 * operations + 1.5 * x,
-            }
+            let mut p = sample(1.0, x, 0.004 + 0.0007 * operations + 1.5 * x);
+            p.units.operations = operations;
+            p
         };
-        let points: Vec<Sample> = [1.0, 4.0]
-            .iter()
-            .flat_map(|&b| [184.0, 372.0].map(|ops| point(b, ops)))
-            .collect();
+        let points =
+            [(1.0, 184.0), (1.0, 372.0), (4.0, 184.0), (4.0, 372.0)].map(|(b, ops)| point(b, ops));
         let line = fit_line(&points, Quantity::Latency, false).unwrap();
-        for (got, want) in [
-            (line.per_pass, 0.004),
-            (line.per_operation, 0.0007),
-            (line.slope, 1.5),
-        ] {
-            assert!((got - want).abs() < 1e-9, "{line:?}");
-        }
+        assert_coefficients(
+            &line,
+            &[
+                (line.per_pass, 0.004),
+                (line.per_operation, 0.0007),
+                (line.slope, 1.5),
+            ],
+        );
         let unseen = point(2.0, 144.0);
         assert!((line.at(unseen.units, unseen.x) - unseen.y).abs() < 1e-9);
     }
@@ -2125,15 +2124,16 @@ mod tests {
             .flat_map(|&b| [16.0, 64.0].map(|s| point(b, s)))
             .collect();
         let line = fit_line(&points, Quantity::Latency, true).unwrap();
-        for (got, want) in [
-            (line.per_pass, 0.02),
-            (line.per_step, 0.02),
-            (line.per_row, 0.01),
-            (line.per_position, 0.002),
-            (line.slope, 1.5),
-        ] {
-            assert!((got - want).abs() < 1e-9, "{line:?}");
-        }
+        assert_coefficients(
+            &line,
+            &[
+                (line.per_pass, 0.02),
+                (line.per_step, 0.02),
+                (line.per_row, 0.01),
+                (line.per_position, 0.002),
+                (line.slope, 1.5),
+            ],
+        );
         let line = fit_line(&points, Quantity::Latency, false).unwrap();
         assert_eq!(line.per_position, 0.0, "{line:?}");
     }
