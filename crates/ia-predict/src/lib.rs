@@ -376,8 +376,8 @@ impl Case {
     /// beyond the arithmetic.
     pub fn dispatch_ms(&self) -> f64 {
         let c = self.ceiling.unwrap_or(NOMINAL);
-        self.costs.iter().map(|_| c.call_seconds).sum::<f64>() * 1e3
-            + self.dispatched_operations() * c.op_seconds * 1e3
+        (self.costs.len() as f64 * c.call_seconds + self.dispatched_operations() * c.op_seconds)
+            * 1e3
     }
 
     /// The operations an iteration dispatches: each call's graph nodes where it runs an
@@ -1948,6 +1948,18 @@ mod tests {
         assert!((dispatch_us("native", "cpu") - 70.0).abs() < 1e-6);
     }
 
+    /// The units of a tiny decoder's generation of `batch` rows: a prefill and seven decode
+    /// steps over `positions` in all, 70 operations each.
+    fn generation_units(batch: f64, positions: f64) -> Units {
+        Units {
+            passes: 1.0,
+            steps: 7.0,
+            rows: 8.0 * batch,
+            positions,
+            operations: 8.0 * 70.0,
+        }
+    }
+
     /// Each (fitted, expected) coefficient of `line` within 1e-9.
     fn assert_coefficients(line: &Line, pairs: &[(f64, f64)]) {
         for (got, want) in pairs {
@@ -2045,13 +2057,7 @@ mod tests {
         // batch, as a tiny model's does (its weights, read once, dominate its bytes).
         let point = |batch: f64| {
             let x = 0.02 + 0.01 * batch.sqrt();
-            let units = Units {
-                passes: 1.0,
-                steps: 7.0,
-                rows: 8.0 * batch,
-                positions: 23.0 * batch,
-                operations: 8.0 * 70.0,
-            };
+            let units = generation_units(batch, 23.0 * batch);
             Sample {
                 units,
                 x,
@@ -2105,13 +2111,7 @@ mod tests {
     #[test]
     fn a_models_latency_line_charges_each_position() {
         let point = |batch: f64, length: f64| {
-            let units = Units {
-                passes: 1.0,
-                steps: 7.0,
-                rows: 8.0 * batch,
-                positions: batch * (length + 7.0),
-                operations: 8.0 * 70.0,
-            };
+            let units = generation_units(batch, batch * (length + 7.0));
             let x = 0.02 + 0.01 * (batch * length / 16.0).sqrt();
             Sample {
                 units,
