@@ -12,8 +12,8 @@ use ia_engine::exported_decoder::{check_exported_class, decoder_context, Decoder
 use ia_engine::features::GraphFeeds;
 use ia_engine::inputs::{self, GraphInput, InputSpec};
 use ia_engine::{
-    DispatchCost, EngineError, GenerationTiming, Inputs, LoadFailure, LoadVariant, MatmulRate,
-    Precision, SessionInfo, TimedIterations, TimedWorkload,
+    Bandwidth, DispatchCost, EngineError, GenerationTiming, Inputs, LoadFailure, LoadVariant,
+    MatmulRate, Precision, SessionInfo, TimedIterations, TimedWorkload,
 };
 use ia_hardware::Platform;
 use ia_models::{Modality, Model, ModelClass, ModelSource};
@@ -266,6 +266,30 @@ impl WebBench {
             })
         };
         dispatch_in_rounds(device, || Ok((chain(1)?, chain(DISPATCH_OPS)?)))
+    }
+
+    /// The bandwidth calibration on a web platform whose memory is not the host's (WebGPU):
+    /// the engines' chains of additions over arrays the graph makes on the device
+    /// ([`ia_engine::calibration`]), each call timed in the page; each chain in a page of its
+    /// own, one after the other, in every round.
+    pub fn calibrate_bandwidth(&mut self, platform: Platform) -> Result<Bandwidth, BrowserError> {
+        use ia_engine::calibration::{
+            addition_chain_onnx, bandwidth_in_rounds, median_call, STREAM_ELEMENTS, STREAM_INPUTS,
+            STREAM_OPS,
+        };
+        let device = self.browser.clone().unwrap_or_default();
+        let n = STREAM_ELEMENTS;
+        let [(x, xv), (b, bv)] = STREAM_INPUTS;
+        let (xv, bv) = ([xv], [bv]);
+        let inputs = [(x, [1, 1], &xv[..]), (b, [1, 1], &bv[..])];
+        let mut chain = |ops| {
+            self.time_calibration_graph(platform, &addition_chain_onnx(ops, n), &inputs, |call| {
+                median_call(call)
+            })
+            .map_err(|e| EngineError::Runtime(e.to_string()))
+        };
+        bandwidth_in_rounds(device, n, || Ok((chain(1)?, chain(STREAM_OPS)?)))
+            .map_err(|e| BrowserError::Page(e.to_string()))
     }
 
     /// Loads a calibration graph (`onnx`, its f32 `inputs`) in a page and runs `protocol`

@@ -233,7 +233,9 @@ table_record! {
 pub struct CalibrationRecord {
     pub engine: String,
     pub engine_version: String,
-    /// "matmul" (value in FLOP/s), "memory-bandwidth" (bytes/s), "dispatch-call" and
+    /// "matmul" (value in FLOP/s), "memory-bandwidth" (bytes/s: the host's STREAM triad, engine
+    /// "stream-triad", size the bytes of each array; or an engine's own on a device with
+    /// memory of its own, size the bytes of each array its additions stream), "dispatch-call" and
     /// "dispatch-op" (seconds of a call beyond its operations, of an operation beyond its
     /// arithmetic; size is the long chain's operations), or "program-memory" (peak resident bytes
     /// of a fresh process with the engine's runtime loaded and run; size 0).

@@ -10,9 +10,16 @@
 //!   and a quarter of a second each); the difference of the medians is the chain's extra
 //!   operations. The pair is timed in [`DISPATCH_ROUNDS`] rounds, and each cost is the median
 //!   of the rounds'. On a software WebGPU adapter this, not FLOP/s, is what a small model's
-//!   latency is made of; no roofline sees it.
+//!   latency is made of; no roofline sees it;
+//! * bandwidth, on a device whose memory is not the host's: a chain of one and a chain of
+//!   [`STREAM_OPS`] additions of [`STREAM_ELEMENTS`]-element f32 arrays (each reading two
+//!   arrays and writing one) timed like the dispatch chains; the difference of the medians is
+//!   the chain's extra additions, each `3 x 4 x STREAM_ELEMENTS` bytes. The arrays are made
+//!   on the device from one-element inputs and the output is their sum, so nothing large
+//!   crosses a GPU's bus; making them and summing are in both chains and cancel. The fastest
+//!   of [`BANDWIDTH_ROUNDS`] rounds is kept, as for the matmul rates.
 
-use crate::{DispatchCost, EngineError};
+use crate::{Bandwidth, DispatchCost, EngineError};
 use std::time::{Duration, Instant};
 
 /// n of the n x n products: 2 GFLOP each, large enough to leave the caches and reach the
@@ -121,6 +128,118 @@ fn dispatch_from_medians(device: String, short: (f64, usize), long: (f64, usize)
     }
 }
 
+/// Elements of each array of the bandwidth chain: 32 MiB of f32, beyond the caches of the
+/// devices calibrated (a GPU's L2 holds up to 50 MiB, but its chain's arrays alternate with
+/// the next addition's: three arrays per addition, 96 MiB).
+pub const STREAM_ELEMENTS: usize = 8 << 20;
+/// Additions in the long chain of the bandwidth calibration.
+pub const STREAM_OPS: usize = 5;
+/// Rounds of the bandwidth protocol; the fastest is kept.
+pub const BANDWIDTH_ROUNDS: usize = 3;
+
+/// Times single calls of the bandwidth chains by the protocol on `device`: `call(ops)` runs
+/// one call of the chain of `ops` additions of `elements`-element arrays (waited for) and
+/// returns its seconds.
+pub fn stream_bandwidth(
+    device: String,
+    elements: usize,
+    mut call: impl FnMut(usize) -> Result<f64, EngineError>,
+) -> Result<Bandwidth, EngineError> {
+    bandwidth_in_rounds(device, elements, || {
+        let short = median_call(|| call(1))?;
+        let long = median_call(|| call(STREAM_OPS))?;
+        Ok((short, long))
+    })
+}
+
+/// The bandwidth protocol over `round`, which times one round: the [`median_call`]s (median
+/// seconds, calls timed) of the one-addition and the [`STREAM_OPS`]-addition chains of
+/// `elements`-element arrays. An error where the long chain did not take longer than the
+/// short one (a runtime that fused the additions, or noise larger than the additions): no
+/// figure is better than a wrong one. For a runtime that cannot time both chains through one
+/// callback (a page holds one graph).
+pub fn bandwidth_in_rounds(
+    device: String,
+    elements: usize,
+    mut round: impl FnMut() -> Result<((f64, usize), (f64, usize)), EngineError>,
+) -> Result<Bandwidth, EngineError> {
+    let bytes_per_addition = 3.0 * 4.0 * elements as f64;
+    let mut best: Option<Bandwidth> = None;
+    let mut samples = 0;
+    for _ in 0..BANDWIDTH_ROUNDS {
+        let (short, long) = round()?;
+        samples += short.1 + long.1;
+        let addition = (long.0 - short.0) / (STREAM_OPS - 1) as f64;
+        if addition <= 0.0 {
+            continue;
+        }
+        let bytes_per_s = bytes_per_addition / addition;
+        if best.as_ref().is_none_or(|b| bytes_per_s > b.bytes_per_s) {
+            best = Some(Bandwidth {
+                device: device.clone(),
+                array_bytes: 4 * elements,
+                bytes_per_s,
+                samples: 0,
+            });
+        }
+    }
+    let mut best = best.ok_or_else(|| {
+        EngineError::Runtime(format!(
+            "the bandwidth chain of {STREAM_OPS} additions took no longer than one addition in              any of {BANDWIDTH_ROUNDS} rounds on {device} (fused by the runtime?)"
+        ))
+    })?;
+    best.samples = samples;
+    Ok(best)
+}
+
+/// The bandwidth chain: two one-element inputs `x` and `b` expanded on the device to 1 x n
+/// arrays, `x + b` then `+ b` again, `ops` additions each reading the previous one's output,
+/// and the sum of the last as the output `y` (1 x 1). The expansions and the sum are in
+/// every chain and cancel; nothing large is fed or fetched.
+pub fn addition_chain_onnx(ops: usize, n: usize) -> Vec<u8> {
+    let mut fields = vec![
+        field_bytes(
+            1,
+            &binary_node("Expand", "x", "shape", "wide_x", "expand_x"),
+        ),
+        field_bytes(
+            1,
+            &binary_node("Expand", "b", "shape", "wide_b", "expand_b"),
+        ),
+    ];
+    for i in 1..=ops {
+        let input = if i == 1 {
+            "wide_x".into()
+        } else {
+            format!("s{}", i - 1)
+        };
+        let node = binary_node(
+            "Add",
+            &input,
+            "wide_b",
+            &format!("s{i}"),
+            &format!("sum{i}"),
+        );
+        fields.push(field_bytes(1, &node));
+    }
+    let total = message(&[
+        field_bytes(1, format!("s{ops}").as_bytes()),
+        field_bytes(2, b"y"),
+        field_bytes(3, b"total"),
+        field_bytes(4, b"ReduceSum"),
+    ]);
+    fields.push(field_bytes(1, &total));
+    fields.push(field_bytes(2, b"bandwidth"));
+    fields.push(field_bytes(5, &int64_tensor("shape", &[1, n as i64])));
+    fields.push(field_bytes(11, &value_info("x", 1, 1)));
+    fields.push(field_bytes(11, &value_info("b", 1, 1)));
+    fields.push(field_bytes(12, &value_info("y", 1, 1)));
+    model(&message(&fields))
+}
+
+/// The bandwidth chain's inputs: `x` one and `b` 1/1024 (exact in f32 through the chain).
+pub const STREAM_INPUTS: [(&str, f32); 2] = [("x", 1.0), ("b", 1.0 / 1024.0)];
+
 /// The median seconds of `call` (returning its own seconds) and the calls timed: two untimed,
 /// then at least ten and a quarter of a second (at most 100).
 pub fn median_call(
@@ -148,7 +267,7 @@ pub fn operand(n: usize, offset: f32) -> Vec<f32> {
 /// An ONNX model (IR 8, opset 13) computing `c = MatMul(a, b)` for f32 inputs `a` and `b` of
 /// shape n x n: the graph runtimes' calibration, built here so that no file is needed.
 pub fn matmul_onnx(n: usize) -> Vec<u8> {
-    let node = matmul_node("a", "b", "c", "product");
+    let node = binary_node("MatMul", "a", "b", "c", "product");
     let graph = message(&[
         field_bytes(1, &node),
         field_bytes(2, b"calibration"),
@@ -174,7 +293,7 @@ pub fn chain_onnx(ops: usize, w: usize) -> Vec<u8> {
         } else {
             format!("h{i}")
         };
-        let node = matmul_node(&input, "w", &output, &format!("product{i}"));
+        let node = binary_node("MatMul", &input, "w", &output, &format!("product{i}"));
         fields.push(field_bytes(1, &node));
     }
     fields.push(field_bytes(2, b"dispatch"));
@@ -190,14 +309,29 @@ pub fn chain_operands(w: usize) -> (Vec<f32>, Vec<f32>) {
     (vec![1.0; w], vec![1.0 / w as f32; w * w])
 }
 
-/// NodeProto of `c = MatMul(a, b)`.
-fn matmul_node(a: &str, b: &str, c: &str, name: &str) -> Vec<u8> {
+/// NodeProto of `c = op(a, b)`.
+fn binary_node(op: &str, a: &str, b: &str, c: &str, name: &str) -> Vec<u8> {
     message(&[
         field_bytes(1, a.as_bytes()),
         field_bytes(1, b.as_bytes()),
         field_bytes(2, c.as_bytes()),
         field_bytes(3, name.as_bytes()),
-        field_bytes(4, b"MatMul"),
+        field_bytes(4, op.as_bytes()),
+    ])
+}
+
+/// TensorProto of a one-dimensional INT64 initializer.
+fn int64_tensor(name: &str, values: &[i64]) -> Vec<u8> {
+    let mut packed = Vec::new();
+    for &v in values {
+        varint(v as u64, &mut packed);
+    }
+    message(&[
+        field_varint(1, values.len() as u64),
+        // data_type 7 = INT64.
+        field_varint(2, 7),
+        field_bytes(7, &packed),
+        field_bytes(8, name.as_bytes()),
     ])
 }
 
@@ -298,6 +432,41 @@ mod tests {
         assert_eq!(cost.samples, DISPATCH_ROUNDS * 22);
         assert!((cost.call_seconds - 1e-3).abs() < 1e-9, "{cost:?}");
         assert!((cost.op_seconds - 0.1e-3).abs() < 1e-9, "{cost:?}");
+    }
+
+    #[test]
+    fn the_addition_chain_adds_b_once_per_operation() {
+        let model = addition_chain_onnx(3, 8);
+        let count = |needle: &[u8]| model.windows(needle.len()).filter(|w| *w == needle).count();
+        assert_eq!(count(b"Add"), 3);
+        assert_eq!(count(b"Expand"), 2);
+        // s1 and s2 link the additions, s3 feeds the sum; the expanded b feeds each addition.
+        assert_eq!(count(b"s1"), 2);
+        assert_eq!(count(b"s2"), 2);
+        assert_eq!(count(b"s3"), 1 + 1);
+        assert_eq!(count(b"wide_b"), 1 + 3);
+        // The shape initializer: two INT64 dims, 1 and 8, packed.
+        assert!(model.windows(4).any(|w| w == [0x3a, 2, 1, 8]));
+    }
+
+    /// 4 ms of feeding and fetching a call, 1 ms an addition of 32 MiB arrays (96 MiB moved):
+    /// about 100 GB/s, from the fastest round.
+    #[test]
+    fn bandwidth_is_the_chains_extra_additions_in_the_fastest_round() {
+        let n = 8 << 20;
+        let chain = |ops: f64, slow: f64| 4e-3 * slow + ops * 1e-3 * slow;
+        let mut slowdown = [1.5, 1.0, 2.0].into_iter();
+        let b = bandwidth_in_rounds("test".into(), n, || {
+            let slow = slowdown.next().unwrap();
+            Ok(((chain(1.0, slow), 10), (chain(STREAM_OPS as f64, slow), 10)))
+        })
+        .unwrap();
+        let expected = 3.0 * 4.0 * n as f64 / 1e-3;
+        assert!((b.bytes_per_s / expected - 1.0).abs() < 1e-9, "{b:?}");
+        assert_eq!((b.array_bytes, b.samples), (4 * n, 60));
+        // A runtime that fuses the chain into one pass: an error, not an infinite bandwidth.
+        let fused = stream_bandwidth("test".into(), n, |_| Ok(5e-3));
+        assert!(fused.unwrap_err().to_string().contains("fused"));
     }
 
     #[test]

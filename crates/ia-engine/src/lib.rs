@@ -145,6 +145,20 @@ pub struct DispatchCost {
     pub samples: usize,
 }
 
+/// What an engine's elementwise operations stream through a device's own memory
+/// ([`calibration::stream_bandwidth`]): the memory ceiling of the roofline on a platform
+/// whose memory is not the host's (a GPU), where the host's STREAM triad says nothing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Bandwidth {
+    /// The device as the runtime names it.
+    pub device: String,
+    /// Bytes of each array an addition reads or writes.
+    pub array_bytes: usize,
+    /// Bytes read and written per second by one addition, the fastest round.
+    pub bytes_per_s: f64,
+    pub samples: usize,
+}
+
 /// How a session was obtained; stored with every result.
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionInfo {
@@ -264,6 +278,17 @@ pub trait Engine: Send + Sync {
         let _ = at;
         Err(EngineError::Unsupported(format!(
             "the {} engine has no dispatch calibration yet",
+            self.name()
+        )))
+    }
+
+    /// Times what elementwise operations stream through the memory of `at`'s device (a
+    /// short micro-benchmark), for the hardware calibration of a platform whose memory is
+    /// not the host's.
+    fn calibrate_bandwidth(&self, at: Placement) -> Result<Bandwidth, EngineError> {
+        let _ = at;
+        Err(EngineError::Unsupported(format!(
+            "the {} engine has no bandwidth calibration",
             self.name()
         )))
     }

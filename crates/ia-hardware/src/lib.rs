@@ -67,6 +67,17 @@ impl Platform {
             Platform::Wasm => "wasm",
         }
     }
+
+    /// Whether the platform's device streams memory at a rate of its own, which the host's
+    /// STREAM triad does not measure: a GPU's own memory, or Apple's unified memory as its
+    /// GPU reads it. The CPU, OpenVINO's CPU device and WebAssembly run in the host's memory;
+    /// WebNN's device is the browser's choice.
+    pub fn has_own_memory(self) -> bool {
+        matches!(
+            self,
+            Platform::Cuda | Platform::Rocm | Platform::Mps | Platform::Webgpu
+        )
+    }
 }
 
 impl fmt::Display for Platform {

@@ -1,14 +1,16 @@
 //! The native engine's matmul rate on the product its layers run, timed by the shared
 //! protocol (`ia_engine::calibration`): on the CPU our linear-layer kernel (f32 through gemm,
 //! bf16 on AMX or AVX512-BF16, q8_0 and q4_k weights in 8-bit integer products), elsewhere
-//! candle's matmul; and what its tensor operations cost to dispatch.
+//! candle's matmul; what its tensor operations cost to dispatch; and, off the CPU, what its
+//! elementwise operations stream through the device's memory.
 
 use crate::{kernels, rt};
 use candle_core::{DType, Device, Tensor};
 use ia_engine::calibration::{
-    chain_operands, dispatch_costs, operand, seconds_of, time_products, DISPATCH_WIDTH, MATMUL_SIZE,
+    chain_operands, dispatch_costs, operand, seconds_of, stream_bandwidth, time_products,
+    DISPATCH_WIDTH, MATMUL_SIZE, STREAM_ELEMENTS, STREAM_INPUTS,
 };
-use ia_engine::{DispatchCost, EngineError};
+use ia_engine::{Bandwidth, DispatchCost, EngineError};
 
 /// (n, median FLOP/s, products timed).
 pub fn matmul(device: &Device, dtype: DType) -> Result<(usize, f64, usize), EngineError> {
@@ -79,4 +81,42 @@ pub fn dispatch(device: &Device, name: String) -> Result<DispatchCost, EngineErr
             device.synchronize().map_err(rt)
         })
     })
+}
+
+/// What chains of candle's additions of [`STREAM_ELEMENTS`]-element f32 arrays stream through
+/// `device`'s memory (named `name`), by the shared protocol. The arrays are made on the device.
+pub fn bandwidth(device: &Device, name: String) -> Result<Bandwidth, EngineError> {
+    bandwidth_of(device, name, STREAM_ELEMENTS)
+}
+
+fn bandwidth_of(device: &Device, name: String, n: usize) -> Result<Bandwidth, EngineError> {
+    let [(_, x), (_, b)] = STREAM_INPUTS;
+    let x = Tensor::full(x, n, device).map_err(rt)?;
+    let b = Tensor::full(b, n, device).map_err(rt)?;
+    stream_bandwidth(name, n, |ops| {
+        seconds_of(|| {
+            let mut sum = (&x + &b).map_err(rt)?;
+            for _ in 1..ops {
+                sum = (&sum + &b).map_err(rt)?;
+            }
+            device.synchronize().map_err(rt)
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The protocol through candle's own additions (on the CPU, the one device every machine
+    /// has; the engine calibrates it off the CPU only): a rate, and the arrays it moved.
+    #[test]
+    fn candle_additions_give_a_bandwidth() {
+        let n = 1 << 20;
+        let b = bandwidth_of(&Device::Cpu, "cpu".into(), n).unwrap();
+        assert_eq!(b.array_bytes, 4 * n);
+        eprintln!("{b:?}");
+        assert!(b.bytes_per_s > 1e8, "{b:?}");
+        assert!(b.samples >= 60, "{b:?}");
+    }
 }

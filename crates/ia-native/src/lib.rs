@@ -13,8 +13,8 @@ mod weights;
 
 use candle_core::{DType, Device, Tensor};
 use ia_engine::{
-    Capability, DispatchCost, Engine, EngineError, MatmulRate, OutputTensor, Placement, Precision,
-    Session, SpeechRecognizer, TextGenerator,
+    Bandwidth, Capability, DispatchCost, Engine, EngineError, MatmulRate, OutputTensor, Placement,
+    Precision, Session, SpeechRecognizer, TextGenerator,
 };
 use ia_hardware::Platform;
 use ia_models::{Model, ModelClass};
@@ -209,6 +209,18 @@ impl Engine for NativeEngine {
     fn calibrate_dispatch(&self, at: Placement) -> Result<DispatchCost, EngineError> {
         let (device, name) = device_for(at.platform)?;
         calibrate::dispatch(&device, name)
+    }
+
+    /// Off the CPU only: the CPU's memory is the host's, whose STREAM triad the calibration
+    /// measures on every core.
+    fn calibrate_bandwidth(&self, at: Placement) -> Result<Bandwidth, EngineError> {
+        let (device, name) = device_for(at.platform)?;
+        if device.is_cpu() {
+            return Err(EngineError::Unsupported(
+                "the CPU's memory is the host's: the STREAM triad measures it".into(),
+            ));
+        }
+        calibrate::bandwidth(&device, name)
     }
 
     fn load(&self, model: &Model, at: Placement) -> Result<Box<dyn Session>, EngineError> {

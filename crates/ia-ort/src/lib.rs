@@ -17,8 +17,9 @@ pub mod runtime;
 pub mod session;
 
 use ia_engine::calibration::{
-    chain_onnx, chain_operands, dispatch_costs, matmul_onnx, operand, seconds_of, time_products,
-    DISPATCH_OPS, DISPATCH_WIDTH, MATMUL_SIZE,
+    addition_chain_onnx, chain_onnx, chain_operands, dispatch_costs, matmul_onnx, operand,
+    seconds_of, stream_bandwidth, time_products, DISPATCH_OPS, DISPATCH_WIDTH, MATMUL_SIZE,
+    STREAM_ELEMENTS, STREAM_INPUTS, STREAM_OPS,
 };
 use ia_engine::exported_decoder::{check_exported, decoder_context, ExportedDecoder};
 use ia_engine::exported_seq2seq::{
@@ -28,8 +29,8 @@ use ia_engine::features::GraphFeeds;
 use ia_engine::generation::TextGenerator;
 use ia_engine::whisper::WhisperSession;
 use ia_engine::{
-    Capability, DispatchCost, Engine, EngineError, MatmulRate, Placement, Precision, Session,
-    SessionInfo, SpeechRecognizer,
+    Bandwidth, Capability, DispatchCost, Engine, EngineError, MatmulRate, Placement, Precision,
+    Session, SessionInfo, SpeechRecognizer,
 };
 use ia_hardware::Platform;
 use ia_models::{Model, ModelClass, ModelSource};
@@ -227,6 +228,17 @@ impl Engine for OrtEngine {
         })
     }
 
+    /// Off the CPU only (a GPU provider's own memory), on chains of Adds over arrays the
+    /// graph makes on the device.
+    fn calibrate_bandwidth(&self, at: Placement) -> Result<Bandwidth, EngineError> {
+        if at.platform == Platform::Cpu {
+            return Err(EngineError::Unsupported(
+                "the CPU's memory is the host's: the STREAM triad measures it".into(),
+            ));
+        }
+        bandwidth_on(at.platform, STREAM_ELEMENTS)
+    }
+
     fn load(&self, model: &Model, at: Placement) -> Result<Box<dyn Session>, EngineError> {
         if model.class == ModelClass::Whisper {
             return Ok(Box::new(self.whisper(model, at)?));
@@ -292,6 +304,19 @@ impl Engine for OrtEngine {
 }
 
 /// A calibration graph in a session on a platform's execution provider, with its f32 inputs.
+/// The bandwidth protocol on chains of Adds of `n`-element arrays on `platform`'s provider.
+fn bandwidth_on(platform: Platform, n: usize) -> Result<Bandwidth, EngineError> {
+    let chain = |ops| {
+        let inputs = STREAM_INPUTS.map(|(name, v)| (name, [1, 1], vec![v]));
+        CalibrationGraph::new(platform, &addition_chain_onnx(ops, n), inputs.into())
+    };
+    let (mut short, mut long) = (chain(1)?, chain(STREAM_OPS)?);
+    stream_bandwidth(short.device.clone(), n, |ops| {
+        let graph = if ops == 1 { &mut short } else { &mut long };
+        seconds_of(|| graph.run())
+    })
+}
+
 struct CalibrationGraph {
     session: ort::session::Session,
     inputs: Vec<(String, ort::value::Tensor<f32>)>,
@@ -329,5 +354,22 @@ impl CalibrationGraph {
             .map(|(name, t)| (name.clone(), t.into()))
             .collect();
         self.session.run(feed).map(drop).map_err(session::rt_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bandwidth chain loads and runs on ONNX Runtime (its CPU provider, the one every
+    /// machine has; the engine calibrates it off the CPU only) and gives a rate.
+    #[test]
+    fn the_addition_chain_gives_a_bandwidth() {
+        let n = 1 << 20;
+        let b = bandwidth_on(Platform::Cpu, n)
+            .unwrap_or_else(|e| panic!("{e} (run `ipfs-accelerate runtimes install`)"));
+        assert_eq!(b.array_bytes, 4 * n);
+        eprintln!("{b:?}");
+        assert!(b.bytes_per_s > 1e8, "{b:?}");
     }
 }

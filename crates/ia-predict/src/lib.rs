@@ -2,8 +2,8 @@
 //!
 //! * The latency prior is a roofline: each phase of an iteration (a forward pass; a prefill
 //!   and the decode steps of a generation) takes at least `FLOPs / peak FLOP/s` and at least
-//!   `bytes moved / memory bandwidth`, from the cost model ([`ia_models::cost`]) and the
-//!   machine's calibration (`hardware --calibrate`). The memory prior is the footprint
+//!   `bytes moved / memory bandwidth` (the device's own on a GPU, else the host's), from the
+//!   cost model ([`ia_models::cost`]) and the machine's calibration (`hardware --calibrate`). The memory prior is the footprint
 //!   estimate (`ia_models::footprint`: weights, activations, KV cache) with the weights counted
 //!   twice, for the two copies held while a model loads.
 //! * A per-target line (for latency: call overhead + slowdown x roofline, the overhead of a
@@ -56,6 +56,8 @@ pub enum PredictError {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Ceiling {
     pub flops_per_s: f64,
+    /// The host's memory bandwidth, or the target's own on a device with memory of its own
+    /// (a GPU).
     pub bytes_per_s: f64,
     /// Seconds of a call beyond its operations (0 where not calibrated).
     pub call_seconds: f64,

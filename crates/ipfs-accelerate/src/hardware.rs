@@ -7,8 +7,8 @@ use crate::results::{hardware_record, host_name};
 use crate::target::Engines;
 use anyhow::Context;
 use ia_db::{CalibrationRecord, ReadOptions, Store};
-use ia_engine::calibration::DISPATCH_OPS;
-use ia_engine::{DispatchCost, EngineError, MatmulRate, Placement, Precision};
+use ia_engine::calibration::{BANDWIDTH_ROUNDS, DISPATCH_OPS, STREAM_OPS};
+use ia_engine::{Bandwidth, DispatchCost, EngineError, MatmulRate, Placement, Precision};
 use ia_hardware::{HardwareReport, Platform, RuntimeLibrary};
 use std::path::Path;
 
@@ -98,6 +98,11 @@ const TRIAD_ARRAY_BYTES: u64 = 128 << 20;
 /// run (bytes): what a model's peak comes on top of, which a target without measurements has
 /// only from here.
 pub(crate) const PROGRAM_MEMORY: &str = "program-memory";
+/// The kind of a memory-bandwidth figure: the host's STREAM triad (engine `stream-triad`, on
+/// the CPU platform's row), or an engine's own on a device with memory of its own.
+pub(crate) const MEMORY_BANDWIDTH: &str = "memory-bandwidth";
+/// The engine name of the host's STREAM triad figure.
+pub(crate) const HOST_BANDWIDTH: &str = "stream-triad";
 
 /// The peak resident bytes of this process, a fresh one that has detected the hardware and
 /// opened a store as a benchmark process does, while `engine`'s runtime loads on `platform`
@@ -249,6 +254,28 @@ fn calibrate(report: &HardwareReport, db_path: &Path) -> anyhow::Result<Vec<Refu
                     status.platform
                 ),
             }
+            if status.platform.has_own_memory() {
+                match engine.calibrate_bandwidth(Placement::new(status.platform, Precision::F32)) {
+                    Ok(b) => figures.push(bandwidth_figure(
+                        status.platform,
+                        engine.name(),
+                        engine.version(),
+                        &b,
+                    )),
+                    Err(EngineError::Unsupported(reason)) => refused.push(Refusal {
+                        platform: status.platform,
+                        engine: engine.name().into(),
+                        kind: MEMORY_BANDWIDTH,
+                        precision: None,
+                        reason,
+                    }),
+                    Err(e) => anyhow::bail!(
+                        "calibrating {}'s bandwidth on {}: {e}",
+                        engine.name(),
+                        status.platform
+                    ),
+                }
+            }
             match program_memory(engine.name(), status.platform) {
                 Ok(bytes) => figures.push(program_figure(
                     status.platform,
@@ -304,6 +331,24 @@ fn calibrate(report: &HardwareReport, db_path: &Path) -> anyhow::Result<Vec<Refu
                 }),
             }
         }
+        if status.platform == Platform::Webgpu {
+            let mut web = ia_browser::WebBench::new(ia_browser::WebOptions::default());
+            match web.calibrate_bandwidth(status.platform) {
+                Ok(b) => figures.push(bandwidth_figure(
+                    status.platform,
+                    ia_browser::ENGINE_NAME,
+                    web.engine_version(),
+                    &b,
+                )),
+                Err(e) => refused.push(Refusal {
+                    platform: status.platform,
+                    engine: ia_browser::ENGINE_NAME.into(),
+                    kind: MEMORY_BANDWIDTH,
+                    precision: None,
+                    reason: e.to_string(),
+                }),
+            }
+        }
         if status.platform == Platform::Cpu {
             // The fastest of rounds apart in time, like the matmul rates; each round is
             // already the best of its repetitions.
@@ -318,9 +363,9 @@ fn calibrate(report: &HardwareReport, db_path: &Path) -> anyhow::Result<Vec<Refu
                 b.threads
             );
             figures.push(CalibrationRecord {
-                engine: "stream-triad".into(),
+                engine: HOST_BANDWIDTH.into(),
                 engine_version: env!("CARGO_PKG_VERSION").into(),
-                kind: "memory-bandwidth".into(),
+                kind: MEMORY_BANDWIDTH.into(),
                 precision: None,
                 size: b.array_bytes as i64,
                 value: b.bytes_per_s,
@@ -415,6 +460,32 @@ fn program_figure(
     }
 }
 
+/// The bandwidth an engine's additions stream through a device's own memory: printed as it is
+/// measured, and the row stored for it.
+fn bandwidth_figure(
+    platform: Platform,
+    engine: &str,
+    engine_version: String,
+    b: &Bandwidth,
+) -> CalibrationRecord {
+    eprintln!(
+        "{platform} {engine} memory bandwidth: {:.1} GB/s (chains of 1 and {STREAM_OPS} \
+         additions of {} MiB arrays, the fastest of {BANDWIDTH_ROUNDS} rounds, {} calls)",
+        b.bytes_per_s / 1e9,
+        b.array_bytes >> 20,
+        b.samples
+    );
+    CalibrationRecord {
+        engine: engine.into(),
+        engine_version,
+        kind: MEMORY_BANDWIDTH.into(),
+        precision: None,
+        size: b.array_bytes as i64,
+        value: b.bytes_per_s,
+        samples: b.samples as i32,
+    }
+}
+
 /// The two dispatch figures (seconds of a call, seconds of an operation): printed as they are
 /// measured, and the rows stored for them.
 fn dispatch_figures(
@@ -479,7 +550,7 @@ fn render_calibrations(stored: &serde_json::Value, refused: &[Refusal]) -> Strin
     for r in rows {
         let value = r["value"].as_f64().unwrap_or(f64::NAN);
         let shown = match r["kind"].as_str() {
-            Some("memory-bandwidth") => format!("{:.1} GB/s", value / 1e9),
+            Some(MEMORY_BANDWIDTH) => format!("{:.1} GB/s", value / 1e9),
             Some("dispatch-call" | "dispatch-op") => format!("{:.2} us", value * 1e6),
             Some(PROGRAM_MEMORY) => format!("{:.1} MiB", value / (1u64 << 20) as f64),
             _ => format!("{:.1} GFLOP/s", value / 1e9),

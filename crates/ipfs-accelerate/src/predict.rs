@@ -2,7 +2,7 @@
 //! when the store has it, predicted otherwise (`ia_predict`); `--evaluate` scores the
 //! predictor on held-out results of the store.
 
-use crate::hardware::PROGRAM_MEMORY;
+use crate::hardware::{HOST_BANDWIDTH, MEMORY_BANDWIDTH, PROGRAM_MEMORY};
 use crate::plan::{resolve_model, PlanOptions};
 use crate::target::{EngineKind, Engines, Target};
 use anyhow::{bail, Context};
@@ -415,12 +415,13 @@ fn same_configuration(a: &Case, b: &Case) -> bool {
 }
 
 /// The calibrations in the store: matmul FLOP/s by (fingerprint, platform, engine,
-/// precision), memory bandwidth by fingerprint, and the dispatch costs (seconds of a call,
-/// of an operation) and program memory (bytes) by (fingerprint, platform, engine); the latest
-/// of each.
+/// precision), the host's memory bandwidth by fingerprint, and an engine's own bandwidth on a
+/// device with memory of its own, the dispatch costs (seconds of a call, of an operation) and
+/// program memory (bytes) by (fingerprint, platform, engine); the latest of each.
 struct Ceilings {
     matmul: HashMap<(String, String, String, String), f64>,
-    bandwidth: HashMap<String, f64>,
+    host_bandwidth: HashMap<String, f64>,
+    bandwidth: HashMap<(String, String, String), f64>,
     dispatch: HashMap<(String, String, String), (f64, f64)>,
     program: HashMap<(String, String, String), f64>,
 }
@@ -437,6 +438,7 @@ impl Ceilings {
         )?;
         let mut c = Self {
             matmul: HashMap::new(),
+            host_bandwidth: HashMap::new(),
             bandwidth: HashMap::new(),
             dispatch: HashMap::new(),
             program: HashMap::new(),
@@ -445,8 +447,12 @@ impl Ceilings {
             let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
             let value = r["value"].as_f64().unwrap_or(0.0);
             match r["kind"].as_str() {
-                Some("memory-bandwidth") => {
-                    c.bandwidth.insert(s("fingerprint"), value);
+                Some(MEMORY_BANDWIDTH) if s("engine") == HOST_BANDWIDTH => {
+                    c.host_bandwidth.insert(s("fingerprint"), value);
+                }
+                Some(MEMORY_BANDWIDTH) => {
+                    c.bandwidth
+                        .insert((s("fingerprint"), s("platform"), s("engine")), value);
                 }
                 Some(kind @ ("dispatch-call" | "dispatch-op")) => {
                     let costs = c
@@ -479,8 +485,9 @@ impl Ceilings {
     /// The ceiling of an engine on a platform of a machine: its own calibration (the browser
     /// engines' since they are calibrated in a page too), else the native engine's on the CPU
     /// of the same machine at that precision, else at f32 (a store calibrated before the
-    /// runtimes were); none without a bandwidth figure. Dispatch costs are the target's own,
-    /// or none (0) in a store calibrated before they were measured.
+    /// runtimes were); the target's own bandwidth on a device with memory of its own, else the
+    /// host's, none without either. Dispatch costs are the target's own, or none (0) in a store
+    /// calibrated before they were measured.
     fn of(
         &self,
         fingerprint: &str,
@@ -505,9 +512,13 @@ impl Ceilings {
         .find_map(|k| self.matmul.get(k).copied())?;
         let target = (fingerprint.into(), platform.into(), engine.into());
         let (call_seconds, op_seconds) = self.dispatch.get(&target).copied().unwrap_or_default();
+        let bytes_per_s = match self.bandwidth.get(&target) {
+            Some(own) => *own,
+            None => *self.host_bandwidth.get(fingerprint)?,
+        };
         Some(Ceiling {
             flops_per_s: flops,
-            bytes_per_s: *self.bandwidth.get(fingerprint)?,
+            bytes_per_s,
             call_seconds,
             op_seconds,
             program_bytes: self.program.get(&target).copied().unwrap_or_default(),

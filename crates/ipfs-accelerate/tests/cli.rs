@@ -1366,8 +1366,8 @@ fn bf16_without_cpu_support_is_unavailable_in_bench_and_db() {
 }
 
 /// `hardware --calibrate` measures each in-process engine's matmul per precision it computes
-/// in (the native engine's q8_0 and q4_k products too), its dispatch costs and the memory
-/// bandwidth, stores them against this machine's fingerprint, and `hardware` shows the stored
+/// in (the native engine's q8_0 and q4_k products too), its dispatch costs, the host's memory
+/// bandwidth and WebGPU's own, stores them against this machine's fingerprint, and `hardware` shows the stored
 /// figures later; what an engine cannot calibrate is listed with the reason.
 #[test]
 fn hardware_calibration_is_measured_stored_and_shown() {
@@ -1424,12 +1424,24 @@ fn hardware_calibration_is_measured_stored_and_shown() {
         .unwrap_or_else(|| panic!("no wasm calibration in {v}"));
     assert_eq!(wasm["size"].as_i64(), Some(512), "{wasm}");
     assert!(wasm["value"].as_f64().unwrap() > 1e8, "{wasm}");
-    assert!(
-        find("memory-bandwidth", None, None)["value"]
-            .as_f64()
-            .unwrap()
-            > 1e8
-    );
+    // The CPU's memory is the host's: its STREAM triad. WebGPU's adapter streams at a rate of
+    // its own (a GPU's memory; here a software adapter's), from chains of additions of 32 MiB
+    // arrays made on the device, timed in a page.
+    let triad = find("memory-bandwidth", Some("stream-triad"), None);
+    assert_eq!(triad["platform"], "cpu", "{triad}");
+    assert!(triad["value"].as_f64().unwrap() > 1e8, "{triad}");
+    let webgpu = figures
+        .iter()
+        .find(|c| c["platform"] == "webgpu" && c["kind"] == "memory-bandwidth")
+        .unwrap_or_else(|| panic!("no WebGPU bandwidth in {v}"));
+    assert_eq!(webgpu["engine"], "onnxruntime-web", "{webgpu}");
+    assert_eq!(webgpu["size"].as_i64(), Some(32 << 20), "{webgpu}");
+    assert!(webgpu["value"].as_f64().unwrap() > 1e7, "{webgpu}");
+    let own = figures
+        .iter()
+        .filter(|c| c["kind"] == "memory-bandwidth")
+        .count();
+    assert_eq!(own, 2, "the CPU platforms measure none of their own: {v}");
     // Dispatch: what a call and each of its operations cost beyond the arithmetic, from
     // chains of 1 and 64 tiny products, once per engine and platform (no precision).
     for (engine, platform) in [
