@@ -234,46 +234,27 @@ fn calibrate(report: &HardwareReport, db_path: &Path) -> anyhow::Result<Vec<Refu
                 continue;
             }
             // Dispatch costs do not depend on the precision of the arithmetic: f32 only.
-            match engine.calibrate_dispatch(Placement::new(status.platform, Precision::F32)) {
-                Ok(cost) => figures.extend(dispatch_figures(
+            let at = Placement::new(status.platform, Precision::F32);
+            let dispatch = engine.calibrate_dispatch(at);
+            if let Some(cost) = calibrated(dispatch, at, engine.name(), "dispatch", &mut refused)? {
+                figures.extend(dispatch_figures(
                     status.platform,
                     engine.name(),
                     engine.version(),
                     &cost,
-                )),
-                Err(EngineError::Unsupported(reason)) => refused.push(Refusal {
-                    platform: status.platform,
-                    engine: engine.name().into(),
-                    kind: "dispatch",
-                    precision: None,
-                    reason,
-                }),
-                Err(e) => anyhow::bail!(
-                    "calibrating {}'s dispatch on {}: {e}",
-                    engine.name(),
-                    status.platform
-                ),
+                ));
             }
             if status.platform.has_own_memory() {
-                match engine.calibrate_bandwidth(Placement::new(status.platform, Precision::F32)) {
-                    Ok(b) => figures.push(bandwidth_figure(
+                let bandwidth = engine.calibrate_bandwidth(at);
+                if let Some(b) =
+                    calibrated(bandwidth, at, engine.name(), MEMORY_BANDWIDTH, &mut refused)?
+                {
+                    figures.push(bandwidth_figure(
                         status.platform,
                         engine.name(),
                         engine.version(),
                         &b,
-                    )),
-                    Err(EngineError::Unsupported(reason)) => refused.push(Refusal {
-                        platform: status.platform,
-                        engine: engine.name().into(),
-                        kind: MEMORY_BANDWIDTH,
-                        precision: None,
-                        reason,
-                    }),
-                    Err(e) => anyhow::bail!(
-                        "calibrating {}'s bandwidth on {}: {e}",
-                        engine.name(),
-                        status.platform
-                    ),
+                    ));
                 }
             }
             match program_memory(engine.name(), status.platform) {
@@ -298,55 +279,43 @@ fn calibrate(report: &HardwareReport, db_path: &Path) -> anyhow::Result<Vec<Refu
         ) {
             // A fresh browser per platform, as the benchmark starts one per combination.
             let mut web = ia_browser::WebBench::new(ia_browser::WebOptions::default());
-            match web.calibrate_matmul(status.platform) {
+            let (platform, engine) = (status.platform, ia_browser::ENGINE_NAME);
+            let mut refuse = |kind, precision, e: ia_browser::BrowserError| {
+                refused.push(Refusal {
+                    platform,
+                    engine: engine.into(),
+                    kind,
+                    precision,
+                    reason: e.to_string(),
+                })
+            };
+            match web.calibrate_matmul(platform) {
                 Ok(rate) => figures.push(matmul_figure(
-                    status.platform,
-                    ia_browser::ENGINE_NAME,
+                    platform,
+                    engine,
                     web.engine_version(),
                     Precision::F32,
                     &rate,
                     1,
                 )),
-                Err(e) => refused.push(Refusal {
-                    platform: status.platform,
-                    engine: ia_browser::ENGINE_NAME.into(),
-                    kind: "matmul",
-                    precision: Some(Precision::F32),
-                    reason: e.to_string(),
-                }),
+                Err(e) => refuse("matmul", Some(Precision::F32), e),
             }
-            match web.calibrate_dispatch(status.platform) {
+            match web.calibrate_dispatch(platform) {
                 Ok(cost) => figures.extend(dispatch_figures(
-                    status.platform,
-                    ia_browser::ENGINE_NAME,
+                    platform,
+                    engine,
                     web.engine_version(),
                     &cost,
                 )),
-                Err(e) => refused.push(Refusal {
-                    platform: status.platform,
-                    engine: ia_browser::ENGINE_NAME.into(),
-                    kind: "dispatch",
-                    precision: None,
-                    reason: e.to_string(),
-                }),
+                Err(e) => refuse("dispatch", None, e),
             }
-        }
-        if status.platform == Platform::Webgpu {
-            let mut web = ia_browser::WebBench::new(ia_browser::WebOptions::default());
-            match web.calibrate_bandwidth(status.platform) {
-                Ok(b) => figures.push(bandwidth_figure(
-                    status.platform,
-                    ia_browser::ENGINE_NAME,
-                    web.engine_version(),
-                    &b,
-                )),
-                Err(e) => refused.push(Refusal {
-                    platform: status.platform,
-                    engine: ia_browser::ENGINE_NAME.into(),
-                    kind: MEMORY_BANDWIDTH,
-                    precision: None,
-                    reason: e.to_string(),
-                }),
+            if platform.has_own_memory() {
+                match web.calibrate_bandwidth(platform) {
+                    Ok(b) => {
+                        figures.push(bandwidth_figure(platform, engine, web.engine_version(), &b))
+                    }
+                    Err(e) => refuse(MEMORY_BANDWIDTH, None, e),
+                }
             }
         }
         if status.platform == Platform::Cpu {
@@ -457,6 +426,31 @@ fn program_figure(
         size: 0,
         value: bytes as f64,
         samples: PROGRAM_SAMPLES as i32,
+    }
+}
+
+/// An in-process engine's calibration of `kind` at `at`: the figure, or none with the engine's
+/// reason for refusing it recorded in `refused`; any other failure is an error.
+fn calibrated<T>(
+    result: Result<T, EngineError>,
+    at: Placement,
+    engine: &str,
+    kind: &'static str,
+    refused: &mut Vec<Refusal>,
+) -> anyhow::Result<Option<T>> {
+    match result {
+        Ok(figure) => Ok(Some(figure)),
+        Err(EngineError::Unsupported(reason)) => {
+            refused.push(Refusal {
+                platform: at.platform,
+                engine: engine.into(),
+                kind,
+                precision: None,
+                reason,
+            });
+            Ok(None)
+        }
+        Err(e) => anyhow::bail!("calibrating {engine}'s {kind} on {}: {e}", at.platform),
     }
 }
 
