@@ -185,7 +185,8 @@ pub fn bandwidth_in_rounds(
     }
     let mut best = best.ok_or_else(|| {
         EngineError::Runtime(format!(
-            "the bandwidth chain of {STREAM_OPS} additions took no longer than one addition in              any of {BANDWIDTH_ROUNDS} rounds on {device} (fused by the runtime?)"
+            "the bandwidth chain of {STREAM_OPS} additions took no longer than one addition in \
+             any of {BANDWIDTH_ROUNDS} rounds on {device} (fused by the runtime?)"
         ))
     })?;
     best.samples = samples;

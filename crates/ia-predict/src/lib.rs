@@ -3,9 +3,9 @@
 //! * The latency prior is a roofline: each phase of an iteration (a forward pass; a prefill
 //!   and the decode steps of a generation) takes at least `FLOPs / peak FLOP/s` and at least
 //!   `bytes moved / memory bandwidth` (the device's own on a GPU, else the host's), from the
-//!   cost model ([`ia_models::cost`]) and the machine's calibration (`hardware --calibrate`). The memory prior is the footprint
-//!   estimate (`ia_models::footprint`: weights, activations, KV cache) with the weights counted
-//!   twice, for the two copies held while a model loads.
+//!   cost model ([`ia_models::cost`]) and the machine's calibration (`hardware --calibrate`).
+//!   The memory prior is the footprint estimate (`ia_models::footprint`: weights, activations,
+//!   KV cache) with the weights counted twice, for the two copies held while a model loads.
 //! * A per-target line (for latency: call overhead + slowdown x roofline, the overhead of a
 //!   pass over an input and of a decode step apart, and a cost per input row of each call,
 //!   where the points tell those apart; for memory: the program's own memory + a factor x
