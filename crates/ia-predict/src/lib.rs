@@ -670,34 +670,27 @@ impl Affine {
     /// Where `c` reads its line from `start`; on the all-targets line never under the
     /// roofline ([`Quantity::floor`]).
     fn baseline(&self, c: &Case, quantity: Quantity, start: Start) -> f64 {
-        let (line, units, x) = self.line_for(c, quantity, start);
-        let floor = match self.own_line(c, start) {
-            Some(_) => 0.0,
-            None => quantity.floor(c),
-        };
+        let (line, units, x, floor) = self.line_for(c, quantity, start);
         line.at(units, x).max(floor).max(1e-6)
     }
 
     /// The line `c` reads from `start` (the first of its keys with a line of its own, else
-    /// the all-targets line), with `c`'s units and prior on it.
-    fn line_for(&self, c: &Case, quantity: Quantity, start: Start) -> (Line, Units, f64) {
-        match self.own_line(c, start) {
-            Some(line) => (*line, quantity.units(c), quantity.prior(c)),
-            None => {
-                let (units, x) = Self::on_global_line(c, quantity);
-                (self.global.unwrap_or(Line::per_call(0.0, 1.0)), units, x)
-            }
-        }
-    }
-
-    /// The first of `c`'s keys from `start` with a line of its own.
-    fn own_line(&self, c: &Case, start: Start) -> Option<&Line> {
+    /// the all-targets line), with `c`'s units and prior on it, and what its reading is kept
+    /// above: nothing on a line of its own, [`Quantity::floor`] on the all-targets line.
+    fn line_for(&self, c: &Case, quantity: Quantity, start: Start) -> (Line, Units, f64, f64) {
         let keys = Self::keys(c);
         let keys = match start {
             Start::Specific => &keys[..],
             Start::Target => &keys[1..],
         };
-        keys.iter().find_map(|(k, _)| self.per_target.get(k))
+        match keys.iter().find_map(|(k, _)| self.per_target.get(k)) {
+            Some(line) => (*line, quantity.units(c), quantity.prior(c), 0.0),
+            None => {
+                let (units, x) = Self::on_global_line(c, quantity);
+                let line = self.global.unwrap_or(Line::per_call(0.0, 1.0));
+                (line, units, x, quantity.floor(c))
+            }
+        }
     }
 
     /// Where `c` sits on the line of targets without points of their own, for fitting it and
@@ -724,7 +717,7 @@ impl Affine {
     /// does) that does not grow with the prior: its fixed costs (on the all-targets line,
     /// with the target's calibrated overhead).
     fn fixed_part(&self, c: &Case, quantity: Quantity) -> f64 {
-        let (line, units, x) = self.line_for(c, quantity, Start::Target);
+        let (line, units, x, _) = self.line_for(c, quantity, Start::Target);
         line.at(units, x - quantity.prior(c))
     }
 
