@@ -452,7 +452,7 @@ impl Quantity {
     /// and the upper bound covers the whole footprint apart). The all-targets line is fitted
     /// mostly through tiny models whose latency is dispatch, where its slope is barely
     /// determined: it came out at about half, and a held-out native engine predicted MiniLM,
-    /// ViT-tiny and Whisper at half their roofline and 2-3x under their measurements
+    /// ViT-tiny and Whisper at half their roofline and 2-4x under their measurements
     /// (`scripts/predict_data.sh`, Zen 4: held-out-platform MAPE 42.0, 40.0 and 40.6% ->
     /// 38.1, 35.9 and 37.3% on three stores; 32.1 -> 34.8% on a fourth whose calibration
     /// read the native rate at half, see [`PointModel::floor`]).
