@@ -18,7 +18,7 @@
 # so the evaluation can say how far repeats of one configuration differ (the floor under any
 # prediction's error), with budgets of IA_PREDICT_MIN_ITERATIONS iterations (default 10) and
 # IA_PREDICT_MIN_DURATION seconds (default 2, `bench`'s own) each. A shared VM has slow spells
-# of a few tenths of a second at up to 2.5x: with half a second, three processes of one
+# of up to a second at up to 2.5x: with half a second, three processes of one
 # configuration (llama-tiny on the native engine, b=2, 64 tokens) read its p50 at 0.51, 1.28
 # and 1.32 ms, with two seconds at 0.52, 0.54 and 0.54 ms (2-core Zen 4 EPYC, 2026-12-06).
 # usage: scripts/predict_data.sh [DB] (default ./predict_db.duckdb); IA_BIN=path uses a built
