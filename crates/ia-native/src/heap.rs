@@ -240,7 +240,8 @@ pub(crate) fn one_arena() {
 /// then settle in those bytes, and the freed large block, fenced in by them, is a few bytes
 /// short of the next request of the same size: a generation benchmark of a 1 MB decoder
 /// (opt-tiny, batch 2, 64 tokens: 150 KB of logits a call) grew its heap by about 120 KB an
-/// iteration, to a peak of 180-510 MB in 3 seconds where the system allocator's stayed at 98.
+/// iteration, to peaks of 180-490 MB in most 3-second runs, where the system allocator's
+/// stayed at 98 MB.
 pub struct LargeBlocksOnCacheLines;
 
 /// The smallest block [`LargeBlocksOnCacheLines`] aligns: far above the many small ones
