@@ -239,7 +239,7 @@ pub(crate) fn one_arena() {
 /// bytes in front of it separately. The small blocks a loop keeps (a timing per iteration)
 /// then settle in those bytes, and the freed large block, fenced in by them, is a few bytes
 /// short of the next request of the same size: a generation benchmark of a 1 MB decoder
-/// (opt-tiny, batch 2, 64 tokens: 150 KB of logits a call) grew its heap by about 120 KB an
+/// (opt-tiny, batch 2, 64 tokens: 150 KB of logits a call) grew its heap by about 110 KB an
 /// iteration, to peaks of 180-490 MB in most 3-second runs, where the system allocator's
 /// stayed at 98 MB.
 pub struct LargeBlocksOnCacheLines;
