@@ -17,7 +17,7 @@
 # Every configuration is measured in IA_PREDICT_PASSES passes (default 2), one after the other,
 # so the evaluation can say how far repeats of one configuration differ (the floor under any
 # prediction's error), with budgets of IA_PREDICT_MIN_ITERATIONS iterations (default 10) and
-# IA_PREDICT_MIN_DURATION seconds (default 2, `bench`'s own) each. A shared VM has slow spells
+# IA_PREDICT_MIN_DURATION seconds (default: `bench`'s own, 2) each. A shared VM has slow spells
 # of up to a second at up to 2.5x: with half a second, three processes of one
 # configuration (llama-tiny on the native engine, b=2, 64 tokens) read its p50 at 0.51, 1.28
 # and 1.32 ms, with two seconds at 0.52, 0.54 and 0.54 ms (2-core Zen 4 EPYC, 2026-12-06).
@@ -31,8 +31,11 @@ passes=${IA_PREDICT_PASSES:-2}
 scripts/fetch_checkpoints.sh >&2
 "$exe" hardware --calibrate --db-path "$db" >&2
 common=(--warmup 2 --min-iterations "${IA_PREDICT_MIN_ITERATIONS:-10}"
-        --min-duration "${IA_PREDICT_MIN_DURATION:-2}"
         --new-tokens 8 --audio-seconds 2 --db-path "$db")
+# Unset, the duration is bench's own default.
+if [[ -n ${IA_PREDICT_MIN_DURATION:-} ]]; then
+  common+=(--min-duration "$IA_PREDICT_MIN_DURATION")
+fi
 for pass in $(seq 1 "$passes"); do
   echo "pass $pass of $passes" >&2
   for seq in 16 64; do
