@@ -315,7 +315,7 @@ fn graph_operations(
 ///   all of them on top (microsoft/onnxruntime#2835). whisper-tiny.en's peak there grew by
 ///   311 MiB an input from a batch of 1 to 8 (865-871 -> 3,042-3,051 MiB), 2.4 times the
 ///   footprint's activations (130 MiB an input); with the memory pattern off, by 193 MiB
-///   (719-742 -> 2,085 MiB), but the tiny fixtures' fastest iteration took 4-20% longer, so
+///   (719-742 -> 2,085 MiB), but the tiny fixtures' fastest iteration took 3-23% longer, so
 ///   the engine keeps ONNX Runtime's default. Counting the export's weights but these
 ///   activations once, four held-out-platform measurements of whisper-tiny.en on ONNX
 ///   Runtime were above their upper bound on `scripts/predict_data.sh`'s store of
