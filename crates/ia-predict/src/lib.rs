@@ -2088,18 +2088,22 @@ mod tests {
         assert_eq!(dispatched.prior_ms(), case(ceiling(0.0, 0.0)).prior_ms());
     }
 
+    /// The committed fixture checkpoint `name` (its folder and its model).
+    fn fixture(name: &str) -> (PathBuf, Model) {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures")
+            .join(name);
+        let checkpoint = ia_models::Checkpoint::open(&dir).unwrap();
+        let model = Model::resolve(name, ia_models::ModelSource::Checkpoint(checkpoint)).unwrap();
+        (dir, model)
+    }
+
     /// A runtime that runs the model's export dispatches its graph's nodes each call: on the
     /// CPU those over values and shapes, on WebGPU those over values; the native engine the cost
     /// model's operations.
     #[test]
     fn exported_graphs_dispatch_their_nodes() {
-        let dir = std::path::Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../fixtures/bert-tiny"
-        ));
-        let checkpoint = ia_models::Checkpoint::open(dir).unwrap();
-        let model =
-            Model::resolve("bert-tiny", ia_models::ModelSource::Checkpoint(checkpoint)).unwrap();
+        let (_, model) = fixture("bert-tiny");
         let work = Workload {
             batch: 1,
             seq_len: 16,
@@ -2139,13 +2143,7 @@ mod tests {
     /// counts the activations twice too.
     #[test]
     fn graph_runtimes_hold_their_exports_weights_and_onnx_runtime_its_activations_twice() {
-        let dir = std::path::Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../fixtures/t5-tiny"
-        ));
-        let checkpoint = ia_models::Checkpoint::open(dir).unwrap();
-        let model =
-            Model::resolve("t5-tiny", ia_models::ModelSource::Checkpoint(checkpoint)).unwrap();
+        let (dir, model) = fixture("t5-tiny");
         let work = Workload {
             batch: 2,
             seq_len: 16,
