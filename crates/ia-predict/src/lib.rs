@@ -5,7 +5,9 @@
 //!   `bytes moved / memory bandwidth` (the device's own on a GPU, else the host's), from the
 //!   cost model ([`ia_models::cost`]) and the machine's calibration (`hardware --calibrate`).
 //!   The memory prior is the footprint estimate (`ia_models::footprint`: weights, activations,
-//!   KV cache) with the weights counted twice, for the two copies held while a model loads.
+//!   KV cache) with the weights counted twice, for the two copies held while a model loads;
+//!   on a graph runtime the export's graphs in place of the weights, and on ONNX Runtime the
+//!   activations twice (`held_in_memory`).
 //! * A per-target line (for latency: call overhead + slowdown x roofline, the overhead of a
 //!   pass over an input and of a decode step apart, and a cost per input row of each call,
 //!   where the points tell those apart; for memory: the program's own memory + a factor x
@@ -15,7 +17,9 @@
 //!   operation beyond the arithmetic: the cost model's operations, or the graph's nodes on a
 //!   runtime that runs the model's ONNX export): on a software GPU that is most of a small
 //!   model's time; for memory, through the footprint plus its calibrated program
-//!   memory (its runtime loaded and run); then a gradient-boosted model ([`forust_ml`];
+//!   memory (its runtime loaded and run). A target's latency line fitted on no real work
+//!   (the tiny fixtures alone) goes on beyond its points' priors at the slope of real work
+//!   elsewhere (`Affine::beyond_reach`). Then a gradient-boosted model ([`forust_ml`];
 //!   `perpetual`, its successor, needs a nightly compiler) learns the log ratio of the
 //!   measurement to that line: how far each engine, platform, precision and class stays from
 //!   it at each size.
@@ -243,10 +247,10 @@ pub struct Case {
     #[serde(skip)]
     pub costs: Vec<Cost>,
     pub ceiling: Option<Ceiling>,
-    /// What the model and one iteration need in memory, bytes: weights, activations and KV
-    /// cache (`ia_models::footprint::estimate`), plus the weights a second time for loading,
-    /// when the checkpoint's copy and the engine's own are held at once; the prior of the
-    /// peak-memory prediction.
+    /// What the model and one iteration need in memory on the case's engine, bytes: weights
+    /// (twice, held while loading), activations and KV cache (`ia_models::footprint::estimate`,
+    /// as [`held_in_memory`] counts them for the engine); the prior of the peak-memory
+    /// prediction.
     pub footprint_bytes: f64,
     /// Transformer layers one call runs through (an encoder-decoder's both stacks): with the
     /// calls of an iteration, how many kernel launches it makes, which dominate a tiny model
