@@ -9,6 +9,7 @@ use crate::seq2seq::{PageSeq2Seq, Seq2SeqTarget};
 use crate::{find_ort_web, BrowserError, BrowserHost, ENGINE_NAME};
 use base64::Engine as _;
 use ia_engine::exported_decoder::{check_exported_class, decoder_context, DecoderGraph};
+use ia_engine::exported_seq2seq::is_seq2seq;
 use ia_engine::features::GraphFeeds;
 use ia_engine::inputs::{self, GraphInput, InputSpec};
 use ia_engine::{
@@ -763,12 +764,6 @@ fn check_model(request: &WebRequest<'_>) -> Result<Vec<(String, PathBuf)>, Strin
         check_exported_class(request.model.class).map_err(|e| e.to_string())?;
     }
     model_parts(&request.model.source, request.model.class)
-}
-
-/// Whisper and T5: their export is three graphs (`ia_engine::exported_seq2seq`) that the
-/// decoding in Rust calls step by step.
-fn is_seq2seq(class: ModelClass) -> bool {
-    matches!(class, ModelClass::Whisper | ModelClass::T5)
 }
 
 /// The ONNX parts the page loads for a model, by name (one, or CLIP's two towers:

@@ -30,7 +30,7 @@ use crate::inputs::GraphInput;
 use crate::seq2seq::Seq2SeqDecoder;
 use crate::whisper::WhisperModel;
 use crate::{EngineError, HostTensor, SessionInfo};
-use ia_models::{Model, ModelSource};
+use ia_models::{Model, ModelClass, ModelSource};
 use std::path::PathBuf;
 
 /// The graphs of an encoder-decoder export, by part name (the file is `onnx/<part>.onnx`).
@@ -123,6 +123,26 @@ pub trait GraphParts: Send {
         part: &str,
         feeds: Vec<(String, GraphInput<'_>)>,
     ) -> Result<Vec<(String, HostTensor)>, EngineError>;
+}
+
+/// Whisper and T5: their export is three graphs (or two, merged) that the decoding in Rust
+/// calls step by step.
+pub fn is_seq2seq(class: ModelClass) -> bool {
+    matches!(class, ModelClass::Whisper | ModelClass::T5)
+}
+
+/// Every graph file a graph runtime loads for a model, by part name: an encoder-decoder's
+/// parts ([`seq2seq_files`]), else the one export or CLIP's and CLAP's towers
+/// ([`crate::towers::graph_parts`]).
+pub fn export_graphs(
+    source: &ModelSource,
+    class: ModelClass,
+) -> Result<Vec<(String, PathBuf)>, EngineError> {
+    if is_seq2seq(class) {
+        seq2seq_files(source)
+    } else {
+        crate::towers::graph_parts(source, class)
+    }
 }
 
 /// The files of an encoder-decoder export in a checkpoint, by part name; a clear error naming

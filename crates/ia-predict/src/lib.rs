@@ -328,7 +328,7 @@ fn held_in_memory(footprint: &footprint::Footprint, model: &Model, engine: &str)
     let weights = export_bytes(model, engine).unwrap_or(footprint.weights) as f64;
     let activations =
         footprint.activations as f64 * if engine == "onnxruntime" { 2.0 } else { 1.0 };
-    2.0 * weights + activations + (footprint.kv_cache + footprint.tables) as f64
+    2.0 * weights + activations + footprint.kv_cache.saturating_add(footprint.tables) as f64
 }
 
 /// Bytes of the graphs an engine that runs `model`'s ONNX export loads (every graph of an
@@ -344,14 +344,7 @@ fn export_bytes(model: &Model, engine: &str) -> Option<u64> {
     if !GRAPH_ENGINES.contains(&engine) {
         return None;
     }
-    // The engines' own file resolution: an encoder-decoder's parts, else the single graph
-    // (or CLIP's and CLAP's towers).
-    let files = match model.class {
-        ModelClass::Whisper | ModelClass::T5 => {
-            ia_engine::exported_seq2seq::seq2seq_files(&model.source).ok()?
-        }
-        _ => ia_engine::towers::graph_parts(&model.source, model.class).ok()?,
-    };
+    let files = ia_engine::exported_seq2seq::export_graphs(&model.source, model.class).ok()?;
     Some(
         files
             .iter()
