@@ -772,6 +772,28 @@ fn evaluate(
                 );
             }
         }
+        if quantity == Quantity::Latency {
+            println!(
+                "costliest selection misses, ms (chosen: measured, predicted; fastest: measured, \
+                 predicted):"
+            );
+            for r in reports.iter().filter(|r| r.quantity == quantity) {
+                for m in &r.selection_misses {
+                    println!(
+                        "  {:<13} {}: {} {:.3}, {:.3}; {} {:.3}, {:.3}; {:.0}% slower",
+                        split_name(r)?,
+                        m.case,
+                        m.chosen,
+                        m.chosen_measured,
+                        m.chosen_predicted,
+                        m.best,
+                        m.best_measured,
+                        m.best_predicted,
+                        m.loss_pct
+                    );
+                }
+            }
+        }
         // One line per configuration would bury the rest; the JSON has them.
         println!(
             "held-out groups (measured / predicted: the median ratio, above 1 predicted too low):"

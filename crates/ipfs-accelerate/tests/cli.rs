@@ -1633,8 +1633,20 @@ fn predict_learns_from_stored_results_and_scores_itself_on_held_out_ones() {
             assert!(!g["group"].as_str().unwrap().is_empty(), "{g}");
         }
     }
-    // Two targets per (model, batch): a selection case each.
+    // Two targets per (model, batch): a selection case each; every miss names both targets
+    // and what the choice cost.
     assert_eq!(configuration["selection_cases"], 6);
+    let top1 = configuration["top1"].as_f64().unwrap();
+    let misses = configuration["selection_misses"].as_array().unwrap();
+    assert_eq!(
+        misses.len(),
+        ((1.0 - top1) * 6.0).round() as usize,
+        "{configuration}"
+    );
+    for m in misses {
+        assert_ne!(m["chosen"], m["best"], "{m}");
+        assert!(m["loss_pct"].as_f64().unwrap() > 0.0, "{m}");
+    }
     // Each configuration was measured once: no repeats, so no noise floor is claimed.
     for r in report["repeatability"].as_array().unwrap() {
         assert_eq!(r["configurations"], 0, "{r}");
