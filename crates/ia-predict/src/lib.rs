@@ -12,7 +12,9 @@
 //!   pass over an input and of a decode step apart, and a cost per input row of each call,
 //!   where the points tell those apart; for memory: the program's own memory + a factor x
 //!   footprint, the factor 1 where the footprints of the points do not span the memory
-//!   measured) is fitted first. A target without measurements gets the line fitted over all
+//!   measured) is fitted first; a model's own latency line with Huber's loss (`Fit::Robust`),
+//!   so that a repeat a slow spell of the machine caught does not pull it. A target without
+//!   measurements gets the line fitted over all
 //!   targets through the roofline plus its calibrated dispatch cost (a call, and each
 //!   operation beyond the arithmetic: the cost model's operations, or the graph's nodes on a
 //!   runtime that runs the model's ONNX export): on a software GPU that is most of a small
@@ -651,7 +653,8 @@ impl Line {
 
 /// The first learned stage: measured = fixed costs per unit + slope x prior, fitted per model
 /// on each target (engine, platform, precision, machine), per target, and over everything
-/// (for targets without points of their own), by least squares on relative error. For latency
+/// (for targets without points of their own), by least squares on relative error (a model's
+/// own latency line by Huber's loss, [`Fit::Robust`]). For latency
 /// the fixed costs are those of a call and of the rows and positions it feeds, which dominate
 /// small models and which the roofline ignores; for memory there is one unit and its cost is
 /// the program's own resident memory.
@@ -932,19 +935,20 @@ enum Fit {
     LeastSquares,
     /// Huber's loss: squared up to [`ROBUST_SCALE`], linear beyond (iteratively reweighted
     /// least squares). The 2-core VM these stores are measured on has slow spells of seconds
-    /// in which everything runs at up to half speed: a repeat that ran in one reads a p50 up
-    /// to 2x its other repeat (bert-tiny on OpenVINO at b=1, 64 tokens: 0.47 and 0.21 ms),
+    /// in which everything runs at up to half speed: a repeat that ran in one reads a p50 about
+    /// twice its other repeat's (bert-tiny on OpenVINO at b=1, 64 tokens: 0.47 and 0.21 ms),
     /// while the repeats' fastest iterations stay close (0.22 and 0.20 ms). On a store of
-    /// `scripts/predict_data.sh` (Zen 4, 2026-12-07) p50 repeats differed by 13.5% (mean),
-    /// their medians by 5.1-6.9% per engine and their fastest iterations by 5.3%. Least
-    /// squares on a model's own line, which goes through 2 repeats of up to 8 configurations,
-    /// follows such a repeat halfway; Huber's loss keeps the line on the others. There the
-    /// held-out configuration / batch-size MAPE fell from 12.4 / 12.4 to 11.6 / 11.5%.
+    /// `scripts/predict_data.sh` (Zen 4, 2026-12-07) p50 repeats differed by 13.5% (mean; the
+    /// median per engine 5.1-6.9%), their fastest iterations by 5.3%. Least squares on a
+    /// model's own line, which goes through 2 repeats of up to 8 configurations, follows such
+    /// a repeat halfway; Huber's loss keeps the line on the others. There the held-out
+    /// configuration / batch-size MAPE fell from 12.4 / 12.4 to 11.5 / 11.5%.
     Robust,
 }
 
 /// Relative error where [`Fit::Robust`] stops squaring: a point further off is a spell, not
-/// the line's shape (half the repeats of that store are within 6% of each other).
+/// the line's shape (on that store the median repeat is 6.3% off the other, 63% are within
+/// 10%).
 const ROBUST_SCALE: f64 = 0.1;
 
 impl Fit {
