@@ -23,12 +23,14 @@
 # configuration (llama-tiny on the native engine, b=2, 64 tokens) read its p50 at 0.51, 1.28
 # and 1.32 ms, with two seconds at 0.52, 0.54 and 0.54 ms (2-core Zen 4 EPYC, 2026-12-06).
 # usage: scripts/predict_data.sh [DB] (default ./predict_db.duckdb); IA_BIN=path uses a built
-# binary instead of building.
+# binary instead of building; IA_PREDICT_LENGTHS="64" measures those sequence lengths only
+# (default "16 64"; Whisper on the runtimes runs with the first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 db=${1:-./predict_db.duckdb}
 exe=${IA_BIN:-$(scripts/build.sh)}
 passes=${IA_PREDICT_PASSES:-2}
+read -r -a lengths <<< "${IA_PREDICT_LENGTHS:-16 64}"
 scripts/fetch_checkpoints.sh >&2
 "$exe" hardware --calibrate --db-path "$db" >&2
 common=(--warmup 2 --min-iterations "${IA_PREDICT_MIN_ITERATIONS:-10}"
@@ -39,7 +41,7 @@ if [[ -n ${IA_PREDICT_MIN_DURATION:-} ]]; then
 fi
 for pass in $(seq 1 "$passes"); do
   echo "pass $pass of $passes" >&2
-  for seq in 16 64; do
+  for seq in "${lengths[@]}"; do
     for batch in 1 2 4 8; do
       for model in fixtures/bert-tiny fixtures/vit-tiny fixtures/llama-tiny fixtures/qwen2-tiny fixtures/opt-tiny; do
         for target in cpu onnxruntime openvino wasm webgpu; do
@@ -53,7 +55,7 @@ for pass in $(seq 1 "$passes"); do
       done
       # A real-size model on the runtimes too (the one small catalog model whose checkpoint
       # comes with ONNX exports), once a pass: its input does not have a length.
-      if [[ $seq == 16 ]]; then
+      if [[ $seq == "${lengths[0]}" ]]; then
         for target in onnxruntime openvino; do
           "$exe" bench --models whisper --small-models --hardware "$target" \
             --batch-sizes "$batch" "${common[@]}" >&2 || true
