@@ -1980,8 +1980,15 @@ fn selection(scored: &[(f64, Interval, &Case)]) -> Selection {
     for (m, p, c) in scored {
         let sums = cases
             .entry(format!(
-                "{} b={} seq={} {} on {}",
-                c.model, c.work.batch, c.work.seq_len, c.precision, c.hardware
+                "{} b={}{} {} on {}",
+                c.model,
+                c.work.batch,
+                match c.work.seq_len {
+                    0 => String::new(),
+                    len => format!(" seq={len}"),
+                },
+                c.precision,
+                c.hardware
             ))
             .or_default()
             .entry(format!("{} on {}", c.engine, c.platform))
