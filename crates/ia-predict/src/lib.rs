@@ -14,19 +14,18 @@
 //!   footprint, the factor 1 where the footprints of the points do not span the memory
 //!   measured) is fitted first; a model's own latency line with Huber's loss (`Fit::Robust`),
 //!   so that a repeat a slow spell of the machine caught does not pull it. A target without
-//!   measurements gets the line fitted over all
-//!   targets through the roofline plus its calibrated dispatch cost (a call, and each
-//!   operation beyond the arithmetic: the cost model's operations, or the graph's nodes on a
-//!   runtime that runs the model's ONNX export): on a software GPU that is most of a small
-//!   model's time; for memory, through the footprint plus its calibrated program
-//!   memory (its runtime loaded and run). A target's latency line fitted on no real work
-//!   (the tiny fixtures alone) goes on beyond its points' priors at the slope of real work
-//!   elsewhere (`Affine::beyond_reach`). Then a gradient-boosted model ([`forust_ml`];
-//!   `perpetual`, its successor, needs a nightly compiler) learns the log ratio of the
-//!   measurement to that line: how far each engine, platform, precision and class stays from
-//!   it at each size.
-//!   Learning a ratio, not the value, lets the trees (which cannot extrapolate) serve batch
-//!   sizes and lengths outside the measured range. The line is the model's own on its target
+//!   measurements gets the line fitted over all targets through the roofline plus its
+//!   calibrated dispatch cost (a call, and each operation beyond the arithmetic: the cost
+//!   model's operations, or the graph's nodes on a runtime that runs the model's ONNX
+//!   export): on a software GPU that is most of a small model's time; for memory, through
+//!   the footprint plus its calibrated program memory (its runtime loaded and run). A
+//!   target's latency line fitted on no real work (the tiny fixtures alone) goes on beyond
+//!   its points' priors at the slope of real work elsewhere (`Affine::beyond_reach`). Then a
+//!   gradient-boosted model ([`forust_ml`]; `perpetual`, its successor, needs a nightly
+//!   compiler) learns the log ratio of the measurement to that line: how far each engine,
+//!   platform, precision and class stays from it at each size. Learning a ratio, not the
+//!   value, lets the trees (which cannot extrapolate) serve batch sizes and lengths outside
+//!   the measured range. The line is the model's own on its target
 //!   where it has one, and for latency that line alone is the prediction; for latency, a
 //!   model without one starts from the target's line, corrected by a second learner fitted
 //!   against that line.
