@@ -1842,12 +1842,7 @@ pub fn evaluate(observations: &[Observation], split: Split, quantity: Quantity) 
         mut misses,
     } = match quantity {
         Quantity::Latency => selection(&scored),
-        Quantity::PeakMemory => Selection {
-            cases: 0,
-            top1: None,
-            mean_loss_pct: None,
-            misses: Vec::new(),
-        },
+        Quantity::PeakMemory => Selection::default(),
     };
     misses.truncate(WORST);
     SplitReport {
@@ -2042,6 +2037,7 @@ fn selection(scored: &[(f64, Interval, &Case)]) -> Selection {
 }
 
 /// What [`selection`] found: the contested cases, the share chosen right, and the misses.
+#[derive(Default)]
 struct Selection {
     cases: usize,
     top1: Option<f64>,
