@@ -147,6 +147,9 @@ pub struct Measurement {
     pub latency: LatencyStats,
     /// Wall time of the timed phase.
     pub timed_duration_s: f64,
+    /// How far the timed phase's consecutive windows disagree ([`stats::window_spread`]):
+    /// whether the machine kept one speed while it ran. None with too few samples to say.
+    pub window_spread: Option<f64>,
     pub throughput_items_per_s: f64,
     pub throughput_tokens_per_s: Option<f64>,
     /// Peak resident set of the process during this combination, when the OS reports it.
@@ -301,6 +304,7 @@ impl Measurement {
             load_time_ms: run.load_time_ms,
             first_inference_ms: run.first_inference_ms,
             warmup_iterations: run.warmup_iterations,
+            window_spread: stats::window_spread(&run.samples_ms),
             samples_ms: run.samples_ms,
             timed_duration_s: run.timed_duration_s,
             throughput_items_per_s: items / per_query_s,

@@ -72,6 +72,38 @@ impl LatencyStats {
     }
 }
 
+/// Consecutive windows of a timed run that [`window_spread`] compares.
+pub const WINDOWS: usize = 4;
+
+/// A run whose windows agree within this ([`window_spread`]) kept one speed. On a store of
+/// `scripts/predict_data.sh` (2-core Zen 4 VM, 480 results in two passes, 2026-12-07) 32% of
+/// the runs were further apart; the two p50s of a configuration whose runs both kept one speed
+/// differed by 11.2% (mean of |a - b| / min(a, b)), those of the others by 20.4%.
+pub const STEADY_WINDOW_SPREAD: f64 = 0.2;
+
+/// How far the slowest of [`WINDOWS`] consecutive windows of `samples` (in the order they
+/// were timed) is above the fastest, by their medians: 0.25 is a window whose median is 25%
+/// above another's. A run whose machine slowed down part of the way (a shared VM's slow spell,
+/// a neighbour's burst) reads a p50 between its two speeds; a steady run's windows agree.
+/// None with fewer than two samples a window.
+pub fn window_spread(samples: &[f64]) -> Option<f64> {
+    let n = samples.len();
+    if n < 2 * WINDOWS {
+        return None;
+    }
+    let medians: Vec<f64> = (0..WINDOWS)
+        .map(|w| {
+            let mut window = samples[w * n / WINDOWS..(w + 1) * n / WINDOWS].to_vec();
+            window.sort_by(f64::total_cmp);
+            percentile(&window, 50.0)
+        })
+        .collect();
+    let (low, high) = medians
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(l, h), m| (l.min(*m), h.max(*m)));
+    (low > 0.0).then(|| high / low - 1.0)
+}
+
 /// Linear interpolation between closest ranks (numpy's default), on sorted data.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -109,6 +141,20 @@ mod tests {
         assert!(!st.p90_is_estimate && st.p95_is_estimate);
         let st = LatencyStats::from_samples(&vec![1.0; 662]);
         assert!(!st.p99_is_estimate);
+    }
+
+    #[test]
+    fn window_spread_compares_the_medians_of_consecutive_windows() {
+        // Steady, then twice as slow from the third window on.
+        let mut s = vec![1.0; 20];
+        s.extend(vec![2.0; 20]);
+        assert!((window_spread(&s).unwrap() - 1.0).abs() < 1e-12);
+        // One outlier a window moves no median.
+        let mut steady = vec![1.0; 40];
+        steady[3] = 50.0;
+        steady[33] = 50.0;
+        assert_eq!(window_spread(&steady), Some(0.0));
+        assert_eq!(window_spread(&[1.0; 7]), None);
     }
 
     #[test]

@@ -330,6 +330,21 @@ impl Store {
     pub fn query_limited(&self, sql: &str, limits: query::Limits) -> Result<QueryResult> {
         query::run_limited(&self.conn, sql, limits)
     }
+
+    /// Every result's timed samples in iteration order, by result id (a result without
+    /// samples is absent).
+    pub fn samples_by_result(&self) -> Result<std::collections::HashMap<i64, Vec<f64>>> {
+        let mut statement = self.conn.prepare(
+            "SELECT result_id, latency_ms FROM raw_samples ORDER BY result_id, iteration",
+        )?;
+        let rows = statement.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?)))?;
+        let mut samples: std::collections::HashMap<i64, Vec<f64>> = Default::default();
+        for row in rows {
+            let (result_id, latency_ms) = row?;
+            samples.entry(result_id).or_default().push(latency_ms);
+        }
+        Ok(samples)
+    }
 }
 
 /// Creates a new store with the whole schema under a temporary name beside `path` and links it

@@ -156,6 +156,10 @@ pub struct PerformanceRecord {
     pub activations_mb: Option<f64>,
     pub loss_first: Option<f64>,
     pub loss_last: Option<f64>,
+    /// How far the timed phase's windows of consecutive iterations differ: the slowest
+    /// window's median over the fastest's, less 1 (a run the machine slowed down part of the
+    /// way). None before schema version 13 and with too few samples to say.
+    pub window_spread: Option<f64>,
 }
 }
 

@@ -6,7 +6,7 @@ use crate::{DbError, Result};
 use duckdb::Connection;
 use std::path::Path;
 
-pub const CURRENT_VERSION: i64 = 12;
+pub const CURRENT_VERSION: i64 = 13;
 
 /// Every table of the current schema.
 pub const TABLES: [&str; 14] = [
@@ -454,6 +454,11 @@ ALTER TABLE performance_results ADD COLUMN optimizer_state_mb DOUBLE;
 ALTER TABLE performance_results ADD COLUMN activations_mb DOUBLE;
 ALTER TABLE performance_results ADD COLUMN loss_first DOUBLE;
 ALTER TABLE performance_results ADD COLUMN loss_last DOUBLE;
+"#,
+    // 13: how far the medians of a timed phase's windows of consecutive iterations differ
+    // (whether the machine kept one speed while it ran).
+    r#"
+ALTER TABLE performance_results ADD COLUMN window_spread DOUBLE;
 "#,
 ];
 

@@ -131,6 +131,7 @@ impl CombinationRecords {
             ("gradients_mb", p.gradients_mb),
             ("optimizer_state_mb", p.optimizer_state_mb),
             ("activations_mb", p.activations_mb),
+            ("window_spread", p.window_spread),
         ];
         for (what, v) in times {
             if let Some(v) = v {

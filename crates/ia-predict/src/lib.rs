@@ -562,6 +562,10 @@ pub struct Observation {
     pub peak_memory_mib: Option<f64>,
     /// The stored result it came from.
     pub result_id: i64,
+    /// Whether its run kept one speed while timed (the medians of its windows of consecutive
+    /// iterations agree; None where not known): what tells a prediction's error from a
+    /// measurement the machine slowed down part of the way.
+    pub steady: Option<bool>,
 }
 
 /// A case with its prior and its measurement of one quantity.
@@ -1732,6 +1736,10 @@ pub struct SplitReport {
     pub mean_loss_pct: Option<f64>,
     /// The selection's costliest misses (at most [`WORST`]), the largest loss first.
     pub selection_misses: Vec<SelectionMiss>,
+    /// Latency only: the held-out measurements whose run kept one speed
+    /// ([`Observation::steady`]), and the MAPE of their predictions (None without any).
+    pub steady_predictions: usize,
+    pub steady_mape: Option<f64>,
     /// The held-out predictions furthest from their measurements (at most [`WORST`]), worst
     /// first: where the error above comes from.
     pub worst: Vec<HeldOut>,
@@ -1790,6 +1798,8 @@ pub fn evaluate(observations: &[Observation], split: Split, quantity: Quantity) 
     }
     // (measurement, prediction, the case)
     let mut scored: Vec<(f64, Interval, &Case)> = Vec::new();
+    // Whether each scored measurement's run kept one speed.
+    let mut steady: Vec<bool> = Vec::new();
     let mut skipped = 0;
     let mut group_scores = Vec::new();
     for held in groups.values() {
@@ -1804,6 +1814,7 @@ pub fn evaluate(observations: &[Observation], split: Split, quantity: Quantity) 
                     let o = measured[i];
                     let value = quantity.measured(o).expect("filtered above");
                     scored.push((value, p.predict(&o.case), &o.case));
+                    steady.push(o.steady == Some(true));
                 }
                 group_scores.push(group_score(split, &scored[first..]));
             }
@@ -1812,6 +1823,16 @@ pub fn evaluate(observations: &[Observation], split: Split, quantity: Quantity) 
     }
     let errors = relative_errors(&scored);
     let (mape, within_10pct) = error_shares(&errors);
+    let steady_errors: Vec<f64> = match quantity {
+        Quantity::Latency => errors
+            .iter()
+            .zip(&steady)
+            .filter(|(_, s)| **s)
+            .map(|(e, _)| *e)
+            .collect(),
+        Quantity::PeakMemory => Vec::new(),
+    };
+    let (steady_mape, _) = error_shares(&steady_errors);
     let above_upper_bound = scored.iter().filter(|(m, p, _)| *m > p.upper_bound).count();
     let mut order: Vec<usize> = (0..scored.len()).collect();
     order.sort_by(|&a, &b| errors[b].total_cmp(&errors[a]));
@@ -1859,6 +1880,8 @@ pub fn evaluate(observations: &[Observation], split: Split, quantity: Quantity) 
         top1,
         mean_loss_pct,
         selection_misses: misses,
+        steady_predictions: steady_errors.len(),
+        steady_mape,
         worst,
         groups: group_scores,
     }
@@ -2669,6 +2692,7 @@ mod tests {
                     latency_ms: 1.0,
                     peak_memory_mib: Some(100.0 + 0.5 * footprint),
                     result_id: 0,
+                    steady: None,
                 });
             }
         }
@@ -2712,6 +2736,7 @@ mod tests {
             latency_ms,
             peak_memory_mib: None,
             result_id: 0,
+            steady: None,
         };
         // Batch 1 measured at 10 and 12 ms (20% and 16.7% apart); batch 2 once, not counted.
         let r = repeatability(
@@ -2816,6 +2841,7 @@ mod tests {
                     peak_memory_mib: Some(50.0 + 2.0 * c.footprint_bytes / MIB),
                     case: c,
                     result_id: 0,
+                    steady: None,
                 });
             }
         }
@@ -2861,6 +2887,7 @@ mod tests {
                         latency_ms: 1.0,
                         peak_memory_mib: Some(program + batch as f64),
                         result_id: 0,
+                        steady: None,
                     });
                 }
             }
@@ -2906,6 +2933,7 @@ mod tests {
                         peak_memory_mib: None,
                         case,
                         result_id: 0,
+                        steady: None,
                     });
                 }
             }

@@ -6,7 +6,8 @@ use crate::plan::{resolve_model, PlanOptions};
 use crate::results::{combination_records, run_record, scenario_name, text_seq_len};
 use crate::run_store::{JsonOutput, RunStore};
 use crate::target::{Engines, Target, WebArgs};
-use ia_bench::{Combination, Mode, Outcome, Protocol, Scenario};
+use ia_bench::stats::STEADY_WINDOW_SPREAD;
+use ia_bench::{Combination, Measurement, Mode, Outcome, Protocol, Scenario};
 use ia_db::submissions::Submission;
 use ia_db::CombinationRecords;
 use ia_engine::{LoadVariant, Precision};
@@ -693,10 +694,27 @@ fn results_table(rows: &[ResultRow]) -> String {
     {
         out.push_str("~ = estimate: fewer samples than the percentile needs (p90: 64, p99: 662)\n");
     }
-    if let Some(m) = rows.iter().find_map(|r| match &r.outcome {
-        Outcome::Measured(m) => Some(m),
-        _ => None,
-    }) {
+    let measured: Vec<&Measurement> = rows
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            Outcome::Measured(m) => Some(m.as_ref()),
+            _ => None,
+        })
+        .collect();
+    let unsteady = measured
+        .iter()
+        .filter(|m| m.window_spread.is_some_and(|s| s > STEADY_WINDOW_SPREAD))
+        .count();
+    if unsteady > 0 {
+        out.push_str(&format!(
+            "unsteady: {unsteady} of {} measured combinations changed speed while timed (the \
+             medians of their quarters differ by more than {:.0}%: window_spread in --json and \
+             the store); the machine was not steady, rerun to compare\n",
+            measured.len(),
+            STEADY_WINDOW_SPREAD * 100.0
+        ));
+    }
+    if let Some(m) = measured.first() {
         out.push_str(&format!(
             "harness overhead: {:.0} ns per timed iteration (not subtracted)\n",
             m.harness_overhead_ns

@@ -576,6 +576,15 @@ fn observations(
          WHERE p.status = 'pass' AND p.latency_p50_ms > 0 AND p.mode = 'inference' \
          ORDER BY p.result_id",
     )?;
+    // Whether each result's run kept one speed, from its samples (results stored before the
+    // store kept a window spread have them too).
+    let samples = store.samples_by_result()?;
+    let steady = |result_id: i64| {
+        samples
+            .get(&result_id)
+            .and_then(|s| ia_bench::stats::window_spread(s))
+            .map(|spread| spread <= ia_bench::stats::STEADY_WINDOW_SPREAD)
+    };
     // Each model once, with what bench's test picture costs it (image-text generators).
     type Resolved = Option<(Model, Result<Option<ImageWork>, ()>)>;
     let mut models: HashMap<(String, String), Resolved> = HashMap::new();
@@ -637,6 +646,7 @@ fn observations(
             latency_ms: num("latency_p50_ms"),
             peak_memory_mib: r["peak_rss_mb"].as_f64(),
             result_id: r["result_id"].as_i64().unwrap_or(0),
+            steady: steady(r["result_id"].as_i64().unwrap_or(0)),
         });
     }
     Ok((out, skipped))
@@ -742,6 +752,29 @@ fn evaluate(
                 None => println!(
                     "repeats: no configuration measured twice, so the measurement noise is unknown"
                 ),
+            }
+        }
+        if quantity == Quantity::Latency {
+            let steady: Vec<String> = reports
+                .iter()
+                .filter(|r| r.quantity == quantity)
+                .filter_map(|r| {
+                    let mape = r.steady_mape?;
+                    Some(format!(
+                        "{} {mape:.1}% ({} of {})",
+                        split_name(r).ok()?,
+                        r.steady_predictions,
+                        r.predictions
+                    ))
+                })
+                .collect();
+            if !steady.is_empty() {
+                println!(
+                    "held out from runs that kept one speed (the medians of their quarters within \
+                     {:.0}%), MAPE: {}",
+                    ia_bench::stats::STEADY_WINDOW_SPREAD * 100.0,
+                    steady.join(", ")
+                );
             }
         }
         let unit = match quantity {

@@ -291,6 +291,7 @@ fn performance_record(
         peak_rss_mb: m.peak_rss_bytes.map(|b| b as f64 / (1 << 20) as f64),
         peak_rss_per_combination: Some(m.peak_rss_per_combination),
         harness_overhead_ns: Some(m.harness_overhead_ns).filter(|o| o.is_finite()),
+        window_spread: m.window_spread,
         ..base
     })
 }

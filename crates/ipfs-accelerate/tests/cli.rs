@@ -116,6 +116,11 @@ fn bench_json_without_db() {
         assert_eq!(lat["p90_is_estimate"], n < 64, "{lat}");
         assert_eq!(lat["p99_is_estimate"], n < 662, "{lat}");
         assert!(r["outcome"]["harness_overhead_ns"].as_f64().unwrap() > 0.0);
+        // How far the run's quarters differ: known wherever a quarter has two samples.
+        match r["outcome"]["window_spread"].as_f64() {
+            Some(spread) => assert!(spread >= 0.0 && n >= 8, "{r}"),
+            None => assert!(n < 8, "{r}"),
+        }
         // The fixtures are random-initialised (weights_provenance.json says so).
         assert_eq!(r["weights"], "random");
     }
@@ -1590,6 +1595,13 @@ fn predict_learns_from_stored_results_and_scores_itself_on_held_out_ones() {
         }
         let coverage = s["coverage"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&coverage), "{s}");
+        // The held-out measurements of runs that kept one speed (latency only), scored apart.
+        let steady = s["steady_predictions"].as_u64().unwrap();
+        assert!(steady <= s["predictions"].as_u64().unwrap(), "{s}");
+        assert_eq!(s["steady_mape"].is_null(), steady == 0, "{s}");
+        if s["quantity"] == "peak-memory" {
+            assert_eq!(steady, 0, "{s}");
+        }
         assert!(s["mape"].as_f64().unwrap().is_finite(), "{s}");
         // The furthest held-out predictions, worst first, their errors as the figures say.
         let worst = s["worst"].as_array().unwrap();
