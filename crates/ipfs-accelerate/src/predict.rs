@@ -315,6 +315,8 @@ pub(crate) fn model_for_prediction(name: &str, small: bool) -> anyhow::Result<Mo
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut knowledge = Knowledge::load(&args.store.db_path)?;
     if args.evaluate {
+        let store = Store::open_read_only(&args.store.db_path, &ReadOptions::default())?;
+        mark_steady(&store, &mut knowledge.observations)?;
         return evaluate(&knowledge.observations, &knowledge.skipped, args.json);
     }
     let name = args
@@ -576,15 +578,6 @@ fn observations(
          WHERE p.status = 'pass' AND p.latency_p50_ms > 0 AND p.mode = 'inference' \
          ORDER BY p.result_id",
     )?;
-    // Whether each result's run kept one speed, from its samples (results stored before the
-    // store kept a window spread have them too).
-    let samples = store.samples_by_result()?;
-    let steady = |result_id: i64| {
-        samples
-            .get(&result_id)
-            .and_then(|s| ia_bench::stats::window_spread(s))
-            .map(|spread| spread <= ia_bench::stats::STEADY_WINDOW_SPREAD)
-    };
     // Each model once, with what bench's test picture costs it (image-text generators).
     type Resolved = Option<(Model, Result<Option<ImageWork>, ()>)>;
     let mut models: HashMap<(String, String), Resolved> = HashMap::new();
@@ -646,10 +639,25 @@ fn observations(
             latency_ms: num("latency_p50_ms"),
             peak_memory_mib: r["peak_rss_mb"].as_f64(),
             result_id: r["result_id"].as_i64().unwrap_or(0),
-            steady: steady(r["result_id"].as_i64().unwrap_or(0)),
+            // Only the evaluation reads it ([`mark_steady`]).
+            steady: None,
         });
     }
     Ok((out, skipped))
+}
+
+/// Whether each observation's run kept one speed, from its raw samples (results stored before
+/// the store kept a window spread have them too). Only the evaluation reads it, so only it
+/// reads every sample of the store.
+fn mark_steady(store: &Store, observations: &mut [Observation]) -> anyhow::Result<()> {
+    let samples = store.samples_by_result()?;
+    for o in observations {
+        o.steady = samples
+            .get(&o.result_id)
+            .and_then(|s| ia_bench::stats::window_spread(s))
+            .map(|spread| spread <= ia_bench::stats::STEADY_WINDOW_SPREAD);
+    }
+    Ok(())
 }
 
 fn evaluate(
