@@ -15,11 +15,15 @@
 # runtimes loaded their libraries; in one process per model and target, a batch of 1 (the
 # first run) peaked 6-12 MB under the larger batches that ran after it (medians of each fixture
 # on each target).
-# Every configuration is measured in IA_PREDICT_PASSES passes (default 2), one after the other,
+# Every configuration is measured in IA_PREDICT_PASSES passes (default 3), one after the other,
 # so the evaluation can say how far repeats of one configuration differ (the floor under any
-# prediction's error), with budgets of IA_PREDICT_MIN_ITERATIONS iterations (default 10) and
-# IA_PREDICT_MIN_DURATION seconds (default: `bench`'s own, 2) each. A shared VM has slow spells
-# of up to a second at up to 2.5x: with half a second, three processes of one
+# prediction's error) and score each configuration by the median of its repeats, which leaves
+# out a pass a slow spell of the machine caught: on a store of 3 passes at 64 tokens (Zen 4,
+# 2026-12-07) the held-out configurations' MAPE against that median was 9.6%, against 11.7%
+# on the same store's last 2 passes. 3 passes take about 40 minutes at one length on a 2-core
+# machine, twice that at two. Each run has budgets of IA_PREDICT_MIN_ITERATIONS iterations
+# (default 10) and IA_PREDICT_MIN_DURATION seconds (default: `bench`'s own, 2). A shared VM has
+# slow spells of up to a second at up to 2.5x: with half a second, three processes of one
 # configuration (llama-tiny on the native engine, b=2, 64 tokens) read its p50 at 0.51, 1.28
 # and 1.32 ms, with two seconds at 0.52, 0.54 and 0.54 ms (2-core Zen 4 EPYC, 2026-12-06).
 # usage: scripts/predict_data.sh [DB] (default ./predict_db.duckdb); IA_BIN=path uses a built
@@ -29,7 +33,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 db=${1:-./predict_db.duckdb}
 exe=${IA_BIN:-$(scripts/build.sh)}
-passes=${IA_PREDICT_PASSES:-2}
+passes=${IA_PREDICT_PASSES:-3}
 read -r -a lengths <<< "${IA_PREDICT_LENGTHS:-16 64}"
 scripts/fetch_checkpoints.sh >&2
 "$exe" hardware --calibrate --db-path "$db" >&2

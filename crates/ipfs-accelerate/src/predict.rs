@@ -785,6 +785,24 @@ fn evaluate(
                 );
             }
         }
+        let by_configuration: Vec<String> = reports
+            .iter()
+            .filter(|r| r.quantity == quantity)
+            .filter_map(|r| {
+                let mape = r.configuration_mape?;
+                Some(format!(
+                    "{} {mape:.1}% ({} configurations)",
+                    split_name(r).ok()?,
+                    r.configurations
+                ))
+            })
+            .collect();
+        if !by_configuration.is_empty() {
+            println!(
+                "against the median of each held-out configuration's repeats, MAPE: {}",
+                by_configuration.join(", ")
+            );
+        }
         let unit = match quantity {
             Quantity::Latency => "ms",
             Quantity::PeakMemory => "MiB",

@@ -1603,6 +1603,14 @@ fn predict_learns_from_stored_results_and_scores_itself_on_held_out_ones() {
             assert_eq!(steady, 0, "{s}");
         }
         assert!(s["mape"].as_f64().unwrap().is_finite(), "{s}");
+        // Scored again per configuration, against the median of its repeats: each
+        // configuration was measured once, so the figures agree.
+        assert_eq!(s["configurations"], s["predictions"], "{s}");
+        let by_configuration = s["configuration_mape"].as_f64().unwrap();
+        assert!(
+            (by_configuration - s["mape"].as_f64().unwrap()).abs() < 1e-9,
+            "{s}"
+        );
         // The furthest held-out predictions, worst first, their errors as the figures say.
         let worst = s["worst"].as_array().unwrap();
         let predictions = s["predictions"].as_u64().unwrap() as usize;
