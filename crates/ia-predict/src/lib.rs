@@ -2781,9 +2781,9 @@ mod tests {
         assert_eq!((none.configurations, none.mape), (0, None));
     }
 
-    #[test]
-    fn a_configuration_is_scored_by_the_median_of_its_repeats() {
-        let interval = |p50: f64| Interval {
+    /// A prediction of `p50` with no width, for a known model and target.
+    fn interval(p50: f64) -> Interval {
+        Interval {
             p50,
             low: p50,
             high: p50,
@@ -2793,7 +2793,11 @@ mod tests {
                 target: false,
                 batch_size: false,
             },
-        };
+        }
+    }
+
+    #[test]
+    fn a_configuration_is_scored_by_the_median_of_its_repeats() {
         let (one, two) = (
             memory_case("m", "e", None, 1, 1.0),
             memory_case("m", "e", None, 2, 1.0),
@@ -2815,17 +2819,6 @@ mod tests {
 
     #[test]
     fn selection_names_each_miss_and_its_loss() {
-        let interval = |p50: f64| Interval {
-            p50,
-            low: p50,
-            high: p50,
-            upper_bound: p50,
-            novelty: Novelty {
-                model: false,
-                target: false,
-                batch_size: false,
-            },
-        };
         let at = |engine: &str, batch: usize| memory_case("m", engine, None, batch, 1.0);
         let (a1, b1, c1, a2, b2) = (at("a", 1), at("b", 1), at("c", 1), at("a", 2), at("b", 2));
         // b=1: "a" predicted fastest, "b" measured fastest (a repeat of "b" averages in);

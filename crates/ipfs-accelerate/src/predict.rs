@@ -710,6 +710,16 @@ fn evaluate(
             .unwrap_or("")
             .to_string())
     };
+    // "split figure" for each split of `quantity` that `figure` has a figure for.
+    let per_split = |quantity: Quantity,
+                     figure: &dyn Fn(&ia_predict::SplitReport) -> Option<String>|
+     -> Vec<String> {
+        reports
+            .iter()
+            .filter(|r| r.quantity == quantity)
+            .filter_map(|r| Some(format!("{} {}", split_name(r).ok()?, figure(r)?)))
+            .collect()
+    };
     for quantity in Quantity::ALL {
         println!(
             "\n{}",
@@ -763,19 +773,12 @@ fn evaluate(
             }
         }
         if quantity == Quantity::Latency {
-            let steady: Vec<String> = reports
-                .iter()
-                .filter(|r| r.quantity == quantity)
-                .filter_map(|r| {
-                    let mape = r.steady_mape?;
-                    Some(format!(
-                        "{} {mape:.1}% ({} of {})",
-                        split_name(r).ok()?,
-                        r.steady_predictions,
-                        r.predictions
-                    ))
-                })
-                .collect();
+            let steady = per_split(quantity, &|r| {
+                Some(format!(
+                    "{:.1}% ({} of {})",
+                    r.steady_mape?, r.steady_predictions, r.predictions
+                ))
+            });
             if !steady.is_empty() {
                 println!(
                     "held out from runs that kept one speed (the medians of their quarters within \
@@ -785,18 +788,12 @@ fn evaluate(
                 );
             }
         }
-        let by_configuration: Vec<String> = reports
-            .iter()
-            .filter(|r| r.quantity == quantity)
-            .filter_map(|r| {
-                let mape = r.configuration_mape?;
-                Some(format!(
-                    "{} {mape:.1}% ({} configurations)",
-                    split_name(r).ok()?,
-                    r.configurations
-                ))
-            })
-            .collect();
+        let by_configuration = per_split(quantity, &|r| {
+            Some(format!(
+                "{:.1}% ({} configurations)",
+                r.configuration_mape?, r.configurations
+            ))
+        });
         if !by_configuration.is_empty() {
             println!(
                 "against the median of each held-out configuration's repeats, MAPE: {}",
