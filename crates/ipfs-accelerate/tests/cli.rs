@@ -1536,6 +1536,7 @@ fn predict_learns_from_stored_results_and_scores_itself_on_held_out_ones() {
     let measured = predict(&["--model", &bert, "--batch-size", "2", "--seq-len", "16"]);
     assert_eq!(measured["source"], "measured", "{measured}");
     assert!(measured["result_id"].as_i64().unwrap() > 0);
+    assert_eq!(measured["runs"], 1, "{measured}");
     let predicted = predict(&["--model", &bert, "--batch-size", "3", "--seq-len", "16"]);
     assert_eq!(predicted["source"], "predicted", "{predicted}");
     let (p50, low, high) = (
