@@ -17,10 +17,12 @@
 //!   measurements gets the line fitted over all targets through the roofline plus its
 //!   calibrated dispatch cost (a call, and each operation beyond the arithmetic: the cost
 //!   model's operations, or the graph's nodes on a runtime that runs the model's ONNX
-//!   export): on a software GPU that is most of a small model's time; for memory, through
-//!   the footprint plus its calibrated program memory (its runtime loaded and run). A
-//!   target's latency line fitted on no real work (the tiny fixtures alone) goes on beyond
-//!   its points' priors at the slope of real work elsewhere (`Affine::beyond_reach`). Then a
+//!   export; on a software GPU that is most of a small model's time), with a cost per input
+//!   row and per position, and is predicted at no less than its roofline times the slope of
+//!   real work on the measured targets (`PointModel::least`); for memory, through the
+//!   footprint plus its calibrated program memory (its runtime loaded and run). A target's
+//!   latency line fitted on no real work (the tiny fixtures alone) goes on beyond its
+//!   points' priors at the slope of real work elsewhere (`Affine::beyond_reach`). Then a
 //!   gradient-boosted model ([`forust_ml`]; `perpetual`, its successor, needs a nightly
 //!   compiler) learns the log ratio of the measurement to that line: how far each engine,
 //!   platform, precision and class stays from it at each size. Learning a ratio, not the
@@ -811,11 +813,10 @@ impl Affine {
     /// reading it alike: the prior plus the calibrated overhead (on a software GPU dispatch is
     /// most of a small model's time), one cost per call (what separates passes from steps is
     /// a target's own), a cost per input row and one per position ([`fit_line`]). The
-    /// calibration's dispatch misses what a
-    /// runtime pays per row (feeding inputs and a KV cache through its API, five times the
-    /// calibrated cost of an OpenVINO decode step); with the rows, the held-out-platform MAPE
-    /// of three stores of `scripts/predict_data.sh` fell from 39.8, 43.1 and 71.2% to 35.4,
-    /// 37.6 and 66.1%.
+    /// calibration's dispatch misses what a runtime pays per row (feeding inputs and a KV
+    /// cache through its API, five times the calibrated cost of an OpenVINO decode step); with
+    /// the rows, the held-out-platform MAPE of three stores of `scripts/predict_data.sh` fell
+    /// from 39.8, 43.1 and 71.2% to 35.4, 37.6 and 66.1%.
     fn on_global_line(c: &Case, quantity: Quantity) -> (Units, f64) {
         let own = quantity.units(c);
         let units = Units {
@@ -895,7 +896,7 @@ fn median(values: &mut [f64]) -> Option<f64> {
 ///   where a tiny model's time beyond its calls grows with its positions on every target:
 ///   bert-tiny's batch of 8 at 64 tokens took 5x its batch of 1 on the native engine, 3x on
 ///   OpenVINO, and a held-out native engine was predicted at 0.22 ms there against 0.62
-///   measured. On the four Zen 4 stores of `scripts/predict_data.sh` (2026-12-06/07) the
+///   measured. On the four Zen 4 stores of `scripts/predict_data.sh` (2026-12-07) the
 ///   held-out-platform MAPE fell from 32.1, 29.6, 30.8 and 33.0% to 30.6, 26.3, 29.1 and
 ///   29.9%.
 ///
@@ -1383,9 +1384,9 @@ impl PointModel {
     /// line, fitted mostly through tiny models, reads real work under its roofline, so the
     /// floor was the prediction there, and no target runs real work at its calibrated peak:
     /// Whisper-tiny.en ran at 1.4-1.75x its roofline on every CPU engine, MiniLM at
-    /// 1.15-1.35x and ViT-tiny at 1.35x on the native engine. The interval's low end stays at the floor
-    /// itself, which no measurement goes under. On the four Zen 4 stores of
-    /// `scripts/predict_data.sh` (2026-12-06/07) the held-out-platform MAPE fell from 34.1,
+    /// 1.15-1.35x and ViT-tiny at 1.35x on the native engine. The interval's low end stays
+    /// at the floor itself, which no measurement goes under. On the four Zen 4 stores of
+    /// `scripts/predict_data.sh` (2026-12-07) the held-out-platform MAPE fell from 34.1,
     /// 32.6, 32.9 and 35.8% to 32.1, 29.6, 30.8 and 33.0%.
     fn least(&self, case: &Case) -> f64 {
         let floor = self.floor(case);
