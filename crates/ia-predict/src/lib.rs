@@ -2672,25 +2672,7 @@ mod tests {
     fn a_targets_line_goes_on_at_the_slope_of_real_work_beyond_its_reach() {
         // A 2-layer BERT at 16 tokens, its prior set by the compute rate.
         let case = |model: &str, engine: &str, batch: usize, flops_per_s: f64| {
-            let work = Workload {
-                batch,
-                seq_len: 16,
-                new_tokens: 0,
-                audio_seconds: 0.0,
-                image: None,
-            };
-            Case {
-                costs: iteration_costs(&bert(2), ModelClass::Bert, false, work, "f32").unwrap(),
-                ceiling: Some(Ceiling {
-                    flops_per_s,
-                    bytes_per_s: 1e18,
-                    call_seconds: 0.0,
-                    op_seconds: 0.0,
-                    program_bytes: 0.0,
-                }),
-                work,
-                ..memory_case(model, engine, None, batch, 1.0)
-            }
+            compute_bound_bert(model, 2, engine, batch, 16, flops_per_s)
         };
         let mut cases = Vec::new();
         for batch in [1, 2, 4, 8] {
@@ -2729,27 +2711,14 @@ mod tests {
         // BERTs of 2 and 12 layers measured, one of 1 layer held out: their priors per
         // position differ, a position's cost beyond them does not.
         let case = |layers: u64, engine: &str, batch: usize, seq_len: usize| {
-            let work = Workload {
+            compute_bound_bert(
+                &format!("bert-{layers}"),
+                layers,
+                engine,
                 batch,
                 seq_len,
-                new_tokens: 0,
-                audio_seconds: 0.0,
-                image: None,
-            };
-            Case {
-                costs: iteration_costs(&bert(layers), ModelClass::Bert, false, work, "f32")
-                    .unwrap(),
-                ceiling: Some(Ceiling {
-                    flops_per_s: 1e11,
-                    bytes_per_s: 1e18,
-                    call_seconds: 0.0,
-                    op_seconds: 0.0,
-                    program_bytes: 0.0,
-                }),
-                work,
-                layers,
-                ..memory_case(&format!("bert-{layers}"), engine, None, batch, 1.0)
-            }
+                1e11,
+            )
         };
         let measured = |c: &Case| 0.02 + 0.02 * Quantity::Latency.units(c).positions + c.prior_ms();
         let mut cases = Vec::new();
@@ -2775,6 +2744,38 @@ mod tests {
         let got = affine.baseline(&unseen, Quantity::Latency, Start::Target);
         let want = measured(&unseen);
         assert!((got / want - 1.0).abs() < 0.02, "{got} vs {want}");
+    }
+
+    /// A BERT `model` of `layers` on `engine` (cpu, f32) whose prior is its FLOPs at
+    /// `flops_per_s` (no dispatch cost, unbounded bandwidth).
+    fn compute_bound_bert(
+        model: &str,
+        layers: u64,
+        engine: &str,
+        batch: usize,
+        seq_len: usize,
+        flops_per_s: f64,
+    ) -> Case {
+        let work = Workload {
+            batch,
+            seq_len,
+            new_tokens: 0,
+            audio_seconds: 0.0,
+            image: None,
+        };
+        Case {
+            costs: iteration_costs(&bert(layers), ModelClass::Bert, false, work, "f32").unwrap(),
+            ceiling: Some(Ceiling {
+                flops_per_s,
+                bytes_per_s: 1e18,
+                call_seconds: 0.0,
+                op_seconds: 0.0,
+                program_bytes: 0.0,
+            }),
+            work,
+            layers,
+            ..memory_case(model, engine, None, batch, 1.0)
+        }
     }
 
     /// A case of a 2-layer BERT `model` on `engine` (cpu, f32) for the memory tests: no
