@@ -2672,7 +2672,7 @@ mod tests {
     fn a_targets_line_goes_on_at_the_slope_of_real_work_beyond_its_reach() {
         // A 2-layer BERT at 16 tokens, its prior set by the compute rate.
         let case = |model: &str, engine: &str, batch: usize, flops_per_s: f64| {
-            compute_bound_bert(model, 2, engine, batch, 16, flops_per_s)
+            roofline_bert(model, 2, engine, (batch, 16), flops_per_s, 1e18)
         };
         let mut cases = Vec::new();
         for batch in [1, 2, 4, 8] {
@@ -2711,14 +2711,8 @@ mod tests {
         // BERTs of 2 and 12 layers measured, one of 1 layer held out: their priors per
         // position differ, a position's cost beyond them does not.
         let case = |layers: u64, engine: &str, batch: usize, seq_len: usize| {
-            compute_bound_bert(
-                &format!("bert-{layers}"),
-                layers,
-                engine,
-                batch,
-                seq_len,
-                1e11,
-            )
+            let model = format!("bert-{layers}");
+            roofline_bert(&model, layers, engine, (batch, seq_len), 1e11, 1e18)
         };
         let measured = |c: &Case| 0.02 + 0.02 * Quantity::Latency.units(c).positions + c.prior_ms();
         let mut cases = Vec::new();
@@ -2746,28 +2740,33 @@ mod tests {
         assert!((got / want - 1.0).abs() < 0.02, "{got} vs {want}");
     }
 
-    /// A BERT `model` of `layers` on `engine` (cpu, f32) whose prior is its FLOPs at
-    /// `flops_per_s` (no dispatch cost, unbounded bandwidth).
-    fn compute_bound_bert(
-        model: &str,
-        layers: u64,
-        engine: &str,
-        batch: usize,
-        seq_len: usize,
-        flops_per_s: f64,
-    ) -> Case {
-        let work = Workload {
+    /// An encoder's pass over `batch` rows of `seq_len` tokens.
+    fn text_work(batch: usize, seq_len: usize) -> Workload {
+        Workload {
             batch,
             seq_len,
             new_tokens: 0,
             audio_seconds: 0.0,
             image: None,
-        };
+        }
+    }
+
+    /// A BERT `model` of `layers` on `engine` (cpu, f32) at `(batch, seq_len)`, whose
+    /// prior is its roofline at `flops_per_s` and `bytes_per_s` (no dispatch cost).
+    fn roofline_bert(
+        model: &str,
+        layers: u64,
+        engine: &str,
+        (batch, seq_len): (usize, usize),
+        flops_per_s: f64,
+        bytes_per_s: f64,
+    ) -> Case {
+        let work = text_work(batch, seq_len);
         Case {
             costs: iteration_costs(&bert(layers), ModelClass::Bert, false, work, "f32").unwrap(),
             ceiling: Some(Ceiling {
                 flops_per_s,
-                bytes_per_s: 1e18,
+                bytes_per_s,
                 call_seconds: 0.0,
                 op_seconds: 0.0,
                 program_bytes: 0.0,
@@ -2962,34 +2961,9 @@ mod tests {
     /// is three times its roofline, a held-out size is predicted at three times its roofline.
     #[test]
     fn the_learned_ratio_carries_to_unseen_sizes() {
-        let case = |batch: usize, seq_len: usize| {
-            let work = Workload {
-                batch,
-                seq_len,
-                new_tokens: 0,
-                audio_seconds: 0.0,
-                image: None,
-            };
-            Case {
-                model: "bert".into(),
-                class: "bert".into(),
-                engine: "native".into(),
-                platform: "cpu".into(),
-                precision: "f32".into(),
-                hardware: "test".into(),
-                work,
-                costs: iteration_costs(&bert(4), ModelClass::Bert, false, work, "f32").unwrap(),
-                ceiling: Some(Ceiling {
-                    flops_per_s: 5e10,
-                    bytes_per_s: 1e10,
-                    call_seconds: 0.0,
-                    op_seconds: 0.0,
-                    program_bytes: 0.0,
-                }),
-                footprint_bytes: 1e6 * (batch * seq_len) as f64,
-                layers: 4,
-                graph_operations: None,
-            }
+        let case = |batch: usize, seq_len: usize| Case {
+            footprint_bytes: 1e6 * (batch * seq_len) as f64,
+            ..roofline_bert("bert", 4, "native", (batch, seq_len), 5e10, 1e10)
         };
         let mut observations = Vec::new();
         for batch in [1, 2, 4, 8] {
@@ -3065,13 +3039,7 @@ mod tests {
         for &(engine, slowdown) in engines {
             for batch in [1, 2, 4, 8] {
                 for seq_len in [16, 64] {
-                    let work = Workload {
-                        batch,
-                        seq_len,
-                        new_tokens: 0,
-                        audio_seconds: 0.0,
-                        image: None,
-                    };
+                    let work = text_work(batch, seq_len);
                     let case = Case {
                         model: "bert".into(),
                         class: "bert".into(),
