@@ -1389,13 +1389,13 @@ impl PointModel {
     /// `scripts/predict_data.sh` (2026-12-07) the held-out-platform MAPE fell from 34.1,
     /// 32.6, 32.9 and 35.8% to 32.1, 29.6, 30.8 and 33.0%.
     fn least(&self, case: &Case) -> f64 {
-        let floor = self.floor(case);
-        match self.quantity {
-            Quantity::Latency if floor > 0.0 => {
-                floor * self.affine.real_slope.map_or(1.0, |s| s.max(1.0))
-            }
-            _ => floor,
-        }
+        // The floor is 0 on a measured target (and for memory), so the slope changes nothing
+        // there.
+        let slope = match self.quantity {
+            Quantity::Latency => self.affine.real_slope.map_or(1.0, |s| s.max(1.0)),
+            Quantity::PeakMemory => 1.0,
+        };
+        self.floor(case) * slope
     }
 
     /// What no prediction for `case` goes under: for latency on a target no fitted point
@@ -3130,8 +3130,8 @@ mod tests {
     }
 
     /// Where the measured targets run real work above its roofline, a target never measured
-    /// is predicted at no less than their median slope times its roofline, and its interval
-    /// still reaches down to the roofline alone only as far as its margin says.
+    /// is predicted at no less than their median slope times its roofline, while its
+    /// interval's low end may go below that, down to the roofline itself.
     #[test]
     fn an_unseen_target_starts_from_the_slope_of_real_work() {
         let observations = bert_observations(&[("native", 1.4), ("onnxruntime", 1.6)]);

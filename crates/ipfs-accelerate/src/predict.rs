@@ -182,11 +182,10 @@ impl Knowledge {
         let measured = runs
             .get(runs.len().saturating_sub(1) / 2)
             .map(|&o| o.clone());
-        let measured_runs = runs.len();
         if let Some(o) = &measured {
             out["source"] = "measured".into();
             out["result_id"] = o.result_id.into();
-            out["runs"] = measured_runs.into();
+            out["runs"] = runs.len().into();
             out["p50_ms"] = o.latency_ms.into();
             out["interval_90"] = json!([o.latency_ms, o.latency_ms]);
         } else {
