@@ -70,8 +70,15 @@ impl Driver {
         // it); it is read back only when chromedriver exits early.
         let log = std::fs::File::create(profile.path().join("chromedriver.log"))
             .map_err(|e| BrowserError::Start(format!("chromedriver log: {e}")))?;
+        // The browser's own temporary folders go inside the profile: a browser killed on a
+        // timeout or a cancelled run does not remove its `org.chromium.Chromium.scoped_dir.*`
+        // (the test suite left about 20 in /tmp per run); the profile goes with the driver.
+        let scratch = profile.path().join("tmp");
+        std::fs::create_dir(&scratch)
+            .map_err(|e| BrowserError::Start(format!("browser temporary folder: {e}")))?;
         let mut command = Command::new(chromedriver);
         command
+            .env("TMPDIR", &scratch)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

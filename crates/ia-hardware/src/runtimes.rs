@@ -454,9 +454,8 @@ mod tests {
 
     #[test]
     fn missing_runtime_library_is_reported_not_fatal() {
-        let dir = std::env::temp_dir().join("ia-hardware-empty-dir");
-        std::fs::create_dir_all(&dir).unwrap();
-        assert!(libs_in(&dir, "libonnxruntime").is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        assert!(libs_in(dir.path(), "libonnxruntime").is_empty());
         let (path, r) = first_loadable("X", vec![], |_| Ok(()));
         assert!(path.is_none());
         assert!(r.unwrap_err().contains("not found"));
@@ -464,7 +463,8 @@ mod tests {
 
     #[test]
     fn garbage_library_file_gives_loader_error() {
-        let dir = tempdir();
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
         let bogus = dir.join("libonnxruntime.so.1.99.0");
         std::fs::write(&bogus, b"not an ELF file").unwrap();
         let (path, r) = first_loadable("ONNX Runtime", vec![bogus.clone()], |_| Ok(()));
@@ -475,7 +475,8 @@ mod tests {
     #[test]
     fn library_headers_name_the_architecture_they_were_built_for() {
         assert_eq!(library_file_problem(Path::new("/proc/self/exe")), None);
-        let dir = tempdir();
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
         let elf = |machine: u16| {
             let mut h = vec![0x7f, b'E', b'L', b'F', 2, 1];
             h.resize(18, 0);
@@ -500,11 +501,5 @@ mod tests {
             .contains("a Windows DLL"));
         let e = library_file_problem(&dir.join("absent.so")).unwrap();
         assert!(e.contains("absent.so"), "{e}");
-    }
-
-    fn tempdir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("ia-hw-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
     }
 }

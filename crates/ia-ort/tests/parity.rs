@@ -157,14 +157,14 @@ fn clap_towers_match_transformers() {
 #[test]
 fn models_without_an_export_are_refused_with_the_reason() {
     // bert-tiny's checkpoint without its export.
-    let dir = std::env::temp_dir().join(format!("ia-ort-no-export-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(fixture("bert-tiny").join(f), dir.join(f)).unwrap();
     }
     let src = Model::resolve(
         "test",
-        ModelSource::Checkpoint(Checkpoint::open(&dir).unwrap()),
+        ModelSource::Checkpoint(Checkpoint::open(dir).unwrap()),
     )
     .unwrap();
     let e = OrtEngine::new()
@@ -202,9 +202,8 @@ fn a_bad_library_path_is_a_clear_error() {
         eprintln!("skipped: needs a process of its own (run with cargo nextest)");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("ia-ort-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let junk = dir.join("libonnxruntime.so.1.99.0");
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("libonnxruntime.so.1.99.0");
     std::fs::write(&junk, b"not a shared library").unwrap();
     // Safety: set before any thread of this test process reads the environment.
     unsafe { std::env::set_var("ORT_DYLIB_PATH", &junk) };

@@ -169,7 +169,8 @@ fn resampling_matches_torchaudio() {
 
 #[test]
 fn wrong_or_corrupt_files_name_the_problem() {
-    let dir = tempfile_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let bad = dir.join("not-audio.wav");
     std::fs::write(&bad, b"RIFF....garbage").unwrap();
     let e = Waveform::open(&bad).unwrap_err().to_string();
@@ -182,10 +183,4 @@ fn wrong_or_corrupt_files_name_the_problem() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("missing.wav"), "{e}");
-}
-
-fn tempfile_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ia-preprocess-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }

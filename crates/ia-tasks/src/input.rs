@@ -83,8 +83,8 @@ mod tests {
 
     #[test]
     fn files_are_told_apart_by_content() {
-        let dir = std::env::temp_dir().join(format!("ia-tasks-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let png = dir.join("x.wav"); // a PNG whatever its name says
         std::fs::write(&png, b"\x89PNG\r\n\x1a\n....").unwrap();
         assert_eq!(

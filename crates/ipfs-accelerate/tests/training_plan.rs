@@ -321,7 +321,9 @@ fn emitted_ddp_fsdp_and_zero2_train_within_the_planned_memory() {
         .args(["--device", "cpu", "--steps", "20", "--report"])
         .arg(&report)
         .env("OMP_NUM_THREADS", "1")
-        .env("PATH", path);
+        .env("PATH", path)
+        // torchrun's agent leaves its torchelastic_* folder in the temporary folder.
+        .env("TMPDIR", dir.path());
         if zero {
             cmd.arg("--deepspeed").arg(out.join("ds_config.json"));
         }
