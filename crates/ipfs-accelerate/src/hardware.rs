@@ -537,10 +537,15 @@ fn render_calibrations(stored: &serde_json::Value, refused: &[Refusal]) -> Strin
     if rows.is_empty() && refused.is_empty() {
         return "\nCALIBRATION\nnone stored for this machine (run `hardware --calibrate`)\n".into();
     }
-    let mut out = format!(
-        "\nCALIBRATION\n{:<10} {:<14} {:<17} {:<6} {:>14}  {}\n",
-        "PLATFORM", "ENGINE", "KIND", "PREC", "VALUE", "MEASURED"
-    );
+    // [platform, engine, kind, precision, value, measured or the reason]
+    let mut cells: Vec<[String; 6]> = vec![[
+        "PLATFORM".into(),
+        "ENGINE".into(),
+        "KIND".into(),
+        "PREC".into(),
+        "VALUE".into(),
+        "MEASURED".into(),
+    ]];
     for r in rows {
         let value = r["value"].as_f64().unwrap_or(f64::NAN);
         let shown = match r["kind"].as_str() {
@@ -549,25 +554,37 @@ fn render_calibrations(stored: &serde_json::Value, refused: &[Refusal]) -> Strin
             Some(PROGRAM_MEMORY) => format!("{:.1} MiB", value / (1u64 << 20) as f64),
             _ => format!("{:.1} GFLOP/s", value / 1e9),
         };
-        out.push_str(&format!(
-            "{:<10} {:<14} {:<17} {:<6} {:>14}  {}\n",
-            r["platform"].as_str().unwrap_or(""),
-            r["engine"].as_str().unwrap_or(""),
-            r["kind"].as_str().unwrap_or(""),
-            r["precision"].as_str().unwrap_or("-"),
+        let text = |key: &str, none: &str| r[key].as_str().unwrap_or(none).to_string();
+        cells.push([
+            text("platform", ""),
+            text("engine", ""),
+            text("kind", ""),
+            text("precision", "-"),
             shown,
-            r["created_at"].as_str().unwrap_or("")
-        ));
+            text("created_at", ""),
+        ]);
     }
     for r in refused {
+        cells.push([
+            r.platform.as_str().into(),
+            r.engine.clone(),
+            r.kind.into(),
+            r.precision.map_or("-", |p| p.as_str()).into(),
+            "unavailable".into(),
+            r.reason.clone(),
+        ]);
+    }
+    let width = |i: usize| cells.iter().map(|c| c[i].len()).max().unwrap_or(0);
+    let widths = [width(0), width(1), width(2), width(3), width(4)];
+    let mut out = "\nCALIBRATION\n".to_string();
+    for [platform, engine, kind, precision, value, last] in &cells {
         out.push_str(&format!(
-            "{:<10} {:<14} {:<17} {:<6} {:>14}  {}\n",
-            r.platform.as_str(),
-            r.engine,
-            r.kind,
-            r.precision.map_or("-", |p| p.as_str()),
-            "unavailable",
-            r.reason
+            "{platform:<w0$}  {engine:<w1$}  {kind:<w2$}  {precision:<w3$}  {value:>w4$}  {last}\n",
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3],
+            w4 = widths[4],
         ));
     }
     out
@@ -659,4 +676,40 @@ pub fn render(r: &HardwareReport) -> String {
     };
     out.push_str(&format!("{:<12} {web}\n", "ort-web"));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calibration_columns_line_up_whatever_the_names() {
+        let stored = serde_json::json!([
+            {"platform": "cpu", "engine": "native", "kind": "matmul", "precision": "f32",
+             "value": 2.0e11, "created_at": "2026-12-07 19:00:00"},
+            {"platform": "wasm", "engine": "onnxruntime-web", "kind": "dispatch-call",
+             "value": 1.0e-4, "created_at": "2026-12-07 19:00:01"},
+        ]);
+        let refused = [Refusal {
+            platform: Platform::Wasm,
+            engine: "onnxruntime".into(),
+            kind: "matmul, dispatch",
+            precision: None,
+            reason: "no execution provider for wasm".into(),
+        }];
+        let text = render_calibrations(&stored, &refused);
+        let lines: Vec<&str> = text.lines().skip(2).collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        // Each column starts where the header's does, and the values end together.
+        let header = lines[0];
+        for (column, example) in [("KIND", "matmul"), ("PREC", "f32")] {
+            let at = header.find(column).unwrap();
+            assert_eq!(lines[1].find(example), Some(at), "{text}");
+        }
+        let value_end = |l: &str, v: &str| l.find(v).map(|i| i + v.len());
+        let end = value_end(header, "VALUE");
+        assert_eq!(value_end(lines[1], "200.0 GFLOP/s"), end, "{text}");
+        assert_eq!(value_end(lines[2], "100.00 us"), end, "{text}");
+        assert_eq!(value_end(lines[3], "unavailable"), end, "{text}");
+    }
 }

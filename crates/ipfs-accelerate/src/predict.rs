@@ -295,6 +295,14 @@ impl Knowledge {
     }
 }
 
+/// A case's size as the tables show it: `b=8 seq=64`, or `b=8` for inputs without a length.
+pub(crate) fn size_label(batch: usize, seq_len: usize) -> String {
+    match seq_len {
+        0 => format!("b={batch}"),
+        len => format!("b={batch} seq={len}"),
+    }
+}
+
 /// The fitted measurements a prediction leaned on, as JSON.
 fn nearest(predictor: &Predictor, case: &Case) -> Value {
     predictor
@@ -303,7 +311,7 @@ fn nearest(predictor: &Predictor, case: &Case) -> Value {
         .map(|o| {
             json!({"result_id": o.result_id, "model": o.case.model, "engine": o.case.engine,
                    "platform": o.case.platform, "batch_size": o.case.work.batch,
-                   "p50_ms": o.latency_ms, "peak_memory_mib": o.peak_memory_mib})
+                   "seq_len": o.case.work.seq_len, "p50_ms": o.latency_ms, "peak_memory_mib": o.peak_memory_mib})
         })
         .collect()
 }
@@ -350,8 +358,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let what = format!(
-        "{} on {} ({}) {} b={}",
-        case.model, case.platform, case.engine, case.precision, work.batch
+        "{} on {} ({}) {} {}",
+        case.model,
+        case.platform,
+        case.engine,
+        case.precision,
+        size_label(work.batch, work.seq_len)
     );
     match out["source"].as_str() {
         Some("measured") => println!(
@@ -379,13 +391,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             );
             println!("nearest measurements:");
             for n in out["nearest_measurements"].as_array().into_iter().flatten() {
+                let size = |key: &str| n[key].as_u64().unwrap_or(0) as usize;
                 println!(
-                    "  result {}: {} on {} ({}) b={}: {:.2} ms",
+                    "  result {}: {} on {} ({}) {}: {:.2} ms",
                     n["result_id"],
                     n["model"].as_str().unwrap_or(""),
                     n["platform"].as_str().unwrap_or(""),
                     n["engine"].as_str().unwrap_or(""),
-                    n["batch_size"],
+                    size_label(size("batch_size"), size("seq_len")),
                     n["p50_ms"].as_f64().unwrap_or(f64::NAN)
                 );
             }
@@ -820,18 +833,13 @@ fn evaluate(
         for r in reports.iter().filter(|r| r.quantity == quantity) {
             for w in &r.worst {
                 println!(
-                    "  {:<13} {} on {} ({}) {} b={}{}: {:.1}, {:.1} [{:.1}, {:.1}], {:.0}% off",
+                    "  {:<13} {} on {} ({}) {} {}: {:.1}, {:.1} [{:.1}, {:.1}], {:.0}% off",
                     split_name(r)?,
                     w.model,
                     w.platform,
                     w.engine,
                     w.precision,
-                    w.batch_size,
-                    if w.seq_len > 0 {
-                        format!(" seq={}", w.seq_len)
-                    } else {
-                        String::new()
-                    },
+                    size_label(w.batch_size, w.seq_len),
                     w.measured,
                     w.predicted,
                     w.low,

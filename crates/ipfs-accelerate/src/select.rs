@@ -3,7 +3,7 @@
 //! each with its measured or predicted p50 (`predict`), its memory estimate, and the reason it
 //! is excluded when a limit rules it out.
 
-use crate::predict::{model_for_prediction, Knowledge, SizeArgs};
+use crate::predict::{model_for_prediction, size_label, Knowledge, SizeArgs};
 use anyhow::Context;
 use ia_models::Model;
 use ia_predict::Workload;
@@ -417,9 +417,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{} b={} {} (this machine: {}), by {}:",
+        "{} {} {} (this machine: {}), by {}:",
         name,
-        work.batch,
+        size_label(work.batch, work.seq_len),
         args.precision,
         fingerprint,
         match args.objective {
@@ -428,31 +428,49 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Objective::Memory => "memory",
         }
     );
-    for (i, r) in ranked.iter().enumerate() {
+    let number = |r: &Value, key: &str| r[key].as_f64().unwrap_or(f64::NAN);
+    // The cells of varying width first, so that every row's columns line up.
+    let targets: Vec<String> = ranked
+        .iter()
+        .map(|r| {
+            let target = format!(
+                "{}:{} {}",
+                r["engine"].as_str().unwrap_or(""),
+                r["platform"].as_str().unwrap_or(""),
+                r["precision"].as_str().unwrap_or("")
+            );
+            match r["this_machine"] == true {
+                true => target,
+                false => format!(
+                    "{target}@{}",
+                    r["hardware_fingerprint"].as_str().unwrap_or("")
+                ),
+            }
+        })
+        .collect();
+    let intervals: Vec<String> = ranked
+        .iter()
+        .map(|r| {
+            format!(
+                "[{:.2}..{:.2}]",
+                r["interval_90"][0].as_f64().unwrap_or(f64::NAN),
+                r["interval_90"][1].as_f64().unwrap_or(f64::NAN)
+            )
+        })
+        .collect();
+    let width = |cells: &[String]| cells.iter().map(String::len).max().unwrap_or(0);
+    let (target_width, interval_width) = (width(&targets), width(&intervals));
+    for (i, ((r, target), interval)) in ranked.iter().zip(&targets).zip(&intervals).enumerate() {
         let (rank, why) = match r["excluded"].as_str() {
             Some(why) => ("-".to_string(), format!("; excluded: {why}")),
             None => (format!("#{}", i + 1), String::new()),
         };
-        let mut target = format!(
-            "{}:{} {}",
-            r["engine"].as_str().unwrap_or(""),
-            r["platform"].as_str().unwrap_or(""),
-            r["precision"].as_str().unwrap_or("")
-        );
-        if r["this_machine"] != true {
-            target = format!(
-                "{target}@{}",
-                r["hardware_fingerprint"].as_str().unwrap_or("")
-            );
-        }
         println!(
-            "  {rank:<4} {target:<24} p50 {:>9.2} ms [{:.2}..{:.2}] {:>10.1} items/s  \
-             memory <= {:>8.1} MiB  {}{why}",
-            r["p50_ms"].as_f64().unwrap_or(f64::NAN),
-            r["interval_90"][0].as_f64().unwrap_or(f64::NAN),
-            r["interval_90"][1].as_f64().unwrap_or(f64::NAN),
-            r["throughput_items_per_s"].as_f64().unwrap_or(f64::NAN),
-            r["memory_bound_bytes"].as_f64().unwrap_or(f64::NAN) / MIB,
+            "  {rank:<4} {target:<target_width$}  p50 {:>9.2} ms {interval:<interval_width$} \
+             {:>10.1} items/s  memory <= {:>8.1} MiB  {}{why}",
+            number(r, "p50_ms"),
+            number(r, "throughput_items_per_s"),
+            number(r, "memory_bound_bytes") / MIB,
             r["source"].as_str().unwrap_or("")
         );
         let evidence = &r["accuracy_evidence"];

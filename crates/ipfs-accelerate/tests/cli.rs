@@ -1712,6 +1712,32 @@ fn select_ranks_targets_and_names_what_a_limit_excludes() {
     assert_eq!(targets.len(), 2, "{ranked}");
     assert!(rows.iter().all(|r| r["source"] == "measured"));
     assert!(rows[0]["p50_ms"].as_f64() <= rows[1]["p50_ms"].as_f64());
+    // The table names the size asked for, and its columns line up whatever the targets' names.
+    let o = run(&[
+        "select",
+        "--model",
+        &bert,
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "2",
+        "--db-path",
+        db_arg,
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        text.lines().next().unwrap().contains("b=2 seq=16 f32"),
+        "{text}"
+    );
+    let ranked_lines: Vec<&str> = text.lines().filter(|l| l.contains(" p50 ")).collect();
+    assert_eq!(ranked_lines.len(), 2, "{text}");
+    for column in [" p50 ", " items/s", " memory <="] {
+        let at: Vec<Option<usize>> = ranked_lines.iter().map(|l| l.find(column)).collect();
+        assert!(
+            at[0].is_some() && at.iter().all(|a| *a == at[0]),
+            "{column}: {text}"
+        );
+    }
     // A limit below every measurement excludes both, each with its reason.
     let none = select(&["--batch-size", "2", "--max-latency-ms", "0.000001"]);
     for r in none.as_array().unwrap() {
