@@ -685,19 +685,39 @@ fn mark_steady(store: &Store, observations: &mut [Observation]) -> anyhow::Resul
     Ok(())
 }
 
+/// A split's or a quantity's name as the JSON gives it.
+fn json_name(value: impl serde::Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
 fn evaluate(
     observations: &[Observation],
     skipped: &HashMap<String, usize>,
     json_out: bool,
 ) -> anyhow::Result<()> {
-    let reports: Vec<_> = Quantity::ALL
+    // Each split refits the predictor once per held-out group (a minute or two on a store of
+    // `scripts/predict_data.sh`): a bar on standard error says which is running.
+    let evaluations: Vec<(Quantity, Split)> = Quantity::ALL
         .iter()
-        .flat_map(|&q| {
-            Split::ALL
-                .iter()
-                .map(move |&s| ia_predict::evaluate(observations, s, q))
+        .flat_map(|&q| Split::ALL.iter().map(move |&s| (q, s)))
+        .collect();
+    let bar = indicatif::ProgressBar::new(evaluations.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}] {msg}")
+            .expect("valid template"),
+    );
+    let reports: Vec<_> = evaluations
+        .into_iter()
+        .map(|(q, s)| {
+            bar.set_message(format!("{} held out ({})", json_name(s), json_name(q)));
+            let report = ia_predict::evaluate(observations, s, q);
+            bar.inc(1);
+            report
         })
         .collect();
+    bar.finish_and_clear();
     let repeats: Vec<_> = Quantity::ALL
         .iter()
         .map(|&q| ia_predict::repeatability(observations, q))
@@ -728,13 +748,6 @@ fn evaluate(
         skipped
     );
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.0}%", v * 100.0));
-    // The split as the JSON names it.
-    let split_name = |r: &ia_predict::SplitReport| -> anyhow::Result<String> {
-        Ok(serde_json::to_value(r.split)?
-            .as_str()
-            .unwrap_or("")
-            .to_string())
-    };
     // "split figure" for each split of `quantity` that `figure` has a figure for.
     let per_split = |quantity: Quantity,
                      figure: &dyn Fn(&ia_predict::SplitReport) -> Option<String>|
@@ -742,7 +755,7 @@ fn evaluate(
         reports
             .iter()
             .filter(|r| r.quantity == quantity)
-            .filter_map(|r| Some(format!("{} {}", split_name(r).ok()?, figure(r)?)))
+            .filter_map(|r| Some(format!("{} {}", json_name(r.split), figure(r)?)))
             .collect()
     };
     for quantity in Quantity::ALL {
@@ -770,7 +783,7 @@ fn evaluate(
         for r in reports.iter().filter(|r| r.quantity == quantity) {
             println!(
                 "{:<14} {:>6} {:>6} {:>8} {:>10} {:>9} {:>11} {:>10} {:>7} {:>9}",
-                split_name(r)?,
+                json_name(r.split),
                 r.folds,
                 r.predictions,
                 r.mape.map_or("-".into(), |m| format!("{m:.1}")),
@@ -834,7 +847,7 @@ fn evaluate(
             for w in &r.worst {
                 println!(
                     "  {:<13} {} on {} ({}) {} {}: {:.1}, {:.1} [{:.1}, {:.1}], {:.0}% off",
-                    split_name(r)?,
+                    json_name(r.split),
                     w.model,
                     w.platform,
                     w.engine,
@@ -857,7 +870,7 @@ fn evaluate(
                 for m in &r.selection_misses {
                     println!(
                         "  {:<13} {}: {} {:.3}, {:.3}; {} {:.3}, {:.3}; {:.0}% slower",
-                        split_name(r)?,
+                        json_name(r.split),
                         m.case,
                         m.chosen,
                         m.chosen_measured,
@@ -881,7 +894,7 @@ fn evaluate(
             for g in &r.groups {
                 println!(
                     "  {:<13} {}: {} predictions, MAPE {:.1}%, median ratio {:.2}, coverage {}",
-                    split_name(r)?,
+                    json_name(r.split),
                     g.group,
                     g.predictions,
                     g.mape,
