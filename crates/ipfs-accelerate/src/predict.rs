@@ -311,7 +311,8 @@ fn nearest(predictor: &Predictor, case: &Case) -> Value {
         .map(|o| {
             json!({"result_id": o.result_id, "model": o.case.model, "engine": o.case.engine,
                    "platform": o.case.platform, "batch_size": o.case.work.batch,
-                   "seq_len": o.case.work.seq_len, "p50_ms": o.latency_ms, "peak_memory_mib": o.peak_memory_mib})
+                   "seq_len": o.case.work.seq_len, "p50_ms": o.latency_ms,
+                   "peak_memory_mib": o.peak_memory_mib})
         })
         .collect()
 }

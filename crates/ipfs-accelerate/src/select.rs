@@ -439,12 +439,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 r["platform"].as_str().unwrap_or(""),
                 r["precision"].as_str().unwrap_or("")
             );
-            match r["this_machine"] == true {
-                true => target,
-                false => format!(
+            if r["this_machine"] == true {
+                target
+            } else {
+                format!(
                     "{target}@{}",
                     r["hardware_fingerprint"].as_str().unwrap_or("")
-                ),
+                )
             }
         })
         .collect();
