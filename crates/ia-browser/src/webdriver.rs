@@ -72,7 +72,7 @@ impl Driver {
             .map_err(|e| BrowserError::Start(format!("chromedriver log: {e}")))?;
         // The browser's own temporary folders go inside the profile: a browser killed on a
         // timeout or a cancelled run does not remove its `org.chromium.Chromium.scoped_dir.*`
-        // (the test suite left about 20 in /tmp per run); the profile goes with the driver.
+        // (the test suite left 10-13 in /tmp per run); the profile goes with the driver.
         let scratch = profile.path().join("tmp");
         std::fs::create_dir(&scratch)
             .map_err(|e| BrowserError::Start(format!("browser temporary folder: {e}")))?;
