@@ -103,6 +103,15 @@ pub struct Workload {
     pub image: Option<ImageWork>,
 }
 
+/// A case's size as tables and reports name it: `b=8 seq=64`, or `b=8` for inputs without a
+/// length.
+pub fn size_label(batch: usize, seq_len: usize) -> String {
+    match seq_len {
+        0 => format!("b={batch}"),
+        len => format!("b={batch} seq={len}"),
+    }
+}
+
 /// The tower the cost model follows and the positions one forward pass of it attends over;
 /// `None` for classes without a cost model (DETR's convolutional backbone, CLAP's Swin
 /// tower).
@@ -2070,13 +2079,9 @@ fn selection(scored: &[(f64, Interval, &Case)]) -> Selection {
     for (m, p, c) in scored {
         let sums = cases
             .entry(format!(
-                "{} b={}{} {} on {}",
+                "{} {} {} on {}",
                 c.model,
-                c.work.batch,
-                match c.work.seq_len {
-                    0 => String::new(),
-                    len => format!(" seq={len}"),
-                },
+                size_label(c.work.batch, c.work.seq_len),
                 c.precision,
                 c.hardware
             ))

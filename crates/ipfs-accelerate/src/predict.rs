@@ -10,7 +10,7 @@ use ia_db::{OutputFormat, ReadOptions, Store};
 use ia_engine::Precision;
 use ia_models::cost::ImageWork;
 use ia_models::Model;
-use ia_predict::{Case, Ceiling, Observation, Predictor, Quantity, Split, Workload};
+use ia_predict::{size_label, Case, Ceiling, Observation, Predictor, Quantity, Split, Workload};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -292,14 +292,6 @@ impl Knowledge {
         t.sort();
         t.dedup();
         t
-    }
-}
-
-/// A case's size as the tables show it: `b=8 seq=64`, or `b=8` for inputs without a length.
-pub(crate) fn size_label(batch: usize, seq_len: usize) -> String {
-    match seq_len {
-        0 => format!("b={batch}"),
-        len => format!("b={batch} seq={len}"),
     }
 }
 

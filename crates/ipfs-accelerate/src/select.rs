@@ -3,10 +3,10 @@
 //! each with its measured or predicted p50 (`predict`), its memory estimate, and the reason it
 //! is excluded when a limit rules it out.
 
-use crate::predict::{model_for_prediction, size_label, Knowledge, SizeArgs};
+use crate::predict::{model_for_prediction, Knowledge, SizeArgs};
 use anyhow::Context;
 use ia_models::Model;
-use ia_predict::Workload;
+use ia_predict::{size_label, Workload};
 use serde_json::{json, Value};
 
 #[derive(clap::Args)]
