@@ -2722,20 +2722,12 @@ mod tests {
         let mut cases = Vec::new();
         for batch in [1, 2, 4, 8] {
             for engine in ["onnxruntime", "native"] {
-                cases.push((case("tiny", engine, batch, 1e12), 5.0, 0.05));
-                cases.push((case("small", engine, batch, 3e11), 5.0, 0.05));
+                cases.push((case("tiny", engine, batch, 1e12), 0.05, 5.0));
+                cases.push((case("small", engine, batch, 3e11), 0.05, 5.0));
             }
-            cases.push((case("real", "native", batch, 1e8), 1.2, 0.0));
+            cases.push((case("real", "native", batch, 1e8), 0.0, 1.2));
         }
-        let points: Vec<Point> = cases
-            .iter()
-            .map(|(c, slope, overhead)| Point {
-                case: c,
-                prior: c.prior_ms(),
-                measured: overhead + slope * c.prior_ms(),
-            })
-            .collect();
-        let affine = Affine::fit(&points, Quantity::Latency);
+        let affine = latency_affine(&cases);
         let big = case("big", "onnxruntime", 1, 5e7);
         let x = big.prior_ms();
         let reach = affine.reach[&big.target()];
@@ -2820,6 +2812,20 @@ mod tests {
             layers,
             ..memory_case(model, engine, None, batch, 1.0)
         }
+    }
+
+    /// The latency lines fitted on `cases`, each (case, fixed ms, slope) measured at the fixed
+    /// ms plus the slope times its roofline.
+    fn latency_affine(cases: &[(Case, f64, f64)]) -> Affine {
+        let points: Vec<Point> = cases
+            .iter()
+            .map(|(c, fixed, slope)| Point {
+                case: c,
+                prior: c.prior_ms(),
+                measured: fixed + slope * c.prior_ms(),
+            })
+            .collect();
+        Affine::fit(&points, Quantity::Latency)
     }
 
     /// A case of a 2-layer BERT `model` on `engine` (cpu, f32) for the memory tests: no
@@ -3242,15 +3248,7 @@ mod tests {
             cases.push((case("real-a", batch, 1e8), 0.0, 1.2));
             cases.push((case("real-b", batch, 1e8), 0.0, 1.6));
         }
-        let points: Vec<Point> = cases
-            .iter()
-            .map(|(c, fixed, slope)| Point {
-                case: c,
-                prior: c.prior_ms(),
-                measured: fixed + slope * c.prior_ms(),
-            })
-            .collect();
-        let affine = Affine::fit(&points, Quantity::Latency);
+        let affine = latency_affine(&cases);
         let tiny = case("tiny-new", 1, 1e12);
         let line = affine.baseline(&tiny, Quantity::Latency, Start::Target);
         assert!(tiny.prior_ms() < REAL_WORK_READING * line, "{line}");
