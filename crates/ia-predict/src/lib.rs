@@ -684,8 +684,9 @@ struct Affine {
     real_work: BTreeSet<String>,
     /// The median slope of every model line of real work.
     real_slope: Option<f64>,
-    /// Per target, each model of real work's time over its roofline (the inverse of the
-    /// median share of [`REAL_WORK_SHARE`]): what [`Affine::real_work_ratio`] reads.
+    /// Per target, each model of real work's time over its roofline (the inverse of its
+    /// median share, the one [`REAL_WORK_SHARE`] bounds): what [`Affine::real_work_ratio`]
+    /// reads.
     real_ratios: BTreeMap<String, Vec<f64>>,
 }
 
@@ -860,9 +861,10 @@ impl Affine {
     /// real work have, and the target's line reads `c`'s roofline as at least
     /// [`REAL_WORK_READING`] of its time: the median of those models' times over their
     /// rooflines. The target's line runs through the tiny fixtures too, whose time is calls
-    /// and operations, and its slope is theirs; a learned correction of it moved held-out
-    /// MiniLM on the native engine to 1.5-2.2x its roofline on some stores, where it ran at
-    /// 1.15-1.38x, ViT-tiny at 1.25-1.39x and Whisper-tiny.en at 1.47-1.58x.
+    /// and operations; read off it with a learned correction, held-out MiniLM on the native
+    /// engine was predicted at 1.9-2.2x its roofline on one store of
+    /// `scripts/predict_data.sh`, where it ran at 1.14-1.38x, ViT-tiny at 1.25-1.39x and
+    /// Whisper-tiny.en at 1.47-1.58x.
     fn real_work_ratio(&self, c: &Case, quantity: Quantity) -> Option<f64> {
         if quantity != Quantity::Latency || !self.only_target_line(c) {
             return None;
@@ -1415,8 +1417,9 @@ impl PointModel {
         if self.quantity == Quantity::Latency && self.affine.model_line(case) {
             return self.affine.baseline(case, self.quantity, Start::Specific);
         }
+        // Only on a measured target, which has no floor.
         if let Some(ratio) = self.affine.real_work_ratio(case, self.quantity) {
-            return (self.quantity.prior(case) * ratio).max(self.least(case));
+            return self.quantity.prior(case) * ratio;
         }
         let (start, learner) = match &self.general {
             Some(general) if self.affine.only_target_line(case) => (Start::Target, general),
