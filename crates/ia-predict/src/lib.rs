@@ -49,7 +49,7 @@ use ia_models::graph_weights::GraphOperations;
 use ia_models::{footprint, Model, ModelClass};
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
@@ -680,14 +680,13 @@ struct Affine {
     global: Option<Line>,
     /// The largest prior among each target line's points: how far its slope was measured.
     reach: BTreeMap<String, f64>,
-    /// The targets with a model line of real work (see [`Affine::beyond_reach`]).
-    real_work: BTreeSet<String>,
     /// The median slope of every model line of real work.
     real_slope: Option<f64>,
-    /// Per target, each model of real work's time over its roofline (the inverse of its
+    /// The targets with a model line of real work (see [`Affine::beyond_reach`]), each with
+    /// the median over those models of their time over roofline (the inverse of each one's
     /// median share, the one [`REAL_WORK_SHARE`] bounds): what [`Affine::real_work_ratio`]
     /// reads.
-    real_ratios: BTreeMap<String, Vec<f64>>,
+    real_ratio: BTreeMap<String, f64>,
 }
 
 impl Affine {
@@ -763,8 +762,10 @@ impl Affine {
             global,
             reach,
             real_slope: median(&mut slopes),
-            real_work: real_ratios.keys().cloned().collect(),
-            real_ratios,
+            real_ratio: real_ratios
+                .into_iter()
+                .filter_map(|(target, mut ratios)| Some((target, median(&mut ratios)?)))
+                .collect(),
         }
     }
 
@@ -803,7 +804,7 @@ impl Affine {
     /// to 10.6-23.0% on four stores.
     fn beyond_reach(&self, c: &Case, x: f64) -> Option<(f64, f64)> {
         let target = c.target();
-        if self.real_work.contains(&target) {
+        if self.real_ratio.contains_key(&target) {
             return None;
         }
         let reach = *self.reach.get(&target)?;
@@ -869,11 +870,9 @@ impl Affine {
         if quantity != Quantity::Latency || !self.only_target_line(c) {
             return None;
         }
-        let mut ratios = self.real_ratios.get(&c.target())?.clone();
+        let ratio = *self.real_ratio.get(&c.target())?;
         let line = self.baseline(c, quantity, Start::Target);
-        (quantity.prior(c) >= REAL_WORK_READING * line)
-            .then(|| median(&mut ratios))
-            .flatten()
+        (quantity.prior(c) >= REAL_WORK_READING * line).then_some(ratio)
     }
 
     /// Whether `c`'s model has a line of its own on `c`'s target.
