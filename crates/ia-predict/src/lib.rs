@@ -939,7 +939,9 @@ fn median(values: &mut [f64]) -> Option<f64> {
 ///   ([`Affine::real_work_ratio`]). Before that ratio, the term took the held-out-model MAPE
 ///   of one store from 24.6 to 28.1%; with it, on the seven Zen 4 stores of
 ///   `scripts/predict_data.sh` (2026-12-07) it went 28.6 -> 25.3, 17.1 -> 16.7, 20.1 -> 19.7,
-///   20.1 -> 19.3, 20.1 -> 19.2, 16.5 -> 16.4 and 22.4 -> 18.2%.
+///   20.1 -> 19.3, 20.1 -> 19.2, 16.5 -> 16.4 and 22.4 -> 18.2%, while the split's top-1
+///   selection fell by 4-12 points (held-out bert-tiny at 64 tokens, read at 0.44-0.65x its
+///   measurements on the native engine before and 1.3-1.8x after, lost its fastest engine).
 /// * operations on a target's line, which serves models of other graphs: an iteration's
 ///   dispatched operations ([`Case::dispatched_operations`]: llama-tiny's export runs twice
 ///   the nodes of bert-tiny's, where the cost model counts the same 70 operations for both).
